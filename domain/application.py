@@ -1,0 +1,232 @@
+"""The service layer: Cardinal Vote's use cases as an eventsourcing Application."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, DomainEventProtocol
+from eventsourcing.persistence import IntegrityError
+
+from domain.ballot import Ballot, ballot_id
+from domain.election import Election
+from domain.errors import AlreadyVoted, BallotNotFound, ConcurrentRevision, ElectionNotFound
+from domain.ports import EventWriter, VersionConflict
+from domain.rules import ElectionRules, validate_title
+
+LIFECYCLE_ATTEMPTS = 3
+A = TypeVar("A", bound=Aggregate)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that a change was recorded: which aggregate, which version, where in the log."""
+
+    id: UUID
+    version: int
+    position: int
+    replayed: bool = False
+
+
+class VotingApplication(Application[UUID]):
+    """Create and run elections; cast, revise and withdraw ballots.
+
+    Appends go through ``self.writer`` (an EventWriter): by default straight through the
+    application's own recorder; the service plugs in its group-commit writer instead.
+    Elections are kept in memory once seen, and kept current by ``observe``.
+    """
+
+    name = "cardinal"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.writer: EventWriter = DirectWriter(self)
+        self.elections: dict[UUID, Election] = {}
+
+    # -- elections ---------------------------------------------------------------------
+
+    async def create_election(self, title: str, rules: ElectionRules) -> Receipt:
+        election = Election.start(validate_title(title), rules)
+        receipt = await self._commit(election)
+        self.elections[election.id] = election
+        return receipt
+
+    async def open_election(self, election_id: UUID) -> Receipt:
+        return await self._change_election(election_id, Election.open)
+
+    async def close_election(self, election_id: UUID) -> Receipt:
+        return await self._change_election(election_id, Election.close)
+
+    async def issue_voter_tokens(self, election_id: UUID, voter_keys: Sequence[str]) -> Receipt:
+        return await self._change_election(
+            election_id, lambda election: election.issue_voter_tokens(voter_keys)
+        )
+
+    async def election(self, election_id: UUID) -> Election:
+        """The election as this process last saw it (loaded from the store on a miss)."""
+        cached = self.elections.get(election_id)
+        if cached is not None:
+            return cached
+        loaded = await self.writer.load_election(election_id)
+        if loaded is None:
+            raise ElectionNotFound(election_id)
+        self.elections[election_id] = loaded
+        return loaded
+
+    def observe(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
+        """Bring cached elections up to date with election events read from the log."""
+        for domain_event in events:
+            if isinstance(domain_event, Election.Created):
+                created = cast(Election, domain_event.mutate(None))
+                if created.id not in self.elections:
+                    self.elections[created.id] = created
+                continue
+            cached = self.elections.get(domain_event.originator_id)
+            if cached is None or domain_event.originator_version <= cached.version:
+                continue
+            if domain_event.originator_version == cached.version + 1:
+                domain_event.mutate(cached)  # type: ignore[attr-defined]
+            else:
+                # A gap: reload on next use rather than guess.
+                del self.elections[domain_event.originator_id]
+
+    async def _change_election(self, election_id: UUID, change: Any) -> Receipt:
+        for attempt in range(LIFECYCLE_ATTEMPTS):
+            election = await self.writer.load_election(election_id)
+            if election is None:
+                raise ElectionNotFound(election_id)
+            change(election)
+            try:
+                receipt = await self._commit(election)
+            except VersionConflict:
+                if attempt + 1 == LIFECYCLE_ATTEMPTS:
+                    raise ConcurrentRevision(
+                        "the election was changed by another request at the same moment; try again"
+                    ) from None
+                continue
+            self.elections[election_id] = election
+            return receipt
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- ballots -----------------------------------------------------------------------
+
+    async def cast_ballot(
+        self,
+        election_id: UUID,
+        voter_key: str,
+        content: Mapping[str, Any],
+        request_key: str | None = None,
+    ) -> Receipt:
+        """Cast a voter's ballot, or revise it where the election allows revoting."""
+        election = await self.election(election_id)
+        vote = election.accept_vote(voter_key, content).to_json()
+        ballot = Ballot(
+            election_id=str(election_id), voter_key=voter_key, vote=vote, request_key=request_key
+        )
+        try:
+            return await self._commit(ballot)
+        except VersionConflict:
+            pass
+        existing = await self._existing_ballot(ballot.id)
+        replayed = await self._replay(existing, request_key, vote)
+        if replayed is not None:
+            return replayed
+        if not election.rules.allow_revote:
+            raise AlreadyVoted(
+                "this voter has already cast a ballot, and this election does not allow changing it"
+            )
+        existing.revise(vote, request_key)
+        return await self._record_revision(existing)
+
+    async def withdraw_ballot(
+        self, election_id: UUID, voter_key: str, request_key: str | None = None
+    ) -> Receipt:
+        """Withdraw a voter's ballot, where the election allows changing a cast ballot."""
+        election = await self.election(election_id)
+        election.check_open()
+        election.check_eligible(voter_key)
+        existing = await self.writer.load_ballot(ballot_id(election_id, voter_key))
+        if existing is None:
+            raise BallotNotFound("this voter has not cast a ballot in this election")
+        replayed = await self._replay(existing, request_key, None)
+        if replayed is not None:
+            return replayed
+        if not election.rules.allow_revote:
+            raise AlreadyVoted(
+                "this election does not allow changing a cast ballot, so it cannot be withdrawn"
+            )
+        existing.withdraw(request_key)
+        return await self._record_revision(existing)
+
+    async def _existing_ballot(self, ballot_uuid: UUID) -> Ballot:
+        existing = await self.writer.load_ballot(ballot_uuid)
+        if existing is None:  # pragma: no cover - a conflict means it was recorded
+            raise ConcurrentRevision("the ballot changed while it was being recorded; retry")
+        return existing
+
+    async def _replay(
+        self, existing: Ballot, request_key: str | None, vote: dict[str, Any] | None
+    ) -> Receipt | None:
+        version = existing.earlier_request(request_key, vote)
+        if version is None:
+            return None
+        position = await self.writer.position_of(existing.id, version)
+        return Receipt(existing.id, version, position, replayed=True)
+
+    async def _record_revision(self, ballot: Ballot) -> Receipt:
+        try:
+            return await self._commit(ballot)
+        except VersionConflict:
+            raise ConcurrentRevision(
+                "another change to this ballot was recorded at the same moment; "
+                "read your receipt and try again"
+            ) from None
+
+    async def _commit(self, aggregate: Aggregate) -> Receipt:
+        position = await self.writer.append(aggregate)
+        return Receipt(aggregate.id, aggregate.version, position)
+
+
+class DirectWriter:
+    """Records through the application's own recorder, in the caller's thread.
+
+    For in-memory use (tests, tools); the service uses infra's group-commit writer.
+    """
+
+    def __init__(self, app: VotingApplication) -> None:
+        self.app = app
+
+    async def append(self, aggregate: Aggregate) -> int:
+        try:
+            recordings = self.app.save(aggregate)
+        except IntegrityError:
+            raise VersionConflict(aggregate.id) from None
+        return recordings[-1].notification.id
+
+    async def load_election(self, election_id: UUID) -> Election | None:
+        return self._load(election_id, Election)
+
+    async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
+        return self._load(ballot_id, Ballot)
+
+    def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        try:
+            aggregate: Aggregate = self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
+    async def position_of(self, aggregate_id: UUID, version: int) -> int:
+        start = 1
+        while notifications := self.app.recorder.select_notifications(start, 1000):
+            for notification in notifications:
+                if (
+                    notification.originator_id == aggregate_id
+                    and notification.originator_version == version
+                ):
+                    return notification.id
+            start = notifications[-1].id + 1
+        raise LookupError(f"{aggregate_id} version {version} is not in the log")

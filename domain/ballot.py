@@ -1,0 +1,86 @@
+"""The Ballot aggregate: one per voter and election, cast once, then revised or withdrawn.
+
+Its id is ``uuid5(election_id, voter_key)``, so a voter's second first-cast collides in the
+event store on ``(originator_id, originator_version)``: the store itself enforces one ballot
+per voter, across every API process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import BallotNotFound, IdempotencyKeyReused
+
+
+def ballot_id(election_id: UUID, voter_key: str) -> UUID:
+    """The id of a voter's ballot in an election."""
+    return uuid5(election_id, voter_key)
+
+
+class Ballot(Aggregate):
+    """A voter's current ballot in one election."""
+
+    class Cast(Aggregate.Created):
+        election_id: str
+        voter_key: str
+        vote: dict[str, Any]
+        request_key: str | None
+
+    @staticmethod
+    def create_id(election_id: str, voter_key: str) -> UUID:
+        return ballot_id(UUID(election_id), voter_key)
+
+    @event(Cast)
+    def __init__(
+        self, election_id: str, voter_key: str, vote: dict[str, Any], request_key: str | None
+    ) -> None:
+        self.election_id = election_id
+        self.voter_key = voter_key
+        self.vote: dict[str, Any] | None = vote
+        # request_key -> (version, vote) of every change, to answer a client's retry with
+        # the first response instead of a conflict.
+        self.requests: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        if request_key is not None:
+            self.requests[request_key] = (1, vote)
+
+    def revise(self, vote: dict[str, Any], request_key: str | None) -> None:
+        self._revised(election_id=self.election_id, vote=vote, request_key=request_key)
+
+    # Every ballot event names its election, so that a reader of the log (a projection, an
+    # auditor) can attribute it without looking anything up.
+    @event("Revised")
+    def _revised(self, election_id: str, vote: dict[str, Any], request_key: str | None) -> None:
+        self.vote = vote
+        if request_key is not None:
+            self.requests[request_key] = (self.version + 1, vote)
+
+    def withdraw(self, request_key: str | None) -> None:
+        if self.vote is None:
+            raise BallotNotFound("this voter's ballot is already withdrawn")
+        self._withdrawn(election_id=self.election_id, request_key=request_key)
+
+    @event("Withdrawn")
+    def _withdrawn(self, election_id: str, request_key: str | None) -> None:
+        self.vote = None
+        if request_key is not None:
+            self.requests[request_key] = (self.version + 1, None)
+
+    def earlier_request(self, request_key: str | None, vote: dict[str, Any] | None) -> int | None:
+        """The version an earlier request with this key produced, if this is its retry.
+
+        A key reused for a different ballot is refused: answering it with the first
+        response would silently drop the voter's new choice.
+        """
+        if request_key is None or request_key not in self.requests:
+            return None
+        version, earlier_vote = self.requests[request_key]
+        if earlier_vote != vote:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used for a different ballot; "
+                "use a new key for a new ballot",
+                field="Idempotency-Key",
+            )
+        return version

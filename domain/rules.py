@@ -1,0 +1,273 @@
+"""The rules of an election, pinned in its creation event and never changed afterwards."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from domain.errors import InvalidElection
+
+E = TypeVar("E", bound=StrEnum)
+
+OPTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_OPTIONS = 100
+MAX_TITLE = 200
+MAX_LABEL = 200
+MAX_SCORE_MAGNITUDE = 1000
+MAX_SCORE_LEVELS = 101
+
+
+class Method(StrEnum):
+    """The tabulation methods Cardinal Vote accepts ballots for."""
+
+    PLURALITY = "plurality"
+    APPROVAL = "approval"
+    SCORE = "score"
+    STAR = "star"
+    BORDA = "borda"
+    IRV = "irv"
+    SCHULZE = "schulze"
+    RANKED_PAIRS = "ranked_pairs"
+    COPELAND = "copeland"
+    MINIMAX = "minimax"
+
+    @property
+    def ballot_field(self) -> str:
+        """The one ballot field a voter fills in for this method."""
+        return _BALLOT_FIELD[self]
+
+    @property
+    def is_ranked(self) -> bool:
+        return self.ballot_field == "ranking"
+
+    @property
+    def is_scored(self) -> bool:
+        return self.ballot_field == "scores"
+
+
+_BALLOT_FIELD = {
+    Method.PLURALITY: "choice",
+    Method.APPROVAL: "approve",
+    Method.SCORE: "scores",
+    Method.STAR: "scores",
+    **dict.fromkeys(
+        (
+            Method.BORDA,
+            Method.IRV,
+            Method.SCHULZE,
+            Method.RANKED_PAIRS,
+            Method.COPELAND,
+            Method.MINIMAX,
+        ),
+        "ranking",
+    ),
+}
+
+# Published defaults: STAR Voting uses 0..5 stars; Cardinal Vote's score ballots use -2..+2.
+DEFAULT_SCORE_RANGE = {Method.SCORE: (-2, 2), Method.STAR: (0, 5)}
+
+
+class Eligibility(StrEnum):
+    CLIENT = "client"  # the API client asserts a voter id per ballot
+    TOKENS = "tokens"  # each voter presents a one-time voter token
+
+
+class ResultsVisibility(StrEnum):
+    LIVE = "live"
+    AFTER_CLOSE = "after_close"
+
+
+class TieBreak(StrEnum):
+    """What decides a tie for the win once the method's own published tie-breaks are spent.
+
+    The method's own steps always apply first (STAR: head-to-head, then total score, then
+    most top scores; IRV eliminations: previous-round counts, then declared option order).
+    """
+
+    REPORT = "report"  # leave the tie: every tied option is a winner, and the result says why
+    DECLARED_ORDER = "declared_order"  # the option declared earlier on the ballot wins
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    id: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ElectionRules:
+    """Everything that decides how ballots are validated and counted."""
+
+    options: tuple[Option, ...]
+    method: Method
+    min_score: int | None = None
+    max_score: int | None = None
+    eligibility: Eligibility = Eligibility.CLIENT
+    allow_revote: bool = True
+    results_visibility: ResultsVisibility = ResultsVisibility.LIVE
+    tie_break: TieBreak = TieBreak.REPORT
+    # Derived once: validation and tabulation look these up for every ballot.
+    option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    option_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "option_ids", tuple(option.id for option in self.options))
+        object.__setattr__(
+            self, "option_index", {option.id: i for i, option in enumerate(self.options)}
+        )
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        options: Sequence[Mapping[str, Any]] | Sequence[Option],
+        method: str,
+        min_score: int | None = None,
+        max_score: int | None = None,
+        eligibility: str = Eligibility.CLIENT,
+        allow_revote: bool = True,
+        results_visibility: str = ResultsVisibility.LIVE,
+        tie_break: str = TieBreak.REPORT,
+    ) -> ElectionRules:
+        """Validate raw rules (as an API client sends them) and pin them."""
+        chosen = _enum(Method, method, "method")
+        parsed_options = _parse_options(options)
+        low, high = DEFAULT_SCORE_RANGE.get(chosen, (0, 0))
+        if chosen.is_scored:
+            low = low if min_score is None else _int(min_score, "min_score")
+            high = high if max_score is None else _int(max_score, "max_score")
+            if low >= high:
+                raise InvalidElection(
+                    f"min_score ({low}) must be lower than max_score ({high})",
+                    field="max_score",
+                )
+            if max(abs(low), abs(high)) > MAX_SCORE_MAGNITUDE:
+                raise InvalidElection(
+                    f"scores must lie within -{MAX_SCORE_MAGNITUDE}..{MAX_SCORE_MAGNITUDE}",
+                    field="min_score" if abs(low) > MAX_SCORE_MAGNITUDE else "max_score",
+                )
+            if high - low + 1 > MAX_SCORE_LEVELS:
+                raise InvalidElection(
+                    f"a score range may have at most {MAX_SCORE_LEVELS} levels; "
+                    f"{low}..{high} has {high - low + 1}",
+                    field="max_score",
+                )
+        else:
+            for name, value in (("min_score", min_score), ("max_score", max_score)):
+                if value is not None:
+                    raise InvalidElection(
+                        f"{name} applies to score and STAR elections only, not {chosen.value}",
+                        field=name,
+                    )
+        if not isinstance(allow_revote, bool):
+            raise InvalidElection("allow_revote must be true or false", field="allow_revote")
+        scored = chosen.is_scored
+        return cls(
+            options=parsed_options,
+            method=chosen,
+            min_score=low if scored else None,
+            max_score=high if scored else None,
+            eligibility=_enum(Eligibility, eligibility, "eligibility"),
+            allow_revote=allow_revote,
+            results_visibility=_enum(ResultsVisibility, results_visibility, "results_visibility"),
+            tie_break=_enum(TieBreak, tie_break, "tie_break"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The rules as stored in the election's creation event."""
+        return {
+            "options": [{"id": o.id, "label": o.label} for o in self.options],
+            "method": self.method.value,
+            "min_score": self.min_score,
+            "max_score": self.max_score,
+            "eligibility": self.eligibility.value,
+            "allow_revote": self.allow_revote,
+            "results_visibility": self.results_visibility.value,
+            "tie_break": self.tie_break.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ElectionRules:
+        """Rebuild pinned rules from a stored creation event (trusted input)."""
+        return cls(
+            options=tuple(Option(o["id"], o["label"]) for o in data["options"]),
+            method=Method(data["method"]),
+            min_score=data.get("min_score"),
+            max_score=data.get("max_score"),
+            eligibility=Eligibility(data["eligibility"]),
+            allow_revote=bool(data["allow_revote"]),
+            results_visibility=ResultsVisibility(data["results_visibility"]),
+            tie_break=TieBreak(data.get("tie_break", TieBreak.REPORT.value)),
+        )
+
+
+def _enum(kind: type[E], value: object, name: str) -> E:
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise InvalidElection(
+            f"{name} must be one of {allowed}; got {value!r}", field=name
+        ) from None
+
+
+def _int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidElection(f"{name} must be an integer; got {value!r}", field=name)
+    return value
+
+
+def _parse_options(raw: object) -> tuple[Option, ...]:
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise InvalidElection("options must be a list of {id, label} objects", field="options")
+    if not 2 <= len(raw) <= MAX_OPTIONS:
+        raise InvalidElection(
+            f"an election needs between 2 and {MAX_OPTIONS} options; got {len(raw)}",
+            field="options",
+        )
+    options: list[Option] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"options[{i}]"
+        option_id: object
+        label: object
+        if isinstance(item, Option):
+            option_id, label = item.id, item.label
+        elif isinstance(item, Mapping):
+            option_id, label = item.get("id"), item.get("label")
+        else:
+            raise InvalidElection(f"{where} must be an object with id and label", field=where)
+        if not isinstance(option_id, str) or not OPTION_ID.match(option_id):
+            raise InvalidElection(
+                f"{where}.id must be 1-64 letters, digits, '_', '.' or '-', starting with a "
+                f"letter or digit; got {option_id!r}",
+                field=f"{where}.id",
+            )
+        if option_id in seen:
+            raise InvalidElection(
+                f"option id {option_id!r} appears more than once", field=f"{where}.id"
+            )
+        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+            raise InvalidElection(
+                f"{where}.label must be a non-empty text of at most {MAX_LABEL} characters",
+                field=f"{where}.label",
+            )
+        seen.add(option_id)
+        options.append(Option(option_id, label.strip()))
+    return tuple(options)
+
+
+def validate_title(title: object) -> str:
+    """An election's title: non-empty text, at most MAX_TITLE characters."""
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidElection("title must be a non-empty text", field="title")
+    if len(title) > MAX_TITLE:
+        raise InvalidElection(
+            f"title may have at most {MAX_TITLE} characters; got {len(title)}", field="title"
+        )
+    return title.strip()

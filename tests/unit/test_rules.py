@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+from domain.errors import InvalidElection
+from domain.rules import ElectionRules, Method, TieBreak
+
+OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
+
+
+def test_defaults_follow_published_practice() -> None:
+    assert ElectionRules.create(options=OPTIONS, method="star").min_score == 0
+    assert ElectionRules.create(options=OPTIONS, method="star").max_score == 5
+    score = ElectionRules.create(options=OPTIONS, method="score")
+    assert (score.min_score, score.max_score) == (-2, 2)
+    plurality = ElectionRules.create(options=OPTIONS, method="plurality")
+    assert plurality.min_score is None
+    assert plurality.tie_break is TieBreak.REPORT
+
+
+def test_rules_round_trip_through_their_stored_form() -> None:
+    rules = ElectionRules.create(
+        options=OPTIONS,
+        method="score",
+        min_score=-5,
+        max_score=5,
+        eligibility="tokens",
+        allow_revote=False,
+        results_visibility="after_close",
+        tie_break="declared_order",
+    )
+    assert ElectionRules.from_json(rules.to_json()) == rules
+    assert rules.option_index == {"a": 0, "b": 1}
+
+
+@pytest.mark.parametrize("method", [m.value for m in Method])
+def test_every_method_has_a_ballot_field(method: str) -> None:
+    rules = ElectionRules.create(options=OPTIONS, method=method)
+    assert rules.method.ballot_field in ("choice", "approve", "scores", "ranking")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"method": "dictator"}, "method", "method must be one of"),
+        ({"options": []}, "options", "between 2 and 100"),
+        ({"options": [{"id": "a", "label": "A"}] * 2}, "options[1].id", "more than once"),
+        ({"options": [{"id": "a b", "label": "A"}, *OPTIONS]}, "options[0].id", "1-64 letters"),
+        ({"options": [{"id": "a", "label": ""}, OPTIONS[1]]}, "options[0].label", "non-empty"),
+        ({"options": "ab"}, "options", "must be a list"),
+        ({"method": "score", "min_score": 2, "max_score": 2}, "max_score", "must be lower"),
+        ({"method": "score", "max_score": 5000}, "max_score", "within -1000..1000"),
+        ({"method": "score", "min_score": 0, "max_score": 200}, "max_score", "101 levels"),
+        ({"method": "plurality", "max_score": 3}, "max_score", "score and STAR elections"),
+        ({"eligibility": "anyone"}, "eligibility", "client, tokens"),
+        ({"results_visibility": "never"}, "results_visibility", "live, after_close"),
+        ({"tie_break": "coin"}, "tie_break", "report, declared_order"),
+        ({"allow_revote": "yes"}, "allow_revote", "true or false"),
+    ],
+)
+def test_invalid_rules_name_the_field(changes: dict[str, object], field: str, message: str) -> None:
+    arguments: dict[str, object] = {"options": OPTIONS, "method": "plurality", **changes}
+    with pytest.raises(InvalidElection, match=message) as raised:
+        ElectionRules.create(**arguments)  # type: ignore[arg-type]
+    assert raised.value.field == field
