@@ -1,0 +1,259 @@
+"""Tie handling, method by method: published tie-breaks first, then the pinned rule."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+
+from domain.rules import ElectionRules, Method, TieBreak
+from domain.tabulation import Result, tabulate
+from domain.tabulation import ranked_pairs as ranked_pairs_module
+from domain.votes import Approval, Choice, Ranking, Vote
+from tests.unit.tabulation.elections import OPTION_IDS, elections_with_votes, ranking, rules, scores
+
+# Declared order zulu, Alpha: alphabetical (and any hash) order would pick Alpha first.
+MIRROR_IDS = ("zulu", "Alpha")
+
+
+def mirror_votes(election: ElectionRules) -> list[Vote]:
+    """Two ballots that are each other's mirror image: a perfect tie for every method."""
+    method = election.method
+    if method is Method.PLURALITY:
+        return [Choice("zulu"), Choice("Alpha")]
+    if method is Method.APPROVAL:
+        return [Approval(("zulu",)), Approval(("Alpha",))]
+    if method.is_scored:
+        low, high = election.min_score or 0, election.max_score or 0
+        return [scores(MIRROR_IDS, (high, low)), scores(MIRROR_IDS, (low, high))]
+    return [ranking("zulu>Alpha"), ranking("Alpha>zulu")]
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_a_perfect_tie_is_reported_with_its_reason(method: Method) -> None:
+    election = rules(method, MIRROR_IDS)
+    result = tabulate(election, mirror_votes(election))
+    assert result.winners == MIRROR_IDS
+    assert result.tie is not None
+    assert result.tie.options == MIRROR_IDS
+    assert "zulu and Alpha" in result.tie.reason  # named in declared order
+    assert result.to_json()["tie"] == {"options": ["zulu", "Alpha"], "reason": result.tie.reason}
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_declared_order_gives_a_perfect_tie_to_the_earlier_option(method: Method) -> None:
+    election = rules(method, MIRROR_IDS, tie_break="declared_order")
+    result = tabulate(election, mirror_votes(election))
+    assert result.winners == ("zulu",)
+    assert result.tie is None
+    assert any("declared" in note for note in result.notes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(elections_with_votes(max_votes=12))
+def test_declared_order_picks_one_of_the_reported_winners(
+    case: tuple[ElectionRules, list[Vote]],
+) -> None:
+    election, ballots = case
+    report = tabulate(_with(election, TieBreak.REPORT), ballots)
+    declared = tabulate(_with(election, TieBreak.DECLARED_ORDER), ballots)
+    assert (report.tie is not None) == (len(report.winners) > 1)
+    if not ballots:
+        assert report.winners == declared.winners == ()
+        return
+    assert len(declared.winners) == 1
+    assert declared.tie is None
+    assert set(declared.winners) <= set(report.winners)
+    if len(report.winners) > 1:
+        assert declared.notes  # the tie-break that was applied is explained
+        if election.method not in (Method.IRV, Method.STAR, Method.RANKED_PAIRS):
+            # one-step methods: the earliest declared of the tied options
+            assert declared.winners[0] == report.winners[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(elections_with_votes(max_votes=12))
+def test_renaming_options_changes_nothing_but_the_names(
+    case: tuple[ElectionRules, list[Vote]],
+) -> None:
+    election, ballots = case
+    ids = election.option_ids
+    new_ids = list(reversed(OPTION_IDS))[: len(ids)]
+    renamed = rules(
+        election.method,
+        new_ids,
+        tie_break=election.tie_break,
+        min_score=election.min_score,
+        max_score=election.max_score,
+    )
+    rename = dict(zip(ids, new_ids, strict=True))
+    before = tabulate(election, ballots)
+    after = tabulate(renamed, [_rename(vote, rename) for vote in ballots])
+    assert after.winners == tuple(rename[w] for w in before.winners)
+    assert [o.figures for o in after.options] == [o.figures for o in before.options]
+    assert (after.tie is None) == (before.tie is None)
+
+
+def _with(election: ElectionRules, tie_break: TieBreak) -> ElectionRules:
+    return rules(
+        election.method,
+        election.option_ids,
+        tie_break=tie_break.value,
+        min_score=election.min_score,
+        max_score=election.max_score,
+    )
+
+
+def _rename(vote: Vote, rename: dict[str, str]) -> Vote:
+    if isinstance(vote, Choice):
+        return Choice(rename[vote.option])
+    if isinstance(vote, Approval):
+        return Approval(tuple(rename[o] for o in vote.options))
+    if isinstance(vote, Ranking):
+        return Ranking(tuple(rename[o] for o in vote.order))
+    return type(vote)(tuple((rename[o], s) for o, s in vote.scores))
+
+
+def irv(ids: str, ballots: list[tuple[int, str]], tie_break: str = "report") -> Result:
+    election = rules(Method.IRV, tuple(ids.split(",")), tie_break=tie_break)
+    return tabulate(election, [ranking(order) for count, order in ballots for _ in range(count)])
+
+
+def test_irv_elimination_tie_goes_to_the_earlier_round_counts() -> None:
+    # Round 2: b and c tie on 4; in round 1 b had 3 to c's 4, so b goes (declared order
+    # alone would have eliminated c, the later option).
+    result = irv("a,b,c,d", [(6, "a"), (3, "b>c"), (4, "c"), (1, "d>b")])
+    assert [r.eliminated for r in result.rounds] == [("d",), ("b",), ()]
+    assert result.rounds[1].counts == {"a": 6, "b": 4, "c": 4}
+    assert result.rounds[2].to_json() == {
+        "counts": {"a": 6, "c": 7},
+        "eliminated": [],
+        "exhausted": 1,
+    }
+    assert result.winners == ("c",)
+    assert result.tie is None
+    assert "b is eliminated because it had fewer votes in round 1" in result.notes[0]
+
+
+@pytest.mark.parametrize(("declared", "winner"), [("a,b,c", "b"), ("a,c,b", "c")])
+def test_irv_elimination_tie_with_no_earlier_round_eliminates_the_last_declared(
+    declared: str, winner: str
+) -> None:
+    result = irv(declared, [(3, "a"), (2, "b>c"), (2, "c>b")])
+    assert result.winners == (winner,)
+    assert result.tie is None  # eliminations always resolve, even under REPORT
+    assert "declared last among them" in result.notes[0]
+
+
+def test_irv_final_tie_is_reported() -> None:
+    result = irv("a,b", [(2, "a"), (2, "b")])
+    assert result.winners == ("a", "b")
+    assert result.tie is not None
+    assert "final round" in result.tie.reason
+    assert [r.to_json() for r in result.rounds] == [
+        {"counts": {"a": 2, "b": 2}, "eliminated": [], "exhausted": 0}
+    ]
+
+
+def test_irv_final_tie_under_declared_order_keeps_the_earlier_option() -> None:
+    result = irv("b,a", [(2, "a"), (2, "b")], tie_break="declared_order")
+    assert result.winners == ("b",)
+    assert [r.eliminated for r in result.rounds] == [("a",), ()]
+    # with two options, "a" alone means a>b: those ballots move on to b, none exhaust
+    assert result.rounds[-1].to_json() == {"counts": {"b": 4}, "eliminated": [], "exhausted": 0}
+    assert "declared first" in result.notes[0]
+
+
+def test_irv_final_tie_broken_by_an_earlier_round() -> None:
+    result = irv("a,b,c", [(3, "a"), (2, "b"), (1, "c>b")])
+    assert result.rounds[1].counts == {"a": 3, "b": 3}
+    assert result.winners == ("a",)
+    assert result.tie is None
+    assert "fewer votes in round 1" in result.notes[0]
+
+
+CYCLE = [ranking("a>b>c"), ranking("b>c>a"), ranking("c>a>b")]  # Condorcet's paradox
+
+
+@pytest.mark.parametrize(
+    "method", [Method.SCHULZE, Method.RANKED_PAIRS, Method.COPELAND, Method.MINIMAX, Method.BORDA]
+)
+def test_condorcet_paradox_is_a_three_way_tie(method: Method) -> None:
+    result = tabulate(rules(method, ("a", "b", "c")), CYCLE)
+    assert result.winners == ("a", "b", "c")
+    assert result.tie is not None
+
+
+def test_ranked_pairs_declared_order_locks_equal_margins_by_winner_then_loser() -> None:
+    # Equal margins a>b, b>c, c>a: a>b and b>c lock first, c>a would close the cycle.
+    result = tabulate(
+        rules(Method.RANKED_PAIRS, ("a", "b", "c"), tie_break="declared_order"), CYCLE
+    )
+    assert result.winners == ("a",)
+    assert result.notes == (
+        "Majorities with margin 1 were locked in declared option order (tie-break rule: "
+        "declared order), so c>a was not locked.",
+    )
+    reordered = rules(Method.RANKED_PAIRS, ("c", "b", "a"), tie_break="declared_order")
+    assert tabulate(reordered, CYCLE).winners == ("b",)  # c>a, b>c lock; a>b is skipped
+
+
+# Found by a seeded search: the cheap bounds leave o0 open, and only the search rules it out.
+HARD_CASE = [
+    "o1>o0>o2>o3",
+    "o4",
+    "o2>o0>o4>o1>o3",
+    "o4>o0>o1>o3",
+    "o3>o1>o2>o4>o0",
+    "o2>o0>o4>o3>o1",
+]
+
+
+def test_ranked_pairs_search_rules_out_an_option_the_bounds_leave_open() -> None:
+    election = rules(Method.RANKED_PAIRS, ("o0", "o1", "o2", "o3", "o4"))
+    result = tabulate(election, [ranking(b) for b in HARD_CASE])
+    assert result.winners == ("o2",)  # pref_voting's ranked_pairs agrees
+
+
+def test_ranked_pairs_search_budget_lists_options_it_could_not_rule_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ranked_pairs_module, "SEARCH_BUDGET", 3)
+    election = rules(Method.RANKED_PAIRS, ("o0", "o1", "o2", "o3", "o4"))
+    result = tabulate(election, [ranking(b) for b in HARD_CASE])
+    assert result.winners == ("o0", "o2")
+    assert result.tie is not None
+    assert "too many orders" in result.tie.reason
+
+
+def test_star_three_way_tie_under_declared_order_sends_the_first_two_to_the_runoff() -> None:
+    ids = ("Amy", "Brian", "Chuck")
+    election = rules(Method.STAR, ids, tie_break="declared_order")
+    result = tabulate(election, [scores(ids, b) for b in ((1, 3, 5), (3, 5, 1), (5, 1, 3))])
+    assert result.rounds[0].eliminated == ("Chuck",)
+    assert result.winners == ("Brian",)  # Brian beats Amy 2 to 1
+    assert "Declared order" in result.notes[0]
+
+
+def test_star_scoring_round_three_way_tie_set_aside_by_match_ups_lost() -> None:
+    # b, c and d tie on 10 for the second place. Among them b beats c (2-1) and ties d
+    # (1-1), c beats d (2-1): c and d lost the most match-ups (one each) and are set aside
+    # (official STAR tiebreaker, step 1).
+    ids = ("a", "b", "c", "d")
+    ballots = [(5, 5, 4, 3), (5, 4, 1, 4), (5, 1, 5, 3)]
+    result = tabulate(rules(Method.STAR, ids), [scores(ids, b) for b in ballots])
+    assert result.rounds[0].counts == {"a": 15, "b": 10, "c": 10, "d": 10}
+    assert result.rounds[0].eliminated == ("c", "d")
+    assert result.rounds[1].counts == {"a": 2, "b": 0}
+    assert result.winners == ("a",)
+
+
+def test_star_head_to_head_step_is_repeated_among_those_still_tied() -> None:
+    # w, x, y and z tie on 6 for the second place. Match-ups lost among the four: w 1,
+    # x 1, y 2, z 1, so y is set aside; among w, x and z, w lost none and advances. Taking
+    # the fewest losses in one go would have left w, x and z tied.
+    ids = ("a", "w", "x", "y", "z")
+    ballots = [(5, 0, 4, 2, 4), (5, 2, 1, 4, 0), (5, 4, 1, 0, 2)]
+    result = tabulate(rules(Method.STAR, ids), [scores(ids, b) for b in ballots])
+    assert result.rounds[0].eliminated == ("x", "y", "z")
+    assert result.rounds[1].counts == {"a": 3, "w": 0}
+    assert "w advanced" in result.notes[0]
