@@ -1,0 +1,85 @@
+"""The Starlette application: routes, error handling, and the services' lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from api.auth import Authenticator
+from api.middleware import BodyLimit, RequestTiming
+from api.problems import HANDLERS
+from api.ratelimit import BallotRateLimit
+from api.routes import admin, audit, ballots, elections, health, results
+from infra.bootstrap import running_services
+from infra.settings import Settings
+
+
+def create_app(
+    settings: Settings, *, relay: bool = False, projections: Sequence[str] = ()
+) -> Starlette:
+    """The API for these settings, with the workers this process should also run.
+
+    Nothing connects until the lifespan starts.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with running_services(settings, relay=relay, projections=projections) as services:
+            app.state.services = services
+            try:
+                yield
+            finally:
+                for task in app.state.rebuilds.values():
+                    task.cancel()
+
+    routes = [
+        # The hot path first: the router tries routes in order.
+        Route("/api/elections/{election_id}/ballots", ballots.cast, methods=["POST"]),
+        Route("/api/health", health.health, methods=["GET"]),
+        Route("/api/ready", health.ready, methods=["GET"]),
+        Route("/api/elections", elections.create, methods=["POST"]),
+        Route("/api/elections", elections.list_elections, methods=["GET"]),
+        Route("/api/elections/{election_id}", elections.get_election, methods=["GET"]),
+        Route("/api/elections/{election_id}/open", elections.open_election, methods=["POST"]),
+        Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
+        Route("/api/elections/{election_id}/tokens", elections.issue_tokens, methods=["POST"]),
+        Route("/api/elections/{election_id}/withdrawals", ballots.withdraw, methods=["POST"]),
+        Route("/api/elections/{election_id}/results", results.results, methods=["GET"]),
+        Route("/api/audit/events", audit.events, methods=["GET"]),
+        Route("/api/admin/projections", admin.projections, methods=["GET"]),
+        Route("/api/admin/projections/{name}/rebuild", admin.rebuild, methods=["POST"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(RequestTiming),
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+    ]
+    if settings.allowed_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            ),
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.auth = Authenticator(settings)
+    app.state.rebuilds = {}
+    app.state.rate_limit = (
+        BallotRateLimit(settings.max_votes_per_ip_per_hour)
+        if settings.enable_rate_limiting
+        else None
+    )
+    return app

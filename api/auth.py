@@ -1,0 +1,63 @@
+"""Bearer tokens: role tokens from the configuration, and one-time voter tokens."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from api.problems import Forbidden, Unauthorized
+from infra.settings import Settings
+from infra.voters import is_voter_token
+
+# An admin may also do what operators and auditors do; casting ballots stays with clients.
+IMPLIED = {"admin": {"admin", "operator", "auditor"}}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a role, or a voter holding a voter token."""
+
+    role: str | None = None
+    voter_token: str | None = None
+
+    def can_act_as(self, role: str) -> bool:
+        return self.role is not None and role in IMPLIED.get(self.role, {self.role})
+
+
+class Authenticator:
+    """Maps presented bearer tokens to principals, comparing digests rather than secrets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._roles: dict[bytes, str] = {}
+        for role, tokens in settings.role_tokens.items():
+            for token in tokens:
+                self._roles[_digest(token)] = role
+
+    def identify(self, request: Request) -> Principal:
+        header = request.headers.get("authorization")
+        if not header:
+            raise Unauthorized("send an Authorization: Bearer <token> header")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        role = self._roles.get(_digest(token))
+        if role is not None:
+            return Principal(role=role)
+        if is_voter_token(token):
+            return Principal(voter_token=token)
+        raise Unauthorized("this token is not recognised")
+
+    def require(self, request: Request, *roles: str) -> Principal:
+        """The caller, if it may act as one of the roles; 401 or 403 otherwise."""
+        principal = self.identify(request)
+        if any(principal.can_act_as(role) for role in roles):
+            return principal
+        who = f"the {principal.role} role" if principal.role else "a voter token"
+        raise Forbidden(f"{who} may not do this; it needs the {' or '.join(roles)} role")
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

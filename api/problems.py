@@ -1,0 +1,185 @@
+"""One table from errors to HTTP statuses, and the handlers that render problem+json."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import psycopg
+import pydantic
+from eventsourcing import persistence
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.responses import problem
+from domain import errors
+from infra.metrics import BALLOTS_REFUSED
+from infra.settings import SettingsError
+from infra.writer import Overloaded, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[errors.CardinalError], int]] = [
+    (errors.InvalidRequest, 422),
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.NotEligible, 403),
+]
+
+
+class Unauthorized(Exception):
+    """No credentials, or credentials we do not recognise (401)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Forbidden(Exception):
+    """Credentials of a role that may not do this (403)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class TooManyRequests(Exception):
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+BALLOT_PATHS = ("/ballots", "/withdrawals")
+
+
+def _refused(request: Request, reason: str) -> None:
+    """Count a refused ballot request (other refusals are visible in the HTTP metrics)."""
+    if request.method == "POST" and request.url.path.endswith(BALLOT_PATHS):
+        BALLOTS_REFUSED.labels(reason).inc()
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.CardinalError)
+    _refused(request, _snake(type(exc).__name__))
+    status = next(code for kind, code in STATUS if isinstance(exc, kind))
+    return problem(status, exc.title, exc.detail, field=exc.field)
+
+
+def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, pydantic.ValidationError)
+    if any(e["type"] == "json_invalid" for e in exc.errors()):
+        _refused(request, "malformed_json")
+        reason = exc.errors()[0].get("ctx", {}).get("error", "it could not be parsed")
+        return problem(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
+    _refused(request, "invalid_request")
+    issues = [
+        {"field": _location(e["loc"]), "message": e["msg"]} for e in exc.errors(include_url=False)
+    ]
+    first = issues[0]
+    detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    if len(issues) > 1:
+        detail += f" (and {len(issues) - 1} more problem{'s' if len(issues) > 2 else ''})"
+    return problem(422, "Invalid request", detail, field=first["field"] or None, errors=issues)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts)
+
+
+def unauthorized(request: Request, exc: Exception) -> Response:
+    _refused(request, "unauthorized")
+    assert isinstance(exc, Unauthorized)
+    return problem(
+        401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": 'Bearer realm="cardinal"'}
+    )
+
+
+def forbidden(request: Request, exc: Exception) -> Response:
+    _refused(request, "forbidden")
+    assert isinstance(exc, Forbidden)
+    return problem(403, "Forbidden", exc.detail)
+
+
+def overloaded(request: Request, exc: Exception) -> Response:
+    _refused(request, "overloaded")
+    return problem(
+        503,
+        "Busy",
+        "the server is taking more ballots than it can record right now; retry after a second",
+        headers={"Retry-After": "1"},
+    )
+
+
+def store_unavailable(request: Request, exc: Exception) -> Response:
+    _refused(request, "store_unavailable")
+    return problem(503, "Event store unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+def database_unavailable(request: Request, exc: Exception) -> Response:
+    _refused(request, "database_unavailable")
+    log.warning("database error while serving a request: %s", exc)
+    return problem(
+        503,
+        "Database unavailable",
+        "the database could not be reached; retry shortly (a ballot with the same "
+        "Idempotency-Key is never recorded twice)",
+        headers={"Retry-After": "2"},
+    )
+
+
+def too_many(request: Request, exc: Exception) -> Response:
+    _refused(request, "rate_limited")
+    assert isinstance(exc, TooManyRequests)
+    return problem(
+        429, "Too many requests", exc.detail, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
+def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 413:
+        _refused(request, "too_large")
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return problem(
+        exc.status_code,
+        titles.get(exc.status_code, "Error"),
+        detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+def unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+
+
+HANDLERS = {
+    errors.CardinalError: domain_error,
+    pydantic.ValidationError: validation_error,
+    Unauthorized: unauthorized,
+    Forbidden: forbidden,
+    Overloaded: overloaded,
+    StoreUnavailable: store_unavailable,
+    psycopg.OperationalError: database_unavailable,
+    persistence.OperationalError: database_unavailable,
+    persistence.InterfaceError: database_unavailable,
+    PoolTimeout: database_unavailable,
+    TooManyRequests: too_many,
+    HTTPException: http_error,
+    SettingsError: unexpected,
+    Exception: unexpected,
+}

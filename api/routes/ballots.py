@@ -1,0 +1,112 @@
+"""Ballots: cast or revise, and withdraw. Each answer is a receipt with the log position."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import context
+from api.problems import Forbidden
+from api.responses import JSONResponse
+from api.schemas import BallotIn, WithdrawalIn
+from api.views import receipt_view
+from domain.application import Receipt
+from domain.election import Election
+from domain.errors import InvalidBallot, InvalidRequest
+from domain.rules import Eligibility
+from infra.metrics import BALLOTS_ACCEPTED
+from infra.voters import request_key
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def cast(request: Request) -> Response:
+    """Cast a ballot, or revise the voter's earlier one where the election allows it."""
+    election_id, election, voter_id_field = await _election_and_caller(request)
+    body = await context.body(request, BallotIn)
+    voter_key = _voter_key(request, election_id, election, body.voter_id, voter_id_field)
+    _limit_rate(request)
+    receipt = await context.services(request).app.cast_ballot(
+        election_id, voter_key, body.content(), _request_key(request, voter_key)
+    )
+    return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised")
+
+
+async def withdraw(request: Request) -> Response:
+    """Withdraw the voter's ballot (where the election allows changing a cast ballot)."""
+    election_id, election, voter_id_field = await _election_and_caller(request)
+    body = await context.body(request, WithdrawalIn)
+    voter_key = _voter_key(request, election_id, election, body.voter_id, voter_id_field)
+    receipt = await context.services(request).app.withdraw_ballot(
+        election_id, voter_key, _request_key(request, voter_key)
+    )
+    return _answer(receipt, election_id, "withdrawn")
+
+
+async def _election_and_caller(request: Request) -> tuple[UUID, Election, str | None]:
+    principal = context.auth(request).identify(request)
+    election_id = context.election_id(request)
+    election = await context.services(request).app.election(election_id)
+    if election.rules.eligibility is Eligibility.TOKENS:
+        if principal.voter_token is None:
+            raise Forbidden(
+                "this election takes ballots only from voters holding a voter token: "
+                "send Authorization: Bearer <voter token>"
+            )
+        return election_id, election, principal.voter_token
+    if not principal.can_act_as("client"):
+        who = f"the {principal.role} role" if principal.role else "a voter token"
+        raise Forbidden(f"{who} may not cast ballots in this election; it needs the client role")
+    return election_id, election, None
+
+
+def _voter_key(
+    request: Request,
+    election_id: UUID,
+    election: Election,
+    voter_id: str | None,
+    voter_token: str | None,
+) -> str:
+    keys = context.services(request).voter_keys
+    if voter_token is not None:
+        if voter_id is not None:
+            raise InvalidBallot(
+                "voter_id is not used in token elections: the voter token identifies the voter",
+                field="voter_id",
+            )
+        return keys.for_token(election_id, voter_token)
+    if voter_id is None:
+        raise InvalidBallot(
+            "voter_id is required: in this election the API client names each voter",
+            field="voter_id",
+        )
+    return keys.for_voter_id(election_id, voter_id)
+
+
+def _limit_rate(request: Request) -> None:
+    limit = context.rate_limit(request)
+    if limit is not None:
+        limit.check(request.client.host if request.client else "unknown")
+
+
+def _request_key(request: Request, voter_key: str) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            field="Idempotency-Key",
+        )
+    return request_key(key, voter_key)
+
+
+def _answer(receipt: Receipt, election_id: UUID, status: str) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if receipt.replayed else None
+    BALLOTS_ACCEPTED.labels("replayed" if receipt.replayed else status).inc()
+    code = 201 if receipt.version == 1 else 200
+    return JSONResponse(
+        receipt_view(receipt, str(election_id), status), status_code=code, headers=headers
+    )

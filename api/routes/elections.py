@@ -1,0 +1,81 @@
+"""Elections: create, open, close, issue voter tokens, list, get."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import context
+from api.responses import JSONResponse
+from api.schemas import ElectionIn, TokensIn
+from api.views import election_view
+from domain.rules import ElectionRules
+from infra.voters import new_voter_token
+
+
+async def create(request: Request) -> Response:
+    context.auth(request).require(request, "admin")
+    body = await context.body(request, ElectionIn)
+    rules = ElectionRules.create(
+        options=[option.model_dump() for option in body.options],
+        method=body.method,
+        min_score=body.min_score,
+        max_score=body.max_score,
+        eligibility=body.eligibility,
+        allow_revote=body.allow_revote,
+        results_visibility=body.results_visibility,
+        tie_break=body.tie_break,
+    )
+    app = context.services(request).app
+    receipt = await app.create_election(body.title, rules)
+    election = await app.election(receipt.id)
+    return JSONResponse(
+        {**election_view(election), "position": receipt.position},
+        status_code=201,
+        headers={"Location": f"/api/elections/{receipt.id}"},
+    )
+
+
+async def open_election(request: Request) -> Response:
+    context.auth(request).require(request, "admin")
+    app = context.services(request).app
+    receipt = await app.open_election(context.election_id(request))
+    election = await app.election(receipt.id)
+    return JSONResponse({**election_view(election), "position": receipt.position})
+
+
+async def close_election(request: Request) -> Response:
+    context.auth(request).require(request, "admin")
+    app = context.services(request).app
+    receipt = await app.close_election(context.election_id(request))
+    election = await app.election(receipt.id)
+    return JSONResponse({**election_view(election), "position": receipt.position})
+
+
+async def issue_tokens(request: Request) -> Response:
+    """Issue one-time voter tokens; they are shown here once and stored only as keys."""
+    context.auth(request).require(request, "admin")
+    election_id = context.election_id(request)
+    body = await context.body(request, TokensIn)
+    services = context.services(request)
+    tokens = [new_voter_token() for _ in range(body.count)]
+    keys = [services.voter_keys.for_token(election_id, token) for token in tokens]
+    receipt = await services.app.issue_voter_tokens(election_id, keys)
+    return JSONResponse(
+        {"election_id": str(election_id), "tokens": tokens, "position": receipt.position},
+        status_code=201,
+    )
+
+
+async def list_elections(request: Request) -> Response:
+    context.auth(request).identify(request)
+    elections = sorted(context.services(request).app.elections.values(), key=lambda e: e.created_on)
+    status = request.query_params.get("status")
+    views = [election_view(e) for e in elections if status is None or e.status.value == status]
+    return JSONResponse({"elections": views})
+
+
+async def get_election(request: Request) -> Response:
+    context.auth(request).identify(request)
+    election = await context.services(request).app.election(context.election_id(request))
+    return JSONResponse(election_view(election))

@@ -1,0 +1,83 @@
+"""Results: winners, per-option figures, rounds and pairwise counts, with their position."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import context
+from api.problems import Forbidden
+from api.responses import JSONResponse
+from domain.election import Election, ElectionStatus
+from domain.rules import ElectionRules, ResultsVisibility
+from domain.tabulation import Tally
+from infra.bootstrap import Services
+from projections.queries import tally_snapshot
+
+MAX_WAIT = 2.0
+CACHE_SIZE = 512
+
+
+async def results(request: Request) -> Response:
+    """Results from the tally read model; ``min_position`` waits (up to 2 s) for it."""
+    principal = context.auth(request).identify(request)
+    election_id = context.election_id(request)
+    services = context.services(request)
+    election = await services.app.election(election_id)
+    hidden = (
+        election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
+        and election.status is not ElectionStatus.CLOSED
+    )
+    if hidden and not principal.can_act_as("admin"):
+        raise Forbidden(
+            "this election publishes its results when it closes; until then only admins see them"
+        )
+    if principal.voter_token is not None:
+        election.check_eligible(services.voter_keys.for_token(election_id, principal.voter_token))
+    wanted = context.int_param(request, "min_position", 0, minimum=0)
+    caught_up = True
+    if wanted:
+        caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
+    body = await _results(services, election_id, election)
+    headers = (
+        {} if caught_up else {"Warning": f'199 - "results reflect position {body["position"]}"'}
+    )
+    return JSONResponse(body, headers=headers)
+
+
+async def _results(services: Services, election_id: UUID, election: Election) -> dict[str, Any]:
+    async with services.reads.connection() as conn:
+        snapshot = await tally_snapshot(conn, election_id)
+    cache: dict[tuple[UUID, int], dict[str, Any]] = services.results_cache
+    key = (election_id, snapshot.position)
+    cached = cache.get(key)
+    if cached is None:
+        rules = (
+            election.rules if snapshot.rules is None else ElectionRules.from_json(snapshot.rules)
+        )
+        tally = Tally.from_counters(rules, snapshot.counters)
+        closed = snapshot.closed_at is not None
+        cached = {
+            "election_id": str(election_id),
+            "status": ElectionStatus.CLOSED.value if closed else _open_or_draft(election),
+            "position": snapshot.position,
+            **tally.result().to_json(),
+            "late_ballots": snapshot.late_ballots,
+            "closed_at_position": snapshot.closed_at,
+        }
+        if len(cache) >= CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = cached
+    return cached
+
+
+def _open_or_draft(election: Election) -> str:
+    # The read model has not seen a close; report where the election stood before it.
+    return (
+        ElectionStatus.DRAFT.value
+        if election.status is ElectionStatus.DRAFT
+        else ElectionStatus.OPEN.value
+    )

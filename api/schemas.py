@@ -1,0 +1,57 @@
+"""Request bodies, validated by pydantic before anything reaches the domain.
+
+The models check shapes and types (strictly: "2" is not a score); the domain checks what
+the election's rules say. Adapters are built once, at import.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from domain.election import MAX_TOKENS_PER_ISSUE
+from domain.rules import MAX_OPTIONS
+
+Text = Annotated[str, StringConstraints(max_length=1000)]
+OptionId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class OptionIn(Strict):
+    id: OptionId
+    label: Text
+
+
+class ElectionIn(Strict):
+    title: Text
+    options: Annotated[list[OptionIn], Field(max_length=MAX_OPTIONS + 1)]
+    method: Text
+    min_score: int | None = None
+    max_score: int | None = None
+    eligibility: Text = "client"
+    allow_revote: bool = True
+    results_visibility: Text = "live"
+    tie_break: Text = "report"
+
+
+class TokensIn(Strict):
+    count: Annotated[int, Field(ge=1, le=MAX_TOKENS_PER_ISSUE)]
+
+
+class BallotIn(Strict):
+    voter_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    choice: OptionId | None = None
+    approve: Annotated[list[OptionId], Field(max_length=MAX_OPTIONS)] | None = None
+    scores: Annotated[dict[OptionId, int], Field(max_length=MAX_OPTIONS)] | None = None
+    ranking: Annotated[list[OptionId], Field(max_length=MAX_OPTIONS)] | None = None
+
+    def content(self) -> dict[str, object]:
+        return self.model_dump(exclude={"voter_id"}, exclude_none=True)
+
+
+class WithdrawalIn(Strict):
+    voter_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None

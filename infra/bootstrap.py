@@ -1,0 +1,168 @@
+"""The composition root: builds every running part of a process from its Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import AsyncConnectionPool
+
+from domain.application import VotingApplication
+from infra.election_feed import ElectionFeed
+from infra.metrics import serve_worker_metrics
+from infra.relay import Relay
+from infra.settings import Settings, SettingsError
+from infra.store import open_application
+from infra.topology import Topology
+from infra.voters import VoterKeys
+from infra.writer import GroupCommitWriter
+from projections import PROJECTIONS, projection
+from projections.positions import PositionWatcher
+from projections.runtime import ProjectionRunner
+from projections.worker import ProjectionWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Workers:
+    """The background parts of a process: relay and projection workers."""
+
+    relay: Relay | None = None
+    projections: list[ProjectionWorker] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass
+class Services:
+    """What the API needs at run time, started and stopped together."""
+
+    settings: Settings
+    app: VotingApplication
+    writer: GroupCommitWriter
+    feed: ElectionFeed
+    voter_keys: VoterKeys
+    reads: AsyncConnectionPool
+    positions: PositionWatcher
+    workers: Workers
+    # Results computed per (election, position): dashboards poll, positions move rarely.
+    results_cache: dict[tuple[UUID, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def _database_url(settings: Settings) -> str:
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set (cardinal serve starts an embedded one)")
+    return settings.database_url
+
+
+@asynccontextmanager
+async def running_workers(
+    settings: Settings,
+    *,
+    relay: bool,
+    projections: Sequence[str],
+    metrics_port: int | None = None,
+) -> AsyncIterator[Workers]:
+    """Run the relay (where a broker is configured) and projection workers as tasks.
+
+    With ``metrics_port`` (a process without the API), serve Prometheus metrics there.
+    """
+    url = _database_url(settings)
+    topology = Topology(settings.namespace)
+    workers = Workers()
+    pool = _pool(url, max_size=2 * len(projections) + 1)
+    await pool.open(wait=False)
+    if relay and settings.amqp_url is not None:
+        workers.relay = Relay(url, settings.amqp_url, topology, PROJECTIONS)
+        workers.tasks.append(_supervised("relay", workers.relay.run))
+    for name in projections:
+        worker = ProjectionWorker(
+            ProjectionRunner(projection(name), pool),
+            url,
+            amqp_url=settings.amqp_url,
+            topology=topology,
+        )
+        workers.projections.append(worker)
+        workers.tasks.append(_supervised(f"projection {name}", worker.run))
+    if metrics_port is not None:
+        component = "relay" if relay else "projector"
+        workers.tasks.append(
+            _supervised("metrics", lambda: serve_worker_metrics(metrics_port, url, component))
+        )
+    try:
+        yield workers
+    finally:
+        for task in workers.tasks:
+            task.cancel()
+        for task in workers.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await pool.close()
+
+
+@asynccontextmanager
+async def running_services(
+    settings: Settings, *, relay: bool = False, projections: Sequence[str] = ()
+) -> AsyncIterator[Services]:
+    """Start the API's parts (and any workers); stop them in reverse order."""
+    url = _database_url(settings)
+    if settings.secret is None:
+        raise SettingsError("CARDINAL_SECRET is not set")
+    app = open_application(url)
+    writer = GroupCommitWriter(
+        app, url, max_batch=settings.writer_max_batch, max_queue=settings.writer_max_queue
+    )
+    app.writer = writer
+    reads = _pool(url, max_size=8)
+    await reads.open(wait=False)
+    writer.start()
+    feed = ElectionFeed(app, url)
+    await feed.start()
+    positions = PositionWatcher(url, reads)
+    await positions.start()
+    try:
+        async with running_workers(settings, relay=relay, projections=projections) as workers:
+            yield Services(
+                settings, app, writer, feed, VoterKeys(settings.secret), reads, positions, workers
+            )
+    finally:
+        await positions.stop()
+        await feed.stop()
+        await writer.stop()
+        await reads.close()
+        app.close()
+
+
+def _pool(url: str, max_size: int) -> AsyncConnectionPool:
+    """A pool that checks a connection before lending it, so that a database restart or
+    failover costs a reconnect rather than an error."""
+    return AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True},
+        check=AsyncConnectionPool.check_connection,
+    )
+
+
+def _supervised(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """Run a component forever; a bug that escapes it is logged loudly and it restarts."""
+
+    async def supervise() -> None:
+        while True:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting in 1s", name)
+                await asyncio.sleep(1)
+
+    return asyncio.create_task(supervise(), name=name)

@@ -1,0 +1,64 @@
+"""Development credentials: the voter-key secret and role tokens, generated once and kept.
+
+In production every credential comes from the environment (Settings.check insists). In
+development, what is unset is generated on first start and kept in the data folder, so that
+voter keys stay stable across restarts (a new secret would let a voter vote again) and
+dashboards keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.settings import ROLES, Settings
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+@dataclass
+class Credentials:
+    settings: Settings
+    generated_roles: list[str] = field(default_factory=list)
+
+
+def complete(settings: Settings) -> Credentials:
+    """Settings with every credential present, generating and keeping missing ones."""
+    if settings.is_production:
+        return Credentials(settings)
+    path = settings.data_dir / CREDENTIALS_FILE
+    kept = _read(path)
+    changed = False
+    secret = settings.secret
+    if secret is None:
+        if "secret" not in kept:
+            kept["secret"] = secrets.token_hex(32)
+            changed = True
+        secret = str(kept["secret"])
+    tokens = dict(settings.role_tokens)
+    generated: list[str] = []
+    for role in ROLES:
+        if tokens.get(role):
+            continue
+        key = f"{role}_token"
+        if key not in kept:
+            kept[key] = f"cv_{role}_{secrets.token_urlsafe(18)}"
+            changed = True
+        tokens[role] = (str(kept[key]),)
+        generated.append(role)
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kept, indent=2))
+        path.chmod(0o600)
+    return Credentials(settings.with_overrides(secret=secret, role_tokens=tokens), generated)
+
+
+def _read(path: Path) -> dict[str, object]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object; remove it to regenerate credentials")
+    return data

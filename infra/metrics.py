@@ -1,0 +1,122 @@
+"""Prometheus metrics: one definition of every series, shared by all components.
+
+The API serves them on /metrics; relay and projector processes on METRICS_PORT (0 turns
+that listener off). Names follow Prometheus conventions: counters end in ``_total``,
+durations are in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+BALLOTS_ACCEPTED = Counter(
+    "cardinal_ballots_accepted_total", "Ballot changes recorded, by kind", ["kind"]
+)
+BALLOTS_REFUSED = Counter(
+    "cardinal_ballots_refused_total", "Ballot requests refused, by reason", ["reason"]
+)
+WRITE_BATCH_SIZE = Histogram(
+    "cardinal_write_batch_size",
+    "Appends committed per group-commit transaction",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+WRITE_COMMIT_SECONDS = Histogram(
+    "cardinal_write_commit_seconds",
+    "Duration of one group-commit transaction",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+WRITER_QUEUE = Gauge("cardinal_writer_queue_depth", "Appends waiting for the writer")
+HTTP_SECONDS = Histogram(
+    "cardinal_http_request_duration_seconds",
+    "HTTP request duration by route",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LOG_HEAD = Gauge("cardinal_log_head_position", "Position of the last committed log entry")
+RELAY_POSITION = Gauge("cardinal_relay_position", "Last log position the relay published")
+RELAY_LAG = Gauge("cardinal_relay_lag_events", "Log entries not yet published")
+RELAY_PUBLISHED = Counter("cardinal_relay_published_events_total", "Log entries published")
+RELAY_LEADER = Gauge("cardinal_relay_leader", "1 while this relay is the active one")
+PROJECTION_POSITION = Gauge(
+    "cardinal_projection_position", "Last log position applied", ["projection"]
+)
+PROJECTION_LAG = Gauge(
+    "cardinal_projection_lag_events", "Log entries not yet applied", ["projection"]
+)
+PROJECTION_APPLIED = Counter(
+    "cardinal_projection_applied_events_total", "Log entries applied", ["projection"]
+)
+PROJECTION_APPLY_SECONDS = Histogram(
+    "cardinal_projection_apply_seconds",
+    "Duration of one page's transaction",
+    ["projection"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+PROJECTION_REJECTED = Counter(
+    "cardinal_projection_rejected_total", "Messages dead-lettered", ["projection"]
+)
+REBUILD_POSITION = Gauge(
+    "cardinal_rebuild_position", "Position a running rebuild has reached", ["projection"]
+)
+REBUILD_RATE = Gauge(
+    "cardinal_rebuild_events_per_second", "Speed of a running rebuild", ["projection"]
+)
+BROKER_CONNECTED = Gauge(
+    "cardinal_broker_connected", "1 while connected to RabbitMQ", ["component"]
+)
+DATABASE_CONNECTED = Gauge(
+    "cardinal_database_connected", "1 while the database answers", ["component"]
+)
+
+POSITIONS = """
+SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
+       (SELECT position FROM relay_positions WHERE name = 'relay'),
+       coalesce((SELECT json_object_agg(r.name, p.position) FROM projections r
+                 JOIN projection_positions p
+                   ON p.name = r.name AND p.version = r.active_version), '{}')
+"""
+
+
+async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) -> None:
+    """Set head, relay and projection positions and lags from the database."""
+    try:
+        cursor = await conn.execute(POSITIONS)
+        row = await cursor.fetchone()
+    except psycopg.Error:
+        DATABASE_CONNECTED.labels(component).set(0)
+        raise
+    DATABASE_CONNECTED.labels(component).set(1)
+    assert row is not None
+    head, relay, projections = row
+    LOG_HEAD.set(head)
+    if relay is not None:
+        RELAY_POSITION.set(relay)
+        RELAY_LAG.set(max(0, head - relay))
+    for name, position in projections.items():
+        PROJECTION_POSITION.labels(name).set(position)
+        PROJECTION_LAG.labels(name).set(max(0, head - position))
+
+
+async def serve_worker_metrics(port: int, database_url: str, component: str) -> None:
+    """Expose metrics on ``port`` and keep the position gauges fresh (every 5 s)."""
+    if port:
+        start_http_server(port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", port)
+    while True:
+        with contextlib.suppress(psycopg.Error, OSError):
+            async with await psycopg.AsyncConnection.connect(
+                database_url, autocommit=True, connect_timeout=5
+            ) as conn:
+                while True:
+                    await refresh_positions(conn, component)
+                    await asyncio.sleep(5)
+        DATABASE_CONNECTED.labels(component).set(0)
+        await asyncio.sleep(5)

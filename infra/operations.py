@@ -1,0 +1,95 @@
+"""Operators' commands: the projections' status as a table, and rebuilds with progress."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from projections import projection
+from projections.rebuild import Progress as RebuildProgress
+from projections.rebuild import Rebuild, RebuildRefused
+from projections.status import projection_status
+
+console = Console()
+
+
+async def print_status(database_url: str, *, as_json: bool) -> int:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        found = await projection_status(conn)
+    if as_json:
+        print(json.dumps({"projections": found}, indent=2))
+        return 0
+    table = Table(title="Projections")
+    for column in ("name", "version", "state", "position", "head", "lag", "dead-lettered"):
+        table.add_column(column, justify="right" if column not in ("name", "state") else "left")
+    table.add_column("rebuild / detail")
+    for entry in found:
+        colour = {"live": "green", "rebuilding": "yellow"}.get(entry["state"], "red")
+        rebuild = entry["rebuild"]
+        note = (
+            f"v{rebuild['version']} at {rebuild['position']:,}/{rebuild['head']:,}, "
+            f"{rebuild['events_per_second']:,.0f}/s"
+            if rebuild
+            else (entry["detail"] or "")
+        )
+        table.add_row(
+            entry["name"],
+            str(entry["version"]),
+            f"[{colour}]{entry['state']}[/]",
+            f"{entry['position']:,}",
+            f"{entry['head']:,}",
+            f"{entry['lag']:,}",
+            str(entry["dead_lettered"]),
+            note,
+        )
+    console.print(table)
+    return 0 if all(entry["state"] == "live" for entry in found) else 1
+
+
+async def rebuild_with_progress(database_url: str, name: str, page_size: int) -> int:
+    pool = AsyncConnectionPool(
+        database_url, min_size=2, max_size=4, open=False, kwargs={"autocommit": True}
+    )
+    await pool.open()
+    try:
+        with Progress(
+            TextColumn(f"rebuilding {name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("rebuild", total=None, rate="")
+
+            def show(progress: RebuildProgress) -> None:
+                bar.update(
+                    task,
+                    completed=progress.position,
+                    total=progress.head,
+                    rate=f"{progress.rate:,.0f} events/s",
+                )
+
+            try:
+                job = Rebuild(projection(name), pool, page_size=page_size, progress=show)
+                version = await job.run()
+            except RebuildRefused as refused:
+                console.print(f"[red]{refused}[/red]")
+                return 1
+        console.print(f"{name}: version {version} is live; the previous version was dropped")
+        return 0
+    finally:
+        await pool.close()

@@ -1,0 +1,199 @@
+"""The relay: tails the log and publishes it to RabbitMQ, page by contiguous page.
+
+One message says "these are all committed entries with after < position <= last":
+``{"after": A, "last": L, "events": [...]}``. The relay awaits the broker's publisher
+confirm before it stores L as its position, so a crash at any point re-publishes at most a
+page (delivery is at-least-once; projections drop duplicates by position). One relay is
+active at a time: it holds a PostgreSQL advisory lock on the connection that also stores
+its position; others wait as hot standby and take over when that connection goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import orjson
+import psycopg
+from aio_pika.abc import AbstractExchange
+from psycopg import sql
+
+from infra import metrics
+from infra.store import EVENTS_TABLE
+from infra.topology import Topology
+from projections.log import event_type, head
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 0x43415244_52454C59  # "CARDRELY"
+RELAY_NAME = "relay"
+PAGE = f"""
+SELECT notification_id, originator_id, originator_version, topic, state
+FROM {EVENTS_TABLE} WHERE notification_id > %s AND notification_id <= %s
+ORDER BY notification_id LIMIT %s
+"""
+
+
+@dataclass
+class RelayStatus:
+    """What the relay is doing, for metrics and the operators' status page."""
+
+    leader: bool = False
+    position: int = 0
+    head: int = 0
+    published_pages: int = 0
+    published_events: int = 0
+    broker_connected: bool = False
+    database_connected: bool = False
+
+
+class Relay:
+    def __init__(
+        self,
+        database_url: str,
+        amqp_url: str,
+        topology: Topology,
+        projections: Iterable[str],
+        *,
+        page_size: int = 1000,
+        poll_interval: float = 1.0,
+        retry_interval: float = 1.0,
+        linger: float = 0.01,
+    ) -> None:
+        self.database_url = database_url
+        self.amqp_url = amqp_url
+        self.topology = topology
+        self.projections = list(projections)
+        self.page_size = page_size
+        self.poll_interval = poll_interval
+        self.retry_interval = retry_interval
+        self.linger = linger
+        self.status = RelayStatus()
+
+    async def run(self) -> None:
+        """Relay forever, reconnecting to PostgreSQL and RabbitMQ after any outage."""
+        while True:
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, aio_pika.exceptions.AMQPError, OSError) as error:
+                log.warning("relay interrupted (%s); retrying in %.1fs", error, self.retry_interval)
+            finally:
+                self.status.leader = False
+                self.status.broker_connected = False
+                self.status.database_connected = False
+                metrics.RELAY_LEADER.set(0)
+                metrics.BROKER_CONNECTED.labels("relay").set(0)
+            await asyncio.sleep(self.retry_interval)
+
+    async def _lead(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True
+        ) as conn:
+            self.status.database_connected = True
+            await self._become_leader(conn)
+            connection = await aio_pika.connect(
+                self.amqp_url,
+                client_properties={"connection_name": f"{self.topology.namespace}-relay"},
+            )
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                events, _, _ = await self.topology.declare(channel, self.projections)
+                self.status.broker_connected = True
+                metrics.BROKER_CONNECTED.labels("relay").set(1)
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                position = await self._stored_position(conn)
+                log.info("relay is the leader, publishing after position %d", position)
+                while True:
+                    position = await self._publish_pending(conn, events, position)
+                    await self._wait(conn)
+
+    async def _become_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        waiting_said = False
+        while True:
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,))
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                self.status.leader = True
+                metrics.RELAY_LEADER.set(1)
+                return
+            if not waiting_said:
+                log.info("another relay is active; standing by")
+                waiting_said = True
+            await asyncio.sleep(self.poll_interval)
+
+    async def _stored_position(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        await conn.execute(
+            "INSERT INTO relay_positions (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+            (RELAY_NAME,),
+        )
+        cursor = await conn.execute(
+            "SELECT position FROM relay_positions WHERE name = %s", (RELAY_NAME,)
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        self.status.position = int(row[0])
+        return self.status.position
+
+    async def _publish_pending(
+        self, conn: psycopg.AsyncConnection[Any], exchange: AbstractExchange, position: int
+    ) -> int:
+        while True:
+            upto = await head(conn)
+            self.status.head = upto
+            if position >= upto:
+                return position
+            cursor = await conn.execute(PAGE, (position, upto, self.page_size), prepare=True)
+            rows = await cursor.fetchall()
+            last = int(rows[-1][0]) if len(rows) == self.page_size else upto
+            body = orjson.dumps({"after": position, "last": last, "events": _entries(rows)})
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=f"{position}-{last}",
+                ),
+                routing_key="",
+                mandatory=True,
+            )
+            # Confirmed by the broker: only now may the position move past these entries.
+            await conn.execute(
+                "UPDATE relay_positions SET position = %s, updated_at = now() WHERE name = %s",
+                (last, RELAY_NAME),
+            )
+            position = self.status.position = last
+            self.status.published_pages += 1
+            self.status.published_events += len(rows)
+            metrics.RELAY_PUBLISHED.inc(len(rows))
+            metrics.RELAY_POSITION.set(position)
+            metrics.RELAY_LAG.set(max(0, upto - position))
+            metrics.LOG_HEAD.set(upto)
+
+    async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        with contextlib.suppress(TimeoutError):
+            async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
+                pass
+        # Under a stream of commits, a few milliseconds' pause makes one page of many
+        # entries instead of many pages of a few: cheaper for every projection downstream.
+        await asyncio.sleep(self.linger)
+
+
+def _entries(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Log rows as message entries; the stored JSON state goes through untouched."""
+    return [
+        {
+            "position": position,
+            "stream_id": str(stream_id),
+            "version": version,
+            "type": event_type(topic),
+            "data": orjson.Fragment(bytes(state)),
+        }
+        for position, stream_id, version, topic, state in rows
+    ]

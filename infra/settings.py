@@ -1,0 +1,129 @@
+"""Configuration, read once from the environment (names as in ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROLES = ("admin", "operator", "auditor", "client")
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Cardinal Vote process is configured with."""
+
+    database_url: str | None = None
+    amqp_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    metrics_port: int = 8001
+    log_level: str = "INFO"
+    allowed_origins: tuple[str, ...] = ()
+    max_votes_per_ip_per_hour: int = 1000
+    enable_rate_limiting: bool = False
+    env: str = "development"
+    writer_max_batch: int = 500
+    writer_max_queue: int = 20_000
+    namespace: str = "cardinal"
+    role_tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    secret: str | None = None
+    data_dir: Path = Path(".cardinal")
+    max_body_bytes: int = 64 * 1024
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    def tokens_for(self, role: str) -> tuple[str, ...]:
+        return self.role_tokens.get(role, ())
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from an environment (os.environ by default)."""
+        env = os.environ if environ is None else environ
+        tokens = {role: _list(env.get(f"CARDINAL_{role.upper()}_TOKEN", "")) for role in ROLES}
+        settings = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            amqp_url=env.get("AMQP_URL") or None,
+            host=env.get("HOST", cls.host),
+            port=_int(env, "PORT", cls.port),
+            metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
+            log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            allowed_origins=_list(env.get("ALLOWED_ORIGINS", "")),
+            max_votes_per_ip_per_hour=_int(
+                env, "MAX_VOTES_PER_IP_PER_HOUR", cls.max_votes_per_ip_per_hour
+            ),
+            enable_rate_limiting=_bool(env, "ENABLE_RATE_LIMITING", cls.enable_rate_limiting),
+            env=env.get("CARDINAL_ENV", cls.env).lower(),
+            writer_max_batch=_int(env, "WRITER_MAX_BATCH", cls.writer_max_batch, minimum=1),
+            writer_max_queue=_int(env, "WRITER_MAX_QUEUE", cls.writer_max_queue, minimum=1),
+            namespace=env.get("CARDINAL_NAMESPACE", cls.namespace),
+            role_tokens={role: values for role, values in tokens.items() if values},
+            secret=env.get("CARDINAL_SECRET") or None,
+            data_dir=Path(env.get("CARDINAL_DATA_DIR", str(cls.data_dir))),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.env not in ("development", "production", "test"):
+            raise SettingsError(
+                f"CARDINAL_ENV must be development, production or test; got {self.env!r}"
+            )
+        if self.is_production:
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("CARDINAL_SECRET", self.secret),
+                    ("CARDINAL_ADMIN_TOKEN", self.tokens_for("admin")),
+                )
+                if not value
+            ]
+            if missing:
+                raise SettingsError(
+                    "in production (CARDINAL_ENV=production) these must be set: "
+                    + ", ".join(missing)
+                )
+        if self.secret is not None and len(self.secret) < 32:
+            raise SettingsError(
+                "CARDINAL_SECRET must be at least 32 characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number; got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}; got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false; got {raw!r}")

@@ -1,0 +1,43 @@
+"""The event store: eventsourcing's PostgreSQL persistence, wired from DATABASE_URL."""
+
+from __future__ import annotations
+
+from psycopg.conninfo import conninfo_to_dict
+
+from domain.application import VotingApplication
+
+EVENTS_TABLE = "cardinal_events"  # eventsourcing names it after the application
+
+
+def connection_kwargs(database_url: str) -> dict[str, str]:
+    """libpq connection parameters of a DATABASE_URL, as strings."""
+    return {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
+
+
+def store_environment(database_url: str, pool_size: int = 4) -> dict[str, str]:
+    """The eventsourcing environment for our PostgreSQL event store.
+
+    CREATE_TABLE is off because the tables come from migrations/, and
+    POSTGRES_ENABLE_DB_FUNCTIONS stays off: its insert function takes no table lock, which
+    would let readers tailing the log skip rows that commit later.
+    """
+    params = connection_kwargs(database_url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": params.get("dbname", params.get("user", "postgres")),
+        "POSTGRES_HOST": params.get("host", ""),
+        "POSTGRES_PORT": params.get("port", "5432"),
+        "POSTGRES_USER": params.get("user", "postgres"),
+        "POSTGRES_PASSWORD": params.get("password", ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": "4",
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        "CREATE_TABLE": "n",
+        "TRANSCODER_TOPIC": "infra.transcoder:OrjsonTranscoder",
+    }
+
+
+def open_application(database_url: str) -> VotingApplication:
+    """A VotingApplication on PostgreSQL (connects lazily, on first use)."""
+    return VotingApplication(env=store_environment(database_url))

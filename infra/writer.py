@@ -1,0 +1,350 @@
+"""The group-commit writer: every append in the service goes through here.
+
+The event store serialises inserts with an EXCLUSIVE table lock (that keeps notification ids
+in commit order, so readers tailing the log never skip a row that commits later). One
+transaction per ballot would therefore cap the store at one commit latency per ballot. This
+writer gathers whatever appends are waiting (up to ``max_batch``) and records them in one
+transaction, on one dedicated connection and thread:
+
+    LOCK TABLE cardinal_events IN EXCLUSIVE MODE; NOTIFY cardinal_events;
+    INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING ...
+
+``ON CONFLICT DO NOTHING`` isolates a conflicting append (a voter's second first-cast, a
+concurrent revision) without failing its neighbours and without retry rounds: the rows that
+come back are the ones recorded; an append whose rows did not come back gets
+VersionConflict. Each caller awaits its own future, resolved only after COMMIT returned, so
+no 2xx is ever sent for a ballot that is not durable. ``max_batch=1`` turns batching off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+
+from domain.application import VotingApplication
+from domain.ballot import Ballot
+from domain.election import Election
+from domain.ports import VersionConflict
+from infra import metrics
+from infra.store import EVENTS_TABLE
+
+log = logging.getLogger(__name__)
+A = TypeVar("A", bound=Aggregate)
+
+Key = tuple[UUID, int]
+
+INSERT = f"""
+INSERT INTO {EVENTS_TABLE} (originator_id, originator_version, topic, state)
+SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])
+ON CONFLICT DO NOTHING
+RETURNING originator_id, originator_version, notification_id
+"""
+EXISTING = f"""
+SELECT e.originator_id, e.originator_version, e.notification_id, e.state
+FROM {EVENTS_TABLE} e
+JOIN unnest(%s::uuid[], %s::bigint[]) AS k(id, version)
+  ON e.originator_id = k.id AND e.originator_version = k.version
+"""
+POSITION_OF = (
+    f"SELECT notification_id FROM {EVENTS_TABLE} "
+    "WHERE originator_id = %s AND originator_version = %s"
+)
+
+
+class Overloaded(Exception):
+    """The writer's queue is full; the caller should retry later."""
+
+
+class StoreUnavailable(Exception):
+    """The event store could not be reached for longer than the commit timeout."""
+
+
+@dataclass
+class _Append:
+    events: list[StoredEvent]
+    future: asyncio.Future[int]
+    keys: list[Key] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = [(cast(UUID, e.originator_id), e.originator_version) for e in self.events]
+
+
+@dataclass
+class _Outcome:
+    position: int | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class WriterStats:
+    """Running figures (the same go to Prometheus)."""
+
+    batches: int = 0
+    appends: int = 0
+    conflicts: int = 0
+    last_batch_size: int = 0
+
+
+class GroupCommitWriter:
+    """Batches appends from the event loop into single transactions on a writer thread."""
+
+    def __init__(
+        self,
+        app: VotingApplication,
+        database_url: str,
+        *,
+        max_batch: int = 500,
+        max_queue: int = 20_000,
+        commit_timeout: float = 15.0,
+    ) -> None:
+        self.app = app
+        self.database_url = database_url
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.commit_timeout = commit_timeout
+        self.stats = WriterStats()
+        self._queue: deque[_Append] = deque()
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop the writer thread."""
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- EventWriter port --------------------------------------------------------------
+
+    async def append(self, aggregate: Aggregate) -> int:
+        if self._stopping or self._thread is None:
+            raise Overloaded("the writer is not running")
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"{len(self._queue)} appends are already waiting")
+        events = [self.app.mapper.to_stored_event(e) for e in aggregate.collect_events()]
+        assert self._loop is not None
+        submission = _Append(events, self._loop.create_future())
+        with self._wakeup:
+            self._queue.append(submission)
+            self._wakeup.notify()
+        return await submission.future
+
+    async def load_election(self, election_id: UUID) -> Election | None:
+        return await asyncio.to_thread(self._load, election_id, Election)
+
+    async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
+        return await asyncio.to_thread(self._load, ballot_id, Ballot)
+
+    async def position_of(self, aggregate_id: UUID, version: int) -> int:
+        return await asyncio.to_thread(self._position_of, aggregate_id, version)
+
+    def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        try:
+            aggregate: Aggregate = self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
+    def _position_of(self, aggregate_id: UUID, version: int) -> int:
+        recorder = cast(PostgresApplicationRecorder, self.app.recorder)
+        with recorder.datastore.get_connection() as conn:
+            row = conn.execute(POSITION_OF, (aggregate_id, version)).fetchone()
+        if row is None:
+            raise LookupError(f"{aggregate_id} version {version} is not in the log")
+        return int(row["notification_id"])
+
+    # -- writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._queue and not self._stopping:
+                    self._wakeup.wait()
+                if not self._queue and self._stopping:
+                    break
+                batch = self._take_batch()
+            started = time.perf_counter()
+            outcomes = self._commit_with_retries(batch)
+            elapsed = time.perf_counter() - started
+            self.stats.batches += 1
+            self.stats.appends += len(batch)
+            self.stats.last_batch_size = len(batch)
+            metrics.WRITE_BATCH_SIZE.observe(len(batch))
+            metrics.WRITE_COMMIT_SECONDS.observe(elapsed)
+            metrics.WRITER_QUEUE.set(len(self._queue))
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, batch, outcomes)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _take_batch(self) -> list[_Append]:
+        """Up to max_batch appends; one touching a key already in the batch waits its turn.
+
+        Two appends of the same (aggregate, version) in one INSERT could not be told apart
+        in RETURNING; deferred, the second one meets the first as an ordinary conflict.
+        """
+        batch: list[_Append] = []
+        taken: set[Key] = set()
+        deferred: list[_Append] = []
+        while self._queue and len(batch) < self.max_batch:
+            submission = self._queue.popleft()
+            if taken.intersection(submission.keys):
+                deferred.append(submission)
+                continue
+            taken.update(submission.keys)
+            batch.append(submission)
+        self._queue.extendleft(reversed(deferred))
+        return batch
+
+    def _commit_with_retries(self, batch: list[_Append]) -> list[_Outcome]:
+        deadline = time.monotonic() + self.commit_timeout
+        delay = 0.05
+        uncertain = False  # a previous attempt may have committed before failing
+        while True:
+            try:
+                conn = self._connection()
+                return self._commit(conn, batch, recognise_own=uncertain)
+            except psycopg.OperationalError as error:
+                self._drop_connection()
+                uncertain = True
+                if time.monotonic() + delay > deadline:
+                    log.error("event store unreachable, %d appends refused: %s", len(batch), error)
+                    refusal = StoreUnavailable(
+                        "the event store is unreachable; the ballot may or may not be "
+                        "recorded: retry with the same Idempotency-Key to find out"
+                    )
+                    return [_Outcome(error=refusal) for _ in batch]
+                log.warning("event store connection lost (%s); retrying in %.2fs", error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as error:  # a bug or a bad row: fail this batch, keep running
+                log.exception("group commit failed")
+                self._drop_connection()
+                return [_Outcome(error=error) for _ in batch]
+
+    def _commit(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        batch: Sequence[_Append],
+        *,
+        recognise_own: bool,
+    ) -> list[_Outcome]:
+        outcomes: dict[int, _Outcome] = {}
+        live = list(batch)
+        while live:
+            partial = self._insert(conn, live, outcomes, recognise_own=recognise_own)
+            # An append is atomic: one with only some of its rows recorded was rolled back
+            # with the rest of the batch; refuse it and record the others again.
+            for submission in partial:
+                outcomes[id(submission)] = _Outcome(error=VersionConflict())
+            live = [s for s in live if s not in partial] if partial else []
+        return [outcomes[id(s)] for s in batch]
+
+    def _insert(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        live: Sequence[_Append],
+        outcomes: dict[int, _Outcome],
+        *,
+        recognise_own: bool,
+    ) -> list[_Append]:
+        """One transaction for the batch; returns the partly-recorded appends, if any."""
+        events = [e for submission in live for e in submission.events]
+        with conn.transaction():
+            conn.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE", prepare=True)
+            conn.execute(f"NOTIFY {EVENTS_TABLE}", prepare=True)
+            rows = conn.execute(
+                INSERT,
+                (
+                    [e.originator_id for e in events],
+                    [e.originator_version for e in events],
+                    [e.topic for e in events],
+                    [e.state for e in events],
+                ),
+                prepare=True,
+            ).fetchall()
+            recorded = {(cast(UUID, r[0]), cast(int, r[1])): cast(int, r[2]) for r in rows}
+            if recognise_own and len(recorded) < len(events):
+                recorded.update(self._own_rows(conn, live, recorded))
+            partial = [s for s in live if 0 < sum(k in recorded for k in s.keys) < len(s.keys)]
+            if partial:
+                raise psycopg.Rollback  # leaves the block, rolled back, without an error
+        if partial:
+            return partial
+        for submission in live:
+            if all(k in recorded for k in submission.keys):
+                outcomes[id(submission)] = _Outcome(position=recorded[submission.keys[-1]])
+            else:
+                self.stats.conflicts += 1
+                outcomes[id(submission)] = _Outcome(error=VersionConflict())
+        return []
+
+    def _own_rows(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        live: Sequence[_Append],
+        recorded: dict[Key, int],
+    ) -> dict[Key, int]:
+        """Rows that an earlier, failed attempt of this very batch did commit.
+
+        An event's state includes its timestamp to the microsecond and the request it came
+        from, so an identical (id, version, state) row can only be ours.
+        """
+        ours = {k: e.state for s in live for k, e in zip(s.keys, s.events, strict=True)}
+        missing = [k for k in ours if k not in recorded]
+        rows = conn.execute(EXISTING, ([k[0] for k in missing], [k[1] for k in missing])).fetchall()
+        found: dict[Key, int] = {}
+        for originator_id, version, position, state in rows:
+            key = (cast(UUID, originator_id), cast(int, version))
+            if bytes(cast(bytes, state)) == ours.get(key):
+                found[key] = cast(int, position)
+        return found
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url, autocommit=True)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _settle(batch: Sequence[_Append], outcomes: Sequence[_Outcome]) -> None:
+    for submission, outcome in zip(batch, outcomes, strict=True):
+        if submission.future.done():  # the caller went away; the append stands regardless
+            continue
+        if outcome.error is not None:
+            submission.future.set_exception(outcome.error)
+        else:
+            assert outcome.position is not None
+            submission.future.set_result(outcome.position)

@@ -1,0 +1,141 @@
+"""The elections catalog: one row per election with its status and ballot activity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+from psycopg import AsyncConnection, AsyncCursor, sql
+
+from projections.base import Projection
+from projections.log import LogEvent
+
+BALLOT_COLUMNS = {
+    "BallotCast": "ballots_cast",
+    "BallotRevised": "revisions",
+    "BallotWithdrawn": "withdrawals",
+}
+
+
+@dataclass
+class _Activity:
+    """One election's ballot entries in a batch, written as one UPDATE."""
+
+    ballots_cast: int = 0
+    revisions: int = 0
+    withdrawals: int = 0
+    late_ballots: int = 0
+    last_ballot_at: str = ""
+    position: int = 0
+
+
+class CatalogProjection(Projection):
+    name = "catalog"
+    tables = ("elections",)
+
+    async def apply(
+        self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        s = sql.Identifier(schema)
+        closes = await self._close_positions(conn, s, events)
+        activity: dict[UUID, _Activity] = {}
+        async with conn.cursor() as cur:
+            for event in events:
+                if event.type in BALLOT_COLUMNS:
+                    election_id = UUID(event.data["election_id"])
+                    figures = activity.setdefault(election_id, _Activity())
+                    closed_at = closes.get(election_id)
+                    column = (
+                        "late_ballots"
+                        if closed_at is not None and event.position > closed_at
+                        else BALLOT_COLUMNS[event.type]
+                    )
+                    setattr(figures, column, getattr(figures, column) + 1)
+                    figures.last_ballot_at = max(figures.last_ballot_at, event.timestamp)
+                    figures.position = event.position
+                else:
+                    await self._election(cur, s, event, closes)
+            for election_id, figures in activity.items():
+                await cur.execute(
+                    sql.SQL(
+                        "UPDATE {}.elections SET ballots_cast = ballots_cast + %s, "
+                        "revisions = revisions + %s, withdrawals = withdrawals + %s, "
+                        "late_ballots = late_ballots + %s, "
+                        "last_ballot_at = greatest(last_ballot_at, %s::timestamptz), "
+                        "position = greatest(position, %s) WHERE election_id = %s"
+                    ).format(s),
+                    (
+                        figures.ballots_cast,
+                        figures.revisions,
+                        figures.withdrawals,
+                        figures.late_ballots,
+                        figures.last_ballot_at,
+                        figures.position,
+                        election_id,
+                    ),
+                )
+
+    @staticmethod
+    async def _close_positions(
+        conn: AsyncConnection[Any], s: sql.Identifier, events: Sequence[LogEvent]
+    ) -> dict[UUID, int | None]:
+        wanted = {UUID(e.data["election_id"]) for e in events if e.type in BALLOT_COLUMNS}
+        if not wanted:
+            return {}
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT election_id, close_position FROM {}.elections WHERE election_id = ANY(%s)"
+            ).format(s),
+            (list(wanted),),
+        )
+        return {row[0]: row[1] for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _election(
+        cur: AsyncCursor[Any], s: sql.Identifier, event: LogEvent, closes: dict[UUID, int | None]
+    ) -> None:
+        if event.type == "ElectionCreated":
+            rules = event.data["rules"]
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO {}.elections "
+                    "(election_id, title, method, rules, status, created_at, position) "
+                    "VALUES (%s, %s, %s, %s::jsonb, 'draft', %s, %s)"
+                ).format(s),
+                (
+                    event.stream_id,
+                    event.data["title"],
+                    rules["method"],
+                    orjson.dumps(rules).decode(),
+                    event.timestamp,
+                    event.position,
+                ),
+            )
+        elif event.type == "ElectionOpened":
+            await cur.execute(
+                sql.SQL(
+                    "UPDATE {}.elections SET status = 'open', opened_at = %s, position = %s "
+                    "WHERE election_id = %s"
+                ).format(s),
+                (event.timestamp, event.position, event.stream_id),
+            )
+        elif event.type == "ElectionClosed":
+            closes[event.stream_id] = event.position
+            await cur.execute(
+                sql.SQL(
+                    "UPDATE {}.elections SET status = 'closed', closed_at = %s, "
+                    "close_position = %s, position = %s WHERE election_id = %s"
+                ).format(s),
+                (event.timestamp, event.position, event.position, event.stream_id),
+            )
+        elif event.type == "ElectionTokensIssued":
+            await cur.execute(
+                sql.SQL(
+                    "UPDATE {}.elections SET tokens_issued = tokens_issued + %s, "
+                    "position = %s WHERE election_id = %s"
+                ).format(s),
+                (len(event.data["voter_keys"]), event.position, event.stream_id),
+            )

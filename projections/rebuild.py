@@ -1,0 +1,231 @@
+"""Blue/green rebuilds: a new version built beside the one serving, then switched to.
+
+1. A new version (schema and tables) is created and marked as building.
+2. It is filled from the store at full speed: big pages, and for projections that offer a
+   bulk builder, state kept in memory and written with COPY at the end.
+3. When it has caught up, one short transaction locks the projection's registry row (live
+   workers wait), applies what is still missing, points the read_models views at the new
+   version and makes it active. Readers never see a half-built version.
+4. The old version's schema is dropped.
+
+If the rebuild fails or is killed, the old version keeps serving; the registry says why
+(or the status reports the rebuild silent); running it again starts a fresh version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
+
+from infra import metrics
+from infra.store import EVENTS_TABLE
+from projections.base import Projection, schema_name
+from projections.log import head, read_page
+from projections.runtime import create_version, expose_version, lock_projection, track
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 20_000
+
+
+class RebuildRefused(Exception):
+    """A rebuild cannot start (another is running, or the projection has no version)."""
+
+
+@dataclass
+class Progress:
+    version: int
+    position: int
+    head: int
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class Rebuild:
+    """Rebuilds one projection; ``run`` returns the new active version."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        pool: AsyncConnectionPool,
+        *,
+        page_size: int = PAGE_SIZE,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.projection = projection
+        self.pool = pool
+        self.page_size = page_size
+        self.progress = progress
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    async def run(self) -> int:
+        async with self.pool.connection() as guard:
+            # Held for the whole rebuild, on a connection of its own: a second rebuild of
+            # the same projection is refused, and a killed one releases it by dying.
+            cursor = await guard.execute(
+                "SELECT pg_try_advisory_lock(hashtext('cardinal-rebuild'), hashtext(%s))",
+                (self.name,),
+            )
+            row = await cursor.fetchone()
+            if row is None or not row[0]:
+                raise RebuildRefused(f"a rebuild of {self.name} is already running")
+            try:
+                version, old = await self._start()
+                try:
+                    await self._fill(version)
+                    await self._switch(version)
+                except BaseException as error:
+                    await self._failed(version, error)
+                    raise
+                await self._drop(old)
+                log.info("projection %s: version %d is live (was %d)", self.name, version, old)
+                return version
+            finally:
+                await guard.execute(
+                    "SELECT pg_advisory_unlock(hashtext('cardinal-rebuild'), hashtext(%s))",
+                    (self.name,),
+                )
+
+    async def _start(self) -> tuple[int, int]:
+        async with self.pool.connection() as conn, conn.transaction():
+            await lock_projection(conn, self.name)
+            cursor = await conn.execute(
+                "SELECT active_version, building_version FROM projections WHERE name = %s",
+                (self.name,),
+            )
+            row = await cursor.fetchone()
+            if row is None or row[0] is None:
+                raise RebuildRefused(f"projection {self.name} has no live version to replace")
+            active, leftover = row
+            if leftover is not None:  # a rebuild that failed or was killed: start afresh
+                await self._discard(conn, int(leftover))
+            version = await create_version(conn, self.projection)
+            await conn.execute(
+                "UPDATE projections SET building_version = %s, state = 'rebuilding', "
+                "detail = NULL, rebuild_started_at = now(), rebuild_position = 0, "
+                "rebuild_head = NULL, rebuild_rate = NULL, updated_at = now() WHERE name = %s",
+                (version, self.name),
+            )
+        log.info("projection %s: building version %d beside version %d", self.name, version, active)
+        return version, int(active)
+
+    async def _fill(self, version: int) -> None:
+        schema = schema_name(self.name, version)
+        bulk = self.projection.bulk()
+        started = time.perf_counter()
+        position = events = 0
+        async with self.pool.connection() as conn:
+            # Fresh statistics keep the page reads on the notification_id index (stale ones,
+            # after a burst of ballots, can make PostgreSQL sort whole ranges on disk).
+            await conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(EVENTS_TABLE)))
+            upto = await head(conn)
+            while position < upto:
+                page = await read_page(conn, position, upto, self.page_size)
+                last = page[-1].position if len(page) == self.page_size else upto
+                if bulk is not None:
+                    bulk.add(page)
+                else:
+                    async with conn.transaction():
+                        await self.projection.apply(conn, schema, page)
+                        await track(conn, self.name, version, last)
+                position, events = last, events + len(page)
+                await self._report(
+                    conn,
+                    version=version,
+                    position=position,
+                    upto=upto,
+                    events=events,
+                    started=started,
+                )
+                if position >= upto:
+                    upto = await head(conn)  # the log moved on meanwhile: keep going
+            if bulk is not None:
+                async with conn.transaction():
+                    await bulk.write(conn, schema)
+                    await track(conn, self.name, version, position)
+        self.projection.forget()
+
+    async def _switch(self, version: int) -> None:
+        schema = schema_name(self.name, version)
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM projections WHERE name = %s FOR UPDATE", (self.name,))
+            cursor = await conn.execute(
+                "SELECT position FROM projection_positions WHERE name = %s AND version = %s",
+                (self.name, version),
+            )
+            row = await cursor.fetchone()
+            position = int(row[0]) if row else 0
+            upto = await head(conn)
+            while position < upto:  # what arrived since the fill: usually a few pages
+                page = await read_page(conn, position, upto, self.page_size)
+                if page:
+                    await self.projection.apply(conn, schema, page)
+                position = page[-1].position if len(page) == self.page_size else upto
+            await track(conn, self.name, version, position)
+            await expose_version(conn, self.projection, version)
+            await conn.execute(
+                "UPDATE projections SET active_version = %s, building_version = NULL, "
+                "state = 'live', detail = NULL, rebuild_position = %s, rebuild_head = %s, "
+                "updated_at = now() WHERE name = %s",
+                (version, position, position, self.name),
+            )
+        self.projection.forget()
+
+    async def _report(
+        self,
+        conn: AsyncConnection[Any],
+        *,
+        version: int,
+        position: int,
+        upto: int,
+        events: int,
+        started: float,
+    ) -> None:
+        progress = Progress(version, position, upto, events, time.perf_counter() - started)
+        await conn.execute(
+            "UPDATE projections SET rebuild_position = %s, rebuild_head = %s, "
+            "rebuild_rate = %s, updated_at = now() WHERE name = %s",
+            (position, upto, progress.rate, self.name),
+        )
+        metrics.REBUILD_POSITION.labels(self.name).set(position)
+        metrics.REBUILD_RATE.labels(self.name).set(progress.rate)
+        if self.progress is not None:
+            self.progress(progress)
+
+    async def _failed(self, version: int, error: BaseException) -> None:
+        reason = f"rebuild of version {version} failed: {type(error).__name__}: {error}"
+        log.error("projection %s: %s; the previous version keeps serving", self.name, reason)
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE projections SET state = 'failed', detail = %s, updated_at = now() "
+                "WHERE name = %s",
+                (reason[:2000], self.name),
+            )
+
+    async def _drop(self, version: int) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await self._discard(conn, version)
+
+    async def _discard(self, conn: AsyncConnection[Any], version: int) -> None:
+        await conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(schema_name(self.name, version))
+            )
+        )
+        await conn.execute(
+            "DELETE FROM projection_positions WHERE name = %s AND version = %s",
+            (self.name, version),
+        )

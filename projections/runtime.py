@@ -1,0 +1,226 @@
+"""Applying the log to a projection exactly once.
+
+A projection version's tracking position moves in the same transaction as its rows. Given a
+page "all committed entries with after < position <= last" and the tracked position T:
+
+- last <= T: a duplicate; nothing to do.
+- after > T: entries (T, after] were missed (a lost or refused message); they are read from
+  the store first, in the same transaction.
+- otherwise the entries beyond T are applied.
+
+Any page can therefore be applied any number of times, in any order, with the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
+
+from infra import metrics
+from projections.base import Projection, schema_name
+from projections.log import LogEvent, head, read_page
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "cardinal_projections"
+PAGE_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a page did: how many entries, and the position now tracked."""
+
+    events: int
+    position: int
+    duplicate: bool = False
+
+
+class GapTooLarge(Exception):
+    """A page starts too far ahead to fill the gap inside one transaction."""
+
+
+class ProjectionRunner:
+    """Applies pages of the log to one projection's active version."""
+
+    def __init__(
+        self, projection: Projection, pool: AsyncConnectionPool, page_size: int = PAGE_SIZE
+    ) -> None:
+        self.projection = projection
+        self.pool = pool
+        self.page_size = page_size
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    async def prepare(self) -> None:
+        """Give the projection an active version (version 1, empty) if it has none."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await lock_projection(conn, self.name)
+            cursor = await conn.execute(
+                "SELECT active_version FROM projections WHERE name = %s", (self.name,)
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] is not None:
+                return
+            version = await create_version(conn, self.projection)
+            await conn.execute(
+                "INSERT INTO projections (name, active_version, state) VALUES (%s, %s, 'live') "
+                "ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, "
+                "state = 'live', updated_at = now()",
+                (self.name, version),
+            )
+            await expose_version(conn, self.projection, version)
+            log.info("projection %s: created version %d", self.name, version)
+
+    async def position(self) -> int:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT p.position FROM projections r JOIN projection_positions p "
+                "ON p.name = r.name AND p.version = r.active_version WHERE r.name = %s",
+                (self.name,),
+            )
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def apply_page(self, after: int, last: int, events: Sequence[LogEvent]) -> Applied:
+        """Apply one page, exactly once, in one transaction."""
+        started = time.perf_counter()
+        applied = await self._apply_page(after, last, events)
+        if not applied.duplicate:
+            metrics.PROJECTION_APPLY_SECONDS.labels(self.name).observe(
+                time.perf_counter() - started
+            )
+            metrics.PROJECTION_APPLIED.labels(self.name).inc(applied.events)
+            metrics.PROJECTION_POSITION.labels(self.name).set(applied.position)
+        return applied
+
+    async def _apply_page(self, after: int, last: int, events: Sequence[LogEvent]) -> Applied:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                version, tracked = await _lock_active_position(conn, self.name)
+                if last <= tracked:
+                    return Applied(0, tracked, duplicate=True)
+                pending = [e for e in events if e.position > tracked]
+                if after > tracked:
+                    if after - tracked > self.page_size:
+                        raise GapTooLarge(f"{after - tracked} positions missing before {after}")
+                    pending = await read_page(conn, tracked, after, self.page_size) + pending
+                if pending:
+                    await self.projection.apply(conn, schema_name(self.name, version), pending)
+                await track(conn, self.name, version, last)
+                return Applied(len(pending), last)
+        except BaseException:
+            self.projection.forget()
+            raise
+
+    async def catch_up(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Apply whatever the store holds beyond the tracked position; return how many.
+
+        ``progress(position, head)`` is called after each page.
+        """
+        applied = 0
+        while True:
+            async with self.pool.connection() as conn:
+                tracked = await _tracked(conn, self.name)
+                upto = await head(conn)
+                if tracked >= upto:
+                    return applied
+                events = await read_page(conn, tracked, upto, self.page_size)
+            last = events[-1].position if len(events) == self.page_size else upto
+            applied += (await self.apply_page(tracked, last, events)).events
+            if progress is not None:
+                progress(last, upto)
+
+
+async def lock_projection(conn: AsyncConnection[Any], name: str) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('cardinal-projection'), hashtext(%s))", (name,)
+    )
+
+
+async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[int, int]:
+    """The active version and its position, locked for this transaction.
+
+    The registry row is read FOR SHARE: a version switch takes it FOR UPDATE, so no page is
+    applied to a version while it is being replaced.
+    """
+    cursor = await conn.execute(
+        "SELECT p.version, p.position FROM projections r JOIN projection_positions p "
+        "ON p.name = r.name AND p.version = r.active_version WHERE r.name = %s "
+        "FOR SHARE OF r FOR UPDATE OF p",
+        (name,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise LookupError(f"projection {name} has no active version; run prepare() first")
+    return int(row[0]), int(row[1])
+
+
+async def _tracked(conn: AsyncConnection[Any], name: str) -> int:
+    cursor = await conn.execute(
+        "SELECT p.position FROM projections r JOIN projection_positions p "
+        "ON p.name = r.name AND p.version = r.active_version WHERE r.name = %s",
+        (name,),
+    )
+    row = await cursor.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+async def track(conn: AsyncConnection[Any], name: str, version: int, position: int) -> None:
+    await conn.execute(
+        "UPDATE projection_positions SET position = %s, updated_at = now() "
+        "WHERE name = %s AND version = %s",
+        (position, name, version),
+    )
+    await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{name}:{position}"))
+
+
+async def create_version(conn: AsyncConnection[Any], projection: Projection) -> int:
+    """Create the next version's schema and tables, tracked from position 0."""
+    cursor = await conn.execute(
+        "SELECT coalesce(max(version), 0) + 1 FROM projection_positions WHERE name = %s",
+        (projection.name,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    version = int(row[0])
+    schema = schema_name(projection.name, version)
+    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    await conn.execute(
+        sql.SQL("SELECT {}(%s)").format(sql.Identifier(f"create_{projection.name}_tables")),
+        (schema,),
+    )
+    await conn.execute(
+        "INSERT INTO projection_positions (name, version, position) VALUES (%s, %s, 0)",
+        (projection.name, version),
+    )
+    return version
+
+
+async def expose_version(conn: AsyncConnection[Any], projection: Projection, version: int) -> None:
+    """Point the read_models views at this version (atomic with the caller's transaction)."""
+    schema = schema_name(projection.name, version)
+    for table in projection.tables:
+        view = sql.Identifier("read_models", f"{projection.name}_{table}")
+        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
+        await conn.execute(
+            sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+                view, sql.Identifier(schema, table)
+            )
+        )
+    position_view = sql.Identifier("read_models", f"{projection.name}_position")
+    await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(position_view))
+    await conn.execute(
+        sql.SQL(
+            "CREATE VIEW {} AS SELECT position FROM projection_positions "
+            "WHERE name = {} AND version = {}"
+        ).format(position_view, sql.Literal(projection.name), sql.Literal(version))
+    )

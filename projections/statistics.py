@@ -1,0 +1,83 @@
+"""vote_statistics: ballot entries per election and hour, for operators' dashboards."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, sql
+
+from projections.base import Projection
+from projections.log import LogEvent
+
+COLUMN = {"BallotCast": 0, "BallotRevised": 1, "BallotWithdrawn": 2}
+
+
+class StatisticsProjection(Projection):
+    name = "statistics"
+    tables = ("vote_statistics",)
+
+    async def apply(
+        self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        s = sql.Identifier(schema)
+        closes = await self._closes(conn, s, events)
+        # (election, hour) -> [ballots, revisions, withdrawals, late, last vote time]
+        buckets: dict[tuple[UUID, datetime], list[Any]] = {}
+        for event in events:
+            if event.type == "ElectionClosed":
+                closes[event.stream_id] = event.position
+                await conn.execute(
+                    sql.SQL("INSERT INTO {}.closes (election_id, position) VALUES (%s, %s)").format(
+                        s
+                    ),
+                    (event.stream_id, event.position),
+                )
+                continue
+            column = COLUMN.get(event.type)
+            if column is None:
+                continue
+            election_id = UUID(event.data["election_id"])
+            closed_at = closes.get(election_id)
+            if closed_at is not None and event.position > closed_at:
+                column = 3
+            moment = datetime.fromisoformat(event.timestamp)
+            hour = moment.replace(minute=0, second=0, microsecond=0)
+            bucket = buckets.setdefault((election_id, hour), [0, 0, 0, 0, moment])
+            bucket[column] += 1
+            bucket[4] = max(bucket[4], moment)
+        if not buckets:
+            return
+        rows = [(key[0], key[1], *values) for key, values in buckets.items()]
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.vote_statistics AS v "
+                "(election_id, hour, ballots, revisions, withdrawals, late, last_vote_at) "
+                "SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::int[], %s::int[], "
+                "%s::int[], %s::int[], %s::timestamptz[]) "
+                "ON CONFLICT (election_id, hour) DO UPDATE SET "
+                "ballots = v.ballots + excluded.ballots, "
+                "revisions = v.revisions + excluded.revisions, "
+                "withdrawals = v.withdrawals + excluded.withdrawals, "
+                "late = v.late + excluded.late, "
+                "last_vote_at = greatest(v.last_vote_at, excluded.last_vote_at)"
+            ).format(s),
+            tuple(list(column) for column in zip(*rows, strict=True)),
+        )
+
+    @staticmethod
+    async def _closes(
+        conn: AsyncConnection[Any], s: sql.Identifier, events: Sequence[LogEvent]
+    ) -> dict[UUID, int]:
+        wanted = {UUID(e.data["election_id"]) for e in events if e.type in COLUMN}
+        if not wanted:
+            return {}
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT election_id, position FROM {}.closes WHERE election_id = ANY(%s)"
+            ).format(s),
+            (list(wanted),),
+        )
+        return {row[0]: row[1] for row in await cursor.fetchall()}

@@ -1,0 +1,84 @@
+"""Where every projection stands: version, state, position, lag, refusals, rebuild progress."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+# A live projection that is behind and has not moved for this long is reported stalled.
+STALLED_AFTER_SECONDS = 30.0
+# A rebuild that has not reported progress for this long was interrupted.
+REBUILD_SILENT_SECONDS = 30.0
+
+STATUS = """
+SELECT r.name, r.active_version, r.building_version, r.state, r.detail,
+       p.position, p.updated_at,
+       r.rebuild_started_at, r.rebuild_position, r.rebuild_head, r.rebuild_rate, r.updated_at,
+       (SELECT count(*) FROM projection_rejections j WHERE j.name = r.name),
+       (SELECT coalesce(max(notification_id), 0) FROM cardinal_events)
+FROM projections r
+LEFT JOIN projection_positions p ON p.name = r.name AND p.version = r.active_version
+ORDER BY r.name
+"""
+
+
+async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """One entry per projection, as served by GET /api/admin/projections."""
+    cursor = await conn.execute(STATUS)
+    now = datetime.now(UTC)
+    found = []
+    for row in await cursor.fetchall():
+        (
+            name,
+            version,
+            building,
+            state,
+            detail,
+            position,
+            moved_at,
+            rebuild_started,
+            rebuild_position,
+            rebuild_head,
+            rebuild_rate,
+            registry_updated,
+            rejected,
+            head,
+        ) = row
+        position = int(position or 0)
+        lag = max(0, int(head) - position)
+        silent = moved_at is not None and (now - moved_at).total_seconds()
+        if state == "live" and lag and silent and silent > STALLED_AFTER_SECONDS:
+            state = "stalled"
+        if state == "rebuilding" and (now - registry_updated).total_seconds() > (
+            REBUILD_SILENT_SECONDS
+        ):
+            state = "failed"
+            detail = detail or "the rebuild stopped reporting progress (was it killed?)"
+        entry: dict[str, Any] = {
+            "name": name,
+            "version": version,
+            "state": state,
+            "position": position,
+            "head": int(head),
+            "lag": lag,
+            "dead_lettered": int(rejected),
+            "updated_at": moved_at.isoformat() if moved_at else None,
+            "detail": detail,
+            "rebuild": None,
+        }
+        if building is not None:
+            done = int(rebuild_position or 0)
+            target = int(rebuild_head or 0)
+            rate = float(rebuild_rate or 0.0)
+            entry["rebuild"] = {
+                "version": building,
+                "position": done,
+                "head": target,
+                "events_per_second": round(rate, 1),
+                "eta_seconds": round(max(0, target - done) / rate, 1) if rate else None,
+                "started_at": rebuild_started.isoformat() if rebuild_started else None,
+            }
+        found.append(entry)
+    return found

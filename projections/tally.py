@@ -1,0 +1,289 @@
+"""The tally read model: cast vote records and each election's sufficient statistics.
+
+Entries are counted into in-memory state first (``TallyChanges``): every election's change
+goes into one Tally (a revision subtracts the voter's previous ballot and adds the new one),
+and ballots that follow their election's Closed entry are kept apart as late. Live, a batch's
+changes are then written as counter increments and upserts; in a rebuild, the whole log is
+counted in memory and written once with COPY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import orjson
+from psycopg import AsyncConnection, sql
+
+from domain.rules import ElectionRules
+from domain.tabulation import Tally
+from domain.votes import stored_vote
+from projections.base import BulkBuilder, Projection
+from projections.log import LogEvent
+
+BALLOT_TYPES = frozenset({"BallotCast", "BallotRevised", "BallotWithdrawn"})
+
+
+@dataclass
+class _Election:
+    rules: ElectionRules
+    closed_at: int | None
+
+
+@dataclass(slots=True)
+class _Ballot:
+    election_id: UUID
+    vote: dict[str, Any] | None
+    version: int
+    position: int
+    recorded_at: str
+
+
+@dataclass
+class TallyChanges:
+    """What a run of entries does to the tally, worked out in memory.
+
+    ``elections`` and ``ballots`` must hold what the entries refer to (live: loaded for the
+    batch; rebuild: everything so far). ``tallies`` are deltas live, totals in a rebuild.
+    """
+
+    elections: dict[UUID, _Election] = field(default_factory=dict)
+    ballots: dict[UUID, _Ballot] = field(default_factory=dict)
+    created: list[tuple[UUID, str]] = field(default_factory=list)
+    closed: list[tuple[UUID, int]] = field(default_factory=list)
+    changed: set[UUID] = field(default_factory=set)
+    late: list[tuple[int, UUID, UUID, int, str | None, str]] = field(default_factory=list)
+    tallies: dict[UUID, Tally] = field(default_factory=dict)
+    ids: dict[str, UUID] = field(default_factory=dict)
+
+    def add(self, events: Sequence[LogEvent]) -> None:
+        for event in events:
+            kind = event.type
+            if kind in BALLOT_TYPES:
+                self._ballot(event)
+            elif kind == "ElectionCreated":
+                rules = ElectionRules.from_json(event.data["rules"])
+                self.elections[event.stream_id] = _Election(rules, None)
+                self.created.append((event.stream_id, _json(event.data["rules"])))
+            elif kind == "ElectionClosed":
+                self.elections[event.stream_id].closed_at = event.position
+                self.closed.append((event.stream_id, event.position))
+
+    def _ballot(self, event: LogEvent) -> None:
+        election_id = self.uuid(event.data["election_id"])
+        election = self.elections[election_id]
+        vote = event.data.get("vote")
+        if election.closed_at is not None:
+            self.late.append(
+                (
+                    event.position,
+                    election_id,
+                    event.stream_id,
+                    event.version,
+                    None if vote is None else _json(vote),
+                    event.timestamp,
+                )
+            )
+            return
+        tally = self.tallies.get(election_id)
+        if tally is None:
+            tally = self.tallies[election_id] = Tally(election.rules)
+        earlier = self.ballots.get(event.stream_id)
+        if earlier is not None and earlier.vote is not None:
+            tally.add(stored_vote(election.rules, earlier.vote), -1)
+        if vote is not None:
+            tally.add(stored_vote(election.rules, vote))
+        self.ballots[event.stream_id] = _Ballot(
+            election_id, vote, event.version, event.position, event.timestamp
+        )
+        self.changed.add(event.stream_id)
+
+    def uuid(self, text: str) -> UUID:
+        """Election ids repeat on every ballot entry; parse each once."""
+        found = self.ids.get(text)
+        if found is None:
+            found = self.ids[text] = UUID(text)
+        return found
+
+    def ballot_rows(self) -> list[tuple[UUID, UUID, str | None, int, int, str]]:
+        rows = []
+        for ballot_id in self.changed:
+            b = self.ballots[ballot_id]
+            vote = None if b.vote is None else _json(b.vote)
+            rows.append((ballot_id, b.election_id, vote, b.version, b.position, b.recorded_at))
+        return rows
+
+    def counter_rows(self) -> list[tuple[UUID, str, int]]:
+        return [
+            (election_id, key, value)
+            for election_id, tally in self.tallies.items()
+            for key, value in tally.counters().items()
+        ]
+
+
+class TallyProjection(Projection):
+    name = "tally"
+    tables = ("elections", "ballots", "counters", "late_ballots")
+
+    def __init__(self) -> None:
+        # Rules are immutable once created, so they are safe to keep across transactions.
+        self._rules: dict[UUID, ElectionRules] = {}
+
+    def forget(self) -> None:
+        self._rules.clear()
+
+    def bulk(self) -> BulkBuilder:
+        return TallyBulk()
+
+    async def apply(
+        self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        s = sql.Identifier(schema)
+        changes = TallyChanges()
+        await self._load_elections(conn, s, events, changes)
+        await self._load_ballots(conn, s, events, changes)
+        changes.add(events)
+        for election_id, election in changes.elections.items():
+            self._rules[election_id] = election.rules
+        async with conn.cursor() as cur:
+            if changes.created:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {}.elections (election_id, rules) VALUES (%s, %s::jsonb)"
+                    ).format(s),
+                    changes.created,
+                )
+            if changes.closed:
+                await cur.executemany(
+                    sql.SQL("UPDATE {}.elections SET closed_at = %s WHERE election_id = %s").format(
+                        s
+                    ),
+                    [(position, election_id) for election_id, position in changes.closed],
+                )
+            if changes.changed:
+                rows = changes.ballot_rows()
+                await cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.ballots "
+                        "(ballot_id, election_id, vote, version, position, recorded_at) "
+                        "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[], "
+                        "%b::integer[], %b::bigint[], %b::timestamptz[]) "
+                        "ON CONFLICT (ballot_id) DO UPDATE SET vote = excluded.vote, "
+                        "version = excluded.version, position = excluded.position, "
+                        "recorded_at = excluded.recorded_at"
+                    ).format(s),
+                    tuple(list(column) for column in zip(*rows, strict=True)),
+                )
+            counters = changes.counter_rows()
+            if counters:
+                await cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {0}.counters AS c (election_id, key, value) "
+                        "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[]) "
+                        "ON CONFLICT (election_id, key) DO UPDATE "
+                        "SET value = c.value + excluded.value"
+                    ).format(s),
+                    tuple(list(column) for column in zip(*counters, strict=True)),
+                )
+            if changes.late:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {}.late_ballots "
+                        "(position, election_id, ballot_id, version, vote, recorded_at) "
+                        "VALUES (%s, %s, %s, %s, %s::jsonb, %s)"
+                    ).format(s),
+                    changes.late,
+                )
+
+    async def _load_elections(
+        self,
+        conn: AsyncConnection[Any],
+        s: sql.Identifier,
+        events: Sequence[LogEvent],
+        changes: TallyChanges,
+    ) -> None:
+        wanted = {
+            changes.uuid(e.data["election_id"]) if e.type in BALLOT_TYPES else e.stream_id
+            for e in events
+            if e.type in BALLOT_TYPES or e.type == "ElectionClosed"
+        }
+        if not wanted:
+            return
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT election_id, rules, closed_at FROM {}.elections WHERE election_id = ANY(%s)"
+            ).format(s),
+            (list(wanted),),
+        )
+        for election_id, rules_json, closed_at in await cursor.fetchall():
+            rules = self._rules.get(election_id) or ElectionRules.from_json(rules_json)
+            changes.elections[election_id] = _Election(rules, closed_at)
+
+    @staticmethod
+    async def _load_ballots(
+        conn: AsyncConnection[Any],
+        s: sql.Identifier,
+        events: Sequence[LogEvent],
+        changes: TallyChanges,
+    ) -> None:
+        # A first cast (version 1) has no earlier ballot to subtract: skip the lookup.
+        wanted = [e.stream_id for e in events if e.type in BALLOT_TYPES and e.version > 1]
+        if not wanted:
+            return
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT ballot_id, election_id, vote, version, position, recorded_at "
+                "FROM {}.ballots WHERE ballot_id = ANY(%s)"
+            ).format(s),
+            (wanted,),
+        )
+        for row in await cursor.fetchall():
+            changes.ballots[row[0]] = _Ballot(row[1], row[2], row[3], row[4], str(row[5]))
+
+
+class TallyBulk:
+    """Counts the whole log in memory and writes each table once, with COPY."""
+
+    def __init__(self) -> None:
+        self.changes = TallyChanges()
+
+    def add(self, events: Sequence[LogEvent]) -> None:
+        self.changes.add(events)
+
+    async def write(self, conn: AsyncConnection[Any], schema: str) -> None:
+        changes = self.changes
+        s = sql.Identifier(schema)
+        async with conn.cursor() as cur:
+            closed = dict(changes.closed)
+            async with cur.copy(
+                sql.SQL("COPY {}.elections (election_id, rules, closed_at) FROM STDIN").format(s)
+            ) as copy:
+                for election_id, rules in changes.created:
+                    await copy.write_row((election_id, rules, closed.get(election_id)))
+            async with cur.copy(
+                sql.SQL(
+                    "COPY {}.ballots (ballot_id, election_id, vote, version, position, "
+                    "recorded_at) FROM STDIN"
+                ).format(s)
+            ) as copy:
+                for ballot in changes.ballot_rows():
+                    await copy.write_row(ballot)
+            async with cur.copy(
+                sql.SQL("COPY {}.counters (election_id, key, value) FROM STDIN").format(s)
+            ) as copy:
+                for counter in changes.counter_rows():
+                    await copy.write_row(counter)
+            async with cur.copy(
+                sql.SQL(
+                    "COPY {}.late_ballots (position, election_id, ballot_id, version, vote, "
+                    "recorded_at) FROM STDIN"
+                ).format(s)
+            ) as copy:
+                for late in changes.late:
+                    await copy.write_row(late)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,257 @@
+"""A projection worker: pages from RabbitMQ when configured, the store otherwise.
+
+With a broker, each message is applied in its own transaction and acked only after that
+transaction commits. A message that cannot be decoded or applied is published to the
+dead-letter exchange with the reason, then acked; the worker keeps its position and logs
+loudly. Whenever the queue is quiet, the worker compares its position with the store head
+and catches up from the store, so a lost message or a stopped relay never loses entries.
+Without a broker, the worker follows the store directly (LISTEN/NOTIFY, polling fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass
+
+import aio_pika
+import orjson
+import psycopg
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from psycopg import sql
+from psycopg_pool import PoolTimeout
+
+from infra import metrics
+from infra.store import EVENTS_TABLE
+from infra.topology import Topology
+from projections.log import LogEvent
+from projections.runtime import GapTooLarge, ProjectionRunner
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+@dataclass
+class WorkerStatus:
+    """Running figures, read by metrics and the status page."""
+
+    position: int = 0
+    applied_events: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    broker_connected: bool = False
+    last_error: str | None = None
+
+
+class ProjectionWorker:
+    def __init__(
+        self,
+        runner: ProjectionRunner,
+        database_url: str,
+        *,
+        amqp_url: str | None = None,
+        topology: Topology | None = None,
+        idle_interval: float = 1.0,
+        prefetch: int = 64,
+    ) -> None:
+        self.runner = runner
+        self.database_url = database_url
+        self.amqp_url = amqp_url
+        self.topology = topology
+        self.idle_interval = idle_interval
+        self.prefetch = prefetch
+        self.status = WorkerStatus()
+
+    @property
+    def name(self) -> str:
+        return self.runner.name
+
+    async def run(self) -> None:
+        """Run until cancelled, riding out database and broker outages."""
+        while True:
+            try:
+                await self.runner.prepare()
+                await self._catch_up()
+                if self.amqp_url is None:
+                    await self._follow_store()
+                else:
+                    await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except (*TRANSIENT, aio_pika.exceptions.AMQPError, OSError) as error:
+                self.status.last_error = str(error)
+                self.status.broker_connected = False
+                metrics.BROKER_CONNECTED.labels(self.name).set(0)
+                log.warning("projection %s interrupted (%s); retrying", self.name, error)
+                await asyncio.sleep(self.idle_interval)
+
+    async def _catch_up(self) -> None:
+        applied = await self.runner.catch_up()
+        if applied:
+            self.status.applied_events += applied
+        self.status.position = await self.runner.position()
+
+    async def _follow_store(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True
+        ) as conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+            while True:
+                await self._catch_up()
+                with contextlib.suppress(TimeoutError):
+                    async for _ in conn.notifies(timeout=self.idle_interval, stop_after=1):
+                        pass
+
+    async def _consume(self) -> None:
+        assert self.amqp_url is not None
+        assert self.topology is not None
+        connection = await aio_pika.connect(
+            self.amqp_url,
+            client_properties={"connection_name": f"{self.topology.namespace}-{self.name}"},
+        )
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=self.prefetch)
+            _, dead_letters, queues = await self.topology.declare(channel, [self.name])
+            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            closed = asyncio.Event()
+            connection.close_callbacks.add(lambda *_: closed.set())
+            await queues[self.name].consume(inbox.put)
+            self.status.broker_connected = True
+            metrics.BROKER_CONNECTED.labels(self.name).set(1)
+            log.info("projection %s consuming %s", self.name, self.topology.queue(self.name))
+            while not closed.is_set():
+                try:
+                    first = await asyncio.wait_for(inbox.get(), self.idle_interval)
+                except TimeoutError:
+                    await self._catch_up()
+                    continue
+                # Under load, pages queue up: take what is waiting and apply contiguous
+                # pages together, in one transaction, rather than one transaction each.
+                messages = [first]
+                while len(messages) < self.prefetch and not inbox.empty():
+                    messages.append(inbox.get_nowait())
+                await self._handle(messages, dead_letters)
+            raise aio_pika.exceptions.AMQPConnectionError("broker connection closed")
+
+    async def _handle(
+        self, messages: list[AbstractIncomingMessage], dead_letters: AbstractExchange
+    ) -> None:
+        pages: list[_Page] = []
+        for message in messages:
+            try:
+                pages.append(_Page(message, *_decode(message.body)))
+            except (ValueError, KeyError, TypeError) as error:
+                await self._refuse(message, dead_letters, f"undecodable page: {error}", None, None)
+        for run in _contiguous_runs(pages):
+            await self._apply(run, dead_letters)
+
+    async def _apply(self, run: list[_Page], dead_letters: AbstractExchange) -> None:
+        after, last = run[0].after, max(page.last for page in run)
+        events = _merge(run)
+        try:
+            try:
+                applied = await self.runner.apply_page(after, last, events)
+            except GapTooLarge:
+                await self._catch_up()
+                applied = await self.runner.apply_page(after, last, events)
+        except TRANSIENT:
+            for page in run:
+                await page.message.nack(requeue=True)
+            raise
+        except Exception as error:  # pages this projection cannot apply: park them, say so
+            if len(run) > 1:  # find the culprit: apply the pages one at a time
+                for page in run:
+                    await self._apply([page], dead_letters)
+                return
+            reason = f"{type(error).__name__}: {error}"
+            await self._refuse(run[0].message, dead_letters, reason, after, last)
+            return
+        for page in run:
+            await page.message.ack()
+        self.status.position = applied.position
+        if applied.duplicate:
+            self.status.duplicates += len(run)
+        else:
+            self.status.applied_events += applied.events
+
+    async def _refuse(
+        self,
+        message: AbstractIncomingMessage,
+        dead_letters: AbstractExchange,
+        reason: str,
+        after: int | None,
+        last: int | None,
+    ) -> None:
+        log.error(
+            "projection %s REFUSED a message (after=%s, last=%s) and dead-lettered it: %s; "
+            "its position stays at %d",
+            self.name,
+            after,
+            last,
+            reason,
+            self.status.position,
+        )
+        await dead_letters.publish(
+            aio_pika.Message(
+                message.body,
+                content_type=message.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={"x-cardinal-reason": reason[:1000], "x-cardinal-projection": self.name},
+            ),
+            routing_key=self.name,
+        )
+        async with self.runner.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO projection_rejections (name, message_after, message_last, reason) "
+                "VALUES (%s, %s, %s, %s)",
+                (self.name, after, last, reason),
+            )
+        await message.ack()
+        self.status.rejected += 1
+        metrics.PROJECTION_REJECTED.labels(self.name).inc()
+        self.status.last_error = reason
+
+
+@dataclass
+class _Page:
+    message: AbstractIncomingMessage
+    after: int
+    last: int
+    events: list[LogEvent]
+
+
+def _contiguous_runs(pages: list[_Page]) -> list[list[_Page]]:
+    """Pages grouped so that each group covers one unbroken range of positions.
+
+    Pages (a1, l1] and (a2, l2] with a2 <= l1 together say "all entries in (a1, max(l1, l2)]";
+    with a2 > l1 they do not (the entries in between may exist), so they stay apart.
+    """
+    runs: list[list[_Page]] = []
+    for page in sorted(pages, key=lambda p: (p.after, p.last)):
+        if runs and page.after <= max(p.last for p in runs[-1]):
+            runs[-1].append(page)
+        else:
+            runs.append([page])
+    return runs
+
+
+def _merge(run: list[_Page]) -> list[LogEvent]:
+    by_position = {event.position: event for page in run for event in page.events}
+    return [by_position[position] for position in sorted(by_position)]
+
+
+def _decode(body: bytes) -> tuple[int, int, list[LogEvent]]:
+    page = orjson.loads(body)
+    after, last = int(page["after"]), int(page["last"])
+    if last < after:
+        raise ValueError(f"last ({last}) before after ({after})")
+    events = [LogEvent.from_message(item) for item in page["events"]]
+    if any(not after < e.position <= last for e in events):
+        raise ValueError("an entry lies outside the page's (after, last] range")
+    if any(a.position >= b.position for a, b in itertools.pairwise(events)):
+        raise ValueError("entries are not in ascending position order")
+    return after, last, events

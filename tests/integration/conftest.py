@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from infra.migrations import migrate
+from tests.databases import create_database, drop_database
+from tests.integration.client import VotingClient
+from tests.servers import running_api, settings_for
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """This test run's own database, migrated."""
+    url = create_database()
+    migrate(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def fresh_database_url() -> Iterator[str]:
+    """An empty database, not migrated, for one test."""
+    url = create_database("cardinal_fresh")
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="session")
+async def api_url(database_url: str) -> AsyncIterator[str]:
+    async with running_api(settings_for(database_url)) as url:
+        yield url
+
+
+@pytest.fixture
+async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def voting(http: httpx.AsyncClient) -> VotingClient:
+    return VotingClient(http)

@@ -1,0 +1,275 @@
+"""Every refusal is an RFC 9457 problem with a status, a detail a person can act on, and,
+where one field is at fault, that field's name; and a refused request records nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from tests.integration.client import VotingClient, assert_problem, bearer, options
+from tests.servers import ADMIN, AUDITOR, CLIENT
+
+
+async def _log_length(voting: VotingClient) -> int:
+    return len(await voting.audit_events())
+
+
+async def test_malformed_json_is_400(voting: VotingClient, http: httpx.AsyncClient) -> None:
+    election_id = await voting.open_election()
+    response = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        content=b'{"choice": "a", "voter_id": ',
+        headers={**bearer(CLIENT), "Content-Type": "application/json"},
+    )
+    assert_problem(response, 400, "not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "detail"),
+    [
+        ({"title": "x", "method": "plurality"}, "options", "Field required"),
+        (
+            {"title": "x", "options": options("a", "b"), "method": "plurality", "extra": 1},
+            "extra",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"title": "x", "options": options("a", "b"), "method": "score", "max_score": "5"},
+            "max_score",
+            "valid integer",
+        ),
+        (
+            {"title": "x", "options": options("a", "b"), "method": "sortition"},
+            "method",
+            "method must be one of plurality, approval",
+        ),
+        (
+            {"title": "x", "options": options("a"), "method": "plurality"},
+            "options",
+            "between 2 and 100 options",
+        ),
+        (
+            {"title": "x", "options": options("a", "a"), "method": "plurality"},
+            "options[1].id",
+            "appears more than once",
+        ),
+        (
+            {"title": " ", "options": options("a", "b"), "method": "plurality"},
+            "title",
+            "non-empty",
+        ),
+        (
+            {
+                "title": "x",
+                "options": options("a", "b"),
+                "method": "score",
+                "min_score": 3,
+                "max_score": 1,
+            },
+            "max_score",
+            "must be lower than max_score",
+        ),
+        (
+            {"title": "x", "options": options("a", "b"), "method": "irv", "min_score": 0},
+            "min_score",
+            "applies to score and STAR elections only",
+        ),
+    ],
+)
+async def test_an_invalid_election_is_422_naming_the_field(
+    http: httpx.AsyncClient, body: dict[str, object], field: str, detail: str
+) -> None:
+    response = await http.post("/api/elections", json=body, headers=bearer(ADMIN))
+    problem = assert_problem(response, 422, detail)
+    assert problem["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("method", "rules", "ballot", "field", "detail"),
+    [
+        ("plurality", {}, {"choice": "z"}, "choice", "'z' is not an option of this election"),
+        ("plurality", {}, {}, "choice", "the ballot is empty"),
+        ("plurality", {}, {"ranking": ["a"]}, "ranking", "marked with 'choice', not 'ranking'"),
+        ("approval", {}, {"approve": []}, "approve", "approve at least one option"),
+        ("approval", {}, {"approve": ["a", "a"]}, "approve[1]", "approved twice"),
+        ("score", {}, {"scores": {"a": 3}}, "scores.a", "outside the allowed range -2..2"),
+        ("score", {}, {"scores": {"a": "2"}}, "scores.a", "valid integer"),
+        ("star", {}, {"scores": {"q": 3}}, "scores.q", "'q' is not an option"),
+        ("star", {}, {"scores": {}}, "scores", "score at least one option (0..5)"),
+        ("irv", {}, {"ranking": ["a", "b", "a"]}, "ranking[2]", "ranked twice (positions 1"),
+        ("schulze", {}, {"ranking": []}, "ranking", "rank at least one option"),
+        ("borda", {}, {"choice": "a"}, "choice", "marked with 'ranking', not 'choice'"),
+    ],
+)
+async def test_a_ballot_that_breaks_the_rules_is_422_naming_the_field(
+    voting: VotingClient,
+    method: str,
+    rules: dict[str, object],
+    ballot: dict[str, object],
+    field: str,
+    detail: str,
+) -> None:
+    election_id = await voting.open_election(method, **rules)
+    before = await _log_length(voting)
+    response = await voting.cast(election_id, ballot, voting.voter())
+    problem = assert_problem(response, 422, detail)
+    assert problem["field"] == field
+    assert await _log_length(voting) == before  # nothing half-written
+
+
+async def test_a_client_election_needs_a_voter_id(voting: VotingClient) -> None:
+    election_id = await voting.open_election()
+    problem = assert_problem(
+        await voting.cast(election_id, {"choice": "a"}), 422, "voter_id is required"
+    )
+    assert problem["field"] == "voter_id"
+
+
+async def test_an_unknown_election_is_404(voting: VotingClient, http: httpx.AsyncClient) -> None:
+    missing = uuid.uuid4()
+    response = await voting.cast(str(missing), {"choice": "a"}, "v")
+    assert_problem(response, 404, f"there is no election with id {missing}")
+    response = await http.get("/api/elections/not-a-uuid", headers=bearer(CLIENT))
+    assert_problem(response, 404, "there is no election with id not-a-uuid")
+    response = await http.post(f"/api/elections/{missing}/open", headers=bearer(ADMIN))
+    assert_problem(response, 404, "there is no election")
+
+
+async def test_an_unknown_route_is_a_404_problem(http: httpx.AsyncClient) -> None:
+    assert_problem(await http.get("/api/nowhere"), 404, "Not Found")
+
+
+async def test_a_second_ballot_where_revoting_is_off_is_409(voting: VotingClient) -> None:
+    election_id = await voting.open_election(allow_revote=False)
+    voter = voting.voter()
+    assert (await voting.cast(election_id, {"choice": "a"}, voter)).status_code == 201
+    before = await _log_length(voting)
+    response = await voting.cast(election_id, {"choice": "b"}, voter)
+    assert_problem(response, 409, "already cast a ballot, and this election does not allow")
+    assert await _log_length(voting) == before
+
+
+async def test_a_ballot_before_opening_or_after_closing_is_409(voting: VotingClient) -> None:
+    draft = await voting.create_election()
+    response = await voting.cast(draft["id"], {"choice": "a"}, voting.voter())
+    assert_problem(response, 409, "has not opened yet")
+    await voting.open(draft["id"])
+    await voting.close(draft["id"])
+    response = await voting.cast(draft["id"], {"choice": "a"}, voting.voter())
+    assert_problem(response, 409, "the election is closed")
+
+
+async def test_lifecycle_steps_out_of_order_are_409(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    draft = await voting.create_election()
+    response = await http.post(f"/api/elections/{draft['id']}/close", headers=bearer(ADMIN))
+    assert_problem(response, 409, "only an open election can be closed")
+    await voting.open(draft["id"])
+    response = await http.post(f"/api/elections/{draft['id']}/open", headers=bearer(ADMIN))
+    assert_problem(response, 409, "only a draft election can be opened")
+
+
+async def test_concurrent_revisions_of_one_ballot_are_409_for_all_but_one(
+    voting: VotingClient,
+) -> None:
+    election_id = await voting.open_election(allow_revote=True)
+    for _ in range(5):  # a race is needed; each round makes it near certain
+        voter = voting.voter()
+        assert (await voting.cast(election_id, {"choice": "a"}, voter)).status_code == 201
+        results = await asyncio.gather(
+            *(voting.cast(election_id, {"choice": c}, voter) for c in "bcbcbcbcbcbcbcbcbcbc")
+        )
+        conflicts = [r for r in results if r.status_code == 409]
+        assert all(r.status_code in (200, 409) for r in results)
+        if conflicts:
+            assert_problem(conflicts[0], 409, "another change to this ballot was recorded")
+            return
+    pytest.fail("twenty concurrent revisions never raced in five rounds")
+
+
+async def test_missing_or_unknown_credentials_are_401(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    response = await http.get("/api/elections")
+    problem = assert_problem(response, 401, "send an Authorization: Bearer <token> header")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert problem["title"] == "Unauthorized"
+    response = await http.get("/api/elections", headers=bearer("nobody-knows-me"))
+    assert_problem(response, 401, "this token is not recognised")
+    response = await http.get("/api/elections", headers={"Authorization": "Basic abc"})
+    assert_problem(response, 401, "must be 'Bearer <token>'")
+
+
+async def test_the_wrong_role_is_403(voting: VotingClient, http: httpx.AsyncClient) -> None:
+    body = {"title": "x", "options": options("a", "b"), "method": "plurality"}
+    response = await http.post("/api/elections", json=body, headers=bearer(CLIENT))
+    assert_problem(response, 403, "the client role may not do this; it needs the admin role")
+    election_id = await voting.open_election()
+    response = await voting.cast(election_id, {"choice": "a"}, "v1", token=ADMIN)
+    assert_problem(response, 403, "the admin role may not cast ballots")
+    response = await http.get("/api/audit/events", headers=bearer(CLIENT))
+    assert_problem(response, 403, "it needs the auditor role")
+
+
+async def test_a_voter_token_not_issued_for_the_election_is_403(voting: VotingClient) -> None:
+    election_id = await voting.open_election(eligibility="tokens")
+    response = await voting.cast(election_id, {"choice": "a"}, token="cvt_made-up-token")
+    assert_problem(response, 403, "this voter token was not issued for this election")
+    response = await voting.cast(election_id, {"choice": "a"}, "v1", token=CLIENT)
+    assert_problem(response, 403, "takes ballots only from voters holding a voter token")
+
+
+async def test_a_body_over_64_kib_is_413(voting: VotingClient, http: httpx.AsyncClient) -> None:
+    election_id = await voting.open_election()
+    huge = b'{"choice": "a", "voter_id": "' + b"x" * (65 * 1024) + b'"}'
+    response = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        content=huge,
+        headers={**bearer(CLIENT), "Content-Type": "application/json"},
+    )
+    assert_problem(response, 413, "larger than 64 KiB")
+
+    async def chunked() -> object:
+        for _ in range(70):
+            yield b"x" * 1024
+
+    response = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        content=chunked(),  # type: ignore[arg-type]
+        headers={**bearer(CLIENT), "Content-Type": "application/json"},
+    )
+    assert_problem(response, 413, "larger than 64 KiB")
+
+
+async def test_a_retry_with_the_same_idempotency_key_gets_the_first_response(
+    voting: VotingClient,
+) -> None:
+    election_id = await voting.open_election(allow_revote=False)
+    voter = voting.voter()
+    first = await voting.cast(election_id, {"choice": "a"}, voter, idempotency_key="k-1")
+    assert first.status_code == 201
+    before = await _log_length(voting)
+    retry = await voting.cast(election_id, {"choice": "a"}, voter, idempotency_key="k-1")
+    assert retry.status_code == 201
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert {k: v for k, v in retry.json().items() if k != "replayed"} == {
+        k: v for k, v in first.json().items() if k != "replayed"
+    }
+    assert await _log_length(voting) == before
+    reused = await voting.cast(election_id, {"choice": "b"}, voter, idempotency_key="k-1")
+    problem = assert_problem(reused, 422, "already used for a different ballot")
+    assert problem["field"] == "Idempotency-Key"
+    other_key = await voting.cast(election_id, {"choice": "a"}, voter, idempotency_key="k-2")
+    assert_problem(other_key, 409, "already cast a ballot")
+
+
+async def test_bad_audit_paging_parameters_are_422(http: httpx.AsyncClient) -> None:
+    response = await http.get("/api/audit/events", params={"limit": 0}, headers=bearer(AUDITOR))
+    problem = assert_problem(response, 422, "limit must be from 1 to 1000")
+    assert problem["field"] == "limit"
+    response = await http.get("/api/audit/events", params={"after": "x"}, headers=bearer(AUDITOR))
+    assert_problem(response, 422, "after must be a whole number")

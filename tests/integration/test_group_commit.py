@@ -1,0 +1,156 @@
+"""The group-commit writer against a real PostgreSQL: batching, isolation, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import uuid4
+
+import psycopg
+import pytest
+
+from domain.application import VotingApplication
+from domain.ballot import Ballot
+from domain.ports import VersionConflict
+from infra.migrations import migrate
+from infra.store import open_application
+from infra.writer import GroupCommitWriter, Overloaded, _Append
+from tests.databases import create_database, drop_database
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[tuple[str, VotingApplication]]:
+    url = create_database("cardinal_writer")
+    migrate(url)
+    app = open_application(url)
+    try:
+        yield url, app
+    finally:
+        app.close()
+        drop_database(url)
+
+
+def _ballot(election: str, voter: str) -> Ballot:
+    return Ballot(election_id=election, voter_key=voter, vote={"choice": "a"}, request_key=None)
+
+
+def _casts(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM cardinal_events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_batch_with_duplicate_voters_commits_all_the_others(
+    store: tuple[str, VotingApplication],
+) -> None:
+    url, app = store
+    writer = GroupCommitWriter(app, url, max_batch=500)
+    writer.start()
+    try:
+        election = str(uuid4())
+        await writer.append(_ballot(election, "already-voted"))
+        voters = [f"voter-{n}" for n in range(200)]
+        # Each of these conflicts: with a recorded ballot, or with its twin in the batch.
+        duplicates = ["already-voted", "voter-7", "voter-7", "voter-150"]
+        appends = [writer.append(_ballot(election, v)) for v in [*voters, *duplicates]]
+        outcomes = await asyncio.gather(*appends, return_exceptions=True)
+    finally:
+        await writer.stop()
+    recorded = [o for o in outcomes[: len(voters)] if isinstance(o, int)]
+    refused = outcomes[len(voters) :]
+    assert len(recorded) == len(voters)  # every innocent neighbour committed
+    assert len(set(recorded)) == len(recorded)  # each at its own position
+    assert all(isinstance(o, VersionConflict) for o in refused), refused
+    assert writer.stats.batches < len(voters) // 2  # they really went in batches
+    assert _casts(url) == 1 + len(voters)
+
+
+async def test_one_ballot_per_transaction_when_batching_is_off(
+    store: tuple[str, VotingApplication],
+) -> None:
+    url, app = store
+    writer = GroupCommitWriter(app, url, max_batch=1)
+    writer.start()
+    try:
+        election = str(uuid4())
+        await asyncio.gather(*(writer.append(_ballot(election, f"v{n}")) for n in range(50)))
+    finally:
+        await writer.stop()
+    assert writer.stats.batches == 50
+    assert _casts(url) == 50
+
+
+async def test_a_full_queue_refuses_instead_of_growing(
+    store: tuple[str, VotingApplication],
+) -> None:
+    url, app = store
+    writer = GroupCommitWriter(app, url, max_batch=10, max_queue=20)
+    writer.start()
+    try:
+        election = str(uuid4())
+        outcomes = await asyncio.gather(
+            *(writer.append(_ballot(election, f"v{n}")) for n in range(500)),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.stop()
+    accepted = [o for o in outcomes if isinstance(o, int)]
+    shed = [o for o in outcomes if isinstance(o, Overloaded)]
+    assert len(accepted) + len(shed) == 500
+    assert shed  # the queue bound held
+    assert _casts(url) == len(accepted)  # a refused append left nothing behind
+
+
+async def test_appends_after_a_lost_connection_are_recorded_once(
+    store: tuple[str, VotingApplication],
+) -> None:
+    url, app = store
+    writer = GroupCommitWriter(app, url, max_batch=50)
+    writer.start()
+    try:
+        election = str(uuid4())
+        await writer.append(_ballot(election, "warm-up"))
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        positions = await asyncio.gather(
+            *(writer.append(_ballot(election, f"after-{n}")) for n in range(100))
+        )
+    finally:
+        await writer.stop()
+    assert len(set(positions)) == 100
+    assert _casts(url) == 101
+
+
+async def test_a_retry_after_an_unknown_outcome_recognises_its_own_rows(
+    store: tuple[str, VotingApplication],
+) -> None:
+    """A commit can succeed while its connection dies before the answer arrives. The
+    writer then retries; rows identical to its own (same id, version and state) are taken
+    as its own success, not as a conflict: nothing is refused that was recorded."""
+    url, app = store
+    writer = GroupCommitWriter(app, url)
+    loop = asyncio.get_running_loop()
+    election = str(uuid4())
+    batch = [
+        _Append(
+            [app.mapper.to_stored_event(e) for e in _ballot(election, f"v{n}").collect_events()],
+            loop.create_future(),
+        )
+        for n in range(5)
+    ]
+    with psycopg.connect(url, autocommit=True) as conn:
+        first = writer._commit(conn, batch, recognise_own=False)
+        again = writer._commit(conn, batch, recognise_own=True)
+        stranger = _Append(
+            [app.mapper.to_stored_event(e) for e in _ballot(election, "v0").collect_events()],
+            loop.create_future(),
+        )
+        conflict = writer._commit(conn, [stranger], recognise_own=True)
+    assert [o.position for o in again] == [o.position for o in first]
+    assert all(o.error is None for o in again)
+    assert isinstance(conflict[0].error, VersionConflict)  # same key, different state
+    assert _casts(url) == 5

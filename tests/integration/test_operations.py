@@ -1,0 +1,74 @@
+"""What operators see: Prometheus metrics and the projections' status, over HTTP."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.integration.client import VotingClient, assert_problem, bearer
+from tests.servers import CLIENT, OPERATOR
+
+
+def _samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+async def test_metrics_expose_every_series_operators_rely_on(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election()
+    receipt = (await voting.cast(election_id, {"choice": "a"}, voting.voter())).json()
+    await voting.cast(election_id, {"choice": "nope"}, voting.voter())  # refused: invalid
+    await voting.results(election_id, min_position=receipt["position"])
+    scraped = await http.get("/metrics")
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    text = scraped.text
+    accepted = _samples(text, 'cardinal_ballots_accepted_total{kind="cast"}')
+    assert accepted
+    assert float(accepted[0].split()[-1]) >= 1
+    assert _samples(text, 'cardinal_ballots_refused_total{reason="invalid_ballot"}')
+    for series in (
+        "cardinal_write_batch_size_bucket",
+        "cardinal_write_commit_seconds_bucket",
+        "cardinal_writer_queue_depth",
+        "cardinal_log_head_position",
+        "cardinal_relay_position",
+        "cardinal_relay_lag_events",
+        'cardinal_projection_position{projection="tally"}',
+        'cardinal_projection_lag_events{projection="tally"}',
+        'cardinal_projection_apply_seconds_bucket{le="0.001",projection="tally"}',
+        'cardinal_database_connected{component="api"} 1.0',
+    ):
+        assert any(line.startswith(series) for line in text.splitlines()), series
+    routes = set(re.findall(r'route="([^"]+)"', text))
+    assert "/api/elections/{election_id}/ballots" in routes  # templates, not election ids
+    assert not any(election_id in route for route in routes)
+
+
+async def test_operators_see_where_every_projection_stands(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election()
+    receipt = (await voting.cast(election_id, {"choice": "b"}, voting.voter())).json()
+    await voting.results(election_id, min_position=receipt["position"])
+    response = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
+    assert response.status_code == 200
+    found = {p["name"]: p for p in response.json()["projections"]}
+    assert set(found) == {"tally", "catalog", "statistics"}
+    tally = found["tally"]
+    assert tally["state"] in ("live", "stalled")
+    assert tally["version"] >= 1
+    assert tally["position"] >= receipt["position"]
+    assert tally["head"] >= tally["position"]
+    assert tally["lag"] == tally["head"] - tally["position"]
+    assert tally["dead_lettered"] == 0
+    assert_problem(
+        await http.get("/api/admin/projections", headers=bearer(CLIENT)), 403, "operator role"
+    )
+    assert_problem(
+        await http.post("/api/admin/projections/nothing/rebuild", headers=bearer(OPERATOR)),
+        404,
+        "there is no projection named 'nothing'",
+    )

@@ -1,0 +1,213 @@
+"""The exactly-once feed protocol, page by page, against a real PostgreSQL.
+
+Any page (after, last] may arrive any number of times, in any order, overlapping others
+or leaving gaps; the read model must end up as if each entry were applied once, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from domain.ballot import Ballot
+from domain.errors import BallotNotFound
+from domain.rules import ElectionRules
+from domain.tabulation import Tally
+from infra.migrations import migrate
+from infra.store import open_application
+from infra.writer import GroupCommitWriter
+from projections.log import LogEvent, head, read_page
+from projections.queries import tally_snapshot
+from projections.runtime import ProjectionRunner
+from projections.tally import TallyProjection
+from tests.databases import create_database, drop_database
+from tests.e2e.load import recount
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[tuple[str, AsyncConnectionPool]]:
+    url = create_database("cardinal_runtime")
+    migrate(url)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+    await pool.open()
+    try:
+        yield url, pool
+    finally:
+        await pool.close()
+        drop_database(url)
+
+
+async def _fill(url: str, rng: random.Random, ballots: int = 400) -> UUID:
+    """An IRV election with casts, revisions and withdrawals, closed, then two late ballots."""
+    app = open_application(url)
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "abcd"], method="irv", allow_revote=True
+        )
+        election_id = (await app.create_election("Runtime", rules)).id
+        await app.open_election(election_id)
+        for n in range(ballots):
+            voter = f"k{rng.randrange(ballots // 2)}"
+            ranking = rng.sample("abcd", rng.randint(1, 4))
+            if rng.random() < 0.05:
+                with contextlib.suppress(BallotNotFound):  # none cast yet, or withdrawn
+                    await app.withdraw_ballot(election_id, voter)
+            else:
+                await app.cast_ballot(election_id, voter, {"ranking": ranking}, f"r{n}")
+        await app.close_election(election_id)
+        # Late ballots: recorded after the close, as another API process with a stale view
+        # of the election could do. They must not count.
+        for voter in ("late-1", "late-2"):
+            late = Ballot(
+                election_id=str(election_id),
+                voter_key=voter,
+                vote={"ranking": ["d"]},
+                request_key=None,
+            )
+            await writer.append(late)
+        return election_id
+    finally:
+        await writer.stop()
+        app.close()
+
+
+async def _entries(pool: AsyncConnectionPool) -> list[LogEvent]:
+    async with pool.connection() as conn:
+        return await read_page(conn, 0, await head(conn), 100_000)
+
+
+def _page(entries: list[LogEvent], first: int, last: int) -> tuple[int, int, list[LogEvent]]:
+    """The page holding entries[first..last] (inclusive)."""
+    after = entries[first - 1].position if first else 0
+    return after, entries[last].position, entries[first : last + 1]
+
+
+async def _served(pool: AsyncConnectionPool, election_id: UUID) -> dict[str, Any]:
+    async with pool.connection() as conn:
+        snapshot = await tally_snapshot(conn, election_id)
+    assert snapshot.rules is not None
+    result = Tally.from_counters(ElectionRules.from_json(snapshot.rules), snapshot.counters)
+    return {**result.result().to_json(), "late_ballots": snapshot.late_ballots}
+
+
+def _truth(recounted: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recounted.items() if k not in ("election_id", "status", "position")}
+
+
+async def test_pages_in_order_give_the_recount(store: tuple[str, AsyncConnectionPool]) -> None:
+    url, pool = store
+    election_id = await _fill(url, random.Random(1))
+    entries = await _entries(pool)
+    runner = ProjectionRunner(TallyProjection(), pool)
+    await runner.prepare()
+    for start in range(0, len(entries), 37):
+        applied = await runner.apply_page(*_page(entries, start, min(start + 36, len(entries) - 1)))
+        assert not applied.duplicate
+    assert await runner.position() == entries[-1].position
+    served = await _served(pool, election_id)
+    assert served == _truth((await recount(url))[str(election_id)])
+    assert served["late_ballots"] == 2
+
+
+async def test_duplicates_overlaps_gaps_and_disorder_change_nothing(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    rng = random.Random(2)
+    election_id = await _fill(url, rng)
+    entries = await _entries(pool)
+    runner = ProjectionRunner(TallyProjection(), pool, page_size=100_000)
+    await runner.prepare()
+    pages = []
+    for _ in range(300):
+        first = rng.randrange(len(entries))
+        pages.append(_page(entries, first, min(len(entries) - 1, first + rng.randrange(60))))
+    for page in pages + pages[::-1]:
+        await runner.apply_page(*page)
+    # Whatever the pages left out is filled from the store, as the idle catch-up does.
+    await runner.catch_up()
+    assert await runner.position() == entries[-1].position
+    assert await _served(pool, election_id) == _truth((await recount(url))[str(election_id)])
+
+
+async def test_a_page_after_a_gap_reads_the_gap_from_the_store(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    election_id = await _fill(url, random.Random(3), ballots=120)
+    entries = await _entries(pool)
+    runner = ProjectionRunner(TallyProjection(), pool)
+    await runner.prepare()
+    applied = await runner.apply_page(*_page(entries, len(entries) - 5, len(entries) - 1))
+    assert applied.events == len(entries)  # the gap (0, after] came from the store
+    duplicate = await runner.apply_page(*_page(entries, 0, 10))
+    assert duplicate.duplicate
+    assert await _served(pool, election_id) == _truth((await recount(url))[str(election_id)])
+
+
+async def test_a_failing_page_leaves_rows_and_position_untouched(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    await _fill(url, random.Random(4), ballots=50)
+    entries = await _entries(pool)
+    runner = ProjectionRunner(TallyProjection(), pool)
+    await runner.prepare()
+    await runner.apply_page(*_page(entries, 0, 9))
+    before = await runner.position()
+    orphan = LogEvent(
+        entries[10].position,
+        entries[10].stream_id,
+        2,
+        "BallotRevised",
+        {"election_id": str(UUID(int=7)), "vote": {"ranking": ["a"]}, "timestamp": "2026-01-01"},
+    )
+    with pytest.raises(KeyError):
+        await runner.apply_page(entries[9].position, orphan.position, [orphan])
+    assert await runner.position() == before
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) FROM read_models.tally_ballots")
+        row = await cursor.fetchone()
+    assert row is not None
+    assert row[0] == sum(1 for e in entries[:10] if e.type == "BallotCast")
+
+
+async def test_every_projection_gets_its_own_version_and_views(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    await _fill(url, random.Random(5), ballots=30)
+    from projections import PROJECTIONS, projection
+
+    for name in PROJECTIONS:
+        runner = ProjectionRunner(projection(name), pool)
+        await runner.prepare()
+        await runner.prepare()  # idempotent
+        await runner.catch_up()
+    with psycopg.connect(url) as conn:
+        registry = conn.execute(
+            "SELECT name, active_version, state FROM projections ORDER BY name"
+        ).fetchall()
+        catalog = conn.execute(
+            "SELECT status, ballots_cast, late_ballots FROM read_models.catalog_elections"
+        ).fetchone()
+        hours = conn.execute(
+            "SELECT sum(ballots), sum(late) FROM read_models.statistics_vote_statistics"
+        ).fetchone()
+    assert registry == [("catalog", 1, "live"), ("statistics", 1, "live"), ("tally", 1, "live")]
+    assert catalog is not None
+    assert catalog[0] == "closed"
+    assert catalog[2] == 2
+    assert hours is not None
+    assert hours[1] == 2
+    assert hours[0] == catalog[1]

@@ -1,0 +1,171 @@
+"""Blue/green rebuilds against a real PostgreSQL: the old version serves until the switch."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from infra.migrations import migrate
+from projections import PROJECTIONS, projection
+from projections.base import BulkBuilder, Projection
+from projections.log import LogEvent
+from projections.rebuild import Progress, Rebuild, RebuildRefused
+from projections.runtime import ProjectionRunner
+from projections.status import projection_status
+from projections.tally import TallyProjection
+from tests.databases import create_database, drop_database
+from tests.e2e.load import recount
+from tests.integration.test_projection_runtime import _fill, _served, _truth
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[tuple[str, AsyncConnectionPool]]:
+    url = create_database("cardinal_rebuild")
+    migrate(url)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=6, open=False, kwargs={"autocommit": True})
+    await pool.open()
+    try:
+        yield url, pool
+    finally:
+        await pool.close()
+        drop_database(url)
+
+
+def _schemas(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'proj_%' ORDER BY nspname"
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+async def _live(pool: AsyncConnectionPool) -> None:
+    for name in PROJECTIONS:
+        runner = ProjectionRunner(projection(name), pool)
+        await runner.prepare()
+        await runner.catch_up()
+
+
+async def test_a_rebuild_switches_to_a_new_version_equal_to_a_recount(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    election_id = await _fill(url, random.Random(11))
+    await _live(pool)
+    reports: list[Progress] = []
+    for name in PROJECTIONS:
+        version = await Rebuild(projection(name), pool, progress=reports.append).run()
+        assert version == 2
+    assert reports
+    assert reports[-1].position == reports[-1].head
+    assert _schemas(url) == ["proj_catalog_v2", "proj_statistics_v2", "proj_tally_v2"]
+    assert await _served(pool, election_id) == _truth((await recount(url))[str(election_id)])
+    async with pool.connection() as conn:
+        status = {entry["name"]: entry for entry in await projection_status(conn)}
+    assert all(entry["state"] == "live" for entry in status.values())
+    assert status["tally"]["version"] == 2
+    assert status["tally"]["lag"] == 0
+    assert status["tally"]["rebuild"] is None
+
+
+class _Exploding(TallyProjection):
+    """A tally whose bulk build fails half-way, as a bug or a full disk would."""
+
+    def bulk(self) -> BulkBuilder:
+        inner = super().bulk()
+
+        class Failing:
+            seen = 0
+
+            def add(self, events: Sequence[LogEvent]) -> None:
+                Failing.seen += len(events)
+                if Failing.seen > 100:
+                    raise RuntimeError("disk full")
+                inner.add(events)
+
+            async def write(self, conn: Any, schema: str) -> None:
+                await inner.write(conn, schema)
+
+        return Failing()
+
+
+async def test_a_failed_rebuild_leaves_the_old_version_serving_and_says_why(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    election_id = await _fill(url, random.Random(12))
+    await _live(pool)
+    before = await _served(pool, election_id)
+    with pytest.raises(RuntimeError, match="disk full"):
+        await Rebuild(_Exploding(), pool, page_size=50).run()
+    async with pool.connection() as conn:
+        status = {entry["name"]: entry for entry in await projection_status(conn)}
+    assert status["tally"]["state"] == "failed"
+    assert "disk full" in status["tally"]["detail"]
+    assert status["tally"]["version"] == 1
+    assert await _served(pool, election_id) == before
+    # Running it again succeeds, and the leftover half-built version is gone.
+    assert await Rebuild(TallyProjection(), pool).run() == 2
+    assert "proj_tally_v1" not in _schemas(url)
+    assert await _served(pool, election_id) == before
+
+
+async def test_a_killed_rebuild_leaves_the_old_version_and_can_run_again(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    election_id = await _fill(url, random.Random(13), ballots=600)
+    await _live(pool)
+    before = await _served(pool, election_id)
+    started = asyncio.Event()
+
+    def on_progress(_: object) -> None:
+        started.set()
+
+    job = asyncio.create_task(
+        Rebuild(_SlowCatalog(), pool, page_size=20, progress=on_progress).run()
+    )
+    await started.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert "proj_catalog_v1" in _schemas(url)
+    assert await _served(pool, election_id) == before
+    assert await Rebuild(projection("catalog"), pool).run() == 2
+    assert _schemas(url).count("proj_catalog_v2") == 1
+
+
+class _SlowCatalog(Projection):
+    """The catalog, applied slowly, so that the test can interrupt a rebuild mid-way."""
+
+    name = "catalog"
+    tables = ("elections",)
+
+    def __init__(self) -> None:
+        self.inner = projection("catalog")
+
+    async def apply(self, conn: Any, schema: str, events: Any) -> None:
+        await asyncio.sleep(0.05)
+        await self.inner.apply(conn, schema, events)
+
+
+async def test_a_second_rebuild_of_the_same_projection_is_refused(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    url, pool = store
+    await _fill(url, random.Random(14), ballots=200)
+    await _live(pool)
+    started = asyncio.Event()
+    first = asyncio.create_task(
+        Rebuild(_SlowCatalog(), pool, page_size=10, progress=lambda _: started.set()).run()
+    )
+    await started.wait()
+    with pytest.raises(RebuildRefused, match="already running"):
+        await Rebuild(projection("catalog"), pool).run()
+    assert await first == 2

@@ -1,0 +1,123 @@
+"""Results from the tally read model: what they count, when, and for whom."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import httpx
+import pytest
+
+from domain.ballot import Ballot
+from infra.store import open_application
+from infra.voters import VoterKeys
+from infra.writer import GroupCommitWriter
+from tests.integration.client import VotingClient, assert_problem, bearer
+from tests.servers import ADMIN, CLIENT, settings_for
+
+
+@pytest.fixture
+async def raw_writer(database_url: str) -> AsyncIterator[GroupCommitWriter]:
+    """A writer that appends without the API's checks, to stage what races produce."""
+    app = open_application(database_url)
+    writer = GroupCommitWriter(app, database_url)
+    app.writer = writer
+    writer.start()
+    yield writer
+    await writer.stop()
+    app.close()
+
+
+def _figures(results: dict[str, object], stat: str) -> dict[str, object]:
+    options = results["options"]
+    assert isinstance(options, list)
+    return {option["id"]: option[stat] for option in options}
+
+
+async def test_revisions_and_withdrawals_move_the_tally(voting: VotingClient) -> None:
+    election_id = await voting.open_election("approval", allow_revote=True)
+    for voter, approve in (("v1", ["a"]), ("v2", ["a", "b"]), ("v3", ["c"])):
+        assert (await voting.cast(election_id, {"approve": approve}, voter)).status_code == 201
+    revised = await voting.cast(election_id, {"approve": ["b", "c"]}, "v1")
+    assert revised.status_code == 200
+    withdrawn = await voting.http.post(
+        f"/api/elections/{election_id}/withdrawals",
+        json={"voter_id": "v3"},
+        headers=bearer(CLIENT),
+    )
+    assert withdrawn.status_code == 200
+    results = await voting.results(election_id, min_position=withdrawn.json()["position"])
+    body = results.json()
+    assert body["position"] >= withdrawn.json()["position"]
+    assert body["ballots"] == 2
+    assert _figures(body, "approvals") == {"a": 1, "b": 2, "c": 1}
+    assert body["winners"] == ["b"]
+
+
+async def test_min_position_gives_read_your_writes(voting: VotingClient) -> None:
+    election_id = await voting.open_election("plurality")
+    for n in range(20):
+        receipt = (await voting.cast(election_id, {"choice": "c"}, f"reader-{n}")).json()
+        results = (await voting.results(election_id, min_position=receipt["position"])).json()
+        assert results["position"] >= receipt["position"]
+        assert results["ballots"] == n + 1
+
+
+async def test_ballots_after_the_close_are_late_and_not_counted(
+    voting: VotingClient, raw_writer: GroupCommitWriter, database_url: str
+) -> None:
+    election_id = await voting.open_election("plurality")
+    for voter in ("a1", "a2"):
+        await voting.cast(election_id, {"choice": "a"}, voter)
+    closed = await voting.close(election_id)
+    keys = VoterKeys(settings_for(database_url).secret or "")
+    late = Ballot(
+        election_id=election_id,
+        voter_key=keys.for_voter_id(UUID(election_id), "straggler"),
+        vote={"choice": "b"},
+        request_key=None,
+    )
+    position = await raw_writer.append(late)
+    assert position > closed["position"]
+    body = (await voting.results(election_id, min_position=position)).json()
+    assert body["status"] == "closed"
+    assert body["closed_at_position"] == closed["position"]
+    assert body["ballots"] == 2
+    assert _figures(body, "votes") == {"a": 2, "b": 0, "c": 0}
+    assert body["late_ballots"] == 1
+
+
+async def test_after_close_results_are_for_admins_until_the_close(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("irv", results_visibility="after_close")
+    receipt = (await voting.cast(election_id, {"ranking": ["b"]}, "v")).json()
+    assert_problem(
+        await voting.results(election_id, token=CLIENT), 403, "publishes its results when it closes"
+    )
+    admin_view = await voting.results(election_id, token=ADMIN, min_position=receipt["position"])
+    assert admin_view.status_code == 200
+    assert admin_view.json()["winners"] == ["b"]
+    await voting.close(election_id)
+    public = await voting.results(election_id, token=CLIENT)
+    assert public.status_code == 200
+    assert public.json()["rounds"]
+
+
+async def test_results_need_credentials_and_a_known_election(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election()
+    assert_problem(await http.get(f"/api/elections/{election_id}/results"), 401, "Bearer")
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert_problem(await voting.results(missing), 404, "there is no election")
+    problem = assert_problem(
+        await http.get(
+            f"/api/elections/{election_id}/results",
+            params={"min_position": "soon"},
+            headers=bearer(ADMIN),
+        ),
+        422,
+        "min_position must be a whole number",
+    )
+    assert problem["field"] == "min_position"

@@ -1,0 +1,61 @@
+"""A real uvicorn server in the test's event loop, spoken to over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+
+from api.app import create_app
+from infra.settings import Settings
+
+ADMIN = "test-admin-token"
+OPERATOR = "test-operator-token"
+AUDITOR = "test-auditor-token"
+CLIENT = "test-client-token"
+
+
+def settings_for(database_url: str, **overrides: object) -> Settings:
+    settings = Settings(
+        database_url=database_url,
+        env="test",
+        secret="s" * 40,
+        role_tokens={
+            "admin": (ADMIN,),
+            "operator": (OPERATOR,),
+            "auditor": (AUDITOR,),
+            "client": (CLIENT,),
+        },
+    )
+    return settings.with_overrides(**overrides) if overrides else settings
+
+
+@asynccontextmanager
+async def running_api(
+    settings: Settings, projections: tuple[str, ...] = ("tally", "catalog", "statistics")
+) -> AsyncIterator[str]:
+    """Serve the API (and the projections, reading the store) on a free local port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings, projections=projections),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # surfaces the start-up error
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
