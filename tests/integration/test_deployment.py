@@ -1,0 +1,180 @@
+"""The deployment files: the compose stack validates, and its configuration is complete.
+
+There is no Docker engine on this machine; Debian's docker-compose validates the file
+(interpolation, schema, profiles) without one. The same processes run directly in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import infra.metrics
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = {
+    "CARDINAL_SECRET": "0123456789abcdef0123456789abcdef",
+    "CARDINAL_ADMIN_TOKEN": "admin",
+    "POSTGRES_PASSWORD": "pg",
+    "RABBITMQ_PASSWORD": "mq",
+    "GRAFANA_ADMIN_PASSWORD": "gf",
+}
+
+
+def _env_file(tmp_path: Path, **overrides: str) -> Path:
+    lines = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        name = line.split("=", 1)[0]
+        lines.append(f"{name}={overrides[name]}" if name in overrides else line)
+    path = tmp_path / "test.env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is missing: `make test` installs Debian's package"
+    return subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_the_compose_file_validates_with_every_profile(tmp_path: Path) -> None:
+    env = str(_env_file(tmp_path, **SECRETS))
+    checked = _compose("--env-file", env, "config", "-q")
+    assert checked.returncode == 0, checked.stderr
+    monitored = _compose("--env-file", env, "--profile", "monitoring", "config")
+    assert monitored.returncode == 0, monitored.stderr
+    services = yaml.safe_load(monitored.stdout)["services"]
+    assert set(services) == {
+        "postgres",
+        "rabbitmq",
+        "migrate",
+        "api",
+        "relay",
+        "projector",
+        "prometheus",
+        "grafana",
+    }
+    optional = {name for name, service in services.items() if service.get("profiles")}
+    assert optional == {"prometheus", "grafana"}
+    assert services["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_the_stack_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
+    env = str(_env_file(tmp_path, **{**SECRETS, "CARDINAL_SECRET": ""}))
+    checked = _compose("--env-file", env, "config", "-q")
+    assert checked.returncode != 0
+    assert "set CARDINAL_SECRET" in checked.stderr
+
+
+def test_the_resolved_stack_wires_processes_health_and_order(tmp_path: Path) -> None:
+    env = str(_env_file(tmp_path, **SECRETS))
+    stack = yaml.safe_load(_compose("--env-file", env, "config").stdout)["services"]
+    assert stack["migrate"]["command"] == ["migrate"]
+    assert stack["api"]["command"] == ["api"]
+    assert stack["relay"]["command"] == ["relay"]
+    assert stack["projector"]["command"] == ["project"]
+    assert "/api/ready" in " ".join(stack["api"]["healthcheck"]["test"])
+    assert stack["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    environment = stack["api"]["environment"]
+    assert environment["DATABASE_URL"].startswith("postgresql://cardinal:pg@postgres:5432/")
+    assert environment["AMQP_URL"] == "amqp://cardinal:mq@rabbitmq:5672/"
+    assert environment["CARDINAL_ENV"] == "production"
+
+
+class _Recording(dict[str, str]):
+    """An environment that remembers which variables were asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def _settings_variables() -> set[str]:
+    """Every variable Settings.from_env reads, observed rather than listed by hand."""
+    environ = _Recording()
+    Settings.from_env(environ)
+    return environ.asked
+
+
+def test_every_setting_is_documented_and_passed_to_the_containers() -> None:
+    documented = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    variables = _settings_variables()
+    assert {"DATABASE_URL", "WRITER_MAX_BATCH", "CARDINAL_NAMESPACE"} <= variables
+    assert variables - documented == set()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    passed = set(compose["x-cardinal"]["environment"])
+    assert variables - passed == {"CARDINAL_DATA_DIR"}  # the embedded database only
+
+
+def test_the_image_is_multi_stage_and_runs_as_a_non_root_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users
+    assert users[-1] not in ("root", "0")
+
+
+def _metric_names(text: str) -> set[str]:
+    found = set(re.findall(r"\b(cardinal_[a-z_]+)", text))
+    suffixes = ("_bucket", "_count", "_sum", "_created")
+    return {next((n[: -len(s)] for s in suffixes if n.endswith(s)), n) for n in found}
+
+
+def _defined_metrics() -> set[str]:
+    defined = set()
+    for value in vars(infra.metrics).values():
+        name = getattr(value, "_name", None)
+        if isinstance(name, str) and name.startswith("cardinal_"):
+            defined.add(name)
+            defined.add(name + "_total")
+    return defined
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["infra/monitoring/alerts.yml", "infra/monitoring/grafana/dashboards/cardinal.json"],
+)
+def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
+    text = (ROOT / path).read_text()
+    if path.endswith(".json"):
+        json.loads(text)
+    else:
+        rules = yaml.safe_load(text)["groups"][0]["rules"]
+        alerts = {rule["alert"] for rule in rules}
+        assert {
+            "CardinalHighErrorRate",
+            "CardinalDatabaseDown",
+            "CardinalBrokerDown",
+            "CardinalProjectionLag",
+            "CardinalQueueDepth",
+        } <= alerts
+    used = _metric_names(text)
+    assert used
+    assert used - _defined_metrics() == set()
+
+
+def test_prometheus_scrapes_every_process() -> None:
+    config = yaml.safe_load((ROOT / "infra/monitoring/prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"api", "relay", "projector", "rabbitmq"} <= jobs
