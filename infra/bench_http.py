@@ -1,0 +1,531 @@
+"""Benchmark: ballots over HTTP against a running stack, and what it takes to see them.
+
+Starts a stack (``cardinal serve``, or api + relay + projector processes with
+``--topology split``) on a scratch database and RabbitMQ namespace, or targets a running
+one (``--target``), then drives ballots with a given concurrency for a given time (or a
+fixed number of ballots, or a fixed rate), and reports:
+
+- accepted ballots/s; latency p50/p99/max; refusals by status;
+- freshness: time from a ballot's 2xx to the tally projection reaching its position,
+  p50/p99 (from the projections' NOTIFY messages, watched by the benchmark itself);
+- peak RSS (VmHWM) of every stack process and of the load generator;
+- a verification that every accepted ballot is counted exactly once, and that each
+  election's results equal a recount of the log;
+- with ``--compare-unbatched``, the same run with WRITER_MAX_BATCH=1 and the ratio.
+
+Every ballot is a first cast by a fresh voter, so "counted once" is exact: the results'
+ballot count equals the number of 2xx answers, and each receipt's ballot is in the read
+model once. A 503 is not retried (it is the back-pressure under test) and must leave no
+trace in the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from rich.console import Console
+from rich.table import Table
+
+from infra.loadgen import ConnectionClosed, LeanConnection
+from projections.runtime import NOTIFY_CHANNEL
+
+console = Console()
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN = "bench-admin"
+CLIENT = "bench-client"
+OPTIONS = [{"id": f"o{i}", "label": f"Option {i}"} for i in range(5)]
+
+
+@dataclass
+class RunFigures:
+    """What one run measured."""
+
+    label: str
+    seconds: float = 0.0
+    accepted: int = 0
+    refused: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    freshness: list[float] = field(default_factory=list)
+    unseen: int = 0
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    counted_once: bool | None = None
+    matches_recount: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "seconds": round(self.seconds, 2),
+            "accepted": self.accepted,
+            "accepted_per_second": round(self.rate, 1),
+            "latency_ms": _percentiles(self.latencies),
+            "refused": {str(k): v for k, v in sorted(self.refused.items())},
+            "errors": self.errors,
+            "freshness_ms": _percentiles(self.freshness),
+            "not_visible": self.unseen,
+            "peak_rss_mb": self.peak_rss_mb,
+            "counted_once": self.counted_once,
+            "matches_recount": self.matches_recount,
+            "notes": self.notes,
+        }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cardinal bench http", description=__doc__)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--ballots", type=int, help="a fixed number of ballots instead")
+    parser.add_argument("--concurrency", type=int, default=64, help="clients in flight")
+    parser.add_argument("--rate", type=float, help="open loop: ballots per second")
+    parser.add_argument("--elections", type=int, default=4, help="open elections to spread over")
+    parser.add_argument("--method", default="plurality", help="voting method of the elections")
+    parser.add_argument("--topology", choices=("serve", "split"), default="serve")
+    parser.add_argument("--workers", type=int, default=1, help="API processes (split topology)")
+    parser.add_argument("--batch", type=int, default=500, help="WRITER_MAX_BATCH")
+    parser.add_argument("--compare-unbatched", action="store_true")
+    parser.add_argument(
+        "--server-url",
+        default="postgresql://root@127.0.0.1:5432/postgres",
+        help="PostgreSQL server for the scratch database",
+    )
+    parser.add_argument(
+        "--amqp-url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    )
+    parser.add_argument("--no-broker", action="store_true", help="projections read the store")
+    parser.add_argument("--output", type=Path, help="also write the JSON report here")
+    args = parser.parse_args(argv)
+
+    runs = [asyncio.run(_one_run(args, args.batch, f"WRITER_MAX_BATCH={args.batch}"))]
+    if args.compare_unbatched:
+        runs.append(asyncio.run(_one_run(args, 1, "WRITER_MAX_BATCH=1")))
+    _print(runs)
+    report: dict[str, Any] = {"bench": "http", "runs": [r.summary() for r in runs]}
+    if len(runs) == 2 and runs[1].rate:
+        report["ratio"] = round(runs[0].rate / runs[1].rate, 2)
+        console.print(
+            f"group commit vs. one ballot per transaction: [bold]{report['ratio']}x[/bold]"
+        )
+    line = json.dumps(report)
+    print(line)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(line + "\n")
+    ok = all(r.errors == 0 and r.counted_once and r.matches_recount for r in runs)
+    return 0 if ok else 1
+
+
+async def _one_run(args: argparse.Namespace, batch: int, label: str) -> RunFigures:
+    figures = RunFigures(label)
+    with _stack(args, batch) as stack:
+        console.print(
+            f"[bold]{label}[/bold]: stack up ({args.topology}), {args.concurrency} clients, "
+            f"{args.method}; process logs in {stack.logs}"
+        )
+        elections = await _elections(stack, args.elections, args.method)
+        watcher = _FreshnessWatcher(stack.database_url)
+        watch = asyncio.create_task(watcher.run())
+        await watcher.ready.wait()
+        started = time.perf_counter()
+        receipts = await _drive(stack, elections, args, figures, watcher)
+        figures.seconds = time.perf_counter() - started
+        last = max((p for _, p in receipts), default=0)
+        await watcher.wait_for(last, 30)
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        figures.freshness = watcher.lags
+        figures.unseen = len(watcher.pending)
+        figures.peak_rss_mb = stack.peak_rss()
+        figures.peak_rss_mb["load generator"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        )
+        figures.counted_once, figures.matches_recount = await _verify(
+            stack, elections, receipts, figures
+        )
+    return figures
+
+
+async def _drive(
+    stack: _Stack,
+    elections: list[str],
+    args: argparse.Namespace,
+    figures: RunFigures,
+    watcher: _FreshnessWatcher,
+) -> list[tuple[str, int]]:
+    receipts: list[tuple[str, int]] = []
+    deadline = time.perf_counter() + float(args.duration)
+    remaining: list[int] | None = [int(args.ballots)] if args.ballots else None
+    interval = args.concurrency / args.rate if args.rate else 0.0
+    run_id = uuid.uuid4().hex[:8]
+    counter = iter(range(10**9))
+
+    def more() -> bool:
+        if remaining is not None:
+            if remaining[0] <= 0:
+                return False
+            remaining[0] -= 1
+            return True
+        return time.perf_counter() < deadline
+
+    async def client(index: int) -> None:
+        connection = LeanConnection("127.0.0.1", stack.port, CLIENT)
+        next_send = time.perf_counter() + (interval * index / args.concurrency)
+        try:
+            while more():
+                if interval:
+                    delay = next_send - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    next_send += interval
+                n = next(counter)
+                election_id = elections[n % len(elections)]
+                body = {"voter_id": f"{run_id}-{n}", **_ballot(args.method, n)}
+                sent = time.perf_counter()
+                try:
+                    reply = await connection.request(
+                        "POST", f"/api/elections/{election_id}/ballots", body
+                    )
+                except (ConnectionClosed, OSError):
+                    figures.errors += 1
+                    continue
+                answered = time.perf_counter()
+                figures.latencies.append(answered - sent)
+                if reply.status == 201:
+                    figures.accepted += 1
+                    receipt = reply.json()
+                    receipts.append((receipt["ballot_id"], receipt["position"]))
+                    watcher.expect(receipt["position"], answered)
+                else:
+                    figures.refused[reply.status] = figures.refused.get(reply.status, 0) + 1
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(client(i) for i in range(args.concurrency)))
+    return receipts
+
+
+class _FreshnessWatcher:
+    """Times each accepted ballot from its 2xx to the tally projection passing its position."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.pending: list[tuple[int, float]] = []
+        self.lags: list[float] = []
+        self.position = 0
+        self.ready = asyncio.Event()
+        self._moved = asyncio.Event()
+
+    def expect(self, position: int, answered: float) -> None:
+        if position <= self.position:
+            self.lags.append(0.0)  # already visible when the 2xx arrived
+        else:
+            heapq.heappush(self.pending, (position, answered))
+
+    async def run(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True
+        ) as conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+            self.ready.set()
+            async for notice in conn.notifies():
+                name, _, position = notice.payload.rpartition(":")
+                if name != "tally" or not position.isdigit():
+                    continue
+                now = time.perf_counter()
+                self.position = max(self.position, int(position))
+                while self.pending and self.pending[0][0] <= self.position:
+                    _, answered = heapq.heappop(self.pending)
+                    self.lags.append(now - answered)
+                self._moved.set()
+
+    async def wait_for(self, position: int, patience: float) -> None:
+        deadline = time.perf_counter() + patience
+        while self.position < position and time.perf_counter() < deadline:
+            self._moved.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), 1)
+
+
+async def _verify(
+    stack: _Stack,
+    elections: list[str],
+    receipts: list[tuple[str, int]],
+    figures: RunFigures,
+) -> tuple[bool, bool]:
+    """Every 2xx counted exactly once; every election equal to a recount of the log."""
+    from domain.tabulation import Tally
+    from infra.log_reader import recount_store
+    from infra.store import open_application
+    from projections.queries import tally_snapshot
+
+    accepted = {ballot_id for ballot_id, _ in receipts}
+    app = open_application(stack.database_url)
+    try:
+        async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
+            cursor = await conn.execute(
+                "SELECT ballot_id::text, count(*) FROM read_models.tally_ballots "
+                "WHERE election_id = ANY(%s::uuid[]) GROUP BY ballot_id",
+                (elections,),
+            )
+            counted: dict[str, int] = dict(await cursor.fetchall())
+            cursor = await conn.execute(
+                "SELECT count(*) FROM cardinal_events WHERE topic LIKE %s",
+                ("%Ballot.Cast",),
+            )
+            row = await cursor.fetchone()
+            cast_events = int(row[0]) if row else -1
+            recount = await recount_store(conn, app.mapper)
+            matches = True
+            served_ballots = 0
+            for election_id, count in recount.elections.items():
+                snapshot = await tally_snapshot(conn, election_id)
+                served = Tally.from_counters(count.rules, snapshot.counters)
+                matches &= served == count.tally
+                served_ballots += served.ballots
+    finally:
+        app.close()
+    once = (
+        set(counted) == accepted
+        and all(n == 1 for n in counted.values())
+        and served_ballots == len(accepted)
+        and cast_events == len(accepted)
+    )
+    if not once:
+        figures.notes.append(
+            f"accepted {len(accepted)}, in read model {len(counted)}, "
+            f"counted {served_ballots}, Cast events {cast_events}"
+        )
+    return once, matches
+
+
+async def _elections(stack: _Stack, count: int, method: str) -> list[str]:
+    admin = LeanConnection("127.0.0.1", stack.port, ADMIN)
+    ids = []
+    try:
+        for n in range(count):
+            created = await admin.request(
+                "POST",
+                "/api/elections",
+                {"title": f"Bench {n}", "method": method, "options": OPTIONS},
+            )
+            assert created.status == 201, created.body
+            election_id = str(created.json()["id"])
+            opened = await admin.request("POST", f"/api/elections/{election_id}/open")
+            assert opened.status == 200, opened.body
+            ids.append(election_id)
+    finally:
+        await admin.close()
+    return ids
+
+
+def _ballot(method: str, n: int) -> dict[str, Any]:
+    ids = [o["id"] for o in OPTIONS]
+    pick = ids[n % len(ids)]
+    if method == "plurality":
+        return {"choice": pick}
+    if method == "approval":
+        return {"approve": [pick, ids[(n + 2) % len(ids)]]}
+    if method in ("score", "star"):
+        return {"scores": {pick: 2}}
+    return {"ranking": [pick, ids[(n + 1) % len(ids)], ids[(n + 3) % len(ids)]]}
+
+
+class _Stack:
+    """The processes under test, on a scratch database and namespace."""
+
+    def __init__(self, args: argparse.Namespace, batch: int) -> None:
+        self.args = args
+        self.batch = batch
+        self.port = _free_port()
+        self.namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        self.database_url = ""
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = Path(tempfile.mkdtemp(prefix="cardinal-bench-"))
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CARDINAL_", "DATABASE"))}
+        env.update(
+            {
+                "DATABASE_URL": self.database_url,
+                "CARDINAL_NAMESPACE": self.namespace,
+                "CARDINAL_ENV": "test",
+                "CARDINAL_SECRET": "b" * 40,
+                "CARDINAL_ADMIN_TOKEN": ADMIN,
+                "CARDINAL_CLIENT_TOKEN": CLIENT,
+                "CARDINAL_OPERATOR_TOKEN": "bench-operator",
+                "CARDINAL_AUDITOR_TOKEN": "bench-auditor",
+                "PORT": str(self.port),
+                "METRICS_PORT": "0",
+                "LOG_LEVEL": "WARNING",
+                "WRITER_MAX_BATCH": str(self.batch),
+            }
+        )
+        if not self.args.no_broker:
+            env["AMQP_URL"] = self.args.amqp_url
+        else:
+            env.pop("AMQP_URL", None)
+        return env
+
+    def start(self) -> None:
+        name = f"cardinal_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.args.server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.database_url = make_conninfo(self.args.server_url, dbname=name)
+        commands = (
+            {"serve": ["serve"]}
+            if self.args.topology == "serve"
+            else {"api": ["api"], "relay": ["relay"], "projector": ["project"]}
+        )
+        if self.args.no_broker:
+            commands.pop("relay", None)
+        for process, command in commands.items():
+            self.processes[process] = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "infra.cli", *command],
+                cwd=ROOT,
+                env=self.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=(self.logs / f"{process}.log").open("w"),
+            )
+        _wait_ready(self.port, self.processes)
+
+    def peak_rss(self) -> dict[str, float]:
+        peaks = {}
+        for name, process in self.processes.items():
+            status = Path(f"/proc/{process.pid}/status")
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks[name] = round(int(line.split()[1]) / 1024, 1)
+        return peaks
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.database_url:
+            dbname = str(conninfo_to_dict(self.database_url)["dbname"])
+            with psycopg.connect(self.args.server_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+        if not self.args.no_broker:
+            _drop_namespace(self.args.amqp_url, self.namespace)
+
+
+@contextlib.contextmanager
+def _stack(args: argparse.Namespace, batch: int) -> Iterator[_Stack]:
+    stack = _Stack(args, batch)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _drop_namespace(amqp_url: str, namespace: str) -> None:
+    import aio_pika
+
+    from projections import PROJECTIONS
+
+    async def drop() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for name in PROJECTIONS:
+                await channel.queue_delete(f"{namespace}.{name}")
+                await channel.queue_delete(f"{namespace}.{name}.dead-letter")
+            await channel.exchange_delete(f"{namespace}.events")
+            await channel.exchange_delete(f"{namespace}.dead-letter")
+
+    # A thread of its own: the caller may be inside a running event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, drop()).result()
+
+
+def _wait_ready(port: int, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode} during start-up")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the stack did not start within 60 s")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1] * 1000, 1)}
+
+
+def _print(runs: list[RunFigures]) -> None:
+    table = Table(title="HTTP ballots: throughput, latency, freshness, memory")
+    table.add_column("figure")
+    for run in runs:
+        table.add_column(run.label, justify="right")
+    rows: list[tuple[str, list[str]]] = [
+        ("accepted ballots/s", [f"{r.rate:,.0f}" for r in runs]),
+        ("accepted", [f"{r.accepted:,}" for r in runs]),
+        ("seconds", [f"{r.seconds:.1f}" for r in runs]),
+    ]
+    for key in ("p50", "p99", "max"):
+        rows.append((f"latency {key} (ms)", [str(_percentiles(r.latencies)[key]) for r in runs]))
+    for key in ("p50", "p99"):
+        rows.append((f"freshness {key} (ms)", [str(_percentiles(r.freshness)[key]) for r in runs]))
+    rows.append(("refused", [json.dumps(r.refused) if r.refused else "0" for r in runs]))
+    rows.append(("transport errors", [str(r.errors) for r in runs]))
+    names = sorted({name for r in runs for name in r.peak_rss_mb})
+    for name in names:
+        rows.append((f"peak RSS {name} (MB)", [str(r.peak_rss_mb.get(name, "")) for r in runs]))
+    rows.append(("counted exactly once", [str(r.counted_once) for r in runs]))
+    rows.append(("results = recount", [str(r.matches_recount) for r in runs]))
+    for label, values in rows:
+        table.add_row(label, *values)
+    console.print(table)
+    for run in runs:
+        for note in run.notes:
+            console.print(f"[yellow]{run.label}: {note}[/yellow]")
