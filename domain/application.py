@@ -12,7 +12,7 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError
 
 from domain.ballot import Ballot, ballot_id
-from domain.election import Election
+from domain.election import Election, ElectionStatus
 from domain.errors import AlreadyVoted, BallotNotFound, ConcurrentRevision, ElectionNotFound
 from domain.ports import EventWriter, VersionConflict
 from domain.rules import ElectionRules, validate_title
@@ -121,16 +121,16 @@ class VotingApplication(Application[UUID]):
         request_key: str | None = None,
     ) -> Receipt:
         """Cast a voter's ballot, or revise it where the election allows revoting."""
-        election = await self.election(election_id)
+        election = await self._taking_ballots(election_id)
         vote = election.accept_vote(voter_key, content).to_json()
-        ballot = Ballot(
-            election_id=str(election_id), voter_key=voter_key, vote=vote, request_key=request_key
-        )
+        first = Ballot.first_cast(election_id, voter_key, vote, request_key)
         try:
-            return await self._commit(ballot)
+            position = await self.writer.append_events([first])
         except VersionConflict:
             pass
-        existing = await self._existing_ballot(ballot.id)
+        else:
+            return Receipt(first.originator_id, first.originator_version, position)
+        existing = await self._existing_ballot(first.originator_id)
         replayed = await self._replay(existing, request_key, vote)
         if replayed is not None:
             return replayed
@@ -145,7 +145,7 @@ class VotingApplication(Application[UUID]):
         self, election_id: UUID, voter_key: str, request_key: str | None = None
     ) -> Receipt:
         """Withdraw a voter's ballot, where the election allows changing a cast ballot."""
-        election = await self.election(election_id)
+        election = await self._taking_ballots(election_id)
         election.check_open()
         election.check_eligible(voter_key)
         existing = await self.writer.load_ballot(ballot_id(election_id, voter_key))
@@ -160,6 +160,18 @@ class VotingApplication(Application[UUID]):
             )
         existing.withdraw(request_key)
         return await self._record_revision(existing)
+
+    async def _taking_ballots(self, election_id: UUID) -> Election:
+        """The election, re-read from the store if this process still sees it as a draft:
+        another process may have opened it a moment ago, and a voter should not be turned
+        away for this process's delay. (A close needs no such check: the log order decides
+        whether a ballot counts.)"""
+        election = await self.election(election_id)
+        if election.status is ElectionStatus.DRAFT:
+            fresh = await self.writer.load_election(election_id)
+            if fresh is not None and fresh.version > election.version:
+                self.elections[election_id] = election = fresh
+        return election
 
     async def _existing_ballot(self, ballot_uuid: UUID) -> Ballot:
         existing = await self.writer.load_ballot(ballot_uuid)
@@ -200,10 +212,13 @@ class DirectWriter:
         self.app = app
 
     async def append(self, aggregate: Aggregate) -> int:
+        return await self.append_events(aggregate.collect_events())
+
+    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> int:
         try:
-            recordings = self.app.save(aggregate)
+            recordings = self.app.save(*events)
         except IntegrityError:
-            raise VersionConflict(aggregate.id) from None
+            raise VersionConflict(events[0].originator_id) from None
         return recordings[-1].notification.id
 
     async def load_election(self, election_id: UUID) -> Election | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 
 from domain.ballot import Ballot
 from domain.election import Election
@@ -16,10 +17,14 @@ class VersionConflict(Exception):
 
 
 class EventWriter(Protocol):
-    """Appends an aggregate's pending events atomically and reads aggregates back."""
+    """Appends events atomically and reads aggregates back."""
 
     async def append(self, aggregate: Aggregate) -> int:
-        """Record the pending events in one transaction; return the last one's position.
+        """Record an aggregate's pending events (see ``append_events``)."""
+        ...
+
+    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> int:
+        """Record events in one transaction; return the last one's position.
 
         Raises VersionConflict, and records nothing, when any of the versions is taken.
         """

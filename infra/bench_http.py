@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -222,6 +223,9 @@ async def _drive(
                     watcher.expect(receipt["position"], answered)
                 else:
                     figures.refused[reply.status] = figures.refused.get(reply.status, 0) + 1
+                    if figures.refused[reply.status] == 1:  # one example of each refusal
+                        detail = reply.json().get("detail", "")
+                        figures.notes.append(f"first {reply.status}: {detail}")
         finally:
             await connection.close()
 
@@ -414,13 +418,20 @@ class _Stack:
         _wait_ready(self.port, self.processes)
 
     def peak_rss(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of every stack process, children included."""
         peaks = {}
         for name, process in self.processes.items():
-            status = Path(f"/proc/{process.pid}/status")
-            with contextlib.suppress(OSError):
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peaks[name] = round(int(line.split()[1]) / 1024, 1)
+            parent = psutil.Process(process.pid)
+            family = [(name, parent)] + [
+                (_role(child), child) for child in parent.children(recursive=True)
+            ]
+            for role, member in family:
+                with contextlib.suppress(OSError, psutil.Error):
+                    status = Path(f"/proc/{member.pid}/status").read_text()
+                    for line in status.splitlines():
+                        if line.startswith("VmHWM:"):
+                            label = role if role not in peaks else f"{role} ({member.pid})"
+                            peaks[label] = round(int(line.split()[1]) / 1024, 1)
         return peaks
 
     def stop(self) -> None:
@@ -483,6 +494,16 @@ def _wait_ready(port: int, processes: dict[str, subprocess.Popen[bytes]]) -> Non
             return
         time.sleep(0.1)
     raise RuntimeError("the stack did not start within 60 s")
+
+
+def _role(process: psutil.Process) -> str:
+    """What a child of `cardinal serve` is, from its command line."""
+    command = " ".join(process.cmdline())
+    if "api --child" in command:
+        return "serve: api"
+    if "project" in command:
+        return "serve: relay + projections"
+    return process.name()
 
 
 def _free_port() -> int:

@@ -76,7 +76,9 @@ async def running_workers(
     url = _database_url(settings)
     topology = Topology(settings.namespace)
     workers = Workers()
-    pool = _pool(url, max_size=2 * len(projections) + 1)
+    # No connection check on lending here: workers retry a failed page from the top, and a
+    # check per page would double their round trips.
+    pool = _pool(url, max_size=2 * len(projections) + 1, check=False)
     await pool.open(wait=False)
     if relay and settings.amqp_url is not None:
         workers.relay = Relay(url, settings.amqp_url, topology, PROJECTIONS)
@@ -139,16 +141,16 @@ async def running_services(
         app.close()
 
 
-def _pool(url: str, max_size: int) -> AsyncConnectionPool:
-    """A pool that checks a connection before lending it, so that a database restart or
-    failover costs a reconnect rather than an error."""
+def _pool(url: str, max_size: int, *, check: bool = True) -> AsyncConnectionPool:
+    """A pool of autocommit connections; with ``check``, each is tested before it is lent,
+    so that a database restart or failover costs a reconnect rather than a failed request."""
     return AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
         open=False,
         kwargs={"autocommit": True},
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the HTTP API only (needs DATABASE_URL)",
         description="Run the HTTP API against DATABASE_URL. Applies migrations first.",
     )
+    api.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     api.set_defaults(command=_api)
 
     relay = sub.add_parser(
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         "straight from the event store otherwise. Known projections: " + ", ".join(PROJECTIONS),
     )
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
+    project.add_argument("--relay", action="store_true", help="also run the relay in this process")
+    project.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     project.set_defaults(command=_project)
 
     status = sub.add_parser(
@@ -184,22 +188,23 @@ def _project(args: argparse.Namespace) -> int:
             f"unknown projection {', '.join(unknown)}; the projections are "
             + ", ".join(PROJECTIONS)
         )
-    settings = _worker_settings()
+    settings = _worker_settings(migrate=not args.child)
     return _run_workers(
         running_workers(
-            settings, relay=False, projections=names, metrics_port=settings.metrics_port
+            settings, relay=args.relay, projections=names, metrics_port=settings.metrics_port
         )
     )
 
 
-def _worker_settings() -> Settings:
-    from infra.migrations import migrate
+def _worker_settings(*, migrate: bool = True) -> Settings:
+    from infra.migrations import migrate as apply_migrations
 
     settings = Settings.from_env()
     _configure_logging(settings)
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set")
-    migrate(settings.database_url)
+    if migrate:
+        apply_migrations(settings.database_url)
     return settings
 
 
@@ -247,6 +252,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(_: argparse.Namespace) -> int:
+    from infra.supervisor import Supervisor
+
     settings = Settings.from_env()
     _configure_logging(settings)
     with ExitStack() as stack:
@@ -256,32 +263,57 @@ def _serve(_: argparse.Namespace) -> int:
             console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
             url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
             settings = settings.with_overrides(database_url=url)
-        return _run_api(settings, everything=True)
+        settings = _prepare(settings)
+        if settings.api_processes == 1:
+            return _run_api(settings, everything=True)
+        console.print(
+            f"  processes: {settings.api_processes} API (sharing port {settings.port}) "
+            "+ 1 relay and projections"
+        )
+        return Supervisor(settings).run()
 
 
-def _api(_: argparse.Namespace) -> int:
+def _api(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     _configure_logging(settings)
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set (use `cardinal serve` for an embedded one)")
-    return _run_api(settings, everything=False)
+    if not args.child:
+        settings = _prepare(settings)
+    return _run_api(settings, everything=False, share_port=args.child)
 
 
-def _run_api(settings: Settings, *, everything: bool) -> int:
-    """Serve the API; with ``everything``, also the relay and every projection."""
-    import uvicorn
-
-    from api.app import create_app
+def _prepare(settings: Settings) -> Settings:
+    """Complete development credentials, apply migrations, say where things are."""
     from infra.credentials import complete
     from infra.migrations import migrate
 
     assert settings.database_url is not None
     credentials = complete(settings)
-    settings = credentials.settings
-    assert settings.database_url is not None
     for name in migrate(settings.database_url):
         console.print(f"applied migration {name}")
-    _banner(settings, credentials.generated_roles)
+    _banner(credentials.settings, credentials.generated_roles)
+    return credentials.settings
+
+
+def _run_api(settings: Settings, *, everything: bool, share_port: bool = False) -> int:
+    """Serve the API; with ``everything``, also the relay and every projection.
+
+    With ``share_port``, bind with SO_REUSEPORT so that sibling processes share the port.
+    """
+    import socket
+
+    import uvicorn
+
+    from api.app import create_app
+
+    sockets = None
+    if share_port:
+        shared = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        shared.bind((settings.host, settings.port))
+        sockets = [shared]
     config = uvicorn.Config(
         create_app(settings, relay=everything, projections=list(PROJECTIONS) if everything else ()),
         host=settings.host,
@@ -290,10 +322,13 @@ def _run_api(settings: Settings, *, everything: bool) -> int:
         http="httptools",
         log_level=settings.log_level.lower(),
         access_log=False,
+        # Honour X-Forwarded-For only behind a proxy the operator names (uvicorn reads
+        # FORWARDED_ALLOW_IPS); otherwise skip the middleware on every request.
+        proxy_headers="FORWARDED_ALLOW_IPS" in os.environ,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=sockets)
     return 0
 
 

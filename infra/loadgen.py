@@ -69,13 +69,11 @@ class LeanConnection:
         except (asyncio.IncompleteReadError, ConnectionError) as error:
             await self.close()
             raise ConnectionClosed(str(error)) from error
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
+        status = int(head[9:12])  # "HTTP/1.1 201 Created"
         reply_headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                reply_headers[name.strip().lower()] = value.strip()
+        for line in head[head.index(b"\r\n") + 2 : -4].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            reply_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
         length = int(reply_headers.get("content-length", "0"))
         content = await self._reader.readexactly(length) if length else b""
         if reply_headers.get("connection", "").lower() == "close":

@@ -21,20 +21,24 @@ import aio_pika
 import orjson
 import psycopg
 from aio_pika.abc import AbstractExchange
+from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
 
 from infra import metrics
 from infra.store import EVENTS_TABLE
 from infra.topology import Topology
-from projections.log import event_type, head
+from projections.log import event_type
 
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = 0x43415244_52454C59  # "CARDRELY"
 RELAY_NAME = "relay"
+# No upper bound is needed: ids are issued under the table lock, in commit order, so
+# every row below the highest one visible has committed. A page (after, last row] is
+# therefore complete, whatever is being inserted meanwhile.
 PAGE = f"""
 SELECT notification_id, originator_id, originator_version, topic, state
-FROM {EVENTS_TABLE} WHERE notification_id > %s AND notification_id <= %s
+FROM {EVENTS_TABLE} WHERE notification_id > %s
 ORDER BY notification_id LIMIT %s
 """
 
@@ -63,7 +67,7 @@ class Relay:
         page_size: int = 1000,
         poll_interval: float = 1.0,
         retry_interval: float = 1.0,
-        linger: float = 0.01,
+        linger: float = 0.02,
     ) -> None:
         self.database_url = database_url
         self.amqp_url = amqp_url
@@ -82,7 +86,12 @@ class Relay:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
-            except (psycopg.Error, aio_pika.exceptions.AMQPError, OSError) as error:
+            except (
+                psycopg.Error,
+                aio_pika.exceptions.AMQPError,
+                ChannelInvalidStateError,
+                OSError,
+            ) as error:
                 log.warning("relay interrupted (%s); retrying in %.1fs", error, self.retry_interval)
             finally:
                 self.status.leader = False
@@ -145,13 +154,11 @@ class Relay:
         self, conn: psycopg.AsyncConnection[Any], exchange: AbstractExchange, position: int
     ) -> int:
         while True:
-            upto = await head(conn)
-            self.status.head = upto
-            if position >= upto:
-                return position
-            cursor = await conn.execute(PAGE, (position, upto, self.page_size), prepare=True)
+            cursor = await conn.execute(PAGE, (position, self.page_size), prepare=True)
             rows = await cursor.fetchall()
-            last = int(rows[-1][0]) if len(rows) == self.page_size else upto
+            if not rows:
+                return position
+            last = self.status.head = int(rows[-1][0])
             body = orjson.dumps({"after": position, "last": last, "events": _entries(rows)})
             await exchange.publish(
                 aio_pika.Message(
@@ -173,8 +180,6 @@ class Relay:
             self.status.published_events += len(rows)
             metrics.RELAY_PUBLISHED.inc(len(rows))
             metrics.RELAY_POSITION.set(position)
-            metrics.RELAY_LAG.set(max(0, upto - position))
-            metrics.LOG_HEAD.set(upto)
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
         with contextlib.suppress(TimeoutError):

@@ -35,6 +35,9 @@ class Settings:
     secret: str | None = None
     data_dir: Path = Path(".cardinal")
     max_body_bytes: int = 64 * 1024
+    # API processes `cardinal serve` runs (0: one per CPU, at most 4; 1: everything in one
+    # process). Python runs one core per process, so a second core needs a second process.
+    web_concurrency: int = 0
 
     @property
     def is_production(self) -> bool:
@@ -42,6 +45,37 @@ class Settings:
 
     def tokens_for(self, role: str) -> tuple[str, ...]:
         return self.role_tokens.get(role, ())
+
+    @property
+    def api_processes(self) -> int:
+        return self.web_concurrency or max(1, min(4, os.cpu_count() or 1))
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the environment variables they are read from (for children)."""
+        env = {
+            "HOST": self.host,
+            "PORT": str(self.port),
+            "METRICS_PORT": str(self.metrics_port),
+            "LOG_LEVEL": self.log_level,
+            "ALLOWED_ORIGINS": ",".join(self.allowed_origins),
+            "MAX_VOTES_PER_IP_PER_HOUR": str(self.max_votes_per_ip_per_hour),
+            "ENABLE_RATE_LIMITING": "true" if self.enable_rate_limiting else "false",
+            "CARDINAL_ENV": self.env,
+            "WRITER_MAX_BATCH": str(self.writer_max_batch),
+            "WRITER_MAX_QUEUE": str(self.writer_max_queue),
+            "CARDINAL_NAMESPACE": self.namespace,
+            "CARDINAL_DATA_DIR": str(self.data_dir),
+            "WEB_CONCURRENCY": str(self.web_concurrency),
+        }
+        for role in ROLES:
+            env[f"CARDINAL_{role.upper()}_TOKEN"] = ",".join(self.tokens_for(role))
+        optional = {
+            "DATABASE_URL": self.database_url,
+            "AMQP_URL": self.amqp_url,
+            "CARDINAL_SECRET": self.secret,
+        }
+        env.update({name: value for name, value in optional.items() if value is not None})
+        return env
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -70,6 +104,7 @@ class Settings:
             role_tokens={role: values for role, values in tokens.items() if values},
             secret=env.get("CARDINAL_SECRET") or None,
             data_dir=Path(env.get("CARDINAL_DATA_DIR", str(cls.data_dir))),
+            web_concurrency=_int(env, "WEB_CONCURRENCY", cls.web_concurrency),
         )
         settings.check()
         return settings

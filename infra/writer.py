@@ -30,7 +30,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 
@@ -145,11 +145,14 @@ class GroupCommitWriter:
     # -- EventWriter port --------------------------------------------------------------
 
     async def append(self, aggregate: Aggregate) -> int:
+        return await self.append_events(aggregate.collect_events())
+
+    async def append_events(self, domain_events: Sequence[DomainEventProtocol[UUID]]) -> int:
         if self._stopping or self._thread is None:
             raise Overloaded("the writer is not running")
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
-        events = [self.app.mapper.to_stored_event(e) for e in aggregate.collect_events()]
+        events = [self.app.mapper.to_stored_event(e) for e in domain_events]
         assert self._loop is not None
         submission = _Append(events, self._loop.create_future())
         with self._wakeup:

@@ -58,24 +58,34 @@ class CatalogProjection(Projection):
                     figures.position = event.position
                 else:
                     await self._election(cur, s, event, closes)
-            for election_id, figures in activity.items():
+            if activity:
+                # One statement for every election the batch touched.
+                rows = [
+                    (
+                        election_id,
+                        f.ballots_cast,
+                        f.revisions,
+                        f.withdrawals,
+                        f.late_ballots,
+                        f.last_ballot_at,
+                        f.position,
+                    )
+                    for election_id, f in activity.items()
+                ]
                 await cur.execute(
                     sql.SQL(
-                        "UPDATE {}.elections SET ballots_cast = ballots_cast + %s, "
-                        "revisions = revisions + %s, withdrawals = withdrawals + %s, "
-                        "late_ballots = late_ballots + %s, "
-                        "last_ballot_at = greatest(last_ballot_at, %s::timestamptz), "
-                        "position = greatest(position, %s) WHERE election_id = %s"
+                        "UPDATE {0}.elections e SET ballots_cast = e.ballots_cast + a.cast_, "
+                        "revisions = e.revisions + a.revised, "
+                        "withdrawals = e.withdrawals + a.withdrawn, "
+                        "late_ballots = e.late_ballots + a.late, "
+                        "last_ballot_at = greatest(e.last_ballot_at, a.last_at), "
+                        "position = greatest(e.position, a.position) "
+                        "FROM unnest(%s::uuid[], %s::int[], %s::int[], %s::int[], %s::int[], "
+                        "%s::timestamptz[], %s::bigint[]) "
+                        "AS a(election_id, cast_, revised, withdrawn, late, last_at, position) "
+                        "WHERE e.election_id = a.election_id"
                     ).format(s),
-                    (
-                        figures.ballots_cast,
-                        figures.revisions,
-                        figures.withdrawals,
-                        figures.late_ballots,
-                        figures.last_ballot_at,
-                        figures.position,
-                        election_id,
-                    ),
+                    tuple(list(column) for column in zip(*rows, strict=True)),
                 )
 
     @staticmethod

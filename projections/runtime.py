@@ -104,6 +104,10 @@ class ProjectionRunner:
     async def _apply_page(self, after: int, last: int, events: Sequence[LogEvent]) -> Applied:
         try:
             async with self.pool.connection() as conn, conn.transaction():
+                # Safe without waiting for the WAL flush: read models are derived, and their
+                # position commits with them, so a transaction lost in a crash is re-applied
+                # from the store.
+                await conn.execute("SET LOCAL synchronous_commit = off", prepare=True)
                 version, tracked = await _lock_active_position(conn, self.name)
                 if last <= tracked:
                     return Applied(0, tracked, duplicate=True)
@@ -174,12 +178,20 @@ async def _tracked(conn: AsyncConnection[Any], name: str) -> int:
 
 
 async def track(conn: AsyncConnection[Any], name: str, version: int, position: int) -> None:
+    """Move a version's position and announce it, in one statement (it runs per page)."""
     await conn.execute(
-        "UPDATE projection_positions SET position = %s, updated_at = now() "
-        "WHERE name = %s AND version = %s",
-        (position, name, version),
+        "WITH moved AS (UPDATE projection_positions SET position = %(position)s, "
+        "updated_at = now() WHERE name = %(name)s AND version = %(version)s RETURNING 1) "
+        "SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved",
+        {
+            "position": position,
+            "name": name,
+            "version": version,
+            "channel": NOTIFY_CHANNEL,
+            "announcement": f"{name}:{position}",
+        },
+        prepare=True,
     )
-    await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{name}:{position}"))
 
 
 async def create_version(conn: AsyncConnection[Any], projection: Projection) -> int:

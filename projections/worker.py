@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import aio_pika
 import orjson
 import psycopg
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
 from psycopg_pool import PoolTimeout
 
@@ -55,7 +57,8 @@ class ProjectionWorker:
         amqp_url: str | None = None,
         topology: Topology | None = None,
         idle_interval: float = 1.0,
-        prefetch: int = 64,
+        prefetch: int = 256,
+        linger: float = 0.03,
     ) -> None:
         self.runner = runner
         self.database_url = database_url
@@ -63,6 +66,7 @@ class ProjectionWorker:
         self.topology = topology
         self.idle_interval = idle_interval
         self.prefetch = prefetch
+        self.linger = linger
         self.status = WorkerStatus()
 
     @property
@@ -81,7 +85,12 @@ class ProjectionWorker:
                     await self._consume()
             except asyncio.CancelledError:
                 raise
-            except (*TRANSIENT, aio_pika.exceptions.AMQPError, OSError) as error:
+            except (
+                *TRANSIENT,
+                aio_pika.exceptions.AMQPError,
+                ChannelInvalidStateError,
+                OSError,
+            ) as error:
                 self.status.last_error = str(error)
                 self.status.broker_connected = False
                 metrics.BROKER_CONNECTED.labels(self.name).set(0)
@@ -129,8 +138,10 @@ class ProjectionWorker:
                 except TimeoutError:
                     await self._catch_up()
                     continue
-                # Under load, pages queue up: take what is waiting and apply contiguous
-                # pages together, in one transaction, rather than one transaction each.
+                # Under load, pages queue up: wait a moment, take what is waiting and apply
+                # contiguous pages together, in one transaction rather than one each. The
+                # cost per transaction (locks, tracking, commit) is what bounds the worker.
+                await asyncio.sleep(self.linger)
                 messages = [first]
                 while len(messages) < self.prefetch and not inbox.empty():
                     messages.append(inbox.get_nowait())
@@ -143,7 +154,7 @@ class ProjectionWorker:
         pages: list[_Page] = []
         for message in messages:
             try:
-                pages.append(_Page(message, *_decode(message.body)))
+                pages.append(_Page(message, *_decode_once(message)))
             except (ValueError, KeyError, TypeError) as error:
                 await self._refuse(message, dead_letters, f"undecodable page: {error}", None, None)
         for run in _contiguous_runs(pages):
@@ -242,6 +253,24 @@ def _contiguous_runs(pages: list[_Page]) -> list[list[_Page]]:
 def _merge(run: list[_Page]) -> list[LogEvent]:
     by_position = {event.position: event for page in run for event in page.events}
     return [by_position[position] for position in sorted(by_position)]
+
+
+# Workers of several projections in one process receive the same pages: decode each once.
+# The relay names a page by its range, and a range's entries never change.
+_DECODED: OrderedDict[str, tuple[int, int, list[LogEvent]]] = OrderedDict()
+_DECODED_PAGES = 256
+
+
+def _decode_once(message: AbstractIncomingMessage) -> tuple[int, int, list[LogEvent]]:
+    name = message.message_id
+    if name is None:
+        return _decode(message.body)
+    found = _DECODED.get(name)
+    if found is None:
+        found = _DECODED[name] = _decode(message.body)
+        if len(_DECODED) > _DECODED_PAGES:
+            _DECODED.popitem(last=False)
+    return found
 
 
 def _decode(body: bytes) -> tuple[int, int, list[LogEvent]]:

@@ -20,6 +20,9 @@ from infra.metrics import BALLOTS_ACCEPTED
 from infra.voters import request_key
 
 MAX_IDEMPOTENCY_KEY = 255
+ACCEPTED = {
+    kind: BALLOTS_ACCEPTED.labels(kind) for kind in ("cast", "revised", "withdrawn", "replayed")
+}
 
 
 async def cast(request: Request) -> Response:
@@ -105,7 +108,7 @@ def _request_key(request: Request, voter_key: str) -> str | None:
 
 def _answer(receipt: Receipt, election_id: UUID, status: str) -> Response:
     headers = {"Idempotent-Replayed": "true"} if receipt.replayed else None
-    BALLOTS_ACCEPTED.labels("replayed" if receipt.replayed else status).inc()
+    ACCEPTED["replayed" if receipt.replayed else status].inc()
     code = 201 if receipt.version == 1 else 200
     return JSONResponse(
         receipt_view(receipt, str(election_id), status), status_code=code, headers=headers

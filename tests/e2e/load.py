@@ -197,6 +197,9 @@ async def _results_at(
             params={"min_position": position},
             headers=auth(AUDITOR),
         )
+        if response.status_code == 503:  # the database is coming back: retry, as told
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            continue
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         if body["position"] >= position:

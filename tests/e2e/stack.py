@@ -21,6 +21,7 @@ from typing import Any
 
 import aio_pika
 import httpx
+import psycopg
 
 from tests.databases import create_database, drop_database
 from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR
@@ -141,6 +142,50 @@ class Stack:
             stderr=subprocess.DEVNULL,
         )
 
+    def assert_relayed(self) -> None:
+        """The relay published the whole log, and no process logged a crash."""
+        with psycopg.connect(self.database_url) as conn:
+            row = conn.execute(
+                "SELECT (SELECT position FROM relay_positions WHERE name = 'relay'), "
+                "(SELECT max(notification_id) FROM cardinal_events)"
+            ).fetchone()
+        assert row is not None
+        relayed, head = row
+        deadline = time.monotonic() + 30
+        while relayed != head and time.monotonic() < deadline:
+            time.sleep(0.1)
+            with psycopg.connect(self.database_url) as conn:
+                got = conn.execute("SELECT position FROM relay_positions").fetchone()
+                relayed = got[0] if got else None
+        assert relayed == head, f"the relay is at {relayed}, the log at {head}"
+        # The projections consumed what was published: their queues drain (had they only
+        # caught up from the store, the pages would pile up there).
+        waiting: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            waiting = self.queue_depths()
+            if not any(waiting.values()):
+                break
+            time.sleep(0.2)
+        assert waiting
+        assert not any(waiting.values()), waiting
+        for name in self.processes:
+            assert "crashed; restarting" not in self.log(name), self.log(name)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages ready or unacknowledged in each of this stack's projection queues."""
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "name", "messages"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        depths = {}
+        for line in listed.splitlines():
+            name, _, count = line.partition("\t")
+            if name.startswith(f"{self.namespace}.") and not name.endswith(".dead-letter"):
+                depths[name] = int(count)
+        return depths
+
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
@@ -178,24 +223,31 @@ async def _drop_namespace(namespace: str) -> None:
         await channel.exchange_delete(f"{namespace}.dead-letter")
 
 
-def close_broker_connections(namespace: str) -> int:
-    """Close every RabbitMQ connection a stack's processes opened (as a broker restart would)."""
+def _connections(namespace: str) -> list[str]:
+    """The broker's ids of the connections a stack's processes opened."""
     listed = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    return [line.split("\t", 1)[0] for line in listed.splitlines() if namespace in line]
+
+
+def broker_connections(namespace: str) -> int:
+    return len(_connections(namespace))
+
+
+def close_broker_connections(namespace: str) -> int:
+    """Close every RabbitMQ connection a stack's processes opened (as a broker restart would)."""
     closed = 0
-    for line in listed.splitlines():
-        if namespace in line:
-            pid = line.split("\t", 1)[0]
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_connection", pid, "test: connection dropped"],
-                check=True,
-                capture_output=True,
-            )
-            closed += 1
+    for pid in _connections(namespace):
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "test: connection dropped"],
+            check=True,
+            capture_output=True,
+        )
+        closed += 1
     return closed
 
 

@@ -5,6 +5,7 @@ Whatever crashes, the results each election serves equal a recount of the event 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from projections.log import decode_row
 from tests.e2e.load import Load, assert_results_match_recount, create_open_elections
-from tests.e2e.stack import AMQP_URL, Stack, close_broker_connections
+from tests.e2e.stack import AMQP_URL, Stack, broker_connections, close_broker_connections
 
 BALLOTS = 3000
 
@@ -47,6 +48,7 @@ async def test_results_survive_sigkill_of_the_projector_then_the_relay(stack: St
         assert load.failures == 0
         assert load.accepted > BALLOTS * 0.9, load.refused
         await assert_results_match_recount(http, stack.database_url, elections)
+        stack.assert_relayed()
 
 
 async def test_results_survive_dropped_broker_connections(stack: Stack) -> None:
@@ -57,11 +59,18 @@ async def test_results_survive_dropped_broker_connections(stack: Stack) -> None:
 
         async def drop(done: int) -> None:
             if done in (BALLOTS // 4, BALLOTS // 2, 3 * BALLOTS // 4):
+                # Wait until relay and projector are connected again (they retry after 1 s),
+                # so that every drop hits live connections.
+                for _ in range(100):
+                    if broker_connections(stack.namespace) >= 2:
+                        break
+                    await asyncio.sleep(0.1)
                 dropped.append(close_broker_connections(stack.namespace))
 
         await load.run(BALLOTS, on_progress=drop)
         assert all(n >= 2 for n in dropped), dropped  # the relay's and the projector's
         await assert_results_match_recount(http, stack.database_url, elections)
+        stack.assert_relayed()
         for name in ("relay", "projector"):
             assert stack.processes[name].poll() is None, stack.log(name)
 
@@ -116,6 +125,7 @@ async def test_duplicated_and_reordered_messages_change_nothing(stack: Stack) ->
         await load.run(BALLOTS // 2)
         await _publish(stack, pages)
         await assert_results_match_recount(http, stack.database_url, elections)
+        stack.assert_relayed()
 
 
 async def test_a_poison_message_is_dead_lettered_with_its_reason(stack: Stack) -> None:

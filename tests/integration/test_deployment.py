@@ -124,7 +124,8 @@ def test_every_setting_is_documented_and_passed_to_the_containers() -> None:
     assert variables - documented == set()
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     passed = set(compose["x-cardinal"]["environment"])
-    assert variables - passed == {"CARDINAL_DATA_DIR"}  # the embedded database only
+    # Only `cardinal serve` reads these: its embedded database and its process count.
+    assert variables - passed == {"CARDINAL_DATA_DIR", "WEB_CONCURRENCY"}
 
 
 def test_the_image_is_multi_stage_and_runs_as_a_non_root_user() -> None:
