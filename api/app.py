@@ -16,6 +16,7 @@ from api.middleware import RequestGuard
 from api.problems import HANDLERS
 from api.ratelimit import BallotRateLimit
 from api.routes import admin, audit, ballots, elections, health, results
+from infra.audit.chain import Signer
 from infra.bootstrap import running_services
 from infra.settings import Settings
 
@@ -59,6 +60,10 @@ def create_app(
         Route("/api/elections/{election_id}/withdrawals", ballots.withdraw, methods=["POST"]),
         Route("/api/elections/{election_id}/results", results.results, methods=["GET"]),
         Route("/api/audit/events", audit.events, methods=["GET"]),
+        Route("/api/audit/checkpoints", audit.checkpoints, methods=["GET"]),
+        Route("/api/audit/public-key", audit.public_key, methods=["GET"]),
+        Route("/api/audit/receipts/{digest}", audit.receipt, methods=["GET"]),
+        Route("/api/elections/{election_id}/events", audit.election_events, methods=["GET"]),
         Route("/api/admin/projections", admin.projections, methods=["GET"]),
         Route("/api/admin/projections/{name}/rebuild", admin.rebuild, methods=["POST"]),
         Route("/metrics", health.metrics, methods=["GET"]),
@@ -88,6 +93,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.auth = Authenticator(settings)
+    app.state.signer = Signer(settings.audit_key) if settings.audit_key else None
     app.state.rebuilds = {}
     app.state.rate_limit = (
         BallotRateLimit(settings.max_votes_per_ip_per_hour)

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from api.auth import Authenticator
 from api.ratelimit import BallotRateLimit
 from domain.errors import ElectionNotFound, InvalidRequest
+from infra.audit.chain import Signer
 from infra.bootstrap import Services
 
 M = TypeVar("M", bound=BaseModel)
@@ -22,6 +23,10 @@ def services(request: Request) -> Services:
 
 def auth(request: Request) -> Authenticator:
     return request.app.state.auth  # type: ignore[no-any-return]
+
+
+def signer(request: Request) -> Signer | None:
+    return request.app.state.signer  # type: ignore[no-any-return]
 
 
 def rate_limit(request: Request) -> BallotRateLimit | None:

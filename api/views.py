@@ -30,5 +30,6 @@ def receipt_view(receipt: Receipt, election_id: str, status: str) -> dict[str, A
         "status": status,
         "version": receipt.version,
         "position": receipt.position,
+        "hash": receipt.digest,
         "replayed": receipt.replayed,
     }

@@ -14,7 +14,7 @@ from eventsourcing.persistence import IntegrityError
 from domain.ballot import Ballot, ballot_id
 from domain.election import Election, ElectionStatus
 from domain.errors import AlreadyVoted, BallotNotFound, ConcurrentRevision, ElectionNotFound
-from domain.ports import EventWriter, VersionConflict
+from domain.ports import EventWriter, Recorded, VersionConflict
 from domain.rules import ElectionRules, validate_title
 
 LIFECYCLE_ATTEMPTS = 3
@@ -23,12 +23,14 @@ A = TypeVar("A", bound=Aggregate)
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """Proof that a change was recorded: which aggregate, which version, where in the log."""
+    """Proof that a change was recorded: which aggregate, which version, where in the log,
+    and (where the writer computes it) the entry's hash in the audit chain."""
 
     id: UUID
     version: int
     position: int
     replayed: bool = False
+    digest: str | None = None
 
 
 class VotingApplication(Application[UUID]):
@@ -125,11 +127,16 @@ class VotingApplication(Application[UUID]):
         vote = election.accept_vote(voter_key, content).to_json()
         first = Ballot.first_cast(election_id, voter_key, vote, request_key)
         try:
-            position = await self.writer.append_events([first])
+            recorded = await self.writer.append_events([first])
         except VersionConflict:
             pass
         else:
-            return Receipt(first.originator_id, first.originator_version, position)
+            return Receipt(
+                first.originator_id,
+                first.originator_version,
+                recorded.position,
+                digest=recorded.digest,
+            )
         existing = await self._existing_ballot(first.originator_id)
         replayed = await self._replay(existing, request_key, vote)
         if replayed is not None:
@@ -185,8 +192,10 @@ class VotingApplication(Application[UUID]):
         version = existing.earlier_request(request_key, vote)
         if version is None:
             return None
-        position = await self.writer.position_of(existing.id, version)
-        return Receipt(existing.id, version, position, replayed=True)
+        recorded = await self.writer.recorded(existing.id, version)
+        return Receipt(
+            existing.id, version, recorded.position, replayed=True, digest=recorded.digest
+        )
 
     async def _record_revision(self, ballot: Ballot) -> Receipt:
         try:
@@ -198,8 +207,8 @@ class VotingApplication(Application[UUID]):
             ) from None
 
     async def _commit(self, aggregate: Aggregate) -> Receipt:
-        position = await self.writer.append(aggregate)
-        return Receipt(aggregate.id, aggregate.version, position)
+        recorded = await self.writer.append(aggregate)
+        return Receipt(aggregate.id, aggregate.version, recorded.position, digest=recorded.digest)
 
 
 class DirectWriter:
@@ -211,15 +220,15 @@ class DirectWriter:
     def __init__(self, app: VotingApplication) -> None:
         self.app = app
 
-    async def append(self, aggregate: Aggregate) -> int:
+    async def append(self, aggregate: Aggregate) -> Recorded:
         return await self.append_events(aggregate.collect_events())
 
-    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> int:
+    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> Recorded:
         try:
             recordings = self.app.save(*events)
         except IntegrityError:
             raise VersionConflict(events[0].originator_id) from None
-        return recordings[-1].notification.id
+        return Recorded(recordings[-1].notification.id)
 
     async def load_election(self, election_id: UUID) -> Election | None:
         return self._load(election_id, Election)
@@ -234,7 +243,7 @@ class DirectWriter:
             return None
         return aggregate if isinstance(aggregate, kind) else None
 
-    async def position_of(self, aggregate_id: UUID, version: int) -> int:
+    async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         start = 1
         while notifications := self.app.recorder.select_notifications(start, 1000):
             for notification in notifications:
@@ -242,6 +251,6 @@ class DirectWriter:
                     notification.originator_id == aggregate_id
                     and notification.originator_version == version
                 ):
-                    return notification.id
+                    return Recorded(notification.id)
             start = notifications[-1].id + 1
         raise LookupError(f"{aggregate_id} version {version} is not in the log")

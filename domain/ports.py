@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEventProtocol
@@ -16,15 +16,23 @@ class VersionConflict(Exception):
     """Another writer already recorded this aggregate version."""
 
 
+class Recorded(NamedTuple):
+    """Where an event landed in the log, and its receipt (the audit chain's entry hash,
+    hex) where the writer computes one."""
+
+    position: int
+    digest: str | None = None
+
+
 class EventWriter(Protocol):
     """Appends events atomically and reads aggregates back."""
 
-    async def append(self, aggregate: Aggregate) -> int:
+    async def append(self, aggregate: Aggregate) -> Recorded:
         """Record an aggregate's pending events (see ``append_events``)."""
         ...
 
-    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> int:
-        """Record events in one transaction; return the last one's position.
+    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> Recorded:
+        """Record events in one transaction; return where the last one landed.
 
         Raises VersionConflict, and records nothing, when any of the versions is taken.
         """
@@ -34,6 +42,6 @@ class EventWriter(Protocol):
 
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None: ...
 
-    async def position_of(self, aggregate_id: UUID, version: int) -> int:
-        """The log position of an aggregate's recorded version."""
+    async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
+        """Where an aggregate's recorded version is in the log (for a repeated request)."""
         ...

@@ -379,6 +379,7 @@ class _Stack:
                 "CARDINAL_NAMESPACE": self.namespace,
                 "CARDINAL_ENV": "test",
                 "CARDINAL_SECRET": "b" * 40,
+                "CARDINAL_AUDIT_KEY": "42" * 32,
                 "CARDINAL_ADMIN_TOKEN": ADMIN,
                 "CARDINAL_CLIENT_TOKEN": CLIENT,
                 "CARDINAL_OPERATOR_TOKEN": "bench-operator",

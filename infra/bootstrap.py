@@ -14,6 +14,8 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 
 from domain.application import VotingApplication
+from infra.audit.chain import Signer
+from infra.audit.sealer import Sealer
 from infra.election_feed import ElectionFeed
 from infra.metrics import serve_worker_metrics
 from infra.relay import Relay
@@ -35,6 +37,7 @@ class Workers:
     """The background parts of a process: relay and projection workers."""
 
     relay: Relay | None = None
+    sealer: Sealer | None = None
     projections: list[ProjectionWorker] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -92,6 +95,14 @@ async def running_workers(
         )
         workers.projections.append(worker)
         workers.tasks.append(_supervised(f"projection {name}", worker.run))
+    # The sealer lives with the relay; with no broker there is no relay, and it lives with
+    # the projections instead. Its leader lock makes a second one a harmless standby.
+    if relay or (projections and settings.amqp_url is None):
+        if settings.audit_key is None:
+            log.warning("CARDINAL_AUDIT_KEY is not set: the log is not being sealed")
+        else:
+            workers.sealer = Sealer(url, Signer(settings.audit_key))
+            workers.tasks.append(_supervised("sealer", workers.sealer.run))
     if metrics_port is not None:
         component = "relay" if relay else "projector"
         workers.tasks.append(

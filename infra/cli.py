@@ -111,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(command=_rebuild)
 
+    audit = sub.add_parser(
+        "audit",
+        help="export the log for auditors, or verify the chain and every served result",
+        description="`cardinal audit export --output FILE` and "
+        "`cardinal audit verify [--file FILE] [--election ID]`.",
+    )
+    from infra.audit import commands as audit_commands
+
+    audit_commands.add_arguments(audit)
+
     smoke = sub.add_parser(
         "publish-test-votes",
         help="smoke test: cast N test ballots in a test election and check they are counted",
@@ -240,6 +250,7 @@ BENCHMARKS = {
     "tabulation": "infra.tabulation_bench",
     "projection": "infra.bench_projection",
     "rebuild": "infra.bench_rebuild",
+    "verify": "infra.bench_verify",
 }
 
 

@@ -1,4 +1,5 @@
-"""Development credentials: the voter-key secret and role tokens, generated once and kept.
+"""Development credentials: the voter-key secret, the audit signing key and role tokens,
+generated once and kept.
 
 In production every credential comes from the environment (Settings.check insists). In
 development, what is unset is generated on first start and kept in the data folder, so that
@@ -13,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.audit.chain import new_seed
 from infra.settings import ROLES, Settings
 
 CREDENTIALS_FILE = "credentials.json"
@@ -37,6 +39,12 @@ def complete(settings: Settings) -> Credentials:
             kept["secret"] = secrets.token_hex(32)
             changed = True
         secret = str(kept["secret"])
+    audit_key = settings.audit_key
+    if audit_key is None:
+        if "audit_key" not in kept:
+            kept["audit_key"] = new_seed()
+            changed = True
+        audit_key = str(kept["audit_key"])
     tokens = dict(settings.role_tokens)
     generated: list[str] = []
     for role in ROLES:
@@ -52,7 +60,8 @@ def complete(settings: Settings) -> Credentials:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(kept, indent=2))
         path.chmod(0o600)
-    return Credentials(settings.with_overrides(secret=secret, role_tokens=tokens), generated)
+    completed = settings.with_overrides(secret=secret, audit_key=audit_key, role_tokens=tokens)
+    return Credentials(completed, generated)
 
 
 def _read(path: Path) -> dict[str, object]:

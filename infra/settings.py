@@ -33,6 +33,8 @@ class Settings:
     namespace: str = "cardinal"
     role_tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     secret: str | None = None
+    # Ed25519 seed (64 hex digits) that signs the audit checkpoints.
+    audit_key: str | None = None
     data_dir: Path = Path(".cardinal")
     max_body_bytes: int = 64 * 1024
     # API processes `cardinal serve` runs (0: one per CPU, at most 4; 1: everything in one
@@ -73,6 +75,7 @@ class Settings:
             "DATABASE_URL": self.database_url,
             "AMQP_URL": self.amqp_url,
             "CARDINAL_SECRET": self.secret,
+            "CARDINAL_AUDIT_KEY": self.audit_key,
         }
         env.update({name: value for name, value in optional.items() if value is not None})
         return env
@@ -103,6 +106,7 @@ class Settings:
             namespace=env.get("CARDINAL_NAMESPACE", cls.namespace),
             role_tokens={role: values for role, values in tokens.items() if values},
             secret=env.get("CARDINAL_SECRET") or None,
+            audit_key=env.get("CARDINAL_AUDIT_KEY") or None,
             data_dir=Path(env.get("CARDINAL_DATA_DIR", str(cls.data_dir))),
             web_concurrency=_int(env, "WEB_CONCURRENCY", cls.web_concurrency),
         )
@@ -120,6 +124,7 @@ class Settings:
                 for name, value in (
                     ("DATABASE_URL", self.database_url),
                     ("CARDINAL_SECRET", self.secret),
+                    ("CARDINAL_AUDIT_KEY", self.audit_key),
                     ("CARDINAL_ADMIN_TOKEN", self.tokens_for("admin")),
                 )
                 if not value
@@ -129,11 +134,20 @@ class Settings:
                     "in production (CARDINAL_ENV=production) these must be set: "
                     + ", ".join(missing)
                 )
+        if self.audit_key is not None and not _is_hex(self.audit_key, 64):
+            raise SettingsError(
+                "CARDINAL_AUDIT_KEY must be an Ed25519 seed: 64 hex digits "
+                "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
         if self.secret is not None and len(self.secret) < 32:
             raise SettingsError(
                 "CARDINAL_SECRET must be at least 32 characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
             )
+
+
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 def _list(raw: str) -> tuple[str, ...]:

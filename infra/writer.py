@@ -37,9 +37,11 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import Election
-from domain.ports import VersionConflict
+from domain.ports import Recorded, VersionConflict
 from infra import metrics
+from infra.audit.chain import entry_hash
 from infra.store import EVENTS_TABLE
+from projections.log import event_type
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -58,8 +60,8 @@ FROM {EVENTS_TABLE} e
 JOIN unnest(%s::uuid[], %s::bigint[]) AS k(id, version)
   ON e.originator_id = k.id AND e.originator_version = k.version
 """
-POSITION_OF = (
-    f"SELECT notification_id FROM {EVENTS_TABLE} "
+RECORDED = (
+    f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
     "WHERE originator_id = %s AND originator_version = %s"
 )
 
@@ -75,7 +77,7 @@ class StoreUnavailable(Exception):
 @dataclass
 class _Append:
     events: list[StoredEvent]
-    future: asyncio.Future[int]
+    future: asyncio.Future[Recorded]
     keys: list[Key] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -144,10 +146,10 @@ class GroupCommitWriter:
 
     # -- EventWriter port --------------------------------------------------------------
 
-    async def append(self, aggregate: Aggregate) -> int:
+    async def append(self, aggregate: Aggregate) -> Recorded:
         return await self.append_events(aggregate.collect_events())
 
-    async def append_events(self, domain_events: Sequence[DomainEventProtocol[UUID]]) -> int:
+    async def append_events(self, domain_events: Sequence[DomainEventProtocol[UUID]]) -> Recorded:
         if self._stopping or self._thread is None:
             raise Overloaded("the writer is not running")
         if len(self._queue) >= self.max_queue:
@@ -166,8 +168,8 @@ class GroupCommitWriter:
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
         return await asyncio.to_thread(self._load, ballot_id, Ballot)
 
-    async def position_of(self, aggregate_id: UUID, version: int) -> int:
-        return await asyncio.to_thread(self._position_of, aggregate_id, version)
+    async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
+        return await asyncio.to_thread(self._recorded, aggregate_id, version)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         try:
@@ -176,13 +178,15 @@ class GroupCommitWriter:
             return None
         return aggregate if isinstance(aggregate, kind) else None
 
-    def _position_of(self, aggregate_id: UUID, version: int) -> int:
+    def _recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         recorder = cast(PostgresApplicationRecorder, self.app.recorder)
         with recorder.datastore.get_connection() as conn:
-            row = conn.execute(POSITION_OF, (aggregate_id, version)).fetchone()
+            row = conn.execute(RECORDED, (aggregate_id, version)).fetchone()
         if row is None:
             raise LookupError(f"{aggregate_id} version {version} is not in the log")
-        return int(row["notification_id"])
+        position = int(row["notification_id"])
+        stored = StoredEvent(aggregate_id, version, row["topic"], bytes(row["state"]))
+        return Recorded(position, _digest(position, stored))
 
     # -- writer thread -----------------------------------------------------------------
 
@@ -350,4 +354,16 @@ def _settle(batch: Sequence[_Append], outcomes: Sequence[_Outcome]) -> None:
             submission.future.set_exception(outcome.error)
         else:
             assert outcome.position is not None
-            submission.future.set_result(outcome.position)
+            digest = _digest(outcome.position, submission.events[-1])
+            submission.future.set_result(Recorded(outcome.position, digest))
+
+
+def _digest(position: int, stored: StoredEvent) -> str:
+    """The receipt of a recorded event: its entry hash in the audit chain (hex)."""
+    return entry_hash(
+        position,
+        cast(UUID, stored.originator_id),
+        stored.originator_version,
+        event_type(stored.topic),
+        stored.state,
+    ).hex()

@@ -16,6 +16,8 @@ ADMIN = "test-admin-token"
 OPERATOR = "test-operator-token"
 AUDITOR = "test-auditor-token"
 CLIENT = "test-client-token"
+# A fixed Ed25519 seed: the tests check signatures against its public key.
+TEST_AUDIT_KEY = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
 
 
 def settings_for(database_url: str, **overrides: object) -> Settings:
@@ -23,6 +25,7 @@ def settings_for(database_url: str, **overrides: object) -> Settings:
         database_url=database_url,
         env="test",
         secret="s" * 40,
+        audit_key=TEST_AUDIT_KEY,
         role_tokens={
             "admin": (ADMIN,),
             "operator": (OPERATOR,),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,8 +13,11 @@ from api import context
 from api.problems import Forbidden
 from api.responses import JSONResponse
 from domain.election import Election, ElectionStatus
+from domain.errors import NotFound
+from domain.recount import Recount
 from domain.rules import ElectionRules, ResultsVisibility
 from domain.tabulation import Tally
+from infra.audit.records import election_entries
 from infra.bootstrap import Services
 from projections.queries import tally_snapshot
 
@@ -37,11 +41,16 @@ async def results(request: Request) -> Response:
         )
     if principal.voter_token is not None:
         election.check_eligible(services.voter_keys.for_token(election_id, principal.voter_token))
+    at = context.int_param(request, "at", 0, minimum=1) if "at" in request.query_params else None
+    if at is not None:
+        return JSONResponse(await _results_at(services, election_id, at))
     wanted = context.int_param(request, "min_position", 0, minimum=0)
     caught_up = True
     if wanted:
         caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
     body = await _results(services, election_id, election)
+    if body["closed_at_position"] is not None:
+        body = {**body, "final_chain_head": await _final_chain_head(services, body)}
     headers = (
         {} if caught_up else {"Warning": f'199 - "results reflect position {body["position"]}"'}
     )
@@ -81,3 +90,44 @@ def _open_or_draft(election: Election) -> str:
         if election.status is ElectionStatus.DRAFT
         else ElectionStatus.OPEN.value
     )
+
+
+FINAL_CHECKPOINT = """
+SELECT id, head_hash, key_id, signature FROM audit_checkpoints
+WHERE position = %s ORDER BY id LIMIT 1
+"""
+
+
+async def _final_chain_head(services: Services, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The signed chain head at the election's Closed entry: publish it with the results,
+    and anyone holding the log can check these results against it."""
+    async with services.reads.connection() as conn:
+        cursor = await conn.execute(FINAL_CHECKPOINT, (body["closed_at_position"],))
+        row = await cursor.fetchone()
+    if row is None:
+        return None  # sealed within seconds of the close
+    identifier, head, key, signature = row
+    return {
+        "position": body["closed_at_position"],
+        "hash": bytes(head).hex(),
+        "checkpoint_id": identifier,
+        "key_id": key,
+        "signature": bytes(signature).hex(),
+    }
+
+
+async def _results_at(services: Services, election_id: UUID, at: int) -> dict[str, Any]:
+    """Time travel: the results as of log position ``at``, recounted from the log itself."""
+    recount = Recount()
+    async with services.reads.connection() as conn:
+        async for entry in election_entries(conn, election_id, at):
+            stored = StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
+            recount.apply(entry.position, services.app.mapper.to_domain_event(stored))
+    count = recount.elections.get(election_id)
+    if count is None:
+        raise NotFound(f"election {election_id} did not exist yet at position {at}")
+    return {
+        **count.results(at),
+        "closed_at_position": count.closed_at,
+        "recounted_from_log": True,
+    }

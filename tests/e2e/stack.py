@@ -24,7 +24,7 @@ import httpx
 import psycopg
 
 from tests.databases import create_database, drop_database
-from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR
+from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR, TEST_AUDIT_KEY
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +79,7 @@ class Stack:
                 "CARDINAL_NAMESPACE": self.namespace,
                 "CARDINAL_ENV": "test",
                 "CARDINAL_SECRET": "e" * 40,
+                "CARDINAL_AUDIT_KEY": TEST_AUDIT_KEY,
                 "CARDINAL_ADMIN_TOKEN": ADMIN,
                 "CARDINAL_OPERATOR_TOKEN": OPERATOR,
                 "CARDINAL_AUDITOR_TOKEN": AUDITOR,

@@ -21,6 +21,7 @@ from infra.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {
     "CARDINAL_SECRET": "0123456789abcdef0123456789abcdef",
+    "CARDINAL_AUDIT_KEY": "ab" * 32,
     "CARDINAL_ADMIN_TOKEN": "admin",
     "POSTGRES_PASSWORD": "pg",
     "RABBITMQ_PASSWORD": "mq",

@@ -11,7 +11,7 @@ import pytest
 
 from domain.application import VotingApplication
 from domain.ballot import Ballot
-from domain.ports import VersionConflict
+from domain.ports import Recorded, VersionConflict
 from infra.migrations import migrate
 from infra.store import open_application
 from infra.writer import GroupCommitWriter, Overloaded, _Append
@@ -57,7 +57,7 @@ async def test_a_batch_with_duplicate_voters_commits_all_the_others(
         outcomes = await asyncio.gather(*appends, return_exceptions=True)
     finally:
         await writer.stop()
-    recorded = [o for o in outcomes[: len(voters)] if isinstance(o, int)]
+    recorded = [o.position for o in outcomes[: len(voters)] if isinstance(o, Recorded)]
     refused = outcomes[len(voters) :]
     assert len(recorded) == len(voters)  # every innocent neighbour committed
     assert len(set(recorded)) == len(recorded)  # each at its own position
@@ -95,7 +95,7 @@ async def test_a_full_queue_refuses_instead_of_growing(
         )
     finally:
         await writer.stop()
-    accepted = [o for o in outcomes if isinstance(o, int)]
+    accepted = [o for o in outcomes if isinstance(o, Recorded)]
     shed = [o for o in outcomes if isinstance(o, Overloaded)]
     assert len(accepted) + len(shed) == 500
     assert shed  # the queue bound held
@@ -116,12 +116,13 @@ async def test_appends_after_a_lost_connection_are_recorded_once(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        positions = await asyncio.gather(
+        recorded = await asyncio.gather(
             *(writer.append(_ballot(election, f"after-{n}")) for n in range(100))
         )
     finally:
         await writer.stop()
-    assert len(set(positions)) == 100
+    assert len({r.position for r in recorded}) == 100
+    assert len({r.digest for r in recorded}) == 100  # each with its own receipt
     assert _casts(url) == 101
 
 

@@ -77,7 +77,7 @@ async def test_ballots_after_the_close_are_late_and_not_counted(
         vote={"choice": "b"},
         request_key=None,
     )
-    position = await raw_writer.append(late)
+    position = (await raw_writer.append(late)).position
     assert position > closed["position"]
     body = (await voting.results(election_id, min_position=position)).json()
     assert body["status"] == "closed"

@@ -170,3 +170,21 @@ async def test_observe_drops_an_election_it_cannot_follow() -> None:
 
 def _notifications(app: VotingApplication) -> list[Notification]:
     return list(app.recorder.select_notifications(1, 1000))
+
+
+def test_a_first_cast_event_builds_the_same_ballot_as_the_constructor() -> None:
+    election = uuid.uuid4()
+    event = Ballot.first_cast(election, "key", {"choice": "a"}, "request")
+    built = Ballot(
+        election_id=str(election), voter_key="key", vote={"choice": "a"}, request_key="request"
+    )
+    assert event.originator_id == built.id == ballot_id(election, "key")
+    replayed: object = event.mutate(None)
+    assert isinstance(replayed, Ballot)
+    assert (replayed.election_id, replayed.voter_key, replayed.vote, replayed.version) == (
+        built.election_id,
+        built.voter_key,
+        built.vote,
+        built.version,
+    )
+    assert replayed.requests == built.requests

@@ -20,6 +20,10 @@ COMMANDS = [
     ["bench", "projection"],
     ["bench", "rebuild"],
     ["bench", "tabulation"],
+    ["bench", "verify"],
+    ["audit"],
+    ["audit", "export"],
+    ["audit", "verify"],
 ]
 
 

@@ -1,0 +1,1 @@
+"""The audit trail: a hash chain over the log, signed checkpoints, receipts, replay."""

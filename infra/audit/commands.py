@@ -1,0 +1,162 @@
+"""`cardinal audit export` and `cardinal audit verify`, with progress bars and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from uuid import UUID
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from infra.audit.chain import Signer, key_id
+from infra.audit.export import export
+from infra.audit.verify import Discrepancy, Report, verify_database, verify_file
+from infra.settings import Settings, SettingsError
+
+console = Console()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(title="audit commands", required=True, metavar="ACTION")
+    exporting = sub.add_parser(
+        "export",
+        help="write the log, its chain, checkpoints and served results as NDJSON",
+        description="Write everything an auditor needs to `cardinal audit verify --file` "
+        "on a machine with no database access (needs DATABASE_URL here).",
+    )
+    exporting.add_argument("--output", type=Path, required=True, help="file to write")
+    exporting.set_defaults(command=run_export)
+    verifying = sub.add_parser(
+        "verify",
+        help="check the chain, the signatures, and every served result against a replay",
+        description="Recompute the hash chain, check every checkpoint's signature and head, "
+        "replay every election with the domain's recount and compare with the results "
+        "served. Exit status 1 and the position of the first discrepancy if anything "
+        "does not check out. From the database (DATABASE_URL) or from an export (--file).",
+    )
+    verifying.add_argument("--file", type=Path, help="an export to verify (no database needed)")
+    verifying.add_argument("--election", type=UUID, help="compare this election's results only")
+    verifying.add_argument(
+        "--public-key",
+        help="hex Ed25519 public key to check signatures with (from GET /api/audit/public-key)",
+    )
+    verifying.add_argument(
+        "--strict", action="store_true", help="also re-validate every ballot against its rules"
+    )
+    verifying.set_defaults(command=run_verify)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set; export reads the event store")
+    signer = Signer(settings.audit_key) if settings.audit_key else None
+    started = time.perf_counter()
+    with _bar("exporting") as (bar, task):
+        count = asyncio.run(
+            export(
+                settings.database_url,
+                args.output,
+                signer,
+                lambda position, head: bar.update(task, completed=position, total=head),
+            )
+        )
+    console.print(
+        f"wrote {count:,} events to {args.output} in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    public_key = bytes.fromhex(args.public_key) if args.public_key else None
+    started = time.perf_counter()
+    try:
+        with _bar("verifying") as (bar, task):
+
+            def show(position: int, head: int) -> None:
+                bar.update(task, completed=position, total=head)
+
+            if args.file is not None:
+                report = verify_file(
+                    args.file,
+                    election=args.election,
+                    validate=args.strict,
+                    public_key=public_key,
+                    progress=show,
+                )
+                if public_key is None:
+                    report.notes.append(
+                        "signatures were checked with the public key in the export's header; "
+                        "compare it with the one the deployment publishes (--public-key)"
+                    )
+            else:
+                settings = Settings.from_env()
+                if settings.database_url is None:
+                    raise SettingsError("DATABASE_URL is not set (or give --file)")
+                keys = _keys(public_key, settings)
+                report = asyncio.run(
+                    verify_database(
+                        settings.database_url,
+                        public_keys=keys,
+                        election=args.election,
+                        validate=args.strict,
+                        progress=show,
+                    )
+                )
+    except Discrepancy as discrepancy:
+        console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
+        return 1
+    _summary(report, time.perf_counter() - started)
+    return 0
+
+
+def _keys(public_key: bytes | None, settings: Settings) -> dict[str, bytes]:
+    if public_key is not None:
+        return {key_id(public_key): public_key}
+    if settings.audit_key is not None:
+        signer = Signer(settings.audit_key)
+        return {signer.key_id: signer.public_key}
+    raise SettingsError("give --public-key (from GET /api/audit/public-key) to check signatures")
+
+
+def _summary(report: Report, seconds: float) -> None:
+    table = Table(title="Audit verified")
+    table.add_column("check")
+    table.add_column("result", justify="right")
+    rate = report.entries / seconds if seconds else 0.0
+    table.add_row("log entries replayed", f"{report.entries:,} (to position {report.head:,})")
+    table.add_row("chain links recomputed", f"{report.sealed:,}")
+    table.add_row("signed checkpoints", f"{report.checkpoints:,}")
+    table.add_row("served results equal to the replay", f"{report.results:,}")
+    table.add_row("speed", f"{rate:,.0f} entries/s ({seconds:.1f} s)")
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print("[green bold]OK[/green bold]: everything checks out")
+
+
+@contextmanager
+def _bar(label: str) -> Iterator[tuple[Progress, TaskID]]:
+    """A progress bar over log positions."""
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        yield progress, progress.add_task(label, total=None)

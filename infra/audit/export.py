@@ -1,0 +1,117 @@
+"""`cardinal audit export`: the log, its chain, checkpoints and served results, as NDJSON.
+
+One JSON document per line, ``kind`` first:
+
+    {"kind": "header", "format": "cardinal-audit/1", "exported_at": ..., "head": ...,
+     "public_keys": [{"key_id", "algorithm", "public_key"}]}
+    {"kind": "checkpoint", "id", "position", "head_hash", "key_id", "signature"}
+    {"kind": "result", "position", "election_id", ...the results the API serves}
+    {"kind": "event", "position", "stream_id", "version", "type", "data": {...}, "hash"}
+
+``data`` is the entry's full state; the chain hashes its canonical JSON (keys sorted, no
+whitespace, UTF-8). ``hash`` is null for entries not sealed yet; an event with a null
+``data`` is a chain link whose entry is gone. The file is
+everything `cardinal audit verify --file` needs, with no database.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import psycopg
+
+from infra.audit.chain import ALGORITHM, Signer
+from infra.audit.verify import Entry, checkpoints_of, database_entries, served_results
+from projections.log import head
+
+FORMAT = "cardinal-audit/1"
+
+
+async def export(
+    database_url: str,
+    output: Path,
+    signer: Signer | None,
+    progress: Any = None,
+) -> int:
+    """Write the export; return how many events it holds.
+
+    Checkpoints and results come first, so that a verifier knows, while it streams the
+    events, where to check a signed head and where to compare results.
+    """
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        checkpoints = await checkpoints_of(conn)
+        served = await served_results(conn)
+        upto = await head(conn)
+        with output.open("wb") as out:
+            _line(
+                out,
+                {
+                    "kind": "header",
+                    "format": FORMAT,
+                    "exported_at": datetime.datetime.now(datetime.UTC).isoformat(),
+                    "head": upto,
+                    "public_keys": (
+                        [
+                            {
+                                "key_id": signer.key_id,
+                                "algorithm": ALGORITHM,
+                                "public_key": signer.public_key.hex(),
+                            }
+                        ]
+                        if signer
+                        else []
+                    ),
+                },
+            )
+            for checkpoint in checkpoints:
+                _line(
+                    out,
+                    {
+                        "kind": "checkpoint",
+                        "id": checkpoint.id,
+                        "position": checkpoint.position,
+                        "head_hash": checkpoint.head.hex(),
+                        "key_id": checkpoint.key_id,
+                        "signature": checkpoint.signature.hex(),
+                    },
+                )
+            for position, results in sorted(served.items()):
+                for result in results:
+                    _line(out, {"kind": "result", "position": position, **result})
+            count = 0
+            async for entry in database_entries(conn):
+                if entry.position > upto:
+                    break
+                _line(out, _event(entry))
+                count += 1
+                if progress is not None and count % 10_000 == 0:
+                    progress(entry.position, upto)
+    return count
+
+
+def _event(entry: Entry) -> dict[str, Any]:
+    if not entry.stream:  # a sealed link whose entry is gone: keep it visible
+        return {
+            "kind": "event",
+            "position": entry.position,
+            "data": None,
+            "hash": entry.stored_hash.hex() if entry.stored_hash else None,
+        }
+    return {
+        "kind": "event",
+        "position": entry.position,
+        "stream_id": str(entry.stream_id),
+        "version": entry.version,
+        "type": entry.kind,
+        # The stored canonical JSON goes in as it is; a verifier hashes its canonical form.
+        "data": orjson.Fragment(entry.state),
+        "hash": entry.stored_hash.hex() if entry.stored_hash else None,
+    }
+
+
+def _line(out: BinaryIO, document: dict[str, Any]) -> None:
+    out.write(orjson.dumps(document))
+    out.write(b"\n")

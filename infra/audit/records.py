@@ -1,0 +1,138 @@
+"""Reading the log with its chain links: pages of the whole log, or of one election."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+from psycopg import AsyncConnection
+
+from infra.store import EVENTS_TABLE
+from projections.log import event_type
+
+LOG_PAGE = f"""
+SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, c.hash
+FROM {EVENTS_TABLE} e LEFT JOIN audit_chain c ON c.position = e.notification_id
+WHERE e.notification_id > %s AND e.notification_id <= %s
+ORDER BY e.notification_id LIMIT %s
+"""
+PREVIOUS_LINK = "SELECT hash FROM audit_chain WHERE position < %s ORDER BY position DESC LIMIT 1"
+SEALED_HEAD = "SELECT coalesce(max(position), 0) FROM audit_chain"
+ELECTION_SEALED = f"""
+SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, c.hash,
+       (SELECT p.hash FROM audit_chain p WHERE p.position < e.notification_id
+        ORDER BY p.position DESC LIMIT 1)
+FROM election_streams s
+JOIN {EVENTS_TABLE} e ON e.originator_id = s.stream_id
+JOIN audit_chain c ON c.position = e.notification_id
+WHERE s.election_id = %s AND e.notification_id > %s AND e.notification_id <= %s
+ORDER BY e.notification_id LIMIT %s
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A log entry as auditors see it, with its chain link once sealed."""
+
+    position: int
+    stream_id: UUID
+    version: int
+    topic: str
+    state: bytes
+    hash: bytes | None
+    prev_hash: bytes | None
+
+    @property
+    def type(self) -> str:
+        return event_type(self.topic)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = orjson.loads(self.state)
+        return decoded
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.data
+        timestamp = data.pop("timestamp", None)
+        return {
+            "position": self.position,
+            "stream_id": str(self.stream_id),
+            "version": self.version,
+            "type": self.type,
+            "timestamp": timestamp,
+            "data": data,
+            "hash": self.hash.hex() if self.hash else None,
+            "prev_hash": self.prev_hash.hex() if self.prev_hash else None,
+        }
+
+
+async def log_page(
+    conn: AsyncConnection[Any], after: int, limit: int, upto: int = 2**62
+) -> list[Entry]:
+    """Entries after ``after`` (at most ``upto``), with their links, in position order."""
+    cursor = await conn.execute(LOG_PAGE, (after, upto, limit), prepare=True, binary=True)
+    rows = await cursor.fetchall()
+    previous = await _previous(conn, rows[0][0]) if rows else None
+    entries = []
+    for position, stream_id, version, topic, state, link in rows:
+        entries.append(Entry(position, stream_id, version, topic, bytes(state), link, previous))
+        previous = link
+    return entries
+
+
+async def election_page(
+    conn: AsyncConnection[Any], election_id: UUID, after: int, limit: int, upto: int = 2**62
+) -> list[Entry]:
+    """One election's entries after ``after``: the sealed ones through the election's
+    streams, then any not sealed yet (found by reading the log's unsealed tail)."""
+    cursor = await conn.execute(SEALED_HEAD)
+    row = await cursor.fetchone()
+    sealed_head = int(row[0]) if row else 0
+    entries: list[Entry] = []
+    if after < sealed_head:
+        cursor = await conn.execute(
+            ELECTION_SEALED,
+            (election_id, after, min(upto, sealed_head), limit),
+            prepare=True,
+            binary=True,
+        )
+        for position, stream_id, version, topic, state, link, previous in await cursor.fetchall():
+            entries.append(Entry(position, stream_id, version, topic, bytes(state), link, previous))
+    if len(entries) < limit and upto > sealed_head:
+        start = max(after, sealed_head)
+        tail = await log_page(conn, start, 100_000, upto)
+        for entry in tail:
+            if _belongs(entry, election_id):
+                entries.append(entry)
+                if len(entries) == limit:
+                    break
+    return entries
+
+
+async def election_entries(
+    conn: AsyncConnection[Any], election_id: UUID, upto: int
+) -> AsyncIterator[Entry]:
+    """Every entry of one election up to ``upto``, in position order."""
+    after = 0
+    while True:
+        page = await election_page(conn, election_id, after, 10_000, upto)
+        for entry in page:
+            yield entry
+        if len(page) < 10_000:
+            return
+        after = page[-1].position
+
+
+def _belongs(entry: Entry, election_id: UUID) -> bool:
+    if entry.stream_id == election_id:
+        return True
+    return entry.type.startswith("Ballot") and entry.data.get("election_id") == str(election_id)
+
+
+async def _previous(conn: AsyncConnection[Any], position: int) -> bytes | None:
+    cursor = await conn.execute(PREVIOUS_LINK, (position,), prepare=True)
+    row = await cursor.fetchone()
+    return bytes(row[0]) if row else None

@@ -1,0 +1,148 @@
+"""The sealer: links every committed entry into the hash chain, and signs checkpoints.
+
+One sealer is active (advisory lock); it follows the log in position order after commit,
+so the write path never waits for it. It signs a checkpoint at every election's Closed
+entry (that election's final chain head, to publish with its results) and, while the log
+grows, every ``checkpoint_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
+from infra.store import EVENTS_TABLE
+from projections.log import event_type
+
+log = logging.getLogger(__name__)
+
+SEALER_LOCK = 0x43415244_5345414C  # "CARDSEAL"
+PAGE = f"""
+SELECT notification_id, originator_id, originator_version, topic, state
+FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s
+"""
+LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
+LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
+
+
+class Sealer:
+    def __init__(
+        self,
+        database_url: str,
+        signer: Signer,
+        *,
+        page_size: int = 5000,
+        checkpoint_interval: float = 30.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.database_url = database_url
+        self.signer = signer
+        self.page_size = page_size
+        self.checkpoint_interval = checkpoint_interval
+        self.poll_interval = poll_interval
+        self.position = 0
+
+    async def run(self) -> None:
+        """Seal forever, riding out database outages; stand by while another one leads."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, autocommit=True
+                ) as conn:
+                    await self._lead(conn)
+            except asyncio.CancelledError:
+                raise
+            except psycopg.Error as error:
+                log.warning("sealer interrupted (%s); retrying", error)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (SEALER_LOCK,))
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                break
+            await asyncio.sleep(self.poll_interval)
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+        last_checkpoint = time.monotonic()
+        while True:
+            await self.seal_pending(conn)
+            if time.monotonic() - last_checkpoint >= self.checkpoint_interval:
+                await self.checkpoint_head(conn, "periodic")
+                last_checkpoint = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
+                    pass
+
+    async def seal_pending(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Link every entry not yet in the chain; return how many were sealed."""
+        cursor = await conn.execute(LAST_LINK)
+        row = await cursor.fetchone()
+        position, previous = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+        sealed = 0
+        while True:
+            cursor = await conn.execute(PAGE, (position, self.page_size), binary=True)
+            rows = await cursor.fetchall()
+            if not rows:
+                break
+            links: list[tuple[int, bytes, bytes]] = []
+            streams: list[tuple[UUID, UUID]] = []
+            closes: list[tuple[int, bytes]] = []
+            for entry_position, stream_id, version, topic, state in rows:
+                kind = event_type(topic)
+                entry = entry_hash(entry_position, stream_id, version, kind, bytes(state))
+                previous = chain_hash(previous, entry)
+                links.append((entry_position, entry, previous))
+                if kind == "BallotCast":
+                    election = UUID(orjson.loads(state)["election_id"])
+                    streams.append((stream_id, election))
+                elif kind == "ElectionCreated":
+                    streams.append((stream_id, stream_id))
+                elif kind == "ElectionClosed":
+                    closes.append((entry_position, previous))
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO audit_chain (position, entry_hash, hash) "
+                    "SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[])",
+                    tuple(list(column) for column in zip(*links, strict=True)),
+                )
+                if streams:
+                    await conn.execute(
+                        "INSERT INTO election_streams (stream_id, election_id) "
+                        "SELECT * FROM unnest(%b::uuid[], %b::uuid[]) ON CONFLICT DO NOTHING",
+                        tuple(list(column) for column in zip(*streams, strict=True)),
+                    )
+                for close_position, head in closes:
+                    await self._sign(conn, close_position, head, "election closed")
+            position = links[-1][0]
+            sealed += len(links)
+        self.position = position
+        return sealed
+
+    async def checkpoint_head(self, conn: psycopg.AsyncConnection[Any], reason: str) -> None:
+        """Sign the chain head, unless it is signed already."""
+        cursor = await conn.execute(LAST_LINK)
+        head = await cursor.fetchone()
+        cursor = await conn.execute(LAST_CHECKPOINT)
+        signed = await cursor.fetchone()
+        if head is None or signed is None or int(head[0]) <= int(signed[0]):
+            return
+        await self._sign(conn, int(head[0]), bytes(head[1]), reason)
+
+    async def _sign(
+        self, conn: psycopg.AsyncConnection[Any], position: int, head: bytes, reason: str
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO audit_checkpoints (position, head_hash, key_id, signature, reason) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (position, head, self.signer.key_id, self.signer.sign(position, head), reason),
+        )

@@ -1,0 +1,558 @@
+"""`cardinal audit verify`: check the chain, the signatures, and every served result.
+
+One pass over the log in position order, from the database or from an export file:
+
+- each entry's hash is recomputed and linked to the one before; an entry whose content,
+  stream, version or type changed, an entry removed, or two entries swapped break the
+  chain at an exact position;
+- each checkpoint's signature is checked with the public key, and the head it signs must
+  be the chain's hash at its position;
+- every election is replayed with the domain's own recount (the law: a ballot counts iff
+  it precedes its election's Closed entry) and, at the position the served results reflect,
+  compared with them.
+
+The first discrepancy stops the run and is reported with its position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import AsyncIterator, Hashable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+
+from domain.recount import Recount
+from domain.rules import ElectionRules
+from domain.tabulation import Tally
+from infra.audit.chain import GENESIS, chain_hash, entry_hash, key_id, signature_valid
+from infra.store import EVENTS_TABLE
+from projections.log import event_type
+from projections.queries import tally_snapshot
+
+COMPARED = ("ballots", "winners", "options", "rounds", "pairwise", "tie", "late_ballots")
+PAGE = 20_000
+# The replay needs no links: the entries alone, a cheaper read.
+ENTRIES = f"""
+SELECT notification_id, uuid_send(originator_id), originator_version, topic, state, NULL
+FROM {EVENTS_TABLE} WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(n)s
+"""
+# Entries and chain links side by side: a link whose entry is gone still shows up.
+JOINED = f"""
+SELECT coalesce(e.notification_id, c.position), uuid_send(e.originator_id),
+       e.originator_version, e.topic, e.state, c.hash
+FROM (SELECT * FROM {EVENTS_TABLE} WHERE notification_id > %(after)s
+      ORDER BY notification_id LIMIT %(n)s) e
+FULL JOIN (SELECT * FROM audit_chain WHERE position > %(after)s
+           ORDER BY position LIMIT %(n)s) c ON c.position = e.notification_id
+ORDER BY 1 LIMIT %(n)s
+"""
+
+
+class Discrepancy(Exception):
+    """The first thing that does not check out, and where."""
+
+    def __init__(self, position: int | None, what: str) -> None:
+        super().__init__(f"position {position}: {what}" if position is not None else what)
+        self.position = position
+        self.what = what
+
+    def __reduce__(self) -> tuple[type[Discrepancy], tuple[int | None, str]]:
+        return (type(self), (self.position, self.what))  # it crosses process boundaries
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    position: int
+    stream: bytes  # the stream id's 16 bytes; empty: a chain link whose entry is missing
+    version: int
+    kind: str
+    state: bytes
+    stored_hash: bytes | None
+
+    @property
+    def stream_id(self) -> UUID | None:
+        return UUID(bytes=self.stream) if self.stream else None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: int
+    position: int
+    head: bytes
+    key_id: str
+    signature: bytes
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    sealed: int = 0
+    unsealed: int = 0
+    checkpoints: int = 0
+    results: int = 0
+    elections: int = 0
+    head: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Verifier:
+    """Consumes entries in position order; raises Discrepancy at the first problem.
+
+    It checks the chain (``chain``) or replays the elections (``replay``) or both; the
+    two halves are independent, so a run can do them in two processes, on two cores.
+    """
+
+    def __init__(
+        self,
+        public_keys: dict[str, bytes],
+        checkpoints: list[Checkpoint],
+        served: dict[int, list[dict[str, Any]]],
+        *,
+        election: UUID | None = None,
+        validate: bool = False,
+        chain: bool = True,
+        replay: bool = True,
+    ) -> None:
+        self.chain = chain
+        self.replay = replay
+        if not chain:
+            checkpoints = []
+        if not replay:
+            served = {}
+        self.public_keys = public_keys
+        self.checkpoints = sorted(checkpoints, key=lambda c: (c.position, c.id))
+        self.served = dict(sorted(served.items()))
+        self.election = election
+        self.recount = Recount(validate=validate)
+        self.report = Report()
+        self._chain = GENESIS
+        self._unsealed_from: int | None = None
+        self._next_checkpoint = 0
+        self._due = self._next_due()
+        for checkpoint in self.checkpoints:
+            self._check_signature(checkpoint)
+
+    def feed(self, entry: Entry) -> None:
+        """Check one entry (both halves, or whichever this verifier does)."""
+        if self.chain:
+            self.link(entry)
+        if self.replay:
+            # A ballot's stream only needs to be told apart from the others: its bytes do,
+            # and building a UUID for each of a million ballots costs a fifth of the run.
+            stream = entry.stream if entry.kind[0] == "B" else UUID(bytes=entry.stream)
+            self.count(entry.position, stream, entry.kind, entry.state)
+
+    def link(self, entry: Entry) -> None:
+        """The chain half: recompute this entry's link."""
+        self._advance(entry.position)
+        if not entry.stream:
+            raise Discrepancy(
+                entry.position,
+                "the chain seals an entry here, but the log no longer holds it (deleted)",
+            )
+        self._link(entry)
+        self.report.entries += 1
+        self.report.head = entry.position
+
+    def count(
+        self, position: int, stream: Hashable, kind: str, state: bytes | dict[str, Any]
+    ) -> None:
+        """The replay half: count this entry by the law (an election's stream: its UUID)."""
+        self._advance(position)
+        data = orjson.loads(state) if isinstance(state, bytes) else state
+        try:
+            self.recount.record(position, stream, kind, data)
+        except (KeyError, ValueError) as error:
+            raise Discrepancy(position, f"the entry cannot be replayed: {error}") from None
+        self.report.entries += 1
+        self.report.head = position
+
+    def _advance(self, position: int) -> None:
+        if position > self._due:
+            self._settle_before(position)
+            self._due = self._next_due()
+
+    def _link(self, entry: Entry) -> None:
+        digest = entry_hash(entry.position, entry.stream, entry.version, entry.kind, entry.state)
+        linked = chain_hash(self._chain, digest)
+        if entry.stored_hash is None:
+            self._unsealed_from = self._unsealed_from or entry.position
+            self.report.unsealed += 1
+        else:
+            if self._unsealed_from is not None:
+                raise Discrepancy(
+                    entry.position,
+                    f"sealed after unsealed entries from position {self._unsealed_from}",
+                )
+            if entry.stored_hash != linked:
+                raise Discrepancy(
+                    entry.position,
+                    "the entry is not what the chain sealed here: its content, stream, "
+                    "version or type was changed, or entries were reordered or inserted",
+                )
+            self.report.sealed += 1
+        self._chain = linked
+
+    def finish(self) -> Report:
+        self._settle_before(None)
+        if self.report.unsealed:
+            self.report.notes.append(
+                f"{self.report.unsealed} newest entries are not sealed yet (from position "
+                f"{self._unsealed_from}); their content is replayed but not chain-checked"
+            )
+        return self.report
+
+    def _next_due(self) -> int:
+        """The position past which a checkpoint or served result waits to be checked."""
+        due = (
+            [self.checkpoints[self._next_checkpoint].position]
+            if self._next_checkpoint < len(self.checkpoints)
+            else []
+        )
+        due.extend(self.served)
+        return min(due, default=2**62)
+
+    def _settle_before(self, position: int | None) -> None:
+        """Check the checkpoints and served results that lie before ``position``."""
+        while self._next_checkpoint < len(self.checkpoints):
+            checkpoint = self.checkpoints[self._next_checkpoint]
+            if position is not None and checkpoint.position >= position:
+                break
+            self._check_head(checkpoint)
+            self._next_checkpoint += 1
+        for served_at in list(self.served):
+            if position is not None and served_at >= position:
+                break
+            for result in self.served.pop(served_at):
+                self._compare(served_at, result)
+
+    def _check_signature(self, checkpoint: Checkpoint) -> None:
+        key = self.public_keys.get(checkpoint.key_id)
+        if key is None:
+            raise Discrepancy(
+                checkpoint.position,
+                f"checkpoint {checkpoint.id} is signed by an unknown key {checkpoint.key_id}",
+            )
+        if not signature_valid(key, checkpoint.position, checkpoint.head, checkpoint.signature):
+            raise Discrepancy(
+                checkpoint.position,
+                f"checkpoint {checkpoint.id}: the signature does not verify (forged or altered)",
+            )
+
+    def _check_head(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.position > self.report.head:  # pragma: no cover - guarded by caller
+            raise Discrepancy(
+                checkpoint.position,
+                f"checkpoint {checkpoint.id} signs a position beyond the log's last entry",
+            )
+        if self.report.head != checkpoint.position or checkpoint.head != self._chain:
+            raise Discrepancy(
+                checkpoint.position,
+                f"checkpoint {checkpoint.id} signs head {checkpoint.head.hex()[:16]}..., but the "
+                "chain there is different (the checkpoint is forged, or the log changed)",
+            )
+        self.report.checkpoints += 1
+
+    def _compare(self, position: int, served: dict[str, Any]) -> None:
+        election_id = UUID(served["election_id"])
+        if self.election is not None and election_id != self.election:
+            return
+        count = self.recount.elections.get(election_id)
+        if count is None:
+            raise Discrepancy(position, f"results are served for an unknown election {election_id}")
+        replayed = orjson.loads(orjson.dumps(count.results(position)))
+        for key in COMPARED:
+            if replayed.get(key) != served.get(key):
+                raise Discrepancy(
+                    position,
+                    f"election {election_id}: the served results differ from the replay in "
+                    f"{key!r}: served {_short(served.get(key))}, "
+                    f"replayed {_short(replayed.get(key))}",
+                )
+        self.report.results += 1
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# -- sources -----------------------------------------------------------------------------
+
+
+async def verify_database(
+    database_url: str,
+    *,
+    public_keys: dict[str, bytes],
+    election: UUID | None,
+    validate: bool,
+    progress: Any = None,
+) -> Report:
+    """Verify the live store: chain and checkpoints here, the replay of every election
+    against the read models' results in a second process, at the same time."""
+    with _second_core() as pool:
+        replaying = pool.submit(_replay_database, database_url, election, validate)
+        chain = await _database_half(
+            database_url, public_keys, election, validate, progress, chain=True
+        )
+        return _combine(chain, replaying.result())
+
+
+def verify_file(
+    path: Path,
+    *,
+    election: UUID | None,
+    validate: bool,
+    public_key: bytes | None = None,
+    progress: Any = None,
+) -> Report:
+    """Verify an export with no database: chain and checkpoints here, the replay against
+    the exported results in a second process, at the same time."""
+    with _second_core() as pool:
+        replaying = pool.submit(_replay_file, path, election, validate)
+        chain = _file_half(path, election, validate, public_key, progress, chain=True)
+        return _combine(chain, replaying.result())
+
+
+Outcome = tuple[Report | None, Discrepancy | None]
+
+
+def _second_core() -> ProcessPoolExecutor:
+    # A fresh interpreter, not a fork: the parent holds an event loop and connections.
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _combine(chain: Outcome, replay: Outcome) -> Report:
+    """One report from the two halves, or the earlier of their discrepancies."""
+    found = [d for _, d in (chain, replay) if d is not None]
+    if found:
+        raise min(found, key=lambda d: -1 if d.position is None else d.position)
+    chain_report, replay_report = chain[0], replay[0]
+    assert chain_report is not None
+    assert replay_report is not None
+    chain_report.results = replay_report.results
+    chain_report.notes.extend(replay_report.notes)
+    return chain_report
+
+
+def _replay_database(database_url: str, election: UUID | None, validate: bool) -> Outcome:
+    return asyncio.run(_database_half(database_url, {}, election, validate, None, chain=False))
+
+
+async def _database_half(
+    database_url: str,
+    public_keys: dict[str, bytes],
+    election: UUID | None,
+    validate: bool,
+    progress: Any,
+    *,
+    chain: bool,
+) -> Outcome:
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            checkpoints = await checkpoints_of(conn) if chain else []
+            served = {} if chain else await served_results(conn)
+            cursor = await conn.execute(
+                f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
+            )
+            row = await cursor.fetchone()
+            upto = int(row[0]) if row else 0
+            verifier = Verifier(
+                public_keys,
+                checkpoints,
+                served,
+                election=election,
+                validate=validate,
+                chain=chain,
+                replay=not chain,
+            )
+            async for entry in database_entries(conn, links=chain):
+                verifier.feed(entry)
+                if progress is not None and verifier.report.entries % 10_000 == 0:
+                    progress(entry.position, upto)
+        return verifier.finish(), None
+    except Discrepancy as discrepancy:
+        return None, discrepancy
+
+
+def _replay_file(path: Path, election: UUID | None, validate: bool) -> Outcome:
+    return _file_half(path, election, validate, None, None, chain=False)
+
+
+def _file_half(
+    path: Path,
+    election: UUID | None,
+    validate: bool,
+    public_key: bytes | None,
+    progress: Any,
+    *,
+    chain: bool,
+) -> Outcome:
+    try:
+        return _read_file(path, election, validate, public_key, progress, chain=chain), None
+    except Discrepancy as discrepancy:
+        return None, discrepancy
+
+
+def _read_file(
+    path: Path,
+    election: UUID | None,
+    validate: bool,
+    public_key: bytes | None,
+    progress: Any,
+    *,
+    chain: bool,
+) -> Report:
+    lines = _lines(path)
+    header = next(lines, None)
+    if header is None or header.get("kind") != "header":
+        raise Discrepancy(None, f"{path} does not start with an export header")
+    keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
+    if public_key is not None:
+        keys = {key_id(public_key): public_key}
+    checkpoints: list[Checkpoint] = []
+    served: dict[int, list[dict[str, Any]]] = {}
+    verifier: Verifier | None = None
+    upto = int(header.get("head", 0))
+
+    def start() -> Verifier:
+        return Verifier(
+            keys,
+            checkpoints,
+            served,
+            election=election,
+            validate=validate,
+            chain=chain,
+            replay=not chain,
+        )
+
+    for document in lines:
+        kind = document.get("kind")
+        if kind == "checkpoint":
+            checkpoints.append(
+                Checkpoint(
+                    document["id"],
+                    document["position"],
+                    bytes.fromhex(document["head_hash"]),
+                    document["key_id"],
+                    bytes.fromhex(document["signature"]),
+                )
+            )
+        elif kind == "result":
+            served.setdefault(document["position"], []).append(document)
+        elif kind == "event":
+            if verifier is None:
+                verifier = start()
+            if chain:
+                verifier.link(_file_entry(document))
+            elif document["data"] is not None:  # (a missing entry is the chain's finding)
+                event = document["type"]
+                stream = document["stream_id"]
+                verifier.count(
+                    document["position"],
+                    stream if event[0] == "B" else UUID(stream),
+                    event,
+                    document["data"],
+                )
+            if progress is not None and verifier.report.entries % 10_000 == 0:
+                progress(document["position"], upto)
+    return (verifier or start()).finish()
+
+
+def _lines(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as source:
+        for number, line in enumerate(source, 1):
+            if line.strip():
+                try:
+                    document: dict[str, Any] = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise Discrepancy(
+                        None, f"line {number} of {path} is not JSON: {error}"
+                    ) from None
+                yield document
+
+
+def _file_entry(document: dict[str, Any]) -> Entry:
+    data = document.get("data")
+    stored = document.get("hash")
+    if data is None:
+        return Entry(document["position"], b"", 0, "", b"", bytes.fromhex(stored or ""))
+    return Entry(
+        position=document["position"],
+        stream=bytes.fromhex(document["stream_id"].replace("-", "")),
+        version=document["version"],
+        kind=document["type"],
+        state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS),  # the canonical payload
+        stored_hash=bytes.fromhex(stored) if stored else None,
+    )
+
+
+async def database_entries(
+    conn: psycopg.AsyncConnection[Any], *, links: bool = True
+) -> AsyncIterator[Entry]:
+    """The log's entries (beside the chain's links, with ``links``) in position order.
+
+    The next page is asked for before this one is worked through, so that PostgreSQL
+    reads it on the other core meanwhile.
+    """
+    query = JOINED if links else ENTRIES
+    pending = asyncio.ensure_future(_page(conn, query, 0))
+    while True:
+        rows = await pending
+        if len(rows) == PAGE:
+            pending = asyncio.ensure_future(_page(conn, query, rows[-1][0]))
+            await asyncio.sleep(0)  # let the query go out before the work starts
+        for position, stream, version, topic, state, link in rows:
+            yield Entry(
+                position,
+                bytes(stream) if stream is not None else b"",
+                version or 0,
+                event_type(topic) if topic else "",
+                bytes(state) if state is not None else b"",
+                bytes(link) if link is not None else None,
+            )
+        if len(rows) < PAGE:
+            return
+
+
+async def _page(
+    conn: psycopg.AsyncConnection[Any], query: str, after: int
+) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(query, {"after": after, "n": PAGE}, binary=True)
+    return await cursor.fetchall()
+
+
+async def checkpoints_of(conn: psycopg.AsyncConnection[Any]) -> list[Checkpoint]:
+    cursor = await conn.execute(
+        "SELECT id, position, head_hash, key_id, signature FROM audit_checkpoints ORDER BY id"
+    )
+    return [
+        Checkpoint(identifier, position, bytes(head), key, bytes(signature))
+        for identifier, position, head, key, signature in await cursor.fetchall()
+    ]
+
+
+async def served_results(conn: psycopg.AsyncConnection[Any]) -> dict[int, list[dict[str, Any]]]:
+    """Every election's results as the API serves them, by the position they reflect."""
+    served: dict[int, list[dict[str, Any]]] = {}
+    cursor = await conn.execute("SELECT election_id FROM read_models.tally_elections")
+    for (election_id,) in await cursor.fetchall():
+        snapshot = await tally_snapshot(conn, election_id)
+        if snapshot.rules is None:
+            continue
+        tally = Tally.from_counters(ElectionRules.from_json(snapshot.rules), snapshot.counters)
+        served.setdefault(snapshot.position, []).append(
+            {
+                "election_id": str(election_id),
+                **orjson.loads(orjson.dumps(tally.result().to_json())),
+                "late_ballots": snapshot.late_ballots,
+            }
+        )
+    return served

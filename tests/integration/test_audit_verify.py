@@ -1,0 +1,220 @@
+"""`cardinal audit verify` finds every kind of tampering, at its exact position."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from infra.audit.chain import Signer
+from infra.audit.export import export
+from infra.audit.sealer import Sealer
+from infra.audit.verify import Discrepancy, verify_database, verify_file
+from infra.migrations import migrate
+from projections import PROJECTIONS, projection
+from projections.runtime import ProjectionRunner
+from tests.databases import SERVER_URL, create_database, drop_database
+from tests.integration.test_projection_runtime import _fill
+from tests.servers import TEST_AUDIT_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+SIGNER = Signer(TEST_AUDIT_KEY)
+KEYS = {SIGNER.key_id: SIGNER.public_key}
+
+
+@pytest.fixture(scope="module")
+async def sealed_template() -> AsyncIterator[str]:
+    """A database with two closed elections' worth of ballots, sealed, checkpointed and
+    projected; each test gets a copy of it."""
+    url = create_database("cardinal_audit_template")
+    migrate(url)
+    await _fill(url, random.Random(21), ballots=300)
+    await _fill(url, random.Random(22), ballots=200)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        sealer = Sealer(url, SIGNER)
+        await sealer.seal_pending(conn)
+        await sealer.checkpoint_head(conn, "test")
+    pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+    await pool.open()
+    try:
+        for name in PROJECTIONS:
+            runner = ProjectionRunner(projection(name), pool)
+            await runner.prepare()
+            await runner.catch_up()
+    finally:
+        await pool.close()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def store(sealed_template: str) -> Iterator[str]:
+    template = psycopg.conninfo.conninfo_to_dict(sealed_template)["dbname"]
+    name = f"cardinal_audit_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(str(template))
+            )
+        )
+    url = psycopg.conninfo.make_conninfo(SERVER_URL, dbname=name)
+    yield url
+    drop_database(url)
+
+
+def _tamper(url: str, statement: str, *params: object) -> None:
+    """Change the log behind the application's back, as a database superuser could."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE cardinal_events DISABLE TRIGGER USER")
+        conn.execute(statement, params)
+        conn.execute("ALTER TABLE cardinal_events ENABLE TRIGGER USER")
+
+
+def _positions(url: str, topic_suffix: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT notification_id FROM cardinal_events WHERE topic LIKE %s "
+            "ORDER BY notification_id",
+            (f"%{topic_suffix}",),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+async def _verify(url: str) -> None:
+    await verify_database(url, public_keys=KEYS, election=None, validate=True)
+
+
+async def test_an_untouched_store_verifies_and_so_does_its_export(
+    store: str, tmp_path: Path
+) -> None:
+    report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert report.entries > 500
+    assert report.sealed == report.entries
+    assert report.checkpoints >= 3  # two closes and the head
+    assert report.results == 2
+    exported = tmp_path / "audit.ndjson"
+    assert await export(store, exported, SIGNER) == report.entries
+    from_file = verify_file(exported, election=None, validate=True)
+    assert (from_file.entries, from_file.results) == (report.entries, report.results)
+
+
+async def test_an_altered_payload_is_found_at_its_position(store: str) -> None:
+    target = _positions(store, "Ballot.Cast")[40]
+    _tamper(
+        store,
+        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
+        "'\"ranking\":[', '\"ranking\":[\"d\",'), 'UTF8') WHERE notification_id = %s",
+        target,
+    )
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == target
+    assert "changed" in found.value.what
+
+
+async def test_a_deleted_entry_is_found_at_its_position(store: str) -> None:
+    target = _positions(store, "Ballot.Cast")[25]
+    _tamper(store, "DELETE FROM cardinal_events WHERE notification_id = %s", target)
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == target
+    assert "deleted" in found.value.what
+
+
+async def test_two_reordered_entries_are_found_at_the_first(store: str) -> None:
+    casts = _positions(store, "Ballot.Cast")
+    first, second = casts[10], casts[30]
+    _tamper(
+        store,
+        "UPDATE cardinal_events e SET state = o.state "
+        "FROM cardinal_events o WHERE (e.notification_id, o.notification_id) IN "
+        "((%s, %s), (%s, %s))",
+        first,
+        second,
+        second,
+        first,
+    )
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == first
+
+
+async def test_a_forged_checkpoint_is_found(store: str) -> None:
+    target = _positions(store, "Ballot.Cast")[50]
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO audit_checkpoints (position, head_hash, key_id, signature, reason) "
+            "VALUES (%s, %s, %s, %s, 'forged')",
+            (target, bytes(32), SIGNER.key_id, bytes(64)),
+        )
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == target
+    assert "signature does not verify" in found.value.what
+
+
+async def test_a_validly_signed_checkpoint_of_another_head_is_found(store: str) -> None:
+    target = _positions(store, "Ballot.Cast")[60]
+    wrong_head = bytes(range(32))
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO audit_checkpoints (position, head_hash, key_id, signature, reason) "
+            "VALUES (%s, %s, %s, %s, 'forged')",
+            (target, wrong_head, SIGNER.key_id, SIGNER.sign(target, wrong_head)),
+        )
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == target
+    assert "chain there is different" in found.value.what
+
+
+async def test_a_read_model_edited_by_hand_is_found(store: str) -> None:
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE read_models.tally_counters SET value = value + 1 "
+            "WHERE key = 'n' AND election_id = (SELECT min(election_id::text)::uuid "
+            "FROM read_models.tally_counters)"
+        )
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert "served results differ from the replay in 'ballots'" in found.value.what
+
+
+def test_verify_file_runs_with_no_database_and_fails_on_an_edited_export(
+    store: str, tmp_path: Path
+) -> None:
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CARDINAL_AUDIT_KEY")}
+    env["PGHOST"] = "/nonexistent"  # no database within reach
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+    clean = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "everything checks out" in clean.stdout
+
+    lines = exported.read_bytes().splitlines()
+    edited = []
+    target = None
+    for line in lines:
+        document = orjson.loads(line)
+        if target is None and document.get("type") == "BallotCast":
+            document["data"]["voter_key"] = "x" + document["data"]["voter_key"]
+            target = document["position"]
+        edited.append(orjson.dumps(document))
+    exported.write_bytes(b"\n".join(edited) + b"\n")
+    tampered = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert tampered.returncode == 1
+    assert f"FAILED at position {target}" in tampered.stdout
