@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -17,7 +16,7 @@ from api.problems import HANDLERS
 from api.ratelimit import BallotRateLimit
 from api.routes import admin, audit, ballots, elections, health, results
 from infra.audit.chain import Signer
-from infra.bootstrap import running_services
+from infra.bootstrap import running_services, tune_garbage_collection
 from infra.settings import Settings
 
 
@@ -33,12 +32,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with running_services(settings, relay=relay, projections=projections) as services:
             app.state.services = services
-            # Everything built so far lives as long as the process: keep the cyclic garbage
-            # collector from walking it again and again, and let it run less often. Each
-            # ballot allocates a few hundred short-lived objects; the default threshold
-            # (700) runs a collection every few requests.
-            gc.freeze()
-            gc.set_threshold(50_000, 20, 20)
+            tune_garbage_collection()
             try:
                 yield
             finally:

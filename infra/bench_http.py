@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topology", choices=("serve", "split"), default="serve")
     parser.add_argument("--workers", type=int, default=1, help="API processes (split topology)")
     parser.add_argument("--batch", type=int, default=500, help="WRITER_MAX_BATCH")
+    parser.add_argument(
+        "--max-queue", type=int, default=20_000, help="WRITER_MAX_QUEUE (small: force 503s)"
+    )
     parser.add_argument("--compare-unbatched", action="store_true")
     parser.add_argument(
         "--server-url",
@@ -388,6 +391,7 @@ class _Stack:
                 "METRICS_PORT": "0",
                 "LOG_LEVEL": "WARNING",
                 "WRITER_MAX_BATCH": str(self.batch),
+                "WRITER_MAX_QUEUE": str(self.args.max_queue),
             }
         )
         if not self.args.no_broker:

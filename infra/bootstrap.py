@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -108,6 +109,7 @@ async def running_workers(
         workers.tasks.append(
             _supervised("metrics", lambda: serve_worker_metrics(metrics_port, url, component))
         )
+    tune_garbage_collection()
     try:
         yield workers
     finally:
@@ -150,6 +152,18 @@ async def running_services(
         await writer.stop()
         await reads.close()
         app.close()
+
+
+def tune_garbage_collection() -> None:
+    """Keep the cyclic garbage collector off the long-lived heap, and run it less often.
+
+    Everything built at start lives as long as the process, and every ballot or log entry
+    allocates a few hundred short-lived objects; with the default threshold (700) a
+    collection runs every few requests and walks the whole heap now and then. Measured:
+    a tenth of the API's CPU, a third of a rebuild's.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _pool(url: str, max_size: int, *, check: bool = True) -> AsyncConnectionPool:
