@@ -48,6 +48,14 @@ class VotingApplication(Application[UUID]):
         self.writer: EventWriter = DirectWriter(self)
         self.elections: dict[UUID, Election] = {}
 
+    def stored(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        """An aggregate as the store has it now, if it exists and is of this kind."""
+        try:
+            aggregate: Aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
     # -- elections ---------------------------------------------------------------------
 
     async def create_election(self, title: str, rules: ElectionRules) -> Receipt:
@@ -237,11 +245,7 @@ class DirectWriter:
         return self._load(ballot_id, Ballot)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
-        try:
-            aggregate: Aggregate = self.app.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
-        return aggregate if isinstance(aggregate, kind) else None
+        return self.app.stored(aggregate_id, kind)
 
     async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         start = 1

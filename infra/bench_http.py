@@ -36,7 +36,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,8 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.loadgen import ConnectionClosed, LeanConnection
+from infra.topology import delete_namespace
+from projections import PROJECTIONS
 from projections.runtime import NOTIFY_CHANNEL
 
 console = Console()
@@ -456,7 +457,7 @@ class _Stack:
                     )
                 )
         if not self.args.no_broker:
-            _drop_namespace(self.args.amqp_url, self.namespace)
+            delete_namespace(self.args.amqp_url, self.namespace, PROJECTIONS)
 
 
 @contextlib.contextmanager
@@ -467,26 +468,6 @@ def _stack(args: argparse.Namespace, batch: int) -> Iterator[_Stack]:
         yield stack
     finally:
         stack.stop()
-
-
-def _drop_namespace(amqp_url: str, namespace: str) -> None:
-    import aio_pika
-
-    from projections import PROJECTIONS
-
-    async def drop() -> None:
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            for name in PROJECTIONS:
-                await channel.queue_delete(f"{namespace}.{name}")
-                await channel.queue_delete(f"{namespace}.{name}.dead-letter")
-            await channel.exchange_delete(f"{namespace}.events")
-            await channel.exchange_delete(f"{namespace}.dead-letter")
-
-    # A thread of its own: the caller may be inside a running event loop.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, drop()).result()
 
 
 def _wait_ready(port: int, processes: dict[str, subprocess.Popen[bytes]]) -> None:

@@ -75,32 +75,52 @@ async def _run(events: int, server_url: str, *, keep: bool) -> int:
     finally:
         if not keep:
             _drop_database(server_url, url)
-    table = Table(title=f"Projection catch-up of a {events:,}-event backlog (one worker each)")
+    return report_rates(
+        "projection",
+        title=f"Projection catch-up of a {events:,}-event backlog (one worker each)",
+        about={"backlog": events},
+        figures=figures,
+        mismatches=mismatches,
+        target=TARGET_EVENTS_PER_SECOND,
+    )
+
+
+def report_rates(
+    bench: str,
+    *,
+    title: str,
+    about: dict[str, int],
+    figures: dict[str, tuple[int, float]],
+    mismatches: list[str],
+    target: int,
+) -> int:
+    """Print each projection's rate (a table and a JSON line); 0 if the tally meets
+    ``target`` and equals a recount of the log."""
+    table = Table(title=title)
     for column in ("projection", "events", "seconds", "events/s", "target"):
         table.add_column(column, justify="right")
     for name, (count, seconds) in figures.items():
-        rate = count / seconds
-        ok = rate >= TARGET_EVENTS_PER_SECOND or name != "tally"
+        ok = count / seconds >= target or name != "tally"
         table.add_row(
             name,
             f"{count:,}",
             f"{seconds:.2f}",
-            f"[{'green' if ok else 'red'}]{rate:,.0f}[/]",
-            f"{TARGET_EVENTS_PER_SECOND:,}" if name == "tally" else "",
+            f"[{'green' if ok else 'red'}]{count / seconds:,.0f}[/]",
+            f"{target:,}" if name == "tally" else "",
         )
     console.print(table)
-    if mismatches:
-        console.print(f"[red]tally differs from a recount for {', '.join(mismatches)}[/red]")
-    else:
-        console.print("tally equals a recount of the log for every election")
-    report = {
-        name: {"events": c, "seconds": s, "events_per_second": c / s}
+    console.print(
+        f"[red]the tally differs from a recount for {', '.join(mismatches)}[/red]"
+        if mismatches
+        else "the tally equals a recount of the log for every election"
+    )
+    rates = {
+        name: {"events": c, "seconds": round(s, 2), "events_per_second": round(c / s)}
         for name, (c, s) in figures.items()
     }
-    print(json.dumps({"bench": "projection", "backlog": events, "projections": report}))
-    tally_count, tally_seconds = figures["tally"]
-    fast_enough = tally_count / tally_seconds >= TARGET_EVENTS_PER_SECOND
-    return 0 if fast_enough and not mismatches else 1
+    print(json.dumps({"bench": bench, **about, "projections": rates}))
+    count, seconds = figures["tally"]
+    return 0 if count / seconds >= target and not mismatches else 1
 
 
 async def _check_against_recount(url: str) -> list[str]:

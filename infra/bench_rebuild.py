@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
-from rich.table import Table
 
 from infra.bench_projection import (
     _catch_up_all,
@@ -26,7 +24,7 @@ from infra.bench_projection import (
     _drop_database,
     _fill,
     _progress,
-    console,
+    report_rates,
 )
 from infra.migrations import migrate
 from projections import PROJECTIONS, projection
@@ -59,32 +57,14 @@ async def _run(events: int, server_url: str, *, keep: bool) -> int:
     finally:
         if not keep:
             _drop_database(server_url, url)
-    table = Table(title=f"Blue/green rebuilds of a {events:,}-event store")
-    for column in ("projection", "events", "seconds", "events/s", "target"):
-        table.add_column(column, justify="right")
-    for name, (count, seconds) in figures.items():
-        rate = count / seconds
-        ok = rate >= TARGET_EVENTS_PER_SECOND or name != "tally"
-        table.add_row(
-            name,
-            f"{count:,}",
-            f"{seconds:.2f}",
-            f"[{'green' if ok else 'red'}]{rate:,.0f}[/]",
-            f"{TARGET_EVENTS_PER_SECOND:,}" if name == "tally" else "",
-        )
-    console.print(table)
-    console.print(
-        f"[red]rebuilt tally differs from a recount for {', '.join(mismatches)}[/red]"
-        if mismatches
-        else "rebuilt tally equals a recount of the log for every election"
+    return report_rates(
+        "rebuild",
+        title=f"Blue/green rebuilds of a {events:,}-event store",
+        about={"store": events},
+        figures=figures,
+        mismatches=mismatches,
+        target=TARGET_EVENTS_PER_SECOND,
     )
-    report = {
-        name: {"events": c, "seconds": round(s, 2), "events_per_second": round(c / s)}
-        for name, (c, s) in figures.items()
-    }
-    print(json.dumps({"bench": "rebuild", "store": events, "projections": report}))
-    count, seconds = figures["tally"]
-    return 0 if count / seconds >= TARGET_EVENTS_PER_SECOND and not mismatches else 1
 
 
 async def _rebuild_all(url: str) -> dict[str, tuple[int, float]]:

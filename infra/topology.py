@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
@@ -66,3 +68,25 @@ class Topology:
             await parked.bind(dead, routing_key=name)
             queues[name] = queue
         return events, dead, queues
+
+    async def delete(self, channel: AbstractChannel, projections: Iterable[str]) -> None:
+        """Remove everything ``declare`` made (test runs and benchmarks clean up after
+        themselves; a deployment never calls this)."""
+        for name in projections:
+            await channel.queue_delete(self.queue(name))
+            await channel.queue_delete(self.dead_letter_queue(name))
+        await channel.exchange_delete(self.events_exchange)
+        await channel.exchange_delete(self.dead_letter_exchange)
+
+
+def delete_namespace(amqp_url: str, namespace: str, projections: Iterable[str]) -> None:
+    """Delete a namespace's exchanges and queues, from sync code or from inside a loop."""
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await Topology(namespace).delete(await connection.channel(), projections)
+
+    # A thread of its own: the caller may be inside a running event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, delete()).result()

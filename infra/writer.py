@@ -29,7 +29,6 @@ from typing import TypeVar, cast
 from uuid import UUID
 
 import psycopg
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -172,11 +171,7 @@ class GroupCommitWriter:
         return await asyncio.to_thread(self._recorded, aggregate_id, version)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
-        try:
-            aggregate: Aggregate = self.app.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
-        return aggregate if isinstance(aggregate, kind) else None
+        return self.app.stored(aggregate_id, kind)
 
     def _recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         recorder = cast(PostgresApplicationRecorder, self.app.recorder)

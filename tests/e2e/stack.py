@@ -6,7 +6,6 @@ restarted one at a time.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -14,15 +13,15 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aio_pika
 import httpx
 import psycopg
 
+from infra.topology import delete_namespace
+from projections import PROJECTIONS
 from tests.databases import create_database, drop_database
 from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR, TEST_AUDIT_KEY
 
@@ -66,7 +65,7 @@ class Stack:
     ) -> None:
         for name in list(self.processes):
             self.stop(name)
-        drop_namespace(self.namespace)
+        delete_namespace(AMQP_URL, self.namespace, PROJECTIONS)
         drop_database(self.database_url)
 
     @property
@@ -202,26 +201,6 @@ class Stack:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"the stack did not become ready:\n{self.log('api')}")
-
-
-def drop_namespace(namespace: str) -> None:
-    """Delete a test run's exchanges and queues from the broker."""
-    # In a thread of its own, so that it works from inside a running event loop too.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _drop_namespace(namespace)).result()
-
-
-async def _drop_namespace(namespace: str) -> None:
-    from projections import PROJECTIONS
-
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for name in PROJECTIONS:
-            await channel.queue_delete(f"{namespace}.{name}")
-            await channel.queue_delete(f"{namespace}.{name}.dead-letter")
-        await channel.exchange_delete(f"{namespace}.events")
-        await channel.exchange_delete(f"{namespace}.dead-letter")
 
 
 def _connections(namespace: str) -> list[str]:
