@@ -180,6 +180,8 @@ class Relay:
             self.status.published_events += len(rows)
             metrics.RELAY_PUBLISHED.inc(len(rows))
             metrics.RELAY_POSITION.set(position)
+            if len(rows) < self.page_size:
+                return position  # the page ended at the head: no need to ask again
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
         with contextlib.suppress(TimeoutError):

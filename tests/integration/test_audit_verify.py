@@ -39,11 +39,17 @@ async def sealed_template() -> AsyncIterator[str]:
     projected; each test gets a copy of it."""
     url = create_database("cardinal_audit_template")
     migrate(url)
-    await _fill(url, random.Random(21), ballots=300)
-    await _fill(url, random.Random(22), ballots=200)
+    # Sealed in two rounds of small pages, as a live sealer does: the second round starts
+    # from the chain tip the sealer remembers, not from one read back.
+    sealer = Sealer(url, SIGNER, page_size=64)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        sealer = Sealer(url, SIGNER)
-        await sealer.seal_pending(conn)
+        await _fill(url, random.Random(21), ballots=300)
+        first_round = await sealer.seal_pending(conn)
+        await _fill(url, random.Random(22), ballots=200)
+        second_round = await sealer.seal_pending(conn)
+        assert first_round > 64
+        assert second_round > 64
+        assert await sealer.seal_pending(conn) == 0
         await sealer.checkpoint_head(conn, "test")
     pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
     await pool.open()
