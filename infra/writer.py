@@ -49,14 +49,14 @@ Key = tuple[UUID, int]
 
 INSERT = f"""
 INSERT INTO {EVENTS_TABLE} (originator_id, originator_version, topic, state)
-SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])
+SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])
 ON CONFLICT DO NOTHING
 RETURNING originator_id, originator_version, notification_id
 """
 EXISTING = f"""
 SELECT e.originator_id, e.originator_version, e.notification_id, e.state
 FROM {EVENTS_TABLE} e
-JOIN unnest(%s::uuid[], %s::bigint[]) AS k(id, version)
+JOIN unnest(%b::uuid[], %b::bigint[]) AS k(id, version)
   ON e.originator_id = k.id AND e.originator_version = k.version
 """
 RECORDED = (
