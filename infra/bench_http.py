@@ -46,8 +46,10 @@ import uvloop
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from infra.bench_chart import Panel, sparkline, svg
 from infra.loadgen import ConnectionClosed, LeanConnection
 from infra.topology import delete_namespace
 from projections import PROJECTIONS
@@ -69,7 +71,10 @@ class RunFigures:
     accepted: int = 0
     refused: dict[int, int] = field(default_factory=dict)
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # in the order answered
+    # Second by second: where each second starts in ``latencies``, and its 2xx count.
+    second_starts: list[int] = field(default_factory=list)
+    accepted_by_second: list[int] = field(default_factory=list)
     freshness: list[float] = field(default_factory=list)
     unseen: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
@@ -80,6 +85,27 @@ class RunFigures:
     @property
     def rate(self) -> float:
         return self.accepted / self.seconds if self.seconds else 0.0
+
+    def answered(self, second: int, latency: float, accepted: bool) -> None:
+        while len(self.second_starts) <= second:
+            self.second_starts.append(len(self.latencies))
+            self.accepted_by_second.append(0)
+        self.latencies.append(latency)
+        if accepted:
+            self.accepted += 1
+            self.accepted_by_second[second] += 1
+
+    def p99_by_second(self) -> list[float]:
+        """Each second's p99 latency in ms (0 for a second with no answers)."""
+        ends = [*self.second_starts[1:], len(self.latencies)]
+        return [
+            _percentiles(self.latencies[start:end])["p99"] or 0.0
+            for start, end in zip(self.second_starts, ends, strict=True)
+        ]
+
+    def whole_seconds(self) -> int:
+        """Seconds that ran to their end (the last one is cut short by the deadline)."""
+        return max(1, len(self.accepted_by_second) - 1)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -124,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-broker", action="store_true", help="projections read the store")
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        help="SVG chart of ballots/s and p99 latency, second by second "
+        "(default: .cardinal/bench/http-<time>.svg)",
+    )
     args = parser.parse_args(argv)
 
     # The load generator shares the machine with the stack under test: uvloop keeps its
@@ -132,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compare_unbatched:
         runs.append(uvloop.run(_one_run(args, 1, "WRITER_MAX_BATCH=1")))
     _print(runs)
+    _picture(runs, args.chart)
     report: dict[str, Any] = {"bench": "http", "runs": [r.summary() for r in runs]}
     if len(runs) == 2 and runs[1].rate:
         report["ratio"] = round(runs[0].rate / runs[1].rate, 2)
@@ -159,9 +192,7 @@ async def _one_run(args: argparse.Namespace, batch: int, label: str) -> RunFigur
         watcher = _FreshnessWatcher(stack.database_url)
         watch = asyncio.create_task(watcher.run())
         await watcher.ready.wait()
-        started = time.perf_counter()
         receipts = await _drive(stack, elections, args, figures, watcher)
-        figures.seconds = time.perf_counter() - started
         last = max((p for _, p in receipts), default=0)
         await watcher.wait_for(last, 30)
         watch.cancel()
@@ -185,7 +216,8 @@ async def _drive(
     watcher: _FreshnessWatcher,
 ) -> list[tuple[str, int]]:
     receipts: list[tuple[str, int]] = []
-    deadline = time.perf_counter() + float(args.duration)
+    started = time.perf_counter()
+    deadline = started + float(args.duration)
     remaining: list[int] | None = [int(args.ballots)] if args.ballots else None
     interval = args.concurrency / args.rate if args.rate else 0.0
     run_id = uuid.uuid4().hex[:8]
@@ -221,9 +253,8 @@ async def _drive(
                     figures.errors += 1
                     continue
                 answered = time.perf_counter()
-                figures.latencies.append(answered - sent)
+                figures.answered(int(answered - started), answered - sent, reply.status == 201)
                 if reply.status == 201:
-                    figures.accepted += 1
                     receipt = reply.json()
                     receipts.append((receipt["ballot_id"], receipt["position"]))
                     watcher.expect(receipt["position"], answered)
@@ -235,8 +266,44 @@ async def _drive(
         finally:
             await connection.close()
 
-    await asyncio.gather(*(client(i) for i in range(args.concurrency)))
+    with _live_progress(figures, args, started) as ticker:
+        await asyncio.gather(*(client(i) for i in range(args.concurrency)))
+        ticker.cancel()
+    figures.seconds = time.perf_counter() - started
     return receipts
+
+
+@contextlib.contextmanager
+def _live_progress(
+    figures: RunFigures, args: argparse.Namespace, started: float
+) -> Iterator[asyncio.Task[None]]:
+    """A progress bar (time, or ballots sent) with the current rate, twice a second."""
+    total = float(args.ballots) if args.ballots else float(args.duration)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(figures.label, total=total, rate="")
+
+        async def tick() -> None:
+            seen, then = 0, started
+            while True:
+                await asyncio.sleep(0.5)
+                now, answered = time.perf_counter(), len(figures.latencies)
+                rate = f"{(answered - seen) / (now - then):,.0f} answers/s"
+                seen, then = answered, now
+                done = answered if args.ballots else min(now - started, total)
+                bar.update(task, completed=done, rate=rate)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            yield ticker
+        finally:
+            ticker.cancel()
 
 
 class _FreshnessWatcher:
@@ -522,6 +589,41 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
 
     return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1] * 1000, 1)}
+
+
+def _picture(runs: list[RunFigures], chart: Path | None) -> None:
+    """Second by second, in the terminal and as an SVG chart."""
+    top = max((max(r.accepted_by_second, default=0) for r in runs), default=0)
+    for run in runs:
+        counts = run.accepted_by_second[: run.whole_seconds()]
+        console.print(
+            f"{run.label}, accepted ballots each second "
+            f"({min(counts, default=0):,}-{max(counts, default=0):,}):\n"
+            f"  [cyan]{sparkline(counts, top)}[/cyan]"
+        )
+    path = chart or Path(
+        os.environ.get("CARDINAL_DATA_DIR", ".cardinal"),
+        "bench",
+        time.strftime("http-%Y%m%d-%H%M%S.svg"),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        svg(
+            [
+                Panel(
+                    "Accepted ballots per second",
+                    "ballots/s",
+                    {r.label: r.accepted_by_second[: r.whole_seconds()] for r in runs},
+                ),
+                Panel(
+                    "Latency p99, second by second",
+                    "ms",
+                    {r.label: r.p99_by_second()[: r.whole_seconds()] for r in runs},
+                ),
+            ]
+        )
+    )
+    console.print(f"chart: {path}")
 
 
 def _print(runs: list[RunFigures]) -> None:

@@ -1,0 +1,81 @@
+"""`cardinal bench http` end to end: its own stack, its verification, its report and chart.
+
+A small run, for behaviour (every ballot answered, counted once, the 503 back-pressure
+leaves no trace), not for figures: those come from the benchmark command itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from tests.databases import SERVER_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(tmp_path: Path, *options: str) -> dict[str, Any]:
+    report, chart = tmp_path / "report.json", tmp_path / "chart.svg"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "bench",
+            "http",
+            "--server-url",
+            SERVER_URL,
+            "--output",
+            str(report),
+            "--chart",
+            str(chart),
+            *options,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "CARDINAL_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "counted exactly once" in done.stdout
+    root = ET.fromstring(chart.read_text())
+    assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) >= 2
+    loaded: dict[str, Any] = json.loads(report.read_text())
+    return loaded
+
+
+def test_a_fixed_number_of_ballots_all_counted_once_batched_and_not(tmp_path: Path) -> None:
+    report = _bench(tmp_path, "--ballots", "1500", "--concurrency", "16", "--compare-unbatched")
+    batched, unbatched = report["runs"]
+    for run in (batched, unbatched):
+        assert run["accepted"] == 1500, run
+        assert run["errors"] == 0
+        assert run["refused"] == {}
+        assert run["counted_once"] is True
+        assert run["matches_recount"] is True
+        assert run["not_visible"] == 0
+        assert run["latency_ms"]["p99"] > 0
+    assert batched["label"] == "WRITER_MAX_BATCH=500"
+    assert unbatched["label"] == "WRITER_MAX_BATCH=1"
+    assert report["ratio"] == round(
+        batched["accepted_per_second"] / unbatched["accepted_per_second"], 2
+    )
+
+
+def test_a_burst_past_a_small_queue_is_refused_with_503_and_leaves_no_trace(
+    tmp_path: Path,
+) -> None:
+    report = _bench(tmp_path, "--ballots", "4000", "--concurrency", "128", "--max-queue", "8")
+    (run,) = report["runs"]
+    refused = run["refused"].get("503", 0)
+    assert refused > 0, run
+    assert run["accepted"] + refused == 4000
+    assert run["counted_once"] is True  # the results count exactly the 2xx answers
+    assert run["matches_recount"] is True
