@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -13,7 +13,13 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.ballot import Ballot, ballot_id
 from domain.election import Election, ElectionStatus
-from domain.errors import AlreadyVoted, BallotNotFound, ConcurrentRevision, ElectionNotFound
+from domain.errors import (
+    AlreadyVoted,
+    BallotNotFound,
+    ConcurrentRevision,
+    ElectionNotFound,
+    ElectionNotOpen,
+)
 from domain.ports import EventWriter, Recorded, VersionConflict
 from domain.rules import ElectionRules, validate_title
 
@@ -135,7 +141,9 @@ class VotingApplication(Application[UUID]):
         vote = election.accept_vote(voter_key, content).to_json()
         first = Ballot.first_cast(election_id, voter_key, vote, request_key)
         try:
-            recorded = await self.writer.append_events([first])
+            recorded = await self._guarded(
+                self.writer.append_events([first], while_open=election_id), election_id
+            )
         except VersionConflict:
             pass
         else:
@@ -154,7 +162,7 @@ class VotingApplication(Application[UUID]):
                 "this voter has already cast a ballot, and this election does not allow changing it"
             )
         existing.revise(vote, request_key)
-        return await self._record_revision(existing)
+        return await self._record_revision(existing, election_id)
 
     async def withdraw_ballot(
         self, election_id: UUID, voter_key: str, request_key: str | None = None
@@ -174,13 +182,13 @@ class VotingApplication(Application[UUID]):
                 "this election does not allow changing a cast ballot, so it cannot be withdrawn"
             )
         existing.withdraw(request_key)
-        return await self._record_revision(existing)
+        return await self._record_revision(existing, election_id)
 
     async def _taking_ballots(self, election_id: UUID) -> Election:
         """The election, re-read from the store if this process still sees it as a draft:
         another process may have opened it a moment ago, and a voter should not be turned
-        away for this process's delay. (A close needs no such check: the log order decides
-        whether a ballot counts.)"""
+        away for this process's delay. (A close another process recorded is caught by the
+        writer, which records a ballot only while its election is open in the log.)"""
         election = await self.election(election_id)
         if election.status is ElectionStatus.DRAFT:
             fresh = await self.writer.load_election(election_id)
@@ -205,18 +213,35 @@ class VotingApplication(Application[UUID]):
             existing.id, version, recorded.position, replayed=True, digest=recorded.digest
         )
 
-    async def _record_revision(self, ballot: Ballot) -> Receipt:
+    async def _record_revision(self, ballot: Ballot, election_id: UUID) -> Receipt:
         try:
-            return await self._commit(ballot)
+            recorded = await self._guarded(
+                self.writer.append(ballot, while_open=election_id), election_id
+            )
         except VersionConflict:
             raise ConcurrentRevision(
                 "another change to this ballot was recorded at the same moment; "
                 "read your receipt and try again"
             ) from None
+        return Receipt(ballot.id, ballot.version, recorded.position, digest=recorded.digest)
+
+    async def _guarded(self, append: Awaitable[Recorded], election_id: UUID) -> Recorded:
+        """A ballot's append; if the log says its election closed first, this process's
+        view of the election was stale: drop it, so the next request reads it afresh."""
+        try:
+            return await append
+        except ElectionNotOpen:
+            self.elections.pop(election_id, None)
+            raise
 
     async def _commit(self, aggregate: Aggregate) -> Receipt:
         recorded = await self.writer.append(aggregate)
         return Receipt(aggregate.id, aggregate.version, recorded.position, digest=recorded.digest)
+
+
+CLOSED_BEFORE_RECORDED = (
+    "the election closed before this ballot could be recorded; it was not recorded"
+)
 
 
 class DirectWriter:
@@ -228,10 +253,16 @@ class DirectWriter:
     def __init__(self, app: VotingApplication) -> None:
         self.app = app
 
-    async def append(self, aggregate: Aggregate) -> Recorded:
-        return await self.append_events(aggregate.collect_events())
+    async def append(self, aggregate: Aggregate, *, while_open: UUID | None = None) -> Recorded:
+        return await self.append_events(aggregate.collect_events(), while_open=while_open)
 
-    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> Recorded:
+    async def append_events(
+        self, events: Sequence[DomainEventProtocol[UUID]], *, while_open: UUID | None = None
+    ) -> Recorded:
+        if while_open is not None:  # one caller at a time here: read, then save
+            election = self._load(while_open, Election)
+            if election is not None and election.status is ElectionStatus.CLOSED:
+                raise ElectionNotOpen(CLOSED_BEFORE_RECORDED)
         try:
             recordings = self.app.save(*events)
         except IntegrityError:

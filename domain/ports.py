@@ -27,14 +27,20 @@ class Recorded(NamedTuple):
 class EventWriter(Protocol):
     """Appends events atomically and reads aggregates back."""
 
-    async def append(self, aggregate: Aggregate) -> Recorded:
+    async def append(self, aggregate: Aggregate, *, while_open: UUID | None = None) -> Recorded:
         """Record an aggregate's pending events (see ``append_events``)."""
         ...
 
-    async def append_events(self, events: Sequence[DomainEventProtocol[UUID]]) -> Recorded:
+    async def append_events(
+        self, events: Sequence[DomainEventProtocol[UUID]], *, while_open: UUID | None = None
+    ) -> Recorded:
         """Record events in one transaction; return where the last one landed.
 
         Raises VersionConflict, and records nothing, when any of the versions is taken.
+        With ``while_open`` (an election id), records them only if that election's Closed
+        event is not before them in the log, and raises ElectionNotOpen otherwise: the
+        check is made where the log's order is decided, so no process's stale view of an
+        election can get a ballot accepted that the count will then leave out.
         """
         ...
 

@@ -12,8 +12,12 @@ transaction, on one dedicated connection and thread:
 ``ON CONFLICT DO NOTHING`` isolates a conflicting append (a voter's second first-cast, a
 concurrent revision) without failing its neighbours and without retry rounds: the rows that
 come back are the ones recorded; an append whose rows did not come back gets
-VersionConflict. Each caller awaits its own future, resolved only after COMMIT returned, so
-no 2xx is ever sent for a ballot that is not durable. ``max_batch=1`` turns batching off.
+VersionConflict. A ballot is appended with its election as a guard: one that lands after
+the election's Closed event (a close recorded by another process whose cache had not seen
+it yet, or earlier in the same batch) is rolled back and refused with ElectionNotOpen, so a
+2xx always means "recorded, and counted". Each caller awaits its own future, resolved only
+after COMMIT returned, so no 2xx is ever sent for a ballot that is not durable.
+``max_batch=1`` turns batching off.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 
-from domain.application import VotingApplication
+from domain.application import CLOSED_BEFORE_RECORDED, VotingApplication
 from domain.ballot import Ballot
 from domain.election import Election
+from domain.errors import ElectionNotOpen
 from domain.ports import Recorded, VersionConflict
 from infra import metrics
 from infra.audit.chain import entry_hash
@@ -59,6 +64,11 @@ FROM {EVENTS_TABLE} e
 JOIN unnest(%b::uuid[], %b::bigint[]) AS k(id, version)
   ON e.originator_id = k.id AND e.originator_version = k.version
 """
+CLOSES = f"""
+SELECT originator_id, notification_id FROM {EVENTS_TABLE}
+WHERE originator_id = ANY(%b::uuid[]) AND topic = %b
+"""
+CLOSED_TOPIC = f"{Election.__module__}:{Election.__qualname__}.Closed"
 RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
     "WHERE originator_id = %s AND originator_version = %s"
@@ -77,6 +87,7 @@ class StoreUnavailable(Exception):
 class _Append:
     events: list[StoredEvent]
     future: asyncio.Future[Recorded]
+    guard: UUID | None = None  # record only while this election is open in the log
     keys: list[Key] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,17 +156,22 @@ class GroupCommitWriter:
 
     # -- EventWriter port --------------------------------------------------------------
 
-    async def append(self, aggregate: Aggregate) -> Recorded:
-        return await self.append_events(aggregate.collect_events())
+    async def append(self, aggregate: Aggregate, *, while_open: UUID | None = None) -> Recorded:
+        return await self.append_events(aggregate.collect_events(), while_open=while_open)
 
-    async def append_events(self, domain_events: Sequence[DomainEventProtocol[UUID]]) -> Recorded:
-        if self._stopping or self._thread is None:
+    async def append_events(
+        self,
+        domain_events: Sequence[DomainEventProtocol[UUID]],
+        *,
+        while_open: UUID | None = None,
+    ) -> Recorded:
+        if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
         events = [self.app.mapper.to_stored_event(e) for e in domain_events]
         assert self._loop is not None
-        submission = _Append(events, self._loop.create_future())
+        submission = _Append(events, self._loop.create_future(), while_open)
         with self._wakeup:
             self._queue.append(submission)
             self._wakeup.notify()
@@ -262,12 +278,10 @@ class GroupCommitWriter:
         outcomes: dict[int, _Outcome] = {}
         live = list(batch)
         while live:
-            partial = self._insert(conn, live, outcomes, recognise_own=recognise_own)
-            # An append is atomic: one with only some of its rows recorded was rolled back
-            # with the rest of the batch; refuse it and record the others again.
-            for submission in partial:
-                outcomes[id(submission)] = _Outcome(error=VersionConflict())
-            live = [s for s in live if s not in partial] if partial else []
+            refused = self._insert(conn, live, outcomes, recognise_own=recognise_own)
+            # The batch was rolled back for these: refuse them, record the others again.
+            outcomes.update(refused)
+            live = [s for s in live if id(s) not in refused] if refused else []
         return [outcomes[id(s)] for s in batch]
 
     def _insert(
@@ -277,8 +291,15 @@ class GroupCommitWriter:
         outcomes: dict[int, _Outcome],
         *,
         recognise_own: bool,
-    ) -> list[_Append]:
-        """One transaction for the batch; returns the partly-recorded appends, if any."""
+    ) -> dict[int, _Outcome]:
+        """One transaction for the batch. If some appends may not stand, it is rolled back
+        and those are returned with their refusals, for the others to be recorded again:
+
+        - an append with only some of its rows recorded (an append is atomic);
+        - a ballot that landed after its election's Closed event, recorded meanwhile by
+          another process (or earlier in this very batch): a 2xx would promise a ballot
+          that the count leaves out.
+        """
         events = [e for submission in live for e in submission.events]
         with conn.transaction():
             conn.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE", prepare=True)
@@ -296,18 +317,42 @@ class GroupCommitWriter:
             recorded = {(cast(UUID, r[0]), cast(int, r[1])): cast(int, r[2]) for r in rows}
             if recognise_own and len(recorded) < len(events):
                 recorded.update(self._own_rows(conn, live, recorded))
-            partial = [s for s in live if 0 < sum(k in recorded for k in s.keys) < len(s.keys)]
-            if partial:
+            refused = {
+                id(s): _Outcome(error=VersionConflict())
+                for s in live
+                if 0 < sum(k in recorded for k in s.keys) < len(s.keys)
+            }
+            refused.update(self._after_close(conn, live, recorded))
+            if refused:
                 raise psycopg.Rollback  # leaves the block, rolled back, without an error
-        if partial:
-            return partial
+        if refused:
+            return refused
         for submission in live:
             if all(k in recorded for k in submission.keys):
                 outcomes[id(submission)] = _Outcome(position=recorded[submission.keys[-1]])
             else:
                 self.stats.conflicts += 1
                 outcomes[id(submission)] = _Outcome(error=VersionConflict())
-        return []
+        return {}
+
+    @staticmethod
+    def _after_close(
+        conn: psycopg.Connection[tuple[object, ...]],
+        live: Sequence[_Append],
+        recorded: dict[Key, int],
+    ) -> dict[int, _Outcome]:
+        """Guarded appends that landed after their election's Closed event. Read under
+        the table lock, so no close can commit between this check and COMMIT."""
+        guards = {s.guard for s in live if s.guard is not None and s.keys[0] in recorded}
+        if not guards:
+            return {}
+        rows = conn.execute(CLOSES, (list(guards), CLOSED_TOPIC), prepare=True).fetchall()
+        closed_at = {cast(UUID, election): cast(int, position) for election, position in rows}
+        return {
+            id(s): _Outcome(error=ElectionNotOpen(CLOSED_BEFORE_RECORDED))
+            for s in live
+            if s.guard in closed_at and recorded.get(s.keys[0], 0) > closed_at[s.guard]
+        }
 
     def _own_rows(
         self,

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from domain.application import VotingApplication
 from domain.ballot import Ballot
+from domain.election import ElectionStatus
+from domain.errors import ElectionNotOpen
 from domain.ports import Recorded, VersionConflict
+from domain.rules import ElectionRules
 from infra.migrations import migrate
 from infra.store import open_application
 from infra.writer import GroupCommitWriter, Overloaded, _Append
 from tests.databases import create_database, drop_database
+
+OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
 
 
 @pytest.fixture
@@ -155,3 +161,82 @@ async def test_a_retry_after_an_unknown_outcome_recognises_its_own_rows(
     assert all(o.error is None for o in again)
     assert isinstance(conflict[0].error, VersionConflict)  # same key, different state
     assert _casts(url) == 5
+
+
+async def test_a_process_that_missed_a_close_gets_409_not_a_ballot_left_uncounted(
+    store: tuple[str, VotingApplication],
+) -> None:
+    """Two API processes: one closes the election; the other still has it open in its
+    cache. Its ballot must be refused (409), not recorded after the close and left out of
+    the count under a 2xx."""
+    url, closer = store
+    stale = open_application(url)
+    writers = [GroupCommitWriter(closer, url), GroupCommitWriter(stale, url)]
+    closer.writer, stale.writer = writers
+    for writer in writers:
+        writer.start()
+    try:
+        rules = ElectionRules.create(options=OPTIONS, method="plurality")
+        election_id = (await closer.create_election("Race", rules)).id
+        await closer.open_election(election_id)
+        on_time = await stale.cast_ballot(election_id, "early", {"choice": "a"})
+        assert (await stale.election(election_id)).status is ElectionStatus.OPEN  # cached
+        await closer.close_election(election_id)
+        assert (await stale.election(election_id)).status is ElectionStatus.OPEN  # stale
+        with pytest.raises(ElectionNotOpen) as refused:
+            await stale.cast_ballot(election_id, "late", {"choice": "a"})
+        assert "closed before this ballot could be recorded" in refused.value.detail
+        # The stale view was dropped: the next request is refused by the domain itself.
+        with pytest.raises(ElectionNotOpen, match="is closed"):
+            await stale.cast_ballot(election_id, "later", {"choice": "a"})
+    finally:
+        for writer in writers:
+            await writer.stop()
+        stale.close()
+    assert on_time.position > 0
+    assert _casts(url) == 4  # created, opened, the on-time ballot, closed: nothing after
+
+
+async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest_recorded(
+    store: tuple[str, VotingApplication],
+) -> None:
+    url, app = store
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(options=OPTIONS, method="plurality")
+        closing = (await app.create_election("Closing", rules)).id
+        staying = (await app.create_election("Staying", rules)).id
+        for election_id in (closing, staying):
+            await app.open_election(election_id)
+        election = await app.election(closing)
+        election.close()
+    finally:
+        await writer.stop()
+    loop = asyncio.get_running_loop()
+
+    def guarded(events: list[StoredEvent], guard: UUID) -> _Append:
+        return _Append(events, loop.create_future(), guard)
+
+    def ballot(election_id: UUID, voter: str) -> list[StoredEvent]:
+        events = _ballot(str(election_id), voter).collect_events()
+        return [app.mapper.to_stored_event(e) for e in events]
+
+    # One batch: a ballot, the close, then ballots behind it (and one in another election).
+    close = [app.mapper.to_stored_event(e) for e in election.collect_events()]
+    batch = [
+        guarded(ballot(closing, "before"), closing),
+        _Append(close, loop.create_future()),
+        guarded(ballot(closing, "behind-1"), closing),
+        guarded(ballot(staying, "elsewhere"), staying),
+        guarded(ballot(closing, "behind-2"), closing),
+    ]
+    with psycopg.connect(url, autocommit=True) as conn:
+        outcomes = writer._commit(conn, batch, recognise_own=False)
+    assert [o.error is None for o in outcomes] == [True, True, False, True, False]
+    assert all(isinstance(o.error, ElectionNotOpen) for o in (outcomes[2], outcomes[4]))
+    assert outcomes[0].position is not None
+    assert outcomes[1].position is not None
+    assert outcomes[0].position < outcomes[1].position  # the on-time ballot counts
+    assert _casts(url) == 4 + 3  # two elections created and opened; ballot, close, ballot
