@@ -153,18 +153,24 @@ async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[
     """The active version and its position, locked for this transaction.
 
     The registry row is read FOR SHARE: a version switch takes it FOR UPDATE, so no page is
-    applied to a version while it is being replaced.
+    applied to a version while it is being replaced. Two statements, not one join: a join
+    blocked by a switch would re-check the updated registry row against the old version's
+    position row after the switch commits, and find no row at all.
     """
     cursor = await conn.execute(
-        "SELECT p.version, p.position FROM projections r JOIN projection_positions p "
-        "ON p.name = r.name AND p.version = r.active_version WHERE r.name = %s "
-        "FOR SHARE OF r FOR UPDATE OF p",
-        (name,),
+        "SELECT active_version FROM projections WHERE name = %s FOR SHARE", (name,), prepare=True
     )
-    row = await cursor.fetchone()
-    if row is None:
-        raise LookupError(f"projection {name} has no active version; run prepare() first")
-    return int(row[0]), int(row[1])
+    active = await cursor.fetchone()
+    if active is not None and active[0] is not None:
+        cursor = await conn.execute(
+            "SELECT position FROM projection_positions WHERE name = %s AND version = %s FOR UPDATE",
+            (name, active[0]),
+            prepare=True,
+        )
+        row = await cursor.fetchone()
+        if row is not None:
+            return int(active[0]), int(row[0])
+    raise LookupError(f"projection {name} has no active version; run prepare() first")
 
 
 async def _tracked(conn: AsyncConnection[Any], name: str) -> int:

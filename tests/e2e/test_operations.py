@@ -72,6 +72,9 @@ async def test_a_rebuild_under_load_never_fails_a_read_nor_goes_backwards(stack:
         await reader
         assert len(reads) > 50
         await assert_results_match_recount(http, stack.database_url, elections)
+        # The live worker's pages during the switch waited for it; none was refused.
+        assert all(p["dead_lettered"] == 0 for p in (await _status(http)).values())
+        stack.assert_relayed()
 
 
 async def test_a_rebuild_killed_half_way_leaves_the_old_version_serving(stack: Stack) -> None:

@@ -6,6 +6,7 @@ or leaving gaps; the read model must end up as if each entry were applied once, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
@@ -23,9 +24,10 @@ from domain.tabulation import Tally
 from infra.migrations import migrate
 from infra.store import open_application
 from infra.writer import GroupCommitWriter
+from projections import projection
 from projections.log import LogEvent, head, read_page
 from projections.queries import tally_snapshot
-from projections.runtime import ProjectionRunner
+from projections.runtime import ProjectionRunner, create_version
 from projections.tally import TallyProjection
 from tests.databases import create_database, drop_database
 from tests.e2e.load import recount
@@ -211,3 +213,50 @@ async def test_every_projection_gets_its_own_version_and_views(
     assert hours is not None
     assert hours[1] == 2
     assert hours[0] == catalog[1]
+
+
+async def _until_a_query_waits_on_a_lock(pool: AsyncConnectionPool) -> None:
+    async with pool.connection() as conn:
+        for _ in range(500):
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("no query ever waited on the switch's lock")
+
+
+async def test_a_page_waiting_on_a_version_switch_is_applied_to_the_new_version(
+    store: tuple[str, AsyncConnectionPool],
+) -> None:
+    """A live page that arrives while a rebuild switches versions waits for the switch,
+    then goes to the new version: not refused as if the projection had no version."""
+    url, pool = store
+    await _fill(url, random.Random(31), ballots=60)
+    runner = ProjectionRunner(projection("tally"), pool)
+    await runner.prepare()
+    entries = await _entries(pool)
+    await runner.apply_page(*_page(entries, 0, 9))
+    async with pool.connection() as conn, conn.transaction():
+        new_version = await create_version(conn, projection("tally"))
+    async with await psycopg.AsyncConnection.connect(url) as switch:
+        await switch.execute("SELECT 1 FROM projections WHERE name = 'tally' FOR UPDATE")
+        waiting = asyncio.create_task(runner.apply_page(*_page(entries, 10, 19)))
+        await _until_a_query_waits_on_a_lock(pool)
+        await switch.execute(
+            "UPDATE projections SET active_version = %s WHERE name = 'tally'", (new_version,)
+        )
+        await switch.commit()
+        applied = await waiting
+    assert applied.position == entries[19].position
+    assert applied.events == 20  # the new version starts at 0: the gap came from the store
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT version, position FROM projection_positions WHERE name = 'tally' "
+            "ORDER BY version"
+        )
+        positions = await cursor.fetchall()
+    assert positions == [(1, entries[9].position), (new_version, entries[19].position)]
