@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from api.problems import Forbidden, Unauthorized
+from domain.election import Election
+from domain.rules import Eligibility
 from infra.settings import Settings
 from infra.voters import is_voter_token
 
@@ -57,6 +60,20 @@ class Authenticator:
             return principal
         who = f"the {principal.role} role" if principal.role else "a voter token"
         raise Forbidden(f"{who} may not do this; it needs the {' or '.join(roles)} role")
+
+
+def check_reader(principal: Principal, election: Election, voter_key: Callable[[str], str]) -> None:
+    """Anyone with a role may read an election; a voter token, only the token election
+    it was issued for (it is not checked anywhere else, so this is where an unknown one
+    is turned away)."""
+    if principal.voter_token is None:
+        return
+    if election.rules.eligibility is not Eligibility.TOKENS:
+        raise Forbidden(
+            "a voter token is valid only in the token election it was issued for; "
+            "this election takes ballots from API clients"
+        )
+    election.check_eligible(voter_key(principal.voter_token))
 
 
 def _digest(token: str) -> bytes:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context
+from api.auth import check_reader
+from api.problems import Forbidden
 from api.responses import JSONResponse
 from api.schemas import ElectionIn, TokensIn
 from api.views import election_view
@@ -68,7 +72,11 @@ async def issue_tokens(request: Request) -> Response:
 
 
 async def list_elections(request: Request) -> Response:
-    context.auth(request).identify(request)
+    if context.auth(request).identify(request).voter_token is not None:
+        raise Forbidden(
+            "a voter token reads only the election it was issued for: "
+            "GET /api/elections/{election_id}"
+        )
     elections = sorted(context.services(request).app.elections.values(), key=lambda e: e.created_on)
     status = request.query_params.get("status")
     views = [election_view(e) for e in elections if status is None or e.status.value == status]
@@ -76,6 +84,9 @@ async def list_elections(request: Request) -> Response:
 
 
 async def get_election(request: Request) -> Response:
-    context.auth(request).identify(request)
-    election = await context.services(request).app.election(context.election_id(request))
+    principal = context.auth(request).identify(request)
+    election_id = context.election_id(request)
+    services = context.services(request)
+    election = await services.app.election(election_id)
+    check_reader(principal, election, partial(services.voter_keys.for_token, election_id))
     return JSONResponse(election_view(election))

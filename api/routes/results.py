@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context
+from api.auth import check_reader
 from api.problems import Forbidden
 from api.responses import JSONResponse
 from domain.election import Election, ElectionStatus
@@ -39,8 +41,7 @@ async def results(request: Request) -> Response:
         raise Forbidden(
             "this election publishes its results when it closes; until then only admins see them"
         )
-    if principal.voter_token is not None:
-        election.check_eligible(services.voter_keys.for_token(election_id, principal.voter_token))
+    check_reader(principal, election, partial(services.voter_keys.for_token, election_id))
     at = context.int_param(request, "at", 0, minimum=1) if "at" in request.query_params else None
     if at is not None:
         return JSONResponse(await _results_at(services, election_id, at))

@@ -223,6 +223,26 @@ async def test_a_voter_token_not_issued_for_the_election_is_403(voting: VotingCl
     assert_problem(response, 403, "takes ballots only from voters holding a voter token")
 
 
+async def test_a_voter_token_reads_only_the_election_it_was_issued_for(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    token_election = await voting.open_election(eligibility="tokens")
+    issued = await http.post(
+        f"/api/elections/{token_election}/tokens", json={"count": 1}, headers=bearer(ADMIN)
+    )
+    (token,) = issued.json()["tokens"]
+    for path in (f"/api/elections/{token_election}", f"/api/elections/{token_election}/results"):
+        assert (await http.get(path, headers=bearer(token))).status_code == 200
+        response = await http.get(path, headers=bearer("cvt_made-up-token"))
+        assert_problem(response, 403, "this voter token was not issued for this election")
+    client_election = await voting.open_election()
+    for path in (f"/api/elections/{client_election}", f"/api/elections/{client_election}/results"):
+        response = await http.get(path, headers=bearer(token))
+        assert_problem(response, 403, "valid only in the token election it was issued for")
+    response = await http.get("/api/elections", headers=bearer(token))
+    assert_problem(response, 403, "a voter token reads only the election it was issued for")
+
+
 async def test_a_body_over_64_kib_is_413(voting: VotingClient, http: httpx.AsyncClient) -> None:
     election_id = await voting.open_election()
     huge = b'{"choice": "a", "voter_id": "' + b"x" * (65 * 1024) + b'"}'
