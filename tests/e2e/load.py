@@ -73,6 +73,7 @@ class Load:
     refused: dict[int, int] = field(default_factory=dict)
     failures: int = 0
     positions: list[int] = field(default_factory=list)
+    receipts: list[tuple[str, int, int]] = field(default_factory=list)  # ballot, version, position
 
     async def run(
         self,
@@ -148,8 +149,12 @@ class Load:
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue
             if reply.status < 300:
+                receipt = reply.json()
                 self.accepted += 1
-                self.positions.append(reply.json()["position"])
+                self.positions.append(receipt["position"])
+                self.receipts.append(
+                    (receipt["ballot_id"], receipt["version"], receipt["position"])
+                )
             else:
                 self.refused[reply.status] = self.refused.get(reply.status, 0) + 1
             return

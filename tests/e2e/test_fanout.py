@@ -51,6 +51,36 @@ async def test_results_survive_sigkill_of_the_projector_then_the_relay(stack: St
         stack.assert_relayed()
 
 
+async def test_no_ballot_answered_2xx_is_lost_when_the_api_is_killed(stack: Stack) -> None:
+    """SIGKILL the API with ballots in flight: every 2xx names a ballot the log holds at
+    that position; clients retry the rest with their Idempotency-Key, none is counted
+    twice."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+        elections = await create_open_elections(http, ("plurality", "irv"))
+        load = Load(stack.url, elections, seed=71)
+        killed_after: list[int] = []
+
+        async def crash(done: int) -> None:
+            if done in (BALLOTS // 3, 2 * BALLOTS // 3):
+                killed_after.append(max(load.positions))
+                stack.kill("api")
+                stack.start("api")
+
+        await load.run(BALLOTS, concurrency=32, on_progress=crash)
+        assert load.failures == 0
+        assert len(killed_after) == 2
+        assert max(load.positions) > killed_after[-1]  # the restarted API took ballots
+        with psycopg.connect(stack.database_url) as conn:
+            rows = conn.execute(
+                "SELECT originator_id::text, originator_version, notification_id "
+                "FROM cardinal_events WHERE notification_id = ANY(%s)",
+                ([position for _, _, position in load.receipts],),
+            ).fetchall()
+        assert sorted(rows) == sorted(set(load.receipts))
+        await assert_results_match_recount(http, stack.database_url, elections)
+        stack.assert_relayed()
+
+
 async def test_results_survive_dropped_broker_connections(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
         elections = await create_open_elections(http, ("irv", "star", "approval"))
