@@ -68,6 +68,7 @@ class Rebuild:
         self.pool = pool
         self.page_size = page_size
         self.progress = progress
+        self.started = asyncio.Event()  # set once this rebuild holds the projection's lock
 
     @property
     def name(self) -> str:
@@ -84,6 +85,7 @@ class Rebuild:
             row = await cursor.fetchone()
             if row is None or not row[0]:
                 raise RebuildRefused(f"a rebuild of {self.name} is already running")
+            self.started.set()
             try:
                 version, old = await self._start()
                 try:

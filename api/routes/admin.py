@@ -12,7 +12,7 @@ from api import context
 from api.responses import JSONResponse
 from domain.errors import Conflict, NotFound
 from projections import PROJECTIONS, projection
-from projections.rebuild import Rebuild
+from projections.rebuild import Rebuild, RebuildRefused
 from projections.status import projection_status
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,14 @@ async def rebuild(request: Request) -> Response:
         raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
     services = context.services(request)
     job = Rebuild(projection(name), services.reads)
-    running[name] = asyncio.create_task(_run(job), name=f"rebuild {name}")
+    task = running[name] = asyncio.create_task(_run(job), name=f"rebuild {name}")
+    # Answer once the rebuild holds its lock: one running in another process (an API
+    # replica, or `cardinal rebuild`) is a 409 here, not a 202 that quietly does nothing.
+    started = asyncio.create_task(job.started.wait())
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if task.done() and isinstance(task.exception(), RebuildRefused):
+        raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
     return JSONResponse(
         {"projection": name, "state": "rebuilding", "status": "/api/admin/projections"},
         status_code=202,
@@ -50,6 +57,8 @@ async def rebuild(request: Request) -> Response:
 async def _run(job: Rebuild) -> int:
     try:
         return await job.run()
+    except RebuildRefused:
+        raise
     except Exception:
         log.exception("rebuild of %s failed", job.name)
         raise

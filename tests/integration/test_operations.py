@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import psycopg
 
 from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import CLIENT, OPERATOR
@@ -72,3 +73,20 @@ async def test_operators_see_where_every_projection_stands(
         404,
         "there is no projection named 'nothing'",
     )
+
+
+async def test_a_rebuild_running_in_another_process_makes_a_second_one_409(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    # Another process's rebuild holds the projection's rebuild lock.
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+        await other.execute(
+            "SELECT pg_advisory_lock(hashtext('cardinal-rebuild'), hashtext('statistics'))"
+        )
+        response = await http.post(
+            "/api/admin/projections/statistics/rebuild", headers=bearer(OPERATOR)
+        )
+        assert_problem(response, 409, "a rebuild of statistics is already running")
+    found = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
+    statistics = {p["name"]: p for p in found.json()["projections"]}["statistics"]
+    assert statistics["state"] != "rebuilding"
