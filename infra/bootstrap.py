@@ -56,7 +56,7 @@ class Services:
     positions: PositionWatcher
     workers: Workers
     # Results computed per (election, position): dashboards poll, positions move rarely.
-    results_cache: dict[tuple[UUID, int], dict[str, Any]] = field(default_factory=dict)
+    results_cache: dict[tuple[UUID, int, int], dict[str, Any]] = field(default_factory=dict)
 
 
 def _database_url(settings: Settings) -> str:

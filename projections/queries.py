@@ -15,7 +15,8 @@ SELECT
     e.closed_at,
     (SELECT count(*) FROM read_models.tally_late_ballots WHERE election_id = %(id)s),
     (SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
-       FROM read_models.tally_counters WHERE election_id = %(id)s)
+       FROM read_models.tally_counters WHERE election_id = %(id)s),
+    (SELECT active_version FROM projections WHERE name = 'tally')
 FROM (SELECT 1) AS one
 LEFT JOIN read_models.tally_elections e ON e.election_id = %(id)s
 """
@@ -30,11 +31,12 @@ class TallySnapshot:
     closed_at: int | None
     late_ballots: int
     counters: dict[str, int]
+    version: int = 0  # the tally version read: a rebuild can change counts at a position
 
 
 async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> TallySnapshot:
     cursor = await conn.execute(SNAPSHOT, {"id": election_id}, prepare=True)
     row = await cursor.fetchone()
     assert row is not None
-    position, rules, closed_at, late, counters = row
-    return TallySnapshot(int(position or 0), rules, closed_at, int(late), counters)
+    position, rules, closed_at, late, counters, version = row
+    return TallySnapshot(int(position or 0), rules, closed_at, int(late), counters, version or 0)

@@ -61,8 +61,8 @@ async def results(request: Request) -> Response:
 async def _results(services: Services, election_id: UUID, election: Election) -> dict[str, Any]:
     async with services.reads.connection() as conn:
         snapshot = await tally_snapshot(conn, election_id)
-    cache: dict[tuple[UUID, int], dict[str, Any]] = services.results_cache
-    key = (election_id, snapshot.position)
+    cache: dict[tuple[UUID, int, int], dict[str, Any]] = services.results_cache
+    key = (election_id, snapshot.version, snapshot.position)
     cached = cache.get(key)
     if cached is None:
         rules = (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID
 
 import httpx
+import psycopg
 import pytest
 
 from domain.ballot import Ballot
@@ -13,7 +16,7 @@ from infra.store import open_application
 from infra.voters import VoterKeys
 from infra.writer import GroupCommitWriter
 from tests.integration.client import VotingClient, assert_problem, bearer
-from tests.servers import ADMIN, CLIENT, settings_for
+from tests.servers import ADMIN, CLIENT, OPERATOR, settings_for
 
 
 @pytest.fixture
@@ -121,3 +124,42 @@ async def test_results_need_credentials_and_a_known_election(
         "min_position must be a whole number",
     )
     assert problem["field"] == "min_position"
+
+
+async def _tally(http: httpx.AsyncClient) -> dict[str, Any]:
+    found = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
+    tally: dict[str, Any] = {p["name"]: p for p in found.json()["projections"]}["tally"]
+    return tally
+
+
+async def test_after_a_rebuild_results_come_from_the_new_version_not_a_cache(
+    voting: VotingClient, http: httpx.AsyncClient, database_url: str
+) -> None:
+    """A rebuild (after a projection bug fix, say) changes the counts at the same log
+    position: what the API serves must change with it."""
+    election_id = await voting.open_election()
+    for choice in "aab":
+        receipt = (await voting.cast(election_id, {"choice": choice}, voting.voter())).json()
+    for _ in range(200):
+        if (await _tally(http))["position"] >= receipt["position"]:
+            break
+        await asyncio.sleep(0.02)
+    # The live version's counts are wrong (as a bug would leave them), and served so.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE read_models.tally_counters SET value = value + 5 "
+            "WHERE election_id = %s AND key = 'n'",
+            (election_id,),
+        )
+    assert (await voting.results(election_id)).json()["ballots"] == 8
+    version = (await _tally(http))["version"]
+    started = await http.post("/api/admin/projections/tally/rebuild", headers=bearer(OPERATOR))
+    assert started.status_code == 202, started.text
+    for _ in range(500):
+        tally = await _tally(http)
+        if tally["version"] > version and tally["state"] == "live":
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the rebuild did not switch")
+    assert (await voting.results(election_id)).json()["ballots"] == 3
