@@ -21,10 +21,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-import psycopg
 
 from infra.audit.chain import ALGORITHM, Signer
-from infra.audit.verify import Entry, checkpoints_of, database_entries, served_results
+from infra.audit.verify import (
+    Entry,
+    checkpoints_of,
+    database_entries,
+    served_results,
+    snapshot_connection,
+)
 from projections.log import head
 
 FORMAT = "cardinal-audit/1"
@@ -41,7 +46,7 @@ async def export(
     Checkpoints and results come first, so that a verifier knows, while it streams the
     events, where to check a signed head and where to compare results.
     """
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+    async with await snapshot_connection(database_url) as conn:
         checkpoints = await checkpoints_of(conn)
         served = await served_results(conn)
         upto = await head(conn)

@@ -136,6 +136,7 @@ class Verifier:
         self.report = Report()
         self._chain = GENESIS
         self._unsealed_from: int | None = None
+        self._sealed_closes: list[int] = []
         self._next_checkpoint = 0
         self._due = self._next_due()
         for checkpoint in self.checkpoints:
@@ -200,10 +201,22 @@ class Verifier:
                     "version or type was changed, or entries were reordered or inserted",
                 )
             self.report.sealed += 1
+            if entry.kind == "ElectionClosed":
+                self._sealed_closes.append(entry.position)
         self._chain = linked
 
     def finish(self) -> Report:
         self._settle_before(None)
+        # The sealer signs the head at every Closed entry as it seals it (one transaction):
+        # a sealed close with no checkpoint there lost it.
+        signed = {checkpoint.position for checkpoint in self.checkpoints}
+        for position in self._sealed_closes:
+            if position not in signed:
+                raise Discrepancy(
+                    position,
+                    "an election closed here, but the signed checkpoint of the chain head "
+                    "at its close is missing (deleted?)",
+                )
         if self.report.unsealed:
             self.report.notes.append(
                 f"{self.report.unsealed} newest entries are not sealed yet (from position "
@@ -371,7 +384,7 @@ async def _database_half(
     chain: bool,
 ) -> Outcome:
     try:
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        async with await snapshot_connection(database_url) as conn:
             checkpoints = await checkpoints_of(conn) if chain else []
             served = {} if chain else await served_results(conn)
             cursor = await conn.execute(
@@ -508,6 +521,18 @@ def _file_entry(document: dict[str, Any]) -> Entry:
         state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS),  # the canonical payload
         stored_hash=bytes.fromhex(stored) if stored else None,
     )
+
+
+async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]:
+    """A read-only connection whose reads all see one snapshot of the store.
+
+    The log, the chain, the checkpoints and the read models keep moving while an audit
+    reads them page by page; in one REPEATABLE READ transaction, every page agrees with
+    the others (no entry sealed on page 5 that was unsealed on page 4)."""
+    conn = await psycopg.AsyncConnection.connect(database_url)
+    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+    await conn.set_read_only(True)
+    return conn
 
 
 async def database_entries(

@@ -17,10 +17,18 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from infra.audit import verify as verify_module
 from infra.audit.chain import Signer
 from infra.audit.export import export
 from infra.audit.sealer import Sealer
-from infra.audit.verify import Discrepancy, verify_database, verify_file
+from infra.audit.verify import (
+    Discrepancy,
+    Entry,
+    database_entries,
+    snapshot_connection,
+    verify_database,
+    verify_file,
+)
 from infra.migrations import migrate
 from projections import PROJECTIONS, projection
 from projections.runtime import ProjectionRunner
@@ -183,6 +191,40 @@ async def test_a_validly_signed_checkpoint_of_another_head_is_found(store: str) 
         await _verify(store)
     assert found.value.position == target
     assert "chain there is different" in found.value.what
+
+
+async def test_a_deleted_checkpoint_of_an_election_close_is_found(store: str) -> None:
+    close = _positions(store, "Election.Closed")[0]
+    with psycopg.connect(store, autocommit=True) as conn:
+        deleted = conn.execute("DELETE FROM audit_checkpoints WHERE position = %s", (close,))
+        assert deleted.rowcount == 1
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+
+
+async def test_an_audit_reads_one_snapshot_while_the_sealer_works(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages read while the sealer links the tail agree with each other: none of them
+    shows entries sealed after ones an earlier page showed unsealed."""
+    await _fill(store, random.Random(23), ballots=60)  # an unsealed tail
+    monkeypatch.setattr(verify_module, "PAGE", 10)
+    seen: list[Entry] = []
+    tail_sealed = False
+    async with await snapshot_connection(store) as conn:
+        async for entry in database_entries(conn):
+            seen.append(entry)
+            if entry.stored_hash is None and not tail_sealed:
+                # The first unsealed entry read: now the sealer links the whole tail.
+                async with await psycopg.AsyncConnection.connect(store, autocommit=True) as w:
+                    assert await Sealer(store, SIGNER).seal_pending(w) > 30
+                tail_sealed = True
+    sealed = [e.stored_hash is not None for e in seen]
+    first_unsealed = sealed.index(False)
+    assert not any(sealed[first_unsealed:])
+    assert len(sealed) - first_unsealed > 30
 
 
 async def test_a_read_model_edited_by_hand_is_found(store: str) -> None:
