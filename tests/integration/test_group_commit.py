@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
+import httpx
 import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
@@ -20,6 +21,8 @@ from infra.migrations import migrate
 from infra.store import open_application
 from infra.writer import GroupCommitWriter, Overloaded, _Append
 from tests.databases import create_database, drop_database
+from tests.integration.client import VotingClient, assert_problem
+from tests.servers import running_api, settings_for
 
 OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
 
@@ -240,3 +243,30 @@ async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest
     assert outcomes[1].position is not None
     assert outcomes[0].position < outcomes[1].position  # the on-time ballot counts
     assert _casts(url) == 4 + 3  # two elections created and opened; ballot, close, ballot
+
+
+async def test_a_full_queue_is_a_503_with_retry_after_over_http(database_url: str) -> None:
+    """Back-pressure as a client sees it: problem+json 503 with Retry-After, and nothing
+    recorded for the refused ballots."""
+    async with (
+        running_api(settings_for(database_url, writer_max_queue=1)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        voters = [voting.voter() for _ in range(120)]
+        answers = await asyncio.gather(
+            *(voting.cast(election_id, {"choice": "a"}, voter) for voter in voters)
+        )
+        refused = [a for a in answers if a.status_code == 503]
+        assert refused, [a.status_code for a in answers]
+        assert {a.status_code for a in answers} == {201, 503}
+        problem = assert_problem(refused[0], 503, "retry after a second")
+        assert problem["title"]
+        assert refused[0].headers["retry-after"] == "1"
+        accepted = sum(a.status_code == 201 for a in answers)
+        results = await voting.results(
+            election_id,
+            min_position=max(a.json()["position"] for a in answers if a.status_code == 201),
+        )
+        assert results.json()["ballots"] == accepted
