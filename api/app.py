@@ -36,8 +36,10 @@ def create_app(
             try:
                 yield
             finally:
-                for task in app.state.rebuilds.values():
-                    task.cancel()
+                for child in app.state.rebuilds.values():
+                    if child.returncode is None:  # an interrupted rebuild leaves the old
+                        child.terminate()  # version serving; it can be run again
+                        await child.wait()
 
     # The hot path: served by RequestGuard directly, and first in the router's list too.
     casting = Route("/api/elections/{election_id}/ballots", ballots.cast, methods=["POST"])

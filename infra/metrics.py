@@ -81,7 +81,9 @@ SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
        (SELECT position FROM relay_positions WHERE name = 'relay'),
        coalesce((SELECT json_object_agg(r.name, p.position) FROM projections r
                  JOIN projection_positions p
-                   ON p.name = r.name AND p.version = r.active_version), '{}')
+                   ON p.name = r.name AND p.version = r.active_version), '{}'),
+       coalesce((SELECT json_object_agg(name, json_build_array(rebuild_position, rebuild_rate))
+                 FROM projections WHERE state = 'rebuilding'), '{}')
 """
 
 
@@ -95,7 +97,7 @@ async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) 
         raise
     DATABASE_CONNECTED.labels(component).set(1)
     assert row is not None
-    head, relay, projections = row
+    head, relay, projections, rebuilds = row
     LOG_HEAD.set(head)
     if relay is not None:
         RELAY_POSITION.set(relay)
@@ -103,6 +105,11 @@ async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) 
     for name, position in projections.items():
         PROJECTION_POSITION.labels(name).set(position)
         PROJECTION_LAG.labels(name).set(max(0, head - position))
+    # Rebuild progress, from the registry: a rebuild runs in a process of its own.
+    for name in projections:
+        position, rate = rebuilds.get(name, (None, None))
+        REBUILD_POSITION.labels(name).set(position or 0)
+        REBUILD_RATE.labels(name).set(rate or 0)
 
 
 async def serve_worker_metrics(port: int, database_url: str, component: str) -> None:

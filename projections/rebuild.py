@@ -53,6 +53,24 @@ class Progress:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('cardinal-rebuild'), hashtext(%s))"
+UNLOCK = "SELECT pg_advisory_unlock(hashtext('cardinal-rebuild'), hashtext(%s))"
+
+
+async def _take_rebuild_lock(conn: AsyncConnection[Any], name: str) -> bool:
+    cursor = await conn.execute(TRY_LOCK, (name,))
+    row = await cursor.fetchone()
+    return row is not None and bool(row[0])
+
+
+async def rebuild_running(conn: AsyncConnection[Any], name: str) -> bool:
+    """Whether some process is rebuilding ``name`` now (it holds the rebuild lock)."""
+    if not await _take_rebuild_lock(conn, name):
+        return True
+    await conn.execute(UNLOCK, (name,))
+    return False
+
+
 class Rebuild:
     """Rebuilds one projection; ``run`` returns the new active version."""
 
@@ -68,7 +86,6 @@ class Rebuild:
         self.pool = pool
         self.page_size = page_size
         self.progress = progress
-        self.started = asyncio.Event()  # set once this rebuild holds the projection's lock
 
     @property
     def name(self) -> str:
@@ -78,14 +95,8 @@ class Rebuild:
         async with self.pool.connection() as guard:
             # Held for the whole rebuild, on a connection of its own: a second rebuild of
             # the same projection is refused, and a killed one releases it by dying.
-            cursor = await guard.execute(
-                "SELECT pg_try_advisory_lock(hashtext('cardinal-rebuild'), hashtext(%s))",
-                (self.name,),
-            )
-            row = await cursor.fetchone()
-            if row is None or not row[0]:
+            if not await _take_rebuild_lock(guard, self.name):
                 raise RebuildRefused(f"a rebuild of {self.name} is already running")
-            self.started.set()
             try:
                 version, old = await self._start()
                 try:
@@ -98,10 +109,7 @@ class Rebuild:
                 log.info("projection %s: version %d is live (was %d)", self.name, version, old)
                 return version
             finally:
-                await guard.execute(
-                    "SELECT pg_advisory_unlock(hashtext('cardinal-rebuild'), hashtext(%s))",
-                    (self.name,),
-                )
+                await guard.execute(UNLOCK, (self.name,))
 
     async def _start(self) -> tuple[int, int]:
         async with self.pool.connection() as conn, conn.transaction():

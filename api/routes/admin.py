@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
+import sys
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,11 +12,9 @@ from starlette.responses import Response
 from api import context
 from api.responses import JSONResponse
 from domain.errors import Conflict, NotFound
-from projections import PROJECTIONS, projection
-from projections.rebuild import Rebuild, RebuildRefused
+from projections import PROJECTIONS
+from projections.rebuild import rebuild_running
 from projections.status import projection_status
-
-log = logging.getLogger(__name__)
 
 
 async def projections(request: Request) -> Response:
@@ -26,39 +25,36 @@ async def projections(request: Request) -> Response:
 
 
 async def rebuild(request: Request) -> Response:
-    """Start a blue/green rebuild in this process; progress shows in the status."""
+    """Start a blue/green rebuild; progress shows in the status.
+
+    It runs as a child process (``cardinal rebuild NAME``), not on this process's event
+    loop: a rebuild is seconds of CPU-bound work per million events, and ballots and
+    results must not wait behind it. A rebuild already running anywhere is a 409.
+    """
     context.auth(request).require(request, "operator")
     name = request.path_params["name"]
     if name not in PROJECTIONS:
         raise NotFound(
             f"there is no projection named {name!r}; the projections are {', '.join(PROJECTIONS)}"
         )
-    running: dict[str, asyncio.Task[int]] = request.app.state.rebuilds
-    task = running.get(name)
-    if task is not None and not task.done():
-        raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
+    running: dict[str, asyncio.subprocess.Process] = request.app.state.rebuilds
     services = context.services(request)
-    job = Rebuild(projection(name), services.reads)
-    task = running[name] = asyncio.create_task(_run(job), name=f"rebuild {name}")
-    # Answer once the rebuild holds its lock: one running in another process (an API
-    # replica, or `cardinal rebuild`) is a 409 here, not a 202 that quietly does nothing.
-    started = asyncio.create_task(job.started.wait())
-    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-    started.cancel()
-    if task.done() and isinstance(task.exception(), RebuildRefused):
+    child = running.get(name)
+    async with services.reads.connection() as conn:
+        busy = await rebuild_running(conn, name)
+    if busy or (child is not None and child.returncode is None):
         raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
+    running[name] = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "rebuild",
+        name,
+        env={**os.environ, **services.settings.environment()},
+        stdout=asyncio.subprocess.DEVNULL,  # its progress is in the status; logs: stderr
+    )
     return JSONResponse(
         {"projection": name, "state": "rebuilding", "status": "/api/admin/projections"},
         status_code=202,
         headers={"Location": "/api/admin/projections"},
     )
-
-
-async def _run(job: Rebuild) -> int:
-    try:
-        return await job.run()
-    except RebuildRefused:
-        raise
-    except Exception:
-        log.exception("rebuild of %s failed", job.name)
-        raise

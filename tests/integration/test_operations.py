@@ -90,3 +90,25 @@ async def test_a_rebuild_running_in_another_process_makes_a_second_one_409(
     found = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
     statistics = {p["name"]: p for p in found.json()["projections"]}["statistics"]
     assert statistics["state"] != "rebuilding"
+
+
+async def test_rebuild_progress_is_a_metric_wherever_the_rebuild_runs(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    """A rebuild runs in a process of its own: the API exports its progress from the
+    registry, as every process does."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE projections SET state = 'rebuilding', rebuild_position = 1234, "
+            "rebuild_rate = 5678 WHERE name = 'statistics'"
+        )
+        try:
+            text = (await http.get("/metrics")).text
+        finally:
+            conn.execute(
+                "UPDATE projections SET state = 'live', rebuild_position = NULL, "
+                "rebuild_rate = NULL WHERE name = 'statistics'"
+            )
+    assert 'cardinal_rebuild_position{projection="statistics"} 1234.0' in text
+    assert 'cardinal_rebuild_events_per_second{projection="statistics"} 5678.0' in text
+    assert 'cardinal_rebuild_position{projection="tally"} 0.0' in text
