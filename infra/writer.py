@@ -52,21 +52,27 @@ A = TypeVar("A", bound=Aggregate)
 
 Key = tuple[UUID, int]
 
+# One statement, one round trip under the table lock: the rows recorded (version set),
+# and the Closed positions already in the log of the elections that the batch's ballots
+# are guarded by (version NULL). A Closed event in this very batch is among the former:
+# a statement's reads do not see its own inserts.
 INSERT = f"""
-INSERT INTO {EVENTS_TABLE} (originator_id, originator_version, topic, state)
-SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])
-ON CONFLICT DO NOTHING
-RETURNING originator_id, originator_version, notification_id
+WITH recorded AS (
+    INSERT INTO {EVENTS_TABLE} (originator_id, originator_version, topic, state)
+    SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING originator_id, originator_version, notification_id
+)
+SELECT originator_id, originator_version, notification_id FROM recorded
+UNION ALL
+SELECT originator_id, NULL, notification_id FROM {EVENTS_TABLE}
+WHERE originator_id = ANY(%b::uuid[]) AND topic = %b
 """
 EXISTING = f"""
 SELECT e.originator_id, e.originator_version, e.notification_id, e.state
 FROM {EVENTS_TABLE} e
 JOIN unnest(%b::uuid[], %b::bigint[]) AS k(id, version)
   ON e.originator_id = k.id AND e.originator_version = k.version
-"""
-CLOSES = f"""
-SELECT originator_id, notification_id FROM {EVENTS_TABLE}
-WHERE originator_id = ANY(%b::uuid[]) AND topic = %b
 """
 CLOSED_TOPIC = f"{Election.__module__}:{Election.__qualname__}.Closed"
 RECORDED = (
@@ -301,9 +307,11 @@ class GroupCommitWriter:
           that the count leaves out.
         """
         events = [e for submission in live for e in submission.events]
+        guards = list({s.guard for s in live if s.guard is not None})
         with conn.transaction():
-            conn.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE", prepare=True)
-            conn.execute(f"NOTIFY {EVENTS_TABLE}", prepare=True)
+            # Every round trip here holds the table lock, and may wait for this thread to
+            # get the GIL back from the event loop: as few as can be.
+            conn.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE; NOTIFY {EVENTS_TABLE}")
             rows = conn.execute(
                 INSERT,
                 (
@@ -311,10 +319,16 @@ class GroupCommitWriter:
                     [e.originator_version for e in events],
                     [e.topic for e in events],
                     [e.state for e in events],
+                    guards,
+                    CLOSED_TOPIC,
                 ),
                 prepare=True,
             ).fetchall()
-            recorded = {(cast(UUID, r[0]), cast(int, r[1])): cast(int, r[2]) for r in rows}
+            recorded = {
+                (cast(UUID, uuid), cast(int, version)): cast(int, position)
+                for uuid, version, position in rows
+                if version is not None
+            }
             if recognise_own and len(recorded) < len(events):
                 recorded.update(self._own_rows(conn, live, recorded))
             refused = {
@@ -322,7 +336,15 @@ class GroupCommitWriter:
                 for s in live
                 if 0 < sum(k in recorded for k in s.keys) < len(s.keys)
             }
-            refused.update(self._after_close(conn, live, recorded))
+            if guards:
+                closes = [(cast(UUID, r[0]), cast(int, r[2])) for r in rows if r[1] is None]
+                closes += [  # a Closed event in this very batch
+                    (cast(UUID, e.originator_id), recorded[key])
+                    for e in events
+                    if e.topic == CLOSED_TOPIC
+                    and (key := (cast(UUID, e.originator_id), e.originator_version)) in recorded
+                ]
+                refused.update(_after_close(live, recorded, closes))
             if refused:
                 raise psycopg.Rollback  # leaves the block, rolled back, without an error
         if refused:
@@ -334,25 +356,6 @@ class GroupCommitWriter:
                 self.stats.conflicts += 1
                 outcomes[id(submission)] = _Outcome(error=VersionConflict())
         return {}
-
-    @staticmethod
-    def _after_close(
-        conn: psycopg.Connection[tuple[object, ...]],
-        live: Sequence[_Append],
-        recorded: dict[Key, int],
-    ) -> dict[int, _Outcome]:
-        """Guarded appends that landed after their election's Closed event. Read under
-        the table lock, so no close can commit between this check and COMMIT."""
-        guards = {s.guard for s in live if s.guard is not None and s.keys[0] in recorded}
-        if not guards:
-            return {}
-        rows = conn.execute(CLOSES, (list(guards), CLOSED_TOPIC), prepare=True).fetchall()
-        closed_at = {cast(UUID, election): cast(int, position) for election, position in rows}
-        return {
-            id(s): _Outcome(error=ElectionNotOpen(CLOSED_BEFORE_RECORDED))
-            for s in live
-            if s.guard in closed_at and recorded.get(s.keys[0], 0) > closed_at[s.guard]
-        }
 
     def _own_rows(
         self,
@@ -384,6 +387,20 @@ class GroupCommitWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _after_close(
+    live: Sequence[_Append], recorded: dict[Key, int], closes: Sequence[tuple[UUID, int]]
+) -> dict[int, _Outcome]:
+    """Guarded appends that landed after their election's Closed event (``closes``: the
+    guarded elections' Closed positions, read under the table lock, so no close can
+    commit between this check and COMMIT)."""
+    closed_at = dict(closes)
+    return {
+        id(s): _Outcome(error=ElectionNotOpen(CLOSED_BEFORE_RECORDED))
+        for s in live
+        if s.guard in closed_at and recorded.get(s.keys[0], 0) > closed_at[s.guard]
+    }
 
 
 def _settle(batch: Sequence[_Append], outcomes: Sequence[_Outcome]) -> None:
