@@ -117,6 +117,10 @@ class Relay:
                 self.status.broker_connected = True
                 metrics.BROKER_CONNECTED.labels("relay").set(1)
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                # A position lost in a crash only re-publishes pages that projections
+                # drop as duplicates: no need to wait for the WAL flush on each page,
+                # and the ballot writers' commits share that flush.
+                await conn.execute("SET synchronous_commit = off")
                 position = await self._stored_position(conn)
                 log.info("relay is the leader, publishing after position %d", position)
                 while True:

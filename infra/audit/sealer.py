@@ -79,6 +79,10 @@ class Sealer:
             await asyncio.sleep(self.poll_interval)
         self._tip = None
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+        # Links lost in a crash are sealed again, identically (the chain is a function
+        # of the log, signatures are deterministic): no need to wait for the WAL flush
+        # that the ballot writers' commits wait on.
+        await conn.execute("SET synchronous_commit = off")
         last_checkpoint = time.monotonic()
         while True:
             await self.seal_pending(conn)
