@@ -21,6 +21,7 @@ from domain.rules import ElectionRules, ResultsVisibility
 from domain.tabulation import Tally
 from infra.audit.records import election_entries
 from infra.bootstrap import Services
+from projections.log import head
 from projections.queries import tally_snapshot
 
 MAX_WAIT = 2.0
@@ -118,9 +119,12 @@ async def _final_chain_head(services: Services, body: dict[str, Any]) -> dict[st
 
 
 async def _results_at(services: Services, election_id: UUID, at: int) -> dict[str, Any]:
-    """Time travel: the results as of log position ``at``, recounted from the log itself."""
+    """Time travel: the results as of log position ``at``, recounted from the log itself.
+    A position beyond the log's head is taken as the head: results never claim a position
+    the log has not reached."""
     recount = Recount()
     async with services.reads.connection() as conn:
+        at = min(at, await head(conn))
         async for entry in election_entries(conn, election_id, at):
             stored = StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
             recount.apply(entry.position, services.app.mapper.to_domain_event(stored))

@@ -118,8 +118,9 @@ class Sealer:
                 previous = chain_hash(previous, entry)
                 links.append((entry_position, entry, previous))
                 if kind == "BallotCast":
-                    election = UUID(orjson.loads(state)["election_id"])
-                    streams.append((stream_id, election))
+                    election = _election_of(entry_position, bytes(state))
+                    if election is not None:
+                        streams.append((stream_id, election))
                 elif kind == "ElectionCreated":
                     streams.append((stream_id, stream_id))
                 elif kind == "ElectionClosed":
@@ -166,3 +167,14 @@ class Sealer:
             "VALUES (%s, %s, %s, %s, %s)",
             (position, head, self.signer.key_id, self.signer.sign(position, head), reason),
         )
+
+
+def _election_of(position: int, state: bytes) -> UUID | None:
+    """A cast ballot's election, for the per-election index. The chain seals whatever the
+    log holds; an entry that names no election (written around the application) is sealed
+    all the same, and left for `audit verify` to report."""
+    try:
+        return UUID(orjson.loads(state)["election_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        log.error("entry %d is a BallotCast that names no election; sealed, not indexed", position)
+        return None

@@ -165,3 +165,8 @@ async def test_results_at_a_position_are_recounted_from_the_log(
         "b": 1,
         "c": 2,
     }
+    beyond = await http.get(
+        f"/api/elections/{election_id}/results", params={"at": 10**15}, headers=bearer(ADMIN)
+    )
+    assert revision["position"] <= beyond.json()["position"] < 10**15  # the head, not 10**15
+    assert beyond.json()["ballots"] == 2

@@ -227,6 +227,24 @@ async def test_an_audit_reads_one_snapshot_while_the_sealer_works(
     assert len(sealed) - first_unsealed > 30
 
 
+async def test_an_entry_naming_no_election_is_sealed_and_then_reported(store: str) -> None:
+    """One bad entry (written around the application) must not stop the sealer: it is
+    sealed like any other, and verify names it."""
+    with psycopg.connect(store, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+            "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', '{}') "
+            "RETURNING notification_id"
+        ).fetchone()
+    assert row is not None
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as conn:
+        assert await Sealer(store, SIGNER).seal_pending(conn) == 1
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == row[0]
+    assert "cannot be replayed" in found.value.what
+
+
 async def test_a_read_model_edited_by_hand_is_found(store: str) -> None:
     with psycopg.connect(store, autocommit=True) as conn:
         conn.execute(
