@@ -25,7 +25,6 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
-from infra import metrics
 from infra.store import EVENTS_TABLE
 from projections.base import Projection, schema_name
 from projections.log import LogEvent, head, read_page
@@ -230,8 +229,6 @@ class Rebuild:
             "rebuild_rate = %s, updated_at = now() WHERE name = %s",
             (position, upto, progress.rate, self.name),
         )
-        metrics.REBUILD_POSITION.labels(self.name).set(position)
-        metrics.REBUILD_RATE.labels(self.name).set(progress.rate)
         if self.progress is not None:
             self.progress(progress)
 

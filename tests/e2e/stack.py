@@ -173,12 +173,7 @@ class Stack:
 
     def queue_depths(self) -> dict[str, int]:
         """Messages ready or unacknowledged in each of this stack's projection queues."""
-        listed = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "name", "messages"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        listed = _rabbitmqctl("list_queues", "name", "messages")
         depths = {}
         for line in listed.splitlines():
             name, _, count = line.partition("\t")
@@ -205,13 +200,14 @@ class Stack:
 
 def _connections(namespace: str) -> list[str]:
     """The broker's ids of the connections a stack's processes opened."""
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listed = _rabbitmqctl("list_connections", "pid", "client_properties")
     return [line.split("\t", 1)[0] for line in listed.splitlines() if namespace in line]
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def broker_connections(namespace: str) -> int:
