@@ -75,7 +75,13 @@ class LeanConnection:
             name, _, value = line.partition(b":")
             reply_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
         length = int(reply_headers.get("content-length", "0"))
-        content = await self._reader.readexactly(length) if length else b""
+        try:
+            content = await self._reader.readexactly(length) if length else b""
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            # The server died between the head and the body: no answer was read, so the
+            # request must be retried (with its Idempotency-Key) like any other cut.
+            await self.close()
+            raise ConnectionClosed(str(error)) from error
         if reply_headers.get("connection", "").lower() == "close":
             await self.close()
         return Reply(status, reply_headers, content)
