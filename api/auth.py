@@ -14,8 +14,11 @@ from domain.rules import Eligibility
 from infra.settings import Settings
 from infra.voters import is_voter_token
 
-# An admin may also do what operators and auditors do; casting ballots stays with clients.
-IMPLIED = {"admin": {"admin", "operator", "auditor"}}
+# An admin may also do what operators do. Not what auditors do: auditors read every
+# ballot as recorded, and keeping that apart from running elections and handing out voter
+# tokens is separation of duties (one person may still hold both tokens). Casting ballots
+# stays with clients.
+IMPLIED = {"admin": {"admin", "operator"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,9 @@ class Authenticator:
         raise Forbidden(f"{who} may not do this; it needs the {' or '.join(roles)} role")
 
 
-def check_reader(principal: Principal, election: Election, voter_key: Callable[[str], str]) -> None:
+def check_reader(
+    principal: Principal, election: Election, credential: Callable[[str], str]
+) -> None:
     """Anyone with a role may read an election; a voter token, only the token election
     it was issued for (it is not checked anywhere else, so this is where an unknown one
     is turned away)."""
@@ -73,7 +78,7 @@ def check_reader(principal: Principal, election: Election, voter_key: Callable[[
             "a voter token is valid only in the token election it was issued for; "
             "this election takes ballots from API clients"
         )
-    election.check_eligible(voter_key(principal.voter_token))
+    election.check_eligible(credential(principal.voter_token))
 
 
 def _digest(token: str) -> bytes:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from api.auth import Authenticator
@@ -44,7 +45,14 @@ def election_id(request: Request) -> UUID:
 async def body(request: Request, model: type[M]) -> M:
     """The request body validated as ``model`` (400 if not JSON, 422 if the wrong shape)."""
     raw = await request.body()
-    return model.model_validate_json(raw or b"{}")
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as error:
+        if b"\\ud" not in raw.lower() or error.errors()[0]["type"] != "json_invalid":
+            raise
+    # JSON that escapes a lone UTF-16 surrogate ("\ud800") is well-formed, but the fast
+    # parser stops at it without saying where. Parsed leniently, validation names the field.
+    return model.model_validate(json.loads(raw))
 
 
 def int_param(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import psycopg
 import pydantic
@@ -80,13 +81,20 @@ def validation_error(request: Request, exc: Exception) -> Response:
         return problem(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
     _refused(request, "invalid_request")
     issues = [
-        {"field": _location(e["loc"]), "message": e["msg"]} for e in exc.errors(include_url=False)
+        {"field": _location(e["loc"]), "message": _message(e)}
+        for e in exc.errors(include_url=False)
     ]
     first = issues[0]
     detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     if len(issues) > 1:
         detail += f" (and {len(issues) - 1} more problem{'s' if len(issues) > 2 else ''})"
     return problem(422, "Invalid request", detail, field=first["field"] or None, errors=issues)
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "string_unicode":
+        return "contains a lone surrogate (an unpaired UTF-16 escape); use valid Unicode text"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

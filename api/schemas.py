@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.election import MAX_TOKENS_PER_ISSUE
-from domain.rules import MAX_OPTIONS
+from domain.errors import InvalidRequest
+from domain.rules import MAX_LIVE_RESULTS_STEP, MAX_OPTIONS, plain_text
 
-Text = Annotated[str, StringConstraints(max_length=1000)]
-OptionId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+def _printable(value: str) -> str:
+    """Control characters and lone surrogates are refused in every text field (pydantic
+    names the field; the domain's own check words the message)."""
+    try:
+        return plain_text(value, "text")
+    except InvalidRequest as refused:
+        raise ValueError(refused.detail.removeprefix("text ")) from None
+
+
+Printable = AfterValidator(_printable)
+Text = Annotated[str, StringConstraints(max_length=1000), Printable]
+OptionId = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
+VoterId = Annotated[str, StringConstraints(min_length=1, max_length=256), Printable]
 
 
 class Strict(BaseModel):
@@ -36,6 +49,8 @@ class ElectionIn(Strict):
     allow_revote: bool = True
     results_visibility: Text = "live"
     tie_break: Text = "report"
+    live_results_step: Annotated[int, Field(ge=1, le=MAX_LIVE_RESULTS_STEP)] = 10
+    late_tokens: bool = False
 
 
 class TokensIn(Strict):
@@ -43,7 +58,7 @@ class TokensIn(Strict):
 
 
 class BallotIn(Strict):
-    voter_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    voter_id: VoterId | None = None
     choice: OptionId | None = None
     approve: Annotated[list[OptionId], Field(max_length=MAX_OPTIONS)] | None = None
     scores: Annotated[dict[OptionId, int], Field(max_length=MAX_OPTIONS)] | None = None
@@ -54,4 +69,4 @@ class BallotIn(Strict):
 
 
 class WithdrawalIn(Strict):
-    voter_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    voter_id: VoterId | None = None

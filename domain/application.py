@@ -22,6 +22,7 @@ from domain.errors import (
 )
 from domain.ports import EventWriter, Recorded, VersionConflict
 from domain.rules import ElectionRules, validate_title
+from domain.voter import Voter
 
 LIFECYCLE_ATTEMPTS = 3
 A = TypeVar("A", bound=Aggregate)
@@ -76,9 +77,9 @@ class VotingApplication(Application[UUID]):
     async def close_election(self, election_id: UUID) -> Receipt:
         return await self._change_election(election_id, Election.close)
 
-    async def issue_voter_tokens(self, election_id: UUID, voter_keys: Sequence[str]) -> Receipt:
+    async def issue_voter_tokens(self, election_id: UUID, credentials: Sequence[str]) -> Receipt:
         return await self._change_election(
-            election_id, lambda election: election.issue_voter_tokens(voter_keys)
+            election_id, lambda election: election.issue_voter_tokens(credentials)
         )
 
     async def election(self, election_id: UUID) -> Election:
@@ -132,14 +133,14 @@ class VotingApplication(Application[UUID]):
     async def cast_ballot(
         self,
         election_id: UUID,
-        voter_key: str,
+        voter: Voter,
         content: Mapping[str, Any],
         request_key: str | None = None,
     ) -> Receipt:
         """Cast a voter's ballot, or revise it where the election allows revoting."""
         election = await self._taking_ballots(election_id)
-        vote = election.accept_vote(voter_key, content).to_json()
-        first = Ballot.first_cast(election_id, voter_key, vote, request_key)
+        vote = election.accept_vote(voter, content).to_json()
+        first = Ballot.first_cast(election_id, voter.ballot_key, vote, request_key)
         try:
             recorded = await self._guarded(
                 self.writer.append_events([first], while_open=election_id), election_id
@@ -165,13 +166,13 @@ class VotingApplication(Application[UUID]):
         return await self._record_revision(existing, election_id)
 
     async def withdraw_ballot(
-        self, election_id: UUID, voter_key: str, request_key: str | None = None
+        self, election_id: UUID, voter: Voter, request_key: str | None = None
     ) -> Receipt:
         """Withdraw a voter's ballot, where the election allows changing a cast ballot."""
         election = await self._taking_ballots(election_id)
         election.check_open()
-        election.check_eligible(voter_key)
-        existing = await self.writer.load_ballot(ballot_id(election_id, voter_key))
+        election.check_eligible(voter.credential)
+        existing = await self.writer.load_ballot(ballot_id(election_id, voter.ballot_key))
         if existing is None:
             raise BallotNotFound("this voter has not cast a ballot in this election")
         replayed = await self._replay(existing, request_key, None)

@@ -1,8 +1,10 @@
 """The Ballot aggregate: one per voter and election, cast once, then revised or withdrawn.
 
-Its id is ``uuid5(election_id, voter_key)``, so a voter's second first-cast collides in the
+Its id is ``uuid5(election_id, ballot_key)``, so a voter's second first-cast collides in the
 event store on ``(originator_id, originator_version)``: the store itself enforces one ballot
-per voter, across every API process.
+per voter, across every API process. The ballot key is a secret-keyed digest of its own
+(see ``domain.voter``), and no ballot event names the voter: the log shows what was voted,
+never by whom.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from eventsourcing.utils import get_topic
 from domain.errors import BallotNotFound, IdempotencyKeyReused
 
 
-def ballot_id(election_id: UUID, voter_key: str) -> UUID:
+def ballot_id(election_id: UUID, ballot_key: str) -> UUID:
     """The id of a voter's ballot in an election."""
-    return uuid5(election_id, voter_key)
+    return uuid5(election_id, ballot_key)
 
 
 class Ballot(Aggregate):
@@ -26,17 +28,20 @@ class Ballot(Aggregate):
 
     class Cast(Aggregate.Created):
         election_id: str
-        voter_key: str
         vote: dict[str, Any]
         request_key: str | None
 
-    @staticmethod
-    def create_id(election_id: str, voter_key: str) -> UUID:
-        return ballot_id(UUID(election_id), voter_key)
+        # Version 1 also stored the voter's key: the very digest that a token election's
+        # TokensIssued listed, which linked each ballot to the token that cast it.
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.pop("voter_key", None)
 
     @classmethod
     def first_cast(
-        cls, election_id: UUID, voter_key: str, vote: dict[str, Any], request_key: str | None
+        cls, election_id: UUID, ballot_key: str, vote: dict[str, Any], request_key: str | None
     ) -> Ballot.Cast:
         """The event a voter's first ballot records: what ``Ballot(...)`` would collect,
         made without building the aggregate, which a first cast never needs. This is the
@@ -44,22 +49,18 @@ class Ballot(Aggregate):
         of the cast together."""
         # The library makes event classes dataclasses at run time, beyond mypy's sight.
         return cls.Cast(  # type: ignore[call-arg]
-            originator_id=ballot_id(election_id, voter_key),
+            originator_id=ballot_id(election_id, ballot_key),
             originator_version=cls.INITIAL_VERSION,
             timestamp=cls.Cast.create_timestamp(),
             originator_topic=_BALLOT_TOPIC,
             election_id=str(election_id),
-            voter_key=voter_key,
             vote=vote,
             request_key=request_key,
         )
 
     @event(Cast)
-    def __init__(
-        self, election_id: str, voter_key: str, vote: dict[str, Any], request_key: str | None
-    ) -> None:
+    def __init__(self, election_id: str, vote: dict[str, Any], request_key: str | None) -> None:
         self.election_id = election_id
-        self.voter_key = voter_key
         self.vote: dict[str, Any] | None = vote
         # request_key -> (version, vote) of every change, to answer a client's retry with
         # the first response instead of a conflict.

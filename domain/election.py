@@ -10,6 +10,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import ElectionNotOpen, InvalidRequest, InvalidTransition, NotEligible
 from domain.rules import ElectionRules, Eligibility
+from domain.voter import Voter
 from domain.votes import Vote, parse_vote
 
 MAX_TOKENS_PER_ISSUE = 10_000
@@ -33,6 +34,7 @@ class Election(Aggregate):
         self.title = title
         self.rules = ElectionRules.from_json(rules)
         self.status = ElectionStatus.DRAFT
+        # The electorate of a token election: the credentials of the tokens issued.
         self.voter_keys: set[str] = set()
 
     @classmethod
@@ -62,8 +64,14 @@ class Election(Aggregate):
     def _closed(self) -> None:
         self.status = ElectionStatus.CLOSED
 
-    def issue_voter_tokens(self, voter_keys: Sequence[str]) -> None:
-        """Register the voter keys of freshly issued one-time tokens."""
+    def issue_voter_tokens(self, credentials: Sequence[str]) -> None:
+        """Add the credentials of freshly issued one-time tokens to the electorate.
+
+        The electorate is fixed before voting starts: tokens are issued while the election
+        is a draft, unless it was created with ``late_tokens``. The event lists the
+        credentials sorted: in the order the tokens were made, they would tell whoever
+        received the tokens which credential is whose.
+        """
         if self.rules.eligibility is not Eligibility.TOKENS:
             raise InvalidRequest(
                 "this election lets API clients assert voter ids (eligibility 'client'); "
@@ -71,20 +79,26 @@ class Election(Aggregate):
             )
         if self.status is ElectionStatus.CLOSED:
             raise InvalidTransition("the election is closed; no more voter tokens can be issued")
-        if not 1 <= len(voter_keys) <= MAX_TOKENS_PER_ISSUE:
+        if self.status is ElectionStatus.OPEN and not self.rules.late_tokens:
+            raise InvalidTransition(
+                "the election is open, and its electorate was fixed when it opened: issue "
+                "voter tokens while it is a draft (or create it with late_tokens: true)"
+            )
+        if not 1 <= len(credentials) <= MAX_TOKENS_PER_ISSUE:
             raise InvalidRequest(
                 f"issue between 1 and {MAX_TOKENS_PER_ISSUE} tokens at a time", field="count"
             )
-        self._tokens_issued(voter_keys=list(voter_keys))
+        self._tokens_issued(voter_keys=sorted(credentials))
 
+    # The field keeps its first name, ``voter_keys``: auditors' tools read it.
     @event("TokensIssued")
     def _tokens_issued(self, voter_keys: list[str]) -> None:
         self.voter_keys.update(voter_keys)
 
-    def accept_vote(self, voter_key: str, content: Mapping[str, Any]) -> Vote:
+    def accept_vote(self, voter: Voter, content: Mapping[str, Any]) -> Vote:
         """Check that this voter may vote now and that the ballot fits the rules."""
         self.check_open()
-        self.check_eligible(voter_key)
+        self.check_eligible(voter.credential)
         return parse_vote(self.rules, content)
 
     def check_open(self) -> None:
@@ -92,6 +106,6 @@ class Election(Aggregate):
             when = "has not opened yet" if self.status is ElectionStatus.DRAFT else "is closed"
             raise ElectionNotOpen(f"the election {when}; ballots are accepted only while open")
 
-    def check_eligible(self, voter_key: str) -> None:
-        if self.rules.eligibility is Eligibility.TOKENS and voter_key not in self.voter_keys:
+    def check_eligible(self, credential: str) -> None:
+        if self.rules.eligibility is Eligibility.TOKENS and credential not in self.voter_keys:
             raise NotEligible("this voter token was not issued for this election")

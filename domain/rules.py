@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from domain.errors import InvalidElection
+from domain.errors import InvalidElection, InvalidRequest
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -18,6 +18,12 @@ MAX_TITLE = 200
 MAX_LABEL = 200
 MAX_SCORE_MAGNITUDE = 1000
 MAX_SCORE_LEVELS = 101
+# Live results advance in whole steps of this many counted ballot entries unless the
+# election asks otherwise (see domain/publication.py); 1 means exact live results.
+DEFAULT_LIVE_RESULTS_STEP = 10
+MAX_LIVE_RESULTS_STEP = 1_000_000
+# C0 controls, DEL, and UTF-16 surrogates (a lone one can only come from a broken encoder).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class Method(StrEnum):
@@ -109,6 +115,8 @@ class ElectionRules:
     allow_revote: bool = True
     results_visibility: ResultsVisibility = ResultsVisibility.LIVE
     tie_break: TieBreak = TieBreak.REPORT
+    live_results_step: int = DEFAULT_LIVE_RESULTS_STEP
+    late_tokens: bool = False
     # Derived once: validation and tabulation look these up for every ballot.
     option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
     option_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -131,6 +139,8 @@ class ElectionRules:
         allow_revote: bool = True,
         results_visibility: str = ResultsVisibility.LIVE,
         tie_break: str = TieBreak.REPORT,
+        live_results_step: int = DEFAULT_LIVE_RESULTS_STEP,
+        late_tokens: bool = False,
     ) -> ElectionRules:
         """Validate raw rules (as an API client sends them) and pin them."""
         chosen = _enum(Method, method, "method")
@@ -162,8 +172,16 @@ class ElectionRules:
                         f"{name} applies to score and STAR elections only, not {chosen.value}",
                         field=name,
                     )
-        if not isinstance(allow_revote, bool):
-            raise InvalidElection("allow_revote must be true or false", field="allow_revote")
+        for name, flag in (("allow_revote", allow_revote), ("late_tokens", late_tokens)):
+            if not isinstance(flag, bool):
+                raise InvalidElection(f"{name} must be true or false", field=name)
+        step = _int(live_results_step, "live_results_step")
+        if not 1 <= step <= MAX_LIVE_RESULTS_STEP:
+            raise InvalidElection(
+                f"live_results_step must be from 1 (exact live results) to "
+                f"{MAX_LIVE_RESULTS_STEP}; got {step}",
+                field="live_results_step",
+            )
         scored = chosen.is_scored
         return cls(
             options=parsed_options,
@@ -174,6 +192,8 @@ class ElectionRules:
             allow_revote=allow_revote,
             results_visibility=_enum(ResultsVisibility, results_visibility, "results_visibility"),
             tie_break=_enum(TieBreak, tie_break, "tie_break"),
+            live_results_step=step,
+            late_tokens=late_tokens,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -187,6 +207,8 @@ class ElectionRules:
             "allow_revote": self.allow_revote,
             "results_visibility": self.results_visibility.value,
             "tie_break": self.tie_break.value,
+            "live_results_step": self.live_results_step,
+            "late_tokens": self.late_tokens,
         }
 
     @classmethod
@@ -201,6 +223,10 @@ class ElectionRules:
             allow_revote=bool(data["allow_revote"]),
             results_visibility=ResultsVisibility(data["results_visibility"]),
             tie_break=TieBreak(data.get("tie_break", TieBreak.REPORT.value)),
+            # Elections created before these rules existed had exact live results, and
+            # took voter tokens until the close: what they pinned stays what they get.
+            live_results_step=int(data.get("live_results_step", 1)),
+            late_tokens=bool(data.get("late_tokens", True)),
         )
 
 
@@ -257,6 +283,7 @@ def _parse_options(raw: object) -> tuple[Option, ...]:
                 f"{where}.label must be a non-empty text of at most {MAX_LABEL} characters",
                 field=f"{where}.label",
             )
+        plain_text(label, f"{where}.label")
         seen.add(option_id)
         options.append(Option(option_id, label.strip()))
     return tuple(options)
@@ -266,8 +293,28 @@ def validate_title(title: object) -> str:
     """An election's title: non-empty text, at most MAX_TITLE characters."""
     if not isinstance(title, str) or not title.strip():
         raise InvalidElection("title must be a non-empty text", field="title")
+    plain_text(title, "title")
     if len(title) > MAX_TITLE:
         raise InvalidElection(
             f"title may have at most {MAX_TITLE} characters; got {len(title)}", field="title"
         )
     return title.strip()
+
+
+def plain_text(value: str, field: str) -> str:
+    """``value`` if it holds no control character (U+0000-U+001F, U+007F) and no lone
+    surrogate; InvalidRequest naming ``field`` otherwise.
+
+    Such characters have no place in a title, a label or an id, and some (NUL) cannot even
+    be stored by the read models: refused at the door, they never reach the log.
+    """
+    found = _UNPRINTABLE.search(value)
+    if found is not None:
+        code = ord(found.group())
+        kind = "a lone surrogate" if 0xD800 <= code <= 0xDFFF else "a control character"
+        raise InvalidRequest(
+            f"{field} contains {kind} (U+{code:04X}) at index {found.start()}; "
+            "use printable text only",
+            field=field,
+        )
+    return value

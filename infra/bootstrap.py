@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -56,7 +55,7 @@ class Services:
     positions: PositionWatcher
     workers: Workers
     # Results computed per (election, position): dashboards poll, positions move rarely.
-    results_cache: dict[tuple[UUID, int, int], dict[str, Any]] = field(default_factory=dict)
+    results_cache: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
 
 
 def _database_url(settings: Settings) -> str:

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
+from uuid import UUID
 
 import psycopg
+from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from psycopg import sql
 
@@ -85,19 +87,31 @@ class ElectionFeed:
             if not rows:
                 self.position = head
                 return
-            events = [
-                self.app.mapper.to_domain_event(
-                    StoredEvent(
-                        originator_id=row[1],
-                        originator_version=row[2],
-                        topic=row[3],
-                        state=bytes(row[4]),
-                    )
-                )
-                for row in rows
-            ]
-            self.app.observe(events)
+            for event in self._readable(rows):
+                try:
+                    self.app.observe([event])
+                except Exception as error:  # keep following; the election reloads on use
+                    log.error("election feed: cannot apply %r: %s", event, error)
+                    self.app.elections.pop(event.originator_id, None)
             self.position = head if len(rows) < PAGE else int(rows[-1][0])
+
+    def _readable(self, rows: list[tuple[Any, ...]]) -> list[DomainEventProtocol[UUID]]:
+        """The rows as election events; one that cannot be read is logged and skipped,
+        and its election dropped from the cache (the next use reads it from the store)."""
+        events = []
+        for position, stream_id, version, topic, state in rows:
+            try:
+                stored = StoredEvent(stream_id, version, topic, bytes(state))
+                events.append(self.app.mapper.to_domain_event(stored))
+            except Exception as error:
+                log.error(
+                    "election feed: the entry at position %s (%s) cannot be read, skipped: %s",
+                    position,
+                    topic,
+                    error,
+                )
+                self.app.elections.pop(stream_id, None)
+        return events
 
     async def _wait_for_notify(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):

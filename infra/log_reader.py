@@ -25,8 +25,9 @@ async def read_log(
     mapper: Mapper[UUID],
     after: int = 0,
     page_size: int = PAGE_SIZE,
-) -> AsyncIterator[tuple[int, DomainEventProtocol[UUID]]]:
-    """Every event after ``after``, as (position, event), in position order."""
+) -> AsyncIterator[tuple[int, DomainEventProtocol[UUID] | Unreadable]]:
+    """Every event after ``after``, as (position, event), in position order; an entry
+    that cannot be read comes as Unreadable."""
     while True:
         cursor = await conn.execute(PAGE, (after, page_size))
         rows = await cursor.fetchall()
@@ -37,15 +38,28 @@ async def read_log(
                 topic=topic,
                 state=bytes(state),
             )
-            yield int(position), mapper.to_domain_event(stored)
+            try:
+                event: DomainEventProtocol[UUID] | Unreadable = mapper.to_domain_event(stored)
+            except Exception as error:
+                event = Unreadable(f"unreadable: {type(error).__name__}: {error}")
+            yield int(position), event
         if len(rows) < page_size:
             return
         after = int(rows[-1][0])
 
 
 async def recount_store(conn: AsyncConnection[Any], mapper: Mapper[UUID]) -> Recount:
-    """A full recount of every election from the log."""
+    """A full recount of every election from the log (an entry that cannot be read is set
+    aside, as the projections set it aside)."""
     recount = Recount()
     async for position, event in read_log(conn, mapper):
-        recount.apply(position, event)
+        if isinstance(event, Unreadable):
+            recount.position = position
+            recount.put_aside(position, None, str(event))
+        else:
+            recount.apply(position, event)
     return recount
+
+
+class Unreadable(Exception):
+    """A log entry the mapper cannot turn into a domain event, in its place."""

@@ -60,6 +60,16 @@ PROJECTION_APPLY_SECONDS = Histogram(
     ["projection"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
+PROJECTION_SET_ASIDE = Counter(
+    "cardinal_projection_set_aside_total",
+    "Log entries a projection could not apply and set aside (by this process)",
+    ["projection"],
+)
+PROJECTION_SET_ASIDE_ACTIVE = Gauge(
+    "cardinal_projection_set_aside_events",
+    "Log entries the active version of a projection has set aside (from the database)",
+    ["projection"],
+)
 PROJECTION_REJECTED = Counter(
     "cardinal_projection_rejected_total", "Messages dead-lettered", ["projection"]
 )
@@ -83,7 +93,11 @@ SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
                  JOIN projection_positions p
                    ON p.name = r.name AND p.version = r.active_version), '{}'),
        coalesce((SELECT json_object_agg(name, json_build_array(rebuild_position, rebuild_rate))
-                 FROM projections WHERE state = 'rebuilding'), '{}')
+                 FROM projections WHERE state = 'rebuilding'), '{}'),
+       coalesce((SELECT json_object_agg(r.name, (SELECT count(*) FROM projection_set_aside s
+                                                  WHERE s.name = r.name
+                                                    AND s.version = r.active_version))
+                 FROM projections r), '{}')
 """
 
 
@@ -97,7 +111,7 @@ async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) 
         raise
     DATABASE_CONNECTED.labels(component).set(1)
     assert row is not None
-    head, relay, projections, rebuilds = row
+    head, relay, projections, rebuilds, set_aside = row
     LOG_HEAD.set(head)
     if relay is not None:
         RELAY_POSITION.set(relay)
@@ -105,6 +119,7 @@ async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) 
     for name, position in projections.items():
         PROJECTION_POSITION.labels(name).set(position)
         PROJECTION_LAG.labels(name).set(max(0, head - position))
+        PROJECTION_SET_ASIDE_ACTIVE.labels(name).set(set_aside.get(name, 0))
     # Rebuild progress, from the registry: a rebuild runs in a process of its own.
     for name in projections:
         position, rate = rebuilds.get(name, (None, None))

@@ -32,7 +32,8 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
         print(json.dumps({"projections": found}, indent=2))
         return 0
     table = Table(title="Projections")
-    for column in ("name", "version", "state", "position", "head", "lag", "dead-lettered"):
+    columns = ("name", "version", "state", "position", "head", "lag", "dead-lettered", "set aside")
+    for column in columns:
         table.add_column(column, justify="right" if column not in ("name", "state") else "left")
     table.add_column("rebuild / detail")
     for entry in found:
@@ -52,6 +53,7 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
             f"{entry['head']:,}",
             f"{entry['lag']:,}",
             str(entry["dead_lettered"]),
+            f"[red]{entry['set_aside']}[/]" if entry["set_aside"] else "0",
             note,
         )
     console.print(table)

@@ -1,4 +1,10 @@
-"""Voter keys: an HMAC of the voter's identity, so no raw voter id ever reaches the log."""
+"""Voters' keys: HMACs of their identity under the server secret.
+
+No raw voter id or token ever reaches the log, and what does reach it cannot be linked:
+a token election lists its electorate's *credentials* (an HMAC of each token), while a
+ballot is named by a *ballot key*, an HMAC of the credential under a different label.
+Going from one to the other takes ``CARDINAL_SECRET``; see docs/threat-model.md.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,13 @@ import hmac
 import secrets
 from uuid import UUID
 
+from domain.voter import Voter
+
 VOTER_TOKEN_PREFIX = "cvt_"  # noqa: S105 - a marker, not a secret
 
 
 class VoterKeys:
-    """Derives voter keys under the server secret.
+    """Derives voters' keys under the server secret.
 
     The election id is part of the message, so one person's keys in two elections cannot
     be linked; the kind prefix keeps a voter id and a token that happen to be equal apart.
@@ -20,15 +28,20 @@ class VoterKeys:
     def __init__(self, secret: str) -> None:
         self._secret = secret.encode()
 
-    def for_voter_id(self, election_id: UUID, voter_id: str) -> str:
-        return self._mac(b"voter-id", election_id, voter_id)
+    def for_voter_id(self, election_id: UUID, voter_id: str) -> Voter:
+        return self._voter(self.credential(election_id, voter_id, kind=b"voter-id"))
 
-    def for_token(self, election_id: UUID, token: str) -> str:
-        return self._mac(b"voter-token", election_id, token)
+    def for_token(self, election_id: UUID, token: str) -> Voter:
+        return self._voter(self.credential(election_id, token))
 
-    def _mac(self, kind: bytes, election_id: UUID, identity: str) -> str:
+    def credential(self, election_id: UUID, identity: str, *, kind: bytes = b"voter-token") -> str:
+        """What an electorate lists for this identity (a token, by default)."""
         message = kind + b"\x00" + election_id.bytes + identity.encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _voter(self, credential: str) -> Voter:
+        ballot_key = hmac.new(self._secret, b"ballot\x00" + credential.encode(), hashlib.sha256)
+        return Voter(credential, ballot_key.hexdigest())
 
 
 def new_voter_token() -> str:
@@ -40,10 +53,11 @@ def is_voter_token(token: str) -> bool:
     return token.startswith(VOTER_TOKEN_PREFIX)
 
 
-def request_key(idempotency_key: str, voter_key: str) -> str:
+def request_key(idempotency_key: str, voter: Voter) -> str:
     """What a ballot event stores of a client's Idempotency-Key: a digest, scoped to the voter.
 
-    Hashing keeps arbitrary client text out of the log; scoping to the voter keeps one
-    voter's key from ever matching another's.
+    Hashing keeps arbitrary client text out of the log; scoping to the voter's (secret)
+    ballot key keeps one voter's key from ever matching another's, and keeps anyone who
+    knows the Idempotency-Key but not the secret from finding the ballot by it.
     """
-    return hashlib.sha256(f"{voter_key}\x00{idempotency_key}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{voter.ballot_key}\x00{idempotency_key}".encode()).hexdigest()[:32]

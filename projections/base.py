@@ -39,7 +39,14 @@ class Projection(ABC):
 
 
 class BulkBuilder(Protocol):
-    """Builds a projection version in memory from the whole log, then writes it at once."""
+    """Builds a projection version in memory from the whole log, then writes it at once.
+
+    Entries it cannot take in go to ``set_aside``, with the reason. If ``write`` fails, the
+    rebuild starts over without the bulk builder, applying page by page (and setting aside
+    entry by entry): slower, but it gets past whatever the bulk path could not.
+    """
+
+    set_aside: list[tuple[LogEvent, str]]
 
     def add(self, events: Sequence[LogEvent]) -> None:
         """Take in the next entries (ascending positions)."""

@@ -24,6 +24,9 @@ HEAD = f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
 class LogEvent(NamedTuple):
     """One log entry: ``type`` is e.g. 'BallotCast'; ``data`` is its JSON state.
 
+    An entry whose state is not a JSON object (a bug, an older version, a hand edit) comes
+    with empty ``data`` and says why in ``unreadable``: readers set it aside and go on.
+
     A named tuple rather than a dataclass: rebuilds create a million of these, and tuple
     construction is several times cheaper.
     """
@@ -33,6 +36,17 @@ class LogEvent(NamedTuple):
     version: int
     type: str
     data: dict[str, Any]
+    unreadable: str | None = None
+
+    @property
+    def election_id(self) -> UUID | None:
+        """The election this entry belongs to, where it says so legibly."""
+        if self.type.startswith("Election"):
+            return self.stream_id
+        try:
+            return UUID(self.data["election_id"])
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return None
 
     @property
     def timestamp(self) -> str:
@@ -49,13 +63,14 @@ class LogEvent(NamedTuple):
 
     @classmethod
     def from_message(cls, item: dict[str, Any]) -> LogEvent:
-        return cls(
-            position=int(item["position"]),
-            stream_id=UUID(item["stream_id"]),
-            version=int(item["version"]),
-            type=str(item["type"]),
-            data=dict(item["data"]),
-        )
+        position = int(item["position"])
+        stream_id = UUID(item["stream_id"])
+        version = int(item["version"])
+        kind = str(item["type"])
+        data = item["data"]
+        if not isinstance(data, dict):
+            return cls(position, stream_id, version, kind, {}, _NOT_AN_OBJECT)
+        return cls(position, stream_id, version, kind, data)
 
 
 @functools.cache
@@ -64,9 +79,19 @@ def event_type(topic: str) -> str:
     return topic.rpartition(":")[2].replace(".", "")
 
 
+_NOT_AN_OBJECT = "its state is not a JSON object"
+
+
 def decode_row(row: Sequence[Any]) -> LogEvent:
     position, stream_id, version, topic, state = row
-    return LogEvent(position, stream_id, version, event_type(topic), orjson.loads(state))
+    kind = event_type(topic)
+    try:
+        data = orjson.loads(state)
+    except orjson.JSONDecodeError as error:
+        return LogEvent(position, stream_id, version, kind, {}, f"unreadable state: {error}")
+    if not isinstance(data, dict):
+        return LogEvent(position, stream_id, version, kind, {}, _NOT_AN_OBJECT)
+    return LogEvent(position, stream_id, version, kind, data)
 
 
 async def head(conn: AsyncConnection[Any]) -> int:

@@ -16,15 +16,23 @@ SELECT
     (SELECT count(*) FROM read_models.tally_late_ballots WHERE election_id = %(id)s),
     (SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
        FROM read_models.tally_counters WHERE election_id = %(id)s),
-    (SELECT active_version FROM projections WHERE name = 'tally')
-FROM (SELECT 1) AS one
+    v.version,
+    coalesce(e.entries, 0),
+    coalesce(e.published_position, 0),
+    e.published_counters,
+    (SELECT count(*) FROM projection_set_aside s
+      WHERE s.name = 'tally' AND s.version = v.version AND s.election_id = %(id)s),
+    (SELECT count(*) FROM projection_set_aside s
+      WHERE s.name = 'tally' AND s.version = v.version AND s.election_id IS NULL)
+FROM (SELECT active_version AS version FROM projections WHERE name = 'tally') AS v
 LEFT JOIN read_models.tally_elections e ON e.election_id = %(id)s
 """
 
 
 @dataclass(frozen=True)
 class TallySnapshot:
-    """An election's statistics as of ``position`` (rules None: not projected yet)."""
+    """An election's statistics as of ``position`` (rules None: not projected yet), and
+    as last published (``domain.publication``)."""
 
     position: int
     rules: dict[str, Any] | None
@@ -32,11 +40,41 @@ class TallySnapshot:
     late_ballots: int
     counters: dict[str, int]
     version: int = 0  # the tally version read: a rebuild can change counts at a position
+    entries: int = 0  # ballot entries counted
+    published_position: int = 0
+    published_counters: dict[str, int] | None = None  # None: nothing published yet
+    set_aside: int = 0  # this election's entries the tally could not apply
+    set_aside_unattributed: int = 0  # entries set aside that name no election legibly
 
 
 async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> TallySnapshot:
     cursor = await conn.execute(SNAPSHOT, {"id": election_id}, prepare=True)
     row = await cursor.fetchone()
-    assert row is not None
-    position, rules, closed_at, late, counters, version = row
-    return TallySnapshot(int(position or 0), rules, closed_at, int(late), counters, version or 0)
+    if row is None:  # the tally has no version yet
+        return TallySnapshot(0, None, None, 0, {})
+    (
+        position,
+        rules,
+        closed_at,
+        late,
+        counters,
+        version,
+        entries,
+        published_position,
+        published_counters,
+        set_aside,
+        unattributed,
+    ) = row
+    return TallySnapshot(
+        int(position or 0),
+        rules,
+        closed_at,
+        int(late),
+        counters,
+        version or 0,
+        int(entries),
+        int(published_position),
+        published_counters,
+        int(set_aside),
+        int(unattributed),
+    )

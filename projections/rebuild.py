@@ -22,17 +22,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from infra.store import EVENTS_TABLE
-from projections.base import Projection, schema_name
+from projections.base import BulkBuilder, Projection, schema_name
 from projections.log import LogEvent, head, read_page
-from projections.runtime import create_version, expose_version, lock_projection, track
+from projections.runtime import (
+    apply_isolated,
+    create_version,
+    expose_version,
+    lock_projection,
+    record_set_aside,
+    track,
+)
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 20_000
+# What a bulk build can meet in entries no reader has met before: values the database
+# refuses, votes that do not add up. Page by page, such entries are set aside one by one.
+UNWRITABLE = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.ProgrammingError,
+    psycopg.InternalError,
+    psycopg.NotSupportedError,
+    KeyError,
+    ValueError,
+    TypeError,
+    AttributeError,
+)
 
 
 class RebuildRefused(Exception):
@@ -139,14 +160,28 @@ class Rebuild:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            await self._fill_pages(version)
+            bulk = self.projection.bulk()
+            try:
+                await self._fill_pages(version, bulk)
+            except UNWRITABLE as error:
+                if bulk is None:
+                    raise
+                # Its write was rolled back whole: build page by page instead, where each
+                # entry that cannot be applied is set aside on its own.
+                log.warning(
+                    "projection %s: the bulk build failed (%s: %s); building page by page",
+                    self.name,
+                    type(error).__name__,
+                    error,
+                )
+                del bulk
+                self.projection.forget()
+                await self._fill_pages(version, None)
         finally:
             if collecting:
                 gc.enable()
 
-    async def _fill_pages(self, version: int) -> None:
-        schema = schema_name(self.name, version)
-        bulk = self.projection.bulk()
+    async def _fill_pages(self, version: int, bulk: BulkBuilder | None) -> None:
         started = time.perf_counter()
         position = events = 0
         async with self.pool.connection() as conn:
@@ -168,7 +203,7 @@ class Rebuild:
                     bulk.add(page)
                 else:
                     async with conn.transaction():
-                        await self.projection.apply(conn, schema, page)
+                        await apply_isolated(conn, self.projection, version, page)
                         await track(conn, self.name, version, last)
                 position, events = last, events + len(page)
                 await self._report(
@@ -183,12 +218,12 @@ class Rebuild:
                     upto = await head(conn)  # the log moved on meanwhile: keep going
             if bulk is not None:
                 async with conn.transaction():
-                    await bulk.write(conn, schema)
+                    await bulk.write(conn, schema_name(self.name, version))
+                    await record_set_aside(conn, self.name, version, bulk.set_aside)
                     await track(conn, self.name, version, position)
         self.projection.forget()
 
     async def _switch(self, version: int) -> None:
-        schema = schema_name(self.name, version)
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM projections WHERE name = %s FOR UPDATE", (self.name,))
             cursor = await conn.execute(
@@ -200,8 +235,7 @@ class Rebuild:
             upto = await head(conn)
             while position < upto:  # what arrived since the fill: usually a few pages
                 page = await read_page(conn, position, upto, self.page_size)
-                if page:
-                    await self.projection.apply(conn, schema, page)
+                await apply_isolated(conn, self.projection, version, page)
                 position = page[-1].position if len(page) == self.page_size else upto
             await track(conn, self.name, version, position)
             await expose_version(conn, self.projection, version)
@@ -252,7 +286,10 @@ class Rebuild:
                 sql.Identifier(schema_name(self.name, version))
             )
         )
-        await conn.execute(
-            "DELETE FROM projection_positions WHERE name = %s AND version = %s",
-            (self.name, version),
-        )
+        for table in ("projection_positions", "projection_set_aside"):
+            await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE name = %s AND version = %s").format(
+                    sql.Identifier(table)
+                ),
+                (self.name, version),
+            )

@@ -9,6 +9,11 @@ page "all committed entries with after < position <= last" and the tracked posit
 - otherwise the entries beyond T are applied.
 
 Any page can therefore be applied any number of times, in any order, with the same result.
+
+One bad entry never stops the others: an entry the projection cannot apply (unreadable, of
+an unknown election, a value the database refuses, a bug) is *set aside*. It is recorded in
+``projection_set_aside`` with the reason, in the transaction whose position passes it, and
+the rest of its page is applied. A rebuild, which builds a new version, tries it again.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from infra import metrics
 from projections.base import Projection, schema_name
@@ -30,6 +36,13 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "cardinal_projections"
 PAGE_SIZE = 5000
+# Failures that say nothing about the entries: the page is tried again as a whole.
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+SET_ASIDE = """
+INSERT INTO projection_set_aside (name, version, position, election_id, type, reason)
+SELECT %s, %s, * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+"""
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,7 @@ class Applied:
     events: int
     position: int
     duplicate: bool = False
+    set_aside: int = 0
 
 
 class GapTooLarge(Exception):
@@ -89,8 +103,9 @@ class ProjectionRunner:
             row = await cursor.fetchone()
         return 0 if row is None else int(row[0])
 
-    async def apply_page(self, after: int, last: int, events: Sequence[LogEvent]) -> Applied:
-        """Apply one page, exactly once, in one transaction."""
+    async def apply_page(self, after: int, last: int, events: Sequence[LogEvent] | None) -> Applied:
+        """Apply one page, exactly once, in one transaction (``events`` None: the page's
+        entries are read from the store, as for a message that could not be decoded)."""
         started = time.perf_counter()
         applied = await self._apply_page(after, last, events)
         if not applied.duplicate:
@@ -101,7 +116,9 @@ class ProjectionRunner:
             metrics.PROJECTION_POSITION.labels(self.name).set(applied.position)
         return applied
 
-    async def _apply_page(self, after: int, last: int, events: Sequence[LogEvent]) -> Applied:
+    async def _apply_page(
+        self, after: int, last: int, events: Sequence[LogEvent] | None
+    ) -> Applied:
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 # Safe without waiting for the WAL flush: read models are derived, and their
@@ -111,15 +128,16 @@ class ProjectionRunner:
                 version, tracked = await _lock_active_position(conn, self.name)
                 if last <= tracked:
                     return Applied(0, tracked, duplicate=True)
+                if events is None:
+                    after, events = last, []  # read the whole page from the store
                 pending = [e for e in events if e.position > tracked]
                 if after > tracked:
                     if after - tracked > self.page_size:
                         raise GapTooLarge(f"{after - tracked} positions missing before {after}")
                     pending = await read_page(conn, tracked, after, self.page_size) + pending
-                if pending:
-                    await self.projection.apply(conn, schema_name(self.name, version), pending)
+                aside = await apply_isolated(conn, self.projection, version, pending)
                 await track(conn, self.name, version, last)
-                return Applied(len(pending), last)
+                return Applied(len(pending) - aside, last, set_aside=aside)
         except BaseException:
             self.projection.forget()
             raise
@@ -141,6 +159,78 @@ class ProjectionRunner:
             applied += (await self.apply_page(tracked, last, events)).events
             if progress is not None:
                 progress(last, upto)
+
+
+async def apply_isolated(
+    conn: AsyncConnection[Any], projection: Projection, version: int, events: Sequence[LogEvent]
+) -> int:
+    """Apply ``events`` to a version of ``projection``, setting aside each one that cannot
+    be applied; return how many were set aside.
+
+    The entries go in together, in a savepoint. If that fails for any reason but a
+    transient one, the savepoint is rolled back and the run is split in two, each half
+    tried the same way: the good entries are applied in order, and a bad one is found in
+    a few rounds (log2 of the run) and recorded with its reason.
+    """
+    aside = [(e, e.unreadable) for e in events if e.unreadable is not None]
+    readable = [e for e in events if e.unreadable is None] if aside else events
+    if readable:
+        await _apply_or_split(
+            conn, projection, schema_name(projection.name, version), readable, aside
+        )
+    await record_set_aside(conn, projection.name, version, aside)
+    return len(aside)
+
+
+async def _apply_or_split(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    schema: str,
+    events: Sequence[LogEvent],
+    aside: list[tuple[LogEvent, str]],
+) -> None:
+    try:
+        async with conn.transaction():  # a savepoint: a failure undoes this try alone
+            await projection.apply(conn, schema, events)
+    except TRANSIENT:
+        raise
+    except Exception as error:
+        projection.forget()  # its caches may hold what was just rolled back
+        if len(events) == 1:
+            aside.append((events[0], f"{type(error).__name__}: {error}"))
+            return
+        middle = len(events) // 2
+        await _apply_or_split(conn, projection, schema, events[:middle], aside)
+        await _apply_or_split(conn, projection, schema, events[middle:], aside)
+
+
+async def record_set_aside(
+    conn: AsyncConnection[Any], name: str, version: int, aside: list[tuple[LogEvent, str]]
+) -> None:
+    """Record entries set aside by a version (in the caller's transaction), loudly."""
+    if not aside:
+        return
+    for event, reason in aside:
+        log.error(
+            "projection %s SET ASIDE the entry at position %d (%s): %s; the count of its "
+            "election is incomplete until a rebuild applies it",
+            name,
+            event.position,
+            event.type,
+            reason,
+        )
+    await conn.execute(
+        SET_ASIDE,
+        (
+            name,
+            version,
+            [e.position for e, _ in aside],
+            [e.election_id for e, _ in aside],
+            [e.type for e, _ in aside],
+            [reason[:2000] for _, reason in aside],
+        ),
+    )
+    metrics.PROJECTION_SET_ASIDE.labels(name).inc(len(aside))
 
 
 async def lock_projection(conn: AsyncConnection[Any], name: str) -> None:

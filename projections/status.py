@@ -17,7 +17,9 @@ SELECT r.name, r.active_version, r.building_version, r.state, r.detail,
        p.position, p.updated_at,
        r.rebuild_started_at, r.rebuild_position, r.rebuild_head, r.rebuild_rate, r.updated_at,
        (SELECT count(*) FROM projection_rejections j WHERE j.name = r.name),
-       (SELECT coalesce(max(notification_id), 0) FROM cardinal_events)
+       (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
+       (SELECT count(*) FROM projection_set_aside s
+        WHERE s.name = r.name AND s.version = r.active_version)
 FROM projections r
 LEFT JOIN projection_positions p ON p.name = r.name AND p.version = r.active_version
 ORDER BY r.name
@@ -45,6 +47,7 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             registry_updated,
             rejected,
             head,
+            set_aside,
         ) = row
         position = int(position or 0)
         lag = max(0, int(head) - position)
@@ -64,6 +67,7 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             "head": int(head),
             "lag": lag,
             "dead_lettered": int(rejected),
+            "set_aside": int(set_aside),
             "updated_at": moved_at.isoformat() if moved_at else None,
             "detail": detail,
             "rebuild": None,

@@ -5,6 +5,9 @@ goes into one Tally (a revision subtracts the voter's previous ballot and adds t
 and ballots that follow their election's Closed entry are kept apart as late. Live, a batch's
 changes are then written as counter increments and upserts; in a rebuild, the whole log is
 counted in memory and written once with COPY.
+
+Each election also keeps what stepped live results need (``domain.publication``): how many
+ballot entries were counted, and its statistics as last published, with that position.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 
+from domain.publication import Steps, Trail
 from domain.rules import ElectionRules
 from domain.tabulation import Tally
 from domain.votes import stored_vote
@@ -31,6 +36,9 @@ BALLOT_TYPES = frozenset({"BallotCast", "BallotRevised", "BallotWithdrawn"})
 class _Election:
     rules: ElectionRules
     closed_at: int | None
+    steps: Steps
+    # Live: this batch's change to the statistics up to its last publication, if any.
+    published: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -58,23 +66,60 @@ class TallyChanges:
     late: list[tuple[int, UUID, UUID, int, str | None, str]] = field(default_factory=list)
     tallies: dict[UUID, Tally] = field(default_factory=dict)
     ids: dict[str, UUID] = field(default_factory=dict)
+    boundaries: dict[UUID, int] = field(default_factory=dict)
 
     def add(self, events: Sequence[LogEvent]) -> None:
+        self._find_boundaries(events)
         for event in events:
             kind = event.type
             if kind in BALLOT_TYPES:
                 self._ballot(event)
             elif kind == "ElectionCreated":
                 rules = ElectionRules.from_json(event.data["rules"])
-                self.elections[event.stream_id] = _Election(rules, None)
+                steps = Steps(rules.live_results_step, created_at=event.position)
+                self.elections[event.stream_id] = _Election(rules, None, steps)
                 self.created.append((event.stream_id, _json(event.data["rules"])))
             elif kind == "ElectionClosed":
-                self.elections[event.stream_id].closed_at = event.position
+                self._election(event.stream_id).closed_at = event.position
                 self.closed.append((event.stream_id, event.position))
+
+    def _find_boundaries(self, events: Sequence[LogEvent]) -> None:
+        """Where each stepped election's last publication in this run of entries falls
+        (its entry number): the statistics are copied there, once, not at every step."""
+        counted: Counter[UUID] = Counter()
+        closed: set[UUID] = set()
+        steps = {i: (e.steps.entries, e.steps.step) for i, e in self.elections.items()}
+        for event in events:
+            if event.type in BALLOT_TYPES:
+                election_id = self.uuid(event.data["election_id"])
+                if election_id not in closed:
+                    counted[election_id] += 1
+            elif event.type == "ElectionClosed":
+                closed.add(event.stream_id)
+            elif event.type == "ElectionCreated":
+                step = event.data["rules"].get("live_results_step", 1)
+                steps[event.stream_id] = (0, step) if isinstance(step, int) and step > 0 else (0, 1)
+        self.boundaries = {}
+        for election_id, entries in counted.items():
+            election = self.elections.get(election_id)
+            if election_id not in steps or (
+                election is not None and election.closed_at is not None
+            ):
+                continue
+            before, step = steps[election_id]
+            last = (before + entries) // step * step
+            if step > 1 and last > before:
+                self.boundaries[election_id] = last
+
+    def _election(self, election_id: UUID) -> _Election:
+        election = self.elections.get(election_id)
+        if election is None:
+            raise KeyError(f"no election {election_id} in the tally (its creation is not counted)")
+        return election
 
     def _ballot(self, event: LogEvent) -> None:
         election_id = self.uuid(event.data["election_id"])
-        election = self.elections[election_id]
+        election = self._election(election_id)
         vote = event.data.get("vote")
         if election.closed_at is not None:
             self.late.append(
@@ -100,6 +145,9 @@ class TallyChanges:
             election_id, vote, event.version, event.position, event.timestamp
         )
         self.changed.add(event.stream_id)
+        election.steps.count(event.position)
+        if election.steps.entries == self.boundaries.get(election_id):
+            election.published = tally.counters()
 
     def uuid(self, text: str) -> UUID:
         """Election ids repeat on every ballot entry; parse each once."""
@@ -122,6 +170,25 @@ class TallyChanges:
             for election_id, tally in self.tallies.items()
             for key, value in tally.counters().items()
         ]
+
+    def step_rows(
+        self, stored: dict[UUID, dict[str, int]]
+    ) -> list[tuple[UUID, int, int, str | None]]:
+        """(election, entries, published position, published statistics) of every
+        election that counted entries; ``stored``: the statistics before this batch of
+        the elections that published in it."""
+        rows: list[tuple[UUID, int, int, str | None]] = []
+        for election_id in self.tallies:
+            election = self.elections[election_id]
+            steps = election.steps
+            if election.published is None:
+                rows.append((election_id, steps.entries, steps.position, None))
+                continue
+            published = Counter(stored.get(election_id, {}))
+            published.update(election.published)
+            counters = {key: value for key, value in published.items() if value}
+            rows.append((election_id, steps.entries, steps.position, _json(counters)))
+        return rows
 
 
 class TallyProjection(Projection):
@@ -152,9 +219,13 @@ class TallyProjection(Projection):
             if changes.created:
                 await cur.executemany(
                     sql.SQL(
-                        "INSERT INTO {}.elections (election_id, rules) VALUES (%s, %s::jsonb)"
+                        "INSERT INTO {}.elections (election_id, rules, published_position) "
+                        "VALUES (%s, %s::jsonb, %s)"
                     ).format(s),
-                    changes.created,
+                    [
+                        (election_id, rules, changes.elections[election_id].steps.created_at)
+                        for election_id, rules in changes.created
+                    ],
                 )
             if changes.closed:
                 await cur.executemany(
@@ -176,6 +247,23 @@ class TallyProjection(Projection):
                         "recorded_at = excluded.recorded_at"
                     ).format(s),
                     tuple(list(column) for column in zip(*rows, strict=True)),
+                )
+            if changes.tallies:
+                # Before the counters move: the statistics a publication in this batch
+                # builds on.
+                stored = await self._stored_counters(
+                    cur, s, [i for i, e in changes.elections.items() if e.published is not None]
+                )
+                await cur.execute(
+                    sql.SQL(
+                        "UPDATE {0}.elections e SET entries = a.entries, "
+                        "published_position = coalesce(a.position, e.published_position), "
+                        "published_counters = coalesce(a.counters, e.published_counters) "
+                        "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
+                        "AS a(election_id, entries, position, counters) "
+                        "WHERE e.election_id = a.election_id"
+                    ).format(s),
+                    tuple(list(column) for column in zip(*changes.step_rows(stored), strict=True)),
                 )
             counters = changes.counter_rows()
             if counters:
@@ -214,13 +302,32 @@ class TallyProjection(Projection):
             return
         cursor = await conn.execute(
             sql.SQL(
-                "SELECT election_id, rules, closed_at FROM {}.elections WHERE election_id = ANY(%s)"
+                "SELECT election_id, rules, closed_at, entries, published_position "
+                "FROM {}.elections WHERE election_id = ANY(%s)"
             ).format(s),
             (list(wanted),),
         )
-        for election_id, rules_json, closed_at in await cursor.fetchall():
+        for election_id, rules_json, closed_at, entries, published in await cursor.fetchall():
             rules = self._rules.get(election_id) or ElectionRules.from_json(rules_json)
-            changes.elections[election_id] = _Election(rules, closed_at)
+            steps = Steps(rules.live_results_step, entries=entries, published_at=published)
+            changes.elections[election_id] = _Election(rules, closed_at, steps)
+
+    @staticmethod
+    async def _stored_counters(
+        cur: AsyncCursor[Any], s: sql.Identifier, elections: list[UUID]
+    ) -> dict[UUID, dict[str, int]]:
+        if not elections:
+            return {}
+        await cur.execute(
+            sql.SQL(
+                "SELECT election_id, key, value FROM {}.counters WHERE election_id = ANY(%s)"
+            ).format(s),
+            (elections,),
+        )
+        stored: dict[UUID, dict[str, int]] = {}
+        for election_id, key, value in await cur.fetchall():
+            stored.setdefault(election_id, {})[key] = value
+        return stored
 
     @staticmethod
     async def _load_ballots(
@@ -260,29 +367,58 @@ class TallyBulk:
         self.ballots: dict[UUID, tuple[UUID, dict[str, Any] | None, int, int, str]] = {}
         self.late: list[tuple[int, UUID, UUID, int, str | None, str]] = []
         self.ids: dict[str, UUID] = {}
+        self.steps: dict[UUID, Steps] = {}
+        # Stepped elections: the entries since their last publication, with the vote each
+        # replaced (raw, as stored).
+        self.trails: dict[UUID, Trail[UUID, dict[str, Any]]] = {}
+        self.set_aside: list[tuple[LogEvent, str]] = []
 
     def add(self, events: Sequence[LogEvent]) -> None:
-        ballots, closed, ids = self.ballots, self.closed, self.ids
-        for position, stream_id, version, kind, data in events:
-            if kind in BALLOT_TYPES:
-                text = data["election_id"]
-                election_id = ids.get(text)
-                if election_id is None:
-                    election_id = ids[text] = UUID(text)
-                vote = data.get("vote")
-                timestamp = data["timestamp"]
-                if election_id in closed:
-                    late_vote = None if vote is None else _json(vote)
-                    self.late.append(
-                        (position, election_id, stream_id, version, late_vote, timestamp)
-                    )
-                else:
+        ballots, closed, ids, steps, trails = (
+            self.ballots,
+            self.closed,
+            self.ids,
+            self.steps,
+            self.trails,
+        )
+        for event in events:
+            position, stream_id, version, kind, data, unreadable = event
+            if unreadable is not None:
+                self.set_aside.append((event, unreadable))
+                continue
+            try:
+                if kind in BALLOT_TYPES:
+                    text = data["election_id"]
+                    election_id = ids.get(text)
+                    if election_id is None:
+                        election_id = ids[text] = UUID(text)
+                    counting = steps[election_id]  # KeyError: an election the log lacks
+                    vote = data.get("vote")
+                    timestamp = data["timestamp"]
+                    if election_id in closed:
+                        late_vote = None if vote is None else _json(vote)
+                        self.late.append(
+                            (position, election_id, stream_id, version, late_vote, timestamp)
+                        )
+                        continue
+                    earlier = ballots.get(stream_id)
                     ballots[stream_id] = (election_id, vote, version, position, timestamp)
-            elif kind == "ElectionCreated":
-                self.rules[stream_id] = ElectionRules.from_json(data["rules"])
-                self.created.append((stream_id, _json(data["rules"])))
-            elif kind == "ElectionClosed":
-                closed[stream_id] = position
+                    published = counting.count(position)
+                    if counting.step > 1:
+                        replaced = None if earlier is None else earlier[1]
+                        trails[election_id].follow(published, stream_id, replaced)
+                elif kind == "ElectionCreated":
+                    rules = ElectionRules.from_json(data["rules"])
+                    self.rules[stream_id] = rules
+                    steps[stream_id] = Steps(rules.live_results_step, created_at=position)
+                    trails[stream_id] = Trail()
+                    self.created.append((stream_id, _json(data["rules"])))
+                elif kind == "ElectionClosed":
+                    if stream_id not in steps:
+                        raise KeyError(f"no election {stream_id} before its close")
+                    closed[stream_id] = position
+            except (KeyError, ValueError, TypeError, AttributeError) as error:
+                self.set_aside.append((event, f"{type(error).__name__}: {error}"))
 
     def tallies(self) -> dict[UUID, Tally]:
         """Every election's statistics from its voters' last ballots."""
@@ -298,14 +434,39 @@ class TallyBulk:
                 tally.add(stored_vote(rules, _unpattern(pattern)), weight)
         return tallies
 
+    def published(self, election_id: UUID, tally: Tally) -> str | None:
+        """A stepped election's statistics as last published (JSON), from its final ones."""
+        rules = self.rules[election_id]
+        if rules.live_results_step == 1 or not self.steps[election_id].published_at:
+            return None
+        copy = Tally.from_counters(rules, tally.counters())
+        undone = self.trails[election_id].undo(
+            copy, lambda ballot: self.ballots[ballot][1], partial(stored_vote, rules)
+        )
+        return _json(undone.counters())
+
     async def write(self, conn: AsyncConnection[Any], schema: str) -> None:
         s = sql.Identifier(schema)
+        tallies = self.tallies()
         async with conn.cursor() as cur:
             async with cur.copy(
-                sql.SQL("COPY {}.elections (election_id, rules, closed_at) FROM STDIN").format(s)
+                sql.SQL(
+                    "COPY {}.elections (election_id, rules, closed_at, entries, "
+                    "published_position, published_counters) FROM STDIN"
+                ).format(s)
             ) as copy:
                 for election_id, rules in self.created:
-                    await copy.write_row((election_id, rules, self.closed.get(election_id)))
+                    steps = self.steps[election_id]
+                    await copy.write_row(
+                        (
+                            election_id,
+                            rules,
+                            self.closed.get(election_id),
+                            steps.entries,
+                            steps.position,
+                            self.published(election_id, tallies[election_id]),
+                        )
+                    )
             async with cur.copy(
                 sql.SQL(
                     "COPY {}.ballots (ballot_id, election_id, vote, version, position, "
@@ -317,7 +478,7 @@ class TallyBulk:
             async with cur.copy(
                 sql.SQL("COPY {}.counters (election_id, key, value) FROM STDIN").format(s)
             ) as copy:
-                for election_id, tally in self.tallies().items():
+                for election_id, tally in tallies.items():
                     for key, value in tally.counters().items():
                         await copy.write_row((election_id, key, value))
             async with cur.copy(

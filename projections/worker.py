@@ -23,17 +23,14 @@ import psycopg
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
-from psycopg_pool import PoolTimeout
 
 from infra import metrics
 from infra.store import EVENTS_TABLE
 from infra.topology import Topology
 from projections.log import LogEvent
-from projections.runtime import GapTooLarge, ProjectionRunner
+from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
 
 log = logging.getLogger(__name__)
-
-TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
 
 @dataclass
@@ -156,7 +153,21 @@ class ProjectionWorker:
             try:
                 pages.append(_Page(message, *_decode_once(message)))
             except (ValueError, KeyError, TypeError) as error:
-                await self._refuse(message, dead_letters, f"undecodable page: {error}", None, None)
+                span = _span(message)
+                if span is None:  # not a page of the relay's: nothing says what it holds
+                    reason = f"undecodable page: {error}"
+                    await self._refuse(message, dead_letters, reason, None, None)
+                    continue
+                # A relay page whose entries do not decode (an unreadable entry makes the
+                # whole body invalid JSON): its range is in its name, so read it from the
+                # store, where each entry is decoded, and set aside, on its own.
+                log.warning(
+                    "projection %s: page %s-%s does not decode (%s); reading it from the store",
+                    self.name,
+                    *span,
+                    error,
+                )
+                pages.append(_Page(message, *span, None))
         for run in _contiguous_runs(pages):
             await self._apply(run, dead_letters)
 
@@ -232,7 +243,7 @@ class _Page:
     message: AbstractIncomingMessage
     after: int
     last: int
-    events: list[LogEvent]
+    events: list[LogEvent] | None  # None: to be read from the store
 
 
 def _contiguous_runs(pages: list[_Page]) -> list[list[_Page]]:
@@ -250,9 +261,19 @@ def _contiguous_runs(pages: list[_Page]) -> list[list[_Page]]:
     return runs
 
 
-def _merge(run: list[_Page]) -> list[LogEvent]:
-    by_position = {event.position: event for page in run for event in page.events}
+def _merge(run: list[_Page]) -> list[LogEvent] | None:
+    if any(page.events is None for page in run):
+        return None
+    by_position = {event.position: event for page in run for event in page.events or ()}
     return [by_position[position] for position in sorted(by_position)]
+
+
+def _span(message: AbstractIncomingMessage) -> tuple[int, int] | None:
+    """The range a relay page covers, from its name ("after-last")."""
+    after, _, last = (message.message_id or "").partition("-")
+    if after.isdigit() and last.isdigit() and int(after) <= int(last):
+        return int(after), int(last)
+    return None
 
 
 # Workers of several projections in one process receive the same pages: decode each once.

@@ -13,9 +13,9 @@ from api.responses import JSONResponse
 from api.schemas import BallotIn, WithdrawalIn
 from api.views import receipt_view
 from domain.application import Receipt
-from domain.election import Election
 from domain.errors import InvalidBallot, InvalidRequest
 from domain.rules import Eligibility
+from domain.voter import Voter
 from infra.metrics import BALLOTS_ACCEPTED
 from infra.voters import request_key
 
@@ -27,28 +27,29 @@ ACCEPTED = {
 
 async def cast(request: Request) -> Response:
     """Cast a ballot, or revise the voter's earlier one where the election allows it."""
-    election_id, election, voter_id_field = await _election_and_caller(request)
+    election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, BallotIn)
-    voter_key = _voter_key(request, election_id, election, body.voter_id, voter_id_field)
+    voter = _voter(request, election_id, body.voter_id, voter_token)
     _limit_rate(request)
     receipt = await context.services(request).app.cast_ballot(
-        election_id, voter_key, body.content(), _request_key(request, voter_key)
+        election_id, voter, body.content(), _request_key(request, voter)
     )
     return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised")
 
 
 async def withdraw(request: Request) -> Response:
     """Withdraw the voter's ballot (where the election allows changing a cast ballot)."""
-    election_id, election, voter_id_field = await _election_and_caller(request)
+    election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, WithdrawalIn)
-    voter_key = _voter_key(request, election_id, election, body.voter_id, voter_id_field)
+    voter = _voter(request, election_id, body.voter_id, voter_token)
     receipt = await context.services(request).app.withdraw_ballot(
-        election_id, voter_key, _request_key(request, voter_key)
+        election_id, voter, _request_key(request, voter)
     )
     return _answer(receipt, election_id, "withdrawn")
 
 
-async def _election_and_caller(request: Request) -> tuple[UUID, Election, str | None]:
+async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
+    """The election's id, and the caller's voter token where the election takes those."""
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
     election = await context.services(request).app.election(election_id)
@@ -58,20 +59,16 @@ async def _election_and_caller(request: Request) -> tuple[UUID, Election, str | 
                 "this election takes ballots only from voters holding a voter token: "
                 "send Authorization: Bearer <voter token>"
             )
-        return election_id, election, principal.voter_token
+        return election_id, principal.voter_token
     if not principal.can_act_as("client"):
         who = f"the {principal.role} role" if principal.role else "a voter token"
         raise Forbidden(f"{who} may not cast ballots in this election; it needs the client role")
-    return election_id, election, None
+    return election_id, None
 
 
-def _voter_key(
-    request: Request,
-    election_id: UUID,
-    election: Election,
-    voter_id: str | None,
-    voter_token: str | None,
-) -> str:
+def _voter(
+    request: Request, election_id: UUID, voter_id: str | None, voter_token: str | None
+) -> Voter:
     keys = context.services(request).voter_keys
     if voter_token is not None:
         if voter_id is not None:
@@ -94,7 +91,7 @@ def _limit_rate(request: Request) -> None:
         limit.check(request.client.host if request.client else "unknown")
 
 
-def _request_key(request: Request, voter_key: str) -> str | None:
+def _request_key(request: Request, voter: Voter) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
@@ -103,7 +100,7 @@ def _request_key(request: Request, voter_key: str) -> str | None:
             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
             field="Idempotency-Key",
         )
-    return request_key(key, voter_key)
+    return request_key(key, voter)
 
 
 def _answer(receipt: Receipt, election_id: UUID, status: str) -> Response:

@@ -29,6 +29,8 @@ async def create(request: Request) -> Response:
         allow_revote=body.allow_revote,
         results_visibility=body.results_visibility,
         tie_break=body.tie_break,
+        live_results_step=body.live_results_step,
+        late_tokens=body.late_tokens,
     )
     app = context.services(request).app
     receipt = await app.create_election(body.title, rules)
@@ -63,8 +65,8 @@ async def issue_tokens(request: Request) -> Response:
     body = await context.body(request, TokensIn)
     services = context.services(request)
     tokens = [new_voter_token() for _ in range(body.count)]
-    keys = [services.voter_keys.for_token(election_id, token) for token in tokens]
-    receipt = await services.app.issue_voter_tokens(election_id, keys)
+    credentials = [services.voter_keys.credential(election_id, token) for token in tokens]
+    receipt = await services.app.issue_voter_tokens(election_id, credentials)
     return JSONResponse(
         {"election_id": str(election_id), "tokens": tokens, "position": receipt.position},
         status_code=201,
@@ -88,5 +90,5 @@ async def get_election(request: Request) -> Response:
     election_id = context.election_id(request)
     services = context.services(request)
     election = await services.app.election(election_id)
-    check_reader(principal, election, partial(services.voter_keys.for_token, election_id))
+    check_reader(principal, election, partial(services.voter_keys.credential, election_id))
     return JSONResponse(election_view(election))

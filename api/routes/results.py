@@ -17,40 +17,47 @@ from api.responses import JSONResponse
 from domain.election import Election, ElectionStatus
 from domain.errors import NotFound
 from domain.recount import Recount
-from domain.rules import ElectionRules, ResultsVisibility
-from domain.tabulation import Tally
+from domain.rules import ResultsVisibility
 from infra.audit.records import election_entries
 from infra.bootstrap import Services
 from projections.log import head
 from projections.queries import tally_snapshot
+from projections.results import recounted_snapshot, results_document
 
 MAX_WAIT = 2.0
 CACHE_SIZE = 512
 
 
 async def results(request: Request) -> Response:
-    """Results from the tally read model; ``min_position`` waits (up to 2 s) for it."""
+    """Results from the tally read model; ``min_position`` waits (up to 2 s) for it.
+
+    Auditors see exact live results and may recount at any position (``at``); every other
+    reader sees, while the election is open, the results as last published (in steps of
+    ``live_results_step`` ballot entries), and ``at`` answers what was published then.
+    """
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
     services = context.services(request)
     election = await services.app.election(election_id)
+    exact = principal.can_act_as("auditor")
     hidden = (
         election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
         and election.status is not ElectionStatus.CLOSED
     )
-    if hidden and not principal.can_act_as("admin"):
+    if hidden and not (exact or principal.can_act_as("admin")):
         raise Forbidden(
-            "this election publishes its results when it closes; until then only admins see them"
+            "this election publishes its results when it closes; until then only admins "
+            "and auditors see them"
         )
-    check_reader(principal, election, partial(services.voter_keys.for_token, election_id))
-    at = context.int_param(request, "at", 0, minimum=1) if "at" in request.query_params else None
-    if at is not None:
-        return JSONResponse(await _results_at(services, election_id, at))
+    check_reader(principal, election, partial(services.voter_keys.credential, election_id))
+    if "at" in request.query_params:
+        at = context.int_param(request, "at", 0, minimum=1)
+        return JSONResponse(await _results_at(services, election_id, at, exact=exact))
     wanted = context.int_param(request, "min_position", 0, minimum=0)
     caught_up = True
     if wanted:
         caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
-    body = await _results(services, election_id, election)
+    body = await _results(services, election_id, election, exact=exact)
     if body["closed_at_position"] is not None:
         body = {**body, "final_chain_head": await _final_chain_head(services, body)}
     headers = (
@@ -59,39 +66,32 @@ async def results(request: Request) -> Response:
     return JSONResponse(body, headers=headers)
 
 
-async def _results(services: Services, election_id: UUID, election: Election) -> dict[str, Any]:
+async def _results(
+    services: Services, election_id: UUID, election: Election, *, exact: bool
+) -> dict[str, Any]:
     async with services.reads.connection() as conn:
         snapshot = await tally_snapshot(conn, election_id)
-    cache: dict[tuple[UUID, int, int], dict[str, Any]] = services.results_cache
-    key = (election_id, snapshot.version, snapshot.position)
+    cache: dict[tuple[object, ...], dict[str, Any]] = services.results_cache
+    # A stepped view moves only at publications: key it by theirs, not the read model's.
+    stepped = not exact and snapshot.closed_at is None
+    key = (
+        election_id,
+        snapshot.version,
+        stepped,
+        snapshot.published_position if stepped else snapshot.position,
+        snapshot.set_aside,
+        snapshot.set_aside_unattributed,
+        election.status,
+    )
     cached = cache.get(key)
     if cached is None:
-        rules = (
-            election.rules if snapshot.rules is None else ElectionRules.from_json(snapshot.rules)
+        cached = results_document(
+            election_id, snapshot, election.rules, status=election.status, exact=exact
         )
-        tally = Tally.from_counters(rules, snapshot.counters)
-        closed = snapshot.closed_at is not None
-        cached = {
-            "election_id": str(election_id),
-            "status": ElectionStatus.CLOSED.value if closed else _open_or_draft(election),
-            "position": snapshot.position,
-            **tally.result().to_json(),
-            "late_ballots": snapshot.late_ballots,
-            "closed_at_position": snapshot.closed_at,
-        }
         if len(cache) >= CACHE_SIZE:
             cache.pop(next(iter(cache)))
         cache[key] = cached
     return cached
-
-
-def _open_or_draft(election: Election) -> str:
-    # The read model has not seen a close; report where the election stood before it.
-    return (
-        ElectionStatus.DRAFT.value
-        if election.status is ElectionStatus.DRAFT
-        else ElectionStatus.OPEN.value
-    )
 
 
 FINAL_CHECKPOINT = """
@@ -118,21 +118,33 @@ async def _final_chain_head(services: Services, body: dict[str, Any]) -> dict[st
     }
 
 
-async def _results_at(services: Services, election_id: UUID, at: int) -> dict[str, Any]:
-    """Time travel: the results as of log position ``at``, recounted from the log itself.
-    A position beyond the log's head is taken as the head: results never claim a position
-    the log has not reached."""
+async def _results_at(
+    services: Services, election_id: UUID, at: int, *, exact: bool
+) -> dict[str, Any]:
+    """Time travel: the results as of log position ``at``, recounted from the log itself
+    (for a reader who sees stepped results: as last published at ``at``). A position
+    beyond the log's head is taken as the head: results never claim a position the log
+    has not reached."""
     recount = Recount()
     async with services.reads.connection() as conn:
         at = min(at, await head(conn))
         async for entry in election_entries(conn, election_id, at):
-            stored = StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
-            recount.apply(entry.position, services.app.mapper.to_domain_event(stored))
+            try:
+                event = services.app.mapper.to_domain_event(
+                    StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
+                )
+            except Exception as error:  # an unreadable entry: left out, and said so
+                recount.position = entry.position
+                recount.put_aside(entry.position, election_id, f"{type(error).__name__}")
+                continue
+            recount.apply(entry.position, event)
     count = recount.elections.get(election_id)
     if count is None:
         raise NotFound(f"election {election_id} did not exist yet at position {at}")
+    set_aside = sum(1 for s in recount.set_aside if s.election_id in (election_id, None))
+    snapshot = recounted_snapshot(count, at, set_aside)
+    status = ElectionStatus.OPEN if count.status is ElectionStatus.CLOSED else count.status
     return {
-        **count.results(at),
-        "closed_at_position": count.closed_at,
+        **results_document(election_id, snapshot, count.rules, status=status, exact=exact),
         "recounted_from_log": True,
     }

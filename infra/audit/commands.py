@@ -54,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hex Ed25519 public key to check signatures with (from GET /api/audit/public-key)",
     )
     verifying.add_argument(
-        "--strict", action="store_true", help="also re-validate every ballot against its rules"
+        "--strict",
+        action="store_true",
+        help="also re-validate every ballot against its rules, and fail on any entry that "
+        "cannot be counted (otherwise such entries are reported and left out, as the "
+        "projections leave them out)",
     )
     verifying.set_defaults(command=run_verify)
 
@@ -141,6 +145,8 @@ def _summary(report: Report, seconds: float) -> None:
     table.add_row("chain links recomputed", f"{report.sealed:,}")
     table.add_row("signed checkpoints", f"{report.checkpoints:,}")
     table.add_row("served results equal to the replay", f"{report.results:,}")
+    if report.set_aside:
+        table.add_row("entries the replay could not count", f"[yellow]{report.set_aside:,}[/]")
     table.add_row("speed", f"{rate:,.0f} entries/s ({seconds:.1f} s)")
     console.print(table)
     for note in report.notes:

@@ -6,11 +6,13 @@ One JSON document per line, ``kind`` first:
      "public_keys": [{"key_id", "algorithm", "public_key"}]}
     {"kind": "checkpoint", "id", "position", "head_hash", "key_id", "signature"}
     {"kind": "result", "position", "election_id", ...the results the API serves}
+    {"kind": "set_aside", "projection", "position", "election_id", "type", "reason"}
     {"kind": "event", "position", "stream_id", "version", "type", "data": {...}, "hash"}
 
 ``data`` is the entry's full state; the chain hashes its canonical JSON (keys sorted, no
-whitespace, UTF-8). ``hash`` is null for entries not sealed yet; an event with a null
-``data`` is a chain link whose entry is gone. The file is
+whitespace, UTF-8). An entry whose state is not JSON carries ``"data": null`` and its
+bytes in ``state_hex`` instead. ``hash`` is null for entries not sealed yet; an event with
+no ``data`` and no ``state_hex`` is a chain link whose entry is gone. The file is
 everything `cardinal audit verify --file` needs, with no database.
 """
 
@@ -28,6 +30,7 @@ from infra.audit.verify import (
     checkpoints_of,
     database_entries,
     served_results,
+    set_aside_records,
     snapshot_connection,
 )
 from projections.log import head
@@ -86,6 +89,8 @@ async def export(
             for position, results in sorted(served.items()):
                 for result in results:
                     _line(out, {"kind": "result", "position": position, **result})
+            for record in await set_aside_records(conn):
+                _line(out, {"kind": "set_aside", **record})
             count = 0
             async for entry in database_entries(conn):
                 if entry.position > upto:
@@ -105,16 +110,24 @@ def _event(entry: Entry) -> dict[str, Any]:
             "data": None,
             "hash": entry.stored_hash.hex() if entry.stored_hash else None,
         }
-    return {
+    document: dict[str, Any] = {
         "kind": "event",
         "position": entry.position,
         "stream_id": str(entry.stream_id),
         "version": entry.version,
         "type": entry.kind,
-        # The stored canonical JSON goes in as it is; a verifier hashes its canonical form.
-        "data": orjson.Fragment(entry.state),
         "hash": entry.stored_hash.hex() if entry.stored_hash else None,
     }
+    try:
+        readable = isinstance(orjson.loads(entry.state), dict)
+    except orjson.JSONDecodeError:
+        readable = False
+    if not readable:  # its exact bytes, for the chain's sake
+        document.update(data=None, state_hex=entry.state.hex())
+    else:
+        # The stored canonical JSON goes in as it is; a verifier hashes its canonical form.
+        document["data"] = orjson.Fragment(entry.state)
+    return document
 
 
 def _line(out: BinaryIO, document: dict[str, Any]) -> None:

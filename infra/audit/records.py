@@ -50,23 +50,29 @@ class Entry:
         return event_type(self.topic)
 
     @property
-    def data(self) -> dict[str, Any]:
-        decoded: dict[str, Any] = orjson.loads(self.state)
-        return decoded
+    def data(self) -> dict[str, Any] | None:
+        """The entry's state; None if it is not a JSON object (unreadable)."""
+        try:
+            decoded = orjson.loads(self.state)
+        except orjson.JSONDecodeError:
+            return None
+        return decoded if isinstance(decoded, dict) else None
 
     def to_json(self) -> dict[str, Any]:
         data = self.data
-        timestamp = data.pop("timestamp", None)
-        return {
+        document = {
             "position": self.position,
             "stream_id": str(self.stream_id),
             "version": self.version,
             "type": self.type,
-            "timestamp": timestamp,
+            "timestamp": None if data is None else data.pop("timestamp", None),
             "data": data,
             "hash": self.hash.hex() if self.hash else None,
             "prev_hash": self.prev_hash.hex() if self.prev_hash else None,
         }
+        if data is None:  # shown as stored, so that its chain link can be checked
+            document["state_hex"] = self.state.hex()
+        return document
 
 
 async def log_page(
@@ -129,7 +135,8 @@ async def election_entries(
 def _belongs(entry: Entry, election_id: UUID) -> bool:
     if entry.stream_id == election_id:
         return True
-    return entry.type.startswith("Ballot") and entry.data.get("election_id") == str(election_id)
+    data = entry.data if entry.type.startswith("Ballot") else None
+    return data is not None and data.get("election_id") == str(election_id)
 
 
 async def _previous(conn: AsyncConnection[Any], position: int) -> bytes | None:

@@ -30,13 +30,14 @@ from uuid import UUID
 import orjson
 import psycopg
 
+from domain.election import ElectionStatus
 from domain.recount import Recount
 from domain.rules import ElectionRules
-from domain.tabulation import Tally
 from infra.audit.chain import GENESIS, chain_hash, entry_hash, key_id, signature_valid
 from infra.store import EVENTS_TABLE
 from projections.log import event_type
 from projections.queries import tally_snapshot
+from projections.results import results_document
 
 COMPARED = ("ballots", "winners", "options", "rounds", "pairwise", "tie", "late_ballots")
 PAGE = 20_000
@@ -101,6 +102,7 @@ class Report:
     results: int = 0
     elections: int = 0
     head: int = 0
+    set_aside: int = 0  # entries the replay could not count (reported in the notes)
     notes: list[str] = field(default_factory=list)
 
 
@@ -169,11 +171,15 @@ class Verifier:
     ) -> None:
         """The replay half: count this entry by the law (an election's stream: its UUID)."""
         self._advance(position)
-        data = orjson.loads(state) if isinstance(state, bytes) else state
         try:
+            data = orjson.loads(state) if isinstance(state, bytes) else state
+            if not isinstance(data, dict):
+                raise ValueError("its state is not a JSON object")
+        except ValueError as error:
+            self.recount.position = position
+            self.recount.put_aside(position, None, f"unreadable: {error}")
+        else:
             self.recount.record(position, stream, kind, data)
-        except (KeyError, ValueError) as error:
-            raise Discrepancy(position, f"the entry cannot be replayed: {error}") from None
         self.report.entries += 1
         self.report.head = position
 
@@ -207,6 +213,16 @@ class Verifier:
 
     def finish(self) -> Report:
         self._settle_before(None)
+        for aside in self.recount.set_aside:
+            where = f"election {aside.election_id}" if aside.election_id else "no legible election"
+            if self.recount.validate:  # --strict: an entry the law cannot count is a finding
+                raise Discrepancy(
+                    aside.position, f"{where}: the entry cannot be replayed: {aside.reason}"
+                )
+            self.report.notes.append(
+                f"the replay set aside position {aside.position} ({where}): {aside.reason}"
+            )
+        self.report.set_aside = len(self.recount.set_aside)
         # The sealer signs the head at every Closed entry as it seals it (one transaction):
         # a sealed close with no checkpoint there lost it.
         signed = {checkpoint.position for checkpoint in self.checkpoints}
@@ -317,7 +333,10 @@ async def verify_database(
         chain = await _database_half(
             database_url, public_keys, election, validate, progress, chain=True
         )
-        return _combine(chain, replaying.result())
+        report = _combine(chain, replaying.result())
+    async with await snapshot_connection(database_url) as conn:
+        report.notes.extend(set_aside_notes(await set_aside_records(conn)))
+    return report
 
 
 def verify_file(
@@ -366,6 +385,7 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     assert chain_report is not None
     assert replay_report is not None
     chain_report.results = replay_report.results
+    chain_report.set_aside = replay_report.set_aside
     chain_report.notes.extend(replay_report.notes)
     return chain_report
 
@@ -457,6 +477,7 @@ def _read_file(
         keys = {key_id(public_key): public_key}
     checkpoints: list[Checkpoint] = []
     served: dict[int, list[dict[str, Any]]] = {}
+    projections_set_aside: list[dict[str, Any]] = []
     verifier: Verifier | None = None
     upto = int(header.get("head", 0))
 
@@ -485,23 +506,31 @@ def _read_file(
             )
         elif kind == "result":
             served.setdefault(document["position"], []).append(document)
+        elif kind == "set_aside":
+            projections_set_aside.append(document)
         elif kind == "event":
             if verifier is None:
                 verifier = start()
             if chain:
                 verifier.link(_file_entry(document))
-            elif document["data"] is not None:  # (a missing entry is the chain's finding)
+            elif document["data"] is not None or "state_hex" in document:
+                # (a missing entry is the chain's finding)
                 event = document["type"]
                 stream = document["stream_id"]
                 verifier.count(
                     document["position"],
                     stream if event[0] == "B" else UUID(stream),
                     event,
-                    document["data"],
+                    document["data"]
+                    if document["data"] is not None
+                    else bytes.fromhex(document["state_hex"]),
                 )
             if progress is not None and verifier.report.entries % 10_000 == 0:
                 progress(document["position"], upto)
-    return (verifier or start()).finish()
+    report = (verifier or start()).finish()
+    if chain:
+        report.notes.extend(set_aside_notes(projections_set_aside))
+    return report
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -520,16 +549,22 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
 def _file_entry(document: dict[str, Any]) -> Entry:
     data = document.get("data")
     stored = document.get("hash")
-    if data is None:
+    raw = document.get("state_hex")
+    if data is None and raw is None:
         return Entry(document["position"], b"", 0, "", b"", bytes.fromhex(stored or ""))
     return Entry(
         position=document["position"],
         stream=bytes.fromhex(document["stream_id"].replace("-", "")),
         version=document["version"],
         kind=document["type"],
-        state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS),  # the canonical payload
+        # the canonical payload, or the bytes of one that is not JSON
+        state=bytes.fromhex(raw) if raw is not None else _canonical(data),
         stored_hash=bytes.fromhex(stored) if stored else None,
     )
+
+
+def _canonical(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]:
@@ -598,19 +633,50 @@ async def checkpoints_of(conn: psycopg.AsyncConnection[Any]) -> list[Checkpoint]
 
 
 async def served_results(conn: psycopg.AsyncConnection[Any]) -> dict[int, list[dict[str, Any]]]:
-    """Every election's results as the API serves them, by the position they reflect."""
+    """Every election's results as the API serves them, by the position they reflect:
+    exact (as auditors, and everyone after the close, see them) and, for an open election
+    counted in steps, as last published (as everyone else sees them)."""
     served: dict[int, list[dict[str, Any]]] = {}
     cursor = await conn.execute("SELECT election_id FROM read_models.tally_elections")
     for (election_id,) in await cursor.fetchall():
         snapshot = await tally_snapshot(conn, election_id)
         if snapshot.rules is None:
             continue
-        tally = Tally.from_counters(ElectionRules.from_json(snapshot.rules), snapshot.counters)
-        served.setdefault(snapshot.position, []).append(
-            {
-                "election_id": str(election_id),
-                **orjson.loads(orjson.dumps(tally.result().to_json())),
-                "late_ballots": snapshot.late_ballots,
-            }
-        )
+        rules = ElectionRules.from_json(snapshot.rules)
+        for exact in (True, False):
+            document = results_document(
+                election_id, snapshot, rules, status=ElectionStatus.OPEN, exact=exact
+            )
+            if exact or document["stepped"]:
+                served.setdefault(document["position"], []).append(
+                    orjson.loads(orjson.dumps(document))
+                )
     return served
+
+
+def set_aside_notes(records: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"projection {r['projection']} set aside position {r['position']} ({r['type']}, "
+        f"election {r['election_id'] or 'unknown'}): {r['reason']}; the results it serves "
+        "for that election leave the entry out, and say so"
+        for r in records
+    ]
+
+
+async def set_aside_records(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """The entries each projection's active version has set aside."""
+    cursor = await conn.execute(
+        "SELECT s.name, s.position, s.election_id, s.type, s.reason FROM projection_set_aside s "
+        "JOIN projections r ON r.name = s.name AND r.active_version = s.version "
+        "ORDER BY s.position, s.name"
+    )
+    return [
+        {
+            "projection": name,
+            "position": position,
+            "election_id": str(election) if election else None,
+            "type": kind,
+            "reason": reason,
+        }
+        for name, position, election, kind, reason in await cursor.fetchall()
+    ]

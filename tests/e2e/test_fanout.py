@@ -186,6 +186,37 @@ async def test_a_poison_message_is_dead_lettered_with_its_reason(stack: Stack) -
     assert "REFUSED a message" in stack.log("projector")
 
 
+async def test_an_unreadable_entry_is_set_aside_and_nothing_is_dead_lettered(
+    stack: Stack,
+) -> None:
+    """The relay's page holding it does not decode; the projector reads that page from the
+    store, sets the one entry aside, and counts every other."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+        elections = await create_open_elections(http, ("plurality", "irv"))
+        await Load(stack.url, elections, seed=51).run(300)
+        with psycopg.connect(stack.database_url) as conn, conn.transaction():
+            conn.execute("LOCK TABLE cardinal_events IN EXCLUSIVE MODE")
+            row = conn.execute(
+                "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+                "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', '{\"vote\": ') "
+                "RETURNING notification_id"
+            ).fetchone()
+        assert row is not None
+        await Load(stack.url, elections, seed=52).run(300)
+        await assert_results_match_recount(http, stack.database_url, elections)
+        stack.assert_relayed()
+    async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
+        cursor = await conn.execute("SELECT count(*) FROM projection_rejections")
+        assert await cursor.fetchone() == (0,)
+        cursor = await conn.execute("SELECT name, position FROM projection_set_aside ORDER BY name")
+        assert await cursor.fetchall() == [
+            ("catalog", row[0]),
+            ("statistics", row[0]),
+            ("tally", row[0]),
+        ]
+    assert "does not decode" in stack.log("projector")
+
+
 def _terminate_backends(database_url: str) -> int:
     """Cut every connection to the stack's database, as a PostgreSQL failover would."""
     with psycopg.connect(database_url, autocommit=True) as conn:

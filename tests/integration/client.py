@@ -61,6 +61,23 @@ class VotingClient:
         await self.open(election["id"])
         return str(election["id"])
 
+    async def issue_tokens(self, election_id: str, count: int) -> list[str]:
+        response = await self.http.post(
+            f"/api/elections/{election_id}/tokens", json={"count": count}, headers=bearer(ADMIN)
+        )
+        assert response.status_code == 201, response.text
+        tokens: list[str] = response.json()["tokens"]
+        return tokens
+
+    async def token_election(
+        self, method: str = "plurality", tokens: int = 3, **rules: Any
+    ) -> tuple[str, list[str]]:
+        """A token election with its electorate issued while in draft, then opened."""
+        election = await self.create_election(method, eligibility="tokens", **rules)
+        issued = await self.issue_tokens(election["id"], tokens)
+        await self.open(election["id"])
+        return str(election["id"]), issued
+
     async def cast(
         self,
         election_id: str,

@@ -12,7 +12,7 @@ import httpx
 
 from infra.audit.chain import GENESIS, chain_hash, entry_hash, signature_valid
 from tests.integration.client import VotingClient, assert_problem, bearer
-from tests.servers import ADMIN, AUDITOR, CLIENT
+from tests.servers import AUDITOR, CLIENT
 
 
 async def _receipt_lookup(http: httpx.AsyncClient, digest: str) -> dict[str, Any]:
@@ -148,7 +148,7 @@ async def test_results_at_a_position_are_recounted_from_the_log(
     then = await http.get(
         f"/api/elections/{election_id}/results",
         params={"at": first["position"]},
-        headers=bearer(ADMIN),
+        headers=bearer(AUDITOR),
     )
     assert then.status_code == 200, then.text
     body = then.json()
@@ -158,7 +158,7 @@ async def test_results_at_a_position_are_recounted_from_the_log(
     current = await http.get(
         f"/api/elections/{election_id}/results",
         params={"at": revision["position"]},
-        headers=bearer(ADMIN),
+        headers=bearer(AUDITOR),
     )
     assert {o["id"]: o["approvals"] for o in current.json()["options"]} == {
         "a": 0,
@@ -166,7 +166,7 @@ async def test_results_at_a_position_are_recounted_from_the_log(
         "c": 2,
     }
     beyond = await http.get(
-        f"/api/elections/{election_id}/results", params={"at": 10**15}, headers=bearer(ADMIN)
+        f"/api/elections/{election_id}/results", params={"at": 10**15}, headers=bearer(AUDITOR)
     )
     assert revision["position"] <= beyond.json()["position"] < 10**15  # the head, not 10**15
     assert beyond.json()["ballots"] == 2

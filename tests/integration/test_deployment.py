@@ -170,6 +170,7 @@ def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
             "CardinalBrokerDown",
             "CardinalProjectionLag",
             "CardinalQueueDepth",
+            "CardinalSetAsideEvents",
         } <= alerts
     used = _metric_names(text)
     assert used

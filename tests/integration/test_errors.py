@@ -226,11 +226,7 @@ async def test_a_voter_token_not_issued_for_the_election_is_403(voting: VotingCl
 async def test_a_voter_token_reads_only_the_election_it_was_issued_for(
     voting: VotingClient, http: httpx.AsyncClient
 ) -> None:
-    token_election = await voting.open_election(eligibility="tokens")
-    issued = await http.post(
-        f"/api/elections/{token_election}/tokens", json={"count": 1}, headers=bearer(ADMIN)
-    )
-    (token,) = issued.json()["tokens"]
+    token_election, (token,) = await voting.token_election(tokens=1)
     for path in (f"/api/elections/{token_election}", f"/api/elections/{token_election}/results"):
         assert (await http.get(path, headers=bearer(token))).status_code == 200
         response = await http.get(path, headers=bearer("cvt_made-up-token"))

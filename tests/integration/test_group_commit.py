@@ -17,6 +17,7 @@ from domain.election import ElectionStatus
 from domain.errors import ElectionNotOpen
 from domain.ports import Recorded, VersionConflict
 from domain.rules import ElectionRules
+from domain.voter import Voter
 from infra.migrations import migrate
 from infra.store import open_application
 from infra.writer import GroupCommitWriter, Overloaded, _Append
@@ -39,8 +40,9 @@ async def store() -> AsyncIterator[tuple[str, VotingApplication]]:
         drop_database(url)
 
 
-def _ballot(election: str, voter: str) -> Ballot:
-    return Ballot(election_id=election, voter_key=voter, vote={"choice": "a"}, request_key=None)
+def _ballot(election: str, voter: str) -> list[Ballot.Cast]:
+    """A voter's first ballot, named as the service names it: one per voter."""
+    return [Ballot.first_cast(UUID(election), voter, {"choice": "a"}, None)]
 
 
 def _casts(url: str) -> int:
@@ -58,11 +60,11 @@ async def test_a_batch_with_duplicate_voters_commits_all_the_others(
     writer.start()
     try:
         election = str(uuid4())
-        await writer.append(_ballot(election, "already-voted"))
+        await writer.append_events(_ballot(election, "already-voted"))
         voters = [f"voter-{n}" for n in range(200)]
         # Each of these conflicts: with a recorded ballot, or with its twin in the batch.
         duplicates = ["already-voted", "voter-7", "voter-7", "voter-150"]
-        appends = [writer.append(_ballot(election, v)) for v in [*voters, *duplicates]]
+        appends = [writer.append_events(_ballot(election, v)) for v in [*voters, *duplicates]]
         outcomes = await asyncio.gather(*appends, return_exceptions=True)
     finally:
         await writer.stop()
@@ -83,7 +85,7 @@ async def test_one_ballot_per_transaction_when_batching_is_off(
     writer.start()
     try:
         election = str(uuid4())
-        await asyncio.gather(*(writer.append(_ballot(election, f"v{n}")) for n in range(50)))
+        await asyncio.gather(*(writer.append_events(_ballot(election, f"v{n}")) for n in range(50)))
     finally:
         await writer.stop()
     assert writer.stats.batches == 50
@@ -99,7 +101,7 @@ async def test_a_full_queue_refuses_instead_of_growing(
     try:
         election = str(uuid4())
         outcomes = await asyncio.gather(
-            *(writer.append(_ballot(election, f"v{n}")) for n in range(500)),
+            *(writer.append_events(_ballot(election, f"v{n}")) for n in range(500)),
             return_exceptions=True,
         )
     finally:
@@ -119,14 +121,14 @@ async def test_appends_after_a_lost_connection_are_recorded_once(
     writer.start()
     try:
         election = str(uuid4())
-        await writer.append(_ballot(election, "warm-up"))
+        await writer.append_events(_ballot(election, "warm-up"))
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         recorded = await asyncio.gather(
-            *(writer.append(_ballot(election, f"after-{n}")) for n in range(100))
+            *(writer.append_events(_ballot(election, f"after-{n}")) for n in range(100))
         )
     finally:
         await writer.stop()
@@ -147,7 +149,7 @@ async def test_a_retry_after_an_unknown_outcome_recognises_its_own_rows(
     election = str(uuid4())
     batch = [
         _Append(
-            [app.mapper.to_stored_event(e) for e in _ballot(election, f"v{n}").collect_events()],
+            [app.mapper.to_stored_event(e) for e in _ballot(election, f"v{n}")],
             loop.create_future(),
         )
         for n in range(5)
@@ -156,7 +158,7 @@ async def test_a_retry_after_an_unknown_outcome_recognises_its_own_rows(
         first = writer._commit(conn, batch, recognise_own=False)
         again = writer._commit(conn, batch, recognise_own=True)
         stranger = _Append(
-            [app.mapper.to_stored_event(e) for e in _ballot(election, "v0").collect_events()],
+            [app.mapper.to_stored_event(e) for e in _ballot(election, "v0")],
             loop.create_future(),
         )
         conflict = writer._commit(conn, [stranger], recognise_own=True)
@@ -182,16 +184,16 @@ async def test_a_process_that_missed_a_close_gets_409_not_a_ballot_left_uncounte
         rules = ElectionRules.create(options=OPTIONS, method="plurality")
         election_id = (await closer.create_election("Race", rules)).id
         await closer.open_election(election_id)
-        on_time = await stale.cast_ballot(election_id, "early", {"choice": "a"})
+        on_time = await stale.cast_ballot(election_id, Voter("early", "early"), {"choice": "a"})
         assert (await stale.election(election_id)).status is ElectionStatus.OPEN  # cached
         await closer.close_election(election_id)
         assert (await stale.election(election_id)).status is ElectionStatus.OPEN  # stale
         with pytest.raises(ElectionNotOpen) as refused:
-            await stale.cast_ballot(election_id, "late", {"choice": "a"})
+            await stale.cast_ballot(election_id, Voter("late", "late"), {"choice": "a"})
         assert "closed before this ballot could be recorded" in refused.value.detail
         # The stale view was dropped: the next request is refused by the domain itself.
         with pytest.raises(ElectionNotOpen, match="is closed"):
-            await stale.cast_ballot(election_id, "later", {"choice": "a"})
+            await stale.cast_ballot(election_id, Voter("later", "later"), {"choice": "a"})
     finally:
         for writer in writers:
             await writer.stop()
@@ -223,8 +225,7 @@ async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest
         return _Append(events, loop.create_future(), guard)
 
     def ballot(election_id: UUID, voter: str) -> list[StoredEvent]:
-        events = _ballot(str(election_id), voter).collect_events()
-        return [app.mapper.to_stored_event(e) for e in events]
+        return [app.mapper.to_stored_event(e) for e in _ballot(str(election_id), voter)]
 
     # One batch: a ballot, the close, then ballots behind it (and one in another election).
     close = [app.mapper.to_stored_event(e) for e in election.collect_events()]

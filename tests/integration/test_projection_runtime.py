@@ -19,8 +19,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from domain.ballot import Ballot
 from domain.errors import BallotNotFound
+from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.tabulation import Tally
+from domain.voter import Voter
 from infra.migrations import migrate
 from infra.store import open_application
 from infra.writer import GroupCommitWriter
@@ -63,19 +65,16 @@ async def _fill(url: str, rng: random.Random, ballots: int = 400) -> UUID:
             ranking = rng.sample("abcd", rng.randint(1, 4))
             if rng.random() < 0.05:
                 with contextlib.suppress(BallotNotFound):  # none cast yet, or withdrawn
-                    await app.withdraw_ballot(election_id, voter)
+                    await app.withdraw_ballot(election_id, Voter(voter, voter))
             else:
-                await app.cast_ballot(election_id, voter, {"ranking": ranking}, f"r{n}")
+                await app.cast_ballot(
+                    election_id, Voter(voter, voter), {"ranking": ranking}, f"r{n}"
+                )
         await app.close_election(election_id)
         # Late ballots: recorded after the close, as another API process with a stale view
         # of the election could do. They must not count.
-        for voter in ("late-1", "late-2"):
-            late = Ballot(
-                election_id=str(election_id),
-                voter_key=voter,
-                vote={"ranking": ["d"]},
-                request_key=None,
-            )
+        for _ in range(2):
+            late = Ballot(election_id=str(election_id), vote={"ranking": ["d"]}, request_key=None)
             await writer.append(late)
         return election_id
     finally:
@@ -100,6 +99,14 @@ async def _served(pool: AsyncConnectionPool, election_id: UUID) -> dict[str, Any
     assert snapshot.rules is not None
     result = Tally.from_counters(ElectionRules.from_json(snapshot.rules), snapshot.counters)
     return {**result.result().to_json(), "late_ballots": snapshot.late_ballots}
+
+
+def recount_entries(entries: list[LogEvent]) -> dict[str, dict[str, Any]]:
+    """Every election's results, recounted from these entries alone."""
+    counted = Recount()
+    for entry in entries:
+        counted.record(entry.position, entry.stream_id, entry.type, entry.data)
+    return {str(i): count.results(counted.position) for i, count in counted.elections.items()}
 
 
 def _truth(recounted: dict[str, Any]) -> dict[str, Any]:
@@ -157,31 +164,43 @@ async def test_a_page_after_a_gap_reads_the_gap_from_the_store(
     assert await _served(pool, election_id) == _truth((await recount(url))[str(election_id)])
 
 
-async def test_a_failing_page_leaves_rows_and_position_untouched(
+async def test_an_entry_that_cannot_be_applied_is_set_aside_and_the_page_goes_on(
     store: tuple[str, AsyncConnectionPool],
 ) -> None:
     url, pool = store
-    await _fill(url, random.Random(4), ballots=50)
+    election_id = await _fill(url, random.Random(4), ballots=50)
     entries = await _entries(pool)
     runner = ProjectionRunner(TallyProjection(), pool)
     await runner.prepare()
     await runner.apply_page(*_page(entries, 0, 9))
-    before = await runner.position()
-    orphan = LogEvent(
+    orphan = LogEvent(  # a revision of a ballot in an election the log does not hold
         entries[10].position,
         entries[10].stream_id,
         2,
         "BallotRevised",
         {"election_id": str(UUID(int=7)), "vote": {"ranking": ["a"]}, "timestamp": "2026-01-01"},
     )
-    with pytest.raises(KeyError):
-        await runner.apply_page(entries[9].position, orphan.position, [orphan])
-    assert await runner.position() == before
+    unreadable = entries[11]._replace(data={}, unreadable="unreadable state: not JSON")
+    page = [orphan, unreadable, *entries[12:]]
+    applied = await runner.apply_page(entries[9].position, entries[-1].position, page)
+    assert (applied.set_aside, applied.events) == (2, len(entries) - 12)
+    assert await runner.position() == entries[-1].position
     async with pool.connection() as conn:
-        cursor = await conn.execute("SELECT count(*) FROM read_models.tally_ballots")
-        row = await cursor.fetchone()
-    assert row is not None
-    assert row[0] == sum(1 for e in entries[:10] if e.type == "BallotCast")
+        cursor = await conn.execute(
+            "SELECT position, election_id, type, reason FROM projection_set_aside ORDER BY 1"
+        )
+        aside = await cursor.fetchall()
+        snapshot = await tally_snapshot(conn, election_id)
+    assert [(p, e, t) for p, e, t, _ in aside] == [
+        (orphan.position, UUID(int=7), "BallotRevised"),
+        (unreadable.position, None, unreadable.type),
+    ]
+    assert "no election" in aside[0][3]
+    assert "not JSON" in aside[1][3]
+    # The election's other entries all counted; the results document says what is missing.
+    truth = recount_entries([e for e in entries if e.position not in {p for p, *_ in aside}])
+    assert await _served(pool, election_id) == _truth(truth[str(election_id)])
+    assert snapshot.set_aside_unattributed == 1
 
 
 async def test_every_projection_gets_its_own_version_and_views(

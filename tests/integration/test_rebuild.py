@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from domain.application import VotingApplication
+from domain.errors import BallotNotFound
+from domain.recount import Recount
+from domain.rules import ElectionRules
+from domain.voter import Voter
+from infra.log_reader import recount_store
 from infra.migrations import migrate
+from infra.store import open_application
+from infra.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.base import BulkBuilder, Projection
 from projections.log import LogEvent
+from projections.queries import tally_snapshot
 from projections.rebuild import Progress, Rebuild, RebuildRefused
 from projections.runtime import ProjectionRunner
 from projections.status import projection_status
@@ -82,6 +93,7 @@ class _Exploding(TallyProjection):
 
         class Failing:
             seen = 0
+            set_aside = inner.set_aside
 
             def add(self, events: Sequence[LogEvent]) -> None:
                 Failing.seen += len(events)
@@ -169,3 +181,63 @@ async def test_a_second_rebuild_of_the_same_projection_is_refused(
     with pytest.raises(RebuildRefused, match="already running"):
         await Rebuild(projection("catalog"), pool).run()
     assert await first == 2
+
+
+async def _fill_open(url: str, rng: random.Random, step: int, entries: int) -> UUID:
+    """An open election counted in steps, with casts, revisions and withdrawals."""
+    app = open_application(url)
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "abc"], method="star", live_results_step=step
+        )
+        election_id = (await app.create_election("Stepped", rules)).id
+        await app.open_election(election_id)
+        for _ in range(entries):
+            name = f"s{rng.randrange(12)}"
+            voter = Voter(name, name)
+            if rng.random() < 0.15:
+                with contextlib.suppress(BallotNotFound):
+                    await app.withdraw_ballot(election_id, voter)
+                    continue
+            scores = {o: rng.randint(0, 5) for o in "abc"}
+            await app.cast_ballot(election_id, voter, {"scores": scores})
+        return election_id
+    finally:
+        await writer.stop()
+        app.close()
+
+
+async def _published(pool: AsyncConnectionPool, election_id: UUID) -> tuple[Any, ...]:
+    async with pool.connection() as conn:
+        snapshot = await tally_snapshot(conn, election_id)
+    return snapshot.entries, snapshot.published_position, snapshot.published_counters
+
+
+@pytest.mark.parametrize("step", [3, 7])
+async def test_live_pages_a_rebuild_and_a_recount_publish_the_same_steps(
+    store: tuple[str, AsyncConnectionPool], step: int
+) -> None:
+    url, pool = store
+    election_id = await _fill_open(url, random.Random(step), step, entries=90)
+    live = ProjectionRunner(TallyProjection(), pool, page_size=step + 2)  # pages across steps
+    await live.prepare()
+    await live.catch_up()
+    served_live = await _published(pool, election_id)
+    await Rebuild(TallyProjection(), pool).run()
+    assert await _published(pool, election_id) == served_live
+    counted = await _recount_store(url)
+    count = counted.elections[election_id]
+    entries, position, counters = served_live
+    assert (entries, position) == (count.steps.entries, count.steps.position)
+    assert counters == count.published_tally().counters()
+    assert counters is not None  # something was published, and it is the same everywhere
+    assert entries >= 60
+
+
+async def _recount_store(url: str) -> Recount:
+    app = VotingApplication(env={"TRANSCODER_TOPIC": "infra.transcoder:OrjsonTranscoder"})
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return await recount_store(conn, app.mapper)

@@ -100,12 +100,7 @@ async def test_elections_are_listed_and_fetched_by_any_role(
 async def test_token_elections_take_ballots_from_issued_voter_tokens_only(
     voting: VotingClient, http: httpx.AsyncClient
 ) -> None:
-    election_id = await voting.open_election("irv", eligibility="tokens", allow_revote=False)
-    issued = await http.post(
-        f"/api/elections/{election_id}/tokens", json={"count": 3}, headers=bearer(ADMIN)
-    )
-    assert issued.status_code == 201, issued.text
-    tokens = issued.json()["tokens"]
+    election_id, tokens = await voting.token_election("irv", tokens=3, allow_revote=False)
     assert len(set(tokens)) == 3
 
     cast = await voting.cast(election_id, {"ranking": ["b", "a"]}, token=tokens[0])

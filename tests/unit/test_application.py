@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 import pytest
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, StoredEvent
 
 from domain.application import VotingApplication
 from domain.ballot import Ballot, ballot_id
@@ -23,6 +24,7 @@ from domain.errors import (
     NotEligible,
 )
 from domain.rules import ElectionRules
+from domain.voter import Voter
 
 OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
 
@@ -61,39 +63,39 @@ async def test_lifecycle_moves_draft_open_closed_and_refuses_other_moves() -> No
 async def test_a_ballot_is_cast_then_revised_then_withdrawn() -> None:
     app = VotingApplication()
     election_id = await _open(app)
-    cast = await app.cast_ballot(election_id, "key-1", {"choice": "a"})
-    assert cast.id == ballot_id(election_id, "key-1")
+    cast = await app.cast_ballot(election_id, _voter("key-1"), {"choice": "a"})
+    assert cast.id == ballot_id(election_id, _voter("key-1").ballot_key)
     assert (cast.version, cast.replayed) == (1, False)
-    revised = await app.cast_ballot(election_id, "key-1", {"choice": "b"})
+    revised = await app.cast_ballot(election_id, _voter("key-1"), {"choice": "b"})
     assert (revised.id, revised.version) == (cast.id, 2)
-    withdrawn = await app.withdraw_ballot(election_id, "key-1")
+    withdrawn = await app.withdraw_ballot(election_id, _voter("key-1"))
     assert withdrawn.version == 3
     ballot: object = app.repository.get(cast.id)
     assert isinstance(ballot, Ballot)
     assert ballot.vote is None
     with pytest.raises(BallotNotFound, match="already withdrawn"):
-        await app.withdraw_ballot(election_id, "key-1")
+        await app.withdraw_ballot(election_id, _voter("key-1"))
     with pytest.raises(BallotNotFound, match="has not cast a ballot"):
-        await app.withdraw_ballot(election_id, "key-2")
+        await app.withdraw_ballot(election_id, _voter("key-2"))
 
 
 async def test_one_ballot_per_voter_where_revoting_is_off() -> None:
     app = VotingApplication()
     election_id = await _open(app, allow_revote=False)
-    await app.cast_ballot(election_id, "key-1", {"choice": "a"})
+    await app.cast_ballot(election_id, _voter("key-1"), {"choice": "a"})
     before = _topics(app)
     with pytest.raises(AlreadyVoted, match="does not allow changing it"):
-        await app.cast_ballot(election_id, "key-1", {"choice": "b"})
+        await app.cast_ballot(election_id, _voter("key-1"), {"choice": "b"})
     with pytest.raises(AlreadyVoted, match="cannot be withdrawn"):
-        await app.withdraw_ballot(election_id, "key-1")
+        await app.withdraw_ballot(election_id, _voter("key-1"))
     assert _topics(app) == before
 
 
 async def test_a_retried_request_gets_its_first_receipt() -> None:
     app = VotingApplication()
     election_id = await _open(app, allow_revote=False)
-    first = await app.cast_ballot(election_id, "key-1", {"choice": "a"}, request_key="r1")
-    retry = await app.cast_ballot(election_id, "key-1", {"choice": "a"}, request_key="r1")
+    first = await app.cast_ballot(election_id, _voter("key-1"), {"choice": "a"}, request_key="r1")
+    retry = await app.cast_ballot(election_id, _voter("key-1"), {"choice": "a"}, request_key="r1")
     assert (retry.id, retry.version, retry.position, retry.replayed) == (
         first.id,
         first.version,
@@ -101,7 +103,7 @@ async def test_a_retried_request_gets_its_first_receipt() -> None:
         True,
     )
     with pytest.raises(IdempotencyKeyReused):
-        await app.cast_ballot(election_id, "key-1", {"choice": "b"}, request_key="r1")
+        await app.cast_ballot(election_id, _voter("key-1"), {"choice": "b"}, request_key="r1")
     assert _topics(app).count("Ballot.Cast") == 1
 
 
@@ -109,16 +111,17 @@ async def test_ballots_need_an_open_election_an_eligible_voter_and_a_valid_vote(
     app = VotingApplication()
     draft = await app.create_election("Draft", _rules())
     with pytest.raises(ElectionNotOpen, match="has not opened yet"):
-        await app.cast_ballot(draft.id, "k", {"choice": "a"})
+        await app.cast_ballot(draft.id, _voter("k"), {"choice": "a"})
     with pytest.raises(ElectionNotFound):
-        await app.cast_ballot(uuid.uuid4(), "k", {"choice": "a"})
-    tokens_election = await _open(app, eligibility="tokens")
-    with pytest.raises(NotEligible):
-        await app.cast_ballot(tokens_election, "unissued", {"choice": "a"})
+        await app.cast_ballot(uuid.uuid4(), _voter("k"), {"choice": "a"})
+    tokens_election = (await app.create_election("Tokens", _rules(eligibility="tokens"))).id
     await app.issue_voter_tokens(tokens_election, ["issued"])
-    assert (await app.cast_ballot(tokens_election, "issued", {"choice": "a"})).version == 1
+    await app.open_election(tokens_election)
+    with pytest.raises(NotEligible):
+        await app.cast_ballot(tokens_election, _voter("unissued"), {"choice": "a"})
+    assert (await app.cast_ballot(tokens_election, _voter("issued"), {"choice": "a"})).version == 1
     with pytest.raises(InvalidBallot):
-        await app.cast_ballot(tokens_election, "issued", {"choice": "zzz"})
+        await app.cast_ballot(tokens_election, _voter("issued"), {"choice": "zzz"})
 
 
 async def test_voter_tokens_only_for_token_elections_and_not_after_close() -> None:
@@ -126,12 +129,26 @@ async def test_voter_tokens_only_for_token_elections_and_not_after_close() -> No
     client_election = await _open(app)
     with pytest.raises(InvalidRequest, match="eligibility 'tokens'"):
         await app.issue_voter_tokens(client_election, ["k"])
-    tokens_election = await _open(app, eligibility="tokens")
+    tokens_election = await _open(app, eligibility="tokens", late_tokens=True)
     with pytest.raises(InvalidRequest, match="between 1 and 10000"):
         await app.issue_voter_tokens(tokens_election, [])
+    await app.issue_voter_tokens(tokens_election, ["late"])  # open, but late tokens allowed
     await app.close_election(tokens_election)
     with pytest.raises(InvalidTransition, match="closed"):
         await app.issue_voter_tokens(tokens_election, ["k"])
+
+
+async def test_the_electorate_is_fixed_when_the_election_opens() -> None:
+    app = VotingApplication()
+    election_id = (await app.create_election("Tokens", _rules(eligibility="tokens"))).id
+    await app.issue_voter_tokens(election_id, ["c", "a", "b"])
+    await app.open_election(election_id)
+    before = _topics(app)
+    with pytest.raises(InvalidTransition, match="electorate was fixed when it opened"):
+        await app.issue_voter_tokens(election_id, ["d"])
+    assert _topics(app) == before
+    issued = app.mapper.to_domain_event(_notifications(app)[1])
+    assert issued.voter_keys == ["a", "b", "c"]  # type: ignore[attr-defined]
 
 
 async def test_a_title_is_required() -> None:
@@ -172,19 +189,39 @@ def _notifications(app: VotingApplication) -> list[Notification]:
     return list(app.recorder.select_notifications(1, 1000))
 
 
-def test_a_first_cast_event_builds_the_same_ballot_as_the_constructor() -> None:
+def test_a_first_cast_event_builds_the_ballot_and_names_no_voter() -> None:
     election = uuid.uuid4()
-    event = Ballot.first_cast(election, "key", {"choice": "a"}, "request")
-    built = Ballot(
-        election_id=str(election), voter_key="key", vote={"choice": "a"}, request_key="request"
-    )
-    assert event.originator_id == built.id == ballot_id(election, "key")
+    event = Ballot.first_cast(election, "ballot-key", {"choice": "a"}, "request")
+    assert event.originator_id == ballot_id(election, "ballot-key")
     replayed: object = event.mutate(None)
     assert isinstance(replayed, Ballot)
-    assert (replayed.election_id, replayed.voter_key, replayed.vote, replayed.version) == (
-        built.election_id,
-        built.voter_key,
-        built.vote,
-        built.version,
+    assert (replayed.election_id, replayed.vote, replayed.version) == (
+        str(election),
+        {"choice": "a"},
+        1,
     )
-    assert replayed.requests == built.requests
+    assert replayed.requests == {"request": (1, {"choice": "a"})}
+    stored = VotingApplication().mapper.to_stored_event(event)
+    assert b"ballot-key" not in stored.state
+    assert b"voter" not in stored.state
+
+
+def test_a_ballot_recorded_with_its_voter_key_still_reads() -> None:
+    """Version 1 of BallotCast stored the voter's key; reading one drops it."""
+    app = VotingApplication()
+    event = Ballot.first_cast(uuid.uuid4(), "ballot-key", {"choice": "a"}, None)
+    stored = app.mapper.to_stored_event(event)
+    state = orjson.loads(stored.state)
+    del state["class_version"]
+    state["voter_key"] = "linkable"
+    old = StoredEvent(stored.originator_id, 1, stored.topic, orjson.dumps(state))
+    read = app.mapper.to_domain_event(old)
+    assert isinstance(read, Ballot.Cast)
+    ballot: object = read.mutate(None)
+    assert isinstance(ballot, Ballot)
+    assert ballot.vote == {"choice": "a"}
+    assert not hasattr(ballot, "voter_key")
+
+
+def _voter(name: str) -> Voter:
+    return Voter(credential=name, ballot_key=f"ballot-of-{name}")

@@ -1,0 +1,105 @@
+"""The results document: one function builds what the API serves and what audits check.
+
+``exact`` is the reader's view. Auditors, and everyone once the election has closed or
+when it counts in steps of one, see the statistics as the tally holds them now. Everyone
+else, while it is open, sees them as last published (``domain.publication``): the document
+then says ``stepped`` and reflects the position of that publication.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from domain.election import ElectionStatus
+from domain.recount import ElectionCount
+from domain.rules import ElectionRules
+from domain.tabulation import Tally
+from projections.queries import TallySnapshot
+
+
+def results_document(
+    election_id: UUID,
+    snapshot: TallySnapshot,
+    rules: ElectionRules,
+    *,
+    status: ElectionStatus,
+    exact: bool,
+) -> dict[str, Any]:
+    """The results of one election from its tally snapshot.
+
+    ``rules`` stand in while the tally has not projected the election yet; ``status`` is
+    where the election stands as the caller knows it (the tally's own close wins).
+    """
+    if snapshot.rules is not None:
+        rules = ElectionRules.from_json(snapshot.rules)
+    closed = snapshot.closed_at is not None
+    if closed:
+        status = ElectionStatus.CLOSED
+    elif status is ElectionStatus.CLOSED:
+        status = ElectionStatus.OPEN  # the tally has not reached the close yet
+    stepped = not (exact or closed or rules.live_results_step == 1)
+    if stepped:
+        position = snapshot.published_position
+        tally = Tally.from_counters(rules, snapshot.published_counters or {})
+        entries = snapshot.entries // rules.live_results_step * rules.live_results_step
+    else:
+        position = snapshot.position
+        tally = Tally.from_counters(rules, snapshot.counters)
+        entries = snapshot.entries
+    result = tally.result().to_json()
+    notes: list[str] = result.pop("notes")
+    if stepped:
+        notes.append(
+            f"Preliminary: while the election is open these results advance in steps of "
+            f"{rules.live_results_step} ballot entries, so that no single ballot can be "
+            f"told from the changes; they reflect position {position}."
+        )
+    notes.extend(_set_aside_notes(snapshot))
+    return {
+        "election_id": str(election_id),
+        "status": status.value,
+        "position": position,
+        **result,
+        "notes": notes,
+        "late_ballots": snapshot.late_ballots,
+        "closed_at_position": snapshot.closed_at,
+        "live_results_step": rules.live_results_step,
+        "stepped": stepped,
+        "ballot_entries": entries,
+        "set_aside": snapshot.set_aside,
+    }
+
+
+def _set_aside_notes(snapshot: TallySnapshot) -> list[str]:
+    notes = []
+    if snapshot.set_aside:
+        notes.append(
+            f"Incomplete: {snapshot.set_aside} log entr"
+            f"{'y' if snapshot.set_aside == 1 else 'ies'} of this election could not be "
+            "applied and were set aside, so this count leaves them out. Operators see them "
+            "in GET /api/admin/projections; a rebuild applies them once the cause is fixed."
+        )
+    if snapshot.set_aside_unattributed:
+        notes.append(
+            f"Possibly incomplete: {snapshot.set_aside_unattributed} log entr"
+            f"{'y' if snapshot.set_aside_unattributed == 1 else 'ies'} could not be read "
+            "well enough to tell which election they belong to, and were set aside."
+        )
+    return notes
+
+
+def recounted_snapshot(count: ElectionCount, position: int, set_aside: int = 0) -> TallySnapshot:
+    """What the tally would hold for this election after a recount up to ``position``."""
+    published = count.published_tally() if count.rules.live_results_step > 1 else None
+    return TallySnapshot(
+        position=position,
+        rules=count.rules.to_json(),
+        closed_at=count.closed_at,
+        late_ballots=count.late,
+        counters=count.tally.counters(),
+        entries=count.steps.entries,
+        published_position=count.steps.position,
+        published_counters=None if published is None else published.counters(),
+        set_aside=set_aside,
+    )

@@ -1,0 +1,330 @@
+"""The attacks on ballot secrecy that worked against earlier versions, tried again.
+
+Each test does what an attacker holding the admin, auditor or client token could do with
+nothing but the API, and shows that it no longer links a voter to a ballot's content.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer, options
+from tests.servers import ADMIN, AUDITOR, CLIENT
+
+RANKINGS = [list(p) for p in itertools.permutations("abcde")]
+
+
+async def _events(voting: VotingClient, election_id: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in await voting.audit_events()
+        if e["stream_id"] == election_id or (e["data"] or {}).get("election_id") == election_id
+    ]
+
+
+async def test_the_admin_and_the_auditor_together_cannot_link_a_token_to_its_ballot(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    body = {"title": "Secret", "method": "borda", "options": options(*"abcde")}
+    created = await http.post(
+        "/api/elections", json={**body, "eligibility": "tokens"}, headers=bearer(ADMIN)
+    )
+    election_id = created.json()["id"]
+    # 24 tokens, issued as an attacker would: in batches, and one batch of a single token
+    # (whose credential the issuing event then pins to that token).
+    tokens = [t for count in (8, 8, 7, 1) for t in await voting.issue_tokens(election_id, count)]
+    await voting.open(election_id)
+    content = {token: RANKINGS[i] for i, token in enumerate(tokens)}
+    receipts = {}
+    for token, ranking in content.items():
+        cast = await voting.cast(election_id, {"ranking": ranking}, token=token)
+        assert cast.status_code == 201, cast.text
+        receipts[token] = cast.json()
+
+    # The admin no longer reads the log: auditing is another duty.
+    assert_problem(
+        await http.get("/api/audit/events", headers=bearer(ADMIN)), 403, "needs the auditor role"
+    )
+    # The auditor reads everything; with the admin's tokens beside it, try every link.
+    events = await _events(voting, election_id)
+    issued = [e for e in events if e["type"] == "ElectionTokensIssued"]
+    ballots = [e for e in events if e["type"].startswith("Ballot")]
+    assert len(issued) == 4
+    assert len(ballots) == 24
+    credentials = [key for e in issued for key in e["data"]["voter_keys"]]
+    assert len(set(credentials)) == 24
+    for event in issued:  # sorted: the order says nothing of the order tokens were made in
+        assert event["data"]["voter_keys"] == sorted(event["data"]["voter_keys"])
+    ballot_text = json.dumps(ballots)
+    for ballot in ballots:
+        assert "voter_key" not in ballot["data"]
+    for credential in credentials:
+        assert credential not in ballot_text  # no ballot carries a credential
+        old_id = str(uuid.uuid5(uuid.UUID(election_id), credential))
+        assert old_id not in {b["stream_id"] for b in ballots}  # nor is named after one
+    for token in tokens:  # nor a token, in the log or in a receipt
+        assert token not in ballot_text
+        assert token not in json.dumps(issued)
+    # The old attack, as written: token i -> credential i -> the ballot carrying it.
+    linked = [
+        token
+        for token, credential in zip(tokens, credentials, strict=True)
+        if any(credential in json.dumps(b) for b in ballots)
+    ]
+    assert linked == []
+    # The single-token batch pins one credential to one token: it still leads nowhere.
+    lone = issued[-1]["data"]["voter_keys"]
+    assert len(lone) == 1
+    assert lone[0] not in ballot_text
+    # No response ties a token to its credential: receipts and the election's view.
+    view = (await http.get(f"/api/elections/{election_id}", headers=bearer(ADMIN))).json()
+    for credential in credentials:
+        assert credential not in json.dumps(view)
+        assert credential not in json.dumps(list(receipts.values()))
+    # Revoting still works: the last ballot counts, on the same ballot.
+    voter = tokens[5]
+    revised = await voting.cast(election_id, {"ranking": RANKINGS[100]}, token=voter)
+    assert revised.status_code == 200, revised.text
+    assert revised.json()["ballot_id"] == receipts[voter]["ballot_id"]
+    assert revised.json()["version"] == 2
+
+
+async def test_a_client_cannot_isolate_one_ballot_by_time_travel(voting: VotingClient) -> None:
+    election_id = await voting.open_election("plurality")  # default rules: steps of 10
+    receipts = [
+        (await voting.cast(election_id, {"choice": "abc"[n % 3]}, f"tt-{n}")).json()
+        for n in range(25)
+    ]
+    for n, receipt in enumerate(receipts):
+        position = receipt["position"]
+        now = await _at(voting, election_id, position, CLIENT)
+        before = await _at(voting, election_id, position - 1, CLIENT)
+        assert now["stepped"]
+        assert before["stepped"]
+        assert now["ballots"] == (n + 1) // 10 * 10  # what was published by then
+        assert now["position"] <= position
+        changed = now["ballots"] - before["ballots"]
+        assert changed in (0, 10), (n, changed)
+        if changed:  # the difference spans a whole step, never the one ballot at P
+            assert (n + 1) % 10 == 0
+            assert now["position"] == position
+    # An auditor recounts exactly, at any position.
+    exact = await _at(voting, election_id, receipts[12]["position"], AUDITOR)
+    previous = await _at(voting, election_id, receipts[12]["position"] - 1, AUDITOR)
+    assert (exact["ballots"], previous["ballots"], exact["stepped"]) == (13, 12, False)
+
+
+async def test_live_results_move_in_whole_steps_for_every_reader_but_auditors(
+    voting: VotingClient,
+) -> None:
+    election_id = await voting.open_election("approval")
+    seen: dict[str, set[tuple[int, int]]] = {"client": set(), "admin": set()}
+    for n in range(23):
+        if n in (11, 17):  # revisions and withdrawals are steps' entries too
+            receipt = await voting.http.post(
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": f"live-{n - 1}"},
+                headers=bearer(CLIENT),
+            )
+        else:
+            receipt = await voting.cast(election_id, {"approve": ["a"]}, f"live-{n % 20}")
+        assert receipt.status_code < 300, receipt.text
+        position = receipt.json()["position"]
+        for role, token in (("client", CLIENT), ("admin", ADMIN)):
+            body = (await voting.results(election_id, token, min_position=position)).json()
+            assert body["stepped"]
+            assert body["live_results_step"] == 10
+            assert body["ballot_entries"] % 10 == 0
+            seen[role].add((body["position"], body["ballots"]))
+        exact = (await voting.results(election_id, AUDITOR, min_position=position)).json()
+        assert not exact["stepped"]
+        assert exact["ballot_entries"] == n + 1
+    assert seen["client"] == seen["admin"]
+    assert len(seen["client"]) == 3  # nothing, then the 10th and the 20th entry
+    await voting.close(election_id)
+    final = (await voting.results(election_id, CLIENT)).json()
+    assert not final["stepped"]
+    assert final["status"] == "closed"
+
+
+async def test_exact_live_results_must_be_asked_for(voting: VotingClient) -> None:
+    election_id = await voting.open_election("plurality", live_results_step=1)
+    for n in range(3):
+        receipt = (await voting.cast(election_id, {"choice": "a"}, f"exact-{n}")).json()
+        body = (await voting.results(election_id, CLIENT, receipt["position"])).json()
+        assert (body["ballots"], body["stepped"]) == (n + 1, False)
+    election = await voting.http.get(f"/api/elections/{election_id}", headers=bearer(CLIENT))
+    assert election.json()["live_results_step"] == 1
+    refused = await voting.http.post(
+        "/api/elections",
+        json={
+            "title": "t",
+            "method": "plurality",
+            "options": options("a", "b"),
+            "live_results_step": 0,
+        },
+        headers=bearer(ADMIN),
+    )
+    assert_problem(refused, 422, "live_results_step")
+
+
+async def test_voter_tokens_are_issued_before_the_election_opens(voting: VotingClient) -> None:
+    fixed = await voting.create_election(eligibility="tokens")
+    await voting.issue_tokens(fixed["id"], 2)
+    await voting.open(fixed["id"])
+    response = await voting.http.post(
+        f"/api/elections/{fixed['id']}/tokens", json={"count": 5}, headers=bearer(ADMIN)
+    )
+    assert_problem(response, 409, "electorate was fixed when it opened")
+    view = (await voting.http.get(f"/api/elections/{fixed['id']}", headers=bearer(ADMIN))).json()
+    assert view["tokens_issued"] == 2
+    late = await voting.create_election(eligibility="tokens", late_tokens=True)
+    await voting.open(late["id"])
+    assert len(await voting.issue_tokens(late["id"], 3)) == 3
+
+
+def _election(**changes: Any) -> dict[str, Any]:
+    return {"title": "Text", "method": "plurality", "options": options("a", "b"), **changes}
+
+
+ELECTION_FIELDS: list[tuple[str, dict[str, Any]]] = [
+    ("title", _election(title="Lunch\u0000")),
+    ("options[1].label", _election(options=[*options("a"), {"id": "b", "label": "B\u0007"}])),
+    ("options[0].id", _election(options=[{"id": "a\u0000", "label": "A"}, *options("b")])),
+    ("method", _election(method="plurality\u0000")),
+    ("eligibility", _election(eligibility="client\u001f")),
+    ("results_visibility", _election(results_visibility="live\u007f")),
+    ("tie_break", _election(tie_break="report\u0000")),
+]
+
+
+@pytest.mark.parametrize(("field", "body"), ELECTION_FIELDS, ids=[f for f, _ in ELECTION_FIELDS])
+async def test_control_characters_are_refused_in_election_fields(
+    http: httpx.AsyncClient, voting: VotingClient, field: str, body: dict[str, Any]
+) -> None:
+    before = len(await voting.audit_events())
+    response = await http.post("/api/elections", json=body, headers=bearer(ADMIN))
+    problem = assert_problem(response, 422, "control character")
+    assert problem["field"] == field
+    assert len(await voting.audit_events()) == before
+
+
+BALLOT_FIELDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("voter_id", "plurality", {"choice": "a", "voter_id": "ada\u0000"}),
+    ("choice", "plurality", {"choice": "a\u0000", "voter_id": "v"}),
+    ("approve[0]", "approval", {"approve": ["a\u0001"], "voter_id": "v"}),
+    ("ranking[1]", "irv", {"ranking": ["a", "b\u0000"], "voter_id": "v"}),
+    ("scores.a\u0000.[key]", "score", {"scores": {"a\u0000": 1}, "voter_id": "v"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "method", "ballot"), BALLOT_FIELDS, ids=[f for f, _, _ in BALLOT_FIELDS]
+)
+async def test_control_characters_are_refused_in_ballot_fields(
+    voting: VotingClient, field: str, method: str, ballot: dict[str, Any]
+) -> None:
+    election_id = await voting.open_election(method)
+    before = len(await voting.audit_events())
+    problem = assert_problem(await voting.cast(election_id, ballot), 422, "control character")
+    assert problem["field"] == field
+    withdrawal = await voting.http.post(
+        f"/api/elections/{election_id}/withdrawals",
+        json={"voter_id": "bob\u0000"},
+        headers=bearer(CLIENT),
+    )
+    assert assert_problem(withdrawal, 422, "control character")["field"] == "voter_id"
+    assert len(await voting.audit_events()) == before
+
+
+async def test_control_characters_are_refused_in_the_idempotency_key(
+    voting: VotingClient,
+) -> None:
+    election_id = await voting.open_election()
+    response = await voting.http.post(
+        f"/api/elections/{election_id}/ballots",
+        json={"choice": "a", "voter_id": "v"},
+        headers={**bearer(CLIENT), "Idempotency-Key": "key\tkey"},  # HTTP lets a tab through
+    )
+    assert assert_problem(response, 422, "printable")["field"] == "Idempotency-Key"
+
+
+async def test_a_lone_surrogate_is_refused_naming_the_field(http: httpx.AsyncClient) -> None:
+    raw = (
+        b'{"title": "t", "method": "plurality", "options": '
+        b'[{"id": "a", "label": "A\\ud800"}, {"id": "b", "label": "B"}]}'
+    )
+    response = await http.post(
+        "/api/elections",
+        content=raw,
+        headers={**bearer(ADMIN), "Content-Type": "application/json"},
+    )
+    assert response.headers["content-type"] == PROBLEM
+    problem = assert_problem(response, 422, "lone surrogate")
+    assert problem["field"] == "options[0].label"
+
+
+async def _at(voting: VotingClient, election_id: str, position: int, token: str) -> Any:
+    response = await voting.http.get(
+        f"/api/elections/{election_id}/results", params={"at": position}, headers=bearer(token)
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    step=st.integers(2, 5),
+    ops=st.lists(
+        st.tuples(st.integers(0, 5), st.sampled_from(["a", "b", "c", None]), st.booleans()),
+        min_size=1,
+        max_size=30,
+    ),
+)
+async def test_no_reader_but_an_auditor_sees_live_results_move_by_less_than_a_step(
+    voting: VotingClient, step: int, ops: list[tuple[int, str | None, bool]]
+) -> None:
+    """Random elections, read at random times: every non-auditor read shows the results of
+    a whole number of steps, and each is exactly what a recount gives at its position."""
+    election_id = await voting.open_election("plurality", live_results_step=step)
+    voting_now: set[int] = set()
+    seen: list[dict[str, Any]] = []
+    for voter, choice, read in ops:
+        if choice is None:
+            if voter not in voting_now:
+                continue
+            response = await voting.http.post(
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": f"p-{voter}"},
+                headers=bearer(CLIENT),
+            )
+            voting_now.discard(voter)
+        else:
+            response = await voting.cast(election_id, {"choice": choice}, f"p-{voter}")
+            voting_now.add(voter)
+        assert response.status_code < 300, response.text
+        if read:
+            position = response.json()["position"]
+            body = (await voting.results(election_id, CLIENT, min_position=position)).json()
+            seen.append(body)
+    for body in seen:
+        assert body["stepped"]
+        assert body["ballot_entries"] % step == 0
+        exact = await _at(voting, election_id, body["position"], AUDITOR)
+        assert [o["votes"] for o in body["options"]] == [o["votes"] for o in exact["options"]]
+        assert body["ballots"] == exact["ballots"]
+    for before, after in itertools.pairwise(seen):
+        if before["position"] != after["position"]:
+            assert after["ballot_entries"] - before["ballot_entries"] >= step
