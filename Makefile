@@ -1,19 +1,29 @@
 # Cardinal Vote. The two commands a newcomer needs: `make run` and `make test`.
+#   make check         lint, format, types and the unit tests: the fast loop (under a minute)
+#   make integration   tests against the real PostgreSQL and RabbitMQ
+#   make e2e           processes started as an operator would (slow)
+#   make test          everything, with a coverage report: what CI runs
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck services tools clean
+.PHONY: run test check integration e2e lint typecheck services tools clean
 
 run: $(STAMP)
 	$(BIN)/cardinal serve
 
-test: $(STAMP) services tools
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/pytest
+test: $(STAMP) services tools lint typecheck
+	$(BIN)/pytest --cov --cov-report=term
+
+check: $(STAMP) lint typecheck
+	CARDINAL_EXAMPLES=0.2 $(BIN)/pytest -q tests/unit
+
+integration: $(STAMP) services
+	$(BIN)/pytest tests/integration
+
+e2e: $(STAMP) services tools
+	$(BIN)/pytest tests/e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -45,4 +55,4 @@ tools:
 		apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage

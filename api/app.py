@@ -16,8 +16,8 @@ from api.problems import HANDLERS
 from api.ratelimit import BallotRateLimit
 from api.routes import admin, audit, ballots, elections, health, results
 from infra.audit.chain import Signer
-from infra.bootstrap import running_services, tune_garbage_collection
-from infra.settings import Settings
+from infra.runtime.bootstrap import running_services, tune_garbage_collection
+from infra.runtime.settings import Settings
 
 
 def create_app(

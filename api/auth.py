@@ -11,8 +11,8 @@ from starlette.requests import Request
 from api.problems import Forbidden, Unauthorized
 from domain.election import Election
 from domain.rules import Eligibility
-from infra.settings import Settings
-from infra.voters import is_voter_token
+from infra.runtime.settings import Settings
+from infra.runtime.voters import is_voter_token
 
 # An admin may also do what operators do. Not what auditors do: auditors read every
 # ballot as recorded, and keeping that apart from running elections and handing out voter

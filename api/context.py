@@ -13,7 +13,7 @@ from api.auth import Authenticator
 from api.ratelimit import BallotRateLimit
 from domain.errors import ElectionNotFound, InvalidRequest
 from infra.audit.chain import Signer
-from infra.bootstrap import Services
+from infra.runtime.bootstrap import Services
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -16,9 +16,9 @@ from starlette.responses import Response
 
 from api.responses import problem
 from domain import errors
+from domain.ports import Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
-from infra.settings import SettingsError
-from infra.writer import Overloaded, StoreUnavailable
+from infra.runtime.settings import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,15 @@ class VersionConflict(Exception):
     """Another writer already recorded this aggregate version."""
 
 
+class Overloaded(Exception):
+    """The writer cannot take more appends now (its queue is full, or it is stopping); the
+    caller should retry later. Nothing was recorded."""
+
+
+class StoreUnavailable(Exception):
+    """The event store could not be reached for longer than the writer waits."""
+
+
 class Recorded(NamedTuple):
     """Where an event landed in the log, and its receipt (the audit chain's entry hash,
     hex) where the writer computes one."""
@@ -25,7 +34,11 @@ class Recorded(NamedTuple):
 
 
 class EventWriter(Protocol):
-    """Appends events atomically and reads aggregates back."""
+    """Appends events atomically and reads aggregates back.
+
+    Besides VersionConflict and ElectionNotOpen (see ``append_events``), an append may
+    raise Overloaded or StoreUnavailable: the API answers those with 503.
+    """
 
     async def append(self, aggregate: Aggregate, *, while_open: UUID | None = None) -> Recorded:
         """Record an aggregate's pending events (see ``append_events``)."""

@@ -1,6 +1,6 @@
 """A voter as the service knows them: two digests of their identity, and nothing else.
 
-Both are keyed with the server secret by infra (``infra.voters``), so the domain sees only
+Both are keyed with the server secret by infra (``infra.runtime.voters``), so the domain sees only
 opaque strings:
 
 - ``credential`` is what an electorate lists. A token election's ``TokensIssued`` event

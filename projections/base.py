@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Protocol
 
 from psycopg import AsyncConnection
 
-from projections.log import LogEvent
+from infra.store.log import LogEvent
 
 
 class Projection(ABC):

@@ -10,8 +10,8 @@ from uuid import UUID
 import orjson
 from psycopg import AsyncConnection, AsyncCursor, sql
 
+from infra.store.log import LogEvent
 from projections.base import Projection
-from projections.log import LogEvent
 
 BALLOT_COLUMNS = {
     "BallotCast": "ballots_cast",

@@ -27,8 +27,8 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from infra.store import EVENTS_TABLE
+from infra.store.log import LogEvent, head, read_page
 from projections.base import BulkBuilder, Projection, schema_name
-from projections.log import LogEvent, head, read_page
 from projections.runtime import (
     apply_isolated,
     create_version,

@@ -11,11 +11,17 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from psycopg import AsyncConnection
+
 from domain.election import ElectionStatus
-from domain.recount import ElectionCount
+from domain.recount import ElectionCount, Recount
 from domain.rules import ElectionRules
 from domain.tabulation import Tally
-from projections.queries import TallySnapshot
+from projections.queries import TallySnapshot, tally_snapshot
+
+# What a served document must share with a recount of the log (the rest, such as its
+# position and notes, says when and how it was served).
+COMPARED = ("ballots", "winners", "options", "rounds", "pairwise", "tie", "late_ballots")
 
 
 def results_document(
@@ -103,3 +109,28 @@ def recounted_snapshot(count: ElectionCount, position: int, set_aside: int = 0) 
         published_counters=None if published is None else published.counters(),
         set_aside=set_aside,
     )
+
+
+async def differences_from_recount(
+    conn: AsyncConnection[Any], recount: Recount
+) -> tuple[list[UUID], int]:
+    """The elections whose served results (exact, as auditors see them) differ from the
+    recount's, and how many ballots the served results count in all."""
+    differing = []
+    counted = 0
+    for election_id, count in recount.elections.items():
+        snapshot = await tally_snapshot(conn, election_id)
+        served = results_document(
+            election_id, snapshot, count.rules, status=count.status, exact=True
+        )
+        truth = results_document(
+            election_id,
+            recounted_snapshot(count, recount.position),
+            count.rules,
+            status=count.status,
+            exact=True,
+        )
+        counted += served["ballots"]
+        if any(served[key] != truth[key] for key in COMPARED):
+            differing.append(election_id)
+    return differing, counted

@@ -29,8 +29,8 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from infra import metrics
+from infra.store.log import LogEvent, head, read_page
 from projections.base import Projection, schema_name
-from projections.log import LogEvent, head, read_page
 
 log = logging.getLogger(__name__)
 

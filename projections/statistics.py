@@ -9,8 +9,8 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
+from infra.store.log import LogEvent
 from projections.base import Projection
-from projections.log import LogEvent
 
 COLUMN = {"BallotCast": 0, "BallotRevised": 1, "BallotWithdrawn": 2}
 

@@ -25,9 +25,9 @@ from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
 
 from infra import metrics
+from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
-from infra.topology import Topology
-from projections.log import LogEvent
+from infra.store.log import LogEvent
 from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
 
 log = logging.getLogger(__name__)

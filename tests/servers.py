@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 
 from api.app import create_app
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 ADMIN = "test-admin-token"
 OPERATOR = "test-operator-token"

@@ -17,7 +17,7 @@ from domain.errors import InvalidBallot, InvalidRequest
 from domain.rules import Eligibility
 from domain.voter import Voter
 from infra.metrics import BALLOTS_ACCEPTED
-from infra.voters import request_key
+from infra.runtime.voters import request_key
 
 MAX_IDEMPOTENCY_KEY = 255
 ACCEPTED = {

@@ -14,7 +14,7 @@ from api.responses import JSONResponse
 from api.schemas import ElectionIn, TokensIn
 from api.views import election_view
 from domain.rules import ElectionRules
-from infra.voters import new_voter_token
+from infra.runtime.voters import new_voter_token
 
 
 async def create(request: Request) -> Response:

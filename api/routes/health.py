@@ -15,7 +15,7 @@ from starlette.responses import Response
 from api import context
 from api.responses import JSONResponse, problem
 from infra.metrics import BROKER_CONNECTED, refresh_positions
-from infra.migrations import MigrationError, pending
+from infra.store.migrations import MigrationError, pending
 
 READY_TIMEOUT = 2.0
 

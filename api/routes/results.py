@@ -19,8 +19,8 @@ from domain.errors import NotFound
 from domain.recount import Recount
 from domain.rules import ResultsVisibility
 from infra.audit.records import election_entries
-from infra.bootstrap import Services
-from projections.log import head
+from infra.runtime.bootstrap import Services
+from infra.store.log import head
 from projections.queries import tally_snapshot
 from projections.results import recounted_snapshot, results_document
 

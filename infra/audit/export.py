@@ -25,15 +25,15 @@ from typing import Any, BinaryIO
 import orjson
 
 from infra.audit.chain import ALGORITHM, Signer
-from infra.audit.verify import (
-    Entry,
+from infra.audit.sources import (
     checkpoints_of,
     database_entries,
     served_results,
     set_aside_records,
     snapshot_connection,
 )
-from projections.log import head
+from infra.audit.verifier import Entry
+from infra.store.log import head
 
 FORMAT = "cardinal-audit/1"
 

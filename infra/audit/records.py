@@ -11,7 +11,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from infra.store import EVENTS_TABLE
-from projections.log import event_type
+from infra.store.log import event_type
 
 LOG_PAGE = f"""
 SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, c.hash

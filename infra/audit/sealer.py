@@ -21,7 +21,7 @@ from psycopg import sql
 
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.store import EVENTS_TABLE
-from projections.log import event_type
+from infra.store.log import event_type
 
 log = logging.getLogger(__name__)
 

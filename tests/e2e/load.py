@@ -13,8 +13,8 @@ import httpx
 import psycopg
 
 from domain.application import VotingApplication
-from infra.loadgen import ConnectionClosed, LeanConnection
-from infra.log_reader import recount_store
+from infra.bench.loadgen import ConnectionClosed, LeanConnection
+from infra.store.log import recount_store
 from tests.servers import ADMIN, AUDITOR, CLIENT
 
 METHODS = ("plurality", "approval", "score", "star", "irv", "schulze", "borda")
@@ -163,7 +163,7 @@ class Load:
 
 async def recount(database_url: str) -> dict[str, dict[str, Any]]:
     """Every election's results, recounted from the event store in position order."""
-    app = VotingApplication(env={"TRANSCODER_TOPIC": "infra.transcoder:OrjsonTranscoder"})
+    app = VotingApplication(env={"TRANSCODER_TOPIC": "infra.store.transcoder:OrjsonTranscoder"})
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         counted = await recount_store(conn, app.mapper)
     return {

@@ -16,7 +16,7 @@ import orjson
 import psycopg
 import pytest
 
-from projections.log import decode_row
+from infra.store.log import decode_row
 from tests.e2e.load import Load, assert_results_match_recount, create_open_elections
 from tests.e2e.stack import AMQP_URL, Stack, broker_connections, close_broker_connections
 
@@ -205,10 +205,12 @@ async def test_an_unreadable_entry_is_set_aside_and_nothing_is_dead_lettered(
         await Load(stack.url, elections, seed=52).run(300)
         await assert_results_match_recount(http, stack.database_url, elections)
         stack.assert_relayed()
-    async with await psycopg.AsyncConnection.connect(stack.database_url) as conn:
-        cursor = await conn.execute("SELECT count(*) FROM projection_rejections")
+    async with await psycopg.AsyncConnection.connect(stack.database_url) as reader:
+        cursor = await reader.execute("SELECT count(*) FROM projection_rejections")
         assert await cursor.fetchone() == (0,)
-        cursor = await conn.execute("SELECT name, position FROM projection_set_aside ORDER BY name")
+        cursor = await reader.execute(
+            "SELECT name, position FROM projection_set_aside ORDER BY name"
+        )
         assert await cursor.fetchall() == [
             ("catalog", row[0]),
             ("statistics", row[0]),

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from infra.migrations import migrate
+from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient
 from tests.servers import running_api, settings_for

@@ -17,19 +17,18 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from infra.audit import verify as verify_module
+from infra.audit import sources as verify_module
 from infra.audit.chain import Signer
 from infra.audit.export import export
 from infra.audit.sealer import Sealer
-from infra.audit.verify import (
-    Discrepancy,
-    Entry,
+from infra.audit.sources import (
     database_entries,
     snapshot_connection,
     verify_database,
     verify_file,
 )
-from infra.migrations import migrate
+from infra.audit.verifier import Discrepancy, Entry
+from infra.store.migrations import migrate
 from projections import PROJECTIONS, projection
 from projections.runtime import ProjectionRunner
 from tests.databases import SERVER_URL, create_database, drop_database

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import infra.metrics
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {

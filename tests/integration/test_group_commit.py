@@ -15,12 +15,12 @@ from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import ElectionStatus
 from domain.errors import ElectionNotOpen
-from domain.ports import Recorded, VersionConflict
+from domain.ports import Overloaded, Recorded, VersionConflict
 from domain.rules import ElectionRules
 from domain.voter import Voter
-from infra.migrations import migrate
 from infra.store import open_application
-from infra.writer import GroupCommitWriter, Overloaded, _Append
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter, _Append
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient, assert_problem
 from tests.servers import running_api, settings_for

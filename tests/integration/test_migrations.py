@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from infra.migrations import MigrationError, discover, migrate
+from infra.store.migrations import MigrationError, discover, migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import assert_problem
 from tests.servers import running_api, settings_for

@@ -23,11 +23,11 @@ from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.tabulation import Tally
 from domain.voter import Voter
-from infra.migrations import migrate
 from infra.store import open_application
-from infra.writer import GroupCommitWriter
+from infra.store.log import LogEvent, head, read_page
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
 from projections import projection
-from projections.log import LogEvent, head, read_page
 from projections.queries import tally_snapshot
 from projections.runtime import ProjectionRunner, create_version
 from projections.tally import TallyProjection

@@ -18,13 +18,12 @@ from domain.errors import BallotNotFound
 from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
-from infra.log_reader import recount_store
-from infra.migrations import migrate
 from infra.store import open_application
-from infra.writer import GroupCommitWriter
+from infra.store.log import LogEvent, recount_store
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.base import BulkBuilder, Projection
-from projections.log import LogEvent
 from projections.queries import tally_snapshot
 from projections.rebuild import Progress, Rebuild, RebuildRefused
 from projections.runtime import ProjectionRunner
@@ -238,6 +237,6 @@ async def test_live_pages_a_rebuild_and_a_recount_publish_the_same_steps(
 
 
 async def _recount_store(url: str) -> Recount:
-    app = VotingApplication(env={"TRANSCODER_TOPIC": "infra.transcoder:OrjsonTranscoder"})
+    app = VotingApplication(env={"TRANSCODER_TOPIC": "infra.store.transcoder:OrjsonTranscoder"})
     async with await psycopg.AsyncConnection.connect(url) as conn:
         return await recount_store(conn, app.mapper)

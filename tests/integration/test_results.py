@@ -12,7 +12,7 @@ import pytest
 
 from domain.ballot import Ballot
 from infra.store import open_application
-from infra.writer import GroupCommitWriter
+from infra.store.writer import GroupCommitWriter
 from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import ADMIN, CLIENT, OPERATOR
 

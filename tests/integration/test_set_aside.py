@@ -24,10 +24,10 @@ from psycopg_pool import AsyncConnectionPool
 from domain.election import Election
 from domain.rules import ElectionRules
 from domain.voter import Voter
-from infra.migrations import migrate
 from infra.store import open_application
-from infra.writer import GroupCommitWriter
-from projections.log import LogEvent
+from infra.store.log import LogEvent
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
 from projections.queries import tally_snapshot
 from projections.rebuild import Rebuild
 from projections.runtime import ProjectionRunner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from infra.bench_chart import BLOCKS, Panel, _nice_ceiling, sparkline, svg
+from infra.bench.chart import BLOCKS, Panel, _nice_ceiling, sparkline, svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -16,7 +16,7 @@ from infra.audit.chain import (
     key_id,
     signature_valid,
 )
-from infra.transcoder import OrjsonTranscoder
+from infra.store.transcoder import OrjsonTranscoder
 
 STREAM = UUID("6b1a6f7e-5b0a-4b5e-9a3e-3f2d7a1c9e10")
 

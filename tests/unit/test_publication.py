@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from domain.recount import Recount
 from domain.rules import ElectionRules
+from tests.budget import examples
 
 OPTIONS = [{"id": i, "label": i.upper()} for i in "abc"]
 # (voter, what they do): a choice casts or revises, None withdraws
@@ -45,7 +46,7 @@ def _replay(step: int, ops: list[Operation], upto: int | None = None) -> Recount
     return recount
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(step=st.integers(1, 6), ops=operations, reads=st.lists(st.integers(0, 60), max_size=12))
 def test_published_results_move_only_in_whole_steps(
     step: int, ops: list[Operation], reads: list[int]
@@ -69,7 +70,7 @@ def test_published_results_move_only_in_whole_steps(
             assert entries_b - entries_a >= step  # never fewer ballot entries than a step
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(ops=operations)
 def test_exact_live_results_are_published_at_every_entry(ops: list[Operation]) -> None:
     count = _replay(1, ops).elections[UUID(int=1)]

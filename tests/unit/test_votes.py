@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from domain.errors import InvalidBallot
 from domain.rules import ElectionRules, Method
 from domain.votes import Approval, Choice, Ranking, Scores, parse_vote
+from tests.budget import examples
 
-MANY = settings(max_examples=1000, deadline=None)
+MANY = settings(max_examples=examples(1000), deadline=None)
 IDS = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True)
 
 

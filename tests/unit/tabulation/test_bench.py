@@ -7,7 +7,7 @@ import json
 import pytest
 
 from domain.rules import Method
-from infra.tabulation_bench import main
+from infra.bench.tabulation import main
 
 
 def test_benchmark_prints_a_table_and_a_json_line(capsys: pytest.CaptureFixture[str]) -> None:

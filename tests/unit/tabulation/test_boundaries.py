@@ -27,5 +27,5 @@ def test_tabulation_imports_only_the_standard_library_and_the_domain() -> None:
 
 
 def test_the_benchmark_imports_only_the_domain_rich_and_the_standard_library() -> None:
-    imported = top_level_imports(ROOT / "infra" / "tabulation_bench.py")
+    imported = top_level_imports(ROOT / "infra" / "bench" / "tabulation.py")
     assert imported - set(sys.stdlib_module_names) == {"domain", "rich"}

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from domain.rules import ElectionRules, Method
 from domain.tabulation import Tally, tabulate
 from domain.votes import Vote
+from tests.budget import examples
 from tests.unit.tabulation.elections import elections, elections_with_votes, votes
 
 PROPERTY_SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 KEY = re.compile(r"^(n|c:[^:>]+|h:[^:>]+:-?\d+|p:[^:>]+:[^:>]+|r:[^:>]+(>[^:>]+)*)$")
 

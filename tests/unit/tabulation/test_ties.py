@@ -9,6 +9,7 @@ from domain.rules import ElectionRules, Method, TieBreak
 from domain.tabulation import Result, tabulate
 from domain.tabulation import ranked_pairs as ranked_pairs_module
 from domain.votes import Approval, Choice, Ranking, Vote
+from tests.budget import examples
 from tests.unit.tabulation.elections import OPTION_IDS, elections_with_votes, ranking, rules, scores
 
 # Declared order zulu, Alpha: alphabetical (and any hash) order would pick Alpha first.
@@ -48,7 +49,7 @@ def test_declared_order_gives_a_perfect_tie_to_the_earlier_option(method: Method
     assert any("declared" in note for note in result.notes)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(elections_with_votes(max_votes=12))
 def test_declared_order_picks_one_of_the_reported_winners(
     case: tuple[ElectionRules, list[Vote]],
@@ -70,7 +71,7 @@ def test_declared_order_picks_one_of_the_reported_winners(
             assert declared.winners[0] == report.winners[0]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(elections_with_votes(max_votes=12))
 def test_renaming_options_changes_nothing_but_the_names(
     case: tuple[ElectionRules, list[Vote]],

@@ -23,8 +23,8 @@ from rich.table import Table
 from infra.audit.chain import Signer, new_seed
 from infra.audit.export import export
 from infra.audit.sealer import Sealer
-from infra.audit.verify import verify_database, verify_file
-from infra.bench_projection import (
+from infra.audit.sources import verify_database, verify_file
+from infra.bench.projection import (
     _catch_up_all,
     _create_database,
     _drop_database,
@@ -32,7 +32,7 @@ from infra.bench_projection import (
     _progress,
     console,
 )
-from infra.migrations import migrate
+from infra.store.migrations import migrate
 
 TARGET_ENTRIES_PER_SECOND = 100_000
 

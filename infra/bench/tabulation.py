@@ -6,7 +6,7 @@ and adding one ballot must cost O(options²). The cardinal methods are timed on 
 of the same size (1,000,000 ballots, 10,000 distinct ballots). The tallies are built with
 weighted ``add`` calls (one per distinct ballot), not a million single adds.
 
-Run: ``python -m infra.tabulation_bench`` (``cardinal bench tabulation``). Exit status 0
+Run: ``python -m infra.bench.tabulation`` (``cardinal bench tabulation``). Exit status 0
 only if every figure meets its target.
 """
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.audit.chain import new_seed
-from infra.settings import ROLES, Settings
+from infra.runtime.settings import ROLES, Settings
 
 CREDENTIALS_FILE = "credentials.json"
 

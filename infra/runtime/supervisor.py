@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,6 @@
-"""`cardinal audit verify`: check the chain, the signatures, and every served result.
-
-One pass over the log in position order, from the database or from an export file:
-
-- each entry's hash is recomputed and linked to the one before; an entry whose content,
-  stream, version or type changed, an entry removed, or two entries swapped break the
-  chain at an exact position;
-- each checkpoint's signature is checked with the public key, and the head it signs must
-  be the chain's hash at its position;
-- every election is replayed with the domain's own recount (the law: a ballot counts iff
-  it precedes its election's Closed entry) and, at the position the served results reflect,
-  compared with them.
-
-The first discrepancy stops the run and is reported with its position.
+"""Where the verifier's entries come from: the live store (read in one snapshot) or an
+export file (no database needed), and how a run is split over two cores (the chain in this
+process, the replay in another).
 """
 
 from __future__ import annotations
@@ -19,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -31,15 +19,21 @@ import orjson
 import psycopg
 
 from domain.election import ElectionStatus
-from domain.recount import Recount
 from domain.rules import ElectionRules
-from infra.audit.chain import GENESIS, chain_hash, entry_hash, key_id, signature_valid
+from infra.audit.chain import key_id
+from infra.audit.verifier import (
+    Checkpoint,
+    Discrepancy,
+    Entry,
+    Report,
+    Verifier,
+    set_aside_notes,
+)
 from infra.store import EVENTS_TABLE
-from projections.log import event_type
+from infra.store.log import event_type
 from projections.queries import tally_snapshot
 from projections.results import results_document
 
-COMPARED = ("ballots", "winners", "options", "rounds", "pairwise", "tie", "late_ballots")
 PAGE = 20_000
 # The replay needs no links: the entries alone, a cheaper read.
 ENTRIES = f"""
@@ -56,266 +50,6 @@ FULL JOIN (SELECT * FROM audit_chain WHERE position > %(after)s
            ORDER BY position LIMIT %(n)s) c ON c.position = e.notification_id
 ORDER BY 1 LIMIT %(n)s
 """
-
-
-class Discrepancy(Exception):
-    """The first thing that does not check out, and where."""
-
-    def __init__(self, position: int | None, what: str) -> None:
-        super().__init__(f"position {position}: {what}" if position is not None else what)
-        self.position = position
-        self.what = what
-
-    def __reduce__(self) -> tuple[type[Discrepancy], tuple[int | None, str]]:
-        return (type(self), (self.position, self.what))  # it crosses process boundaries
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    position: int
-    stream: bytes  # the stream id's 16 bytes; empty: a chain link whose entry is missing
-    version: int
-    kind: str
-    state: bytes
-    stored_hash: bytes | None
-
-    @property
-    def stream_id(self) -> UUID | None:
-        return UUID(bytes=self.stream) if self.stream else None
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    id: int
-    position: int
-    head: bytes
-    key_id: str
-    signature: bytes
-
-
-@dataclass
-class Report:
-    entries: int = 0
-    sealed: int = 0
-    unsealed: int = 0
-    checkpoints: int = 0
-    results: int = 0
-    elections: int = 0
-    head: int = 0
-    set_aside: int = 0  # entries the replay could not count (reported in the notes)
-    notes: list[str] = field(default_factory=list)
-
-
-class Verifier:
-    """Consumes entries in position order; raises Discrepancy at the first problem.
-
-    It checks the chain (``chain``) or replays the elections (``replay``) or both; the
-    two halves are independent, so a run can do them in two processes, on two cores.
-    """
-
-    def __init__(
-        self,
-        public_keys: dict[str, bytes],
-        checkpoints: list[Checkpoint],
-        served: dict[int, list[dict[str, Any]]],
-        *,
-        election: UUID | None = None,
-        validate: bool = False,
-        chain: bool = True,
-        replay: bool = True,
-    ) -> None:
-        self.chain = chain
-        self.replay = replay
-        if not chain:
-            checkpoints = []
-        if not replay:
-            served = {}
-        self.public_keys = public_keys
-        self.checkpoints = sorted(checkpoints, key=lambda c: (c.position, c.id))
-        self.served = dict(sorted(served.items()))
-        self.election = election
-        self.recount = Recount(validate=validate)
-        self.report = Report()
-        self._chain = GENESIS
-        self._unsealed_from: int | None = None
-        self._sealed_closes: list[int] = []
-        self._next_checkpoint = 0
-        self._due = self._next_due()
-        for checkpoint in self.checkpoints:
-            self._check_signature(checkpoint)
-
-    def feed(self, entry: Entry) -> None:
-        """Check one entry (both halves, or whichever this verifier does)."""
-        if self.chain:
-            self.link(entry)
-        if self.replay:
-            # A ballot's stream only needs to be told apart from the others: its bytes do,
-            # and building a UUID for each of a million ballots costs a fifth of the run.
-            stream = entry.stream if entry.kind[0] == "B" else UUID(bytes=entry.stream)
-            self.count(entry.position, stream, entry.kind, entry.state)
-
-    def link(self, entry: Entry) -> None:
-        """The chain half: recompute this entry's link."""
-        self._advance(entry.position)
-        if not entry.stream:
-            raise Discrepancy(
-                entry.position,
-                "the chain seals an entry here, but the log no longer holds it (deleted)",
-            )
-        self._link(entry)
-        self.report.entries += 1
-        self.report.head = entry.position
-
-    def count(
-        self, position: int, stream: Hashable, kind: str, state: bytes | dict[str, Any]
-    ) -> None:
-        """The replay half: count this entry by the law (an election's stream: its UUID)."""
-        self._advance(position)
-        try:
-            data = orjson.loads(state) if isinstance(state, bytes) else state
-            if not isinstance(data, dict):
-                raise ValueError("its state is not a JSON object")
-        except ValueError as error:
-            self.recount.position = position
-            self.recount.put_aside(position, None, f"unreadable: {error}")
-        else:
-            self.recount.record(position, stream, kind, data)
-        self.report.entries += 1
-        self.report.head = position
-
-    def _advance(self, position: int) -> None:
-        if position > self._due:
-            self._settle_before(position)
-            self._due = self._next_due()
-
-    def _link(self, entry: Entry) -> None:
-        digest = entry_hash(entry.position, entry.stream, entry.version, entry.kind, entry.state)
-        linked = chain_hash(self._chain, digest)
-        if entry.stored_hash is None:
-            self._unsealed_from = self._unsealed_from or entry.position
-            self.report.unsealed += 1
-        else:
-            if self._unsealed_from is not None:
-                raise Discrepancy(
-                    entry.position,
-                    f"sealed after unsealed entries from position {self._unsealed_from}",
-                )
-            if entry.stored_hash != linked:
-                raise Discrepancy(
-                    entry.position,
-                    "the entry is not what the chain sealed here: its content, stream, "
-                    "version or type was changed, or entries were reordered or inserted",
-                )
-            self.report.sealed += 1
-            if entry.kind == "ElectionClosed":
-                self._sealed_closes.append(entry.position)
-        self._chain = linked
-
-    def finish(self) -> Report:
-        self._settle_before(None)
-        for aside in self.recount.set_aside:
-            where = f"election {aside.election_id}" if aside.election_id else "no legible election"
-            if self.recount.validate:  # --strict: an entry the law cannot count is a finding
-                raise Discrepancy(
-                    aside.position, f"{where}: the entry cannot be replayed: {aside.reason}"
-                )
-            self.report.notes.append(
-                f"the replay set aside position {aside.position} ({where}): {aside.reason}"
-            )
-        self.report.set_aside = len(self.recount.set_aside)
-        # The sealer signs the head at every Closed entry as it seals it (one transaction):
-        # a sealed close with no checkpoint there lost it.
-        signed = {checkpoint.position for checkpoint in self.checkpoints}
-        for position in self._sealed_closes:
-            if position not in signed:
-                raise Discrepancy(
-                    position,
-                    "an election closed here, but the signed checkpoint of the chain head "
-                    "at its close is missing (deleted?)",
-                )
-        if self.report.unsealed:
-            self.report.notes.append(
-                f"{self.report.unsealed} newest entries are not sealed yet (from position "
-                f"{self._unsealed_from}); their content is replayed but not chain-checked"
-            )
-        return self.report
-
-    def _next_due(self) -> int:
-        """The position past which a checkpoint or served result waits to be checked."""
-        due = (
-            [self.checkpoints[self._next_checkpoint].position]
-            if self._next_checkpoint < len(self.checkpoints)
-            else []
-        )
-        due.extend(self.served)
-        return min(due, default=2**62)
-
-    def _settle_before(self, position: int | None) -> None:
-        """Check the checkpoints and served results that lie before ``position``."""
-        while self._next_checkpoint < len(self.checkpoints):
-            checkpoint = self.checkpoints[self._next_checkpoint]
-            if position is not None and checkpoint.position >= position:
-                break
-            self._check_head(checkpoint)
-            self._next_checkpoint += 1
-        for served_at in list(self.served):
-            if position is not None and served_at >= position:
-                break
-            for result in self.served.pop(served_at):
-                self._compare(served_at, result)
-
-    def _check_signature(self, checkpoint: Checkpoint) -> None:
-        key = self.public_keys.get(checkpoint.key_id)
-        if key is None:
-            raise Discrepancy(
-                checkpoint.position,
-                f"checkpoint {checkpoint.id} is signed by an unknown key {checkpoint.key_id}",
-            )
-        if not signature_valid(key, checkpoint.position, checkpoint.head, checkpoint.signature):
-            raise Discrepancy(
-                checkpoint.position,
-                f"checkpoint {checkpoint.id}: the signature does not verify (forged or altered)",
-            )
-
-    def _check_head(self, checkpoint: Checkpoint) -> None:
-        if checkpoint.position > self.report.head:  # pragma: no cover - guarded by caller
-            raise Discrepancy(
-                checkpoint.position,
-                f"checkpoint {checkpoint.id} signs a position beyond the log's last entry",
-            )
-        if self.report.head != checkpoint.position or checkpoint.head != self._chain:
-            raise Discrepancy(
-                checkpoint.position,
-                f"checkpoint {checkpoint.id} signs head {checkpoint.head.hex()[:16]}..., but the "
-                "chain there is different (the checkpoint is forged, or the log changed)",
-            )
-        self.report.checkpoints += 1
-
-    def _compare(self, position: int, served: dict[str, Any]) -> None:
-        election_id = UUID(served["election_id"])
-        if self.election is not None and election_id != self.election:
-            return
-        count = self.recount.elections.get(election_id)
-        if count is None:
-            raise Discrepancy(position, f"results are served for an unknown election {election_id}")
-        replayed = orjson.loads(orjson.dumps(count.results(position)))
-        for key in COMPARED:
-            if replayed.get(key) != served.get(key):
-                raise Discrepancy(
-                    position,
-                    f"election {election_id}: the served results differ from the replay in "
-                    f"{key!r}: served {_short(served.get(key))}, "
-                    f"replayed {_short(replayed.get(key))}",
-                )
-        self.report.results += 1
-
-
-def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-# -- sources -----------------------------------------------------------------------------
 
 
 async def verify_database(
@@ -652,15 +386,6 @@ async def served_results(conn: psycopg.AsyncConnection[Any]) -> dict[int, list[d
                     orjson.loads(orjson.dumps(document))
                 )
     return served
-
-
-def set_aside_notes(records: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"projection {r['projection']} set aside position {r['position']} ({r['type']}, "
-        f"election {r['election_id'] or 'unknown'}): {r['reason']}; the results it serves "
-        "for that election leave the entry out, and say so"
-        for r in records
-    ]
 
 
 async def set_aside_records(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:

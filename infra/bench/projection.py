@@ -36,13 +36,12 @@ from rich.table import Table
 
 from domain.errors import BallotNotFound, ConcurrentRevision
 from domain.rules import ElectionRules
-from domain.tabulation import Tally
-from infra.log_reader import recount_store
-from infra.migrations import migrate
 from infra.store import open_application
-from infra.writer import GroupCommitWriter
+from infra.store.log import recount_store
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
-from projections.queries import tally_snapshot
+from projections.results import differences_from_recount
 from projections.runtime import ProjectionRunner
 
 TARGET_EVENTS_PER_SECOND = 20_000
@@ -129,15 +128,10 @@ async def _check_against_recount(url: str) -> list[str]:
     try:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             recount = await recount_store(conn, app.mapper)
-            mismatches = []
-            for election_id, count in recount.elections.items():
-                snapshot = await tally_snapshot(conn, election_id)
-                served = Tally.from_counters(count.rules, snapshot.counters)
-                if served != count.tally or snapshot.late_ballots != count.late:
-                    mismatches.append(str(election_id))
+            differing, _ = await differences_from_recount(conn, recount)
     finally:
         app.close()
-    return mismatches
+    return [str(election_id) for election_id in differing]
 
 
 async def _fill(url: str, events: int) -> None:

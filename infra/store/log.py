@@ -1,15 +1,25 @@
-"""Log entries as projections see them: decoded JSON, with their position."""
+"""The log, read: its entries in position order, as readers see them.
+
+The one owner of reading ``cardinal_events``: an entry's type from its topic, entries as
+decoded JSON with their position (``LogEvent``, what projections and the relay work with),
+pages and the head, and the log replayed as domain events (a recount of the store). An
+entry that cannot be read is never an error here: it comes marked, for its reader to set
+aside.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import AsyncConnection
 
+from domain.recount import Recount
 from infra.store import EVENTS_TABLE
 
 PAGE = f"""
@@ -19,6 +29,11 @@ WHERE notification_id > %s AND notification_id <= %s
 ORDER BY notification_id LIMIT %s
 """
 HEAD = f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
+EVERY_PAGE = f"""
+SELECT notification_id, originator_id, originator_version, topic, state
+FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s
+"""
+REPLAY_PAGE_SIZE = 5000
 
 
 class LogEvent(NamedTuple):
@@ -110,3 +125,48 @@ async def read_page(
     # Binary results: uuid and bytea columns decode about a third faster.
     cursor = await conn.execute(PAGE, (after, upto, limit), prepare=True, binary=True)
     return [decode_row(row) for row in await cursor.fetchall()]
+
+
+async def read_log(
+    conn: AsyncConnection[Any],
+    mapper: Mapper[UUID],
+    after: int = 0,
+    page_size: int = REPLAY_PAGE_SIZE,
+) -> AsyncIterator[tuple[int, DomainEventProtocol[UUID] | Unreadable]]:
+    """Every event after ``after``, as (position, event), in position order; an entry
+    that cannot be read comes as Unreadable."""
+    while True:
+        cursor = await conn.execute(EVERY_PAGE, (after, page_size))
+        rows = await cursor.fetchall()
+        for position, originator_id, version, topic, state in rows:
+            stored = StoredEvent(
+                originator_id=originator_id,
+                originator_version=version,
+                topic=topic,
+                state=bytes(state),
+            )
+            try:
+                event: DomainEventProtocol[UUID] | Unreadable = mapper.to_domain_event(stored)
+            except Exception as error:
+                event = Unreadable(f"unreadable: {type(error).__name__}: {error}")
+            yield int(position), event
+        if len(rows) < page_size:
+            return
+        after = int(rows[-1][0])
+
+
+async def recount_store(conn: AsyncConnection[Any], mapper: Mapper[UUID]) -> Recount:
+    """A full recount of every election from the log (an entry that cannot be read is set
+    aside, as the projections set it aside)."""
+    recount = Recount()
+    async for position, event in read_log(conn, mapper):
+        if isinstance(event, Unreadable):
+            recount.position = position
+            recount.put_aside(position, None, str(event))
+        else:
+            recount.apply(position, event)
+    return recount
+
+
+class Unreadable(Exception):
+    """A log entry the mapper cannot turn into a domain event, in its place."""

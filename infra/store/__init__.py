@@ -34,7 +34,7 @@ def store_environment(database_url: str, pool_size: int = 4) -> dict[str, str]:
         "POSTGRES_PRE_PING": "y",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         "CREATE_TABLE": "n",
-        "TRANSCODER_TOPIC": "infra.transcoder:OrjsonTranscoder",
+        "TRANSCODER_TOPIC": "infra.store.transcoder:OrjsonTranscoder",
     }
 
 

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from infra.loadgen import LeanConnection, Reply
+from infra.bench.loadgen import LeanConnection, Reply
+from infra.cli.environment import Commands
 
 console = Console()
 OPTIONS = [
@@ -28,6 +29,18 @@ OPTIONS = [
     {"id": "no", "label": "No"},
     {"id": "abstain", "label": "Abstain"},
 ]
+
+
+def add_commands(sub: Commands) -> None:
+    parser = sub.add_parser(
+        "publish-test-votes",
+        help="smoke test: cast N test ballots in a test election and check they are counted",
+        description="Against a running API (tokens from CARDINAL_ADMIN_TOKEN and "
+        "CARDINAL_CLIENT_TOKEN): create and open a test election, cast N ballots, close it, "
+        "and check the results count each exactly once.",
+    )
+    parser.set_defaults(command=run)
+    add_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

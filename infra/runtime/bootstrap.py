@@ -16,14 +16,14 @@ from psycopg_pool import AsyncConnectionPool
 from domain.application import VotingApplication
 from infra.audit.chain import Signer
 from infra.audit.sealer import Sealer
-from infra.election_feed import ElectionFeed
+from infra.broker.relay import Relay
+from infra.broker.topology import Topology
 from infra.metrics import serve_worker_metrics
-from infra.relay import Relay
-from infra.settings import Settings, SettingsError
+from infra.runtime.settings import Settings, SettingsError
+from infra.runtime.voters import VoterKeys
 from infra.store import open_application
-from infra.topology import Topology
-from infra.voters import VoterKeys
-from infra.writer import GroupCommitWriter
+from infra.store.election_feed import ElectionFeed
+from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.positions import PositionWatcher
 from projections.runtime import ProjectionRunner

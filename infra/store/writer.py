@@ -41,11 +41,11 @@ from domain.application import CLOSED_BEFORE_RECORDED, VotingApplication
 from domain.ballot import Ballot
 from domain.election import Election
 from domain.errors import ElectionNotOpen
-from domain.ports import Recorded, VersionConflict
+from domain.ports import Overloaded, Recorded, StoreUnavailable, VersionConflict
 from infra import metrics
 from infra.audit.chain import entry_hash
 from infra.store import EVENTS_TABLE
-from projections.log import event_type
+from infra.store.log import event_type
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -79,14 +79,6 @@ RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
     "WHERE originator_id = %s AND originator_version = %s"
 )
-
-
-class Overloaded(Exception):
-    """The writer's queue is full; the caller should retry later."""
-
-
-class StoreUnavailable(Exception):
-    """The event store could not be reached for longer than the commit timeout."""
 
 
 @dataclass

@@ -28,10 +28,6 @@ import heapq
 import json
 import os
 import resource
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -40,23 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 import uvloop
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra.bench_chart import Panel, sparkline, svg
-from infra.loadgen import ConnectionClosed, LeanConnection
-from infra.topology import delete_namespace
-from projections import PROJECTIONS
+from infra.bench.chart import Panel, sparkline, svg
+from infra.bench.loadgen import ConnectionClosed, LeanConnection
+from infra.bench.stack import SEPARATE, SERVE, Stack
 from projections.runtime import NOTIFY_CHANNEL
 
 console = Console()
-ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "bench-admin"
 CLIENT = "bench-client"
 OPTIONS = [{"id": f"o{i}", "label": f"Option {i}"} for i in range(5)]
@@ -209,7 +201,7 @@ async def _one_run(args: argparse.Namespace, batch: int, label: str) -> RunFigur
 
 
 async def _drive(
-    stack: _Stack,
+    stack: Stack,
     elections: list[str],
     args: argparse.Namespace,
     figures: RunFigures,
@@ -346,16 +338,15 @@ class _FreshnessWatcher:
 
 
 async def _verify(
-    stack: _Stack,
+    stack: Stack,
     elections: list[str],
     receipts: list[tuple[str, int]],
     figures: RunFigures,
 ) -> tuple[bool, bool]:
     """Every 2xx counted exactly once; every election equal to a recount of the log."""
-    from domain.tabulation import Tally
-    from infra.log_reader import recount_store
     from infra.store import open_application
-    from projections.queries import tally_snapshot
+    from infra.store.log import recount_store
+    from projections.results import differences_from_recount
 
     accepted = {ballot_id for ballot_id, _ in receipts}
     app = open_application(stack.database_url)
@@ -374,13 +365,8 @@ async def _verify(
             row = await cursor.fetchone()
             cast_events = int(row[0]) if row else -1
             recount = await recount_store(conn, app.mapper)
-            matches = True
-            served_ballots = 0
-            for election_id, count in recount.elections.items():
-                snapshot = await tally_snapshot(conn, election_id)
-                served = Tally.from_counters(count.rules, snapshot.counters)
-                matches &= served == count.tally
-                served_ballots += served.ballots
+            differing, served_ballots = await differences_from_recount(conn, recount)
+            matches = not differing
     finally:
         app.close()
     once = (
@@ -397,7 +383,7 @@ async def _verify(
     return once, matches
 
 
-async def _elections(stack: _Stack, count: int, method: str) -> list[str]:
+async def _elections(stack: Stack, count: int, method: str) -> list[str]:
     admin = LeanConnection("127.0.0.1", stack.port, ADMIN)
     ids = []
     try:
@@ -429,111 +415,26 @@ def _ballot(method: str, n: int) -> dict[str, Any]:
     return {"ranking": [pick, ids[(n + 1) % len(ids)], ids[(n + 3) % len(ids)]]}
 
 
-class _Stack:
-    """The processes under test, on a scratch database and namespace."""
-
-    def __init__(self, args: argparse.Namespace, batch: int) -> None:
-        self.args = args
-        self.batch = batch
-        self.port = _free_port()
-        self.namespace = f"bench-{uuid.uuid4().hex[:8]}"
-        self.database_url = ""
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = Path(tempfile.mkdtemp(prefix="cardinal-bench-"))
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CARDINAL_", "DATABASE"))}
-        env.update(
-            {
-                "DATABASE_URL": self.database_url,
-                "CARDINAL_NAMESPACE": self.namespace,
-                "CARDINAL_ENV": "test",
-                "CARDINAL_SECRET": "b" * 40,
-                "CARDINAL_AUDIT_KEY": "42" * 32,
-                "CARDINAL_ADMIN_TOKEN": ADMIN,
-                "CARDINAL_CLIENT_TOKEN": CLIENT,
-                "CARDINAL_OPERATOR_TOKEN": "bench-operator",
-                "CARDINAL_AUDITOR_TOKEN": "bench-auditor",
-                "PORT": str(self.port),
-                "METRICS_PORT": "0",
-                "LOG_LEVEL": "WARNING",
-                "WRITER_MAX_BATCH": str(self.batch),
-                "WRITER_MAX_QUEUE": str(self.args.max_queue),
-            }
-        )
-        if not self.args.no_broker:
-            env["AMQP_URL"] = self.args.amqp_url
-        else:
-            env.pop("AMQP_URL", None)
-        return env
-
-    def start(self) -> None:
-        name = f"cardinal_bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.args.server_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        self.database_url = make_conninfo(self.args.server_url, dbname=name)
-        commands = (
-            {"serve": ["serve"]}
-            if self.args.topology == "serve"
-            else {"api": ["api"], "relay": ["relay"], "projector": ["project"]}
-        )
-        if self.args.no_broker:
-            commands.pop("relay", None)
-        for process, command in commands.items():
-            self.processes[process] = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "infra.cli", *command],
-                cwd=ROOT,
-                env=self.env(),
-                stdout=subprocess.DEVNULL,
-                stderr=(self.logs / f"{process}.log").open("w"),
-            )
-        _wait_ready(self.port, self.processes)
-
-    def peak_rss(self) -> dict[str, float]:
-        """Peak resident memory (VmHWM) of every stack process, children included."""
-        peaks = {}
-        for name, process in self.processes.items():
-            parent = psutil.Process(process.pid)
-            family = [(name, parent)] + [
-                (_role(child), child) for child in parent.children(recursive=True)
-            ]
-            for role, member in family:
-                with contextlib.suppress(OSError, psutil.Error):
-                    status = Path(f"/proc/{member.pid}/status").read_text()
-                    for line in status.splitlines():
-                        if line.startswith("VmHWM:"):
-                            label = role if role not in peaks else f"{role} ({member.pid})"
-                            peaks[label] = round(int(line.split()[1]) / 1024, 1)
-        return peaks
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if self.database_url:
-            dbname = str(conninfo_to_dict(self.database_url)["dbname"])
-            with psycopg.connect(self.args.server_url, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(dbname)
-                    )
-                )
-        if not self.args.no_broker:
-            delete_namespace(self.args.amqp_url, self.namespace, PROJECTIONS)
-
-
 @contextlib.contextmanager
-def _stack(args: argparse.Namespace, batch: int) -> Iterator[_Stack]:
-    stack = _Stack(args, batch)
-    try:
-        stack.start()
+def _stack(args: argparse.Namespace, batch: int) -> Iterator[Stack]:
+    """The processes under test: `cardinal serve`, or api, relay and projector."""
+    commands = dict(SERVE if args.topology == "serve" else SEPARATE)
+    if args.no_broker:
+        commands.pop("relay", None)
+    with Stack(
+        args.server_url,
+        Path(tempfile.mkdtemp(prefix="cardinal-bench-")),
+        tokens={"admin": ADMIN, "client": CLIENT, "operator": "bench-op", "auditor": "bench-au"},
+        commands=commands,
+        amqp_url=None if args.no_broker else args.amqp_url,
+        prefix="bench",
+        env={
+            "LOG_LEVEL": "WARNING",
+            "WRITER_MAX_BATCH": str(batch),
+            "WRITER_MAX_QUEUE": str(args.max_queue),
+        },
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _reset_own_peak_rss() -> None:
@@ -547,34 +448,6 @@ def _own_peak_rss() -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _wait_ready(port: int, processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for name, process in processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode} during start-up")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.1)
-    raise RuntimeError("the stack did not start within 60 s")
-
-
-def _role(process: psutil.Process) -> str:
-    """What a child of `cardinal serve` is, from its command line."""
-    command = " ".join(process.cmdline())
-    if "api --child" in command:
-        return "serve: api"
-    if "project" in command:
-        return "serve: relay + projections"
-    return process.name()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:

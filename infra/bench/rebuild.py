@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
 
-from infra.bench_projection import (
+from infra.bench.projection import (
     _catch_up_all,
     _check_against_recount,
     _create_database,
@@ -26,7 +26,7 @@ from infra.bench_projection import (
     _progress,
     report_rates,
 )
-from infra.migrations import migrate
+from infra.store.migrations import migrate
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress, Rebuild
 

@@ -23,13 +23,21 @@ from rich.table import Table
 
 from infra.audit.chain import Signer, key_id
 from infra.audit.export import export
-from infra.audit.verify import Discrepancy, Report, verify_database, verify_file
-from infra.settings import Settings, SettingsError
+from infra.audit.sources import verify_database, verify_file
+from infra.audit.verifier import Discrepancy, Report
+from infra.cli.environment import Commands
+from infra.runtime.settings import Settings, SettingsError
 
 console = Console()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_commands(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "audit",
+        help="export the log for auditors, or verify the chain and every served result",
+        description="`cardinal audit export --output FILE` and "
+        "`cardinal audit verify [--file FILE] [--election ID]`.",
+    )
     sub = parser.add_subparsers(title="audit commands", required=True, metavar="ACTION")
     exporting = sub.add_parser(
         "export",

@@ -1,7 +1,10 @@
-"""Operators' commands: the projections' status as a table, and rebuilds with progress."""
+"""Operating the read models: `cardinal projections` (a status table) and `cardinal rebuild`
+(blue/green, with a progress bar)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 
 import psycopg
@@ -17,12 +20,52 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from projections import projection
+from infra.cli.environment import Commands, command_settings
+from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
 from projections.rebuild import Rebuild, RebuildRefused
 from projections.status import projection_status
 
 console = Console()
+
+
+def add_commands(sub: Commands) -> None:
+    status = sub.add_parser(
+        "projections",
+        help="show every projection's version, state, position, lag and rebuild progress",
+        description="Where every projection stands (what GET /api/admin/projections "
+        "answers), as a table; --json for the raw document.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(command=run_status)
+
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="rebuild a projection blue/green, with a progress bar",
+        description="Build a new version of a projection's tables from the event store "
+        "while the current version keeps serving, then switch reads to it atomically and "
+        "drop the old one. A failed or interrupted rebuild leaves the old version serving.",
+    )
+    rebuild.add_argument("name", choices=sorted(PROJECTIONS), metavar="NAME", help="projection")
+    rebuild.add_argument(
+        "--page-size",
+        type=int,
+        default=20_000,
+        help="log entries read per page (progress is reported per page)",
+    )
+    rebuild.set_defaults(command=run_rebuild)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    settings = command_settings()
+    assert settings.database_url is not None
+    return asyncio.run(print_status(settings.database_url, as_json=args.json))
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    settings = command_settings()
+    assert settings.database_url is not None
+    return asyncio.run(rebuild_with_progress(settings.database_url, args.name, args.page_size))
 
 
 async def print_status(database_url: str, *, as_json: bool) -> int:

@@ -1,0 +1,227 @@
+"""A deployment's processes, started as an operator starts them, on a scratch database and
+RabbitMQ namespace of their own: what benchmarks measure and end-to-end tests drive.
+
+Processes are `cardinal` commands (`serve`, or `api` + `relay` + `project`), each with its
+log in a folder of the stack's; any one can be SIGKILLed, stopped or started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psutil
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from infra.broker.topology import delete_namespace
+from projections import PROJECTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+SEPARATE = {"api": ["api"], "relay": ["relay"], "projector": ["project"]}
+SERVE = {"serve": ["serve"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """A database, a namespace, and processes over them."""
+
+    def __init__(
+        self,
+        server_url: str,
+        logs: Path,
+        *,
+        tokens: Mapping[str, str],
+        commands: Mapping[str, list[str]] = SEPARATE,
+        amqp_url: str | None = None,
+        prefix: str = "stack",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.server_url = server_url
+        self.logs = logs
+        self.tokens = dict(tokens)
+        self.commands = dict(commands)
+        self.amqp_url = amqp_url
+        self.prefix = prefix
+        self.extra_env = dict(env or {})
+        self.namespace = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        self.database_url = ""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_ports: dict[str, int] = {}
+
+    def __enter__(self) -> Self:
+        name = f"cardinal_{self.prefix.replace('-', '_')}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.server_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.database_url = make_conninfo(self.server_url, dbname=name)
+        try:
+            for process in self.commands:
+                self.start(process)
+            self.wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+        if self.amqp_url is not None:
+            delete_namespace(self.amqp_url, self.namespace, PROJECTIONS)
+        if self.database_url:
+            dbname = str(conninfo_to_dict(self.database_url)["dbname"])
+            with psycopg.connect(self.server_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(dbname)
+                    )
+                )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment every process of the stack starts with."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CARDINAL_", "DATABASE"))}
+        env.pop("AMQP_URL", None)
+        env.update(
+            {
+                "DATABASE_URL": self.database_url,
+                "CARDINAL_NAMESPACE": self.namespace,
+                "CARDINAL_ENV": "test",
+                "CARDINAL_SECRET": "e" * 40,
+                "CARDINAL_AUDIT_KEY": "42" * 32,
+                "PORT": str(self.port),
+                "METRICS_PORT": "0",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        for role, token in self.tokens.items():
+            env[f"CARDINAL_{role.upper()}_TOKEN"] = token
+        if self.amqp_url is not None:
+            env["AMQP_URL"] = self.amqp_url
+        env.update(self.extra_env)
+        return env
+
+    def start(self, name: str, command: list[str] | None = None) -> None:
+        """Start one process (``command``: its `cardinal` arguments, if not a known one)."""
+        env = self.env
+        if name not in ("api", "serve"):
+            self.metrics_ports[name] = free_port()
+            env["METRICS_PORT"] = str(self.metrics_ports[name])
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "infra.cli", *(command or self.commands[name])],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop(self, name: str) -> None:
+        """SIGTERM, as an orchestrator stops a process; SIGKILL after 20 s."""
+        process = self.processes.pop(name)
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def cardinal(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a one-off `cardinal` command against this stack, as an operator would."""
+        return subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "infra.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start a one-off `cardinal` command in the background."""
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "infra.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until GET /api/ready answers 200; a process that exits meanwhile fails it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited during start-up:\n{self.log(name)}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/api/ready", timeout=1) as ready,  # noqa: S310
+            ):
+                if ready.status == 200:
+                    return
+            time.sleep(0.1)
+        name = next(iter(self.processes), "")
+        raise RuntimeError(f"the stack did not become ready:\n{self.log(name) if name else ''}")
+
+    def peak_rss(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM, MiB) of every stack process, children included."""
+        peaks: dict[str, float] = {}
+        for name, process in self.processes.items():
+            parent = psutil.Process(process.pid)
+            family = [(name, parent)] + [
+                (_role(child), child) for child in parent.children(recursive=True)
+            ]
+            for role, member in family:
+                with contextlib.suppress(OSError, psutil.Error):
+                    status = Path(f"/proc/{member.pid}/status").read_text()
+                    for line in status.splitlines():
+                        if line.startswith("VmHWM:"):
+                            label = role if role not in peaks else f"{role} ({member.pid})"
+                            peaks[label] = round(int(line.split()[1]) / 1024, 1)
+        return peaks
+
+
+def _role(process: psutil.Process) -> str:
+    """What a child of `cardinal serve` is, from its command line."""
+    command = " ".join(process.cmdline())
+    if "api --child" in command:
+        return "serve: api"
+    if "project" in command:
+        return "serve: relay + projections"
+    return process.name()

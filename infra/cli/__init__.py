@@ -1,0 +1,55 @@
+"""The `cardinal` command: the parser, and one module per family of commands.
+
+serve.py     serve, api, relay, project, migrate   (running the service)
+operate.py   projections, rebuild                   (operating read models)
+audit.py     audit export, audit verify             (auditors)
+smoke.py     publish-test-votes                     (the deployment smoke test)
+bench.py     bench http|projection|rebuild|verify|tabulation
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from infra.cli import audit, bench, operate, serve, smoke
+from infra.cli.environment import console
+from infra.runtime.settings import SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; turning it into
+    # SystemExit lets every `with` block unwind (the embedded PostgreSQL stops cleanly).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    args = parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except SettingsError as error:
+        console.print(f"[red]configuration error:[/red] {error}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every command and its options (`cardinal COMMAND --help`)."""
+    root = argparse.ArgumentParser(
+        prog="cardinal",
+        description="Cardinal Vote: an event-sourced voting backend. "
+        "Configuration comes from the environment (see .env.example).",
+    )
+    sub = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    for family in (serve, operate, audit, smoke, bench):
+        family.add_commands(sub)
+    return root
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""What every command starts from: the console, logging, and settings from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TypeAlias
+
+from rich.console import Console
+
+from infra.runtime.settings import Settings, SettingsError
+
+console = Console(stderr=True, highlight=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def command_settings(*, migrate: bool = True) -> Settings:
+    """Settings for a command that needs the database; migrations applied first."""
+    from infra.store.migrations import migrate as apply_migrations
+
+    settings = Settings.from_env()
+    configure_logging(settings)
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set")
+    if migrate:
+        apply_migrations(settings.database_url)
+    return settings
+
+
+# What each command family adds its commands to.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

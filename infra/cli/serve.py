@@ -1,0 +1,222 @@
+"""Running the service: serve (everything), api, relay, project, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, ExitStack
+from typing import TYPE_CHECKING
+
+from infra.cli.environment import Commands, command_settings, configure_logging, console
+from infra.runtime.settings import Settings, SettingsError
+from projections import PROJECTIONS
+
+if TYPE_CHECKING:
+    from infra.runtime.bootstrap import Workers
+
+
+def add_commands(sub: Commands) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run everything on this machine (embedded PostgreSQL without DATABASE_URL)",
+        description="Run WEB_CONCURRENCY API processes sharing the port, and one process "
+        "with the relay, the sealer and every projection (WEB_CONCURRENCY=1: all in one). "
+        "Without DATABASE_URL, start an embedded PostgreSQL in CARDINAL_DATA_DIR "
+        "(./.cardinal). Applies migrations first.",
+    )
+    serve.set_defaults(command=run_serve)
+
+    api = sub.add_parser(
+        "api",
+        help="run the HTTP API only (needs DATABASE_URL)",
+        description="Run the HTTP API against DATABASE_URL. Applies migrations first.",
+    )
+    api.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    api.set_defaults(command=run_api)
+
+    relay = sub.add_parser(
+        "relay",
+        help="publish the log to RabbitMQ (needs DATABASE_URL and AMQP_URL)",
+        description="Tail the event log and publish it, page by contiguous page, to the "
+        "events exchange. One relay is active at a time; others wait as hot standby.",
+    )
+    relay.set_defaults(command=run_relay)
+
+    project = sub.add_parser(
+        "project",
+        help="run projection workers (all, or the named ones)",
+        description="Keep read models up to date: from RabbitMQ when AMQP_URL is set, "
+        "straight from the event store otherwise. Known projections: " + ", ".join(PROJECTIONS),
+    )
+    project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
+    project.add_argument("--relay", action="store_true", help="also run the relay in this process")
+    project.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    project.set_defaults(command=run_project)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply pending database migrations",
+        description="Apply the numbered migrations in migrations/ that the database lacks, "
+        "in order, under an advisory lock. Running it again is a no-op.",
+    )
+    migrate.set_defaults(command=run_migrate)
+
+
+def run_migrate(_: argparse.Namespace) -> int:
+    from infra.store.migrations import migrate
+
+    settings = Settings.from_env()
+    configure_logging(settings)
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set; nothing to migrate")
+    applied = migrate(settings.database_url)
+    if applied:
+        for name in applied:
+            console.print(f"applied {name}")
+    else:
+        console.print("the database is up to date; nothing to apply")
+    return 0
+
+
+def run_relay(_: argparse.Namespace) -> int:
+    from infra.runtime.bootstrap import running_workers
+
+    settings = command_settings()
+    if settings.amqp_url is None:
+        raise SettingsError("AMQP_URL is not set; the relay publishes to RabbitMQ")
+    return _run_workers(
+        running_workers(settings, relay=True, projections=(), metrics_port=settings.metrics_port)
+    )
+
+
+def run_project(args: argparse.Namespace) -> int:
+    from infra.runtime.bootstrap import running_workers
+
+    names = list(args.names) or list(PROJECTIONS)
+    unknown = [name for name in names if name not in PROJECTIONS]
+    if unknown:
+        raise SettingsError(
+            f"unknown projection {', '.join(unknown)}; the projections are "
+            + ", ".join(PROJECTIONS)
+        )
+    settings = command_settings(migrate=not args.child)
+    return _run_workers(
+        running_workers(
+            settings, relay=args.relay, projections=names, metrics_port=settings.metrics_port
+        )
+    )
+
+
+def _run_workers(workers: AbstractAsyncContextManager[Workers]) -> int:
+    import uvloop
+
+    async def run() -> None:
+        async with workers as running:
+            await asyncio.gather(*running.tasks)
+
+    uvloop.run(run())
+    return 0
+
+
+def run_serve(_: argparse.Namespace) -> int:
+    from infra.runtime.supervisor import Supervisor
+
+    settings = Settings.from_env()
+    configure_logging(settings)
+    with ExitStack() as stack:
+        if settings.database_url is None:
+            from infra.store.embedded import EmbeddedPostgres
+
+            console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
+            url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
+            settings = settings.with_overrides(database_url=url)
+        settings = _prepare(settings)
+        if settings.api_processes == 1:
+            return _serve_api(settings, everything=True)
+        console.print(
+            f"  processes: {settings.api_processes} API (sharing port {settings.port}) "
+            "+ 1 relay and projections"
+        )
+        return Supervisor(settings).run()
+
+
+def run_api(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    configure_logging(settings)
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set (use `cardinal serve` for an embedded one)")
+    if not args.child:
+        settings = _prepare(settings)
+    return _serve_api(settings, everything=False, share_port=args.child)
+
+
+def _prepare(settings: Settings) -> Settings:
+    """Complete development credentials, apply migrations, say where things are."""
+    from infra.runtime.credentials import complete
+    from infra.store.migrations import migrate
+
+    assert settings.database_url is not None
+    credentials = complete(settings)
+    for name in migrate(settings.database_url):
+        console.print(f"applied migration {name}")
+    _banner(credentials.settings, credentials.generated_roles)
+    return credentials.settings
+
+
+def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False) -> int:
+    """Serve the API; with ``everything``, also the relay and every projection.
+
+    With ``share_port``, bind with SO_REUSEPORT so that sibling processes share the port.
+    """
+    import socket
+
+    import uvicorn
+
+    from api.app import create_app
+
+    sockets = None
+    if share_port:
+        shared = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        shared.bind((settings.host, settings.port))
+        sockets = [shared]
+    config = uvicorn.Config(
+        create_app(settings, relay=everything, projections=list(PROJECTIONS) if everything else ()),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        # Honour X-Forwarded-For only behind a proxy the operator names (uvicorn reads
+        # FORWARDED_ALLOW_IPS); otherwise skip the middleware on every request.
+        proxy_headers="FORWARDED_ALLOW_IPS" in os.environ,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run(sockets=sockets)
+    return 0
+
+
+def _banner(settings: Settings, generated_roles: Sequence[str]) -> None:
+    console.print(f"[bold]Cardinal Vote[/bold] ({settings.env})")
+    console.print(f"  database: {redact(settings.database_url or '')}")
+    for role in generated_roles:
+        console.print(
+            f"  {role} token: {settings.tokens_for(role)[0]}  (generated, kept in "
+            f"{settings.data_dir / 'credentials.json'})"
+        )
+    console.print(f"  API: http://{settings.host}:{settings.port}/api/health")
+
+
+def redact(url: str) -> str:
+    """A database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{location}"

@@ -1,0 +1,186 @@
+"""The tally read model: cast vote records and each election's sufficient statistics.
+
+Entries are counted into in-memory state first (``TallyChanges``): every election's change
+goes into one Tally (a revision subtracts the voter's previous ballot and adds the new one),
+and ballots that follow their election's Closed entry are kept apart as late. Live, a batch's
+changes are then written as counter increments and upserts; in a rebuild, the whole log is
+counted in memory and written once with COPY.
+
+Each election also keeps what stepped live results need (``domain.publication``): how many
+ballot entries were counted, and its statistics as last published, with that position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, AsyncCursor, sql
+
+from domain.publication import Steps
+from domain.rules import ElectionRules
+from infra.store.log import LogEvent
+from projections.base import BulkBuilder, Projection
+from projections.tally.bulk import TallyBulk
+from projections.tally.changes import BALLOT_TYPES, CountedBallot, CountedElection, TallyChanges
+
+
+class TallyProjection(Projection):
+    name = "tally"
+    tables = ("elections", "ballots", "counters", "late_ballots")
+
+    def __init__(self) -> None:
+        # Rules are immutable once created, so they are safe to keep across transactions.
+        self._rules: dict[UUID, ElectionRules] = {}
+
+    def forget(self) -> None:
+        self._rules.clear()
+
+    def bulk(self) -> BulkBuilder:
+        return TallyBulk()
+
+    async def apply(
+        self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        s = sql.Identifier(schema)
+        changes = TallyChanges()
+        await self._load_elections(conn, s, events, changes)
+        await self._load_ballots(conn, s, events, changes)
+        changes.add(events)
+        for election_id, election in changes.elections.items():
+            self._rules[election_id] = election.rules
+        async with conn.cursor() as cur:
+            if changes.created:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {}.elections (election_id, rules, published_position) "
+                        "VALUES (%s, %s::jsonb, %s)"
+                    ).format(s),
+                    [
+                        (election_id, rules, changes.elections[election_id].steps.created_at)
+                        for election_id, rules in changes.created
+                    ],
+                )
+            if changes.closed:
+                await cur.executemany(
+                    sql.SQL("UPDATE {}.elections SET closed_at = %s WHERE election_id = %s").format(
+                        s
+                    ),
+                    [(position, election_id) for election_id, position in changes.closed],
+                )
+            if changes.changed:
+                rows = changes.ballot_rows()
+                await cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.ballots "
+                        "(ballot_id, election_id, vote, version, position, recorded_at) "
+                        "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[], "
+                        "%b::integer[], %b::bigint[], %b::timestamptz[]) "
+                        "ON CONFLICT (ballot_id) DO UPDATE SET vote = excluded.vote, "
+                        "version = excluded.version, position = excluded.position, "
+                        "recorded_at = excluded.recorded_at"
+                    ).format(s),
+                    tuple(list(column) for column in zip(*rows, strict=True)),
+                )
+            if changes.tallies:
+                # Before the counters move: the statistics a publication in this batch
+                # builds on.
+                stored = await self._stored_counters(
+                    cur, s, [i for i, e in changes.elections.items() if e.published is not None]
+                )
+                await cur.execute(
+                    sql.SQL(
+                        "UPDATE {0}.elections e SET entries = a.entries, "
+                        "published_position = coalesce(a.position, e.published_position), "
+                        "published_counters = coalesce(a.counters, e.published_counters) "
+                        "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
+                        "AS a(election_id, entries, position, counters) "
+                        "WHERE e.election_id = a.election_id"
+                    ).format(s),
+                    tuple(list(column) for column in zip(*changes.step_rows(stored), strict=True)),
+                )
+            counters = changes.counter_rows()
+            if counters:
+                await cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {0}.counters AS c (election_id, key, value) "
+                        "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[]) "
+                        "ON CONFLICT (election_id, key) DO UPDATE "
+                        "SET value = c.value + excluded.value"
+                    ).format(s),
+                    tuple(list(column) for column in zip(*counters, strict=True)),
+                )
+            if changes.late:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {}.late_ballots "
+                        "(position, election_id, ballot_id, version, vote, recorded_at) "
+                        "VALUES (%s, %s, %s, %s, %s::jsonb, %s)"
+                    ).format(s),
+                    changes.late,
+                )
+
+    async def _load_elections(
+        self,
+        conn: AsyncConnection[Any],
+        s: sql.Identifier,
+        events: Sequence[LogEvent],
+        changes: TallyChanges,
+    ) -> None:
+        wanted = {
+            changes.uuid(e.data["election_id"]) if e.type in BALLOT_TYPES else e.stream_id
+            for e in events
+            if e.type in BALLOT_TYPES or e.type == "ElectionClosed"
+        }
+        if not wanted:
+            return
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT election_id, rules, closed_at, entries, published_position "
+                "FROM {}.elections WHERE election_id = ANY(%s)"
+            ).format(s),
+            (list(wanted),),
+        )
+        for election_id, rules_json, closed_at, entries, published in await cursor.fetchall():
+            rules = self._rules.get(election_id) or ElectionRules.from_json(rules_json)
+            steps = Steps(rules.live_results_step, entries=entries, published_at=published)
+            changes.elections[election_id] = CountedElection(rules, closed_at, steps)
+
+    @staticmethod
+    async def _stored_counters(
+        cur: AsyncCursor[Any], s: sql.Identifier, elections: list[UUID]
+    ) -> dict[UUID, dict[str, int]]:
+        if not elections:
+            return {}
+        await cur.execute(
+            sql.SQL(
+                "SELECT election_id, key, value FROM {}.counters WHERE election_id = ANY(%s)"
+            ).format(s),
+            (elections,),
+        )
+        stored: dict[UUID, dict[str, int]] = {}
+        for election_id, key, value in await cur.fetchall():
+            stored.setdefault(election_id, {})[key] = value
+        return stored
+
+    @staticmethod
+    async def _load_ballots(
+        conn: AsyncConnection[Any],
+        s: sql.Identifier,
+        events: Sequence[LogEvent],
+        changes: TallyChanges,
+    ) -> None:
+        # A first cast (version 1) has no earlier ballot to subtract: skip the lookup.
+        wanted = [e.stream_id for e in events if e.type in BALLOT_TYPES and e.version > 1]
+        if not wanted:
+            return
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT ballot_id, election_id, vote, version, position, recorded_at "
+                "FROM {}.ballots WHERE ballot_id = ANY(%s)"
+            ).format(s),
+            (wanted,),
+        )
+        for row in await cursor.fetchall():
+            changes.ballots[row[0]] = CountedBallot(row[1], row[2], row[3], row[4], str(row[5]))

@@ -1,0 +1,126 @@
+"""The EventWriter port's contract, run against each of its adapters.
+
+``DirectWriter`` records through the library's recorder (here on its in-memory
+persistence); ``GroupCommitWriter`` batches appends into PostgreSQL transactions. The
+service layer relies on exactly these promises from either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
+
+import pytest
+
+from domain.application import DirectWriter, VotingApplication
+from domain.ballot import Ballot
+from domain.election import Election, ElectionStatus
+from domain.errors import ElectionNotOpen
+from domain.ports import EventWriter, VersionConflict
+from domain.rules import ElectionRules
+from infra.store import open_application
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
+from tests.databases import create_database, drop_database
+
+RULES = ElectionRules.create(
+    options=[{"id": "a", "label": "A"}, {"id": "b", "label": "B"}], method="plurality"
+)
+
+
+def _ballot(election_id: UUID, voter: str, choice: str = "a") -> list[Ballot.Cast]:
+    return [Ballot.first_cast(election_id, voter, {"choice": choice}, None)]
+
+
+class EventWriterContract:
+    """What every EventWriter promises. Subclasses provide the ``writer`` fixture."""
+
+    async def _open_election(self, writer: EventWriter) -> Election:
+        election = Election.start("Contract", RULES)
+        election.open()
+        await writer.append(election)
+        return election
+
+    async def test_an_append_returns_where_it_landed_and_positions_grow(
+        self, writer: EventWriter
+    ) -> None:
+        election = await self._open_election(writer)
+        first = await writer.append_events(_ballot(election.id, "v1"))
+        second = await writer.append_events(_ballot(election.id, "v2"))
+        assert 0 < first.position < second.position
+        assert first.digest is None or len(first.digest) == 64
+        assert (await writer.recorded(election.id, 2)).position < first.position
+
+    async def test_a_taken_version_is_a_conflict_and_records_nothing(
+        self, writer: EventWriter
+    ) -> None:
+        election = await self._open_election(writer)
+        await writer.append_events(_ballot(election.id, "same"))
+        with pytest.raises(VersionConflict):
+            await writer.append_events(_ballot(election.id, "same", "b"))
+        ballot = await writer.load_ballot(_ballot(election.id, "same")[0].originator_id)
+        assert ballot is not None
+        assert (ballot.version, ballot.vote) == (1, {"choice": "a"})
+
+    async def test_appends_of_several_events_are_atomic(self, writer: EventWriter) -> None:
+        election = await self._open_election(writer)
+        taken = _ballot(election.id, "taken")
+        await writer.append_events(taken)
+        fresh = _ballot(election.id, "fresh")
+        with pytest.raises(VersionConflict):
+            await writer.append_events([*fresh, *taken])
+        assert await writer.load_ballot(fresh[0].originator_id) is None
+
+    async def test_a_guarded_append_after_the_close_is_refused(self, writer: EventWriter) -> None:
+        election = await self._open_election(writer)
+        on_time = _ballot(election.id, "early")
+        await writer.append_events(on_time, while_open=election.id)
+        election.close()
+        await writer.append(election)
+        late = _ballot(election.id, "late")
+        with pytest.raises(ElectionNotOpen):
+            await writer.append_events(late, while_open=election.id)
+        assert await writer.load_ballot(late[0].originator_id) is None
+        loaded = await writer.load_election(election.id)
+        assert loaded is not None
+        assert loaded.status is ElectionStatus.CLOSED
+
+    async def test_concurrent_appends_are_all_recorded(self, writer: EventWriter) -> None:
+        election = await self._open_election(writer)
+        recorded = await asyncio.gather(
+            *(writer.append_events(_ballot(election.id, f"c{n}")) for n in range(40))
+        )
+        assert len({r.position for r in recorded}) == 40
+
+    async def test_unknown_aggregates_read_as_none_and_unknown_versions_as_lookup_errors(
+        self, writer: EventWriter
+    ) -> None:
+        assert await writer.load_election(uuid4()) is None
+        assert await writer.load_ballot(uuid4()) is None
+        election = await self._open_election(writer)
+        assert await writer.load_ballot(election.id) is None  # not a ballot
+        with pytest.raises(LookupError):
+            await writer.recorded(election.id, 99)
+
+
+class TestDirectWriter(EventWriterContract):
+    @pytest.fixture
+    def writer(self) -> EventWriter:
+        return DirectWriter(VotingApplication())
+
+
+class TestGroupCommitWriter(EventWriterContract):
+    @pytest.fixture
+    async def writer(self) -> AsyncIterator[EventWriter]:
+        url = create_database("cardinal_contract")
+        migrate(url)
+        app = open_application(url)
+        writer = GroupCommitWriter(app, url)
+        writer.start()
+        try:
+            yield writer
+        finally:
+            await writer.stop()
+            app.close()
+            drop_database(url)
