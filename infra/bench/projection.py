@@ -36,6 +36,7 @@ from rich.table import Table
 
 from domain.errors import BallotNotFound, ConcurrentRevision
 from domain.rules import ElectionRules
+from domain.voter import Voter
 from infra.store import open_application
 from infra.store.log import recount_store
 from infra.store.migrations import migrate
@@ -117,7 +118,8 @@ def report_rates(
         name: {"events": c, "seconds": round(s, 2), "events_per_second": round(c / s)}
         for name, (c, s) in figures.items()
     }
-    print(json.dumps({"bench": bench, **about, "projections": rates}))
+    summary = {"bench": bench, **about, "projections": rates, "equals_recount": not mismatches}
+    print(json.dumps(summary))
     count, seconds = figures["tally"]
     return 0 if count / seconds >= target and not mismatches else 1
 
@@ -148,7 +150,7 @@ async def _fill(url: str, events: int) -> None:
             election_id = (await app.create_election(f"Bench {method}", rules)).id
             await app.open_election(election_id)
             elections.append((election_id, method))
-        voters: list[tuple[uuid.UUID, str, str]] = []
+        voters: list[tuple[uuid.UUID, str, Voter]] = []
         with _progress() as progress:
             task = progress.add_task("writing the backlog", total=events)
             written = 2 * len(METHODS)
@@ -167,14 +169,15 @@ async def _one(
     app: Any,
     rng: random.Random,
     elections: list[tuple[uuid.UUID, str]],
-    voters: list[tuple[uuid.UUID, str, str]],
+    voters: list[tuple[uuid.UUID, str, Voter]],
 ) -> None:
     roll = rng.random()
     if voters and roll < 0.12:
         election_id, method, voter = rng.choice(voters)
     else:
         election_id, method = rng.choice(elections)
-        voter = uuid.uuid4().hex
+        name = uuid.uuid4().hex
+        voter = Voter(name, name)
         voters.append((election_id, method, voter))
     # Two changes to one ballot in the same burst race; the loser's refusal is fine here.
     with contextlib.suppress(BallotNotFound, ConcurrentRevision):

@@ -14,6 +14,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.databases import SERVER_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +81,35 @@ def test_a_burst_past_a_small_queue_is_refused_with_503_and_leaves_no_trace(
     assert run["accepted"] + refused == 4000
     assert run["counted_once"] is True  # the results count exactly the 2xx answers
     assert run["matches_recount"] is True
+
+
+@pytest.mark.parametrize("name", ["projection", "rebuild", "verify"])
+def test_the_store_benchmarks_run_and_check_what_they_measure(name: str) -> None:
+    """A small log: the benchmarks write it, measure, and check their read models against a
+    recount (figures at this size mean nothing; the targets are not asserted)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "bench",
+            name,
+            "--events",
+            "3000",
+            "--server-url",
+            SERVER_URL,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["bench"] == name
+    if name == "verify":
+        assert set(report["entries_per_second"]) >= {"seal", "verify (database)", "verify (file)"}
+    else:
+        assert report["equals_recount"] is True
+        assert all(p["events"] > 2900 for p in report["projections"].values())
