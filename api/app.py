@@ -19,6 +19,8 @@ from infra.audit.chain import Signer
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
 
+BATCH_BODY_BYTES = 4 * 1024 * 1024
+
 
 def create_app(
     settings: Settings, *, relay: bool = False, projections: Sequence[str] = ()
@@ -54,6 +56,7 @@ def create_app(
         Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
         Route("/api/elections/{election_id}/tokens", elections.issue_tokens, methods=["POST"]),
         Route("/api/elections/{election_id}/withdrawals", ballots.withdraw, methods=["POST"]),
+        Route("/api/elections/{election_id}/ballots/batch", ballots.cast_batch, methods=["POST"]),
         Route("/api/elections/{election_id}/results", results.results, methods=["GET"]),
         Route("/api/audit/events", audit.events, methods=["GET"]),
         Route("/api/audit/checkpoints", audit.checkpoints, methods=["GET"]),
@@ -70,6 +73,8 @@ def create_app(
             max_bytes=settings.max_body_bytes,
             hot_route=casting,
             handlers=HANDLERS,
+            # Up to 1,000 ballots: the bulk path alone takes larger bodies.
+            larger={"/api/elections/{election_id}/ballots/batch": BATCH_BODY_BYTES},
         )
     ]
     if settings.allowed_origins:

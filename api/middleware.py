@@ -36,9 +36,11 @@ class RequestGuard:
         max_bytes: int,
         hot_route: Route | None = None,
         handlers: Mapping[type[Exception], Handler] | None = None,
+        larger: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = [(compile_path(path)[0], limit) for path, limit in (larger or {}).items()]
         self.hot_route = hot_route
         self.hot_pattern = compile_path(hot_route.path)[0] if hot_route else None
         self.handlers = dict(handlers or {})
@@ -57,13 +59,16 @@ class RequestGuard:
                 status = message["status"]
             await send(message)
 
+        limit = self._limit(scope)
         try:
-            if self._declared_too_large(scope):
-                await problem(413, "Payload too large", self._detail())(scope, receive, observed)
+            if self._declared_too_large(scope, limit):
+                await problem(413, "Payload too large", self._detail(limit))(
+                    scope, receive, observed
+                )
             elif (hot := self._hot(scope)) is not None:
-                await self._serve_hot(scope, hot, self._limited(receive), observed)
+                await self._serve_hot(scope, hot, self._limited(receive, limit), observed)
             else:
-                await self.app(scope, self._limited(receive), observed)
+                await self.app(scope, self._limited(receive, limit), observed)
         finally:
             self._observe(scope, status, time.perf_counter() - started)
 
@@ -104,13 +109,20 @@ class RequestGuard:
                 return handler
         raise error
 
-    def _declared_too_large(self, scope: Scope) -> bool:
+    def _limit(self, scope: Scope) -> int:
+        """The body limit of this request's route."""
+        for pattern, limit in self.larger:
+            if pattern.match(scope["path"]):
+                return limit
+        return self.max_bytes
+
+    def _declared_too_large(self, scope: Scope, limit: int) -> bool:
         for name, value in scope["headers"]:
             if name == b"content-length":
-                return value.isdigit() and int(value) > self.max_bytes
+                return value.isdigit() and int(value) > limit
         return False
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def limited() -> Message:
@@ -118,8 +130,8 @@ class RequestGuard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, self._detail())
+                if seen > limit:
+                    raise HTTPException(413, self._detail(limit))
             return message
 
         return limited
@@ -132,5 +144,6 @@ class RequestGuard:
             timer = self._timers[key] = HTTP_SECONDS.labels(key[0], key[1], str(status))
         timer.observe(seconds)
 
-    def _detail(self) -> str:
-        return f"the request body is larger than {self.max_bytes // 1024} KiB"
+    @staticmethod
+    def _detail(limit: int) -> str:
+        return f"the request body is larger than {limit // 1024} KiB"

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.responses import problem
+from api.responses import ProblemResponse, problem, problem_body
 from domain import errors
 from domain.ports import Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
@@ -69,17 +69,26 @@ def _snake(name: str) -> str:
 def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.CardinalError)
     _refused(request, _snake(type(exc).__name__))
+    body = _domain(exc)
+    return ProblemResponse(body, status_code=body["status"])
+
+
+def _domain(exc: errors.CardinalError) -> dict[str, Any]:
     status = next(code for kind, code in STATUS if isinstance(exc, kind))
-    return problem(status, exc.title, exc.detail, field=exc.field)
+    return problem_body(status, exc.title, exc.detail, field=exc.field)
 
 
 def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, pydantic.ValidationError)
+    body = _invalid(exc)
+    _refused(request, "malformed_json" if body["status"] == 400 else "invalid_request")
+    return ProblemResponse(body, status_code=body["status"])
+
+
+def _invalid(exc: pydantic.ValidationError) -> dict[str, Any]:
     if any(e["type"] == "json_invalid" for e in exc.errors()):
-        _refused(request, "malformed_json")
         reason = exc.errors()[0].get("ctx", {}).get("error", "it could not be parsed")
-        return problem(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
-    _refused(request, "invalid_request")
+        return problem_body(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
     issues = [
         {"field": _location(e["loc"]), "message": _message(e)}
         for e in exc.errors(include_url=False)
@@ -88,7 +97,21 @@ def validation_error(request: Request, exc: Exception) -> Response:
     detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     if len(issues) > 1:
         detail += f" (and {len(issues) - 1} more problem{'s' if len(issues) > 2 else ''})"
-    return problem(422, "Invalid request", detail, field=first["field"] or None, errors=issues)
+    return problem_body(422, "Invalid request", detail, field=first["field"] or None, errors=issues)
+
+
+def problem_of(exc: BaseException) -> dict[str, Any] | None:
+    """The problem document for an error that one ballot of a batch met, or None if the
+    error is not about that ballot (the whole request then fails as usual)."""
+    if isinstance(exc, errors.CardinalError):
+        return _domain(exc)
+    if isinstance(exc, pydantic.ValidationError):
+        return _invalid(exc)
+    if isinstance(exc, Overloaded):
+        return problem_body(503, "Busy", OVERLOADED)
+    if isinstance(exc, StoreUnavailable):
+        return problem_body(503, "Event store unavailable", str(exc))
+    return None
 
 
 def _message(error: Any) -> str:
@@ -121,14 +144,12 @@ def forbidden(request: Request, exc: Exception) -> Response:
     return problem(403, "Forbidden", exc.detail)
 
 
+OVERLOADED = "the server is taking more ballots than it can record right now; retry after a second"
+
+
 def overloaded(request: Request, exc: Exception) -> Response:
     _refused(request, "overloaded")
-    return problem(
-        503,
-        "Busy",
-        "the server is taking more ballots than it can record right now; retry after a second",
-        headers={"Retry-After": "1"},
-    )
+    return problem(503, "Busy", OVERLOADED, headers={"Retry-After": "1"})
 
 
 def store_unavailable(request: Request, exc: Exception) -> Response:

@@ -16,19 +16,19 @@ class BallotRateLimit:
         self.per_hour = per_hour
         self._windows: dict[str, tuple[float, int]] = {}
 
-    def check(self, address: str, now: float | None = None) -> None:
+    def check(self, address: str, ballots: int = 1, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         started, count = self._windows.get(address, (now, 0))
         if now - started >= WINDOW:
             started, count = now, 0
-        if count >= self.per_hour:
+        if count + ballots > self.per_hour:
             retry_after = max(1, int(WINDOW - (now - started)))
             raise TooManyRequests(
                 f"this address has sent {self.per_hour} ballots in the last hour, the most "
                 f"allowed; try again in {retry_after} seconds",
                 retry_after,
             )
-        self._windows[address] = (started, count + 1)
+        self._windows[address] = (started, count + ballots)
         if len(self._windows) > 100_000:
             self._forget_expired(now)
 

@@ -30,9 +30,17 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> ProblemResponse:
+    body = problem_body(status, title, detail, field=field, **extra)
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def problem_body(
+    status: int, title: str, detail: str, *, field: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """An RFC 9457 problem document, as a response carries it or a batch's result does."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     body["detail"] = detail
     if field is not None:
         body["field"] = field
     body.update(extra)
-    return ProblemResponse(body, status_code=status, headers=headers)
+    return body

@@ -6,7 +6,7 @@ the election's rules say. Adapters are built once, at import.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -28,6 +28,8 @@ Printable = AfterValidator(_printable)
 Text = Annotated[str, StringConstraints(max_length=1000), Printable]
 OptionId = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
 VoterId = Annotated[str, StringConstraints(min_length=1, max_length=256), Printable]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
+MAX_BATCH = 1000
 
 
 class Strict(BaseModel):
@@ -66,6 +68,22 @@ class BallotIn(Strict):
 
     def content(self) -> dict[str, object]:
         return self.model_dump(exclude={"voter_id"}, exclude_none=True)
+
+
+class BatchBallotIn(BallotIn):
+    """One ballot of a batch: a ballot as POST .../ballots takes it, with its own key."""
+
+    idempotency_key: IdempotencyKey | None = None
+
+    def content(self) -> dict[str, object]:
+        return self.model_dump(exclude={"voter_id", "idempotency_key"}, exclude_none=True)
+
+
+class BatchIn(Strict):
+    """The bulk path's body; each ballot is validated on its own (a bad one is refused
+    alone), so only the envelope is checked here."""
+
+    ballots: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 class WithdrawalIn(Strict):

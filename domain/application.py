@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -164,6 +165,36 @@ class VotingApplication(Application[UUID]):
             )
         existing.revise(vote, request_key)
         return await self._record_revision(existing, election_id)
+
+    async def cast_ballots(
+        self,
+        election_id: UUID,
+        ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]],
+    ) -> list[Receipt | Exception]:
+        """Cast many ballots of one election, each recorded or refused on its own: in each
+        ballot's place, its receipt or the error it met.
+
+        Ballots of different voters go to the writer together (they share its group
+        commits); a voter's ballots go in order, so the last one in the batch counts.
+        """
+        voters: dict[str, list[int]] = {}
+        for index, (voter, _, _) in enumerate(ballots):
+            voters.setdefault(voter.ballot_key, []).append(index)
+        outcomes: list[Receipt | Exception | None] = [None] * len(ballots)
+
+        async def in_order(indices: list[int]) -> None:
+            for index in indices:
+                voter, content, request_key = ballots[index]
+                try:
+                    outcomes[index] = await self.cast_ballot(
+                        election_id, voter, content, request_key
+                    )
+                except Exception as error:  # the caller decides what each error means
+                    outcomes[index] = error
+
+        await asyncio.gather(*(in_order(indices) for indices in voters.values()))
+        assert all(outcome is not None for outcome in outcomes)
+        return cast(list[Receipt | Exception], outcomes)
 
     async def withdraw_ballot(
         self, election_id: UUID, voter: Voter, request_key: str | None = None

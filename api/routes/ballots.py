@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context
-from api.problems import Forbidden
+from api.problems import Forbidden, problem_of
 from api.responses import JSONResponse
-from api.schemas import BallotIn, WithdrawalIn
+from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
 from domain.application import Receipt
-from domain.errors import InvalidBallot, InvalidRequest
+from domain.errors import CardinalError, InvalidBallot, InvalidRequest
 from domain.rules import Eligibility
 from domain.voter import Voter
 from infra.metrics import BALLOTS_ACCEPTED
@@ -35,6 +37,62 @@ async def cast(request: Request) -> Response:
         election_id, voter, body.content(), _request_key(request, voter)
     )
     return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised")
+
+
+async def cast_batch(request: Request) -> Response:
+    """Cast up to 1,000 ballots of a client election at once, each with its own voter_id
+    and optional idempotency_key; each is recorded or refused on its own, and the answer
+    holds, in order, each one's receipt or problem."""
+    election_id, voter_token = await _election_and_caller(request)
+    if voter_token is not None:
+        raise Forbidden(
+            "the bulk path is for API clients in client elections; a voter casts their own "
+            "ballot with POST .../ballots"
+        )
+    body = await context.body(request, BatchIn)
+    services = context.services(request)
+    keys = services.voter_keys
+    results: list[dict[str, Any] | None] = [None] * len(body.ballots)
+    accepted: list[tuple[int, Voter, dict[str, object], str | None]] = []
+    for index, raw in enumerate(body.ballots):
+        try:
+            ballot = BatchBallotIn.model_validate(raw)
+            if ballot.voter_id is None:
+                raise InvalidBallot(
+                    "voter_id is required: in this election the API client names each voter",
+                    field="voter_id",
+                )
+        except (ValidationError, CardinalError) as refused:
+            results[index] = _problem(refused, index)
+            continue
+        voter = keys.for_voter_id(election_id, ballot.voter_id)
+        key = None if ballot.idempotency_key is None else request_key(ballot.idempotency_key, voter)
+        accepted.append((index, voter, ballot.content(), key))
+    _limit_rate(request, len(accepted))
+    outcomes = await services.app.cast_ballots(
+        election_id, [(voter, content, key) for _, voter, content, key in accepted]
+    )
+    for (index, *_), outcome in zip(accepted, outcomes, strict=True):
+        if isinstance(outcome, Receipt):
+            results[index] = _receipt(outcome, election_id)
+        else:
+            results[index] = _problem(outcome, index)
+    return JSONResponse({"results": results})
+
+
+def _problem(error: Exception, index: int) -> dict[str, Any]:
+    found = problem_of(error)
+    if found is None:
+        raise error  # not about this ballot: the whole request fails as any other would
+    if "field" in found:
+        found["field"] = f"ballots[{index}].{found['field']}"
+    return found
+
+
+def _receipt(receipt: Receipt, election_id: UUID) -> dict[str, Any]:
+    status = "cast" if receipt.version == 1 else "revised"
+    ACCEPTED["replayed" if receipt.replayed else status].inc()
+    return receipt_view(receipt, str(election_id), status)
 
 
 async def withdraw(request: Request) -> Response:
@@ -85,10 +143,10 @@ def _voter(
     return keys.for_voter_id(election_id, voter_id)
 
 
-def _limit_rate(request: Request) -> None:
+def _limit_rate(request: Request, ballots: int = 1) -> None:
     limit = context.rate_limit(request)
     if limit is not None:
-        limit.check(request.client.host if request.client else "unknown")
+        limit.check(request.client.host if request.client else "unknown", ballots)
 
 
 def _request_key(request: Request, voter: Voter) -> str | None:

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from infra.cli import audit, bench, operate, serve, smoke
+from infra.cli import audit, bench, importer, operate, serve, smoke
 from infra.cli.environment import console
 from infra.runtime.settings import SettingsError
 
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
         "Configuration comes from the environment (see .env.example).",
     )
     sub = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for family in (serve, operate, audit, smoke, bench):
+    for family in (serve, operate, audit, importer, smoke, bench):
         family.add_commands(sub)
     return root
 

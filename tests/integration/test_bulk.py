@@ -1,0 +1,174 @@
+"""The bulk path: up to 1,000 ballots in one request, each recorded or refused on its own,
+and `cardinal import` casting a file through it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer
+from tests.servers import ADMIN, CLIENT
+
+BATCH = "/api/elections/{}/ballots/batch"
+
+
+async def _batch(http: httpx.AsyncClient, election_id: str, ballots: list[Any]) -> Any:
+    response = await http.post(
+        BATCH.format(election_id), json={"ballots": ballots}, headers=bearer(CLIENT)
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+async def _counted(voting: VotingClient, election_id: str, position: int) -> Any:
+    return (await voting.results(election_id, min_position=position)).json()
+
+
+async def test_a_batch_records_each_ballot_on_its_own(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("plurality", allow_revote=False)
+    ballots: list[Any] = [{"voter_id": f"bulk-{n}", "choice": "abc"[n % 3]} for n in range(995)]
+    ballots += [
+        {"voter_id": "bulk-7", "choice": "b"},  # a second ballot, where revoting is off
+        {"voter_id": "bulk-x", "choice": "zzz"},  # not an option
+        {"choice": "a"},  # no voter
+        {"voter_id": "bulk-y", "choice": 5},  # not even text
+        {"voter_id": "bulk-z", "choice": "a", "extra": 1},  # a field no ballot has
+    ]
+    assert len(ballots) == 1000  # over 64 KiB: the bulk path alone takes a larger body
+    results = await _batch(http, election_id, ballots)
+    assert len(results) == 1000
+    receipts = results[:995]
+    assert all(r["status"] == "cast" and r["version"] == 1 for r in receipts)
+    assert len({r["ballot_id"] for r in receipts}) == 995
+    refused = results[995:]
+    assert [r["status"] for r in refused] == [409, 422, 422, 422, 422]
+    assert "already cast a ballot" in refused[0]["detail"]
+    assert refused[1]["field"] == "ballots[996].choice"
+    assert refused[2]["field"] == "ballots[997].voter_id"
+    assert refused[3]["field"] == "ballots[998].choice"
+    assert refused[4]["field"] == "ballots[999].extra"
+    body = await _counted(voting, election_id, max(r["position"] for r in receipts))
+    assert body["ballots"] == 995
+    assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 332, "b": 332, "c": 331}
+
+
+async def test_a_batch_sent_again_with_its_keys_records_nothing_twice(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("irv")
+    ballots = [
+        {"voter_id": f"again-{n}", "ranking": ["b", "a"], "idempotency_key": f"k-{n}"}
+        for n in range(50)
+    ]
+    first = await _batch(http, election_id, ballots)
+    events = len(await voting.audit_events())
+    second = await _batch(http, election_id, ballots)
+    assert [r["ballot_id"] for r in second] == [r["ballot_id"] for r in first]
+    assert all(r["replayed"] for r in second)
+    assert len(await voting.audit_events()) == events
+
+
+async def test_a_voters_ballots_in_one_batch_count_in_order(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("plurality")
+    ballots = [{"voter_id": "changes-mind", "choice": c} for c in "abcab"]
+    results = await _batch(http, election_id, ballots)
+    assert [r["version"] for r in results] == [1, 2, 3, 4, 5]
+    body = await _counted(voting, election_id, results[-1]["position"])
+    assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 0, "b": 1, "c": 0}
+
+
+async def test_the_bulk_path_is_for_clients_and_bounded(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id, (token,) = await voting.token_election(tokens=1)
+    response = await http.post(
+        BATCH.format(election_id), json={"ballots": [{"choice": "a"}]}, headers=bearer(token)
+    )
+    assert_problem(response, 403, "the bulk path is for API clients")
+    open_id = await voting.open_election()
+    too_many = [{"voter_id": f"v{n}", "choice": "a"} for n in range(1001)]
+    response = await http.post(
+        BATCH.format(open_id), json={"ballots": too_many}, headers=bearer(CLIENT)
+    )
+    assert_problem(response, 422, "ballots")
+    response = await http.post(BATCH.format(open_id), json={"ballots": []}, headers=bearer(CLIENT))
+    assert_problem(response, 422, "ballots")
+    huge = await http.post(
+        BATCH.format(open_id),
+        content=b'{"ballots": [' + b" " * (5 * 1024 * 1024) + b"]}",
+        headers={**bearer(CLIENT), "Content-Type": "application/json"},
+    )
+    assert huge.status_code == 413
+    assert huge.headers["content-type"] == PROBLEM
+
+
+CVR = """Precinct,Rank1,Rank2,Rank3
+P-1,Pizza,Sushi,Tacos
+P-1,pizza,overvote,Tacos
+P-2,undervote,Sushi,sushi
+P-2,Jane Doe,Tacos,
+P-3,undervote,undervote,undervote
+P-3,Sushi,Pizza,Tacos
+"""
+
+
+async def test_cardinal_import_casts_a_cast_vote_record(
+    voting: VotingClient, http: httpx.AsyncClient, api_url: str, tmp_path: Path
+) -> None:
+    body = {
+        "title": "Lunch",
+        "method": "irv",
+        "options": [
+            {"id": "pizza", "label": "Pizza"},
+            {"id": "sushi", "label": "Sushi"},
+            {"id": "tacos", "label": "Tacos"},
+        ],
+    }
+    created = await http.post("/api/elections", json=body, headers=bearer(ADMIN))
+    election_id = created.json()["id"]
+    await voting.open(election_id)
+    cvr = tmp_path / "minneapolis.csv"
+    cvr.write_text(CVR)
+    for attempt in range(2):  # importing the same file again records nothing twice
+        done = await _cardinal(
+            "import", str(cvr), "--election", election_id, "--url", api_url, "--token", CLIENT
+        )
+        assert done[0] == 0, done[1]
+        assert ("replayed" in done[1]) == (attempt == 1), done[1]
+    assert "blank (nothing left to rank)" in done[1]
+    events = [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    # Overvotes exhaust, undervotes are skipped, a duplicate is skipped, a write-in skipped.
+    assert sorted(e["data"]["vote"]["ranking"] for e in events) == sorted(
+        [
+            ["pizza", "sushi", "tacos"],
+            ["pizza"],
+            ["sushi"],
+            ["tacos"],
+            ["sushi", "pizza", "tacos"],
+        ]
+    )
+
+
+async def _cardinal(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
