@@ -7,7 +7,9 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
+from api.contract import Operation, operation
+from api.params import ELECTION_ID, IDEMPOTENCY_KEY
 from api.problems import Forbidden
 from api.responses import JSONResponse
 from api.schemas import BallotIn, WithdrawalIn
@@ -25,27 +27,62 @@ ACCEPTED = {
 }
 
 
+@operation(
+    Operation(
+        "castBallot",
+        "Cast a ballot, or revise the voter's earlier one (client with voter_id, or a voter "
+        "token); the answer is a receipt",
+        "ballots",
+        body=BallotIn,
+        ok=documents.BallotReceipt,
+        status=201,
+        also=(200,),
+        errors=(403, 404, 409),
+        params=(ELECTION_ID, IDEMPOTENCY_KEY),
+        limited=True,
+        links={
+            "WithdrawBallot": {
+                "operationId": "withdrawBallot",
+                "parameters": {"election_id": "$response.body#/election_id"},
+            },
+        },
+    )
+)
 async def cast(request: Request) -> Response:
     """Cast a ballot, or revise the voter's earlier one where the election allows it."""
     election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, BallotIn)
     voter = _voter(request, election_id, body.voter_id, voter_token)
-    _limit_rate(request)
+    limited = await context.rate_limits(request).ballot(request)
     receipt = await context.services(request).app.cast_ballot(
         election_id, voter, body.content(), _request_key(request, voter)
     )
-    return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised")
+    return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised", limited)
 
 
+@operation(
+    Operation(
+        "withdrawBallot",
+        "Withdraw the voter's ballot, where the election allows changing it",
+        "ballots",
+        body=WithdrawalIn,
+        body_required=False,
+        ok=documents.BallotReceipt,
+        errors=(403, 404, 409),
+        params=(ELECTION_ID, IDEMPOTENCY_KEY),
+        limited=True,
+    )
+)
 async def withdraw(request: Request) -> Response:
     """Withdraw the voter's ballot (where the election allows changing a cast ballot)."""
     election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, WithdrawalIn)
     voter = _voter(request, election_id, body.voter_id, voter_token)
+    limited = await context.rate_limits(request).ballot(request)
     receipt = await context.services(request).app.withdraw_ballot(
         election_id, voter, _request_key(request, voter)
     )
-    return _answer(receipt, election_id, "withdrawn")
+    return _answer(receipt, election_id, "withdrawn", limited)
 
 
 async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
@@ -85,12 +122,6 @@ def _voter(
     return keys.for_voter_id(election_id, voter_id)
 
 
-def _limit_rate(request: Request) -> None:
-    limit = context.rate_limit(request)
-    if limit is not None:
-        limit.check(request.client.host if request.client else "unknown")
-
-
 def _request_key(request: Request, voter: Voter) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
@@ -103,10 +134,14 @@ def _request_key(request: Request, voter: Voter) -> str | None:
     return request_key(key, voter)
 
 
-def _answer(receipt: Receipt, election_id: UUID, status: str) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if receipt.replayed else None
+def _answer(
+    receipt: Receipt, election_id: UUID, status: str, limited: dict[str, str] | None
+) -> Response:
+    headers = dict(limited) if limited else {}
+    if receipt.replayed:
+        headers["Idempotent-Replayed"] = "true"
     ACCEPTED["replayed" if receipt.replayed else status].inc()
     code = 201 if receipt.version == 1 else 200
     return JSONResponse(
-        receipt_view(receipt, str(election_id), status), status_code=code, headers=headers
+        receipt_view(receipt, str(election_id), status), status_code=code, headers=headers or None
     )
