@@ -11,6 +11,14 @@ ran goes into the next one, a single ``INSERT ... ON CONFLICT DO UPDATE`` over `
 Requests for one key in a batch are summed and the statement grants as many as fit; the
 row lock of ``ON CONFLICT`` serializes processes, so no two ever grant the same unit. A
 negative cost gives units back (a login that succeeded was not a failure).
+
+A key with a large quota is served from a *lease*: a check that goes to the database asks
+for a few units more than it needs (a hundredth of the quota, at most MAX_LEASE), and the
+process spends those locally until they run out. Leased units are charged to the shared
+quota when they are granted, so the limit still holds across every process; what a lease
+costs is that a process may hold units another process's client could have used (at most
+a hundredth of the quota each). Quotas under a hundred (the login limits, a tight ballot
+limit) get no lease: every unit is decided by the database.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 600.0
 RECONNECT_DELAY = 1.0
+LEASE_FRACTION = 100
+MAX_LEASE = 64
+MAX_LEASED_KEYS = 50_000
 # g: units granted, as many of the wanted ones as fit under the span. Every SET expression
 # reads the old row (r) and the proposed one (excluded); now() is the statement's start.
 _FIT = (
@@ -86,6 +97,15 @@ def decide(quota: Quota, allowed: bool, tat: float, now: float) -> Decision:
 
 
 @dataclass(slots=True)
+class _Lease:
+    """Units this process was granted ahead of need, and the quota as the grant left it."""
+
+    units: int
+    remaining: int
+    next_unit: float
+
+
+@dataclass(slots=True)
 class _Check:
     key: str
     quota: Quota
@@ -102,6 +122,7 @@ class SharedRateLimiter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._forgot_at = time.monotonic()
+        self._leases: dict[str, _Lease] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rate-limiter")
@@ -117,6 +138,10 @@ class SharedRateLimiter:
 
     async def hit(self, key: str, quota: Quota, cost: int = 1) -> Decision:
         """Take ``cost`` units of ``key``'s quota (all or none); a negative cost gives back."""
+        lease = self._leases.get(key) if cost > 0 else None
+        if lease is not None and lease.units >= cost:
+            lease.units -= cost
+            return Decision(True, lease.remaining + lease.units, lease.next_unit)
         answer: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._pending.append(_Check(key, quota, cost, answer))
         self._wake.set()
@@ -161,8 +186,11 @@ class SharedRateLimiter:
         """Check everything pending in one statement."""
         batch = self._take_batch()
         keys = list(batch)
-        costs = [sum(c.cost for c in batch[k]) for k in keys]
         quotas = [batch[k][0].quota for k in keys]
+        costs = [
+            sum(c.cost for c in batch[k]) + (_lease_size(quota) if batch[k][0].cost > 0 else 0)
+            for k, quota in zip(keys, quotas, strict=True)
+        ]
         try:
             cursor = await conn.execute(
                 CHECK,
@@ -175,17 +203,30 @@ class SharedRateLimiter:
                     if not check.answer.done():
                         check.answer.set_exception(error)
             raise
+        if len(self._leases) > MAX_LEASED_KEYS:
+            self._leases.clear()  # their units stay charged: a little quota lost, no more
         for key, granted, tat, now in rows:
             left = int(granted)
-            for check in batch[key]:
+            checks = batch[key]
+            shared = decide(checks[0].quota, True, float(tat), float(now))
+            for check in checks:
                 allowed = check.cost <= 0 or left >= check.cost
                 if allowed and check.cost > 0:
                     left -= check.cost
                 if not check.answer.done():
-                    check.answer.set_result(decide(check.quota, allowed, float(tat), float(now)))
+                    check.answer.set_result(
+                        Decision(allowed, shared.remaining + max(left, 0), shared.next_unit)
+                    )
+            if checks[0].cost > 0 and left > 0:
+                self._leases[key] = _Lease(left, shared.remaining, shared.next_unit)
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, []
         for check in pending:
             if not check.answer.done():
                 check.answer.set_exception(error)
+
+
+def _lease_size(quota: Quota) -> int:
+    """Units to ask for ahead of need: none for a small quota, where each one matters."""
+    return min(MAX_LEASE, quota.limit // LEASE_FRACTION)

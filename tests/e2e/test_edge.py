@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -56,7 +56,7 @@ def _open_election(url: str) -> str:
     return election_id
 
 
-def _ballots(url: str, election_id: str, forwarded: list[str | None]) -> list[httpx.Response]:
+def _ballots(url: str, election_id: str, forwarded: Sequence[str | None]) -> list[httpx.Response]:
     """One ballot per entry, each over a new connection (spread over the processes)."""
     answers = []
     for hop in forwarded:

@@ -7,8 +7,10 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from api.forwarded import TrustedProxies
@@ -17,6 +19,18 @@ from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import CLIENT, running_api, settings_for
 
 LIMIT = 5
+
+
+class CountingLimiter(SharedRateLimiter):
+    """The real limiter, counting the statements it sends."""
+
+    statements = 0
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.statements += 1
+        await super()._serve(conn)
+
+
 _addresses = itertools.count(1)
 
 
@@ -171,3 +185,28 @@ async def test_units_come_back_one_at_a_time(database_url: str) -> None:
         assert back.remaining == 0
     finally:
         await limiter.stop()
+
+
+async def test_a_large_quota_is_leased_in_blocks_and_still_never_exceeded(
+    database_url: str,
+) -> None:
+    """Checks of a 1,000-unit quota go to the database about once per ten units, and four
+    processes together never grant more than the quota (a few units may sit in leases)."""
+    limiters = [CountingLimiter(database_url) for _ in range(4)]
+    for limiter in limiters:
+        await limiter.start()
+    try:
+        key = f"test:{uuid.uuid4().hex}"
+        quota = Quota(1000, 3600)
+        allowed = 0
+        for n in range(900):
+            allowed += (await limiters[n % 4].hit(key, quota)).allowed
+        assert allowed == 900
+        # One statement takes the unit wanted and ten more: one per eleven checks.
+        assert sum(limiter.statements for limiter in limiters) <= 900 // 11 + 8
+        for n in range(600):
+            allowed += (await limiters[n % 4].hit(key, quota)).allowed
+        assert 1000 - 4 * (1000 // 100) <= allowed <= 1000
+    finally:
+        for limiter in limiters:
+            await limiter.stop()
