@@ -27,17 +27,25 @@ class TrustedProxies:
         self.networks: tuple[Network, ...] = tuple(
             ipaddress.ip_network(entry, strict=False) for entry in entries if entry != "*"
         )
+        self._seen: dict[str, bool] = {}
 
     def trusts(self, host: str) -> bool:
         if self.everyone:
             return True
         if not self.networks:
             return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        known = self._seen.get(host)
+        if known is None:  # parsing an address costs microseconds: once per address
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self.networks)
+            if len(self._seen) > 100_000:
+                self._seen.clear()
+            self._seen[host] = known
+        return known
 
     def client(self, scope: Scope) -> str:
         """The address limits and logs should count this request under."""

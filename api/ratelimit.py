@@ -13,6 +13,7 @@ Answers carry the IETF RateLimit-Policy and RateLimit fields
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -30,12 +31,12 @@ LOGIN_FAILURES_PER_ACCOUNT = 10
 LOGIN_FAILURES_PER_ADDRESS = 30
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Policy:
     name: str
     quota: Quota
 
-    @property
+    @functools.cached_property
     def declared(self) -> str:
         """This policy as a RateLimit-Policy list member."""
         return f'"{self.name}";q={self.quota.limit};w={math.ceil(self.quota.period)}'
