@@ -38,7 +38,8 @@ async def login(request: Request) -> Response:
     body = await context.body(request, LoginIn)
     edge = context.edge(request)
     attempt = await edge.limits.login_attempt(request, body.email)
-    if not await edge.admin.check(body.email, body.password):
+    right = await edge.admin.check(body.email, body.password)
+    if not right or context.auth(request).access_tokens is None:
         raise Unauthorized(FAILED)
     await attempt.give_back()
     subject = edge.admin.email
