@@ -11,10 +11,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from api.auth import Authenticator
+from api.edge import running_edge
 from api.middleware import RequestGuard
 from api.problems import HANDLERS
-from api.ratelimit import BallotRateLimit
-from api.routes import admin, audit, ballots, elections, health, results
+from api.routes import admin, audit, auth, ballots, docs, elections, health, metrics, results
 from infra.audit.chain import Signer
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
@@ -32,8 +32,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with running_services(settings, relay=relay, projections=projections) as services:
+        async with (
+            running_services(settings, relay=relay, projections=projections) as services,
+            running_edge(services) as edge,
+        ):
             app.state.services = services
+            app.state.edge = edge
             tune_garbage_collection()
             try:
                 yield
@@ -65,7 +69,11 @@ def create_app(
         Route("/api/elections/{election_id}/events", audit.election_events, methods=["GET"]),
         Route("/api/admin/projections", admin.projections, methods=["GET"]),
         Route("/api/admin/projections/{name}/rebuild", admin.rebuild, methods=["POST"]),
-        Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/api/auth/login", auth.login, methods=["POST"]),
+        Route("/api/auth/refresh", auth.refresh, methods=["POST"]),
+        Route("/api/auth/logout", auth.logout, methods=["POST"]),
+        *docs.routes(),
     ]
     middleware = [
         Middleware(
@@ -73,6 +81,7 @@ def create_app(
             max_bytes=settings.max_body_bytes,
             hot_route=casting,
             handlers=HANDLERS,
+            production=settings.is_production,
             # Up to 1,000 ballots: the bulk path alone takes larger bodies.
             larger={"/api/elections/{election_id}/ballots/batch": BATCH_BODY_BYTES},
         )
@@ -96,9 +105,4 @@ def create_app(
     app.state.auth = Authenticator(settings)
     app.state.signer = Signer(settings.audit_key) if settings.audit_key else None
     app.state.rebuilds = {}
-    app.state.rate_limit = (
-        BallotRateLimit(settings.max_votes_per_ip_per_hour)
-        if settings.enable_rate_limiting
-        else None
-    )
     return app

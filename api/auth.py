@@ -1,4 +1,5 @@
-"""Bearer tokens: role tokens from the configuration, and one-time voter tokens."""
+"""Bearer tokens: role tokens from the configuration, one-time voter tokens, and the
+administrator's access tokens (JWTs from POST /api/auth/login, acting as the admin role)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from api.problems import Forbidden, Unauthorized
+from api.tokens import AccessTokens, looks_like_jwt
 from domain.election import Election
 from domain.rules import Eligibility
 from infra.runtime.settings import Settings
@@ -40,6 +42,9 @@ class Authenticator:
         for role, tokens in settings.role_tokens.items():
             for token in tokens:
                 self._roles[_digest(token)] = role
+        self.access_tokens = (
+            AccessTokens(settings.jwt_secret_key) if settings.jwt_secret_key else None
+        )
 
     def identify(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
@@ -54,6 +59,13 @@ class Authenticator:
             return Principal(role=role)
         if is_voter_token(token):
             return Principal(voter_token=token)
+        if self.access_tokens is not None and looks_like_jwt(token):
+            claims = self.access_tokens.verify(token)
+            if claims is not None and claims["role"] in IMPLIED:
+                return Principal(role=str(claims["role"]))
+            raise Unauthorized(
+                "this access token is not valid (expired, or not issued here); sign in again"
+            )
         raise Unauthorized("this token is not recognised")
 
     def require(self, request: Request, *roles: str) -> Principal:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+import re
+from typing import Any, TypeVar
 from uuid import UUID
 
+import jiter
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from api.auth import Authenticator
-from api.ratelimit import BallotRateLimit
+from api.edge import Edge
+from api.problems import MalformedBody, UnsupportedMediaType
+from api.ratelimit import RateLimits
 from domain.errors import ElectionNotFound, InvalidRequest
 from infra.audit.chain import Signer
 from infra.runtime.bootstrap import Services
@@ -30,8 +34,12 @@ def signer(request: Request) -> Signer | None:
     return request.app.state.signer  # type: ignore[no-any-return]
 
 
-def rate_limit(request: Request) -> BallotRateLimit | None:
-    return request.app.state.rate_limit  # type: ignore[no-any-return]
+def edge(request: Request) -> Edge:
+    return request.app.state.edge  # type: ignore[no-any-return]
+
+
+def rate_limits(request: Request) -> RateLimits:
+    return edge(request).limits
 
 
 def election_id(request: Request) -> UUID:
@@ -43,30 +51,90 @@ def election_id(request: Request) -> UUID:
 
 
 async def body(request: Request, model: type[M]) -> M:
-    """The request body validated as ``model`` (400 if not JSON, 422 if the wrong shape)."""
+    """The request body validated as ``model``: 415 unless it says it is JSON, 400 if it is
+    not one JSON document with unique keys, 422 if the wrong shape. No body reads as {}."""
     raw = await request.body()
+    if not raw:
+        return model.model_validate({})
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json" and not (
+        kind.startswith("application/") and kind.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with Content-Type: application/json; got {kind or 'none'}"
+        )
+    data = _parsed(raw)
     try:
-        return model.model_validate_json(raw or b"{}")
+        return model.model_validate(data)
     except ValidationError as error:
-        if b"\\ud" not in raw.lower() or error.errors()[0]["type"] != "json_invalid":
+        if not any(_integral_float(e) for e in error.errors()):
             raise
+    # JSON has one number type: 5.0 is the integer 5 to JSON Schema, and so to us.
+    return model.model_validate(_whole_numbers(data))
+
+
+def _integral_float(error: Any) -> bool:
+    value = error.get("input")
+    return error["type"] == "int_type" and isinstance(value, float) and value.is_integer()
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
+
+
+def _parsed(raw: bytes) -> Any:
+    # Duplicate keys are refused: parsers disagree on which one wins, so a body that names
+    # a field twice could mean one thing to a proxy or a log reader and another to us.
+    try:
+        return jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False)
+    except ValueError as error:
+        if b"\\ud" not in raw.lower():
+            raise MalformedBody(f"the request body is not valid JSON: {error}") from None
     # JSON that escapes a lone UTF-16 surrogate ("\ud800") is well-formed, but the fast
-    # parser stops at it without saying where. Parsed leniently, validation names the field.
-    return model.model_validate(json.loads(raw))
+    # parser stops at it. Parsed leniently, validation names the field.
+    try:
+        return json.loads(raw, object_pairs_hook=_unique)
+    except ValueError as error:
+        raise MalformedBody(f"the request body is not valid JSON: {error}") from None
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate key {key!r}")
+        found[key] = value
+    return found
+
+
+# Log positions and checkpoint ids are PostgreSQL bigints.
+MAX_POSITION = 2**63 - 1
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")
 
 
 def int_param(
-    request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None
+    request: Request,
+    name: str,
+    default: int,
+    *,
+    minimum: int,
+    maximum: int = MAX_POSITION,
 ) -> int:
     """A whole-number query parameter within bounds (422 naming it otherwise)."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number; got {raw!r}", field=name) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(f"{name} must be {bound}; got {value}", field=name)
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise InvalidRequest(f"{name} must be a whole number; got {raw[:40]!r}", field=name)
+    value = int(raw)
+    if value < minimum or value > maximum:
+        raise InvalidRequest(
+            f"{name} must be from {minimum} to {maximum}; got {raw[:40]}", field=name
+        )
     return value

@@ -11,8 +11,9 @@ import pydantic
 from eventsourcing import persistence
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from api.responses import ProblemResponse, problem, problem_body
 from domain import errors
@@ -47,10 +48,29 @@ class Forbidden(Exception):
 
 
 class TooManyRequests(Exception):
-    def __init__(self, detail: str, retry_after: int) -> None:
+    """A rate limit refused the request (429); ``headers`` carry Retry-After and RateLimit."""
+
+    def __init__(self, detail: str, headers: dict[str, str], policies: list[str]) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.retry_after = retry_after
+        self.headers = headers
+        self.policies = policies
+
+
+class MalformedBody(Exception):
+    """A body that is not one JSON document with unique keys (400)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class UnsupportedMediaType(Exception):
+    """A body that does not say it is JSON (415)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 BALLOT_PATHS = ("/ballots", "/withdrawals")
@@ -169,12 +189,43 @@ def database_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+
+
 def too_many(request: Request, exc: Exception) -> Response:
     _refused(request, "rate_limited")
     assert isinstance(exc, TooManyRequests)
+    extra: dict[str, Any] = {"type": QUOTA_EXCEEDED, "violated-policies": exc.policies}
+    return problem(429, "Too many requests", exc.detail, headers=exc.headers, **extra)
+
+
+def malformed_body(request: Request, exc: Exception) -> Response:
+    _refused(request, "malformed_json")
+    assert isinstance(exc, MalformedBody)
+    return problem(400, "Malformed JSON", exc.detail)
+
+
+def unsupported_media_type(request: Request, exc: Exception) -> Response:
+    _refused(request, "unsupported_media_type")
+    assert isinstance(exc, UnsupportedMediaType)
+    return problem(415, "Unsupported media type", exc.detail)
+
+
+def read_model_missing(request: Request, exc: Exception) -> Response:
+    """A read model whose first version is still being set up (a fresh database, right
+    after start): its tables appear within a second or so."""
+    log.info("a read model is not there yet: %s", exc)
     return problem(
-        429, "Too many requests", exc.detail, headers={"Retry-After": str(exc.retry_after)}
+        503,
+        "Read model not ready",
+        "the read models are still being set up; retry in a second",
+        headers={"Retry-After": "1"},
     )
+
+
+def client_gone(_: Request, __: Exception) -> Response:
+    """The client hung up (or was cut off for reading too slowly): no one hears this."""
+    return problem(400, "Client disconnected", "the client closed the connection")
 
 
 def http_error(request: Request, exc: Exception) -> Response:
@@ -183,12 +234,24 @@ def http_error(request: Request, exc: Exception) -> Response:
         _refused(request, "too_large")
     titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path only; a
+        # path served by several routes (GET and POST /api/elections) allows them all.
+        headers["Allow"] = ", ".join(_allowed(request))
+        detail = f"{request.method} is not allowed here; use {headers['Allow']}"
     return problem(
-        exc.status_code,
-        titles.get(exc.status_code, "Error"),
-        detail,
-        headers=dict(exc.headers) if exc.headers else None,
+        exc.status_code, titles.get(exc.status_code, "Error"), detail, headers=headers or None
     )
+
+
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    path = request.scope["path"]
+    for route in getattr(request.app, "routes", ()):
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def unexpected(_: Request, exc: Exception) -> Response:
@@ -207,7 +270,11 @@ HANDLERS = {
     persistence.OperationalError: database_unavailable,
     persistence.InterfaceError: database_unavailable,
     PoolTimeout: database_unavailable,
+    psycopg.errors.UndefinedTable: read_model_missing,
     TooManyRequests: too_many,
+    MalformedBody: malformed_body,
+    UnsupportedMediaType: unsupported_media_type,
+    ClientDisconnect: client_gone,
     HTTPException: http_error,
     SettingsError: unexpected,
     Exception: unexpected,

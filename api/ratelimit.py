@@ -1,38 +1,158 @@
-"""Per-client-address ballot limit (MAX_VOTES_PER_IP_PER_HOUR), kept in process memory."""
+"""The API's rate limits, shared by every process (infra/store/ratelimit.py keeps the counts).
+
+- ``ballots``: ballot changes (casts, revisions, withdrawals) per client address,
+  MAX_VOTES_PER_IP_PER_HOUR an hour, where ENABLE_RATE_LIMITING is on.
+- ``login-account`` and ``login-address``: failed logins per account and per address,
+  always on. An attempt takes a unit of each before the password is hashed (so a flood is
+  refused cheaply) and a successful login gives both back.
+
+Answers carry the IETF RateLimit-Policy and RateLimit fields
+(draft-ietf-httpapi-ratelimit-headers-11); a refusal is a 429 with Retry-After.
+"""
 
 from __future__ import annotations
 
-import time
+import asyncio
+import functools
+import hashlib
+import math
+from dataclasses import dataclass
 
+from starlette.requests import Request
+
+from api.forwarded import TrustedProxies
 from api.problems import TooManyRequests
+from infra.runtime.settings import Settings
+from infra.store.ratelimit import Decision, Quota, SharedRateLimiter
 
-WINDOW = 3600.0
+HOUR = 3600.0
+LOGIN_WINDOW = 900.0
+LOGIN_FAILURES_PER_ACCOUNT = 10
+LOGIN_FAILURES_PER_ADDRESS = 30
 
 
-class BallotRateLimit:
-    """A fixed one-hour window per address: simple, and it bounds memory to active addresses."""
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    quota: Quota
 
-    def __init__(self, per_hour: int) -> None:
-        self.per_hour = per_hour
-        self._windows: dict[str, tuple[float, int]] = {}
+    @functools.cached_property
+    def declared(self) -> str:
+        """This policy as a RateLimit-Policy list member."""
+        return f'"{self.name}";q={self.quota.limit};w={math.ceil(self.quota.period)}'
 
-    def check(self, address: str, ballots: int = 1, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        started, count = self._windows.get(address, (now, 0))
-        if now - started >= WINDOW:
-            started, count = now, 0
-        if count + ballots > self.per_hour:
-            retry_after = max(1, int(WINDOW - (now - started)))
+    def key(self, subject: str) -> str:
+        return f"{self.name}:{subject}"
+
+
+def _seconds(value: float) -> int:
+    return max(1, math.ceil(value - 1e-6))
+
+
+def fields(policy: Policy, decision: Decision) -> dict[str, str]:
+    """RateLimit-Policy and RateLimit for one decision (and Retry-After for a refusal)."""
+    if decision.allowed:
+        window = f";t={_seconds(decision.next_unit)}" if decision.next_unit > 0 else ""
+        state = f'"{policy.name}";r={decision.remaining}{window}'
+        return {"RateLimit-Policy": policy.declared, "RateLimit": state}
+    wait = _seconds(decision.next_unit)
+    return {
+        "RateLimit-Policy": policy.declared,
+        "RateLimit": f'"{policy.name}";r=0;t={wait}',
+        "Retry-After": str(wait),
+    }
+
+
+class RateLimits:
+    """Every limit the API applies, with the client address resolved through proxies."""
+
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
+        self.limiter = limiter
+        self.proxies = TrustedProxies(settings.forwarded_allow_ips)
+        self.ballots = (
+            Policy("ballots", Quota(settings.max_votes_per_ip_per_hour, HOUR))
+            if settings.enable_rate_limiting and settings.max_votes_per_ip_per_hour > 0
+            else None
+        )
+        self.login_account = Policy(
+            "login-account", Quota(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW)
+        )
+        self.login_address = Policy(
+            "login-address", Quota(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW)
+        )
+
+    def client(self, request: Request) -> str:
+        return self.proxies.client(request.scope)
+
+    async def ballot(self, request: Request, ballots: int = 1) -> dict[str, str] | None:
+        """The RateLimit fields for ``ballots`` ballot changes (a batch takes as many units
+        as it holds ballots); TooManyRequests past the limit."""
+        policy = self.ballots
+        if policy is None:
+            return None
+        decision = await self.limiter.hit(policy.key(self.client(request)), policy.quota, ballots)
+        answer = fields(policy, decision)
+        if not decision.allowed:
             raise TooManyRequests(
-                f"this address has sent {self.per_hour} ballots in the last hour, the most "
-                f"allowed; try again in {retry_after} seconds",
-                retry_after,
+                f"this address has made {policy.quota.limit} ballot changes in the last hour, "
+                f"the most allowed (MAX_VOTES_PER_IP_PER_HOUR); try again in "
+                f"{answer['Retry-After']} seconds",
+                answer,
+                [policy.name],
             )
-        self._windows[address] = (started, count + ballots)
-        if len(self._windows) > 100_000:
-            self._forget_expired(now)
+        return answer
 
-    def _forget_expired(self, now: float) -> None:
-        for address, (started, _) in list(self._windows.items()):
-            if now - started >= WINDOW:
-                del self._windows[address]
+    async def login_attempt(self, request: Request, account: str) -> LoginAttempt:
+        """Take one unit of the account's and the address's failure quotas, or refuse."""
+        keys = [
+            (self.login_account, self.login_account.key(_account_key(account))),
+            (self.login_address, self.login_address.key(self.client(request))),
+        ]
+        decisions = await asyncio.gather(
+            *(self.limiter.hit(key, policy.quota) for policy, key in keys)
+        )
+        attempt = LoginAttempt(self.limiter, keys)
+        refused = [
+            (policy, decision)
+            for (policy, _), decision in zip(keys, decisions, strict=True)
+            if not decision.allowed
+        ]
+        if refused:
+            await attempt.give_back(only=[d.allowed for d in decisions])
+            wait = max(_seconds(decision.next_unit) for _, decision in refused)
+            raise TooManyRequests(
+                f"too many failed sign-ins for this account or from this address; try again "
+                f"in {wait} seconds",
+                {
+                    "RateLimit-Policy": ", ".join(policy.declared for policy, _ in keys),
+                    "RateLimit": ", ".join(
+                        f'"{policy.name}";r=0;t={_seconds(decision.next_unit)}'
+                        for policy, decision in refused
+                    ),
+                    "Retry-After": str(wait),
+                },
+                [policy.name for policy, _ in refused],
+            )
+        return attempt
+
+
+class LoginAttempt:
+    """The units one sign-in attempt took; a success gives them back."""
+
+    def __init__(self, limiter: SharedRateLimiter, keys: list[tuple[Policy, str]]) -> None:
+        self.limiter = limiter
+        self.keys = keys
+
+    async def give_back(self, only: list[bool] | None = None) -> None:
+        await asyncio.gather(
+            *(
+                self.limiter.hit(key, policy.quota, -1)
+                for n, (policy, key) in enumerate(self.keys)
+                if only is None or only[n]
+            )
+        )
+
+
+def _account_key(account: str) -> str:
+    # Digested: any text an attacker types becomes a bounded key, never stored as typed.
+    return hashlib.sha256(account.strip().lower().encode()).hexdigest()[:32]

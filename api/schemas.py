@@ -6,13 +6,26 @@ the election's rules say. Adapters are built once, at import.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from domain.election import MAX_TOKENS_PER_ISSUE
 from domain.errors import InvalidRequest
-from domain.rules import MAX_LIVE_RESULTS_STEP, MAX_OPTIONS, plain_text
+from domain.rules import (
+    MAX_LABEL,
+    MAX_LIVE_RESULTS_STEP,
+    MAX_OPTIONS,
+    MAX_SCORE_MAGNITUDE,
+    MAX_TITLE,
+    OPTION_ID,
+    Eligibility,
+    Method,
+    ResultsVisibility,
+    TieBreak,
+    plain_text,
+)
 
 
 def _printable(value: str) -> str:
@@ -26,31 +39,81 @@ def _printable(value: str) -> str:
 
 Printable = AfterValidator(_printable)
 Text = Annotated[str, StringConstraints(max_length=1000), Printable]
-OptionId = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
-VoterId = Annotated[str, StringConstraints(min_length=1, max_length=256), Printable]
-IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
+OptionId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    Printable,
+    Field(json_schema_extra={"pattern": OPTION_ID.pattern}),
+]
+# What the contract promises beyond the runtime checks here: the domain checks these too,
+# with messages that say more than "should match pattern". Control characters and lone
+# surrogates are refused everywhere; a title or label needs a visible character.
+PLAIN = "^[^\\u0000-\\u001f\\u007f]*$"
+VISIBLE = "^[^\\u0000-\\u001f\\u007f]*[^\\s\\u0000-\\u001f\\u007f][^\\u0000-\\u001f\\u007f]*$"
+VoterId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256),
+    Printable,
+    Field(json_schema_extra={"pattern": PLAIN}),
+]
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255),
+    Printable,
+    Field(json_schema_extra={"pattern": PLAIN}),
+]
 MAX_BATCH = 1000
+
+
+def _choice(kind: type[StrEnum]) -> Any:
+    return Field(json_schema_extra={"enum": [member.value for member in kind]})
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+Label = Annotated[Text, Field(json_schema_extra={"maxLength": MAX_LABEL, "pattern": VISIBLE})]
+Score = Annotated[
+    int, Field(json_schema_extra={"minimum": -MAX_SCORE_MAGNITUDE, "maximum": MAX_SCORE_MAGNITUDE})
+]
+
+
 class OptionIn(Strict):
     id: OptionId
-    label: Text
+    label: Label
 
 
 class ElectionIn(Strict):
-    title: Text
-    options: Annotated[list[OptionIn], Field(max_length=MAX_OPTIONS + 1)]
-    method: Text
-    min_score: int | None = None
-    max_score: int | None = None
-    eligibility: Text = "client"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Lunch",
+                    "method": "irv",
+                    "options": [
+                        {"id": "pizza", "label": "Pizza"},
+                        {"id": "sushi", "label": "Sushi"},
+                    ],
+                }
+            ]
+        }
+    )
+
+    title: Annotated[Text, Field(json_schema_extra={"maxLength": MAX_TITLE, "pattern": VISIBLE})]
+    options: Annotated[
+        list[OptionIn],
+        Field(
+            max_length=MAX_OPTIONS + 1, json_schema_extra={"minItems": 2, "maxItems": MAX_OPTIONS}
+        ),
+    ]
+    method: Annotated[Text, _choice(Method)]
+    min_score: Score | None = None
+    max_score: Score | None = None
+    eligibility: Annotated[Text, _choice(Eligibility)] = "client"
     allow_revote: bool = True
-    results_visibility: Text = "live"
-    tie_break: Text = "report"
+    results_visibility: Annotated[Text, _choice(ResultsVisibility)] = "live"
+    tie_break: Annotated[Text, _choice(TieBreak)] = "report"
     live_results_step: Annotated[int, Field(ge=1, le=MAX_LIVE_RESULTS_STEP)] = 10
     late_tokens: bool = False
 
@@ -60,6 +123,12 @@ class TokensIn(Strict):
 
 
 class BallotIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"voter_id": "ada", "ranking": ["sushi", "pizza"]}, {"choice": "pizza"}]
+        }
+    )
+
     voter_id: VoterId | None = None
     choice: OptionId | None = None
     approve: Annotated[list[OptionId], Field(max_length=MAX_OPTIONS)] | None = None
@@ -83,8 +152,31 @@ class BatchIn(Strict):
     """The bulk path's body; each ballot is validated on its own (a bad one is refused
     alone), so only the envelope is checked here."""
 
-    ballots: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH)]
+    ballots: Annotated[
+        list[Any],
+        Field(
+            min_length=1,
+            max_length=MAX_BATCH,
+            json_schema_extra={
+                "items": {
+                    "type": "object",
+                    "description": "a ballot as castBallot takes it, with its voter_id and an "
+                    "optional idempotency_key; validated on its own, so an invalid one is "
+                    "refused in its place in the results",
+                }
+            },
+        ),
+    ]
 
 
 class WithdrawalIn(Strict):
     voter_id: VoterId | None = None
+
+
+class LoginIn(Strict):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class RefreshIn(Strict):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=256)]

@@ -1,19 +1,42 @@
 """Prometheus metrics: one definition of every series, shared by all components.
 
 The API serves them on /metrics; relay and projector processes on METRICS_PORT (0 turns
-that listener off). Names follow Prometheus conventions: counters end in ``_total``,
+that listener off), on METRICS_HOST (else HOST). METRICS_TOKEN, where set, is the bearer
+token both ask for. Names follow Prometheus conventions: counters end in ``_total``,
 durations are in seconds.
+
+Under `cardinal serve` the API runs in several processes; the supervisor gives them one
+PROMETHEUS_MULTIPROC_DIR, and any one of them answers /metrics for all (prometheus-client's
+multiprocess mode). Each gauge therefore says how processes combine: ``livesum`` for what
+each process holds (its queue), ``max``/``mostrecent`` for what each reads from the
+database (the same figure, read at different times), ``livemin`` for "every live process
+can reach it".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import psycopg
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +56,43 @@ WRITE_COMMIT_SECONDS = Histogram(
     "Duration of one group-commit transaction",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-WRITER_QUEUE = Gauge("cardinal_writer_queue_depth", "Appends waiting for the writer")
+WRITER_QUEUE = Gauge(
+    "cardinal_writer_queue_depth", "Appends waiting for the writer", multiprocess_mode="livesum"
+)
 HTTP_SECONDS = Histogram(
     "cardinal_http_request_duration_seconds",
     "HTTP request duration by route",
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-LOG_HEAD = Gauge("cardinal_log_head_position", "Position of the last committed log entry")
-RELAY_POSITION = Gauge("cardinal_relay_position", "Last log position the relay published")
-RELAY_LAG = Gauge("cardinal_relay_lag_events", "Log entries not yet published")
+LOG_HEAD = Gauge(
+    "cardinal_log_head_position",
+    "Position of the last committed log entry",
+    multiprocess_mode="max",
+)
+RELAY_POSITION = Gauge(
+    "cardinal_relay_position",
+    "Last log position the relay published",
+    multiprocess_mode="max",
+)
+RELAY_LAG = Gauge(
+    "cardinal_relay_lag_events", "Log entries not yet published", multiprocess_mode="mostrecent"
+)
 RELAY_PUBLISHED = Counter("cardinal_relay_published_events_total", "Log entries published")
-RELAY_LEADER = Gauge("cardinal_relay_leader", "1 while this relay is the active one")
+RELAY_LEADER = Gauge(
+    "cardinal_relay_leader", "1 while this relay is the active one", multiprocess_mode="livemax"
+)
 PROJECTION_POSITION = Gauge(
-    "cardinal_projection_position", "Last log position applied", ["projection"]
+    "cardinal_projection_position",
+    "Last log position applied",
+    ["projection"],
+    multiprocess_mode="max",
 )
 PROJECTION_LAG = Gauge(
-    "cardinal_projection_lag_events", "Log entries not yet applied", ["projection"]
+    "cardinal_projection_lag_events",
+    "Log entries not yet applied",
+    ["projection"],
+    multiprocess_mode="mostrecent",
 )
 PROJECTION_APPLIED = Counter(
     "cardinal_projection_applied_events_total", "Log entries applied", ["projection"]
@@ -69,21 +112,34 @@ PROJECTION_SET_ASIDE_ACTIVE = Gauge(
     "cardinal_projection_set_aside_events",
     "Log entries the active version of a projection has set aside (from the database)",
     ["projection"],
+    multiprocess_mode="mostrecent",
 )
 PROJECTION_REJECTED = Counter(
     "cardinal_projection_rejected_total", "Messages dead-lettered", ["projection"]
 )
 REBUILD_POSITION = Gauge(
-    "cardinal_rebuild_position", "Position a running rebuild has reached", ["projection"]
+    "cardinal_rebuild_position",
+    "Position a running rebuild has reached",
+    ["projection"],
+    multiprocess_mode="mostrecent",
 )
 REBUILD_RATE = Gauge(
-    "cardinal_rebuild_events_per_second", "Speed of a running rebuild", ["projection"]
+    "cardinal_rebuild_events_per_second",
+    "Speed of a running rebuild",
+    ["projection"],
+    multiprocess_mode="mostrecent",
 )
 BROKER_CONNECTED = Gauge(
-    "cardinal_broker_connected", "1 while connected to RabbitMQ", ["component"]
+    "cardinal_broker_connected",
+    "1 while connected to RabbitMQ",
+    ["component"],
+    multiprocess_mode="livemin",
 )
 DATABASE_CONNECTED = Gauge(
-    "cardinal_database_connected", "1 while the database answers", ["component"]
+    "cardinal_database_connected",
+    "1 while the database answers",
+    ["component"],
+    multiprocess_mode="livemin",
 )
 
 POSITIONS = """
@@ -127,11 +183,60 @@ async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) 
         REBUILD_RATE.labels(name).set(rate or 0)
 
 
-async def serve_worker_metrics(port: int, database_url: str, component: str) -> None:
-    """Expose metrics on ``port`` and keep the position gauges fresh (every 5 s)."""
+def exposition() -> tuple[bytes, str]:
+    """This process's metrics, or every process's where they share a multiprocess folder."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _guarded(app: WSGIApp, token: str | None) -> WSGIApp:
+    """The exposition app, answering 401 to a scrape without ``Bearer <token>``."""
+    if token is None:
+        return app
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
+        presented = str(environ.get("HTTP_AUTHORIZATION", "")).encode()
+        if hmac.compare_digest(presented, expected):
+            return app(environ, start)
+        start("401 Unauthorized", [("WWW-Authenticate", 'Bearer realm="metrics"')])
+        return [b"send Authorization: Bearer <METRICS_TOKEN>\n"]
+
+    return guarded
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """A scrape every few seconds is not worth a log line."""
+
+
+def start_metrics_server(host: str, port: int, token: str | None = None) -> ThreadingWSGIServer:
+    """Serve this process's metrics on ``host:port`` from a thread (prometheus-client's
+    start_http_server, plus the bearer check it lacks)."""
+    server = make_server(
+        host,
+        port,
+        _guarded(make_wsgi_app(REGISTRY), token),
+        ThreadingWSGIServer,
+        handler_class=_Quiet,
+    )
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server
+
+
+async def serve_worker_metrics(
+    port: int, database_url: str, component: str, host: str = "127.0.0.1", token: str | None = None
+) -> None:
+    """Expose metrics on ``host:port`` and keep the position gauges fresh (every 5 s)."""
     if port:
-        start_http_server(port)
-        log.info("metrics on http://0.0.0.0:%d/metrics", port)
+        start_metrics_server(host, port, token)
+        log.info("metrics on http://%s:%d/metrics", host, port)
     while True:
         with contextlib.suppress(psycopg.Error, OSError):
             async with await psycopg.AsyncConnection.connect(

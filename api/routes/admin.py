@@ -9,7 +9,8 @@ import sys
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
+from api.contract import Operation, Param, operation
 from api.responses import JSONResponse
 from domain.errors import Conflict, NotFound
 from projections import PROJECTIONS
@@ -17,6 +18,15 @@ from projections.rebuild import rebuild_running
 from projections.status import projection_status
 
 
+@operation(
+    Operation(
+        "projectionStatus",
+        "Where every projection stands (operator)",
+        "operations",
+        ok=documents.Projections,
+        errors=(403,),
+    )
+)
 async def projections(request: Request) -> Response:
     context.auth(request).require(request, "operator")
     async with context.services(request).reads.connection() as conn:
@@ -24,6 +34,18 @@ async def projections(request: Request) -> Response:
     return JSONResponse({"projections": found})
 
 
+@operation(
+    Operation(
+        "rebuildProjection",
+        "Start a blue/green rebuild in a child process (operator)",
+        "operations",
+        ok=documents.RebuildStarted,
+        status=202,
+        errors=(403, 404, 409),
+        params=(Param("name", "path", {"type": "string", "enum": list(PROJECTIONS)}),),
+        ok_headers={"Location": {"schema": {"type": "string"}}},
+    )
+)
 async def rebuild(request: Request) -> Response:
     """Start a blue/green rebuild; progress shows in the status.
 

@@ -7,7 +7,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
+from api.contract import Operation, Param, operation
+from api.params import AFTER, ELECTION_ID, LIMIT
 from api.responses import JSONResponse, problem
 from domain.errors import NotFound
 from infra.audit.chain import ALGORITHM, key_id
@@ -30,6 +32,16 @@ FROM audit_checkpoints WHERE id > %s ORDER BY id LIMIT %s
 """
 
 
+@operation(
+    Operation(
+        "auditEvents",
+        "The whole log, page by page, with each entry's chain link (auditor)",
+        "audit",
+        ok=documents.LogPage,
+        errors=(403,),
+        params=(AFTER, LIMIT),
+    )
+)
 async def events(request: Request) -> Response:
     """The whole log, page by page in position order, with each entry's chain link."""
     context.auth(request).require(request, "auditor")
@@ -45,6 +57,16 @@ async def events(request: Request) -> Response:
     )
 
 
+@operation(
+    Operation(
+        "electionEvents",
+        "One election's log entries, page by page (auditor)",
+        "audit",
+        ok=documents.ElectionLogPage,
+        errors=(403, 404),
+        params=(ELECTION_ID, AFTER, LIMIT),
+    )
+)
 async def election_events(request: Request) -> Response:
     """One election's entries (its own and its ballots'), page by page."""
     context.auth(request).require(request, "auditor")
@@ -63,6 +85,16 @@ async def election_events(request: Request) -> Response:
     )
 
 
+@operation(
+    Operation(
+        "auditCheckpoints",
+        "Signed chain heads, oldest first; after is a checkpoint id (auditor)",
+        "audit",
+        ok=documents.Checkpoints,
+        errors=(403,),
+        params=(AFTER, LIMIT),
+    )
+)
 async def checkpoints(request: Request) -> Response:
     """Signed chain heads, oldest first (``after`` is a checkpoint id)."""
     context.auth(request).require(request, "auditor")
@@ -75,6 +107,15 @@ async def checkpoints(request: Request) -> Response:
     return JSONResponse({"checkpoints": found, "next_after": rows[-1][0] if rows else after})
 
 
+@operation(
+    Operation(
+        "auditPublicKey",
+        "The key that verifies checkpoint signatures (no token)",
+        "audit",
+        auth=False,
+        ok=documents.PublicKey,
+    )
+)
 async def public_key(request: Request) -> Response:
     """The key that verifies checkpoint signatures (public: anyone may verify)."""
     signer = context.signer(request)
@@ -89,6 +130,17 @@ async def public_key(request: Request) -> Response:
     )
 
 
+@operation(
+    Operation(
+        "lookUpReceipt",
+        "Where a ballot's receipt hash is in the sealed log (no token)",
+        "audit",
+        auth=False,
+        ok=documents.ReceiptLookup,
+        errors=(404,),
+        params=(Param("digest", "path", {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),),
+    )
+)
 async def receipt(request: Request) -> Response:
     """Whether an entry hash (a ballot's receipt) is in the log, where, and which signed
     checkpoint covers it. Public, and it reveals nothing of the ballot's content."""

@@ -9,7 +9,9 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
+from api.contract import Operation, operation
+from api.params import ELECTION_ID, IDEMPOTENCY_KEY
 from api.problems import Forbidden, problem_of
 from api.responses import JSONResponse
 from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
@@ -27,18 +29,53 @@ ACCEPTED = {
 }
 
 
+@operation(
+    Operation(
+        "castBallot",
+        "Cast a ballot, or revise the voter's earlier one (client with voter_id, or a voter "
+        "token); the answer is a receipt",
+        "ballots",
+        body=BallotIn,
+        ok=documents.BallotReceipt,
+        status=201,
+        also=(200,),
+        errors=(403, 404, 409),
+        params=(ELECTION_ID, IDEMPOTENCY_KEY),
+        limited=True,
+        links={
+            "WithdrawBallot": {
+                "operationId": "withdrawBallot",
+                "parameters": {"election_id": "$response.body#/election_id"},
+            },
+        },
+    )
+)
 async def cast(request: Request) -> Response:
     """Cast a ballot, or revise the voter's earlier one where the election allows it."""
     election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, BallotIn)
     voter = _voter(request, election_id, body.voter_id, voter_token)
-    _limit_rate(request)
+    limited = await context.rate_limits(request).ballot(request)
     receipt = await context.services(request).app.cast_ballot(
         election_id, voter, body.content(), _request_key(request, voter)
     )
-    return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised")
+    return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised", limited)
 
 
+@operation(
+    Operation(
+        "castBallots",
+        "Cast up to 1,000 ballots of a client election at once (the bulk path); each is "
+        "recorded or refused on its own, and the answer lists, in order, each one's receipt "
+        "or problem",
+        "ballots",
+        body=BatchIn,
+        ok=documents.BatchResults,
+        errors=(403, 404),
+        params=(ELECTION_ID,),
+        limited=True,
+    )
+)
 async def cast_batch(request: Request) -> Response:
     """Cast up to 1,000 ballots of a client election at once, each with its own voter_id
     and optional idempotency_key; each is recorded or refused on its own, and the answer
@@ -68,7 +105,7 @@ async def cast_batch(request: Request) -> Response:
         voter = keys.for_voter_id(election_id, ballot.voter_id)
         key = None if ballot.idempotency_key is None else request_key(ballot.idempotency_key, voter)
         accepted.append((index, voter, ballot.content(), key))
-    _limit_rate(request, len(accepted))
+    limited = await context.rate_limits(request).ballot(request, max(1, len(accepted)))
     outcomes = await services.app.cast_ballots(
         election_id, [(voter, content, key) for _, voter, content, key in accepted]
     )
@@ -77,7 +114,7 @@ async def cast_batch(request: Request) -> Response:
             results[index] = _receipt(outcome, election_id)
         else:
             results[index] = _problem(outcome, index)
-    return JSONResponse({"results": results})
+    return JSONResponse({"results": results}, headers=limited)
 
 
 def _problem(error: Exception, index: int) -> dict[str, Any]:
@@ -95,15 +132,29 @@ def _receipt(receipt: Receipt, election_id: UUID) -> dict[str, Any]:
     return receipt_view(receipt, str(election_id), status)
 
 
+@operation(
+    Operation(
+        "withdrawBallot",
+        "Withdraw the voter's ballot, where the election allows changing it",
+        "ballots",
+        body=WithdrawalIn,
+        body_required=False,
+        ok=documents.BallotReceipt,
+        errors=(403, 404, 409),
+        params=(ELECTION_ID, IDEMPOTENCY_KEY),
+        limited=True,
+    )
+)
 async def withdraw(request: Request) -> Response:
     """Withdraw the voter's ballot (where the election allows changing a cast ballot)."""
     election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, WithdrawalIn)
     voter = _voter(request, election_id, body.voter_id, voter_token)
+    limited = await context.rate_limits(request).ballot(request)
     receipt = await context.services(request).app.withdraw_ballot(
         election_id, voter, _request_key(request, voter)
     )
-    return _answer(receipt, election_id, "withdrawn")
+    return _answer(receipt, election_id, "withdrawn", limited)
 
 
 async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
@@ -143,12 +194,6 @@ def _voter(
     return keys.for_voter_id(election_id, voter_id)
 
 
-def _limit_rate(request: Request, ballots: int = 1) -> None:
-    limit = context.rate_limit(request)
-    if limit is not None:
-        limit.check(request.client.host if request.client else "unknown", ballots)
-
-
 def _request_key(request: Request, voter: Voter) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
@@ -161,10 +206,14 @@ def _request_key(request: Request, voter: Voter) -> str | None:
     return request_key(key, voter)
 
 
-def _answer(receipt: Receipt, election_id: UUID, status: str) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if receipt.replayed else None
+def _answer(
+    receipt: Receipt, election_id: UUID, status: str, limited: dict[str, str] | None
+) -> Response:
+    headers = dict(limited) if limited else {}
+    if receipt.replayed:
+        headers["Idempotent-Replayed"] = "true"
     ACCEPTED["replayed" if receipt.replayed else status].inc()
     code = 201 if receipt.version == 1 else 200
     return JSONResponse(
-        receipt_view(receipt, str(election_id), status), status_code=code, headers=headers
+        receipt_view(receipt, str(election_id), status), status_code=code, headers=headers or None
     )

@@ -3,20 +3,58 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
 from api.auth import check_reader
+from api.contract import Operation, Param, operation
+from api.params import ELECTION_ID
 from api.problems import Forbidden
 from api.responses import JSONResponse
 from api.schemas import ElectionIn, TokensIn
 from api.views import election_view
+from domain.errors import InvalidRequest
 from domain.rules import ElectionRules
 from infra.runtime.voters import new_voter_token
 
+TOKEN_ANSWER = {"Cache-Control": "no-store"}
+STATUSES = ("draft", "open", "closed")
 
+
+# From an election in an answer to what can be done with it next (stateful tests follow these).
+def _links(*names: str) -> dict[str, dict[str, Any]]:
+    known = {
+        "GetElection": "getElection",
+        "OpenElection": "openElection",
+        "CloseElection": "closeElection",
+        "IssueTokens": "issueTokens",
+        "CastBallot": "castBallot",
+        "WithdrawBallot": "withdrawBallot",
+        "GetResults": "getResults",
+        "ElectionEvents": "electionEvents",
+    }
+    return {
+        name: {"operationId": known[name], "parameters": {"election_id": "$response.body#/id"}}
+        for name in names
+    }
+
+
+@operation(
+    Operation(
+        "createElection",
+        "Create an election with its rules pinned (admin)",
+        "elections",
+        body=ElectionIn,
+        ok=documents.ElectionChange,
+        status=201,
+        errors=(403,),
+        ok_headers={"Location": {"schema": {"type": "string"}}},
+        links=_links("GetElection", "OpenElection", "IssueTokens", "CloseElection"),
+    )
+)
 async def create(request: Request) -> Response:
     context.auth(request).require(request, "admin")
     body = await context.body(request, ElectionIn)
@@ -42,6 +80,17 @@ async def create(request: Request) -> Response:
     )
 
 
+@operation(
+    Operation(
+        "openElection",
+        "Open an election for ballots (admin)",
+        "elections",
+        ok=documents.ElectionChange,
+        errors=(403, 404, 409),
+        params=(ELECTION_ID,),
+        links=_links("CastBallot", "WithdrawBallot", "CloseElection", "GetResults"),
+    )
+)
 async def open_election(request: Request) -> Response:
     context.auth(request).require(request, "admin")
     app = context.services(request).app
@@ -50,6 +99,17 @@ async def open_election(request: Request) -> Response:
     return JSONResponse({**election_view(election), "position": receipt.position})
 
 
+@operation(
+    Operation(
+        "closeElection",
+        "Close an election: ballots after this are refused (admin)",
+        "elections",
+        ok=documents.ElectionChange,
+        errors=(403, 404, 409),
+        params=(ELECTION_ID,),
+        links=_links("GetResults", "ElectionEvents"),
+    )
+)
 async def close_election(request: Request) -> Response:
     context.auth(request).require(request, "admin")
     app = context.services(request).app
@@ -58,6 +118,19 @@ async def close_election(request: Request) -> Response:
     return JSONResponse({**election_view(election), "position": receipt.position})
 
 
+@operation(
+    Operation(
+        "issueTokens",
+        "Issue one-time voter tokens, shown once (admin)",
+        "elections",
+        body=TokensIn,
+        ok=documents.IssuedTokens,
+        status=201,
+        errors=(403, 404, 409),
+        params=(ELECTION_ID,),
+        no_store=True,
+    )
+)
 async def issue_tokens(request: Request) -> Response:
     """Issue one-time voter tokens; they are shown here once and stored only as keys."""
     context.auth(request).require(request, "admin")
@@ -70,9 +143,22 @@ async def issue_tokens(request: Request) -> Response:
     return JSONResponse(
         {"election_id": str(election_id), "tokens": tokens, "position": receipt.position},
         status_code=201,
+        headers=TOKEN_ANSWER,
     )
 
 
+@operation(
+    Operation(
+        "listElections",
+        "Every election, oldest first (any role)",
+        "elections",
+        ok=documents.Elections,
+        errors=(403,),
+        params=(
+            Param("status", "query", {"type": "string", "enum": list(STATUSES)}, required=False),
+        ),
+    )
+)
 async def list_elections(request: Request) -> Response:
     if context.auth(request).identify(request).voter_token is not None:
         raise Forbidden(
@@ -81,10 +167,25 @@ async def list_elections(request: Request) -> Response:
         )
     elections = sorted(context.services(request).app.elections.values(), key=lambda e: e.created_on)
     status = request.query_params.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(
+            f"status must be one of {', '.join(STATUSES)}; got {status[:40]!r}", field="status"
+        )
     views = [election_view(e) for e in elections if status is None or e.status.value == status]
     return JSONResponse({"elections": views})
 
 
+@operation(
+    Operation(
+        "getElection",
+        "One election (any role, or its own voter token)",
+        "elections",
+        ok=documents.Election,
+        errors=(403, 404),
+        params=(ELECTION_ID,),
+        links=_links("GetResults"),
+    )
+)
 async def get_election(request: Request) -> Response:
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import aio_pika
 import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
+from api.contract import Operation, operation
 from api.responses import JSONResponse, problem
-from infra.metrics import BROKER_CONNECTED, refresh_positions
+from infra.metrics import BROKER_CONNECTED
 from infra.store.migrations import MigrationError, pending
 
 READY_TIMEOUT = 2.0
 
 
+@operation(Operation("health", "The process answers", "health", auth=False, ok=documents.Health))
 async def health(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+@operation(
+    Operation(
+        "ready",
+        "Ready to serve: database, migrations, broker",
+        "health",
+        auth=False,
+        ok=documents.Ready,
+    )
+)
 async def ready(request: Request) -> Response:
     """200 when the database is reachable and every migration is applied (and the broker,
     where one is configured, is connected); 503 naming what is missing otherwise."""
@@ -48,14 +56,6 @@ async def ready(request: Request) -> Response:
     if failing:
         return problem(503, "Not ready", "; ".join(failing), checks=checks)
     return JSONResponse({"status": "ready", "checks": checks})
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics of this process, with log and projection positions fresh."""
-    with contextlib.suppress(psycopg.Error, PoolTimeout):
-        async with context.services(request).reads.connection(timeout=2) as conn:
-            await refresh_positions(conn, "api")
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _broker(amqp_url: str) -> str:

@@ -10,8 +10,10 @@ from eventsourcing.persistence import StoredEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context
+from api import context, documents
 from api.auth import check_reader
+from api.contract import Operation, Param, operation
+from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden
 from api.responses import JSONResponse
 from domain.election import Election, ElectionStatus
@@ -28,6 +30,32 @@ MAX_WAIT = 2.0
 CACHE_SIZE = 512
 
 
+@operation(
+    Operation(
+        "getResults",
+        "Results with their log position (any role, or the election's voter token)",
+        "results",
+        ok=documents.Results,
+        errors=(403, 404),
+        params=(
+            ELECTION_ID,
+            Param(
+                "min_position",
+                "query",
+                POSITION,
+                required=False,
+                description="wait up to 2 s for the results to reach this position",
+            ),
+            Param(
+                "at",
+                "query",
+                {**POSITION, "minimum": 1},
+                required=False,
+                description="recount from the log as of this position",
+            ),
+        ),
+    )
+)
 async def results(request: Request) -> Response:
     """Results from the tally read model; ``min_position`` waits (up to 2 s) for it.
 

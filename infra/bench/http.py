@@ -11,7 +11,11 @@ fixed number of ballots, or a fixed rate), and reports:
 - peak RSS (VmHWM) of every stack process and of the load generator;
 - a verification that every accepted ballot is counted exactly once, and that each
   election's results equal a recount of the log;
-- with ``--compare-unbatched``, the same run with WRITER_MAX_BATCH=1 and the ratio.
+- with ``--compare-unbatched``, the same run with WRITER_MAX_BATCH=1 and the ratio;
+- with ``--rate-limit``, the same run with the shared rate limit on (a check in PostgreSQL
+  per ballot) and its cost: how many fewer ballots/s than the run without (target: 10%).
+  In both runs every client sends from an address of its own, through a trusted proxy
+  (X-Forwarded-For, FORWARDED_ALLOW_IPS), under a limit none of them reaches.
 
 Every ballot is a first cast by a fresh voter, so "counted once" is exact: the results'
 ballot count equals the number of 2xx answers, and each receipt's ballot is in the read
@@ -24,10 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
 import json
 import os
 import resource
+import statistics
 import tempfile
 import time
 import uuid
@@ -38,19 +42,18 @@ from typing import Any
 
 import psycopg
 import uvloop
-from psycopg import sql
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from infra.bench.chart import Panel, sparkline, svg
+from infra.bench.freshness import FreshnessWatcher
+from infra.bench.http_report import percentiles, picture, print_table
 from infra.bench.loadgen import ConnectionClosed, LeanConnection
 from infra.bench.stack import SEPARATE, SERVE, Stack
-from projections.runtime import NOTIFY_CHANNEL
 
 console = Console()
 ADMIN = "bench-admin"
 CLIENT = "bench-client"
+RATE_LIMIT_TARGET = 0.10
 OPTIONS = [{"id": f"o{i}", "label": f"Option {i}"} for i in range(5)]
 
 
@@ -91,7 +94,7 @@ class RunFigures:
         """Each second's p99 latency in ms (0 for a second with no answers)."""
         ends = [*self.second_starts[1:], len(self.latencies)]
         return [
-            _percentiles(self.latencies[start:end])["p99"] or 0.0
+            percentiles(self.latencies[start:end])["p99"] or 0.0
             for start, end in zip(self.second_starts, ends, strict=True)
         ]
 
@@ -105,10 +108,10 @@ class RunFigures:
             "seconds": round(self.seconds, 2),
             "accepted": self.accepted,
             "accepted_per_second": round(self.rate, 1),
-            "latency_ms": _percentiles(self.latencies),
+            "latency_ms": percentiles(self.latencies),
             "refused": {str(k): v for k, v in sorted(self.refused.items())},
             "errors": self.errors,
-            "freshness_ms": _percentiles(self.freshness),
+            "freshness_ms": percentiles(self.freshness),
             "not_visible": self.unseen,
             "peak_rss_mb": self.peak_rss_mb,
             "counted_once": self.counted_once,
@@ -133,6 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--compare-unbatched", action="store_true")
     parser.add_argument(
+        "--rate-limit",
+        action="store_true",
+        help="also run with ENABLE_RATE_LIMITING on and report what it costs",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --rate-limit: pairs of runs, alternating off and on; the cost compares "
+        "the medians (a shared machine's load drifts between runs)",
+    )
+    parser.add_argument(
         "--server-url",
         default="postgresql://root@127.0.0.1:5432/postgres",
         help="PostgreSQL server for the scratch database",
@@ -152,16 +167,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The load generator shares the machine with the stack under test: uvloop keeps its
     # share of the CPU small (the stdlib loop cost it about twice as much per request).
-    runs = [uvloop.run(_one_run(args, args.batch, f"WRITER_MAX_BATCH={args.batch}"))]
+    label = "rate limit off" if args.rate_limit else f"WRITER_MAX_BATCH={args.batch}"
+    runs = [uvloop.run(_one_run(args, args.batch, label))]
     if args.compare_unbatched:
         runs.append(uvloop.run(_one_run(args, 1, "WRITER_MAX_BATCH=1")))
-    _print(runs)
-    _picture(runs, args.chart)
+    if args.rate_limit:
+        for n in range(args.repeat):
+            if n:
+                runs.append(uvloop.run(_one_run(args, args.batch, f"rate limit off #{n + 1}")))
+            suffix = f" #{n + 1}" if args.repeat > 1 else ""
+            runs.append(
+                uvloop.run(_one_run(args, args.batch, f"rate limit on{suffix}", limited=True))
+            )
+    print_table(runs)
+    picture(runs, args.chart)
     report: dict[str, Any] = {"bench": "http", "runs": [r.summary() for r in runs]}
-    if len(runs) == 2 and runs[1].rate:
+    if args.compare_unbatched and runs[1].rate:
         report["ratio"] = round(runs[0].rate / runs[1].rate, 2)
         console.print(
             f"group commit vs. one ballot per transaction: [bold]{report['ratio']}x[/bold]"
+        )
+    missed = False
+    if args.rate_limit and runs[0].rate:
+        off = statistics.median(r.rate for r in runs if "off" in r.label)
+        on = statistics.median(r.rate for r in runs if " on" in r.label)
+        cost = 1 - on / off
+        report["rate_limit_cost"] = round(cost, 3)
+        missed = cost > RATE_LIMIT_TARGET
+        console.print(
+            f"rate limiting costs [bold]{cost:.1%}[/bold] of ballots/s "
+            f"(median {on:,.0f} vs {off:,.0f} over {args.repeat} pair(s); target at most "
+            f"{RATE_LIMIT_TARGET:.0%}{', missed' if missed else ''})"
         )
     line = json.dumps(report)
     print(line)
@@ -169,19 +205,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(line + "\n")
     ok = all(r.errors == 0 and r.counted_once and r.matches_recount for r in runs)
-    return 0 if ok else 1
+    return 0 if ok and not missed else 1
 
 
-async def _one_run(args: argparse.Namespace, batch: int, label: str) -> RunFigures:
+async def _one_run(
+    args: argparse.Namespace, batch: int, label: str, *, limited: bool = False
+) -> RunFigures:
     figures = RunFigures(label)
     _reset_own_peak_rss()  # this run's peak, not an earlier run's verification
-    with _stack(args, batch) as stack:
+    env = {"ENABLE_RATE_LIMITING": "true" if limited else "false"}
+    if args.rate_limit:
+        # No client comes near it: the run measures the checks, not refusals.
+        env.update({"MAX_VOTES_PER_IP_PER_HOUR": str(10**9), "FORWARDED_ALLOW_IPS": "127.0.0.1"})
+    with _stack(args, batch, env) as stack:
         console.print(
             f"[bold]{label}[/bold]: stack up ({args.topology}), {args.concurrency} clients, "
             f"{args.method}; process logs in {stack.logs}"
         )
         elections = await _elections(stack, args.elections, args.method)
-        watcher = _FreshnessWatcher(stack.database_url)
+        watcher = FreshnessWatcher(stack.database_url)
         watch = asyncio.create_task(watcher.run())
         await watcher.ready.wait()
         receipts = await _drive(stack, elections, args, figures, watcher)
@@ -205,7 +247,7 @@ async def _drive(
     elections: list[str],
     args: argparse.Namespace,
     figures: RunFigures,
-    watcher: _FreshnessWatcher,
+    watcher: FreshnessWatcher,
 ) -> list[tuple[str, int]]:
     receipts: list[tuple[str, int]] = []
     started = time.perf_counter()
@@ -225,6 +267,12 @@ async def _drive(
 
     async def client(index: int) -> None:
         connection = LeanConnection("127.0.0.1", stack.port, CLIENT)
+        # Each client its own address behind the proxy (198.18.0.0/15: benchmarking).
+        forwarded = (
+            {"X-Forwarded-For": f"198.18.{index // 250}.{index % 250 + 1}"}
+            if args.rate_limit
+            else None
+        )
         next_send = time.perf_counter() + (interval * index / args.concurrency)
         try:
             while more():
@@ -239,7 +287,7 @@ async def _drive(
                 sent = time.perf_counter()
                 try:
                     reply = await connection.request(
-                        "POST", f"/api/elections/{election_id}/ballots", body
+                        "POST", f"/api/elections/{election_id}/ballots", body, forwarded
                     )
                 except (ConnectionClosed, OSError):
                     figures.errors += 1
@@ -293,48 +341,6 @@ def _live_progress(figures: RunFigures, args: argparse.Namespace, started: float
             yield
         finally:
             ticker.cancel()
-
-
-class _FreshnessWatcher:
-    """Times each accepted ballot from its 2xx to the tally projection passing its position."""
-
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
-        self.pending: list[tuple[int, float]] = []
-        self.lags: list[float] = []
-        self.position = 0
-        self.ready = asyncio.Event()
-        self._moved = asyncio.Event()
-
-    def expect(self, position: int, answered: float) -> None:
-        if position <= self.position:
-            self.lags.append(0.0)  # already visible when the 2xx arrived
-        else:
-            heapq.heappush(self.pending, (position, answered))
-
-    async def run(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True
-        ) as conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-            self.ready.set()
-            async for notice in conn.notifies():
-                name, _, position = notice.payload.rpartition(":")
-                if name != "tally" or not position.isdigit():
-                    continue
-                now = time.perf_counter()
-                self.position = max(self.position, int(position))
-                while self.pending and self.pending[0][0] <= self.position:
-                    _, answered = heapq.heappop(self.pending)
-                    self.lags.append(now - answered)
-                self._moved.set()
-
-    async def wait_for(self, position: int, patience: float) -> None:
-        deadline = time.perf_counter() + patience
-        while self.position < position and time.perf_counter() < deadline:
-            self._moved.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), 1)
 
 
 async def _verify(
@@ -416,7 +422,7 @@ def _ballot(method: str, n: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _stack(args: argparse.Namespace, batch: int) -> Iterator[Stack]:
+def _stack(args: argparse.Namespace, batch: int, extra: dict[str, str]) -> Iterator[Stack]:
     """The processes under test: `cardinal serve`, or api, relay and projector."""
     commands = dict(SERVE if args.topology == "serve" else SEPARATE)
     if args.no_broker:
@@ -432,6 +438,7 @@ def _stack(args: argparse.Namespace, batch: int) -> Iterator[Stack]:
             "LOG_LEVEL": "WARNING",
             "WRITER_MAX_BATCH": str(batch),
             "WRITER_MAX_QUEUE": str(args.max_queue),
+            **extra,
         },
     ) as stack:
         yield stack
@@ -448,78 +455,3 @@ def _own_peak_rss() -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
-
-    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1] * 1000, 1)}
-
-
-def _picture(runs: list[RunFigures], chart: Path | None) -> None:
-    """Second by second, in the terminal and as an SVG chart."""
-    top = max((max(r.accepted_by_second, default=0) for r in runs), default=0)
-    for run in runs:
-        counts = run.accepted_by_second[: run.whole_seconds()]
-        console.print(
-            f"{run.label}, accepted ballots each second "
-            f"({min(counts, default=0):,}-{max(counts, default=0):,}):\n"
-            f"  [cyan]{sparkline(counts, top)}[/cyan]"
-        )
-    path = chart or Path(
-        os.environ.get("CARDINAL_DATA_DIR", ".cardinal"),
-        "bench",
-        time.strftime("http-%Y%m%d-%H%M%S.svg"),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        svg(
-            [
-                Panel(
-                    "Accepted ballots per second",
-                    "ballots/s",
-                    {r.label: r.accepted_by_second[: r.whole_seconds()] for r in runs},
-                ),
-                Panel(
-                    "Latency p99, second by second",
-                    "ms",
-                    {r.label: r.p99_by_second()[: r.whole_seconds()] for r in runs},
-                ),
-            ]
-        )
-    )
-    console.print(f"chart: {path}")
-
-
-def _print(runs: list[RunFigures]) -> None:
-    table = Table(title="HTTP ballots: throughput, latency, freshness, memory")
-    table.add_column("figure")
-    for run in runs:
-        table.add_column(run.label, justify="right")
-    rows: list[tuple[str, list[str]]] = [
-        ("accepted ballots/s", [f"{r.rate:,.0f}" for r in runs]),
-        ("accepted", [f"{r.accepted:,}" for r in runs]),
-        ("seconds", [f"{r.seconds:.1f}" for r in runs]),
-    ]
-    for key in ("p50", "p99", "max"):
-        rows.append((f"latency {key} (ms)", [str(_percentiles(r.latencies)[key]) for r in runs]))
-    for key in ("p50", "p99"):
-        rows.append((f"freshness {key} (ms)", [str(_percentiles(r.freshness)[key]) for r in runs]))
-    rows.append(("refused", [json.dumps(r.refused) if r.refused else "0" for r in runs]))
-    rows.append(("transport errors", [str(r.errors) for r in runs]))
-    names = sorted({name for r in runs for name in r.peak_rss_mb})
-    for name in names:
-        rows.append((f"peak RSS {name} (MB)", [str(r.peak_rss_mb.get(name, "")) for r in runs]))
-    rows.append(("counted exactly once", [str(r.counted_once) for r in runs]))
-    rows.append(("results = recount", [str(r.matches_recount) for r in runs]))
-    for label, values in rows:
-        table.add_row(label, *values)
-    console.print(table)
-    for run in runs:
-        for note in run.notes:
-            console.print(f"[yellow]{run.label}: {note}[/yellow]")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack
 from typing import TYPE_CHECKING
@@ -175,6 +174,7 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
     import uvicorn
 
     from api.app import create_app
+    from api.protocol import server_config
 
     sockets = None
     if share_port:
@@ -183,19 +183,9 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
         shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         shared.bind((settings.host, settings.port))
         sockets = [shared]
-    config = uvicorn.Config(
+    config = server_config(
+        settings,
         create_app(settings, relay=everything, projections=list(PROJECTIONS) if everything else ()),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        # Honour X-Forwarded-For only behind a proxy the operator names (uvicorn reads
-        # FORWARDED_ALLOW_IPS); otherwise skip the middleware on every request.
-        proxy_headers="FORWARDED_ALLOW_IPS" in os.environ,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run(sockets=sockets)
     return 0

@@ -106,7 +106,16 @@ async def running_workers(
     if metrics_port is not None:
         component = "relay" if relay else "projector"
         workers.tasks.append(
-            _supervised("metrics", lambda: serve_worker_metrics(metrics_port, url, component))
+            _supervised(
+                "metrics",
+                lambda: serve_worker_metrics(
+                    metrics_port,
+                    url,
+                    component,
+                    settings.metrics_listen_host,
+                    settings.metrics_token,
+                ),
+            )
         )
     tune_garbage_collection()
     try:

@@ -1,5 +1,5 @@
-"""Development credentials: the voter-key secret, the audit signing key and role tokens,
-generated once and kept.
+"""Development credentials: the voter-key secret, the audit signing key, the key that signs
+the administrator's access tokens, and role tokens, generated once and kept.
 
 In production every credential comes from the environment (Settings.check insists). In
 development, what is unset is generated on first start and kept in the data folder, so that
@@ -45,6 +45,12 @@ def complete(settings: Settings) -> Credentials:
             kept["audit_key"] = new_seed()
             changed = True
         audit_key = str(kept["audit_key"])
+    jwt_secret_key = settings.jwt_secret_key
+    if jwt_secret_key is None:  # signs the administrator's access tokens
+        if "jwt_secret_key" not in kept:
+            kept["jwt_secret_key"] = secrets.token_hex(32)
+            changed = True
+        jwt_secret_key = str(kept["jwt_secret_key"])
     tokens = dict(settings.role_tokens)
     generated: list[str] = []
     for role in ROLES:
@@ -60,7 +66,9 @@ def complete(settings: Settings) -> Credentials:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(kept, indent=2))
         path.chmod(0o600)
-    completed = settings.with_overrides(secret=secret, audit_key=audit_key, role_tokens=tokens)
+    completed = settings.with_overrides(
+        secret=secret, audit_key=audit_key, role_tokens=tokens, jwt_secret_key=jwt_secret_key
+    )
     return Credentials(completed, generated)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,14 @@ class Settings:
     # API processes `cardinal serve` runs (0: one per CPU, at most 4; 1: everything in one
     # process). Python runs one core per process, so a second core needs a second process.
     web_concurrency: int = 0
+    # The HTTP edge (issue 13): who may sign in, whose X-Forwarded-For is believed, and
+    # where metrics are served and with what token.
+    super_admin_email: str | None = None
+    super_admin_password: str | None = None
+    jwt_secret_key: str | None = None
+    forwarded_allow_ips: tuple[str, ...] = ()
+    metrics_host: str | None = None
+    metrics_token: str | None = None
 
     @property
     def is_production(self) -> bool:
@@ -68,6 +77,7 @@ class Settings:
             "CARDINAL_NAMESPACE": self.namespace,
             "CARDINAL_DATA_DIR": str(self.data_dir),
             "WEB_CONCURRENCY": str(self.web_concurrency),
+            "FORWARDED_ALLOW_IPS": ",".join(self.forwarded_allow_ips),
         }
         for role in ROLES:
             env[f"CARDINAL_{role.upper()}_TOKEN"] = ",".join(self.tokens_for(role))
@@ -76,6 +86,11 @@ class Settings:
             "AMQP_URL": self.amqp_url,
             "CARDINAL_SECRET": self.secret,
             "CARDINAL_AUDIT_KEY": self.audit_key,
+            "SUPER_ADMIN_EMAIL": self.super_admin_email,
+            "SUPER_ADMIN_PASSWORD": self.super_admin_password,
+            "JWT_SECRET_KEY": self.jwt_secret_key,
+            "METRICS_HOST": self.metrics_host,
+            "METRICS_TOKEN": self.metrics_token,
         }
         env.update({name: value for name, value in optional.items() if value is not None})
         return env
@@ -109,6 +124,12 @@ class Settings:
             audit_key=env.get("CARDINAL_AUDIT_KEY") or None,
             data_dir=Path(env.get("CARDINAL_DATA_DIR", str(cls.data_dir))),
             web_concurrency=_int(env, "WEB_CONCURRENCY", cls.web_concurrency),
+            super_admin_email=env.get("SUPER_ADMIN_EMAIL") or None,
+            super_admin_password=env.get("SUPER_ADMIN_PASSWORD") or None,
+            jwt_secret_key=env.get("JWT_SECRET_KEY") or None,
+            forwarded_allow_ips=_list(env.get("FORWARDED_ALLOW_IPS", "")),
+            metrics_host=env.get("METRICS_HOST") or None,
+            metrics_token=env.get("METRICS_TOKEN") or None,
         )
         settings.check()
         return settings
@@ -126,6 +147,7 @@ class Settings:
                     ("CARDINAL_SECRET", self.secret),
                     ("CARDINAL_AUDIT_KEY", self.audit_key),
                     ("CARDINAL_ADMIN_TOKEN", self.tokens_for("admin")),
+                    ("JWT_SECRET_KEY", self.jwt_secret_key),
                 )
                 if not value
             ]
@@ -139,11 +161,45 @@ class Settings:
                 "CARDINAL_AUDIT_KEY must be an Ed25519 seed: 64 hex digits "
                 "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
             )
+        self._check_edge()
         if self.secret is not None and len(self.secret) < 32:
             raise SettingsError(
                 "CARDINAL_SECRET must be at least 32 characters "
                 "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
             )
+
+    def _check_edge(self) -> None:
+        """The login and proxy settings: a JWT key that HS256 can trust, both halves of
+        the administrator's login or neither, and proxies that parse as addresses."""
+        if self.jwt_secret_key is not None and len(self.jwt_secret_key.encode()) < 32:
+            raise SettingsError(
+                "JWT_SECRET_KEY must be at least 32 bytes "
+                "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        if (self.super_admin_email is None) != (self.super_admin_password is None):
+            raise SettingsError(
+                "set both SUPER_ADMIN_EMAIL and SUPER_ADMIN_PASSWORD (or neither: no login)"
+            )
+        password = self.super_admin_password
+        if password is not None and len(password) < 12 and not password.startswith("$argon2"):
+            raise SettingsError(
+                "SUPER_ADMIN_PASSWORD must be at least 12 characters (or an argon2 hash)"
+            )
+        for entry in self.forwarded_allow_ips:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    "FORWARDED_ALLOW_IPS must be addresses or CIDR blocks separated by commas "
+                    f"(or *); {entry!r} is neither"
+                ) from None
+
+    @property
+    def metrics_listen_host(self) -> str:
+        """Where worker metrics listen: METRICS_HOST, else HOST."""
+        return self.metrics_host or self.host
 
 
 def _is_hex(value: str, length: int) -> bool:

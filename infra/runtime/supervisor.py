@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from infra.runtime.settings import Settings
+from infra.runtime.shared_metrics import SharedMetrics
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Supervisor:
         self.stopping = False
         api = [Child(f"api-{n + 1}", ["api", "--child"]) for n in range(settings.api_processes)]
         self.children = [Child("workers", ["project", "--relay", "--child"]), *api]
+        self.metrics = SharedMetrics()  # /metrics of any API child reports them all
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -55,12 +57,15 @@ class Supervisor:
                 time.sleep(0.2)
         finally:
             self._stop_children()
+            self.metrics.remove()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
 
     def _start(self, child: Child) -> None:
         env = {**os.environ, **self.settings.environment()}
+        if child.command[0] == "api":
+            env.update(self.metrics.environment())
         child.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
             [sys.executable, "-m", "infra.cli", *child.command], env=env
         )
@@ -70,6 +75,7 @@ class Supervisor:
         assert child.process is not None
         code = child.process.returncode
         log.error("%s exited with status %s; restarting it", child.name, code)
+        self.metrics.process_exited(child.process.pid)
         child.restarts += 1
         if time.monotonic() - child.started_at < RESTART_DELAY:
             time.sleep(RESTART_DELAY)  # a child that dies at once: do not spin

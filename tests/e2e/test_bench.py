@@ -21,7 +21,9 @@ from tests.databases import SERVER_URL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench(tmp_path: Path, *options: str) -> dict[str, Any]:
+def _bench(tmp_path: Path, *options: str, target: bool = True) -> dict[str, Any]:
+    """Run the benchmark; with ``target`` False, a missed figure target (exit 1) is fine:
+    a small run on a shared machine measures behaviour, not figures."""
     report, chart = tmp_path / "report.json", tmp_path / "chart.svg"
     done = subprocess.run(
         [
@@ -45,7 +47,9 @@ def _bench(tmp_path: Path, *options: str) -> dict[str, Any]:
         timeout=300,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode in ((0,) if target else (0, 1)), (
+        done.stdout[-3000:] + done.stderr[-3000:]
+    )
     assert "counted exactly once" in done.stdout
     root = ET.fromstring(chart.read_text())
     assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) >= 2
@@ -81,6 +85,22 @@ def test_a_burst_past_a_small_queue_is_refused_with_503_and_leaves_no_trace(
     assert run["accepted"] + refused == 4000
     assert run["counted_once"] is True  # the results count exactly the 2xx answers
     assert run["matches_recount"] is True
+
+
+def test_the_rate_limit_run_reports_its_cost_and_refuses_no_ballot(tmp_path: Path) -> None:
+    report = _bench(
+        tmp_path,
+        *("--ballots", "800", "--concurrency", "16", "--rate-limit", "--no-broker"),
+        target=False,
+    )
+    off, on = report["runs"]
+    assert (off["label"], on["label"]) == ("rate limit off", "rate limit on")
+    for run in (off, on):
+        assert run["accepted"] == 800, run
+        assert run["refused"] == {}  # a limit no client reaches: the checks, not refusals
+        assert run["counted_once"] is True
+    expected = 1 - on["accepted_per_second"] / off["accepted_per_second"]
+    assert abs(report["rate_limit_cost"] - expected) < 0.002
 
 
 @pytest.mark.parametrize("name", ["projection", "rebuild", "verify"])

@@ -23,6 +23,7 @@ SECRETS = {
     "CARDINAL_SECRET": "0123456789abcdef0123456789abcdef",
     "CARDINAL_AUDIT_KEY": "ab" * 32,
     "CARDINAL_ADMIN_TOKEN": "admin",
+    "JWT_SECRET_KEY": "j" * 32,
     "POSTGRES_PASSWORD": "pg",
     "RABBITMQ_PASSWORD": "mq",
     "GRAFANA_ADMIN_PASSWORD": "gf",

@@ -1,0 +1,227 @@
+"""The documents the API answers with, as pydantic models: they exist for the contract
+(/openapi.json) and the tests that hold the answers to it; endpoints build plain dicts.
+
+Response models allow properties they do not list (a field added later does not break a
+client that validates), and list as required only what every answer carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+UUID_TEXT: Any = Field(json_schema_extra={"format": "uuid"})
+
+
+class Option(Document):
+    id: str
+    label: str
+
+
+class Election(Document):
+    id: str = UUID_TEXT
+    title: str
+    status: Literal["draft", "open", "closed"]
+    options: list[Option]
+    method: str
+    min_score: int | None
+    max_score: int | None
+    eligibility: Literal["client", "tokens"]
+    allow_revote: bool
+    results_visibility: Literal["live", "after_close"]
+    tie_break: Literal["report", "declared_order"]
+    live_results_step: int
+    late_tokens: bool
+    created_at: str
+    version: int
+    tokens_issued: int | None = Field(default=None, description="token elections only")
+
+
+class ElectionChange(Election):
+    position: int = Field(description="log position of the entry this change recorded")
+
+
+class Elections(Document):
+    elections: list[Election]
+
+
+class IssuedTokens(Document):
+    election_id: str = UUID_TEXT
+    tokens: list[str] = Field(description="shown once; only keys derived from them are kept")
+    position: int
+
+
+class BallotReceipt(Document):
+    ballot_id: str = UUID_TEXT
+    election_id: str = UUID_TEXT
+    status: Literal["cast", "revised", "withdrawn"]
+    version: int
+    position: int
+    hash: str = Field(pattern="^[0-9a-f]{64}$", description="the entry's audit-chain hash")
+    replayed: bool
+
+
+class Round(Document):
+    counts: dict[str, int]
+    eliminated: list[str]
+    exhausted: int
+
+
+class Tie(Document):
+    options: list[str]
+    reason: str
+
+
+class ChainHead(Document):
+    position: int
+    hash: str
+    checkpoint_id: int
+    key_id: str
+    signature: str
+
+
+class Results(Document):
+    election_id: str = UUID_TEXT
+    status: Literal["draft", "open", "closed"]
+    position: int
+    method: str
+    ballots: int
+    winners: list[str]
+    options: list[dict[str, Any]]
+    rounds: list[Round]
+    pairwise: dict[str, dict[str, int]] | None
+    tie: Tie | None
+    notes: list[str]
+    late_ballots: int
+    closed_at_position: int | None
+    live_results_step: int
+    stepped: bool
+    ballot_entries: int
+    set_aside: int
+    final_chain_head: ChainHead | None = None
+    recounted_from_log: bool | None = None
+
+
+class LogEntry(Document):
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    timestamp: str | None
+    data: dict[str, Any] | None
+    hash: str | None
+    prev_hash: str | None
+    state_hex: str | None = None
+
+
+class LogPage(Document):
+    events: list[LogEntry]
+    next_after: int
+
+
+class ElectionLogPage(LogPage):
+    election_id: str = UUID_TEXT
+
+
+class Checkpoint(Document):
+    id: int
+    position: int
+    head_hash: str
+    key_id: str
+    signature: str
+    created_at: str
+    reason: str | None = None
+
+
+class Checkpoints(Document):
+    checkpoints: list[Checkpoint]
+    next_after: int
+
+
+class PublicKey(Document):
+    algorithm: str
+    public_key: str
+    key_id: str
+
+
+class ReceiptLookup(Document):
+    receipt: str
+    position: int
+    chain_hash: str
+    checkpoint: Checkpoint | None
+
+
+class Rebuild(Document):
+    version: int
+    position: int
+    head: int
+    events_per_second: float
+    eta_seconds: float | None
+    started_at: str | None
+
+
+class ProjectionStatus(Document):
+    name: str
+    version: int
+    state: str
+    position: int
+    head: int
+    lag: int
+    dead_lettered: int
+    set_aside: int
+    updated_at: str | None
+    detail: str | None
+    rebuild: Rebuild | None
+
+
+class Projections(Document):
+    projections: list[ProjectionStatus]
+
+
+class RebuildStarted(Document):
+    projection: str
+    state: Literal["rebuilding"]
+    status: str
+
+
+class Health(Document):
+    status: Literal["ok"]
+
+
+class Ready(Document):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class Tokens(Document):
+    """A sign-in's or a refresh's answer (RFC 6749 section 5.1)."""
+
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int = Field(description="seconds the access token is valid")
+    refresh_token: str = Field(description="use once with POST /api/auth/refresh")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int = Field(ge=100, le=599)
+    detail: str
+    field: str | None = Field(default=None, description="the one field at fault, if any")
+
+
+class BatchResults(Document):
+    results: list[BallotReceipt | Problem] = Field(
+        description="in the order of the ballots sent: each one's receipt, or its problem "
+        "(with its integer status)"
+    )

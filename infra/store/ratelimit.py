@@ -1,0 +1,232 @@
+"""Rate limits shared by every API process and replica: GCRA counters in PostgreSQL.
+
+One row per key in the UNLOGGED table ``rate_limits`` (migration 0005) holds the GCRA
+*theoretical arrival time* (tat): a quota of ``limit`` units per ``period`` lets a unit
+through when, after it, ``tat - now <= period``; each unit moves tat on by
+``period / limit``. A fresh key has a burst of ``limit``, and units come back one at a
+time, evenly: a sliding window, not a fixed one that refills all at once.
+
+Checks are batched like the writer's appends: whatever arrived while the previous statement
+ran goes into the next one, a single ``INSERT ... ON CONFLICT DO UPDATE`` over ``unnest``.
+Requests for one key in a batch are summed and the statement grants as many as fit; the
+row lock of ``ON CONFLICT`` serializes processes, so no two ever grant the same unit. A
+negative cost gives units back (a login that succeeded was not a failure).
+
+A key with a large quota is served from a *lease*: a check that goes to the database asks
+for a few units more than it needs (a hundredth of the quota, at most MAX_LEASE), and the
+process spends those locally until they run out. Leased units are charged to the shared
+quota when they are granted, so the limit still holds across every process; what a lease
+costs is that a process may hold units another process's client could have used (at most
+a hundredth of the quota each). Quotas under a hundred (the login limits, a tight ballot
+limit) get no lease: every unit is decided by the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL = 600.0
+RECONNECT_DELAY = 1.0
+LEASE_FRACTION = 100
+MAX_LEASE = 64
+MAX_LEASED_KEYS = 50_000
+# g: units granted, as many of the wanted ones as fit under the span. Every SET expression
+# reads the old row (r) and the proposed one (excluded); now() is the statement's start.
+_FIT = (
+    "least(excluded.wanted, greatest(0, floor((extract(epoch FROM now()) + excluded.span"
+    " - greatest(r.tat, extract(epoch FROM now()))) / excluded.step + 1e-9)))::int"
+)
+CHECK = f"""
+INSERT INTO rate_limits AS r (key, tat, granted, wanted, step, span)
+SELECT q.key, n.now + greatest(least(q.n, q.lim), 0) * q.step, greatest(least(q.n, q.lim), 0),
+       q.n, q.step, q.step * q.lim
+FROM unnest(%s::text[], %s::int[], %s::int[], %s::float8[]) AS q(key, n, lim, step),
+     (SELECT extract(epoch FROM now())::float8 AS now) n
+ON CONFLICT (key) DO UPDATE SET
+    granted = CASE WHEN excluded.wanted < 0 THEN excluded.wanted ELSE {_FIT} END,
+    tat = CASE WHEN excluded.wanted < 0 THEN r.tat + excluded.wanted * excluded.step
+               ELSE greatest(r.tat, extract(epoch FROM now())) + excluded.step * {_FIT} END,
+    wanted = excluded.wanted, step = excluded.step, span = excluded.span
+RETURNING key, granted, tat, extract(epoch FROM now())::float8
+"""
+# A row whose tat has passed means a full quota, the same as no row.
+FORGET = "DELETE FROM rate_limits WHERE tat < extract(epoch FROM now())"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """``limit`` units per ``period`` seconds (also the largest burst)."""
+
+    limit: int
+    period: float
+
+    @property
+    def step(self) -> float:
+        return self.period / self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One check's outcome: allowed or not, units left, and when the next comes back."""
+
+    allowed: bool
+    remaining: int
+    # Seconds until one more unit is available (0 while the quota is full).
+    next_unit: float
+
+
+def decide(quota: Quota, allowed: bool, tat: float, now: float) -> Decision:
+    """A decision from the row the statement returned."""
+    available = (now + quota.period - tat) / quota.step
+    remaining = max(0, min(quota.limit, math.floor(available + 1e-9)))
+    if remaining >= quota.limit:
+        return Decision(allowed, remaining, 0.0)
+    # The next unit is back when ``available`` reaches the next whole number.
+    next_unit = (math.floor(available + 1e-9) + 1 - available) * quota.step
+    return Decision(allowed, remaining, max(0.0, next_unit))
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Units this process was granted ahead of need, and the quota as the grant left it."""
+
+    units: int
+    remaining: int
+    next_unit: float
+
+
+@dataclass(slots=True)
+class _Check:
+    key: str
+    quota: Quota
+    cost: int
+    answer: asyncio.Future[Decision] = field(repr=False)
+
+
+class SharedRateLimiter:
+    """GCRA checks against PostgreSQL, one statement per batch, on a connection of its own."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._pending: list[_Check] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._forgot_at = time.monotonic()
+        self._leases: dict[str, _Lease] = {}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rate-limiter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for check in self._pending:
+            if not check.answer.done():
+                check.answer.set_exception(psycopg.OperationalError("the limiter stopped"))
+
+    async def hit(self, key: str, quota: Quota, cost: int = 1) -> Decision:
+        """Take ``cost`` units of ``key``'s quota (all or none); a negative cost gives back."""
+        lease = self._leases.get(key) if cost > 0 else None
+        if lease is not None and lease.units >= cost:
+            lease.units -= cost
+            return Decision(True, lease.remaining + lease.units, lease.next_unit)
+        answer: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Check(key, quota, cost, answer))
+        self._wake.set()
+        return await answer
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.database_url, autocommit=True
+                ) as conn:
+                    while True:
+                        await self._wake.wait()
+                        self._wake.clear()
+                        await self._serve(conn)
+                        if time.monotonic() - self._forgot_at > HOUSEKEEPING_INTERVAL:
+                            self._forgot_at = time.monotonic()
+                            await conn.execute(FORGET)
+            except psycopg.Error as error:
+                log.warning("rate limiter lost its database connection: %s", error)
+                self._fail_pending(error)
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    def _take_batch(self) -> dict[str, list[_Check]]:
+        """Everything pending, by key; a key wanted with both signs waits a turn for one."""
+        batch: dict[str, list[_Check]] = {}
+        later: list[_Check] = []
+        for check in self._pending:
+            same = batch.get(check.key)
+            if same is None:
+                batch[check.key] = [check]
+            elif (same[0].cost > 0) == (check.cost > 0):
+                same.append(check)
+            else:
+                later.append(check)
+        self._pending = later
+        if later:
+            self._wake.set()
+        return batch
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Check everything pending in one statement."""
+        batch = self._take_batch()
+        keys = list(batch)
+        quotas = [batch[k][0].quota for k in keys]
+        costs = [
+            sum(c.cost for c in batch[k]) + (_lease_size(quota) if batch[k][0].cost > 0 else 0)
+            for k, quota in zip(keys, quotas, strict=True)
+        ]
+        try:
+            cursor = await conn.execute(
+                CHECK,
+                (keys, costs, [q.limit for q in quotas], [q.step for q in quotas]),
+            )
+            rows = await cursor.fetchall()
+        except psycopg.Error as error:
+            for checks in batch.values():
+                for check in checks:
+                    if not check.answer.done():
+                        check.answer.set_exception(error)
+            raise
+        if len(self._leases) > MAX_LEASED_KEYS:
+            self._leases.clear()  # their units stay charged: a little quota lost, no more
+        for key, granted, tat, now in rows:
+            left = int(granted)
+            checks = batch[key]
+            shared = decide(checks[0].quota, True, float(tat), float(now))
+            for check in checks:
+                allowed = check.cost <= 0 or left >= check.cost
+                if allowed and check.cost > 0:
+                    left -= check.cost
+                if not check.answer.done():
+                    check.answer.set_result(
+                        Decision(allowed, shared.remaining + max(left, 0), shared.next_unit)
+                    )
+            if checks[0].cost > 0 and left > 0:
+                self._leases[key] = _Lease(left, shared.remaining, shared.next_unit)
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending, self._pending = self._pending, []
+        for check in pending:
+            if not check.answer.done():
+                check.answer.set_exception(error)
+
+
+def _lease_size(quota: Quota) -> int:
+    """Units to ask for ahead of need: none for a small quota, where each one matters."""
+    return min(MAX_LEASE, quota.limit // LEASE_FRACTION)

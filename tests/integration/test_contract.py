@@ -1,0 +1,201 @@
+"""The published contract: a valid OpenAPI 3.1 document listing every route, and the
+interactive reference served by the API itself, with nothing loaded from elsewhere."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+from starlette.routing import Route
+
+from api.app import create_app
+from api.contract import declared
+from tests.integration.client import assert_problem, bearer
+from tests.servers import ADMIN, AUDITOR, settings_for
+
+# pydantic names that leak into a schema when a constraint is placed after a validator:
+# valid JSON Schema keywords they are not, so clients and fuzzers would ignore the bounds.
+LEAKED = {"ge", "gt", "le", "lt", "min_length", "max_length", "multiple_of"}
+
+
+async def _document(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await http.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    document: dict[str, Any] = response.json()
+    return document
+
+
+async def test_the_document_is_valid_openapi_3_1(http: httpx.AsyncClient) -> None:
+    document = await _document(http)
+    assert document["openapi"] == "3.1.0"
+    validate(document, cls=OpenAPIV31SpecValidator)
+    assert list(OpenAPIV31SpecValidator(document).iter_errors()) == []
+
+
+async def test_every_route_is_in_the_document(http: httpx.AsyncClient) -> None:
+    document = await _document(http)
+    app = create_app(settings_for("postgresql://unused"))
+    routes = declared(app.routes)
+    assert len(routes) >= 20
+    undeclared = [(path, method) for path, method, spec in routes if spec is None]
+    assert undeclared == [], "declare these with @operation(...)"
+    for path, method, _ in routes:
+        assert method in document["paths"].get(path, {}), (path, method)
+    listed = {(path, method) for path, methods in document["paths"].items() for method in methods}
+    assert listed == {(path, method) for path, method, _ in routes}
+    # Routes kept out of the contract on purpose are the contract's own.
+    hidden = {r.path for r in app.routes if isinstance(r, Route) and not r.include_in_schema}
+    assert hidden == {"/openapi.json", "/docs", "/docs/init.js"}
+
+
+async def test_every_operation_says_how_it_refuses_and_who_may_call_it(
+    http: httpx.AsyncClient,
+) -> None:
+    document = await _document(http)
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) >= {"title", "status", "detail"}
+    ids = set()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            ids.add(operation["operationId"])
+            codes = {int(code) for code in operation["responses"]}
+            assert any(200 <= code < 300 for code in codes), (path, method)
+            for code in codes - set(range(200, 300)):
+                content = operation["responses"][str(code)]["content"]
+                assert content["application/problem+json"]["schema"] == {
+                    "$ref": "#/components/schemas/Problem"
+                }
+            if operation["security"]:
+                assert operation["security"] == [{"bearerAuth": []}]
+                assert 401 in codes, (path, method)
+            body = operation.get("requestBody")
+            if body is not None:
+                assert {400, 413, 415, 422} <= codes, (path, method)
+                schema = _resolve(document, body["content"]["application/json"]["schema"])
+                assert schema["additionalProperties"] is False, (path, method)
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    # Links name operations that exist (the validator does not check this).
+    for methods in document["paths"].values():
+        for operation in methods.values():
+            for response in operation["responses"].values():
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in ids, link
+    ballots = document["paths"]["/api/elections/{election_id}/ballots"]["post"]
+    assert {"429", "409", "403", "404"} <= set(ballots["responses"])
+    assert "Retry-After" in ballots["responses"]["429"]["headers"]
+
+
+async def test_no_constraint_leaks_under_a_pydantic_name(http: httpx.AsyncClient) -> None:
+    document = await _document(http)
+    found: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in LEAKED and where.rsplit("/", maxsplit=1)[-1] != "properties":
+                    found.append(f"{where}/{key}")
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for n, value in enumerate(node):
+                walk(value, f"{where}/{n}")
+
+    walk(document, "")
+    assert found == []
+    step = document["components"]["schemas"]["ElectionIn"]["properties"]["live_results_step"]
+    assert (step["minimum"], step["maximum"]) == (1, 1_000_000)
+
+
+async def test_the_reference_is_served_with_no_asset_from_elsewhere(
+    http: httpx.AsyncClient,
+) -> None:
+    page = await http.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources, page.text
+    assert all(source.startswith("/docs/") for source in sources), sources
+    for source in sources:
+        asset = await http.get(source)
+        assert asset.status_code == 200, source
+        assert len(asset.content) > 20
+    init = await http.get("/docs/init.js")
+    assert "/openapi.json" in init.text
+    bundle = await http.get("/docs/static/swagger-ui-bundle.js")
+    assert len(bundle.content) > 500_000  # Swagger UI itself, from the installed package
+
+
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    found: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return found
+
+
+# Regressions found by schemathesis (tests/integration/test_contract_fuzzing.py).
+
+
+async def test_a_whole_number_written_with_a_fraction_is_a_whole_number(
+    http: httpx.AsyncClient,
+) -> None:
+    """JSON Schema counts 175.0 as an integer, so the API must too."""
+    created = await http.post(
+        "/api/elections",
+        json={
+            "title": "Whole",
+            "method": "plurality",
+            "eligibility": "tokens",
+            "options": [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}],
+            "live_results_step": 3.0,
+        },
+        headers=bearer(ADMIN),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["live_results_step"] == 3
+    issued = await http.post(
+        f"/api/elections/{created.json()['id']}/tokens",
+        content=b'{"count": 2.0}',
+        headers={**bearer(ADMIN), "Content-Type": "application/json"},
+    )
+    assert issued.status_code == 201, issued.text
+    assert len(issued.json()["tokens"]) == 2
+    fraction = await http.post(
+        f"/api/elections/{created.json()['id']}/tokens",
+        content=b'{"count": 2.5}',
+        headers={**bearer(ADMIN), "Content-Type": "application/json"},
+    )
+    assert_problem(fraction, 422, "count")
+
+
+async def test_an_unknown_query_parameter_is_refused_not_ignored(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.get("/api/audit/events", params={"afterr": 5}, headers=bearer(AUDITOR))
+    problem = assert_problem(response, 422, "unknown query parameter 'afterr'")
+    assert problem["field"] == "afterr"
+    assert "after, limit" in problem["detail"]
+
+
+async def test_results_before_the_read_models_exist_are_503_not_500(
+    fresh_database_url: str,
+) -> None:
+    """Right after a fresh start the projections have not yet created their read models."""
+    from infra.store.migrations import migrate
+    from tests.integration.client import VotingClient
+    from tests.servers import running_api
+
+    migrate(fresh_database_url)
+    async with (
+        running_api(settings_for(fresh_database_url), projections=()) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        election_id = await VotingClient(http).open_election()
+        response = await http.get(f"/api/elections/{election_id}/results", headers=bearer(AUDITOR))
+        assert_problem(response, 503, "read models are still being set up")
+        assert response.headers["retry-after"] == "1"

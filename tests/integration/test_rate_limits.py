@@ -1,0 +1,212 @@
+"""Rate limits held in PostgreSQL: shared by every API process, counted per client address
+as resolved through trusted proxies, answered with Retry-After and RateLimit fields."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from api.forwarded import TrustedProxies
+from infra.store.ratelimit import Quota, SharedRateLimiter
+from tests.integration.client import VotingClient, assert_problem, bearer
+from tests.servers import CLIENT, running_api, settings_for
+
+LIMIT = 5
+
+
+class CountingLimiter(SharedRateLimiter):
+    """The real limiter, counting the statements it sends."""
+
+    statements = 0
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.statements += 1
+        await super()._serve(conn)
+
+
+_addresses = itertools.count(1)
+
+
+def _address() -> str:
+    """A client address no other test uses (documentation range, RFC 5737)."""
+    n = next(_addresses)
+    return f"198.51.{n // 250}.{n % 250 + 1}"
+
+
+@pytest.fixture(scope="module")
+async def limited(database_url: str) -> AsyncIterator[list[str]]:
+    """Two API servers (as two processes would be) on one database, behind a proxy."""
+    settings = settings_for(
+        database_url,
+        enable_rate_limiting=True,
+        max_votes_per_ip_per_hour=LIMIT,
+        forwarded_allow_ips=("127.0.0.1/32",),
+    )
+    async with (
+        running_api(settings, projections=()) as one,
+        running_api(settings, projections=()) as two,
+    ):
+        yield [one, two]
+
+
+async def _open_election(url: str) -> str:
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await VotingClient(http).open_election()
+
+
+async def _cast(
+    url: str, election_id: str, forwarded: str, path: str = "ballots"
+) -> httpx.Response:
+    """One ballot change over a new connection."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        return await http.post(
+            f"/api/elections/{election_id}/{path}",
+            json={"voter_id": uuid.uuid4().hex, **({"choice": "a"} if path == "ballots" else {})},
+            headers={**bearer(CLIENT), "X-Forwarded-For": forwarded},
+        )
+
+
+async def test_the_limit_holds_across_servers_and_says_when_to_come_back(
+    limited: list[str],
+) -> None:
+    election_id = await _open_election(limited[0])
+    client = _address()
+    answers = await asyncio.gather(
+        *(_cast(limited[n % 2], election_id, client) for n in range(4 * LIMIT))
+    )
+    accepted = [a for a in answers if a.status_code == 201]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(accepted) == LIMIT, [a.status_code for a in answers]
+    assert len(refused) == 3 * LIMIT
+    first = accepted[0]
+    assert first.headers["ratelimit-policy"] == f'"ballots";q={LIMIT};w=3600'
+    assert first.headers["ratelimit"].startswith('"ballots";r=')
+    problem = assert_problem(refused[0], 429, "MAX_VOTES_PER_IP_PER_HOUR")
+    assert problem["type"] == "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    assert problem["violated-policies"] == ["ballots"]
+    wait = int(refused[0].headers["retry-after"])
+    assert 0 < wait <= 3600 // LIMIT
+    assert refused[0].headers["ratelimit"] == f'"ballots";r=0;t={wait}'
+    assert refused[0].headers["ratelimit-policy"] == f'"ballots";q={LIMIT};w=3600'
+
+
+async def test_withdrawals_draw_on_the_same_quota(limited: list[str]) -> None:
+    election_id = await _open_election(limited[0])
+    client = _address()
+    for _ in range(LIMIT):
+        assert (await _cast(limited[0], election_id, client)).status_code == 201
+    withdrawal = await _cast(limited[1], election_id, client, path="withdrawals")
+    assert_problem(withdrawal, 429, "ballot changes")
+
+
+async def test_a_client_rotating_the_left_of_x_forwarded_for_stays_one_address(
+    limited: list[str],
+) -> None:
+    election_id = await _open_election(limited[0])
+    client = _address()
+    answers = [
+        await _cast(limited[n % 2], election_id, f"10.9.{n}.{n}, {client}")
+        for n in range(2 * LIMIT)
+    ]
+    assert [a.status_code for a in answers].count(201) == LIMIT
+    # Another client behind the same proxy has a quota of its own.
+    assert (await _cast(limited[0], election_id, _address())).status_code == 201
+
+
+def test_only_a_trusted_peer_may_name_the_client() -> None:
+    """Without FORWARDED_ALLOW_IPS, X-Forwarded-For is the client's own say-so: ignored."""
+    proxies = TrustedProxies(settings_for("postgresql://unused").forwarded_allow_ips)
+    scope = {"client": ("127.0.0.9", 5000), "headers": [(b"x-forwarded-for", b"203.0.113.1")]}
+    assert proxies.client(scope) == "127.0.0.9"
+
+
+def test_the_right_most_untrusted_hop_is_the_client() -> None:
+    proxies = TrustedProxies(["10.0.0.0/8", "192.0.2.7"])
+
+    def client(peer: str, *forwarded: str) -> str:
+        headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+        return proxies.client({"client": (peer, 1), "headers": headers})
+
+    assert client("10.1.2.3", "1.1.1.1, 203.0.113.5, 192.0.2.7") == "203.0.113.5"
+    assert client("10.1.2.3", "1.1.1.1", "203.0.113.5") == "203.0.113.5"  # two header lines
+    assert client("10.1.2.3", "10.0.0.1, 10.0.0.2") == "10.0.0.1"  # all trusted: left-most
+    assert client("10.1.2.3") == "10.1.2.3"
+    assert client("203.0.113.9", "1.1.1.1") == "203.0.113.9"  # untrusted peer
+    assert client("2001:db8::1", "1.1.1.1") == "2001:db8::1"
+    assert (
+        TrustedProxies(["*"]).client(
+            {"client": ("8.8.8.8", 1), "headers": [(b"x-forwarded-for", b"9.9.9.9")]}
+        )
+        == "9.9.9.9"
+    )
+
+
+async def test_concurrent_checks_from_many_processes_grant_exactly_the_quota(
+    database_url: str,
+) -> None:
+    limiters = [SharedRateLimiter(database_url) for _ in range(4)]
+    for limiter in limiters:
+        await limiter.start()
+    try:
+        key = f"test:{uuid.uuid4().hex}"
+        quota = Quota(37, 3600)
+        decisions = await asyncio.gather(*(limiters[n % 4].hit(key, quota) for n in range(200)))
+        assert sum(d.allowed for d in decisions) == 37
+        refused = [d for d in decisions if not d.allowed]
+        assert all(0 < d.next_unit <= 3600 / 37 + 1 for d in refused)
+        # A unit given back can be taken again, once.
+        await limiters[0].hit(key, quota, -1)
+        again = await asyncio.gather(*(limiters[n].hit(key, quota) for n in range(4)))
+        assert sum(d.allowed for d in again) == 1
+    finally:
+        for limiter in limiters:
+            await limiter.stop()
+
+
+async def test_units_come_back_one_at_a_time(database_url: str) -> None:
+    limiter = SharedRateLimiter(database_url)
+    await limiter.start()
+    try:
+        key = f"test:{uuid.uuid4().hex}"
+        quota = Quota(4, 2.0)  # one unit back every half second
+        assert [(await limiter.hit(key, quota)).allowed for _ in range(5)] == [True] * 4 + [False]
+        refused = await limiter.hit(key, quota)
+        assert not refused.allowed
+        await asyncio.sleep(refused.next_unit + 0.05)
+        back = await limiter.hit(key, quota)
+        assert back.allowed
+        assert back.remaining == 0
+    finally:
+        await limiter.stop()
+
+
+async def test_a_large_quota_is_leased_in_blocks_and_still_never_exceeded(
+    database_url: str,
+) -> None:
+    """Checks of a 1,000-unit quota go to the database about once per ten units, and four
+    processes together never grant more than the quota (a few units may sit in leases)."""
+    limiters = [CountingLimiter(database_url) for _ in range(4)]
+    for limiter in limiters:
+        await limiter.start()
+    try:
+        key = f"test:{uuid.uuid4().hex}"
+        quota = Quota(1000, 3600)
+        allowed = 0
+        for n in range(900):
+            allowed += (await limiters[n % 4].hit(key, quota)).allowed
+        assert allowed == 900
+        # One statement takes the unit wanted and ten more: one per eleven checks.
+        assert sum(limiter.statements for limiter in limiters) <= 900 // 11 + 8
+        for n in range(600):
+            allowed += (await limiters[n % 4].hit(key, quota)).allowed
+        assert 1000 - 4 * (1000 // 100) <= allowed <= 1000
+    finally:
+        for limiter in limiters:
+            await limiter.stop()

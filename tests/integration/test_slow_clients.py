@@ -1,0 +1,129 @@
+"""Slow and idle clients cannot hold connections: deadlines for a request's head and body,
+a cap on the head's size, and a concurrency limit (api/protocol.py, on uvicorn's httptools
+protocol, which the pinned uvicorn must still accept)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+
+from api.protocol import LIMIT_CONCURRENCY, GuardedHttpToolsProtocol, server_config
+from tests.servers import ADMIN, CLIENT, running_api, settings_for
+
+DEADLINE = 0.6
+
+
+class Hurried(GuardedHttpToolsProtocol):
+    """The production protocol with deadlines short enough for a test."""
+
+    head_timeout = DEADLINE
+    body_timeout = DEADLINE
+    max_head_bytes = 8 * 1024
+
+
+@pytest.fixture(scope="module")
+async def port(database_url: str) -> AsyncIterator[int]:
+    async with running_api(settings_for(database_url), projections=(), http=Hurried) as url:
+        yield int(url.rsplit(":", 1)[1])
+
+
+async def _read_all(reader: asyncio.StreamReader, patience: float = 10) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took."""
+    started = time.monotonic()
+    data = await asyncio.wait_for(reader.read(), patience)
+    return data, time.monotonic() - started
+
+
+async def _trickle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pieces: list[bytes]
+) -> bytes:
+    """Send one piece every 0.1 s until the server answers; what it answered."""
+    answer = asyncio.create_task(reader.read())
+    for piece in pieces:
+        if answer.done():
+            break
+        writer.write(piece)
+        await asyncio.sleep(0.1)
+    return await asyncio.wait_for(answer, 10)
+
+
+async def test_an_idle_connection_is_closed_with_408(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data, took = await _read_all(reader)
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert b"application/problem+json" in data
+    assert b"request head did not arrive" in data
+    assert DEADLINE * 0.8 < took < DEADLINE + 5
+    writer.close()
+
+
+async def test_headers_trickled_slowly_are_cut_off(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    # A header line every 0.1 s: the head is never finished within the deadline.
+    data = await _trickle(reader, writer, [f"X-Slow-{n}: 1\r\n".encode() for n in range(60)])
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert time.monotonic() - started < DEADLINE + 5
+    writer.close()
+
+
+async def test_a_body_trickled_slowly_is_cut_off(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"title": "Slow", "method": "plurality", "options": []}'
+    writer.write(
+        b"POST /api/elections HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    data = await _trickle(reader, writer, [bytes([byte]) for byte in body[:30]])
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert b"request body did not arrive" in data
+    writer.close()
+
+
+async def test_an_answer_given_without_the_body_is_not_followed_by_a_408(port: int) -> None:
+    """An endpoint may refuse before reading the body (404): the slow body then only
+    costs the connection, and the client reads one answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/elections/00000000-0000-0000-0000-000000000000/ballots HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {CLIENT}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    data, took = await _read_all(reader)
+    assert data.startswith(b"HTTP/1.1 404 "), data
+    assert data.count(b"HTTP/1.1") == 1
+    assert took < DEADLINE + 5
+    writer.close()
+
+
+async def test_an_oversized_head_is_431(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    data, _ = await _read_all(reader)
+    assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+    writer.close()
+
+
+async def test_a_prompt_client_keeps_its_connection_across_requests(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(3):
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(DEADLINE / 2)  # idle between requests, under the keep-alive
+    writer.close()
+
+
+def test_the_server_is_configured_with_the_guards() -> None:
+    config = server_config(settings_for("postgresql://unused"), app=object())
+    assert config.http is GuardedHttpToolsProtocol
+    assert config.limit_concurrency == LIMIT_CONCURRENCY
+    assert config.proxy_headers is False
+    assert uvicorn.__version__.startswith("0.55.")  # the protocol subclasses its internals
