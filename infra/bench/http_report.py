@@ -14,7 +14,7 @@ from rich.table import Table
 from infra.bench.chart import Panel, sparkline, svg
 
 if TYPE_CHECKING:
-    from infra.bench.http import RunFigures
+    from infra.bench.http_drive import RunFigures
 
 console = Console()
 
@@ -67,7 +67,7 @@ def picture(runs: list[RunFigures], chart: Path | None) -> None:
 
 def print_table(runs: list[RunFigures]) -> None:
     table = Table(title="HTTP ballots: throughput, latency, freshness, memory")
-    table.add_column("figure")
+    table.add_column("figure", no_wrap=True)
     for run in runs:
         table.add_column(run.label, justify="right")
     rows: list[tuple[str, list[str]]] = [

@@ -103,6 +103,34 @@ def test_the_rate_limit_run_reports_its_cost_and_refuses_no_ballot(tmp_path: Pat
     assert abs(report["rate_limit_cost"] - expected) < 0.002
 
 
+def test_the_bulk_path_and_the_bare_reference_are_measured_in_the_same_run(
+    tmp_path: Path,
+) -> None:
+    report = _bench(
+        tmp_path,
+        *("--ballots", "3000", "--concurrency", "16", "--bulk", "100", "--reference"),
+        target=False,
+    )
+    single, bulk, bare = report["runs"]
+    assert (single["label"], bulk["label"], bare["label"]) == (
+        "WRITER_MAX_BATCH=500",
+        "bulk, 100 per request",
+        "bare endpoint",
+    )
+    for run in (single, bulk):
+        assert run["accepted"] == 3000, run
+        assert run["refused"] == {}
+        assert run["counted_once"] is True
+        assert run["matches_recount"] is True
+    assert bulk["requests"] == 30  # a hundred ballots each, every receipt counted
+    assert bare["accepted"] == 3000
+    assert bare["counted_once"] is None  # it records nothing
+    ratio = bulk["accepted_per_second"] / single["accepted_per_second"]
+    assert abs(report["bulk_ratio"] - ratio) < 0.01
+    share = single["accepted_per_second"] / bare["accepted_per_second"]
+    assert abs(report["reference_share"] - share) < 0.01
+
+
 @pytest.mark.parametrize("name", ["projection", "rebuild", "verify"])
 def test_the_store_benchmarks_run_and_check_what_they_measure(name: str) -> None:
     """A small log: the benchmarks write it, measure, and check their read models against a
