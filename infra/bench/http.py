@@ -238,9 +238,12 @@ async def _one_run(
         watch = asyncio.create_task(watcher.run())
         await watcher.ready.wait()
         bulk = args.bulk if label.startswith("bulk") else 1
+        before = _cpu(stack)
         receipts = await drive(_load(args, stack.port, elections, bulk), figures, watcher)
         last = max((p for _, p in receipts), default=0)
         await watcher.wait_for(last, 30)
+        # Until the projections have the last ballot: their share is in the budget too.
+        figures.cpu_per_ballot(before, _cpu(stack))
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
@@ -404,6 +407,12 @@ def _stack(args: argparse.Namespace, batch: int, extra: dict[str, str]) -> Itera
         },
     ) as stack:
         yield stack
+
+
+def _cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of each stack role, PostgreSQL's backends and this process."""
+    times = os.times()
+    return {**stack.cpu_seconds(), "load generator": times.user + times.system}
 
 
 def _reset_own_peak_rss() -> None:

@@ -42,6 +42,7 @@ class RunFigures:
     freshness: list[float] = field(default_factory=list)
     unseen: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_us_per_ballot: dict[str, float] = field(default_factory=dict)
     counted_once: bool | None = None
     matches_recount: bool | None = None
     notes: list[str] = field(default_factory=list)
@@ -58,6 +59,16 @@ class RunFigures:
         self.latencies.append(latency)
         self.accepted += accepted
         self.accepted_by_second[second] += accepted
+
+    def cpu_per_ballot(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Each role's CPU time between two readings, in µs per accepted ballot."""
+        if not self.accepted:
+            return
+        for role, seconds in after.items():
+            spent = seconds - before.get(role, 0.0)
+            self.cpu_us_per_ballot[role] = round(spent / self.accepted * 1e6, 1)
+        stack = [v for k, v in self.cpu_us_per_ballot.items() if k != "load generator"]
+        self.cpu_us_per_ballot["total (without the load generator)"] = round(sum(stack), 1)
 
     def refuse(self, status: int, detail: str) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1
@@ -89,6 +100,7 @@ class RunFigures:
             "freshness_ms": percentiles(self.freshness),
             "not_visible": self.unseen,
             "peak_rss_mb": self.peak_rss_mb,
+            "cpu_us_per_ballot": self.cpu_us_per_ballot,
             "counted_once": self.counted_once,
             "matches_recount": self.matches_recount,
             "notes": self.notes,

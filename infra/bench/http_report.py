@@ -84,6 +84,11 @@ def print_table(runs: list[RunFigures]) -> None:
     names = sorted({name for r in runs for name in r.peak_rss_mb})
     for name in names:
         rows.append((f"peak RSS {name} (MB)", [str(r.peak_rss_mb.get(name, "")) for r in runs]))
+    roles = sorted({role for r in runs for role in r.cpu_us_per_ballot})
+    for role in roles:
+        rows.append(
+            (f"CPU µs/ballot {role}", [str(r.cpu_us_per_ballot.get(role, "")) for r in runs])
+        )
     rows.append(("counted exactly once", [str(r.counted_once) for r in runs]))
     rows.append(("results = recount", [str(r.matches_recount) for r in runs]))
     for label, values in rows:

@@ -216,6 +216,29 @@ class Stack:
                             peaks[label] = round(int(line.split()[1]) / 1024, 1)
         return peaks
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system, seconds) so far of each role: the stack's processes
+        (same-role children summed) and the PostgreSQL backends serving its database."""
+        spent: dict[str, float] = {}
+
+        def add(role: str, member: psutil.Process) -> None:
+            with contextlib.suppress(psutil.Error):
+                times = member.cpu_times()
+                spent[role] = spent.get(role, 0.0) + times.user + times.system
+
+        for name, process in self.processes.items():
+            with contextlib.suppress(psutil.Error):
+                parent = psutil.Process(process.pid)
+                add(name, parent)
+                for child in parent.children(recursive=True):
+                    add(_role(child), child)
+        database = conninfo_to_dict(self.database_url).get("dbname", "")
+        for backend in psutil.process_iter(["name", "cmdline"]):
+            command = " ".join(backend.info["cmdline"] or ())
+            if backend.info["name"] == "postgres" and f" {database} " in f"{command} ":
+                add("PostgreSQL backends", backend)
+        return spent
+
 
 def _role(process: psutil.Process) -> str:
     """What a child of `cardinal serve` is, from its command line."""
