@@ -41,6 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import uvloop
 from rich.console import Console
@@ -268,7 +269,9 @@ async def _reference_run(args: argparse.Namespace) -> RunFigures:
         await _until_listening(port, started)
         console.print(f"[bold]{REFERENCE}[/bold]: {processes} process(es); log in {log}")
         elections = [str(uuid.uuid4()) for _ in range(args.elections)]
+        before = _bare_cpu(started)
         await drive(_load(args, port, elections, 1), figures, None)
+        figures.cpu_per_ballot(before, _bare_cpu(started))
     finally:
         for process in started:
             process.terminate()
@@ -413,6 +416,16 @@ def _cpu(stack: Stack) -> dict[str, float]:
     """CPU seconds so far of each stack role, PostgreSQL's backends and this process."""
     times = os.times()
     return {**stack.cpu_seconds(), "load generator": times.user + times.system}
+
+
+def _bare_cpu(processes: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    spent = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(process.pid).cpu_times()
+            spent += times.user + times.system
+    own = os.times()
+    return {"bare endpoint": spent, "load generator": own.user + own.system}
 
 
 def _reset_own_peak_rss() -> None:
