@@ -78,10 +78,12 @@ async def results(request: Request) -> Response:
             "and auditors see them"
         )
     check_reader(principal, election, partial(services.voter_keys.credential, election_id))
+    # Every parameter is checked, whichever one decides the answer: a request the contract
+    # calls invalid is refused, not half-read.
+    wanted = context.int_param(request, "min_position", 0, minimum=0)
     if "at" in request.query_params:
         at = context.int_param(request, "at", 0, minimum=1)
         return JSONResponse(await _results_at(services, election_id, at, exact=exact))
-    wanted = context.int_param(request, "min_position", 0, minimum=0)
     caught_up = True
     if wanted:
         caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)

@@ -199,3 +199,19 @@ async def test_results_before_the_read_models_exist_are_503_not_500(
         response = await http.get(f"/api/elections/{election_id}/results", headers=bearer(AUDITOR))
         assert_problem(response, 503, "read models are still being set up")
         assert response.headers["retry-after"] == "1"
+
+
+async def test_a_negative_min_position_is_refused_with_time_travel_too(
+    http: httpx.AsyncClient,
+) -> None:
+    """With ``at``, ``min_position`` decides nothing, but the contract still bounds it."""
+    from tests.integration.client import VotingClient
+
+    election_id = await VotingClient(http).open_election()
+    response = await http.get(
+        f"/api/elections/{election_id}/results",
+        params={"at": 1, "min_position": -2},
+        headers=bearer(AUDITOR),
+    )
+    problem = assert_problem(response, 422, "min_position must be from 0")
+    assert problem["field"] == "min_position"
