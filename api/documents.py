@@ -191,7 +191,13 @@ class RebuildStarted(Document):
 
 
 class Health(Document):
-    status: Literal["ok"]
+    """The process answers; ``degraded`` when a dependency it can do without is away."""
+
+    status: Literal["ok", "degraded"]
+    checks: dict[str, str] = Field(
+        default_factory=dict,
+        description="store: as the writer last found it; broker: where one is configured",
+    )
 
 
 class Ready(Document):

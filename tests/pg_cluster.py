@@ -1,0 +1,110 @@
+"""A PostgreSQL cluster of a test's own, to stop, restart and fill without touching the
+machine's shared server: initdb as the ``postgres`` user into a temporary folder, on a
+port of its own, trust authentication for ``root``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psycopg
+
+from infra.bench.stack import free_port
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(*command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+class Cluster:
+    """initdb'd on enter, removed on exit; ``stop``/``start``/``restart`` in between.
+
+    ``root`` must be a folder the ``postgres`` user can reach (not pytest's, which is
+    private to root): a ``tempfile.mkdtemp()`` under /tmp."""
+
+    def __init__(self, root: Path, *, wal_dir: Path | None = None) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.wal_dir = wal_dir
+        self.port = free_port()
+        self.url = f"postgresql://root@127.0.0.1:{self.port}/postgres"
+
+    def __enter__(self) -> Self:
+        if not (BIN / "initdb").exists():
+            raise RuntimeError(f"PostgreSQL 15 is not installed in {BIN}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.root, "postgres", "postgres")
+        os.chmod(self.root, 0o755)
+        args = [str(BIN / "initdb"), "-D", str(self.data), "-U", "root", "-A", "trust"]
+        if self.wal_dir is not None:
+            args += ["-X", str(self.wal_dir)]
+        _as_postgres(*args, "--no-sync")
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        _as_postgres(
+            str(BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: sessions rolled back; ``immediate``: a crash)."""
+        if not (self.data / "postmaster.pid").exists():
+            return
+        _as_postgres(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url, connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
