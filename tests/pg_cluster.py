@@ -29,16 +29,27 @@ def _as_postgres(*command: str, timeout: float = 60) -> subprocess.CompletedProc
     )
 
 
+def _as_postgres_ok(*command: str) -> bool:
+    try:
+        _as_postgres(*command, timeout=30)
+    except subprocess.CalledProcessError:
+        return False
+    return True
+
+
 class Cluster:
     """initdb'd on enter, removed on exit; ``stop``/``start``/``restart`` in between.
 
     ``root`` must be a folder the ``postgres`` user can reach (not pytest's, which is
     private to root): a ``tempfile.mkdtemp()`` under /tmp."""
 
-    def __init__(self, root: Path, *, wal_dir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, *, wal_dir: Path | None = None, wal_segment_mb: int = 16
+    ) -> None:
         self.root = root
         self.data = root / "data"
         self.wal_dir = wal_dir
+        self.wal_segment_mb = wal_segment_mb
         self.port = free_port()
         self.url = f"postgresql://root@127.0.0.1:{self.port}/postgres"
 
@@ -51,6 +62,7 @@ class Cluster:
         args = [str(BIN / "initdb"), "-D", str(self.data), "-U", "root", "-A", "trust"]
         if self.wal_dir is not None:
             args += ["-X", str(self.wal_dir)]
+        args += [f"--wal-segsize={self.wal_segment_mb}"]
         _as_postgres(*args, "--no-sync")
         self.start()
         return self
@@ -85,13 +97,18 @@ class Cluster:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``: sessions rolled back; ``immediate``: a crash)."""
-        if not (self.data / "postmaster.pid").exists():
+        if not self.running():
             return
         _as_postgres(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
         self.start()
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists() and _as_postgres_ok(
+            str(BIN / "pg_ctl"), "-D", str(self.data), "status"
+        )
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
