@@ -33,6 +33,7 @@ Every caller is answered within ``answer_within`` (5 s) and every refusal is cer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -113,6 +114,7 @@ class GroupCommitWriter:
         self.stats = WriterStats()
         self._in_flight: list[Append] = []
         self._progress = Progress()  # the writer thread's commit, as it goes
+        self._draining = False
         self._queue: deque[Append] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
@@ -136,20 +138,31 @@ class GroupCommitWriter:
             await asyncio.to_thread(self._thread.join)
 
     def drain(self) -> None:
-        """At the end of a shutdown's grace period: answer every append still waiting.
+        """At the end of a shutdown's grace period: see that every waiting caller is
+        answered before the server gives up on it (a cancelled request is a 500).
 
-        Queued ones are withdrawn (certainly not recorded). One in a commit whose outcome
-        the store has not yet told (it went away during COMMIT) is answered as unknown:
-        the one case where a 503 does not promise "not recorded", said in its detail.
+        Queued appends are withdrawn: 503, certainly not recorded. A batch still running
+        its statements is cancelled in the database, and the writer refuses it rather than
+        retrying. A batch whose COMMIT was sent is answered by its outcome; only if the
+        store is down as well is its caller told the outcome is unknown, in those words.
         """
+        self._draining = True
         with self._wakeup:
             queued = list(self._queue)
             self._queue.clear()
             in_flight = list(self._in_flight)
         for submission in queued:
             _refuse(submission, SHUTTING_DOWN)
-        for submission in in_flight:
-            _refuse(submission, UNKNOWN)
+        if not in_flight:
+            return
+        if not self._progress.committing:
+            conn = self._conn
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel()
+        elif not self.health.up:
+            for submission in in_flight:
+                _refuse(submission, UNKNOWN)
 
     @property
     def queued(self) -> int:
@@ -304,6 +317,8 @@ class GroupCommitWriter:
                 self._drop_connection()
                 uncertain = uncertain or self._progress.committing
                 self._progress.committing = False
+                if self._draining and not uncertain:  # cancelled by drain(): not recorded
+                    return [Outcome(error=StoreUnavailable(SHUTTING_DOWN)) for _ in batch]
                 fresh_failures += 1
                 if fresh_failures == 1 and self.health.up:
                     log.warning("event store connection lost (%s); reconnecting", error)
