@@ -5,7 +5,9 @@ port of its own, trust authentication for ``root``."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,9 +16,23 @@ from typing import Self
 
 import psycopg
 
-from infra.bench.stack import free_port
-
 BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def quiet_port() -> int:
+    """A free port below the kernel's ephemeral range (32768 and up here): a server that
+    restarts must find its port free again, and an outgoing connection could otherwise
+    have taken it in the meantime."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def _as_postgres(*command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -50,7 +66,7 @@ class Cluster:
         self.data = root / "data"
         self.wal_dir = wal_dir
         self.wal_segment_mb = wal_segment_mb
-        self.port = free_port()
+        self.port = quiet_port()
         self.url = f"postgresql://root@127.0.0.1:{self.port}/postgres"
 
     def __enter__(self) -> Self:

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from infra.bench.stack import free_port
+from tests.pg_cluster import quiet_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
@@ -22,8 +22,8 @@ class RabbitNode:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.name = f"chaos-{uuid.uuid4().hex[:8]}@localhost"
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port = quiet_port()
+        self.dist_port = quiet_port()
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self._server: subprocess.Popen[bytes] | None = None
 
