@@ -131,10 +131,11 @@ def create_app(
     return app
 
 
-def _tally_moved(positions: PositionWatcher) -> Callable[[float], Awaitable[None]]:
-    """Waits (up to ``patience`` s) for the tally to move: woken by its NOTIFY."""
+def _tally_moved(positions: PositionWatcher) -> Callable[[int, float], Awaitable[int]]:
+    """The tally's position once past ``seen`` (woken by its NOTIFY), or after ``patience`` s."""
 
-    async def moved(patience: float) -> None:
-        await positions.wait_for("tally", positions.positions.get("tally", 0) + 1, patience)
+    async def moved(seen: int, patience: float) -> int:
+        await positions.wait_for("tally", seen + 1, patience)
+        return positions.positions.get("tally", 0)
 
     return moved

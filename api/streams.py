@@ -66,7 +66,9 @@ class View:
 class StreamHub:
     """The process's streams, grouped by view; one task rebuilds the watched views."""
 
-    def __init__(self, wait_for_change: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(self, wait_for_change: Callable[[int, float], Awaitable[int]]) -> None:
+        """``wait_for_change(seen, patience)``: the tally's position once past ``seen`` (at
+        once if it is already), or after ``patience`` seconds."""
         self._wait = wait_for_change
         self.views: dict[Hashable, View] = {}
         self.sent = 0  # events handed to subscribers (for the viewers benchmark and tests)
@@ -110,8 +112,10 @@ class StreamHub:
         return view.last
 
     async def _run(self) -> None:
+        seen = 0
         while self.views:
-            await self._wait(IDLE_REFRESH)
+            # Read before building: whatever the tally reaches meanwhile wakes the next round.
+            seen = await self._wait(seen, IDLE_REFRESH)
             for view in list(self.views.values()):
                 before = view.last
                 try:
