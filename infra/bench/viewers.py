@@ -130,7 +130,10 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             viewer.events.clear()
         watcher = FreshnessWatcher(stack.database_url)
         watch = asyncio.create_task(watcher.run())
-        await watcher.ready.wait()
+        ready = asyncio.create_task(watcher.ready.wait())
+        await asyncio.wait((ready, watch), return_when=asyncio.FIRST_COMPLETED)
+        if watch.done():
+            watch.result()  # it could not listen (PostgreSQL out of connections?): say so
         started = time.perf_counter()
         ballots, errors = await _cast(stack, election_id, args.rate, args.duration, watcher)
         sent_for = time.perf_counter() - started
