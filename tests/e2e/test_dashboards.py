@@ -233,3 +233,27 @@ async def test_a_private_election_asks_for_a_token_once(
     assert (
         await voting.http.get(f"/elections/{election['id']}/panel", headers=bearer(ADMIN))
     ).status_code == 200
+
+
+async def test_a_results_page_fits_a_phone_and_works_from_the_keyboard(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    election_id = await _election(voting, "schulze", close=False)
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{site}/elections/{election_id}")
+        await phone.locator("#heat-map").wait_for(timeout=WAIT_MS)
+        # No sideways scrolling of the page: wide tables scroll inside their own box.
+        assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
+        for _ in range(6):  # the skip link, the nav link, then the pause control
+            await phone.keyboard.press("Tab")
+            if await phone.evaluate("document.activeElement.id") == "pause":
+                break
+        assert await phone.evaluate("document.activeElement.id") == "pause"
+        await phone.keyboard.press("Space")
+        assert await phone.locator("#pause").get_attribute("aria-pressed") == "true"
+        assert await phone.locator("#mode").inner_text() == "Live updates: paused"
+        await _shot(phone, "phone")
+    finally:
+        await context.close()
