@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
@@ -12,8 +13,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
 
 from api import streams
+from api.app import create_app
+from api.protocol import server_config
 from tests.integration.client import VotingClient, bearer
 from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
 
@@ -235,3 +239,47 @@ async def test_streams_end_when_the_server_shuts_down(database_url: str) -> None
         await events.next(timeout=5)
     await response.aclose()
     await voting_http.aclose()
+
+
+async def test_one_view_per_election_and_rights_feeds_every_reader(database_url: str) -> None:
+    """Twenty readers of one election are one view of the process's hub: one document
+    built per change, handed to each of them (no reader queries the database itself)."""
+    settings = settings_for(database_url)
+    app = create_app(settings, projections=("tally",))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(settings, app, log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT) as http:
+            voting = VotingClient(http)
+            election_id = await voting.open_election("plurality", live_results_step=1)
+            path = f"/api/elections/{election_id}/results/stream"
+            async with contextlib.AsyncExitStack() as stack:
+                readers = [
+                    await stack.enter_async_context(stream(http, path, bearer(ADMIN)))
+                    for _ in range(20)
+                ]
+                for reader in readers:
+                    await reader.next()
+                hub: streams.StreamHub = app.state.streams
+                assert len(hub.views) == 1
+                assert hub.subscribers == 20
+                sent = hub.sent
+                await voting.cast(election_id, {"choice": "a"}, "v1")
+                for reader in readers:
+                    await reader.until(lambda d: d["ballots"] == 1)
+                assert hub.sent - sent >= 20
+            await voting.results(election_id)  # the readers have left: so has their view
+            deadline = time.monotonic() + WAIT
+            while hub.views:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
