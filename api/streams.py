@@ -88,12 +88,14 @@ class StreamHub:
                 await self._task
 
     async def subscribe(self, key: Hashable, build: Build) -> tuple[Subscriber, tuple[int, bytes]]:
-        """A new subscriber to view ``key`` and the view's current document (built now)."""
+        """A new subscriber to view ``key`` and the view's current document."""
         view = self.views.get(key)
-        if view is None:
-            view = self.views[key] = View(build)
-        current = await self._build(view)
-        subscriber = Subscriber()
+        if view is None or view.last is None:
+            view = self.views.setdefault(key, View(build))
+            current = await self._build(view)
+        else:  # a watched view is kept current by the hub: a reconnection storm costs no reads
+            current = view.last
+        subscriber = Subscriber()  # (no await since ``current``: no change can slip between)
         view.subscribers.add(subscriber)
         if self._task is None or self._task.done():
             self.start()
