@@ -59,6 +59,9 @@ tools:
 	@command -v docker-compose >/dev/null || { \
 		echo "installing docker-compose (Debian package)"; \
 		apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium (Debian package, for the dashboards' browser tests)"; \
+		apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage

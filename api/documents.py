@@ -38,6 +38,7 @@ class Election(Document):
     tie_break: Literal["report", "declared_order"]
     live_results_step: int
     late_tokens: bool
+    public_results: bool
     created_at: str
     version: int
     tokens_issued: int | None = Field(default=None, description="token elections only")
