@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -96,53 +97,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     phases = [Phase("multi-ballot messages", args.messages, args.per_message)]
     if args.single:
         phases.append(Phase("one ballot per message", args.single, 1))
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as logs:
-        env = {"INGEST_PREFETCH": str(args.prefetch), "INGEST_BATCH": str(args.batch)}
-        with Stack(
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-ingest-") as logs,
+        ingest_stack(
             args.server_url,
             Path(logs),
-            tokens=TOKENS,
-            commands={"api": ["api"]},
-            amqp_url=args.amqp_url,
-            prefix="bench-ingest",
-            env=env,
-        ) as stack:
-            stack.stop("api")  # it applied the migrations; the cores are the consumer's now
-            queue = Settings(namespace=stack.namespace).ingest_queue_name
-            try:
-                for phase in phases:
-                    asyncio.run(_phase(stack, phase, queue, args.amqp_url, args.kill_at))
-            finally:
-                asyncio.run(_delete(args.amqp_url, queue))
+            args.amqp_url,
+            {"INGEST_PREFETCH": str(args.prefetch), "INGEST_BATCH": str(args.batch)},
+        ) as stack,
+    ):
+        queue = Settings(namespace=stack.namespace).ingest_queue_name
+        try:
+            for phase in phases:
+                asyncio.run(run_phase(stack, phase, queue, args.amqp_url, args.kill_at))
+        finally:
+            asyncio.run(delete_queues(args.amqp_url, queue))
     return _report(phases, args)
 
 
-async def _phase(stack: Stack, phase: Phase, queue: str, amqp_url: str, kill_at: float) -> None:
-    election_id = await _open_election(stack.database_url, phase.name)
+@contextlib.contextmanager
+def ingest_stack(
+    server_url: str, logs: Path, amqp_url: str, env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """A scratch database (migrated) and namespace, no process running yet."""
+    with Stack(
+        server_url,
+        logs,
+        tokens=TOKENS,
+        commands={"api": ["api"]},
+        amqp_url=amqp_url,
+        prefix="ingest",
+        env=env,
+    ) as stack:
+        stack.stop("api")  # it applied the migrations; the cores are the consumer's now
+        yield stack
+
+
+async def run_phase(stack: Stack, phase: Phase, queue: str, amqp_url: str, kill_at: float) -> None:
+    """Publish the phase's ballots with a consumer running, SIGKILL it once ``kill_at`` of
+    them are counted, start it again; time it, and count what was recorded."""
+    election_id = await open_election(stack.database_url, phase.name)
     stack.start("ingest", ["ingest"])
-    await _until_consuming(amqp_url, queue)
+    await until_consuming(amqp_url, queue)
     console.print(f"{phase.name}: {phase.ballots:,} ballots in {phase.messages:,} messages")
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
-        start = _head(conn)
+        start = log_head(conn)
         started = time.perf_counter()
-        publishing = asyncio.create_task(publish(amqp_url, queue, _messages(election_id, phase)))
-        await _until_counted(conn, start + int(phase.ballots * kill_at), publishing)
+        publishing = asyncio.create_task(
+            publish(amqp_url, queue, ballot_messages(election_id, phase))
+        )
+        await until_counted(conn, start + int(phase.ballots * kill_at), publishing)
         stack.kill("ingest")
-        phase.killed_at = _head(conn) - start
+        phase.killed_at = log_head(conn) - start
         console.print(f"  SIGKILL of the consumer at {phase.killed_at:,} counted; restarting it")
         stack.start("ingest", ["ingest"])
-        await _until_counted(conn, start + phase.ballots, publishing)
+        await until_counted(conn, start + phase.ballots, publishing)
         # The head can run ahead of the count: a replay's rejected insert spends a position.
         await _until_all(conn, election_id, phase.ballots)
         phase.seconds = time.perf_counter() - started
         await publishing
         await asyncio.sleep(1)  # anything counted twice would show by now
-        phase.counted, phase.distinct = _count(conn, election_id)
+        phase.counted, phase.distinct = count_ballots(conn, election_id)
     phase.refused = await _depth(amqp_url, IngestQueues(queue).refused)
     stack.stop("ingest")
 
 
-def _messages(election_id: UUID, phase: Phase) -> Iterator[tuple[str, Any]]:
+def ballot_messages(election_id: UUID, phase: Phase) -> Iterator[tuple[str, Any]]:
     election = str(election_id)
     for m in range(phase.messages):
         if phase.per_message == 1:
@@ -156,7 +176,7 @@ def _messages(election_id: UUID, phase: Phase) -> Iterator[tuple[str, Any]]:
         yield f"m{m}", {"election_id": election, "ballots": ballots}
 
 
-async def _open_election(database_url: str, title: str) -> UUID:
+async def open_election(database_url: str, title: str) -> UUID:
     app = open_application(database_url)
     try:
         rules = ElectionRules.create(options=OPTIONS, method="plurality", allow_revote=False)
@@ -167,11 +187,11 @@ async def _open_election(database_url: str, title: str) -> UUID:
         app.close()
 
 
-async def _until_counted(
+async def until_counted(
     conn: psycopg.Connection[Any], position: int, publishing: asyncio.Task[int]
 ) -> None:
     """Until the log reaches ``position`` (each ballot is one entry: a cheap progress)."""
-    while _head(conn) < position:
+    while log_head(conn) < position:
         if publishing.done():
             publishing.result()  # surfaces a publishing error
         await asyncio.sleep(0.05)
@@ -180,18 +200,18 @@ async def _until_counted(
 async def _until_all(conn: psycopg.Connection[Any], election_id: UUID, ballots: int) -> None:
     deadline = time.monotonic() + 120
     for _ in range(100_000):
-        if _count(conn, election_id)[1] >= ballots or time.monotonic() > deadline:
+        if count_ballots(conn, election_id)[1] >= ballots or time.monotonic() > deadline:
             return
         await asyncio.sleep(0.1)
 
 
-def _head(conn: psycopg.Connection[Any]) -> int:
+def log_head(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM cardinal_events").fetchone()
     assert row is not None
     return int(row[0])
 
 
-def _count(conn: psycopg.Connection[Any], election_id: UUID) -> tuple[int, int]:
+def count_ballots(conn: psycopg.Connection[Any], election_id: UUID) -> tuple[int, int]:
     """Ballot events of the election recorded, and distinct ballots among them (a ballot's
     id is derived from its election and voter, so one voter's ballot counted twice would
     be two events of one ballot)."""
@@ -204,7 +224,7 @@ def _count(conn: psycopg.Connection[Any], election_id: UUID) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def _until_consuming(amqp_url: str, queue: str) -> None:
+async def until_consuming(amqp_url: str, queue: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -224,7 +244,7 @@ async def _depth(amqp_url: str, queue: str) -> int:
         return int(declared.declaration_result.message_count or 0)
 
 
-async def _delete(amqp_url: str, queue: str) -> None:
+async def delete_queues(amqp_url: str, queue: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         await IngestQueues(queue).delete(await connection.channel())
