@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from api.middleware import RequestGuard
 from api.problems import HANDLERS
 from api.routes import admin, audit, auth, ballots, docs, elections, health, metrics, results
 from infra.audit.chain import Signer
+from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
 
@@ -23,9 +25,14 @@ BATCH_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_app(
-    settings: Settings, *, relay: bool = False, projections: Sequence[str] = ()
+    settings: Settings,
+    *,
+    relay: bool = False,
+    projections: Sequence[str] = (),
+    ingest: bool = False,
 ) -> Starlette:
-    """The API for these settings, with the workers this process should also run.
+    """The API for these settings, with the workers this process should also run
+    (``ingest``: the RabbitMQ ballot consumer too, where AMQP_URL is set).
 
     Nothing connects until the lifespan starts.
     """
@@ -38,10 +45,16 @@ def create_app(
         ):
             app.state.services = services
             app.state.edge = edge
+            consuming = None
+            if ingest and settings.amqp_url is not None:
+                consumer = ingester(settings, services.app, services.voter_keys)
+                consuming = asyncio.create_task(consume_forever(consumer), name="ingest")
             tune_garbage_collection()
             try:
                 yield
             finally:
+                if consuming is not None:
+                    consuming.cancel()
                 for child in app.state.rebuilds.values():
                     if child.returncode is None:  # an interrupted rebuild leaves the old
                         child.terminate()  # version serving; it can be run again

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aio_pika
@@ -64,3 +66,15 @@ class IngestQueues:
         await channel.queue_delete(self.name)
         await channel.queue_delete(self.refused)
         await channel.exchange_delete(self.dead_letter_exchange)
+
+
+def delete_ingest_queues(amqp_url: str, queue: str) -> None:
+    """Delete an ingest queue and its companions, from sync code or from inside a loop."""
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await IngestQueues(queue).delete(await connection.channel())
+
+    with ThreadPoolExecutor(1) as pool:  # the caller may be inside a running event loop
+        pool.submit(asyncio.run, delete()).result()

@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from infra.bench.ingest import (
@@ -19,11 +20,14 @@ from infra.bench.ingest import (
     run_phase,
     until_consuming,
 )
+from infra.bench.stack import SERVE
+from infra.bench.stack import Stack as Processes
 from infra.ingest.publisher import publish
 from infra.runtime.settings import Settings
 from tests.databases import SERVER_URL
 from tests.e2e.rabbit import PrivateRabbit
 from tests.e2e.stack import AMQP_URL
+from tests.servers import ADMIN, CLIENT
 
 
 def test_a_sigkilled_consumer_loses_no_ballot_and_counts_none_twice(tmp_path: Path) -> None:
@@ -65,3 +69,22 @@ def test_the_consumer_reconnects_after_a_broker_restart_and_counts_each_ballot_o
         time.sleep(1)  # a ballot counted twice would show by now
         assert count_ballots(conn, election_id) == (everything.ballots, everything.ballots)
         assert stack.processes["ingest"].poll() is None  # it reconnected by itself
+
+
+def test_serve_with_amqp_url_ingests_and_the_checklist_smoke_test_passes(tmp_path: Path) -> None:
+    with Processes(
+        SERVER_URL,
+        tmp_path,
+        tokens={"admin": ADMIN, "client": CLIENT},
+        commands=SERVE,
+        amqp_url=AMQP_URL,
+        prefix="test-serve-ingest",
+        env={"WEB_CONCURRENCY": "2"},
+    ) as running:
+        smoke = running.cardinal(
+            "publish-test-votes", "--via", "amqp", "-n", "10", "--url", running.url
+        )
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        assert "all 10 test ballots counted exactly once" in smoke.stdout + smoke.stderr
+        children = psutil.Process(running.processes["serve"].pid).children(recursive=True)
+        assert any("ingest --child" in " ".join(child.cmdline()) for child in children)
