@@ -15,6 +15,7 @@ import aio_pika
 import orjson
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from domain.ballot import ballot_id
 from infra.ingest.consumer import Ingester
@@ -227,6 +228,8 @@ async def test_poison_messages_are_refused_with_the_problem_and_not_redelivered(
     ]
     await publish(AMQP_URL, ingest.queue, [("p-first", ballot(open_id, "first"))])
     await ingest.until_counted(open_id, ["first"])
+    reasons = ("election_not_found", "already_voted", "malformed_json", "missing_message_id")
+    before = {reason: _refused(reason) for reason in reasons}
     await publish(AMQP_URL, ingest.queue, poison)
     # And a message_id no key can be (aiormq fills in a random one where none is set).
     connection = await aio_pika.connect(AMQP_URL)
@@ -253,6 +256,16 @@ async def test_poison_messages_are_refused_with_the_problem_and_not_redelivered(
     assert by_id["p-closed"].body == orjson.dumps(ballot(closed_id, "x"))  # as sent: fixable
     await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
     assert ingest.versions(open_id, ["first", "x", "y", "z"]) == {"first": 1}
+    assert {reason: _refused(reason) - before[reason] for reason in reasons} == dict.fromkeys(
+        reasons, 1
+    )
+
+
+def _refused(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("cardinal_ingest_ballots_refused_total", {"reason": reason})
+        or 0.0
+    )
 
 
 async def test_a_multi_ballot_message_counts_each_ballot_once_and_refuses_alone(
@@ -260,6 +273,7 @@ async def test_a_multi_ballot_message_counts_each_ballot_once_and_refuses_alone(
 ) -> None:
     election_id = await ingest.election()
     voters = [f"b{n}" for n in range(500)]
+    committed = REGISTRY.get_sample_value("cardinal_ingest_ballots_committed_total") or 0.0
     body = {
         "election_id": str(election_id),
         "ballots": [{"voter_id": v, "choice": "yes"} for v in voters]
@@ -271,6 +285,8 @@ async def test_a_multi_ballot_message_counts_each_ballot_once_and_refuses_alone(
     assert {m.message_id for m in refused} == {f"multi-1:{len(voters)}"}
     assert orjson.loads(refused[0].body)["voter_id"] == "bad"
     assert refused[0].headers["x-refusal-status"] == 422
+    total = REGISTRY.get_sample_value("cardinal_ingest_ballots_committed_total")
+    assert total == committed + 2 * len(voters)  # each copy's ballots: recorded or replayed
 
 
 async def test_reply_to_gets_the_receipt_or_the_problem(ingest: Ingest) -> None:
