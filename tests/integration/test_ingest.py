@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from uuid import UUID
 import aio_pika
 import orjson
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 import pytest
 from prometheus_client import REGISTRY
 
@@ -24,6 +27,8 @@ from infra.ingest.queues import DELIVERY_LIMIT, IngestQueues
 from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import Services, running_services
 from infra.runtime.settings import Settings
+from infra.store.migrations import migrate
+from tests.databases import SERVER_URL, create_database, drop_database
 from tests.e2e.stack import AMQP_URL
 from tests.servers import settings_for
 
@@ -344,3 +349,52 @@ def test_the_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_letters() ->
     assert arguments["x-overflow"] == "reject-publish"
     assert Settings(namespace="ns").ingest_queue_name == "ns.votes.aggregation"
     assert Settings(ingest_queue="votes.aggregation").ingest_queue_name == "votes.aggregation"
+
+
+async def test_a_store_outage_holds_the_ballots_unacked_then_counts_each_once() -> None:
+    url = create_database("cardinal_ingest_outage")
+    migrate(url)
+    settings = settings_for(url, amqp_url=AMQP_URL, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    voters = [f"o{n}" for n in range(300)]
+    try:
+        async with consuming(settings) as (services, _):
+            check = Ingest(settings, services, settings.ingest_queue_name)
+            election_id = await check.election()
+            with psycopg.connect(SERVER_URL, autocommit=True) as admin:
+                dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+                database = psycopg.sql.Identifier(str(dbname))
+                admin.execute(
+                    psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database)
+                )
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (dbname,),
+                )
+                try:
+                    messages = [(f"m-{v}", ballot(election_id, v)) for v in voters]
+                    await publish(AMQP_URL, check.queue, messages)
+                    # The consumer holds them, unacked: none ready, none refused, none lost.
+                    held = await until(lambda: _unacked(check.queue), lambda n: n == len(voters))
+                    assert held == len(voters)
+                    assert await queue_depth(check.queue + ".refused") == 0
+                finally:
+                    admin.execute(
+                        psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database)
+                    )
+            assert await check.until_counted(election_id, voters) == dict.fromkeys(voters, 1)
+            await until(lambda: _unacked(check.queue), lambda n: n == 0)
+            assert await queue_depth(check.queue + ".refused") == 0
+    finally:
+        await delete_queues(settings.ingest_queue_name)
+        drop_database(url)
+
+
+def _unacked(queue: str) -> int:
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+    return int(counts.get(queue, "0"))
