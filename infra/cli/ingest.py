@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from infra.cli.environment import Commands, command_settings
+from infra.runtime.settings import Settings, SettingsError
 
 
 def add_commands(sub: Commands) -> None:
@@ -26,6 +27,8 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     from infra.ingest.service import run_ingest as ingest
 
+    if Settings.from_env().amqp_url is None:
+        raise SettingsError("AMQP_URL is not set; `cardinal ingest` consumes from RabbitMQ")
     settings = command_settings(migrate=not args.child)
     uvloop.run(ingest(settings, metrics_port=None if args.child else settings.metrics_port))
     return 0
