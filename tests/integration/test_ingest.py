@@ -42,6 +42,10 @@ class Ingest:
     services: Services
     queue: str
 
+    @property
+    def database_url(self) -> str | None:
+        return self.settings.database_url
+
     async def election(self, **rules: Any) -> UUID:
         from domain.rules import ElectionRules
 
@@ -398,3 +402,36 @@ def _unacked(queue: str) -> int:
     ).stdout
     counts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
     return int(counts.get(queue, "0"))
+
+
+async def test_a_token_election_takes_the_voter_token_in_the_message(ingest: Ingest) -> None:
+    from domain.rules import ElectionRules
+    from infra.runtime.voters import new_voter_token
+
+    app, keys = ingest.services.app, ingest.services.voter_keys
+    rules = ElectionRules.create(options=OPTIONS, method="plurality", eligibility="tokens")
+    election_id = (await app.create_election("Tokens", rules)).id
+    tokens = [new_voter_token() for _ in range(3)]
+    await app.issue_voter_tokens(election_id, [keys.credential(election_id, t) for t in tokens])
+    await app.open_election(election_id)
+    cast = [
+        (f"t-{n}", {"election_id": str(election_id), "voter_token": token, "choice": "yes"})
+        for n, token in enumerate(tokens)
+    ]
+    refused = [
+        ("t-stranger", {"election_id": str(election_id), "voter_token": new_voter_token()}),
+        ("t-no-token", ballot(election_id, "ada")),
+    ]
+    await publish(AMQP_URL, ingest.queue, [*cast, *cast, *refused])
+    answers = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 2)}
+    assert answers["t-stranger"].headers["x-refusal-status"] == 403
+    assert "voter_token" in str(answers["t-no-token"].headers["x-refusal"])
+    ids = [ballot_id(election_id, keys.for_token(election_id, t).ballot_key) for t in tokens]
+    assert ingest.database_url is not None
+    with psycopg.connect(ingest.database_url) as conn:
+        rows = conn.execute(
+            "SELECT count(*), count(DISTINCT originator_id) FROM cardinal_events "
+            "WHERE originator_id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+    assert rows == (3, 3)  # each token's ballot once, though each message came twice
