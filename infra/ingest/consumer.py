@@ -65,7 +65,10 @@ class Ingester:
         self.batch = batch
         self.name = name
         self.ready = asyncio.Event()
+        # Never wait_for() on the inbox's get(): on Python 3.11 a timeout racing a delivery
+        # can drop the message, and the next ack with multiple=True would ack it unseen.
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._held: Delivery | None = None
         self._channel: AbstractChannel | None = None
 
@@ -92,7 +95,8 @@ class Ingester:
                     try:
                         await self._process(batch, dead)
                     except Abandoned:
-                        log.warning("broker connection lost mid-batch; it will be redelivered")
+                        log.warning("the batch could not be settled; it will be redelivered")
+                        await _release(batch)
             finally:
                 depth.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -100,6 +104,7 @@ class Ingester:
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
         self._inbox.put_nowait(message)
+        self._arrived.set()
 
     async def _collect(self) -> list[Delivery]:
         """Wait for a message, then take what else is waiting, up to ``batch`` ballots."""
@@ -115,10 +120,10 @@ class Ingester:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                try:
-                    message = await asyncio.wait_for(self._inbox.get(), remaining)
-                except TimeoutError:
-                    break
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                continue
             delivery = parse(message)
             if ballots + delivery.ballots > self.batch:
                 self._held = delivery  # the next batch starts with it
@@ -304,6 +309,18 @@ def _transient(error: Exception) -> bool:
         return True
     found = problem_of(error)
     return found is None or found["status"] == 503
+
+
+async def _release(batch: list[Delivery]) -> None:
+    """Hand an unsettled batch back to the broker (requeued, for any consumer), so that no
+    later ack with ``multiple`` covers it; where its channel is gone, it is already back."""
+    last: dict[int, AbstractIncomingMessage] = {}
+    for delivery in batch:
+        with contextlib.suppress(Exception):
+            last[id(delivery.message.channel)] = delivery.message
+    for message in last.values():
+        with contextlib.suppress(Exception):
+            await message.nack(multiple=True, requeue=True)
 
 
 async def _ack(batch: list[Delivery]) -> None:
