@@ -2,19 +2,20 @@
 #   make check         lint, format, types and the unit tests: the fast loop (under a minute)
 #   make integration   tests against the real PostgreSQL and RabbitMQ
 #   make e2e           processes started as an operator would (slow)
-#   make test          everything, with a coverage report: what CI runs
+#   make chaos         every fault scenario under load, and the Reliability table (minutes)
+#   make test          everything (a subset of the chaos suite), with coverage: what CI runs
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check integration e2e lint typecheck services tools clean
+.PHONY: run test check integration e2e chaos lint typecheck services tools clean
 
 run: $(STAMP)
 	$(BIN)/cardinal serve
 
 test: $(STAMP) services tools lint typecheck
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest --cov --cov-report=term -m "not chaos_full"
 
 check: $(STAMP) lint typecheck
 	CARDINAL_EXAMPLES=0.2 $(BIN)/pytest -q tests/unit
@@ -24,6 +25,11 @@ integration: $(STAMP) services
 
 e2e: $(STAMP) services tools
 	$(BIN)/pytest tests/e2e
+
+chaos: $(STAMP) services
+	rm -f .cardinal/chaos/results.jsonl
+	$(BIN)/pytest -m chaos tests/chaos; status=$$?; \
+	$(BIN)/python -m tests.chaos.table .cardinal/chaos/results.jsonl; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -53,6 +59,9 @@ tools:
 	@command -v docker-compose >/dev/null || { \
 		echo "installing docker-compose (Debian package)"; \
 		apt-get update -q >/dev/null && apt-get install -y -q docker-compose >/dev/null; }
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium (Debian package, for the dashboards' browser tests)"; \
+		apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage

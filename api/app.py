@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -15,11 +15,25 @@ from api.auth import Authenticator
 from api.edge import running_edge
 from api.middleware import RequestGuard
 from api.problems import HANDLERS
-from api.routes import admin, audit, auth, ballots, docs, elections, health, metrics, results
+from api.routes import (
+    admin,
+    audit,
+    auth,
+    ballots,
+    docs,
+    elections,
+    health,
+    metrics,
+    pages,
+    results,
+    streams,
+)
+from api.streams import StreamHub
 from infra.audit.chain import Signer
 from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
+from projections.positions import PositionWatcher
 
 BATCH_BODY_BYTES = 4 * 1024 * 1024
 
@@ -45,6 +59,7 @@ def create_app(
         ):
             app.state.services = services
             app.state.edge = edge
+            app.state.streams = StreamHub(_tally_moved(services.positions))
             consuming = None
             if ingest and settings.amqp_url is not None:
                 consumer = ingester(settings, services.app, services.voter_keys)
@@ -55,6 +70,7 @@ def create_app(
             finally:
                 if consuming is not None:
                     consuming.cancel()
+                await app.state.streams.stop()
                 for child in app.state.rebuilds.values():
                     if child.returncode is None:  # an interrupted rebuild leaves the old
                         child.terminate()  # version serving; it can be run again
@@ -68,6 +84,7 @@ def create_app(
         Route("/api/ready", health.ready, methods=["GET"]),
         Route("/api/elections", elections.create, methods=["POST"]),
         Route("/api/elections", elections.list_elections, methods=["GET"]),
+        Route("/api/elections/stream", streams.elections_stream, methods=["GET"]),
         Route("/api/elections/{election_id}", elections.get_election, methods=["GET"]),
         Route("/api/elections/{election_id}/open", elections.open_election, methods=["POST"]),
         Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
@@ -75,6 +92,11 @@ def create_app(
         Route("/api/elections/{election_id}/withdrawals", ballots.withdraw, methods=["POST"]),
         Route("/api/elections/{election_id}/ballots/batch", ballots.cast_batch, methods=["POST"]),
         Route("/api/elections/{election_id}/results", results.results, methods=["GET"]),
+        Route(
+            "/api/elections/{election_id}/results/stream",
+            streams.results_stream,
+            methods=["GET"],
+        ),
         Route("/api/audit/events", audit.events, methods=["GET"]),
         Route("/api/audit/checkpoints", audit.checkpoints, methods=["GET"]),
         Route("/api/audit/public-key", audit.public_key, methods=["GET"]),
@@ -87,6 +109,7 @@ def create_app(
         Route("/api/auth/refresh", auth.refresh, methods=["POST"]),
         Route("/api/auth/logout", auth.logout, methods=["POST"]),
         *docs.routes(),
+        *pages.routes(),
     ]
     middleware = [
         Middleware(
@@ -119,3 +142,13 @@ def create_app(
     app.state.signer = Signer(settings.audit_key) if settings.audit_key else None
     app.state.rebuilds = {}
     return app
+
+
+def _tally_moved(positions: PositionWatcher) -> Callable[[int, float], Awaitable[int]]:
+    """The tally's position once past ``seen`` (woken by its NOTIFY), or after ``patience`` s."""
+
+    async def moved(seen: int, patience: float) -> int:
+        await positions.wait_for("tally", seen + 1, patience)
+        return positions.positions.get("tally", 0)
+
+    return moved

@@ -96,6 +96,10 @@ class Operation:
     no_store: bool = False
     media: str = "application/json"
     ok_headers: Mapping[str, Any] = field(default_factory=dict)
+    # Answers If-None-Match with 304 (and the ETag on every 200).
+    conditional: bool = False
+    # The token is optional: some resources (elections with public_results) need none.
+    token_optional: bool = False
 
     def refusals(self) -> list[int]:
         found = set(self.errors) | {503}
@@ -191,16 +195,16 @@ def _operation(
         ok["content"] = {spec.media: {"schema": keys[((spec.operation_id, "ok"), "validation")]}}
     elif spec.media != "application/json":
         ok["content"] = {spec.media: {"schema": {"type": "string"}}}
-    headers = {**spec.ok_headers}
-    if spec.limited:
-        headers.update(RATE_HEADERS)
-    if spec.no_store:
-        headers.update(NO_STORE)
+    headers = _ok_headers(spec)
     if headers:
         ok["headers"] = headers
     if spec.links:
         ok["links"] = {name: dict(link) for name, link in spec.links.items()}
     responses: dict[str, Any] = {str(status): ok for status in (spec.status, *spec.also)}
+    if spec.conditional:
+        responses["304"] = {
+            "description": "Not modified: the document still has the ETag sent in If-None-Match"
+        }
     for status in spec.refusals():
         refusal: dict[str, Any] = {"description": TITLES.get(status, "Refused"), "content": problem}
         if status == 429:
@@ -213,7 +217,7 @@ def _operation(
         "summary": spec.summary,
         "tags": [spec.tag],
         "responses": responses,
-        "security": [{"bearerAuth": []}] if spec.auth else [],
+        "security": _security(spec),
     }
     if spec.params:
         found["parameters"] = [
@@ -234,3 +238,20 @@ def _operation(
             },
         }
     return found
+
+
+def _security(spec: Operation) -> list[dict[str, list[str]]]:
+    if not spec.auth:
+        return []
+    return [{"bearerAuth": []}, {}] if spec.token_optional else [{"bearerAuth": []}]
+
+
+def _ok_headers(spec: Operation) -> dict[str, Any]:
+    headers = {**spec.ok_headers}
+    if spec.conditional:
+        headers["ETag"] = {"required": True, "schema": {"type": "string"}}
+    if spec.limited:
+        headers.update(RATE_HEADERS)
+    if spec.no_store:
+        headers.update(NO_STORE)
+    return headers

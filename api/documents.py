@@ -38,6 +38,7 @@ class Election(Document):
     tie_break: Literal["report", "declared_order"]
     live_results_step: int
     late_tokens: bool
+    public_results: bool
     created_at: str
     version: int
     tokens_issued: int | None = Field(default=None, description="token elections only")
@@ -191,7 +192,13 @@ class RebuildStarted(Document):
 
 
 class Health(Document):
-    status: Literal["ok"]
+    """The process answers; ``degraded`` when a dependency it can do without is away."""
+
+    status: Literal["ok", "degraded"]
+    checks: dict[str, str] = Field(
+        default_factory=dict,
+        description="store: as the writer last found it; broker: where one is configured",
+    )
 
 
 class Ready(Document):

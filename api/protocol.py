@@ -18,13 +18,14 @@ a minor release, and tests/integration/test_slow_clients.py exercises every dead
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
+from api.streams import CLOSING, HANGUP
 from infra.runtime.settings import Settings
 
 HEAD_TIMEOUT = 10.0
@@ -81,6 +82,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._arm(self.body_timeout, "body")
         super().on_headers_complete()
+        # An event stream that a client stops reading is aborted (api/streams.py).
+        cast(dict[str, Any], self.scope)[HANGUP] = self.transport.abort
+
+    def shutdown(self) -> None:
+        # uvicorn waits for open responses before it stops: tell event streams to end.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            closing = cast(dict[str, Any], cycle.scope).get(CLOSING)
+            if isinstance(closing, asyncio.Event):
+                closing.set()
+        super().shutdown()
 
     def on_message_complete(self) -> None:
         self._disarm()

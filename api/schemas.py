@@ -116,6 +116,7 @@ class ElectionIn(Strict):
     tie_break: Annotated[Text, _choice(TieBreak)] = "report"
     live_results_step: Annotated[int, Field(ge=1, le=MAX_LIVE_RESULTS_STEP)] = 10
     late_tokens: bool = False
+    public_results: bool = False
 
 
 class TokensIn(Strict):

@@ -22,7 +22,9 @@ class Overloaded(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The event store could not be reached for longer than the writer waits."""
+    """The event store cannot be reached: the append was not recorded (the writer raises
+    this only when it is certain of that; an append whose commit went unanswered waits for
+    the store to come back and be asked)."""
 
 
 class Recorded(NamedTuple):

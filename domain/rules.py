@@ -117,6 +117,7 @@ class ElectionRules:
     tie_break: TieBreak = TieBreak.REPORT
     live_results_step: int = DEFAULT_LIVE_RESULTS_STEP
     late_tokens: bool = False
+    public_results: bool = False  # results readable without a token (still as visibility says)
     # Derived once: validation and tabulation look these up for every ballot.
     option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
     option_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -141,6 +142,7 @@ class ElectionRules:
         tie_break: str = TieBreak.REPORT,
         live_results_step: int = DEFAULT_LIVE_RESULTS_STEP,
         late_tokens: bool = False,
+        public_results: bool = False,
     ) -> ElectionRules:
         """Validate raw rules (as an API client sends them) and pin them."""
         chosen = _enum(Method, method, "method")
@@ -172,7 +174,11 @@ class ElectionRules:
                         f"{name} applies to score and STAR elections only, not {chosen.value}",
                         field=name,
                     )
-        for name, flag in (("allow_revote", allow_revote), ("late_tokens", late_tokens)):
+        for name, flag in (
+            ("allow_revote", allow_revote),
+            ("late_tokens", late_tokens),
+            ("public_results", public_results),
+        ):
             if not isinstance(flag, bool):
                 raise InvalidElection(f"{name} must be true or false", field=name)
         step = _int(live_results_step, "live_results_step")
@@ -194,6 +200,7 @@ class ElectionRules:
             tie_break=_enum(TieBreak, tie_break, "tie_break"),
             live_results_step=step,
             late_tokens=late_tokens,
+            public_results=public_results,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -209,6 +216,7 @@ class ElectionRules:
             "tie_break": self.tie_break.value,
             "live_results_step": self.live_results_step,
             "late_tokens": self.late_tokens,
+            "public_results": self.public_results,
         }
 
     @classmethod
@@ -227,6 +235,8 @@ class ElectionRules:
             # took voter tokens until the close: what they pinned stays what they get.
             live_results_step=int(data.get("live_results_step", 1)),
             late_tokens=bool(data.get("late_tokens", True)),
+            # Results were never public before this rule: stored rules without it stay so.
+            public_results=bool(data.get("public_results", False)),
         )
 
 

@@ -141,6 +141,12 @@ DATABASE_CONNECTED = Gauge(
     ["component"],
     multiprocess_mode="livemin",
 )
+STORE_UP = Gauge(
+    "cardinal_store_up",
+    "1 while this process's writer finds the event store reachable, 0 while it refuses "
+    "ballots because it is not",
+    multiprocess_mode="livemin",
+)
 # Ballots from RabbitMQ (`cardinal ingest`).
 INGEST_CONSUMED = Counter(
     "cardinal_ingest_messages_consumed_total", "Messages taken from the ingest queue"

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
-
 from api.app import create_app
 from api.protocol import server_config
+from api.server import DrainingServer
 from infra.runtime.settings import Settings
 
 ADMIN = "test-admin-token"
@@ -55,7 +54,7 @@ async def running_api(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
+    server = DrainingServer(
         server_config(
             settings,
             create_app(settings, projections=projections),

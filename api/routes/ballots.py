@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 from uuid import UUID
 
@@ -109,11 +110,17 @@ async def cast_batch(request: Request) -> Response:
     outcomes = await services.app.cast_ballots(
         election_id, [(voter, content, key) for _, voter, content, key in accepted]
     )
+    election = str(election_id)
+    kinds: Counter[str] = Counter()
     for (index, *_), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, Receipt):
-            results[index] = _receipt(outcome, election_id)
+            kind = "cast" if outcome.version == 1 else "revised"
+            kinds["replayed" if outcome.replayed else kind] += 1
+            results[index] = receipt_view(outcome, election, kind)
         else:
             results[index] = _problem(outcome, index)
+    for kind, count in kinds.items():  # once per kind, not per ballot (a metric is a lock)
+        ACCEPTED[kind].inc(count)
     return JSONResponse({"results": results}, headers=limited)
 
 
@@ -124,12 +131,6 @@ def _problem(error: Exception, index: int) -> dict[str, Any]:
     if "field" in found:
         found["field"] = f"ballots[{index}].{found['field']}"
     return found
-
-
-def _receipt(receipt: Receipt, election_id: UUID) -> dict[str, Any]:
-    status = "cast" if receipt.version == 1 else "revised"
-    ACCEPTED["replayed" if receipt.replayed else status].inc()
-    return receipt_view(receipt, str(election_id), status)
 
 
 @operation(

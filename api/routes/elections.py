@@ -69,6 +69,7 @@ async def create(request: Request) -> Response:
         tie_break=body.tie_break,
         live_results_step=body.live_results_step,
         late_tokens=body.late_tokens,
+        public_results=body.public_results,
     )
     app = context.services(request).app
     receipt = await app.create_election(body.title, rules)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
 import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,29 +11,43 @@ from starlette.responses import Response
 from api import context, documents
 from api.contract import Operation, operation
 from api.responses import JSONResponse, problem
-from infra.metrics import BROKER_CONNECTED
 from infra.store.migrations import MigrationError, pending
 
 READY_TIMEOUT = 2.0
 
 
-@operation(Operation("health", "The process answers", "health", auth=False, ok=documents.Health))
-async def health(_: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+@operation(
+    Operation(
+        "health",
+        "The process answers; its dependencies' state in detail (a broker outage makes the "
+        "service degraded: ballots and results still work)",
+        "health",
+        auth=False,
+        ok=documents.Health,
+    )
+)
+async def health(request: Request) -> Response:
+    services = context.services(request)
+    checks = {"store": services.writer.health.describe()}
+    if services.broker is not None:
+        checks["broker"] = services.broker.describe()
+    degraded = any(value != "ok" for value in checks.values())
+    return JSONResponse({"status": "degraded" if degraded else "ok", "checks": checks})
 
 
 @operation(
     Operation(
         "ready",
-        "Ready to serve: database, migrations, broker",
+        "Ready to take ballots: the database answers and every migration is applied",
         "health",
         auth=False,
         ok=documents.Ready,
     )
 )
 async def ready(request: Request) -> Response:
-    """200 when the database is reachable and every migration is applied (and the broker,
-    where one is configured, is connected); 503 naming what is missing otherwise."""
+    """200 when the database is reachable and every migration is applied; 503 naming what
+    is missing otherwise. The broker's state is reported but does not decide: without it
+    ballots are taken and results served (the projections catch up from the store)."""
     services = context.services(request)
     checks: dict[str, str] = {}
     try:
@@ -50,23 +63,12 @@ async def ready(request: Request) -> Response:
     except MigrationError as error:
         checks["database"] = "ok"
         checks["migrations"] = f"mismatch: {error}"
-    if services.settings.amqp_url is not None:
-        checks["broker"] = await _broker(services.settings.amqp_url)
     failing = [f"{name} {value}" for name, value in checks.items() if value != "ok"]
+    if services.broker is not None:
+        checks["broker"] = services.broker.describe()
     if failing:
         return problem(503, "Not ready", "; ".join(failing), checks=checks)
     return JSONResponse({"status": "ready", "checks": checks})
-
-
-async def _broker(amqp_url: str) -> str:
-    try:
-        connection = await asyncio.wait_for(aio_pika.connect(amqp_url), READY_TIMEOUT)
-    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as error:
-        BROKER_CONNECTED.labels("api").set(0)
-        return f"unreachable: {error or type(error).__name__}"
-    await connection.close()
-    BROKER_CONNECTED.labels("api").set(1)
-    return "ok"
 
 
 def _pending_migrations(database_url: str) -> list[str]:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import StoredEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context, documents
-from api.auth import check_reader
+from api.auth import Principal, check_reader
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden
-from api.responses import JSONResponse
 from domain.election import Election, ElectionStatus
 from domain.errors import NotFound
 from domain.recount import Recount
@@ -33,10 +34,13 @@ CACHE_SIZE = 512
 @operation(
     Operation(
         "getResults",
-        "Results with their log position (any role, or the election's voter token)",
+        "Results with their log position (any role, the election's voter token, or no "
+        "token where the election has public_results)",
         "results",
         ok=documents.Results,
         errors=(403, 404),
+        conditional=True,
+        token_optional=True,
         params=(
             ELECTION_ID,
             Param(
@@ -53,6 +57,13 @@ CACHE_SIZE = 512
                 required=False,
                 description="recount from the log as of this position",
             ),
+            Param(
+                "If-None-Match",
+                "header",
+                {"type": "string"},
+                required=False,
+                description="an ETag of this document: 304 while it is unchanged",
+            ),
         ),
     )
 )
@@ -62,11 +73,52 @@ async def results(request: Request) -> Response:
     Auditors see exact live results and may recount at any position (``at``); every other
     reader sees, while the election is open, the results as last published (in steps of
     ``live_results_step`` ballot entries), and ``at`` answers what was published then.
+    An election created with ``public_results`` is readable without a token.
     """
-    principal = context.auth(request).identify(request)
+    election_id, election, exact = await reader(request)
+    services = context.services(request)
+    # Every parameter is checked, whichever one decides the answer: a request the contract
+    # calls invalid is refused, not half-read.
+    wanted = context.int_param(request, "min_position", 0, minimum=0)
+    if "at" in request.query_params:
+        at = context.int_param(request, "at", 0, minimum=1)
+        return _conditional(request, await _results_at(services, election_id, at, exact=exact))
+    caught_up = True
+    if wanted:
+        caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
+    body = await current_results(services, election_id, election, exact=exact)
+    headers = (
+        {} if caught_up else {"Warning": f'199 - "results reflect position {body["position"]}"'}
+    )
+    return _conditional(request, body, headers)
+
+
+def _conditional(
+    request: Request, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """The document with its ETag, or 304 if the client holds it already."""
+    rendered = orjson.dumps(body)
+    tag = etag(rendered)
+    headers = {**(headers or {}), "ETag": tag, "Cache-Control": "no-cache"}
+    if tag in _tags(request.headers.get("if-none-match", "")):
+        return Response(status_code=304, headers=headers)
+    return Response(rendered, media_type="application/json", headers=headers)
+
+
+async def reader(request: Request) -> tuple[UUID, Election, bool]:
+    """The election whose results this caller may read, and whether they see them exact:
+    403 while results are hidden from them, 401 without a token unless they are public."""
+    authenticator = context.auth(request)
     election_id = context.election_id(request)
     services = context.services(request)
-    election = await services.app.election(election_id)
+    if "authorization" not in request.headers:
+        election = await services.app.election(election_id)
+        if not election.rules.public_results:
+            authenticator.identify(request)  # 401, saying how to authenticate
+        principal = Principal()
+    else:
+        principal = authenticator.identify(request)
+        election = await services.app.election(election_id)
     exact = principal.can_act_as("auditor")
     hidden = (
         election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
@@ -78,22 +130,25 @@ async def results(request: Request) -> Response:
             "and auditors see them"
         )
     check_reader(principal, election, partial(services.voter_keys.credential, election_id))
-    # Every parameter is checked, whichever one decides the answer: a request the contract
-    # calls invalid is refused, not half-read.
-    wanted = context.int_param(request, "min_position", 0, minimum=0)
-    if "at" in request.query_params:
-        at = context.int_param(request, "at", 0, minimum=1)
-        return JSONResponse(await _results_at(services, election_id, at, exact=exact))
-    caught_up = True
-    if wanted:
-        caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
+    return election_id, election, exact
+
+
+def etag(rendered: bytes) -> str:
+    return '"' + hashlib.blake2b(rendered, digest_size=12).hexdigest() + '"'
+
+
+def _tags(header: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
+
+
+async def current_results(
+    services: Services, election_id: UUID, election: Election, *, exact: bool
+) -> dict[str, Any]:
+    """The results document as GET .../results serves it (and the streams send it)."""
     body = await _results(services, election_id, election, exact=exact)
     if body["closed_at_position"] is not None:
         body = {**body, "final_chain_head": await _final_chain_head(services, body)}
-    headers = (
-        {} if caught_up else {"Warning": f'199 - "results reflect position {body["position"]}"'}
-    )
-    return JSONResponse(body, headers=headers)
+    return body
 
 
 async def _results(

@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         "and report its ballots/s against single ballots",
     )
     parser.add_argument(
+        "--bulk-concurrency",
+        type=int,
+        default=8,
+        help="clients in flight in the bulk run (each carries --bulk ballots)",
+    )
+    parser.add_argument(
         "--targets",
         action="store_true",
         help="exit 1 when a target is missed: single ballots at least 30%% of the bare "
@@ -302,7 +308,7 @@ def _load(args: argparse.Namespace, port: int, elections: list[str], bulk: int) 
         token=CLIENT,
         elections=elections,
         ballot=partial(_ballot, args.method),
-        concurrency=args.concurrency,
+        concurrency=args.bulk_concurrency if bulk > 1 else args.concurrency,
         duration=float(args.duration),
         ballots=args.ballots,
         rate=args.rate,

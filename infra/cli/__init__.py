@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
 from infra.cli.environment import console
+from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
 
 
@@ -30,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except SettingsError as error:
         console.print(f"[red]configuration error:[/red] {error}")
+        return 2
+    except PortInUse as error:
+        console.print(f"[red]cannot start:[/red] {error}")
         return 2
     except KeyboardInterrupt:
         return 130

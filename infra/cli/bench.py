@@ -13,6 +13,7 @@ BENCHMARKS = {
     "rebuild": "infra.bench.rebuild",
     "verify": "infra.bench.verify",
     "ingest": "infra.bench.ingest",
+    "viewers": "infra.bench.viewers",
 }
 
 

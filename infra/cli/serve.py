@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, ExitStack
 from typing import TYPE_CHECKING
 
 from infra.cli.environment import Commands, command_settings, configure_logging, console
+from infra.runtime.lifecycle import check_port_free, die_with_parent
 from infra.runtime.settings import Settings, SettingsError
 from projections import PROJECTIONS
 
@@ -102,6 +103,8 @@ def run_project(args: argparse.Namespace) -> int:
             + ", ".join(PROJECTIONS)
         )
     settings = command_settings(migrate=not args.child)
+    if args.child:
+        die_with_parent()
     return _run_workers(
         running_workers(
             settings, relay=args.relay, projections=names, metrics_port=settings.metrics_port
@@ -125,6 +128,7 @@ def run_serve(_: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure_logging(settings)
+    check_port_free(settings.host, settings.port)  # before anything is started
     with ExitStack() as stack:
         if settings.database_url is None:
             from infra.store.embedded import EmbeddedPostgres
@@ -147,7 +151,9 @@ def run_api(args: argparse.Namespace) -> int:
     configure_logging(settings)
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set (use `cardinal serve` for an embedded one)")
-    if not args.child:
+    if args.child:
+        die_with_parent()
+    else:
         settings = _prepare(settings)
     return _serve_api(settings, everything=False, share_port=args.child)
 
@@ -172,10 +178,9 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
     """
     import socket
 
-    import uvicorn
-
     from api.app import create_app
     from api.protocol import server_config
+    from api.server import DrainingServer
 
     sockets = None
     if share_port:
@@ -193,7 +198,7 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
             ingest=everything,
         ),
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    DrainingServer(config).run(sockets=sockets)
     return 0
 
 

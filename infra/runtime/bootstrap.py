@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from domain.application import VotingApplication
 from infra.audit.chain import Signer
 from infra.audit.sealer import Sealer
+from infra.broker.monitor import BrokerMonitor
 from infra.broker.relay import Relay
 from infra.broker.topology import Topology
 from infra.metrics import serve_worker_metrics
@@ -54,6 +55,7 @@ class Services:
     reads: AsyncConnectionPool
     positions: PositionWatcher
     workers: Workers
+    broker: BrokerMonitor | None = None  # where AMQP_URL is set
     # Results computed per (election, position): dashboards poll, positions move rarely.
     results_cache: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
 
@@ -142,24 +144,42 @@ async def running_services(
         app, url, max_batch=settings.writer_max_batch, max_queue=settings.writer_max_queue
     )
     app.writer = writer
-    reads = _pool(url, max_size=8)
+    # A reader waits at most READ_WAIT for a connection: while the database is down the
+    # pool has none to give, and a read is answered 503 within a second.
+    reads = _pool(url, max_size=8, wait=READ_WAIT)
     await reads.open(wait=False)
     writer.start()
     feed = ElectionFeed(app, url)
     await feed.start()
     positions = PositionWatcher(url, reads)
     await positions.start()
+    broker = BrokerMonitor(settings.amqp_url) if settings.amqp_url else None
+    if broker is not None:
+        await broker.start()
     try:
         async with running_workers(settings, relay=relay, projections=projections) as workers:
             yield Services(
-                settings, app, writer, feed, VoterKeys(settings.secret), reads, positions, workers
+                settings,
+                app,
+                writer,
+                feed,
+                VoterKeys(settings.secret),
+                reads,
+                positions,
+                workers,
+                broker,
             )
     finally:
+        if broker is not None:
+            await broker.stop()
         await positions.stop()
         await feed.stop()
         await writer.stop()
         await reads.close()
         app.close()
+
+
+READ_WAIT = 0.9
 
 
 def tune_garbage_collection() -> None:
@@ -174,7 +194,9 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _pool(url: str, max_size: int, *, check: bool = True) -> AsyncConnectionPool:
+def _pool(
+    url: str, max_size: int, *, check: bool = True, wait: float = 30.0
+) -> AsyncConnectionPool:
     """A pool of autocommit connections; with ``check``, each is tested before it is lent,
     so that a database restart or failover costs a reconnect rather than a failed request."""
     return AsyncConnectionPool(
@@ -182,7 +204,8 @@ def _pool(url: str, max_size: int, *, check: bool = True) -> AsyncConnectionPool
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs={"autocommit": True},
+        timeout=wait,
+        kwargs={"autocommit": True, "connect_timeout": 2},
         check=AsyncConnectionPool.check_connection if check else None,
     )
 

@@ -5,8 +5,9 @@ one. So `serve` starts N API processes that share the listening port (SO_REUSEPO
 kernel spreads connections between them), one background process with the relay and
 every projection, and with AMQP_URL one `cardinal ingest` (ballots from RabbitMQ). The
 supervisor owns what is shared (the embedded PostgreSQL, generated credentials,
-migrations), restarts a child that dies, and on SIGTERM or SIGINT stops them
-all before it stops the database.
+migrations), restarts a child that dies, and on SIGTERM or SIGINT stops them all before it
+stops the database. Killed outright, it takes its children with it (see
+infra/runtime/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from infra.runtime.lifecycle import PARENT_ENV
 from infra.runtime.settings import Settings
 from infra.runtime.shared_metrics import SharedMetrics
 
@@ -66,7 +68,7 @@ class Supervisor:
         return 0
 
     def _start(self, child: Child) -> None:
-        env = {**os.environ, **self.settings.environment()}
+        env = {**os.environ, **self.settings.environment(), PARENT_ENV: str(os.getpid())}
         if child.command[0] == "api":
             env.update(self.metrics.environment())
         child.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments

@@ -32,6 +32,9 @@ def store_environment(database_url: str, pool_size: int = 4) -> dict[str, str]:
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_PRE_PING": "y",
+        # How long a read of an aggregate waits for a connection (the library's default
+        # is 30 s): while the store is down, a request is refused quickly instead.
+        "POSTGRES_CONNECT_TIMEOUT": "2",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         "CREATE_TABLE": "n",
         "TRANSCODER_TOPIC": "infra.store.transcoder:OrjsonTranscoder",

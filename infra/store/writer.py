@@ -17,18 +17,29 @@ the election's Closed event (a close recorded by another process whose cache had
 it yet, or earlier in the same batch) is rolled back and refused with ElectionNotOpen, so a
 2xx always means "recorded, and counted". Each caller awaits its own future, resolved only
 after COMMIT returned, so no 2xx is ever sent for a ballot that is not durable.
-``max_batch=1`` turns batching off.
+``max_batch=1`` turns batching off. (The transaction itself is in infra/store/batch.py.)
+
+Every caller is answered within ``answer_within`` (5 s) and every refusal is certain:
+
+- while the store is down (see infra/store/health.py) appends are refused at the door,
+  and those queued when it went down are refused at once, not tried batch after batch;
+- an append still queued at its deadline, or whose caller went away, is withdrawn: it is
+  never recorded after its caller was answered;
+- a batch whose connection was lost before COMMIT was not recorded and is refused; one
+  lost *during* COMMIT is looked up when the store is back, before anyone is answered;
+- at shutdown, ``drain`` answers what is left (see api/server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar, cast
 from uuid import UUID
 
@@ -37,65 +48,39 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 
-from domain.application import CLOSED_BEFORE_RECORDED, VotingApplication
+from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import Election
-from domain.errors import ElectionNotOpen
-from domain.ports import Overloaded, Recorded, StoreUnavailable, VersionConflict
+from domain.ports import Overloaded, Recorded, StoreUnavailable
 from infra import metrics
 from infra.audit.chain import entry_hash
 from infra.store import EVENTS_TABLE
+from infra.store.batch import Append, Key, Outcome, Progress, commit_batch
+from infra.store.health import PROBE_INTERVAL, StoreHealth
 from infra.store.log import event_type
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
 
-Key = tuple[UUID, int]
-
-# One statement, one round trip under the table lock: the rows recorded (version set),
-# and the Closed positions already in the log of the elections that the batch's ballots
-# are guarded by (version NULL). A Closed event in this very batch is among the former:
-# a statement's reads do not see its own inserts.
-INSERT = f"""
-WITH recorded AS (
-    INSERT INTO {EVENTS_TABLE} (originator_id, originator_version, topic, state)
-    SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])
-    ON CONFLICT DO NOTHING
-    RETURNING originator_id, originator_version, notification_id
+# A ballot request is answered within this long (if its append is still queued by then, it
+# is withdrawn, certainly not recorded, and refused with 503).
+ANSWER_WITHIN = 5.0
+CONNECT_TIMEOUT = 2
+NOT_RECORDED = "the event store is unreachable; the ballot was not recorded: retry shortly"
+TOO_SLOW = (
+    "the event store did not take the ballot within {:g} seconds; it was not recorded: "
+    "retry shortly"
 )
-SELECT originator_id, originator_version, notification_id FROM recorded
-UNION ALL
-SELECT originator_id, NULL, notification_id FROM {EVENTS_TABLE}
-WHERE originator_id = ANY(%b::uuid[]) AND topic = %b
-"""
-EXISTING = f"""
-SELECT e.originator_id, e.originator_version, e.notification_id, e.state
-FROM {EVENTS_TABLE} e
-JOIN unnest(%b::uuid[], %b::bigint[]) AS k(id, version)
-  ON e.originator_id = k.id AND e.originator_version = k.version
-"""
-CLOSED_TOPIC = f"{Election.__module__}:{Election.__qualname__}.Closed"
+SHUTTING_DOWN = "this process is shutting down; the ballot was not recorded: retry"
+UNKNOWN = (
+    "the event store went away while committing this ballot and this process is shutting "
+    "down before it could ask: the ballot may have been recorded; retry with the same "
+    "Idempotency-Key to find out (it is never recorded twice)"
+)
 RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
     "WHERE originator_id = %s AND originator_version = %s"
 )
-
-
-@dataclass
-class _Append:
-    events: list[StoredEvent]
-    future: asyncio.Future[Recorded]
-    guard: UUID | None = None  # record only while this election is open in the log
-    keys: list[Key] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.keys = [(cast(UUID, e.originator_id), e.originator_version) for e in self.events]
-
-
-@dataclass
-class _Outcome:
-    position: int | None = None
-    error: BaseException | None = None
 
 
 @dataclass
@@ -104,7 +89,6 @@ class WriterStats:
 
     batches: int = 0
     appends: int = 0
-    conflicts: int = 0
     last_batch_size: int = 0
 
 
@@ -118,15 +102,20 @@ class GroupCommitWriter:
         *,
         max_batch: int = 500,
         max_queue: int = 20_000,
-        commit_timeout: float = 15.0,
+        answer_within: float = ANSWER_WITHIN,
+        health: StoreHealth | None = None,
     ) -> None:
         self.app = app
         self.database_url = database_url
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.commit_timeout = commit_timeout
+        self.answer_within = answer_within
+        self.health = health or StoreHealth()
         self.stats = WriterStats()
-        self._queue: deque[_Append] = deque()
+        self._in_flight: list[Append] = []
+        self._progress = Progress()  # the writer thread's commit, as it goes
+        self._draining = False
+        self._queue: deque[Append] = deque()
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -148,6 +137,33 @@ class GroupCommitWriter:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
+    def drain(self) -> None:
+        """At the end of a shutdown's grace period: see that every waiting caller is
+        answered before the server gives up on it (a cancelled request is a 500).
+
+        Queued appends are withdrawn: 503, certainly not recorded. A batch still running
+        its statements is cancelled in the database, and the writer refuses it rather than
+        retrying. A batch whose COMMIT was sent is answered by its outcome; only if the
+        store is down as well is its caller told the outcome is unknown, in those words.
+        """
+        self._draining = True
+        with self._wakeup:
+            queued = list(self._queue)
+            self._queue.clear()
+            in_flight = list(self._in_flight)
+        for submission in queued:
+            _refuse(submission, SHUTTING_DOWN)
+        if not in_flight:
+            return
+        if not self._progress.committing:
+            conn = self._conn
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel()
+        elif not self.health.up:
+            for submission in in_flight:
+                _refuse(submission, UNKNOWN)
+
     @property
     def queued(self) -> int:
         return len(self._queue)
@@ -165,24 +181,57 @@ class GroupCommitWriter:
     ) -> Recorded:
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
+        if not self.health.up:
+            raise StoreUnavailable(NOT_RECORDED)
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
         events = [self.app.mapper.to_stored_event(e) for e in domain_events]
-        assert self._loop is not None
-        submission = _Append(events, self._loop.create_future(), while_open)
+        loop = self._loop
+        assert loop is not None
+        submission = Append(events, loop.create_future(), while_open)
+        submission.expiry = loop.call_later(self.answer_within, self._expire, submission)
         with self._wakeup:
             self._queue.append(submission)
             self._wakeup.notify()
-        return await submission.future
+        try:
+            return await submission.future
+        except asyncio.CancelledError:
+            # The caller is gone: what it did not see recorded must not be recorded later.
+            self._withdraw(submission)
+            raise
+
+    def _withdraw(self, submission: Append) -> bool:
+        """Take an append back if the writer thread has not taken it yet."""
+        with self._wakeup:
+            try:
+                self._queue.remove(submission)
+            except ValueError:
+                return False  # in a batch: its outcome comes from the store
+        if submission.expiry is not None:
+            submission.expiry.cancel()
+        return True
+
+    def _expire(self, submission: Append) -> None:
+        """The answer deadline: still queued means refused (an append already in a batch
+        is answered by its commit, which the store decides quickly or is down)."""
+        if not submission.future.done() and self._withdraw(submission):
+            _refuse(submission, TOO_SLOW.format(self.answer_within))
 
     async def load_election(self, election_id: UUID) -> Election | None:
+        self._check_up()
         return await asyncio.to_thread(self._load, election_id, Election)
 
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
+        self._check_up()
         return await asyncio.to_thread(self._load, ballot_id, Ballot)
 
     async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
+        self._check_up()
         return await asyncio.to_thread(self._recorded, aggregate_id, version)
+
+    def _check_up(self) -> None:
+        if not self.health.up:
+            raise StoreUnavailable(NOT_RECORDED)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         return self.app.stored(aggregate_id, kind)
@@ -203,12 +252,21 @@ class GroupCommitWriter:
         while True:
             with self._wakeup:
                 while not self._queue and not self._stopping:
-                    self._wakeup.wait()
+                    if self.health.up:
+                        self._wakeup.wait()
+                    elif not self._wakeup.wait(PROBE_INTERVAL):
+                        break  # down and idle: probe below
                 if not self._queue and self._stopping:
                     break
                 batch = self._take_batch()
+                self._in_flight = batch
+            if not batch:
+                self._probe()
+                continue
             started = time.perf_counter()
             outcomes = self._commit_with_retries(batch)
+            with self._wakeup:
+                self._in_flight = []
             elapsed = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.appends += len(batch)
@@ -221,15 +279,15 @@ class GroupCommitWriter:
         if self._conn is not None:
             self._conn.close()
 
-    def _take_batch(self) -> list[_Append]:
+    def _take_batch(self) -> list[Append]:
         """Up to max_batch appends; one touching a key already in the batch waits its turn.
 
         Two appends of the same (aggregate, version) in one INSERT could not be told apart
         in RETURNING; deferred, the second one meets the first as an ordinary conflict.
         """
-        batch: list[_Append] = []
+        batch: list[Append] = []
         taken: set[Key] = set()
-        deferred: list[_Append] = []
+        deferred: list[Append] = []
         while self._queue and len(batch) < self.max_batch:
             submission = self._queue.popleft()
             if taken.intersection(submission.keys):
@@ -240,139 +298,87 @@ class GroupCommitWriter:
         self._queue.extendleft(reversed(deferred))
         return batch
 
-    def _commit_with_retries(self, batch: list[_Append]) -> list[_Outcome]:
-        deadline = time.monotonic() + self.commit_timeout
-        delay = 0.05
+    def _commit_with_retries(self, batch: list[Append]) -> list[Outcome]:
+        """The batch's outcomes, each certain: recorded, or refused and not recorded.
+
+        A lost connection is retried once at once (an idle connection may have been cut
+        while the store is fine). If the store cannot be reached, it is marked down (new
+        appends are refused at the door) and what waits in the queue is refused; this
+        batch is refused too, unless its COMMIT had been sent: then it waits for the store
+        to come back and asks it which of its rows were recorded.
+        """
         uncertain = False  # a previous attempt may have committed before failing
+        fresh_failures = 0
         while True:
             try:
                 conn = self._connection()
                 return self._commit(conn, batch, recognise_own=uncertain)
             except psycopg.OperationalError as error:
                 self._drop_connection()
-                uncertain = True
-                if time.monotonic() + delay > deadline:
-                    log.error("event store unreachable, %d appends refused: %s", len(batch), error)
-                    refusal = StoreUnavailable(
-                        "the event store is unreachable; the ballot may or may not be "
-                        "recorded: retry with the same Idempotency-Key to find out"
-                    )
-                    return [_Outcome(error=refusal) for _ in batch]
-                log.warning("event store connection lost (%s); retrying in %.2fs", error, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                uncertain = uncertain or self._progress.committing
+                self._progress.committing = False
+                if self._draining and not uncertain:  # cancelled by drain(): not recorded
+                    return [Outcome(error=StoreUnavailable(SHUTTING_DOWN)) for _ in batch]
+                fresh_failures += 1
+                if fresh_failures == 1 and self.health.up:
+                    log.warning("event store connection lost (%s); reconnecting", error)
+                    continue
+                self.health.down(str(error).strip() or type(error).__name__)
+                self._refuse_queued()
+                if not uncertain:
+                    return [Outcome(error=StoreUnavailable(NOT_RECORDED)) for _ in batch]
+                log.error("a commit's outcome is unknown; waiting for the store to ask it")
+                if not self._until_back():
+                    return [Outcome(error=StoreUnavailable(UNKNOWN)) for _ in batch]
             except Exception as error:  # a bug or a bad row: fail this batch, keep running
+                self._progress.committing = False
                 log.exception("group commit failed")
                 self._drop_connection()
-                return [_Outcome(error=error) for _ in batch]
+                return [Outcome(error=error) for _ in batch]
+
+    def _refuse_queued(self) -> None:
+        with self._wakeup:
+            queued = list(self._queue)
+            self._queue.clear()
+        if queued:
+            log.error("event store unreachable: %d queued appends refused", len(queued))
+            assert self._loop is not None
+            for submission in queued:
+                self._loop.call_soon_threadsafe(_refuse, submission, NOT_RECORDED)
+
+    def _until_back(self) -> bool:
+        """Probe until the store answers (True), or the writer stops (False)."""
+        while not self._stopping:
+            if self._probe():
+                return True
+            time.sleep(PROBE_INTERVAL)
+        return False
+
+    def _probe(self) -> bool:
+        """Whether the store answers now; marks it up or down accordingly."""
+        try:
+            self._connection().execute("SELECT 1")
+        except psycopg.OperationalError as error:
+            self._drop_connection()
+            self.health.down(str(error).strip() or type(error).__name__)
+            return False
+        self.health.back()
+        return True
 
     def _commit(
         self,
         conn: psycopg.Connection[tuple[object, ...]],
-        batch: Sequence[_Append],
+        batch: Sequence[Append],
         *,
         recognise_own: bool,
-    ) -> list[_Outcome]:
-        outcomes: dict[int, _Outcome] = {}
-        live = list(batch)
-        while live:
-            refused = self._insert(conn, live, outcomes, recognise_own=recognise_own)
-            # The batch was rolled back for these: refuse them, record the others again.
-            outcomes.update(refused)
-            live = [s for s in live if id(s) not in refused] if refused else []
-        return [outcomes[id(s)] for s in batch]
-
-    def _insert(
-        self,
-        conn: psycopg.Connection[tuple[object, ...]],
-        live: Sequence[_Append],
-        outcomes: dict[int, _Outcome],
-        *,
-        recognise_own: bool,
-    ) -> dict[int, _Outcome]:
-        """One transaction for the batch. If some appends may not stand, it is rolled back
-        and those are returned with their refusals, for the others to be recorded again:
-
-        - an append with only some of its rows recorded (an append is atomic);
-        - a ballot that landed after its election's Closed event, recorded meanwhile by
-          another process (or earlier in this very batch): a 2xx would promise a ballot
-          that the count leaves out.
-        """
-        events = [e for submission in live for e in submission.events]
-        guards = list({s.guard for s in live if s.guard is not None})
-        with conn.transaction():
-            # Every round trip here holds the table lock, and may wait for this thread to
-            # get the GIL back from the event loop: as few as can be.
-            conn.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE; NOTIFY {EVENTS_TABLE}")
-            rows = conn.execute(
-                INSERT,
-                (
-                    [e.originator_id for e in events],
-                    [e.originator_version for e in events],
-                    [e.topic for e in events],
-                    [e.state for e in events],
-                    guards,
-                    CLOSED_TOPIC,
-                ),
-                prepare=True,
-            ).fetchall()
-            recorded = {
-                (cast(UUID, uuid), cast(int, version)): cast(int, position)
-                for uuid, version, position in rows
-                if version is not None
-            }
-            if recognise_own and len(recorded) < len(events):
-                recorded.update(self._own_rows(conn, live, recorded))
-            refused = {
-                id(s): _Outcome(error=VersionConflict())
-                for s in live
-                if 0 < sum(k in recorded for k in s.keys) < len(s.keys)
-            }
-            if guards:
-                closes = [(cast(UUID, r[0]), cast(int, r[2])) for r in rows if r[1] is None]
-                closes += [  # a Closed event in this very batch
-                    (cast(UUID, e.originator_id), recorded[key])
-                    for e in events
-                    if e.topic == CLOSED_TOPIC
-                    and (key := (cast(UUID, e.originator_id), e.originator_version)) in recorded
-                ]
-                refused.update(_after_close(live, recorded, closes))
-            if refused:
-                raise psycopg.Rollback  # leaves the block, rolled back, without an error
-        if refused:
-            return refused
-        for submission in live:
-            if all(k in recorded for k in submission.keys):
-                outcomes[id(submission)] = _Outcome(position=recorded[submission.keys[-1]])
-            else:
-                self.stats.conflicts += 1
-                outcomes[id(submission)] = _Outcome(error=VersionConflict())
-        return {}
-
-    def _own_rows(
-        self,
-        conn: psycopg.Connection[tuple[object, ...]],
-        live: Sequence[_Append],
-        recorded: dict[Key, int],
-    ) -> dict[Key, int]:
-        """Rows that an earlier, failed attempt of this very batch did commit.
-
-        An event's state includes its timestamp to the microsecond and the request it came
-        from, so an identical (id, version, state) row can only be ours.
-        """
-        ours = {k: e.state for s in live for k, e in zip(s.keys, s.events, strict=True)}
-        missing = [k for k in ours if k not in recorded]
-        rows = conn.execute(EXISTING, ([k[0] for k in missing], [k[1] for k in missing])).fetchall()
-        found: dict[Key, int] = {}
-        for originator_id, version, position, state in rows:
-            key = (cast(UUID, originator_id), cast(int, version))
-            if bytes(cast(bytes, state)) == ours.get(key):
-                found[key] = cast(int, position)
-        return found
+    ) -> list[Outcome]:
+        return commit_batch(conn, batch, self._progress, recognise_own=recognise_own)
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url, autocommit=True)
+            self._conn = psycopg.connect(
+                self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            )
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -381,23 +387,18 @@ class GroupCommitWriter:
             self._conn = None
 
 
-def _after_close(
-    live: Sequence[_Append], recorded: dict[Key, int], closes: Sequence[tuple[UUID, int]]
-) -> dict[int, _Outcome]:
-    """Guarded appends that landed after their election's Closed event (``closes``: the
-    guarded elections' Closed positions, read under the table lock, so no close can
-    commit between this check and COMMIT)."""
-    closed_at = dict(closes)
-    return {
-        id(s): _Outcome(error=ElectionNotOpen(CLOSED_BEFORE_RECORDED))
-        for s in live
-        if s.guard in closed_at and recorded.get(s.keys[0], 0) > closed_at[s.guard]
-    }
+def _refuse(submission: Append, detail: str) -> None:
+    if submission.expiry is not None:
+        submission.expiry.cancel()
+    if not submission.future.done():
+        submission.future.set_exception(StoreUnavailable(detail))
 
 
-def _settle(batch: Sequence[_Append], outcomes: Sequence[_Outcome]) -> None:
+def _settle(batch: Sequence[Append], outcomes: Sequence[Outcome]) -> None:
     for submission, outcome in zip(batch, outcomes, strict=True):
-        if submission.future.done():  # the caller went away; the append stands regardless
+        if submission.expiry is not None:
+            submission.expiry.cancel()
+        if submission.future.done():  # answered already (drained at shutdown)
             continue
         if outcome.error is not None:
             submission.future.set_exception(outcome.error)

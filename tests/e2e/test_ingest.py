@@ -26,8 +26,8 @@ from infra.bench.stack import Stack as Processes
 from infra.ingest.publisher import publish
 from infra.runtime.settings import Settings
 from tests.databases import SERVER_URL
-from tests.e2e.rabbit import PrivateRabbit
 from tests.e2e.stack import AMQP_URL
+from tests.rabbit_node import RabbitNode
 from tests.servers import ADMIN, CLIENT
 
 
@@ -51,7 +51,7 @@ def test_the_consumer_reconnects_after_a_broker_restart_and_counts_each_ballot_o
 ) -> None:
     first, everything = Phase("first", 100, 100), Phase("all", 150, 100)
     with (
-        PrivateRabbit(tmp_path / "rabbit") as rabbit,
+        RabbitNode(tmp_path / "rabbit") as rabbit,
         ingest_stack(SERVER_URL, tmp_path, rabbit.url) as stack,
         psycopg.connect(stack.database_url, autocommit=True) as conn,
     ):

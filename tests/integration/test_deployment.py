@@ -97,6 +97,10 @@ def test_the_resolved_stack_wires_processes_health_and_order(tmp_path: Path) -> 
     assert environment["DATABASE_URL"].startswith("postgresql://cardinal:pg@postgres:5432/")
     assert environment["AMQP_URL"] == "amqp://cardinal:mq@rabbitmq:5672/"
     assert environment["CARDINAL_ENV"] == "production"
+    # A long-running process that dies is started again; the one-shot migration is not.
+    for name, service in stack.items():
+        expected = "no" if name == "migrate" else "unless-stopped"
+        assert service.get("restart") == expected, (name, service.get("restart"))
 
 
 class _Recording(dict[str, str]):
@@ -177,6 +181,7 @@ def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
             "CardinalSetAsideEvents",
             "CardinalIngestBacklog",
             "CardinalIngestRefusals",
+            "CardinalStoreRefusingBallots",
         } <= alerts
     used = _metric_names(text)
     assert used

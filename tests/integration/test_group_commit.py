@@ -19,8 +19,9 @@ from domain.ports import Overloaded, Recorded, VersionConflict
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.store import open_application
+from infra.store.batch import Append
 from infra.store.migrations import migrate
-from infra.store.writer import GroupCommitWriter, _Append
+from infra.store.writer import GroupCommitWriter
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient, assert_problem
 from tests.servers import running_api, settings_for
@@ -148,7 +149,7 @@ async def test_a_retry_after_an_unknown_outcome_recognises_its_own_rows(
     loop = asyncio.get_running_loop()
     election = str(uuid4())
     batch = [
-        _Append(
+        Append(
             [app.mapper.to_stored_event(e) for e in _ballot(election, f"v{n}")],
             loop.create_future(),
         )
@@ -157,7 +158,7 @@ async def test_a_retry_after_an_unknown_outcome_recognises_its_own_rows(
     with psycopg.connect(url, autocommit=True) as conn:
         first = writer._commit(conn, batch, recognise_own=False)
         again = writer._commit(conn, batch, recognise_own=True)
-        stranger = _Append(
+        stranger = Append(
             [app.mapper.to_stored_event(e) for e in _ballot(election, "v0")],
             loop.create_future(),
         )
@@ -221,8 +222,8 @@ async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest
         await writer.stop()
     loop = asyncio.get_running_loop()
 
-    def guarded(events: list[StoredEvent], guard: UUID) -> _Append:
-        return _Append(events, loop.create_future(), guard)
+    def guarded(events: list[StoredEvent], guard: UUID) -> Append:
+        return Append(events, loop.create_future(), guard)
 
     def ballot(election_id: UUID, voter: str) -> list[StoredEvent]:
         return [app.mapper.to_stored_event(e) for e in _ballot(str(election_id), voter)]
@@ -231,7 +232,7 @@ async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest
     close = [app.mapper.to_stored_event(e) for e in election.collect_events()]
     batch = [
         guarded(ballot(closing, "before"), closing),
-        _Append(close, loop.create_future()),
+        Append(close, loop.create_future()),
         guarded(ballot(closing, "behind-1"), closing),
         guarded(ballot(staying, "elsewhere"), staying),
         guarded(ballot(closing, "behind-2"), closing),

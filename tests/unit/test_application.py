@@ -107,6 +107,37 @@ async def test_a_retried_request_gets_its_first_receipt() -> None:
     assert _topics(app).count("Ballot.Cast") == 1
 
 
+async def test_a_batch_casts_revises_replays_and_refuses_each_ballot_on_its_own() -> None:
+    app = VotingApplication()
+    election_id = await _open(app)
+    earlier = await app.cast_ballot(election_id, _voter("old"), {"choice": "a"}, "k-old")
+    outcomes = await app.cast_ballots(
+        election_id,
+        [
+            (_voter("new"), {"choice": "a"}, None),  # a first cast
+            (_voter("old"), {"choice": "b"}, None),  # already in the log: revised
+            (_voter("old-replay"), {"choice": "a"}, "k"),
+            (_voter("bad"), {"choice": "zzz"}, None),  # refused on its own
+            (_voter("twice"), {"choice": "a"}, None),  # a voter's ballots count in order
+            (_voter("twice"), {"choice": "b"}, None),
+        ],
+    )
+    new, old, replay_first, bad, twice_1, twice_2 = outcomes
+    assert not isinstance(new, Exception)
+    assert (new.version, new.replayed) == (1, False)
+    assert not isinstance(old, Exception)
+    assert (old.id, old.version) == (earlier.id, 2)
+    assert isinstance(bad, InvalidBallot)
+    assert not isinstance(twice_1, Exception)
+    assert not isinstance(twice_2, Exception)
+    assert (twice_1.version, twice_2.version) == (1, 2)
+    assert not isinstance(replay_first, Exception)
+    again = await app.cast_ballots(election_id, [(_voter("old-replay"), {"choice": "a"}, "k")])
+    assert not isinstance(again[0], Exception)
+    assert (again[0].id, again[0].version, again[0].replayed) == (replay_first.id, 1, True)
+    assert _topics(app).count("Ballot.Cast") == 4  # old, new, old-replay, twice
+
+
 async def test_ballots_need_an_open_election_an_eligible_voter_and_a_valid_vote() -> None:
     app = VotingApplication()
     draft = await app.create_election("Draft", _rules())

@@ -1,0 +1,315 @@
+"""The results pages' HTML: server-rendered tables and inline SVG, from the results document.
+
+Every chart has a table with the same figures beside it, and the text says what colour
+only decorates (win, loss, tie; eliminated; winner). Colours are Okabe-Ito, which stay
+distinct under the common colour-vision deficiencies. No inline style or script: the pages'
+Content-Security-Policy allows only this origin's files.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+BAR = "#0072B2"  # Okabe-Ito blue
+WINNER = "#E69F00"  # Okabe-Ito orange
+HEAT = ("#D55E00", "#F0E442", "#56B4E9")  # loss, tie, win (plus the words)
+FIGURE = {"plurality": "votes", "approval": "approvals", "borda": "points"}
+CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
+
+
+def e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def results_panel(document: dict[str, Any], title: str) -> str:
+    """One election's results: winners and ties first, then the method's charts, the
+    option table, the notes and where these results stand (preliminary or final)."""
+    labels = {o["id"]: o["label"] for o in document["options"]}
+    method = document["method"]
+    parts = [
+        f'<h2 id="results-heading">{e(title)}</h2>',
+        _standing(document),
+        _winners(document, labels),
+    ]
+    if method in FIGURE:
+        parts.append(_bars("Results", FIGURE[method], document, labels))
+    elif method == "score":
+        parts.append(_bars("Mean score", "mean", document, labels))
+        parts.append(_histograms(document, labels))
+    elif method == "star":
+        parts.append(_star(document, labels))
+        parts.append(_histograms(document, labels))
+    elif method == "irv":
+        parts.append(_irv(document, labels))
+    if method in CONDORCET or document.get("pairwise"):
+        parts.append(_heat_map(document, labels))
+    parts.append(_option_table(document))
+    parts.append(_notes(document))
+    parts.append(_final(document))
+    return "\n".join(parts)
+
+
+def _standing(document: dict[str, Any]) -> str:
+    position = document["position"]
+    if document["closed_at_position"] is not None:
+        words = f"Final: the election closed at log position {document['closed_at_position']}."
+        state = "final"
+    else:
+        words = f"As of position {position}, preliminary: the election is {document['status']}."
+        state = "preliminary"
+    return (
+        f'<p class="standing" id="standing" data-state="{state}" data-position="{position}">'
+        f"<strong>{e(words)}</strong> Ballots counted: "
+        f'<span data-figure="ballots">{document["ballots"]}</span>.</p>'
+    )
+
+
+def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
+    winners = document["winners"]
+    names = ", ".join(e(labels.get(w, w)) for w in winners) or "none yet"
+    word = "Winner" if len(winners) == 1 else "Winners"
+    html = f'<p class="winners" id="winners" data-winners="{e(" ".join(winners))}">'
+    html += f"<strong>{word}:</strong> {names}</p>"
+    tie = document.get("tie")
+    if tie:
+        tied = ", ".join(e(labels.get(o, o)) for o in tie["options"])
+        html += f'<p class="tie" id="tie"><strong>Tie between {tied}:</strong> '
+        html += f"{e(tie['reason'])}</p>"
+    return html
+
+
+def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -> str:
+    top = max((value for _, value, _ in rows), default=0) or 1
+    height = 28 * len(rows) + 8
+    bars = []
+    for i, (label, value, winner) in enumerate(rows):
+        y = 4 + 28 * i
+        width = max(0.0, 300 * value / top)
+        fill = WINNER if winner else BAR
+        mark = " (winner)" if winner else ""
+        bars.append(
+            f'<text x="0" y="{y + 17}" class="label">{e(label)}{mark}</text>'
+            f'<rect x="150" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
+            f'<text x="{155 + width:.1f}" y="{y + 17}">{_number(value)}</text>'
+        )
+    return (
+        f'<svg class="chart" id="{chart_id}" viewBox="0 0 520 {height}" role="img" '
+        f'aria-label="{e(caption)}">{"".join(bars)}</svg>'
+    )
+
+
+def _bars(caption: str, figure: str, document: dict[str, Any], labels: dict[str, str]) -> str:
+    winners = set(document["winners"])
+    rows = [
+        (o["label"], float(o.get(figure) or 0), o["id"] in winners) for o in document["options"]
+    ]
+    table = _table(
+        caption,
+        ["Option", figure.replace("_", " ").capitalize()],
+        [
+            [
+                e(o["label"]),
+                f'<span data-option="{e(o["id"])}" data-figure="{figure}">'
+                f"{_number(o.get(figure))}</span>",
+            ]
+            for o in document["options"]
+        ],
+    )
+    return _figure(caption, _bar_svg(caption, rows, f"chart-{figure}"), table)
+
+
+def _histograms(document: dict[str, Any], labels: dict[str, str]) -> str:
+    parts = ['<section aria-labelledby="histograms"><h3 id="histograms">Scores given</h3>']
+    for option in document["options"]:
+        histogram = option.get("histogram") or {}
+        caption = f"Scores given to {option['label']}"
+        rows = [(f"score {level}", float(count), False) for level, count in histogram.items()]
+        table = _table(
+            caption,
+            ["Score", "Ballots"],
+            [
+                [
+                    e(level),
+                    f'<span data-option="{e(option["id"])}" data-score="{e(level)}">{count}</span>',
+                ]
+                for level, count in histogram.items()
+            ],
+        )
+        parts.append(_figure(caption, _bar_svg(caption, rows, f"hist-{e(option['id'])}"), table))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _star(document: dict[str, Any], labels: dict[str, str]) -> str:
+    rounds = document["rounds"]
+    if not rounds:
+        return _bars("Total score", "sum", document, labels)
+    names = ("Scoring round: total scores", "Automatic runoff: ballots preferring each")
+    parts = []
+    for index, one in enumerate(rounds):
+        parts.append(_round_figure(names[min(index, 1)], one, labels, document["winners"], index))
+    return "".join(parts)
+
+
+def _round_figure(
+    caption: str, one: dict[str, Any], labels: dict[str, str], winners: list[str], index: int
+) -> str:
+    rows = [(labels.get(o, o), float(c), o in winners) for o, c in one["counts"].items()]
+    body = [
+        [
+            e(labels.get(o, o)),
+            f'<span data-round="{index}" data-option="{e(o)}">{c}</span>',
+            "eliminated" if o in one["eliminated"] else ("winner" if o in winners else ""),
+        ]
+        for o, c in one["counts"].items()
+    ]
+    if one.get("exhausted"):
+        body.append(["Exhausted (no preference left)", str(one["exhausted"]), ""])
+    table = _table(caption, ["Option", "Count", "Status"], body)
+    return _figure(caption, _bar_svg(caption, rows, f"round-{index}"), table)
+
+
+def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
+    rounds = document["rounds"]
+    if not rounds:
+        return '<p id="no-rounds">No rounds yet: no ballots counted.</p>'
+    last = len(rounds) - 1
+    parts = [
+        _round_figure(
+            f"Final round (round {last + 1})", rounds[last], labels, document["winners"], last
+        )
+    ]
+    options = list(labels)
+    header = ["Round", *[e(labels[o]) for o in options], "Exhausted", "Eliminated"]
+    body = []
+    for index, one in enumerate(rounds):
+        previous = rounds[index - 1]["counts"] if index else {}
+        cells = [str(index + 1)]
+        for option in options:
+            if option not in one["counts"]:
+                cells.append("out")
+                continue
+            count = one["counts"][option]
+            moved = count - previous[option] if option in previous else 0
+            change = f" ({moved:+d})" if index and moved else ""
+            cells.append(
+                f'<span data-round="{index}" data-option="{e(option)}">{count}</span>{change}'
+            )
+        cells.append(str(one["exhausted"]))
+        cells.append(", ".join(e(labels.get(o, o)) for o in one["eliminated"]) or "none")
+        body.append(cells)
+    parts.append(
+        _table("Every round, with transfers (+/-) and exhausted ballots", header, body, "rounds")
+    )
+    return "".join(parts)
+
+
+def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
+    pairwise = document.get("pairwise") or {}
+    options = [o["id"] for o in document["options"]]
+    size = 70
+    cells, body = [], []
+    for row, a in enumerate(options):
+        line = [f'<th scope="row">{e(labels[a])}</th>']
+        for col, b in enumerate(options):
+            if a == b:
+                line.append("<td>—</td>")
+                continue
+            ab, ba = pairwise.get(a, {}).get(b, 0), pairwise.get(b, {}).get(a, 0)
+            outcome = "win" if ab > ba else ("loss" if ab < ba else "tie")
+            colour = HEAT[("loss", "tie", "win").index(outcome)]
+            x, y = 120 + col * size, 30 + row * 40
+            cells.append(
+                f'<rect x="{x}" y="{y}" width="{size - 4}" height="36" fill="{colour}"/>'
+                f'<text x="{x + 6}" y="{y + 23}">{outcome} {ab}-{ba}</text>'
+            )
+            line.append(
+                f'<td data-pair="{e(a)}>{e(b)}" data-outcome="{outcome}">'
+                f"{outcome}: {ab} to {ba}</td>"
+            )
+        cells.append(f'<text x="0" y="{30 + row * 40 + 23}">{e(labels[a])}</text>')
+        body.append(line)
+    heads = "".join(
+        f'<text x="{120 + i * size}" y="18">{e(labels[o][:9])}</text>'
+        for i, o in enumerate(options)
+    )
+    caption = "Pairwise: ballots preferring the row's option to the column's"
+    svg = (
+        f'<svg class="chart" id="heat-map" viewBox="0 0 {130 + size * len(options)} '
+        f'{40 + 40 * len(options)}" role="img" aria-label="{e(caption)}">{heads}{"".join(cells)}'
+        "</svg>"
+    )
+    header = "".join(f'<th scope="col">{e(labels[o])}</th>' for o in options)
+    table = (
+        f'<div class="table-wrap"><table id="pairwise"><caption>{e(caption)}</caption>'
+        f'<thead><tr><th scope="col">Row vs column</th>{header}</tr></thead><tbody>'
+        + "".join(f"<tr>{''.join(line)}</tr>" for line in body)
+        + "</tbody></table></div>"
+    )
+    return _figure(caption, svg, table)
+
+
+def _option_table(document: dict[str, Any]) -> str:
+    keys: list[str] = []
+    for option in document["options"]:
+        keys.extend(k for k in option if k not in ("id", "label", "histogram") and k not in keys)
+    winners = set(document["winners"])
+    rows = []
+    for option in document["options"]:
+        cells = [e(option["label"]) + (" (winner)" if option["id"] in winners else "")]
+        cells.extend(
+            f'<span data-option="{e(option["id"])}" data-figure="{e(k)}">'
+            f"{_number(option.get(k))}</span>"
+            for k in keys
+        )
+        rows.append(cells)
+    headers = ["Option", *[e(k.replace("_", " ")) for k in keys]]
+    return _table("Every option's figures", headers, rows, "figures")
+
+
+def _notes(document: dict[str, Any]) -> str:
+    if not document["notes"]:
+        return ""
+    items = "".join(f"<li>{e(note)}</li>" for note in document["notes"])
+    return f'<section aria-labelledby="notes"><h3 id="notes">Notes</h3><ul>{items}</ul></section>'
+
+
+def _final(document: dict[str, Any]) -> str:
+    head = document.get("final_chain_head")
+    if document["closed_at_position"] is None:
+        return ""
+    if not head:
+        return '<p id="chain-head">Final. The signed chain head is being sealed.</p>'
+    return (
+        '<section aria-labelledby="verify" id="chain-head"><h3 id="verify">Final: how to '
+        "verify</h3><p>The audit log was sealed at position "
+        f"{head['position']} with chain head <code>{e(head['hash'])}</code>, signed by key "
+        f"<code>{e(head['key_id'])}</code> (checkpoint {head['checkpoint_id']}). Check it "
+        "with <code>cardinal audit verify</code> against <code>GET /api/audit/events</code> "
+        "and <code>GET /api/audit/public-key</code>.</p></section>"
+    )
+
+
+def _figure(caption: str, chart: str, table: str) -> str:
+    return f'<figure class="pair"><figcaption>{e(caption)}</figcaption>{chart}{table}</figure>'
+
+
+def _table(
+    caption: str, headers: list[str], rows: list[list[str]], table_id: str | None = None
+) -> str:
+    ident = f' id="{table_id}"' if table_id else ""
+    head = "".join(f'<th scope="col">{h}</th>' for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        f'<div class="table-wrap"><table{ident}><caption>{e(caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:g}" if value.is_integer() else f"{value:.3f}".rstrip("0")
+    return e(value)

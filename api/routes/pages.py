@@ -1,0 +1,163 @@
+"""The dashboards: an overview of the elections and one results page per election.
+
+Server-rendered HTML (api/dashboard.py) with one small vendored script that follows the
+results stream and swaps in the re-rendered panel; no CDN, no build step. A page's token
+(for elections without public results) stays in the browser's sessionStorage and goes
+out as an Authorization header, never in a URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from api import context
+from api.dashboard import e, results_panel
+from api.routes.results import current_results, reader
+from api.routes.streams import overview
+from domain.errors import NotFound
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", overview_page, methods=["GET"], include_in_schema=False),
+        Route("/results", to_overview, methods=["GET"], include_in_schema=False),
+        Route("/overview/panel", overview_panel, methods=["GET"], include_in_schema=False),
+        Route("/elections/{election_id}", results_page, methods=["GET"], include_in_schema=False),
+        Route(
+            "/elections/{election_id}/panel",
+            results_fragment,
+            methods=["GET"],
+            include_in_schema=False,
+        ),
+        Route("/static/{name}", asset, methods=["GET"], include_in_schema=False),
+    ]
+
+
+def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
+    attributes = " ".join(f'data-{k}="{e(v)}"' for k, v in data.items())
+    html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)} · Cardinal Vote</title>
+<link rel="stylesheet" href="/static/dashboard.css">
+<script src="/static/dashboard.js" defer></script></head>
+<body {attributes}>
+<a class="skip" href="#main">Skip to the results</a>
+<header><nav aria-label="Dashboards"><a href="/">All elections</a></nav>
+<div class="controls"><button type="button" id="pause" aria-pressed="false">Pause updates</button>
+<span id="mode" class="mode">Live updates: connecting</span></div></header>
+<main id="main" tabindex="-1">
+<h1>{e(title)}</h1>
+<form id="token-form" class="token" hidden>
+<p id="token-why">These results need a token. It is kept only for this browser session.</p>
+<label for="token">Token</label> <input id="token" name="token" type="password"
+autocomplete="off" aria-describedby="token-why"> <button type="submit">Show results</button>
+</form>
+<div id="panel" aria-busy="false">{body}</div>
+<div id="announce" class="visually-hidden" aria-live="polite" aria-atomic="true"></div>
+</main></body></html>"""
+    return HTMLResponse(html, headers=HEADERS)
+
+
+async def overview_page(request: Request) -> Response:
+    panel = _overview_html(await overview(context.services(request), everyone=False))
+    return _page(
+        "Elections",
+        panel,
+        {"panel": "/overview/panel", "stream": "/api/elections/stream", "kind": "overview"},
+    )
+
+
+async def to_overview(_: Request) -> Response:
+    return RedirectResponse("/", status_code=308)
+
+
+async def overview_panel(request: Request) -> Response:
+    everyone = "authorization" in request.headers
+    if everyone:
+        context.auth(request).identify(request)
+    document = await overview(context.services(request), everyone=everyone)
+    return HTMLResponse(_overview_html(document), headers=HEADERS)
+
+
+def _overview_html(document: dict[str, Any]) -> str:
+    rows = []
+    for election in document["elections"]:
+        entries = election["ballot_entries"]
+        shown = "hidden until close" if entries is None else entries
+        state = "final" if election["final"] else ("live" if election["status"] == "open" else "—")
+        rows.append(
+            f'<tr data-election="{e(election["id"])}">'
+            f'<td><a href="/elections/{e(election["id"])}">{e(election["title"])}</a></td>'
+            f"<td>{e(election['status'])}</td><td>{e(election['method'])}</td>"
+            f'<td data-figure="ballot_entries">{shown}'
+            f"</td><td>{state}</td></tr>"
+        )
+    if not rows:
+        return (
+            f'<p id="overview" data-position="{document["position"]}">No elections to show. '
+            "Elections without public results appear after you enter a token.</p>"
+        )
+    return (
+        f'<div class="table-wrap"><table id="overview" data-position="{document["position"]}">'
+        "<caption>Elections, oldest first</caption><thead><tr>"
+        '<th scope="col">Election</th><th scope="col">Status</th><th scope="col">Method</th>'
+        '<th scope="col">Ballot entries</th><th scope="col">Results</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+async def results_page(request: Request) -> Response:
+    election_id = context.election_id(request)
+    services = context.services(request)
+    election = await services.app.election(election_id)
+    data = {
+        "panel": f"/elections/{election_id}/panel",
+        "stream": f"/api/elections/{election_id}/results/stream",
+        "kind": "results",
+        "public": "true" if election.rules.public_results else "false",
+    }
+    body = ""
+    if election.rules.public_results and "authorization" not in request.headers:
+        try:
+            body = await _panel_html(request)
+        except Exception:  # hidden until the close: the script shows why
+            body = ""
+    return _page(election.title, body, data)
+
+
+async def results_fragment(request: Request) -> Response:
+    return HTMLResponse(await _panel_html(request), headers=HEADERS)
+
+
+async def _panel_html(request: Request) -> str:
+    election_id, election, exact = await reader(request)
+    document = await current_results(context.services(request), election_id, election, exact=exact)
+    return results_panel(document, "Results")
+
+
+async def asset(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in ASSETS:
+        raise NotFound(f"no asset {name[:40]!r}")
+    return Response(
+        (STATIC / name).read_bytes(),
+        media_type=ASSETS[name],
+        headers={"Cache-Control": "public, max-age=300"},
+    )

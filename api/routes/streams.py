@@ -1,0 +1,127 @@
+"""Results as Server-Sent Events: one election's, and the overview of every election.
+
+A plain ASGI response (``api.streams.EventStream``) rather than sse-starlette: the stream
+needs the hub's latest-document slot, a per-send timeout that aborts the connection, and
+to end on the server's shutdown through our own HTTP protocol, and sse-starlette's
+shutdown hook patches uvicorn's signal handler, which ``cardinal serve`` does not use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api import context
+from api.contract import Operation, Param, operation
+from api.params import ELECTION_ID
+from api.problems import Forbidden
+from api.routes.results import current_results, reader
+from api.streams import EventStream, StreamHub
+from api.views import election_view
+from domain.election import ElectionStatus
+from domain.rules import ResultsVisibility
+from infra.runtime.bootstrap import Services
+
+STREAM = "text/event-stream"
+LAST_EVENT_ID = Param(
+    "Last-Event-ID",
+    "header",
+    {"type": "string"},
+    required=False,
+    description="resume: the stream starts again with the current snapshot",
+)
+COUNTS = """
+SELECT e.election_id, coalesce(e.entries, 0), e.closed_at,
+       (SELECT position FROM read_models.tally_position)
+FROM read_models.tally_elections e
+"""
+
+
+def hub(request: Request) -> StreamHub:
+    return request.app.state.streams  # type: ignore[no-any-return]
+
+
+@operation(
+    Operation(
+        "streamResults",
+        "The results document as Server-Sent Events, each event's id its position "
+        "(as getResults: any role, the election's voter token, or none if public)",
+        "results",
+        errors=(403, 404),
+        params=(ELECTION_ID, LAST_EVENT_ID),
+        media=STREAM,
+        token_optional=True,
+    )
+)
+async def results_stream(request: Request) -> Response:
+    election_id, _, exact = await reader(request)
+    services = context.services(request)
+
+    async def build() -> tuple[int, dict[str, Any]]:
+        election = await services.app.election(election_id)
+        document = await current_results(services, election_id, election, exact=exact)
+        return int(document["position"]), document
+
+    return EventStream(hub(request), ("results", election_id, exact), build)  # type: ignore[return-value]
+
+
+@operation(
+    Operation(
+        "streamElections",
+        "Every election with its status and ballot entries, as Server-Sent Events (any "
+        "role; without a token, the elections with public results)",
+        "elections",
+        errors=(403,),
+        params=(LAST_EVENT_ID,),
+        media=STREAM,
+        token_optional=True,
+    )
+)
+async def elections_stream(request: Request) -> Response:
+    if "authorization" in request.headers:
+        if context.auth(request).identify(request).voter_token is not None:
+            raise Forbidden("a voter token reads only the election it was issued for")
+        everyone = True
+    else:
+        everyone = False
+    services = context.services(request)
+
+    async def build() -> tuple[int, dict[str, Any]]:
+        document = await overview(services, everyone=everyone)
+        return int(document["position"]), document
+
+    return EventStream(hub(request), ("overview", everyone), build)  # type: ignore[return-value]
+
+
+async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
+    """Every election (or only those with public results) with its ballot entries as the
+    public sees them: in steps of ``live_results_step`` while open, none while hidden."""
+    async with services.reads.connection() as conn:
+        cursor = await conn.execute(COUNTS, prepare=True)
+        rows = await cursor.fetchall()
+    counts: dict[UUID, tuple[int, int | None]] = {row[0]: (int(row[1]), row[2]) for row in rows}
+    position = max((int(row[3] or 0) for row in rows), default=0)
+    elections = []
+    for election in sorted(services.app.elections.values(), key=lambda e: e.created_on):
+        rules = election.rules
+        if not (everyone or rules.public_results):
+            continue
+        entries, closed_at = counts.get(election.id, (0, None))
+        if closed_at is None and election.status is not ElectionStatus.CLOSED:
+            if rules.results_visibility is ResultsVisibility.AFTER_CLOSE:
+                entries_seen: int | None = None
+            else:
+                entries_seen = entries // rules.live_results_step * rules.live_results_step
+        else:
+            entries_seen = entries
+        elections.append(
+            {
+                **election_view(election),
+                "ballot_entries": entries_seen,
+                "final": closed_at is not None,
+            }
+        )
+    return {"position": position, "elections": elections}

@@ -1,0 +1,213 @@
+"""Server-Sent Events: one hub per API process, fed by the log's notifications.
+
+The hub wakes when the tally projection's NOTIFY moves its position (the same
+``PositionWatcher`` that wakes ``min_position`` waiters), at most ``COALESCE`` times a second.
+It then builds each watched view once, an election's results as a reader with or without
+exact rights sees them, or the overview, and hands the new document to every subscriber
+of that view. A subscriber holds only the latest document (a slot, not a queue): memory
+per connection is bounded whatever the client's speed, and a reader who falls behind
+skips straight to the newest results. No connection reads the database on its own after
+its first snapshot.
+
+A stream ends when the client leaves, when a send does not complete within
+``SEND_TIMEOUT`` (the connection is aborted), or when the server shuts down: uvicorn waits
+for open responses before it stops, so the HTTP protocol (``api.protocol``) sets the
+scope's ``cardinal.closing`` event on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 15.0
+SEND_TIMEOUT = 10.0
+COALESCE = 4.0  # hub publications per second at most
+IDLE_REFRESH = 2.0  # views are rebuilt at least this often (status changes, closes)
+CLOSING = "cardinal.closing"
+HANGUP = "cardinal.hangup"
+
+Build = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One stream's slot: the latest (position, document) not yet sent."""
+
+    pending: tuple[int, bytes] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, position: int, data: bytes) -> None:
+        self.pending = (position, data)
+        self.ready.set()
+
+    def take(self) -> tuple[int, bytes] | None:
+        item, self.pending = self.pending, None
+        self.ready.clear()
+        return item
+
+
+@dataclass(eq=False)
+class View:
+    build: Build
+    subscribers: set[Subscriber] = field(default_factory=set)
+    last: tuple[int, bytes] | None = None
+
+
+class StreamHub:
+    """The process's streams, grouped by view; one task rebuilds the watched views."""
+
+    def __init__(self, wait_for_change: Callable[[int, float], Awaitable[int]]) -> None:
+        """``wait_for_change(seen, patience)``: the tally's position once past ``seen`` (at
+        once if it is already), or after ``patience`` seconds."""
+        self._wait = wait_for_change
+        self.views: dict[Hashable, View] = {}
+        self.sent = 0  # events handed to subscribers (for the viewers benchmark and tests)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(view.subscribers) for view in self.views.values())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stream-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def subscribe(self, key: Hashable, build: Build) -> tuple[Subscriber, tuple[int, bytes]]:
+        """A new subscriber to view ``key`` and the view's current document."""
+        view = self.views.get(key)
+        if view is None or view.last is None:
+            view = self.views.setdefault(key, View(build))
+            current = await self._build(view)
+        else:  # a watched view is kept current by the hub: a reconnection storm costs no reads
+            current = view.last
+        subscriber = Subscriber()  # (no await since ``current``: no change can slip between)
+        view.subscribers.add(subscriber)
+        if self._task is None or self._task.done():
+            self.start()
+        return subscriber, current
+
+    def unsubscribe(self, key: Hashable, subscriber: Subscriber) -> None:
+        view = self.views.get(key)
+        if view is not None:
+            view.subscribers.discard(subscriber)
+            if not view.subscribers:
+                del self.views[key]
+
+    async def _build(self, view: View) -> tuple[int, bytes]:
+        position, document = await view.build()
+        view.last = (position, orjson.dumps(document))
+        return view.last
+
+    async def _run(self) -> None:
+        seen = 0
+        while self.views:
+            # Read before building: whatever the tally reaches meanwhile wakes the next round.
+            seen = await self._wait(seen, IDLE_REFRESH)
+            for view in list(self.views.values()):
+                before = view.last
+                try:
+                    current = await self._build(view)
+                except Exception as error:  # an election gone or the store away: next time
+                    log.warning("stream hub: cannot build a view: %s", error)
+                    continue
+                if before is not None and current[1] == before[1]:
+                    continue
+                for subscriber in view.subscribers:
+                    subscriber.offer(*current)
+                    self.sent += 1
+            await asyncio.sleep(1 / COALESCE)
+
+
+def frame(position: int, data: bytes) -> bytes:
+    return b"id: %d\nevent: results\ndata: " % position + data + b"\n\n"
+
+
+class EventStream:
+    """The ASGI response of one stream: the current document at once (a Last-Event-ID
+    resumes with it too: there is no history to replay, only the present), then each new
+    one, with a comment line as heartbeat."""
+
+    def __init__(self, hub: StreamHub, key: Hashable, build: Build) -> None:
+        self.hub = hub
+        self.key = key
+        self.build = build
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        closing = scope.setdefault(CLOSING, asyncio.Event())
+        subscriber, current = await self.hub.subscribe(self.key, self.build)
+        gone = asyncio.create_task(_disconnected(receive))
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                }
+            )
+            sent = current[0]
+            if not await _send(scope, send, b"retry: 2000\n" + frame(*current)):
+                return
+            while not (closing.is_set() or gone.done()):
+                woken = asyncio.ensure_future(subscriber.ready.wait())
+                ended = asyncio.ensure_future(closing.wait())
+                await asyncio.wait(
+                    (woken, ended, gone), timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
+                )
+                woken.cancel()
+                ended.cancel()
+                if closing.is_set() or gone.done():
+                    break
+                item = subscriber.take()
+                if item is None:
+                    chunk = b": heartbeat\n\n"
+                elif item[0] < sent:
+                    continue  # never move a reader backwards
+                else:
+                    sent = item[0]
+                    chunk = frame(*item)
+                if not await _send(scope, send, chunk):
+                    return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+            self.hub.unsubscribe(self.key, subscriber)
+
+
+async def _send(scope: Scope, send: Send, chunk: bytes) -> bool:
+    """Send a chunk; False (and the connection aborted) if the client does not take it in
+    time: a reader who stops reading must not hold the server's buffers."""
+    try:
+        await asyncio.wait_for(
+            send({"type": "http.response.body", "body": chunk, "more_body": True}),
+            SEND_TIMEOUT,
+        )
+    except TimeoutError:
+        hangup = scope.get(HANGUP)
+        if hangup is not None:
+            hangup()
+        return False
+    return True
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

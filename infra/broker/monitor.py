@@ -1,0 +1,82 @@
+"""One connection per API process to tell whether RabbitMQ is there.
+
+The API does not need the broker to take ballots or serve results (the projections catch
+up from the store), so an outage makes the service *degraded*, not unready. Readiness and
+health probes read this monitor's state instead of opening a connection each (which cost
+a connection and an error line per probe while the broker was down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+
+from infra import metrics
+
+log = logging.getLogger(__name__)
+
+RETRY = 1.0  # seconds between connection attempts while the broker is away
+
+
+class BrokerMonitor:
+    def __init__(self, amqp_url: str, component: str = "api") -> None:
+        self.amqp_url = amqp_url
+        self.component = component
+        self.connected = False
+        self.reason = "not yet connected"
+        self._task: asyncio.Task[None] | None = None
+        self._connection: AbstractRobustConnection | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="broker-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    def describe(self) -> str:
+        return "ok" if self.connected else f"degraded: {self.reason}"
+
+    def _set(self, connected: bool, reason: str = "") -> None:
+        if connected != self.connected:
+            if connected:
+                log.info("broker connected")
+            else:
+                log.warning("broker unreachable (%s): results catch up from the store", reason)
+        self.connected, self.reason = connected, reason
+        metrics.BROKER_CONNECTED.labels(self.component).set(1 if connected else 0)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                connection = await aio_pika.connect(self.amqp_url, timeout=5)
+            except Exception as error:  # any failure means "not connected"
+                self._set(False, str(error) or type(error).__name__)
+                await asyncio.sleep(RETRY)
+                continue
+            self._connection = connection  # type: ignore[assignment]
+            self._set(True)
+            await _closed(connection)
+            self._set(False, "connection lost")
+            self._connection = None
+
+
+def _closed(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future[None]:
+    """A future done when the connection closes, for whatever reason."""
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def closed(*_: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    connection.close_callbacks.add(closed)
+    return lost

@@ -1,0 +1,201 @@
+"""One group commit: a batch of appends recorded in one transaction, or refused.
+
+    LOCK TABLE cardinal_events IN EXCLUSIVE MODE; NOTIFY cardinal_events;
+    INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING ...
+
+The writer (infra/store/writer.py) decides when a batch goes and what its callers are told;
+this module is the transaction itself, and what it can tell: the rows recorded, the
+appends refused (a conflict, a ballot behind its election's close), and whether COMMIT had
+been sent when a connection was lost (the one case whose outcome only the store knows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import StoredEvent
+
+from domain.application import CLOSED_BEFORE_RECORDED
+from domain.election import Election
+from domain.errors import ElectionNotOpen
+from domain.ports import Recorded, VersionConflict
+from infra.store import EVENTS_TABLE
+
+Key = tuple[UUID, int]
+
+# One statement, one round trip under the table lock: the rows recorded (version set),
+# and the Closed positions already in the log of the elections that the batch's ballots
+# are guarded by (version NULL). A Closed event in this very batch is among the former:
+# a statement's reads do not see its own inserts.
+INSERT = f"""
+WITH recorded AS (
+    INSERT INTO {EVENTS_TABLE} (originator_id, originator_version, topic, state)
+    SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING originator_id, originator_version, notification_id
+)
+SELECT originator_id, originator_version, notification_id FROM recorded
+UNION ALL
+SELECT originator_id, NULL, notification_id FROM {EVENTS_TABLE}
+WHERE originator_id = ANY(%b::uuid[]) AND topic = %b
+"""
+EXISTING = f"""
+SELECT e.originator_id, e.originator_version, e.notification_id, e.state
+FROM {EVENTS_TABLE} e
+JOIN unnest(%b::uuid[], %b::bigint[]) AS k(id, version)
+  ON e.originator_id = k.id AND e.originator_version = k.version
+"""
+CLOSED_TOPIC = f"{Election.__module__}:{Election.__qualname__}.Closed"
+
+
+@dataclass
+class Append:
+    events: list[StoredEvent]
+    future: asyncio.Future[Recorded]
+    guard: UUID | None = None  # record only while this election is open in the log
+    keys: list[Key] = field(init=False)
+    expiry: asyncio.TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        self.keys = [(cast(UUID, e.originator_id), e.originator_version) for e in self.events]
+
+
+@dataclass
+class Outcome:
+    position: int | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Progress:
+    """What a commit tells the writer besides its outcomes."""
+
+    committing: bool = False  # COMMIT sent, its answer not yet read
+    conflicts: int = 0
+
+
+def commit_batch(
+    conn: psycopg.Connection[tuple[object, ...]],
+    batch: Sequence[Append],
+    progress: Progress,
+    *,
+    recognise_own: bool,
+) -> list[Outcome]:
+    outcomes: dict[int, Outcome] = {}
+    live = list(batch)
+    while live:
+        refused = _insert(conn, live, outcomes, progress, recognise_own=recognise_own)
+        # The batch was rolled back for these: refuse them, record the others again.
+        outcomes.update(refused)
+        live = [s for s in live if id(s) not in refused] if refused else []
+    return [outcomes[id(s)] for s in batch]
+
+
+def _insert(
+    conn: psycopg.Connection[tuple[object, ...]],
+    live: Sequence[Append],
+    outcomes: dict[int, Outcome],
+    progress: Progress,
+    *,
+    recognise_own: bool,
+) -> dict[int, Outcome]:
+    """One transaction for the batch. If some appends may not stand, it is rolled back
+    and those are returned with their refusals, for the others to be recorded again:
+
+    - an append with only some of its rows recorded (an append is atomic);
+    - a ballot that landed after its election's Closed event, recorded meanwhile by
+      another process (or earlier in this very batch): a 2xx would promise a ballot
+      that the count leaves out.
+    """
+    events = [e for submission in live for e in submission.events]
+    guards = list({s.guard for s in live if s.guard is not None})
+    with conn.transaction():
+        # Every round trip here holds the table lock, and may wait for this thread to
+        # get the GIL back from the event loop: as few as can be.
+        conn.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE; NOTIFY {EVENTS_TABLE}")
+        rows = conn.execute(
+            INSERT,
+            (
+                [e.originator_id for e in events],
+                [e.originator_version for e in events],
+                [e.topic for e in events],
+                [e.state for e in events],
+                guards,
+                CLOSED_TOPIC,
+            ),
+            prepare=True,
+        ).fetchall()
+        recorded = {
+            (cast(UUID, uuid), cast(int, version)): cast(int, position)
+            for uuid, version, position in rows
+            if version is not None
+        }
+        if recognise_own and len(recorded) < len(events):
+            recorded.update(_own_rows(conn, live, recorded))
+        refused = {
+            id(s): Outcome(error=VersionConflict())
+            for s in live
+            if 0 < sum(k in recorded for k in s.keys) < len(s.keys)
+        }
+        if guards:
+            closes = [(cast(UUID, r[0]), cast(int, r[2])) for r in rows if r[1] is None]
+            closes += [  # a Closed event in this very batch
+                (cast(UUID, e.originator_id), recorded[key])
+                for e in events
+                if e.topic == CLOSED_TOPIC
+                and (key := (cast(UUID, e.originator_id), e.originator_version)) in recorded
+            ]
+            refused.update(_after_close(live, recorded, closes))
+        if refused:
+            raise psycopg.Rollback  # leaves the block, rolled back, without an error
+        progress.committing = True  # from here, a lost connection leaves the outcome open
+    progress.committing = False
+    if refused:
+        return refused
+    for submission in live:
+        if all(k in recorded for k in submission.keys):
+            outcomes[id(submission)] = Outcome(position=recorded[submission.keys[-1]])
+        else:
+            progress.conflicts += 1
+            outcomes[id(submission)] = Outcome(error=VersionConflict())
+    return {}
+
+
+def _own_rows(
+    conn: psycopg.Connection[tuple[object, ...]],
+    live: Sequence[Append],
+    recorded: dict[Key, int],
+) -> dict[Key, int]:
+    """Rows that an earlier, failed attempt of this very batch did commit.
+
+    An event's state includes its timestamp to the microsecond and the request it came
+    from, so an identical (id, version, state) row can only be ours.
+    """
+    ours = {k: e.state for s in live for k, e in zip(s.keys, s.events, strict=True)}
+    missing = [k for k in ours if k not in recorded]
+    rows = conn.execute(EXISTING, ([k[0] for k in missing], [k[1] for k in missing])).fetchall()
+    found: dict[Key, int] = {}
+    for originator_id, version, position, state in rows:
+        key = (cast(UUID, originator_id), cast(int, version))
+        if bytes(cast(bytes, state)) == ours.get(key):
+            found[key] = cast(int, position)
+    return found
+
+
+def _after_close(
+    live: Sequence[Append], recorded: dict[Key, int], closes: Sequence[tuple[UUID, int]]
+) -> dict[int, Outcome]:
+    """Guarded appends that landed after their election's Closed event (``closes``: the
+    guarded elections' Closed positions, read under the table lock, so no close can
+    commit between this check and COMMIT)."""
+    closed_at = dict(closes)
+    return {
+        id(s): Outcome(error=ElectionNotOpen(CLOSED_BEFORE_RECORDED))
+        for s in live
+        if s.guard in closed_at and recorded.get(s.keys[0], 0) > closed_at[s.guard]
+    }

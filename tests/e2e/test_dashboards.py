@@ -1,0 +1,259 @@
+"""The dashboards in a real browser: Debian's chromium driven by Playwright.
+
+Each method's page shows the values of its JSON results; a ballot shows on an open page
+within 2 s without a reload; axe-core finds no serious or critical violation; screenshots
+are kept under .cardinal/screenshots/ (the README's copies live in docs/screenshots/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from infra.store.migrations import migrate
+from tests.databases import create_database, drop_database
+from tests.integration.client import VotingClient, bearer
+from tests.servers import ADMIN, running_api, settings_for
+
+CHROMIUM = os.environ.get("CARDINAL_CHROMIUM", "/usr/bin/chromium")
+AXE = (Path(__file__).parent / "assets" / "axe.min.js").read_text()
+SHOTS = Path(".cardinal") / "screenshots"
+README_SHOTS = Path("docs") / "screenshots"
+WAIT_MS = 20_000
+
+RANKINGS = [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "c", "b"], ["b", "a", "c"]]
+SCORES = [{"a": 2, "b": 1, "c": 0}, {"a": -1, "b": 2, "c": 0}, {"a": 1, "b": 1, "c": 2}]
+BALLOTS: dict[str, list[dict[str, Any]]] = {
+    "plurality": [{"choice": c} for c in "aabcb"] + [{"choice": "a"}],
+    "approval": [{"approve": ["a", "b"]}, {"approve": ["b"]}, {"approve": ["c", "b"]}],
+    "borda": [{"ranking": r} for r in RANKINGS],
+    "score": [{"scores": s} for s in SCORES],
+    "star": [{"scores": {k: v + 2 for k, v in s.items()}} for s in SCORES],
+    "irv": [{"ranking": r} for r in [*RANKINGS, ["c", "b"], ["c"]]],
+    "schulze": [{"ranking": r} for r in RANKINGS],
+    "ranked_pairs": [{"ranking": r} for r in RANKINGS],
+    "copeland": [{"ranking": r} for r in RANKINGS],
+    "minimax": [{"ranking": r} for r in RANKINGS],
+}
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    url = create_database("cardinal_pages")
+    migrate(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="module")
+async def site(database_url: str) -> AsyncIterator[str]:
+    async with running_api(settings_for(database_url)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    # axe is injected as a script: the page's own CSP (self only) would refuse it.
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1100, "height": 900})
+    opened = await context.new_page()
+    yield opened
+    await context.close()
+
+
+@pytest.fixture
+async def voting(site: str) -> AsyncIterator[VotingClient]:
+    async with httpx.AsyncClient(base_url=site, timeout=30) as http:
+        yield VotingClient(http)
+
+
+async def _election(voting: VotingClient, method: str, *, close: bool = True) -> str:
+    election = await voting.create_election(
+        method, public_results=True, live_results_step=1, title=f"Lunch vote ({method})"
+    )
+    await voting.open(election["id"])
+    for n, ballot in enumerate(BALLOTS[method]):
+        response = await voting.cast(election["id"], ballot, f"voter-{n}")
+        assert response.status_code == 201, response.text
+    if close:
+        await voting.close(election["id"])
+    return str(election["id"])
+
+
+async def _results(voting: VotingClient, election_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:  # the close reaches the tally shortly after it is recorded
+        body: dict[str, Any] = (
+            await voting.http.get(f"/api/elections/{election_id}/results")
+        ).json()
+        if body["closed_at_position"] is not None or time.monotonic() > deadline:
+            return body
+        await voting.results(election_id, min_position=body["position"] + 1)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}" if value.is_integer() else f"{value:.3f}".rstrip("0")
+    return str(value)
+
+
+async def _scan(page: Page) -> list[dict[str, Any]]:
+    await page.add_script_tag(content=AXE)
+    found: dict[str, Any] = await page.evaluate("async () => await axe.run(document)")
+    return [v for v in found["violations"] if v["impact"] in ("serious", "critical")]
+
+
+async def _shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    if os.environ.get("CARDINAL_README_SCREENSHOTS") and name in ("overview", "irv", "schulze"):
+        README_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHOTS / f"{name}.png", README_SHOTS / f"{name}.png")
+
+
+@pytest.mark.parametrize("method", list(BALLOTS))
+async def test_each_method_page_shows_its_json_results(
+    method: str, voting: VotingClient, site: str, page: Page
+) -> None:
+    election_id = await _election(voting, method)
+    results = await _results(voting, election_id)
+    await page.goto(f"{site}/elections/{election_id}")
+    winners = page.locator("#winners")
+    await winners.wait_for(timeout=WAIT_MS)
+    assert await winners.get_attribute("data-winners") == " ".join(results["winners"])
+    assert await page.locator("#standing").get_attribute("data-state") == "final"
+    ballots = page.locator("#standing [data-figure=ballots]")
+    assert await ballots.inner_text() == str(results["ballots"])
+    for option in results["options"]:
+        for key, value in option.items():
+            if key in ("id", "label", "histogram"):
+                continue
+            cell = page.locator(f'#figures [data-option="{option["id"]}"][data-figure="{key}"]')
+            assert await cell.inner_text() == _shown(value), (method, option["id"], key)
+    if method == "irv":
+        for index, one in enumerate(results["rounds"]):
+            for option, count in one["counts"].items():
+                cell = page.locator(f'#rounds [data-round="{index}"][data-option="{option}"]')
+                assert await cell.inner_text() == str(count)
+    if results["pairwise"] is not None:
+        for a, row in results["pairwise"].items():
+            for b, count in row.items():
+                against = results["pairwise"][b][a]
+                outcome = "win" if count > against else ("loss" if count < against else "tie")
+                cell = page.locator(f'#pairwise [data-pair="{a}>{b}"]')
+                assert await cell.get_attribute("data-outcome") == outcome
+                assert await cell.inner_text() == f"{outcome}: {count} to {against}"
+        assert await page.locator("#heat-map").count() == 1
+    assert await page.locator("svg.chart").count() >= 1
+    assert await page.locator("#chain-head").count() == 1
+    await _shot(page, method)
+    if method in ("irv", "schulze", "score"):
+        assert await _scan(page) == []
+
+
+async def test_the_overview_lists_elections_and_passes_axe(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(site + "/")
+    row = page.locator(f'#overview tr[data-election="{election_id}"]')
+    await row.wait_for(timeout=WAIT_MS)
+    assert "live" in await row.inner_text()
+    assert await row.locator("[data-figure=ballot_entries]").inner_text() == str(
+        len(BALLOTS["plurality"])
+    )
+    await _shot(page, "overview")
+    assert await _scan(page) == []
+
+
+async def test_a_ballot_shows_on_an_open_page_within_two_seconds(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    before = len(BALLOTS["plurality"])
+    ballots = page.locator("#standing [data-figure=ballots]")
+    assert await ballots.inner_text() == str(before)
+    response = await voting.cast(election_id, {"choice": "c"}, "late-voter")
+    assert response.status_code == 201
+    recorded = time.monotonic()
+    await page.wait_for_function(
+        f"document.querySelector('#standing [data-figure=ballots]').textContent === '{before + 1}'",
+        timeout=WAIT_MS,
+    )
+    assert time.monotonic() - recorded < 2.0
+    assert "position" in await page.locator("#announce").inner_text()
+    # Paused: the page holds still while ballots arrive, and catches up on resume.
+    await page.locator("#pause").click()
+    assert await page.locator("#pause").get_attribute("aria-pressed") == "true"
+    await voting.cast(election_id, {"choice": "c"}, "paused-voter")
+    await voting.results(election_id, min_position=response.json()["position"] + 1)
+    await page.wait_for_timeout(1000)
+    assert await ballots.inner_text() == str(before + 1)
+    await page.locator("#pause").click()
+    await page.wait_for_function(
+        f"document.querySelector('#standing [data-figure=ballots]').textContent === '{before + 2}'",
+        timeout=WAIT_MS,
+    )
+
+
+async def test_a_private_election_asks_for_a_token_once(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    election = await voting.create_election("plurality", live_results_step=1)
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "b"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert await page.evaluate("sessionStorage.getItem('cardinal-token')") == ADMIN
+    await page.reload()
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#token-form").is_hidden()
+    anonymous = await voting.http.get(f"/elections/{election['id']}/panel")
+    assert anonymous.status_code == 401
+    assert (
+        await voting.http.get(f"/elections/{election['id']}/panel", headers=bearer(ADMIN))
+    ).status_code == 200
+
+
+async def test_a_results_page_fits_a_phone_and_works_from_the_keyboard(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    election_id = await _election(voting, "schulze", close=False)
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{site}/elections/{election_id}")
+        await phone.locator("#heat-map").wait_for(timeout=WAIT_MS)
+        # No sideways scrolling of the page: wide tables scroll inside their own box.
+        assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
+        for _ in range(6):  # the skip link, the nav link, then the pause control
+            await phone.keyboard.press("Tab")
+            if await phone.evaluate("document.activeElement.id") == "pause":
+                break
+        assert await phone.evaluate("document.activeElement.id") == "pause"
+        await phone.keyboard.press("Space")
+        assert await phone.locator("#pause").get_attribute("aria-pressed") == "true"
+        assert await phone.locator("#mode").inner_text() == "Live updates: paused"
+        await _shot(phone, "phone")
+    finally:
+        await context.close()

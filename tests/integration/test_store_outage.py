@@ -1,0 +1,180 @@
+"""While the event store is down or slow, every ballot is answered fast and honestly:
+refused with 503 (and then certainly not recorded), or recorded. On a PostgreSQL cluster
+of the module's own, stopped and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import httpx
+import psycopg
+import pytest
+
+from domain.ballot import Ballot
+from domain.ports import Recorded, StoreUnavailable
+from infra.store import open_application
+from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
+from tests.integration.client import VotingClient, bearer
+from tests.pg_cluster import Cluster
+from tests.servers import AUDITOR, CLIENT, running_api, settings_for
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster(Path(tempfile.mkdtemp(prefix="cardinal-outage-"))) as own:
+        yield own
+
+
+@pytest.fixture
+def url(cluster: Cluster) -> Iterator[str]:
+    database = cluster.create_database(f"outage_{uuid4().hex[:8]}")
+    migrate(database)
+    yield database
+    if not (cluster.data / "postmaster.pid").exists():  # a failed test left it stopped
+        cluster.start()
+
+
+@pytest.fixture
+async def writer(url: str) -> AsyncIterator[GroupCommitWriter]:
+    app = open_application(url)
+    writer = GroupCommitWriter(app, url, answer_within=1.0)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+        app.close()
+
+
+def _ballot(election: UUID, voter: str) -> list[Ballot.Cast]:
+    return [Ballot.first_cast(election, voter, {"choice": "a"}, None)]
+
+
+def _up(writer: GroupCommitWriter) -> bool:
+    return writer.health.up
+
+
+def _casts(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM cardinal_events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _timed(
+    writer: GroupCommitWriter, election: UUID, voter: str
+) -> tuple[Recorded | BaseException, float]:
+    started = time.monotonic()
+    try:
+        outcome: Recorded | BaseException = await writer.append_events(_ballot(election, voter))
+    except Exception as error:
+        outcome = error
+    return outcome, time.monotonic() - started
+
+
+async def test_while_the_store_is_down_appends_are_refused_fast_and_none_is_recorded(
+    cluster: Cluster, url: str, writer: GroupCommitWriter
+) -> None:
+    election = uuid4()
+    await writer.append_events(_ballot(election, "before"))
+    # A session holds the table lock, so the next batch waits in LOCK and the rest queue.
+    blocker = psycopg.connect(url, autocommit=True)
+    blocker.execute("BEGIN; LOCK TABLE cardinal_events IN EXCLUSIVE MODE")
+    tasks = [asyncio.create_task(_timed(writer, election, f"v{n}")) for n in range(200)]
+    await asyncio.sleep(0.3)
+    stopped = time.monotonic()
+    await asyncio.to_thread(cluster.stop, "fast")  # ends every session, the blocker's too
+    results = await asyncio.gather(*tasks)
+    answered = time.monotonic()
+    late = [await _timed(writer, election, f"late{n}") for n in range(20)]
+    blocker.close()
+
+    assert all(isinstance(o, StoreUnavailable) for o, _ in results + late), {
+        type(o).__name__ for o, _ in results + late
+    }
+    assert answered - stopped < 2.0  # the queue was refused, not tried batch after batch
+    assert max(seconds for _, seconds in late) < 0.1  # refused at the door
+    assert not _up(writer)
+    await asyncio.to_thread(cluster.start)
+    deadline = time.monotonic() + 5
+    while not _up(writer):  # the writer finds out by itself
+        assert time.monotonic() < deadline, "the writer did not see the store come back"
+        await asyncio.sleep(0.05)
+    recorded = await writer.append_events(_ballot(election, "after"))
+    assert recorded.position > 0
+    assert _casts(url) == 2  # "before" and "after": every refused append left nothing
+
+
+async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorded(
+    url: str, writer: GroupCommitWriter
+) -> None:
+    election = uuid4()
+    await writer.append_events(_ballot(election, "warm-up"))
+    blocker = psycopg.connect(url, autocommit=True)
+    blocker.execute("BEGIN; LOCK TABLE cardinal_events IN EXCLUSIVE MODE")
+    first = asyncio.create_task(_timed(writer, election, "in-flight"))
+    await asyncio.sleep(0.2)  # taken into a batch, now waiting for the lock
+    queued = [asyncio.create_task(_timed(writer, election, f"q{n}")) for n in range(50)]
+    cancelled = asyncio.create_task(writer.append_events(_ballot(election, "gone")))
+    await asyncio.sleep(0.1)
+    cancelled.cancel()
+    refused = await asyncio.gather(*queued)
+    blocker.execute("COMMIT")  # the batch in flight may commit now
+    (outcome, _) = await first
+    blocker.close()
+
+    assert all(isinstance(o, StoreUnavailable) for o, _ in refused)
+    assert all(0.9 < seconds < 2.0 for _, seconds in refused)  # answer_within is 1 s
+    assert "not recorded" in str(refused[0][0])
+    assert isinstance(outcome, Recorded)  # in a batch already: answered by its commit
+    await writer.append_events(_ballot(election, "after"))
+    assert _casts(url) == 3  # warm-up, the one in flight, after; no queued nor cancelled
+
+
+async def test_ballots_and_results_over_http_are_503_within_a_second_while_down(
+    cluster: Cluster, url: str
+) -> None:
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=("tally",)) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        cast = await voting.cast(election_id, {"voter_id": "first", "choice": "a"})
+        assert cast.status_code == 201, cast.text
+        await asyncio.to_thread(cluster.stop, "fast")
+        answers = []
+        for n in range(5):
+            started = time.monotonic()
+            ballot = await http.post(
+                f"/api/elections/{election_id}/ballots",
+                json={"voter_id": f"down-{n}", "choice": "a"},
+                headers=bearer(CLIENT),
+            )
+            results = await http.get(
+                f"/api/elections/{election_id}/results", headers=bearer(AUDITOR)
+            )
+            answers.append((ballot, results, time.monotonic() - started))
+        await asyncio.to_thread(cluster.start)
+        for ballot, results, seconds in answers:
+            assert ballot.status_code == 503, ballot.text
+            assert ballot.headers["content-type"] == "application/problem+json"
+            assert int(ballot.headers["retry-after"]) > 0
+            assert results.status_code == 503, results.text
+            assert seconds < 2.0  # both answers, together
+        deadline = time.monotonic() + 10
+        while True:  # the service recovers by itself
+            again = await voting.cast(election_id, {"voter_id": "after", "choice": "a"})
+            if again.status_code == 201:
+                break
+            assert again.status_code == 503, again.text
+            assert time.monotonic() < deadline, "ballots still refused 10 s after the return"
+            await asyncio.sleep(0.2)
+    assert _casts(url) == 4  # created, opened, "first", "after": no refused ballot recorded

@@ -1,0 +1,285 @@
+"""The results streams (Server-Sent Events), conditional GETs and public results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from api import streams
+from api.app import create_app
+from api.protocol import server_config
+from tests.integration.client import VotingClient, bearer
+from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
+
+WAIT = 20.0  # generous: the machine is shared
+
+
+class Events:
+    """The events (and comment lines) of one open stream, read as they come."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.aiter_lines()
+        self.comments: list[str] = []
+
+    async def next(self, timeout: float = WAIT) -> tuple[int, dict[str, Any]]:  # noqa: ASYNC109
+        return await asyncio.wait_for(self._next(), timeout)
+
+    async def _next(self) -> tuple[int, dict[str, Any]]:
+        event_id, data = None, None
+        async for line in self.lines:
+            if line.startswith(":"):
+                self.comments.append(line)
+            elif line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("data: "):
+                data = orjson.loads(line[6:])
+            elif line == "" and data is not None:
+                assert event_id is not None
+                return event_id, data
+        raise AssertionError("the stream ended")
+
+    async def until(
+        self,
+        check: Any,
+        timeout: float = WAIT,  # noqa: ASYNC109
+    ) -> tuple[int, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await self.next(max(0.1, deadline - time.monotonic()))
+            if check(event[1]):
+                return event
+
+
+@asynccontextmanager
+async def stream(
+    http: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[Events]:
+    async with http.stream("GET", path, headers=headers or {}, timeout=WAIT) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield Events(response)
+
+
+async def test_the_stream_sends_what_results_serves_as_ballots_arrive(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("approval", live_results_step=1)
+    path = f"/api/elections/{election_id}/results"
+    async with stream(http, path + "/stream", bearer(AUDITOR)) as events:
+        position, first = await events.next()
+        assert first["ballots"] == 0
+        assert position == first["position"]
+        cast = await voting.cast(election_id, {"approve": ["a", "b"]}, "v1")
+        assert cast.status_code == 201
+        position, document = await events.until(lambda d: d["ballots"] == 1)
+        assert position == document["position"] >= cast.json()["position"]
+        served = await voting.results(election_id, AUDITOR, min_position=position)
+        assert served.json() == document
+
+
+async def test_last_event_id_resumes_with_the_current_snapshot(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("plurality", live_results_step=1)
+    cast = await voting.cast(election_id, {"choice": "a"}, "v1")
+    await voting.results(election_id, min_position=cast.json()["position"])
+    headers = {**bearer(ADMIN), "Last-Event-ID": "1"}
+    async with stream(http, f"/api/elections/{election_id}/results/stream", headers) as events:
+        position, document = await events.next()
+    assert document["ballots"] == 1
+    assert position >= cast.json()["position"]
+
+
+async def test_readers_see_stepped_results_on_the_stream(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("plurality", live_results_step=3)
+    path = f"/api/elections/{election_id}/results"
+    async with stream(http, path + "/stream", bearer(CLIENT)) as events:
+        _, first = await events.next()
+        assert first["stepped"] is True
+        assert first["ballots"] == 0
+        for n in range(3):
+            assert (await voting.cast(election_id, {"choice": "b"}, f"v{n}")).status_code == 201
+        position, document = await events.until(lambda d: d["ballots"] == 3)
+    assert document["stepped"] is True
+    served = await http.get(path, headers=bearer(CLIENT))
+    assert served.json()["position"] == position == document["position"]
+
+
+async def test_results_answer_conditional_gets(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("plurality", live_results_step=1)
+    path = f"/api/elections/{election_id}/results"
+    first = await http.get(path, headers=bearer(AUDITOR))
+    tag = first.headers["etag"]
+    again = await http.get(path, headers={**bearer(AUDITOR), "If-None-Match": tag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == tag
+    cast = await voting.cast(election_id, {"choice": "c"}, "v1")
+    moved = await http.get(
+        path,
+        params={"min_position": cast.json()["position"]},
+        headers={**bearer(AUDITOR), "If-None-Match": tag},
+    )
+    assert moved.status_code == 200
+    assert moved.headers["etag"] != tag
+
+
+async def test_public_results_are_read_without_a_token(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    public = await voting.open_election("plurality", public_results=True, live_results_step=1)
+    private = await voting.open_election("plurality")
+    hidden = await voting.open_election(
+        "plurality", public_results=True, results_visibility="after_close"
+    )
+    assert (await http.get(f"/api/elections/{public}")).status_code == 401
+    assert (await http.get(f"/api/elections/{public}/results")).status_code == 200
+    assert (await http.get(f"/api/elections/{private}/results")).status_code == 401
+    assert (await http.get(f"/api/elections/{private}/results/stream")).status_code == 401
+    assert (await http.get(f"/api/elections/{hidden}/results")).status_code == 403
+    assert (await http.get(f"/api/elections/{hidden}/results/stream")).status_code == 403
+    election = (await http.get(f"/api/elections/{private}", headers=bearer(ADMIN))).json()
+    assert election["public_results"] is False
+    async with stream(http, f"/api/elections/{public}/results/stream") as events:
+        _, document = await events.next()
+        assert document["stepped"] is False  # step 1: exact for everyone
+    await voting.close(hidden)
+    assert (await http.get(f"/api/elections/{hidden}/results")).status_code == 200
+
+
+async def test_the_overview_stream_follows_opens_and_closes(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    async with stream(http, "/api/elections/stream", bearer(ADMIN)) as events:
+        await events.next()
+        election = await voting.create_election("borda", public_results=True, live_results_step=1)
+        await voting.open(election["id"])
+
+        def entry(document: dict[str, Any]) -> dict[str, Any] | None:
+            found = [e for e in document["elections"] if e["id"] == election["id"]]
+            return found[0] if found else None
+
+        await events.until(lambda d: (e := entry(d)) is not None and e["status"] == "open")
+        await voting.cast(election["id"], {"ranking": ["a", "b", "c"]}, "v1")
+        await events.until(lambda d: (e := entry(d)) is not None and e["ballot_entries"] == 1)
+        await voting.close(election["id"])
+        await events.until(lambda d: (e := entry(d)) is not None and e["final"])
+    private = await voting.open_election("plurality")
+    async with stream(http, "/api/elections/stream") as events:
+        _, document = await events.next()
+    ids = {e["id"] for e in document["elections"]}
+    assert election["id"] in ids
+    assert private not in ids
+
+
+async def test_heartbeats_keep_an_idle_stream_alive(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "HEARTBEAT", 0.2)
+    election_id = await voting.open_election("plurality")
+    async with stream(
+        http, f"/api/elections/{election_id}/results/stream", bearer(ADMIN)
+    ) as events:
+        await events.next()
+        deadline = time.monotonic() + WAIT
+        while ": heartbeat" not in events.comments:  # (an event may come first: the
+            assert time.monotonic() < deadline  # tally reaching the Opened entry)
+            with contextlib.suppress(TimeoutError):
+                await events.next(timeout=0.5)
+    assert ": heartbeat" in events.comments
+
+
+async def test_a_reader_that_does_not_read_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "SEND_TIMEOUT", 0.2)
+    hung_up: list[bool] = []
+    stalled = asyncio.Event()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        await stalled.wait()  # a client whose socket buffer is full
+
+    sent = await streams._send({streams.HANGUP: lambda: hung_up.append(True)}, send, b"x")
+    assert sent is False
+    assert hung_up == [True]
+
+
+async def test_streams_end_when_the_server_shuts_down(database_url: str) -> None:
+    voting_http = None
+    async with running_api(settings_for(database_url), projections=("tally",)) as url:
+        voting_http = httpx.AsyncClient(base_url=url, timeout=WAIT)
+        voting = VotingClient(voting_http)
+        election_id = await voting.open_election("plurality")
+        response = await voting_http.send(
+            voting_http.build_request(
+                "GET", f"/api/elections/{election_id}/results/stream", headers=bearer(ADMIN)
+            ),
+            stream=True,
+        )
+        events = Events(response)
+        await events.next()
+        stopping = time.monotonic()
+    # running_api returns once uvicorn has stopped: the open stream did not hold it up
+    # for the graceful-shutdown timeout (10 s).
+    assert time.monotonic() - stopping < 8
+    with pytest.raises((AssertionError, httpx.HTTPError)):
+        await events.next(timeout=5)
+    await response.aclose()
+    await voting_http.aclose()
+
+
+async def test_one_view_per_election_and_rights_feeds_every_reader(database_url: str) -> None:
+    """Twenty readers of one election are one view of the process's hub: one document
+    built per change, handed to each of them (no reader queries the database itself)."""
+    settings = settings_for(database_url)
+    app = create_app(settings, projections=("tally",))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(settings, app, log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT) as http:
+            voting = VotingClient(http)
+            election_id = await voting.open_election("plurality", live_results_step=1)
+            path = f"/api/elections/{election_id}/results/stream"
+            async with contextlib.AsyncExitStack() as stack:
+                readers = [
+                    await stack.enter_async_context(stream(http, path, bearer(ADMIN)))
+                    for _ in range(20)
+                ]
+                for reader in readers:
+                    await reader.next()
+                hub: streams.StreamHub = app.state.streams
+                assert len(hub.views) == 1
+                assert hub.subscribers == 20
+                sent = hub.sent
+                await voting.cast(election_id, {"choice": "a"}, "v1")
+                for reader in readers:
+                    await reader.until(lambda d: d["ballots"] == 1)
+                assert hub.sent - sent >= 20
+            await voting.results(election_id)  # the readers have left: so has their view
+            deadline = time.monotonic() + WAIT
+            while hub.views:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
