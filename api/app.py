@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,7 @@ from api.routes import (
 )
 from api.streams import StreamHub
 from infra.audit.chain import Signer
+from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
 from projections.positions import PositionWatcher
@@ -37,9 +39,14 @@ BATCH_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_app(
-    settings: Settings, *, relay: bool = False, projections: Sequence[str] = ()
+    settings: Settings,
+    *,
+    relay: bool = False,
+    projections: Sequence[str] = (),
+    ingest: bool = False,
 ) -> Starlette:
-    """The API for these settings, with the workers this process should also run.
+    """The API for these settings, with the workers this process should also run
+    (``ingest``: the RabbitMQ ballot consumer too, where AMQP_URL is set).
 
     Nothing connects until the lifespan starts.
     """
@@ -53,10 +60,16 @@ def create_app(
             app.state.services = services
             app.state.edge = edge
             app.state.streams = StreamHub(_tally_moved(services.positions))
+            consuming = None
+            if ingest and settings.amqp_url is not None:
+                consumer = ingester(settings, services.app, services.voter_keys)
+                consuming = asyncio.create_task(consume_forever(consumer), name="ingest")
             tune_garbage_collection()
             try:
                 yield
             finally:
+                if consuming is not None:
+                    consuming.cancel()
                 await app.state.streams.stop()
                 for child in app.state.rebuilds.values():
                     if child.returncode is None:  # an interrupted rebuild leaves the old

@@ -147,6 +147,30 @@ STORE_UP = Gauge(
     "ballots because it is not",
     multiprocess_mode="livemin",
 )
+# Ballots from RabbitMQ (`cardinal ingest`).
+INGEST_CONSUMED = Counter(
+    "cardinal_ingest_messages_consumed_total", "Messages taken from the ingest queue"
+)
+INGEST_COMMITTED = Counter(
+    "cardinal_ingest_ballots_committed_total",
+    "Ballots from the ingest queue recorded (replays of a message_id included), then acked",
+)
+INGEST_REFUSED = Counter(
+    "cardinal_ingest_ballots_refused_total",
+    "Ballots from the ingest queue refused (sent to <queue>.refused), by reason",
+    ["reason"],
+)
+INGEST_BATCH = Histogram(
+    "cardinal_ingest_batch_ballots",
+    "Ballots cast per ingest batch (one ack with multiple=True)",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+INGEST_QUEUE_DEPTH = Gauge(
+    "cardinal_ingest_queue_messages",
+    "Messages ready in the ingest queue and its refused queue",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
 
 POSITIONS = """
 SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),

@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from infra.broker.topology import delete_namespace
+from infra.ingest.queues import delete_ingest_queues
 from projections import PROJECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,7 @@ class Stack:
             self.stop(name)
         if self.amqp_url is not None:
             delete_namespace(self.amqp_url, self.namespace, PROJECTIONS)
+            delete_ingest_queues(self.amqp_url, f"{self.namespace}.votes.aggregation")
         if self.database_url:
             dbname = str(conninfo_to_dict(self.database_url)["dbname"])
             with psycopg.connect(self.server_url, autocommit=True) as conn:
@@ -245,6 +247,8 @@ def _role(process: psutil.Process) -> str:
     command = " ".join(process.cmdline())
     if "api --child" in command:
         return "serve: api"
+    if "ingest" in command:
+        return "serve: ingest"
     if "project" in command:
         return "serve: relay + projections"
     return process.name()

@@ -1,6 +1,7 @@
 """The `cardinal` command: the parser, and one module per family of commands.
 
 serve.py     serve, api, relay, project, migrate   (running the service)
+ingest.py    ingest                                 (ballots from RabbitMQ)
 operate.py   projections, rebuild                   (operating read models)
 audit.py     audit export, audit verify             (auditors)
 smoke.py     publish-test-votes                     (the deployment smoke test)
@@ -14,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from infra.cli import audit, bench, importer, operate, serve, smoke
+from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
 from infra.cli.environment import console
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
@@ -50,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
         "Configuration comes from the environment (see .env.example).",
     )
     sub = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
-    for family in (serve, operate, audit, importer, smoke, bench):
+    for family in (serve, ingest, operate, audit, importer, smoke, bench):
         family.add_commands(sub)
     return root
 

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "projection": "infra.bench.projection",
     "rebuild": "infra.bench.rebuild",
     "verify": "infra.bench.verify",
+    "ingest": "infra.bench.ingest",
     "viewers": "infra.bench.viewers",
 }
 

@@ -22,7 +22,8 @@ def add_commands(sub: Commands) -> None:
         "serve",
         help="run everything on this machine (embedded PostgreSQL without DATABASE_URL)",
         description="Run WEB_CONCURRENCY API processes sharing the port, and one process "
-        "with the relay, the sealer and every projection (WEB_CONCURRENCY=1: all in one). "
+        "with the relay, the sealer and every projection, and with AMQP_URL one `cardinal "
+        "ingest` (WEB_CONCURRENCY=1: all in one). "
         "Without DATABASE_URL, start an embedded PostgreSQL in CARDINAL_DATA_DIR "
         "(./.cardinal). Applies migrations first.",
     )
@@ -190,7 +191,12 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
         sockets = [shared]
     config = server_config(
         settings,
-        create_app(settings, relay=everything, projections=list(PROJECTIONS) if everything else ()),
+        create_app(
+            settings,
+            relay=everything,
+            projections=list(PROJECTIONS) if everything else (),
+            ingest=everything,
+        ),
     )
     DrainingServer(config).run(sockets=sockets)
     return 0

@@ -53,6 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-token", default=_first("CARDINAL_ADMIN_TOKEN"))
     parser.add_argument("--client-token", default=_first("CARDINAL_CLIENT_TOKEN"))
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--via",
+        choices=("http", "amqp"),
+        default="http",
+        help="cast through the API, or publish to the ingest queue (`cardinal ingest`)",
+    )
+    parser.add_argument("--amqp-url", default=os.environ.get("AMQP_URL"))
+    parser.add_argument(
+        "--queue",
+        default=os.environ.get("INGEST_QUEUE")
+        or f"{os.environ.get('CARDINAL_NAMESPACE', 'cardinal')}.votes.aggregation",
+        help="the ingest queue (--via amqp)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
             "[red]an admin and a client token are needed: set CARDINAL_ADMIN_TOKEN and "
             "CARDINAL_CLIENT_TOKEN, or pass --admin-token and --client-token[/red]"
         )
+        return 2
+    if args.via == "amqp" and not args.amqp_url:
+        console.print("[red]--via amqp needs the broker: set AMQP_URL or pass --amqp-url[/red]")
         return 2
     return asyncio.run(_run(args))
 
@@ -89,7 +105,10 @@ async def _run(args: argparse.Namespace) -> int:
         )
         election_id = created["id"]
         _ok(await admin.request("POST", f"/api/elections/{election_id}/open"))
-        sent, last = await _cast(host, port, args, election_id)
+        if args.via == "amqp":
+            sent, last = await _cast_amqp(args, election_id)
+        else:
+            sent, last = await _cast(host, port, args, election_id)
         closed = _ok(await admin.request("POST", f"/api/elections/{election_id}/close"))
         results = await _results(admin, election_id, max(last, closed["position"]))
     finally:
@@ -141,6 +160,30 @@ async def _cast(
 
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
     return sent, max(positions, default=0)
+
+
+async def _cast_amqp(args: argparse.Namespace, election_id: str) -> tuple[Counter[str], int]:
+    """Publish the ballots to the ingest queue with confirms, each asking for its receipt."""
+    from infra.ingest.publisher import cast_with_receipts
+
+    run = uuid.uuid4().hex[:8]
+    choices = {f"smoke-{run}-{n}": str(OPTIONS[n % len(OPTIONS)]["id"]) for n in range(args.n)}
+    messages = [
+        (key, {"election_id": election_id, "voter_id": key, "choice": choice})
+        for key, choice in choices.items()
+    ]
+    console.print(f"publishing {args.n} ballots to {args.queue} (publisher confirms)")
+    try:
+        answers = await cast_with_receipts(args.amqp_url, args.queue, messages)
+    except TimeoutError:
+        raise SystemExit(
+            f"not every ballot was answered within a minute: is `cardinal ingest` consuming "
+            f"{args.queue}?"
+        ) from None
+    refused = {key: answer for key, answer in answers.items() if "ballot_id" not in answer}
+    if refused:
+        raise SystemExit(f"refused: {next(iter(refused.values()))}")
+    return Counter(choices.values()), max((int(a["position"]) for a in answers.values()), default=0)
 
 
 async def _results(admin: LeanConnection, election_id: str, position: int) -> dict[str, Any]:

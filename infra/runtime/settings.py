@@ -49,6 +49,15 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ()
     metrics_host: str | None = None
     metrics_token: str | None = None
+    # Ballots from RabbitMQ (issue 16): the queue `cardinal ingest` consumes (default
+    # <namespace>.votes.aggregation), its prefetch, and the most ballots cast per batch.
+    ingest_queue: str | None = None
+    ingest_prefetch: int = 1000
+    ingest_batch: int = 5000
+
+    @property
+    def ingest_queue_name(self) -> str:
+        return self.ingest_queue or f"{self.namespace}.votes.aggregation"
 
     @property
     def is_production(self) -> bool:
@@ -78,6 +87,8 @@ class Settings:
             "CARDINAL_DATA_DIR": str(self.data_dir),
             "WEB_CONCURRENCY": str(self.web_concurrency),
             "FORWARDED_ALLOW_IPS": ",".join(self.forwarded_allow_ips),
+            "INGEST_PREFETCH": str(self.ingest_prefetch),
+            "INGEST_BATCH": str(self.ingest_batch),
         }
         for role in ROLES:
             env[f"CARDINAL_{role.upper()}_TOKEN"] = ",".join(self.tokens_for(role))
@@ -91,6 +102,7 @@ class Settings:
             "JWT_SECRET_KEY": self.jwt_secret_key,
             "METRICS_HOST": self.metrics_host,
             "METRICS_TOKEN": self.metrics_token,
+            "INGEST_QUEUE": self.ingest_queue,
         }
         env.update({name: value for name, value in optional.items() if value is not None})
         return env
@@ -130,6 +142,9 @@ class Settings:
             forwarded_allow_ips=_list(env.get("FORWARDED_ALLOW_IPS", "")),
             metrics_host=env.get("METRICS_HOST") or None,
             metrics_token=env.get("METRICS_TOKEN") or None,
+            ingest_queue=env.get("INGEST_QUEUE") or None,
+            ingest_prefetch=_int(env, "INGEST_PREFETCH", cls.ingest_prefetch, minimum=1),
+            ingest_batch=_int(env, "INGEST_BATCH", cls.ingest_batch, minimum=1),
         )
         settings.check()
         return settings

@@ -2,10 +2,11 @@
 
 Python runs one core per process, and on a two-core machine the API alone needs more than
 one. So `serve` starts N API processes that share the listening port (SO_REUSEPORT: the
-kernel spreads connections between them) and one background process with the relay and
-every projection. The supervisor owns what is shared (the embedded PostgreSQL, generated
-credentials, migrations), restarts a child that dies, and on SIGTERM or SIGINT stops them
-all before it stops the database. Killed outright, it takes its children with it (see
+kernel spreads connections between them), one background process with the relay and
+every projection, and with AMQP_URL one `cardinal ingest` (ballots from RabbitMQ). The
+supervisor owns what is shared (the embedded PostgreSQL, generated credentials,
+migrations), restarts a child that dies, and on SIGTERM or SIGINT stops them all before it
+stops the database. Killed outright, it takes its children with it (see
 infra/runtime/lifecycle.py).
 """
 
@@ -45,6 +46,8 @@ class Supervisor:
         self.stopping = False
         api = [Child(f"api-{n + 1}", ["api", "--child"]) for n in range(settings.api_processes)]
         self.children = [Child("workers", ["project", "--relay", "--child"]), *api]
+        if settings.amqp_url is not None:  # ballots from RabbitMQ too (issue 16)
+            self.children.append(Child("ingest", ["ingest", "--child"]))
         self.metrics = SharedMetrics()  # /metrics of any API child reports them all
 
     def run(self) -> int:

@@ -66,6 +66,7 @@ def test_the_compose_file_validates_with_every_profile(tmp_path: Path) -> None:
         "api",
         "relay",
         "projector",
+        "ingest",
         "prometheus",
         "grafana",
     }
@@ -88,6 +89,8 @@ def test_the_resolved_stack_wires_processes_health_and_order(tmp_path: Path) -> 
     assert stack["api"]["command"] == ["api"]
     assert stack["relay"]["command"] == ["relay"]
     assert stack["projector"]["command"] == ["project"]
+    assert stack["ingest"]["command"] == ["ingest"]
+    assert stack["ingest"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     assert "/api/ready" in " ".join(stack["api"]["healthcheck"]["test"])
     assert stack["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     environment = stack["api"]["environment"]
@@ -176,6 +179,8 @@ def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
             "CardinalProjectionLag",
             "CardinalQueueDepth",
             "CardinalSetAsideEvents",
+            "CardinalIngestBacklog",
+            "CardinalIngestRefusals",
             "CardinalStoreRefusingBallots",
         } <= alerts
     used = _metric_names(text)
@@ -186,4 +191,4 @@ def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
 def test_prometheus_scrapes_every_process() -> None:
     config = yaml.safe_load((ROOT / "infra/monitoring/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {"api", "relay", "projector", "rabbitmq"} <= jobs
+    assert {"api", "relay", "projector", "ingest", "rabbitmq"} <= jobs

@@ -12,6 +12,7 @@ COMMANDS = [
     ["relay"],
     ["project"],
     ["migrate"],
+    ["ingest"],
     ["projections"],
     ["rebuild"],
     ["publish-test-votes"],
@@ -21,6 +22,7 @@ COMMANDS = [
     ["bench", "rebuild"],
     ["bench", "tabulation"],
     ["bench", "verify"],
+    ["bench", "ingest"],
     ["audit"],
     ["audit", "export"],
     ["audit", "verify"],
@@ -44,3 +46,11 @@ def test_an_unknown_projection_is_refused_with_the_known_ones(
         main(["rebuild", "nonsense"])
     assert exited.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_ingest_without_a_broker_says_which_variable_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AMQP_URL", raising=False)
+    assert main(["ingest"]) == 2
+    assert "AMQP_URL is not set" in capsys.readouterr().err

@@ -1,0 +1,336 @@
+"""`cardinal ingest`: ballots from the ingest queue, cast in batches, acked after commit.
+
+The loop: take what the broker has sent (up to the prefetch), up to INGEST_BATCH ballots;
+cast them through ``VotingApplication.cast_ballots`` (voters concurrently, one voter's
+ballots in order: they share the group-commit writer's transactions); forward refusals to
+the refused queue and answer ``reply_to``, each publish confirmed; then ack the batch with
+``multiple=True``. Nothing is acked before its commit: a crash (SIGKILL included) at any
+point leaves the batch unacked, the broker delivers it again, and every ballot's key makes
+the second cast a replay. A store outage holds the batch and retries it with backoff
+(requeueing would spend the broker's delivery limit, meant for poison messages); a broker
+outage drops the batch (redelivered) and ``connect_robust`` reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from uuid import UUID
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from api.problems import problem_of
+from api.views import receipt_view
+from domain.application import Receipt, VotingApplication
+from domain.election import Election
+from domain.errors import CardinalError, ConcurrentRevision
+from domain.voter import Voter
+from infra import metrics
+from infra.ingest.messages import Delivery, Item, identify, parse, stored_key
+from infra.ingest.queues import IngestQueues
+from infra.runtime.voters import VoterKeys
+
+log = logging.getLogger(__name__)
+
+LINGER = 0.005  # seconds a batch waits for more messages once the inbox is empty
+MAX_BACKOFF = 5.0
+DEPTH_EVERY = 5.0
+
+
+class Abandoned(Exception):
+    """The batch's channel closed before it could be acked: the broker redelivers it."""
+
+
+class Ingester:
+    def __init__(
+        self,
+        app: VotingApplication,
+        keys: VoterKeys,
+        amqp_url: str,
+        queue: str,
+        *,
+        prefetch: int = 1000,
+        batch: int = 5000,
+        name: str = "cardinal ingest",
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.amqp_url = amqp_url
+        self.queues = IngestQueues(queue)
+        self.prefetch = prefetch
+        self.batch = batch
+        self.name = name
+        self.ready = asyncio.Event()
+        # Never wait_for() on the inbox's get(): on Python 3.11 a timeout racing a delivery
+        # can drop the message, and the next ack with multiple=True would ack it unseen.
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._arrived = asyncio.Event()
+        self._held: Delivery | None = None
+        self._channel: AbstractChannel | None = None
+
+    async def run(self) -> None:
+        """Consume forever; reconnect without help."""
+        connection = await aio_pika.connect_robust(
+            self.amqp_url, client_properties={"connection_name": self.name}
+        )
+        connected = metrics.BROKER_CONNECTED.labels("ingest")
+        connection.reconnect_callbacks.add(lambda *_: connected.set(1))
+        connection.close_callbacks.add(lambda *_: connected.set(0))
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            self._channel = channel
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue, _, dead = await self.queues.declare(channel)
+            await queue.consume(self._received)
+            connected.set(1)
+            depth = asyncio.create_task(self._watch_depth(channel))
+            self.ready.set()
+            try:
+                while True:
+                    batch = await self._collect()
+                    try:
+                        await self._process(batch, dead)
+                    except Abandoned:
+                        log.warning("the batch could not be settled; it will be redelivered")
+                        await _release(batch)
+            finally:
+                depth.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await depth
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(message)
+        self._arrived.set()
+
+    async def _collect(self) -> list[Delivery]:
+        """Wait for a message, then take what else is waiting, up to ``batch`` ballots."""
+        first = self._held or parse(await self._inbox.get())
+        self._held = None
+        batch, ballots = [first], first.ballots
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER
+        while ballots < self.batch:
+            try:
+                message = self._inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                continue
+            delivery = parse(message)
+            if ballots + delivery.ballots > self.batch:
+                self._held = delivery  # the next batch starts with it
+                break
+            batch.append(delivery)
+            ballots += delivery.ballots
+        metrics.INGEST_CONSUMED.inc(len(batch))
+        metrics.INGEST_BATCH.observe(ballots)
+        return batch
+
+    async def _process(self, batch: list[Delivery], dead: AbstractExchange) -> None:
+        items = [item for d in batch if d.problem is None for item in d.items if not item.settled]
+        delay = 0.1
+        while items:
+            items = await self._cast(items)
+            if items:
+                self._check_open(batch)
+                log.warning(
+                    "%d ballots could not be recorded (store unavailable or busy); "
+                    "holding them unacked, retrying in %.1fs",
+                    len(items),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+        committed = sum(1 for d in batch for item in d.items if item.receipt is not None)
+        try:
+            await asyncio.gather(*(self._answer(d, dead) for d in batch))
+            await _ack(batch)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+            raise Abandoned from error
+        metrics.INGEST_COMMITTED.inc(committed)
+
+    async def _cast(self, items: list[Item]) -> list[Item]:
+        """Cast what can be cast; refuse what is refused; return the ballots to retry."""
+        retry: list[Item] = []
+        elections = await self._elections({item.election_id for item in items})
+        groups: dict[UUID, list[Item]] = {}
+        for item in items:
+            assert item.election_id is not None
+            found = elections[item.election_id]
+            if found is None:
+                retry.append(item)
+            elif isinstance(found, CardinalError):
+                item.refuse(found)
+            else:
+                if item.voter is None:
+                    identify(item, found, self.keys)
+                if item.problem is None:
+                    groups.setdefault(item.election_id, []).append(item)
+        outcomes = await asyncio.gather(
+            *(
+                self.app.cast_ballots(election_id, [_castable(i) for i in group])
+                for election_id, group in groups.items()
+            )
+        )
+        for group, results in zip(groups.values(), outcomes, strict=True):
+            for item, outcome in zip(group, results, strict=True):
+                if isinstance(outcome, Receipt):
+                    item.receipt = outcome
+                elif _transient(outcome):
+                    retry.append(item)
+                else:
+                    item.refuse(outcome)
+        return retry
+
+    async def _elections(
+        self, ids: set[UUID | None]
+    ) -> dict[UUID, Election | CardinalError | None]:
+        """Each election, or why its ballots are refused, or None: the store did not answer."""
+        elections: dict[UUID, Election | CardinalError | None] = {}
+        for election_id in ids:
+            assert election_id is not None
+            try:
+                elections[election_id] = await self.app.election(election_id)
+            except CardinalError as refused:
+                elections[election_id] = refused
+            except Exception as error:  # the store: try again later
+                log.debug("election %s could not be read: %s", election_id, error)
+                elections[election_id] = None
+        return elections
+
+    def _check_open(self, batch: list[Delivery]) -> None:
+        try:
+            for delivery in batch:
+                _ = delivery.message.channel
+        except Exception as error:
+            raise Abandoned from error
+
+    async def _answer(self, delivery: Delivery, dead: AbstractExchange) -> None:
+        """Forward the refused ballots, and reply where the message asks for it."""
+        message = delivery.message
+        publishes = []
+        if delivery.problem is not None:
+            metrics.INGEST_REFUSED.labels(delivery.reason).inc()
+            publishes.append(
+                self._refuse(dead, message.body, message.message_id, delivery.problem, message)
+            )
+        for item in delivery.items:
+            if item.problem is not None:
+                metrics.INGEST_REFUSED.labels(item.reason).inc()
+                body = orjson.dumps(item.raw) if delivery.multi else message.body
+                publishes.append(self._refuse(dead, body, item.key, item.problem, message))
+        if message.reply_to and message.correlation_id:
+            publishes.append(self._reply(delivery, self._channel))
+        await asyncio.gather(*publishes)
+
+    async def _refuse(
+        self,
+        dead: AbstractExchange,
+        body: bytes,
+        key: str | None,
+        problem: dict[str, Any],
+        original: AbstractIncomingMessage,
+    ) -> None:
+        headers: dict[str, Any] = {
+            "x-refusal": problem["detail"],
+            "x-refusal-status": problem["status"],
+            "x-refusal-problem": orjson.dumps(problem).decode(),
+        }
+        await dead.publish(
+            aio_pika.Message(
+                body,
+                message_id=key,
+                correlation_id=original.correlation_id,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers=headers,
+            ),
+            routing_key=self.queues.refused,
+        )
+
+    async def _reply(self, delivery: Delivery, channel: AbstractChannel | None) -> None:
+        message = delivery.message
+        problem = delivery.problem is not None
+        if delivery.problem is not None:
+            body: Any = delivery.problem
+        elif delivery.multi:
+            body = {"results": [_result(item) for item in delivery.items]}
+        else:
+            body = _result(delivery.items[0])
+            problem = delivery.items[0].receipt is None
+        kind = "problem+json" if problem else "json"
+        assert message.reply_to is not None
+        assert channel is not None
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(body),
+                correlation_id=message.correlation_id,
+                content_type=f"application/{kind}",
+            ),
+            routing_key=message.reply_to,
+        )
+
+    async def _watch_depth(self, channel: AbstractChannel) -> None:
+        """Keep the queue-depth gauges current (the alert on a growing backlog reads them)."""
+        while True:
+            for name in (self.queues.name, self.queues.refused):
+                with contextlib.suppress(Exception):
+                    declared = await channel.declare_queue(name, passive=True)
+                    count = declared.declaration_result.message_count
+                    metrics.INGEST_QUEUE_DEPTH.labels(name).set(count or 0)
+            await asyncio.sleep(DEPTH_EVERY)
+
+
+def _castable(item: Item) -> tuple[Voter, dict[str, object], str]:
+    assert item.voter is not None
+    assert item.ballot is not None
+    return item.voter, item.ballot.content(), stored_key(item)
+
+
+def _result(item: Item) -> dict[str, Any]:
+    if item.receipt is not None:
+        status = "cast" if item.receipt.version == 1 else "revised"
+        return receipt_view(item.receipt, str(item.election_id), status)
+    assert item.problem is not None
+    return item.problem
+
+
+def _transient(error: Exception) -> bool:
+    """An error that says nothing about the ballot: the store, or a race to retry."""
+    if isinstance(error, ConcurrentRevision):
+        return True
+    found = problem_of(error)
+    return found is None or found["status"] == 503
+
+
+async def _release(batch: list[Delivery]) -> None:
+    """Hand an unsettled batch back to the broker (requeued, for any consumer), so that no
+    later ack with ``multiple`` covers it; where its channel is gone, it is already back."""
+    last: dict[int, AbstractIncomingMessage] = {}
+    for delivery in batch:
+        with contextlib.suppress(Exception):
+            last[id(delivery.message.channel)] = delivery.message
+    for message in last.values():
+        with contextlib.suppress(Exception):
+            await message.nack(multiple=True, requeue=True)
+
+
+async def _ack(batch: list[Delivery]) -> None:
+    """Ack the batch: one ack with ``multiple`` per channel it came on (one, unless a
+    reconnection happened while it was gathered)."""
+    last: dict[int, AbstractIncomingMessage] = {}
+    for delivery in batch:
+        with contextlib.suppress(Exception):  # a closed channel's: redelivered on the new one
+            last[id(delivery.message.channel)] = delivery.message
+    if not last:
+        raise Abandoned("every message of the batch came on a closed channel")
+    for message in last.values():
+        await message.ack(multiple=True)

@@ -1,0 +1,226 @@
+"""A message from the ingest queue, read as ballots.
+
+A message is one ballot, the body of ``POST /api/elections/{id}/ballots`` plus
+``election_id`` (and ``voter_token`` in a token election: a message has no Authorization
+header), or ``{"ballots": [...]}``, many such ballots (with an ``election_id`` for them all
+or one each). The AMQP ``message_id`` is required: it is the ballot's Idempotency-Key, or,
+in a multi-ballot message, ``<message_id>:<index>`` unless a ballot has its own
+``idempotency_key``. The key is stored exactly as the HTTP path stores an Idempotency-Key
+(``request_key``), so a message redelivered or republished is never counted twice, and a
+ballot sent over HTTP and over AMQP with the same key is one ballot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import orjson
+import pydantic
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from api.problems import problem_of
+from api.responses import problem_body
+from api.schemas import BallotIn, IdempotencyKey, VoterId
+from domain.application import Receipt
+from domain.election import Election
+from domain.errors import CardinalError, InvalidBallot, InvalidRequest
+from domain.rules import Eligibility
+from domain.voter import Voter
+from infra.runtime.voters import VoterKeys, request_key
+
+MAX_KEY = 255
+MAX_BALLOTS = 10_000  # in one multi-ballot message
+
+
+class IngestBallot(BallotIn):
+    """One ballot as a message carries it."""
+
+    election_id: str | None = None
+    voter_token: VoterId | None = None
+
+    def content(self) -> dict[str, object]:
+        return self.model_dump(
+            exclude={"voter_id", "election_id", "voter_token", "idempotency_key"},
+            exclude_none=True,
+        )
+
+
+class IngestBatchBallot(IngestBallot):
+    """One ballot of a multi-ballot message, with its own key if it has one."""
+
+    idempotency_key: IdempotencyKey | None = None
+
+
+@dataclass(slots=True)
+class Item:
+    """One ballot of a message, and what became of it: a receipt or a problem."""
+
+    raw: Any
+    key: str
+    field_prefix: str = ""
+    ballot: IngestBallot | None = None
+    election_id: UUID | None = None
+    voter: Voter | None = None
+    receipt: Receipt | None = None
+    problem: dict[str, Any] | None = None
+    reason: str = ""
+
+    def refuse(self, error: Exception) -> None:
+        found = problem_of(error)
+        assert found is not None, error
+        if self.field_prefix and "field" in found:
+            found["field"] = f"{self.field_prefix}{found['field']}"
+        self.problem = found
+        self.reason = _reason(error)
+
+    @property
+    def settled(self) -> bool:
+        return self.receipt is not None or self.problem is not None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message and its ballots; ``problem`` refuses the whole message."""
+
+    message: AbstractIncomingMessage
+    items: list[Item] = field(default_factory=list)
+    multi: bool = False
+    problem: dict[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def ballots(self) -> int:
+        return len(self.items)
+
+
+def parse(message: AbstractIncomingMessage) -> Delivery:
+    """Read a message as ballots, each validated as the HTTP path validates a ballot."""
+    delivery = Delivery(message)
+    key = message.message_id
+    if not key or len(key) > MAX_KEY or not key.isprintable():
+        return _refused(
+            delivery,
+            "missing_message_id",
+            InvalidRequest(
+                f"message_id is required, 1-{MAX_KEY} printable characters: it is the ballot's "
+                "idempotency key, so that a message redelivered or sent again is counted once",
+                field="message_id",
+            ),
+        )
+    try:
+        body = orjson.loads(message.body)
+    except orjson.JSONDecodeError as error:
+        problem = problem_body(400, "Malformed JSON", f"the message body is not JSON: {error}")
+        delivery.problem, delivery.reason = problem, "malformed_json"
+        return delivery
+    if not isinstance(body, dict):
+        return _refused(
+            delivery,
+            "invalid_request",
+            InvalidRequest("the message body must be a JSON object: a ballot, or {ballots: [...]}"),
+        )
+    if "ballots" not in body:
+        item = Item(body, key)
+        _validate(item, IngestBallot, body)
+        delivery.items.append(item)
+        return delivery
+    delivery.multi = True
+    ballots, default_election = body.get("ballots"), body.get("election_id")
+    extra = set(body) - {"ballots", "election_id"}
+    if extra or not isinstance(ballots, list) or not 1 <= len(ballots) <= MAX_BALLOTS:
+        return _refused(
+            delivery,
+            "invalid_request",
+            InvalidRequest(
+                f"a multi-ballot message is {{ballots: [1 to {MAX_BALLOTS} ballots], "
+                "election_id (optional, for them all)}}"
+                + (f"; unexpected {', '.join(sorted(extra))}" if extra else ""),
+                field="ballots",
+            ),
+        )
+    for index, raw in enumerate(ballots):
+        own = raw.get("idempotency_key") if isinstance(raw, dict) else None
+        item = Item(raw, own if isinstance(own, str) else f"{key}:{index}", f"ballots[{index}].")
+        if isinstance(raw, dict) and default_election is not None and "election_id" not in raw:
+            item.raw = {**raw, "election_id": default_election}
+        _validate(item, IngestBatchBallot, item.raw)
+        delivery.items.append(item)
+    return delivery
+
+
+def _validate(item: Item, model: type[IngestBallot], raw: Any) -> None:
+    try:
+        ballot = model.model_validate(raw)
+        if ballot.election_id is None:
+            raise InvalidRequest(
+                "election_id is required: the election this ballot is cast in",
+                field="election_id",
+            )
+        try:
+            item.election_id = UUID(ballot.election_id)
+        except ValueError:
+            raise InvalidRequest(
+                "election_id must be an election's id (a UUID)", field="election_id"
+            ) from None
+        item.ballot = ballot
+    except (ValidationError, CardinalError) as error:
+        item.refuse(error)
+
+
+def identify(item: Item, election: Election, keys: VoterKeys) -> None:
+    """Name the ballot's voter as the HTTP path would, and derive its stored request key;
+    or refuse it."""
+    ballot, election_id = item.ballot, item.election_id
+    assert ballot is not None
+    assert election_id is not None
+    try:
+        if election.rules.eligibility is Eligibility.TOKENS:
+            if ballot.voter_token is None:
+                raise InvalidBallot(
+                    "this election takes ballots only from voters holding a voter token: "
+                    "put it in voter_token",
+                    field="voter_token",
+                )
+            if ballot.voter_id is not None:
+                raise InvalidBallot(
+                    "voter_id is not used in token elections: the voter token identifies the voter",
+                    field="voter_id",
+                )
+            item.voter = keys.for_token(election_id, ballot.voter_token)
+        else:
+            if ballot.voter_token is not None:
+                raise InvalidBallot(
+                    "voter_token is only for token elections; in this election the client "
+                    "names each voter with voter_id",
+                    field="voter_token",
+                )
+            if ballot.voter_id is None:
+                raise InvalidBallot(
+                    "voter_id is required: in this election the API client names each voter",
+                    field="voter_id",
+                )
+            item.voter = keys.for_voter_id(election_id, ballot.voter_id)
+    except CardinalError as error:
+        item.refuse(error)
+
+
+def stored_key(item: Item) -> str:
+    assert item.voter is not None
+    return request_key(item.key, item.voter)
+
+
+def _refused(delivery: Delivery, reason: str, error: CardinalError) -> Delivery:
+    found = problem_of(error)
+    assert found is not None
+    delivery.problem, delivery.reason = found, reason
+    return delivery
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, pydantic.ValidationError):
+        return "invalid_request"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()

@@ -1,0 +1,437 @@
+"""`cardinal ingest` against the real RabbitMQ and PostgreSQL: ballots from a queue, each
+counted exactly once, refusals forwarded, never looping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import aio_pika
+import orjson
+import psycopg
+import psycopg.conninfo
+import psycopg.sql
+import pytest
+from prometheus_client import REGISTRY
+
+from domain.ballot import ballot_id
+from infra.ingest.consumer import Ingester
+from infra.ingest.publisher import publish
+from infra.ingest.queues import DELIVERY_LIMIT, IngestQueues
+from infra.ingest.service import consume_forever, ingester
+from infra.runtime.bootstrap import Services, running_services
+from infra.runtime.settings import Settings
+from infra.store.migrations import migrate
+from tests.databases import SERVER_URL, create_database, drop_database
+from tests.e2e.stack import AMQP_URL
+from tests.servers import settings_for
+
+OPTIONS = [{"id": "yes", "label": "Yes"}, {"id": "no", "label": "No"}]
+WAIT = 20.0
+
+
+@dataclass
+class Ingest:
+    settings: Settings
+    services: Services
+    queue: str
+
+    @property
+    def database_url(self) -> str | None:
+        return self.settings.database_url
+
+    async def election(self, **rules: Any) -> UUID:
+        from domain.rules import ElectionRules
+
+        app = self.services.app
+        created = await app.create_election(
+            "Ingest", ElectionRules.create(options=OPTIONS, method="plurality", **rules)
+        )
+        await app.open_election(created.id)
+        return created.id
+
+    def versions(self, election_id: UUID, voters: list[str]) -> dict[str, int]:
+        """Each voter's ballot events in the log (1: cast once)."""
+        keys = self.services.voter_keys
+        ids = {
+            ballot_id(election_id, keys.for_voter_id(election_id, v).ballot_key): v for v in voters
+        }
+        assert self.settings.database_url is not None
+        with psycopg.connect(self.settings.database_url) as conn:
+            rows = conn.execute(
+                "SELECT originator_id, count(*) FROM cardinal_events "
+                "WHERE originator_id = ANY(%s) GROUP BY originator_id",
+                (list(ids),),
+            ).fetchall()
+        return {ids[row[0]]: int(row[1]) for row in rows}
+
+    async def until_counted(self, election_id: UUID, voters: list[str]) -> dict[str, int]:
+        counted: dict[str, int] = await until(
+            lambda: self.versions(election_id, voters), lambda v: len(v) == len(voters)
+        )
+        return counted
+
+
+async def until(probe: Callable[[], Any], done: Callable[[Any], bool], within: float = WAIT) -> Any:
+    """Poll ``probe`` until ``done`` says yes (or fail with the last value)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = probe()
+        if isinstance(value, Awaitable):
+            value = await value
+        if done(value):
+            return value
+        assert loop.time() < deadline, f"still {value!r} after {within}s"
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def consuming(settings: Settings) -> AsyncIterator[tuple[Services, Ingester]]:
+    async with running_services(settings) as services:
+        consumer = ingester(settings, services.app, services.voter_keys)
+        task = asyncio.create_task(consume_forever(consumer))
+        try:
+            await asyncio.wait_for(consumer.ready.wait(), WAIT)
+            yield services, consumer
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+async def ingest(database_url: str) -> AsyncIterator[Ingest]:
+    settings = settings_for(
+        database_url, amqp_url=AMQP_URL, namespace=f"test-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        async with consuming(settings) as (services, _):
+            yield Ingest(settings, services, settings.ingest_queue_name)
+    finally:
+        await delete_queues(settings.ingest_queue_name)
+
+
+async def delete_queues(queue: str, url: str = AMQP_URL) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        await IngestQueues(queue).delete(await connection.channel())
+
+
+async def queue_depth(name: str, url: str = AMQP_URL) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        queue = await (await connection.channel()).declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+async def take_all(
+    name: str, count: int, url: str = AMQP_URL
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Wait for ``count`` messages in queue ``name``; take them (acked)."""
+    taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while len(taken) < count:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                assert loop.time() < deadline, (
+                    f"{[m.message_id for m in taken]}: not {count} in {name}"
+                )
+                await asyncio.sleep(0.1)
+                continue
+            taken.append(message)
+    return taken
+
+
+def ballot(election_id: UUID, voter: str, choice: str = "yes") -> dict[str, Any]:
+    return {"election_id": str(election_id), "voter_id": voter, "choice": choice}
+
+
+async def test_a_message_id_republished_and_redelivered_is_counted_once(
+    ingest: Ingest,
+) -> None:
+    election_id = await ingest.election(allow_revote=False)
+    voters = [f"v{n}" for n in range(300)]
+    messages = [(f"m-{v}", ballot(election_id, v)) for v in voters]
+    # The same ballots over HTTP's path first (same key): the queue's copies are replays.
+    app, keys = ingest.services.app, ingest.services.voter_keys
+    from infra.runtime.voters import request_key
+
+    for voter in voters[:50]:
+        voter_keys = keys.for_voter_id(election_id, voter)
+        await app.cast_ballot(
+            election_id, voter_keys, {"choice": "yes"}, request_key(f"m-{voter}", voter_keys)
+        )
+    # Redelivered: a consumer takes every message and dies without acking.
+    await publish(AMQP_URL, ingest.queue, messages[:100])
+    await publish(AMQP_URL, ingest.queue, messages)  # and republished: each sent twice
+    await publish(AMQP_URL, ingest.queue, messages[100:200])  # a third time for some
+    counted = await ingest.until_counted(election_id, voters)
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert counted == dict.fromkeys(voters, 1)
+    assert await queue_depth(ingest.queue + ".refused") == 0  # replays are not refusals
+
+
+async def test_a_message_a_dead_consumer_held_is_delivered_again_and_counted_once(
+    database_url: str,
+) -> None:
+    settings = settings_for(database_url, amqp_url=AMQP_URL, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    queue = settings.ingest_queue_name
+    voters = [f"r{n}" for n in range(200)]
+    try:
+        async with running_services(settings) as services:
+            from domain.rules import ElectionRules
+
+            created = await services.app.create_election(
+                "Redelivery", ElectionRules.create(options=OPTIONS, method="plurality")
+            )
+            await services.app.open_election(created.id)
+        election_id = created.id
+        await publish(AMQP_URL, queue, [(f"m-{v}", ballot(election_id, v)) for v in voters])
+        # A consumer takes them all and its connection dies before it acks any.
+        connection = await aio_pika.connect(AMQP_URL)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
+        held: list[object] = []
+
+        async def hold(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            held.append(message)
+
+        await (await channel.declare_queue(queue, passive=True)).consume(hold)
+        await until(lambda: len(held), lambda n: n == len(voters))
+        await connection.close()
+        async with consuming(settings) as (services, _):
+            check = Ingest(settings, services, queue)
+            assert await check.until_counted(election_id, voters) == dict.fromkeys(voters, 1)
+            await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+    finally:
+        await delete_queues(queue)
+
+
+async def test_poison_messages_are_refused_with_the_problem_and_not_redelivered(
+    ingest: Ingest,
+) -> None:
+    open_id = await ingest.election(allow_revote=False)
+    closed_id = await ingest.election()
+    await ingest.services.app.close_election(closed_id)
+    poison: list[tuple[str, Any]] = [
+        ("p-json", b"{not json"),
+        ("p-list", [1, 2]),
+        ("p-unknown", ballot(uuid.uuid4(), "x")),
+        ("p-closed", ballot(closed_id, "x")),
+        ("p-choice", ballot(open_id, "x", choice="maybe")),
+        ("p-extra", {**ballot(open_id, "y"), "colour": "red"}),
+        ("p-no-voter", {"election_id": str(open_id), "choice": "yes"}),
+        ("p-again", ballot(open_id, "first", choice="no")),  # revoting is off
+    ]
+    await publish(AMQP_URL, ingest.queue, [("p-first", ballot(open_id, "first"))])
+    await ingest.until_counted(open_id, ["first"])
+    reasons = ("election_not_found", "already_voted", "malformed_json", "missing_message_id")
+    before = {reason: _refused(reason) for reason in reasons}
+    await publish(AMQP_URL, ingest.queue, poison)
+    # And a message_id no key can be (aiormq fills in a random one where none is set).
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(orjson.dumps(ballot(open_id, "z")), message_id="bad\x01id"),
+            routing_key=ingest.queue,
+        )
+    refused = await take_all(ingest.queue + ".refused", len(poison) + 1)
+    by_id = {m.message_id: m for m in refused}
+    assert set(by_id) == {key for key, _ in poison} | {"bad\x01id"}
+    details = {key: str(m.headers["x-refusal"]) for key, m in by_id.items()}
+    statuses = {key: m.headers["x-refusal-status"] for key, m in by_id.items()}
+    assert "not JSON" in details["p-json"]
+    assert statuses["p-unknown"] == 404
+    assert statuses["p-closed"] == 409
+    assert statuses["p-again"] == 409
+    assert "already cast" in details["p-again"]
+    assert statuses["p-choice"] == 422
+    assert "colour" in details["p-extra"]
+    assert "voter_id is required" in details["p-no-voter"]
+    assert "message_id is required" in details["bad\x01id"]
+    assert by_id["p-closed"].body == orjson.dumps(ballot(closed_id, "x"))  # as sent: fixable
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert ingest.versions(open_id, ["first", "x", "y", "z"]) == {"first": 1}
+    assert {reason: _refused(reason) - before[reason] for reason in reasons} == dict.fromkeys(
+        reasons, 1
+    )
+
+
+def _refused(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("cardinal_ingest_ballots_refused_total", {"reason": reason})
+        or 0.0
+    )
+
+
+async def test_a_multi_ballot_message_counts_each_ballot_once_and_refuses_alone(
+    ingest: Ingest,
+) -> None:
+    election_id = await ingest.election()
+    voters = [f"b{n}" for n in range(500)]
+    committed = REGISTRY.get_sample_value("cardinal_ingest_ballots_committed_total") or 0.0
+    body = {
+        "election_id": str(election_id),
+        "ballots": [{"voter_id": v, "choice": "yes"} for v in voters]
+        + [{"voter_id": "bad", "choice": "perhaps"}],
+    }
+    await publish(AMQP_URL, ingest.queue, [("multi-1", body), ("multi-1", body)])
+    assert await ingest.until_counted(election_id, voters) == dict.fromkeys(voters, 1)
+    refused = await take_all(ingest.queue + ".refused", 2)  # once per copy of the message
+    assert {m.message_id for m in refused} == {f"multi-1:{len(voters)}"}
+    assert orjson.loads(refused[0].body)["voter_id"] == "bad"
+    assert refused[0].headers["x-refusal-status"] == 422
+    total = REGISTRY.get_sample_value("cardinal_ingest_ballots_committed_total")
+    assert total == committed + 2 * len(voters)  # each copy's ballots: recorded or replayed
+
+
+async def test_reply_to_gets_the_receipt_or_the_problem(ingest: Ingest) -> None:
+    election_id = await ingest.election()
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        replies = await channel.declare_queue(exclusive=True)
+        for key, body in (
+            ("ok-1", ballot(election_id, "a")),
+            ("bad-1", ballot(election_id, "a", "x")),
+        ):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps(body), message_id=key, reply_to=replies.name, correlation_id=key
+                ),
+                routing_key=ingest.queue,
+            )
+        answers: dict[str, Any] = {}
+        async with replies.iterator() as stream:
+            async for message in stream:
+                await message.ack()
+                answers[str(message.correlation_id)] = (
+                    message.content_type,
+                    orjson.loads(message.body),
+                )
+                if len(answers) == 2:
+                    break
+    assert answers["ok-1"][0] == "application/json"
+    assert answers["ok-1"][1]["status"] == "cast"
+    assert answers["ok-1"][1]["election_id"] == str(election_id)
+    assert answers["bad-1"][0] == "application/problem+json"
+    assert answers["bad-1"][1]["status"] == 422
+
+
+async def test_two_consumers_on_one_queue_have_no_duplicate_effect(ingest: Ingest) -> None:
+    election_id = await ingest.election()
+    voters = [f"c{n}" for n in range(2000)]
+    messages = [(f"m-{v}", ballot(election_id, v)) for v in voters]
+    async with consuming(ingest.settings):  # a second consumer, its own services
+        await asyncio.gather(
+            publish(AMQP_URL, ingest.queue, messages),
+            publish(AMQP_URL, ingest.queue, messages[::-1]),
+        )
+        counted = await ingest.until_counted(election_id, voters)
+        await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert counted == dict.fromkeys(voters, 1)
+
+
+def test_the_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_letters() -> None:
+    arguments = IngestQueues("ns.votes.aggregation").arguments()
+    assert arguments["x-queue-type"] == "quorum"
+    assert arguments["x-delivery-limit"] == DELIVERY_LIMIT
+    assert arguments["x-dead-letter-exchange"] == "ns.votes.aggregation.dead-letter"
+    assert arguments["x-overflow"] == "reject-publish"
+    assert Settings(namespace="ns").ingest_queue_name == "ns.votes.aggregation"
+    assert Settings(ingest_queue="votes.aggregation").ingest_queue_name == "votes.aggregation"
+
+
+async def test_a_store_outage_holds_the_ballots_unacked_then_counts_each_once() -> None:
+    url = create_database("cardinal_ingest_outage")
+    migrate(url)
+    settings = settings_for(url, amqp_url=AMQP_URL, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    voters = [f"o{n}" for n in range(300)]
+    try:
+        async with consuming(settings) as (services, _):
+            check = Ingest(settings, services, settings.ingest_queue_name)
+            election_id = await check.election()
+            with psycopg.connect(SERVER_URL, autocommit=True) as admin:
+                dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+                database = psycopg.sql.Identifier(str(dbname))
+                admin.execute(
+                    psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database)
+                )
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (dbname,),
+                )
+                try:
+                    messages = [(f"m-{v}", ballot(election_id, v)) for v in voters]
+                    await publish(AMQP_URL, check.queue, messages)
+                    # The consumer holds them, unacked: none ready, none refused, none lost.
+                    held = await until(lambda: _unacked(check.queue), lambda n: n == len(voters))
+                    assert held == len(voters)
+                    assert await queue_depth(check.queue + ".refused") == 0
+                finally:
+                    admin.execute(
+                        psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database)
+                    )
+            assert await check.until_counted(election_id, voters) == dict.fromkeys(voters, 1)
+            await until(lambda: _unacked(check.queue), lambda n: n == 0)
+            assert await queue_depth(check.queue + ".refused") == 0
+    finally:
+        await delete_queues(settings.ingest_queue_name)
+        drop_database(url)
+
+
+def _unacked(queue: str) -> int:
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+    return int(counts.get(queue, "0"))
+
+
+async def test_a_token_election_takes_the_voter_token_in_the_message(ingest: Ingest) -> None:
+    from domain.rules import ElectionRules
+    from infra.runtime.voters import new_voter_token
+
+    app, keys = ingest.services.app, ingest.services.voter_keys
+    rules = ElectionRules.create(options=OPTIONS, method="plurality", eligibility="tokens")
+    election_id = (await app.create_election("Tokens", rules)).id
+    tokens = [new_voter_token() for _ in range(3)]
+    await app.issue_voter_tokens(election_id, [keys.credential(election_id, t) for t in tokens])
+    await app.open_election(election_id)
+    cast = [
+        (f"t-{n}", {"election_id": str(election_id), "voter_token": token, "choice": "yes"})
+        for n, token in enumerate(tokens)
+    ]
+    refused = [
+        ("t-stranger", {"election_id": str(election_id), "voter_token": new_voter_token()}),
+        ("t-no-token", ballot(election_id, "ada")),
+    ]
+    await publish(AMQP_URL, ingest.queue, [*cast, *cast, *refused])
+    answers = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 2)}
+    assert answers["t-stranger"].headers["x-refusal-status"] == 403
+    assert "voter_token" in str(answers["t-no-token"].headers["x-refusal"])
+    ids = [ballot_id(election_id, keys.for_token(election_id, t).ballot_key) for t in tokens]
+    assert ingest.database_url is not None
+    with psycopg.connect(ingest.database_url) as conn:
+        rows = conn.execute(
+            "SELECT count(*), count(DISTINCT originator_id) FROM cardinal_events "
+            "WHERE originator_id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+    assert rows == (3, 3)  # each token's ballot once, though each message came twice
