@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from infra.cli.environment import Commands, command_settings
+from infra.runtime.lifecycle import die_with_parent
 from infra.runtime.settings import Settings, SettingsError
 
 
@@ -30,5 +31,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     if Settings.from_env().amqp_url is None:
         raise SettingsError("AMQP_URL is not set; `cardinal ingest` consumes from RabbitMQ")
     settings = command_settings(migrate=not args.child)
+    if args.child:
+        die_with_parent()  # a child of `cardinal serve` stops when serve does
     uvloop.run(ingest(settings, metrics_port=None if args.child else settings.metrics_port))
     return 0
