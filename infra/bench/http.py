@@ -50,7 +50,7 @@ from infra.bench import bare
 from infra.bench.freshness import FreshnessWatcher
 from infra.bench.http_drive import Load, RunFigures, drive
 from infra.bench.http_report import percentiles, picture, print_table
-from infra.bench.loadgen import LeanConnection
+from infra.bench.loadgen import LeanConnection, open_election
 from infra.bench.stack import SEPARATE, SERVE, Stack, free_port
 from infra.runtime.settings import Settings
 
@@ -365,22 +365,15 @@ async def _verify(
 
 async def _elections(stack: Stack, count: int, method: str) -> list[str]:
     admin = LeanConnection("127.0.0.1", stack.port, ADMIN)
-    ids = []
     try:
-        for n in range(count):
-            created = await admin.request(
-                "POST",
-                "/api/elections",
-                {"title": f"Bench {n}", "method": method, "options": OPTIONS},
+        return [
+            await open_election(
+                admin, {"title": f"Bench {n}", "method": method, "options": OPTIONS}
             )
-            assert created.status == 201, created.body
-            election_id = str(created.json()["id"])
-            opened = await admin.request("POST", f"/api/elections/{election_id}/open")
-            assert opened.status == 200, opened.body
-            ids.append(election_id)
+            for n in range(count)
+        ]
     finally:
         await admin.close()
-    return ids
 
 
 def _ballot(method: str, n: int) -> dict[str, Any]:

@@ -85,3 +85,14 @@ class LeanConnection:
         if reply_headers.get("connection", "").lower() == "close":
             await self.close()
         return Reply(status, reply_headers, content)
+
+
+async def open_election(admin: LeanConnection, election: dict[str, Any]) -> str:
+    """Create an election (``election``: the POST /api/elections body) and open it, on a
+    connection holding the admin token; its id."""
+    created = await admin.request("POST", "/api/elections", election)
+    assert created.status == 201, created.body
+    election_id = str(created.json()["id"])
+    opened = await admin.request("POST", f"/api/elections/{election_id}/open")
+    assert opened.status == 200, opened.body
+    return election_id

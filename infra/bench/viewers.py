@@ -35,7 +35,7 @@ import uvloop
 
 from infra.bench.freshness import FreshnessWatcher
 from infra.bench.http_report import percentiles
-from infra.bench.loadgen import LeanConnection
+from infra.bench.loadgen import LeanConnection, open_election
 from infra.bench.stack import SERVE, Stack
 
 ADMIN = "bench-admin"
@@ -189,14 +189,9 @@ async def _election(stack: Stack) -> str:
             "live_results_step": 1,
             "public_results": True,
         }
-        created = await admin.request("POST", "/api/elections", body)
-        assert created.status == 201, created.body
-        election_id = str(created.json()["id"])
-        opened = await admin.request("POST", f"/api/elections/{election_id}/open")
-        assert opened.status == 200, opened.body
+        return await open_election(admin, body)
     finally:
         await admin.close()
-    return election_id
 
 
 async def _connect(

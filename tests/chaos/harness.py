@@ -10,17 +10,15 @@ during the fault came within 2 s; the service recovered by itself; `audit verify
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
-from infra.bench.loadgen import ConnectionClosed, LeanConnection
+from infra.bench.loadgen import ConnectionClosed, LeanConnection, open_election
 from infra.bench.stack import Stack
 
 CLIENT = "chaos-client"
@@ -137,11 +135,9 @@ class SteadyLoad:
         until = time.monotonic() + deadline
         try:
             for record in self.sent:
-                while record.status is None or record.status == 503:
+                while record.status is None:  # a 503 is a certain refusal: nothing to resolve
                     if time.monotonic() > until:
                         return
-                    if record.status == 503:
-                        break  # a certain refusal: not recorded, nothing to resolve
                     retry = Sent(record.voter, record.key, record.election, 0)
                     await self._send(connection, retry)
                     if retry.status is not None:
@@ -152,26 +148,16 @@ class SteadyLoad:
 
 async def open_elections(port: int, count: int = 2) -> list[str]:
     admin = LeanConnection("127.0.0.1", port, ADMIN)
-    ids = []
+    options = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
     try:
-        for n in range(count):
-            created = await admin.request(
-                "POST",
-                "/api/elections",
-                {
-                    "title": f"Chaos {n}",
-                    "method": "plurality",
-                    "options": [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}],
-                },
+        return [
+            await open_election(
+                admin, {"title": f"Chaos {n}", "method": "plurality", "options": options}
             )
-            assert created.status == 201, created.body
-            election = str(created.json()["id"])
-            opened = await admin.request("POST", f"/api/elections/{election}/open")
-            assert opened.status == 200, opened.body
-            ids.append(election)
+            for n in range(count)
+        ]
     finally:
         await admin.close()
-    return ids
 
 
 def judge(
@@ -247,13 +233,3 @@ def _counted(url: str, elections: list[str], expected: int, patience: float = 60
             if (len(counted) >= expected and caught_up) or time.monotonic() > deadline:
                 return counted
             time.sleep(0.2)
-
-
-def describe(verdict: Verdict) -> dict[str, Any]:
-    return asdict(verdict)
-
-
-@contextlib.contextmanager
-def timed() -> Any:
-    started = time.monotonic()
-    yield lambda: time.monotonic() - started
