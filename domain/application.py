@@ -174,13 +174,52 @@ class VotingApplication(Application[UUID]):
         """Cast many ballots of one election, each recorded or refused on its own: in each
         ballot's place, its receipt or the error it met.
 
-        Ballots of different voters go to the writer together (they share its group
-        commits); a voter's ballots go in order, so the last one in the batch counts.
+        The first ballot of each voter goes to the writer in one ``append_each`` (they
+        share its group commits, with one wait for them all). A ballot that meets an
+        earlier one of its voter in the log (a retry, a revision), and a voter's further
+        ballots in this batch, then take the single-ballot path, in order, so the last one
+        in the batch counts.
         """
-        voters: dict[str, list[int]] = {}
-        for index, (voter, _, _) in enumerate(ballots):
-            voters.setdefault(voter.ballot_key, []).append(index)
         outcomes: list[Receipt | Exception | None] = [None] * len(ballots)
+        try:
+            election = await self._taking_ballots(election_id)
+        except Exception as error:  # the caller decides what each error means
+            return [error] * len(ballots)
+        firsts: list[list[DomainEventProtocol[UUID]]] = []
+        placed: list[int] = []
+        later: dict[str, list[int]] = {}  # a voter's ballots that wait for their first
+        for index, (voter, content, request_key) in enumerate(ballots):
+            if voter.ballot_key in later:
+                later[voter.ballot_key].append(index)
+                continue
+            later[voter.ballot_key] = []
+            try:
+                vote = election.accept_vote(voter, content).to_json()
+            except Exception as error:
+                outcomes[index] = error
+                continue
+            firsts.append([Ballot.first_cast(election_id, voter.ballot_key, vote, request_key)])
+            placed.append(index)
+        try:
+            recorded = await self.writer.append_each(firsts, while_open=election_id)
+        except Exception as error:
+            recorded = [error] * len(firsts)
+        for index, events, result in zip(placed, firsts, recorded, strict=True):
+            if isinstance(result, VersionConflict):
+                # An earlier ballot of this voter is in the log: replay or revise it.
+                later[ballots[index][0].ballot_key].insert(0, index)
+            elif isinstance(result, Exception):
+                if isinstance(result, ElectionNotOpen):
+                    self.elections.pop(election_id, None)
+                outcomes[index] = result
+            else:
+                first = events[0]
+                outcomes[index] = Receipt(
+                    first.originator_id,
+                    first.originator_version,
+                    result.position,
+                    digest=result.digest,
+                )
 
         async def in_order(indices: list[int]) -> None:
             for index in indices:
@@ -192,7 +231,7 @@ class VotingApplication(Application[UUID]):
                 except Exception as error:  # the caller decides what each error means
                     outcomes[index] = error
 
-        await asyncio.gather(*(in_order(indices) for indices in voters.values()))
+        await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
         assert all(outcome is not None for outcome in outcomes)
         return cast(list[Receipt | Exception], outcomes)
 
@@ -300,6 +339,20 @@ class DirectWriter:
         except IntegrityError:
             raise VersionConflict(events[0].originator_id) from None
         return Recorded(recordings[-1].notification.id)
+
+    async def append_each(
+        self,
+        appends: Sequence[Sequence[DomainEventProtocol[UUID]]],
+        *,
+        while_open: UUID | None = None,
+    ) -> list[Recorded | Exception]:
+        results: list[Recorded | Exception] = []
+        for events in appends:
+            try:
+                results.append(await self.append_events(events, while_open=while_open))
+            except (VersionConflict, ElectionNotOpen) as error:
+                results.append(error)
+        return results
 
     async def load_election(self, election_id: UUID) -> Election | None:
         return self._load(election_id, Election)

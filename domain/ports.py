@@ -59,6 +59,18 @@ class EventWriter(Protocol):
         """
         ...
 
+    async def append_each(
+        self,
+        appends: Sequence[Sequence[DomainEventProtocol[UUID]]],
+        *,
+        while_open: UUID | None = None,
+    ) -> list[Recorded | Exception]:
+        """Record many independent appends, each atomic on its own exactly as with
+        ``append_events``, sharing transactions where the writer can; in each one's place,
+        where it landed or the error it met (VersionConflict, ElectionNotOpen, Overloaded,
+        StoreUnavailable). One append's error does not touch the others."""
+        ...
+
     async def load_election(self, election_id: UUID) -> Election | None: ...
 
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None: ...

@@ -200,6 +200,67 @@ class GroupCommitWriter:
             self._withdraw(submission)
             raise
 
+    async def append_each(
+        self,
+        appends: Sequence[Sequence[DomainEventProtocol[UUID]]],
+        *,
+        while_open: UUID | None = None,
+    ) -> list[Recorded | Exception]:
+        """Many independent appends (the bulk path): each is an Append of its own, so each
+        is recorded or refused on its own, but they are queued under one lock, share one
+        answer deadline, and wake their caller once, when the last is settled."""
+        if not appends:
+            return []
+        if self._stopping or self._thread is None or not self._thread.is_alive():
+            raise Overloaded("the writer is not running")
+        if not self.health.up:
+            raise StoreUnavailable(NOT_RECORDED)
+        if len(self._queue) + len(appends) > self.max_queue:
+            raise Overloaded(f"{len(self._queue)} appends are already waiting")
+        loop = self._loop
+        assert loop is not None
+        to_stored = self.app.mapper.to_stored_event
+        group = [
+            Append([to_stored(e) for e in events], loop.create_future(), while_open)
+            for events in appends
+        ]
+        settled = loop.create_future()
+        remaining = len(group)
+
+        def one_settled(_: asyncio.Future[Recorded]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not settled.done():
+                settled.set_result(None)
+
+        for submission in group:
+            submission.future.add_done_callback(one_settled)
+        expiry = loop.call_later(self.answer_within, self._expire_group, group)
+        with self._wakeup:
+            self._queue.extend(group)
+            self._wakeup.notify()
+        try:
+            await settled
+        except asyncio.CancelledError:
+            self._withdraw_group(group)
+            raise
+        finally:
+            expiry.cancel()
+        return [_outcome(s.future) for s in group]
+
+    def _expire_group(self, group: Sequence[Append]) -> None:
+        for submission in self._withdraw_group(group):
+            _refuse(submission, TOO_SLOW.format(self.answer_within))
+
+    def _withdraw_group(self, group: Sequence[Append]) -> list[Append]:
+        """Take back what the writer thread has not taken yet (one pass over the queue)."""
+        mine = {id(s) for s in group if not s.future.done()}
+        with self._wakeup:
+            taken = [s for s in self._queue if id(s) in mine]
+            if taken:
+                self._queue = deque(s for s in self._queue if id(s) not in mine)
+        return taken
+
     def _withdraw(self, submission: Append) -> bool:
         """Take an append back if the writer thread has not taken it yet."""
         with self._wakeup:
@@ -385,6 +446,14 @@ class GroupCommitWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
+    error = future.exception()
+    if error is None:
+        return future.result()
+    assert isinstance(error, Exception)
+    return error
 
 
 def _refuse(submission: Append, detail: str) -> None:

@@ -93,6 +93,37 @@ class EventWriterContract:
         )
         assert len({r.position for r in recorded}) == 40
 
+    async def test_append_each_settles_each_append_on_its_own(self, writer: EventWriter) -> None:
+        election = await self._open_election(writer)
+        taken = _ballot(election.id, "taken")
+        await writer.append_events(taken)
+        fresh = [_ballot(election.id, f"each{n}") for n in range(30)]
+        results = await writer.append_each(
+            [*fresh[:10], _ballot(election.id, "taken", "b"), *fresh[10:]],
+            while_open=election.id,
+        )
+        assert isinstance(results[10], VersionConflict)
+        positions = [r.position for r in results if not isinstance(r, Exception)]
+        assert len(set(positions)) == 30
+        for events in fresh:
+            assert await writer.load_ballot(events[0].originator_id) is not None
+        ballot = await writer.load_ballot(taken[0].originator_id)
+        assert ballot is not None
+        assert ballot.vote == {"choice": "a"}  # the conflicting one changed nothing
+        assert await writer.append_each([]) == []
+
+    async def test_append_each_after_the_close_refuses_every_guarded_append(
+        self, writer: EventWriter
+    ) -> None:
+        election = await self._open_election(writer)
+        election.close()
+        await writer.append(election)
+        late = [_ballot(election.id, f"late{n}") for n in range(5)]
+        results = await writer.append_each(late, while_open=election.id)
+        assert all(isinstance(r, ElectionNotOpen) for r in results)
+        for events in late:
+            assert await writer.load_ballot(events[0].originator_id) is None
+
     async def test_unknown_aggregates_read_as_none_and_unknown_versions_as_lookup_errors(
         self, writer: EventWriter
     ) -> None:

@@ -122,9 +122,18 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
     await asyncio.sleep(0.2)  # taken into a batch, now waiting for the lock
     queued = [asyncio.create_task(_timed(writer, election, f"q{n}")) for n in range(50)]
     cancelled = asyncio.create_task(writer.append_events(_ballot(election, "gone")))
+    # The bulk path's appends: queued together, one deadline, withdrawn together.
+    grouped = asyncio.create_task(
+        writer.append_each([_ballot(election, f"g{n}") for n in range(20)])
+    )
+    cancelled_group = asyncio.create_task(
+        writer.append_each([_ballot(election, f"cg{n}") for n in range(5)])
+    )
     await asyncio.sleep(0.1)
     cancelled.cancel()
+    cancelled_group.cancel()
     refused = await asyncio.gather(*queued)
+    grouped_outcomes = await grouped
     blocker.execute("COMMIT")  # the batch in flight may commit now
     (outcome, _) = await first
     blocker.close()
@@ -132,9 +141,12 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
     assert all(isinstance(o, StoreUnavailable) for o, _ in refused)
     assert all(0.9 < seconds < 3.0 for _, seconds in refused)  # answer_within is 1 s
     assert "not recorded" in str(refused[0][0])
+    assert all(isinstance(o, StoreUnavailable) for o in grouped_outcomes)
+    assert cancelled_group.cancelled()
     assert isinstance(outcome, Recorded)  # in a batch already: answered by its commit
     await writer.append_events(_ballot(election, "after"))
     assert _casts(url) == 3  # warm-up, the one in flight, after; no queued nor cancelled
+    assert writer.queued == 0
 
 
 async def test_ballots_and_results_over_http_are_503_within_a_second_while_down(
