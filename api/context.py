@@ -43,11 +43,21 @@ def rate_limits(request: Request) -> RateLimits:
 
 
 def election_id(request: Request) -> UUID:
-    raw = request.path_params["election_id"]
+    raw: str = request.path_params["election_id"]
+    known = _ELECTION_IDS.get(raw)
+    if known is not None:
+        return known
     try:
-        return UUID(raw)
+        parsed = UUID(raw)
     except ValueError:
         raise ElectionNotFound(raw) from None
+    if len(_ELECTION_IDS) < KNOWN_IDS:  # the ballot hot path parses the same few ids
+        _ELECTION_IDS[raw] = parsed
+    return parsed
+
+
+KNOWN_IDS = 4096
+_ELECTION_IDS: dict[str, UUID] = {}
 
 
 async def body(request: Request, model: type[M]) -> M:

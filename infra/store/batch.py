@@ -59,7 +59,7 @@ class Append:
     future: asyncio.Future[Recorded]
     guard: UUID | None = None  # record only while this election is open in the log
     keys: list[Key] = field(init=False)
-    expiry: asyncio.TimerHandle | None = None
+    deadline: float = 0.0  # loop time by which it must be answered (see the writer)
 
     def __post_init__(self) -> None:
         self.keys = [(cast(UUID, e.originator_id), e.originator_version) for e in self.events]

@@ -65,6 +65,7 @@ A = TypeVar("A", bound=Aggregate)
 # A ballot request is answered within this long (if its append is still queued by then, it
 # is withdrawn, certainly not recorded, and refused with 503).
 ANSWER_WITHIN = 5.0
+SWEEP_INTERVAL = 0.1  # how often queued appends are checked against their deadline
 CONNECT_TIMEOUT = 2
 NOT_RECORDED = "the event store is unreachable; the ballot was not recorded: retry shortly"
 TOO_SLOW = (
@@ -121,6 +122,7 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -189,10 +191,11 @@ class GroupCommitWriter:
         loop = self._loop
         assert loop is not None
         submission = Append(events, loop.create_future(), while_open)
-        submission.expiry = loop.call_later(self.answer_within, self._expire, submission)
+        submission.deadline = loop.time() + self.answer_within
         with self._wakeup:
             self._queue.append(submission)
             self._wakeup.notify()
+        self._watch_deadlines(loop)
         try:
             return await submission.future
         except asyncio.CancelledError:
@@ -233,33 +236,47 @@ class GroupCommitWriter:
             if remaining == 0 and not settled.done():
                 settled.set_result(None)
 
+        deadline = loop.time() + self.answer_within
         for submission in group:
+            submission.deadline = deadline
             submission.future.add_done_callback(one_settled)
-        expiry = loop.call_later(self.answer_within, self._expire_group, group)
         with self._wakeup:
             self._queue.extend(group)
             self._wakeup.notify()
+        self._watch_deadlines(loop)
         try:
             await settled
         except asyncio.CancelledError:
             self._withdraw_group(group)
             raise
-        finally:
-            expiry.cancel()
         return [_outcome(s.future) for s in group]
 
-    def _expire_group(self, group: Sequence[Append]) -> None:
-        for submission in self._withdraw_group(group):
-            _refuse(submission, TOO_SLOW.format(self.answer_within))
-
-    def _withdraw_group(self, group: Sequence[Append]) -> list[Append]:
+    def _withdraw_group(self, group: Sequence[Append]) -> None:
         """Take back what the writer thread has not taken yet (one pass over the queue)."""
-        mine = {id(s) for s in group if not s.future.done()}
+        mine = {id(s) for s in group}
         with self._wakeup:
-            taken = [s for s in self._queue if id(s) in mine]
-            if taken:
+            if any(id(s) in mine for s in self._queue):
                 self._queue = deque(s for s in self._queue if id(s) not in mine)
-        return taken
+
+    def _watch_deadlines(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One timer for every queued append, rather than one each (a timer per ballot
+        was a measurable share of the hot path): it runs while anything is queued."""
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The answer deadline: an append still queued at its deadline is withdrawn and
+        refused (one already in a batch is answered by its commit, which the store decides
+        quickly or is down). The queue is in arrival order, so the expired are in front."""
+        now = loop.time()
+        expired = []
+        with self._wakeup:
+            while self._queue and self._queue[0].deadline <= now:
+                expired.append(self._queue.popleft())
+            waiting = bool(self._queue)
+        for submission in expired:
+            _refuse(submission, TOO_SLOW.format(self.answer_within))
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop) if waiting else None
 
     def _withdraw(self, submission: Append) -> bool:
         """Take an append back if the writer thread has not taken it yet."""
@@ -268,15 +285,7 @@ class GroupCommitWriter:
                 self._queue.remove(submission)
             except ValueError:
                 return False  # in a batch: its outcome comes from the store
-        if submission.expiry is not None:
-            submission.expiry.cancel()
         return True
-
-    def _expire(self, submission: Append) -> None:
-        """The answer deadline: still queued means refused (an append already in a batch
-        is answered by its commit, which the store decides quickly or is down)."""
-        if not submission.future.done() and self._withdraw(submission):
-            _refuse(submission, TOO_SLOW.format(self.answer_within))
 
     async def load_election(self, election_id: UUID) -> Election | None:
         self._check_up()
@@ -457,16 +466,12 @@ def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
 
 
 def _refuse(submission: Append, detail: str) -> None:
-    if submission.expiry is not None:
-        submission.expiry.cancel()
     if not submission.future.done():
         submission.future.set_exception(StoreUnavailable(detail))
 
 
 def _settle(batch: Sequence[Append], outcomes: Sequence[Outcome]) -> None:
     for submission, outcome in zip(batch, outcomes, strict=True):
-        if submission.expiry is not None:
-            submission.expiry.cancel()
         if submission.future.done():  # answered already (drained at shutdown)
             continue
         if outcome.error is not None:
