@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
@@ -10,6 +11,7 @@ import httpx
 import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
+from psycopg import sql
 
 from domain.application import VotingApplication
 from domain.ballot import Ballot
@@ -19,7 +21,7 @@ from domain.ports import Overloaded, Recorded, VersionConflict
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.store import open_application
-from infra.store.batch import Append
+from infra.store.batch import CLOSED_TOPIC, INSERT, Append
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from tests.databases import create_database, drop_database
@@ -272,3 +274,49 @@ async def test_a_full_queue_is_a_503_with_retry_after_over_http(database_url: st
             min_position=max(a.json()["position"] for a in answers if a.status_code == 201),
         )
         assert results.json()["ballots"] == accepted
+
+
+def _guard_plan(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    """The group commit's generic plan (the one a prepared statement keeps), as text."""
+    parameters = iter(range(1, 7))
+    statement = re.sub(r"%b", lambda _: f"${next(parameters)}", INSERT)
+    conn.execute("DEALLOCATE ALL")
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute("PREPARE guard(uuid[], bigint[], text[], bytea[], uuid[], text) AS " + statement)
+    explain = sql.SQL("EXPLAIN EXECUTE guard('{{}}', '{{}}', '{{}}', '{{}}', {}, {})").format(
+        sql.Literal([uuid4()]), sql.Literal(CLOSED_TOPIC)
+    )
+    rows = conn.execute(explain).fetchall()
+    return "\n".join(str(row[0]) for row in rows)
+
+
+async def test_the_guard_never_reads_the_whole_log_whatever_size_its_plan_was_made_at(
+    store: tuple[str, VotingApplication],
+) -> None:
+    """At some sizes of a young log, the group commit's generic plan scans the whole table;
+    a prepared statement keeps its plan (no ANALYZE since: autovacuum off, or between its
+    runs), and every group commit then reads the whole log. The writer's session rules
+    scans out: at a size where a plain session scans, the writer's plan uses the key."""
+    url, app = store
+    election = uuid4()
+    writer = GroupCommitWriter(app, url)
+    writer.start()
+    try:
+        await writer.append_events(_ballot(str(election), "one"), while_open=election)
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+            for _ in range(40):  # grow the log until a plain session's plan is the trap
+                conn.execute(
+                    "INSERT INTO cardinal_events "
+                    "(originator_id, originator_version, topic, state) "
+                    "SELECT gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', "
+                    "convert_to(repeat('x', 300), 'UTF8') FROM generate_series(1, 25)"
+                )
+                if "Seq Scan on cardinal_events" in _guard_plan(conn):
+                    break
+            else:
+                pytest.fail("no log size up to 1,000 rows made a plain session scan")
+        plan = _guard_plan(writer._connection())
+    finally:
+        await writer.stop()
+    assert "cardinal_events_pkey" in plan
+    assert "Seq Scan on cardinal_events" not in plan
