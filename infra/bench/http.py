@@ -246,11 +246,15 @@ async def _one_run(
         await watcher.ready.wait()
         bulk = args.bulk if label.startswith("bulk") else 1
         before = _cpu(stack)
+        scanned = _rows_scanned(stack.database_url)
         receipts = await drive(_load(args, stack.port, elections, bulk), figures, watcher)
         last = max((p for _, p in receipts), default=0)
         await watcher.wait_for(last, 30)
         # Until the projections have the last ballot: their share is in the budget too.
         figures.cpu_per_ballot(before, _cpu(stack))
+        if figures.accepted:
+            scanned = _rows_scanned(stack.database_url) - scanned
+            figures.scanned_per_ballot = round(scanned / figures.accepted, 2)
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
@@ -262,6 +266,18 @@ async def _one_run(
             stack, elections, receipts, figures
         )
     return figures
+
+
+def _rows_scanned(database_url: str) -> int:
+    """Rows read by whole-table scans so far, every table of the database. On the ballot
+    path every read is by key: a figure that grows with the log is a plan gone wrong
+    (PostgreSQL publishes these counts about once a second, so the last second may be
+    missing)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_all_tables"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 async def _reference_run(args: argparse.Namespace) -> RunFigures:

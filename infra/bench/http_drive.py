@@ -43,6 +43,7 @@ class RunFigures:
     unseen: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_us_per_ballot: dict[str, float] = field(default_factory=dict)
+    scanned_per_ballot: float | None = None  # rows PostgreSQL read by whole-table scans
     counted_once: bool | None = None
     matches_recount: bool | None = None
     notes: list[str] = field(default_factory=list)
@@ -101,6 +102,7 @@ class RunFigures:
             "not_visible": self.unseen,
             "peak_rss_mb": self.peak_rss_mb,
             "cpu_us_per_ballot": self.cpu_us_per_ballot,
+            "rows_scanned_per_ballot": self.scanned_per_ballot,
             "counted_once": self.counted_once,
             "matches_recount": self.matches_recount,
             "notes": self.notes,

@@ -89,6 +89,12 @@ def print_table(runs: list[RunFigures]) -> None:
         rows.append(
             (f"CPU µs/ballot {role}", [str(r.cpu_us_per_ballot.get(role, "")) for r in runs])
         )
+    rows.append(
+        (
+            "rows read by table scans per ballot",
+            ["" if r.scanned_per_ballot is None else f"{r.scanned_per_ballot:,.1f}" for r in runs],
+        )
+    )
     rows.append(("counted exactly once", [str(r.counted_once) for r in runs]))
     rows.append(("results = recount", [str(r.matches_recount) for r in runs]))
     for label, values in rows:
