@@ -9,8 +9,9 @@ never by whom.
 
 from __future__ import annotations
 
+from hashlib import sha1
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import get_topic
@@ -19,8 +20,10 @@ from domain.errors import BallotNotFound, IdempotencyKeyReused
 
 
 def ballot_id(election_id: UUID, ballot_key: str) -> UUID:
-    """The id of a voter's ballot in an election."""
-    return uuid5(election_id, ballot_key)
+    """The id of a voter's ballot in an election: ``uuid5(election_id, ballot_key)``,
+    computed as RFC 9562 defines it without ``uuid5``'s detours (on every ballot)."""
+    digest = sha1(election_id.bytes + ballot_key.encode(), usedforsecurity=False).digest()
+    return UUID(bytes=digest[:16], version=5)
 
 
 class Ballot(Aggregate):
