@@ -14,6 +14,7 @@ BENCHMARKS = {
     "verify": "infra.bench.verify",
     "ingest": "infra.bench.ingest",
     "viewers": "infra.bench.viewers",
+    "app": "infra.bench.app",
 }
 
 

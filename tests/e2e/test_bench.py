@@ -164,3 +164,26 @@ def test_the_store_benchmarks_run_and_check_what_they_measure(name: str) -> None
     else:
         assert report["equals_recount"] is True
         assert all(p["events"] > 2900 for p in report["projections"].values())
+
+
+CARDINAL = [sys.executable, "-m", "infra.cli"]
+SMALL = ["--concurrency", "8", "--server-url", SERVER_URL]
+
+
+@pytest.mark.parametrize("bulk", ["0", "100"])
+def test_the_app_benchmark_counts_what_it_cast(bulk: str) -> None:
+    """The in-process benchmark: every ballot answered with a receipt and in the log once."""
+    done = subprocess.run(
+        [*CARDINAL, "bench", "app", "--ballots", "1000", "--bulk", bulk, *SMALL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "app"
+    assert report["ballots"] == 1000
+    assert report["recorded"] == report["answered"] >= 1000
+    assert report["cpu_us_per_ballot"] > 0
