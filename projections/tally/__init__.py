@@ -33,9 +33,18 @@ class TallyProjection(Projection):
     def __init__(self) -> None:
         # Rules are immutable once created, so they are safe to keep across transactions.
         self._rules: dict[UUID, ElectionRules] = {}
+        # Each election's row (closed_at, entries, published_position) and statistics as
+        # this version holds them after the last page applied, kept between pages while the
+        # runner says nobody else writes them (it calls forget otherwise): a page then reads
+        # nothing back of the elections it counts.
+        self._elections: dict[UUID, tuple[int | None, int, int]] = {}
+        self._counters: dict[UUID, dict[str, int]] = {}
+        self._schema = ""
 
     def forget(self) -> None:
         self._rules.clear()
+        self._elections.clear()
+        self._counters.clear()
 
     def bulk(self) -> BulkBuilder:
         return TallyBulk()
@@ -44,6 +53,9 @@ class TallyProjection(Projection):
         self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
     ) -> None:
         s = sql.Identifier(schema)
+        if schema != self._schema:
+            self.forget()
+            self._schema = schema
         changes = TallyChanges()
         await self._load_elections(conn, s, events, changes)
         await self._load_ballots(conn, s, events, changes)
@@ -89,6 +101,7 @@ class TallyProjection(Projection):
                 stored = await self._stored_counters(
                     cur, s, [i for i, e in changes.elections.items() if e.published is not None]
                 )
+                self._counters.update(stored)
                 await cur.execute(
                     sql.SQL(
                         "UPDATE {0}.elections e SET entries = a.entries, "
@@ -120,6 +133,19 @@ class TallyProjection(Projection):
                     ).format(s),
                     changes.late,
                 )
+        self._remember(changes)
+
+    def _remember(self, changes: TallyChanges) -> None:
+        """Keep what this page leaves in the rows (it is undone by forget if the page's
+        transaction does not commit)."""
+        for election_id, election in changes.elections.items():
+            steps = election.steps
+            self._elections[election_id] = (election.closed_at, steps.entries, steps.position)
+        for election_id, tally in changes.tallies.items():
+            known = self._counters.get(election_id)
+            if known is not None:
+                for key, value in tally.counters().items():
+                    known[key] = known.get(key, 0) + value
 
     async def _load_elections(
         self,
@@ -133,6 +159,14 @@ class TallyProjection(Projection):
             for e in events
             if e.type in BALLOT_TYPES or e.type == "ElectionClosed"
         }
+        for election_id in list(wanted):
+            known = self._elections.get(election_id)
+            rules = self._rules.get(election_id)
+            if known is not None and rules is not None:
+                closed_at, entries, published = known
+                steps = Steps(rules.live_results_step, entries=entries, published_at=published)
+                changes.elections[election_id] = CountedElection(rules, closed_at, steps)
+                wanted.discard(election_id)
         if not wanted:
             return
         cursor = await conn.execute(
@@ -147,21 +181,23 @@ class TallyProjection(Projection):
             steps = Steps(rules.live_results_step, entries=entries, published_at=published)
             changes.elections[election_id] = CountedElection(rules, closed_at, steps)
 
-    @staticmethod
     async def _stored_counters(
-        cur: AsyncCursor[Any], s: sql.Identifier, elections: list[UUID]
+        self, cur: AsyncCursor[Any], s: sql.Identifier, elections: list[UUID]
     ) -> dict[UUID, dict[str, int]]:
+        stored = {i: self._counters[i] for i in elections if i in self._counters}
+        elections = [i for i in elections if i not in stored]
         if not elections:
-            return {}
+            return stored
         await cur.execute(
             sql.SQL(
                 "SELECT election_id, key, value FROM {}.counters WHERE election_id = ANY(%s)"
             ).format(s),
             (elections,),
         )
-        stored: dict[UUID, dict[str, int]] = {}
+        for election_id in elections:
+            stored[election_id] = {}
         for election_id, key, value in await cur.fetchall():
-            stored.setdefault(election_id, {})[key] = value
+            stored[election_id][key] = value
         return stored
 
     @staticmethod
