@@ -278,32 +278,19 @@ async def lock_projection(conn: AsyncConnection[Any], name: str) -> None:
 
 
 async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[int, int]:
-    """The active version and its position, locked for this transaction.
+    """The active version and its position, locked for this transaction (and the WAL flush
+    not waited for at its commit), in one round trip: ``lock_projection_page``.
 
     The registry row is read FOR SHARE: a version switch takes it FOR UPDATE, so no page is
-    applied to a version while it is being replaced. Two statements, not one join: a join
-    blocked by a switch would re-check the updated registry row against the old version's
-    position row after the switch commits, and find no row at all.
+    applied to a version while it is being replaced. The function reads it and the position
+    in two statements, not one join: a join blocked by a switch would re-check the updated
+    registry row against the old version's position row after the switch commits, and find
+    no row at all.
     """
-    # Safe without waiting for the WAL flush: read models are derived, and their position
-    # commits with them, so a transaction lost in a crash is re-applied from the store.
-    # (Set here rather than by a statement of its own: one round trip fewer per page.)
-    cursor = await conn.execute(
-        "SELECT active_version, set_config('synchronous_commit', 'off', true) "
-        "FROM projections WHERE name = %s FOR SHARE",
-        (name,),
-        prepare=True,
-    )
-    active = await cursor.fetchone()
-    if active is not None and active[0] is not None:
-        cursor = await conn.execute(
-            "SELECT position FROM projection_positions WHERE name = %s AND version = %s FOR UPDATE",
-            (name, active[0]),
-            prepare=True,
-        )
-        row = await cursor.fetchone()
-        if row is not None:
-            return int(active[0]), int(row[0])
+    cursor = await conn.execute("SELECT * FROM lock_projection_page(%s)", (name,), prepare=True)
+    row = await cursor.fetchone()
+    if row is not None and row[0] is not None and row[1] is not None:
+        return int(row[0]), int(row[1])
     raise LookupError(f"projection {name} has no active version; run prepare() first")
 
 

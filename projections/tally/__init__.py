@@ -25,6 +25,41 @@ from projections.base import BulkBuilder, Projection
 from projections.tally.bulk import TallyBulk
 from projections.tally.changes import BALLOT_TYPES, CountedBallot, CountedElection, TallyChanges
 
+UPSERT_BALLOTS = sql.SQL(
+    "INSERT INTO {}.ballots "
+    "(ballot_id, election_id, vote, version, position, recorded_at) "
+    "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[], "
+    "%b::integer[], %b::bigint[], %b::timestamptz[]) "
+    "ON CONFLICT (ballot_id) DO UPDATE SET vote = excluded.vote, "
+    "version = excluded.version, position = excluded.position, "
+    "recorded_at = excluded.recorded_at"
+)
+UPDATE_STEPS = sql.SQL(
+    "UPDATE {0}.elections e SET entries = a.entries, "
+    "published_position = coalesce(a.position, e.published_position), "
+    "published_counters = coalesce(a.counters, e.published_counters) "
+    "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
+    "AS a(election_id, entries, position, counters) "
+    "WHERE e.election_id = a.election_id"
+)
+ADD_COUNTERS = sql.SQL(
+    "INSERT INTO {0}.counters AS c (election_id, key, value) "
+    "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[]) "
+    "ON CONFLICT (election_id, key) DO UPDATE "
+    "SET value = c.value + excluded.value"
+)
+
+
+def _one_statement(parts: list[sql.Composed]) -> sql.Composed:
+    """Statements on different tables as one: all but the last as WITH queries."""
+    if len(parts) == 1:
+        return parts[0]
+    queries = [
+        sql.SQL("{} AS ({})").format(sql.Identifier(f"w{n}"), part)
+        for n, part in enumerate(parts[:-1])
+    ]
+    return sql.SQL("WITH {} {}").format(sql.SQL(", ").join(queries), parts[-1])
+
 
 class TallyProjection(Projection):
     name = "tally"
@@ -81,20 +116,13 @@ class TallyProjection(Projection):
                     ),
                     [(position, election_id) for election_id, position in changes.closed],
                 )
+            # The page's ballots, step counts and statistics: one statement (each part a
+            # data-modifying WITH query: they touch three different tables).
+            parts: list[sql.Composed] = []
+            params: list[Any] = []
             if changes.changed:
-                rows = changes.ballot_rows()
-                await cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.ballots "
-                        "(ballot_id, election_id, vote, version, position, recorded_at) "
-                        "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[], "
-                        "%b::integer[], %b::bigint[], %b::timestamptz[]) "
-                        "ON CONFLICT (ballot_id) DO UPDATE SET vote = excluded.vote, "
-                        "version = excluded.version, position = excluded.position, "
-                        "recorded_at = excluded.recorded_at"
-                    ).format(s),
-                    tuple(list(column) for column in zip(*rows, strict=True)),
-                )
+                parts.append(UPSERT_BALLOTS.format(s))
+                params += [list(column) for column in zip(*changes.ballot_rows(), strict=True)]
             if changes.tallies:
                 # Before the counters move: the statistics a publication in this batch
                 # builds on.
@@ -102,28 +130,14 @@ class TallyProjection(Projection):
                     cur, s, [i for i, e in changes.elections.items() if e.published is not None]
                 )
                 self._counters.update(stored)
-                await cur.execute(
-                    sql.SQL(
-                        "UPDATE {0}.elections e SET entries = a.entries, "
-                        "published_position = coalesce(a.position, e.published_position), "
-                        "published_counters = coalesce(a.counters, e.published_counters) "
-                        "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
-                        "AS a(election_id, entries, position, counters) "
-                        "WHERE e.election_id = a.election_id"
-                    ).format(s),
-                    tuple(list(column) for column in zip(*changes.step_rows(stored), strict=True)),
-                )
+                parts.append(UPDATE_STEPS.format(s))
+                params += [list(column) for column in zip(*changes.step_rows(stored), strict=True)]
             counters = changes.counter_rows()
             if counters:
-                await cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {0}.counters AS c (election_id, key, value) "
-                        "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[]) "
-                        "ON CONFLICT (election_id, key) DO UPDATE "
-                        "SET value = c.value + excluded.value"
-                    ).format(s),
-                    tuple(list(column) for column in zip(*counters, strict=True)),
-                )
+                parts.append(ADD_COUNTERS.format(s))
+                params += [list(column) for column in zip(*counters, strict=True)]
+            if parts:
+                await cur.execute(_one_statement(parts), params)
             if changes.late:
                 await cur.executemany(
                     sql.SQL(
