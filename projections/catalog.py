@@ -10,7 +10,7 @@ from uuid import UUID
 import orjson
 from psycopg import AsyncConnection, AsyncCursor, sql
 
-from infra.store.log import LogEvent
+from infra.store.log import LogEvent, election_uuid
 from projections.base import Projection
 
 BALLOT_COLUMNS = {
@@ -36,16 +36,29 @@ class CatalogProjection(Projection):
     name = "catalog"
     tables = ("elections",)
 
+    def __init__(self) -> None:
+        # Each election's close position (None: open) as this version's rows say, kept
+        # between pages while the runner says nobody else writes them (see forget).
+        self._closes: dict[UUID, int | None] = {}
+        self._schema = ""
+
+    def forget(self) -> None:
+        self._closes.clear()
+
     async def apply(
         self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
     ) -> None:
         s = sql.Identifier(schema)
-        closes = await self._close_positions(conn, s, events)
+        if schema != self._schema:
+            self.forget()
+            self._schema = schema
+        closes = self._closes
+        await self._close_positions(conn, s, events, closes)
         activity: dict[UUID, _Activity] = {}
         async with conn.cursor() as cur:
             for event in events:
                 if event.type in BALLOT_COLUMNS:
-                    election_id = UUID(event.data["election_id"])
+                    election_id = election_uuid(event.data["election_id"])
                     figures = activity.setdefault(election_id, _Activity())
                     closed_at = closes.get(election_id)
                     column = (
@@ -90,24 +103,33 @@ class CatalogProjection(Projection):
 
     @staticmethod
     async def _close_positions(
-        conn: AsyncConnection[Any], s: sql.Identifier, events: Sequence[LogEvent]
-    ) -> dict[UUID, int | None]:
-        wanted = {UUID(e.data["election_id"]) for e in events if e.type in BALLOT_COLUMNS}
+        conn: AsyncConnection[Any],
+        s: sql.Identifier,
+        events: Sequence[LogEvent],
+        closes: dict[UUID, int | None],
+    ) -> None:
+        """Read into ``closes`` the close positions of the elections it does not know yet."""
+        wanted = {
+            election_uuid(e.data["election_id"]) for e in events if e.type in BALLOT_COLUMNS
+        }.difference(closes)
         if not wanted:
-            return {}
+            return
         cursor = await conn.execute(
             sql.SQL(
                 "SELECT election_id, close_position FROM {}.elections WHERE election_id = ANY(%s)"
             ).format(s),
             (list(wanted),),
         )
-        return {row[0]: row[1] for row in await cursor.fetchall()}
+        found = {row[0]: row[1] for row in await cursor.fetchall()}
+        for election_id in wanted:
+            closes[election_id] = found.get(election_id)
 
     @staticmethod
     async def _election(
         cur: AsyncCursor[Any], s: sql.Identifier, event: LogEvent, closes: dict[UUID, int | None]
     ) -> None:
         if event.type == "ElectionCreated":
+            closes[event.stream_id] = None
             rules = event.data["rules"]
             await cur.execute(
                 sql.SQL(

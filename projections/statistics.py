@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
-from infra.store.log import LogEvent
+from infra.store.log import LogEvent, election_uuid
 from projections.base import Projection
 
 COLUMN = {"BallotCast": 0, "BallotRevised": 1, "BallotWithdrawn": 2}
@@ -19,11 +19,24 @@ class StatisticsProjection(Projection):
     name = "statistics"
     tables = ("vote_statistics",)
 
+    def __init__(self) -> None:
+        # Each election's close position (None: open) as this version's rows say, kept
+        # between pages while the runner says nobody else writes them (see forget).
+        self._known_closes: dict[UUID, int | None] = {}
+        self._schema = ""
+
+    def forget(self) -> None:
+        self._known_closes.clear()
+
     async def apply(
         self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
     ) -> None:
         s = sql.Identifier(schema)
-        closes = await self._closes(conn, s, events)
+        if schema != self._schema:
+            self.forget()
+            self._schema = schema
+        closes = self._known_closes
+        await self._closes(conn, s, events, closes)
         # (election, hour) -> [ballots, revisions, withdrawals, late, last vote time]
         buckets: dict[tuple[UUID, datetime], list[Any]] = {}
         for event in events:
@@ -39,7 +52,7 @@ class StatisticsProjection(Projection):
             column = COLUMN.get(event.type)
             if column is None:
                 continue
-            election_id = UUID(event.data["election_id"])
+            election_id = election_uuid(event.data["election_id"])
             closed_at = closes.get(election_id)
             if closed_at is not None and event.position > closed_at:
                 column = 3
@@ -69,15 +82,22 @@ class StatisticsProjection(Projection):
 
     @staticmethod
     async def _closes(
-        conn: AsyncConnection[Any], s: sql.Identifier, events: Sequence[LogEvent]
-    ) -> dict[UUID, int]:
-        wanted = {UUID(e.data["election_id"]) for e in events if e.type in COLUMN}
+        conn: AsyncConnection[Any],
+        s: sql.Identifier,
+        events: Sequence[LogEvent],
+        closes: dict[UUID, int | None],
+    ) -> None:
+        """Read into ``closes`` the close positions of the elections it does not know yet."""
+        wanted = {election_uuid(e.data["election_id"]) for e in events if e.type in COLUMN}
+        wanted.difference_update(closes)
         if not wanted:
-            return {}
+            return
         cursor = await conn.execute(
             sql.SQL(
                 "SELECT election_id, position FROM {}.closes WHERE election_id = ANY(%s)"
             ).format(s),
             (list(wanted),),
         )
-        return {row[0]: row[1] for row in await cursor.fetchall()}
+        found = {row[0]: row[1] for row in await cursor.fetchall()}
+        for election_id in wanted:
+            closes[election_id] = found.get(election_id)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from typing import Any
-from uuid import UUID
 
 import orjson
 import psycopg
@@ -21,14 +20,27 @@ from psycopg import sql
 
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.store import EVENTS_TABLE
-from infra.store.log import event_type
+from infra.store.log import election_uuid, event_type
 
 log = logging.getLogger(__name__)
 
 SEALER_LOCK = 0x43415244_5345414C  # "CARDSEAL"
+# The stream id as its 16 bytes (what the entry hash takes: no UUID object per entry).
 PAGE = f"""
-SELECT notification_id, originator_id, originator_version, topic, state
+SELECT notification_id, uuid_send(originator_id), originator_version, topic, state
 FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s
+"""
+# A page's links as two runs of 32-byte hashes beside its positions: three values to send
+# rather than three arrays dumped element by element.
+INSERT_LINKS = """
+INSERT INTO audit_chain (position, entry_hash, hash)
+SELECT p, substr(%(entries)s::bytea, 32 * i::int - 31, 32),
+       substr(%(hashes)s::bytea, 32 * i::int - 31, 32)
+FROM unnest(%(positions)s::bigint[]) WITH ORDINALITY AS t(p, i)
+"""
+INSERT_STREAMS = """
+INSERT INTO election_streams (stream_id, election_id)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[]) ON CONFLICT DO NOTHING
 """
 LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
@@ -109,40 +121,49 @@ class Sealer:
             rows = await cursor.fetchall()
             if not rows:
                 break
-            links: list[tuple[int, bytes, bytes]] = []
-            streams: list[tuple[UUID, UUID]] = []
+            positions: list[str] = []
+            entries: list[bytes] = []
+            hashes: list[bytes] = []
+            streams: list[str] = []  # 32 hex digits each
+            elections: list[str] = []
             closes: list[tuple[int, bytes]] = []
             for entry_position, stream_id, version, topic, state in rows:
                 kind = event_type(topic)
-                entry = entry_hash(entry_position, stream_id, version, kind, bytes(state))
+                entry = entry_hash(entry_position, stream_id, version, kind, state)
                 previous = chain_hash(previous, entry)
-                links.append((entry_position, entry, previous))
+                positions.append(str(entry_position))
+                entries.append(entry)
+                hashes.append(previous)
                 if kind == "BallotCast":
-                    election = _election_of(entry_position, bytes(state))
+                    election = _election_of(entry_position, state)
                     if election is not None:
-                        streams.append((stream_id, election))
+                        streams.append(stream_id.hex())
+                        elections.append(election)
                 elif kind == "ElectionCreated":
-                    streams.append((stream_id, stream_id))
+                    streams.append(stream_id.hex())
+                    elections.append(stream_id.hex())
                 elif kind == "ElectionClosed":
                     closes.append((entry_position, previous))
             self._tip = None  # unknown until this page commits
             async with conn.transaction():
                 await conn.execute(
-                    "INSERT INTO audit_chain (position, entry_hash, hash) "
-                    "SELECT * FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[])",
-                    tuple(list(column) for column in zip(*links, strict=True)),
+                    INSERT_LINKS,
+                    {
+                        "positions": "{" + ",".join(positions) + "}",
+                        "entries": b"".join(entries),
+                        "hashes": b"".join(hashes),
+                    },
                 )
                 if streams:
                     await conn.execute(
-                        "INSERT INTO election_streams (stream_id, election_id) "
-                        "SELECT * FROM unnest(%b::uuid[], %b::uuid[]) ON CONFLICT DO NOTHING",
-                        tuple(list(column) for column in zip(*streams, strict=True)),
+                        INSERT_STREAMS,
+                        ("{" + ",".join(streams) + "}", "{" + ",".join(elections) + "}"),
                     )
                 for close_position, head in closes:
                     await self._sign(conn, close_position, head, "election closed")
-            position = links[-1][0]
+            position = int(positions[-1])
             self._tip = (position, previous)
-            sealed += len(links)
+            sealed += len(positions)
             if len(rows) < self.page_size:
                 break  # the page ended at the head: no need to ask again
         self._tip = (position, previous)
@@ -169,12 +190,12 @@ class Sealer:
         )
 
 
-def _election_of(position: int, state: bytes) -> UUID | None:
-    """A cast ballot's election, for the per-election index. The chain seals whatever the
-    log holds; an entry that names no election (written around the application) is sealed
-    all the same, and left for `audit verify` to report."""
+def _election_of(position: int, state: bytes) -> str | None:
+    """A cast ballot's election (its 32 hex digits), for the per-election index. The chain
+    seals whatever the log holds; an entry that names no election (written around the
+    application) is sealed all the same, and left for `audit verify` to report."""
     try:
-        return UUID(orjson.loads(state)["election_id"])
+        return election_uuid(orjson.loads(state)["election_id"]).hex
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         log.error("entry %d is a BallotCast that names no election; sealed, not indexed", position)
         return None

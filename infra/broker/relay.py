@@ -36,8 +36,10 @@ RELAY_NAME = "relay"
 # No upper bound is needed: ids are issued under the table lock, in commit order, so
 # every row below the highest one visible has committed. A page (after, last row] is
 # therefore complete, whatever is being inserted meanwhile.
+# The stream id as text (what the message carries: no UUID object per entry), the rest in
+# binary (the state's bytes as stored, without the hex round trip of bytea as text).
 PAGE = f"""
-SELECT notification_id, originator_id, originator_version, topic, state
+SELECT notification_id, originator_id::text, originator_version, topic, state
 FROM {EVENTS_TABLE} WHERE notification_id > %s
 ORDER BY notification_id LIMIT %s
 """
@@ -158,7 +160,7 @@ class Relay:
         self, conn: psycopg.AsyncConnection[Any], exchange: AbstractExchange, position: int
     ) -> int:
         while True:
-            cursor = await conn.execute(PAGE, (position, self.page_size), prepare=True)
+            cursor = await conn.execute(PAGE, (position, self.page_size), prepare=True, binary=True)
             rows = await cursor.fetchall()
             if not rows:
                 return position
@@ -201,7 +203,7 @@ def _entries(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [
         {
             "position": position,
-            "stream_id": str(stream_id),
+            "stream_id": stream_id,
             "version": version,
             "type": event_type(topic),
             "data": orjson.Fragment(bytes(state)),

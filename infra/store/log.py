@@ -88,6 +88,13 @@ class LogEvent(NamedTuple):
         return cls(position, stream_id, version, kind, data)
 
 
+@functools.lru_cache(maxsize=4096)
+def election_uuid(text: str) -> UUID:
+    """An election id named in a ballot entry, as a UUID: the same few ids come on every
+    ballot entry, so each is parsed once (a bad one raises, as UUID() does)."""
+    return UUID(text)
+
+
 @functools.cache
 def event_type(topic: str) -> str:
     """A log entry's type from its topic: 'domain.ballot:Ballot.Cast' -> 'BallotCast'."""

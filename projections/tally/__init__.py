@@ -25,6 +25,41 @@ from projections.base import BulkBuilder, Projection
 from projections.tally.bulk import TallyBulk
 from projections.tally.changes import BALLOT_TYPES, CountedBallot, CountedElection, TallyChanges
 
+UPSERT_BALLOTS = sql.SQL(
+    "INSERT INTO {}.ballots "
+    "(ballot_id, election_id, vote, version, position, recorded_at) "
+    "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[], "
+    "%b::integer[], %b::bigint[], %b::timestamptz[]) "
+    "ON CONFLICT (ballot_id) DO UPDATE SET vote = excluded.vote, "
+    "version = excluded.version, position = excluded.position, "
+    "recorded_at = excluded.recorded_at"
+)
+UPDATE_STEPS = sql.SQL(
+    "UPDATE {0}.elections e SET entries = a.entries, "
+    "published_position = coalesce(a.position, e.published_position), "
+    "published_counters = coalesce(a.counters, e.published_counters) "
+    "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
+    "AS a(election_id, entries, position, counters) "
+    "WHERE e.election_id = a.election_id"
+)
+ADD_COUNTERS = sql.SQL(
+    "INSERT INTO {0}.counters AS c (election_id, key, value) "
+    "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[]) "
+    "ON CONFLICT (election_id, key) DO UPDATE "
+    "SET value = c.value + excluded.value"
+)
+
+
+def _one_statement(parts: list[sql.Composed]) -> sql.Composed:
+    """Statements on different tables as one: all but the last as WITH queries."""
+    if len(parts) == 1:
+        return parts[0]
+    queries = [
+        sql.SQL("{} AS ({})").format(sql.Identifier(f"w{n}"), part)
+        for n, part in enumerate(parts[:-1])
+    ]
+    return sql.SQL("WITH {} {}").format(sql.SQL(", ").join(queries), parts[-1])
+
 
 class TallyProjection(Projection):
     name = "tally"
@@ -33,9 +68,18 @@ class TallyProjection(Projection):
     def __init__(self) -> None:
         # Rules are immutable once created, so they are safe to keep across transactions.
         self._rules: dict[UUID, ElectionRules] = {}
+        # Each election's row (closed_at, entries, published_position) and statistics as
+        # this version holds them after the last page applied, kept between pages while the
+        # runner says nobody else writes them (it calls forget otherwise): a page then reads
+        # nothing back of the elections it counts.
+        self._elections: dict[UUID, tuple[int | None, int, int]] = {}
+        self._counters: dict[UUID, dict[str, int]] = {}
+        self._schema = ""
 
     def forget(self) -> None:
         self._rules.clear()
+        self._elections.clear()
+        self._counters.clear()
 
     def bulk(self) -> BulkBuilder:
         return TallyBulk()
@@ -44,6 +88,9 @@ class TallyProjection(Projection):
         self, conn: AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
     ) -> None:
         s = sql.Identifier(schema)
+        if schema != self._schema:
+            self.forget()
+            self._schema = schema
         changes = TallyChanges()
         await self._load_elections(conn, s, events, changes)
         await self._load_ballots(conn, s, events, changes)
@@ -69,48 +116,28 @@ class TallyProjection(Projection):
                     ),
                     [(position, election_id) for election_id, position in changes.closed],
                 )
+            # The page's ballots, step counts and statistics: one statement (each part a
+            # data-modifying WITH query: they touch three different tables).
+            parts: list[sql.Composed] = []
+            params: list[Any] = []
             if changes.changed:
-                rows = changes.ballot_rows()
-                await cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.ballots "
-                        "(ballot_id, election_id, vote, version, position, recorded_at) "
-                        "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::jsonb[], "
-                        "%b::integer[], %b::bigint[], %b::timestamptz[]) "
-                        "ON CONFLICT (ballot_id) DO UPDATE SET vote = excluded.vote, "
-                        "version = excluded.version, position = excluded.position, "
-                        "recorded_at = excluded.recorded_at"
-                    ).format(s),
-                    tuple(list(column) for column in zip(*rows, strict=True)),
-                )
+                parts.append(UPSERT_BALLOTS.format(s))
+                params += [list(column) for column in zip(*changes.ballot_rows(), strict=True)]
             if changes.tallies:
                 # Before the counters move: the statistics a publication in this batch
                 # builds on.
                 stored = await self._stored_counters(
                     cur, s, [i for i, e in changes.elections.items() if e.published is not None]
                 )
-                await cur.execute(
-                    sql.SQL(
-                        "UPDATE {0}.elections e SET entries = a.entries, "
-                        "published_position = coalesce(a.position, e.published_position), "
-                        "published_counters = coalesce(a.counters, e.published_counters) "
-                        "FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[], %s::jsonb[]) "
-                        "AS a(election_id, entries, position, counters) "
-                        "WHERE e.election_id = a.election_id"
-                    ).format(s),
-                    tuple(list(column) for column in zip(*changes.step_rows(stored), strict=True)),
-                )
+                self._counters.update(stored)
+                parts.append(UPDATE_STEPS.format(s))
+                params += [list(column) for column in zip(*changes.step_rows(stored), strict=True)]
             counters = changes.counter_rows()
             if counters:
-                await cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {0}.counters AS c (election_id, key, value) "
-                        "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[]) "
-                        "ON CONFLICT (election_id, key) DO UPDATE "
-                        "SET value = c.value + excluded.value"
-                    ).format(s),
-                    tuple(list(column) for column in zip(*counters, strict=True)),
-                )
+                parts.append(ADD_COUNTERS.format(s))
+                params += [list(column) for column in zip(*counters, strict=True)]
+            if parts:
+                await cur.execute(_one_statement(parts), params)
             if changes.late:
                 await cur.executemany(
                     sql.SQL(
@@ -120,6 +147,19 @@ class TallyProjection(Projection):
                     ).format(s),
                     changes.late,
                 )
+        self._remember(changes)
+
+    def _remember(self, changes: TallyChanges) -> None:
+        """Keep what this page leaves in the rows (it is undone by forget if the page's
+        transaction does not commit)."""
+        for election_id, election in changes.elections.items():
+            steps = election.steps
+            self._elections[election_id] = (election.closed_at, steps.entries, steps.position)
+        for election_id, tally in changes.tallies.items():
+            known = self._counters.get(election_id)
+            if known is not None:
+                for key, value in tally.counters().items():
+                    known[key] = known.get(key, 0) + value
 
     async def _load_elections(
         self,
@@ -133,6 +173,14 @@ class TallyProjection(Projection):
             for e in events
             if e.type in BALLOT_TYPES or e.type == "ElectionClosed"
         }
+        for election_id in list(wanted):
+            known = self._elections.get(election_id)
+            rules = self._rules.get(election_id)
+            if known is not None and rules is not None:
+                closed_at, entries, published = known
+                steps = Steps(rules.live_results_step, entries=entries, published_at=published)
+                changes.elections[election_id] = CountedElection(rules, closed_at, steps)
+                wanted.discard(election_id)
         if not wanted:
             return
         cursor = await conn.execute(
@@ -147,21 +195,23 @@ class TallyProjection(Projection):
             steps = Steps(rules.live_results_step, entries=entries, published_at=published)
             changes.elections[election_id] = CountedElection(rules, closed_at, steps)
 
-    @staticmethod
     async def _stored_counters(
-        cur: AsyncCursor[Any], s: sql.Identifier, elections: list[UUID]
+        self, cur: AsyncCursor[Any], s: sql.Identifier, elections: list[UUID]
     ) -> dict[UUID, dict[str, int]]:
+        stored = {i: self._counters[i] for i in elections if i in self._counters}
+        elections = [i for i in elections if i not in stored]
         if not elections:
-            return {}
+            return stored
         await cur.execute(
             sql.SQL(
                 "SELECT election_id, key, value FROM {}.counters WHERE election_id = ANY(%s)"
             ).format(s),
             (elections,),
         )
-        stored: dict[UUID, dict[str, int]] = {}
+        for election_id in elections:
+            stored[election_id] = {}
         for election_id, key, value in await cur.fetchall():
-            stored.setdefault(election_id, {})[key] = value
+            stored[election_id][key] = value
         return stored
 
     @staticmethod
