@@ -1,12 +1,20 @@
 """One group commit: a batch of appends recorded in one transaction, or refused.
 
+First as one statement that is its own transaction (migration 0007, ``cardinal_append``):
+
     LOCK TABLE cardinal_events IN EXCLUSIVE MODE; NOTIFY cardinal_events;
-    INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING ...
+    INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING ...; checks; COMMIT
+
+one round trip, the table lock never held across one. Where the batch cannot stand as
+recorded (an append partly recorded, a ballot behind its election's close) that statement
+records nothing, and the batch is worked out here statement by statement, in a
+transaction that refuses exactly the appends that cannot stand and records the others.
 
 The writer (infra/store/writer.py) decides when a batch goes and what its callers are told;
 this module is the transaction itself, and what it can tell: the rows recorded, the
-appends refused (a conflict, a ballot behind its election's close), and whether COMMIT had
-been sent when a connection was lost (the one case whose outcome only the store knows).
+appends refused (a conflict, a ballot behind its election's close), and whether the
+commit's answer was lost with the connection (the one case whose outcome only the store
+knows).
 """
 
 from __future__ import annotations
@@ -44,6 +52,12 @@ UNION ALL
 SELECT originator_id, NULL, notification_id FROM {EVENTS_TABLE}
 WHERE originator_id = ANY(%b::uuid[]) AND topic = %b
 """
+APPEND = """
+SELECT originator_id, originator_version, notification_id
+FROM cardinal_append(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[], %b::integer[],
+                     %b::uuid[], %b)
+"""
+MUST_SORT_OUT = "CV001"  # raised by cardinal_append: nothing recorded, see _insert
 EXISTING = f"""
 SELECT e.originator_id, e.originator_version, e.notification_id, e.state
 FROM {EVENTS_TABLE} e
@@ -76,6 +90,9 @@ class Progress:
     """What a commit tells the writer besides its outcomes."""
 
     committing: bool = False  # COMMIT sent, its answer not yet read
+    # A statement that commits as it ends: a cancel either stops it before it commits
+    # (the server answers with an error) or comes too late to change anything.
+    cancellable: bool = True
     conflicts: int = 0
 
 
@@ -86,6 +103,10 @@ def commit_batch(
     *,
     recognise_own: bool,
 ) -> list[Outcome]:
+    if not recognise_own:
+        fast = _append_at_once(conn, batch, progress)
+        if fast is not None:
+            return fast
     outcomes: dict[int, Outcome] = {}
     live = list(batch)
     while live:
@@ -94,6 +115,54 @@ def commit_batch(
         outcomes.update(refused)
         live = [s for s in live if id(s) not in refused] if refused else []
     return [outcomes[id(s)] for s in batch]
+
+
+def _append_at_once(
+    conn: psycopg.Connection[tuple[object, ...]],
+    batch: Sequence[Append],
+    progress: Progress,
+) -> list[Outcome] | None:
+    """The batch as one statement, which is its whole transaction (migration 0007):
+    one round trip, the table lock held only while the server works. None where the
+    batch cannot stand as recorded (nothing was): the caller works it out."""
+    events = [e for submission in batch for e in submission.events]
+    multi = any(len(s.events) > 1 for s in batch)
+    guards = list({s.guard for s in batch if s.guard is not None})
+    progress.committing = True  # the statement commits: a lost connection leaves it open
+    progress.cancellable = True
+    try:
+        rows = conn.execute(
+            APPEND,
+            (
+                [e.originator_id for e in events],
+                [e.originator_version for e in events],
+                [e.topic for e in events],
+                [e.state for e in events],
+                [i for i, s in enumerate(batch, 1) for _ in s.events] if multi else None,
+                guards,
+                CLOSED_TOPIC,
+            ),
+            prepare=True,
+        ).fetchall()
+    except psycopg.Error as error:
+        # An error the server sent for the statement means it did not commit: the commit
+        # comes after the statement's last step, and nothing that can fail follows it
+        # before the answer. Only a connection lost without one leaves the outcome open.
+        if error.sqlstate is not None:
+            progress.committing = False
+        if error.sqlstate != MUST_SORT_OUT:
+            raise
+        return None
+    progress.committing = False
+    recorded = {(cast(UUID, i), cast(int, v)): cast(int, p) for i, v, p in rows}
+    outcomes = []
+    for submission in batch:
+        if submission.keys[0] in recorded:
+            outcomes.append(Outcome(position=recorded[submission.keys[-1]]))
+        else:
+            progress.conflicts += 1
+            outcomes.append(Outcome(error=VersionConflict()))
+    return outcomes
 
 
 def _insert(
@@ -154,6 +223,7 @@ def _insert(
         if refused:
             raise psycopg.Rollback  # leaves the block, rolled back, without an error
         progress.committing = True  # from here, a lost connection leaves the outcome open
+        progress.cancellable = False
     progress.committing = False
     if refused:
         return refused

@@ -21,7 +21,7 @@ from domain.ports import Overloaded, Recorded, VersionConflict
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.store import open_application
-from infra.store.batch import CLOSED_TOPIC, INSERT, Append
+from infra.store.batch import APPEND, CLOSED_TOPIC, INSERT, MUST_SORT_OUT, Append
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from tests.databases import create_database, drop_database
@@ -247,6 +247,66 @@ async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest
     assert outcomes[1].position is not None
     assert outcomes[0].position < outcomes[1].position  # the on-time ballot counts
     assert _casts(url) == 4 + 3  # two elections created and opened; ballot, close, ballot
+
+
+def _rows(events: list[StoredEvent]) -> tuple[list[object], ...]:
+    return (
+        [e.originator_id for e in events],
+        [e.originator_version for e in events],
+        [e.topic for e in events],
+        [e.state for e in events],
+    )
+
+
+async def test_the_one_statement_commit_records_nothing_where_the_batch_cannot_stand(
+    store: tuple[str, VotingApplication],
+) -> None:
+    """``cardinal_append`` is a whole group commit in one statement. It records a clean
+    batch and leaves conflicts out; a batch with an append partly taken, or a guarded
+    ballot while its election's Closed event is in the log, raises CV001 with nothing
+    recorded (the writer then works it out statement by statement, tested above)."""
+    url, app = store
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(options=OPTIONS, method="plurality")
+        closed = (await app.create_election("Closed", rules)).id
+        await app.open_election(closed)
+        await app.close_election(closed)
+    finally:
+        await writer.stop()
+    election = uuid4()
+
+    def ballot(voter: str) -> list[StoredEvent]:
+        return [app.mapper.to_stored_event(e) for e in _ballot(str(election), voter)]
+
+    taken = ballot("taken")
+    with psycopg.connect(url, autocommit=True) as conn:
+        clean = [*ballot("a"), *taken, *ballot("b")]
+        rows = conn.execute(APPEND, (*_rows(clean), None, [], CLOSED_TOPIC)).fetchall()
+        assert len(rows) == 3
+        before = _casts(url)
+        again = [*ballot("c"), *taken]  # "taken" conflicts: left out, "c" recorded
+        rows = conn.execute(APPEND, (*_rows(again), None, [], CLOSED_TOPIC)).fetchall()
+        assert [r[0] for r in rows] == [again[0].originator_id]
+        assert _casts(url) == before + 1
+        before += 1
+        # One append of two rows, one of them taken: it must not stand half-recorded.
+        partial = [*ballot("d"), *taken]
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute(APPEND, (*_rows(partial), [1, 1], [], CLOSED_TOPIC))
+        assert raised.value.sqlstate == MUST_SORT_OUT
+        assert _casts(url) == before
+        # A ballot guarded by an election whose Closed event is in the log.
+        late = [app.mapper.to_stored_event(e) for e in _ballot(str(closed), "late")]
+        with pytest.raises(psycopg.Error) as raised:
+            conn.execute(APPEND, (*_rows([*ballot("e"), *late]), None, [closed], CLOSED_TOPIC))
+        assert raised.value.sqlstate == MUST_SORT_OUT
+        assert _casts(url) == before
+        # The same rows unguarded, each its own append: recorded (the guard is the check).
+        unguarded = (*_rows([*ballot("e"), *late]), [1, 2], [], CLOSED_TOPIC)
+        assert len(conn.execute(APPEND, unguarded).fetchall()) == 2
 
 
 async def test_a_full_queue_is_a_503_with_retry_after_over_http(database_url: str) -> None:
