@@ -146,9 +146,11 @@ def _append_at_once(
         ).fetchall()
     except psycopg.Error as error:
         # An error the server sent for the statement means it did not commit: the commit
-        # comes after the statement's last step, and nothing that can fail follows it
-        # before the answer. Only a connection lost without one leaves the outcome open.
-        if error.sqlstate is not None:
+        # comes after the statement's last step, and what can fail after a commit record
+        # is written fails as a PANIC (a WAL flush that did not finish, say). So an error
+        # with a code and short of PANIC is a certain refusal; a PANIC, or a connection
+        # lost without an answer, leaves the outcome open: the store is asked later.
+        if error.sqlstate is not None and error.diag.severity_nonlocalized != "PANIC":
             progress.committing = False
         if error.sqlstate != MUST_SORT_OUT:
             raise

@@ -31,9 +31,10 @@ Every caller is answered within ``answer_within`` (5 s) and every refusal is cer
   and those queued when it went down are refused at once, not tried batch after batch;
 - an append still queued at its deadline, or whose caller went away, is withdrawn: it is
   never recorded after its caller was answered;
-- a batch whose statement the server answered with an error was not recorded and is
-  refused; one whose connection was lost without an answer (it may have committed) is
-  looked up when the store is back, before anyone is answered;
+- a batch whose statement the server answered with an error (short of a PANIC) was not
+  recorded and is refused; one answered with a PANIC, or whose connection was lost without
+  an answer (it may have committed), is looked up when the store is back, before anyone is
+  answered;
 - at shutdown, ``drain`` answers what is left (see api/server.py).
 """
 
