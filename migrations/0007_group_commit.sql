@@ -34,7 +34,7 @@ BEGIN
            array_agg(r.notification_id)
     INTO r_ids, r_versions, r_positions
     FROM recorded r;
-    IF cardinal_append.guards <> '{}' AND EXISTS (
+    IF coalesce(cardinality(cardinal_append.guards), 0) > 0 AND EXISTS (
         SELECT 1 FROM cardinal_events e
         WHERE e.originator_id = ANY(cardinal_append.guards) AND e.topic = closed_topic
     ) THEN

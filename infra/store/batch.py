@@ -57,6 +57,8 @@ SELECT originator_id, originator_version, notification_id
 FROM cardinal_append(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[], %b::integer[],
                      %b::uuid[], %b)
 """
+# admin_shutdown, idle_session_timeout: delivered before a commit or on the next statement.
+CERTAIN_FATAL = frozenset({"57P01", "57P05"})
 MUST_SORT_OUT = "CV001"  # raised by cardinal_append: nothing recorded, see _insert
 EXISTING = f"""
 SELECT e.originator_id, e.originator_version, e.notification_id, e.state
@@ -89,7 +91,7 @@ class Outcome:
 class Progress:
     """What a commit tells the writer besides its outcomes."""
 
-    committing: bool = False  # COMMIT sent, its answer not yet read
+    committing: bool = False  # the commit sent, its answer not yet read
     # A statement that commits as it ends: a cancel either stops it before it commits
     # (the server answers with an error) or comes too late to change anything.
     cancellable: bool = True
@@ -145,13 +147,17 @@ def _append_at_once(
             prepare=True,
         ).fetchall()
     except psycopg.Error as error:
-        # An error the server sent for the statement means it did not commit: the commit
-        # comes after the statement's last step, and what can fail after a commit record
-        # is written fails as a PANIC (a WAL flush that did not finish, say). So an error
-        # with a code and short of PANIC is a certain refusal; a PANIC, or a connection
-        # lost without an answer, leaves the outcome open: the store is asked later.
-        if error.sqlstate is not None and error.diag.severity_nonlocalized != "PANIC":
+        # An ERROR the server sent for the statement means it did not commit: the commit
+        # is the statement's last step, and what fails once a commit record is written
+        # fails as a PANIC. A shutdown's FATAL is certain too: it is held off from the
+        # commit until the answer is sent, so it lands on a statement that did not commit.
+        # Anything else (a PANIC, another FATAL, a connection lost without an answer)
+        # leaves the outcome open: the writer asks the store when it is back.
+        severity = error.diag.severity_nonlocalized
+        if severity == "ERROR" or error.sqlstate in CERTAIN_FATAL:
             progress.committing = False
+        elif not isinstance(error, psycopg.OperationalError):
+            raise psycopg.OperationalError(str(error)) from error
         if error.sqlstate != MUST_SORT_OUT:
             raise
         return None
