@@ -119,6 +119,16 @@ def commit_batch(
     return [outcomes[id(s)] for s in batch]
 
 
+def _columns(events: Sequence[StoredEvent]) -> tuple[list[object], ...]:
+    """The events as the four arrays both statements insert from."""
+    return (
+        [e.originator_id for e in events],
+        [e.originator_version for e in events],
+        [e.topic for e in events],
+        [e.state for e in events],
+    )
+
+
 def _append_at_once(
     conn: psycopg.Connection[tuple[object, ...]],
     batch: Sequence[Append],
@@ -136,10 +146,7 @@ def _append_at_once(
         rows = conn.execute(
             APPEND,
             (
-                [e.originator_id for e in events],
-                [e.originator_version for e in events],
-                [e.topic for e in events],
-                [e.state for e in events],
+                *_columns(events),
                 [i for i, s in enumerate(batch, 1) for _ in s.events] if multi else None,
                 guards,
                 CLOSED_TOPIC,
@@ -198,10 +205,7 @@ def _insert(
         rows = conn.execute(
             INSERT,
             (
-                [e.originator_id for e in events],
-                [e.originator_version for e in events],
-                [e.topic for e in events],
-                [e.state for e in events],
+                *_columns(events),
                 guards,
                 CLOSED_TOPIC,
             ),
