@@ -77,9 +77,11 @@ SWEEP_INTERVAL = 0.1  # how often queued appends are checked against their deadl
 # After a batch of BUSY_BATCH appends or more, the writer waits BUSY_LINGER seconds before
 # taking the next one. Measured (bench http, 64 clients): 2 ms gave the most ballots/s;
 # 1 ms and 3 ms less, 5 ms less than none. A quiet writer commits at once.
+# (Not when a full batch is already waiting, nor while stopping: nothing to gather.)
 BUSY_BATCH = 8
 BUSY_LINGER = 0.002
 CONNECT_TIMEOUT = 2
+CANCEL_TIMEOUT = 1.0  # drain()'s cancel request: well inside server.DRAIN_MARGIN
 NOT_RECORDED = "the event store is unreachable; the ballot was not recorded: retry shortly"
 TOO_SLOW = (
     "the event store did not take the ballot within {:g} seconds; it was not recorded: "
@@ -173,8 +175,11 @@ class GroupCommitWriter:
         if not self._progress.committing or self._progress.cancellable:
             conn = self._conn
             if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.cancel()
+                # A cancel request is a connection of its own, and waits for its answer:
+                # not on the event loop, which has every other caller to answer.
+                threading.Thread(
+                    target=_cancel, args=(conn,), name="writer-cancel", daemon=True
+                ).start()
         elif not self.health.up:
             for submission in in_flight:
                 _refuse(submission, UNKNOWN)
@@ -359,7 +364,8 @@ class GroupCommitWriter:
             metrics.WRITER_QUEUE.set(len(self._queue))
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, batch, outcomes)
-            if len(batch) >= BUSY_BATCH:
+            busy = len(batch) >= BUSY_BATCH
+            if busy and len(self._queue) < self.max_batch and not self._stopping:
                 # Ballots are pouring in: let the next batch gather for a moment. Fewer,
                 # larger commits cost the database, this thread and every listener woken
                 # by a commit's NOTIFY less per ballot (README, "Where a ballot's CPU goes").
@@ -481,6 +487,11 @@ class GroupCommitWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _cancel(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.cancel_safe(timeout=CANCEL_TIMEOUT)
 
 
 def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
