@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
+
 from api.app import create_app
 from api.protocol import server_config
 from api.server import DrainingServer
@@ -22,6 +24,7 @@ TEST_AUDIT_KEY = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f
 ADMIN_EMAIL = "admin@example.org"
 ADMIN_PASSWORD = "correct horse battery staple"
 JWT_KEY = "j" * 40
+READ_MODELS_WITHIN = 30.0  # seconds: generous, the machine is shared
 
 
 def settings_for(database_url: str, **overrides: object) -> Settings:
@@ -67,8 +70,35 @@ async def running_api(
             if task.done():
                 task.result()  # surfaces the start-up error
             await asyncio.sleep(0.01)
+        await _read_models_exposed(settings.database_url or "", projections, task)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def _read_models_exposed(
+    database_url: str, projections: tuple[str, ...], serving: asyncio.Task[None]
+) -> None:
+    """Until each projection's first version is exposed: before that, a results read is a
+    503 "Read model not ready" (a second or so on a fresh database)."""
+    deadline = asyncio.get_running_loop().time() + READ_MODELS_WITHIN
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        while True:
+            try:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM projections "
+                    "WHERE name = ANY(%s) AND active_version IS NOT NULL",
+                    (list(projections),),
+                )
+            except psycopg.errors.UndefinedTable:
+                return  # not migrated (a test of that): no read model comes before it is
+            row = await cursor.fetchone()
+            if row is not None and row[0] == len(projections):
+                return
+            if serving.done():
+                serving.result()
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the read models {projections} were not set up in time")
+            await asyncio.sleep(0.02)
