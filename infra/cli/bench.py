@@ -15,6 +15,7 @@ BENCHMARKS = {
     "ingest": "infra.bench.ingest",
     "viewers": "infra.bench.viewers",
     "app": "infra.bench.app",
+    "machine": "infra.bench.machine",
 }
 
 

@@ -187,3 +187,29 @@ def test_the_app_benchmark_counts_what_it_cast(bulk: str) -> None:
     assert report["ballots"] == 1000
     assert report["recorded"] == report["answered"] >= 1000
     assert report["cpu_us_per_ballot"] > 0
+
+
+def test_the_machine_benchmark_measures_round_trips_and_wakeups() -> None:
+    """Every figure is measured, the local server's backend CPU included (the figures
+    themselves vary with the machine's load: they are not asserted)."""
+    done = subprocess.run(
+        [*CARDINAL, "bench", "machine", "--rounds", "500", "--server-url", SERVER_URL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "What this machine charges per step" in done.stdout
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "machine"
+    tcp = report["postgresql"]["tcp"]
+    for client in ("psycopg", "libpq"):
+        assert tcp[f"{client} wall µs"] > 0
+        assert tcp[f"{client} client CPU µs"] > 0
+        assert tcp[f"{client} server CPU µs"] > 0  # the test server runs on this machine
+    assert set(report["wakeup"]) >= {"one core"}
+    for figures in report["wakeup"].values():
+        assert figures["round trip wall µs"] > 0
+        assert figures["CPU µs, one side"] > 0
