@@ -95,8 +95,8 @@ async def test_after_close_results_are_for_admins_until_the_close(
     admin_view = await voting.results(election_id, token=ADMIN, min_position=receipt["position"])
     assert admin_view.status_code == 200
     assert admin_view.json()["winners"] == ["b"]
-    await voting.close(election_id)
-    public = await voting.results(election_id, token=CLIENT)
+    closed = await voting.close(election_id)
+    public = await voting.results(election_id, token=CLIENT, min_position=closed["position"])
     assert public.status_code == 200
     assert public.json()["rounds"]
 

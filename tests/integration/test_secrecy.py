@@ -149,8 +149,8 @@ async def test_live_results_move_in_whole_steps_for_every_reader_but_auditors(
         assert exact["ballot_entries"] == n + 1
     assert seen["client"] == seen["admin"]
     assert len(seen["client"]) == 3  # nothing, then the 10th and the 20th entry
-    await voting.close(election_id)
-    final = (await voting.results(election_id, CLIENT)).json()
+    closed = await voting.close(election_id)
+    final = (await voting.results(election_id, CLIENT, closed["position"])).json()
     assert not final["stepped"]
     assert final["status"] == "closed"
 

@@ -163,8 +163,9 @@ async def test_public_results_are_read_without_a_token(
     async with stream(http, f"/api/elections/{public}/results/stream") as events:
         _, document = await events.next()
         assert document["stepped"] is False  # step 1: exact for everyone
-    await voting.close(hidden)
-    assert (await http.get(f"/api/elections/{hidden}/results")).status_code == 200
+    closed = await voting.close(hidden)
+    after = {"min_position": closed["position"]}
+    assert (await http.get(f"/api/elections/{hidden}/results", params=after)).status_code == 200
 
 
 async def test_the_overview_stream_follows_opens_and_closes(
