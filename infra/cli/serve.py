@@ -129,6 +129,8 @@ def run_serve(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
     configure_logging(settings)
     check_port_free(settings.host, settings.port)  # before anything is started
+    if settings.api_processes > 1:  # the relay's process serves the workers' metrics there
+        check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
     with ExitStack() as stack:
         if settings.database_url is None:
             from infra.store.embedded import EmbeddedPostgres

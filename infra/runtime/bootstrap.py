@@ -31,6 +31,11 @@ from projections.runtime import ProjectionRunner
 from projections.worker import ProjectionWorker
 
 log = logging.getLogger(__name__)
+# A crashed component restarts after 1 s, then 2, 4 ... up to this, while it keeps crashing
+# within STEADY_AFTER seconds of each start.
+RESTART_FIRST = 1.0
+RESTART_AT_MOST = 30.0
+STEADY_AFTER = 60.0
 
 
 @dataclass
@@ -211,16 +216,37 @@ def _pool(
 
 
 def _supervised(name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-    """Run a component forever; a bug that escapes it is logged loudly and it restarts."""
+    """Run a component forever; a bug that escapes it is logged loudly and it restarts.
+
+    A component that keeps crashing (a port taken, a setting wrong) is restarted ever less
+    often, up to once every RESTART_AT_MOST seconds, with its traceback logged the first
+    time and a line each time after: not a traceback a second in the log."""
 
     async def supervise() -> None:
+        delay = RESTART_FIRST
+        crashes = 0
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await run()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s crashed; restarting in 1s", name)
-                await asyncio.sleep(1)
+            except Exception as error:
+                if loop.time() - started > STEADY_AFTER:  # ran a while: a new streak
+                    delay, crashes = RESTART_FIRST, 0
+                crashes += 1
+                if crashes == 1:
+                    log.exception("%s crashed; restarting in %gs", name, delay)
+                else:
+                    log.error(
+                        "%s crashed again (%d times in a row): %s; restarting in %gs",
+                        name,
+                        crashes,
+                        error,
+                        delay,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_AT_MOST)
 
     return asyncio.create_task(supervise(), name=name)

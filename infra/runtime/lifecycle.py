@@ -38,9 +38,10 @@ def die_with_parent() -> None:
         raise SystemExit("the `cardinal serve` that started this process is gone; exiting")
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, setting: str = "PORT") -> None:
     """PortInUse if something is bound to host:port (a plain bind, no SO_REUSEPORT, fails
-    while any socket is bound there, our own API processes' included)."""
+    while any socket is bound there, our own API processes' included); ``setting`` names
+    what to change."""
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -50,7 +51,7 @@ def check_port_free(host: str, port: int) -> None:
             raise
         raise PortInUse(
             f"port {port} on {host} is already in use (another `cardinal serve`, or a "
-            "process it left behind?); stop it, or choose another PORT"
+            f"process it left behind?); stop it, or choose another {setting}"
         ) from None
     finally:
         probe.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from infra.cli import main
@@ -23,6 +26,8 @@ COMMANDS = [
     ["bench", "tabulation"],
     ["bench", "verify"],
     ["bench", "ingest"],
+    ["bench", "app"],
+    ["bench", "machine"],
     ["audit"],
     ["audit", "export"],
     ["audit", "verify"],
@@ -54,3 +59,29 @@ def test_ingest_without_a_broker_says_which_variable_is_missing(
     monkeypatch.delenv("AMQP_URL", raising=False)
     assert main(["ingest"]) == 2
     assert "AMQP_URL is not set" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_start_when_the_metrics_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Another PORT but the same METRICS_PORT as a running serve: refused at once, naming
+    the setting, instead of a metrics server that crashes and restarts in the log."""
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        free.close()
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        monkeypatch.setenv("PORT", str(port))
+        monkeypatch.setenv("METRICS_PORT", str(taken.getsockname()[1]))
+        monkeypatch.setenv("WEB_CONCURRENCY", "2")
+        # Were the check gone, serve would fail fast here instead of starting a stack.
+        monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+        assert main(["serve"]) == 2
+        metrics_port = taken.getsockname()[1]
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert f"port {metrics_port} on 127.0.0.1 is already in use" in said
+    assert "choose another METRICS_PORT" in said
