@@ -105,28 +105,37 @@ def validation_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(body, status_code=body["status"])
 
 
-def _invalid(exc: pydantic.ValidationError) -> dict[str, Any]:
+def _invalid(exc: pydantic.ValidationError, within: str = "") -> dict[str, Any]:
+    """``within``: where the validated value sits in the request (``ballots[3]``), which
+    every field named is then prefixed with."""
     if any(e["type"] == "json_invalid" for e in exc.errors()):
         reason = exc.errors()[0].get("ctx", {}).get("error", "it could not be parsed")
         return problem_body(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
     issues = [
-        {"field": _location(e["loc"]), "message": _message(e)}
+        {"field": _location(e["loc"], within), "message": _message(e)}
         for e in exc.errors(include_url=False)
     ]
     first = issues[0]
-    detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    if first["field"]:
+        detail = f"{first['field']}: {first['message']}"
+    else:
+        detail = f"the request body {first['message']}"
     if len(issues) > 1:
         detail += f" (and {len(issues) - 1} more problem{'s' if len(issues) > 2 else ''})"
     return problem_body(422, "Invalid request", detail, field=first["field"] or None, errors=issues)
 
 
-def problem_of(exc: BaseException) -> dict[str, Any] | None:
+def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:
     """The problem document for an error that one ballot of a batch met, or None if the
-    error is not about that ballot (the whole request then fails as usual)."""
+    error is not about that ballot (the whole request then fails as usual). ``within``:
+    where the ballot sits in the request (``ballots[3]``), for the fields it names."""
     if isinstance(exc, errors.CardinalError):
-        return _domain(exc)
+        found = _domain(exc)
+        if within and "field" in found:
+            found["field"] = f"{within}.{found['field']}"
+        return found
     if isinstance(exc, pydantic.ValidationError):
-        return _invalid(exc)
+        return _invalid(exc, within)
     if isinstance(exc, Overloaded):
         return problem_body(503, "Busy", OVERLOADED)
     if isinstance(exc, StoreUnavailable):
@@ -137,11 +146,13 @@ def problem_of(exc: BaseException) -> dict[str, Any] | None:
 def _message(error: Any) -> str:
     if error["type"] == "string_unicode":
         return "contains a lone surrogate (an unpaired UTF-16 escape); use valid Unicode text"
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a JSON object"  # not pydantic's words, which name our classes
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
+def _location(loc: tuple[int | str, ...], within: str = "") -> str:
+    parts: list[str] = [within] if within else []
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part}]")

@@ -125,11 +125,9 @@ async def cast_batch(request: Request) -> Response:
 
 
 def _problem(error: Exception, index: int) -> dict[str, Any]:
-    found = problem_of(error)
+    found = problem_of(error, f"ballots[{index}]")
     if found is None:
         raise error  # not about this ballot: the whole request fails as any other would
-    if "field" in found:
-        found["field"] = f"ballots[{index}].{found['field']}"
     return found
 
 

@@ -61,7 +61,7 @@ class Item:
 
     raw: Any
     key: str
-    field_prefix: str = ""
+    within: str = ""  # where the ballot sits in its message: ballots[3]
     ballot: IngestBallot | None = None
     election_id: UUID | None = None
     voter: Voter | None = None
@@ -70,10 +70,8 @@ class Item:
     reason: str = ""
 
     def refuse(self, error: Exception) -> None:
-        found = problem_of(error)
+        found = problem_of(error, self.within)
         assert found is not None, error
-        if self.field_prefix and "field" in found:
-            found["field"] = f"{self.field_prefix}{found['field']}"
         self.problem = found
         self.reason = _reason(error)
 
@@ -144,7 +142,7 @@ def parse(message: AbstractIncomingMessage) -> Delivery:
         )
     for index, raw in enumerate(ballots):
         own = raw.get("idempotency_key") if isinstance(raw, dict) else None
-        item = Item(raw, own if isinstance(own, str) else f"{key}:{index}", f"ballots[{index}].")
+        item = Item(raw, own if isinstance(own, str) else f"{key}:{index}", f"ballots[{index}]")
         if isinstance(raw, dict) and default_election is not None and "election_id" not in raw:
             item.raw = {**raw, "election_id": default_election}
         _validate(item, IngestBatchBallot, item.raw)

@@ -53,6 +53,7 @@ async def test_a_batch_records_each_ballot_on_its_own(
     assert refused[2]["field"] == "ballots[997].voter_id"
     assert refused[3]["field"] == "ballots[998].choice"
     assert refused[4]["field"] == "ballots[999].extra"
+    assert refused[4]["errors"][0]["field"] == "ballots[999].extra"  # nested, prefixed too
     body = await _counted(voting, election_id, max(r["position"] for r in receipts))
     assert body["ballots"] == 995
     assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 332, "b": 332, "c": 331}
@@ -172,3 +173,15 @@ async def _cardinal(*args: str) -> tuple[int, str]:
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode()
+
+
+async def test_a_ballot_that_is_not_an_object_is_refused_in_its_place(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election("plurality")
+    results = await _batch(http, election_id, [5, {"voter_id": "fine", "choice": "a"}, "x"])
+    assert results[1]["status"] == "cast"
+    for index in (0, 2):
+        assert results[index]["status"] == 422
+        assert results[index]["field"] == f"ballots[{index}]"
+        assert results[index]["detail"] == f"ballots[{index}]: must be a JSON object"
