@@ -22,12 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from domain.cvr import MarkRules, Then
-from infra.bench.loadgen import ConnectionClosed, LeanConnection
+from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
 from infra.cli.ballot_files import FileBallot, Reading, read_ballots
 from infra.cli.environment import Commands
 
 console = Console()
 MAX_BATCH = 1000
+SHOWN = 20  # refused ballots listed by line after an import
 
 
 def add_commands(sub: Commands) -> None:
@@ -100,7 +101,7 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     finally:
         await probe.close()
     if election.status != 200:
-        console.print(f"[red]the election cannot be read: {election.status} {election.body!r}[/]")
+        console.print(f"[red]the election cannot be read: {_said(election)}[/]")
         return 1
     reading = Reading()
     try:
@@ -111,6 +112,7 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
         console.print(f"[red]{args.file}: {error}[/red]")
         return 1
     tally = Counter[str]()
+    refusals: list[tuple[int, str]] = []  # (line or row in the file, outcome)
     started = time.perf_counter()
     batches = iter([ballots[i : i + args.batch] for i in range(0, len(ballots), args.batch)])
     with Progress(
@@ -127,8 +129,11 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             connection = LeanConnection(host, port, args.token)
             try:
                 for batch in batches:
-                    for outcome in await _post(connection, args.election, batch):
+                    outcomes = await _post(connection, args.election, batch)
+                    for ballot, outcome in zip(batch, outcomes, strict=True):
                         tally[outcome] += 1
+                        if not outcome.startswith("recorded"):
+                            refusals.append((ballot.line, outcome))
                     done = sum(tally.values())
                     rate = done / (time.perf_counter() - started)
                     bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
@@ -138,8 +143,8 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
         await asyncio.gather(*(worker() for _ in range(max(1, args.concurrency))))
     seconds = time.perf_counter() - started
     _summary(args.file, tally, reading, len(ballots), seconds)
-    refused = sum(n for outcome, n in tally.items() if not outcome.startswith("recorded"))
-    return 1 if refused else 0
+    _refusals(args.file, refusals)
+    return 1 if refusals else 0
 
 
 async def _post(connection: LeanConnection, election_id: str, batch: list[FileBallot]) -> list[str]:
@@ -156,10 +161,30 @@ async def _post(connection: LeanConnection, election_id: str, batch: list[FileBa
             await asyncio.sleep(float(reply.headers.get("retry-after", "1")))
             continue
         if reply.status != 200:
-            detail = reply.json().get("detail", "") if reply.body else ""
-            return [f"{reply.status}: {detail}"] * len(batch)
+            return [_said(reply)] * len(batch)
         return [_outcome(result) for result in reply.json()["results"]]
     return ["503: the service stayed unavailable; run the import again"] * len(batch)
+
+
+def _said(reply: Reply) -> str:
+    """A refusal as a person reads it: the status and the problem's detail."""
+    try:
+        detail = str(reply.json().get("detail", ""))
+    except ValueError:
+        detail = reply.body.decode("utf-8", "replace")[:200]
+    return f"{reply.status}: {detail}"
+
+
+def _refusals(path: Path, refusals: list[tuple[int, str]]) -> None:
+    """Where in the file each refused ballot is (the first SHOWN of them), to fix and send
+    again: a ballot already recorded is not recorded twice."""
+    if not refusals:
+        return
+    console.print(f"[red]refused, by line of {path.name}:[/red]")
+    for line, outcome in sorted(refusals)[:SHOWN]:
+        console.print(f"  line {line}: {outcome}")
+    if len(refusals) > SHOWN:
+        console.print(f"  ... and {len(refusals) - SHOWN:,} more")
 
 
 def _outcome(result: dict[str, Any]) -> str:

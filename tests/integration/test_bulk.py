@@ -185,3 +185,33 @@ async def test_a_ballot_that_is_not_an_object_is_refused_in_its_place(
         assert results[index]["status"] == 422
         assert results[index]["field"] == f"ballots[{index}]"
         assert results[index]["detail"] == f"ballots[{index}]: must be a JSON object"
+
+
+async def test_cardinal_import_names_the_line_of_each_refused_ballot(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    election_id = await voting.open_election("plurality")
+    lines = [
+        '{"voter_id": "line-1", "choice": "a"}',
+        '{"voter_id": "line-2", "choice": "burger"}',
+        '{"voter_id": "line-3", "choice": "b"}',
+    ]
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text("\n".join(lines) + "\n")
+    code, said = await _cardinal(
+        "import", str(ballots), "--election", election_id, "--url", api_url, "--token", CLIENT
+    )
+    assert code == 1, said  # something was refused
+    flat = " ".join(said.split())
+    assert "refused, by line of ballots.jsonl:" in flat
+    assert "line 2: 422:" in flat
+    assert "burger" in flat
+    assert "line 1:" not in flat
+    assert "line 3:" not in flat
+    missing = "00000000-0000-0000-0000-000000000000"
+    code, said = await _cardinal(
+        "import", str(ballots), "--election", missing, "--url", api_url, "--token", CLIENT
+    )
+    assert code == 1
+    assert "the election cannot be read: 404: there is no election" in " ".join(said.split())
+    assert "b'" not in said  # a detail a person reads, not a bytes repr
