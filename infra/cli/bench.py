@@ -22,7 +22,7 @@ BENCHMARKS = {
 def add_commands(sub: Any) -> None:
     bench = sub.add_parser(
         "bench",
-        help="measure: http (throughput, latency, freshness), projection, tabulation",
+        help="measure: " + ", ".join(sorted(BENCHMARKS)),
         description="Benchmarks that report figures (as a table and a JSON line) and exit "
         "non-zero when a target is missed. `cardinal bench WHAT --help` for each one's options.",
     )

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.cli.environment import Commands, command_settings, configure_logging, console
 from infra.runtime.lifecycle import check_port_free, die_with_parent
 from infra.runtime.settings import Settings, SettingsError
 from projections import PROJECTIONS
+
+ENV_FILE = "env"  # in the data folder: a development setup's settings, to source
 
 if TYPE_CHECKING:
     from infra.runtime.bootstrap import Workers
@@ -139,6 +143,9 @@ def run_serve(_: argparse.Namespace) -> int:
             url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
             settings = settings.with_overrides(database_url=url)
         settings = _prepare(settings)
+        if not settings.is_production:
+            written = write_environment(settings)
+            console.print(f"  other commands, against this setup: . {written}")
         if settings.api_processes == 1:
             return _serve_api(settings, everything=True)
         console.print(
@@ -213,6 +220,22 @@ def _banner(settings: Settings, generated_roles: Sequence[str]) -> None:
             f"{settings.data_dir / 'credentials.json'})"
         )
     console.print(f"  API: http://{settings.host}:{settings.port}/api/health")
+
+
+def write_environment(settings: Settings) -> Path:
+    """The settings this development setup runs with, as shell exports in the data folder
+    (beside the credentials it keeps, and as private): ``. .cardinal/env`` lets every other
+    command reach the embedded database, tokens and keys."""
+    path = settings.data_dir / ENV_FILE
+    lines = [
+        f"export {name}={shlex.quote(value)}" for name, value in settings.environment().items()
+    ]
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(
+        "\n".join(["# written by `cardinal serve` (development): . this file", *lines]) + "\n"
+    )
+    return path
 
 
 def redact(url: str) -> str:
