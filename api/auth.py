@@ -97,7 +97,7 @@ def check_reader(
     if election.rules.eligibility is not Eligibility.TOKENS:
         raise Forbidden(
             "a voter token is valid only in the token election it was issued for; "
-            "this election takes ballots from API clients"
+            "this election is not a token election (its voters are named by API clients)"
         )
     election.check_eligible(credential(principal.voter_token))
 
