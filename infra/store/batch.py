@@ -1,6 +1,6 @@
 """One group commit: a batch of appends recorded in one transaction, or refused.
 
-First as one statement that is its own transaction (migration 0007, ``cardinal_append``):
+First as one statement that is its own transaction (migrations 0007 and 0008, ``cardinal_append``):
 
     LOCK TABLE cardinal_events IN EXCLUSIVE MODE; NOTIFY cardinal_events;
     INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING ...; checks; COMMIT
@@ -134,7 +134,7 @@ def _append_at_once(
     batch: Sequence[Append],
     progress: Progress,
 ) -> list[Outcome] | None:
-    """The batch as one statement, which is its whole transaction (migration 0007):
+    """The batch as one statement, which is its whole transaction (migrations 0007 and 0008):
     one round trip, the table lock held only while the server works. None where the
     batch cannot stand as recorded (nothing was): the caller works it out."""
     events = [e for submission in batch for e in submission.events]

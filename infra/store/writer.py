@@ -5,7 +5,7 @@ in commit order, so readers tailing the log never skip a row that commits later)
 transaction per ballot would therefore cap the store at one commit latency per ballot. This
 writer gathers whatever appends are waiting (up to ``max_batch``) and records them in one
 transaction, on one dedicated connection and thread. The transaction is one statement,
-``SELECT ... FROM cardinal_append(...)`` on an autocommit connection (migration 0007):
+``SELECT ... FROM cardinal_append(...)`` on an autocommit connection (migrations 0007 and 0008):
 
     LOCK TABLE cardinal_events IN EXCLUSIVE MODE; NOTIFY cardinal_events;
     INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING ...
