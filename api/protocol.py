@@ -18,6 +18,7 @@ a minor release, and tests/integration/test_slow_clients.py exercises every dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any, cast
 
@@ -61,14 +62,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._arm(self.head_timeout, "head")  # a connection that never sends a byte
         # uvicorn writes a response's head and body with a send() each. Under Nagle the body
         # waits for the client's delayed ACK of the head: 40 ms per answer. uvloop disables
         # Nagle itself; asyncio's loop only for sockets whose proto says TCP, which a socket
         # made by socket.socket() (or handed over by a supervisor) does not.
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._arm(self.head_timeout, "head")  # a connection that never sends a byte
+            with contextlib.suppress(OSError):  # a peer gone already (BSDs say EINVAL)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -54,13 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
-    report: dict[str, Any] = {"bench": "machine", "rounds": args.rounds}
-    with console.status("PostgreSQL round trips over TCP"):
-        report["postgresql"] = {"tcp": _round_trips(args.server_url, args.rounds)}
-    socket_url = _socket_url(args.server_url)
+    report: dict[str, Any] = {"bench": "machine", "rounds": args.rounds, "postgresql": {}}
+    transport = _transport(args.server_url)
+    with console.status(f"PostgreSQL round trips over {transport}"):
+        report["postgresql"][transport] = _round_trips(args.server_url, args.rounds)
+    socket_url = _socket_url(args.server_url) if transport == "tcp" else None
     if socket_url is not None:
         with console.status("PostgreSQL round trips over the Unix-domain socket"):
-            report["postgresql"]["unix socket"] = _round_trips(socket_url, args.rounds)
+            try:
+                report["postgresql"]["unix socket"] = _round_trips(socket_url, args.rounds)
+            except psycopg.Error as error:  # a socket of another server, say
+                console.print(f"[yellow]the Unix-domain socket was not measured: {error}[/]")
     report["wakeup"] = {}
     for label, cores in _placements():
         with console.status(f"wake-ups between two processes, {label}"):
@@ -130,19 +134,27 @@ def _backend_cpu(pid: int) -> Callable[[], float | None]:
     return read
 
 
+def _transport(url: str) -> str:
+    """What libpq will use: a host that is a directory (or none at all) is a socket."""
+    host = str(conninfo_to_dict(url).get("host") or "")
+    return "unix socket" if not host or host.startswith("/") else "tcp"
+
+
 def _socket_url(url: str) -> str | None:
-    """The same server through its Unix-domain socket, where it is local and has one."""
+    """The same server through its Unix-domain socket, where it is local and has one (the
+    socket file for its port must be there: a server in a container has none here)."""
     params = conninfo_to_dict(url)
-    if params.get("host", "localhost") not in ("127.0.0.1", "localhost", "::1"):
+    if params.get("host") not in ("127.0.0.1", "localhost", "::1"):
         return None
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute("SHOW unix_socket_directories").fetchone()
+            port = conn.info.port
     except psycopg.Error:
         return None
     directories = [d.strip() for d in str(row[0] if row else "").split(",") if d.strip()]
     for directory in directories:
-        if Path(directory).is_dir():
+        if (Path(directory) / f".s.PGSQL.{port}").exists():
             return make_conninfo(url, host=directory)
     return None
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -169,8 +170,12 @@ async def _post(connection: LeanConnection, election_id: str, batch: list[FileBa
 def _said(reply: Reply) -> str:
     """A refusal as a person reads it: the status and the problem's detail."""
     try:
-        detail = str(reply.json().get("detail", ""))
+        document = reply.json()
     except ValueError:
+        document = None
+    if isinstance(document, dict):
+        detail = str(document.get("detail", ""))
+    else:  # not a problem document (a proxy's page, say)
         detail = reply.body.decode("utf-8", "replace")[:200]
     return f"{reply.status}: {detail}"
 
@@ -182,7 +187,7 @@ def _refusals(path: Path, refusals: list[tuple[int, str]]) -> None:
         return
     console.print(f"[red]refused, by line of {path.name}:[/red]")
     for line, outcome in sorted(refusals)[:SHOWN]:
-        console.print(f"  line {line}: {outcome}")
+        console.print(f"  line {line}: {escape(outcome)}")  # it quotes the file
     if len(refusals) > SHOWN:
         console.print(f"  ... and {len(refusals) - SHOWN:,} more")
 
@@ -199,7 +204,7 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
     table.add_column("ballots", justify="right")
     for outcome, count in tally.most_common():
         colour = "green" if outcome.startswith("recorded") else "red"
-        table.add_row(f"[{colour}]{outcome}[/]", f"{count:,}")
+        table.add_row(f"[{colour}]{escape(outcome)}[/]", f"{count:,}")
     if reading.blank:
         table.add_row("blank (nothing left to rank), not sent", f"{reading.blank:,}")
     for mark, count in reading.marks.most_common(10):

@@ -134,9 +134,14 @@ def run_serve(_: argparse.Namespace) -> int:
     configure_logging(settings)
     check_port_free(settings.host, settings.port)  # before anything is started
     if settings.api_processes > 1:  # the relay's process serves the workers' metrics there
+        if settings.metrics_port == settings.port:
+            raise SettingsError(
+                f"METRICS_PORT and PORT are both {settings.port}: the API processes and the "
+                "workers' metrics cannot share a port; choose another METRICS_PORT"
+            )
         check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
     with ExitStack() as stack:
-        if settings.database_url is None:
+        if settings.database_url is None or _is_embedded(settings):
             from infra.store.embedded import EmbeddedPostgres
 
             console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
@@ -144,8 +149,12 @@ def run_serve(_: argparse.Namespace) -> int:
             settings = settings.with_overrides(database_url=url)
         settings = _prepare(settings)
         if not settings.is_production:
-            written = write_environment(settings)
-            console.print(f"  other commands, against this setup: . {written}")
+            try:
+                written = write_environment(settings)
+            except OSError as error:  # a read-only folder: serve all the same
+                console.print(f"  [yellow]could not write {ENV_FILE}: {error}[/yellow]")
+            else:
+                console.print(f"  other commands, against this setup: . {written}")
         if settings.api_processes == 1:
             return _serve_api(settings, everything=True)
         console.print(
@@ -222,11 +231,27 @@ def _banner(settings: Settings, generated_roles: Sequence[str]) -> None:
     console.print(f"  API: http://{settings.host}:{settings.port}/api/health")
 
 
+def _is_embedded(settings: Settings) -> bool:
+    """Whether DATABASE_URL is the embedded server's own (exported by .cardinal/env): it is
+    started again like one that is not set, not assumed to be running."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert settings.database_url is not None
+    try:
+        host = conninfo_to_dict(settings.database_url).get("host")
+    except psycopg.ProgrammingError:
+        return False
+    pgdata = (settings.data_dir / "pgdata").resolve()
+    return host is not None and Path(str(host)).resolve() == pgdata
+
+
 def write_environment(settings: Settings) -> Path:
     """The settings this development setup runs with, as shell exports in the data folder
     (beside the credentials it keeps, and as private): ``. .cardinal/env`` lets every other
     command reach the embedded database, tokens and keys."""
     path = settings.data_dir / ENV_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         f"export {name}={shlex.quote(value)}" for name, value in settings.environment().items()
     ]

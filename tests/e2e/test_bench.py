@@ -208,7 +208,8 @@ def test_the_machine_benchmark_measures_round_trips_and_wakeups() -> None:
     for client in ("psycopg", "libpq"):
         assert tcp[f"{client} wall µs"] > 0
         assert tcp[f"{client} client CPU µs"] > 0
-        assert tcp[f"{client} server CPU µs"] > 0  # the test server runs on this machine
+        server = tcp[f"{client} server CPU µs"]  # None where the server is not on this host
+        assert server is None or server > 0
     assert set(report["wakeup"]) >= {"one core"}
     for figures in report["wakeup"].values():
         assert figures["round trip wall µs"] > 0

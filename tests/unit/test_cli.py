@@ -85,3 +85,21 @@ def test_serve_refuses_to_start_when_the_metrics_port_is_taken(
     said = " ".join((captured.out + captured.err).split())
     assert f"port {metrics_port} on 127.0.0.1 is already in use" in said
     assert "choose another METRICS_PORT" in said
+
+
+def test_serve_refuses_a_metrics_port_equal_to_its_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", port)
+    monkeypatch.setenv("METRICS_PORT", port)
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+    assert main(["serve"]) == 2
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert f"METRICS_PORT and PORT are both {port}" in said

@@ -6,7 +6,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from infra.cli.serve import write_environment
+from infra.cli.serve import _is_embedded, write_environment
 from infra.runtime.settings import Settings
 
 
@@ -32,3 +32,19 @@ def test_the_written_environment_sources_back_to_the_same_settings(tmp_path: Pat
         check=True,
     ).stdout
     assert shown == f"{url}|client-token|{'s' * 40}"
+
+
+def test_a_missing_data_folder_is_made(tmp_path: Path) -> None:
+    settings = Settings(database_url="postgresql://db.example/cardinal", data_dir=tmp_path / "new")
+    assert write_environment(settings).is_file()
+
+
+def test_the_embedded_servers_own_url_starts_it_again(tmp_path: Path) -> None:
+    """After `. .cardinal/env`, DATABASE_URL is the embedded server's: serve must start
+    that server again (it stopped with the last serve), not assume it is running."""
+    own = f"postgresql://postgres:pw@/cardinal?host={tmp_path}/pgdata"
+    assert _is_embedded(Settings(database_url=own, data_dir=tmp_path))
+    other = "postgresql://root@127.0.0.1:5432/cardinal"
+    assert not _is_embedded(Settings(database_url=other, data_dir=tmp_path))
+    elsewhere = f"postgresql://postgres@/cardinal?host={tmp_path}/other"
+    assert not _is_embedded(Settings(database_url=elsewhere, data_dir=tmp_path))
