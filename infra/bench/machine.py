@@ -12,29 +12,38 @@ goes"). This measures them, so that the ballot path's figures can be read agains
   this process and in the server's backend (when the server runs on this machine), and wall
   time; over TCP, and over the Unix-domain socket where the server listens on one;
 - a wake-up between two processes (a byte back and forth over two pipes): wall time and
-  this side's CPU per round trip, with the two processes on two cores, then on one.
+  this side's CPU per round trip, with the two processes on two cores, then on one;
+- the group commit's own statement (``cardinal_append`` through the writer's code, 16
+  ballots a batch, on a scratch database): CPU in this process and in the backend per
+  batch, what a group commit costs before any ballot's own rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
+from eventsourcing.persistence import StoredEvent
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
 CHUNKS = 5  # each figure is the median of this many runs
+GROUP = 16  # ballots per group commit measured
+BALLOT_TOPIC = "domain.ballot:Ballot.Cast"
 CHILD = """
 import os, sys
 read_fd, write_fd, rounds = (int(a) for a in sys.argv[1:4])
@@ -65,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["postgresql"]["unix socket"] = _round_trips(socket_url, args.rounds)
             except psycopg.Error as error:  # a socket of another server, say
                 console.print(f"[yellow]the Unix-domain socket was not measured: {error}[/]")
+    with console.status("group commits of 16 ballots on a scratch database"):
+        report["group commit of 16"] = _group_commits(args.server_url, args.rounds)
     report["wakeup"] = {}
     for label, cores in _placements():
         with console.status(f"wake-ups between two processes, {label}"):
@@ -118,6 +129,44 @@ def _timed(
             servers.append((server_after - server_before) / per_chunk * 1e6)
     server = round(statistics.median(servers), 1) if servers else None
     return round(statistics.median(walls), 1), round(statistics.median(cpus), 1), server
+
+
+def _group_commits(server_url: str, rounds: int) -> dict[str, float | None]:
+    from infra.bench.projection import _create_database, _drop_database
+    from infra.store.batch import Append, Progress, commit_batch
+    from infra.store.migrations import migrate
+
+    url = _create_database(server_url)
+    loop = asyncio.new_event_loop()
+    try:
+        migrate(url)
+        election = uuid.uuid4()
+        state = orjson.dumps({"vote": {"choice": "a"}, "ballot_key": "k" * 64})
+
+        def batch() -> list[Append]:
+            return [
+                Append(
+                    [StoredEvent(uuid.uuid4(), 1, BALLOT_TOPIC, state)],
+                    loop.create_future(),
+                    election,
+                )
+                for _ in range(GROUP)
+            ]
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _ in range(20):  # warm: the statement is prepared on its fifth use
+                commit_batch(conn, batch(), Progress(), recognise_own=False)
+            batches = [batch() for _ in range(max(CHUNKS, rounds // 10))]
+            pending = iter(batches)
+
+            def step() -> None:
+                commit_batch(conn, next(pending), Progress(), recognise_own=False)
+
+            wall, cpu, server = _timed(step, len(batches), _backend_cpu(conn.info.backend_pid))
+    finally:
+        loop.close()
+        _drop_database(server_url, url)
+    return {"wall µs": wall, "client CPU µs": cpu, "server CPU µs": server}
 
 
 def _backend_cpu(pid: int) -> Callable[[], float | None]:
@@ -216,6 +265,13 @@ def _table(report: dict[str, Any]) -> Table:
                 f"{figures[f'{client} client CPU µs']:,.1f}",
                 "-" if server is None else f"{server:,.1f}",
             )
+    commits = report["group commit of 16"]
+    table.add_row(
+        "group commit of 16 ballots (cardinal_append)",
+        f"{commits['wall µs']:,.1f}",
+        f"{commits['client CPU µs']:,.1f}",
+        "-" if commits["server CPU µs"] is None else f"{commits['server CPU µs']:,.1f}",
+    )
     for placement, figures in report["wakeup"].items():
         table.add_row(
             f"wake-up and back between processes, {placement}",
