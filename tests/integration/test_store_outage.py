@@ -95,9 +95,17 @@ async def test_while_the_store_is_down_appends_are_refused_fast_and_none_is_reco
     late = [await _timed(writer, election, f"late{n}") for n in range(20)]
     blocker.close()
 
-    assert all(isinstance(o, StoreUnavailable) for o, _ in results + late), {
-        type(o).__name__ for o, _ in results + late
+    # The batch waiting in LOCK may still commit: the shutdown ends the blocker's session,
+    # and the lock can reach the batch before the shutdown reaches its backend (which then
+    # answers before it goes). Such an append is answered Recorded and is in the log; every
+    # other one is refused, and leaves nothing (counted below).
+    committed = [o for o, _ in results if isinstance(o, Recorded)]
+    refused = [o for o, _ in results + late if not isinstance(o, Recorded)]
+    assert all(isinstance(o, StoreUnavailable) for o in refused), {
+        type(o).__name__ for o in refused
     }
+    assert len(committed) < len(results) // 2  # at most the one batch that held the lock
+    assert all(isinstance(o, StoreUnavailable) for o, _ in late)
     assert answered - stopped < 2.0  # the queue was refused, not tried batch after batch
     assert max(seconds for _, seconds in late) < 0.5  # refused at the door, not after a try
     assert not _up(writer)
@@ -108,7 +116,8 @@ async def test_while_the_store_is_down_appends_are_refused_fast_and_none_is_reco
         await asyncio.sleep(0.05)
     recorded = await writer.append_events(_ballot(election, "after"))
     assert recorded.position > 0
-    assert _casts(url) == 2  # "before" and "after": every refused append left nothing
+    # "before", "after" and what was answered Recorded: every refused append left nothing
+    assert _casts(url) == 2 + len(committed)
 
 
 async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorded(
