@@ -85,7 +85,7 @@ class RequestGuard:
                     scope, receive, observed
                 )
             elif (hot := self._hot(scope)) is not None:
-                await self._serve_hot(scope, hot, self._limited(receive, limit), observed)
+                status = await self._serve_hot(scope, hot, receive, send, limit)
             else:
                 await self.app(scope, self._limited(receive, limit), observed)
         finally:
@@ -113,13 +113,31 @@ class RequestGuard:
         endpoint: Callable[[Request], Awaitable[Response]],
         receive: Receive,
         send: Send,
-    ) -> None:
+        limit: int,
+    ) -> int:
+        """The ballot's endpoint, its answer's status. The response is ours, so the
+        security headers go on it here rather than through a wrapper of ``send``; a body
+        that came whole in one message (as uvicorn hands a small one over) is given to
+        the request as read, without Starlette's stream around it."""
         request = Request(scope, receive)
         try:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if len(body) > limit:
+                    raise HTTPException(413, self._detail(limit))
+                request._body = body  # what Request.body() returns once read
+            else:
+                request = Request(scope, self._limited(_replaying(message, receive), limit))
             response = await endpoint(request)
         except Exception as error:
             response = self._handler(error)(request, error)
+        headers = response.raw_headers
+        headers.extend(self.security)
+        if not any(name == FRAME_POLICY[0] for name, _ in headers):
+            headers.append(FRAME_POLICY)
         await response(scope, receive, send)
+        return response.status_code
 
     def _handler(self, error: Exception) -> Handler:
         for kind in type(error).__mro__:
@@ -166,3 +184,13 @@ class RequestGuard:
     @staticmethod
     def _detail(limit: int) -> str:
         return f"the request body is larger than {limit // 1024} KiB"
+
+
+def _replaying(first: Message, receive: Receive) -> Receive:
+    """``receive`` with a message already taken from it put back in front."""
+    pending: list[Message] = [first]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed

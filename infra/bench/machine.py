@@ -13,9 +13,10 @@ goes"). This measures them, so that the ballot path's figures can be read agains
   time; over TCP, and over the Unix-domain socket where the server listens on one;
 - a wake-up between two processes (a byte back and forth over two pipes): wall time and
   this side's CPU per round trip, with the two processes on two cores, then on one;
-- the group commit's own statement (``cardinal_append`` through the writer's code, 16
-  ballots a batch, on a scratch database): CPU in this process and in the backend per
-  batch, what a group commit costs before any ballot's own rows.
+- the group commit's own statement (``cardinal_append`` through the writer's code, on a
+  scratch database): CPU in this process and in the backend per batch of 16 ballots (what a
+  group commit costs before any ballot's own rows) and per ballot in batches of 1,000 (the
+  bulk path's floor in the log alone: no HTTP, no validation, no projections).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from rich.table import Table
 console = Console()
 CHUNKS = 5  # each figure is the median of this many runs
 GROUP = 16  # ballots per group commit measured
+BULK = 1000  # ballots per group commit of the bulk path
 BALLOT_TOPIC = "domain.ballot:Ballot.Cast"
 CHILD = """
 import os, sys
@@ -75,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except psycopg.Error as error:  # a socket of another server, say
                 console.print(f"[yellow]the Unix-domain socket was not measured: {error}[/]")
     with console.status("group commits of 16 ballots on a scratch database"):
-        report["group commit of 16"] = _group_commits(args.server_url, args.rounds)
+        report["group commit of 16"] = _group_commits(
+            args.server_url, max(CHUNKS, args.rounds // 10), GROUP
+        )
+    with console.status(f"group commits of {BULK:,} ballots on a scratch database"):
+        report[f"group commit of {BULK}"] = _group_commits(
+            args.server_url, max(CHUNKS * 2, args.rounds // 150), BULK
+        )
     report["wakeup"] = {}
     for label, cores in _placements():
         with console.status(f"wake-ups between two processes, {label}"):
@@ -131,7 +139,8 @@ def _timed(
     return round(statistics.median(walls), 1), round(statistics.median(cpus), 1), server
 
 
-def _group_commits(server_url: str, rounds: int) -> dict[str, float | None]:
+def _group_commits(server_url: str, count: int, size: int) -> dict[str, float | None]:
+    """Per batch, over ``count`` batches of ``size`` ballots each."""
     from infra.bench.projection import _create_database, _drop_database
     from infra.store.batch import Append, Progress, commit_batch
     from infra.store.migrations import migrate
@@ -150,13 +159,13 @@ def _group_commits(server_url: str, rounds: int) -> dict[str, float | None]:
                     loop.create_future(),
                     election,
                 )
-                for _ in range(GROUP)
+                for _ in range(size)
             ]
 
         with psycopg.connect(url, autocommit=True) as conn:
-            for _ in range(20):  # warm: the statement is prepared on its fifth use
+            for _ in range(max(6, 320 // size)):  # warm: prepared on its fifth use
                 commit_batch(conn, batch(), Progress(), recognise_own=False)
-            batches = [batch() for _ in range(max(CHUNKS, rounds // 10))]
+            batches = [batch() for _ in range(count)]
             pending = iter(batches)
 
             def step() -> None:
@@ -265,13 +274,16 @@ def _table(report: dict[str, Any]) -> Table:
                 f"{figures[f'{client} client CPU µs']:,.1f}",
                 "-" if server is None else f"{server:,.1f}",
             )
-    commits = report["group commit of 16"]
-    table.add_row(
-        "group commit of 16 ballots (cardinal_append)",
-        f"{commits['wall µs']:,.1f}",
-        f"{commits['client CPU µs']:,.1f}",
-        "-" if commits["server CPU µs"] is None else f"{commits['server CPU µs']:,.1f}",
-    )
+    for size, per in ((GROUP, 1), (BULK, BULK)):
+        commits = report[f"group commit of {size}"]
+        server = commits["server CPU µs"]
+        table.add_row(
+            f"group commit of {size:,} ballots (cardinal_append)"
+            + (", per ballot" if per > 1 else ""),
+            f"{commits['wall µs'] / per:,.1f}",
+            f"{commits['client CPU µs'] / per:,.1f}",
+            "-" if server is None else f"{server / per:,.1f}",
+        )
     for placement, figures in report["wakeup"].items():
         table.add_row(
             f"wake-up and back between processes, {placement}",
