@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from api.protocol import LIMIT_CONCURRENCY, GuardedHttpToolsProtocol, server_config
 from tests.servers import ADMIN, CLIENT, running_api, settings_for
@@ -154,3 +155,75 @@ async def test_answers_are_not_held_back_by_nagle(database_url: str) -> None:
         for _ in range(3):
             assert (await http.get("/api/health")).status_code == 200
     assert Observed.nodelay == [1]  # one kept-alive connection, Nagle off
+
+
+class _Transport(asyncio.Transport):
+    """A connection's far end for feeding the protocol chunks exactly as given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 200 with the length of the body it read."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+async def _fed(chunks: list[bytes]) -> bytes:
+    """What the protocol answers to a connection that delivers these chunks."""
+    config = uvicorn.Config(_echo_length, log_level="warning", lifespan="off")
+    state = uvicorn.server.ServerState()
+    protocol = Hurried(config=config, server_state=state, app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    for chunk in chunks:
+        if transport.closed:
+            break
+        protocol.data_received(chunk)
+    await asyncio.gather(*state.tasks)  # the app's answer, where a request reached it
+    protocol.connection_lost(None)
+    return bytes(transport.sent)
+
+
+async def test_the_head_limit_counts_chunks_not_lines() -> None:
+    """The head's size is counted per chunk received: a head over the limit is refused
+    whether it comes in one chunk or a line at a time, and a small head is not refused
+    when its end straddles two chunks and a large body follows in the second."""
+    big = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    assert (await _fed([big])).startswith(b"HTTP/1.1 431 ")
+    lines = [b"GET /x HTTP/1.1\r\nHost: x\r\n"] + [b"X-Line: " + b"b" * 100 + b"\r\n"] * 100
+    assert (await _fed(lines)).startswith(b"HTTP/1.1 431 ")
+    body = b"c" * 20_000
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+    answer = await _fed([head + b"\r\n\r", b"\n" + body])
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.endswith(b"\r\n20000\r\n0\r\n\r\n"), answer  # chunked: the body's length
