@@ -21,15 +21,15 @@ ORDER BY e.notification_id LIMIT %s
 """
 PREVIOUS_LINK = "SELECT hash FROM audit_chain WHERE position < %s ORDER BY position DESC LIMIT 1"
 SEALED_HEAD = "SELECT coalesce(max(position), 0) FROM audit_chain"
+# Each link names its entry's election (migration 0009): an index range, in position order.
 ELECTION_SEALED = f"""
 SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, c.hash,
-       (SELECT p.hash FROM audit_chain p WHERE p.position < e.notification_id
+       (SELECT p.hash FROM audit_chain p WHERE p.position < c.position
         ORDER BY p.position DESC LIMIT 1)
-FROM election_streams s
-JOIN {EVENTS_TABLE} e ON e.originator_id = s.stream_id
-JOIN audit_chain c ON c.position = e.notification_id
-WHERE s.election_id = %s AND e.notification_id > %s AND e.notification_id <= %s
-ORDER BY e.notification_id LIMIT %s
+FROM audit_chain c
+JOIN {EVENTS_TABLE} e ON e.notification_id = c.position
+WHERE c.election_id = %s AND c.position > %s AND c.position <= %s
+ORDER BY c.position LIMIT %s
 """
 
 

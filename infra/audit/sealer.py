@@ -30,17 +30,13 @@ PAGE = f"""
 SELECT notification_id, uuid_send(originator_id), originator_version, topic, state
 FROM {EVENTS_TABLE} WHERE notification_id > %s ORDER BY notification_id LIMIT %s
 """
-# A page's links as two runs of 32-byte hashes beside its positions: three values to send
-# rather than three arrays dumped element by element.
+# A page's links as two runs of 32-byte hashes beside its positions and their entries'
+# elections: four values to send rather than four arrays dumped element by element.
 INSERT_LINKS = """
-INSERT INTO audit_chain (position, entry_hash, hash)
+INSERT INTO audit_chain (position, entry_hash, hash, election_id)
 SELECT p, substr(%(entries)s::bytea, 32 * i::int - 31, 32),
-       substr(%(hashes)s::bytea, 32 * i::int - 31, 32)
-FROM unnest(%(positions)s::bigint[]) WITH ORDINALITY AS t(p, i)
-"""
-INSERT_STREAMS = """
-INSERT INTO election_streams (stream_id, election_id)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[]) ON CONFLICT DO NOTHING
+       substr(%(hashes)s::bytea, 32 * i::int - 31, 32), election
+FROM unnest(%(positions)s::bigint[], %(elections)s::uuid[]) WITH ORDINALITY AS t(p, election, i)
 """
 LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
@@ -124,8 +120,7 @@ class Sealer:
             positions: list[str] = []
             entries: list[bytes] = []
             hashes: list[bytes] = []
-            streams: list[str] = []  # 32 hex digits each
-            elections: list[str] = []
+            elections: list[str] = []  # 32 hex digits each, or NULL
             closes: list[tuple[int, bytes]] = []
             for entry_position, stream_id, version, topic, state in rows:
                 kind = event_type(topic)
@@ -134,16 +129,14 @@ class Sealer:
                 positions.append(str(entry_position))
                 entries.append(entry)
                 hashes.append(previous)
-                if kind == "BallotCast":
-                    election = _election_of(entry_position, state)
-                    if election is not None:
-                        streams.append(stream_id.hex())
-                        elections.append(election)
-                elif kind == "ElectionCreated":
-                    streams.append(stream_id.hex())
+                if kind.startswith("Ballot"):
+                    elections.append(_election_of(entry_position, kind, state))
+                elif kind.startswith("Election"):
                     elections.append(stream_id.hex())
-                elif kind == "ElectionClosed":
-                    closes.append((entry_position, previous))
+                    if kind == "ElectionClosed":
+                        closes.append((entry_position, previous))
+                else:
+                    elections.append("NULL")
             self._tip = None  # unknown until this page commits
             async with conn.transaction():
                 await conn.execute(
@@ -152,13 +145,9 @@ class Sealer:
                         "positions": "{" + ",".join(positions) + "}",
                         "entries": b"".join(entries),
                         "hashes": b"".join(hashes),
+                        "elections": "{" + ",".join(elections) + "}",
                     },
                 )
-                if streams:
-                    await conn.execute(
-                        INSERT_STREAMS,
-                        ("{" + ",".join(streams) + "}", "{" + ",".join(elections) + "}"),
-                    )
                 for close_position, head in closes:
                     await self._sign(conn, close_position, head, "election closed")
             position = int(positions[-1])
@@ -190,12 +179,13 @@ class Sealer:
         )
 
 
-def _election_of(position: int, state: bytes) -> str | None:
-    """A cast ballot's election (its 32 hex digits), for the per-election index. The chain
-    seals whatever the log holds; an entry that names no election (written around the
-    application) is sealed all the same, and left for `audit verify` to report."""
+def _election_of(position: int, kind: str, state: bytes) -> str:
+    """A ballot entry's election (its 32 hex digits; every ballot event names it), for the
+    per-election index, or NULL. The chain seals whatever the log holds; an entry that
+    names no election (written around the application) is sealed all the same, and left
+    for `audit verify` to report."""
     try:
         return election_uuid(orjson.loads(state)["election_id"]).hex
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        log.error("entry %d is a BallotCast that names no election; sealed, not indexed", position)
-        return None
+        log.error("entry %d is a %s that names no election; sealed, not indexed", position, kind)
+        return "NULL"

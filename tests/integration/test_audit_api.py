@@ -121,16 +121,31 @@ async def test_one_elections_entries_and_only_those(
     for n in range(3):
         await voting.cast(mine, {"choice": "a"}, f"mine-{n}")
         await voting.cast(other, {"choice": "b"}, f"other-{n}")
-    response = await http.get(f"/api/elections/{mine}/events", headers=bearer(AUDITOR))
-    assert response.status_code == 200
-    events = response.json()["events"]
-    assert [e["type"] for e in events] == [
+    await voting.cast(mine, {"choice": "b"}, "mine-0")  # a revision: its own entry
+    withdrawn = await http.post(
+        f"/api/elections/{mine}/withdrawals", json={"voter_id": "mine-1"}, headers=bearer(CLIENT)
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    expected = [
         "ElectionCreated",
         "ElectionOpened",
         "BallotCast",
         "BallotCast",
         "BallotCast",
+        "BallotRevised",
+        "BallotWithdrawn",
     ]
+    # Read once the sealer has linked them all: the page then comes from the chain's
+    # per-election index (before, from the log's unsealed tail).
+    for _ in range(200):
+        response = await http.get(f"/api/elections/{mine}/events", headers=bearer(AUDITOR))
+        assert response.status_code == 200
+        events = response.json()["events"]
+        if all(e["hash"] for e in events) and len(events) == len(expected):
+            break
+        await asyncio.sleep(0.05)
+    assert [e["type"] for e in events] == expected
+    assert all(e["hash"] for e in events), "the entries were never sealed"
     assert all(e["stream_id"] == mine or e["data"]["election_id"] == mine for e in events)
     missing = "00000000-0000-0000-0000-000000000001"
     assert_problem(

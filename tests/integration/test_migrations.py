@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 
 import httpx
 import psycopg
 import pytest
 
-from infra.store.migrations import MigrationError, discover, migrate
+from infra.store.migrations import CREATE_LEDGER, MigrationError, discover, migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import assert_problem
 from tests.servers import running_api, settings_for
@@ -108,3 +109,53 @@ def test_stored_events_are_immutable(fresh_database_url: str) -> None:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="immutable"):
             conn.execute("DELETE FROM cardinal_events WHERE topic = 'test:Probe'")
         conn.rollback()
+
+
+def test_chain_links_learn_their_elections_from_election_streams(fresh_database_url: str) -> None:
+    """0009 moves election_streams onto the chain: every entry of a stream mapped to an
+    election (a ballot's revision too) names that election, others none."""
+    before = [m for m in discover() if m.version < 9]
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(CREATE_LEDGER)
+        for migration in before:
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+        election, ballot, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        entries = [
+            (election, 1, "domain.election:Election.Created"),
+            (ballot, 1, "domain.ballot:Ballot.Cast"),
+            (ballot, 2, "domain.ballot:Ballot.Revised"),
+            (other, 1, "test:Unmapped"),
+        ]
+        for stream, version, topic in entries:
+            conn.execute(
+                "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+                "VALUES (%s, %s, %s, '{}')",
+                (stream, version, topic),
+            )
+        conn.execute(
+            "INSERT INTO audit_chain (position, entry_hash, hash) "
+            "SELECT notification_id, sha256(notification_id::text::bytea), '\\x00' "
+            "FROM cardinal_events"
+        )
+        conn.execute(
+            "INSERT INTO election_streams VALUES (%s, %s), (%s, %s)",
+            (election, election, ballot, election),
+        )
+    assert migrate(fresh_database_url) == [m.filename for m in discover() if m.version >= 9]
+    with psycopg.connect(fresh_database_url) as conn:
+        named = conn.execute(
+            "SELECT e.originator_id, e.originator_version, c.election_id FROM audit_chain c "
+            "JOIN cardinal_events e ON e.notification_id = c.position ORDER BY c.position"
+        ).fetchall()
+        left = conn.execute("SELECT to_regclass('election_streams')").fetchone()
+    assert named == [
+        (election, 1, election),
+        (ballot, 1, election),
+        (ballot, 2, election),
+        (other, 1, None),
+    ]
+    assert left == (None,)
