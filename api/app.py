@@ -29,6 +29,7 @@ from api.routes import (
     streams,
 )
 from api.streams import StreamHub
+from infra import batched_metrics
 from infra.audit.chain import Signer
 from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
@@ -65,9 +66,11 @@ def create_app(
                 consumer = ingester(settings, services.app, services.voter_keys)
                 consuming = asyncio.create_task(consume_forever(consumer), name="ingest")
             tune_garbage_collection()
+            metrics_flusher = asyncio.create_task(batched_metrics.flushing(), name="metrics")
             try:
                 yield
             finally:
+                metrics_flusher.cancel()
                 if consuming is not None:
                     consuming.cancel()
                 await app.state.streams.stop()

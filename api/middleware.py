@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,6 +19,7 @@ from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import problem
+from infra.batched_metrics import BatchedHistogram
 from infra.metrics import HTTP_SECONDS
 
 Handler = Callable[[Request, Exception], Response]
@@ -57,7 +57,7 @@ class RequestGuard:
         self.hot_route = hot_route
         self.hot_pattern = compile_path(hot_route.path)[0] if hot_route else None
         self.handlers = dict(handlers or {})
-        self._timers: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str, int], BatchedHistogram] = {}
         self.security = [*SECURITY_HEADERS, *([HSTS] if production else [])]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,7 +178,8 @@ class RequestGuard:
         key = (scope["method"], route.path if isinstance(route, Route) else "unmatched", status)
         timer = self._timers.get(key)
         if timer is None:
-            timer = self._timers[key] = HTTP_SECONDS.labels(key[0], key[1], str(status))
+            series = HTTP_SECONDS.labels(key[0], key[1], str(status))
+            timer = self._timers[key] = BatchedHistogram(series)
         timer.observe(seconds)
 
     @staticmethod

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from api import context
 from api.contract import Operation, operation
 from api.problems import Unauthorized
+from infra import batched_metrics
 from infra.metrics import exposition, refresh_positions
 
 
@@ -40,5 +41,6 @@ async def metrics(request: Request) -> Response:
     with contextlib.suppress(psycopg.Error, PoolTimeout):
         async with services.reads.connection(timeout=2) as conn:
             await refresh_positions(conn, "api")
+    batched_metrics.flush()  # this process's figures to the second
     body, media_type = exposition()
     return Response(body, media_type=media_type)
