@@ -8,21 +8,35 @@ HTTP/1.1 (keep-alive, Content-Length bodies) to drive our own API: about 30 µs 
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close[ \t]*\r\n")
 
 
 class ConnectionClosed(Exception):
     """The server closed the connection; reconnect and retry."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Reply:
     status: int
-    headers: dict[str, str]
+    head: bytes  # the status line and headers, as received
     body: bytes
+
+    @functools.cached_property
+    def headers(self) -> dict[str, str]:
+        """The headers by lower-case name (parsed when asked: the load's hot loop reads
+        only the length and the connection, which cost less to find)."""
+        found = {}
+        for line in self.head[self.head.index(b"\r\n") + 2 : -4].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            found[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        return found
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -70,11 +84,9 @@ class LeanConnection:
             await self.close()
             raise ConnectionClosed(str(error)) from error
         status = int(head[9:12])  # "HTTP/1.1 201 Created"
-        reply_headers = {}
-        for line in head[head.index(b"\r\n") + 2 : -4].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            reply_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-        length = int(reply_headers.get("content-length", "0"))
+        lowered = head.lower()
+        at = lowered.find(b"\r\ncontent-length:")
+        length = int(lowered[at + 17 : lowered.index(b"\r\n", at + 2)]) if at >= 0 else 0
         try:
             content = await self._reader.readexactly(length) if length else b""
         except (asyncio.IncompleteReadError, ConnectionError) as error:
@@ -82,9 +94,9 @@ class LeanConnection:
             # request must be retried (with its Idempotency-Key) like any other cut.
             await self.close()
             raise ConnectionClosed(str(error)) from error
-        if reply_headers.get("connection", "").lower() == "close":
+        if _CLOSE.search(lowered):
             await self.close()
-        return Reply(status, reply_headers, content)
+        return Reply(status, head, content)
 
 
 async def open_election(admin: LeanConnection, election: dict[str, Any]) -> str:
