@@ -33,6 +33,17 @@ FROM {EVENTS_TABLE}
 WHERE notification_id > %s AND notification_id <= %s AND topic LIKE %s
 ORDER BY notification_id LIMIT {PAGE}
 """
+# The visible head and the first page up to it, in one round trip (one snapshot): a row
+# with only the head where no election event is new.
+HEAD_AND_PAGE = f"""
+SELECT h.head, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
+FROM (SELECT coalesce(max(notification_id), 0) AS head FROM {EVENTS_TABLE}) h
+LEFT JOIN LATERAL (
+    SELECT * FROM {EVENTS_TABLE}
+    WHERE notification_id > %s AND notification_id <= h.head AND topic LIKE %s
+    ORDER BY notification_id LIMIT {PAGE}
+) e ON true
+"""
 
 
 class ElectionFeed:
@@ -77,13 +88,11 @@ class ElectionFeed:
         # Every row up to the visible head has committed (inserts hold the table lock until
         # commit), so scanning up to it and moving past it skips nothing; moving past the
         # ballots in between keeps each wake-up proportional to what is new.
-        cursor = await conn.execute(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}")
-        head_row = await cursor.fetchone()
-        assert head_row is not None
-        head = int(head_row[0])
+        cursor = await conn.execute(HEAD_AND_PAGE, (self.position, ELECTION_TOPIC_PREFIX + "%"))
+        first = await cursor.fetchall()
+        head = int(first[0][0])
+        rows = [row[1:] for row in first if row[1] is not None]
         while self.position < head:
-            cursor = await conn.execute(SELECT, (self.position, head, ELECTION_TOPIC_PREFIX + "%"))
-            rows = await cursor.fetchall()
             if not rows:
                 self.position = head
                 return
@@ -94,6 +103,11 @@ class ElectionFeed:
                     log.error("election feed: cannot apply %r: %s", event, error)
                     self.app.elections.pop(event.originator_id, None)
             self.position = head if len(rows) < PAGE else int(rows[-1][0])
+            if self.position < head:
+                cursor = await conn.execute(
+                    SELECT, (self.position, head, ELECTION_TOPIC_PREFIX + "%")
+                )
+                rows = await cursor.fetchall()
 
     def _readable(self, rows: list[tuple[Any, ...]]) -> list[DomainEventProtocol[UUID]]:
         """The rows as election events; one that cannot be read is logged and skipped,
