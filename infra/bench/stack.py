@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 import psutil
 import psycopg
@@ -220,7 +221,9 @@ class Stack:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system, seconds) so far of each role: the stack's processes
-        (same-role children summed) and the PostgreSQL backends serving its database."""
+        (same-role children summed), the PostgreSQL backends serving its database, the
+        server's own background processes (WAL writer, checkpointer: the commits' flushes)
+        and, where the stack has a broker on this machine, the RabbitMQ node's."""
         spent: dict[str, float] = {}
 
         def add(role: str, member: psutil.Process) -> None:
@@ -235,11 +238,43 @@ class Stack:
                 for child in parent.children(recursive=True):
                     add(_role(child), child)
         database = conninfo_to_dict(self.database_url).get("dbname", "")
-        for backend in psutil.process_iter(["name", "cmdline"]):
-            command = " ".join(backend.info["cmdline"] or ())
-            if backend.info["name"] == "postgres" and f" {database} " in f"{command} ":
+        postgres = [p for p in psutil.process_iter(["name", "cmdline", "ppid"]) if _named(p)]
+        servers = set()
+        for backend in postgres:
+            if f" {database} " in f"{' '.join(backend.info['cmdline'] or ())} ":
                 add("PostgreSQL backends", backend)
+                servers.add(backend.info["ppid"])  # the postmaster
+        for helper in postgres:
+            command = " ".join(helper.info["cmdline"] or ())
+            if helper.info["ppid"] in servers and any(a in command for a in SERVER_BACKGROUND):
+                add("PostgreSQL background", helper)
+        for node in self._broker_nodes():
+            add("RabbitMQ node", node)
         return spent
+
+    def _broker_nodes(self) -> list[psutil.Process]:
+        """The RabbitMQ node serving the stack's AMQP port, where it runs on this machine."""
+        if self.amqp_url is None:
+            return []
+        port = urlsplit(self.amqp_url).port or 5672
+        nodes = []
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] != "beam.smp":
+                continue
+            with contextlib.suppress(psutil.Error):
+                listening = process.net_connections(kind="tcp")
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in listening):
+                    nodes.append(process)
+        return nodes
+
+
+# PostgreSQL's own processes that work for every database's commits (shared: a figure of
+# the whole server, which the stack alone uses during a benchmark on this machine).
+SERVER_BACKGROUND = ("walwriter", "checkpointer", "background writer")
+
+
+def _named(process: psutil.Process, name: str = "postgres") -> bool:
+    return bool(process.info["name"] == name)
 
 
 def _role(process: psutil.Process) -> str:

@@ -71,6 +71,9 @@ def test_a_fixed_number_of_ballots_all_counted_once_batched_and_not(tmp_path: Pa
         # Ballots are read by key: a handful of rows per ballot at most (catalog tables),
         # never the log (a scanning plan read hundreds of rows per ballot here).
         assert 0 <= run["rows_scanned_per_ballot"] < 20
+        # Every role's CPU, the database server's own and the broker node's included.
+        for role in ("serve: api", "PostgreSQL backends", "RabbitMQ node"):
+            assert run["cpu_us_per_ballot"][role] > 0, (role, run["cpu_us_per_ballot"])
     assert batched["label"] == "WRITER_MAX_BATCH=500"
     assert unbatched["label"] == "WRITER_MAX_BATCH=1"
     # The report's rates are rounded to 0.1/s, its ratio comes from the exact ones.
