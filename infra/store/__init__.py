@@ -7,6 +7,9 @@ from psycopg.conninfo import conninfo_to_dict
 from domain.application import VotingApplication
 
 EVENTS_TABLE = "cardinal_events"  # eventsourcing names it after the application
+# Every commit to the log notifies EVENTS_TABLE (the relay and the sealer follow it); a
+# commit that holds an election's event also notifies this one (the elections' caches).
+ELECTIONS_CHANNEL = "cardinal_elections"
 
 
 def connection_kwargs(database_url: str) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Keeps the API's in-memory elections current by following election events in the log.
 
 A close recorded by another API process takes effect here within a poll interval (sooner:
-the writer's NOTIFY wakes the feed). The log order stays the law for counting: a ballot
-recorded after its election's Closed event is not counted, whatever a cache believed.
+the writer announces a commit that holds an election's event on ELECTIONS_CHANNEL, which
+wakes the feed; commits of ballots alone do not, so a feed wakes for what it reads). The
+log order stays the law for counting: a ballot recorded after its election's Closed event
+is not counted, whatever a cache believed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from psycopg import sql
 
 from domain.application import VotingApplication
 from domain.election import Election
-from infra.store import EVENTS_TABLE
+from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ class ElectionFeed:
                 async with await psycopg.AsyncConnection.connect(
                     self.database_url, autocommit=True
                 ) as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                    listen = sql.SQL("LISTEN {}").format(sql.Identifier(ELECTIONS_CHANNEL))
+                    await conn.execute(listen)
                     while True:
                         await self._catch_up(conn)
                         await self._wait_for_notify(conn)
@@ -130,6 +133,6 @@ class ElectionFeed:
     async def _wait_for_notify(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
             pass
-        # Under a stream of ballots a NOTIFY comes with every commit; a short pause lets
-        # one scan cover many of them.
+        # Elections created in a burst announce themselves commit by commit; a short pause
+        # lets one scan cover many of them.
         await asyncio.sleep(MIN_SCAN_INTERVAL)

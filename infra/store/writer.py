@@ -62,7 +62,7 @@ from domain.election import Election
 from domain.ports import Overloaded, Recorded, StoreUnavailable
 from infra import metrics
 from infra.audit.chain import entry_hash
-from infra.store import EVENTS_TABLE
+from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
 from infra.store.batch import Append, Key, Outcome, Progress, commit_batch
 from infra.store.health import PROBE_INTERVAL, StoreHealth
 from infra.store.log import event_type
@@ -364,6 +364,8 @@ class GroupCommitWriter:
             metrics.WRITER_QUEUE.set(len(self._queue))
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, batch, outcomes)
+            if any(s.guard is None for s in batch) and any(o.error is None for o in outcomes):
+                self._announce_elections()
             busy = len(batch) >= BUSY_BATCH
             if busy and len(self._queue) < self.max_batch and not self._stopping:
                 # Ballots are pouring in: let the next batch gather for a moment. Fewer,
@@ -429,6 +431,19 @@ class GroupCommitWriter:
                 log.exception("group commit failed")
                 self._drop_connection()
                 return [Outcome(error=error) for _ in batch]
+
+    def _announce_elections(self) -> None:
+        """Wake the election caches (infra/store/election_feed.py) after a commit that may
+        hold an election's event: ballots are guarded, elections' own events are not. A
+        hint after the commit, not part of it: if it is lost, the caches' polling finds
+        the event within a second."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.execute("SELECT pg_notify(%s, '')", (ELECTIONS_CHANNEL,))
+        except psycopg.Error as error:
+            log.debug("election announcement not sent: %s", error)
 
     def _refuse_queued(self) -> None:
         with self._wakeup:
