@@ -116,19 +116,9 @@ class RequestGuard:
         limit: int,
     ) -> int:
         """The ballot's endpoint, its answer's status. The response is ours, so the
-        security headers go on it here rather than through a wrapper of ``send``; a body
-        that came whole in one message (as uvicorn hands a small one over) is given to
-        the request as read, without Starlette's stream around it."""
-        request = Request(scope, receive)
+        security headers go on it here rather than through a wrapper of ``send``."""
+        request = Request(scope, self._limited(receive, limit))
         try:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body = message.get("body", b"")
-                if len(body) > limit:
-                    raise HTTPException(413, self._detail(limit))
-                request._body = body  # what Request.body() returns once read
-            else:
-                request = Request(scope, self._limited(_replaying(message, receive), limit))
             response = await endpoint(request)
         except Exception as error:
             response = self._handler(error)(request, error)
@@ -185,13 +175,3 @@ class RequestGuard:
     @staticmethod
     def _detail(limit: int) -> str:
         return f"the request body is larger than {limit // 1024} KiB"
-
-
-def _replaying(first: Message, receive: Receive) -> Receive:
-    """``receive`` with a message already taken from it put back in front."""
-    pending: list[Message] = [first]
-
-    async def replayed() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replayed

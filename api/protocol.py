@@ -40,6 +40,7 @@ MAX_HEAD_BYTES = 32 * 1024
 # answers 503: well above what a process serves at full speed, far below what exhausts it.
 LIMIT_CONCURRENCY = 2000
 KEEP_ALIVE = 5
+LINGER = 2.0  # after a refusal, how long a client may take to see it and close its side
 
 
 def _refusal(status: bytes, title: str, detail: str) -> bytes:
@@ -66,8 +67,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _deadline_at = 0.0  # loop time; 0: none armed
     _deadline_part = "head"
     _in_head = True  # from a connection's start or a request's end to its next head's end
+    _head_begun = False  # the parser has met the request line (blank lines before it skipped)
     _head_bytes = 0
-    _tail = b""
+    _tail = b""  # the last bytes of a begun head's previous chunk
+    _discarding = False
+    _lingering: asyncio.TimerHandle | None = None
     _head_too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -85,9 +89,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline_at = 0.0
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:  # hung up: see _hang_up
+            return
         # Bytes that arrive while a head is incomplete count toward it; where they would
         # pass the limit, the head must end within it in this chunk. (A head that begins
         # in the chunk that ends the request before it is counted from the next chunk.)
@@ -99,15 +107,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self._head_bytes = seen
         super().data_received(data)
-        if self._in_head:
+        if self._in_head and self._head_begun:
             self._tail = data[-3:]  # the head's end may straddle two chunks
 
     def _ends_within_limit(self, data: bytes) -> bool:
-        end = (self._tail + data).find(b"\r\n\r\n")
-        return end >= 0 and self._head_bytes - len(self._tail) + end + 4 <= self.max_head_bytes
+        """Whether the head that this chunk continues (or begins) ends within the limit in it.
+        Before a head begins, the parser skips blank lines: they do not end it."""
+        if self._head_begun:
+            probe, before = self._tail + data, self._head_bytes - len(self._tail)
+        else:
+            probe = data.lstrip(b"\r\n")
+            before = self._head_bytes + len(data) - len(probe)
+        end = probe.find(b"\r\n\r\n")
+        return end >= 0 and before + end + 4 <= self.max_head_bytes
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_begun = True
         self._deadline_at = self.loop.time() + self.head_timeout  # _arm, inlined: per request
         self._deadline_part = "head"
 
@@ -130,21 +146,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._deadline_at = 0.0
-        self._in_head, self._head_bytes, self._tail = True, 0, b""  # the next request's
+        self._in_head, self._head_begun, self._head_bytes, self._tail = True, False, 0, b""
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
         if not self._head_too_large:
             super().send_400_response(msg)
             return
-        self.transport.write(
+        self._hang_up(
             _refusal(
                 b"431 Request Header Fields Too Large",
                 "Request header fields too large",
                 f"the request line and headers may take at most {self.max_head_bytes} bytes",
             )
         )
-        self.transport.close()
 
     def _arm(self, seconds: float, part: str) -> None:
         self._deadline_at = self.loop.time() + seconds
@@ -162,19 +177,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and part == "body" and cycle.response_started:
             if cycle.response_complete:  # answered without the body: just hang up
-                self.transport.close()
+                self._hang_up(b"")
             else:  # the app is answering: let it finish, then close
                 cycle.keep_alive = False
             return
         seconds = self.head_timeout if part == "head" else self.body_timeout
-        self.transport.write(
+        self._hang_up(
             _refusal(
                 b"408 Request Timeout",
                 "Request timeout",
                 f"the request {part} did not arrive within {seconds:g} seconds",
             )
         )
-        self.transport.close()
+
+    def _hang_up(self, last: bytes) -> None:
+        """Send ``last`` and end the connection without a reset destroying it: a socket
+        closed with the client's bytes unread answers them with RST, which can discard
+        the answer before the client reads it (a client trickling a head does send more).
+        So: send, close our side, drop whatever still comes, and close when the client
+        does, or LINGER seconds later."""
+        self._deadline_at = 0.0
+        self.transport.write(last)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._discarding = True
+        self._lingering = self.loop.call_later(LINGER, self.transport.close)
 
 
 class _Sweeper:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
@@ -176,6 +176,12 @@ class _Transport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.sent += b"<EOF>"  # what the far end sees: our side closed
+
     def close(self) -> None:
         self.closed = True
 
@@ -198,8 +204,9 @@ async def _echo_length(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-async def _fed(chunks: list[bytes]) -> bytes:
-    """What the protocol answers to a connection that delivers these chunks."""
+async def _fed(chunks: Sequence[bytes | None]) -> bytes:
+    """What the protocol answers to a connection that delivers these chunks (None: let the
+    app answer the requests it has before the next chunk arrives)."""
     config = uvicorn.Config(_echo_length, log_level="warning", lifespan="off")
     state = uvicorn.server.ServerState()
     protocol = Hurried(config=config, server_state=state, app_state={})
@@ -208,6 +215,9 @@ async def _fed(chunks: list[bytes]) -> bytes:
     for chunk in chunks:
         if transport.closed:
             break
+        if chunk is None:
+            await asyncio.gather(*state.tasks)
+            continue
         protocol.data_received(chunk)
     await asyncio.gather(*state.tasks)  # the app's answer, where a request reached it
     protocol.connection_lost(None)
@@ -227,3 +237,17 @@ async def test_the_head_limit_counts_chunks_not_lines() -> None:
     answer = await _fed([head + b"\r\n\r", b"\n" + body])
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert answer.endswith(b"\r\n20000\r\n0\r\n\r\n"), answer  # chunked: the body's length
+
+
+async def test_blank_lines_or_a_body_ending_in_crlf_do_not_end_a_head() -> None:
+    """The parser skips blank lines before a request line, so a CRLF CRLF there (or the end
+    of the previous request's body) is not the end of the head: an oversized head behind
+    one is still refused."""
+    lines = b"".join(b"X-Line-%d: %s\r\n" % (n, b"b" * 100) for n in range(100))
+    head = b"GET /x HTTP/1.1\r\nHost: x\r\n" + lines
+    assert (await _fed([b"\r\n\r\n" + head, b"\r\n"])).startswith(b"HTTP/1.1 431 ")
+    first = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n\r\n\r"
+    answer = await _fed([first, None, b"\n" + head + b"\r\n"])
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b"HTTP/1.1 431 " in answer, answer[-300:]
+    assert answer.count(b"HTTP/1.1 200 ") == 1
