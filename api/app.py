@@ -71,6 +71,7 @@ def create_app(
                 yield
             finally:
                 metrics_flusher.cancel()
+                batched_metrics.flush()
                 if consuming is not None:
                     consuming.cancel()
                 await app.state.streams.stop()

@@ -237,7 +237,7 @@ def _sweeper(protocol: GuardedHttpToolsProtocol) -> _Sweeper:
     """The sweeper of the protocol's server (its set of connections)."""
     key = protocol.server_state
     found = _SWEEPERS.get(key)
-    if found is None:
+    if found is None or found.loop is not protocol.loop:  # a server run again on a new loop
         found = _SWEEPERS[key] = _Sweeper(protocol)
     return found
 

@@ -13,19 +13,22 @@ routes observe, and ``flushing`` runs in its lifespan.
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from bisect import bisect_left
 from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
 FLUSH_INTERVAL = 1.0
+log = logging.getLogger(__name__)
 
 
 class _Pending(Protocol):
     def flush(self) -> None: ...
 
 
-_PENDING: list[_Pending] = []
+_PENDING: weakref.WeakSet[_Pending] = weakref.WeakSet()  # an app's series go with it
 
 
 class BatchedCounter:
@@ -34,7 +37,7 @@ class BatchedCounter:
     def __init__(self, series: Counter) -> None:
         self.series = series
         self._pending = 0.0
-        _PENDING.append(self)
+        _PENDING.add(self)
 
     def inc(self, amount: float = 1) -> None:
         self._pending += amount
@@ -54,7 +57,7 @@ class BatchedHistogram:
         self._bounds: list[float] = list(series._upper_bounds)
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
-        _PENDING.append(self)
+        _PENDING.add(self)
 
     def observe(self, amount: float) -> None:
         self._counts[bisect_left(self._bounds, amount)] += 1
@@ -73,15 +76,15 @@ class BatchedHistogram:
 
 def flush() -> None:
     """Add every pending observation to its series."""
-    for pending in _PENDING:
-        pending.flush()
+    for pending in list(_PENDING):
+        try:
+            pending.flush()
+        except Exception:  # a metric is never worth a request or the flushing
+            log.exception("a batched metric could not be flushed")
 
 
 async def flushing(interval: float = FLUSH_INTERVAL) -> None:
-    """Flush every ``interval`` seconds until cancelled, then once more."""
-    try:
-        while True:
-            await asyncio.sleep(interval)
-            flush()
-    finally:
+    """Flush every ``interval`` seconds until cancelled (the caller flushes once more)."""
+    while True:
+        await asyncio.sleep(interval)
         flush()

@@ -23,6 +23,8 @@ from infra.bench.http_report import percentiles
 from infra.bench.loadgen import ConnectionClosed, LeanConnection
 
 console = Console()
+# Roles whose processes run before and after a stack (infra/bench/stack.py).
+OUTLIVE_THE_STACK = frozenset({"PostgreSQL background", "RabbitMQ node"})
 
 
 @dataclass
@@ -66,6 +68,8 @@ class RunFigures:
         if not self.accepted:
             return
         for role, seconds in after.items():
+            if role not in before and role in OUTLIVE_THE_STACK:
+                continue  # not seen at the start: its whole life is not this run's
             spent = seconds - before.get(role, 0.0)
             self.cpu_us_per_ballot[role] = round(spent / self.accepted * 1e6, 1)
         stack = [v for k, v in self.cpu_us_per_ballot.items() if k != "load generator"]

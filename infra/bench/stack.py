@@ -256,7 +256,8 @@ class Stack:
         """The RabbitMQ node serving the stack's AMQP port, where it runs on this machine."""
         if self.amqp_url is None:
             return []
-        port = urlsplit(self.amqp_url).port or 5672
+        parts = urlsplit(self.amqp_url)
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
         nodes = []
         for process in psutil.process_iter(["name"]):
             if process.info["name"] != "beam.smp":

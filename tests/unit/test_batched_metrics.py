@@ -50,7 +50,7 @@ def test_a_flushed_counter_holds_every_increment() -> None:
     assert _samples(registry)[("c_total", "")] == 42
 
 
-async def test_flushing_flushes_on_its_interval_and_when_stopped() -> None:
+async def test_flushing_flushes_on_its_interval() -> None:
     registry = CollectorRegistry()
     counter = BatchedCounter(Counter("f", "f", registry=registry))
     task = asyncio.create_task(batched_metrics.flushing(interval=0.01))
@@ -60,7 +60,5 @@ async def test_flushing_flushes_on_its_interval_and_when_stopped() -> None:
             break
         await asyncio.sleep(0.01)
     assert _samples(registry)[("f_total", "")] == 1
-    counter.inc()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert _samples(registry)[("f_total", "")] == 2
