@@ -102,8 +102,10 @@ async def consuming(settings: Settings) -> AsyncIterator[tuple[Services, Ingeste
             yield services, consumer
         finally:
             task.cancel()
+            # Bounded: a consumer that does not stop (its connection's close unanswered)
+            # fails the test here rather than hanging the suite.
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await asyncio.wait_for(task, WAIT)
 
 
 @pytest.fixture
