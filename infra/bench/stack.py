@@ -238,7 +238,8 @@ class Stack:
                 for child in parent.children(recursive=True):
                     add(_role(child), child)
         database = conninfo_to_dict(self.database_url).get("dbname", "")
-        postgres = [p for p in psutil.process_iter(["name", "cmdline", "ppid"]) if _named(p)]
+        found = psutil.process_iter(["name", "cmdline", "ppid"])
+        postgres = [p for p in found if p.info["name"] == "postgres"]
         servers = set()
         for backend in postgres:
             if f" {database} " in f"{' '.join(backend.info['cmdline'] or ())} ":
@@ -272,10 +273,6 @@ class Stack:
 # PostgreSQL's own processes that work for every database's commits (shared: a figure of
 # the whole server, which the stack alone uses during a benchmark on this machine).
 SERVER_BACKGROUND = ("walwriter", "checkpointer", "background writer")
-
-
-def _named(process: psutil.Process, name: str = "postgres") -> bool:
-    return bool(process.info["name"] == name)
 
 
 def _role(process: psutil.Process) -> str:
