@@ -106,7 +106,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--elections", type=int, default=4, help="open elections to spread over")
     parser.add_argument("--method", default="plurality", help="voting method of the elections")
     parser.add_argument("--topology", choices=("serve", "split"), default="serve")
-    parser.add_argument("--workers", type=int, default=1, help="API processes (split topology)")
     parser.add_argument("--batch", type=int, default=500, help="WRITER_MAX_BATCH")
     parser.add_argument(
         "--max-queue", type=int, default=20_000, help="WRITER_MAX_QUEUE (small: force 503s)"

@@ -196,11 +196,29 @@ class Stack:
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(f"{self.url}/api/ready", timeout=1) as ready,  # noqa: S310
             ):
-                if ready.status == 200:
+                if ready.status == 200 and self._all_listening():
                     return
             time.sleep(0.1)
         name = next(iter(self.processes), "")
         raise RuntimeError(f"the stack did not become ready:\n{self.log(name) if name else ''}")
+
+    def _all_listening(self) -> bool:
+        """Whether every API process listens on the port. The first one ready answers
+        /api/ready; clients that connect before its siblings listen all land on it
+        (SO_REUSEPORT spreads only over the sockets listening), and keep-alive
+        connections stay there: a benchmark would measure one process of two."""
+        servers = 0
+        for name, process in self.processes.items():
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(process.pid).children(recursive=True)
+                api = sum(_role(child) == "serve: api" for child in children)
+                servers += api or int(name in ("api", "serve"))
+        listening = sum(
+            1
+            for conn in psutil.net_connections("tcp")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port
+        )
+        return listening >= servers
 
     def peak_rss(self) -> dict[str, float]:
         """Peak resident memory (VmHWM, MiB) of every stack process, children included."""
