@@ -9,7 +9,13 @@ out real clients). Here:
 - the head (request line and headers) must arrive within ``head_timeout`` of the
   connection opening or of the request's first byte, else 408 and the connection closes;
 - the body must arrive within ``body_timeout`` of the head, else 408;
-- a head over ``max_head_bytes`` is refused with 431.
+- a head over ``max_head_bytes`` is refused with 431;
+- a connection serves at most ``max_requests`` requests; the last answer says
+  ``Connection: close``. SO_REUSEPORT spreads connections over the API processes as they
+  are opened, and a keep-alive connection stays where it landed: after one process restarts,
+  or while the first to start was the only one listening, one process would carry every
+  client of the port. Reconnecting now and then (nginx's ``keepalive_requests`` does the
+  same, and also 1,000) spreads them again, for a handshake per 1,000 requests.
 
 The deadlines are checked by one sweeper per server, a few times per deadline.
 
@@ -40,6 +46,7 @@ MAX_HEAD_BYTES = 32 * 1024
 # answers 503: well above what a process serves at full speed, far below what exhausts it.
 LIMIT_CONCURRENCY = 2000
 KEEP_ALIVE = 5
+MAX_REQUESTS = 1000  # per connection, before it is closed (and opened again, elsewhere)
 LINGER = 2.0  # after a refusal, how long a client may take to see it and close its side
 
 
@@ -63,6 +70,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head_timeout = HEAD_TIMEOUT
     body_timeout = BODY_TIMEOUT
     max_head_bytes = MAX_HEAD_BYTES
+    max_requests = MAX_REQUESTS
 
     _deadline_at = 0.0  # loop time; 0: none armed
     _deadline_part = "head"
@@ -73,6 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _discarding = False
     _lingering: asyncio.TimerHandle | None = None
     _head_too_large = False
+    _requests = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -132,6 +141,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_at = self.loop.time() + self.body_timeout
         self._deadline_part = "body"
         super().on_headers_complete()
+        self._requests += 1
+        if self._requests >= self.max_requests and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
         # An event stream that a client stops reading is aborted (api/streams.py).
         cast(dict[str, Any], self.scope)[HANGUP] = self.transport.abort
 

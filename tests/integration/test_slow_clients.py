@@ -26,6 +26,7 @@ class Hurried(GuardedHttpToolsProtocol):
     head_timeout = DEADLINE
     body_timeout = DEADLINE
     max_head_bytes = 8 * 1024
+    max_requests = 5
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,23 @@ async def test_a_prompt_client_keeps_its_connection_across_requests(port: int) -
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
         await asyncio.sleep(DEADLINE / 2)  # idle between requests, under the keep-alive
+    writer.close()
+
+
+async def test_a_connection_is_closed_after_its_last_request(port: int) -> None:
+    """So that keep-alive clients spread again over the API processes (api/protocol.py)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    heads = []
+    for _ in range(Hurried.max_requests):
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        heads.append(head.lower())
+    assert all(head.startswith(b"http/1.1 200 ") for head in heads), heads
+    assert not any(b"connection: close" in head for head in heads[:-1])
+    assert b"connection: close" in heads[-1]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
     writer.close()
 
 
