@@ -21,6 +21,7 @@ from psycopg import sql
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.store import EVENTS_TABLE
 from infra.store.log import election_uuid, event_type
+from infra.store.names import connection_name
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Sealer:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True
+                    self.database_url, autocommit=True, application_name=connection_name("sealer")
                 ) as conn:
                     await self._lead(conn)
             except asyncio.CancelledError:

@@ -72,7 +72,7 @@ class RunFigures:
                 continue  # not seen at the start: its whole life is not this run's
             spent = seconds - before.get(role, 0.0)
             self.cpu_us_per_ballot[role] = round(spent / self.accepted * 1e6, 1)
-        stack = [v for k, v in self.cpu_us_per_ballot.items() if k != "load generator"]
+        stack = [v for k, v in self.cpu_us_per_ballot.items() if not k.startswith("load generator")]
         self.cpu_us_per_ballot["total (without the load generator)"] = round(sum(stack), 1)
 
     def refuse(self, status: int, detail: str) -> None:

@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from infra.broker.topology import delete_namespace
 from infra.ingest.queues import delete_ingest_queues
+from infra.store.names import PREFIX
 from projections import PROJECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,12 +257,13 @@ class Stack:
                 for child in parent.children(recursive=True):
                     add(_role(child), child)
         database = conninfo_to_dict(self.database_url).get("dbname", "")
+        names = self._backend_names()
         found = psutil.process_iter(["name", "cmdline", "ppid"])
         postgres = [p for p in found if p.info["name"] == "postgres"]
         servers = set()
         for backend in postgres:
             if f" {database} " in f"{' '.join(backend.info['cmdline'] or ())} ":
-                add("PostgreSQL backends", backend)
+                add(_backend_role(names.get(backend.pid, "")), backend)
                 servers.add(backend.info["ppid"])  # the postmaster
         for helper in postgres:
             command = " ".join(helper.info["cmdline"] or ())
@@ -270,6 +272,19 @@ class Stack:
         for node in self._broker_nodes():
             add("RabbitMQ node", node)
         return spent
+
+    def _backend_names(self) -> dict[int, str]:
+        """Each backend of the stack's database: its application_name (infra/store/names.py)."""
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn,
+        ):
+            rows = conn.execute(
+                "SELECT pid, application_name FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+            return {int(pid): str(name) for pid, name in rows}
+        return {}
 
     def _broker_nodes(self) -> list[psutil.Process]:
         """The RabbitMQ node serving the stack's AMQP port, where it runs on this machine."""
@@ -291,6 +306,19 @@ class Stack:
 # PostgreSQL's own processes that work for every database's commits (shared: a figure of
 # the whole server, which the stack alone uses during a benchmark on this machine).
 SERVER_BACKGROUND = ("walwriter", "checkpointer", "background writer")
+
+
+def _backend_role(application_name: str) -> str:
+    """The figure a PostgreSQL backend's CPU counts toward: the stack's connections by what
+    they are; the benchmark's own (its freshness watcher, its checks) apart, as part of
+    the load generator, not of the system under test."""
+    role = application_name.removeprefix(PREFIX) if application_name.startswith(PREFIX) else ""
+    if role == "bench":
+        return LOAD_GENERATOR_BACKENDS
+    return f"PostgreSQL backends: {role or 'other'}"
+
+
+LOAD_GENERATOR_BACKENDS = "load generator: PostgreSQL backends"
 
 
 def _role(process: psutil.Process) -> str:

@@ -28,6 +28,7 @@ from infra import metrics
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
+from infra.store.names import connection_name
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Relay:
 
     async def _lead(self) -> None:
         async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True
+            self.database_url, autocommit=True, application_name=connection_name("relay")
         ) as conn:
             self.status.database_connected = True
             await self._become_leader(conn)

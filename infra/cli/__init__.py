@@ -19,6 +19,7 @@ from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
 from infra.cli.environment import console
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
+from infra.store.names import name_process_connections
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SystemExit lets every `with` block unwind (the embedded PostgreSQL stops cleanly).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parser().parse_args(argv)
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    name_process_connections(words[0] if words else "cli")
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)

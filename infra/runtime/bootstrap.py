@@ -24,6 +24,7 @@ from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 from infra.store import open_application
 from infra.store.election_feed import ElectionFeed
+from infra.store.names import connection_name
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.positions import PositionWatcher
@@ -88,7 +89,7 @@ async def running_workers(
     workers = Workers()
     # No connection check on lending here: workers retry a failed page from the top, and a
     # check per page would double their round trips.
-    pool = _pool(url, max_size=2 * len(projections) + 1, check=False)
+    pool = _pool(url, max_size=2 * len(projections) + 1, check=False, name="projections")
     await pool.open(wait=False)
     if relay and settings.amqp_url is not None:
         workers.relay = Relay(url, settings.amqp_url, topology, PROJECTIONS)
@@ -151,7 +152,7 @@ async def running_services(
     app.writer = writer
     # A reader waits at most READ_WAIT for a connection: while the database is down the
     # pool has none to give, and a read is answered 503 within a second.
-    reads = _pool(url, max_size=8, wait=READ_WAIT)
+    reads = _pool(url, max_size=8, wait=READ_WAIT, name="reads")
     await reads.open(wait=False)
     writer.start()
     feed = ElectionFeed(app, url)
@@ -200,17 +201,22 @@ def tune_garbage_collection() -> None:
 
 
 def _pool(
-    url: str, max_size: int, *, check: bool = True, wait: float = 30.0
+    url: str, max_size: int, *, name: str, check: bool = True, wait: float = 30.0
 ) -> AsyncConnectionPool:
-    """A pool of autocommit connections; with ``check``, each is tested before it is lent,
-    so that a database restart or failover costs a reconnect rather than a failed request."""
+    """A pool of autocommit connections, named ``name`` in pg_stat_activity; with
+    ``check``, each is tested before it is lent, so that a database restart or failover
+    costs a reconnect rather than a failed request."""
     return AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
         open=False,
         timeout=wait,
-        kwargs={"autocommit": True, "connect_timeout": 2},
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": 2,
+            "application_name": connection_name(name),
+        },
         check=AsyncConnectionPool.check_connection if check else None,
     )
 

@@ -66,6 +66,7 @@ from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
 from infra.store.batch import Append, Key, Outcome, Progress, commit_batch
 from infra.store.health import PROBE_INTERVAL, StoreHealth
 from infra.store.log import event_type
+from infra.store.names import connection_name
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -489,6 +490,7 @@ class GroupCommitWriter:
                 self.database_url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
+                application_name=connection_name("writer"),
                 # Every statement here finds rows by key. The guard's prepared plan is made
                 # once, often while the log is a few rows long, when scanning the table is
                 # the cheapest plan; without ANALYZE (autovacuum off, or between its runs)
