@@ -142,8 +142,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_part = "body"
         super().on_headers_complete()
         self._requests += 1
-        if self._requests >= self.max_requests and self.cycle is not None:
-            self.cycle.keep_alive = False  # answered with Connection: close, then closed
         # An event stream that a client stops reading is aborted (api/streams.py).
         cast(dict[str, Any], self.scope)[HANGUP] = self.transport.abort
 
@@ -157,6 +155,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().shutdown()
 
     def on_message_complete(self) -> None:
+        # The last request: answered with Connection: close, then closed. Decided once its
+        # body is in (closing with a body unread would reset the answer away), and only if
+        # the answer has not begun (an early answer keeps the connection; the next closes).
+        cycle = self.cycle
+        if self._requests >= self.max_requests and cycle and not cycle.response_started:
+            cycle.keep_alive = False
         self._deadline_at = 0.0
         self._in_head, self._head_begun, self._head_bytes, self._tail = True, False, 0, b""
         super().on_message_complete()

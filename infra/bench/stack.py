@@ -208,17 +208,22 @@ class Stack:
         /api/ready; clients that connect before its siblings listen all land on it
         (SO_REUSEPORT spreads only over the sockets listening), and keep-alive
         connections stay there: a benchmark would measure one process of two."""
-        servers = 0
+        servers = listening = 0
         for name, process in self.processes.items():
-            with contextlib.suppress(psutil.Error):
-                children = psutil.Process(process.pid).children(recursive=True)
-                api = sum(_role(child) == "serve: api" for child in children)
-                servers += api or int(name in ("api", "serve"))
-        listening = sum(
-            1
-            for conn in psutil.net_connections("tcp")
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port
-        )
+            try:
+                family = [psutil.Process(process.pid)]
+                family += family[0].children(recursive=True)
+            except psutil.Error:
+                return False  # exited or exiting: the caller's next round says which
+            api = 0
+            for member in family:
+                with contextlib.suppress(psutil.Error):  # one gone: the others still count
+                    api += member is not family[0] and _role(member) == "serve: api"
+                    listening += sum(
+                        conn.status == psutil.CONN_LISTEN and conn.laddr.port == self.port
+                        for conn in member.net_connections("tcp")
+                    )
+            servers += api or int(name in ("api", "serve"))
         return listening >= servers
 
     def peak_rss(self) -> dict[str, float]:

@@ -142,6 +142,37 @@ async def test_a_connection_is_closed_after_its_last_request(port: int) -> None:
     writer.close()
 
 
+async def test_an_early_answer_to_the_last_request_is_not_lost_to_a_reset(port: int) -> None:
+    """A 413 given before the body is read must reach the client: closing with the body
+    unread would reset the connection and discard it. That connection closes one request
+    later instead."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(Hurried.max_requests - 1):
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _answer(reader)
+    body = b"x" * 200_000
+    writer.write(
+        b"POST /api/elections HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    head = await _answer(reader)
+    assert head.startswith(b"http/1.1 413 "), head
+    assert b"connection: close" not in head
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await _answer(reader)
+    assert head.startswith(b"http/1.1 200 "), head
+    assert b"connection: close" in head, head
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One answer's head (lowercased), its body read past."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).lower()
+    await reader.readexactly(int(head.split(b"content-length: ")[1].split(b"\r\n")[0]))
+    return head
+
+
 def test_the_server_is_configured_with_the_guards() -> None:
     config = server_config(settings_for("postgresql://unused"), app=object())
     assert config.http is GuardedHttpToolsProtocol
