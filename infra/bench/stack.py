@@ -197,13 +197,13 @@ class Stack:
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(f"{self.url}/api/ready", timeout=1) as ready,  # noqa: S310
             ):
-                if ready.status == 200 and self._all_listening():
+                if ready.status == 200 and self.listening_everywhere():
                     return
             time.sleep(0.1)
         name = next(iter(self.processes), "")
         raise RuntimeError(f"the stack did not become ready:\n{self.log(name) if name else ''}")
 
-    def _all_listening(self) -> bool:
+    def listening_everywhere(self) -> bool:
         """Whether every API process listens on the port. The first one ready answers
         /api/ready; clients that connect before its siblings listen all land on it
         (SO_REUSEPORT spreads only over the sockets listening), and keep-alive
