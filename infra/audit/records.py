@@ -11,7 +11,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from infra.store import EVENTS_TABLE
-from infra.store.log import event_type
+from infra.store.log import election_uuid, event_type
 
 LOG_PAGE = f"""
 SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, c.hash
@@ -133,10 +133,19 @@ async def election_entries(
 
 
 def _belongs(entry: Entry, election_id: UUID) -> bool:
+    """Whether an unsealed entry is the election's: read as the sealer will file it once
+    sealed (the election id parsed, not compared as text), so that sealing does not move
+    an entry into or out of an election's events."""
     if entry.stream_id == election_id:
         return True
     data = entry.data if entry.type.startswith("Ballot") else None
-    return data is not None and data.get("election_id") == str(election_id)
+    named = data.get("election_id") if data is not None else None
+    if not isinstance(named, str):
+        return False
+    try:
+        return election_uuid(named) == election_id
+    except ValueError:
+        return False
 
 
 async def _previous(conn: AsyncConnection[Any], position: int) -> bytes | None:
