@@ -219,10 +219,7 @@ class Stack:
             for member in family:
                 with contextlib.suppress(psutil.Error):  # one gone: the others still count
                     api += member is not family[0] and _role(member) == "serve: api"
-                    listening += sum(
-                        conn.status == psutil.CONN_LISTEN and conn.laddr.port == self.port
-                        for conn in member.net_connections("tcp")
-                    )
+                    listening += _listeners(member, self.port)
             servers += api or int(name in ("api", "serve"))
         return listening >= servers
 
@@ -302,8 +299,7 @@ class Stack:
             if process.info["name"] != "beam.smp":
                 continue
             with contextlib.suppress(psutil.Error):
-                listening = process.net_connections(kind="tcp")
-                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in listening):
+                if _listeners(process, port):
                     nodes.append(process)
         return nodes
 
@@ -311,6 +307,14 @@ class Stack:
 # PostgreSQL's own processes that work for every database's commits (shared: a figure of
 # the whole server, which the stack alone uses during a benchmark on this machine).
 SERVER_BACKGROUND = ("walwriter", "checkpointer", "background writer")
+
+
+def _listeners(process: psutil.Process, port: int) -> int:
+    """How many sockets of the process listen on the port."""
+    return sum(
+        conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+        for conn in process.net_connections("tcp")
+    )
 
 
 def _backend_role(application_name: str) -> str:

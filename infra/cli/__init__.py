@@ -27,8 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SystemExit lets every `with` block unwind (the embedded PostgreSQL stops cleanly).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parser().parse_args(argv)
-    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
-    name_process_connections(words[0] if words else "cli")
+    name_process_connections(args.command_name)
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
@@ -53,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
         description="Cardinal Vote: an event-sourced voting backend. "
         "Configuration comes from the environment (see .env.example).",
     )
-    sub = root.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    sub = root.add_subparsers(
+        title="commands", required=True, metavar="COMMAND", dest="command_name"
+    )
     for family in (serve, ingest, operate, audit, importer, smoke, bench):
         family.add_commands(sub)
     return root
