@@ -17,6 +17,7 @@ from domain.election import Election, ElectionStatus
 from domain.errors import (
     AlreadyVoted,
     BallotNotFound,
+    CardinalError,
     ConcurrentRevision,
     ElectionNotFound,
     ElectionNotOpen,
@@ -178,7 +179,9 @@ class VotingApplication(Application[UUID]):
         share its group commits, with one wait for them all). A ballot that meets an
         earlier one of its voter in the log (a retry, a revision), and a voter's further
         ballots in this batch, then take the single-ballot path, in order, so the last one
-        in the batch counts.
+        in the batch counts. A ballot refused for a reason that says nothing about it (the
+        store busy or away: the caller sends it again) holds back its voter's later ones,
+        refused with the same error, so that they are sent again after it, not overtaken.
         """
         outcomes: list[Receipt | Exception | None] = [None] * len(ballots)
         try:
@@ -212,6 +215,8 @@ class VotingApplication(Application[UUID]):
                 if isinstance(result, ElectionNotOpen):
                     self.elections.pop(election_id, None)
                 outcomes[index] = result
+                if _retryable(result):
+                    _hold_back(later.pop(ballots[index][0].ballot_key), result, outcomes)
             else:
                 first = events[0]
                 outcomes[index] = Receipt(
@@ -222,7 +227,7 @@ class VotingApplication(Application[UUID]):
                 )
 
         async def in_order(indices: list[int]) -> None:
-            for index in indices:
+            for at, index in enumerate(indices):
                 voter, content, request_key = ballots[index]
                 try:
                     outcomes[index] = await self.cast_ballot(
@@ -230,6 +235,9 @@ class VotingApplication(Application[UUID]):
                     )
                 except Exception as error:  # the caller decides what each error means
                     outcomes[index] = error
+                    if _retryable(error):
+                        _hold_back(indices[at + 1 :], error, outcomes)
+                        return
 
         await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
         assert all(outcome is not None for outcome in outcomes)
@@ -308,6 +316,22 @@ class VotingApplication(Application[UUID]):
     async def _commit(self, aggregate: Aggregate) -> Receipt:
         recorded = await self.writer.append(aggregate)
         return Receipt(aggregate.id, aggregate.version, recorded.position, digest=recorded.digest)
+
+
+def _retryable(error: Exception) -> bool:
+    """An error that says nothing about the ballot (the store was busy or away, or another
+    change raced it): the caller is told to send it again."""
+    return not isinstance(error, CardinalError) or isinstance(error, ConcurrentRevision)
+
+
+def _hold_back(
+    indices: Sequence[int], error: Exception, outcomes: list[Receipt | Exception | None]
+) -> None:
+    """Refuse a voter's later ballots of a batch, with the error their earlier one met:
+    that one is to be sent again, and recording a later one first would let the retried,
+    older ballot revise it. Sent again in order, the last one counts, as it should."""
+    for index in indices:
+        outcomes[index] = error
 
 
 CLOSED_BEFORE_RECORDED = (

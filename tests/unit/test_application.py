@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import orjson
 import pytest
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import Notification, StoredEvent
 
-from domain.application import VotingApplication
+from domain.application import DirectWriter, VotingApplication
 from domain.ballot import Ballot, ballot_id
 from domain.election import Election, ElectionStatus
 from domain.errors import (
@@ -23,6 +25,7 @@ from domain.errors import (
     InvalidTransition,
     NotEligible,
 )
+from domain.ports import Overloaded, Recorded
 from domain.rules import ElectionRules
 from domain.voter import Voter
 
@@ -136,6 +139,59 @@ async def test_a_batch_casts_revises_replays_and_refuses_each_ballot_on_its_own(
     assert not isinstance(again[0], Exception)
     assert (again[0].id, again[0].version, again[0].replayed) == (replay_first.id, 1, True)
     assert _topics(app).count("Ballot.Cast") == 4  # old, new, old-replay, twice
+
+
+class _BusyOnce(DirectWriter):
+    """A writer whose next group (or single append) is refused at the door, as the group
+    commit writer refuses a group that would overfill its queue."""
+
+    groups_refused = 0
+    appends_refused = 0
+
+    async def append_each(
+        self,
+        appends: Sequence[Sequence[DomainEventProtocol[uuid.UUID]]],
+        *,
+        while_open: uuid.UUID | None = None,
+    ) -> list[Recorded | Exception]:
+        if self.groups_refused:
+            self.groups_refused -= 1
+            raise Overloaded("the writer's queue is full")
+        return await super().append_each(appends, while_open=while_open)
+
+    async def append(
+        self, aggregate: Aggregate, *, while_open: uuid.UUID | None = None
+    ) -> Recorded:
+        if self.appends_refused:
+            self.appends_refused -= 1
+            raise Overloaded("the writer's queue is full")
+        return await super().append(aggregate, while_open=while_open)
+
+
+async def test_a_ballot_sent_again_does_not_overtake_its_voters_later_one() -> None:
+    app = VotingApplication()
+    writer = app.writer = _BusyOnce(app)
+    election_id = await _open(app)
+    await app.cast_ballot(election_id, _voter("old"), {"choice": "a"})
+    # The group of first casts is refused: the voter's later ballot waits with it.
+    writer.groups_refused = 1
+    batch = [(_voter("x"), {"choice": "a"}, "m1"), (_voter("x"), {"choice": "b"}, "m2")]
+    first, second = await app.cast_ballots(election_id, batch)
+    assert isinstance(first, Overloaded)
+    assert second is first
+    # A revision refused on the single-ballot path holds back the voter's next one.
+    writer.appends_refused = 1
+    revised = [(_voter("old"), {"choice": "b"}, "r1"), (_voter("old"), {"choice": "a"}, "r2")]
+    first, second = await app.cast_ballots(election_id, revised)
+    assert isinstance(first, Overloaded)
+    assert second is first
+    # Sent again in order, the last ballot of each voter counts.
+    outcomes = await app.cast_ballots(election_id, batch + revised)
+    assert not any(isinstance(outcome, Exception) for outcome in outcomes)
+    for voter, last in (("x", {"choice": "b"}), ("old", {"choice": "a"})):
+        ballot = app.stored(ballot_id(election_id, f"ballot-of-{voter}"), Ballot)
+        assert ballot is not None
+        assert ballot.vote == last
 
 
 async def test_ballots_need_an_open_election_an_eligible_voter_and_a_valid_vote() -> None:
