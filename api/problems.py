@@ -76,6 +76,18 @@ class UnsupportedMediaType(Exception):
 BALLOT_PATHS = ("/ballots", "/withdrawals")
 
 
+DATABASE_ERRORS = (
+    psycopg.OperationalError,
+    persistence.OperationalError,
+    persistence.InterfaceError,
+    PoolTimeout,
+)
+DATABASE_UNAVAILABLE = (
+    "the database could not be reached; retry shortly (a ballot with the same "
+    "Idempotency-Key is never recorded twice)"
+)
+
+
 def _refused(request: Request, reason: str) -> None:
     """Count a refused ballot request (other refusals are visible in the HTTP metrics)."""
     if request.method == "POST" and request.url.path.endswith(BALLOT_PATHS):
@@ -140,7 +152,21 @@ def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:
         return problem_body(503, "Busy", OVERLOADED)
     if isinstance(exc, StoreUnavailable):
         return problem_body(503, "Event store unavailable", str(exc))
+    if isinstance(exc, DATABASE_ERRORS):
+        return problem_body(503, "Database unavailable", DATABASE_UNAVAILABLE)
     return None
+
+
+def fault(exc: BaseException, within: str) -> dict[str, Any]:
+    """The problem document for an unexpected error one ballot of a batch met (logged):
+    that ballot was not recorded, and its neighbours' outcomes stand."""
+    log.error("unexpected error with %s", within, exc_info=exc)
+    return problem_body(
+        500,
+        "Internal error",
+        "an unexpected error occurred with this ballot; it was not recorded (the error has "
+        "been logged)",
+    )
 
 
 def _message(error: Any) -> str:
@@ -191,13 +217,7 @@ def store_unavailable(request: Request, exc: Exception) -> Response:
 def database_unavailable(request: Request, exc: Exception) -> Response:
     _refused(request, "database_unavailable")
     log.warning("database error while serving a request: %s", exc)
-    return problem(
-        503,
-        "Database unavailable",
-        "the database could not be reached; retry shortly (a ballot with the same "
-        "Idempotency-Key is never recorded twice)",
-        headers={"Retry-After": "2"},
-    )
+    return problem(503, "Database unavailable", DATABASE_UNAVAILABLE, headers={"Retry-After": "2"})
 
 
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"

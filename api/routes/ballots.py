@@ -13,7 +13,7 @@ from starlette.responses import Response
 from api import context, documents
 from api.contract import Operation, operation
 from api.params import ELECTION_ID, IDEMPOTENCY_KEY
-from api.problems import Forbidden, problem_of
+from api.problems import Forbidden, fault, problem_of
 from api.responses import JSONResponse
 from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
@@ -127,10 +127,9 @@ async def cast_batch(request: Request) -> Response:
 
 
 def _problem(error: Exception, index: int) -> dict[str, Any]:
-    found = problem_of(error, f"ballots[{index}]")
-    if found is None:
-        raise error  # not about this ballot: the whole request fails as any other would
-    return found
+    """A ballot's refusal. Not the whole request's: its neighbours may be recorded."""
+    within = f"ballots[{index}]"
+    return problem_of(error, within) or fault(error, within)
 
 
 @operation(

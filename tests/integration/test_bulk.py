@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from psycopg_pool import PoolTimeout
 
+from infra.store.writer import GroupCommitWriter
 from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer
 from tests.servers import ADMIN, CLIENT
 
@@ -84,6 +87,44 @@ async def test_a_voters_ballots_in_one_batch_count_in_order(
     assert [r["version"] for r in results] == [1, 2, 3, 4, 5]
     body = await _counted(voting, election_id, results[-1]["position"])
     assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 0, "b": 1, "c": 0}
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "detail"),
+    [
+        (PoolTimeout("couldn't get a connection after 5.00 sec"), 503, "retry shortly"),
+        (RuntimeError("bug"), 500, "it was not recorded"),
+    ],
+)
+async def test_a_fault_on_one_ballot_leaves_its_neighbours_recorded(
+    voting: VotingClient,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Exception,
+    status: int,
+    detail: str,
+) -> None:
+    """A revision needs the voter's ballot read back; when that read fails (the pool of
+    connections exhausted, or a bug), that ballot alone is refused: the first casts of
+    the same request were recorded, and the answer says so, ballot by ballot."""
+    election_id = await voting.open_election("plurality", allow_revote=True)
+    assert (await _batch(http, election_id, [{"voter_id": "old", "choice": "a"}]))[0][
+        "version"
+    ] == 1
+
+    async def failing(*_: object) -> None:
+        raise fault
+
+    monkeypatch.setattr(GroupCommitWriter, "load_ballot", failing)
+    ballots = [{"voter_id": "new-1", "choice": "b"}, {"voter_id": "old", "choice": "c"}]
+    new, old = await _batch(http, election_id, ballots)
+    monkeypatch.undo()
+    assert (new["status"], new["version"]) == ("cast", 1)
+    assert old["status"] == status
+    assert detail in old["detail"]
+    counted = await _counted(voting, election_id, new["position"])
+    assert counted["ballots"] == 2  # old's first ballot and new-1's
+    assert counted["position"] >= new["position"]
 
 
 async def test_the_bulk_path_is_for_clients_and_bounded(
