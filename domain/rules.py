@@ -18,6 +18,11 @@ MAX_TITLE = 200
 MAX_LABEL = 200
 MAX_SCORE_MAGNITUDE = 1000
 MAX_SCORE_LEVELS = 101
+# A ranked tally keeps one counter per distinct ranking, keyed by the ranking's option ids
+# in order (``r:A>B>C``, domain/tabulation/counters.py), in an indexed column whose keys
+# PostgreSQL caps at about 2,700 bytes. A ranked election whose full ranking would make a
+# longer key is refused at creation, not left with ballots its tally could not count.
+MAX_RANKING_KEY = 2000
 # Live results advance in whole steps of this many counted ballot entries unless the
 # election asks otherwise (see domain/publication.py); 1 means exact live results.
 DEFAULT_LIVE_RESULTS_STEP = 10
@@ -147,6 +152,8 @@ class ElectionRules:
         """Validate raw rules (as an API client sends them) and pin them."""
         chosen = _enum(Method, method, "method")
         parsed_options = _parse_options(options)
+        if chosen.is_ranked:
+            _check_ranking_key(parsed_options)
         low, high = DEFAULT_SCORE_RANGE.get(chosen, (0, 0))
         if chosen.is_scored:
             low = low if min_score is None else _int(min_score, "min_score")
@@ -297,6 +304,17 @@ def _parse_options(raw: object) -> tuple[Option, ...]:
         seen.add(option_id)
         options.append(Option(option_id, label.strip()))
     return tuple(options)
+
+
+def _check_ranking_key(options: Sequence[Option]) -> None:
+    joined = sum(len(option.id) for option in options) + len(options) - 1
+    if joined > MAX_RANKING_KEY:
+        raise InvalidElection(
+            f"a ranked election's option ids, joined with one character between each two, "
+            f"may be at most {MAX_RANKING_KEY:,} characters long (each ranking is counted "
+            f"under its ids in order); these make {joined:,}: use shorter ids",
+            field="options",
+        )
 
 
 def validate_title(title: object) -> str:

@@ -38,6 +38,10 @@ NOTIFY_CHANNEL = "cardinal_projections"
 PAGE_SIZE = 5000
 # Failures that say nothing about the entries: the page is tried again as a whole.
 TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# ... except for these, which psycopg files as operational too: a limit an entry's own rows
+# went past (SQLSTATE class 54: a key too large for its index, say). Trying again would
+# meet it again, and hold up every entry after it: the entry is set aside instead.
+ABOUT_THE_ENTRIES = (psycopg.errors.ProgramLimitExceeded,)
 SET_ASIDE = """
 INSERT INTO projection_set_aside (name, version, position, election_id, type, reason)
 SELECT %s, %s, * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::text[])
@@ -179,6 +183,11 @@ class ProjectionRunner:
                 progress(last, upto)
 
 
+def transient(error: BaseException) -> bool:
+    """Whether a failure to apply entries says nothing about them (tried again as is)."""
+    return isinstance(error, TRANSIENT) and not isinstance(error, ABOUT_THE_ENTRIES)
+
+
 class _Unapplied(Exception):
     """A page that did not apply whole: it is applied again, entry runs in savepoints."""
 
@@ -192,9 +201,9 @@ async def _apply_whole(
     if events:
         try:
             await projection.apply(conn, schema_name(projection.name, version), events)
-        except TRANSIENT:
-            raise
         except Exception as error:
+            if transient(error):
+                raise
             raise _Unapplied from error
     return 0
 
@@ -230,9 +239,9 @@ async def _apply_or_split(
     try:
         async with conn.transaction():  # a savepoint: a failure undoes this try alone
             await projection.apply(conn, schema, events)
-    except TRANSIENT:
-        raise
     except Exception as error:
+        if transient(error):
+            raise
         projection.forget()  # its caches may hold what was just rolled back
         if len(events) == 1:
             aside.append((events[0], f"{type(error).__name__}: {error}"))

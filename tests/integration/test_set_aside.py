@@ -184,6 +184,52 @@ async def test_an_election_the_read_models_cannot_store_is_set_aside_with_its_ba
     assert status["catalog"]["set_aside"] >= 1  # the title and rules cannot be stored
 
 
+async def test_a_ballot_whose_counter_key_is_too_large_to_index_is_set_aside(
+    stack: tuple[str, VotingClient],
+) -> None:
+    """A ranked election created before the door capped its option ids: a full ranking
+    makes a counter key PostgreSQL cannot index (SQLSTATE 54000, which psycopg files as
+    an operational error). That ballot is set aside; it does not hold up the tally."""
+    url, voting = stack
+    ids = [f"o{n:02d}" for n in range(100)]
+    rules = ElectionRules.create(
+        options=[{"id": i, "label": i} for i in ids], method="irv", live_results_step=1
+    )
+    old = uuid.uuid4()
+    created = orjson.loads(
+        open_application(url)
+        .mapper.to_stored_event(Election.start("Old", rules).collect_events()[0])
+        .state
+    )
+    long_ids = [uuid.UUID(int=random.Random(n).getrandbits(128)).hex * 2 for n in range(100)]
+    for option, long_id in zip(created["rules"]["options"], long_ids, strict=True):
+        option["id"] = long_id
+    created["originator_id"] = str(old)
+    _write_raw(url, old, 1, f"{ELECTION_TOPIC}.Created", orjson.dumps(created))
+    opened = {"originator_id": str(old), "originator_version": 2, "timestamp": created["timestamp"]}
+    _write_raw(url, old, 2, f"{ELECTION_TOPIC}.Opened", orjson.dumps(opened))
+    healthy = await voting.open_election("plurality", live_results_step=1)
+
+    cast = await voting.cast(str(old), {"ranking": long_ids}, "long")
+    assert cast.status_code == 201, cast.text
+    short = await voting.cast(str(old), {"ranking": long_ids[:2]}, "short")
+    last = 0
+    for n in range(3):
+        last = (await voting.cast(healthy, {"choice": "a"}, f"h-{n}")).json()["position"]
+
+    assert (await voting.results(healthy, min_position=last)).json()["ballots"] == 3
+    body = (await voting.results(str(old), min_position=last)).json()
+    assert body["ballots"] == 1  # the short ranking counts
+    assert body["set_aside"] == 1
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT position, reason FROM projection_set_aside WHERE name = 'tally'"
+        ).fetchall()
+    assert [position for position, _ in rows] == [cast.json()["position"]]
+    assert "ProgramLimitExceeded" in rows[0][1]
+    assert short.json()["position"] < last
+
+
 async def test_a_rebuild_with_a_fixed_reader_recovers_what_was_set_aside() -> None:
     url = create_database("cardinal_set_aside")
     migrate(url)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from domain.errors import InvalidElection
-from domain.rules import ElectionRules, Method, TieBreak
+from domain.rules import MAX_RANKING_KEY, ElectionRules, Method, TieBreak
 
 OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
 
@@ -37,6 +37,25 @@ def test_rules_round_trip_through_their_stored_form() -> None:
 def test_every_method_has_a_ballot_field(method: str) -> None:
     rules = ElectionRules.create(options=OPTIONS, method=method)
     assert rules.method.ballot_field in ("choice", "approve", "scores", "ranking")
+
+
+LONG_IDS = [{"id": f"{n:02d}" + "x" * 62, "label": f"Option {n}"} for n in range(31)]
+
+
+def test_a_ranked_election_refuses_option_ids_too_long_to_count_every_ranking() -> None:
+    # 31 ids of 64 characters, joined: 2,014 characters, over the 2,000 a ranking key
+    # may take (PostgreSQL indexes keys of up to about 2,700 bytes).
+    with pytest.raises(InvalidElection, match="these make 2,014: use shorter ids") as raised:
+        ElectionRules.create(options=LONG_IDS, method="irv")
+    assert raised.value.field == "options"
+    fits = ElectionRules.create(options=LONG_IDS[:30], method="schulze")  # 1,949
+    assert len(fits.options) == 30
+    # Other methods keep no ranking keys: the same ids are fine.
+    assert len(ElectionRules.create(options=LONG_IDS, method="approval").options) == 31
+    assert MAX_RANKING_KEY == 2000
+    for method in (m for m in Method if m.is_ranked):
+        with pytest.raises(InvalidElection, match="use shorter ids"):
+            ElectionRules.create(options=LONG_IDS, method=method.value)
 
 
 @pytest.mark.parametrize(
