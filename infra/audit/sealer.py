@@ -186,7 +186,10 @@ def _election_of(position: int, kind: str, state: bytes) -> str:
     names no election (written around the application) is sealed all the same, and left
     for `audit verify` to report."""
     try:
-        return election_uuid(orjson.loads(state)["election_id"]).hex
+        named = orjson.loads(state)["election_id"]
+        if isinstance(named, str):
+            return election_uuid(named).hex
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        log.error("entry %d is a %s that names no election; sealed, not indexed", position, kind)
-        return "NULL"
+        pass
+    log.error("entry %d is a %s that names no election; sealed, not indexed", position, kind)
+    return "NULL"

@@ -226,18 +226,30 @@ async def test_an_audit_reads_one_snapshot_while_the_sealer_works(
     assert len(sealed) - first_unsealed > 30
 
 
-async def test_an_entry_naming_no_election_is_sealed_and_then_reported(store: str) -> None:
+@pytest.mark.parametrize(
+    "state",
+    [b"{}", b'{"election_id": 5}', b'{"election_id": {"a": 1}}', b'{"election_id": "x"}', b"[]"],
+)
+async def test_an_entry_naming_no_election_is_sealed_and_then_reported(
+    store: str, state: bytes
+) -> None:
     """One bad entry (written around the application) must not stop the sealer: it is
-    sealed like any other, and verify names it."""
+    sealed like any other, filed under no election, and verify names it."""
     with psycopg.connect(store, autocommit=True) as conn:
         row = conn.execute(
             "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
-            "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', '{}') "
-            "RETURNING notification_id"
+            "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', %s) "
+            "RETURNING notification_id",
+            (state,),
         ).fetchone()
     assert row is not None
     async with await psycopg.AsyncConnection.connect(store, autocommit=True) as conn:
         assert await Sealer(store, SIGNER).seal_pending(conn) == 1
+    with psycopg.connect(store) as conn:
+        filed = conn.execute(
+            "SELECT election_id FROM audit_chain WHERE position = %s", (row[0],)
+        ).fetchone()
+    assert filed == (None,)
     with pytest.raises(Discrepancy) as found:
         await _verify(store)
     assert found.value.position == row[0]
