@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from api import context
 from api.dashboard import e, results_panel
 from api.routes.results import current_results, reader
-from api.routes.streams import overview
+from api.routes.streams import overview, overview_reader
 from domain.errors import NotFound
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -31,6 +31,8 @@ CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
+# The heading of a results page whose election is not public (its title is in the panel).
+PRIVATE = "Election results"
 
 
 def routes() -> list[BaseRoute]:
@@ -89,10 +91,7 @@ async def to_overview(_: Request) -> Response:
 
 
 async def overview_panel(request: Request) -> Response:
-    everyone = "authorization" in request.headers
-    if everyone:
-        context.auth(request).identify(request)
-    document = await overview(context.services(request), everyone=everyone)
+    document = await overview(context.services(request), everyone=overview_reader(request))
     return HTMLResponse(_overview_html(document), headers=HEADERS)
 
 
@@ -139,7 +138,9 @@ async def results_page(request: Request) -> Response:
             body = await _panel_html(request)
         except Exception:  # hidden until the close: the script shows why
             body = ""
-    return _page(election.title, body, data)
+    # The page itself needs no token: an election without public results is named only
+    # in its panel, which does.
+    return _page(election.title if election.rules.public_results else PRIVATE, body, data)
 
 
 async def results_fragment(request: Request) -> Response:
@@ -149,7 +150,7 @@ async def results_fragment(request: Request) -> Response:
 async def _panel_html(request: Request) -> str:
     election_id, election, exact = await reader(request)
     document = await current_results(context.services(request), election_id, election, exact=exact)
-    return results_panel(document, "Results")
+    return results_panel(document, "Results" if election.rules.public_results else election.title)
 
 
 async def asset(request: Request) -> Response:

@@ -75,14 +75,19 @@ async def results(request: Request) -> Response:
     ``live_results_step`` ballot entries), and ``at`` answers what was published then.
     An election created with ``public_results`` is readable without a token.
     """
-    election_id, election, exact = await reader(request)
+    election_id, election, principal = await _reader(request)
+    exact = principal.can_act_as("auditor")
     services = context.services(request)
     # Every parameter is checked, whichever one decides the answer: a request the contract
     # calls invalid is refused, not half-read.
     wanted = context.int_param(request, "min_position", 0, minimum=0)
     if "at" in request.query_params:
         at = context.int_param(request, "at", 0, minimum=1)
-        return _conditional(request, await _results_at(services, election_id, at, exact=exact))
+        # An election that publishes its results at its close published nothing before:
+        # only those who saw them then (auditors, admins) may look back before the close.
+        unpublished = exact or principal.can_act_as("admin")
+        body = await _results_at(services, election_id, at, exact=exact, unpublished=unpublished)
+        return _conditional(request, body)
     caught_up = True
     if wanted:
         caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
@@ -108,6 +113,11 @@ def _conditional(
 async def reader(request: Request) -> tuple[UUID, Election, bool]:
     """The election whose results this caller may read, and whether they see them exact:
     403 while results are hidden from them, 401 without a token unless they are public."""
+    election_id, election, principal = await _reader(request)
+    return election_id, election, principal.can_act_as("auditor")
+
+
+async def _reader(request: Request) -> tuple[UUID, Election, Principal]:
     authenticator = context.auth(request)
     election_id = context.election_id(request)
     services = context.services(request)
@@ -130,7 +140,7 @@ async def reader(request: Request) -> tuple[UUID, Election, bool]:
             "and auditors see them"
         )
     check_reader(principal, election, partial(services.voter_keys.credential, election_id))
-    return election_id, election, exact
+    return election_id, election, principal
 
 
 def etag(rendered: bytes) -> str:
@@ -204,12 +214,13 @@ async def _final_chain_head(services: Services, body: dict[str, Any]) -> dict[st
 
 
 async def _results_at(
-    services: Services, election_id: UUID, at: int, *, exact: bool
+    services: Services, election_id: UUID, at: int, *, exact: bool, unpublished: bool
 ) -> dict[str, Any]:
     """Time travel: the results as of log position ``at``, recounted from the log itself
     (for a reader who sees stepped results: as last published at ``at``). A position
     beyond the log's head is taken as the head: results never claim a position the log
-    has not reached."""
+    has not reached. Before the close of an election that publishes its results at its
+    close, nothing was published: 403 unless ``unpublished`` (the reader saw them then)."""
     recount = Recount()
     async with services.reads.connection() as conn:
         at = min(at, await head(conn))
@@ -226,6 +237,16 @@ async def _results_at(
     count = recount.elections.get(election_id)
     if count is None:
         raise NotFound(f"election {election_id} did not exist yet at position {at}")
+    if (
+        count.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
+        and count.status is not ElectionStatus.CLOSED
+        and not unpublished
+    ):
+        raise Forbidden(
+            f"this election published no results before its close, and it was not closed "
+            f"yet at position {at}: ask for a position at or after its close (only admins "
+            f"and auditors see results from before it)"
+        )
     set_aside = sum(1 for s in recount.set_aside if s.election_id in (election_id, None))
     snapshot = recounted_snapshot(count, at, set_aside)
     status = ElectionStatus.OPEN if count.status is ElectionStatus.CLOSED else count.status

@@ -81,12 +81,7 @@ async def results_stream(request: Request) -> Response:
     )
 )
 async def elections_stream(request: Request) -> Response:
-    if "authorization" in request.headers:
-        if context.auth(request).identify(request).voter_token is not None:
-            raise Forbidden("a voter token reads only the election it was issued for")
-        everyone = True
-    else:
-        everyone = False
+    everyone = overview_reader(request)
     services = context.services(request)
 
     async def build() -> tuple[int, dict[str, Any]]:
@@ -94,6 +89,16 @@ async def elections_stream(request: Request) -> Response:
         return int(document["position"]), document
 
     return EventStream(hub(request), ("overview", everyone), build)  # type: ignore[return-value]
+
+
+def overview_reader(request: Request) -> bool:
+    """Whether the caller sees every election in the overview (a role), or only those with
+    public results (no token); 401 for a token not recognised, 403 for a voter token."""
+    if "authorization" not in request.headers:
+        return False
+    if context.auth(request).identify(request).voter_token is not None:
+        raise Forbidden("a voter token reads only the election it was issued for")
+    return True
 
 
 async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:

@@ -122,6 +122,55 @@ async def test_a_client_cannot_isolate_one_ballot_by_time_travel(voting: VotingC
     assert (exact["ballots"], previous["ballots"], exact["stepped"]) == (13, 12, False)
 
 
+async def test_an_election_that_publishes_at_its_close_has_no_past_before_it(
+    voting: VotingClient,
+) -> None:
+    """Nothing was published while it was open, so after the close no one but an admin
+    or an auditor (who saw results then) may look back before the close: else
+    ``?at=P`` minus ``?at=P-1`` would be the ballot at P, even with steps of 1."""
+    election_id = await voting.open_election(
+        "plurality", results_visibility="after_close", live_results_step=1, public_results=True
+    )
+    positions = [
+        (await voting.cast(election_id, {"choice": c}, f"ac-{c}")).json()["position"] for c in "abc"
+    ]
+    closed = (await voting.close(election_id))["position"]
+    url = f"/api/elections/{election_id}/results"
+    for headers in ({}, bearer(CLIENT)):
+        for position in positions:
+            refused = await voting.http.get(url, params={"at": position}, headers=headers)
+            assert_problem(refused, 403, "published no results before its close")
+        final = await voting.http.get(url, params={"at": closed}, headers=headers)
+        assert final.status_code == 200, final.text
+        assert (final.json()["ballots"], final.json()["stepped"]) == (3, False)
+    middle = positions[1]
+    assert (await _at(voting, election_id, middle, AUDITOR))["ballots"] == 2
+    assert (await _at(voting, election_id, middle, ADMIN))["position"] <= middle
+
+
+async def test_the_pages_name_an_election_without_public_results_only_to_a_role(
+    voting: VotingClient,
+) -> None:
+    private = await voting.create_election("plurality", title="Board recall (private)")
+    public = await voting.create_election("plurality", title="Lunch (public)", public_results=True)
+    panel = "/overview/panel"
+    anonymous = await voting.http.get(panel)
+    assert anonymous.status_code == 200
+    assert "Lunch (public)" in anonymous.text
+    assert "Board recall" not in anonymous.text
+    # Any string shaped like a voter token was once taken as a caller with a role here.
+    assert_problem(await voting.http.get(panel, headers=bearer("cvt_anything")), 403, "voter")
+    assert_problem(await voting.http.get(panel, headers=bearer("nope")), 401, "not recognised")
+    assert "Board recall" in (await voting.http.get(panel, headers=bearer(CLIENT))).text
+    # The page itself needs no token: it names the election only if its results are public.
+    page = await voting.http.get(f"/elections/{private['id']}")
+    assert page.status_code == 200
+    assert "Board recall" not in page.text
+    assert "Lunch (public)" in (await voting.http.get(f"/elections/{public['id']}")).text
+    fragment = await voting.http.get(f"/elections/{private['id']}/panel", headers=bearer(CLIENT))
+    assert "Board recall (private)" in fragment.text
+
+
 async def test_live_results_move_in_whole_steps_for_every_reader_but_auditors(
     voting: VotingClient,
 ) -> None:
