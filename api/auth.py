@@ -70,7 +70,11 @@ class Authenticator:
             return Principal(voter_token=token)
         if self.access_tokens is not None and looks_like_jwt(token):
             claims = self.access_tokens.verify(token)
-            if claims is not None and claims["role"] in IMPLIED:
+            if (
+                claims is not None
+                and isinstance(claims.get("role"), str)
+                and claims["role"] in IMPLIED
+            ):
                 return Principal(role=str(claims["role"]))
             raise Unauthorized(
                 "this access token is not valid (expired, or not issued here); sign in again"

@@ -132,6 +132,7 @@ async def test_forged_expired_or_foreign_access_tokens_are_401(
         jwt.encode({**claims, "iss": "elsewhere"}, JWT_KEY, algorithm="HS256"),
         jwt.encode({k: v for k, v in claims.items() if k != "jti"}, JWT_KEY, algorithm="HS256"),
         jwt.encode({**claims, "role": "auditor"}, JWT_KEY, algorithm="HS256"),
+        jwt.encode({**claims, "role": ["admin"]}, JWT_KEY, algorithm="HS256"),  # not a name
         jwt.encode(claims, None, algorithm="none"),  # type: ignore[arg-type]
         good[:-4] + "AAAA",  # tampered signature
     ]
