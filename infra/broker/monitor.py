@@ -44,7 +44,9 @@ class BrokerMonitor:
                 await self._connection.close()
 
     def describe(self) -> str:
-        return "ok" if self.connected else f"degraded: {self.reason}"
+        # Anyone may read this (/api/health): the reason, which may name hosts and ports,
+        # goes to the log only.
+        return "ok" if self.connected else "degraded: the broker is unreachable (see the log)"
 
     def _set(self, connected: bool, reason: str = "") -> None:
         if connected != self.connected:
