@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 LINGER = 0.005  # seconds a batch waits for more messages once the inbox is empty
 MAX_BACKOFF = 5.0
+# An unexpected error (not a refusal of the ballot, not the store away) may pass: a ballot
+# meeting one is tried this many times, then refused as a fault, so that it cannot hold up
+# the batch, and the queue behind it, for ever.
+FAULT_ATTEMPTS = 3
 DEPTH_EVERY = 5.0
 
 
@@ -184,10 +188,8 @@ class Ingester:
             for item, outcome in zip(group, results, strict=True):
                 if isinstance(outcome, Receipt):
                     item.receipt = outcome
-                elif _transient(outcome):
-                    retry.append(item)
                 else:
-                    item.refuse(outcome)
+                    _refused_or_again(item, outcome, retry)
         return retry
 
     async def _elections(
@@ -303,12 +305,20 @@ def _result(item: Item) -> dict[str, Any]:
     return item.problem
 
 
-def _transient(error: Exception) -> bool:
-    """An error that says nothing about the ballot: the store, or a race to retry."""
-    if isinstance(error, ConcurrentRevision):
-        return True
+def _refused_or_again(item: Item, error: Exception, retry: list[Item]) -> None:
+    """Refuse the ballot, or put it in ``retry``: where the error says nothing about it
+    (the store away or busy, a race), and for an unexpected one, up to FAULT_ATTEMPTS."""
     found = problem_of(error)
-    return found is None or found["status"] == 503
+    if isinstance(error, ConcurrentRevision) or (found is not None and found["status"] == 503):
+        retry.append(item)
+    elif found is not None:
+        item.refuse(error)
+    else:
+        item.faults += 1
+        if item.faults < FAULT_ATTEMPTS:
+            retry.append(item)
+        else:
+            item.refuse_as_fault(error)
 
 
 async def _release(batch: list[Delivery]) -> None:

@@ -22,7 +22,7 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from api.problems import problem_of
+from api.problems import fault, problem_of
 from api.responses import problem_body
 from api.schemas import BallotIn, IdempotencyKey, VoterId
 from domain.application import Receipt
@@ -68,12 +68,18 @@ class Item:
     receipt: Receipt | None = None
     problem: dict[str, Any] | None = None
     reason: str = ""
+    faults: int = 0  # unexpected errors met so far (infra/ingest/consumer.py)
 
     def refuse(self, error: Exception) -> None:
         found = problem_of(error, self.within)
         assert found is not None, error
         self.problem = found
         self.reason = _reason(error)
+
+    def refuse_as_fault(self, error: Exception) -> None:
+        """Refuse it for an unexpected error (a bug, a row the store would not take)."""
+        self.problem = fault(error, self.within or "an ingested ballot")
+        self.reason = "fault"
 
     @property
     def settled(self) -> bool:

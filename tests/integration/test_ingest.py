@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,7 +21,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from domain.ballot import ballot_id
-from infra.ingest.consumer import Ingester
+from domain.election import Election
+from domain.voter import Voter
+from infra.ingest.consumer import FAULT_ATTEMPTS, Ingester
 from infra.ingest.publisher import publish
 from infra.ingest.queues import DELIVERY_LIMIT, IngestQueues
 from infra.ingest.service import consume_forever, ingester
@@ -270,6 +272,44 @@ async def test_poison_messages_are_refused_with_the_problem_and_not_redelivered(
     assert {reason: _refused(reason) - before[reason] for reason in reasons} == dict.fromkeys(
         reasons, 1
     )
+
+
+async def test_a_ballot_meeting_an_unexpected_error_is_refused_after_a_few_tries(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that trips on one ballot must not hold up its batch, and the queue behind it,
+    for ever: the ballot is tried FAULT_ATTEMPTS times, then refused as a fault."""
+    election_id = await ingest.election()
+    accept_vote = Election.accept_vote
+    tried: list[str] = []
+
+    def buggy(self: Election, voter: Voter, content: Mapping[str, Any]) -> Any:
+        if content.get("choice") == "no":
+            tried.append("no")
+            raise RuntimeError("a bug that trips on this ballot")
+        return accept_vote(self, voter, content)
+
+    monkeypatch.setattr(Election, "accept_vote", buggy)
+    await publish(
+        AMQP_URL,
+        ingest.queue,
+        [
+            ("f-before", ballot(election_id, "before")),
+            ("f-bug", ballot(election_id, "bug", choice="no")),
+            ("f-after", ballot(election_id, "after")),
+        ],
+    )
+    refused = await take_all(ingest.queue + ".refused", 1)
+    assert refused[0].message_id == "f-bug"
+    assert refused[0].headers["x-refusal-status"] == 500
+    assert "it was not recorded" in str(refused[0].headers["x-refusal"])
+    assert len(tried) == FAULT_ATTEMPTS
+    assert await ingest.until_counted(election_id, ["before", "after"]) == {
+        "before": 1,
+        "after": 1,
+    }
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert ingest.versions(election_id, ["bug"]) == {}
 
 
 def _refused(reason: str) -> float:
