@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from api.responses import ProblemResponse, problem, problem_body
 from domain import errors
-from domain.ports import Overloaded, StoreUnavailable
+from domain.ports import HeldBack, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
 
@@ -148,19 +148,27 @@ def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:
         return found
     if isinstance(exc, pydantic.ValidationError):
         return _invalid(exc, within)
+    passing = _passing(exc)
+    return None if passing is None else problem_body(503, *passing)
+
+
+def _passing(exc: BaseException) -> tuple[str, str] | None:
+    """The title and detail of an error that says nothing about the ballot (retry it)."""
     if isinstance(exc, Overloaded):
-        return problem_body(503, "Busy", OVERLOADED)
+        return "Busy", OVERLOADED
     if isinstance(exc, StoreUnavailable):
-        return problem_body(503, "Event store unavailable", str(exc))
+        return "Event store unavailable", str(exc)
+    if isinstance(exc, HeldBack):
+        return "Held back", str(exc)
     if isinstance(exc, DATABASE_ERRORS):
-        return problem_body(503, "Database unavailable", DATABASE_UNAVAILABLE)
+        return "Database unavailable", DATABASE_UNAVAILABLE
     return None
 
 
-def fault(exc: BaseException, within: str) -> dict[str, Any]:
-    """The problem document for an unexpected error one ballot of a batch met (logged):
-    that ballot was not recorded, and its neighbours' outcomes stand."""
-    log.error("unexpected error with %s", within, exc_info=exc)
+def fault() -> dict[str, Any]:
+    """The problem document for an unexpected error one ballot of a batch met (the caller
+    logs it, once however many ballots it met): that ballot was not recorded, and its
+    neighbours' outcomes stand."""
     return problem_body(
         500,
         "Internal error",

@@ -22,7 +22,7 @@ from domain.errors import (
     ElectionNotFound,
     ElectionNotOpen,
 )
-from domain.ports import EventWriter, Recorded, VersionConflict
+from domain.ports import EventWriter, HeldBack, Recorded, VersionConflict
 from domain.rules import ElectionRules, validate_title
 from domain.voter import Voter
 
@@ -180,29 +180,15 @@ class VotingApplication(Application[UUID]):
         earlier one of its voter in the log (a retry, a revision), and a voter's further
         ballots in this batch, then take the single-ballot path, in order, so the last one
         in the batch counts. A ballot refused for a reason that says nothing about it (the
-        store busy or away: the caller sends it again) holds back its voter's later ones,
-        refused with the same error, so that they are sent again after it, not overtaken.
+        store busy or away: the caller sends it again) holds back its voter's later ones
+        (HeldBack), so that they are sent again after it, not overtaken.
         """
         outcomes: list[Receipt | Exception | None] = [None] * len(ballots)
         try:
             election = await self._taking_ballots(election_id)
         except Exception as error:  # the caller decides what each error means
             return [error] * len(ballots)
-        firsts: list[list[DomainEventProtocol[UUID]]] = []
-        placed: list[int] = []
-        later: dict[str, list[int]] = {}  # a voter's ballots that wait for their first
-        for index, (voter, content, request_key) in enumerate(ballots):
-            if voter.ballot_key in later:
-                later[voter.ballot_key].append(index)
-                continue
-            later[voter.ballot_key] = []
-            try:
-                vote = election.accept_vote(voter, content).to_json()
-            except Exception as error:
-                outcomes[index] = error
-                continue
-            firsts.append([Ballot.first_cast(election_id, voter.ballot_key, vote, request_key)])
-            placed.append(index)
+        placed, firsts, later = _first_casts(election, ballots, outcomes)
         try:
             recorded = await self.writer.append_each(firsts, while_open=election_id)
         except Exception as error:
@@ -216,7 +202,7 @@ class VotingApplication(Application[UUID]):
                     self.elections.pop(election_id, None)
                 outcomes[index] = result
                 if _retryable(result):
-                    _hold_back(later.pop(ballots[index][0].ballot_key), result, outcomes)
+                    _hold_back(later.pop(ballots[index][0].ballot_key), outcomes)
             else:
                 first = events[0]
                 outcomes[index] = Receipt(
@@ -236,7 +222,7 @@ class VotingApplication(Application[UUID]):
                 except Exception as error:  # the caller decides what each error means
                     outcomes[index] = error
                     if _retryable(error):
-                        _hold_back(indices[at + 1 :], error, outcomes)
+                        _hold_back(indices[at + 1 :], outcomes)
                         return
 
         await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
@@ -318,20 +304,52 @@ class VotingApplication(Application[UUID]):
         return Receipt(aggregate.id, aggregate.version, recorded.position, digest=recorded.digest)
 
 
+def _first_casts(
+    election: Election,
+    ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]],
+    outcomes: list[Receipt | Exception | None],
+) -> tuple[list[int], list[list[DomainEventProtocol[UUID]]], dict[str, list[int]]]:
+    """Each voter's first ballot of a batch, as its first-cast event (with its index), and
+    each voter's later ballots' indices; a ballot the election refuses has its error in
+    ``outcomes`` (and a passing one holds back its voter's later ballots)."""
+    placed: list[int] = []
+    firsts: list[list[DomainEventProtocol[UUID]]] = []
+    later: dict[str, list[int]] = {}  # a voter's ballots that wait for their first
+    stalled: list[int] = []  # first ballots refused for a passing reason
+    for index, (voter, content, request_key) in enumerate(ballots):
+        if voter.ballot_key in later:
+            later[voter.ballot_key].append(index)
+            continue
+        later[voter.ballot_key] = []
+        try:
+            vote = election.accept_vote(voter, content).to_json()
+        except Exception as error:
+            outcomes[index] = error
+            if _retryable(error):
+                stalled.append(index)
+            continue
+        firsts.append([Ballot.first_cast(election.id, voter.ballot_key, vote, request_key)])
+        placed.append(index)
+    for index in stalled:
+        _hold_back(later.pop(ballots[index][0].ballot_key), outcomes)
+    return placed, firsts, later
+
+
 def _retryable(error: Exception) -> bool:
     """An error that says nothing about the ballot (the store was busy or away, or another
     change raced it): the caller is told to send it again."""
     return not isinstance(error, CardinalError) or isinstance(error, ConcurrentRevision)
 
 
-def _hold_back(
-    indices: Sequence[int], error: Exception, outcomes: list[Receipt | Exception | None]
-) -> None:
-    """Refuse a voter's later ballots of a batch, with the error their earlier one met:
-    that one is to be sent again, and recording a later one first would let the retried,
-    older ballot revise it. Sent again in order, the last one counts, as it should."""
+def _hold_back(indices: Sequence[int], outcomes: list[Receipt | Exception | None]) -> None:
+    """Refuse a voter's later ballots of a batch (HeldBack): their earlier one is to be
+    sent again, and recording a later one first would let the retried, older ballot revise
+    it. Sent again in order, the last one counts, as it should."""
     for index in indices:
-        outcomes[index] = error
+        outcomes[index] = HeldBack(
+            "not recorded: an earlier ballot of the same voter in this batch was not "
+            "recorded, and this one must follow it; send both again, in order"
+        )
 
 
 CLOSED_BEFORE_RECORDED = (

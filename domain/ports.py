@@ -21,6 +21,12 @@ class Overloaded(Exception):
     caller should retry later. Nothing was recorded."""
 
 
+class HeldBack(Exception):
+    """Not recorded: an earlier ballot of the same voter in the batch was refused for a
+    passing reason, and this one waits to be sent again after it (else the older ballot,
+    sent again, would revise this newer one)."""
+
+
 class StoreUnavailable(Exception):
     """The event store cannot be reached: the append was not recorded (the writer raises
     this only when it is certain of that; an append whose commit went unanswered waits for

@@ -41,7 +41,12 @@ TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 # ... except for these, which psycopg files as operational too: a limit an entry's own rows
 # went past (SQLSTATE class 54: a key too large for its index, say). Trying again would
 # meet it again, and hold up every entry after it: the entry is set aside instead.
-ABOUT_THE_ENTRIES = (psycopg.errors.ProgramLimitExceeded,)
+ABOUT_THE_ENTRIES = (
+    psycopg.errors.ProgramLimitExceeded,
+    psycopg.errors.StatementTooComplex,
+    psycopg.errors.TooManyColumns,
+    psycopg.errors.TooManyArguments,
+)
 SET_ASIDE = """
 INSERT INTO projection_set_aside (name, version, position, election_id, type, reason)
 SELECT %s, %s, * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::text[])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 from uuid import UUID
@@ -22,9 +23,10 @@ from domain.errors import CardinalError, InvalidBallot, InvalidRequest
 from domain.rules import Eligibility
 from domain.voter import Voter
 from infra.batched_metrics import BatchedCounter
-from infra.metrics import BALLOTS_ACCEPTED
+from infra.metrics import BALLOTS_ACCEPTED, BALLOTS_REFUSED
 from infra.runtime.voters import request_key
 
+log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY = 255
 ACCEPTED = {
     kind: BatchedCounter(BALLOTS_ACCEPTED.labels(kind))
@@ -114,22 +116,30 @@ async def cast_batch(request: Request) -> Response:
     )
     election = str(election_id)
     kinds: Counter[str] = Counter()
+    faults: dict[int, tuple[Exception, list[int]]] = {}  # one error may meet many ballots
     for (index, *_), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, Receipt):
             kind = "cast" if outcome.version == 1 else "revised"
             kinds["replayed" if outcome.replayed else kind] += 1
             results[index] = receipt_view(outcome, election, kind)
-        else:
-            results[index] = _problem(outcome, index)
+        elif (found := problem_of(outcome, f"ballots[{index}]")) is not None:
+            results[index] = found
+        else:  # not a refusal of the ballot but a fault: this one alone was not recorded
+            faults.setdefault(id(outcome), (outcome, []))[1].append(index)
+            results[index] = fault()
     for kind, count in kinds.items():
         ACCEPTED[kind].inc(count)
+    for error, indices in faults.values():
+        log.error("unexpected error with %d ballot(s) of a batch", len(indices), exc_info=error)
+        BALLOTS_REFUSED.labels("fault").inc(len(indices))
     return JSONResponse({"results": results}, headers=limited)
 
 
 def _problem(error: Exception, index: int) -> dict[str, Any]:
-    """A ballot's refusal. Not the whole request's: its neighbours may be recorded."""
-    within = f"ballots[{index}]"
-    return problem_of(error, within) or fault(error, within)
+    """A ballot's refusal (it names the field, within the request). Not the request's."""
+    found = problem_of(error, f"ballots[{index}]")
+    assert found is not None, error
+    return found
 
 
 @operation(

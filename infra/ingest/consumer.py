@@ -166,13 +166,14 @@ class Ingester:
         retry: list[Item] = []
         elections = await self._elections({item.election_id for item in items})
         groups: dict[UUID, list[Item]] = {}
+        faults: dict[int, tuple[Exception, int]] = {}  # one error may meet many ballots
         for item in items:
             assert item.election_id is not None
             found = elections[item.election_id]
-            if found is None:
-                retry.append(item)
-            elif isinstance(found, CardinalError):
+            if isinstance(found, CardinalError):
                 item.refuse(found)
+            elif isinstance(found, Exception):
+                _refused_or_again(item, found, retry, faults)
             else:
                 if item.voter is None:
                     identify(item, found, self.keys)
@@ -189,23 +190,22 @@ class Ingester:
                 if isinstance(outcome, Receipt):
                     item.receipt = outcome
                 else:
-                    _refused_or_again(item, outcome, retry)
+                    _refused_or_again(item, outcome, retry, faults)
+        for error, count in faults.values():
+            log.error("unexpected error with %d ballot(s); refused", count, exc_info=error)
         return retry
 
-    async def _elections(
-        self, ids: set[UUID | None]
-    ) -> dict[UUID, Election | CardinalError | None]:
-        """Each election, or why its ballots are refused, or None: the store did not answer."""
-        elections: dict[UUID, Election | CardinalError | None] = {}
+    async def _elections(self, ids: set[UUID | None]) -> dict[UUID, Election | Exception]:
+        """Each election, or why its ballots are refused (a CardinalError), or the error its
+        reading met: the store away (tried again), or a fault (counted, then refused)."""
+        elections: dict[UUID, Election | Exception] = {}
         for election_id in ids:
             assert election_id is not None
             try:
                 elections[election_id] = await self.app.election(election_id)
-            except CardinalError as refused:
-                elections[election_id] = refused
-            except Exception as error:  # the store: try again later
+            except Exception as error:
                 log.debug("election %s could not be read: %s", election_id, error)
-                elections[election_id] = None
+                elections[election_id] = error
         return elections
 
     def _check_open(self, batch: list[Delivery]) -> None:
@@ -305,9 +305,12 @@ def _result(item: Item) -> dict[str, Any]:
     return item.problem
 
 
-def _refused_or_again(item: Item, error: Exception, retry: list[Item]) -> None:
+def _refused_or_again(
+    item: Item, error: Exception, retry: list[Item], faults: dict[int, tuple[Exception, int]]
+) -> None:
     """Refuse the ballot, or put it in ``retry``: where the error says nothing about it
-    (the store away or busy, a race), and for an unexpected one, up to FAULT_ATTEMPTS."""
+    (the store away or busy, a race, an earlier ballot of its voter to go first), and for
+    an unexpected one, up to FAULT_ATTEMPTS (``faults``: those refused, to log once)."""
     found = problem_of(error)
     if isinstance(error, ConcurrentRevision) or (found is not None and found["status"] == 503):
         retry.append(item)
@@ -318,7 +321,9 @@ def _refused_or_again(item: Item, error: Exception, retry: list[Item]) -> None:
         if item.faults < FAULT_ATTEMPTS:
             retry.append(item)
         else:
-            item.refuse_as_fault(error)
+            item.refuse_as_fault()
+            seen = faults.get(id(error), (error, 0))
+            faults[id(error)] = (error, seen[1] + 1)
 
 
 async def _release(batch: list[Delivery]) -> None:

@@ -76,9 +76,9 @@ class Item:
         self.problem = found
         self.reason = _reason(error)
 
-    def refuse_as_fault(self, error: Exception) -> None:
+    def refuse_as_fault(self) -> None:
         """Refuse it for an unexpected error (a bug, a row the store would not take)."""
-        self.problem = fault(error, self.within or "an ingested ballot")
+        self.problem = fault()
         self.reason = "fault"
 
     @property

@@ -290,26 +290,41 @@ async def test_a_ballot_meeting_an_unexpected_error_is_refused_after_a_few_tries
         return accept_vote(self, voter, content)
 
     monkeypatch.setattr(Election, "accept_vote", buggy)
+    # An election whose creation entry cannot be read: its ballots are faults too.
+    unreadable = uuid.uuid4()
+    assert ingest.database_url is not None
+    with psycopg.connect(ingest.database_url) as conn, conn.transaction():
+        conn.execute("LOCK TABLE cardinal_events IN EXCLUSIVE MODE")
+        conn.execute(
+            "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, 'domain.election:Election.Created', %s)",
+            (unreadable, b"\x00not json"),
+        )
     await publish(
         AMQP_URL,
         ingest.queue,
         [
             ("f-before", ballot(election_id, "before")),
             ("f-bug", ballot(election_id, "bug", choice="no")),
+            # The same voter's next ballot waits for the faulty one, then counts alone.
+            ("f-bug-next", ballot(election_id, "bug", choice="yes")),
+            ("f-unreadable", ballot(unreadable, "x")),
             ("f-after", ballot(election_id, "after")),
         ],
     )
-    refused = await take_all(ingest.queue + ".refused", 1)
-    assert refused[0].message_id == "f-bug"
-    assert refused[0].headers["x-refusal-status"] == 500
-    assert "it was not recorded" in str(refused[0].headers["x-refusal"])
+    refused = await take_all(ingest.queue + ".refused", 2)
+    by_id = {m.message_id: m for m in refused}
+    assert set(by_id) == {"f-bug", "f-unreadable"}
+    for message in refused:
+        assert message.headers["x-refusal-status"] == 500
+        assert "it was not recorded" in str(message.headers["x-refusal"])
     assert len(tried) == FAULT_ATTEMPTS
-    assert await ingest.until_counted(election_id, ["before", "after"]) == {
+    assert await ingest.until_counted(election_id, ["before", "bug", "after"]) == {
         "before": 1,
+        "bug": 1,  # f-bug-next, held back behind f-bug, then recorded
         "after": 1,
     }
     await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
-    assert ingest.versions(election_id, ["bug"]) == {}
 
 
 def _refused(reason: str) -> float:

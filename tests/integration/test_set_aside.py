@@ -228,6 +228,20 @@ async def test_a_ballot_whose_counter_key_is_too_large_to_index_is_set_aside(
     assert [position for position, _ in rows] == [cast.json()["position"]]
     assert "ProgramLimitExceeded" in rows[0][1]
     assert short.json()["position"] < last
+    # A rebuild meets it too, in its bulk build: it sets it aside the same way.
+    version = (await _status(voting))["tally"]["version"]
+    rebuilt = await voting.http.post(
+        "/api/admin/projections/tally/rebuild", headers=bearer(OPERATOR)
+    )
+    assert rebuilt.status_code == 202, rebuilt.text
+
+    async def switched() -> dict[str, Any] | None:
+        tally = (await _status(voting))["tally"]
+        return tally if tally["version"] > version and tally["state"] == "live" else None
+
+    tally = await _until(switched, patience=60)
+    assert tally["set_aside"] == 1
+    assert (await voting.results(str(old))).json()["ballots"] == 1
 
 
 async def test_a_rebuild_with_a_fixed_reader_recovers_what_was_set_aside() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import pytest
@@ -25,7 +26,7 @@ from domain.errors import (
     InvalidTransition,
     NotEligible,
 )
-from domain.ports import Overloaded, Recorded
+from domain.ports import HeldBack, Overloaded, Recorded
 from domain.rules import ElectionRules
 from domain.voter import Voter
 
@@ -178,13 +179,13 @@ async def test_a_ballot_sent_again_does_not_overtake_its_voters_later_one() -> N
     batch = [(_voter("x"), {"choice": "a"}, "m1"), (_voter("x"), {"choice": "b"}, "m2")]
     first, second = await app.cast_ballots(election_id, batch)
     assert isinstance(first, Overloaded)
-    assert second is first
+    assert isinstance(second, HeldBack)
     # A revision refused on the single-ballot path holds back the voter's next one.
     writer.appends_refused = 1
     revised = [(_voter("old"), {"choice": "b"}, "r1"), (_voter("old"), {"choice": "a"}, "r2")]
     first, second = await app.cast_ballots(election_id, revised)
     assert isinstance(first, Overloaded)
-    assert second is first
+    assert isinstance(second, HeldBack)
     # Sent again in order, the last ballot of each voter counts.
     outcomes = await app.cast_ballots(election_id, batch + revised)
     assert not any(isinstance(outcome, Exception) for outcome in outcomes)
@@ -192,6 +193,37 @@ async def test_a_ballot_sent_again_does_not_overtake_its_voters_later_one() -> N
         ballot = app.stored(ballot_id(election_id, f"ballot-of-{voter}"), Ballot)
         assert ballot is not None
         assert ballot.vote == last
+
+
+async def test_a_ballot_the_election_fails_to_read_holds_back_its_voters_later_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected error reading a vote may pass (the ingester tries it again): the
+    voter's later ballot waits for it; an invalid vote, refused for good, does not hold
+    anything back."""
+    app = VotingApplication()
+    election_id = await _open(app)
+    accept_vote = Election.accept_vote
+    failures = [RuntimeError("a passing fault")]
+
+    def flaky(self: Election, voter: Voter, content: dict[str, object]) -> Any:
+        if content.get("choice") == "a" and failures:
+            raise failures.pop()
+        return accept_vote(self, voter, content)
+
+    monkeypatch.setattr(Election, "accept_vote", flaky)
+    batch = [(_voter("y"), {"choice": "a"}, "m1"), (_voter("y"), {"choice": "b"}, "m2")]
+    first, second = await app.cast_ballots(election_id, batch)
+    assert isinstance(first, RuntimeError)
+    assert isinstance(second, HeldBack)
+    assert all(not isinstance(o, Exception) for o in await app.cast_ballots(election_id, batch))
+    ballot = app.stored(ballot_id(election_id, "ballot-of-y"), Ballot)
+    assert ballot is not None
+    assert ballot.vote == {"choice": "b"}
+    invalid = [(_voter("z"), {"choice": "zzz"}, None), (_voter("z"), {"choice": "b"}, None)]
+    refused, recorded = await app.cast_ballots(election_id, invalid)
+    assert isinstance(refused, InvalidBallot)
+    assert not isinstance(recorded, Exception)
 
 
 async def test_ballots_need_an_open_election_an_eligible_voter_and_a_valid_vote() -> None:
