@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,19 @@ class Reply:
 class LeanConnection:
     """One keep-alive connection; requests on it go one at a time."""
 
-    def __init__(self, host: str, port: int, token: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        prefix: str = "",
+    ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls  # HTTPS: the token never goes out in the clear
+        self.prefix = prefix.rstrip("/")  # a path the API is served under (behind a proxy)
         self._auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -65,12 +76,14 @@ class LeanConnection:
         headers: dict[str, str] | None = None,
     ) -> Reply:
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.tls
+            )
         assert self._reader is not None
         payload = b"" if body is None else orjson.dumps(body)
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode()
         self._writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n".encode()
+            f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}\r\n".encode()
             + self._auth
             + extra
             + b"Content-Type: application/json\r\nContent-Length: "

@@ -8,8 +8,14 @@
   write-in. Marks become a ranking by the rules chosen (``domain.cvr``). An optional
   ``voter_id``, ``ballot_id``, ``cvr_id`` or ``id`` column names the voter.
 
-Every ballot gets an idempotency key derived from the file's content and the ballot's line,
-so that importing the same file again (after a failure half-way, say) counts nothing twice.
+A ballot is named by its voter: the file's ``voter_id`` (or the CVR's voter column), else,
+in a CVR that names no voter, ``SOURCE`` and the record's number in the file (``--source``:
+a name for the file's ballots that stays the same from one import to the next). Its
+idempotency key is its voter and its content. So importing a file again counts nothing
+twice, and neither does importing it corrected, completed with more rows, or saved again
+with other line endings: an unchanged ballot is replayed, a corrected one revises its
+voter's (or is refused where revoting is off), a new one is cast. A CVR without voter ids
+must keep its records in order (append, do not reorder or delete).
 """
 
 from __future__ import annotations
@@ -51,24 +57,48 @@ class Reading:
     marks: Counter[str] = field(default_factory=Counter)
 
 
+class NeedsSource(ValueError):
+    """A CVR that names no voter, read without a source to name its ballots by."""
+
+
 def read_ballots(
     path: Path,
     options: Sequence[dict[str, str]],
     *,
     rules: MarkRules | None = None,
     reading: Reading | None = None,
+    source: str | None = None,
 ) -> Iterator[FileBallot]:
     """The ballots in a JSONL or CSV file (by its suffix), in file order."""
     content = path.read_bytes()
-    digest = hashlib.sha256(content).hexdigest()[:16]
     found = reading if reading is not None else Reading()
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        yield from _jsonl(content, digest)
+        yield from _jsonl(content)
     else:
-        yield from _csv(content.decode("utf-8-sig"), digest, options, rules or MarkRules(), found)
+        text = _text(content)
+        yield from _csv(text, options, rules or MarkRules(), found, source)
 
 
-def _jsonl(content: bytes, digest: str) -> Iterator[FileBallot]:
+def ballot_key(body: dict[str, Any]) -> str:
+    """An import's idempotency key for a ballot: its voter and its content, so that the
+    same ballot sent again is replayed, however the file around it changed."""
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"import-{digest[:32]}"
+
+
+def _text(content: bytes) -> str:
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = content[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"line {line} is not UTF-8 (byte 0x{content[error.start]:02x}): save the file as "
+            "UTF-8 (CSV UTF-8 in a spreadsheet) and import it again"
+        ) from None
+
+
+def _jsonl(content: bytes) -> Iterator[FileBallot]:
+    content = content.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors add
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -78,33 +108,61 @@ def _jsonl(content: bytes, digest: str) -> Iterator[FileBallot]:
             raise ValueError(f"line {number} is not JSON: {error}") from None
         if not isinstance(body, dict):
             raise ValueError(f"line {number} is not a JSON object")
-        key = str(body.pop("idempotency_key", f"import-{digest}-{number}"))
-        yield FileBallot(number, body, key)
+        given = body.pop("idempotency_key", None)
+        yield FileBallot(number, body, ballot_key(body) if given is None else str(given))
 
 
 def _csv(
-    text: str, digest: str, options: Sequence[dict[str, str]], rules: MarkRules, found: Reading
+    text: str,
+    options: Sequence[dict[str, str]],
+    rules: MarkRules,
+    found: Reading,
+    source: str | None,
 ) -> Iterator[FileBallot]:
-    reader = csv.DictReader(io.StringIO(text))
-    columns = reader.fieldnames or []
+    reader = csv.reader(io.StringIO(text))
+    columns = next(reader, [])
     ranks = sorted(
-        ((int(m.group(1) or m.group(2)), c) for c in columns if (m := RANK_COLUMN.match(c))),
+        (
+            (int(m.group(1) or m.group(2)), i)
+            for i, c in enumerate(columns)
+            if (m := RANK_COLUMN.match(c))
+        ),
     )
     if not ranks:
         raise ValueError(
             "no rank columns: a CVR needs columns named rank1..rankN (or 1st choice..)"
         )
-    voter_column = next((c for c in columns if c.strip().lower() in VOTER_COLUMNS), None)
+    voter_column = next(
+        (i for i, c in enumerate(columns) if c.strip().lower() in VOTER_COLUMNS), None
+    )
+    if voter_column is None and not source:
+        raise NeedsSource(
+            f"this CVR names no voter (no {', '.join(VOTER_COLUMNS)} column): give --source, "
+            "a name for this file's ballots that stays the same when you import it again "
+            "(a precinct, a batch), and each ballot is named by it and its record's number"
+        )
     names = _option_names(options)
-    for number, row in enumerate(reader, start=2):
-        marks = [_mark(row.get(column) or "", names, found) for _, column in ranks]
+    record = 0
+    while True:
+        ended = reader.line_num  # the last line read so far: a record starts after it
+        row = next(reader, None)
+        if row is None:
+            return
+        if not row:
+            continue  # an empty line is no record
+        record += 1
+        marks = [_mark(_cell(row, i), names, found) for _, i in ranks]
         ranked = ranking(marks, rules)
         if not ranked:
             found.blank += 1
             continue
-        voter = (row.get(voter_column) or "").strip() if voter_column else ""
-        body = {"voter_id": voter or f"cvr-{digest}-{number}", "ranking": ranked}
-        yield FileBallot(number, body, f"import-{digest}-{number}")
+        voter = _cell(row, voter_column).strip() if voter_column is not None else ""
+        body = {"voter_id": voter or f"cvr-{source}-{record}", "ranking": ranked}
+        yield FileBallot(ended + 1, body, ballot_key(body))
+
+
+def _cell(row: list[str], index: int) -> str:
+    return row[index] if index < len(row) else ""
 
 
 def _option_names(options: Sequence[dict[str, str]]) -> dict[str, str]:

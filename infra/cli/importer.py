@@ -2,8 +2,10 @@
 
 Reads JSONL or a CSV cast vote record (``infra.cli.ballot_files``), posts the ballots in
 batches to ``POST /api/elections/{id}/ballots/batch`` with a progress bar, and reports what
-was recorded and what was refused, and why. Each ballot carries an idempotency key derived
-from the file, so running the same import again records nothing twice.
+was recorded and what was refused, and why. Each ballot carries an idempotency key made of
+its voter and its content, so running the same import again records nothing twice. If the
+API stops answering, the import waits up to PATIENCE seconds for it, then stops and says how
+many ballots it did not send: running it again sends them.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,12 +28,17 @@ from rich.table import Table
 
 from domain.cvr import MarkRules, Then
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
-from infra.cli.ballot_files import FileBallot, Reading, read_ballots
-from infra.cli.environment import Commands
+from infra.cli.ballot_files import FileBallot, NeedsSource, Reading, read_ballots
+from infra.cli.environment import Commands, positive_int
 
 console = Console()
 MAX_BATCH = 1000
 SHOWN = 20  # refused ballots listed by line after an import
+PATIENCE = 60.0  # seconds without an answer (or with only 503s) before an import stops
+
+
+class Unreachable(Exception):
+    """The API did not take a batch within PATIENCE seconds."""
 
 
 def add_commands(sub: Commands) -> None:
@@ -54,8 +63,21 @@ def add_commands(sub: Commands) -> None:
         default=_first("CARDINAL_CLIENT_TOKEN"),
         help="a client token (default: CARDINAL_CLIENT_TOKEN)",
     )
-    parser.add_argument("--batch", type=int, default=MAX_BATCH, help="ballots per request")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight")
+    parser.add_argument(
+        "--source",
+        help="for a CVR with no voter column: a name for the file's ballots that stays the "
+        "same from one import to the next (a precinct, a batch); each ballot is named by it "
+        "and its record's number",
+    )
+    parser.add_argument("--batch", type=positive_int, default=MAX_BATCH, help="ballots per request")
+    parser.add_argument("--concurrency", type=positive_int, default=2, help="requests in flight")
+    parser.add_argument(
+        "--patience",
+        type=float,
+        default=PATIENCE,
+        help=f"seconds to wait for an API that takes none of a batch (refuses the connection, "
+        f"or answers 503) before stopping (default {PATIENCE:.0f})",
+    )
     choices = [then.value for then in Then]
     for mark, default, meaning in (
         ("overvote", Then.EXHAUST, "more than one candidate at a rank"),
@@ -79,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= MAX_BATCH:
         console.print(f"[red]--batch must be from 1 to {MAX_BATCH}[/red]")
         return 2
+    try:
+        args.connect = _connector(args.url, args.token)
+    except ValueError as error:
+        console.print(f"[red]{escape(str(error))}[/red]")
+        return 2
     rules = MarkRules(
         overvote=Then(args.overvote),
         undervote=Then(args.undervote),
@@ -93,27 +120,43 @@ def _first(variable: str) -> str | None:
     return tokens[0] if tokens else None
 
 
+def _connector(url: str, token: str) -> Callable[[], LeanConnection]:
+    """New connections to the API at ``url`` (http, or https with the system's CAs)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--url must be an http:// or https:// address; got {url!r}")
+    tls = ssl.create_default_context() if parts.scheme == "https" else None
+    host, port = parts.hostname, parts.port or (443 if tls else 80)
+    return lambda: LeanConnection(host, port, token, tls=tls, prefix=parts.path)
+
+
 async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
-    parts = urlsplit(args.url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    probe = LeanConnection(host, port, args.token)
+    probe = args.connect()
     try:
         election = await probe.request("GET", f"/api/elections/{args.election}")
+    except (ConnectionClosed, OSError) as error:
+        console.print(f"[red]cannot reach the API at {escape(args.url)}: {escape(str(error))}[/]")
+        return 1
     finally:
         await probe.close()
     if election.status != 200:
-        console.print(f"[red]the election cannot be read: {_said(election)}[/]")
+        console.print(f"[red]the election cannot be read: {escape(_said(election))}[/]")
         return 1
     reading = Reading()
+    options = election.json()["options"]
     try:
         ballots = list(
-            read_ballots(args.file, election.json()["options"], rules=rules, reading=reading)
+            read_ballots(args.file, options, rules=rules, reading=reading, source=args.source)
         )
+    except NeedsSource as error:
+        console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
+        return 2
     except (OSError, ValueError) as error:
-        console.print(f"[red]{args.file}: {error}[/red]")
+        console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
         return 1
     tally = Counter[str]()
-    refusals: list[tuple[int, str]] = []  # (line or row in the file, outcome)
+    refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
+    stopped: list[str] = []  # why the import stopped before the end
     started = time.perf_counter()
     batches = iter([ballots[i : i + args.batch] for i in range(0, len(ballots), args.batch)])
     with Progress(
@@ -126,18 +169,23 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     ) as bar:
         task = bar.add_task("import", total=len(ballots), rate="")
 
+        def settle(ballot: FileBallot, outcome: str) -> None:
+            tally[outcome] += 1
+            if not outcome.startswith("recorded"):
+                refusals.append((ballot.line, outcome))
+            done = sum(tally.values())
+            rate = done / (time.perf_counter() - started)
+            bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
+
         async def worker() -> None:
-            connection = LeanConnection(host, port, args.token)
+            connection = args.connect()
             try:
                 for batch in batches:
-                    outcomes = await _post(connection, args.election, batch)
-                    for ballot, outcome in zip(batch, outcomes, strict=True):
-                        tally[outcome] += 1
-                        if not outcome.startswith("recorded"):
-                            refusals.append((ballot.line, outcome))
-                    done = sum(tally.values())
-                    rate = done / (time.perf_counter() - started)
-                    bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
+                    if stopped:
+                        return
+                    await _post(connection, args.election, batch, settle, args.patience)
+            except Unreachable as error:
+                stopped.append(str(error))
             finally:
                 await connection.close()
 
@@ -145,26 +193,75 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     seconds = time.perf_counter() - started
     _summary(args.file, tally, reading, len(ballots), seconds)
     _refusals(args.file, refusals)
-    return 1 if refusals else 0
+    if stopped:
+        unsent = len(ballots) - sum(tally.values())
+        console.print(
+            f"[red]stopped: {escape(stopped[0])}; {unsent:,} ballots were not sent. Run the "
+            "same import again to send them (ballots already recorded are replayed, never "
+            "counted twice).[/red]"
+        )
+    return 1 if refusals or stopped else 0
 
 
-async def _post(connection: LeanConnection, election_id: str, batch: list[FileBallot]) -> list[str]:
-    """Post one batch; the outcome of each ballot ('recorded: cast', or the refusal)."""
-    body = {"ballots": [{**b.body, "idempotency_key": b.key} for b in batch]}
+async def _post(
+    connection: LeanConnection,
+    election_id: str,
+    batch: list[FileBallot],
+    settle: Callable[[FileBallot, str], None],
+    patience: float = PATIENCE,
+) -> None:
+    """Post one batch, and settle each ballot's outcome ('recorded: cast', or the refusal).
+    A ballot refused for a passing reason (503: busy, the store away, held back behind one
+    such) is sent again; the same keys again record nothing twice. Raises Unreachable when
+    ``patience`` seconds pass without a ballot settled."""
     path = f"/api/elections/{election_id}/ballots/batch"
-    for attempt in range(20):
+    pending = batch
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        body = {"ballots": [{**b.body, "idempotency_key": b.key} for b in pending]}
+        wait, reason = delay, ""
         try:
             reply = await connection.request("POST", path, body)
-        except (ConnectionClosed, OSError):
-            await asyncio.sleep(0.2 * (attempt + 1))
-            continue
-        if reply.status == 503:  # the same keys again: nothing is recorded twice
-            await asyncio.sleep(float(reply.headers.get("retry-after", "1")))
-            continue
-        if reply.status != 200:
-            return [_said(reply)] * len(batch)
-        return [_outcome(result) for result in reply.json()["results"]]
-    return ["503: the service stayed unavailable; run the import again"] * len(batch)
+        except (ConnectionClosed, OSError) as error:
+            reason = f"the API did not answer ({error or type(error).__name__})"
+        else:
+            if reply.status == 200:
+                again, reason = _settled(pending, reply.json()["results"], settle)
+                if not again:
+                    return
+                if len(again) < len(pending):
+                    deadline, delay = time.monotonic() + patience, 0.2  # it moves: patience
+                pending = again
+            elif reply.status == 503:  # the whole request: busy, or the store away
+                reason = _said(reply)
+                wait = float(reply.headers.get("retry-after", "1"))
+            else:
+                for ballot in pending:
+                    settle(ballot, _said(reply))
+                return
+        if time.monotonic() + wait > deadline:
+            raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
+        await asyncio.sleep(wait)
+        delay = min(delay * 2, 5.0)
+
+
+def _settled(
+    pending: list[FileBallot],
+    results: list[dict[str, Any]],
+    settle: Callable[[FileBallot, str], None],
+) -> tuple[list[FileBallot], str]:
+    """Settle each ballot a bulk answer decided; those refused for a passing reason (503)
+    are to be sent again, with the last such reason."""
+    again: list[FileBallot] = []
+    reason = ""
+    for ballot, result in zip(pending, results, strict=True):
+        if "ballot_id" not in result and result.get("status") == 503:
+            again.append(ballot)
+            reason = f"503: {result.get('detail', '')}"
+        else:
+            settle(ballot, _outcome(result))
+    return again, reason
 
 
 def _said(reply: Reply) -> str:

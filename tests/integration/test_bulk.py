@@ -4,14 +4,19 @@ and `cardinal import` casting a file through it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from psycopg_pool import PoolTimeout
 
+from infra.bench.stack import free_port
 from infra.store.writer import GroupCommitWriter
 from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer
 from tests.servers import ADMIN, CLIENT
@@ -179,12 +184,16 @@ async def test_cardinal_import_casts_a_cast_vote_record(
     await voting.open(election_id)
     cvr = tmp_path / "minneapolis.csv"
     cvr.write_text(CVR)
+    command = ("import", str(cvr), "--election", election_id, "--url", api_url, "--token", CLIENT)
+    code, said = await _cardinal(*command)
+    assert code == 2
+    assert "this CVR names no voter" in " ".join(said.split())
     for attempt in range(2):  # importing the same file again records nothing twice
-        done = await _cardinal(
-            "import", str(cvr), "--election", election_id, "--url", api_url, "--token", CLIENT
-        )
+        done = await _cardinal(*command, "--source", "ward-1")
         assert done[0] == 0, done[1]
         assert ("replayed" in done[1]) == (attempt == 1), done[1]
+        # ... nor does importing it saved again with Windows line endings.
+        cvr.write_bytes(CVR.replace("\n", "\r\n").encode())
     assert "blank (nothing left to rank)" in done[1]
     events = [
         e
@@ -256,3 +265,51 @@ async def test_cardinal_import_names_the_line_of_each_refused_ballot(
     assert code == 1
     assert "the election cannot be read: 404: there is no election" in " ".join(said.split())
     assert "b'" not in said  # a detail a person reads, not a bytes repr
+
+
+async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answering(
+    voting: VotingClient, tmp_path: Path
+) -> None:
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text("".join(f'{{"voter_id": "v{n}", "choice": "a"}}\n' for n in range(30)))
+    command = ("import", str(ballots), "--election", str(uuid.uuid4()), "--token", CLIENT)
+    code, said = await _cardinal(*command, "--url", f"ftp://127.0.0.1:{free_port()}")
+    assert code == 2
+    assert "--url must be an http:// or https:// address" in said
+    code, said = await _cardinal(*command, "--url", f"http://127.0.0.1:{free_port()}")
+    assert code == 1
+    assert "cannot reach the API at http://127.0.0.1:" in said
+    assert "Traceback" not in said
+
+    # An API that reads the election but then answers every batch 503 (overloaded, or its
+    # store away): the import waits --patience seconds, then stops and says what it left.
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                if head.startswith(b"GET"):
+                    status, body = b"200 OK", orjson.dumps({"options": []})
+                else:
+                    status, body = b"503 Service Unavailable", orjson.dumps({"detail": "busy"})
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                    b"Retry-After: 0\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+        writer.close()
+
+    server = await asyncio.start_server(busy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        code, said = await _cardinal(
+            *command, "--url", f"http://127.0.0.1:{port}", "--patience", "1", "--batch", "10"
+        )
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert "stopped: for 1 s the API took none of a batch (503: busy)" in flat
+    assert "30 ballots were not sent" in flat
+    assert "Run the same import again" in flat

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from domain.cvr import MarkRules, Then
-from infra.cli.ballot_files import Reading, read_ballots
+from infra.cli.ballot_files import NeedsSource, Reading, read_ballots
 
 OPTIONS = [{"id": "frey", "label": "Jacob Frey"}, {"id": "hodges", "label": "Betsy Hodges"}]
 
@@ -28,7 +28,7 @@ def test_a_cvr_with_choice_columns_and_ballot_ids(tmp_path: Path) -> None:
     ]
     assert reading.blank == 1
     assert reading.marks == {"overvote": 1, "write-in or unknown: UWI": 1}
-    again = list(read_ballots(cvr, OPTIONS))
+    again = list(read_ballots(cvr, OPTIONS, rules=MarkRules(overvote=Then.SKIP)))
     assert [b.key for b in again] == [b.key for b in ballots]  # the same file, the same keys
 
 
@@ -50,3 +50,57 @@ def test_a_csv_without_rank_columns_says_what_it_needs(tmp_path: Path) -> None:
     bad.write_text("name,vote\nada,frey\n")
     with pytest.raises(ValueError, match=r"rank1\.\.rankN"):
         list(read_ballots(bad, OPTIONS))
+
+
+CVR = "Precinct,Rank1,Rank2\nP-1,Jacob Frey,hodges\nP-1,hodges,\nP-2,frey,\n"
+
+
+def test_a_cvr_without_voters_names_its_ballots_by_source_and_record(tmp_path: Path) -> None:
+    cvr = tmp_path / "p.csv"
+    cvr.write_text(CVR)
+    with pytest.raises(NeedsSource, match="give --source"):
+        list(read_ballots(cvr, OPTIONS))
+    ballots = list(read_ballots(cvr, OPTIONS, source="ward-3"))
+    assert [b.body["voter_id"] for b in ballots] == ["cvr-ward-3-1", "cvr-ward-3-2", "cvr-ward-3-3"]
+    # Saved again with other line endings, a byte order mark, a blank line, and completed
+    # with a record: the same ballots keep their keys (replayed); the new one is new.
+    cvr.write_bytes(b"\xef\xbb\xbf" + (CVR + "\nP-3,hodges,frey\n").replace("\n", "\r\n").encode())
+    again = list(read_ballots(cvr, OPTIONS, source="ward-3"))
+    assert [b.key for b in again[:3]] == [b.key for b in ballots]
+    assert again[3].body == {"voter_id": "cvr-ward-3-4", "ranking": ["hodges", "frey"]}
+    # Corrected: that ballot's key changes (its voter's ballot is revised), no other.
+    cvr.write_text(CVR.replace("P-1,hodges,", "P-1,frey,"))
+    corrected = list(read_ballots(cvr, OPTIONS, source="ward-3"))
+    assert [a.key == b.key for a, b in zip(corrected, ballots, strict=True)] == [True, False, True]
+    assert corrected[1].body["voter_id"] == "cvr-ward-3-2"
+
+
+def test_refused_ballots_are_found_by_the_line_they_start_on(tmp_path: Path) -> None:
+    cvr = tmp_path / "lines.csv"
+    cvr.write_text('id,rank1,rank2\n\n7,frey,"hodges\n"\n\n8,hodges,\n')
+    assert [(b.line, b.body["voter_id"]) for b in read_ballots(cvr, OPTIONS)] == [
+        (3, "7"),
+        (6, "8"),
+    ]
+
+
+def test_jsonl_keys_follow_the_ballot_not_its_line(tmp_path: Path) -> None:
+    first = tmp_path / "a.jsonl"
+    first.write_bytes(b'\xef\xbb\xbf{"voter_id": "a", "choice": "frey"}\n')
+    second = tmp_path / "b.jsonl"
+    second.write_text(
+        '\n{"choice": "frey", "voter_id": "a"}\n{"voter_id": "b", "choice": "frey"}\n'
+    )
+    (one,) = read_ballots(first, OPTIONS)
+    same, other = read_ballots(second, OPTIONS)
+    assert same.key == one.key
+    assert other.key != one.key
+
+
+def test_a_file_that_is_not_utf8_says_where_and_what_to_do(tmp_path: Path) -> None:
+    cvr = tmp_path / "latin1.csv"
+    cvr.write_bytes("id,rank1\n1,frey\n2,Hod\u00e9ges\n".encode("latin-1"))
+    with pytest.raises(
+        ValueError, match=r"line 3 is not UTF-8 \(byte 0xe9\): save the file as UTF-8"
+    ):
+        list(read_ballots(cvr, OPTIONS))
