@@ -11,6 +11,7 @@ import multiprocessing
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -203,33 +204,75 @@ def _read_file(
     chain: bool,
 ) -> Report:
     lines = _lines(path)
-    header = next(lines, None)
+    first = next(lines, None)
+    header = first[1] if first is not None else None
     if header is None or header.get("kind") != "header":
         raise Discrepancy(None, f"{path} does not start with an export header")
-    keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
+    try:
+        keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
+        upto = int(header.get("head", 0))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise Discrepancy(None, f"line 1 of {path}: its header does not read ({error!r})") from None
     if public_key is not None:
         keys = {key_id(public_key): public_key}
-    checkpoints: list[Checkpoint] = []
-    served: dict[int, list[dict[str, Any]]] = {}
-    projections_set_aside: list[dict[str, Any]] = []
-    verifier: Verifier | None = None
-    upto = int(header.get("head", 0))
+    export = _Export(keys, election=election, validate=validate, chain=chain)
+    for number, document in lines:
+        try:
+            export.take(document)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise Discrepancy(
+                None, f"line {number} of {path} is not an export line as written ({error!r})"
+            ) from None
+        if progress is not None and export.entries % 10_000 == 0 and document["kind"] == "event":
+            progress(document["position"], upto)
+    report = export.verifier().finish()
+    if chain:
+        if election is None and report.head < upto:
+            raise Discrepancy(
+                report.head,
+                f"the export ends at position {report.head:,}, but its header says the log "
+                f"reached {upto:,}: it is cut short",
+            )
+        report.notes.extend(set_aside_notes(export.aside))
+    return report
 
-    def start() -> Verifier:
-        return Verifier(
-            keys,
-            checkpoints,
-            served,
-            election=election,
-            validate=validate,
-            chain=chain,
-            replay=not chain,
-        )
 
-    for document in lines:
+@dataclass
+class _Export:
+    """An export's lines as read so far: its checkpoints, served results and the
+    projections' set-aside entries, and its events, fed to a verifier in order."""
+
+    keys: dict[str, bytes]
+    election: UUID | None
+    validate: bool
+    chain: bool
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    served: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    aside: list[dict[str, Any]] = field(default_factory=list)
+    _verifier: Verifier | None = None
+
+    @property
+    def entries(self) -> int:
+        return 0 if self._verifier is None else self._verifier.report.entries
+
+    def verifier(self) -> Verifier:
+        """Started at the first event, once every checkpoint and result is in."""
+        if self._verifier is None:
+            self._verifier = Verifier(
+                self.keys,
+                self.checkpoints,
+                self.served,
+                election=self.election,
+                validate=self.validate,
+                chain=self.chain,
+                replay=not self.chain,
+            )
+        return self._verifier
+
+    def take(self, document: dict[str, Any]) -> None:
         kind = document.get("kind")
         if kind == "checkpoint":
-            checkpoints.append(
+            self.checkpoints.append(
                 Checkpoint(
                     document["id"],
                     document["position"],
@@ -239,45 +282,38 @@ def _read_file(
                 )
             )
         elif kind == "result":
-            served.setdefault(document["position"], []).append(document)
+            self.served.setdefault(document["position"], []).append(document)
         elif kind == "set_aside":
-            projections_set_aside.append(document)
-        elif kind == "event":
-            if verifier is None:
-                verifier = start()
-            if chain:
-                verifier.link(_file_entry(document))
-            elif document["data"] is not None or "state_hex" in document:
-                # (a missing entry is the chain's finding)
-                event = document["type"]
-                stream = document["stream_id"]
-                verifier.count(
-                    document["position"],
-                    stream if event[0] == "B" else UUID(stream),
-                    event,
-                    document["data"]
-                    if document["data"] is not None
-                    else bytes.fromhex(document["state_hex"]),
-                )
-            if progress is not None and verifier.report.entries % 10_000 == 0:
-                progress(document["position"], upto)
-    report = (verifier or start()).finish()
-    if chain:
-        report.notes.extend(set_aside_notes(projections_set_aside))
-    return report
+            self.aside.append(document)
+        elif kind == "event" and self.chain:
+            self.verifier().link(_file_entry(document))
+        elif kind == "event" and (document["data"] is not None or "state_hex" in document):
+            # (a missing entry is the chain's finding)
+            event = document["type"]
+            stream = document["stream_id"]
+            self.verifier().count(
+                document["position"],
+                stream if event[0] == "B" else UUID(stream),
+                event,
+                document["data"]
+                if document["data"] is not None
+                else bytes.fromhex(document["state_hex"]),
+            )
 
 
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as source:
         for number, line in enumerate(source, 1):
             if line.strip():
                 try:
-                    document: dict[str, Any] = orjson.loads(line)
+                    document = orjson.loads(line)
                 except orjson.JSONDecodeError as error:
                     raise Discrepancy(
                         None, f"line {number} of {path} is not JSON: {error}"
                     ) from None
-                yield document
+                if not isinstance(document, dict):
+                    raise Discrepancy(None, f"line {number} of {path} is not a JSON object")
+                yield number, document
 
 
 def _file_entry(document: dict[str, Any]) -> Entry:

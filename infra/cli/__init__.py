@@ -15,6 +15,9 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+import psycopg
+from rich.markup import escape
+
 from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
 from infra.cli.environment import console
 from infra.runtime.lifecycle import PortInUse
@@ -31,14 +34,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except SettingsError as error:
-        console.print(f"[red]configuration error:[/red] {error}")
-        return 2
-    except PortInUse as error:
-        console.print(f"[red]cannot start:[/red] {error}")
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        said = _stopped_by(error)
+        if said is None:
+            raise  # a bug: its traceback is what a report needs
+        console.print(said)
+        return 2
+
+
+def _stopped_by(error: Exception) -> str | None:
+    """What stopped a command, as its user can act on it; None for a bug."""
+    if isinstance(error, SettingsError):
+        return f"[red]configuration error:[/red] {escape(str(error))}"
+    if isinstance(error, PortInUse):
+        return f"[red]cannot start:[/red] {escape(str(error))}"
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        return (
+            f"[red]the database has no Cardinal Vote tables ({_first_line(error)}):[/red] "
+            "run `cardinal migrate` against it first"
+        )
+    if isinstance(error, psycopg.OperationalError):
+        return (
+            f"[red]cannot reach the database:[/red] {_first_line(error)} "
+            "(check DATABASE_URL, and that PostgreSQL is running)"
+        )
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"[red]cannot use {escape(str(error.filename))}:[/red] {escape(str(error.strerror))}"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    """What PostgreSQL said, without the hints and context lines psycopg adds."""
+    return escape((str(error).strip().splitlines() or [type(error).__name__])[0])
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -59,6 +59,7 @@ def add_commands(commands: Commands) -> None:
     verifying.add_argument("--election", type=UUID, help="compare this election's results only")
     verifying.add_argument(
         "--public-key",
+        type=_public_key,
         help="hex Ed25519 public key to check signatures with (from GET /api/audit/public-key)",
     )
     verifying.add_argument(
@@ -93,7 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    public_key = bytes.fromhex(args.public_key) if args.public_key else None
+    public_key: bytes | None = args.public_key
     started = time.perf_counter()
     try:
         with _bar("verifying") as (bar, task):
@@ -133,6 +134,19 @@ def run_verify(args: argparse.Namespace) -> int:
         return 1
     _summary(report, time.perf_counter() - started)
     return 0
+
+
+def _public_key(text: str) -> bytes:
+    """An Ed25519 public key as GET /api/audit/public-key gives it: 64 hex digits."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise argparse.ArgumentTypeError(
+            "must be an Ed25519 public key: 64 hex digits, as GET /api/audit/public-key gives it"
+        )
+    return key
 
 
 def _keys(public_key: bytes | None, settings: Settings) -> dict[str, bytes]:

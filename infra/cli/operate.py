@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from infra.cli.environment import Commands, command_settings
+from infra.cli.environment import Commands, command_settings, positive_int
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
 from projections.rebuild import Rebuild, RebuildRefused
@@ -49,7 +49,7 @@ def add_commands(sub: Commands) -> None:
     rebuild.add_argument("name", choices=sorted(PROJECTIONS), metavar="NAME", help="projection")
     rebuild.add_argument(
         "--page-size",
-        type=int,
+        type=positive_int,
         default=20_000,
         help="log entries read per page (progress is reported per page)",
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aio_pika.exceptions import AMQPConnectionError
+from aiormq.exceptions import ProbableAuthenticationError
+
 from domain.application import VotingApplication
 from infra.ingest.consumer import Ingester
 from infra.metrics import serve_worker_metrics
@@ -64,6 +67,17 @@ async def consume_forever(consumer: Ingester) -> None:
             await consumer.run()
         except asyncio.CancelledError:
             raise
+        except ProbableAuthenticationError as error:
+            log.warning(
+                "the broker refused AMQP_URL's user and password (%s): check AMQP_URL; "
+                "trying again in 2s",
+                str(error).strip() or type(error).__name__,
+            )
+        except (AMQPConnectionError, ConnectionError) as error:
+            log.warning(
+                "ingest cannot reach the broker (%s); trying again in 2s",
+                str(error).strip() or type(error).__name__,
+            )
         except Exception:
             log.exception("ingest stopped; starting again in 2s")
-            await asyncio.sleep(2)
+        await asyncio.sleep(2)

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 ROLES = ("admin", "operator", "auditor", "client")
 
 
@@ -150,6 +153,14 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        if self.database_url is not None:
+            try:
+                conninfo_to_dict(self.database_url)
+            except psycopg.ProgrammingError as error:
+                raise SettingsError(
+                    "DATABASE_URL must be a PostgreSQL connection URL "
+                    f"(postgresql://user@host:5432/database): {error}"
+                ) from None
         if self.env not in ("development", "production", "test"):
             raise SettingsError(
                 f"CARDINAL_ENV must be development, production or test; got {self.env!r}"

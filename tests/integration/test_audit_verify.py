@@ -300,3 +300,41 @@ def test_verify_file_runs_with_no_database_and_fails_on_an_edited_export(
     )
     assert tampered.returncode == 1
     assert f"FAILED at position {target}" in tampered.stdout
+
+
+def test_verify_file_reports_a_damaged_or_cut_short_export_as_a_finding(
+    store: str, tmp_path: Path
+) -> None:
+    """An export edited into lines that are not an export's, or cut short on a line
+    boundary (an interrupted copy), is a finding with its line, not a traceback."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    lines = exported.read_bytes().splitlines()
+    documents = [orjson.loads(line) for line in lines]
+    events = [n for n, d in enumerate(documents) if d.get("kind") == "event"]
+
+    def verify(edited: list[bytes]) -> str:
+        exported.write_bytes(b"\n".join(edited) + b"\n")
+        command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+        return " ".join(done.stdout.split())
+
+    no_position = {k: v for k, v in documents[events[0]].items() if k != "position"}
+    damaged = [*lines[: events[0]], orjson.dumps(no_position), *lines[events[0] + 1 :]]
+    assert f"line {events[0] + 1} of" in verify(damaged)
+    assert "is not an export line as written" in verify(damaged)
+    assert "is not a JSON object" in verify([lines[0], b"[1, 2]", *lines[1:]])
+    last = documents[events[-3]]["position"]
+    # Its last two entries gone, and with them what names them (results, a checkpoint).
+    cut = [
+        line
+        for n, (line, document) in enumerate(zip(lines, documents, strict=True))
+        if n not in events[-2:]
+        and document.get("kind") != "result"
+        and not (document.get("kind") == "checkpoint" and document["position"] > last)
+    ]
+    found = verify(cut)
+    assert f"FAILED at position {last}" in found
+    assert "it is cut short" in found

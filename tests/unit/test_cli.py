@@ -103,3 +103,39 @@ def test_serve_refuses_a_metrics_port_equal_to_its_port(
     captured = capsys.readouterr()
     said = " ".join((captured.out + captured.err).split())
     assert f"METRICS_PORT and PORT are both {port}" in said
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("notaurl", "DATABASE_URL must be a PostgreSQL connection URL"),
+        ("postgresql://root@127.0.0.1:1/nowhere", "cannot reach the database"),
+    ],
+)
+def test_a_database_out_of_reach_is_a_message_not_a_traceback(
+    url: str, said: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["migrate"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err
+    assert "Traceback" not in err
+
+
+def test_options_that_count_or_name_keys_are_checked_before_anything_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for command, said in (
+        (["rebuild", "tally", "--page-size", "0"], "--page-size: must be at least 1; got 0"),
+        (["audit", "verify", "--public-key", "nothex"], "64 hex digits"),
+        (["import", "x.csv", "--election", "e", "--batch", "-5"], "must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+        assert exited.value.code == 2
+        assert said in " ".join(capsys.readouterr().err.split())
+    missing = tmp_path / "missing.ndjson"
+    assert main(["audit", "verify", "--file", str(missing)]) == 2
+    assert f"cannot use {missing}: No such file or directory" in " ".join(
+        capsys.readouterr().err.split()
+    )
