@@ -76,8 +76,8 @@ def create_app(
                     consuming.cancel()
                 await app.state.streams.stop()
                 for child in app.state.rebuilds.values():
-                    if child.returncode is None:  # an interrupted rebuild leaves the old
-                        child.terminate()  # version serving; it can be run again
+                    if child is not None and child.returncode is None:  # interrupted, the old
+                        child.terminate()  # version keeps serving; it can be run again
                         await child.wait()
 
     # The hot path: served by RequestGuard directly, and first in the router's list too.

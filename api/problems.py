@@ -271,7 +271,7 @@ def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 413:
         _refused(request, "too_large")
-    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large", 503: "Busy"}
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:

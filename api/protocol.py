@@ -140,18 +140,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._deadline_at = self.loop.time() + self.body_timeout
         self._deadline_part = "body"
+        answering = self.cycle
         super().on_headers_complete()
         self._requests += 1
         # An event stream that a client stops reading is aborted (api/streams.py).
         cast(dict[str, Any], self.scope)[HANGUP] = self.transport.abort
+        if answering is not None and not answering.response_complete:
+            # A request sent behind one still being answered waits for it (uvicorn pauses
+            # reading meanwhile, so the client's close goes unseen). Behind an event stream
+            # it would wait for ever, and hold the connection: the stream is ended instead.
+            _end_stream(answering.scope)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        running = self.cycle is not None and not self.cycle.response_complete  # pipelined
+        if self.transport.is_closing() or running or self.pipeline or self._head_begun:
+            return
+        # Idle until the next request: uvicorn's keep-alive timer goes at its first byte, even
+        # a blank line (which the parser skips: no request begins), so the next head must
+        # still come within head_timeout, or blank lines would hold the connection for ever.
+        self._arm(self.head_timeout, "head")
 
     def shutdown(self) -> None:
         # uvicorn waits for open responses before it stops: tell event streams to end.
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            closing = cast(dict[str, Any], cycle.scope).get(CLOSING)
-            if isinstance(closing, asyncio.Event):
-                closing.set()
+            _end_stream(cycle.scope)
         super().shutdown()
 
     def on_message_complete(self) -> None:
@@ -220,6 +234,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         self._discarding = True
         self._lingering = self.loop.call_later(LINGER, self.transport.close)
+
+
+def _end_stream(scope: Any) -> None:
+    """End the event stream answering this request, if it is one (api/streams.py)."""
+    closing = cast(dict[str, Any], scope).get(CLOSING)
+    if isinstance(closing, asyncio.Event):
+        closing.set()
 
 
 class _Sweeper:

@@ -61,6 +61,8 @@ class View:
     build: Build
     subscribers: set[Subscriber] = field(default_factory=set)
     last: tuple[int, bytes] | None = None
+    first: asyncio.Future[tuple[int, bytes]] | None = None  # its first build, under way
+    waiting: int = 0  # subscribers waiting for it
 
 
 class StreamHub:
@@ -88,13 +90,28 @@ class StreamHub:
                 await self._task
 
     async def subscribe(self, key: Hashable, build: Build) -> tuple[Subscriber, tuple[int, bytes]]:
-        """A new subscriber to view ``key`` and the view's current document."""
-        view = self.views.get(key)
-        if view is None or view.last is None:
-            view = self.views.setdefault(key, View(build))
-            current = await self._build(view)
-        else:  # a watched view is kept current by the hub: a reconnection storm costs no reads
-            current = view.last
+        """A new subscriber to view ``key`` and the view's current document.
+
+        A watched view is kept current by the hub, and a view's first build is shared by
+        everyone who asks while it runs: a reconnection storm (every dashboard, after a
+        restart) costs one read per view, not one per connection."""
+        view = self.views.setdefault(key, View(build))
+        current = view.last
+        if current is None:
+            if view.first is None:
+                view.first = asyncio.ensure_future(self._build(view))
+            first = view.first
+            view.waiting += 1
+            try:
+                current = await asyncio.shield(first)
+            except BaseException:  # the build failed, or this request was cancelled
+                if first.done() and view.first is first and view.last is None:
+                    view.first = None  # the next subscriber tries again
+                if not view.subscribers and view.waiting == 1 and self.views.get(key) is view:
+                    del self.views[key]  # nobody watches it: the hub need not keep it
+                raise
+            finally:
+                view.waiting -= 1
         subscriber = Subscriber()  # (no await since ``current``: no change can slip between)
         view.subscribers.add(subscriber)
         if self._task is None or self._task.done():
@@ -148,21 +165,24 @@ class EventStream:
         self.build = build
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+            ],
+        }
+        if scope["method"] == "HEAD":  # the head alone: a stream with no body never ends
+            await send(start)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         closing = scope.setdefault(CLOSING, asyncio.Event())
         subscriber, current = await self.hub.subscribe(self.key, self.build)
         gone = asyncio.create_task(_disconnected(receive))
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"cache-control", b"no-cache"),
-                        (b"x-accel-buffering", b"no"),
-                    ],
-                }
-            )
+            await send(start)
             sent = current[0]
             if not await _send(scope, send, b"retry: 2000\n" + frame(*current)):
                 return
@@ -186,7 +206,8 @@ class EventStream:
                     chunk = frame(*item)
                 if not await _send(scope, send, chunk):
                     return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            with contextlib.suppress(OSError, RuntimeError):  # the client gone meanwhile
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
             self.hub.unsubscribe(self.key, subscriber)
@@ -194,7 +215,8 @@ class EventStream:
 
 async def _send(scope: Scope, send: Send, chunk: bytes) -> bool:
     """Send a chunk; False (and the connection aborted) if the client does not take it in
-    time: a reader who stops reading must not hold the server's buffers."""
+    time: a reader who stops reading must not hold the server's buffers. False too if the
+    connection is gone (a write to a closed transport): the end of a stream, not an error."""
     try:
         await asyncio.wait_for(
             send({"type": "http.response.body", "body": chunk, "more_body": True}),
@@ -204,6 +226,8 @@ async def _send(scope: Scope, send: Send, chunk: bytes) -> bool:
         hangup = scope.get(HANGUP)
         if hangup is not None:
             hangup()
+        return False
+    except (OSError, RuntimeError):
         return False
     return True
 

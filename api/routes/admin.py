@@ -59,22 +59,28 @@ async def rebuild(request: Request) -> Response:
         raise NotFound(
             f"there is no projection named {name!r}; the projections are {', '.join(PROJECTIONS)}"
         )
-    running: dict[str, asyncio.subprocess.Process] = request.app.state.rebuilds
+    running: dict[str, asyncio.subprocess.Process | None] = request.app.state.rebuilds
     services = context.services(request)
-    child = running.get(name)
-    async with services.reads.connection() as conn:
-        busy = await rebuild_running(conn, name)
-    if busy or (child is not None and child.returncode is None):
+    child = running.get(name, ...)
+    if child is None or (child is not ... and child.returncode is None):
         raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
-    running[name] = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra.cli",
-        "rebuild",
-        name,
-        env={**os.environ, **services.settings.environment()},
-        stdout=asyncio.subprocess.DEVNULL,  # its progress is in the status; logs: stderr
-    )
+    running[name] = None  # starting: a second request meanwhile is refused, not started too
+    try:
+        async with services.reads.connection() as conn:
+            if await rebuild_running(conn, name):  # in another process
+                raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
+        running[name] = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "rebuild",
+            name,
+            env={**os.environ, **services.settings.environment()},
+            stdout=asyncio.subprocess.DEVNULL,  # its progress is in the status; logs: stderr
+        )
+    finally:
+        if running.get(name, ...) is None:
+            del running[name]
     return JSONResponse(
         {"projection": name, "state": "rebuilding", "status": "/api/admin/projections"},
         status_code=202,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from functools import partial
 from typing import Any
@@ -9,6 +10,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.persistence import StoredEvent
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,6 +31,7 @@ from projections.results import recounted_snapshot, results_document
 
 MAX_WAIT = 2.0
 CACHE_SIZE = 512
+RECOUNT_WAIT = 5.0  # seconds a time travel waits for its turn to recount (one at a time)
 
 
 @operation(
@@ -221,22 +224,9 @@ async def _results_at(
     beyond the log's head is taken as the head: results never claim a position the log
     has not reached. Before the close of an election that publishes its results at its
     close, nothing was published: 403 unless ``unpublished`` (the reader saw them then)."""
-    recount = Recount()
     async with services.reads.connection() as conn:
         at = min(at, await head(conn))
-        async for entry in election_entries(conn, election_id, at):
-            try:
-                event = services.app.mapper.to_domain_event(
-                    StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
-                )
-            except Exception as error:  # an unreadable entry: left out, and said so
-                recount.position = entry.position
-                recount.put_aside(entry.position, election_id, f"{type(error).__name__}")
-                continue
-            recount.apply(entry.position, event)
-    count = recount.elections.get(election_id)
-    if count is None:
-        raise NotFound(f"election {election_id} did not exist yet at position {at}")
+    count, set_aside = await _recounted(services, election_id, at)
     if (
         count.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
         and count.status is not ElectionStatus.CLOSED
@@ -247,10 +237,52 @@ async def _results_at(
             f"yet at position {at}: ask for a position at or after its close (only admins "
             f"and auditors see results from before it)"
         )
-    set_aside = sum(1 for s in recount.set_aside if s.election_id in (election_id, None))
     snapshot = recounted_snapshot(count, at, set_aside)
     status = ElectionStatus.OPEN if count.status is ElectionStatus.CLOSED else count.status
     return {
         **results_document(election_id, snapshot, count.rules, status=status, exact=exact),
         "recounted_from_log": True,
     }
+
+
+async def _recounted(services: Services, election_id: UUID, at: int) -> tuple[Any, int]:
+    """The election recounted from the log up to ``at`` (at most the head), and how many of
+    its entries were set aside. The log up to a position never changes: a recount is kept
+    (in the results cache). Recounts are CPU work, as long as the election is large: one
+    runs at a time per process, so that a flood of them cannot crowd out the ballots; one
+    that waits RECOUNT_WAIT seconds for its turn is refused with 503."""
+    key = ("recount", election_id, at)
+    kept = services.results_cache.get(key)
+    if kept is not None:
+        return kept["count"], kept["set_aside"]
+    try:
+        await asyncio.wait_for(services.recounting.acquire(), RECOUNT_WAIT)
+    except TimeoutError:
+        raise HTTPException(
+            503,
+            "other recounts are running in this process; retry in a few seconds",
+            headers={"Retry-After": "2"},
+        ) from None
+    try:
+        recount = Recount()
+        async with services.reads.connection() as conn:
+            async for entry in election_entries(conn, election_id, at):
+                try:
+                    event = services.app.mapper.to_domain_event(
+                        StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
+                    )
+                except Exception as error:  # an unreadable entry: left out, and said so
+                    recount.position = entry.position
+                    recount.put_aside(entry.position, election_id, f"{type(error).__name__}")
+                    continue
+                recount.apply(entry.position, event)
+    finally:
+        services.recounting.release()
+    count = recount.elections.get(election_id)
+    if count is None:
+        raise NotFound(f"election {election_id} did not exist yet at position {at}")
+    set_aside = sum(1 for s in recount.set_aside if s.election_id in (election_id, None))
+    if len(services.results_cache) >= CACHE_SIZE:
+        services.results_cache.pop(next(iter(services.results_cache)))
+    services.results_cache[key] = {"count": count, "set_aside": set_aside}
+    return count, set_aside

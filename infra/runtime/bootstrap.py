@@ -64,6 +64,8 @@ class Services:
     broker: BrokerMonitor | None = None  # where AMQP_URL is set
     # Results computed per (election, position): dashboards poll, positions move rarely.
     results_cache: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
+    # Time travel's recounts from the log, one at a time (api/routes/results.py).
+    recounting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _database_url(settings: Settings) -> str:

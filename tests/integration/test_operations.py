@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -90,6 +91,28 @@ async def test_a_rebuild_running_in_another_process_makes_a_second_one_409(
     found = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
     statistics = {p["name"]: p for p in found.json()["projections"]}["statistics"]
     assert statistics["state"] != "rebuilding"
+
+
+async def test_rebuild_requests_at_once_start_one_rebuild(http: httpx.AsyncClient) -> None:
+    """The check and the start were apart (a database read between them): requests at
+    once all got 202, for one rebuild."""
+    before = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
+    version = {p["name"]: p for p in before.json()["projections"]}["catalog"]["version"]
+    answers = await asyncio.gather(
+        *(
+            http.post("/api/admin/projections/catalog/rebuild", headers=bearer(OPERATOR))
+            for _ in range(6)
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [202, 409, 409, 409, 409, 409]
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # let it finish: the other tests read the catalog
+        found = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
+        catalog = {p["name"]: p for p in found.json()["projections"]}["catalog"]
+        if catalog["version"] > version and catalog["state"] == "live":
+            break
+        assert asyncio.get_running_loop().time() < deadline, catalog
+        await asyncio.sleep(0.2)
 
 
 async def test_rebuild_progress_is_a_metric_wherever_the_rebuild_runs(

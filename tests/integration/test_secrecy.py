@@ -6,6 +6,7 @@ nothing but the API, and shows that it no longer links a voter to a ballot's con
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import uuid
@@ -16,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api.routes import results as results_route
+from infra.audit import records
 from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer, options
 from tests.servers import ADMIN, AUDITOR, CLIENT
 
@@ -319,6 +322,63 @@ async def test_a_lone_surrogate_is_refused_naming_the_field(http: httpx.AsyncCli
     assert response.headers["content-type"] == PROBLEM
     problem = assert_problem(response, 422, "lone surrogate")
     assert problem["field"] == "options[0].label"
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b'{"email": "\\ud7ff", "password": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nested"),
+        (b'{"email": "\\ud800", "password": NaN}', "NaN is not a JSON number"),
+    ],
+    ids=["deep", "nan"],
+)
+async def test_a_body_escaping_a_surrogate_is_parsed_as_strictly_as_any_other(
+    http: httpx.AsyncClient, raw: bytes, said: str
+) -> None:
+    """Such a body takes the lenient parser; it must refuse what the fast one refuses,
+    and answer 400, not 500 (this route needs no token)."""
+    response = await http.post(
+        "/api/auth/login", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 400, said)
+
+
+async def test_recounts_run_one_at_a_time_and_are_kept(
+    voting: VotingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time travel recounts from the log, CPU work as long as the election is large: a
+    flood of them must not crowd out the ballots. One runs at a time per process (others
+    wait a moment, then get 503), and a position recounted once is not recounted again."""
+    election_id = await voting.open_election("plurality", public_results=True)
+    positions = [
+        (await voting.cast(election_id, {"choice": "a"}, f"rc-{n}")).json()["position"]
+        for n in range(2)
+    ]
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    reads: list[int] = []
+    entries = records.election_entries
+
+    async def slow_entries(conn: Any, election: Any, upto: int) -> Any:
+        reads.append(upto)
+        reading.set()
+        await release.wait()
+        async for entry in entries(conn, election, upto):
+            yield entry
+
+    monkeypatch.setattr(results_route, "election_entries", slow_entries)
+    monkeypatch.setattr(results_route, "RECOUNT_WAIT", 0.2)
+    url = f"/api/elections/{election_id}/results"
+    first = asyncio.create_task(voting.http.get(url, params={"at": positions[0]}))
+    await asyncio.wait_for(reading.wait(), 10)
+    busy = await voting.http.get(url, params={"at": positions[1]})
+    assert_problem(busy, 503, "other recounts are running")
+    assert busy.headers["retry-after"] == "2"
+    release.set()
+    assert (await first).status_code == 200
+    again = await voting.http.get(url, params={"at": positions[0]})
+    assert again.json() == (await first).json()
+    assert reads == [positions[0]]  # kept: not read again
 
 
 async def _at(voting: VotingClient, election_id: str, position: int, token: str) -> Any:

@@ -300,3 +300,53 @@ async def test_blank_lines_or_a_body_ending_in_crlf_do_not_end_a_head() -> None:
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert b"HTTP/1.1 431 " in answer, answer[-300:]
     assert answer.count(b"HTTP/1.1 200 ") == 1
+
+
+@pytest.fixture(scope="module")
+async def streaming(database_url: str) -> AsyncIterator[int]:
+    """The same, with the read models the streams read."""
+    async with running_api(settings_for(database_url), http=Hurried) as url:
+        yield int(url.rsplit(":", 1)[1])
+
+
+async def test_blank_lines_between_requests_do_not_keep_a_connection_open(port: int) -> None:
+    """uvicorn's keep-alive timer goes at any byte, and the parser skips blank lines
+    before a request line: the next head still has its deadline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await _answer(reader)).startswith(b"http/1.1 200 ")
+    writer.write(b"\r\n")
+    data, took = await _read_all(reader)
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert took < DEADLINE + 5
+    writer.close()
+
+
+async def test_a_stream_asked_for_its_head_ends_and_the_next_request_is_answered(
+    streaming: int,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", streaming)
+    writer.write(b"HEAD /api/elections/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"text/event-stream" in head
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await _answer(reader)).startswith(b"http/1.1 200 ")
+    writer.close()
+
+
+async def test_a_request_sent_behind_a_stream_ends_the_stream_and_is_answered(
+    streaming: int,
+) -> None:
+    """Behind a stream, a request would wait for ever, with uvicorn no longer reading:
+    the client's close would go unseen and the connection be held."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", streaming)
+    writer.write(b"GET /api/elections/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    rest = await asyncio.wait_for(reader.readuntil(b"HTTP/1.1 200 "), 10)
+    assert b"event: results" in rest  # the stream's first document, then its end
+    health = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b"content-length" in health.lower()
+    writer.close()
