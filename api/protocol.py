@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import orjson
 import uvicorn
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
@@ -180,15 +181,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if not self._head_too_large:
-            super().send_400_response(msg)
-            return
-        self._hang_up(
-            _refusal(
-                b"431 Request Header Fields Too Large",
-                "Request header fields too large",
-                f"the request line and headers may take at most {self.max_head_bytes} bytes",
+        if self._head_too_large:
+            self._hang_up(
+                _refusal(
+                    b"431 Request Header Fields Too Large",
+                    "Request header fields too large",
+                    f"the request line and headers may take at most {self.max_head_bytes} bytes",
+                )
             )
+            return
+        detail = msg.strip().rstrip(".") or "it could not be parsed"
+        self._hang_up(
+            _refusal(b"400 Bad Request", "Bad request", f"this is not HTTP/1.1 as sent: {detail}")
         )
 
     def _arm(self, seconds: float, part: str) -> None:
@@ -234,6 +238,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         self._discarding = True
         self._lingering = self.loop.call_later(LINGER, self.transport.close)
+
+
+async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's answer past LIMIT_CONCURRENCY, as a problem document with Retry-After
+    (uvicorn's own is plain text, with no advice)."""
+    body = orjson.dumps(
+        {
+            "type": "about:blank",
+            "title": "Busy",
+            "status": 503,
+            "detail": "this server process holds as many connections as it may; retry shortly",
+        }
+    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# uvicorn's protocol answers the limit with a module-level ASGI app; this process serves
+# only this protocol (the benchmark's bare endpoint runs in processes of its own).
+setattr(httptools_impl, "service_unavailable", _too_many_connections)  # noqa: B010 - not exported
 
 
 def _end_stream(scope: Any) -> None:

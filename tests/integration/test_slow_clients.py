@@ -350,3 +350,32 @@ async def test_a_request_sent_behind_a_stream_ends_the_stream_and_is_answered(
     health = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert b"content-length" in health.lower()
     writer.close()
+
+
+async def test_a_request_that_is_not_http_gets_a_problem_document(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost x\r\n\r\n")  # a header line with no colon
+    data, _ = await _read_all(reader)
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    assert b"application/problem+json" in data
+    assert b"this is not HTTP/1.1 as sent" in data
+    writer.close()
+
+
+async def test_past_the_connection_limit_the_answer_is_a_problem_with_retry_after(
+    database_url: str,
+) -> None:
+    settings = settings_for(database_url)
+    async with running_api(settings, projections=(), limit_concurrency=2) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, _ = await _read_all(reader)
+        head = data.lower()
+        assert head.startswith(b"http/1.1 503 "), data
+        assert b"application/problem+json" in head
+        assert b"retry-after: 1" in head
+        assert b"retry shortly" in data
+        for _, idle in [*held, (reader, writer)]:
+            idle.close()
