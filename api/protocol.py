@@ -178,6 +178,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.keep_alive = False
         self._deadline_at = 0.0
         self._in_head, self._head_begun, self._head_bytes, self._tail = True, False, 0, b""
+        if cycle is not None and cycle.response_complete and not self.pipeline:
+            # Answered before its body was in (a 404, a 401): the connection is idle from
+            # now, and uvicorn's keep-alive timer went at the body's first byte.
+            self._arm(self.head_timeout, "head")
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:

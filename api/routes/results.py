@@ -22,7 +22,7 @@ from api.problems import Forbidden
 from domain.election import Election, ElectionStatus
 from domain.errors import NotFound
 from domain.recount import Recount
-from domain.rules import ResultsVisibility
+from domain.rules import ElectionRules, ResultsVisibility
 from infra.audit.records import election_entries
 from infra.runtime.bootstrap import Services
 from infra.store.log import head
@@ -226,10 +226,10 @@ async def _results_at(
     close, nothing was published: 403 unless ``unpublished`` (the reader saw them then)."""
     async with services.reads.connection() as conn:
         at = min(at, await head(conn))
-    count, set_aside = await _recounted(services, election_id, at)
+    rules, closed, snapshot = await _recounted(services, election_id, at)
     if (
-        count.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
-        and count.status is not ElectionStatus.CLOSED
+        rules.results_visibility is ResultsVisibility.AFTER_CLOSE
+        and closed is not ElectionStatus.CLOSED
         and not unpublished
     ):
         raise Forbidden(
@@ -237,24 +237,25 @@ async def _results_at(
             f"yet at position {at}: ask for a position at or after its close (only admins "
             f"and auditors see results from before it)"
         )
-    snapshot = recounted_snapshot(count, at, set_aside)
-    status = ElectionStatus.OPEN if count.status is ElectionStatus.CLOSED else count.status
+    status = ElectionStatus.OPEN if closed is ElectionStatus.CLOSED else closed
     return {
-        **results_document(election_id, snapshot, count.rules, status=status, exact=exact),
+        **results_document(election_id, snapshot, rules, status=status, exact=exact),
         "recounted_from_log": True,
     }
 
 
-async def _recounted(services: Services, election_id: UUID, at: int) -> tuple[Any, int]:
-    """The election recounted from the log up to ``at`` (at most the head), and how many of
-    its entries were set aside. The log up to a position never changes: a recount is kept
-    (in the results cache). Recounts are CPU work, as long as the election is large: one
-    runs at a time per process, so that a flood of them cannot crowd out the ballots; one
-    that waits RECOUNT_WAIT seconds for its turn is refused with 503."""
+async def _recounted(
+    services: Services, election_id: UUID, at: int
+) -> tuple[ElectionRules, ElectionStatus, Any]:
+    """The election recounted from the log up to ``at`` (at most the head): its rules, its
+    status then, and its snapshot (counters, not ballots). The log up to a position never
+    changes, so the snapshot is kept in the results cache. Recounts are CPU work, as long as
+    the election is large: one runs at a time per process, so that a flood of them cannot
+    crowd out the ballots; one that waits RECOUNT_WAIT seconds for its turn is a 503."""
     key = ("recount", election_id, at)
     kept = services.results_cache.get(key)
     if kept is not None:
-        return kept["count"], kept["set_aside"]
+        return kept["rules"], kept["status"], kept["snapshot"]
     try:
         await asyncio.wait_for(services.recounting.acquire(), RECOUNT_WAIT)
     except TimeoutError:
@@ -264,6 +265,9 @@ async def _recounted(services: Services, election_id: UUID, at: int) -> tuple[An
             headers={"Retry-After": "2"},
         ) from None
     try:
+        kept = services.results_cache.get(key)  # the same recount, done while this waited
+        if kept is not None:
+            return kept["rules"], kept["status"], kept["snapshot"]
         recount = Recount()
         async with services.reads.connection() as conn:
             async for entry in election_entries(conn, election_id, at):
@@ -282,7 +286,12 @@ async def _recounted(services: Services, election_id: UUID, at: int) -> tuple[An
     if count is None:
         raise NotFound(f"election {election_id} did not exist yet at position {at}")
     set_aside = sum(1 for s in recount.set_aside if s.election_id in (election_id, None))
+    snapshot = recounted_snapshot(count, at, set_aside)
     if len(services.results_cache) >= CACHE_SIZE:
         services.results_cache.pop(next(iter(services.results_cache)))
-    services.results_cache[key] = {"count": count, "set_aside": set_aside}
-    return count, set_aside
+    services.results_cache[key] = {
+        "rules": count.rules,
+        "status": count.status,
+        "snapshot": snapshot,
+    }
+    return count.rules, count.status, snapshot

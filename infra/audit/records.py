@@ -21,6 +21,9 @@ ORDER BY e.notification_id LIMIT %s
 """
 PREVIOUS_LINK = "SELECT hash FROM audit_chain WHERE position < %s ORDER BY position DESC LIMIT 1"
 SEALED_HEAD = "SELECT coalesce(max(position), 0) FROM audit_chain"
+# The log past the chain is read this many entries at a time, for as long as it takes:
+# a sealer behind (or down) may leave more than a page unsealed.
+TAIL_PAGE = 100_000
 # Each link names its entry's election (migration 0009): an index range, in position order.
 ELECTION_SEALED = f"""
 SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, e.state, c.hash,
@@ -107,14 +110,17 @@ async def election_page(
         )
         for position, stream_id, version, topic, state, link, previous in await cursor.fetchall():
             entries.append(Entry(position, stream_id, version, topic, bytes(state), link, previous))
-    if len(entries) < limit and upto > sealed_head:
-        start = max(after, sealed_head)
-        tail = await log_page(conn, start, 100_000, upto)
+    start = max(after, sealed_head)
+    while len(entries) < limit and start < upto:  # the unsealed tail, page by page
+        tail = await log_page(conn, start, TAIL_PAGE, upto)
+        if not tail:
+            break
         for entry in tail:
             if _belongs(entry, election_id):
                 entries.append(entry)
                 if len(entries) == limit:
-                    break
+                    return entries
+        start = tail[-1].position
     return entries
 
 

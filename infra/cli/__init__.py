@@ -52,10 +52,13 @@ def _stopped_by(error: Exception) -> str | None:
         return f"[red]cannot start:[/red] {escape(str(error))}"
     if isinstance(error, psycopg.errors.UndefinedTable):
         return (
-            f"[red]the database has no Cardinal Vote tables ({_first_line(error)}):[/red] "
-            "run `cardinal migrate` against it first"
+            f"[red]the database lacks a table Cardinal Vote needs ({_first_line(error)}):[/red] "
+            "if it was never migrated, run `cardinal migrate` against it first"
         )
-    if isinstance(error, psycopg.OperationalError):
+    # Reaching it, not what a statement met (a deadlock, a timeout, a full disk: bugs or
+    # incidents, with their traceback): no SQLSTATE (the client's own), or classes 08
+    # (connection), 28 (authorisation), 3D (no such database).
+    if isinstance(error, psycopg.OperationalError) and (error.sqlstate or "08")[:2] in CONNECTING:
         return (
             f"[red]cannot reach the database:[/red] {_first_line(error)} "
             "(check DATABASE_URL, and that PostgreSQL is running)"
@@ -63,6 +66,9 @@ def _stopped_by(error: Exception) -> str | None:
     if isinstance(error, OSError) and error.filename is not None:
         return f"[red]cannot use {escape(str(error.filename))}:[/red] {escape(str(error.strerror))}"
     return None
+
+
+CONNECTING = ("08", "28", "3D")  # SQLSTATE classes of a failure to reach the database
 
 
 def _first_line(error: Exception) -> str:

@@ -79,11 +79,26 @@ def read_ballots(
         yield from _csv(text, options, rules or MarkRules(), found, source)
 
 
-def ballot_key(body: dict[str, Any]) -> str:
-    """An import's idempotency key for a ballot: its voter and its content, so that the
-    same ballot sent again is replayed, however the file around it changed."""
-    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return f"import-{digest[:32]}"
+def ballot_key(body: dict[str, Any], earlier: int) -> str:
+    """An import's idempotency key for a ballot: its voter, its content, and how many
+    ballots of its voter come before it in the file (so that a voter's A, B, then A again
+    is three changes, not a replay of the first), so that the same ballot sent again is
+    replayed, however the file around it changed."""
+    content = orjson.dumps([body, earlier], option=orjson.OPT_SORT_KEYS)
+    return f"import-{hashlib.sha256(content).hexdigest()[:32]}"
+
+
+class _Voters:
+    """How many ballots of each voter a file has shown so far."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+
+    def key(self, body: dict[str, Any]) -> str:
+        voter = str(body.get("voter_id"))
+        earlier = self.seen[voter]
+        self.seen[voter] += 1
+        return ballot_key(body, earlier)
 
 
 def _text(content: bytes) -> str:
@@ -99,6 +114,7 @@ def _text(content: bytes) -> str:
 
 def _jsonl(content: bytes) -> Iterator[FileBallot]:
     content = content.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors add
+    voters = _Voters()
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -109,7 +125,7 @@ def _jsonl(content: bytes) -> Iterator[FileBallot]:
         if not isinstance(body, dict):
             raise ValueError(f"line {number} is not a JSON object")
         given = body.pop("idempotency_key", None)
-        yield FileBallot(number, body, ballot_key(body) if given is None else str(given))
+        yield FileBallot(number, body, voters.key(body) if given is None else str(given))
 
 
 def _csv(
@@ -142,6 +158,7 @@ def _csv(
             "(a precinct, a batch), and each ballot is named by it and its record's number"
         )
     names = _option_names(options)
+    voters = _Voters()
     record = 0
     while True:
         ended = reader.line_num  # the last line read so far: a record starts after it
@@ -157,8 +174,14 @@ def _csv(
             found.blank += 1
             continue
         voter = _cell(row, voter_column).strip() if voter_column is not None else ""
+        if not voter and not source:
+            raise NeedsSource(
+                f"the record on line {ended + 1} names no voter: give --source, a name for this "
+                "file's ballots that stays the same when you import it again (a precinct, a "
+                "batch), and each ballot without a voter is named by it and its record's number"
+            )
         body = {"voter_id": voter or f"cvr-{source}-{record}", "ranking": ranked}
-        yield FileBallot(ended + 1, body, ballot_key(body))
+        yield FileBallot(ended + 1, body, voters.key(body))
 
 
 def _cell(row: list[str], index: int) -> str:

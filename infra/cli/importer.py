@@ -130,15 +130,26 @@ def _connector(url: str, token: str) -> Callable[[], LeanConnection]:
     return lambda: LeanConnection(host, port, token, tls=tls, prefix=parts.path)
 
 
-async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
+async def _election(args: argparse.Namespace) -> Reply | None:
+    """The election, as the API answers it; None (said why) if the API cannot be reached."""
     probe = args.connect()
     try:
-        election = await probe.request("GET", f"/api/elections/{args.election}")
-    except (ConnectionClosed, OSError) as error:
-        console.print(f"[red]cannot reach the API at {escape(args.url)}: {escape(str(error))}[/]")
-        return 1
+        reply: Reply = await asyncio.wait_for(
+            probe.request("GET", f"/api/elections/{args.election}"), args.patience
+        )
+    except (ConnectionClosed, OSError, TimeoutError) as error:
+        said = str(error) or f"no answer within {args.patience:g} s"
+        console.print(f"[red]cannot reach the API at {escape(args.url)}: {escape(said)}[/]")
+        return None
     finally:
         await probe.close()
+    return reply
+
+
+async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
+    election = await _election(args)
+    if election is None:
+        return 1
     if election.status != 200:
         console.print(f"[red]the election cannot be read: {escape(_said(election))}[/]")
         return 1
@@ -222,7 +233,12 @@ async def _post(
         body = {"ballots": [{**b.body, "idempotency_key": b.key} for b in pending]}
         wait, reason = delay, ""
         try:
-            reply = await connection.request("POST", path, body)
+            reply = await asyncio.wait_for(
+                connection.request("POST", path, body), max(0.1, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            await connection.close()  # mid-request: its state is unknown; reconnect
+            reason = "the API took the request and did not answer"
         except (ConnectionClosed, OSError) as error:
             reason = f"the API did not answer ({error or type(error).__name__})"
         else:
@@ -235,7 +251,7 @@ async def _post(
                 pending = again
             elif reply.status == 503:  # the whole request: busy, or the store away
                 reason = _said(reply)
-                wait = float(reply.headers.get("retry-after", "1"))
+                wait = _retry_after(reply)
             else:
                 for ballot in pending:
                     settle(ballot, _said(reply))
@@ -244,6 +260,15 @@ async def _post(
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
         await asyncio.sleep(wait)
         delay = min(delay * 2, 5.0)
+
+
+def _retry_after(reply: Reply) -> float:
+    """Seconds to wait, as Retry-After says (in seconds; a date, as a proxy may send, or
+    nothing: 1)."""
+    try:
+        return max(0.0, float(reply.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
 
 
 def _settled(

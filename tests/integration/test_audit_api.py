@@ -28,6 +28,8 @@ async def _receipt_lookup(http: httpx.AsyncClient, digest: str) -> dict[str, Any
 
 
 def _payload(event: dict[str, Any]) -> bytes:
+    if event["data"] is None:  # an entry that is not JSON: served as its bytes
+        return bytes.fromhex(event["state_hex"])
     state = {**event["data"], "timestamp": event["timestamp"]}
     return json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

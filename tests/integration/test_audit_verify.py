@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from infra.audit import records
 from infra.audit import sources as verify_module
 from infra.audit.chain import Signer
 from infra.audit.export import export
@@ -338,3 +339,29 @@ def test_verify_file_reports_a_damaged_or_cut_short_export_as_a_finding(
     found = verify(cut)
     assert f"FAILED at position {last}" in found
     assert "it is cut short" in found
+
+
+async def test_an_elections_unsealed_entries_are_read_page_by_page(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the chain, the log is read a page at a time for as long as it takes: a sealer
+    behind by more than a page (another election's bulk import, say) once cut an
+    election's entries short, and a recount then left ballots out."""
+    monkeypatch.setattr(records, "TAIL_PAGE", 3)
+    election, other = uuid.uuid4(), uuid.uuid4()
+    written = []
+    with psycopg.connect(store, autocommit=True) as conn:
+        for n in range(12):
+            named = election if n % 4 == 3 else other  # 3 of 12, far apart
+            row = conn.execute(
+                "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+                "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', %s) "
+                "RETURNING notification_id",
+                (orjson.dumps({"election_id": str(named), "vote": {}}),),
+            ).fetchone()
+            assert row is not None
+            if named == election:
+                written.append(row[0])
+    async with await psycopg.AsyncConnection.connect(store) as conn:
+        found = [e.position async for e in records.election_entries(conn, election, written[-1])]
+    assert found == written

@@ -283,7 +283,10 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
 
     # An API that reads the election but then answers every batch 503 (overloaded, or its
     # store away): the import waits --patience seconds, then stops and says what it left.
+    serving: set[asyncio.StreamWriter] = set()
+
     async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        serving.add(writer)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -301,6 +304,22 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
                     + body
                 )
         writer.close()
+        serving.discard(writer)
+
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the request, never answers, until the client leaves
+        writer.close()
+        hung_up.set()
+
+    quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with quiet:
+        where = f"http://127.0.0.1:{quiet.sockets[0].getsockname()[1]}"
+        code, said = await _cardinal(*command, "--url", where, "--patience", "1")
+        await asyncio.wait_for(hung_up.wait(), 10)
+    assert code == 1, said
+    assert "no answer within 1 s" in " ".join(said.split())
 
     server = await asyncio.start_server(busy, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -308,6 +327,10 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
         code, said = await _cardinal(
             *command, "--url", f"http://127.0.0.1:{port}", "--patience", "1", "--batch", "10"
         )
+        for _ in range(100):  # the handlers see the client gone and close their side
+            if not serving:
+                break
+            await asyncio.sleep(0.05)
     flat = " ".join(said.split())
     assert code == 1, said
     assert "stopped: for 1 s the API took none of a batch (503: busy)" in flat

@@ -379,3 +379,16 @@ async def test_past_the_connection_limit_the_answer_is_a_problem_with_retry_afte
         assert b"retry shortly" in data
         for _, idle in [*held, (reader, writer)]:
             idle.close()
+
+
+async def test_a_body_sent_after_its_answer_does_not_keep_the_connection_open(port: int) -> None:
+    """An answer given before the body (a 404 here) completes the response; the body's
+    bytes then cancel uvicorn's keep-alive timer: the next head's deadline still holds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert (await _answer(reader)).startswith(b"http/1.1 404 ")
+    writer.write(b"abcde")
+    data, took = await _read_all(reader)
+    assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data
+    assert took < DEADLINE + 5
+    writer.close()

@@ -78,8 +78,8 @@ async def test_an_election_from_creation_to_results_leaves_every_fact_in_the_log
 
 
 def _belongs(event: dict[str, object], election_id: str, receipt: dict[str, object]) -> bool:
-    data = event["data"]
-    assert isinstance(data, dict)
+    # (The shared log also holds entries other tests wrote unreadable on purpose.)
+    data = event["data"] if isinstance(event["data"], dict) else {}
     return event["stream_id"] == election_id or data.get("election_id") == election_id
 
 

@@ -104,3 +104,22 @@ def test_a_file_that_is_not_utf8_says_where_and_what_to_do(tmp_path: Path) -> No
         ValueError, match=r"line 3 is not UTF-8 \(byte 0xe9\): save the file as UTF-8"
     ):
         list(read_ballots(cvr, OPTIONS))
+
+
+def test_a_voter_column_with_an_empty_cell_needs_a_source_too(tmp_path: Path) -> None:
+    cvr = tmp_path / "ids.csv"
+    cvr.write_text("id,rank1\n7,frey\n,hodges\n")
+    with pytest.raises(NeedsSource, match="the record on line 3 names no voter"):
+        list(read_ballots(cvr, OPTIONS))
+    named = [b.body["voter_id"] for b in read_ballots(cvr, OPTIONS, source="p1")]
+    assert named == ["7", "cvr-p1-2"]
+
+
+def test_a_voter_changing_back_is_a_change_not_a_replay(tmp_path: Path) -> None:
+    lines = tmp_path / "changes.jsonl"
+    lines.write_text(
+        "".join(f'{{"voter_id": "x", "choice": "{c}"}}\n' for c in ("frey", "hodges", "frey"))
+    )
+    keys = [b.key for b in read_ballots(lines, OPTIONS)]
+    assert len(set(keys)) == 3
+    assert keys == [b.key for b in read_ballots(lines, OPTIONS)]  # and stable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from infra.cli import main
@@ -139,3 +140,14 @@ def test_options_that_count_or_name_keys_are_checked_before_anything_runs(
     assert f"cannot use {missing}: No such file or directory" in " ".join(
         capsys.readouterr().err.split()
     )
+
+
+def test_only_failures_to_reach_the_database_become_a_message() -> None:
+    from infra.cli import _stopped_by
+
+    said = _stopped_by(psycopg.OperationalError("connection refused"))
+    assert said is not None
+    assert "cannot reach the database" in said
+    # What a statement met (a deadlock, a timeout) is an incident: its traceback stays.
+    assert _stopped_by(psycopg.errors.DeadlockDetected("deadlock detected")) is None
+    assert _stopped_by(psycopg.errors.QueryCanceled("canceling statement")) is None
