@@ -9,9 +9,10 @@
   ``voter_id``, ``ballot_id``, ``cvr_id`` or ``id`` column names the voter.
 
 A ballot is named by its voter: the file's ``voter_id`` (or the CVR's voter column), else,
-in a CVR that names no voter, ``SOURCE`` and the record's number in the file (``--source``:
-a name for the file's ballots that stays the same from one import to the next). Its
-idempotency key is its voter and its content. So importing a file again counts nothing
+in a CVR record that names no voter, ``SOURCE`` and the record's number in the file
+(``--source``: a name for the file's ballots that stays the same from one import to the
+next). Its idempotency key is its voter, its content and how many of its voter's ballots
+come before it in the file. So importing a file again counts nothing
 twice, and neither does importing it corrected, completed with more rows, or saved again
 with other line endings: an unchanged ballot is replayed, a corrected one revises its
 voter's (or is refused where revoting is off), a new one is cast. A CVR without voter ids
