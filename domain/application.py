@@ -167,6 +167,25 @@ class VotingApplication(Application[UUID]):
         existing.revise(vote, request_key)
         return await self._record_revision(existing, election_id)
 
+    async def replayed(
+        self,
+        election_id: UUID,
+        voter: Voter,
+        content: Mapping[str, Any],
+        request_key: str | None,
+    ) -> Receipt | None:
+        """The receipt of this very request if it was recorded already (a retry with the
+        same key and ballot), else None; records nothing."""
+        if request_key is None:
+            return None
+        existing = await self.writer.load_ballot(ballot_id(election_id, voter.ballot_key))
+        if existing is None:
+            return None
+        election = await self.election(election_id)
+        return await self._replay(
+            existing, request_key, election.accept_vote(voter, content).to_json()
+        )
+
     async def cast_ballots(
         self,
         election_id: UUID,

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from api import context, documents
 from api.contract import Operation, operation
 from api.params import ELECTION_ID, IDEMPOTENCY_KEY
-from api.problems import Forbidden, fault, problem_of
+from api.problems import Forbidden, TooManyRequests, fault, problem_of
 from api.responses import JSONResponse
 from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
@@ -60,10 +60,18 @@ async def cast(request: Request) -> Response:
     election_id, voter_token = await _election_and_caller(request)
     body = await context.body(request, BallotIn)
     voter = _voter(request, election_id, body.voter_id, voter_token)
-    limited = await context.rate_limits(request).ballot(request)
-    receipt = await context.services(request).app.cast_ballot(
-        election_id, voter, body.content(), _request_key(request, voter)
-    )
+    app = context.services(request).app
+    key = _request_key(request, voter)
+    try:
+        limited = await context.rate_limits(request).ballot(request)
+    except TooManyRequests:
+        # A retry of a ballot already recorded changes nothing: its receipt, not a 429
+        # (a client whose answer was lost must be able to learn what became of it).
+        earlier = await app.replayed(election_id, voter, body.content(), key)
+        if earlier is None:
+            raise
+        return _answer(earlier, election_id, "cast" if earlier.version == 1 else "revised", None)
+    receipt = await app.cast_ballot(election_id, voter, body.content(), key)
     return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised", limited)
 
 

@@ -97,6 +97,49 @@ async def test_the_limit_holds_across_servers_and_says_when_to_come_back(
     assert refused[0].headers["ratelimit-policy"] == f'"ballots";q={LIMIT};w=3600'
 
 
+async def test_a_retry_of_a_recorded_ballot_gets_its_receipt_past_the_limit(
+    limited: list[str],
+) -> None:
+    """A client whose answer was lost retries with the same key: past the limit it must
+    still learn what became of its ballot (the retry changes nothing, so costs nothing)."""
+    election_id = await _open_election(limited[0])
+    client = _address()
+    headers = {**bearer(CLIENT), "X-Forwarded-For": client}
+    sent = []
+    async with httpx.AsyncClient(base_url=limited[0], timeout=30) as http:
+        for n in range(LIMIT):
+            ballot = {"voter_id": f"retry-{n}", "choice": "a"}
+            answer = await http.post(
+                f"/api/elections/{election_id}/ballots",
+                json=ballot,
+                headers={**headers, "Idempotency-Key": f"k-{n}"},
+            )
+            assert answer.status_code == 201, answer.text
+            sent.append((ballot, answer.json()))
+        ballot, first = sent[2]
+        again = await http.post(
+            f"/api/elections/{election_id}/ballots",
+            json=ballot,
+            headers={**headers, "Idempotency-Key": "k-2"},
+        )
+        assert again.status_code == 201, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["ballot_id"] == first["ballot_id"]
+        assert again.json()["position"] == first["position"]
+        # Not a retry: a new key is refused by the limit; another ballot under the same
+        # key is refused as the misuse it is (nothing recorded either way).
+        for changed, key, status in (
+            (ballot, "k-other", 429),
+            ({**ballot, "choice": "b"}, "k-2", 422),
+        ):
+            refused = await http.post(
+                f"/api/elections/{election_id}/ballots",
+                json=changed,
+                headers={**headers, "Idempotency-Key": key},
+            )
+            assert refused.status_code == status, refused.text
+
+
 async def test_withdrawals_draw_on_the_same_quota(limited: list[str]) -> None:
     election_id = await _open_election(limited[0])
     client = _address()
