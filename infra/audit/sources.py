@@ -11,7 +11,6 @@ import multiprocessing
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,7 +20,7 @@ import psycopg
 
 from domain.election import ElectionStatus
 from domain.rules import ElectionRules
-from infra.audit.chain import key_id
+from infra.audit.export_file import read_export
 from infra.audit.verifier import (
     Checkpoint,
     Discrepancy,
@@ -189,152 +188,9 @@ def _file_half(
     chain: bool,
 ) -> Outcome:
     try:
-        return _read_file(path, election, validate, public_key, progress, chain=chain), None
+        return read_export(path, election, validate, public_key, progress, chain=chain), None
     except Discrepancy as discrepancy:
         return None, discrepancy
-
-
-def _read_file(
-    path: Path,
-    election: UUID | None,
-    validate: bool,
-    public_key: bytes | None,
-    progress: Any,
-    *,
-    chain: bool,
-) -> Report:
-    lines = _lines(path)
-    first = next(lines, None)
-    header = first[1] if first is not None else None
-    if header is None or header.get("kind") != "header":
-        raise Discrepancy(None, f"{path} does not start with an export header")
-    try:
-        keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
-        upto = int(header.get("head", 0))
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise Discrepancy(None, f"line 1 of {path}: its header does not read ({error!r})") from None
-    if public_key is not None:
-        keys = {key_id(public_key): public_key}
-    export = _Export(keys, election=election, validate=validate, chain=chain)
-    for number, document in lines:
-        try:
-            export.take(document)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise Discrepancy(
-                None, f"line {number} of {path} is not an export line as written ({error!r})"
-            ) from None
-        if progress is not None and export.entries % 10_000 == 0 and document["kind"] == "event":
-            progress(document["position"], upto)
-    report = export.verifier().finish()
-    if chain:
-        if election is None and report.head < upto:
-            raise Discrepancy(
-                report.head,
-                f"the export ends at position {report.head:,}, but its header says the log "
-                f"reached {upto:,}: it is cut short",
-            )
-        report.notes.extend(set_aside_notes(export.aside))
-    return report
-
-
-@dataclass
-class _Export:
-    """An export's lines as read so far: its checkpoints, served results and the
-    projections' set-aside entries, and its events, fed to a verifier in order."""
-
-    keys: dict[str, bytes]
-    election: UUID | None
-    validate: bool
-    chain: bool
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    served: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    aside: list[dict[str, Any]] = field(default_factory=list)
-    _verifier: Verifier | None = None
-
-    @property
-    def entries(self) -> int:
-        return 0 if self._verifier is None else self._verifier.report.entries
-
-    def verifier(self) -> Verifier:
-        """Started at the first event, once every checkpoint and result is in."""
-        if self._verifier is None:
-            self._verifier = Verifier(
-                self.keys,
-                self.checkpoints,
-                self.served,
-                election=self.election,
-                validate=self.validate,
-                chain=self.chain,
-                replay=not self.chain,
-            )
-        return self._verifier
-
-    def take(self, document: dict[str, Any]) -> None:
-        kind = document.get("kind")
-        if kind == "checkpoint":
-            self.checkpoints.append(
-                Checkpoint(
-                    document["id"],
-                    document["position"],
-                    bytes.fromhex(document["head_hash"]),
-                    document["key_id"],
-                    bytes.fromhex(document["signature"]),
-                )
-            )
-        elif kind == "result":
-            self.served.setdefault(document["position"], []).append(document)
-        elif kind == "set_aside":
-            self.aside.append(document)
-        elif kind == "event" and self.chain:
-            self.verifier().link(_file_entry(document))
-        elif kind == "event" and (document["data"] is not None or "state_hex" in document):
-            # (a missing entry is the chain's finding)
-            event = document["type"]
-            stream = document["stream_id"]
-            self.verifier().count(
-                document["position"],
-                stream if event[0] == "B" else UUID(stream),
-                event,
-                document["data"]
-                if document["data"] is not None
-                else bytes.fromhex(document["state_hex"]),
-            )
-
-
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open("rb") as source:
-        for number, line in enumerate(source, 1):
-            if line.strip():
-                try:
-                    document = orjson.loads(line)
-                except orjson.JSONDecodeError as error:
-                    raise Discrepancy(
-                        None, f"line {number} of {path} is not JSON: {error}"
-                    ) from None
-                if not isinstance(document, dict):
-                    raise Discrepancy(None, f"line {number} of {path} is not a JSON object")
-                yield number, document
-
-
-def _file_entry(document: dict[str, Any]) -> Entry:
-    data = document.get("data")
-    stored = document.get("hash")
-    raw = document.get("state_hex")
-    if data is None and raw is None:
-        return Entry(document["position"], b"", 0, "", b"", bytes.fromhex(stored or ""))
-    return Entry(
-        position=document["position"],
-        stream=bytes.fromhex(document["stream_id"].replace("-", "")),
-        version=document["version"],
-        kind=document["type"],
-        # the canonical payload, or the bytes of one that is not JSON
-        state=bytes.fromhex(raw) if raw is not None else _canonical(data),
-        stored_hash=bytes.fromhex(stored) if stored else None,
-    )
-
-
-def _canonical(data: Any) -> bytes:
-    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]:
