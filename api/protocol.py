@@ -235,6 +235,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         So: send, close our side, drop whatever still comes, and close when the client
         does, or LINGER seconds later."""
         self._deadline_at = 0.0
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # An answer under way (garbage sent behind a request): it stops quietly, for
+            # it could not write after the half-close (a RuntimeError, logged as a 500).
+            cycle.disconnected = True
         self.transport.write(last)
         if not self.transport.can_write_eof():
             self.transport.close()

@@ -25,6 +25,7 @@ from domain.errors import (
 from domain.ports import EventWriter, HeldBack, Recorded, VersionConflict
 from domain.rules import ElectionRules, validate_title
 from domain.voter import Voter
+from domain.votes import parse_vote
 
 LIFECYCLE_ATTEMPTS = 3
 A = TypeVar("A", bound=Aggregate)
@@ -175,16 +176,19 @@ class VotingApplication(Application[UUID]):
         request_key: str | None,
     ) -> Receipt | None:
         """The receipt of this very request if it was recorded already (a retry with the
-        same key and ballot), else None; records nothing."""
+        same key and ballot), else None, whatever else is wrong with it; records nothing.
+        (For a caller refused already: its answer must say nothing more than the refusal
+        unless this is its own retry, not whether the voter voted or the election closed.)"""
         if request_key is None:
             return None
         existing = await self.writer.load_ballot(ballot_id(election_id, voter.ballot_key))
-        if existing is None:
+        if existing is None or request_key not in existing.requests:
             return None
-        election = await self.election(election_id)
-        return await self._replay(
-            existing, request_key, election.accept_vote(voter, content).to_json()
-        )
+        rules = (await self.election(election_id)).rules  # pinned: the same in every view
+        try:
+            return await self._replay(existing, request_key, parse_vote(rules, content).to_json())
+        except CardinalError:  # the key's ballot was another, or this one is invalid
+            return None
 
     async def cast_ballots(
         self,

@@ -392,3 +392,17 @@ async def test_a_body_sent_after_its_answer_does_not_keep_the_connection_open(po
     assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data
     assert took < DEADLINE + 5
     writer.close()
+
+
+async def test_garbage_behind_a_request_ends_the_connection_without_an_error(
+    streaming: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes that are not HTTP sent behind a request being answered (a stream here): the
+    400 ends the connection, and the answer under way stops quietly, not as a 500."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", streaming)
+    writer.write(b"GET /api/elections/stream HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01garbage\r\n\r\n")
+    data, _ = await _read_all(reader)
+    assert b"400 Bad Request" in data, data
+    await asyncio.sleep(0.5)  # our side still open: the stream writes meanwhile
+    writer.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
