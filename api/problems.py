@@ -166,15 +166,32 @@ def _passing(exc: BaseException) -> tuple[str, str] | None:
 
 
 def fault() -> dict[str, Any]:
-    """The problem document for an unexpected error one ballot of a batch met (the caller
-    logs it, once however many ballots it met): that ballot was not recorded, and its
-    neighbours' outcomes stand."""
+    """The problem document for an unexpected error one ballot of a batch met (logged with
+    Faults): that ballot was not recorded, and its neighbours' outcomes stand."""
     return problem_body(
         500,
         "Internal error",
         "an unexpected error occurred with this ballot; it was not recorded (the error has "
         "been logged)",
     )
+
+
+class Faults:
+    """The unexpected errors the ballots of one batch met: a batch-wide one meets them
+    all, and is logged once, with how many it met."""
+
+    def __init__(self) -> None:
+        self._met: dict[int, tuple[BaseException, int]] = {}
+
+    def add(self, error: BaseException) -> None:
+        _, count = self._met.get(id(error), (error, 0))
+        self._met[id(error)] = (error, count + 1)
+
+    def log(self, where: str) -> int:
+        """Log each error once; how many ballots they met in all."""
+        for error, count in self._met.values():
+            log.error("unexpected error with %d ballot(s) %s", count, where, exc_info=error)
+        return sum(count for _, count in self._met.values())
 
 
 def _message(error: Any) -> str:

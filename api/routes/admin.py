@@ -61,8 +61,8 @@ async def rebuild(request: Request) -> Response:
         )
     running: dict[str, asyncio.subprocess.Process | None] = request.app.state.rebuilds
     services = context.services(request)
-    child = running.get(name, ...)
-    if child is None or (child is not ... and child.returncode is None):
+    child = running.get(name)
+    if name in running and (child is None or child.returncode is None):
         raise Conflict(f"a rebuild of {name} is already running; follow it in the status")
     running[name] = None  # starting: a second request meanwhile is refused, not started too
     try:
@@ -79,8 +79,8 @@ async def rebuild(request: Request) -> Response:
             stdout=asyncio.subprocess.DEVNULL,  # its progress is in the status; logs: stderr
         )
     finally:
-        if running.get(name, ...) is None:
-            del running[name]
+        if name in running and running[name] is None:
+            del running[name]  # refused, or the start failed
     return JSONResponse(
         {"projection": name, "state": "rebuilding", "status": "/api/admin/projections"},
         status_code=202,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from typing import Any
 from uuid import UUID
@@ -14,7 +13,7 @@ from starlette.responses import Response
 from api import context, documents
 from api.contract import Operation, operation
 from api.params import ELECTION_ID, IDEMPOTENCY_KEY
-from api.problems import Forbidden, TooManyRequests, fault, problem_of
+from api.problems import Faults, Forbidden, TooManyRequests, fault, problem_of
 from api.responses import JSONResponse
 from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
@@ -26,7 +25,6 @@ from infra.batched_metrics import BatchedCounter
 from infra.metrics import BALLOTS_ACCEPTED, BALLOTS_REFUSED
 from infra.runtime.voters import request_key
 
-log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY = 255
 ACCEPTED = {
     kind: BatchedCounter(BALLOTS_ACCEPTED.labels(kind))
@@ -70,9 +68,9 @@ async def cast(request: Request) -> Response:
         earlier = await app.replayed(election_id, voter, body.content(), key)
         if earlier is None:
             raise
-        return _answer(earlier, election_id, "cast" if earlier.version == 1 else "revised", None)
+        return _answer(earlier, election_id, _kind(earlier), None)
     receipt = await app.cast_ballot(election_id, voter, body.content(), key)
-    return _answer(receipt, election_id, "cast" if receipt.version == 1 else "revised", limited)
+    return _answer(receipt, election_id, _kind(receipt), limited)
 
 
 @operation(
@@ -124,22 +122,21 @@ async def cast_batch(request: Request) -> Response:
     )
     election = str(election_id)
     kinds: Counter[str] = Counter()
-    faults: dict[int, tuple[Exception, list[int]]] = {}  # one error may meet many ballots
+    faults = Faults()
     for (index, *_), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, Receipt):
-            kind = "cast" if outcome.version == 1 else "revised"
+            kind = _kind(outcome)
             kinds["replayed" if outcome.replayed else kind] += 1
             results[index] = receipt_view(outcome, election, kind)
         elif (found := problem_of(outcome, f"ballots[{index}]")) is not None:
             results[index] = found
         else:  # not a refusal of the ballot but a fault: this one alone was not recorded
-            faults.setdefault(id(outcome), (outcome, []))[1].append(index)
+            faults.add(outcome)
             results[index] = fault()
     for kind, count in kinds.items():
         ACCEPTED[kind].inc(count)
-    for error, indices in faults.values():
-        log.error("unexpected error with %d ballot(s) of a batch", len(indices), exc_info=error)
-        BALLOTS_REFUSED.labels("fault").inc(len(indices))
+    if faulty := faults.log("of a bulk request"):
+        BALLOTS_REFUSED.labels("fault").inc(faulty)
     return JSONResponse({"results": results}, headers=limited)
 
 
@@ -222,6 +219,11 @@ def _request_key(request: Request, voter: Voter) -> str | None:
             field="Idempotency-Key",
         )
     return request_key(key, voter)
+
+
+def _kind(receipt: Receipt) -> str:
+    """What a cast did: the voter's first ballot, or a revision of it."""
+    return "cast" if receipt.version == 1 else "revised"
 
 
 def _answer(

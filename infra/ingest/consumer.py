@@ -23,7 +23,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from api.problems import problem_of
+from api.problems import Faults, problem_of
 from api.views import receipt_view
 from domain.application import Receipt, VotingApplication
 from domain.election import Election
@@ -166,7 +166,7 @@ class Ingester:
         retry: list[Item] = []
         elections = await self._elections({item.election_id for item in items})
         groups: dict[UUID, list[Item]] = {}
-        faults: dict[int, tuple[Exception, int]] = {}  # one error may meet many ballots
+        faults = Faults()
         for item in items:
             assert item.election_id is not None
             found = elections[item.election_id]
@@ -191,8 +191,7 @@ class Ingester:
                     item.receipt = outcome
                 else:
                     _refused_or_again(item, outcome, retry, faults)
-        for error, count in faults.values():
-            log.error("unexpected error with %d ballot(s); refused", count, exc_info=error)
+        faults.log("from the ingest queue; refused")
         return retry
 
     async def _elections(self, ids: set[UUID | None]) -> dict[UUID, Election | Exception]:
@@ -305,9 +304,7 @@ def _result(item: Item) -> dict[str, Any]:
     return item.problem
 
 
-def _refused_or_again(
-    item: Item, error: Exception, retry: list[Item], faults: dict[int, tuple[Exception, int]]
-) -> None:
+def _refused_or_again(item: Item, error: Exception, retry: list[Item], faults: Faults) -> None:
     """Refuse the ballot, or put it in ``retry``: where the error says nothing about it
     (the store away or busy, a race, an earlier ballot of its voter to go first), and for
     an unexpected one, up to FAULT_ATTEMPTS (``faults``: those refused, to log once)."""
@@ -322,8 +319,7 @@ def _refused_or_again(
             retry.append(item)
         else:
             item.refuse_as_fault()
-            seen = faults.get(id(error), (error, 0))
-            faults[id(error)] = (error, seen[1] + 1)
+            faults.add(error)
 
 
 async def _release(batch: list[Delivery]) -> None:
