@@ -31,6 +31,7 @@ import hashlib
 import struct
 from uuid import UUID
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -52,6 +53,22 @@ def entry_hash(
     stream = stream_id if isinstance(stream_id, bytes) else stream_id.bytes
     fields = _FIELDS.pack(position, stream, version, len(encoded_kind))
     return _blake2b(ENTRY_PREFIX + fields + encoded_kind + payload, digest_size=32).digest()
+
+
+def filed_election(kind: str, stream_id: bytes, payload: bytes) -> UUID | None:
+    """The election the chain files an entry under (``audit_chain.election_id``, which the
+    per-election audit read follows): an election's own entries by their stream, a ballot's
+    by the election its payload names; None for anything else, or a ballot naming none."""
+    if kind.startswith("Election"):
+        return UUID(bytes=stream_id)
+    if kind.startswith("Ballot"):
+        try:
+            named = orjson.loads(payload)["election_id"]
+            if isinstance(named, str):
+                return UUID(named)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass
+    return None
 
 
 def chain_hash(previous: bytes, entry: bytes) -> bytes:

@@ -33,6 +33,8 @@ def read_export(
     progress: Any,
     *,
     chain: bool,
+    checkpoints: list[Checkpoint] | None = None,
+    served: dict[int, list[dict[str, Any]]] | None = None,
 ) -> Report:
     """Verify one half of an export (``chain``: the hash chain and checkpoints; else the
     replay against the served results); a Discrepancy at the first thing that is wrong."""
@@ -49,6 +51,9 @@ def read_export(
     if public_key is not None:
         keys = {key_id(public_key): public_key}
     export = _Export(keys, election=election, validate=validate, chain=chain)
+    export.checkpoints.extend(checkpoints or ())
+    for position, documents in (served or {}).items():
+        export.served.setdefault(position, []).extend(documents)
     for number, document in lines:
         try:
             export.take(document)
@@ -58,6 +63,8 @@ def read_export(
             ) from None
         if progress is not None and export.entries % 10_000 == 0 and document["kind"] == "event":
             progress(document["position"], upto)
+    if progress is not None:
+        progress(upto, upto)
     report = export.verifier().finish()
     if chain:
         if election is None and report.head < upto:
@@ -120,17 +127,12 @@ class _Export:
             self.aside.append(document)
         elif kind == "event" and self.chain:
             self.verifier().link(_file_entry(document))
-        elif kind == "event" and (document["data"] is not None or "state_hex" in document):
+        elif kind == "event" and (payload := _payload(document)) is not None:
             # (a missing entry is the chain's finding)
             event = document["type"]
             stream = document["stream_id"]
             self.verifier().count(
-                document["position"],
-                stream if event[0] == "B" else UUID(stream),
-                event,
-                document["data"]
-                if document["data"] is not None
-                else bytes.fromhex(document["state_hex"]),
+                document["position"], stream if event[0] == "B" else UUID(stream), event, payload
             )
 
 
@@ -149,11 +151,25 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield number, document
 
 
-def _file_entry(document: dict[str, Any]) -> Entry:
+def _payload(document: dict[str, Any]) -> dict[str, Any] | bytes | None:
+    """What an event line holds: its data (whose canonical JSON the chain hashes), or the
+    bytes of a state that is not a JSON object; None: a link whose entry is gone. The
+    chain and the replay take the same one, so no line can show each half something else.
+    """
     data = document.get("data")
+    if "state_hex" not in document:
+        if data is not None and not isinstance(data, dict):
+            raise ValueError("an event line's data is not a JSON object")
+        return data
+    if data is not None:
+        raise ValueError("an event line carries both data and state_hex")
+    return bytes.fromhex(document["state_hex"])
+
+
+def _file_entry(document: dict[str, Any]) -> Entry:
+    payload = _payload(document)
     stored = document.get("hash")
-    raw = document.get("state_hex")
-    if data is None and raw is None:
+    if payload is None:
         return Entry(document["position"], b"", 0, "", b"", bytes.fromhex(stored or ""))
     return Entry(
         position=document["position"],
@@ -161,7 +177,7 @@ def _file_entry(document: dict[str, Any]) -> Entry:
         version=document["version"],
         kind=document["type"],
         # the canonical payload, or the bytes of one that is not JSON
-        state=bytes.fromhex(raw) if raw is not None else _canonical(data),
+        state=payload if isinstance(payload, bytes) else _canonical(payload),
         stored_hash=bytes.fromhex(stored) if stored else None,
     )
 

@@ -14,13 +14,12 @@ import logging
 import time
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
-from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
+from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash, filed_election
 from infra.store import EVENTS_TABLE
-from infra.store.log import election_uuid, event_type
+from infra.store.log import event_type
 from infra.store.names import connection_name
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,15 @@ class Sealer:
                 break
             await asyncio.sleep(self.poll_interval)
         self._tip = None
+        while (lost := await self.lost_links(conn)) is not None:
+            # Sealing on would sign, with the real key, whatever the log now holds there.
+            log.error(
+                "the chain lost links it had signed (checkpoint %d at position %d): not "
+                "sealing; the store was tampered with or restored wrongly (see `cardinal "
+                "audit verify`)",
+                *lost,
+            )
+            await asyncio.sleep(60)
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
         # Links lost in a crash are sealed again, identically (the chain is a function
         # of the log, signatures are deterministic): no need to wait for the WAL flush
@@ -130,14 +138,16 @@ class Sealer:
                 positions.append(str(entry_position))
                 entries.append(entry)
                 hashes.append(previous)
-                if kind.startswith("Ballot"):
-                    elections.append(_election_of(entry_position, kind, state))
-                elif kind.startswith("Election"):
-                    elections.append(stream_id.hex())
-                    if kind == "ElectionClosed":
-                        closes.append((entry_position, previous))
-                else:
-                    elections.append("NULL")
+                election = filed_election(kind, stream_id, state)
+                elections.append("NULL" if election is None else election.hex)
+                if election is None and kind.startswith("Ballot"):
+                    log.error(
+                        "entry %d is a %s that names no election; sealed, not indexed",
+                        entry_position,
+                        kind,
+                    )
+                if kind == "ElectionClosed":
+                    closes.append((entry_position, previous))
             self._tip = None  # unknown until this page commits
             async with conn.transaction():
                 await conn.execute(
@@ -160,6 +170,19 @@ class Sealer:
         self.position = position
         return sealed
 
+    async def lost_links(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, int] | None:
+        """The last checkpoint (id, position), where the chain no longer holds the head it
+        signed: its links were deleted or rewritten after it was signed."""
+        cursor = await conn.execute(
+            "SELECT k.id, k.position, c.hash = k.head_hash FROM audit_checkpoints k "
+            "LEFT JOIN audit_chain c ON c.position = k.position ORDER BY k.position DESC, "
+            "k.id DESC LIMIT 1"
+        )
+        row = await cursor.fetchone()
+        if row is None or row[2]:
+            return None
+        return int(row[0]), int(row[1])
+
     async def checkpoint_head(self, conn: psycopg.AsyncConnection[Any], reason: str) -> None:
         """Sign the chain head, unless it is signed already."""
         cursor = await conn.execute(LAST_LINK)
@@ -178,18 +201,3 @@ class Sealer:
             "VALUES (%s, %s, %s, %s, %s)",
             (position, head, self.signer.key_id, self.signer.sign(position, head), reason),
         )
-
-
-def _election_of(position: int, kind: str, state: bytes) -> str:
-    """A ballot entry's election (its 32 hex digits; every ballot event names it), for the
-    per-election index, or NULL. The chain seals whatever the log holds; an entry that
-    names no election (written around the application) is sealed all the same, and left
-    for `audit verify` to report."""
-    try:
-        named = orjson.loads(state)["election_id"]
-        if isinstance(named, str):
-            return election_uuid(named).hex
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        pass
-    log.error("entry %d is a %s that names no election; sealed, not indexed", position, kind)
-    return "NULL"

@@ -21,6 +21,7 @@ import psycopg
 from domain.election import ElectionStatus
 from domain.rules import ElectionRules
 from infra.audit.export_file import read_export
+from infra.audit.pinned import NOTHING_PINNED, Pinned
 from infra.audit.verifier import (
     Checkpoint,
     Discrepancy,
@@ -37,13 +38,14 @@ from projections.results import results_document
 PAGE = 20_000
 # The replay needs no links: the entries alone, a cheaper read.
 ENTRIES = f"""
-SELECT notification_id, uuid_send(originator_id), originator_version, topic, state, NULL
+SELECT notification_id, uuid_send(originator_id), originator_version, topic, state, NULL,
+       NULL, NULL
 FROM {EVENTS_TABLE} WHERE notification_id > %(after)s ORDER BY notification_id LIMIT %(n)s
 """
 # Entries and chain links side by side: a link whose entry is gone still shows up.
 JOINED = f"""
 SELECT coalesce(e.notification_id, c.position), uuid_send(e.originator_id),
-       e.originator_version, e.topic, e.state, c.hash
+       e.originator_version, e.topic, e.state, c.hash, c.entry_hash, uuid_send(c.election_id)
 FROM (SELECT * FROM {EVENTS_TABLE} WHERE notification_id > %(after)s
       ORDER BY notification_id LIMIT %(n)s) e
 FULL JOIN (SELECT * FROM audit_chain WHERE position > %(after)s
@@ -59,13 +61,14 @@ async def verify_database(
     election: UUID | None,
     validate: bool,
     progress: Any = None,
+    pinned: Pinned = NOTHING_PINNED,
 ) -> Report:
     """Verify the live store: chain and checkpoints here, the replay of every election
     against the read models' results in a second process, at the same time."""
     with _second_core() as pool:
-        replaying = pool.submit(_replay_database, database_url, election, validate)
+        replaying = pool.submit(_replay_database, database_url, election, validate, pinned)
         chain = await _database_half(
-            database_url, public_keys, election, validate, progress, chain=True
+            database_url, public_keys, election, validate, progress, pinned=pinned, chain=True
         )
         report = _combine(chain, replaying.result())
     async with await snapshot_connection(database_url) as conn:
@@ -80,12 +83,15 @@ def verify_file(
     validate: bool,
     public_key: bytes | None = None,
     progress: Any = None,
+    pinned: Pinned = NOTHING_PINNED,
 ) -> Report:
     """Verify an export with no database: chain and checkpoints here, the replay against
     the exported results in a second process, at the same time."""
     with _second_core() as pool:
-        replaying = pool.submit(_replay_file, path, election, validate)
-        chain = _file_half(path, election, validate, public_key, progress, chain=True)
+        replaying = pool.submit(_replay_file, path, election, validate, pinned)
+        chain = _file_half(
+            path, election, validate, public_key, progress, pinned=pinned, chain=True
+        )
         return _combine(chain, replaying.result())
 
 
@@ -124,9 +130,13 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     return chain_report
 
 
-def _replay_database(database_url: str, election: UUID | None, validate: bool) -> Outcome:
+def _replay_database(
+    database_url: str, election: UUID | None, validate: bool, pinned: Pinned
+) -> Outcome:
     with _no_cyclic_collection():
-        return asyncio.run(_database_half(database_url, {}, election, validate, None, chain=False))
+        return asyncio.run(
+            _database_half(database_url, {}, election, validate, None, pinned=pinned, chain=False)
+        )
 
 
 async def _database_half(
@@ -136,12 +146,13 @@ async def _database_half(
     validate: bool,
     progress: Any,
     *,
+    pinned: Pinned,
     chain: bool,
 ) -> Outcome:
     try:
         async with await snapshot_connection(database_url) as conn:
-            checkpoints = await checkpoints_of(conn) if chain else []
-            served = {} if chain else await served_results(conn)
+            checkpoints = [*await checkpoints_of(conn), *pinned.checkpoints] if chain else []
+            served = {} if chain else merged(await served_results(conn), pinned.served_at())
             cursor = await conn.execute(
                 f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
             )
@@ -161,9 +172,11 @@ async def _database_half(
                     verifier.feed(entry)
                     if progress is not None and verifier.report.entries % 10_000 == 0:
                         progress(entry.position, upto)
+                if progress is not None:
+                    progress(upto, upto)
             else:  # the replay half's hot loop: rows as they come, no Entry objects
                 async for rows in _pages(conn, ENTRIES):
-                    for position, stream, _, topic, state, _ in rows:
+                    for position, stream, _, topic, state, *_ in rows:
                         kind = event_type(topic)
                         verifier.count(
                             position, stream if kind[0] == "B" else UUID(bytes=stream), kind, state
@@ -173,9 +186,9 @@ async def _database_half(
         return None, discrepancy
 
 
-def _replay_file(path: Path, election: UUID | None, validate: bool) -> Outcome:
+def _replay_file(path: Path, election: UUID | None, validate: bool, pinned: Pinned) -> Outcome:
     with _no_cyclic_collection():
-        return _file_half(path, election, validate, None, None, chain=False)
+        return _file_half(path, election, validate, None, None, pinned=pinned, chain=False)
 
 
 def _file_half(
@@ -185,12 +198,32 @@ def _file_half(
     public_key: bytes | None,
     progress: Any,
     *,
+    pinned: Pinned,
     chain: bool,
 ) -> Outcome:
     try:
-        return read_export(path, election, validate, public_key, progress, chain=chain), None
+        return read_export(
+            path,
+            election,
+            validate,
+            public_key,
+            progress,
+            chain=chain,
+            checkpoints=list(pinned.checkpoints),
+            served=pinned.served_at(),
+        ), None
     except Discrepancy as discrepancy:
         return None, discrepancy
+
+
+def merged(
+    served: dict[int, list[dict[str, Any]]], more: dict[int, list[dict[str, Any]]]
+) -> dict[int, list[dict[str, Any]]]:
+    """Served results by position, with more of them."""
+    together = {position: list(documents) for position, documents in served.items()}
+    for position, documents in more.items():
+        together.setdefault(position, []).extend(documents)
+    return together
 
 
 async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]:
@@ -214,7 +247,7 @@ async def database_entries(
     reads it on the other core meanwhile.
     """
     async for rows in _pages(conn, JOINED if links else ENTRIES):
-        for position, stream, version, topic, state, link in rows:
+        for position, stream, version, topic, state, link, receipt, election in rows:
             yield Entry(
                 position,
                 bytes(stream) if stream is not None else b"",
@@ -222,6 +255,9 @@ async def database_entries(
                 event_type(topic) if topic else "",
                 bytes(state) if state is not None else b"",
                 bytes(link) if link is not None else None,
+                None
+                if receipt is None
+                else (bytes(receipt), None if election is None else UUID(bytes=bytes(election))),
             )
 
 

@@ -24,7 +24,7 @@ from uuid import UUID
 import orjson
 
 from domain.recount import Recount
-from infra.audit.chain import GENESIS, chain_hash, entry_hash, signature_valid
+from infra.audit.chain import GENESIS, chain_hash, entry_hash, filed_election, signature_valid
 from projections.results import COMPARED
 
 
@@ -48,6 +48,9 @@ class Entry:
     kind: str
     state: bytes
     stored_hash: bytes | None
+    # The chain row's other columns, where read from the database: the entry digest a
+    # receipt is looked up by, and the election the per-election audit read files it under.
+    filed: tuple[bytes, UUID | None] | None = None
 
     @property
     def stream_id(self) -> UUID | None:
@@ -61,6 +64,13 @@ class Checkpoint:
     head: bytes
     key_id: str
     signature: bytes
+    # where it comes from, when not the log's own checkpoints: an earlier export, or the
+    # final chain head published with saved results (such a head must still be on the chain)
+    origin: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"checkpoint {self.id}" + (f" (from {self.origin})" if self.origin else "")
 
 
 @dataclass
@@ -101,7 +111,9 @@ class Verifier:
         if not replay:
             served = {}
         self.public_keys = public_keys
-        self.checkpoints = sorted(checkpoints, key=lambda c: (c.position, c.id))
+        # the same checkpoint named twice (in the log, and in an earlier export) once
+        unique = {(c.id, c.position, c.head, c.signature): c for c in reversed(checkpoints)}
+        self.checkpoints = sorted(unique.values(), key=lambda c: (c.position, c.id))
         self.served = dict(sorted(served.items()))
         self.election = election
         self.recount = Recount(validate=validate)
@@ -109,6 +121,10 @@ class Verifier:
         self._chain = GENESIS
         self._unsealed_from: int | None = None
         self._sealed_closes: list[int] = []
+        self._unsealed_closes: list[tuple[int, UUID | None]] = []
+        self._signed = (0, 0)  # the last signed checkpoint checked: its position, entries
+        self._compared: set[UUID] = set()
+        self._served_upto = max(served, default=0)
         self._next_checkpoint = 0
         self._due = self._next_due()
         for checkpoint in self.checkpoints:
@@ -164,22 +180,47 @@ class Verifier:
         if entry.stored_hash is None:
             self._unsealed_from = self._unsealed_from or entry.position
             self.report.unsealed += 1
+            if entry.kind == "ElectionClosed":
+                self._unsealed_closes.append((entry.position, entry.stream_id))
         else:
             if self._unsealed_from is not None:
                 raise Discrepancy(
                     entry.position,
-                    f"sealed after unsealed entries from position {self._unsealed_from}",
+                    f"sealed after the entry at position {self._unsealed_from}, which has "
+                    "no link in the chain: that link was deleted",
                 )
             if entry.stored_hash != linked:
                 raise Discrepancy(
                     entry.position,
                     "the entry is not what the chain sealed here: its content, stream, "
-                    "version or type was changed, or entries were reordered or inserted",
+                    "version or type was changed, or entries were reordered, inserted or "
+                    "deleted before it",
                 )
+            if entry.filed is not None:
+                self._check_filing(entry, digest, entry.filed)
             self.report.sealed += 1
             if entry.kind == "ElectionClosed":
                 self._sealed_closes.append(entry.position)
         self._chain = linked
+
+    @staticmethod
+    def _check_filing(entry: Entry, digest: bytes, filed: tuple[bytes, UUID | None]) -> None:
+        """The chain row's receipt digest and election must be the entry's: otherwise a
+        voter's receipt is not found, or the election's audit read leaves the entry out."""
+        receipt, election = filed
+        if receipt != digest:
+            raise Discrepancy(
+                entry.position,
+                "the chain's receipt digest for this entry is not the entry's own: a voter "
+                "holding its receipt would be told it is not in the log (altered)",
+            )
+        named = filed_election(entry.kind, entry.stream, entry.state)
+        if election != named:
+            raise Discrepancy(
+                entry.position,
+                f"the chain files this entry under election {election}, but it belongs to "
+                f"{named}: the election's audit read would leave it out (altered)",
+            )
 
     def finish(self) -> Report:
         self._settle_before(None)
@@ -203,12 +244,46 @@ class Verifier:
                     "an election closed here, but the signed checkpoint of the chain head "
                     "at its close is missing (deleted?)",
                 )
-        if self.report.unsealed:
-            self.report.notes.append(
-                f"{self.report.unsealed} newest entries are not sealed yet (from position "
-                f"{self._unsealed_from}); their content is replayed but not chain-checked"
+        # A close not sealed yet has no signed head: its final results are not attested,
+        # and in an export, nothing would stop its tail from being rewritten.
+        for position, election in self._unsealed_closes:
+            raise Discrepancy(
+                position,
+                f"election {election} closed here, but the close is not sealed and signed "
+                "yet, so its final results are not attested (the sealer signs a close "
+                "within seconds): verify again, or export again, once it is",
             )
+        if self.chain and self.report.entries > self._signed[1]:
+            signed_at, signed_entries = self._signed
+            self.report.notes.append(
+                f"{self.report.entries - signed_entries:,} newest entries come after the last "
+                f"signed checkpoint (position {signed_at:,})"
+                + (
+                    f", {self.report.unsealed:,} of them not sealed yet"
+                    if self.report.unsealed
+                    else ""
+                )
+                + ": they agree with the results, but no signature attests them yet"
+            )
+        if self.replay:
+            self._every_election_served()
         return self.report
+
+    def _every_election_served(self) -> None:
+        """Every election the tally had reached must have results served: a read model
+        that lost an election's rows would otherwise check nothing for it."""
+        if not self._served_upto:
+            self.report.notes.append("no served results to compare (the tally holds none)")
+            return
+        for election_id, count in self.recount.elections.items():
+            if self.election is not None and election_id != self.election:
+                continue
+            if count.steps.created_at <= self._served_upto and election_id not in self._compared:
+                raise Discrepancy(
+                    count.steps.created_at,
+                    f"election {election_id} was created here, but no results are served "
+                    "for it (its rows are missing from the tally)",
+                )
 
     def _next_due(self) -> int:
         """The position past which a checkpoint or served result waits to be checked."""
@@ -239,27 +314,31 @@ class Verifier:
         if key is None:
             raise Discrepancy(
                 checkpoint.position,
-                f"checkpoint {checkpoint.id} is signed by an unknown key {checkpoint.key_id}",
+                f"{checkpoint.name} is signed by key {checkpoint.key_id}, which this run "
+                "does not know: give the deployment's public key with --public-key (from "
+                "GET /api/audit/public-key)",
             )
         if not signature_valid(key, checkpoint.position, checkpoint.head, checkpoint.signature):
             raise Discrepancy(
                 checkpoint.position,
-                f"checkpoint {checkpoint.id}: the signature does not verify (forged or altered)",
+                f"{checkpoint.name}: the signature does not verify (forged or altered)",
             )
 
     def _check_head(self, checkpoint: Checkpoint) -> None:
-        if checkpoint.position > self.report.head:  # pragma: no cover - guarded by caller
+        if checkpoint.position > self.report.head:
             raise Discrepancy(
                 checkpoint.position,
-                f"checkpoint {checkpoint.id} signs a position beyond the log's last entry",
+                f"{checkpoint.name} signs a position beyond the log's last entry "
+                f"({self.report.head:,}): the log is cut short",
             )
         if self.report.head != checkpoint.position or checkpoint.head != self._chain:
             raise Discrepancy(
                 checkpoint.position,
-                f"checkpoint {checkpoint.id} signs head {checkpoint.head.hex()[:16]}..., but the "
+                f"{checkpoint.name} signs head {checkpoint.head.hex()[:16]}..., but the "
                 "chain there is different (the checkpoint is forged, or the log changed)",
             )
         self.report.checkpoints += 1
+        self._signed = (checkpoint.position, self.report.entries)
 
     def _compare(self, position: int, served: dict[str, Any]) -> None:
         election_id = UUID(served["election_id"])
@@ -268,8 +347,21 @@ class Verifier:
         count = self.recount.elections.get(election_id)
         if count is None:
             raise Discrepancy(position, f"results are served for an unknown election {election_id}")
+        if position > self.report.head:
+            raise Discrepancy(
+                position,
+                f"election {election_id}: results are served as of position {position:,}, "
+                f"beyond the log's last entry ({self.report.head:,}): the log is cut short",
+            )
+        self._compared.add(election_id)
         replayed = orjson.loads(orjson.dumps(count.results(position)))
-        for key in COMPARED:
+        # when it closed, and (for the exact count) how many ballot entries it counted
+        replayed["closed_at_position"] = count.closed_at
+        compared: tuple[str, ...] = ("closed_at_position", *COMPARED)
+        if not served.get("stepped"):
+            replayed["ballot_entries"] = count.steps.entries
+            compared += ("ballot_entries",)
+        for key in compared:
             if replayed.get(key) != served.get(key):
                 raise Discrepancy(
                     position,

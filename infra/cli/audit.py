@@ -23,6 +23,7 @@ from rich.table import Table
 
 from infra.audit.chain import Signer, key_id
 from infra.audit.export import export
+from infra.audit.pinned import PinnedError, pinned
 from infra.audit.sources import verify_database, verify_file
 from infra.audit.verifier import Discrepancy, Report
 from infra.cli.environment import Commands
@@ -63,6 +64,25 @@ def add_commands(commands: Commands) -> None:
         help="hex Ed25519 public key to check signatures with (from GET /api/audit/public-key)",
     )
     verifying.add_argument(
+        "--previous",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="EXPORT",
+        help="an earlier export you kept: each checkpoint in it must still be on the chain "
+        "(a store rewritten and signed again does not pass); may be repeated",
+    )
+    verifying.add_argument(
+        "--served",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="results documents saved as the API served them (JSON, an array, or one per "
+        "line): each must equal the replay at its position, and a closed election's "
+        "final_chain_head must be on the chain; may be repeated",
+    )
+    verifying.add_argument(
         "--strict",
         action="store_true",
         help="also re-validate every ballot against its rules, and fail on any entry that "
@@ -95,6 +115,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     public_key: bytes | None = args.public_key
+    try:
+        brought = pinned(args.previous, args.served)
+    except PinnedError as error:
+        console.print(f"[red bold]cannot verify[/red bold]: {error}")
+        return 2
     started = time.perf_counter()
     try:
         with _bar("verifying") as (bar, task):
@@ -109,6 +134,7 @@ def run_verify(args: argparse.Namespace) -> int:
                     validate=args.strict,
                     public_key=public_key,
                     progress=show,
+                    pinned=brought,
                 )
                 if public_key is None:
                     report.notes.append(
@@ -127,6 +153,7 @@ def run_verify(args: argparse.Namespace) -> int:
                         election=args.election,
                         validate=args.strict,
                         progress=show,
+                        pinned=brought,
                     )
                 )
     except Discrepancy as discrepancy:

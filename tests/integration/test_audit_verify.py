@@ -19,11 +19,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from infra.audit import records
 from infra.audit import sources as verify_module
-from infra.audit.chain import Signer
+from infra.audit.chain import Signer, entry_hash
 from infra.audit.export import export
+from infra.audit.pinned import Pinned, earlier_checkpoints, saved_results
 from infra.audit.sealer import Sealer
 from infra.audit.sources import (
     database_entries,
+    served_results,
     snapshot_connection,
     verify_database,
     verify_file,
@@ -365,3 +367,185 @@ async def test_an_elections_unsealed_entries_are_read_page_by_page(
     async with await psycopg.AsyncConnection.connect(store) as conn:
         found = [e.position async for e in records.election_entries(conn, election, written[-1])]
     assert found == written
+
+
+# What an audit must not let through: an export whose two halves read different payloads,
+# a close nobody signed, a store rewritten and signed again, a chain row that misfiles an
+# entry, and served results that leave out or misstate an election.
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _write(path: Path, documents: list[dict[str, object]]) -> None:
+    path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in documents))
+
+
+async def _verify_pinned(url: str, pinned: Pinned) -> None:
+    await verify_database(url, public_keys=KEYS, election=None, validate=True, pinned=pinned)
+
+
+def test_an_export_line_cannot_show_the_chain_one_payload_and_the_count_another(
+    store: str, tmp_path: Path
+) -> None:
+    """The chain hashed state_hex while the replay counted data: a vote changed in data,
+    the original kept in state_hex, passed."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    ballot = next(d for d in documents if d.get("type") == "BallotCast")
+    data = ballot["data"]
+    assert isinstance(data, dict)
+    ballot["state_hex"] = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).hex()
+    data["request_key"] = "changed"
+    _write(exported, documents)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "both data and state_hex" in found.value.what
+
+
+def test_a_close_that_is_not_signed_is_not_attested(store: str, tmp_path: Path) -> None:
+    """An export whose tail from a close on is unsealed (hashes nulled, the close's
+    checkpoint dropped) passed with a note: that tail can say anything."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    close = _positions(store, "Election.Closed")[-1]
+    documents = [
+        d
+        for d in _lines(exported)
+        if not (d.get("kind") == "checkpoint" and int(str(d["position"])) >= close)
+    ]
+    for document in documents:
+        if document.get("kind") == "event" and int(str(document["position"])) >= close:
+            document["hash"] = None
+    _write(exported, documents)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == close
+    assert "closed here, but the close is not sealed and signed yet" in found.value.what
+
+
+async def test_a_store_rewritten_and_signed_again_fails_against_an_earlier_export(
+    store: str, tmp_path: Path
+) -> None:
+    """Someone with the database rewrites a ballot before a close, deletes the chain and
+    checkpoints from there, and the sealer signs the new history with the real key: the
+    store verifies on its own, but not against the checkpoints of an earlier export."""
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
+    close = _positions(store, "Election.Closed")[-1]
+    ballot = max(p for p in _positions(store, "Ballot.Cast") if p < close)
+    _tamper(
+        store,
+        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
+        '\'"request_key":\', \'"request_key":"x","was":\'), \'UTF8\') '
+        "WHERE notification_id = %s",
+        ballot,
+    )
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_chain WHERE position >= %s", (ballot,))
+        sealer = Sealer(store, SIGNER)
+        async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+            # The chain lost links it had signed: the sealer refuses to sign over them ...
+            assert await sealer.lost_links(live) is not None
+            conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (ballot,))
+            # ... unless the checkpoints are gone too; then only an earlier copy shows it.
+            assert await sealer.lost_links(live) is None
+            assert await sealer.seal_pending(live) > 0
+            await sealer.checkpoint_head(live, "test")
+    await _verify(store)
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
+    assert f"from the earlier export {earlier}" in found.value.what
+    assert "the chain there is different" in found.value.what
+
+
+async def test_saved_results_and_their_final_head_are_checked(store: str, tmp_path: Path) -> None:
+    async with await snapshot_connection(store) as conn:
+        served = [d for documents in (await served_results(conn)).values() for d in documents]
+    saved = tmp_path / "saved.json"
+    saved.write_bytes(orjson.dumps(served))
+    documents, heads = saved_results(saved)
+    await _verify_pinned(store, Pinned(tuple(heads), tuple(documents)))
+    wrong = [{**served[0], "ballots": int(served[0]["ballots"]) + 1}]
+    saved.write_bytes(orjson.dumps(wrong))
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), tuple(saved_results(saved)[0])))
+    assert "in 'ballots'" in found.value.what
+    # A results document as the API serves it after the close, with its final chain head.
+    close = _positions(store, "Election.Closed")[0]
+    with psycopg.connect(store) as conn:
+        row = conn.execute(
+            "SELECT id, head_hash, key_id, signature FROM audit_checkpoints WHERE position = %s",
+            (close,),
+        ).fetchone()
+    assert row is not None
+    final = next(d for d in served if d["closed_at_position"] == close)
+    head = {
+        "position": close,
+        "hash": bytes(row[1]).hex(),
+        "checkpoint_id": row[0],
+        "key_id": row[2],
+        "signature": bytes(row[3]).hex(),
+    }
+    forged = {**head, "hash": bytes(32).hex()}
+    saved.write_bytes(orjson.dumps([{**final, "final_chain_head": head}]))
+    await _verify_pinned(store, Pinned(tuple(saved_results(saved)[1])))
+    saved.write_bytes(orjson.dumps([{**final, "final_chain_head": forged}]))
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned(tuple(saved_results(saved)[1])))
+    assert "the signature does not verify" in found.value.what
+    # From the command line: a file that is not results is one clear line.
+    saved.write_text('{"hello": 1}')
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--served", str(saved)]
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "is not a results document as the API serves it" in " ".join(done.stdout.split())
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+async def test_a_chain_row_that_misfiles_its_entry_is_found(store: str) -> None:
+    """A receipt is looked up by the chain row's entry digest, and an election's audit
+    read follows the row's election: verify checked neither."""
+    ballot = _positions(store, "Ballot.Cast")[3]
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("UPDATE audit_chain SET election_id = NULL WHERE position = %s", (ballot,))
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == ballot
+    assert "files this entry under election None" in found.value.what
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE audit_chain SET election_id = (SELECT election_id FROM audit_chain "
+            "WHERE position = %s - 1), entry_hash = %s WHERE position = %s",
+            (ballot, entry_hash(1, bytes(16), 1, "x", b""), ballot),
+        )
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert "receipt digest for this entry is not the entry's own" in found.value.what
+
+
+WHICH = "WHERE election_id = (SELECT min(election_id::text)::uuid FROM read_models.tally_elections)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "finding"),
+    [
+        # (served as open again: counted in steps, and as of a position before the close)
+        (["UPDATE read_models.tally_elections SET closed_at = NULL"], "differ from the replay"),
+        (["UPDATE read_models.tally_elections SET entries = entries + 100"], "'ballot_entries'"),
+        (["DELETE FROM read_models.tally_elections"], "no results are served for it"),
+    ],
+)
+async def test_served_results_may_not_misstate_or_leave_out_an_election(
+    store: str, changes: list[str], finding: str
+) -> None:
+    with psycopg.connect(store, autocommit=True) as conn:
+        for change in changes:
+            conn.execute(f"{change} {WHICH}")
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert finding in found.value.what
