@@ -109,7 +109,9 @@ def stored_vote(rules: ElectionRules, content: Mapping[str, Any]) -> Vote:
     if field == "choice":
         return Choice(content["choice"])
     if field == "scores":
-        return Scores(tuple(content["scores"].items()))
+        # in the declared order: the log stores JSON objects with their keys sorted
+        scores = content["scores"]
+        return Scores(tuple((option, scores[option]) for option in rules.option_ids))
     return Approval(tuple(content["approve"]))
 
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from domain.errors import InvalidBallot
 from domain.rules import ElectionRules, Method
-from domain.votes import Approval, Choice, Ranking, Scores, parse_vote
+from domain.tabulation import Tally
+from domain.votes import Approval, Choice, Ranking, Scores, parse_vote, stored_vote
+from infra.store.transcoder import OrjsonTranscoder
 from tests.budget import examples
 
 MANY = settings(max_examples=examples(1000), deadline=None)
@@ -70,6 +72,38 @@ def test_valid_ballots_are_accepted_and_normalised_once(
     else:
         assert isinstance(vote, Ranking)
         assert list(vote.order) == content["ranking"]
+
+
+@MANY
+@given(valid_ballots())
+def test_a_vote_as_the_log_stores_it_counts_as_the_vote_cast(
+    case: tuple[ElectionRules, dict[str, Any]],
+) -> None:
+    """The log stores canonical JSON (keys sorted), so a score ballot comes back with its
+    options in id order, not the declared one; the count refused such ballots (set aside,
+    so a score or STAR election whose ids were not declared sorted counted nothing)."""
+    rules, content = case
+    vote = parse_vote(rules, content)
+    stored = OrjsonTranscoder().decode(OrjsonTranscoder().encode({"vote": vote.to_json()}))
+    assert stored_vote(rules, stored["vote"]) == vote
+    tally = Tally(rules)
+    tally.add(stored_vote(rules, stored["vote"]))
+    assert tally.result().ballots == 1
+
+
+def test_a_star_election_with_options_not_declared_in_order_counts_its_ballots() -> None:
+    rules = ElectionRules.create(
+        options=[{"id": "yes", "label": "Yes"}, {"id": "no", "label": "No"}], method="star"
+    )
+    transcoder = OrjsonTranscoder()
+    tally = Tally(rules)
+    for scores in ({"yes": 5, "no": 0}, {"yes": 4, "no": 1}, {"yes": 0, "no": 5}):
+        stored = transcoder.decode(
+            transcoder.encode(parse_vote(rules, {"scores": scores}).to_json())
+        )
+        tally.add(stored_vote(rules, stored))
+    result = tally.result()
+    assert (result.ballots, result.winners) == (3, ("yes",))
 
 
 @MANY
