@@ -46,6 +46,11 @@ def irv(tally: Tally) -> Result:
     notes: list[str] = []
     while True:
         continuing = [i for i in range(len(ids)) if piles.active[i]]
+        if len(continuing) == 1 and rounds:
+            # The last two tied and one went: the other wins, with no round of its own. Such
+            # a round would move ballots to their last option even where the voter left it
+            # out (a ranking of all options but one counts as ranking that one last).
+            return ranked_result(tally, Decision((continuing[0],)), rounds=rounds, notes=notes)
         history.append(counts.copy())
         shown = {ids[i]: counts[i] for i in continuing}
         top = max(counts[i] for i in continuing)

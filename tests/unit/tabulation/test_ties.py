@@ -158,10 +158,23 @@ def test_irv_final_tie_is_reported() -> None:
 def test_irv_final_tie_under_declared_order_keeps_the_earlier_option() -> None:
     result = irv("b,a", [(2, "a"), (2, "b")], tie_break="declared_order")
     assert result.winners == ("b",)
-    assert [r.eliminated for r in result.rounds] == [("a",), ()]
-    # with two options, "a" alone means a>b: those ballots move on to b, none exhaust
-    assert result.rounds[-1].to_json() == {"counts": {"b": 4}, "eliminated": [], "exhausted": 0}
+    # b wins when a goes, with no round of its own: there, the ballots ranking "a" alone
+    # would have moved on to b (ranking all options but one counts as ranking it last)
+    assert [r.to_json() for r in result.rounds] == [
+        {"counts": {"a": 2, "b": 2}, "eliminated": ["a"], "exhausted": 0}
+    ]
     assert "declared first" in result.notes[0]
+
+
+def test_irv_never_counts_a_ballot_for_an_option_its_voter_left_out() -> None:
+    """Ranking b then c of a, b, c: once b and c are gone, the ballot is exhausted; a
+    round with a alone used to count it for a (review helper-29)."""
+    result = irv("a,b,c", [(1, "a"), (1, "b>c")], tie_break="declared_order")
+    assert result.winners == ("a",)
+    assert [r.to_json() for r in result.rounds] == [
+        {"counts": {"a": 1, "b": 1, "c": 0}, "eliminated": ["c"], "exhausted": 0},
+        {"counts": {"a": 1, "b": 1}, "eliminated": ["b"], "exhausted": 0},
+    ]
 
 
 def test_irv_final_tie_broken_by_an_earlier_round() -> None:
