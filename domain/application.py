@@ -141,6 +141,23 @@ class VotingApplication(Application[UUID]):
         request_key: str | None = None,
     ) -> Receipt:
         """Cast a voter's ballot, or revise it where the election allows revoting."""
+        try:
+            return await self._cast(election_id, voter, content, request_key)
+        except ElectionNotOpen:
+            # A retry of a ballot recorded before the close: it is counted, so its receipt
+            # (a refusal would tell a client whose answer was lost that it was not).
+            earlier = await self.replayed(election_id, voter, content, request_key)
+            if earlier is None:
+                raise
+            return earlier
+
+    async def _cast(
+        self,
+        election_id: UUID,
+        voter: Voter,
+        content: Mapping[str, Any],
+        request_key: str | None,
+    ) -> Receipt:
         election = await self._taking_ballots(election_id)
         vote = election.accept_vote(voter, content).to_json()
         first = Ballot.first_cast(election_id, voter.ballot_key, vote, request_key)
@@ -249,6 +266,9 @@ class VotingApplication(Application[UUID]):
                         return
 
         await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, ElectionNotOpen):  # a retry of one recorded before the close?
+                outcomes[index] = await self.replayed(election_id, *ballots[index]) or outcome
         assert all(outcome is not None for outcome in outcomes)
         return cast(list[Receipt | Exception], outcomes)
 
@@ -257,9 +277,17 @@ class VotingApplication(Application[UUID]):
     ) -> Receipt:
         """Withdraw a voter's ballot, where the election allows changing a cast ballot."""
         election = await self._taking_ballots(election_id)
-        election.check_open()
-        election.check_eligible(voter.credential)
         existing = await self.writer.load_ballot(ballot_id(election_id, voter.ballot_key))
+        try:
+            election.check_open()
+        except ElectionNotOpen:  # a retry of a withdrawal recorded before the close?
+            if (
+                existing is None
+                or (earlier := await self._replay(existing, request_key, None)) is None
+            ):
+                raise
+            return earlier
+        election.check_eligible(voter.credential)
         if existing is None:
             raise BallotNotFound("this voter has not cast a ballot in this election")
         replayed = await self._replay(existing, request_key, None)
