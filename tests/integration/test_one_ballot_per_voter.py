@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import psycopg
 
-from tests.integration.client import CLIENT, VotingClient, assert_problem, bearer
-from tests.servers import running_api, settings_for
+from tests.integration.client import VotingClient, assert_problem, bearer
+from tests.servers import CLIENT, running_api, settings_for
 
 ROUNDS = 20
 
