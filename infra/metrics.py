@@ -141,10 +141,14 @@ DATABASE_CONNECTED = Gauge(
     ["component"],
     multiprocess_mode="livemin",
 )
+# Labelled, so that a process without a writer (relay, projections) shows no series at
+# all: an unlabelled gauge is 0 in every process that never sets it, and the alert on it
+# would fire for ever.
 STORE_UP = Gauge(
     "cardinal_store_up",
     "1 while this process's writer finds the event store reachable, 0 while it refuses "
     "ballots because it is not",
+    ["component"],
     multiprocess_mode="livemin",
 )
 # Ballots from RabbitMQ (`cardinal ingest`).

@@ -89,8 +89,10 @@ class ProjectionWorker:
                 OSError,
             ) as error:
                 self.status.last_error = str(error)
-                self.status.broker_connected = False
-                metrics.BROKER_CONNECTED.labels(self.name).set(0)
+                if self.amqp_url is not None and not isinstance(error, TRANSIENT):
+                    # (a database outage is not the broker's: it says nothing about it)
+                    self.status.broker_connected = False
+                    metrics.BROKER_CONNECTED.labels(self.name).set(0)
                 log.warning("projection %s interrupted (%s); retrying", self.name, error)
                 await asyncio.sleep(self.idle_interval)
 

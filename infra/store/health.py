@@ -36,7 +36,7 @@ class StoreHealth:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = StoreState(True, time.monotonic())
-        metrics.STORE_UP.set(1)
+        metrics.STORE_UP.labels("writer").set(1)
 
     @property
     def state(self) -> StoreState:
@@ -52,7 +52,7 @@ class StoreHealth:
             if not self._state.up:
                 return False
             self._state = StoreState(False, time.monotonic(), reason)
-        metrics.STORE_UP.set(0)
+        metrics.STORE_UP.labels("writer").set(0)
         log.error("event store unreachable (%s): refusing ballots until it answers", reason)
         return True
 
@@ -63,7 +63,7 @@ class StoreHealth:
                 return False
             was = self._state
             self._state = StoreState(True, time.monotonic())
-        metrics.STORE_UP.set(1)
+        metrics.STORE_UP.labels("writer").set(1)
         log.warning("event store reachable again after %.1fs", self._state.since - was.since)
         return True
 

@@ -319,3 +319,30 @@ async def test_two_runners_taking_turns_leave_what_a_rebuild_builds(
         await Rebuild(projection(name), pool).run()
         assert _rows(url, name) == taken_turns, name
     assert await _served(pool, election_id) == _truth((await recount(url))[str(election_id)])
+
+
+async def test_a_database_outage_does_not_say_the_broker_is_down() -> None:
+    """The worker marked the broker disconnected on any error, a database one too: the
+    broker alert fired in database outages, and for ever without a broker (review
+    helper-31)."""
+    from infra import metrics
+    from projections.worker import ProjectionWorker
+    from tests.integration.test_ingest import until
+
+    unreachable = "postgresql://root@127.0.0.1:1/nothing?connect_timeout=1"
+    pool = AsyncConnectionPool(unreachable, min_size=1, timeout=0.2, open=False)
+    gauge = metrics.BROKER_CONNECTED.labels("tally")
+    gauge.set(1)
+    for amqp_url in (None, "amqp://guest:guest@127.0.0.1:5672/"):
+        worker = ProjectionWorker(
+            ProjectionRunner(projection("tally"), pool),
+            unreachable,
+            amqp_url=amqp_url,
+            idle_interval=0.05,
+        )
+        running = asyncio.create_task(worker.run())
+        await until(lambda w=worker: w.status.last_error, lambda error: error is not None)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        assert gauge._value.get() == 1  # the gauge's own value
