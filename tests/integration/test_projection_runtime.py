@@ -341,7 +341,8 @@ async def test_a_database_outage_does_not_say_the_broker_is_down() -> None:
             idle_interval=0.05,
         )
         running = asyncio.create_task(worker.run())
-        await until(lambda w=worker: w.status.last_error, lambda error: error is not None)
+        status = worker.status
+        await until(lambda: status.last_error, lambda error: error is not None)
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
