@@ -325,6 +325,8 @@ async def test_a_database_outage_does_not_say_the_broker_is_down() -> None:
     """The worker marked the broker disconnected on any error, a database one too: the
     broker alert fired in database outages, and for ever without a broker (review
     helper-31)."""
+    from functools import partial
+
     from infra import metrics
     from projections.worker import ProjectionWorker
     from tests.integration.test_ingest import until
@@ -341,8 +343,7 @@ async def test_a_database_outage_does_not_say_the_broker_is_down() -> None:
             idle_interval=0.05,
         )
         running = asyncio.create_task(worker.run())
-        status = worker.status
-        await until(lambda: status.last_error, lambda error: error is not None)
+        await until(partial(getattr, worker.status, "last_error"), lambda e: e is not None)
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
