@@ -16,12 +16,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 import psycopg
+from aiormq.exceptions import ChannelPreconditionFailed
 from rich.markup import escape
 
 from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
 from infra.cli.environment import console
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
+from infra.store.migrations import MigrationError
 from infra.store.names import name_process_connections
 
 
@@ -46,26 +48,62 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _stopped_by(error: Exception) -> str | None:
     """What stopped a command, as its user can act on it; None for a bug."""
-    if isinstance(error, SettingsError):
-        return f"[red]configuration error:[/red] {escape(str(error))}"
-    if isinstance(error, PortInUse):
-        return f"[red]cannot start:[/red] {escape(str(error))}"
-    if isinstance(error, psycopg.errors.UndefinedTable):
-        return (
-            f"[red]the database lacks a table Cardinal Vote needs ({_first_line(error)}):[/red] "
-            "if it was never migrated, run `cardinal migrate` against it first"
-        )
+    for kind, say in _STOPS:
+        if isinstance(error, kind) and (said := say(error)) is not None:
+            return said
+    return None
+
+
+def _unreachable_database(error: Exception) -> str | None:
     # Reaching it, not what a statement met (a deadlock, a timeout, a full disk: bugs or
     # incidents, with their traceback): no SQLSTATE (the client's own), or classes 08
     # (connection), 28 (authorisation), 3D (no such database).
-    if isinstance(error, psycopg.OperationalError) and (error.sqlstate or "08")[:2] in CONNECTING:
-        return (
-            f"[red]cannot reach the database:[/red] {_first_line(error)} "
-            "(check DATABASE_URL, and that PostgreSQL is running)"
-        )
-    if isinstance(error, OSError) and error.filename is not None:
-        return f"[red]cannot use {escape(str(error.filename))}:[/red] {escape(str(error.strerror))}"
-    return None
+    assert isinstance(error, psycopg.OperationalError)
+    if (error.sqlstate or "08")[:2] not in CONNECTING:
+        return None
+    return (
+        f"[red]cannot reach the database:[/red] {_first_line(error)} "
+        "(check DATABASE_URL, and that PostgreSQL is running)"
+    )
+
+
+def _unusable_file(error: Exception) -> str | None:
+    assert isinstance(error, OSError)
+    if error.filename is None:
+        return None
+    return f"[red]cannot use {escape(str(error.filename))}:[/red] {escape(str(error.strerror))}"
+
+
+_STOPS: tuple[tuple[type[Exception], Callable[[Exception], str | None]], ...] = (
+    (SettingsError, lambda e: f"[red]configuration error:[/red] {escape(str(e))}"),
+    (PortInUse, lambda e: f"[red]cannot start:[/red] {escape(str(e))}"),
+    (
+        psycopg.errors.UndefinedTable,
+        lambda e: (
+            f"[red]the database lacks a table Cardinal Vote needs ({_first_line(e)}):[/red] "
+            "if it was never migrated, run `cardinal migrate` against it first"
+        ),
+    ),
+    (psycopg.OperationalError, _unreachable_database),
+    (OSError, _unusable_file),
+    (  # an API or broker that is not there
+        ConnectionError,
+        lambda e: (
+            f"[red]cannot connect:[/red] {escape(str(e))} (check the URL given, and that the "
+            "service is running)"
+        ),
+    ),
+    (MigrationError, lambda e: f"[red]cannot migrate:[/red] {escape(str(e))}"),
+    (
+        ChannelPreconditionFailed,
+        lambda e: (
+            f"[red]RabbitMQ refused a declaration:[/red] {_first_line(e)}; a queue or exchange "
+            "of that name exists with other arguments (a classic queue where Cardinal Vote "
+            "declares a quorum queue?): delete it, or choose another INGEST_QUEUE or "
+            "CARDINAL_NAMESPACE"
+        ),
+    ),
+)
 
 
 CONNECTING = ("08", "28", "3D")  # SQLSTATE classes of a failure to reach the database

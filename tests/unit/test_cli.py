@@ -151,3 +151,28 @@ def test_only_failures_to_reach_the_database_become_a_message() -> None:
     # What a statement met (a deadlock, a timeout) is an incident: its traceback stays.
     assert _stopped_by(psycopg.errors.DeadlockDetected("deadlock detected")) is None
     assert _stopped_by(psycopg.errors.QueryCanceled("canceling statement")) is None
+
+
+def test_an_edited_migration_an_absent_api_and_a_classic_queue_are_messages(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each printed a traceback (review helper-31): what the user must do was in its last
+    line, or nowhere."""
+    from aiormq.exceptions import ChannelPreconditionFailed
+
+    from infra.cli import _stopped_by
+    from infra.store.migrations import MigrationError
+
+    edited = _stopped_by(MigrationError("0009_chain_elections.sql was edited after it was applied"))
+    assert edited is not None
+    assert "cannot migrate" in edited
+    classic = _stopped_by(
+        ChannelPreconditionFailed("PRECONDITION_FAILED - inequivalent arg 'x-queue-type'")
+    )
+    assert classic is not None
+    assert "choose another INGEST_QUEUE" in classic
+    assert _stopped_by(RuntimeError("a bug")) is None
+    monkeypatch.setenv("CARDINAL_ADMIN_TOKEN", "a" * 40)
+    monkeypatch.setenv("CARDINAL_CLIENT_TOKEN", "c" * 40)
+    assert main(["publish-test-votes", "-n", "1", "--url", "http://127.0.0.1:9"]) == 2
+    assert "cannot connect" in capsys.readouterr().err
