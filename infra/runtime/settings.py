@@ -130,7 +130,7 @@ class Settings:
                 env, "MAX_VOTES_PER_IP_PER_HOUR", cls.max_votes_per_ip_per_hour
             ),
             enable_rate_limiting=_bool(env, "ENABLE_RATE_LIMITING", cls.enable_rate_limiting),
-            env=env.get("CARDINAL_ENV", cls.env).lower(),
+            env=_environment(env, cls.env),
             writer_max_batch=_int(env, "WRITER_MAX_BATCH", cls.writer_max_batch, minimum=1),
             writer_max_queue=_int(env, "WRITER_MAX_QUEUE", cls.writer_max_queue, minimum=1),
             namespace=env.get("CARDINAL_NAMESPACE", cls.namespace),
@@ -258,3 +258,21 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name} must be true or false; got {raw!r}")
+
+
+# The deployment guide users follow names the environment CARDINAL_VOTE_ENV, and its
+# production steps export ENVIRONMENT=production: both are honoured, so that a production
+# deployment is never taken for a development one (which would generate its credentials).
+# ENVIRONMENT is a name other software uses too: only its "production" is read.
+def _environment(env: Mapping[str, str], default: str) -> str:
+    given = {
+        name: env[name].strip().lower()
+        for name in ("CARDINAL_ENV", "CARDINAL_VOTE_ENV")
+        if env.get(name, "").strip()
+    }
+    if env.get("ENVIRONMENT", "").strip().lower() == "production":
+        given["ENVIRONMENT"] = "production"
+    if len(set(given.values())) > 1:
+        named = ", ".join(f"{name}={value}" for name, value in given.items())
+        raise SettingsError(f"the environment is named twice, differently ({named}): set one")
+    return next(iter(given.values()), default)

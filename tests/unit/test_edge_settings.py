@@ -57,3 +57,20 @@ def test_children_get_the_edge_settings_back() -> None:
     )
     again = Settings.from_env(settings.environment())
     assert again == settings
+
+
+@pytest.mark.parametrize(
+    "named", [{"CARDINAL_VOTE_ENV": "production"}, {"ENVIRONMENT": "Production"}]
+)
+def test_the_deployment_guides_names_for_production_are_honoured(named: dict[str, str]) -> None:
+    """The guide sets CARDINAL_VOTE_ENV=production and exports ENVIRONMENT=production; both
+    were ignored, and a production deployment ran as development, generating its
+    credentials (review helper-31)."""
+    settings = {k: v for k, v in PRODUCTION.items() if k != "CARDINAL_ENV"}
+    assert Settings.from_env({**settings, **named}).env == "production"
+    with pytest.raises(SettingsError, match="JWT_SECRET_KEY"):
+        Settings.from_env({**settings, **named, "JWT_SECRET_KEY": ""})
+    with pytest.raises(SettingsError, match="named twice, differently"):
+        Settings.from_env({**settings, **named, "CARDINAL_ENV": "development"})
+    # Another program's ENVIRONMENT=staging is not ours to read.
+    assert Settings.from_env({"ENVIRONMENT": "staging"}).env == "development"
