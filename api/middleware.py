@@ -9,7 +9,10 @@ with the same error table; everything else goes through Starlette as usual.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.exceptions import HTTPException
@@ -18,11 +21,18 @@ from starlette.responses import Response
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deadline import abandon
 from api.responses import problem
 from infra.batched_metrics import BatchedHistogram
 from infra.metrics import HTTP_SECONDS
 
 Handler = Callable[[Request, Exception], Response]
+log = logging.getLogger(__name__)
+
+# Reads answer within these or get a 503 (a recount from the log, `?at=`, may take longer).
+READS = ("GET", "HEAD")
+READ_DEADLINE = 15.0
+LONG_READ = 120.0
 
 # On every answer: no MIME sniffing, no referrer leaving the API, never framed (both the old
 # header and CSP's frame-ancestors, the latter only where the answer sets no policy of its own).
@@ -86,10 +96,46 @@ class RequestGuard:
                 )
             elif (hot := self._hot(scope)) is not None:
                 status = await self._serve_hot(scope, hot, receive, send, limit)
+            elif scope["method"] in READS:
+                await self._read(scope, self._limited(receive, limit), observed)
             else:
                 await self.app(scope, self._limited(receive, limit), observed)
         finally:
             self._observe(scope, status, time.perf_counter() - started)
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A read that has not begun its answer within its deadline is answered 503 and
+        cancelled: a read changes nothing, so it may be cut short at any point before it
+        answers (a stream, once begun, goes on)."""
+        begun = asyncio.Event()
+        cut = False
+
+        async def guarded(message: Message) -> None:
+            if cut:
+                return  # answered already, by the deadline
+            if message["type"] == "http.response.start":
+                begun.set()
+            await send(message)
+
+        deadline = LONG_READ if b"at=" in scope.get("query_string", b"") else READ_DEADLINE
+        task = asyncio.ensure_future(self.app(scope, receive, guarded))
+        answering = asyncio.ensure_future(begun.wait())
+        await asyncio.wait({task, answering}, timeout=deadline, return_when=FIRST_COMPLETED)
+        answering.cancel()
+        if task.done() or begun.is_set():
+            await task
+            return
+        cut = True
+        abandon(task)
+        log.warning(
+            "%s %s: no answer within %g s; answered 503", scope["method"], scope["path"], deadline
+        )
+        await problem(
+            503,
+            "Service unavailable",
+            f"the event store did not answer within {deadline:g} seconds; retry shortly",
+            headers={"Retry-After": "5"},
+        )(scope, receive, send)
 
     def _hot(self, scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
         route = self.hot_route

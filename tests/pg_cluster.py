@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -120,6 +121,16 @@ class Cluster:
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
         self.start()
+
+    def freeze(self, thaw: bool = False) -> None:
+        """SIGSTOP (or SIGCONT) the server and every backend: a hang, not an outage. The
+        kernel still accepts connections and acknowledges what is sent; nothing answers."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in [postmaster, *map(int, children)]:
+            os.kill(pid, signal.SIGCONT if thaw else signal.SIGSTOP)
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists() and _as_postgres_ok(

@@ -35,6 +35,9 @@ Every caller is answered within ``answer_within`` (5 s) and every refusal is cer
   recorded and is refused; one answered with a PANIC, or whose connection was lost without
   an answer (it may have committed), is looked up when the store is back, before anyone is
   answered;
+- a commit with no answer for ``STALLED_AFTER`` (a store that hangs) marks the store down,
+  so that what is queued, and what comes, is refused at once; that commit's own appends
+  wait for its outcome;
 - at shutdown, ``drain`` answers what is left (see api/server.py).
 """
 
@@ -75,6 +78,10 @@ A = TypeVar("A", bound=Aggregate)
 # is withdrawn, certainly not recorded, and refused with 503).
 ANSWER_WITHIN = 5.0
 SWEEP_INTERVAL = 0.1  # how often queued appends are checked against their deadline
+# A commit with no answer for this long: the store hangs (frozen, or cut off without a
+# reset). It is marked down, so that ballots are refused at once rather than after their
+# deadline; the commit itself is answered when the store decides it.
+STALLED_AFTER = 3.0
 # After a batch of BUSY_BATCH appends or more, the writer waits BUSY_LINGER seconds before
 # taking the next one. Measured (bench http, 64 clients): 2 ms gave the most ballots/s;
 # 1 ms and 3 ms less, 5 ms less than none. A quiet writer commits at once.
@@ -130,6 +137,7 @@ class GroupCommitWriter:
         self.health = health or StoreHealth()
         self.stats = WriterStats()
         self._in_flight: list[Append] = []
+        self._in_flight_since: float | None = None  # monotonic; the commit under way
         self._progress = Progress()  # the writer thread's commit, as it goes
         self._draining = False
         self._queue: deque[Append] = deque()
@@ -289,6 +297,10 @@ class GroupCommitWriter:
         quickly or is down). The queue is in arrival order, so the expired are in front."""
         now = loop.time()
         expired = []
+        since = self._in_flight_since
+        if since is not None and time.monotonic() - since > STALLED_AFTER and self.health.up:
+            self.health.down(f"a commit has had no answer for {STALLED_AFTER:g} s")
+            self._refuse_queued()
         with self._wakeup:
             while self._queue and self._queue[0].deadline <= now:
                 expired.append(self._queue.popleft())
@@ -349,6 +361,7 @@ class GroupCommitWriter:
                     break
                 batch = self._take_batch()
                 self._in_flight = batch
+                self._in_flight_since = time.monotonic() if batch else None
             if not batch:
                 self._probe()
                 continue
@@ -356,6 +369,11 @@ class GroupCommitWriter:
             outcomes = self._commit_with_retries(batch)
             with self._wakeup:
                 self._in_flight = []
+                self._in_flight_since = None
+            if not self.health.up and not any(
+                isinstance(o.error, StoreUnavailable) for o in outcomes
+            ):
+                self.health.back()  # the hang is over: the store answered
             elapsed = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.appends += len(batch)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from api import middleware
 from domain.ballot import Ballot
 from domain.ports import Recorded, StoreUnavailable
 from infra.store import open_application
@@ -214,3 +215,62 @@ async def test_ballots_and_results_over_http_are_503_within_a_second_while_down(
             assert time.monotonic() < deadline, "ballots still refused 10 s after the return"
             await asyncio.sleep(0.2)
     assert _casts(url) == 4  # created, opened, "first", "after": no refused ballot recorded
+
+
+async def test_a_frozen_store_costs_clients_a_503_not_a_wait_as_long_as_the_freeze(
+    cluster: Cluster, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL stopped with SIGSTOP (or cut off without a reset) answers nothing, and
+    the kernel still acknowledges what is sent: reads hung for as long as the freeze, and
+    ballots got their 503 only at their 5 s deadline, while /api/health said the store was
+    ok (review helper-28). The ballot whose commit is under way waits for the store's
+    answer: a 503 could be a lie, and its 2xx comes when the store does."""
+    monkeypatch.setattr(middleware, "READ_DEADLINE", 2.0, raising=False)
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=("tally",)) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        assert (await voting.cast(election_id, {"choice": "a"}, "first")).status_code == 201
+
+        async def timed(call: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            answer = await call
+            return answer, time.monotonic() - started
+
+        await asyncio.to_thread(cluster.freeze)
+        frozen = time.monotonic()
+        try:
+            in_flight = asyncio.create_task(
+                timed(voting.cast(election_id, {"choice": "a"}, "in-flight"))
+            )
+            await asyncio.sleep(0.3)
+            read, read_took = await timed(
+                http.get(f"/api/elections/{election_id}/results", headers=bearer(AUDITOR))
+            )
+            ready, ready_took = await timed(http.get("/api/ready"))
+            later = []
+            while time.monotonic() - frozen < 6.0:
+                later.append(await timed(voting.cast(election_id, {"choice": "a"}, voting.voter())))
+            health = (await http.get("/api/health")).json()
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        thawed = time.monotonic()
+        ballot, _ = await in_flight
+        assert ballot.status_code == 201, ballot.text  # answered by its commit, after the thaw
+        assert time.monotonic() - thawed < 10
+        assert (read.status_code, read.headers.get("retry-after")) == (503, "5"), read.text
+        assert read_took < 4.0
+        assert ready.status_code == 503
+        assert ready_took < 4.0
+        assert health["checks"]["store"] != "ok"
+        assert all(answer.status_code == 503 for answer, _ in later), [a.text for a, _ in later]
+        # Once the store has hung for STALLED_AFTER, ballots are refused at the door.
+        assert max(took for _, took in later[-3:]) < 1.0, [took for _, took in later]
+        recovered = time.monotonic() + 10
+        while (await voting.cast(election_id, {"choice": "a"}, "after")).status_code != 201:
+            assert time.monotonic() < recovered, "ballots still refused 10 s after the thaw"
+            await asyncio.sleep(0.2)
+    assert _casts(url) == 5  # created, opened, "first", "in-flight", "after"
