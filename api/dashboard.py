@@ -18,8 +18,16 @@ FIGURE = {"plurality": "votes", "approval": "approvals", "borda": "points"}
 CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
 
 
+# Explicit direction controls (embeddings, overrides, isolates, marks): one in a label
+# turned the text after it around, the other labels and the tie reasons included. The
+# bidirectional algorithm lays out right-to-left text without them.
+BIDI_CONTROLS = dict.fromkeys(
+    [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C]
+)
+
+
 def e(value: object) -> str:
-    return escape(str(value), quote=True)
+    return escape(str(value).translate(BIDI_CONTROLS), quote=True)
 
 
 def results_panel(document: dict[str, Any], title: str) -> str:
@@ -242,7 +250,8 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     )
     header = "".join(f'<th scope="col">{e(labels[o])}</th>' for o in options)
     table = (
-        f'<div class="table-wrap"><table id="pairwise"><caption>{e(caption)}</caption>'
+        f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
+        f'<table id="pairwise"><caption>{e(caption)}</caption>'
         f'<thead><tr><th scope="col">Row vs column</th>{header}</tr></thead><tbody>'
         + "".join(f"<tr>{''.join(line)}</tr>" for line in body)
         + "</tbody></table></div>"
@@ -302,7 +311,8 @@ def _table(
     head = "".join(f'<th scope="col">{h}</th>' for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return (
-        f'<div class="table-wrap"><table{ident}><caption>{e(caption)}</caption>'
+        f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
+        f"<table{ident}><caption>{e(caption)}</caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
 

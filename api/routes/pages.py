@@ -114,7 +114,8 @@ def _overview_html(document: dict[str, Any]) -> str:
             "Elections without public results appear after you enter a token.</p>"
         )
     return (
-        f'<div class="table-wrap"><table id="overview" data-position="{document["position"]}">'
+        '<div class="table-wrap" tabindex="0" role="region" aria-label="Elections">'
+        f'<table id="overview" data-position="{document["position"]}">'
         "<caption>Elections, oldest first</caption><thead><tr>"
         '<th scope="col">Election</th><th scope="col">Status</th><th scope="col">Method</th>'
         '<th scope="col">Ballot entries</th><th scope="col">Results</th></tr></thead>'

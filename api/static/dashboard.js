@@ -1,6 +1,7 @@
 // Cardinal Vote dashboards: follow the results stream, re-render the panel, narrate.
-// Vendored, no build step, no third-party code. The token (for elections without public
-// results) lives only in sessionStorage and goes out as an Authorization header.
+// Vendored, no build step, no third-party code. A token (for elections without public
+// results) lives only in sessionStorage and goes out as an Authorization header; a voter
+// token (cvt_...) reads only its own election, so it is kept for that election's page.
 "use strict";
 (function () {
   const KEY = "cardinal-token";
@@ -11,19 +12,36 @@
   const pause = document.getElementById("pause");
   const form = document.getElementById("token-form");
   const why = document.getElementById("token-why");
+  const isPublic = body.dataset.kind === "overview" || body.dataset.public === "true";
+  const PAGE_KEY = KEY + ":" + body.dataset.panel;
   let paused = false;
   let stale = false;
   let failures = 0;
   let poller = null;
   let source = null;
   let lastPosition = null;
+  let loading = null; // the panel fetch under way: one at a time, answers in order
+  let again = false; // an event came meanwhile: fetch once more after it
+  let backoff = 1000;
+  let reading = false; // a stream read with fetch is open
 
-  function token() { return sessionStorage.getItem(KEY); }
+  function token() { return sessionStorage.getItem(PAGE_KEY) || sessionStorage.getItem(KEY); }
+  function keep(value) {
+    sessionStorage.setItem(value.startsWith("cvt_") ? PAGE_KEY : KEY, value);
+  }
+  function forget() {
+    if (sessionStorage.getItem(PAGE_KEY)) sessionStorage.removeItem(PAGE_KEY);
+    else sessionStorage.removeItem(KEY);
+  }
   function headers() {
     const t = token();
     return t ? { Authorization: "Bearer " + t } : {};
   }
   function setMode(text) { mode.textContent = "Live updates: " + text; }
+  function positionOf(root) {
+    const standing = root.querySelector("[data-position]");
+    return standing ? Number(standing.getAttribute("data-position")) : null;
+  }
 
   function narrate() {
     const standing = panel.querySelector("[data-position]");
@@ -32,42 +50,81 @@
     if (lastPosition !== null && position !== lastPosition) {
       const winners = panel.querySelector("#winners");
       const state = standing.getAttribute("data-state");
-      announce.textContent = "Results updated to position " + position + " (" + state + "). " +
-        (winners ? winners.textContent : "");
+      announce.textContent = "Results updated to position " + position +
+        (state ? " (" + state + "). " : ". ") + (winners ? winners.textContent : "");
     }
     lastPosition = position;
   }
 
-  async function refresh() {
-    if (paused) { stale = true; return true; }
+  function focusables() {
+    return Array.from(panel.querySelectorAll("a[href], button, input, [tabindex]"));
+  }
+
+  function show(html) {
+    const next = document.createElement("div");
+    next.innerHTML = html;
+    const shown = positionOf(panel);
+    const coming = positionOf(next);
+    if (shown !== null && coming !== null && coming < shown) return; // older than what is shown
+    const active = document.activeElement;
+    const at = panel.contains(active) ? focusables().indexOf(active) : -1;
+    const id = at >= 0 && active.id;
+    panel.replaceChildren(...next.childNodes);
+    const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
+    if (at >= 0 && target) target.focus();
+    narrate();
+  }
+
+  // One panel fetch: "ok", "auth" (waits for a token), "hidden" (not published yet) or
+  // "retry" (the network or the server failed: try again later).
+  async function load() {
+    const sent = token();
     let response;
     try {
       response = await fetch(body.dataset.panel, { headers: headers(), cache: "no-store" });
-    } catch (error) { return false; }
+    } catch (error) { return "retry"; }
     if (response.status === 401 || response.status === 403) {
       let detail = "";
       try { detail = (await response.json()).detail || ""; } catch (error) { /* not JSON */ }
-      if (response.status === 401) askForToken(detail);
-      else panel.textContent = detail;
-      return false;
+      if (response.status === 401) { askForToken(detail); return "auth"; }
+      if (sent) { // this token does not read this page: drop it, and say why
+        forget();
+        askForToken(detail);
+        return isPublic ? load() : "auth";
+      }
+      panel.textContent = detail;
+      return "hidden";
     }
-    if (!response.ok) return false;
-    const html = await response.text();
-    const focused = document.activeElement && document.activeElement.id;
-    panel.innerHTML = html;
-    if (focused && panel.querySelector("#" + CSS.escape(focused))) {
-      panel.querySelector("#" + CSS.escape(focused)).focus();
+    if (!response.ok) {
+      const after = Number(response.headers.get("Retry-After"));
+      if (after > 0) backoff = Math.max(backoff, after * 1000);
+      return "retry";
     }
-    narrate();
-    return true;
+    show(await response.text());
+    backoff = 1000;
+    return "ok";
+  }
+
+  function refresh() {
+    if (paused) { stale = true; return Promise.resolve("ok"); }
+    if (loading) { again = true; return loading; }
+    loading = (async function () {
+      let outcome;
+      do { again = false; outcome = await load(); } while (again && outcome === "ok");
+      loading = null;
+      return outcome;
+    })();
+    return loading;
   }
 
   function askForToken(detail) {
     form.hidden = false;
-    if (detail) why.textContent = "These results need a token (" + detail +
-      "). It is kept only for this browser session.";
-    setMode("waiting for a token");
-    document.getElementById("token").focus();
+    why.textContent = (detail ? "These results need a token (" + detail + "). "
+      : "These results need a token. ") + "It is kept only for this browser session.";
+    if (!isPublic) {
+      setMode("waiting for a token");
+      document.getElementById("token").focus();
+    }
   }
 
   function poll() {
@@ -76,20 +133,36 @@
     poller = setInterval(refresh, 5000);
   }
 
-  function onEvent() { refresh(); }
+  function streaming() {
+    failures = 0;
+    if (poller) { clearInterval(poller); poller = null; }
+    setMode(paused ? "paused" : "streaming");
+  }
+
+  function onEvent(id) {
+    if (id && id === lastPosition) return; // already shown
+    refresh();
+  }
 
   function retry() {
     failures += 1;
-    if (failures >= 3) poll(); else setTimeout(follow, 2000);
+    if (failures >= 3) {
+      poll();
+      setTimeout(follow, 30000); // and try the stream again now and then
+    } else setTimeout(follow, 2000);
   }
 
   async function followWithFetch() {
     // EventSource cannot send an Authorization header: read the stream with fetch.
+    reading = true;
+    try { await readStream(); } finally { reading = false; }
+  }
+
+  async function readStream() {
     const response = await fetch(body.dataset.stream,
       { headers: Object.assign({ Accept: "text/event-stream" }, headers()), cache: "no-store" });
     if (!response.ok || !response.body) throw new Error("stream " + response.status);
-    setMode("streaming");
-    failures = 0;
+    streaming();
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -101,18 +174,21 @@
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, end);
         buffer = buffer.slice(end + 2);
-        if (/^data: /m.test(block)) onEvent();
+        const id = /^id: (.*)$/m.exec(block);
+        if (/^data: /m.test(block)) onEvent(id ? id[1] : null);
       }
     }
     throw new Error("stream ended");
   }
 
   function follow() {
+    if (source || reading) return;
     if (!token() && window.EventSource) {
       source = new EventSource(body.dataset.stream);
-      source.onopen = function () { failures = 0; setMode("streaming"); };
-      source.onmessage = onEvent;
-      source.addEventListener("results", onEvent);
+      source.onopen = streaming;
+      const event = function (message) { onEvent(message.lastEventId); };
+      source.onmessage = event;
+      source.addEventListener("results", event);
       source.onerror = function () {
         if (source.readyState === EventSource.CLOSED) { source = null; retry(); }
         else setMode("reconnecting");
@@ -122,22 +198,31 @@
     followWithFetch().catch(retry);
   }
 
+  // Start (or start again after a token or a failure): the panel, then its stream.
+  async function start() {
+    const outcome = await refresh();
+    if (outcome === "ok") { follow(); return; }
+    if (outcome === "auth") return; // the token form takes it from here
+    setMode(outcome === "hidden" ? "waiting for the results to be published" : "retrying");
+    setTimeout(start, outcome === "hidden" ? 30000 : backoff);
+    backoff = Math.min(backoff * 2, 30000);
+  }
+
   pause.addEventListener("click", function () {
     paused = !paused;
     pause.setAttribute("aria-pressed", String(paused));
-    pause.textContent = paused ? "Resume updates" : "Pause updates";
     setMode(paused ? "paused" : (poller ? "polling" : "streaming"));
     if (!paused && stale) { stale = false; refresh(); }
   });
 
-  form.addEventListener("submit", async function (event) {
+  form.addEventListener("submit", function (event) {
     event.preventDefault();
     const value = document.getElementById("token").value.trim();
     if (!value) return;
-    sessionStorage.setItem(KEY, value);
+    keep(value);
     form.hidden = true;
     if (source) { source.close(); source = null; }
-    if (await refresh()) follow();
+    start();
   });
 
   if (body.dataset.kind === "overview") {
@@ -146,12 +231,8 @@
       "only for this browser session.";
   }
   narrate();
-  (async function start() {
-    const needed = body.dataset.kind === "results" && (body.dataset.public !== "true" || token());
-    if (needed || !panel.firstElementChild) {
-      if (!(await refresh())) return;
-    }
-    if (body.dataset.kind === "overview" && token()) await refresh();
-    follow();
-  })();
+  const needed = body.dataset.kind === "results" && (!isPublic || token());
+  if (needed || !panel.firstElementChild || (body.dataset.kind === "overview" && token())) {
+    start();
+  } else follow();
 })();

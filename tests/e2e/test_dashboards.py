@@ -7,6 +7,7 @@ are kept under .cardinal/screenshots/ (the README's copies live in docs/screensh
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Route, async_playwright
 
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
@@ -257,3 +258,71 @@ async def test_a_results_page_fits_a_phone_and_works_from_the_keyboard(
         await _shot(phone, "phone")
     finally:
         await context.close()
+
+
+async def test_a_slow_answer_never_puts_older_results_back_on_the_page(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Each event fetched the panel at once and showed whichever answer came last: one
+    delayed answer put older results back, for good (review helper-30). Fetches now run
+    one at a time, and an answer older than what is shown is dropped."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    before = len(BALLOTS["plurality"])
+    delayed: list[float] = []
+
+    async def slow_first(route: Route) -> None:
+        if delayed:
+            await route.continue_()
+            return
+        delayed.append(time.monotonic())
+        answer = await route.fetch()  # the panel as it is now
+        await asyncio.sleep(3)
+        await route.fulfill(response=answer)
+
+    await page.route("**/panel", slow_first)
+    first = await voting.cast(election_id, {"choice": "c"}, "slow-1")
+    await page.wait_for_function("true")  # let the event arrive
+    deadline = time.monotonic() + 10
+    while not delayed:
+        assert time.monotonic() < deadline, "the page did not fetch its panel"
+        await asyncio.sleep(0.05)
+    await voting.results(election_id, min_position=first.json()["position"])
+    await voting.cast(election_id, {"choice": "c"}, "slow-2")
+    await page.wait_for_function(
+        f"document.querySelector('#standing [data-figure=ballots]').textContent === '{before + 2}'",
+        timeout=WAIT_MS,
+    )
+    await page.wait_for_timeout(max(0.0, delayed[0] + 3.5 - time.monotonic()) * 1000)
+    assert await page.locator("#standing [data-figure=ballots]").inner_text() == str(before + 2)
+
+
+async def test_a_failed_first_fetch_is_tried_again(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A 503 when the token was entered left the page blank for good (review helper-30)."""
+    election = await voting.create_election("plurality", live_results_step=1)
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "b"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    refused: list[str] = []
+
+    async def busy_once(route: Route) -> None:
+        if refused:
+            await route.continue_()
+            return
+        refused.append(route.request.url)
+        await route.fulfill(
+            status=503,
+            headers={"Retry-After": "1", "Content-Type": "application/problem+json"},
+            body='{"title": "Service unavailable", "status": 503, "detail": "busy"}',
+        )
+
+    await page.route("**/panel", busy_once)
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert refused
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
