@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -280,12 +281,13 @@ class VotingApplication(Application[UUID]):
         existing = await self.writer.load_ballot(ballot_id(election_id, voter.ballot_key))
         try:
             election.check_open()
-        except ElectionNotOpen:  # a retry of a withdrawal recorded before the close?
-            if (
-                existing is None
-                or (earlier := await self._replay(existing, request_key, None)) is None
-            ):
-                raise
+        except ElectionNotOpen as closed:  # a retry of a withdrawal recorded before it?
+            earlier = None
+            if existing is not None:
+                with contextlib.suppress(CardinalError):  # the key was another change's
+                    earlier = await self._replay(existing, request_key, None)
+            if earlier is None:
+                raise closed from None
             return earlier
         election.check_eligible(voter.credential)
         if existing is None:

@@ -8,12 +8,15 @@ One JSON document per line, ``kind`` first:
     {"kind": "result", "position", "election_id", ...the results the API serves}
     {"kind": "set_aside", "projection", "position", "election_id", "type", "reason"}
     {"kind": "event", "position", "stream_id", "version", "type", "data": {...}, "hash"}
+    {"kind": "export_head", "position", "head_hash", "key_id", "signature"}
 
 ``data`` is the entry's full state; the chain hashes its canonical JSON (keys sorted, no
 whitespace, UTF-8). An entry whose state is not JSON carries ``"data": null`` and its
 bytes in ``state_hex`` instead. ``hash`` is null for entries not sealed yet; an event with
-no ``data`` and no ``state_hex`` is a chain link whose entry is gone. The file is
-everything `cardinal audit verify --file` needs, with no database.
+no ``data`` and no ``state_hex`` is a chain link whose entry is gone. The last line signs the
+chain's head at the last event (with ``CARDINAL_AUDIT_KEY``), so that no entry of the file
+is left unsigned. The file is everything `cardinal audit verify --file` needs, with no
+database.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from infra.audit.chain import ALGORITHM, Signer
+from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.sources import (
     checkpoints_of,
     database_entries,
@@ -92,14 +95,39 @@ async def export(
             for record in await set_aside_records(conn):
                 _line(out, {"kind": "set_aside", **record})
             count = 0
+            tip = (0, GENESIS)  # the chain at the last entry written
             async for entry in database_entries(conn):
                 if entry.position > upto:
                     break
                 _line(out, _event(entry))
+                tip = (entry.position, _linked(tip[1], entry))
                 count += 1
                 if progress is not None and count % 10_000 == 0:
                     progress(entry.position, upto)
+            if signer is not None and count:
+                # The export's own signed head, at its last entry: without it, whoever
+                # holds the file could rewrite what follows its last checkpoint (those
+                # links are plain hashes) and drop the checkpoints that would show it.
+                position, chain = tip
+                _line(
+                    out,
+                    {
+                        "kind": "export_head",
+                        "position": position,
+                        "head_hash": chain.hex(),
+                        "key_id": signer.key_id,
+                        "signature": signer.sign(position, chain).hex(),
+                    },
+                )
     return count
+
+
+def _linked(previous: bytes, entry: Entry) -> bytes:
+    """The chain's hash at this entry: as sealed, or as the sealer will seal it."""
+    if entry.stored_hash is not None:
+        return entry.stored_hash
+    digest = entry_hash(entry.position, entry.stream, entry.version, entry.kind, entry.state)
+    return chain_hash(previous, digest)
 
 
 def _event(entry: Entry) -> dict[str, Any]:

@@ -65,13 +65,25 @@ def read_export(
             progress(document["position"], upto)
     if progress is not None:
         progress(upto, upto)
-    report = export.verifier().finish()
+    verifier = export.verifier()
+    last = verifier.report.head
+    if chain and election is None and last < upto:
+        raise Discrepancy(
+            last,
+            f"the export ends at position {last:,}, but its header says the log reached "
+            f"{upto:,}: it is cut short",
+        )
+    if chain and export.signed_head is not None:
+        verifier.attest(export.signed_head)
+    report = verifier.finish()
     if chain:
-        if election is None and report.head < upto:
+        if verifier.signed_upto < report.head:
+            # Links are plain hashes: past the last signature, the file could say anything.
             raise Discrepancy(
                 report.head,
-                f"the export ends at position {report.head:,}, but its header says the log "
-                f"reached {upto:,}: it is cut short",
+                f"no signature covers the entries after position {verifier.signed_upto:,}: "
+                "the export's signed head is missing (it is written by `cardinal audit "
+                "export` with CARDINAL_AUDIT_KEY set)",
             )
         report.notes.extend(set_aside_notes(export.aside))
     return report
@@ -89,6 +101,7 @@ class _Export:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     served: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     aside: list[dict[str, Any]] = field(default_factory=list)
+    signed_head: Checkpoint | None = None  # the export's own, at its last entry
     _verifier: Verifier | None = None
 
     @property
@@ -125,6 +138,15 @@ class _Export:
             self.served.setdefault(document["position"], []).append(document)
         elif kind == "set_aside":
             self.aside.append(document)
+        elif kind == "export_head":
+            self.signed_head = Checkpoint(
+                0,
+                document["position"],
+                bytes.fromhex(document["head_hash"]),
+                document["key_id"],
+                bytes.fromhex(document["signature"]),
+                "the export's signed head",
+            )
         elif kind == "event" and self.chain:
             self.verifier().link(_file_entry(document))
         elif kind == "event" and (payload := _payload(document)) is not None:

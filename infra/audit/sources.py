@@ -255,9 +255,7 @@ async def database_entries(
                 event_type(topic) if topic else "",
                 bytes(state) if state is not None else b"",
                 bytes(link) if link is not None else None,
-                None
-                if receipt is None
-                else (bytes(receipt), None if election is None else UUID(bytes=bytes(election))),
+                None if receipt is None else (bytes(receipt), election and bytes(election)),
             )
 
 

@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -19,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from infra.audit import records
 from infra.audit import sources as verify_module
-from infra.audit.chain import Signer, entry_hash
+from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
 from infra.audit.pinned import Pinned, earlier_checkpoints, saved_results
 from infra.audit.sealer import Sealer
@@ -549,3 +550,56 @@ async def test_served_results_may_not_misstate_or_leave_out_an_election(
     with pytest.raises(Discrepancy) as found:
         await _verify(store)
     assert finding in found.value.what
+
+
+def _rehashed(documents: list[dict[str, Any]], start: int) -> None:
+    """Recompute the chain from ``start`` on, as a forger holding the file could: links
+    are plain hashes."""
+    chain = GENESIS
+    for document in documents:
+        if document.get("kind") != "event":
+            continue
+        position = int(document["position"])
+        if position < start and document["hash"] is not None:
+            chain = bytes.fromhex(str(document["hash"]))
+            continue
+        state = orjson.dumps(document["data"], option=orjson.OPT_SORT_KEYS)
+        stream = uuid.UUID(str(document["stream_id"])).bytes
+        digest = entry_hash(
+            position, stream, int(document["version"]), str(document["type"]), state
+        )
+        chain = chain_hash(chain, digest)
+        if position >= start:
+            document["hash"] = chain.hex()  # sealed, as a forger would have it
+
+
+def test_an_exports_newest_entries_are_signed_by_its_own_head(store: str, tmp_path: Path) -> None:
+    """Past the last checkpoint, an export's links are plain hashes: a ballot there could
+    be rewritten, the chain computed again and the checkpoints after the last close
+    dropped, and verify said OK (review helper-32). The export now signs its head."""
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE reason = 'test'")  # the periodic one
+    _tamper(store, "DELETE FROM audit_chain WHERE position > %s", _positions(store, "Closed")[-1])
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    assert documents[-1]["kind"] == "export_head"
+    verify_file(exported, election=None, validate=True)  # untouched: it verifies
+    ballot = next(
+        d for d in reversed(documents) if d.get("type") == "BallotCast" and d["hash"] is None
+    )
+    data = ballot["data"]
+    assert isinstance(data, dict)
+    data["request_key"] = "forged"
+    unsealed = [
+        int(str(d["position"])) for d in documents if d.get("kind") == "event" and d["hash"] is None
+    ]
+    _rehashed(documents, min(unsealed))
+    _write(exported, documents)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "the export's signed head signs head" in found.value.what
+    _write(exported, documents[:-1])  # and without the line that shows it
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "no signature covers the entries after position" in found.value.what

@@ -83,6 +83,13 @@ async def test_a_retry_after_the_close_gets_the_receipt_of_the_ballot_it_counted
     )
     assert withdrawn.status_code == 200, withdrawn.text
     assert withdrawn.json()["position"] == gone.json()["position"]
+    # A withdrawal under the key of the voter's cast: the election is closed (not 422).
+    reused = await http.post(
+        f"/api/elections/{election_id}/withdrawals",
+        json={"voter_id": voter},
+        headers={**bearer(CLIENT), "Idempotency-Key": "k-1"},
+    )
+    assert_problem(reused, 409, "closed")
     # Another ballot under the same key, no key, or a new voter: the election is closed.
     for refused in (
         await voting.cast(election_id, {"choice": "b"}, voter, idempotency_key="k-1"),
