@@ -35,7 +35,7 @@ LAST_EVENT_ID = Param(
 )
 COUNTS = """
 SELECT e.election_id, coalesce(e.entries, 0), e.closed_at,
-       (SELECT position FROM read_models.tally_position)
+       (SELECT position FROM read_models.tally_position), coalesce(e.published_position, 0)
 FROM read_models.tally_elections e
 """
 
@@ -108,7 +108,11 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
         cursor = await conn.execute(COUNTS, prepare=True)
         rows = await cursor.fetchall()
     counts: dict[UUID, tuple[int, int | None]] = {row[0]: (int(row[1]), row[2]) for row in rows}
-    position = max((int(row[3] or 0) for row in rows), default=0)
+    published = {row[0]: int(row[4]) for row in rows}
+    # A role sees the tally's position. The public, only where what it sees last changed:
+    # the log's position moves with every ballot in every election, private ones too, and
+    # with each ballot of an election counted in steps.
+    position = max((int(row[3] or 0) for row in rows), default=0) if everyone else 0
     elections = []
     for election in sorted(services.app.elections.values(), key=lambda e: e.created_on):
         rules = election.rules
@@ -120,8 +124,12 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
                 entries_seen: int | None = None
             else:
                 entries_seen = entries // rules.live_results_step * rules.live_results_step
+                if not everyone:
+                    position = max(position, published.get(election.id, 0))
         else:
             entries_seen = entries
+            if not everyone:
+                position = max(position, closed_at or 0)
         elections.append(
             {
                 **election_view(election),

@@ -192,6 +192,29 @@ async def test_the_overview_stream_follows_opens_and_closes(
     assert private not in ids
 
 
+async def test_the_public_overview_does_not_tick_with_ballots_it_does_not_show(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """Its position was the tally's: an anonymous viewer saw every ballot of every
+    election, private ones too, and each ballot of a public election counted in steps
+    (review helper-30)."""
+    public = await voting.create_election("plurality", public_results=True, live_results_step=10)
+    await voting.open(public["id"])
+    private = await voting.open_election("plurality")
+    async with stream(http, "/api/elections/stream") as events:
+        await events.until(
+            lambda d: any(e["id"] == public["id"] and e["status"] == "open" for e in d["elections"])
+        )
+        last = None
+        for n in range(3):
+            await voting.cast(private, {"choice": "a"}, f"private-{n}")
+            last = await voting.cast(public["id"], {"choice": "a"}, f"public-{n}")
+        assert last is not None
+        await voting.results(public["id"], min_position=last.json()["position"])
+        with pytest.raises(TimeoutError):
+            await events.next(timeout=streams.IDLE_REFRESH + 2.0)
+
+
 async def test_heartbeats_keep_an_idle_stream_alive(
     voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
