@@ -160,6 +160,7 @@ def run_serve(_: argparse.Namespace) -> int:
         console.print(
             f"  processes: {settings.api_processes} API (sharing port {settings.port}) "
             "+ 1 relay and projections"
+            + (" + 1 ingest (from the RabbitMQ queue)" if settings.amqp_url else "")
         )
         return Supervisor(settings).run()
 

@@ -69,7 +69,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         env = {**os.environ, **self.settings.environment(), PARENT_ENV: str(os.getpid())}
-        if child.command[0] == "api":
+        if child.command[0] in ("api", "ingest"):  # shown by every API process's /metrics
             env.update(self.metrics.environment())
         child.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
             [sys.executable, "-m", "infra.cli", *child.command], env=env

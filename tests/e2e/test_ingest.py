@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 import pytest
@@ -93,3 +94,11 @@ def test_serve_with_amqp_url_ingests_and_the_checklist_smoke_test_passes(
         children = psutil.Process(running.processes["serve"].pid).children(recursive=True)
         ingesting = any("ingest --child" in " ".join(child.cmdline()) for child in children)
         assert ingesting == (processes != "1")  # with 1, the API process consumes too
+        # The ingest child's metrics are on the API's /metrics (they were nowhere).
+        scraped = httpx.get(f"{running.url}/metrics", timeout=10).text
+        committed = [
+            float(line.split()[-1])
+            for line in scraped.splitlines()
+            if line.startswith("cardinal_ingest_ballots_committed_total")
+        ]
+        assert sum(committed) >= 10, scraped[:2000]
