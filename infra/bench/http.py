@@ -1,9 +1,9 @@
 """Benchmark: ballots over HTTP against a running stack, and what it takes to see them.
 
 Starts a stack (``cardinal serve``, or api + relay + projector processes with
-``--topology split``) on a scratch database and RabbitMQ namespace, or targets a running
-one (``--target``), then drives ballots with a given concurrency for a given time (or a
-fixed number of ballots, or a fixed rate), and reports:
+``--topology split``) on a scratch database and RabbitMQ namespace, then drives ballots
+with a given concurrency for a given time (or a fixed number of ballots, or a fixed rate),
+and reports:
 
 - accepted ballots/s; latency p50/p99/max; refusals by status;
 - freshness: time from a ballot's 2xx to the tally projection reaching its position,

@@ -5,7 +5,7 @@ ingest.py    ingest                                 (ballots from RabbitMQ)
 operate.py   projections, rebuild                   (operating read models)
 audit.py     audit export, audit verify             (auditors)
 smoke.py     publish-test-votes                     (the deployment smoke test)
-bench.py     bench http|projection|rebuild|verify|tabulation
+bench.py     bench http|app|machine|ingest|projection|rebuild|verify|tabulation|viewers
 """
 
 from __future__ import annotations

@@ -29,7 +29,10 @@ def command_settings(*, migrate: bool = True) -> Settings:
     settings = Settings.from_env()
     configure_logging(settings)
     if settings.database_url is None:
-        raise SettingsError("DATABASE_URL is not set")
+        raise SettingsError(
+            "DATABASE_URL is not set (in development: `. .cardinal/env`, which `cardinal "
+            "serve` writes, reaches its database)"
+        )
     if migrate:
         apply_migrations(settings.database_url)
     return settings

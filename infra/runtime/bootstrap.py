@@ -146,7 +146,10 @@ async def running_services(
     """Start the API's parts (and any workers); stop them in reverse order."""
     url = _database_url(settings)
     if settings.secret is None:
-        raise SettingsError("CARDINAL_SECRET is not set")
+        raise SettingsError(
+            "CARDINAL_SECRET is not set: every process that takes ballots needs the API's "
+            "(`. .cardinal/env` after `cardinal serve` in development)"
+        )
     app = open_application(url)
     writer = GroupCommitWriter(
         app, url, max_batch=settings.writer_max_batch, max_queue=settings.writer_max_queue

@@ -20,7 +20,6 @@ from infra import metrics
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 0.5  # seconds between probes while the store is down
-RETRY_AFTER = 2  # what a refusal tells the client to wait, in seconds
 
 
 @dataclass(frozen=True)
