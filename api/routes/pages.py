@@ -100,7 +100,15 @@ def _overview_html(document: dict[str, Any]) -> str:
     for election in document["elections"]:
         entries = election["ballot_entries"]
         shown = "hidden until close" if entries is None else entries
-        state = "final" if election["final"] else ("live" if election["status"] == "open" else "—")
+        state = (
+            "final"
+            if election["final"]
+            else "at the close"
+            if entries is None
+            else "live"
+            if election["status"] == "open"
+            else "—"
+        )
         rows.append(
             f'<tr data-election="{e(election["id"])}">'
             f'<td><a href="/elections/{e(election["id"])}">{e(election["title"])}</a></td>'
@@ -126,7 +134,16 @@ def _overview_html(document: dict[str, Any]) -> str:
 async def results_page(request: Request) -> Response:
     election_id = context.election_id(request)
     services = context.services(request)
-    election = await services.app.election(election_id)
+    try:
+        election = await services.app.election(election_id)
+    except NotFound:  # a person at a browser: a page, not a problem document
+        page = _page(
+            "Election not found",
+            '<p>There is no election at this address. <a href="/">All elections</a></p>',
+            {"kind": "missing"},
+        )
+        page.status_code = 404
+        return page
     data = {
         "panel": f"/elections/{election_id}/panel",
         "stream": f"/api/elections/{election_id}/results/stream",

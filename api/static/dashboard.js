@@ -231,6 +231,11 @@
       "only for this browser session.";
   }
   narrate();
+  if (!body.dataset.stream) { // nothing to follow (an election not found)
+    mode.textContent = "";
+    pause.hidden = true;
+    return;
+  }
   const needed = body.dataset.kind === "results" && (!isPublic || token());
   if (needed || !panel.firstElementChild || (body.dataset.kind === "overview" && token())) {
     start();

@@ -326,3 +326,17 @@ async def test_a_failed_first_fetch_is_tried_again(
     await page.locator("#winners").wait_for(timeout=WAIT_MS)
     assert refused
     await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+
+
+async def test_an_unknown_election_is_a_page_not_a_problem_document(site: str, page: Page) -> None:
+    """A person who follows a stale link gets a page with a way back (it was raw
+    problem+json, review helper-30), and the page follows nothing."""
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    answer = await page.goto(f"{site}/elections/00000000-0000-4000-8000-000000000000")
+    assert answer is not None
+    assert answer.status == 404
+    assert "text/html" in answer.headers["content-type"]
+    assert await page.locator("h1").inner_text() == "Election not found"
+    await page.wait_for_timeout(500)
+    assert not [url for url in requests if "/stream" in url or "undefined" in url]
