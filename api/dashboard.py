@@ -97,7 +97,7 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -
         fill = WINNER if winner else BAR
         mark = " (winner)" if winner else ""
         bars.append(
-            f'<text x="0" y="{y + 17}" class="label">{e(label)}{mark}</text>'
+            f'<text x="0" y="{y + 17}" class="label">{_short(label, 18 - len(mark))}{mark}</text>'
             f'<rect x="150" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
             f'<text x="{155 + width:.1f}" y="{y + 17}">{_number(value)}</text>'
         )
@@ -236,10 +236,10 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
                 f'<td data-pair="{e(a)}>{e(b)}" data-outcome="{outcome}">'
                 f"{outcome}: {ab} to {ba}</td>"
             )
-        cells.append(f'<text x="0" y="{30 + row * 40 + 23}">{e(labels[a])}</text>')
+        cells.append(f'<text x="0" y="{30 + row * 40 + 23}">{_short(labels[a], 14)}</text>')
         body.append(line)
     heads = "".join(
-        f'<text x="{120 + i * size}" y="18">{e(labels[o][:9])}</text>'
+        f'<text x="{120 + i * size}" y="18">{_short(labels[o], 9)}</text>'
         for i, o in enumerate(options)
     )
     caption = "Pairwise: ballots preferring the row's option to the column's"
@@ -315,6 +315,14 @@ def _table(
         f"<table{ident}><caption>{e(caption)}</caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
+
+
+def _short(label: str, room: int) -> str:
+    """A label that fits a chart's label column (the table beside it has it whole): cut
+    with an ellipsis, the whole in a tooltip, so it never runs over the bars or cells."""
+    if len(label) <= room:
+        return e(label)
+    return f"<title>{e(label)}</title>{e(label[: max(1, room - 1)])}…"
 
 
 def _number(value: Any) -> str:

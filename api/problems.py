@@ -40,11 +40,13 @@ class Unauthorized(Exception):
 
 
 class Forbidden(Exception):
-    """Credentials of a role that may not do this (403)."""
+    """Credentials of a role that may not do this (403); ``title`` tells a refusal of the
+    caller from one of everybody but admins and auditors (results not published yet)."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, title: str = "Forbidden") -> None:
         super().__init__(detail)
         self.detail = detail
+        self.title = title
 
 
 class TooManyRequests(Exception):
@@ -223,7 +225,7 @@ def unauthorized(request: Request, exc: Exception) -> Response:
 def forbidden(request: Request, exc: Exception) -> Response:
     _refused(request, "forbidden")
     assert isinstance(exc, Forbidden)
-    return problem(403, "Forbidden", exc.detail)
+    return problem(403, exc.title, exc.detail)
 
 
 OVERLOADED = "the server is taking more ballots than it can record right now; retry after a second"

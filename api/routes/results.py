@@ -140,10 +140,14 @@ async def _reader(request: Request) -> tuple[UUID, Election, Principal]:
     if hidden and not (exact or principal.can_act_as("admin")):
         raise Forbidden(
             "this election publishes its results when it closes; until then only admins "
-            "and auditors see them"
+            "and auditors see them",
+            title=NOT_PUBLISHED,
         )
     check_reader(principal, election, partial(services.voter_keys.credential, election_id))
     return election_id, election, principal
+
+
+NOT_PUBLISHED = "Not published yet"  # (the dashboards keep the reader's token on it)
 
 
 def etag(rendered: bytes) -> str:

@@ -24,6 +24,9 @@
   let again = false; // an event came meanwhile: fetch once more after it
   let backoff = 1000;
   let reading = false; // a stream read with fetch is open
+  let fresh = false; // the next event is a stream's first: the snapshot on (re)connecting
+  let retrying = null; // a panel fetch to try again, after a failure
+  let shownMode = "connecting";
 
   function token() { return sessionStorage.getItem(PAGE_KEY) || sessionStorage.getItem(KEY); }
   function keep(value) {
@@ -37,7 +40,10 @@
     const t = token();
     return t ? { Authorization: "Bearer " + t } : {};
   }
-  function setMode(text) { mode.textContent = "Live updates: " + text; }
+  function setMode(text) { // what is going on; "paused" shows instead while paused
+    shownMode = text;
+    mode.textContent = "Live updates: " + (paused ? "paused" : text);
+  }
   function positionOf(root) {
     const standing = root.querySelector("[data-position]");
     return standing ? Number(standing.getAttribute("data-position")) : null;
@@ -84,14 +90,19 @@
       response = await fetch(body.dataset.panel, { headers: headers(), cache: "no-store" });
     } catch (error) { return "retry"; }
     if (response.status === 401 || response.status === 403) {
-      let detail = "";
-      try { detail = (await response.json()).detail || ""; } catch (error) { /* not JSON */ }
-      if (response.status === 401) { askForToken(detail); return "auth"; }
+      let problem = {};
+      try { problem = await response.json(); } catch (error) { /* not JSON */ }
+      const detail = problem.detail || "";
+      if (response.status === 403 && problem.title === "Not published yet") {
+        panel.textContent = detail; // nobody but admins and auditors: keep the token
+        return "hidden";
+      }
       if (sent) { // this token does not read this page: drop it, and say why
         forget();
         askForToken(detail);
         return isPublic ? load() : "auth";
       }
+      if (response.status === 401) { askForToken(detail); return "auth"; }
       panel.textContent = detail;
       return "hidden";
     }
@@ -108,6 +119,7 @@
   function refresh() {
     if (paused) { stale = true; return Promise.resolve("ok"); }
     if (loading) { again = true; return loading; }
+    if (retrying) { clearTimeout(retrying); retrying = null; }
     loading = (async function () {
       let outcome;
       do { again = false; outcome = await load(); } while (again && outcome === "ok");
@@ -115,6 +127,20 @@
       return outcome;
     })();
     return loading;
+  }
+
+  // A fetch for an event that failed is tried again (with backoff) until one succeeds:
+  // otherwise the page would show old results, the close's perhaps, until the next event.
+  async function update() {
+    const outcome = await refresh();
+    if (outcome === "ok") {
+      if (shownMode === "retrying") setMode(poller ? "polling" : "streaming");
+      return;
+    }
+    if (outcome !== "retry" || retrying) return;
+    setMode("retrying");
+    retrying = setTimeout(function () { retrying = null; update(); }, backoff);
+    backoff = Math.min(backoff * 2, 30000);
   }
 
   function askForToken(detail) {
@@ -130,18 +156,21 @@
   function poll() {
     if (poller) return;
     setMode("polling every 5 s (the stream is unavailable)");
-    poller = setInterval(refresh, 5000);
+    poller = setInterval(update, 5000);
   }
 
   function streaming() {
     failures = 0;
+    fresh = true;
     if (poller) { clearInterval(poller); poller = null; }
-    setMode(paused ? "paused" : "streaming");
+    setMode("streaming");
   }
 
   function onEvent(id) {
-    if (id && id === lastPosition) return; // already shown
-    refresh();
+    const first = fresh;
+    fresh = false;
+    if (first && id && id === lastPosition) return; // the snapshot of what is shown
+    update(); // (the server sends an event only when its document changed)
   }
 
   function retry() {
@@ -211,8 +240,8 @@
   pause.addEventListener("click", function () {
     paused = !paused;
     pause.setAttribute("aria-pressed", String(paused));
-    setMode(paused ? "paused" : (poller ? "polling" : "streaming"));
-    if (!paused && stale) { stale = false; refresh(); }
+    mode.textContent = "Live updates: " + (paused ? "paused" : shownMode);
+    if (!paused && stale) { stale = false; update(); }
   });
 
   form.addEventListener("submit", function (event) {

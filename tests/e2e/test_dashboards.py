@@ -340,3 +340,45 @@ async def test_an_unknown_election_is_a_page_not_a_problem_document(site: str, p
     assert await page.locator("h1").inner_text() == "Election not found"
     await page.wait_for_timeout(500)
     assert not [url for url in requests if "/stream" in url or "undefined" in url]
+
+
+async def test_a_fetch_that_fails_while_streaming_is_tried_again(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The fetch for an event failed, and the page kept the older results, the close's
+    perhaps, until another event came (review helper-34)."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    failed: list[str] = []
+
+    async def fail_once(route: Route) -> None:
+        if failed:
+            await route.continue_()
+            return
+        failed.append(route.request.url)
+        await route.fulfill(status=503, headers={"Retry-After": "1"}, body="busy")
+
+    await page.route("**/panel", fail_once)
+    await voting.close(election_id)
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    assert failed
+
+
+async def test_the_public_overview_shows_an_election_opening(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The public overview's position moves only with what it shows; an opening changes
+    what it shows without moving it, and the page must follow all the same."""
+    election = await voting.create_election("plurality", public_results=True, title="Opens later")
+    await page.goto(f"{site}/")
+    row = page.locator(f"tr[data-election='{election['id']}']")
+    await row.wait_for(timeout=WAIT_MS)
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    assert "draft" in await row.inner_text()
+    await voting.open(election["id"])
+    await page.wait_for_function(
+        f"document.querySelector(\"tr[data-election='{election['id']}']\").textContent"
+        ".includes('open')",
+        timeout=WAIT_MS,
+    )
