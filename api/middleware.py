@@ -14,6 +14,7 @@ import logging
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import parse_qs
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -117,7 +118,8 @@ class RequestGuard:
                 begun.set()
             await send(message)
 
-        deadline = LONG_READ if b"at=" in scope.get("query_string", b"") else READ_DEADLINE
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        deadline = LONG_READ if "at" in query else READ_DEADLINE
         task = asyncio.ensure_future(self.app(scope, receive, guarded))
         answering = asyncio.ensure_future(begun.wait())
         await asyncio.wait({task, answering}, timeout=deadline, return_when=FIRST_COMPLETED)

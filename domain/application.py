@@ -253,8 +253,11 @@ class VotingApplication(Application[UUID]):
                     digest=result.digest,
                 )
 
+        casts: set[int] = set()  # those that took the single-ballot path (it replays them)
+
         async def in_order(indices: list[int]) -> None:
             for at, index in enumerate(indices):
+                casts.add(index)
                 voter, content, request_key = ballots[index]
                 try:
                     outcomes[index] = await self.cast_ballot(
@@ -268,8 +271,15 @@ class VotingApplication(Application[UUID]):
 
         await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
         for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, ElectionNotOpen):  # a retry of one recorded before the close?
-                outcomes[index] = await self.replayed(election_id, *ballots[index]) or outcome
+            if isinstance(outcome, ElectionNotOpen) and index not in casts:
+                # A retry of one recorded before the close? If that cannot be told now, this
+                # ballot alone is answered with what stopped the lookup (the store away: send
+                # it again), not "closed", which would be untrue of a counted one; its
+                # neighbours' receipts stand.
+                try:
+                    outcomes[index] = await self.replayed(election_id, *ballots[index]) or outcome
+                except Exception as error:  # the caller decides what each error means
+                    outcomes[index] = error
         assert all(outcome is not None for outcome in outcomes)
         return cast(list[Receipt | Exception], outcomes)
 

@@ -24,7 +24,7 @@ from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 from infra.store import open_application
 from infra.store.election_feed import ElectionFeed
-from infra.store.names import connection_name
+from infra.store.names import ALIVE, connection_name
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.positions import PositionWatcher
@@ -221,6 +221,7 @@ def _pool(
             "autocommit": True,
             "connect_timeout": 2,
             "application_name": connection_name(name),
+            **ALIVE,
         },
         check=AsyncConnectionPool.check_connection if check else None,
     )

@@ -8,8 +8,21 @@ An operator who sets PGAPPNAME to a name of their own keeps it for the rest.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 PREFIX = "cardinal "
+# TCP keepalives and a send timeout for the connections ballots and reads wait on: a
+# connection cut without a reset (a failover, a silent network cut) fails in about 11 s
+# instead of after the kernel's two hours, into the paths that handle a lost connection.
+# (A server that is frozen still acknowledges at the TCP level: see api/deadline.py and
+# the writer's STALLED_AFTER for that.)
+ALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 def connection_name(role: str) -> str:

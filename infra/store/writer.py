@@ -69,7 +69,7 @@ from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
 from infra.store.batch import Append, Key, Outcome, Progress, commit_batch
 from infra.store.health import PROBE_INTERVAL, StoreHealth
 from infra.store.log import event_type
-from infra.store.names import connection_name
+from infra.store.names import ALIVE, connection_name
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -81,7 +81,9 @@ SWEEP_INTERVAL = 0.1  # how often queued appends are checked against their deadl
 # A commit with no answer for this long: the store hangs (frozen, or cut off without a
 # reset). It is marked down, so that ballots are refused at once rather than after their
 # deadline; the commit itself is answered when the store decides it.
-STALLED_AFTER = 3.0
+STALLED_AFTER = 2.0
+STALL_PROBE = 1.5  # how long a fresh connection may take to answer SELECT 1 then
+IDLE_LOOK = 1.0
 # After a batch of BUSY_BATCH appends or more, the writer waits BUSY_LINGER seconds before
 # taking the next one. Measured (bench http, 64 clients): 2 ms gave the most ballots/s;
 # 1 ms and 3 ms less, 5 ms less than none. A quiet writer commits at once.
@@ -147,6 +149,8 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._probed_since: float | None = None  # the stalled commit last probed for
+        self._probe_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -298,9 +302,10 @@ class GroupCommitWriter:
         now = loop.time()
         expired = []
         since = self._in_flight_since
-        if since is not None and time.monotonic() - since > STALLED_AFTER and self.health.up:
-            self.health.down(f"a commit has had no answer for {STALLED_AFTER:g} s")
-            self._refuse_queued()
+        stalled = since is not None and time.monotonic() - since > STALLED_AFTER
+        if stalled and self.health.up and self._probed_since != since:
+            self._probed_since = since  # one probe per stalled commit
+            self._probe_task = loop.create_task(self._stalled(since))
         with self._wakeup:
             while self._queue and self._queue[0].deadline <= now:
                 expired.append(self._queue.popleft())
@@ -308,6 +313,35 @@ class GroupCommitWriter:
         for submission in expired:
             _refuse(submission, TOO_SLOW.format(self.answer_within))
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop) if waiting else None
+
+    async def _stalled(self, since: float | None) -> None:
+        """A commit has had no answer for STALLED_AFTER: does the store answer at all? A
+        lock held by a migration keeps a commit waiting while the store is well; a frozen
+        or cut-off server answers nobody. Only the latter is 'down'."""
+        probe = asyncio.ensure_future(self._answers())
+        done, _ = await asyncio.wait({probe}, timeout=STALL_PROBE)
+        if probe in done and probe.exception() is None:
+            log.warning(
+                "a commit has waited over %g s, but the store answers (a lock?)", STALLED_AFTER
+            )
+            return
+        if probe not in done:
+            probe.cancel()  # (its connect times out by itself)
+        with self._wakeup:
+            if self._in_flight_since != since or not self.health.up:
+                return  # the commit ended meanwhile
+            self.health.down(f"a commit has had no answer for {STALLED_AFTER:g} s")
+            self._wakeup.notify()  # the thread probes while down, even when idle
+        self._refuse_queued()
+
+    async def _answers(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.database_url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=connection_name("writer probe"),
+        ) as conn:
+            await conn.execute("SELECT 1")
 
     def _withdraw(self, submission: Append) -> bool:
         """Take an append back if the writer thread has not taken it yet."""
@@ -353,9 +387,10 @@ class GroupCommitWriter:
         while True:
             with self._wakeup:
                 while not self._queue and not self._stopping:
-                    if self.health.up:
-                        self._wakeup.wait()
-                    elif not self._wakeup.wait(PROBE_INTERVAL):
+                    # (up: a look each second all the same, for the store may be marked
+                    # down from elsewhere while this waits, and no ballot would wake it)
+                    up = self.health.up
+                    if not self._wakeup.wait(IDLE_LOOK if up else PROBE_INTERVAL) and not up:
                         break  # down and idle: probe below
                 if not self._queue and self._stopping:
                     break
@@ -515,6 +550,7 @@ class GroupCommitWriter:
                 # that plan stays, and each group commit then reads the whole log: seen in
                 # one bench run in three, doubling the database's CPU per ballot.
                 options="-c enable_seqscan=off",
+                **ALIVE,
             )
         return self._conn
 

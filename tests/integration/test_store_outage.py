@@ -5,6 +5,7 @@ of the module's own, stopped and started again."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -274,3 +275,50 @@ async def test_a_frozen_store_costs_clients_a_503_not_a_wait_as_long_as_the_free
             assert time.monotonic() < recovered, "ballots still refused 10 s after the thaw"
             await asyncio.sleep(0.2)
     assert _casts(url) == 5  # created, opened, "first", "in-flight", "after"
+
+
+async def test_a_commit_waiting_for_a_lock_is_not_an_outage(
+    url: str, writer: GroupCommitWriter
+) -> None:
+    """A migration's lock keeps commits waiting while the store is well: the store was
+    marked down after 3 s, ballots refused as if it were unreachable, and the alert on it
+    fired (review helper-33). The stall is now probed on a connection of its own."""
+    election = uuid4()
+    await writer.append_events(_ballot(election, "warm-up"))
+    blocker = psycopg.connect(url, autocommit=True)
+    blocker.execute("BEGIN; LOCK TABLE cardinal_events IN SHARE MODE")
+    first = asyncio.create_task(_timed(writer, election, "in-flight"))
+    seen_down = False
+    started = time.monotonic()
+    later: list[asyncio.Task[tuple[Recorded | BaseException, float]]] = []
+    while time.monotonic() - started < 4.5:  # past STALLED_AFTER and its probe
+        later.append(asyncio.create_task(_timed(writer, election, f"v{len(later)}")))
+        seen_down = seen_down or not _up(writer)
+        await asyncio.sleep(0.1)
+    blocker.execute("COMMIT")
+    blocker.close()
+    outcome, _ = await first
+    await asyncio.gather(*later)
+    assert isinstance(outcome, Recorded)
+    assert not seen_down
+    assert _up(writer)
+
+
+async def test_a_store_marked_down_while_the_writer_idles_comes_back_by_itself(
+    writer: GroupCommitWriter,
+) -> None:
+    """Marked down with nothing queued (ballots are then refused at the door, so none
+    wakes the writer), it used to stay down until a restart (review helper-33)."""
+    await writer.append_events(_ballot(uuid4(), "warm-up"))
+    thread = writer._thread  # where the writer thread is
+    assert thread is not None
+    assert thread.ident is not None
+    deadline = time.monotonic() + 5
+    while sys._current_frames()[thread.ident].f_code.co_name != "wait":
+        assert time.monotonic() < deadline, "the writer never went idle"
+        await asyncio.sleep(0.01)
+    writer.health.down("marked down from elsewhere")
+    deadline = time.monotonic() + 5
+    while not _up(writer):
+        assert time.monotonic() < deadline, "still down 5 s later"
+        await asyncio.sleep(0.05)
