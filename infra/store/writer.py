@@ -35,9 +35,10 @@ Every caller is answered within ``answer_within`` (5 s) and every refusal is cer
   recorded and is refused; one answered with a PANIC, or whose connection was lost without
   an answer (it may have committed), is looked up when the store is back, before anyone is
   answered;
-- a commit with no answer for ``STALLED_AFTER`` (a store that hangs) marks the store down,
-  so that what is queued, and what comes, is refused at once; that commit's own appends
-  wait for its outcome;
+- a commit with no answer for ``STALLED_AFTER``, when a fresh connection cannot get an
+  answer either (a store that hangs, not a lock), marks the store down, so that what is
+  queued, and what comes, is refused at once; that commit's own appends wait for its
+  outcome;
 - at shutdown, ``drain`` answers what is left (see api/server.py).
 """
 
