@@ -50,9 +50,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import psycopg
@@ -74,6 +74,7 @@ from infra.store.names import ALIVE, connection_name
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
 
 # A ballot request is answered within this long (if its append is still queued by then, it
 # is withdrawn, certainly not recorded, and refused with 503).
@@ -85,6 +86,8 @@ SWEEP_INTERVAL = 0.1  # how often queued appends are checked against their deadl
 STALLED_AFTER = 2.0
 STALL_PROBE = 1.5  # how long a fresh connection may take to answer SELECT 1 then
 IDLE_LOOK = 1.0
+STALL_REPROBE = 2.0  # while a stall lasts, the store is probed again this often
+LOOKUP_WAIT = 3.0  # a read on a ballot's path (withdrawal, revision, retry) waits this long
 # After a batch of BUSY_BATCH appends or more, the writer waits BUSY_LINGER seconds before
 # taking the next one. Measured (bench http, 64 clients): 2 ms gave the most ballots/s;
 # 1 ms and 3 ms less, 5 ms less than none. A quiet writer commits at once.
@@ -97,6 +100,10 @@ NOT_RECORDED = "the event store is unreachable; the ballot was not recorded: ret
 TOO_SLOW = (
     "the event store did not take the ballot within {:g} seconds; it was not recorded: "
     "retry shortly"
+)
+UNCHECKED = (
+    "the event store is unreachable; this request recorded nothing (a ballot recorded "
+    "earlier stays recorded): retry shortly with the same Idempotency-Key"
 )
 SHUTTING_DOWN = "this process is shutting down; the ballot was not recorded: retry"
 UNKNOWN = (
@@ -150,7 +157,7 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._probed_since: float | None = None  # the stalled commit last probed for
+        self._probed_at = 0.0  # monotonic: the last probe's start
         self._probe_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -303,35 +310,43 @@ class GroupCommitWriter:
         now = loop.time()
         expired = []
         since = self._in_flight_since
-        stalled = since is not None and time.monotonic() - since > STALLED_AFTER
-        if stalled and self.health.up and self._probed_since != since:
-            self._probed_since = since  # one probe per stalled commit
-            self._probe_task = loop.create_task(self._stalled(since))
+        if since is not None and time.monotonic() - since > STALLED_AFTER:
+            self._suspect(loop, since)
         with self._wakeup:
             while self._queue and self._queue[0].deadline <= now:
                 expired.append(self._queue.popleft())
-            waiting = bool(self._queue)
+            # (on while a commit is under way too: its stall must be seen, queue or not)
+            waiting = bool(self._queue) or self._in_flight_since is not None
         for submission in expired:
             _refuse(submission, TOO_SLOW.format(self.answer_within))
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop) if waiting else None
 
+    def _suspect(self, loop: asyncio.AbstractEventLoop, since: float | None) -> None:
+        """Something waits on the store too long (a commit since ``since``, or a lookup):
+        probe it, one probe at a time, again every STALL_REPROBE while it lasts."""
+        running = self._probe_task is not None and not self._probe_task.done()
+        if running or not self.health.up or time.monotonic() - self._probed_at < STALL_REPROBE:
+            return
+        self._probed_at = time.monotonic()
+        self._probe_task = loop.create_task(self._stalled(since))
+
     async def _stalled(self, since: float | None) -> None:
-        """A commit has had no answer for STALLED_AFTER: does the store answer at all? A
-        lock held by a migration keeps a commit waiting while the store is well; a frozen
-        or cut-off server answers nobody. Only the latter is 'down'."""
+        """Does the store answer at all? A lock held by a migration keeps a commit waiting
+        while the store is well, and a server with every connection slot taken answers
+        with an error; a frozen or cut-off server answers nobody. Only that is 'down'."""
         probe = asyncio.ensure_future(self._answers())
         done, _ = await asyncio.wait({probe}, timeout=STALL_PROBE)
-        if probe in done and probe.exception() is None:
-            log.warning(
-                "a commit has waited over %g s, but the store answers (a lock?)", STALLED_AFTER
-            )
-            return
-        if probe not in done:
+        if probe in done:
+            error = probe.exception()
+            if error is None or getattr(error, "sqlstate", None):  # the server spoke
+                log.warning("the store is slow to answer, but it answers (a lock?)")
+                return
+        else:
             probe.cancel()  # (its connect times out by itself)
         with self._wakeup:
-            if self._in_flight_since != since or not self.health.up:
+            if (since is not None and self._in_flight_since != since) or not self.health.up:
                 return  # the commit ended meanwhile
-            self.health.down(f"a commit has had no answer for {STALLED_AFTER:g} s")
+            self.health.down(f"the store has not answered for over {STALLED_AFTER:g} s")
             self._wakeup.notify()  # the thread probes while down, even when idle
         self._refuse_queued()
 
@@ -354,20 +369,27 @@ class GroupCommitWriter:
         return True
 
     async def load_election(self, election_id: UUID) -> Election | None:
-        self._check_up()
-        return await asyncio.to_thread(self._load, election_id, Election)
+        return await self._lookup(self._load, election_id, Election)
 
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
-        self._check_up()
-        return await asyncio.to_thread(self._load, ballot_id, Ballot)
+        return await self._lookup(self._load, ballot_id, Ballot)
 
     async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
-        self._check_up()
-        return await asyncio.to_thread(self._recorded, aggregate_id, version)
+        return await self._lookup(self._recorded, aggregate_id, version)
 
-    def _check_up(self) -> None:
+    async def _lookup(self, read: Callable[..., T], *args: Any) -> T:
+        """A read on the request's path (a withdrawal, a revision, a retry's receipt),
+        within LOOKUP_WAIT: a store that hangs costs the caller a 503, and a probe."""
         if not self.health.up:
-            raise StoreUnavailable(NOT_RECORDED)
+            raise StoreUnavailable(UNCHECKED)
+        reading = asyncio.ensure_future(asyncio.to_thread(read, *args))
+        done, _ = await asyncio.wait({reading}, timeout=LOOKUP_WAIT)
+        if reading in done:
+            return reading.result()
+        reading.add_done_callback(_retrieved)  # (its thread ends when the store answers)
+        assert self._loop is not None
+        self._suspect(self._loop, None)
+        raise StoreUnavailable(UNCHECKED)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         return self.app.stored(aggregate_id, kind)
@@ -600,3 +622,9 @@ def _digest(position: int, stored: StoredEvent) -> str:
         event_type(stored.topic),
         stored.state,
     ).hex()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A lookup given up on: its outcome is nobody's, and not an error to log."""
+    if not future.cancelled():
+        future.exception()

@@ -322,3 +322,38 @@ async def test_a_store_marked_down_while_the_writer_idles_comes_back_by_itself(
     while not _up(writer):
         assert time.monotonic() < deadline, "still down 5 s later"
         await asyncio.sleep(0.05)
+
+
+async def test_a_freeze_is_seen_with_one_ballot_in_flight_and_lookups_answer(
+    cluster: Cluster, url: str
+) -> None:
+    """With no ballot behind the one whose commit hangs, nothing looked at the stall: the
+    store stayed 'ok' for the whole freeze; and a withdrawal (a lookup on the request's
+    path) hung for as long as the freeze (review helper-35)."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=("tally",)) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        assert (await voting.cast(election_id, {"choice": "a"}, "leaver")).status_code == 201
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            in_flight = asyncio.create_task(voting.cast(election_id, {"choice": "a"}, "alone"))
+            frozen = time.monotonic()
+            withdrawal = await http.post(  # before the store is known to hang
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": "leaver"},
+                headers={**bearer(CLIENT), "Idempotency-Key": "w-1"},
+            )
+            took = time.monotonic() - frozen
+            while (await http.get("/api/health")).json()["checks"]["store"] == "ok":
+                assert time.monotonic() - frozen < 8, "the freeze was not seen"
+                await asyncio.sleep(0.2)
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        assert (await in_flight).status_code == 201
+        assert withdrawal.status_code == 503, withdrawal.text
+        assert "recorded nothing" in withdrawal.json()["detail"]
+        assert took < 5.0
