@@ -48,6 +48,7 @@ def routes() -> list[BaseRoute]:
             include_in_schema=False,
         ),
         Route("/static/{name}", asset, methods=["GET"], include_in_schema=False),
+        Route("/favicon.ico", no_icon, methods=["GET"], include_in_schema=False),
     ]
 
 
@@ -132,9 +133,9 @@ def _overview_html(document: dict[str, Any]) -> str:
 
 
 async def results_page(request: Request) -> Response:
-    election_id = context.election_id(request)
     services = context.services(request)
     try:
+        election_id = context.election_id(request)
         election = await services.app.election(election_id)
     except NotFound:  # a person at a browser: a page, not a problem document
         page = _page(
@@ -180,3 +181,8 @@ async def asset(request: Request) -> Response:
         media_type=ASSETS[name],
         headers={"Cache-Control": "public, max-age=300"},
     )
+
+
+async def no_icon(request: Request) -> Response:
+    """Browsers ask for one on every page: no icon, and no 404 in their console."""
+    return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})

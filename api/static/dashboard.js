@@ -117,9 +117,8 @@
   }
 
   function refresh() {
-    if (paused) { stale = true; return Promise.resolve("ok"); }
+    if (paused) { stale = true; return Promise.resolve("paused"); }
     if (loading) { again = true; return loading; }
-    if (retrying) { clearTimeout(retrying); retrying = null; }
     loading = (async function () {
       let outcome;
       do { again = false; outcome = await load(); } while (again && outcome === "ok");
@@ -132,6 +131,7 @@
   // A fetch for an event that failed is tried again (with backoff) until one succeeds:
   // otherwise the page would show old results, the close's perhaps, until the next event.
   async function update() {
+    if (retrying) return; // the retry under way fetches the latest: no fetch per event
     const outcome = await refresh();
     if (outcome === "ok") {
       if (shownMode === "retrying") setMode(poller ? "polling" : "streaming");
@@ -145,8 +145,9 @@
 
   function askForToken(detail) {
     form.hidden = false;
-    why.textContent = (detail ? "These results need a token (" + detail + "). "
-      : "These results need a token. ") + "It is kept only for this browser session.";
+    const need = isPublic ? "That token was not accepted here" : "These results need a token";
+    why.textContent = (detail ? need + " (" + detail + "). " : need + ". ") +
+      "It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
       document.getElementById("token").focus();
@@ -228,8 +229,10 @@
   }
 
   // Start (or start again after a token or a failure): the panel, then its stream.
+  let startWhenResumed = false;
   async function start() {
     const outcome = await refresh();
+    if (outcome === "paused") { startWhenResumed = true; return; }
     if (outcome === "ok") { follow(); return; }
     if (outcome === "auth") return; // the token form takes it from here
     setMode(outcome === "hidden" ? "waiting for the results to be published" : "retrying");
@@ -241,7 +244,8 @@
     paused = !paused;
     pause.setAttribute("aria-pressed", String(paused));
     mode.textContent = "Live updates: " + (paused ? "paused" : shownMode);
-    if (!paused && stale) { stale = false; update(); }
+    if (!paused && startWhenResumed) { startWhenResumed = false; stale = false; start(); }
+    else if (!paused && stale) { stale = false; update(); }
   });
 
   form.addEventListener("submit", function (event) {

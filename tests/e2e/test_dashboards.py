@@ -340,6 +340,47 @@ async def test_an_unknown_election_is_a_page_not_a_problem_document(site: str, p
     assert await page.locator("h1").inner_text() == "Election not found"
     await page.wait_for_timeout(500)
     assert not [url for url in requests if "/stream" in url or "undefined" in url]
+    malformed = await page.goto(f"{site}/elections/not-an-id")
+    assert malformed is not None
+    assert malformed.status == 404
+    assert await page.locator("h1").inner_text() == "Election not found"
+    icon = await page.request.get(f"{site}/favicon.ico")
+    assert icon.status == 204  # (no 404 in the console of every page)
+
+
+async def test_a_panel_outage_is_retried_with_backoff_not_once_per_event(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Each event fetched the panel at once, whatever the backoff: a busy election's
+    viewers each sent four requests a second to a failing server (review helper-36)."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    failing: list[float] = []
+    outage = [True]
+
+    async def down(route: Route) -> None:
+        if not outage[0]:
+            await route.continue_()
+            return
+        failing.append(time.monotonic())
+        await route.fulfill(status=503, headers={"Retry-After": "1"}, body="busy")
+
+    await page.route("**/panel", down)
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 3.0:  # events keep coming, about 4 a second
+        await voting.cast(election_id, {"choice": "b"}, f"busy-{n}")
+        n += 1
+        await asyncio.sleep(0.2)
+    outage[0] = False
+    assert failing
+    assert len(failing) <= 4, [round(t - started, 2) for t in failing]
+    await page.wait_for_function(
+        f"document.querySelector('#standing [data-figure=ballots]').textContent === "
+        f"'{len(BALLOTS['plurality']) + n}'",
+        timeout=WAIT_MS,
+    )
 
 
 async def test_a_fetch_that_fails_while_streaming_is_tried_again(
