@@ -125,28 +125,13 @@ class _Export:
     def take(self, document: dict[str, Any]) -> None:
         kind = document.get("kind")
         if kind == "checkpoint":
-            self.checkpoints.append(
-                Checkpoint(
-                    document["id"],
-                    document["position"],
-                    bytes.fromhex(document["head_hash"]),
-                    document["key_id"],
-                    bytes.fromhex(document["signature"]),
-                )
-            )
+            self.checkpoints.append(Checkpoint.of_export(document))
         elif kind == "result":
             self.served.setdefault(document["position"], []).append(document)
         elif kind == "set_aside":
             self.aside.append(document)
         elif kind == "export_head":
-            self.signed_head = Checkpoint(
-                0,
-                document["position"],
-                bytes.fromhex(document["head_hash"]),
-                document["key_id"],
-                bytes.fromhex(document["signature"]),
-                "the export's signed head",
-            )
+            self.signed_head = Checkpoint.of_export(document, "the export's signed head")
         elif kind == "event" and self.chain:
             self.verifier().link(_file_entry(document))
         elif kind == "event" and (payload := _payload(document)) is not None:

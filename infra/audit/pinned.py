@@ -66,16 +66,7 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
                     break
                 if kind == "checkpoint":
                     try:
-                        found.append(
-                            Checkpoint(
-                                int(document["id"]),
-                                int(document["position"]),
-                                bytes.fromhex(document["head_hash"]),
-                                str(document["key_id"]),
-                                bytes.fromhex(document["signature"]),
-                                origin,
-                            )
-                        )
+                        found.append(Checkpoint.of_export(document, origin))
                     except (KeyError, TypeError, ValueError) as error:
                         raise PinnedError(
                             f"line {number} of {path} is not a checkpoint ({error!r})"

@@ -69,6 +69,18 @@ class Checkpoint:
     # final chain head published with saved results (such a head must still be on the chain)
     origin: str = ""
 
+    @classmethod
+    def of_export(cls, line: dict[str, Any], origin: str = "") -> Checkpoint:
+        """A checkpoint as an export writes it (an export's own head has no id: 0)."""
+        return cls(
+            int(line.get("id", 0)),
+            int(line["position"]),
+            bytes.fromhex(line["head_hash"]),
+            str(line["key_id"]),
+            bytes.fromhex(line["signature"]),
+            origin,
+        )
+
     @property
     def name(self) -> str:
         if self.id == 0 and self.origin:
