@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from api.app import create_app
 from domain.ballot import Ballot
 from infra.bench.projection import _create_database, _drop_database
+from infra.cli.environment import Parser
 from infra.runtime.settings import Settings
 from infra.store import EVENTS_TABLE
 from infra.store.migrations import migrate
@@ -47,7 +48,7 @@ ELECTION = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cardinal bench app", description=__doc__)
+    parser = Parser(prog="cardinal bench app", description=__doc__)
     parser.add_argument("--ballots", type=int, default=40_000, help="ballots to cast")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     parser.add_argument(

@@ -52,6 +52,7 @@ from infra.bench.http_drive import Load, RunFigures, drive
 from infra.bench.http_report import percentiles, picture, print_table
 from infra.bench.loadgen import LeanConnection, open_election
 from infra.bench.stack import SEPARATE, SERVE, Stack, free_port
+from infra.cli.environment import Parser
 from infra.runtime.settings import Settings
 
 console = Console()
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cardinal bench http", description=__doc__)
+    parser = Parser(prog="cardinal bench http", description=__doc__)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument("--ballots", type=int, help="a fixed number of ballots instead")
     parser.add_argument("--concurrency", type=int, default=64, help="clients in flight")

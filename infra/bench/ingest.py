@@ -37,6 +37,7 @@ from rich.table import Table
 from domain.ballot import Ballot
 from domain.rules import ElectionRules
 from infra.bench.stack import Stack
+from infra.cli.environment import Parser
 from infra.ingest.publisher import publish
 from infra.ingest.queues import IngestQueues
 from infra.runtime.settings import Settings
@@ -74,7 +75,7 @@ class Phase:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cardinal bench ingest", description=__doc__)
+    parser = Parser(prog="cardinal bench ingest", description=__doc__)
     parser.add_argument("--messages", type=int, default=2000, help="multi-ballot messages")
     parser.add_argument("--per-message", type=int, default=100, help="ballots per message")
     parser.add_argument(

@@ -21,7 +21,6 @@ goes"). This measures them, so that the ballot path's figures can be read agains
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -41,6 +40,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
 from rich.table import Table
 
+from infra.cli.environment import Parser
+
 console = Console()
 CHUNKS = 5  # each figure is the median of this many runs
 GROUP = 16  # ballots per group commit measured
@@ -56,7 +57,7 @@ for _ in range(rounds):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cardinal bench machine", description=__doc__)
+    parser = Parser(prog="cardinal bench machine", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3000, help="round trips per figure")
     parser.add_argument(
         "--server-url",

@@ -9,7 +9,6 @@ Run: ``cardinal bench projection [--events 200000]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -37,6 +36,7 @@ from rich.table import Table
 from domain.errors import BallotNotFound, ConcurrentRevision
 from domain.rules import ElectionRules
 from domain.voter import Voter
+from infra.cli.environment import Parser
 from infra.store import open_application
 from infra.store.log import recount_store
 from infra.store.migrations import migrate
@@ -53,7 +53,7 @@ console = Console()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cardinal bench projection", description=__doc__)
+    parser = Parser(prog="cardinal bench projection", description=__doc__)
     parser.add_argument("--events", type=int, default=200_000, help="backlog size")
     parser.add_argument(
         "--server-url",

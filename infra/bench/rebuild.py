@@ -10,7 +10,6 @@ Run: ``cardinal bench rebuild [--events 1000000]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from infra.bench.projection import (
     _progress,
     report_rates,
 )
+from infra.cli.environment import Parser
 from infra.store.migrations import migrate
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress, Rebuild
@@ -34,7 +34,7 @@ TARGET_EVENTS_PER_SECOND = 50_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cardinal bench rebuild", description=__doc__)
+    parser = Parser(prog="cardinal bench rebuild", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000, help="store size")
     parser.add_argument(
         "--server-url",

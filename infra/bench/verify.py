@@ -9,7 +9,6 @@ Run: ``cardinal bench verify [--events 1000000]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -32,13 +31,14 @@ from infra.bench.projection import (
     _progress,
     console,
 )
+from infra.cli.environment import Parser
 from infra.store.migrations import migrate
 
 TARGET_ENTRIES_PER_SECOND = 100_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cardinal bench verify", description=__doc__)
+    parser = Parser(prog="cardinal bench verify", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000, help="store size")
     parser.add_argument(
         "--server-url",

@@ -37,6 +37,7 @@ from infra.bench.freshness import FreshnessWatcher
 from infra.bench.http_report import percentiles
 from infra.bench.loadgen import LeanConnection, open_election
 from infra.bench.stack import SERVE, Stack
+from infra.cli.environment import Parser
 
 ADMIN = "bench-admin"
 CLIENT = "bench-client"
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cardinal bench viewers", description=__doc__)
+    parser = Parser(prog="cardinal bench viewers", description=__doc__)
     parser.add_argument("--viewers", type=int, default=2000, help="concurrent stream readers")
     parser.add_argument("--rate", type=float, default=500.0, help="ballots per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of ballots")

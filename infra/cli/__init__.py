@@ -20,7 +20,7 @@ from aiormq.exceptions import ChannelPreconditionFailed
 from rich.markup import escape
 
 from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
-from infra.cli.environment import console
+from infra.cli.environment import Parser, console
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
 from infra.store.migrations import MigrationError
@@ -120,13 +120,17 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """Every command and its options (`cardinal COMMAND --help`)."""
-    root = argparse.ArgumentParser(
+    root = Parser(
         prog="cardinal",
         description="Cardinal Vote: an event-sourced voting backend. "
         "Configuration comes from the environment (see .env.example).",
     )
     sub = root.add_subparsers(
-        title="commands", required=True, metavar="COMMAND", dest="command_name"
+        title="commands",
+        required=True,
+        metavar="COMMAND",
+        dest="command_name",
+        parser_class=Parser,
     )
     for family in (serve, ingest, operate, audit, importer, smoke, bench):
         family.add_commands(sub)
