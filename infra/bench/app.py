@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from api.app import create_app
 from domain.ballot import Ballot
 from infra.bench.projection import _create_database, _drop_database
-from infra.cli.environment import Parser
+from infra.options import Parser
 from infra.runtime.settings import Settings
 from infra.store import EVENTS_TABLE
 from infra.store.migrations import migrate

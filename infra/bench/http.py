@@ -52,7 +52,7 @@ from infra.bench.http_drive import Load, RunFigures, drive
 from infra.bench.http_report import percentiles, picture, print_table
 from infra.bench.loadgen import LeanConnection, open_election
 from infra.bench.stack import SEPARATE, SERVE, Stack, free_port
-from infra.cli.environment import Parser
+from infra.options import Parser
 from infra.runtime.settings import Settings
 
 console = Console()

@@ -37,9 +37,9 @@ from rich.table import Table
 from domain.ballot import Ballot
 from domain.rules import ElectionRules
 from infra.bench.stack import Stack
-from infra.cli.environment import Parser
 from infra.ingest.publisher import publish
 from infra.ingest.queues import IngestQueues
+from infra.options import Parser
 from infra.runtime.settings import Settings
 from infra.store import open_application
 

@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rich.console import Console
 from rich.table import Table
 
-from infra.cli.environment import Parser
+from infra.options import Parser
 
 console = Console()
 CHUNKS = 5  # each figure is the median of this many runs

@@ -36,7 +36,7 @@ from rich.table import Table
 from domain.errors import BallotNotFound, ConcurrentRevision
 from domain.rules import ElectionRules
 from domain.voter import Voter
-from infra.cli.environment import Parser
+from infra.options import Parser
 from infra.store import open_application
 from infra.store.log import recount_store
 from infra.store.migrations import migrate

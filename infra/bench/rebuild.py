@@ -25,7 +25,7 @@ from infra.bench.projection import (
     _progress,
     report_rates,
 )
-from infra.cli.environment import Parser
+from infra.options import Parser
 from infra.store.migrations import migrate
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress, Rebuild

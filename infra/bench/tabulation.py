@@ -27,7 +27,6 @@ from rich.table import Table
 from domain.rules import ElectionRules, Method
 from domain.tabulation import Tally
 from domain.votes import Approval, Choice, Ranking, Scores, Vote
-from infra.cli.environment import Parser
 
 RESULT_TARGET_MS = 50.0
 ADD_TARGET_US = 250.0
@@ -49,7 +48,11 @@ class Figure:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the tallies, time them, print a table and a JSON line; 0 if all targets met."""
-    parser = Parser(prog="cardinal bench tabulation", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cardinal bench tabulation",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # (only the domain here)
+    )
     parser.add_argument("--options", type=int, default=20)
     parser.add_argument("--ballots", type=int, default=1_000_000)
     parser.add_argument("--distinct", type=int, default=10_000, help="distinct ballots")

@@ -31,7 +31,7 @@ from infra.bench.projection import (
     _progress,
     console,
 )
-from infra.cli.environment import Parser
+from infra.options import Parser
 from infra.store.migrations import migrate
 
 TARGET_ENTRIES_PER_SECOND = 100_000

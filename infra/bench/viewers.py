@@ -37,7 +37,7 @@ from infra.bench.freshness import FreshnessWatcher
 from infra.bench.http_report import percentiles
 from infra.bench.loadgen import LeanConnection, open_election
 from infra.bench.stack import SERVE, Stack
-from infra.cli.environment import Parser
+from infra.options import Parser
 
 ADMIN = "bench-admin"
 CLIENT = "bench-client"

@@ -20,7 +20,8 @@ from aiormq.exceptions import ChannelPreconditionFailed
 from rich.markup import escape
 
 from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
-from infra.cli.environment import Parser, console
+from infra.cli.environment import console
+from infra.options import Parser
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
 from infra.store.migrations import MigrationError

@@ -28,7 +28,7 @@ def test_a_url_with_credentials_is_not_shown(
     assert "127.0.0.1:9999" in text
     import argparse
 
-    from infra.cli.environment import ShowDefaults
+    from infra.options import ShowDefaults
 
     action = argparse.Action(["--url"], "url", default="amqp://u:secret@host/", help="where")
     assert ShowDefaults("x")._get_help_string(action) == "where"

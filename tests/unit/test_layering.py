@@ -68,7 +68,7 @@ LAYERS = [
     ("infra.store",),
     ("domain",),
 ]
-LEAVES = ("infra.metrics", "infra.batched_metrics", "infra.audit.chain")
+LEAVES = ("infra.metrics", "infra.batched_metrics", "infra.audit.chain", "infra.options")
 ROOT = DOMAIN.parent
 OURS = ("domain", "projections", "api", "infra")
 
