@@ -19,7 +19,12 @@ positions may skip numbers (rolled-back inserts), so a missing entry shows as a 
 link at the next one.
 
 A checkpoint signs the chain head at a position with Ed25519; the signed message is
-``"cardinal-vote/checkpoint/v1\\n{position}\\n{head hash, hex}\\n"`` in UTF-8.
+``"cardinal-vote/checkpoint/v1\\n{position}\\n{head hash, hex}\\n"`` in UTF-8. An export's
+own signed head (its last line) signs
+``"cardinal-vote/export-head/v1\\n{position}\\n{head hash, hex}\\n{file hash, hex}\\n"``,
+where the file hash is the SHA-256 of every byte of the export before that line: so it
+attests the whole file (header, checkpoints, results, events) and where it ends, and no
+checkpoint can stand in for it.
 
 An entry hash is also a ballot's receipt: the API returns it with the 2xx, and anyone can
 later ask whether that hash is in the log and which signed checkpoint covers it.
@@ -80,6 +85,10 @@ def checkpoint_message(position: int, head: bytes) -> bytes:
     return f"cardinal-vote/checkpoint/v1\n{position}\n{head.hex()}\n".encode()
 
 
+def export_head_message(position: int, head: bytes, file_hash: bytes) -> bytes:
+    return f"cardinal-vote/export-head/v1\n{position}\n{head.hex()}\n{file_hash.hex()}\n".encode()
+
+
 class Signer:
     """Signs checkpoints with the audit key (an Ed25519 seed of 32 bytes, hex)."""
 
@@ -94,6 +103,9 @@ class Signer:
     def sign(self, position: int, head: bytes) -> bytes:
         return self._key.sign(checkpoint_message(position, head))
 
+    def sign_export(self, position: int, head: bytes, file_hash: bytes) -> bytes:
+        return self._key.sign(export_head_message(position, head, file_hash))
+
 
 def public_key_bytes(key: Ed25519PublicKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -106,11 +118,21 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def signature_valid(public_key: bytes, position: int, head: bytes, signature: bytes) -> bool:
+def signature_valid(
+    public_key: bytes,
+    position: int,
+    head: bytes,
+    signature: bytes,
+    file_hash: bytes | None = None,
+) -> bool:
+    """A checkpoint's signature, or with ``file_hash`` an export's own signed head."""
+    message = (
+        checkpoint_message(position, head)
+        if file_hash is None
+        else export_head_message(position, head, file_hash)
+    )
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, checkpoint_message(position, head)
-        )
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

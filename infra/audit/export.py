@@ -2,7 +2,7 @@
 
 One JSON document per line, ``kind`` first:
 
-    {"kind": "header", "format": "cardinal-audit/1", "exported_at": ..., "head": ...,
+    {"kind": "header", "format": "cardinal-audit/2", "exported_at": ..., "head": ...,
      "public_keys": [{"key_id", "algorithm", "public_key"}]}
     {"kind": "checkpoint", "id", "position", "head_hash", "key_id", "signature"}
     {"kind": "result", "position", "election_id", ...the results the API serves}
@@ -15,13 +15,17 @@ whitespace, UTF-8). An entry whose state is not JSON carries ``"data": null`` an
 bytes in ``state_hex`` instead. ``hash`` is null for entries not sealed yet; an event with
 no ``data`` and no ``state_hex`` is a chain link whose entry is gone. The last line signs the
 chain's head at the last event (with ``CARDINAL_AUDIT_KEY``), so that no entry of the file
-is left unsigned. The file is everything `cardinal audit verify --file` needs, with no
+is left unsigned; it also signs the SHA-256 of every byte before it (chain.py), so the file
+cannot be cut, nor any line of it changed, dropped or added, without its signature failing.
+(Format 1 signed only the chain head there, as a checkpoint does: a copy cut at a
+checkpoint still verified.) The file is everything `cardinal audit verify --file` needs, with no
 database.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,7 +42,7 @@ from infra.audit.sources import (
 from infra.audit.verifier import Entry
 from infra.store.log import head
 
-FORMAT = "cardinal-audit/1"
+FORMAT = "cardinal-audit/2"
 
 
 async def export(
@@ -56,7 +60,8 @@ async def export(
         checkpoints = await checkpoints_of(conn)
         served = await served_results(conn)
         upto = await head(conn)
-        with output.open("wb") as out:
+        with output.open("wb") as file:
+            out = _Hashed(file)
             _line(
                 out,
                 {
@@ -104,10 +109,10 @@ async def export(
                 count += 1
                 if progress is not None and count % 10_000 == 0:
                     progress(entry.position, upto)
-            if signer is not None and count:
-                # The export's own signed head, at its last entry: without it, whoever
-                # holds the file could rewrite what follows its last checkpoint (those
-                # links are plain hashes) and drop the checkpoints that would show it.
+            if signer is not None:
+                # The export's own signed head, at its last entry, over the whole file:
+                # without it, whoever holds the file could rewrite what follows its last
+                # checkpoint (those links are plain hashes), or cut it at a checkpoint.
                 position, chain = tip
                 _line(
                     out,
@@ -116,7 +121,7 @@ async def export(
                         "position": position,
                         "head_hash": chain.hex(),
                         "key_id": signer.key_id,
-                        "signature": signer.sign(position, chain).hex(),
+                        "signature": signer.sign_export(position, chain, out.digest()).hex(),
                     },
                 )
     return count
@@ -158,6 +163,20 @@ def _event(entry: Entry) -> dict[str, Any]:
     return document
 
 
-def _line(out: BinaryIO, document: dict[str, Any]) -> None:
-    out.write(orjson.dumps(document))
-    out.write(b"\n")
+class _Hashed:
+    """The file being written, and the SHA-256 of what was written to it so far."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self._hash.update(data)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+
+def _line(out: _Hashed, document: dict[str, Any]) -> None:
+    out.write(orjson.dumps(document) + b"\n")

@@ -6,6 +6,7 @@ finding (Discrepancy), never a traceback.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ def read_export(
 ) -> Report:
     """Verify one half of an export (``chain``: the hash chain and checkpoints; else the
     replay against the served results); a Discrepancy at the first thing that is wrong."""
-    lines = _lines(path)
+    read = hashlib.sha256()  # every byte read so far: what an export's signed head signs
+    lines = _lines(path, read)
     first = next(lines, None)
     header = first[1] if first is not None else None
     if header is None or header.get("kind") != "header":
@@ -46,6 +48,7 @@ def read_export(
     try:
         keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
         upto = int(header.get("head", 0))
+        signs_file = _signs_file(header.get("format"))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise Discrepancy(None, f"line 1 of {path}: its header does not read ({error!r})") from None
     if public_key is not None:
@@ -54,39 +57,67 @@ def read_export(
     export.checkpoints.extend(checkpoints or ())
     for position, documents in (served or {}).items():
         export.served.setdefault(position, []).extend(documents)
-    for number, document in lines:
-        try:
-            export.take(document)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise Discrepancy(
-                None, f"line {number} of {path} is not an export line as written ({error!r})"
-            ) from None
-        if progress is not None and export.entries % 10_000 == 0 and document["kind"] == "event":
-            progress(document["position"], upto)
+    export.signs_file = signs_file
+    export.read(path, lines, read, progress, upto)
     if progress is not None:
         progress(upto, upto)
     verifier = export.verifier()
+    if not chain:
+        return verifier.finish()
+    return _chain_end(export, verifier, path, election, upto)
+
+
+def _chain_end(
+    export: _Export, verifier: Verifier, path: Path, election: UUID | None, upto: int
+) -> Report:
+    """The export's end: it reaches the head its header names, its signed head is there
+    and holds, and every entry is under a signature."""
     last = verifier.report.head
-    if chain and election is None and last < upto:
+    if election is None and last < upto:
         raise Discrepancy(
             last,
             f"the export ends at position {last:,}, but its header says the log reached "
             f"{upto:,}: it is cut short",
         )
-    if chain and export.signed_head is not None:
+    if export.signs_file and export.signed_head is None:
+        raise Discrepancy(
+            last,
+            "the export's signed head, its last line, is missing: the file is cut short, "
+            "or was written without CARDINAL_AUDIT_KEY (an export is attested only by it)",
+        )
+    if export.signed_head is not None:
         verifier.attest(export.signed_head)
     report = verifier.finish()
-    if chain:
-        if verifier.signed_upto < report.head:
-            # Links are plain hashes: past the last signature, the file could say anything.
-            raise Discrepancy(
-                report.head,
-                f"no signature covers the entries after position {verifier.signed_upto:,}: "
-                "the export's signed head is missing (it is written by `cardinal audit "
-                "export` with CARDINAL_AUDIT_KEY set)",
-            )
-        report.notes.extend(set_aside_notes(export.aside))
+    if verifier.signed_upto < report.head:
+        # Links are plain hashes: past the last signature, the file could say anything.
+        raise Discrepancy(
+            report.head,
+            f"no signature covers the entries after position {verifier.signed_upto:,}: "
+            "the export's signed head is missing (it is written by `cardinal audit "
+            "export` with CARDINAL_AUDIT_KEY set)",
+        )
+    report.notes.extend(set_aside_notes(export.aside))
+    if not export.signs_file:
+        report.notes.append(
+            f"{path} is in the format {FORMAT_1}, whose signed head covers the chain "
+            "but not the file: a copy cut at a checkpoint verifies as well. Export "
+            "again with this version to have the whole file attested."
+        )
     return report
+
+
+FORMAT_1 = "cardinal-audit/1"
+FORMAT_2 = "cardinal-audit/2"
+
+
+def _signs_file(format_name: object) -> bool:
+    """Whether the export's signed head covers the whole file (format 2) or only the
+    chain (format 1); a format this version does not know is refused."""
+    if format_name == FORMAT_2:
+        return True
+    if format_name == FORMAT_1:
+        return False
+    raise ValueError(f"the export's format is {format_name!r}, which this version does not read")
 
 
 @dataclass
@@ -102,6 +133,8 @@ class _Export:
     served: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     aside: list[dict[str, Any]] = field(default_factory=list)
     signed_head: Checkpoint | None = None  # the export's own, at its last entry
+    file_hash: bytes | None = None  # what it signs besides (format 2): the file before it
+    signs_file: bool = True
     _verifier: Verifier | None = None
 
     @property
@@ -122,6 +155,33 @@ class _Export:
             )
         return self._verifier
 
+    def read(
+        self,
+        path: Path,
+        lines: Iterator[tuple[int, dict[str, Any]]],
+        read: Any,
+        progress: Any,
+        upto: int,
+    ) -> None:
+        """Every line after the header, in order (``read``: the hash of the bytes so far)."""
+        for number, document in lines:
+            if self.signed_head is not None:
+                raise Discrepancy(
+                    None,
+                    f"line {number} of {path} follows the export's signed head, where the "
+                    "export ends: something was added to the file",
+                )
+            if self.signs_file and document.get("kind") == "export_head":
+                self.file_hash = read.digest()
+            try:
+                self.take(document)
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise Discrepancy(
+                    None, f"line {number} of {path} is not an export line as written ({error!r})"
+                ) from None
+            if progress is not None and self.entries % 10_000 == 0 and document["kind"] == "event":
+                progress(document["position"], upto)
+
     def take(self, document: dict[str, Any]) -> None:
         kind = document.get("kind")
         if kind == "checkpoint":
@@ -131,7 +191,9 @@ class _Export:
         elif kind == "set_aside":
             self.aside.append(document)
         elif kind == "export_head":
-            self.signed_head = Checkpoint.of_export(document, "the export's signed head")
+            self.signed_head = Checkpoint.of_export(
+                document, "the export's signed head", self.file_hash
+            )
         elif kind == "event" and self.chain:
             self.verifier().link(_file_entry(document))
         elif kind == "event" and (payload := _payload(document)) is not None:
@@ -143,7 +205,8 @@ class _Export:
             )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _lines(path: Path, read: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The file's JSON lines; ``read`` (a hash) is fed each line's bytes once it is used."""
     with path.open("rb") as source:
         for number, line in enumerate(source, 1):
             if line.strip():
@@ -156,6 +219,7 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not isinstance(document, dict):
                     raise Discrepancy(None, f"line {number} of {path} is not a JSON object")
                 yield number, document
+            read.update(line)
 
 
 def _payload(document: dict[str, Any]) -> dict[str, Any] | bytes | None:

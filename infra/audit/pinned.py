@@ -1,8 +1,9 @@
 """What an auditor brings to `audit verify` from outside the store, so that a store
 rewritten wholesale (log, chain and checkpoints, re-sealed with the real key) cannot pass:
 
-- ``--previous FILE``: an earlier export; every checkpoint it holds must still be on the
-  chain, signing the same head at the same position;
+- ``--previous FILE``: an earlier export; every checkpoint it holds, and its own signed
+  head (which also signs the file: chain.py), must still be on the chain, signing the
+  same head at the same position;
 - ``--served FILE``: results documents saved as the API served them (a JSON document, an
   array of them, or one per line); each must equal the replay at the position it states,
   and the final chain head published with a closed election's results must be on the chain.
@@ -10,6 +11,7 @@ rewritten wholesale (log, chain and checkpoints, re-sealed with the real key) ca
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,26 +53,42 @@ def pinned(previous: list[Path], served: list[Path]) -> Pinned:
 
 
 def earlier_checkpoints(path: Path) -> list[Checkpoint]:
-    """The checkpoints of an earlier export (they come before its events)."""
+    """The checkpoints of an earlier export, and its own signed head at its end: all of
+    them must still be on the chain (the head covers what came after the last checkpoint)."""
     found: list[Checkpoint] = []
     origin = f"the earlier export {path}"
+    read = hashlib.sha256()
     try:
         with path.open("rb") as source:
-            header = orjson.loads(source.readline() or b"null")
+            first = source.readline()
+            header = orjson.loads(first or b"null")
             if not isinstance(header, dict) or header.get("kind") != "header":
                 raise PinnedError(f"{path} is not an export: it does not start with its header")
+            signs_file = header.get("format") != "cardinal-audit/1"
+            read.update(first)
             for number, line in enumerate(source, 2):
-                document = orjson.loads(line)
-                kind = document.get("kind")
-                if kind == "event":
-                    break
-                if kind == "checkpoint":
+                # (events, most of the file, are told by their start, unparsed)
+                start = line[:48]
+                if b"checkpoint" in start or b"export_head" in start:
+                    document = orjson.loads(line)
+                    kind = document.get("kind")
+                    if kind not in ("checkpoint", "export_head"):
+                        read.update(line)
+                        continue
+                    head = kind == "export_head"
                     try:
-                        found.append(Checkpoint.of_export(document, origin))
+                        found.append(
+                            Checkpoint.of_export(
+                                document,
+                                f"the signed head of {origin}" if head else origin,
+                                read.digest() if head and signs_file else None,
+                            )
+                        )
                     except (KeyError, TypeError, ValueError) as error:
                         raise PinnedError(
                             f"line {number} of {path} is not a checkpoint ({error!r})"
                         ) from None
+                read.update(line)
     except OSError as error:
         raise PinnedError(f"cannot read {path}: {error.strerror}") from None
     except (orjson.JSONDecodeError, AttributeError) as error:

@@ -68,9 +68,14 @@ class Checkpoint:
     # where it comes from, when not the log's own checkpoints: an earlier export, or the
     # final chain head published with saved results (such a head must still be on the chain)
     origin: str = ""
+    # an export's own signed head (format 2): the SHA-256 of the file before it, which its
+    # signature covers too (chain.py)
+    file_hash: bytes | None = None
 
     @classmethod
-    def of_export(cls, line: dict[str, Any], origin: str = "") -> Checkpoint:
+    def of_export(
+        cls, line: dict[str, Any], origin: str = "", file_hash: bytes | None = None
+    ) -> Checkpoint:
         """A checkpoint as an export writes it (an export's own head has no id: 0)."""
         return cls(
             int(line.get("id", 0)),
@@ -79,6 +84,7 @@ class Checkpoint:
             str(line["key_id"]),
             bytes.fromhex(line["signature"]),
             origin,
+            file_hash,
         )
 
     @property
@@ -351,7 +357,16 @@ class Verifier:
                 "does not know: give the deployment's public key with --public-key (from "
                 "GET /api/audit/public-key)",
             )
-        if not signature_valid(key, checkpoint.position, checkpoint.head, checkpoint.signature):
+        if not signature_valid(
+            key, checkpoint.position, checkpoint.head, checkpoint.signature, checkpoint.file_hash
+        ):
+            if checkpoint.file_hash is not None:
+                raise Discrepancy(
+                    checkpoint.position,
+                    f"{checkpoint.name} does not verify: the file was changed after it was "
+                    "exported (a line edited, dropped, added or moved), or the signature is "
+                    "forged",
+                )
             raise Discrepancy(
                 checkpoint.position,
                 f"{checkpoint.name}: the signature does not verify (forged or altered)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import subprocess
@@ -383,6 +384,20 @@ def _write(path: Path, documents: list[dict[str, object]]) -> None:
     path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in documents))
 
 
+def _write_signed(path: Path, documents: list[dict[str, object]]) -> None:
+    """As an exporter holding the key would write these lines: its signed head over them
+    (for a test of what the verifier finds inside a file whose signature holds)."""
+    body = b"".join(orjson.dumps(d) + b"\n" for d in documents[:-1])
+    last = dict(documents[-1])
+    assert last["kind"] == "export_head"
+    signature = SIGNER.sign_export(
+        int(str(last["position"])),
+        bytes.fromhex(str(last["head_hash"])),
+        hashlib.sha256(body).digest(),
+    )
+    path.write_bytes(body + orjson.dumps({**last, "signature": signature.hex()}) + b"\n")
+
+
 async def _verify_pinned(url: str, pinned: Pinned) -> None:
     await verify_database(url, public_keys=KEYS, election=None, validate=True, pinned=pinned)
 
@@ -420,7 +435,7 @@ def test_a_close_that_is_not_signed_is_not_attested(store: str, tmp_path: Path) 
     for document in documents:
         if document.get("kind") == "event" and int(str(document["position"])) >= close:
             document["hash"] = None
-    _write(exported, documents)
+    _write_signed(exported, documents)
     with pytest.raises(Discrepancy) as found:
         verify_file(exported, election=None, validate=True)
     assert found.value.position == close
@@ -598,8 +613,108 @@ def test_an_exports_newest_entries_are_signed_by_its_own_head(store: str, tmp_pa
     _write(exported, documents)
     with pytest.raises(Discrepancy) as found:
         verify_file(exported, election=None, validate=True)
-    assert "the export's signed head signs head" in found.value.what
+    assert "the export's signed head does not verify: the file was changed" in found.value.what
     _write(exported, documents[:-1])  # and without the line that shows it
     with pytest.raises(Discrepancy) as found:
         verify_file(exported, election=None, validate=True)
-    assert "no signature covers the entries after position" in found.value.what
+    assert "the export's signed head, its last line, is missing" in found.value.what
+
+
+def test_an_export_cut_at_a_checkpoint_does_not_verify(store: str, tmp_path: Path) -> None:
+    """A checkpoint signed the same message as the export's own head, and the header's
+    head is not signed: a copy cut at a checkpoint, its header and results made to match,
+    verified with no note, and whole elections vanished (review helper-42). The export's
+    head now signs the whole file, and cannot be stood in for."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    cut = min(int(str(d["position"])) for d in documents if d.get("kind") == "checkpoint")
+    kept: list[dict[str, object]] = []
+    for document in documents:
+        kind = document.get("kind")
+        if kind == "header":
+            kept.append({**document, "head": cut})
+        elif kind != "export_head" and int(str(document["position"])) <= cut:
+            kept.append(document)
+    _write(exported, kept)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "the export's signed head, its last line, is missing" in found.value.what
+    # A checkpoint's line made into the export's head does not verify as one.
+    checkpoint = next(d for d in kept if d.get("kind") == "checkpoint")
+    stand_in = {k: v for k, v in checkpoint.items() if k != "id"}
+    _write(exported, [*kept, {**stand_in, "kind": "export_head"}])
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "the export's signed head does not verify" in found.value.what
+
+
+def test_nothing_may_follow_an_exports_signed_head(store: str, tmp_path: Path) -> None:
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    result = next(d for d in documents if d.get("kind") == "result")
+    _write(exported, [*documents, {**result, "ballots": 0}])
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "follows the export's signed head" in found.value.what
+
+
+def test_an_export_of_format_1_verifies_with_a_note(store: str, tmp_path: Path) -> None:
+    """Exports written before format 2 signed their head as a checkpoint: they still
+    verify, and the report says what that format does not attest."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    documents[0] = {**documents[0], "format": "cardinal-audit/1"}
+    last = documents[-1]
+    position, head = int(str(last["position"])), bytes.fromhex(str(last["head_hash"]))
+    documents[-1] = {**last, "signature": SIGNER.sign(position, head).hex()}
+    _write(exported, documents)
+    report = verify_file(exported, election=None, validate=True)
+    assert any("cardinal-audit/1" in note for note in report.notes)
+    documents[0] = {**documents[0], "format": "cardinal-audit/9"}
+    _write(exported, documents)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "which this version does not read" in found.value.what
+
+
+async def test_an_earlier_exports_signed_head_pins_what_follows_its_last_checkpoint(
+    store: str, tmp_path: Path
+) -> None:
+    """--previous read an earlier export's checkpoints but not its own signed head: a
+    ballot after its last checkpoint, rewritten in the store and sealed again, passed
+    (review helper-42)."""
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE reason = 'test'")  # the periodic one
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
+    pins = earlier_checkpoints(earlier)
+    last = max(_positions(store, "Ballot.Cast"))
+    assert max(p.position for p in pins if p.file_hash is None) < last  # (checkpoints)
+    assert any(p.file_hash is not None and p.position >= last for p in pins)
+    await _verify_pinned(store, Pinned(tuple(pins)))  # untouched: it holds
+    _tamper(
+        store,
+        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
+        '\'"request_key":\', \'"request_key":"x","was":\'), \'UTF8\') '
+        "WHERE notification_id = %s",
+        last,
+    )
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_chain WHERE position >= %s", (last,))
+        sealer = Sealer(store, SIGNER)
+        async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+            assert await sealer.seal_pending(live) > 0
+            await sealer.checkpoint_head(live, "test")
+    await _verify(store)  # on its own, the rewritten store holds
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
+    assert f"the signed head of the earlier export {earlier}" in found.value.what
+    # and an earlier export edited after it was written does not pin anything
+    documents = _lines(earlier)
+    _write(earlier, [documents[0], *documents[2:]])
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
+    assert "does not verify: the file was changed" in found.value.what
