@@ -4,7 +4,10 @@ A proxy appends the address it received the request from to ``X-Forwarded-For``;
 to the left of that came from the client, who can write whatever it likes there. So the
 client is the right-most hop that is not a trusted proxy (``FORWARDED_ALLOW_IPS``: addresses
 and CIDR blocks), and only when the connection itself comes from a trusted proxy. A client
-that rotates the left part of the header stays one address.
+that rotates the left part of the header stays one address. An IPv4 peer of a dual-stack
+listener (``::ffff:a.b.c.d``) is matched as its IPv4 address. ``*`` trusts every hop, so
+the client is the left-most one, which the client writes itself: name the proxies instead
+wherever the address matters (rate limits).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class TrustedProxies:
             except ValueError:
                 known = False
             else:
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                    address = address.ipv4_mapped  # a dual-stack listener's IPv4 peer
                 known = any(address in network for network in self.networks)
             if len(self._seen) > 100_000:
                 self._seen.clear()

@@ -6,6 +6,12 @@
   always on. An attempt takes a unit of each before the password is hashed (so a flood is
   refused cheaply) and a successful login gives both back.
 
+A row of the shared table names its subject by an HMAC under CARDINAL_SECRET, never as
+typed: the table keeps when each key last voted, and a client's address beside that time
+would link a voter to their ballot for anyone who reads the database. An address counts as
+its IPv4 form when IPv4-mapped, and an IPv6 address as its /64 (one subscriber's network),
+so that neither another spelling nor another address of the same network is a new quota.
+
 Answers carry the IETF RateLimit-Policy and RateLimit fields
 (draft-ietf-httpapi-ratelimit-headers-11); a refusal is a 429 with Retry-After.
 """
@@ -15,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import hmac
+import ipaddress
 import math
 from dataclasses import dataclass
 
@@ -66,8 +74,9 @@ def fields(policy: Policy, decision: Decision) -> dict[str, str]:
 class RateLimits:
     """Every limit the API applies, with the client address resolved through proxies."""
 
-    def __init__(self, settings: Settings, limiter: SharedRateLimiter) -> None:
+    def __init__(self, settings: Settings, limiter: SharedRateLimiter, secret: str) -> None:
         self.limiter = limiter
+        self._keyed = hmac.new(secret.encode(), b"rate-limit\x00", hashlib.sha256)
         self.proxies = TrustedProxies(settings.forwarded_allow_ips)
         self.ballots = (
             Policy("ballots", Quota(settings.max_votes_per_ip_per_hour, HOUR))
@@ -84,13 +93,22 @@ class RateLimits:
     def client(self, request: Request) -> str:
         return self.proxies.client(request.scope)
 
+    def subject(self, text: str) -> str:
+        """The opaque name a quota's row is kept under (see the module's docstring)."""
+        mac = self._keyed.copy()
+        mac.update(text.encode())
+        return mac.hexdigest()[:32]
+
+    def address(self, request: Request) -> str:
+        return self.subject(quota_address(self.client(request)))
+
     async def ballot(self, request: Request, ballots: int = 1) -> dict[str, str] | None:
         """The RateLimit fields for ``ballots`` ballot changes (a batch takes as many units
         as it holds ballots); TooManyRequests past the limit."""
         policy = self.ballots
         if policy is None:
             return None
-        decision = await self.limiter.hit(policy.key(self.client(request)), policy.quota, ballots)
+        decision = await self.limiter.hit(policy.key(self.address(request)), policy.quota, ballots)
         answer = fields(policy, decision)
         if not decision.allowed:
             raise TooManyRequests(
@@ -105,8 +123,8 @@ class RateLimits:
     async def login_attempt(self, request: Request, account: str) -> LoginAttempt:
         """Take one unit of the account's and the address's failure quotas, or refuse."""
         keys = [
-            (self.login_account, self.login_account.key(_account_key(account))),
-            (self.login_address, self.login_address.key(self.client(request))),
+            (self.login_account, self.login_account.key(self.subject(_account(account)))),
+            (self.login_address, self.login_address.key(self.address(request))),
         ]
         decisions = await asyncio.gather(
             *(self.limiter.hit(key, policy.quota) for policy, key in keys)
@@ -153,6 +171,18 @@ class LoginAttempt:
         )
 
 
-def _account_key(account: str) -> str:
-    # Digested: any text an attacker types becomes a bounded key, never stored as typed.
-    return hashlib.sha256(account.strip().lower().encode()).hexdigest()[:32]
+def _account(account: str) -> str:
+    return "account:" + account.strip().lower()
+
+
+def quota_address(client: str) -> str:
+    """The address a quota counts: IPv4-mapped IPv6 as IPv4, other IPv6 as its /64."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)

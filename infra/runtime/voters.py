@@ -26,6 +26,7 @@ class VoterKeys:
     """
 
     def __init__(self, secret: str) -> None:
+        self.secret = secret
         self._secret = secret.encode()
         # Keyed once; each key below copies it (cheaper than keying HMAC twice a ballot).
         self._keyed = hmac.new(self._secret, digestmod=hashlib.sha256)

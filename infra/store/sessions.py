@@ -3,6 +3,8 @@
 A sign-in starts a *family*. Each refresh uses its token up and issues the next one in the
 same family; presenting a used token again means a copy is in someone else's hands, so
 the whole family is revoked (both holders must sign in again). A logout revokes the family.
+Each token carries the account's *generation* (api/edge.py): a token of another generation
+(the administrator's password or the signing key changed since) is used up and refused.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ PREFIX = "cvr_"
 USE = """
 UPDATE refresh_tokens SET used_at = now()
 WHERE digest = %s AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+  AND generation = %s
 RETURNING family, subject
 """
 REVOKE_FAMILY = """
@@ -25,8 +28,8 @@ UPDATE refresh_tokens SET revoked_at = now()
 WHERE family = (SELECT family FROM refresh_tokens WHERE digest = %s) AND revoked_at IS NULL
 """
 INSERT = """
-INSERT INTO refresh_tokens (digest, family, subject, expires_at)
-VALUES (%s, %s, %s, now() + %s)
+INSERT INTO refresh_tokens (digest, family, subject, expires_at, generation)
+VALUES (%s, %s, %s, now() + %s, %s)
 """
 
 
@@ -37,15 +40,18 @@ def _digest(token: str) -> bytes:
 class RefreshTokens:
     """Issue, rotate and revoke refresh tokens in PostgreSQL."""
 
-    def __init__(self, pool: AsyncConnectionPool, lifetime: timedelta) -> None:
+    def __init__(self, pool: AsyncConnectionPool, lifetime: timedelta, generation: str) -> None:
         self.pool = pool
         self.lifetime = lifetime
+        self.generation = generation
 
     async def issue(self, subject: str) -> str:
         """A new token in a new family (a sign-in)."""
         token = PREFIX + secrets.token_urlsafe(32)
         async with self.pool.connection() as conn:
-            await conn.execute(INSERT, (_digest(token), uuid.uuid4(), subject, self.lifetime))
+            await conn.execute(
+                INSERT, (_digest(token), uuid.uuid4(), subject, self.lifetime, self.generation)
+            )
         return token
 
     async def rotate(self, token: str) -> tuple[str, str] | None:
@@ -53,14 +59,16 @@ class RefreshTokens:
         of a token presented a second time."""
         digest = _digest(token)
         async with self.pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(USE, (digest,))
+            cursor = await conn.execute(USE, (digest, self.generation))
             row = await cursor.fetchone()
             if row is None:
                 await conn.execute(REVOKE_FAMILY, (digest,))
                 return None
             family, subject = row
             following = PREFIX + secrets.token_urlsafe(32)
-            await conn.execute(INSERT, (_digest(following), family, subject, self.lifetime))
+            await conn.execute(
+                INSERT, (_digest(following), family, subject, self.lifetime, self.generation)
+            )
         return str(subject), following
 
     async def revoke(self, token: str) -> None:

@@ -179,3 +179,51 @@ async def test_failed_sign_ins_are_limited_per_address(http: httpx.AsyncClient) 
 async def test_role_tokens_keep_working_beside_sign_in(voting: VotingClient) -> None:
     election_id = await voting.open_election()
     assert (await voting.cast(election_id, {"choice": "a"}, "still-works")).status_code == 201
+
+
+async def test_a_new_password_or_key_ends_every_sign_in(database_url: str) -> None:
+    """A refresh token outlived a change of the administrator's password: a stolen one
+    kept admin access for good (review helper-38)."""
+    settings = settings_for(database_url, forwarded_allow_ips=("127.0.0.1",))
+    async with (
+        running_api(settings, projections=()) as server,
+        httpx.AsyncClient(base_url=server, headers={"X-Forwarded-For": "192.0.2.240"}) as http,
+    ):
+        kept = (await _login(http)).json()["refresh_token"]
+        also = (await _login(http)).json()["refresh_token"]
+    changed = settings_for(
+        database_url, forwarded_allow_ips=("127.0.0.1",), super_admin_password="another one!!"
+    )
+    rekeyed = settings_for(
+        database_url, forwarded_allow_ips=("127.0.0.1",), jwt_secret_key="k" * 40
+    )
+    for later, token in ((changed, kept), (rekeyed, also)):
+        async with (
+            running_api(later, projections=()) as server,
+            httpx.AsyncClient(base_url=server, headers={"X-Forwarded-For": "192.0.2.241"}) as http,
+        ):
+            refused = await http.post("/api/auth/refresh", json={"refresh_token": token})
+            assert_problem(refused, 401, "sign in again")
+    async with (
+        running_api(settings, projections=()) as server,
+        httpx.AsyncClient(base_url=server, headers={"X-Forwarded-For": "192.0.2.242"}) as http,
+    ):
+        # Unchanged settings: a sign-in lives on (and a refused one stays ended).
+        fresh = (await _login(http)).json()["refresh_token"]
+        assert (await http.post("/api/auth/refresh", json={"refresh_token": fresh})).is_success
+        again = await http.post("/api/auth/refresh", json={"refresh_token": kept})
+        assert_problem(again, 401, "sign in again")
+
+
+def test_the_dummy_check_costs_what_the_administrators_does() -> None:
+    """With SUPER_ADMIN_PASSWORD given as an argon2 hash of cheaper parameters, an unknown
+    address was checked against a dummy of the defaults: 7x slower (review helper-38)."""
+    from argon2 import PasswordHasher, extract_parameters
+
+    from api.login import AdminAccount
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+    account = AdminAccount(ADMIN_EMAIL, cheap.hash("the password"))
+    stored, dummy = account._hashes()
+    assert stored is not None
+    assert extract_parameters(dummy) == extract_parameters(stored)

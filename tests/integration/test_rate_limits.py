@@ -256,3 +256,31 @@ async def test_a_large_quota_is_leased_in_blocks_and_still_never_exceeded(
     finally:
         for limiter in limiters:
             await limiter.stop()
+
+
+async def test_the_limits_table_names_no_address(limited: list[str], database_url: str) -> None:
+    """Each row keeps when its key last voted: keyed by the client's address, it linked an
+    address to a ballot's log entry by time for any reader of the database (review
+    helper-39). Rows are keyed by an HMAC of the address now."""
+    election_id = await _open_election(limited[0])
+    client = _address()
+    assert (await _cast(limited[0], election_id, client)).status_code == 201
+    with psycopg.connect(database_url) as conn:
+        keys = [row[0] for row in conn.execute("SELECT key FROM rate_limits").fetchall()]
+    assert keys
+    assert not [key for key in keys if client in key or "198.51." in key]
+
+
+def test_an_ipv6_network_is_one_quota_and_a_mapped_ipv4_is_itself() -> None:
+    from api.ratelimit import quota_address
+
+    assert (
+        quota_address("2001:db8:0:0:1::1") == quota_address("2001:DB8::ffff:1") == ("2001:db8::/64")
+    )
+    assert quota_address("2001:db8:0:1::1") != quota_address("2001:db8::1")
+    assert quota_address("::ffff:198.51.100.7") == "198.51.100.7"
+    assert quota_address("198.51.100.7") == "198.51.100.7"
+    # A dual-stack listener's IPv4 peer is a trusted proxy when its IPv4 address is.
+    proxies = TrustedProxies(["172.16.0.0/12"])
+    scope = {"client": ("::ffff:172.18.0.2", 1), "headers": [(b"x-forwarded-for", b"1.2.3.4")]}
+    assert proxies.client(scope) == "1.2.3.4"
