@@ -336,3 +336,33 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
     assert "stopped: for 1 s the API took none of a batch (503: busy)" in flat
     assert "30 ballots were not sent" in flat
     assert "Run the same import again" in flat
+
+
+async def test_a_batch_is_in_the_log_in_an_order_of_chance(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """Recorded in the request's order, a batch listing voters in a known order (a roll)
+    let whoever reads the log pair the roll with the entries (review helper-39)."""
+    election_id = await voting.open_election("plurality")
+    roll = [f"roll-{n:03}" for n in range(40)]
+    results = await _batch(
+        http, election_id, [{"voter_id": v, "choice": "abc"[n % 3]} for n, v in enumerate(roll)]
+    )
+    positions = [r["position"] for r in results]
+    assert len(set(positions)) == 40
+    assert positions != sorted(positions)  # (one chance in 40! of failing)
+
+
+async def test_a_voter_may_have_at_most_16_ballots_in_one_batch(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """Each of a voter's later ballots in a batch is a commit and a read of all its
+    entries: 1,000 of one voter took over 30 s (review helper-41)."""
+    election_id = await voting.open_election("plurality")
+    ballots = [{"voter_id": "keen", "choice": "abc"[n % 3]} for n in range(20)]
+    results = await _batch(http, election_id, ballots)
+    assert [r["version"] for r in results[:16]] == list(range(1, 17))
+    assert [r["status"] for r in results[16:]] == [422] * 4
+    assert "more than 16 ballots of this voter" in results[16]["detail"]
+    body = await _counted(voting, election_id, results[15]["position"])
+    assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 1, "b": 0, "c": 0}
