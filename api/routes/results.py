@@ -242,10 +242,20 @@ async def _results_at(
             f"and auditors see results from before it)"
         )
     status = ElectionStatus.OPEN if closed is ElectionStatus.CLOSED else closed
-    return {
-        **results_document(election_id, snapshot, rules, status=status, exact=exact),
-        "recounted_from_log": True,
-    }
+    # Kept, as the recount is: the log up to ``at`` never changes, and a ranked method's
+    # count can take a good part of a second (it ran again for every read).
+    key = ("at", election_id, at, exact, status)
+    cache: dict[tuple[object, ...], dict[str, Any]] = services.results_cache
+    document = cache.get(key)
+    if document is None:
+        document = {
+            **results_document(election_id, snapshot, rules, status=status, exact=exact),
+            "recounted_from_log": True,
+        }
+        if len(cache) >= CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = document
+    return document
 
 
 async def _recounted(

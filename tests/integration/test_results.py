@@ -14,7 +14,7 @@ from domain.ballot import Ballot
 from infra.store import open_application
 from infra.store.writer import GroupCommitWriter
 from tests.integration.client import VotingClient, assert_problem, bearer
-from tests.servers import ADMIN, CLIENT, OPERATOR
+from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR
 
 
 @pytest.fixture
@@ -157,3 +157,32 @@ async def test_after_a_rebuild_results_come_from_the_new_version_not_a_cache(
     else:
         pytest.fail("the rebuild did not switch")
     assert (await voting.results(election_id)).json()["ballots"] == 3
+
+
+async def test_results_at_a_position_are_counted_once(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``?at=`` read tabulated again, on the event loop: for a ranked election of
+    many options, 2 s a read, to anyone (review helper-41). The log up to a position never
+    changes, so its results are kept."""
+    import api.routes.results as results_module
+
+    counted = 0
+    real = results_module.results_document  # type: ignore[attr-defined]
+
+    def counting(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal counted
+        counted += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(results_module, "results_document", counting)
+    election_id = await voting.open_election("irv")
+    cast = await voting.cast(election_id, {"ranking": ["a", "b"]}, "kept")
+    at = cast.json()["position"]
+    answers = [
+        await http.get(f"/api/elections/{election_id}/results?at={at}", headers=bearer(AUDITOR))
+        for _ in range(3)
+    ]
+    assert {a.status_code for a in answers} == {200}
+    assert answers[0].json() == answers[2].json()
+    assert counted == 1

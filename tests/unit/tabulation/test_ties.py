@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 
@@ -271,3 +273,33 @@ def test_star_head_to_head_step_is_repeated_among_those_still_tied() -> None:
     assert result.rounds[0].eliminated == ("x", "y", "z")
     assert result.rounds[1].counts == {"a": 3, "w": 0}
     assert "w advanced" in result.notes[0]
+
+
+def test_ranked_pairs_search_budget_weighs_each_pair_by_the_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The budget counted pairs alone: with 100 options each pair's lock updates 100
+    entries, and one results read took 2.4 s on the event loop (review helper-41)."""
+    import random
+
+    locks = 0
+    real_lock = ranked_pairs_module.lock
+
+    def counted(reach: ranked_pairs_module.Reach, pair: ranked_pairs_module.Pair) -> Any:
+        nonlocal locks
+        locks += 1
+        return real_lock(reach, pair)
+
+    monkeypatch.setattr(ranked_pairs_module, "lock", counted)
+    ids = tuple(f"o{i}" for i in range(100))
+    shuffled = random.Random(0)
+    votes = []
+    for _ in range(200):
+        order = list(ids)
+        shuffled.shuffle(order)
+        votes.append(ranking(">".join(order)))
+    result = tabulate(rules(Method.RANKED_PAIRS, ids), votes)
+    assert result.tie is not None
+    assert "too many orders" in result.tie.reason
+    # (the bounds before the search lock pairs too: 1.9M here; 9.5M before)
+    assert locks * len(ids) <= 5 * ranked_pairs_module.SEARCH_BUDGET
