@@ -142,6 +142,9 @@ def create_app(
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
+    # /api/elections/ is not /api/elections: a 404, not a redirect to an absolute URL made
+    # from the request's Host header (review helper-41).
+    app.router.redirect_slashes = False
     app.state.auth = Authenticator(settings)
     app.state.signer = Signer(settings.audit_key) if settings.audit_key else None
     app.state.rebuilds = {}

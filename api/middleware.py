@@ -77,10 +77,12 @@ class RequestGuard:
             return
         started = time.perf_counter()
         status = 500
+        begun = False
 
         async def observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, begun
             if message["type"] == "http.response.start":
+                begun = True
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.extend(self.security)
@@ -101,6 +103,15 @@ class RequestGuard:
                 await self._read(scope, self._limited(receive, limit), observed)
             else:
                 await self.app(scope, self._limited(receive, limit), observed)
+        except Exception as error:
+            # Unhandled: answered here, with this guard's headers, rather than by
+            # Starlette's outermost error middleware, whose 500 would pass around it.
+            unexpected = self.handlers.get(Exception)
+            if begun or unexpected is None:
+                raise
+            answer = unexpected(Request(scope), error)
+            assert isinstance(answer, Response)
+            await answer(scope, receive, observed)
         finally:
             self._observe(scope, status, time.perf_counter() - started)
 

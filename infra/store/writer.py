@@ -102,8 +102,8 @@ TOO_SLOW = (
     "retry shortly"
 )
 UNCHECKED = (
-    "the event store is unreachable; this request recorded nothing (a ballot recorded "
-    "earlier stays recorded): retry shortly with the same Idempotency-Key"
+    "the event store is unreachable; this ballot was not recorded now (one of this voter's "
+    "recorded earlier stays recorded): retry shortly with the same Idempotency-Key"
 )
 SHUTTING_DOWN = "this process is shutting down; the ballot was not recorded: retry"
 UNKNOWN = (

@@ -146,3 +146,39 @@ async def test_a_status_filter_outside_the_lifecycle_is_422(http: httpx.AsyncCli
         "/api/elections", params={"status": "archived"}, headers=bearer(ADMIN)
     )
     assert_problem(response, 422, "status must be one of draft, open, closed")
+
+
+async def test_an_unexpected_error_is_answered_with_the_security_headers() -> None:
+    """A 500 off the ballot path came from Starlette's outermost error middleware, around
+    the guard that adds the headers: no nosniff, no frame policy, no HSTS (review
+    helper-38)."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from api.middleware import RequestGuard
+    from api.problems import HANDLERS
+
+    async def boom(request: Request) -> None:
+        raise RuntimeError("a bug")
+
+    app = Starlette(
+        routes=[Route("/boom", boom, methods=["GET", "POST"])],
+        middleware=[Middleware(RequestGuard, max_bytes=1024, handlers=HANDLERS, production=True)],
+        exception_handlers=HANDLERS,
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for response in (await client.get("/boom"), await client.post("/boom", json={})):
+            assert_problem(response, 500, "unexpected error")
+            _assert_secure(response)
+            assert "strict-transport-security" in response.headers
+
+
+async def test_a_trailing_slash_is_not_redirected(http: httpx.AsyncClient) -> None:
+    """Starlette redirected /api/elections/ to an absolute URL built from the Host header
+    (review helper-41)."""
+    response = await http.get("/api/elections/", headers={"Host": "evil.example"})
+    assert_problem(response, 404, "")
+    assert "location" not in response.headers
