@@ -15,6 +15,7 @@ import asyncio
 import os
 import ssl
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,12 @@ def add_commands(sub: Commands) -> None:
         "and its record's number",
     )
     parser.add_argument("--batch", type=positive_int, default=MAX_BATCH, help="ballots per request")
-    parser.add_argument("--concurrency", type=positive_int, default=2, help="requests in flight")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=2,
+        help="requests in flight (a voter's ballots all go on one, in file order)",
+    )
     parser.add_argument(
         "--patience",
         type=float,
@@ -169,7 +175,6 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
     stopped: list[str] = []  # why the import stopped before the end
     started = time.perf_counter()
-    batches = iter([ballots[i : i + args.batch] for i in range(0, len(ballots), args.batch)])
     with Progress(
         TextColumn(f"importing {args.file.name}"),
         BarColumn(),
@@ -188,19 +193,21 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             rate = done / (time.perf_counter() - started)
             bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
 
-        async def worker() -> None:
+        async def worker(lane: list[FileBallot]) -> None:
             connection = args.connect()
             try:
-                for batch in batches:
+                for start in range(0, len(lane), args.batch):
                     if stopped:
                         return
+                    batch = lane[start : start + args.batch]
                     await _post(connection, args.election, batch, settle, args.patience)
             except Unreachable as error:
                 stopped.append(str(error))
             finally:
                 await connection.close()
 
-        await asyncio.gather(*(worker() for _ in range(max(1, args.concurrency))))
+        lanes = _lanes(ballots, max(1, args.concurrency))
+        await asyncio.gather(*(worker(lane) for lane in lanes if lane))
     seconds = time.perf_counter() - started
     _summary(args.file, tally, reading, len(ballots), seconds)
     _refusals(args.file, refusals)
@@ -212,6 +219,19 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             "counted twice).[/red]"
         )
     return 1 if refusals or stopped else 0
+
+
+def _lanes(ballots: list[FileBallot], count: int) -> list[list[FileBallot]]:
+    """The ballots dealt to ``count`` lanes by a stable hash of their voter, each lane in
+    file order. A lane sends its batches one after another, so all of a voter's ballots
+    are recorded in the file's order; lanes run side by side. (Batches taken from one queue
+    by every connection would let a voter's later ballot, in one batch, be recorded before
+    an earlier one still in flight in another, and the earlier would then revise it.)"""
+    lanes: list[list[FileBallot]] = [[] for _ in range(count)]
+    for ballot in ballots:
+        voter = str(ballot.body.get("voter_id")).encode()
+        lanes[zlib.crc32(voter) % count].append(ballot)
+    return lanes
 
 
 async def _post(
