@@ -3,7 +3,8 @@
 Reads JSONL or a CSV cast vote record (``infra.cli.ballot_files``), posts the ballots in
 batches to ``POST /api/elections/{id}/ballots/batch`` with a progress bar, and reports what
 was recorded and what was refused, and why. Each ballot carries an idempotency key made of
-its voter and its content, so running the same import again records nothing twice. If the
+its voter and its content, keyed by the client token, so running the same import again with
+the same token records nothing twice. If the
 API stops answering, the import waits up to PATIENCE seconds for it, then stops and says how
 many ballots it did not send: running it again sends them.
 """
@@ -163,7 +164,14 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     options = election.json()["options"]
     try:
         ballots = list(
-            read_ballots(args.file, options, rules=rules, reading=reading, source=args.source)
+            read_ballots(
+                args.file,
+                options,
+                rules=rules,
+                reading=reading,
+                source=args.source,
+                token=args.token,
+            )
         )
     except NeedsSource as error:
         console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
