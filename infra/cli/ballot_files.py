@@ -4,8 +4,10 @@
   the method's field), with an optional ``idempotency_key``.
 - **CSV cast vote records**, as jurisdictions publish them (Minneapolis 2017's, for one):
   a column per rank (``rank1``..``rankN``, or ``1st choice``..), each holding a candidate
-  (an option's id or label, in any case), ``overvote``, ``undervote`` or empty, or a
-  write-in. Marks become a ranking by the rules chosen (``domain.cvr``). An optional
+  (an option's id or label, in any case and however many spaces within), ``overvote``,
+  ``undervote`` or empty, a write-in mark (``UWI``, ``Write-in``), or another name that
+  matches no option (``Reading.unknown`` counts these, for the import to refuse unless told
+  what they do). Marks become a ranking by the rules chosen (``domain.cvr``). An optional
   ``voter_id``, ``ballot_id``, ``cvr_id`` or ``id`` column names the voter.
 
 A ballot is named by its voter: the file's ``voter_id`` (or the CVR's voter column), else,
@@ -42,6 +44,9 @@ RANK_COLUMN = re.compile(r"^\s*(?:rank\s*_?(\d+)|(\d+)\s*(?:st|nd|rd|th)\b.*)\s*
 VOTER_COLUMNS = ("voter_id", "ballot_id", "cvr_id", "id")
 OVERVOTES = {"overvote", "over vote", "ov"}
 UNDERVOTES = {"", "undervote", "under vote", "uv", "skipped", "blank"}
+# Marks a CVR uses on purpose for a write-in (Minneapolis's UWI, "undeclared write-in"):
+# these follow --write-in; any other name that matches no option is listed as unknown.
+WRITE_INS = {"uwi", "write-in", "write in", "writein", "undeclared write-in", "write-ins"}
 
 
 @dataclass
@@ -55,10 +60,12 @@ class FileBallot:
 
 @dataclass
 class Reading:
-    """What reading a file found besides ballots: blank ballots and unusual marks."""
+    """What reading a file found besides ballots: blank ballots, unusual marks, and the
+    names that match no option (as written, spaces collapsed) with their counts."""
 
     blank: int = 0
     marks: Counter[str] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)
 
 
 class NeedsSource(ValueError):
@@ -196,16 +203,21 @@ def _cell(row: list[str], index: int) -> str:
     return row[index] if index < len(row) else ""
 
 
+def _name(text: str) -> str:
+    """A name as it is matched: in any case, with its spaces collapsed ("Jacob  Frey")."""
+    return " ".join(text.split()).casefold()
+
+
 def _option_names(options: Sequence[dict[str, str]]) -> dict[str, str]:
     names: dict[str, str] = {}
     for option in options:
-        names[option["label"].strip().casefold()] = option["id"]
-        names[option["id"].casefold()] = option["id"]
+        names[_name(option["label"])] = option["id"]
+        names[_name(option["id"])] = option["id"]
     return names
 
 
 def _mark(cell: str, names: dict[str, str], found: Reading) -> str | Marker:
-    text = cell.strip().casefold()
+    text = _name(cell)
     if text in names:
         return names[text]
     if text in OVERVOTES:
@@ -213,5 +225,10 @@ def _mark(cell: str, names: dict[str, str], found: Reading) -> str | Marker:
         return Marker.OVERVOTE
     if text in UNDERVOTES:
         return Marker.UNDERVOTE
-    found.marks[f"write-in or unknown: {cell.strip()}"] += 1
+    written = " ".join(cell.split())
+    if text in WRITE_INS:
+        found.marks[f"write-in: {written}"] += 1
+    else:
+        found.marks[f"matches no option: {written}"] += 1
+        found.unknown[written] += 1
     return Marker.UNKNOWN

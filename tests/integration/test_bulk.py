@@ -188,8 +188,20 @@ async def test_cardinal_import_casts_a_cast_vote_record(
     code, said = await _cardinal(*command)
     assert code == 2
     assert "this CVR names no voter" in " ".join(said.split())
+    # "Jane Doe" matches no option: by default nothing is sent, and the name is listed.
+    code, said = await _cardinal(*command, "--source", "ward-1")
+    flat = " ".join(said.split())
+    assert code == 2, said
+    assert "1 name matches no option of the election; nothing was sent" in flat
+    assert "'Jane Doe': 1 mark" in flat
+    assert "--write-in skip" in flat
+    assert not [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
     for attempt in range(2):  # importing the same file again records nothing twice
-        done = await _cardinal(*command, "--source", "ward-1")
+        done = await _cardinal(*command, "--source", "ward-1", "--write-in", "skip")
         assert done[0] == 0, done[1]
         assert ("replayed" in done[1]) == (attempt == 1), done[1]
         # ... nor does importing it saved again with Windows line endings.

@@ -34,7 +34,8 @@ def test_a_cvr_with_choice_columns_and_ballot_ids(tmp_path: Path) -> None:
         {"voter_id": "102", "ranking": ["hodges"]},
     ]
     assert reading.blank == 1
-    assert reading.marks == {"overvote": 1, "write-in or unknown: UWI": 1}
+    assert reading.marks == {"overvote": 1, "write-in: UWI": 1}
+    assert not reading.unknown  # UWI is a write-in mark, not a name that matches no option
     again = list(read_ballots(cvr, OPTIONS, rules=MarkRules(overvote=Then.SKIP), token=TOKEN))
     assert [b.key for b in again] == [b.key for b in ballots]  # the same file, the same keys
 
@@ -144,3 +145,21 @@ def test_an_import_key_is_keyed_by_the_client_token(tmp_path: Path) -> None:
     (other,) = read_ballots(lines, OPTIONS, token="another-client-token")
     assert again.key == ballot.key  # the same token and file: the same keys (a replay)
     assert other.key != ballot.key
+
+
+def test_names_match_in_any_spacing_and_those_matching_no_option_are_counted(
+    tmp_path: Path,
+) -> None:
+    cvr = tmp_path / "names.csv"
+    cvr.write_text(
+        "id,rank1,rank2,rank3\n"
+        "1,Jacob  Frey, betsy hodges ,\n"
+        '2,"Frey, Jacob",hodges,Write-in\n'
+        '3,"Frey,  Jacob",Jacob Fry,\n'
+    )
+    reading = Reading()
+    ballots = list(read_ballots(cvr, OPTIONS, reading=reading, token=TOKEN))
+    assert [b.body["ranking"] for b in ballots] == [["frey", "hodges"], ["hodges"]]
+    assert reading.unknown == {"Frey, Jacob": 2, "Jacob Fry": 1}
+    assert reading.marks["write-in: Write-in"] == 1
+    assert reading.blank == 1
