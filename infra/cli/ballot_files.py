@@ -4,25 +4,30 @@
   the method's field), with an optional ``idempotency_key``.
 - **CSV cast vote records**, as jurisdictions publish them (Minneapolis 2017's, for one):
   a column per rank (``rank1``..``rankN``, or ``1st choice``..), each holding a candidate
-  (an option's id or label, in any case), ``overvote``, ``undervote`` or empty, or a
-  write-in. Marks become a ranking by the rules chosen (``domain.cvr``). An optional
+  (an option's id or label, in any case and however many spaces within), ``overvote``,
+  ``undervote`` or empty, a write-in mark (``UWI``, ``Write-in``), or another name that
+  matches no option (``Reading.unknown`` counts these, for the import to refuse unless told
+  what they do). Marks become a ranking by the rules chosen (``domain.cvr``). An optional
   ``voter_id``, ``ballot_id``, ``cvr_id`` or ``id`` column names the voter.
 
 A ballot is named by its voter: the file's ``voter_id`` (or the CVR's voter column), else,
 in a CVR record that names no voter, ``SOURCE`` and the record's number in the file
 (``--source``: a name for the file's ballots that stays the same from one import to the
-next). Its idempotency key is its voter, its content and how many of its voter's ballots
-come before it in the file. So importing a file again counts nothing
-twice, and neither does importing it corrected, completed with more rows, or saved again
-with other line endings: an unchanged ballot is replayed, a corrected one revises its
-voter's (or is refused where revoting is off), a new one is cast. A CVR without voter ids
-must keep its records in order (append, do not reorder or delete).
+next). Its idempotency key is an HMAC, keyed by the client token the import sends with, of
+its voter, its content and how many of its voter's ballots come before it in the file
+(keyed, so that no one without the token can compute a ballot's key from a guess of its
+vote and learn, by a replay, whether the guess was right). So importing a file again with
+the same token counts nothing twice, and neither does importing it corrected, completed
+with more rows, or saved again with other line endings: an unchanged ballot is replayed, a
+corrected one revises its voter's (or is refused where revoting is off), a new one is cast.
+A CVR without voter ids must keep its records in order (append, do not reorder or delete).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import re
 from collections import Counter
@@ -39,6 +44,9 @@ RANK_COLUMN = re.compile(r"^\s*(?:rank\s*_?(\d+)|(\d+)\s*(?:st|nd|rd|th)\b.*)\s*
 VOTER_COLUMNS = ("voter_id", "ballot_id", "cvr_id", "id")
 OVERVOTES = {"overvote", "over vote", "ov"}
 UNDERVOTES = {"", "undervote", "under vote", "uv", "skipped", "blank"}
+# Marks a CVR uses on purpose for a write-in (Minneapolis's UWI, "undeclared write-in"):
+# these follow --write-in; any other name that matches no option is listed as unknown.
+WRITE_INS = {"uwi", "write-in", "write in", "writein", "undeclared write-in", "write-ins"}
 
 
 @dataclass
@@ -52,10 +60,12 @@ class FileBallot:
 
 @dataclass
 class Reading:
-    """What reading a file found besides ballots: blank ballots and unusual marks."""
+    """What reading a file found besides ballots: blank ballots, unusual marks, and the
+    names that match no option (as written, spaces collapsed) with their counts."""
 
     blank: int = 0
     marks: Counter[str] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)
 
 
 class NeedsSource(ValueError):
@@ -69,37 +79,41 @@ def read_ballots(
     rules: MarkRules | None = None,
     reading: Reading | None = None,
     source: str | None = None,
+    token: str,
 ) -> Iterator[FileBallot]:
-    """The ballots in a JSONL or CSV file (by its suffix), in file order."""
+    """The ballots in a JSONL or CSV file (by its suffix), in file order, keyed by
+    ``token`` (the client token they are sent with)."""
     content = path.read_bytes()
     found = reading if reading is not None else Reading()
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        yield from _jsonl(content)
+        yield from _jsonl(content, _Voters(token))
     else:
         text = _text(content)
-        yield from _csv(text, options, rules or MarkRules(), found, source)
+        yield from _csv(text, options, rules or MarkRules(), found, source, voters=_Voters(token))
 
 
-def ballot_key(body: dict[str, Any], earlier: int) -> str:
-    """An import's idempotency key for a ballot: its voter, its content, and how many
-    ballots of its voter come before it in the file (so that a voter's A, B, then A again
-    is three changes, not a replay of the first), so that the same ballot sent again is
-    replayed, however the file around it changed."""
+def ballot_key(body: dict[str, Any], earlier: int, token: str) -> str:
+    """An import's idempotency key for a ballot: an HMAC-SHA256, keyed by the client token
+    it is sent with, of its voter, its content, and how many ballots of its voter come
+    before it in the file (so that a voter's A, B, then A again is three changes, not a
+    replay of the first), so that the same ballot sent again is replayed, however the file
+    around it changed."""
     content = orjson.dumps([body, earlier], option=orjson.OPT_SORT_KEYS)
-    return f"import-{hashlib.sha256(content).hexdigest()[:32]}"
+    return f"import-{hmac.new(token.encode(), content, hashlib.sha256).hexdigest()[:32]}"
 
 
 class _Voters:
     """How many ballots of each voter a file has shown so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
+        self.token = token
         self.seen: Counter[str] = Counter()
 
     def key(self, body: dict[str, Any]) -> str:
         voter = str(body.get("voter_id"))
         earlier = self.seen[voter]
         self.seen[voter] += 1
-        return ballot_key(body, earlier)
+        return ballot_key(body, earlier, self.token)
 
 
 def _text(content: bytes) -> str:
@@ -113,9 +127,8 @@ def _text(content: bytes) -> str:
         ) from None
 
 
-def _jsonl(content: bytes) -> Iterator[FileBallot]:
+def _jsonl(content: bytes, voters: _Voters) -> Iterator[FileBallot]:
     content = content.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors add
-    voters = _Voters()
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -135,6 +148,8 @@ def _csv(
     rules: MarkRules,
     found: Reading,
     source: str | None,
+    *,
+    voters: _Voters,
 ) -> Iterator[FileBallot]:
     reader = csv.reader(io.StringIO(text))
     columns = next(reader, [])
@@ -159,7 +174,6 @@ def _csv(
             "(a precinct, a batch), and each ballot is named by it and its record's number"
         )
     names = _option_names(options)
-    voters = _Voters()
     record = 0
     while True:
         ended = reader.line_num  # the last line read so far: a record starts after it
@@ -189,16 +203,21 @@ def _cell(row: list[str], index: int) -> str:
     return row[index] if index < len(row) else ""
 
 
+def _name(text: str) -> str:
+    """A name as it is matched: in any case, with its spaces collapsed ("Jacob  Frey")."""
+    return " ".join(text.split()).casefold()
+
+
 def _option_names(options: Sequence[dict[str, str]]) -> dict[str, str]:
     names: dict[str, str] = {}
     for option in options:
-        names[option["label"].strip().casefold()] = option["id"]
-        names[option["id"].casefold()] = option["id"]
+        names[_name(option["label"])] = option["id"]
+        names[_name(option["id"])] = option["id"]
     return names
 
 
 def _mark(cell: str, names: dict[str, str], found: Reading) -> str | Marker:
-    text = cell.strip().casefold()
+    text = _name(cell)
     if text in names:
         return names[text]
     if text in OVERVOTES:
@@ -206,5 +225,10 @@ def _mark(cell: str, names: dict[str, str], found: Reading) -> str | Marker:
         return Marker.OVERVOTE
     if text in UNDERVOTES:
         return Marker.UNDERVOTE
-    found.marks[f"write-in or unknown: {cell.strip()}"] += 1
+    written = " ".join(cell.split())
+    if text in WRITE_INS:
+        found.marks[f"write-in: {written}"] += 1
+    else:
+        found.marks[f"matches no option: {written}"] += 1
+        found.unknown[written] += 1
     return Marker.UNKNOWN

@@ -3,7 +3,8 @@
 Reads JSONL or a CSV cast vote record (``infra.cli.ballot_files``), posts the ballots in
 batches to ``POST /api/elections/{id}/ballots/batch`` with a progress bar, and reports what
 was recorded and what was refused, and why. Each ballot carries an idempotency key made of
-its voter and its content, so running the same import again records nothing twice. If the
+its voter and its content, keyed by the client token, so running the same import again with
+the same token records nothing twice. If the
 API stops answering, the import waits up to PATIENCE seconds for it, then stops and says how
 many ballots it did not send: running it again sends them.
 """
@@ -15,6 +16,7 @@ import asyncio
 import os
 import ssl
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,7 @@ console = Console()
 MAX_BATCH = 1000
 SHOWN = 20  # refused ballots listed by line after an import
 PATIENCE = 60.0  # seconds without an answer (or with only 503s) before an import stops
+REFUSE = "refuse"  # --write-in: a name that matches no option stops the import
 
 
 class Unreachable(Exception):
@@ -48,8 +51,9 @@ def add_commands(sub: Commands) -> None:
         description="Cast every ballot of a file into an open election, in batches of up to "
         f"{MAX_BATCH} (POST .../ballots/batch), with a progress bar. A CSV cast vote record "
         "has columns rank1..rankN (or 1st choice..) naming options by id or label, and "
-        "overvote/undervote marks; the rules below say what those do to a ballot. Running "
-        "the same import again records nothing twice.",
+        "overvote/undervote marks; the rules below say what those do to a ballot, and a name "
+        "that matches no option stops the import unless --write-in says what it does. Running "
+        "the same import again with the same token records nothing twice.",
     )
     parser.add_argument("file", type=Path, help="a .jsonl file, or a .csv cast vote record")
     parser.add_argument("--election", required=True, help="the election's id")
@@ -78,19 +82,35 @@ def add_commands(sub: Commands) -> None:
         help=f"seconds to wait for an API that takes none of a batch (refuses the connection, "
         f"or answers 503) before stopping (default {PATIENCE:.0f})",
     )
-    choices = [then.value for then in Then]
+    both = f"{Then.SKIP} the rank, or {Then.EXHAUST} the ballot"
     for mark, default, meaning in (
-        ("overvote", Then.EXHAUST, "more than one candidate at a rank"),
-        ("undervote", Then.SKIP, "no candidate at a rank"),
-        ("duplicate", Then.SKIP, "a candidate ranked again"),
-        ("write-in", Then.SKIP, "a name that is no option"),
+        ("overvote", Then.EXHAUST, f"more than one candidate at a rank does: {both}"),
+        ("duplicate", Then.SKIP, f"a candidate ranked again does: {both}"),
     ):
         parser.add_argument(
             f"--{mark}",
-            choices=choices,
+            choices=[Then.SKIP.value, Then.EXHAUST.value],
             default=default.value,
-            help=f"what {meaning} does: skip the rank, or exhaust the ballot (default {default})",
+            help=f"what {meaning} (default {default})",
         )
+    parser.add_argument(
+        "--undervote",
+        choices=[Then.SKIP.value, Then.EXHAUST.value, Then.EXHAUST_CONSECUTIVE.value],
+        default=Then.SKIP.value,
+        help=f"what no candidate at a rank does: {both}, or {Then.EXHAUST_CONSECUTIVE}: a "
+        "single blank rank is skipped, the second in a row exhausts the ballot (Maine's and "
+        "Alaska's rule); blank ranks after the last candidate change nothing "
+        f"(default {Then.SKIP})",
+    )
+    parser.add_argument(
+        "--write-in",
+        choices=[REFUSE, Then.SKIP.value, Then.EXHAUST.value],
+        default=REFUSE,
+        help=f"what a name that matches no option does: {REFUSE} the import (nothing is "
+        "sent; each such name is listed with its count, to correct the file or choose), "
+        f"{both}. A write-in mark (UWI, Write-in) is skipped under {REFUSE} "
+        f"(default {REFUSE})",
+    )
     parser.set_defaults(command=run)
 
 
@@ -110,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         overvote=Then(args.overvote),
         undervote=Then(args.undervote),
         duplicate=Then(args.duplicate),
-        unknown=Then(args.write_in),
+        unknown=Then.SKIP if args.write_in == REFUSE else Then(args.write_in),
     )
     return asyncio.run(_import(args, rules))
 
@@ -157,7 +177,14 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     options = election.json()["options"]
     try:
         ballots = list(
-            read_ballots(args.file, options, rules=rules, reading=reading, source=args.source)
+            read_ballots(
+                args.file,
+                options,
+                rules=rules,
+                reading=reading,
+                source=args.source,
+                token=args.token,
+            )
         )
     except NeedsSource as error:
         console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
@@ -165,11 +192,13 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     except (OSError, ValueError) as error:
         console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
         return 1
+    if args.write_in == REFUSE and reading.unknown:
+        _unknown_names(args.file, reading, options)
+        return 2
     tally = Counter[str]()
     refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
     stopped: list[str] = []  # why the import stopped before the end
     started = time.perf_counter()
-    batches = iter([ballots[i : i + args.batch] for i in range(0, len(ballots), args.batch)])
     with Progress(
         TextColumn(f"importing {args.file.name}"),
         BarColumn(),
@@ -188,19 +217,21 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             rate = done / (time.perf_counter() - started)
             bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
 
-        async def worker() -> None:
+        async def worker(lane: list[FileBallot]) -> None:
             connection = args.connect()
             try:
-                for batch in batches:
+                for start in range(0, len(lane), args.batch):
                     if stopped:
                         return
+                    batch = lane[start : start + args.batch]
                     await _post(connection, args.election, batch, settle, args.patience)
             except Unreachable as error:
                 stopped.append(str(error))
             finally:
                 await connection.close()
 
-        await asyncio.gather(*(worker() for _ in range(max(1, args.concurrency))))
+        lanes = _lanes(ballots, max(1, args.concurrency))
+        await asyncio.gather(*(worker(lane) for lane in lanes if lane))
     seconds = time.perf_counter() - started
     _summary(args.file, tally, reading, len(ballots), seconds)
     _refusals(args.file, refusals)
@@ -212,6 +243,19 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             "counted twice).[/red]"
         )
     return 1 if refusals or stopped else 0
+
+
+def _lanes(ballots: list[FileBallot], count: int) -> list[list[FileBallot]]:
+    """The ballots dealt to ``count`` lanes by a stable hash of their voter, each lane in
+    file order. A lane sends its batches one after another, so all of a voter's ballots
+    are recorded in the file's order; lanes run side by side. (Batches taken from one queue
+    by every connection would let a voter's later ballot, in one batch, be recorded before
+    an earlier one still in flight in another, and the earlier would then revise it.)"""
+    lanes: list[list[FileBallot]] = [[] for _ in range(count)]
+    for ballot in ballots:
+        voter = str(ballot.body.get("voter_id")).encode()
+        lanes[zlib.crc32(voter) % count].append(ballot)
+    return lanes
 
 
 async def _post(
@@ -300,6 +344,26 @@ def _said(reply: Reply) -> str:
     else:  # not a problem document (a proxy's page, say)
         detail = reply.body.decode("utf-8", "replace")[:200]
     return f"{reply.status}: {detail}"
+
+
+def _unknown_names(path: Path, reading: Reading, options: list[dict[str, str]]) -> None:
+    """Each name in the file that matches no option, with its count: a misspelling, or a
+    write-in, for the operator to correct or to choose what it does."""
+    names = reading.unknown.most_common()
+    console.print(
+        f"[red]{path.name}: {len(names):,} {'names match' if len(names) > 1 else 'name matches'} "
+        "no option of the election; nothing was sent:[/red]"
+    )
+    for name, count in names[:SHOWN]:
+        console.print(f"  {escape(repr(name))}: {count:,} mark{'s' if count > 1 else ''}")
+    if len(names) > SHOWN:
+        console.print(f"  ... and {len(names) - SHOWN:,} more")
+    listed = ", ".join(f"{o['label']} ({o['id']})" for o in options)
+    console.print(f"The election's options: {escape(listed)}")
+    console.print(
+        "Correct the names in the file, or say what they do: --write-in skip (the rank is "
+        "passed over) or --write-in exhaust (the ranks from there on are ignored)."
+    )
 
 
 def _refusals(path: Path, refusals: list[tuple[int, str]]) -> None:

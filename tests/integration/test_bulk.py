@@ -188,8 +188,20 @@ async def test_cardinal_import_casts_a_cast_vote_record(
     code, said = await _cardinal(*command)
     assert code == 2
     assert "this CVR names no voter" in " ".join(said.split())
+    # "Jane Doe" matches no option: by default nothing is sent, and the name is listed.
+    code, said = await _cardinal(*command, "--source", "ward-1")
+    flat = " ".join(said.split())
+    assert code == 2, said
+    assert "1 name matches no option of the election; nothing was sent" in flat
+    assert "'Jane Doe': 1 mark" in flat
+    assert "--write-in skip" in flat
+    assert not [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
     for attempt in range(2):  # importing the same file again records nothing twice
-        done = await _cardinal(*command, "--source", "ward-1")
+        done = await _cardinal(*command, "--source", "ward-1", "--write-in", "skip")
         assert done[0] == 0, done[1]
         assert ("replayed" in done[1]) == (attempt == 1), done[1]
         # ... nor does importing it saved again with Windows line endings.
@@ -366,3 +378,99 @@ async def test_a_voter_may_have_at_most_16_ballots_in_one_batch(
     assert "more than 16 ballots of this voter" in results[16]["detail"]
     body = await _counted(voting, election_id, results[15]["position"])
     assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 1, "b": 0, "c": 0}
+
+
+async def test_cardinal_import_records_a_voters_ballots_in_file_order(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    # Each voter's second ballot (b) lies in the batch after its first (a). A proxy in
+    # front of the API lets later requests overtake earlier ones: it holds each batch until
+    # every connection importing has one waiting, then forwards them newest first. Were a
+    # voter's b in flight beside its a (two connections taking batches from one queue), b
+    # would be recorded first and then revised by a.
+    election_id = await voting.open_election("plurality", allow_revote=True)
+    voters = 10
+    lines = [f'{{"voter_id": "v{n}", "choice": "{c}"}}\n' for n in range(voters) for c in "ab"]
+    ballots = tmp_path / "changes.jsonl"
+    ballots.write_text("".join(lines))
+    positions: list[int] = []
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
+        proxy = _Overtaking(api, connections=2, positions=positions)
+        server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
+        async with server:
+            where = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            code, said = await _cardinal(
+                "import", str(ballots), "--election", election_id, "--url", where,
+                "--token", CLIENT, "--batch", "1", "--concurrency", "2",
+            )  # fmt: skip
+    assert code == 0, said
+    assert proxy.overtaken > 0  # requests were held side by side, and reordered
+    body = await _counted(voting, election_id, max(positions))
+    assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 0, "b": voters, "c": 0}
+
+
+class _Overtaking:
+    """An HTTP/1.1 proxy that holds each POST until every connection that has posted (at
+    least ``connections`` of them, and not yet closed) has one waiting, then forwards the
+    waiting ones to the API newest first, one at a time."""
+
+    def __init__(self, api: httpx.AsyncClient, *, connections: int, positions: list[int]):
+        self.api = api
+        self.connections = connections
+        self.positions = positions
+        self.posting: set[asyncio.StreamWriter] = set()  # connections that have posted
+        self.posted = 0  # how many ever have
+        self.held: list[tuple[bytes, bytes, asyncio.Future[bytes]]] = []
+        self.overtaken = 0  # requests forwarded before one that came in earlier
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                body = await reader.readexactly(int(length.group(1)) if length else 0)
+                if head.startswith(b"POST"):
+                    if writer not in self.posting:
+                        self.posting.add(writer)
+                        self.posted += 1
+                    answer = asyncio.get_running_loop().create_future()
+                    self.held.append((head, body, answer))
+                    await self._release()
+                    writer.write(await answer)
+                else:
+                    writer.write(await self._forward(head, body))
+                await writer.drain()
+        finally:
+            self.posting.discard(writer)
+            writer.close()
+            await self._release()
+
+    async def _release(self) -> None:
+        if not self.held or self.posted < self.connections or len(self.held) < len(self.posting):
+            return
+        waiting, self.held = self.held[::-1], []
+        self.overtaken += len(waiting) - 1
+        for head, body, answer in waiting:
+            answer.set_result(await self._forward(head, body))
+
+    async def _forward(self, head: bytes, body: bytes) -> bytes:
+        method, path = head.split(b" ")[:2]
+        token = re.search(rb"(?i)authorization: *([^\r]*)", head)
+        reply = await self.api.request(
+            method.decode(),
+            path.decode(),
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": token.group(1).decode()} if token else {}),
+            },
+        )
+        if method == b"POST" and reply.status_code == 200:
+            self.positions.extend(r["position"] for r in reply.json()["results"] if "position" in r)
+        return (
+            f"HTTP/1.1 {reply.status_code} -\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(reply.content)}\r\n\r\n"
+        ).encode() + reply.content

@@ -8,6 +8,7 @@ from domain.cvr import Marker, MarkRules, Then, ranking
 
 OVER, UNDER, UNKNOWN = Marker.OVERVOTE, Marker.UNDERVOTE, Marker.UNKNOWN
 SKIP, EXHAUST = Then.SKIP, Then.EXHAUST
+MAINE = MarkRules(undervote=Then.EXHAUST_CONSECUTIVE)  # two blank ranks in a row exhaust
 
 
 @pytest.mark.parametrize(
@@ -24,9 +25,24 @@ SKIP, EXHAUST = Then.SKIP, Then.EXHAUST
         (["a", UNKNOWN, "b"], MarkRules(unknown=EXHAUST), ["a"]),
         ([UNDER, UNDER, UNDER], MarkRules(), []),
         ([OVER, "a"], MarkRules(), []),  # the default: an overvote exhausts, even first
+        (["a", UNDER, UNDER, "b"], MAINE, ["a"]),
+        (["a", UNDER, "b"], MAINE, ["a", "b"]),
+        (["a", UNDER, UNDER], MAINE, ["a"]),  # blanks after the last choice change nothing
+        ([UNDER, "a", UNDER, "b", UNDER, UNDER], MAINE, ["a", "b"]),
+        ([UNDER, UNDER, "a"], MAINE, []),
+        (
+            ["a", UNDER, OVER, UNDER, "b"],
+            MarkRules(overvote=SKIP, undervote=Then.EXHAUST_CONSECUTIVE),
+            ["a", "b"],
+        ),
     ],
 )
 def test_marks_become_a_ranking_by_the_rules(
     marks: list[str | Marker], rules: MarkRules, expected: list[str]
 ) -> None:
     assert ranking(marks, rules) == expected
+
+
+def test_two_blanks_in_a_row_is_a_rule_for_undervotes_alone() -> None:
+    with pytest.raises(ValueError, match="a rule for undervotes"):
+        MarkRules(overvote=Then.EXHAUST_CONSECUTIVE)
