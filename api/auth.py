@@ -12,6 +12,7 @@ from starlette.requests import Request
 from api.problems import Forbidden, Unauthorized
 from api.tokens import AccessTokens, looks_like_jwt
 from domain.election import Election
+from domain.errors import NotEligible
 from domain.rules import Eligibility
 from infra.runtime.settings import Settings
 from infra.runtime.voters import is_voter_token
@@ -98,11 +99,10 @@ def check_reader(
     is turned away)."""
     if principal.voter_token is None:
         return
+    # (One answer for any token not issued here, whatever the election: a made-up token
+    # learns nothing of it.)
     if election.rules.eligibility is not Eligibility.TOKENS:
-        raise Forbidden(
-            "a voter token is valid only in the token election it was issued for; "
-            "this election is not a token election (its voters are named by API clients)"
-        )
+        raise NotEligible("this voter token was not issued for this election")
     election.check_eligible(credential(principal.voter_token))
 
 

@@ -92,7 +92,10 @@ async def results(request: Request) -> Response:
         body = await _results_at(services, election_id, at, exact=exact, unpublished=unpublished)
         return _conditional(request, body)
     caught_up = True
-    if wanted:
+    if wanted and (principal.role is not None or principal.voter_token is not None):
+        # (Anonymous readers of a public election are not waited for: how long the answer
+        # took told anyone when the tally passed each position of the log, every
+        # election's ballots included: review helper-38.)
         caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
     body = await current_results(services, election_id, election, exact=exact)
     headers = (
@@ -132,6 +135,10 @@ async def _reader(request: Request) -> tuple[UUID, Election, Principal]:
     else:
         principal = authenticator.identify(request)
         election = await services.app.election(election_id)
+    # Whether this caller may read this election at all comes first: a made-up voter token
+    # learnt from "not published yet" what kind of election it was, and whether it had
+    # closed (review helper-38).
+    check_reader(principal, election, partial(services.voter_keys.credential, election_id))
     exact = principal.can_act_as("auditor")
     hidden = (
         election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
@@ -143,7 +150,6 @@ async def _reader(request: Request) -> tuple[UUID, Election, Principal]:
             "and auditors see them",
             title=NOT_PUBLISHED,
         )
-    check_reader(principal, election, partial(services.voter_keys.credential, election_id))
     return election_id, election, principal
 
 

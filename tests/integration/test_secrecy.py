@@ -437,3 +437,31 @@ async def test_no_reader_but_an_auditor_sees_live_results_move_by_less_than_a_st
     for before, after in itertools.pairwise(seen):
         if before["position"] != after["position"]:
             assert after["ballot_entries"] - before["ballot_entries"] >= step
+
+
+async def test_a_made_up_voter_token_learns_nothing_of_an_election(
+    voting: VotingClient,
+) -> None:
+    """The publication check ran before the reader's: a made-up voter token learnt that a
+    client election was one, and whether an after-close election had closed yet (review
+    helper-38). Now every election answers it alike."""
+    public = await voting.open_election("plurality", results_visibility="after_close")
+    answer = await voting.http.get(
+        f"/api/elections/{public}/results", headers=bearer("cvt_made_up")
+    )
+    problem = assert_problem(answer, 403, "this voter token was not issued for this election")
+    assert problem["title"] != "Not published yet"
+    client = await voting.open_election("plurality")  # not a token election: the same
+    other = await voting.http.get(f"/api/elections/{client}/results", headers=bearer("cvt_x"))
+    assert assert_problem(other, 403, "")["detail"] == problem["detail"]
+
+
+async def test_anonymous_readers_are_not_waited_for(voting: VotingClient) -> None:
+    """Waiting for ?min_position=N told an anonymous reader of any public election when
+    the tally passed position N of the whole log (review helper-38)."""
+    election_id = await voting.open_election("plurality", public_results=True)
+    answer = await voting.http.get(
+        f"/api/elections/{election_id}/results", params={"min_position": 10**12}
+    )
+    assert answer.status_code == 200, answer.text
+    assert "warning" not in answer.headers  # (after a wait: "results reflect position")
