@@ -31,6 +31,7 @@ class Principal:
 
     role: str | None = None
     voter_token: str | None = None
+    expires: float | None = None  # an access token's exp (epoch seconds): it acts until then
 
     def can_act_as(self, role: str) -> bool:
         return self.role is not None and role in IMPLIED.get(self.role, {self.role})
@@ -76,7 +77,7 @@ class Authenticator:
                 and isinstance(claims.get("role"), str)
                 and claims["role"] in IMPLIED
             ):
-                return Principal(role=str(claims["role"]))
+                return Principal(role=str(claims["role"]), expires=float(claims["exp"]))
             raise Unauthorized(
                 "this access token is not valid (expired, or not issued here); sign in again"
             )

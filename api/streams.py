@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,10 +160,13 @@ class EventStream:
     resumes with it too: there is no history to replay, only the present), then each new
     one, with a comment line as heartbeat."""
 
-    def __init__(self, hub: StreamHub, key: Hashable, build: Build) -> None:
+    def __init__(
+        self, hub: StreamHub, key: Hashable, build: Build, until: float | None = None
+    ) -> None:
         self.hub = hub
         self.key = key
         self.build = build
+        self.until = until  # epoch seconds: the caller's access token expires then
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {
@@ -187,10 +191,17 @@ class EventStream:
             if not await _send(scope, send, b"retry: 2000\n" + frame(*current)):
                 return
             while not (closing.is_set() or gone.done()):
+                # An access token's stream ends when the token does (it was checked once,
+                # at the start): the client reconnects with a fresh one.
+                left = HEARTBEAT if self.until is None else self.until - time.time()
+                if left <= 0:
+                    break
                 woken = asyncio.ensure_future(subscriber.ready.wait())
                 ended = asyncio.ensure_future(closing.wait())
                 await asyncio.wait(
-                    (woken, ended, gone), timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED
+                    (woken, ended, gone),
+                    timeout=min(HEARTBEAT, left),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 woken.cancel()
                 ended.cancel()

@@ -65,7 +65,9 @@ async def results_stream(request: Request) -> Response:
         document = await current_results(services, election_id, election, exact=exact)
         return int(document["position"]), document
 
-    return EventStream(hub(request), ("results", election_id, exact), build)  # type: ignore[return-value]
+    return EventStream(  # type: ignore[return-value]
+        hub(request), ("results", election_id, exact), build, _expiry(request)
+    )
 
 
 @operation(
@@ -88,7 +90,16 @@ async def elections_stream(request: Request) -> Response:
         document = await overview(services, everyone=everyone)
         return int(document["position"]), document
 
-    return EventStream(hub(request), ("overview", everyone), build)  # type: ignore[return-value]
+    return EventStream(  # type: ignore[return-value]
+        hub(request), ("overview", everyone), build, _expiry(request)
+    )
+
+
+def _expiry(request: Request) -> float | None:
+    """When the caller's access token expires (a role or voter token does not)."""
+    if "authorization" not in request.headers:
+        return None
+    return context.auth(request).identify(request).expires
 
 
 def overview_reader(request: Request) -> bool:

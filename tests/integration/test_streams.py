@@ -311,3 +311,27 @@ async def test_one_view_per_election_and_rights_feeds_every_reader(database_url:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def test_a_stream_ends_when_its_access_token_does(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """An access token was checked once, when its stream began: a stream opened at its
+    14th minute lasted for good, admin-only results included (review helper-38)."""
+    from api.tokens import AccessTokens
+    from tests.servers import ADMIN_EMAIL, JWT_KEY
+
+    election_id = await voting.open_election("plurality")
+    token = AccessTokens(JWT_KEY, lifetime=2).issue(ADMIN_EMAIL, "admin")
+    async with stream(
+        http, f"/api/elections/{election_id}/results/stream", bearer(token)
+    ) as events:
+        await events.next()
+        with pytest.raises(AssertionError, match="the stream ended"):
+            await _to_the_end(events)
+
+
+async def _to_the_end(events: Events) -> None:
+    """Events, perhaps, then the end of the stream (not WAIT's TimeoutError)."""
+    while True:
+        await events.next()
