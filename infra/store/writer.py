@@ -25,7 +25,9 @@ it yet, or earlier in the same batch) is rolled back and refused with ElectionNo
 after COMMIT returned, so no 2xx is ever sent for a ballot that is not durable.
 ``max_batch=1`` turns batching off. (The transaction itself is in infra/store/batch.py.)
 
-Every caller is answered within ``answer_within`` (5 s) and every refusal is certain:
+Every caller whose append is still queued is answered within ``answer_within`` (5 s); one
+whose commit is under way waits for its outcome (a 503 there could be untrue), even past
+that when the store hangs. Every refusal is certain:
 
 - while the store is down (see infra/store/health.py) appends are refused at the door,
   and those queued when it went down are refused at once, not tried batch after batch;
