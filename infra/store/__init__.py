@@ -26,7 +26,7 @@ def store_environment(database_url: str, pool_size: int = 4) -> dict[str, str]:
     """
     params = connection_kwargs(database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "infra.store.persistence:AliveFactory",
         "POSTGRES_DBNAME": params.get("dbname", params.get("user", "postgres")),
         "POSTGRES_HOST": params.get("host", ""),
         "POSTGRES_PORT": params.get("port", "5432"),
