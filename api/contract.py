@@ -117,7 +117,8 @@ class Operation:
 def operation(spec: Operation) -> Callable[[F], F]:
     """Declare an endpoint's operation (read by ``openapi``), and hold the endpoint to it:
     a query parameter the operation does not declare is refused with 422, not ignored
-    (a misspelt ``min_postion`` would otherwise silently do nothing)."""
+    (a misspelt ``min_postion`` would otherwise silently do nothing), and so is one given
+    twice."""
     allowed = {p.name for p in spec.params if p.where == "query"}
     takes = ", ".join(sorted(allowed)) or "none"
 
@@ -125,12 +126,19 @@ def operation(spec: Operation) -> Callable[[F], F]:
         @functools.wraps(endpoint)
         async def checked(request: Request) -> Any:
             if request.scope["query_string"]:
-                for name in request.query_params:
+                seen: set[str] = set()
+                for name, _ in request.query_params.multi_items():
                     if name not in allowed:
                         raise InvalidRequest(
                             f"unknown query parameter {name[:40]!r}; this operation takes {takes}",
                             field=name[:40],
                         )
+                    if name in seen:  # (which one would count? neither, as with JSON keys)
+                        raise InvalidRequest(
+                            f"the query parameter {name!r} is given more than once; give it once",
+                            field=name,
+                        )
+                    seen.add(name)
             return await endpoint(request)
 
         checked.__openapi__ = spec  # type: ignore[attr-defined]

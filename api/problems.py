@@ -146,7 +146,9 @@ def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:
     if isinstance(exc, errors.CardinalError):
         found = _domain(exc)
         if within and "field" in found:
-            found["field"] = f"{within}.{found['field']}"
+            # (a batch carries the key in the ballot, not in the header: name it as sent)
+            name = "idempotency_key" if found["field"] == "Idempotency-Key" else found["field"]
+            found["field"] = f"{within}.{name}"
         return found
     if isinstance(exc, pydantic.ValidationError):
         return _invalid(exc, within)

@@ -474,3 +474,21 @@ class _Overtaking:
             f"HTTP/1.1 {reply.status_code} -\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(reply.content)}\r\n\r\n"
         ).encode() + reply.content
+
+
+async def test_a_reused_key_in_a_batch_names_the_ballots_field(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """It was named ``ballots[1].Idempotency-Key``, a field no ballot has (review
+    helper-41)."""
+    election_id = await voting.open_election("plurality")
+    results = await _batch(
+        http,
+        election_id,
+        [
+            {"voter_id": "i1", "choice": "a", "idempotency_key": "K1"},
+            {"voter_id": "i1", "choice": "b", "idempotency_key": "K1"},
+        ],
+    )
+    assert results[1]["status"] == 422
+    assert results[1]["field"] == "ballots[1].idempotency_key"

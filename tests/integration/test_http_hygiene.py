@@ -182,3 +182,16 @@ async def test_a_trailing_slash_is_not_redirected(http: httpx.AsyncClient) -> No
     response = await http.get("/api/elections/", headers={"Host": "evil.example"})
     assert_problem(response, 404, "")
     assert "location" not in response.headers
+
+
+async def test_a_query_parameter_given_twice_is_422(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """?at=1&at=2 used the last one, silently (review helper-41)."""
+    election_id = await voting.open_election()
+    response = await http.get(
+        f"/api/elections/{election_id}/results?at=1&at=2", headers=bearer(AUDITOR)
+    )
+    assert_problem(response, 422, "given more than once")
+    listing = await http.get("/api/elections?status=open&status=closed", headers=bearer(ADMIN))
+    assert_problem(listing, 422, "given more than once")
