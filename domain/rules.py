@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -27,8 +28,9 @@ MAX_RANKING_KEY = 2000
 # election asks otherwise (see domain/publication.py); 1 means exact live results.
 DEFAULT_LIVE_RESULTS_STEP = 10
 MAX_LIVE_RESULTS_STEP = 1_000_000
-# C0 controls, DEL, and UTF-16 surrogates (a lone one can only come from a broken encoder).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+# C0 controls, DEL, C1 controls, and UTF-16 surrogates (a lone one can only come from a
+# broken encoder).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class Method(StrEnum):
@@ -295,7 +297,7 @@ def _parse_options(raw: object) -> tuple[Option, ...]:
             raise InvalidElection(
                 f"option id {option_id!r} appears more than once", field=f"{where}.id"
             )
-        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL:
+        if not isinstance(label, str) or _blank(label) or len(label) > MAX_LABEL:
             raise InvalidElection(
                 f"{where}.label must be a non-empty text of at most {MAX_LABEL} characters",
                 field=f"{where}.label",
@@ -319,7 +321,7 @@ def _check_ranking_key(options: Sequence[Option]) -> None:
 
 def validate_title(title: object) -> str:
     """An election's title: non-empty text, at most MAX_TITLE characters."""
-    if not isinstance(title, str) or not title.strip():
+    if not isinstance(title, str) or _blank(title):
         raise InvalidElection("title must be a non-empty text", field="title")
     plain_text(title, "title")
     if len(title) > MAX_TITLE:
@@ -329,9 +331,14 @@ def validate_title(title: object) -> str:
     return title.strip()
 
 
+def _blank(text: str) -> bool:
+    """Nothing a reader would see: spaces, and format characters such as U+200B or U+FEFF."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
 def plain_text(value: str, field: str) -> str:
-    """``value`` if it holds no control character (U+0000-U+001F, U+007F) and no lone
-    surrogate; InvalidRequest naming ``field`` otherwise.
+    """``value`` if it holds no control character (U+0000-U+001F, U+007F-U+009F) and no
+    lone surrogate; InvalidRequest naming ``field`` otherwise.
 
     Such characters have no place in a title, a label or an id, and some (NUL) cannot even
     be stored by the read models: refused at the door, they never reach the log.

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain.errors import InvalidElection
-from domain.rules import MAX_RANKING_KEY, ElectionRules, Method, TieBreak
+from domain.errors import InvalidElection, InvalidRequest
+from domain.rules import MAX_RANKING_KEY, ElectionRules, Method, TieBreak, validate_title
 
 OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
 
@@ -82,3 +82,24 @@ def test_invalid_rules_name_the_field(changes: dict[str, object], field: str, me
     with pytest.raises(InvalidElection, match=message) as raised:
         ElectionRules.create(**arguments)  # type: ignore[arg-type]
     assert raised.value.field == field
+
+
+@pytest.mark.parametrize("text", ["a\u0085b", "\u009b31m", "x\u0080"])
+def test_c1_control_characters_are_refused(text: str) -> None:
+    """C1 controls (U+0080-U+009F) passed where C0 ones were refused (review helper-41)."""
+    with pytest.raises(InvalidRequest, match="a control character"):
+        validate_title(text)
+    with pytest.raises(InvalidRequest, match="a control character"):
+        ElectionRules.create(
+            options=[{"id": "a", "label": text}, {"id": "b", "label": "B"}], method="plurality"
+        )
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\ufeff\u200b", " \u2060 "])
+def test_a_title_or_label_of_invisible_characters_is_empty(text: str) -> None:
+    with pytest.raises(InvalidRequest, match="non-empty"):
+        validate_title(text)
+    with pytest.raises(InvalidRequest, match="non-empty"):
+        ElectionRules.create(
+            options=[{"id": "a", "label": text}, {"id": "b", "label": "B"}], method="plurality"
+        )
