@@ -12,6 +12,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 ROLES = ("admin", "operator", "auditor", "client")
+# What LOG_LEVEL may be: the levels both logging and uvicorn know by name.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -124,7 +126,7 @@ class Settings:
             host=env.get("HOST", cls.host),
             port=_int(env, "PORT", cls.port),
             metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
-            log_level=env.get("LOG_LEVEL", cls.log_level).upper(),
+            log_level=(env.get("LOG_LEVEL") or cls.log_level).upper(),
             allowed_origins=_list(env.get("ALLOWED_ORIGINS", "")),
             max_votes_per_ip_per_hour=_int(
                 env, "MAX_VOTES_PER_IP_PER_HOUR", cls.max_votes_per_ip_per_hour
@@ -161,6 +163,10 @@ class Settings:
                     "DATABASE_URL must be a PostgreSQL connection URL "
                     f"(postgresql://user@host:5432/database): {error}"
                 ) from None
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(
+                f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}"
+            )
         if self.env not in ("development", "production", "test"):
             raise SettingsError(
                 f"CARDINAL_ENV must be development, production or test; got {self.env!r}"

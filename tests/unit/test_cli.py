@@ -176,3 +176,15 @@ def test_an_edited_migration_an_absent_api_and_a_classic_queue_are_messages(
     monkeypatch.setenv("CARDINAL_CLIENT_TOKEN", "c" * 40)
     assert main(["publish-test-votes", "-n", "1", "--url", "http://127.0.0.1:9"]) == 2
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_an_unknown_log_level_is_a_configuration_error_naming_the_levels(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a traceback from logging (ValueError: Unknown level), review helper-40."""
+    monkeypatch.setenv("LOG_LEVEL", "verbose")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+    assert main(["migrate"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got 'VERBOSE'" in err
+    assert "Traceback" not in err
