@@ -27,6 +27,7 @@ from infra.audit.verifier import (
     Discrepancy,
     Entry,
     Report,
+    UnknownElection,
     Verifier,
     set_aside_notes,
 )
@@ -120,7 +121,7 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     """One report from the two halves, or the earlier of their discrepancies."""
     found = [d for _, d in (chain, replay) if d is not None]
     if found:
-        raise min(found, key=lambda d: -1 if d.position is None else d.position)
+        raise min(found, key=_first_finding)
     chain_report, replay_report = chain[0], replay[0]
     assert chain_report is not None
     assert replay_report is not None
@@ -128,6 +129,11 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     chain_report.set_aside = replay_report.set_aside
     chain_report.notes.extend(replay_report.notes)
     return chain_report
+
+
+def _first_finding(found: Discrepancy) -> tuple[bool, int]:
+    # A finding about the log comes before the news that --election named none of it.
+    return isinstance(found, UnknownElection), -1 if found.position is None else found.position
 
 
 def _replay_database(

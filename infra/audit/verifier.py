@@ -40,6 +40,10 @@ class Discrepancy(Exception):
         return (type(self), (self.position, self.what))  # it crosses process boundaries
 
 
+class UnknownElection(Discrepancy):
+    """--election names an election the log does not hold: nothing of it was verified."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     position: int
@@ -305,6 +309,8 @@ class Verifier:
                 + ": they agree with the results, but no signature attests them yet"
             )
         if self.replay:
+            if self.election is not None and self.election not in self.recount.elections:
+                raise UnknownElection(None, f"the log holds no election {self.election}")
             self._every_election_served()
         return self.report
 

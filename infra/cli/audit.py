@@ -25,7 +25,7 @@ from infra.audit.chain import Signer, key_id
 from infra.audit.export import export
 from infra.audit.pinned import PinnedError, pinned
 from infra.audit.sources import verify_database, verify_file
-from infra.audit.verifier import Discrepancy, Report
+from infra.audit.verifier import Discrepancy, Report, UnknownElection
 from infra.cli.environment import Commands
 from infra.runtime.settings import Settings, SettingsError
 
@@ -156,6 +156,9 @@ def run_verify(args: argparse.Namespace) -> int:
                         pinned=brought,
                     )
                 )
+    except UnknownElection as unknown:
+        console.print(f"[red bold]cannot verify[/red bold]: {unknown} (check the id)")
+        return 2
     except Discrepancy as discrepancy:
         console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
         return 1

@@ -32,7 +32,7 @@ from infra.audit.sources import (
     verify_database,
     verify_file,
 )
-from infra.audit.verifier import Discrepancy, Entry
+from infra.audit.verifier import Discrepancy, Entry, UnknownElection
 from infra.store.migrations import migrate
 from projections import PROJECTIONS, projection
 from projections.runtime import ProjectionRunner
@@ -718,3 +718,36 @@ async def test_an_earlier_exports_signed_head_pins_what_follows_its_last_checkpo
     with pytest.raises(Discrepancy) as found:
         await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
     assert "does not verify: the file was changed" in found.value.what
+
+
+def test_an_election_the_log_does_not_hold_is_not_verified(store: str, tmp_path: Path) -> None:
+    """`--election` with a mistyped id said "everything checks out" (review helper-40):
+    nothing of that election had been checked."""
+    unknown = uuid.uuid4()
+    with pytest.raises(UnknownElection, match=f"the log holds no election {unknown}"):
+        asyncio.run(verify_database(store, public_keys=KEYS, election=unknown, validate=True))
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    with pytest.raises(UnknownElection, match=f"the log holds no election {unknown}"):
+        verify_file(exported, election=unknown, validate=True)
+    env = {**os.environ, "DATABASE_URL": store}
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--election", str(unknown)]
+    command += ["--public-key", SIGNER.public_key.hex()]
+    refused = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = " ".join(refused.stdout.split())
+    assert f"cannot verify: the log holds no election {unknown} (check the id)" in said
+    assert "everything checks out" not in said
+    # A real finding about the log still comes first.
+    target = _positions(store, "Ballot.Cast")[40]
+    _tamper(
+        store,
+        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
+        "'\"ranking\":[', '\"ranking\":[\"d\",'), 'UTF8') WHERE notification_id = %s",
+        target,
+    )
+    with pytest.raises(Discrepancy) as found:
+        asyncio.run(verify_database(store, public_keys=KEYS, election=unknown, validate=True))
+    assert found.value.position == target
