@@ -33,6 +33,7 @@ from infra.audit.verifier import (
 )
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
+from infra.store.names import COMMAND_CONNECTION
 from projections.queries import tally_snapshot
 from projections.results import results_document
 
@@ -238,7 +239,7 @@ async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]
     The log, the chain, the checkpoints and the read models keep moving while an audit
     reads them page by page; in one REPEATABLE READ transaction, every page agrees with
     the others (no entry sealed on page 5 that was unsealed on page 4)."""
-    conn = await psycopg.AsyncConnection.connect(database_url)
+    conn = await psycopg.AsyncConnection.connect(database_url, **COMMAND_CONNECTION)
     await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     await conn.set_read_only(True)
     return conn

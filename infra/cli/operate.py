@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from infra.cli.environment import Commands, command_settings, positive_int
+from infra.store.names import COMMAND_CONNECTION, CONNECT_TIMEOUT
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
 from projections.rebuild import Rebuild, RebuildRefused
@@ -69,7 +70,7 @@ def run_rebuild(args: argparse.Namespace) -> int:
 
 
 async def print_status(database_url: str, *, as_json: bool) -> int:
-    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+    async with await psycopg.AsyncConnection.connect(database_url, **COMMAND_CONNECTION) as conn:
         found = await projection_status(conn)
     if as_json:
         print(json.dumps({"projections": found}, indent=2))
@@ -105,9 +106,15 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
 
 async def rebuild_with_progress(database_url: str, name: str, page_size: int) -> int:
     pool = AsyncConnectionPool(
-        database_url, min_size=2, max_size=4, open=False, kwargs={"autocommit": True}
+        database_url,
+        min_size=2,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, **COMMAND_CONNECTION},
     )
-    await pool.open()
+    # A server that cannot be reached is a PoolTimeout here (`cannot reach the database`),
+    # not a rebuild that waits for connections that never come.
+    await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
     try:
         with Progress(
             TextColumn(f"rebuilding {name}"),

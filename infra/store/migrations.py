@@ -14,6 +14,8 @@ from importlib.resources import files
 
 import psycopg
 
+from infra.store.names import COMMAND_CONNECTION
+
 # pg_advisory_lock key: any fixed 64-bit number shared by every Cardinal Vote process.
 MIGRATION_LOCK = 0x43415244_4D494752  # "CARDMIGR"
 FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -65,7 +67,7 @@ def migrate(database_url: str) -> list[str]:
     """Apply every pending migration; return the names of those applied now."""
     migrations = discover()
     applied_now: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True, **COMMAND_CONNECTION) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             conn.execute(CREATE_LEDGER)

@@ -24,6 +24,13 @@ ALIVE: dict[str, Any] = {
     "tcp_user_timeout": 10_000,
 }
 
+# The one-shot commands' connections (`cardinal migrate`, `projections`, `rebuild`, `audit`):
+# a server that accepts connections but does not answer (frozen, overloaded) is given
+# CONNECT_TIMEOUT seconds, then the command says it cannot reach the database instead of
+# hanging for good.
+CONNECT_TIMEOUT = 10
+COMMAND_CONNECTION: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, **ALIVE}
+
 
 def connection_name(role: str) -> str:
     """The application_name of a connection with this role ("writer", "relay", ...)."""

@@ -5,6 +5,8 @@ of the module's own, stopped and started again."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -357,3 +359,34 @@ async def test_a_freeze_is_seen_with_one_ballot_in_flight_and_lookups_answer(
         assert withdrawal.status_code == 503, withdrawal.text
         assert "was not recorded now" in withdrawal.json()["detail"]
         assert took < 5.0
+
+
+def test_operator_commands_give_up_on_a_frozen_database_with_a_message(
+    cluster: Cluster, url: str
+) -> None:
+    """A server that accepts connections and never answers hung `projections`, `migrate`
+    and `rebuild` for good (review helper-40): each now says it cannot reach the database
+    once CONNECT_TIMEOUT (10 s) has passed."""
+    env = {**os.environ, "DATABASE_URL": url}
+    started = time.monotonic()
+    cluster.freeze()
+    try:
+        running = [
+            subprocess.Popen(
+                [sys.executable, "-m", "infra.cli", *command],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for command in (["projections"], ["migrate"], ["rebuild", "tally"])
+        ]
+        outcomes = [(process.wait(timeout=60), process.communicate()[1]) for process in running]
+    finally:
+        cluster.freeze(thaw=True)
+    took = time.monotonic() - started
+    for code, err in outcomes:
+        assert code == 2, err
+        assert "cannot reach the database" in " ".join(err.split()), err
+        assert "Traceback" not in err
+    assert took < 30, took  # 10 s, and the interpreters' start on a shared machine
