@@ -3,6 +3,10 @@
 Each file in migrations/ named ``NNNN_description.sql`` runs in its own transaction and is
 recorded in ``schema_migrations`` with a SHA-256 of its text. An applied migration whose
 file has since changed is refused: the database would no longer match the code's idea of it.
+So is a database holding a migration this release lacks (a newer release upgraded it, and
+this one was rolled back onto it): its code would fail against that schema in ways no
+migration of its own can mend. A migration whose SQL fails leaves nothing of it applied and
+names its file.
 """
 
 from __future__ import annotations
@@ -72,12 +76,13 @@ def migrate(database_url: str) -> list[str]:
         try:
             conn.execute(CREATE_LEDGER)
             applied = _applied(conn)
+            _check_known(conn, migrations, applied)
             _check_unchanged(migrations, applied)
             for migration in migrations:
                 if migration.version in applied:
                     continue
                 with conn.transaction():
-                    conn.execute(migration.sql.encode())
+                    _run(conn, migration)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) "
                         "VALUES (%s, %s, %s)",
@@ -96,13 +101,43 @@ def pending(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     if not exists or not exists[0]:
         return [m.filename for m in migrations]
     applied = _applied(conn)
+    _check_known(conn, migrations, applied)
     _check_unchanged(migrations, applied)
     return [m.filename for m in migrations if m.version not in applied]
+
+
+def _run(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> None:
+    try:
+        conn.execute(migration.sql.encode())
+    except psycopg.Error as error:
+        if error.sqlstate is None or error.sqlstate.startswith("08"):
+            raise  # the connection failed, not the migration: `cannot reach the database`
+        said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MigrationError(
+            f"migration {migration.filename} failed, and nothing of it was applied: "
+            f"PostgreSQL said: {said}"
+        ) from error
 
 
 def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, str]:
     rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
     return {int(str(version)): str(checksum) for version, checksum in rows}
+
+
+def _check_known(
+    conn: psycopg.Connection[tuple[object, ...]],
+    migrations: list[Migration],
+    applied: dict[int, str],
+) -> None:
+    unknown = sorted(set(applied) - {m.version for m in migrations})
+    if unknown:
+        row = conn.execute(
+            "SELECT name FROM schema_migrations WHERE version = %s", (unknown[0],)
+        ).fetchone()
+        raise MigrationError(
+            f"the database has migration {unknown[0]:04d} ({row[0] if row else '?'}) that "
+            "this version does not know: it was upgraded by a newer release; run that release"
+        )
 
 
 def _check_unchanged(migrations: list[Migration], applied: dict[int, str]) -> None:

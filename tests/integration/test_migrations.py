@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from infra.store.migrations import CREATE_LEDGER, MigrationError, discover, migrate
+from infra.store.migrations import CREATE_LEDGER, Migration, MigrationError, discover, migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import assert_problem
 from tests.servers import running_api, settings_for
@@ -159,3 +159,56 @@ def test_chain_links_learn_their_elections_from_election_streams(fresh_database_
         (other, 1, None),
     ]
     assert left == (None,)
+
+
+async def test_a_database_a_newer_release_migrated_is_refused_and_not_ready(
+    fresh_database_url: str,
+) -> None:
+    """A rollback onto a newer schema: `migrate` said "up to date" and /api/ready "ok" while
+    routes failed (review helper-40). Both now name the migration this release lacks."""
+    migrate(fresh_database_url)
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) "
+            "VALUES (9999, 'from_the_future', 'x')"
+        )
+    said = (
+        "the database has migration 9999 (from_the_future) that this version does not know: "
+        "it was upgraded by a newer release; run that release"
+    )
+    refused = _cardinal("migrate", database_url=fresh_database_url)
+    assert refused.returncode == 2, refused.stderr
+    assert said in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr
+    async with (
+        running_api(settings_for(fresh_database_url), projections=()) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        problem = assert_problem(await http.get("/api/ready"), 503, said)
+        assert problem["checks"]["database"] == "ok"
+
+
+def test_a_migration_whose_sql_fails_names_its_file_and_applies_nothing(
+    fresh_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It was a raw traceback that named no file (review helper-40)."""
+    from infra.cli import main
+    from infra.store import migrations
+
+    shipped = discover()
+    broken = Migration(9999, "broken", "CREATE TABLE half_done (id int);\nSELEC 1;\n")
+    monkeypatch.setattr(migrations, "discover", lambda: [*shipped, broken])
+    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
+    assert main(["migrate"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "cannot migrate: migration 9999_broken.sql failed, and nothing of it was applied: "
+        'PostgreSQL said: syntax error at or near "SELEC"'
+    ) in err
+    assert "Traceback" not in err
+    assert [row[0] for row in _ledger(fresh_database_url)] == [m.version for m in shipped]
+    with psycopg.connect(fresh_database_url) as conn:
+        assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
+
