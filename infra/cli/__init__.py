@@ -24,7 +24,7 @@ from infra.cli.environment import console
 from infra.options import Parser
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
-from infra.store.migrations import MigrationError
+from infra.store.migrations import MigrationError, MigrationsPending
 from infra.store.names import name_process_connections
 
 
@@ -77,6 +77,7 @@ def _unusable_file(error: Exception) -> str | None:
 
 _STOPS: tuple[tuple[type[Exception], Callable[[Exception], str | None]], ...] = (
     (SettingsError, lambda e: f"[red]configuration error:[/red] {escape(str(e))}"),
+    (MigrationsPending, lambda e: f"[red]{escape(str(e))}[/red]"),
     (PortInUse, lambda e: f"[red]cannot start:[/red] {escape(str(e))}"),
     (
         psycopg.errors.UndefinedTable,

@@ -28,6 +28,7 @@ from infra.audit.sources import verify_database, verify_file
 from infra.audit.verifier import Discrepancy, Report, UnknownElection
 from infra.cli.environment import Commands
 from infra.runtime.settings import Settings, SettingsError
+from infra.store.migrations import require_current
 
 console = Console()
 
@@ -96,6 +97,7 @@ def run_export(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set; export reads the event store")
+    require_current(settings.database_url)
     signer = Signer(settings.audit_key) if settings.audit_key else None
     started = time.perf_counter()
     with _bar("exporting") as (bar, task):
@@ -145,6 +147,7 @@ def run_verify(args: argparse.Namespace) -> int:
                 settings = Settings.from_env()
                 if settings.database_url is None:
                     raise SettingsError("DATABASE_URL is not set (or give --file)")
+                require_current(settings.database_url)
                 keys = _keys(public_key, settings)
                 report = asyncio.run(
                     verify_database(

@@ -23,9 +23,30 @@ def configure_logging(settings: Settings) -> None:
 
 
 def command_settings(*, migrate: bool = True) -> Settings:
-    """Settings for a command that needs the database; migrations applied first."""
+    """Settings for a service command (relay, project, ingest) that needs the database;
+    migrations applied first unless ``migrate`` is false (a child of `serve`, which did)."""
     from infra.store.migrations import migrate as apply_migrations
 
+    settings = _with_database()
+    if migrate:
+        assert settings.database_url is not None
+        apply_migrations(settings.database_url)
+    return settings
+
+
+def operator_settings() -> Settings:
+    """Settings for an operator command that reads the database (projections, rebuild): it
+    never changes the schema, and refuses a database whose migrations are not this
+    release's, naming them (`cardinal migrate` applies them)."""
+    from infra.store.migrations import require_current
+
+    settings = _with_database()
+    assert settings.database_url is not None
+    require_current(settings.database_url)
+    return settings
+
+
+def _with_database() -> Settings:
     settings = Settings.from_env()
     configure_logging(settings)
     if settings.database_url is None:
@@ -33,8 +54,6 @@ def command_settings(*, migrate: bool = True) -> Settings:
             "DATABASE_URL is not set (in development: `. .cardinal/env`, which `cardinal "
             "serve` writes, reaches its database)"
         )
-    if migrate:
-        apply_migrations(settings.database_url)
     return settings
 
 

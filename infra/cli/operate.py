@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from infra.cli.environment import Commands, command_settings, positive_int
+from infra.cli.environment import Commands, operator_settings, positive_int
 from infra.store.names import COMMAND_CONNECTION, CONNECT_TIMEOUT
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
@@ -58,13 +58,13 @@ def add_commands(sub: Commands) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    settings = command_settings()
+    settings = operator_settings()
     assert settings.database_url is not None
     return asyncio.run(print_status(settings.database_url, as_json=args.json))
 
 
 def run_rebuild(args: argparse.Namespace) -> int:
-    settings = command_settings()
+    settings = operator_settings()
     assert settings.database_url is not None
     return asyncio.run(rebuild_with_progress(settings.database_url, args.name, args.page_size))
 

@@ -106,6 +106,21 @@ def pending(conn: psycopg.Connection[tuple[object, ...]]) -> list[str]:
     return [m.filename for m in migrations if m.version not in applied]
 
 
+class MigrationsPending(RuntimeError):
+    """The database lacks migrations this release needs (`cardinal migrate` applies them)."""
+
+
+def require_current(database_url: str) -> None:
+    """Refuse, naming them, if the database lacks any of this release's migrations (or
+    holds one it does not know): for the commands that read the schema but never change it."""
+    with psycopg.connect(database_url, autocommit=True, **COMMAND_CONNECTION) as conn:
+        missing = pending(conn)
+    if missing:
+        first, last = missing[0][:4], missing[-1][:4]
+        span = f"migration {first}" if first == last else f"migrations {first}..{last}"
+        raise MigrationsPending(f"the database needs {span}: run `cardinal migrate`")
+
+
 def _run(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -> None:
     try:
         conn.execute(migration.sql.encode())

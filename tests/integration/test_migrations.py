@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -161,6 +162,18 @@ def test_chain_links_learn_their_elections_from_election_streams(fresh_database_
     assert left == (None,)
 
 
+def _apply(database_url: str, migrations: list[Migration]) -> None:
+    """Apply these migrations as `migrate` would, as a release that stopped there did."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(CREATE_LEDGER)
+        for migration in migrations:
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+
+
 async def test_a_database_a_newer_release_migrated_is_refused_and_not_ready(
     fresh_database_url: str,
 ) -> None:
@@ -212,3 +225,26 @@ def test_a_migration_whose_sql_fails_names_its_file_and_applies_nothing(
     with psycopg.connect(fresh_database_url) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
 
+
+def test_operator_commands_refuse_a_database_that_needs_migrations(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """`projections` and `rebuild` applied pending migrations on the way (review helper-40):
+    reading commands leave the schema to `cardinal migrate`, and say so."""
+    shipped = discover()
+    _apply(fresh_database_url, shipped[:-2])
+    ledger = _ledger(fresh_database_url)
+    first, last = shipped[-2].filename[:4], shipped[-1].filename[:4]
+    said = f"the database needs migrations {first}..{last}: run `cardinal migrate`"
+    for command in (
+        ["projections"],
+        ["rebuild", "tally"],
+        ["audit", "export", "--output", str(tmp_path / "export.ndjson")],
+        ["audit", "verify"],
+    ):
+        refused = _cardinal(*command, database_url=fresh_database_url)
+        assert refused.returncode == 2, (command, refused.stdout + refused.stderr)
+        assert said in " ".join(refused.stderr.split()), command
+        assert "Traceback" not in refused.stderr
+    assert _ledger(fresh_database_url) == ledger  # nothing was applied on the way
+    assert not (tmp_path / "export.ndjson").exists()
