@@ -271,7 +271,12 @@ class Rebuild:
             self.progress(progress)
 
     async def _failed(self, version: int, error: BaseException) -> None:
-        reason = f"rebuild of version {version} failed: {type(error).__name__}: {error}"
+        if isinstance(error, (SystemExit, KeyboardInterrupt, asyncio.CancelledError)):
+            # Its process was stopped (SIGTERM, Ctrl-C): the exception's name and its exit
+            # status ("SystemExit: 0") say nothing to the operator who reads this.
+            reason = f"rebuild of version {version} was interrupted: its process was stopped"
+        else:
+            reason = f"rebuild of version {version} failed: {type(error).__name__}: {error}"
         log.error("projection %s: %s; the previous version keeps serving", self.name, reason)
         async with self.pool.connection() as conn:
             await conn.execute(

@@ -54,8 +54,21 @@ async def export(
     """Write the export; return how many events it holds.
 
     Checkpoints and results come first, so that a verifier knows, while it streams the
-    events, where to check a signed head and where to compare results.
+    events, where to check a signed head and where to compare results. The file is written
+    under another name and renamed once complete: an export that fails or is interrupted
+    leaves no file behind (nor replaces an earlier one) that could pass for a whole export.
     """
+    partial = output.with_name(output.name + ".partial")
+    try:
+        count = await _write(database_url, partial, signer, progress)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(output)
+    return count
+
+
+async def _write(database_url: str, output: Path, signer: Signer | None, progress: Any) -> int:
     async with await snapshot_connection(database_url) as conn:
         checkpoints = await checkpoints_of(conn)
         served = await served_results(conn)

@@ -20,25 +20,36 @@ from aiormq.exceptions import ChannelPreconditionFailed
 from rich.markup import escape
 
 from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
-from infra.cli.environment import console
+from infra.cli.environment import INTERRUPTED, Interrupted, console
 from infra.options import Parser
 from infra.runtime.lifecycle import PortInUse
 from infra.runtime.settings import SettingsError
 from infra.store.migrations import MigrationError, MigrationsPending
 from infra.store.names import name_process_connections
 
+# The long-running commands: SIGTERM is how they are stopped (an orchestrator, `serve`
+# stopping its children), and they drain and exit 0. Any other command stopped by SIGTERM
+# did not finish: it says so and exits 143 (INTERRUPTED), so that Kubernetes or systemd
+# record the failure (environment.run_until_interrupted, for those that run asyncio).
+SERVICES = frozenset({"serve", "api", "relay", "project", "ingest"})
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turning it into
     # SystemExit lets every `with` block unwind (the embedded PostgreSQL stops cleanly).
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    args = parser().parse_args(argv)
+    service = args.command_name in SERVICES
+    signal.signal(signal.SIGTERM, _exit_on_sigterm if service else _interrupt_on_sigterm)
     name_process_connections(args.command_name)
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
     except KeyboardInterrupt:
         return 130
+    except Interrupted:
+        said = getattr(args, "interrupted", "it stopped before it finished")
+        console.print(f"[red]cardinal {args.command_name} was interrupted (SIGTERM):[/red] {said}")
+        return INTERRUPTED
     except Exception as error:
         said = _stopped_by(error)
         if said is None:
@@ -118,6 +129,10 @@ def _first_line(error: Exception) -> str:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted
 
 
 def parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from infra.audit.export import export
 from infra.audit.pinned import PinnedError, pinned
 from infra.audit.sources import verify_database, verify_file
 from infra.audit.verifier import Discrepancy, Report, UnknownElection
-from infra.cli.environment import Commands
+from infra.cli.environment import Commands, run_until_interrupted
 from infra.runtime.settings import Settings, SettingsError
 from infra.store.migrations import require_current
 
@@ -48,7 +48,7 @@ def add_commands(commands: Commands) -> None:
         "on a machine with no database access (needs DATABASE_URL here).",
     )
     exporting.add_argument("--output", type=Path, required=True, help="file to write")
-    exporting.set_defaults(command=run_export)
+    exporting.set_defaults(command=run_export, interrupted="no export was written; run it again")
     verifying = sub.add_parser(
         "verify",
         help="check the chain, the signatures, and every served result against a replay",
@@ -101,7 +101,7 @@ def run_export(args: argparse.Namespace) -> int:
     signer = Signer(settings.audit_key) if settings.audit_key else None
     started = time.perf_counter()
     with _bar("exporting") as (bar, task):
-        count = asyncio.run(
+        count = run_until_interrupted(
             export(
                 settings.database_url,
                 args.output,
@@ -149,6 +149,8 @@ def run_verify(args: argparse.Namespace) -> int:
                     raise SettingsError("DATABASE_URL is not set (or give --file)")
                 require_current(settings.database_url)
                 keys = _keys(public_key, settings)
+                # asyncio.run: the replay's half waits in a blocking call, where a signal
+                # the loop handled would wait for it; SIGTERM raises Interrupted at once.
                 report = asyncio.run(
                     verify_database(
                         settings.database_url,

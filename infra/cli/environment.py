@@ -3,15 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
-from typing import TypeAlias
+from collections.abc import Coroutine
+from typing import Any, TypeAlias, TypeVar
 
 from rich.console import Console
 
 from infra.runtime.settings import Settings, SettingsError
 
 console = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+INTERRUPTED = 128 + signal.SIGTERM  # 143: how a shell reports a process SIGTERM ended
+
+
+class Interrupted(SystemExit):
+    """SIGTERM stopped a one-shot command before it finished (`main` says so, exit 143)."""
+
+    def __init__(self) -> None:
+        super().__init__(INTERRUPTED)
+
+
+def run_until_interrupted(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run for a one-shot command, where SIGTERM cancels the command's task: it
+    unwinds as a cancellation, awaiting its cleanup (a rebuild records why it stopped, an
+    export removes its partial file), rather than as an exception raised at whatever line
+    ran, in whichever task; then Interrupted."""
+    stopped: list[int] = []
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def stop() -> None:
+            stopped.append(signal.SIGTERM)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)  # removing it set the default
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if stopped:
+            raise Interrupted from None
+        raise
 
 
 def configure_logging(settings: Settings) -> None:

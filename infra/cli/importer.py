@@ -31,7 +31,7 @@ from rich.table import Table
 from domain.cvr import MarkRules, Then
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
 from infra.cli.ballot_files import FileBallot, NeedsSource, Reading, read_ballots
-from infra.cli.environment import Commands, positive_int
+from infra.cli.environment import Commands, positive_int, run_until_interrupted
 
 console = Console()
 MAX_BATCH = 1000
@@ -111,7 +111,10 @@ def add_commands(sub: Commands) -> None:
         f"{both}. A write-in mark (UWI, Write-in) is skipped under {REFUSE} "
         f"(default {REFUSE})",
     )
-    parser.set_defaults(command=run)
+    parser.set_defaults(
+        command=run,
+        interrupted="running the same import again resumes it (it records nothing twice)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         duplicate=Then(args.duplicate),
         unknown=Then.SKIP if args.write_in == REFUSE else Then(args.write_in),
     )
-    return asyncio.run(_import(args, rules))
+    return run_until_interrupted(_import(args, rules))
 
 
 def _first(variable: str) -> str | None:

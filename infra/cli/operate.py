@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 
 import psycopg
@@ -20,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from infra.cli.environment import Commands, operator_settings, positive_int
+from infra.cli.environment import Commands, operator_settings, positive_int, run_until_interrupted
 from infra.store.names import COMMAND_CONNECTION, CONNECT_TIMEOUT
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
@@ -54,19 +53,24 @@ def add_commands(sub: Commands) -> None:
         default=20_000,
         help="log entries read per page (progress is reported per page)",
     )
-    rebuild.set_defaults(command=run_rebuild)
+    rebuild.set_defaults(
+        command=run_rebuild,
+        interrupted="the previous version keeps serving; run the rebuild again",
+    )
 
 
 def run_status(args: argparse.Namespace) -> int:
     settings = operator_settings()
     assert settings.database_url is not None
-    return asyncio.run(print_status(settings.database_url, as_json=args.json))
+    return run_until_interrupted(print_status(settings.database_url, as_json=args.json))
 
 
 def run_rebuild(args: argparse.Namespace) -> int:
     settings = operator_settings()
     assert settings.database_url is not None
-    return asyncio.run(rebuild_with_progress(settings.database_url, args.name, args.page_size))
+    return run_until_interrupted(
+        rebuild_with_progress(settings.database_url, args.name, args.page_size)
+    )
 
 
 async def print_status(database_url: str, *, as_json: bool) -> int:

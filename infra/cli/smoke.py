@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from infra.bench.loadgen import LeanConnection, Reply
-from infra.cli.environment import Commands
+from infra.cli.environment import Commands, run_until_interrupted
 
 console = Console()
 OPTIONS = [
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.via == "amqp" and not args.amqp_url:
         console.print("[red]--via amqp needs the broker: set AMQP_URL or pass --amqp-url[/red]")
         return 2
-    return asyncio.run(_run(args))
+    return run_until_interrupted(_run(args))
 
 
 def _first(variable: str) -> str | None:
