@@ -44,9 +44,12 @@ class TrustedProxies:
             except ValueError:
                 known = False
             else:
+                # A dual-stack listener's IPv4 peer (::ffff:a.b.c.d) matches the proxies
+                # named either way.
+                forms: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
                 if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-                    address = address.ipv4_mapped  # a dual-stack listener's IPv4 peer
-                known = any(address in network for network in self.networks)
+                    forms.append(address.ipv4_mapped)
+                known = any(form in network for form in forms for network in self.networks)
             if len(self._seen) > 100_000:
                 self._seen.clear()
             self._seen[host] = known

@@ -96,9 +96,10 @@ class Election(Aggregate):
         self.voter_keys.update(voter_keys)
 
     def accept_vote(self, voter: Voter, content: Mapping[str, Any]) -> Vote:
-        """Check that this voter may vote now and that the ballot fits the rules."""
-        self.check_open()
+        """Check that this voter may vote now and that the ballot fits the rules. (Who may
+        vote first: a token not on the roll learns nothing of the election's state.)"""
         self.check_eligible(voter.credential)
+        self.check_open()
         return parse_vote(self.rules, content)
 
     def check_open(self) -> None:

@@ -18,7 +18,7 @@ from api.responses import JSONResponse
 from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
 from domain.application import Receipt
-from domain.errors import CardinalError, InvalidBallot, InvalidRequest
+from domain.errors import CardinalError, InvalidBallot, InvalidRequest, NotEligible
 from domain.rules import Eligibility
 from domain.voter import Voter
 from infra.batched_metrics import BatchedCounter
@@ -184,9 +184,13 @@ async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
                 "send Authorization: Bearer <voter token>"
             )
         return election_id, principal.voter_token
+    if principal.voter_token is not None:  # (the answer any token not on a roll gets)
+        raise NotEligible("this voter token was not issued for this election")
     if not principal.can_act_as("client"):
-        who = f"the {principal.role} role" if principal.role else "a voter token"
-        raise Forbidden(f"{who} may not cast ballots in this election; it needs the client role")
+        raise Forbidden(
+            f"the {principal.role} role may not cast ballots in this election; it needs the "
+            "client role"
+        )
     return election_id, None
 
 

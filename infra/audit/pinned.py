@@ -66,7 +66,13 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
                 raise PinnedError(f"{path} is not an export: it does not start with its header")
             signs_file = header.get("format") != "cardinal-audit/1"
             read.update(first)
+            ended = False  # at its signed head: nothing may follow
             for number, line in enumerate(source, 2):
+                if ended:
+                    raise PinnedError(
+                        f"line {number} of {path} follows its signed head, where the export "
+                        "ends: the file was added to"
+                    )
                 # (events, most of the file, are told by their start, unparsed)
                 start = line[:48]
                 if b"checkpoint" in start or b"export_head" in start:
@@ -76,6 +82,7 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
                         read.update(line)
                         continue
                     head = kind == "export_head"
+                    ended = head
                     try:
                         found.append(
                             Checkpoint.of_export(
@@ -93,6 +100,12 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
         raise PinnedError(f"cannot read {path}: {error.strerror}") from None
     except (orjson.JSONDecodeError, AttributeError) as error:
         raise PinnedError(f"{path} is not an export (not JSON lines: {error})") from None
+    if signs_file and not ended:
+        # Its checkpoints alone would pin less than it covered, silently.
+        raise PinnedError(
+            f"{path} does not end with its signed head (a copy cut short, or an export "
+            "written without CARDINAL_AUDIT_KEY): it cannot pin what it covered"
+        )
     return found
 
 

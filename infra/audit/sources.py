@@ -86,13 +86,22 @@ def verify_file(
     public_key: bytes | None = None,
     progress: Any = None,
     pinned: Pinned = NOTHING_PINNED,
+    accept_format_1: bool = False,
 ) -> Report:
     """Verify an export with no database: chain and checkpoints here, the replay against
-    the exported results in a second process, at the same time."""
+    the exported results in a second process, at the same time. An export of format 1
+    (whose end nothing attests) fails unless ``accept_format_1``."""
     with _second_core() as pool:
         replaying = pool.submit(_replay_file, path, election, validate, pinned)
         chain = _file_half(
-            path, election, validate, public_key, progress, pinned=pinned, chain=True
+            path,
+            election,
+            validate,
+            public_key,
+            progress,
+            pinned=pinned,
+            chain=True,
+            accept_format_1=accept_format_1,
         )
         return _combine(chain, replaying.result())
 
@@ -207,6 +216,7 @@ def _file_half(
     *,
     pinned: Pinned,
     chain: bool,
+    accept_format_1: bool = True,
 ) -> Outcome:
     try:
         return read_export(
@@ -218,6 +228,7 @@ def _file_half(
             chain=chain,
             checkpoints=list(pinned.checkpoints),
             served=pinned.served_at(),
+            accept_format_1=accept_format_1,
         ), None
     except Discrepancy as discrepancy:
         return None, discrepancy

@@ -70,8 +70,16 @@ def add_commands(commands: Commands) -> None:
         action="append",
         default=[],
         metavar="EXPORT",
-        help="an earlier export you kept: each checkpoint in it must still be on the chain "
-        "(a store rewritten and signed again does not pass); may be repeated",
+        help="an earlier export you kept: each checkpoint in it, and its own signed head, "
+        "must still be on the chain (a store rewritten and signed again does not pass); may "
+        "be repeated",
+    )
+    verifying.add_argument(
+        "--accept-format-1",
+        action="store_true",
+        help="check an export written before 2026-12-06 (format cardinal-audit/1) as far as "
+        "it goes: nothing attests where such a file ends, so a copy cut at a checkpoint "
+        "passes too; without this, such a file fails",
     )
     verifying.add_argument(
         "--served",
@@ -98,7 +106,13 @@ def run_export(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set; export reads the event store")
     require_current(settings.database_url)
-    signer = Signer(settings.audit_key) if settings.audit_key else None
+    if not settings.audit_key:
+        # An export is attested by its signed head alone: without the key, no verify passes.
+        raise SettingsError(
+            "CARDINAL_AUDIT_KEY is not set; an export signs its own head with it (run the "
+            "export where the sealer's key is)"
+        )
+    signer = Signer(settings.audit_key)
     started = time.perf_counter()
     with _bar("exporting") as (bar, task):
         count = run_until_interrupted(
@@ -137,6 +151,7 @@ def run_verify(args: argparse.Namespace) -> int:
                     public_key=public_key,
                     progress=show,
                     pinned=brought,
+                    accept_format_1=args.accept_format_1,
                 )
                 if public_key is None:
                     report.notes.append(

@@ -23,7 +23,7 @@ from infra.audit import records
 from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
-from infra.audit.pinned import Pinned, earlier_checkpoints, saved_results
+from infra.audit.pinned import Pinned, PinnedError, earlier_checkpoints, saved_results
 from infra.audit.sealer import Sealer
 from infra.audit.sources import (
     database_entries,
@@ -660,7 +660,7 @@ def test_nothing_may_follow_an_exports_signed_head(store: str, tmp_path: Path) -
     assert "follows the export's signed head" in found.value.what
 
 
-def test_an_export_of_format_1_verifies_with_a_note(store: str, tmp_path: Path) -> None:
+def test_an_export_of_format_1_verifies_with_a_note_when_asked(store: str, tmp_path: Path) -> None:
     """Exports written before format 2 signed their head as a checkpoint: they still
     verify, and the report says what that format does not attest."""
     exported = tmp_path / "audit.ndjson"
@@ -671,13 +671,72 @@ def test_an_export_of_format_1_verifies_with_a_note(store: str, tmp_path: Path) 
     position, head = int(str(last["position"])), bytes.fromhex(str(last["head_hash"]))
     documents[-1] = {**last, "signature": SIGNER.sign(position, head).hex()}
     _write(exported, documents)
-    report = verify_file(exported, election=None, validate=True)
+    with pytest.raises(Discrepancy) as found:  # by default: who holds it chose its format
+        verify_file(exported, election=None, validate=True)
+    assert "--accept-format-1" in found.value.what
+    report = verify_file(exported, election=None, validate=True, accept_format_1=True)
     assert any("cardinal-audit/1" in note for note in report.notes)
     documents[0] = {**documents[0], "format": "cardinal-audit/9"}
     _write(exported, documents)
     with pytest.raises(Discrepancy) as found:
         verify_file(exported, election=None, validate=True)
     assert "which this version does not read" in found.value.what
+
+
+def test_a_format_2_export_cut_and_labelled_format_1_fails(store: str, tmp_path: Path) -> None:
+    """Cut at a checkpoint, its head dropped and its header saying format 1, a genuine
+    export passed with a note, and both elections vanished (review helper-46)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    cut = min(int(str(d["position"])) for d in documents if d.get("kind") == "checkpoint")
+    kept = [{**documents[0], "format": "cardinal-audit/1", "head": cut}] + [
+        d
+        for d in documents[1:]
+        if d.get("kind") not in ("export_head", "result") and int(str(d["position"])) <= cut
+    ]
+    _write(exported, kept)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True, public_key=SIGNER.public_key)
+    assert "whose end nothing attests" in found.value.what
+
+
+def test_nothing_but_the_end_of_the_file_may_follow_its_signed_head(
+    store: str, tmp_path: Path
+) -> None:
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    exported.write_bytes(exported.read_bytes() + b"\n   \n")
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "follows the export's signed head" in found.value.what
+
+
+def test_an_earlier_export_cut_short_pins_nothing(store: str, tmp_path: Path) -> None:
+    """Without its signed head, an earlier export pinned its checkpoints alone, silently
+    less than it covered (review helper-46)."""
+    earlier = tmp_path / "earlier.ndjson"
+    asyncio.run(export(store, earlier, SIGNER))
+    documents = _lines(earlier)
+    _write(earlier, documents[:-1])
+    with pytest.raises(PinnedError, match="does not end with its signed head"):
+        earlier_checkpoints(earlier)
+    _write(earlier, [*documents, documents[1]])
+    with pytest.raises(PinnedError, match="follows its signed head"):
+        earlier_checkpoints(earlier)
+
+
+def test_an_export_without_the_audit_key_is_refused(store: str, tmp_path: Path) -> None:
+    """Written without CARDINAL_AUDIT_KEY, an export said "wrote N events" and could never
+    verify (review helper-46)."""
+    env = {k: v for k, v in os.environ.items() if k != "CARDINAL_AUDIT_KEY"}
+    env["DATABASE_URL"] = store
+    output = tmp_path / "audit.ndjson"
+    command = [sys.executable, "-m", "infra.cli", "audit", "export", "--output", str(output)]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "CARDINAL_AUDIT_KEY is not set" in " ".join((done.stdout + done.stderr).split())
+    assert not output.exists()
 
 
 async def test_an_earlier_exports_signed_head_pins_what_follows_its_last_checkpoint(

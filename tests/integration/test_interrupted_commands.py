@@ -23,6 +23,7 @@ from projections import PROJECTIONS, projection
 from projections.runtime import ProjectionRunner
 from tests.databases import create_database, drop_database
 from tests.integration.test_projection_runtime import _fill
+from tests.servers import TEST_AUDIT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,12 @@ async def store() -> AsyncIterator[str]:
 
 
 def _start(*args: str, database_url: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "METRICS_PORT": "0"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "METRICS_PORT": "0",
+        "CARDINAL_AUDIT_KEY": TEST_AUDIT_KEY,
+    }
     env.pop("AMQP_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "infra.cli", *args],

@@ -284,3 +284,5 @@ def test_an_ipv6_network_is_one_quota_and_a_mapped_ipv4_is_itself() -> None:
     proxies = TrustedProxies(["172.16.0.0/12"])
     scope = {"client": ("::ffff:172.18.0.2", 1), "headers": [(b"x-forwarded-for", b"1.2.3.4")]}
     assert proxies.client(scope) == "1.2.3.4"
+    # ... and so is one named in its mapped form, as before (review helper-46).
+    assert TrustedProxies(["::ffff:172.18.0.2"]).client(scope) == "1.2.3.4"

@@ -465,3 +465,18 @@ async def test_anonymous_readers_are_not_waited_for(voting: VotingClient) -> Non
     )
     assert answer.status_code == 200, answer.text
     assert "warning" not in answer.headers  # (after a wait: "results reflect position")
+
+
+async def test_a_made_up_voter_token_casting_learns_nothing_either(voting: VotingClient) -> None:
+    """Casting with a token not on the roll answered after the election's state: "not
+    opened yet", "closed", "needs the client role" (review helper-46). One answer now."""
+    draft = (await voting.create_election(eligibility="tokens"))["id"]
+    opened = await voting.open_election("plurality", eligibility="tokens")
+    closed = await voting.open_election("plurality", eligibility="tokens")
+    await voting.close(closed)
+    client = await voting.open_election("plurality")
+    details = set()
+    for election_id in (draft, opened, closed, client):
+        answer = await voting.cast(election_id, {"choice": "a"}, token="cvt_made_up")
+        details.add(assert_problem(answer, 403, "")["detail"])
+    assert details == {"this voter token was not issued for this election"}
