@@ -32,6 +32,7 @@ from domain.voter import Voter
 from infra import metrics
 from infra.ingest.messages import Delivery, Item, identify, parse, stored_key
 from infra.ingest.queues import IngestQueues
+from infra.ingest.strings import SHORT_STR, sendable, tolerate_invalid_utf8
 from infra.runtime.voters import VoterKeys
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Ingester:
 
     async def run(self) -> None:
         """Consume forever; reconnect without help."""
+        tolerate_invalid_utf8()  # a message_id not UTF-8 must not cost the connection
         connection = await aio_pika.connect_robust(
             self.amqp_url, client_properties={"connection_name": self.name}
         )
@@ -248,8 +250,8 @@ class Ingester:
         await dead.publish(
             aio_pika.Message(
                 body,
-                message_id=key,
-                correlation_id=original.correlation_id,
+                message_id=_sendable(key),
+                correlation_id=_sendable(original.correlation_id),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers=headers,
@@ -273,10 +275,10 @@ class Ingester:
         await channel.default_exchange.publish(
             aio_pika.Message(
                 orjson.dumps(body),
-                correlation_id=message.correlation_id,
+                correlation_id=_sendable(message.correlation_id),
                 content_type=f"application/{kind}",
             ),
-            routing_key=message.reply_to,
+            routing_key=sendable(message.reply_to, SHORT_STR),
         )
 
     async def _watch_depth(self, channel: AbstractChannel) -> None:
@@ -288,6 +290,10 @@ class Ingester:
                     count = declared.declaration_result.message_count
                     metrics.INGEST_QUEUE_DEPTH.labels(name).set(count or 0)
             await asyncio.sleep(DEPTH_EVERY)
+
+
+def _sendable(text: str | None) -> str | None:
+    return None if text is None else sendable(text, SHORT_STR)
 
 
 def _castable(item: Item) -> tuple[Voter, dict[str, object], str]:

@@ -1,0 +1,68 @@
+"""Messages built to hurt `cardinal ingest` (review helper-37): each is refused on its own,
+with a clear ``x-refusal``, and costs neither the consumer's connection nor a neighbour."""
+
+from __future__ import annotations
+
+import struct
+
+import aio_pika
+import orjson
+import pamqp.encode
+import pytest
+
+from infra.ingest.publisher import publish
+from tests.e2e.stack import AMQP_URL
+from tests.integration import test_ingest
+from tests.integration.test_ingest import (
+    Ingest,
+    ballot,
+    queue_depth,
+    take_all,
+    until,
+)
+
+ingest = test_ingest.ingest  # the fixture: a consumer on a queue of its own
+
+
+def _undecodable(encoder: struct.Struct, value: str) -> bytes:
+    """pamqp's string encoder, sending the bytes a surrogateescape'd str stands for."""
+    raw = value.encode("utf-8", "surrogateescape")
+    return encoder.pack(len(raw)) + raw
+
+
+async def test_a_message_id_that_is_not_utf8_is_refused_and_costs_no_connection(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pamqp reads short strings as UTF-8: a 0xff byte in one failed the frame, and aiormq
+    closed the connection, again on each redelivery, until the delivery limit
+    dead-lettered the message with the batch around it."""
+    election_id = await ingest.election(allow_revote=False)
+    voters = [f"u{n}" for n in range(40)]
+    good = [(f"u-{v}", ballot(election_id, v)) for v in voters]
+    await publish(AMQP_URL, ingest.queue, good[:20])
+    monkeypatch.setattr(pamqp.encode, "_string", _undecodable)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for key, voter in (("bad\udcffid", "bad"), ("odd-reply", "odd")):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps(ballot(election_id, voter)),
+                    message_id=key,
+                    correlation_id="corr\udcfe",
+                    reply_to=None if key.startswith("bad") else "nowhere\udcff",
+                ),
+                routing_key=ingest.queue,
+            )
+    monkeypatch.undo()
+    await publish(AMQP_URL, ingest.queue, good[20:])
+    assert await ingest.until_counted(election_id, [*voters, "odd"]) == dict.fromkeys(
+        [*voters, "odd"], 1
+    )
+    (refused,) = await take_all(ingest.queue + ".refused", 1)
+    assert refused.message_id == "bad\\udcffid"  # the byte spelt out, readable
+    assert refused.correlation_id == "corr\\udcfe"
+    assert "message_id is required" in str(refused.headers["x-refusal"])
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert await queue_depth(ingest.queue + ".refused") == 0
+    assert ingest.versions(election_id, ["bad"]) == {}
