@@ -30,8 +30,9 @@ from domain.election import Election
 from domain.errors import CardinalError, ConcurrentRevision
 from domain.voter import Voter
 from infra import metrics
-from infra.ingest.messages import Delivery, Item, identify, parse, stored_key
+from infra.ingest.messages import MAX_BALLOT_BYTES, Delivery, Item, identify, parse, stored_key
 from infra.ingest.queues import IngestQueues
+from infra.ingest.refusals import refusal_headers
 from infra.ingest.strings import SHORT_STR, sendable, tolerate_invalid_utf8
 from infra.runtime.voters import VoterKeys
 
@@ -61,6 +62,7 @@ class Ingester:
         prefetch: int = 1000,
         batch: int = 5000,
         name: str = "cardinal ingest",
+        max_ballot_bytes: int = MAX_BALLOT_BYTES,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -69,6 +71,7 @@ class Ingester:
         self.prefetch = prefetch
         self.batch = batch
         self.name = name
+        self.max_ballot_bytes = max_ballot_bytes
         self.ready = asyncio.Event()
         # Never wait_for() on the inbox's get(): on Python 3.11 a timeout racing a delivery
         # can drop the message, and the next ack with multiple=True would ack it unseen.
@@ -114,7 +117,7 @@ class Ingester:
 
     async def _collect(self) -> list[Delivery]:
         """Wait for a message, then take what else is waiting, up to ``batch`` ballots."""
-        first = self._held or parse(await self._inbox.get())
+        first = self._held or parse(await self._inbox.get(), self.max_ballot_bytes)
         self._held = None
         batch, ballots = [first], first.ballots
         loop = asyncio.get_running_loop()
@@ -130,7 +133,7 @@ class Ingester:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 continue
-            delivery = parse(message)
+            delivery = parse(message, self.max_ballot_bytes)
             if ballots + delivery.ballots > self.batch:
                 self._held = delivery  # the next batch starts with it
                 break
@@ -242,11 +245,6 @@ class Ingester:
         problem: dict[str, Any],
         original: AbstractIncomingMessage,
     ) -> None:
-        headers: dict[str, Any] = {
-            "x-refusal": problem["detail"],
-            "x-refusal-status": problem["status"],
-            "x-refusal-problem": orjson.dumps(problem).decode(),
-        }
         await dead.publish(
             aio_pika.Message(
                 body,
@@ -254,7 +252,7 @@ class Ingester:
                 correlation_id=_sendable(original.correlation_id),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=headers,
+                headers=refusal_headers(problem),
             ),
             routing_key=self.queues.refused,
         )

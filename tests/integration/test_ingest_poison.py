@@ -11,6 +11,7 @@ import pamqp.encode
 import pytest
 
 from infra.ingest.publisher import publish
+from infra.ingest.refusals import refusal_headers
 from tests.e2e.stack import AMQP_URL
 from tests.integration import test_ingest
 from tests.integration.test_ingest import (
@@ -22,6 +23,53 @@ from tests.integration.test_ingest import (
 )
 
 ingest = test_ingest.ingest  # the fixture: a consumer on a queue of its own
+
+
+HUGE = "x" * 200_000  # a field name: 200 KB, more than a frame (128 KiB) can carry
+
+
+async def test_a_refusal_quoting_a_huge_field_fits_a_frame_and_costs_no_neighbour(
+    ingest: Ingest,
+) -> None:
+    election_id = await ingest.election(allow_revote=False)
+    voters = [f"n{n}" for n in range(100)]
+    huge_item = {"voter_id": "huge", "choice": "yes", HUGE: 1}
+    many = {"election_id": str(election_id), "ballots": [ballot(election_id, "m0"), huge_item]}
+    await publish(
+        AMQP_URL,
+        ingest.queue,
+        [(f"n-{v}", ballot(election_id, v)) for v in voters[:50]]
+        + [("huge-many", many), ("huge-one", {**ballot(election_id, "huge"), HUGE: 1})]
+        + [("too-many", {"ballots": [ballot(election_id, "t" * 1000)] * 5000})]
+        + [(f"n-{v}", ballot(election_id, v)) for v in voters[50:]],
+    )
+    counted = await ingest.until_counted(election_id, [*voters, "m0"])
+    assert counted == dict.fromkeys([*voters, "m0"], 1)
+    refused = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 3)}
+    assert set(refused) == {"huge-many:1", "huge-one", "too-many"}
+    one, item, batch = refused["huge-one"], refused["huge-many:1"], refused["too-many"]
+    assert one.headers["x-refusal-status"] == 413
+    assert "larger than 64 KiB" in str(one.headers["x-refusal"])
+    assert batch.headers["x-refusal-status"] == 413
+    assert "larger than 4096 KiB" in str(batch.headers["x-refusal"])
+    assert item.headers["x-refusal-status"] == 422
+    assert str(item.headers["x-refusal"]).startswith("ballots[1].xxxx")
+    assert orjson.loads(item.body)[HUGE] == 1  # the ballot as sent, to be fixed
+    assert one.body == orjson.dumps({**ballot(election_id, "huge"), HUGE: 1})
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    # Nothing else reached the refused queue: no neighbour dead-lettered with the poison.
+    assert await queue_depth(ingest.queue + ".refused") == 0
+    assert ingest.versions(election_id, ["huge", "t" * 1000]) == {}
+
+
+def test_refusal_headers_stay_a_few_kilobytes_whatever_the_problem_quotes() -> None:
+    issues = [{"field": f"ballots[0].{HUGE}{n}", "message": HUGE} for n in range(1000)]
+    problem = {"type": "about:blank", "title": "Invalid request", "status": 422}
+    problem |= {"detail": HUGE, "field": HUGE, "errors": issues, "\udcff": "\ud800"}
+    headers = refusal_headers(problem)
+    assert sum(len(str(value).encode()) for value in headers.values()) < 10_000
+    assert headers["x-refusal-status"] == 422
+    assert orjson.loads(headers["x-refusal-problem"])["title"] == "Invalid request"
 
 
 def _undecodable(encoder: struct.Struct, value: str) -> bytes:
