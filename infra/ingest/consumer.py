@@ -20,7 +20,6 @@ from typing import Any
 from uuid import UUID
 
 import aio_pika
-import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from api.problems import Faults, problem_of
@@ -30,7 +29,15 @@ from domain.election import Election
 from domain.errors import CardinalError, ConcurrentRevision
 from domain.voter import Voter
 from infra import metrics
-from infra.ingest.messages import MAX_BALLOT_BYTES, Delivery, Item, identify, parse, stored_key
+from infra.ingest.messages import (
+    MAX_BALLOT_BYTES,
+    Delivery,
+    Item,
+    identify,
+    json_bytes,
+    parse,
+    stored_key,
+)
 from infra.ingest.queues import IngestQueues
 from infra.ingest.refusals import refusal_headers
 from infra.ingest.strings import SHORT_STR, sendable, tolerate_invalid_utf8
@@ -231,7 +238,7 @@ class Ingester:
         for item in delivery.items:
             if item.problem is not None:
                 metrics.INGEST_REFUSED.labels(item.reason).inc()
-                body = orjson.dumps(item.raw) if delivery.multi else message.body
+                body = json_bytes(item.raw) if delivery.multi else message.body
                 publishes.append(self._refuse(dead, body, item.key, item.problem, message))
         if message.reply_to and message.correlation_id:
             publishes.append(self._reply(delivery, self._channel))
@@ -272,7 +279,7 @@ class Ingester:
         assert channel is not None
         await channel.default_exchange.publish(
             aio_pika.Message(
-                orjson.dumps(body),
+                json_bytes(body),
                 correlation_id=_sendable(message.correlation_id),
                 content_type=f"application/{kind}",
             ),

@@ -12,6 +12,7 @@ ballot sent over HTTP and over AMQP with the same key is one ballot.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from api.problems import fault, problem_of
+from api.context import json_document
+from api.problems import MalformedBody, fault, problem_of
 from api.responses import problem_body
 from api.schemas import BATCH_BODY_BYTES, BallotIn, IdempotencyKey, VoterId
 from domain.application import Receipt
@@ -106,7 +108,7 @@ class Delivery:
 def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_BYTES) -> Delivery:
     """Read a message as ballots, each validated as the HTTP path validates a ballot: its
     body as large as HTTP takes (``max_ballot_bytes`` for one ballot, BATCH_BODY_BYTES for
-    many)."""
+    many), one JSON document with unique keys."""
     delivery = Delivery(message)
     key = message.message_id
     if not key or len(key) > MAX_KEY or not key.isprintable():
@@ -158,13 +160,12 @@ def _body(delivery: Delivery, max_ballot_bytes: int) -> dict[str, Any] | None:
         _too_large(delivery, BATCH_BODY_BYTES, "a multi-ballot message")
         return None
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
+        body = json_document(raw, "the message body")
+    except MalformedBody as error:
         if len(raw) > max_ballot_bytes:
             _too_large(delivery, max_ballot_bytes, "a message of one ballot")
         else:
-            detail = f"the message body is not JSON: {error}"
-            delivery.problem = problem_body(400, "Malformed JSON", detail)
+            delivery.problem = problem_body(400, "Malformed JSON", error.detail)
             delivery.reason = "malformed_json"
         return None
     if len(raw) > max_ballot_bytes and not (isinstance(body, dict) and "ballots" in body):
@@ -251,6 +252,15 @@ def _refused(delivery: Delivery, reason: str, error: CardinalError) -> Delivery:
 def _too_large(delivery: Delivery, limit: int, what: str) -> None:
     detail = f"the message body is larger than {limit // 1024} KiB, the most {what} may be"
     delivery.problem, delivery.reason = problem_body(413, "Payload too large", detail), "too_large"
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON, where a string may hold a lone surrogate (a ``"\\ud800"`` the
+    message escaped, which orjson will not write): escaped again, as it came."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 def _reason(error: Exception) -> str:

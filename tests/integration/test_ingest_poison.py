@@ -114,3 +114,52 @@ async def test_a_message_id_that_is_not_utf8_is_refused_and_costs_no_connection(
     await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
     assert await queue_depth(ingest.queue + ".refused") == 0
     assert ingest.versions(election_id, ["bad"]) == {}
+
+
+async def test_a_message_naming_a_field_twice_is_refused_as_malformed(ingest: Ingest) -> None:
+    """As HTTP refuses it: parsers disagree on which value wins."""
+    election_id = await ingest.election(allow_revote=False)
+    twice = (
+        b'{"election_id": "%s", "voter_id": "a", "voter_id": "b", "choice": "yes"}'
+        % str(election_id).encode()
+    )
+    in_many = (
+        b'{"election_id": "%s", "ballots": [{"voter_id": "c", "choice": "yes", "choice": "no"}]}'
+        % str(election_id).encode()
+    )
+    await publish(AMQP_URL, ingest.queue, [("dup-1", twice), ("dup-2", in_many)])
+    await publish(AMQP_URL, ingest.queue, [("after", ballot(election_id, "after"))])
+    await ingest.until_counted(election_id, ["after"])
+    refused = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 2)}
+    assert set(refused) == {"dup-1", "dup-2"}
+    for message in refused.values():
+        assert message.headers["x-refusal-status"] == 400
+        assert "duplicate key" in str(message.headers["x-refusal"])
+    assert refused["dup-1"].body == twice  # as sent, to be fixed
+    assert ingest.versions(election_id, ["a", "b", "c"]) == {}
+
+
+async def test_a_ballot_escaping_a_lone_surrogate_is_refused_and_forwarded_as_it_came(
+    ingest: Ingest,
+) -> None:
+    """Read as HTTP reads it (well-formed JSON, then refused by validation), a lone
+    surrogate cannot be written by orjson nor sent in a header as it is."""
+    election_id = await ingest.election(allow_revote=False)
+    body = (
+        b'{"election_id": "%s", "ballots": [{"voter_id": "s1", "choice": "yes"}, '
+        b'{"voter_id": "s\\ud800", "choice": "yes", "\\udc00": 1}]}' % str(election_id).encode()
+    )
+    await publish(AMQP_URL, ingest.queue, [("sur", body)])
+    (refused,) = await take_all(ingest.queue + ".refused", 1)
+    assert refused.message_id == "sur:1"
+    assert refused.headers["x-refusal-status"] == 422
+    assert "lone surrogate" in str(refused.headers["x-refusal"])
+    assert orjson.loads(str(refused.headers["x-refusal-problem"]))["status"] == 422
+    assert orjson.loads(refused.body.replace(b"\\ud800", b"?").replace(b"\\udc00", b"?")) == {
+        "voter_id": "s?",
+        "choice": "yes",
+        "?": 1,
+        "election_id": str(election_id),
+    }
+    assert await ingest.until_counted(election_id, ["s1"]) == {"s1": 1}
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
