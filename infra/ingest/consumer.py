@@ -33,6 +33,7 @@ from infra.ingest.messages import (
     MAX_BALLOT_BYTES,
     Delivery,
     Item,
+    forwarded,
     identify,
     json_bytes,
     parse,
@@ -238,7 +239,7 @@ class Ingester:
         for item in delivery.items:
             if item.problem is not None:
                 metrics.INGEST_REFUSED.labels(item.reason).inc()
-                body = json_bytes(item.raw) if delivery.multi else message.body
+                body = forwarded(item) if delivery.multi else message.body
                 publishes.append(self._refuse(dead, body, item.key, item.problem, message))
         if message.reply_to and message.correlation_id:
             publishes.append(self._reply(delivery, self._channel))

@@ -254,6 +254,16 @@ def _too_large(delivery: Delivery, limit: int, what: str) -> None:
     delivery.problem, delivery.reason = problem_body(413, "Payload too large", detail), "too_large"
 
 
+def forwarded(item: Item) -> bytes:
+    """The body a refused ballot of a multi-ballot message is forwarded with: the ballot as
+    a message of its own would carry it, to be fixed and republished under the message_id
+    it is forwarded with (its key, which a ballot's own ``idempotency_key`` was)."""
+    raw = item.raw
+    if isinstance(raw, dict) and raw.get("idempotency_key") == item.key:
+        raw = {name: value for name, value in raw.items() if name != "idempotency_key"}
+    return json_bytes(raw)
+
+
 def json_bytes(value: Any) -> bytes:
     """``value`` as JSON, where a string may hold a lone surrogate (a ``"\\ud800"`` the
     message escaped, which orjson will not write): escaped again, as it came."""

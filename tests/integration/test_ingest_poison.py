@@ -4,13 +4,14 @@ with a clear ``x-refusal``, and costs neither the consumer's connection nor a ne
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import aio_pika
 import orjson
 import pamqp.encode
 import pytest
 
-from infra.ingest.publisher import publish
+from infra.ingest.publisher import cast_with_receipts, publish
 from infra.ingest.refusals import refusal_headers
 from tests.e2e.stack import AMQP_URL
 from tests.integration import test_ingest
@@ -163,3 +164,32 @@ async def test_a_ballot_escaping_a_lone_surrogate_is_refused_and_forwarded_as_it
     }
     assert await ingest.until_counted(election_id, ["s1"]) == {"s1": 1}
     await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+
+
+async def test_a_refused_ballot_fixed_and_republished_under_its_message_id_is_cast(
+    ingest: Ingest,
+) -> None:
+    """The documented repair, for a ballot of a multi-ballot message too, its own
+    idempotency_key included."""
+    election_id = await ingest.election(allow_revote=False)
+    many: dict[str, Any] = {
+        "election_id": str(election_id),
+        "ballots": [
+            {"voter_id": "f2", "choice": "maybe"},
+            {"voter_id": "f3", "choice": "maybe", "idempotency_key": "own-f3"},
+            {"voter_id": "f4", "choice": "yes"},
+        ],
+    }
+    await publish(
+        AMQP_URL, ingest.queue, [("fix-1", ballot(election_id, "f1", "maybe")), ("fix-m", many)]
+    )
+    refused = await take_all(ingest.queue + ".refused", 3)
+    assert {m.message_id for m in refused} == {"fix-1", "fix-m:0", "own-f3"}
+    fixed = [(str(m.message_id), {**orjson.loads(m.body), "choice": "yes"}) for m in refused]
+    answers = await cast_with_receipts(AMQP_URL, ingest.queue, fixed, within=20)
+    assert {key: answer.get("status") for key, answer in answers.items()} == dict.fromkeys(
+        ["fix-1", "fix-m:0", "own-f3"], "cast"
+    )
+    assert ingest.versions(election_id, ["f1", "f2", "f3", "f4"]) == dict.fromkeys(
+        ["f1", "f2", "f3", "f4"], 1
+    )
