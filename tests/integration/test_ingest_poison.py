@@ -8,6 +8,7 @@ from typing import Any
 
 import aio_pika
 import orjson
+import pamqp.common
 import pamqp.encode
 import pytest
 
@@ -79,17 +80,27 @@ def _undecodable(encoder: struct.Struct, value: str) -> bytes:
     return encoder.pack(len(raw)) + raw
 
 
+def _undecodable_names(value: dict[str, Any]) -> bytes:
+    """pamqp's field-table encoder, its names sent as ``_undecodable`` sends strings."""
+    fields = b"".join(
+        _undecodable(pamqp.common.Struct.byte, name) + pamqp.encode.encode_table_value(item)
+        for name, item in sorted(value.items())
+    )
+    return pamqp.common.Struct.integer.pack(len(fields)) + fields
+
+
 async def test_a_message_id_that_is_not_utf8_is_refused_and_costs_no_connection(
     ingest: Ingest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pamqp reads short strings as UTF-8: a 0xff byte in one failed the frame, and aiormq
-    closed the connection, again on each redelivery, until the delivery limit
-    dead-lettered the message with the batch around it."""
+    """pamqp reads short strings and header names as UTF-8: a 0xff byte in one failed the
+    frame, and aiormq closed the connection, again on each redelivery, until the delivery
+    limit dead-lettered the message with the batch around it."""
     election_id = await ingest.election(allow_revote=False)
     voters = [f"u{n}" for n in range(40)]
     good = [(f"u-{v}", ballot(election_id, v)) for v in voters]
     await publish(AMQP_URL, ingest.queue, good[:20])
     monkeypatch.setattr(pamqp.encode, "_string", _undecodable)
+    monkeypatch.setitem(pamqp.encode.METHODS, "table", _undecodable_names)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -100,6 +111,7 @@ async def test_a_message_id_that_is_not_utf8_is_refused_and_costs_no_connection(
                     message_id=key,
                     correlation_id="corr\udcfe",
                     reply_to=None if key.startswith("bad") else "nowhere\udcff",
+                    headers={"name\udcff": 1},
                 ),
                 routing_key=ingest.queue,
             )
