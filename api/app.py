@@ -28,6 +28,7 @@ from api.routes import (
     results,
     streams,
 )
+from api.schemas import BATCH_BODY_BYTES
 from api.streams import StreamHub
 from infra import batched_metrics
 from infra.audit.chain import Signer
@@ -35,8 +36,6 @@ from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
 from projections.positions import PositionWatcher
-
-BATCH_BODY_BYTES = 4 * 1024 * 1024
 
 
 def create_app(

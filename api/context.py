@@ -74,7 +74,7 @@ async def body(request: Request, model: type[M]) -> M:
         raise UnsupportedMediaType(
             f"send the body as JSON with Content-Type: application/json; got {kind or 'none'}"
         )
-    data = _parsed(raw)
+    data = json_document(raw)
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -122,23 +122,25 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-def _parsed(raw: bytes) -> Any:
+def json_document(raw: bytes, what: str = "the request body") -> Any:
+    """``raw`` read as one JSON document with unique keys, or MalformedBody saying what
+    ``what`` is not (the ingest queue reads its messages with it too)."""
     # Duplicate keys are refused: parsers disagree on which one wins, so a body that names
     # a field twice could mean one thing to a proxy or a log reader and another to us.
     try:
         return jiter.from_json(raw, catch_duplicate_keys=True, allow_inf_nan=False)
     except ValueError as error:
         if b"\\ud" not in raw.lower():
-            raise MalformedBody(f"the request body is not valid JSON: {error}") from None
+            raise MalformedBody(f"{what} is not valid JSON: {error}") from None
     # JSON that escapes a lone UTF-16 surrogate ("\ud800") is well-formed, but the fast
     # parser stops at it. Parsed leniently, validation names the field; as strictly as the
     # fast parser otherwise (no NaN or Infinity, no nesting deeper than Python's stack).
     try:
         return json.loads(raw, object_pairs_hook=_unique, parse_constant=_not_a_number)
     except RecursionError:
-        raise MalformedBody("the request body is not valid JSON: nested too deeply") from None
+        raise MalformedBody(f"{what} is not valid JSON: nested too deeply") from None
     except ValueError as error:
-        raise MalformedBody(f"the request body is not valid JSON: {error}") from None
+        raise MalformedBody(f"{what} is not valid JSON: {error}") from None
 
 
 def _not_a_number(name: str) -> Any:

@@ -63,6 +63,8 @@ IdempotencyKey = Annotated[
     Field(json_schema_extra={"pattern": PLAIN}),
 ]
 MAX_BATCH = 1000
+# The largest body of many ballots (the bulk path's, and a multi-ballot message's).
+BATCH_BODY_BYTES = 4 * 1024 * 1024
 
 
 def _choice(kind: type[StrEnum]) -> Any:

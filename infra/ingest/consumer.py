@@ -20,7 +20,6 @@ from typing import Any
 from uuid import UUID
 
 import aio_pika
-import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from api.problems import Faults, problem_of
@@ -30,8 +29,19 @@ from domain.election import Election
 from domain.errors import CardinalError, ConcurrentRevision
 from domain.voter import Voter
 from infra import metrics
-from infra.ingest.messages import Delivery, Item, identify, parse, stored_key
+from infra.ingest.messages import (
+    MAX_BALLOT_BYTES,
+    Delivery,
+    Item,
+    forwarded,
+    identify,
+    json_bytes,
+    parse,
+    stored_key,
+)
 from infra.ingest.queues import IngestQueues
+from infra.ingest.refusals import refusal_headers
+from infra.ingest.strings import SHORT_STR, sendable, tolerate_invalid_utf8
 from infra.runtime.voters import VoterKeys
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,7 @@ class Ingester:
         prefetch: int = 1000,
         batch: int = 5000,
         name: str = "cardinal ingest",
+        max_ballot_bytes: int = MAX_BALLOT_BYTES,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -68,6 +79,7 @@ class Ingester:
         self.prefetch = prefetch
         self.batch = batch
         self.name = name
+        self.max_ballot_bytes = max_ballot_bytes
         self.ready = asyncio.Event()
         # Never wait_for() on the inbox's get(): on Python 3.11 a timeout racing a delivery
         # can drop the message, and the next ack with multiple=True would ack it unseen.
@@ -78,6 +90,7 @@ class Ingester:
 
     async def run(self) -> None:
         """Consume forever; reconnect without help."""
+        tolerate_invalid_utf8()  # a message_id not UTF-8 must not cost the connection
         connection = await aio_pika.connect_robust(
             self.amqp_url, client_properties={"connection_name": self.name}
         )
@@ -112,7 +125,7 @@ class Ingester:
 
     async def _collect(self) -> list[Delivery]:
         """Wait for a message, then take what else is waiting, up to ``batch`` ballots."""
-        first = self._held or parse(await self._inbox.get())
+        first = self._held or parse(await self._inbox.get(), self.max_ballot_bytes)
         self._held = None
         batch, ballots = [first], first.ballots
         loop = asyncio.get_running_loop()
@@ -128,7 +141,7 @@ class Ingester:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 continue
-            delivery = parse(message)
+            delivery = parse(message, self.max_ballot_bytes)
             if ballots + delivery.ballots > self.batch:
                 self._held = delivery  # the next batch starts with it
                 break
@@ -226,7 +239,7 @@ class Ingester:
         for item in delivery.items:
             if item.problem is not None:
                 metrics.INGEST_REFUSED.labels(item.reason).inc()
-                body = orjson.dumps(item.raw) if delivery.multi else message.body
+                body = forwarded(item) if delivery.multi else message.body
                 publishes.append(self._refuse(dead, body, item.key, item.problem, message))
         if message.reply_to and message.correlation_id:
             publishes.append(self._reply(delivery, self._channel))
@@ -240,19 +253,14 @@ class Ingester:
         problem: dict[str, Any],
         original: AbstractIncomingMessage,
     ) -> None:
-        headers: dict[str, Any] = {
-            "x-refusal": problem["detail"],
-            "x-refusal-status": problem["status"],
-            "x-refusal-problem": orjson.dumps(problem).decode(),
-        }
         await dead.publish(
             aio_pika.Message(
                 body,
-                message_id=key,
-                correlation_id=original.correlation_id,
+                message_id=_sendable(key),
+                correlation_id=_sendable(original.correlation_id),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=headers,
+                headers=refusal_headers(problem),
             ),
             routing_key=self.queues.refused,
         )
@@ -272,11 +280,11 @@ class Ingester:
         assert channel is not None
         await channel.default_exchange.publish(
             aio_pika.Message(
-                orjson.dumps(body),
-                correlation_id=message.correlation_id,
+                json_bytes(body),
+                correlation_id=_sendable(message.correlation_id),
                 content_type=f"application/{kind}",
             ),
-            routing_key=message.reply_to,
+            routing_key=sendable(message.reply_to, SHORT_STR),
         )
 
     async def _watch_depth(self, channel: AbstractChannel) -> None:
@@ -288,6 +296,10 @@ class Ingester:
                     count = declared.declaration_result.message_count
                     metrics.INGEST_QUEUE_DEPTH.labels(name).set(count or 0)
             await asyncio.sleep(DEPTH_EVERY)
+
+
+def _sendable(text: str | None) -> str | None:
+    return None if text is None else sendable(text, SHORT_STR)
 
 
 def _castable(item: Item) -> tuple[Voter, dict[str, object], str]:

@@ -12,6 +12,7 @@ ballot sent over HTTP and over AMQP with the same key is one ballot.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,18 +23,21 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from api.problems import fault, problem_of
+from api.context import json_document
+from api.problems import MalformedBody, fault, problem_of
 from api.responses import problem_body
-from api.schemas import BallotIn, IdempotencyKey, VoterId
+from api.schemas import BATCH_BODY_BYTES, BallotIn, IdempotencyKey, VoterId
 from domain.application import Receipt
 from domain.election import Election
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
 from domain.rules import Eligibility
 from domain.voter import Voter
+from infra.runtime.settings import Settings
 from infra.runtime.voters import VoterKeys, request_key
 
 MAX_KEY = 255
 MAX_BALLOTS = 10_000  # in one multi-ballot message
+MAX_BALLOT_BYTES = Settings.max_body_bytes  # a message of one ballot, as HTTP's body
 
 
 class IngestBallot(BallotIn):
@@ -101,8 +105,10 @@ class Delivery:
         return len(self.items)
 
 
-def parse(message: AbstractIncomingMessage) -> Delivery:
-    """Read a message as ballots, each validated as the HTTP path validates a ballot."""
+def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_BYTES) -> Delivery:
+    """Read a message as ballots, each validated as the HTTP path validates a ballot: its
+    body as large as HTTP takes (``max_ballot_bytes`` for one ballot, BATCH_BODY_BYTES for
+    many), one JSON document with unique keys."""
     delivery = Delivery(message)
     key = message.message_id
     if not key or len(key) > MAX_KEY or not key.isprintable():
@@ -115,18 +121,9 @@ def parse(message: AbstractIncomingMessage) -> Delivery:
                 field="message_id",
             ),
         )
-    try:
-        body = orjson.loads(message.body)
-    except orjson.JSONDecodeError as error:
-        problem = problem_body(400, "Malformed JSON", f"the message body is not JSON: {error}")
-        delivery.problem, delivery.reason = problem, "malformed_json"
+    body = _body(delivery, max_ballot_bytes)
+    if body is None:
         return delivery
-    if not isinstance(body, dict):
-        return _refused(
-            delivery,
-            "invalid_request",
-            InvalidRequest("the message body must be a JSON object: a ballot, or {ballots: [...]}"),
-        )
     if "ballots" not in body:
         item = Item(body, key)
         _validate(item, IngestBallot, body)
@@ -154,6 +151,34 @@ def parse(message: AbstractIncomingMessage) -> Delivery:
         _validate(item, IngestBatchBallot, item.raw)
         delivery.items.append(item)
     return delivery
+
+
+def _body(delivery: Delivery, max_ballot_bytes: int) -> dict[str, Any] | None:
+    """The message's body, a JSON object; or None, the message refused."""
+    raw = delivery.message.body
+    if len(raw) > BATCH_BODY_BYTES:
+        _too_large(delivery, BATCH_BODY_BYTES, "a multi-ballot message")
+        return None
+    try:
+        body = json_document(raw, "the message body")
+    except MalformedBody as error:
+        if len(raw) > max_ballot_bytes:
+            _too_large(delivery, max_ballot_bytes, "a message of one ballot")
+        else:
+            delivery.problem = problem_body(400, "Malformed JSON", error.detail)
+            delivery.reason = "malformed_json"
+        return None
+    if len(raw) > max_ballot_bytes and not (isinstance(body, dict) and "ballots" in body):
+        _too_large(delivery, max_ballot_bytes, "a message of one ballot")
+        return None
+    if not isinstance(body, dict):
+        _refused(
+            delivery,
+            "invalid_request",
+            InvalidRequest("the message body must be a JSON object: a ballot, or {ballots: [...]}"),
+        )
+        return None
+    return body
 
 
 def _validate(item: Item, model: type[IngestBallot], raw: Any) -> None:
@@ -222,6 +247,30 @@ def _refused(delivery: Delivery, reason: str, error: CardinalError) -> Delivery:
     assert found is not None
     delivery.problem, delivery.reason = found, reason
     return delivery
+
+
+def _too_large(delivery: Delivery, limit: int, what: str) -> None:
+    detail = f"the message body is larger than {limit // 1024} KiB, the most {what} may be"
+    delivery.problem, delivery.reason = problem_body(413, "Payload too large", detail), "too_large"
+
+
+def forwarded(item: Item) -> bytes:
+    """The body a refused ballot of a multi-ballot message is forwarded with: the ballot as
+    a message of its own would carry it, to be fixed and republished under the message_id
+    it is forwarded with (its key, which a ballot's own ``idempotency_key`` was)."""
+    raw = item.raw
+    if isinstance(raw, dict) and raw.get("idempotency_key") == item.key:
+        raw = {name: value for name, value in raw.items() if name != "idempotency_key"}
+    return json_bytes(raw)
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON, where a string may hold a lone surrogate (a ``"\\ud800"`` the
+    message escaped, which orjson will not write): escaped again, as it came."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 def _reason(error: Exception) -> str:

@@ -1,8 +1,9 @@
 """The ingest queue and what surrounds it, all durable.
 
 <INGEST_QUEUE>              quorum queue of ballots (default <namespace>.votes.aggregation)
-<INGEST_QUEUE>.dead-letter  direct exchange: the broker dead-letters a message there after
-                            DELIVERY_LIMIT deliveries (a consumer that crashes on it each time)
+<INGEST_QUEUE>.dead-letter  direct exchange: the broker dead-letters a message there once it
+                            was returned more than DELIVERY_LIMIT times (unacked when its
+                            consumer's channel closed, for whatever reason, or nacked)
 <INGEST_QUEUE>.refused      quorum queue where refused and dead-lettered messages wait for an
                             operator; a refusal carries the problem's detail in `x-refusal`
 """
@@ -16,9 +17,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-# Deliveries of one message before the broker dead-letters it: a message that kills the
-# consumer each time it is read must not loop forever. Refusals never get here: they are
-# acked and forwarded explicitly.
+# Returns of one message before the broker dead-letters it: a message that kills the
+# consumer each time it is read must not loop forever. Every return counts (RabbitMQ 3.10
+# quorum queues), a consumer killed or a broker restarted too, so a batch caught in many of
+# those in a row lands in the refused queue: republishing it is safe (message_id).
+# Refusals never get here: they are acked and forwarded explicitly.
 DELIVERY_LIMIT = 10
 # Ready messages the queue holds before it refuses publishes (the publisher's confirm is
 # then a nack): a bounded backlog rather than a broker out of memory.

@@ -29,6 +29,7 @@ def ingester(settings: Settings, app: VotingApplication, keys: VoterKeys) -> Ing
         prefetch=settings.ingest_prefetch,
         batch=settings.ingest_batch,
         name=f"{settings.namespace} ingest",
+        max_ballot_bytes=settings.max_body_bytes,
     )
 
 

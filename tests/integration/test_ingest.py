@@ -257,7 +257,7 @@ async def test_poison_messages_are_refused_with_the_problem_and_not_redelivered(
     assert set(by_id) == {key for key, _ in poison} | {"bad\x01id"}
     details = {key: str(m.headers["x-refusal"]) for key, m in by_id.items()}
     statuses = {key: m.headers["x-refusal-status"] for key, m in by_id.items()}
-    assert "not JSON" in details["p-json"]
+    assert "not valid JSON" in details["p-json"]
     assert statuses["p-unknown"] == 404
     assert statuses["p-closed"] == 409
     assert statuses["p-again"] == 409
