@@ -181,6 +181,7 @@ def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
             "CardinalSetAsideEvents",
             "CardinalIngestBacklog",
             "CardinalIngestRefusals",
+            "CardinalIngestRefusedWaiting",
             "CardinalStoreRefusingBallots",
         } <= alerts
     used = _metric_names(text)
