@@ -234,7 +234,7 @@ async def test_a_voter_token_reads_only_the_election_it_was_issued_for(
     client_election = await voting.open_election()
     for path in (f"/api/elections/{client_election}", f"/api/elections/{client_election}/results"):
         response = await http.get(path, headers=bearer(token))
-        assert_problem(response, 403, "valid only in the token election it was issued for")
+        assert_problem(response, 403, "this voter token was not issued for this election")
     response = await http.get("/api/elections", headers=bearer(token))
     assert_problem(response, 403, "a voter token reads only the election it was issued for")
 
