@@ -39,11 +39,12 @@ if TYPE_CHECKING:
     from domain.tabulation.statistics import Tally
 
 # Pairs examined, each weighed by the options a lock updates (a pair of 100 options costs
-# 20 times one of 5): a fraction of a second of search at most, whatever the size (100
-# options, random rankings: 0.4 s in all here, where a budget of pairs alone took 2.4 s on
-# the event loop). Counted, never timed, so that every run (the API's, an auditor's
-# replay) reaches the same result.
-SEARCH_BUDGET = 500_000
+# 20 times one of 5): half a second of search at most, whatever the size (100 options,
+# random rankings: 0.5 s in all here, where a budget of pairs alone took 2.4 s on the
+# event loop), and up to 10 options as much search as a budget of 100,000 pairs gave
+# (review helper-47: less made some 8-10 option elections inexact). Counted, never timed,
+# so that every run (the API's, an auditor's replay) reaches the same result.
+SEARCH_BUDGET = 1_000_000
 
 Pair = tuple[int, int]
 Reach = tuple[int, ...]  # reach[u]: bitmask of the options that u beats through locked pairs
