@@ -79,6 +79,20 @@ def _unreachable_database(error: Exception) -> str | None:
     )
 
 
+def _missing_table(error: Exception) -> str:
+    said = _first_line(error)
+    if "read_models." in said or "proj_" in said:  # (migrations make every other table)
+        return (
+            f"[red]the read models are not built yet ({said}):[/red] start the projections "
+            "(`cardinal serve`, or `cardinal project`) and run this again once they have "
+            "caught up"
+        )
+    return (
+        f"[red]the database lacks a table Cardinal Vote needs ({said}):[/red] "
+        "if it was never migrated, run `cardinal migrate` against it first"
+    )
+
+
 def _unusable_file(error: Exception) -> str | None:
     assert isinstance(error, OSError)
     if error.filename is None:
@@ -90,13 +104,7 @@ _STOPS: tuple[tuple[type[Exception], Callable[[Exception], str | None]], ...] = 
     (SettingsError, lambda e: f"[red]configuration error:[/red] {escape(str(e))}"),
     (MigrationsPending, lambda e: f"[red]{escape(str(e))}[/red]"),
     (PortInUse, lambda e: f"[red]cannot start:[/red] {escape(str(e))}"),
-    (
-        psycopg.errors.UndefinedTable,
-        lambda e: (
-            f"[red]the database lacks a table Cardinal Vote needs ({_first_line(e)}):[/red] "
-            "if it was never migrated, run `cardinal migrate` against it first"
-        ),
-    ),
+    (psycopg.errors.UndefinedTable, _missing_table),
     (psycopg.OperationalError, _unreachable_database),
     (OSError, _unusable_file),
     (  # an API or broker that is not there

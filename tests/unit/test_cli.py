@@ -188,3 +188,20 @@ def test_an_unknown_log_level_is_a_configuration_error_naming_the_levels(
     err = " ".join(capsys.readouterr().err.split())
     assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got 'VERBOSE'" in err
     assert "Traceback" not in err
+
+
+def test_a_read_model_not_built_yet_is_not_called_a_missing_migration() -> None:
+    """`audit verify` on a migrated database whose projections never ran told the
+    operator to migrate it (review helper-40)."""
+    import psycopg
+
+    from infra.cli import _stopped_by
+
+    said = _stopped_by(
+        psycopg.errors.UndefinedTable('relation "read_models.tally_elections" does not exist')
+    )
+    assert said is not None
+    assert "the read models are not built yet" in said
+    other = _stopped_by(psycopg.errors.UndefinedTable('relation "cardinal_events" does not exist'))
+    assert other is not None
+    assert "cardinal migrate" in other
