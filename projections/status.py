@@ -81,7 +81,12 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
                 "position": done,
                 "head": target,
                 "events_per_second": round(rate, 1),
-                "eta_seconds": round(max(0, target - done) / rate, 1) if rate else None,
+                # (none for a rebuild that is not running: it will not finish)
+                "eta_seconds": (
+                    round(max(0, target - done) / rate, 1)
+                    if rate and state == "rebuilding"
+                    else None
+                ),
                 "started_at": rebuild_started.isoformat() if rebuild_started else None,
             }
         found.append(entry)

@@ -82,17 +82,22 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
     table = Table(title="Projections")
     columns = ("name", "version", "state", "position", "head", "lag", "dead-lettered", "set aside")
     for column in columns:
-        table.add_column(column, justify="right" if column not in ("name", "state") else "left")
+        table.add_column(
+            column, justify="right" if column not in ("name", "state") else "left", no_wrap=True
+        )
     table.add_column("rebuild / detail")
+    said: list[str] = []  # why a projection is not live, under the table (any width)
     for entry in found:
         colour = {"live": "green", "rebuilding": "yellow"}.get(entry["state"], "red")
         rebuild = entry["rebuild"]
         note = (
             f"v{rebuild['version']} at {rebuild['position']:,}/{rebuild['head']:,}, "
             f"{rebuild['events_per_second']:,.0f}/s"
-            if rebuild
+            if rebuild and entry["state"] == "rebuilding"
             else (entry["detail"] or "")
         )
+        if entry["state"] != "live" and entry["detail"]:
+            said.append(f"[{colour}]{entry['name']} ({entry['state']})[/]: {entry['detail']}")
         table.add_row(
             entry["name"],
             str(entry["version"]),
@@ -105,6 +110,8 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
             note,
         )
     console.print(table)
+    for line in said:
+        console.print(line)
     return 0 if all(entry["state"] == "live" for entry in found) else 1
 
 

@@ -7,6 +7,7 @@ import re
 
 import httpx
 import psycopg
+import pytest
 
 from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import CLIENT, OPERATOR
@@ -135,3 +136,33 @@ async def test_rebuild_progress_is_a_metric_wherever_the_rebuild_runs(
     assert 'cardinal_rebuild_position{projection="statistics"} 1234.0' in text
     assert 'cardinal_rebuild_events_per_second{projection="statistics"} 5678.0' in text
     assert 'cardinal_rebuild_position{projection="tally"} 0.0' in text
+
+
+async def test_a_failed_rebuild_shows_why_and_promises_no_end(
+    fresh_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cardinal projections` showed a dead rebuild's last progress, not why it failed,
+    and --json gave it an ETA (review helper-40)."""
+    from infra.cli.operate import print_status
+    from infra.store.migrations import migrate
+    from projections.status import projection_status
+
+    migrate(fresh_database_url)
+    reason = "rebuild of version 2 was interrupted: its process was stopped"
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO projections (name, active_version, building_version, state, detail, "
+            "rebuild_started_at, rebuild_position, rebuild_head, rebuild_rate) "
+            "VALUES ('tally', 1, 2, 'failed', %s, now(), 10, 100, 5.0) "
+            "ON CONFLICT (name) DO UPDATE SET active_version = 1, building_version = 2, "
+            "state = 'failed', detail = excluded.detail, rebuild_position = 10, "
+            "rebuild_head = 100, rebuild_rate = 5.0",
+            (reason,),
+        )
+    async with await psycopg.AsyncConnection.connect(fresh_database_url) as conn:
+        tally = {p["name"]: p for p in await projection_status(conn)}["tally"]
+    assert tally["state"] == "failed"
+    assert tally["rebuild"]["eta_seconds"] is None
+    assert await print_status(fresh_database_url, as_json=False) == 1
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "interrupted" in shown
