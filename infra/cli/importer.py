@@ -6,7 +6,10 @@ was recorded and what was refused, and why. Each ballot carries an idempotency k
 its voter and its content, keyed by the client token, so running the same import again with
 the same token records nothing twice. If the
 API stops answering, the import waits up to PATIENCE seconds for it, then stops and says how
-many ballots it did not send: running it again sends them.
+many ballots it did not send: running it again with the same token sends them. A ballot
+refused for a reason that says nothing about it (the API failing, busy, or racing another
+change to the voter's ballot) keeps its voter's later ballots unsent, so that they do not
+overtake it when it is sent again.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ssl
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +31,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from domain.application import MAX_BALLOTS_PER_VOTER
 from domain.cvr import MarkRules, Then
+from domain.errors import ConcurrentRevision
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
 from infra.cli.ballot_files import FileBallot, NeedsSource, Reading, read_ballots
 from infra.cli.environment import Commands, positive_int, run_until_interrupted
@@ -113,7 +118,8 @@ def add_commands(sub: Commands) -> None:
     )
     parser.set_defaults(
         command=run,
-        interrupted="running the same import again resumes it (it records nothing twice)",
+        interrupted="running the same import again with the same token resumes it (it "
+        "records nothing twice)",
     )
 
 
@@ -198,9 +204,6 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     if args.write_in == REFUSE and reading.unknown:
         _unknown_names(args.file, reading, options)
         return 2
-    tally = Counter[str]()
-    refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
-    stopped: list[str] = []  # why the import stopped before the end
     started = time.perf_counter()
     with Progress(
         TextColumn(f"importing {args.file.name}"),
@@ -212,22 +215,20 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     ) as bar:
         task = bar.add_task("import", total=len(ballots), rate="")
 
-        def settle(ballot: FileBallot, outcome: str) -> None:
-            tally[outcome] += 1
-            if not outcome.startswith("recorded"):
-                refusals.append((ballot.line, outcome))
-            done = sum(tally.values())
+        def progress(done: int) -> None:
             rate = done / (time.perf_counter() - started)
             bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
+
+        outcomes = _Outcomes(progress)
+        stopped: list[str] = []  # why the import stopped before the end
 
         async def worker(lane: list[FileBallot]) -> None:
             connection = args.connect()
             try:
-                for start in range(0, len(lane), args.batch):
+                for batch in _batches(lane, args.batch, outcomes):
                     if stopped:
                         return
-                    batch = lane[start : start + args.batch]
-                    await _post(connection, args.election, batch, settle, args.patience)
+                    await _post(connection, args.election, batch, outcomes, args.patience)
             except Unreachable as error:
                 stopped.append(str(error))
             finally:
@@ -236,16 +237,60 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
         lanes = _lanes(ballots, max(1, args.concurrency))
         await asyncio.gather(*(worker(lane) for lane in lanes if lane))
     seconds = time.perf_counter() - started
-    _summary(args.file, tally, reading, len(ballots), seconds)
-    _refusals(args.file, refusals)
-    if stopped:
-        unsent = len(ballots) - sum(tally.values())
+    _summary(args.file, outcomes.tally, reading, len(ballots), seconds)
+    _refusals(args.file, outcomes.refusals)
+    unsent = len(ballots) - sum(outcomes.tally.values())
+    if stopped or unsent or outcomes.passing:
+        said = f"stopped: {escape(stopped[0])}; " if stopped else ""
+        said += f"{unsent:,} ballots were not sent"
+        if outcomes.passing:
+            said += (
+                f" ({outcomes.withheld:,} of them held back behind an earlier ballot of their "
+                f"voter), and {outcomes.passing:,} were refused for a reason that says nothing "
+                "about them (listed above)"
+            )
         console.print(
-            f"[red]stopped: {escape(stopped[0])}; {unsent:,} ballots were not sent. Run the "
-            "same import again to send them (ballots already recorded are replayed, never "
-            "counted twice).[/red]"
+            f"[red]{said}. Run the same import again with the same token to send them "
+            "(ballots already recorded are replayed, never counted twice; with another token "
+            "every ballot would be sent as a new one).[/red]"
         )
-    return 1 if refusals or stopped else 0
+    return 1 if outcomes.refusals or stopped or unsent else 0
+
+
+class _Outcomes:
+    """What became of an import's ballots: recorded, refused (by line of the file), or not
+    sent. A ballot refused for a reason that says nothing about it (``fail``) will be sent
+    again by the next run; its voter's later ballots are then not sent in this one (their
+    voter is in ``failed``), since recorded first, they would be revised by it."""
+
+    def __init__(self, progress: Callable[[int], None]) -> None:
+        self.tally = Counter[str]()
+        self.refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
+        self.failed: set[str] = set()  # voters with a ballot refused for a passing reason
+        self.passing = 0  # ballots refused for a passing reason
+        self.withheld = 0  # ballots not sent, held back behind one of those
+        self._progress = progress
+
+    def settle(self, ballot: FileBallot, outcome: str) -> None:
+        self.tally[outcome] += 1
+        if not outcome.startswith("recorded"):
+            self.refusals.append((ballot.line, outcome))
+        self._progress(sum(self.tally.values()) + self.withheld)
+
+    def fail(self, ballot: FileBallot, outcome: str) -> None:
+        """A refusal that says nothing about the ballot: it is to be sent again, first."""
+        self.passing += 1
+        self.failed.add(_voter(ballot))
+        self.settle(ballot, outcome)
+
+    def withhold(self, ballot: FileBallot) -> None:
+        """A ballot not sent: an earlier one of its voter is to be sent again first."""
+        self.withheld += 1
+        self._progress(sum(self.tally.values()) + self.withheld)
+
+
+def _voter(ballot: FileBallot) -> str:
+    return str(ballot.body.get("voter_id"))
 
 
 def _lanes(ballots: list[FileBallot], count: int) -> list[list[FileBallot]]:
@@ -256,22 +301,42 @@ def _lanes(ballots: list[FileBallot], count: int) -> list[list[FileBallot]]:
     an earlier one still in flight in another, and the earlier would then revise it.)"""
     lanes: list[list[FileBallot]] = [[] for _ in range(count)]
     for ballot in ballots:
-        voter = str(ballot.body.get("voter_id")).encode()
-        lanes[zlib.crc32(voter) % count].append(ballot)
+        lanes[zlib.crc32(_voter(ballot).encode()) % count].append(ballot)
     return lanes
+
+
+def _batches(lane: list[FileBallot], size: int, outcomes: _Outcomes) -> Iterator[list[FileBallot]]:
+    """A lane's ballots in batches of up to ``size``, each taken when the one before it is
+    settled: a ballot whose voter has one refused for a passing reason is withheld, and a
+    batch ends before it would hold more than MAX_BALLOTS_PER_VOTER ballots of one voter
+    (the API refuses the rest, 422)."""
+    batch: list[FileBallot] = []
+    each = Counter[str]()
+    for ballot in lane:
+        voter = _voter(ballot)
+        if len(batch) == size or each[voter] == MAX_BALLOTS_PER_VOTER:
+            yield batch
+            batch, each = [], Counter()
+        if voter in outcomes.failed:
+            outcomes.withhold(ballot)
+            continue
+        batch.append(ballot)
+        each[voter] += 1
+    if batch:
+        yield batch
 
 
 async def _post(
     connection: LeanConnection,
     election_id: str,
     batch: list[FileBallot],
-    settle: Callable[[FileBallot, str], None],
+    outcomes: _Outcomes,
     patience: float = PATIENCE,
 ) -> None:
     """Post one batch, and settle each ballot's outcome ('recorded: cast', or the refusal).
-    A ballot refused for a passing reason (503: busy, the store away, held back behind one
-    such) is sent again; the same keys again record nothing twice. Raises Unreachable when
-    ``patience`` seconds pass without a ballot settled."""
+    A ballot refused with 503 (busy, the store away, held back behind one such) is sent
+    again; the same keys again record nothing twice. Raises Unreachable when ``patience``
+    seconds pass without a ballot settled."""
     path = f"/api/elections/{election_id}/ballots/batch"
     pending = batch
     deadline = time.monotonic() + patience
@@ -290,7 +355,7 @@ async def _post(
             reason = f"the API did not answer ({error or type(error).__name__})"
         else:
             if reply.status == 200:
-                again, reason = _settled(pending, reply.json()["results"], settle)
+                again, reason = _settled(pending, reply.json()["results"], outcomes)
                 if not again:
                     return
                 if len(again) < len(pending):
@@ -299,9 +364,12 @@ async def _post(
             elif reply.status == 503:  # the whole request: busy, or the store away
                 reason = _said(reply)
                 wait = _retry_after(reply)
-            else:
+            else:  # the whole request refused: a proxy's 502, a rate limit, a bad token
+                refused = (
+                    outcomes.fail if _passing(reply.status, _title(reply)) else outcomes.settle
+                )
                 for ballot in pending:
-                    settle(ballot, _said(reply))
+                    refused(ballot, _said(reply))
                 return
         if time.monotonic() + wait > deadline:
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
@@ -319,21 +387,42 @@ def _retry_after(reply: Reply) -> float:
 
 
 def _settled(
-    pending: list[FileBallot],
-    results: list[dict[str, Any]],
-    settle: Callable[[FileBallot, str], None],
+    pending: list[FileBallot], results: list[dict[str, Any]], outcomes: _Outcomes
 ) -> tuple[list[FileBallot], str]:
-    """Settle each ballot a bulk answer decided; those refused for a passing reason (503)
-    are to be sent again, with the last such reason."""
+    """Settle each ballot a bulk answer decided; those refused with 503 are to be sent
+    again (with the last such reason), unless an earlier ballot of their voter was refused
+    for another passing reason (a fault): they then wait for it, not sent."""
     again: list[FileBallot] = []
     reason = ""
     for ballot, result in zip(pending, results, strict=True):
-        if "ballot_id" not in result and result.get("status") == 503:
+        status = result.get("status")
+        if "ballot_id" in result or not isinstance(status, int):
+            outcomes.settle(ballot, _outcome(result))
+        elif status == 503 and _voter(ballot) in outcomes.failed:
+            outcomes.withhold(ballot)  # held back behind its voter's failed ballot
+        elif status == 503:
             again.append(ballot)
             reason = f"503: {result.get('detail', '')}"
+        elif _passing(status, str(result.get("title", ""))):
+            outcomes.fail(ballot, _outcome(result))
         else:
-            settle(ballot, _outcome(result))
+            outcomes.settle(ballot, _outcome(result))
     return again, reason
+
+
+def _passing(status: int, title: str) -> bool:
+    """A refusal that says nothing about the ballot (the API, or a proxy before it, failing
+    or busy; another change to the voter's ballot racing it): sent again, it may be
+    recorded. (Invalid, already voted, the election closed, not eligible: it will not.)"""
+    return status >= 500 or status == 429 or (status == 409 and title == ConcurrentRevision.title)
+
+
+def _title(reply: Reply) -> str:
+    try:
+        document = reply.json()
+    except ValueError:
+        return ""
+    return str(document.get("title", "")) if isinstance(document, dict) else ""
 
 
 def _said(reply: Reply) -> str:

@@ -36,6 +36,13 @@ async def _counted(voting: VotingClient, election_id: str, position: int) -> Any
     return (await voting.results(election_id, min_position=position)).json()
 
 
+async def _votes(voting: VotingClient, election_id: str) -> dict[str, int]:
+    """Each option's votes, once every ballot in the log is counted."""
+    events = await voting.audit_events()
+    body = await _counted(voting, election_id, max(e["position"] for e in events))
+    return {o["id"]: o["votes"] for o in body["options"]}
+
+
 async def test_a_batch_records_each_ballot_on_its_own(
     voting: VotingClient, http: httpx.AsyncClient
 ) -> None:
@@ -492,3 +499,125 @@ async def test_a_reused_key_in_a_batch_names_the_ballots_field(
     )
     assert results[1]["status"] == 422
     assert results[1]["field"] == "ballots[1].idempotency_key"
+
+
+async def test_cardinal_import_sends_at_most_16_ballots_of_a_voter_in_one_request(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """The API refuses a voter's 17th and later ballots of one request (422): sent in one
+    batch of 1,000, they could never be recorded, and the 16th counted (review helper-47)."""
+    election_id = await voting.open_election("plurality", allow_revote=True)
+    ballots = tmp_path / "keen.jsonl"
+    ballots.write_text(
+        "".join(f'{{"voter_id": "keen", "choice": "{"ab"[n % 2]}"}}\n' for n in range(19))
+        + '{"voter_id": "keen", "choice": "c"}\n'
+    )
+    code, said = await _cardinal(
+        "import", str(ballots), "--election", election_id, "--url", api_url, "--token", CLIENT
+    )
+    assert code == 0, said
+    events = [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    assert len(events) == 20
+    assert await _votes(voting, election_id) == {"a": 0, "b": 0, "c": 1}
+
+
+async def test_cardinal_import_sends_no_later_ballot_of_a_voter_whose_earlier_one_failed(
+    voting: VotingClient,
+    http: httpx.AsyncClient,
+    api_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A voter's ballot refused for a reason that says nothing about it (a fault, 500)
+    holds back their later one (503, "send both again, in order"). Sent again alone, the
+    later one was recorded, and the next run recorded the earlier one after it, as a
+    revision: the older vote counted (review helper-47)."""
+    election_id = await voting.open_election("plurality", allow_revote=True)
+    await _batch(http, election_id, [{"voter_id": "mover", "choice": "a"}])
+    lines = [
+        '{"voter_id": "mover", "choice": "b"}',  # a revision: it reads the ballot back
+        '{"voter_id": "other", "choice": "a"}',
+        '{"voter_id": "mover", "choice": "c"}',  # the vote that is to count
+    ]
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text("\n".join(lines) + "\n")
+    command = ("import", str(ballots), "--election", election_id, "--url", api_url)
+    reading = GroupCommitWriter.load_ballot
+    faults = 0
+
+    async def failing_once(self: GroupCommitWriter, ballot_id: uuid.UUID) -> Any:
+        nonlocal faults
+        if faults == 0:
+            faults += 1
+            raise RuntimeError("bug")
+        return await reading(self, ballot_id)
+
+    monkeypatch.setattr(GroupCommitWriter, "load_ballot", failing_once)
+    code, said = await _cardinal(*command, "--token", CLIENT)
+    monkeypatch.undo()
+    votes = [
+        e["data"]["vote"]["choice"]
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    assert sorted(votes) == ["a", "a"]  # mover's first ballot, other's: not mover's c
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert faults == 1
+    assert "line 1: 500:" in flat
+    assert "line 3" not in flat
+    assert "1 ballots were not sent" in flat
+    assert "Run the same import again with the same token" in flat
+    code, said = await _cardinal(*command, "--token", CLIENT)
+    assert code == 0, said
+    assert await _votes(voting, election_id) == {"a": 1, "b": 0, "c": 1}
+
+
+async def test_cardinal_import_sends_no_later_ballot_after_a_request_failed(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """A whole request refused by a proxy (502) settled its ballots as refused, and the
+    import went on to send their voters' later ballots (review helper-47)."""
+    election_id = await voting.open_election("plurality", allow_revote=True)
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text('{"voter_id": "v", "choice": "a"}\n{"voter_id": "v", "choice": "b"}\n')
+    command = ("import", str(ballots), "--election", election_id, "--token", CLIENT)
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
+        proxy = _FirstPostFails(api, connections=1, positions=[])
+        server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
+        async with server:
+            where = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            code, said = await _cardinal(*command, "--url", where, "--batch", "1")
+    assert not [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert "line 1: 502: Bad Gateway" in flat
+    assert "1 ballots were not sent" in flat
+    code, said = await _cardinal(*command, "--url", api_url)
+    assert code == 0, said
+    assert await _votes(voting, election_id) == {"a": 0, "b": 1, "c": 0}
+
+
+class _FirstPostFails(_Overtaking):
+    """A proxy that answers the first POST itself, 502, as a gateway whose upstream
+    failed does, and forwards the rest (one at a time, in order, with one connection)."""
+
+    failed = False
+
+    async def _forward(self, head: bytes, body: bytes) -> bytes:
+        if head.startswith(b"POST") and not self.failed:
+            self.failed = True
+            page = b"Bad Gateway"
+            return (
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: " + str(len(page)).encode() + b"\r\n\r\n" + page
+            )
+        return await super()._forward(head, body)
