@@ -1,4 +1,5 @@
-"""AMQP short strings that are not UTF-8, read without losing the connection.
+"""AMQP short strings that are not UTF-8 (and other frames pamqp cannot decode: a timestamp
+past year 9999, tables nested hundreds deep), read without losing the connection.
 
 A publisher may put any bytes in a message's ``message_id``, ``correlation_id`` or
 ``reply_to`` (AMQP's short strings), or in the name of one of its headers (RabbitMQ passes
@@ -14,12 +15,15 @@ text any encoder takes, where we send it on.
 
 from __future__ import annotations
 
+import datetime
 import struct
 
 from pamqp import common, decode
 
 _original_short_str = decode.short_str
 _original_field_table = decode.field_table
+_original_timestamp = decode.timestamp
+NEVER = datetime.datetime.max.replace(tzinfo=datetime.UTC)  # a timestamp past year 9999
 
 
 def _short_str(value: bytes) -> tuple[int, str]:
@@ -38,7 +42,7 @@ def _field_table(value: bytes) -> tuple[int, common.FieldTable]:
     try:
         length = common.Struct.integer.unpack(value[0:4])[0]
         offset = 4
-        data = {}
+        data: common.FieldTable = {}
         field_table_end = offset + length
         if field_table_end > len(value):
             raise ValueError("Field table length exceeds available data")
@@ -49,12 +53,26 @@ def _field_table(value: bytes) -> tuple[int, common.FieldTable]:
                 raise ValueError("Field table key length exceeds data")
             key = value[offset : offset + key_length].decode("utf-8", "surrogateescape")
             offset += key_length
-            consumed, result = decode.embedded_value(value[offset:])
+            try:
+                consumed, result = decode.embedded_value(value[offset:])
+            except RecursionError:  # tables nested hundreds deep: skip this table's rest
+                return field_table_end, data
             offset += consumed
             data[key] = result
         return field_table_end, data
     except (struct.error, TypeError) as err:
         raise ValueError("Could not unpack data") from err
+
+
+def _timestamp(value: bytes) -> tuple[int, datetime.datetime]:
+    """pamqp's ``decode.timestamp`` (4.0.1), with a time past year 9999 (which Python's
+    datetime cannot hold: a ValueError, and aiormq drops the connection) as NEVER."""
+    try:
+        return _original_timestamp(value)
+    except (ValueError, OverflowError, OSError):
+        if len(value) < 8:
+            raise
+        return 8, NEVER
 
 
 def tolerate_invalid_utf8() -> None:
@@ -67,6 +85,8 @@ def tolerate_invalid_utf8() -> None:
         (decode.METHODS, "shortstr", _original_short_str, _short_str),
         (decode.METHODS, "table", _original_field_table, _field_table),
         (decode.TABLE_MAPPING, b"F", _original_field_table, _field_table),
+        (decode.METHODS, "timestamp", _original_timestamp, _timestamp),
+        (decode.TABLE_MAPPING, b"T", _original_timestamp, _timestamp),
     )
     for mapping, name, original, lenient in replaced:
         current: object = mapping[name]  # type: ignore[index]

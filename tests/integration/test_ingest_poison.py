@@ -205,3 +205,80 @@ async def test_a_refused_ballot_fixed_and_republished_under_its_message_id_is_ca
     assert ingest.versions(election_id, ["f1", "f2", "f3", "f4"]) == dict.fromkeys(
         ["f1", "f2", "f3", "f4"], 1
     )
+
+
+def _short(value: bytes) -> bytes:
+    return bytes([len(value)]) + value
+
+
+def _table(fields: bytes) -> bytes:
+    return struct.pack(">I", len(fields)) + fields
+
+
+def _nested(depth: int) -> bytes:
+    inner = _table(b"")
+    for _ in range(depth):
+        inner = _table(b"\x01aF" + inner)
+    return inner
+
+
+def _properties(message_id: bytes, *, headers: bytes | None, timestamp: int | None) -> bytes:
+    """A content header's properties as raw bytes (what pamqp would refuse to encode)."""
+    flags, out = 0, b""
+    if headers is not None:
+        flags |= 1 << 13
+        out += headers
+    flags |= 1 << 12
+    out += b"\x02"  # persistent
+    flags |= 1 << 7
+    out += _short(message_id)
+    if timestamp is not None:
+        flags |= 1 << 6
+        out += struct.pack(">Q", timestamp)
+    return struct.pack(">H", flags) + out
+
+
+@pytest.mark.parametrize(
+    ("case", "raw"),
+    [
+        ("timestamp", _properties(b"p-ts", headers=None, timestamp=2**64 - 1)),
+        (
+            "header-timestamp",
+            _properties(
+                b"p-hts", headers=_table(b"\x01tT" + struct.pack(">Q", 2**64 - 1)), timestamp=None
+            ),
+        ),
+        ("nested-headers", _properties(b"p-nest", headers=_nested(1500), timestamp=None)),
+    ],
+)
+async def test_a_header_pamqp_cannot_decode_costs_no_connection(
+    ingest: Ingest, case: str, raw: bytes
+) -> None:
+    """A timestamp past year 9999, or headers nested 1,500 deep, made pamqp fail the content
+    header (ValueError, RecursionError): the connection dropped at every delivery, ingest
+    stalled for a minute and counted neighbours went to .refused (review helper-49)."""
+    import aiormq
+    from pamqp import commands
+
+    class Raw(commands.Basic.Properties):
+        def marshal(self) -> bytes:
+            return raw
+
+    election_id = await ingest.election(allow_revote=False)
+    voters = [f"g{n}" for n in range(20)]
+    await publish(AMQP_URL, ingest.queue, [(f"g-{v}", ballot(election_id, v)) for v in voters[:10]])
+    connection = await aiormq.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.confirm_delivery()
+        body = orjson.dumps(ballot(election_id, f"poison-{case}"))
+        await channel.basic_publish(body, routing_key=ingest.queue, properties=Raw())
+    finally:
+        await connection.close()
+    await publish(AMQP_URL, ingest.queue, [(f"g-{v}", ballot(election_id, v)) for v in voters[10:]])
+    everyone = [*voters, f"poison-{case}"]
+    counted = await until(
+        lambda: ingest.versions(election_id, everyone), lambda v: len(v) == len(everyone), within=20
+    )
+    assert counted == dict.fromkeys(everyone, 1)  # (it is a ballot like any other)
+    assert await queue_depth(ingest.queue + ".refused") == 0
