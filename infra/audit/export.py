@@ -57,15 +57,27 @@ async def export(
     events, where to check a signed head and where to compare results. The file is written
     under another name and renamed once complete: an export that fails or is interrupted
     leaves no file behind (nor replaces an earlier one) that could pass for a whole export.
+    A pipe or a device is written to directly, and a symbolic link's target replaced.
     """
-    partial = output.with_name(output.name + ".partial")
+    target, renamed = _where(output)
+    if not renamed:
+        return await _write(database_url, target, signer, progress)
+    partial = target.with_name(target.name + ".partial")
     try:
         count = await _write(database_url, partial, signer, progress)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(output)
+    partial.replace(target)
     return count
+
+
+def _where(output: Path) -> tuple[Path, bool]:
+    """Where to write (a symbolic link's target, not the link), and whether under another
+    name first: not a pipe or a device (/dev/stdout), which cannot be renamed onto; whoever
+    reads one sees where the export ends by its signed head."""
+    target = output.resolve()
+    return target, not (target.exists() and not target.is_file())
 
 
 async def _write(database_url: str, output: Path, signer: Signer | None, progress: Any) -> int:

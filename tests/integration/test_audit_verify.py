@@ -810,3 +810,25 @@ def test_an_election_the_log_does_not_hold_is_not_verified(store: str, tmp_path:
     with pytest.raises(Discrepancy) as found:
         asyncio.run(verify_database(store, public_keys=KEYS, election=unknown, validate=True))
     assert found.value.position == target
+
+
+def test_an_export_writes_through_a_link_and_into_a_pipe(store: str, tmp_path: Path) -> None:
+    """Written under another name and renamed, an export replaced a symbolic link given as
+    --output with a file, and a pipe's reader got nothing (review helper-49)."""
+    real = tmp_path / "real.ndjson"
+    real.write_text("before\n")
+    link = tmp_path / "link.ndjson"
+    link.symlink_to(real)
+    asyncio.run(export(store, link, SIGNER))
+    assert link.is_symlink()
+    verify_file(real, election=None, validate=True)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    copy = tmp_path / "copy.ndjson"
+    reader = subprocess.Popen(["cp", str(pipe), str(copy)])
+    try:
+        asyncio.run(export(store, pipe, SIGNER))
+    finally:
+        reader.wait(timeout=60)
+    assert not pipe.is_file()
+    verify_file(copy, election=None, validate=True)
