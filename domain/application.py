@@ -298,8 +298,9 @@ class VotingApplication(Application[UUID]):
     ) -> Receipt:
         """Withdraw a voter's ballot, where the election allows changing a cast ballot."""
         election = await self._taking_ballots(election_id)
+        election.check_eligible(voter.credential)  # (first: a token not on the roll learns
         existing = await self.writer.load_ballot(ballot_id(election_id, voter.ballot_key))
-        try:
+        try:  # nothing of the election's state)
             election.check_open()
         except ElectionNotOpen as closed:  # a retry of a withdrawal recorded before it?
             earlier = None
@@ -309,7 +310,6 @@ class VotingApplication(Application[UUID]):
             if earlier is None:
                 raise closed from None
             return earlier
-        election.check_eligible(voter.credential)
         if existing is None:
             raise BallotNotFound("this voter has not cast a ballot in this election")
         replayed = await self._replay(existing, request_key, None)

@@ -183,6 +183,10 @@ async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
                 "this election takes ballots only from voters holding a voter token: "
                 "send Authorization: Bearer <voter token>"
             )
+        # On the roll, before anything else is said (the body's shape, the route): a token
+        # not issued here learns nothing of the election (review helper-50).
+        keys = context.services(request).voter_keys
+        election.check_eligible(keys.credential(election_id, principal.voter_token))
         return election_id, principal.voter_token
     if principal.voter_token is not None:  # (the answer any token not on a roll gets)
         raise NotEligible("this voter token was not issued for this election")

@@ -76,8 +76,10 @@ def _where(output: Path) -> tuple[Path, bool]:
     """Where to write (a symbolic link's target, not the link), and whether under another
     name first: not a pipe or a device (/dev/stdout), which cannot be renamed onto; whoever
     reads one sees where the export ends by its signed head."""
+    if output.exists() and not output.is_file():  # (stat follows links: /dev/stdout, a
+        return output, False  # pipe behind it, is no file)
     target = output.resolve()
-    return target, not (target.exists() and not target.is_file())
+    return target, True
 
 
 async def _write(database_url: str, output: Path, signer: Signer | None, progress: Any) -> int:

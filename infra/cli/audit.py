@@ -31,6 +31,9 @@ from infra.runtime.settings import Settings, SettingsError
 from infra.store.migrations import require_current
 
 console = Console()
+# (An export may go to stdout, `--output /dev/stdout | gzip`: what the command says goes to
+# stderr, never into the file after its signed head.)
+said = Console(stderr=True)
 
 
 def add_commands(commands: Commands) -> None:
@@ -114,7 +117,7 @@ def run_export(args: argparse.Namespace) -> int:
         )
     signer = Signer(settings.audit_key)
     started = time.perf_counter()
-    with _bar("exporting") as (bar, task):
+    with _bar("exporting", said) as (bar, task):
         count = run_until_interrupted(
             export(
                 settings.database_url,
@@ -123,9 +126,7 @@ def run_export(args: argparse.Namespace) -> int:
                 lambda position, head: bar.update(task, completed=position, total=head),
             )
         )
-    console.print(
-        f"wrote {count:,} events to {args.output} in {time.perf_counter() - started:.1f} s"
-    )
+    said.print(f"wrote {count:,} events to {args.output} in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -227,14 +228,14 @@ def _summary(report: Report, seconds: float) -> None:
 
 
 @contextmanager
-def _bar(label: str) -> Iterator[tuple[Progress, TaskID]]:
+def _bar(label: str, on: Console = console) -> Iterator[tuple[Progress, TaskID]]:
     """A progress bar over log positions."""
     with Progress(
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=on,
         transient=True,
     ) as progress:
         yield progress, progress.add_task(label, total=None)

@@ -31,7 +31,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from domain.application import MAX_BALLOTS_PER_VOTER
 from domain.cvr import MarkRules, Then
 from domain.errors import ConcurrentRevision
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
@@ -243,10 +242,14 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     if stopped or unsent or outcomes.passing:
         said = f"stopped: {escape(stopped[0])}; " if stopped else ""
         said += f"{unsent:,} ballots were not sent"
+        if outcomes.withheld:
+            said += (
+                f" ({outcomes.withheld:,} of them held back behind an earlier line of their "
+                "voter that was refused: correct or remove that line first)"
+            )
         if outcomes.passing:
             said += (
-                f" ({outcomes.withheld:,} of them held back behind an earlier ballot of their "
-                f"voter), and {outcomes.passing:,} were refused for a reason that says nothing "
+                f", and {outcomes.passing:,} were refused for a reason that says nothing "
                 "about them (listed above)"
             )
         console.print(
@@ -259,14 +262,14 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
 
 class _Outcomes:
     """What became of an import's ballots: recorded, refused (by line of the file), or not
-    sent. A ballot refused for a reason that says nothing about it (``fail``) will be sent
-    again by the next run; its voter's later ballots are then not sent in this one (their
-    voter is in ``failed``), since recorded first, they would be revised by it."""
+    sent. Once a ballot is refused, for any reason, its voter's later ballots are not sent
+    in this run (their voter is in ``failed``): recorded first, they would be revised by it
+    when it is sent again (``fail``: a refusal that says nothing about it) or corrected."""
 
     def __init__(self, progress: Callable[[int], None]) -> None:
         self.tally = Counter[str]()
         self.refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
-        self.failed: set[str] = set()  # voters with a ballot refused for a passing reason
+        self.failed: set[str] = set()  # voters with a ballot refused: the rest wait
         self.passing = 0  # ballots refused for a passing reason
         self.withheld = 0  # ballots not sent, held back behind one of those
         self._progress = progress
@@ -275,6 +278,9 @@ class _Outcomes:
         self.tally[outcome] += 1
         if not outcome.startswith("recorded"):
             self.refusals.append((ballot.line, outcome))
+            # Its voter's later lines wait for it, whatever the reason: corrected and sent
+            # again, it would be recorded after them and revise them (review helper-50).
+            self.failed.add(_voter(ballot))
         self._progress(sum(self.tally.values()) + self.withheld)
 
     def fail(self, ballot: FileBallot, outcome: str) -> None:
@@ -307,14 +313,15 @@ def _lanes(ballots: list[FileBallot], count: int) -> list[list[FileBallot]]:
 
 def _batches(lane: list[FileBallot], size: int, outcomes: _Outcomes) -> Iterator[list[FileBallot]]:
     """A lane's ballots in batches of up to ``size``, each taken when the one before it is
-    settled: a ballot whose voter has one refused for a passing reason is withheld, and a
-    batch ends before it would hold more than MAX_BALLOTS_PER_VOTER ballots of one voter
-    (the API refuses the rest, 422)."""
+    settled, with one ballot of a voter in each: a voter's next ballot goes only once the
+    one before it is recorded, and a ballot whose voter has one refused is withheld. (In
+    one request, the API applies a voter's ballots in order but records a later one after
+    an earlier one refused as invalid; corrected, that one would then revise it.)"""
     batch: list[FileBallot] = []
     each = Counter[str]()
     for ballot in lane:
         voter = _voter(ballot)
-        if len(batch) == size or each[voter] == MAX_BALLOTS_PER_VOTER:
+        if len(batch) == size or each[voter] == 1:
             yield batch
             batch, each = [], Counter()
         if voter in outcomes.failed:
@@ -361,15 +368,12 @@ async def _post(
                 if len(again) < len(pending):
                     deadline, delay = time.monotonic() + patience, 0.2  # it moves: patience
                 pending = again
-            elif reply.status == 503:  # the whole request: busy, or the store away
-                reason = _said(reply)
+            elif reply.status in (503, 429):  # the whole request: busy, the store away,
+                reason = _said(reply)  # or a rate limit: sent again when it says
                 wait = _retry_after(reply)
-            else:  # the whole request refused: a proxy's 502, a rate limit, a bad token
-                refused = (
-                    outcomes.fail if _passing(reply.status, _title(reply)) else outcomes.settle
-                )
-                for ballot in pending:
-                    refused(ballot, _said(reply))
+            else:  # the whole request refused (a proxy's 502 or 413, a bad token): it says
+                for ballot in pending:  # nothing about any one ballot
+                    outcomes.fail(ballot, _said(reply))
                 return
         if time.monotonic() + wait > deadline:
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")

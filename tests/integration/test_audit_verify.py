@@ -832,3 +832,26 @@ def test_an_export_writes_through_a_link_and_into_a_pipe(store: str, tmp_path: P
         reader.wait(timeout=60)
     assert not pipe.is_file()
     verify_file(copy, election=None, validate=True)
+
+
+def test_an_export_to_stdout_goes_through_a_pipe_whole(store: str, tmp_path: Path) -> None:
+    """`--output /dev/stdout | cat` failed (/proc/<pid>/fd/pipe:[N].partial), and the
+    command's own words went into the export after its signed head (review helper-50)."""
+    env = {**os.environ, "DATABASE_URL": store, "CARDINAL_AUDIT_KEY": TEST_AUDIT_KEY}
+    piped = tmp_path / "piped.ndjson"
+    with piped.open("wb") as out:
+        exporting = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "audit", "export", "--output", "/dev/stdout"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        copying = subprocess.Popen(["cat"], stdin=exporting.stdout, stdout=out)
+        assert exporting.stdout is not None
+        exporting.stdout.close()
+        _, err = exporting.communicate(timeout=120)
+        copying.wait(timeout=60)
+    assert exporting.returncode == 0, err
+    assert b"wrote" in err
+    verify_file(piped, election=None, validate=True)

@@ -577,17 +577,20 @@ async def test_cardinal_import_sends_no_later_ballot_of_a_voter_whose_earlier_on
     assert await _votes(voting, election_id) == {"a": 1, "b": 0, "c": 1}
 
 
+@pytest.mark.parametrize("answer", [b"502 Bad Gateway", b"413 Payload Too Large"])
 async def test_cardinal_import_sends_no_later_ballot_after_a_request_failed(
-    voting: VotingClient, api_url: str, tmp_path: Path
+    voting: VotingClient, api_url: str, tmp_path: Path, answer: bytes
 ) -> None:
-    """A whole request refused by a proxy (502) settled its ballots as refused, and the
-    import went on to send their voters' later ballots (review helper-47)."""
+    """A whole request refused by a proxy (502, review helper-47; 413, review helper-50)
+    settled its ballots as refused, and the import went on to send their voters' later
+    ballots."""
     election_id = await voting.open_election("plurality", allow_revote=True)
     ballots = tmp_path / "ballots.jsonl"
     ballots.write_text('{"voter_id": "v", "choice": "a"}\n{"voter_id": "v", "choice": "b"}\n')
     command = ("import", str(ballots), "--election", election_id, "--token", CLIENT)
     async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
         proxy = _FirstPostFails(api, connections=1, positions=[])
+        proxy.answer = answer
         server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
         async with server:
             where = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -599,7 +602,7 @@ async def test_cardinal_import_sends_no_later_ballot_after_a_request_failed(
     ]
     flat = " ".join(said.split())
     assert code == 1, said
-    assert "line 1: 502: Bad Gateway" in flat
+    assert f"line 1: {answer[:3].decode()}:" in flat
     assert "1 ballots were not sent" in flat
     code, said = await _cardinal(*command, "--url", api_url)
     assert code == 0, said
@@ -611,13 +614,34 @@ class _FirstPostFails(_Overtaking):
     failed does, and forwards the rest (one at a time, in order, with one connection)."""
 
     failed = False
+    answer = b"502 Bad Gateway"
 
     async def _forward(self, head: bytes, body: bytes) -> bytes:
         if head.startswith(b"POST") and not self.failed:
             self.failed = True
-            page = b"Bad Gateway"
+            page = self.answer[4:]
             return (
-                b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+                b"HTTP/1.1 " + self.answer + b"\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: " + str(len(page)).encode() + b"\r\n\r\n" + page
             )
         return await super()._forward(head, body)
+
+
+async def test_cardinal_import_holds_a_voters_later_lines_behind_a_refused_one(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """An earlier line refused as invalid let the voter's later line be recorded; once
+    corrected, it was recorded after it, and the older vote counted (review helper-50)."""
+    election_id = await voting.open_election("plurality", allow_revote=True)
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text('{"voter_id": "v", "choice": "zz"}\n{"voter_id": "v", "choice": "b"}\n')
+    command = ("import", str(ballots), "--election", election_id, "--token", CLIENT)
+    code, said = await _cardinal(*command, "--url", api_url)
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert "1 of them held back behind an earlier line of their voter that was refused" in flat
+    assert await _votes(voting, election_id) == {"a": 0, "b": 0, "c": 0}
+    ballots.write_text('{"voter_id": "v", "choice": "a"}\n{"voter_id": "v", "choice": "b"}\n')
+    code, said = await _cardinal(*command, "--url", api_url)
+    assert code == 0, said
+    assert await _votes(voting, election_id) == {"a": 0, "b": 1, "c": 0}

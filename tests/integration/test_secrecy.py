@@ -476,7 +476,20 @@ async def test_a_made_up_voter_token_casting_learns_nothing_either(voting: Votin
     await voting.close(closed)
     client = await voting.open_election("plurality")
     details = set()
+    made_up = bearer("cvt_made_up")
     for election_id in (draft, opened, closed, client):
-        answer = await voting.cast(election_id, {"choice": "a"}, token="cvt_made_up")
-        details.add(assert_problem(answer, 403, "")["detail"])
+        answers = [
+            await voting.cast(election_id, {"choice": "a"}, token="cvt_made_up"),
+            # (and every other way in: review helper-50)
+            await voting.cast(election_id, {"choice": "a"}, "x", token="cvt_made_up"),
+            await voting.http.post(
+                f"/api/elections/{election_id}/withdrawals", json={}, headers=made_up
+            ),
+            await voting.http.post(
+                f"/api/elections/{election_id}/ballots/batch",
+                json={"ballots": [{"voter_id": "x", "choice": "a"}]},
+                headers=made_up,
+            ),
+        ]
+        details |= {assert_problem(answer, 403, "")["detail"] for answer in answers}
     assert details == {"this voter token was not issued for this election"}
