@@ -110,15 +110,30 @@ class RateLimits:
             return None
         decision = await self.limiter.hit(policy.key(self.address(request)), policy.quota, ballots)
         answer = fields(policy, decision)
-        if not decision.allowed:
-            raise TooManyRequests(
-                f"this address has made {policy.quota.limit} ballot changes in the last hour, "
-                f"the most allowed (MAX_VOTES_PER_IP_PER_HOUR); try again in "
-                f"{answer['Retry-After']} seconds",
-                answer,
-                [policy.name],
+        if decision.allowed:
+            return answer
+        limit = policy.quota.limit
+        if ballots > limit:
+            detail = (
+                f"this request holds {ballots} ballot changes, more than one address may make "
+                f"in an hour ({limit}, MAX_VOTES_PER_IP_PER_HOUR): send fewer at a time"
             )
-        return answer
+        elif ballots > 1:
+            # (a batch: until enough units are back, each one step after the next)
+            wait = decision.next_unit + (ballots - decision.remaining - 1) * policy.quota.step
+            answer["Retry-After"] = str(_seconds(wait))
+            detail = (
+                f"this request holds {ballots} ballot changes, and this address has "
+                f"{decision.remaining} left of its {limit} an hour (MAX_VOTES_PER_IP_PER_HOUR): "
+                f"send fewer, or try again in {answer['Retry-After']} seconds"
+            )
+        else:
+            detail = (
+                f"this address has made {limit} ballot changes in the last hour, the most "
+                f"allowed (MAX_VOTES_PER_IP_PER_HOUR); try again in {answer['Retry-After']} "
+                "seconds"
+            )
+        raise TooManyRequests(detail, answer, [policy.name])
 
     async def login_attempt(self, request: Request, account: str) -> LoginAttempt:
         """Take one unit of the account's and the address's failure quotas, or refuse."""

@@ -10,7 +10,8 @@ Checks are batched like the writer's appends: whatever arrived while the previou
 ran goes into the next one, a single ``INSERT ... ON CONFLICT DO UPDATE`` over ``unnest``.
 Requests for one key in a batch are summed and the statement grants as many as fit; the
 row lock of ``ON CONFLICT`` serializes processes, so no two ever grant the same unit. A
-negative cost gives units back (a login that succeeded was not a failure).
+negative cost gives units back (a login that succeeded was not a failure). Each check is
+all or none: units granted toward one that did not fit are given back at once.
 
 A key with a large quota is served from a *lease*: a check that goes to the database asks
 for a few units more than it needs (a hundredth of the quota, at most MAX_LEASE), and the
@@ -111,6 +112,7 @@ class _Check:
     quota: Quota
     cost: int
     answer: asyncio.Future[Decision] = field(repr=False)
+    held: int = 0  # units of this process's lease that go toward it (too few on their own)
 
 
 class SharedRateLimiter:
@@ -142,8 +144,11 @@ class SharedRateLimiter:
         if lease is not None and lease.units >= cost:
             lease.units -= cost
             return Decision(True, lease.remaining + lease.units, lease.next_unit)
+        # Too few leased units: they count toward this check (a new lease would otherwise
+        # replace them, and the units, charged already, would be lost to everyone).
+        held = self._leases.pop(key).units if lease is not None else 0
         answer: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Check(key, quota, cost, answer))
+        self._pending.append(_Check(key, quota, cost, answer, held))
         self._wake.set()
         return await answer
 
@@ -188,7 +193,8 @@ class SharedRateLimiter:
         keys = list(batch)
         quotas = [batch[k][0].quota for k in keys]
         costs = [
-            sum(c.cost for c in batch[k]) + (_lease_size(quota) if batch[k][0].cost > 0 else 0)
+            sum(c.cost - c.held for c in batch[k])
+            + (_lease_size(quota) if batch[k][0].cost > 0 else 0)
             for k, quota in zip(keys, quotas, strict=True)
         ]
         try:
@@ -206,25 +212,44 @@ class SharedRateLimiter:
         if len(self._leases) > MAX_LEASED_KEYS:
             self._leases.clear()  # their units stay charged: a little quota lost, no more
         for key, granted, tat, now in rows:
-            left = int(granted)
             checks = batch[key]
+            left = int(granted) + sum(c.held for c in checks)
             shared = decide(checks[0].quota, True, float(tat), float(now))
+            refused = False
             for check in checks:
                 allowed = check.cost <= 0 or left >= check.cost
+                refused = refused or not allowed
                 if allowed and check.cost > 0:
                     left -= check.cost
                 if not check.answer.done():
                     check.answer.set_result(
                         Decision(allowed, shared.remaining + max(left, 0), shared.next_unit)
                     )
-            if checks[0].cost > 0 and left > 0:
+            if checks[0].cost <= 0 or left <= 0:
+                continue
+            if refused:
+                # All or none: what a refused check was granted goes back to the quota,
+                # for any process's next request (kept as a lease, it was lost to them).
+                self._give_back(key, checks[0].quota, left)
+            else:
                 self._leases[key] = _Lease(left, shared.remaining, shared.next_unit)
+
+    def _give_back(self, key: str, quota: Quota, units: int) -> None:
+        returned: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        returned.add_done_callback(_retrieved)
+        self._pending.append(_Check(key, quota, -units, returned))
+        self._wake.set()
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, []
         for check in pending:
             if not check.answer.done():
                 check.answer.set_exception(error)
+
+
+def _retrieved(future: asyncio.Future[Decision]) -> None:
+    if not future.cancelled():
+        future.exception()  # (a give-back no one waits for: its failure is logged once)
 
 
 def _lease_size(quota: Quota) -> int:

@@ -4,6 +4,7 @@ as resolved through trusted proxies, answered with Retry-After and RateLimit fie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator
@@ -286,3 +287,39 @@ def test_an_ipv6_network_is_one_quota_and_a_mapped_ipv4_is_itself() -> None:
     assert proxies.client(scope) == "1.2.3.4"
     # ... and so is one named in its mapped form, as before (review helper-46).
     assert TrustedProxies(["::ffff:172.18.0.2"]).client(scope) == "1.2.3.4"
+
+
+async def test_a_refused_request_takes_nothing_of_the_quota(database_url: str) -> None:
+    """A batch larger than what was left was granted what fit, refused, and those units
+    were kept as this process's lease, then lost when a smaller lease replaced them: one
+    refused import locked its host out for an hour (review helper-51). All or none."""
+    async with contextlib.AsyncExitStack() as stack:
+        limiters = [SharedRateLimiter(database_url) for _ in range(2)]
+        for limiter in limiters:
+            await limiter.start()
+            stack.push_async_callback(limiter.stop)
+        key = f"test:{uuid.uuid4().hex}"
+        quota = Quota(200, 3600.0)  # (leased: 2 units ahead of need)
+        assert (await limiters[0].hit(key, quota, 150)).allowed
+        refused = await limiters[0].hit(key, quota, 100)
+        assert not refused.allowed
+        assert refused.remaining >= 48
+        # What is left is there for either process, the one that refused too.
+        assert (await limiters[1].hit(key, quota, 25)).allowed
+        assert (await limiters[0].hit(key, quota, 23)).allowed
+
+
+async def test_a_batch_over_what_is_left_says_so(limited: list[str]) -> None:
+    election_id = await _open_election(limited[0])
+    client = _address()
+    assert (await _cast(limited[0], election_id, client)).status_code == 201
+    async with httpx.AsyncClient(base_url=limited[0], timeout=30) as http:
+        response = await http.post(
+            f"/api/elections/{election_id}/ballots/batch",
+            json={"ballots": [{"voter_id": f"b{n}", "choice": "a"} for n in range(LIMIT)]},
+            headers={**bearer(CLIENT), "X-Forwarded-For": client},
+        )
+    assert_problem(response, 429, f"this address has {LIMIT - 1} left")
+    # ... and took nothing: what was left is still there.
+    for _ in range(LIMIT - 1):
+        assert (await _cast(limited[1], election_id, client)).status_code == 201
