@@ -114,7 +114,7 @@ _STOPS: tuple[tuple[type[Exception], Callable[[Exception], str | None]], ...] = 
             "service is running)"
         ),
     ),
-    (MigrationError, lambda e: f"[red]cannot migrate:[/red] {escape(str(e))}"),
+    (MigrationError, lambda e: f"[red]cannot use this database:[/red] {escape(str(e))}"),
     (
         ChannelPreconditionFailed,
         lambda e: (

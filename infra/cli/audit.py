@@ -105,7 +105,9 @@ def add_commands(commands: Commands) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    # (Not the service's secrets: who exports needs DATABASE_URL and CARDINAL_AUDIT_KEY,
+    # never CARDINAL_SECRET, which links voters to ballots.)
+    settings = Settings.from_env(service=False)
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL is not set; export reads the event store")
     require_current(settings.database_url)

@@ -116,8 +116,12 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings from an environment (os.environ by default)."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, service: bool = True
+    ) -> Settings:
+        """Read the settings from an environment (os.environ by default). ``service``:
+        for running the service, which in production needs every secret; a command that
+        only reads the store (`audit export`) needs only what it uses."""
         env = os.environ if environ is None else environ
         tokens = {role: _list(env.get(f"CARDINAL_{role.upper()}_TOKEN", "")) for role in ROLES}
         settings = cls(
@@ -151,10 +155,10 @@ class Settings:
             ingest_prefetch=_int(env, "INGEST_PREFETCH", cls.ingest_prefetch, minimum=1),
             ingest_batch=_int(env, "INGEST_BATCH", cls.ingest_batch, minimum=1),
         )
-        settings.check()
+        settings.check(service=service)
         return settings
 
-    def check(self) -> None:
+    def check(self, *, service: bool = True) -> None:
         if self.database_url is not None:
             try:
                 conninfo_to_dict(self.database_url)
@@ -171,7 +175,7 @@ class Settings:
             raise SettingsError(
                 f"CARDINAL_ENV must be development, production or test; got {self.env!r}"
             )
-        if self.is_production:
+        if self.is_production and service:
             missing = [
                 name
                 for name, value in (
@@ -207,6 +211,11 @@ class Settings:
             raise SettingsError(
                 "JWT_SECRET_KEY must be at least 32 bytes "
                 "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        if self.enable_rate_limiting and self.max_votes_per_ip_per_hour < 1:
+            raise SettingsError(
+                "MAX_VOTES_PER_IP_PER_HOUR must be at least 1 with ENABLE_RATE_LIMITING=true "
+                f"(got {self.max_votes_per_ip_per_hour}); to limit nothing, turn it off"
             )
         if (self.super_admin_email is None) != (self.super_admin_password is None):
             raise SettingsError(

@@ -217,8 +217,8 @@ def test_a_migration_whose_sql_fails_names_its_file_and_applies_nothing(
     assert main(["migrate"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert (
-        "cannot migrate: migration 9999_broken.sql failed, and nothing of it was applied: "
-        'PostgreSQL said: syntax error at or near "SELEC"'
+        "cannot use this database: migration 9999_broken.sql failed, and nothing of it was "
+        'applied: PostgreSQL said: syntax error at or near "SELEC"'
     ) in err
     assert "Traceback" not in err
     assert [row[0] for row in _ledger(fresh_database_url)] == [m.version for m in shipped]

@@ -165,7 +165,7 @@ def test_an_edited_migration_an_absent_api_and_a_classic_queue_are_messages(
 
     edited = _stopped_by(MigrationError("0009_chain_elections.sql was edited after it was applied"))
     assert edited is not None
-    assert "cannot migrate" in edited
+    assert "cannot use this database" in edited
     classic = _stopped_by(
         ChannelPreconditionFailed("PRECONDITION_FAILED - inequivalent arg 'x-queue-type'")
     )
@@ -205,3 +205,21 @@ def test_a_read_model_not_built_yet_is_not_called_a_missing_migration() -> None:
     other = _stopped_by(psycopg.errors.UndefinedTable('relation "cardinal_events" does not exist'))
     assert other is not None
     assert "cardinal migrate" in other
+
+
+def test_a_rate_limit_of_zero_is_refused_and_an_export_needs_no_service_secret() -> None:
+    """MAX_VOTES_PER_IP_PER_HOUR=0 with the limit on turned it off silently; and in
+    production, `audit export` asked for CARDINAL_SECRET, the secret that links voters to
+    ballots, which it never uses (review helper-51)."""
+    from infra.runtime.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="at least 1 with ENABLE_RATE_LIMITING"):
+        Settings.from_env({"ENABLE_RATE_LIMITING": "true", "MAX_VOTES_PER_IP_PER_HOUR": "0"})
+    exporter = {
+        "CARDINAL_ENV": "production",
+        "DATABASE_URL": "postgresql://root@127.0.0.1:5432/x",
+        "CARDINAL_AUDIT_KEY": "a" * 64,
+    }
+    with pytest.raises(SettingsError, match="CARDINAL_SECRET"):
+        Settings.from_env(exporter)  # the service needs it
+    assert Settings.from_env(exporter, service=False).audit_key == "a" * 64
