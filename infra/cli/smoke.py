@@ -79,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if args.via == "amqp" and not args.amqp_url:
         console.print("[red]--via amqp needs the broker: set AMQP_URL or pass --amqp-url[/red]")
         return 2
-    return run_until_interrupted(_run(args))
+    try:
+        return run_until_interrupted(_run(args))
+    except Refused as refused:
+        console.print(f"[red]the smoke test failed: {refused}[/red]")
+        return 1
 
 
 def _first(variable: str) -> str | None:
@@ -105,11 +109,13 @@ async def _run(args: argparse.Namespace) -> int:
         )
         election_id = created["id"]
         _ok(await admin.request("POST", f"/api/elections/{election_id}/open"))
-        if args.via == "amqp":
-            sent, last = await _cast_amqp(args, election_id)
-        else:
-            sent, last = await _cast(host, port, args, election_id)
-        closed = _ok(await admin.request("POST", f"/api/elections/{election_id}/close"))
+        try:
+            if args.via == "amqp":
+                sent, last = await _cast_amqp(args, election_id)
+            else:
+                sent, last = await _cast(host, port, args, election_id)
+        finally:  # (a test election is never left open, whatever stopped the test)
+            closed = _ok(await admin.request("POST", f"/api/elections/{election_id}/close"))
         results = await _results(admin, election_id, max(last, closed["position"]))
     finally:
         await admin.close()
@@ -136,29 +142,39 @@ async def _cast(
     sent: Counter[str] = Counter()
     positions: list[int] = []
     todo = list(range(args.n))
+    failed: list[Refused] = []  # (the others stop at the first refusal)
     with Progress(TextColumn("casting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("cast", total=args.n)
 
         async def client() -> None:
             connection = LeanConnection(host, port, args.client_token)
             try:
-                while todo:
+                while todo and not failed:
                     n = todo.pop()
                     choice = OPTIONS[n % len(OPTIONS)]["id"]
-                    receipt = _ok(
-                        await connection.request(
-                            "POST",
-                            f"/api/elections/{election_id}/ballots",
-                            {"choice": choice, "voter_id": f"smoke-{run}-{n}"},
+                    try:
+                        receipt = _ok(
+                            await connection.request(
+                                "POST",
+                                f"/api/elections/{election_id}/ballots",
+                                {"choice": choice, "voter_id": f"smoke-{run}-{n}"},
+                            )
                         )
-                    )
+                    except Refused as refused:
+                        failed.append(refused)
+                        raise
                     sent[choice] += 1
                     positions.append(receipt["position"])
                     bar.advance(task)
             finally:
                 await connection.close()
 
-        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+        outcomes = await asyncio.gather(
+            *(client() for _ in range(args.concurrency)), return_exceptions=True
+        )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):  # the first refusal, said once
+            raise outcome
     return sent, max(positions, default=0)
 
 
@@ -198,8 +214,12 @@ async def _results(admin: LeanConnection, election_id: str, position: int) -> di
             return results
 
 
+class Refused(Exception):
+    """The API refused a step of the smoke test (said in one line, not a traceback)."""
+
+
 def _ok(reply: Reply) -> dict[str, Any]:
     if reply.status >= 300:
-        raise SystemExit(f"the API answered {reply.status}: {reply.body.decode(errors='replace')}")
+        raise Refused(f"the API answered {reply.status}: {reply.body.decode(errors='replace')}")
     body: dict[str, Any] = reply.json()
     return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -11,6 +12,8 @@ import pytest
 
 from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import CLIENT, OPERATOR
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _samples(text: str, name: str) -> list[str]:
@@ -166,3 +169,37 @@ async def test_a_failed_rebuild_shows_why_and_promises_no_end(
     assert await print_status(fresh_database_url, as_json=False) == 1
     shown = " ".join(capsys.readouterr().out.split())
     assert "interrupted" in shown
+
+
+async def test_a_smoke_test_refused_says_so_once_and_closes_its_election(
+    database_url: str,
+) -> None:
+    """A ballot refused (here by the rate limit) made publish-test-votes print a traceback
+    per task and leave its election open in production (review helper-51)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ADMIN, running_api, settings_for
+
+    settings = settings_for(database_url, enable_rate_limiting=True, max_votes_per_ip_per_hour=2)
+    async with running_api(settings, projections=()) as url:
+        env = {**os.environ, "CARDINAL_ADMIN_TOKEN": ADMIN, "CARDINAL_CLIENT_TOKEN": CLIENT}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "infra.cli", "publish-test-votes", "-n", "5", "--url", url],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 1, said
+        assert "the smoke test failed: the API answered 429" in said
+        assert "Traceback" not in said
+        async with httpx.AsyncClient(base_url=url) as http:
+            listed = await http.get("/api/elections", headers=bearer(ADMIN))
+        smoke = [e for e in listed.json()["elections"] if e["title"].startswith("Smoke test")]
+        assert smoke
+        assert all(e["status"] == "closed" for e in smoke)
