@@ -110,9 +110,9 @@ def _chain_end(
     report.notes.extend(set_aside_notes(export.aside))
     if not export.signs_file:
         report.notes.append(
-            f"{path} is in the format {FORMAT_1}, whose signed head covers the chain "
-            "but not the file: a copy cut at a checkpoint verifies as well. Export "
-            "again with this version to have the whole file attested."
+            f"{path} is in the format {FORMAT_1}, whose signed head, where it has one, "
+            "covers the chain but not the file: a copy cut at a checkpoint verifies as well. "
+            "Export again with this version to have the whole file attested."
         )
     return report
 

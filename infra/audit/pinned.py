@@ -100,12 +100,12 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
         raise PinnedError(f"cannot read {path}: {error.strerror}") from None
     except (orjson.JSONDecodeError, AttributeError) as error:
         raise PinnedError(f"{path} is not an export (not JSON lines: {error})") from None
-    if signs_file and not ended:
+    if not ended:
         # Its checkpoints alone would pin less than it covered, silently.
         raise PinnedError(
             f"{path} does not end with its signed head (a copy cut short, or an export "
             "written without CARDINAL_AUDIT_KEY): it cannot pin what it covered"
-        )
+        )  # (format 1 too: its head at least pins the chain at its end)
     return found
 
 

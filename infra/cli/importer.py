@@ -376,6 +376,11 @@ async def _post(
                     outcomes.fail(ballot, _said(reply))
                 return
         if time.monotonic() + wait > deadline:
+            if wait > patience:
+                raise Unreachable(
+                    f"the API asks to wait {wait:g} s, longer than --patience ({patience:g} s): "
+                    f"{reason}"
+                )
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
         await asyncio.sleep(wait)
         delay = min(delay * 2, 5.0)

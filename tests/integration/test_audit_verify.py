@@ -724,6 +724,10 @@ def test_an_earlier_export_cut_short_pins_nothing(store: str, tmp_path: Path) ->
     _write(earlier, [*documents, documents[1]])
     with pytest.raises(PinnedError, match="follows its signed head"):
         earlier_checkpoints(earlier)
+    # A format-1 export without its head pinned its checkpoints alone, silently (helper-51).
+    _write(earlier, [{**documents[0], "format": "cardinal-audit/1"}, *documents[1:-1]])
+    with pytest.raises(PinnedError, match="does not end with its signed head"):
+        earlier_checkpoints(earlier)
 
 
 def test_an_export_without_the_audit_key_is_refused(store: str, tmp_path: Path) -> None:
