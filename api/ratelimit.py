@@ -114,6 +114,7 @@ class RateLimits:
             return answer
         limit = policy.quota.limit
         if ballots > limit:
+            answer.pop("Retry-After", None)  # (no wait makes it fit)
             detail = (
                 f"this request holds {ballots} ballot changes, more than one address may make "
                 f"in an hour ({limit}, MAX_VOTES_PER_IP_PER_HOUR): send fewer at a time"

@@ -162,7 +162,7 @@ def run_verify(args: argparse.Namespace) -> int:
                         "compare it with the one the deployment publishes (--public-key)"
                     )
             else:
-                settings = Settings.from_env()
+                settings = Settings.from_env(service=False)  # (an auditor: no service secret)
                 if settings.database_url is None:
                     raise SettingsError("DATABASE_URL is not set (or give --file)")
                 require_current(settings.database_url)

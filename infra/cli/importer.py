@@ -350,7 +350,7 @@ async def _post(
     delay = 0.2
     while True:
         body = {"ballots": [{**b.body, "idempotency_key": b.key} for b in pending]}
-        wait, reason = delay, ""
+        wait, reason, asked = delay, "", 0.0  # (asked: a Retry-After's seconds)
         try:
             reply = await asyncio.wait_for(
                 connection.request("POST", path, body), max(0.1, deadline - time.monotonic())
@@ -368,17 +368,19 @@ async def _post(
                 if len(again) < len(pending):
                     deadline, delay = time.monotonic() + patience, 0.2  # it moves: patience
                 pending = again
-            elif reply.status in (503, 429):  # the whole request: busy, the store away,
-                reason = _said(reply)  # or a rate limit: sent again when it says
-                wait = _retry_after(reply)
+            elif reply.status == 503 or (reply.status == 429 and "retry-after" in reply.headers):
+                # the whole request: busy, the store away, or a rate limit: sent again when
+                # it says (a 429 with no Retry-After, a batch over the hour's limit: below)
+                reason = _said(reply)
+                wait = asked = _retry_after(reply)
             else:  # the whole request refused (a proxy's 502 or 413, a bad token): it says
                 for ballot in pending:  # nothing about any one ballot
                     outcomes.fail(ballot, _said(reply))
                 return
         if time.monotonic() + wait > deadline:
-            if wait > patience:
+            if asked > patience:
                 raise Unreachable(
-                    f"the API asks to wait {wait:g} s, longer than --patience ({patience:g} s): "
+                    f"the API asks to wait {asked:g} s, longer than --patience ({patience:g} s): "
                     f"{reason}"
                 )
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -114,8 +115,11 @@ async def _run(args: argparse.Namespace) -> int:
                 sent, last = await _cast_amqp(args, election_id)
             else:
                 sent, last = await _cast(host, port, args, election_id)
-        finally:  # (a test election is never left open, whatever stopped the test)
-            closed = _ok(await admin.request("POST", f"/api/elections/{election_id}/close"))
+        except BaseException:  # (a test election is never left open, whatever stopped it;
+            with contextlib.suppress(Exception):  # what stopped it is what is said)
+                await admin.request("POST", f"/api/elections/{election_id}/close")
+            raise
+        closed = _ok(await admin.request("POST", f"/api/elections/{election_id}/close"))
         results = await _results(admin, election_id, max(last, closed["position"]))
     finally:
         await admin.close()

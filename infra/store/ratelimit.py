@@ -125,6 +125,8 @@ class SharedRateLimiter:
         self._task: asyncio.Task[None] | None = None
         self._forgot_at = time.monotonic()
         self._leases: dict[str, _Lease] = {}
+        # give-backs no request waits for: kept through a lost connection, never failed
+        self._giving_back: set[asyncio.Future[Decision]] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rate-limiter")
@@ -135,7 +137,9 @@ class SharedRateLimiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for check in self._pending:
-            if not check.answer.done():
+            if check.answer in self._giving_back:
+                check.answer.cancel()  # (units owed to the quota: back within the hour anyway)
+            elif not check.answer.done():
                 check.answer.set_exception(psycopg.OperationalError("the limiter stopped"))
 
     async def hit(self, key: str, quota: Quota, cost: int = 1) -> Decision:
@@ -204,52 +208,69 @@ class SharedRateLimiter:
             )
             rows = await cursor.fetchall()
         except psycopg.Error as error:
-            for checks in batch.values():
-                for check in checks:
-                    if not check.answer.done():
-                        check.answer.set_exception(error)
+            self._unanswered(batch, error)
             raise
         if len(self._leases) > MAX_LEASED_KEYS:
             self._leases.clear()  # their units stay charged: a little quota lost, no more
         for key, granted, tat, now in rows:
-            checks = batch[key]
-            left = int(granted) + sum(c.held for c in checks)
-            shared = decide(checks[0].quota, True, float(tat), float(now))
-            refused = False
+            self._settle(key, batch[key], int(granted), float(tat), float(now))
+
+    def _unanswered(self, batch: dict[str, list[_Check]], error: Exception) -> None:
+        """The statement failed: its checks fail, but no unit is lost on the way."""
+        for checks in batch.values():
             for check in checks:
-                allowed = check.cost <= 0 or left >= check.cost
-                refused = refused or not allowed
-                if allowed and check.cost > 0:
-                    left -= check.cost
-                if not check.answer.done():
-                    check.answer.set_result(
-                        Decision(allowed, shared.remaining + max(left, 0), shared.next_unit)
-                    )
-            if checks[0].cost <= 0 or left <= 0:
-                continue
-            if refused:
-                # All or none: what a refused check was granted goes back to the quota,
-                # for any process's next request (kept as a lease, it was lost to them).
-                self._give_back(key, checks[0].quota, left)
-            else:
-                self._leases[key] = _Lease(left, shared.remaining, shared.next_unit)
+                if check.held:  # (charged already: back to this process's lease)
+                    self._keep(check.key, check.held, 0, 0.0)
+                if check.answer in self._giving_back:
+                    self._pending.append(check)  # (a give-back waits for the next one)
+                elif not check.answer.done():
+                    check.answer.set_exception(error)
+
+    def _settle(self, key: str, checks: list[_Check], granted: int, tat: float, now: float) -> None:
+        """Answer one key's checks from what the statement granted."""
+        left = granted + sum(c.held for c in checks)
+        shared = decide(checks[0].quota, True, tat, now)
+        refused = False
+        for check in checks:
+            allowed = check.cost <= 0 or left >= check.cost
+            refused = refused or not allowed
+            if allowed and check.cost > 0:
+                left -= check.cost
+            if not check.answer.done():
+                check.answer.set_result(
+                    Decision(allowed, shared.remaining + max(left, 0), shared.next_unit)
+                )
+        if checks[0].cost <= 0 or left <= 0:
+            return
+        if refused:
+            # All or none: what a refused check was granted goes back to the quota,
+            # for any process's next request (kept as a lease, it was lost to them).
+            self._give_back(key, checks[0].quota, left)
+        else:  # added to a lease another batch set meanwhile, never in its place
+            self._keep(key, left, shared.remaining, shared.next_unit)
+
+    def _keep(self, key: str, units: int, remaining: int, next_unit: float) -> None:
+        lease = self._leases.get(key)
+        if lease is None:
+            self._leases[key] = _Lease(units, remaining, next_unit)
+        else:
+            lease.units += units
+            lease.remaining, lease.next_unit = remaining, next_unit
 
     def _give_back(self, key: str, quota: Quota, units: int) -> None:
         returned: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        returned.add_done_callback(_retrieved)
+        self._giving_back.add(returned)
+        returned.add_done_callback(self._giving_back.discard)
         self._pending.append(_Check(key, quota, -units, returned))
         self._wake.set()
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, []
         for check in pending:
-            if not check.answer.done():
+            if check.answer in self._giving_back:
+                self._pending.append(check)  # units owed to the quota: kept for the next one
+            elif not check.answer.done():
                 check.answer.set_exception(error)
-
-
-def _retrieved(future: asyncio.Future[Decision]) -> None:
-    if not future.cancelled():
-        future.exception()  # (a give-back no one waits for: its failure is logged once)
 
 
 def _lease_size(quota: Quota) -> int:
