@@ -368,11 +368,9 @@ async def _post(
                 if len(again) < len(pending):
                     deadline, delay = time.monotonic() + patience, 0.2  # it moves: patience
                 pending = again
-            elif reply.status == 503 or (reply.status == 429 and "retry-after" in reply.headers):
-                # the whole request: busy, the store away, or a rate limit: sent again when
-                # it says (a 429 with no Retry-After, a batch over the hour's limit: below)
-                reason = _said(reply)
-                wait = asked = _retry_after(reply)
+            elif (retry := _whole_again(reply)) is not None:
+                reason, wait = retry
+                asked = wait
             else:  # the whole request refused (a proxy's 502 or 413, a bad token): it says
                 for ballot in pending:  # nothing about any one ballot
                     outcomes.fail(ballot, _said(reply))
@@ -386,6 +384,18 @@ async def _post(
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
         await asyncio.sleep(wait)
         delay = min(delay * 2, 5.0)
+
+
+def _whole_again(reply: Reply) -> tuple[str, float] | None:
+    """A whole request to send again (busy, the store away, a rate limit), with why and
+    after how long (Retry-After, else a second); None: refused. Unreachable when the API
+    says the batch is more than the address may send in an hour: no wait makes it fit."""
+    own = reply.status == 429 and _title(reply) == "Too many requests"
+    if own and "retry-after" not in reply.headers:
+        raise Unreachable(f"{_said(reply)} (use a smaller --batch)")
+    if reply.status in (503, 429):
+        return _said(reply), _retry_after(reply)
+    return None
 
 
 def _retry_after(reply: Reply) -> float:

@@ -194,7 +194,7 @@ class SharedRateLimiter:
     async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Check everything pending in one statement."""
         batch = self._take_batch()
-        keys = list(batch)
+        keys = sorted(batch)  # (every process locks rows in one order: no deadlock)
         quotas = [batch[k][0].quota for k in keys]
         costs = [
             sum(c.cost - c.held for c in batch[k])
@@ -220,9 +220,12 @@ class SharedRateLimiter:
         for checks in batch.values():
             for check in checks:
                 if check.held:  # (charged already: back to this process's lease)
-                    self._keep(check.key, check.held, 0, 0.0)
+                    self._keep(check.key, check.held, None, check.quota.step)
                 if check.answer in self._giving_back:
-                    self._pending.append(check)  # (a give-back waits for the next one)
+                    # Not sent again: the statement may have committed before the error (a
+                    # connection lost after COMMIT), and twice would mint units; once too
+                    # few only costs them until they come back (review helper-53).
+                    check.answer.cancel()
                 elif not check.answer.done():
                     check.answer.set_exception(error)
 
@@ -249,12 +252,16 @@ class SharedRateLimiter:
         else:  # added to a lease another batch set meanwhile, never in its place
             self._keep(key, left, shared.remaining, shared.next_unit)
 
-    def _keep(self, key: str, units: int, remaining: int, next_unit: float) -> None:
+    def _keep(self, key: str, units: int, remaining: int | None, next_unit: float) -> None:
+        """Units for this process's lease on ``key``: added to any it holds. ``remaining``
+        None: the quota's state is not known (a statement failed); an existing lease keeps
+        its own, a new one says none left beyond it, the next unit a step away."""
         lease = self._leases.get(key)
         if lease is None:
-            self._leases[key] = _Lease(units, remaining, next_unit)
-        else:
-            lease.units += units
+            self._leases[key] = _Lease(units, remaining or 0, next_unit)
+            return
+        lease.units += units
+        if remaining is not None:
             lease.remaining, lease.next_unit = remaining, next_unit
 
     def _give_back(self, key: str, quota: Quota, units: int) -> None:
@@ -265,11 +272,17 @@ class SharedRateLimiter:
         self._wake.set()
 
     def _fail_pending(self, error: Exception) -> None:
+        """The connection is lost: the checks waiting fail (their held units back to the
+        lease); give-backs, which never reached a statement, wait for the next one."""
         pending, self._pending = self._pending, []
         for check in pending:
             if check.answer in self._giving_back:
-                self._pending.append(check)  # units owed to the quota: kept for the next one
-            elif not check.answer.done():
+                self._pending.append(check)
+                self._wake.set()
+                continue
+            if check.held:
+                self._keep(check.key, check.held, None, check.quota.step)
+            if not check.answer.done():
                 check.answer.set_exception(error)
 
 

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -367,3 +368,22 @@ async def test_a_batch_over_the_hours_limit_is_told_no_wait_makes_it_fit(
         )
     assert_problem(response, 429, "more than one address may make in an hour")
     assert "retry-after" not in response.headers
+
+
+async def test_an_import_whose_batch_is_over_the_hours_limit_stops_at_once(
+    limited: list[str], tmp_path: Path
+) -> None:
+    """It listed every ballot of every batch as refused, one by one (review helper-53)."""
+    from tests.integration.test_bulk import _cardinal
+
+    election_id = await _open_election(limited[0])
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text("".join(f'{{"voter_id": "i{n}", "choice": "a"}}\n' for n in range(20)))
+    code, said = await _cardinal(
+        "import", str(ballots), "--election", election_id, "--token", CLIENT,
+        "--url", limited[0], "--batch", "10",
+    )  # fmt: skip
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert "use a smaller --batch" in flat
+    assert "20 ballots were not sent" in flat
