@@ -9,7 +9,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psycopg
@@ -387,3 +387,88 @@ async def test_an_import_whose_batch_is_over_the_hours_limit_stops_at_once(
     assert code == 1, said
     assert "use a smaller --batch" in flat
     assert "20 ballots were not sent" in flat
+
+
+class _Failing(SharedRateLimiter):
+    """The real limiter, whose next statement matching ``fail`` fails: ``after`` it ran
+    (a connection lost after COMMIT) or ``before`` (it did nothing)."""
+
+    fail: tuple[Any, str] | None = None
+    failing: asyncio.Event  # (set while a statement that will fail "before" is in flight)
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await super()._serve(cast(psycopg.AsyncConnection[Any], _FailingConnection(conn, self)))
+
+
+class _FailingConnection:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], limiter: _Failing) -> None:
+        self.conn, self.limiter = conn, limiter
+
+    async def execute(self, query: Any, params: Any = None) -> Any:
+        fail = self.limiter.fail
+        if fail is not None and params is not None and fail[0](params):
+            self.limiter.fail = None
+            if fail[1] == "after":
+                await self.conn.execute(query, params)
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            self.limiter.failing.set()
+            await asyncio.sleep(0.5)  # (in flight a while, then nothing done)
+            raise psycopg.OperationalError("consuming input failed")
+        return await self.conn.execute(query, params)
+
+
+async def _settled(condition: Any, within: float = 20.0) -> None:
+    """Until ``condition()`` holds, looking every millisecond."""
+    for _ in range(int(within * 1000)):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the condition did not come to hold")
+
+
+async def _takeable(limiter: SharedRateLimiter, key: str, quota: Quota) -> int:
+    taken = 0
+    while (await limiter.hit(key, quota)).allowed:
+        taken += 1
+    return taken
+
+
+async def test_a_give_back_whose_statement_failed_is_not_sent_twice(database_url: str) -> None:
+    """Re-queued after its statement committed and the connection was then lost, a
+    give-back was applied twice: units minted, the quota exceeded (review helper-53)."""
+    limiter = _Failing(database_url)
+    await limiter.start()
+    try:
+        key, quota = f"test:{uuid.uuid4().hex}", Quota(50, 3600.0)  # (no lease)
+        assert (await limiter.hit(key, quota, 40)).allowed
+        limiter.fail = (lambda params: any(cost < 0 for cost in params[1]), "after")
+        four, eight = await asyncio.gather(limiter.hit(key, quota, 4), limiter.hit(key, quota, 8))
+        assert four.allowed
+        assert not eight.allowed  # (6 granted toward it, given back once)
+        await _settled(lambda: not limiter._giving_back)  # (its statement failed)
+        assert await _takeable(limiter, key, quota) == 6
+    finally:
+        await limiter.stop()
+
+
+async def test_held_units_of_a_check_failed_by_a_lost_connection_are_kept(
+    database_url: str,
+) -> None:
+    """A check waiting behind a statement that failed lost the leased units it held,
+    charged already (review helper-53)."""
+    limiter = _Failing(database_url)
+    await limiter.start()
+    try:
+        key, quota = f"test:{uuid.uuid4().hex}", Quota(1000, 3600.0)  # (leases of 10)
+        assert (await limiter.hit(key, quota)).allowed
+        limiter.fail = (lambda params: params[0] != [key], "before")
+        limiter.failing = asyncio.Event()
+        other = asyncio.ensure_future(limiter.hit(f"test:{uuid.uuid4().hex}", quota))
+        await limiter.failing.wait()  # the other key's statement in flight,
+        mine = asyncio.ensure_future(limiter.hit(key, quota, 20))  # ... this one waits
+        for check in (other, mine):
+            with pytest.raises(psycopg.OperationalError):
+                await check
+        assert await _takeable(limiter, key, quota) == 999
+    finally:
+        await limiter.stop()
