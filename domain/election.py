@@ -16,6 +16,9 @@ from domain.votes import Vote, parse_vote
 MAX_TOKENS_PER_ISSUE = 10_000
 
 
+NOT_ISSUED = "this voter token was not issued for this election"
+
+
 class ElectionStatus(StrEnum):
     DRAFT = "draft"
     OPEN = "open"
@@ -109,4 +112,10 @@ class Election(Aggregate):
 
     def check_eligible(self, credential: str) -> None:
         if self.rules.eligibility is Eligibility.TOKENS and credential not in self.voter_keys:
-            raise NotEligible("this voter token was not issued for this election")
+            raise NotEligible(NOT_ISSUED)
+
+    def check_token_holder(self, credential: str) -> None:
+        """A voter token acts only in the token election that issued it: one answer for
+        any other, whatever the election, so a made-up token learns nothing of it."""
+        if self.rules.eligibility is not Eligibility.TOKENS or credential not in self.voter_keys:
+            raise NotEligible(NOT_ISSUED)

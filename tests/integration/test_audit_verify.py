@@ -41,6 +41,21 @@ from tests.integration.test_projection_runtime import _fill
 from tests.servers import TEST_AUDIT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def catch_up_every_projection(url: str) -> None:
+    """Every projection prepared and caught up with the log (as `cardinal project` would)."""
+    pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+    await pool.open()
+    try:
+        for name in PROJECTIONS:
+            runner = ProjectionRunner(projection(name), pool)
+            await runner.prepare()
+            await runner.catch_up()
+    finally:
+        await pool.close()
+
+
 SIGNER = Signer(TEST_AUDIT_KEY)
 KEYS = {SIGNER.key_id: SIGNER.public_key}
 
@@ -63,15 +78,7 @@ async def sealed_template() -> AsyncIterator[str]:
         assert second_round > 64
         assert await sealer.seal_pending(conn) == 0
         await sealer.checkpoint_head(conn, "test")
-    pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
-    await pool.open()
-    try:
-        for name in PROJECTIONS:
-            runner = ProjectionRunner(projection(name), pool)
-            await runner.prepare()
-            await runner.catch_up()
-    finally:
-        await pool.close()
+    await catch_up_every_projection(url)
     yield url
     drop_database(url)
 
@@ -97,6 +104,17 @@ def _tamper(url: str, statement: str, *params: object) -> None:
         conn.execute("ALTER TABLE cardinal_events DISABLE TRIGGER USER")
         conn.execute(statement, params)
         conn.execute("ALTER TABLE cardinal_events ENABLE TRIGGER USER")
+
+
+def _rewrite_entry(url: str, position: int) -> None:
+    """Change an entry's payload in the store, as whoever can write to the database could."""
+    _tamper(
+        url,
+        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
+        '\'"request_key":\', \'"request_key":"x","was":\'), \'UTF8\') '
+        "WHERE notification_id = %s",
+        position,
+    )
 
 
 def _positions(url: str, topic_suffix: str) -> list[int]:
@@ -452,13 +470,7 @@ async def test_a_store_rewritten_and_signed_again_fails_against_an_earlier_expor
     await export(store, earlier, SIGNER)
     close = _positions(store, "Election.Closed")[-1]
     ballot = max(p for p in _positions(store, "Ballot.Cast") if p < close)
-    _tamper(
-        store,
-        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
-        '\'"request_key":\', \'"request_key":"x","was":\'), \'UTF8\') '
-        "WHERE notification_id = %s",
-        ballot,
-    )
+    _rewrite_entry(store, ballot)
     with psycopg.connect(store, autocommit=True) as conn:
         conn.execute("DELETE FROM audit_chain WHERE position >= %s", (ballot,))
         sealer = Sealer(store, SIGNER)
@@ -758,13 +770,7 @@ async def test_an_earlier_exports_signed_head_pins_what_follows_its_last_checkpo
     assert max(p.position for p in pins if p.file_hash is None) < last  # (checkpoints)
     assert any(p.file_hash is not None and p.position >= last for p in pins)
     await _verify_pinned(store, Pinned(tuple(pins)))  # untouched: it holds
-    _tamper(
-        store,
-        "UPDATE cardinal_events SET state = convert_to(replace(convert_from(state, 'UTF8'), "
-        '\'"request_key":\', \'"request_key":"x","was":\'), \'UTF8\') '
-        "WHERE notification_id = %s",
-        last,
-    )
+    _rewrite_entry(store, last)
     with psycopg.connect(store, autocommit=True) as conn:
         conn.execute("DELETE FROM audit_chain WHERE position >= %s", (last,))
         sealer = Sealer(store, SIGNER)

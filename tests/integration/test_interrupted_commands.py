@@ -16,12 +16,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from infra.store.migrations import migrate
-from projections import PROJECTIONS, projection
-from projections.runtime import ProjectionRunner
 from tests.databases import create_database, drop_database
+from tests.integration.test_audit_verify import catch_up_every_projection
 from tests.integration.test_projection_runtime import _fill
 from tests.servers import TEST_AUDIT_KEY
 
@@ -34,15 +32,7 @@ async def store() -> AsyncIterator[str]:
     url = create_database("cardinal_sigterm")
     migrate(url)
     await _fill(url, random.Random(5), ballots=200)
-    pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
-    await pool.open()
-    try:
-        for name in PROJECTIONS:
-            runner = ProjectionRunner(projection(name), pool)
-            await runner.prepare()
-            await runner.catch_up()
-    finally:
-        await pool.close()
+    await catch_up_every_projection(url)
     yield url
     drop_database(url)
 

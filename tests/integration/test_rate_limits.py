@@ -196,6 +196,17 @@ def test_the_right_most_untrusted_hop_is_the_client() -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _limiters(database_url: str, count: int) -> AsyncIterator[list[SharedRateLimiter]]:
+    """``count`` limiters on one database, as that many API processes have."""
+    async with contextlib.AsyncExitStack() as stack:
+        limiters = [SharedRateLimiter(database_url) for _ in range(count)]
+        for limiter in limiters:
+            await limiter.start()
+            stack.push_async_callback(limiter.stop)
+        yield limiters
+
+
 async def test_concurrent_checks_from_many_processes_grant_exactly_the_quota(
     database_url: str,
 ) -> None:
@@ -294,11 +305,7 @@ async def test_a_refused_request_takes_nothing_of_the_quota(database_url: str) -
     """A batch larger than what was left was granted what fit, refused, and those units
     were kept as this process's lease, then lost when a smaller lease replaced them: one
     refused import locked its host out for an hour (review helper-51). All or none."""
-    async with contextlib.AsyncExitStack() as stack:
-        limiters = [SharedRateLimiter(database_url) for _ in range(2)]
-        for limiter in limiters:
-            await limiter.start()
-            stack.push_async_callback(limiter.stop)
+    async with _limiters(database_url, 2) as limiters:
         key = f"test:{uuid.uuid4().hex}"
         quota = Quota(200, 3600.0)  # (leased: 2 units ahead of need)
         assert (await limiters[0].hit(key, quota, 150)).allowed
@@ -331,11 +338,7 @@ async def test_no_unit_is_lost_when_checks_race(database_url: str) -> None:
     of the one that batch set, and the units in it, charged already, were lost for the
     hour: about 10% of a quota under mixed costs (review helper-52). Leases add up now:
     whatever was not granted is still there to take."""
-    async with contextlib.AsyncExitStack() as stack:
-        limiters = [SharedRateLimiter(database_url) for _ in range(3)]
-        for limiter in limiters:
-            await limiter.start()
-            stack.push_async_callback(limiter.stop)
+    async with _limiters(database_url, 3) as limiters:
         key = f"test:{uuid.uuid4().hex}"
         quota = Quota(1000, 3600.0)
         costs = [1, 1, 1, 2, 5, 13, 40] * 30
