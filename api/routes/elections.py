@@ -166,12 +166,14 @@ async def list_elections(request: Request) -> Response:
             "a voter token reads only the election it was issued for: "
             "GET /api/elections/{election_id}"
         )
-    elections = sorted(context.services(request).app.elections.values(), key=lambda e: e.created_on)
     status = request.query_params.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidRequest(
             f"status must be one of {', '.join(STATUSES)}; got {status[:40]!r}", field="status"
         )
+    services = context.services(request)
+    await services.feed.complete()
+    elections = sorted(services.app.elections.values(), key=lambda e: e.created_on)
     views = [election_view(e) for e in elections if status is None or e.status.value == status]
     return JSONResponse({"elections": views})
 

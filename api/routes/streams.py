@@ -85,6 +85,7 @@ async def results_stream(request: Request) -> Response:
 async def elections_stream(request: Request) -> Response:
     everyone = overview_reader(request)
     services = context.services(request)
+    await services.feed.complete()  # a 503 now, not a stream that lists nothing
 
     async def build() -> tuple[int, dict[str, Any]]:
         document = await overview(services, everyone=everyone)
@@ -115,6 +116,7 @@ def overview_reader(request: Request) -> bool:
 async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
     """Every election (or only those with public results) with its ballot entries as the
     public sees them: in steps of ``live_results_step`` while open, none while hidden."""
+    await services.feed.complete()
     async with services.reads.connection() as conn:
         cursor = await conn.execute(COUNTS, prepare=True)
         rows = await cursor.fetchall()

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from domain.application import VotingApplication
 from domain.election import Election
+from domain.ports import StoreUnavailable
 from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 ELECTION_TOPIC_PREFIX = f"{Election.__module__}:{Election.__qualname__}."
 PAGE = 1000
 MIN_SCAN_INTERVAL = 0.05
+# How long a start waits for the first load of every election, and a listing for it after.
+START_WAIT = 30.0
+LISTING_WAIT = 1.0
+NOT_LOADED = "the elections are still being loaded from the event store; retry in a few seconds"
 SELECT = f"""
 SELECT notification_id, originator_id, originator_version, topic, state
 FROM {EVENTS_TABLE}
@@ -58,10 +63,27 @@ class ElectionFeed:
         self.database_url = database_url
         self.poll_interval = poll_interval
         self.position = 0
+        self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, wait: float = START_WAIT) -> None:
+        """Start following, and return once every election in the log is loaded (or after
+        ``wait`` seconds, if the store does not answer: listings then answer 503 until it
+        does). Before, a restarted API listed no elections until its first scan ran."""
         self._task = asyncio.create_task(self._follow(), name="election-feed")
+        try:
+            await asyncio.wait_for(self.loaded.wait(), wait)
+        except TimeoutError:
+            log.warning("election feed: not loaded after %.0f s; listings wait for it", wait)
+
+    async def complete(self) -> None:
+        """Return once every election recorded before the start is loaded; raise
+        StoreUnavailable (a 503) if that takes longer than LISTING_WAIT."""
+        if not self.loaded.is_set():
+            try:
+                await asyncio.wait_for(self.loaded.wait(), LISTING_WAIT)
+            except TimeoutError:
+                raise StoreUnavailable(NOT_LOADED) from None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -79,6 +101,7 @@ class ElectionFeed:
                     await conn.execute(listen)
                     while True:
                         await self._catch_up(conn)
+                        self.loaded.set()
                         await self._wait_for_notify(conn)
             except asyncio.CancelledError:
                 raise

@@ -14,6 +14,7 @@ import pytest
 from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import ElectionStatus
+from domain.ports import StoreUnavailable
 from domain.rules import ElectionRules
 from infra.store import open_application
 from infra.store.election_feed import PAGE, ElectionFeed
@@ -80,6 +81,42 @@ async def test_the_feed_catches_up_a_long_backlog_then_follows(
             ),
             "the open and the close did not reach the feed",
         )
+    finally:
+        await feed.stop()
+        watching.close()
+
+
+async def test_a_started_feed_holds_every_election_already_recorded(
+    fresh_database_url: str, writing: VotingApplication
+) -> None:
+    """A restarted API listed no elections until the feed's first scan ran: its start
+    returned at once, and the server answered before the scan."""
+    created = [await writing.create_election(f"e{n}", RULES) for n in range(3)]
+    watching = open_application(fresh_database_url)
+    feed = ElectionFeed(watching, fresh_database_url, poll_interval=60)
+    await feed.start()
+    try:
+        assert set(watching.elections) == {receipt.id for receipt in created}
+        await feed.complete()  # loaded: returns at once
+    finally:
+        await feed.stop()
+        watching.close()
+
+
+async def test_a_feed_that_cannot_load_answers_listings_with_503(
+    fresh_database_url: str,
+) -> None:
+    """Where the store does not answer at start, a listing says so (503, retry) rather than
+    answering that there is no election."""
+    watching = open_application(fresh_database_url)
+    feed = ElectionFeed(
+        watching, "postgresql://127.0.0.1:1/none?connect_timeout=1", poll_interval=0.1
+    )
+    await feed.start(wait=0.2)
+    try:
+        assert not feed.loaded.is_set()
+        with pytest.raises(StoreUnavailable, match="still being loaded"):
+            await feed.complete()
     finally:
         await feed.stop()
         watching.close()
