@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate, DomainEventProtocol
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from domain.ballot import Ballot, ballot_id
 from domain.election import Election, ElectionStatus
@@ -25,10 +26,12 @@ from domain.errors import (
     ElectionNotOpen,
     InvalidBallot,
 )
-from domain.ports import EventWriter, HeldBack, Recorded, VersionConflict
+from domain.ports import EventWriter, HeldBack, Recorded, StoreUnavailable, VersionConflict
 from domain.rules import ElectionRules, validate_title
 from domain.voter import Voter
 from domain.votes import parse_vote
+
+log = logging.getLogger(__name__)
 
 LIFECYCLE_ATTEMPTS = 3
 MAX_BALLOTS_PER_VOTER = 16  # in one batch
@@ -62,6 +65,10 @@ class VotingApplication(Application[UUID]):
         super().__init__(env)
         self.writer: EventWriter = DirectWriter(self)
         self.elections: dict[UUID, Election] = {}
+        # Every election this process has seen: an entry of ``elections`` is dropped where
+        # it may be stale (a close seen by a ballot, a gap) and reloaded on use, but an
+        # election is never deleted, so a listing goes by these.
+        self.known: set[UUID] = set()
 
     def stored(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         """An aggregate as the store has it now, if it exists and is of this kind."""
@@ -77,6 +84,7 @@ class VotingApplication(Application[UUID]):
         election = Election.start(validate_title(title), rules)
         receipt = await self._commit(election)
         self.elections[election.id] = election
+        self.known.add(election.id)
         return receipt
 
     async def open_election(self, election_id: UUID) -> Receipt:
@@ -99,15 +107,32 @@ class VotingApplication(Application[UUID]):
         if loaded is None:
             raise ElectionNotFound(election_id)
         self.elections[election_id] = loaded
+        self.known.add(election_id)
         return loaded
+
+    async def every_election(self) -> list[Election]:
+        """Every election this process knows of, oldest first; one whose cached state was
+        dropped is read from the store again (before, a listing left it out)."""
+        elections = []
+        for election_id in list(self.known):
+            try:
+                elections.append(await self.election(election_id))
+            except (StoreUnavailable, PersistenceError):
+                raise
+            except Exception as error:  # one unreadable election does not hide the others
+                log.error(
+                    "election %s cannot be read, left out of the listing: %s", election_id, error
+                )
+        return sorted(elections, key=lambda election: election.created_on)
 
     def observe(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
         """Bring cached elections up to date with election events read from the log."""
         for domain_event in events:
             if isinstance(domain_event, Election.Created):
                 created = cast(Election, domain_event.mutate(None))
-                if created.id not in self.elections:
+                if created.id not in self.known:
                     self.elections[created.id] = created
+                    self.known.add(created.id)
                 continue
             cached = self.elections.get(domain_event.originator_id)
             if cached is None or domain_event.originator_version <= cached.version:
@@ -133,6 +158,7 @@ class VotingApplication(Application[UUID]):
                     ) from None
                 continue
             self.elections[election_id] = election
+            self.known.add(election_id)
             return receipt
         raise AssertionError("unreachable")  # pragma: no cover
 

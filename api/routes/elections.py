@@ -173,7 +173,7 @@ async def list_elections(request: Request) -> Response:
         )
     services = context.services(request)
     await services.feed.complete()
-    elections = sorted(services.app.elections.values(), key=lambda e: e.created_on)
+    elections = await services.app.every_election()
     views = [election_view(e) for e in elections if status is None or e.status.value == status]
     return JSONResponse({"elections": views})
 

@@ -127,7 +127,7 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
     # with each ballot of an election counted in steps.
     position = max((int(row[3] or 0) for row in rows), default=0) if everyone else 0
     elections = []
-    for election in sorted(services.app.elections.values(), key=lambda e: e.created_on):
+    for election in await services.app.every_election():
         rules = election.rules
         if not (everyone or rules.public_results):
             continue

@@ -205,6 +205,35 @@ async def test_a_process_that_missed_a_close_gets_409_not_a_ballot_left_uncounte
     assert _casts(url) == 4  # created, opened, the on-time ballot, closed: nothing after
 
 
+async def test_an_election_dropped_from_a_stale_cache_is_still_listed(
+    store: tuple[str, VotingApplication],
+) -> None:
+    """A ballot refused for a close another process recorded drops the election from this
+    process's cache; the listing (GET /api/elections, the overview) left it out from then
+    on, until a request named it."""
+    url, closer = store
+    stale = open_application(url)
+    writers = [GroupCommitWriter(closer, url), GroupCommitWriter(stale, url)]
+    closer.writer, stale.writer = writers
+    for writer in writers:
+        writer.start()
+    try:
+        rules = ElectionRules.create(options=OPTIONS, method="plurality")
+        election_id = (await closer.create_election("Race", rules)).id
+        await closer.open_election(election_id)
+        assert (await stale.election(election_id)).status is ElectionStatus.OPEN
+        await closer.close_election(election_id)
+        with pytest.raises(ElectionNotOpen):
+            await stale.cast_ballot(election_id, Voter("late", "late"), {"choice": "a"})
+        assert election_id not in stale.elections  # dropped: the listing used to go by this
+        listed = await stale.every_election()
+        assert [(e.id, e.status) for e in listed] == [(election_id, ElectionStatus.CLOSED)]
+    finally:
+        for writer in writers:
+            await writer.stop()
+        stale.close()
+
+
 async def test_ballots_batched_behind_their_elections_close_are_refused_the_rest_recorded(
     store: tuple[str, VotingApplication],
 ) -> None:
