@@ -50,9 +50,10 @@ async def health(request: Request) -> Response:
     )
 )
 async def ready(request: Request) -> Response:
-    """200 when the database is reachable and every migration is applied; 503 naming what
-    is missing otherwise. The broker's state is reported but does not decide: without it
-    ballots are taken and results served (the projections catch up from the store)."""
+    """200 when the database is reachable, every migration is applied and the elections
+    are loaded; 503 naming what is missing otherwise. The broker's state is reported but
+    does not decide: without it ballots are taken and results served (the projections
+    catch up from the store)."""
     services = context.services(request)
     checks: dict[str, str] = {}
     try:
@@ -77,6 +78,8 @@ async def ready(request: Request) -> Response:
     except MigrationError as error:
         checks["database"] = "ok"
         checks["migrations"] = f"mismatch: {error}"
+    # Listings and the overview answer 503 until every election in the log is loaded.
+    checks["elections"] = "ok" if services.feed.loaded.is_set() else "loading"
     failing = [f"{name} {value}" for name, value in checks.items() if value != "ok"]
     if services.broker is not None:
         checks["broker"] = services.broker.describe()

@@ -9,8 +9,12 @@ dashboards keep working.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,14 @@ def complete(settings: Settings) -> Credentials:
     if settings.is_production:
         return Credentials(settings)
     path = settings.data_dir / CREDENTIALS_FILE
+    # Processes started at once on a fresh folder (serve's API children, or an api and a
+    # project started together) each generated their own secret: one voter then had two
+    # ballot keys, and voted twice. The first to take the lock generates; the others read.
+    with _locked(path):
+        return _complete(settings, path)
+
+
+def _complete(settings: Settings, path: Path) -> Credentials:
     kept = _read(path)
     changed = False
     secret = settings.secret
@@ -63,13 +75,34 @@ def complete(settings: Settings) -> Credentials:
         tokens[role] = (str(kept[key]),)
         generated.append(role)
     if changed:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(kept, indent=2))
-        path.chmod(0o600)
+        _write(path, kept)
     completed = settings.with_overrides(
         secret=secret, audit_key=audit_key, role_tokens=tokens, jwt_secret_key=jwt_secret_key
     )
     return Credentials(completed, generated)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _write(path: Path, kept: dict[str, object]) -> None:
+    """Whole or not at all, and never readable by others (created 0600, then renamed)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(kept, indent=2))
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
 
 
 def _read(path: Path) -> dict[str, object]:

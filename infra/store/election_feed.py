@@ -24,14 +24,17 @@ from domain.application import VotingApplication
 from domain.election import Election
 from domain.ports import StoreUnavailable
 from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
+from infra.store.names import ALIVE
 
 log = logging.getLogger(__name__)
 
 ELECTION_TOPIC_PREFIX = f"{Election.__module__}:{Election.__qualname__}."
 PAGE = 1000
 MIN_SCAN_INTERVAL = 0.05
-# How long a start waits for the first load of every election, and a listing for it after.
-START_WAIT = 30.0
+# How long a start waits for the first load of every election (it takes milliseconds; a
+# store that is locked or frozen holds the start, and a SIGTERM, no longer than this), and
+# a listing for it after. Until it is loaded, /api/ready answers 503.
+START_WAIT = 5.0
 LISTING_WAIT = 1.0
 NOT_LOADED = "the elections are still being loaded from the event store; retry in a few seconds"
 SELECT = f"""
@@ -66,11 +69,12 @@ class ElectionFeed:
         self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, wait: float = START_WAIT) -> None:
+    async def start(self, wait: float | None = None) -> None:
         """Start following, and return once every election in the log is loaded (or after
         ``wait`` seconds, if the store does not answer: listings then answer 503 until it
         does). Before, a restarted API listed no elections until its first scan ran."""
         self._task = asyncio.create_task(self._follow(), name="election-feed")
+        wait = START_WAIT if wait is None else wait
         try:
             await asyncio.wait_for(self.loaded.wait(), wait)
         except TimeoutError:
@@ -95,7 +99,10 @@ class ElectionFeed:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True
+                    self.database_url,
+                    autocommit=True,
+                    connect_timeout=2,
+                    **ALIVE,
                 ) as conn:
                     listen = sql.SQL("LISTEN {}").format(sql.Identifier(ELECTIONS_CHANNEL))
                     await conn.execute(listen)
