@@ -8,6 +8,7 @@ Content-Security-Policy allows only this origin's files.
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any
 
@@ -16,6 +17,11 @@ WINNER = "#E69F00"  # Okabe-Ito orange
 HEAT = ("#D55E00", "#F0E442", "#56B4E9")  # loss, tie, win (plus the words)
 FIGURE = {"plurality": "votes", "approval": "approvals", "borda": "points"}
 CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
+# A pairwise chart and table grow with the square of the options: 100 options made a
+# 1.7 MB panel, fetched again on every event. Above this many, the page links to the JSON.
+PAIRWISE_MAX = 20
+# Chart text is 13 px; glyph widths in em (DejaVu Sans, Debian's system-ui), rounded up.
+GLYPH = {" ": 0.32, "-": 0.37, "l": 0.28, "i": 0.28, "w": 0.82, **dict.fromkeys("0123456789", 0.64)}
 
 
 # Explicit direction controls (embeddings, overrides, isolates, marks): one in a label
@@ -63,6 +69,9 @@ def _standing(document: dict[str, Any]) -> str:
     if document["closed_at_position"] is not None:
         words = f"Final: the election closed at log position {document['closed_at_position']}."
         state = "final"
+    elif document["status"] == "draft":
+        words = "Not open yet: the election takes ballots once it opens."
+        state = "draft"
     else:
         words = f"As of position {position}, preliminary: the election is {document['status']}."
         state = "preliminary"
@@ -75,7 +84,8 @@ def _standing(document: dict[str, Any]) -> str:
 
 def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     winners = document["winners"]
-    names = ", ".join(e(labels.get(w, w)) for w in winners) or "none yet"
+    closed = document["closed_at_position"] is not None
+    names = ", ".join(e(labels.get(w, w)) for w in winners) or ("none" if closed else "none yet")
     word = "Winner" if len(winners) == 1 else "Winners"
     html = f'<p class="winners" id="winners" data-winners="{e(" ".join(winners))}">'
     html += f"<strong>{word}:</strong> {names}</p>"
@@ -93,16 +103,18 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -
     bars = []
     for i, (label, value, winner) in enumerate(rows):
         y = 4 + 28 * i
-        width = max(0.0, 300 * value / top)
+        width = max(0.0, 250 * value / top)
         fill = WINNER if winner else BAR
-        mark = " (winner)" if winner else ""
+        # The winner is marked apart from its label (bold, and the word after the figure):
+        # "(winner)" inside the label column cut "Option 23 xxx" to "Option 2…".
+        kind, mark = ("label winner", " (winner)") if winner else ("label", "")
         bars.append(
-            f'<text x="0" y="{y + 17}" class="label">{_short(label, 18 - len(mark))}{mark}</text>'
-            f'<rect x="150" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
-            f'<text x="{155 + width:.1f}" y="{y + 17}">{_number(value)}</text>'
+            f'<text x="0" y="{y + 17}" class="{kind}">{_short(label, 22)}</text>'
+            f'<rect x="190" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
+            f'<text x="{195 + width:.1f}" y="{y + 17}">{_number(value)}{mark}</text>'
         )
     return (
-        f'<svg class="chart" id="{chart_id}" viewBox="0 0 520 {height}" role="img" '
+        f'<svg class="chart" id="{chart_id}" viewBox="0 0 600 {height}" role="img" '
         f'aria-label="{e(caption)}">{"".join(bars)}</svg>'
     )
 
@@ -124,7 +136,9 @@ def _bars(caption: str, figure: str, document: dict[str, Any], labels: dict[str,
             for o in document["options"]
         ],
     )
-    return _figure(caption, _bar_svg(caption, rows, f"chart-{figure}"), table)
+    return _figure(
+        caption, _bar_svg(caption, rows, f"chart-{figure}"), table, f"chart-{figure}-heading"
+    )
 
 
 def _histograms(document: dict[str, Any], labels: dict[str, str]) -> str:
@@ -144,7 +158,8 @@ def _histograms(document: dict[str, Any], labels: dict[str, str]) -> str:
                 for level, count in histogram.items()
             ],
         )
-        parts.append(_figure(caption, _bar_svg(caption, rows, f"hist-{e(option['id'])}"), table))
+        chart = _bar_svg(caption, rows, f"hist-{e(option['id'])}")
+        parts.append(_figure(caption, chart, table, f"hist-{e(option['id'])}-heading", level=4))
     parts.append("</section>")
     return "".join(parts)
 
@@ -175,7 +190,9 @@ def _round_figure(
     if one.get("exhausted"):
         body.append(["Exhausted (no preference left)", str(one["exhausted"]), ""])
     table = _table(caption, ["Option", "Count", "Status"], body)
-    return _figure(caption, _bar_svg(caption, rows, f"round-{index}"), table)
+    return _figure(
+        caption, _bar_svg(caption, rows, f"round-{index}"), table, f"round-{index}-heading"
+    )
 
 
 def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
@@ -207,8 +224,11 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
         cells.append(str(one["exhausted"]))
         cells.append(", ".join(e(labels.get(o, o)) for o in one["eliminated"]) or "none")
         body.append(cells)
+    caption = "Every round, with transfers (+/-) and exhausted ballots"
     parts.append(
-        _table("Every round, with transfers (+/-) and exhausted ballots", header, body, "rounds")
+        '<section class="captioned" aria-labelledby="rounds-heading">'
+        f'<h3 id="rounds-heading">{e(caption)}</h3>'
+        f"{_table(caption, header, body, 'rounds')}</section>"
     )
     return "".join(parts)
 
@@ -216,7 +236,30 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
 def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     pairwise = document.get("pairwise") or {}
     options = [o["id"] for o in document["options"]]
-    size = 70
+    caption = "Pairwise: ballots preferring the row's option to the column's"
+    if len(options) > PAIRWISE_MAX:
+        link = f"/api/elections/{e(document['election_id'])}/results"
+        return (
+            '<section aria-labelledby="heat-map-heading" id="pairwise-omitted">'
+            f'<h3 id="heat-map-heading">{e(caption)}</h3><p>Not drawn for '
+            f"{len(options)} options (a chart and a table of {len(options) ** 2} cells): "
+            f'the pairwise counts are in the <a href="{link}">JSON results</a>.</p></section>'
+        )
+
+    def text(ab: int, ba: int) -> str:
+        return f"{'win' if ab > ba else ('loss' if ab < ba else 'tie')} {ab}-{ba}"
+
+    # Cells as wide as their longest text: at 70 the next cell covered a third digit, and
+    # "win 107-68" read "win 107-6".
+    longest = max(
+        (
+            _width(text(pairwise.get(a, {}).get(b, 0), pairwise.get(b, {}).get(a, 0)))
+            for a in options
+            for b in options
+        ),
+        default=0.0,
+    )
+    size = max(70, int(longest * 1.1) + 14)
     cells, body = [], []
     for row, a in enumerate(options):
         line = [f'<th scope="row">{e(labels[a])}</th>']
@@ -230,7 +273,7 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
             x, y = 120 + col * size, 30 + row * 40
             cells.append(
                 f'<rect x="{x}" y="{y}" width="{size - 4}" height="36" fill="{colour}"/>'
-                f'<text x="{x + 6}" y="{y + 23}">{outcome} {ab}-{ba}</text>'
+                f'<text x="{x + 6}" y="{y + 23}">{text(ab, ba)}</text>'
             )
             line.append(
                 f'<td data-pair="{e(a)}>{e(b)}" data-outcome="{outcome}">'
@@ -239,10 +282,9 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
         cells.append(f'<text x="0" y="{30 + row * 40 + 23}">{_short(labels[a], 14)}</text>')
         body.append(line)
     heads = "".join(
-        f'<text x="{120 + i * size}" y="18">{_short(labels[o], 9)}</text>'
+        f'<text x="{120 + i * size}" y="18">{_short(labels[o], int(size / 7.5) - 1)}</text>'
         for i, o in enumerate(options)
     )
-    caption = "Pairwise: ballots preferring the row's option to the column's"
     svg = (
         f'<svg class="chart" id="heat-map" viewBox="0 0 {130 + size * len(options)} '
         f'{40 + 40 * len(options)}" role="img" aria-label="{e(caption)}">{heads}{"".join(cells)}'
@@ -256,7 +298,7 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
         + "".join(f"<tr>{''.join(line)}</tr>" for line in body)
         + "</tbody></table></div>"
     )
-    return _figure(caption, svg, table)
+    return _figure(caption, svg, table, "heat-map-heading")
 
 
 def _option_table(document: dict[str, Any]) -> str:
@@ -274,7 +316,12 @@ def _option_table(document: dict[str, Any]) -> str:
         )
         rows.append(cells)
     headers = ["Option", *[e(k.replace("_", " ")) for k in keys]]
-    return _table("Every option's figures", headers, rows, "figures")
+    caption = "Every option's figures"
+    return (
+        '<section class="captioned" aria-labelledby="figures-heading">'
+        f'<h3 id="figures-heading">{e(caption)}</h3>'
+        f"{_table(caption, headers, rows, 'figures')}</section>"
+    )
 
 
 def _notes(document: dict[str, Any]) -> str:
@@ -300,8 +347,16 @@ def _final(document: dict[str, Any]) -> str:
     )
 
 
-def _figure(caption: str, chart: str, table: str) -> str:
-    return f'<figure class="pair"><figcaption>{e(caption)}</figcaption>{chart}{table}</figure>'
+def _figure(
+    caption: str, chart: str, table: str, heading: str | None = None, level: int = 3
+) -> str:
+    """A chart and its table under a heading (h3, or h4 within a section) that names the
+    figure: screen readers list the sections of a results page by their headings."""
+    ident = heading or "fig-" + re.sub(r"[^a-z0-9]+", "-", caption.lower()).strip("-")
+    return (
+        f'<figure class="pair" aria-labelledby="{ident}"><figcaption>'
+        f'<h{level} id="{ident}">{e(caption)}</h{level}></figcaption>{chart}{table}</figure>'
+    )
 
 
 def _table(
@@ -309,12 +364,27 @@ def _table(
 ) -> str:
     ident = f' id="{table_id}"' if table_id else ""
     head = "".join(f'<th scope="col">{h}</th>' for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     return (
         f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
         f"<table{ident}><caption>{e(caption)}</caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
+
+
+def _width(text: str) -> float:
+    """The width of a chart text in px, a little over (other fonts run wider)."""
+    return 13 * sum(GLYPH.get(c, 0.65) for c in text)
+
+
+def _cell(content: str) -> str:
+    """A table cell; a figure's (digits, a sign, a change in brackets) is never broken."""
+    if NUMERIC.fullmatch(re.sub(r"<[^>]*>", "", content)):
+        return f'<td class="num">{content}</td>'
+    return f"<td>{content}</td>"
+
+
+NUMERIC = re.compile(r"[-+\d.,() —]+")
 
 
 def _short(label: str, room: int) -> str:

@@ -55,7 +55,7 @@ def results_document(
         entries = snapshot.entries
     result = tally.result().to_json()
     notes: list[str] = result.pop("notes")
-    if stepped:
+    if stepped and status is not ElectionStatus.DRAFT:  # (a draft has no results to step)
         notes.append(
             f"Preliminary: while the election is open these results advance in steps of "
             f"{rules.live_results_step} ballot entries, so that no single ballot can be "

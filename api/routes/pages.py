@@ -64,7 +64,8 @@ def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
 <a class="skip" href="#main">Skip to the results</a>
 <header><nav aria-label="Dashboards"><a href="/">All elections</a></nav>
 <div class="controls"><button type="button" id="pause" aria-pressed="false">Pause updates</button>
-<span id="mode" class="mode">Live updates: connecting</span></div></header>
+<span id="mode" class="mode">Live updates: connecting</span>
+<button type="button" id="forget-token" hidden>Forget token</button></div></header>
 <main id="main" tabindex="-1">
 <h1>{e(title)}</h1>
 <form id="token-form" class="token" hidden>

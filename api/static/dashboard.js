@@ -12,6 +12,7 @@
   const pause = document.getElementById("pause");
   const form = document.getElementById("token-form");
   const why = document.getElementById("token-why");
+  const forgetButton = document.getElementById("forget-token");
   const isPublic = body.dataset.kind === "overview" || body.dataset.public === "true";
   const PAGE_KEY = KEY + ":" + body.dataset.panel;
   let paused = false;
@@ -27,6 +28,16 @@
   let fresh = false; // the next event is a stream's first: the snapshot on (re)connecting
   let retrying = null; // a panel fetch to try again, after a failure
   let shownMode = "connecting";
+  // The polite live region speaks at most every 20 s, and at once when the winners change
+  // or the results become final: at one announcement per event it spoke 4 times a second.
+  const QUIET_MS = 20000;
+  let spokenAt = 0;
+  let spokenWinners = null;
+  let spokenState = null;
+  let speakLater = null;
+  // At most one panel fetch a second: events in between are coalesced into the next.
+  const FETCH_GAP_MS = 1000;
+  let fetchedAt = 0;
 
   function token() { return sessionStorage.getItem(PAGE_KEY) || sessionStorage.getItem(KEY); }
   function keep(value) {
@@ -49,15 +60,38 @@
     return standing ? Number(standing.getAttribute("data-position")) : null;
   }
 
+  function speak() {
+    if (speakLater) { clearTimeout(speakLater); speakLater = null; }
+    const standing = panel.querySelector("[data-position]");
+    if (!standing) return;
+    const winners = panel.querySelector("#winners");
+    const state = standing.getAttribute("data-state");
+    spokenAt = Date.now();
+    spokenWinners = winners ? winners.getAttribute("data-winners") : null;
+    spokenState = state;
+    announce.textContent = "Results updated to position " +
+      standing.getAttribute("data-position") + (state ? " (" + state + "). " : ". ") +
+      (winners ? winners.textContent : "");
+  }
+
   function narrate() {
     const standing = panel.querySelector("[data-position]");
     if (!standing) return;
     const position = standing.getAttribute("data-position");
-    if (lastPosition !== null && position !== lastPosition) {
-      const winners = panel.querySelector("#winners");
-      const state = standing.getAttribute("data-state");
-      announce.textContent = "Results updated to position " + position +
-        (state ? " (" + state + "). " : ". ") + (winners ? winners.textContent : "");
+    const winners = panel.querySelector("#winners");
+    const state = standing.getAttribute("data-state");
+    if (lastPosition === null || position === lastPosition) {
+      if (spokenState === null) { // what the page showed first: the baseline
+        spokenWinners = winners ? winners.getAttribute("data-winners") : null;
+        spokenState = state;
+      }
+    } else if ((winners ? winners.getAttribute("data-winners") : null) !== spokenWinners ||
+        (state === "final" && spokenState !== "final")) {
+      speak(); // news: say it now
+    } else {
+      const wait = spokenAt + QUIET_MS - Date.now();
+      if (wait <= 0) speak();
+      else if (!speakLater) speakLater = setTimeout(speak, wait); // the latest, then
     }
     lastPosition = position;
   }
@@ -99,10 +133,10 @@
       }
       if (sent) { // this token does not read this page: drop it, and say why
         forget();
-        askForToken(detail);
+        askForToken(true);
         return isPublic ? load() : "auth";
       }
-      if (response.status === 401) { askForToken(detail); return "auth"; }
+      if (response.status === 401) { askForToken(false); return "auth"; }
       panel.textContent = detail;
       return "hidden";
     }
@@ -121,7 +155,13 @@
     if (loading) { again = true; return loading; }
     loading = (async function () {
       let outcome;
-      do { again = false; outcome = await load(); } while (again && outcome === "ok");
+      do {
+        again = false;
+        const wait = fetchedAt + FETCH_GAP_MS - Date.now();
+        if (wait > 0) await new Promise(function (done) { setTimeout(done, wait); });
+        fetchedAt = Date.now();
+        outcome = await load();
+      } while (again && outcome === "ok");
       loading = null;
       return outcome;
     })();
@@ -134,7 +174,10 @@
     if (retrying) return; // the retry under way fetches the latest: no fetch per event
     const outcome = await refresh();
     if (outcome === "ok") {
-      if (shownMode === "retrying") setMode(poller ? "polling" : "streaming");
+      if (poller) failures = 0; // the server is back: the next stream failure backs off anew
+      if (shownMode === "retrying") {
+        setMode(poller ? "polling every 5 s (the stream is unavailable)" : "streaming");
+      }
       return;
     }
     if (outcome !== "retry" || retrying) return;
@@ -143,11 +186,17 @@
     backoff = Math.min(backoff * 2, 30000);
   }
 
-  function askForToken(detail) {
+  // The server's detail is written for API clients ("send an Authorization: Bearer
+  // <token> header"): the page says what a person can do instead.
+  function askForToken(refused) {
     form.hidden = false;
-    const need = isPublic ? "That token was not accepted here" : "These results need a token";
-    why.textContent = (detail ? need + " (" + detail + "). " : need + ". ") +
-      "It is kept only for this browser session.";
+    forgetButton.hidden = !token();
+    const need = refused
+      ? "That token does not give access to these results: enter another one."
+      : "These results are not public: enter a token from the election's administrator " +
+        "to see them.";
+    why.textContent = (isPublic ? "That token was not accepted here." : need) +
+      " It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
       document.getElementById("token").focus();
@@ -174,12 +223,18 @@
     update(); // (the server sends an event only when its document changed)
   }
 
+  // A lost stream is tried again after 1, 2, 4 and 8 s (a restart of the API takes a few
+  // seconds) before the page falls back to polling; a reconnection starts the count anew.
   function retry() {
     failures += 1;
-    if (failures >= 3) {
+    if (failures > 4) {
       poll();
       setTimeout(follow, 30000); // and try the stream again now and then
-    } else setTimeout(follow, 2000);
+      return;
+    }
+    const delay = 1000 * Math.pow(2, failures - 1);
+    if (!poller) setMode("reconnecting in " + delay / 1000 + " s");
+    setTimeout(follow, delay);
   }
 
   async function followWithFetch() {
@@ -254,8 +309,16 @@
     if (!value) return;
     keep(value);
     form.hidden = true;
+    forgetButton.hidden = false;
     if (source) { source.close(); source = null; }
     start();
+  });
+
+  forgetButton.hidden = !token();
+  forgetButton.addEventListener("click", function () { // every token this page could use
+    sessionStorage.removeItem(PAGE_KEY);
+    sessionStorage.removeItem(KEY);
+    location.reload();
   });
 
   if (body.dataset.kind === "overview") {

@@ -8,6 +8,7 @@ are kept under .cardinal/screenshots/ (the README's copies live in docs/screensh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import time
@@ -423,3 +424,268 @@ async def test_the_public_overview_shows_an_election_opening(
         ".includes('open')",
         timeout=WAIT_MS,
     )
+
+
+CITIES = [
+    ("zurich", "Zürich"),
+    ("tokyo", "Tokyo"),
+    ("cairo", "القاهرة Cairo"),
+    ("sao", "São Paulo"),
+    ("reykjavik", "Reykjavík"),
+    ("moscow", "Москва"),
+    ("telaviv", "תל אביב"),
+    ("ouaga", "Ouagadougou"),
+]
+
+# Every word of every table cell on one line: a word or a figure broken across lines has
+# client rectangles at more than one height. (And a figure's cell, "94 (+3)", as a whole.)
+BROKEN_WORDS = """() => {
+  const broken = [];
+  const lines = (range) =>
+    new Set(Array.from(range.getClientRects()).map((r) => Math.round(r.top))).size;
+  for (const cell of document.querySelectorAll("#panel td, #panel th, #panel caption")) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.data.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        if (lines(range) > 1) broken.push(m[0]);
+      }
+    }
+    if (cell.classList.contains("num")) {
+      const range = document.createRange();
+      range.selectNodeContents(cell);
+      if (lines(range) > 1) broken.push(cell.textContent);
+    }
+  }
+  return broken;
+}"""
+
+
+async def _cast_many(
+    voting: VotingClient, election_id: str, ballots: list[dict[str, Any]], prefix: str
+) -> None:
+    for start in range(0, len(ballots), 25):
+        answers = await asyncio.gather(
+            *(
+                voting.cast(election_id, ballot, f"{prefix}-{start + n}")
+                for n, ballot in enumerate(ballots[start : start + 25])
+            )
+        )
+        assert all(a.status_code == 201 for a in answers), [a.text for a in answers]
+
+
+async def test_table_cells_keep_words_and_figures_whole(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """overflow-wrap: anywhere on cells gave a phone one-letter columns, 94 read "9/4",
+    and headers "Vot/es" at desktop width (review dash, 1). Cells break between words
+    only; a wide table scrolls in its own box, never the page. Its sections are headings
+    that name the figures (review dash, 9), and axe stays clean."""
+    ids = [c for c, _ in CITIES]
+    election = await voting.create_election(
+        "irv",
+        public_results=True,
+        live_results_step=1,
+        title="Best city",
+        options=[{"id": c, "label": label} for c, label in CITIES],
+    )
+    await voting.open(election["id"])
+    ballots = [{"ranking": ids[n % 8 :] + ids[: n % 8]} for n in range(8)]
+    ballots += [{"ranking": ["zurich", "tokyo"]}] * 94 + [{"ranking": ["tokyo"]}] * 61
+    ballots += [{"ranking": ["cairo", "sao"]}] * 30 + [{"ranking": ["sao", "tokyo"]}] * 10
+    await _cast_many(voting, election["id"], ballots, "city")
+    await voting.close(election["id"])
+    for width in (375, 1100):
+        context = await browser.new_context(
+            bypass_csp=True, viewport={"width": width, "height": 800}
+        )
+        try:
+            screen = await context.new_page()
+            await screen.goto(f"{site}/elections/{election['id']}")
+            await screen.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+            await screen.locator("#rounds").wait_for(timeout=WAIT_MS)
+            assert await screen.evaluate(BROKEN_WORDS) == [], width
+            assert await screen.evaluate("document.documentElement.scrollWidth") <= width
+            await _shot(screen, f"irv-cities-{width}")
+            if width == 375:
+                named = await screen.evaluate(
+                    """() => Array.from(document.querySelectorAll("figure")).map((f) => {
+                      const h = document.getElementById(f.getAttribute("aria-labelledby"));
+                      return h ? h.tagName : null; })"""
+                )
+                assert named
+                assert set(named) == {"H3"}, named
+                assert await screen.locator("#panel h3").count() >= 4
+                assert await _scan(screen) == []
+        finally:
+            await context.close()
+
+
+async def test_every_heat_map_figure_fits_its_cell(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Cells 66 wide held "win 107-6" of "win 107-68": the next cell covered the rest
+    (review dash, 2). Each cell's text now fits inside its rectangle."""
+    election = await voting.create_election(
+        "schulze", public_results=True, live_results_step=1, title="Three-digit pairs"
+    )
+    await voting.open(election["id"])
+    ballots = [{"ranking": ["a", "b", "c"]}] * 107 + [{"ranking": ["b", "c", "a"]}] * 68
+    await _cast_many(voting, election["id"], ballots, "pair")
+    await voting.close(election["id"])
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    cells = await page.evaluate(
+        """() => Array.from(document.querySelectorAll("#heat-map rect")).map((rect) => {
+          const text = rect.nextElementSibling;
+          return [text.textContent,
+                  Number(text.getAttribute("x")) + text.getComputedTextLength(),
+                  Number(rect.getAttribute("x")) + Number(rect.getAttribute("width"))];
+        })"""
+    )
+    assert len(cells) == 6
+    assert "win 107-68" in [text for text, _, _ in cells]
+    assert [c for c in cells if c[1] > c[2]] == []
+
+
+async def test_the_live_region_speaks_at_most_every_twenty_seconds(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The polite live region spoke on every event, up to 4 times a second (review dash,
+    3): it now speaks at most every 20 s, and at once when the results become final."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    await page.evaluate(
+        """() => { window.said = [];
+          new MutationObserver(() => window.said.push(
+            document.getElementById("announce").textContent))
+            .observe(document.getElementById("announce"),
+                     { childList: true, characterData: true, subtree: true }); }"""
+    )
+    before = len(BALLOTS["plurality"])
+    for n in range(12):  # for the winner, "a": the winners do not change
+        response = await voting.cast(election_id, {"choice": "a"}, f"chatty-{n}")
+        assert response.status_code == 201
+        await page.wait_for_function(
+            "document.querySelector('#standing [data-figure=ballots]').textContent === "
+            f"'{before + n + 1}'",
+            timeout=WAIT_MS,
+        )
+        await asyncio.sleep(0.25)
+    said = await page.evaluate("window.said")
+    assert len(said) <= 1, said
+    await voting.close(election_id)
+    await page.wait_for_function("window.said.some((text) => text.includes('final'))", timeout=5000)
+
+
+async def test_a_burst_of_events_fetches_the_panel_at_most_once_a_second(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Every event fetched the whole panel again, back to back (review dash, 4)."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    fetched: list[float] = []
+
+    async def count(route: Route) -> None:
+        fetched.append(time.monotonic())
+        await route.continue_()
+
+    await page.route("**/panel", count)
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 3.0:
+        response = await voting.cast(election_id, {"choice": "b"}, f"burst-{n}")
+        assert response.status_code == 201
+        n += 1
+        await asyncio.sleep(0.05)
+    await page.wait_for_function(
+        "document.querySelector('#standing [data-figure=ballots]').textContent === "
+        f"'{len(BALLOTS['plurality']) + n}'",
+        timeout=WAIT_MS,
+    )
+    gaps = [later - earlier for earlier, later in itertools.pairwise(fetched)]
+    assert n >= 15
+    assert fetched
+    assert min(gaps, default=1.0) > 0.9, [round(t - started, 2) for t in fetched]
+
+
+async def _private_page(voting: VotingClient, site: str, page: Page) -> str:
+    election = await voting.create_election("plurality", live_results_step=1)
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "b"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    return str(election["id"])
+
+
+async def test_a_lost_stream_is_tried_again_gradually_before_polling(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A token page (fetch-read stream) went to polling after 3 failures 2 s apart, and
+    said so for 30 s after a short API restart (review dash, 6): it now tries again after
+    1, 2, 4 and 8 s first."""
+    await _private_page(voting, site, page)
+    refused: list[float] = []
+
+    async def restarting(route: Route) -> None:
+        if len(refused) < 3:
+            refused.append(time.monotonic())
+            await route.abort("connectionrefused")
+            return
+        await route.continue_()
+
+    await page.route("**/results/stream", restarting)
+    await page.evaluate(
+        """() => { window.modes = [];
+          new MutationObserver(() => window.modes.push(
+            document.getElementById("mode").textContent))
+            .observe(document.getElementById("mode"),
+                     { childList: true, characterData: true, subtree: true }); }"""
+    )
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    modes = await page.evaluate("window.modes")
+    assert len(refused) == 3
+    assert not [m for m in modes if "polling" in m], modes
+    assert any("reconnecting" in m for m in modes), modes
+
+
+async def test_the_token_prompt_speaks_to_a_person_and_a_token_can_be_forgotten(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The prompt read "send an Authorization: Bearer <token> header", and a stored token
+    could not be taken back (review dash, 8)."""
+    await _private_page(voting, site, page)
+    why = await page.locator("#token-why").inner_text()
+    assert "Authorization" not in why
+    assert "Bearer" not in why
+    assert "not public" in why
+    assert await page.locator("#forget-token").is_hidden()
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    forget = page.locator("#forget-token")
+    assert await forget.is_visible()
+    await forget.click()
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    assert await page.evaluate("sessionStorage.length") == 0
+    assert await page.locator("#forget-token").is_hidden()
+    assert await page.locator("#winners").count() == 0
+
+
+async def test_a_draft_page_says_not_open_yet(voting: VotingClient, site: str, page: Page) -> None:
+    """A draft read "preliminary: the election is draft" with the note on steps of 10
+    while open (review dash, 5)."""
+    election = await voting.create_election("plurality", public_results=True, title="Later")
+    await page.goto(f"{site}/elections/{election['id']}")
+    standing = page.locator("#standing")
+    await standing.wait_for(timeout=WAIT_MS)
+    assert "Not open yet" in await standing.inner_text()
+    text = await page.locator("#panel").inner_text()
+    assert "preliminary" not in text.lower()
+    assert "steps of" not in text
