@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 
 from domain.rules import ElectionRules, Method, TieBreak
 from domain.tabulation import Result, tabulate
+from domain.tabulation import irv as irv_module
 from domain.tabulation import ranked_pairs as ranked_pairs_module
 from domain.votes import Approval, Choice, Ranking, Vote
 from tests.budget import examples
@@ -141,10 +143,143 @@ def test_irv_elimination_tie_goes_to_the_earlier_round_counts() -> None:
 def test_irv_elimination_tie_with_no_earlier_round_eliminates_the_last_declared(
     declared: str, winner: str
 ) -> None:
-    result = irv(declared, [(3, "a"), (2, "b>c"), (2, "c>b")])
+    result = irv(declared, [(3, "a"), (2, "b>c"), (2, "c>b")], tie_break="declared_order")
     assert result.winners == (winner,)
-    assert result.tie is None  # eliminations always resolve, even under REPORT
+    assert result.tie is None
     assert "declared last among them" in result.notes[0]
+
+
+REVIEWED = [(1, "a"), (1, "b"), (1, "c>b")]  # a, b and c tie in round 1, with no round before
+
+
+@pytest.mark.parametrize("declared", ["a,b,c", "c,b,a", "b,a,c", "a,c,b", "b,c,a", "c,a,b"])
+def test_irv_report_lists_every_option_some_choice_of_elimination_elects(declared: str) -> None:
+    """Under REPORT, declared order may pick the rounds shown but never the winners: a
+    goes (b and c then tie, and stay tied), b goes (a and c tie) or c goes (b wins). The
+    count used to name b alone, or b and c, by the order the options were declared in
+    (review)."""
+    result = irv(declared, REVIEWED)
+    ids = tuple(declared.split(","))
+    assert result.winners == ids  # all three, in declared order
+    assert result.tie is not None
+    assert result.tie.options == ids
+    assert "each win for some choice of elimination: in round 1" in result.tie.reason
+    assert "tied for the fewest votes (1 vote each)" in result.tie.reason
+    assert result.rounds[0].eliminated == (ids[-1],)  # the declared-order branch is shown
+    assert "declared last among them" in result.notes[0]
+    assert "The rounds shown eliminate" in result.notes[-1]
+
+
+@pytest.mark.parametrize("declared", ["a,b,c", "a,c,b"])
+def test_irv_report_ties_the_options_either_elimination_elects(declared: str) -> None:
+    result = irv(declared, [(3, "a"), (2, "b>c"), (2, "c>b")])
+    tied = tuple(declared.split(",")[1:])  # b and c, named in declared order
+    assert result.winners == tied
+    assert result.tie is not None
+    assert f"{tied[0]} and {tied[1]} tied for the fewest votes (2 votes each)" in result.tie.reason
+
+
+def test_irv_report_keeps_one_winner_where_every_elimination_elects_it() -> None:
+    # Round 1: b and c tie on 1, never separated; either goes, and d wins all the same.
+    result = irv("a,b,c,d", [(3, "a"), (1, "b>d"), (1, "c>d"), (2, "d")])
+    assert result.winners == ("d",)
+    assert result.tie is None
+    assert result.notes[0] == (
+        "Round 1: b and c tied for the fewest votes (1); no earlier round separates b and c, "
+        "so c is eliminated because it was declared last among them. It did not change the "
+        "winner, who wins for every choice."
+    )
+
+
+def test_irv_report_passes_over_ties_of_options_with_no_votes() -> None:
+    result = irv("a,b,c,d,e", [(3, "a"), (2, "b>c"), (2, "c>b")])
+    assert result.notes[0].endswith(
+        "so e is eliminated because it was declared last among them. With no votes to "
+        "transfer, the choice cannot change the winner."
+    )
+    assert result.winners == ("b", "c")
+    assert result.tie is not None
+    assert "in round 3, b and c tied" in result.tie.reason  # d and e went first
+
+
+def test_irv_report_search_past_its_budget_keeps_the_rounds_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(irv_module, "SEARCH_BUDGET", 5)
+    result = irv("a,b,c", REVIEWED)
+    assert result.winners == ("b",)  # c goes, as declared order has it
+    assert result.tie is None
+    assert "the search was cut short" in result.notes[-1]
+
+
+def test_irv_declared_order_still_eliminates_the_last_declared() -> None:
+    result = irv("a,b,c", REVIEWED, tie_break="declared_order")
+    assert result.winners == ("b",)
+    assert result.tie is None
+    assert result.notes == (
+        "Round 1: a, b and c tied for the fewest votes (1); no earlier round separates a, b "
+        "and c, so c is eliminated because it was declared last among them.",
+    )
+    result = irv("c,b,a", REVIEWED, tie_break="declared_order")
+    assert result.winners == ("c",)  # a goes; then c and b tie, and c was declared first
+    assert [r.eliminated for r in result.rounds] == [("a",), ("b",)]
+
+
+@pytest.mark.parametrize(("each", "words"), [(1, "1 vote each"), (2, "2 votes each")])
+def test_irv_final_tie_says_vote_for_one(each: int, words: str) -> None:
+    result = irv("a,b", [(each, "a"), (each, "b")])
+    assert result.tie is not None
+    assert f"in the final round with {words}, and no earlier round" in result.tie.reason
+
+
+def every_choice_winners(ids: tuple[str, ...], ballots: list[tuple[str, ...]]) -> set[str]:
+    """A direct reference: recount from scratch down every elimination that backwards
+    tie-breaking leaves open, with no memory and no pruning."""
+    found: set[str] = set()
+
+    def count(continuing: list[str], history: list[dict[str, int]]) -> None:
+        counts = dict.fromkeys(continuing, 0)
+        for ballot in ballots:
+            top = next((o for o in ballot if o in counts), None)
+            if top is not None:
+                counts[top] += 1
+        if len(continuing) == 1:
+            found.add(continuing[0])
+            return
+        history = [*history, counts]
+        leader = max(continuing, key=counts.__getitem__)
+        if 2 * counts[leader] > sum(counts.values()):
+            found.add(leader)
+            return
+        low = min(counts.values())
+        lowest = [o for o in continuing if counts[o] == low]
+        left = lowest
+        for earlier in reversed(history[:-1]):
+            least = min(earlier[o] for o in left)
+            left = [o for o in left if earlier[o] == least]
+        if len(left) > 1 and len(lowest) == len(continuing) == 2:
+            found.update(left)  # a final tie, reported
+            return
+        for loser in left:
+            count([o for o in continuing if o != loser], history)
+
+    count(list(ids), [])
+    return found
+
+
+def test_irv_report_winners_are_every_choice_winners_in_any_declared_order() -> None:
+    rng = random.Random(20261206)
+    for _ in range(examples(600)):
+        ids = tuple(f"o{i}" for i in range(rng.randint(2, 7)))
+        ballots = [
+            tuple(rng.sample(ids, len(ids))[: rng.randint(1, len(ids))])
+            for _ in range(rng.randint(1, rng.choice([5, 10, 25])))
+        ]
+        expected = every_choice_winners(ids, ballots)
+        for declared in (ids, ids[::-1], tuple(rng.sample(ids, len(ids)))):
+            result = tabulate(rules(Method.IRV, declared), [Ranking(b) for b in ballots])
+            assert set(result.winners) == expected, (declared, ballots)
+            assert (result.tie is not None) == (len(expected) > 1)
 
 
 def test_irv_final_tie_is_reported() -> None:
