@@ -1,0 +1,60 @@
+"""Projection workers in one process share decoded relay pages, within a memory bound."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from projections import worker
+
+
+@dataclass
+class Page:
+    """What the workers read of a relay message: its name and its body."""
+
+    message_id: str
+    body: bytes
+
+
+def _page(after: int, entries: int, padding: int) -> Page:
+    events = [
+        {
+            "position": after + n + 1,
+            "stream_id": str(uuid.uuid4()),
+            "version": 1,
+            "type": "BallotCast",
+            "data": {"vote": "x" * padding},
+        }
+        for n in range(entries)
+    ]
+    body = orjson.dumps({"after": after, "last": after + entries, "events": events})
+    return Page(f"{after}-{after + entries}", body)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> None:
+    worker._DECODED.clear()
+    worker._DECODED_SIZES.clear()
+
+
+def test_a_catch_up_of_big_pages_keeps_the_cache_within_its_bytes() -> None:
+    """256 pages were kept whatever their size: 0.9 GB in a projections process after a
+    catch-up of 100-option ballots (review helper-59)."""
+    pages = [_page(n * 1000, 1000, 300) for n in range(40)]  # about 0.4 MB of body each
+    for page in pages:
+        worker._decode_once(page)  # type: ignore[arg-type]
+    held = sum(len(p.body) for p in pages if p.message_id in worker._DECODED)
+    assert held <= worker._DECODED_BYTES
+    assert pages[-1].message_id in worker._DECODED  # the newest stays, to be shared
+    assert pages[0].message_id not in worker._DECODED
+
+
+def test_each_page_is_decoded_once_for_the_workers_that_share_it() -> None:
+    page = _page(0, 10, 10)
+    first = worker._decode_once(page)  # type: ignore[arg-type]
+    assert worker._decode_once(page) is first  # type: ignore[arg-type]
+    alone = _page(10, 1, worker._DECODED_BYTES)  # one page bigger than the bound is kept
+    assert worker._decode_once(alone) is worker._decode_once(alone)  # type: ignore[arg-type]
