@@ -42,6 +42,7 @@ class Election(Document):
     created_at: str
     version: int
     tokens_issued: int | None = Field(default=None, description="token elections only")
+    seats: int | None = Field(default=None, description="stv elections only: seats to fill")
 
 
 class ElectionChange(Election):
