@@ -56,6 +56,8 @@ def results_panel(document: dict[str, Any], title: str) -> str:
         parts.append(_histograms(document, labels))
     elif method == "irv":
         parts.append(_irv(document, labels))
+    elif method == "stv":
+        parts.append(_stv(document, labels))
     if method in CONDORCET or document.get("pairwise"):
         parts.append(_heat_map(document, labels))
     parts.append(_option_table(document))
@@ -231,6 +233,59 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
         f"{_table(caption, header, body, 'rounds')}</section>"
     )
     return "".join(parts)
+
+
+def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
+    """STV: the seats and the quota, then every stage as a table (votes are exact decimal
+    texts with five places; an elected or excluded option's later cells say so)."""
+    seats, quota, stages = document.get("seats"), document.get("quota"), document["stages"]
+    summary = (
+        f'<p id="stv-quota">Seats: <span data-figure="seats">{e(seats)}</span>. '
+        f'Quota: <span data-figure="quota">{e(quota or "none yet")}</span> votes '
+        "(Droop: valid ballots / (seats + 1), whole part, plus one).</p>"
+    )
+    if not stages:
+        return summary + '<p id="no-stages">No stages yet: no ballots counted.</p>'
+    options = list(labels)
+    header = [
+        "Stage",
+        "Action",
+        *[e(labels[o]) for o in options],
+        "Non-transferable",
+        "Elected",
+        "Excluded",
+    ]
+    body = []
+    for index, stage in enumerate(stages):
+        source = labels.get(stage["from"], stage["from"]) if stage["from"] else ""
+        if stage["action"] == "surplus":
+            action = (
+                f"surplus of {e(source)}: {e(stage['surplus'])} at {e(stage['transfer_value'])}"
+            )
+        elif stage["action"] == "exclusion":
+            action = f"exclusion of {e(source)}"
+        else:
+            action = "first preferences"
+        cells = [str(index + 1), action]
+        for option in options:
+            if option in stage["counts"]:
+                cells.append(
+                    f'<span data-stage="{index}" data-option="{e(option)}">'
+                    f"{e(stage['counts'][option])}</span>"
+                )
+            else:
+                cells.append("elected" if option in document["winners"] else "out")
+        cells.append(e(stage["exhausted"]))
+        cells.append(", ".join(e(labels.get(o, o)) for o in stage["elected"]) or "none")
+        cells.append(", ".join(e(labels.get(o, o)) for o in stage["excluded"]) or "none")
+        body.append(cells)
+    return summary + _table(
+        "Every stage: votes of each continuing option, non-transferable votes, who was "
+        "elected or excluded",
+        header,
+        body,
+        "stages",
+    )
 
 
 def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:

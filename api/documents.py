@@ -42,6 +42,7 @@ class Election(Document):
     created_at: str
     version: int
     tokens_issued: int | None = Field(default=None, description="token elections only")
+    seats: int | None = Field(default=None, description="stv elections only: seats to fill")
 
 
 class ElectionChange(Election):
@@ -72,6 +73,33 @@ class Round(Document):
     counts: dict[str, int]
     eliminated: list[str]
     exhausted: int
+
+
+VOTES: Any = Field(
+    pattern=r"^[0-9]+\.[0-9]{5}$",
+    description="votes as an exact decimal text with five places (units of 1/100000)",
+)
+
+
+class Stage(Document):
+    """One stage of an STV count."""
+
+    action: Literal["first_preferences", "surplus", "exclusion"]
+    from_: str | None = Field(
+        alias="from", description="whose surplus moved, or who was excluded (null at stage 1)"
+    )
+    surplus: str | None = Field(description="the surplus moved: a decimal text, 5 places")
+    transfer_value: str | None = Field(
+        description="the transfer value of a paper of full value, truncated to 5 places "
+        "(a paper received at value v moves at surplus x v / votes, truncated)"
+    )
+    counts: dict[str, str] = Field(
+        description="votes of every option continuing at the stage (those it elects "
+        'included), each an exact decimal text with five places such as "4.90904"'
+    )
+    elected: list[str]
+    excluded: list[str]
+    exhausted: str = VOTES
 
 
 class Tie(Document):
@@ -107,6 +135,13 @@ class Results(Document):
     set_aside: int
     final_chain_head: ChainHead | None = None
     recounted_from_log: bool | None = None
+    seats: int | None = Field(default=None, description="stv only: the seats filled")
+    quota: str | None = Field(
+        default=None, description="stv only: the Droop quota, a decimal text with 5 places"
+    )
+    stages: list[Stage] | None = Field(
+        default=None, description="stv only: every stage of the count, in order"
+    )
 
 
 class LogEntry(Document):

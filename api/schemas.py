@@ -119,6 +119,14 @@ class ElectionIn(Strict):
     live_results_step: Annotated[int, Field(ge=1, le=MAX_LIVE_RESULTS_STEP)] = 10
     late_tokens: bool = False
     public_results: bool = False
+    seats: Annotated[
+        int | None,
+        Field(
+            description="stv only: how many options are elected (1 by default, fewer than "
+            "the options)",
+            json_schema_extra={"minimum": 1, "maximum": MAX_OPTIONS - 1},
+        ),
+    ] = None
 
 
 class TokensIn(Strict):

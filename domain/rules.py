@@ -46,6 +46,7 @@ class Method(StrEnum):
     RANKED_PAIRS = "ranked_pairs"
     COPELAND = "copeland"
     MINIMAX = "minimax"
+    STV = "stv"  # multi-seat: Scottish STV (domain/tabulation/stv.py)
 
     @property
     def ballot_field(self) -> str:
@@ -74,6 +75,7 @@ _BALLOT_FIELD = {
             Method.RANKED_PAIRS,
             Method.COPELAND,
             Method.MINIMAX,
+            Method.STV,
         ),
         "ranking",
     ),
@@ -125,6 +127,7 @@ class ElectionRules:
     live_results_step: int = DEFAULT_LIVE_RESULTS_STEP
     late_tokens: bool = False
     public_results: bool = False  # results readable without a token (still as visibility says)
+    seats: int | None = None  # stv only (1 <= seats < options): how many options are elected
     # Derived once: validation and tabulation look these up for every ballot.
     option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
     option_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -150,6 +153,7 @@ class ElectionRules:
         live_results_step: int = DEFAULT_LIVE_RESULTS_STEP,
         late_tokens: bool = False,
         public_results: bool = False,
+        seats: int | None = None,
     ) -> ElectionRules:
         """Validate raw rules (as an API client sends them) and pin them."""
         chosen = _enum(Method, method, "method")
@@ -198,6 +202,7 @@ class ElectionRules:
                 field="live_results_step",
             )
         scored = chosen.is_scored
+        pinned_seats = _seats(chosen, seats, len(parsed_options))
         return cls(
             options=parsed_options,
             method=chosen,
@@ -210,11 +215,12 @@ class ElectionRules:
             live_results_step=step,
             late_tokens=late_tokens,
             public_results=public_results,
+            seats=pinned_seats,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The rules as stored in the election's creation event."""
-        return {
+        pinned: dict[str, Any] = {
             "options": [{"id": o.id, "label": o.label} for o in self.options],
             "method": self.method.value,
             "min_score": self.min_score,
@@ -227,6 +233,10 @@ class ElectionRules:
             "late_tokens": self.late_tokens,
             "public_results": self.public_results,
         }
+        if self.seats is not None:
+            # Only stv elections pin seats: other methods' stored rules stay as they were.
+            pinned["seats"] = self.seats
+        return pinned
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ElectionRules:
@@ -246,6 +256,9 @@ class ElectionRules:
             late_tokens=bool(data.get("late_tokens", True)),
             # Results were never public before this rule: stored rules without it stay so.
             public_results=bool(data.get("public_results", False)),
+            # An stv election stored without seats (none is, but a hand-made log may be)
+            # fills one seat, the default at creation.
+            seats=(int(data.get("seats") or 1) if data["method"] == Method.STV.value else None),
         )
 
 
@@ -265,6 +278,27 @@ def _int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidElection(f"{name} must be an integer; got {value!r}", field=name)
     return value
+
+
+def _seats(method: Method, seats: object, options: int) -> int | None:
+    """The pinned number of seats: stv only, 1 by default, fewer than the options."""
+    if method is not Method.STV:
+        if seats is not None:
+            raise InvalidElection(
+                f"seats applies to stv only (multi-seat elections), not {method.value}",
+                field="seats",
+            )
+        return None
+    if seats is None:
+        return 1
+    count = _int(seats, "seats")
+    if not 1 <= count < options:
+        raise InvalidElection(
+            f"seats must be from 1 to one fewer than the number of options ({options - 1}); "
+            f"got {count}",
+            field="seats",
+        )
+    return count
 
 
 def _parse_options(raw: object) -> tuple[Option, ...]:

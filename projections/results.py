@@ -21,7 +21,19 @@ from projections.queries import TallySnapshot, tally_snapshot
 
 # What a served document must share with a recount of the log (the rest, such as its
 # position and notes, says when and how it was served).
-COMPARED = ("ballots", "winners", "options", "rounds", "pairwise", "tie", "late_ballots")
+# STV's seats, quota and stages are absent from other methods' documents (read with .get).
+COMPARED = (
+    "ballots",
+    "winners",
+    "options",
+    "rounds",
+    "pairwise",
+    "tie",
+    "late_ballots",
+    "seats",
+    "quota",
+    "stages",
+)
 
 
 def results_document(
@@ -131,6 +143,6 @@ async def differences_from_recount(
             exact=True,
         )
         counted += served["ballots"]
-        if any(served[key] != truth[key] for key in COMPARED):
+        if any(served.get(key) != truth.get(key) for key in COMPARED):
             differing.append(election_id)
     return differing, counted

@@ -70,6 +70,7 @@ async def create(request: Request) -> Response:
         live_results_step=body.live_results_step,
         late_tokens=body.late_tokens,
         public_results=body.public_results,
+        seats=body.seats,
     )
     app = context.services(request).app
     receipt = await app.create_election(body.title, rules)

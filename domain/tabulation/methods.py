@@ -13,6 +13,7 @@ from domain.tabulation.irv import irv
 from domain.tabulation.ranked_pairs import ranked_pairs
 from domain.tabulation.result import Result
 from domain.tabulation.star import star
+from domain.tabulation.stv import stv
 
 if TYPE_CHECKING:
     from domain.tabulation.statistics import Tally
@@ -28,6 +29,7 @@ TABULATIONS: Mapping[Method, Callable[[Tally], Result]] = {
     Method.RANKED_PAIRS: ranked_pairs,
     Method.COPELAND: copeland,
     Method.MINIMAX: minimax,
+    Method.STV: stv,
 }
 
 

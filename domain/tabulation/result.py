@@ -43,6 +43,50 @@ class Round:
         }
 
 
+VOTE_UNIT = 100_000  # STV counts votes in units of 1/100000 (five decimal places)
+
+
+def decimal_votes(units: int) -> str:
+    """Votes held in units of 1/100000 as an exact decimal text with five places."""
+    sign = "-" if units < 0 else ""
+    whole, part = divmod(abs(units), VOTE_UNIT)
+    return f"{sign}{whole}.{part:05d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One stage of an STV count (first preferences, a surplus transfer or an exclusion).
+
+    Votes are integers in units of 1/100000 (``VOTE_UNIT``), shown as decimal texts.
+    ``counts`` holds the votes, at the end of the stage, of every option continuing then
+    (those the stage elects included);
+    ``exhausted`` the value of the non-transferable papers so far.
+    """
+
+    action: str  # "first_preferences", "surplus" or "exclusion"
+    counts: Mapping[str, int]
+    source: str | None = None  # whose surplus moved, or who was excluded
+    surplus: int | None = None
+    transfer_value: int | None = None  # of a paper of full value (first preference)
+    elected: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+    exhausted: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "from": self.source,
+            "surplus": None if self.surplus is None else decimal_votes(self.surplus),
+            "transfer_value": (
+                None if self.transfer_value is None else decimal_votes(self.transfer_value)
+            ),
+            "counts": {key: decimal_votes(value) for key, value in self.counts.items()},
+            "elected": list(self.elected),
+            "excluded": list(self.excluded),
+            "exhausted": decimal_votes(self.exhausted),
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Tie:
     """A tie for the win that the election's pinned tie-break rule leaves unresolved."""
@@ -66,10 +110,14 @@ class Result:
     pairwise: Mapping[str, Mapping[str, int]] | None = None
     tie: Tie | None = None
     notes: tuple[str, ...] = field(default=())
+    # STV only: the seats filled, the Droop quota (units of 1/100000) and every stage.
+    seats: int | None = None
+    quota: int | None = None
+    stages: tuple[Stage, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The results document served by the API and checked by the audit replay."""
-        return {
+        document = {
             "method": self.method.value,
             "ballots": self.ballots,
             "winners": list(self.winners),
@@ -83,6 +131,11 @@ class Result:
             "tie": None if self.tie is None else self.tie.to_json(),
             "notes": list(self.notes),
         }
+        if self.method is Method.STV:
+            document["seats"] = self.seats
+            document["quota"] = None if self.quota is None else decimal_votes(self.quota)
+            document["stages"] = [stage.to_json() for stage in self.stages]
+        return document
 
 
 def option_results(

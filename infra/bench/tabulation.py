@@ -46,6 +46,9 @@ class Figure:
         return self.target is None or self.value <= self.target
 
 
+STV_SEATS = 5  # a multi-seat count (fewer where there are fewer options), as a board fills
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the tallies, time them, print a table and a JSON line; 0 if all targets met."""
     parser = argparse.ArgumentParser(
@@ -93,6 +96,7 @@ def _rules(method: Method, options: int) -> ElectionRules:
     return ElectionRules.create(
         options=[{"id": f"o{i}", "label": f"Option {i}"} for i in range(options)],
         method=method.value,
+        seats=min(STV_SEATS, options - 1) if method is Method.STV else None,
     )
 
 

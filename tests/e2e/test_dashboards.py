@@ -44,7 +44,9 @@ BALLOTS: dict[str, list[dict[str, Any]]] = {
     "ranked_pairs": [{"ranking": r} for r in RANKINGS],
     "copeland": [{"ranking": r} for r in RANKINGS],
     "minimax": [{"ranking": r} for r in RANKINGS],
+    "stv": [{"ranking": r} for r in [*RANKINGS, ["a", "b"], ["a"], ["c"]]],
 }
+RULES: dict[str, dict[str, Any]] = {"stv": {"seats": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,11 @@ async def voting(site: str) -> AsyncIterator[VotingClient]:
 
 async def _election(voting: VotingClient, method: str, *, close: bool = True) -> str:
     election = await voting.create_election(
-        method, public_results=True, live_results_step=1, title=f"Lunch vote ({method})"
+        method,
+        public_results=True,
+        live_results_step=1,
+        title=f"Lunch vote ({method})",
+        **RULES.get(method, {}),
     )
     await voting.open(election["id"])
     for n, ballot in enumerate(BALLOTS[method]):
@@ -109,6 +115,8 @@ async def _results(voting: VotingClient, election_id: str) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
+    if value is None:
+        return "—"
     if isinstance(value, float):
         return f"{value:g}" if value.is_integer() else f"{value:.3f}".rstrip("0")
     return str(value)
@@ -152,6 +160,14 @@ async def test_each_method_page_shows_its_json_results(
             for option, count in one["counts"].items():
                 cell = page.locator(f'#rounds [data-round="{index}"][data-option="{option}"]')
                 assert await cell.inner_text() == str(count)
+    if method == "stv":
+        assert (
+            await page.locator("#stv-quota [data-figure=quota]").inner_text() == (results["quota"])
+        )
+        for index, stage in enumerate(results["stages"]):
+            for option, votes in stage["counts"].items():
+                cell = page.locator(f'#stages [data-stage="{index}"][data-option="{option}"]')
+                assert await cell.inner_text() == votes
     if results["pairwise"] is not None:
         for a, row in results["pairwise"].items():
             for b, count in row.items():
@@ -164,7 +180,7 @@ async def test_each_method_page_shows_its_json_results(
     assert await page.locator("svg.chart").count() >= 1
     assert await page.locator("#chain-head").count() == 1
     await _shot(page, method)
-    if method in ("irv", "schulze", "score"):
+    if method in ("irv", "schulze", "score", "stv"):
         assert await _scan(page) == []
 
 

@@ -186,3 +186,47 @@ async def test_results_at_a_position_are_counted_once(
     assert {a.status_code for a in answers} == {200}
     assert answers[0].json() == answers[2].json()
     assert counted == 1
+
+
+async def test_an_stv_election_fills_its_seats_and_reports_every_stage(
+    voting: VotingClient,
+) -> None:
+    """Two seats of a, b, c; 7 ballots: quota floor(7/3)+1 = 3. a (4) is elected and its
+    surplus 1 moves at 0.25 to c (3 papers a>c: 0.75); b (2) and c (1.75): c is excluded
+    and b, the one continuing option for the one seat left, is elected."""
+    election = await voting.create_election("stv", seats=2)
+    assert election["seats"] == 2
+    election_id = election["id"]
+    await voting.open(election_id)
+    ballots = [["a", "c"]] * 3 + [["a"], ["b"], ["b", "a"], ["c"]]
+    for n, order in enumerate(ballots):
+        cast = await voting.cast(election_id, {"ranking": order}, f"v{n}")
+        assert cast.status_code == 201, cast.text
+    closed = await voting.close(election_id)
+    body = (await voting.results(election_id, min_position=closed["position"])).json()
+    assert body["method"] == "stv"
+    assert body["winners"] == ["a", "b"]
+    assert (body["seats"], body["quota"]) == (2, "3.00000")
+    stages = body["stages"]
+    assert stages[1]["from"] == "a"
+    assert (stages[1]["surplus"], stages[1]["transfer_value"]) == ("1.00000", "0.25000")
+    assert stages[1]["counts"] == {"b": "2.00000", "c": "1.75000"}
+    assert stages[1]["exhausted"] == "0.25000"
+    assert stages[2]["excluded"] == ["c"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "detail"),
+    [
+        ({"method": "irv", "seats": 2}, "seats applies to stv only"),
+        ({"method": "stv", "seats": 0}, "seats must be from 1 to one fewer"),
+        ({"method": "stv", "seats": 3}, "seats must be from 1 to one fewer"),
+        ({"method": "stv", "seats": "2"}, "seats"),
+    ],
+)
+async def test_bad_seats_are_refused_with_a_clear_detail(
+    voting: VotingClient, rules: dict[str, object], detail: str
+) -> None:
+    body = {"title": "Council", "options": [{"id": i, "label": i} for i in "abc"], **rules}
+    response = await voting.http.post("/api/elections", json=body, headers=bearer(ADMIN))
+    assert_problem(response, 422, detail)

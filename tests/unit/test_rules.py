@@ -103,3 +103,40 @@ def test_a_title_or_label_of_invisible_characters_is_empty(text: str) -> None:
         ElectionRules.create(
             options=[{"id": "a", "label": text}, {"id": "b", "label": "B"}], method="plurality"
         )
+
+
+THREE = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}, {"id": "c", "label": "C"}]
+
+
+def test_stv_pins_its_seats_and_defaults_to_one() -> None:
+    assert ElectionRules.create(options=THREE, method="stv").seats == 1
+    rules = ElectionRules.create(options=THREE, method="stv", seats=2)
+    assert rules.seats == 2
+    assert rules.to_json()["seats"] == 2
+    assert ElectionRules.from_json(rules.to_json()) == rules
+    assert "seats" not in ElectionRules.create(options=THREE, method="irv").to_json()
+
+
+def test_stored_rules_without_seats_still_load() -> None:
+    stored = ElectionRules.create(options=THREE, method="stv", seats=2).to_json()
+    del stored["seats"]
+    assert ElectionRules.from_json(stored).seats == 1
+    irv = ElectionRules.create(options=THREE, method="irv").to_json()
+    assert ElectionRules.from_json(irv).seats is None
+
+
+@pytest.mark.parametrize(
+    ("method", "seats", "message"),
+    [
+        ("irv", 2, "seats applies to stv only"),
+        ("plurality", 1, "seats applies to stv only"),
+        ("stv", 0, "seats must be from 1 to one fewer than the number of options (2)"),
+        ("stv", 3, "seats must be from 1 to one fewer than the number of options (2)"),
+        ("stv", "2", "seats must be an integer"),
+        ("stv", True, "seats must be an integer"),
+    ],
+)
+def test_bad_seats_are_refused(method: str, seats: object, message: str) -> None:
+    with pytest.raises(InvalidElection, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        ElectionRules.create(options=THREE, method=method, seats=seats)  # type: ignore[arg-type]
+    assert e.value.field == "seats"

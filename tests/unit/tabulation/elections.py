@@ -20,6 +20,7 @@ def rules(
     tie_break: str = "report",
     min_score: int | None = None,
     max_score: int | None = None,
+    seats: int | None = None,
 ) -> ElectionRules:
     """Pinned rules for options ``ids`` (labels are the ids upper-cased)."""
     return ElectionRules.create(
@@ -28,6 +29,7 @@ def rules(
         tie_break=tie_break,
         min_score=min_score,
         max_score=max_score,
+        seats=seats,
     )
 
 

@@ -25,6 +25,7 @@ FIGURES = {
     Method.RANKED_PAIRS: {"first_preferences"},
     Method.COPELAND: {"first_preferences", "wins", "losses", "ties", "score"},
     Method.MINIMAX: {"first_preferences", "largest_defeat"},
+    Method.STV: {"first_preferences", "elected_in_stage"},
 }
 
 
@@ -52,6 +53,7 @@ def test_results_document_shape(method: Method) -> None:
         "pairwise",
         "tie",
         "notes",
+        *(["seats", "quota", "stages"] if method is Method.STV else []),
     ]
     assert document["method"] == method.value
     assert document["ballots"] == 3
