@@ -191,7 +191,7 @@ async def running_services(
         if broker is not None:
             stops.append(broker.stop())
         await _bounded("the election feed, position watcher and broker monitor", STEP, *stops)
-        await _bounded("the reads pool", STEP, reads.close(timeout=STEP))
+        await _bounded("the reads pool", STEP, reads.close(timeout=STEP / 2))
         await _in_thread_within("the application's connections", STEP, app.close)
 
 

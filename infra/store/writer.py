@@ -428,12 +428,12 @@ class GroupCommitWriter:
         within LOOKUP_WAIT: a store that hangs costs the caller a 503, and a probe."""
         if not self.health.up:
             raise StoreUnavailable(UNCHECKED)
-        reading = asyncio.ensure_future(asyncio.to_thread(read, *args))
+        assert self._loop is not None
+        reading = _on_daemon_thread(self._loop, read, *args)
         done, _ = await asyncio.wait({reading}, timeout=LOOKUP_WAIT)
         if reading in done:
             return reading.result()
         reading.add_done_callback(_retrieved)  # (its thread ends when the store answers)
-        assert self._loop is not None
         self._suspect(self._loop, None)
         raise StoreUnavailable(UNCHECKED)
 
@@ -644,6 +644,34 @@ class GroupCommitWriter:
 def _cancel(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+
+
+def _on_daemon_thread(
+    loop: asyncio.AbstractEventLoop, call: Callable[..., T], *args: Any
+) -> asyncio.Future[T]:
+    """``call(*args)`` on a daemon thread of its own. Not on the loop's executor: a read
+    given up on a store that hangs stays blocked as long as it hangs, and the process waits
+    for its executor's threads at exit (a SIGTERM then waited for the store to thaw)."""
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def run() -> None:
+        try:
+            result, error = call(*args), None
+        except BaseException as raised:  # (the caller's to see, on the loop)
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="writer lookup", daemon=True).start()
+    return future
 
 
 def _unknown(in_flight: Sequence[Append]) -> None:

@@ -4,7 +4,12 @@ before the server's grace period ends, never cancelled into a 500."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,14 +24,16 @@ from api.app import create_app
 from api.protocol import server_config
 from api.server import DRAIN_MARGIN, DrainingServer
 from infra.runtime.bootstrap import SHUTDOWN_AT_MOST
+from infra.runtime.supervisor import STOP_TIMEOUT
 from infra.store.migrations import migrate
 from infra.store.writer import UNKNOWN
 from tests.databases import create_database, drop_database
 from tests.integration.client import PROBLEM, VotingClient, bearer
-from tests.pg_cluster import Cluster
+from tests.pg_cluster import Cluster, quiet_port
 from tests.servers import CLIENT, settings_for
 
 GRACE = 3
+GRACE_OF_SERVE = server_config(settings_for("postgresql://-")).timeout_graceful_shutdown or 0
 
 
 def _casts(url: str) -> int:
@@ -183,3 +190,73 @@ async def test_sigterm_while_the_store_is_frozen_answers_every_ballot_and_stops_
     assert answered < GRACE  # before uvicorn would have cancelled them
     assert done, f"still stopping {ended:.1f} s after SIGTERM"
     assert _casts(url) <= 1 + unknown  # none answered "not recorded" was recorded
+
+
+async def test_an_api_process_stops_within_its_grace_while_the_store_is_frozen(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """SIGTERM with PostgreSQL frozen: `cardinal api` exited only once it thawed (60 s and
+    more; the review's repro), waiting at exit on a thread blocked on the store (a lookup
+    given up on, the writer thread's join). It now exits with 0 within uvicorn's grace and
+    SHUTDOWN_AT_MOST, under the supervisor's STOP_TIMEOUT before SIGKILL."""
+    url = cluster.create_database(f"shutdown_{uuid4().hex[:8]}")
+    migrate(url)
+    port = quiet_port()
+    settings = settings_for(url, host="127.0.0.1", port=port, data_dir=tmp_path)
+    env = {**os.environ, **settings.environment(), "LOG_LEVEL": "WARNING"}
+    process = _start_api(env)
+    frozen = False
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            await _until(lambda: _answers(port), within=60)
+            voting = VotingClient(http)
+            election_id = await voting.open_election()
+            assert (await voting.cast(election_id, {"choice": "a"}, "v")).status_code == 201
+            await asyncio.to_thread(cluster.freeze)
+            frozen = True
+            # A withdrawal reads on its path: given up on after LOOKUP_WAIT (503), its
+            # thread stays blocked on the frozen store.
+            withdrawal = await http.post(
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": "v"},
+                headers={**bearer(CLIENT), "Idempotency-Key": "w-1"},
+            )
+            assert withdrawal.status_code == 503, withdrawal.text
+            ballot = asyncio.create_task(voting.cast(election_id, {"choice": "a"}, "w"))
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            answer = await ballot
+            code = await asyncio.to_thread(_exit_code, process, GRACE_OF_SERVE + 10)
+            took = time.monotonic() - stopped
+    finally:
+        if frozen:
+            await asyncio.to_thread(cluster.freeze, True)
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate()
+    assert answer.status_code == 503, answer.text
+    assert code == 0, err
+    assert took < GRACE_OF_SERVE + SHUTDOWN_AT_MOST + 2, took
+    assert took < STOP_TIMEOUT, took
+
+
+def _start_api(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def _exit_code(process: subprocess.Popen[str], within: float) -> int | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return process.wait(within)
+    return None
