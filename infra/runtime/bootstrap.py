@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -181,16 +182,72 @@ async def running_services(
                 broker,
             )
     finally:
+        # Each step bounded, for a store that hangs hangs every step that waits on it: the
+        # process goes within serve's grace (uvicorn's 10 s, then at most SHUTDOWN_AT_MOST
+        # here, under the supervisor's STOP_TIMEOUT before SIGKILL). The writer first:
+        # whoever still waits on a ballot is answered before anything else is waited for.
+        await writer.stop(within=WRITER_STOP)
+        stops = [positions.stop(), feed.stop()]
         if broker is not None:
-            await broker.stop()
-        await positions.stop()
-        await feed.stop()
-        await writer.stop()
-        await reads.close()
-        app.close()
+            stops.append(broker.stop())
+        await _bounded("the election feed, position watcher and broker monitor", STEP, *stops)
+        await _bounded("the reads pool", STEP, reads.close(timeout=STEP / 2))
+        await _in_thread_within("the application's connections", STEP, app.close)
 
 
 READ_WAIT = 0.9
+# running_services' shutdown, step by step (seconds), and in all.
+WRITER_STOP = 2.0
+STEP = 1.0
+SHUTDOWN_AT_MOST = WRITER_STOP + 3 * STEP
+
+
+async def _bounded(what: str, within: float, *steps: Awaitable[None]) -> None:
+    """Run ``steps`` together for at most ``within`` seconds; what is not done by then is
+    cancelled and left (logged): a stop that waits on a store that hangs never returns."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    done, pending = await asyncio.wait(tasks, timeout=within)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping %s failed: %s", what, task.exception())
+    if pending:
+        log.warning("stopping %s took over %g s: left behind", what, within)
+        for task in pending:
+            task.cancel()
+            task.add_done_callback(_retrieved)
+
+
+async def _in_thread_within(what: str, within: float, call: Callable[[], None]) -> None:
+    """``call`` in a daemon thread of its own, waited for ``within`` seconds at most (not
+    in the loop's executor, which the process waits for at exit)."""
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            call()
+        except BaseException as raised:  # reported on the loop, not lost with the thread
+            error = raised
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(_resolve, ended, error)
+
+    threading.Thread(target=run, name=f"stopping {what}", daemon=True).start()
+    done, _ = await asyncio.wait({ended}, timeout=within)
+    if not done:
+        log.warning("stopping %s took over %g s: left behind", what, within)
+    elif ended.result() is not None:
+        log.error("stopping %s failed: %s", what, ended.result())
+
+
+def _resolve(future: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(error)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def tune_garbage_collection() -> None:

@@ -19,7 +19,9 @@ process spends those locally until they run out. Leased units are charged to the
 quota when they are granted, so the limit still holds across every process; what a lease
 costs is that a process may hold units another process's client could have used (at most
 a hundredth of the quota each). Quotas under a hundred (the login limits, a tight ballot
-limit) get no lease: every unit is decided by the database.
+limit) get no lease: every unit is decided by the database. At stop, the unspent leased
+units go back to the quota in one final statement, sent once: a restart does not cost a
+client a lease's worth of its quota.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +44,10 @@ RECONNECT_DELAY = 1.0
 LEASE_FRACTION = 100
 MAX_LEASE = 64
 MAX_LEASED_KEYS = 50_000
+# stop(): how long the cancelled checking task is waited for, and the final give-back.
+STOP_WITHIN = 0.5
+GIVE_BACK_WITHIN = 1.0
+GIVE_BACK_CONNECT = 2  # (libpq's least: the wait above bounds it anyway)
 # g: units granted, as many of the wanted ones as fit under the span. Every SET expression
 # reads the old row (r) and the proposed one (excluded); now() is the statement's start.
 _FIT = (
@@ -104,6 +111,7 @@ class _Lease:
     units: int
     remaining: int
     next_unit: float
+    quota: Quota  # (what the units are given back to at stop)
 
 
 @dataclass(slots=True)
@@ -132,15 +140,79 @@ class SharedRateLimiter:
         self._task = asyncio.create_task(self._run(), name="rate-limiter")
 
     async def stop(self) -> None:
+        """Stop checking, and give back to the shared quota, in one final statement, what
+        this process holds unspent (its leases, give-backs not sent yet): a restart does
+        not throw a lease away. Bounded in time: a store that hangs costs the units, not
+        the shutdown."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for check in self._pending:
+            # (a statement cancelled on a store that hangs takes psycopg seconds to give up)
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_WITHIN)
+            if not done:
+                log.warning("the rate limiter's last statement is left to the store")
+            self._task.add_done_callback(_retrieved)
+        owed: dict[str, tuple[Quota, int]] = {}
+
+        def owe(key: str, quota: Quota, units: int) -> None:
+            owed[key] = (quota, owed.get(key, (quota, 0))[1] + units)
+
+        # Never sent, any of them (a statement in flight at the cancel took its checks
+        # with it, and may have committed: those units stay spent, never returned twice).
+        pending, self._pending = self._pending, []
+        for check in pending:
             if check.answer in self._giving_back:
-                check.answer.cancel()  # (units owed to the quota: back within the hour anyway)
-            elif not check.answer.done():
+                owe(check.key, check.quota, -check.cost)
+                check.answer.cancel()
+                continue
+            if check.held:
+                owe(check.key, check.quota, check.held)
+            if not check.answer.done():
                 check.answer.set_exception(psycopg.OperationalError("the limiter stopped"))
+        leases, self._leases = self._leases, {}
+        for key, lease in leases.items():
+            if lease.units > 0:
+                owe(key, lease.quota, lease.units)
+        if owed:
+            await self._return_once(owed)
+
+    async def _return_once(self, owed: dict[str, tuple[Quota, int]]) -> None:
+        """One statement, sent once, whatever comes of it: one that failed may have
+        committed (a connection lost after COMMIT), and a second would mint units. On a
+        daemon thread of its own, waited for GIVE_BACK_WITHIN at most."""
+        keys = sorted(owed)
+        params = (
+            keys,
+            [-owed[k][1] for k in keys],
+            [owed[k][0].limit for k in keys],
+            [owed[k][0].step for k in keys],
+        )
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[BaseException | None] = loop.create_future()
+
+        def send() -> None:
+            error: BaseException | None = None
+            try:
+                with psycopg.connect(
+                    self.database_url, autocommit=True, connect_timeout=GIVE_BACK_CONNECT
+                ) as conn:
+                    conn.execute(CHECK, params)
+            except Exception as failed:
+                error = failed
+            with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+                loop.call_soon_threadsafe(_resolve, sent, error)
+
+        threading.Thread(target=send, name="rate-limit give-back", daemon=True).start()
+        done, _ = await asyncio.wait({sent}, timeout=GIVE_BACK_WITHIN)
+        units = sum(u for _, u in owed.values())
+        if not done:
+            log.warning(
+                "%d leased rate-limit units not given back within %g s (the store "
+                "does not answer): they come back within the hour",
+                units,
+                GIVE_BACK_WITHIN,
+            )
+        elif sent.result() is not None:
+            log.warning("%d leased rate-limit units not given back: %s", units, sent.result())
 
     async def hit(self, key: str, quota: Quota, cost: int = 1) -> Decision:
         """Take ``cost`` units of ``key``'s quota (all or none); a negative cost gives back."""
@@ -220,7 +292,7 @@ class SharedRateLimiter:
         for checks in batch.values():
             for check in checks:
                 if check.held:  # (charged already: back to this process's lease)
-                    self._keep(check.key, check.held, None, check.quota.step)
+                    self._keep(check.key, check.quota, check.held, None, check.quota.step)
                 if check.answer in self._giving_back:
                     # Not sent again: the statement may have committed before the error (a
                     # connection lost after COMMIT), and twice would mint units; once too
@@ -250,15 +322,17 @@ class SharedRateLimiter:
             # for any process's next request (kept as a lease, it was lost to them).
             self._give_back(key, checks[0].quota, left)
         else:  # added to a lease another batch set meanwhile, never in its place
-            self._keep(key, left, shared.remaining, shared.next_unit)
+            self._keep(key, checks[0].quota, left, shared.remaining, shared.next_unit)
 
-    def _keep(self, key: str, units: int, remaining: int | None, next_unit: float) -> None:
+    def _keep(
+        self, key: str, quota: Quota, units: int, remaining: int | None, next_unit: float
+    ) -> None:
         """Units for this process's lease on ``key``: added to any it holds. ``remaining``
         None: the quota's state is not known (a statement failed); an existing lease keeps
         its own, a new one says none left beyond it, the next unit a step away."""
         lease = self._leases.get(key)
         if lease is None:
-            self._leases[key] = _Lease(units, remaining or 0, next_unit)
+            self._leases[key] = _Lease(units, remaining or 0, next_unit, quota)
             return
         lease.units += units
         if remaining is not None:
@@ -281,7 +355,7 @@ class SharedRateLimiter:
                 self._wake.set()
                 continue
             if check.held:
-                self._keep(check.key, check.held, None, check.quota.step)
+                self._keep(check.key, check.quota, check.held, None, check.quota.step)
             if not check.answer.done():
                 check.answer.set_exception(error)
 
@@ -289,3 +363,14 @@ class SharedRateLimiter:
 def _lease_size(quota: Quota) -> int:
     """Units to ask for ahead of need: none for a small quota, where each one matters."""
     return min(MAX_LEASE, quota.limit // LEASE_FRACTION)
+
+
+def _resolve(future: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(error)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """The checking task, stopped: its end is nobody's to report."""
+    if not task.cancelled():
+        task.exception()

@@ -41,7 +41,10 @@ that when the store hangs. Every refusal is certain:
   answer either (a store that hangs, not a lock), marks the store down, so that what is
   queued, and what comes, is refused at once; that commit's own appends wait for its
   outcome;
-- at shutdown, ``drain`` answers what is left (see api/server.py).
+- at shutdown, ``drain`` answers what is left (see api/server.py): queued, certainly not
+  recorded; a batch in flight, by its outcome if the store gives it within a second, else
+  UNKNOWN (may have been recorded: retry with the same Idempotency-Key), whatever the store
+  does; ``stop`` is bounded too, and answers the same way.
 """
 
 from __future__ import annotations
@@ -97,7 +100,13 @@ LOOKUP_WAIT = 3.0  # a read on a ballot's path (withdrawal, revision, retry) wai
 BUSY_BATCH = 8
 BUSY_LINGER = 0.002
 CONNECT_TIMEOUT = 2
-CANCEL_TIMEOUT = 1.0  # drain()'s cancel request: well inside server.DRAIN_MARGIN
+CANCEL_TIMEOUT = 0.8  # drain()'s cancel request: well inside server.DRAIN_MARGIN
+# drain() answers UNKNOWN to a caller whose batch has no outcome this long after it: after
+# the cancel request's own limit, before uvicorn's (server.DRAIN_MARGIN, 1.5 s, later).
+UNKNOWN_AFTER = 1.0
+# stop() waits this long for the writer thread (what is queued commits in milliseconds on a
+# store that answers); then the thread is left to the store and its callers are answered.
+STOP_WITHIN = 2.0
 NOT_RECORDED = "the event store is unreachable; the ballot was not recorded: retry shortly"
 TOO_SLOW = (
     "the event store did not take the ballot within {:g} seconds; it was not recorded: "
@@ -156,6 +165,7 @@ class GroupCommitWriter:
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._ended: asyncio.Event | None = None  # set when the writer thread has ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -166,16 +176,32 @@ class GroupCommitWriter:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._ended = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    async def stop(self) -> None:
-        """Commit what is queued, then stop the writer thread."""
+    async def stop(self, within: float = STOP_WITHIN) -> None:
+        """Commit what is queued, then stop the writer thread: within ``within`` seconds.
+
+        A store that hangs keeps the thread in its commit for as long as it hangs; then
+        the thread is left behind (a daemon: it does not hold the process) and every caller
+        still waiting is answered as ``drain`` answers them, never left to the shutdown."""
         with self._wakeup:
             self._stopping = True
             self._wakeup.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        if self._thread is None or self._ended is None:
+            return
+        try:
+            # (not a join in a thread of the loop's executor: one stuck on a frozen store
+            # would hold the process at exit, when the loop waits for its executor)
+            await asyncio.wait_for(self._ended.wait(), within)
+        except TimeoutError:
+            log.error(
+                "the writer did not stop within %g s (the store does not answer): callers "
+                "still waiting are answered, its commit is left to the store",
+                within,
+            )
+            self._answer_all()
 
     def drain(self) -> None:
         """At the end of a shutdown's grace period: see that every waiting caller is
@@ -183,8 +209,11 @@ class GroupCommitWriter:
 
         Queued appends are withdrawn: 503, certainly not recorded. A batch still running
         its statements is cancelled in the database, and the writer refuses it rather than
-        retrying. A batch whose COMMIT was sent is answered by its outcome; only if the
-        store is down as well is its caller told the outcome is unknown, in those words.
+        retrying (not recorded). Any caller whose batch is not answered within
+        ``UNKNOWN_AFTER`` (a store that hangs: the cancel request cannot reach it; a COMMIT
+        sent; an outcome waiting for the store's return), and any at once where the store is
+        down, is told its outcome is unknown, in those words (UNKNOWN: retry with the same
+        Idempotency-Key): the server's grace ends soon after, whatever the store does.
         """
         self._draining = True
         with self._wakeup:
@@ -195,17 +224,28 @@ class GroupCommitWriter:
             _refuse(submission, SHUTTING_DOWN)
         if not in_flight:
             return
-        if not self._progress.committing or self._progress.cancellable:
-            conn = self._conn
-            if conn is not None:
-                # A cancel request is a connection of its own, and waits for its answer:
-                # not on the event loop, which has every other caller to answer.
-                threading.Thread(
-                    target=_cancel, args=(conn,), name="writer-cancel", daemon=True
-                ).start()
-        elif not self.health.up:
-            for submission in in_flight:
-                _refuse(submission, UNKNOWN)
+        conn = self._conn
+        if conn is not None and (not self._progress.committing or self._progress.cancellable):
+            # A cancel request is a connection of its own, and waits for its answer:
+            # not on the event loop, which has every other caller to answer.
+            threading.Thread(
+                target=_cancel, args=(conn,), name="writer-cancel", daemon=True
+            ).start()
+        if not self.health.up:
+            _unknown(in_flight)
+            return
+        assert self._loop is not None
+        self._loop.call_later(UNKNOWN_AFTER, _unknown, in_flight)
+
+    def _answer_all(self) -> None:
+        """The writer is left behind: answer everyone still waiting on it, now."""
+        with self._wakeup:
+            queued = list(self._queue)
+            self._queue.clear()
+            in_flight = list(self._in_flight)
+        for submission in queued:
+            _refuse(submission, SHUTTING_DOWN)
+        _unknown(in_flight)
 
     @property
     def queued(self) -> int:
@@ -224,6 +264,8 @@ class GroupCommitWriter:
     ) -> Recorded:
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
+        if self._draining:  # (a request that reached its append after drain())
+            raise StoreUnavailable(SHUTTING_DOWN)
         if not self.health.up:
             raise StoreUnavailable(NOT_RECORDED)
         if len(self._queue) >= self.max_queue:
@@ -257,6 +299,8 @@ class GroupCommitWriter:
             return []
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
+        if self._draining:  # (a request that reached its append after drain())
+            raise StoreUnavailable(SHUTTING_DOWN)
         if not self.health.up:
             raise StoreUnavailable(NOT_RECORDED)
         if len(self._queue) + len(appends) > self.max_queue:
@@ -384,12 +428,12 @@ class GroupCommitWriter:
         within LOOKUP_WAIT: a store that hangs costs the caller a 503, and a probe."""
         if not self.health.up:
             raise StoreUnavailable(UNCHECKED)
-        reading = asyncio.ensure_future(asyncio.to_thread(read, *args))
+        assert self._loop is not None
+        reading = _on_daemon_thread(self._loop, read, *args)
         done, _ = await asyncio.wait({reading}, timeout=LOOKUP_WAIT)
         if reading in done:
             return reading.result()
         reading.add_done_callback(_retrieved)  # (its thread ends when the store answers)
-        assert self._loop is not None
         self._suspect(self._loop, None)
         raise StoreUnavailable(UNCHECKED)
 
@@ -409,6 +453,20 @@ class GroupCommitWriter:
     # -- writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._write()
+        finally:
+            if self._ended is not None:
+                self._call_soon(self._ended.set)
+
+    def _call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """``callback`` on the event loop, from the writer thread; nothing once the loop
+        is closed (a writer left behind by stop, whose store answered at last)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _write(self) -> None:
         while True:
             with self._wakeup:
                 while not self._queue and not self._stopping:
@@ -441,8 +499,7 @@ class GroupCommitWriter:
             metrics.WRITE_BATCH_SIZE.observe(len(batch))
             metrics.WRITE_COMMIT_SECONDS.observe(elapsed)
             metrics.WRITER_QUEUE.set(len(self._queue))
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(_settle, batch, outcomes)
+            self._call_soon(_settle, batch, outcomes)
             if any(s.guard is None for s in batch) and any(o.error is None for o in outcomes):
                 self._announce_elections()
             busy = len(batch) >= BUSY_BATCH
@@ -530,9 +587,8 @@ class GroupCommitWriter:
             self._queue.clear()
         if queued:
             log.error("event store unreachable: %d queued appends refused", len(queued))
-            assert self._loop is not None
             for submission in queued:
-                self._loop.call_soon_threadsafe(_refuse, submission, NOT_RECORDED)
+                self._call_soon(_refuse, submission, NOT_RECORDED)
 
     def _until_back(self) -> bool:
         """Probe until the store answers (True), or the writer stops (False)."""
@@ -588,6 +644,40 @@ class GroupCommitWriter:
 def _cancel(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+
+
+def _on_daemon_thread(
+    loop: asyncio.AbstractEventLoop, call: Callable[..., T], *args: Any
+) -> asyncio.Future[T]:
+    """``call(*args)`` on a daemon thread of its own. Not on the loop's executor: a read
+    given up on a store that hangs stays blocked as long as it hangs, and the process waits
+    for its executor's threads at exit (a SIGTERM then waited for the store to thaw)."""
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def run() -> None:
+        try:
+            result, error = call(*args), None
+        except BaseException as raised:  # (the caller's to see, on the loop)
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="writer lookup", daemon=True).start()
+    return future
+
+
+def _unknown(in_flight: Sequence[Append]) -> None:
+    """Callers whose batch's outcome this process will not learn before it goes."""
+    for submission in in_flight:
+        _refuse(submission, UNKNOWN)
 
 
 def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:

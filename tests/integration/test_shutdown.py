@@ -4,21 +4,36 @@ before the server's grace period ends, never cancelled into a 500."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import psycopg
+import pytest
 
 from api.app import create_app
 from api.protocol import server_config
 from api.server import DRAIN_MARGIN, DrainingServer
+from infra.runtime.bootstrap import SHUTDOWN_AT_MOST
+from infra.runtime.supervisor import STOP_TIMEOUT
 from infra.store.migrations import migrate
+from infra.store.writer import UNKNOWN
 from tests.databases import create_database, drop_database
-from tests.integration.client import VotingClient, bearer
+from tests.integration.client import PROBLEM, VotingClient, bearer
+from tests.pg_cluster import Cluster, quiet_port
 from tests.servers import CLIENT, settings_for
 
 GRACE = 3
+GRACE_OF_SERVE = server_config(settings_for("postgresql://-")).timeout_graceful_shutdown or 0
 
 
 def _casts(url: str) -> int:
@@ -89,3 +104,159 @@ async def test_ballots_waiting_at_shutdown_are_answered_503_not_500() -> None:
         assert _casts(url) == 0  # none of them recorded afterwards
     finally:
         drop_database(url)
+
+
+async def _until(condition: Callable[[], bool], within: float = 30.0) -> None:
+    """Until ``condition()`` holds, looking every 10 ms."""
+    for _ in range(int(within * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition did not come to hold")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster(Path(tempfile.mkdtemp(prefix="cardinal-shutdown-"))) as own:
+        yield own
+
+
+async def test_sigterm_while_the_store_is_frozen_answers_every_ballot_and_stops_in_time(
+    cluster: Cluster,
+) -> None:
+    """PostgreSQL frozen with a ballot's commit in flight, then SIGTERM: that ballot was
+    answered a plain-text 500 (uvicorn cancelled it: drain() sent a cancel request that a
+    frozen server never answers, and nobody answered the caller), though it may have been
+    recorded (it was, in the review's run); and the shutdown waited for the writer thread
+    until the store thawed. Now: 503 UNKNOWN for it, 503 "not recorded" for the queued,
+    all within the grace, and the server stops within its grace and SHUTDOWN_AT_MOST."""
+    url = cluster.create_database(f"shutdown_{uuid4().hex[:8]}")
+    migrate(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    settings = settings_for(url)
+    app = create_app(settings, projections=())
+    server = DrainingServer(
+        server_config(settings, app, log_level="warning", timeout_graceful_shutdown=GRACE)
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    frozen = False
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()  # surfaces the start-up error
+            await asyncio.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            voting = VotingClient(http)
+            election_id = await voting.open_election()
+            first = await voting.cast(election_id, {"choice": "a"}, "v-warm", idempotency_key="k-w")
+            assert first.status_code == 201, first.text
+            writer = app.state.services.writer
+            await asyncio.to_thread(cluster.freeze)
+            frozen = True
+            ballots = [
+                asyncio.create_task(
+                    voting.cast(election_id, {"choice": "a"}, f"v{n}", idempotency_key=f"k-{n}")
+                )
+                for n in range(20)
+            ]
+            # Every ballot with the writer: a batch's statement sent to the frozen server,
+            # the rest queued behind it.
+            await _until(
+                lambda: bool(writer._in_flight) and len(writer._in_flight) + writer.queued == 20
+            )
+            in_flight = len(writer._in_flight)
+            stopped = time.monotonic()
+            server.should_exit = True  # what uvicorn's SIGTERM handler does
+            answers = await asyncio.wait_for(asyncio.gather(*ballots), GRACE + 5)
+            answered = time.monotonic() - stopped
+            done, _ = await asyncio.wait({serving}, timeout=GRACE + SHUTDOWN_AT_MOST + 1)
+            ended = time.monotonic() - stopped
+    finally:
+        if frozen:
+            await asyncio.to_thread(cluster.freeze, True)
+        await serving
+        sock.close()
+    unknown = 0
+    for answer in answers:
+        assert answer.status_code == 503, (answer.status_code, answer.text[:200])
+        assert answer.headers["content-type"] == PROBLEM
+        assert "retry-after" in answer.headers
+        detail = answer.json()["detail"]
+        unknown += detail == UNKNOWN
+        assert detail == UNKNOWN or "not recorded" in detail, detail
+    assert unknown == in_flight
+    assert answered < GRACE  # before uvicorn would have cancelled them
+    assert done, f"still stopping {ended:.1f} s after SIGTERM"
+    assert _casts(url) <= 1 + unknown  # none answered "not recorded" was recorded
+
+
+async def test_an_api_process_stops_within_its_grace_while_the_store_is_frozen(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """SIGTERM with PostgreSQL frozen: `cardinal api` exited only once it thawed (60 s and
+    more; the review's repro), waiting at exit on a thread blocked on the store (a lookup
+    given up on, the writer thread's join). It now exits with 0 within uvicorn's grace and
+    SHUTDOWN_AT_MOST, under the supervisor's STOP_TIMEOUT before SIGKILL."""
+    url = cluster.create_database(f"shutdown_{uuid4().hex[:8]}")
+    migrate(url)
+    port = quiet_port()
+    settings = settings_for(url, host="127.0.0.1", port=port, data_dir=tmp_path)
+    env = {**os.environ, **settings.environment(), "LOG_LEVEL": "WARNING"}
+    process = _start_api(env)
+    frozen = False
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            await _until(lambda: _answers(port), within=60)
+            voting = VotingClient(http)
+            election_id = await voting.open_election()
+            assert (await voting.cast(election_id, {"choice": "a"}, "v")).status_code == 201
+            await asyncio.to_thread(cluster.freeze)
+            frozen = True
+            # A withdrawal reads on its path: given up on after LOOKUP_WAIT (503), its
+            # thread stays blocked on the frozen store.
+            withdrawal = await http.post(
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": "v"},
+                headers={**bearer(CLIENT), "Idempotency-Key": "w-1"},
+            )
+            assert withdrawal.status_code == 503, withdrawal.text
+            ballot = asyncio.create_task(voting.cast(election_id, {"choice": "a"}, "w"))
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            answer = await ballot
+            code = await asyncio.to_thread(_exit_code, process, GRACE_OF_SERVE + 10)
+            took = time.monotonic() - stopped
+    finally:
+        if frozen:
+            await asyncio.to_thread(cluster.freeze, True)
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate()
+    assert answer.status_code == 503, answer.text
+    assert code == 0, err
+    assert took < GRACE_OF_SERVE + SHUTDOWN_AT_MOST + 2, took
+    assert took < STOP_TIMEOUT, took
+
+
+def _start_api(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def _exit_code(process: subprocess.Popen[str], within: float) -> int | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return process.wait(within)
+    return None

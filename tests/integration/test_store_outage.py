@@ -23,6 +23,7 @@ from domain.ballot import Ballot
 from domain.ports import Recorded, StoreUnavailable
 from infra.store import open_application
 from infra.store.migrations import migrate
+from infra.store.ratelimit import GIVE_BACK_WITHIN, STOP_WITHIN, Quota, SharedRateLimiter
 from infra.store.writer import GroupCommitWriter
 from tests.integration.client import VotingClient, bearer
 from tests.pg_cluster import Cluster
@@ -390,3 +391,22 @@ def test_operator_commands_give_up_on_a_frozen_database_with_a_message(
         assert "cannot reach the database" in " ".join(err.split()), err
         assert "Traceback" not in err
     assert took < 30, took  # 10 s, and the interpreters' start on a shared machine
+
+
+async def test_a_rate_limiter_stopping_on_a_frozen_store_gives_up_its_give_back_in_time(
+    cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The final give-back of a stop (its leases' unspent units) is bounded: a store that
+    hangs costs those units (logged), never the shutdown, and nothing is raised."""
+    limiter = SharedRateLimiter(url)
+    await limiter.start()
+    assert (await limiter.hit("test:frozen", Quota(1000, 3600.0))).allowed  # (a lease of 10)
+    await asyncio.to_thread(cluster.freeze)
+    try:
+        started = time.monotonic()
+        await limiter.stop()
+        took = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(cluster.freeze, True)
+    assert took < STOP_WITHIN + GIVE_BACK_WITHIN + 0.5, took
+    assert "10 leased rate-limit units not given back" in caplog.text
