@@ -95,11 +95,15 @@ class ResultsVisibility(StrEnum):
     AFTER_CLOSE = "after_close"
 
 
+COUNTING_EDITION = 2  # of new elections; see ElectionRules.counting
+
+
 class TieBreak(StrEnum):
     """What decides a tie for the win once the method's own published tie-breaks are spent.
 
     The method's own steps always apply first (STAR: head-to-head, then total score, then
-    most top scores; IRV eliminations: previous-round counts, then declared option order).
+    most top scores; IRV eliminations: previous-round counts, then, under DECLARED_ORDER or
+    in counting edition 1, declared option order; under REPORT in edition 2, every choice).
     """
 
     REPORT = "report"  # leave the tie: every tied option is a winner, and the result says why
@@ -128,6 +132,12 @@ class ElectionRules:
     late_tokens: bool = False
     public_results: bool = False  # results readable without a token (still as visibility says)
     seats: int | None = None  # stv only (1 <= seats < options): how many options are elected
+    # The edition of the counting rules the election was created under, pinned so that no
+    # upgrade changes a result already served. Edition 2 (IRV elections from 2026-12-06):
+    # under REPORT, where no earlier round separates the options tied for the fewest votes,
+    # every option that wins for some choice of elimination is a winner. Edition 1: the
+    # option declared last was eliminated, and the count went on.
+    counting: int = 1
     # Derived once: validation and tabulation look these up for every ballot.
     option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
     option_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -216,6 +226,7 @@ class ElectionRules:
             late_tokens=late_tokens,
             public_results=public_results,
             seats=pinned_seats,
+            counting=COUNTING_EDITION if chosen is Method.IRV else 1,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -236,6 +247,8 @@ class ElectionRules:
         if self.seats is not None:
             # Only stv elections pin seats: other methods' stored rules stay as they were.
             pinned["seats"] = self.seats
+        if self.counting != 1:
+            pinned["counting"] = self.counting
         return pinned
 
     @classmethod
@@ -259,6 +272,8 @@ class ElectionRules:
             # An stv election stored without seats (none is, but a hand-made log may be)
             # fills one seat, the default at creation.
             seats=(int(data.get("seats") or 1) if data["method"] == Method.STV.value else None),
+            # Rules stored before the editions were counted by the first.
+            counting=int(data.get("counting", 1)),
         )
 
 

@@ -67,7 +67,9 @@ def irv(tally: Tally) -> Result:
         return ranked_result(tally, None)
     rules = tally.rules
     ids = rules.option_ids
-    report = rules.tie_break is TieBreak.REPORT
+    # Every choice of elimination is explored under REPORT, in the counting edition that
+    # does so (an election pinned to edition 1 keeps the results it was served).
+    report = rules.tie_break is TieBreak.REPORT and rules.counting >= 2
     piles = _Piles(tally)
     counts = piles.counts
     exhausted = 0

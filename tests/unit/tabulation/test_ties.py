@@ -176,6 +176,25 @@ def test_irv_report_lists_every_option_some_choice_of_elimination_elects(declare
     assert "The rounds shown eliminate" in result.notes[-1]
 
 
+def test_an_irv_election_stored_before_the_counting_edition_keeps_its_results() -> None:
+    """Elections created before the every-choice rule were served the declared-order count
+    (here b alone); an upgrade must not change a result already served, certified or
+    exported, so their stored rules (no "counting") keep the first edition."""
+    created = rules(Method.IRV, ("a", "b", "c"))
+    assert created.to_json()["counting"] == 2
+    stored = {k: v for k, v in created.to_json().items() if k != "counting"}
+    earlier = ElectionRules.from_json(stored)
+    assert earlier.counting == 1
+    assert ElectionRules.from_json(created.to_json()) == created
+    votes = [ranking(order) for count, order in REVIEWED for _ in range(count)]
+    old = tabulate(earlier, votes)
+    assert old.winners == ("b",)
+    assert old.tie is None
+    assert tabulate(created, votes).winners == ("a", "b", "c")
+    # Other methods' stored rules are as they were: no edition is pinned for them.
+    assert "counting" not in rules(Method.SCHULZE).to_json()
+
+
 @pytest.mark.parametrize("declared", ["a,b,c", "a,c,b"])
 def test_irv_report_ties_the_options_either_elimination_elects(declared: str) -> None:
     result = irv(declared, [(3, "a"), (2, "b>c"), (2, "c>b")])
