@@ -243,7 +243,8 @@ async def _results_at(
     result is kept: the log up to a position never changes. A stepped reader's position
     maps to the publication it saw, so all the positions of one step share one recount."""
     async with services.reads.connection() as conn:
-        at = reach = min(at, await head(conn))
+        reach = await head(conn)  # how far a stepped reader's replay goes: the whole log
+        at = min(at, reach)
         if election.status is ElectionStatus.CLOSED:
             close = await recounts.closed_at(conn, election_id)
             if close is not None:
