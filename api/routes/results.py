@@ -52,7 +52,8 @@ CACHE_SIZE = 512
                 "query",
                 {**POSITION, "minimum": 1},
                 required=False,
-                description="recount from the log as of this position",
+                description="recount from the log as of this position (the head if "
+                "beyond it; a closed election's close if after it: the final count)",
             ),
             Param(
                 "If-None-Match",
