@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -333,10 +334,12 @@ async def _recount_at(
     kept: recounts.Recounted | None = cache.get(("recount", election_id, at))
     if kept is None or kept.index.reach < reach:
         kept = await recounts.replay(services, election_id, at, reach)
-        _keep(cache, ("recount", election_id, at), kept)
         known = cache.get(("steps", election_id))
-        if known is None or known.reach < kept.index.reach:
+        if known is not None and known.reach >= kept.index.reach:
+            kept = replace(kept, index=known)  # one index per election, not one per recount
+        else:
             _keep(cache, ("steps", election_id), kept.index)
+        _keep(cache, ("recount", election_id, at), kept)
         snapshot = kept.snapshot
         if snapshot.closed_at is None and kept.rules.live_results_step > 1:
             _keep(
