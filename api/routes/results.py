@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import StoredEvent
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context, documents
+from api import context, documents, recounts
 from api.auth import Principal, check_reader
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden
 from domain.election import Election, ElectionStatus
-from domain.errors import NotFound
-from domain.recount import Recount
 from domain.rules import ElectionRules, ResultsVisibility
-from infra.audit.records import election_entries
 from infra.runtime.bootstrap import Services
 from infra.store.log import head
-from projections.queries import tally_snapshot
-from projections.results import recounted_snapshot, results_document
+from projections.queries import TallySnapshot, tally_snapshot
+from projections.results import results_document
 
 MAX_WAIT = 2.0
 CACHE_SIZE = 512
-RECOUNT_WAIT = 5.0  # seconds a time travel waits for its turn to recount (one at a time)
 
 
 @operation(
@@ -58,7 +53,8 @@ RECOUNT_WAIT = 5.0  # seconds a time travel waits for its turn to recount (one a
                 "query",
                 {**POSITION, "minimum": 1},
                 required=False,
-                description="recount from the log as of this position",
+                description="recount from the log as of this position (the head if "
+                "beyond it; a closed election's close if after it: the final count)",
             ),
             Param(
                 "If-None-Match",
@@ -89,7 +85,9 @@ async def results(request: Request) -> Response:
         # An election that publishes its results at its close published nothing before:
         # only those who saw them then (auditors, admins) may look back before the close.
         unpublished = exact or principal.can_act_as("admin")
-        body = await _results_at(services, election_id, at, exact=exact, unpublished=unpublished)
+        body = await _results_at(
+            services, election_id, election, at, exact=exact, unpublished=unpublished
+        )
         return _conditional(request, body)
     caught_up = True
     if wanted and (principal.role is not None or principal.voter_token is not None):
@@ -227,19 +225,81 @@ async def _final_chain_head(services: Services, body: dict[str, Any]) -> dict[st
 
 
 async def _results_at(
-    services: Services, election_id: UUID, at: int, *, exact: bool, unpublished: bool
+    services: Services,
+    election_id: UUID,
+    election: Election,
+    at: int,
+    *,
+    exact: bool,
+    unpublished: bool,
 ) -> dict[str, Any]:
     """Time travel: the results as of log position ``at``, recounted from the log itself
     (for a reader who sees stepped results: as last published at ``at``). A position
     beyond the log's head is taken as the head: results never claim a position the log
-    has not reached. Before the close of an election that publishes its results at its
-    close, nothing was published: 403 unless ``unpublished`` (the reader saw them then)."""
+    has not reached; one after a closed election's close is taken as the close (the final
+    count: nothing after it counts). Before the close of an election that publishes its
+    results at its close, nothing was published: 403 unless ``unpublished`` (the reader saw
+    them then).
+
+    Recounts run off the event loop, one at a time per process (``api.recounts``). Every
+    result is kept: the log up to a position never changes. A stepped reader's position
+    maps to the publication it saw, so all the positions of one step share one recount."""
     async with services.reads.connection() as conn:
-        at = min(at, await head(conn))
-    rules, closed, snapshot = await _recounted(services, election_id, at)
+        reach = await head(conn)  # how far a stepped reader's replay goes: the whole log
+        at = min(at, reach)
+        if election.status is ElectionStatus.CLOSED:
+            close = await recounts.closed_at(conn, election_id)
+            if close is not None:
+                at = min(at, close)
+                reach = close
+    cache: dict[tuple[object, ...], Any] = services.results_cache
+    stepped = not exact and election.rules.live_results_step > 1
+    index: recounts.StepIndex | None = cache.get(("steps", election_id)) if stepped else None
+    if index is not None and index.covers(at):
+        # What this reader saw at ``at`` is known without a replay: the publication then.
+        published, status, set_aside = index.view(at)
+        key = _stepped_key(election_id, published, status, set_aside)
+        work = partial(
+            _stepped_at,
+            services,
+            election_id,
+            published=published,
+            status=status,
+            set_aside=set_aside,
+            key=key,
+        )
+    else:
+        key = ("at", election_id, at, exact)
+        work = partial(
+            _recount_at,
+            services,
+            election_id,
+            at=at,
+            reach=reach if stepped else at,
+            exact=exact,
+            key=key,
+        )
+    document: dict[str, Any] | None = cache.get(key)
+    if document is None:
+        document = await recounts.run_shared(services, key, work)
+    _check_published(election, document, at, unpublished)
+    return document
+
+
+def _stepped_key(
+    election_id: UUID, published: int, status: ElectionStatus, set_aside: int
+) -> tuple[object, ...]:
+    """A stepped document's key: what it shows (positions of one step share it)."""
+    return ("at", election_id, "stepped", published, status, set_aside)
+
+
+def _check_published(
+    election: Election, document: dict[str, Any], at: int, unpublished: bool
+) -> None:
+    """An election that publishes at its close published nothing before it."""
     if (
-        rules.results_visibility is ResultsVisibility.AFTER_CLOSE
-        and closed is not ElectionStatus.CLOSED
+        election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
+        and document["status"] != ElectionStatus.CLOSED.value
         and not unpublished
     ):
         raise Forbidden(
@@ -247,71 +307,111 @@ async def _results_at(
             f"yet at position {at}: ask for a position at or after its close (only admins "
             f"and auditors see results from before it)"
         )
-    status = ElectionStatus.OPEN if closed is ElectionStatus.CLOSED else closed
-    # Kept, as the recount is: the log up to ``at`` never changes, and a ranked method's
-    # count can take a good part of a second (it ran again for every read).
-    key = ("at", election_id, at, exact, status)
-    cache: dict[tuple[object, ...], dict[str, Any]] = services.results_cache
-    document = cache.get(key)
-    if document is None:
-        document = {
-            **results_document(election_id, snapshot, rules, status=status, exact=exact),
-            "recounted_from_log": True,
-        }
-        if len(cache) >= CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = document
+
+
+def _keep(cache: dict[tuple[object, ...], Any], key: tuple[object, ...], value: Any) -> None:
+    if key not in cache and len(cache) >= CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+
+
+async def _recount_at(
+    services: Services,
+    election_id: UUID,
+    *,
+    at: int,
+    reach: int,
+    exact: bool,
+    key: tuple[object, ...],
+) -> dict[str, Any]:
+    """The document at ``at``, from a recount as of ``at`` (kept, with what the replay
+    learnt: for a stepped reader it goes on to ``reach``, the head or the close, so that
+    the election's other positions map to their publications without another replay)."""
+    cache: dict[tuple[object, ...], Any] = services.results_cache
+    document: dict[str, Any] | None = cache.get(key)  # counted while this waited its turn
+    if document is not None:
+        return document
+    kept: recounts.Recounted | None = cache.get(("recount", election_id, at))
+    if kept is None or kept.index.reach < reach:
+        kept = await recounts.replay(services, election_id, at, reach)
+        known = cache.get(("steps", election_id))
+        if known is not None and known.reach >= kept.index.reach:
+            kept = replace(kept, index=known)  # one index per election, not one per recount
+        else:
+            _keep(cache, ("steps", election_id), kept.index)
+        _keep(cache, ("recount", election_id, at), kept)
+        snapshot = kept.snapshot
+        if snapshot.closed_at is None and kept.rules.live_results_step > 1:
+            _keep(
+                cache,
+                ("published", election_id, snapshot.published_position),
+                _published(kept.rules, snapshot),
+            )
+    status = ElectionStatus.OPEN if kept.status is ElectionStatus.CLOSED else kept.status
+    document = await asyncio.to_thread(
+        _document, election_id, kept.snapshot, kept.rules, status, exact
+    )
+    _keep(cache, key, document)
+    if document["stepped"]:  # the same for every position of its step
+        _keep(cache, _stepped_key(election_id, *kept.index.view(at)), document)
     return document
 
 
-async def _recounted(
-    services: Services, election_id: UUID, at: int
-) -> tuple[ElectionRules, ElectionStatus, Any]:
-    """The election recounted from the log up to ``at`` (at most the head): its rules, its
-    status then, and its snapshot (counters, not ballots). The log up to a position never
-    changes, so the snapshot is kept in the results cache. Recounts are CPU work, as long as
-    the election is large: one runs at a time per process, so that a flood of them cannot
-    crowd out the ballots; one that waits RECOUNT_WAIT seconds for its turn is a 503."""
-    key = ("recount", election_id, at)
-    kept = services.results_cache.get(key)
-    if kept is not None:
-        return kept["rules"], kept["status"], kept["snapshot"]
-    try:
-        await asyncio.wait_for(services.recounting.acquire(), RECOUNT_WAIT)
-    except TimeoutError:
-        raise HTTPException(
-            503,
-            "other recounts are running in this process; retry in a few seconds",
-            headers={"Retry-After": "2"},
-        ) from None
-    try:
-        kept = services.results_cache.get(key)  # the same recount, done while this waited
-        if kept is not None:
-            return kept["rules"], kept["status"], kept["snapshot"]
-        recount = Recount()
-        async with services.reads.connection() as conn:
-            async for entry in election_entries(conn, election_id, at):
-                try:
-                    event = services.app.mapper.to_domain_event(
-                        StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
-                    )
-                except Exception as error:  # an unreadable entry: left out, and said so
-                    recount.position = entry.position
-                    recount.put_aside(entry.position, election_id, f"{type(error).__name__}")
-                    continue
-                recount.apply(entry.position, event)
-    finally:
-        services.recounting.release()
-    count = recount.elections.get(election_id)
-    if count is None:
-        raise NotFound(f"election {election_id} did not exist yet at position {at}")
-    set_aside = sum(1 for s in recount.set_aside if s.election_id in (election_id, None))
-    snapshot = recounted_snapshot(count, at, set_aside)
-    if len(services.results_cache) >= CACHE_SIZE:
-        services.results_cache.pop(next(iter(services.results_cache)))
-    services.results_cache[key] = {
-        "rules": count.rules,
-        "status": count.status,
-        "snapshot": snapshot,
+async def _stepped_at(
+    services: Services,
+    election_id: UUID,
+    *,
+    published: int,
+    status: ElectionStatus,
+    set_aside: int,
+    key: tuple[object, ...],
+) -> dict[str, Any]:
+    """A stepped reader's document: the publication at ``published`` (recounted as of that
+    position if no replay kept it), with the status and the entries set aside at the
+    position asked for (which the step index gives)."""
+    cache: dict[tuple[object, ...], Any] = services.results_cache
+    document: dict[str, Any] | None = cache.get(key)
+    if document is not None:
+        return document
+    kept = cache.get(("published", election_id, published))
+    if kept is None:
+        recounted = await recounts.replay(services, election_id, published, published)
+        kept = _published(recounted.rules, recounted.snapshot)
+        _keep(cache, ("published", election_id, published), kept)
+    rules, entries, counters = kept
+    snapshot = TallySnapshot(
+        position=published,
+        rules=None,
+        closed_at=None,
+        late_ballots=0,
+        counters=counters,
+        entries=entries,
+        published_position=published,
+        published_counters=counters,
+        set_aside=set_aside,
+    )
+    document = await asyncio.to_thread(_document, election_id, snapshot, rules, status, False)
+    _keep(cache, key, document)
+    return document
+
+
+def _published(
+    rules: ElectionRules, snapshot: TallySnapshot
+) -> tuple[ElectionRules, int, dict[str, int]]:
+    """A stepped snapshot's publication: its rules, entries (whole steps) and counters."""
+    step = rules.live_results_step
+    return rules, snapshot.entries // step * step, snapshot.published_counters or {}
+
+
+def _document(
+    election_id: UUID,
+    snapshot: TallySnapshot,
+    rules: ElectionRules,
+    status: ElectionStatus,
+    exact: bool,
+) -> dict[str, Any]:
+    """The time-travel document (in a worker thread: a ranked count can take seconds)."""
+    return {
+        **results_document(election_id, snapshot, rules, status=status, exact=exact),
+        "recounted_from_log": True,
     }
-    return count.rules, count.status, snapshot

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,8 +65,10 @@ class Services:
     broker: BrokerMonitor | None = None  # where AMQP_URL is set
     # Results computed per (election, position): dashboards poll, positions move rarely.
     results_cache: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
-    # Time travel's recounts from the log, one at a time (api/routes/results.py).
+    # Time travel's recounts from the log, one at a time (api/recounts.py), and those
+    # running, by what they answer: identical requests share one.
     recounting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recounts: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict)
 
 
 def _database_url(settings: Settings) -> str:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
+import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -13,6 +17,7 @@ import pytest
 from domain.ballot import Ballot
 from infra.store import open_application
 from infra.store.writer import GroupCommitWriter
+from projections import results as results_projection
 from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR
 
@@ -230,3 +235,153 @@ async def test_bad_seats_are_refused_with_a_clear_detail(
     body = {"title": "Council", "options": [{"id": i, "label": i} for i in "abc"], **rules}
     response = await voting.http.post("/api/elections", json=body, headers=bearer(ADMIN))
     assert_problem(response, 422, detail)
+
+
+# Time travel at scale (scale review: every distinct ?at= recounted the whole election on
+# the event loop, 3-7 s each for 60-95k ballots, for any reader, even after the close).
+
+
+@dataclass
+class _Recounts:
+    """Every recount from the log, counted and optionally held: each replay ends in one
+    ``recounted_snapshot``, wherever the serving module took it from."""
+
+    positions: list[int] = field(default_factory=list)
+    on_loop: list[bool] = field(default_factory=list)  # whether each ran on an event loop
+    hold: bool = False
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> _Recounts:
+        real = results_projection.recounted_snapshot
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.positions.append(args[1])
+            try:
+                asyncio.get_running_loop()
+                self.on_loop.append(True)
+            except RuntimeError:
+                self.on_loop.append(False)
+            if self.hold:
+                self.started.set()
+                self.release.wait(5)  # (on the event loop, this stalls every request)
+            return real(*args, **kwargs)
+
+        for name in ("api.routes.results", "api.recounts"):
+            module = sys.modules.get(name)
+            if getattr(module, "recounted_snapshot", None) is real:
+                monkeypatch.setattr(module, "recounted_snapshot", counted)
+        return self
+
+
+async def _at_as(http: httpx.AsyncClient, election_id: str, at: int, token: str | None) -> Any:
+    headers = {} if token is None else bearer(token)
+    response = await http.get(
+        f"/api/elections/{election_id}/results", params={"at": at}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_every_position_after_the_close_is_the_final_count_recounted_once(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing counts after the close: ``at`` past it is the close, one recount for all."""
+    election_id = await voting.open_election("irv", public_results=True)
+    for n, ranking in enumerate((["a", "b"], ["b"], ["a", "c"])):
+        await voting.cast(election_id, {"ranking": ranking}, f"final-{n}")
+    closed = (await voting.close(election_id))["position"]
+    other = await voting.open_election("plurality")
+    later = [
+        (await voting.cast(other, {"choice": "a"}, f"after-{n}")).json()["position"]
+        for n in range(4)
+    ]
+    recounts = _Recounts().install(monkeypatch)
+    final = await _at_as(http, election_id, closed, AUDITOR)
+    assert (final["position"], final["status"], final["ballots"]) == (closed, "closed", 3)
+    for at in [closed + 1, *later, later[-1] + 5, 10**15]:
+        for token in (AUDITOR, CLIENT, None):
+            assert await _at_as(http, election_id, at, token) == final, (at, token)
+    assert recounts.positions == [closed]
+
+
+async def test_stepped_readers_positions_within_one_step_share_one_recount(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of stepped results sees at ``at`` the last publication: every position
+    up to the next one answers the same, from one recount."""
+    election_id = await voting.open_election("approval")  # steps of 10
+    other = await voting.open_election("plurality")
+    positions = []
+    for n in range(15):
+        cast = await voting.cast(election_id, {"approve": ["abc"[n % 3]]}, f"step-{n}")
+        positions.append(cast.json()["position"])
+        await voting.cast(other, {"choice": "b"}, f"between-{n}")  # positions not its own
+    recounts = _Recounts().install(monkeypatch)
+    within = list(range(positions[9], positions[14] + 3))
+    random.Random(7).shuffle(within)
+    seen = [await _at_as(http, election_id, at, CLIENT) for at in within]
+    assert all(body == seen[0] for body in seen)
+    assert (seen[0]["position"], seen[0]["ballots"], seen[0]["stepped"]) == (positions[9], 10, True)
+    assert len(recounts.positions) == 1
+    # Another step (here: nothing published yet) is one more, whatever the position.
+    before = [await _at_as(http, election_id, at, ADMIN) for at in positions[8::-1]]
+    assert all(body["ballots"] == 0 and body["stepped"] for body in before)
+    assert len(recounts.positions) == 2
+
+
+async def test_a_running_recount_blocks_neither_the_loop_nor_others_more_than_a_second(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    election_id = await voting.open_election("irv", live_results_step=1)
+    positions = [
+        (await voting.cast(election_id, {"ranking": ["a", "b"]}, f"slow-{n}")).json()["position"]
+        for n in range(3)
+    ]
+    recounts = _Recounts(hold=True).install(monkeypatch)
+    url = f"/api/elections/{election_id}/results"
+    first = asyncio.create_task(http.get(url, params={"at": positions[1]}, headers=bearer(AUDITOR)))
+    assert await asyncio.to_thread(recounts.started.wait, 10)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    health = await http.get("/api/health")
+    assert health.status_code == 200
+    assert loop.time() - began < 0.5
+    assert not first.done()
+    began = loop.time()
+    busy = await http.get(url, params={"at": positions[2]}, headers=bearer(CLIENT))
+    assert loop.time() - began < 2.0
+    assert_problem(busy, 503, "a recount is running")
+    assert busy.headers["retry-after"] == "2"
+    recounts.release.set()
+    answered = await first
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["ballots"] == 2
+    assert recounts.on_loop == [False]
+
+
+async def test_identical_requests_share_the_recount_running(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One that asks what is being recounted already waits for that recount, however long
+    it takes, instead of queueing for another (or a 503 after a second)."""
+    election_id = await voting.open_election("irv", public_results=True, live_results_step=1)
+    positions = [
+        (await voting.cast(election_id, {"ranking": ["b"]}, f"shared-{n}")).json()["position"]
+        for n in range(2)
+    ]
+    recounts = _Recounts(hold=True).install(monkeypatch)
+    url = f"/api/elections/{election_id}/results"
+    asks = [asyncio.create_task(http.get(url, params={"at": positions[0]})) for _ in range(2)]
+    assert await asyncio.to_thread(recounts.started.wait, 10)
+    # A distinct recount is refused after a second; the identical one still waits.
+    busy = await http.get(url, params={"at": positions[1]})
+    assert_problem(busy, 503, "a recount is running")
+    assert not any(ask.done() for ask in asks)
+    recounts.release.set()
+    answers = [await ask for ask in asks]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["ballots"] == 1
+    assert recounts.positions == [positions[0]]
+    assert recounts.on_loop == [False]

@@ -1,0 +1,226 @@
+"""Time travel's recounts: one election replayed from the log, off the event loop.
+
+A recount is CPU work as long as the election (decoding and counting every ballot entry,
+then a ranked method's tabulation): it runs in a worker thread, page by page as the log is
+read, so that the API's event loop keeps answering meanwhile. One runs at a time per
+process (``run_shared``), and identical requests share the one already running.
+
+A replay also notes, for every position it passed, what a reader of stepped results saw
+there (``StepIndex``): the last publication, the election's status and its entries set
+aside. The log up to a position never changes, so once an election's log has been replayed
+up to a position, any earlier position maps to its publication without replaying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.persistence import Mapper, StoredEvent
+from psycopg import AsyncConnection
+from starlette.exceptions import HTTPException
+
+from domain.election import ElectionStatus
+from domain.errors import NotFound
+from domain.recount import Recount
+from domain.rules import ElectionRules
+from infra.audit.records import Entry, election_entries
+from infra.runtime.bootstrap import Services
+from infra.store import EVENTS_TABLE
+from projections.queries import TallySnapshot
+from projections.results import recounted_snapshot
+
+T = TypeVar("T")
+
+RECOUNT_WAIT = 1.0  # seconds a recount waits for the one running to end, then 503
+BATCH = 2_000  # log entries handed to the worker thread at a time
+
+CLOSED_AT = f"""
+SELECT min(notification_id) FROM {EVENTS_TABLE}
+WHERE originator_id = %s AND topic LIKE '%%:Election.Closed'
+"""
+
+
+async def closed_at(conn: AsyncConnection[Any], election_id: UUID) -> int | None:
+    """The position of the election's Closed entry in the log (None: not closed)."""
+    cursor = await conn.execute(CLOSED_AT, (election_id,))
+    row = await cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+@dataclass(frozen=True)
+class StepIndex:
+    """What one election's log held up to ``reach``, as stepped readers see it."""
+
+    reach: int
+    created_at: int
+    opened_at: int | None
+    closed_at: int | None
+    publications: tuple[int, ...]  # positions where a step was published, ascending
+    set_aside: tuple[int, ...]  # positions of the election's entries set aside, ascending
+
+    def covers(self, at: int) -> bool:
+        """Whether ``at`` is a stepped reader's position this index answers for: reached,
+        and before the close (from the close on, results are exact)."""
+        return at <= self.reach and (self.closed_at is None or at < self.closed_at)
+
+    def view(self, at: int) -> tuple[int, ElectionStatus, int]:
+        """At ``at`` (at most ``reach``, not after the close): the position of the last
+        publication, the election's status then, and its entries set aside by then."""
+        if at < self.created_at:
+            raise NotFound(f"the election did not exist yet at position {at}")
+        found = bisect.bisect_right(self.publications, at)
+        published = self.publications[found - 1] if found else self.created_at
+        opened = self.opened_at is not None and self.opened_at <= at
+        status = ElectionStatus.OPEN if opened else ElectionStatus.DRAFT
+        return published, status, bisect.bisect_right(self.set_aside, at)
+
+
+@dataclass(frozen=True)
+class Recounted:
+    """A recount as of ``target``: the rules, the status then, and the snapshot (counters,
+    not ballots); with the step index of the whole replay (which may reach further)."""
+
+    rules: ElectionRules
+    status: ElectionStatus
+    snapshot: TallySnapshot
+    index: StepIndex
+
+
+class _Replay:
+    """One election's entries applied in position order; used by one thread at a time
+    (each batch is handed over by an ``await``, never shared)."""
+
+    def __init__(self, mapper: Mapper[UUID], election_id: UUID, target: int) -> None:
+        self.mapper = mapper
+        self.election_id = election_id
+        self.target = target
+        self.recount = Recount()
+        self.captured: tuple[ElectionRules, ElectionStatus, TallySnapshot] | None = None
+        self.missing = False  # the election did not exist yet at the target
+        self.created_at = 0
+        self.opened_at: int | None = None
+        self.publications: list[int] = []
+        self.set_aside: list[int] = []
+
+    def apply(self, batch: list[Entry]) -> None:
+        recount, election_id = self.recount, self.election_id
+        for entry in batch:
+            if entry.position > self.target:
+                self.capture()
+            aside = len(recount.set_aside)
+            try:
+                event = self.mapper.to_domain_event(
+                    StoredEvent(entry.stream_id, entry.version, entry.topic, entry.state)
+                )
+            except Exception as error:  # an unreadable entry: left out, and said so
+                recount.position = entry.position
+                recount.put_aside(entry.position, election_id, f"{type(error).__name__}")
+            else:
+                recount.apply(entry.position, event)
+            if len(recount.set_aside) > aside and recount.set_aside[-1].election_id in (
+                election_id,
+                None,
+            ):
+                self.set_aside.append(entry.position)
+            count = recount.elections.get(election_id)
+            if count is None:
+                continue
+            if not self.created_at:
+                self.created_at = entry.position
+            if self.opened_at is None and count.status is ElectionStatus.OPEN:
+                self.opened_at = entry.position
+            if count.steps.published_at == entry.position:
+                self.publications.append(entry.position)
+
+    def capture(self) -> None:
+        """Keep the count as of the target (once: the replay may go on past it)."""
+        if self.captured is not None or self.missing:
+            return
+        count = self.recount.elections.get(self.election_id)
+        if count is None:
+            self.missing = True
+            return
+        set_aside = sum(
+            1 for s in self.recount.set_aside if s.election_id in (self.election_id, None)
+        )
+        snapshot = recounted_snapshot(count, self.target, set_aside)
+        self.captured = (count.rules, count.status, snapshot)
+
+    def finish(self, reach: int) -> Recounted:
+        self.capture()
+        if self.captured is None:
+            raise NotFound(
+                f"election {self.election_id} did not exist yet at position {self.target}"
+            )
+        count = self.recount.elections[self.election_id]
+        rules, status, snapshot = self.captured
+        index = StepIndex(
+            reach=reach,
+            created_at=self.created_at,
+            opened_at=self.opened_at,
+            closed_at=count.closed_at,
+            publications=tuple(self.publications),
+            set_aside=tuple(self.set_aside),
+        )
+        return Recounted(rules, status, snapshot, index)
+
+
+async def replay(services: Services, election_id: UUID, target: int, reach: int) -> Recounted:
+    """The election recounted from the log as of ``target``, the replay going on to
+    ``reach`` (at least ``target``) for its step index. The log is read here, on the event
+    loop; each batch of entries is decoded and counted in a worker thread."""
+    state = _Replay(services.app.mapper, election_id, target)
+    batch: list[Entry] = []
+    async with services.reads.connection() as conn:
+        async for entry in election_entries(conn, election_id, reach):
+            batch.append(entry)
+            if len(batch) >= BATCH:
+                await asyncio.to_thread(state.apply, batch)
+                batch = []
+    if batch:
+        await asyncio.to_thread(state.apply, batch)
+    return await asyncio.to_thread(state.finish, reach)
+
+
+async def run_shared(services: Services, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` (a recount, and the document counted from it), run as one task shared by
+    every identical request (same ``key``) while it runs, and one at a time per process:
+    one that waits RECOUNT_WAIT seconds for its turn is a 503 with Retry-After. A caller
+    that goes away leaves the task running for the others (and the cache)."""
+    running: asyncio.Future[Any] | None = services.recounts.get(key)
+    if running is None:
+        running = asyncio.ensure_future(_one_at_a_time(services, work))
+        services.recounts[key] = running
+        running.add_done_callback(_forgetter(services, key))
+    result: T = await asyncio.shield(running)
+    return result
+
+
+def _forgetter(services: Services, key: Hashable) -> Callable[[asyncio.Future[Any]], None]:
+    def forget(done: asyncio.Future[Any]) -> None:
+        if services.recounts.get(key) is done:
+            del services.recounts[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every caller may have gone away
+
+    return forget
+
+
+async def _one_at_a_time(services: Services, work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        await asyncio.wait_for(services.recounting.acquire(), RECOUNT_WAIT)
+    except TimeoutError:
+        raise HTTPException(
+            503,
+            "a recount is running in this process (one runs at a time); retry in a few seconds",
+            headers={"Retry-After": "2"},
+        ) from None
+    try:
+        return await work()
+    finally:
+        services.recounting.release()
