@@ -73,6 +73,7 @@ from infra import metrics
 from infra.audit.chain import entry_hash
 from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
 from infra.store.batch import Append, Key, Outcome, Progress, commit_batch
+from infra.store.daemon_pool import DaemonPool
 from infra.store.health import PROBE_INTERVAL, StoreHealth
 from infra.store.log import event_type
 from infra.store.names import ALIVE, connection_name
@@ -171,6 +172,7 @@ class GroupCommitWriter:
         self._sweeper: asyncio.TimerHandle | None = None
         self._probed_at = 0.0  # monotonic: the last probe's start
         self._probe_task: asyncio.Task[None] | None = None
+        self._lookups = DaemonPool("writer lookup")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -429,7 +431,7 @@ class GroupCommitWriter:
         if not self.health.up:
             raise StoreUnavailable(UNCHECKED)
         assert self._loop is not None
-        reading = _on_daemon_thread(self._loop, read, *args)
+        reading = self._lookups.run(self._loop, read, *args)
         done, _ = await asyncio.wait({reading}, timeout=LOOKUP_WAIT)
         if reading in done:
             return reading.result()
@@ -644,34 +646,6 @@ class GroupCommitWriter:
 def _cancel(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.cancel_safe(timeout=CANCEL_TIMEOUT)
-
-
-def _on_daemon_thread(
-    loop: asyncio.AbstractEventLoop, call: Callable[..., T], *args: Any
-) -> asyncio.Future[T]:
-    """``call(*args)`` on a daemon thread of its own. Not on the loop's executor: a read
-    given up on a store that hangs stays blocked as long as it hangs, and the process waits
-    for its executor's threads at exit (a SIGTERM then waited for the store to thaw)."""
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(cast(T, result))
-
-    def run() -> None:
-        try:
-            result, error = call(*args), None
-        except BaseException as raised:  # (the caller's to see, on the loop)
-            result, error = None, raised
-        with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="writer lookup", daemon=True).start()
-    return future
 
 
 def _unknown(in_flight: Sequence[Append]) -> None:
