@@ -293,12 +293,15 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     options = [o["id"] for o in document["options"]]
     caption = "Pairwise: ballots preferring the row's option to the column's"
     if len(options) > PAIRWISE_MAX:
-        link = f"/api/elections/{e(document['election_id'])}/results"
+        eid = document["election_id"]
+        # The script fetches these with the page's token (a link cannot send it).
+        link = f"/api/elections/{e(eid)}/results"
         return (
             '<section aria-labelledby="heat-map-heading" id="pairwise-omitted">'
             f'<h3 id="heat-map-heading">{e(caption)}</h3><p>Not drawn for '
             f"{len(options)} options (a chart and a table of {len(options) ** 2} cells): "
-            f'the pairwise counts are in the <a href="{link}">JSON results</a>.</p></section>'
+            f'the pairwise counts are in the <a href="{link}" data-json="results-{e(eid)}.json">'
+            "JSON results</a>.</p></section>"
         )
 
     def text(ab: int, ba: int) -> str:

@@ -53,6 +53,8 @@ def routes() -> list[BaseRoute]:
 
 
 def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
+    # The token field is a text field drawn masked (dashboard.css): a password field made
+    # the browser's password manager offer to save the administrator's token.
     attributes = " ".join(f'data-{k}="{e(v)}"' for k, v in data.items())
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -70,8 +72,9 @@ def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
 <h1>{e(title)}</h1>
 <form id="token-form" class="token" hidden>
 <p id="token-why">These results need a token. It is kept only for this browser session.</p>
-<label for="token">Token</label> <input id="token" name="token" type="password"
-autocomplete="off" aria-describedby="token-why"> <button type="submit">Show results</button>
+<label for="token">Token</label> <input id="token" name="token" type="text" class="secret"
+autocomplete="off" autocapitalize="off" spellcheck="false" aria-describedby="token-why">
+<button type="submit">Show results</button>
 </form>
 <div id="panel" aria-busy="false">{body}</div>
 <div id="announce" class="visually-hidden" aria-live="polite" aria-atomic="true"></div>

@@ -38,8 +38,13 @@
   // At most one panel fetch a second: events in between are coalesced into the next.
   const FETCH_GAP_MS = 1000;
   let fetchedAt = 0;
+  // The token the shown panel was read with (the server-rendered one needed none): a page
+  // brought back by Back after "Forget token" must not show what only that token could read.
+  let shownWith = null;
 
-  function token() { return sessionStorage.getItem(PAGE_KEY) || sessionStorage.getItem(KEY); }
+  function token() {
+    return sessionStorage.getItem(PAGE_KEY) || sessionStorage.getItem(KEY) || null;
+  }
   function keep(value) {
     sessionStorage.setItem(value.startsWith("cvt_") ? PAGE_KEY : KEY, value);
   }
@@ -128,6 +133,7 @@
       try { problem = await response.json(); } catch (error) { /* not JSON */ }
       const detail = problem.detail || "";
       if (response.status === 403 && problem.title === "Not published yet") {
+        shownWith = sent;
         panel.textContent = detail; // nobody but admins and auditors: keep the token
         return "hidden";
       }
@@ -145,7 +151,9 @@
       if (after > 0) backoff = Math.max(backoff, after * 1000);
       return "retry";
     }
-    show(await response.text());
+    const html = await response.text();
+    shownWith = sent;
+    show(html);
     backoff = 1000;
     return "ok";
   }
@@ -189,6 +197,9 @@
   // The server's detail is written for API clients ("send an Authorization: Bearer
   // <token> header"): the page says what a person can do instead.
   function askForToken(refused) {
+    panel.replaceChildren(); // nothing that the refused or forgotten token read stays up
+    shownWith = null;
+    lastPosition = null;
     form.hidden = false;
     forgetButton.hidden = !token();
     const need = refused
@@ -315,10 +326,49 @@
   });
 
   forgetButton.hidden = !token();
-  forgetButton.addEventListener("click", function () { // every token this page could use
-    sessionStorage.removeItem(PAGE_KEY);
-    sessionStorage.removeItem(KEY);
+  forgetButton.addEventListener("click", function () {
+    // Every token kept in this tab: the shared one and each page's voter token.
+    for (let i = sessionStorage.length - 1; i >= 0; i -= 1) {
+      const name = sessionStorage.key(i);
+      if (name === KEY || (name && name.startsWith(KEY + ":"))) sessionStorage.removeItem(name);
+    }
+    panel.replaceChildren();
     location.reload();
+  });
+
+  // Back and Forward may bring this page back from the browser's cache as it was, with
+  // what a token read: if that token is gone (or another one is kept now), show none of it.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted || token() === shownWith) return;
+    panel.replaceChildren();
+    form.hidden = true;
+    if (source) { source.close(); source = null; }
+    location.reload();
+  });
+
+  // The JSON results (linked where a chart would be too large) need the token too, and a
+  // link cannot send it: fetch them with it and hand them over as a file.
+  panel.addEventListener("click", async function (event) {
+    const link = event.target instanceof Element && event.target.closest("a[data-json]");
+    if (!link || !token()) return;
+    event.preventDefault();
+    let response;
+    try {
+      response = await fetch(link.getAttribute("href"), { headers: headers(), cache: "no-store" });
+    } catch (error) { response = null; }
+    if (!response || !response.ok) {
+      announce.textContent = "The JSON results could not be fetched" +
+        (response ? " (" + response.status + ")." : ".");
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = link.getAttribute("data-json");
+    document.body.appendChild(save);
+    save.click();
+    save.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
   });
 
   if (body.dataset.kind === "overview") {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import time
@@ -22,7 +23,7 @@ from playwright.async_api import Browser, Page, Route, async_playwright
 
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
-from tests.integration.client import VotingClient, bearer
+from tests.integration.client import VotingClient, bearer, options
 from tests.servers import ADMIN, running_api, settings_for
 
 CHROMIUM = os.environ.get("CARDINAL_CHROMIUM", "/usr/bin/chromium")
@@ -705,3 +706,139 @@ async def test_a_draft_page_says_not_open_yet(voting: VotingClient, site: str, p
     text = await page.locator("#panel").inner_text()
     assert "preliminary" not in text.lower()
     assert "steps of" not in text
+
+
+# Playwright turns Chrome's back/forward cache off; a person's Chrome has it on.
+BFCACHE = ["--disable-back-forward-cache"]
+# Set when a page comes back from that cache (the key outlives "Forget token").
+PROBE = """addEventListener("pageshow", (event) => {
+  if (event.persisted) sessionStorage.setItem("probe-restored", location.pathname);
+});"""
+
+
+async def _restored_without_private_results(page: Page, path: str) -> None:
+    await page.go_back(wait_until="commit")  # a restored page fires no load
+    restored = f'() => sessionStorage.getItem("probe-restored") === {path!r}'
+    await page.wait_for_function(restored, timeout=WAIT_MS)  # from the cache, not anew
+    await page.wait_for_function(
+        """() => !document.getElementById("token-form").hidden
+            && !document.querySelector("#winners")""",
+        timeout=WAIT_MS,
+    )
+    await page.evaluate('sessionStorage.removeItem("probe-restored")')
+
+
+async def test_back_after_forget_token_shows_nothing_the_token_read(
+    voting: VotingClient, site: str
+) -> None:
+    """After "Forget token", Back brought the private results page (and the overview with
+    the private elections) back from the back/forward cache as it was, still streaming
+    (review web, 1)."""
+    election = await voting.create_election(
+        "plurality", live_results_step=1, title="Board seat (private)"
+    )
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "b"}, "v1")
+    public_id = await _election(voting, "plurality", close=False)
+    row = f'#overview tr[data-election="{election["id"]}"]'
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, ignore_default_args=BFCACHE
+        )
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.add_init_script(PROBE)
+            # A results page read with the token; Forget on the overview; Back.
+            await page.goto(f"{site}/elections/{election['id']}")
+            await page.fill("#token", ADMIN)
+            await page.press("#token", "Enter")
+            await page.locator("#winners").wait_for(timeout=WAIT_MS)
+            await page.click("nav a[href='/']")
+            await page.locator(row).wait_for(timeout=WAIT_MS)
+            await page.click("#forget-token")
+            await page.locator(row).wait_for(state="detached", timeout=WAIT_MS)
+            await _restored_without_private_results(page, f"/elections/{election['id']}")
+            assert "Board seat" not in await page.locator("body").inner_text()
+            # The overview read with the token; Forget on a public page; Back.
+            await page.goto(f"{site}/")
+            await page.fill("#token", ADMIN)
+            await page.press("#token", "Enter")
+            await page.locator(row).wait_for(timeout=WAIT_MS)
+            await page.click(f'#overview a[href="/elections/{public_id}"]')
+            await page.locator("#forget-token").wait_for(timeout=WAIT_MS)
+            await page.click("#forget-token")
+            await page.locator("#forget-token").wait_for(state="hidden", timeout=WAIT_MS)
+            await page.go_back(wait_until="commit")  # a restored page fires no load
+            await page.wait_for_function(
+                """() => sessionStorage.getItem("probe-restored") === "/"
+                    && document.querySelector("#overview")""",
+                timeout=WAIT_MS,
+            )
+            await page.locator(row).wait_for(state="detached", timeout=WAIT_MS)
+            assert "Board seat" not in await page.locator("body").inner_text()
+        finally:
+            await browser.close()
+
+
+async def test_forget_token_forgets_every_voter_token_of_the_tab(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Forget on one page left the voter tokens kept for other pages (review web, 2)."""
+    election_id, tokens = await voting.token_election(live_results_step=1)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.fill("#token", tokens[0])
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    await page.goto(f"{site}/")
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#forget-token").wait_for(timeout=WAIT_MS)
+    await page.evaluate('sessionStorage.setItem("unrelated", "kept")')
+    await page.click("#forget-token")
+    await page.locator("#forget-token").wait_for(state="hidden", timeout=WAIT_MS)
+    assert await page.evaluate("Object.keys(sessionStorage)") == ["unrelated"]
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    assert await page.locator("#winners").count() == 0
+
+
+async def test_the_json_results_of_a_private_election_open_with_the_token(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Over 20 options the page links the JSON results instead of the pairwise chart, and
+    the link answered 401 for a private election: a link cannot send the token (review
+    web, 3). The token holder now gets them as a file."""
+    ids = [f"o{n}" for n in range(21)]
+    election = await voting.create_election("schulze", options=options(*ids), live_results_step=1)
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"ranking": ids}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    link = page.locator("#pairwise-omitted a")
+    await link.wait_for(timeout=WAIT_MS)
+    async with page.expect_download(timeout=WAIT_MS) as info:
+        await link.click()
+    download = await info.value
+    saved = await download.path()
+    assert saved is not None
+    results = json.loads(await asyncio.to_thread(Path(saved).read_text))
+    assert results["election_id"] == election["id"]
+    assert results["pairwise"]["o0"]["o1"] == 1
+
+
+async def test_the_token_field_is_not_a_password_field(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A password field made Chrome's password manager offer to save the administrator's
+    token (review web, 5): a masked text field, labelled, and clean for axe."""
+    await _private_page(voting, site, page)
+    field = page.locator("#token")
+    assert await field.get_attribute("type") == "text"
+    assert await field.get_attribute("autocomplete") == "off"
+    assert await field.get_attribute("spellcheck") == "false"
+    assert await page.evaluate("document.querySelector('#token').labels[0].textContent") == "Token"
+    masked = "getComputedStyle(document.querySelector('#token')).webkitTextSecurity"
+    assert await page.evaluate(masked) == "disc"
+    assert await page.evaluate("document.querySelectorAll('input[type=password]').length") == 0
+    assert await _scan(page) == []

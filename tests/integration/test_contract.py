@@ -52,6 +52,7 @@ async def test_every_route_is_in_the_document(http: httpx.AsyncClient) -> None:
         "/openapi.json",
         "/docs",
         "/docs/init.js",
+        "/docs/static/{name}",
         # the dashboards (HTML pages, their fragments and assets)
         "/",
         "/results",
@@ -141,6 +142,27 @@ async def test_the_reference_is_served_with_no_asset_from_elsewhere(
     assert "/openapi.json" in init.text
     bundle = await http.get("/docs/static/swagger-ui-bundle.js")
     assert len(bundle.content) > 500_000  # Swagger UI itself, from the installed package
+
+
+async def test_the_reference_serves_only_the_files_its_page_loads(
+    http: httpx.AsyncClient,
+) -> None:
+    """/docs/static/ served the package's whole directory: Swagger UI's demo index.html
+    (it fetches petstore.swagger.io), oauth2-redirect.html and index.j2, on this origin and
+    without the page's policy (review web, 4)."""
+    stock = ["index.html", "oauth2-redirect.html", "oauth2-redirect.js", "index.j2"]
+    for name in [*stock, "swagger-initializer.js", "swagger-ui.js", "favicon-32x32.png"]:
+        answer = await http.get(f"/docs/static/{name}")
+        assert answer.status_code == 404, name
+        assert "petstore" not in answer.text
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        answer = await http.get(f"/docs/static/{name}")
+        assert answer.status_code == 200, name
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" in (await http.get("/docs/init.js")).headers
 
 
 def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
