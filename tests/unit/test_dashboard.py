@@ -62,7 +62,7 @@ def test_a_big_election_links_to_the_json_instead_of_a_pairwise_chart() -> None:
     html = results_panel(_document("schulze", n=21, pairwise=pairwise), "Results")
     assert 'id="heat-map"' not in html
     assert 'id="pairwise"' not in html
-    assert '<a href="/api/elections/00000000-0000-4000-8000-000000000001/results">' in html
+    assert '<a href="/api/elections/00000000-0000-4000-8000-000000000001/results"' in html
     assert len(html) < 20_000
     ids = ids[:20]
     pairwise = {a: {b: 1 for b in ids if b != a} for a in ids}
