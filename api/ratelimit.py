@@ -13,12 +13,15 @@ its IPv4 form when IPv4-mapped, and an IPv6 address as its /64 (one subscriber's
 so that neither another spelling nor another address of the same network is a new quota.
 
 Answers carry the IETF RateLimit-Policy and RateLimit fields
-(draft-ietf-httpapi-ratelimit-headers-11); a refusal is a 429 with Retry-After.
+(draft-ietf-httpapi-ratelimit-headers-11); a refusal is a 429 with Retry-After. A check the
+database does not answer within CHECK_WAIT (a second: the store hangs) is a 503 with
+Retry-After, and the request goes no further: a ballot is not recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -30,13 +33,28 @@ from starlette.requests import Request
 
 from api.forwarded import TrustedProxies
 from api.problems import TooManyRequests
+from domain.ports import StoreUnavailable
 from infra.runtime.settings import Settings
-from infra.store.ratelimit import Decision, Quota, SharedRateLimiter
+from infra.store.ratelimit import (
+    CHECK_WAIT,
+    Decision,
+    LimiterUnavailable,
+    Quota,
+    SharedRateLimiter,
+)
 
 HOUR = 3600.0
 LOGIN_WINDOW = 900.0
 LOGIN_FAILURES_PER_ACCOUNT = 10
 LOGIN_FAILURES_PER_ADDRESS = 30
+BALLOT_UNCHECKED = (
+    f"the rate limit could not be checked: the database did not answer within {CHECK_WAIT:g} s; "
+    "the ballot was not recorded: retry shortly (with the same Idempotency-Key)"
+)
+LOGIN_UNCHECKED = (
+    f"the sign-in limit could not be checked: the database did not answer within "
+    f"{CHECK_WAIT:g} s; retry shortly"
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,12 @@ class RateLimits:
         policy = self.ballots
         if policy is None:
             return None
-        decision = await self.limiter.hit(policy.key(self.address(request)), policy.quota, ballots)
+        try:
+            decision = await self.limiter.hit(
+                policy.key(self.address(request)), policy.quota, ballots
+            )
+        except LimiterUnavailable:
+            raise StoreUnavailable(BALLOT_UNCHECKED) from None
         answer = fields(policy, decision)
         if decision.allowed:
             return answer
@@ -142,9 +165,12 @@ class RateLimits:
             (self.login_account, self.login_account.key(self.subject(_account(account)))),
             (self.login_address, self.login_address.key(self.address(request))),
         ]
-        decisions = await asyncio.gather(
-            *(self.limiter.hit(key, policy.quota) for policy, key in keys)
-        )
+        try:
+            decisions = await asyncio.gather(
+                *(self.limiter.hit(key, policy.quota) for policy, key in keys)
+            )
+        except LimiterUnavailable:
+            raise StoreUnavailable(LOGIN_UNCHECKED) from None
         attempt = LoginAttempt(self.limiter, keys)
         refused = [
             (policy, decision)
@@ -178,13 +204,16 @@ class LoginAttempt:
         self.keys = keys
 
     async def give_back(self, only: list[bool] | None = None) -> None:
-        await asyncio.gather(
-            *(
-                self.limiter.hit(key, policy.quota, -1)
-                for n, (policy, key) in enumerate(self.keys)
-                if only is None or only[n]
+        """(A give-back the database does not answer in time is still sent, once, in the
+        background: the sign-in need not wait for it.)"""
+        with contextlib.suppress(LimiterUnavailable):
+            await asyncio.gather(
+                *(
+                    self.limiter.hit(key, policy.quota, -1)
+                    for n, (policy, key) in enumerate(self.keys)
+                    if only is None or only[n]
+                )
             )
-        )
 
 
 def _account(account: str) -> str:

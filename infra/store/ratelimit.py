@@ -37,9 +37,13 @@ from typing import Any
 
 import psycopg
 
+from domain.ports import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 600.0
+# A check's longest wait for its statement (the writer's and the reads' waits are alike).
+CHECK_WAIT = 1.0
 RECONNECT_DELAY = 1.0
 LEASE_FRACTION = 100
 MAX_LEASE = 64
@@ -69,6 +73,11 @@ RETURNING key, granted, tat, extract(epoch FROM now())::float8
 """
 # A row whose tat has passed means a full quota, the same as no row.
 FORGET = "DELETE FROM rate_limits WHERE tat < extract(epoch FROM now())"
+
+
+class LimiterUnavailable(StoreUnavailable):
+    """The limiter's statement did not answer within CHECK_WAIT: the check was given up on
+    (nothing it would have granted is spent), so the request it guards must not go on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,7 @@ class _Check:
     cost: int
     answer: asyncio.Future[Decision] = field(repr=False)
     held: int = 0  # units of this process's lease that go toward it (too few on their own)
+    lease: _Lease | None = None  # (that lease, as it was)
 
 
 class SharedRateLimiter:
@@ -215,20 +225,56 @@ class SharedRateLimiter:
             log.warning("%d leased rate-limit units not given back: %s", units, sent.result())
 
     async def hit(self, key: str, quota: Quota, cost: int = 1) -> Decision:
-        """Take ``cost`` units of ``key``'s quota (all or none); a negative cost gives back."""
+        """Take ``cost`` units of ``key``'s quota (all or none); a negative cost gives back.
+        LimiterUnavailable when the store does not answer within CHECK_WAIT (a give-back
+        then is still sent, once, in the background)."""
         lease = self._leases.get(key) if cost > 0 else None
         if lease is not None and lease.units >= cost:
             lease.units -= cost
             return Decision(True, lease.remaining + lease.units, lease.next_unit)
         # Too few leased units: they count toward this check (a new lease would otherwise
         # replace them, and the units, charged already, would be lost to everyone).
-        held = self._leases.pop(key).units if lease is not None else 0
+        if lease is not None:
+            del self._leases[key]
         answer: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Check(key, quota, cost, answer, held))
+        check = _Check(key, quota, cost, answer, lease.units if lease else 0, lease)
+        self._pending.append(check)
         self._wake.set()
-        return await answer
+        try:
+            # (asyncio.wait neither cancels the answer on the timeout nor on a cancel)
+            await asyncio.wait({answer}, timeout=CHECK_WAIT)
+        except asyncio.CancelledError:
+            self._abandon(check)
+            raise
+        if not answer.done():
+            self._abandon(check)
+            raise LimiterUnavailable(
+                f"the rate limit's database did not answer within {CHECK_WAIT:g} s"
+            )
+        return answer.result()
+
+    def _abandon(self, check: _Check) -> None:
+        """The caller no longer waits for ``check``; the counts stay right (see the module's
+        docstring). An answered check's units stay spent."""
+        if check.answer.done():
+            return
+        check.answer.cancel()  # (what _settle and _unanswered know an abandoned check by)
+        waiting = len(self._pending)
+        self._pending = [c for c in self._pending if c is not check]
+        if len(self._pending) == waiting:
+            return  # in a statement in flight: settled without it when it answers
+        if check.lease is not None:  # never sent: the lease it held is this process's again
+            if check.key in self._leases:  # (another check's statement set one since)
+                self._keep(check.key, check.quota, check.held, None, check.quota.step)
+            else:
+                self._leases[check.key] = check.lease
+        if check.cost < 0:  # a give-back never sent is still owed
+            self._give_back(check.key, check.quota, -check.cost)
 
     async def _run(self) -> None:
+        # A connection that served and was then lost is replaced at once, once: a check
+        # waits CHECK_WAIT at most, less than RECONNECT_DELAY and a connect together.
+        served = False
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -238,13 +284,16 @@ class SharedRateLimiter:
                         await self._wake.wait()
                         self._wake.clear()
                         await self._serve(conn)
+                        served = True
                         if time.monotonic() - self._forgot_at > HOUSEKEEPING_INTERVAL:
                             self._forgot_at = time.monotonic()
                             await conn.execute(FORGET)
             except psycopg.Error as error:
                 log.warning("rate limiter lost its database connection: %s", error)
                 self._fail_pending(error)
-                await asyncio.sleep(RECONNECT_DELAY)
+                if not served:
+                    await asyncio.sleep(RECONNECT_DELAY)
+                served = False
 
     def _take_batch(self) -> dict[str, list[_Check]]:
         """Everything pending, by key; a key wanted with both signs waits a turn for one."""
@@ -302,11 +351,14 @@ class SharedRateLimiter:
                     check.answer.set_exception(error)
 
     def _settle(self, key: str, checks: list[_Check], granted: int, tat: float, now: float) -> None:
-        """Answer one key's checks from what the statement granted."""
+        """Answer one key's checks from what the statement granted. An abandoned check's
+        (answer cancelled) units stay in what is left, like a refused one's."""
         left = granted + sum(c.held for c in checks)
         shared = decide(checks[0].quota, True, tat, now)
         refused = False
         for check in checks:
+            if check.answer.cancelled():
+                continue
             allowed = check.cost <= 0 or left >= check.cost
             refused = refused or not allowed
             if allowed and check.cost > 0:
@@ -317,9 +369,10 @@ class SharedRateLimiter:
                 )
         if checks[0].cost <= 0 or left <= 0:
             return
-        if refused:
+        if refused or _lease_size(checks[0].quota) == 0:
             # All or none: what a refused check was granted goes back to the quota,
             # for any process's next request (kept as a lease, it was lost to them).
+            # So does an abandoned check's, for a quota that takes no lease.
             self._give_back(key, checks[0].quota, left)
         else:  # added to a lease another batch set meanwhile, never in its place
             self._keep(key, checks[0].quota, left, shared.remaining, shared.next_unit)

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 
 from api.app import create_app
 from api.protocol import server_config
+from api.ratelimit import BALLOT_UNCHECKED
 from api.server import DRAIN_MARGIN, DrainingServer
 from infra.runtime.bootstrap import SHUTDOWN_AT_MOST
 from infra.runtime.supervisor import STOP_TIMEOUT
@@ -190,6 +192,70 @@ async def test_sigterm_while_the_store_is_frozen_answers_every_ballot_and_stops_
     assert answered < GRACE  # before uvicorn would have cancelled them
     assert done, f"still stopping {ended:.1f} s after SIGTERM"
     assert _casts(url) <= 1 + unknown  # none answered "not recorded" was recorded
+
+
+async def test_sigterm_with_ballots_waiting_on_the_rate_limiter_answers_them_503(
+    cluster: Cluster,
+) -> None:
+    """ENABLE_RATE_LIMITING, PostgreSQL frozen: ballots waited in the limiter's check with no
+    bound, and SIGTERM's grace ended with uvicorn cancelling them into plain-text 500s
+    (review). Now each is answered 503 (not recorded) within the grace."""
+    url = cluster.create_database(f"shutdown_{uuid4().hex[:8]}")
+    migrate(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    settings = settings_for(url, enable_rate_limiting=True, max_votes_per_ip_per_hour=50)
+    app = create_app(settings, projections=())
+    server = DrainingServer(
+        server_config(settings, app, log_level="warning", timeout_graceful_shutdown=GRACE)
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    frozen = False
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()  # surfaces the start-up error
+            await asyncio.sleep(0.01)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            voting = VotingClient(http)
+            election_id = await voting.open_election()
+            first = await voting.cast(election_id, {"choice": "a"}, "v-warm")
+            assert first.status_code == 201, first.text
+            limiter = app.state.edge.limits.limiter
+            checking, entered = limiter.hit, 0
+
+            async def hit(*args: Any, **kwargs: Any) -> Any:
+                nonlocal entered
+                entered += 1
+                return await checking(*args, **kwargs)
+
+            limiter.hit = hit
+            await asyncio.to_thread(cluster.freeze)
+            frozen = True
+            ballots = [
+                asyncio.create_task(voting.cast(election_id, {"choice": "a"}, f"v{n}"))
+                for n in range(10)
+            ]
+            await _until(lambda: entered == 10)  # every ballot waiting on the limiter
+            stopped = time.monotonic()
+            server.should_exit = True  # what uvicorn's SIGTERM handler does
+            answers = await asyncio.wait_for(asyncio.gather(*ballots), GRACE + 5)
+            answered = time.monotonic() - stopped
+            done, _ = await asyncio.wait({serving}, timeout=GRACE + SHUTDOWN_AT_MOST + 1)
+    finally:
+        if frozen:
+            await asyncio.to_thread(cluster.freeze, True)
+        await serving
+        sock.close()
+    for answer in answers:
+        assert answer.status_code == 503, (answer.status_code, answer.text[:200])
+        assert answer.headers["content-type"] == PROBLEM
+        assert "retry-after" in answer.headers
+        assert answer.json()["detail"] == BALLOT_UNCHECKED
+    assert answered < GRACE  # before uvicorn would have cancelled them
+    assert done, "the server did not stop in time"
+    assert _casts(url) == 1  # the warm-up alone
 
 
 async def test_an_api_process_stops_within_its_grace_while_the_store_is_frozen(

@@ -19,11 +19,19 @@ import psycopg
 import pytest
 
 from api import middleware
+from api.ratelimit import BALLOT_UNCHECKED
 from domain.ballot import Ballot
 from domain.ports import Recorded, StoreUnavailable
 from infra.store import open_application
 from infra.store.migrations import migrate
-from infra.store.ratelimit import GIVE_BACK_WITHIN, STOP_WITHIN, Quota, SharedRateLimiter
+from infra.store.ratelimit import (
+    CHECK_WAIT,
+    GIVE_BACK_WITHIN,
+    STOP_WITHIN,
+    LimiterUnavailable,
+    Quota,
+    SharedRateLimiter,
+)
 from infra.store.writer import GroupCommitWriter
 from tests.integration.client import VotingClient, bearer
 from tests.pg_cluster import Cluster
@@ -410,3 +418,114 @@ async def test_a_rate_limiter_stopping_on_a_frozen_store_gives_up_its_give_back_
         await asyncio.to_thread(cluster.freeze, True)
     assert took < STOP_WITHIN + GIVE_BACK_WITHIN + 0.5, took
     assert "10 leased rate-limit units not given back" in caplog.text
+
+
+async def _takeable(limiter: SharedRateLimiter, key: str, quota: Quota) -> int:
+    taken = 0
+    while (await limiter.hit(key, quota)).allowed:
+        taken += 1
+    return taken
+
+
+async def test_rate_limit_checks_on_a_frozen_store_are_given_up_and_the_counts_stay_right(
+    cluster: Cluster, url: str
+) -> None:
+    """A check waited for its statement as long as the store was frozen: with
+    ENABLE_RATE_LIMITING a ballot hung for the whole freeze, then was cancelled into a 500 at
+    SIGTERM (review). It is given up on after CHECK_WAIT now, and neither a check given up
+    in its statement nor one never sent costs a unit, nor is a give-back sent twice."""
+    limiter = SharedRateLimiter(url)
+    await limiter.start()
+    small, large = Quota(50, 3600.0), Quota(1000, 3600.0)  # (no lease; leases of 10)
+    a, b, c, d = (f"test:{uuid4().hex}" for _ in range(4))
+    try:
+        for key in (a, b):
+            assert (await limiter.hit(key, small, 2)).allowed  # 48 left of each
+        assert (await limiter.hit(c, large)).allowed  # 999 left, 10 of them leased here
+        assert (await limiter.hit(c, large, 8)).allowed  # from the lease: 2 leased left
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            started = time.monotonic()
+            sent = [
+                asyncio.ensure_future(limiter.hit(a, small)),
+                asyncio.ensure_future(limiter.hit(b, small, -1)),
+            ]
+            dropped = [asyncio.ensure_future(limiter.hit(d, small, 3))]  # its caller goes
+            await asyncio.sleep(0)  # (both queued)
+            while limiter._pending:  # ... until their statement goes to the frozen server
+                assert time.monotonic() - started < 5, "the statement was never sent"
+                await asyncio.sleep(0.001)
+            never_sent = [
+                asyncio.ensure_future(limiter.hit(a, small, -1)),  # a give-back
+                asyncio.ensure_future(limiter.hit(c, large, 5)),  # holds the lease's 2
+            ]
+            dropped.append(asyncio.ensure_future(limiter.hit(d, small, 2)))
+            await asyncio.sleep(0)  # (queued)
+            for caller in dropped:
+                caller.cancel()
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*sent, *never_sent, return_exceptions=True), 5.0
+            )
+            took = time.monotonic() - started
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        assert all(isinstance(o, LimiterUnavailable) for o in outcomes), outcomes
+        assert took < CHECK_WAIT + 1.0, took
+        # After the thaw the statement in flight commits: the unit it granted toward the
+        # check given up on goes back, b's give-back counts once; a's queued give-back is
+        # still sent (once), and the lease's 2 units are the lease's again.
+        assert await _takeable(limiter, a, small) == 49
+        assert await _takeable(limiter, b, small) == 49
+        assert await _takeable(limiter, c, large) == 1000 - 9
+        # A check whose caller was cancelled: likewise, sent or not.
+        assert all(caller.cancelled() for caller in dropped)
+        assert await _takeable(limiter, d, small) == 50
+    finally:
+        await limiter.stop()
+
+
+async def test_with_rate_limiting_a_frozen_store_costs_ballots_a_fast_503(
+    cluster: Cluster, url: str
+) -> None:
+    """With ENABLE_RATE_LIMITING, ballots hung in the limiter's check for as long as the
+    store was frozen (review). Now: 503 with Retry-After within CHECK_WAIT, nothing
+    recorded, and after the thaw the limit counts on from where it was."""
+    limit = 50  # (no lease: every ballot's unit is decided by the database)
+    settings = settings_for(url, enable_rate_limiting=True, max_votes_per_ip_per_hour=limit)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        for _ in range(2):
+            assert (
+                await voting.cast(election_id, {"choice": "a"}, voting.voter())
+            ).status_code == 201
+
+        async def timed() -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            answer = await asyncio.wait_for(
+                voting.cast(election_id, {"choice": "a"}, voting.voter()), 5.0
+            )
+            return answer, time.monotonic() - started
+
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            answers = list(await asyncio.gather(*(timed() for _ in range(5))))
+            answers += [await timed() for _ in range(2)]
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        for answer, took in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert int(answer.headers["retry-after"]) > 0
+            assert answer.json()["detail"] == BALLOT_UNCHECKED
+            assert took < 2.0, took
+        after = await voting.cast(election_id, {"choice": "a"}, voting.voter())
+        assert after.status_code == 201, after.text
+        last = await voting.cast(election_id, {"choice": "a"}, voting.voter())
+        assert last.status_code == 201, last.text
+        # Four ballots took a unit each; the seven refused took none.
+        assert last.headers["ratelimit"].startswith(f'"ballots";r={limit - 4};'), last.headers
+    assert _casts(url) == 6  # created, opened, two before, two after: none refused recorded
