@@ -149,6 +149,13 @@ class SharedRateLimiter:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rate-limiter")
 
+    async def given_back(self) -> None:
+        """Return once every give-back queued so far has been answered (or given up on):
+        a refused check is answered before its units are back in the shared quota, and
+        another process's next check may come in between."""
+        while self._giving_back:
+            await asyncio.wait(set(self._giving_back))
+
     async def stop(self) -> None:
         """Stop checking, and give back to the shared quota, in one final statement, what
         this process holds unspent (its leases, give-backs not sent yet): a restart does
