@@ -4,6 +4,7 @@ port of its own, trust authentication for ``root``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import psutil
 import psycopg
 
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -60,6 +62,8 @@ class Cluster:
     ``root`` must be a folder the ``postgres`` user can reach (not pytest's, which is
     private to root): a ``tempfile.mkdtemp()`` under /tmp."""
 
+    START_TIMEOUT = 60  # seconds pg_ctl waits for the server to accept connections
+
     def __init__(
         self, root: Path, *, wal_dir: Path | None = None, wal_segment_mb: int = 16
     ) -> None:
@@ -94,23 +98,42 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def start(self) -> None:
+        """Start the server; one that is not ready within START_TIMEOUT is killed before
+        the error is raised (raised from ``__enter__``, no ``__exit__`` would stop it)."""
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c full_page_writes=off -c max_connections=200"
         )
-        _as_postgres(
-            str(BIN / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.root / "log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        try:
+            _as_postgres(
+                str(BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(self.START_TIMEOUT),
+                "start",
+                timeout=self.START_TIMEOUT + 30,  # pg_ctl gives up first, and says why
+            )
+        except BaseException:
+            self._kill()
+            raise
+
+    def _kill(self) -> None:
+        """SIGKILL this cluster's server and its children, and reap them."""
+        data = str(self.data)
+        for process in psutil.process_iter(["cmdline"]):
+            command = process.info["cmdline"] or []
+            if "-D" in command and data in command:  # the postmaster (not pg_ctl: gone)
+                family = [process, *process.children(recursive=True)]
+                for member in family:
+                    with contextlib.suppress(psutil.Error):
+                        member.kill()
+                psutil.wait_procs(family, timeout=30)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``: sessions rolled back; ``immediate``: a crash)."""

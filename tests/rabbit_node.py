@@ -3,6 +3,7 @@ one: its own node name, ports, data folder and Erlang cookie."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 
 
 class RabbitNode:
+    BOOT_TIMEOUT = 90.0  # seconds for the node to boot (tens of them on a loaded machine)
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.name = f"chaos-{uuid.uuid4().hex[:8]}@localhost"
@@ -67,25 +70,48 @@ class RabbitNode:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        """Start the node and wait, up to ``timeout`` (BOOT_TIMEOUT), for it to boot. A node
+        that does not is killed before the error is raised: raised from ``__enter__``, no
+        ``__exit__`` would stop it, and a leaked beam.smp loads the machine for the rest of
+        the run."""
         with (self.root / "server.log").open("ab") as log:
             self._server = subprocess.Popen(  # our own test node
                 [str(SERVER)], env=self.env(), stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._ctl("await_startup", timeout=30).returncode == 0:
-                return
-            if self._server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the test RabbitMQ node did not start; see {self.root}")
-            time.sleep(0.5)
+        deadline = time.monotonic() + (self.BOOT_TIMEOUT if timeout is None else timeout)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if self._server.poll() is not None or left <= 0:
+                    raise RuntimeError(f"the test RabbitMQ node did not start; see {self.root}")
+                # await_startup answers at once while the node is not reachable yet, else
+                # waits (up to --timeout) for it to finish booting: on a loaded machine
+                # that takes long, so each try may use all the time left.
+                wait = max(1, round(left))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    # (the CLI's own VM needs time to start too, hence the margin)
+                    booted = self._ctl("await_startup", "--timeout", str(wait), timeout=wait + 30)
+                    if booted.returncode == 0:
+                        return
+                time.sleep(0.5)  # not reachable yet: try again
+        except BaseException:
+            self._kill()
+            raise
 
     def stop(self) -> None:
         if self._server is None or self._server.poll() is not None:
             return
-        self._ctl("stop", timeout=60)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._ctl("stop", timeout=60)
+        self._kill(grace=30)
+
+    def _kill(self, grace: float = 0) -> None:
+        """Reap the server, killing it unless it exits within ``grace`` seconds."""
+        if self._server is None:
+            return
         try:
-            self._server.wait(30)
+            self._server.wait(grace)
         except subprocess.TimeoutExpired:
             self._server.kill()
             self._server.wait()

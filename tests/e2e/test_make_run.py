@@ -17,15 +17,10 @@ import httpx
 import psutil
 
 from tests.databases import create_database, drop_database
+from tests.pg_cluster import quiet_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 90.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Output:
@@ -128,7 +123,7 @@ def _vote_once(url: str, admin: str, client: str) -> str:
 
 def test_make_run_serves_on_port_with_a_database_url() -> None:
     database_url = create_database("cardinal_run")
-    port = _free_port()
+    port = quiet_port()
     env = _base_env(port)
     env.update(
         {
@@ -148,7 +143,7 @@ def test_make_run_serves_on_port_with_a_database_url() -> None:
 
 
 def test_make_run_without_a_database_url_starts_an_embedded_postgresql(tmp_path: Path) -> None:
-    port = _free_port()
+    port = quiet_port()
     env = _base_env(port)
     env["CARDINAL_DATA_DIR"] = str(tmp_path / "data")
     with make_run(env, port) as (url, output):

@@ -156,7 +156,10 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
     blocker = psycopg.connect(url, autocommit=True)
     blocker.execute("BEGIN; LOCK TABLE cardinal_events IN EXCLUSIVE MODE")
     first = asyncio.create_task(_timed(writer, election, "in-flight"))
-    await asyncio.sleep(0.2)  # taken into a batch, now waiting for the lock
+    deadline = time.monotonic() + 10
+    while not await asyncio.to_thread(_waiting_for_a_lock, url):  # taken into a batch
+        assert time.monotonic() < deadline, "the first batch never waited for the lock"
+        await asyncio.sleep(0.01)
     queued = [asyncio.create_task(_timed(writer, election, f"q{n}")) for n in range(50)]
     cancelled = asyncio.create_task(writer.append_events(_ballot(election, "gone")))
     # The bulk path's appends: queued together, one deadline, withdrawn together.
