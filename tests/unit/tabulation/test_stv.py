@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from domain.rules import Method
+from domain.tabulation import stv as stv_module
 from domain.tabulation import tabulate
 from domain.tabulation.result import decimal_votes
 from domain.tabulation.stv import droop_quota
@@ -410,3 +411,12 @@ def test_one_seat_under_report_elects_as_irv_does(seed: int) -> None:
         irv = tabulate(rules(Method.IRV, ids), votes)
         assert stv.winners == irv.winners, ballots
         assert (stv.tie is None) == (irv.tie is None), ballots
+
+
+def test_a_search_past_its_budget_keeps_the_stages_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``SEARCH_BUDGET`` the declared-order count stands, and a note says so."""
+    monkeypatch.setattr(stv_module, "SEARCH_BUDGET", 10)
+    document = count(("a", "b", "c", "d", "e"), {"a>b>d>c>e": 4, "d>a>c>e>b": 4}, seats=3)
+    assert document["winners"] == ["a", "d", "b"]
+    assert document["tie"] is None
+    assert "the search was cut short" in document["notes"][-1]
