@@ -28,10 +28,11 @@ the election's pinned rule:
   explored is not explored again (the set of continuing options alone would not do: how
   they got there can decide a later tie, and which path came first would depend on
   declared order). It does not branch where the choice cannot matter (the tied have no
-  votes, or their ballots would all be exhausted) and stops where no option not yet known
-  to win can still win (one another continuing option outnumbers by more than the
-  ballots that rank it above that option). It is bounded by ``SEARCH_BUDGET``; past it,
-  the result is that of the rounds shown, and a note says the search was cut short.
+  votes, or their ballots would all be exhausted, and some other option continues) and
+  stops where no option not yet known to win can still win (one another continuing
+  option outnumbers by more than the ballots that rank it above that option). It is
+  bounded by ``SEARCH_BUDGET``; past it, the result is that of the rounds shown, and a
+  note says the search was cut short.
 
 Speed: ballots are kept in piles by their current option, and a round only moves the pile
 of the eliminated option, so a count is O(patterns x average moves), not O(patterns x
@@ -255,10 +256,14 @@ class _Search:
             key = (sum(1 << i for i in continuing), tuple(ranks[i] for i in continuing))
             ranks = _ranked(continuing, counts, ranks)
             self._spend(sum(len(piles.piles[i]) for i in remaining))
-            if len(remaining) == 1 or low == 0 or all(map(piles.inert, remaining)):
+            if len(remaining) == 1 or (
+                len(remaining) < len(continuing) and (low == 0 or all(map(piles.inert, remaining)))
+            ):
                 # Eliminating any of the tied moves no ballot to another option (they have
                 # none, or their ballots are exhausted): every order of them leaves the
                 # other options the same counts, round by round, so any one may go first.
+                # Not where they are all the continuing options: which of them go first
+                # decides which are the final two.
                 piles.eliminate(remaining[-1])
                 continue
             if key in self.done:

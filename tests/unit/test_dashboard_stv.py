@@ -25,9 +25,10 @@ def test_stv_stages_render_as_a_table_with_the_quota_and_seats() -> None:
     assert '<span data-figure="quota">4.00000</span>' in html
     assert "surplus of A: 3.00000 at 0.42857" in html
     # b holds 7 x 0.42857 = 2.99999; c and d tie on 2 at every stage, and which goes
-    # decides the last seat (d's papers would elect c): reported, with a elected so far.
-    assert 'data-winners="a"' in html
-    assert "Tie between C, D:" in html
+    # decides the last seat (d's papers would elect c, c's going elects b): a is elected
+    # for every choice, and b and c are reported tied for the other seat.
+    assert 'data-winners="a b c"' in html
+    assert "Tie between B, C:" in html
 
 
 def test_an_stv_page_without_ballots_says_so() -> None:

@@ -204,6 +204,16 @@ def test_irv_report_ties_the_options_either_elimination_elects(declared: str) ->
     assert f"{tied[0]} and {tied[1]} tied for the fewest votes (2 votes each)" in result.tie.reason
 
 
+def test_irv_report_branches_where_the_tied_are_all_the_continuing_options() -> None:
+    """b and e (no votes) go; a, c and d then tie on 12 with ballots that would all be
+    exhausted. Which goes first decides the final two, so each of a, c and d wins for some
+    choice (the search used to eliminate d alone, as if the order could not matter)."""
+    result = irv("a,b,c,d,e", [(12, "a>b"), (12, "c"), (12, "d>e")])
+    assert result.winners == ("a", "c", "d")
+    assert result.tie is not None
+    assert result.tie.options == ("a", "c", "d")
+
+
 def test_irv_report_keeps_one_winner_where_every_elimination_elects_it() -> None:
     # Round 1: b and c tie on 1, never separated; either goes, and d wins all the same.
     result = irv("a,b,c,d", [(3, "a"), (1, "b>d"), (1, "c>d"), (2, "d")])
