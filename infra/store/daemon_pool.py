@@ -29,6 +29,7 @@ class DaemonPool:
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
+        self._queued = 0
 
     def run(
         self, loop: asyncio.AbstractEventLoop, call: Callable[..., T], *args: Any
@@ -36,26 +37,35 @@ class DaemonPool:
         """``call(*args)`` on one of the pool's threads; its outcome settles the future on
         ``loop`` (unless the future was settled or the loop closed meanwhile)."""
         future: asyncio.Future[T] = loop.create_future()
-        self._work.put((loop, future, call, args))
         with self._lock:
-            start = self._idle == 0 and self._threads < self.size
+            # A thread counted idle may not have taken earlier work yet: a read starts a
+            # thread while more wait than are idle (two sent at once both went to one, the
+            # second waiting out the first, a slow one, past LOOKUP_WAIT).
+            self._queued += 1
+            start = self._queued > self._idle and self._threads < self.size
             if start:
                 self._threads += 1
+        self._work.put((loop, future, call, args))
         if start:
             threading.Thread(target=self._serve, name=self.name, daemon=True).start()
         return future
 
     def _serve(self) -> None:
+        with self._lock:
+            self._idle += 1
         while True:
-            with self._lock:
-                self._idle += 1
             loop, future, call, args = self._work.get()
             with self._lock:
+                self._queued -= 1
                 self._idle -= 1
             try:
                 result, error = call(*args), None
             except BaseException as raised:  # (the caller's to see, on the loop)
                 result, error = None, raised
+            # Idle again before the caller hears back: its next read finds this thread
+            # free rather than starting another.
+            with self._lock:
+                self._idle += 1
             with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
                 loop.call_soon_threadsafe(_settle, future, result, error)
 

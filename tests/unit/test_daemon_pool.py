@@ -53,3 +53,20 @@ async def test_an_error_reaches_the_caller_and_a_given_up_read_is_dropped() -> N
     abandoned.cancel()  # the caller gave up (its wait timed out)
     gate.set()
     assert await pool.run(loop, lambda: "next") == "next"
+
+
+async def test_a_read_sent_beside_a_slow_one_does_not_wait_for_it() -> None:
+    """Two reads sent in one turn of the loop both went to the one idle thread: the second
+    waited out the first, past LOOKUP_WAIT on a healthy store (review helper-69)."""
+    pool = DaemonPool("test lookup", size=4)
+    loop = asyncio.get_running_loop()
+    assert await pool.run(loop, lambda: "warm") == "warm"  # one thread, idle
+    gate = threading.Event()
+    slow = pool.run(loop, gate.wait, 10)
+    fast = pool.run(loop, lambda: "fast")
+    try:
+        assert await asyncio.wait_for(fast, 5) == "fast"
+        assert not slow.done()
+    finally:
+        gate.set()
+    assert await slow is True
