@@ -133,13 +133,27 @@ class RequestGuard:
         deadline = LONG_READ if "at" in query else READ_DEADLINE
         task = asyncio.ensure_future(self.app(scope, receive, guarded))
         answering = asyncio.ensure_future(begun.wait())
-        await asyncio.wait({task, answering}, timeout=deadline, return_when=FIRST_COMPLETED)
-        answering.cancel()
+        waiting = {task, answering}
+        draining = _draining(scope)
+        if draining is not None:  # (the server stopping: answered before its deadline)
+            stopping = asyncio.ensure_future(draining.wait())
+            waiting.add(stopping)
+        await asyncio.wait(waiting, timeout=deadline, return_when=FIRST_COMPLETED)
+        for waiter in waiting - {task}:
+            waiter.cancel()
         if task.done() or begun.is_set():
             await task
             return
         cut = True
         abandon(task)
+        if draining is not None and draining.is_set():
+            await problem(
+                503,
+                "Service unavailable",
+                "this server is stopping and its store has not answered; retry shortly",
+                headers={"Retry-After": "1"},
+            )(scope, receive, send)
+            return
         log.warning(
             "%s %s: no answer within %g s; answered 503", scope["method"], scope["path"], deadline
         )
@@ -234,3 +248,11 @@ class RequestGuard:
     @staticmethod
     def _detail(limit: int) -> str:
         return f"the request body is larger than {limit // 1024} KiB"
+
+
+def _draining(scope: Scope) -> asyncio.Event | None:
+    """The event set when this process begins to stop (infra/runtime/bootstrap.Services)."""
+    app = scope.get("app")
+    services = getattr(getattr(app, "state", None), "services", None)
+    event = getattr(services, "draining", None)
+    return event if isinstance(event, asyncio.Event) else None

@@ -1,19 +1,29 @@
-"""uvicorn's server, with a shutdown that answers every ballot: never a 500, never a cut.
+"""uvicorn's server, with a shutdown that answers every request: never a 500, never a cut.
 
 On SIGTERM uvicorn stops accepting, lets requests in progress finish for
 ``timeout_graceful_shutdown`` seconds, then cancels what is left, and a cancelled request
-is answered 500. A ballot waiting on the writer is one such request. So, a moment before
-that deadline, the writer is drained: an append still queued is withdrawn and answered
-503 (not recorded); one whose batch is committing is answered by its commit. What could
-commit within the grace period has; the rest gets 503 with Retry-After.
+is answered 500. A ballot waiting on the writer is one such request, and so is a read
+waiting on a store that hangs. So, a moment before that deadline, the writer is drained:
+an append still queued is withdrawn and answered 503 (not recorded); one whose batch is
+committing is answered by its commit. What could commit within the grace period has; the
+rest gets 503 with Retry-After. Reads that have not begun their answer get 503 too.
+
+Once the server has stopped, tasks still running (a read abandoned on a store that hangs,
+whose cancellation psycopg spends up to 10 s asking the server about) are given
+EXIT_WAIT seconds, not as long as they like: the process exits within its supervisor's
+patience (infra/runtime/supervisor.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import uvicorn
+
+log = logging.getLogger(__name__)
+EXIT_WAIT = 2.0
 
 # Seconds before uvicorn's own deadline: enough for a drained request to be answered.
 DRAIN_MARGIN = 1.5
@@ -32,4 +42,33 @@ class DrainingServer(uvicorn.Server):
         state = getattr(self.config.app, "state", None)
         services = getattr(state, "services", None)
         if services is not None:
+            services.draining.set()
             services.writer.drain()
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's run, with a bounded wait for what is left once the server stopped
+        (asyncio.run waits for every task, however long a hung store holds it)."""
+        factory = self.config.get_loop_factory()
+        loop = factory() if factory is not None else asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self.serve(sockets=sockets))
+        finally:
+            try:
+                _cancel_remaining(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    remaining = asyncio.all_tasks(loop)
+    if not remaining:
+        return
+    for task in remaining:
+        task.cancel()
+    _, stuck = loop.run_until_complete(asyncio.wait(remaining, timeout=EXIT_WAIT))
+    for task in remaining - stuck:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("at exit: %r ended with %r", task, task.exception())
+    if stuck:
+        log.warning("exiting with %d task(s) still waiting on the store", len(stuck))

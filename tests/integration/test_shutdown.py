@@ -32,7 +32,7 @@ from infra.store.writer import UNKNOWN
 from tests.databases import create_database, drop_database
 from tests.integration.client import PROBLEM, VotingClient, bearer
 from tests.pg_cluster import Cluster, quiet_port
-from tests.servers import CLIENT, settings_for
+from tests.servers import ADMIN, CLIENT, settings_for
 
 GRACE = 3
 GRACE_OF_SERVE = server_config(settings_for("postgresql://-")).timeout_graceful_shutdown or 0
@@ -304,6 +304,73 @@ async def test_an_api_process_stops_within_its_grace_while_the_store_is_frozen(
     assert code == 0, err
     assert took < GRACE_OF_SERVE + SHUTDOWN_AT_MOST + 2, took
     assert took < STOP_TIMEOUT, took
+
+
+async def test_a_read_held_by_a_frozen_store_is_answered_503_and_the_process_exits_in_time(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """SIGTERM while a read waits on the store, then frozen: uvicorn cancelled it at the end
+    of its grace (a plain 500), and the process then spent psycopg's 10 s asking the frozen
+    server to cancel the query, past the supervisor's STOP_TIMEOUT (review helper-69)."""
+    url = cluster.create_database(f"shutdown_{uuid4().hex[:8]}")
+    migrate(url)
+    port = quiet_port()
+    settings = settings_for(url, host="127.0.0.1", port=port, data_dir=tmp_path)
+    env = {**os.environ, **settings.environment(), "LOG_LEVEL": "WARNING"}
+    process = _start_api(env)
+    frozen = False
+    lock: psycopg.AsyncConnection[Any] | None = None
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            await _until(lambda: _answers(port), within=60)
+            voting = VotingClient(http)
+            election_id = await voting.open_election()
+            cast = await voting.cast(election_id, {"choice": "a"}, "v")
+            assert cast.status_code == 201, cast.text
+            # A time-travel read goes to the log, which a lock holds: the read waits in
+            # its query; then the store freezes under it.
+            lock = await psycopg.AsyncConnection.connect(url)
+            await lock.execute("LOCK TABLE cardinal_events IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.create_task(
+                http.get(
+                    f"/api/elections/{election_id}/results",
+                    params={"at": cast.json()["position"]},
+                    headers=bearer(ADMIN),
+                )
+            )
+            await _until(lambda: _waiting_on_a_lock(url), within=30)
+            await asyncio.to_thread(cluster.freeze)
+            frozen = True
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            answer = await read
+            answered = time.monotonic() - stopped
+            code = await asyncio.to_thread(_exit_code, process, GRACE_OF_SERVE + 20)
+            took = time.monotonic() - stopped
+    finally:
+        if frozen:
+            await asyncio.to_thread(cluster.freeze, True)
+        if lock is not None:
+            await lock.close()
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.headers["Retry-After"]
+    assert answered < GRACE_OF_SERVE, answered
+    assert code == 0, err
+    assert took < GRACE_OF_SERVE + SHUTDOWN_AT_MOST + 2, took
+    assert took < STOP_TIMEOUT, took
+
+
+def _waiting_on_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND application_name = 'cardinal reads'"
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def _start_api(env: dict[str, str]) -> subprocess.Popen[str]:
