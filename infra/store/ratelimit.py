@@ -297,7 +297,7 @@ class SharedRateLimiter:
                             await conn.execute(FORGET)
             except psycopg.Error as error:
                 log.warning("rate limiter lost its database connection: %s", error)
-                self._fail_pending(error)
+                self._keep_pending()
                 if not served:
                     await asyncio.sleep(RECONNECT_DELAY)
                 served = False
@@ -405,19 +405,15 @@ class SharedRateLimiter:
         self._pending.append(_Check(key, quota, -units, returned))
         self._wake.set()
 
-    def _fail_pending(self, error: Exception) -> None:
-        """The connection is lost: the checks waiting fail (their held units back to the
-        lease); give-backs, which never reached a statement, wait for the next one."""
-        pending, self._pending = self._pending, []
-        for check in pending:
-            if check.answer in self._giving_back:
-                self._pending.append(check)
-                self._wake.set()
-                continue
-            if check.held:
-                self._keep(check.key, check.quota, check.held, None, check.quota.step)
-            if not check.answer.done():
-                check.answer.set_exception(error)
+    def _keep_pending(self) -> None:
+        """The connection is lost. The checks still pending never reached a statement: they
+        wait for the next connection (each caller's CHECK_WAIT still bounds it; one given up
+        on is withdrawn, its held units back to the lease), and so do the give-backs, the
+        callers' own (a sign-in that succeeded) as well as the limiter's. Failing them lost
+        a caller's give-back for good and answered ballots 503 on a connection replaced at
+        once (review helper-71)."""
+        if self._pending:
+            self._wake.set()
 
 
 def _lease_size(quota: Quota) -> int:

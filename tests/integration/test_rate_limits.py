@@ -461,7 +461,8 @@ async def test_held_units_of_a_check_failed_by_a_lost_connection_are_kept(
     database_url: str,
 ) -> None:
     """A check waiting behind a statement that failed lost the leased units it held,
-    charged already (review helper-53)."""
+    charged already (review helper-53). Never sent, it now goes out on the next
+    connection (review helper-71), its held units counted once."""
     limiter = _Failing(database_url)
     await limiter.start()
     try:
@@ -472,10 +473,10 @@ async def test_held_units_of_a_check_failed_by_a_lost_connection_are_kept(
         other = asyncio.ensure_future(limiter.hit(f"test:{uuid.uuid4().hex}", quota))
         await limiter.failing.wait()  # the other key's statement in flight,
         mine = asyncio.ensure_future(limiter.hit(key, quota, 20))  # ... this one waits
-        for check in (other, mine):
-            with pytest.raises(psycopg.OperationalError):
-                await check
-        assert await _takeable(limiter, key, quota) == 999
+        with pytest.raises(psycopg.OperationalError):
+            await other
+        assert (await mine).allowed
+        assert await _takeable(limiter, key, quota) == 979
     finally:
         await limiter.stop()
 
@@ -506,3 +507,63 @@ async def _takeable_then_stop(database_url: str, key: str, quota: Quota) -> int:
         return await _takeable(limiter, key, quota)
     finally:
         await limiter.stop()
+
+
+async def test_checks_never_sent_outlive_a_lost_connection(fresh_database_url: str) -> None:
+    """The connection lost while a statement waited on a lock: the checks queued behind it,
+    never sent, were failed. A sign-in's give-back was lost for good (a correct password
+    kept counting as a failure) and a ballot was answered 503 although the limiter
+    reconnected at once (review helper-71). They go out on the next connection now."""
+    from infra.store.migrations import migrate
+
+    migrate(fresh_database_url)
+    account, other, ballots = (f"test:{uuid.uuid4().hex}" for _ in range(3))
+    quota = Quota(10, 900.0)  # no lease: every unit goes to the database
+    limiter = SharedRateLimiter(fresh_database_url)
+    await limiter.start()
+    try:
+        assert (await limiter.hit(account, quota, 1)).allowed  # a failed sign-in, charged
+        assert (await limiter.hit(other, quota, 1)).allowed
+        async with await psycopg.AsyncConnection.connect(fresh_database_url) as locker:
+            await locker.execute("SELECT * FROM rate_limits WHERE key = %s FOR UPDATE", (other,))
+            blocked = asyncio.create_task(limiter.hit(other, quota, 1))  # in flight, held
+            await _until_waiting_on_a_lock(fresh_database_url)
+            give_back = asyncio.create_task(limiter.hit(account, quota, -1))  # never sent
+            ballot = asyncio.create_task(limiter.hit(ballots, quota, 1))  # never sent
+            await asyncio.sleep(0)
+            with psycopg.connect(fresh_database_url, autocommit=True) as killer:
+                killer.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            with pytest.raises(psycopg.Error):
+                await blocked  # its statement was lost: it may have committed, not resent
+            await locker.rollback()
+        assert (await give_back).allowed
+        assert (await ballot).allowed
+        await limiter.given_back()
+    finally:
+        await limiter.stop()
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        rows: dict[str, Any] = dict(
+            conn.execute(
+                "SELECT key, (tat - extract(epoch FROM now())) / %s FROM rate_limits "
+                "WHERE key = ANY(%s)",
+                (quota.step, [account, ballots]),
+            ).fetchall()
+        )
+    assert float(rows.get(account) or 0) < 0.5  # given back: nothing charged
+    assert 0.5 < float(rows[ballots]) <= 1.0  # the ballot's unit, charged once
+
+
+async def _until_waiting_on_a_lock(url: str) -> None:
+    for _ in range(500):
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the limiter's statement never waited on the lock")
