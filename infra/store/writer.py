@@ -218,12 +218,7 @@ class GroupCommitWriter:
         Idempotency-Key): the server's grace ends soon after, whatever the store does.
         """
         self._draining = True
-        with self._wakeup:
-            queued = list(self._queue)
-            self._queue.clear()
-            in_flight = list(self._in_flight)
-        for submission in queued:
-            _refuse(submission, SHUTTING_DOWN)
+        in_flight = self._refuse_waiting()
         if not in_flight:
             return
         conn = self._conn
@@ -241,13 +236,18 @@ class GroupCommitWriter:
 
     def _answer_all(self) -> None:
         """The writer is left behind: answer everyone still waiting on it, now."""
+        _unknown(self._refuse_waiting())
+
+    def _refuse_waiting(self) -> list[Append]:
+        """Refuse what is queued (certainly not recorded: 503), and return the batch in
+        flight, whose outcome the caller decides. On the event loop's thread."""
         with self._wakeup:
             queued = list(self._queue)
             self._queue.clear()
             in_flight = list(self._in_flight)
         for submission in queued:
             _refuse(submission, SHUTTING_DOWN)
-        _unknown(in_flight)
+        return in_flight
 
     @property
     def queued(self) -> int:
