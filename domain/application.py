@@ -260,12 +260,6 @@ class VotingApplication(Application[UUID]):
         except Exception as error:  # the caller decides what each error means
             return [error] * len(ballots)
         placed, firsts, later = _first_casts(election, ballots, outcomes)
-        # In the log in an order of chance, not the request's: a client listing its voters
-        # in a known order (a roll, a file) would otherwise let whoever reads the log pair
-        # the roll with the entries (review helper-39). A voter's later ballots stay in order.
-        order = list(range(len(placed)))
-        _SHUFFLE(order)
-        placed, firsts = [placed[i] for i in order], [firsts[i] for i in order]
         try:
             recorded = await self.writer.append_each(firsts, while_open=election_id)
         except Exception as error:
@@ -411,11 +405,10 @@ def _first_casts(
     """Each voter's first ballot of a batch, as its first-cast event (with its index), and
     each voter's later ballots' indices; a ballot the election refuses has its error in
     ``outcomes`` (and a passing one holds back its voter's later ballots)."""
-    placed: list[int] = []
-    firsts: list[list[DomainEventProtocol[UUID]]] = []
+    accepted: list[tuple[int, dict[str, Any]]] = []
     later: dict[str, list[int]] = {}  # a voter's ballots that wait for their first
     stalled: list[int] = []  # first ballots refused for a passing reason
-    for index, (voter, content, request_key) in enumerate(ballots):
+    for index, (voter, content, _) in enumerate(ballots):
         if voter.ballot_key in later:
             if len(later[voter.ballot_key]) < MAX_BALLOTS_PER_VOTER - 1:
                 later[voter.ballot_key].append(index)
@@ -433,10 +426,20 @@ def _first_casts(
             if _retryable(error):
                 stalled.append(index)
             continue
-        firsts.append([Ballot.first_cast(election.id, voter.ballot_key, vote, request_key)])
-        placed.append(index)
+        accepted.append((index, vote))
     for index in stalled:
         _hold_back(later.pop(ballots[index][0].ballot_key), outcomes)
+    # Made, and so stamped and placed in the log, in an order of chance, not the
+    # request's: a client listing its voters in a known order (a roll, a file) would
+    # otherwise let whoever reads the log pair the roll with the entries, by their positions
+    # (review helper-39) or by their timestamps (review helper-75). A voter's later ballots
+    # stay in order.
+    _SHUFFLE(accepted)
+    placed = [index for index, _ in accepted]
+    firsts: list[list[DomainEventProtocol[UUID]]] = [
+        [Ballot.first_cast(election.id, ballots[index][0].ballot_key, vote, ballots[index][2])]
+        for index, vote in accepted
+    ]
     return placed, firsts, later
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
@@ -358,10 +359,12 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
 
 
 async def test_a_batch_is_in_the_log_in_an_order_of_chance(
-    voting: VotingClient, http: httpx.AsyncClient
+    voting: VotingClient, http: httpx.AsyncClient, database_url: str
 ) -> None:
     """Recorded in the request's order, a batch listing voters in a known order (a roll)
-    let whoever reads the log pair the roll with the entries (review helper-39)."""
+    let whoever reads the log pair the roll with the entries (review helper-39); so did
+    the entries' timestamps, stamped in the request's order before the shuffle (review
+    helper-75)."""
     election_id = await voting.open_election("plurality")
     roll = [f"roll-{n:03}" for n in range(40)]
     results = await _batch(
@@ -370,6 +373,15 @@ async def test_a_batch_is_in_the_log_in_an_order_of_chance(
     positions = [r["position"] for r in results]
     assert len(set(positions)) == 40
     assert positions != sorted(positions)  # (one chance in 40! of failing)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await conn.execute(
+            "SELECT notification_id, state FROM cardinal_events WHERE notification_id = ANY(%s)",
+            (positions,),
+        )
+        stamped = {p: orjson.loads(state)["timestamp"] for p, state in await rows.fetchall()}
+    in_request_order = [stamped[p] for p in positions]
+    assert len(set(in_request_order)) == 40
+    assert in_request_order != sorted(in_request_order)  # (one chance in 40!)
 
 
 async def test_a_voter_may_have_at_most_16_ballots_in_one_batch(
