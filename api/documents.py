@@ -51,6 +51,10 @@ class ElectionChange(Election):
 
 class Elections(Document):
     elections: list[Election]
+    next: str | None = Field(
+        description="the next page's URL (a path with its query, as in the Link header), "
+        "or null on the last page"
+    )
 
 
 class IssuedTokens(Document):

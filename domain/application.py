@@ -8,6 +8,7 @@ import logging
 import random
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -49,6 +50,13 @@ class Receipt:
     position: int
     replayed: bool = False
     digest: str | None = None
+
+
+def creation_order(election: Election) -> tuple[datetime, UUID]:
+    """Oldest first, and a total order: two elections created in the same microsecond (or
+    by processes whose clocks disagree) still have one order, the one a listing's pages
+    follow."""
+    return election.created_on, election.id
 
 
 class VotingApplication(Application[UUID]):
@@ -111,8 +119,9 @@ class VotingApplication(Application[UUID]):
         return loaded
 
     async def every_election(self) -> list[Election]:
-        """Every election this process knows of, oldest first; one whose cached state was
-        dropped is read from the store again (before, a listing left it out)."""
+        """Every election this process knows of, oldest first (by ``creation_order``); one
+        whose cached state was dropped is read from the store again (before, a listing left
+        it out)."""
         elections = []
         for election_id in list(self.known):
             try:
@@ -123,7 +132,7 @@ class VotingApplication(Application[UUID]):
                 log.error(
                     "election %s cannot be read, left out of the listing: %s", election_id, error
                 )
-        return sorted(elections, key=lambda election: election.created_on)
+        return sorted(elections, key=creation_order)
 
     def observe(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
         """Bring cached elections up to date with election events read from the log."""

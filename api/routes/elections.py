@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urlencode
+from uuid import UUID
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,12 +20,17 @@ from api.problems import Forbidden
 from api.responses import JSONResponse
 from api.schemas import ElectionIn, TokensIn
 from api.views import election_view
-from domain.errors import InvalidRequest
+from domain.application import VotingApplication, creation_order
+from domain.errors import ElectionNotFound, InvalidRequest
 from domain.rules import ElectionRules
 from infra.runtime.voters import new_voter_token
 
 TOKEN_ANSWER = {"Cache-Control": "no-store"}
 STATUSES = ("draft", "open", "closed")
+LISTING = "/api/elections"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+CURSOR = re.compile(r"[0-9a-f]{32}")  # an election's id, as a listing writes it
 
 
 # From an election in an answer to what can be done with it next (stateful tests follow these).
@@ -152,16 +161,41 @@ async def issue_tokens(request: Request) -> Response:
 @operation(
     Operation(
         "listElections",
-        "Every election, oldest first (any role)",
+        "The elections, oldest first, a page at a time: follow next (any role)",
         "elections",
         ok=documents.Elections,
         errors=(403,),
         params=(
             Param("status", "query", {"type": "string", "enum": list(STATUSES)}, required=False),
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                required=False,
+                description=f"elections per page, {DEFAULT_LIMIT} unless given",
+            ),
+            Param(
+                "after",
+                "query",
+                {"type": "string", "minLength": 1, "maxLength": 64},
+                required=False,
+                description="where the page starts: an opaque cursor, taken from the previous "
+                "page's next (or its Link header), never built by hand",
+            ),
         ),
+        ok_headers={
+            "Link": {
+                "description": 'the next page, as <URL>; rel="next" (absent on the last page)',
+                "schema": {"type": "string"},
+            }
+        },
     )
 )
 async def list_elections(request: Request) -> Response:
+    """A page of elections in creation order. The cursor is the last election's place in
+    that order, not an offset: elections created meanwhile come after every one that was
+    already there (they are newer), and a status that changes meanwhile moves nothing, so
+    a client following ``next`` sees each older election once."""
     if context.auth(request).identify(request).voter_token is not None:
         raise Forbidden(
             "a voter token reads only the election it was issued for: "
@@ -172,11 +206,43 @@ async def list_elections(request: Request) -> Response:
         raise InvalidRequest(
             f"status must be one of {', '.join(STATUSES)}; got {status[:40]!r}", field="status"
         )
+    limit = context.int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
     services = context.services(request)
     await services.feed.complete()
+    after = await _cursor(services.app, request.query_params.get("after"))
     elections = await services.app.every_election()
-    views = [election_view(e) for e in elections if status is None or e.status.value == status]
-    return JSONResponse({"elections": views})
+    wanted = [
+        election
+        for election in elections
+        if (after is None or creation_order(election) > after)
+        and (status is None or election.status.value == status)
+    ]
+    page = wanted[:limit]
+    headers: dict[str, str] = {}
+    next_page: str | None = None
+    if len(wanted) > limit:
+        query = {**({"status": status} if status else {}), "limit": str(limit)}
+        next_page = f"{LISTING}?{urlencode({**query, 'after': page[-1].id.hex})}"
+        headers["Link"] = f'<{next_page}>; rel="next"'
+    return JSONResponse(
+        {"elections": [election_view(e) for e in page], "next": next_page}, headers=headers
+    )
+
+
+async def _cursor(app: VotingApplication, raw: str | None) -> tuple[datetime, UUID] | None:
+    """The place in creation order a cursor stands for (a 422 for one no listing gave)."""
+    if raw is None:
+        return None
+    hint = "start again without after, or use the next link of the page before"
+    if not CURSOR.fullmatch(raw):
+        raise InvalidRequest(f"after is not a cursor from a listing: {hint}", field="after")
+    try:
+        election = await app.election(UUID(hex=raw))
+    except ElectionNotFound:
+        raise InvalidRequest(
+            f"after names no election this API knows: {hint}", field="after"
+        ) from None
+    return creation_order(election)
 
 
 @operation(

@@ -121,6 +121,7 @@ def _overview_html(document: dict[str, Any]) -> str:
             f'<td data-figure="ballot_entries">{shown}'
             f"</td><td>{state}</td></tr>"
         )
+    more = _more(document)
     if not rows:
         return (
             f'<p id="overview" data-position="{document["position"]}">No elections to show. '
@@ -129,10 +130,25 @@ def _overview_html(document: dict[str, Any]) -> str:
     return (
         '<div class="table-wrap" tabindex="0" role="region" aria-label="Elections">'
         f'<table id="overview" data-position="{document["position"]}">'
-        "<caption>Elections, oldest first</caption><thead><tr>"
+        "<caption>Elections, the open ones first, then the newest</caption><thead><tr>"
         '<th scope="col">Election</th><th scope="col">Status</th><th scope="col">Method</th>'
         '<th scope="col">Ballot entries</th><th scope="col">Results</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>{more}"
+    )
+
+
+def _more(document: dict[str, Any]) -> str:
+    """How many elections the overview leaves out, and where a role finds them all."""
+    more = int(document.get("more", 0))
+    if not more:
+        return ""
+    counted, are = (f"{more} more elections", "are") if more > 1 else ("1 more election", "is")
+    listing = document.get("listing")
+    if listing is None:
+        return f'<p id="more">{counted} with public results {are} not shown here.</p>'
+    return (
+        f'<p id="more">{counted} {are} not shown here: <a href="{e(listing)}">the listing</a> '
+        "has every one, oldest first, a page at a time (JSON).</p>"
     )
 
 

@@ -1,4 +1,4 @@
-"""Results as Server-Sent Events: one election's, and the overview of every election.
+"""Results as Server-Sent Events: one election's, and the overview of the elections.
 
 A plain ASGI response (``api.streams.EventStream``) rather than sse-starlette: the stream
 needs the hub's latest-document slot, a per-send timeout that aborts the connection, and
@@ -18,6 +18,7 @@ from api import context
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID
 from api.problems import Forbidden
+from api.routes.elections import LISTING
 from api.routes.results import current_results, reader
 from api.streams import EventStream, StreamHub
 from api.views import election_view
@@ -26,6 +27,7 @@ from domain.rules import ResultsVisibility
 from infra.runtime.bootstrap import Services
 
 STREAM = "text/event-stream"
+OVERVIEW_LIMIT = 100  # elections in the overview; the listing pages through every one
 LAST_EVENT_ID = Param(
     "Last-Event-ID",
     "header",
@@ -73,8 +75,9 @@ async def results_stream(request: Request) -> Response:
 @operation(
     Operation(
         "streamElections",
-        "Every election with its status and ballot entries, as Server-Sent Events (any "
-        "role; without a token, the elections with public results)",
+        f"The overview as Server-Sent Events: up to {OVERVIEW_LIMIT} elections (the open "
+        "ones first, then the newest) with status and ballot entries, and how many more "
+        "(any role; without a token, the elections with public results)",
         "elections",
         errors=(403,),
         params=(LAST_EVENT_ID,),
@@ -114,8 +117,11 @@ def overview_reader(request: Request) -> bool:
 
 
 async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
-    """Every election (or only those with public results) with its ballot entries as the
-    public sees them: in steps of ``live_results_step`` while open, none while hidden."""
+    """The elections a reader sees (every one for a role, those with public results for
+    anyone), with ballot entries as the public sees them: in steps of ``live_results_step``
+    while open, none while hidden. At most ``OVERVIEW_LIMIT`` of them, the open ones first,
+    then the newest; ``more`` says how many are left out, and ``listing`` where a role
+    finds them all."""
     await services.feed.complete()
     async with services.reads.connection() as conn:
         cursor = await conn.execute(COUNTS, prepare=True)
@@ -124,9 +130,11 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
     published = {row[0]: int(row[4]) for row in rows}
     # A role sees the tally's position. The public, only where what it sees last changed:
     # the log's position moves with every ballot in every election, private ones too, and
-    # with each ballot of an election counted in steps.
+    # with each ballot of an election counted in steps. (Over every election it may see,
+    # shown or not: the position of what is shown could go down, and a stream never
+    # moves a reader back.)
     position = max((int(row[3] or 0) for row in rows), default=0) if everyone else 0
-    elections = []
+    visible = []
     for election in await services.app.every_election():
         rules = election.rules
         if not (everyone or rules.public_results):
@@ -143,11 +151,17 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
             entries_seen = entries
             if not everyone:
                 position = max(position, closed_at or 0)
-        elections.append(
-            {
-                **election_view(election),
-                "ballot_entries": entries_seen,
-                "final": closed_at is not None,
-            }
-        )
-    return {"position": position, "elections": elections}
+        visible.append((election, entries_seen, closed_at is not None))
+    visible.reverse()  # the newest first, then (a stable sort) the open ones before
+    visible.sort(key=lambda seen: seen[0].status is not ElectionStatus.OPEN)
+    shown = visible[:OVERVIEW_LIMIT]
+    elections = [
+        {**election_view(election), "ballot_entries": entries_seen, "final": final}
+        for election, entries_seen, final in shown
+    ]
+    return {
+        "position": position,
+        "elections": elections,
+        "more": len(visible) - len(shown),
+        "listing": LISTING if everyone else None,
+    }

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright
 
+from api.routes import streams
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient, bearer, options
@@ -422,6 +423,24 @@ async def test_a_fetch_that_fails_while_streaming_is_tried_again(
     await voting.close(election_id)
     await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
     assert failed
+
+
+async def test_an_overview_with_more_elections_than_it_shows_says_how_many_more(
+    voting: VotingClient, site: str, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overview listed every election (2,000 elections: 8 MB a page): it shows at most
+    OVERVIEW_LIMIT, the open ones first, and says how many it leaves out."""
+    monkeypatch.setattr(streams, "OVERVIEW_LIMIT", 1)
+    await voting.create_election("plurality", public_results=True, title="Left out")
+    shown = await _election(voting, "plurality", close=False)
+    await page.goto(site + "/")
+    await page.locator(f'#overview tr[data-election="{shown}"]').wait_for(timeout=WAIT_MS)
+    assert await page.locator("#overview tbody tr").count() == 1
+    more = page.locator("#more")
+    await more.wait_for(timeout=WAIT_MS)
+    assert "more election" in await more.inner_text()
+    assert "not shown here" in await more.inner_text()
+    assert await _scan(page) == []
 
 
 async def test_the_public_overview_shows_an_election_opening(

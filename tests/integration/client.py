@@ -135,3 +135,18 @@ class VotingClient:
     @staticmethod
     def voter() -> str:
         return f"voter-{uuid.uuid4().hex[:10]}"
+
+
+async def every_election(
+    http: httpx.AsyncClient, headers: dict[str, str], **params: Any
+) -> list[dict[str, Any]]:
+    """Every election GET /api/elections lists (with these filters), following ``next``."""
+    found: list[dict[str, Any]] = []
+    response = await http.get("/api/elections", params=params, headers=headers)
+    while True:
+        assert response.status_code == 200, response.text
+        page = response.json()
+        found += page["elections"]
+        if page["next"] is None:
+            return found
+        response = await http.get(page["next"], headers=headers)

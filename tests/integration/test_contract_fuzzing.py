@@ -55,9 +55,10 @@ TOKEN_OF = {operation: token for token, operations in ROLES.items() for operatio
 # Operations whose rules go beyond what a schema can say: option ids must differ, a score
 # range applies to score methods only, tokens go to token elections only, a ballot's shape
 # follows its election's method, an
-# election id must exist. A schema-valid request may be refused with 422 there (and 404 or
-# 409, which the check allows anyway), never with anything else.
-DOMAIN_RULES = ["createElection", "issueTokens", "castBallot", "withdrawBallot"]
+# election id must exist, a listing's cursor must be one a listing gave. A schema-valid
+# request may be refused with 422 there (and 404 or 409, which the check allows anyway),
+# never with anything else.
+DOMAIN_RULES = ["createElection", "issueTokens", "castBallot", "withdrawBallot", "listElections"]
 
 
 def _config() -> schemathesis.Config:

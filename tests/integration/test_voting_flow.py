@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.integration.client import VotingClient, bearer, options
+from tests.integration.client import VotingClient, bearer, every_election, options
 from tests.servers import ADMIN, AUDITOR, CLIENT
 
 
@@ -91,10 +91,9 @@ async def test_elections_are_listed_and_fetched_by_any_role(
         fetched = await http.get(f"/api/elections/{election_id}", headers=bearer(token))
         assert fetched.status_code == 200
         assert fetched.json()["method"] == "approval"
-    listed = await http.get("/api/elections", params={"status": "open"}, headers=bearer(CLIENT))
-    assert listed.status_code == 200
-    assert election_id in [e["id"] for e in listed.json()["elections"]]
-    assert all(e["status"] == "open" for e in listed.json()["elections"])
+    listed = await every_election(http, bearer(CLIENT), status="open")
+    assert election_id in [e["id"] for e in listed]
+    assert all(e["status"] == "open" for e in listed)
 
 
 async def test_token_elections_take_ballots_from_issued_voter_tokens_only(
