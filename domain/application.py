@@ -27,7 +27,14 @@ from domain.errors import (
     ElectionNotOpen,
     InvalidBallot,
 )
-from domain.ports import EventWriter, HeldBack, Recorded, StoreUnavailable, VersionConflict
+from domain.ports import (
+    EventWriter,
+    HeldBack,
+    Recorded,
+    RecordedBallot,
+    StoreUnavailable,
+    VersionConflict,
+)
 from domain.rules import ElectionRules, validate_title
 from domain.voter import Voter
 from domain.votes import parse_vote
@@ -256,10 +263,14 @@ class VotingApplication(Application[UUID]):
         ballot's place, its receipt or the error it met.
 
         The first ballot of each voter goes to the writer in one ``append_each`` (they
-        share its group commits, with one wait for them all). A ballot that meets an
-        earlier one of its voter in the log (a retry, a revision), and a voter's further
-        ballots in this batch, then take the single-ballot path, in order, so the last one
-        in the batch counts. A ballot refused for a reason that says nothing about it (the
+        share its group commits, with one wait for them all). Those that meet an earlier
+        ballot of their voter in the log are read back together, in one ``load_ballots``:
+        a retry (same key, same ballot) is answered from that read with its first receipt,
+        and so is each of the voter's next ballots in the batch while they are retries too
+        (a batch sent again costs one read, not a read and a commit per ballot). The rest
+        (a revision, a key used for another ballot, a refusal) and a voter's further
+        ballots take the single-ballot path, in order, so the last one in the batch
+        counts. A ballot refused for a reason that says nothing about it (the
         store busy or away: the caller sends it again) holds back its voter's later ones
         (HeldBack), so that they are sent again after it, not overtaken.
         """
@@ -273,10 +284,11 @@ class VotingApplication(Application[UUID]):
             recorded = await self.writer.append_each(firsts, while_open=election_id)
         except Exception as error:
             recorded = [error] * len(firsts)
+        met: list[tuple[int, dict[str, Any]]] = []  # first ballots that met their voter's
         for index, events, result in zip(placed, firsts, recorded, strict=True):
             if isinstance(result, VersionConflict):
                 # An earlier ballot of this voter is in the log: replay or revise it.
-                later[ballots[index][0].ballot_key].insert(0, index)
+                met.append((index, cast(Ballot.Cast, events[0]).vote))
             elif isinstance(result, Exception):
                 if isinstance(result, ElectionNotOpen):
                     self.elections.pop(election_id, None)
@@ -291,6 +303,8 @@ class VotingApplication(Application[UUID]):
                     result.position,
                     digest=result.digest,
                 )
+
+        await self._retries(election, ballots, met, later, outcomes)
 
         casts: set[int] = set()  # those that took the single-ballot path (it replays them)
 
@@ -309,18 +323,103 @@ class VotingApplication(Application[UUID]):
                         return
 
         await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, ElectionNotOpen) and index not in casts:
-                # A retry of one recorded before the close? If that cannot be told now, this
-                # ballot alone is answered with what stopped the lookup (the store away: send
-                # it again), not "closed", which would be untrue of a counted one; its
-                # neighbours' receipts stand.
-                try:
-                    outcomes[index] = await self.replayed(election_id, *ballots[index]) or outcome
-                except Exception as error:  # the caller decides what each error means
-                    outcomes[index] = error
+        closed = [
+            index
+            for index, outcome in enumerate(outcomes)
+            if isinstance(outcome, ElectionNotOpen) and index not in casts
+        ]
+        await self._closed_retries(election, ballots, closed, outcomes)
         assert all(outcome is not None for outcome in outcomes)
         return cast(list[Receipt | Exception], outcomes)
+
+    async def _closed_retries(
+        self,
+        election: Election,
+        ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]],
+        closed: Sequence[int],
+        outcomes: list[Receipt | Exception | None],
+    ) -> None:
+        """Ballots refused as the election closed: is any the retry of one recorded
+        before the close? (It is counted: its receipt.) One read for them all, as
+        ``replayed`` reads one."""
+        asked = [index for index in closed if ballots[index][2] is not None]
+        try:
+            found = await self._load_ballots(election.id, ballots, asked)
+        except Exception as error:  # the caller decides what each error means
+            # Cannot be told now: these ballots alone are answered with what stopped the
+            # lookup (the store away: send them again), not "closed", which would be untrue
+            # of a counted one; their neighbours' receipts stand.
+            for index in asked:
+                outcomes[index] = error
+            return
+        for index in asked:
+            voter, content, request_key = ballots[index]
+            stored = found.get(ballot_id(election.id, voter.ballot_key))
+            if stored is None or request_key not in stored.ballot.requests:
+                continue
+            try:  # (the rules are pinned: the same in every view of the election)
+                vote = parse_vote(election.rules, content).to_json()
+            except CardinalError:  # invalid: not the retry of a recorded ballot
+                continue
+            except Exception as error:  # the caller decides what each error means
+                outcomes[index] = error
+                continue
+            outcomes[index] = _replay_of(stored, request_key, vote) or outcomes[index]
+
+    async def _retries(
+        self,
+        election: Election,
+        ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]],
+        met: Sequence[tuple[int, dict[str, Any]]],
+        later: dict[str, list[int]],
+        outcomes: list[Receipt | Exception | None],
+    ) -> None:
+        """Answer the retries among first ballots that met their voter's in the log (and
+        the voter's next ballots in the batch while they are retries too) from one read of
+        those ballots; put every other one first in its voter's line for the single-ballot
+        path, which decides it exactly as it decides a ballot sent alone."""
+        asked = [index for index, _ in met if ballots[index][2] is not None]
+        try:
+            found = await self._load_ballots(election.id, ballots, asked)
+        except Exception as error:  # the caller decides what each error means
+            # As the single-ballot path's own read would: these ballots alone are refused
+            # (the store away or busy: sent again), and hold back their voters' later ones.
+            found = {}
+            for index in asked:
+                outcomes[index] = error
+                _hold_back(later.pop(ballots[index][0].ballot_key), outcomes)
+        for index, first_vote in met:
+            if outcomes[index] is not None:
+                continue
+            key = ballots[index][0].ballot_key
+            stored = found.get(ballot_id(election.id, key))
+            line = [index, *later[key]]
+            answered = 0
+            for at in line:
+                vote = first_vote
+                if at != index:  # a later ballot of the voter: its vote as _cast reads it
+                    try:
+                        vote = election.accept_vote(ballots[at][0], ballots[at][1]).to_json()
+                    except Exception:  # the single-ballot path says what is wrong
+                        break
+                receipt = _replay_of(stored, ballots[at][2], vote)
+                if receipt is None:
+                    break
+                outcomes[at] = receipt
+                answered += 1
+            later[key] = line[answered:]
+
+    async def _load_ballots(
+        self,
+        election_id: UUID,
+        ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]],
+        indices: Sequence[int],
+    ) -> dict[UUID, RecordedBallot]:
+        """The recorded ballots of these ballots' voters, in one read (none if none)."""
+        if not indices:
+            return {}
+        wanted = {ballot_id(election_id, ballots[index][0].ballot_key) for index in indices}
+        return await self.writer.load_ballots(sorted(wanted))
 
     async def withdraw_ballot(
         self, election_id: UUID, voter: Voter, request_key: str | None = None
@@ -452,6 +551,25 @@ def _first_casts(
     return placed, firsts, later
 
 
+def _replay_of(
+    stored: RecordedBallot | None, request_key: str | None, vote: dict[str, Any] | None
+) -> Receipt | None:
+    """The first receipt of this request if ``stored`` recorded it (the same key and the
+    same ballot), as ``VotingApplication._replay`` answers it; else None (not a retry, a
+    key used for another ballot: the single-ballot path says which)."""
+    if stored is None or request_key is None:
+        return None
+    try:
+        version = stored.ballot.earlier_request(request_key, vote)
+    except CardinalError:
+        return None
+    recorded = stored.recorded.get(version) if version is not None else None
+    if version is None or recorded is None:
+        return None
+    ballot = stored.ballot
+    return Receipt(ballot.id, version, recorded.position, replayed=True, digest=recorded.digest)
+
+
 def _retryable(error: Exception) -> bool:
     """An error that says nothing about the ballot (the store was busy or away, or another
     change raced it): the caller is told to send it again."""
@@ -518,6 +636,17 @@ class DirectWriter:
 
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
         return self._load(ballot_id, Ballot)
+
+    async def load_ballots(self, ballot_ids: Sequence[UUID]) -> dict[UUID, RecordedBallot]:
+        ballots = {i: b for i in ballot_ids if (b := self._load(i, Ballot)) is not None}
+        recorded: dict[UUID, dict[int, Recorded]] = {i: {} for i in ballots}
+        start = 1
+        while notifications := self.app.recorder.select_notifications(start, 1000):
+            for notification in notifications:
+                if (versions := recorded.get(cast(UUID, notification.originator_id))) is not None:
+                    versions[notification.originator_version] = Recorded(notification.id)
+            start = notifications[-1].id + 1
+        return {i: RecordedBallot(ballot, recorded[i]) for i, ballot in ballots.items()}
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         return self.app.stored(aggregate_id, kind)

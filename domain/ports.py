@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 from uuid import UUID
 
@@ -39,6 +39,14 @@ class Recorded(NamedTuple):
 
     position: int
     digest: str | None = None
+
+
+class RecordedBallot(NamedTuple):
+    """A ballot as the store has it, with where each of its versions landed in the log
+    (version -> Recorded): what a retry's receipt needs, read once."""
+
+    ballot: Ballot
+    recorded: Mapping[int, Recorded]
 
 
 class EventWriter(Protocol):
@@ -80,6 +88,12 @@ class EventWriter(Protocol):
     async def load_election(self, election_id: UUID) -> Election | None: ...
 
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None: ...
+
+    async def load_ballots(self, ballot_ids: Sequence[UUID]) -> dict[UUID, RecordedBallot]:
+        """Many ballots at once, each with where every version of it landed (a batch's
+        retries): one read where the writer can, bounded as ``load_ballot`` is; an id that
+        names no ballot in the store is left out."""
+        ...
 
     async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         """Where an aggregate's recorded version is in the log (for a repeated request)."""

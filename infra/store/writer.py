@@ -61,6 +61,7 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import psycopg
+from eventsourcing.application import project_aggregate
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -68,7 +69,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import Election
-from domain.ports import Overloaded, Recorded, StoreUnavailable
+from domain.ports import Overloaded, Recorded, RecordedBallot, StoreUnavailable
 from infra import metrics
 from infra.audit.chain import entry_hash
 from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
@@ -126,6 +127,14 @@ UNKNOWN = (
 RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
     "WHERE originator_id = %s AND originator_version = %s"
+)
+
+# Many ballots' entries at once, each with its place (the bulk path's retries): one
+# statement, by the primary key's leading column.
+STREAMS = (
+    f"SELECT originator_id, originator_version, topic, state, notification_id "
+    f"FROM {EVENTS_TABLE} WHERE originator_id = ANY(%s) "
+    "ORDER BY originator_id, originator_version"
 )
 
 
@@ -422,6 +431,11 @@ class GroupCommitWriter:
     async def load_ballot(self, ballot_id: UUID) -> Ballot | None:
         return await self._lookup(self._load, ballot_id, Ballot)
 
+    async def load_ballots(self, ballot_ids: Sequence[UUID]) -> dict[UUID, RecordedBallot]:
+        if not ballot_ids:
+            return {}
+        return await self._lookup(self._load_ballots, list(ballot_ids))
+
     async def recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         return await self._lookup(self._recorded, aggregate_id, version)
 
@@ -441,6 +455,32 @@ class GroupCommitWriter:
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         return self.app.stored(aggregate_id, kind)
+
+    def _load_ballots(self, ballot_ids: list[UUID]) -> dict[UUID, RecordedBallot]:
+        """Each ballot's entries in one statement, folded as the repository folds them,
+        with each version's place and receipt (what ``_recorded`` gives one by one)."""
+        recorder = cast(PostgresApplicationRecorder, self.app.recorder)
+        with recorder.datastore.get_connection() as conn:
+            rows = conn.execute(STREAMS, (ballot_ids,)).fetchall()
+        streams: dict[UUID, list[StoredEvent]] = {}
+        recorded: dict[UUID, dict[int, Recorded]] = {}
+        for row in rows:
+            aggregate_id = cast(UUID, row["originator_id"])
+            version = int(row["originator_version"])
+            position = int(row["notification_id"])
+            stored = StoredEvent(aggregate_id, version, row["topic"], bytes(row["state"]))
+            streams.setdefault(aggregate_id, []).append(stored)
+            recorded.setdefault(aggregate_id, {})[version] = Recorded(
+                position, _digest(position, stored)
+            )
+        to_domain = self.app.mapper.to_domain_event
+        found: dict[UUID, RecordedBallot] = {}
+        for aggregate_id, stream in streams.items():
+            events = (to_domain(stored) for stored in stream)
+            ballot: object = project_aggregate(cast(Aggregate | None, None), events)
+            if isinstance(ballot, Ballot):
+                found[aggregate_id] = RecordedBallot(ballot, recorded[aggregate_id])
+        return found
 
     def _recorded(self, aggregate_id: UUID, version: int) -> Recorded:
         recorder = cast(PostgresApplicationRecorder, self.app.recorder)

@@ -134,6 +134,37 @@ class EventWriterContract:
         with pytest.raises(LookupError):
             await writer.recorded(election.id, 99)
 
+    async def test_load_ballots_reads_many_ballots_with_where_each_version_landed(
+        self, writer: EventWriter
+    ) -> None:
+        """The bulk path's retries are answered from this one read: each ballot as
+        ``load_ballot`` has it, each version's place (and receipt) as ``recorded`` has it."""
+        election = await self._open_election(writer)
+        ids = []
+        for n in range(5):
+            events = [Ballot.first_cast(election.id, f"many{n}", {"choice": "a"}, f"k{n}")]
+            await writer.append_events(events, while_open=election.id)
+            ids.append(events[0].originator_id)
+        revised = await writer.load_ballot(ids[0])
+        assert revised is not None
+        revised.revise({"choice": "b"}, "k0-again")
+        await writer.append(revised, while_open=election.id)
+        assert await writer.load_ballots([]) == {}
+        found = await writer.load_ballots([*ids, uuid4(), election.id])  # (not ballots)
+        assert sorted(found) == sorted(ids)
+        for ballot_uuid, stored in found.items():
+            alone = await writer.load_ballot(ballot_uuid)
+            assert alone is not None
+            assert (stored.ballot.id, stored.ballot.version) == (alone.id, alone.version)
+            assert (stored.ballot.vote, stored.ballot.requests) == (alone.vote, alone.requests)
+            assert sorted(stored.recorded) == list(range(1, alone.version + 1))
+            for version, recorded in stored.recorded.items():
+                assert recorded == await writer.recorded(ballot_uuid, version)
+        assert found[ids[0]].ballot.requests == {
+            "k0": (1, {"choice": "a"}),
+            "k0-again": (2, {"choice": "b"}),
+        }
+
 
 class TestDirectWriter(EventWriterContract):
     @pytest.fixture
