@@ -237,7 +237,8 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
 
 def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
     """STV: the seats and the quota, then every stage as a table (votes are exact decimal
-    texts with five places; an elected or excluded option's later cells say so)."""
+    texts with five places; an elected or excluded option's later cells say so, as the
+    stages' own elected lists have it)."""
     seats, quota, stages = document.get("seats"), document.get("quota"), document["stages"]
     summary = (
         f'<p id="stv-quota">Seats: <span data-figure="seats">{e(seats)}</span>. '
@@ -256,7 +257,10 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
         "Excluded",
     ]
     body = []
+    elected: set[str] = set()  # by the stages shown so far (not ``winners``: under the
+    # report tie-break it also holds tied options these stages excluded)
     for index, stage in enumerate(stages):
+        elected.update(stage["elected"])
         source = labels.get(stage["from"], stage["from"]) if stage["from"] else ""
         if stage["action"] == "surplus":
             action = (
@@ -274,7 +278,7 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
                     f"{e(stage['counts'][option])}</span>"
                 )
             else:
-                cells.append("elected" if option in document["winners"] else "out")
+                cells.append("elected" if option in elected else "out")
         cells.append(e(stage["exhausted"]))
         cells.append(", ".join(e(labels.get(o, o)) for o in stage["elected"]) or "none")
         cells.append(", ".join(e(labels.get(o, o)) for o in stage["excluded"]) or "none")

@@ -7,7 +7,7 @@ client that validates), and list as required only what every answer carries.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,14 @@ class Election(Document):
     version: int
     tokens_issued: int | None = Field(default=None, description="token elections only")
     seats: int | None = Field(default=None, description="stv elections only: seats to fill")
+    counting: int = Field(
+        default=1,
+        description="the edition of the counting rules the election was created under, "
+        "pinned so that no upgrade changes a result already served; served only when not 1 "
+        "(IRV elections are created under 2: under the report tie-break, every option that "
+        "wins for some choice of elimination among options no earlier round separates is a "
+        "winner)",
+    )
 
 
 class ElectionChange(Election):
@@ -79,10 +87,13 @@ class Round(Document):
     exhausted: int
 
 
+VOTES_PATTERN = r"^[0-9]+\.[0-9]{5}$"
 VOTES: Any = Field(
-    pattern=r"^[0-9]+\.[0-9]{5}$",
+    pattern=VOTES_PATTERN,
     description="votes as an exact decimal text with five places (units of 1/100000)",
 )
+# An exact decimal text with five places (votes, a surplus, a transfer value, the quota).
+Decimal5 = Annotated[str, Field(pattern=VOTES_PATTERN)]
 
 
 class Stage(Document):
@@ -92,12 +103,12 @@ class Stage(Document):
     from_: str | None = Field(
         alias="from", description="whose surplus moved, or who was excluded (null at stage 1)"
     )
-    surplus: str | None = Field(description="the surplus moved: a decimal text, 5 places")
-    transfer_value: str | None = Field(
+    surplus: Decimal5 | None = Field(description="the surplus moved: a decimal text, 5 places")
+    transfer_value: Decimal5 | None = Field(
         description="the transfer value of a paper of full value, truncated to 5 places "
         "(a paper received at value v moves at surplus x v / votes, truncated)"
     )
-    counts: dict[str, str] = Field(
+    counts: dict[str, Decimal5] = Field(
         description="votes of every option continuing at the stage (those it elects "
         'included), each an exact decimal text with five places such as "4.90904"'
     )
@@ -140,7 +151,7 @@ class Results(Document):
     final_chain_head: ChainHead | None = None
     recounted_from_log: bool | None = None
     seats: int | None = Field(default=None, description="stv only: the seats filled")
-    quota: str | None = Field(
+    quota: Decimal5 | None = Field(
         default=None, description="stv only: the Droop quota, a decimal text with 5 places"
     )
     stages: list[Stage] | None = Field(

@@ -7,8 +7,13 @@
   (an option's id or label, in any case and however many spaces within), ``overvote``,
   ``undervote`` or empty, a write-in mark (``UWI``, ``Write-in``), or another name that
   matches no option (``Reading.unknown`` counts these, for the import to refuse unless told
-  what they do). Marks become a ranking by the rules chosen (``domain.cvr``). An optional
-  ``voter_id``, ``ballot_id``, ``cvr_id`` or ``id`` column names the voter.
+  what they do). A name written exactly as an option's id is that option, whatever another
+  option's label says; any other name that matches more than one option (two options
+  labelled "Smith", or one's id and another's label in another case) is ambiguous:
+  ``Reading.ambiguous`` counts these, with the options each matches, for the import to
+  refuse, as no rule can say which option the voter meant. Marks become a ranking by the
+  rules chosen (``domain.cvr``). An optional ``voter_id``, ``ballot_id``, ``cvr_id`` or
+  ``id`` column names the voter.
 
 A ballot is named by its voter: the file's ``voter_id`` (or the CVR's voter column), else,
 in a CVR record that names no voter, ``SOURCE`` and the record's number in the file
@@ -60,12 +65,15 @@ class FileBallot:
 
 @dataclass
 class Reading:
-    """What reading a file found besides ballots: blank ballots, unusual marks, and the
-    names that match no option (as written, spaces collapsed) with their counts."""
+    """What reading a file found besides ballots: blank ballots, unusual marks, the names
+    that match no option and those that match more than one (as written, spaces collapsed)
+    with their counts, and the ids of the options each ambiguous name matches."""
 
     blank: int = 0
     marks: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
+    ambiguous: Counter[str] = field(default_factory=Counter)
+    matching: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class NeedsSource(ValueError):
@@ -208,24 +216,47 @@ def _name(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _option_names(options: Sequence[dict[str, str]]) -> dict[str, str]:
-    names: dict[str, str] = {}
+@dataclass(frozen=True)
+class _Names:
+    """How a cell's name finds its option: written exactly as an option's id, that option;
+    else by its matched form (``_name``), the options whose id or label has that form,
+    more than one making the name ambiguous."""
+
+    ids: frozenset[str]
+    matches: dict[str, tuple[str, ...]]
+
+
+def _option_names(options: Sequence[dict[str, str]]) -> _Names:
+    matches: dict[str, list[str]] = {}
     for option in options:
-        names[_name(option["label"])] = option["id"]
-        names[_name(option["id"])] = option["id"]
-    return names
+        for text in (option["id"], option["label"]):
+            found = matches.setdefault(_name(text), [])
+            if option["id"] not in found:
+                found.append(option["id"])
+    return _Names(
+        ids=frozenset(option["id"] for option in options),
+        matches={name: tuple(ids) for name, ids in matches.items()},
+    )
 
 
-def _mark(cell: str, names: dict[str, str], found: Reading) -> str | Marker:
+def _mark(cell: str, names: _Names, found: Reading) -> str | Marker:
+    written = " ".join(cell.split())
+    if written in names.ids:
+        return written
     text = _name(cell)
-    if text in names:
-        return names[text]
+    matched = names.matches.get(text, ())
+    if len(matched) == 1:
+        return matched[0]
+    if matched:
+        found.marks[f"matches more than one option: {written}"] += 1
+        found.ambiguous[written] += 1
+        found.matching[written] = matched
+        return Marker.UNKNOWN
     if text in OVERVOTES:
         found.marks["overvote"] += 1
         return Marker.OVERVOTE
     if text in UNDERVOTES:
         return Marker.UNDERVOTE
-    written = " ".join(cell.split())
     if text in WRITE_INS:
         found.marks[f"write-in: {written}"] += 1
     else:

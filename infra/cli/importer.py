@@ -113,7 +113,8 @@ def add_commands(sub: Commands) -> None:
         help=f"what a name that matches no option does: {REFUSE} the import (nothing is "
         "sent; each such name is listed with its count, to correct the file or choose), "
         f"{both}. A write-in mark (UWI, Write-in) is skipped under {REFUSE} "
-        f"(default {REFUSE})",
+        f"(default {REFUSE}). A name that matches more than one option stops the import "
+        "whatever this says",
     )
     parser.set_defaults(
         command=run,
@@ -200,8 +201,7 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     except (OSError, ValueError) as error:
         console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
         return 1
-    if args.write_in == REFUSE and reading.unknown:
-        _unknown_names(args.file, reading, options)
+    if _names_refused(args, reading, options):
         return 2
     started = time.perf_counter()
     with Progress(
@@ -476,6 +476,43 @@ def _unknown_names(path: Path, reading: Reading, options: list[dict[str, str]]) 
     console.print(
         "Correct the names in the file, or say what they do: --write-in skip (the rank is "
         "passed over) or --write-in exhaust (the ranks from there on are ignored)."
+    )
+
+
+def _names_refused(
+    args: argparse.Namespace, reading: Reading, options: list[dict[str, str]]
+) -> bool:
+    """Whether the file's names stop the import before anything is sent (each such name
+    listed): one matching more than one option always, one matching none under --write-in
+    refuse."""
+    unknown = args.write_in == REFUSE and bool(reading.unknown)
+    if reading.ambiguous:
+        _ambiguous_names(args.file, reading, options)
+    if unknown:
+        _unknown_names(args.file, reading, options)
+    return unknown or bool(reading.ambiguous)
+
+
+def _ambiguous_names(path: Path, reading: Reading, options: list[dict[str, str]]) -> None:
+    """Each name in the file that matches more than one option, with its count and the
+    options it matches: whatever --write-in says, no rule can tell which one it means."""
+    names = reading.ambiguous.most_common()
+    labels = {o["id"]: o["label"] for o in options}
+    console.print(
+        f"[red]{path.name}: {len(names):,} {'names match' if len(names) > 1 else 'name matches'} "
+        "more than one option of the election; nothing was sent:[/red]"
+    )
+    for name, count in names[:SHOWN]:
+        matched = ", ".join(f"{labels.get(i, i)} ({i})" for i in reading.matching[name])
+        console.print(
+            f"  {escape(repr(name))}: {count:,} mark{'s' if count > 1 else ''}, "
+            f"matching {escape(matched)}"
+        )
+    if len(names) > SHOWN:
+        console.print(f"  ... and {len(names) - SHOWN:,} more")
+    console.print(
+        "Write each such mark as the option's id, exactly (an id written exactly is that "
+        "option), and import the file again."
     )
 
 

@@ -234,6 +234,48 @@ async def test_cardinal_import_casts_a_cast_vote_record(
     )
 
 
+async def test_cardinal_import_refuses_a_name_that_matches_two_options(
+    voting: VotingClient, http: httpx.AsyncClient, api_url: str, tmp_path: Path
+) -> None:
+    body = {
+        "title": "Council",
+        "method": "irv",
+        "options": [
+            {"id": "a", "label": "B"},
+            {"id": "b", "label": "A"},
+            {"id": "s1", "label": "Smith"},
+            {"id": "s2", "label": "Smith"},
+        ],
+    }
+    created = await http.post("/api/elections", json=body, headers=bearer(ADMIN))
+    election_id = created.json()["id"]
+    await voting.open(election_id)
+    cvr = tmp_path / "council.csv"
+    cvr.write_text("voter_id,rank1,rank2\nv1,a,b\nv2,Smith,b\n")
+    command = ("import", str(cvr), "--election", election_id, "--url", api_url, "--token", CLIENT)
+    for write_in in ("refuse", "skip"):  # no --write-in choice says which Smith was meant
+        code, said = await _cardinal(*command, "--write-in", write_in)
+        flat = " ".join(said.split())
+        assert code == 2, said
+        assert "1 name matches more than one option of the election; nothing was sent" in flat
+        assert "'Smith': 1 mark, matching Smith (s1), Smith (s2)" in flat
+    assert not [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    # An id written exactly is that option, whatever another option's label says.
+    cvr.write_text("voter_id,rank1,rank2\nv1,a,b\nv2,s2,b\n")
+    code, said = await _cardinal(*command)
+    assert code == 0, said
+    events = [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    assert sorted(e["data"]["vote"]["ranking"] for e in events) == [["a", "b"], ["s2", "b"]]
+
+
 async def _cardinal(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,

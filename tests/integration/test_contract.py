@@ -3,16 +3,18 @@ interactive reference served by the API itself, with nothing loaded from elsewhe
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
 import httpx
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from starlette.routing import Route
 
 from api.app import create_app
 from api.contract import declared
-from tests.integration.client import assert_problem, bearer
+from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import ADMIN, AUDITOR, settings_for
 
 # pydantic names that leak into a schema when a constraint is placed after a validator:
@@ -120,6 +122,53 @@ async def test_no_constraint_leaks_under_a_pydantic_name(http: httpx.AsyncClient
     assert found == []
     step = document["components"]["schemas"]["ElectionIn"]["properties"]["live_results_step"]
     assert (step["minimum"], step["maximum"]) == (1, 1_000_000)
+
+
+async def test_served_elections_and_stv_results_have_only_the_fields_the_schema_lists(
+    http: httpx.AsyncClient,
+) -> None:
+    """The schemas allow fields they do not list (a field added later breaks no client),
+    so a served field the schema forgot went unnoticed: IRV elections' ``counting``, for
+    one. Closed (no unlisted property), the schemas must still take what is served; and
+    STV's votes, served as decimal texts with five places, are documented as such."""
+    document = await _document(http)
+    schemas = copy.deepcopy(document["components"]["schemas"])
+    for schema in schemas.values():
+        if "properties" in schema:
+            schema["additionalProperties"] = False
+    voting = VotingClient(http)
+    irv = await voting.open_election("irv")
+    stv = await voting.open_election(
+        "stv", seats=2, options=[{"id": i, "label": i} for i in "abcd"]
+    )
+    for n, ranking in enumerate([["a", "b"], ["d", "c", "b", "a"], ["c"], ["c", "a"]]):
+        cast = await voting.cast(stv, {"ranking": ranking}, f"voter-{n}")
+        assert cast.status_code in (200, 201), cast.text
+    position = cast.json()["position"]
+    served = {
+        "Election": [
+            (await http.get(f"/api/elections/{i}", headers=bearer(ADMIN))).json()
+            for i in (irv, stv)
+        ],
+        "Results": [(await voting.results(stv, min_position=position)).json()],
+    }
+    assert served["Election"][0]["counting"] == 2
+    assert served["Results"][0]["stages"][1]["action"] == "exclusion"
+    for name, answers in served.items():
+        validator = OAS31Validator(
+            {"$ref": f"#/components/schemas/{name}", "components": {"schemas": schemas}}
+        )
+        for answer in answers:
+            errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(answer)]
+            assert errors == [], (name, answer)
+    stage = document["components"]["schemas"]["Stage"]["properties"]
+    votes = stage["exhausted"]["pattern"]
+    assert votes == r"^[0-9]+\.[0-9]{5}$"
+    assert stage["counts"]["additionalProperties"]["pattern"] == votes
+    for field in (stage["surplus"], stage["transfer_value"]):
+        assert {"type": "string", "pattern": votes} in field["anyOf"], field
+    quota = document["components"]["schemas"]["Results"]["properties"]["quota"]
+    assert {"type": "string", "pattern": votes} in quota["anyOf"], quota
 
 
 async def test_the_reference_is_served_with_no_asset_from_elsewhere(

@@ -163,3 +163,23 @@ def test_names_match_in_any_spacing_and_those_matching_no_option_are_counted(
     assert reading.unknown == {"Frey, Jacob": 2, "Jacob Fry": 1}
     assert reading.marks["write-in: Write-in"] == 1
     assert reading.blank == 1
+
+
+def test_an_exact_id_wins_and_a_name_matching_two_options_is_ambiguous(tmp_path: Path) -> None:
+    options = [
+        {"id": "a", "label": "B"},
+        {"id": "b", "label": "A"},
+        {"id": "s1", "label": "Smith"},
+        {"id": "s2", "label": "Smith"},
+    ]
+    cvr = tmp_path / "names.csv"
+    cvr.write_text("voter_id,rank1,rank2\nv1,a,b\nv2,Smith,b\nv3, smith ,A\nv4,Smith,s1\n")
+    reading = Reading()
+    ballots = list(read_ballots(cvr, options, reading=reading, token=TOKEN))
+    # "a" is option a's id, written exactly: option a, not the option labelled "A".
+    assert ballots[0].body["ranking"] == ["a", "b"]
+    # "Smith" is two options' label, and "A" is one's id and another's label in another
+    # case: neither says which option it means.
+    assert reading.ambiguous == {"Smith": 2, "smith": 1, "A": 1}
+    assert reading.matching == {"Smith": ("s1", "s2"), "smith": ("s1", "s2"), "A": ("a", "b")}
+    assert not reading.unknown

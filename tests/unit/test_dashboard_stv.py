@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from api.dashboard import results_panel
 from domain.rules import ElectionRules
 from domain.tabulation import tabulate
@@ -33,3 +35,24 @@ def test_stv_stages_render_as_a_table_with_the_quota_and_seats() -> None:
 
 def test_an_stv_page_without_ballots_says_so() -> None:
     assert 'id="no-stages"' in _page([])
+
+
+def test_an_option_the_shown_stages_excluded_is_out_though_a_tie_makes_it_a_winner() -> None:
+    # c is elected at stage 1, b excluded at 2; at 3, a and d tie for exclusion, and the
+    # stages shown exclude d (declared last), electing a. Under the report tie-break the
+    # winners are c, a and d (a and d tied for the last seat), but d's stage-3 cell is "out".
+    votes = [Ranking(("a", "b")), Ranking(("d", "c", "b", "a")), Ranking(("c",))]
+    html = _page([*votes, Ranking(("c", "a"))])
+    assert 'data-winners="c a d"' in html
+    rows = re.findall(r"<tr>(.*?)</tr>", html.split('id="stages"')[1].split("</table>")[0])
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows[1:]]  # past the header
+    # Stage, Action, A, B, C, D, Non-transferable, Elected, Excluded
+    assert [row[2:6] for row in cells[1:]] == [
+        [_count(1, "a"), "out", "elected", _count(1, "d")],
+        [_count(2, "a"), "out", "elected", "out"],
+    ]
+    assert cells[2][-1] == "D"
+
+
+def _count(stage: int, option: str) -> str:
+    return f'<span data-stage="{stage}" data-option="{option}">1.00000</span>'
