@@ -212,3 +212,25 @@ async def test_a_receipt_is_64_hexadecimal_digits_and_nothing_else(
     ):
         response = await http.get(f"/api/audit/receipts/{quote(spaced)}")
         assert_problem(response, 404, "64 hexadecimal digits")
+
+
+async def test_a_position_before_the_election_is_one_404_whichever_way_it_is_read(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """?at= before the election existed said "election <id> did not exist yet..." from a
+    replay and "the election did not exist yet..." from a stepped reader's step index
+    (review: hostile client): one wording for both."""
+    await voting.create_election()  # so that the election is not the log's first entry
+    created = await voting.create_election(live_results_step=3)
+    election_id, before = created["id"], created["position"] - 1
+    await voting.open(election_id)
+    cast = (await voting.cast(election_id, {"choice": "a"}, "early")).json()
+    url = f"/api/elections/{election_id}/results"
+    expected = f"election {election_id} did not exist yet at position {before}"
+    replayed = await http.get(url, params={"at": before}, headers=bearer(CLIENT))
+    assert assert_problem(replayed, 404, "")["detail"] == expected
+    seen = await http.get(url, params={"at": cast["position"]}, headers=bearer(CLIENT))
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["stepped"]  # the step index is now kept, and answers for `before`
+    indexed = await http.get(url, params={"at": before}, headers=bearer(CLIENT))
+    assert assert_problem(indexed, 404, "")["detail"] == expected
