@@ -74,7 +74,14 @@ async def body(request: Request, model: type[M]) -> M:
         raise UnsupportedMediaType(
             f"send the body as JSON with Content-Type: application/json; got {kind or 'none'}"
         )
-    data = json_document(raw)
+    return validate(model, json_document(raw))
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` (parsed JSON) validated as ``model``, with a whole number written with a
+    fraction (5.0, 1e0, -0.0) taken as the integer it is. Every path that takes a ballot
+    or a body (one ballot, a batch's ballots, the ingest queue's messages) validates
+    through this, so each answers the same for the same JSON."""
     try:
         return model.model_validate(data)
     except ValidationError as error:

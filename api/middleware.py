@@ -47,6 +47,13 @@ FRAME_POLICY = (b"content-security-policy", b"frame-ancestors 'none'")
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
 
+def security_headers(production: bool) -> list[tuple[bytes, bytes]]:
+    """What an answer that sets no policy of its own carries: the headers RequestGuard adds,
+    and the ones the HTTP protocol's refusals written straight to the socket (api/protocol.py)
+    carry, which never pass through it."""
+    return [*SECURITY_HEADERS, FRAME_POLICY, *([HSTS] if production else [])]
+
+
 class RequestGuard:
     """Refuse bodies over ``max_bytes`` with 413 (before reading them where the length is
     declared), and observe each request's duration by route template: election ids in the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from http import HTTPStatus
 from typing import Any
 
 import psycopg
@@ -300,18 +301,38 @@ def http_error(request: Request, exc: Exception) -> Response:
         # path served by several routes (GET and POST /api/elections) allows them all.
         headers["Allow"] = ", ".join(_allowed(request))
         detail = f"{request.method} is not allowed here; use {headers['Allow']}"
+    elif exc.status_code == 404 and exc.detail == NO_ROUTE:
+        detail = _no_route(request)
     return problem(
         exc.status_code, titles.get(exc.status_code, "Error"), detail, headers=headers or None
     )
 
 
-def _allowed(request: Request) -> list[str]:
+def _allowed(request: Request, path: str | None = None) -> list[str]:
+    """The methods the app's routes take at ``path`` (the request's, by default)."""
     methods: set[str] = set()
-    path = request.scope["path"]
+    path = request.scope["path"] if path is None else path
     for route in getattr(request.app, "routes", ()):
         if isinstance(route, Route) and route.methods and route.path_regex.match(path):
             methods |= route.methods
     return sorted(methods)
+
+
+# The detail of the 404 Starlette's router raises where no route matches the path.
+NO_ROUTE = HTTPStatus.NOT_FOUND.phrase
+SHOWN_PATH = 200  # characters of an unknown path named in the answer
+
+
+def _no_route(request: Request) -> str:
+    """What a person can act on, for a path no route serves: where the routes are listed,
+    and, for a trailing slash, that the path without it is one."""
+    path = request.scope["path"]
+    shown = path if len(path) <= SHOWN_PATH else f"{path[:SHOWN_PATH]}…"
+    detail = f"no route {request.method} {shown}"
+    bare = path.rstrip("/")
+    if bare != path and bare and _allowed(request, bare):
+        return f"{detail}: {bare} (without the trailing slash) is a route; use that"
+    return f"{detail}: see /docs (or /openapi.json) for the API's routes"
 
 
 def unexpected(_: Request, exc: Exception) -> Response:

@@ -37,6 +37,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
+from api.middleware import security_headers
 from api.streams import CLOSING, HANGUP
 from infra.runtime.settings import Settings
 
@@ -51,13 +52,26 @@ MAX_REQUESTS = 1000  # per connection, before it is closed (and opened again, el
 LINGER = 2.0  # after a refusal, how long a client may take to see it and close its side
 
 
-def _refusal(status: bytes, title: str, detail: str) -> bytes:
+# Where the protocol puts, in a request's scope, the security headers of its answers (read
+# by _too_many_connections, an ASGI app uvicorn calls in the app's place).
+SECURITY = "cardinal.security_headers"
+
+
+def _refusal(status: bytes, title: str, detail: str, security: list[tuple[bytes, bytes]]) -> bytes:
+    """A problem document and the connection's end, written straight to the socket: with
+    the security headers every answer carries, though it never passes the app's guard."""
     body = orjson.dumps(
         {"type": "about:blank", "title": title, "status": int(status[:3]), "detail": detail}
     )
+    headers = b"".join(name + b": " + value + b"\r\n" for name, value in security)
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/problem+json\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + headers
+        + b"connection: close\r\n\r\n"
+        + body
     )
 
 
@@ -72,6 +86,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout = BODY_TIMEOUT
     max_head_bytes = MAX_HEAD_BYTES
     max_requests = MAX_REQUESTS
+    # The refusals' security headers (HSTS too in production: see server_config).
+    security = security_headers(production=False)
 
     _deadline_at = 0.0  # loop time; 0: none armed
     _deadline_part = "head"
@@ -146,6 +162,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._requests += 1
         # An event stream that a client stops reading is aborted (api/streams.py).
         cast(dict[str, Any], self.scope)[HANGUP] = self.transport.abort
+        cast(dict[str, Any], self.scope)[SECURITY] = self.security  # a 503 past the limit
         if answering is not None and not answering.response_complete:
             # A request sent behind one still being answered waits for it (uvicorn pauses
             # reading meanwhile, so the client's close goes unseen). Behind an event stream
@@ -191,12 +208,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     b"431 Request Header Fields Too Large",
                     "Request header fields too large",
                     f"the request line and headers may take at most {self.max_head_bytes} bytes",
+                    self.security,
                 )
             )
             return
         detail = msg.strip().rstrip(".") or "it could not be parsed"
         self._hang_up(
-            _refusal(b"400 Bad Request", "Bad request", f"this is not HTTP/1.1 as sent: {detail}")
+            _refusal(
+                b"400 Bad Request",
+                "Bad request",
+                f"this is not HTTP/1.1 as sent: {detail}",
+                self.security,
+            )
         )
 
     def _arm(self, seconds: float, part: str) -> None:
@@ -225,6 +248,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 b"408 Request Timeout",
                 "Request timeout",
                 f"the request {part} did not arrive within {seconds:g} seconds",
+                self.security,
             )
         )
 
@@ -265,6 +289,7 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
         (b"content-length", str(len(body)).encode()),
         (b"retry-after", b"1"),
         (b"connection", b"close"),
+        *scope.get(SECURITY, GuardedHttpToolsProtocol.security),
     ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -337,4 +362,14 @@ def server_config(settings: Settings, app: Any | None = None, **overrides: Any) 
         "limit_concurrency": LIMIT_CONCURRENCY,
         **overrides,
     }
+    protocol = options["http"]
+    if (
+        settings.is_production
+        and isinstance(protocol, type)
+        and issubclass(protocol, GuardedHttpToolsProtocol)
+    ):
+        # The refusals written to the socket ask for HTTPS only, as the app's answers do.
+        options["http"] = type(
+            protocol.__name__, (protocol,), {"security": security_headers(production=True)}
+        )
     return uvicorn.Config(app if app is not None else create_app(settings), **options)

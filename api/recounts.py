@@ -52,10 +52,16 @@ async def closed_at(conn: AsyncConnection[Any], election_id: UUID) -> int | None
     return None if row is None or row[0] is None else int(row[0])
 
 
+def not_yet(election_id: UUID, at: int) -> NotFound:
+    """The answer for a position before the election existed, however it was found out."""
+    return NotFound(f"election {election_id} did not exist yet at position {at}")
+
+
 @dataclass(frozen=True)
 class StepIndex:
     """What one election's log held up to ``reach``, as stepped readers see it."""
 
+    election_id: UUID
     reach: int
     created_at: int
     opened_at: int | None
@@ -72,7 +78,7 @@ class StepIndex:
         """At ``at`` (at most ``reach``, not after the close): the position of the last
         publication, the election's status then, and its entries set aside by then."""
         if at < self.created_at:
-            raise NotFound(f"the election did not exist yet at position {at}")
+            raise not_yet(self.election_id, at)
         found = bisect.bisect_right(self.publications, at)
         published = self.publications[found - 1] if found else self.created_at
         opened = self.opened_at is not None and self.opened_at <= at
@@ -154,12 +160,11 @@ class _Replay:
     def finish(self, reach: int) -> Recounted:
         self.capture()
         if self.captured is None:
-            raise NotFound(
-                f"election {self.election_id} did not exist yet at position {self.target}"
-            )
+            raise not_yet(self.election_id, self.target)
         count = self.recount.elections[self.election_id]
         rules, status, snapshot = self.captured
         index = StepIndex(
+            election_id=self.election_id,
             reach=reach,
             created_at=self.created_at,
             opened_at=self.opened_at,

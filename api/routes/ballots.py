@@ -104,7 +104,7 @@ async def cast_batch(request: Request) -> Response:
     accepted: list[tuple[int, Voter, dict[str, object], str | None]] = []
     for index, raw in enumerate(body.ballots):
         try:
-            ballot = BatchBallotIn.model_validate(raw)
+            ballot = context.validate(BatchBallotIn, raw)
             if ballot.voter_id is None:
                 raise InvalidBallot(
                     "voter_id is required: in this election the API client names each voter",

@@ -23,7 +23,7 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from api.context import json_document
+from api.context import json_document, validate
 from api.problems import MalformedBody, fault, problem_of
 from api.responses import problem_body
 from api.schemas import BATCH_BODY_BYTES, BallotIn, IdempotencyKey, VoterId
@@ -183,7 +183,7 @@ def _body(delivery: Delivery, max_ballot_bytes: int) -> dict[str, Any] | None:
 
 def _validate(item: Item, model: type[IngestBallot], raw: Any) -> None:
     try:
-        ballot = model.model_validate(raw)
+        ballot = validate(model, raw)
         if ballot.election_id is None:
             raise InvalidRequest(
                 "election_id is required: the election this ballot is cast in",

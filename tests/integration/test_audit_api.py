@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import httpx
@@ -187,3 +188,49 @@ async def test_results_at_a_position_are_recounted_from_the_log(
     )
     assert revision["position"] <= beyond.json()["position"] < 10**15  # the head, not 10**15
     assert beyond.json()["ballots"] == 2
+
+
+async def test_a_receipt_is_64_hexadecimal_digits_and_nothing_else(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """bytes.fromhex skips whitespace, so "cf 9c b8 ..." was found and echoed back as the
+    receipt (review: hostile client); the contract says ^[0-9a-fA-F]{64}$."""
+    election_id = await voting.open_election()
+    cast = (await voting.cast(election_id, {"choice": "a"}, voting.voter())).json()
+    digest = cast["hash"]
+    await _receipt_lookup(http, digest)
+    upper = await http.get(f"/api/audit/receipts/{digest.upper()}")
+    assert upper.status_code == 200, upper.text
+    assert upper.json()["receipt"] == digest  # normalised to lower case
+    pairs = " ".join(digest[i : i + 2] for i in range(0, 64, 2))
+    for spaced in (
+        pairs,
+        f"{digest} ",
+        f" {digest}",
+        f"{digest}\n",
+        f"{digest[:32]}\t{digest[32:]}",
+    ):
+        response = await http.get(f"/api/audit/receipts/{quote(spaced)}")
+        assert_problem(response, 404, "64 hexadecimal digits")
+
+
+async def test_a_position_before_the_election_is_one_404_whichever_way_it_is_read(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """?at= before the election existed said "election <id> did not exist yet..." from a
+    replay and "the election did not exist yet..." from a stepped reader's step index
+    (review: hostile client): one wording for both."""
+    await voting.create_election()  # so that the election is not the log's first entry
+    created = await voting.create_election(live_results_step=3)
+    election_id, before = created["id"], created["position"] - 1
+    await voting.open(election_id)
+    cast = (await voting.cast(election_id, {"choice": "a"}, "early")).json()
+    url = f"/api/elections/{election_id}/results"
+    expected = f"election {election_id} did not exist yet at position {before}"
+    replayed = await http.get(url, params={"at": before}, headers=bearer(CLIENT))
+    assert assert_problem(replayed, 404, "")["detail"] == expected
+    seen = await http.get(url, params={"at": cast["position"]}, headers=bearer(CLIENT))
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["stepped"]  # the step index is now kept, and answers for `before`
+    indexed = await http.get(url, params={"at": before}, headers=bearer(CLIENT))
+    assert assert_problem(indexed, 404, "")["detail"] == expected

@@ -139,7 +139,34 @@ async def test_an_unknown_election_is_404(voting: VotingClient, http: httpx.Asyn
 
 
 async def test_an_unknown_route_is_a_404_problem(http: httpx.AsyncClient) -> None:
-    assert_problem(await http.get("/api/nowhere"), 404, "Not Found")
+    """Starlette's "Not Found" told a client nothing it could act on (review: hostile
+    client): the answer names the request and where the routes are listed."""
+    assert_problem(
+        await http.get("/api/nowhere"),
+        404,
+        "no route GET /api/nowhere: see /docs (or /openapi.json) for the API's routes",
+    )
+    long = await http.post("/api/" + "x" * 5000, headers=bearer(ADMIN))
+    assert len(assert_problem(long, 404, "no route POST /api/xxx")["detail"]) < 300
+
+
+async def test_a_trailing_slash_404_names_the_path_without_it(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election()
+    response = await http.get(f"/api/elections/{election_id}/ballots/", headers=bearer(CLIENT))
+    assert_problem(
+        response,
+        404,
+        f"no route GET /api/elections/{election_id}/ballots/: "
+        f"/api/elections/{election_id}/ballots (without the trailing slash) is a route",
+    )
+    assert_problem(await http.get("/api/elections//"), 404, "/api/elections (without")
+    assert_problem(await http.get("/api/nowhere/"), 404, "see /docs")
+    # A path that is a route, with a method it does not take, is still a 405.
+    wrong = await http.delete(f"/api/elections/{election_id}/ballots", headers=bearer(CLIENT))
+    assert_problem(wrong, 405, "use POST")
+    assert wrong.headers["allow"] == "POST"
 
 
 async def test_a_second_ballot_where_revoting_is_off_is_409(voting: VotingClient) -> None:

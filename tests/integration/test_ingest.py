@@ -492,3 +492,33 @@ async def test_a_token_election_takes_the_voter_token_in_the_message(ingest: Ing
             (ids,),
         ).fetchone()
     assert rows == (3, 3)  # each token's ballot once, though each message came twice
+
+
+@pytest.mark.parametrize("number", [b"1.0", b"1e0", b"-0.0", b"-2.0"])
+def test_a_message_takes_a_whole_number_written_with_a_fraction_as_http_does(
+    number: bytes,
+) -> None:
+    """A score of 1.0 is the score 1 on POST .../ballots; a message (one ballot, or one of
+    many) refused it as "Input should be a valid integer" (review: hostile client)."""
+    from types import SimpleNamespace
+
+    from infra.ingest.messages import parse
+
+    election = str(uuid.uuid4())
+    one = b'{"election_id": "%s", "voter_id": "v", "scores": {"a": %s}}' % (
+        election.encode(),
+        number,
+    )
+    many = b'{"election_id": "%s", "ballots": [{"voter_id": "v", "scores": {"a": %s}}]}' % (
+        election.encode(),
+        number,
+    )
+    for body in (one, many):
+        delivery = parse(SimpleNamespace(message_id="m", body=body))  # type: ignore[arg-type]
+        assert delivery.problem is None
+        [item] = delivery.items
+        assert item.problem is None, item.problem
+        assert item.ballot is not None
+        assert item.ballot.content() == {"scores": {"a": int(float(number))}}
+    fraction = parse(SimpleNamespace(message_id="m", body=one.replace(number, b"2.5")))  # type: ignore[arg-type]
+    assert fraction.items[0].problem is not None

@@ -408,3 +408,67 @@ async def test_garbage_behind_a_request_ends_the_connection_without_an_error(
     await asyncio.sleep(0.5)  # our side still open: the stream writes meanwhile
     writer.close()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+def _headers(answer: bytes) -> dict[str, str]:
+    head = answer.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")[1:]
+    return {name.lower(): value.strip() for name, _, value in (h.partition(":") for h in head)}
+
+
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "content-security-policy": "frame-ancestors 'none'",
+}
+
+
+async def _refusals(port: int) -> list[bytes]:
+    """The protocol's answers written straight to the socket: 408 (head, body), 400, 431."""
+    answers = []
+    for sent in (
+        b"",
+        b"POST /api/elections HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {ADMIN}\r\nContent-Length: 10\r\n\r\n{{".encode(),
+        b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        answers.append((await _read_all(reader))[0])
+        writer.close()
+    return answers
+
+
+async def test_refusals_written_to_the_socket_carry_the_security_headers(
+    port: int, database_url: str
+) -> None:
+    """The 408s, 400, 431 and 503 the protocol writes itself never pass the app's guard,
+    and came without nosniff, the referrer and framing policies (review: hostile client);
+    in production they ask for HTTPS only, as every other answer does."""
+    answers = await _refusals(port)
+    statuses = [answer[:12] for answer in answers]
+    assert statuses == [b"HTTP/1.1 408", b"HTTP/1.1 408", b"HTTP/1.1 400", b"HTTP/1.1 431"]
+    for answer in answers:
+        headers = _headers(answer)
+        assert {name: headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+        assert "strict-transport-security" not in headers  # not in development
+    production = settings_for(database_url, env="production")
+    async with running_api(production, projections=(), http=Hurried) as url:
+        for answer in await _refusals(int(url.rsplit(":", 1)[1])):
+            headers = _headers(answer)
+            assert {name: headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+            assert headers["strict-transport-security"].startswith("max-age="), answer
+    for settings in (settings_for(database_url), production):
+        async with running_api(settings, projections=(), limit_concurrency=1) as url:
+            port = int(url.rsplit(":", 1)[1])
+            held = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data, _ = await _read_all(reader)
+            assert data.startswith(b"HTTP/1.1 503 "), data
+            headers = _headers(data)
+            assert {name: headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+            assert ("strict-transport-security" in headers) == settings.is_production
+            for idle in (held[1], writer):
+                idle.close()
