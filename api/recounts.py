@@ -22,8 +22,8 @@ from uuid import UUID
 
 from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import AsyncConnection
-from starlette.exceptions import HTTPException
 
+from api import turns
 from domain.election import ElectionStatus
 from domain.errors import NotFound
 from domain.recount import Recount
@@ -37,6 +37,7 @@ from projections.results import recounted_snapshot
 T = TypeVar("T")
 
 RECOUNT_WAIT = 1.0  # seconds a recount waits for the one running to end, then 503
+BUSY = "a recount is running in this process (one runs at a time); retry in a few seconds"
 BATCH = 2_000  # log entries handed to the worker thread at a time
 
 CLOSED_AT = f"""
@@ -197,35 +198,6 @@ async def run_shared(services: Services, key: Hashable, work: Callable[[], Await
     every identical request (same ``key``) while it runs, and one at a time per process:
     one that waits RECOUNT_WAIT seconds for its turn is a 503 with Retry-After. A caller
     that goes away leaves the task running for the others (and the cache)."""
-    running: asyncio.Future[Any] | None = services.recounts.get(key)
-    if running is None:
-        running = asyncio.ensure_future(_one_at_a_time(services, work))
-        services.recounts[key] = running
-        running.add_done_callback(_forgetter(services, key))
-    result: T = await asyncio.shield(running)
-    return result
-
-
-def _forgetter(services: Services, key: Hashable) -> Callable[[asyncio.Future[Any]], None]:
-    def forget(done: asyncio.Future[Any]) -> None:
-        if services.recounts.get(key) is done:
-            del services.recounts[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: every caller may have gone away
-
-    return forget
-
-
-async def _one_at_a_time(services: Services, work: Callable[[], Awaitable[T]]) -> T:
-    try:
-        await asyncio.wait_for(services.recounting.acquire(), RECOUNT_WAIT)
-    except TimeoutError:
-        raise HTTPException(
-            503,
-            "a recount is running in this process (one runs at a time); retry in a few seconds",
-            headers={"Retry-After": "2"},
-        ) from None
-    try:
-        return await work()
-    finally:
-        services.recounting.release()
+    return await turns.run_shared(
+        services.recounts, key, work, turn=services.recounting, wait=RECOUNT_WAIT, busy=BUSY
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -13,7 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import context, documents, recounts
+from api import context, documents, recounts, tabulations
 from api.auth import Principal, check_reader
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID, POSITION
@@ -190,14 +191,32 @@ async def _results(
         election.status,
     )
     cached = cache.get(key)
-    if cached is None:
-        cached = results_document(
-            election_id, snapshot, election.rules, status=election.status, exact=exact
-        )
-        if len(cache) >= CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = cached
-    return cached
+    if cached is not None:
+        return cached
+    count = partial(
+        results_document, election_id, snapshot, election.rules, status=election.status, exact=exact
+    )
+    if tabulations.tiny(election.rules, snapshot):
+        document = count()  # (a thread hop would cost more than the count)
+        _keep(cache, key, document)
+        return document
+    # A large count takes a good part of a second: off the event loop, in turns (one per
+    # process), shared by every request for the same document.
+    return await tabulations.tabulate(services, key, partial(_counted, cache, key, count))
+
+
+async def _counted(
+    cache: dict[tuple[object, ...], Any],
+    key: tuple[object, ...],
+    count: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """A live document counted in a worker thread (unless counted while this waited its
+    turn), and kept."""
+    document: dict[str, Any] | None = cache.get(key)
+    if document is None:
+        document = await asyncio.to_thread(count)
+        _keep(cache, key, document)
+    return document
 
 
 FINAL_CHECKPOINT = """

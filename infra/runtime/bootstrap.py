@@ -69,6 +69,10 @@ class Services:
     # running, by what they answer: identical requests share one.
     recounting: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounts: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict)
+    # Live results' documents tabulated off the event loop, one at a time (api/tabulations.py,
+    # a turn of their own beside the recounts'), and those running, by what they answer.
+    tabulating: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tabulations: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict)
     # Set a moment before uvicorn's shutdown deadline (api/server.py): reads in progress
     # that have not begun their answer are answered 503 then, not cancelled into a 500.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
