@@ -420,7 +420,18 @@ class Verifier:
                 "the results are newer than it (check them against a newer export)",
             )
         self._compared.add(election_id)
-        replayed = orjson.loads(orjson.dumps(count.results(position)))
+        try:
+            counted = count.results(position)
+        except (ValueError, TypeError) as refused:  # a vote its election's tally cannot hold
+            # Never a traceback: the chain half names an altered entry at its own (earlier)
+            # position, and the earlier finding is the one reported.
+            raise Discrepancy(
+                position,
+                f"election {election_id}: the replay cannot count its ballots as of position "
+                f"{position:,}: {refused}. An entry before it was altered, or written around "
+                "the application: `cardinal audit verify --strict` names it",
+            ) from None
+        replayed = orjson.loads(orjson.dumps(counted))
         # when it closed, and (for the exact count) how many ballot entries it counted
         replayed["closed_at_position"] = count.closed_at
         compared: tuple[str, ...] = ("closed_at_position", *COMPARED)

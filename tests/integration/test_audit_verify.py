@@ -325,6 +325,32 @@ def test_verify_file_runs_with_no_database_and_fails_on_an_edited_export(
     assert f"FAILED at position {target}" in tampered.stdout
 
 
+def test_a_vote_edited_to_name_no_option_is_a_finding_not_a_traceback(
+    store: str, tmp_path: Path
+) -> None:
+    """Without --strict the replay trusts stored votes; one edited to name an option its
+    election lacks crashed the replay's process, and verify printed a traceback instead
+    of the position (review helper-74)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    # The last ballot entry before the first close: its voter's vote when the count ends.
+    closed = next(n for n, d in enumerate(documents) if d.get("type") == "ElectionClosed")
+    ballot = next(
+        d for d in reversed(documents[:closed]) if d.get("type") in ("BallotCast", "BallotRevised")
+    )
+    data = ballot["data"]
+    assert isinstance(data, dict)
+    data["vote"] = {"ranking": ["zz"]}
+    _write(exported, documents)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CARDINAL_AUDIT_KEY")}
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+    found = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert found.returncode == 1
+    assert "Traceback" not in found.stdout + found.stderr, found.stderr[-2000:]
+    assert f"FAILED at position {ballot['position']}" in found.stdout, found.stdout[-2000:]
+
+
 def test_verify_file_reports_a_damaged_or_cut_short_export_as_a_finding(
     store: str, tmp_path: Path
 ) -> None:
