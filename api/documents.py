@@ -51,6 +51,16 @@ class Election(Document):
         "wins for some choice of elimination among options no earlier round separates is a "
         "winner)",
     )
+    voter_ids: Literal["exact", "nfc"] = Field(
+        default="exact",
+        description="how voter ids (client elections) are told apart, pinned at creation so "
+        "that no upgrade makes a voter who already cast a new voter; served only when not "
+        "exact. Elections created since 2026-12-06 are nfc: a voter id is normalised to "
+        "Unicode NFC (José typed precomposed or with a combining accent is one voter), and "
+        "one that starts or ends with whitespace or holds a bidi embedding, override or "
+        "isolate control (U+202A-U+202E, U+2066-U+2069) is refused. exact: compared code "
+        "point for code point, as sent",
+    )
 
 
 class ElectionChange(Election):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from domain.errors import InvalidElection, InvalidRequest
+from domain.errors import InvalidBallot, InvalidElection, InvalidRequest
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -97,6 +97,53 @@ class ResultsVisibility(StrEnum):
 
 COUNTING_EDITION = 2  # of new elections; see ElectionRules.counting
 
+# Bidi embedding, override and isolate controls (U+202A-U+202E, U+2066-U+2069): invisible,
+# they make one name look like another, or two byte strings of one name. Other format
+# characters stay: ZWNJ and ZWJ (U+200C, U+200D) belong to correct spellings in Persian,
+# Indic scripts and emoji.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+class VoterIds(StrEnum):
+    """How a client election tells one voter id from another (the rule is pinned).
+
+    EXACT (elections created before 2026-12-06): as the client sent it, code point for
+    code point, so "José" in NFC and in NFD are two voters. NFC (every election created
+    since): normalised to Unicode NFC first, so they are one; and a voter id that starts
+    or ends with whitespace, or holds a bidi embedding, override or isolate control, is
+    refused rather than taken as another voter's.
+    """
+
+    EXACT = "exact"
+    NFC = "nfc"
+
+    def identity(self, voter_id: str) -> str:
+        """The text a voter's credential is derived from; InvalidBallot (field voter_id)
+        for a voter id this rule refuses."""
+        if self is VoterIds.EXACT:
+            return voter_id
+        normal = unicodedata.normalize("NFC", voter_id)
+        if normal != normal.strip():
+            raise InvalidBallot(
+                "voter_id starts or ends with whitespace: send the voter id without it "
+                '("ada", not "ada "); in this election voter ids are compared after '
+                "Unicode NFC normalisation, and surrounding spaces would name another voter",
+                field="voter_id",
+            )
+        found = _BIDI_CONTROLS.search(normal)
+        if found is not None:
+            raise InvalidBallot(
+                f"voter_id contains a bidirectional text control (U+{ord(found.group()):04X}) "
+                f"at index {found.start()}: remove it (embedding, override and isolate "
+                "controls, U+202A-U+202E and U+2066-U+2069, are invisible and would make "
+                "one voter id look like another)",
+                field="voter_id",
+            )
+        return normal
+
+
+VOTER_IDS = VoterIds.NFC  # of new elections; see ElectionRules.voter_ids
+
 
 class TieBreak(StrEnum):
     """What decides a tie for the win once the method's own published tie-breaks are spent.
@@ -138,6 +185,9 @@ class ElectionRules:
     # every option that wins for some choice of elimination is a winner. Edition 1: the
     # option declared last was eliminated, and the count went on.
     counting: int = 1
+    # How voter ids are compared (client elections), pinned so that no upgrade makes a
+    # voter who already cast a new voter: see VoterIds. Stored rules without it: EXACT.
+    voter_ids: VoterIds = VoterIds.EXACT
     # Derived once: validation and tabulation look these up for every ballot.
     option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
     option_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
@@ -227,6 +277,7 @@ class ElectionRules:
             public_results=public_results,
             seats=pinned_seats,
             counting=COUNTING_EDITION if chosen is Method.IRV else 1,
+            voter_ids=VOTER_IDS,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -249,6 +300,9 @@ class ElectionRules:
             pinned["seats"] = self.seats
         if self.counting != 1:
             pinned["counting"] = self.counting
+        if self.voter_ids is not VoterIds.EXACT:
+            # Rules stored before the field stay as they were, and compare exactly.
+            pinned["voter_ids"] = self.voter_ids.value
         return pinned
 
     @classmethod
@@ -274,6 +328,8 @@ class ElectionRules:
             seats=(int(data.get("seats") or 1) if data["method"] == Method.STV.value else None),
             # Rules stored before the editions were counted by the first.
             counting=int(data.get("counting", 1)),
+            # Rules stored before voter ids were normalised compared them exactly.
+            voter_ids=VoterIds(data.get("voter_ids", VoterIds.EXACT.value)),
         )
 
 

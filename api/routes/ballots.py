@@ -19,7 +19,7 @@ from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
 from domain.application import Receipt
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
-from domain.rules import Eligibility
+from domain.rules import ElectionRules, Eligibility
 from domain.voter import Voter
 from infra.batched_metrics import BatchedCounter
 from infra.metrics import BALLOTS_ACCEPTED, BALLOTS_REFUSED
@@ -55,9 +55,9 @@ ACCEPTED = {
 )
 async def cast(request: Request) -> Response:
     """Cast a ballot, or revise the voter's earlier one where the election allows it."""
-    election_id, voter_token = await _election_and_caller(request)
+    election_id, rules, voter_token = await _election_and_caller(request)
     body = await context.body(request, BallotIn)
-    voter = _voter(request, election_id, body.voter_id, voter_token)
+    voter = _voter(request, election_id, rules, body.voter_id, voter_token)
     app = context.services(request).app
     key = _request_key(request, voter)
     try:
@@ -91,7 +91,7 @@ async def cast_batch(request: Request) -> Response:
     """Cast up to 1,000 ballots of a client election at once, each with its own voter_id
     and optional idempotency_key; each is recorded or refused on its own, and the answer
     holds, in order, each one's receipt or problem."""
-    election_id, voter_token = await _election_and_caller(request)
+    election_id, rules, voter_token = await _election_and_caller(request)
     if voter_token is not None:
         raise Forbidden(
             "the bulk path is for API clients in client elections; a voter casts their own "
@@ -110,10 +110,10 @@ async def cast_batch(request: Request) -> Response:
                     "voter_id is required: in this election the API client names each voter",
                     field="voter_id",
                 )
+            voter = keys.for_voter_id(election_id, ballot.voter_id, rules.voter_ids)
         except (ValidationError, CardinalError) as refused:
             results[index] = _problem(refused, index)
             continue
-        voter = keys.for_voter_id(election_id, ballot.voter_id)
         key = None if ballot.idempotency_key is None else request_key(ballot.idempotency_key, voter)
         accepted.append((index, voter, ballot.content(), key))
     limited = await context.rate_limits(request).ballot(request, max(1, len(accepted)))
@@ -162,9 +162,9 @@ def _problem(error: Exception, index: int) -> dict[str, Any]:
 )
 async def withdraw(request: Request) -> Response:
     """Withdraw the voter's ballot (where the election allows changing a cast ballot)."""
-    election_id, voter_token = await _election_and_caller(request)
+    election_id, rules, voter_token = await _election_and_caller(request)
     body = await context.body(request, WithdrawalIn)
-    voter = _voter(request, election_id, body.voter_id, voter_token)
+    voter = _voter(request, election_id, rules, body.voter_id, voter_token)
     limited = await context.rate_limits(request).ballot(request)
     receipt = await context.services(request).app.withdraw_ballot(
         election_id, voter, _request_key(request, voter)
@@ -172,8 +172,9 @@ async def withdraw(request: Request) -> Response:
     return _answer(receipt, election_id, "withdrawn", limited)
 
 
-async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
-    """The election's id, and the caller's voter token where the election takes those."""
+async def _election_and_caller(request: Request) -> tuple[UUID, ElectionRules, str | None]:
+    """The election's id and rules, and the caller's voter token where the election takes
+    those."""
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
     services = context.services(request)
@@ -183,7 +184,7 @@ async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
         # not issued here learns nothing of the election (review helper-50).
         keys = services.voter_keys
         election.check_token_holder(keys.credential(election_id, principal.voter_token))
-        return election_id, principal.voter_token
+        return election_id, election.rules, principal.voter_token
     if election.rules.eligibility is Eligibility.TOKENS:
         raise Forbidden(
             "this election takes ballots only from voters holding a voter token: "
@@ -194,11 +195,15 @@ async def _election_and_caller(request: Request) -> tuple[UUID, str | None]:
             f"the {principal.role} role may not cast ballots in this election; it needs the "
             "client role"
         )
-    return election_id, None
+    return election_id, election.rules, None
 
 
 def _voter(
-    request: Request, election_id: UUID, voter_id: str | None, voter_token: str | None
+    request: Request,
+    election_id: UUID,
+    rules: ElectionRules,
+    voter_id: str | None,
+    voter_token: str | None,
 ) -> Voter:
     keys = context.services(request).voter_keys
     if voter_token is not None:
@@ -213,7 +218,7 @@ def _voter(
             "voter_id is required: in this election the API client names each voter",
             field="voter_id",
         )
-    return keys.for_voter_id(election_id, voter_id)
+    return keys.for_voter_id(election_id, voter_id, rules.voter_ids)
 
 
 def _request_key(request: Request, voter: Voter) -> str | None:

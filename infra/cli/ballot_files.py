@@ -26,6 +26,13 @@ the same token counts nothing twice, and neither does importing it corrected, co
 with more rows, or saved again with other line endings: an unchanged ballot is replayed, a
 corrected one revises its voter's (or is refused where revoting is off), a new one is cast.
 A CVR without voter ids must keep its records in order (append, do not reorder or delete).
+
+In an election whose voter ids are compared after Unicode NFC normalisation (``voter_ids``
+"nfc" in the election's rules: every election created since 2026-12-06), each voter id is
+normalised to NFC as it is read, before its key is made: the API takes "José" typed
+precomposed and with a combining accent as one voter, and so does the import (one key,
+one lane, one count of earlier ballots), whichever form the file, or a file saved again
+elsewhere, holds. In an older election ("exact"), voter ids are read as written.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import hashlib
 import hmac
 import io
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,16 +96,19 @@ def read_ballots(
     reading: Reading | None = None,
     source: str | None = None,
     token: str,
+    voter_ids: str = "exact",
 ) -> Iterator[FileBallot]:
     """The ballots in a JSONL or CSV file (by its suffix), in file order, keyed by
-    ``token`` (the client token they are sent with)."""
+    ``token`` (the client token they are sent with); ``voter_ids`` is the election's rule
+    for voter ids ("nfc": normalised to NFC as read)."""
     content = path.read_bytes()
     found = reading if reading is not None else Reading()
+    voters = _Voters(token, normalise=voter_ids == "nfc")
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        yield from _jsonl(content, _Voters(token))
+        yield from _jsonl(content, voters)
     else:
         text = _text(content)
-        yield from _csv(text, options, rules or MarkRules(), found, source, voters=_Voters(token))
+        yield from _csv(text, options, rules or MarkRules(), found, source, voters=voters)
 
 
 def ballot_key(body: dict[str, Any], earlier: int, token: str) -> str:
@@ -113,11 +124,19 @@ def ballot_key(body: dict[str, Any], earlier: int, token: str) -> str:
 class _Voters:
     """How many ballots of each voter a file has shown so far."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, normalise: bool = False) -> None:
         self.token = token
+        self.normalise = normalise  # the election's voter ids are NFC-normalised
         self.seen: Counter[str] = Counter()
 
+    def name(self, body: dict[str, Any]) -> None:
+        """In an "nfc" election, make the ballot's voter id NFC (in the body sent, too), so
+        that the two forms of one name are one voter here (its key, its lane) as there."""
+        if self.normalise and isinstance(body.get("voter_id"), str):
+            body["voter_id"] = unicodedata.normalize("NFC", body["voter_id"])
+
     def key(self, body: dict[str, Any]) -> str:
+        self.name(body)
         voter = str(body.get("voter_id"))
         earlier = self.seen[voter]
         self.seen[voter] += 1
@@ -147,6 +166,7 @@ def _jsonl(content: bytes, voters: _Voters) -> Iterator[FileBallot]:
         if not isinstance(body, dict):
             raise ValueError(f"line {number} is not a JSON object")
         given = body.pop("idempotency_key", None)
+        voters.name(body)
         yield FileBallot(number, body, voters.key(body) if given is None else str(given))
 
 

@@ -183,7 +183,8 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
         console.print(f"[red]the election cannot be read: {escape(_said(election))}[/]")
         return 1
     reading = Reading()
-    options = election.json()["options"]
+    document = election.json()
+    options = document["options"]
     try:
         ballots = list(
             read_ballots(
@@ -193,6 +194,8 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
                 reading=reading,
                 source=args.source,
                 token=args.token,
+                # The election's rule for voter ids (absent: exact, as older ones compare).
+                voter_ids=document.get("voter_ids", "exact"),
             )
         )
     except NeedsSource as error:

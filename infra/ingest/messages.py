@@ -232,7 +232,7 @@ def identify(item: Item, election: Election, keys: VoterKeys) -> None:
                     "voter_id is required: in this election the API client names each voter",
                     field="voter_id",
                 )
-            item.voter = keys.for_voter_id(election_id, ballot.voter_id)
+            item.voter = keys.for_voter_id(election_id, ballot.voter_id, election.rules.voter_ids)
     except CardinalError as error:
         item.refuse(error)
 

@@ -13,6 +13,7 @@ import hmac
 import secrets
 from uuid import UUID
 
+from domain.rules import VoterIds
 from domain.voter import Voter
 
 VOTER_TOKEN_PREFIX = "cvt_"  # noqa: S105 - a marker, not a secret
@@ -31,8 +32,11 @@ class VoterKeys:
         # Keyed once; each key below copies it (cheaper than keying HMAC twice a ballot).
         self._keyed = hmac.new(self._secret, digestmod=hashlib.sha256)
 
-    def for_voter_id(self, election_id: UUID, voter_id: str) -> Voter:
-        return self._voter(self.credential(election_id, voter_id, kind=b"voter-id"))
+    def for_voter_id(self, election_id: UUID, voter_id: str, rule: VoterIds) -> Voter:
+        """The voter a client election's voter id names, under the election's pinned rule
+        for voter ids (``ElectionRules.voter_ids``): InvalidBallot if the rule refuses it."""
+        identity = rule.identity(voter_id)
+        return self._voter(self.credential(election_id, identity, kind=b"voter-id"))
 
     def for_token(self, election_id: UUID, token: str) -> Voter:
         return self._voter(self.credential(election_id, token))

@@ -19,6 +19,8 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from domain.rules import ElectionRules
+from domain.voter import Voter
 from infra.audit import records
 from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
@@ -33,7 +35,9 @@ from infra.audit.sources import (
     verify_file,
 )
 from infra.audit.verifier import Discrepancy, Entry, UnknownElection
+from infra.store import open_application
 from infra.store.migrations import migrate
+from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.runtime import ProjectionRunner
 from tests.databases import SERVER_URL, create_database, drop_database
@@ -143,6 +147,44 @@ async def test_an_untouched_store_verifies_and_so_does_its_export(
     assert await export(store, exported, SIGNER) == report.entries
     from_file = verify_file(exported, election=None, validate=True)
     assert (from_file.entries, from_file.results) == (report.entries, report.results)
+
+
+async def test_elections_under_either_voter_id_rule_verify(store: str) -> None:
+    """The template's elections pin ``"voter_ids": "nfc"`` in their chained Created event;
+    one stored before the rule (no ``voter_ids``: exact comparison) replays just the same."""
+    created = ElectionRules.create(
+        options=[{"id": i, "label": i} for i in "ab"], method="plurality"
+    )
+    assert created.to_json()["voter_ids"] == "nfc"
+    stored = {k: v for k, v in created.to_json().items() if k != "voter_ids"}
+    app = open_application(store)
+    writer = GroupCommitWriter(app, store)
+    app.writer = writer
+    writer.start()
+    try:
+        election_id = (await app.create_election("Before", ElectionRules.from_json(stored))).id
+        await app.open_election(election_id)
+        for n, choice in enumerate("abba"):
+            await app.cast_ballot(election_id, Voter(f"e{n}", f"e{n}"), {"choice": choice}, None)
+        await app.close_election(election_id)
+    finally:
+        await writer.stop()
+        app.close()
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as conn:
+        sealer = Sealer(store, SIGNER, page_size=64)
+        assert await sealer.seal_pending(conn) > 0
+        await sealer.checkpoint_head(conn, "test")
+    await catch_up_every_projection(store)
+    report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert report.results == 3
+    with psycopg.connect(store) as conn:
+        rules = [
+            orjson.loads(bytes(row[0]))["rules"]
+            for row in conn.execute(
+                "SELECT state FROM cardinal_events WHERE topic LIKE '%Created'"
+            ).fetchall()
+        ]
+    assert sorted(r.get("voter_ids", "exact") for r in rules) == ["exact", "nfc", "nfc"]
 
 
 async def test_an_altered_payload_is_found_at_its_position(store: str) -> None:

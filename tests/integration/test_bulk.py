@@ -276,6 +276,39 @@ async def test_cardinal_import_refuses_a_name_that_matches_two_options(
     assert sorted(e["data"]["vote"]["ranking"] for e in events) == [["a", "b"], ["s2", "b"]]
 
 
+async def test_cardinal_import_takes_a_name_in_either_unicode_form_as_one_voter(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """The election compares voter ids after NFC normalisation, so the import keys them
+    so too: a file saved again where names are stored decomposed (NFD, as on macOS) is
+    the same ballots, replayed, not a second ballot of each voter or a 409 for it."""
+    election_id = await voting.open_election("plurality", allow_revote=False)
+    ballots = tmp_path / "ballots.jsonl"
+    command = (
+        "import",
+        str(ballots),
+        "--election",
+        election_id,
+        "--url",
+        api_url,
+        "--token",
+        CLIENT,
+    )
+    for attempt, name in enumerate(("Jos\u00e9", "Jose\u0301")):
+        ballots.write_text(
+            orjson.dumps({"voter_id": name, "choice": "a"}).decode() + "\n", encoding="utf-8"
+        )
+        code, said = await _cardinal(*command)
+        assert code == 0, said
+        assert ("replayed" in said) == (attempt == 1), said
+    events = [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+    assert len(events) == 1, events
+
+
 async def _cardinal(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,

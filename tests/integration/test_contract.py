@@ -129,8 +129,9 @@ async def test_served_elections_and_stv_results_have_only_the_fields_the_schema_
 ) -> None:
     """The schemas allow fields they do not list (a field added later breaks no client),
     so a served field the schema forgot went unnoticed: IRV elections' ``counting``, for
-    one. Closed (no unlisted property), the schemas must still take what is served; and
-    STV's votes, served as decimal texts with five places, are documented as such."""
+    one (and every new election's ``voter_ids``). Closed (no unlisted property), the
+    schemas must still take what is served; and STV's votes, served as decimal texts with
+    five places, are documented as such."""
     document = await _document(http)
     schemas = copy.deepcopy(document["components"]["schemas"])
     for schema in schemas.values():
@@ -153,6 +154,7 @@ async def test_served_elections_and_stv_results_have_only_the_fields_the_schema_
         "Results": [(await voting.results(stv, min_position=position)).json()],
     }
     assert served["Election"][0]["counting"] == 2
+    assert served["Election"][0]["voter_ids"] == "nfc"  # a rule pinned per election, too
     assert served["Results"][0]["stages"][1]["action"] == "exclusion"
     for name, answers in served.items():
         validator = OAS31Validator(

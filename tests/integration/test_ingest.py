@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from domain.ballot import ballot_id
 from domain.election import Election
+from domain.rules import VoterIds
 from domain.voter import Voter
 from infra.ingest.consumer import FAULT_ATTEMPTS, Ingester
 from infra.ingest.publisher import publish
@@ -62,7 +63,8 @@ class Ingest:
         """Each voter's ballot events in the log (1: cast once)."""
         keys = self.services.voter_keys
         ids = {
-            ballot_id(election_id, keys.for_voter_id(election_id, v).ballot_key): v for v in voters
+            ballot_id(election_id, keys.for_voter_id(election_id, v, VoterIds.NFC).ballot_key): v
+            for v in voters
         }
         assert self.settings.database_url is not None
         with psycopg.connect(self.settings.database_url) as conn:
@@ -173,7 +175,7 @@ async def test_a_message_id_republished_and_redelivered_is_counted_once(
     from infra.runtime.voters import request_key
 
     for voter in voters[:50]:
-        voter_keys = keys.for_voter_id(election_id, voter)
+        voter_keys = keys.for_voter_id(election_id, voter, VoterIds.NFC)
         await app.cast_ballot(
             election_id, voter_keys, {"choice": "yes"}, request_key(f"m-{voter}", voter_keys)
         )
@@ -272,6 +274,32 @@ async def test_poison_messages_are_refused_with_the_problem_and_not_redelivered(
     assert {reason: _refused(reason) - before[reason] for reason in reasons} == dict.fromkeys(
         reasons, 1
     )
+
+
+async def test_voter_ids_are_one_voter_in_either_unicode_form_and_refused_with_a_reason(
+    ingest: Ingest,
+) -> None:
+    """The consumer names voters as the HTTP path does: in an election pinned to NFC voter
+    ids, "José" precomposed and decomposed are one voter (the second a 409 where revoting
+    is off), and surrounding whitespace or a bidi control is refused (422, voter_id)."""
+    election_id = await ingest.election(allow_revote=False)
+    nfc, zwnj = "Jos\u00e9", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    await publish(AMQP_URL, ingest.queue, [("u-nfc", ballot(election_id, nfc))])
+    await ingest.until_counted(election_id, [nfc])
+    refusing = [
+        ("u-nfd", ballot(election_id, "Jose\u0301", "no")),
+        ("u-space", ballot(election_id, "ada ")),
+        ("u-bidi", ballot(election_id, "ada\u2067")),
+    ]
+    await publish(AMQP_URL, ingest.queue, [*refusing, ("u-zwnj", ballot(election_id, zwnj))])
+    refused = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 3)}
+    assert set(refused) == {key for key, _ in refusing}
+    assert refused["u-nfd"].headers["x-refusal-status"] == 409
+    assert refused["u-space"].headers["x-refusal-status"] == 422
+    assert "whitespace" in str(refused["u-space"].headers["x-refusal"])
+    assert refused["u-bidi"].headers["x-refusal-status"] == 422
+    assert "U+2067" in str(refused["u-bidi"].headers["x-refusal"])
+    assert await ingest.until_counted(election_id, [nfc, zwnj]) == {nfc: 1, zwnj: 1}
 
 
 async def test_a_ballot_meeting_an_unexpected_error_is_refused_after_a_few_tries(

@@ -183,3 +183,28 @@ def test_an_exact_id_wins_and_a_name_matching_two_options_is_ambiguous(tmp_path:
     assert reading.ambiguous == {"Smith": 2, "smith": 1, "A": 1}
     assert reading.matching == {"Smith": ("s1", "s2"), "smith": ("s1", "s2"), "A": ("a", "b")}
     assert not reading.unknown
+
+
+def test_voter_ids_are_read_as_nfc_where_the_election_compares_them_so(tmp_path: Path) -> None:
+    """One voter, written precomposed then decomposed: in an "nfc" election one voter
+    here too (one count of earlier ballots, one lane), and the same file saved in the
+    other form has the same keys; in an "exact" (older) election, read as written."""
+    nfc, nfd = "Jos\u00e9", "Jose\u0301"
+    lines = tmp_path / "ballots.jsonl"
+    lines.write_text(
+        f'{{"voter_id": "{nfc}", "choice": "frey"}}\n'
+        f'{{"voter_id": "{nfd}", "choice": "frey", "idempotency_key": "own"}}\n'
+        f'{{"voter_id": "{nfd}", "choice": "frey"}}\n',
+        encoding="utf-8",
+    )
+    read = list(read_ballots(lines, OPTIONS, token=TOKEN, voter_ids="nfc"))
+    assert [b.body["voter_id"] for b in read] == [nfc, nfc, nfc]
+    assert len({read[0].key, read[2].key}) == 2  # the voter's second keyed ballot
+    saved = tmp_path / "saved.jsonl"
+    saved.write_text(lines.read_text(encoding="utf-8").replace(nfc, nfd), encoding="utf-8")
+    again = list(read_ballots(saved, OPTIONS, token=TOKEN, voter_ids="nfc"))
+    assert [(b.body, b.key) for b in again] == [(b.body, b.key) for b in read]
+    exact = list(read_ballots(lines, OPTIONS, token=TOKEN))
+    assert [b.body["voter_id"] for b in exact] == [nfc, nfd, nfd]
+    assert exact[0].key == read[0].key  # an all-NFC file keys as it always did
+    assert exact[2].key != read[2].key

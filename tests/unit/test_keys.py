@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.ballot import ballot_id
+from domain.rules import VoterIds
 from infra.runtime.voters import VoterKeys
 
 
@@ -28,7 +29,9 @@ def test_voter_keys_are_the_documented_hmacs(secret: str, election_id: UUID, vot
         key, b"voter-id\x00" + election_id.bytes + voter.encode(), hashlib.sha256
     ).hexdigest()
     expected = hmac.new(key, b"ballot\x00" + credential.encode(), hashlib.sha256).hexdigest()
-    found = keys.for_voter_id(election_id, voter)
+    found = keys.for_voter_id(election_id, voter, VoterIds.EXACT)
     assert (found.credential, found.ballot_key) == (credential, expected)
-    again = keys.for_voter_id(election_id, voter)  # the keyed state is copied, not used up
+    again = keys.for_voter_id(
+        election_id, voter, VoterIds.EXACT
+    )  # the keyed state is copied, not used up
     assert again == found

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from domain.errors import InvalidElection, InvalidRequest
-from domain.rules import MAX_RANKING_KEY, ElectionRules, Method, TieBreak, validate_title
+from domain.rules import (
+    MAX_RANKING_KEY,
+    ElectionRules,
+    Method,
+    TieBreak,
+    VoterIds,
+    validate_title,
+)
 
 OPTIONS = [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]
 
@@ -140,3 +147,34 @@ def test_bad_seats_are_refused(method: str, seats: object, message: str) -> None
     with pytest.raises(InvalidElection, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
         ElectionRules.create(options=THREE, method=method, seats=seats)  # type: ignore[arg-type]
     assert e.value.field == "seats"
+
+
+def test_new_elections_pin_nfc_voter_ids_and_stored_rules_without_it_stay_exact() -> None:
+    """Rules stored before the field compare voter ids exactly, as they did when their
+    voters cast (normalising them now would make an NFD voter a new voter)."""
+    created = ElectionRules.create(options=OPTIONS, method="plurality")
+    assert created.voter_ids is VoterIds.NFC
+    assert created.to_json()["voter_ids"] == "nfc"
+    assert ElectionRules.from_json(created.to_json()) == created
+    stored = {k: v for k, v in created.to_json().items() if k != "voter_ids"}
+    earlier = ElectionRules.from_json(stored)
+    assert earlier.voter_ids is VoterIds.EXACT
+    assert earlier.to_json() == stored  # and stored again as it was
+    assert earlier.voter_ids.identity("Jose\u0301") == "Jose\u0301"
+    assert earlier.voter_ids.identity("ada ") == "ada "
+
+
+def test_nfc_voter_ids_are_normalised_and_refused_with_a_reason() -> None:
+    rule = VoterIds.NFC
+    assert rule.identity("Jose\u0301") == rule.identity("Jos\u00e9") == "Jos\u00e9"
+    assert rule.identity("\u1100\u1161") == "\uac00"  # Hangul jamo compose, too
+    for kept in ("a\u200cb", "a\u200db", "\u200e\u05d0", "ada lovelace"):
+        assert rule.identity(kept) == kept  # other format characters are spellings
+    for spaced in ("ada ", " ada", "ada\t", "\u00a0ada", "ada\u3000", " "):
+        with pytest.raises(InvalidRequest, match="starts or ends with whitespace") as found:
+            rule.identity(spaced)
+        assert found.value.field == "voter_id"
+    for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)):
+        with pytest.raises(InvalidRequest, match=f"U\\+{code:04X}") as found:
+            rule.identity(f"a{chr(code)}b")
+        assert found.value.field == "voter_id"
