@@ -21,6 +21,7 @@ from infra.broker.monitor import BrokerMonitor
 from infra.broker.relay import Relay
 from infra.broker.topology import Topology
 from infra.metrics import serve_worker_metrics
+from infra.runtime.lifecycle import check_port_free
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 from infra.store import open_application
@@ -97,6 +98,10 @@ async def running_workers(
     With ``metrics_port`` (a process without the API), serve Prometheus metrics there.
     """
     url = _database_url(settings)
+    if metrics_port:
+        # Taken (say, by `cardinal serve` beside this process, with its .cardinal/env
+        # sourced), the metrics task would crash and restart forever: say so, and stop.
+        check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
     topology = Topology(settings.namespace)
     workers = Workers()
     # No connection check on lending here: workers retry a failed page from the top, and a

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from infra.cli import main
+from tests.databases import create_database, drop_database
+
+ROOT = Path(__file__).resolve().parents[2]
 
 COMMANDS = [
     ["serve"],
@@ -84,6 +90,31 @@ def test_serve_refuses_to_start_when_the_metrics_port_is_taken(
         metrics_port = taken.getsockname()[1]
     captured = capsys.readouterr()
     said = " ".join((captured.out + captured.err).split())
+    assert f"port {metrics_port} on 127.0.0.1 is already in use" in said
+    assert "choose another METRICS_PORT" in said
+
+
+def test_a_worker_refuses_to_start_when_the_metrics_port_is_taken() -> None:
+    """`cardinal project` beside `make run`, with .cardinal/env sourced (serve's
+    METRICS_PORT): its metrics task crashed and restarted forever (newcomer review
+    helper-74). It is refused at once, naming the setting."""
+    url = create_database()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            env = {k: v for k, v in os.environ.items() if k != "AMQP_URL"}
+            env |= {"METRICS_PORT": str(taken.getsockname()[1]), "DATABASE_URL": url}
+            command = [sys.executable, "-m", "infra.cli", "project", "catalog"]
+            # (the code before ran on, its metrics task restarting: the timeout fails it)
+            done = subprocess.run(
+                command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+            )
+            metrics_port = taken.getsockname()[1]
+    finally:
+        drop_database(url)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, said
     assert f"port {metrics_port} on 127.0.0.1 is already in use" in said
     assert "choose another METRICS_PORT" in said
 
