@@ -404,8 +404,9 @@ def _final(document: dict[str, Any]) -> str:
         "verify</h3><p>The audit log was sealed at position "
         f"{head['position']} with chain head <code>{e(head['hash'])}</code>, signed by key "
         f"<code>{e(head['key_id'])}</code> (checkpoint {head['checkpoint_id']}). Check it "
-        "with <code>cardinal audit verify</code> against <code>GET /api/audit/events</code> "
-        "and <code>GET /api/audit/public-key</code>.</p></section>"
+        "with <code>cardinal audit verify --file</code> on the operator's export "
+        "(<code>cardinal audit export</code>) and the key from "
+        "<code>GET /api/audit/public-key</code>.</p></section>"
     )
 
 
