@@ -244,7 +244,11 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     unsent = len(ballots) - sum(outcomes.tally.values())
     if stopped or unsent or outcomes.passing:
         said = f"stopped: {escape(stopped[0])}; " if stopped else ""
-        said += f"{unsent:,} ballots were not sent"
+        said += (
+            f"{unsent:,} ballot was not sent"
+            if unsent == 1
+            else f"{unsent:,} ballots were not sent"
+        )
         if outcomes.withheld:
             said += (
                 f" ({outcomes.withheld:,} of them held back behind an earlier line of their "
@@ -550,4 +554,4 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
         table.add_row(f"[dim]marks: {mark}[/]", f"{count:,}")
     console.print(table)
     rate = total / seconds if seconds else 0.0
-    console.print(f"{total:,} ballots in {seconds:.1f} s ({rate:,.0f} ballots/s)")
+    console.print(f"{total:,} ballots read and answered in {seconds:.1f} s ({rate:,.0f} ballots/s)")

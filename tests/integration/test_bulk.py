@@ -659,7 +659,7 @@ async def test_cardinal_import_sends_no_later_ballot_of_a_voter_whose_earlier_on
     assert faults == 1
     assert "line 1: 500:" in flat
     assert "line 3" not in flat
-    assert "1 ballots were not sent" in flat
+    assert "1 ballot was not sent" in flat
     assert "Run the same import again with the same token" in flat
     code, said = await _cardinal(*command, "--token", CLIENT)
     assert code == 0, said
@@ -692,7 +692,7 @@ async def test_cardinal_import_sends_no_later_ballot_after_a_request_failed(
     flat = " ".join(said.split())
     assert code == 1, said
     assert f"line 1: {answer[:3].decode()}:" in flat
-    assert "1 ballots were not sent" in flat
+    assert "1 ballot was not sent" in flat
     code, said = await _cardinal(*command, "--url", api_url)
     assert code == 0, said
     assert await _votes(voting, election_id) == {"a": 0, "b": 1, "c": 0}
