@@ -15,6 +15,7 @@ from api.auth import Authenticator
 from api.edge import running_edge
 from api.middleware import RequestGuard
 from api.problems import HANDLERS
+from api.ratelimit import quota_address
 from api.routes import (
     admin,
     audit,
@@ -29,7 +30,7 @@ from api.routes import (
     streams,
 )
 from api.schemas import BATCH_BODY_BYTES
-from api.streams import StreamHub
+from api.streams import StreamHub, StreamSlots
 from infra import batched_metrics
 from infra.audit.chain import Signer
 from infra.ingest.service import consume_forever, ingester
@@ -59,7 +60,12 @@ def create_app(
         ):
             app.state.services = services
             app.state.edge = edge
-            app.state.streams = StreamHub(_tally_moved(services.positions))
+            # Open streams per client address as the rate limits count one (per process).
+            proxies = edge.limits.proxies
+            slots = StreamSlots(
+                settings.streams_per_client, lambda scope: quota_address(proxies.client(scope))
+            )
+            app.state.streams = StreamHub(_tally_moved(services.positions), slots)
             consuming = None
             if ingest and settings.amqp_url is not None:
                 consumer = ingester(settings, services.app, services.voter_keys)

@@ -10,6 +10,12 @@ out real clients). Here:
   connection opening or of the request's first byte, else 408 and the connection closes;
 - the body must arrive within ``body_timeout`` of the head, else 408;
 - a head over ``max_head_bytes`` is refused with 431;
+- past ``limit_concurrency``, the connections that opened last are refused (503), not every
+  one: uvicorn compares the connections open when a request's head is in with the limit,
+  so a burst past it (2,100 connections opened at once, before any had sent its request)
+  had every request refused, the first 2,000 included. Here the first ``limit``
+  connections to open are admitted, and one that was not takes a slot freed meanwhile when
+  its request comes, or is refused;
 - a connection serves at most ``max_requests`` requests; the last answer says
   ``Connection: close``. SO_REUSEPORT spreads connections over the API processes as they
   are opened, and a keep-alive connection stays where it landed: after one process restarts,
@@ -38,7 +44,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
 from api.middleware import security_headers
-from api.streams import CLOSING, HANGUP
+from api.streams import CLOSING, CONNECTIONS, HANGUP
 from infra.runtime.settings import Settings
 
 HEAD_TIMEOUT = 10.0
@@ -99,11 +105,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _lingering: asyncio.TimerHandle | None = None
     _head_too_large = False
     _requests = 0
+    _admitted: set[GuardedHttpToolsProtocol] | None = None  # the server's admitted connections
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm(self.head_timeout, "head")  # a connection that never sends a byte
-        _sweeper(self).watch()
+        sweeper = _sweeper(self)
+        sweeper.watch()
+        self._admitted = sweeper.admitted
+        limit = self.config.limit_concurrency
+        if limit is None or len(self._admitted) < limit:
+            self._admitted.add(self)
         # uvicorn writes a response's head and body with a send() each. Under Nagle the body
         # waits for the client's delayed ACK of the head: 40 ms per answer. uvloop disables
         # Nagle itself; asyncio's loop only for sockets whose proto says TCP, which a socket
@@ -115,6 +127,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline_at = 0.0
+        if self._admitted is not None:
+            self._admitted.discard(self)
         if self._lingering is not None:
             self._lingering.cancel()
         super().connection_lost(exc)
@@ -158,8 +172,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_at = self.loop.time() + self.body_timeout
         self._deadline_part = "body"
         answering = self.cycle
+        limit = self.config.limit_concurrency
+        if limit is not None and self._admitted is not None:
+            # uvicorn refuses where its limit_concurrency is not None and its connections
+            # or tasks reach it: this connection's own admission decides instead (a limit
+            # of 0 refuses, None serves).
+            admitted = self._admitted
+            if self not in admitted and len(admitted) < limit:
+                admitted.add(self)
+            served = self in admitted and len(self.tasks) < limit
+            self.limit_concurrency = None if served else 0
         super().on_headers_complete()
         self._requests += 1
+        # How many connections the server holds: streams take at most a share (api/streams.py).
+        cast(dict[str, Any], self.scope)[CONNECTIONS] = limit
         # An event stream that a client stops reading is aborted (api/streams.py).
         cast(dict[str, Any], self.scope)[HANGUP] = self.transport.abort
         cast(dict[str, Any], self.scope)[SECURITY] = self.security  # a 503 past the limit
@@ -309,11 +335,13 @@ def _end_stream(scope: Any) -> None:
 
 class _Sweeper:
     """Checks a server's connections against their deadlines, a few times per deadline
-    (so one fires at most an eighth of the shortest deadline late), while any are open."""
+    (so one fires at most an eighth of the shortest deadline late), while any are open;
+    and keeps the server's admitted connections (at most ``limit_concurrency``)."""
 
     def __init__(self, protocol: GuardedHttpToolsProtocol) -> None:
         self.loop = protocol.loop
         self.connections = protocol.connections
+        self.admitted: set[GuardedHttpToolsProtocol] = set()
         self.interval = min(protocol.head_timeout, protocol.body_timeout) / 8
         self._timer: asyncio.TimerHandle | None = None
 

@@ -13,6 +13,12 @@ A stream ends when the client leaves, when a send does not complete within
 ``SEND_TIMEOUT`` (the connection is aborted), or when the server shuts down: uvicorn waits
 for open responses before it stops, so the HTTP protocol (``api.protocol``) sets the
 scope's ``cardinal.closing`` event on shutdown.
+
+Streams last, and each holds a connection: ``StreamSlots`` caps them, per process. A client
+address (as the rate limits resolve it: through the trusted proxies, an IPv6 address as its
+/64) may hold ``STREAMS_PER_CLIENT`` of them (429 past it), and the process's streams
+together at most ``STREAM_SHARE`` of its connection limit (503 for a new stream past it):
+the rest stay for health checks, ballots and reads, whatever the streams do.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from api.problems import QUOTA_EXCEEDED
+from api.responses import ProblemResponse, problem
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 15.0
@@ -36,6 +45,10 @@ COALESCE = 4.0  # hub publications per second at most
 IDLE_REFRESH = 2.0  # views are rebuilt at least this often (status changes, closes)
 CLOSING = "cardinal.closing"
 HANGUP = "cardinal.hangup"
+# Where the HTTP protocol puts, in a request's scope, the connections its server may hold.
+CONNECTIONS = "cardinal.connections"
+STREAM_SHARE = 0.8  # of those connections, the most that streams may hold together
+REFUSED_RETRY = 10  # Retry-After of a stream refused: one ends when a reader leaves
 
 Build = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
@@ -66,13 +79,70 @@ class View:
     waiting: int = 0  # subscribers waiting for it
 
 
+class StreamSlots:
+    """The process's open streams, counted per client address and in all.
+
+    A slot is taken before anything is awaited and given back when its stream ends, however
+    it ends (the client gone, a failed first build, the server stopping): a count is never
+    left behind, so the addresses' table holds only clients with a stream open."""
+
+    def __init__(self, per_client: int | None, address: Callable[[Scope], str]) -> None:
+        self.per_client = per_client
+        self.address = address
+        self.open: dict[str, int] = {}
+        self.total = 0
+
+    def take(self, scope: Scope) -> str | ProblemResponse:
+        """A slot for this request's stream (the key to give it back with), or the refusal."""
+        key = self.address(scope)
+        held = self.open.get(key, 0)
+        if self.per_client is not None and held >= self.per_client:
+            policy: dict[str, Any] = {"violated-policies": ["streams-per-client"]}
+            return problem(
+                429,
+                "Too many streams",
+                f"this client address already holds {held} results streams open on this "
+                f"server process, as many as it may (STREAMS_PER_CLIENT={self.per_client}): "
+                "close one (each open results page holds one), or read the results with "
+                "GET instead",
+                headers={"Retry-After": str(REFUSED_RETRY)},
+                type=QUOTA_EXCEEDED,
+                **policy,
+            )
+        limit = scope.get(CONNECTIONS)
+        if isinstance(limit, int) and self.total >= int(limit * STREAM_SHARE):
+            return problem(
+                503,
+                "Busy",
+                f"this server process's streams hold {self.total} connections, as many as "
+                "streams may (the rest stay for other requests); retry in a while, or read "
+                "the results with GET instead",
+                headers={"Retry-After": str(REFUSED_RETRY)},
+            )
+        self.open[key] = held + 1
+        self.total += 1
+        return key
+
+    def give_back(self, key: str) -> None:
+        held = self.open.pop(key, 0) - 1
+        if held > 0:
+            self.open[key] = held
+        self.total -= 1
+
+
 class StreamHub:
     """The process's streams, grouped by view; one task rebuilds the watched views."""
 
-    def __init__(self, wait_for_change: Callable[[int, float], Awaitable[int]]) -> None:
+    def __init__(
+        self,
+        wait_for_change: Callable[[int, float], Awaitable[int]],
+        slots: StreamSlots | None = None,
+    ) -> None:
         """``wait_for_change(seen, patience)``: the tally's position once past ``seen`` (at
-        once if it is already), or after ``patience`` seconds."""
+        once if it is already), or after ``patience`` seconds. ``slots``: the caps on open
+        streams (by default, none per client, and the share of the server's connections)."""
         self._wait = wait_for_change
+        self.slots = slots or StreamSlots(None, lambda scope: "")
         self.views: dict[Hashable, View] = {}
         self.sent = 0  # events handed to subscribers (for the viewers benchmark and tests)
         self._task: asyncio.Task[None] | None = None
@@ -182,6 +252,18 @@ class EventStream:
             await send(start)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
+        slot = self.hub.slots.take(scope)
+        if not isinstance(slot, str):
+            await slot(scope, receive, send)
+            return
+        try:
+            await self._stream(scope, receive, send, start)
+        finally:
+            self.hub.slots.give_back(slot)
+
+    async def _stream(
+        self, scope: Scope, receive: Receive, send: Send, start: dict[str, Any]
+    ) -> None:
         closing = scope.setdefault(CLOSING, asyncio.Event())
         subscriber, current = await self.hub.subscribe(self.key, self.build)
         gone = asyncio.create_task(_disconnected(receive))

@@ -128,7 +128,12 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         commands=SERVE,
         amqp_url=None if args.no_broker else args.amqp_url,
         prefix="viewers",
-        env={"LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": str(args.api_processes)},
+        # Every viewer comes from 127.0.0.1: one client address, as far as the API can tell.
+        env={
+            "LOG_LEVEL": "WARNING",
+            "WEB_CONCURRENCY": str(args.api_processes),
+            "STREAMS_PER_CLIENT": str(max(1, args.viewers)),
+        },
     ) as stack:
         election_id = await _election(stack)
         before = _api_rss(stack)

@@ -59,6 +59,9 @@ class Settings:
     ingest_queue: str | None = None
     ingest_prefetch: int = 1000
     ingest_batch: int = 5000
+    # Results streams (Server-Sent Events) one client address may hold open per API process:
+    # a dashboard wall's dozen screens fit; one host cannot take a process's connections.
+    streams_per_client: int = 32
 
     @property
     def ingest_queue_name(self) -> str:
@@ -94,6 +97,7 @@ class Settings:
             "FORWARDED_ALLOW_IPS": ",".join(self.forwarded_allow_ips),
             "INGEST_PREFETCH": str(self.ingest_prefetch),
             "INGEST_BATCH": str(self.ingest_batch),
+            "STREAMS_PER_CLIENT": str(self.streams_per_client),
         }
         for role in ROLES:
             env[f"CARDINAL_{role.upper()}_TOKEN"] = ",".join(self.tokens_for(role))
@@ -154,6 +158,7 @@ class Settings:
             ingest_queue=env.get("INGEST_QUEUE") or None,
             ingest_prefetch=_int(env, "INGEST_PREFETCH", cls.ingest_prefetch, minimum=1),
             ingest_batch=_int(env, "INGEST_BATCH", cls.ingest_batch, minimum=1),
+            streams_per_client=_int(env, "STREAMS_PER_CLIENT", cls.streams_per_client, minimum=1),
         )
         settings.check(service=service)
         return settings

@@ -383,6 +383,34 @@ async def test_past_the_connection_limit_the_answer_is_a_problem_with_retry_afte
             idle.close()
 
 
+async def test_a_burst_past_the_connection_limit_serves_the_first_connections(
+    database_url: str,
+) -> None:
+    """uvicorn compared the connections open when a request's head was in with the limit:
+    2,100 connections opened at once (before any had sent its request) had every request
+    refused, the first 2,000 included. The first connections to open are served; those past
+    the limit are refused, until one of the first closes and leaves its slot."""
+    limit = 3
+    async with running_api(
+        settings_for(database_url), projections=(), limit_concurrency=limit
+    ) as url:
+        port = int(url.rsplit(":", 1)[1])
+        burst = [await asyncio.open_connection("127.0.0.1", port) for _ in range(limit + 2)]
+        await asyncio.sleep(0.3)  # every one accepted by the server before any request
+        for _, writer in burst:
+            writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = [await _answer(reader) for reader, _ in burst]
+        statuses = [answer[:12] for answer in answers]
+        assert statuses == [b"http/1.1 200"] * limit + [b"http/1.1 503"] * 2, answers
+        burst[0][1].close()  # a first connection leaves: its slot is free for a newcomer
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await _answer(reader)).startswith(b"http/1.1 200 ")
+        for _, idle in [*burst, (reader, writer)]:
+            idle.close()
+
+
 async def test_a_body_sent_after_its_answer_does_not_keep_the_connection_open(port: int) -> None:
     """An answer given before the body (a 404 here) completes the response; the body's
     bytes then cancel uvicorn's keep-alive timer: the next head's deadline still holds."""

@@ -18,8 +18,17 @@ import uvicorn
 from api import streams
 from api.app import create_app
 from api.protocol import server_config
-from tests.integration.client import VotingClient, bearer
-from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
+from api.server import DrainingServer
+from infra.runtime.settings import Settings
+from tests.integration.client import VotingClient, assert_problem, bearer
+from tests.servers import (
+    ADMIN,
+    AUDITOR,
+    CLIENT,
+    _read_models_exposed,
+    running_api,
+    settings_for,
+)
 
 WAIT = 20.0  # generous: the machine is shared
 
@@ -342,3 +351,175 @@ async def _to_the_end(events: Events) -> None:
     """Events, perhaps, then the end of the stream (not WAIT's TimeoutError)."""
     while True:
         await events.next()
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, **config: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, streams.StreamHub]]:
+    """The API with the tally (as running_api serves it), a client, and the process's hub."""
+    app = create_app(settings, projections=("tally",))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = DrainingServer(server_config(settings, app, log_level="warning", **config))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        await _read_models_exposed(settings.database_url or "", ("tally",), task)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT) as http:
+            yield http, app.state.streams
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def _from(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+async def _refused(
+    http: httpx.AsyncClient, path: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """The answer to a stream asked for that must be refused (a stream served fails)."""
+    async with http.stream("GET", path, headers=headers or {}, timeout=WAIT) as response:
+        assert response.status_code != 200, "the stream was served"
+        await response.aread()
+    return response
+
+
+@asynccontextmanager
+async def _until_served(
+    http: httpx.AsyncClient, path: str, headers: dict[str, str]
+) -> AsyncIterator[Events]:
+    """A stream, once the server has noticed that one closed before it has (it learns of a
+    client's close a moment later): refused with 429 until then."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        request = http.build_request("GET", path, headers=headers, timeout=WAIT)
+        response = await http.send(request, stream=True)
+        if response.status_code == 200:
+            try:
+                yield Events(response)
+            finally:
+                await response.aclose()
+            return
+        assert response.status_code == 429, await response.aread()
+        await response.aclose()
+        assert time.monotonic() < deadline, "a closed stream's slot was never given back"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_client_past_its_stream_cap_is_refused_while_others_are_served(
+    database_url: str,
+) -> None:
+    """One address could open streams until the process held as many connections as it
+    may (2,000), and then nobody else was answered (review: streams DoS). Streams are now
+    counted per client address, as the rate limits resolve it (through trusted proxies,
+    an IPv6 address as its /64), over both stream endpoints, and given back on close."""
+    settings = settings_for(database_url, streams_per_client=2, forwarded_allow_ips=("127.0.0.1",))
+    async with serving(settings) as (http, hub):
+        voting = VotingClient(http)
+        election_id = await voting.open_election("plurality", public_results=True)
+        path = f"/api/elections/{election_id}/results/stream"
+        one, other = _from("203.0.113.7"), _from("198.51.100.9")
+        async with contextlib.AsyncExitStack() as held:
+            first = await held.enter_async_context(stream(http, path, one))
+            await first.next()
+            second = await held.enter_async_context(stream(http, "/api/elections/stream", one))
+            await second.next()
+            for refused_path in (path, "/api/elections/stream"):
+                refused = await _refused(http, refused_path, one)
+                problem = assert_problem(refused, 429, "STREAMS_PER_CLIENT=2")
+                assert "close one" in problem["detail"]
+                assert problem["violated-policies"] == ["streams-per-client"]
+                assert refused.headers["retry-after"] == str(streams.REFUSED_RETRY)
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.headers["x-content-type-options"] == "nosniff"
+            async with stream(http, path, other) as theirs:  # another client: served
+                await theirs.next()
+            # An IPv6 client is its /64: a new address of the same network is no new quota.
+            v6 = await held.enter_async_context(stream(http, path, _from("2001:db8:1:2::1")))
+            await v6.next()
+            await held.enter_async_context(stream(http, path, _from("2001:db8:1:2::2")))
+            again = await _refused(http, path, _from("2001:db8:1:2:ffff::3"))
+            assert again.status_code == 429
+            assert hub.slots.total == 4
+        # Every stream closed: their slots come back, and the client is served again.
+        async with contextlib.AsyncExitStack() as held:
+            readers = []  # (kept: a reader let go of closes its stream)
+            for _ in range(2):
+                readers.append(await held.enter_async_context(_until_served(http, path, one)))
+                await readers[-1].next()
+            assert (await _refused(http, path, one)).status_code == 429
+        deadline = time.monotonic() + WAIT
+        while hub.slots.total or hub.slots.open:
+            assert time.monotonic() < deadline, (hub.slots.total, hub.slots.open)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_client_that_vanishes_gives_its_streams_back(database_url: str) -> None:
+    """A reader whose socket just closes (a tab killed, a network gone) frees its slot."""
+    settings = settings_for(database_url, streams_per_client=1)
+    async with serving(settings) as (http, hub):
+        voting = VotingClient(http)
+        election_id = await voting.open_election("plurality", public_results=True)
+        port = int(str(http.base_url).rsplit(":", 1)[1].rstrip("/"))
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /api/elections/{election_id}/results/stream HTTP/1.1\r\n"
+                "Host: x\r\n\r\n".encode()
+            )
+            await asyncio.wait_for(reader.readuntil(b"event: results"), WAIT)
+            assert hub.slots.total == 1
+            writer.transport.abort()  # no FIN handshake, no more reads: gone
+            deadline = time.monotonic() + WAIT
+            while hub.slots.total:
+                assert time.monotonic() < deadline, "the vanished reader's slot is held"
+                await asyncio.sleep(0.05)
+        assert hub.slots.open == {}
+
+
+async def test_streams_leave_connections_for_health_checks_and_ballots(
+    database_url: str,
+) -> None:
+    """Streams together take at most STREAM_SHARE of a process's connections: past it a new
+    stream is 503, and health checks, reads and ballots are still answered."""
+    settings = settings_for(database_url, streams_per_client=100)
+    limit, share = 20, 16  # streams.STREAM_SHARE (80%) of the connections
+    async with serving(settings, limit_concurrency=limit) as (http, hub):
+        voting = VotingClient(http)
+        election_id = await voting.open_election(
+            "plurality", public_results=True, live_results_step=1
+        )
+        path = f"/api/elections/{election_id}/results/stream"
+        async with (
+            httpx.AsyncClient(base_url=http.base_url, timeout=WAIT) as viewers,
+            contextlib.AsyncExitStack() as held,
+        ):
+            readers = []  # (kept: a reader let go of closes its stream)
+            for _ in range(share):
+                readers.append(await held.enter_async_context(stream(viewers, path)))
+                await readers[-1].next()
+            refused = await _refused(viewers, path)
+            problem = assert_problem(refused, 503, "as many as streams may")
+            assert problem["title"] == "Busy"
+            assert refused.headers["retry-after"] == str(streams.REFUSED_RETRY)
+            assert hub.slots.total == share
+            async with httpx.AsyncClient(base_url=http.base_url, timeout=WAIT) as someone:
+                assert (await someone.get("/api/health")).status_code == 200
+                results = await someone.get(f"/api/elections/{election_id}/results")
+                assert results.status_code == 200
+            cast = await voting.cast(election_id, {"choice": "a"}, "v1")
+            assert cast.status_code == 201, cast.text
+        # The streams closed: a new one is served again.
+        deadline = time.monotonic() + WAIT
+        while hub.slots.total:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        async with stream(http, path) as events:
+            await events.next()
