@@ -417,9 +417,10 @@ async def _stepped_at(
     set_aside: int,
     key: tuple[object, ...],
 ) -> dict[str, Any]:
-    """A stepped reader's document: the publication at ``published`` (recounted as of that
-    position if no replay kept it), with the status and the entries set aside at the
-    position asked for (which the step index gives)."""
+    """The document of a reader other than an auditor: the publication at ``published``
+    (with steps of one, the election's last counted entry; recounted as of that position
+    if no replay kept it), with the status and the entries set aside at the position asked
+    for (which the step index gives)."""
     cache = services.travel_cache
     document: dict[str, Any] | None = cache.get(key)
     if document is not None:
