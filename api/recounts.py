@@ -3,7 +3,8 @@
 A recount is CPU work as long as the election (decoding and counting every ballot entry,
 then a ranked method's tabulation): it runs in a worker thread, page by page as the log is
 read, so that the API's event loop keeps answering meanwhile. One runs at a time per
-process (``run_shared``), and identical requests share the one already running.
+process and turn (``run_shared``: readers with a role have a turn of their own), and
+identical requests share the one already running.
 
 A replay also notes, for every position it passed, what a reader of stepped results saw
 there (``StepIndex``): the last publication, the election's status and its entries set
@@ -28,7 +29,7 @@ from domain.election import ElectionStatus
 from domain.errors import NotFound
 from domain.recount import Recount
 from domain.rules import ElectionRules
-from infra.audit.records import Entry, election_entries
+from infra.audit.records import Entry, election_entries, election_page
 from infra.runtime.bootstrap import Services
 from infra.store import EVENTS_TABLE
 from projections.queries import TallySnapshot
@@ -51,6 +52,24 @@ async def closed_at(conn: AsyncConnection[Any], election_id: UUID) -> int | None
     cursor = await conn.execute(CLOSED_AT, (election_id,))
     row = await cursor.fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+CREATED_AT = f"""
+SELECT min(notification_id) FROM {EVENTS_TABLE} WHERE originator_id = %s
+"""
+
+
+async def created_at(conn: AsyncConnection[Any], election_id: UUID) -> int | None:
+    """The position of the election's creation in the log (None: not in the log)."""
+    cursor = await conn.execute(CREATED_AT, (election_id,))
+    row = await cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def untouched(conn: AsyncConnection[Any], election_id: UUID, after: int, upto: int) -> bool:
+    """Whether the log holds no entry of the election after ``after`` up to ``upto``: then
+    what its readers saw at ``after`` they saw up to ``upto`` (one read, not a replay)."""
+    return not await election_page(conn, election_id, after, 1, upto)
 
 
 def not_yet(election_id: UUID, at: int) -> NotFound:
@@ -85,6 +104,10 @@ class StepIndex:
         opened = self.opened_at is not None and self.opened_at <= at
         status = ElectionStatus.OPEN if opened else ElectionStatus.DRAFT
         return published, status, bisect.bisect_right(self.set_aside, at)
+
+    def size(self) -> int:
+        """About the bytes it takes (a step of one publishes at every ballot entry)."""
+        return 300 + 40 * (len(self.publications) + len(self.set_aside))
 
 
 @dataclass(frozen=True)
@@ -193,11 +216,17 @@ async def replay(services: Services, election_id: UUID, target: int, reach: int)
     return await asyncio.to_thread(state.finish, reach)
 
 
-async def run_shared(services: Services, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
+async def run_shared(
+    services: Services, key: Hashable, work: Callable[[], Awaitable[T]], *, role: bool
+) -> T:
     """``work`` (a recount, and the document counted from it), run as one task shared by
-    every identical request (same ``key``) while it runs, and one at a time per process:
-    one that waits RECOUNT_WAIT seconds for its turn is a 503 with Retry-After. A caller
-    that goes away leaves the task running for the others (and the cache)."""
+    every identical request (same ``key``) while it runs, and one at a time per process
+    and turn: one that waits RECOUNT_WAIT seconds for its turn is a 503 with Retry-After.
+    Readers with a ``role`` take turns of their own: anonymous readers of a public election
+    (``?at=`` the head after each ballot) could otherwise hold the only one, and an auditor
+    got 503s. A caller that goes away leaves the task running for the others (and the
+    cache)."""
+    turn = services.recounting_for_roles if role else services.recounting
     return await turns.run_shared(
-        services.recounts, key, work, turn=services.recounting, wait=RECOUNT_WAIT, busy=BUSY
+        services.recounts, (role, key), work, turn=turn, wait=RECOUNT_WAIT, busy=BUSY
     )

@@ -14,6 +14,7 @@ SELECT
     e.rules,
     e.closed_at,
     (SELECT count(*) FROM read_models.tally_late_ballots WHERE election_id = %(id)s),
+    (SELECT max(position) FROM read_models.tally_late_ballots WHERE election_id = %(id)s),
     (SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb)
        FROM read_models.tally_counters WHERE election_id = %(id)s),
     v.version,
@@ -45,6 +46,7 @@ class TallySnapshot:
     published_counters: dict[str, int] | None = None  # None: nothing published yet
     set_aside: int = 0  # this election's entries the tally could not apply
     set_aside_unattributed: int = 0  # entries set aside that name no election legibly
+    last_late: int | None = None  # the position of its last late ballot (None: none)
 
 
 async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> TallySnapshot:
@@ -57,6 +59,7 @@ async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> Tally
         rules,
         closed_at,
         late,
+        last_late,
         counters,
         version,
         entries,
@@ -77,4 +80,5 @@ async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> Tally
         published_counters,
         int(set_aside),
         int(unattributed),
+        None if last_late is None else int(last_late),
     )

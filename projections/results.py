@@ -4,6 +4,12 @@
 when it counts in steps of one, see the statistics as the tally holds them now. Everyone
 else, while it is open, sees them as last published (``domain.publication``): the document
 then says ``stepped`` and reflects the position of that publication.
+
+A document's ``position`` is, for auditors, the tally's: how far the log has been counted,
+every election's entries included (they read the whole log anyway). For every other reader
+it is where what they see last changed (``visible_position``): the log's position moves
+with every ballot in every election, private ones too, and a reader of one election's
+results must not be able to time another's ballots by it.
 """
 
 from __future__ import annotations
@@ -57,12 +63,11 @@ def results_document(
     elif status is ElectionStatus.CLOSED:
         status = ElectionStatus.OPEN  # the tally has not reached the close yet
     stepped = not (exact or closed or rules.live_results_step == 1)
+    position = snapshot.position if exact else visible_position(snapshot)
     if stepped:
-        position = snapshot.published_position
         tally = Tally.from_counters(rules, snapshot.published_counters or {})
         entries = snapshot.entries // rules.live_results_step * rules.live_results_step
     else:
-        position = snapshot.position
         tally = Tally.from_counters(rules, snapshot.counters)
         entries = snapshot.entries
     result = tally.result().to_json()
@@ -87,6 +92,21 @@ def results_document(
         "ballot_entries": entries,
         "set_aside": snapshot.set_aside,
     }
+
+
+def visible_position(snapshot: TallySnapshot) -> int:
+    """The position of a document for readers other than auditors: where what they see of
+    this election last changed, never moved by other elections' entries. Closed: its close,
+    or its last late ballot after it (the document counts late ballots). Open: its last
+    publication, which with steps of one is its last counted ballot entry (each publishes),
+    and before any, its creation (0: the tally has not reached it yet).
+
+    A reader who waited (``min_position``) for a receipt of this election therefore gets a
+    position at or after it, unless the document is stepped and that ballot not published
+    yet."""
+    if snapshot.closed_at is not None:
+        return max(snapshot.closed_at, snapshot.last_late or 0)
+    return snapshot.published_position
 
 
 def _set_aside_notes(snapshot: TallySnapshot) -> list[str]:
@@ -120,6 +140,8 @@ def recounted_snapshot(count: ElectionCount, position: int, set_aside: int = 0) 
         published_position=count.steps.position,
         published_counters=None if published is None else published.counters(),
         set_aside=set_aside,
+        # (where its last late ballot fell is not kept: at or before ``position``)
+        last_late=position if count.late else None,
     )
 
 

@@ -22,12 +22,12 @@ from api.problems import Forbidden
 from domain.election import Election, ElectionStatus
 from domain.rules import ElectionRules, ResultsVisibility
 from infra.runtime.bootstrap import Services
+from infra.runtime.caches import SizedCache, counters_size, json_size
 from infra.store.log import head
 from projections.queries import TallySnapshot, tally_snapshot
 from projections.results import results_document
 
 MAX_WAIT = 2.0
-CACHE_SIZE = 512
 
 
 @operation(
@@ -87,7 +87,13 @@ async def results(request: Request) -> Response:
         # only those who saw them then (auditors, admins) may look back before the close.
         unpublished = exact or principal.can_act_as("admin")
         body = await _results_at(
-            services, election_id, election, at, exact=exact, unpublished=unpublished
+            services,
+            election_id,
+            election,
+            at,
+            exact=exact,
+            unpublished=unpublished,
+            role=principal.role is not None,
         )
         return _conditional(request, body)
     caught_up = True
@@ -178,19 +184,27 @@ async def _results(
 ) -> dict[str, Any]:
     async with services.reads.connection() as conn:
         snapshot = await tally_snapshot(conn, election_id)
-    cache: dict[tuple[object, ...], dict[str, Any]] = services.results_cache
-    # A stepped view moves only at publications: key it by theirs, not the read model's.
-    stepped = not exact and snapshot.closed_at is None
+    cache = services.results_cache
+    # An auditor's document moves with the tally's position; everyone else's only where
+    # what it shows changed (``visible_position``): at a publication (with steps of one,
+    # each counted entry of the election), the close, a late ballot. Keyed by that, two
+    # processes serve the same document (and ETag) for the same state of the election,
+    # wherever each one's tally stands in the rest of the log.
+    seen = (
+        (snapshot.position,)
+        if exact
+        else (snapshot.published_position, snapshot.closed_at, snapshot.last_late)
+    )
     key = (
         election_id,
         snapshot.version,
-        stepped,
-        snapshot.published_position if stepped else snapshot.position,
+        exact,
+        *seen,
         snapshot.set_aside,
         snapshot.set_aside_unattributed,
         election.status,
     )
-    cached = cache.get(key)
+    cached: dict[str, Any] | None = cache.get(key)
     if cached is not None:
         return cached
     count = partial(
@@ -198,7 +212,7 @@ async def _results(
     )
     if tabulations.tiny(election.rules, snapshot):
         document = count()  # (a thread hop would cost more than the count)
-        _keep(cache, key, document)
+        cache.put(key, document, json_size(document))
         return document
     # A large count takes a good part of a second: off the event loop, in turns (one per
     # process), shared by every request for the same document.
@@ -206,16 +220,14 @@ async def _results(
 
 
 async def _counted(
-    cache: dict[tuple[object, ...], Any],
-    key: tuple[object, ...],
-    count: Callable[[], dict[str, Any]],
+    cache: SizedCache, key: tuple[object, ...], count: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
     """A live document counted in a worker thread (unless counted while this waited its
     turn), and kept."""
     document: dict[str, Any] | None = cache.get(key)
     if document is None:
         document = await asyncio.to_thread(count)
-        _keep(cache, key, document)
+        cache.put(key, document, json_size(document))
     return document
 
 
@@ -251,29 +263,51 @@ async def _results_at(
     *,
     exact: bool,
     unpublished: bool,
+    role: bool,
 ) -> dict[str, Any]:
     """Time travel: the results as of log position ``at``, recounted from the log itself
-    (for a reader who sees stepped results: as last published at ``at``). A position
-    beyond the log's head is taken as the head: results never claim a position the log
-    has not reached; one after a closed election's close is taken as the close (the final
-    count: nothing after it counts). Before the close of an election that publishes its
-    results at its close, nothing was published: 403 unless ``unpublished`` (the reader saw
-    them then).
+    (for a reader other than an auditor: as they saw them at ``at``, the last publication,
+    with its position). A position beyond the log's head is taken as the head: results
+    never claim a position the log has not reached; one after a closed election's close is
+    taken as the close (the final count: nothing after it counts). Before the close of an
+    election that publishes its results at its close, nothing was published: 403 unless
+    ``unpublished`` (the reader saw them then), said before any recount. Before the
+    election's creation: 404, also said before any recount.
 
-    Recounts run off the event loop, one at a time per process (``api.recounts``). Every
-    result is kept: the log up to a position never changes. A stepped reader's position
-    maps to the publication it saw, so all the positions of one step share one recount."""
+    Recounts run off the event loop, one at a time per process and turn (``api.recounts``;
+    ``role``: the caller has one, and a turn of its own). Every result is kept, within the
+    time travel cache's bytes: the log up to a position never changes. A reader other
+    than an auditor sees at a position what was last published there (with steps of one,
+    the election's last counted entry): once a replay has indexed the election, every
+    position maps to it, and all the positions between two of them share one document."""
+    cache = services.travel_cache
+    indexed = not exact
+    index: recounts.StepIndex | None = cache.get(("steps", election_id)) if indexed else None
     async with services.reads.connection() as conn:
-        reach = await head(conn)  # how far a stepped reader's replay goes: the whole log
+        created = await recounts.created_at(conn, election_id)
+        if created is None or at < created:
+            raise recounts.not_yet(election_id, at)
+        reach = await head(conn)  # how far an indexing replay goes: the whole log
         at = min(at, reach)
+        close = None
         if election.status is ElectionStatus.CLOSED:
             close = await recounts.closed_at(conn, election_id)
             if close is not None:
                 at = min(at, close)
                 reach = close
-    cache: dict[tuple[object, ...], Any] = services.results_cache
-    stepped = not exact and election.rules.live_results_step > 1
-    index: recounts.StepIndex | None = cache.get(("steps", election_id)) if stepped else None
+        if close is not None and at < close:
+            _check_published(election, ElectionStatus.OPEN, at, unpublished)
+        if (
+            index is not None
+            and at > index.reach
+            and index.closed_at is None
+            and (close is None or at < close)
+            and await recounts.untouched(conn, election_id, index.reach, at)
+        ):
+            # Only other elections' entries since the index's replay (``?at=`` the head,
+            # read again after each ballot anywhere): it answers for ``at`` as it is.
+            index = replace(index, reach=at)
+            cache.put(("steps", election_id), index, index.size())
     if index is not None and index.covers(at):
         # What this reader saw at ``at`` is known without a replay: the publication then.
         published, status, set_aside = index.view(at)
@@ -294,14 +328,14 @@ async def _results_at(
             services,
             election_id,
             at=at,
-            reach=reach if stepped else at,
+            reach=reach if indexed else at,
             exact=exact,
             key=key,
         )
     document: dict[str, Any] | None = cache.get(key)
     if document is None:
-        document = await recounts.run_shared(services, key, work)
-    _check_published(election, document, at, unpublished)
+        document = await recounts.run_shared(services, key, work, role=role)
+    _check_published(election, ElectionStatus(document["status"]), at, unpublished)
     return document
 
 
@@ -313,12 +347,13 @@ def _stepped_key(
 
 
 def _check_published(
-    election: Election, document: dict[str, Any], at: int, unpublished: bool
+    election: Election, status: ElectionStatus, at: int, unpublished: bool
 ) -> None:
-    """An election that publishes at its close published nothing before it."""
+    """An election that publishes at its close published nothing before it (``status``:
+    the election's then)."""
     if (
         election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE
-        and document["status"] != ElectionStatus.CLOSED.value
+        and status is not ElectionStatus.CLOSED
         and not unpublished
     ):
         raise Forbidden(
@@ -326,12 +361,6 @@ def _check_published(
             f"yet at position {at}: ask for a position at or after its close (only admins "
             f"and auditors see results from before it)"
         )
-
-
-def _keep(cache: dict[tuple[object, ...], Any], key: tuple[object, ...], value: Any) -> None:
-    if key not in cache and len(cache) >= CACHE_SIZE:
-        cache.pop(next(iter(cache)))
-    cache[key] = value
 
 
 async def _recount_at(
@@ -344,9 +373,10 @@ async def _recount_at(
     key: tuple[object, ...],
 ) -> dict[str, Any]:
     """The document at ``at``, from a recount as of ``at`` (kept, with what the replay
-    learnt: for a stepped reader it goes on to ``reach``, the head or the close, so that
-    the election's other positions map to their publications without another replay)."""
-    cache: dict[tuple[object, ...], Any] = services.results_cache
+    learnt: for a reader other than an auditor it goes on to ``reach``, the head or the
+    close, so that the election's other positions map to their publications without
+    another replay)."""
+    cache = services.travel_cache
     document: dict[str, Any] | None = cache.get(key)  # counted while this waited its turn
     if document is not None:
         return document
@@ -357,22 +387,24 @@ async def _recount_at(
         if known is not None and known.reach >= kept.index.reach:
             kept = replace(kept, index=known)  # one index per election, not one per recount
         else:
-            _keep(cache, ("steps", election_id), kept.index)
-        _keep(cache, ("recount", election_id, at), kept)
+            cache.put(("steps", election_id), kept.index, kept.index.size())
         snapshot = kept.snapshot
-        if snapshot.closed_at is None and kept.rules.live_results_step > 1:
-            _keep(
-                cache,
+        size = counters_size(snapshot.counters) + counters_size(snapshot.published_counters)
+        cache.put(("recount", election_id, at), kept, 1_000 + size + kept.index.size())
+        if snapshot.closed_at is None:
+            published = _published(kept.rules, snapshot)
+            cache.put(
                 ("published", election_id, snapshot.published_position),
-                _published(kept.rules, snapshot),
+                published,
+                1_000 + counters_size(published[2]),
             )
     status = ElectionStatus.OPEN if kept.status is ElectionStatus.CLOSED else kept.status
     document = await asyncio.to_thread(
         _document, election_id, kept.snapshot, kept.rules, status, exact
     )
-    _keep(cache, key, document)
-    if document["stepped"]:  # the same for every position of its step
-        _keep(cache, _stepped_key(election_id, *kept.index.view(at)), document)
+    cache.put(key, document, json_size(document))
+    if not exact and kept.index.covers(at):  # the same for every position of its step
+        cache.put(_stepped_key(election_id, *kept.index.view(at)), document, json_size(document))
     return document
 
 
@@ -385,10 +417,11 @@ async def _stepped_at(
     set_aside: int,
     key: tuple[object, ...],
 ) -> dict[str, Any]:
-    """A stepped reader's document: the publication at ``published`` (recounted as of that
-    position if no replay kept it), with the status and the entries set aside at the
-    position asked for (which the step index gives)."""
-    cache: dict[tuple[object, ...], Any] = services.results_cache
+    """The document of a reader other than an auditor: the publication at ``published``
+    (with steps of one, the election's last counted entry; recounted as of that position
+    if no replay kept it), with the status and the entries set aside at the position asked
+    for (which the step index gives)."""
+    cache = services.travel_cache
     document: dict[str, Any] | None = cache.get(key)
     if document is not None:
         return document
@@ -396,7 +429,7 @@ async def _stepped_at(
     if kept is None:
         recounted = await recounts.replay(services, election_id, published, published)
         kept = _published(recounted.rules, recounted.snapshot)
-        _keep(cache, ("published", election_id, published), kept)
+        cache.put(("published", election_id, published), kept, 1_000 + counters_size(kept[2]))
     rules, entries, counters = kept
     snapshot = TallySnapshot(
         position=published,
@@ -410,15 +443,18 @@ async def _stepped_at(
         set_aside=set_aside,
     )
     document = await asyncio.to_thread(_document, election_id, snapshot, rules, status, False)
-    _keep(cache, key, document)
+    cache.put(key, document, json_size(document))
     return document
 
 
 def _published(
     rules: ElectionRules, snapshot: TallySnapshot
 ) -> tuple[ElectionRules, int, dict[str, int]]:
-    """A stepped snapshot's publication: its rules, entries (whole steps) and counters."""
+    """An open election's publication in a snapshot: its rules, entries (whole steps) and
+    counters (with steps of one, every counted entry publishes: the counters as they are)."""
     step = rules.live_results_step
+    if step == 1:
+        return rules, snapshot.entries, snapshot.counters
     return rules, snapshot.entries // step * step, snapshot.published_counters or {}
 
 

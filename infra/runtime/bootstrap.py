@@ -21,6 +21,7 @@ from infra.broker.monitor import BrokerMonitor
 from infra.broker.relay import Relay
 from infra.broker.topology import Topology
 from infra.metrics import serve_worker_metrics
+from infra.runtime.caches import SizedCache
 from infra.runtime.lifecycle import check_port_free
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 RESTART_FIRST = 1.0
 RESTART_AT_MOST = 30.0
 STEADY_AFTER = 60.0
+LIVE_CACHE_BYTES = 64 * 2**20  # live results documents kept, per process
+TRAVEL_CACHE_BYTES = 128 * 2**20  # time travel: recounts and their documents, per process
 
 
 @dataclass
@@ -65,10 +68,16 @@ class Services:
     workers: Workers
     broker: BrokerMonitor | None = None  # where AMQP_URL is set
     # Results computed per (election, position): dashboards poll, positions move rarely.
-    results_cache: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
-    # Time travel's recounts from the log, one at a time (api/recounts.py), and those
-    # running, by what they answer: identical requests share one.
+    # Live documents and time travel's recounts each have a budget of bytes of their own:
+    # a flood of distinct ``?at=`` positions does not evict the live documents.
+    results_cache: SizedCache = field(default_factory=lambda: SizedCache(LIVE_CACHE_BYTES))
+    travel_cache: SizedCache = field(default_factory=lambda: SizedCache(TRAVEL_CACHE_BYTES))
+    # Time travel's recounts from the log, one at a time per turn (api/recounts.py): one
+    # turn for readers with a role, one for everyone else (voter tokens, no token), so
+    # that anonymous readers of a public election cannot keep auditors from recounting;
+    # and those running, by what they answer and whose turn: identical requests share one.
     recounting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recounting_for_roles: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounts: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict)
     # Live results' documents tabulated off the event loop, one at a time (api/tabulations.py,
     # a turn of their own beside the recounts'), and those running, by what they answer.

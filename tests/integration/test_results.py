@@ -16,12 +16,14 @@ import orjson
 import psycopg
 import pytest
 
+from api import recounts as recounts_module
 from domain.ballot import Ballot
+from infra.audit import records
 from infra.store import open_application
 from infra.store.writer import GroupCommitWriter
 from projections import results as results_projection
 from tests.integration.client import VotingClient, assert_problem, bearer
-from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR
+from tests.servers import ADMIN, AUDITOR, CLIENT, OPERATOR, running_api, settings_for
 
 REBUILD_WITHIN = 120.0  # seconds for a tally rebuild over the session's shared log
 
@@ -481,10 +483,12 @@ async def test_identical_reads_share_one_count_and_others_wait_their_turn(
     import api.tabulations as tabulations_module
 
     monkeypatch.setattr(tabulations_module, "TABULATION_WAIT", 0.5)
-    large, position = await _large_election(voting)
+    large, _ = await _large_election(voting)
     second, second_position = await _large_election(voting)
     documents = _Documents(hold=True).install(monkeypatch)
-    reads = [_live(http, large, position) for _ in range(3)]
+    # (At the second's position: an auditor's document is keyed by the tally's position,
+    # and one that moved between the three reads made them three documents.)
+    reads = [_live(http, large, second_position) for _ in range(3)]
     assert await asyncio.to_thread(documents.started.wait, 10)
     # Another document waits for its turn (one count at a time per process), then 503.
     busy = await _live(http, second, second_position)
@@ -517,3 +521,188 @@ async def test_a_tiny_tally_is_counted_inline_and_documents_do_not_change(
         assert read.content == orjson.dumps(documents.made[-1])
         assert read.json()["ballots"] == 1
     assert documents.on_loop == [True, False]
+
+
+# Positions, caches and turns of results and time travel (review of time travel and
+# streams, 3-6).
+
+
+async def test_two_processes_serve_one_document_for_one_state_of_an_election(
+    voting: VotingClient, database_url: str
+) -> None:
+    """A document keyed by one position and showing another: each process served the
+    tally's position as it stood when it first counted the election's state, so two
+    processes gave two documents (and ETags) for one state of it (review 3)."""
+    election_id = await voting.open_election("plurality", live_results_step=1)
+    mine = (await voting.cast(election_id, {"choice": "a"}, "two-processes")).json()["position"]
+    first = await voting.results(election_id, CLIENT, min_position=mine)
+    other = await voting.open_election("plurality")
+    later = (await voting.cast(other, {"choice": "b"}, "elsewhere")).json()["position"]
+    async with (
+        running_api(settings_for(database_url), projections=("tally",)) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        second = await VotingClient(http).results(election_id, CLIENT, min_position=later)
+    assert second.status_code == first.status_code == 200
+    assert second.content == first.content
+    assert second.headers["etag"] == first.headers["etag"]
+    assert first.json()["position"] == mine
+
+
+def _live_documents(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The live documents counted (by their tally position): recounts' are not."""
+    import api.routes.results as results_module
+
+    counted: list[int] = []
+    real = results_projection.results_document
+
+    def counting(election_id: Any, snapshot: Any, *args: Any, **kwargs: Any) -> Any:
+        if snapshot.version:  # (a recounted snapshot has none: it is no read model's)
+            counted.append(snapshot.position)
+        return real(election_id, snapshot, *args, **kwargs)
+
+    monkeypatch.setattr(results_module, "results_document", counting)
+    return counted
+
+
+async def test_a_flood_of_time_travel_does_not_evict_live_results(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One cache of 512 entries held both: every distinct ``?at=`` added two or three, so
+    a few hundred of them evicted every live document of the process (review 4)."""
+    election_id = await voting.open_election("plurality", live_results_step=1)
+    start = (await voting.cast(election_id, {"choice": "a"}, "flood")).json()["position"]
+    other = await voting.open_election("plurality")
+    batch = await http.post(
+        f"/api/elections/{other}/ballots/batch",
+        json={"ballots": [{"voter_id": f"flood-{n}", "choice": "b"} for n in range(300)]},
+        headers=bearer(CLIENT),
+    )
+    assert batch.status_code == 200, batch.text
+    end = max(r["position"] for r in batch.json()["results"])
+    await voting.results(other, AUDITOR, min_position=end)
+    counted = _live_documents(monkeypatch)
+    live = await voting.results(election_id, CLIENT)
+    assert len(counted) == 1
+    url = f"/api/elections/{election_id}/results"
+    for at in range(start, start + 300):
+        answer = await http.get(url, params={"at": at}, headers=bearer(AUDITOR))
+        assert answer.status_code == 200, answer.text
+    again = await voting.results(election_id, CLIENT)
+    assert again.content == live.content
+    assert len(counted) == 1  # kept
+
+
+def _slow_first_read(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """The first recount's log read waits for ``release``; ``reading`` says it began."""
+    reading, release = asyncio.Event(), asyncio.Event()
+    entries = records.election_entries
+
+    async def slow_entries(conn: Any, election: Any, upto: int) -> Any:
+        if not reading.is_set():
+            reading.set()
+            await release.wait()
+        async for entry in entries(conn, election, upto):
+            yield entry
+
+    monkeypatch.setattr(recounts_module, "election_entries", slow_entries)
+    monkeypatch.setattr(recounts_module, "RECOUNT_WAIT", 0.3)
+    return reading, release
+
+
+async def test_anonymous_readers_cannot_take_an_auditors_turn_to_recount(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One recount at a time per process, whoever asked: anonymous readers of a public
+    election, asking ``?at=`` the head after each ballot, kept auditors at 503 (review 5).
+    Readers with a role have a turn of their own."""
+    election_id = await voting.open_election("plurality", public_results=True)
+    positions = [
+        (await voting.cast(election_id, {"choice": "a"}, f"turns-{n}")).json()["position"]
+        for n in range(3)
+    ]
+    reading, release = _slow_first_read(monkeypatch)
+    url = f"/api/elections/{election_id}/results"
+    held = asyncio.create_task(http.get(url, params={"at": positions[0]}))
+    await asyncio.wait_for(reading.wait(), 10)
+    try:
+        busy = await http.get(url, params={"at": positions[1]})
+        assert_problem(busy, 503, "a recount is running")
+        audited = await http.get(url, params={"at": positions[1]}, headers=bearer(AUDITOR))
+        assert audited.status_code == 200, audited.text
+        assert audited.json()["ballots"] == 2
+        assert not held.done()
+    finally:
+        release.set()
+    assert (await held).status_code == 200
+
+
+async def test_what_was_never_published_or_never_existed_costs_no_recount(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A position before an after-close election's close was recounted, then refused;
+    one before an election existed replayed the log up to its head each time, and kept
+    nothing of the 404 (review 6). Both are answered now without reading the log."""
+    before = (await voting.cast(await voting.open_election(), {"choice": "a"}, "x")).json()
+    election_id = await voting.open_election("plurality", results_visibility="after_close")
+    cast = await voting.cast(election_id, {"choice": "b"}, "unpublished")
+    close = (await voting.close(election_id))["position"]
+    await voting.results(election_id, AUDITOR, min_position=close)
+    reads: list[int] = []
+    entries = records.election_entries
+
+    async def counted_entries(conn: Any, election: Any, upto: int) -> Any:
+        reads.append(upto)
+        async for entry in entries(conn, election, upto):
+            yield entry
+
+    monkeypatch.setattr(recounts_module, "election_entries", counted_entries)
+    url = f"/api/elections/{election_id}/results"
+    for _ in range(3):
+        # (first: with no step index of the election kept, the 404 replayed the log)
+        missing = await http.get(url, params={"at": before["position"]}, headers=bearer(CLIENT))
+        assert_problem(missing, 404, "did not exist yet")
+        refused = await http.get(
+            url, params={"at": cast.json()["position"]}, headers=bearer(CLIENT)
+        )
+        assert_problem(refused, 403, "published no results before its close")
+    assert reads == []
+    final = await http.get(url, params={"at": close}, headers=bearer(CLIENT))
+    assert final.status_code == 200, final.text
+    assert final.json()["ballots"] == 1
+    assert len(reads) == 1
+
+
+async def test_time_travel_ahead_replays_an_election_again_only_once_it_changed(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?at=`` the head, asked after each ballot anywhere, replayed the election each
+    time the head had moved: a recount per ballot of any election, and a latency that
+    told whether the log had moved (review 5). Its step index is carried forward instead
+    while the election has no new entry."""
+    election_id = await voting.open_election("plurality", public_results=True, live_results_step=1)
+    mine = (await voting.cast(election_id, {"choice": "a"}, "ahead")).json()["position"]
+    other = await voting.open_election("plurality")
+    reads: list[int] = []
+    entries = records.election_entries
+
+    async def counted_entries(conn: Any, election: Any, upto: int) -> Any:
+        reads.append(upto)
+        async for entry in entries(conn, election, upto):
+            yield entry
+
+    monkeypatch.setattr(recounts_module, "election_entries", counted_entries)
+    url = f"/api/elections/{election_id}/results"
+    seen = []
+    for n in range(4):
+        await voting.cast(other, {"choice": "b"}, f"ahead-{n}")
+        answer = await http.get(url, params={"at": 10**12})
+        assert answer.status_code == 200, answer.text
+        seen.append(answer.content)
+    assert len(set(seen)) == 1
+    assert orjson.loads(seen[0])["position"] == mine
+    assert len(reads) == 1
+    again = await voting.cast(election_id, {"choice": "b"}, "ahead-again")  # its own
+    answer = orjson.loads((await http.get(url, params={"at": 10**12})).content)
+    assert (answer["position"], answer["ballots"]) == (again.json()["position"], 2)
+    assert len(reads) == 2

@@ -494,3 +494,50 @@ async def test_a_made_up_voter_token_casting_learns_nothing_either(voting: Votin
         ]
         details |= {assert_problem(answer, 403, "")["detail"] for answer in answers}
     assert details == {"this voter token was not issued for this election"}
+
+
+async def test_public_results_do_not_move_with_a_private_elections_ballots(
+    voting: VotingClient,
+) -> None:
+    """A results document's position was the tally's, over every election: anyone reading
+    a public election's results, with no token, saw it move a moment after each ballot in
+    a private election, and could time them; ``?at=`` far ahead answered the log's head
+    (review of time travel and streams, 1 and 2). Now a reader other than an auditor sees
+    where what they see last changed: the close, or the election's own last ballot."""
+    closed = await voting.open_election("plurality", public_results=True)
+    await voting.cast(closed, {"choice": "a"}, "pub-closed")
+    close = (await voting.close(closed))["position"]
+    live = await voting.open_election("plurality", public_results=True, live_results_step=1)
+    mine = (await voting.cast(live, {"choice": "b"}, "pub-live")).json()["position"]
+    private = await voting.open_election("plurality")
+
+    async def anonymous(election_id: str, **params: Any) -> httpx.Response:
+        answer = await voting.http.get(f"/api/elections/{election_id}/results", params=params)
+        assert answer.status_code == 200, answer.text
+        return answer
+
+    # The voter's own receipt: a document that counts it, at its position.
+    own = (await voting.results(live, CLIENT, min_position=mine)).json()
+    assert (own["position"], own["ballots"]) == (mine, 1)
+    seen = {live: await anonymous(live)}
+    for _ in range(200):  # (once signed: the chain head the close published changes it)
+        seen[closed] = await anonymous(closed)
+        if seen[closed].json()["final_chain_head"]:
+            break
+        await asyncio.sleep(0.1)
+    assert seen[closed].json()["position"] == close
+    assert seen[live].json()["position"] == mine
+    for n in range(3):
+        cast = await voting.cast(private, {"choice": "c"}, f"private-{n}")
+        counted = (await voting.results(private, AUDITOR, cast.json()["position"])).json()
+        assert counted["position"] >= cast.json()["position"]  # (auditors: the tally's)
+        for election_id, before in seen.items():
+            after = await anonymous(election_id)
+            assert after.content == before.content
+            assert after.headers["etag"] == before.headers["etag"]
+        client = (await voting.results(live, CLIENT, min_position=counted["position"])).json()
+        assert client["position"] == mine  # (any reader but an auditor)
+        # Time travel far ahead is the log's head: what was seen there, not the head.
+        ahead = (await anonymous(live, at=10**12)).json()
+        assert (ahead["position"], ahead["ballots"]) == (mine, 1)
+        assert (await anonymous(closed, at=10**12)).json()["position"] == close

@@ -523,3 +523,23 @@ async def test_streams_leave_connections_for_health_checks_and_ballots(
             await asyncio.sleep(0.05)
         async with stream(http, path) as events:
             await events.next()
+
+
+async def test_a_public_stream_sends_nothing_on_a_private_elections_ballot(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """Each event's id was the tally's position over every election: a closed public
+    election's stream, read with no token, sent a new event after each ballot in a private
+    election (review of time travel and streams, 1). Its position is its close now."""
+    closed = await voting.open_election("plurality", public_results=True)
+    await voting.cast(closed, {"choice": "a"}, "stream-closed")
+    close = (await voting.close(closed))["position"]
+    private = await voting.open_election("plurality")
+    async with stream(http, f"/api/elections/{closed}/results/stream") as events:
+        # (Once signed: the chain head the close published then changes the document.)
+        position, first = await events.until(lambda document: document["final_chain_head"])
+        assert position == first["position"] == close
+        cast = await voting.cast(private, {"choice": "b"}, "stream-private")
+        await voting.results(private, AUDITOR, min_position=cast.json()["position"])
+        with pytest.raises(TimeoutError):
+            await events.next(timeout=streams.IDLE_REFRESH + 2)
