@@ -207,6 +207,9 @@ Workflows.TestCase.settings = settings(
     max_examples=max(3, int(30 * SCALE)),
     stateful_step_count=8,
     deadline=None,
+    # Seeded like the rest of the module: unseeded, one run in many never followed a link
+    # to open an election (the check below then failed on a run that found nothing wrong).
+    derandomize=True,
     suppress_health_check=list(HealthCheck),
     database=None,
 )
