@@ -263,16 +263,17 @@ class VotingApplication(Application[UUID]):
         ballot's place, its receipt or the error it met.
 
         The first ballot of each voter goes to the writer in one ``append_each`` (they
-        share its group commits, with one wait for them all). Those that meet an earlier
-        ballot of their voter in the log are read back together, in one ``load_ballots``:
-        a retry (same key, same ballot) is answered from that read with its first receipt,
-        and so is each of the voter's next ballots in the batch while they are retries too
-        (a batch sent again costs one read, not a read and a commit per ballot). The rest
-        (a revision, a key used for another ballot, a refusal) and a voter's further
-        ballots take the single-ballot path, in order, so the last one in the batch
-        counts. A ballot refused for a reason that says nothing about it (the
-        store busy or away: the caller sends it again) holds back its voter's later ones
-        (HeldBack), so that they are sent again after it, not overtaken.
+        share its group commits, with one wait for them all), in an order of chance. Those
+        that meet an earlier ballot of their voter in the log are read back together, in
+        one ``load_ballots``: a retry (same key, same ballot) is answered from that read
+        with its first receipt, and so is each of the voter's next ballots in the batch
+        while they are retries too (a batch sent again costs one read, not a read and a
+        commit per ballot). The rest (a revision, a key used for another ballot, a refusal)
+        and a voter's further ballots take the single-ballot path, in order, so the last
+        one in the batch counts; the voters' lines start in an order of chance, not the
+        request's. A ballot refused for a reason that says nothing about it (the store busy
+        or away: the caller sends it again) holds back its voter's later ones (HeldBack),
+        so that they are sent again after it, not overtaken.
         """
         outcomes: list[Receipt | Exception | None] = [None] * len(ballots)
         try:
@@ -322,7 +323,15 @@ class VotingApplication(Application[UUID]):
                         _hold_back(indices[at + 1 :], outcomes)
                         return
 
-        await asyncio.gather(*(in_order(indices) for indices in later.values() if indices))
+        # The voters' lines start, and so their entries are made, stamped and appended, in
+        # an order of chance, as their first casts are (_first_casts): a revision shares its
+        # stream with the voter's first entry, so revisions recorded in the request's order
+        # let whoever reads the log and holds the roll the request followed pair each voter
+        # with their ballot, by position or by timestamp (the review of revisions in bulk).
+        # Each line stays in order, and each outcome in its ballot's place.
+        lines = [indices for indices in later.values() if indices]
+        _SHUFFLE(lines)
+        await asyncio.gather(*(in_order(indices) for indices in lines))
         closed = [
             index
             for index, outcome in enumerate(outcomes)

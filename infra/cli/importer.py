@@ -9,7 +9,8 @@ API stops answering, the import waits up to PATIENCE seconds for it, then stops 
 many ballots it did not send: running it again with the same token sends them. A ballot
 refused for a reason that says nothing about it (the API failing, busy, or racing another
 change to the voter's ballot) keeps its voter's later ballots unsent, so that they do not
-overtake it when it is sent again.
+overtake it when it is sent again. The file's voters go in an order of chance, not the
+file's (``_lanes``): each voter's own lines in file order.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import ssl
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +43,7 @@ MAX_BATCH = 1000
 SHOWN = 20  # refused ballots listed by line after an import
 PATIENCE = 60.0  # seconds without an answer (or with only 503s) before an import stops
 REFUSE = "refuse"  # --write-in: a name that matches no option stops the import
+_SHUFFLE = random.SystemRandom().shuffle
 
 
 class Unreachable(Exception):
@@ -307,14 +309,38 @@ def _voter(ballot: FileBallot) -> str:
 
 
 def _lanes(ballots: list[FileBallot], count: int) -> list[list[FileBallot]]:
-    """The ballots dealt to ``count`` lanes by a stable hash of their voter, each lane in
-    file order. A lane sends its batches one after another, so all of a voter's ballots
-    are recorded in the file's order; lanes run side by side. (Batches taken from one queue
-    by every connection would let a voter's later ballot, in one batch, be recorded before
-    an earlier one still in flight in another, and the earlier would then revise it.)"""
-    lanes: list[list[FileBallot]] = [[] for _ in range(count)]
+    """The ballots dealt to ``count`` lanes, the file's voters in an order of chance: each
+    voter's ballots in one lane, in file order. A lane sends its batches one after another,
+    so all of a voter's ballots are recorded in the file's order; lanes run side by side.
+    (Batches taken from one queue by every connection would let a voter's later ballot, in
+    one batch, be recorded before an earlier one still in flight in another, and the
+    earlier would then revise it.)
+
+    The file's order is not kept, nor is a voter's lane computable from their id: the API
+    places a request's ballots by chance, but not one request's among another's, so
+    batches cut in file order (or lanes dealt by a hash of the voter) would let whoever
+    reads the log and holds the file's order (a roll) narrow each voter to the entries of
+    a few requests. Each voter gets a place drawn with ``SystemRandom``; a lane takes its
+    voters' first ballots in that order, then the second ballots of those that have more,
+    and so on, so that a request still holds one ballot of a voter and stays full."""
+    voters = list(dict.fromkeys(_voter(ballot) for ballot in ballots))
+    _SHUFFLE(voters)
+    place = {voter: n for n, voter in enumerate(voters)}
+    many = len(voters)
+    del voters
+    # Sorted by (the how-manieth ballot of its voter, its voter's place), as one int each:
+    # some 130 bytes a ballot at the peak, beside the ~500 of the ballot itself (the file is
+    # read in whole already: its count and names are checked before anything is sent).
+    seen = Counter[str]()
+    keys: list[int] = []
     for ballot in ballots:
-        lanes[zlib.crc32(_voter(ballot).encode()) % count].append(ballot)
+        voter = _voter(ballot)
+        keys.append(seen[voter] * many + place[voter])
+        seen[voter] += 1
+    del seen, place
+    lanes: list[list[FileBallot]] = [[] for _ in range(count)]
+    for index in sorted(range(len(ballots)), key=keys.__getitem__):
+        lanes[keys[index] % many % count].append(ballots[index])
     return lanes
 
 
