@@ -20,8 +20,9 @@ CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
 # A pairwise chart and table grow with the square of the options: 100 options made a
 # 1.7 MB panel, fetched again on every event. Above this many, the page links to the JSON.
 PAIRWISE_MAX = 20
-LABEL_MAX = 300.0  # px: a bar chart's label column at most (about 35 characters)
+LABEL_MAX = 180.0  # px: a bar chart's label column (the bars start at 190)
 PLOT = 250  # px: the bars' area
+HEAT_LABEL_MAX = 300.0  # px: the heat map's row labels at most (it scrolls in its box)
 # Chart text is 13 px; glyph widths in em (DejaVu Sans, Debian's system-ui), rounded up.
 GLYPH = {" ": 0.32, "-": 0.37, "l": 0.28, "i": 0.28, "w": 0.82, **dict.fromkeys("0123456789", 0.64)}
 
@@ -125,14 +126,13 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
 
 def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -> str:
     """Bars from a zero axis: to the right for positive figures, to the left for negative
-    ones (a score's mean may be below zero). The label column is as wide as the longest
-    label, up to ``LABEL_MAX`` px; a longer one is cut in the middle, so that labels that
-    share a long beginning stay apart."""
+    ones (a score's mean may be below zero). Every chart has one scale (600 wide, bars
+    from 190): a label wider than ``LABEL_MAX`` px is cut in the middle, so that labels
+    that share a long beginning stay apart."""
     low = min([0.0, *(value for _, value, _ in rows)])
     high = max([0.0, *(value for _, value, _ in rows)])
     span = (high - low) or 1
-    room = min(LABEL_MAX, max([60.0, *(_width(label) for label, _, _ in rows)]))
-    left = int(room) + 10  # where the bars' area starts
+    room, left = LABEL_MAX, 190
     zero = left + PLOT * -low / span
     height = 28 * len(rows) + 8
     bars = []
@@ -155,7 +155,7 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -
             'stroke="#1a1a1a"/>'
         )
     return (
-        f'<svg class="chart" id="{chart_id}" viewBox="0 0 {left + PLOT + 110} {height}" '
+        f'<svg class="chart" id="{chart_id}" viewBox="0 0 {left + PLOT + 160} {height}" '
         f'role="img" aria-label="{e(caption)}">{"".join(bars)}</svg>'
     )
 
@@ -391,9 +391,9 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     size = max(70, int(longest * 1.1) + 14)
     # Columns are numbered, rows named with their number: labels cut to a cell's width
     # read alike ("Option…" over every column). The label column fits the longest name,
-    # up to LABEL_MAX px; the chart keeps its natural size and scrolls in its own box.
+    # up to HEAT_LABEL_MAX px; the chart keeps its natural size and scrolls in its own box.
     room = min(
-        LABEL_MAX,
+        HEAT_LABEL_MAX,
         max([60.0, *(_width(f"{n + 1}. {labels[o]}") for n, o in enumerate(options))]),
     )
     left = int(room) + 10
