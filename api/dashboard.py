@@ -20,6 +20,9 @@ CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
 # A pairwise chart and table grow with the square of the options: 100 options made a
 # 1.7 MB panel, fetched again on every event. Above this many, the page links to the JSON.
 PAIRWISE_MAX = 20
+LABEL_MAX = 180.0  # px: a bar chart's label column (the bars start at 190)
+PLOT = 250  # px: the bars' area
+HEAT_LABEL_MAX = 300.0  # px: the heat map's row labels at most (it scrolls in its box)
 # Chart text is 13 px; glyph widths in em (DejaVu Sans, Debian's system-ui), rounded up.
 GLYPH = {" ": 0.32, "-": 0.37, "l": 0.28, "i": 0.28, "w": 0.82, **dict.fromkeys("0123456789", 0.64)}
 
@@ -34,6 +37,25 @@ BIDI_CONTROLS = dict.fromkeys(
 
 def e(value: object) -> str:
     return escape(str(value).translate(BIDI_CONTROLS), quote=True)
+
+
+def lab(label: object) -> str:
+    """A label in running text or a table: isolated, so that a right-to-left one does not
+    turn the punctuation and the labels around it (", " between two Hebrew names)."""
+    return f"<bdi>{e(label)}</bdi>"
+
+
+RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
+
+
+def isolated(text: str, labels: dict[str, str]) -> str:
+    """A text of the count (a tie's reason, a note) with its right-to-left labels isolated:
+    the text itself is the audited document's and stays as it is."""
+    names = sorted({e(v) for v in labels.values() if RTL.search(v)}, key=len, reverse=True)
+    escaped = e(text)
+    if not names:
+        return escaped
+    return re.sub("|".join(map(re.escape, names)), lambda m: f"<bdi>{m[0]}</bdi>", escaped)
 
 
 def results_panel(document: dict[str, Any], title: str) -> str:
@@ -87,37 +109,54 @@ def _standing(document: dict[str, Any]) -> str:
 def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     winners = document["winners"]
     closed = document["closed_at_position"] is not None
-    names = ", ".join(e(labels.get(w, w)) for w in winners) or ("none" if closed else "none yet")
+    names = ", ".join(lab(labels.get(w, w)) for w in winners) or ("none" if closed else "none yet")
     word = "Winner" if len(winners) == 1 else "Winners"
+    seats = int(document.get("seats") or 1)
+    if document.get("tie") and len(winners) > seats:  # a tie the tie-break leaves standing
+        word = "Tied, not decided" if seats == 1 else "Elected or tied, not decided"
     html = f'<p class="winners" id="winners" data-winners="{e(" ".join(winners))}">'
     html += f"<strong>{word}:</strong> {names}</p>"
     tie = document.get("tie")
     if tie:
-        tied = ", ".join(e(labels.get(o, o)) for o in tie["options"])
+        tied = ", ".join(lab(labels.get(o, o)) for o in tie["options"])
         html += f'<p class="tie" id="tie"><strong>Tie between {tied}:</strong> '
-        html += f"{e(tie['reason'])}</p>"
+        html += f"{isolated(tie['reason'], labels)}</p>"
     return html
 
 
 def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -> str:
-    top = max((value for _, value, _ in rows), default=0) or 1
+    """Bars from a zero axis: to the right for positive figures, to the left for negative
+    ones (a score's mean may be below zero). Every chart has one scale (600 wide, bars
+    from 190): a label wider than ``LABEL_MAX`` px is cut in the middle, so that labels
+    that share a long beginning stay apart."""
+    low = min([0.0, *(value for _, value, _ in rows)])
+    high = max([0.0, *(value for _, value, _ in rows)])
+    span = (high - low) or 1
+    room, left = LABEL_MAX, 190
+    zero = left + PLOT * -low / span
     height = 28 * len(rows) + 8
     bars = []
     for i, (label, value, winner) in enumerate(rows):
         y = 4 + 28 * i
-        width = max(0.0, 250 * value / top)
+        width = PLOT * abs(value) / span
+        x = zero if value >= 0 else zero - width
         fill = WINNER if winner else BAR
         # The winner is marked apart from its label (bold, and the word after the figure):
         # "(winner)" inside the label column cut "Option 23 xxx" to "Option 2…".
         kind, mark = ("label winner", " (winner)") if winner else ("label", "")
         bars.append(
-            f'<text x="0" y="{y + 17}" class="{kind}">{_short(label, 22)}</text>'
-            f'<rect x="190" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
-            f'<text x="{195 + width:.1f}" y="{y + 17}">{_number(value)}{mark}</text>'
+            f'<text x="0" y="{y + 17}" class="{kind}">{_fit(label, room)}</text>'
+            f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
+            f'<text x="{max(x + width, zero) + 5:.1f}" y="{y + 17}">{_number(value)}{mark}</text>'
+        )
+    if low < 0:
+        bars.append(
+            f'<line class="axis" x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{height}" '
+            'stroke="#1a1a1a"/>'
         )
     return (
-        f'<svg class="chart" id="{chart_id}" viewBox="0 0 600 {height}" role="img" '
-        f'aria-label="{e(caption)}">{"".join(bars)}</svg>'
+        f'<svg class="chart" id="{chart_id}" viewBox="0 0 {left + PLOT + 160} {height}" '
+        f'role="img" aria-label="{e(caption)}">{"".join(bars)}</svg>'
     )
 
 
@@ -131,7 +170,7 @@ def _bars(caption: str, figure: str, document: dict[str, Any], labels: dict[str,
         ["Option", figure.replace("_", " ").capitalize()],
         [
             [
-                e(o["label"]),
+                lab(o["label"]),
                 f'<span data-option="{e(o["id"])}" data-figure="{figure}">'
                 f"{_number(o.get(figure))}</span>",
             ]
@@ -173,24 +212,50 @@ def _star(document: dict[str, Any], labels: dict[str, str]) -> str:
     names = ("Scoring round: total scores", "Automatic runoff: ballots preferring each")
     parts = []
     for index, one in enumerate(rounds):
-        parts.append(_round_figure(names[min(index, 1)], one, labels, document["winners"], index))
+        runoff = index > 0
+        parts.append(
+            _round_figure(
+                names[min(index, 1)],
+                one,
+                labels,
+                document["winners"],
+                index,
+                # The runoff's "exhausted" ballots scored both finalists alike.
+                exhausted="No preference between the finalists" if runoff else EXHAUSTED,
+                advancing=None if runoff or len(rounds) < 2 else "advances to runoff",
+            )
+        )
     return "".join(parts)
 
 
+EXHAUSTED = "Exhausted (no preference left)"
+
+
 def _round_figure(
-    caption: str, one: dict[str, Any], labels: dict[str, str], winners: list[str], index: int
+    caption: str,
+    one: dict[str, Any],
+    labels: dict[str, str],
+    winners: list[str],
+    index: int,
+    *,
+    exhausted: str = EXHAUSTED,
+    advancing: str | None = None,
 ) -> str:
+    """One round as bars and a table; ``advancing`` is the status of the options this
+    round keeps (STAR's finalists), where it is not the last."""
     rows = [(labels.get(o, o), float(c), o in winners) for o, c in one["counts"].items()]
     body = [
         [
-            e(labels.get(o, o)),
+            lab(labels.get(o, o)),
             f'<span data-round="{index}" data-option="{e(o)}">{c}</span>',
-            "eliminated" if o in one["eliminated"] else ("winner" if o in winners else ""),
+            "eliminated"
+            if o in one["eliminated"]
+            else (advancing or ("winner" if o in winners else "")),
         ]
         for o, c in one["counts"].items()
     ]
     if one.get("exhausted"):
-        body.append(["Exhausted (no preference left)", str(one["exhausted"]), ""])
+        body.append([exhausted, str(one["exhausted"]), ""])
     table = _table(caption, ["Option", "Count", "Status"], body)
     return _figure(
         caption, _bar_svg(caption, rows, f"round-{index}"), table, f"round-{index}-heading"
@@ -202,13 +267,15 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
     if not rounds:
         return '<p id="no-rounds">No rounds yet: no ballots counted.</p>'
     last = len(rounds) - 1
+    # Preliminary results' last round is not the final one: more ballots may change it.
+    final = "Final" if document["closed_at_position"] is not None else "Last"
     parts = [
         _round_figure(
-            f"Final round (round {last + 1})", rounds[last], labels, document["winners"], last
+            f"{final} round (round {last + 1})", rounds[last], labels, document["winners"], last
         )
     ]
     options = list(labels)
-    header = ["Round", *[e(labels[o]) for o in options], "Exhausted", "Eliminated"]
+    header = ["Round", *[lab(labels[o]) for o in options], "Exhausted", "Eliminated"]
     body = []
     for index, one in enumerate(rounds):
         previous = rounds[index - 1]["counts"] if index else {}
@@ -224,13 +291,13 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
                 f'<span data-round="{index}" data-option="{e(option)}">{count}</span>{change}'
             )
         cells.append(str(one["exhausted"]))
-        cells.append(", ".join(e(labels.get(o, o)) for o in one["eliminated"]) or "none")
+        cells.append(", ".join(lab(labels.get(o, o)) for o in one["eliminated"]) or "none")
         body.append(cells)
     caption = "Every round, with transfers (+/-) and exhausted ballots"
     parts.append(
-        '<section class="captioned" aria-labelledby="rounds-heading">'
+        '<div class="captioned">'
         f'<h3 id="rounds-heading">{e(caption)}</h3>'
-        f"{_table(caption, header, body, 'rounds')}</section>"
+        f"{_table(caption, header, body, 'rounds')}</div>"
     )
     return "".join(parts)
 
@@ -251,7 +318,7 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
     header = [
         "Stage",
         "Action",
-        *[e(labels[o]) for o in options],
+        *[lab(labels[o]) for o in options],
         "Non-transferable",
         "Elected",
         "Excluded",
@@ -264,10 +331,10 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
         source = labels.get(stage["from"], stage["from"]) if stage["from"] else ""
         if stage["action"] == "surplus":
             action = (
-                f"surplus of {e(source)}: {e(stage['surplus'])} at {e(stage['transfer_value'])}"
+                f"surplus of {lab(source)}: {e(stage['surplus'])} at {e(stage['transfer_value'])}"
             )
         elif stage["action"] == "exclusion":
-            action = f"exclusion of {e(source)}"
+            action = f"exclusion of {lab(source)}"
         else:
             action = "first preferences"
         cells = [str(index + 1), action]
@@ -280,8 +347,8 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
             else:
                 cells.append("elected" if option in elected else "out")
         cells.append(e(stage["exhausted"]))
-        cells.append(", ".join(e(labels.get(o, o)) for o in stage["elected"]) or "none")
-        cells.append(", ".join(e(labels.get(o, o)) for o in stage["excluded"]) or "none")
+        cells.append(", ".join(lab(labels.get(o, o)) for o in stage["elected"]) or "none")
+        cells.append(", ".join(lab(labels.get(o, o)) for o in stage["excluded"]) or "none")
         body.append(cells)
     return summary + _table(
         "Every stage: votes of each continuing option, non-transferable votes, who was "
@@ -322,9 +389,17 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
         default=0.0,
     )
     size = max(70, int(longest * 1.1) + 14)
+    # Columns are numbered, rows named with their number: labels cut to a cell's width
+    # read alike ("Option…" over every column). The label column fits the longest name,
+    # up to HEAT_LABEL_MAX px; the chart keeps its natural size and scrolls in its own box.
+    room = min(
+        HEAT_LABEL_MAX,
+        max([60.0, *(_width(f"{n + 1}. {labels[o]}") for n, o in enumerate(options))]),
+    )
+    left = int(room) + 10
     cells, body = [], []
     for row, a in enumerate(options):
-        line = [f'<th scope="row">{e(labels[a])}</th>']
+        line = [f'<th scope="row">{lab(labels[a])}</th>']
         for col, b in enumerate(options):
             if a == b:
                 line.append("<td>—</td>")
@@ -332,7 +407,7 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
             ab, ba = pairwise.get(a, {}).get(b, 0), pairwise.get(b, {}).get(a, 0)
             outcome = "win" if ab > ba else ("loss" if ab < ba else "tie")
             colour = HEAT[("loss", "tie", "win").index(outcome)]
-            x, y = 120 + col * size, 30 + row * 40
+            x, y = left + col * size, 30 + row * 40
             cells.append(
                 f'<rect x="{x}" y="{y}" width="{size - 4}" height="36" fill="{colour}"/>'
                 f'<text x="{x + 6}" y="{y + 23}">{text(ab, ba)}</text>'
@@ -341,18 +416,25 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
                 f'<td data-pair="{e(a)}>{e(b)}" data-outcome="{outcome}">'
                 f"{outcome}: {ab} to {ba}</td>"
             )
-        cells.append(f'<text x="0" y="{30 + row * 40 + 23}">{_short(labels[a], 14)}</text>')
+        number = f"{row + 1}. "
+        cells.append(
+            f'<text x="0" y="{30 + row * 40 + 23}" class="row-label">{number}'
+            f"{_fit(labels[a], room - _width(number))}</text>"
+        )
         body.append(line)
     heads = "".join(
-        f'<text x="{120 + i * size}" y="18">{_short(labels[o], int(size / 7.5) - 1)}</text>'
+        f'<text x="{left + i * size + (size - 4) / 2:.1f}" y="18" text-anchor="middle" '
+        f'class="col-label"><title>{e(labels[o])}</title>{i + 1}</text>'
         for i, o in enumerate(options)
     )
+    width, height = left + 10 + size * len(options), 40 + 40 * len(options)
     svg = (
-        f'<svg class="chart" id="heat-map" viewBox="0 0 {130 + size * len(options)} '
-        f'{40 + 40 * len(options)}" role="img" aria-label="{e(caption)}">{heads}{"".join(cells)}'
-        "</svg>"
+        f'<div class="chart-scroll" tabindex="0" role="region" aria-label="Pairwise chart">'
+        f'<svg class="chart natural" id="heat-map" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(caption)}">'
+        f"{heads}{''.join(cells)}</svg></div>"
     )
-    header = "".join(f'<th scope="col">{e(labels[o])}</th>' for o in options)
+    header = "".join(f'<th scope="col">{lab(labels[o])}</th>' for o in options)
     table = (
         f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
         f'<table id="pairwise"><caption>{e(caption)}</caption>'
@@ -360,7 +442,8 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
         + "".join(f"<tr>{''.join(line)}</tr>" for line in body)
         + "</tbody></table></div>"
     )
-    return _figure(caption, svg, table, "heat-map-heading")
+    # One column: the chart a full-width row, the table under it.
+    return _figure(caption, svg, table, "heat-map-heading", wide=True)
 
 
 def _option_table(document: dict[str, Any]) -> str:
@@ -370,7 +453,7 @@ def _option_table(document: dict[str, Any]) -> str:
     winners = set(document["winners"])
     rows = []
     for option in document["options"]:
-        cells = [e(option["label"]) + (" (winner)" if option["id"] in winners else "")]
+        cells = [lab(option["label"]) + (" (winner)" if option["id"] in winners else "")]
         cells.extend(
             f'<span data-option="{e(option["id"])}" data-figure="{e(k)}">'
             f"{_number(option.get(k))}</span>"
@@ -379,17 +462,20 @@ def _option_table(document: dict[str, Any]) -> str:
         rows.append(cells)
     headers = ["Option", *[e(k.replace("_", " ")) for k in keys]]
     caption = "Every option's figures"
+    # A heading over the table's region, not a section: a section named as the region
+    # inside it was two landmarks of one name (axe: landmark-unique).
     return (
-        '<section class="captioned" aria-labelledby="figures-heading">'
+        '<div class="captioned">'
         f'<h3 id="figures-heading">{e(caption)}</h3>'
-        f"{_table(caption, headers, rows, 'figures')}</section>"
+        f"{_table(caption, headers, rows, 'figures')}</div>"
     )
 
 
 def _notes(document: dict[str, Any]) -> str:
     if not document["notes"]:
         return ""
-    items = "".join(f"<li>{e(note)}</li>" for note in document["notes"])
+    labels = {o["id"]: o["label"] for o in document["options"]}
+    items = "".join(f"<li>{isolated(note, labels)}</li>" for note in document["notes"])
     return f'<section aria-labelledby="notes"><h3 id="notes">Notes</h3><ul>{items}</ul></section>'
 
 
@@ -411,13 +497,19 @@ def _final(document: dict[str, Any]) -> str:
 
 
 def _figure(
-    caption: str, chart: str, table: str, heading: str | None = None, level: int = 3
+    caption: str,
+    chart: str,
+    table: str,
+    heading: str | None = None,
+    level: int = 3,
+    *,
+    wide: bool = False,
 ) -> str:
     """A chart and its table under a heading (h3, or h4 within a section) that names the
     figure: screen readers list the sections of a results page by their headings."""
     ident = heading or "fig-" + re.sub(r"[^a-z0-9]+", "-", caption.lower()).strip("-")
     return (
-        f'<figure class="pair" aria-labelledby="{ident}"><figcaption>'
+        f'<figure class="pair{" wide" if wide else ""}" aria-labelledby="{ident}"><figcaption>'
         f'<h{level} id="{ident}">{e(caption)}</h{level}></figcaption>{chart}{table}</figure>'
     )
 
@@ -450,12 +542,16 @@ def _cell(content: str) -> str:
 NUMERIC = re.compile(r"[-+\d.,() —]+")
 
 
-def _short(label: str, room: int) -> str:
-    """A label that fits a chart's label column (the table beside it has it whole): cut
-    with an ellipsis, the whole in a tooltip, so it never runs over the bars or cells."""
-    if len(label) <= room:
+def _fit(label: str, room: float) -> str:
+    """A label cut in the middle to fit ``room`` px, the whole in a tooltip: "Option with
+    a long name A" and "... B" stay apart where a cut at the end made them one."""
+    if _width(label) <= room:
         return e(label)
-    return f"<title>{e(label)}</title>{e(label[: max(1, room - 1)])}…"
+    keep = len(label)
+    while keep > 2 and _width(label[: keep - keep // 3] + "…" + label[-(keep // 3) :]) > room:
+        keep -= 1
+    tail = keep // 3
+    return f"<title>{e(label)}</title>{e(label[: keep - tail])}…{e(label[len(label) - tail :])}"
 
 
 def _number(value: Any) -> str:

@@ -116,7 +116,8 @@ def _overview_html(document: dict[str, Any]) -> str:
         )
         rows.append(
             f'<tr data-election="{e(election["id"])}">'
-            f'<td><a href="/elections/{e(election["id"])}">{e(election["title"])}</a></td>'
+            f'<td class="title"><a href="/elections/{e(election["id"])}">'
+            f"<bdi>{e(election['title'])}</bdi></a></td>"
             f"<td>{e(election['status'])}</td><td>{e(election['method'])}</td>"
             f'<td data-figure="ballot_entries">{shown}'
             f"</td><td>{state}</td></tr>"
@@ -132,7 +133,10 @@ def _overview_html(document: dict[str, Any]) -> str:
         f'<table id="overview" data-position="{document["position"]}">'
         "<caption>Elections, the open ones first, then the newest</caption><thead><tr>"
         '<th scope="col">Election</th><th scope="col">Status</th><th scope="col">Method</th>'
-        '<th scope="col">Ballot entries</th><th scope="col">Results</th></tr></thead>'
+        # Entries, not ballots: a revision or a withdrawal is one too (the results page
+        # counts ballots). The documents each reader may see have the same counts.
+        '<th scope="col">Ballot entries (casts, revisions, withdrawals)</th>'
+        '<th scope="col">Results</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>{more}"
     )
 
@@ -146,9 +150,12 @@ def _more(document: dict[str, Any]) -> str:
     listing = document.get("listing")
     if listing is None:
         return f'<p id="more">{counted} with public results {are} not shown here.</p>'
+    # The listing needs the token, and a link cannot send it: the script fetches it with
+    # the token and offers it as a file (data-json), as the results page's JSON link.
     return (
-        f'<p id="more">{counted} {are} not shown here: <a href="{e(listing)}">the listing</a> '
-        "has every one, oldest first, a page at a time (JSON).</p>"
+        f'<p id="more">{counted} {are} not shown here: <a href="{e(listing)}" '
+        'data-json="elections.json">the listing</a> has every one, oldest first, a page at a '
+        "time (JSON; this link saves its first page).</p>"
     )
 
 

@@ -28,6 +28,12 @@
   let fresh = false; // the next event is a stream's first: the snapshot on (re)connecting
   let retrying = null; // a panel fetch to try again, after a failure
   let shownMode = "connecting";
+  let finished = false; // final and sealed: nothing more to follow
+  let reader = null; // the fetch-read stream's reader, to cancel it when finished
+  // Results hidden until the close are asked for again this often (not on the stream:
+  // it is refused while they are hidden), so that they show within seconds of the close.
+  const HIDDEN_RETRY_MS = 5000;
+  const PAGE_TITLE = document.title;
   // The polite live region speaks at most every 20 s, and at once when the winners change
   // or the results become final: at one announcement per event it spoke 4 times a second.
   const QUIET_MS = 20000;
@@ -117,7 +123,32 @@
     panel.replaceChildren(...next.childNodes);
     const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
     if (at >= 0 && target) target.focus();
+    named();
     narrate();
+    if (settled()) finish();
+  }
+
+  function settled() {
+    return Boolean(panel.querySelector("#standing[data-state=final]") &&
+      panel.querySelector("#chain-head code"));
+  }
+
+  // A page without public results is titled "Election results" until its panel, read
+  // with a token, names the election (its heading): the tab then says which one.
+  function named() {
+    if (body.dataset.kind !== "results" || isPublic) return;
+    const heading = panel.querySelector("#results-heading");
+    document.title = heading ? heading.textContent + " · Cardinal Vote" : PAGE_TITLE;
+  }
+
+  // Final results with their sealed chain head change no more: stop following them, and
+  // give the server its stream slot back.
+  function finish() {
+    finished = true;
+    if (source) { source.close(); source = null; }
+    if (reader) { reader.cancel().catch(function () {}); }
+    if (poller) { clearInterval(poller); poller = null; }
+    setMode("off (these results are final)");
   }
 
   // One panel fetch: "ok", "auth" (waits for a token), "hidden" (not published yet) or
@@ -133,8 +164,14 @@
       try { problem = await response.json(); } catch (error) { /* not JSON */ }
       const detail = problem.detail || "";
       if (response.status === 403 && problem.title === "Not published yet") {
-        shownWith = sent;
-        panel.textContent = detail; // nobody but admins and auditors: keep the token
+        shownWith = sent; // nobody but admins and auditors: keep the token
+        const note = document.createElement("p");
+        note.id = "not-published";
+        note.textContent = "These results are published when the election closes; until " +
+          "then only its administrators and auditors see them. This page shows them as soon " +
+          "as it closes, without a reload.";
+        panel.replaceChildren(note);
+        named();
         return "hidden";
       }
       if (sent) { // this token does not read this page: drop it, and say why
@@ -183,7 +220,7 @@
     const outcome = await refresh();
     if (outcome === "ok") {
       if (poller) failures = 0; // the server is back: the next stream failure backs off anew
-      if (shownMode === "retrying") {
+      if (shownMode === "retrying" && !finished) {
         setMode(poller ? "polling every 5 s (the stream is unavailable)" : "streaming");
       }
       return;
@@ -198,6 +235,7 @@
   // <token> header"): the page says what a person can do instead.
   function askForToken(refused) {
     panel.replaceChildren(); // nothing that the refused or forgotten token read stays up
+    named();
     shownWith = null;
     lastPosition = null;
     form.hidden = false;
@@ -221,6 +259,7 @@
   }
 
   function streaming() {
+    if (finished) return;
     failures = 0;
     fresh = true;
     if (poller) { clearInterval(poller); poller = null; }
@@ -237,6 +276,7 @@
   // A lost stream is tried again after 1, 2, 4 and 8 s (a restart of the API takes a few
   // seconds) before the page falls back to polling; a reconnection starts the count anew.
   function retry() {
+    if (finished) return;
     failures += 1;
     if (failures > 4) {
       poll();
@@ -251,20 +291,21 @@
   async function followWithFetch() {
     // EventSource cannot send an Authorization header: read the stream with fetch.
     reading = true;
-    try { await readStream(); } finally { reading = false; }
+    try { await readStream(); } finally { reading = false; reader = null; }
   }
 
   async function readStream() {
     const response = await fetch(body.dataset.stream,
       { headers: Object.assign({ Accept: "text/event-stream" }, headers()), cache: "no-store" });
     if (!response.ok || !response.body) throw new Error("stream " + response.status);
+    if (finished) { response.body.cancel().catch(function () {}); return; }
     streaming();
-    const reader = response.body.getReader();
+    reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) { if (finished) return; break; }
       buffer += decoder.decode(value, { stream: true });
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -278,7 +319,7 @@
   }
 
   function follow() {
-    if (source || reading) return;
+    if (source || reading || finished) return;
     if (!token() && window.EventSource) {
       source = new EventSource(body.dataset.stream);
       source.onopen = streaming;
@@ -301,8 +342,13 @@
     if (outcome === "paused") { startWhenResumed = true; return; }
     if (outcome === "ok") { follow(); return; }
     if (outcome === "auth") return; // the token form takes it from here
-    setMode(outcome === "hidden" ? "waiting for the results to be published" : "retrying");
-    setTimeout(start, outcome === "hidden" ? 30000 : backoff);
+    if (outcome === "hidden") { // a 403 answered at once: no failure to back off from
+      setMode("waiting for the results to be published");
+      setTimeout(start, Math.max(HIDDEN_RETRY_MS, backoff));
+      return;
+    }
+    setMode("retrying");
+    setTimeout(start, backoff);
     backoff = Math.min(backoff * 2, 30000);
   }
 
@@ -346,8 +392,8 @@
     location.reload();
   });
 
-  // The JSON results (linked where a chart would be too large) need the token too, and a
-  // link cannot send it: fetch them with it and hand them over as a file.
+  // The JSON results (linked where a chart would be too large) and the overview's listing
+  // need the token too, and a link cannot send it: fetch them with it, hand over a file.
   panel.addEventListener("click", async function (event) {
     const link = event.target instanceof Element && event.target.closest("a[data-json]");
     if (!link || !token()) return;
@@ -357,7 +403,7 @@
       response = await fetch(link.getAttribute("href"), { headers: headers(), cache: "no-store" });
     } catch (error) { response = null; }
     if (!response || !response.ok) {
-      announce.textContent = "The JSON results could not be fetched" +
+      announce.textContent = "The JSON could not be fetched" +
         (response ? " (" + response.status + ")." : ".");
       return;
     }
@@ -385,5 +431,6 @@
   const needed = body.dataset.kind === "results" && (!isPublic || token());
   if (needed || !panel.firstElementChild || (body.dataset.kind === "overview" && token())) {
     start();
-  } else follow();
+  } else if (settled()) finish();
+  else follow();
 })();

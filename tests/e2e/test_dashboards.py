@@ -868,3 +868,125 @@ async def test_the_token_field_is_not_a_password_field(
     assert await page.evaluate(masked) == "disc"
     assert await page.evaluate("document.querySelectorAll('input[type=password]').length") == 0
     assert await _scan(page) == []
+
+
+async def test_a_long_title_does_not_widen_the_overview(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """One unbroken 170-letter title made the overview's table 1,600 px wide, its other
+    columns out of sight (review dash-2, 2); its entries column said "Ballot entries"
+    beside a results page's smaller "Ballots counted" (review dash-2, 5)."""
+    election = await voting.create_election(
+        "plurality", public_results=True, title="Supercalifragilistic" * 8 + "expialidocious"
+    )
+    for width in (390, 1280):
+        context = await browser.new_context(viewport={"width": width, "height": 800})
+        try:
+            screen = await context.new_page()
+            await screen.goto(f"{site}/")
+            await screen.locator(f'#overview tr[data-election="{election["id"]}"]').wait_for(
+                timeout=WAIT_MS
+            )
+            assert await screen.evaluate("document.documentElement.scrollWidth") <= width
+            title = await screen.evaluate(
+                f"""document.querySelector('tr[data-election="{election["id"]}"] td')
+                    .getBoundingClientRect().right"""
+            )
+            assert title <= width, width
+            if width == 1280:  # room for every column: the table does not scroll at all
+                wrap = await screen.evaluate(
+                    """(() => { const w = document.querySelector(".table-wrap");
+                        return [w.scrollWidth, w.clientWidth]; })()"""
+                )
+                assert wrap[0] <= wrap[1], wrap
+            header = await screen.locator("#overview thead").inner_text()
+            assert "revisions" in header
+            assert "withdrawals" in header
+        finally:
+            await context.close()
+
+
+async def test_the_listing_link_of_the_overview_works_with_the_token(
+    voting: VotingClient, site: str, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overview linked GET /api/elections, which answered a browser 401: a link
+    cannot send the token (review dash-2, 7). The script fetches it with the token."""
+    monkeypatch.setattr(streams, "OVERVIEW_LIMIT", 1)
+    await voting.create_election("plurality", public_results=True, title="Also left out")
+    await page.goto(f"{site}/")
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    link = page.locator("#more a")
+    await link.wait_for(timeout=WAIT_MS)
+    async with page.expect_download(timeout=WAIT_MS) as info:
+        await link.click()
+    saved = await (await info.value).path()
+    assert saved is not None
+    listing = json.loads(await asyncio.to_thread(Path(saved).read_text))
+    assert listing["elections"]
+
+
+async def test_results_published_at_the_close_show_within_seconds(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A page waiting for results published at the close asked again every 30 s: they
+    showed about 27 s after the close (review dash-2, 6). It also said so in the API's
+    words (review dash-2, 21)."""
+    election = await voting.create_election(
+        "plurality", public_results=True, results_visibility="after_close", title="Sealed"
+    )
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    note = page.locator("#not-published")
+    await note.wait_for(timeout=WAIT_MS)
+    said = await note.inner_text()
+    assert "when the election closes" in said
+    assert "admins" not in said
+    await voting.close(election["id"])
+    closed = time.monotonic()
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    assert time.monotonic() - closed < 10
+
+
+async def test_final_results_stop_following_the_stream(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Final results said "Live updates: streaming" and held a stream slot for good
+    (review dash-2, 22): once final and sealed, the page says so and closes the stream."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    await voting.close(election_id)
+    await page.locator("#chain-head code").first.wait_for(timeout=WAIT_MS)
+    await page.locator("#mode", has_text="final").wait_for(timeout=WAIT_MS)
+    assert "streaming" not in await page.locator("#mode").inner_text()
+    # Opened on final results, the page follows nothing.
+    streamed: list[str] = []
+    page.on(
+        "request",
+        lambda request: streamed.append(request.url) if "/stream" in request.url else None,
+    )
+    await page.reload()
+    await page.locator("#mode", has_text="final").wait_for(timeout=WAIT_MS)
+    assert streamed == []
+
+
+async def test_a_private_page_is_named_once_its_token_reads_the_title(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A private page kept "Election results" as its heading and tab title after the
+    token showed which election it is (review dash-2, 17)."""
+    election = await voting.create_election(
+        "plurality", live_results_step=1, title="Treasurer (board only)"
+    )
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    assert await page.title() == "Election results · Cardinal Vote"
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#results-heading").wait_for(timeout=WAIT_MS)
+    assert await page.title() == "Treasurer (board only) · Cardinal Vote"
+    await page.click("#forget-token")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    assert await page.title() == "Election results · Cardinal Vote"

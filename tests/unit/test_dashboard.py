@@ -77,7 +77,7 @@ def test_each_figure_is_named_by_a_heading() -> None:
         {"counts": {"o0": 1, "o1": 1, "o2": 2}, "eliminated": ["o0"], "exhausted": 0},
         {"counts": {"o1": 1, "o2": 3}, "eliminated": [], "exhausted": 0},
     ]
-    html = results_panel(_document("irv", rounds=rounds), "Results")
+    html = results_panel(_document("irv", rounds=rounds, closed_at_position=9), "Results")
     headings = dict(re.findall(r'<h3 id="([^"]+)">([^<]+)</h3>', html))
     assert "Final round (round 2)" in headings.values()
     assert "Every option&#x27;s figures" in headings.values()
@@ -92,3 +92,141 @@ def test_table_cells_with_figures_do_not_wrap() -> None:
     rounds = [{"counts": {"o0": 94, "o1": 1, "o2": 2}, "eliminated": ["o1"], "exhausted": 0}]
     html = results_panel(_document("irv", rounds=rounds), "Results")
     assert '<td class="num"><span data-round="0" data-option="o0">94</span></td>' in html
+
+
+def _svg(html: str, ident: str) -> str:
+    chart = re.search(rf'<svg[^>]*id="{ident}".*?</svg>', html)
+    assert chart is not None
+    return chart.group(0)
+
+
+def test_a_negative_mean_is_a_bar_to_the_left_of_the_zero_axis() -> None:
+    """Bars were max(0, width): a negative mean drew nothing (review dash-2, 3)."""
+    options = [
+        {"id": "o0", "label": "Low", "mean": -1.5, "histogram": {}},
+        {"id": "o1", "label": "High", "mean": 1.0, "histogram": {}},
+    ]
+    html = results_panel(_document("score", options=options, winners=["o1"]), "Results")
+    chart = _svg(html, "chart-mean")
+    axis = re.search(r'<line class="axis" x1="([\d.]+)"', chart)
+    assert axis is not None
+    zero = float(axis.group(1))
+    bars = [
+        (float(x), float(w))
+        for x, w in re.findall(r'<rect x="([\d.]+)" y="\d+" width="([\d.]+)"', chart)
+    ]
+    (low_x, low_w), (high_x, high_w) = bars
+    assert low_w > 0
+    assert abs(low_x + low_w - zero) < 0.2
+    assert high_x == zero
+    assert high_w > 0
+    assert low_w / high_w == 1.5
+
+
+def test_chart_labels_with_a_shared_long_beginning_stay_apart() -> None:
+    """Labels were cut at 22 characters: two that began alike read alike (review dash-2, 9)."""
+    stem = "Extension of the northern tram line via "
+    options = [
+        {"id": f"o{i}", "label": stem + place, "votes": i}
+        for i, place in enumerate(["the harbour district", "the university campus"])
+    ]
+    html = results_panel(_document(options=options, winners=["o1"]), "Results")
+    labels = re.findall(
+        r'class="label[^"]*">(?:<title>[^<]*</title>)?([^<]*)</text>', _svg(html, "chart-votes")
+    )
+    assert len(labels) == 2
+    assert labels[0] != labels[1]
+
+
+def test_the_heat_map_numbers_its_columns_and_keeps_its_natural_size() -> None:
+    """Twenty options' heat map was shrunk to half a page, its column headers cut to the
+    same few letters (review dash-2, 4)."""
+    ids = [f"o{i}" for i in range(20)]
+    options = [{"id": o, "label": f"Candidate from the list {o}", "votes": 1} for o in ids]
+    pairwise = {a: {b: 1 for b in ids if b != a} for a in ids}
+    html = results_panel(
+        _document("schulze", options=options, pairwise=pairwise, winners=["o0"]), "Results"
+    )
+    chart = _svg(html, "heat-map")
+    heads = re.findall(r'class="col-label"><title>[^<]*</title>([^<]*)</text>', chart)
+    assert heads == [str(n) for n in range(1, 21)]
+    rows = re.findall(r'class="row-label">([^<]*)', chart)
+    assert len(set(rows)) == 20
+    assert 'class="chart natural"' in chart
+    assert 'width="' in chart.split("viewBox")[0]
+    assert '<figure class="pair wide" aria-labelledby="heat-map-heading">' in html
+    assert '<div class="chart-scroll" tabindex="0" role="region"' in html
+
+
+def test_a_tie_left_standing_is_not_called_winners() -> None:
+    """A single-winner election's unresolved tie read "Winners: Left, Right" (review
+    dash-2, 11)."""
+    tie = {"options": ["o1", "o2"], "reason": "o1 and o2 tie"}
+    html = results_panel(_document(winners=["o1", "o2"], tie=tie), "Results")
+    assert "<strong>Tied, not decided:</strong>" in html
+    assert "Winners" not in html.split('id="winners"')[1].split("</p>")[0]
+    single = results_panel(_document(), "Results")
+    assert "<strong>Winner:</strong>" in single
+
+
+def test_star_says_who_advances_and_what_the_runoff_could_not_count() -> None:
+    """STAR's runoff showed "Exhausted (no preference left)" (review dash-2, 12)."""
+    rounds = [
+        {"counts": {"o0": 3, "o1": 9, "o2": 8}, "eliminated": ["o0"], "exhausted": 0},
+        {"counts": {"o1": 2, "o2": 1}, "eliminated": ["o2"], "exhausted": 1},
+    ]
+    html = results_panel(_document("star", rounds=rounds, winners=["o1"]), "Results")
+    assert "No preference between the finalists" in html
+    assert "Exhausted" not in html
+    scoring = html.split('id="round-0-heading"')[1].split("</figure>")[0]
+    assert scoring.count("<td>advances to runoff</td>") == 2
+    assert "<td>eliminated</td>" in scoring
+
+
+def test_the_last_round_of_preliminary_results_is_not_called_final() -> None:
+    """Preliminary IRV results said "Final round (round 4)" (review dash-2, 13)."""
+    rounds = [{"counts": {"o0": 1, "o1": 2, "o2": 3}, "eliminated": [], "exhausted": 0}]
+    html = results_panel(_document("irv", rounds=rounds), "Results")
+    assert "Last round (round 1)" in html
+    assert "Final round" not in html
+
+
+def test_labels_are_isolated_for_right_to_left_text() -> None:
+    """A right-to-left label turned the punctuation and the labels around it (review
+    dash-2, 16): labels are isolated in headers, winner lists and the notes."""
+    options = [
+        {"id": "o0", "label": "תל אביב", "votes": 2},
+        {"id": "o1", "label": "القاهرة", "votes": 2},
+    ]
+    tie = {"options": ["o0", "o1"], "reason": "תל אביב and القاهرة tie on 2 votes."}
+    rounds = [{"counts": {"o0": 2, "o1": 2}, "eliminated": [], "exhausted": 0}]
+    html = results_panel(
+        _document(
+            "irv",
+            options=options,
+            rounds=rounds,
+            winners=["o0", "o1"],
+            tie=tie,
+            notes=["In round 1, תל אביב was kept."],
+        ),
+        "Results",
+    )
+    assert "<bdi>תל אביב</bdi>, <bdi>القاهرة</bdi></p>" in html
+    assert "<bdi>תל אביב</bdi> and <bdi>القاهرة</bdi> tie" in html
+    assert "<li>In round 1, <bdi>תל אביב</bdi> was kept.</li>" in html
+    assert '<th scope="col"><bdi>תל אביב</bdi></th>' in html
+
+
+def test_no_section_is_named_as_the_table_region_inside_it() -> None:
+    """A section labelled by its heading held a table region of the same name: two
+    landmarks of one name (axe landmark-unique, review dash-2, 18)."""
+    rounds = [{"counts": {"o0": 1, "o1": 2, "o2": 3}, "eliminated": [], "exhausted": 0}]
+    html = results_panel(_document("irv", rounds=rounds), "Results")
+    names = re.findall(r'<section aria-labelledby="([^"]+)"', html)
+    regions = re.findall(r'role="region" aria-label="([^"]+)"', html)
+    headings = dict(re.findall(r'<h3 id="([^"]+)">([^<]+)</h3>', html))
+    assert not {headings[n] for n in names if n in headings} & set(regions)
+    assert "figures-heading" in headings
+    assert "rounds-heading" in headings
+    assert 'aria-labelledby="figures-heading"' not in html
+    assert 'aria-labelledby="rounds-heading"' not in html

@@ -25,12 +25,12 @@ def test_stv_stages_render_as_a_table_with_the_quota_and_seats() -> None:
     assert 'id="stages"' in html
     assert '<span data-figure="seats">2</span>' in html
     assert '<span data-figure="quota">4.00000</span>' in html
-    assert "surplus of A: 3.00000 at 0.42857" in html
+    assert "surplus of <bdi>A</bdi>: 3.00000 at 0.42857" in html
     # b holds 7 x 0.42857 = 2.99999; c and d tie on 2 at every stage, and which goes
     # decides the last seat (d's papers would elect c, c's going elects b): a is elected
     # for every choice, and b and c are reported tied for the other seat.
     assert 'data-winners="a b c"' in html
-    assert "Tie between B, C:" in html
+    assert "Tie between <bdi>B</bdi>, <bdi>C</bdi>:" in html
 
 
 def test_an_stv_page_without_ballots_says_so() -> None:
@@ -51,7 +51,7 @@ def test_an_option_the_shown_stages_excluded_is_out_though_a_tie_makes_it_a_winn
         [_count(1, "a"), "out", "elected", _count(1, "d")],
         [_count(2, "a"), "out", "elected", "out"],
     ]
-    assert cells[2][-1] == "D"
+    assert cells[2][-1] == "<bdi>D</bdi>"
 
 
 def _count(stage: int, option: str) -> str:
