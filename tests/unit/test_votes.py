@@ -1,4 +1,4 @@
-"""Ballot validation, on thousands of generated ballots per property."""
+"""Ballot validation, on hundreds of generated ballots per property."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from domain.votes import Approval, Choice, Ranking, Scores, parse_vote, stored_v
 from infra.store.transcoder import OrjsonTranscoder
 from tests.budget import examples
 
-MANY = settings(max_examples=examples(1000), deadline=None)
+MANY = settings(max_examples=examples(300), deadline=None)
 IDS = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True)
 
 

@@ -33,9 +33,10 @@ from pref_voting.scoring_methods import borda_for_profile_with_ties, plurality
 from domain.rules import Method
 from domain.tabulation import tabulate
 from domain.votes import Approval, Choice, Ranking, Vote
+from tests.budget import examples
 from tests.unit.tabulation.elections import OPTION_IDS, rules, scores
 
-PROFILES = 2_000
+PROFILES = examples(800)
 
 Profile_ = tuple[tuple[str, ...], list[tuple[str, ...]]]
 
