@@ -468,6 +468,35 @@ async def test_anonymous_readers_are_not_waited_for(voting: VotingClient) -> Non
     assert "warning" not in answer.headers  # (after a wait: "results reflect position")
 
 
+async def test_a_voter_token_waits_for_its_own_ballot_not_for_the_log(
+    voting: VotingClient,
+) -> None:
+    """``?min_position=N`` waited, for a voter token, until the tally reached position N
+    of the whole log, and said "Warning: 199" if it had not: a voter found the log's head
+    by bisection, then held ``head + 1`` and was answered the moment anyone cast a ballot
+    in any election, private ones included (secrecy review of ff1b34a, A). A voter now
+    waits for its own ballot and its election's own entries, never further."""
+    election_id, (mine, idle) = await voting.token_election("plurality", 2, live_results_step=1)
+    receipt = (await voting.cast(election_id, {"choice": "a"}, token=mine)).json()
+    # Read-your-writes holds: its receipt is waited for, and the answer counts the ballot.
+    own = (await voting.results(election_id, mine, min_position=receipt["position"])).json()
+    assert (own["position"], own["ballots"]) == (receipt["position"], 1)
+    private = await voting.open_election("plurality")
+    cast = await voting.cast(private, {"choice": "b"}, "elsewhere")
+    head = cast.json()["position"]
+    for token in (mine, idle):  # (one that has not voted waits for its election's entries)
+        for wanted in (head, head + 1, 10**12):
+            answer = await voting.http.get(
+                f"/api/elections/{election_id}/results",
+                params={"min_position": wanted},
+                headers=bearer(token),
+            )
+            assert answer.status_code == 200, answer.text
+            # Not "not reached yet": nothing past its own entries is waited for or told.
+            assert "warning" not in answer.headers, (token == mine, wanted)
+            assert answer.json() == own
+
+
 async def test_a_made_up_voter_token_casting_learns_nothing_either(voting: VotingClient) -> None:
     """Casting with a token not on the roll answered after the election's state: "not
     opened yet", "closed", "needs the client role" (review helper-46). One answer now."""
