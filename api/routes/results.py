@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from psycopg import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -325,15 +326,21 @@ async def _results_at(
                 reach = close
         if close is not None and at < close:
             _check_published(election, ElectionStatus.OPEN, at, unpublished)
+        if indexed and not role and close is None:
+            at = await _last_shown(conn, election_id, at)
         if (
-            index is not None
+            role
+            and index is not None
             and at > index.reach
             and index.closed_at is None
             and (close is None or at < close)
             and await recounts.untouched(conn, election_id, index.reach, at)
         ):
             # Only other elections' entries since the index's replay (``?at=`` the head,
-            # read again after each ballot anywhere): it answers for ``at`` as it is.
+            # read again after each ballot anywhere): it answers for ``at`` as it is. (Not
+            # for readers without a role: whether this took one read or a replay told them
+            # when each entry of the election came between two publications; their ``at``
+            # is a publication or one of the election's own entries, above.)
             index = replace(index, reach=at)
             cache.put(("steps", election_id), index, index.size())
     if index is not None and index.covers(at):
@@ -365,6 +372,23 @@ async def _results_at(
         document = await recounts.run_shared(services, key, work, role=role)
     _check_published(election, ElectionStatus(document["status"]), at, unpublished)
     return document
+
+
+async def _last_shown(conn: AsyncConnection[Any], election_id: UUID, at: int) -> int:
+    """Where an open election last changed what a reader without a role sees, up to
+    ``at``: its last publication (the tally's), or a later entry of its own stream (opened,
+    tokens); ``at`` itself if that publication is after it (a position in the past, which
+    the step index answers). Time travel for these readers replays only when that moves,
+    at a publication: never right after an unpublished ballot, whose replay (a tenth of a
+    second, against one read) timed each entry between two publications (secrecy review
+    of ff1b34a, C)."""
+    snapshot = await tally_snapshot(conn, election_id)
+    if snapshot.published_position > at:
+        return at
+    cursor = await conn.execute(OWN_ENTRIES, ([election_id], at))
+    row = await cursor.fetchone()
+    own = 0 if row is None or row[0] is None else int(row[0])
+    return max(snapshot.published_position, own) or at
 
 
 def _stepped_key(

@@ -349,11 +349,14 @@ async def test_recounts_run_one_at_a_time_and_are_kept(
     """Time travel recounts from the log, CPU work as long as the election is large: a
     flood of them must not crowd out the ballots. One runs at a time per process (others
     wait a moment, then get 503), and a position recounted once is not recounted again."""
-    election_id = await voting.open_election("plurality", public_results=True)
+    election_id = await voting.open_election("plurality", public_results=True, live_results_step=1)
     positions = [
         (await voting.cast(election_id, {"choice": "a"}, f"rc-{n}")).json()["position"]
-        for n in range(2)
+        for n in range(3)
     ]
+    # (Both positions before the last publication: two recounts. Ahead of it, a reader
+    # without a role gets that publication, one recount for all.)
+    await voting.results(election_id, AUDITOR, min_position=positions[-1])
     reading = asyncio.Event()
     release = asyncio.Event()
     reads: list[int] = []
@@ -570,3 +573,49 @@ async def test_public_results_do_not_move_with_a_private_elections_ballots(
         ahead = (await anonymous(live, at=10**12)).json()
         assert (ahead["position"], ahead["ballots"]) == (mine, 1)
         assert (await anonymous(closed, at=10**12)).json()["position"] == close
+
+
+async def test_time_travel_replays_an_election_only_when_it_publishes(
+    voting: VotingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?at=`` far ahead, asked again and again with no token, took one read while the
+    election had no new entry and a whole replay (a tenth of a second for a thousand
+    ranked ballots) right after one: the time and the count of every entry between two
+    publications, which stepped results hide (secrecy review of ff1b34a, C). A reader
+    without a role now gets what was last published, and the replay comes with the next
+    publication only."""
+    election_id = await voting.open_election("plurality", public_results=True, live_results_step=3)
+    published = 0
+    for n in range(3):
+        published = (await voting.cast(election_id, {"choice": "a"}, f"tt-{n}")).json()["position"]
+    await voting.results(election_id, AUDITOR, min_position=published)
+    replays: list[tuple[int, int]] = []
+    replay = recounts.replay
+
+    async def counted(services: Any, election: Any, target: int, reach: int) -> Any:
+        replays.append((target, reach))
+        return await replay(services, election, target, reach)
+
+    monkeypatch.setattr(recounts, "replay", counted)
+
+    async def ahead() -> dict[str, Any]:
+        answer = await voting.http.get(
+            f"/api/elections/{election_id}/results", params={"at": 10**12}
+        )
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    first = await ahead()
+    assert (first["position"], first["ballots"]) == (published, 3)
+    replayed = len(replays)  # (a replay, or none: another test's may have indexed it)
+    for n in range(2):  # the next step's first two entries: nothing published
+        cast = await voting.cast(election_id, {"choice": "b"}, f"tt-next-{n}")
+        await voting.results(election_id, AUDITOR, min_position=cast.json()["position"])
+        assert await ahead() == first
+        assert len(replays) == replayed, replays  # one read, as before the ballot
+    third = await voting.cast(election_id, {"choice": "b"}, "tt-next-2")
+    step = third.json()["position"]
+    await voting.results(election_id, AUDITOR, min_position=step)
+    later = await ahead()
+    assert (later["position"], later["ballots"]) == (step, 6)
