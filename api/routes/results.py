@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from psycopg import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,10 +20,12 @@ from api.auth import Principal, check_reader
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden
+from domain.ballot import ballot_id
 from domain.election import Election, ElectionStatus
 from domain.rules import ElectionRules, ResultsVisibility
 from infra.runtime.bootstrap import Services
 from infra.runtime.caches import SizedCache, counters_size, json_size
+from infra.store import EVENTS_TABLE
 from infra.store.log import head
 from projections.queries import TallySnapshot, tally_snapshot
 from projections.results import results_document
@@ -47,7 +50,8 @@ MAX_WAIT = 2.0
                 "query",
                 POSITION,
                 required=False,
-                description="wait up to 2 s for the results to reach this position",
+                description="wait up to 2 s for the results to reach this position (a "
+                "voter token: at most its own ballot's last entry; no token: no wait)",
             ),
             Param(
                 "at",
@@ -97,9 +101,15 @@ async def results(request: Request) -> Response:
         )
         return _conditional(request, body)
     caught_up = True
+    if wanted and principal.voter_token is not None:
+        # A voter waits for its own ballot (or its election's own entries), never further:
+        # the tally's position moves with every election's ballots, and a wait for any
+        # position of the log (answered, or "Warning: not reached yet") timed the ballots
+        # of every other election, private ones included (secrecy review of ff1b34a, A).
+        wanted = await _own_position(services, election_id, principal.voter_token, wanted)
     if wanted and (principal.role is not None or principal.voter_token is not None):
-        # (Anonymous readers of a public election are not waited for: how long the answer
-        # took told anyone when the tally passed each position of the log, every
+        # (Anonymous readers of a public election are not waited for at all: how long the
+        # answer took told anyone when the tally passed each position of the log, every
         # election's ballots included: review helper-38.)
         caught_up = await services.positions.wait_for("tally", wanted, MAX_WAIT)
     body = await current_results(services, election_id, election, exact=exact)
@@ -107,6 +117,25 @@ async def results(request: Request) -> Response:
         {} if caught_up else {"Warning": f'199 - "results reflect position {body["position"]}"'}
     )
     return _conditional(request, body, headers)
+
+
+OWN_ENTRIES = f"""
+SELECT max(notification_id) FROM {EVENTS_TABLE}
+WHERE originator_id = ANY(%s) AND notification_id <= %s
+"""
+
+
+async def _own_position(services: Services, election_id: UUID, token: str, wanted: int) -> int:
+    """How far a voter's ``min_position`` waits: the last entry, up to ``wanted``, of its
+    own ballot or of its election's own stream (created, opened, tokens, closed); 0 if
+    none. A receipt of its ballot is waited for exactly; beyond it, nothing the voter did
+    not write or could not see (the election's state) is."""
+    voter = services.voter_keys.for_token(election_id, token)
+    streams = [election_id, ballot_id(election_id, voter.ballot_key)]
+    async with services.reads.connection() as conn:
+        cursor = await conn.execute(OWN_ENTRIES, (streams, wanted))
+        row = await cursor.fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
 
 
 def _conditional(
@@ -297,15 +326,21 @@ async def _results_at(
                 reach = close
         if close is not None and at < close:
             _check_published(election, ElectionStatus.OPEN, at, unpublished)
+        if indexed and not role and close is None:
+            at = await _last_shown(conn, election_id, at)
         if (
-            index is not None
+            role
+            and index is not None
             and at > index.reach
             and index.closed_at is None
             and (close is None or at < close)
             and await recounts.untouched(conn, election_id, index.reach, at)
         ):
             # Only other elections' entries since the index's replay (``?at=`` the head,
-            # read again after each ballot anywhere): it answers for ``at`` as it is.
+            # read again after each ballot anywhere): it answers for ``at`` as it is. (Not
+            # for readers without a role: whether this took one read or a replay told them
+            # when each entry of the election came between two publications; their ``at``
+            # is a publication or one of the election's own entries, above.)
             index = replace(index, reach=at)
             cache.put(("steps", election_id), index, index.size())
     if index is not None and index.covers(at):
@@ -337,6 +372,23 @@ async def _results_at(
         document = await recounts.run_shared(services, key, work, role=role)
     _check_published(election, ElectionStatus(document["status"]), at, unpublished)
     return document
+
+
+async def _last_shown(conn: AsyncConnection[Any], election_id: UUID, at: int) -> int:
+    """Where an open election last changed what a reader without a role sees, up to
+    ``at``: its last publication (the tally's), or a later entry of its own stream (opened,
+    tokens); ``at`` itself if that publication is after it (a position in the past, which
+    the step index answers). Time travel for these readers replays only when that moves,
+    at a publication: never right after an unpublished ballot, whose replay (a tenth of a
+    second, against one read) timed each entry between two publications (secrecy review
+    of ff1b34a, C)."""
+    snapshot = await tally_snapshot(conn, election_id)
+    if snapshot.published_position > at:
+        return at
+    cursor = await conn.execute(OWN_ENTRIES, ([election_id], at))
+    row = await cursor.fetchone()
+    own = 0 if row is None or row[0] is None else int(row[0])
+    return max(snapshot.published_position, own) or at
 
 
 def _stepped_key(

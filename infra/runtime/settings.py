@@ -189,6 +189,9 @@ class Settings:
                     ("CARDINAL_AUDIT_KEY", self.audit_key),
                     ("CARDINAL_ADMIN_TOKEN", self.tokens_for("admin")),
                     ("JWT_SECRET_KEY", self.jwt_secret_key),
+                    # Open metrics time every ballot of every election (the log's head and
+                    # the ballot counters move with each): a secret election's too.
+                    ("METRICS_TOKEN", self.metrics_token),
                 )
                 if not value
             ]

@@ -24,6 +24,7 @@ SECRETS = {
     "CARDINAL_AUDIT_KEY": "ab" * 32,
     "CARDINAL_ADMIN_TOKEN": "admin",
     "JWT_SECRET_KEY": "j" * 32,
+    "METRICS_TOKEN": "m" * 32,
     "POSTGRES_PASSWORD": "pg",
     "RABBITMQ_PASSWORD": "mq",
     "GRAFANA_ADMIN_PASSWORD": "gf",
@@ -80,6 +81,11 @@ def test_the_stack_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     checked = _compose("--env-file", env, "config", "-q")
     assert checked.returncode != 0
     assert "set CARDINAL_SECRET" in checked.stderr
+    # Open metrics time every ballot (the API serves them on its public port).
+    env = str(_env_file(tmp_path, **{**SECRETS, "METRICS_TOKEN": ""}))
+    checked = _compose("--env-file", env, "config", "-q")
+    assert checked.returncode != 0
+    assert "set METRICS_TOKEN" in checked.stderr
 
 
 def test_the_resolved_stack_wires_processes_health_and_order(tmp_path: Path) -> None:

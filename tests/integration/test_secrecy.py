@@ -349,11 +349,14 @@ async def test_recounts_run_one_at_a_time_and_are_kept(
     """Time travel recounts from the log, CPU work as long as the election is large: a
     flood of them must not crowd out the ballots. One runs at a time per process (others
     wait a moment, then get 503), and a position recounted once is not recounted again."""
-    election_id = await voting.open_election("plurality", public_results=True)
+    election_id = await voting.open_election("plurality", public_results=True, live_results_step=1)
     positions = [
         (await voting.cast(election_id, {"choice": "a"}, f"rc-{n}")).json()["position"]
-        for n in range(2)
+        for n in range(3)
     ]
+    # (Both positions before the last publication: two recounts. Ahead of it, a reader
+    # without a role gets that publication, one recount for all.)
+    await voting.results(election_id, AUDITOR, min_position=positions[-1])
     reading = asyncio.Event()
     release = asyncio.Event()
     reads: list[int] = []
@@ -468,6 +471,35 @@ async def test_anonymous_readers_are_not_waited_for(voting: VotingClient) -> Non
     assert "warning" not in answer.headers  # (after a wait: "results reflect position")
 
 
+async def test_a_voter_token_waits_for_its_own_ballot_not_for_the_log(
+    voting: VotingClient,
+) -> None:
+    """``?min_position=N`` waited, for a voter token, until the tally reached position N
+    of the whole log, and said "Warning: 199" if it had not: a voter found the log's head
+    by bisection, then held ``head + 1`` and was answered the moment anyone cast a ballot
+    in any election, private ones included (secrecy review of ff1b34a, A). A voter now
+    waits for its own ballot and its election's own entries, never further."""
+    election_id, (mine, idle) = await voting.token_election("plurality", 2, live_results_step=1)
+    receipt = (await voting.cast(election_id, {"choice": "a"}, token=mine)).json()
+    # Read-your-writes holds: its receipt is waited for, and the answer counts the ballot.
+    own = (await voting.results(election_id, mine, min_position=receipt["position"])).json()
+    assert (own["position"], own["ballots"]) == (receipt["position"], 1)
+    private = await voting.open_election("plurality")
+    cast = await voting.cast(private, {"choice": "b"}, "elsewhere")
+    head = cast.json()["position"]
+    for token in (mine, idle):  # (one that has not voted waits for its election's entries)
+        for wanted in (head, head + 1, 10**12):
+            answer = await voting.http.get(
+                f"/api/elections/{election_id}/results",
+                params={"min_position": wanted},
+                headers=bearer(token),
+            )
+            assert answer.status_code == 200, answer.text
+            # Not "not reached yet": nothing past its own entries is waited for or told.
+            assert "warning" not in answer.headers, (token == mine, wanted)
+            assert answer.json() == own
+
+
 async def test_a_made_up_voter_token_casting_learns_nothing_either(voting: VotingClient) -> None:
     """Casting with a token not on the roll answered after the election's state: "not
     opened yet", "closed", "needs the client role" (review helper-46). One answer now."""
@@ -541,3 +573,49 @@ async def test_public_results_do_not_move_with_a_private_elections_ballots(
         ahead = (await anonymous(live, at=10**12)).json()
         assert (ahead["position"], ahead["ballots"]) == (mine, 1)
         assert (await anonymous(closed, at=10**12)).json()["position"] == close
+
+
+async def test_time_travel_replays_an_election_only_when_it_publishes(
+    voting: VotingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?at=`` far ahead, asked again and again with no token, took one read while the
+    election had no new entry and a whole replay (a tenth of a second for a thousand
+    ranked ballots) right after one: the time and the count of every entry between two
+    publications, which stepped results hide (secrecy review of ff1b34a, C). A reader
+    without a role now gets what was last published, and the replay comes with the next
+    publication only."""
+    election_id = await voting.open_election("plurality", public_results=True, live_results_step=3)
+    published = 0
+    for n in range(3):
+        published = (await voting.cast(election_id, {"choice": "a"}, f"tt-{n}")).json()["position"]
+    await voting.results(election_id, AUDITOR, min_position=published)
+    replays: list[tuple[int, int]] = []
+    replay = recounts.replay
+
+    async def counted(services: Any, election: Any, target: int, reach: int) -> Any:
+        replays.append((target, reach))
+        return await replay(services, election, target, reach)
+
+    monkeypatch.setattr(recounts, "replay", counted)
+
+    async def ahead() -> dict[str, Any]:
+        answer = await voting.http.get(
+            f"/api/elections/{election_id}/results", params={"at": 10**12}
+        )
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    first = await ahead()
+    assert (first["position"], first["ballots"]) == (published, 3)
+    replayed = len(replays)  # (a replay, or none: another test's may have indexed it)
+    for n in range(2):  # the next step's first two entries: nothing published
+        cast = await voting.cast(election_id, {"choice": "b"}, f"tt-next-{n}")
+        await voting.results(election_id, AUDITOR, min_position=cast.json()["position"])
+        assert await ahead() == first
+        assert len(replays) == replayed, replays  # one read, as before the ballot
+    third = await voting.cast(election_id, {"choice": "b"}, "tt-next-2")
+    step = third.json()["position"]
+    await voting.results(election_id, AUDITOR, min_position=step)
+    later = await ahead()
+    assert (later["position"], later["ballots"]) == (step, 6)

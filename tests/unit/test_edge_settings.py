@@ -13,6 +13,7 @@ PRODUCTION = {
     "CARDINAL_AUDIT_KEY": "ab" * 32,
     "CARDINAL_ADMIN_TOKEN": "admin",
     "JWT_SECRET_KEY": "k" * 32,
+    "METRICS_TOKEN": "m" * 32,
 }
 
 
@@ -20,6 +21,17 @@ def test_production_refuses_to_start_without_a_jwt_secret_key() -> None:
     assert Settings.from_env(PRODUCTION).jwt_secret_key == "k" * 32
     with pytest.raises(SettingsError, match="JWT_SECRET_KEY"):
         Settings.from_env({**PRODUCTION, "JWT_SECRET_KEY": ""})
+
+
+def test_production_refuses_to_start_with_open_metrics() -> None:
+    """Without METRICS_TOKEN, GET /metrics answered anyone on the API's own port with the
+    log's head and the ballots accepted, read afresh on each request: polling it timed
+    every ballot of every election, secret ones included (secrecy review of ff1b34a, B).
+    Development and tests keep them open."""
+    with pytest.raises(SettingsError, match="these must be set: METRICS_TOKEN"):
+        Settings.from_env({**PRODUCTION, "METRICS_TOKEN": ""})
+    assert Settings.from_env({**PRODUCTION, "METRICS_TOKEN": ""}, service=False)
+    assert Settings.from_env({"CARDINAL_ENV": "development"}).metrics_token is None
 
 
 def test_a_jwt_secret_key_under_32_bytes_is_refused_everywhere() -> None:
