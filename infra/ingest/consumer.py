@@ -2,13 +2,15 @@
 
 The loop: take what the broker has sent (up to the prefetch), up to INGEST_BATCH ballots;
 cast them through ``VotingApplication.cast_ballots`` (voters concurrently, one voter's
-ballots in order: they share the group-commit writer's transactions); forward refusals to
-the refused queue and answer ``reply_to``, each publish confirmed; then ack the batch with
-``multiple=True``. Nothing is acked before its commit: a crash (SIGKILL included) at any
-point leaves the batch unacked, the broker delivers it again, and every ballot's key makes
-the second cast a replay. A store outage holds the batch and retries it with backoff
-(requeueing would spend the broker's delivery limit, meant for poison messages); a broker
-outage drops the batch (redelivered) and ``connect_robust`` reconnects.
+ballots in order: they share the group-commit writer's transactions; in rounds of at most
+MAX_BALLOTS_PER_VOTER of a voter's, a request's limit, which holds for one message, not
+for the batch); forward refusals to the refused queue and answer ``reply_to``, each
+publish confirmed; then ack the batch with ``multiple=True``. Nothing is acked before its
+commit: a crash (SIGKILL included) at any point leaves the batch unacked, the broker
+delivers it again, and every ballot's key makes the second cast a replay. A store outage
+holds the batch and retries it with backoff (requeueing would spend the broker's delivery
+limit, meant for poison messages); a broker outage drops the batch (redelivered) and
+``connect_robust`` reconnects.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 
 from api.problems import Faults, problem_of
 from api.views import receipt_view
-from domain.application import Receipt, VotingApplication
+from domain.application import MAX_BALLOTS_PER_VOTER, Receipt, VotingApplication
 from domain.election import Election
 from domain.errors import CardinalError, ConcurrentRevision
 from domain.voter import Voter
@@ -153,9 +157,10 @@ class Ingester:
 
     async def _process(self, batch: list[Delivery], dead: AbstractExchange) -> None:
         items = [item for d in batch if d.problem is None for item in d.items if not item.settled]
+        origin = {id(item): at for at, d in enumerate(batch) for item in d.items}
         delay = 0.1
         while items:
-            items = await self._cast(items)
+            items = await self._cast(items, origin)
             if items:
                 self._check_open(batch)
                 log.warning(
@@ -174,11 +179,17 @@ class Ingester:
             raise Abandoned from error
         metrics.INGEST_COMMITTED.inc(committed)
 
-    async def _cast(self, items: list[Item]) -> list[Item]:
-        """Cast what can be cast; refuse what is refused; return the ballots to retry."""
+    async def _cast(self, items: list[Item], origin: Mapping[int, int]) -> list[Item]:
+        """Cast what can be cast; refuse what is refused; return the ballots to retry.
+
+        ``origin`` numbers each ballot's message. ``cast_ballots`` takes at most
+        MAX_BALLOTS_PER_VOTER ballots of a voter (a request's limit): a voter with more in
+        the batch, each message its own request, has them cast in rounds (``_round``), in
+        order, and a voter whose ballot is to be retried has the later ones retried after it.
+        """
         retry: list[Item] = []
         elections = await self._elections({item.election_id for item in items})
-        groups: dict[UUID, list[Item]] = {}
+        castable: list[Item] = []
         faults = Faults()
         for item in items:
             assert item.election_id is not None
@@ -191,21 +202,39 @@ class Ingester:
                 if item.voter is None:
                     identify(item, found, self.keys)
                 if item.problem is None:
-                    groups.setdefault(item.election_id, []).append(item)
+                    castable.append(item)
+        while castable:
+            now, castable = _round(castable, origin)
+            stopped = await self._cast_round(now, retry, faults)
+            if stopped:  # their later ballots wait for the retried one, behind it
+                retry.extend(item for item in castable if _voter(item) in stopped)
+                castable = [item for item in castable if _voter(item) not in stopped]
+        faults.log("from the ingest queue; refused")
+        return retry
+
+    async def _cast_round(
+        self, items: list[Item], retry: list[Item], faults: Faults
+    ) -> set[tuple[UUID, str]]:
+        """Cast ``items`` (each election's in one ``cast_ballots``); the voters of those
+        put in ``retry``."""
+        groups: dict[UUID, list[Item]] = {}
+        for item in items:
+            assert item.election_id is not None
+            groups.setdefault(item.election_id, []).append(item)
         outcomes = await asyncio.gather(
             *(
                 self.app.cast_ballots(election_id, [_castable(i) for i in group])
                 for election_id, group in groups.items()
             )
         )
+        stopped: set[tuple[UUID, str]] = set()
         for group, results in zip(groups.values(), outcomes, strict=True):
             for item, outcome in zip(group, results, strict=True):
                 if isinstance(outcome, Receipt):
                     item.receipt = outcome
-                else:
-                    _refused_or_again(item, outcome, retry, faults)
-        faults.log("from the ingest queue; refused")
-        return retry
+                elif _refused_or_again(item, outcome, retry, faults):
+                    stopped.add(_voter(item))
+        return stopped
 
     async def _elections(self, ids: set[UUID | None]) -> dict[UUID, Election | Exception]:
         """Each election, or why its ballots are refused (a CardinalError), or the error its
@@ -302,6 +331,37 @@ def _sendable(text: str | None) -> str | None:
     return None if text is None else sendable(text, SHORT_STR)
 
 
+def _voter(item: Item) -> tuple[UUID, str]:
+    assert item.election_id is not None
+    assert item.voter is not None
+    return item.election_id, item.voter.ballot_key
+
+
+def _round(items: list[Item], origin: Mapping[int, int]) -> tuple[list[Item], list[Item]]:
+    """The ballots to cast together now, and the rest, for a later round: a voter's in
+    order, at most MAX_BALLOTS_PER_VOTER of them, and a message's ballots of one voter
+    never split (a message holding more than that of one voter is a request over the
+    limit: it goes alone, and ``cast_ballots`` refuses the rest of it, as over HTTP)."""
+    sizes = Counter((_voter(item), origin[id(item)]) for item in items)
+    taken: dict[tuple[UUID, str], int] = {}
+    placed: set[tuple[tuple[UUID, str], int]] = set()
+    deferred: set[tuple[UUID, str]] = set()
+    now: list[Item] = []
+    later: list[Item] = []
+    for item in items:
+        voter = _voter(item)
+        part = (voter, origin[id(item)])
+        if part not in placed and voter not in deferred:
+            count = taken.get(voter, 0)
+            if count and count + sizes[part] > MAX_BALLOTS_PER_VOTER:
+                deferred.add(voter)
+            else:
+                taken[voter] = count + sizes[part]
+                placed.add(part)
+        (now if part in placed else later).append(item)
+    return now, later
+
+
 def _castable(item: Item) -> tuple[Voter, dict[str, object], str]:
     assert item.voter is not None
     assert item.ballot is not None
@@ -316,22 +376,24 @@ def _result(item: Item) -> dict[str, Any]:
     return item.problem
 
 
-def _refused_or_again(item: Item, error: Exception, retry: list[Item], faults: Faults) -> None:
-    """Refuse the ballot, or put it in ``retry``: where the error says nothing about it
-    (the store away or busy, a race, an earlier ballot of its voter to go first), and for
+def _refused_or_again(item: Item, error: Exception, retry: list[Item], faults: Faults) -> bool:
+    """Refuse the ballot, or put it in ``retry`` (True): where the error says nothing about
+    it (the store away or busy, a race, an earlier ballot of its voter to go first), and for
     an unexpected one, up to FAULT_ATTEMPTS (``faults``: those refused, to log once)."""
     found = problem_of(error)
     if isinstance(error, ConcurrentRevision) or (found is not None and found["status"] == 503):
         retry.append(item)
-    elif found is not None:
+        return True
+    if found is not None:
         item.refuse(error)
-    else:
-        item.faults += 1
-        if item.faults < FAULT_ATTEMPTS:
-            retry.append(item)
-        else:
-            item.refuse_as_fault()
-            faults.add(error)
+        return False
+    item.faults += 1
+    if item.faults < FAULT_ATTEMPTS:
+        retry.append(item)
+        return True
+    item.refuse_as_fault()
+    faults.add(error)
+    return False
 
 
 async def _release(batch: list[Delivery]) -> None:

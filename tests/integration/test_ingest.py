@@ -24,6 +24,7 @@ from domain.ballot import ballot_id
 from domain.election import Election
 from domain.rules import VoterIds
 from domain.voter import Voter
+from infra.ingest import consumer as ingest_consumer
 from infra.ingest.consumer import FAULT_ATTEMPTS, Ingester
 from infra.ingest.publisher import publish
 from infra.ingest.queues import DELIVERY_LIMIT, IngestQueues
@@ -550,3 +551,69 @@ def test_a_message_takes_a_whole_number_written_with_a_fraction_as_http_does(
         assert item.ballot.content() == {"scores": {"a": int(float(number))}}
     fraction = parse(SimpleNamespace(message_id="m", body=one.replace(number, b"2.5")))  # type: ignore[arg-type]
     assert fraction.items[0].problem is not None
+
+
+async def _opened(settings: Settings, name: str, options: list[str]) -> UUID:
+    """An open election (plurality, revoting allowed), made before any consumer."""
+    from domain.rules import ElectionRules
+
+    listed = [{"id": option, "label": option} for option in options]
+    async with running_services(settings) as services:
+        created = await services.app.create_election(
+            name, ElectionRules.create(options=listed, method="plurality")
+        )
+        await services.app.open_election(created.id)
+    return created.id
+
+
+async def _votes(services: Services, election_id: UUID, voter: str) -> tuple[int, str]:
+    """The voter's ballot: its version (entries recorded) and the choice that counts."""
+    keys = services.voter_keys.for_voter_id(election_id, voter, VoterIds.NFC)
+    ballot = await services.app.writer.load_ballot(ballot_id(election_id, keys.ballot_key))
+    if ballot is None:
+        return 0, ""
+    assert ballot.vote is not None
+    return ballot.version, ballot.vote["choice"]
+
+
+async def test_a_voters_ballots_in_messages_of_their_own_are_never_refused_for_the_batch(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request holds at most 16 ballots of one voter (MAX_BALLOTS_PER_VOTER), but the
+    consumer's batch is not a request: 41 messages of one voter in a batch were cast as one
+    ``cast_ballots``, the 17th on refused (422) and acked, so an earlier choice counted
+    (review: ingest, once). Each is cast now, in order, the last counting; only a message
+    holding more than 16 ballots of one voter has the rest refused, as documented."""
+    # Every message in one batch: all published before the consumer starts, and a linger
+    # long enough for a busy machine to hand it them all.
+    monkeypatch.setattr(ingest_consumer, "LINGER", 1.0)
+    settings = settings_for(database_url, amqp_url=AMQP_URL, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    queue = settings.ingest_queue_name
+    try:
+        election_id = await _opened(settings, "Many ballots of a voter", ["yes", "no"])
+        choices = ["yes", "no"]
+        many = [(f"many-{n}", ballot(election_id, "many", choices[n % 2])) for n in range(41)]
+        mixed = {  # one message of its own, then 16 in one: 17 in the batch, each cast
+            "election_id": str(election_id),
+            "ballots": [{"voter_id": "mixed", "choice": choices[n % 2]} for n in range(16)],
+        }
+        over = {  # 18 in one message: over a request's limit, the last two refused
+            "election_id": str(election_id),
+            "ballots": [{"voter_id": "over", "choice": "yes"} for _ in range(18)],
+        }
+        await publish(
+            AMQP_URL,
+            queue,
+            [("mixed-0", ballot(election_id, "mixed")), *many, ("mixed-1", mixed), ("over", over)],
+        )
+        async with consuming(settings) as (services, _):
+            refused = await take_all(queue + ".refused", 2)
+            await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+            assert {m.message_id for m in refused} == {"over:16", "over:17"}
+            assert all(m.headers["x-refusal-status"] == 422 for m in refused)
+            assert await queue_depth(queue + ".refused") == 0
+            assert await _votes(services, election_id, "many") == (41, "yes")  # the 41st
+            assert await _votes(services, election_id, "mixed") == (17, "no")  # mixed-1's last
+            assert await _votes(services, election_id, "over") == (16, "yes")
+    finally:
+        await delete_queues(queue)
