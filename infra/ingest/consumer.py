@@ -10,7 +10,8 @@ commit: a crash (SIGKILL included) at any point leaves the batch unacked, the br
 delivers it again, and every ballot's key makes the second cast a replay. A store outage
 holds the batch and retries it with backoff (requeueing would spend the broker's delivery
 limit, meant for poison messages); a broker outage drops the batch (redelivered) and
-``connect_robust`` reconnects.
+``connect_robust`` reconnects; whatever else came on the dead channel is skipped, not
+cast: it comes again after the batch, in order.
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ class Ingester:
                     except Abandoned:
                         log.warning("the batch could not be settled; it will be redelivered")
                         await _release(batch)
+                        # What came on the batch's dead channel is back in the queue, to be
+                        # redelivered after the batch, in order: casting it now would let a
+                        # voter's later ballot be recorded before the batch's earlier one
+                        # (which then revises it). _collect skips the inbox's such messages.
+                        if self._held is not None and not _open(self._held.message):
+                            self._held = None
             finally:
                 depth.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -128,9 +135,16 @@ class Ingester:
         self._arrived.set()
 
     async def _collect(self) -> list[Delivery]:
-        """Wait for a message, then take what else is waiting, up to ``batch`` ballots."""
-        first = self._held or parse(await self._inbox.get(), self.max_ballot_bytes)
+        """Wait for a message, then take what else is waiting, up to ``batch`` ballots.
+
+        A message whose channel has closed is skipped: the broker requeued it with the
+        channel, and delivers it again on the new one, in order with its neighbours."""
+        first = self._held
         self._held = None
+        while first is None or not _open(first.message):
+            message = await self._inbox.get()
+            if _open(message):
+                first = parse(message, self.max_ballot_bytes)
         batch, ballots = [first], first.ballots
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LINGER
@@ -145,6 +159,8 @@ class Ingester:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 continue
+            if not _open(message):
+                continue
             delivery = parse(message, self.max_ballot_bytes)
             if ballots + delivery.ballots > self.batch:
                 self._held = delivery  # the next batch starts with it
@@ -156,6 +172,11 @@ class Ingester:
         return batch
 
     async def _process(self, batch: list[Delivery], dead: AbstractExchange) -> None:
+        # A channel that closed since the batch was gathered took its messages back: they
+        # come again, in order, on the new one (see run).
+        batch = [delivery for delivery in batch if _open(delivery.message)]
+        if not batch:
+            return
         items = [item for d in batch if d.problem is None for item in d.items if not item.settled]
         origin = {id(item): at for at, d in enumerate(batch) for item in d.items}
         delay = 0.1
@@ -171,6 +192,7 @@ class Ingester:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+                self._check_open(batch)  # the channel may have closed meanwhile
         committed = sum(1 for d in batch for item in d.items if item.receipt is not None)
         try:
             await asyncio.gather(*(self._answer(d, dead) for d in batch))
@@ -329,6 +351,15 @@ class Ingester:
 
 def _sendable(text: str | None) -> str | None:
     return None if text is None else sendable(text, SHORT_STR)
+
+
+def _open(message: AbstractIncomingMessage) -> bool:
+    """Whether the message's channel is open (it can still be acked)."""
+    try:
+        _ = message.channel  # aio-pika raises where the channel has closed
+    except Exception:
+        return False
+    return True
 
 
 def _voter(item: Item) -> tuple[UUID, str]:

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from domain.ballot import ballot_id
 from domain.election import Election
+from domain.ports import StoreUnavailable
 from domain.rules import VoterIds
 from domain.voter import Voter
 from infra.ingest import consumer as ingest_consumer
@@ -615,5 +616,88 @@ async def test_a_voters_ballots_in_messages_of_their_own_are_never_refused_for_t
             assert await _votes(services, election_id, "many") == (41, "yes")  # the 41st
             assert await _votes(services, election_id, "mixed") == (17, "no")  # mixed-1's last
             assert await _votes(services, election_id, "over") == (16, "yes")
+    finally:
+        await delete_queues(queue)
+
+
+def _close_connection(name: str) -> None:
+    """Have the broker close the client connection named ``name``, as a lost one."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    tag = f'{{"connection_name","{name}"}}'
+    [pid] = [line.split("\t")[0] for line in listed.splitlines() if tag in line]
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_connection", pid, "test: the connection is lost"],
+        capture_output=True,
+        check=True,
+    )
+
+
+async def test_after_a_lost_connection_nothing_delivered_on_it_overtakes_the_dropped_batch(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch retried (its store away) when the connection is lost is dropped, and comes
+    again on the new channel; the message held for the next batch and those waiting in the
+    inbox came on the dead channel, and were cast first: a voter's later ballots recorded
+    before the dropped earlier one, which then revised them (review: ingest, once). They
+    are skipped now (the broker delivers them again, after the batch, in order)."""
+    # Batches of at most 2 ballots, each lingering long enough to take what is waiting:
+    # m1 alone, m2 (2 ballots) held for the next batch, m3 in the inbox.
+    monkeypatch.setattr(ingest_consumer, "LINGER", 0.5)
+    settings = settings_for(
+        database_url,
+        amqp_url=AMQP_URL,
+        namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ingest_batch=2,
+    )
+    queue = settings.ingest_queue_name
+    # m1's ballot meets the store away until the consumer gives its batch up.
+    abandoned: list[int] = []
+    tried: list[str] = []
+    release, accept_vote = ingest_consumer._release, Election.accept_vote
+
+    async def released(batch: list[Any]) -> None:
+        abandoned.append(len(batch))
+        await release(batch)
+
+    def away(self: Election, voter: Voter, content: Mapping[str, Any]) -> Any:
+        if content.get("choice") == "a" and not abandoned:
+            tried.append("a")
+            raise StoreUnavailable("the event store is unreachable (test)")
+        return accept_vote(self, voter, content)
+
+    monkeypatch.setattr(ingest_consumer, "_release", released)
+    monkeypatch.setattr(Election, "accept_vote", away)
+    try:
+        election_id = await _opened(settings, "Reconnection", ["a", "b", "c"])
+        both = {
+            "election_id": str(election_id),
+            "ballots": [{"voter_id": "v", "choice": "b"}, {"voter_id": "w", "choice": "b"}],
+        }
+        m1, m3 = ballot(election_id, "v", "a"), ballot(election_id, "v", "c")
+        await publish(AMQP_URL, queue, [("m1", m1), ("m2", both), ("m3", m3)])
+        async with consuming(settings) as (services, running):
+            # m1 retried; m2 and m3 delivered on the same channel, waiting behind it.
+            await until(
+                lambda: (len(tried), running._inbox.qsize() + (running._held is not None)),
+                lambda state: state[0] >= 1 and state[1] == 2,
+            )
+            _close_connection(f"{settings.namespace} ingest")
+            # (connect_robust comes back after its reconnect_interval, 5 s)
+            recorded = await until(
+                lambda: _votes(services, election_id, "v"), lambda v: v[0] == 3, within=60
+            )
+            await until(lambda: _unacked(queue), lambda n: n == 0)
+            await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+            assert abandoned
+            # m1, m2, m3 in order: m3's choice counts, each recorded once.
+            assert recorded == (3, "c")
+            assert await _votes(services, election_id, "v") == (3, "c")
+            assert await _votes(services, election_id, "w") == (1, "b")
+            assert await queue_depth(queue + ".refused") == 0
     finally:
         await delete_queues(queue)
