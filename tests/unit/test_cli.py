@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -288,3 +289,74 @@ def test_an_import_deals_the_files_voters_by_chance_each_voters_lines_in_order()
         ranks = sorted(range(n), key=firsts.__getitem__)
         squares = sum((r - k) ** 2 for k, r in enumerate(ranks))
         assert abs(1 - 6 * squares / (n * (n * n - 1))) < 0.5  # (by chance: sd 0.08)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_second_serve_of_a_live_serves_data_folder_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A second serve with the data folder of a live one (other PORT, METRICS_PORT) wrote
+    its env file over the first's without a word; once stopped, every `. data/env;
+    cardinal ...` pointed at a dead setup (operator review, M2). It is refused, naming the
+    live serve; once that serve is gone (even killed, its pid file left), it blocks
+    nothing."""
+    import httpx
+
+    url = create_database()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "AMQP_URL"}
+    env |= {
+        "DATABASE_URL": url,
+        "CARDINAL_DATA_DIR": str(tmp_path),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(_free_port()),
+        "WEB_CONCURRENCY": "1",
+        "CARDINAL_ENV": "development",
+    }
+    first = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert first.poll() is None, "the first serve stopped"
+            time.sleep(0.1)
+        written = (tmp_path / "env").read_text()
+        second_port = _free_port()
+        monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        monkeypatch.setenv("PORT", str(second_port))
+        monkeypatch.setenv("METRICS_PORT", str(_free_port()))
+        monkeypatch.setenv("WEB_CONCURRENCY", "1")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+        monkeypatch.delenv("AMQP_URL", raising=False)
+        assert main(["serve"]) == 2
+        captured = capsys.readouterr()
+        said = " ".join((captured.out + captured.err).split())
+        assert f"another `cardinal serve` (pid {first.pid}, port {port}," in said, said
+        assert f"CARDINAL_DATA_DIR={tmp_path}" in said
+        assert "stop it first, or give this one its own CARDINAL_DATA_DIR" in said
+        assert (tmp_path / "env").read_text() == written
+    finally:
+        first.kill()  # no clean exit: its pid file stays behind
+        first.wait()
+        drop_database(url)
+    assert (tmp_path / "serve.pid").exists()
+    assert main(["serve"]) == 2  # on to the (unreachable) database: not held any more
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert "cannot reach the database" in said, said
