@@ -36,7 +36,7 @@ from domain.cvr import MarkRules, Then
 from domain.errors import ConcurrentRevision
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
 from infra.cli.ballot_files import FileBallot, NeedsSource, Reading, read_ballots
-from infra.cli.environment import Commands, positive_int, run_until_interrupted
+from infra.cli.environment import Commands, positive_int, print_table, run_until_interrupted
 
 console = Console()
 MAX_BATCH = 1000
@@ -578,6 +578,6 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
         table.add_row("blank (nothing left to rank), not sent", f"{reading.blank:,}")
     for mark, count in reading.marks.most_common(10):
         table.add_row(f"[dim]marks: {mark}[/]", f"{count:,}")
-    console.print(table)
+    print_table(console, table)
     rate = total / seconds if seconds else 0.0
     console.print(f"{total:,} ballots read and answered in {seconds:.1f} s ({rate:,.0f} ballots/s)")

@@ -360,3 +360,48 @@ def test_a_second_serve_of_a_live_serves_data_folder_is_refused(
     captured = capsys.readouterr()
     said = " ".join((captured.out + captured.err).split())
     assert "cannot reach the database" in said, said
+
+
+def test_the_projections_table_keeps_its_numbers_on_a_pipe(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cardinal projections` into a pipe (80 columns) cut the figures short ("16,7…")
+    (operator review, L1): every number is printed whole, however narrow the output."""
+    import asyncio
+
+    from infra.cli import operate
+
+    big = 16_789_123_456
+
+    async def found(_: object) -> list[dict[str, object]]:
+        return [
+            {
+                "name": name,
+                "version": 12,
+                "state": "rebuilding",
+                "position": big,
+                "head": big + 1,
+                "lag": 1,
+                "dead_lettered": 1_234,
+                "set_aside": 56_789,
+                "detail": "",
+                "rebuild": {
+                    "version": 13,
+                    "position": big - 5,
+                    "head": big + 1,
+                    "events_per_second": 123_456.0,
+                },
+            }
+            for name in ("statistics", "catalog")
+        ]
+
+    monkeypatch.setattr(operate, "projection_status", found)
+    url = create_database()
+    try:
+        assert asyncio.run(operate.print_status(url, as_json=False)) == 1
+    finally:
+        drop_database(url)
+    out = capsys.readouterr().out
+    assert "…" not in out, out
+    for figure in ("16,789,123,456", "16,789,123,457", "56789", "statistics", "rebuilding"):
+        assert figure in out, figure
