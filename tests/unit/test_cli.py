@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -405,3 +406,44 @@ def test_the_projections_table_keeps_its_numbers_on_a_pipe(
     assert "…" not in out, out
     for figure in ("16,789,123,456", "16,789,123,457", "56789", "statistics", "rebuilding"):
         assert figure in out, figure
+
+
+def test_an_import_waiting_for_the_api_says_so_and_how_much_patience_is_left() -> None:
+    """While the API was down, the import's progress froze without a word until --patience
+    ran out (operator review, L2): the wait is shown, with why and the patience left."""
+    import asyncio
+
+    from infra.bench.loadgen import LeanConnection
+    from infra.cli.importer import Unreachable, _Outcomes, _post
+
+    notes: list[str] = []
+    outcomes = _Outcomes(lambda _: None, notes.append)
+    down = LeanConnection("127.0.0.1", _free_port())  # nothing listens there
+    batch = [FileBallot(1, {"voter_id": "ada", "choice": "a"}, "k1")]
+    with pytest.raises(Unreachable, match=r"for 1\.5 s the API took none of a batch"):
+        asyncio.run(_post(down, "e", batch, outcomes, patience=1.5))
+    assert notes, "nothing said while waiting"
+    assert notes[0].startswith("API unreachable (the API did not answer (")
+    assert re.search(r"\), waiting: [12] s of --patience left$", notes[0]), notes[0]
+
+
+def test_the_import_summary_counts_marks_apart_from_ballots(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Counts of marks (overvotes, write-ins) stood in the "ballots" column, under the
+    ballots recorded (operator review, L8): one ballot may hold several marks."""
+    from collections import Counter
+
+    from infra.cli.ballot_files import Reading
+    from infra.cli.importer import _summary
+
+    reading = Reading()
+    reading.marks["overvote"] += 7
+    _summary(tmp_path / "cvr.csv", Counter({"recorded: cast": 3}), reading, 3, 1.0)
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["recorded: cast"] == ["3", ""]
+    assert rows["marks: overvote"] == ["", "7"]
