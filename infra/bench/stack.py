@@ -132,6 +132,8 @@ class Stack:
                 "PORT": str(self.port),
                 "METRICS_PORT": "0",
                 "LOG_LEVEL": "INFO",
+                # Its own: one serve at a time owns a data folder (stacks run side by side).
+                "CARDINAL_DATA_DIR": str(self.logs / "data"),
             }
         )
         for role, token in self.tokens.items():

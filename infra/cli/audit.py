@@ -26,7 +26,7 @@ from infra.audit.export import export
 from infra.audit.pinned import PinnedError, pinned
 from infra.audit.sources import verify_database, verify_file
 from infra.audit.verifier import Discrepancy, Report, UnknownElection
-from infra.cli.environment import Commands, run_until_interrupted
+from infra.cli.environment import Commands, print_table, run_until_interrupted
 from infra.runtime.settings import Settings, SettingsError
 from infra.store.migrations import require_current
 
@@ -223,7 +223,7 @@ def _summary(report: Report, seconds: float) -> None:
     if report.set_aside:
         table.add_row("entries the replay could not count", f"[yellow]{report.set_aside:,}[/]")
     table.add_row("speed", f"{rate:,.0f} entries/s ({seconds:.1f} s)")
-    console.print(table)
+    print_table(console, table)
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print("[green bold]OK[/green bold]: everything checks out")

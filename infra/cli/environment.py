@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeAlias, TypeVar
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from infra.runtime.settings import Settings, SettingsError
 
@@ -18,6 +18,28 @@ from infra.runtime.settings import Settings, SettingsError
 # so a URL or a token in it can be copied whole.
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
+UNBOUNDED = 10_000  # columns: a table's width measured as if the screen had no edge
+
+
+def print_table(console: Console, table: RenderableType) -> None:
+    """Print a table whole: on a pipe (80 columns) or a narrow terminal, rich shrinks even
+    no_wrap columns with an ellipsis ("16,7…"), losing the numbers; here the screen is
+    taken as wide as the table's narrowest complete rendering needs (a terminal may wrap
+    its lines, but every figure is there)."""
+    needed = console.measure(table, options=console.options.update(max_width=UNBOUNDED))
+    if needed.minimum <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=needed.minimum,
+        highlight=False,
+        force_terminal=console.is_terminal,
+        no_color=console.no_color,
+    )
+    wide.print(table)
+
+
 INTERRUPTED = 128 + signal.SIGTERM  # 143: how a shell reports a process SIGTERM ended
 
 

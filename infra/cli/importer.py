@@ -36,7 +36,7 @@ from domain.cvr import MarkRules, Then
 from domain.errors import ConcurrentRevision
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
 from infra.cli.ballot_files import FileBallot, NeedsSource, Reading, read_ballots
-from infra.cli.environment import Commands, positive_int, run_until_interrupted
+from infra.cli.environment import Commands, positive_int, print_table, run_until_interrupted
 
 console = Console()
 MAX_BATCH = 1000
@@ -223,7 +223,10 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             rate = done / (time.perf_counter() - started)
             bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
 
-        outcomes = _Outcomes(progress)
+        def waiting(note: str) -> None:  # until the next ballot settles, in the rate's place
+            bar.update(task, rate=f"[yellow]{escape(note)}[/yellow]")
+
+        outcomes = _Outcomes(progress, waiting)
         stopped: list[str] = []  # why the import stopped before the end
 
         async def worker(lane: list[FileBallot]) -> None:
@@ -275,13 +278,17 @@ class _Outcomes:
     in this run (their voter is in ``failed``): recorded first, they would be revised by it
     when it is sent again (``fail``: a refusal that says nothing about it) or corrected."""
 
-    def __init__(self, progress: Callable[[int], None]) -> None:
+    def __init__(
+        self, progress: Callable[[int], None], waiting: Callable[[str], None] | None = None
+    ) -> None:
         self.tally = Counter[str]()
         self.refusals: list[tuple[int, str]] = []  # (line in the file, outcome)
         self.failed: set[str] = set()  # voters with a ballot refused: the rest wait
         self.passing = 0  # ballots refused for a passing reason
         self.withheld = 0  # ballots not sent, held back behind one of those
         self._progress = progress
+        # Why the import is waiting, shown while it does: it would otherwise look frozen.
+        self.waiting = waiting or (lambda _: None)
 
     def settle(self, ballot: FileBallot, outcome: str) -> None:
         self.tally[outcome] += 1
@@ -384,15 +391,17 @@ async def _post(
     while True:
         body = {"ballots": [{**b.body, "idempotency_key": b.key} for b in pending]}
         wait, reason, asked = delay, "", 0.0  # (asked: a Retry-After's seconds)
+        unreachable = False
         try:
             reply = await asyncio.wait_for(
                 connection.request("POST", path, body), max(0.1, deadline - time.monotonic())
             )
         except TimeoutError:
             await connection.close()  # mid-request: its state is unknown; reconnect
-            reason = "the API took the request and did not answer"
+            reason, unreachable = "the API took the request and did not answer", True
         except (ConnectionClosed, OSError) as error:
             reason = f"the API did not answer ({error or type(error).__name__})"
+            unreachable = True
         else:
             if reply.status == 200:
                 again, reason = _settled(pending, reply.json()["results"], outcomes)
@@ -415,6 +424,11 @@ async def _post(
                     f"{reason}"
                 )
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
+        left = max(0.0, deadline - time.monotonic())
+        outcomes.waiting(
+            f"{'API unreachable' if unreachable else 'API busy'} ({reason}), waiting: "
+            f"{left:.0f} s of --patience left"
+        )
         await asyncio.sleep(wait)
         delay = min(delay * 2, 5.0)
 
@@ -571,13 +585,17 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
     table = Table(title=f"Import of {path.name}")
     table.add_column("outcome")
     table.add_column("ballots", justify="right")
+    # Marks are counted apart: one ballot may hold several (two overvotes, a write-in).
+    table.add_column("marks", justify="right")
     for outcome, count in tally.most_common():
         colour = "green" if outcome.startswith("recorded") else "red"
-        table.add_row(f"[{colour}]{escape(outcome)}[/]", f"{count:,}")
+        table.add_row(f"[{colour}]{escape(outcome)}[/]", f"{count:,}", "")
     if reading.blank:
-        table.add_row("blank (nothing left to rank), not sent", f"{reading.blank:,}")
+        table.add_row("blank (nothing left to rank), not sent", f"{reading.blank:,}", "")
+    if reading.marks:
+        table.add_section()
     for mark, count in reading.marks.most_common(10):
-        table.add_row(f"[dim]marks: {mark}[/]", f"{count:,}")
-    console.print(table)
+        table.add_row(f"[dim]marks: {escape(mark)}[/]", "", f"{count:,}")
+    print_table(console, table)
     rate = total / seconds if seconds else 0.0
     console.print(f"{total:,} ballots read and answered in {seconds:.1f} s ({rate:,.0f} ballots/s)")

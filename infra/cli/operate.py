@@ -19,7 +19,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from infra.cli.environment import Commands, operator_settings, positive_int, run_until_interrupted
+from infra.cli.environment import (
+    Commands,
+    operator_settings,
+    positive_int,
+    print_table,
+    run_until_interrupted,
+)
 from infra.store.names import COMMAND_CONNECTION, CONNECT_TIMEOUT
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
@@ -85,7 +91,7 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
         table.add_column(
             column, justify="right" if column not in ("name", "state") else "left", no_wrap=True
         )
-    table.add_column("rebuild / detail")
+    table.add_column("rebuild / detail", overflow="fold")  # (folded, never cut short)
     said: list[str] = []  # why a projection is not live, under the table (any width)
     for entry in found:
         colour = {"live": "green", "rebuilding": "yellow"}.get(entry["state"], "red")
@@ -109,7 +115,7 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
             f"[red]{entry['set_aside']}[/]" if entry["set_aside"] else "0",
             note,
         )
-    console.print(table)
+    print_table(console, table)
     for line in said:
         console.print(line)
     return 0 if all(entry["state"] == "live" for entry in found) else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.cli.environment import Commands, command_settings, configure_logging, console
-from infra.runtime.lifecycle import check_port_free, die_with_parent
+from infra.runtime.lifecycle import check_port_free, die_with_parent, hold_data_dir
 from infra.runtime.settings import Settings, SettingsError
 from projections import PROJECTIONS
 
@@ -128,10 +129,29 @@ def _run_workers(workers: AbstractAsyncContextManager[Workers]) -> int:
 
 
 def run_serve(_: argparse.Namespace) -> int:
-    from infra.runtime.supervisor import Supervisor
-
     settings = Settings.from_env()
     configure_logging(settings)
+    with ExitStack() as stack:
+        if not settings.is_production:  # the data folder's env file is this serve's
+            _hold_data_dir(settings, stack)
+        return _serve(settings, stack)
+
+
+def _hold_data_dir(settings: Settings, stack: ExitStack) -> None:
+    """Refuse to start beside a live serve of the same data folder: its env file (sourced
+    by every other command) and its embedded PostgreSQL would silently become this one's,
+    and point at nothing once this one stops."""
+    try:
+        held = hold_data_dir(settings.data_dir, settings.port, settings.metrics_port)
+    except OSError as error:  # a read-only folder: serve all the same (no env file either)
+        console.print(f"  [yellow]could not lock {settings.data_dir}: {error}[/yellow]")
+        return
+    stack.callback(os.close, held)
+
+
+def _serve(settings: Settings, stack: ExitStack) -> int:
+    from infra.runtime.supervisor import Supervisor
+
     check_port_free(settings.host, settings.port)  # before anything is started
     if settings.api_processes > 1:  # the relay's process serves the workers' metrics there
         if settings.metrics_port == settings.port:
@@ -140,29 +160,28 @@ def run_serve(_: argparse.Namespace) -> int:
                 "workers' metrics cannot share a port; choose another METRICS_PORT"
             )
         check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
-    with ExitStack() as stack:
-        if settings.database_url is None or _is_embedded(settings):
-            from infra.store.embedded import EmbeddedPostgres
+    if settings.database_url is None or _is_embedded(settings):
+        from infra.store.embedded import EmbeddedPostgres
 
-            console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-            url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
-            settings = settings.with_overrides(database_url=url)
-        settings = _prepare(settings)
-        if not settings.is_production:
-            try:
-                written = write_environment(settings)
-            except OSError as error:  # a read-only folder: serve all the same
-                console.print(f"  [yellow]could not write {ENV_FILE}: {error}[/yellow]")
-            else:
-                console.print(f"  other commands, against this setup: . {written}")
-        if settings.api_processes == 1:
-            return _serve_api(settings, everything=True)
-        console.print(
-            f"  processes: {settings.api_processes} API (sharing port {settings.port}) "
-            "+ 1 relay and projections"
-            + (" + 1 ingest (from the RabbitMQ queue)" if settings.amqp_url else "")
-        )
-        return Supervisor(settings).run()
+        console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
+        url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
+        settings = settings.with_overrides(database_url=url)
+    settings = _prepare(settings)
+    if not settings.is_production:
+        try:
+            written = write_environment(settings)
+        except OSError as error:  # a read-only folder: serve all the same
+            console.print(f"  [yellow]could not write {ENV_FILE}: {error}[/yellow]")
+        else:
+            console.print(f"  other commands, against this setup: . {written}")
+    if settings.api_processes == 1:
+        return _serve_api(settings, everything=True)
+    console.print(
+        f"  processes: {settings.api_processes} API (sharing port {settings.port}) "
+        "+ 1 relay and projections"
+        + (" + 1 ingest (from the RabbitMQ queue)" if settings.amqp_url else "")
+    )
+    return Supervisor(settings).run()
 
 
 def run_api(args: argparse.Namespace) -> int:

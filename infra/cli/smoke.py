@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from infra.bench.loadgen import LeanConnection, Reply
-from infra.cli.environment import Commands, run_until_interrupted
+from infra.cli.environment import Commands, print_table, run_until_interrupted
 
 console = Console()
 OPTIONS = [
@@ -129,7 +129,7 @@ async def _run(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right")
     for option in OPTIONS:
         table.add_row(option["id"], str(sent[option["id"]]), str(counted.get(option["id"])))
-    console.print(table)
+    print_table(console, table)
     ok = results["ballots"] == args.n and all(counted[o] == sent[o] for o in sent)
     console.print(
         f"[green]all {args.n} test ballots counted exactly once[/green]"

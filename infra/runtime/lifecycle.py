@@ -5,20 +5,26 @@ Killed with SIGKILL, the supervisor cannot stop its children; left alone they wo
 serving, unsupervised, and a new `serve` would share the port with them (SO_REUSEPORT).
 So each child asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG) and
 stops as it would on any SIGTERM: draining. And `serve` refuses to start on a port that
-something else is bound to, with a message that says so.
+something else is bound to, with a message that says so; in development, also on a data
+folder another live `serve` holds (its `env` file, which other commands source, and its
+embedded PostgreSQL are that serve's).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import json
 import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "CARDINAL_PARENT_PID"
+SERVE_LOCK = "serve.pid"  # in the data folder: held (flock) by the serve that owns it
 
 
 class PortInUse(Exception):
@@ -36,6 +42,48 @@ def die_with_parent() -> None:
     if expected is not None and os.getppid() != int(expected):
         # The parent died before the request took effect: nobody will send the signal.
         raise SystemExit("the `cardinal serve` that started this process is gone; exiting")
+
+
+class DataDirInUse(PortInUse):
+    """Another live `cardinal serve` holds the data folder (and the env file in it)."""
+
+
+def hold_data_dir(data_dir: Path, port: int, metrics_port: int) -> int:
+    """Take the data folder for this `serve` until the process ends: an exclusive flock on
+    ``data_dir/serve.pid`` (which then names this process and its ports), or DataDirInUse
+    naming the serve that holds it. The kernel drops the lock when its holder dies, however
+    it dies: a file left by a crashed serve blocks nothing. Returns the descriptor to close
+    (it is not inherited by children, which are started with exec)."""
+    path = data_dir / SERVE_LOCK
+    data_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(descriptor)
+        os.close(descriptor)
+        raise DataDirInUse(
+            f"another `cardinal serve` ({holder}) is running with CARDINAL_DATA_DIR={data_dir}, "
+            f"and {data_dir / 'env'} (which other commands source) and its database are that "
+            "serve's; stop it first, or give this one its own CARDINAL_DATA_DIR"
+        ) from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    held = {"pid": os.getpid(), "port": port, "metrics_port": metrics_port}
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, (json.dumps(held) + "\n").encode(), 0)
+    return descriptor
+
+
+def _holder(descriptor: int) -> str:
+    try:
+        held = json.loads(os.pread(descriptor, 4096, 0))
+        return f"pid {int(held['pid'])}, port {int(held['port'])}, metrics port " + str(
+            int(held["metrics_port"])
+        )
+    except (ValueError, KeyError, TypeError, OSError):
+        return "its pid not written yet"
 
 
 def check_port_free(host: str, port: int, setting: str = "PORT") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+log = logging.getLogger(__name__)
 
 ROLES = ("admin", "operator", "auditor", "client")
 # What LOG_LEVEL may be: the levels both logging and uvicorn know by name.
@@ -62,6 +65,9 @@ class Settings:
     # Results streams (Server-Sent Events) one client address may hold open per API process:
     # a dashboard wall's dozen screens fit; one host cannot take a process's connections.
     streams_per_client: int = 32
+    # The variable that named the environment (CARDINAL_ENV, or the deployment guide's
+    # CARDINAL_VOTE_ENV or ENVIRONMENT), for messages about it.
+    env_name: str = field(default="CARDINAL_ENV", compare=False, repr=False)
 
     @property
     def ingest_queue_name(self) -> str:
@@ -128,8 +134,9 @@ class Settings:
         only reads the store (`audit export`) needs only what it uses."""
         env = os.environ if environ is None else environ
         tokens = {role: _list(env.get(f"CARDINAL_{role.upper()}_TOKEN", "")) for role in ROLES}
+        named, env_name = _environment(env, cls.env)
         settings = cls(
-            database_url=env.get("DATABASE_URL") or None,
+            database_url=_database_url(env.get("DATABASE_URL") or None),
             amqp_url=env.get("AMQP_URL") or None,
             host=env.get("HOST", cls.host),
             port=_int(env, "PORT", cls.port),
@@ -140,7 +147,8 @@ class Settings:
                 env, "MAX_VOTES_PER_IP_PER_HOUR", cls.max_votes_per_ip_per_hour
             ),
             enable_rate_limiting=_bool(env, "ENABLE_RATE_LIMITING", cls.enable_rate_limiting),
-            env=_environment(env, cls.env),
+            env=named,
+            env_name=env_name,
             writer_max_batch=_int(env, "WRITER_MAX_BATCH", cls.writer_max_batch, minimum=1),
             writer_max_queue=_int(env, "WRITER_MAX_QUEUE", cls.writer_max_queue, minimum=1),
             namespace=env.get("CARDINAL_NAMESPACE", cls.namespace),
@@ -178,7 +186,7 @@ class Settings:
             )
         if self.env not in ("development", "production", "test"):
             raise SettingsError(
-                f"CARDINAL_ENV must be development, production or test; got {self.env!r}"
+                f"{self.env_name} must be development, production or test; got {self.env!r}"
             )
         if self.is_production and service:
             missing = [
@@ -197,8 +205,9 @@ class Settings:
             ]
             if missing:
                 raise SettingsError(
-                    "in production (CARDINAL_ENV=production) these must be set: "
+                    f"in production ({self.env_name}=production) these must be set: "
                     + ", ".join(missing)
+                    + " (.env.example describes each)"
                 )
         if self.audit_key is not None and not _is_hex(self.audit_key, 64):
             raise SettingsError(
@@ -251,6 +260,26 @@ class Settings:
         return self.metrics_host or self.host
 
 
+# SQLAlchemy's form, as the deployment guide writes it (postgresql+asyncpg://...): the
+# driver is ours to choose (psycopg), so its name is dropped; libpq reads the rest.
+_SCHEMES = ("postgresql", "postgres")
+
+
+def _database_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    scheme, sep, rest = raw.strip().partition("://")
+    base, plus, driver = scheme.partition("+")
+    if not sep or base.lower() not in _SCHEMES or (not plus and base in _SCHEMES):
+        return raw
+    log.warning(
+        "DATABASE_URL: read %s:// as postgresql:// (Cardinal Vote connects with psycopg%s)",
+        scheme,
+        f", not {driver}" if driver else "",
+    )
+    return f"postgresql://{rest}"
+
+
 def _is_hex(value: str, length: int) -> bool:
     return len(value) == length and all(c in "0123456789abcdefABCDEF" for c in value)
 
@@ -287,7 +316,8 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 # production steps export ENVIRONMENT=production: both are honoured, so that a production
 # deployment is never taken for a development one (which would generate its credentials).
 # ENVIRONMENT is a name other software uses too: only its "production" is read.
-def _environment(env: Mapping[str, str], default: str) -> str:
+def _environment(env: Mapping[str, str], default: str) -> tuple[str, str]:
+    """The environment's name, and the variable that gave it (CARDINAL_ENV by default)."""
     given = {
         name: env[name].strip().lower()
         for name in ("CARDINAL_ENV", "CARDINAL_VOTE_ENV")
@@ -298,4 +328,4 @@ def _environment(env: Mapping[str, str], default: str) -> str:
     if len(set(given.values())) > 1:
         named = ", ".join(f"{name}={value}" for name, value in given.items())
         raise SettingsError(f"the environment is named twice, differently ({named}): set one")
-    return next(iter(given.values()), default)
+    return next(((value, name) for name, value in given.items()), (default, "CARDINAL_ENV"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -288,3 +290,160 @@ def test_an_import_deals_the_files_voters_by_chance_each_voters_lines_in_order()
         ranks = sorted(range(n), key=firsts.__getitem__)
         squares = sum((r - k) ** 2 for k, r in enumerate(ranks))
         assert abs(1 - 6 * squares / (n * (n * n - 1))) < 0.5  # (by chance: sd 0.08)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_second_serve_of_a_live_serves_data_folder_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A second serve with the data folder of a live one (other PORT, METRICS_PORT) wrote
+    its env file over the first's without a word; once stopped, every `. data/env;
+    cardinal ...` pointed at a dead setup (operator review, M2). It is refused, naming the
+    live serve; once that serve is gone (even killed, its pid file left), it blocks
+    nothing."""
+    import httpx
+
+    url = create_database()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "AMQP_URL"}
+    env |= {
+        "DATABASE_URL": url,
+        "CARDINAL_DATA_DIR": str(tmp_path),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(_free_port()),
+        "WEB_CONCURRENCY": "1",
+        "CARDINAL_ENV": "development",
+    }
+    first = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert first.poll() is None, "the first serve stopped"
+            time.sleep(0.1)
+        written = (tmp_path / "env").read_text()
+        second_port = _free_port()
+        monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        monkeypatch.setenv("PORT", str(second_port))
+        monkeypatch.setenv("METRICS_PORT", str(_free_port()))
+        monkeypatch.setenv("WEB_CONCURRENCY", "1")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+        monkeypatch.delenv("AMQP_URL", raising=False)
+        assert main(["serve"]) == 2
+        captured = capsys.readouterr()
+        said = " ".join((captured.out + captured.err).split())
+        assert f"another `cardinal serve` (pid {first.pid}, port {port}," in said, said
+        assert f"CARDINAL_DATA_DIR={tmp_path}" in said
+        assert "stop it first, or give this one its own CARDINAL_DATA_DIR" in said
+        assert (tmp_path / "env").read_text() == written
+    finally:
+        first.kill()  # no clean exit: its pid file stays behind
+        first.wait()
+        drop_database(url)
+    assert (tmp_path / "serve.pid").exists()
+    assert main(["serve"]) == 2  # on to the (unreachable) database: not held any more
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert "cannot reach the database" in said, said
+
+
+def test_the_projections_table_keeps_its_numbers_on_a_pipe(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cardinal projections` into a pipe (80 columns) cut the figures short ("16,7…")
+    (operator review, L1): every number is printed whole, however narrow the output."""
+    import asyncio
+
+    from infra.cli import operate
+
+    big = 16_789_123_456
+
+    async def found(_: object) -> list[dict[str, object]]:
+        return [
+            {
+                "name": name,
+                "version": 12,
+                "state": "rebuilding",
+                "position": big,
+                "head": big + 1,
+                "lag": 1,
+                "dead_lettered": 1_234,
+                "set_aside": 56_789,
+                "detail": "",
+                "rebuild": {
+                    "version": 13,
+                    "position": big - 5,
+                    "head": big + 1,
+                    "events_per_second": 123_456.0,
+                },
+            }
+            for name in ("statistics", "catalog")
+        ]
+
+    monkeypatch.setattr(operate, "projection_status", found)
+    url = create_database()
+    try:
+        assert asyncio.run(operate.print_status(url, as_json=False)) == 1
+    finally:
+        drop_database(url)
+    out = capsys.readouterr().out
+    assert "…" not in out, out
+    for figure in ("16,789,123,456", "16,789,123,457", "56789", "statistics", "rebuilding"):
+        assert figure in out, figure
+
+
+def test_an_import_waiting_for_the_api_says_so_and_how_much_patience_is_left() -> None:
+    """While the API was down, the import's progress froze without a word until --patience
+    ran out (operator review, L2): the wait is shown, with why and the patience left."""
+    import asyncio
+
+    from infra.bench.loadgen import LeanConnection
+    from infra.cli.importer import Unreachable, _Outcomes, _post
+
+    notes: list[str] = []
+    outcomes = _Outcomes(lambda _: None, notes.append)
+    down = LeanConnection("127.0.0.1", _free_port())  # nothing listens there
+    batch = [FileBallot(1, {"voter_id": "ada", "choice": "a"}, "k1")]
+    with pytest.raises(Unreachable, match=r"for 1\.5 s the API took none of a batch"):
+        asyncio.run(_post(down, "e", batch, outcomes, patience=1.5))
+    assert notes, "nothing said while waiting"
+    assert notes[0].startswith("API unreachable (the API did not answer (")
+    assert re.search(r"\), waiting: [12] s of --patience left$", notes[0]), notes[0]
+
+
+def test_the_import_summary_counts_marks_apart_from_ballots(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Counts of marks (overvotes, write-ins) stood in the "ballots" column, under the
+    ballots recorded (operator review, L8): one ballot may hold several marks."""
+    from collections import Counter
+
+    from infra.cli.ballot_files import Reading
+    from infra.cli.importer import _summary
+
+    reading = Reading()
+    reading.marks["overvote"] += 7
+    _summary(tmp_path / "cvr.csv", Counter({"recorded: cast": 3}), reading, 3, 1.0)
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["recorded: cast"] == ["3", ""]
+    assert rows["marks: overvote"] == ["", "7"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.runtime.settings import Settings, SettingsError
@@ -86,3 +88,76 @@ def test_the_deployment_guides_names_for_production_are_honoured(named: dict[str
         Settings.from_env({**settings, **named, "CARDINAL_ENV": "development"})
     # Another program's ENVIRONMENT=staging is not ours to read.
     assert Settings.from_env({"ENVIRONMENT": "staging"}).env == "development"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "postgresql+asyncpg://cardinal:pw@postgres:5432/cardinal",
+        "postgresql+psycopg://cardinal:pw@postgres:5432/cardinal",
+        "postgres+asyncpg://cardinal:pw@postgres:5432/cardinal",
+        "PostgreSQL://cardinal:pw@postgres:5432/cardinal",
+    ],
+)
+def test_the_deployment_guides_database_url_with_a_driver_is_read(
+    given: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guide's DATABASE_URL=postgresql+asyncpg://... was refused with psycopg's parser
+    message, 'missing "=" after ...' (operator review, M4): the driver is dropped, and
+    the log says so in one line."""
+    with caplog.at_level("WARNING", logger="infra.runtime.settings"):
+        settings = Settings.from_env({**PRODUCTION, "DATABASE_URL": given})
+    assert settings.database_url == "postgresql://cardinal:pw@postgres:5432/cardinal"
+    (said,) = [record.getMessage() for record in caplog.records]
+    assert said.startswith(f"DATABASE_URL: read {given.partition('://')[0]}:// as postgresql://")
+    assert Settings.from_env(settings.environment()) == settings  # children read it as is
+
+
+def test_a_postgres_url_and_a_conninfo_string_are_read_as_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for given in ("postgres://cardinal@db:5432/cardinal", "host=db dbname=cardinal"):
+        assert Settings.from_env({"DATABASE_URL": given}).database_url == given
+    assert not caplog.records
+    with pytest.raises(SettingsError, match="DATABASE_URL must be a PostgreSQL connection URL"):
+        Settings.from_env({"DATABASE_URL": "mysql+pymysql://db/cardinal"})
+
+
+@pytest.mark.parametrize(
+    ("named", "said"),
+    [
+        ({"ENVIRONMENT": "production"}, "in production (ENVIRONMENT=production)"),
+        ({"CARDINAL_VOTE_ENV": "production"}, "in production (CARDINAL_VOTE_ENV=production)"),
+        ({"CARDINAL_ENV": "production"}, "in production (CARDINAL_ENV=production)"),
+    ],
+)
+def test_the_production_check_names_the_variable_that_was_set(
+    named: dict[str, str], said: str
+) -> None:
+    """`ENVIRONMENT=production cardinal serve` answered "(CARDINAL_ENV=production)", a
+    variable the operator never set (operator review, L4)."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(named)
+    assert said in str(refused.value)
+    assert str(refused.value).endswith("METRICS_TOKEN (.env.example describes each)")
+    with pytest.raises(SettingsError, match="CARDINAL_VOTE_ENV must be development"):
+        Settings.from_env({"CARDINAL_VOTE_ENV": "staging"})
+
+
+def test_env_example_names_every_setting_production_requires() -> None:
+    """.env.example said production needs five settings; it needs six (METRICS_TOKEN)
+    (operator review, L3). Every variable it must hold is listed, and the comment names
+    each required one."""
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"CARDINAL_ENV": "production"})
+    required = str(refused.value).split("these must be set: ")[1].split(" (")[0].split(", ")
+    assert len(required) == 6
+    comment = (
+        " ".join(line.lstrip("# ") for line in example.splitlines() if line.startswith("#"))
+        .split("Production refuses to start without ")[1]
+        .split("and never")[0]
+    )
+    for name in required:
+        assert name in comment, name
+        assert f"\n{name}=" in example, name
