@@ -12,6 +12,7 @@ from domain.application import VotingApplication
 from infra.ingest.consumer import Ingester
 from infra.metrics import serve_worker_metrics
 from infra.runtime.bootstrap import running_services
+from infra.runtime.lifecycle import check_port_free
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 
@@ -38,6 +39,8 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
     if settings.amqp_url is None:
         raise SettingsError("AMQP_URL is not set; `cardinal ingest` consumes from RabbitMQ")
     assert settings.database_url is not None
+    if metrics_port:  # before connecting: a taken port is said at once, not as a traceback
+        check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
     async with running_services(settings) as services:
         consumer = ingester(settings, services.app, services.voter_keys)
         tasks = [asyncio.create_task(consume_forever(consumer))]
