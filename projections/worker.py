@@ -25,6 +25,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
 
 from infra import metrics
+from infra.broker.outage import Outage
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import LogEvent
@@ -65,13 +66,21 @@ class ProjectionWorker:
         self.prefetch = prefetch
         self.linger = linger
         self.status = WorkerStatus()
+        self._outage: Outage | None = None
 
     @property
     def name(self) -> str:
         return self.runner.name
 
     async def run(self) -> None:
-        """Run until cancelled, riding out database and broker outages."""
+        """Run until cancelled, riding out database and broker outages.
+
+        The broker away: said once (``Outage``), its connection tried again after 1 s
+        doubling to 10 s, and the read model kept moving from the store meanwhile."""
+        outage = (
+            None if self.amqp_url is None else Outage(self.amqp_url, f"projection {self.name}", log)
+        )
+        self._outage = outage
         while True:
             try:
                 await self.runner.prepare()
@@ -89,12 +98,26 @@ class ProjectionWorker:
                 OSError,
             ) as error:
                 self.status.last_error = str(error)
-                if self.amqp_url is not None and not isinstance(error, TRANSIENT):
+                if outage is not None and not isinstance(error, TRANSIENT):
                     # (a database outage is not the broker's: it says nothing about it)
                     self.status.broker_connected = False
                     metrics.BROKER_CONNECTED.labels(self.name).set(0)
+                    await self._follow_store_for(outage.failed(error))
+                    continue
                 log.warning("projection %s interrupted (%s); retrying", self.name, error)
                 await asyncio.sleep(self.idle_interval)
+
+    async def _follow_store_for(self, seconds: float) -> None:
+        """Catch up from the store every ``idle_interval`` for ``seconds``: the broker's
+        backoff must not hold the read model back."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while (left := until - loop.time()) > 0:
+            await asyncio.sleep(min(self.idle_interval, left))
+            try:
+                await self._catch_up()
+            except TRANSIENT:
+                return  # the store away too: the loop's next turn says so
 
     async def _catch_up(self) -> None:
         applied = await self.runner.catch_up()
@@ -130,6 +153,8 @@ class ProjectionWorker:
             await queues[self.name].consume(inbox.put)
             self.status.broker_connected = True
             metrics.BROKER_CONNECTED.labels(self.name).set(1)
+            if self._outage is not None:
+                self._outage.connected()
             log.info("projection %s consuming %s", self.name, self.topology.queue(self.name))
             while not closed.is_set():
                 try:

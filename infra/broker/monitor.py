@@ -16,6 +16,7 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
 from infra import metrics
+from infra.broker.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +50,28 @@ class BrokerMonitor:
         return "ok" if self.connected else "degraded: the broker is unreachable (see the log)"
 
     def _set(self, connected: bool, reason: str = "") -> None:
-        if connected != self.connected:
-            if connected:
-                log.info("broker connected")
-            else:
-                log.warning("broker unreachable (%s): results catch up from the store", reason)
+        if connected and not self.connected:
+            log.info("broker connected")
         self.connected, self.reason = connected, reason
         metrics.BROKER_CONNECTED.labels(self.component).set(1 if connected else 0)
 
     async def _watch(self) -> None:
+        # Said once per outage, naming the broker and AMQP_URL; tried again after 1 s
+        # doubling to 10 s (results catch up from the store meanwhile).
+        outage = Outage(self.amqp_url, self.component, log, first=RETRY)
         while True:
             try:
                 connection = await aio_pika.connect(self.amqp_url, timeout=5)
             except Exception as error:  # any failure means "not connected"
                 self._set(False, str(error) or type(error).__name__)
-                await asyncio.sleep(RETRY)
+                await asyncio.sleep(outage.failed(error))
                 continue
             self._connection = connection  # type: ignore[assignment]
+            outage.connected()
             self._set(True)
             await _closed(connection)
             self._set(False, "connection lost")
+            outage.failed(ConnectionError("connection lost"))
             self._connection = None
 
 

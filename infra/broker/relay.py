@@ -25,6 +25,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
 
 from infra import metrics
+from infra.broker.outage import Outage
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
@@ -86,28 +87,32 @@ class Relay:
         self.linger = linger
         self.busy_linger = busy_linger
         self.status = RelayStatus()
+        self._outage = Outage(amqp_url, "relay", log, first=retry_interval)
 
     async def run(self) -> None:
-        """Relay forever, reconnecting to PostgreSQL and RabbitMQ after any outage."""
+        """Relay forever, reconnecting to PostgreSQL and RabbitMQ after any outage (the
+        broker's said once, retried after 1 s doubling to 10 s: ``Outage``)."""
         while True:
+            pause = self.retry_interval
             try:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
+            except psycopg.Error as error:
+                log.warning("relay interrupted (%s); retrying in %.1fs", error, self.retry_interval)
             except (
-                psycopg.Error,
                 aio_pika.exceptions.AMQPError,
                 ChannelInvalidStateError,
                 OSError,
             ) as error:
-                log.warning("relay interrupted (%s); retrying in %.1fs", error, self.retry_interval)
+                pause = self._outage.failed(error)
             finally:
                 self.status.leader = False
                 self.status.broker_connected = False
                 self.status.database_connected = False
                 metrics.RELAY_LEADER.set(0)
                 metrics.BROKER_CONNECTED.labels("relay").set(0)
-            await asyncio.sleep(self.retry_interval)
+            await asyncio.sleep(pause)
 
     async def _lead(self) -> None:
         async with await psycopg.AsyncConnection.connect(
@@ -124,6 +129,7 @@ class Relay:
                 events, _, _ = await self.topology.declare(channel, self.projections)
                 self.status.broker_connected = True
                 metrics.BROKER_CONNECTED.labels("relay").set(1)
+                self._outage.connected()
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
                 # A position lost in a crash only re-publishes pages that projections
                 # drop as duplicates: no need to wait for the WAL flush on each page,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from infra.cli.environment import Commands, command_settings
-from infra.runtime.lifecycle import die_with_parent
+from infra.runtime.lifecycle import check_port_free, die_with_parent
 from infra.runtime.settings import Settings, SettingsError
 
 
@@ -28,8 +28,15 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     from infra.ingest.service import run_ingest as ingest
 
-    if Settings.from_env().amqp_url is None:
+    configured = Settings.from_env()
+    if configured.amqp_url is None:
         raise SettingsError("AMQP_URL is not set; `cardinal ingest` consumes from RabbitMQ")
+    if not args.child and configured.metrics_port:
+        # Before the database and the broker, as `project` and `relay` do: taken (say, by
+        # `cardinal serve` beside it), its metrics server would die with a traceback.
+        check_port_free(
+            configured.metrics_listen_host, configured.metrics_port, "METRICS_PORT (0: none)"
+        )
     settings = command_settings(migrate=not args.child)
     if args.child:
         die_with_parent()  # a child of `cardinal serve` stops when serve does

@@ -339,13 +339,42 @@ class Ingester:
         )
 
     async def _watch_depth(self, channel: AbstractChannel) -> None:
-        """Keep the queue-depth gauges current (the alert on a growing backlog reads them)."""
+        """Keep the queue-depth gauges current (the alert on a growing backlog reads them).
+
+        Each sweep asks the broker afresh, on a channel of its own: a robust channel answers
+        a passive declare of a queue it declared from its cache (the count as it was at
+        start, so the refused queue's gauge stayed 0), and a passive declare of a queue
+        that is gone closes its channel, which must not be the consuming one. A sweep that
+        fails is logged once, at WARNING, until one succeeds again; each call to the broker
+        waits DEPTH_EVERY at most."""
+        import aiormq.abc  # here, beside its one use
+
+        wait = DEPTH_EVERY
+        watch: aiormq.abc.AbstractChannel | None = None
+        failing: str | None = None
         while True:
-            for name in (self.queues.name, self.queues.refused):
-                with contextlib.suppress(Exception):
-                    declared = await channel.declare_queue(name, passive=True)
-                    count = declared.declaration_result.message_count
-                    metrics.INGEST_QUEUE_DEPTH.labels(name).set(count or 0)
+            try:
+                if watch is None or watch.is_closed:
+                    underlay = await asyncio.wait_for(channel.get_underlay_channel(), wait)
+                    watch = await asyncio.wait_for(underlay.connection.channel(), wait)
+                for name in (self.queues.name, self.queues.refused):
+                    declared = await watch.queue_declare(name, passive=True, timeout=wait)
+                    metrics.INGEST_QUEUE_DEPTH.labels(name).set(declared.message_count or 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                reason = str(error).strip() or type(error).__name__
+                if failing is None:
+                    log.warning(
+                        "cannot read the ingest queues' depth (%s); "
+                        "cardinal_ingest_queue_messages is stale until it can",
+                        reason,
+                    )
+                failing = reason
+            else:
+                if failing is not None:
+                    log.info("reading the ingest queues' depth again")
+                failing = None
             await asyncio.sleep(DEPTH_EVERY)
 
 

@@ -9,9 +9,11 @@ from aio_pika.exceptions import AMQPConnectionError
 from aiormq.exceptions import ProbableAuthenticationError
 
 from domain.application import VotingApplication
+from infra.broker.outage import Outage
 from infra.ingest.consumer import Ingester
 from infra.metrics import serve_worker_metrics
 from infra.runtime.bootstrap import running_services
+from infra.runtime.lifecycle import check_port_free
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 
@@ -38,6 +40,8 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
     if settings.amqp_url is None:
         raise SettingsError("AMQP_URL is not set; `cardinal ingest` consumes from RabbitMQ")
     assert settings.database_url is not None
+    if metrics_port:  # before connecting: a taken port is said at once, not as a traceback
+        check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
     async with running_services(settings) as services:
         consumer = ingester(settings, services.app, services.voter_keys)
         tasks = [asyncio.create_task(consume_forever(consumer))]
@@ -62,23 +66,30 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
 
 
 async def consume_forever(consumer: Ingester) -> None:
-    """Run the consumer; if it fails (the broker unreachable at start), start it again."""
+    """Run the consumer; if it fails (the broker unreachable at start), start it again:
+    the broker's absence said once, tried again after 1 s doubling to 10 s (``Outage``)."""
+    outage = Outage(consumer.amqp_url, "ingest", log)
     while True:
+        back = asyncio.create_task(_said_back(consumer, outage))
+        pause = 2.0
         try:
             await consumer.run()
         except asyncio.CancelledError:
             raise
         except ProbableAuthenticationError as error:
-            log.warning(
-                "the broker refused AMQP_URL's user and password (%s): check AMQP_URL; "
-                "trying again in 2s",
-                str(error).strip() or type(error).__name__,
-            )
-        except (AMQPConnectionError, ConnectionError) as error:
-            log.warning(
-                "ingest cannot reach the broker (%s); trying again in 2s",
-                str(error).strip() or type(error).__name__,
-            )
+            detail = str(error).strip() or type(error).__name__
+            why = f"it refused AMQP_URL's user and password ({detail}): check AMQP_URL"
+            pause = outage.failed(error, why)
+        except (AMQPConnectionError, ConnectionError, OSError) as error:
+            pause = outage.failed(error)
         except Exception:
             log.exception("ingest stopped; starting again in 2s")
-        await asyncio.sleep(2)
+        finally:
+            back.cancel()
+        consumer.ready.clear()  # (``ready`` again: consuming again)
+        await asyncio.sleep(pause)
+
+
+async def _said_back(consumer: Ingester, outage: Outage) -> None:
+    await consumer.ready.wait()
+    outage.connected()

@@ -180,6 +180,8 @@ class Settings:
                     "DATABASE_URL must be a PostgreSQL connection URL "
                     f"(postgresql://user@host:5432/database): {error}"
                 ) from None
+        if self.amqp_url is not None:
+            _check_amqp_url(self.amqp_url)
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}; got {self.log_level!r}"
@@ -329,3 +331,16 @@ def _environment(env: Mapping[str, str], default: str) -> tuple[str, str]:
         named = ", ".join(f"{name}={value}" for name, value in given.items())
         raise SettingsError(f"the environment is named twice, differently ({named}): set one")
     return next(((value, name) for name, value in given.items()), (default, "CARDINAL_ENV"))
+
+
+def _check_amqp_url(url: str) -> None:
+    """AMQP_URL must be amqp:// or amqps://: aio-pika takes anything and fails each
+    connection attempt, in the log, for ever. The message never quotes the URL (its
+    password)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in ("amqp", "amqps"):
+        said = f"{scheme}://" if sep and scheme.isascii() and scheme.isalnum() else "none"
+        raise SettingsError(
+            "AMQP_URL must be a RabbitMQ URL, amqp://user:password@host:5672/vhost "
+            f"(or amqps:// for TLS); its scheme is {said}"
+        )

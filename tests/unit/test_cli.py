@@ -123,6 +123,36 @@ def test_a_worker_refuses_to_start_when_the_metrics_port_is_taken() -> None:
     assert "choose another METRICS_PORT" in said
 
 
+def test_ingest_refuses_to_start_when_the_metrics_port_is_taken() -> None:
+    """`cardinal ingest` on a taken METRICS_PORT died with a 30-line traceback (operator
+    review M3), where `project` and `relay` refuse it: it is refused the same way, exit 2,
+    before it connects to anything."""
+    url = create_database()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            env = dict(os.environ) | {
+                "METRICS_PORT": str(taken.getsockname()[1]),
+                "DATABASE_URL": url,
+                "AMQP_URL": os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+                "CARDINAL_NAMESPACE": f"test-port-{os.getpid()}",
+                "CARDINAL_SECRET": "s" * 40,
+            }
+            command = [sys.executable, "-m", "infra.cli", "ingest"]
+            done = subprocess.run(
+                command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+            )
+            metrics_port = taken.getsockname()[1]
+    finally:
+        drop_database(url)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, said
+    assert f"cannot start: port {metrics_port} on 127.0.0.1 is already in use" in said
+    assert "choose another METRICS_PORT (0: none)" in said
+    assert "Traceback" not in said
+
+
 def test_serve_refuses_a_metrics_port_equal_to_its_port(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -1,0 +1,116 @@
+"""A broker outage, said once and retried with backoff, by every process that connects.
+
+While RabbitMQ is away each connecting task (the relay, every projection worker, the ingest
+consumer, each API process's monitor) used to log every attempt, and aiormq logged an
+ERROR of its own for each: some 60 lines in 14 s, none naming the broker or the setting
+that points at it. Now each task says once that it cannot reach "RabbitMQ at host:port
+(AMQP_URL)" and why, once that it is back, and retries after 1 s doubling to ``CAP``;
+the client libraries' own line per failed attempt is dropped (the caller sees the error
+anyway). The password in AMQP_URL is never logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from urllib.parse import urlsplit
+
+FIRST = 1.0  # seconds before the first retry
+CAP = 10.0  # the longest wait between attempts: recovery stays within seconds
+
+# The client libraries' lines per failed connection attempt, by logger and message template
+# (each attempt's error reaches our own code, which says it once per outage).
+_ATTEMPT_LINES = {
+    "aiormq.connection": ("error when creating transport",),
+    "aio_pika.robust_connection": ("Connection attempt to ", "Reconnect attempt failed "),
+}
+
+
+def where(amqp_url: str) -> str:
+    """``RabbitMQ at host:port (AMQP_URL)``: the broker, never its user or password."""
+    try:
+        parts = urlsplit(amqp_url)
+        host = parts.hostname or "localhost"
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    except ValueError:
+        return "RabbitMQ (AMQP_URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"RabbitMQ at {host}:{port} (AMQP_URL)"
+
+
+def reason(error: BaseException) -> str:
+    """A short why: "connection refused" rather than "[Errno 111] Connect call failed ..."."""
+    found: BaseException | None = error
+    while found is not None:
+        if isinstance(found, ConnectionRefusedError) or (
+            isinstance(found, OSError) and found.errno == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(found, TimeoutError):
+            return "no answer (timed out)"
+        if isinstance(found, OSError) and found.strerror:
+            return found.strerror.lower()
+        found = found.__cause__ or found.__context__
+    text = " ".join(str(error).split())
+    if "111" in text and "refused" in text.lower():
+        return "connection refused"
+    return text or type(error).__name__
+
+
+class _AttemptLines(logging.Filter):
+    def __init__(self, templates: tuple[str, ...]) -> None:
+        super().__init__()
+        self.templates = templates
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.templates))
+
+
+def quiet_client_attempts() -> None:
+    """Drop aiormq's and aio-pika's line per failed connection attempt (idempotent); their
+    other lines, and every other logger, are untouched."""
+    for name, templates in _ATTEMPT_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _AttemptLines) for f in logger.filters):
+            logger.addFilter(_AttemptLines(templates))
+
+
+class Outage:
+    """One task's view of the broker: ``failed`` says the outage once (and again only if
+    its reason changes) and returns how long to wait; ``connected`` says the return once
+    and resets the wait."""
+
+    def __init__(
+        self, amqp_url: str, who: str, logger: logging.Logger, *, first: float = FIRST
+    ) -> None:
+        self.where = where(amqp_url)
+        self.who = who
+        self.log = logger
+        self.first = first
+        self.delay = first
+        self.down: str | None = None
+        quiet_client_attempts()
+
+    def failed(self, error: BaseException, why: str | None = None) -> float:
+        """Say the outage if it is new (or its reason is: ``why``, else the error's), and
+        return the seconds to wait before the next attempt."""
+        why = why or reason(error)
+        if why != self.down:
+            self.log.warning(
+                "%s: cannot reach %s: %s; retrying every %.0f-%.0fs until it answers",
+                self.who,
+                self.where,
+                why,
+                self.first,
+                CAP,
+            )
+        self.down = why
+        delay = self.delay
+        self.delay = min(self.delay * 2, CAP)
+        return delay
+
+    def connected(self) -> None:
+        if self.down is not None:
+            self.log.info("%s: %s reachable again", self.who, self.where)
+        self.down = None
+        self.delay = self.first
