@@ -179,7 +179,10 @@ async def test_the_overview_shows_open_elections_first_then_the_newest_and_count
         html.index(f'data-election="{i}"') for i in order
     )
     assert not any(f'data-election="{i}"' in html for i in drafts)
-    assert '<p id="more">3 more elections are not shown here: <a href="/api/elections">' in html
+    assert (
+        '<p id="more">3 more elections are not shown here: <a href="/api/elections" '
+        'data-json="elections.json">' in html
+    )
     # Without a token: the public ones only, and no link a token would be needed for.
     public = await alone.get("/overview/panel")
     assert public.status_code == 200, public.text
