@@ -162,10 +162,12 @@ def _serve(settings: Settings, stack: ExitStack) -> int:
         check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
     need = serve_connections(settings)
     if settings.database_url is None or _is_embedded(settings):
+        from infra.store.connections import embedded_max_connections
         from infra.store.embedded import EmbeddedPostgres
 
         console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-        url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
+        embedded = EmbeddedPostgres(settings.data_dir, embedded_max_connections(need))
+        url = stack.enter_context(embedded)
         settings = settings.with_overrides(database_url=url)
     settings = _prepare(settings)
     check_connections(settings, need)

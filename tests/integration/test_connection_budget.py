@@ -1,5 +1,5 @@
 """`cardinal serve`'s connections: counted in one place, checked against the server's
-max_connections at start, and warned about when the server has no room."""
+max_connections at start, and made room for by the embedded server."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from infra.cli import serve
@@ -18,10 +19,12 @@ from infra.store.connections import (
     STORE_POOL_OVERFLOW,
     STORE_POOL_SIZE,
     check_room,
+    embedded_max_connections,
     room,
     serve_needs,
     services,
 )
+from infra.store.embedded import EmbeddedPostgres
 from projections import PROJECTIONS
 from tests.pg_cluster import quiet_port
 from tests.servers import settings_for
@@ -94,3 +97,29 @@ def test_a_serve_that_fits_is_not_warned(
     assert found is not None
     assert found.free >= 1
     assert caplog.records == []
+
+
+def test_the_embedded_server_has_room_for_serve_also_when_its_folder_is_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    need = serve_needs(4, broker=True, projections=N)  # 127: more than the default 100
+    wanted = embedded_max_connections(need)
+    assert wanted > 100
+    with EmbeddedPostgres(tmp_path, max_connections=wanted) as url:
+        assert _max_connections(url) == wanted
+        with caplog.at_level(logging.WARNING, logger="infra.store.connections"):
+            assert check_room(url, need, "cardinal serve") is not None
+        assert caplog.records == []
+    # An earlier run's folder, started for more processes: raised on reuse.
+    with EmbeddedPostgres(tmp_path, max_connections=wanted + 24) as url:
+        assert _max_connections(url) == wanted + 24
+    # ... and not lowered (nor restarted) for fewer.
+    with EmbeddedPostgres(tmp_path, max_connections=110) as url:
+        assert _max_connections(url) == wanted + 24
+
+
+def _max_connections(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+    assert row is not None
+    return int(row[0])
