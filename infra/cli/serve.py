@@ -160,13 +160,17 @@ def _serve(settings: Settings, stack: ExitStack) -> int:
                 "workers' metrics cannot share a port; choose another METRICS_PORT"
             )
         check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
+    need = serve_connections(settings)
     if settings.database_url is None or _is_embedded(settings):
+        from infra.store.connections import embedded_max_connections
         from infra.store.embedded import EmbeddedPostgres
 
         console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-        url = stack.enter_context(EmbeddedPostgres(settings.data_dir))
+        embedded = EmbeddedPostgres(settings.data_dir, embedded_max_connections(need))
+        url = stack.enter_context(embedded)
         settings = settings.with_overrides(database_url=url)
     settings = _prepare(settings)
+    check_connections(settings, need)
     if not settings.is_production:
         try:
             written = write_environment(settings)
@@ -182,6 +186,25 @@ def _serve(settings: Settings, stack: ExitStack) -> int:
         + (" + 1 ingest (from the RabbitMQ queue)" if settings.amqp_url else "")
     )
     return Supervisor(settings).run()
+
+
+def serve_connections(settings: Settings) -> int:
+    """The most PostgreSQL connections this serve's processes may hold at once."""
+    from infra.store.connections import serve_needs
+
+    return serve_needs(
+        settings.api_processes, broker=settings.amqp_url is not None, projections=len(PROJECTIONS)
+    )
+
+
+def check_connections(settings: Settings, need: int) -> None:
+    """Warn (and start all the same) when the server may not have room for ``need``."""
+    from infra.store.connections import check_room
+
+    assert settings.database_url is not None
+    processes = f"{settings.api_processes} API process" + ("es" * (settings.api_processes > 1))
+    broker = "with" if settings.amqp_url is not None else "without"
+    check_room(settings.database_url, need, f"cardinal serve ({processes}, {broker} AMQP_URL)")
 
 
 def run_api(args: argparse.Namespace) -> int:

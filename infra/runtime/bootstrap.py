@@ -26,6 +26,7 @@ from infra.runtime.lifecycle import check_port_free
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 from infra.store import open_application
+from infra.store.connections import READS_POOL, projections_pool
 from infra.store.election_feed import ElectionFeed
 from infra.store.names import ALIVE, connection_name
 from infra.store.writer import GroupCommitWriter
@@ -115,7 +116,7 @@ async def running_workers(
     workers = Workers()
     # No connection check on lending here: workers retry a failed page from the top, and a
     # check per page would double their round trips.
-    pool = _pool(url, max_size=2 * len(projections) + 1, check=False, name="projections")
+    pool = _pool(url, max_size=projections_pool(len(projections)), check=False, name="projections")
     await pool.open(wait=False)
     if relay and settings.amqp_url is not None:
         workers.relay = Relay(url, settings.amqp_url, topology, PROJECTIONS)
@@ -181,7 +182,7 @@ async def running_services(
     app.writer = writer
     # A reader waits at most READ_WAIT for a connection: while the database is down the
     # pool has none to give, and a read is answered 503 within a second.
-    reads = _pool(url, max_size=8, wait=READ_WAIT, name="reads")
+    reads = _pool(url, max_size=READS_POOL, wait=READ_WAIT, name="reads")
     await reads.open(wait=False)
     writer.start()
     feed = ElectionFeed(app, url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from psycopg.conninfo import conninfo_to_dict
 
 from domain.application import VotingApplication
+from infra.store.connections import STORE_POOL_OVERFLOW, STORE_POOL_SIZE
 
 EVENTS_TABLE = "cardinal_events"  # eventsourcing names it after the application
 # Every commit to the log notifies EVENTS_TABLE (the relay and the sealer follow it); a
@@ -17,7 +18,7 @@ def connection_kwargs(database_url: str) -> dict[str, str]:
     return {k: str(v) for k, v in conninfo_to_dict(database_url).items() if v is not None}
 
 
-def store_environment(database_url: str, pool_size: int = 4) -> dict[str, str]:
+def store_environment(database_url: str, pool_size: int = STORE_POOL_SIZE) -> dict[str, str]:
     """The eventsourcing environment for our PostgreSQL event store.
 
     CREATE_TABLE is off because the tables come from migrations/, and
@@ -33,7 +34,7 @@ def store_environment(database_url: str, pool_size: int = 4) -> dict[str, str]:
         "POSTGRES_USER": params.get("user", "postgres"),
         "POSTGRES_PASSWORD": params.get("password", ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
-        "POSTGRES_MAX_OVERFLOW": "4",
+        "POSTGRES_MAX_OVERFLOW": str(STORE_POOL_OVERFLOW),
         "POSTGRES_PRE_PING": "y",
         # How long a read of an aggregate waits for a connection (the library's default
         # is 30 s): while the store is down, a request is refused quickly instead.

