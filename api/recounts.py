@@ -27,7 +27,8 @@ from psycopg import AsyncConnection
 from api import turns
 from domain.election import ElectionStatus
 from domain.errors import NotFound
-from domain.recount import Recount
+from domain.publication import Steps
+from domain.recount import ElectionCount, Recount
 from domain.rules import ElectionRules
 from infra.audit.records import Entry, election_entries, election_page
 from infra.runtime.bootstrap import Services
@@ -214,6 +215,60 @@ async def replay(services: Services, election_id: UUID, target: int, reach: int)
     if batch:
         await asyncio.to_thread(state.apply, batch)
     return await asyncio.to_thread(state.finish, reach)
+
+
+# Where the tally stands, and the election's publication there: a row even while the
+# tally holds no row of the election (its creation not applied yet).
+TALLY_STEPS = """
+SELECT p.position, coalesce(e.entries, 0), coalesce(e.published_position, 0)
+FROM read_models.tally_position p
+LEFT JOIN read_models.tally_elections e ON e.election_id = %s
+"""
+LAG_PAGE = 1_000  # the election's entries past the tally read at a time
+INLINE = 50  # so few entries are decoded on the event loop (a thread hop costs more)
+
+
+async def last_publication(
+    services: Services,
+    conn: AsyncConnection[Any],
+    election_id: UUID,
+    rules: ElectionRules,
+    at: int,
+) -> int | None:
+    """The position of an open election's last publication at or before ``at`` as the log
+    has it (0: none yet), whatever the tally's lag; None if the tally has published after
+    ``at`` already (a position in the past: the step index or a replay answers it).
+
+    The tally's publication stands up to the tally's position; from there on, the
+    election's entries the tally has not applied yet are counted under the same law as a
+    replay's (``domain.publication``), starting from the tally's count of entries. So the
+    work is the tally's lag (usually none, or a few entries), never a replay, and the
+    answer is the same whether the tally is behind or not."""
+    cursor = await conn.execute(TALLY_STEPS, (election_id,), prepare=True)
+    row = await cursor.fetchone()
+    tallied, entries, published = (0, 0, 0) if row is None else (int(row[0] or 0), row[1], row[2])
+    if tallied >= at:
+        return None if published > at else published
+    # (Seeded with the tally's count; an ElectionCreated in the lag replaces it.)
+    state = _Replay(services.app.mapper, election_id, at)
+    state.recount.position = tallied
+    state.recount.elections[election_id] = ElectionCount(
+        election_id,
+        rules,
+        status=ElectionStatus.OPEN,
+        steps=Steps(rules.live_results_step, entries=entries, published_at=published),
+    )
+    after = tallied
+    while True:
+        page = await election_page(conn, election_id, after, LAG_PAGE, at)
+        if len(page) > INLINE:
+            await asyncio.to_thread(state.apply, page)
+        else:
+            state.apply(page)
+        if len(page) < LAG_PAGE:
+            break
+        after = page[-1].position
+    return state.publications[-1] if state.publications else published
 
 
 async def run_shared(

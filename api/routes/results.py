@@ -327,7 +327,7 @@ async def _results_at(
         if close is not None and at < close:
             _check_published(election, ElectionStatus.OPEN, at, unpublished)
         if indexed and not role and close is None:
-            at = await _last_shown(conn, election_id, at)
+            at = await _last_shown(services, conn, election_id, election, at)
         if (
             role
             and index is not None
@@ -374,21 +374,24 @@ async def _results_at(
     return document
 
 
-async def _last_shown(conn: AsyncConnection[Any], election_id: UUID, at: int) -> int:
+async def _last_shown(
+    services: Services, conn: AsyncConnection[Any], election_id: UUID, election: Election, at: int
+) -> int:
     """Where an open election last changed what a reader without a role sees, up to
-    ``at``: its last publication (the tally's), or a later entry of its own stream (opened,
-    tokens); ``at`` itself if that publication is after it (a position in the past, which
+    ``at``: its last publication (as the log has it, however far behind the tally is:
+    ``recounts.last_publication``), or a later entry of its own stream (opened, tokens);
+    ``at`` itself if the election has published after it (a position in the past, which
     the step index answers). Time travel for these readers replays only when that moves,
     at a publication: never right after an unpublished ballot, whose replay (a tenth of a
     second, against one read) timed each entry between two publications (secrecy review
     of ff1b34a, C)."""
-    snapshot = await tally_snapshot(conn, election_id)
-    if snapshot.published_position > at:
+    published = await recounts.last_publication(services, conn, election_id, election.rules, at)
+    if published is None:
         return at
     cursor = await conn.execute(OWN_ENTRIES, ([election_id], at))
     row = await cursor.fetchone()
     own = 0 if row is None or row[0] is None else int(row[0])
-    return max(snapshot.published_position, own) or at
+    return max(published, own) or at
 
 
 def _stepped_key(
