@@ -559,6 +559,9 @@ def _fit(label: str, room: float) -> str:
     cut anew took 20 ms for a label of 1,000 characters (an option's most), seconds for a
     chart of 100 on the event loop. Only the characters that could fit are measured, once:
     the kept part's width is a prefix's plus a suffix's."""
+    # Widths are sums of floats: the heat map's longest row label, given the label column
+    # less its number's width, came out a rounding error too wide and was cut.
+    room += 0.001
     most = int(room / NARROWEST) + 1  # more characters than this never fit
     if len(label) <= most and _width(label) <= room:
         return e(label)
