@@ -51,12 +51,17 @@ RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
 
 def isolated(text: str, labels: dict[str, str]) -> str:
     """A text of the count (a tie's reason, a note) with its right-to-left labels isolated:
-    the text itself is the audited document's and stays as it is."""
-    names = sorted({e(v) for v in labels.values() if RTL.search(v)}, key=len, reverse=True)
-    escaped = e(text)
-    if not names:
-        return escaped
-    return re.sub("|".join(map(re.escape, names)), lambda m: f"<bdi>{m[0]}</bdi>", escaped)
+    the text itself is the audited document's and stays as it is. Labels are found in the
+    text before escaping: found after, a label such as "mp;א" put ``<bdi>`` inside the
+    "&amp;" of an "&א"."""
+    plain = str(text).translate(BIDI_CONTROLS)
+    names = {v.translate(BIDI_CONTROLS) for v in labels.values()}
+    found = sorted((n for n in names if RTL.search(n)), key=len, reverse=True)
+    if not found:
+        return e(plain)
+    # A capturing split: the labels found are the odd pieces.
+    pieces = re.split(f"({'|'.join(map(re.escape, found))})", plain)
+    return "".join(f"<bdi>{e(p)}</bdi>" if i % 2 else e(p) for i, p in enumerate(pieces))
 
 
 def results_panel(document: dict[str, Any], title: str) -> str:

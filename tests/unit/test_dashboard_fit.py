@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from api import dashboard
-from api.dashboard import _fit, results_panel
+from api.dashboard import _fit, isolated, results_panel
 
 
 class _Counted(dict[str, float]):
@@ -134,3 +134,17 @@ def test_the_heat_maps_longest_row_label_is_whole() -> None:
     }
     html = results_panel(document, "Results")
     assert 'class="row-label">9. NItoo73V0tXnHRMYeK7</text>' in html
+
+
+def test_a_right_to_left_label_is_isolated_whole_never_inside_an_entity() -> None:
+    """Labels were looked for in the escaped text: "mp;א" matched inside the "&amp;" of
+    "&א" and the page read "&a<bdi>mp;א</bdi>" (review fit, 2)."""
+    labels = {"o0": "mp;א", "o1": "תל אביב", "o2": "Plain & simple"}
+    reason = "&א and תל אביב <tie> with mp;א & Plain & simple"
+    assert isolated(reason, labels) == (
+        "&amp;א and <bdi>תל אביב</bdi> &lt;tie&gt; with <bdi>mp;א</bdi> &amp; Plain &amp; simple"
+    )
+    # Direction controls are dropped from the text and the labels alike.
+    assert isolated("x \u202eתל\u202c אביב y", labels) == "x <bdi>תל אביב</bdi> y"
+    # A label of a direction mark alone is nothing to isolate.
+    assert isolated("a b", {"o0": "\u061c"}) == "a b"
