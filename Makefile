@@ -15,7 +15,7 @@ run: $(STAMP)
 	$(BIN)/cardinal serve
 
 test: $(STAMP) services tools lint typecheck
-	$(BIN)/pytest --cov --cov-report=term --durations=20 -m "not chaos_full"
+	$(BIN)/pytest -n 2 --dist loadgroup --cov --cov-report=term --durations=20 -m "not chaos_full"
 
 check: $(STAMP) lint typecheck
 	CARDINAL_EXAMPLES=0.2 $(BIN)/pytest -q tests/unit
