@@ -231,6 +231,13 @@ class Settings:
                 "JWT_SECRET_KEY must be at least 32 bytes "
                 "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
             )
+        # Prometheus trims its credentials file and a scraper's bearer header carries no
+        # edge spaces, while the token is compared exactly: every scrape would get a 401.
+        if self.metrics_token is not None and self.metrics_token != self.metrics_token.strip():
+            raise SettingsError(
+                "METRICS_TOKEN starts or ends with a space or a line break (as a line pasted "
+                "into .env can): remove them, or no scraper's token will ever match it"
+            )
         if self.enable_rate_limiting and self.max_votes_per_ip_per_hour < 1:
             raise SettingsError(
                 "MAX_VOTES_PER_IP_PER_HOUR must be at least 1 with ENABLE_RATE_LIMITING=true "
@@ -265,6 +272,7 @@ class Settings:
 # SQLAlchemy's form, as the deployment guide writes it (postgresql+asyncpg://...): the
 # driver is ours to choose (psycopg), so its name is dropped; libpq reads the rest.
 _SCHEMES = ("postgresql", "postgres")
+_READ_AS: set[str] = set()  # the schemes said so in the log
 
 
 def _database_url(raw: str | None) -> str | None:
@@ -274,11 +282,13 @@ def _database_url(raw: str | None) -> str | None:
     base, plus, driver = scheme.partition("+")
     if not sep or base.lower() not in _SCHEMES or (not plus and base in _SCHEMES):
         return raw
-    log.warning(
-        "DATABASE_URL: read %s:// as postgresql:// (Cardinal Vote connects with psycopg%s)",
-        scheme,
-        f", not {driver}" if driver else "",
-    )
+    if scheme not in _READ_AS:  # once per process, however often the settings are read
+        _READ_AS.add(scheme)
+        log.warning(
+            "DATABASE_URL: read %s:// as postgresql:// (Cardinal Vote connects with psycopg%s)",
+            scheme,
+            f", not {driver}" if driver else "",
+        )
     return f"postgresql://{rest}"
 
 

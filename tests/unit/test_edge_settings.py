@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.runtime import settings as settings_module
 from infra.runtime.settings import Settings, SettingsError
 
 PRODUCTION = {
@@ -34,6 +35,14 @@ def test_production_refuses_to_start_with_open_metrics() -> None:
         Settings.from_env({**PRODUCTION, "METRICS_TOKEN": ""})
     assert Settings.from_env({**PRODUCTION, "METRICS_TOKEN": ""}, service=False)
     assert Settings.from_env({"CARDINAL_ENV": "development"}).metrics_token is None
+
+
+@pytest.mark.parametrize("token", ["m" * 32 + "\n", " " + "m" * 32])
+def test_a_metrics_token_with_edge_spaces_is_refused(token: str) -> None:
+    """Prometheus trims its credentials file; the token is compared exactly: a token pasted
+    with a trailing newline would have refused every scrape, silently (merge review)."""
+    with pytest.raises(SettingsError, match="METRICS_TOKEN starts or ends with a space"):
+        Settings.from_env({**PRODUCTION, "METRICS_TOKEN": token})
 
 
 def test_a_jwt_secret_key_under_32_bytes_is_refused_everywhere() -> None:
@@ -100,13 +109,15 @@ def test_the_deployment_guides_names_for_production_are_honoured(named: dict[str
     ],
 )
 def test_the_deployment_guides_database_url_with_a_driver_is_read(
-    given: str, caplog: pytest.LogCaptureFixture
+    given: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The guide's DATABASE_URL=postgresql+asyncpg://... was refused with psycopg's parser
     message, 'missing "=" after ...' (operator review, M4): the driver is dropped, and
-    the log says so in one line."""
+    the log says so in one line, once per process (cardinal ingest said it twice)."""
+    monkeypatch.setattr(settings_module, "_READ_AS", set())
     with caplog.at_level("WARNING", logger="infra.runtime.settings"):
         settings = Settings.from_env({**PRODUCTION, "DATABASE_URL": given})
+        assert Settings.from_env({**PRODUCTION, "DATABASE_URL": given}) == settings
     assert settings.database_url == "postgresql://cardinal:pw@postgres:5432/cardinal"
     (said,) = [record.getMessage() for record in caplog.records]
     assert said.startswith(f"DATABASE_URL: read {given.partition('://')[0]}:// as postgresql://")
