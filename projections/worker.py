@@ -29,6 +29,7 @@ from infra.broker.outage import Outage
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import LogEvent
+from infra.store.outage import StoreOutage, probe
 from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,21 @@ class ProjectionWorker:
         """Run until cancelled, riding out database and broker outages.
 
         The broker away: said once (``Outage``), its connection tried again after 1 s
-        doubling to 10 s, and the read model kept moving from the store meanwhile."""
+        doubling to 10 s, and the read model kept moving from the store meanwhile. The
+        store away: said once (``StoreOutage``), and waited for with a probe of its own
+        (1 s doubling to 5 s), not in the pool, whose retries back off for minutes."""
         outage = (
             None if self.amqp_url is None else Outage(self.amqp_url, f"projection {self.name}", log)
         )
         self._outage = outage
+        store = StoreOutage(
+            self.database_url, f"projection {self.name}", log, first=self.idle_interval
+        )
         while True:
             try:
                 await self.runner.prepare()
                 await self._catch_up()
+                store.connected()
                 if self.amqp_url is None:
                     await self._follow_store()
                 else:
@@ -104,8 +111,25 @@ class ProjectionWorker:
                     metrics.BROKER_CONNECTED.labels(self.name).set(0)
                     await self._follow_store_for(outage.failed(error))
                     continue
+                if isinstance(error, TRANSIENT):
+                    await self._wait_for_store(store, error)
+                    continue
                 log.warning("projection %s interrupted (%s); retrying", self.name, error)
                 await asyncio.sleep(self.idle_interval)
+
+    async def _wait_for_store(self, store: StoreOutage, error: BaseException) -> None:
+        """Say the outage (once), then probe the store until it answers. (Waiting in the
+        pool instead, the worker's request had the pool retry with a backoff of its own,
+        1, 2, 4, 8, 16 s ...: after 40 s away the read model came back 20 s late. Asked
+        once the store answers, the pool connects at once.)"""
+        while True:
+            await asyncio.sleep(store.failed(error))
+            try:
+                await probe(self.database_url)
+            except TRANSIENT as failed:
+                error = failed
+                continue
+            return  # ``connected`` once the read model has moved again
 
     async def _follow_store_for(self, seconds: float) -> None:
         """Catch up from the store every ``idle_interval`` for ``seconds``: the broker's

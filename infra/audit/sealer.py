@@ -21,6 +21,7 @@ from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash, filed_ele
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
 from infra.store.names import connection_name
+from infra.store.outage import UNREACHABLE, StoreOutage
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,26 @@ class Sealer:
         # The chain's last link (position, hash), known while this sealer leads: nobody
         # else appends to the chain then, so it need not be read back on every round.
         self._tip: tuple[int, bytes] | None = None
+        self._store = StoreOutage(database_url, "sealer", log, first=poll_interval)
 
     async def run(self) -> None:
-        """Seal forever, riding out database outages; stand by while another one leads."""
+        """Seal forever, riding out database outages (said once, retried after 1 s
+        doubling to 5 s: ``StoreOutage``); stand by while another one leads."""
         while True:
+            pause = self.poll_interval
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self.database_url, autocommit=True, application_name=connection_name("sealer")
                 ) as conn:
+                    self._store.connected()
                     await self._lead(conn)
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as error:
+                pause = self._store.failed(error)
             except psycopg.Error as error:
                 log.warning("sealer interrupted (%s); retrying", error)
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(pause)
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:

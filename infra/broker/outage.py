@@ -6,7 +6,8 @@ ERROR of its own for each: some 60 lines in 14 s, none naming the broker or the 
 that points at it. Now each task says once that it cannot reach "RabbitMQ at host:port
 (AMQP_URL)" and why, once that it is back, and retries after 1 s doubling to ``CAP``;
 the client libraries' own line per failed attempt is dropped (the caller sees the error
-anyway). The password in AMQP_URL is never logged.
+anyway). The password in AMQP_URL is never logged. The saying and the backoff are
+``infra/outage.py``'s, shared with the store's outages (``infra/store/outage.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import errno
 import logging
 from urllib.parse import urlsplit
+
+from infra.outage import Outage as SharedOutage
 
 FIRST = 1.0  # seconds before the first retry
 CAP = 10.0  # the longest wait between attempts: recovery stays within seconds
@@ -75,7 +78,7 @@ def quiet_client_attempts() -> None:
             logger.addFilter(_AttemptLines(templates))
 
 
-class Outage:
+class Outage(SharedOutage):
     """One task's view of the broker: ``failed`` says the outage once (and again only if
     its reason changes) and returns how long to wait; ``connected`` says the return once
     and resets the wait."""
@@ -83,34 +86,5 @@ class Outage:
     def __init__(
         self, amqp_url: str, who: str, logger: logging.Logger, *, first: float = FIRST
     ) -> None:
-        self.where = where(amqp_url)
-        self.who = who
-        self.log = logger
-        self.first = first
-        self.delay = first
-        self.down: str | None = None
+        super().__init__(where(amqp_url), who, logger, reason=reason, first=first, cap=CAP)
         quiet_client_attempts()
-
-    def failed(self, error: BaseException, why: str | None = None) -> float:
-        """Say the outage if it is new (or its reason is: ``why``, else the error's), and
-        return the seconds to wait before the next attempt."""
-        why = why or reason(error)
-        if why != self.down:
-            self.log.warning(
-                "%s: cannot reach %s: %s; retrying every %.0f-%.0fs until it answers",
-                self.who,
-                self.where,
-                why,
-                self.first,
-                CAP,
-            )
-        self.down = why
-        delay = self.delay
-        self.delay = min(self.delay * 2, CAP)
-        return delay
-
-    def connected(self) -> None:
-        if self.down is not None:
-            self.log.info("%s: %s reachable again", self.who, self.where)
-        self.down = None
-        self.delay = self.first

@@ -30,6 +30,7 @@ from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
 from infra.store.names import connection_name
+from infra.store.outage import UNREACHABLE, StoreOutage
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,20 @@ class Relay:
         self.busy_linger = busy_linger
         self.status = RelayStatus()
         self._outage = Outage(amqp_url, "relay", log, first=retry_interval)
+        self._store = StoreOutage(database_url, "relay", log, first=retry_interval)
 
     async def run(self) -> None:
         """Relay forever, reconnecting to PostgreSQL and RabbitMQ after any outage (the
-        broker's said once, retried after 1 s doubling to 10 s: ``Outage``)."""
+        broker's said once, retried after 1 s doubling to 10 s: ``Outage``; the store's
+        said once, retried after 1 s doubling to 5 s: ``StoreOutage``)."""
         while True:
             pause = self.retry_interval
             try:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as error:
+                pause = self._store.failed(error)
             except psycopg.Error as error:
                 log.warning("relay interrupted (%s); retrying in %.1fs", error, self.retry_interval)
             except (
@@ -119,6 +124,7 @@ class Relay:
             self.database_url, autocommit=True, application_name=connection_name("relay")
         ) as conn:
             self.status.database_connected = True
+            self._store.connected()
             await self._become_leader(conn)
             connection = await aio_pika.connect(
                 self.amqp_url,

@@ -68,7 +68,13 @@ LAYERS = [
     ("infra.store",),
     ("domain",),
 ]
-LEAVES = ("infra.metrics", "infra.batched_metrics", "infra.audit.chain", "infra.options")
+LEAVES = (
+    "infra.metrics",
+    "infra.batched_metrics",
+    "infra.audit.chain",
+    "infra.options",
+    "infra.outage",
+)
 ROOT = DOMAIN.parent
 OURS = ("domain", "projections", "api", "infra")
 
