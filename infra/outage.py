@@ -20,10 +20,11 @@ class Outage:
     long to wait before the next attempt; ``connected`` says the return once and resets
     the wait.
 
-    ``once``: one WARNING per outage whatever its reasons (a store going down is "closed
-    the connection", then "refused"); otherwise again when the reason changes (a broker
-    that refuses the password, then the connection). ``timed``: the return says how long
-    the outage lasted."""
+    ``once``: one WARNING per outage whatever its reasons (a server going down closes the
+    connection, then refuses it); otherwise again when the reason changes. Either way
+    ``failed(..., anew=True)`` says a reason that is news to the operator even mid-outage
+    (a broker that was away, then refuses AMQP_URL's password). ``timed``: the return says
+    how long the outage lasted."""
 
     def __init__(
         self,
@@ -49,13 +50,14 @@ class Outage:
         self.down: str | None = None
         self.since = 0.0  # (monotonic) when this outage was first met
 
-    def failed(self, error: BaseException, why: str | None = None) -> float:
-        """Say the outage if it is new (or, unless ``once``, its reason is: ``why``, else
-        the error's), and return the seconds to wait before the next attempt."""
+    def failed(self, error: BaseException, why: str | None = None, *, anew: bool = False) -> float:
+        """Say the outage if it is new (or, unless ``once`` or with ``anew``, its reason
+        is: ``why``, else the error's), and return the seconds to wait before the next
+        attempt."""
         why = why or self.reason(error)
         if self.down is None:
             self.since = time.monotonic()
-        if self.down is None or (why != self.down and not self.once):
+        if self.down is None or (why != self.down and (anew or not self.once)):
             self.log.warning(
                 "%s: cannot reach %s: %s; retrying every %.0f-%.0fs until it answers",
                 self.who,
@@ -68,6 +70,15 @@ class Outage:
         delay = self.delay
         self.delay = min(self.delay * 2, self.cap)
         return delay
+
+    def pause(self) -> float:
+        """The wait before the next attempt, for a client that retries by itself and asks
+        (asking twice changes nothing): as long as the outage has lasted, at least
+        ``first``, at most ``cap``. Attempts at once, then after 1, 1, 2, 4, 8, 10, 10 s
+        (``first`` 1, ``cap`` 10): the backoff of ``failed``, near enough."""
+        if self.down is None:
+            return self.first
+        return min(self.cap, max(self.first, time.monotonic() - self.since))
 
     def connected(self) -> None:
         if self.down is not None:

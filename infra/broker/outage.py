@@ -3,18 +3,24 @@
 While RabbitMQ is away each connecting task (the relay, every projection worker, the ingest
 consumer, each API process's monitor) used to log every attempt, and aiormq logged an
 ERROR of its own for each: some 60 lines in 14 s, none naming the broker or the setting
-that points at it. Now each task says once that it cannot reach "RabbitMQ at host:port
-(AMQP_URL)" and why, once that it is back, and retries after 1 s doubling to ``CAP``;
-the client libraries' own line per failed attempt is dropped (the caller sees the error
+that points at it. Now each task says once per outage that it cannot reach "RabbitMQ at
+host:port (AMQP_URL)" and why (the first reason only: a broker that restarts under a
+connected task closes the connection, "CONNECTION_FORCED", then refuses it, which used to
+be two warnings), once that it is back, and retries after 1 s doubling to ``CAP``; the
+client libraries' own line per failed attempt, and aiormq's ERROR and traceback per
+connection the broker closed as it stopped, are dropped (the caller sees the error
 anyway). The password in AMQP_URL is never logged. The saying and the backoff are
 ``infra/outage.py``'s, shared with the store's outages (``infra/store/outage.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from urllib.parse import urlsplit
+
+from aiormq.exceptions import ChannelInvalidStateError, ConnectionClosed
 
 from infra.outage import Outage as SharedOutage
 
@@ -24,9 +30,18 @@ CAP = 10.0  # the longest wait between attempts: recovery stays within seconds
 # The client libraries' lines per failed connection attempt, by logger and message template
 # (each attempt's error reaches our own code, which says it once per outage).
 _ATTEMPT_LINES = {
-    "aiormq.connection": ("error when creating transport",),
+    "aiormq.connection": ("error when creating transport",),  # (and _READER_LINE)
     "aio_pika.robust_connection": ("Connection attempt to ", "Reconnect attempt failed "),
 }
+# aiormq's WARNING, with a traceback, for each connection whose reader stopped: dropped
+# where the broker closed the connection or it was cut (the owner says the outage), kept
+# for anything else (a malformed frame).
+_READER_LINE = "Cancelling cause reader exited abnormally"
+_BROKER_GONE = (ConnectionClosed, ConnectionError, asyncio.IncompleteReadError)
+# aiormq's ERROR for each connection the broker closes: dropped for CONNECTION_FORCED (320:
+# the broker shutting down, or an operator closing it), which the owner says with its reason.
+_CLOSE_LINE = "Unexpected connection close from remote"
+_FORCED = 320
 
 
 def where(amqp_url: str) -> str:
@@ -43,6 +58,8 @@ def where(amqp_url: str) -> str:
 
 def reason(error: BaseException) -> str:
     """A short why: "connection refused" rather than "[Errno 111] Connect call failed ..."."""
+    if isinstance(error, ChannelInvalidStateError):  # "<aio_pika.channel.Channel ...> closed"
+        return "connection lost"
     found: BaseException | None = error
     while found is not None:
         if isinstance(found, ConnectionRefusedError) or (
@@ -66,7 +83,13 @@ class _AttemptLines(logging.Filter):
         self.templates = templates
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, str) and record.msg.startswith(self.templates))
+        if not isinstance(record.msg, str):
+            return True
+        if record.msg == _READER_LINE and record.exc_info:
+            return not isinstance(record.exc_info[1], _BROKER_GONE)
+        if record.msg.startswith(_CLOSE_LINE) and isinstance(record.args, tuple):
+            return record.args[1:2] != (_FORCED,)
+        return not record.msg.startswith(self.templates)
 
 
 def quiet_client_attempts() -> None:
@@ -79,12 +102,14 @@ def quiet_client_attempts() -> None:
 
 
 class Outage(SharedOutage):
-    """One task's view of the broker: ``failed`` says the outage once (and again only if
-    its reason changes) and returns how long to wait; ``connected`` says the return once
-    and resets the wait."""
+    """One task's view of the broker: ``failed`` says the outage once, whatever its
+    reasons (as the store's does), and returns how long to wait; ``connected`` says the
+    return once and resets the wait."""
 
     def __init__(
         self, amqp_url: str, who: str, logger: logging.Logger, *, first: float = FIRST
     ) -> None:
-        super().__init__(where(amqp_url), who, logger, reason=reason, first=first, cap=CAP)
+        super().__init__(
+            where(amqp_url), who, logger, reason=reason, first=first, cap=CAP, once=True
+        )
         quiet_client_attempts()

@@ -10,8 +10,9 @@ commit: a crash (SIGKILL included) at any point leaves the batch unacked, the br
 delivers it again, and every ballot's key makes the second cast a replay. A store outage
 holds the batch and retries it with backoff (requeueing would spend the broker's delivery
 limit, meant for poison messages); a broker outage drops the batch (redelivered) and
-``connect_robust`` reconnects; whatever else came on the dead channel is skipped, not
-cast: it comes again after the batch, in order.
+``connect_robust`` reconnects (after 1 s doubling to 10 s, not aio-pika's fixed 5 s; the
+outage said once, naming AMQP_URL, and its end once: ``Outage``); whatever else came on the
+dead channel is skipped, not cast: it comes again after the batch, in order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from typing import Any
 from uuid import UUID
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 
 from api.problems import Faults, problem_of
 from api.views import receipt_view
@@ -34,6 +40,7 @@ from domain.election import Election
 from domain.errors import CardinalError, ConcurrentRevision
 from domain.voter import Voter
 from infra import metrics
+from infra.broker.outage import Outage
 from infra.ingest.messages import (
     MAX_BALLOT_BYTES,
     Delivery,
@@ -58,6 +65,24 @@ MAX_BACKOFF = 5.0
 # the batch, and the queue behind it, for ever.
 FAULT_ATTEMPTS = 3
 DEPTH_EVERY = 5.0
+
+
+class _PacedConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, its reconnection attempts paced by ``outage`` (1 s
+    doubling to 10 s) rather than a fixed 5 s. aio-pika reads ``reconnect_interval``
+    before each wait; it calls nothing of ours on a failed attempt, so the pace comes from
+    how long the outage has lasted (``Outage.pause``)."""
+
+    outage: Outage | None = None
+    _fixed: float = 5.0
+
+    @property
+    def reconnect_interval(self) -> float:
+        return self._fixed if self.outage is None else self.outage.pause()
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, value: float) -> None:
+        self._fixed = value
 
 
 class Abandoned(Exception):
@@ -86,6 +111,9 @@ class Ingester:
         self.name = name
         self.max_ballot_bytes = max_ballot_bytes
         self.ready = asyncio.Event()
+        # The broker's outages, said once each, naming AMQP_URL: at start (consume_forever)
+        # and mid-run, where connect_robust reconnects by itself (_said_by).
+        self.outage = Outage(amqp_url, "ingest", log)
         # Never wait_for() on the inbox's get(): on Python 3.11 a timeout racing a delivery
         # can drop the message, and the next ack with multiple=True would ack it unseen.
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -97,8 +125,11 @@ class Ingester:
         """Consume forever; reconnect without help."""
         tolerate_invalid_utf8()  # a message_id not UTF-8 must not cost the connection
         connection = await aio_pika.connect_robust(
-            self.amqp_url, client_properties={"connection_name": self.name}
+            self.amqp_url,
+            client_properties={"connection_name": self.name},
+            connection_class=_PacedConnection,
         )
+        self._said_by(connection)
         connected = metrics.BROKER_CONNECTED.labels("ingest")
         connection.reconnect_callbacks.add(lambda *_: connected.set(1))
         connection.close_callbacks.add(lambda *_: connected.set(0))
@@ -109,7 +140,7 @@ class Ingester:
             queue, _, dead = await self.queues.declare(channel)
             await queue.consume(self._received)
             connected.set(1)
-            depth = asyncio.create_task(self._watch_depth(channel))
+            depth = asyncio.create_task(self._watch_depth(channel, connection))
             self.ready.set()
             try:
                 while True:
@@ -129,6 +160,19 @@ class Ingester:
                 depth.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await depth
+
+    def _said_by(self, connection: AbstractRobustConnection) -> None:
+        """The connection lost (not closed by us), the outage said (once); back, its end;
+        and aio-pika's attempts between paced by the outage."""
+        if isinstance(connection, _PacedConnection):
+            connection.outage = self.outage
+
+        def lost(_: object, error: BaseException | None = None) -> None:
+            if not connection.close_called:
+                self.outage.failed(error or ConnectionError("connection lost"))
+
+        connection.close_callbacks.add(lost)
+        connection.reconnect_callbacks.add(lambda *_: self.outage.connected())
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
         self._inbox.put_nowait(message)
@@ -338,20 +382,24 @@ class Ingester:
             routing_key=sendable(message.reply_to, SHORT_STR),
         )
 
-    async def _watch_depth(self, channel: AbstractChannel) -> None:
+    async def _watch_depth(
+        self, channel: AbstractChannel, connection: AbstractRobustConnection
+    ) -> None:
         """Keep the queue-depth gauges current (the alert on a growing backlog reads them).
 
         Each sweep asks the broker afresh, on a channel of its own: a robust channel answers
         a passive declare of a queue it declared from its cache (the count as it was at
         start, so the refused queue's gauge stayed 0), and a passive declare of a queue
         that is gone closes its channel, which must not be the consuming one. A sweep that
-        fails is logged once, at WARNING, until one succeeds again; each call to the broker
-        waits DEPTH_EVERY at most."""
+        fails is logged once, at WARNING, until one succeeds again, unless the broker is
+        away (its outage is said once, naming RabbitMQ and AMQP_URL: a second warning,
+        naming neither, only confused); each call to the broker waits DEPTH_EVERY at most."""
         import aiormq.abc  # here, beside its one use
 
         wait = DEPTH_EVERY
         watch: aiormq.abc.AbstractChannel | None = None
         failing: str | None = None
+        warned = False
         while True:
             try:
                 if watch is None or watch.is_closed:
@@ -364,17 +412,21 @@ class Ingester:
                 raise
             except Exception as error:
                 reason = str(error).strip() or type(error).__name__
-                if failing is None:
+                away = self.outage.down is not None or not connection.connected.is_set()
+                if not warned and not away:
                     log.warning(
                         "cannot read the ingest queues' depth (%s); "
                         "cardinal_ingest_queue_messages is stale until it can",
                         reason,
                     )
+                    warned = True
+                elif failing is None:
+                    log.debug("cannot read the ingest queues' depth (%s)", reason)
                 failing = reason
             else:
-                if failing is not None:
+                if warned:
                     log.info("reading the ingest queues' depth again")
-                failing = None
+                failing, warned = None, False
             await asyncio.sleep(DEPTH_EVERY)
 
 

@@ -67,8 +67,9 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
 
 async def consume_forever(consumer: Ingester) -> None:
     """Run the consumer; if it fails (the broker unreachable at start), start it again:
-    the broker's absence said once, tried again after 1 s doubling to 10 s (``Outage``)."""
-    outage = Outage(consumer.amqp_url, "ingest", log)
+    the broker's absence said once, tried again after 1 s doubling to 10 s (the
+    consumer's ``Outage``, which also says a broker lost mid-run, once)."""
+    outage = consumer.outage
     while True:
         back = asyncio.create_task(_said_back(consumer, outage))
         pause = 2.0
@@ -79,7 +80,7 @@ async def consume_forever(consumer: Ingester) -> None:
         except ProbableAuthenticationError as error:
             detail = str(error).strip() or type(error).__name__
             why = f"it refused AMQP_URL's user and password ({detail}): check AMQP_URL"
-            pause = outage.failed(error, why)
+            pause = outage.failed(error, why, anew=True)  # not the broker away: news
         except (AMQPConnectionError, ConnectionError, OSError) as error:
             pause = outage.failed(error)
         except Exception:

@@ -1,7 +1,7 @@
 """A broker that is not there is said once per task, naming RabbitMQ and AMQP_URL, never
 its password; and the processes keep trying (operator review M5: 63 ERROR lines in 14 s,
-none naming the broker or the setting). The "broker" is a closed port: the shared one is
-never stopped."""
+none naming the broker or the setting). The "broker" is a closed port, or a RabbitMQ node of
+the test's own (stopped and started again): the shared one is never stopped."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+import tempfile
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, running_workers
 from infra.runtime.settings import Settings, SettingsError
+from tests.rabbit_node import RabbitNode
 from tests.servers import settings_for
 
 PASSWORD = "s3cret-pw"
@@ -62,6 +67,105 @@ async def test_a_broker_outage_is_said_once_per_task_naming_amqp_url(
         lines = [s for s in said if f": {who}: cannot reach" in s]
         assert len(lines) == 1, (who, said)
         assert f"RabbitMQ at 127.0.0.1:{port} (AMQP_URL): connection refused" in lines[0]
+
+
+TASKS = ("relay", "projection tally", "projection catalog", "projection statistics", "api")
+OPTIONS = [{"id": "yes", "label": "Yes"}, {"id": "no", "label": "No"}]
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this module's own (one: a start costs 5-10 s), to stop and start."""
+    with RabbitNode(Path(tempfile.mkdtemp(prefix="cardinal-outage-mq-"))) as own:
+        yield own
+
+
+def _text(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # (aio-pika's repr of a finished callback raises)
+        return str(record.msg)
+
+
+async def _until(done: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def test_a_broker_lost_mid_run_is_said_once_per_task_and_its_return_once(
+    database_url: str, node: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that goes away while every task is connected: each says so once (the old
+    code: twice, "connection lost" or CONNECTION_FORCED, then "connection refused"; and
+    ingest never, its robust connection reconnecting silently, only its depth watcher
+    warning without naming RabbitMQ), and once that it is back."""
+    from domain.rules import ElectionRules
+
+    settings = settings_for(
+        database_url, amqp_url=node.url, namespace=f"test-{uuid.uuid4().hex[:8]}"
+    )
+    where = f"RabbitMQ at 127.0.0.1:{node.port} (AMQP_URL)"
+    tasks = (*TASKS, "ingest")
+    caplog.set_level(logging.INFO)
+
+    def said(level: int, text: str) -> dict[str, int]:
+        return {
+            who: sum(
+                1
+                for r in caplog.records
+                if r.levelno == level and _text(r).startswith(f"{who}: {text}")
+            )
+            for who in tasks
+        }
+
+    async with (
+        running_workers(
+            settings, relay=True, projections=("tally", "catalog", "statistics")
+        ) as workers,
+        running_services(settings) as services,
+    ):
+        consumer = ingester(settings, services.app, services.voter_keys)
+        consuming = asyncio.create_task(consume_forever(consumer))
+        try:
+            assert workers.relay is not None
+            assert services.broker is not None
+            relay, monitor = workers.relay, services.broker
+            assert await _until(
+                lambda: (
+                    relay.status.broker_connected
+                    and monitor.connected
+                    and consumer.ready.is_set()
+                    and all(w.status.broker_connected for w in workers.projections)
+                ),
+                30,
+            ), caplog.text
+            caplog.clear()
+            await asyncio.to_thread(node.stop)
+            # An entry to publish: the relay, idle, finds the broker gone as it publishes.
+            await services.app.create_election(
+                "Outage", ElectionRules.create(options=OPTIONS, method="plurality")
+            )
+            # Each task's first attempt after the loss meets "connection refused" (the old
+            # code's second WARNING); ingest's warning never came with the old code.
+            await _until(lambda: all(said(logging.WARNING, f"cannot reach {where}").values()), 10)
+            await asyncio.sleep(3)
+            await asyncio.to_thread(node.start)
+            await _until(lambda: all(said(logging.INFO, f"{where} reachable again").values()), 30)
+        finally:
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+    lines = "\n".join(f"{r.levelname} {r.name}: {_text(r)}" for r in caplog.records)
+    assert said(logging.WARNING, f"cannot reach {where}") == dict.fromkeys(tasks, 1), lines
+    assert said(logging.INFO, f"{where} reachable again") == dict.fromkeys(tasks, 1), lines
+    # Nothing else from ingest at WARNING: its depth watcher's failure is the same outage.
+    assert not [r for r in caplog.records if "depth" in _text(r) and r.levelno >= 30], lines
+    # Nor aiormq's ERROR and traceback per connection the stopping broker closed.
+    assert not [r for r in caplog.records if r.name.startswith("aiormq")], lines
 
 
 @pytest.mark.parametrize(
