@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.audit import records
@@ -36,9 +37,11 @@ from infra.audit.sources import (
 )
 from infra.audit.verifier import Discrepancy, Entry, UnknownElection
 from infra.store import open_application
+from infra.store.log import event_type
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
+from projections.results import recounted_snapshot, results_document
 from projections.runtime import ProjectionRunner
 from tests.databases import SERVER_URL, create_database, drop_database
 from tests.integration.test_projection_runtime import _fill
@@ -933,3 +936,84 @@ def test_an_export_to_stdout_goes_through_a_pipe_whole(store: str, tmp_path: Pat
     assert exporting.returncode == 0, err
     assert b"wrote" in err
     verify_file(piped, election=None, validate=True)
+
+
+# Served documents as the API makes them at any position (`?at=`), from a recount of the
+# log: an auditor's (exact, at the position asked for) and everyone else's (stepped while
+# open, at the last publication); and a log whose positions skip numbers.
+
+
+def _recounted(url: str, positions: list[int], *, exact: bool) -> list[dict[str, Any]]:
+    """Every election's document at each of ``positions`` (ascending) as ``?at=`` serves
+    it to an auditor (``exact``) or to anyone else, from a recount of the log up to it."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT notification_id, originator_id, topic, state FROM cardinal_events "
+            "WHERE notification_id <= %s ORDER BY notification_id",
+            (max(positions),),
+        ).fetchall()
+    recount = Recount(validate=False)
+    documents: list[dict[str, Any]] = []
+    wanted = iter(positions)
+    at = next(wanted, None)
+    for position, stream, topic, state in [*rows, (2**62, None, "", b"")]:
+        while at is not None and position > at:
+            for election_id, count in recount.elections.items():
+                document = results_document(
+                    election_id,
+                    recounted_snapshot(count, at),
+                    count.rules,
+                    status=count.status,
+                    exact=exact,
+                )
+                documents.append(orjson.loads(orjson.dumps(document)))
+            at = next(wanted, None)
+        if at is None:
+            break
+        recount.record(position, stream, event_type(topic), orjson.loads(bytes(state)))
+    return documents
+
+
+async def _gap_then_election(url: str, skipped: int) -> tuple[int, int]:
+    """``skipped`` positions used up by transactions rolled back, then an election
+    created after them (as a failed append leaves the log): the gap's first position and
+    the new election's."""
+    with psycopg.connect(url) as conn:
+        for _ in range(skipped):
+            conn.execute(
+                "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+                "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', '{}')"
+            )
+            conn.rollback()
+        row = conn.execute("SELECT max(notification_id) FROM cardinal_events").fetchone()
+    assert row is not None
+    app = open_application(url)
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "ab"], method="plurality"
+        )
+        await app.create_election("After the gap", rules)
+    finally:
+        await writer.stop()
+        app.close()
+    created = _positions(url, "Election.Created")[-1]
+    assert created == int(row[0]) + skipped + 1
+    return int(row[0]) + 1, created
+
+
+async def test_an_auditors_document_dated_in_a_gap_of_the_log_verifies(store: str) -> None:
+    """Positions skip numbers (a rolled-back append), and an auditor's `?at=` a skipped
+    position is served with that position: verify said the log was cut short there
+    (review of the audit, F1). Only a document beyond the log's last entry is."""
+    gap, created = await _gap_then_election(store, skipped=3)
+    at_gap = _recounted(store, [gap + 1], exact=True)
+    assert {d["position"] for d in at_gap} == {gap + 1}
+    await _verify_pinned(store, Pinned((), tuple(at_gap)))
+    beyond = [{**at_gap[0], "position": created + 1}]
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), tuple(beyond)))
+    assert found.value.position == created + 1
+    assert "the log is cut short" in found.value.what
