@@ -436,12 +436,13 @@ class Verifier:
                 "the application: `cardinal audit verify --strict` names it",
             ) from None
         replayed = orjson.loads(orjson.dumps(counted))
-        # when it closed, and (for the exact count) how many ballot entries it counted
+        # when it closed, and how many ballot entries it counted: all of them (the exact
+        # count), or as many as its publication did (stepped: rounded down to whole steps)
         replayed["closed_at_position"] = count.closed_at
-        compared: tuple[str, ...] = ("closed_at_position", *COMPARED)
-        if not served.get("stepped"):
-            replayed["ballot_entries"] = count.steps.entries
-            compared += ("ballot_entries",)
+        replayed["ballot_entries"] = (
+            count.steps.published_entries if served.get("stepped") else count.steps.entries
+        )
+        compared = ("closed_at_position", *COMPARED, "ballot_entries")
         for key in compared:
             if replayed.get(key) != served.get(key):
                 aside = served.get("set_aside")

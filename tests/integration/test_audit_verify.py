@@ -1017,3 +1017,28 @@ async def test_an_auditors_document_dated_in_a_gap_of_the_log_verifies(store: st
         await _verify_pinned(store, Pinned((), tuple(beyond)))
     assert found.value.position == created + 1
     assert "the log is cut short" in found.value.what
+
+
+def _stepped_and_exact(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first election's documents while it was open, at many positions: as anyone but
+    an auditor is served them (stepped, at the last publication), and as an auditor is."""
+    close = _positions(url, "Election.Closed")[0]
+    ballots = [p for p in _positions(url, "Ballot.Cast") if p < close]
+    sample = sorted({*ballots[::7], close - 1})
+    stepped = [d for d in _recounted(url, sample, exact=False) if d["stepped"]]
+    exact = _recounted(url, sample, exact=True)
+    assert len({d["position"] for d in stepped}) > 5
+    return stepped, exact
+
+
+async def test_a_stepped_documents_ballot_entries_are_compared(store: str) -> None:
+    """A stepped document's ballot_entries (rounded down to whole steps) were never
+    compared: at its publication, they are the publication's count (audit review F2)."""
+    stepped, _ = _stepped_and_exact(store)
+    await _verify_pinned(store, Pinned((), tuple(stepped)))
+    document = stepped[-1]
+    wrong = {**document, "ballot_entries": int(document["ballot_entries"]) + 1}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), (wrong,)))
+    assert found.value.position == document["position"]
+    assert "in 'ballot_entries'" in found.value.what
