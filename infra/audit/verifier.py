@@ -424,6 +424,18 @@ class Verifier:
                 "the results are newer than it (check them against a newer export)",
             )
         self._compared.add(election_id)
+        stepped = bool(served.get("stepped"))
+        if stepped and position != count.steps.position:
+            # (Served stepped, a document is the publication readers saw: its position is
+            # that publication's, or the creation's before any; ``?at=`` between two
+            # publications included. An exact count dated elsewhere is not.)
+            raise Discrepancy(
+                position,
+                f"election {election_id}: results served stepped (as published) are dated "
+                f"at the publication they show, but position {position:,} is not one: the "
+                f"last publication at or before it is at position {count.steps.position:,}"
+                + ("" if count.steps.published_at else " (the election's creation: none yet)"),
+            )
         try:
             counted = count.results(position)
         except (ValueError, TypeError) as refused:  # a vote its election's tally cannot hold
@@ -440,7 +452,7 @@ class Verifier:
         # count), or as many as its publication did (stepped: rounded down to whole steps)
         replayed["closed_at_position"] = count.closed_at
         replayed["ballot_entries"] = (
-            count.steps.published_entries if served.get("stepped") else count.steps.entries
+            count.steps.published_entries if stepped else count.steps.entries
         )
         compared = ("closed_at_position", *COMPARED, "ballot_entries")
         for key in compared:

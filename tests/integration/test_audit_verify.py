@@ -1042,3 +1042,55 @@ async def test_a_stepped_documents_ballot_entries_are_compared(store: str) -> No
         await _verify_pinned(store, Pinned((), (wrong,)))
     assert found.value.position == document["position"]
     assert "in 'ballot_entries'" in found.value.what
+
+
+async def test_a_stepped_document_must_be_dated_at_a_publication(store: str) -> None:
+    """An auditor's exact document at a position between two publications, relabelled
+    stepped with its ballot entries rounded down, passed as published results (audit
+    review F3). Every document a reader is served stepped still passes, the step index's
+    (`?at=` between publications: the one before) and the creation's before any."""
+    stepped, exact = _stepped_and_exact(store)
+    step = int(stepped[0]["live_results_step"])
+    assert step > 1
+    published = {int(d["position"]) for d in stepped}
+    with psycopg.connect(store) as conn:
+        row = conn.execute("SELECT min(notification_id) FROM cardinal_events").fetchone()
+    assert row is not None
+    created = _recounted(store, [int(row[0])], exact=False)
+    assert created[0]["stepped"]
+    assert created[0]["ballot_entries"] == 0
+    await _verify_pinned(store, Pinned((), (*stepped, *created)))
+    between = next(
+        d for d in exact if int(d["position"]) not in published and int(d["ballot_entries"]) % step
+    )
+    entries = int(between["ballot_entries"])
+    forged = {**between, "stepped": True, "ballot_entries": entries // step * step}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), (forged,)))
+    assert found.value.position == between["position"]
+    assert "served stepped (as published) are dated at the publication" in found.value.what
+    assert f"position {int(between['position']):,} is not one" in found.value.what
+    # And the tally's own, for an open election (`audit export` writes it).
+    app = open_application(store)
+    writer = GroupCommitWriter(app, store)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "ab"], method="plurality"
+        )
+        election_id = (await app.create_election("Open", rules)).id
+        await app.open_election(election_id)
+        for n in range(25):
+            await app.cast_ballot(
+                election_id, Voter(f"o{n}", f"o{n}"), {"choice": "ab"[n % 2]}, None
+            )
+    finally:
+        await writer.stop()
+        app.close()
+    await catch_up_every_projection(store)
+    async with await snapshot_connection(store) as conn:
+        live = [d for documents in (await served_results(conn)).values() for d in documents]
+    assert [d["ballot_entries"] for d in live if d["stepped"]] == [20]
+    report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert report.results == len(live)
