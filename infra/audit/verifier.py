@@ -151,6 +151,8 @@ class Verifier:
         self._compared: set[UUID] = set()
         self._starts: dict[bytes, bytes] = {}  # an election's bytes: how its ballots begin
         self._served_upto = max(served, default=0)
+        # elections results were served for before the log created them: where first
+        self._uncreated: dict[UUID, int] = {}
         self._next_checkpoint = 0
         self._due = self._next_due()
         for checkpoint in self.checkpoints:
@@ -192,6 +194,13 @@ class Verifier:
             self.recount.put_aside(position, None, f"unreadable: {error}")
         else:
             self.recount.record(position, stream, kind, data)
+        if self._uncreated and kind == "ElectionCreated" and stream in self._uncreated:
+            served_at = self._uncreated[stream]  # type: ignore[index]
+            raise Discrepancy(
+                served_at,
+                f"election {stream}: results are served as of position {served_at:,}, before "
+                f"the election was created (at position {position:,})",
+            )
         self.report.entries += 1
         self.report.head = position
 
@@ -309,6 +318,11 @@ class Verifier:
                 + ": they agree with the results, but no signature attests them yet"
             )
         if self.replay:
+            if self._uncreated:
+                election_id, served_at = min(self._uncreated.items(), key=lambda u: u[1])
+                raise Discrepancy(
+                    served_at, f"results are served for an unknown election {election_id}"
+                )
             if self.election is not None and self.election not in self.recount.elections:
                 raise UnknownElection(None, f"the log holds no election {self.election}")
             self._every_election_served()
@@ -415,7 +429,9 @@ class Verifier:
             return
         count = self.recount.elections.get(election_id)
         if count is None:
-            raise Discrepancy(position, f"results are served for an unknown election {election_id}")
+            # Created later (said when its creation comes), or never (said at the end).
+            self._uncreated.setdefault(election_id, position)
+            return
         if not reached and position > self.report.head:
             raise Discrepancy(
                 position,

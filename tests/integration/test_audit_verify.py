@@ -1094,3 +1094,33 @@ async def test_a_stepped_document_must_be_dated_at_a_publication(store: str) -> 
     assert [d["ballot_entries"] for d in live if d["stepped"]] == [20]
     report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
     assert report.results == len(live)
+
+
+async def test_a_document_dated_before_its_elections_creation_says_so(store: str) -> None:
+    """It said "served for an unknown election" of an election the log does hold, created
+    later (audit review F4)."""
+    async with await snapshot_connection(store) as conn:
+        served = [d for documents in (await served_results(conn)).values() for d in documents]
+    created = _positions(store, "Election.Created")[-1]
+    later = next(d for d in served if d["election_id"] == str(_created_ids(store)[-1]))
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), ({**later, "position": 5},)))
+    assert found.value.position == 5
+    assert (
+        f"results are served as of position 5, before the election was created (at position "
+        f"{created:,})" in found.value.what
+    )
+    unknown = {**later, "election_id": str(uuid.uuid4()), "position": 5}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), (unknown,)))
+    assert found.value.position == 5
+    assert "served for an unknown election" in found.value.what
+
+
+def _created_ids(url: str) -> list[uuid.UUID]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT originator_id FROM cardinal_events WHERE topic LIKE '%Election.Created' "
+            "ORDER BY notification_id"
+        ).fetchall()
+    return [row[0] for row in rows]
