@@ -44,6 +44,11 @@ class UnknownElection(Discrepancy):
     """--election names an election the log does not hold: nothing of it was verified."""
 
 
+class FileChanged(Discrepancy):
+    """An export's own signed head does not verify: something in the file changed, but
+    not where (a finding that says where, at the same position, says more)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     position: int
@@ -160,16 +165,21 @@ class Verifier:
 
     def feed(self, entry: Entry) -> None:
         """Check one entry (both halves, or whichever this verifier does)."""
+        self._in_order(entry.position)
         if self.chain:
-            self.link(entry)
+            self._linked(entry)
         if self.replay:
             # A ballot's stream only needs to be told apart from the others: its bytes do,
             # and building a UUID for each of a million ballots costs a fifth of the run.
             stream = entry.stream if entry.kind[0] == "B" else UUID(bytes=entry.stream)
-            self.count(entry.position, stream, entry.kind, entry.state)
+            self._counted(entry.position, stream, entry.kind, entry.state)
 
     def link(self, entry: Entry) -> None:
         """The chain half: recompute this entry's link."""
+        self._in_order(entry.position)
+        self._linked(entry)
+
+    def _linked(self, entry: Entry) -> None:
         self._advance(entry.position)
         if not entry.stream:
             raise Discrepancy(
@@ -184,6 +194,12 @@ class Verifier:
         self, position: int, stream: Hashable, kind: str, state: bytes | dict[str, Any]
     ) -> None:
         """The replay half: count this entry by the law (an election's stream: its UUID)."""
+        self._in_order(position)
+        self._counted(position, stream, kind, state)
+
+    def _counted(
+        self, position: int, stream: Hashable, kind: str, state: bytes | dict[str, Any]
+    ) -> None:
         self._advance(position)
         try:
             data = orjson.loads(state) if isinstance(state, bytes) else state
@@ -203,6 +219,15 @@ class Verifier:
             )
         self.report.entries += 1
         self.report.head = position
+
+    def _in_order(self, position: int) -> None:
+        """Entries come in position order (the log's; an export's lines were moved)."""
+        if position <= self.report.head:
+            raise Discrepancy(
+                position,
+                f"entry {position:,} comes after {self.report.head:,}: entries are out of "
+                "order (an export's lines were moved)",
+            )
 
     def _advance(self, position: int) -> None:
         if position > self._due:
@@ -383,7 +408,7 @@ class Verifier:
             key, checkpoint.position, checkpoint.head, checkpoint.signature, checkpoint.file_hash
         ):
             if checkpoint.file_hash is not None:
-                raise Discrepancy(
+                raise FileChanged(
                     checkpoint.position,
                     f"{checkpoint.name} does not verify: the file was changed after it was "
                     "exported (a line edited, dropped, added or moved), or the signature is "

@@ -417,8 +417,10 @@ def test_verify_file_reports_a_damaged_or_cut_short_export_as_a_finding(
 
     no_position = {k: v for k, v in documents[events[0]].items() if k != "position"}
     damaged = [*lines[: events[0]], orjson.dumps(no_position), *lines[events[0] + 1 :]]
-    assert f"line {events[0] + 1} of" in verify(damaged)
-    assert "is not an export line as written" in verify(damaged)
+    said = verify(damaged)
+    # (a line, not a position: one sentence, and no Python repr in it)
+    assert f"FAILED: line {events[0] + 1} of" in said
+    assert "is not an export line as written: it has no 'position'" in said
     assert "is not a JSON object" in verify([lines[0], b"[1, 2]", *lines[1:]])
     last = documents[events[-3]]["position"]
     # Its last two entries gone, and with them what names them (results, a checkpoint).
@@ -1124,3 +1126,42 @@ def _created_ids(url: str) -> list[uuid.UUID]:
             "ORDER BY notification_id"
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def test_moved_lines_and_an_edited_result_are_found_where_they_are(
+    store: str, tmp_path: Path
+) -> None:
+    """Two event lines swapped: the replay's "not an export line as written
+    (ValueError(...))" had no position, so it came before the chain's finding at one; and
+    an edited result line was reported as the signed head's failure at the same position,
+    not as the result that differs (audit review F5)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    events = [n for n, d in enumerate(documents) if d.get("kind") == "event"]
+    first, second = events[100], events[101]
+    moved = list(documents)
+    moved[first], moved[second] = documents[second], documents[first]
+    _write(exported, moved)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    earlier, later = documents[first]["position"], documents[second]["position"]
+    assert found.value.position == earlier
+    assert f"entry {earlier:,} comes after {later:,}" in found.value.what
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    said = " ".join(done.stdout.split())
+    assert f"FAILED at position {earlier}: entry {earlier:,} comes after" in said, said
+    assert "Error(" not in said
+
+    result = next(n for n, d in enumerate(documents) if d.get("kind") == "result")
+    head = documents[-1]["position"]
+    assert documents[result]["position"] == head  # (a tie with the signed head's finding)
+    edited = list(documents)
+    edited[result] = {**documents[result], "ballots": int(str(documents[result]["ballots"])) + 1}
+    _write(exported, edited)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == head
+    assert "the served results differ from the replay in 'ballots'" in found.value.what
