@@ -51,7 +51,9 @@ def read_export(
         upto = int(header.get("head", 0))
         signs_file = _signs_file(header.get("format"))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise Discrepancy(None, f"line 1 of {path}: its header does not read ({error!r})") from None
+        raise Discrepancy(
+            None, f"line 1 of {path}, its header, does not read: {_reason(error)}"
+        ) from None
     if chain and not signs_file and not accept_format_1:
         # Who holds the file chooses what its header says: a format-2 export cut at a
         # checkpoint and labelled format 1 would otherwise pass with a note.
@@ -191,7 +193,8 @@ class _Export:
                 self.take(document)
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise Discrepancy(
-                    None, f"line {number} of {path} is not an export line as written ({error!r})"
+                    None,
+                    f"line {number} of {path} is not an export line as written: {_reason(error)}",
                 ) from None
             if progress is not None and self.entries % 10_000 == 0 and document["kind"] == "event":
                 progress(document["position"], upto)
@@ -217,6 +220,13 @@ class _Export:
             self.verifier().count(
                 document["position"], stream if event[0] == "B" else UUID(stream), event, payload
             )
+
+
+def _reason(error: Exception) -> str:
+    """Why a line does not read, in words (not a Python repr)."""
+    if isinstance(error, KeyError):
+        return f"it has no {error.args[0]!r}" if error.args else "a field is missing"
+    return str(error) or type(error).__name__
 
 
 def _lines(path: Path, read: Any) -> Iterator[tuple[int, dict[str, Any] | None]]:

@@ -26,6 +26,7 @@ from infra.audit.verifier import (
     Checkpoint,
     Discrepancy,
     Entry,
+    FileChanged,
     Report,
     UnknownElection,
     Verifier,
@@ -141,9 +142,17 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     return chain_report
 
 
-def _first_finding(found: Discrepancy) -> tuple[bool, int]:
-    # A finding about the log comes before the news that --election named none of it.
-    return isinstance(found, UnknownElection), -1 if found.position is None else found.position
+def _first_finding(found: Discrepancy) -> tuple[bool, bool, int, bool]:
+    """The finding reported of the two halves': one about the log before the news that
+    --election named none of it; then the earliest position (one without a position last:
+    the other half's says where); at the same one, a finding that says what changed before
+    the export's signed head saying only that something did."""
+    return (
+        isinstance(found, UnknownElection),
+        found.position is None,
+        found.position or 0,
+        isinstance(found, FileChanged),
+    )
 
 
 def _replay_database(

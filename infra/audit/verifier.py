@@ -44,6 +44,11 @@ class UnknownElection(Discrepancy):
     """--election names an election the log does not hold: nothing of it was verified."""
 
 
+class FileChanged(Discrepancy):
+    """An export's own signed head does not verify: something in the file changed, but
+    not where (a finding that says where, at the same position, says more)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     position: int
@@ -151,6 +156,8 @@ class Verifier:
         self._compared: set[UUID] = set()
         self._starts: dict[bytes, bytes] = {}  # an election's bytes: how its ballots begin
         self._served_upto = max(served, default=0)
+        # elections results were served for before the log created them: where first
+        self._uncreated: dict[UUID, int] = {}
         self._next_checkpoint = 0
         self._due = self._next_due()
         for checkpoint in self.checkpoints:
@@ -158,16 +165,21 @@ class Verifier:
 
     def feed(self, entry: Entry) -> None:
         """Check one entry (both halves, or whichever this verifier does)."""
+        self._in_order(entry.position)
         if self.chain:
-            self.link(entry)
+            self._linked(entry)
         if self.replay:
             # A ballot's stream only needs to be told apart from the others: its bytes do,
             # and building a UUID for each of a million ballots costs a fifth of the run.
             stream = entry.stream if entry.kind[0] == "B" else UUID(bytes=entry.stream)
-            self.count(entry.position, stream, entry.kind, entry.state)
+            self._counted(entry.position, stream, entry.kind, entry.state)
 
     def link(self, entry: Entry) -> None:
         """The chain half: recompute this entry's link."""
+        self._in_order(entry.position)
+        self._linked(entry)
+
+    def _linked(self, entry: Entry) -> None:
         self._advance(entry.position)
         if not entry.stream:
             raise Discrepancy(
@@ -182,6 +194,12 @@ class Verifier:
         self, position: int, stream: Hashable, kind: str, state: bytes | dict[str, Any]
     ) -> None:
         """The replay half: count this entry by the law (an election's stream: its UUID)."""
+        self._in_order(position)
+        self._counted(position, stream, kind, state)
+
+    def _counted(
+        self, position: int, stream: Hashable, kind: str, state: bytes | dict[str, Any]
+    ) -> None:
         self._advance(position)
         try:
             data = orjson.loads(state) if isinstance(state, bytes) else state
@@ -192,8 +210,24 @@ class Verifier:
             self.recount.put_aside(position, None, f"unreadable: {error}")
         else:
             self.recount.record(position, stream, kind, data)
+        if self._uncreated and kind == "ElectionCreated" and stream in self._uncreated:
+            served_at = self._uncreated[stream]  # type: ignore[index]
+            raise Discrepancy(
+                served_at,
+                f"election {stream}: results are served as of position {served_at:,}, before "
+                f"the election was created (at position {position:,})",
+            )
         self.report.entries += 1
         self.report.head = position
+
+    def _in_order(self, position: int) -> None:
+        """Entries come in position order (the log's; an export's lines were moved)."""
+        if position <= self.report.head:
+            raise Discrepancy(
+                position,
+                f"entry {position:,} comes after {self.report.head:,}: entries are out of "
+                "order (an export's lines were moved)",
+            )
 
     def _advance(self, position: int) -> None:
         if position > self._due:
@@ -309,6 +343,11 @@ class Verifier:
                 + ": they agree with the results, but no signature attests them yet"
             )
         if self.replay:
+            if self._uncreated:
+                election_id, served_at = min(self._uncreated.items(), key=lambda u: u[1])
+                raise Discrepancy(
+                    served_at, f"results are served for an unknown election {election_id}"
+                )
             if self.election is not None and self.election not in self.recount.elections:
                 raise UnknownElection(None, f"the log holds no election {self.election}")
             self._every_election_served()
@@ -352,7 +391,9 @@ class Verifier:
             if position is not None and served_at >= position:
                 break
             for result in self.served.pop(served_at):
-                self._compare(served_at, result)
+                # Before an entry at ``position``, the log reaches past the document (one
+                # dated in a gap of the positions included); at the end, it may not.
+                self._compare(served_at, result, reached=position is not None)
 
     def _check_signature(self, checkpoint: Checkpoint) -> None:
         key = self.public_keys.get(checkpoint.key_id)
@@ -367,7 +408,7 @@ class Verifier:
             key, checkpoint.position, checkpoint.head, checkpoint.signature, checkpoint.file_hash
         ):
             if checkpoint.file_hash is not None:
-                raise Discrepancy(
+                raise FileChanged(
                     checkpoint.position,
                     f"{checkpoint.name} does not verify: the file was changed after it was "
                     "exported (a line edited, dropped, added or moved), or the signature is "
@@ -405,14 +446,18 @@ class Verifier:
         self._check_signature(checkpoint)
         self._check_head(checkpoint)
 
-    def _compare(self, position: int, served: dict[str, Any]) -> None:
+    def _compare(self, position: int, served: dict[str, Any], *, reached: bool) -> None:
+        """One served document against the replay as of its position (``reached``: an
+        entry after that position has arrived, so the log goes on past it)."""
         election_id = UUID(served["election_id"])
         if self.election is not None and election_id != self.election:
             return
         count = self.recount.elections.get(election_id)
         if count is None:
-            raise Discrepancy(position, f"results are served for an unknown election {election_id}")
-        if position > self.report.head:
+            # Created later (said when its creation comes), or never (said at the end).
+            self._uncreated.setdefault(election_id, position)
+            return
+        if not reached and position > self.report.head:
             raise Discrepancy(
                 position,
                 f"election {election_id}: results are served as of position {position:,}, "
@@ -420,6 +465,18 @@ class Verifier:
                 "the results are newer than it (check them against a newer export)",
             )
         self._compared.add(election_id)
+        stepped = bool(served.get("stepped"))
+        if stepped and position != count.steps.position:
+            # (Served stepped, a document is the publication readers saw: its position is
+            # that publication's, or the creation's before any; ``?at=`` between two
+            # publications included. An exact count dated elsewhere is not.)
+            raise Discrepancy(
+                position,
+                f"election {election_id}: results served stepped (as published) are dated "
+                f"at the publication they show, but position {position:,} is not one: the "
+                f"last publication at or before it is at position {count.steps.position:,}"
+                + ("" if count.steps.published_at else " (the election's creation: none yet)"),
+            )
         try:
             counted = count.results(position)
         except (ValueError, TypeError) as refused:  # a vote its election's tally cannot hold
@@ -432,12 +489,13 @@ class Verifier:
                 "the application: `cardinal audit verify --strict` names it",
             ) from None
         replayed = orjson.loads(orjson.dumps(counted))
-        # when it closed, and (for the exact count) how many ballot entries it counted
+        # when it closed, and how many ballot entries it counted: all of them (the exact
+        # count), or as many as its publication did (stepped: rounded down to whole steps)
         replayed["closed_at_position"] = count.closed_at
-        compared: tuple[str, ...] = ("closed_at_position", *COMPARED)
-        if not served.get("stepped"):
-            replayed["ballot_entries"] = count.steps.entries
-            compared += ("ballot_entries",)
+        replayed["ballot_entries"] = (
+            count.steps.published_entries if stepped else count.steps.entries
+        )
+        compared = ("closed_at_position", *COMPARED, "ballot_entries")
         for key in compared:
             if replayed.get(key) != served.get(key):
                 aside = served.get("set_aside")

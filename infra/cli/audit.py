@@ -183,7 +183,10 @@ def run_verify(args: argparse.Namespace) -> int:
         console.print(f"[red bold]cannot verify[/red bold]: {unknown} (check the id)")
         return 2
     except Discrepancy as discrepancy:
-        console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
+        if discrepancy.position is None:  # (it names a line of the file, or no place)
+            console.print(f"[red bold]FAILED[/red bold]: {discrepancy}")
+        else:
+            console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
         return 1
     _summary(report, time.perf_counter() - started)
     return 0

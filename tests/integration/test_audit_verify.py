@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.audit import records
@@ -36,9 +37,11 @@ from infra.audit.sources import (
 )
 from infra.audit.verifier import Discrepancy, Entry, UnknownElection
 from infra.store import open_application
+from infra.store.log import event_type
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
+from projections.results import recounted_snapshot, results_document
 from projections.runtime import ProjectionRunner
 from tests.databases import SERVER_URL, create_database, drop_database
 from tests.integration.test_projection_runtime import _fill
@@ -414,8 +417,10 @@ def test_verify_file_reports_a_damaged_or_cut_short_export_as_a_finding(
 
     no_position = {k: v for k, v in documents[events[0]].items() if k != "position"}
     damaged = [*lines[: events[0]], orjson.dumps(no_position), *lines[events[0] + 1 :]]
-    assert f"line {events[0] + 1} of" in verify(damaged)
-    assert "is not an export line as written" in verify(damaged)
+    said = verify(damaged)
+    # (a line, not a position: one sentence, and no Python repr in it)
+    assert f"FAILED: line {events[0] + 1} of" in said
+    assert "is not an export line as written: it has no 'position'" in said
     assert "is not a JSON object" in verify([lines[0], b"[1, 2]", *lines[1:]])
     last = documents[events[-3]]["position"]
     # Its last two entries gone, and with them what names them (results, a checkpoint).
@@ -933,3 +938,230 @@ def test_an_export_to_stdout_goes_through_a_pipe_whole(store: str, tmp_path: Pat
     assert exporting.returncode == 0, err
     assert b"wrote" in err
     verify_file(piped, election=None, validate=True)
+
+
+# Served documents as the API makes them at any position (`?at=`), from a recount of the
+# log: an auditor's (exact, at the position asked for) and everyone else's (stepped while
+# open, at the last publication); and a log whose positions skip numbers.
+
+
+def _recounted(url: str, positions: list[int], *, exact: bool) -> list[dict[str, Any]]:
+    """Every election's document at each of ``positions`` (ascending) as ``?at=`` serves
+    it to an auditor (``exact``) or to anyone else, from a recount of the log up to it."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT notification_id, originator_id, topic, state FROM cardinal_events "
+            "WHERE notification_id <= %s ORDER BY notification_id",
+            (max(positions),),
+        ).fetchall()
+    recount = Recount(validate=False)
+    documents: list[dict[str, Any]] = []
+    wanted = iter(positions)
+    at = next(wanted, None)
+    for position, stream, topic, state in [*rows, (2**62, None, "", b"")]:
+        while at is not None and position > at:
+            for election_id, count in recount.elections.items():
+                document = results_document(
+                    election_id,
+                    recounted_snapshot(count, at),
+                    count.rules,
+                    status=count.status,
+                    exact=exact,
+                )
+                documents.append(orjson.loads(orjson.dumps(document)))
+            at = next(wanted, None)
+        if at is None:
+            break
+        recount.record(position, stream, event_type(topic), orjson.loads(bytes(state)))
+    return documents
+
+
+async def _gap_then_election(url: str, skipped: int) -> tuple[int, int]:
+    """``skipped`` positions used up by transactions rolled back, then an election
+    created after them (as a failed append leaves the log): the gap's first position and
+    the new election's."""
+    with psycopg.connect(url) as conn:
+        for _ in range(skipped):
+            conn.execute(
+                "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+                "VALUES (gen_random_uuid(), 1, 'domain.ballot:Ballot.Cast', '{}')"
+            )
+            conn.rollback()
+        row = conn.execute("SELECT max(notification_id) FROM cardinal_events").fetchone()
+    assert row is not None
+    app = open_application(url)
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "ab"], method="plurality"
+        )
+        await app.create_election("After the gap", rules)
+    finally:
+        await writer.stop()
+        app.close()
+    created = _positions(url, "Election.Created")[-1]
+    assert created == int(row[0]) + skipped + 1
+    return int(row[0]) + 1, created
+
+
+async def test_an_auditors_document_dated_in_a_gap_of_the_log_verifies(store: str) -> None:
+    """Positions skip numbers (a rolled-back append), and an auditor's `?at=` a skipped
+    position is served with that position: verify said the log was cut short there
+    (review of the audit, F1). Only a document beyond the log's last entry is."""
+    gap, created = await _gap_then_election(store, skipped=3)
+    at_gap = _recounted(store, [gap + 1], exact=True)
+    assert {d["position"] for d in at_gap} == {gap + 1}
+    await _verify_pinned(store, Pinned((), tuple(at_gap)))
+    beyond = [{**at_gap[0], "position": created + 1}]
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), tuple(beyond)))
+    assert found.value.position == created + 1
+    assert "the log is cut short" in found.value.what
+
+
+def _stepped_and_exact(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first election's documents while it was open, at many positions: as anyone but
+    an auditor is served them (stepped, at the last publication), and as an auditor is."""
+    close = _positions(url, "Election.Closed")[0]
+    ballots = [p for p in _positions(url, "Ballot.Cast") if p < close]
+    sample = sorted({*ballots[::7], close - 1})
+    stepped = [d for d in _recounted(url, sample, exact=False) if d["stepped"]]
+    exact = _recounted(url, sample, exact=True)
+    assert len({d["position"] for d in stepped}) > 5
+    return stepped, exact
+
+
+async def test_a_stepped_documents_ballot_entries_are_compared(store: str) -> None:
+    """A stepped document's ballot_entries (rounded down to whole steps) were never
+    compared: at its publication, they are the publication's count (audit review F2)."""
+    stepped, _ = _stepped_and_exact(store)
+    await _verify_pinned(store, Pinned((), tuple(stepped)))
+    document = stepped[-1]
+    wrong = {**document, "ballot_entries": int(document["ballot_entries"]) + 1}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), (wrong,)))
+    assert found.value.position == document["position"]
+    assert "in 'ballot_entries'" in found.value.what
+
+
+async def test_a_stepped_document_must_be_dated_at_a_publication(store: str) -> None:
+    """An auditor's exact document at a position between two publications, relabelled
+    stepped with its ballot entries rounded down, passed as published results (audit
+    review F3). Every document a reader is served stepped still passes, the step index's
+    (`?at=` between publications: the one before) and the creation's before any."""
+    stepped, exact = _stepped_and_exact(store)
+    step = int(stepped[0]["live_results_step"])
+    assert step > 1
+    published = {int(d["position"]) for d in stepped}
+    with psycopg.connect(store) as conn:
+        row = conn.execute("SELECT min(notification_id) FROM cardinal_events").fetchone()
+    assert row is not None
+    created = _recounted(store, [int(row[0])], exact=False)
+    assert created[0]["stepped"]
+    assert created[0]["ballot_entries"] == 0
+    await _verify_pinned(store, Pinned((), (*stepped, *created)))
+    between = next(
+        d for d in exact if int(d["position"]) not in published and int(d["ballot_entries"]) % step
+    )
+    entries = int(between["ballot_entries"])
+    forged = {**between, "stepped": True, "ballot_entries": entries // step * step}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), (forged,)))
+    assert found.value.position == between["position"]
+    assert "served stepped (as published) are dated at the publication" in found.value.what
+    assert f"position {int(between['position']):,} is not one" in found.value.what
+    # And the tally's own, for an open election (`audit export` writes it).
+    app = open_application(store)
+    writer = GroupCommitWriter(app, store)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "ab"], method="plurality"
+        )
+        election_id = (await app.create_election("Open", rules)).id
+        await app.open_election(election_id)
+        for n in range(25):
+            await app.cast_ballot(
+                election_id, Voter(f"o{n}", f"o{n}"), {"choice": "ab"[n % 2]}, None
+            )
+    finally:
+        await writer.stop()
+        app.close()
+    await catch_up_every_projection(store)
+    async with await snapshot_connection(store) as conn:
+        live = [d for documents in (await served_results(conn)).values() for d in documents]
+    assert [d["ballot_entries"] for d in live if d["stepped"]] == [20]
+    report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert report.results == len(live)
+
+
+async def test_a_document_dated_before_its_elections_creation_says_so(store: str) -> None:
+    """It said "served for an unknown election" of an election the log does hold, created
+    later (audit review F4)."""
+    async with await snapshot_connection(store) as conn:
+        served = [d for documents in (await served_results(conn)).values() for d in documents]
+    created = _positions(store, "Election.Created")[-1]
+    later = next(d for d in served if d["election_id"] == str(_created_ids(store)[-1]))
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), ({**later, "position": 5},)))
+    assert found.value.position == 5
+    assert (
+        f"results are served as of position 5, before the election was created (at position "
+        f"{created:,})" in found.value.what
+    )
+    unknown = {**later, "election_id": str(uuid.uuid4()), "position": 5}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned((), (unknown,)))
+    assert found.value.position == 5
+    assert "served for an unknown election" in found.value.what
+
+
+def _created_ids(url: str) -> list[uuid.UUID]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT originator_id FROM cardinal_events WHERE topic LIKE '%Election.Created' "
+            "ORDER BY notification_id"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_moved_lines_and_an_edited_result_are_found_where_they_are(
+    store: str, tmp_path: Path
+) -> None:
+    """Two event lines swapped: the replay's "not an export line as written
+    (ValueError(...))" had no position, so it came before the chain's finding at one; and
+    an edited result line was reported as the signed head's failure at the same position,
+    not as the result that differs (audit review F5)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    events = [n for n, d in enumerate(documents) if d.get("kind") == "event"]
+    first, second = events[100], events[101]
+    moved = list(documents)
+    moved[first], moved[second] = documents[second], documents[first]
+    _write(exported, moved)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    earlier, later = documents[first]["position"], documents[second]["position"]
+    assert found.value.position == earlier
+    assert f"entry {earlier:,} comes after {later:,}" in found.value.what
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    said = " ".join(done.stdout.split())
+    assert f"FAILED at position {earlier}: entry {earlier:,} comes after" in said, said
+    assert "Error(" not in said
+
+    result = next(n for n, d in enumerate(documents) if d.get("kind") == "result")
+    head = documents[-1]["position"]
+    assert documents[result]["position"] == head  # (a tie with the signed head's finding)
+    edited = list(documents)
+    edited[result] = {**documents[result], "ballots": int(str(documents[result]["ballots"])) + 1}
+    _write(exported, edited)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == head
+    assert "the served results differ from the replay in 'ballots'" in found.value.what
