@@ -165,8 +165,14 @@ def _serve(settings: Settings, stack: ExitStack) -> int:
         from infra.store.connections import embedded_max_connections
         from infra.store.embedded import EmbeddedPostgres
 
-        console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
         embedded = EmbeddedPostgres(settings.data_dir, embedded_max_connections(need))
+        left = embedded.running_pid()
+        if left is not None:  # an earlier serve's, killed before it could stop it
+            console.print(
+                f"reusing the embedded PostgreSQL left running (pid {left}) in {embedded.pgdata}"
+            )
+        else:
+            console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
         url = stack.enter_context(embedded)
         settings = settings.with_overrides(database_url=url)
     settings = _prepare(settings)
