@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import shlex
+import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack
 from pathlib import Path
@@ -298,12 +299,15 @@ def _is_embedded(settings: Settings) -> bool:
 def write_environment(settings: Settings) -> Path:
     """The settings this development setup runs with, as shell exports in the data folder
     (beside the credentials it keeps, and as private): ``. .cardinal/env`` lets every other
-    command reach the embedded database, tokens and keys."""
+    command reach the embedded database, tokens and keys, and puts the directory of this
+    interpreter (the venv's bin, with ``cardinal`` in it) first on PATH."""
     path = settings.data_dir / ENV_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    scripts = Path(sys.executable).parent
     lines = [
         f"export {name}={shlex.quote(value)}" for name, value in settings.environment().items()
     ]
+    lines.append(f'export PATH={shlex.quote(str(scripts))}:"$PATH"  # `cardinal` itself')
     path.touch(mode=0o600)
     path.chmod(0o600)
     path.write_text(

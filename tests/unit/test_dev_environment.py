@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 from infra.cli.serve import _is_embedded, write_environment
@@ -32,6 +33,23 @@ def test_the_written_environment_sources_back_to_the_same_settings(tmp_path: Pat
         check=True,
     ).stdout
     assert shown == f"{url}|client-token|{'s' * 40}"
+
+
+def test_the_written_environment_puts_cardinal_on_path(tmp_path: Path) -> None:
+    """`cardinal` lives in the venv's bin, which is not on PATH: sourcing the file puts the
+    running interpreter's directory first, so the README's `cardinal import` works."""
+    settings = Settings(database_url="postgresql://db.example/cardinal", data_dir=tmp_path)
+    path = write_environment(settings)
+    found = subprocess.run(
+        ["bash", "-c", f'PATH=/usr/bin:/bin; . "{path}" && command -v cardinal; echo "$PATH"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    scripts = Path(sys.executable).parent
+    assert found[-1] == f"{scripts}:/usr/bin:/bin"  # first, the rest kept
+    if (scripts / "cardinal").exists():  # (an installed checkout: the venv's entry point)
+        assert found[0] == str(scripts / "cardinal")
 
 
 def test_a_missing_data_folder_is_made(tmp_path: Path) -> None:
