@@ -235,7 +235,7 @@ def _prepare(settings: Settings) -> Settings:
     credentials = complete(settings)
     for name in migrate(settings.database_url):
         console.print(f"applied migration {name}")
-    _banner(credentials.settings, credentials.generated_roles)
+    _banner(credentials.settings, credentials.generated_roles, credentials.read_back)
     return credentials.settings
 
 
@@ -270,15 +270,19 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
     return 0
 
 
-def _banner(settings: Settings, generated_roles: Sequence[str]) -> None:
+def _banner(
+    settings: Settings, generated_roles: Sequence[str], read_back: Sequence[str] = ()
+) -> None:
     console.print(f"[bold]Cardinal Vote[/bold] ({settings.env})")
     console.print(f"  database: {redact(settings.database_url or '')}")
+    kept = settings.data_dir / "credentials.json"
     for role in generated_roles:
-        console.print(
-            f"  {role} token: {settings.tokens_for(role)[0]}  (generated, kept in "
-            f"{settings.data_dir / 'credentials.json'})"
-        )
-    console.print(f"  API: http://{settings.host}:{settings.port}/api/health")
+        origin = f"from {kept}" if role in read_back else f"generated, kept in {kept}"
+        console.print(f"  {role} token: {settings.tokens_for(role)[0]}  ({origin})")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{settings.port}"
+    console.print(f"  dashboards: {base}/")
+    console.print(f"  API: {base}/api/health  (reference: {base}/docs)")
 
 
 def _is_embedded(settings: Settings) -> bool:
