@@ -481,3 +481,18 @@ def test_the_import_summary_counts_marks_apart_from_ballots(
     }
     assert rows["recorded: cast"] == ["3", ""]
     assert rows["marks: overvote"] == ["", "7"]
+
+
+def test_the_csv_voter_columns_are_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    """Which header names a CVR's voter column was said nowhere (newcomer review)."""
+    from infra.cli.ballot_files import VOTER_COLUMNS
+
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `cardinal import"))
+    for name in VOTER_COLUMNS:
+        assert re.search(rf"\b{name}\b", said), name
+        assert f"`{name}`" in row, name
+    assert "voter column is the first headed voter_id, ballot_id, cvr_id or id" in said
