@@ -39,6 +39,7 @@ from infra.cli.ballot_files import VOTER_COLUMNS, FileBallot, NeedsSource, Readi
 from infra.cli.environment import Commands, positive_int, print_table, run_until_interrupted
 
 console = Console()
+RATE_AFTER = 1.0  # seconds: a shorter import's summary gives no rate
 MAX_BATCH = 1000
 SHOWN = 20  # refused ballots listed by line after an import
 PATIENCE = 60.0  # seconds without an answer (or with only 503s) before an import stops
@@ -604,5 +605,8 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
     for mark, count in reading.marks.most_common(10):
         table.add_row(f"[dim]marks: {escape(mark)}[/]", "", f"{count:,}")
     print_table(console, table)
-    rate = total / seconds if seconds else 0.0
+    if seconds < RATE_AFTER:  # a rate of a few ballots in an instant says nothing
+        console.print(f"{total:,} ballots read and answered in under a second")
+        return
+    rate = total / seconds
     console.print(f"{total:,} ballots read and answered in {seconds:.1f} s ({rate:,.0f} ballots/s)")

@@ -483,6 +483,27 @@ def test_the_import_summary_counts_marks_apart_from_ballots(
     assert rows["marks: overvote"] == ["", "7"]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0.037, "6 ballots read and answered in under a second"),
+        (2.0, "6 ballots read and answered in 2.0 s (3 ballots/s)"),
+    ],
+)
+def test_the_import_summary_gives_a_rate_only_for_a_measurable_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, seconds: float, said: str
+) -> None:
+    """Six ballots answered in an instant were "0.0 s (162 ballots/s)" (newcomer review)."""
+    from collections import Counter
+
+    from infra.cli.ballot_files import Reading
+    from infra.cli.importer import _summary
+
+    _summary(tmp_path / "few.jsonl", Counter({"recorded: cast": 6}), Reading(), 6, seconds)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == said
+
+
 def test_the_csv_voter_columns_are_documented(capsys: pytest.CaptureFixture[str]) -> None:
     """Which header names a CVR's voter column was said nowhere (newcomer review)."""
     from infra.cli.ballot_files import VOTER_COLUMNS
