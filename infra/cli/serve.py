@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.cli.environment import Commands, command_settings, configure_logging, console
-from infra.runtime.lifecycle import check_port_free, die_with_parent, hold_data_dir
+from infra.runtime.lifecycle import check_port_free, die_with_parent, hold_data_dir, name_holder
 from infra.runtime.settings import Settings, SettingsError
 from projections import PROJECTIONS
 
@@ -133,24 +133,26 @@ def run_serve(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
     configure_logging(settings)
     with ExitStack() as stack:
+        held = None
         if not settings.is_production:  # the data folder's env file is this serve's
-            _hold_data_dir(settings, stack)
-        return _serve(settings, stack)
+            held = _hold_data_dir(settings, stack)
+        return _serve(settings, stack, held)
 
 
-def _hold_data_dir(settings: Settings, stack: ExitStack) -> None:
+def _hold_data_dir(settings: Settings, stack: ExitStack) -> int | None:
     """Refuse to start beside a live serve of the same data folder: its env file (sourced
     by every other command) and its embedded PostgreSQL would silently become this one's,
-    and point at nothing once this one stops."""
+    and point at nothing once this one stops. The held serve.pid's descriptor, or None."""
     try:
-        held = hold_data_dir(settings.data_dir, settings.port, settings.metrics_port)
+        held = hold_data_dir(settings.data_dir)
     except OSError as error:  # a read-only folder: serve all the same (no env file either)
         console.print(f"  [yellow]could not lock {settings.data_dir}: {error}[/yellow]")
-        return
+        return None
     stack.callback(os.close, held)
+    return held
 
 
-def _serve(settings: Settings, stack: ExitStack) -> int:
+def _serve(settings: Settings, stack: ExitStack, held: int | None = None) -> int:
     from infra.runtime.supervisor import Supervisor
 
     check_port_free(settings.host, settings.port)  # before anything is started
@@ -161,6 +163,8 @@ def _serve(settings: Settings, stack: ExitStack) -> int:
                 "workers' metrics cannot share a port; choose another METRICS_PORT"
             )
         check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
+    if held is not None:  # its ports are free: serve.pid may name this serve now
+        name_holder(held, settings.port, settings.metrics_port)
     need = serve_connections(settings)
     if settings.database_url is None or _is_embedded(settings):
         from infra.store.connections import embedded_max_connections

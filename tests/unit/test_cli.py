@@ -102,6 +102,39 @@ def test_serve_refuses_to_start_when_the_metrics_port_is_taken(
     assert "choose another METRICS_PORT" in said
 
 
+def test_a_serve_refused_for_a_busy_port_names_itself_nowhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """serve.pid named the refused serve (a process that never served, newcomer review):
+    it is written only once the ports are known to be free."""
+    (tmp_path / "serve.pid").write_text('{"pid": 1, "port": 1, "metrics_port": 2}\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        monkeypatch.setenv("PORT", str(taken.getsockname()[1]))
+        monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+        assert main(["serve"]) == 2
+    assert "already in use" in capsys.readouterr().err
+    assert (tmp_path / "serve.pid").read_text() == ""  # neither this serve nor the last
+
+
+def test_the_data_folders_holder_is_named_once_its_ports_are_checked(tmp_path: Path) -> None:
+    from infra.runtime.lifecycle import DataDirInUse, hold_data_dir, name_holder
+
+    held = hold_data_dir(tmp_path)
+    try:
+        with pytest.raises(DataDirInUse, match="its pid not written yet"):
+            hold_data_dir(tmp_path)  # (flock: another open file, even in this process)
+        name_holder(held, 8123, 8124)
+        with pytest.raises(DataDirInUse, match=f"pid {os.getpid()}, port 8123, metrics port 8124"):
+            hold_data_dir(tmp_path)
+    finally:
+        os.close(held)
+    os.close(hold_data_dir(tmp_path))  # released with its descriptor
+
+
 def test_a_worker_refuses_to_start_when_the_metrics_port_is_taken() -> None:
     """`cardinal project` beside `make run`, with .cardinal/env sourced (serve's
     METRICS_PORT): its metrics task crashed and restarted forever (newcomer review
