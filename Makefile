@@ -7,11 +7,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Installed with the tests' tools (.[dev]); the runtime alone, what `make run` needs.
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: run test check integration e2e chaos lint typecheck services tools clean
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/cardinal serve
 
 test: $(STAMP) services tools lint typecheck
@@ -37,11 +39,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# `make run` installs the runtime only (a newcomer's first minute); the other targets
+# install the tests' tools too, which include it (so `make run` after them installs nothing,
+# and neither does it in a .venv that they installed before this stamp existed).
+$(RUN_STAMP): pyproject.toml
+	@if test $(STAMP) -nt pyproject.toml; then touch $(RUN_STAMP); else \
+	  echo "installing Cardinal Vote's dependencies into $(VENV) (first run only, about a minute)..." && \
+	  { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } && \
+	  $(BIN)/python -m pip install --quiet --upgrade pip && \
+	  $(BIN)/python -m pip install --quiet -e . && \
+	  touch $(RUN_STAMP); fi
+
 $(STAMP): pyproject.toml
+	@echo "installing Cardinal Vote's dependencies and the tests' tools into $(VENV) (first run only, a few minutes)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 # Start the local PostgreSQL and RabbitMQ where they are installed but stopped.
 services:

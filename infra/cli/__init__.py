@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SystemExit lets every `with` block unwind (the embedded PostgreSQL stops cleanly).
     service = args.command_name in SERVICES
     signal.signal(signal.SIGTERM, _exit_on_sigterm if service else _interrupt_on_sigterm)
+    if service:  # a closed terminal (SIGHUP) stops a service as SIGTERM does, cleanly
+        signal.signal(signal.SIGHUP, _hang_up)
     name_process_connections(args.command_name)
     command: Callable[[argparse.Namespace], int] = args.command
     try:
@@ -137,6 +139,14 @@ def _first_line(error: Exception) -> str:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _hang_up(signum: int, frame: object) -> None:
+    """SIGHUP (the terminal of `make run` closed): whatever SIGTERM does at this moment
+    (uvicorn's drain, the supervisor's stop, SystemExit while starting), so that the
+    embedded PostgreSQL is stopped, not left running (the default action ends the process
+    at once, and PostgreSQL reads SIGHUP as "reload")."""
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _interrupt_on_sigterm(signum: int, frame: object) -> None:

@@ -35,10 +35,11 @@ from rich.table import Table
 from domain.cvr import MarkRules, Then
 from domain.errors import ConcurrentRevision
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
-from infra.cli.ballot_files import FileBallot, NeedsSource, Reading, read_ballots
+from infra.cli.ballot_files import VOTER_COLUMNS, FileBallot, NeedsSource, Reading, read_ballots
 from infra.cli.environment import Commands, positive_int, print_table, run_until_interrupted
 
 console = Console()
+RATE_AFTER = 1.0  # seconds: a shorter import's summary gives no rate
 MAX_BATCH = 1000
 SHOWN = 20  # refused ballots listed by line after an import
 PATIENCE = 60.0  # seconds without an answer (or with only 503s) before an import stops
@@ -50,6 +51,10 @@ class Unreachable(Exception):
     """The API did not take a batch within PATIENCE seconds."""
 
 
+def _either(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def add_commands(sub: Commands) -> None:
     parser = sub.add_parser(
         "import",
@@ -58,7 +63,10 @@ def add_commands(sub: Commands) -> None:
         f"{MAX_BATCH} (POST .../ballots/batch), with a progress bar. A CSV cast vote record "
         "has columns rank1..rankN (or 1st choice..) naming options by id or label, and "
         "overvote/undervote marks; the rules below say what those do to a ballot, and a name "
-        "that matches no option stops the import unless --write-in says what it does. Running "
+        "that matches no option stops the import unless --write-in says what it does. Its "
+        "voter column is the first headed "
+        + _either(VOTER_COLUMNS)
+        + " (in any case); without one, give --source. Running "
         "the same import again with the same token records nothing twice.",
     )
     parser.add_argument("file", type=Path, help="a .jsonl file, or a .csv cast vote record")
@@ -75,9 +83,9 @@ def add_commands(sub: Commands) -> None:
     )
     parser.add_argument(
         "--source",
-        help="for a CVR with no voter column: a name for the file's ballots that stays the "
-        "same from one import to the next (a precinct, a batch); each ballot is named by it "
-        "and its record's number",
+        help=f"for a CVR with no voter column ({_either(VOTER_COLUMNS)}): a name for the "
+        "file's ballots that stays the same from one import to the next (a precinct, a "
+        "batch); each ballot is named by it and its record's number",
     )
     parser.add_argument("--batch", type=positive_int, default=MAX_BATCH, help="ballots per request")
     parser.add_argument("--concurrency", type=positive_int, default=2, help="requests in flight")
@@ -597,5 +605,8 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
     for mark, count in reading.marks.most_common(10):
         table.add_row(f"[dim]marks: {escape(mark)}[/]", "", f"{count:,}")
     print_table(console, table)
-    rate = total / seconds if seconds else 0.0
+    if seconds < RATE_AFTER:  # a rate of a few ballots in an instant says nothing
+        console.print(f"{total:,} ballots read and answered in under a second")
+        return
+    rate = total / seconds
     console.print(f"{total:,} ballots read and answered in {seconds:.1f} s ({rate:,.0f} ballots/s)")

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import os
 import shlex
+import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.cli.environment import Commands, command_settings, configure_logging, console
-from infra.runtime.lifecycle import check_port_free, die_with_parent, hold_data_dir
+from infra.runtime.lifecycle import check_port_free, die_with_parent, hold_data_dir, name_holder
 from infra.runtime.settings import Settings, SettingsError
 from projections import PROJECTIONS
 
@@ -132,24 +133,26 @@ def run_serve(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
     configure_logging(settings)
     with ExitStack() as stack:
+        held = None
         if not settings.is_production:  # the data folder's env file is this serve's
-            _hold_data_dir(settings, stack)
-        return _serve(settings, stack)
+            held = _hold_data_dir(settings, stack)
+        return _serve(settings, stack, held)
 
 
-def _hold_data_dir(settings: Settings, stack: ExitStack) -> None:
+def _hold_data_dir(settings: Settings, stack: ExitStack) -> int | None:
     """Refuse to start beside a live serve of the same data folder: its env file (sourced
     by every other command) and its embedded PostgreSQL would silently become this one's,
-    and point at nothing once this one stops."""
+    and point at nothing once this one stops. The held serve.pid's descriptor, or None."""
     try:
-        held = hold_data_dir(settings.data_dir, settings.port, settings.metrics_port)
+        held = hold_data_dir(settings.data_dir)
     except OSError as error:  # a read-only folder: serve all the same (no env file either)
         console.print(f"  [yellow]could not lock {settings.data_dir}: {error}[/yellow]")
-        return
+        return None
     stack.callback(os.close, held)
+    return held
 
 
-def _serve(settings: Settings, stack: ExitStack) -> int:
+def _serve(settings: Settings, stack: ExitStack, held: int | None = None) -> int:
     from infra.runtime.supervisor import Supervisor
 
     check_port_free(settings.host, settings.port)  # before anything is started
@@ -160,13 +163,21 @@ def _serve(settings: Settings, stack: ExitStack) -> int:
                 "workers' metrics cannot share a port; choose another METRICS_PORT"
             )
         check_port_free(settings.metrics_listen_host, settings.metrics_port, "METRICS_PORT")
+    if held is not None:  # its ports are free: serve.pid may name this serve now
+        name_holder(held, settings.port, settings.metrics_port)
     need = serve_connections(settings)
     if settings.database_url is None or _is_embedded(settings):
         from infra.store.connections import embedded_max_connections
         from infra.store.embedded import EmbeddedPostgres
 
-        console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
         embedded = EmbeddedPostgres(settings.data_dir, embedded_max_connections(need))
+        left = embedded.running_pid()
+        if left is not None:  # an earlier serve's, killed before it could stop it
+            console.print(
+                f"reusing the embedded PostgreSQL left running (pid {left}) in {embedded.pgdata}"
+            )
+        else:
+            console.print(f"starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
         url = stack.enter_context(embedded)
         settings = settings.with_overrides(database_url=url)
     settings = _prepare(settings)
@@ -228,7 +239,7 @@ def _prepare(settings: Settings) -> Settings:
     credentials = complete(settings)
     for name in migrate(settings.database_url):
         console.print(f"applied migration {name}")
-    _banner(credentials.settings, credentials.generated_roles)
+    _banner(credentials.settings, credentials.generated_roles, credentials.read_back)
     return credentials.settings
 
 
@@ -263,15 +274,19 @@ def _serve_api(settings: Settings, *, everything: bool, share_port: bool = False
     return 0
 
 
-def _banner(settings: Settings, generated_roles: Sequence[str]) -> None:
+def _banner(
+    settings: Settings, generated_roles: Sequence[str], read_back: Sequence[str] = ()
+) -> None:
     console.print(f"[bold]Cardinal Vote[/bold] ({settings.env})")
     console.print(f"  database: {redact(settings.database_url or '')}")
+    kept = settings.data_dir / "credentials.json"
     for role in generated_roles:
-        console.print(
-            f"  {role} token: {settings.tokens_for(role)[0]}  (generated, kept in "
-            f"{settings.data_dir / 'credentials.json'})"
-        )
-    console.print(f"  API: http://{settings.host}:{settings.port}/api/health")
+        origin = f"from {kept}" if role in read_back else f"generated, kept in {kept}"
+        console.print(f"  {role} token: {settings.tokens_for(role)[0]}  ({origin})")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{settings.port}"
+    console.print(f"  dashboards: {base}/")
+    console.print(f"  API: {base}/api/health  (reference: {base}/docs)")
 
 
 def _is_embedded(settings: Settings) -> bool:
@@ -292,12 +307,15 @@ def _is_embedded(settings: Settings) -> bool:
 def write_environment(settings: Settings) -> Path:
     """The settings this development setup runs with, as shell exports in the data folder
     (beside the credentials it keeps, and as private): ``. .cardinal/env`` lets every other
-    command reach the embedded database, tokens and keys."""
+    command reach the embedded database, tokens and keys, and puts the directory of this
+    interpreter (the venv's bin, with ``cardinal`` in it) first on PATH."""
     path = settings.data_dir / ENV_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    scripts = Path(sys.executable).parent
     lines = [
         f"export {name}={shlex.quote(value)}" for name, value in settings.environment().items()
     ]
+    lines.append(f'export PATH={shlex.quote(str(scripts))}:"$PATH"  # `cardinal` itself')
     path.touch(mode=0o600)
     path.chmod(0o600)
     path.write_text(

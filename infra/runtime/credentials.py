@@ -27,7 +27,10 @@ CREDENTIALS_FILE = "credentials.json"
 @dataclass
 class Credentials:
     settings: Settings
+    # Roles whose token the environment did not give: generated now, or earlier and read
+    # back from the data folder (those are also in read_back).
     generated_roles: list[str] = field(default_factory=list)
+    read_back: list[str] = field(default_factory=list)
 
 
 def complete(settings: Settings) -> Credentials:
@@ -65,6 +68,7 @@ def _complete(settings: Settings, path: Path) -> Credentials:
         jwt_secret_key = str(kept["jwt_secret_key"])
     tokens = dict(settings.role_tokens)
     generated: list[str] = []
+    read_back: list[str] = []
     for role in ROLES:
         if tokens.get(role):
             continue
@@ -72,6 +76,8 @@ def _complete(settings: Settings, path: Path) -> Credentials:
         if key not in kept:
             kept[key] = f"cv_{role}_{secrets.token_urlsafe(18)}"
             changed = True
+        else:
+            read_back.append(role)
         tokens[role] = (str(kept[key]),)
         generated.append(role)
     if changed:
@@ -79,7 +85,7 @@ def _complete(settings: Settings, path: Path) -> Credentials:
     completed = settings.with_overrides(
         secret=secret, audit_key=audit_key, role_tokens=tokens, jwt_secret_key=jwt_secret_key
     )
-    return Credentials(completed, generated)
+    return Credentials(completed, generated, read_back)
 
 
 @contextlib.contextmanager

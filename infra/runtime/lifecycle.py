@@ -48,12 +48,14 @@ class DataDirInUse(PortInUse):
     """Another live `cardinal serve` holds the data folder (and the env file in it)."""
 
 
-def hold_data_dir(data_dir: Path, port: int, metrics_port: int) -> int:
+def hold_data_dir(data_dir: Path) -> int:
     """Take the data folder for this `serve` until the process ends: an exclusive flock on
-    ``data_dir/serve.pid`` (which then names this process and its ports), or DataDirInUse
-    naming the serve that holds it. The kernel drops the lock when its holder dies, however
-    it dies: a file left by a crashed serve blocks nothing. Returns the descriptor to close
-    (it is not inherited by children, which are started with exec)."""
+    ``data_dir/serve.pid``, or DataDirInUse naming the serve that holds it. The kernel drops
+    the lock when its holder dies, however it dies: a file left by a crashed serve blocks
+    nothing. The file is emptied; name_holder() writes this process and its ports into it
+    once its ports are known to be free (a serve refused for a busy port named a process
+    that never served). Returns the descriptor to close (it is not inherited by children,
+    which are started with exec)."""
     path = data_dir / SERVE_LOCK
     data_dir.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -67,13 +69,20 @@ def hold_data_dir(data_dir: Path, port: int, metrics_port: int) -> int:
             f"and {data_dir / 'env'} (which other commands source) and its database are that "
             "serve's; stop it first, or give this one its own CARDINAL_DATA_DIR"
         ) from None
+    try:
+        os.ftruncate(descriptor, 0)  # an earlier serve's pid: not this one's, not running
     except BaseException:
         os.close(descriptor)
         raise
+    return descriptor
+
+
+def name_holder(descriptor: int, port: int, metrics_port: int) -> None:
+    """Write this process and its ports into the held serve.pid (hold_data_dir's
+    descriptor), for a serve refused beside it to name."""
     held = {"pid": os.getpid(), "port": port, "metrics_port": metrics_port}
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, (json.dumps(held) + "\n").encode(), 0)
-    return descriptor
 
 
 def _holder(descriptor: int) -> str:

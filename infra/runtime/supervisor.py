@@ -5,9 +5,9 @@ one. So `serve` starts N API processes that share the listening port (SO_REUSEPO
 kernel spreads connections between them), one background process with the relay and
 every projection, and with AMQP_URL one `cardinal ingest` (ballots from RabbitMQ). The
 supervisor owns what is shared (the embedded PostgreSQL, generated credentials,
-migrations), restarts a child that dies, and on SIGTERM or SIGINT stops them all before it
-stops the database. Killed outright, it takes its children with it (see
-infra/runtime/lifecycle.py).
+migrations), restarts a child that dies, and on SIGTERM, SIGINT or SIGHUP (the terminal
+closed) stops them all before it stops the database. Killed outright, it takes its
+children with it (see infra/runtime/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class Supervisor:
         self.metrics = SharedMetrics()  # /metrics of any API child reports them all
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._stop) for sig in stops}
         try:
             for child in self.children:
                 self._start(child)

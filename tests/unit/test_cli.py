@@ -102,6 +102,39 @@ def test_serve_refuses_to_start_when_the_metrics_port_is_taken(
     assert "choose another METRICS_PORT" in said
 
 
+def test_a_serve_refused_for_a_busy_port_names_itself_nowhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """serve.pid named the refused serve (a process that never served, newcomer review):
+    it is written only once the ports are known to be free."""
+    (tmp_path / "serve.pid").write_text('{"pid": 1, "port": 1, "metrics_port": 2}\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("HOST", "127.0.0.1")
+        monkeypatch.setenv("PORT", str(taken.getsockname()[1]))
+        monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+        assert main(["serve"]) == 2
+    assert "already in use" in capsys.readouterr().err
+    assert (tmp_path / "serve.pid").read_text() == ""  # neither this serve nor the last
+
+
+def test_the_data_folders_holder_is_named_once_its_ports_are_checked(tmp_path: Path) -> None:
+    from infra.runtime.lifecycle import DataDirInUse, hold_data_dir, name_holder
+
+    held = hold_data_dir(tmp_path)
+    try:
+        with pytest.raises(DataDirInUse, match="its pid not written yet"):
+            hold_data_dir(tmp_path)  # (flock: another open file, even in this process)
+        name_holder(held, 8123, 8124)
+        with pytest.raises(DataDirInUse, match=f"pid {os.getpid()}, port 8123, metrics port 8124"):
+            hold_data_dir(tmp_path)
+    finally:
+        os.close(held)
+    os.close(hold_data_dir(tmp_path))  # released with its descriptor
+
+
 def test_a_worker_refuses_to_start_when_the_metrics_port_is_taken() -> None:
     """`cardinal project` beside `make run`, with .cardinal/env sourced (serve's
     METRICS_PORT): its metrics task crashed and restarted forever (newcomer review
@@ -481,3 +514,39 @@ def test_the_import_summary_counts_marks_apart_from_ballots(
     }
     assert rows["recorded: cast"] == ["3", ""]
     assert rows["marks: overvote"] == ["", "7"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0.037, "6 ballots read and answered in under a second"),
+        (2.0, "6 ballots read and answered in 2.0 s (3 ballots/s)"),
+    ],
+)
+def test_the_import_summary_gives_a_rate_only_for_a_measurable_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, seconds: float, said: str
+) -> None:
+    """Six ballots answered in an instant were "0.0 s (162 ballots/s)" (newcomer review)."""
+    from collections import Counter
+
+    from infra.cli.ballot_files import Reading
+    from infra.cli.importer import _summary
+
+    _summary(tmp_path / "few.jsonl", Counter({"recorded: cast": 6}), Reading(), 6, seconds)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == said
+
+
+def test_the_csv_voter_columns_are_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    """Which header names a CVR's voter column was said nowhere (newcomer review)."""
+    from infra.cli.ballot_files import VOTER_COLUMNS
+
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `cardinal import"))
+    for name in VOTER_COLUMNS:
+        assert re.search(rf"\b{name}\b", said), name
+        assert f"`{name}`" in row, name
+    assert "voter column is the first headed voter_id, ballot_id, cvr_id or id" in said
