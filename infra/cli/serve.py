@@ -90,6 +90,7 @@ def run_migrate(_: argparse.Namespace) -> int:
 def run_relay(_: argparse.Namespace) -> int:
     from infra.runtime.bootstrap import running_workers
 
+    _check_metrics_port(Settings.from_env())
     settings = command_settings()
     if settings.amqp_url is None:
         raise SettingsError("AMQP_URL is not set; the relay publishes to RabbitMQ")
@@ -108,6 +109,7 @@ def run_project(args: argparse.Namespace) -> int:
             f"unknown projection {', '.join(unknown)}; the projections are "
             + ", ".join(PROJECTIONS)
         )
+    _check_metrics_port(Settings.from_env())
     settings = command_settings(migrate=not args.child)
     if args.child:
         die_with_parent()
@@ -116,6 +118,15 @@ def run_project(args: argparse.Namespace) -> int:
             settings, relay=args.relay, projections=names, metrics_port=settings.metrics_port
         )
     )
+
+
+def _check_metrics_port(configured: Settings) -> None:
+    """A taken METRICS_PORT (say, `cardinal serve`'s beside this process): refused before
+    the migrations, the first thing to connect to the database, as `ingest` does."""
+    if configured.metrics_port:
+        check_port_free(
+            configured.metrics_listen_host, configured.metrics_port, "METRICS_PORT (0: none)"
+        )
 
 
 def _run_workers(workers: AbstractAsyncContextManager[Workers]) -> int:

@@ -190,6 +190,27 @@ def test_ingest_refuses_to_start_when_the_metrics_port_is_taken() -> None:
     assert "Traceback" not in said
 
 
+@pytest.mark.parametrize("command", [["relay"], ["project"]])
+def test_relay_and_project_refuse_a_taken_metrics_port_before_the_database(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README says a worker on a taken METRICS_PORT refuses to start before it connects
+    to anything: `relay` and `project` migrated first, and with the database out of reach
+    said so instead of naming the port (documentation review)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        monkeypatch.setenv("METRICS_PORT", str(metrics_port))
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+        monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")
+        assert main(command) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"cannot start: port {metrics_port} on 127.0.0.1 is already in use" in said
+    assert "choose another METRICS_PORT (0: none)" in said
+    assert "database" not in said
+
+
 def test_serve_refuses_a_metrics_port_equal_to_its_port(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
