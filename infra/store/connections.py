@@ -36,13 +36,16 @@ RATE_LIMITER = 1  # API processes only
 RELAY = 1  # with a broker only
 SEALER = 1
 LISTEN_PER_PROJECTION = 1  # without a broker, each projection LISTENs on one of its own
+# The metrics task's (``serve_worker_metrics``), refreshing the position gauges every 5 s;
+# a scrape opens none. Every workers process (relay, project) holds it, METRICS_PORT 0
+# included; a standalone ingest only with a METRICS_PORT (serve's ingest has none).
+WORKER_METRICS = 1
 
 # Held only for a moment, besides: an API process's `writer probe` (a commit overdue), its
 # readiness probe's migration check (until migrated) and its rate limiter's give-back; an
-# ingest's `writer probe`; a workers process's metrics scrape.
+# ingest's `writer probe`.
 API_BRIEFLY = 3
 INGEST_BRIEFLY = 1
-WORKERS_BRIEFLY = 1
 
 # The server's own default, kept by the embedded server unless serve needs more, and the
 # room the embedded server keeps beyond serve's need for the one-shot commands (`rebuild` 4,
@@ -77,6 +80,12 @@ def workers(projections: int, *, broker: bool) -> int:
     )
 
 
+def ingest(*, metrics: bool) -> int:
+    """The most a `cardinal ingest` may hold: with a METRICS_PORT (standalone, compose) or
+    without one (serve's)."""
+    return services(rate_limiter=False) + INGEST_BRIEFLY + (WORKER_METRICS if metrics else 0)
+
+
 def serve_needs(api_processes: int, *, broker: bool, projections: int) -> int:
     """The most `cardinal serve` may hold at once with ``api_processes`` API processes
     (WEB_CONCURRENCY) and ``projections`` projections, with a broker (AMQP_URL) or not."""
@@ -84,9 +93,9 @@ def serve_needs(api_processes: int, *, broker: bool, projections: int) -> int:
         held = services(rate_limiter=True) - projections_pool(0)
         return held + workers(projections, broker=broker) + API_BRIEFLY
     need = api_processes * (services(rate_limiter=True) + API_BRIEFLY)
-    need += workers(projections, broker=broker) + WORKERS_BRIEFLY
-    if broker:  # serve's `cardinal ingest`
-        need += services(rate_limiter=False) + INGEST_BRIEFLY
+    need += workers(projections, broker=broker) + WORKER_METRICS
+    if broker:  # serve's `cardinal ingest`, without a metrics port
+        need += ingest(metrics=False)
     return need
 
 

@@ -20,6 +20,7 @@ from infra.store.connections import (
     STORE_POOL_SIZE,
     check_room,
     embedded_max_connections,
+    ingest,
     room,
     serve_needs,
     services,
@@ -45,6 +46,13 @@ def test_the_documented_maxima_are_the_codes() -> None:
         assert (
             f"`+ {without}`" in text or f"`{per_api} {times} WEB_CONCURRENCY + {without}`" in text
         )
+        # A standalone ingest also holds its metrics task's connection (documentation
+        # review: documented as serve's, one fewer).
+        assert f"{per_api} {times} api + {ingest(metrics=True)} {times} ingest" in text, doc
+    assert (ingest(metrics=True), ingest(metrics=False)) == (22, 21)
+    assert f"each `ingest` {ingest(metrics=True)}" in " ".join(
+        (ROOT / "README.md").read_text().split()
+    )
     # The pools are sized from the same figures.
     env = store_environment("postgresql://u@h/d")
     assert (env["POSTGRES_POOL_SIZE"], env["POSTGRES_MAX_OVERFLOW"]) == (
