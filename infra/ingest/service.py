@@ -42,7 +42,7 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
     assert settings.database_url is not None
     if metrics_port:  # before connecting: a taken port is said at once, not as a traceback
         check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
-    async with running_services(settings) as services:
+    async with running_services(settings, component="ingest") as services:
         consumer = ingester(settings, services.app, services.voter_keys)
         tasks = [asyncio.create_task(consume_forever(consumer))]
         if metrics_port:

@@ -166,9 +166,14 @@ async def running_workers(
 
 @asynccontextmanager
 async def running_services(
-    settings: Settings, *, relay: bool = False, projections: Sequence[str] = ()
+    settings: Settings,
+    *,
+    relay: bool = False,
+    projections: Sequence[str] = (),
+    component: str = "api",
 ) -> AsyncIterator[Services]:
-    """Start the API's parts (and any workers); stop them in reverse order."""
+    """Start the API's parts (and any workers); stop them in reverse order. ``component``
+    names the process (``api``, ``ingest``) in its broker monitor's log lines and gauge."""
     url = _database_url(settings)
     if settings.secret is None:
         raise SettingsError(
@@ -189,7 +194,7 @@ async def running_services(
     await feed.start()
     positions = PositionWatcher(url, reads)
     await positions.start()
-    broker = BrokerMonitor(settings.amqp_url) if settings.amqp_url else None
+    broker = BrokerMonitor(settings.amqp_url, component) if settings.amqp_url else None
     if broker is not None:
         await broker.start()
     try:

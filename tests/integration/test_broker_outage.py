@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.ingest.service import consume_forever, ingester
+from infra.ingest.service import consume_forever, ingester, run_ingest
 from infra.runtime.bootstrap import running_services, running_workers
 from infra.runtime.settings import Settings, SettingsError
 from tests.rabbit_node import RabbitNode
@@ -67,6 +67,32 @@ async def test_a_broker_outage_is_said_once_per_task_naming_amqp_url(
         lines = [s for s in said if f": {who}: cannot reach" in s]
         assert len(lines) == 1, (who, said)
         assert f"RabbitMQ at 127.0.0.1:{port} (AMQP_URL): connection refused" in lines[0]
+
+
+async def test_a_standalone_ingest_names_itself_in_its_broker_monitors_lines(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`cardinal ingest`'s broker monitor said "api: cannot reach ..." and set
+    cardinal_broker_connected{component="api"} (documentation review): it is the ingest's."""
+    port = _closed_port()
+    settings = settings_for(
+        database_url,
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/",
+        namespace=f"test-{uuid.uuid4().hex[:8]}",
+    )
+    caplog.set_level(logging.INFO)
+    ingest = asyncio.create_task(run_ingest(settings, metrics_port=None))
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        ingest.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingest
+    said = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any(": api: cannot reach" in line for line in said), said
+    monitor = [line for line in said if line.startswith("infra.broker.monitor: ")]
+    assert len(monitor) == 1, said
+    assert monitor[0].startswith("infra.broker.monitor: ingest: cannot reach RabbitMQ"), said
 
 
 TASKS = ("relay", "projection tally", "projection catalog", "projection statistics", "api")
