@@ -16,8 +16,24 @@ RUN_STAMP := $(VENV)/.installed-runtime
 run: $(RUN_STAMP)
 	$(BIN)/cardinal serve
 
+# The unit tests (pure, CPU-bound: about 2 minutes with coverage) run in a second pytest
+# beside the tests that need services, which mostly wait on processes and run one at a time,
+# in order, as always (they share the machine's PostgreSQL connections and outages' timing).
+# test_cli starts `cardinal` against PostgreSQL: it runs with the latter. The unit run's
+# output follows the other's; the coverage of both is reported together.
+UNIT_ONLY := --ignore=tests/unit/test_cli.py tests/unit
+SERVICES := tests/chaos tests/e2e tests/integration tests/unit/test_cli.py
+
 test: $(STAMP) services tools lint typecheck
-	$(BIN)/pytest -n 2 --dist loadgroup --cov --cov-report=term --durations=20 -m "not chaos_full"
+	@rm -f .coverage .coverage.unit .coverage.services
+	@mkdir -p .cardinal; COVERAGE_FILE=.coverage.unit $(BIN)/pytest -q -p no:cacheprovider \
+	  --cov --cov-report= $(UNIT_ONLY) > .cardinal/unit-tests.log 2>&1 & unit=$$!; \
+	COVERAGE_FILE=.coverage.services $(BIN)/pytest --cov --cov-report= --durations=20 \
+	  -m "not chaos_full" $(SERVICES); services=$$?; \
+	wait $$unit; units=$$?; echo "--- tests/unit (beside the above) ---"; \
+	cat .cardinal/unit-tests.log; \
+	$(BIN)/coverage combine -q .coverage.unit .coverage.services && $(BIN)/coverage report; \
+	test $$services -eq 0 && test $$units -eq 0
 
 check: $(STAMP) lint typecheck
 	CARDINAL_EXAMPLES=0.2 $(BIN)/pytest -q tests/unit

@@ -18,10 +18,6 @@ from infra.cli.ballot_files import FileBallot
 from infra.cli.importer import _lanes
 from tests.databases import create_database, drop_database
 
-# Some of these start `cardinal` against the machine's PostgreSQL: they run with the tests
-# that need services (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("services")
-
 ROOT = Path(__file__).resolve().parents[2]
 
 COMMANDS = [

@@ -26,9 +26,35 @@ def clone(tmp_path: Path) -> Path:
 
 
 def _planned(clone: Path, target: str) -> str:
+    # Under `make test` these run in a sub-make's environment: without its flags, a plain one.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     return subprocess.run(
-        ["make", "-n", target], cwd=clone, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout
+
+
+def test_make_test_runs_every_test_once() -> None:
+    """make test runs the unit tests in a pytest of their own beside the others: the two
+    lists must hold every test directory, and test_cli (which starts `cardinal` against
+    PostgreSQL) with the services' tests only."""
+    made = (ROOT / "Makefile").read_text()
+    lists = {}
+    for line in made.splitlines():
+        name, sep, value = line.partition(" := ")
+        if sep and name in ("UNIT_ONLY", "SERVICES"):
+            lists[name] = value.split()
+    assert lists["UNIT_ONLY"] == ["--ignore=tests/unit/test_cli.py", "tests/unit"]
+    directories = {
+        f"tests/{path.name}"
+        for path in (ROOT / "tests").iterdir()
+        if path.is_dir() and any(path.rglob("test_*.py"))
+    }
+    assert set(lists["SERVICES"]) == (directories - {"tests/unit"}) | {"tests/unit/test_cli.py"}
 
 
 def test_make_run_on_a_fresh_clone_installs_the_runtime_only_and_says_so(clone: Path) -> None:
