@@ -97,9 +97,11 @@ async def _caught_up(url: str, within: float) -> float:
     return time.monotonic() - started
 
 
-# A short outage and a longer one: the old workers waited for the store in psycopg's pool,
-# whose attempts back off (1, 2, 4, 8, 16 s ...): after 40 s away they came back 20 s late.
-@pytest.mark.parametrize("outage", [6.0, 20.0])
+# An outage longer than psycopg's pool waits between attempts early on: the old workers
+# waited for the store in the pool, whose attempts back off (1, 2, 4, 8, 16 s ...), and after
+# 40 s away came back 20 s late; after 20 s, over 8 s late. (A 6 s outage as well, once, told
+# nothing this one does not: one warning per task, the tally back in time.)
+@pytest.mark.parametrize("outage", [20.0])
 async def test_a_store_outage_is_said_once_per_task_and_the_tally_catches_up(
     cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture, outage: float
 ) -> None:
