@@ -664,6 +664,20 @@ async def test_anonymous_readers_cannot_take_an_auditors_turn_to_recount(
     assert (await held).status_code == 200
 
 
+def _count_log_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Where each recount's read of an election's entries in the log stopped, as it reads."""
+    reads: list[int] = []
+    entries = records.election_entries
+
+    async def counted_entries(conn: Any, election: Any, upto: int) -> Any:
+        reads.append(upto)
+        async for entry in entries(conn, election, upto):
+            yield entry
+
+    monkeypatch.setattr(recounts_module, "election_entries", counted_entries)
+    return reads
+
+
 async def test_what_was_never_published_or_never_existed_costs_no_recount(
     voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -675,15 +689,7 @@ async def test_what_was_never_published_or_never_existed_costs_no_recount(
     cast = await voting.cast(election_id, {"choice": "b"}, "unpublished")
     close = (await voting.close(election_id))["position"]
     await voting.results(election_id, AUDITOR, min_position=close)
-    reads: list[int] = []
-    entries = records.election_entries
-
-    async def counted_entries(conn: Any, election: Any, upto: int) -> Any:
-        reads.append(upto)
-        async for entry in entries(conn, election, upto):
-            yield entry
-
-    monkeypatch.setattr(recounts_module, "election_entries", counted_entries)
+    reads = _count_log_reads(monkeypatch)
     url = f"/api/elections/{election_id}/results"
     for _ in range(3):
         # (first: with no step index of the election kept, the 404 replayed the log)
@@ -712,15 +718,7 @@ async def test_time_travel_ahead_replays_an_election_again_only_once_it_changed(
     # (Ahead of the election's last publication, a reader without a role gets that one,
     # as the log has it, however far behind the tally is: counted.)
     other = await voting.open_election("plurality")
-    reads: list[int] = []
-    entries = records.election_entries
-
-    async def counted_entries(conn: Any, election: Any, upto: int) -> Any:
-        reads.append(upto)
-        async for entry in entries(conn, election, upto):
-            yield entry
-
-    monkeypatch.setattr(recounts_module, "election_entries", counted_entries)
+    reads = _count_log_reads(monkeypatch)
     url = f"/api/elections/{election_id}/results"
     seen = []
     for n in range(4):

@@ -131,27 +131,37 @@ def test_the_data_folders_holder_is_named_once_its_ports_are_checked(tmp_path: P
     os.close(hold_data_dir(tmp_path))  # released with its descriptor
 
 
-def test_a_worker_refuses_to_start_when_the_metrics_port_is_taken() -> None:
-    """`cardinal project` beside `make run`, with .cardinal/env sourced (serve's
-    METRICS_PORT): its metrics task crashed and restarted forever (newcomer review
-    helper-74). It is refused at once, naming the setting."""
+def _beside_a_taken_metrics_port(command: list[str], env: dict[str, str]) -> tuple[int, int, str]:
+    """`cardinal COMMAND` run with METRICS_PORT on a port held open, against a database of
+    its own: its exit code, that port, and what it said (on one line)."""
     url = create_database()
     try:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            env = {k: v for k, v in os.environ.items() if k != "AMQP_URL"}
-            env |= {"METRICS_PORT": str(taken.getsockname()[1]), "DATABASE_URL": url}
-            command = [sys.executable, "-m", "infra.cli", "project", "catalog"]
-            # (the code before ran on, its metrics task restarting: the timeout fails it)
-            done = subprocess.run(
-                command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
-            )
             metrics_port = taken.getsockname()[1]
+            done = subprocess.run(
+                [sys.executable, "-m", "infra.cli", *command],
+                check=False,
+                env=env | {"METRICS_PORT": str(metrics_port), "DATABASE_URL": url},
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
     finally:
         drop_database(url)
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 2, said
+    return done.returncode, metrics_port, " ".join((done.stdout + done.stderr).split())
+
+
+def test_a_worker_refuses_to_start_when_the_metrics_port_is_taken() -> None:
+    """`cardinal project` beside `make run`, with .cardinal/env sourced (serve's
+    METRICS_PORT): its metrics task crashed and restarted forever (newcomer review
+    helper-74). It is refused at once, naming the setting."""
+    env = {k: v for k, v in os.environ.items() if k != "AMQP_URL"}
+    # (the code before ran on, its metrics task restarting: the timeout fails it)
+    code, metrics_port, said = _beside_a_taken_metrics_port(["project", "catalog"], env)
+    assert code == 2, said
     assert f"port {metrics_port} on 127.0.0.1 is already in use" in said
     assert "choose another METRICS_PORT" in said
 
@@ -160,27 +170,13 @@ def test_ingest_refuses_to_start_when_the_metrics_port_is_taken() -> None:
     """`cardinal ingest` on a taken METRICS_PORT died with a 30-line traceback (operator
     review M3), where `project` and `relay` refuse it: it is refused the same way, exit 2,
     before it connects to anything."""
-    url = create_database()
-    try:
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            env = dict(os.environ) | {
-                "METRICS_PORT": str(taken.getsockname()[1]),
-                "DATABASE_URL": url,
-                "AMQP_URL": os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-                "CARDINAL_NAMESPACE": f"test-port-{os.getpid()}",
-                "CARDINAL_SECRET": "s" * 40,
-            }
-            command = [sys.executable, "-m", "infra.cli", "ingest"]
-            done = subprocess.run(
-                command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
-            )
-            metrics_port = taken.getsockname()[1]
-    finally:
-        drop_database(url)
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 2, said
+    env = dict(os.environ) | {
+        "AMQP_URL": os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        "CARDINAL_NAMESPACE": f"test-port-{os.getpid()}",
+        "CARDINAL_SECRET": "s" * 40,
+    }
+    code, metrics_port, said = _beside_a_taken_metrics_port(["ingest"], env)
+    assert code == 2, said
     assert f"cannot start: port {metrics_port} on 127.0.0.1 is already in use" in said
     assert "choose another METRICS_PORT (0: none)" in said
     assert "Traceback" not in said
