@@ -4,6 +4,10 @@ The API does not need the broker to take ballots or serve results (the projectio
 up from the store), so an outage makes the service *degraded*, not unready. Readiness and
 health probes read this monitor's state instead of opening a connection each (which cost
 a connection and an error line per probe while the broker was down).
+
+Where another task of the process already says the broker's outages under the same name (a
+standalone ``cardinal ingest``: its consumer), the monitor is ``quiet``: it keeps its state
+and gauge but says nothing, so that one outage is one warning and one return per process.
 """
 
 from __future__ import annotations
@@ -23,10 +27,19 @@ log = logging.getLogger(__name__)
 RETRY = 1.0  # seconds between connection attempts while the broker is away
 
 
+def _silent() -> logging.Logger:
+    """A logger that drops every line (a quiet monitor's outage)."""
+    silent = logging.getLogger(f"{__name__}.quiet")
+    if not silent.filters:
+        silent.addFilter(lambda _: False)
+    return silent
+
+
 class BrokerMonitor:
-    def __init__(self, amqp_url: str, component: str = "api") -> None:
+    def __init__(self, amqp_url: str, component: str = "api", *, quiet: bool = False) -> None:
         self.amqp_url = amqp_url
         self.component = component
+        self.quiet = quiet
         self.connected = False
         self.reason = "not yet connected"
         self._task: asyncio.Task[None] | None = None
@@ -50,15 +63,16 @@ class BrokerMonitor:
         return "ok" if self.connected else "degraded: the broker is unreachable (see the log)"
 
     def _set(self, connected: bool, reason: str = "") -> None:
-        if connected and not self.connected:
-            log.info("broker connected")
         self.connected, self.reason = connected, reason
         metrics.BROKER_CONNECTED.labels(self.component).set(1 if connected else 0)
 
     async def _watch(self) -> None:
         # Said once per outage, naming the broker and AMQP_URL; tried again after 1 s
         # doubling to 10 s (results catch up from the store meanwhile).
-        outage = Outage(self.amqp_url, self.component, log, first=RETRY)
+        # Quiet: said by another task of the process, under the same name.
+        outage = Outage(
+            self.amqp_url, self.component, _silent() if self.quiet else log, first=RETRY
+        )
         while True:
             try:
                 connection = await aio_pika.connect(self.amqp_url, timeout=5)
@@ -67,6 +81,8 @@ class BrokerMonitor:
                 await asyncio.sleep(outage.failed(error))
                 continue
             self._connection = connection  # type: ignore[assignment]
+            if outage.down is None and not self.quiet:  # (after an outage: said by connected)
+                log.info("%s: broker connected", self.component)
             outage.connected()
             self._set(True)
             await _closed(connection)

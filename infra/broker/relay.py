@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,10 @@ class Relay:
                 self.amqp_url,
                 client_properties={"connection_name": f"{self.topology.namespace}-relay"},
             )
+            # Watched from the start: an idle relay (no entry to publish) learns of a lost
+            # broker as the connection closes, not at its next publish (which may be long
+            # after: its gauge and the operators' status said "connected" meanwhile).
+            lost = _closed(connection)
             async with connection:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 events, _, _ = await self.topology.declare(channel, self.projections)
@@ -143,10 +147,15 @@ class Relay:
                 await conn.execute("SET synchronous_commit = off")
                 position = await self._stored_position(conn)
                 log.info("relay is the leader, publishing after position %d", position)
-                while True:
-                    before = position
-                    position = await self._publish_pending(conn, events, position)
-                    await self._wait(conn, busy=position - before >= BUSY_ROUND)
+                await _unless_lost(self._relay(conn, events, position), lost)
+
+    async def _relay(
+        self, conn: psycopg.AsyncConnection[Any], events: AbstractExchange, position: int
+    ) -> None:
+        while True:
+            before = position
+            position = await self._publish_pending(conn, events, position)
+            await self._wait(conn, busy=position - before >= BUSY_ROUND)
 
     async def _become_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
         waiting_said = False
@@ -218,6 +227,40 @@ class Relay:
         # entries or more), the pause is longer: a tenth of a second, what a results stream
         # shows anyway (at most 4 updates a second); a quiet log keeps its short pause.
         await asyncio.sleep(self.busy_linger if busy else self.linger)
+
+
+def _closed(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future[BaseException]:
+    """A future done, with why, when the connection closes, for whatever reason."""
+    lost: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    def closed(_: object, *why: object) -> None:
+        if not lost.done():
+            error = why[0] if why and isinstance(why[0], BaseException) else None
+            lost.set_result(error or ConnectionError("connection lost"))
+
+    connection.close_callbacks.add(closed)
+    return lost
+
+
+async def _unless_lost(work: Awaitable[None], lost: asyncio.Future[BaseException]) -> None:
+    """Run ``work`` until it ends, or until the broker connection is ``lost``: then it is
+    cancelled and the loss raised (a ``ConnectionError``, which ``Relay.run`` says once as
+    the broker's outage, retrying with its backoff)."""
+    task = asyncio.ensure_future(work)
+    try:
+        either: set[asyncio.Future[Any]] = {task, lost}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()  # its own error first: a publish that failed says why
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise ConnectionError("connection lost") from lost.result()
+    finally:
+        if not task.done():  # (cancelled ourselves: the process stopping)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _entries(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

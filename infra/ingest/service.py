@@ -42,7 +42,9 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
     assert settings.database_url is not None
     if metrics_port:  # before connecting: a taken port is said at once, not as a traceback
         check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
-    async with running_services(settings, component="ingest") as services:
+    # The consumer says the broker's outages, once each, as "ingest": the services' broker
+    # monitor, which keeps the gauge and state, says nothing (it said each outage twice).
+    async with running_services(settings, component="ingest", quiet_broker=True) as services:
         consumer = ingester(settings, services.app, services.voter_keys)
         tasks = [asyncio.create_task(consume_forever(consumer))]
         if metrics_port:

@@ -171,9 +171,12 @@ async def running_services(
     relay: bool = False,
     projections: Sequence[str] = (),
     component: str = "api",
+    quiet_broker: bool = False,
 ) -> AsyncIterator[Services]:
     """Start the API's parts (and any workers); stop them in reverse order. ``component``
-    names the process (``api``, ``ingest``) in its broker monitor's log lines and gauge."""
+    names the process (``api``, ``ingest``) in its broker monitor's log lines and gauge;
+    ``quiet_broker``: the monitor keeps its state and gauge but says nothing (another task
+    of the process says the broker's outages under that name)."""
     url = _database_url(settings)
     if settings.secret is None:
         raise SettingsError(
@@ -194,7 +197,11 @@ async def running_services(
     await feed.start()
     positions = PositionWatcher(url, reads)
     await positions.start()
-    broker = BrokerMonitor(settings.amqp_url, component) if settings.amqp_url else None
+    broker = (
+        BrokerMonitor(settings.amqp_url, component, quiet=quiet_broker)
+        if settings.amqp_url
+        else None
+    )
     if broker is not None:
         await broker.start()
     try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from infra.ingest.service import consume_forever, ingester, run_ingest
 from infra.runtime.bootstrap import running_services, running_workers
@@ -90,13 +91,16 @@ async def test_a_standalone_ingest_names_itself_in_its_broker_monitors_lines(
             await ingest
     said = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
     assert not any(": api: cannot reach" in line for line in said), said
-    monitor = [line for line in said if line.startswith("infra.broker.monitor: ")]
-    assert len(monitor) == 1, said
-    assert monitor[0].startswith("infra.broker.monitor: ingest: cannot reach RabbitMQ"), said
+    # One warning for the process (the old code: the consumer's and the monitor's, both
+    # "ingest: cannot reach ..."): the consumer's.
+    assert [line for line in said if "cannot reach" in line] == [
+        f"infra.ingest.consumer: ingest: cannot reach RabbitMQ at 127.0.0.1:{port} (AMQP_URL): "
+        "connection refused; retrying every 1-10s until it answers"
+    ], said
+    assert REGISTRY.get_sample_value("cardinal_broker_connected", {"component": "ingest"}) == 0
 
 
 TASKS = ("relay", "projection tally", "projection catalog", "projection statistics", "api")
-OPTIONS = [{"id": "yes", "label": "Yes"}, {"id": "no", "label": "No"}]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +108,10 @@ def node() -> Iterator[RabbitNode]:
     """A RabbitMQ node of this module's own (one: a start costs 5-10 s), to stop and start."""
     with RabbitNode(Path(tempfile.mkdtemp(prefix="cardinal-outage-mq-"))) as own:
         yield own
+
+
+def _gauge(component: str) -> float | None:
+    return REGISTRY.get_sample_value("cardinal_broker_connected", {"component": component})
 
 
 def _text(record: logging.LogRecord) -> str:
@@ -129,8 +137,6 @@ async def test_a_broker_lost_mid_run_is_said_once_per_task_and_its_return_once(
     code: twice, "connection lost" or CONNECTION_FORCED, then "connection refused"; and
     ingest never, its robust connection reconnecting silently, only its depth watcher
     warning without naming RabbitMQ), and once that it is back."""
-    from domain.rules import ElectionRules
-
     settings = settings_for(
         database_url, amqp_url=node.url, namespace=f"test-{uuid.uuid4().hex[:8]}"
     )
@@ -171,16 +177,18 @@ async def test_a_broker_lost_mid_run_is_said_once_per_task_and_its_return_once(
             ), caplog.text
             caplog.clear()
             await asyncio.to_thread(node.stop)
-            # An entry to publish: the relay, idle, finds the broker gone as it publishes.
-            await services.app.create_election(
-                "Outage", ElectionRules.create(options=OPTIONS, method="plurality")
-            )
+            # No entry to publish: the relay, idle, notices the lost connection as it closes
+            # (the old code: at its next publish, its status and gauge "connected" till then).
             # Each task's first attempt after the loss meets "connection refused" (the old
             # code's second WARNING); ingest's warning never came with the old code.
             await _until(lambda: all(said(logging.WARNING, f"cannot reach {where}").values()), 10)
+            assert not relay.status.broker_connected, caplog.text
+            assert _gauge("relay") == 0, caplog.text
             await asyncio.sleep(3)
             await asyncio.to_thread(node.start)
             await _until(lambda: all(said(logging.INFO, f"{where} reachable again").values()), 30)
+            assert await _until(lambda: relay.status.broker_connected, 10), caplog.text
+            assert _gauge("relay") == 1
         finally:
             consuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +200,47 @@ async def test_a_broker_lost_mid_run_is_said_once_per_task_and_its_return_once(
     assert not [r for r in caplog.records if "depth" in _text(r) and r.levelno >= 30], lines
     # Nor aiormq's ERROR and traceback per connection the stopping broker closed.
     assert not [r for r in caplog.records if r.name.startswith("aiormq")], lines
+
+
+async def test_a_standalone_ingest_says_a_broker_lost_mid_run_once_and_its_return_once(
+    database_url: str, node: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`cardinal ingest` runs its consumer and a broker monitor, both named "ingest": one
+    outage was two warnings and two returns (and the monitor's "broker connected"). Now one
+    of each for the process, and the monitor still keeps the state and gauge."""
+    settings = settings_for(
+        database_url, amqp_url=node.url, namespace=f"test-{uuid.uuid4().hex[:8]}"
+    )
+    where = f"RabbitMQ at 127.0.0.1:{node.port} (AMQP_URL)"
+    caplog.set_level(logging.INFO)
+    ingest = asyncio.create_task(run_ingest(settings, metrics_port=None))
+    try:
+        assert await _until(lambda: _gauge("ingest") == 1 and "consuming" in caplog.text, 30), (
+            caplog.text
+        )
+        await asyncio.sleep(1)  # (both connected: the consumer and the monitor)
+        caplog.clear()
+        await asyncio.to_thread(node.stop)
+        assert await _until(lambda: _gauge("ingest") == 0 and "cannot reach" in caplog.text, 10)
+        await asyncio.sleep(3)  # (a second warning, if any, said by now: attempts each 1-2 s)
+        await asyncio.to_thread(node.start)
+        assert await _until(lambda: "reachable again" in caplog.text, 30), caplog.text
+        assert await _until(lambda: _gauge("ingest") == 1, 10), caplog.text
+        await asyncio.sleep(3)  # (a second return, if any, said by now)
+    finally:
+        ingest.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingest
+    ours = [f"{r.levelname} {r.name}: {_text(r)}" for r in caplog.records if r.name[:6] == "infra."]
+    text = "\n".join(f"{r.levelname} {r.name}: {_text(r)}" for r in caplog.records)
+    lost = [line for line in ours if "cannot reach" in line]
+    assert len(lost) == 1, text
+    assert lost[0].startswith(f"WARNING infra.ingest.consumer: ingest: cannot reach {where}: "), (
+        text
+    )
+    assert [line for line in ours if "reachable again" in line or "connected" in line] == [
+        f"INFO infra.ingest.consumer: ingest: {where} reachable again"
+    ], text
 
 
 @pytest.mark.parametrize(
