@@ -230,7 +230,7 @@ class VotingApplication(Application[UUID]):
                 "this voter has already cast a ballot, and this election does not allow changing it"
             )
         existing.revise(vote, request_key)
-        return await self._record_revision(existing, election_id)
+        return await self._record_revision(existing, election_id, request_key, vote)
 
     async def replayed(
         self,
@@ -457,7 +457,7 @@ class VotingApplication(Application[UUID]):
                 "this election does not allow changing a cast ballot, so it cannot be withdrawn"
             )
         existing.withdraw(request_key)
-        return await self._record_revision(existing, election_id)
+        return await self._record_revision(existing, election_id, request_key, None)
 
     async def _taking_ballots(self, election_id: UUID) -> Election:
         """The election, re-read from the store if this process still sees it as a draft:
@@ -488,17 +488,34 @@ class VotingApplication(Application[UUID]):
             existing.id, version, recorded.position, replayed=True, digest=recorded.digest
         )
 
-    async def _record_revision(self, ballot: Ballot, election_id: UUID) -> Receipt:
+    async def _record_revision(
+        self,
+        ballot: Ballot,
+        election_id: UUID,
+        request_key: str | None,
+        vote: dict[str, Any] | None,
+    ) -> Receipt:
         try:
             recorded = await self._guarded(
                 self.writer.append(ballot, while_open=election_id), election_id
             )
         except VersionConflict:
-            raise ConcurrentRevision(
-                "another change to this ballot was recorded at the same moment; "
-                "read your receipt and try again"
-            ) from None
-        return Receipt(ballot.id, ballot.version, recorded.position, digest=recorded.digest)
+            pass
+        else:
+            return Receipt(ballot.id, ballot.version, recorded.position, digest=recorded.digest)
+        # Another change was recorded first. If it was this very request (the same key and
+        # ballot, sent twice at once), it is recorded: answer as its retry. The same key
+        # with another ballot is refused (422) as a retry's would be.
+        if request_key is not None:
+            winner = await self.writer.load_ballot(ballot.id)
+            if winner is not None:
+                replayed = await self._replay(winner, request_key, vote)
+                if replayed is not None:
+                    return replayed
+        raise ConcurrentRevision(
+            "another change to this ballot was recorded at the same moment; "
+            "read your receipt and try again"
+        )
 
     async def _guarded(self, append: Awaitable[Recorded], election_id: UUID) -> Recorded:
         """A ballot's append; if the log says its election closed first, this process's

@@ -17,6 +17,7 @@ from domain.election import Election, ElectionStatus
 from domain.errors import (
     AlreadyVoted,
     BallotNotFound,
+    ConcurrentRevision,
     ElectionNotFound,
     ElectionNotOpen,
     IdempotencyKeyReused,
@@ -268,6 +269,41 @@ async def test_the_electorate_is_fixed_when_the_election_opens() -> None:
     assert _topics(app) == before
     issued = app.mapper.to_domain_event(_notifications(app)[1])
     assert issued.voter_keys == ["a", "b", "c"]  # type: ignore[attr-defined]
+
+
+async def test_a_revision_sent_twice_at_once_is_answered_as_its_retry() -> None:
+    """The copy that lost the race to its own twin was answered 409 although recorded."""
+    app = VotingApplication()
+    election_id = await _open(app)
+    voter = _voter("twice")
+    await app.cast_ballot(election_id, voter, {"choice": "a"})
+    append = app.writer.append
+    twin: list[tuple[dict[str, object] | None, str | None]] = []
+
+    async def raced(aggregate: Aggregate, *, while_open: uuid.UUID | None = None) -> Recorded:
+        if twin:  # the other copy is recorded first
+            vote, key = twin.pop()
+            other: Ballot = app.repository.get(aggregate.id)
+            if vote is None:
+                other.withdraw(key)
+            else:
+                other.revise(vote, key)
+            app.save(other)
+        return await append(aggregate, while_open=while_open)
+
+    app.writer.append = raced  # type: ignore[method-assign]
+    twin.append(({"choice": "b"}, "k-1"))
+    receipt = await app.cast_ballot(election_id, voter, {"choice": "b"}, "k-1")
+    assert (receipt.version, receipt.replayed) == (2, True)
+    twin.append(({"choice": "a"}, "k-2"))  # the same key, another ballot: 422
+    with pytest.raises(IdempotencyKeyReused):
+        await app.cast_ballot(election_id, voter, {"choice": "b"}, "k-2")
+    twin.append(({"choice": "b"}, "k-3"))  # another change: 409
+    with pytest.raises(ConcurrentRevision):
+        await app.cast_ballot(election_id, voter, {"choice": "a"}, "k-4")
+    twin.append((None, "k-5"))
+    withdrawn = await app.withdraw_ballot(election_id, voter, "k-5")
+    assert (withdrawn.version, withdrawn.replayed) == (5, True)
 
 
 async def test_a_title_is_required() -> None:
