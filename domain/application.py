@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from domain.errors import (
     ElectionNotFound,
     ElectionNotOpen,
     InvalidBallot,
+    NotEligible,
 )
 from domain.ports import (
     EventWriter,
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 LIFECYCLE_ATTEMPTS = 3
 MAX_BALLOTS_PER_VOTER = 16  # in one batch
+# A voter token this process's election does not know makes it read the election again,
+# at most once per this many seconds per election (misses meanwhile share the next read):
+# made-up tokens cost a wait, not a read each.
+TOKEN_RELOAD_FLOOR = 0.1
 _SHUFFLE = random.SystemRandom().shuffle
 A = TypeVar("A", bound=Aggregate)
 
@@ -84,6 +90,10 @@ class VotingApplication(Application[UUID]):
         # it may be stale (a close seen by a ballot, a gap) and reloaded on use, but an
         # election is never deleted, so a listing goes by these.
         self.known: set[UUID] = set()
+        # The next re-read of an election for an unknown voter token, not started yet (all
+        # the misses meanwhile wait for it), and when the last one started.
+        self._token_reloads: dict[UUID, asyncio.Task[None]] = {}
+        self._token_reloaded_at: dict[UUID, float] = {}
 
     def stored(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         """An aggregate as the store has it now, if it exists and is of this kind."""
@@ -124,6 +134,57 @@ class VotingApplication(Application[UUID]):
         self.elections[election_id] = loaded
         self.known.add(election_id)
         return loaded
+
+    async def token_holder_election(self, election_id: UUID, credential: str) -> Election:
+        """The election, if the voter token of this credential was issued for it; else
+        NotEligible (403), whatever the election (``Election.check_token_holder``).
+
+        A token another process issued a moment ago may not have reached this process's
+        election yet (the feed follows within a poll): on a miss the election is read
+        from the store again, by a read that starts after this request came, before the
+        token is refused. Misses share that read, and an election is read again at most
+        once per TOKEN_RELOAD_FLOOR, so made-up tokens cost a short wait, not a read each.
+        (Every miss waits so, in an election of any kind: the wait tells nothing of it.)"""
+        election = await self.election(election_id)
+        try:
+            election.check_token_holder(credential)
+        except NotEligible:
+            pass
+        else:
+            return election
+        await asyncio.shield(self._token_reload(election_id))
+        election = await self.election(election_id)
+        election.check_token_holder(credential)
+        return election
+
+    def _token_reload(self, election_id: UUID) -> asyncio.Task[None]:
+        """The next re-read of this election, not started yet: it starts after the caller
+        asked, so it sees whatever was recorded before."""
+        reload = self._token_reloads.get(election_id)
+        if reload is None:
+            reload = asyncio.create_task(self._reload_for_token(election_id))
+            reload.add_done_callback(_consumed)
+            reload.add_done_callback(lambda _: self._started(election_id, reload))
+            self._token_reloads[election_id] = reload
+        return reload
+
+    def _started(self, election_id: UUID, reload: asyncio.Task[None] | None) -> None:
+        """This re-read has started (or ended): a miss from now on waits for the next."""
+        if reload is not None and self._token_reloads.get(election_id) is reload:
+            del self._token_reloads[election_id]
+
+    async def _reload_for_token(self, election_id: UUID) -> None:
+        try:
+            last = self._token_reloaded_at.get(election_id)
+            if last is not None and (wait := last + TOKEN_RELOAD_FLOOR - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+        finally:
+            self._started(election_id, asyncio.current_task())
+        self._token_reloaded_at[election_id] = time.monotonic()
+        fresh = await self.writer.load_election(election_id)
+        cached = self.elections.get(election_id)
+        if fresh is not None and (cached is None or fresh.version > cached.version):
+            self.elections[election_id] = fresh
 
     async def every_election(self) -> list[Election]:
         """Every election this process knows of, oldest first (by ``creation_order``); one
@@ -594,6 +655,12 @@ def _replay_of(
         return None
     ballot = stored.ballot
     return Receipt(ballot.id, version, recorded.position, replayed=True, digest=recorded.digest)
+
+
+def _consumed(task: asyncio.Task[None]) -> None:
+    """Its waiters read a shared task's error; one left without any logs nothing."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _retryable(error: Exception) -> bool:

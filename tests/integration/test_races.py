@@ -1,6 +1,6 @@
 """Requests that race across API processes (a review ran `cardinal serve` with
-WEB_CONCURRENCY=2, a new connection per request): the same keyed revision sent twice at
-once."""
+WEB_CONCURRENCY=2, a new connection per request): a voter token issued through one process
+and used at once through another, and the same keyed revision sent twice at once."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.integration.client import VotingClient, bearer
+from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import CLIENT, running_api, settings_for
 
 ROUNDS = 20
@@ -24,6 +24,40 @@ async def second(database_url: str) -> AsyncIterator[VotingClient]:
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         yield VotingClient(http)
+
+
+async def test_a_token_issued_through_one_process_votes_at_once_through_another(
+    voting: VotingClient, second: VotingClient
+) -> None:
+    """The other process's election did not hold the token yet (its feed follows within a
+    poll), and it answered a real token 403 "not issued for this election"."""
+    late = await voting.create_election(eligibility="tokens", late_tokens=True)
+    await voting.open(late["id"])
+    await second.http.get(f"/api/elections/{late['id']}", headers=bearer(CLIENT))  # cached
+    for _ in range(ROUNDS):
+        (token,) = await voting.issue_tokens(late["id"], 1)
+        cast = await second.cast(late["id"], {"choice": "a"}, token=token)
+        assert cast.status_code == 201, cast.text
+
+    for _ in range(ROUNDS // 2):  # issued in draft, opened, and voted at once
+        election = await voting.create_election(eligibility="tokens")
+        tokens = await voting.issue_tokens(election["id"], 2)
+        await voting.open(election["id"])
+        for token in tokens:
+            cast = await second.cast(election["id"], {"choice": "b"}, token=token)
+            assert cast.status_code == 201, cast.text
+
+    # A made-up token, and a real one used in another election, are still refused.
+    made_up = "cvt_" + "x" * 43
+    other = await second.cast(late["id"], {"choice": "a"}, token=made_up)
+    assert other.status_code in (401, 403), other.text
+    fixed, (elsewhere, *_) = await voting.token_election()
+    assert_problem(
+        await second.cast(late["id"], {"choice": "a"}, token=elsewhere),
+        403,
+        "not issued for this election",
+    )
+    assert (await second.cast(fixed, {"choice": "a"}, token=elsewhere)).status_code == 201
 
 
 async def test_the_same_keyed_revision_sent_at_once_is_recorded_once_and_replayed(
