@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from domain.errors import (
     ElectionNotFound,
     ElectionNotOpen,
     InvalidBallot,
+    NotEligible,
 )
 from domain.ports import (
     EventWriter,
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 LIFECYCLE_ATTEMPTS = 3
 MAX_BALLOTS_PER_VOTER = 16  # in one batch
+# A voter token this process's election does not know makes it read the election again,
+# at most once per this many seconds per election (misses meanwhile share the next read):
+# made-up tokens cost a wait, not a read each.
+TOKEN_RELOAD_FLOOR = 0.1
 _SHUFFLE = random.SystemRandom().shuffle
 A = TypeVar("A", bound=Aggregate)
 
@@ -84,6 +90,10 @@ class VotingApplication(Application[UUID]):
         # it may be stale (a close seen by a ballot, a gap) and reloaded on use, but an
         # election is never deleted, so a listing goes by these.
         self.known: set[UUID] = set()
+        # The next re-read of an election for an unknown voter token, not started yet (all
+        # the misses meanwhile wait for it), and when the last one started.
+        self._token_reloads: dict[UUID, asyncio.Task[None]] = {}
+        self._token_reloaded_at: dict[UUID, float] = {}
 
     def stored(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         """An aggregate as the store has it now, if it exists and is of this kind."""
@@ -124,6 +134,57 @@ class VotingApplication(Application[UUID]):
         self.elections[election_id] = loaded
         self.known.add(election_id)
         return loaded
+
+    async def token_holder_election(self, election_id: UUID, credential: str) -> Election:
+        """The election, if the voter token of this credential was issued for it; else
+        NotEligible (403), whatever the election (``Election.check_token_holder``).
+
+        A token another process issued a moment ago may not have reached this process's
+        election yet (the feed follows within a poll): on a miss the election is read
+        from the store again, by a read that starts after this request came, before the
+        token is refused. Misses share that read, and an election is read again at most
+        once per TOKEN_RELOAD_FLOOR, so made-up tokens cost a short wait, not a read each.
+        (Every miss waits so, in an election of any kind: the wait tells nothing of it.)"""
+        election = await self.election(election_id)
+        try:
+            election.check_token_holder(credential)
+        except NotEligible:
+            pass
+        else:
+            return election
+        await asyncio.shield(self._token_reload(election_id))
+        election = await self.election(election_id)
+        election.check_token_holder(credential)
+        return election
+
+    def _token_reload(self, election_id: UUID) -> asyncio.Task[None]:
+        """The next re-read of this election, not started yet: it starts after the caller
+        asked, so it sees whatever was recorded before."""
+        reload = self._token_reloads.get(election_id)
+        if reload is None:
+            reload = asyncio.create_task(self._reload_for_token(election_id))
+            reload.add_done_callback(_consumed)
+            reload.add_done_callback(lambda _: self._started(election_id, reload))
+            self._token_reloads[election_id] = reload
+        return reload
+
+    def _started(self, election_id: UUID, reload: asyncio.Task[None] | None) -> None:
+        """This re-read has started (or ended): a miss from now on waits for the next."""
+        if reload is not None and self._token_reloads.get(election_id) is reload:
+            del self._token_reloads[election_id]
+
+    async def _reload_for_token(self, election_id: UUID) -> None:
+        try:
+            last = self._token_reloaded_at.get(election_id)
+            if last is not None and (wait := last + TOKEN_RELOAD_FLOOR - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+        finally:
+            self._started(election_id, asyncio.current_task())
+        self._token_reloaded_at[election_id] = time.monotonic()
+        fresh = await self.writer.load_election(election_id)
+        cached = self.elections.get(election_id)
+        if fresh is not None and (cached is None or fresh.version > cached.version):
+            self.elections[election_id] = fresh
 
     async def every_election(self) -> list[Election]:
         """Every election this process knows of, oldest first (by ``creation_order``); one
@@ -230,7 +291,7 @@ class VotingApplication(Application[UUID]):
                 "this voter has already cast a ballot, and this election does not allow changing it"
             )
         existing.revise(vote, request_key)
-        return await self._record_revision(existing, election_id)
+        return await self._record_revision(existing, election_id, request_key, vote)
 
     async def replayed(
         self,
@@ -457,7 +518,7 @@ class VotingApplication(Application[UUID]):
                 "this election does not allow changing a cast ballot, so it cannot be withdrawn"
             )
         existing.withdraw(request_key)
-        return await self._record_revision(existing, election_id)
+        return await self._record_revision(existing, election_id, request_key, None)
 
     async def _taking_ballots(self, election_id: UUID) -> Election:
         """The election, re-read from the store if this process still sees it as a draft:
@@ -488,17 +549,34 @@ class VotingApplication(Application[UUID]):
             existing.id, version, recorded.position, replayed=True, digest=recorded.digest
         )
 
-    async def _record_revision(self, ballot: Ballot, election_id: UUID) -> Receipt:
+    async def _record_revision(
+        self,
+        ballot: Ballot,
+        election_id: UUID,
+        request_key: str | None,
+        vote: dict[str, Any] | None,
+    ) -> Receipt:
         try:
             recorded = await self._guarded(
                 self.writer.append(ballot, while_open=election_id), election_id
             )
         except VersionConflict:
-            raise ConcurrentRevision(
-                "another change to this ballot was recorded at the same moment; "
-                "read your receipt and try again"
-            ) from None
-        return Receipt(ballot.id, ballot.version, recorded.position, digest=recorded.digest)
+            pass
+        else:
+            return Receipt(ballot.id, ballot.version, recorded.position, digest=recorded.digest)
+        # Another change was recorded first. If it was this very request (the same key and
+        # ballot, sent twice at once), it is recorded: answer as its retry. The same key
+        # with another ballot is refused (422) as a retry's would be.
+        if request_key is not None:
+            winner = await self.writer.load_ballot(ballot.id)
+            if winner is not None:
+                replayed = await self._replay(winner, request_key, vote)
+                if replayed is not None:
+                    return replayed
+        raise ConcurrentRevision(
+            "another change to this ballot was recorded at the same moment; "
+            "read your receipt and try again"
+        )
 
     async def _guarded(self, append: Awaitable[Recorded], election_id: UUID) -> Recorded:
         """A ballot's append; if the log says its election closed first, this process's
@@ -577,6 +655,12 @@ def _replay_of(
         return None
     ballot = stored.ballot
     return Receipt(ballot.id, version, recorded.position, replayed=True, digest=recorded.digest)
+
+
+def _consumed(task: asyncio.Task[None]) -> None:
+    """Its waiters read a shared task's error; one left without any logs nothing."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _retryable(error: Exception) -> bool:

@@ -178,13 +178,15 @@ async def _election_and_caller(request: Request) -> tuple[UUID, ElectionRules, s
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
     services = context.services(request)
-    election = await services.app.election(election_id)
     if principal.voter_token is not None:
         # On the roll, before anything else is said (the body's shape, the route): a token
-        # not issued here learns nothing of the election (review helper-50).
-        keys = services.voter_keys
-        election.check_token_holder(keys.credential(election_id, principal.voter_token))
+        # not issued here learns nothing of the election (review helper-50). One that
+        # another process issued a moment ago is looked for in the store before it is
+        # refused.
+        credential = services.voter_keys.credential(election_id, principal.voter_token)
+        election = await services.app.token_holder_election(election_id, credential)
         return election_id, election.rules, principal.voter_token
+    election = await services.app.election(election_id)
     if election.rules.eligibility is Eligibility.TOKENS:
         raise Forbidden(
             "this election takes ballots only from voters holding a voter token: "

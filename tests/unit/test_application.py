@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -11,12 +14,14 @@ import pytest
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import Notification, StoredEvent
 
+from domain import application
 from domain.application import DirectWriter, VotingApplication
 from domain.ballot import Ballot, ballot_id
 from domain.election import Election, ElectionStatus
 from domain.errors import (
     AlreadyVoted,
     BallotNotFound,
+    ConcurrentRevision,
     ElectionNotFound,
     ElectionNotOpen,
     IdempotencyKeyReused,
@@ -268,6 +273,81 @@ async def test_the_electorate_is_fixed_when_the_election_opens() -> None:
     assert _topics(app) == before
     issued = app.mapper.to_domain_event(_notifications(app)[1])
     assert issued.voter_keys == ["a", "b", "c"]  # type: ignore[attr-defined]
+
+
+async def test_a_token_the_cached_election_lacks_is_looked_for_in_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process issued it a moment ago: it is accepted, not refused 403 on this
+    process's stale view. Misses share a read, and an election is read again at most once
+    per TOKEN_RELOAD_FLOOR, so made-up tokens cost no read each."""
+    monkeypatch.setattr(application, "TOKEN_RELOAD_FLOOR", 0.2)
+    app = VotingApplication()
+    election_id = await _open(app, eligibility="tokens", late_tokens=True)
+    cached = await app.election(election_id)
+    elsewhere: Election = app.repository.get(election_id)  # another process's issue
+    elsewhere.issue_voter_tokens(["fresh"])
+    app.save(elsewhere)
+    loads: list[float] = []
+    load = app.writer.load_election
+
+    async def counted(election_id: uuid.UUID) -> Election | None:
+        loads.append(time.monotonic())
+        return await load(election_id)
+
+    monkeypatch.setattr(app.writer, "load_election", counted)
+    assert "fresh" not in cached.voter_keys
+    assert "fresh" in (await app.token_holder_election(election_id, "fresh")).voter_keys
+    assert (await app.cast_ballot(election_id, _voter("fresh"), {"choice": "a"})).version == 1
+    assert len(loads) == 1
+    refused = await asyncio.gather(
+        *(app.token_holder_election(election_id, f"made-up-{n}") for n in range(50)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(error, NotEligible) for error in refused)
+    for n in range(2):
+        with pytest.raises(NotEligible, match="not issued for this election"):
+            await app.token_holder_election(election_id, f"one-by-one-{n}")
+    assert len(loads) == 4
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(loads)), loads
+    client_election = await _open(app)  # refused alike in an election of any kind
+    with pytest.raises(NotEligible, match="not issued for this election"):
+        await app.token_holder_election(client_election, "fresh")
+
+
+async def test_a_revision_sent_twice_at_once_is_answered_as_its_retry() -> None:
+    """The copy that lost the race to its own twin was answered 409 although recorded."""
+    app = VotingApplication()
+    election_id = await _open(app)
+    voter = _voter("twice")
+    await app.cast_ballot(election_id, voter, {"choice": "a"})
+    append = app.writer.append
+    twin: list[tuple[dict[str, object] | None, str | None]] = []
+
+    async def raced(aggregate: Aggregate, *, while_open: uuid.UUID | None = None) -> Recorded:
+        if twin:  # the other copy is recorded first
+            vote, key = twin.pop()
+            other: Ballot = app.repository.get(aggregate.id)
+            if vote is None:
+                other.withdraw(key)
+            else:
+                other.revise(vote, key)
+            app.save(other)
+        return await append(aggregate, while_open=while_open)
+
+    app.writer.append = raced  # type: ignore[method-assign]
+    twin.append(({"choice": "b"}, "k-1"))
+    receipt = await app.cast_ballot(election_id, voter, {"choice": "b"}, "k-1")
+    assert (receipt.version, receipt.replayed) == (2, True)
+    twin.append(({"choice": "a"}, "k-2"))  # the same key, another ballot: 422
+    with pytest.raises(IdempotencyKeyReused):
+        await app.cast_ballot(election_id, voter, {"choice": "b"}, "k-2")
+    twin.append(({"choice": "b"}, "k-3"))  # another change: 409
+    with pytest.raises(ConcurrentRevision):
+        await app.cast_ballot(election_id, voter, {"choice": "a"}, "k-4")
+    twin.append((None, "k-5"))
+    withdrawn = await app.withdraw_ballot(election_id, voter, "k-5")
+    assert (withdrawn.version, withdrawn.replayed) == (5, True)
 
 
 async def test_a_title_is_required() -> None:
