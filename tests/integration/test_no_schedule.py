@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.integration.client import VotingClient, assert_problem, bearer
-from tests.servers import ADMIN
+from tests.servers import ADMIN, AUDITOR
 
 LATER = "2030-01-01T00:00:00Z"
 
@@ -112,3 +112,41 @@ async def test_the_contract_says_open_and_close_act_at_once(http: httpx.AsyncCli
     assert schema["additionalProperties"] is False
     assert schema["properties"] == {}
     assert "Nothing is scheduled" in schema["description"]
+
+
+@pytest.mark.parametrize("name", ["opens_at", "closes_at", "starts_at", "ends_at", "deadline"])
+async def test_an_election_created_with_a_time_is_told_how_to_open_and_close(
+    http: httpx.AsyncClient, name: str
+) -> None:
+    body = {
+        "title": "Scheduled",
+        "method": "plurality",
+        "options": [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}],
+        name: LATER,
+    }
+    response = await http.post("/api/elections", json=body, headers=bearer(ADMIN))
+    problem = assert_problem(response, 422, f"{name}: Extra inputs are not permitted")
+    assert "POST /api/elections/{id}/open and POST /api/elections/{id}/close" in (problem["detail"])
+    assert problem["field"] == name
+    # Any other unknown field is refused as before, with nothing added.
+    body.pop(name)
+    response = await http.post(
+        "/api/elections", json={**body, "colour": "red"}, headers=bearer(ADMIN)
+    )
+    problem = assert_problem(response, 422, "colour: Extra inputs are not permitted")
+    assert "schedule" not in problem["detail"]
+
+
+async def test_results_at_a_time_are_told_at_is_a_log_position(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    election_id = await voting.open_election()
+    response = await http.get(
+        f"/api/elections/{election_id}/results",
+        params={"at": "2026-12-06T20:23:00Z"},
+        headers=bearer(AUDITOR),
+    )
+    problem = assert_problem(response, 422, "at must be a whole number")
+    assert "at is a log position (the position in receipts and results" in problem["detail"]
+    assert "not a time" in problem["detail"]
+    assert problem["field"] == "at"
