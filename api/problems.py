@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.responses import ProblemResponse, problem, problem_body
+from api.schemas import unknown_field_hint
 from domain import errors
 from domain.ports import HeldBack, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
@@ -110,7 +111,17 @@ def domain_error(request: Request, exc: Exception) -> Response:
 
 def _domain(exc: errors.CardinalError) -> dict[str, Any]:
     status = next(code for kind, code in STATUS if isinstance(exc, kind))
-    return problem_body(status, exc.title, exc.detail, field=exc.field)
+    detail = exc.detail
+    if isinstance(exc, errors.InvalidRequest) and exc.field in MEANINGS:
+        detail = f"{detail}: {MEANINGS[exc.field]}"
+    return problem_body(status, exc.title, detail, field=exc.field)
+
+
+# Query parameters whose name can be read as something they are not: a refusal that names
+# one says what it is.
+MEANINGS = {
+    "at": "at is a log position (the position in receipts and results: a whole number), not a time",
+}
 
 
 def validation_error(request: Request, exc: Exception) -> Response:
@@ -127,7 +138,7 @@ def _invalid(exc: pydantic.ValidationError, within: str = "") -> dict[str, Any]:
         reason = exc.errors()[0].get("ctx", {}).get("error", "it could not be parsed")
         return problem_body(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
     issues = [
-        {"field": _location(e["loc"], within), "message": _message(e)}
+        {"field": _location(e["loc"], within), "message": _message(e, exc.title)}
         for e in exc.errors(include_url=False)
     ]
     first = issues[0]
@@ -199,7 +210,11 @@ class Faults:
         return sum(count for _, count in self._met.values())
 
 
-def _message(error: Any) -> str:
+def _message(error: Any, model: str = "") -> str:
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+        hint = unknown_field_hint(model, str(error["loc"][0]))
+        if hint is not None:
+            return f"{error['msg']}: {hint}"
     if error["type"] == "string_unicode":
         return "contains a lone surrogate (an unpaired UTF-16 escape); use valid Unicode text"
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):

@@ -129,6 +129,28 @@ class ElectionIn(Strict):
     ] = None
 
 
+# Fields sent by a client that takes an election to run on a schedule: refused as unknown
+# like any other (an election has no times), with what to do instead added to the 422.
+SCHEDULE_FIELDS = frozenset(
+    {"opens_at", "closes_at", "starts_at", "ends_at", "start", "end", "deadline"}
+    | {"open_at", "close_at", "start_at", "end_at", "start_time", "end_time", "opens"}
+    | {"closes", "starts", "ends", "schedule", "open_until", "voting_ends", "voting_starts"}
+)
+NO_SCHEDULE = (
+    "an election has no schedule: it is opened and closed at once, by POST "
+    "/api/elections/{id}/open and POST /api/elections/{id}/close; call each at the moment "
+    "wanted"
+)
+
+
+def unknown_field_hint(model: str, name: str) -> str | None:
+    """What to add to the refusal of ``name``, a field ``model`` (a body's class name) does
+    not take: what the sender was after, where the API does it (None: nothing to add)."""
+    if model == ElectionIn.__name__ and name.lower() in SCHEDULE_FIELDS:
+        return NO_SCHEDULE
+    return None
+
+
 class TokensIn(Strict):
     count: Annotated[int, Field(ge=1, le=MAX_TOKENS_PER_ISSUE)]
 

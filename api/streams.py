@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from api import tokens
 from api.problems import QUOTA_EXCEEDED
 from api.responses import ProblemResponse, problem
 
@@ -274,8 +275,13 @@ class EventStream:
                 return
             while not (closing.is_set() or gone.done()):
                 # An access token's stream ends when the token does (it was checked once,
-                # at the start): the client reconnects with a fresh one.
-                left = HEARTBEAT if self.until is None else self.until - time.time()
+                # at the start): the client reconnects with a fresh one. The token does
+                # at the end of its clock grace, as verify has it, not at its exp.
+                left = (
+                    HEARTBEAT
+                    if self.until is None
+                    else tokens.accepted_until(self.until) - time.time()
+                )
                 if left <= 0:
                     break
                 woken = asyncio.ensure_future(subscriber.ready.wait())

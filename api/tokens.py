@@ -18,7 +18,9 @@ ISSUER = "cardinal-vote"
 AUDIENCE = "cardinal-vote-api"
 ALGORITHM = "HS256"
 LIFETIME = 900
-# Clocks of several API hosts differ a little; a few seconds of grace, not minutes.
+# Clocks of several API hosts differ a little; a few seconds of grace, not minutes. A
+# token is accepted until LEEWAY seconds after its exp, and what it opened (a stream) runs
+# as long: see accepted_until.
 LEEWAY = 10
 REQUIRED = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "role"]
 
@@ -59,6 +61,14 @@ class AccessTokens:
         except jwt.PyJWTError:
             return None
         return claims
+
+
+def accepted_until(expires: float) -> float:
+    """The last moment (epoch seconds) a token that expires at ``expires`` is accepted:
+    ``verify`` allows LEEWAY after exp, and whatever ends with the token ends then too,
+    not at exp (a stream accepted in the grace would end at once, and be reconnected in a
+    loop until the grace was over)."""
+    return expires + LEEWAY
 
 
 def looks_like_jwt(token: str) -> bool:

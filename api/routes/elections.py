@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 from uuid import UUID
 
 from starlette.requests import Request
@@ -16,9 +16,9 @@ from api import context, documents
 from api.auth import check_reader
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID
-from api.problems import Forbidden
+from api.problems import Forbidden, MalformedBody
 from api.responses import JSONResponse
-from api.schemas import ElectionIn, TokensIn
+from api.schemas import ElectionIn, Strict, TokensIn
 from api.views import election_view
 from domain.application import VotingApplication, creation_order
 from domain.errors import ElectionNotFound, InvalidRequest
@@ -91,11 +91,69 @@ async def create(request: Request) -> Response:
     )
 
 
+class AtOnce(Strict):
+    """No body, or {}: the election is opened (closed) at once, when the call is made.
+    Nothing is scheduled (there are no opening or closing times): call it at the moment
+    wanted. Any field is refused with 422, and nothing changes."""
+
+
+# What open and close do, for the refusal of a body that asks them to wait.
+_AT_ONCE = {
+    "open": ("opens", "opening", "begin"),
+    "close": ("closes", "closing", "end"),
+}
+SHOWN_FIELDS = 5
+
+
+async def _at_once(request: Request, action: str) -> None:
+    """Refuse (422, before anything is changed) a body other than none or {}. Open and
+    close act at once and cannot be undone (a close least of all): a body such as
+    {"closes_at": ...} asks for a schedule that does not exist, and acting on the call
+    anyway would end voting there and then."""
+    raw = await request.body()
+    if not raw.strip():
+        return
+    sent = _fields(raw, request.headers.get("content-type", ""))
+    if sent == []:
+        return  # {}: asks for nothing (whatever Content-Type it came with)
+    does, doing, moment = _AT_ONCE[action]
+    why = (
+        f"{doing} cannot be scheduled: POST /api/elections/{{id}}/{action} {does} the election "
+        f"at once, when it is called; call it at the moment voting should {moment}, with no "
+        "body (or {}). Nothing was changed"
+    )
+    if not sent:
+        raise InvalidRequest(f"the request body is not taken here: {why}")
+    shown = ", ".join(sent[:SHOWN_FIELDS]) + (", ..." if len(sent) > SHOWN_FIELDS else "")
+    raise InvalidRequest(f"{shown}: {why}", field=sent[0])
+
+
+def _fields(raw: bytes, content_type: str) -> list[str] | None:
+    """The field names a body sends (JSON, or a form), as far as they can be read; None
+    if none can."""
+    try:
+        document = context.json_document(raw)
+    except MalformedBody:
+        document = None
+    if isinstance(document, dict):
+        return [str(name)[:64] for name in document]
+    kind = content_type.partition(";")[0].strip().lower()
+    if document is None and kind == "application/x-www-form-urlencoded":
+        try:
+            form = parse_qs(raw.decode(), keep_blank_values=True, max_num_fields=100)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return [name[:64] for name in form] or None
+    return None
+
+
 @operation(
     Operation(
         "openElection",
-        "Open an election for ballots (admin)",
+        "Open an election for ballots, at once (admin)",
         "elections",
+        body=AtOnce,
+        body_required=False,
         ok=documents.ElectionChange,
         errors=(403, 404, 409),
         params=(ELECTION_ID,),
@@ -104,6 +162,7 @@ async def create(request: Request) -> Response:
 )
 async def open_election(request: Request) -> Response:
     context.auth(request).require(request, "admin")
+    await _at_once(request, "open")
     app = context.services(request).app
     receipt = await app.open_election(context.election_id(request))
     election = await app.election(receipt.id)
@@ -113,8 +172,10 @@ async def open_election(request: Request) -> Response:
 @operation(
     Operation(
         "closeElection",
-        "Close an election: ballots after this are refused (admin)",
+        "Close an election, at once: ballots after this are refused (admin)",
         "elections",
+        body=AtOnce,
+        body_required=False,
         ok=documents.ElectionChange,
         errors=(403, 404, 409),
         params=(ELECTION_ID,),
@@ -123,6 +184,7 @@ async def open_election(request: Request) -> Response:
 )
 async def close_election(request: Request) -> Response:
     context.auth(request).require(request, "admin")
+    await _at_once(request, "close")
     app = context.services(request).app
     receipt = await app.close_election(context.election_id(request))
     election = await app.election(receipt.id)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 import uvicorn
@@ -330,13 +331,15 @@ async def test_one_view_per_election_and_rights_feeds_every_reader(database_url:
 
 
 async def test_a_stream_ends_when_its_access_token_does(
-    voting: VotingClient, http: httpx.AsyncClient
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An access token was checked once, when its stream began: a stream opened at its
     14th minute lasted for good, admin-only results included (review helper-38)."""
+    from api import tokens
     from api.tokens import AccessTokens
     from tests.servers import ADMIN_EMAIL, JWT_KEY
 
+    monkeypatch.setattr(tokens, "LEEWAY", 1)  # the stream runs through the grace: keep it short
     election_id = await voting.open_election("plurality")
     token = AccessTokens(JWT_KEY, lifetime=2).issue(ADMIN_EMAIL, "admin")
     async with stream(
@@ -345,6 +348,34 @@ async def test_a_stream_ends_when_its_access_token_does(
         await events.next()
         with pytest.raises(AssertionError, match="the stream ended"):
             await _to_the_end(events)
+
+
+async def test_a_stream_runs_as_long_as_its_token_is_accepted(
+    voting: VotingClient, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token is accepted up to LEEWAY after its expiry (clock grace), but its stream
+    ended at the expiry: one opened in the grace ended at once, and a browser reconnected
+    every 2 s until the grace ran out (review). It runs until the token stops being
+    accepted, and no longer."""
+    from api import tokens
+    from tests.servers import ADMIN_EMAIL, JWT_KEY
+
+    monkeypatch.setattr(tokens, "LEEWAY", 4)  # one constant: acceptance and the stream's end
+    election_id = await voting.open_election("plurality")
+    token = tokens.AccessTokens(JWT_KEY, lifetime=-1).issue(ADMIN_EMAIL, "admin")  # expired
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    accepted_until = expires + tokens.LEEWAY
+    async with stream(
+        http, f"/api/elections/{election_id}/results/stream", bearer(token)
+    ) as events:
+        await events.next()
+        with pytest.raises(AssertionError, match="the stream ended"):
+            await _to_the_end(events)
+        ended = time.time()
+    assert ended >= accepted_until - 0.5, ended - accepted_until
+    # The token is refused now: the stream did not outlive it.
+    refused = await http.get(f"/api/elections/{election_id}/results", headers=bearer(token))
+    assert_problem(refused, 401, "this access token is not valid")
 
 
 async def _to_the_end(events: Events) -> None:
