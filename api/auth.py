@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from uuid import UUID
 
 from starlette.requests import Request
 
 from api.problems import Forbidden, Unauthorized
 from api.tokens import AccessTokens, looks_like_jwt
+from domain.application import VotingApplication
 from domain.election import Election
 from infra.runtime.settings import Settings
 from infra.runtime.voters import is_voter_token
@@ -90,14 +92,19 @@ class Authenticator:
         raise Forbidden(f"{who} may not do this; it needs the {' or '.join(roles)} role")
 
 
-def check_reader(
-    principal: Principal, election: Election, credential: Callable[[str], str]
-) -> None:
-    """Anyone with a role may read an election; a voter token, only the token election
-    it was issued for (it is not checked anywhere else, so this is where an unknown one
-    is turned away)."""
+async def readable_election(
+    principal: Principal,
+    app: VotingApplication,
+    election_id: UUID,
+    credential: Callable[[str], str],
+) -> Election:
+    """The election, if this caller may read it: anyone with a role may read an election;
+    a voter token, only the token election it was issued for (it is not checked anywhere
+    else, so this is where an unknown one is turned away, once the store was asked: it
+    may have been issued through another process a moment ago)."""
     if principal.voter_token is not None:
-        election.check_token_holder(credential(principal.voter_token))
+        return await app.token_holder_election(election_id, credential(principal.voter_token))
+    return await app.election(election_id)
 
 
 def _digest(token: str) -> bytes:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context, documents
-from api.auth import check_reader
+from api.auth import readable_election
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID
 from api.problems import Forbidden, MalformedBody
@@ -322,6 +322,7 @@ async def get_election(request: Request) -> Response:
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
     services = context.services(request)
-    election = await services.app.election(election_id)
-    check_reader(principal, election, partial(services.voter_keys.credential, election_id))
+    election = await readable_election(
+        principal, services.app, election_id, partial(services.voter_keys.credential, election_id)
+    )
     return JSONResponse(election_view(election))

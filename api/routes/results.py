@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context, documents, recounts, tabulations
-from api.auth import Principal, check_reader
+from api.auth import Principal, readable_election
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden
@@ -168,11 +168,15 @@ async def _reader(request: Request) -> tuple[UUID, Election, Principal]:
         principal = Principal()
     else:
         principal = authenticator.identify(request)
-        election = await services.app.election(election_id)
-    # Whether this caller may read this election at all comes first: a made-up voter token
-    # learnt from "not published yet" what kind of election it was, and whether it had
-    # closed (review helper-38).
-    check_reader(principal, election, partial(services.voter_keys.credential, election_id))
+        # Whether this caller may read this election at all comes first: a made-up voter
+        # token learnt from "not published yet" what kind of election it was, and whether
+        # it had closed (review helper-38).
+        election = await readable_election(
+            principal,
+            services.app,
+            election_id,
+            partial(services.voter_keys.credential, election_id),
+        )
     exact = principal.can_act_as("auditor")
     hidden = (
         election.rules.results_visibility is ResultsVisibility.AFTER_CLOSE

@@ -146,3 +146,17 @@ async def test_a_keyed_batch_sent_twice_at_once_records_each_ballot_once(
         assert not refused, (len(refused), refused[:3])
         for first, other in zip(*results, strict=True):
             assert first["position"] == other["position"]
+
+
+async def test_a_token_issued_through_one_process_reads_its_election_through_another(
+    voting: VotingClient, second: VotingClient
+) -> None:
+    """GET the election and its results: the same 403 as a ballot met (api/auth.py)."""
+    late = await voting.create_election(eligibility="tokens", late_tokens=True)
+    await voting.open(late["id"])
+    await second.http.get(f"/api/elections/{late['id']}", headers=bearer(CLIENT))  # cached
+    for n in range(ROUNDS):
+        (token,) = await voting.issue_tokens(late["id"], 1)
+        path = f"/api/elections/{late['id']}" + ("/results" if n % 2 else "")
+        read = await second.http.get(path, headers=bearer(token))
+        assert read.status_code == 200, read.text
