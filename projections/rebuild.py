@@ -64,6 +64,10 @@ class RebuildRefused(Exception):
     """A rebuild cannot start (another is running, or the projection has no version)."""
 
 
+class RebuildRunning(RebuildRefused):
+    """Another rebuild of the same projection holds its rebuild lock, in any process."""
+
+
 @dataclass
 class Progress:
     version: int
@@ -95,6 +99,22 @@ async def rebuild_running(conn: AsyncConnection[Any], name: str) -> bool:
     return False
 
 
+async def running_detail(conn: AsyncConnection[Any], name: str) -> str:
+    """What a refusal says of the rebuild of ``name`` that is running: the version it builds
+    and since when, as the registry has them (not yet, in its first moments)."""
+    cursor = await conn.execute(
+        "SELECT building_version, rebuild_started_at FROM projections "
+        "WHERE name = %s AND state = 'rebuilding'",
+        (name,),
+    )
+    row = await cursor.fetchone()
+    which = ""
+    if row is not None and row[0] is not None:
+        since = f", started {row[1].isoformat(timespec='seconds')}" if row[1] else ""
+        which = f" (version {row[0]}{since})"
+    return f"a rebuild of {name} is already running{which}; follow it in the status"
+
+
 class Rebuild:
     """Rebuilds one projection; ``run`` returns the new active version."""
 
@@ -105,11 +125,15 @@ class Rebuild:
         *,
         page_size: int = PAGE_SIZE,
         progress: Callable[[Progress], None] | None = None,
+        started: Callable[[int], None] | None = None,
     ) -> None:
         self.projection = projection
         self.pool = pool
         self.page_size = page_size
         self.progress = progress
+        # Told the new version once the lock is held and the registry says `rebuilding`:
+        # from then on this rebuild is the one running (how an HTTP request answers 202).
+        self.started = started
 
     @property
     def name(self) -> str:
@@ -120,10 +144,12 @@ class Rebuild:
             # Held for the whole rebuild, on a connection of its own: a second rebuild of
             # the same projection is refused, and a killed one releases it by dying.
             if not await _take_rebuild_lock(guard, self.name):
-                raise RebuildRefused(f"a rebuild of {self.name} is already running")
+                raise RebuildRunning(f"a rebuild of {self.name} is already running")
             try:
                 version, old = await self._start()
                 try:
+                    if self.started is not None:
+                        self.started(version)
                     await self._fill(version)
                     await self._switch(version)
                 except BaseException as error:

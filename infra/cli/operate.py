@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -29,10 +31,13 @@ from infra.cli.environment import (
 from infra.store.names import COMMAND_CONNECTION, CONNECT_TIMEOUT
 from projections import PROJECTIONS, projection
 from projections.rebuild import Progress as RebuildProgress
-from projections.rebuild import Rebuild, RebuildRefused
+from projections.rebuild import Rebuild, RebuildRefused, RebuildRunning
 from projections.status import projection_status
 
 console = Console()
+# `cardinal rebuild`'s exit status when another rebuild of the projection holds its lock
+# (1: refused otherwise, e.g. a projection with no live version yet).
+ALREADY_RUNNING = 3
 
 
 def add_commands(sub: Commands) -> None:
@@ -59,6 +64,16 @@ def add_commands(sub: Commands) -> None:
         default=20_000,
         help="log entries read per page (progress is reported per page)",
     )
+    rebuild.add_argument(
+        "--started-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="write one JSON line to this inherited file descriptor, then close it: "
+        '{"started": VERSION} once this rebuild holds the lock and the status says '
+        '`rebuilding`, or {"refused": WHY, "running": true|false} (how the API, which '
+        "starts it as a child, answers 202 or 409)",
+    )
     rebuild.set_defaults(
         command=run_rebuild,
         interrupted="the previous version keeps serving; run the rebuild again",
@@ -75,7 +90,9 @@ def run_rebuild(args: argparse.Namespace) -> int:
     settings = operator_settings()
     assert settings.database_url is not None
     return run_until_interrupted(
-        rebuild_with_progress(settings.database_url, args.name, args.page_size)
+        rebuild_with_progress(
+            settings.database_url, args.name, args.page_size, started_fd=args.started_fd
+        )
     )
 
 
@@ -121,7 +138,29 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
     return 0 if all(entry["state"] == "live" for entry in found) else 1
 
 
-async def rebuild_with_progress(database_url: str, name: str, page_size: int) -> int:
+class _Announcer:
+    """Says once, on ``fd`` (if any), whether this rebuild started or was refused."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def say(self, message: dict[str, object]) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # nobody listens any more: it goes on
+                os.write(self.fd, json.dumps(message).encode() + b"\n")
+        self.close()
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def rebuild_with_progress(
+    database_url: str, name: str, page_size: int, *, started_fd: int | None = None
+) -> int:
+    announcer = _Announcer(started_fd)
     pool = AsyncConnectionPool(
         database_url,
         min_size=2,
@@ -153,12 +192,21 @@ async def rebuild_with_progress(database_url: str, name: str, page_size: int) ->
                 )
 
             try:
-                job = Rebuild(projection(name), pool, page_size=page_size, progress=show)
+                job = Rebuild(
+                    projection(name),
+                    pool,
+                    page_size=page_size,
+                    progress=show,
+                    started=lambda version: announcer.say({"started": version}),
+                )
                 version = await job.run()
             except RebuildRefused as refused:
+                running = isinstance(refused, RebuildRunning)
+                announcer.say({"refused": str(refused), "running": running})
                 console.print(f"[red]{refused}[/red]")
-                return 1
+                return ALREADY_RUNNING if running else 1
         console.print(f"{name}: version {version} is live; the previous version was dropped")
         return 0
     finally:
+        announcer.close()  # unsaid if it stopped before it started (its error is logged)
         await pool.close()
