@@ -52,11 +52,21 @@ def election_id(request: Request) -> UUID:
         parsed = UUID(raw)
     except ValueError:
         raise ElectionNotFound(raw) from None
-    if len(_ELECTION_IDS) < KNOWN_IDS:  # the ballot hot path parses the same few ids
+    # The ballot hot path parses the same few ids: each is remembered once its election is
+    # known to this process, and only as written canonically. Unknown ids (404s, ids made
+    # up at random to fill it) and other spellings of a known one (upper case, braces) are
+    # parsed each time, so they never take the room of a real election's (the soak review).
+    if (
+        len(_ELECTION_IDS) < KNOWN_IDS
+        and parsed in services(request).app.known
+        and raw == str(parsed)
+    ):
         _ELECTION_IDS[raw] = parsed
     return parsed
 
 
+# At most one entry per election this process knows of; past this many elections, the
+# later ones are parsed each time.
 KNOWN_IDS = 4096
 _ELECTION_IDS: dict[str, UUID] = {}
 
