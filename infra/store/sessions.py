@@ -3,6 +3,8 @@
 A sign-in starts a *family*. Each refresh uses its token up and issues the next one in the
 same family; presenting a used token again means a copy is in someone else's hands, so
 the whole family is revoked (both holders must sign in again). A logout revokes the family.
+A row is deleted once expired (by the next sign-in or refresh), not before: until then a
+used token presented again still revokes its family.
 Each token carries the account's *generation* (api/edge.py): a token of another generation
 (the administrator's password or the signing key changed since) is used up and refused.
 """
@@ -27,7 +29,16 @@ REVOKE_FAMILY = """
 UPDATE refresh_tokens SET revoked_at = now()
 WHERE family = (SELECT family FROM refresh_tokens WHERE digest = %s) AND revoked_at IS NULL
 """
+# Each sign-in and refresh also deletes the rows past their expiry, which nothing can use
+# again: a used (or revoked) row stays until then, so a used token presented again within
+# its lifetime still finds its family and revokes it; after, it is refused like any unknown
+# token (it had expired anyway). Rows another transaction holds are left for the next time.
 INSERT = """
+WITH expired AS (
+    DELETE FROM refresh_tokens WHERE digest IN (
+        SELECT digest FROM refresh_tokens WHERE expires_at <= now() FOR UPDATE SKIP LOCKED
+    )
+)
 INSERT INTO refresh_tokens (digest, family, subject, expires_at, generation)
 VALUES (%s, %s, %s, now() + %s, %s)
 """

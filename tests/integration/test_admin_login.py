@@ -101,6 +101,66 @@ async def test_refresh_tokens_rotate_and_a_reused_one_ends_the_sign_in(
     assert_problem(latest, 401, "sign in again")
 
 
+def _expired_rows(database_url: str) -> list[bytes]:
+    """Rows past their expiry, used, revoked or neither: nothing can use them again."""
+    digests = [uuid.uuid4().bytes * 2 for _ in range(3)]
+    family = uuid.uuid4()
+    with psycopg.connect(database_url) as conn:
+        kinds = zip(digests, (True, False, False), (False, True, False), strict=True)
+        for digest, used, revoked in kinds:
+            conn.execute(
+                "INSERT INTO refresh_tokens (digest, family, subject, issued_at, expires_at,"
+                " used_at, revoked_at) VALUES (%s, %s, %s, now() - interval '13 hours',"
+                " now() - interval '1 hour', CASE WHEN %s THEN now() - interval '12 hours' END,"
+                " CASE WHEN %s THEN now() - interval '2 hours' END)",
+                (digest, family, ADMIN_EMAIL, used, revoked),
+            )
+    return digests
+
+
+def _still_stored(database_url: str, digests: list[bytes]) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM refresh_tokens WHERE digest = ANY(%s)", (digests,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_expired_refresh_tokens_go_and_a_reused_one_still_ends_the_sign_in(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    """Nothing deleted a row before (the soak review): one per sign-in and refresh, forever.
+    A sign-in or a refresh now deletes the expired ones; a used one is kept until its own
+    expiry, so presenting it again still ends its sign-in."""
+    first = (await _login(http)).json()
+    rotated = await http.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert rotated.status_code == 200, rotated.text
+    old = _expired_rows(database_url)
+    assert _still_stored(database_url, old) == 3
+    other = (await _login(http)).json()  # a sign-in deletes them
+    assert _still_stored(database_url, old) == 0
+    old = _expired_rows(database_url)
+    refreshed = await http.post("/api/auth/refresh", json={"refresh_token": other["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text  # and so does a refresh
+    assert _still_stored(database_url, old) == 0
+    with psycopg.connect(database_url) as conn:
+        expired = conn.execute("SELECT count(*) FROM refresh_tokens WHERE expires_at <= now()")
+        assert expired.fetchone() == (0,)
+    # The used token, not expired, was kept: presented again, it ends its sign-in.
+    replay = await http.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert_problem(replay, 401, "sign in again")
+    latest = await http.post(
+        "/api/auth/refresh", json={"refresh_token": rotated.json()["refresh_token"]}
+    )
+    assert_problem(latest, 401, "sign in again")
+    # The other sign-in is untouched.
+    again = await http.post(
+        "/api/auth/refresh", json={"refresh_token": refreshed.json()["refresh_token"]}
+    )
+    assert again.status_code == 200, again.text
+
+
 async def test_logout_revokes_the_refresh_token(http: httpx.AsyncClient) -> None:
     tokens = (await _login(http)).json()
     out = await http.post("/api/auth/logout", json={"refresh_token": tokens["refresh_token"]})
