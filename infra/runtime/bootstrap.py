@@ -193,7 +193,7 @@ async def running_services(
     reads = _pool(url, max_size=READS_POOL, wait=READ_WAIT, name="reads")
     await reads.open(wait=False)
     writer.start()
-    feed = ElectionFeed(app, url)
+    feed = ElectionFeed(app, url, reads=reads)
     await feed.start()
     positions = PositionWatcher(url, reads)
     await positions.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +20,7 @@ import psycopg
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from domain.application import VotingApplication
 from domain.election import Election
@@ -36,6 +38,7 @@ MIN_SCAN_INTERVAL = 0.05
 # a listing for it after. Until it is loaded, /api/ready answers 503.
 START_WAIT = 5.0
 LISTING_WAIT = 1.0
+SYNC_WAIT = 2.0  # for a sync's catch-up (behind the follower's, if it holds the scan)
 NOT_LOADED = "the elections are still being loaded from the event store; retry in a few seconds"
 SELECT = f"""
 SELECT notification_id, originator_id, originator_version, topic, state
@@ -60,7 +63,11 @@ class ElectionFeed:
     """Loads every election at start, then follows new election events."""
 
     def __init__(
-        self, app: VotingApplication, database_url: str, poll_interval: float = 1.0
+        self,
+        app: VotingApplication,
+        database_url: str,
+        poll_interval: float = 1.0,
+        reads: AsyncConnectionPool | None = None,
     ) -> None:
         self.app = app
         self.database_url = database_url
@@ -68,6 +75,13 @@ class ElectionFeed:
         self.position = 0
         self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One catch-up at a time (the follower's or a sync's), and when the last one that
+        # completed started: a sync asked before that has nothing left to wait for.
+        self._scanning = asyncio.Lock()
+        self._scanned_from = float("-inf")
+        self.reads = reads
+        if reads is not None:
+            app.catch_up = self.sync
 
     async def start(self, wait: float | None = None) -> None:
         """Start following, and return once every election in the log is loaded (or after
@@ -107,7 +121,7 @@ class ElectionFeed:
                     listen = sql.SQL("LISTEN {}").format(sql.Identifier(ELECTIONS_CHANNEL))
                     await conn.execute(listen)
                     while True:
-                        await self._catch_up(conn)
+                        await self._scan(conn)
                         self.loaded.set()
                         await self._wait_for_notify(conn)
             except asyncio.CancelledError:
@@ -116,6 +130,34 @@ class ElectionFeed:
                 # Before migrations, or the database is restarting: try again shortly.
                 log.debug("election feed waiting for the store: %s", error)
                 await asyncio.sleep(self.poll_interval)
+
+    async def sync(self) -> None:
+        """Return once every election event recorded before this call is applied here: a
+        catch-up that started after the call has completed (this one's, on a connection of
+        the reads pool, or another's it waited behind). It costs a read of what is new in
+        the log since the last catch-up, not of any election: a voter token another process
+        issued a moment ago is looked for so (``VotingApplication.token_holder_election``).
+        StoreUnavailable if the store does not answer."""
+        asked = time.monotonic()
+        assert self.reads is not None
+        try:
+            async with asyncio.timeout(SYNC_WAIT), self._scanning:
+                if self._scanned_from >= asked:
+                    return  # one that started after the call completed meanwhile
+                started = time.monotonic()
+                async with self.reads.connection() as conn:
+                    await self._catch_up(conn)
+                self._scanned_from = started
+        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+            raise StoreUnavailable(
+                "the event store did not answer in time; try again in a few seconds"
+            ) from error
+
+    async def _scan(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with self._scanning:
+            started = time.monotonic()
+            await self._catch_up(conn)
+            self._scanned_from = started
 
     async def _catch_up(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Every row up to the visible head has committed (inserts hold the table lock until

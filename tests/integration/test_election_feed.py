@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from uuid import UUID
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import ElectionStatus
+from domain.errors import NotEligible
 from domain.ports import StoreUnavailable
 from domain.rules import ElectionRules
 from infra.store import open_application
@@ -23,6 +25,12 @@ from infra.store.writer import GroupCommitWriter
 
 RULES = ElectionRules.create(
     options=[{"id": "a", "label": "A"}, {"id": "b", "label": "B"}], method="plurality"
+)
+TOKEN_RULES = ElectionRules.create(
+    options=[{"id": "a", "label": "A"}, {"id": "b", "label": "B"}],
+    method="plurality",
+    eligibility="tokens",
+    late_tokens=True,
 )
 
 
@@ -119,4 +127,50 @@ async def test_a_feed_that_cannot_load_answers_listings_with_503(
             await feed.complete()
     finally:
         await feed.stop()
+        watching.close()
+
+
+async def test_a_voter_token_miss_reads_what_is_new_in_the_log_not_the_election(
+    fresh_database_url: str, writing: VotingApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token the cache lacks was looked for by reading its whole election again: a
+    made-up token's sender cost the server a read of the electorate (a million digests)
+    ten times a second per election, and the wait told the electorate's size (the merge
+    review). The feed's catch-up reads what is new instead: a token issued through
+    another process a moment ago is found, and no election is read for a miss."""
+    election_id = (await writing.create_election("tokens", TOKEN_RULES)).id
+    for batch in range(2):
+        digests = [f"digest-{batch}-{n}" for n in range(10_000)]
+        await writing.issue_voter_tokens(election_id, digests)
+    await writing.open_election(election_id)
+    watching = open_application(fresh_database_url)
+    watching.writer = writing.writer
+    reads = AsyncConnectionPool(fresh_database_url, min_size=1, max_size=2, open=False)
+    await reads.open()
+    # Polling once a minute, and the follower's wake-ups left out: only a sync can find it.
+    feed = ElectionFeed(watching, fresh_database_url, poll_interval=60, reads=reads)
+    await feed.start()
+    whole_reads = 0
+    load = writing.writer.load_election
+
+    async def counted(election_id: UUID) -> object:
+        nonlocal whole_reads
+        whole_reads += 1
+        return await load(election_id)
+
+    monkeypatch.setattr(writing.writer, "load_election", counted)
+    try:
+        assert watching.elections[election_id].status is ElectionStatus.OPEN
+        await feed.stop()  # the follower stopped: nothing but a sync brings news
+        await writing.issue_voter_tokens(election_id, ["issued-a-moment-ago"])
+        whole_reads = 0  # (the issue's own)
+        found = await watching.token_holder_election(election_id, "issued-a-moment-ago")
+        assert "issued-a-moment-ago" in found.voter_keys
+        for n in range(5):
+            with pytest.raises(NotEligible):
+                await watching.token_holder_election(election_id, f"made-up-{n}")
+        assert whole_reads == 0
+    finally:
+        await feed.stop()
+        await reads.close()
         watching.close()
