@@ -91,12 +91,27 @@ async def _take_rebuild_lock(conn: AsyncConnection[Any], name: str) -> bool:
     return row is not None and bool(row[0])
 
 
+# Whether a session holds TRY_LOCK's lock, read from pg_locks (a two-key advisory lock is
+# classid, objid, objsubid 2): looking takes no lock.
+HELD = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid = hashtext('cardinal-rebuild')::oid AND objid = hashtext(%s)::oid
+)
+"""
+
+
 async def rebuild_running(conn: AsyncConnection[Any], name: str) -> bool:
-    """Whether some process is rebuilding ``name`` now (it holds the rebuild lock)."""
-    if not await _take_rebuild_lock(conn, name):
-        return True
-    await conn.execute(UNLOCK, (name,))
-    return False
+    """Whether some process is rebuilding ``name`` now (it holds the rebuild lock). It
+    looks without taking the lock: taking it for a moment refused a rebuild starting
+    meanwhile as "already running", and a request cancelled between the lock and its
+    release left it held by a pooled connection, refusing every rebuild after (the merge
+    review)."""
+    cursor = await conn.execute(HELD, (name,))
+    row = await cursor.fetchone()
+    return row is not None and bool(row[0])
 
 
 async def running_detail(conn: AsyncConnection[Any], name: str) -> str:

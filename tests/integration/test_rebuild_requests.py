@@ -157,3 +157,28 @@ async def test_cardinal_rebuild_says_it_was_refused_and_exits_3_when_another_run
         "refused": "a rebuild of catalog is already running",
         "running": True,
     }
+
+
+async def test_looking_for_a_running_rebuild_takes_no_lock(database_url: str) -> None:
+    """The look took the lock and released it: a rebuild starting at that moment was
+    refused as "already running", and a request cancelled in between left a pooled
+    connection holding it, refusing every rebuild after (the merge review)."""
+    from projections.rebuild import rebuild_running
+
+    said: list[str] = []
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        execute = conn.execute
+
+        async def recorded(query: Any, params: Any = None, **kwargs: Any) -> Any:
+            said.append(str(query))
+            return await execute(query, params, **kwargs)
+
+        conn.execute = recorded  # type: ignore[method-assign]
+        assert await rebuild_running(conn, "tally") is False
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+            await other.execute(LOCK, ("tally",))
+            assert await rebuild_running(conn, "tally") is True
+            assert await rebuild_running(conn, "catalog") is False
+        assert await rebuild_running(conn, "tally") is False  # released with its session
+    assert said
+    assert not any("advisory_lock" in query for query in said), said
