@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -85,9 +84,14 @@ async def rebuild(request: Request) -> Response:
                 raise Conflict(await running_detail(conn, name))
         if previous is not None and previous.returncode is None:
             # Ours, done (or failed): it released the lock and is exiting. Waited
-            # for, so that this process still stops every child of its own at shutdown.
-            with contextlib.suppress(TimeoutError):
+            # for, so that this process still stops every child of its own at shutdown;
+            # one still not gone after STOP_WITHIN is killed (its work is over), not left
+            # untracked when the new child takes its place (the merge review).
+            try:
                 await asyncio.wait_for(previous.wait(), STOP_WITHIN)
+            except TimeoutError:
+                previous.kill()
+                await previous.wait()
         child, said = await _start(name, services.settings.environment())
         running[name] = child
     finally:

@@ -182,3 +182,35 @@ async def test_looking_for_a_running_rebuild_takes_no_lock(database_url: str) ->
         assert await rebuild_running(conn, "tally") is False  # released with its session
     assert said
     assert not any("advisory_lock" in query for query in said), said
+
+
+async def test_an_earlier_child_slow_to_exit_is_stopped_not_left_untracked(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new request waited STOP_WITHIN for this process's earlier child (done with the
+    lock, exiting), then took its place in the record whether it had gone or not: one
+    slow to exit was no longer stopped at shutdown (the merge review)."""
+    children: list[asyncio.subprocess.Process] = []
+
+    async def started(name: str, environment: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+        # The first child done with its rebuild but deaf to SIGTERM; the next a quick one.
+        code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        code += "time.sleep(120)" if not children else "pass"
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        children.append(child)
+        return child, {"started": 1}
+
+    monkeypatch.setattr(admin, "_start", started)
+    monkeypatch.setattr(admin, "STOP_WITHIN", 0.5)
+    try:
+        for _ in range(2):
+            response = await http.post(
+                "/api/admin/projections/tally/rebuild", headers=bearer(OPERATOR)
+            )
+            assert response.status_code == 202, response.text
+        assert children[0].returncode is not None  # stopped, not left running
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
