@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 LIFECYCLE_ATTEMPTS = 3
 MAX_BALLOTS_PER_VOTER = 16  # in one batch
-# A voter token this process's election does not know makes it read the election again,
-# at most once per this many seconds per election (misses meanwhile share the next read):
-# made-up tokens cost a wait, not a read each.
+# A voter token this process's election does not know makes it catch up with the log (the
+# election feed reads what is new), at most once per this many seconds per election
+# (misses meanwhile share the next catch-up): made-up tokens cost a wait and a small read.
 TOKEN_RELOAD_FLOOR = 0.1
 _SHUFFLE = random.SystemRandom().shuffle
 A = TypeVar("A", bound=Aggregate)
