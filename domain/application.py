@@ -158,10 +158,17 @@ class VotingApplication(Application[UUID]):
             pass
         else:
             return election
-        await asyncio.shield(self._token_reload(election_id))
-        election = await self.election(election_id)
+        election = await self._after_token_miss(election_id)
         election.check_token_holder(credential)
         return election
+
+    async def _after_token_miss(self, election_id: UUID) -> Election:
+        """The election once this process has caught up with the log as it was when asked:
+        the shared, floored catch-up of ``token_holder_election``, for a voter token that
+        the cached election does not hold (it may have been issued a moment ago through
+        another process). Raises what the catch-up met (the store away: StoreUnavailable)."""
+        await asyncio.shield(self._token_reload(election_id))
+        return await self.election(election_id)
 
     def _token_reload(self, election_id: UUID) -> asyncio.Task[None]:
         """The next re-read of this election, not started yet: it starts after the caller
@@ -347,13 +354,26 @@ class VotingApplication(Application[UUID]):
         request's. A ballot refused for a reason that says nothing about it (the store busy
         or away: the caller sends it again) holds back its voter's later ones (HeldBack),
         so that they are sent again after it, not overtaken.
+
+        A voter token the cached election does not hold (issued a moment ago through
+        another process: the ingest consumer's ballots, sent before the feed brought the
+        token here) is looked for as ``token_holder_election`` looks for it, before any
+        ballot of the batch is recorded: one shared, floored catch-up with the log, then
+        the check again. Where that catch-up fails (the store away), those voters' ballots
+        alone meet its error (sent again), not a refusal.
         """
         outcomes: list[Receipt | Exception | None] = [None] * len(ballots)
         try:
             election = await self._taking_ballots(election_id)
         except Exception as error:  # the caller decides what each error means
             return [error] * len(ballots)
-        placed, firsts, later = _first_casts(election, ballots, outcomes)
+        unchecked: Exception | None = None  # why a missed token could not be looked for
+        if _token_missed(election, ballots):
+            try:
+                election = await self._after_token_miss(election_id)
+            except Exception as error:  # the caller decides what each error means
+                unchecked = error
+        placed, firsts, later = _first_casts(election, ballots, outcomes, unchecked)
         try:
             recorded = await self.writer.append_each(firsts, while_open=election_id)
         except Exception as error:
@@ -604,14 +624,30 @@ class VotingApplication(Application[UUID]):
         return Receipt(aggregate.id, aggregate.version, recorded.position, digest=recorded.digest)
 
 
+def _token_missed(
+    election: Election, ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]]
+) -> bool:
+    """Whether a ballot's credential is not in the cached electorate (a token election's:
+    in a client election every credential is)."""
+    for voter, _, _ in ballots:
+        try:
+            election.check_eligible(voter.credential)
+        except NotEligible:
+            return True
+    return False
+
+
 def _first_casts(
     election: Election,
     ballots: Sequence[tuple[Voter, Mapping[str, Any], str | None]],
     outcomes: list[Receipt | Exception | None],
+    unchecked: Exception | None = None,
 ) -> tuple[list[int], list[list[DomainEventProtocol[UUID]]], dict[str, list[int]]]:
     """Each voter's first ballot of a batch, as its first-cast event (with its index), and
     each voter's later ballots' indices; a ballot the election refuses has its error in
-    ``outcomes`` (and a passing one holds back its voter's later ballots)."""
+    ``outcomes`` (and a passing one holds back its voter's later ballots). ``unchecked``:
+    the error that kept a missed voter token from being looked for in the log, the
+    outcome of a ballot whose token the election does not hold (not NotEligible)."""
     accepted: list[tuple[int, dict[str, Any]]] = []
     later: dict[str, list[int]] = {}  # a voter's ballots that wait for their first
     stalled: list[int] = []  # first ballots refused for a passing reason
@@ -629,6 +665,8 @@ def _first_casts(
         try:
             vote = election.accept_vote(voter, content).to_json()
         except Exception as error:
+            if unchecked is not None and isinstance(error, NotEligible):
+                error = unchecked  # not looked for: said as what stopped the look
             outcomes[index] = error
             if _retryable(error):
                 stalled.append(index)

@@ -524,6 +524,132 @@ async def test_a_token_election_takes_the_voter_token_in_the_message(ingest: Ing
     assert rows == (3, 3)  # each token's ballot once, though each message came twice
 
 
+async def test_a_voter_token_issued_a_moment_ago_through_another_process_is_taken(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer checked a voter token against its cached election only: a token issued
+    through an API process a moment before its ballot's message was consumed (before the
+    feed brought it here) was refused for good, 403 into the refused queue, where the HTTP
+    path looks for it in the log first. Now the batch catches up as the HTTP path does
+    (the feed's read of what is new, not the election): the token's ballots are cast, in
+    order; a made-up token is still refused, and reads no election."""
+    from domain.ballot import Ballot
+    from domain.rules import ElectionRules
+    from infra.runtime.voters import new_voter_token
+    from infra.store import open_application
+
+    services, keys = ingest.services, ingest.services.voter_keys
+    rules = ElectionRules.create(
+        options=OPTIONS, method="plurality", eligibility="tokens", late_tokens=True
+    )
+    election_id = (await services.app.create_election("Late tokens", rules)).id
+    await services.app.open_election(election_id)
+    assert ingest.database_url is not None
+    # The follower stopped: nothing but the catch-up a miss asks for brings the token here.
+    await services.feed.stop()
+    whole_reads = 0
+    load = services.writer.load_election
+
+    async def counted(election_id: UUID) -> Election | None:
+        nonlocal whole_reads
+        whole_reads += 1
+        return await load(election_id)
+
+    monkeypatch.setattr(services.writer, "load_election", counted)
+    other = open_application(ingest.database_url)  # another API process, on the same store
+    try:
+        token = new_voter_token()
+        await other.issue_voter_tokens(election_id, [keys.credential(election_id, token)])
+    finally:
+        other.close()
+    voted = {"election_id": str(election_id), "voter_token": token}
+    await publish(
+        AMQP_URL,
+        ingest.queue,
+        [
+            ("late-1", {**voted, "choice": "yes"}),
+            ("late-2", {**voted, "choice": "no"}),  # the same voter's later ballot: it counts
+            ("made-up", {"election_id": str(election_id), "voter_token": new_voter_token()}),
+        ],
+    )
+    refused = await take_all(ingest.queue + ".refused", 1)
+    assert [m.message_id for m in refused] == ["made-up"]
+    assert refused[0].headers["x-refusal-status"] == 403
+    voter = keys.for_token(election_id, token)
+    ballot = await until(
+        lambda: services.app.writer.load_ballot(ballot_id(election_id, voter.ballot_key)),
+        lambda found: found is not None and found.version == 2,
+    )
+    assert isinstance(ballot, Ballot)
+    assert ballot.vote == {"choice": "no"}
+    assert await queue_depth(ingest.queue + ".refused") == 0
+    assert whole_reads == 0  # the token was found, and the made-up one refused, by the feed
+
+
+async def test_a_batchs_missed_voter_tokens_share_one_catch_up_and_its_failure_is_sent_again() -> (
+    None
+):
+    """The bulk path's misses are looked for as the HTTP path's are: one catch-up for the
+    batch (not one per ballot), then the check again. A catch-up that fails (the store
+    away) is said for those ballots (503: the consumer sends them again, the voter's later
+    ones held back behind them), not a 403 that would refuse them for good; the other
+    voters' ballots are cast."""
+    from domain.application import VotingApplication
+    from domain.errors import NotEligible
+    from domain.ports import HeldBack
+    from domain.rules import ElectionRules
+
+    app = VotingApplication()  # in memory
+    rules = ElectionRules.create(
+        options=OPTIONS, method="plurality", eligibility="tokens", late_tokens=True
+    )
+    election_id = (await app.create_election("Tokens", rules)).id
+    await app.issue_voter_tokens(election_id, ["held"])
+    await app.open_election(election_id)
+    held, late = Voter("held", "held-key"), Voter("late", "late-key")
+    catch_ups = 0
+
+    async def away() -> None:
+        nonlocal catch_ups
+        catch_ups += 1
+        raise StoreUnavailable("the event store did not answer in time")
+
+    app.catch_up = away
+    outcomes = await app.cast_ballots(
+        election_id,
+        [
+            (late, {"choice": "yes"}, None),
+            (held, {"choice": "yes"}, None),
+            (late, {"choice": "no"}, None),
+            (Voter("made-up", "made-up-key"), {"choice": "no"}, None),
+        ],
+    )
+    assert catch_ups == 1
+    assert isinstance(outcomes[0], StoreUnavailable)
+    assert not isinstance(outcomes[1], Exception)
+    assert isinstance(outcomes[2], HeldBack)
+    assert isinstance(outcomes[3], StoreUnavailable)
+
+    async def brought() -> None:  # the feed brings what another process issued
+        nonlocal catch_ups
+        catch_ups += 1
+        (await app.election(election_id)).voter_keys.add("late")
+
+    app.catch_up = brought
+    await asyncio.sleep(0.11)  # past TOKEN_RELOAD_FLOOR
+    outcomes = await app.cast_ballots(
+        election_id,
+        [
+            (late, {"choice": "yes"}, None),
+            (late, {"choice": "no"}, None),
+            (Voter("made-up", "made-up-key"), {"choice": "no"}, None),
+        ],
+    )
+    assert catch_ups == 2
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Receipt", "Receipt", "NotEligible"]
+    assert isinstance(outcomes[2], NotEligible)
+
+
 @pytest.mark.parametrize("number", [b"1.0", b"1e0", b"-0.0", b"-2.0"])
 def test_a_message_takes_a_whole_number_written_with_a_fraction_as_http_does(
     number: bytes,
