@@ -37,7 +37,7 @@ from domain.ports import (
     StoreUnavailable,
     VersionConflict,
 )
-from domain.rules import ElectionRules, validate_title
+from domain.rules import ElectionRules, Eligibility, validate_title
 from domain.voter import Voter
 from domain.votes import parse_vote
 
@@ -629,6 +629,8 @@ def _token_missed(
 ) -> bool:
     """Whether a ballot's credential is not in the cached electorate (a token election's:
     in a client election every credential is)."""
+    if election.rules.eligibility is not Eligibility.TOKENS:
+        return False  # (the bulk path's usual case: no loop over its thousand ballots)
     for voter, _, _ in ballots:
         try:
             election.check_eligible(voter.credential)
