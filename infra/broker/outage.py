@@ -8,9 +8,11 @@ host:port (AMQP_URL)" and why (the first reason only: a broker that restarts und
 connected task closes the connection, "CONNECTION_FORCED", then refuses it, which used to
 be two warnings), once that it is back, and retries after 1 s doubling to ``CAP``; the
 client libraries' own line per failed attempt, and aiormq's ERROR and traceback per
-connection the broker closed as it stopped, are dropped (the caller sees the error
-anyway). The password in AMQP_URL is never logged. The saying and the backoff are
-``infra/outage.py``'s, shared with the store's outages (``infra/store/outage.py``).
+connection the broker closed as it stopped, and aio-pika's ERROR (with a DEBUG traceback)
+when a robust channel's close callback cannot reopen it on the closed connection, are
+dropped (the caller sees the error anyway). The password in AMQP_URL is never logged. The
+saying and the backoff are ``infra/outage.py``'s, shared with the store's outages
+(``infra/store/outage.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import errno
 import logging
 from urllib.parse import urlsplit
 
+from aio_pika.robust_channel import RobustChannel
 from aiormq.exceptions import ChannelInvalidStateError, ConnectionClosed
 
 from infra.outage import Outage as SharedOutage
@@ -42,6 +45,15 @@ _BROKER_GONE = (ConnectionClosed, ConnectionError, asyncio.IncompleteReadError)
 # the broker shutting down, or an operator closing it), which the owner says with its reason.
 _CLOSE_LINE = "Unexpected connection close from remote"
 _FORCED = 320
+
+
+# aio-pika's ERROR (and DEBUG traceback) when a callback fails. A robust channel's close
+# callback, as a stopping broker closes the connection, tries to reopen the channel on that
+# connection and meets aiormq's "RuntimeError: <Connection ...> closed": dropped for exactly
+# that (the robust connection reopens the channel once it reconnects, and the ingest
+# consumer says the outage); any other callback's error, or any other error, is kept.
+_CALLBACK_LOGGER = "aio_pika.tools"
+_CALLBACK_LINES = ("Callback %r error: %s: %s", "Full traceback for callback %r error")
 
 
 def where(amqp_url: str) -> str:
@@ -92,13 +104,35 @@ class _AttemptLines(logging.Filter):
         return not record.msg.startswith(self.templates)
 
 
+class _ChannelReopenLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in _CALLBACK_LINES or not isinstance(record.args, tuple):
+            return True
+        if not record.args:
+            return True
+        # (the callback is read now, as the line is logged: aio-pika deletes it just after)
+        callback = getattr(record.args[0], "callback", None)
+        if getattr(callback, "__name__", None) != "_on_close" or not isinstance(
+            getattr(callback, "__self__", None), RobustChannel
+        ):
+            return True
+        error = record.args[2] if len(record.args) == 3 else None
+        if record.exc_info:
+            error = record.exc_info[1]
+        return not (type(error) is RuntimeError and str(error).endswith(" closed"))
+
+
 def quiet_client_attempts() -> None:
-    """Drop aiormq's and aio-pika's line per failed connection attempt (idempotent); their
+    """Drop aiormq's and aio-pika's line per failed connection attempt, and aio-pika's when
+    a robust channel cannot reopen on a connection the broker closed (idempotent); their
     other lines, and every other logger, are untouched."""
     for name, templates in _ATTEMPT_LINES.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _AttemptLines) for f in logger.filters):
             logger.addFilter(_AttemptLines(templates))
+    callbacks = logging.getLogger(_CALLBACK_LOGGER)
+    if not any(isinstance(f, _ChannelReopenLines) for f in callbacks.filters):
+        callbacks.addFilter(_ChannelReopenLines())
 
 
 class Outage(SharedOutage):

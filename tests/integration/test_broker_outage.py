@@ -16,8 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aio_pika.robust_channel import RobustChannel
+from aio_pika.tools import OneShotCallback
 from prometheus_client import REGISTRY
 
+from infra.broker.outage import quiet_client_attempts
 from infra.ingest.service import consume_forever, ingester, run_ingest
 from infra.runtime.bootstrap import running_services, running_workers
 from infra.runtime.settings import Settings, SettingsError
@@ -213,6 +216,7 @@ async def test_a_standalone_ingest_says_a_broker_lost_mid_run_once_and_its_retur
     )
     where = f"RabbitMQ at 127.0.0.1:{node.port} (AMQP_URL)"
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="aio_pika.tools")  # (its tracebacks are DEBUG)
     ingest = asyncio.create_task(run_ingest(settings, metrics_port=None))
     try:
         assert await _until(lambda: _gauge("ingest") == 1 and "consuming" in caplog.text, 30), (
@@ -241,6 +245,41 @@ async def test_a_standalone_ingest_says_a_broker_lost_mid_run_once_and_its_retur
     assert [line for line in ours if "reachable again" in line or "connected" in line] == [
         f"INFO infra.ingest.consumer: ingest: {where} reachable again"
     ], text
+    # No ERROR, and no traceback, for an outage the process handles (the old code: aio-pika's
+    # "Callback <RobustChannel._on_close> error: RuntimeError: <Connection ...> closed", an
+    # ERROR, and its traceback at DEBUG, as the robust channel tried to reopen on the
+    # connection the stopping broker had closed).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], text
+
+
+async def test_only_a_robust_channels_reopen_on_a_closed_connection_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aio-pika's callback errors are kept unless they are exactly a robust channel's close
+    callback meeting aiormq's "<Connection ...> closed" (a broker going away)."""
+    quiet_client_attempts()
+    log = logging.getLogger("aio_pika.tools")
+    caplog.set_level(logging.DEBUG, logger="aio_pika.tools")
+    closed = RuntimeError('<Connection: "amqp://guest:******@127.0.0.1:5672/" at 0x1> closed')
+
+    async def other(*_: object) -> None:
+        pass
+
+    channel = RobustChannel.__new__(RobustChannel)  # (never opened: only its bound method)
+    cases = [
+        (OneShotCallback(channel._on_close), closed, False),
+        (OneShotCallback(channel._on_close), RuntimeError("something else"), True),
+        (OneShotCallback(channel._on_close), ValueError("x closed"), True),
+        (OneShotCallback(other), closed, True),
+    ]
+    for callback, error, kept in cases:
+        caplog.clear()
+        log.error("Callback %r error: %s: %s", callback, type(error).__name__, error)
+        try:
+            raise error
+        except Exception:
+            log.debug("Full traceback for callback %r error", callback, exc_info=True)
+        assert len(caplog.records) == (2 if kept else 0), (error, caplog.text)
 
 
 @pytest.mark.parametrize(
