@@ -104,6 +104,20 @@ async def test_every_operation_says_how_it_refuses_and_who_may_call_it(
     assert "Retry-After" in ballots["responses"]["429"]["headers"]
 
 
+async def test_the_streams_declare_their_429_with_retry_after(http: httpx.AsyncClient) -> None:
+    """Both streams answer 429 "Too many streams" (with Retry-After) past STREAMS_PER_CLIENT,
+    which their operations did not declare: a client generated from the contract had no
+    case for it."""
+    document = await _document(http)
+    for path in ("/api/elections/{election_id}/results/stream", "/api/elections/stream"):
+        refused = document["paths"][path]["get"]["responses"]["429"]
+        assert refused["content"]["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"
+        }
+        assert refused["headers"]["Retry-After"]["required"] is True
+        assert "STREAMS_PER_CLIENT" in refused["description"]
+
+
 async def test_no_constraint_leaks_under_a_pydantic_name(http: httpx.AsyncClient) -> None:
     document = await _document(http)
     found: list[str] = []
