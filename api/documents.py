@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.problems import TITLE_TYPES
+
 
 class Document(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -280,7 +282,13 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = "about:blank"
+    type: str = Field(
+        default="about:blank",
+        description="what kind of problem this is, stable (tell problems apart by it, not "
+        "by the title): "
+        + "; ".join(f"{uri} ({title})" for title, uri in TITLE_TYPES.items())
+        + "; about:blank only for a plain HTTP refusal whose title is the status phrase",
+    )
     title: str
     status: int = Field(ge=100, le=599)
     detail: str
