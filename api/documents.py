@@ -89,7 +89,14 @@ class BallotReceipt(Document):
     status: Literal["cast", "revised", "withdrawn"]
     version: int
     position: int
-    hash: str = Field(pattern="^[0-9a-f]{64}$", description="the entry's audit-chain hash")
+    hash: str = Field(
+        pattern="^[0-9a-f]{64}$",
+        description="the receipt: the entry hash of this ballot's log entry (BLAKE2b-256 of "
+        "the entry alone, infra/audit/chain.py), not the chain link that /api/audit/events "
+        "serves as that position's `hash`. GET /api/audit/receipts/{hash} answers with the "
+        "entry's position and its chain link (`chain_hash`), which is the `hash` of the "
+        "event at that position; the link is BLAKE2b-256(prev_hash || this hash)",
+    )
     replayed: bool
 
 
@@ -178,8 +185,15 @@ class LogEntry(Document):
     type: str
     timestamp: str | None
     data: dict[str, Any] | None
-    hash: str | None
-    prev_hash: str | None
+    hash: str | None = Field(
+        description="the chain link at this position: BLAKE2b-256(prev_hash || entry "
+        "hash), where the entry hash is what a ballot's receipt carries as its `hash` "
+        "(GET /api/audit/receipts/{receipt hash} answers with this link as `chain_hash`); "
+        "null until the entry is sealed"
+    )
+    prev_hash: str | None = Field(
+        description="the previous position's chain link (32 zero bytes before the first)"
+    )
     state_hex: str | None = None
 
 
@@ -214,9 +228,14 @@ class PublicKey(Document):
 
 
 class ReceiptLookup(Document):
-    receipt: str
-    position: int
-    chain_hash: str
+    receipt: str = Field(
+        description="the receipt looked up: a ballot receipt's `hash`, an entry hash"
+    )
+    position: int = Field(description="the entry's position in the log")
+    chain_hash: str = Field(
+        description="the chain link at that position: the `hash` /api/audit/events serves "
+        "for it, BLAKE2b-256(prev_hash || receipt)"
+    )
     checkpoint: Checkpoint | None
 
 
