@@ -296,6 +296,18 @@ class Tokens(Document):
     refresh_token: str = Field(description="use once with POST /api/auth/refresh")
 
 
+class Issue(BaseModel):
+    """One of the things a 422 "Invalid request" found wrong."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str = Field(
+        description="where, as sent (`ballots[3].choice`, `scores.a`); empty for the body "
+        "as a whole"
+    )
+    message: str = Field(description="what is wrong with it")
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document."""
 
@@ -312,6 +324,11 @@ class Problem(BaseModel):
     status: int = Field(ge=100, le=599)
     detail: str
     field: str | None = Field(default=None, description="the one field at fault, if any")
+    errors: list[Issue] | None = Field(
+        default=None,
+        description="a 422 Invalid request's every issue, in order (`field` and `detail` "
+        "name the first)",
+    )
 
 
 class BatchResults(Document):

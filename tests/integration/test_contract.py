@@ -348,3 +348,23 @@ async def test_a_receipts_hash_is_the_entry_hash_and_its_lookup_gives_the_events
     schemas = (await http.get("/openapi.json")).json()["components"]["schemas"]
     assert "chain_hash" in schemas["BallotReceipt"]["properties"]["hash"]["description"]
     assert "receipt" in schemas["LogEntry"]["properties"]["hash"]["description"]
+
+
+async def test_a_422s_errors_are_declared_in_the_problem_schema(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """422 "Invalid request" problems carry ``errors[]`` (each issue's field and message),
+    which the Problem schema did not declare."""
+    document = await _document(http)
+    schemas = document["components"]["schemas"]
+    errors = schemas["Problem"]["properties"]["errors"]
+    issue = _resolve(document, errors["anyOf"][0]["items"])
+    assert set(issue["required"]) == {"field", "message"}
+    election_id = await voting.open_election()
+    refused = await voting.cast(election_id, {"choice": 5, "extra": 1}, voting.voter())
+    problem = assert_problem(refused, 422, "choice")
+    assert len(problem["errors"]) == 2
+    validator = OAS31Validator(
+        {"$ref": "#/components/schemas/Problem", "components": {"schemas": schemas}}
+    )
+    assert [e.message for e in validator.iter_errors(problem)] == []
