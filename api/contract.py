@@ -57,6 +57,14 @@ RETRY_AFTER = {
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     }
 }
+STREAM = "text/event-stream"
+# A stream holds one of its client address's slots while open (api/streams.py): past
+# STREAMS_PER_CLIENT a new one is refused, 429 "Too many streams", with Retry-After.
+TOO_MANY_STREAMS = (
+    "Too many streams open from this client address (STREAMS_PER_CLIENT; type "
+    "https://iana.org/assignments/http-problem-types#quota-exceeded): close one, or wait "
+    "Retry-After seconds"
+)
 NO_STORE = {
     "Cache-Control": {
         "description": "no-store: the answer carries a token",
@@ -101,13 +109,19 @@ class Operation:
     # The token is optional: some resources (elections with public_results) need none.
     token_optional: bool = False
 
+    @property
+    def streamed(self) -> bool:
+        """Server-Sent Events: each stream takes a slot of its client address's, and is
+        refused 429 past STREAMS_PER_CLIENT."""
+        return self.media == STREAM
+
     def refusals(self) -> list[int]:
         found = set(self.errors) | {503}
         if self.auth:
             found.add(401)
         if self.body is not None:
             found |= {400, 413, 415, 422}
-        if self.limited:
+        if self.limited or self.streamed:
             found.add(429)
         if any(p.where in ("query", "header") for p in self.params):
             found.add(422)
@@ -215,8 +229,11 @@ def _operation(
         }
     for status in spec.refusals():
         refusal: dict[str, Any] = {"description": TITLES.get(status, "Refused"), "content": problem}
-        if status == 429:
+        if status == 429 and spec.limited:
             refusal["headers"] = {**RATE_HEADERS, **RETRY_AFTER}
+        elif status == 429:  # (a stream: no rate limit, a cap on open streams)
+            refusal["description"] = TOO_MANY_STREAMS
+            refusal["headers"] = dict(RETRY_AFTER)
         if status == 503:
             refusal["headers"] = {"Retry-After": {**RETRY_AFTER["Retry-After"], "required": False}}
         responses[str(status)] = refusal

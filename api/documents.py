@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.problems import TITLE_TYPES
+
 
 class Document(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -87,7 +89,14 @@ class BallotReceipt(Document):
     status: Literal["cast", "revised", "withdrawn"]
     version: int
     position: int
-    hash: str = Field(pattern="^[0-9a-f]{64}$", description="the entry's audit-chain hash")
+    hash: str = Field(
+        pattern="^[0-9a-f]{64}$",
+        description="the receipt: the entry hash of this ballot's log entry (BLAKE2b-256 of "
+        "the entry alone, infra/audit/chain.py), not the chain link that /api/audit/events "
+        "serves as that position's `hash`. GET /api/audit/receipts/{hash} answers with the "
+        "entry's position and its chain link (`chain_hash`), which is the `hash` of the "
+        "event at that position; the link is BLAKE2b-256(prev_hash || this hash)",
+    )
     replayed: bool
 
 
@@ -176,8 +185,15 @@ class LogEntry(Document):
     type: str
     timestamp: str | None
     data: dict[str, Any] | None
-    hash: str | None
-    prev_hash: str | None
+    hash: str | None = Field(
+        description="the chain link at this position: BLAKE2b-256(prev_hash || entry "
+        "hash), where the entry hash is what a ballot's receipt carries as its `hash` "
+        "(GET /api/audit/receipts/{receipt hash} answers with this link as `chain_hash`); "
+        "null until the entry is sealed"
+    )
+    prev_hash: str | None = Field(
+        description="the previous position's chain link (32 zero bytes before the first)"
+    )
     state_hex: str | None = None
 
 
@@ -212,9 +228,14 @@ class PublicKey(Document):
 
 
 class ReceiptLookup(Document):
-    receipt: str
-    position: int
-    chain_hash: str
+    receipt: str = Field(
+        description="the receipt looked up: a ballot receipt's `hash`, an entry hash"
+    )
+    position: int = Field(description="the entry's position in the log")
+    chain_hash: str = Field(
+        description="the chain link at that position: the `hash` /api/audit/events serves "
+        "for it, BLAKE2b-256(prev_hash || receipt)"
+    )
     checkpoint: Checkpoint | None
 
 
@@ -275,16 +296,39 @@ class Tokens(Document):
     refresh_token: str = Field(description="use once with POST /api/auth/refresh")
 
 
+class Issue(BaseModel):
+    """One of the things a 422 "Invalid request" found wrong."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str = Field(
+        description="where, as sent (`ballots[3].choice`, `scores.a`); empty for the body "
+        "as a whole"
+    )
+    message: str = Field(description="what is wrong with it")
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = "about:blank"
+    type: str = Field(
+        default="about:blank",
+        description="what kind of problem this is, stable (tell problems apart by it, not "
+        "by the title): "
+        + "; ".join(f"{uri} ({title})" for title, uri in TITLE_TYPES.items())
+        + "; about:blank only for a plain HTTP refusal whose title is the status phrase",
+    )
     title: str
     status: int = Field(ge=100, le=599)
     detail: str
     field: str | None = Field(default=None, description="the one field at fault, if any")
+    errors: list[Issue] | None = Field(
+        default=None,
+        description="a 422 Invalid request's every issue, in order (`field` and `detail` "
+        "name the first)",
+    )
 
 
 class BatchResults(Document):

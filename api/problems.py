@@ -33,6 +33,70 @@ STATUS: list[tuple[type[errors.CardinalError], int]] = [
 ]
 
 
+# Each kind of problem's stable type URI (RFC 9457 section 3.1.1): what a client tells
+# problems apart by (the titles are for people, and may be reworded). A domain refusal's
+# type is its class's (the nearest in its MRO); every other problem's is its title's.
+PREFIX = "urn:cardinal-vote:problem:"
+QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+DOMAIN_TYPES: dict[type[errors.CardinalError], str] = {
+    errors.InvalidRequest: PREFIX + "invalid-request",
+    errors.InvalidElection: PREFIX + "invalid-election",
+    errors.InvalidBallot: PREFIX + "invalid-ballot",
+    errors.IdempotencyKeyReused: PREFIX + "idempotency-key-reused",
+    errors.NotFound: PREFIX + "not-found",
+    errors.ElectionNotFound: PREFIX + "election-not-found",
+    errors.BallotNotFound: PREFIX + "ballot-not-found",
+    errors.Conflict: PREFIX + "conflict",
+    errors.ElectionNotOpen: PREFIX + "election-not-open",
+    errors.InvalidTransition: PREFIX + "invalid-transition",
+    errors.AlreadyVoted: PREFIX + "already-voted",
+    errors.ConcurrentRevision: PREFIX + "concurrent-revision",
+    errors.NotEligible: PREFIX + "not-eligible",
+}
+# Problems the API (not the domain) raises, by title; "Not found" is the domain's too.
+API_TYPES: dict[str, str] = {
+    "Invalid request": PREFIX + "invalid-request",  # a body or parameter breaking the schema
+    "Not found": PREFIX + "not-found",  # (also: no route has this path)
+    "Unauthorized": PREFIX + "unauthorized",
+    "Forbidden": PREFIX + "forbidden",
+    "Not published yet": PREFIX + "not-published",
+    "Too many requests": QUOTA_EXCEEDED,
+    "Too many streams": QUOTA_EXCEEDED,
+    "Malformed JSON": PREFIX + "malformed-json",
+    "Unsupported media type": PREFIX + "unsupported-media-type",
+    "Payload too large": PREFIX + "payload-too-large",
+    "Method not allowed": PREFIX + "method-not-allowed",
+    "Bad request": PREFIX + "malformed-http",
+    "Request timeout": PREFIX + "request-timeout",
+    "Request header fields too large": PREFIX + "headers-too-large",
+    "Client disconnected": PREFIX + "client-disconnected",
+    "Busy": PREFIX + "busy",
+    "Service unavailable": PREFIX + "store-not-answering",
+    "Event store unavailable": PREFIX + "store-unavailable",
+    "Database unavailable": PREFIX + "database-unavailable",
+    "Held back": PREFIX + "held-back",
+    "Read model not ready": PREFIX + "read-model-not-ready",
+    "Not ready": PREFIX + "not-ready",
+    "No audit key": PREFIX + "no-audit-key",
+    "Rebuild not started": PREFIX + "rebuild-not-started",
+    "Internal error": PREFIX + "internal-error",
+}
+TITLE_TYPES: dict[str, str] = {
+    **{kind.title: uri for kind, uri in DOMAIN_TYPES.items()},
+    **API_TYPES,
+}
+
+
+def type_of(status: int, title: str) -> str:
+    """The type URI of a problem with this title: "about:blank" only for one whose title
+    is its status's phrase (a plain HTTP refusal, RFC 9457 section 4.2.1)."""
+    return TITLE_TYPES.get(title, "about:blank")
+
+
+def domain_type(exc: errors.CardinalError) -> str:
+    return next(DOMAIN_TYPES[kind] for kind in type(exc).__mro__ if kind in DOMAIN_TYPES)
+
+
 class Unauthorized(Exception):
     """No credentials, or credentials we do not recognise (401)."""
 
@@ -114,7 +178,7 @@ def _domain(exc: errors.CardinalError) -> dict[str, Any]:
     detail = exc.detail
     if isinstance(exc, errors.InvalidRequest) and exc.field in MEANINGS:
         detail = f"{detail}: {MEANINGS[exc.field]}"
-    return problem_body(status, exc.title, detail, field=exc.field)
+    return problem_body(status, exc.title, detail, field=exc.field, type=domain_type(exc))
 
 
 # Query parameters whose name can be read as something they are not: a refusal that names
@@ -265,9 +329,6 @@ def database_unavailable(request: Request, exc: Exception) -> Response:
     return problem(503, "Database unavailable", DATABASE_UNAVAILABLE, headers={"Retry-After": "2"})
 
 
-QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-
-
 def too_many(request: Request, exc: Exception) -> Response:
     _refused(request, "rate_limited")
     assert isinstance(exc, TooManyRequests)
@@ -309,6 +370,7 @@ def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 413:
         _refused(request, "too_large")
     titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large", 503: "Busy"}
+    # (any other: its status phrase, as an about:blank problem's title is)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
@@ -319,7 +381,10 @@ def http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 404 and exc.detail == NO_ROUTE:
         detail = _no_route(request)
     return problem(
-        exc.status_code, titles.get(exc.status_code, "Error"), detail, headers=headers or None
+        exc.status_code,
+        titles.get(exc.status_code, HTTPStatus(exc.status_code).phrase),
+        detail,
+        headers=headers or None,
     )
 
 

@@ -44,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
 from api.middleware import security_headers
+from api.problems import type_of
 from api.streams import CLOSING, CONNECTIONS, HANGUP
 from infra.runtime.settings import Settings
 
@@ -67,7 +68,12 @@ def _refusal(status: bytes, title: str, detail: str, security: list[tuple[bytes,
     """A problem document and the connection's end, written straight to the socket: with
     the security headers every answer carries, though it never passes the app's guard."""
     body = orjson.dumps(
-        {"type": "about:blank", "title": title, "status": int(status[:3]), "detail": detail}
+        {
+            "type": type_of(int(status[:3]), title),
+            "title": title,
+            "status": int(status[:3]),
+            "detail": detail,
+        }
     )
     headers = b"".join(name + b": " + value + b"\r\n" for name, value in security)
     return (
@@ -304,7 +310,7 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     (uvicorn's own is plain text, with no advice)."""
     body = orjson.dumps(
         {
-            "type": "about:blank",
+            "type": type_of(503, "Busy"),
             "title": "Busy",
             "status": 503,
             "detail": "this server process holds as many connections as it may; retry shortly",

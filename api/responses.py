@@ -37,8 +37,11 @@ def problem(
 def problem_body(
     status: int, title: str, detail: str, *, field: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """An RFC 9457 problem document, as a response carries it or a batch's result does."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    """An RFC 9457 problem document, as a response carries it or a batch's result does; its
+    type is the title's in api/problems.py's table unless ``type`` is given in ``extra``."""
+    from api.problems import type_of  # (api.problems renders its problems with this)
+
+    body: dict[str, Any] = {"type": type_of(status, title), "title": title, "status": status}
     body["detail"] = detail
     if field is not None:
         body["field"] = field

@@ -78,7 +78,8 @@ async def cast(request: Request) -> Response:
         "castBallots",
         "Cast up to 1,000 ballots of a client election at once (the bulk path); each is "
         "recorded or refused on its own, and the answer lists, in order, each one's receipt "
-        "or problem",
+        "or problem (an Idempotency-Key header is refused, 422: keys go per ballot, in "
+        "ballots[i].idempotency_key)",
         "ballots",
         body=BatchIn,
         ok=documents.BatchResults,
@@ -96,6 +97,14 @@ async def cast_batch(request: Request) -> Response:
         raise Forbidden(
             "the bulk path is for API clients in client elections; a voter casts their own "
             "ballot with POST .../ballots"
+        )
+    if "idempotency-key" in request.headers:
+        # One key cannot name a thousand ballots: ignoring it would make a batch sent
+        # twice with it a second batch (revisions, or 409s), which the sender meant not.
+        raise InvalidRequest(
+            "Idempotency-Key is not taken on the bulk path: keys go per ballot, in "
+            "ballots[i].idempotency_key; nothing was recorded",
+            field="Idempotency-Key",
         )
     body = await context.body(request, BatchIn)
     services = context.services(request)

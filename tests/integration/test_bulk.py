@@ -96,6 +96,25 @@ async def test_a_batch_sent_again_with_its_keys_records_nothing_twice(
     assert len(await voting.audit_events()) == events
 
 
+async def test_an_idempotency_key_header_on_a_batch_is_refused_and_records_nothing(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """A client reusing its single-ballot retry code sent a batch twice with one
+    Idempotency-Key header: it was ignored, and the second batch revised the first."""
+    election_id = await voting.open_election("plurality")
+    events = len(await voting.audit_events())
+    for _ in range(2):
+        response = await http.post(
+            BATCH.format(election_id),
+            json={"ballots": [{"voter_id": "hdr-1", "choice": "a"}]},
+            headers={**bearer(CLIENT), "Idempotency-Key": "same-key"},
+        )
+        body = assert_problem(response, 422, "ballots[i].idempotency_key")
+        assert body["field"] == "Idempotency-Key"
+        assert "per ballot" in body["detail"]
+    assert len(await voting.audit_events()) == events
+
+
 async def test_a_voters_ballots_in_one_batch_count_in_order(
     voting: VotingClient, http: httpx.AsyncClient
 ) -> None:

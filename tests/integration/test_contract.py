@@ -3,6 +3,7 @@ interactive reference served by the API itself, with nothing loaded from elsewhe
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.routing import Route
 
 from api.app import create_app
 from api.contract import declared
+from infra.audit.chain import chain_hash
 from tests.integration.client import VotingClient, assert_problem, bearer
 from tests.servers import ADMIN, AUDITOR, settings_for
 
@@ -102,6 +104,20 @@ async def test_every_operation_says_how_it_refuses_and_who_may_call_it(
     ballots = document["paths"]["/api/elections/{election_id}/ballots"]["post"]
     assert {"429", "409", "403", "404"} <= set(ballots["responses"])
     assert "Retry-After" in ballots["responses"]["429"]["headers"]
+
+
+async def test_the_streams_declare_their_429_with_retry_after(http: httpx.AsyncClient) -> None:
+    """Both streams answer 429 "Too many streams" (with Retry-After) past STREAMS_PER_CLIENT,
+    which their operations did not declare: a client generated from the contract had no
+    case for it."""
+    document = await _document(http)
+    for path in ("/api/elections/{election_id}/results/stream", "/api/elections/stream"):
+        refused = document["paths"][path]["get"]["responses"]["429"]
+        assert refused["content"]["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"
+        }
+        assert refused["headers"]["Retry-After"]["required"] is True
+        assert "STREAMS_PER_CLIENT" in refused["description"]
 
 
 async def test_no_constraint_leaks_under_a_pydantic_name(http: httpx.AsyncClient) -> None:
@@ -301,3 +317,54 @@ async def test_a_negative_min_position_is_refused_with_time_travel_too(
     )
     problem = assert_problem(response, 422, "min_position must be from 0")
     assert problem["field"] == "min_position"
+
+
+async def test_a_receipts_hash_is_the_entry_hash_and_its_lookup_gives_the_events_hash(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """A client matched receipts to audit events by ``hash`` and found none: the receipt
+    carries the entry hash, the events the chain link. The contract says which is which,
+    and how to go from one to the other, as this test does."""
+    election_id = await voting.open_election()
+    cast = (await voting.cast(election_id, {"choice": "a"}, voting.voter())).json()
+    for _ in range(200):  # (until the sealer has linked the entry: ms, usually)
+        looked_up = await http.get(f"/api/audit/receipts/{cast['hash']}")
+        if looked_up.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert looked_up.status_code == 200, looked_up.text
+    found = looked_up.json()
+    page = await http.get(
+        "/api/audit/events",
+        params={"after": cast["position"] - 1, "limit": 1},
+        headers=bearer(AUDITOR),
+    )
+    event = page.json()["events"][0]
+    assert event["position"] == found["position"] == cast["position"]
+    assert event["hash"] != cast["hash"]
+    assert event["hash"] == found["chain_hash"]
+    link = chain_hash(bytes.fromhex(event["prev_hash"]), bytes.fromhex(cast["hash"]))
+    assert link.hex() == event["hash"]
+    schemas = (await http.get("/openapi.json")).json()["components"]["schemas"]
+    assert "chain_hash" in schemas["BallotReceipt"]["properties"]["hash"]["description"]
+    assert "receipt" in schemas["LogEntry"]["properties"]["hash"]["description"]
+
+
+async def test_a_422s_errors_are_declared_in_the_problem_schema(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """422 "Invalid request" problems carry ``errors[]`` (each issue's field and message),
+    which the Problem schema did not declare."""
+    document = await _document(http)
+    schemas = document["components"]["schemas"]
+    errors = schemas["Problem"]["properties"]["errors"]
+    issue = _resolve(document, errors["anyOf"][0]["items"])
+    assert set(issue["required"]) == {"field", "message"}
+    election_id = await voting.open_election()
+    refused = await voting.cast(election_id, {"choice": 5, "extra": 1}, voting.voter())
+    problem = assert_problem(refused, 422, "choice")
+    assert len(problem["errors"]) == 2
+    validator = OAS31Validator(
+        {"$ref": "#/components/schemas/Problem", "components": {"schemas": schemas}}
+    )
+    assert [e.message for e in validator.iter_errors(problem)] == []

@@ -316,3 +316,38 @@ async def test_bad_audit_paging_parameters_are_422(http: httpx.AsyncClient) -> N
     assert problem["field"] == "limit"
     response = await http.get("/api/audit/events", params={"after": "x"}, headers=bearer(AUDITOR))
     assert_problem(response, 422, "after must be a whole number")
+
+
+async def test_each_kind_of_problem_has_a_stable_type(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """Every problem was "about:blank" with a custom title: a client could tell "Already
+    voted" from "Election not open" only by English titles (and RFC 9457 wants an
+    about:blank title to be the status phrase). Each kind now has its own type URI."""
+    urn = "urn:cardinal-vote:problem:"
+    election_id = await voting.open_election(allow_revote=False)
+    voter = voting.voter()
+    assert (await voting.cast(election_id, {"choice": "a"}, voter)).status_code == 201
+    again = assert_problem(await voting.cast(election_id, {"choice": "b"}, voter), 409, "")
+    assert (again["type"], again["title"]) == (urn + "already-voted", "Already voted")
+    draft = await voting.create_election()
+    closed = await http.post(f"/api/elections/{draft['id']}/close", headers=bearer(ADMIN))
+    assert assert_problem(closed, 409, "")["type"] == urn + "invalid-transition"
+    early = await voting.cast(draft["id"], {"choice": "a"}, voting.voter())
+    assert assert_problem(early, 409, "")["type"] == urn + "election-not-open"
+    missing = await voting.cast(str(uuid.uuid4()), {"choice": "a"}, "v")
+    assert assert_problem(missing, 404, "")["type"] == urn + "election-not-found"
+    bad = await voting.cast(election_id, {"choice": "zzz"}, voting.voter())
+    assert assert_problem(bad, 422, "")["type"] == urn + "invalid-ballot"
+    found = {
+        (await http.get("/api/nowhere")).json()["type"],
+        (await http.get("/api/elections")).json()["type"],
+        (await http.post("/api/elections", json={}, headers=bearer(ADMIN))).json()["type"],
+    }
+    assert found == {urn + "not-found", urn + "unauthorized", urn + "invalid-request"}
+    malformed = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        content=b"{",
+        headers={**bearer(CLIENT), "Content-Type": "application/json"},
+    )
+    assert assert_problem(malformed, 400, "")["type"] == urn + "malformed-json"

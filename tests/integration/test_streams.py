@@ -462,8 +462,13 @@ async def test_a_client_past_its_stream_cap_is_refused_while_others_are_served(
             await first.next()
             second = await held.enter_async_context(stream(http, "/api/elections/stream", one))
             await second.next()
+            declared = (await http.get("/openapi.json")).json()["paths"]
+            templates = {path: "/api/elections/{election_id}/results/stream"}
             for refused_path in (path, "/api/elections/stream"):
                 refused = await _refused(http, refused_path, one)
+                # (as the contract declares it: a client generated from it knows the 429)
+                responses = declared[templates.get(refused_path, refused_path)]["get"]["responses"]
+                assert "Retry-After" in responses["429"]["headers"]
                 problem = assert_problem(refused, 429, "STREAMS_PER_CLIENT=2")
                 assert "close one" in problem["detail"]
                 assert problem["violated-policies"] == ["streams-per-client"]
