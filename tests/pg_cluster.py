@@ -149,11 +149,26 @@ class Cluster:
         """SIGSTOP (or SIGCONT) the server and every backend: a hang, not an outage. The
         kernel still accepts connections and acknowledges what is sent; nothing answers."""
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = subprocess.run(
-            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        for pid in [postmaster, *map(int, children)]:
-            os.kill(pid, signal.SIGCONT if thaw else signal.SIGSTOP)
+        sign = signal.SIGCONT if thaw else signal.SIGSTOP
+        os.kill(postmaster, sign)
+        # Its children, listed after it is stopped (none is forked after) and again until
+        # the list holds no new one: a backend forked just before the stop would run on.
+        # One that exits between the list and its signal is neither to stop nor to wake (a
+        # fresh clone's run: "No such process" as a backend left at the thaw).
+        signalled: set[int] = set()
+        while True:
+            children = {
+                int(pid)
+                for pid in subprocess.run(
+                    ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+                ).stdout.split()
+            }
+            if children <= signalled:
+                return
+            for pid in children - signalled:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sign)
+            signalled |= children
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists() and _as_postgres_ok(
