@@ -58,6 +58,15 @@ RETRY_AFTER = {
     }
 }
 STREAM = "text/event-stream"
+# How a stream's answer is framed (api/streams.py), for a client reading it without the source.
+STREAM_FRAMES = (
+    "Server-Sent Events. The first frame sets `retry: 2000` (reconnect after 2 s). Each event "
+    "is `id: <position>` (the log position its document is as of), `event: results` and one "
+    "`data:` line of JSON. The current document comes at once, then a new one each time it "
+    "changes, at most 4 a second; a comment line (`: heartbeat`) every 15 s while nothing "
+    "changes. Nothing missed is replayed: a reconnection (with or without Last-Event-ID) "
+    "starts again with the current document, which holds every change before it."
+)
 # A stream holds one of its client address's slots while open (api/streams.py): past
 # STREAMS_PER_CLIENT a new one is refused, 429 "Too many streams", with Retry-After.
 TOO_MANY_STREAMS = (
@@ -108,6 +117,8 @@ class Operation:
     conditional: bool = False
     # The token is optional: some resources (elections with public_results) need none.
     token_optional: bool = False
+    # A stream's events: what each one's data holds (the frames are STREAM_FRAMES').
+    stream_data: str = ""
 
     @property
     def streamed(self) -> bool:
@@ -215,6 +226,9 @@ def _operation(
     ok: dict[str, Any] = {"description": spec.summary}
     if spec.ok is not None:
         ok["content"] = {spec.media: {"schema": keys[((spec.operation_id, "ok"), "validation")]}}
+    elif spec.streamed:
+        frames = f"{STREAM_FRAMES} Each event's data: {spec.stream_data}"
+        ok["content"] = {spec.media: {"schema": {"type": "string", "description": frames}}}
     elif spec.media != "application/json":
         ok["content"] = {spec.media: {"schema": {"type": "string"}}}
     headers = _ok_headers(spec)

@@ -56,6 +56,8 @@ def hub(request: Request) -> StreamHub:
         params=(ELECTION_ID, LAST_EVENT_ID),
         media=STREAM,
         token_optional=True,
+        stream_data="the results document, as GET /api/elections/{id}/results answers it "
+        "(the Results schema)",
     )
 )
 async def results_stream(request: Request) -> Response:
@@ -83,6 +85,10 @@ async def results_stream(request: Request) -> Response:
         params=(LAST_EVENT_ID,),
         media=STREAM,
         token_optional=True,
+        stream_data='{"position": the log position, "elections": [an election as GET '
+        '/api/elections/{id} answers it, with "ballot_entries" and "final"], "more": how many '
+        'elections it leaves out, "listing": "/api/elections" for a role (the whole list, '
+        "paged), or null without a token}",
     )
 )
 async def elections_stream(request: Request) -> Response:

@@ -579,3 +579,49 @@ async def test_a_public_stream_sends_nothing_on_a_private_elections_ballot(
         await voting.results(private, AUDITOR, min_position=cast.json()["position"])
         with pytest.raises(TimeoutError):
             await events.next(timeout=streams.IDLE_REFRESH + 2)
+
+
+async def test_the_document_says_how_a_stream_is_framed_as_it_is(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """The contract typed both streams as a bare string: a client developer could not tell
+    the frames, the data, the heartbeat or what a reconnection resumes (the client review).
+    What it says now is held to the first frame a live stream sends."""
+    document = (await http.get("/openapi.json")).json()
+    said = {}
+    for path, kind in (
+        ("/api/elections/{election_id}/results/stream", "the results document"),
+        ("/api/elections/stream", '"more": how many'),
+    ):
+        schema = document["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"][
+            "schema"
+        ]
+        said[path] = schema["description"]
+        for words in ("retry: 2000", "id: <position>", "event: results", ": heartbeat", kind):
+            assert words in schema["description"], (path, words)
+    election_id = await voting.open_election("plurality", live_results_step=1)
+    cast = await voting.cast(election_id, {"choice": "a"}, "framed")
+    counted = await http.get(
+        f"/api/elections/{election_id}/results",
+        params={"min_position": cast.json()["position"]},
+        headers=bearer(ADMIN),
+    )
+    results = counted.json()
+    path = f"/api/elections/{election_id}/results/stream"
+    async with http.stream("GET", path, headers=bearer(ADMIN), timeout=WAIT) as response:
+        first = b""
+        async for chunk in response.aiter_raw():
+            first += chunk
+            if b"\n\n" in first:
+                break
+    head = first.partition(b"\n\n")[0]
+    lines = head.split(b"\n")
+    assert lines[0] == b"retry: 2000", lines
+    assert lines[1].startswith(b"id: ")
+    assert lines[2] == b"event: results", lines
+    data = orjson.loads(lines[3].removeprefix(b"data: "))
+    assert int(lines[1].removeprefix(b"id: ")) == data["position"]
+    results = (
+        await http.get(f"/api/elections/{election_id}/results", headers=bearer(ADMIN))
+    ).json()
+    assert data == results  # "the results document, as GET .../results answers it"
