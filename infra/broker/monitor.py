@@ -85,19 +85,21 @@ class BrokerMonitor:
                 log.info("%s: broker connected", self.component)
             outage.connected()
             self._set(True)
-            await _closed(connection)
+            await connection_closed(connection)
             self._set(False, "connection lost")
             outage.failed(ConnectionError("connection lost"))
             self._connection = None
 
 
-def _closed(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future[None]:
-    """A future done when the connection closes, for whatever reason."""
-    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+def connection_closed(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future[BaseException]:
+    """A future done, with why, when the connection closes, for whatever reason (the
+    monitor's watch and the relay's)."""
+    lost: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
-    def closed(*_: object) -> None:
+    def closed(_: object, *why: object) -> None:
         if not lost.done():
-            lost.set_result(None)
+            error = why[0] if why and isinstance(why[0], BaseException) else None
+            lost.set_result(error or ConnectionError("connection lost"))
 
     connection.close_callbacks.add(closed)
     return lost

@@ -25,6 +25,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from psycopg import sql
 
 from infra import metrics
+from infra.broker.monitor import connection_closed
 from infra.broker.outage import Outage
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
@@ -133,7 +134,7 @@ class Relay:
             # Watched from the start: an idle relay (no entry to publish) learns of a lost
             # broker as the connection closes, not at its next publish (which may be long
             # after: its gauge and the operators' status said "connected" meanwhile).
-            lost = _closed(connection)
+            lost = connection_closed(connection)
             async with connection:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 events, _, _ = await self.topology.declare(channel, self.projections)
@@ -227,19 +228,6 @@ class Relay:
         # entries or more), the pause is longer: a tenth of a second, what a results stream
         # shows anyway (at most 4 updates a second); a quiet log keeps its short pause.
         await asyncio.sleep(self.busy_linger if busy else self.linger)
-
-
-def _closed(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future[BaseException]:
-    """A future done, with why, when the connection closes, for whatever reason."""
-    lost: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    def closed(_: object, *why: object) -> None:
-        if not lost.done():
-            error = why[0] if why and isinstance(why[0], BaseException) else None
-            lost.set_result(error or ConnectionError("connection lost"))
-
-    connection.close_callbacks.add(closed)
-    return lost
 
 
 async def _unless_lost(work: Awaitable[None], lost: asyncio.Future[BaseException]) -> None:
