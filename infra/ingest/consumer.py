@@ -12,7 +12,9 @@ holds the batch and retries it with backoff (requeueing would spend the broker's
 limit, meant for poison messages); a broker outage drops the batch (redelivered) and
 ``connect_robust`` reconnects (after 1 s doubling to 10 s, not aio-pika's fixed 5 s; the
 outage said once, naming AMQP_URL, and its end once: ``Outage``); whatever else came on the
-dead channel is skipped, not cast: it comes again after the batch, in order.
+dead channel is skipped, not cast: it comes again after the batch, in order. A batch whose
+answers cannot be published (a nack) on a channel still open is given up the same way:
+its channel is closed (``_release``), never the batch alone nacked.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from uuid import UUID
 
 import aio_pika
+import aiormq.abc
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -86,7 +89,9 @@ class _PacedConnection(aio_pika.RobustConnection):
 
 
 class Abandoned(Exception):
-    """The batch's channel closed before it could be acked: the broker redelivers it."""
+    """The batch could not be settled: its channel closed before it could be acked, or a
+    publish of its answers failed (the broker's nack) while the channel stayed open. The
+    broker redelivers it (``_release``)."""
 
 
 class Ingester:
@@ -150,10 +155,10 @@ class Ingester:
                     except Abandoned:
                         log.warning("the batch could not be settled; it will be redelivered")
                         await _release(batch)
-                        # What came on the batch's dead channel is back in the queue, to be
-                        # redelivered after the batch, in order: casting it now would let a
-                        # voter's later ballot be recorded before the batch's earlier one
-                        # (which then revises it). _collect skips the inbox's such messages.
+                        # What came on the batch's channel, now closed, is back in the queue,
+                        # to be redelivered after the batch, in order: casting it now would
+                        # let a voter's later ballot be recorded before the batch's earlier
+                        # one (which then revises it). _collect skips the inbox's such ones.
                         if self._held is not None and not _open(self._held.message):
                             self._held = None
             finally:
@@ -394,8 +399,6 @@ class Ingester:
         fails is logged once, at WARNING, until one succeeds again, unless the broker is
         away (its outage is said once, naming RabbitMQ and AMQP_URL: a second warning,
         naming neither, only confused); each call to the broker waits DEPTH_EVERY at most."""
-        import aiormq.abc  # here, beside its one use
-
         wait = DEPTH_EVERY
         watch: aiormq.abc.AbstractChannel | None = None
         failing: str | None = None
@@ -509,15 +512,25 @@ def _refused_or_again(item: Item, error: Exception, retry: list[Item], faults: F
 
 
 async def _release(batch: list[Delivery]) -> None:
-    """Hand an unsettled batch back to the broker (requeued, for any consumer), so that no
-    later ack with ``multiple`` covers it; where its channel is gone, it is already back."""
-    last: dict[int, AbstractIncomingMessage] = {}
+    """Hand an unsettled batch back to the broker, and with it everything delivered after
+    it: its channel is closed, where it is still open (one that closed by itself did the
+    same), so that no later ack with ``multiple`` covers the batch. The broker puts every
+    message unacked on the channel back at the queue's head, in the order it delivered
+    them; the robust channel opens again and consumes; what the consumer still holds from
+    the closed one (the message held for the next batch, the inbox) is skipped (``_open``),
+    never cast. A nack would hand back the batch alone, and those, already delivered,
+    would be cast before it came again: a voter's later ballot recorded before the batch's
+    earlier one, which would then revise it."""
+    channels: dict[int, aiormq.abc.AbstractChannel] = {}
     for delivery in batch:
+        with contextlib.suppress(Exception):  # a closed channel's: already back
+            channel = delivery.message.channel
+            channels[id(channel)] = channel
+    for channel in channels.values():
         with contextlib.suppress(Exception):
-            last[id(delivery.message.channel)] = delivery.message
-    for message in last.values():
-        with contextlib.suppress(Exception):
-            await message.nack(multiple=True, requeue=True)
+            # With a reason: aiormq's default is a cancellation, which the robust channel
+            # leaves to the connection's recovery (none comes) rather than opening again.
+            await channel.close(Abandoned("the batch is handed back to the broker"))
 
 
 async def _ack(batch: list[Delivery]) -> None:

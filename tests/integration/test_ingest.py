@@ -827,3 +827,87 @@ async def test_after_a_lost_connection_nothing_delivered_on_it_overtakes_the_dro
             assert await queue_depth(queue + ".refused") == 0
     finally:
         await delete_queues(queue)
+
+
+def _rabbitmqctl(*args: str, check: bool = True) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, check=check)
+
+
+async def _refusing(queue: str, policy: str) -> None:
+    """Have the broker nack every publish to ``queue``'s refused queue (a policy: at most
+    0 messages, reject-publish), as it does to a full or unavailable queue. A quorum queue
+    takes the message that brings it over the limit: one is published first."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await IngestQueues(queue).declare(channel)
+        refused = IngestQueues(queue).refused
+        _rabbitmqctl(
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "--priority",
+            "100",
+            policy,
+            f"^{refused}$".replace(".", r"\."),
+            '{"max-length": 0, "overflow": "reject-publish"}',
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while True:
+            try:
+                await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=refused)
+            except aio_pika.exceptions.DeliveryError:
+                return
+            assert loop.time() < deadline, f"{refused} still takes what is published"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_batch_given_up_on_a_live_channel_is_not_overtaken_by_what_came_after_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that cannot be settled while its channel stays open (here, its refusal's
+    publish nacked: the refused queue full) was nacked back to the queue alone: the
+    voter's later ballot, already delivered and waiting in the inbox, was cast first, then
+    the earlier one, refused the first time as a fault and cast on its redelivery, revised
+    it, and the earlier choice counted (review: ingest, once). The channel is closed now,
+    as a lost one: the broker puts everything delivered on it back at the queue's head, in
+    order, and what the consumer still holds from it is skipped, never cast."""
+    settings = settings_for(
+        database_url,
+        amqp_url=AMQP_URL,
+        namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ingest_batch=1,  # m1 alone in its batch; m2 waits in the inbox
+    )
+    queue = settings.ingest_queue_name
+    policy = f"{settings.namespace}-refused-full"
+    # m1 meets a bug until it is refused as a fault; its refusal's publish is nacked, and
+    # the batch given up. Delivered again, it is cast.
+    tried: list[str] = []
+    accept_vote = Election.accept_vote
+
+    def buggy(self: Election, voter: Voter, content: Mapping[str, Any]) -> Any:
+        if content.get("choice") == "a" and len(tried) < FAULT_ATTEMPTS:
+            tried.append("a")
+            raise RuntimeError("a bug that trips on this ballot (test)")
+        return accept_vote(self, voter, content)
+
+    monkeypatch.setattr(Election, "accept_vote", buggy)
+    try:
+        election_id = await _opened(settings, "Given up", ["a", "c"])
+        await _refusing(queue, policy)
+        m1, m2 = ballot(election_id, "v", "a"), ballot(election_id, "v", "c")
+        await publish(AMQP_URL, queue, [("m1", m1), ("m2", m2)])
+        async with consuming(settings) as (services, _):
+            recorded = await until(
+                lambda: _votes(services, election_id, "v"), lambda v: v[0] == 2, within=60
+            )
+            await until(lambda: _unacked(queue), lambda n: n == 0)
+            await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+            assert len(tried) == FAULT_ATTEMPTS
+            # m1, then m2: m2's choice counts, each recorded once.
+            assert recorded == (2, "c")
+            assert await _votes(services, election_id, "v") == (2, "c")
+    finally:
+        _rabbitmqctl("clear_policy", policy, check=False)
+        await delete_queues(queue)
