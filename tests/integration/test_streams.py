@@ -179,7 +179,11 @@ async def test_public_results_are_read_without_a_token(
     hidden = await voting.open_election(
         "plurality", public_results=True, results_visibility="after_close"
     )
-    assert (await http.get(f"/api/elections/{public}")).status_code == 401
+    # The election document is not public (README: results, stream and page are), and the
+    # 401 says which token it needs and where a public election's results are.
+    unread = await http.get(f"/api/elections/{public}")
+    detail = assert_problem(unread, 401, "a role's token or a voter token issued for")["detail"]
+    assert "public_results makes only its results" in detail
     assert (await http.get(f"/api/elections/{public}/results")).status_code == 200
     assert (await http.get(f"/api/elections/{private}/results")).status_code == 401
     assert (await http.get(f"/api/elections/{private}/results/stream")).status_code == 401
