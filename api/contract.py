@@ -239,7 +239,8 @@ def _operation(
     responses: dict[str, Any] = {str(status): ok for status in (spec.status, *spec.also)}
     if spec.conditional:
         responses["304"] = {
-            "description": "Not modified: the document still has the ETag sent in If-None-Match"
+            "description": "Not modified: the document still has an ETag sent in If-None-Match "
+            "(or that header is *, and the document exists)"
         }
     for status in spec.refusals():
         refusal: dict[str, Any] = {"description": TITLES.get(status, "Refused"), "content": problem}

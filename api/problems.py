@@ -50,6 +50,7 @@ DOMAIN_TYPES: dict[type[errors.CardinalError], str] = {
     errors.ElectionNotOpen: PREFIX + "election-not-open",
     errors.InvalidTransition: PREFIX + "invalid-transition",
     errors.AlreadyVoted: PREFIX + "already-voted",
+    errors.AlreadyWithdrawn: PREFIX + "already-withdrawn",
     errors.ConcurrentRevision: PREFIX + "concurrent-revision",
     errors.NotEligible: PREFIX + "not-eligible",
 }

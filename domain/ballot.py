@@ -16,7 +16,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import get_topic
 
-from domain.errors import BallotNotFound, IdempotencyKeyReused
+from domain.errors import AlreadyWithdrawn, IdempotencyKeyReused
 
 
 def ballot_id(election_id: UUID, ballot_key: str) -> UUID:
@@ -84,7 +84,9 @@ class Ballot(Aggregate):
 
     def withdraw(self, request_key: str | None) -> None:
         if self.vote is None:
-            raise BallotNotFound("this voter's ballot is already withdrawn")
+            raise AlreadyWithdrawn(
+                "this voter's ballot is already withdrawn; cast a ballot to vote again"
+            )
         self._withdrawn(election_id=self.election_id, request_key=request_key)
 
     @event("Withdrawn")

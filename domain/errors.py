@@ -12,6 +12,7 @@
     │   ├── ElectionNotOpen       ballots before opening or after closing
     │   ├── InvalidTransition     e.g. opening a closed election
     │   ├── AlreadyVoted          a second ballot where revoting is off
+    │   ├── AlreadyWithdrawn      withdrawing a ballot already withdrawn
     │   └── ConcurrentRevision    another revision of the same ballot won the race
     └── NotEligible               the voter may not vote in this election (403)
 
@@ -75,6 +76,13 @@ class InvalidTransition(Conflict):
 
 class AlreadyVoted(Conflict):
     title = "Already voted"
+
+
+class AlreadyWithdrawn(Conflict):
+    """The voter's ballot is in the log but withdrawn: there is nothing left to withdraw
+    (a retry with the withdrawal's own Idempotency-Key is answered with its receipt)."""
+
+    title = "Already withdrawn"
 
 
 class ConcurrentRevision(Conflict):

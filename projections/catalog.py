@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -28,8 +29,16 @@ class _Activity:
     revisions: int = 0
     withdrawals: int = 0
     late_ballots: int = 0
-    last_ballot_at: str = ""
+    last_ballot_at: datetime | None = None
     position: int = 0
+
+
+def _moment(timestamp: str) -> datetime:
+    """An entry's time as a time, not text: RFC 3339 texts order as text only while every
+    one is in UTC with the same spelling (``Z`` or ``+00:00``, ``T`` or a space, with or
+    without a fraction). A time without an offset is read as UTC."""
+    moment = datetime.fromisoformat(timestamp)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class CatalogProjection(Projection):
@@ -67,7 +76,9 @@ class CatalogProjection(Projection):
                         else BALLOT_COLUMNS[event.type]
                     )
                     setattr(figures, column, getattr(figures, column) + 1)
-                    figures.last_ballot_at = max(figures.last_ballot_at, event.timestamp)
+                    moment = _moment(event.timestamp)
+                    if figures.last_ballot_at is None or moment > figures.last_ballot_at:
+                        figures.last_ballot_at = moment
                     figures.position = event.position
                 else:
                     await self._election(cur, s, event, closes)

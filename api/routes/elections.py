@@ -16,7 +16,7 @@ from api import context, documents
 from api.auth import readable_election
 from api.contract import Operation, Param, operation
 from api.params import ELECTION_ID
-from api.problems import Forbidden, MalformedBody
+from api.problems import Forbidden, MalformedBody, Unauthorized
 from api.responses import JSONResponse
 from api.schemas import ElectionIn, Strict, TokensIn
 from api.views import election_view
@@ -310,7 +310,7 @@ async def _cursor(app: VotingApplication, raw: str | None) -> tuple[datetime, UU
 @operation(
     Operation(
         "getElection",
-        "One election (any role, or its own voter token)",
+        "One election (any role, or its own voter token; public_results or not)",
         "elections",
         ok=documents.Election,
         errors=(403, 404),
@@ -319,6 +319,14 @@ async def _cursor(app: VotingApplication, raw: str | None) -> tuple[datetime, UU
     )
 )
 async def get_election(request: Request) -> Response:
+    if "authorization" not in request.headers:
+        # public_results opens the results to all, not the election document: say so,
+        # since that is what a reader of a public election asks here.
+        raise Unauthorized(
+            "send an Authorization: Bearer <token> header, with a role's token or a voter "
+            "token issued for this election: reading an election always needs one "
+            "(public_results makes only its results, GET .../results, readable without)"
+        )
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
     services = context.services(request)

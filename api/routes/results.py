@@ -66,7 +66,7 @@ MAX_WAIT = 2.0
                 "header",
                 {"type": "string"},
                 required=False,
-                description="an ETag of this document: 304 while it is unchanged",
+                description="ETags of this document (or *, any): 304 while it is unchanged",
             ),
         ),
     )
@@ -145,7 +145,9 @@ def _conditional(
     rendered = orjson.dumps(body)
     tag = etag(rendered)
     headers = {**(headers or {}), "ETag": tag, "Cache-Control": "no-cache"}
-    if tag in _tags(request.headers.get("if-none-match", "")):
+    held = _tags(request.headers.get("if-none-match", ""))
+    # "*" matches any current representation (RFC 9110 13.1.2): this one exists.
+    if tag in held or "*" in held:
         return Response(status_code=304, headers=headers)
     return Response(rendered, media_type="application/json", headers=headers)
 

@@ -33,7 +33,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from domain.errors import BallotNotFound, ConcurrentRevision
+from domain.errors import AlreadyWithdrawn, BallotNotFound, ConcurrentRevision
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.options import Parser
@@ -180,7 +180,7 @@ async def _one(
         voter = Voter(name, name)
         voters.append((election_id, method, voter))
     # Two changes to one ballot in the same burst race; the loser's refusal is fine here.
-    with contextlib.suppress(BallotNotFound, ConcurrentRevision):
+    with contextlib.suppress(AlreadyWithdrawn, BallotNotFound, ConcurrentRevision):
         if roll < 0.02:
             await app.withdraw_ballot(election_id, voter)
         else:

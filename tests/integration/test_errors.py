@@ -179,6 +179,38 @@ async def test_a_second_ballot_where_revoting_is_off_is_409(voting: VotingClient
     assert await _log_length(voting) == before
 
 
+async def test_withdrawing_a_ballot_already_withdrawn_is_409_already_withdrawn(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """The ballot is in the log, withdrawn: not "Ballot not found" (404), which a client
+    reads as "this voter never voted". Its own key again is a retry: the first receipt."""
+    election_id = await voting.open_election()
+    path = f"/api/elections/{election_id}/withdrawals"
+    voter = voting.voter()
+    assert (await voting.cast(election_id, {"choice": "a"}, voter)).status_code == 201
+    keyed = {**bearer(CLIENT), "Idempotency-Key": "leave-1"}
+    gone = await http.post(path, json={"voter_id": voter}, headers=keyed)
+    assert gone.status_code == 200, gone.text
+    before = await _log_length(voting)
+    for headers in (bearer(CLIENT), {**bearer(CLIENT), "Idempotency-Key": "leave-2"}):
+        again = await http.post(path, json={"voter_id": voter}, headers=headers)
+        body = assert_problem(again, 409, "already withdrawn")
+        assert (body["type"], body["title"]) == (
+            "urn:cardinal-vote:problem:already-withdrawn",
+            "Already withdrawn",
+        )
+    retry = await http.post(path, json={"voter_id": voter}, headers=keyed)
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["position"] == gone.json()["position"]
+    assert await _log_length(voting) == before
+    never = await http.post(path, json={"voter_id": voting.voter()}, headers=bearer(CLIENT))
+    body = assert_problem(never, 404, "has not cast a ballot")
+    assert body["type"] == "urn:cardinal-vote:problem:ballot-not-found"
+    # And the voter may vote again: the withdrawn ballot is revised.
+    assert (await voting.cast(election_id, {"choice": "b"}, voter)).status_code == 200
+
+
 async def test_a_ballot_before_opening_or_after_closing_is_409(voting: VotingClient) -> None:
     draft = await voting.create_election()
     response = await voting.cast(draft["id"], {"choice": "a"}, voting.voter())

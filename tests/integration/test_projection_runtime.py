@@ -18,7 +18,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from domain.ballot import Ballot
-from domain.errors import BallotNotFound
+from domain.errors import AlreadyWithdrawn, BallotNotFound
 from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.tabulation import Tally
@@ -64,7 +64,7 @@ async def _fill(url: str, rng: random.Random, ballots: int = 400) -> UUID:
             voter = f"k{rng.randrange(ballots // 2)}"
             ranking = rng.sample("abcd", rng.randint(1, 4))
             if rng.random() < 0.05:
-                with contextlib.suppress(BallotNotFound):  # none cast yet, or withdrawn
+                with contextlib.suppress(BallotNotFound, AlreadyWithdrawn):  # none, or withdrawn
                     await app.withdraw_ballot(election_id, Voter(voter, voter))
             else:
                 await app.cast_ballot(

@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from domain.application import VotingApplication
-from domain.errors import BallotNotFound
+from domain.errors import AlreadyWithdrawn, BallotNotFound
 from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
@@ -198,7 +198,7 @@ async def _fill_open(url: str, rng: random.Random, step: int, entries: int) -> U
             name = f"s{rng.randrange(12)}"
             voter = Voter(name, name)
             if rng.random() < 0.15:
-                with contextlib.suppress(BallotNotFound):
+                with contextlib.suppress(BallotNotFound, AlreadyWithdrawn):
                     await app.withdraw_ballot(election_id, voter)
                     continue
             scores = {o: rng.randint(0, 5) for o in "abc"}

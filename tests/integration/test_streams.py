@@ -153,6 +153,24 @@ async def test_results_answer_conditional_gets(
     assert moved.headers["etag"] != tag
 
 
+async def test_if_none_match_star_is_304_while_the_results_exist(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """RFC 9110 13.1.2: "*" matches any current representation, so a GET holding it is
+    answered 304 whenever the results exist, and with a 404 where there are none."""
+    election_id = await voting.open_election("plurality")
+    path = f"/api/elections/{election_id}/results"
+    held = await http.get(path, headers={**bearer(AUDITOR), "If-None-Match": "*"})
+    assert held.status_code == 304
+    assert held.content == b""
+    assert held.headers["etag"].startswith('"')
+    missing = await http.get(
+        "/api/elections/00000000-0000-4000-8000-000000000000/results",
+        headers={**bearer(AUDITOR), "If-None-Match": "*"},
+    )
+    assert missing.status_code == 404
+
+
 async def test_public_results_are_read_without_a_token(
     voting: VotingClient, http: httpx.AsyncClient
 ) -> None:
@@ -161,7 +179,11 @@ async def test_public_results_are_read_without_a_token(
     hidden = await voting.open_election(
         "plurality", public_results=True, results_visibility="after_close"
     )
-    assert (await http.get(f"/api/elections/{public}")).status_code == 401
+    # The election document is not public (README: results, stream and page are), and the
+    # 401 says which token it needs and where a public election's results are.
+    unread = await http.get(f"/api/elections/{public}")
+    detail = assert_problem(unread, 401, "a role's token or a voter token issued for")["detail"]
+    assert "public_results makes only its results" in detail
     assert (await http.get(f"/api/elections/{public}/results")).status_code == 200
     assert (await http.get(f"/api/elections/{private}/results")).status_code == 401
     assert (await http.get(f"/api/elections/{private}/results/stream")).status_code == 401

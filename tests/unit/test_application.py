@@ -20,6 +20,7 @@ from domain.ballot import Ballot, ballot_id
 from domain.election import Election, ElectionStatus
 from domain.errors import (
     AlreadyVoted,
+    AlreadyWithdrawn,
     BallotNotFound,
     ConcurrentRevision,
     ElectionNotFound,
@@ -82,7 +83,7 @@ async def test_a_ballot_is_cast_then_revised_then_withdrawn() -> None:
     ballot: object = app.repository.get(cast.id)
     assert isinstance(ballot, Ballot)
     assert ballot.vote is None
-    with pytest.raises(BallotNotFound, match="already withdrawn"):
+    with pytest.raises(AlreadyWithdrawn, match="already withdrawn"):
         await app.withdraw_ballot(election_id, _voter("key-1"))
     with pytest.raises(BallotNotFound, match="has not cast a ballot"):
         await app.withdraw_ballot(election_id, _voter("key-2"))
