@@ -5,8 +5,9 @@ writer's statement wakes a PostgreSQL backend and its answer wakes the writer, a
 NOTIFY wakes the listeners, the relay's page wakes the broker and the projections. What such
 a step costs depends on the machine more than on our code: on a virtual machine, a wake-up
 across cores and a round trip to the database cost several times what they cost on bare
-metal, and they bound what any code on these cores can reach (README, "Where a ballot's CPU
-goes"). This measures them, so that the ballot path's figures can be read against them:
+metal, and they bound what any code on these cores can reach (docs/performance.md, "Where
+the limits are"). This measures them, so that the ballot path's figures can be read against
+them:
 
 - a PostgreSQL round trip, ``SELECT 1`` through psycopg and through libpq alone: CPU in
   this process and in the server's backend (when the server runs on this machine), and wall

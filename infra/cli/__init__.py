@@ -158,7 +158,8 @@ def parser() -> argparse.ArgumentParser:
     root = Parser(
         prog="cardinal",
         description="Cardinal Vote: an event-sourced voting backend. "
-        "Configuration comes from the environment (see .env.example).",
+        "Configuration comes from the environment (see .env.example, and the README's "
+        "Configuration table).",
     )
     sub = root.add_subparsers(
         title="commands",

@@ -548,7 +548,8 @@ class GroupCommitWriter:
             if busy and len(self._queue) < self.max_batch and not self._stopping:
                 # Ballots are pouring in: let the next batch gather for a moment. Fewer,
                 # larger commits cost the database, this thread and every listener woken
-                # by a commit's NOTIFY less per ballot (README, "Where a ballot's CPU goes").
+                # by a commit's NOTIFY less per ballot (docs/performance.md, "PostgreSQL's
+                # share, by connection").
                 time.sleep(BUSY_LINGER)
         if self._conn is not None:
             self._conn.close()
