@@ -19,6 +19,7 @@ from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
 from domain.application import Receipt
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
+from domain.ports import OutcomeUnknown
 from domain.rules import ElectionRules, Eligibility
 from domain.voter import Voter
 from infra.batched_metrics import BatchedCounter
@@ -132,6 +133,7 @@ async def cast_batch(request: Request) -> Response:
     election = str(election_id)
     kinds: Counter[str] = Counter()
     faults = Faults()
+    unknown = 0
     for (index, *_), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, Receipt):
             kind = _kind(outcome)
@@ -139,11 +141,14 @@ async def cast_batch(request: Request) -> Response:
             results[index] = receipt_view(outcome, election, kind)
         elif (found := problem_of(outcome, f"ballots[{index}]")) is not None:
             results[index] = found
+            unknown += isinstance(outcome, OutcomeUnknown)  # (may have been recorded)
         else:  # not a refusal of the ballot but a fault: this one alone was not recorded
             faults.add(outcome)
             results[index] = fault()
     for kind, count in kinds.items():
         ACCEPTED[kind].inc(count)
+    if unknown:  # (as a single ballot's 503 is counted)
+        BALLOTS_REFUSED.labels("outcome_unknown").inc(unknown)
     if faulty := faults.log("of a bulk request"):
         BALLOTS_REFUSED.labels("fault").inc(faulty)
     return JSONResponse({"results": results}, headers=limited)
