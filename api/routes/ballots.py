@@ -15,7 +15,7 @@ from api.contract import Operation, operation
 from api.params import ELECTION_ID, IDEMPOTENCY_KEY
 from api.problems import Faults, Forbidden, TooManyRequests, fault, problem_of
 from api.responses import JSONResponse
-from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
+from api.schemas import KEY_RULE, BallotIn, BatchBallotIn, BatchIn, WithdrawalIn, valid_key
 from api.views import receipt_view
 from domain.application import Receipt
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
@@ -26,7 +26,6 @@ from infra.batched_metrics import BatchedCounter
 from infra.metrics import BALLOTS_ACCEPTED, BALLOTS_REFUSED
 from infra.runtime.voters import request_key
 
-MAX_IDEMPOTENCY_KEY = 255
 ACCEPTED = {
     kind: BatchedCounter(BALLOTS_ACCEPTED.labels(kind))
     for kind in ("cast", "revised", "withdrawn", "replayed")
@@ -241,11 +240,8 @@ def _request_key(request: Request, voter: Voter) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise InvalidRequest(
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
-            field="Idempotency-Key",
-        )
+    if not valid_key(key):  # (a batch's keys: in BatchBallotIn, by the same rule)
+        raise InvalidRequest(f"Idempotency-Key {KEY_RULE}", field="Idempotency-Key")
     return request_key(key, voter)
 
 
