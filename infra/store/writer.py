@@ -39,7 +39,7 @@ other refusal is certain:
 - a batch whose statement the server answered with an error (short of a PANIC) was not
   recorded and is refused; one answered with a PANIC, or whose connection was lost without
   an answer (it may have committed), is looked up when the store is back, before anyone is
-  answered;
+  answered by its outcome (past ``OUTCOME_WITHIN``, its callers are told it is unknown);
 - a commit with no answer for ``STALLED_AFTER``, when a fresh connection cannot get an
   answer either (a store that hangs, not a lock), marks the store down, so that what is
   queued, and what comes, is refused at once; that commit's own appends wait for its
