@@ -19,7 +19,7 @@ from starlette.routing import Route
 from api.responses import ProblemResponse, problem, problem_body
 from api.schemas import unknown_field_hint
 from domain import errors
-from domain.ports import HeldBack, Overloaded, StoreUnavailable
+from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
 
@@ -320,7 +320,8 @@ def overloaded(request: Request, exc: Exception) -> Response:
 
 
 def store_unavailable(request: Request, exc: Exception) -> Response:
-    _refused(request, "store_unavailable")
+    # (outcome_unknown: may have been recorded, not a refusal for certain)
+    _refused(request, "outcome_unknown" if isinstance(exc, OutcomeUnknown) else "store_unavailable")
     return problem(503, "Event store unavailable", str(exc), headers={"Retry-After": "5"})
 
 

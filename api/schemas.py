@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from domain.election import MAX_TOKENS_PER_ISSUE
 from domain.errors import InvalidRequest
@@ -56,11 +56,41 @@ VoterId = Annotated[
     Printable,
     Field(json_schema_extra={"pattern": PLAIN}),
 ]
+# An idempotency key, as the Idempotency-Key header or as a ballot's idempotency_key in a
+# body: one rule, in the same words (str.isprintable: no control, format or separator
+# character but the space, no lone surrogate).
+MAX_IDEMPOTENCY_KEY = 255
+KEY_RULE = f"must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+# The contract's part of it (the runtime check refuses a few rarer characters besides).
+KEY_PATTERN = (
+    "^[^\\u0000-\\u001f\\u007f-\\u00a0\\u00ad\\u2000-\\u200f\\u2028-\\u202f"
+    "\\u205f-\\u2064\\u3000\\ufeff]*$"
+)
+
+
+def valid_key(key: str) -> bool:
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()
+
+
+def _key(value: str) -> str:
+    if not valid_key(value):
+        raise ValueError(KEY_RULE)
+    return value
+
+
 IdempotencyKey = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=255),
-    Printable,
-    Field(json_schema_extra={"pattern": PLAIN}),
+    AfterValidator(_key),
+    Field(
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": MAX_IDEMPOTENCY_KEY,
+            "pattern": KEY_PATTERN,
+            "description": f"as the Idempotency-Key header: 1-{MAX_IDEMPOTENCY_KEY} printable "
+            "characters (no control, format or separator character but the space); a retry "
+            "with the same key gets the first answer (replayed: true)",
+        }
+    ),
 ]
 MAX_BATCH = 1000
 # The largest body of many ballots (the bulk path's, and a multi-ballot message's).
@@ -181,6 +211,9 @@ class BatchBallotIn(BallotIn):
         return self.model_dump(exclude={"voter_id", "idempotency_key"}, exclude_none=True)
 
 
+_KEY_SCHEMA = TypeAdapter(IdempotencyKey).json_schema()
+
+
 class BatchIn(Strict):
     """The bulk path's body; each ballot is validated on its own (a bad one is refused
     alone), so only the envelope is checked here."""
@@ -196,6 +229,7 @@ class BatchIn(Strict):
                     "description": "a ballot as castBallot takes it, with its voter_id and an "
                     "optional idempotency_key; validated on its own, so an invalid one is "
                     "refused in its place in the results",
+                    "properties": {"idempotency_key": _KEY_SCHEMA},
                 }
             },
         ),

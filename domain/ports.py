@@ -29,8 +29,15 @@ class HeldBack(Exception):
 
 class StoreUnavailable(Exception):
     """The event store cannot be reached: the append was not recorded (the writer raises
-    this only when it is certain of that; an append whose commit went unanswered waits for
-    the store to come back and be asked)."""
+    this only when it is certain of that, but for OutcomeUnknown)."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The append's commit was sent and the store has not said how it went: it may have
+    been recorded. Raised when its caller cannot wait any longer (the store hangs past the
+    writer's bound, or the process is shutting down); the writer still learns the outcome
+    when the store answers. A retry with the same Idempotency-Key finds out: the receipt if
+    it was recorded, else it is recorded then, once."""
 
 
 class Recorded(NamedTuple):

@@ -15,17 +15,17 @@ from api.contract import Operation, operation
 from api.params import ELECTION_ID, IDEMPOTENCY_KEY
 from api.problems import Faults, Forbidden, TooManyRequests, fault, problem_of
 from api.responses import JSONResponse
-from api.schemas import BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
+from api.schemas import KEY_RULE, BallotIn, BatchBallotIn, BatchIn, WithdrawalIn, valid_key
 from api.views import receipt_view
 from domain.application import Receipt
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
+from domain.ports import OutcomeUnknown
 from domain.rules import ElectionRules, Eligibility
 from domain.voter import Voter
 from infra.batched_metrics import BatchedCounter
 from infra.metrics import BALLOTS_ACCEPTED, BALLOTS_REFUSED
 from infra.runtime.voters import request_key
 
-MAX_IDEMPOTENCY_KEY = 255
 ACCEPTED = {
     kind: BatchedCounter(BALLOTS_ACCEPTED.labels(kind))
     for kind in ("cast", "revised", "withdrawn", "replayed")
@@ -132,6 +132,7 @@ async def cast_batch(request: Request) -> Response:
     election = str(election_id)
     kinds: Counter[str] = Counter()
     faults = Faults()
+    unknown = 0
     for (index, *_), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, Receipt):
             kind = _kind(outcome)
@@ -139,11 +140,14 @@ async def cast_batch(request: Request) -> Response:
             results[index] = receipt_view(outcome, election, kind)
         elif (found := problem_of(outcome, f"ballots[{index}]")) is not None:
             results[index] = found
+            unknown += isinstance(outcome, OutcomeUnknown)  # (may have been recorded)
         else:  # not a refusal of the ballot but a fault: this one alone was not recorded
             faults.add(outcome)
             results[index] = fault()
     for kind, count in kinds.items():
         ACCEPTED[kind].inc(count)
+    if unknown:  # (as a single ballot's 503 is counted)
+        BALLOTS_REFUSED.labels("outcome_unknown").inc(unknown)
     if faulty := faults.log("of a bulk request"):
         BALLOTS_REFUSED.labels("fault").inc(faulty)
     return JSONResponse({"results": results}, headers=limited)
@@ -236,11 +240,8 @@ def _request_key(request: Request, voter: Voter) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise InvalidRequest(
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
-            field="Idempotency-Key",
-        )
+    if not valid_key(key):  # (a batch's keys: in BatchBallotIn, by the same rule)
+        raise InvalidRequest(f"Idempotency-Key {KEY_RULE}", field="Idempotency-Key")
     return request_key(key, voter)
 
 

@@ -26,8 +26,11 @@ after COMMIT returned, so no 2xx is ever sent for a ballot that is not durable.
 ``max_batch=1`` turns batching off. (The transaction itself is in infra/store/batch.py.)
 
 Every caller whose append is still queued is answered within ``answer_within`` (5 s); one
-whose commit is under way waits for its outcome (a 503 there could be untrue), even past
-that when the store hangs. Every refusal is certain:
+whose commit is under way waits for its outcome, but at most ``OUTCOME_WITHIN`` (10 s)
+from when the commit was sent: past that (a store that hangs), it is answered that the
+outcome is not known yet (OutcomeUnknown: it may have been recorded, retry with the same
+Idempotency-Key), and the outcome the store gives later has no caller left to tell. Every
+other refusal is certain:
 
 - while the store is down (see infra/store/health.py) appends are refused at the door,
   and those queued when it went down are refused at once, not tried batch after batch;
@@ -36,11 +39,11 @@ that when the store hangs. Every refusal is certain:
 - a batch whose statement the server answered with an error (short of a PANIC) was not
   recorded and is refused; one answered with a PANIC, or whose connection was lost without
   an answer (it may have committed), is looked up when the store is back, before anyone is
-  answered;
+  answered by its outcome (past ``OUTCOME_WITHIN``, its callers are told it is unknown);
 - a commit with no answer for ``STALLED_AFTER``, when a fresh connection cannot get an
   answer either (a store that hangs, not a lock), marks the store down, so that what is
   queued, and what comes, is refused at once; that commit's own appends wait for its
-  outcome;
+  outcome, up to ``OUTCOME_WITHIN``;
 - at shutdown, ``drain`` answers what is left (see api/server.py): queued, certainly not
   recorded; a batch in flight, by its outcome if the store gives it within a second, else
   UNKNOWN (may have been recorded: retry with the same Idempotency-Key), whatever the store
@@ -69,7 +72,13 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import Election
-from domain.ports import Overloaded, Recorded, RecordedBallot, StoreUnavailable
+from domain.ports import (
+    OutcomeUnknown,
+    Overloaded,
+    Recorded,
+    RecordedBallot,
+    StoreUnavailable,
+)
 from infra import metrics
 from infra.audit.chain import entry_hash
 from infra.store import ELECTIONS_CHANNEL, EVENTS_TABLE
@@ -89,11 +98,19 @@ ANSWER_WITHIN = 5.0
 SWEEP_INTERVAL = 0.1  # how often queued appends are checked against their deadline
 # A commit with no answer for this long: the store hangs (frozen, or cut off without a
 # reset). It is marked down, so that ballots are refused at once rather than after their
-# deadline; the commit itself is answered when the store decides it.
+# deadline; the commit itself is answered when the store decides it (or OUTCOME_WITHIN).
 STALLED_AFTER = 2.0
 STALL_PROBE = 1.5  # how long a fresh connection may take to answer SELECT 1 then
 IDLE_LOOK = 1.0
 STALL_REPROBE = 2.0  # while a stall lasts, the store is probed again this often
+# A commit the store has not answered this long after it was sent: its callers are told
+# that its outcome is not known yet (UNCONFIRMED), rather than wait for as long as the store
+# hangs. Long enough for a commit that waits on a lock (a migration's) or a slow store to be
+# answered truthfully, and for a hang to be seen (STALLED_AFTER and its probe: 3.5 s); short
+# of the 11 s in which a connection cut without a reset fails (infra/store/names.py), and
+# of the usual 30 s client timeouts. The writer still learns the outcome when the store
+# answers; nobody is waiting for it then. (The deadline sweeper looks: no timer per ballot.)
+OUTCOME_WITHIN = 10.0
 LOOKUP_WAIT = 3.0  # a read on a ballot's path (withdrawal, revision, retry) waits this long
 # After a batch of BUSY_BATCH appends or more, the writer waits BUSY_LINGER seconds before
 # taking the next one. Measured (bench http, 64 clients): 2 ms gave the most ballots/s;
@@ -123,6 +140,12 @@ UNKNOWN = (
     "the event store went away while committing this ballot and this process is shutting "
     "down before it could ask: the ballot may have been recorded; retry with the same "
     "Idempotency-Key to find out (it is never recorded twice)"
+)
+UNCONFIRMED = (
+    "the event store has not confirmed this ballot within {:g} seconds of its commit: the "
+    "outcome is not known yet, and the ballot may have been recorded; retry with the same "
+    "Idempotency-Key to find out (if it was recorded, the retry answers its receipt; if "
+    "not, the retry records it; it is never recorded twice)"
 )
 RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
@@ -169,6 +192,7 @@ class GroupCommitWriter:
         self.stats = WriterStats()
         self._in_flight: list[Append] = []
         self._in_flight_since: float | None = None  # monotonic; the commit under way
+        self._unconfirmed: float | None = None  # the commit whose callers were told so
         self._progress = Progress()  # the writer thread's commit, as it goes
         self._draining = False
         self._queue: deque[Append] = deque()
@@ -367,8 +391,13 @@ class GroupCommitWriter:
         now = loop.time()
         expired = []
         since = self._in_flight_since
-        if since is not None and time.monotonic() - since > STALLED_AFTER:
-            self._suspect(loop, since)
+        if since is not None:
+            waited = time.monotonic() - since
+            if waited > STALLED_AFTER:
+                self._suspect(loop, since)
+            if waited > OUTCOME_WITHIN and self._unconfirmed != since:
+                self._unconfirmed = since
+                self._unconfirmed_now(since)
         with self._wakeup:
             while self._queue and self._queue[0].deadline <= now:
                 expired.append(self._queue.popleft())
@@ -377,6 +406,26 @@ class GroupCommitWriter:
         for submission in expired:
             _refuse(submission, TOO_SLOW.format(self.answer_within))
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop) if waiting else None
+
+    def _unconfirmed_now(self, since: float) -> None:
+        """The commit sent at ``since`` has had no answer for OUTCOME_WITHIN: answer its
+        callers that its outcome is not known yet, now. The writer thread goes on waiting
+        for the store's answer (and asks the store, if the answer is lost), so what was
+        recorded is learnt, and nothing is recorded twice; nobody is left to tell."""
+        with self._wakeup:
+            if self._in_flight_since != since:
+                return  # answered meanwhile
+            waiting = [s for s in self._in_flight if not s.future.done()]
+        if not waiting:
+            return
+        log.warning(
+            "a commit of %d appends has had no answer from the event store for %g s: their "
+            "callers are told the outcome is not known yet (retry with the same "
+            "Idempotency-Key)",
+            len(waiting),
+            OUTCOME_WITHIN,
+        )
+        _unknown(waiting, UNCONFIRMED.format(OUTCOME_WITHIN))
 
     def _suspect(self, loop: asyncio.AbstractEventLoop, since: float | None) -> None:
         """Something waits on the store too long (a commit since ``since``, or a lookup):
@@ -604,7 +653,7 @@ class GroupCommitWriter:
                     return [Outcome(error=StoreUnavailable(NOT_RECORDED)) for _ in batch]
                 log.error("a commit's outcome is unknown; waiting for the store to ask it")
                 if not self._until_back():
-                    return [Outcome(error=StoreUnavailable(UNKNOWN)) for _ in batch]
+                    return [Outcome(error=OutcomeUnknown(UNKNOWN)) for _ in batch]
             except Exception as error:  # a bug or a bad row: fail this batch, keep running
                 self._progress.committing = False
                 log.exception("group commit failed")
@@ -689,10 +738,12 @@ def _cancel(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.cancel_safe(timeout=CANCEL_TIMEOUT)
 
 
-def _unknown(in_flight: Sequence[Append]) -> None:
-    """Callers whose batch's outcome this process will not learn before it goes."""
+def _unknown(in_flight: Sequence[Append], detail: str = UNKNOWN) -> None:
+    """Callers whose batch's outcome they cannot wait for: this process will not learn it
+    before it goes (UNKNOWN), or the store has not given it in time (UNCONFIRMED)."""
     for submission in in_flight:
-        _refuse(submission, UNKNOWN)
+        if not submission.future.done():
+            submission.future.set_exception(OutcomeUnknown(detail))
 
 
 def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:

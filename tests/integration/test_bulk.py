@@ -671,6 +671,51 @@ async def test_a_reused_key_in_a_batch_names_the_ballots_field(
     assert results[1]["field"] == "ballots[1].idempotency_key"
 
 
+async def test_a_ballots_key_follows_the_idempotency_key_headers_rule_and_words(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """A ballot's idempotency_key was checked by other rules than the header's (a client
+    developer's review): a zero-width space, a no-break space or a line separator passed,
+    where the header takes only printable characters, and a key too long was refused in
+    pydantic's words. Now one rule, in the header's words; the ballot alone is refused."""
+    election_id = await voting.open_election("plurality")
+    events = len(await voting.audit_events())
+    bad = ["zero\u200bwidth", "no\u00a0break", "line\u2028sep", "", "k" * 256, "tab\tkey"]
+    results = await _batch(
+        http,
+        election_id,
+        [{"voter_id": "key-ok", "choice": "a", "idempotency_key": "k" * 255}]
+        + [
+            {"voter_id": f"key-{n}", "choice": "a", "idempotency_key": k} for n, k in enumerate(bad)
+        ],
+    )
+    assert results[0]["version"] == 1, results[0]
+    for n, refused in enumerate(results[1:], 1):
+        assert refused["status"] == 422, (bad[n - 1], refused)
+        assert refused["field"] == f"ballots[{n}].idempotency_key", refused
+        assert refused["detail"] == (
+            f"ballots[{n}].idempotency_key: must be 1-255 printable characters"
+        ), refused
+    assert len(await voting.audit_events()) == events + 1
+    header = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        json={"voter_id": "by-header", "choice": "a"},
+        headers={**bearer(CLIENT), "Idempotency-Key": "k" * 256},
+    )
+    said = assert_problem(header, 422, "printable")["detail"]
+    assert said == "Idempotency-Key must be 1-255 printable characters"
+    # The contract says so too.
+    contract = (await http.get("/openapi.json")).json()
+    batch = contract["paths"]["/api/elections/{election_id}/ballots/batch"]["post"]
+    body = batch["requestBody"]["content"]["application/json"]["schema"]
+    if "$ref" in body:
+        body = contract["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    key = body["properties"]["ballots"]["items"]["properties"]["idempotency_key"]
+    assert (key["minLength"], key["maxLength"]) == (1, 255)
+    assert not re.match(key["pattern"], bad[0])
+    assert re.match(key["pattern"], "k-1 ok")
+
+
 async def test_cardinal_import_does_not_keep_the_files_order_between_requests(
     voting: VotingClient, api_url: str, database_url: str, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -22,6 +22,7 @@ from api import middleware
 from api.ratelimit import BALLOT_UNCHECKED
 from domain.ballot import Ballot
 from domain.ports import Recorded, StoreUnavailable
+from infra.metrics import BALLOTS_REFUSED
 from infra.store import open_application
 from infra.store.migrations import migrate
 from infra.store.ratelimit import (
@@ -32,7 +33,7 @@ from infra.store.ratelimit import (
     Quota,
     SharedRateLimiter,
 )
-from infra.store.writer import GroupCommitWriter
+from infra.store.writer import OUTCOME_WITHIN, GroupCommitWriter
 from tests.integration.client import VotingClient, bearer
 from tests.pg_cluster import Cluster
 from tests.servers import AUDITOR, CLIENT, running_api, settings_for
@@ -239,7 +240,8 @@ async def test_a_frozen_store_costs_clients_a_503_not_a_wait_as_long_as_the_free
     the kernel still acknowledges what is sent: reads hung for as long as the freeze, and
     ballots got their 503 only at their 5 s deadline, while /api/health said the store was
     ok (review helper-28). The ballot whose commit is under way waits for the store's
-    answer: a 503 could be a lie, and its 2xx comes when the store does."""
+    answer, this freeze being shorter than OUTCOME_WITHIN: its 2xx comes when the store's
+    answer does (for a longer one, see the test after the next)."""
     monkeypatch.setattr(middleware, "READ_DEADLINE", 2.0, raising=False)
     settings = settings_for(url)
     async with (
@@ -289,6 +291,92 @@ async def test_a_frozen_store_costs_clients_a_503_not_a_wait_as_long_as_the_free
             assert time.monotonic() < recovered, "ballots still refused 10 s after the thaw"
             await asyncio.sleep(0.2)
     assert _casts(url) == 5  # created, opened, "first", "in-flight", "after"
+
+
+def _unknown_answers() -> float:
+    return float(BALLOTS_REFUSED.labels("outcome_unknown")._value.get())
+
+
+async def test_a_commit_the_frozen_store_never_answers_costs_its_callers_a_bounded_wait(
+    cluster: Cluster, url: str
+) -> None:
+    """The ballots of a commit in flight when the store froze waited for its outcome for as
+    long as the freeze, minutes or for good; a bulk request with one of them, its whole
+    answer, refusals included (the brief's "a fast 503, never a hang"). Past OUTCOME_WITHIN
+    from the commit they are answered 503: the outcome is not known yet, retry with the
+    same Idempotency-Key. The writer learns the outcome at the thaw, and a retry answers
+    the receipt: each ballot recorded once."""
+    slack = 3.0  # the sweeper's 0.1 s, the request's own way, a shared machine
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        assert (await voting.cast(election_id, {"choice": "a"}, "warm-up")).status_code == 201
+        ballots = f"/api/elections/{election_id}/ballots"
+        before = _unknown_answers()
+
+        async def frozen(call: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
+            """The answer while the store is frozen (never one that waited for the thaw)."""
+            await asyncio.to_thread(cluster.freeze)
+            try:
+                started = time.monotonic()
+                answer = await asyncio.wait_for(call, OUTCOME_WITHIN + slack)
+                return answer, time.monotonic() - started
+            finally:
+                await asyncio.to_thread(cluster.freeze, True)
+
+        async def until_taken(call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+            """The first answer other than 503 (the store is marked down until the frozen
+            commit's answer comes)."""
+            deadline = time.monotonic() + 15
+            while (answer := await call()).status_code == 503:
+                assert time.monotonic() < deadline, answer.text
+                await asyncio.sleep(0.2)
+            return answer
+
+        single = {"voter_id": "frozen", "choice": "a"}
+        key = {**bearer(CLIENT), "Idempotency-Key": "frozen-1"}
+        answer, took = await frozen(http.post(ballots, json=single, headers=key))
+        assert answer.status_code == 503, answer.text
+        assert int(answer.headers["retry-after"]) > 0
+        detail = answer.json()["detail"]
+        assert "may have been recorded" in detail, detail
+        assert "same Idempotency-Key" in detail, detail
+        assert OUTCOME_WITHIN - 0.5 < took < OUTCOME_WITHIN + slack, took
+        retry = await until_taken(lambda: http.post(ballots, json=single, headers=key))
+        assert retry.status_code == 201, retry.text
+        # Recorded by the commit that froze (then the retry is its replay), or not (then
+        # by the retry): once, either way.
+        assert _casts(url) == 4  # created, opened, warm-up, frozen
+
+        batch = {
+            "ballots": [
+                {"voter_id": "bulk-1", "choice": "a", "idempotency_key": "b-1"},
+                {"voter_id": "bulk-2", "choice": "nobody", "idempotency_key": "b-2"},
+                {"voter_id": "bulk-3", "choice": "a", "idempotency_key": "b-3"},
+            ]
+        }
+        answer, took = await frozen(
+            http.post(f"{ballots}/batch", json=batch, headers=bearer(CLIENT))
+        )
+        assert answer.status_code == 200, answer.text
+        first, invalid, third = answer.json()["results"]
+        assert invalid["status"] == 422, invalid  # answered as ever
+        for item in (first, third):
+            assert item["status"] == 503, item
+            assert "may have been recorded" in item["detail"], item
+        assert took < OUTCOME_WITHIN + slack, took
+        again = await until_taken(
+            lambda: http.post(f"{ballots}/batch", json=batch, headers=bearer(CLIENT))
+        )
+        first, invalid, third = again.json()["results"]
+        assert invalid["status"] == 422
+        assert first["version"] == third["version"] == 1, (first, third)
+        assert _casts(url) == 6  # bulk-1 and bulk-3, once each
+        assert _unknown_answers() - before == 3  # counted: the single ballot, two of the bulk
 
 
 async def test_a_commit_waiting_for_a_lock_is_not_an_outage(
