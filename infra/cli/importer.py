@@ -37,12 +37,14 @@ from domain.errors import ConcurrentRevision
 from infra.bench.loadgen import ConnectionClosed, LeanConnection, Reply
 from infra.cli.ballot_files import VOTER_COLUMNS, FileBallot, NeedsSource, Reading, read_ballots
 from infra.cli.environment import Commands, positive_int, print_table, run_until_interrupted
+from infra.runtime.voters import is_voter_token
 
 console = Console()
 RATE_AFTER = 1.0  # seconds: a shorter import's summary gives no rate
 MAX_BATCH = 1000
 SHOWN = 20  # refused ballots listed by line after an import
 PATIENCE = 60.0  # seconds without an answer (or with only 503s) before an import stops
+CLIENT_TOKEN = "CARDINAL_CLIENT_TOKEN"  # noqa: S105 - the variable's name, not a token
 REFUSE = "refuse"  # --write-in: a name that matches no option stops the import
 _SHUFFLE = random.SystemRandom().shuffle
 
@@ -78,8 +80,7 @@ def add_commands(sub: Commands) -> None:
     )
     parser.add_argument(
         "--token",
-        default=_first("CARDINAL_CLIENT_TOKEN"),
-        help="a client token (default: CARDINAL_CLIENT_TOKEN)",
+        help="a client token (default: CARDINAL_CLIENT_TOKEN, which `. .cardinal/env` sets)",
     )
     parser.add_argument(
         "--source",
@@ -134,8 +135,15 @@ def add_commands(sub: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Where the token came from, for a refusal of it to say which one to correct.
+    args.token_from = "--token"  # noqa: S105 - the option's name, not a token
     if not args.token:
-        console.print("[red]a client token is needed: set CARDINAL_CLIENT_TOKEN or --token[/red]")
+        args.token, args.token_from = _first(CLIENT_TOKEN), CLIENT_TOKEN
+    if not args.token:
+        console.print(
+            f"[red]a client token is needed: set {CLIENT_TOKEN} (in development: "
+            "`. .cardinal/env`, which `cardinal serve` writes, sets it) or pass --token[/red]"
+        )
         return 2
     if not 1 <= args.batch <= MAX_BATCH:
         console.print(f"[red]--batch must be from 1 to {MAX_BATCH}[/red]")
@@ -185,15 +193,90 @@ async def _election(args: argparse.Namespace) -> Reply | None:
     return reply
 
 
-async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
+def _voter_token_note(token: str) -> str:
+    if not is_voter_token(token):
+        return ""
+    return (
+        f", a voter token: one voter casts their own ballot with it; the import needs the "
+        f"client token, {CLIENT_TOKEN}, which `. .cardinal/env` sets"
+    )
+
+
+def _not_open(args: argparse.Namespace, document: dict[str, Any]) -> str | None:
+    """Why the election takes no ballots from an import now, in one line; None: it does.
+    (Each ballot would otherwise be refused alike, 409 or 403, and those refusals do not
+    say how to open it.) An election that closes during the import still refuses each
+    ballot sent after, with its line."""
+    election, status = args.election, document.get("status")
+    if document.get("eligibility") == "tokens":
+        return (
+            f"the election {election} takes ballots only from voters holding voter tokens; "
+            "an import (the bulk path) casts into elections whose eligibility is client"
+        )
+    if status == "open":
+        return None
+    if status == "draft":
+        return (
+            f"the election {election} is a draft, not open yet: open it with POST "
+            f"/api/elections/{election}/open and the admin token (CARDINAL_ADMIN_TOKEN), "
+            "then import"
+        )
+    return f"the election {election} is {status}: it takes no more ballots"
+
+
+async def _cannot_cast(args: argparse.Namespace) -> str | None:
+    """Why the token may not send ballots on the bulk path, in one line; None: it may.
+    The API tells an empty batch: it checks who is calling before the body (403 for
+    another role, or a voter token), then refuses the empty list (422), recording nothing.
+    Any other answer (busy, unreachable) is left to the import itself to meet."""
+    probe = args.connect()
+    path = f"/api/elections/{args.election}/ballots/batch"
+    try:
+        reply: Reply = await asyncio.wait_for(
+            probe.request("POST", path, {"ballots": []}), args.patience
+        )
+    except (ConnectionClosed, OSError, TimeoutError):
+        return None
+    finally:
+        await probe.close()
+    if reply.status not in (401, 403):
+        return None
+    said = f"the token from {args.token_from} cannot cast ballots here: {_said(reply)}"
+    if reply.status == 403 or is_voter_token(args.token):
+        said += (
+            f"; the import needs the client token, {CLIENT_TOKEN}, which `. .cardinal/env` "
+            "sets (an admin, operator or voter token casts nothing through the bulk path)"
+        )
+    return said
+
+
+async def _importable(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The election, as the API answers it, if the import may cast into it with its token;
+    None (said why, each reason in a line) if not, or if the API cannot be reached."""
     election = await _election(args)
     if election is None:
-        return 1
+        return None
     if election.status != 200:
-        console.print(f"[red]the election cannot be read: {escape(_said(election))}[/]")
+        said = _said(election)
+        if election.status in (401, 403):
+            said += f" (the token from {args.token_from}{_voter_token_note(args.token)})"
+        console.print(f"[red]the election cannot be read: {escape(said)}[/]")
+        return None
+    document: dict[str, Any] = election.json()
+    found = [_not_open(args, document)]
+    if document.get("eligibility") != "tokens":  # (there, _not_open says why already)
+        found.append(await _cannot_cast(args))
+    refusals = [r for r in found if r]
+    for refusal in refusals:
+        console.print(f"[red]{escape(refusal)}; nothing was sent[/red]")
+    return None if refusals else document
+
+
+async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
+    document = await _importable(args)
+    if document is None:
         return 1
     reading = Reading()
-    document = election.json()
     options = document["options"]
     try:
         ballots = list(
@@ -256,28 +339,31 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
     _refusals(args.file, outcomes.refusals)
     unsent = len(ballots) - sum(outcomes.tally.values())
     if stopped or unsent or outcomes.passing:
-        said = f"stopped: {escape(stopped[0])}; " if stopped else ""
-        said += (
-            f"{unsent:,} ballot was not sent"
-            if unsent == 1
-            else f"{unsent:,} ballots were not sent"
-        )
-        if outcomes.withheld:
-            said += (
-                f" ({outcomes.withheld:,} of them held back behind an earlier line of their "
-                "voter that was refused: correct or remove that line first)"
-            )
-        if outcomes.passing:
-            said += (
-                f", and {outcomes.passing:,} were refused for a reason that says nothing "
-                "about them (listed above)"
-            )
-        console.print(
-            f"[red]{said}. Run the same import again with the same token to send them "
-            "(ballots already recorded are replayed, never counted twice; with another token "
-            "every ballot would be sent as a new one).[/red]"
-        )
+        _unsent(unsent, outcomes, stopped[0] if stopped else None)
     return 1 if outcomes.refusals or stopped or unsent else 0
+
+
+def _unsent(unsent: int, outcomes: _Outcomes, stopped: str | None) -> None:
+    """How many ballots were not sent, and that running the import again sends them."""
+    said = f"stopped: {escape(stopped)}; " if stopped else ""
+    said += (
+        f"{unsent:,} ballot was not sent" if unsent == 1 else f"{unsent:,} ballots were not sent"
+    )
+    if outcomes.withheld:
+        said += (
+            f" ({outcomes.withheld:,} of them held back behind an earlier line of their "
+            "voter that was refused: correct or remove that line first)"
+        )
+    if outcomes.passing:
+        said += (
+            f", and {outcomes.passing:,} were refused for a reason that says nothing "
+            "about them (listed above)"
+        )
+    console.print(
+        f"[red]{said}. Run the same import again with the same token to send them "
+        "(ballots already recorded are replayed, never counted twice; with another token "
+        "every ballot would be sent as a new one).[/red]"
+    )
 
 
 class _Outcomes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import sys
 import time
@@ -25,7 +26,7 @@ from infra.runtime.voters import VoterKeys
 from infra.store import writer as writer_module
 from infra.store.writer import GroupCommitWriter
 from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer
-from tests.servers import ADMIN, CLIENT
+from tests.servers import ADMIN, CLIENT, OPERATOR
 
 BATCH = "/api/elections/{}/ballots/batch"
 
@@ -331,7 +332,7 @@ async def test_cardinal_import_takes_a_name_in_either_unicode_form_as_one_voter(
     assert len(events) == 1, events
 
 
-async def _cardinal(*args: str) -> tuple[int, str]:
+async def _cardinal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -339,6 +340,7 @@ async def _cardinal(*args: str) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode()
@@ -412,7 +414,7 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
                 length = re.search(rb"(?i)content-length: *(\d+)", head)
                 await reader.readexactly(int(length.group(1)) if length else 0)
                 if head.startswith(b"GET"):
-                    status, body = b"200 OK", orjson.dumps({"options": []})
+                    status, body = b"200 OK", orjson.dumps({"options": [], "status": "open"})
                 else:
                     status, body = b"503 Service Unavailable", orjson.dumps({"detail": "busy"})
                 writer.write(
@@ -455,6 +457,112 @@ async def test_cardinal_import_says_when_the_api_cannot_be_reached_or_stops_answ
     assert "stopped: for 1 s the API took none of a batch (503: busy)" in flat
     assert "30 ballots were not sent" in flat
     assert "Run the same import again" in flat
+
+
+def _without_client_token(**more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CARDINAL_CLIENT_TOKEN"}
+    return {**env, **more}
+
+
+async def _election_events(voting: VotingClient, election_id: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id
+    ]
+
+
+async def test_cardinal_import_refuses_a_token_that_cannot_cast_before_sending_anything(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """With the admin token, every ballot came back 403 (the admin role may not cast
+    ballots), and the summary advised running the same import again with the same token,
+    which could only fail again (newcomer review): the import asks the API first (an empty
+    batch: refused by role before its body is read), and says in one line which token to
+    use, and where the one it used came from."""
+    election_id = await voting.open_election("plurality")
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text("".join(f'{{"voter_id": "v{n}", "choice": "a"}}\n' for n in range(5)))
+    command = ("import", str(ballots), "--election", election_id, "--url", api_url)
+    for token in (ADMIN, OPERATOR):
+        code, said = await _cardinal(*command, "--token", token, env=_without_client_token())
+        flat = " ".join(said.split())
+        assert code == 1, said
+        assert "the token from --token cannot cast ballots here: 403:" in flat, said
+        assert "it needs the client role" in flat, said
+        assert "the import needs the client token, CARDINAL_CLIENT_TOKEN, which " in flat, said
+        assert "`. .cardinal/env` sets" in flat, said
+        assert "nothing was sent" in flat, said
+        assert "Run the same import again" not in flat, said
+        assert "refused, by line" not in flat, said
+    code, said = await _cardinal(*command, env=_without_client_token(CARDINAL_CLIENT_TOKEN=ADMIN))
+    assert code == 1, said
+    assert "the token from CARDINAL_CLIENT_TOKEN cannot cast ballots here" in " ".join(said.split())
+    assert not await _election_events(voting, election_id)
+    # A token the API does not know, and a voter token: which one, from where.
+    code, said = await _cardinal(*command, "--token", "not-a-token", env=_without_client_token())
+    assert code == 1, said
+    assert (
+        "the election cannot be read: 401: this token is not recognised (the token from --token)"
+    ) in " ".join(said.split())
+    token_election, (voter_token,) = await voting.token_election(tokens=1)
+    code, said = await _cardinal(
+        *command, env=_without_client_token(CARDINAL_CLIENT_TOKEN=voter_token)
+    )
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert "the election cannot be read: 403:" in flat, said
+    assert "(the token from CARDINAL_CLIENT_TOKEN, a voter token:" in flat, said
+    assert "the import needs the client token" in flat, said
+    # A token election takes no import, whatever the token.
+    code, said = await _cardinal(
+        "import", str(ballots), "--election", token_election, "--url", api_url, "--token", CLIENT
+    )
+    assert code == 1, said
+    assert "takes ballots only from voters holding voter tokens" in " ".join(said.split())
+    # No token at all: where one comes from in development.
+    code, said = await _cardinal(*command, env=_without_client_token())
+    assert code == 2, said
+    assert (
+        "a client token is needed: set CARDINAL_CLIENT_TOKEN (in development: "
+        "`. .cardinal/env`, which `cardinal serve` writes, sets it) or pass --token"
+    ) in " ".join(said.split())
+    code, said = await _cardinal(*command, "--token", CLIENT)
+    assert code == 0, said  # the client token casts them
+
+
+async def test_cardinal_import_into_an_election_not_open_says_so_once_and_sends_nothing(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """Into a draft election, the import printed a 409 (not opened yet) for each ballot and
+    nothing said how to open it (newcomer review): one line says so, before anything is
+    sent; for a closed one, that it is closed."""
+    draft = str((await voting.create_election("plurality"))["id"])
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text("".join(f'{{"voter_id": "v{n}", "choice": "a"}}\n' for n in range(5)))
+    command = ("import", str(ballots), "--url", api_url, "--token", CLIENT, "--election")
+    code, said = await _cardinal(*command, draft)
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert flat == (  # that alone, in one line (wrapped to the terminal's width)
+        f"the election {draft} is a draft, not open yet: open it with POST "
+        f"/api/elections/{draft}/open and the admin token (CARDINAL_ADMIN_TOKEN), then "
+        "import; nothing was sent"
+    ), said
+    # With the admin token too: both are said at once.
+    code, said = await _cardinal(*command[:-3], "--token", ADMIN, "--election", draft)
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert "is a draft, not open yet" in flat, said
+    assert "cannot cast ballots here: 403:" in flat, said
+    assert not await _election_events(voting, draft)
+    await voting.open(draft)
+    await voting.close(draft)
+    code, said = await _cardinal(*command, draft)
+    flat = " ".join(said.split())
+    assert code == 1, said
+    assert f"the election {draft} is closed: it takes no more ballots; nothing was sent" in flat
+    assert "409" not in flat, said
 
 
 async def test_a_batch_is_in_the_log_in_an_order_of_chance(
@@ -586,6 +694,12 @@ async def test_cardinal_import_records_a_voters_ballots_in_file_order(
     assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 0, "b": voters, "c": 0}
 
 
+def _checks_the_token(body: bytes) -> bool:
+    """Whether a POST is the import's check of its token (an empty batch), before it sends
+    a ballot: the proxies below pass it on as it comes."""
+    return bool(body) and orjson.loads(body) == {"ballots": []}
+
+
 class _Overtaking:
     """An HTTP/1.1 proxy that holds each POST until every connection that has posted (at
     least ``connections`` of them, and not yet closed) has one waiting, then forwards the
@@ -609,7 +723,7 @@ class _Overtaking:
                     return
                 length = re.search(rb"(?i)content-length: *(\d+)", head)
                 body = await reader.readexactly(int(length.group(1)) if length else 0)
-                if head.startswith(b"POST"):
+                if head.startswith(b"POST") and not _checks_the_token(body):
                     if writer not in self.posting:
                         self.posting.add(writer)
                         self.posted += 1
@@ -872,7 +986,7 @@ class _FirstPostFails(_Overtaking):
     answer = b"502 Bad Gateway"
 
     async def _forward(self, head: bytes, body: bytes) -> bytes:
-        if head.startswith(b"POST") and not self.failed:
+        if head.startswith(b"POST") and not self.failed and not _checks_the_token(body):
             self.failed = True
             page = self.answer[4:]
             return (
