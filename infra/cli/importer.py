@@ -344,7 +344,9 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
 
 
 def _unsent(unsent: int, outcomes: _Outcomes, stopped: str | None) -> None:
-    """How many ballots were not sent, and that running the import again sends them."""
+    """How many ballots were not sent, and whether running the import again may send them:
+    so it may after the API was away, busy or failing, not after a refusal it would meet
+    again (a 4xx), until that is dealt with."""
     said = f"stopped: {escape(stopped)}; " if stopped else ""
     said += (
         f"{unsent:,} ballot was not sent" if unsent == 1 else f"{unsent:,} ballots were not sent"
@@ -359,10 +361,16 @@ def _unsent(unsent: int, outcomes: _Outcomes, stopped: str | None) -> None:
             f", and {outcomes.passing:,} were refused for a reason that says nothing "
             "about them (listed above)"
         )
+    if stopped or outcomes.passing:  # an API away, busy or failing: it may pass
+        said += ". Run the same import again with the same token to send them"
+    else:  # each waits behind a refusal that the same import would meet again
+        said += (
+            ". Run as it is, the import would be refused the same way again: deal with "
+            "the refusals listed above first, then run it again with the same token"
+        )
     console.print(
-        f"[red]{said}. Run the same import again with the same token to send them "
-        "(ballots already recorded are replayed, never counted twice; with another token "
-        "every ballot would be sent as a new one).[/red]"
+        f"[red]{said} (ballots already recorded are replayed, never counted twice; with "
+        "another token every ballot would be sent as a new one).[/red]"
     )
 
 
@@ -508,8 +516,10 @@ async def _post(
                 reason, wait = retry
                 asked = wait
             else:  # the whole request refused (a proxy's 502 or 413, a bad token): it says
-                for ballot in pending:  # nothing about any one ballot
-                    outcomes.fail(ballot, _said(reply))
+                said = _said(reply)  # nothing about any one ballot. Sent again, a 5xx may
+                passing = _passing(reply.status, _title(reply))  # pass; a 4xx will not
+                for ballot in pending:
+                    (outcomes.fail if passing else outcomes.settle)(ballot, said)
                 return
         if time.monotonic() + wait > deadline:
             if asked > patience:

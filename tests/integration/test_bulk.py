@@ -565,6 +565,63 @@ async def test_cardinal_import_into_an_election_not_open_says_so_once_and_sends_
     assert "409" not in flat, said
 
 
+async def test_cardinal_import_advises_running_again_only_where_that_may_pass(
+    tmp_path: Path,
+) -> None:
+    """A whole request refused with a 4xx (a proxy's 413, a token refused mid-import) was
+    counted as a refusal "that says nothing about" the ballots, with the advice to run the
+    same import again with the same token: it would be refused again. A 5xx may pass."""
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text(
+        '{"voter_id": "v1", "choice": "a"}\n{"voter_id": "v2", "choice": "a"}\n'
+        '{"voter_id": "v1", "choice": "b"}\n'
+    )
+    refusal: tuple[bytes, dict[str, Any]] = (
+        b"403 Forbidden",
+        {"title": "Forbidden", "detail": "not for this token"},
+    )
+
+    async def api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                sent = await reader.readexactly(int(length.group(1)) if length else 0)
+                if head.startswith(b"GET"):
+                    status, document = b"200 OK", {"options": [], "status": "open"}
+                elif orjson.loads(sent) == {"ballots": []}:  # the import's check of the token
+                    status, document = b"422 Unprocessable Entity", {"detail": "ballots: empty"}
+                else:
+                    status, document = refusal
+                body = orjson.dumps(document)
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/problem+json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+        writer.close()
+
+    server = await asyncio.start_server(api, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    command = ("import", str(ballots), "--election", "e", "--url", url, "--token", CLIENT)
+    async with server:
+        code, said = await _cardinal(*command, "--concurrency", "1")
+        flat = " ".join(said.split())
+        assert code == 1, said
+        assert "refused, by line of ballots.jsonl:" in flat, said
+        assert "403: not for this token" in flat, said
+        assert "1 ballot was not sent (1 of them held back" in flat, said
+        assert "says nothing about them" not in flat, said
+        assert "Run the same import again" not in flat, said
+        assert "the import would be refused the same way again" in flat, said
+        refusal = b"502 Bad Gateway", {"detail": "upstream failed"}
+        code, said = await _cardinal(*command, "--concurrency", "1")
+        flat = " ".join(said.split())
+        assert code == 1, said
+        assert "502: upstream failed" in flat, said
+        assert "refused for a reason that says nothing about them" in flat, said
+        assert "Run the same import again with the same token to send them" in flat, said
+
+
 async def test_a_batch_is_in_the_log_in_an_order_of_chance(
     voting: VotingClient, http: httpx.AsyncClient, database_url: str
 ) -> None:
