@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from api.context import json_document, validate
 from api.problems import MalformedBody, fault, problem_of
 from api.responses import problem_body
-from api.schemas import BATCH_BODY_BYTES, BallotIn, IdempotencyKey, VoterId
+from api.schemas import BATCH_BODY_BYTES, KEY_RULE, BallotIn, IdempotencyKey, VoterId, valid_key
 from domain.application import Receipt
 from domain.election import Election
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
@@ -35,7 +35,6 @@ from domain.voter import Voter
 from infra.runtime.settings import Settings
 from infra.runtime.voters import VoterKeys, request_key
 
-MAX_KEY = 255
 MAX_BALLOTS = 10_000  # in one multi-ballot message
 MAX_BALLOT_BYTES = Settings.max_body_bytes  # a message of one ballot, as HTTP's body
 
@@ -111,13 +110,14 @@ def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_B
     many), one JSON document with unique keys."""
     delivery = Delivery(message)
     key = message.message_id
-    if not key or len(key) > MAX_KEY or not key.isprintable():
+    if not key or not valid_key(key):
         return _refused(
             delivery,
             "missing_message_id",
             InvalidRequest(
-                f"message_id is required, 1-{MAX_KEY} printable characters: it is the ballot's "
-                "idempotency key, so that a message redelivered or sent again is counted once",
+                f"message_id is required and {KEY_RULE}: it is the ballot's idempotency key "
+                "(a refused ballot of a multi-ballot message comes back under its own), so "
+                "that a message redelivered or sent again is counted once",
                 field="message_id",
             ),
         )

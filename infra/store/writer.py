@@ -147,6 +147,20 @@ UNCONFIRMED = (
     "Idempotency-Key to find out (if it was recorded, the retry answers its receipt; if "
     "not, the retry records it; it is never recorded twice)"
 )
+# The same two, for a change to an election (create, open, close, an issue of voter
+# tokens): those take no Idempotency-Key, so the caller is told to look before doing it
+# again (a second create would make a second draft; tokens of an issue nobody received are
+# of no use to anyone, and are not refused for it).
+CHANGE_UNKNOWN = (
+    "the event store went away while committing this change and this process is shutting "
+    "down before it could ask: it may have been made; read the election (GET "
+    "/api/elections, or the election itself) before doing it again"
+)
+CHANGE_UNCONFIRMED = (
+    "the event store has not confirmed this change within {:g} seconds of its commit: it "
+    "may have been made; read the election (GET /api/elections, or the election itself) "
+    "before doing it again"
+)
 RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
     "WHERE originator_id = %s AND originator_version = %s"
@@ -425,7 +439,11 @@ class GroupCommitWriter:
             len(waiting),
             OUTCOME_WITHIN,
         )
-        _unknown(waiting, UNCONFIRMED.format(OUTCOME_WITHIN))
+        _unknown(
+            waiting,
+            UNCONFIRMED.format(OUTCOME_WITHIN),
+            CHANGE_UNCONFIRMED.format(OUTCOME_WITHIN),
+        )
 
     def _suspect(self, loop: asyncio.AbstractEventLoop, since: float | None) -> None:
         """Something waits on the store too long (a commit since ``since``, or a lookup):
@@ -653,7 +671,10 @@ class GroupCommitWriter:
                     return [Outcome(error=StoreUnavailable(NOT_RECORDED)) for _ in batch]
                 log.error("a commit's outcome is unknown; waiting for the store to ask it")
                 if not self._until_back():
-                    return [Outcome(error=OutcomeUnknown(UNKNOWN)) for _ in batch]
+                    return [
+                        Outcome(error=OutcomeUnknown(_said(a, UNKNOWN, CHANGE_UNKNOWN)))
+                        for a in batch
+                    ]
             except Exception as error:  # a bug or a bad row: fail this batch, keep running
                 self._progress.committing = False
                 log.exception("group commit failed")
@@ -738,12 +759,21 @@ def _cancel(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.cancel_safe(timeout=CANCEL_TIMEOUT)
 
 
-def _unknown(in_flight: Sequence[Append], detail: str = UNKNOWN) -> None:
+def _unknown(
+    in_flight: Sequence[Append], detail: str = UNKNOWN, change: str = CHANGE_UNKNOWN
+) -> None:
     """Callers whose batch's outcome they cannot wait for: this process will not learn it
-    before it goes (UNKNOWN), or the store has not given it in time (UNCONFIRMED)."""
+    before it goes (UNKNOWN), or the store has not given it in time (UNCONFIRMED); a
+    ballot's caller is told so in ``detail``'s words, an election change's in ``change``'s."""
     for submission in in_flight:
         if not submission.future.done():
-            submission.future.set_exception(OutcomeUnknown(detail))
+            submission.future.set_exception(OutcomeUnknown(_said(submission, detail, change)))
+
+
+def _said(submission: Append, ballot: str, change: str) -> str:
+    """A ballot's words or an election change's: ballots are the appends guarded by their
+    election's being open."""
+    return ballot if submission.guard is not None else change
 
 
 def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
