@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -14,9 +15,17 @@ import httpx
 import psycopg
 import pytest
 
+from infra.audit import sealer as sealer_module
+from infra.audit.chain import filed_election
+from infra.audit.sealer import Sealer
+from infra.audit.sources import verify_database
+from infra.audit.verifier import Discrepancy
+from infra.store.log import event_type
 from infra.store.migrations import CREATE_LEDGER, Migration, MigrationError, discover, migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import assert_problem
+from tests.integration.test_audit_verify import KEYS, SIGNER, catch_up_every_projection
+from tests.integration.test_projection_runtime import _fill
 from tests.servers import running_api, settings_for
 
 
@@ -253,3 +262,113 @@ def test_operator_commands_refuse_a_database_that_needs_migrations(
         assert "Traceback" not in refused.stderr
     assert _ledger(fresh_database_url) == ledger  # nothing was applied on the way
     assert not (tmp_path / "export.ndjson").exists()
+
+
+# A sealer of a release before 0009 (ab7cbf3:infra/audit/sealer.py): it leaves election_id out.
+OLD_INSERT_LINKS = """
+INSERT INTO audit_chain (position, entry_hash, hash)
+SELECT p, substr(%(entries)s::bytea, 32 * i::int - 31, 32),
+       substr(%(hashes)s::bytea, 32 * i::int - 31, 32)
+FROM unnest(%(positions)s::bigint[]) WITH ORDINALITY AS t(p, i)
+"""
+
+
+def _filed(database_url: str) -> list[tuple[int, object, object]]:
+    """Each link's position, the election it is filed under, and the one its entry names."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT c.position, c.election_id, uuid_send(e.originator_id), e.topic, e.state "
+            "FROM audit_chain c JOIN cardinal_events e ON e.notification_id = c.position "
+            "ORDER BY c.position"
+        ).fetchall()
+    return [
+        (int(p), filed, filed_election(event_type(t), bytes(s), bytes(state)))
+        for p, filed, s, t, state in rows
+    ]
+
+
+async def test_links_an_old_sealer_left_unfiled_are_mended_and_it_is_refused_after(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old sealer still running while 0009 was applied (the old relay beside compose's new
+    `migrate`) committed links with election_id NULL: left out of their election's audit
+    read, and reported by `audit verify` as altered, for good (review of the upgrade from
+    ab7cbf3). 0011 files them where they belong, and refuses such a sealer's links after."""
+    url = fresh_database_url
+    _apply(url, [m for m in discover() if m.version <= 10])
+    election = await _fill(url, random.Random(11), ballots=80)
+    monkeypatch.setattr(sealer_module, "INSERT_LINKS", OLD_INSERT_LINKS)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        sealed = await Sealer(url, SIGNER, page_size=32).seal_pending(conn)
+    filed = _filed(url)
+    assert len(filed) == sealed > 80
+    assert {row[1] for row in filed} == {None}
+    assert {row[2] for row in filed} == {election}
+    await catch_up_every_projection(url)
+    with pytest.raises(Discrepancy, match="files this entry under election None"):
+        await verify_database(url, public_keys=KEYS, election=None, validate=True)
+
+    assert migrate(url) == ["0011_chain_elections_required.sql"]
+    assert [(p, named) for p, _, named in filed] == [(p, f) for p, f, _ in _filed(url)]
+    await verify_database(url, public_keys=KEYS, election=None, validate=True)
+    with psycopg.connect(url) as conn:
+        read = conn.execute(
+            "SELECT count(*) FROM audit_chain WHERE election_id = %s", (election,)
+        ).fetchone()
+    assert read == (sealed,)  # the election's audit read holds every entry
+
+    # The old sealer's next page is refused whole (it retries, writing nothing); this
+    # release's sealer seals it, an entry of no election filed under none (NULL given).
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+            "VALUES (gen_random_uuid(), 1, 'test:Probe', '{}'), (%s, 1, "
+            "'domain.ballot:Ballot.Cast', %s)",
+            (uuid.uuid4(), f'{{"election_id":"{election}"}}'.encode()),
+        )
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.NotNullViolation, match="stop every process"):
+            await Sealer(url, SIGNER).seal_pending(conn)
+        assert len(_filed(url)) == sealed
+        monkeypatch.undo()  # this release's sealer
+        assert await Sealer(url, SIGNER).seal_pending(conn) == 2
+    assert [row[1] for row in _filed(url)[-2:]] == [None, election]
+
+
+def test_the_mending_files_only_what_names_an_election(fresh_database_url: str) -> None:
+    """0011 reads a ballot's election as the sealer does (filed_election), and one naming
+    none, or not legibly, stays unfiled rather than failing the migration."""
+    _apply(fresh_database_url, [m for m in discover() if m.version <= 10])
+    election, other = uuid.uuid4(), uuid.uuid4()
+    states = [
+        ("domain.election:Election.Opened", election, b"{}"),
+        ("domain.ballot:Ballot.Revised", other, f'{{"election_id":"{election}"}}'.encode()),
+        (
+            "domain.ballot:Ballot.Withdrawn",
+            other,
+            f'{{"election_id":"{{{election.hex}}}"}}'.encode(),
+        ),
+        ("domain.ballot:Ballot.Cast", other, f'{{"election_id":"urn:uuid:{election}"}}'.encode()),
+        ("domain.ballot:Ballot.Cast", other, b'{"election_id": 5}'),
+        ("domain.ballot:Ballot.Cast", other, b'{"election_id": "x"}'),
+        ("domain.ballot:Ballot.Cast", other, b"[]"),
+        ("domain.ballot:Ballot.Cast", other, b"\xff{"),
+        ("domain.ballot:Ballot.Cast", other, b'{"election_id": "\\u0000"}'),
+        ("test:Unmapped", other, f'{{"election_id":"{election}"}}'.encode()),
+    ]
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        for version, (topic, stream, state) in enumerate(states, start=1):
+            conn.execute(
+                "INSERT INTO cardinal_events (originator_id, originator_version, topic, state) "
+                "VALUES (%s, %s, %s, %s)",
+                (stream, version, topic, state),
+            )
+        conn.execute(
+            "INSERT INTO audit_chain (position, entry_hash, hash) "
+            "SELECT notification_id, sha256(notification_id::text::bytea), '\\x00' "
+            "FROM cardinal_events"
+        )
+    assert migrate(fresh_database_url) == ["0011_chain_elections_required.sql"]
+    filed = _filed(fresh_database_url)
+    assert [row[1] for row in filed] == [row[2] for row in filed]
+    assert [row[1] for row in filed] == [election] * 4 + [None] * 6
