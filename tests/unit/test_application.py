@@ -316,6 +316,42 @@ async def test_a_token_the_cached_election_lacks_is_looked_for_in_the_store(
         await app.token_holder_election(client_election, "fresh")
 
 
+async def test_ballots_to_a_draft_share_the_floored_look_for_an_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each ballot to an election this process saw as a draft read the whole election
+    again, with no floor and no sharing (one valid token made every request cost a read of
+    the electorate). Without an election feed they now share the token miss's floored
+    re-read; an open recorded through another process is still seen."""
+    monkeypatch.setattr(application, "TOKEN_RELOAD_FLOOR", 0.2)
+    app = VotingApplication()
+    election_id = (await app.create_election("Draft", _rules(eligibility="tokens"))).id
+    await app.issue_voter_tokens(election_id, [f"t{n}" for n in range(100)])
+    loads: list[float] = []
+    load = app.writer.load_election
+
+    async def counted(election_id: uuid.UUID) -> Election | None:
+        loads.append(time.monotonic())
+        return await load(election_id)
+
+    monkeypatch.setattr(app.writer, "load_election", counted)
+    refused = await asyncio.gather(
+        *(app.cast_ballot(election_id, _voter(f"t{n}"), {"choice": "a"}) for n in range(50)),
+        *(app.withdraw_ballot(election_id, _voter(f"t{n}")) for n in range(50)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(error, ElectionNotOpen) for error in refused), refused
+    (batch,) = await app.cast_ballots(election_id, [(_voter("t0"), {"choice": "a"}, None)])
+    assert isinstance(batch, ElectionNotOpen)
+    assert len(loads) == 2
+    elsewhere: Election = app.repository.get(election_id)  # another process's open
+    elsewhere.open()
+    app.save(elsewhere)
+    assert (await app.cast_ballot(election_id, _voter("t1"), {"choice": "a"})).version == 1
+    assert len(loads) == 3
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(loads)), loads
+
+
 async def test_a_revision_sent_twice_at_once_is_answered_as_its_retry() -> None:
     """The copy that lost the race to its own twin was answered 409 although recorded."""
     app = VotingApplication()
