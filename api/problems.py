@@ -134,6 +134,11 @@ class MalformedBody(Exception):
         self.detail = detail
 
 
+class TooManyValues(MalformedBody):
+    """A body that holds more JSON values than any request could need (413): refused
+    before it is parsed, which costs the event loop a moment per value."""
+
+
 class UnsupportedMediaType(Exception):
     """A body that does not say it is JSON (415)."""
 
@@ -339,8 +344,11 @@ def too_many(request: Request, exc: Exception) -> Response:
 
 
 def malformed_body(request: Request, exc: Exception) -> Response:
-    _refused(request, "malformed_json")
     assert isinstance(exc, MalformedBody)
+    if isinstance(exc, TooManyValues):
+        _refused(request, "too_large")
+        return problem(413, "Payload too large", exc.detail)
+    _refused(request, "malformed_json")
     return problem(400, "Malformed JSON", exc.detail)
 
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
+from pydantic_core import PydanticKnownError
 
 from domain.election import MAX_TOKENS_PER_ISSUE
 from domain.errors import InvalidRequest
@@ -242,6 +251,18 @@ class BatchIn(Strict):
             },
         ),
     ]
+
+    @field_validator("ballots", mode="before")
+    @classmethod
+    def _at_most_max_batch(cls, ballots: Any) -> Any:
+        # max_length is checked once every item is validated: a list too long is refused
+        # first, whatever its items cost (the hostile review).
+        if isinstance(ballots, list) and len(ballots) > MAX_BATCH:
+            raise PydanticKnownError(
+                "too_long",
+                {"field_type": "List", "max_length": MAX_BATCH, "actual_length": len(ballots)},
+            )
+        return ballots
 
 
 class WithdrawalIn(Strict):
