@@ -87,6 +87,19 @@ def _refusal(status: bytes, title: str, detail: str, security: list[tuple[bytes,
     )
 
 
+class HeadTooLarge(Exception):
+    """Raised in a parser callback to stop it at a head over the limit (answered 431)."""
+
+
+def _longest_head(chunk: bytes) -> int:
+    """The most bytes of ``chunk`` a head that begins and ends in it can take: the longest
+    stretch that ends with CRLF CRLF and holds no other (the parser gives no offsets)."""
+    longest = start = 0
+    while (end := chunk.find(b"\r\n\r\n", start) + 4) >= 4:
+        longest, start = max(longest, end - start), end
+    return longest
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head and body deadlines and a head size limit.
 
@@ -110,6 +123,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _discarding = False
     _lingering: asyncio.TimerHandle | None = None
     _head_too_large = False
+    _chunk = b""  # the chunk being parsed
+    _ended = False  # a request ended in it: a head that begins after it begins in it
     _requests = 0
     _admitted: set[GuardedHttpToolsProtocol] | None = None  # the server's admitted connections
 
@@ -143,8 +158,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._discarding:  # hung up: see _hang_up
             return
         # Bytes that arrive while a head is incomplete count toward it; where they would
-        # pass the limit, the head must end within it in this chunk. (A head that begins
-        # in the chunk that ends the request before it is counted from the next chunk.)
+        # pass the limit, the head must end within it in this chunk. A head that begins in
+        # the chunk that ends the request before it (pipelined) is measured in that chunk:
+        # at its end if it completes there (on_headers_complete), else after the chunk.
         if self._in_head:
             seen = self._head_bytes + len(data)
             if seen > self.max_head_bytes and not self._ends_within_limit(data):
@@ -152,8 +168,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.send_400_response("head too large")
                 return
             self._head_bytes = seen
+        self._chunk, self._ended = data, False
         super().data_received(data)
-        if self._in_head and self._head_begun:
+        self._chunk = b""
+        if self._in_head and self._head_begun and not self._discarding:
+            if self._ended:
+                # Begun after a request ended in this chunk: its bytes here are at most
+                # those after the chunk's last CRLF CRLF (a head holds none before its end).
+                # Before, they were not counted: a head of any size came in pieces behind
+                # a small request (the hostile review: 90 KB, answered 200).
+                last = data.rfind(b"\r\n\r\n")
+                self._head_bytes = len(data) - (last + 4 if last >= 0 else 0)
+                if self._head_bytes > self.max_head_bytes:
+                    self._head_too_large = True
+                    self.send_400_response("head too large")
+                    return
             self._tail = data[-3:]  # the head's end may straddle two chunks
 
     def _ends_within_limit(self, data: bytes) -> bool:
@@ -174,6 +203,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_part = "head"
 
     def on_headers_complete(self) -> None:
+        if self._ended and _longest_head(self._chunk) > self.max_head_bytes:
+            # A head that began and ended in this chunk, behind a request that ended in it
+            # (the check before parsing saw only the chunk's first head). Its length here
+            # is at most the longest stretch of the chunk that ends with CRLF CRLF and
+            # holds no other: a head over the limit is refused (and so, rarely, one behind
+            # a longer body with no CRLF CRLF in the same chunk: a pipelining client's).
+            self._head_too_large = True
+            raise HeadTooLarge  # the parser stops; uvicorn calls send_400_response
         self._in_head = False
         self._deadline_at = self.loop.time() + self.body_timeout
         self._deadline_part = "body"
@@ -227,6 +264,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.keep_alive = False
         self._deadline_at = 0.0
         self._in_head, self._head_begun, self._head_bytes, self._tail = True, False, 0, b""
+        self._ended = True
         if cycle is not None and cycle.response_complete and not self.pipeline:
             # Answered before its body was in (a 404, a 401): the connection is idle from
             # now, and uvicorn's keep-alive timer went at the body's first byte.

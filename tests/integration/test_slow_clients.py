@@ -304,6 +304,28 @@ async def test_blank_lines_or_a_body_ending_in_crlf_do_not_end_a_head() -> None:
     assert answer.count(b"HTTP/1.1 200 ") == 1
 
 
+async def test_a_head_behind_a_request_in_the_same_chunk_is_counted() -> None:
+    """A head that began in the chunk that ended the request before it was counted from the
+    next chunk only, and its own end was never checked: sent in pieces (or whole) behind a
+    small request, a head of any size was answered (the hostile review: 90 KB, 200)."""
+    first = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    second = b"GET /y HTTP/1.1\r\nHost: x\r\nX-A: "
+    pieces = [first + second + b"a" * 6000, None, b"a" * 6000, b"\r\n\r\n"]
+    answer = await _fed(pieces)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 200 ") == 1, answer
+    assert b"HTTP/1.1 431 " in answer, answer
+    for whole in ([first + second + b"a" * 9000], [first + second + b"a" * 9000 + b"\r\n\r\n"]):
+        answer = await _fed(whole)
+        assert b"HTTP/1.1 431 " in answer, answer
+        assert answer.count(b"HTTP/1.1 200 ") <= 1, answer
+    # Pipelined heads within the limit are served, however the chunks fall.
+    small = second + b"b" * 4000 + b"\r\n\r\n"
+    for chunks in ([first + small + small], [first + small[:3000], small[3000:] + small]):
+        answer = await _fed(chunks)
+        assert answer.count(b"HTTP/1.1 200 ") == 3, answer
+
+
 @pytest.fixture(scope="module")
 async def streaming(database_url: str) -> AsyncIterator[int]:
     """The same, with the read models the streams read."""
