@@ -82,12 +82,24 @@ def run_until_interrupted(main: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+# Libraries whose DEBUG records carry what they send or receive: aiormq prints each frame it
+# sends, a ballot's body included (a refused ingest message forwarded to `.refused` holds
+# its voter id or token and its vote), and psycopg's name statements and their parameters.
+# A log is read by more people than the broker or the database (log shipping, support), so
+# these stay at INFO whatever LOG_LEVEL says; our own modules' DEBUG holds no ballot.
+QUIET_AT_DEBUG = ("aiormq", "aio_pika", "pamqp", "psycopg")
+
+
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in QUIET_AT_DEBUG:
+        library = logging.getLogger(name)
+        if library.getEffectiveLevel() < logging.INFO:
+            library.setLevel(logging.INFO)
 
 
 def command_settings(*, migrate: bool = True) -> Settings:
