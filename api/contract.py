@@ -34,7 +34,7 @@ TITLES = {
     404: "Not found",
     408: "The request was not sent in time",
     409: "Conflict with the current state",
-    413: "The body is larger than 64 KiB",
+    413: "The body is larger than the route takes (64 KiB; a batch: 4 MiB, 128,000 values)",
     415: "The body is not JSON",
     422: "A field breaks the schema or the rules (the problem names it)",
     429: "A rate limit refused the request (Retry-After says when to try again)",
