@@ -990,3 +990,47 @@ async def test_a_reply_to_queue_that_takes_nothing_costs_no_ballot_its_own_or_ot
                 assert "not taken" in said[0].getMessage()
     finally:
         await delete_queues(queue)
+
+
+async def test_a_batch_given_up_on_a_live_channel_is_released_only_after_a_backoff(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Giving a batch up on a channel still open closes it, returning every message
+    delivered on it, each return spending a delivery: given up again at once, again and
+    again, the window was dead-lettered in seconds (review: ingest, twice). No path of ours
+    does so any more; should one, the consumer backs off (0.1 s doubling) before each."""
+    settings = settings_for(database_url, amqp_url=AMQP_URL, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    queue = settings.ingest_queue_name
+    loop = asyncio.get_running_loop()
+    released: list[float] = []
+    failed: list[float] = []
+    ack, release = ingest_consumer._ack, ingest_consumer._release
+
+    async def failing(batch: list[Any]) -> None:
+        if len(failed) < 3:  # an ack that fails on a live channel, three times
+            failed.append(loop.time())
+            raise ingest_consumer.Abandoned("the ack failed (test)")
+        await ack(batch)
+
+    async def releasing(batch: list[Any]) -> None:
+        released.append(loop.time())
+        await release(batch)
+
+    monkeypatch.setattr(ingest_consumer, "_ack", failing)
+    monkeypatch.setattr(ingest_consumer, "_release", releasing)
+    try:
+        election_id = await _opened(settings, "Backoff", ["a", "b"])
+        await publish(AMQP_URL, queue, [("m1", ballot(election_id, "v", "a"))])
+        async with consuming(settings) as (services, _):
+            await until(lambda: len(released), lambda n: n == 3)
+            await until(lambda: _unacked(queue), lambda n: n == 0)
+            await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+            assert await _votes(services, election_id, "v") == (1, "a")
+            # Each closing after its pause (0.1 s, 0.2 s, 0.4 s), none at once.
+            waits = [closed - given for given, closed in zip(failed, released, strict=True)]
+            assert waits[0] >= 0.1, waits
+            assert waits[1] >= 0.2, waits
+            assert waits[2] >= 0.4, waits
+            assert await queue_depth(queue + ".refused") == 0
+    finally:
+        await delete_queues(queue)
