@@ -4,17 +4,21 @@ The loop: take what the broker has sent (up to the prefetch), up to INGEST_BATCH
 cast them through ``VotingApplication.cast_ballots`` (voters concurrently, one voter's
 ballots in order: they share the group-commit writer's transactions; in rounds of at most
 MAX_BALLOTS_PER_VOTER of a voter's, a request's limit, which holds for one message, not
-for the batch); forward refusals to the refused queue and answer ``reply_to``, each
-publish confirmed; then ack the batch with ``multiple=True``. Nothing is acked before its
-commit: a crash (SIGKILL included) at any point leaves the batch unacked, the broker
-delivers it again, and every ballot's key makes the second cast a replay. A store outage
+for the batch); forward refusals to the refused queue, each publish confirmed, and answer
+``reply_to`` (best-effort); then ack the batch with ``multiple=True``. Nothing is acked
+before its commit: a crash (SIGKILL included) at any point leaves the batch unacked, the
+broker delivers it again, and every ballot's key makes the second cast a replay. A store outage
 holds the batch and retries it with backoff (requeueing would spend the broker's delivery
 limit, meant for poison messages); a broker outage drops the batch (redelivered) and
 ``connect_robust`` reconnects (after 1 s doubling to 10 s, not aio-pika's fixed 5 s; the
 outage said once, naming AMQP_URL, and its end once: ``Outage``); whatever else came on the
-dead channel is skipped, not cast: it comes again after the batch, in order. A batch whose
-answers cannot be published (a nack) on a channel still open is given up the same way:
-its channel is closed (``_release``), never the batch alone nacked.
+dead channel is skipped, not cast: it comes again after the batch, in order. A refusal the
+broker will not take (its publish to ``<queue>.refused`` nacked) holds the batch too, on its
+live channel, retried with backoff until it is taken: nothing is returned to the queue, no
+delivery is spent, and a refused ballot is never acked untraced (``_forward``). A reply is
+best-effort (the ballot's outcome is in the log; republishing the message with the same
+``message_id`` answers it again): one the broker will not take is logged, once per
+``reply_to`` queue a minute (``_Unanswered``), and the batch is acked as usual.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -68,6 +73,10 @@ MAX_BACKOFF = 5.0
 # the batch, and the queue behind it, for ever.
 FAULT_ATTEMPTS = 3
 DEPTH_EVERY = 5.0
+# A reply_to queue that does not take replies is said once per this many seconds (of the
+# first at most UNANSWERED_QUEUES queues at a time: a client may name any number of them).
+UNANSWERED_EVERY = 60.0
+UNANSWERED_QUEUES = 1000
 
 
 class _PacedConnection(aio_pika.RobustConnection):
@@ -89,9 +98,43 @@ class _PacedConnection(aio_pika.RobustConnection):
 
 
 class Abandoned(Exception):
-    """The batch could not be settled: its channel closed before it could be acked, or a
-    publish of its answers failed (the broker's nack) while the channel stayed open. The
-    broker redelivers it (``_release``)."""
+    """The batch could not be settled: its channel closed before it could be acked. The
+    broker redelivers it, and everything else delivered on that channel (``_release``)."""
+
+
+class _Unanswered:
+    """Replies the broker would not take (a ``reply_to`` queue full at a reject-publish
+    limit, or gone): said at WARNING once per queue per UNANSWERED_EVERY, with how many
+    more failed since, never once per message."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, tuple[float, int]] = {}  # queue: when said, failures since
+
+    def failed(self, queue: str, error: BaseException) -> None:
+        now = time.monotonic()
+        said = self._said.get(queue)
+        if said is not None and now - said[0] < UNANSWERED_EVERY:
+            self._said[queue] = (said[0], said[1] + 1)
+            return
+        if said is None and len(self._said) >= UNANSWERED_QUEUES:
+            self._said = {
+                name: entry
+                for name, entry in self._said.items()
+                if now - entry[0] < UNANSWERED_EVERY
+            }
+            if len(self._said) >= UNANSWERED_QUEUES:
+                log.debug("a reply to %r was not taken (%s)", queue, error)
+                return
+        more = f"; {said[1]} more since it was last said" if said is not None and said[1] else ""
+        log.warning(
+            "a reply to %r was not taken by the broker (%s); its ballots are recorded and "
+            "acked all the same, and republishing the message with the same message_id "
+            "answers it again (said once a minute for this queue%s)",
+            queue,
+            str(error).strip() or type(error).__name__,
+            more,
+        )
+        self._said[queue] = (now, 0)
 
 
 class Ingester:
@@ -125,6 +168,9 @@ class Ingester:
         self._arrived = asyncio.Event()
         self._held: Delivery | None = None
         self._channel: AbstractChannel | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._forwarding: AbstractChannel | None = None  # refusals' (_forwarder)
+        self._unanswered = _Unanswered()
 
     async def run(self) -> None:
         """Consume forever; reconnect without help."""
@@ -139,21 +185,30 @@ class Ingester:
         connection.reconnect_callbacks.add(lambda *_: connected.set(1))
         connection.close_callbacks.add(lambda *_: connected.set(0))
         async with connection:
+            self._connection = connection
             channel = await connection.channel(publisher_confirms=True)
             self._channel = channel
             await channel.set_qos(prefetch_count=self.prefetch)
-            queue, _, dead = await self.queues.declare(channel)
+            queue, _, _ = await self.queues.declare(channel)
             await queue.consume(self._received)
             connected.set(1)
             depth = asyncio.create_task(self._watch_depth(channel, connection))
             self.ready.set()
+            pause = 0.1
             try:
                 while True:
                     batch = await self._collect()
                     try:
-                        await self._process(batch, dead)
+                        await self._process(batch)
                     except Abandoned:
                         log.warning("the batch could not be settled; it will be redelivered")
+                        if any(_open(delivery.message) for delivery in batch):
+                            # Given up on a live channel (none of ours should be: a refusal
+                            # not taken is retried on it, a reply not taken let go). Closing
+                            # it returns all it delivered, each return spending a delivery:
+                            # not in a tight loop, which would dead-letter them in seconds.
+                            await asyncio.sleep(pause)
+                            pause = min(pause * 2, MAX_BACKOFF)
                         await _release(batch)
                         # What came on the batch's channel, now closed, is back in the queue,
                         # to be redelivered after the batch, in order: casting it now would
@@ -161,6 +216,8 @@ class Ingester:
                         # one (which then revises it). _collect skips the inbox's such ones.
                         if self._held is not None and not _open(self._held.message):
                             self._held = None
+                    else:
+                        pause = 0.1
             finally:
                 depth.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -220,7 +277,7 @@ class Ingester:
         metrics.INGEST_BATCH.observe(ballots)
         return batch
 
-    async def _process(self, batch: list[Delivery], dead: AbstractExchange) -> None:
+    async def _process(self, batch: list[Delivery]) -> None:
         # A channel that closed since the batch was gathered took its messages back: they
         # come again, in order, on the new one (see run).
         batch = [delivery for delivery in batch if _open(delivery.message)]
@@ -243,8 +300,11 @@ class Ingester:
                 delay = min(delay * 2, MAX_BACKOFF)
                 self._check_open(batch)  # the channel may have closed meanwhile
         committed = sum(1 for d in batch for item in d.items if item.receipt is not None)
+        await self._forward(batch)
+        await asyncio.gather(
+            *(self._answer(d) for d in batch if d.message.reply_to and d.message.correlation_id)
+        )
         try:
-            await asyncio.gather(*(self._answer(d, dead) for d in batch))
             await _ack(batch)
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             raise Abandoned from error
@@ -327,23 +387,97 @@ class Ingester:
         except Exception as error:
             raise Abandoned from error
 
-    async def _answer(self, delivery: Delivery, dead: AbstractExchange) -> None:
-        """Forward the refused ballots, and reply where the message asks for it."""
-        message = delivery.message
-        publishes = []
-        if delivery.problem is not None:
-            metrics.INGEST_REFUSED.labels(delivery.reason).inc()
-            publishes.append(
-                self._refuse(dead, message.body, message.message_id, delivery.problem, message)
+    async def _forward(self, batch: list[Delivery]) -> None:
+        """Forward the batch's refused ballots to the refused queue, each publish confirmed,
+        before the batch is acked: a refusal the broker does not take (a nack: the refused
+        queue at a reject-publish limit, or unavailable) is published again with backoff
+        (up to MAX_BACKOFF), the batch held unacked on its live channel meanwhile, as
+        while the store is away. Neither acked (the refused ballot would vanish untraced)
+        nor returned to the queue (the channel closed, every message delivered on it would
+        come back, each spending a delivery towards the limit, and soon be dead-lettered
+        uncast); nothing else is cast meanwhile, so nothing overtakes it. Only the
+        channel's closing gives the batch up (``Abandoned``), as in any other wait. Each
+        try after a failure is made on a new channel (``_forwarder``)."""
+        pending: list[tuple[Delivery, bytes, str | None, dict[str, Any]]] = []
+        for delivery in batch:
+            if delivery.problem is not None:
+                metrics.INGEST_REFUSED.labels(delivery.reason).inc()
+                message = delivery.message
+                pending.append((delivery, message.body, message.message_id, delivery.problem))
+            for item in delivery.items:
+                if item.problem is not None:
+                    metrics.INGEST_REFUSED.labels(item.reason).inc()
+                    body = forwarded(item) if delivery.multi else delivery.message.body
+                    pending.append((delivery, body, item.key, item.problem))
+        delay, fresh = 0.1, False
+        while pending:
+            try:
+                dead = await self._forwarder(fresh)
+            except Exception as opening:  # the broker away, or the channel refused
+                outcomes: list[BaseException | None] = [opening] * len(pending)
+            else:
+                outcomes = await asyncio.gather(
+                    *(
+                        self._refuse(dead, body, key, problem, delivery.message)
+                        for delivery, body, key, problem in pending
+                    ),
+                    return_exceptions=True,
+                )
+            failed = [
+                (refusal, outcome)
+                for refusal, outcome in zip(pending, outcomes, strict=True)
+                if isinstance(outcome, BaseException)
+            ]
+            for _, outcome in failed:
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+            if not failed:
+                return
+            self._check_open(batch)
+            pending = [refusal for refusal, _ in failed]
+            first = failed[0][1]
+            log.warning(
+                "%d refused ballots could not be forwarded to %s (%s); holding the batch "
+                "unacked, retrying in %.1fs",
+                len(pending),
+                self.queues.refused,
+                str(first).strip() or type(first).__name__,
+                delay,
             )
-        for item in delivery.items:
-            if item.problem is not None:
-                metrics.INGEST_REFUSED.labels(item.reason).inc()
-                body = forwarded(item) if delivery.multi else message.body
-                publishes.append(self._refuse(dead, body, item.key, item.problem, message))
-        if message.reply_to and message.correlation_id:
-            publishes.append(self._reply(delivery, self._channel))
-        await asyncio.gather(*publishes)
+            await asyncio.sleep(delay)
+            delay, fresh = min(delay * 2, MAX_BACKOFF), True
+            self._check_open(batch)  # the channel may have closed meanwhile
+
+    async def _forwarder(self, fresh: bool) -> AbstractExchange:
+        """The dead-letter exchange, on the refusals' channel of their own (publisher
+        confirms), a new one where ``fresh``: on RabbitMQ 3.10 a quorum queue that rejected
+        a channel's publish (reject-publish) goes on rejecting that channel's, even once
+        its limit is lifted, until it is back under one; a new channel is taken."""
+        if self._forwarding is not None and (fresh or self._forwarding.is_closed):
+            with contextlib.suppress(Exception):
+                await self._forwarding.close()
+            self._forwarding = None
+        if self._forwarding is None:
+            assert self._connection is not None
+            channel = self._connection.channel(publisher_confirms=True)
+            self._forwarding = channel
+            await asyncio.wait_for(channel.initialize(), DEPTH_EVERY)  # not for ever
+        return await self._forwarding.get_exchange(self.queues.dead_letter_exchange, ensure=False)
+
+    async def _answer(self, delivery: Delivery) -> None:
+        """Reply to the message's ``reply_to``: best-effort. The ballots' outcome is in the
+        log whatever becomes of the reply, and the message republished with the same
+        ``message_id`` is answered again (a replay), so a reply the broker does not take
+        (a nack: the client's queue full, at a reject-publish limit) is said
+        (``_Unanswered``) and let go; the batch is acked as usual. Giving the batch up for
+        it instead returned every message delivered on the channel, again and again, until
+        the delivery limit dead-lettered them all uncast (review: ingest, once)."""
+        try:
+            await self._reply(delivery, self._channel)
+        except Exception as error:
+            if _open(delivery.message):  # else the batch comes again, and its reply with it
+                assert delivery.message.reply_to is not None
+                self._unanswered.failed(sendable(delivery.message.reply_to, SHORT_STR), error)
 
     async def _refuse(
         self,
@@ -514,13 +648,14 @@ def _refused_or_again(item: Item, error: Exception, retry: list[Item], faults: F
 async def _release(batch: list[Delivery]) -> None:
     """Hand an unsettled batch back to the broker, and with it everything delivered after
     it: its channel is closed, where it is still open (one that closed by itself did the
-    same), so that no later ack with ``multiple`` covers the batch. The broker puts every
-    message unacked on the channel back at the queue's head, in the order it delivered
-    them; the robust channel opens again and consumes; what the consumer still holds from
-    the closed one (the message held for the next batch, the inbox) is skipped (``_open``),
-    never cast. A nack would hand back the batch alone, and those, already delivered,
-    would be cast before it came again: a voter's later ballot recorded before the batch's
-    earlier one, which would then revise it."""
+    same; ``run`` backs off first, as each closing spends a delivery of every message
+    unacked on it), so that no later ack with ``multiple`` covers the batch. The broker
+    puts every message unacked on the channel back at the queue's head, in the order it
+    delivered them; the robust channel opens again and consumes; what the consumer still
+    holds from the closed one (the message held for the next batch, the inbox) is skipped
+    (``_open``), never cast. A nack would hand back the batch alone, and those, already
+    delivered, would be cast before it came again: a voter's later ballot recorded before
+    the batch's earlier one, which would then revise it."""
     channels: dict[int, aiormq.abc.AbstractChannel] = {}
     for delivery in batch:
         with contextlib.suppress(Exception):  # a closed channel's: already back

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -863,16 +864,18 @@ async def _refusing(queue: str, policy: str) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_a_batch_given_up_on_a_live_channel_is_not_overtaken_by_what_came_after_it(
+async def test_a_refusal_the_refused_queue_will_not_take_holds_its_batch_until_it_does(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch that cannot be settled while its channel stays open (here, its refusal's
-    publish nacked: the refused queue full) was nacked back to the queue alone: the
-    voter's later ballot, already delivered and waiting in the inbox, was cast first, then
-    the earlier one, refused the first time as a fault and cast on its redelivery, revised
-    it, and the earlier choice counted (review: ingest, once). The channel is closed now,
-    as a lost one: the broker puts everything delivered on it back at the queue's head, in
-    order, and what the consumer still holds from it is skipped, never cast."""
+    """A batch whose refusal's publish the broker nacks (the refused queue full) was given
+    up: first nacked back alone, so the voter's later ballot, already delivered and waiting
+    in the inbox, was cast first and then revised by the earlier one (review: ingest, once);
+    then by closing its channel, which returned every message delivered on it, each return
+    counting towards the delivery limit, in a tight loop: within seconds all of them were
+    dead-lettered to the refused queue, uncast (review: ingest, twice). The batch is held
+    now, on its live channel, its refusal published again with backoff: nothing goes back
+    to the queue, nothing is dead-lettered, nothing behind it is cast before it, and once
+    the refused queue takes the refusal the batch is acked and the rest follows."""
     settings = settings_for(
         database_url,
         amqp_url=AMQP_URL,
@@ -880,9 +883,9 @@ async def test_a_batch_given_up_on_a_live_channel_is_not_overtaken_by_what_came_
         ingest_batch=1,  # m1 alone in its batch; m2 waits in the inbox
     )
     queue = settings.ingest_queue_name
+    refused = IngestQueues(queue).refused
     policy = f"{settings.namespace}-refused-full"
-    # m1 meets a bug until it is refused as a fault; its refusal's publish is nacked, and
-    # the batch given up. Delivered again, it is cast.
+    # m1 meets a bug until it is refused as a fault; its refusal's publish is nacked.
     tried: list[str] = []
     accept_vote = Election.accept_vote
 
@@ -894,20 +897,140 @@ async def test_a_batch_given_up_on_a_live_channel_is_not_overtaken_by_what_came_
 
     monkeypatch.setattr(Election, "accept_vote", buggy)
     try:
-        election_id = await _opened(settings, "Given up", ["a", "c"])
-        await _refusing(queue, policy)
+        election_id = await _opened(settings, "Held", ["a", "c"])
+        await _refusing(queue, policy)  # the refused queue holds one message, takes none
+        faults = _refused("fault")
         m1, m2 = ballot(election_id, "v", "a"), ballot(election_id, "v", "c")
         await publish(AMQP_URL, queue, [("m1", m1), ("m2", m2)])
         async with consuming(settings) as (services, _):
+            await until(lambda: len(tried), lambda n: n == FAULT_ATTEMPTS)
+            # Giving up eleven times in a row took about 3 s: held longer than that, both
+            # messages are still delivered and unacked, none back in the queue, none
+            # dead-lettered, and m2 waits behind m1.
+            await asyncio.sleep(5)
+            assert _unacked(queue) == 2
+            assert await queue_depth(queue) == 0
+            assert await queue_depth(refused) == 1
+            assert await _votes(services, election_id, "v") == (0, "")
+            # The limit lifted (a channel whose publish the quorum queue rejected stays
+            # rejected after that, on RabbitMQ 3.10: the refusal is sent on a new one).
+            _rabbitmqctl("clear_policy", policy)
+            # The refused queue takes m1's refusal: the batch is acked, and m2 is cast.
             recorded = await until(
-                lambda: _votes(services, election_id, "v"), lambda v: v[0] == 2, within=60
+                lambda: _votes(services, election_id, "v"), lambda v: v[0] == 1, within=30
             )
             await until(lambda: _unacked(queue), lambda n: n == 0)
             await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+            assert recorded == (1, "c")
+            [forwarded] = [m for m in await take_all(refused, 2) if m.message_id == "m1"]
+            assert forwarded.headers["x-refusal-status"] == 500
+            assert "x-death" not in forwarded.headers
             assert len(tried) == FAULT_ATTEMPTS
-            # m1, then m2: m2's choice counts, each recorded once.
-            assert recorded == (2, "c")
-            assert await _votes(services, election_id, "v") == (2, "c")
+            assert _refused("fault") == faults + 1  # counted once, not once per try
+            assert await _votes(services, election_id, "v") == (1, "c")
     finally:
         _rabbitmqctl("clear_policy", policy, check=False)
+        await delete_queues(queue)
+
+
+async def test_a_reply_to_queue_that_takes_nothing_costs_no_ballot_its_own_or_others(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply the broker nacks (the client's reply_to queue full, reject-publish) gave its
+    batch up: the channel closed, every message delivered on it returned, the batch first
+    again, its reply nacked again, and within seconds the delivery limit dead-lettered them
+    all, other clients' ballots among them, to the refused queue, uncast (review: ingest,
+    twice). A reply is best-effort now (the ballot's outcome is in the log; republishing
+    with the same message_id answers again): said once for the queue, and the batch acked."""
+    settings = settings_for(
+        database_url,
+        amqp_url=AMQP_URL,
+        namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ingest_batch=1,  # each message its own batch: the rest wait behind the first
+    )
+    queue = settings.ingest_queue_name
+    try:
+        election_id = await _opened(settings, "Unanswered", ["yes", "no"])
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            full = await channel.declare_queue(
+                exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+            )
+            with pytest.raises(aio_pika.exceptions.DeliveryError):  # it takes nothing
+                await channel.default_exchange.publish(aio_pika.Message(b"{}"), full.name)
+            await IngestQueues(queue).declare(channel)
+            # Five ballots asking for a reply to the full queue, the first one first; after
+            # each, four of other clients', asking none.
+            voters = [v for n in range(5) for v in (f"r{n}", *(f"o{n}-{k}" for k in range(4)))]
+            for voter in voters:
+                asks = voter.startswith("r")
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        orjson.dumps(ballot(election_id, voter)),
+                        message_id=f"m-{voter}",
+                        reply_to=full.name if asks else None,
+                        correlation_id=f"c-{voter}" if asks else None,
+                    ),
+                    routing_key=queue,
+                )
+            async with consuming(settings) as (services, _):
+                check = Ingest(settings, services, queue)
+                counted = await check.until_counted(election_id, voters)
+                await until(lambda: _unacked(queue), lambda n: n == 0)
+                await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+                assert counted == dict.fromkeys(voters, 1)
+                assert await queue_depth(queue + ".refused") == 0
+                said = [
+                    r
+                    for r in caplog.records
+                    if r.levelno >= logging.WARNING and full.name in r.getMessage()
+                ]
+                assert len(said) == 1, [r.getMessage() for r in said]
+                assert "not taken" in said[0].getMessage()
+    finally:
+        await delete_queues(queue)
+
+
+async def test_a_batch_given_up_on_a_live_channel_is_released_only_after_a_backoff(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Giving a batch up on a channel still open closes it, returning every message
+    delivered on it, each return spending a delivery: given up again at once, again and
+    again, the window was dead-lettered in seconds (review: ingest, twice). No path of ours
+    does so any more; should one, the consumer backs off (0.1 s doubling) before each."""
+    settings = settings_for(database_url, amqp_url=AMQP_URL, namespace=f"t-{uuid.uuid4().hex[:8]}")
+    queue = settings.ingest_queue_name
+    loop = asyncio.get_running_loop()
+    released: list[float] = []
+    failed: list[float] = []
+    ack, release = ingest_consumer._ack, ingest_consumer._release
+
+    async def failing(batch: list[Any]) -> None:
+        if len(failed) < 3:  # an ack that fails on a live channel, three times
+            failed.append(loop.time())
+            raise ingest_consumer.Abandoned("the ack failed (test)")
+        await ack(batch)
+
+    async def releasing(batch: list[Any]) -> None:
+        released.append(loop.time())
+        await release(batch)
+
+    monkeypatch.setattr(ingest_consumer, "_ack", failing)
+    monkeypatch.setattr(ingest_consumer, "_release", releasing)
+    try:
+        election_id = await _opened(settings, "Backoff", ["a", "b"])
+        await publish(AMQP_URL, queue, [("m1", ballot(election_id, "v", "a"))])
+        async with consuming(settings) as (services, _):
+            await until(lambda: len(released), lambda n: n == 3)
+            await until(lambda: _unacked(queue), lambda n: n == 0)
+            await until(lambda: queue_depth(queue), lambda depth: depth == 0)
+            assert await _votes(services, election_id, "v") == (1, "a")
+            # Each closing after its pause (0.1 s, 0.2 s, 0.4 s), none at once.
+            waits = [closed - given for given, closed in zip(failed, released, strict=True)]
+            assert waits[0] >= 0.1, waits
+            assert waits[1] >= 0.2, waits
+            assert waits[2] >= 0.4, waits
+            assert await queue_depth(queue + ".refused") == 0
+    finally:
         await delete_queues(queue)
