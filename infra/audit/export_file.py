@@ -15,7 +15,6 @@ from uuid import UUID
 
 import orjson
 
-from infra.audit.chain import key_id
 from infra.audit.verifier import (
     Checkpoint,
     Discrepancy,
@@ -30,7 +29,7 @@ def read_export(
     path: Path,
     election: UUID | None,
     validate: bool,
-    public_key: bytes | None,
+    public_keys: dict[str, bytes] | None,
     progress: Any,
     *,
     chain: bool,
@@ -48,6 +47,12 @@ def read_export(
         raise Discrepancy(None, f"{path} does not start with an export header")
     try:
         keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
+        # (hints only: the store recorded them, and who holds the file may edit them)
+        listed = {
+            str(k["key_id"]): bytes.fromhex(k["public_key"]) if k["public_key"] else None
+            for k in header.get("checkpoint_keys", [])
+        }
+        listed.update(keys)
         upto = int(header.get("head", 0))
         signs_file = _signs_file(header.get("format"))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -64,9 +69,9 @@ def read_export(
             "give --accept-format-1 to check an export written before 2026-12-06 as far as "
             "it goes",
         )
-    if public_key is not None:
-        keys = {key_id(public_key): public_key}
-    export = _Export(keys, election=election, validate=validate, chain=chain)
+    if public_keys:  # the auditor's keys, the only ones trusted then
+        keys = dict(public_keys)
+    export = _Export(keys, election=election, validate=validate, chain=chain, listed=listed)
     export.checkpoints.extend(checkpoints or ())
     for position, documents in (served or {}).items():
         export.served.setdefault(position, []).extend(documents)
@@ -148,6 +153,7 @@ class _Export:
     signed_head: Checkpoint | None = None  # the export's own, at its last entry
     file_hash: bytes | None = None  # what it signs besides (format 2): the file before it
     signs_file: bool = True
+    listed: dict[str, bytes | None] = field(default_factory=dict)
     _verifier: Verifier | None = None
 
     @property
@@ -165,6 +171,8 @@ class _Export:
                 validate=self.validate,
                 chain=self.chain,
                 replay=not self.chain,
+                listed_keys=self.listed,
+                listed_in="The export's header",
             )
         return self._verifier
 

@@ -84,7 +84,7 @@ def verify_file(
     *,
     election: UUID | None,
     validate: bool,
-    public_key: bytes | None = None,
+    public_keys: dict[str, bytes] | None = None,
     progress: Any = None,
     pinned: Pinned = NOTHING_PINNED,
     accept_format_1: bool = False,
@@ -98,7 +98,7 @@ def verify_file(
             path,
             election,
             validate,
-            public_key,
+            public_keys,
             progress,
             pinned=pinned,
             chain=True,
@@ -191,6 +191,8 @@ async def _database_half(
                 validate=validate,
                 chain=chain,
                 replay=not chain,
+                listed_keys=await recorded_keys(conn) if chain else None,
+                listed_in="The store's audit_keys",
             )
             if chain:
                 async for entry in database_entries(conn, links=True):
@@ -220,7 +222,7 @@ def _file_half(
     path: Path,
     election: UUID | None,
     validate: bool,
-    public_key: bytes | None,
+    public_keys: dict[str, bytes] | None,
     progress: Any,
     *,
     pinned: Pinned,
@@ -232,7 +234,7 @@ def _file_half(
             path,
             election,
             validate,
-            public_key,
+            public_keys,
             progress,
             chain=chain,
             checkpoints=list(pinned.checkpoints),
@@ -317,6 +319,17 @@ async def checkpoints_of(conn: psycopg.AsyncConnection[Any]) -> list[Checkpoint]
         Checkpoint(identifier, position, bytes(head), key, bytes(signature))
         for identifier, position, head, key, signature in await cursor.fetchall()
     ]
+
+
+async def recorded_keys(conn: psycopg.AsyncConnection[Any]) -> dict[str, bytes | None]:
+    """The public keys the sealers recorded, by key id (hints: never trusted); none in a
+    store from before migration 0012 (a hint is worth no failure)."""
+    cursor = await conn.execute("SELECT to_regclass('audit_keys') IS NOT NULL")
+    row = await cursor.fetchone()
+    if row is None or not row[0]:
+        return {}
+    cursor = await conn.execute("SELECT key_id, public_key FROM audit_keys")
+    return {str(key): bytes(public) for key, public in await cursor.fetchall()}
 
 
 async def served_results(conn: psycopg.AsyncConnection[Any]) -> dict[int, list[dict[str, Any]]]:

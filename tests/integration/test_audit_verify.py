@@ -784,7 +784,7 @@ def test_a_format_2_export_cut_and_labelled_format_1_fails(store: str, tmp_path:
     ]
     _write(exported, kept)
     with pytest.raises(Discrepancy) as found:
-        verify_file(exported, election=None, validate=True, public_key=SIGNER.public_key)
+        verify_file(exported, election=None, validate=True, public_keys=KEYS)
     assert "whose end nothing attests" in found.value.what
 
 
@@ -1167,3 +1167,72 @@ def test_moved_lines_and_an_edited_result_are_found_where_they_are(
         verify_file(exported, election=None, validate=True)
     assert found.value.position == head
     assert "the served results differ from the replay in 'ballots'" in found.value.what
+
+
+ROTATED = Signer("44" * 32)  # the audit key after a rotation
+
+
+async def _rotated(url: str) -> int:
+    """The store after CARDINAL_AUDIT_KEY was rotated: one more election closed and its
+    close signed with the new key. Returns that close's position."""
+    await _fill(url, random.Random(24), ballots=40)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        sealer = Sealer(url, ROTATED)
+        assert await sealer.seal_pending(conn) > 0
+        await sealer.checkpoint_head(conn, "test")
+    await catch_up_every_projection(url)
+    return _positions(url, "Election.Closed")[-1]
+
+
+async def test_after_the_audit_key_is_rotated_verify_takes_every_key_trusted(
+    store: str, tmp_path: Path
+) -> None:
+    """Checkpoints signed before a rotation name the earlier key: verify took one key
+    (a second --public-key replaced the first) and an export listed only the current one,
+    so no verify could pass once the key was rotated (audit review, medium)."""
+    close = await _rotated(store)
+    both = {**KEYS, ROTATED.key_id: ROTATED.public_key}
+    with pytest.raises(Discrepancy) as found:  # the earlier key alone: the new checkpoints
+        await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert found.value.position == close
+    assert f"signed by key {ROTATED.key_id}, which this run does not know" in found.value.what
+    assert "earlier key" in found.value.what
+    assert "another --public-key" in found.value.what
+    assert ROTATED.public_key.hex() in found.value.what  # (recorded by the sealer: a hint)
+    report = await verify_database(store, public_keys=both, election=None, validate=True)
+    assert set(report.keys) == set(both)
+
+    exported = tmp_path / "audit.ndjson"
+    await export(store, exported, ROTATED)
+    header = _lines(exported)[0]
+    assert header["public_keys"] == [
+        {"key_id": ROTATED.key_id, "algorithm": "Ed25519", "public_key": ROTATED.public_key.hex()}
+    ]
+    keys: Any = header["checkpoint_keys"]
+    listed = {k["key_id"]: k["public_key"] for k in keys}
+    assert listed == {s.key_id: s.public_key.hex() for s in (SIGNER, ROTATED)}
+    # By default only the exporter's key is trusted (as before): never one the file lists
+    # for its checkpoints, which whoever edits the store or the file could add.
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert f"signed by key {SIGNER.key_id}, which this run does not know" in found.value.what
+    assert f"lists key {SIGNER.key_id} as {SIGNER.public_key.hex()}" in found.value.what
+    verify_file(exported, election=None, validate=True, public_keys=both)
+
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+    for signer in (SIGNER, ROTATED):
+        command += ["--public-key", signer.public_key.hex()]
+    done = await _run(command)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join(done.stdout.split())
+    assert f"signed by key {SIGNER.key_id}" in said
+    assert f"signed by key {ROTATED.key_id}" in said
+    done = await _run(command[:-2])  # the earlier key only: it fails at the first new one
+    assert done.returncode == 1
+    assert f"FAILED at position {close}" in done.stdout
+
+
+async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, capture_output=True, text=True, check=False
+    )
