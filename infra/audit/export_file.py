@@ -222,11 +222,12 @@ class _Export:
         elif kind == "event" and self.chain:
             self.verifier().link(_file_entry(document))
         elif kind == "event" and (payload := _payload(document)) is not None:
-            # (a missing entry is the chain's finding)
+            # (a missing entry is the chain's finding) The stream as the chain takes it, as
+            # the database's replay does: a ballot's by its 16 bytes, an election's UUID.
             event = document["type"]
-            stream = document["stream_id"]
+            stream = _stream(document)
             self.verifier().count(
-                document["position"], stream if event[0] == "B" else UUID(stream), event, payload
+                document["position"], stream.bytes if event[0] == "B" else stream, event, payload
             )
 
 
@@ -260,7 +261,8 @@ def _lines(path: Path, read: Any) -> Iterator[tuple[int, dict[str, Any] | None]]
 def _payload(document: dict[str, Any]) -> dict[str, Any] | bytes | None:
     """What an event line holds: its data (whose canonical JSON the chain hashes), or the
     bytes of a state that is not a JSON object; None: a link whose entry is gone. The
-    chain and the replay take the same one, so no line can show each half something else.
+    chain and the replay take the same one, so no line can show each half something else
+    (and the same stream: ``_stream``).
     """
     data = document.get("data")
     if "state_hex" not in document:
@@ -279,13 +281,27 @@ def _file_entry(document: dict[str, Any]) -> Entry:
         return Entry(document["position"], b"", 0, "", b"", bytes.fromhex(stored or ""))
     return Entry(
         position=document["position"],
-        stream=bytes.fromhex(document["stream_id"].replace("-", "")),
+        stream=_stream(document).bytes,
         version=document["version"],
         kind=document["type"],
         # the canonical payload, or the bytes of one that is not JSON
         state=payload if isinstance(payload, bytes) else _canonical(payload),
         stored_hash=bytes.fromhex(stored) if stored else None,
     )
+
+
+def _stream(document: dict[str, Any]) -> UUID:
+    """An event line's stream id, which the export writes in one way only (lower case, with
+    dashes): any other text of it is an edit. The chain hashes its 16 bytes, so a text
+    that reads as the same UUID (upper-cased, dashes moved) would pass the chain, and a
+    replay that told streams apart by their text would count a different ballot."""
+    text = document["stream_id"]
+    if not isinstance(text, str) or str(UUID(text)) != text:
+        raise ValueError(
+            f"its stream_id {text!r} is not written as an export writes one (a UUID in "
+            "lower case, with dashes): the line was edited"
+        )
+    return UUID(text)
 
 
 def _canonical(data: Any) -> bytes:

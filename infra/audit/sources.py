@@ -132,7 +132,16 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     """One report from the two halves, or the earlier of their discrepancies."""
     found = [d for _, d in (chain, replay) if d is not None]
     if found:
-        raise min(found, key=_first_finding)
+        first = min(found, key=_first_finding)
+        also = [d for d in found if d is not first and d.position == first.position]
+        if isinstance(first, FileChanged) and also and first.position is not None:
+            # What the other half found there may be the edit's doing (a changed line read
+            # as a different count): the file changed, and this is where it shows.
+            raise FileChanged(
+                first.position,
+                f"{first.what}; at this position the other half also finds: {also[0].what}",
+            )
+        raise first
     chain_report, replay_report = chain[0], replay[0]
     assert chain_report is not None
     assert replay_report is not None
@@ -145,13 +154,16 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
 def _first_finding(found: Discrepancy) -> tuple[bool, bool, int, bool]:
     """The finding reported of the two halves': one about the log before the news that
     --election named none of it; then the earliest position (one without a position last:
-    the other half's says where); at the same one, a finding that says what changed before
-    the export's signed head saying only that something did."""
+    the other half's says where); at the same one, the export's signed head failing (the
+    file was changed), with what the other half found there: a finding of the replay at the
+    signed head's position, such as results that differ, may only be that change's doing
+    (a line edited so that the replay reads it otherwise), and blaming the results would
+    send the auditor after the tally when the file is what changed."""
     return (
         isinstance(found, UnknownElection),
         found.position is None,
         found.position or 0,
-        isinstance(found, FileChanged),
+        not isinstance(found, FileChanged),
     )
 
 

@@ -35,7 +35,7 @@ from infra.audit.sources import (
     verify_database,
     verify_file,
 )
-from infra.audit.verifier import Discrepancy, Entry, UnknownElection
+from infra.audit.verifier import Discrepancy, Entry, FileChanged, UnknownElection
 from infra.store import open_application
 from infra.store.log import event_type
 from infra.store.migrations import migrate
@@ -1166,6 +1166,11 @@ def test_moved_lines_and_an_edited_result_are_found_where_they_are(
     with pytest.raises(Discrepancy) as found:
         verify_file(exported, election=None, validate=True)
     assert found.value.position == head
+    # The file changed (its signature says so), and what differs at that position with it:
+    # the tally alone was blamed for what may be an edit of any line (audit review).
+    assert isinstance(found.value, FileChanged)
+    assert found.value.what.startswith("the export's signed head does not verify")
+    assert "the other half also finds: election" in found.value.what
     assert "the served results differ from the replay in 'ballots'" in found.value.what
 
 
@@ -1236,3 +1241,56 @@ async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run, command, cwd=ROOT, capture_output=True, text=True, check=False
     )
+
+
+def _as_format_1(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An export as format 1 wrote it: its head signed as a checkpoint, not the file."""
+    last = documents[-1]
+    position, head = int(last["position"]), bytes.fromhex(last["head_hash"])
+    return [
+        {**documents[0], "format": "cardinal-audit/1"},
+        *documents[1:-1],
+        {**last, "signature": SIGNER.sign(position, head).hex()},
+    ]
+
+
+def test_a_stream_id_written_otherwise_is_an_edit_in_either_format(
+    store: str, tmp_path: Path
+) -> None:
+    """The chain read a stream id as its 16 bytes and the replay as its text: in format 1
+    (whose signed head does not cover the lines) an upper-cased ballot stream passed the
+    chain and was another ballot to the replay, so results could be edited to match
+    (audit review, medium)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents: list[dict[str, Any]] = [
+        orjson.loads(line) for line in exported.read_bytes().splitlines()
+    ]
+    events = [d for d in documents if d.get("kind") == "event"]
+    streams = [d["stream_id"] for d in events]
+    # a ballot alone on its stream: written otherwise, it changes no count, and passed
+    alone = next(
+        n
+        for n, d in enumerate(documents)
+        if d.get("type") == "BallotCast" and streams.count(d["stream_id"]) == 1
+    )
+    withdrawn = next(n for n, d in enumerate(documents) if d.get("type") == "BallotWithdrawn")
+    for line, text in (
+        (alone, str(documents[alone]["stream_id"]).upper()),
+        (alone, str(documents[alone]["stream_id"]).replace("-", "")),
+        (withdrawn, str(documents[withdrawn]["stream_id"]).upper()),
+    ):
+        edited = list(documents)
+        edited[line] = {**documents[line], "stream_id": text}
+        _write(exported, _as_format_1(edited))
+        with pytest.raises(Discrepancy) as found:
+            verify_file(exported, election=None, validate=True, accept_format_1=True)
+        assert f"line {line + 1} of {exported} is not an export line as written" in found.value.what
+        assert "not written as an export writes one" in found.value.what
+        # format 2: the same, before the file's signature (which fails too) is reached
+        _write(exported, edited)
+        with pytest.raises(Discrepancy) as found:
+            verify_file(exported, election=None, validate=True)
+        assert "not written as an export writes one" in found.value.what
+    _write(exported, _as_format_1(documents))
+    verify_file(exported, election=None, validate=True, accept_format_1=True)
