@@ -156,6 +156,11 @@ class Verifier:
         # audit_keys): named in a finding as a hint, never trusted
         self.listed_keys = listed_keys or {}
         self.listed_in = listed_in
+        # The positions the source's own checkpoints sign (the store's, or the export's
+        # lines): a close must have one of them. An earlier export's or saved results'
+        # heads are pins that must still be on the chain; they never stand in for a
+        # checkpoint the source lost (more evidence never turns a failing run into a pass).
+        self._own_signed = {c.position for c in checkpoints if not c.origin}
         # the same checkpoint named twice (in the log, and in an earlier export) once
         unique = {(c.id, c.position, c.head, c.signature): c for c in reversed(checkpoints)}
         self.checkpoints = sorted(unique.values(), key=lambda c: (c.position, c.id))
@@ -328,9 +333,8 @@ class Verifier:
         self.report.set_aside = len(self.recount.set_aside)
         # The sealer signs the head at every Closed entry as it seals it (one transaction):
         # a sealed close with no checkpoint there lost it.
-        signed = {checkpoint.position for checkpoint in self.checkpoints}
         for position in self._sealed_closes:
-            if position not in signed:
+            if position not in self._own_signed:
                 raise Discrepancy(
                     position,
                     "an election closed here, but the signed checkpoint of the chain head "

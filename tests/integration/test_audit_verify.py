@@ -262,13 +262,31 @@ async def test_a_validly_signed_checkpoint_of_another_head_is_found(store: str) 
     assert "chain there is different" in found.value.what
 
 
-async def test_a_deleted_checkpoint_of_an_election_close_is_found(store: str) -> None:
+async def test_a_deleted_checkpoint_of_an_election_close_is_found(
+    store: str, tmp_path: Path
+) -> None:
+    """Also with an earlier export that holds it (--previous): its copy satisfied the
+    check, so giving more evidence turned a failing run into a pass (audit review, low)."""
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
     close = _positions(store, "Election.Closed")[0]
     with psycopg.connect(store, autocommit=True) as conn:
         deleted = conn.execute("DELETE FROM audit_checkpoints WHERE position = %s", (close,))
         assert deleted.rowcount == 1
     with pytest.raises(Discrepancy) as found:
         await _verify(store)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+    pins = Pinned(tuple(earlier_checkpoints(earlier)))
+    assert close in {checkpoint.position for checkpoint in pins.checkpoints}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, pins)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+    later = tmp_path / "later.ndjson"  # an export of the store as it is now: the same
+    await export(store, later, SIGNER)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(later, election=None, validate=True, pinned=pins)
     assert found.value.position == close
     assert "checkpoint of the chain head at its close is missing" in found.value.what
 
