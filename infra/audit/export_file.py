@@ -19,7 +19,9 @@ from infra.audit.verifier import (
     Checkpoint,
     Discrepancy,
     Entry,
+    FileChanged,
     Report,
+    UnknownElection,
     Verifier,
     set_aside_notes,
 )
@@ -104,7 +106,22 @@ def _chain_end(
             "or was written without CARDINAL_AUDIT_KEY (an export is attested only by it)",
         )
     if export.signed_head is not None:
-        verifier.attest(export.signed_head)
+        try:
+            verifier.attest(export.signed_head)
+        except FileChanged as changed:
+            # It says that something changed; the checks at the end may say what and
+            # where (a close whose checkpoint line was dropped): that, then.
+            try:
+                verifier.finish()
+            except Discrepancy as specific:
+                if specific.position is None or isinstance(specific, UnknownElection):
+                    raise changed from None
+                raise Discrepancy(
+                    specific.position,
+                    f"{specific.what}; and the export's signed head does not verify: the "
+                    "file was changed after it was exported",
+                ) from None
+            raise
     report = verifier.finish()
     if verifier.signed_upto < report.head:
         # Links are plain hashes: past the last signature, the file could say anything.

@@ -1312,3 +1312,20 @@ def test_a_stream_id_written_otherwise_is_an_edit_in_either_format(
         assert "not written as an export writes one" in found.value.what
     _write(exported, _as_format_1(documents))
     verify_file(exported, election=None, validate=True, accept_format_1=True)
+
+
+def test_a_dropped_checkpoint_line_is_named_at_its_close(store: str, tmp_path: Path) -> None:
+    """A close's checkpoint line dropped from an export was reported only as the signed
+    head failing, at the export's end: the missing checkpoint is the specific finding."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    close = _positions(store, "Election.Closed")[0]
+    documents = _lines(exported)
+    kept = [d for d in documents if not (d.get("kind") == "checkpoint" and d["position"] == close)]
+    assert len(kept) == len(documents) - 1
+    _write(exported, kept)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+    assert "the export's signed head does not verify" in found.value.what
