@@ -17,6 +17,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
+from psycopg import sql
 
 from domain.election import ElectionStatus
 from domain.rules import ElectionRules
@@ -67,15 +68,25 @@ async def verify_database(
     pinned: Pinned = NOTHING_PINNED,
 ) -> Report:
     """Verify the live store: chain and checkpoints here, the replay of every election
-    against the read models' results in a second process, at the same time."""
+    against the read models' results in a second process, at the same time.
+
+    Both halves read one snapshot: this one's transaction exports it and the replay's
+    imports it (``SET TRANSACTION SNAPSHOT``), and the transaction stays open until the
+    replay is done. With a snapshot each, a change committed between the two (a read model
+    edited, entries appended) was seen by one half only."""
     with _second_core() as pool:
-        replaying = pool.submit(_replay_database, database_url, election, validate, pinned)
-        chain = await _database_half(
-            database_url, public_keys, election, validate, progress, pinned=pinned, chain=True
-        )
-        report = _combine(chain, replaying.result())
-    async with await snapshot_connection(database_url) as conn:
-        report.notes.extend(set_aside_notes(await set_aside_records(conn)))
+        async with await snapshot_connection(database_url) as conn:
+            cursor = await conn.execute("SELECT pg_export_snapshot()")
+            row = await cursor.fetchone()
+            assert row is not None
+            replaying = pool.submit(
+                _replay_database, database_url, election, validate, pinned, str(row[0])
+            )
+            chain = await _database_half(
+                conn, public_keys, election, validate, progress, pinned=pinned, chain=True
+            )
+            report = _combine(chain, replaying.result())
+            report.notes.extend(set_aside_notes(await set_aside_records(conn)))
     return report
 
 
@@ -168,16 +179,21 @@ def _first_finding(found: Discrepancy) -> tuple[bool, bool, int, bool]:
 
 
 def _replay_database(
-    database_url: str, election: UUID | None, validate: bool, pinned: Pinned
+    database_url: str, election: UUID | None, validate: bool, pinned: Pinned, snapshot: str
 ) -> Outcome:
     with _no_cyclic_collection():
-        return asyncio.run(
-            _database_half(database_url, {}, election, validate, None, pinned=pinned, chain=False)
-        )
+        return asyncio.run(_replay_half(database_url, election, validate, pinned, snapshot))
+
+
+async def _replay_half(
+    database_url: str, election: UUID | None, validate: bool, pinned: Pinned, snapshot: str
+) -> Outcome:
+    async with await snapshot_connection(database_url, snapshot) as conn:
+        return await _database_half(conn, {}, election, validate, None, pinned=pinned, chain=False)
 
 
 async def _database_half(
-    database_url: str,
+    conn: psycopg.AsyncConnection[Any],
     public_keys: dict[str, bytes],
     election: UUID | None,
     validate: bool,
@@ -187,39 +203,36 @@ async def _database_half(
     chain: bool,
 ) -> Outcome:
     try:
-        async with await snapshot_connection(database_url) as conn:
-            checkpoints = [*await checkpoints_of(conn), *pinned.checkpoints] if chain else []
-            served = {} if chain else merged(await served_results(conn), pinned.served_at())
-            cursor = await conn.execute(
-                f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
-            )
-            row = await cursor.fetchone()
-            upto = int(row[0]) if row else 0
-            verifier = Verifier(
-                public_keys,
-                checkpoints,
-                served,
-                election=election,
-                validate=validate,
-                chain=chain,
-                replay=not chain,
-                listed_keys=await recorded_keys(conn) if chain else None,
-                listed_in="The store's audit_keys",
-            )
-            if chain:
-                async for entry in database_entries(conn, links=True):
-                    verifier.feed(entry)
-                    if progress is not None and verifier.report.entries % 10_000 == 0:
-                        progress(entry.position, upto)
-                if progress is not None:
-                    progress(upto, upto)
-            else:  # the replay half's hot loop: rows as they come, no Entry objects
-                async for rows in _pages(conn, ENTRIES):
-                    for position, stream, _, topic, state, *_ in rows:
-                        kind = event_type(topic)
-                        verifier.count(
-                            position, stream if kind[0] == "B" else UUID(bytes=stream), kind, state
-                        )
+        checkpoints = [*await checkpoints_of(conn), *pinned.checkpoints] if chain else []
+        served = {} if chain else merged(await served_results(conn), pinned.served_at())
+        cursor = await conn.execute(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}")
+        row = await cursor.fetchone()
+        upto = int(row[0]) if row else 0
+        verifier = Verifier(
+            public_keys,
+            checkpoints,
+            served,
+            election=election,
+            validate=validate,
+            chain=chain,
+            replay=not chain,
+            listed_keys=await recorded_keys(conn) if chain else None,
+            listed_in="The store's audit_keys",
+        )
+        if chain:
+            async for entry in database_entries(conn, links=True):
+                verifier.feed(entry)
+                if progress is not None and verifier.report.entries % 10_000 == 0:
+                    progress(entry.position, upto)
+            if progress is not None:
+                progress(upto, upto)
+        else:  # the replay half's hot loop: rows as they come, no Entry objects
+            async for rows in _pages(conn, ENTRIES):
+                for position, stream, _, topic, state, *_ in rows:
+                    kind = event_type(topic)
+                    verifier.count(
+                        position, stream if kind[0] == "B" else UUID(bytes=stream), kind, state
+                    )
         return verifier.finish(), None
     except Discrepancy as discrepancy:
         return None, discrepancy
@@ -267,8 +280,11 @@ def merged(
     return together
 
 
-async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]:
-    """A read-only connection whose reads all see one snapshot of the store.
+async def snapshot_connection(
+    database_url: str, snapshot: str | None = None
+) -> psycopg.AsyncConnection[Any]:
+    """A read-only connection whose reads all see one snapshot of the store (``snapshot``:
+    the one another transaction exported with ``pg_export_snapshot()``).
 
     The log, the chain, the checkpoints and the read models keep moving while an audit
     reads them page by page; in one REPEATABLE READ transaction, every page agrees with
@@ -276,6 +292,12 @@ async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]
     conn = await psycopg.AsyncConnection.connect(database_url, **COMMAND_CONNECTION)
     await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     await conn.set_read_only(True)
+    if snapshot is not None:
+        try:  # (the transaction's first statement, as it must be)
+            await conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        except BaseException:
+            await conn.close()
+            raise
     return conn
 
 

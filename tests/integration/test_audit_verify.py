@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
 import os
 import random
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -1329,3 +1331,29 @@ def test_a_dropped_checkpoint_line_is_named_at_its_close(store: str, tmp_path: P
     assert found.value.position == close
     assert "checkpoint of the chain head at its close is missing" in found.value.what
     assert "the export's signed head does not verify" in found.value.what
+
+
+async def test_both_halves_of_a_database_verify_read_one_snapshot(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain half and the replay half took a snapshot each: a change committed between
+    the two was seen by one half only. A read model edited once the run has begun (as the
+    replay's process starts) is not what the run verifies: the store as of its start."""
+
+    class EditedMeanwhile(ProcessPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            with psycopg.connect(store, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE read_models.tally_counters SET value = value + 1 WHERE key = 'n'"
+                )
+            return super().submit(fn, *args, **kwargs)
+
+    def second_core() -> ProcessPoolExecutor:
+        return EditedMeanwhile(1, mp_context=multiprocessing.get_context("spawn"))
+
+    monkeypatch.setattr(verify_module, "_second_core", second_core)
+    report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert report.results == 2
+    with pytest.raises(Discrepancy) as found:  # (the edit is committed: a new run sees it)
+        await _verify(store)
+    assert "served results differ from the replay in 'ballots'" in found.value.what
