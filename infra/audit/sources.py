@@ -157,6 +157,8 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     assert chain_report is not None
     assert replay_report is not None
     chain_report.results = replay_report.results
+    chain_report.elections = replay_report.elections
+    chain_report.compared = replay_report.compared
     chain_report.set_aside = replay_report.set_aside
     chain_report.notes.extend(replay_report.notes)
     return chain_report

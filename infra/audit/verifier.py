@@ -369,6 +369,7 @@ class Verifier:
                 )
             if self.election is not None and self.election not in self.recount.elections:
                 raise UnknownElection(None, f"the log holds no election {self.election}")
+            self.report.elections = 1 if self.election is not None else len(self.recount.elections)
             self._every_election_served()
         return self.report
 

@@ -222,6 +222,9 @@ def _keys(given: dict[str, bytes], settings: Settings) -> dict[str, bytes]:
     raise SettingsError("give --public-key (from GET /api/audit/public-key) to check signatures")
 
 
+SUMMARY_ELECTIONS = 20  # elections listed one by one in the summary, at most
+
+
 def _summary(report: Report, seconds: float) -> None:
     table = Table(title="Audit verified")
     table.add_column("check")
@@ -232,7 +235,11 @@ def _summary(report: Report, seconds: float) -> None:
     table.add_row("signed checkpoints", f"{report.checkpoints:,}")
     for signer, signed in sorted(report.keys.items()):
         table.add_row(f"  signed by key {signer}", f"{signed:,}")
+    table.add_row("elections replayed", f"{report.elections:,}")
     table.add_row("served results equal to the replay", f"{report.results:,}")
+    if len(report.compared) <= SUMMARY_ELECTIONS:  # (beyond, the count alone)
+        for election_id, compared in sorted(report.compared.items()):
+            table.add_row(f"  election {election_id}", f"{compared:,}")
     if report.set_aside:
         table.add_row("entries the replay could not count", f"[yellow]{report.set_aside:,}[/]")
     table.add_row("speed", f"{rate:,.0f} entries/s ({seconds:.1f} s)")

@@ -152,6 +152,10 @@ async def test_an_untouched_store_verifies_and_so_does_its_export(
     assert await export(store, exported, SIGNER) == report.entries
     from_file = verify_file(exported, election=None, validate=True)
     assert (from_file.entries, from_file.results) == (report.entries, report.results)
+    for verified in (report, from_file):  # (for the summary: per election)
+        assert verified.elections == 2
+        assert sorted(verified.compared.values()) == [1, 1]
+        assert verified.keys == {SIGNER.key_id: verified.checkpoints}
 
 
 async def test_elections_under_either_voter_id_rule_verify(store: str) -> None:
