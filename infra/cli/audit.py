@@ -194,6 +194,8 @@ def run_verify(args: argparse.Namespace) -> int:
         else:
             console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
         return 1
+    for trusted in given:  # (a key given that signed nothing here is shown too)
+        report.keys.setdefault(trusted, 0)
     _summary(report, time.perf_counter() - started)
     return 0
 

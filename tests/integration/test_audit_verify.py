@@ -1251,11 +1251,13 @@ async def test_after_the_audit_key_is_rotated_verify_takes_every_key_trusted(
     command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
     for signer in (SIGNER, ROTATED):
         command += ["--public-key", signer.public_key.hex()]
-    done = await _run(command)
+    unused = Signer("55" * 32)  # trusted, and signed nothing here: shown all the same
+    done = await _run([*command, "--public-key", unused.public_key.hex()])
     assert done.returncode == 0, done.stdout + done.stderr
     said = " ".join(done.stdout.split())
     assert f"signed by key {SIGNER.key_id}" in said
     assert f"signed by key {ROTATED.key_id}" in said
+    assert f"signed by key {unused.key_id} │ 0" in said
     done = await _run(command[:-2])  # the earlier key only: it fails at the first new one
     assert done.returncode == 1
     assert f"FAILED at position {close}" in done.stdout
