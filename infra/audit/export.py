@@ -3,14 +3,19 @@
 One JSON document per line, ``kind`` first:
 
     {"kind": "header", "format": "cardinal-audit/2", "exported_at": ..., "head": ...,
-     "public_keys": [{"key_id", "algorithm", "public_key"}]}
+     "public_keys": [{"key_id", "algorithm", "public_key"}],
+     "checkpoint_keys": [{"key_id", "algorithm", "public_key" (hex, or null)}]}
     {"kind": "checkpoint", "id", "position", "head_hash", "key_id", "signature"}
     {"kind": "result", "position", "election_id", ...the results the API serves}
     {"kind": "set_aside", "projection", "position", "election_id", "type", "reason"}
     {"kind": "event", "position", "stream_id", "version", "type", "data": {...}, "hash"}
     {"kind": "export_head", "position", "head_hash", "key_id", "signature"}
 
-``data`` is the entry's full state; the chain hashes its canonical JSON (keys sorted, no
+``public_keys`` holds the exporter's key, which signs the export's own head (the last line);
+``checkpoint_keys`` every key id the checkpoints name, with its public key where the store
+recorded it (after the audit key is rotated, earlier checkpoints name an earlier key): an
+auditor pins each one only once the deployment confirms it (`verify --public-key`, once per
+key). ``data`` is the entry's full state; the chain hashes its canonical JSON (keys sorted, no
 whitespace, UTF-8). An entry whose state is not JSON carries ``"data": null`` and its
 bytes in ``state_hex`` instead. ``hash`` is null for entries not sealed yet; an event with
 no ``data`` and no ``state_hex`` is a chain link whose entry is gone. The last line signs the
@@ -35,11 +40,12 @@ from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.sources import (
     checkpoints_of,
     database_entries,
+    recorded_keys,
     served_results,
     set_aside_records,
     snapshot_connection,
 )
-from infra.audit.verifier import Entry
+from infra.audit.verifier import Checkpoint, Entry
 from infra.store.log import head
 
 FORMAT = "cardinal-audit/2"
@@ -107,6 +113,10 @@ async def _write(database_url: str, output: Path, signer: Signer | None, progres
                         if signer
                         else []
                     ),
+                    # every key its checkpoints name, with its public key where the store
+                    # recorded it (null: signed before migration 0012, by a key rotated out
+                    # since): which keys to ask the deployment for, never trusted as such
+                    "checkpoint_keys": await _checkpoint_keys(conn, checkpoints, signer),
                 },
             )
             for checkpoint in checkpoints:
@@ -152,6 +162,23 @@ async def _write(database_url: str, output: Path, signer: Signer | None, progres
                     },
                 )
     return count
+
+
+async def _checkpoint_keys(
+    conn: Any, checkpoints: list[Checkpoint], signer: Signer | None
+) -> list[dict[str, Any]]:
+    recorded = await recorded_keys(conn)
+    if signer is not None:
+        recorded[signer.key_id] = signer.public_key
+    named = dict.fromkeys(checkpoint.key_id for checkpoint in checkpoints)
+    return [
+        {
+            "key_id": named_id,
+            "algorithm": ALGORITHM,
+            "public_key": public.hex() if (public := recorded.get(named_id)) else None,
+        }
+        for named_id in named
+    ]
 
 
 def _linked(previous: bytes, entry: Entry) -> bytes:

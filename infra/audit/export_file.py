@@ -15,12 +15,13 @@ from uuid import UUID
 
 import orjson
 
-from infra.audit.chain import key_id
 from infra.audit.verifier import (
     Checkpoint,
     Discrepancy,
     Entry,
+    FileChanged,
     Report,
+    UnknownElection,
     Verifier,
     set_aside_notes,
 )
@@ -30,7 +31,7 @@ def read_export(
     path: Path,
     election: UUID | None,
     validate: bool,
-    public_key: bytes | None,
+    public_keys: dict[str, bytes] | None,
     progress: Any,
     *,
     chain: bool,
@@ -48,6 +49,12 @@ def read_export(
         raise Discrepancy(None, f"{path} does not start with an export header")
     try:
         keys = {k["key_id"]: bytes.fromhex(k["public_key"]) for k in header.get("public_keys", [])}
+        # (hints only: the store recorded them, and who holds the file may edit them)
+        listed = {
+            str(k["key_id"]): bytes.fromhex(k["public_key"]) if k["public_key"] else None
+            for k in header.get("checkpoint_keys", [])
+        }
+        listed.update(keys)
         upto = int(header.get("head", 0))
         signs_file = _signs_file(header.get("format"))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -64,9 +71,9 @@ def read_export(
             "give --accept-format-1 to check an export written before 2026-12-06 as far as "
             "it goes",
         )
-    if public_key is not None:
-        keys = {key_id(public_key): public_key}
-    export = _Export(keys, election=election, validate=validate, chain=chain)
+    if public_keys:  # the auditor's keys, the only ones trusted then
+        keys = dict(public_keys)
+    export = _Export(keys, election=election, validate=validate, chain=chain, listed=listed)
     export.checkpoints.extend(checkpoints or ())
     for position, documents in (served or {}).items():
         export.served.setdefault(position, []).extend(documents)
@@ -99,7 +106,22 @@ def _chain_end(
             "or was written without CARDINAL_AUDIT_KEY (an export is attested only by it)",
         )
     if export.signed_head is not None:
-        verifier.attest(export.signed_head)
+        try:
+            verifier.attest(export.signed_head)
+        except FileChanged as changed:
+            # It says that something changed; the checks at the end may say what and
+            # where (a close whose checkpoint line was dropped): that, then.
+            try:
+                verifier.finish()
+            except Discrepancy as specific:
+                if specific.position is None or isinstance(specific, UnknownElection):
+                    raise changed from None
+                raise Discrepancy(
+                    specific.position,
+                    f"{specific.what}; and the export's signed head does not verify: the "
+                    "file was changed after it was exported",
+                ) from None
+            raise
     report = verifier.finish()
     if verifier.signed_upto < report.head:
         # Links are plain hashes: past the last signature, the file could say anything.
@@ -148,6 +170,7 @@ class _Export:
     signed_head: Checkpoint | None = None  # the export's own, at its last entry
     file_hash: bytes | None = None  # what it signs besides (format 2): the file before it
     signs_file: bool = True
+    listed: dict[str, bytes | None] = field(default_factory=dict)
     _verifier: Verifier | None = None
 
     @property
@@ -165,6 +188,8 @@ class _Export:
                 validate=self.validate,
                 chain=self.chain,
                 replay=not self.chain,
+                listed_keys=self.listed,
+                listed_in="The export's header",
             )
         return self._verifier
 
@@ -214,11 +239,12 @@ class _Export:
         elif kind == "event" and self.chain:
             self.verifier().link(_file_entry(document))
         elif kind == "event" and (payload := _payload(document)) is not None:
-            # (a missing entry is the chain's finding)
+            # (a missing entry is the chain's finding) The stream as the chain takes it, as
+            # the database's replay does: a ballot's by its 16 bytes, an election's UUID.
             event = document["type"]
-            stream = document["stream_id"]
+            stream = _stream(document)
             self.verifier().count(
-                document["position"], stream if event[0] == "B" else UUID(stream), event, payload
+                document["position"], stream.bytes if event[0] == "B" else stream, event, payload
             )
 
 
@@ -252,7 +278,8 @@ def _lines(path: Path, read: Any) -> Iterator[tuple[int, dict[str, Any] | None]]
 def _payload(document: dict[str, Any]) -> dict[str, Any] | bytes | None:
     """What an event line holds: its data (whose canonical JSON the chain hashes), or the
     bytes of a state that is not a JSON object; None: a link whose entry is gone. The
-    chain and the replay take the same one, so no line can show each half something else.
+    chain and the replay take the same one, so no line can show each half something else
+    (and the same stream: ``_stream``).
     """
     data = document.get("data")
     if "state_hex" not in document:
@@ -271,13 +298,27 @@ def _file_entry(document: dict[str, Any]) -> Entry:
         return Entry(document["position"], b"", 0, "", b"", bytes.fromhex(stored or ""))
     return Entry(
         position=document["position"],
-        stream=bytes.fromhex(document["stream_id"].replace("-", "")),
+        stream=_stream(document).bytes,
         version=document["version"],
         kind=document["type"],
         # the canonical payload, or the bytes of one that is not JSON
         state=payload if isinstance(payload, bytes) else _canonical(payload),
         stored_hash=bytes.fromhex(stored) if stored else None,
     )
+
+
+def _stream(document: dict[str, Any]) -> UUID:
+    """An event line's stream id, which the export writes in one way only (lower case, with
+    dashes): any other text of it is an edit. The chain hashes its 16 bytes, so a text
+    that reads as the same UUID (upper-cased, dashes moved) would pass the chain, and a
+    replay that told streams apart by their text would count a different ballot."""
+    text = document["stream_id"]
+    if not isinstance(text, str) or str(UUID(text)) != text:
+        raise ValueError(
+            f"its stream_id {text!r} is not written as an export writes one (a UUID in "
+            "lower case, with dashes): the line was edited"
+        )
+    return UUID(text)
 
 
 def _canonical(data: Any) -> bytes:

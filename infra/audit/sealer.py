@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash, filed_election
+from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash, filed_election
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
 from infra.store.names import connection_name
@@ -39,6 +39,10 @@ SELECT p, substr(%(entries)s::bytea, 32 * i::int - 31, 32),
        substr(%(hashes)s::bytea, 32 * i::int - 31, 32), election
 FROM unnest(%(positions)s::bigint[], %(elections)s::uuid[]) WITH ORDINALITY AS t(p, election, i)
 """
+RECORD_KEY = (
+    "INSERT INTO audit_keys (key_id, algorithm, public_key) VALUES (%s, %s, %s) "
+    "ON CONFLICT (key_id) DO NOTHING"
+)
 LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
 
@@ -65,6 +69,7 @@ class Sealer:
         # else appends to the chain then, so it need not be read back on every round.
         self._tip: tuple[int, bytes] | None = None
         self._store = StoreOutage(database_url, "sealer", log, first=poll_interval)
+        self._key_recorded = False
 
     async def run(self) -> None:
         """Seal forever, riding out database outages (said once, retried after 1 s
@@ -93,6 +98,7 @@ class Sealer:
                 break
             await asyncio.sleep(self.poll_interval)
         self._tip = None
+        self._key_recorded = False  # (a round rolled back may have lost it)
         while (lost := await self.lost_links(conn)) is not None:
             # Sealing on would sign, with the real key, whatever the log now holds there.
             log.error(
@@ -208,3 +214,9 @@ class Sealer:
             "VALUES (%s, %s, %s, %s, %s)",
             (position, head, self.signer.key_id, self.signer.sign(position, head), reason),
         )
+        if not self._key_recorded:
+            # The public key beside the checkpoints it signs: after a rotation, an export
+            # still lists the public key each earlier checkpoint names (a hint for the
+            # auditor, never trusted by verify). Once per sealer: it keeps its key.
+            await conn.execute(RECORD_KEY, (self.signer.key_id, ALGORITHM, self.signer.public_key))
+            self._key_recorded = True

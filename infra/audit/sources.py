@@ -17,6 +17,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
+from psycopg import sql
 
 from domain.election import ElectionStatus
 from domain.rules import ElectionRules
@@ -67,15 +68,25 @@ async def verify_database(
     pinned: Pinned = NOTHING_PINNED,
 ) -> Report:
     """Verify the live store: chain and checkpoints here, the replay of every election
-    against the read models' results in a second process, at the same time."""
+    against the read models' results in a second process, at the same time.
+
+    Both halves read one snapshot: this one's transaction exports it and the replay's
+    imports it (``SET TRANSACTION SNAPSHOT``), and the transaction stays open until the
+    replay is done. With a snapshot each, a change committed between the two (a read model
+    edited, entries appended) was seen by one half only."""
     with _second_core() as pool:
-        replaying = pool.submit(_replay_database, database_url, election, validate, pinned)
-        chain = await _database_half(
-            database_url, public_keys, election, validate, progress, pinned=pinned, chain=True
-        )
-        report = _combine(chain, replaying.result())
-    async with await snapshot_connection(database_url) as conn:
-        report.notes.extend(set_aside_notes(await set_aside_records(conn)))
+        async with await snapshot_connection(database_url) as conn:
+            cursor = await conn.execute("SELECT pg_export_snapshot()")
+            row = await cursor.fetchone()
+            assert row is not None
+            replaying = pool.submit(
+                _replay_database, database_url, election, validate, pinned, str(row[0])
+            )
+            chain = await _database_half(
+                conn, public_keys, election, validate, progress, pinned=pinned, chain=True
+            )
+            report = _combine(chain, replaying.result())
+            report.notes.extend(set_aside_notes(await set_aside_records(conn)))
     return report
 
 
@@ -84,7 +95,7 @@ def verify_file(
     *,
     election: UUID | None,
     validate: bool,
-    public_key: bytes | None = None,
+    public_keys: dict[str, bytes] | None = None,
     progress: Any = None,
     pinned: Pinned = NOTHING_PINNED,
     accept_format_1: bool = False,
@@ -98,7 +109,7 @@ def verify_file(
             path,
             election,
             validate,
-            public_key,
+            public_keys,
             progress,
             pinned=pinned,
             chain=True,
@@ -132,11 +143,22 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
     """One report from the two halves, or the earlier of their discrepancies."""
     found = [d for _, d in (chain, replay) if d is not None]
     if found:
-        raise min(found, key=_first_finding)
+        first = min(found, key=_first_finding)
+        also = [d for d in found if d is not first and d.position == first.position]
+        if isinstance(first, FileChanged) and also and first.position is not None:
+            # What the other half found there may be the edit's doing (a changed line read
+            # as a different count): the file changed, and this is where it shows.
+            raise FileChanged(
+                first.position,
+                f"{first.what}; at this position the other half also finds: {also[0].what}",
+            )
+        raise first
     chain_report, replay_report = chain[0], replay[0]
     assert chain_report is not None
     assert replay_report is not None
     chain_report.results = replay_report.results
+    chain_report.elections = replay_report.elections
+    chain_report.compared = replay_report.compared
     chain_report.set_aside = replay_report.set_aside
     chain_report.notes.extend(replay_report.notes)
     return chain_report
@@ -145,27 +167,35 @@ def _combine(chain: Outcome, replay: Outcome) -> Report:
 def _first_finding(found: Discrepancy) -> tuple[bool, bool, int, bool]:
     """The finding reported of the two halves': one about the log before the news that
     --election named none of it; then the earliest position (one without a position last:
-    the other half's says where); at the same one, a finding that says what changed before
-    the export's signed head saying only that something did."""
+    the other half's says where); at the same one, the export's signed head failing (the
+    file was changed), with what the other half found there: a finding of the replay at the
+    signed head's position, such as results that differ, may only be that change's doing
+    (a line edited so that the replay reads it otherwise), and blaming the results would
+    send the auditor after the tally when the file is what changed."""
     return (
         isinstance(found, UnknownElection),
         found.position is None,
         found.position or 0,
-        isinstance(found, FileChanged),
+        not isinstance(found, FileChanged),
     )
 
 
 def _replay_database(
-    database_url: str, election: UUID | None, validate: bool, pinned: Pinned
+    database_url: str, election: UUID | None, validate: bool, pinned: Pinned, snapshot: str
 ) -> Outcome:
     with _no_cyclic_collection():
-        return asyncio.run(
-            _database_half(database_url, {}, election, validate, None, pinned=pinned, chain=False)
-        )
+        return asyncio.run(_replay_half(database_url, election, validate, pinned, snapshot))
+
+
+async def _replay_half(
+    database_url: str, election: UUID | None, validate: bool, pinned: Pinned, snapshot: str
+) -> Outcome:
+    async with await snapshot_connection(database_url, snapshot) as conn:
+        return await _database_half(conn, {}, election, validate, None, pinned=pinned, chain=False)
 
 
 async def _database_half(
-    database_url: str,
+    conn: psycopg.AsyncConnection[Any],
     public_keys: dict[str, bytes],
     election: UUID | None,
     validate: bool,
@@ -175,37 +205,36 @@ async def _database_half(
     chain: bool,
 ) -> Outcome:
     try:
-        async with await snapshot_connection(database_url) as conn:
-            checkpoints = [*await checkpoints_of(conn), *pinned.checkpoints] if chain else []
-            served = {} if chain else merged(await served_results(conn), pinned.served_at())
-            cursor = await conn.execute(
-                f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
-            )
-            row = await cursor.fetchone()
-            upto = int(row[0]) if row else 0
-            verifier = Verifier(
-                public_keys,
-                checkpoints,
-                served,
-                election=election,
-                validate=validate,
-                chain=chain,
-                replay=not chain,
-            )
-            if chain:
-                async for entry in database_entries(conn, links=True):
-                    verifier.feed(entry)
-                    if progress is not None and verifier.report.entries % 10_000 == 0:
-                        progress(entry.position, upto)
-                if progress is not None:
-                    progress(upto, upto)
-            else:  # the replay half's hot loop: rows as they come, no Entry objects
-                async for rows in _pages(conn, ENTRIES):
-                    for position, stream, _, topic, state, *_ in rows:
-                        kind = event_type(topic)
-                        verifier.count(
-                            position, stream if kind[0] == "B" else UUID(bytes=stream), kind, state
-                        )
+        checkpoints = [*await checkpoints_of(conn), *pinned.checkpoints] if chain else []
+        served = {} if chain else merged(await served_results(conn), pinned.served_at())
+        cursor = await conn.execute(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}")
+        row = await cursor.fetchone()
+        upto = int(row[0]) if row else 0
+        verifier = Verifier(
+            public_keys,
+            checkpoints,
+            served,
+            election=election,
+            validate=validate,
+            chain=chain,
+            replay=not chain,
+            listed_keys=await recorded_keys(conn) if chain else None,
+            listed_in="The store's audit_keys",
+        )
+        if chain:
+            async for entry in database_entries(conn, links=True):
+                verifier.feed(entry)
+                if progress is not None and verifier.report.entries % 10_000 == 0:
+                    progress(entry.position, upto)
+            if progress is not None:
+                progress(upto, upto)
+        else:  # the replay half's hot loop: rows as they come, no Entry objects
+            async for rows in _pages(conn, ENTRIES):
+                for position, stream, _, topic, state, *_ in rows:
+                    kind = event_type(topic)
+                    verifier.count(
+                        position, stream if kind[0] == "B" else UUID(bytes=stream), kind, state
+                    )
         return verifier.finish(), None
     except Discrepancy as discrepancy:
         return None, discrepancy
@@ -220,7 +249,7 @@ def _file_half(
     path: Path,
     election: UUID | None,
     validate: bool,
-    public_key: bytes | None,
+    public_keys: dict[str, bytes] | None,
     progress: Any,
     *,
     pinned: Pinned,
@@ -232,7 +261,7 @@ def _file_half(
             path,
             election,
             validate,
-            public_key,
+            public_keys,
             progress,
             chain=chain,
             checkpoints=list(pinned.checkpoints),
@@ -253,8 +282,11 @@ def merged(
     return together
 
 
-async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]:
-    """A read-only connection whose reads all see one snapshot of the store.
+async def snapshot_connection(
+    database_url: str, snapshot: str | None = None
+) -> psycopg.AsyncConnection[Any]:
+    """A read-only connection whose reads all see one snapshot of the store (``snapshot``:
+    the one another transaction exported with ``pg_export_snapshot()``).
 
     The log, the chain, the checkpoints and the read models keep moving while an audit
     reads them page by page; in one REPEATABLE READ transaction, every page agrees with
@@ -262,6 +294,12 @@ async def snapshot_connection(database_url: str) -> psycopg.AsyncConnection[Any]
     conn = await psycopg.AsyncConnection.connect(database_url, **COMMAND_CONNECTION)
     await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     await conn.set_read_only(True)
+    if snapshot is not None:
+        try:  # (the transaction's first statement, as it must be)
+            await conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        except BaseException:
+            await conn.close()
+            raise
     return conn
 
 
@@ -317,6 +355,17 @@ async def checkpoints_of(conn: psycopg.AsyncConnection[Any]) -> list[Checkpoint]
         Checkpoint(identifier, position, bytes(head), key, bytes(signature))
         for identifier, position, head, key, signature in await cursor.fetchall()
     ]
+
+
+async def recorded_keys(conn: psycopg.AsyncConnection[Any]) -> dict[str, bytes | None]:
+    """The public keys the sealers recorded, by key id (hints: never trusted); none in a
+    store from before migration 0012 (a hint is worth no failure)."""
+    cursor = await conn.execute("SELECT to_regclass('audit_keys') IS NOT NULL")
+    row = await cursor.fetchone()
+    if row is None or not row[0]:
+        return {}
+    cursor = await conn.execute("SELECT key_id, public_key FROM audit_keys")
+    return {str(key): bytes(public) for key, public in await cursor.fetchall()}
 
 
 async def served_results(conn: psycopg.AsyncConnection[Any]) -> dict[int, list[dict[str, Any]]]:

@@ -24,7 +24,14 @@ from uuid import UUID
 import orjson
 
 from domain.recount import Recount
-from infra.audit.chain import GENESIS, chain_hash, entry_hash, filed_election, signature_valid
+from infra.audit.chain import (
+    GENESIS,
+    chain_hash,
+    entry_hash,
+    filed_election,
+    key_id,
+    signature_valid,
+)
 from projections.results import COMPARED
 
 
@@ -113,6 +120,8 @@ class Report:
     elections: int = 0
     head: int = 0
     set_aside: int = 0  # entries the replay could not count (reported in the notes)
+    keys: dict[str, int] = field(default_factory=dict)  # signatures checked, by key id
+    compared: dict[UUID, int] = field(default_factory=dict)  # results compared, by election
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,6 +142,8 @@ class Verifier:
         validate: bool = False,
         chain: bool = True,
         replay: bool = True,
+        listed_keys: dict[str, bytes | None] | None = None,
+        listed_in: str = "",
     ) -> None:
         self.chain = chain
         self.replay = replay
@@ -141,6 +152,15 @@ class Verifier:
         if not replay:
             served = {}
         self.public_keys = public_keys
+        # public keys the source lists for key ids (an export's header, the store's
+        # audit_keys): named in a finding as a hint, never trusted
+        self.listed_keys = listed_keys or {}
+        self.listed_in = listed_in
+        # The positions the source's own checkpoints sign (the store's, or the export's
+        # lines): a close must have one of them. An earlier export's or saved results'
+        # heads are pins that must still be on the chain; they never stand in for a
+        # checkpoint the source lost (more evidence never turns a failing run into a pass).
+        self._own_signed = {c.position for c in checkpoints if not c.origin}
         # the same checkpoint named twice (in the log, and in an earlier export) once
         unique = {(c.id, c.position, c.head, c.signature): c for c in reversed(checkpoints)}
         self.checkpoints = sorted(unique.values(), key=lambda c: (c.position, c.id))
@@ -313,9 +333,8 @@ class Verifier:
         self.report.set_aside = len(self.recount.set_aside)
         # The sealer signs the head at every Closed entry as it seals it (one transaction):
         # a sealed close with no checkpoint there lost it.
-        signed = {checkpoint.position for checkpoint in self.checkpoints}
         for position in self._sealed_closes:
-            if position not in signed:
+            if position not in self._own_signed:
                 raise Discrepancy(
                     position,
                     "an election closed here, but the signed checkpoint of the chain head "
@@ -350,6 +369,7 @@ class Verifier:
                 )
             if self.election is not None and self.election not in self.recount.elections:
                 raise UnknownElection(None, f"the log holds no election {self.election}")
+            self.report.elections = 1 if self.election is not None else len(self.recount.elections)
             self._every_election_served()
         return self.report
 
@@ -398,11 +418,19 @@ class Verifier:
     def _check_signature(self, checkpoint: Checkpoint) -> None:
         key = self.public_keys.get(checkpoint.key_id)
         if key is None:
+            listed = self.listed_keys.get(checkpoint.key_id)
             raise Discrepancy(
                 checkpoint.position,
                 f"{checkpoint.name} is signed by key {checkpoint.key_id}, which this run "
-                "does not know: give the deployment's public key with --public-key (from "
-                "GET /api/audit/public-key)",
+                f"does not know (it trusts {_ids(self.public_keys)}): it may be signed by an "
+                "earlier key of the deployment, from before the audit key was rotated (give "
+                "that key too, with another --public-key), or be forged"
+                + (
+                    f". {self.listed_in} lists key {checkpoint.key_id} as {listed.hex()}: "
+                    "give it only once the deployment confirms it is its own"
+                    if listed is not None and key_id(listed) == checkpoint.key_id
+                    else ""
+                ),
             )
         if not signature_valid(
             key, checkpoint.position, checkpoint.head, checkpoint.signature, checkpoint.file_hash
@@ -433,6 +461,7 @@ class Verifier:
                 "chain there is different (the checkpoint is forged, or the log changed)",
             )
         self.report.checkpoints += 1
+        self.report.keys[checkpoint.key_id] = self.report.keys.get(checkpoint.key_id, 0) + 1
         if checkpoint.position >= self._signed[0]:
             self._signed = (checkpoint.position, self.report.entries)
 
@@ -512,6 +541,13 @@ class Verifier:
                     ),
                 )
         self.report.results += 1
+        self.report.compared[election_id] = self.report.compared.get(election_id, 0) + 1
+
+
+def _ids(keys: dict[str, bytes]) -> str:
+    if not keys:
+        return "no key"
+    return ("key " if len(keys) == 1 else "keys ") + ", ".join(sorted(keys))
 
 
 def _short(value: Any) -> str:

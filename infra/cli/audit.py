@@ -65,7 +65,12 @@ def add_commands(commands: Commands) -> None:
     verifying.add_argument(
         "--public-key",
         type=_public_key,
-        help="hex Ed25519 public key to check signatures with (from GET /api/audit/public-key)",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="hex Ed25519 public key to check signatures with (from GET /api/audit/public-key); "
+        "may be repeated: after the audit key was rotated, give the earlier keys too (only "
+        "these keys are trusted then)",
     )
     verifying.add_argument(
         "--previous",
@@ -133,7 +138,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    public_key: bytes | None = args.public_key
+    given = {key_id(key): key for key in args.public_key}
     try:
         brought = pinned(args.previous, args.served)
     except PinnedError as error:
@@ -151,22 +156,23 @@ def run_verify(args: argparse.Namespace) -> int:
                     args.file,
                     election=args.election,
                     validate=args.strict,
-                    public_key=public_key,
+                    public_keys=given,
                     progress=show,
                     pinned=brought,
                     accept_format_1=args.accept_format_1,
                 )
-                if public_key is None:
+                if not given:
                     report.notes.append(
-                        "signatures were checked with the public key in the export's header; "
-                        "compare it with the one the deployment publishes (--public-key)"
+                        "signatures were checked with the public key in the export's header "
+                        f"(key {', '.join(sorted(report.keys)) or 'none'}); compare it with "
+                        "the one the deployment publishes (--public-key)"
                     )
             else:
                 settings = Settings.from_env(service=False)  # (an auditor: no service secret)
                 if settings.database_url is None:
                     raise SettingsError("DATABASE_URL is not set (or give --file)")
                 require_current(settings.database_url)
-                keys = _keys(public_key, settings)
+                keys = _keys(given, settings)
                 # asyncio.run: the replay's half waits in a blocking call, where a signal
                 # the loop handled would wait for it; SIGTERM raises Interrupted at once.
                 report = asyncio.run(
@@ -188,6 +194,8 @@ def run_verify(args: argparse.Namespace) -> int:
         else:
             console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
         return 1
+    for trusted in given:  # (a key given that signed nothing here is shown too)
+        report.keys.setdefault(trusted, 0)
     _summary(report, time.perf_counter() - started)
     return 0
 
@@ -205,13 +213,18 @@ def _public_key(text: str) -> bytes:
     return key
 
 
-def _keys(public_key: bytes | None, settings: Settings) -> dict[str, bytes]:
-    if public_key is not None:
-        return {key_id(public_key): public_key}
+def _keys(given: dict[str, bytes], settings: Settings) -> dict[str, bytes]:
+    """The keys a database verify trusts: the auditor's (--public-key), or else the public
+    key of the CARDINAL_AUDIT_KEY it runs with; never one the store names."""
+    if given:
+        return given
     if settings.audit_key is not None:
         signer = Signer(settings.audit_key)
         return {signer.key_id: signer.public_key}
     raise SettingsError("give --public-key (from GET /api/audit/public-key) to check signatures")
+
+
+SUMMARY_ELECTIONS = 20  # elections listed one by one in the summary, at most
 
 
 def _summary(report: Report, seconds: float) -> None:
@@ -222,7 +235,13 @@ def _summary(report: Report, seconds: float) -> None:
     table.add_row("log entries replayed", f"{report.entries:,} (to position {report.head:,})")
     table.add_row("chain links recomputed", f"{report.sealed:,}")
     table.add_row("signed checkpoints", f"{report.checkpoints:,}")
+    for signer, signed in sorted(report.keys.items()):
+        table.add_row(f"  signed by key {signer}", f"{signed:,}")
+    table.add_row("elections replayed", f"{report.elections:,}")
     table.add_row("served results equal to the replay", f"{report.results:,}")
+    if len(report.compared) <= SUMMARY_ELECTIONS:  # (beyond, the count alone)
+        for election_id, compared in sorted(report.compared.items()):
+            table.add_row(f"  election {election_id}", f"{compared:,}")
     if report.set_aside:
         table.add_row("entries the replay could not count", f"[yellow]{report.set_aside:,}[/]")
     table.add_row("speed", f"{rate:,.0f} entries/s ({seconds:.1f} s)")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
 import os
 import random
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from infra.audit.sources import (
     verify_database,
     verify_file,
 )
-from infra.audit.verifier import Discrepancy, Entry, UnknownElection
+from infra.audit.verifier import Discrepancy, Entry, FileChanged, UnknownElection
 from infra.store import open_application
 from infra.store.log import event_type
 from infra.store.migrations import migrate
@@ -150,6 +152,10 @@ async def test_an_untouched_store_verifies_and_so_does_its_export(
     assert await export(store, exported, SIGNER) == report.entries
     from_file = verify_file(exported, election=None, validate=True)
     assert (from_file.entries, from_file.results) == (report.entries, report.results)
+    for verified in (report, from_file):  # (for the summary: per election)
+        assert verified.elections == 2
+        assert sorted(verified.compared.values()) == [1, 1]
+        assert verified.keys == {SIGNER.key_id: verified.checkpoints}
 
 
 async def test_elections_under_either_voter_id_rule_verify(store: str) -> None:
@@ -262,13 +268,31 @@ async def test_a_validly_signed_checkpoint_of_another_head_is_found(store: str) 
     assert "chain there is different" in found.value.what
 
 
-async def test_a_deleted_checkpoint_of_an_election_close_is_found(store: str) -> None:
+async def test_a_deleted_checkpoint_of_an_election_close_is_found(
+    store: str, tmp_path: Path
+) -> None:
+    """Also with an earlier export that holds it (--previous): its copy satisfied the
+    check, so giving more evidence turned a failing run into a pass (audit review, low)."""
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
     close = _positions(store, "Election.Closed")[0]
     with psycopg.connect(store, autocommit=True) as conn:
         deleted = conn.execute("DELETE FROM audit_checkpoints WHERE position = %s", (close,))
         assert deleted.rowcount == 1
     with pytest.raises(Discrepancy) as found:
         await _verify(store)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+    pins = Pinned(tuple(earlier_checkpoints(earlier)))
+    assert close in {checkpoint.position for checkpoint in pins.checkpoints}
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, pins)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+    later = tmp_path / "later.ndjson"  # an export of the store as it is now: the same
+    await export(store, later, SIGNER)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(later, election=None, validate=True, pinned=pins)
     assert found.value.position == close
     assert "checkpoint of the chain head at its close is missing" in found.value.what
 
@@ -784,7 +808,7 @@ def test_a_format_2_export_cut_and_labelled_format_1_fails(store: str, tmp_path:
     ]
     _write(exported, kept)
     with pytest.raises(Discrepancy) as found:
-        verify_file(exported, election=None, validate=True, public_key=SIGNER.public_key)
+        verify_file(exported, election=None, validate=True, public_keys=KEYS)
     assert "whose end nothing attests" in found.value.what
 
 
@@ -1166,4 +1190,176 @@ def test_moved_lines_and_an_edited_result_are_found_where_they_are(
     with pytest.raises(Discrepancy) as found:
         verify_file(exported, election=None, validate=True)
     assert found.value.position == head
+    # The file changed (its signature says so), and what differs at that position with it:
+    # the tally alone was blamed for what may be an edit of any line (audit review).
+    assert isinstance(found.value, FileChanged)
+    assert found.value.what.startswith("the export's signed head does not verify")
+    assert "the other half also finds: election" in found.value.what
     assert "the served results differ from the replay in 'ballots'" in found.value.what
+
+
+ROTATED = Signer("44" * 32)  # the audit key after a rotation
+
+
+async def _rotated(url: str) -> int:
+    """The store after CARDINAL_AUDIT_KEY was rotated: one more election closed and its
+    close signed with the new key. Returns that close's position."""
+    await _fill(url, random.Random(24), ballots=40)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        sealer = Sealer(url, ROTATED)
+        assert await sealer.seal_pending(conn) > 0
+        await sealer.checkpoint_head(conn, "test")
+    await catch_up_every_projection(url)
+    return _positions(url, "Election.Closed")[-1]
+
+
+async def test_after_the_audit_key_is_rotated_verify_takes_every_key_trusted(
+    store: str, tmp_path: Path
+) -> None:
+    """Checkpoints signed before a rotation name the earlier key: verify took one key
+    (a second --public-key replaced the first) and an export listed only the current one,
+    so no verify could pass once the key was rotated (audit review, medium)."""
+    close = await _rotated(store)
+    both = {**KEYS, ROTATED.key_id: ROTATED.public_key}
+    with pytest.raises(Discrepancy) as found:  # the earlier key alone: the new checkpoints
+        await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert found.value.position == close
+    assert f"signed by key {ROTATED.key_id}, which this run does not know" in found.value.what
+    assert "earlier key" in found.value.what
+    assert "another --public-key" in found.value.what
+    assert ROTATED.public_key.hex() in found.value.what  # (recorded by the sealer: a hint)
+    report = await verify_database(store, public_keys=both, election=None, validate=True)
+    assert set(report.keys) == set(both)
+
+    exported = tmp_path / "audit.ndjson"
+    await export(store, exported, ROTATED)
+    header = _lines(exported)[0]
+    assert header["public_keys"] == [
+        {"key_id": ROTATED.key_id, "algorithm": "Ed25519", "public_key": ROTATED.public_key.hex()}
+    ]
+    keys: Any = header["checkpoint_keys"]
+    listed = {k["key_id"]: k["public_key"] for k in keys}
+    assert listed == {s.key_id: s.public_key.hex() for s in (SIGNER, ROTATED)}
+    # By default only the exporter's key is trusted (as before): never one the file lists
+    # for its checkpoints, which whoever edits the store or the file could add.
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert f"signed by key {SIGNER.key_id}, which this run does not know" in found.value.what
+    assert f"lists key {SIGNER.key_id} as {SIGNER.public_key.hex()}" in found.value.what
+    verify_file(exported, election=None, validate=True, public_keys=both)
+
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)]
+    for signer in (SIGNER, ROTATED):
+        command += ["--public-key", signer.public_key.hex()]
+    unused = Signer("55" * 32)  # trusted, and signed nothing here: shown all the same
+    done = await _run([*command, "--public-key", unused.public_key.hex()])
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join(done.stdout.split())
+    assert f"signed by key {SIGNER.key_id}" in said
+    assert f"signed by key {ROTATED.key_id}" in said
+    assert f"signed by key {unused.key_id} │ 0" in said
+    done = await _run(command[:-2])  # the earlier key only: it fails at the first new one
+    assert done.returncode == 1
+    assert f"FAILED at position {close}" in done.stdout
+
+
+async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def _as_format_1(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An export as format 1 wrote it: its head signed as a checkpoint, not the file."""
+    last = documents[-1]
+    position, head = int(last["position"]), bytes.fromhex(last["head_hash"])
+    return [
+        {**documents[0], "format": "cardinal-audit/1"},
+        *documents[1:-1],
+        {**last, "signature": SIGNER.sign(position, head).hex()},
+    ]
+
+
+def test_a_stream_id_written_otherwise_is_an_edit_in_either_format(
+    store: str, tmp_path: Path
+) -> None:
+    """The chain read a stream id as its 16 bytes and the replay as its text: in format 1
+    (whose signed head does not cover the lines) an upper-cased ballot stream passed the
+    chain and was another ballot to the replay, so results could be edited to match
+    (audit review, medium)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents: list[dict[str, Any]] = [
+        orjson.loads(line) for line in exported.read_bytes().splitlines()
+    ]
+    events = [d for d in documents if d.get("kind") == "event"]
+    streams = [d["stream_id"] for d in events]
+    # a ballot alone on its stream: written otherwise, it changes no count, and passed
+    alone = next(
+        n
+        for n, d in enumerate(documents)
+        if d.get("type") == "BallotCast" and streams.count(d["stream_id"]) == 1
+    )
+    withdrawn = next(n for n, d in enumerate(documents) if d.get("type") == "BallotWithdrawn")
+    for line, text in (
+        (alone, str(documents[alone]["stream_id"]).upper()),
+        (alone, str(documents[alone]["stream_id"]).replace("-", "")),
+        (withdrawn, str(documents[withdrawn]["stream_id"]).upper()),
+    ):
+        edited = list(documents)
+        edited[line] = {**documents[line], "stream_id": text}
+        _write(exported, _as_format_1(edited))
+        with pytest.raises(Discrepancy) as found:
+            verify_file(exported, election=None, validate=True, accept_format_1=True)
+        assert f"line {line + 1} of {exported} is not an export line as written" in found.value.what
+        assert "not written as an export writes one" in found.value.what
+        # format 2: the same, before the file's signature (which fails too) is reached
+        _write(exported, edited)
+        with pytest.raises(Discrepancy) as found:
+            verify_file(exported, election=None, validate=True)
+        assert "not written as an export writes one" in found.value.what
+    _write(exported, _as_format_1(documents))
+    verify_file(exported, election=None, validate=True, accept_format_1=True)
+
+
+def test_a_dropped_checkpoint_line_is_named_at_its_close(store: str, tmp_path: Path) -> None:
+    """A close's checkpoint line dropped from an export was reported only as the signed
+    head failing, at the export's end: the missing checkpoint is the specific finding."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    close = _positions(store, "Election.Closed")[0]
+    documents = _lines(exported)
+    kept = [d for d in documents if not (d.get("kind") == "checkpoint" and d["position"] == close)]
+    assert len(kept) == len(documents) - 1
+    _write(exported, kept)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == close
+    assert "checkpoint of the chain head at its close is missing" in found.value.what
+    assert "the export's signed head does not verify" in found.value.what
+
+
+async def test_both_halves_of_a_database_verify_read_one_snapshot(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain half and the replay half took a snapshot each: a change committed between
+    the two was seen by one half only. A read model edited once the run has begun (as the
+    replay's process starts) is not what the run verifies: the store as of its start."""
+
+    class EditedMeanwhile(ProcessPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            with psycopg.connect(store, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE read_models.tally_counters SET value = value + 1 WHERE key = 'n'"
+                )
+            return super().submit(fn, *args, **kwargs)
+
+    def second_core() -> ProcessPoolExecutor:
+        return EditedMeanwhile(1, mp_context=multiprocessing.get_context("spawn"))
+
+    monkeypatch.setattr(verify_module, "_second_core", second_core)
+    report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+    assert report.results == 2
+    with pytest.raises(Discrepancy) as found:  # (the edit is committed: a new run sees it)
+        await _verify(store)
+    assert "served results differ from the replay in 'ballots'" in found.value.what
