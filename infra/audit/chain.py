@@ -27,7 +27,10 @@ attests the whole file (header, checkpoints, results, events) and where it ends,
 checkpoint can stand in for it.
 
 An entry hash is also a ballot's receipt: the API returns it with the 2xx, and anyone can
-later ask whether that hash is in the log and which signed checkpoint covers it.
+later ask whether that hash is in the log and which signed checkpoint covers it. A ballot
+entry's payload holds a random ``nonce`` that its caster never sees, so a receipt cannot be
+rebuilt from what the caster knows (the vote, the election, the moment): it proves where
+the entry is, not what it holds, except to a reader of the log.
 """
 
 from __future__ import annotations

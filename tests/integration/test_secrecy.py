@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import recounts
+from domain.ballot import Ballot
 from infra.audit import records
+from infra.audit.chain import entry_hash
 from tests.integration.client import PROBLEM, VotingClient, assert_problem, bearer, options
 from tests.servers import ADMIN, AUDITOR, CLIENT
 
@@ -98,6 +101,83 @@ async def test_the_admin_and_the_auditor_together_cannot_link_a_token_to_its_bal
     assert revised.status_code == 200, revised.text
     assert revised.json()["ballot_id"] == receipts[voter]["ballot_id"]
     assert revised.json()["version"] == 2
+
+
+def _preimage(
+    receipt: dict[str, Any], kind: str, known: dict[str, Any], window: tuple[datetime, datetime]
+) -> str | None:
+    """The timestamp that makes ``known`` (all of a ballot entry's state that its caster
+    knows) hash to the receipt, tried microsecond by microsecond over the request's window,
+    as a vote buyer would; None if none does."""
+    marker = "@@timestamp@@"
+    head, _, tail = json.dumps(
+        {**known, "timestamp": marker}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).partition(marker)
+    ballot, version = uuid.UUID(receipt["ballot_id"]), receipt["version"]
+    position, wanted = receipt["position"], bytes.fromhex(receipt["hash"])
+    moment, end = window
+    step = timedelta(microseconds=1)
+    while moment <= end:
+        payload = f"{head}{moment.isoformat()}{tail}".encode()
+        if entry_hash(position, ballot, version, kind, payload) == wanted:
+            return moment.isoformat()
+        moment += step
+    return None
+
+
+async def test_a_receipt_does_not_prove_the_vote_behind_it(voting: VotingClient) -> None:
+    """A vote buyer given a receipt (and told the vote, the election and that no
+    Idempotency-Key was sent) knew every input of its entry hash but the microsecond it
+    was recorded at: trying each microsecond of the request's window found it, and the
+    public receipt lookup then confirmed the vote (the secrecy review: 38,848 tries). Each
+    ballot entry now holds a random nonce that its caster never sees."""
+    election, (token,) = await voting.token_election("plurality", 1, allow_revote=True)
+    path = f"/api/elections/{election}"
+    requests = [  # a first ballot, its revision, then its withdrawal
+        (f"{path}/ballots", {"choice": "a"}, "BallotCast", Ballot.Cast),
+        (f"{path}/ballots", {"choice": "b"}, "BallotRevised", Ballot.Revised),
+        (f"{path}/withdrawals", None, "BallotWithdrawn", Ballot.Withdrawn),
+    ]
+    receipts: list[dict[str, Any]] = []
+    found: list[str | None] = []
+    guesses: list[tuple[str, dict[str, Any], tuple[datetime, datetime]]] = []
+    for url, vote, kind, event_class in requests:
+        before = datetime.now(UTC)
+        answer = await voting.http.post(url, json=vote or {}, headers=bearer(token))
+        after = datetime.now(UTC)
+        assert answer.status_code in (200, 201), answer.text
+        receipts.append(answer.json())
+        # All the caster knows of the entry's state (the public code says which fields
+        # and class version it holds); no Idempotency-Key, so no request key.
+        known: dict[str, Any] = {"election_id": election, "request_key": None}
+        if vote is not None:
+            known["vote"] = vote
+        if kind == "BallotCast":
+            known["originator_topic"] = "domain.ballot:Ballot"
+        class_version = getattr(event_class, "class_version", 1)
+        if class_version > 1:
+            known["class_version"] = class_version
+        # (bounded by the request's window: some thousands of microseconds to try)
+        found.append(_preimage(receipts[-1], kind, known, (before, after)))
+        guesses.append((kind, known, (before, after)))
+    assert [r["version"] for r in receipts] == [1, 2, 3]
+    assert found == [None, None, None]
+    # The search is sound: given the nonce, which only a reader of the log (an auditor)
+    # has, it finds each entry's time.
+    events = {e["position"]: e for e in await _events(voting, election)}
+    for receipt, (kind, known, window) in zip(receipts, guesses, strict=True):
+        served = events[receipt["position"]]
+        nonce = {"nonce": served["data"]["nonce"]} if "nonce" in served["data"] else {}
+        assert _preimage(receipt, kind, {**known, **nonce}, window) == served["timestamp"]
+    # Each receipt is still in the log, for anyone to look up.
+    for receipt in receipts:
+        for _ in range(200):
+            lookup = await voting.http.get(f"/api/audit/receipts/{receipt['hash']}")
+            if lookup.status_code != 404:
+                break
+            await asyncio.sleep(0.05)
+        assert lookup.status_code == 200, lookup.text
+        assert lookup.json()["position"] == receipt["position"]
 
 
 async def test_a_client_cannot_isolate_one_ballot_by_time_travel(voting: VotingClient) -> None:

@@ -33,6 +33,7 @@ from domain.errors import (
     NotEligible,
 )
 from domain.ports import HeldBack, Overloaded, Recorded
+from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
 
@@ -457,6 +458,64 @@ def test_a_ballot_recorded_with_its_voter_key_still_reads() -> None:
     assert isinstance(ballot, Ballot)
     assert ballot.vote == {"choice": "a"}
     assert not hasattr(ballot, "voter_key")
+
+
+def _before_the_nonce(app: VotingApplication, event: DomainEventProtocol[uuid.UUID]) -> StoredEvent:
+    """A ballot event as recorded before ballot events held a nonce: BallotCast at class
+    version 2, BallotRevised and BallotWithdrawn at 1 (no ``class_version`` stored)."""
+    stored = app.mapper.to_stored_event(event)
+    state = orjson.loads(stored.state)
+    del state["nonce"]
+    if isinstance(event, Ballot.Cast):
+        state["class_version"] = 2
+    else:
+        del state["class_version"]
+    return StoredEvent(
+        stored.originator_id, stored.originator_version, stored.topic, orjson.dumps(state)
+    )
+
+
+async def test_ballot_events_recorded_before_the_nonce_still_read_revise_and_count() -> None:
+    app = VotingApplication()
+    election_id = await _open(app)
+    revised, withdrawn = _voter("revised"), _voter("withdrawn")
+    old: list[StoredEvent] = []
+    for voter in (revised, withdrawn):
+        first = Ballot.first_cast(election_id, voter.ballot_key, {"choice": "a"}, None)
+        ballot: object = first.mutate(None)
+        assert isinstance(ballot, Ballot)
+        if voter is revised:
+            ballot.revise({"choice": "b"}, "r1")
+        else:
+            ballot.withdraw(None)
+        old += [_before_the_nonce(app, e) for e in (first, *ballot.collect_events())]
+    app.recorder.insert_events(old)
+    for stored in old:
+        event = app.mapper.to_domain_event(stored)
+        assert vars(event)["nonce"] is None
+    read: Ballot = app.repository.get(ballot_id(election_id, revised.ballot_key))
+    assert (read.vote, read.version, read.requests) == (
+        {"choice": "b"},
+        2,
+        {"r1": (2, {"choice": "b"})},
+    )
+    gone: Ballot = app.repository.get(ballot_id(election_id, withdrawn.ballot_key))
+    assert (gone.vote, gone.version) == (None, 2)
+    # An old ballot takes new changes (with a nonce each), and a retry still replays.
+    again = await app.cast_ballot(election_id, revised, {"choice": "b"}, request_key="r1")
+    assert (again.version, again.replayed) == (2, True)
+    changed = await app.cast_ballot(election_id, revised, {"choice": "a"})
+    back = await app.cast_ballot(election_id, withdrawn, {"choice": "b"})
+    assert (changed.version, back.version) == (3, 3)
+    # A recount of the log reads both formats and sets nothing aside.
+    recount = Recount()
+    for notification in app.recorder.select_notifications(1, 1000):
+        recount.apply(notification.id, app.mapper.to_domain_event(notification))
+    assert recount.set_aside == []
+    states = [orjson.loads(n.state) for n in app.recorder.select_notifications(1, 1000)]
+    nonces = [s["nonce"] for s in states if "nonce" in s]
+    assert len(set(nonces)) == len(nonces) == 2  # the two changes since
+    assert all(len(nonce) == 32 for nonce in nonces)
 
 
 def _voter(name: str) -> Voter:
