@@ -53,19 +53,15 @@ class Election(Document):
         "wins for some choice of elimination among options no earlier round separates is a "
         "winner)",
     )
-    voter_ids: Literal["exact", "nfc", "nfc_strict"] = Field(
+    voter_ids: Literal["exact", "nfc"] = Field(
         default="exact",
         description="how voter ids (client elections) are told apart, pinned at creation so "
         "that no upgrade makes a voter who already cast a new voter; served only when not "
-        "exact. Elections created now are nfc_strict: a voter id is normalised to Unicode "
-        "NFC (José typed precomposed or with a combining accent is one voter), and one that "
-        "starts or ends with whitespace, holds a bidi control or mark (U+202A-U+202E, "
-        "U+2066-U+2069, U+200E, U+200F, U+061C), or starts or ends with a default ignorable "
-        "character (a zero-width space, joiner or non-joiner, a byte order mark, a word "
-        "joiner, ...; a variation selector or emoji tag may end one) is refused. nfc "
-        "(elections created on 2026-12-06 before nfc_strict): the same, but of those "
-        "characters only the bidi embedding, override and isolate controls (U+202A-U+202E, "
-        "U+2066-U+2069) are refused. exact: compared code point for code point, as sent",
+        "exact. Elections created since 2026-12-06 are nfc: a voter id is normalised to "
+        "Unicode NFC (José typed precomposed or with a combining accent is one voter), and "
+        "one that starts or ends with whitespace or holds a bidi embedding, override or "
+        "isolate control (U+202A-U+202E, U+2066-U+2069) is refused. exact: compared code "
+        "point for code point, as sent",
     )
 
 

@@ -102,41 +102,20 @@ COUNTING_EDITION = 2  # of new elections; see ElectionRules.counting
 # characters stay: ZWNJ and ZWJ (U+200C, U+200D) belong to correct spellings in Persian,
 # Indic scripts and emoji.
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
-# NFC_STRICT refuses the bidi marks too (LRM, RLM, ALM: U+200E, U+200F, U+061C), which are
-# as invisible: "zoe\u200e" was a new voter who looked exactly like "zoe" (the hostile
-# review).
-_BIDI_CONTROLS_AND_MARKS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-# Unicode's default ignorable code points (DerivedCoreProperties, Unicode 15.1): drawn as
-# nothing. NFC_STRICT refuses one at either end of a voter id, where no spelling needs it
-# (ZWJ and ZWNJ stay within a name); a variation selector or an emoji tag may end one
-# (an emoji's presentation, a flag's tags), never start it.
-_IGNORABLE = (
-    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
-    "\U0001d173-\U0001d17a\U000e0000-\U000e001f\U000e0080-\U000e00ff\U000e01f0-\U000e0fff"
-)
-_SELECTORS = "\ufe00-\ufe0f\U000e0020-\U000e007f\U000e0100-\U000e01ef"
-_IGNORABLE_FIRST = re.compile(f"^[{_IGNORABLE}{_SELECTORS}]")
-_IGNORABLE_LAST = re.compile(f"[{_IGNORABLE}]$")
 
 
 class VoterIds(StrEnum):
     """How a client election tells one voter id from another (the rule is pinned).
 
     EXACT (elections created before 2026-12-06): as the client sent it, code point for
-    code point, so "José" in NFC and in NFD are two voters. NFC (elections created on
-    2026-12-06 before NFC_STRICT): normalised to Unicode NFC first, so they are one; and a
-    voter id that starts or ends with whitespace, or holds a bidi embedding, override or
-    isolate control, is refused rather than taken as another voter's. NFC_STRICT (every
-    election created since): as NFC, and a bidi mark (LRM, RLM, ALM) anywhere, or a default
-    ignorable character (ZWSP, BOM, word joiner, ...) at either end, is refused too. A
-    stricter rule is a new one, not NFC changed: a voter who cast with such an id in an NFC
-    election can still revise or withdraw with it.
+    code point, so "José" in NFC and in NFD are two voters. NFC (every election created
+    since): normalised to Unicode NFC first, so they are one; and a voter id that starts
+    or ends with whitespace, or holds a bidi embedding, override or isolate control, is
+    refused rather than taken as another voter's.
     """
 
     EXACT = "exact"
     NFC = "nfc"
-    NFC_STRICT = "nfc_strict"
 
     def identity(self, voter_id: str) -> str:
         """The text a voter's credential is derived from; InvalidBallot (field voter_id)
@@ -151,48 +130,19 @@ class VoterIds(StrEnum):
                 "Unicode NFC normalisation, and surrounding spaces would name another voter",
                 field="voter_id",
             )
-        if self is VoterIds.NFC:
-            found = _BIDI_CONTROLS.search(normal)
-            if found is not None:
-                raise InvalidBallot(
-                    "voter_id contains a bidirectional text control "
-                    f"(U+{ord(found.group()):04X}) at index {found.start()}: remove it "
-                    "(embedding, override and isolate controls, U+202A-U+202E and "
-                    "U+2066-U+2069, are invisible and would make one voter id look like "
-                    "another)",
-                    field="voter_id",
-                )
-            return normal
-        found = _BIDI_CONTROLS_AND_MARKS.search(normal)
+        found = _BIDI_CONTROLS.search(normal)
         if found is not None:
             raise InvalidBallot(
-                f"voter_id contains {_named(found.group())}, a bidirectional text control, "
+                f"voter_id contains a bidirectional text control (U+{ord(found.group()):04X}) "
                 f"at index {found.start()}: remove it (embedding, override and isolate "
-                "controls and the LRM, RLM and ALM marks, U+202A-U+202E, U+2066-U+2069, "
-                "U+200E, U+200F and U+061C, are invisible and would make one voter id look "
-                "like another)",
+                "controls, U+202A-U+202E and U+2066-U+2069, are invisible and would make "
+                "one voter id look like another)",
                 field="voter_id",
             )
-        for end, pattern in (("starts", _IGNORABLE_FIRST), ("ends", _IGNORABLE_LAST)):
-            found = pattern.search(normal)
-            if found is not None:
-                raise InvalidBallot(
-                    f"voter_id {end} with {_named(found.group())}, a character drawn as "
-                    "nothing: remove it (a zero-width space, joiner or non-joiner, byte "
-                    "order mark, word joiner or other default ignorable character at either "
-                    "end of a voter id would make it look like another voter's)",
-                    field="voter_id",
-                )
         return normal
 
 
-def _named(character: str) -> str:
-    """U+200E (LEFT-TO-RIGHT MARK)."""
-    name = unicodedata.name(character, "")
-    return f"U+{ord(character):04X}" + (f" ({name})" if name else "")
-
-
-VOTER_IDS = VoterIds.NFC_STRICT  # of new elections; see ElectionRules.voter_ids
+VOTER_IDS = VoterIds.NFC  # of new elections; see ElectionRules.voter_ids
 
 
 class TieBreak(StrEnum):

@@ -28,8 +28,7 @@ corrected one revises its voter's (or is refused where revoting is off), a new o
 A CVR without voter ids must keep its records in order (append, do not reorder or delete).
 
 In an election whose voter ids are compared after Unicode NFC normalisation (``voter_ids``
-"nfc" or "nfc_strict" in the election's rules: every election created since 2026-12-06),
-each voter id is
+"nfc" in the election's rules: every election created since 2026-12-06), each voter id is
 normalised to NFC as it is read, before its key is made: the API takes "José" typed
 precomposed and with a combining accent as one voter, and so does the import (one key,
 one lane, one count of earlier ballots), whichever form the file, or a file saved again
@@ -101,10 +100,10 @@ def read_ballots(
 ) -> Iterator[FileBallot]:
     """The ballots in a JSONL or CSV file (by its suffix), in file order, keyed by
     ``token`` (the client token they are sent with); ``voter_ids`` is the election's rule
-    for voter ids ("nfc" or "nfc_strict": normalised to NFC as read)."""
+    for voter ids ("nfc": normalised to NFC as read)."""
     content = path.read_bytes()
     found = reading if reading is not None else Reading()
-    voters = _Voters(token, normalise=voter_ids != "exact")
+    voters = _Voters(token, normalise=voter_ids == "nfc")
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         yield from _jsonl(content, voters)
     else:

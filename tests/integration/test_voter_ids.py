@@ -66,18 +66,9 @@ async def test_nfd_revises_the_nfc_ballot_where_revoting_is_on(
         (" ada", "starts or ends with whitespace"),
         ("ada\u00a0", "starts or ends with whitespace"),
         ("\u3000ada", "starts or ends with whitespace"),
-        ("ada\u202e", "U+202E (RIGHT-TO-LEFT OVERRIDE), a bidirectional text control"),
-        ("\u202aada\u202c", "U+202A (LEFT-TO-RIGHT EMBEDDING), a bidirectional text control"),
-        ("a\u2066d\u2069a", "U+2066 (LEFT-TO-RIGHT ISOLATE), a bidirectional text control"),
-        # Each of these was a new voter who looked exactly like "zoe" (the hostile review).
-        ("zoe\u200e", "U+200E (LEFT-TO-RIGHT MARK), a bidirectional text control"),
-        ("\u200fzoe", "U+200F (RIGHT-TO-LEFT MARK), a bidirectional text control"),
-        ("z\u061coe", "U+061C (ARABIC LETTER MARK), a bidirectional text control"),
-        ("zoe\u200b", "ends with U+200B (ZERO WIDTH SPACE), a character drawn as nothing"),
-        ("\ufeffzoe", "starts with U+FEFF (ZERO WIDTH NO-BREAK SPACE)"),
-        ("zoe\u2060", "ends with U+2060 (WORD JOINER)"),
-        ("zoe\u180e", "ends with U+180E (MONGOLIAN VOWEL SEPARATOR)"),
-        ("\u200dzoe", "starts with U+200D (ZERO WIDTH JOINER)"),
+        ("ada\u202e", "bidirectional text control (U+202E)"),
+        ("\u202aada\u202c", "bidirectional text control (U+202A)"),
+        ("a\u2066d\u2069a", "bidirectional text control (U+2066)"),
     ],
 )
 async def test_surrounding_whitespace_and_bidi_controls_are_refused(
@@ -131,7 +122,7 @@ async def test_the_batch_path_applies_the_rule_ballot_by_ballot(
     assert (spaced["status"], spaced["field"]) == (422, "ballots[2].voter_id"), spaced
     assert "whitespace" in spaced["detail"]
     assert (bidi["status"], bidi["field"]) == (422, "ballots[3].voter_id"), bidi
-    assert "U+202E (RIGHT-TO-LEFT OVERRIDE)" in bidi["detail"]
+    assert "U+202E" in bidi["detail"]
     assert zwnj["status"] == "cast"
 
 
@@ -164,43 +155,14 @@ async def test_an_election_stored_without_the_rule_keeps_comparing_exactly(
     assert UUID(again.json()["ballot_id"])
 
 
-async def test_an_nfc_election_keeps_its_rule_for_voters_who_cast_under_it(
-    database_url: str, http: httpx.AsyncClient, voting: VotingClient
-) -> None:
-    """Elections pinned to "nfc" (created before "nfc_strict") took an id ending with an
-    LRM or a zero-width space as a voter of its own: refusing it there now would leave that
-    voter unable to revise or withdraw. Such an election keeps its rule."""
-    created = ElectionRules.create(options=options("a", "b"), method="plurality")
-    nfc = ElectionRules.from_json({**created.to_json(), "voter_ids": "nfc"})
-    async with running_services(settings_for(database_url)) as services:
-        election = await services.app.create_election("Pinned to nfc", nfc)
-        await services.app.open_election(election.id)
-    election_id = str(election.id)
-    document = (await http.get(f"/api/elections/{election_id}", headers=bearer(ADMIN))).json()
-    assert document["voter_ids"] == "nfc"
-    for voter_id in ("zoe\u200e", "zoe\u200b", "zoe"):
-        cast = await voting.cast(election_id, {"choice": "a"}, voter_id)
-        assert cast.status_code == 201, (voter_id, cast.text)
-    revised = await voting.cast(election_id, {"choice": "b"}, "zoe\u200e")
-    assert revised.status_code == 200, revised.text
-    withdrawn = await http.post(
-        f"/api/elections/{election_id}/withdrawals",
-        json={"voter_id": "zoe\u200b"},
-        headers=bearer(CLIENT),
-    )
-    assert withdrawn.status_code == 200, withdrawn.text
-    refused = await voting.cast(election_id, {"choice": "a"}, "zoe\u202e")
-    assert_problem(refused, 422, "bidirectional text control (U+202E)")
-
-
 async def test_the_election_document_shows_the_rule(
     http: httpx.AsyncClient, voting: VotingClient
 ) -> None:
     election = await voting.create_election()
-    assert election["voter_ids"] == "nfc_strict"
+    assert election["voter_ids"] == "nfc"
     read = await http.get(f"/api/elections/{election['id']}", headers=bearer(ADMIN))
-    assert read.json()["voter_ids"] == "nfc_strict"
+    assert read.json()["voter_ids"] == "nfc"
     schema = (await http.get("/openapi.json")).json()["components"]["schemas"]["Election"]
     voter_ids = schema["properties"]["voter_ids"]
-    assert voter_ids["enum"] == ["exact", "nfc", "nfc_strict"]
+    assert voter_ids["enum"] == ["exact", "nfc"]
     assert voter_ids["default"] == "exact"

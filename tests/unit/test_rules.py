@@ -153,8 +153,8 @@ def test_new_elections_pin_nfc_voter_ids_and_stored_rules_without_it_stay_exact(
     """Rules stored before the field compare voter ids exactly, as they did when their
     voters cast (normalising them now would make an NFD voter a new voter)."""
     created = ElectionRules.create(options=OPTIONS, method="plurality")
-    assert created.voter_ids is VoterIds.NFC_STRICT
-    assert created.to_json()["voter_ids"] == "nfc_strict"
+    assert created.voter_ids is VoterIds.NFC
+    assert created.to_json()["voter_ids"] == "nfc"
     assert ElectionRules.from_json(created.to_json()) == created
     stored = {k: v for k, v in created.to_json().items() if k != "voter_ids"}
     earlier = ElectionRules.from_json(stored)
@@ -178,37 +178,3 @@ def test_nfc_voter_ids_are_normalised_and_refused_with_a_reason() -> None:
         with pytest.raises(InvalidRequest, match=f"U\\+{code:04X}") as found:
             rule.identity(f"a{chr(code)}b")
         assert found.value.field == "voter_id"
-    for marked in ("zoe\u200e", "\u200fzoe", "zoe\u200b", "\ufeffzoe", "zoe\u2060"):
-        assert rule.identity(marked) == marked  # an nfc election's voters keep their ids
-
-
-def test_nfc_strict_refuses_invisible_look_alikes_and_keeps_spellings() -> None:
-    """Each of these was a new voter looking exactly like "zoe" in an nfc election (the
-    hostile review): bidi marks are refused anywhere, as the other bidi controls are, and
-    characters drawn as nothing at either end of the id."""
-    rule = VoterIds.NFC_STRICT
-    assert rule.identity("Jose\u0301") == "Jos\u00e9"
-    for kept in (
-        "a\u200cb",  # ZWNJ and ZWJ within a name: spellings
-        "a\u200db",
-        "ada-\U0001f469\u200d\U0001f4bb",  # an emoji ZWJ sequence
-        "ada \u2764\ufe0f",  # an emoji's presentation selector ends it
-        "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",  # a flag
-        "\u05d0\u05d1",
-    ):
-        assert rule.identity(kept) == kept
-    for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)):
-        for where in (f"a{chr(code)}b", f"{chr(code)}ab", f"ab{chr(code)}"):
-            with pytest.raises(InvalidRequest, match=f"U\\+{code:04X} .*bidirectional") as found:
-                rule.identity(where)
-            assert found.value.field == "voter_id"
-    ends = (0x00AD, 0x034F, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0x3164, 0xFEFF, 0xE0001)
-    for code in ends:
-        for where, said in ((f"{chr(code)}zoe", "starts"), (f"zoe{chr(code)}", "ends")):
-            with pytest.raises(InvalidRequest, match=f"{said} with U\\+{code:04X}") as found:
-                rule.identity(where)
-            assert found.value.field == "voter_id"
-    with pytest.raises(InvalidRequest, match="starts with U\\+FE0F"):
-        rule.identity("\ufe0fzoe")  # a selector selects what is before it: never first
-    with pytest.raises(InvalidRequest, match="starts or ends with whitespace"):
-        rule.identity("zoe ")
