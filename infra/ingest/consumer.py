@@ -459,7 +459,9 @@ class Ingester:
             self._forwarding = None
         if self._forwarding is None:
             assert self._connection is not None
-            channel = self._connection.channel(publisher_confirms=True)
+            # A return raises: a refusal routed nowhere (the refused queue deleted) would
+            # otherwise be confirmed, and its ballot acked without a trace.
+            channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._forwarding = channel
             await asyncio.wait_for(channel.initialize(), DEPTH_EVERY)  # not for ever
         return await self._forwarding.get_exchange(self.queues.dead_letter_exchange, ensure=False)

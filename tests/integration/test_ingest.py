@@ -933,6 +933,49 @@ async def test_a_refusal_the_refused_queue_will_not_take_holds_its_batch_until_i
         await delete_queues(queue)
 
 
+async def test_a_refusal_with_no_queue_to_go_to_holds_its_batch_until_there_is_one(
+    database_url: str,
+) -> None:
+    """A refusal the broker could route nowhere (the refused queue deleted, or its binding)
+    was confirmed all the same, as unroutable messages are where the publisher does not ask
+    for returns, so the refused ballot was acked and gone without a trace (the second merge
+    review). The refusals' channel now raises on a return: the batch is held, as for a
+    refused queue that is full, until the refusal has somewhere to go."""
+    settings = settings_for(
+        database_url,
+        amqp_url=AMQP_URL,
+        namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ingest_batch=1,  # m1 alone in its batch; m2 waits behind it
+    )
+    queue = settings.ingest_queue_name
+    refused = IngestQueues(queue).refused
+    try:
+        election_id = await _opened(settings, "Nowhere", ["a", "c"])
+        async with consuming(settings) as (services, _):
+            connection = await aio_pika.connect(AMQP_URL)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(refused)
+                m1, m2 = ballot(election_id, "v", "nope"), ballot(election_id, "w", "c")
+                for message_id, body in (("m1", m1), ("m2", m2)):  # (publish declares)
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(orjson.dumps(body), message_id=message_id),
+                        routing_key=queue,
+                    )
+                await until(lambda: _unacked(queue), lambda n: n == 2)
+                await asyncio.sleep(3)  # retried meanwhile, with backoff: still held
+                assert _unacked(queue) == 2
+                assert await _votes(services, election_id, "w") == (0, "")
+                await IngestQueues(queue).declare(channel)  # somewhere to go again
+            [forwarded] = await take_all(refused, 1)
+            assert forwarded.message_id == "m1"
+            assert "nope" in str(forwarded.headers["x-refusal"])
+            await until(lambda: _votes(services, election_id, "w"), lambda v: v == (1, "c"))
+            await until(lambda: _unacked(queue), lambda n: n == 0)
+    finally:
+        await delete_queues(queue)
+
+
 async def test_a_reply_to_queue_that_takes_nothing_costs_no_ballot_its_own_or_others(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
