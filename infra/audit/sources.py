@@ -76,6 +76,9 @@ async def verify_database(
     edited, entries appended) was seen by one half only."""
     with _second_core() as pool:
         async with await snapshot_connection(database_url) as conn:
+            # It waits for the replay idle in its transaction (the snapshot's): a server's
+            # idle_in_transaction_session_timeout would end it, and the run with it.
+            await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             cursor = await conn.execute("SELECT pg_export_snapshot()")
             row = await cursor.fetchone()
             assert row is not None

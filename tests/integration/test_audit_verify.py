@@ -1337,6 +1337,31 @@ def test_a_dropped_checkpoint_line_is_named_at_its_close(store: str, tmp_path: P
     assert "the export's signed head does not verify" in found.value.what
 
 
+async def test_a_database_verify_outlasts_a_servers_idle_transaction_timeout(store: str) -> None:
+    """Since both halves share a snapshot, the chain half's transaction waits, idle, for
+    the replay (a process of its own, seconds to start). A server with
+    idle_in_transaction_session_timeout set (common on managed PostgreSQL) ended that
+    session under it, and the run failed after all its work (the second merge review)."""
+    with psycopg.connect(store, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET idle_in_transaction_session_timeout = '200ms'").format(
+                sql.Identifier(database[0])
+            )
+        )
+    try:
+        report = await verify_database(store, public_keys=KEYS, election=None, validate=True)
+        assert report.results == 2
+    finally:
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RESET idle_in_transaction_session_timeout").format(
+                    sql.Identifier(database[0])
+                )
+            )
+
+
 async def test_both_halves_of_a_database_verify_read_one_snapshot(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
