@@ -329,8 +329,18 @@ class ElectionRules:
             # Rules stored before the editions were counted by the first.
             counting=int(data.get("counting", 1)),
             # Rules stored before voter ids were normalised compared them exactly.
-            voter_ids=VoterIds(data.get("voter_ids", VoterIds.EXACT.value)),
+            voter_ids=_voter_ids(data.get("voter_ids", VoterIds.EXACT.value)),
         )
+
+
+# A rule that was on main for an hour on 2026-12-06 and was withdrawn: "nfc_strict" (NFC,
+# with more characters refused). Every id it took is NFC and is the same voter under NFC,
+# so an election created then reads as NFC rather than failing to load.
+_WITHDRAWN_VOTER_IDS = {"nfc_strict": VoterIds.NFC}
+
+
+def _voter_ids(stored: str) -> VoterIds:
+    return _WITHDRAWN_VOTER_IDS.get(stored) or VoterIds(stored)
 
 
 def _enum(kind: type[E], value: object, name: str) -> E:

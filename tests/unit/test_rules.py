@@ -164,6 +164,16 @@ def test_new_elections_pin_nfc_voter_ids_and_stored_rules_without_it_stay_exact(
     assert earlier.voter_ids.identity("ada ") == "ada "
 
 
+def test_rules_pinned_with_the_withdrawn_nfc_strict_load_as_nfc() -> None:
+    """ "nfc_strict" was pinned by elections created while it was on main (an hour, then
+    withdrawn): reading one failed ('not a valid VoterIds'), so its election answered 500
+    everywhere and left the overview (the dashboards' review). Every id it took is NFC
+    text, the same voter under NFC."""
+    created = ElectionRules.create(options=OPTIONS, method="plurality")
+    stored = {**created.to_json(), "voter_ids": "nfc_strict"}
+    assert ElectionRules.from_json(stored).voter_ids is VoterIds.NFC
+
+
 def test_nfc_voter_ids_are_normalised_and_refused_with_a_reason() -> None:
     rule = VoterIds.NFC
     assert rule.identity("Jose\u0301") == rule.identity("Jos\u00e9") == "Jos\u00e9"
