@@ -35,8 +35,10 @@ import asyncio
 import contextlib
 import socket
 import weakref
+from collections.abc import Sequence
 from typing import Any, cast
 
+import httptools
 import orjson
 import uvicorn
 from uvicorn.protocols.http import httptools_impl
@@ -87,25 +89,25 @@ def _refusal(status: bytes, title: str, detail: str, security: list[tuple[bytes,
     )
 
 
+END_OF_HEAD = b"\r\n\r\n"  # every head ends so (llhttp refuses bare LF), and holds no other
+
+
+def _end_of_last(data: bytes, begin: int) -> int:
+    """Where the last CRLF CRLF of ``data`` from ``begin`` on ends; ``begin`` if none."""
+    found = data.rfind(END_OF_HEAD, begin)
+    return found + 4 if found >= 0 else begin
+
+
 class HeadTooLarge(Exception):
     """Raised in a parser callback to stop it at a head over the limit (answered 431)."""
-
-
-def _longest_head(chunk: bytes) -> int:
-    """The most bytes of ``chunk`` a head that begins and ends in it can take: the longest
-    stretch that ends with CRLF CRLF and holds no other (the parser gives no offsets)."""
-    longest = start = 0
-    while (end := chunk.find(b"\r\n\r\n", start) + 4) >= 4:
-        longest, start = max(longest, end - start), end
-    return longest
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head and body deadlines and a head size limit.
 
     A deadline is a time on the connection, checked by one sweeper per server (a timer per
-    request phase cost 2-3 µs of every request); the head's size is counted per chunk
-    received, not per header line (a Python call each)."""
+    request phase cost 2-3 µs of every request); the head's size is counted per piece of a
+    chunk fed to the parser, not per header line (a Python call each): see data_received."""
 
     head_timeout = HEAD_TIMEOUT
     body_timeout = BODY_TIMEOUT
@@ -118,13 +120,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _deadline_part = "head"
     _in_head = True  # from a connection's start or a request's end to its next head's end
     _head_begun = False  # the parser has met the request line (blank lines before it skipped)
+    # The head's bytes before the piece being parsed; -1 where it began in that piece (see
+    # _before: the previous request's body before it in the piece is not the head).
     _head_bytes = 0
+    _piece = 0  # the length of the piece being parsed where its head is measured, else 0
+    # The previous request's body length (uvicorn's cycle.body) where the piece being parsed
+    # began, or 0 where its head ended in it: the difference is its body bytes in the piece.
+    _body_at = 0
+    _ended = False  # a request ended in the piece being parsed
     _tail = b""  # the last bytes of a begun head's previous chunk
     _discarding = False
     _lingering: asyncio.TimerHandle | None = None
     _head_too_large = False
-    _chunk = b""  # the chunk being parsed
-    _ended = False  # a request ended in it: a head that begins after it begins in it
     _requests = 0
     _admitted: set[GuardedHttpToolsProtocol] | None = None  # the server's admitted connections
 
@@ -157,33 +164,139 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:  # hung up: see _hang_up
             return
-        # Bytes that arrive while a head is incomplete count toward it; where they would
-        # pass the limit, the head must end within it in this chunk. A head that begins in
-        # the chunk that ends the request before it (pipelined) is measured in that chunk:
-        # at its end if it completes there (on_headers_complete), else after the chunk.
+        # The parser gives no offsets, so a chunk is fed in pieces whose heads can be
+        # counted; most are fed whole. A head ends at the first CRLF CRLF after it begins,
+        # so it lies within a stretch between two: stretches no longer than the limit hold
+        # no head over it and are fed together; a longer one is fed on its own, its head
+        # measured (in on_headers_complete) as the piece less the previous request's body
+        # bytes in it. So is the chunk's end after its last CRLF CRLF, where a head may be
+        # left incomplete, to be counted on with the next chunk. Each byte is searched
+        # about twice whatever the chunk holds: the pieces are at most two, plus two per
+        # limit's length (rescanning the chunk per request made pipelined ones quadratic).
+        size = len(data)
+        room = self.max_head_bytes
         if self._in_head:
-            seen = self._head_bytes + len(data)
-            if seen > self.max_head_bytes and not self._ends_within_limit(data):
-                self._head_too_large = True
-                self.send_400_response("head too large")
+            # Bytes that arrive while a head is incomplete count toward it; where they
+            # would pass the limit, the head must end within it in this chunk.
+            room -= self._head_bytes
+            if size > room and not self._ends_within_limit(data):
+                self._too_large()
                 return
-            self._head_bytes = seen
-        self._chunk, self._ended = data, False
-        super().data_received(data)
-        self._chunk = b""
-        if self._in_head and self._head_begun and not self._discarding:
-            if self._ended:
-                # Begun after a request ended in this chunk: its bytes here are at most
-                # those after the chunk's last CRLF CRLF (a head holds none before its end).
-                # Before, they were not counted: a head of any size came in pieces behind
-                # a small request (the hostile review: 90 KB, answered 200).
-                last = data.rfind(b"\r\n\r\n")
-                self._head_bytes = len(data) - (last + 4 if last >= 0 else 0)
-                if self._head_bytes > self.max_head_bytes:
-                    self._head_too_large = True
-                    self.send_400_response("head too large")
-                    return
-            self._tail = data[-3:]  # the head's end may straddle two chunks
+            if size > room or self._head_begun:
+                self._parse(data, self._pieces(data, room))
+                return
+        elif size > room:
+            self._parse(data, self._pieces(data, room))
+            return
+        else:  # a request's body may end in the chunk: see _before
+            self._body_at = self._body_length()
+        # The chunk is no longer than the limit, and begins no head's middle (a request
+        # whole, typically): no head in it can pass the limit, and it is fed whole.
+        requests = self._requests
+        self._unset_keepalive_if_required()
+        self._ended = False
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            self._unparsed(error)
+            return
+        if self._in_head:
+            if self._head_begun:  # begun in the chunk
+                if self._ended:
+                    self._recount(data, self._requests - requests)
+                else:
+                    self._head_bytes = size
+                self._tail = data[-3:] if size >= 3 else (self._tail + data)[-3:]
+            elif not self._ended:
+                self._head_bytes += size  # blank lines
+
+    def _recount(self, data: bytes, heads: int) -> None:
+        """Count the head left incomplete by a chunk fed whole, behind a request that ended in
+        it: it begins after the chunk's last CRLF CRLF, and after that request's body, which
+        began where its head ended: if in this chunk (the last of ``heads`` to end in it), at
+        the chunk's CRLF CRLF of that rank or later."""
+        size = len(data)
+        start = 0
+        for _ in range(heads):
+            start = data.find(END_OF_HEAD, start) + 4
+        self._head_bytes = size - max(_end_of_last(data, 0), start + self._before())
+
+    def _pieces(self, data: bytes, room: int) -> list[tuple[int, bool]]:
+        """Where to cut ``data``, and whether each piece's head is measured (see
+        data_received). ``room``: how long the stretch at its start may be."""
+        cuts: list[tuple[int, bool]] = []
+        begin = 0
+        if self._in_head and self._head_begun and self._tail:
+            straddle = (self._tail + data[:3]).find(END_OF_HEAD)
+            if straddle >= 0:  # the head ends there: a piece of its own
+                begin = straddle + 4 - len(self._tail)
+                cuts.append((begin, True))
+                room = self.max_head_bytes
+        last = _end_of_last(data, begin)
+        at = begin
+        while at < last:
+            found = data.rfind(END_OF_HEAD, at, min(at + room, last))
+            if found >= 0:  # the stretches up to it are short
+                at = found + 4
+            else:  # the next is long: a piece of its own
+                end = data.find(END_OF_HEAD, at) + 4
+                if end < 4:  # none: ``last`` ends one begun before ``at`` (CR LF CR LF CR LF)
+                    break
+                if at > begin:
+                    cuts.append((at, False))
+                cuts.append((end, True))
+                begin = at = end
+            room = self.max_head_bytes
+        if last > begin:
+            cuts.append((last, False))
+        if len(data) > last:
+            cuts.append((len(data), True))
+        return cuts
+
+    def _parse(self, data: bytes, cuts: Sequence[tuple[int, bool]]) -> None:
+        """Feed ``data`` to the parser in the pieces that end at ``cuts`` (as uvicorn's
+        data_received feeds it whole), counting the head that each leaves incomplete."""
+        self._unset_keepalive_if_required()
+        parser = self.parser
+        whole = len(cuts) == 1
+        view = data if whole else memoryview(data)
+        begin = 0
+        try:
+            for end, measured in cuts:
+                self._piece = end - begin if measured else 0
+                self._body_at, self._ended = self._body_length(), False
+                parser.feed_data(data if whole else view[begin:end])
+                if self._in_head and (self._head_begun or not self._ended):
+                    if self._head_bytes < 0:
+                        self._head_bytes = -self._before()
+                    self._head_bytes += end - begin
+                    if self._head_begun and self._head_bytes > self.max_head_bytes:
+                        self._too_large()
+                        return
+                begin = end
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            self._unparsed(error)
+            return
+        finally:
+            self._piece = 0  # chunks fed whole measure nothing
+        if self._in_head and self._head_begun:
+            self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
+
+    def _unparsed(self, error: Exception) -> None:
+        """As uvicorn's data_received, where the parser stopped."""
+        if isinstance(error, httptools.HttpParserUpgrade):
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _too_large(self) -> None:
+        self._head_too_large = True
+        self.send_400_response("head too large")
 
     def _ends_within_limit(self, data: bytes) -> bool:
         """Whether the head that this chunk continues (or begins) ends within the limit in it.
@@ -193,24 +306,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             probe = data.lstrip(b"\r\n")
             before = self._head_bytes + len(data) - len(probe)
-        end = probe.find(b"\r\n\r\n")
+        end = probe.find(END_OF_HEAD)
         return end >= 0 and before + end + 4 <= self.max_head_bytes
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
+        self._head_bytes = -1  # counted where needed: see _before
         self._deadline_at = self.loop.time() + self.head_timeout  # _arm, inlined: per request
         self._deadline_part = "head"
 
     def on_headers_complete(self) -> None:
-        if self._ended and _longest_head(self._chunk) > self.max_head_bytes:
-            # A head that began and ended in this chunk, behind a request that ended in it
-            # (the check before parsing saw only the chunk's first head). Its length here
-            # is at most the longest stretch of the chunk that ends with CRLF CRLF and
-            # holds no other: a head over the limit is refused (and so, rarely, one behind
-            # a longer body with no CRLF CRLF in the same chunk: a pipelining client's).
-            self._head_too_large = True
-            raise HeadTooLarge  # the parser stops; uvicorn calls send_400_response
+        if self._piece:  # a piece whose head is measured: see data_received
+            counted = self._head_bytes if self._head_bytes >= 0 else -self._before()
+            if counted + self._piece > self.max_head_bytes:
+                self._head_too_large = True
+                raise HeadTooLarge  # the parser stops; data_received answers 431
+        self._body_at = 0
         self._in_head = False
         self._deadline_at = self.loop.time() + self.body_timeout
         self._deadline_part = "body"
@@ -237,6 +349,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # reading meanwhile, so the client's close goes unseen). Behind an event stream
             # it would wait for ever, and hold the connection: the stream is ended instead.
             _end_stream(answering.scope)
+
+    def _body_length(self) -> int:
+        cycle = self.cycle
+        return len(cycle.body) if cycle is not None else 0
+
+    def _before(self) -> int:
+        """The previous request's body bytes in the piece being parsed: uvicorn keeps them in
+        its cycle until the app reads them, which it cannot while a chunk is parsed (it drops
+        those of a request answered already: fewer, so more is counted as head)."""
+        return self._body_length() - self._body_at
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
