@@ -373,6 +373,28 @@ async def test_a_body_over_the_limit_is_not_counted_as_the_next_head() -> None:
         assert answer.count(b"HTTP/1.1 200 ") <= 1, answer
 
 
+async def test_the_head_limit_is_exact_however_the_chunks_fall() -> None:
+    """A head of the limit's length is served and one byte more refused, behind a request
+    whose body is CRLF CRLF over and over (so the cuts at CRLF CRLF fall in it, overlapping)
+    and whether its bytes come in one chunk, a byte at a time, or cut within the body."""
+    data = b"\r\n\r\n" * 2500 + b"\r\n"
+    post = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    for extra, status in ((0, b"200"), (1, b"431")):
+        line = b"GET /y HTTP/1.1\r\nHost: x\r\nX-A: "
+        head = line + b"a" * (8 * 1024 - len(line) - 4 + extra) + b"\r\n\r\n"
+        stream = post + head
+        for chunks in (
+            [stream],
+            [stream[:8194], stream[8194:]],
+            [stream[: len(post) + 10], *(bytes([byte]) for byte in head[10:])],
+            [stream[: len(post) - 3], stream[len(post) - 3 : -2], stream[-2:]],
+        ):
+            answer = await _fed(chunks)
+            assert b"HTTP/1.1 " + status + b" " in answer, (extra, answer[-300:])
+            if status == b"200":
+                assert answer.count(b"HTTP/1.1 200 ") == 2, answer
+
+
 async def test_a_head_trickled_behind_a_request_is_refused_on_a_server(port: int) -> None:
     """The hostile review's bypass, sent as it was: a large head begun behind a small request
     in one send, and continued in two more."""
