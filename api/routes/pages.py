@@ -102,9 +102,15 @@ async def overview_panel(request: Request) -> Response:
 
 def _overview_html(document: dict[str, Any]) -> str:
     rows = []
+    stepped = False
     for election in document["elections"]:
         entries = election["ballot_entries"]
-        shown = "hidden until close" if entries is None else entries
+        shown = "hidden until close" if entries is None else str(entries)
+        step = int(election.get("live_results_step") or 1)
+        open_now = election["status"] == "open" and not election["final"]
+        if entries is not None and open_now and step > 1:  # in whole steps: at least this many
+            stepped = True
+            shown = f'{entries}+<span class="visually-hidden"> (in steps of {step})</span>'
         state = (
             "final"
             if election["final"]
@@ -123,6 +129,12 @@ def _overview_html(document: dict[str, Any]) -> str:
             f"</td><td>{state}</td></tr>"
         )
     more = _more(document)
+    if stepped:
+        more = (
+            '<p id="stepped-note">+: while an election is open, its count is published in '
+            "steps of ballot entries (10 unless the election sets another step): the figure "
+            "is the last step reached, so at least this many.</p>" + more
+        )
     if not rows:
         return (
             f'<p id="overview" data-position="{document["position"]}">No elections to show. '

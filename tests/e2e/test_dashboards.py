@@ -1099,6 +1099,40 @@ async def test_a_refused_panel_fetch_asks_for_a_token_and_keeps_the_results(
     assert "stopped" in await page.locator("#mode").inner_text()
 
 
+async def test_chart_text_is_readable_on_a_phone(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """A bar chart's 600-unit box shrunk to a phone drew its 13 px text at 8 px (review
+    dash-3, 4). Phones get a narrower chart, labels over their bars; desktops keep theirs."""
+    election_id = await _election(voting, "plurality", close=False)
+    smallest = """() => Math.min(...Array.from(document.querySelectorAll("svg.chart"))
+        .filter((svg) => svg.getBoundingClientRect().width > 0 && svg.viewBox.baseVal)
+        .flatMap((svg) => {
+          const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+          return Array.from(svg.querySelectorAll("text")).map(
+            (text) => parseFloat(getComputedStyle(text).fontSize) * scale);
+        }))"""
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{site}/elections/{election_id}")
+        await phone.locator("#winners").wait_for(timeout=WAIT_MS)
+        assert await phone.evaluate(smallest) >= 12
+        assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
+        await _shot(phone, "phone-plurality")
+    finally:
+        await context.close()
+    desk = await browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = await desk.new_page()
+        await page.goto(f"{site}/elections/{election_id}")
+        await page.locator("#winners").wait_for(timeout=WAIT_MS)
+        assert await page.locator("#chart-votes").is_visible()  # the desktop's, as it was
+        assert await page.locator("svg.chart:visible").count() == 1
+    finally:
+        await desk.close()
+
+
 async def test_after_a_token_focus_goes_to_the_results_not_the_page(
     voting: VotingClient, site: str, page: Page
 ) -> None:
