@@ -1133,6 +1133,26 @@ async def test_chart_text_is_readable_on_a_phone(
         await desk.close()
 
 
+async def test_a_wide_overview_on_a_phone_shows_that_it_scrolls(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """On a phone the overview's last columns were off-screen with nothing to say the
+    table scrolls sideways (review dash-3, 6): an edge shadow says so."""
+    await _election(voting, "plurality", close=False)
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{site}/")
+        wrap = phone.locator("#overview").locator("xpath=..")
+        await wrap.wait_for(timeout=WAIT_MS)
+        assert await wrap.evaluate("(el) => el.scrollWidth > el.clientWidth")
+        shadow = await wrap.evaluate("(el) => getComputedStyle(el).backgroundImage")
+        assert "radial-gradient" in shadow
+        await _shot(phone, "phone-overview")
+    finally:
+        await context.close()
+
+
 async def test_after_a_token_focus_goes_to_the_results_not_the_page(
     voting: VotingClient, site: str, page: Page
 ) -> None:
