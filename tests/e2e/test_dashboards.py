@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright
 
-from api.routes import streams
+from api import context as api_context
+from api.routes import pages, streams
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient, bearer, options
@@ -1164,3 +1166,31 @@ async def test_after_a_token_focus_goes_to_the_results_not_the_page(
     await page.press("#token", "Enter")
     await page.locator("#winners").wait_for(timeout=WAIT_MS)
     await page.wait_for_function("document.activeElement.id === 'results-heading'", timeout=5_000)
+
+
+async def test_a_failing_page_is_an_error_page_not_a_problem_document(
+    site: str, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything but NotFound sent the browser raw problem+json (review dash-3, 7)."""
+
+    async def broken(*_: object, **__: object) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pages, "overview", broken)
+    answer = await page.goto(site + "/")
+    assert answer is not None
+    assert answer.status == 500
+    assert "text/html" in answer.headers["content-type"]
+    assert await page.locator("h1").inner_text() == "Internal error"
+    assert "unexpected error" in await page.locator("#error").inner_text()
+
+    def unavailable(_: object) -> str:
+        raise psycopg.OperationalError("the database is down")
+
+    monkeypatch.setattr(api_context, "election_id", unavailable)
+    answer = await page.goto(f"{site}/elections/00000000-0000-4000-8000-000000000000")
+    assert answer is not None
+    assert answer.status == 503
+    assert "text/html" in answer.headers["content-type"]
+    assert await page.locator("h1").inner_text() == "Database unavailable"
+    assert "Try again" in await page.locator("#error").inner_text()
