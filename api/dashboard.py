@@ -14,6 +14,8 @@ from html import escape
 from itertools import accumulate
 from typing import Any
 
+from domain.tabulation.result import NO_BALLOTS
+
 BAR = "#0072B2"  # Okabe-Ito blue
 WINNER = "#E69F00"  # Okabe-Ito orange
 HEAT = ("#D55E00", "#F0E442", "#56B4E9")  # loss, tie, win (plus the words)
@@ -27,6 +29,14 @@ PLOT = 250  # px: the bars' area
 HEAT_LABEL_MAX = 300.0  # px: the heat map's row labels at most (it scrolls in its box)
 # Chart text is 13 px; glyph widths in em (DejaVu Sans, Debian's system-ui), rounded up.
 GLYPH = {" ": 0.32, "-": 0.37, "l": 0.28, "i": 0.28, "w": 0.82, **dict.fromkeys("0123456789", 0.64)}
+# The winner's label is bold (DejaVu Sans Bold), about a tenth wider: measured as regular,
+# it ran into its bar.
+BOLD = {" ": 0.35, "-": 0.42, "l": 0.35, "i": 0.35, "w": 0.93, **dict.fromkeys("0123456789", 0.70)}
+BOLD_OTHER = 0.72
+# Phones: a second layout of each bar chart, the label on its own line over the bar, in a
+# narrower viewBox (the 600-unit one, shrunk to a phone's width, drew 13 px text at 8 px).
+NARROW = 340  # units: the narrow chart's width (about its rendered px on a phone)
+NARROW_PLOT = 240  # units: its bars' area (the rest holds the figure and the mark)
 
 
 # Explicit direction controls (embeddings, overrides, isolates, marks): one in a label
@@ -119,11 +129,36 @@ def _standing(document: dict[str, Any]) -> str:
     else:
         words = f"As of position {position}, preliminary: the election is {document['status']}."
         state = "preliminary"
+    ballots = f'<span data-figure="ballots">{document["ballots"]}</span>'
+    if _stepped(document):
+        # Published in steps while open: the count is the last step's, not every ballot.
+        step = int(document.get("live_results_step") or 1)
+        counted = (
+            f"Ballots counted: {ballots} (counted in steps of {step} ballot entries while "
+            "open; later ballots show at the next step)."
+        )
+        if not document["ballots"]:
+            counted = (
+                f"No ballots counted yet ({ballots} at the last step: counted in steps of "
+                f"{step} ballot entries while open, so ballots may have been cast since)."
+            )
+    else:
+        counted = f"Ballots counted: {ballots}."
     return (
         f'<p class="standing" id="standing" data-state="{state}" data-position="{position}">'
-        f"<strong>{e(words)}</strong> Ballots counted: "
-        f'<span data-figure="ballots">{document["ballots"]}</span>.</p>'
+        f"<strong>{e(words)}</strong> {counted}</p>"
     )
+
+
+def _stepped(document: dict[str, Any]) -> bool:
+    """Results published in steps while open (not a draft's, not the close's)."""
+    return bool(document.get("stepped")) and document["status"] == "open"
+
+
+def _lead(document: dict[str, Any]) -> str:
+    """What the results call their first: while open and stepped they are as of the last
+    step, and more ballots may change them."""
+    return "leading" if _stepped(document) else "winner"
 
 
 def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
@@ -131,6 +166,8 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     closed = document["closed_at_position"] is not None
     names = ", ".join(lab(labels.get(w, w)) for w in winners) or ("none" if closed else "none yet")
     word = "Winner" if len(winners) == 1 else "Winners"
+    if _stepped(document):
+        word = "Leading"
     seats = int(document.get("seats") or 1)
     if document.get("tie") and len(winners) > seats:  # a tie the tie-break leaves standing
         word = "Tied, not decided" if seats == 1 else "Elected or tied, not decided"
@@ -144,11 +181,14 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     return html
 
 
-def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -> str:
+def _bar_svg(
+    caption: str, rows: list[tuple[str, float, bool]], chart_id: str, lead: str = "winner"
+) -> str:
     """Bars from a zero axis: to the right for positive figures, to the left for negative
     ones (a score's mean may be below zero). Every chart has one scale (600 wide, bars
     from 190): a label wider than ``LABEL_MAX`` px is cut in the middle, so that labels
-    that share a long beginning stay apart."""
+    that share a long beginning stay apart. A second, narrow layout (labels over the
+    bars) is the one a phone shows (dashboard.css)."""
     low = min([0.0, *(value for _, value, _ in rows)])
     high = max([0.0, *(value for _, value, _ in rows)])
     span = (high - low) or 1
@@ -163,9 +203,9 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -
         fill = WINNER if winner else BAR
         # The winner is marked apart from its label (bold, and the word after the figure):
         # "(winner)" inside the label column cut "Option 23 xxx" to "Option 2…".
-        kind, mark = ("label winner", " (winner)") if winner else ("label", "")
+        kind, mark = ("label winner", f" ({lead})") if winner else ("label", "")
         bars.append(
-            f'<text x="0" y="{y + 17}" class="{kind}">{_fit(label, room)}</text>'
+            f'<text x="0" y="{y + 17}" class="{kind}">{_fit(label, room, bold=winner)}</text>'
             f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
             f'<text x="{max(x + width, zero) + 5:.1f}" y="{y + 17}">{_number(value)}{mark}</text>'
         )
@@ -174,9 +214,34 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, bool]], chart_id: str) -
             f'<line class="axis" x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{height}" '
             'stroke="#1a1a1a"/>'
         )
+    # The narrow layout: each label on a line of its own (the chart's whole width), its
+    # bar under it; figures after the bar as in the wide one.
+    nzero = NARROW_PLOT * -low / span
+    narrow = []
+    for i, (label, value, winner) in enumerate(rows):
+        y = 4 + 46 * i
+        width = NARROW_PLOT * abs(value) / span
+        x = nzero if value >= 0 else nzero - width
+        fill = WINNER if winner else BAR
+        kind, mark = ("label winner", f" ({lead})") if winner else ("label", "")
+        narrow.append(
+            f'<text x="0" y="{y + 13}" class="{kind}">{_fit(label, NARROW, bold=winner)}</text>'
+            f'<rect x="{x:.1f}" y="{y + 18}" width="{width:.1f}" height="20" fill="{fill}"/>'
+            f'<text x="{max(x + width, nzero) + 5:.1f}" y="{y + 33}">{_number(value)}{mark}</text>'
+        )
+    nheight = 46 * len(rows) + 8
+    if low < 0:
+        narrow.append(
+            f'<line class="axis" x1="{nzero:.1f}" y1="18" x2="{nzero:.1f}" y2="{nheight}" '
+            'stroke="#1a1a1a"/>'
+        )
     return (
-        f'<svg class="chart" id="{chart_id}" viewBox="0 0 {left + PLOT + 160} {height}" '
+        f'<svg class="chart bars wide-chart" id="{chart_id}" '
+        f'viewBox="0 0 {left + PLOT + 160} {height}" '
         f'role="img" aria-label="{e(caption)}">{"".join(bars)}</svg>'
+        f'<svg class="chart bars narrow-chart" id="{chart_id}-narrow" '
+        f'viewBox="0 0 {NARROW + 20} {nheight}" '
+        f'role="img" aria-label="{e(caption)}">{"".join(narrow)}</svg>'
     )
 
 
@@ -198,7 +263,10 @@ def _bars(caption: str, figure: str, document: dict[str, Any], labels: dict[str,
         ],
     )
     return _figure(
-        caption, _bar_svg(caption, rows, f"chart-{figure}"), table, f"chart-{figure}-heading"
+        caption,
+        _bar_svg(caption, rows, f"chart-{figure}", _lead(document)),
+        table,
+        f"chart-{figure}-heading",
     )
 
 
@@ -243,6 +311,7 @@ def _star(document: dict[str, Any], labels: dict[str, str]) -> str:
                 # The runoff's "exhausted" ballots scored both finalists alike.
                 exhausted="No preference between the finalists" if runoff else EXHAUSTED,
                 advancing=None if runoff or len(rounds) < 2 else "advances to runoff",
+                lead=_lead(document),
             )
         )
     return "".join(parts)
@@ -260,6 +329,7 @@ def _round_figure(
     *,
     exhausted: str = EXHAUSTED,
     advancing: str | None = None,
+    lead: str = "winner",
 ) -> str:
     """One round as bars and a table; ``advancing`` is the status of the options this
     round keeps (STAR's finalists), where it is not the last."""
@@ -270,7 +340,7 @@ def _round_figure(
             f'<span data-round="{index}" data-option="{e(o)}">{c}</span>',
             "eliminated"
             if o in one["eliminated"]
-            else (advancing or ("winner" if o in winners else "")),
+            else (advancing or (lead if o in winners else "")),
         ]
         for o, c in one["counts"].items()
     ]
@@ -278,7 +348,7 @@ def _round_figure(
         body.append([exhausted, str(one["exhausted"]), ""])
     table = _table(caption, ["Option", "Count", "Status"], body)
     return _figure(
-        caption, _bar_svg(caption, rows, f"round-{index}"), table, f"round-{index}-heading"
+        caption, _bar_svg(caption, rows, f"round-{index}", lead), table, f"round-{index}-heading"
     )
 
 
@@ -291,7 +361,12 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
     final = "Final" if document["closed_at_position"] is not None else "Last"
     parts = [
         _round_figure(
-            f"{final} round (round {last + 1})", rounds[last], labels, document["winners"], last
+            f"{final} round (round {last + 1})",
+            rounds[last],
+            labels,
+            document["winners"],
+            last,
+            lead=_lead(document),
         )
     ]
     options = list(labels)
@@ -473,7 +548,8 @@ def _option_table(document: dict[str, Any]) -> str:
     winners = set(document["winners"])
     rows = []
     for option in document["options"]:
-        cells = [lab(option["label"]) + (" (winner)" if option["id"] in winners else "")]
+        mark = f" ({_lead(document)})"
+        cells = [lab(option["label"]) + (mark if option["id"] in winners else "")]
         cells.extend(
             f'<span data-option="{e(option["id"])}" data-figure="{e(k)}">'
             f"{_number(option.get(k))}</span>"
@@ -495,8 +571,26 @@ def _notes(document: dict[str, Any]) -> str:
     if not document["notes"]:
         return ""
     labels = {o["id"]: o["label"] for o in document["options"]}
-    items = "".join(f"<li>{isolated(note, labels)}</li>" for note in document["notes"])
+    items = "".join(
+        f"<li>{isolated(_note(note, document), labels)}</li>" for note in document["notes"]
+    )
     return f'<section aria-labelledby="notes"><h3 id="notes">Notes</h3><ul>{items}</ul></section>'
+
+
+def _note(note: str, document: dict[str, Any]) -> str:
+    """A note as the page words it. The document is the audited one and stays as it is; its
+    "no ballots were cast" is the count's, which while stepped has seen none of the step
+    under way, and after the close there is no "yet" about the winner."""
+    if note != NO_BALLOTS:
+        return note
+    if _stepped(document):
+        return (
+            "No ballots counted yet: while open, ballots are counted in steps, so there is "
+            "no leader yet."
+        )
+    if document["closed_at_position"] is not None:
+        return "No ballots were cast, so there is no winner."
+    return note
 
 
 def _final(document: dict[str, Any]) -> str:
@@ -547,14 +641,19 @@ def _table(
     )
 
 
-def _width(text: str) -> float:
+def _width(text: str, bold: bool = False) -> float:
     """The width of a chart text in px, a little over (other fonts run wider)."""
-    return 13 * sum(map(_glyph, text))
+    return 13 * sum(map(_bold if bold else _glyph, text))
 
 
 def _glyph(char: str) -> float:
     """A character's width in em."""
     return GLYPH.get(char, 0.65)
+
+
+def _bold(char: str) -> float:
+    """A bold character's width in em."""
+    return BOLD.get(char, BOLD_OTHER)
 
 
 NARROWEST = 13 * min(0.65, *GLYPH.values())  # px: no character is narrower
@@ -570,7 +669,7 @@ def _cell(content: str) -> str:
 NUMERIC = re.compile(r"[-+\d.,() —]+")
 
 
-def _fit(label: str, room: float) -> str:
+def _fit(label: str, room: float, *, bold: bool = False) -> str:
     """A label cut in the middle to fit ``room`` px, the whole in a tooltip: "Option with
     a long name A" and "... B" stay apart where a cut at the end made them one.
 
@@ -581,15 +680,16 @@ def _fit(label: str, room: float) -> str:
     # Widths are sums of floats: the heat map's longest row label, given the label column
     # less its number's width, came out a rounding error too wide and was cut.
     room += 0.001
+    glyph = _bold if bold else _glyph
     most = int(room / NARROWEST) + 1  # more characters than this never fit
-    if len(label) <= most and _width(label) <= room:
+    if len(label) <= most and _width(label, bold) <= room:
         return e(label)
     # The longest cut that fits: its first two thirds and last third of ``keep``
     # characters (both shrink as ``keep`` does, so the first that fits is the longest).
     keep = min(len(label), max(2, most))
-    head = [0.0, *accumulate(map(_glyph, label[: keep - keep // 3]))]
-    tail = [0.0, *accumulate(map(_glyph, reversed(label[len(label) - keep // 3 :])))]
-    while keep > 2 and 13 * (head[keep - keep // 3] + _glyph("…") + tail[keep // 3]) > room:
+    head = [0.0, *accumulate(map(glyph, label[: keep - keep // 3]))]
+    tail = [0.0, *accumulate(map(glyph, reversed(label[len(label) - keep // 3 :])))]
+    while keep > 2 and 13 * (head[keep - keep // 3] + glyph("…") + tail[keep // 3]) > room:
         keep -= 1
     cut = keep // 3
     return f"<title>{e(label)}</title>{e(label[: keep - cut])}…{e(label[len(label) - cut :])}"

@@ -8,6 +8,7 @@ out as an Authorization header, never in a URL.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from api import context
 from api.dashboard import e, results_panel
+from api.problems import HANDLERS
 from api.routes.results import current_results, reader
 from api.routes.streams import overview, overview_reader
 from domain.errors import NotFound
@@ -82,7 +84,43 @@ autocomplete="off" autocapitalize="off" spellcheck="false" aria-describedby="tok
     return HTMLResponse(html, headers=HEADERS)
 
 
+def _error_page(request: Request, exc: Exception) -> HTMLResponse:
+    """A failure a person at a browser meets: a page that says what went wrong (the
+    problem document's title and detail, as the API answers it) and follows nothing,
+    not raw problem+json. The handler is the API's own: it logs what it logs."""
+    handler = next(
+        (HANDLERS[kind] for kind in type(exc).__mro__ if kind in HANDLERS), HANDLERS[Exception]
+    )
+    answer = handler(request, exc)
+    try:
+        problem = json.loads(bytes(answer.body))
+    except ValueError:
+        problem = {}
+    status = int(problem.get("status") or answer.status_code or 500)
+    title = str(problem.get("title") or "Something went wrong")
+    detail = str(problem.get("detail") or "no detail was given").rstrip(".")
+    retry = answer.headers.get("Retry-After")
+    again = f" Try again in {e(retry)} s." if retry else " Try again in a moment."
+    page = _page(
+        title,
+        f'<p id="error" data-status="{status}">The page could not be shown: {e(detail)}.'
+        f'{again if status >= 500 or status == 429 else ""} <a href="/">All elections</a></p>',
+        {"kind": "error"},
+    )
+    page.status_code = status
+    if retry:
+        page.headers["Retry-After"] = retry
+    return page
+
+
 async def overview_page(request: Request) -> Response:
+    try:
+        return await _overview_page(request)
+    except Exception as exc:  # a person at a browser: a page, not a problem document
+        return _error_page(request, exc)
+
+
+async def _overview_page(request: Request) -> Response:
     panel = _overview_html(await overview(context.services(request), everyone=False))
     return _page(
         "Elections",
@@ -102,9 +140,15 @@ async def overview_panel(request: Request) -> Response:
 
 def _overview_html(document: dict[str, Any]) -> str:
     rows = []
+    stepped = False
     for election in document["elections"]:
         entries = election["ballot_entries"]
-        shown = "hidden until close" if entries is None else entries
+        shown = "hidden until close" if entries is None else str(entries)
+        step = int(election.get("live_results_step") or 1)
+        open_now = election["status"] == "open" and not election["final"]
+        if entries is not None and open_now and step > 1:  # in whole steps: at least this many
+            stepped = True
+            shown = f'{entries}+<span class="visually-hidden"> (in steps of {step})</span>'
         state = (
             "final"
             if election["final"]
@@ -123,6 +167,12 @@ def _overview_html(document: dict[str, Any]) -> str:
             f"</td><td>{state}</td></tr>"
         )
     more = _more(document)
+    if stepped:
+        more = (
+            '<p id="stepped-note">+: while an election is open, its count is published in '
+            "steps of ballot entries (10 unless the election sets another step): the figure "
+            "is the last step reached, so at least this many.</p>" + more
+        )
     if not rows:
         return (
             f'<p id="overview" data-position="{document["position"]}">No elections to show. '
@@ -172,6 +222,8 @@ async def results_page(request: Request) -> Response:
         )
         page.status_code = 404
         return page
+    except Exception as exc:  # the database down, say: a page too
+        return _error_page(request, exc)
     data = {
         "panel": f"/elections/{election_id}/panel",
         "stream": f"/api/elections/{election_id}/results/stream",

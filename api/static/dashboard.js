@@ -16,7 +16,7 @@
   const isPublic = body.dataset.kind === "overview" || body.dataset.public === "true";
   const PAGE_KEY = KEY + ":" + body.dataset.panel;
   let paused = false;
-  let stale = false;
+  let behind = false; // events came while paused
   let failures = 0;
   let poller = null;
   let source = null;
@@ -47,6 +47,14 @@
   // The token the shown panel was read with (the server-rendered one needed none): a page
   // brought back by Back after "Forget token" must not show what only that token could read.
   let shownWith = null;
+  // A token was refused (401: not recognised, or expired) or gives no access (403): the
+  // page follows nothing, neither stream nor polls, until a token is given.
+  let waiting = false;
+  let followLater = null; // the stream's next try, after a failure
+  let focusOnShow = false; // a token was just given: focus the panel's heading once shown
+  const stale = document.createElement("p"); // says the results shown stopped updating
+  stale.id = "stale-note";
+  stale.setAttribute("role", "status");
 
   function token() {
     return sessionStorage.getItem(PAGE_KEY) || sessionStorage.getItem(KEY) || null;
@@ -121,8 +129,20 @@
     const at = panel.contains(active) ? focusables().indexOf(active) : -1;
     const id = at >= 0 && active.id;
     panel.replaceChildren(...next.childNodes);
+    panel.classList.remove("stale");
+    stale.remove();
     const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
     if (at >= 0 && target) target.focus();
+    if (focusOnShow) { // a token was just given: from the status to what it shows
+      focusOnShow = false;
+      const heading = panel.querySelector("#results-heading") || panel.querySelector("[tabindex]");
+      const lost = document.activeElement === mode || document.activeElement === body ||
+        document.activeElement === null;
+      if (heading && lost) {
+        if (!heading.hasAttribute("tabindex")) heading.tabIndex = -1;
+        heading.focus();
+      }
+    }
     named();
     narrate();
     if (settled()) finish();
@@ -175,9 +195,8 @@
         return "hidden";
       }
       if (sent) { // this token does not read this page: drop it, and say why
-        forget();
-        askForToken(true);
-        return isPublic ? load() : "auth";
+        if (denied(response.status, sent)) return load(); // public: read on without it
+        return "auth";
       }
       if (response.status === 401) { askForToken(false); return "auth"; }
       panel.textContent = detail;
@@ -196,7 +215,7 @@
   }
 
   function refresh() {
-    if (paused) { stale = true; return Promise.resolve("paused"); }
+    if (paused) { behind = true; return Promise.resolve("paused"); }
     if (loading) { again = true; return loading; }
     loading = (async function () {
       let outcome;
@@ -216,7 +235,7 @@
   // A fetch for an event that failed is tried again (with backoff) until one succeeds:
   // otherwise the page would show old results, the close's perhaps, until the next event.
   async function update() {
-    if (retrying) return; // the retry under way fetches the latest: no fetch per event
+    if (retrying || waiting) return; // the retry under way fetches the latest: no fetch per event
     const outcome = await refresh();
     if (outcome === "ok") {
       if (poller) failures = 0; // the server is back: the next stream failure backs off anew
@@ -225,7 +244,7 @@
       }
       return;
     }
-    if (outcome !== "retry" || retrying) return;
+    if (outcome !== "retry" || retrying || waiting) return;
     setMode("retrying");
     retrying = setTimeout(function () { retrying = null; update(); }, backoff);
     backoff = Math.min(backoff * 2, 30000);
@@ -238,18 +257,58 @@
     named();
     shownWith = null;
     lastPosition = null;
-    form.hidden = false;
-    forgetButton.hidden = !token();
-    const need = refused
+    prompt(refused
       ? "That token does not give access to these results: enter another one."
       : "These results are not public: enter a token from the election's administrator " +
-        "to see them.";
+        "to see them.");
+  }
+
+  // The token form, with why it is asked for. Focus moves to its field only as it appears:
+  // not again on each refusal after (it pulled a keyboard user back every 5 s).
+  function prompt(need) {
+    const appearing = form.hidden;
+    form.hidden = false;
+    forgetButton.hidden = !token();
     why.textContent = (isPublic ? "That token was not accepted here." : need) +
       " It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
-      document.getElementById("token").focus();
+      if (appearing) document.getElementById("token").focus();
     }
+  }
+
+  // A token the server refused (401: not recognised, or expired; the stream ends when it
+  // expires) or that gives no access here (403): not a failure to retry. It is forgotten;
+  // a public page reads on without it (true); any other page stops following, keeps what
+  // that token read up but says it is no longer updating, and asks for a token at once.
+  function denied(status, sent) {
+    forget();
+    if (isPublic) { askForToken(true); return true; }
+    waiting = true;
+    if (poller) { clearInterval(poller); poller = null; }
+    if (retrying) { clearTimeout(retrying); retrying = null; }
+    if (followLater) { clearTimeout(followLater); followLater = null; }
+    if (source) { source.close(); source = null; }
+    if (reader) { reader.cancel().catch(function () {}); }
+    const kept = shownWith === sent && panel.querySelector("[data-position]") !== null;
+    if (!kept) { panel.replaceChildren(); named(); shownWith = null; lastPosition = null; }
+    document.getElementById("token").value = ""; // the refused one: not to be sent again
+    const expired = status === 401;
+    const need = expired
+      ? "The token was refused or has expired: sign in again, or paste a new token, to " +
+        "follow these results."
+      : "That token does not give access to these results: enter another one.";
+    prompt(need);
+    setMode(expired ? "stopped (the token was refused or has expired)"
+      : "stopped (waiting for a token)");
+    if (kept) {
+      stale.textContent = "These results are no longer updating: " + (expired
+        ? "the token was refused or has expired." : "the token does not give access.") +
+        " They are as of position " + positionOf(panel) + ". Enter a token to see the latest.";
+      panel.classList.add("stale");
+      panel.before(stale);
+    }
+    return false;
   }
 
   function poll() {
@@ -276,16 +335,31 @@
   // A lost stream is tried again after 1, 2, 4 and 8 s (a restart of the API takes a few
   // seconds) before the page falls back to polling; a reconnection starts the count anew.
   function retry() {
-    if (finished) return;
+    if (finished || waiting) return;
     failures += 1;
     if (failures > 4) {
       poll();
-      setTimeout(follow, 30000); // and try the stream again now and then
+      followLater = setTimeout(follow, 30000); // and try the stream again now and then
       return;
     }
     const delay = 1000 * Math.pow(2, failures - 1);
     if (!poller) setMode("reconnecting in " + delay / 1000 + " s");
-    setTimeout(follow, delay);
+    followLater = setTimeout(follow, delay);
+  }
+
+  // The stream refused: a token's refusal is the panel's (above), anything else (a 503,
+  // 429, results not published yet) a lost stream.
+  async function lost(error) {
+    if (error && error.response && !waiting && !finished) {
+      const status = error.response.status;
+      let problem = {};
+      try { problem = await error.response.json(); } catch (ignored) { /* not JSON */ }
+      if (status === 401 || (status === 403 && problem.title !== "Not published yet")) {
+        if (denied(status, error.sent)) start();
+        return;
+      }
+    }
+    retry();
   }
 
   async function followWithFetch() {
@@ -295,8 +369,15 @@
   }
 
   async function readStream() {
+    const sent = token();
     const response = await fetch(body.dataset.stream,
       { headers: Object.assign({ Accept: "text/event-stream" }, headers()), cache: "no-store" });
+    if (response.status === 401 || response.status === 403) {
+      const refused = new Error("stream " + response.status);
+      refused.response = response;
+      refused.sent = sent;
+      throw refused;
+    }
     if (!response.ok || !response.body) throw new Error("stream " + response.status);
     if (finished) { response.body.cancel().catch(function () {}); return; }
     streaming();
@@ -319,7 +400,8 @@
   }
 
   function follow() {
-    if (source || reading || finished) return;
+    followLater = null;
+    if (source || reading || finished || waiting) return;
     if (!token() && window.EventSource) {
       source = new EventSource(body.dataset.stream);
       source.onopen = streaming;
@@ -332,11 +414,12 @@
       };
       return;
     }
-    followWithFetch().catch(retry);
+    followWithFetch().catch(lost);
   }
 
   // Start (or start again after a token or a failure): the panel, then its stream.
   let startWhenResumed = false;
+  function restart() { if (!waiting) start(); }
   async function start() {
     const outcome = await refresh();
     if (outcome === "paused") { startWhenResumed = true; return; }
@@ -344,11 +427,11 @@
     if (outcome === "auth") return; // the token form takes it from here
     if (outcome === "hidden") { // a 403 answered at once: no failure to back off from
       setMode("waiting for the results to be published");
-      setTimeout(start, Math.max(HIDDEN_RETRY_MS, backoff));
+      setTimeout(restart, Math.max(HIDDEN_RETRY_MS, backoff));
       return;
     }
     setMode("retrying");
-    setTimeout(start, backoff);
+    setTimeout(restart, backoff);
     backoff = Math.min(backoff * 2, 30000);
   }
 
@@ -356,8 +439,8 @@
     paused = !paused;
     pause.setAttribute("aria-pressed", String(paused));
     mode.textContent = "Live updates: " + (paused ? "paused" : shownMode);
-    if (!paused && startWhenResumed) { startWhenResumed = false; stale = false; start(); }
-    else if (!paused && stale) { stale = false; update(); }
+    if (!paused && startWhenResumed) { startWhenResumed = false; behind = false; start(); }
+    else if (!paused && behind) { behind = false; update(); }
   });
 
   form.addEventListener("submit", function (event) {
@@ -365,6 +448,13 @@
     const value = document.getElementById("token").value.trim();
     if (!value) return;
     keep(value);
+    waiting = false;
+    failures = 0;
+    backoff = 1000;
+    // The form goes: focus to the status (not lost to the page), then to what it shows.
+    focusOnShow = true;
+    mode.tabIndex = -1;
+    mode.focus();
     form.hidden = true;
     forgetButton.hidden = false;
     if (source) { source.close(); source = null; }

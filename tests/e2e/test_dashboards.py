@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright
 
-from api.routes import streams
+from api import context as api_context
+from api.routes import pages, streams
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient, bearer, options
@@ -999,3 +1001,196 @@ async def test_a_private_page_is_named_once_its_token_reads_the_title(
     await page.click("#forget-token")
     await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
     assert await page.title() == "Election results · Cardinal Vote"
+
+
+WATCH_MODES = """() => { window.modes = [];
+  new MutationObserver(() => window.modes.push(document.getElementById("mode").textContent))
+    .observe(document.getElementById("mode"),
+             { childList: true, characterData: true, subtree: true }); }"""
+REFUSED = '{"title": "Unauthorized", "status": 401, "detail": "the token has expired"}'
+NO_ACCESS = '{"title": "Forbidden", "status": 403, "detail": "not this election"}'
+
+
+def _counting(page: Page) -> list[str]:
+    asked: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            asked.append(request.url) if request.url.endswith(("/panel", "/stream")) else None
+        ),
+    )
+    return asked
+
+
+async def test_an_expired_token_asks_for_a_token_at_once_and_stops_following(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A stream that ended with 401 (an expired JWT) was a network failure: "reconnecting
+    in 1/2/4/8 s", then 20 s of polling old results, only then the prompt, and polls
+    every 5 s after without a token that each pulled focus back to the token field
+    (review dash-3, 1 and 2). Now: the prompt at once, saying the token was refused or
+    has expired; the results kept, marked as no longer updating; nothing more is asked
+    of the server until a token is given; focus moves to the field once."""
+    await _private_page(voting, site, page)
+    expired = [True]
+
+    async def stream(route: Route) -> None:
+        if expired[0]:
+            await route.fulfill(
+                status=401, headers={"Content-Type": "application/problem+json"}, body=REFUSED
+            )
+        else:
+            await route.continue_()
+
+    await page.route("**/results/stream", stream)
+    await page.evaluate(WATCH_MODES)
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    why = page.locator("#token-why")
+    await page.locator("#token-form").wait_for(state="visible", timeout=5_000)
+    assert "expired" in await why.inner_text()
+    assert "sign in again" in await why.inner_text()
+    assert await page.locator("#winners").count() == 1  # the last results stay up...
+    note = page.locator("#stale-note")
+    assert "no longer updating" in await note.inner_text()  # ...marked as such
+    assert await page.evaluate("document.activeElement.id") == "token"
+    modes = await page.evaluate("window.modes")
+    assert not [m for m in modes if "reconnecting" in m or "polling" in m], modes
+    # A keyboard user moves on: nothing pulls them back, and nothing is fetched.
+    asked = _counting(page)
+    await page.focus("#pause")
+    await page.wait_for_timeout(6_500)
+    assert await page.evaluate("document.activeElement.id") == "pause"
+    assert asked == []
+    # A new token: following again, the note gone, focus on the results' heading.
+    expired[0] = False
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#stale-note").count() == 0
+    assert await page.evaluate("document.activeElement.id") == "results-heading"
+
+
+@pytest.mark.parametrize(("status", "said"), [(401, "expired"), (403, "does not give access")])
+async def test_a_refused_panel_fetch_asks_for_a_token_and_keeps_the_results(
+    status: int, said: str, voting: VotingClient, site: str, page: Page
+) -> None:
+    """A panel fetch refused with 401 or 403 while streaming is no failure to retry
+    (review dash-3, 1): the page asks at once and says which refusal it met."""
+    election_id = await _private_page(voting, site, page)
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+
+    async def refused(route: Route) -> None:
+        await route.fulfill(
+            status=status,
+            headers={"Content-Type": "application/problem+json"},
+            body=REFUSED if status == 401 else NO_ACCESS,
+        )
+
+    await page.route("**/panel", refused)
+    await voting.cast(election_id, {"choice": "a"}, "after-expiry")
+    await page.locator("#token-form").wait_for(state="visible", timeout=5_000)
+    assert said in await page.locator("#token-why").inner_text()
+    assert await page.locator("#winners").count() == 1
+    assert "no longer updating" in await page.locator("#stale-note").inner_text()
+    asked = _counting(page)
+    await page.wait_for_timeout(6_000)
+    assert asked == []
+    assert "stopped" in await page.locator("#mode").inner_text()
+
+
+async def test_chart_text_is_readable_on_a_phone(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """A bar chart's 600-unit box shrunk to a phone drew its 13 px text at 8 px (review
+    dash-3, 4). Phones get a narrower chart, labels over their bars; desktops keep theirs."""
+    election_id = await _election(voting, "plurality", close=False)
+    smallest = """() => Math.min(...Array.from(document.querySelectorAll("svg.chart"))
+        .filter((svg) => svg.getBoundingClientRect().width > 0 && svg.viewBox.baseVal)
+        .flatMap((svg) => {
+          const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+          return Array.from(svg.querySelectorAll("text")).map(
+            (text) => parseFloat(getComputedStyle(text).fontSize) * scale);
+        }))"""
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{site}/elections/{election_id}")
+        await phone.locator("#winners").wait_for(timeout=WAIT_MS)
+        assert await phone.evaluate(smallest) >= 12
+        assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
+        await _shot(phone, "phone-plurality")
+    finally:
+        await context.close()
+    desk = await browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = await desk.new_page()
+        await page.goto(f"{site}/elections/{election_id}")
+        await page.locator("#winners").wait_for(timeout=WAIT_MS)
+        assert await page.locator("#chart-votes").is_visible()  # the desktop's, as it was
+        assert await page.locator("svg.chart:visible").count() == 1
+    finally:
+        await desk.close()
+
+
+async def test_a_wide_overview_on_a_phone_shows_that_it_scrolls(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """On a phone the overview's last columns were off-screen with nothing to say the
+    table scrolls sideways (review dash-3, 6): an edge shadow says so."""
+    await _election(voting, "plurality", close=False)
+    context = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        phone = await context.new_page()
+        await phone.goto(f"{site}/")
+        wrap = phone.locator("#overview").locator("xpath=..")
+        await wrap.wait_for(timeout=WAIT_MS)
+        assert await wrap.evaluate("(el) => el.scrollWidth > el.clientWidth")
+        shadow = await wrap.evaluate("(el) => getComputedStyle(el).backgroundImage")
+        assert "radial-gradient" in shadow
+        await _shot(phone, "phone-overview")
+    finally:
+        await context.close()
+
+
+async def test_after_a_token_focus_goes_to_the_results_not_the_page(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The token form hid itself with focus in it: focus fell to <body> (review dash-3,
+    2). It goes to the results' heading."""
+    await _private_page(voting, site, page)
+    assert await page.evaluate("document.activeElement.id") == "token"
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    await page.wait_for_function("document.activeElement.id === 'results-heading'", timeout=5_000)
+
+
+async def test_a_failing_page_is_an_error_page_not_a_problem_document(
+    site: str, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything but NotFound sent the browser raw problem+json (review dash-3, 7)."""
+
+    async def broken(*_: object, **__: object) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pages, "overview", broken)
+    answer = await page.goto(site + "/")
+    assert answer is not None
+    assert answer.status == 500
+    assert "text/html" in answer.headers["content-type"]
+    assert await page.locator("h1").inner_text() == "Internal error"
+    assert "unexpected error" in await page.locator("#error").inner_text()
+
+    def unavailable(_: object) -> str:
+        raise psycopg.OperationalError("the database is down")
+
+    monkeypatch.setattr(api_context, "election_id", unavailable)
+    answer = await page.goto(f"{site}/elections/00000000-0000-4000-8000-000000000000")
+    assert answer is not None
+    assert answer.status == 503
+    assert "text/html" in answer.headers["content-type"]
+    assert await page.locator("h1").inner_text() == "Database unavailable"
+    assert "Try again" in await page.locator("#error").inner_text()

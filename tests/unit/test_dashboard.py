@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 from api.dashboard import results_panel
+from api.routes.pages import _overview_html
+from domain.tabulation.result import NO_BALLOTS
 
 
 def _document(method: str = "plurality", n: int = 3, **fields: Any) -> dict[str, Any]:
@@ -230,3 +232,96 @@ def test_no_section_is_named_as_the_table_region_inside_it() -> None:
     assert "rounds-heading" in headings
     assert 'aria-labelledby="figures-heading"' not in html
     assert 'aria-labelledby="rounds-heading"' not in html
+
+
+def test_stepped_results_say_so_at_the_top_and_lead_rather_than_win() -> None:
+    """While open, stepped results read "Ballots counted: 130" and "Winner: Alice" as if
+    exact; the steps were only in the last note (review dash-2, 3)."""
+    html = results_panel(_document(stepped=True, live_results_step=10, ballots=130), "Results")
+    standing = re.search(r'<p class="standing".*?</p>', html)
+    assert standing is not None
+    assert "Ballots counted: " in standing.group(0)
+    assert "in steps of 10 ballot entries while open" in standing.group(0)
+    assert "<strong>Leading:</strong>" in html
+    assert "Winner:" not in html
+    assert "(winner)" not in html
+    assert "(leading)" in html
+    exact = results_panel(_document(stepped=False, live_results_step=1), "Results")
+    assert "steps of" not in exact
+    assert "<strong>Winner:</strong>" in exact
+
+
+def test_stepped_results_without_a_step_yet_do_not_say_none_were_cast() -> None:
+    """A voter-token election with 3 ballots read "Ballots counted: 0" and "No ballots were
+    cast" (review dash-2, 3): the page words the count's note for what it shows."""
+    html = results_panel(
+        _document(
+            stepped=True,
+            live_results_step=10,
+            ballots=0,
+            winners=[],
+            notes=[NO_BALLOTS],
+        ),
+        "Results",
+    )
+    assert "No ballots were cast" not in html
+    assert "No ballots counted yet" in html
+    assert '<span data-figure="ballots">0</span>' in html
+    closed = results_panel(
+        _document(status="closed", ballots=0, winners=[], notes=[NO_BALLOTS], closed_at_position=9),
+        "Results",
+    )
+    assert "No ballots were cast, so there is no winner." in closed
+    assert "winner yet" not in closed
+
+
+def test_the_winners_bold_label_is_measured_bold() -> None:
+    """The winner's label is bold, and was measured regular: a label that just fits ran
+    into its bar (review dash-2, 5)."""
+    fits = "x" * 21  # 21 x 0.65 em x 13 px = 177 px regular; bold is wider than 180
+    document = _document(n=2)
+    document["options"][1]["label"] = fits
+    document["options"][0]["label"] = fits
+    chart = _svg(results_panel(document, "Results"), "chart-votes")
+    assert f'class="label">{fits}</text>' in chart  # regular: whole
+    winner = re.search(r'class="label winner">(.*?)</text>', chart)
+    assert winner is not None
+    assert "…" in winner.group(1)
+
+
+def test_bar_charts_have_a_narrow_layout_for_phones() -> None:
+    """On a phone the 600-unit chart was shrunk to 390 px: 13 px text drew at 8 px (review
+    dash-2, 4). A second layout, labels over their bars in a 360-unit box, is the phone's."""
+    html = results_panel(_document(n=3), "Results")
+    wide = _svg(html, "chart-votes")
+    narrow = _svg(html, "chart-votes-narrow")
+    assert "wide-chart" in wide
+    assert 'viewBox="0 0 360 ' in narrow
+    assert "narrow-chart" in narrow
+    assert narrow.count('class="label') == 3
+
+
+def test_the_overview_marks_stepped_entries() -> None:
+    """The overview's entries column read "130" for a count published in steps of 10
+    (review dash-2, 3): it reads "130+", with a note."""
+    election = {
+        "id": "00000000-0000-4000-8000-000000000001",
+        "title": "Lunch",
+        "method": "plurality",
+        "status": "open",
+        "final": False,
+        "live_results_step": 10,
+        "ballot_entries": 130,
+    }
+    html = _overview_html({"position": 3, "elections": [election]})
+    assert '<td data-figure="ballot_entries">130+' in html
+    assert 'id="stepped-note"' in html
+    exact = _overview_html(
+        {"position": 3, "elections": [{**election, "live_results_step": 1, "ballot_entries": 7}]}
+    )
+    assert '<td data-figure="ballot_entries">7</td>' in exact
+    assert "stepped-note" not in exact
+    closed = _overview_html(
+        {"position": 3, "elections": [{**election, "status": "closed", "final": True}]}
+    )
+    assert '<td data-figure="ballot_entries">130</td>' in closed
