@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from html import escape
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain.tabulation.result import NO_BALLOTS
 
@@ -181,6 +181,57 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     return html
 
 
+class _Layout(NamedTuple):
+    """Where a bar chart puts a row's parts: the wide layout, label beside bar, and the
+    narrow one a phone shows, label over bar (dashboard.css picks one)."""
+
+    left: float  # where the bars' area begins
+    plot: float  # its width
+    room: float  # the label's, in px
+    pitch: int  # a row's height
+    label_y: int  # from the row's top: the label's baseline,
+    bar_y: int  # the bar's top,
+    bar_height: int
+    figure_y: int  # and the figure's baseline
+    axis_top: int
+
+
+WIDE_BARS = _Layout(190, PLOT, LABEL_MAX, 28, 17, 0, 22, 17, 0)
+NARROW_BARS = _Layout(0, NARROW_PLOT, NARROW, 46, 13, 18, 20, 33, 18)
+
+
+def _bar_marks(
+    rows: list[tuple[str, float, bool]], low: float, span: float, lead: str, at: _Layout
+) -> tuple[str, int]:
+    """One layout's marks for ``rows`` (bars from a zero axis, on one scale), and its
+    height."""
+    zero = at.left + at.plot * -low / span
+    height = at.pitch * len(rows) + 8
+    marks = []
+    for i, (label, value, winner) in enumerate(rows):
+        y = 4 + at.pitch * i
+        width = at.plot * abs(value) / span
+        x = zero if value >= 0 else zero - width
+        fill = WINNER if winner else BAR
+        # The winner is marked apart from its label (bold, and the word after the figure):
+        # "(winner)" inside the label column cut "Option 23 xxx" to "Option 2…".
+        kind, mark = ("label winner", f" ({lead})") if winner else ("label", "")
+        marks.append(
+            f'<text x="0" y="{y + at.label_y}" class="{kind}">'
+            f"{_fit(label, at.room, bold=winner)}</text>"
+            f'<rect x="{x:.1f}" y="{y + at.bar_y}" width="{width:.1f}" '
+            f'height="{at.bar_height}" fill="{fill}"/>'
+            f'<text x="{max(x + width, zero) + 5:.1f}" y="{y + at.figure_y}">'
+            f"{_number(value)}{mark}</text>"
+        )
+    if low < 0:
+        marks.append(
+            f'<line class="axis" x1="{zero:.1f}" y1="{at.axis_top}" x2="{zero:.1f}" '
+            f'y2="{height}" stroke="#1a1a1a"/>'
+        )
+    return "".join(marks), height
+
+
 def _bar_svg(
     caption: str, rows: list[tuple[str, float, bool]], chart_id: str, lead: str = "winner"
 ) -> str:
@@ -192,56 +243,15 @@ def _bar_svg(
     low = min([0.0, *(value for _, value, _ in rows)])
     high = max([0.0, *(value for _, value, _ in rows)])
     span = (high - low) or 1
-    room, left = LABEL_MAX, 190
-    zero = left + PLOT * -low / span
-    height = 28 * len(rows) + 8
-    bars = []
-    for i, (label, value, winner) in enumerate(rows):
-        y = 4 + 28 * i
-        width = PLOT * abs(value) / span
-        x = zero if value >= 0 else zero - width
-        fill = WINNER if winner else BAR
-        # The winner is marked apart from its label (bold, and the word after the figure):
-        # "(winner)" inside the label column cut "Option 23 xxx" to "Option 2…".
-        kind, mark = ("label winner", f" ({lead})") if winner else ("label", "")
-        bars.append(
-            f'<text x="0" y="{y + 17}" class="{kind}">{_fit(label, room, bold=winner)}</text>'
-            f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="22" fill="{fill}"/>'
-            f'<text x="{max(x + width, zero) + 5:.1f}" y="{y + 17}">{_number(value)}{mark}</text>'
-        )
-    if low < 0:
-        bars.append(
-            f'<line class="axis" x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{height}" '
-            'stroke="#1a1a1a"/>'
-        )
-    # The narrow layout: each label on a line of its own (the chart's whole width), its
-    # bar under it; figures after the bar as in the wide one.
-    nzero = NARROW_PLOT * -low / span
-    narrow = []
-    for i, (label, value, winner) in enumerate(rows):
-        y = 4 + 46 * i
-        width = NARROW_PLOT * abs(value) / span
-        x = nzero if value >= 0 else nzero - width
-        fill = WINNER if winner else BAR
-        kind, mark = ("label winner", f" ({lead})") if winner else ("label", "")
-        narrow.append(
-            f'<text x="0" y="{y + 13}" class="{kind}">{_fit(label, NARROW, bold=winner)}</text>'
-            f'<rect x="{x:.1f}" y="{y + 18}" width="{width:.1f}" height="20" fill="{fill}"/>'
-            f'<text x="{max(x + width, nzero) + 5:.1f}" y="{y + 33}">{_number(value)}{mark}</text>'
-        )
-    nheight = 46 * len(rows) + 8
-    if low < 0:
-        narrow.append(
-            f'<line class="axis" x1="{nzero:.1f}" y1="18" x2="{nzero:.1f}" y2="{nheight}" '
-            'stroke="#1a1a1a"/>'
-        )
+    wide, height = _bar_marks(rows, low, span, lead, WIDE_BARS)
+    narrow, nheight = _bar_marks(rows, low, span, lead, NARROW_BARS)
     return (
         f'<svg class="chart bars wide-chart" id="{chart_id}" '
-        f'viewBox="0 0 {left + PLOT + 160} {height}" '
-        f'role="img" aria-label="{e(caption)}">{"".join(bars)}</svg>'
+        f'viewBox="0 0 {WIDE_BARS.left + PLOT + 160} {height}" '
+        f'role="img" aria-label="{e(caption)}">{wide}</svg>'
         f'<svg class="chart bars narrow-chart" id="{chart_id}-narrow" '
         f'viewBox="0 0 {NARROW + 20} {nheight}" '
-        f'role="img" aria-label="{e(caption)}">{"".join(narrow)}</svg>'
+        f'role="img" aria-label="{e(caption)}">{narrow}</svg>'
     )
 
 
