@@ -288,7 +288,23 @@ async def test_an_api_process_stops_within_its_grace_while_the_store_is_frozen(
                 headers={**bearer(CLIENT), "Idempotency-Key": "w-1"},
             )
             assert withdrawal.status_code == 503, withdrawal.text
-            ballot = asyncio.create_task(voting.cast(election_id, {"choice": "a"}, "w"))
+            # A ballot on its way when SIGTERM comes: signalled once the request is written
+            # (signalled at once, the ballot's connection could find the port closed).
+            sent = asyncio.Event()
+
+            async def trace(name: str, info: dict[str, Any]) -> None:
+                if name == "http11.send_request_body.complete":
+                    sent.set()
+
+            ballot = asyncio.create_task(
+                http.post(
+                    f"/api/elections/{election_id}/ballots",
+                    json={"choice": "a", "voter_id": "w"},
+                    headers=bearer(CLIENT),
+                    extensions={"trace": trace},
+                )
+            )
+            await asyncio.wait_for(sent.wait(), 30)
             stopped = time.monotonic()
             process.send_signal(signal.SIGTERM)
             answer = await ballot
