@@ -54,6 +54,7 @@ _FORCED = 320
 # consumer says the outage); any other callback's error, or any other error, is kept.
 _CALLBACK_LOGGER = "aio_pika.tools"
 _CALLBACK_LINES = ("Callback %r error: %s: %s", "Full traceback for callback %r error")
+_NO_TRANSPORT = "No active transport in channel"
 
 
 def where(amqp_url: str) -> str:
@@ -119,7 +120,17 @@ class _ChannelReopenLines(logging.Filter):
         error = record.args[2] if len(record.args) == 3 else None
         if record.exc_info:
             error = record.exc_info[1]
-        return not (type(error) is RuntimeError and str(error).endswith(" closed"))
+        return not _broker_gone_at_reopen(error)
+
+
+def _broker_gone_at_reopen(error: object) -> bool:
+    """What a robust channel's reopen meets when the connection went away meanwhile:
+    aiormq's "<Connection ...> closed", or aio-pika's own "No active transport in channel"
+    (the connection already without its transport, seen on a busy machine). The robust
+    connection reopens the channel when it is back."""
+    if type(error) is RuntimeError:
+        return str(error).endswith(" closed")
+    return type(error) is ChannelInvalidStateError and str(error) == _NO_TRANSPORT
 
 
 def quiet_client_attempts() -> None:
