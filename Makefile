@@ -16,30 +16,14 @@ RUN_STAMP := $(VENV)/.installed-runtime
 run: $(RUN_STAMP)
 	$(BIN)/cardinal serve
 
-# The tests that need the machine's services mostly wait on processes and run one at a
-# time, in order (they share its PostgreSQL's 100 connections and outages' timing). Beside
-# them, in a second pytest: the tests that break a PostgreSQL cluster or a RabbitMQ node of
-# their own and use none of the machine's connections (APART), then the unit tests (pure,
-# CPU-bound: about 2 minutes with coverage; test_cli starts `cardinal` against PostgreSQL,
-# so it runs with the services' tests). The second run's output follows the first's; the
-# coverage of both is reported together.
-APART := tests/chaos tests/e2e/test_hangup.py tests/integration/test_shutdown.py \
-  tests/integration/test_store_outage.py tests/integration/test_store_outage_log.py \
-  tests/integration/test_test_nodes.py
-UNIT_ONLY := --ignore=tests/unit/test_cli.py tests/unit
-SERVICES := tests/e2e tests/integration tests/unit/test_cli.py
-
+# Most tests wait on processes (a stack, a PostgreSQL cluster or a RabbitMQ node of their
+# own), so the suite runs on three workers (pytest-xdist), each test file on one worker, in
+# the order of a file's tests; each worker has its own database and RabbitMQ namespace.
+# The coverage of the three is reported together.
 test: $(STAMP) services tools lint typecheck
-	@rm -f .coverage .coverage.unit .coverage.services
-	@mkdir -p .cardinal; COVERAGE_FILE=.coverage.unit $(BIN)/pytest -q -p no:cacheprovider \
-	  --cov --cov-report= --durations=10 -m "not chaos_full" $(APART) $(UNIT_ONLY) \
-	  > .cardinal/unit-tests.log 2>&1 & unit=$$!; \
-	COVERAGE_FILE=.coverage.services $(BIN)/pytest --cov --cov-report= --durations=20 \
-	  -m "not chaos_full" $(addprefix --ignore=,$(APART)) $(SERVICES); services=$$?; \
-	wait $$unit; units=$$?; echo "--- apart and unit tests (beside the above) ---"; \
-	cat .cardinal/unit-tests.log; \
-	$(BIN)/coverage combine -q .coverage.unit .coverage.services && $(BIN)/coverage report; \
-	test $$services -eq 0 && test $$units -eq 0
+	@rm -f .coverage .coverage.*
+	$(BIN)/pytest -p no:cacheprovider -n 3 --dist loadfile --cov --cov-report=term \
+	  --durations=25 -m "not chaos_full" tests
 
 check: $(STAMP) lint typecheck
 	CARDINAL_EXAMPLES=0.2 $(BIN)/pytest -q tests/unit

@@ -39,36 +39,19 @@ def _planned(clone: Path, target: str) -> str:
 
 
 def test_make_test_runs_every_test_once() -> None:
-    """make test runs the unit tests, after the tests that break a cluster or node of their
-    own (APART), in a pytest of their own beside the others: the lists must hold every
-    test file once, test_cli (which starts `cardinal` against PostgreSQL) with the
-    services' tests, and no file that uses the machine's PostgreSQL apart from them."""
+    """make test runs one pytest over the whole tests folder, on workers (pytest-xdist),
+    each test file on one worker (a file's module fixtures, its cluster or node, once), and
+    leaves out only the chaos scenarios `make chaos` runs in full."""
     made = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    lists = {}
-    for line in made.splitlines():
-        name, sep, value = line.partition(" := ")
-        if sep and name in ("APART", "UNIT_ONLY", "SERVICES"):
-            lists[name] = value.split()
-    assert lists["UNIT_ONLY"] == ["--ignore=tests/unit/test_cli.py", "tests/unit"]
-
-    def files(paths: list[str]) -> set[Path]:
-        found = set()
-        for path in paths:
-            target = ROOT / path
-            found |= {target} if target.is_file() else set(target.rglob("test_*.py"))
-        return found
-
-    every = set((ROOT / "tests").rglob("test_*.py"))
-    apart = files(lists["APART"])
-    unit = files(lists["UNIT_ONLY"][1:]) - {ROOT / "tests/unit/test_cli.py"}
-    services = files(lists["SERVICES"]) - apart  # (the services' run ignores APART's)
-    assert apart | unit | services == every
-    assert not apart & unit
-    assert not unit & services
-    assert ROOT / "tests/unit/test_cli.py" in services
-    for path in apart:  # none of the machine's connections: a cluster of its own
-        text = path.read_text()
-        assert "database_url" not in text, path
+    target = made[made.index("\ntest: ") :]
+    recipe = target[: target.index("\n\n")]
+    runs = [line.split() for line in recipe.splitlines() if "$(BIN)/pytest" in line]
+    assert len(runs) == 1, recipe
+    run = runs[0]
+    assert run[-1] == "tests"
+    assert "-n" in run
+    assert run[run.index("--dist") + 1] == "loadfile"
+    assert run[run.index("-m") + 1 :][:3] == ['"not', 'chaos_full"', "tests"]
 
 
 def test_make_run_on_a_fresh_clone_installs_the_runtime_only_and_says_so(clone: Path) -> None:
