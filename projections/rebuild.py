@@ -5,7 +5,8 @@
    bulk builder, state kept in memory and written with COPY at the end.
 3. When it has caught up, one short transaction locks the projection's registry row (live
    workers wait), applies what is still missing, points the read_models views at the new
-   version and makes it active. Readers never see a half-built version.
+   version and makes it active. Readers never see a half-built version, and read-your-writes
+   waiters hear of the new version's position only then (only the active version announces).
 4. The old version's schema is dropped.
 
 If the rebuild fails or is killed, the old version keeps serving; the registry says why
@@ -282,7 +283,6 @@ class Rebuild:
                 page = await read_page(conn, position, upto, self.page_size)
                 await apply_isolated(conn, self.projection, version, page)
                 position = page[-1].position if len(page) == self.page_size else upto
-            await track(conn, self.name, version, position)
             await expose_version(conn, self.projection, version)
             await conn.execute(
                 "UPDATE projections SET active_version = %s, building_version = NULL, "
@@ -290,6 +290,9 @@ class Rebuild:
                 "updated_at = now() WHERE name = %s",
                 (version, position, position, self.name),
             )
+            # After the version is made active: only the active version announces its
+            # position (``track``), and this announcement wakes the waiters up to it.
+            await track(conn, self.name, version, position)
         self.projection.forget()
 
     async def _report(

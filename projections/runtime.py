@@ -319,11 +319,20 @@ async def _tracked(conn: AsyncConnection[Any], name: str) -> int:
 
 
 async def track(conn: AsyncConnection[Any], name: str, version: int, position: int) -> None:
-    """Move a version's position and announce it, in one statement (it runs per page)."""
+    """Move a version's position and, if it is the active version, announce it, in one
+    statement (it runs per page).
+
+    Only the active version announces: the announcement wakes read-your-writes waiters
+    (``PositionWatcher``), who then read the served version. A rebuild's version being
+    built, once past a lagging live version, announced a position nobody served yet, and
+    voters got results without their ballot as if current. A switch tracks its version
+    after making it active, so the switch itself announces the new version's position.
+    """
     await conn.execute(
         "WITH moved AS (UPDATE projection_positions SET position = %(position)s, "
         "updated_at = now() WHERE name = %(name)s AND version = %(version)s RETURNING 1) "
-        "SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved",
+        "SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved WHERE EXISTS ("
+        "SELECT 1 FROM projections WHERE name = %(name)s AND active_version = %(version)s)",
         {
             "position": position,
             "name": name,

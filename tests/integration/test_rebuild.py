@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from uuid import UUID
@@ -19,14 +20,15 @@ from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.store import open_application
-from infra.store.log import LogEvent, recount_store
+from infra.store.log import LogEvent, head, recount_store
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.base import BulkBuilder, Projection
+from projections.positions import PositionWatcher
 from projections.queries import tally_snapshot
 from projections.rebuild import Progress, Rebuild, RebuildRefused
-from projections.runtime import ProjectionRunner
+from projections.runtime import NOTIFY_CHANNEL, ProjectionRunner
 from projections.status import projection_status
 from projections.tally import TallyProjection
 from tests.databases import create_database, drop_database
@@ -240,3 +242,71 @@ async def _recount_store(url: str) -> Recount:
     app = VotingApplication(env={"TRANSCODER_TOPIC": "infra.store.transcoder:OrjsonTranscoder"})
     async with await psycopg.AsyncConnection.connect(url) as conn:
         return await recount_store(conn, app.mapper)
+
+
+class _PausedBeforeSwitch(Rebuild):
+    """A rebuild that stops between its fill and its switch until told to go on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.filled = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def _switch(self, version: int) -> None:
+        self.filled.set()
+        await self.go.wait()
+        await super()._switch(version)
+
+
+@pytest.mark.parametrize(("name", "page_size"), [("tally", 20_000), ("catalog", 50)])
+async def test_a_version_being_built_wakes_no_waiter_and_its_switch_wakes_them(
+    store: tuple[str, AsyncConnectionPool], name: str, page_size: int
+) -> None:
+    """Read-your-writes waiters (``?min_position``) are woken by the version that serves.
+
+    The version a rebuild builds, once past a lagging live version, announced its position
+    as the projection's: waiters were told their position was served (results without
+    their ballot, no ``Warning: 199``) until the switch. Built in bulk (tally) and page by
+    page (catalog); the switch's announcement then wakes them.
+    """
+    url, pool = store
+    await _fill(url, random.Random(15), ballots=120)
+    live = ProjectionRunner(projection(name), pool)
+    await live.prepare()  # the live version lags: still at 0
+    async with pool.connection() as conn:
+        top = await head(conn)
+    watcher = PositionWatcher(url, pool)
+    await watcher.start()
+    job = _PausedBeforeSwitch(projection(name), pool, page_size=page_size)
+    run: asyncio.Task[int] | None = None
+    try:
+        deadline = time.monotonic() + 10
+        while not watcher.listening:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(watcher.wait_for(name, top, 30))
+        run = asyncio.create_task(job.run())
+        await job.filled.wait()
+        # A marker sent after the fill committed: once the watcher has it, it has had every
+        # announcement of the fill (one listener gets notifications in commit order).
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_notify(%s, 'marker:1')", (NOTIFY_CHANNEL,))
+        while watcher.positions.get("marker") != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert await live.position() == 0
+        assert watcher.positions.get(name, 0) == 0
+        assert not waiter.done()
+        assert await watcher.wait_for(name, top, 0.1) is False
+        job.go.set()
+        assert await run == 2
+        # The switch announces the new version's position: the waiter is answered.
+        assert await asyncio.wait_for(waiter, 10) is True
+        assert watcher.positions[name] == top
+        assert await live.position() == top
+    finally:
+        job.go.set()
+        if run is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(run, 30)
+        await watcher.stop()
