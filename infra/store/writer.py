@@ -43,7 +43,9 @@ other refusal is certain:
 - a commit with no answer for ``STALLED_AFTER``, when a fresh connection cannot get an
   answer either (a store that hangs, not a lock), marks the store down, so that what is
   queued, and what comes, is refused at once; that commit's own appends wait for its
-  outcome, up to ``OUTCOME_WITHIN``;
+  outcome, up to ``OUTCOME_WITHIN``. The election announcement that follows a commit
+  (``_announce_elections``) is watched the same way: a store that freezes during it is
+  marked down too, though its callers have their answers already;
 - the callers of a batch are answered as soon as its commit's outcome is known, before
   the writer's bookkeeping (stats, metrics: one that fails is logged once and changes
   nothing); should the writer thread fail all the same (a bug), the batch it held is
@@ -219,7 +221,9 @@ class GroupCommitWriter:
         self.health = health or StoreHealth()
         self.stats = WriterStats()
         self._in_flight: list[Append] = []
-        self._in_flight_since: float | None = None  # monotonic; the commit under way
+        # monotonic: since when the writer thread waits on the store (a commit under way,
+        # or the election announcement after one); the stall sweeper looks at it
+        self._in_flight_since: float | None = None
         self._unconfirmed: float | None = None  # the commit whose callers were told so
         self._progress = Progress()  # the writer thread's commit, as it goes
         self._draining = False
@@ -636,16 +640,23 @@ class GroupCommitWriter:
             outcomes = self._commit_with_retries(batch)
             # Its callers first: nothing after the commit may keep them from their answer.
             self._call_soon(_settle, batch, outcomes)
+            announce = any(s.guard is None for s in batch) and any(
+                o.error is None for o in outcomes
+            )
             with self._wakeup:
                 self._in_flight = []
-                self._in_flight_since = None
+                # The announcement is a round trip too: a store that freezes during it
+                # must be seen as one that freezes during a commit (probed, marked down).
+                self._in_flight_since = time.monotonic() if announce else None
             if not self.health.up and not any(
                 isinstance(o.error, StoreUnavailable) for o in outcomes
             ):
                 self.health.back()  # the hang is over: the store answered
             self._count(batch, time.perf_counter() - started)
-            if any(s.guard is None for s in batch) and any(o.error is None for o in outcomes):
+            if announce:
                 self._announce_elections()
+                with self._wakeup:
+                    self._in_flight_since = None
             busy = len(batch) >= BUSY_BATCH
             if busy and len(self._queue) < self.max_batch and not self._stopping:
                 # Ballots are pouring in: let the next batch gather for a moment. Fewer,
@@ -735,7 +746,9 @@ class GroupCommitWriter:
         """Wake the election caches (infra/store/election_feed.py) after a commit that may
         hold an election's event: ballots are guarded, elections' own events are not. A
         hint after the commit, not part of it: if it is lost, the caches' polling finds
-        the event within a second."""
+        the event within a second. It is a round trip on the writer's connection, watched
+        as a commit is (``_write`` sets ``_in_flight_since`` around it): a store that
+        freezes during it is probed and marked down, not left to hold the thread unseen."""
         conn = self._conn
         if conn is None or conn.closed:
             return
