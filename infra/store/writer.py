@@ -43,7 +43,14 @@ other refusal is certain:
 - a commit with no answer for ``STALLED_AFTER``, when a fresh connection cannot get an
   answer either (a store that hangs, not a lock), marks the store down, so that what is
   queued, and what comes, is refused at once; that commit's own appends wait for its
-  outcome, up to ``OUTCOME_WITHIN``;
+  outcome, up to ``OUTCOME_WITHIN``. The election announcement that follows a commit
+  (``_announce_elections``) is watched the same way: a store that freezes during it is
+  marked down too, though its callers have their answers already;
+- the callers of a batch are answered as soon as its commit's outcome is known, before
+  the writer's bookkeeping (stats, metrics: one that fails is logged once and changes
+  nothing); should the writer thread fail all the same (a bug), the batch it held is
+  answered as of unknown outcome (OutcomeUnknown: the failure may have come after its
+  commit), and the thread carries on;
 - at shutdown, ``drain`` answers what is left (see api/server.py): queued, certainly not
   recorded; a batch in flight, by its outcome if the store gives it within a second, else
   UNKNOWN (may have been recorded: retry with the same Idempotency-Key), whatever the store
@@ -147,7 +154,12 @@ UNCONFIRMED = (
     "Idempotency-Key to find out (if it was recorded, the retry answers its receipt; if "
     "not, the retry records it; it is never recorded twice)"
 )
-# The same two, for a change to an election (create, open, close, an issue of voter
+WRITER_FAILED = (
+    "the writer failed while committing this ballot: the outcome is not known, and the "
+    "ballot may have been recorded; retry with the same Idempotency-Key to find out (it is "
+    "never recorded twice)"
+)
+# The same three, for a change to an election (create, open, close, an issue of voter
 # tokens): those take no Idempotency-Key, so the caller is told to look before doing it
 # again (a second create would make a second draft; tokens of an issue nobody received are
 # of no use to anyone, and are not refused for it).
@@ -160,6 +172,10 @@ CHANGE_UNCONFIRMED = (
     "the event store has not confirmed this change within {:g} seconds of its commit: it "
     "may have been made; read the election (GET /api/elections, or the election itself) "
     "before doing it again"
+)
+CHANGE_WRITER_FAILED = (
+    "the writer failed while committing this change: it may have been made; read the "
+    "election (GET /api/elections, or the election itself) before doing it again"
 )
 RECORDED = (
     f"SELECT notification_id, topic, state FROM {EVENTS_TABLE} "
@@ -205,7 +221,9 @@ class GroupCommitWriter:
         self.health = health or StoreHealth()
         self.stats = WriterStats()
         self._in_flight: list[Append] = []
-        self._in_flight_since: float | None = None  # monotonic; the commit under way
+        # monotonic: since when the writer thread waits on the store (a commit under way,
+        # or the election announcement after one); the stall sweeper looks at it
+        self._in_flight_since: float | None = None
         self._unconfirmed: float | None = None  # the commit whose callers were told so
         self._progress = Progress()  # the writer thread's commit, as it goes
         self._draining = False
@@ -220,6 +238,7 @@ class GroupCommitWriter:
         self._probed_at = 0.0  # monotonic: the last probe's start
         self._probe_task: asyncio.Task[None] | None = None
         self._lookups = DaemonPool("writer lookup")
+        self._count_failed = False  # the batch metrics failed once (logged once)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -563,10 +582,35 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         try:
-            self._write()
+            while True:
+                try:
+                    self._write()
+                    break
+                except Exception:
+                    # A bug, or bookkeeping that fails (a metric's mmap file on a full disk):
+                    # the thread carries on, and nobody waits on the batch for ever.
+                    log.exception("the writer failed; its batch is answered, it carries on")
+                    self._failed()
+                    if self._stopping:
+                        break
+                    time.sleep(PROBE_INTERVAL)  # (no busy loop if it fails again at once)
         finally:
             if self._ended is not None:
                 self._call_soon(self._ended.set)
+
+    def _failed(self) -> None:
+        """``_write`` raised: answer the batch it held. Answers it had already sent come
+        first on the loop (``_settle``, right after its commit), so this tells only those
+        whose outcome the thread never learnt: it may have been recorded (OutcomeUnknown)."""
+        with self._wakeup:
+            in_flight = list(self._in_flight)
+            self._in_flight = []
+            self._in_flight_since = None
+        self._progress.committing = False
+        with contextlib.suppress(Exception):
+            self._drop_connection()
+        if in_flight:
+            self._call_soon(_unknown, in_flight, WRITER_FAILED, CHANGE_WRITER_FAILED)
 
     def _call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """``callback`` on the event loop, from the writer thread; nothing once the loop
@@ -594,23 +638,25 @@ class GroupCommitWriter:
                 continue
             started = time.perf_counter()
             outcomes = self._commit_with_retries(batch)
+            # Its callers first: nothing after the commit may keep them from their answer.
+            self._call_soon(_settle, batch, outcomes)
+            announce = any(s.guard is None for s in batch) and any(
+                o.error is None for o in outcomes
+            )
             with self._wakeup:
                 self._in_flight = []
-                self._in_flight_since = None
+                # The announcement is a round trip too: a store that freezes during it
+                # must be seen as one that freezes during a commit (probed, marked down).
+                self._in_flight_since = time.monotonic() if announce else None
             if not self.health.up and not any(
                 isinstance(o.error, StoreUnavailable) for o in outcomes
             ):
                 self.health.back()  # the hang is over: the store answered
-            elapsed = time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.appends += len(batch)
-            self.stats.last_batch_size = len(batch)
-            metrics.WRITE_BATCH_SIZE.observe(len(batch))
-            metrics.WRITE_COMMIT_SECONDS.observe(elapsed)
-            metrics.WRITER_QUEUE.set(len(self._queue))
-            self._call_soon(_settle, batch, outcomes)
-            if any(s.guard is None for s in batch) and any(o.error is None for o in outcomes):
+            self._count(batch, time.perf_counter() - started)
+            if announce:
                 self._announce_elections()
+                with self._wakeup:
+                    self._in_flight_since = None
             busy = len(batch) >= BUSY_BATCH
             if busy and len(self._queue) < self.max_batch and not self._stopping:
                 # Ballots are pouring in: let the next batch gather for a moment. Fewer,
@@ -620,6 +666,21 @@ class GroupCommitWriter:
                 time.sleep(BUSY_LINGER)
         if self._conn is not None:
             self._conn.close()
+
+    def _count(self, batch: Sequence[Append], elapsed: float) -> None:
+        """The batch's figures. Bookkeeping: one that fails (a metric's mmap file on a full
+        disk) is logged once and costs nothing else."""
+        self.stats.batches += 1
+        self.stats.appends += len(batch)
+        self.stats.last_batch_size = len(batch)
+        try:
+            metrics.WRITE_BATCH_SIZE.observe(len(batch))
+            metrics.WRITE_COMMIT_SECONDS.observe(elapsed)
+            metrics.WRITER_QUEUE.set(len(self._queue))
+        except Exception:
+            if not self._count_failed:
+                self._count_failed = True
+                log.exception("the writer's metrics failed; not logged again")
 
     def _take_batch(self) -> list[Append]:
         """Up to max_batch appends; one touching a key already in the batch waits its turn.
@@ -685,7 +746,9 @@ class GroupCommitWriter:
         """Wake the election caches (infra/store/election_feed.py) after a commit that may
         hold an election's event: ballots are guarded, elections' own events are not. A
         hint after the commit, not part of it: if it is lost, the caches' polling finds
-        the event within a second."""
+        the event within a second. It is a round trip on the writer's connection, watched
+        as a commit is (``_write`` sets ``_in_flight_since`` around it): a store that
+        freezes during it is probed and marked down, not left to hold the thread unseen."""
         conn = self._conn
         if conn is None or conn.closed:
             return

@@ -17,11 +17,12 @@ from domain.application import VotingApplication
 from domain.ballot import Ballot
 from domain.election import ElectionStatus
 from domain.errors import ElectionNotOpen
-from domain.ports import Overloaded, Recorded, VersionConflict
+from domain.ports import OutcomeUnknown, Overloaded, Recorded, VersionConflict
 from domain.rules import ElectionRules
 from domain.voter import Voter
+from infra import metrics
 from infra.store import open_application
-from infra.store.batch import APPEND, CLOSED_TOPIC, INSERT, MUST_SORT_OUT, Append
+from infra.store.batch import APPEND, CLOSED_TOPIC, INSERT, MUST_SORT_OUT, Append, Outcome
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from tests.databases import create_database, drop_database
@@ -336,6 +337,70 @@ async def test_the_one_statement_commit_records_nothing_where_the_batch_cannot_s
         # The same rows unguarded, each its own append: recorded (the guard is the check).
         unguarded = (*_rows([*ballot("e"), *late]), [1, 2], [], CLOSED_TOPIC)
         assert len(conn.execute(APPEND, unguarded).fetchall()) == 2
+
+
+async def test_bookkeeping_that_fails_after_a_commit_costs_no_caller_its_answer(
+    store: tuple[str, VotingApplication],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The writer thread counted a batch (stats, metrics) before it answered its callers,
+    unguarded: a metric's mmap file on a full disk killed the thread after COMMIT, the
+    recorded ballot's caller waited for ever, and every later append was refused "the
+    writer is not running" for the process's life (review of the writer,
+    writer_thread_death)."""
+    url, app = store
+
+    class Full:
+        def observe(self, value: float) -> None:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics, "WRITE_BATCH_SIZE", Full())
+    writer = GroupCommitWriter(app, url)
+    writer.start()
+    try:
+        election = str(uuid4())
+        first = await asyncio.wait_for(writer.append_events(_ballot(election, "first")), 10)
+        second = await asyncio.wait_for(writer.append_events(_ballot(election, "second")), 10)
+    finally:
+        await writer.stop()
+    assert isinstance(first, Recorded)
+    assert isinstance(second, Recorded)
+    assert _casts(url) == 2
+    assert len([r for r in caplog.records if "metrics failed" in r.getMessage()]) == 1
+
+
+async def test_a_writer_that_fails_answers_its_batch_and_carries_on(
+    store: tuple[str, VotingApplication], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything escaping the writer thread's loop ended the thread: its batch's callers
+    waited until OUTCOME_WITHIN, and every later append was refused for the process's
+    life. Now the batch is answered at once, as of unknown outcome (the failure may have
+    come after its commit: never a 2xx, never a false "not recorded"), and the thread goes
+    on."""
+    url, app = store
+    writer = GroupCommitWriter(app, url)
+    real = writer._commit_with_retries
+    failures = 0
+
+    def fails_once(batch: list[Append]) -> list[Outcome]:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise RuntimeError("a bug in the writer")
+        return real(batch)
+
+    monkeypatch.setattr(writer, "_commit_with_retries", fails_once)
+    writer.start()
+    try:
+        election = str(uuid4())
+        with pytest.raises(OutcomeUnknown, match="may have been"):
+            await asyncio.wait_for(writer.append_events(_ballot(election, "first")), 5)
+        second = await asyncio.wait_for(writer.append_events(_ballot(election, "second")), 5)
+    finally:
+        await writer.stop()
+    assert isinstance(second, Recorded)
+    assert _casts(url) == 1
 
 
 async def test_a_full_queue_is_a_503_with_retry_after_over_http(database_url: str) -> None:

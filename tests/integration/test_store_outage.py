@@ -461,6 +461,53 @@ async def test_a_freeze_is_seen_with_one_ballot_in_flight_and_lookups_answer(
         assert took < 5.0
 
 
+async def test_a_freeze_during_an_election_announcement_is_seen_and_ballots_refused_at_once(
+    cluster: Cluster, url: str, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a commit holding an election's event, the writer thread announces it with a
+    statement of its own. A store that froze during it held the thread for the whole freeze
+    with no commit in flight, so nothing probed it: never marked down, /api/health and
+    cardinal_store_up said up, and every ballot waited its full deadline for a 503 (review
+    of the writer, announce_freeze). The freeze is struck right as the announcement goes."""
+    announce = writer._announce_elections
+    struck = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def freeze_then_announce() -> None:
+        if not struck.done():
+            cluster.freeze()
+            loop.call_soon_threadsafe(struck.set_result, None)
+        announce()
+
+    monkeypatch.setattr(writer, "_announce_elections", freeze_then_announce)
+    election = uuid4()
+    try:
+        # No guard: an election change's append, announced after its commit.
+        change = await writer.append_events(_ballot(election, "change"))
+        assert isinstance(change, Recorded)
+        await asyncio.wait_for(struck, 10)
+        frozen = time.monotonic()
+        waiting = asyncio.create_task(_timed(writer, election, "queued"))
+        while _up(writer):
+            assert time.monotonic() - frozen < 8, "the freeze was never seen"
+            await asyncio.sleep(0.05)
+        refused, took = await _timed(writer, election, "at the door")
+        queued, _ = await waiting
+    finally:
+        await asyncio.to_thread(cluster.freeze, True)
+    assert isinstance(refused, StoreUnavailable), refused
+    assert took < 0.5, took
+    assert isinstance(queued, StoreUnavailable), queued
+    deadline = time.monotonic() + 10
+    while True:
+        after, _ = await _timed(writer, election, "after")
+        if isinstance(after, Recorded):
+            break
+        assert time.monotonic() < deadline, f"still refused 10 s after the thaw: {after}"
+        await asyncio.sleep(0.2)
+    assert _casts(url) == 2  # the change and "after"
+
+
 def test_operator_commands_give_up_on_a_frozen_database_with_a_message(
     cluster: Cluster, url: str
 ) -> None:
