@@ -11,9 +11,10 @@ order can change the winner. Cardinal Vote never lets an accident decide it:
 
 - ``TieBreak.DECLARED_ORDER``: equal majorities are locked in declared order of their
   winner, then of their loser (a fixed tie-breaking ranking of the options, in the spirit
-  of Zavist and Tideman's 1989 TBRC; the order pref_voting's ``ranked_pairs_tb`` uses);
-  when that order decided something a note says so, and among several unbeaten options
-  the earliest declared wins.
+  of Zavist and Tideman's 1989 TBRC; pref_voting's ``ranked_pairs_tb`` locks equal
+  majorities in this order too); when that order decided something a note says so, and
+  among several unbeaten options (tied with each other) the earliest declared wins, as
+  TBRC's own pair would lock it (``ranked_pairs_tb`` can name another there).
 - ``TieBreak.REPORT``: every option that wins under *some* order of the equal majorities
   is a winner ("parallel universes", as pref_voting's ``ranked_pairs``). Options are
   bounded cheaply first (see ``parallel_winners``); the search for the rest locks forced

@@ -1,7 +1,9 @@
 """Single transferable vote (STV), multi-seat, by the Scottish rules, from ranking patterns.
 
 The count follows The Scottish Local Government Elections Order 2007, Schedule 1, rules
-45-52:
+45-52, whose numbers are cited below. The Scottish Local Government Elections Order 2011
+(SSI 2011/399), which replaced it from the elections of May 2012, carries these rules one
+number higher (46-53):
 
 - the quota (rule 46) is floor(valid ballots / (seats + 1)) + 1 (Droop);
 - an option whose votes equal or exceed the quota is elected (rule 47);
