@@ -493,7 +493,7 @@ async def _post(
     while True:
         body = {"ballots": [{**b.body, "idempotency_key": b.key} for b in pending]}
         wait, reason, asked = delay, "", 0.0  # (asked: a Retry-After's seconds)
-        unreachable = False
+        unreachable = limited = False
         try:
             reply = await asyncio.wait_for(
                 connection.request("POST", path, body), max(0.1, deadline - time.monotonic())
@@ -514,7 +514,7 @@ async def _post(
                 pending = again
             elif (retry := _whole_again(reply)) is not None:
                 reason, wait = retry
-                asked = wait
+                asked, limited = wait, reply.status == 429
             else:  # the whole request refused (a proxy's 502 or 413, a bad token): it says
                 said = _said(reply)  # nothing about any one ballot. Sent again, a 5xx may
                 passing = _passing(reply.status, _title(reply))  # pass; a 4xx will not
@@ -523,9 +523,15 @@ async def _post(
                 return
         if time.monotonic() + wait > deadline:
             if asked > patience:
+                advice = (
+                    " (a smaller --batch waits less: the limit counts ballots; or a longer "
+                    "--patience)"
+                    if limited
+                    else ""
+                )
                 raise Unreachable(
                     f"the API asks to wait {asked:g} s, longer than --patience ({patience:g} s): "
-                    f"{reason}"
+                    f"{reason}{advice}"
                 )
             raise Unreachable(f"for {patience:g} s the API took none of a batch ({reason})")
         left = max(0.0, deadline - time.monotonic())

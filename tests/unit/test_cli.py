@@ -507,6 +507,29 @@ def test_an_import_waiting_for_the_api_says_so_and_how_much_patience_is_left() -
     assert re.search(r"\), waiting: [12] s of --patience left$", notes[0]), notes[0]
 
 
+def test_an_import_asked_to_wait_past_its_patience_by_the_rate_limit_says_what_helps() -> None:
+    """A rate limit counts a batch's ballots: a batch of 1,000 waits for 1,000 units back,
+    longer than --patience, where smaller batches would each fit sooner. The import said
+    only that the wait was too long (client review): it now says what to change."""
+    import asyncio
+
+    from infra.bench.loadgen import Reply
+    from infra.cli.importer import Unreachable, _Outcomes, _post
+
+    class Limited:
+        async def request(self, method: str, path: str, body: object) -> Reply:
+            problem = b'{"title":"Too many requests","status":429,"detail":"slow down"}'
+            head = b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\n\r\n"
+            return Reply(429, head, problem)
+
+    outcomes = _Outcomes(lambda _: None, lambda _: None)
+    batch = [FileBallot(1, {"voter_id": "ada", "choice": "a"}, "k1")]
+    with pytest.raises(Unreachable, match=r"asks to wait 3600 s") as refused:
+        asyncio.run(_post(Limited(), "e", batch, outcomes, patience=5))  # type: ignore[arg-type]
+    assert "a smaller --batch waits less" in str(refused.value)
+    assert "--patience" in str(refused.value)
+
+
 def test_the_import_summary_counts_marks_apart_from_ballots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
