@@ -3,32 +3,46 @@
 tests failed on "too many clients"); a neighbour's stack needs some too. So the first
 worker (and a run without workers) uses the machine's server, and each other worker starts
 a PostgreSQL cluster of its own for its databases (initdb'd as the ``postgres`` user, on a
-port of its own: tests/pg_cluster.py) and removes it at the end. TEST_DATABASE_URL, when
-set, names the server for every worker instead."""
+port of its own: tests/pg_cluster.py) and removes it at the end; a reaper process removes
+it too if the worker is interrupted or killed first. TEST_DATABASE_URL, when set, names the
+server for every worker instead.
+
+The cluster starts as this file is imported: pytest imports it before any conftest below
+it, and those import tests/databases.py, which reads TEST_DATABASE_URL as it is imported
+(`pytest -n 2 tests/integration/x.py` imports tests/integration/conftest.py before any
+``pytest_configure`` hook runs)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.pg_cluster import Cluster
+from tests.pg_cluster import Cluster, start_reaper
 
 _OWN: list[Cluster] = []
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def _own_cluster() -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     if worker == "gw0" or "TEST_DATABASE_URL" in os.environ:
         return
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix=f"cardinal-tests-{worker}-")))
-    cluster.__enter__()
+    root = Path(tempfile.mkdtemp(prefix=f"cardinal-tests-{worker}-"))
+    start_reaper(root)  # first: it also removes what a failed start leaves
+    cluster = Cluster(root)
+    try:
+        cluster.__enter__()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     _OWN.append(cluster)
-    # Read by tests/databases.py, imported after this (at collection): every database this
-    # worker creates, and every stack over one, is on this cluster.
     os.environ["TEST_DATABASE_URL"] = cluster.url
+
+
+_own_cluster()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -190,3 +191,35 @@ class Cluster:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def reap_when_gone(owner: int, root: Path) -> None:
+    """Wait for process ``owner`` to end, then kill the cluster under ``root`` and remove
+    it. pg_ctl starts the server in a session of its own, so it outlives an owner that is
+    interrupted or killed before it stops it (a pytest worker at Ctrl-C or a crash)."""
+    with contextlib.suppress(psutil.Error):
+        owned = psutil.Process(owner)
+        while owned.is_running() and owned.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(1)
+    if root.exists():
+        cluster = Cluster.__new__(Cluster)  # (no port to find: only its folder)
+        cluster.root, cluster.data = root, root / "data"
+        cluster._kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def start_reaper(root: Path) -> None:
+    """``reap_when_gone`` for this process and ``root``, in a process of its own that
+    outlives this one (a session of its own: a Ctrl-C to the run's group spares it)."""
+    subprocess.Popen(
+        [sys.executable, "-m", "tests.pg_cluster", str(os.getpid()), str(root)],
+        cwd=Path(__file__).parents[1],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+if __name__ == "__main__":
+    reap_when_gone(int(sys.argv[1]), Path(sys.argv[2]))

@@ -4,8 +4,11 @@ a leaked server loads the machine for the rest of the run)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +95,46 @@ def test_a_rabbit_node_slower_than_one_await_startup_is_waited_for(
     finally:
         for process in _running_as(node):  # (what the old code left)
             process.kill()
+
+
+def test_a_worker_s_own_cluster_is_what_the_tests_use_and_is_removed_if_it_is_killed() -> None:
+    """A pytest-xdist worker other than the first starts a cluster of its own as
+    tests/conftest.py is imported, before tests/databases.py reads the server (a conftest
+    below imports it); a worker killed before it stops the cluster leaves none behind (its
+    reaper removes it: pg_ctl's server outlives the worker)."""
+    script = (
+        "import os, sys\n"
+        "import tests.conftest\n"
+        "import tests.databases as d\n"
+        "print(d.SERVER_URL, os.environ['TEST_DATABASE_URL'], flush=True)\n"
+        "d.create_database()\n"  # the cluster answers
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"  # until killed
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TEST_DATABASE_URL"}
+    env["PYTEST_XDIST_WORKER"] = "gw7"
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            server, named = worker.stdout.readline().split()
+            assert worker.stdout.readline().strip() == "ready"
+            assert server == named
+            assert ":5432/" not in server  # not the machine's server
+            roots = [
+                p for p in Path(tempfile.gettempdir()).glob("cardinal-tests-gw7-*") if p.is_dir()
+            ]
+            assert len(roots) == 1, roots
+            assert _running_from(roots[0])  # its server
+        finally:
+            worker.kill()
+    deadline = time.monotonic() + 60
+    while roots[0].exists() or _running_from(roots[0] / "data"):
+        assert time.monotonic() < deadline, "the killed worker's cluster was left behind"
+        time.sleep(0.2)
