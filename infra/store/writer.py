@@ -581,6 +581,7 @@ class GroupCommitWriter:
     # -- writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        said_at: float | None = None  # monotonic: the last failure logged with its traceback
         try:
             while True:
                 try:
@@ -588,8 +589,13 @@ class GroupCommitWriter:
                     break
                 except Exception:
                     # A bug, or bookkeeping that fails (a metric's mmap file on a full disk):
-                    # the thread carries on, and nobody waits on the batch for ever.
-                    log.exception("the writer failed; its batch is answered, it carries on")
+                    # the thread carries on, and nobody waits on the batch for ever. A
+                    # traceback a minute at most: one that fails at every batch would
+                    # otherwise write one every PROBE_INTERVAL.
+                    now = time.monotonic()
+                    if said_at is None or now - said_at >= 60:
+                        said_at = now
+                        log.exception("the writer failed; its batch is answered, it carries on")
                     self._failed()
                     if self._stopping:
                         break

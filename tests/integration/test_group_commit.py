@@ -403,6 +403,41 @@ async def test_a_writer_that_fails_answers_its_batch_and_carries_on(
     assert _casts(url) == 1
 
 
+async def test_a_writer_that_fails_again_and_again_logs_one_traceback_a_minute(
+    store: tuple[str, VotingApplication],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A writer failing at every batch wrote a traceback every PROBE_INTERVAL (the merge
+    review): one a minute now; each batch is still answered."""
+    url, app = store
+    writer = GroupCommitWriter(app, url)
+    real = writer._commit_with_retries
+    failures = 0
+
+    def fails_thrice(batch: list[Append]) -> list[Outcome]:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise RuntimeError("a bug in the writer")
+        return real(batch)
+
+    monkeypatch.setattr(writer, "_commit_with_retries", fails_thrice)
+    writer.start()
+    try:
+        election = str(uuid4())
+        for n in range(3):
+            with pytest.raises(OutcomeUnknown):
+                await asyncio.wait_for(writer.append_events(_ballot(election, f"v{n}")), 5)
+        last = await asyncio.wait_for(writer.append_events(_ballot(election, "last")), 5)
+    finally:
+        await writer.stop()
+    assert isinstance(last, Recorded)
+    said = [r for r in caplog.records if "the writer failed" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].exc_info is not None
+
+
 async def test_a_full_queue_is_a_503_with_retry_after_over_http(database_url: str) -> None:
     """Back-pressure as a client sees it: problem+json 503 with Retry-After, and nothing
     recorded for the refused ballots."""
