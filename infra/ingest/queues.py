@@ -20,7 +20,9 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 # Returns of one message before the broker dead-letters it: a message that kills the
 # consumer each time it is read must not loop forever. Every return counts (RabbitMQ 3.10
 # quorum queues), a consumer killed or a broker restarted too, so a batch caught in many of
-# those in a row lands in the refused queue: republishing it is safe (message_id).
+# those in a row lands in the refused queue. Republishing it is safe against double counting
+# (message_id), not against order: where the voter's later ballot was cast meanwhile, the
+# republished one revises it (README, Reliability: republish only where nothing came after).
 # Refusals never get here: they are acked and forwarded explicitly.
 DELIVERY_LIMIT = 10
 # Ready messages the queue holds before it refuses publishes (the publisher's confirm is
