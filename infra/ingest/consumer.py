@@ -519,6 +519,9 @@ class Ingester:
                 json_bytes(body),
                 correlation_id=_sendable(message.correlation_id),
                 content_type=f"application/{kind}",
+                # Persistent, as refusals are: a reply waiting in a client's durable
+                # reply_to queue must outlive a broker restart.
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=sendable(message.reply_to, SHORT_STR),
         )

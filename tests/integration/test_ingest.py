@@ -403,6 +403,7 @@ async def test_reply_to_gets_the_receipt_or_the_problem(ingest: Ingest) -> None:
                 routing_key=ingest.queue,
             )
         answers: dict[str, Any] = {}
+        modes: list[aio_pika.DeliveryMode | None] = []
         async with replies.iterator() as stream:
             async for message in stream:
                 await message.ack()
@@ -410,8 +411,12 @@ async def test_reply_to_gets_the_receipt_or_the_problem(ingest: Ingest) -> None:
                     message.content_type,
                     orjson.loads(message.body),
                 )
+                modes.append(message.delivery_mode)
                 if len(answers) == 2:
                     break
+    # Persistent, as refusals are: a reply waiting in a client's durable reply queue
+    # outlives a broker restart (review: sent transient, it was lost).
+    assert modes == [aio_pika.DeliveryMode.PERSISTENT] * 2
     assert answers["ok-1"][0] == "application/json"
     assert answers["ok-1"][1]["status"] == "cast"
     assert answers["ok-1"][1]["election_id"] == str(election_id)
