@@ -22,11 +22,15 @@ async def publish(
     """Publish ``(message_id, body)`` pairs (a body is JSON-encoded unless it is bytes),
     persistent, with publisher confirms: returns once the broker confirmed every one.
     ``window`` publishes are in flight at a time. Declares the queue first, so that no
-    message published before the consumer starts is lost."""
+    message published before the consumer starts is lost. A message the broker did not
+    take raises: a nack (``aiormq.exceptions.DeliveryError``), and equally a return
+    (``PublishError``, its subclass: routed to no queue, the queue deleted meanwhile), which
+    a channel without ``on_return_raises`` confirmed as sent."""
     connection = await aio_pika.connect(amqp_url, client_properties={"connection_name": "publish"})
     sent = 0
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        # A return raises: unroutable, a mandatory message would otherwise be confirmed.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await IngestQueues(queue).declare(channel)
         exchange = channel.default_exchange
         pending: list[Any] = []
@@ -63,7 +67,7 @@ async def cast_with_receipts(
     done = asyncio.Event()
     connection = await aio_pika.connect(amqp_url, client_properties={"connection_name": "smoke"})
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await IngestQueues(queue).declare(channel)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
 

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 import aio_pika
+import aiormq
 import orjson
 import psycopg
 import psycopg.conninfo
@@ -422,6 +423,22 @@ async def test_reply_to_gets_the_receipt_or_the_problem(ingest: Ingest) -> None:
     assert answers["ok-1"][1]["election_id"] == str(election_id)
     assert answers["bad-1"][0] == "application/problem+json"
     assert answers["bad-1"][1]["status"] == 422
+
+
+async def test_publish_reports_a_message_routed_nowhere_as_not_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``publish`` published mandatory on a channel that did not raise on a return, so a
+    message routed to no queue was confirmed and counted as sent (review). The queue is
+    left undeclared here, as if deleted between the declare and the publish."""
+
+    async def nothing(self: IngestQueues, channel: Any) -> None:
+        return None
+
+    monkeypatch.setattr(IngestQueues, "declare", nothing)
+    queue = f"test-{uuid.uuid4().hex[:8]}.nowhere"
+    with pytest.raises(aiormq.exceptions.PublishError):
+        await publish(AMQP_URL, queue, [("m1", {"x": 1})])
 
 
 async def test_two_consumers_on_one_queue_have_no_duplicate_effect(ingest: Ingest) -> None:
