@@ -452,7 +452,8 @@ class Ingester:
         """The dead-letter exchange, on the refusals' channel of their own (publisher
         confirms), a new one where ``fresh``: on RabbitMQ 3.10 a quorum queue that rejected
         a channel's publish (reject-publish) goes on rejecting that channel's, even once
-        its limit is lifted, until it is back under one; a new channel is taken."""
+        its limit is lifted, until it is back under one; a new channel is taken, and the
+        refused queue, its binding and exchange declared again (one may have been deleted)."""
         if self._forwarding is not None and (fresh or self._forwarding.is_closed):
             with contextlib.suppress(Exception):
                 await self._forwarding.close()
@@ -464,6 +465,11 @@ class Ingester:
             channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._forwarding = channel
             await asyncio.wait_for(channel.initialize(), DEPTH_EVERY)  # not for ever
+            if fresh:
+                # After a failure: the refused queue, its binding or the exchange may have
+                # been deleted (a return, NO_ROUTE, or NOT_FOUND); declared once at start,
+                # they would be missing for ever and the batch held for ever.
+                await asyncio.wait_for(self.queues.declare_refused(channel), DEPTH_EVERY)
         return await self._forwarding.get_exchange(self.queues.dead_letter_exchange, ensure=False)
 
     async def _answer(self, delivery: Delivery) -> None:

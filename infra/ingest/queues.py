@@ -56,6 +56,15 @@ class IngestQueues:
         self, channel: AbstractChannel
     ) -> tuple[AbstractQueue, AbstractQueue, AbstractExchange]:
         """Declare the queue, its dead-letter exchange and the refused queue (idempotent)."""
+        refused, dead = await self.declare_refused(channel)
+        queue = await channel.declare_queue(self.name, durable=True, arguments=self.arguments())
+        return queue, refused, dead
+
+    async def declare_refused(
+        self, channel: AbstractChannel
+    ) -> tuple[AbstractQueue, AbstractExchange]:
+        """Declare the dead-letter exchange, the refused queue and its binding (idempotent):
+        also where one was deleted under a running consumer."""
         dead = await channel.declare_exchange(
             self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
@@ -63,8 +72,7 @@ class IngestQueues:
             self.refused, durable=True, arguments={"x-queue-type": "quorum"}
         )
         await refused.bind(dead, routing_key=self.refused)
-        queue = await channel.declare_queue(self.name, durable=True, arguments=self.arguments())
-        return queue, refused, dead
+        return refused, dead
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove what ``declare`` made (tests and benchmarks; never a deployment)."""
