@@ -59,7 +59,7 @@ from infra.ingest.messages import (
     parse,
     stored_key,
 )
-from infra.ingest.queues import IngestQueues
+from infra.ingest.queues import DELIVERY_LIMIT, IngestQueues
 from infra.ingest.refusals import refusal_headers
 from infra.ingest.strings import SHORT_STR, sendable, tolerate_invalid_utf8
 from infra.runtime.voters import VoterKeys
@@ -200,8 +200,16 @@ class Ingester:
                     batch = await self._collect()
                     try:
                         await self._process(batch)
-                    except Abandoned:
-                        log.warning("the batch could not be settled; it will be redelivered")
+                    except Abandoned as error:
+                        log.warning(
+                            "the batch could not be settled (%s); it will be redelivered, "
+                            "each of its messages (and all else delivered on its channel) "
+                            "spending one of its %d deliveries before it is dead-lettered "
+                            "to %s",
+                            abandoned_reason(error),
+                            DELIVERY_LIMIT,
+                            self.queues.refused,
+                        )
                         if any(_open(delivery.message) for delivery in batch):
                             # Given up on a live channel (none of ours should be: a refusal
                             # not taken is retried on it, a reply not taken let go). Closing
@@ -677,6 +685,25 @@ async def _release(batch: list[Delivery]) -> None:
             # With a reason: aiormq's default is a cancellation, which the robust channel
             # leaves to the connection's recovery (none comes) rather than opening again.
             await channel.close(Abandoned("the batch is handed back to the broker"))
+
+
+def abandoned_reason(error: BaseException) -> str:
+    """What the broker said (a channel closed with PRECONDITION_FAILED "delivery
+    acknowledgement timed out": the batch outlived RabbitMQ's consumer_timeout), from the
+    causes of ``error``: aiormq's exceptions carry the close frame, whose str says nothing."""
+    seen: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None and len(seen) < 4:
+        frame = cause.args[0] if cause.args else None
+        text = getattr(frame, "reply_text", None)
+        if text is not None:
+            seen.append(f"{getattr(frame, 'reply_code', '?')} {text}")
+        elif str(cause).strip():
+            seen.append(str(cause).strip())
+        elif cause is not error:
+            seen.append(type(cause).__name__)
+        cause = cause.__cause__ or cause.__context__
+    return ": ".join(seen) or "its channel closed"
 
 
 async def _ack(batch: list[Delivery]) -> None:
