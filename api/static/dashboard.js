@@ -52,6 +52,9 @@
   let waiting = false;
   let followLater = null; // the stream's next try, after a failure
   let focusOnShow = false; // a token was just given: focus the panel's heading once shown
+  // The panel said the results are not published yet: the first results after it are news
+  // to speak, not a baseline to compare later ones with (they replaced the note silently).
+  let unpublished = false;
   const stale = document.createElement("p"); // says the results shown stopped updating
   stale.id = "stale-note";
   stale.setAttribute("role", "status");
@@ -99,7 +102,10 @@
     const position = standing.getAttribute("data-position");
     const winners = panel.querySelector("#winners");
     const state = standing.getAttribute("data-state");
-    if (lastPosition === null || position === lastPosition) {
+    if (unpublished) { // published at last: say so
+      unpublished = false;
+      speak();
+    } else if (lastPosition === null || position === lastPosition) {
       if (spokenState === null) { // what the page showed first: the baseline
         spokenWinners = winners ? winners.getAttribute("data-winners") : null;
         spokenState = state;
@@ -191,6 +197,8 @@
           "then only its administrators and auditors see them. This page shows them as soon " +
           "as it closes, without a reload.";
         panel.replaceChildren(note);
+        unpublished = true;
+        lastPosition = null;
         named();
         return "hidden";
       }

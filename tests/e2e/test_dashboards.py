@@ -960,6 +960,26 @@ async def test_results_published_at_the_close_show_within_seconds(
     assert time.monotonic() - closed < 10
 
 
+async def test_results_published_at_the_close_are_announced(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Results that replaced the "not published" note were taken as the page's starting
+    point and not spoken: the live region said nothing (review a11y, 1). They are news."""
+    election = await voting.create_election(
+        "plurality", public_results=True, results_visibility="after_close", title="Sealed"
+    )
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#not-published").wait_for(timeout=WAIT_MS)
+    await voting.close(election["id"])
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    await page.wait_for_function(
+        "document.getElementById('announce').textContent.includes('(final)')", timeout=5_000
+    )
+    assert "Winner" in await page.locator("#announce").inner_text()
+
+
 async def test_final_results_stop_following_the_stream(
     voting: VotingClient, site: str, page: Page
 ) -> None:
