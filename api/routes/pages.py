@@ -74,8 +74,10 @@ def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
 <h1>{e(title)}</h1>
 <form id="token-form" class="token" hidden>
 <p id="token-why">These results need a token. It is kept only for this browser session.</p>
+<p id="token-error" class="token-error" role="alert"></p>
 <label for="token">Token</label> <input id="token" name="token" type="text" class="secret"
-autocomplete="off" autocapitalize="off" spellcheck="false" aria-describedby="token-why">
+autocomplete="off" autocapitalize="off" spellcheck="false"
+aria-describedby="token-error token-why">
 <button type="submit">Show results</button>
 </form>
 <div id="panel" aria-busy="false">{body}</div>

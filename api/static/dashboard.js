@@ -12,6 +12,8 @@
   const pause = document.getElementById("pause");
   const form = document.getElementById("token-form");
   const why = document.getElementById("token-why");
+  const field = document.getElementById("token");
+  const error = document.getElementById("token-error"); // role="alert": said when set
   const forgetButton = document.getElementById("forget-token");
   const isPublic = body.dataset.kind === "overview" || body.dataset.public === "true";
   const PAGE_KEY = KEY + ":" + body.dataset.panel;
@@ -119,6 +121,17 @@
       else if (!speakLater) speakLater = setTimeout(speak, wait); // the latest, then
     }
     lastPosition = position;
+  }
+
+  // The field's token was refused, or none was given: the field says it is invalid and the
+  // alert why (a refusal on the overview was never said, and focus left the field).
+  function invalid(text) {
+    field.setAttribute("aria-invalid", "true");
+    if (text !== null) error.textContent = text;
+  }
+  function valid() {
+    field.removeAttribute("aria-invalid");
+    error.textContent = "";
   }
 
   function focusables() {
@@ -281,7 +294,7 @@
       " It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
-      if (appearing) document.getElementById("token").focus();
+      if (appearing) field.focus();
     }
   }
 
@@ -291,7 +304,14 @@
   // that token read up but says it is no longer updating, and asks for a token at once.
   function denied(status, sent) {
     forget();
-    if (isPublic) { askForToken(true); return true; }
+    if (isPublic) { // read on without it, focus kept on the field to give another
+      focusOnShow = false;
+      askForToken(true);
+      invalid("That token was not accepted: enter another one. Elections with public " +
+        "results are listed without one.");
+      field.focus();
+      return true;
+    }
     waiting = true;
     if (poller) { clearInterval(poller); poller = null; }
     if (retrying) { clearTimeout(retrying); retrying = null; }
@@ -300,11 +320,11 @@
     if (reader) { reader.cancel().catch(function () {}); }
     const kept = shownWith === sent && panel.querySelector("[data-position]") !== null;
     if (!kept) { panel.replaceChildren(); named(); shownWith = null; lastPosition = null; }
-    document.getElementById("token").value = ""; // the refused one: not to be sent again
+    field.value = ""; // the refused one: not to be sent again
+    invalid(null); // (the prompt's text says why, and the field is described by it)
     const expired = status === 401;
     const need = expired
-      ? "The token was refused or has expired: sign in again, or paste a new token, to " +
-        "follow these results."
+      ? "The token was refused or has expired: enter a new token to follow these results."
       : "That token does not give access to these results: enter another one.";
     prompt(need);
     setMode(expired ? "stopped (the token was refused or has expired)"
@@ -453,8 +473,9 @@
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    const value = document.getElementById("token").value.trim();
-    if (!value) return;
+    const value = field.value.trim();
+    if (!value) { invalid("Enter a token."); field.focus(); return; }
+    valid();
     keep(value);
     waiting = false;
     failures = 0;

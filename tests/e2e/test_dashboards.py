@@ -676,6 +676,46 @@ async def _private_page(voting: VotingClient, site: str, page: Page) -> str:
     return str(election["id"])
 
 
+async def test_a_refused_token_on_the_overview_is_said_and_keeps_focus(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """On the overview a refused token was never announced and focus left the field for
+    the panel (review a11y, 2): the field is marked invalid, keeps focus, and an alert
+    says why."""
+    await _election(voting, "plurality", close=False)
+    await page.goto(site + "/")
+    await page.locator("#overview").wait_for(timeout=WAIT_MS)
+    await page.fill("#token", "not-a-token")
+    await page.press("#token", "Enter")
+    await page.wait_for_function(
+        """() => document.getElementById("token").getAttribute("aria-invalid") === "true"
+            && document.getElementById("token-error").textContent.includes("not accepted")""",
+        timeout=WAIT_MS,
+    )
+    await page.locator("#overview").wait_for(timeout=WAIT_MS)  # the public listing again
+    await page.wait_for_function("document.activeElement.id === 'token'", timeout=5_000)
+    assert await page.locator("#token-error").get_attribute("role") == "alert"
+
+
+async def test_an_empty_token_is_said_not_ignored(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Submitting the token form empty did nothing at all (review a11y, 2)."""
+    await _private_page(voting, site, page)
+    await page.press("#token", "Enter")
+    await page.wait_for_function(
+        """() => document.getElementById("token-error").textContent === "Enter a token."
+            && document.getElementById("token").getAttribute("aria-invalid") === "true"
+            && document.activeElement.id === 'token' """,
+        timeout=5_000,
+    )
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#token").get_attribute("aria-invalid") is None
+    assert await page.locator("#token-error").inner_text() == ""
+
+
 async def test_a_lost_stream_is_tried_again_gradually_before_polling(
     voting: VotingClient, site: str, page: Page
 ) -> None:
@@ -1069,7 +1109,8 @@ async def test_an_expired_token_asks_for_a_token_at_once_and_stops_following(
     why = page.locator("#token-why")
     await page.locator("#token-form").wait_for(state="visible", timeout=5_000)
     assert "expired" in await why.inner_text()
-    assert "sign in again" in await why.inner_text()
+    assert "sign in" not in await why.inner_text()  # the page has no sign-in
+    assert await page.locator("#token").get_attribute("aria-invalid") == "true"
     assert await page.locator("#winners").count() == 1  # the last results stay up...
     note = page.locator("#stale-note")
     assert "no longer updating" in await note.inner_text()  # ...marked as such
