@@ -1020,6 +1020,32 @@ async def test_results_published_at_the_close_are_announced(
     assert "Winner" in await page.locator("#announce").inner_text()
 
 
+async def test_an_undecided_tie_is_marked_tied_not_winner(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A tie left undecided read "Tied, not decided" in the headline but "(winner)", in
+    the winner's colour, in the chart and the table (review a11y, 3)."""
+    election = await voting.create_election("plurality", public_results=True, title="Tie")
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await voting.cast(election["id"], {"choice": "b"}, "v2")
+    await voting.close(election["id"])
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    assert "Tied, not decided" in await page.locator("#winners").inner_text()
+    chart = await page.locator("#chart-votes").text_content() or ""
+    figures = await page.locator("#figures").inner_text()
+    for shown in (chart, figures):
+        assert "winner" not in shown
+        assert shown.count("(tied)") == 2
+    fills = await page.evaluate(
+        """() => Array.from(document.querySelectorAll("#chart-votes rect"))
+            .map((rect) => getComputedStyle(rect).fill)"""
+    )
+    assert "rgb(230, 159, 0)" not in fills  # the winner's orange
+    assert len(set(fills)) == 2  # the tied options' own colour, and the others'
+
+
 async def test_final_results_stop_following_the_stream(
     voting: VotingClient, site: str, page: Page
 ) -> None:

@@ -171,6 +171,24 @@ def test_a_tie_left_standing_is_not_called_winners() -> None:
     assert "<strong>Winner:</strong>" in single
 
 
+def test_an_undecided_tie_is_marked_tied_everywhere() -> None:
+    """Undecided ties were "(winner)" in the bars, the rounds and the option table (review
+    a11y, 3); a tie the tie-break decided still has its winner."""
+    tie = {"options": ["o1", "o2"], "reason": "o1 and o2 tie"}
+    html = results_panel(_document(winners=["o1", "o2"], tie=tie), "Results")
+    assert "(winner)" not in html
+    assert 'class="label winner"' not in html
+    assert html.count("(tied)") == 2 * 3  # two options: the wide bars, the narrow, the table
+    assert 'class="bar tied"' in html
+    rounds = [{"counts": {"o0": 1, "o1": 2, "o2": 2}, "eliminated": ["o0"], "exhausted": 0}]
+    irv = results_panel(_document("irv", rounds=rounds, winners=["o1", "o2"], tie=tie), "R")
+    assert "(winner)" not in irv
+    assert irv.count("<td>tied</td>") == 2
+    decided = results_panel(_document(winners=["o1"], tie=tie), "Results")
+    assert "(tied)" not in decided
+    assert "(winner)" in decided
+
+
 def test_star_says_who_advances_and_what_the_runoff_could_not_count() -> None:
     """STAR's runoff showed "Exhausted (no preference left)" (review dash-2, 12)."""
     rounds = [
