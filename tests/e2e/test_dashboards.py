@@ -1222,6 +1222,57 @@ async def test_chart_text_is_readable_on_a_phone(
         await desk.close()
 
 
+CONTRASTS = """() => {
+  const rgb = (text) => text.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = (c) => {
+    const [r, g, b] = c.map((v) => v / 255)
+      .map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const ratio = (a, b) => {
+    const [x, y] = [lum(rgb(a)), lum(rgb(b))].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05);
+  };
+  const page = getComputedStyle(document.body).backgroundColor;
+  const bars = Array.from(document.querySelectorAll("#chart-votes rect"));
+  return {
+    text: Math.min(...Array.from(document.querySelectorAll("#chart-votes text, #heat-map text"))
+      .map((text) => ratio(getComputedStyle(text).fill, page))),
+    winner: bars.filter((r) => r.classList.contains("winner"))
+      .map((r) => getComputedStyle(r).fill),
+    others: bars.filter((r) => !r.classList.contains("winner"))
+      .map((r) => getComputedStyle(r).fill),
+  };
+}"""
+
+
+async def test_charts_stay_readable_in_forced_colours(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """In forced colours on a dark scheme the charts' text kept its #1a1a1a: it vanished
+    on the black page (review a11y, 4). It takes the system's colours, and the winner's
+    bar stays apart from the others'."""
+    election_id = await _election(voting, "plurality", close=False)
+    schulze_id = await _election(voting, "schulze", close=False)
+    context = await browser.new_context(forced_colors="active", color_scheme="dark")
+    try:
+        page = await context.new_page()
+        for one in (election_id, schulze_id):
+            await page.goto(f"{site}/elections/{one}")
+            await page.locator("#winners").wait_for(timeout=WAIT_MS)
+            found = await page.evaluate(CONTRASTS)
+            assert found["text"] >= 4.5, found
+        await page.goto(f"{site}/elections/{election_id}")
+        await page.locator("#winners").wait_for(timeout=WAIT_MS)
+        found = await page.evaluate(CONTRASTS)
+        assert found["winner"], found
+        assert found["others"], found
+        assert not set(found["winner"]) & set(found["others"]), found
+        await _shot(page, "forced-colours")
+    finally:
+        await context.close()
+
+
 async def test_a_wide_overview_on_a_phone_shows_that_it_scrolls(
     voting: VotingClient, site: str, browser: Browser
 ) -> None:
