@@ -100,9 +100,12 @@ def results_panel(document: dict[str, Any], title: str) -> str:
         _winners(document, labels),
     ]
     if method in FIGURE:
-        parts.append(_bars("Results", FIGURE[method], document, labels))
+        # Named by what it counts: "Results" again under the panel's "Results" said nothing.
+        parts.append(
+            _bars(f"{FIGURE[method].capitalize()} per option", FIGURE[method], document, labels)
+        )
     elif method == "score":
-        parts.append(_bars("Mean score", "mean", document, labels))
+        parts.append(_bars("Mean score per option", "mean", document, labels))
         parts.append(_histograms(document, labels))
     elif method == "star":
         parts.append(_star(document, labels))
@@ -257,15 +260,18 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, str]], chart_id: str) ->
     low = min([0.0, *(value for _, value, _ in rows)])
     high = max([0.0, *(value for _, value, _ in rows)])
     span = (high - low) or 1
+    # The image's name says what it is and where its figures are (the caption alone only
+    # repeated the heading).
+    name = e(f"Bar chart: {caption}. The figures are in the table that follows.")
     wide, height = _bar_marks(rows, low, span, WIDE_BARS)
     narrow, nheight = _bar_marks(rows, low, span, NARROW_BARS)
     return (
         f'<svg class="chart bars wide-chart" id="{chart_id}" '
         f'viewBox="0 0 {WIDE_BARS.left + PLOT + 160} {height}" '
-        f'role="img" aria-label="{e(caption)}">{wide}</svg>'
+        f'role="img" aria-label="{name}">{wide}</svg>'
         f'<svg class="chart bars narrow-chart" id="{chart_id}-narrow" '
         f'viewBox="0 0 {NARROW + 20} {nheight}" '
-        f'role="img" aria-label="{e(caption)}">{narrow}</svg>'
+        f'role="img" aria-label="{name}">{narrow}</svg>'
     )
 
 
@@ -546,7 +552,8 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     svg = (
         f'<div class="chart-scroll" tabindex="0" role="region" aria-label="Pairwise chart">'
         f'<svg class="chart natural" id="heat-map" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(caption)}">'
+        f'viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Heat map: {e(caption)}. The figures are in the table that follows.">'
         f"{heads}{''.join(cells)}</svg></div>"
     )
     header = "".join(f'<th scope="col">{lab(labels[o])}</th>' for o in options)
@@ -653,7 +660,11 @@ def _table(
 ) -> str:
     ident = f' id="{table_id}"' if table_id else ""
     head = "".join(f'<th scope="col">{h}</th>' for h in headers)
-    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    # Each row's first cell names it (an option, a round, a stage): a row header.
+    body = "".join(
+        "<tr>" + "".join(_cell(c, header=not i) for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return (
         f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
         f"<table{ident}><caption>{e(caption)}</caption>"
@@ -679,11 +690,14 @@ def _bold(char: str) -> float:
 NARROWEST = 13 * min(0.65, *GLYPH.values())  # px: no character is narrower
 
 
-def _cell(content: str) -> str:
-    """A table cell; a figure's (digits, a sign, a change in brackets) is never broken."""
+def _cell(content: str, *, header: bool = False) -> str:
+    """A table cell, or a row's header; a figure's (digits, a sign, a change in brackets)
+    is never broken."""
+    tag = 'th scope="row"' if header else "td"
+    end = "th" if header else "td"
     if NUMERIC.fullmatch(re.sub(r"<[^>]*>", "", content)):
-        return f'<td class="num">{content}</td>'
-    return f"<td>{content}</td>"
+        return f'<{tag} class="num">{content}</{end}>'
+    return f"<{tag}>{content}</{end}>"
 
 
 NUMERIC = re.compile(r"[-+\d.,() —]+")

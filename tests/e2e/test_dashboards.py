@@ -191,6 +191,30 @@ async def test_each_method_page_shows_its_json_results(
         assert await _scan(page) == []
 
 
+ROW_HEADERS = """() => Array.from(document.querySelectorAll(
+    "#figures tbody tr, #rounds tbody tr, #stages tbody tr"))
+  .filter((row) => !(row.firstElementChild.tagName === "TH"
+    && row.firstElementChild.getAttribute("scope") === "row")).length"""
+
+
+async def test_tables_have_row_headers_and_charts_a_name_of_their_own(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Data rows had no header cell, and the bar chart's name and heading repeated the
+    panel's "Results" (review a11y, 5)."""
+    for method in ("plurality", "irv", "stv"):
+        election_id = await _election(voting, method, close=False)
+        await page.goto(f"{site}/elections/{election_id}")
+        await page.locator("#winners").wait_for(timeout=WAIT_MS)
+        assert await page.locator("#figures tbody tr").count() == 3
+        assert await page.evaluate(ROW_HEADERS) == 0, method
+        if method == "plurality":
+            chart = page.get_by_role("img", name="Bar chart: Votes per option", exact=False)
+            assert await chart.count() == 1  # (the phone's chart is hidden)
+            headings = page.get_by_role("heading", name="Results", exact=True)
+            assert await headings.count() == 1
+
+
 async def test_the_overview_lists_elections_and_passes_axe(
     voting: VotingClient, site: str, page: Page
 ) -> None:

@@ -189,6 +189,23 @@ def test_an_undecided_tie_is_marked_tied_everywhere() -> None:
     assert "(winner)" in decided
 
 
+def test_rows_have_headers_and_charts_say_what_they_are() -> None:
+    """Data rows had no header cell, the bar chart's name only repeated "Results" and its
+    heading was a second "Results" under the panel's (review a11y, 5)."""
+    html = results_panel(_document(), "Results")
+    assert '<th scope="row"><bdi>Option 0 xxx</bdi></th>' in html
+    assert '<h3 id="chart-votes-heading">Votes per option</h3>' in html
+    assert (
+        'aria-label="Bar chart: Votes per option. The figures are in the table that follows."'
+        in html
+    )
+    assert html.count(">Results</h") == 1  # the panel's own heading only
+    rounds = [{"counts": {"o0": 1, "o1": 2, "o2": 3}, "eliminated": ["o0"], "exhausted": 0}]
+    irv = results_panel(_document("irv", rounds=rounds), "Results")
+    table = irv.split('id="rounds"')[1].split("</table>")[0]
+    assert '<tr><th scope="row" class="num">1</th>' in table
+
+
 def test_star_says_who_advances_and_what_the_runoff_could_not_count() -> None:
     """STAR's runoff showed "Exhausted (no preference left)" (review dash-2, 12)."""
     rounds = [
