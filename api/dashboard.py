@@ -550,7 +550,7 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     )
     width, height = left + 10 + size * len(options), 40 + 40 * len(options)
     svg = (
-        f'<div class="chart-scroll" tabindex="0" role="region" aria-label="Pairwise chart">'
+        f'<div class="chart-scroll" role="region" aria-label="Pairwise chart">'
         f'<svg class="chart natural" id="heat-map" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="Heat map: {e(caption)}. The figures are in the table that follows.">'
@@ -558,7 +558,7 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     )
     header = "".join(f'<th scope="col">{lab(labels[o])}</th>' for o in options)
     table = (
-        f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
+        f'<div class="table-wrap" role="region" aria-label="{e(caption)}">'
         f'<table id="pairwise"><caption>{e(caption)}</caption>'
         f'<thead><tr><th scope="col">Row vs column</th>{header}</tr></thead><tbody>'
         + "".join(f"<tr>{''.join(line)}</tr>" for line in body)
@@ -666,7 +666,7 @@ def _table(
         for row in rows
     )
     return (
-        f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
+        f'<div class="table-wrap" role="region" aria-label="{e(caption)}">'
         f"<table{ident}><caption>{e(caption)}</caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )

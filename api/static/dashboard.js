@@ -134,6 +134,15 @@
     error.textContent = "";
   }
 
+  // A box that scrolls sideways (a wide table, the heat map) takes focus, so that a
+  // keyboard can scroll it; one that fits does not (a tab stop that does nothing).
+  function scrollers() {
+    document.querySelectorAll(".table-wrap, .chart-scroll").forEach(function (box) {
+      if (box.scrollWidth > box.clientWidth) box.tabIndex = 0;
+      else if (box !== document.activeElement) box.removeAttribute("tabindex");
+    });
+  }
+
   function focusables() {
     return Array.from(panel.querySelectorAll("a[href], button, input, [tabindex]"));
   }
@@ -150,6 +159,7 @@
     panel.replaceChildren(...next.childNodes);
     panel.classList.remove("stale");
     stale.remove();
+    scrollers();
     const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
     if (at >= 0 && target) target.focus();
     if (focusOnShow) { // a token was just given: from the status to what it shows
@@ -187,6 +197,10 @@
     if (source) { source.close(); source = null; }
     if (reader) { reader.cancel().catch(function () {}); }
     if (poller) { clearInterval(poller); poller = null; }
+    // Nothing more to pause: the control goes (focus, if on it, to the status).
+    if (document.activeElement === pause) { mode.tabIndex = -1; mode.focus(); }
+    pause.hidden = true;
+    paused = false;
     setMode("off (these results are final)");
   }
 
@@ -542,6 +556,11 @@
       "only for this browser session.";
   }
   narrate();
+  scrollers();
+  let resized = null;
+  window.addEventListener("resize", function () {
+    if (!resized) resized = requestAnimationFrame(function () { resized = null; scrollers(); });
+  });
   if (!body.dataset.stream) { // nothing to follow (an election not found)
     mode.textContent = "";
     pause.hidden = true;

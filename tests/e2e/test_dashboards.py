@@ -215,6 +215,63 @@ async def test_tables_have_row_headers_and_charts_a_name_of_their_own(
             assert await headings.count() == 1
 
 
+SCROLL_STOPS = """() => Array.from(document.querySelectorAll(".table-wrap, .chart-scroll"))
+  .map((box) => [box.scrollWidth > box.clientWidth, box.getAttribute("tabindex")])"""
+
+
+async def test_only_boxes_that_scroll_are_tab_stops(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """Every table's box was a tab stop, scrolling or not (review a11y, 6): only one that
+    overflows takes focus, so that a keyboard can scroll it."""
+    election_id = await _election(voting, "irv", close=False)
+    for width in (1100, 390):
+        context = await browser.new_context(viewport={"width": width, "height": 800})
+        try:
+            page = await context.new_page()
+            await page.goto(f"{site}/elections/{election_id}")
+            await page.locator("#winners").wait_for(timeout=WAIT_MS)
+            await page.wait_for_function(
+                f"({SCROLL_STOPS})().every(([wide, stop]) => (stop === '0') === wide)",
+                timeout=5_000,
+            )
+            boxes = await page.evaluate(SCROLL_STOPS)
+            if width == 1100:
+                assert not [box for box in boxes if box[0]], boxes
+        finally:
+            await context.close()
+    phone = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        page = await phone.new_page()
+        await page.goto(f"{site}/")
+        await page.locator("#overview").wait_for(timeout=WAIT_MS)
+        assert await page.locator("#overview").locator("xpath=..").get_attribute("tabindex") == "0"
+    finally:
+        await phone.close()
+
+
+async def test_a_right_to_left_title_reads_right_to_left_and_final_results_have_no_pause(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """An RTL election's h1 was laid out left to right, and "Pause updates" stayed on
+    results that change no more (review a11y, 6)."""
+    election = await voting.create_election(
+        "plurality", public_results=True, live_results_step=1, title="בחירות לוועד (2026)"
+    )
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert await page.locator("h1").evaluate("(h1) => h1.matches(':dir(rtl)')")
+    assert await page.locator("#pause").is_visible()  # open: there is something to pause
+    await voting.close(election["id"])
+    await page.locator("#mode", has_text="final").wait_for(timeout=WAIT_MS)
+    await page.locator("#pause").wait_for(state="hidden", timeout=5_000)
+    await page.reload()  # opened on final results
+    await page.locator("#mode", has_text="final").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#pause").is_hidden()
+
+
 async def test_the_overview_lists_elections_and_passes_axe(
     voting: VotingClient, site: str, page: Page
 ) -> None:
