@@ -1,9 +1,9 @@
 """The results pages' HTML: server-rendered tables and inline SVG, from the results document.
 
 Every chart has a table with the same figures beside it, and the text says what colour
-only decorates (win, loss, tie; eliminated; winner). Colours are Okabe-Ito, which stay
-distinct under the common colour-vision deficiencies. No inline style or script: the pages'
-Content-Security-Policy allows only this origin's files.
+only decorates (win, loss, tie; eliminated; winner; tied, not decided). Colours are
+Okabe-Ito, which stay distinct under the common colour-vision deficiencies. No inline
+style or script: the pages' Content-Security-Policy allows only this origin's files.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from domain.tabulation.result import NO_BALLOTS
 
 BAR = "#0072B2"  # Okabe-Ito blue
 WINNER = "#E69F00"  # Okabe-Ito orange
+TIED = "#009E73"  # Okabe-Ito bluish green: in a tie left undecided, not a winner
 HEAT = ("#D55E00", "#F0E442", "#56B4E9")  # loss, tie, win (plus the words)
 FIGURE = {"plurality": "votes", "approval": "approvals", "borda": "points"}
 CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
@@ -99,9 +100,12 @@ def results_panel(document: dict[str, Any], title: str) -> str:
         _winners(document, labels),
     ]
     if method in FIGURE:
-        parts.append(_bars("Results", FIGURE[method], document, labels))
+        # Named by what it counts: "Results" again under the panel's "Results" said nothing.
+        parts.append(
+            _bars(f"{FIGURE[method].capitalize()} per option", FIGURE[method], document, labels)
+        )
     elif method == "score":
-        parts.append(_bars("Mean score", "mean", document, labels))
+        parts.append(_bars("Mean score per option", "mean", document, labels))
         parts.append(_histograms(document, labels))
     elif method == "star":
         parts.append(_star(document, labels))
@@ -161,6 +165,18 @@ def _lead(document: dict[str, Any]) -> str:
     return "leading" if _stepped(document) else "winner"
 
 
+def _marks(document: dict[str, Any]) -> dict[str, str]:
+    """What the charts and tables call each option of ``winners``: "winner" ("leading"
+    while stepped), or "tied" for the options of a tie the tie-break leaves standing (more
+    winners than seats): the headline says "Tied, not decided", so none of them has won."""
+    winners = document["winners"]
+    tie = document.get("tie")
+    seats = int(document.get("seats") or 1)
+    undecided = set(tie["options"]) if tie and len(winners) > seats else set()
+    lead = _lead(document)
+    return {w: "tied" if w in undecided else lead for w in winners}
+
+
 def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     winners = document["winners"]
     closed = document["closed_at_position"] is not None
@@ -201,28 +217,31 @@ NARROW_BARS = _Layout(0, NARROW_PLOT, NARROW, 46, 13, 18, 20, 33, 18)
 
 
 def _bar_marks(
-    rows: list[tuple[str, float, bool]], low: float, span: float, lead: str, at: _Layout
+    rows: list[tuple[str, float, str]], low: float, span: float, at: _Layout
 ) -> tuple[str, int]:
-    """One layout's marks for ``rows`` (bars from a zero axis, on one scale), and its
-    height."""
+    """One layout's marks for ``rows`` (bars from a zero axis, on one scale; each row's
+    mark "winner", "leading", "tied" or ""), and its height."""
     zero = at.left + at.plot * -low / span
     height = at.pitch * len(rows) + 8
     marks = []
-    for i, (label, value, winner) in enumerate(rows):
+    for i, (label, value, mark) in enumerate(rows):
         y = 4 + at.pitch * i
         width = at.plot * abs(value) / span
         x = zero if value >= 0 else zero - width
-        fill = WINNER if winner else BAR
+        winner = mark in ("winner", "leading")
+        # A tied option of an undecided tie has its own colour and word: it has not won.
+        kind = "winner" if winner else ("tied" if mark == "tied" else "")
+        fill = WINNER if winner else (TIED if kind else BAR)
         # The winner is marked apart from its label (bold, and the word after the figure):
         # "(winner)" inside the label column cut "Option 23 xxx" to "Option 2…".
-        kind, mark = ("label winner", f" ({lead})") if winner else ("label", "")
+        word = f" ({mark})" if mark else ""
         marks.append(
-            f'<text x="0" y="{y + at.label_y}" class="{kind}">'
+            f'<text x="0" y="{y + at.label_y}" class="{f"label {kind}".strip()}">'
             f"{_fit(label, at.room, bold=winner)}</text>"
             f'<rect x="{x:.1f}" y="{y + at.bar_y}" width="{width:.1f}" '
-            f'height="{at.bar_height}" fill="{fill}"/>'
+            f'height="{at.bar_height}" fill="{fill}" class="{f"bar {kind}".strip()}"/>'
             f'<text x="{max(x + width, zero) + 5:.1f}" y="{y + at.figure_y}">'
-            f"{_number(value)}{mark}</text>"
+            f"{_number(value)}{word}</text>"
         )
     if low < 0:
         marks.append(
@@ -232,9 +251,7 @@ def _bar_marks(
     return "".join(marks), height
 
 
-def _bar_svg(
-    caption: str, rows: list[tuple[str, float, bool]], chart_id: str, lead: str = "winner"
-) -> str:
+def _bar_svg(caption: str, rows: list[tuple[str, float, str]], chart_id: str) -> str:
     """Bars from a zero axis: to the right for positive figures, to the left for negative
     ones (a score's mean may be below zero). Every chart has one scale (600 wide, bars
     from 190): a label wider than ``LABEL_MAX`` px is cut in the middle, so that labels
@@ -243,22 +260,25 @@ def _bar_svg(
     low = min([0.0, *(value for _, value, _ in rows)])
     high = max([0.0, *(value for _, value, _ in rows)])
     span = (high - low) or 1
-    wide, height = _bar_marks(rows, low, span, lead, WIDE_BARS)
-    narrow, nheight = _bar_marks(rows, low, span, lead, NARROW_BARS)
+    # The image's name says what it is and where its figures are (the caption alone only
+    # repeated the heading).
+    name = e(f"Bar chart: {caption}. The figures are in the table that follows.")
+    wide, height = _bar_marks(rows, low, span, WIDE_BARS)
+    narrow, nheight = _bar_marks(rows, low, span, NARROW_BARS)
     return (
         f'<svg class="chart bars wide-chart" id="{chart_id}" '
         f'viewBox="0 0 {WIDE_BARS.left + PLOT + 160} {height}" '
-        f'role="img" aria-label="{e(caption)}">{wide}</svg>'
+        f'role="img" aria-label="{name}">{wide}</svg>'
         f'<svg class="chart bars narrow-chart" id="{chart_id}-narrow" '
         f'viewBox="0 0 {NARROW + 20} {nheight}" '
-        f'role="img" aria-label="{e(caption)}">{narrow}</svg>'
+        f'role="img" aria-label="{name}">{narrow}</svg>'
     )
 
 
 def _bars(caption: str, figure: str, document: dict[str, Any], labels: dict[str, str]) -> str:
-    winners = set(document["winners"])
+    marks = _marks(document)
     rows = [
-        (o["label"], float(o.get(figure) or 0), o["id"] in winners) for o in document["options"]
+        (o["label"], float(o.get(figure) or 0), marks.get(o["id"], "")) for o in document["options"]
     ]
     table = _table(
         caption,
@@ -274,7 +294,7 @@ def _bars(caption: str, figure: str, document: dict[str, Any], labels: dict[str,
     )
     return _figure(
         caption,
-        _bar_svg(caption, rows, f"chart-{figure}", _lead(document)),
+        _bar_svg(caption, rows, f"chart-{figure}"),
         table,
         f"chart-{figure}-heading",
     )
@@ -285,7 +305,7 @@ def _histograms(document: dict[str, Any], labels: dict[str, str]) -> str:
     for option in document["options"]:
         histogram = option.get("histogram") or {}
         caption = f"Scores given to {option['label']}"
-        rows = [(f"score {level}", float(count), False) for level, count in histogram.items()]
+        rows = [(f"score {level}", float(count), "") for level, count in histogram.items()]
         table = _table(
             caption,
             ["Score", "Ballots"],
@@ -316,12 +336,11 @@ def _star(document: dict[str, Any], labels: dict[str, str]) -> str:
                 names[min(index, 1)],
                 one,
                 labels,
-                document["winners"],
+                _marks(document),
                 index,
                 # The runoff's "exhausted" ballots scored both finalists alike.
                 exhausted="No preference between the finalists" if runoff else EXHAUSTED,
                 advancing=None if runoff or len(rounds) < 2 else "advances to runoff",
-                lead=_lead(document),
             )
         )
     return "".join(parts)
@@ -334,23 +353,21 @@ def _round_figure(
     caption: str,
     one: dict[str, Any],
     labels: dict[str, str],
-    winners: list[str],
+    marks: dict[str, str],
     index: int,
     *,
     exhausted: str = EXHAUSTED,
     advancing: str | None = None,
-    lead: str = "winner",
 ) -> str:
-    """One round as bars and a table; ``advancing`` is the status of the options this
-    round keeps (STAR's finalists), where it is not the last."""
-    rows = [(labels.get(o, o), float(c), o in winners) for o, c in one["counts"].items()]
+    """One round as bars and a table; ``marks`` says what each winner is called (see
+    ``_marks``); ``advancing`` is the status of the options this round keeps (STAR's
+    finalists), where it is not the last."""
+    rows = [(labels.get(o, o), float(c), marks.get(o, "")) for o, c in one["counts"].items()]
     body = [
         [
             lab(labels.get(o, o)),
             f'<span data-round="{index}" data-option="{e(o)}">{c}</span>',
-            "eliminated"
-            if o in one["eliminated"]
-            else (advancing or (lead if o in winners else "")),
+            "eliminated" if o in one["eliminated"] else (advancing or marks.get(o, "")),
         ]
         for o, c in one["counts"].items()
     ]
@@ -358,7 +375,7 @@ def _round_figure(
         body.append([exhausted, str(one["exhausted"]), ""])
     table = _table(caption, ["Option", "Count", "Status"], body)
     return _figure(
-        caption, _bar_svg(caption, rows, f"round-{index}", lead), table, f"round-{index}-heading"
+        caption, _bar_svg(caption, rows, f"round-{index}"), table, f"round-{index}-heading"
     )
 
 
@@ -374,9 +391,8 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
             f"{final} round (round {last + 1})",
             rounds[last],
             labels,
-            document["winners"],
+            _marks(document),
             last,
-            lead=_lead(document),
         )
     ]
     options = list(labels)
@@ -534,14 +550,15 @@ def _heat_map(document: dict[str, Any], labels: dict[str, str]) -> str:
     )
     width, height = left + 10 + size * len(options), 40 + 40 * len(options)
     svg = (
-        f'<div class="chart-scroll" tabindex="0" role="region" aria-label="Pairwise chart">'
+        f'<div class="chart-scroll" role="region" aria-label="Pairwise chart">'
         f'<svg class="chart natural" id="heat-map" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(caption)}">'
+        f'viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Heat map: {e(caption)}. The figures are in the table that follows.">'
         f"{heads}{''.join(cells)}</svg></div>"
     )
     header = "".join(f'<th scope="col">{lab(labels[o])}</th>' for o in options)
     table = (
-        f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
+        f'<div class="table-wrap" role="region" aria-label="{e(caption)}">'
         f'<table id="pairwise"><caption>{e(caption)}</caption>'
         f'<thead><tr><th scope="col">Row vs column</th>{header}</tr></thead><tbody>'
         + "".join(f"<tr>{''.join(line)}</tr>" for line in body)
@@ -555,11 +572,11 @@ def _option_table(document: dict[str, Any]) -> str:
     keys: list[str] = []
     for option in document["options"]:
         keys.extend(k for k in option if k not in ("id", "label", "histogram") and k not in keys)
-    winners = set(document["winners"])
+    marks = _marks(document)
     rows = []
     for option in document["options"]:
-        mark = f" ({_lead(document)})"
-        cells = [lab(option["label"]) + (mark if option["id"] in winners else "")]
+        mark = marks.get(option["id"])
+        cells = [lab(option["label"]) + (f" ({mark})" if mark else "")]
         cells.extend(
             f'<span data-option="{e(option["id"])}" data-figure="{e(k)}">'
             f"{_number(option.get(k))}</span>"
@@ -643,9 +660,13 @@ def _table(
 ) -> str:
     ident = f' id="{table_id}"' if table_id else ""
     head = "".join(f'<th scope="col">{h}</th>' for h in headers)
-    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    # Each row's first cell names it (an option, a round, a stage): a row header.
+    body = "".join(
+        "<tr>" + "".join(_cell(c, header=not i) for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return (
-        f'<div class="table-wrap" tabindex="0" role="region" aria-label="{e(caption)}">'
+        f'<div class="table-wrap" role="region" aria-label="{e(caption)}">'
         f"<table{ident}><caption>{e(caption)}</caption>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
@@ -669,11 +690,14 @@ def _bold(char: str) -> float:
 NARROWEST = 13 * min(0.65, *GLYPH.values())  # px: no character is narrower
 
 
-def _cell(content: str) -> str:
-    """A table cell; a figure's (digits, a sign, a change in brackets) is never broken."""
+def _cell(content: str, *, header: bool = False) -> str:
+    """A table cell, or a row's header; a figure's (digits, a sign, a change in brackets)
+    is never broken."""
+    tag = 'th scope="row"' if header else "td"
+    end = "th" if header else "td"
     if NUMERIC.fullmatch(re.sub(r"<[^>]*>", "", content)):
-        return f'<td class="num">{content}</td>'
-    return f"<td>{content}</td>"
+        return f'<{tag} class="num">{content}</{end}>'
+    return f"<{tag}>{content}</{end}>"
 
 
 NUMERIC = re.compile(r"[-+\d.,() —]+")

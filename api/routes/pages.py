@@ -71,11 +71,13 @@ def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
 <span id="mode" class="mode">Live updates: connecting</span>
 <button type="button" id="forget-token" hidden>Forget token</button></div></header>
 <main id="main" tabindex="-1">
-<h1>{e(title)}</h1>
+<h1 dir="auto">{e(title)}</h1>
 <form id="token-form" class="token" hidden>
 <p id="token-why">These results need a token. It is kept only for this browser session.</p>
+<p id="token-error" class="token-error" role="alert"></p>
 <label for="token">Token</label> <input id="token" name="token" type="text" class="secret"
-autocomplete="off" autocapitalize="off" spellcheck="false" aria-describedby="token-why">
+autocomplete="off" autocapitalize="off" spellcheck="false"
+aria-describedby="token-error token-why">
 <button type="submit">Show results</button>
 </form>
 <div id="panel" aria-busy="false">{body}</div>
@@ -179,7 +181,7 @@ def _overview_html(document: dict[str, Any]) -> str:
             "Elections without public results appear after you enter a token.</p>"
         )
     return (
-        '<div class="table-wrap" tabindex="0" role="region" aria-label="Elections">'
+        '<div class="table-wrap" role="region" aria-label="Elections">'
         f'<table id="overview" data-position="{document["position"]}">'
         "<caption>Elections, the open ones first, then the newest</caption><thead><tr>"
         '<th scope="col">Election</th><th scope="col">Status</th><th scope="col">Method</th>'

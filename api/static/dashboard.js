@@ -12,6 +12,8 @@
   const pause = document.getElementById("pause");
   const form = document.getElementById("token-form");
   const why = document.getElementById("token-why");
+  const field = document.getElementById("token");
+  const error = document.getElementById("token-error"); // role="alert": said when set
   const forgetButton = document.getElementById("forget-token");
   const isPublic = body.dataset.kind === "overview" || body.dataset.public === "true";
   const PAGE_KEY = KEY + ":" + body.dataset.panel;
@@ -52,6 +54,9 @@
   let waiting = false;
   let followLater = null; // the stream's next try, after a failure
   let focusOnShow = false; // a token was just given: focus the panel's heading once shown
+  // The panel said the results are not published yet: the first results after it are news
+  // to speak, not a baseline to compare later ones with (they replaced the note silently).
+  let unpublished = false;
   const stale = document.createElement("p"); // says the results shown stopped updating
   stale.id = "stale-note";
   stale.setAttribute("role", "status");
@@ -99,7 +104,10 @@
     const position = standing.getAttribute("data-position");
     const winners = panel.querySelector("#winners");
     const state = standing.getAttribute("data-state");
-    if (lastPosition === null || position === lastPosition) {
+    if (unpublished) { // published at last: say so
+      unpublished = false;
+      speak();
+    } else if (lastPosition === null || position === lastPosition) {
       if (spokenState === null) { // what the page showed first: the baseline
         spokenWinners = winners ? winners.getAttribute("data-winners") : null;
         spokenState = state;
@@ -113,6 +121,26 @@
       else if (!speakLater) speakLater = setTimeout(speak, wait); // the latest, then
     }
     lastPosition = position;
+  }
+
+  // The field's token was refused, or none was given: the field says it is invalid and the
+  // alert why (a refusal on the overview was never said, and focus left the field).
+  function invalid(text) {
+    field.setAttribute("aria-invalid", "true");
+    if (text !== null) error.textContent = text;
+  }
+  function valid() {
+    field.removeAttribute("aria-invalid");
+    error.textContent = "";
+  }
+
+  // A box that scrolls sideways (a wide table, the heat map) takes focus, so that a
+  // keyboard can scroll it; one that fits does not (a tab stop that does nothing).
+  function scrollers() {
+    document.querySelectorAll(".table-wrap, .chart-scroll").forEach(function (box) {
+      if (box.scrollWidth > box.clientWidth) box.tabIndex = 0;
+      else if (box !== document.activeElement) box.removeAttribute("tabindex");
+    });
   }
 
   function focusables() {
@@ -131,6 +159,7 @@
     panel.replaceChildren(...next.childNodes);
     panel.classList.remove("stale");
     stale.remove();
+    scrollers();
     const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
     if (at >= 0 && target) target.focus();
     if (focusOnShow) { // a token was just given: from the status to what it shows
@@ -168,6 +197,10 @@
     if (source) { source.close(); source = null; }
     if (reader) { reader.cancel().catch(function () {}); }
     if (poller) { clearInterval(poller); poller = null; }
+    // Nothing more to pause: the control goes (focus, if on it, to the status).
+    if (document.activeElement === pause) { mode.tabIndex = -1; mode.focus(); }
+    pause.hidden = true;
+    paused = false;
     setMode("off (these results are final)");
   }
 
@@ -191,6 +224,8 @@
           "then only its administrators and auditors see them. This page shows them as soon " +
           "as it closes, without a reload.";
         panel.replaceChildren(note);
+        unpublished = true;
+        lastPosition = null;
         named();
         return "hidden";
       }
@@ -273,7 +308,7 @@
       " It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
-      if (appearing) document.getElementById("token").focus();
+      if (appearing) field.focus();
     }
   }
 
@@ -283,7 +318,14 @@
   // that token read up but says it is no longer updating, and asks for a token at once.
   function denied(status, sent) {
     forget();
-    if (isPublic) { askForToken(true); return true; }
+    if (isPublic) { // read on without it, focus kept on the field to give another
+      focusOnShow = false;
+      askForToken(true);
+      invalid("That token was not accepted: enter another one. Elections with public " +
+        "results are listed without one.");
+      field.focus();
+      return true;
+    }
     waiting = true;
     if (poller) { clearInterval(poller); poller = null; }
     if (retrying) { clearTimeout(retrying); retrying = null; }
@@ -292,11 +334,11 @@
     if (reader) { reader.cancel().catch(function () {}); }
     const kept = shownWith === sent && panel.querySelector("[data-position]") !== null;
     if (!kept) { panel.replaceChildren(); named(); shownWith = null; lastPosition = null; }
-    document.getElementById("token").value = ""; // the refused one: not to be sent again
+    field.value = ""; // the refused one: not to be sent again
+    invalid(null); // (the prompt's text says why, and the field is described by it)
     const expired = status === 401;
     const need = expired
-      ? "The token was refused or has expired: sign in again, or paste a new token, to " +
-        "follow these results."
+      ? "The token was refused or has expired: enter a new token to follow these results."
       : "That token does not give access to these results: enter another one.";
     prompt(need);
     setMode(expired ? "stopped (the token was refused or has expired)"
@@ -445,8 +487,9 @@
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    const value = document.getElementById("token").value.trim();
-    if (!value) return;
+    const value = field.value.trim();
+    if (!value) { invalid("Enter a token."); field.focus(); return; }
+    valid();
     keep(value);
     waiting = false;
     failures = 0;
@@ -513,6 +556,11 @@
       "only for this browser session.";
   }
   narrate();
+  scrollers();
+  let resized = null;
+  window.addEventListener("resize", function () {
+    if (!resized) resized = requestAnimationFrame(function () { resized = null; scrollers(); });
+  });
   if (!body.dataset.stream) { // nothing to follow (an election not found)
     mode.textContent = "";
     pause.hidden = true;

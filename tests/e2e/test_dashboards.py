@@ -191,6 +191,87 @@ async def test_each_method_page_shows_its_json_results(
         assert await _scan(page) == []
 
 
+ROW_HEADERS = """() => Array.from(document.querySelectorAll(
+    "#figures tbody tr, #rounds tbody tr, #stages tbody tr"))
+  .filter((row) => !(row.firstElementChild.tagName === "TH"
+    && row.firstElementChild.getAttribute("scope") === "row")).length"""
+
+
+async def test_tables_have_row_headers_and_charts_a_name_of_their_own(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Data rows had no header cell, and the bar chart's name and heading repeated the
+    panel's "Results" (review a11y, 5)."""
+    for method in ("plurality", "irv", "stv"):
+        election_id = await _election(voting, method, close=False)
+        await page.goto(f"{site}/elections/{election_id}")
+        await page.locator("#winners").wait_for(timeout=WAIT_MS)
+        assert await page.locator("#figures tbody tr").count() == 3
+        assert await page.evaluate(ROW_HEADERS) == 0, method
+        if method == "plurality":
+            chart = page.get_by_role("img", name="Bar chart: Votes per option", exact=False)
+            assert await chart.count() == 1  # (the phone's chart is hidden)
+            headings = page.get_by_role("heading", name="Results", exact=True)
+            assert await headings.count() == 1
+
+
+SCROLL_STOPS = """() => Array.from(document.querySelectorAll(".table-wrap, .chart-scroll"))
+  .map((box) => [box.scrollWidth > box.clientWidth, box.getAttribute("tabindex")])"""
+
+
+async def test_only_boxes_that_scroll_are_tab_stops(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """Every table's box was a tab stop, scrolling or not (review a11y, 6): only one that
+    overflows takes focus, so that a keyboard can scroll it."""
+    election_id = await _election(voting, "irv", close=False)
+    for width in (1100, 390):
+        context = await browser.new_context(viewport={"width": width, "height": 800})
+        try:
+            page = await context.new_page()
+            await page.goto(f"{site}/elections/{election_id}")
+            await page.locator("#winners").wait_for(timeout=WAIT_MS)
+            await page.wait_for_function(
+                f"({SCROLL_STOPS})().every(([wide, stop]) => (stop === '0') === wide)",
+                timeout=5_000,
+            )
+            boxes = await page.evaluate(SCROLL_STOPS)
+            if width == 1100:
+                assert not [box for box in boxes if box[0]], boxes
+        finally:
+            await context.close()
+    phone = await browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        page = await phone.new_page()
+        await page.goto(f"{site}/")
+        await page.locator("#overview").wait_for(timeout=WAIT_MS)
+        assert await page.locator("#overview").locator("xpath=..").get_attribute("tabindex") == "0"
+    finally:
+        await phone.close()
+
+
+async def test_a_right_to_left_title_reads_right_to_left_and_final_results_have_no_pause(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """An RTL election's h1 was laid out left to right, and "Pause updates" stayed on
+    results that change no more (review a11y, 6)."""
+    election = await voting.create_election(
+        "plurality", public_results=True, live_results_step=1, title="בחירות לוועד (2026)"
+    )
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert await page.locator("h1").evaluate("(h1) => h1.matches(':dir(rtl)')")
+    assert await page.locator("#pause").is_visible()  # open: there is something to pause
+    await voting.close(election["id"])
+    await page.locator("#mode", has_text="final").wait_for(timeout=WAIT_MS)
+    await page.locator("#pause").wait_for(state="hidden", timeout=5_000)
+    await page.reload()  # opened on final results
+    await page.locator("#mode", has_text="final").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#pause").is_hidden()
+
+
 async def test_the_overview_lists_elections_and_passes_axe(
     voting: VotingClient, site: str, page: Page
 ) -> None:
@@ -676,6 +757,46 @@ async def _private_page(voting: VotingClient, site: str, page: Page) -> str:
     return str(election["id"])
 
 
+async def test_a_refused_token_on_the_overview_is_said_and_keeps_focus(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """On the overview a refused token was never announced and focus left the field for
+    the panel (review a11y, 2): the field is marked invalid, keeps focus, and an alert
+    says why."""
+    await _election(voting, "plurality", close=False)
+    await page.goto(site + "/")
+    await page.locator("#overview").wait_for(timeout=WAIT_MS)
+    await page.fill("#token", "not-a-token")
+    await page.press("#token", "Enter")
+    await page.wait_for_function(
+        """() => document.getElementById("token").getAttribute("aria-invalid") === "true"
+            && document.getElementById("token-error").textContent.includes("not accepted")""",
+        timeout=WAIT_MS,
+    )
+    await page.locator("#overview").wait_for(timeout=WAIT_MS)  # the public listing again
+    await page.wait_for_function("document.activeElement.id === 'token'", timeout=5_000)
+    assert await page.locator("#token-error").get_attribute("role") == "alert"
+
+
+async def test_an_empty_token_is_said_not_ignored(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Submitting the token form empty did nothing at all (review a11y, 2)."""
+    await _private_page(voting, site, page)
+    await page.press("#token", "Enter")
+    await page.wait_for_function(
+        """() => document.getElementById("token-error").textContent === "Enter a token."
+            && document.getElementById("token").getAttribute("aria-invalid") === "true"
+            && document.activeElement.id === 'token' """,
+        timeout=5_000,
+    )
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    assert await page.locator("#token").get_attribute("aria-invalid") is None
+    assert await page.locator("#token-error").inner_text() == ""
+
+
 async def test_a_lost_stream_is_tried_again_gradually_before_polling(
     voting: VotingClient, site: str, page: Page
 ) -> None:
@@ -960,6 +1081,52 @@ async def test_results_published_at_the_close_show_within_seconds(
     assert time.monotonic() - closed < 10
 
 
+async def test_results_published_at_the_close_are_announced(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """Results that replaced the "not published" note were taken as the page's starting
+    point and not spoken: the live region said nothing (review a11y, 1). They are news."""
+    election = await voting.create_election(
+        "plurality", public_results=True, results_visibility="after_close", title="Sealed"
+    )
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#not-published").wait_for(timeout=WAIT_MS)
+    await voting.close(election["id"])
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    await page.wait_for_function(
+        "document.getElementById('announce').textContent.includes('(final)')", timeout=5_000
+    )
+    assert "Winner" in await page.locator("#announce").inner_text()
+
+
+async def test_an_undecided_tie_is_marked_tied_not_winner(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A tie left undecided read "Tied, not decided" in the headline but "(winner)", in
+    the winner's colour, in the chart and the table (review a11y, 3)."""
+    election = await voting.create_election("plurality", public_results=True, title="Tie")
+    await voting.open(election["id"])
+    await voting.cast(election["id"], {"choice": "a"}, "v1")
+    await voting.cast(election["id"], {"choice": "b"}, "v2")
+    await voting.close(election["id"])
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#standing[data-state=final]").wait_for(timeout=WAIT_MS)
+    assert "Tied, not decided" in await page.locator("#winners").inner_text()
+    chart = await page.locator("#chart-votes").text_content() or ""
+    figures = await page.locator("#figures").inner_text()
+    for shown in (chart, figures):
+        assert "winner" not in shown
+        assert shown.count("(tied)") == 2
+    fills = await page.evaluate(
+        """() => Array.from(document.querySelectorAll("#chart-votes rect"))
+            .map((rect) => getComputedStyle(rect).fill)"""
+    )
+    assert "rgb(230, 159, 0)" not in fills  # the winner's orange
+    assert len(set(fills)) == 2  # the tied options' own colour, and the others'
+
+
 async def test_final_results_stop_following_the_stream(
     voting: VotingClient, site: str, page: Page
 ) -> None:
@@ -1049,7 +1216,8 @@ async def test_an_expired_token_asks_for_a_token_at_once_and_stops_following(
     why = page.locator("#token-why")
     await page.locator("#token-form").wait_for(state="visible", timeout=5_000)
     assert "expired" in await why.inner_text()
-    assert "sign in again" in await why.inner_text()
+    assert "sign in" not in await why.inner_text()  # the page has no sign-in
+    assert await page.locator("#token").get_attribute("aria-invalid") == "true"
     assert await page.locator("#winners").count() == 1  # the last results stay up...
     note = page.locator("#stale-note")
     assert "no longer updating" in await note.inner_text()  # ...marked as such
@@ -1133,6 +1301,57 @@ async def test_chart_text_is_readable_on_a_phone(
         assert await page.locator("svg.chart:visible").count() == 1
     finally:
         await desk.close()
+
+
+CONTRASTS = """() => {
+  const rgb = (text) => text.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = (c) => {
+    const [r, g, b] = c.map((v) => v / 255)
+      .map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const ratio = (a, b) => {
+    const [x, y] = [lum(rgb(a)), lum(rgb(b))].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05);
+  };
+  const page = getComputedStyle(document.body).backgroundColor;
+  const bars = Array.from(document.querySelectorAll("#chart-votes rect"));
+  return {
+    text: Math.min(...Array.from(document.querySelectorAll("#chart-votes text, #heat-map text"))
+      .map((text) => ratio(getComputedStyle(text).fill, page))),
+    winner: bars.filter((r) => r.classList.contains("winner"))
+      .map((r) => getComputedStyle(r).fill),
+    others: bars.filter((r) => !r.classList.contains("winner"))
+      .map((r) => getComputedStyle(r).fill),
+  };
+}"""
+
+
+async def test_charts_stay_readable_in_forced_colours(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """In forced colours on a dark scheme the charts' text kept its #1a1a1a: it vanished
+    on the black page (review a11y, 4). It takes the system's colours, and the winner's
+    bar stays apart from the others'."""
+    election_id = await _election(voting, "plurality", close=False)
+    schulze_id = await _election(voting, "schulze", close=False)
+    context = await browser.new_context(forced_colors="active", color_scheme="dark")
+    try:
+        page = await context.new_page()
+        for one in (election_id, schulze_id):
+            await page.goto(f"{site}/elections/{one}")
+            await page.locator("#winners").wait_for(timeout=WAIT_MS)
+            found = await page.evaluate(CONTRASTS)
+            assert found["text"] >= 4.5, found
+        await page.goto(f"{site}/elections/{election_id}")
+        await page.locator("#winners").wait_for(timeout=WAIT_MS)
+        found = await page.evaluate(CONTRASTS)
+        assert found["winner"], found
+        assert found["others"], found
+        assert not set(found["winner"]) & set(found["others"]), found
+        await _shot(page, "forced-colours")
+    finally:
+        await context.close()
 
 
 async def test_a_wide_overview_on_a_phone_shows_that_it_scrolls(

@@ -157,7 +157,8 @@ def test_the_heat_map_numbers_its_columns_and_keeps_its_natural_size() -> None:
     assert 'class="chart natural"' in chart
     assert 'width="' in chart.split("viewBox")[0]
     assert '<figure class="pair wide" aria-labelledby="heat-map-heading">' in html
-    assert '<div class="chart-scroll" tabindex="0" role="region"' in html
+    # Focusable (to scroll it from the keyboard) only where it overflows: dashboard.js.
+    assert '<div class="chart-scroll" role="region"' in html
 
 
 def test_a_tie_left_standing_is_not_called_winners() -> None:
@@ -169,6 +170,41 @@ def test_a_tie_left_standing_is_not_called_winners() -> None:
     assert "Winners" not in html.split('id="winners"')[1].split("</p>")[0]
     single = results_panel(_document(), "Results")
     assert "<strong>Winner:</strong>" in single
+
+
+def test_an_undecided_tie_is_marked_tied_everywhere() -> None:
+    """Undecided ties were "(winner)" in the bars, the rounds and the option table (review
+    a11y, 3); a tie the tie-break decided still has its winner."""
+    tie = {"options": ["o1", "o2"], "reason": "o1 and o2 tie"}
+    html = results_panel(_document(winners=["o1", "o2"], tie=tie), "Results")
+    assert "(winner)" not in html
+    assert 'class="label winner"' not in html
+    assert html.count("(tied)") == 2 * 3  # two options: the wide bars, the narrow, the table
+    assert 'class="bar tied"' in html
+    rounds = [{"counts": {"o0": 1, "o1": 2, "o2": 2}, "eliminated": ["o0"], "exhausted": 0}]
+    irv = results_panel(_document("irv", rounds=rounds, winners=["o1", "o2"], tie=tie), "R")
+    assert "(winner)" not in irv
+    assert irv.count("<td>tied</td>") == 2
+    decided = results_panel(_document(winners=["o1"], tie=tie), "Results")
+    assert "(tied)" not in decided
+    assert "(winner)" in decided
+
+
+def test_rows_have_headers_and_charts_say_what_they_are() -> None:
+    """Data rows had no header cell, the bar chart's name only repeated "Results" and its
+    heading was a second "Results" under the panel's (review a11y, 5)."""
+    html = results_panel(_document(), "Results")
+    assert '<th scope="row"><bdi>Option 0 xxx</bdi></th>' in html
+    assert '<h3 id="chart-votes-heading">Votes per option</h3>' in html
+    assert (
+        'aria-label="Bar chart: Votes per option. The figures are in the table that follows."'
+        in html
+    )
+    assert html.count(">Results</h") == 1  # the panel's own heading only
+    rounds = [{"counts": {"o0": 1, "o1": 2, "o2": 3}, "eliminated": ["o0"], "exhausted": 0}]
+    irv = results_panel(_document("irv", rounds=rounds), "Results")
+    table = irv.split('id="rounds"')[1].split("</table>")[0]
+    assert '<tr><th scope="row" class="num">1</th>' in table
 
 
 def test_star_says_who_advances_and_what_the_runoff_could_not_count() -> None:

@@ -45,7 +45,8 @@ def test_an_option_the_shown_stages_excluded_is_out_though_a_tie_makes_it_a_winn
     html = _page([*votes, Ranking(("c", "a"))])
     assert 'data-winners="c a d"' in html
     rows = re.findall(r"<tr>(.*?)</tr>", html.split('id="stages"')[1].split("</table>")[0])
-    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows[1:]]  # past the header
+    # Past the header row; each row's first cell (the stage) is its header.
+    cells = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row) for row in rows[1:]]
     # Stage, Action, A, B, C, D, Non-transferable, Elected, Excluded
     assert [row[2:6] for row in cells[1:]] == [
         [_count(1, "a"), "out", "elected", _count(1, "d")],
