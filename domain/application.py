@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import random
@@ -91,6 +92,11 @@ class VotingApplication(Application[UUID]):
         # it may be stale (a close seen by a ballot, a gap) and reloaded on use, but an
         # election is never deleted, so a listing goes by these.
         self.known: set[UUID] = set()
+        # The same, in creation order (``creation_order``), kept as they become known, so
+        # that a listing's page reads its own elections only: it read and sorted every
+        # election for each page (1.4 s at 50,000 elections, on the event loop: the soak
+        # review).
+        self._in_order: list[tuple[datetime, UUID]] = []
         # The next catch-up for an election (an unknown voter token, a ballot to a draft),
         # not started yet (all those meanwhile wait for it), and when the last one started.
         self._token_reloads: dict[UUID, asyncio.Task[None]] = {}
@@ -114,7 +120,7 @@ class VotingApplication(Application[UUID]):
         election = Election.start(validate_title(title), rules)
         receipt = await self._commit(election)
         self.elections[election.id] = election
-        self.known.add(election.id)
+        self._know(election)
         return receipt
 
     async def open_election(self, election_id: UUID) -> Receipt:
@@ -137,7 +143,7 @@ class VotingApplication(Application[UUID]):
         if loaded is None:
             raise ElectionNotFound(election_id)
         self.elections[election_id] = loaded
-        self.known.add(election_id)
+        self._know(loaded)
         return loaded
 
     async def token_holder_election(self, election_id: UUID, credential: str) -> Election:
@@ -208,21 +214,45 @@ class VotingApplication(Application[UUID]):
         if fresh is not None and (cached is None or fresh.version > cached.version):
             self.elections[election_id] = fresh
 
+    def _know(self, election: Election) -> None:
+        if election.id not in self.known:
+            self.known.add(election.id)
+            bisect.insort(self._in_order, creation_order(election))
+
     async def every_election(self) -> list[Election]:
         """Every election this process knows of, oldest first (by ``creation_order``); one
         whose cached state was dropped is read from the store again (before, a listing left
         it out)."""
-        elections = []
-        for election_id in list(self.known):
+        return await self.elections_after(None, limit=None)
+
+    async def elections_after(
+        self,
+        after: tuple[datetime, UUID] | None,
+        *,
+        limit: int | None,
+        wanted: Callable[[Election], bool] = lambda _: True,
+    ) -> list[Election]:
+        """Up to ``limit`` of the elections this process knows of that come after ``after``
+        in creation order and are ``wanted``, oldest first, reading only those it passes
+        (a listing's page, not every election). One that cannot be read is left out and
+        said; a store that is away raises."""
+        start = 0 if after is None else bisect.bisect_right(self._in_order, after)
+        found: list[Election] = []
+        for _, election_id in self._in_order[start:]:
+            if limit is not None and len(found) == limit:
+                break
             try:
-                elections.append(await self.election(election_id))
+                election = await self.election(election_id)
             except (StoreUnavailable, PersistenceError):
                 raise
             except Exception as error:  # one unreadable election does not hide the others
                 log.error(
                     "election %s cannot be read, left out of the listing: %s", election_id, error
                 )
-        return sorted(elections, key=creation_order)
+                continue
+            if wanted(election):
+                found.append(election)
+        return found
 
     def observe(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
         """Bring cached elections up to date with election events read from the log."""
@@ -231,7 +261,7 @@ class VotingApplication(Application[UUID]):
                 created = cast(Election, domain_event.mutate(None))
                 if created.id not in self.known:
                     self.elections[created.id] = created
-                    self.known.add(created.id)
+                    self._know(created)
                 continue
             cached = self.elections.get(domain_event.originator_id)
             if cached is None or domain_event.originator_version <= cached.version:
@@ -257,7 +287,7 @@ class VotingApplication(Application[UUID]):
                     ) from None
                 continue
             self.elections[election_id] = election
-            self.known.add(election_id)
+            self._know(election)
             return receipt
         raise AssertionError("unreachable")  # pragma: no cover
 

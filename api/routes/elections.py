@@ -272,13 +272,10 @@ async def list_elections(request: Request) -> Response:
     services = context.services(request)
     await services.feed.complete()
     after = await _cursor(services.app, request.query_params.get("after"))
-    elections = await services.app.every_election()
-    wanted = [
-        election
-        for election in elections
-        if (after is None or creation_order(election) > after)
-        and (status is None or election.status.value == status)
-    ]
+    # One more than the page: whether there is a next one.
+    wanted = await services.app.elections_after(
+        after, limit=limit + 1, wanted=lambda e: status is None or e.status.value == status
+    )
     page = wanted[:limit]
     headers: dict[str, str] = {}
     next_page: str | None = None
