@@ -17,6 +17,7 @@ from api import context, documents
 from api.contract import Operation, Param, operation
 from api.responses import JSONResponse, problem
 from domain.errors import Conflict, NotFound
+from infra.runtime.shared_metrics import child_exited
 from projections import PROJECTIONS
 from projections.rebuild import rebuild_running, running_detail
 from projections.status import projection_status
@@ -164,6 +165,11 @@ async def _start(
         raise
     finally:
         os.close(writable)  # the child's copy alone: its exit is our end of file
+    # Its live gauges (prometheus-client's multiprocess files) stop counting at its exit:
+    # only the supervisor's own children were marked dead (the soak review).
+    watcher = asyncio.create_task(_metrics_dropped_at_exit(child))
+    _WATCHERS.add(watcher)
+    watcher.add_done_callback(_WATCHERS.discard)
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(readable, "rb", buffering=0)
@@ -186,6 +192,14 @@ async def _start(
         raise
     finally:
         transport.close()
+
+
+_WATCHERS: set[asyncio.Task[None]] = set()
+
+
+async def _metrics_dropped_at_exit(child: asyncio.subprocess.Process) -> None:
+    await child.wait()
+    child_exited(child.pid)
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:

@@ -8,6 +8,7 @@ that exits has its live gauges dropped, and the folder goes when the supervisor 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,3 +32,12 @@ class SharedMetrics:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def child_exited(pid: int) -> None:
+    """As ``SharedMetrics.process_exited``, from any process of the folder's (an API process
+    whose own child, a rebuild started over HTTP, exited): its live gauges no longer count
+    in the sums. Nothing where the metrics are not shared."""
+    folder = os.environ.get(VARIABLE)
+    if folder:
+        multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]

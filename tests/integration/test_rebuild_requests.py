@@ -220,3 +220,27 @@ async def test_an_earlier_child_slow_to_exit_is_stopped_not_left_untracked(
             if child.returncode is None:
                 child.kill()
                 await child.wait()
+
+
+async def test_a_rebuild_child_s_live_gauges_stop_counting_at_its_exit(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A rebuild started over HTTP shares the API's metrics folder (its progress is
+    scraped); its live gauges' files stayed there after it exited, summed into every scrape
+    for as long as `serve` ran: only the supervisor's own children were marked dead (the
+    soak review). The API process that started it now marks it dead at its exit."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    before = (await _catalog(http))["version"]
+    response = await http.post("/api/admin/projections/catalog/rebuild", headers=bearer(OPERATOR))
+    assert response.status_code == 202, response.text
+    await _rebuilt(http, before)
+    ours = f"_{os.getpid()}.db"
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        files = [p.name for p in tmp_path.iterdir() if not p.name.endswith(ours)]
+        live = [name for name in files if name.startswith("gauge_live")]
+        if files and not live:
+            break
+        assert asyncio.get_running_loop().time() < deadline, files
+        await asyncio.sleep(0.1)
+    assert any(name.startswith("counter_") for name in files), files  # it wrote its own
