@@ -170,6 +170,7 @@ class Ingester:
         self._channel: AbstractChannel | None = None
         self._connection: AbstractRobustConnection | None = None
         self._forwarding: AbstractChannel | None = None  # refusals' (_forwarder)
+        self._undeclared_said = -60.0  # monotonic: the refused queue's declare refused, said
         self._unanswered = _Unanswered()
 
     async def run(self) -> None:
@@ -477,8 +478,34 @@ class Ingester:
                 # After a failure: the refused queue, its binding or the exchange may have
                 # been deleted (a return, NO_ROUTE, or NOT_FOUND); declared once at start,
                 # they would be missing for ever and the batch held for ever.
-                await asyncio.wait_for(self.queues.declare_refused(channel), DEPTH_EVERY)
+                await self._declare_refused(channel)
         return await self._forwarding.get_exchange(self.queues.dead_letter_exchange, ensure=False)
+
+    async def _declare_refused(self, channel: AbstractChannel) -> None:
+        """Declare the refused queue, its binding and exchange again on ``channel``. One
+        that an operator made again with other arguments (a classic queue, a length limit)
+        refuses the declare (PRECONDITION_FAILED) and closes the channel: that is said (an
+        ERROR a minute at most), and the refusal is tried on a new channel as it is, as it
+        was before this declare (the merge review: declared again and again, the batch was
+        held until the broker's consumer_timeout)."""
+        try:
+            await asyncio.wait_for(self.queues.declare_refused(channel), DEPTH_EVERY)
+        except Exception as error:  # the refusal itself says whether it is taken
+            now = time.monotonic()
+            if now - self._undeclared_said >= 60:
+                self._undeclared_said = now
+                log.error(
+                    "ingest: %s cannot be declared as this consumer declares it (%s); "
+                    "refusals are sent to it as it is",
+                    self.queues.refused,
+                    abandoned_reason(error),
+                )
+            with contextlib.suppress(Exception):
+                await channel.close()
+            assert self._connection is not None
+            channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._forwarding = channel
+            await asyncio.wait_for(channel.initialize(), DEPTH_EVERY)
 
     async def _answer(self, delivery: Delivery) -> None:
         """Reply to the message's ``reply_to``: best-effort. The ballots' outcome is in the
@@ -693,15 +720,22 @@ def abandoned_reason(error: BaseException) -> str:
     causes of ``error``: aiormq's exceptions carry the close frame, whose str says nothing."""
     seen: list[str] = []
     cause: BaseException | None = error
-    while cause is not None and len(seen) < 4:
+    for _ in range(4):
+        if cause is None:
+            break
         frame = cause.args[0] if cause.args else None
         text = getattr(frame, "reply_text", None)
         if text is not None:
-            seen.append(f"{getattr(frame, 'reply_code', '?')} {text}")
-        elif str(cause).strip():
-            seen.append(str(cause).strip())
-        elif cause is not error:
-            seen.append(type(cause).__name__)
+            said = f"{getattr(frame, 'reply_code', '?')} {text}"
+        else:
+            try:
+                said = str(cause).strip()
+            except Exception:  # (aiormq's DeliveryError with no frame cannot say itself)
+                said = ""
+            if not said and cause is not error:
+                said = type(cause).__name__
+        if said and said not in seen:  # (a close and its context often say the same)
+            seen.append(said)
         cause = cause.__cause__ or cause.__context__
     return ": ".join(seen) or "its channel closed"
 

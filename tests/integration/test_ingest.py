@@ -996,6 +996,40 @@ async def test_a_refusal_with_no_queue_to_go_to_declares_it_again_and_is_forward
         await delete_queues(queue)
 
 
+async def test_a_refused_queue_made_again_with_other_arguments_still_takes_refusals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a failed refusal the forwarder declares the refused queue again; one an
+    operator made again as a classic queue (bound as before) refuses that declare, which
+    closes the channel, and every retry declared again: the batch held until the broker's
+    consumer_timeout (the merge review). The mismatch is said, and the refusal goes to the
+    queue as it is, on a new channel."""
+    queue = f"t-{uuid.uuid4().hex[:8]}.ballots"
+    queues = IngestQueues(queue)
+    ingester = Ingester(None, None, AMQP_URL, queue)  # type: ignore[arg-type]
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    try:
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            dead = await channel.declare_exchange(
+                queues.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            classic = await channel.declare_queue(queues.refused, durable=True)  # not quorum
+            await classic.bind(dead, routing_key=queues.refused)
+            ingester._connection = connection
+            exchange = await ingester._forwarder(fresh=True)
+            await exchange.publish(aio_pika.Message(b"refusal"), routing_key=queues.refused)
+            assert await queue_depth(queues.refused) == 1
+            said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(said) == 1, said
+            assert f"{queues.refused} cannot be declared" in said[0]
+            assert "PRECONDITION_FAILED" in said[0] or "inequivalent" in said[0], said[0]
+            if ingester._forwarding is not None:
+                await ingester._forwarding.close()
+    finally:
+        await delete_queues(queue)
+
+
 async def _exists(name: str) -> bool:
     try:
         await queue_depth(name)
