@@ -95,7 +95,7 @@ def results_panel(document: dict[str, Any], title: str) -> str:
     labels = {o["id"]: o["label"] for o in document["options"]}
     method = document["method"]
     parts = [
-        f'<h2 id="results-heading">{e(title)}</h2>',
+        f'<h2 id="results-heading" dir="auto">{e(title)}</h2>',
         _standing(document),
         _winners(document, labels),
     ]

@@ -199,7 +199,10 @@ _WATCHERS: set[asyncio.Task[None]] = set()
 
 async def _metrics_dropped_at_exit(child: asyncio.subprocess.Process) -> None:
     await child.wait()
-    child_exited(child.pid)
+    try:
+        child_exited(child.pid)
+    except OSError as error:  # (the folder going with the supervisor meanwhile)
+        log.warning("rebuild process %d: its metrics could not be dropped: %s", child.pid, error)
 
 
 async def _stop(child: asyncio.subprocess.Process) -> None:

@@ -304,8 +304,9 @@
     const appearing = form.hidden;
     form.hidden = false;
     forgetButton.hidden = !token();
-    why.textContent = (isPublic ? "That token was not accepted here." : need) +
-      " It is kept only for this browser session.";
+    // (On a public page the refusal itself is the alert's: said here too, it was heard
+    // twice, the field being described by both.)
+    why.textContent = (isPublic ? "" : need + " ") + "It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
       if (appearing) field.focus();
@@ -318,12 +319,18 @@
   // that token read up but says it is no longer updating, and asks for a token at once.
   function denied(status, sent) {
     forget();
-    if (isPublic) { // read on without it, focus kept on the field to give another
+    if (isPublic) { // read on without it
+      // A token just given is said to be refused, and focus kept on the field to give
+      // another; one kept from before (expired, or refused elsewhere) is forgotten quietly:
+      // a public page took focus for it as it loaded (the merge review).
+      const given = focusOnShow;
       focusOnShow = false;
       askForToken(true);
-      invalid("That token was not accepted: enter another one. Elections with public " +
-        "results are listed without one.");
-      field.focus();
+      if (given) {
+        invalid("That token was not accepted: enter another one. Public results are " +
+          "shown without one.");
+        field.focus();
+      }
       return true;
     }
     waiting = true;

@@ -778,6 +778,26 @@ async def test_a_refused_token_on_the_overview_is_said_and_keeps_focus(
     assert await page.locator("#token-error").get_attribute("role") == "alert"
 
 
+async def test_a_stale_token_on_a_public_page_is_forgotten_without_taking_focus(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A token kept in the session from before (expired, or refused elsewhere) made a public
+    results page move focus into the token field as it loaded, and raise an alert about a
+    token the reader had not just given (the merge review): it is forgotten quietly, and
+    the public results are shown."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(site + "/")
+    await page.evaluate("sessionStorage.setItem('cardinal-token', 'stale-token')")
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    await page.wait_for_function(
+        "sessionStorage.getItem('cardinal-token') === null", timeout=WAIT_MS
+    )
+    assert await page.evaluate("document.activeElement.id") != "token"
+    assert await page.locator("#token-error").inner_text() == ""
+    assert await page.locator("#token").get_attribute("aria-invalid") is None
+
+
 async def test_an_empty_token_is_said_not_ignored(
     voting: VotingClient, site: str, page: Page
 ) -> None:
