@@ -162,8 +162,8 @@ def _overview_html(document: dict[str, Any]) -> str:
         )
         rows.append(
             f'<tr data-election="{e(election["id"])}">'
-            f'<td class="title"><a href="/elections/{e(election["id"])}">'
-            f"<bdi>{e(election['title'])}</bdi></a></td>"
+            f'<th scope="row" class="title"><a href="/elections/{e(election["id"])}">'
+            f"<bdi>{e(election['title'])}</bdi></a></th>"
             f"<td>{e(election['status'])}</td><td>{e(election['method'])}</td>"
             f'<td data-figure="ballot_entries">{shown}'
             f"</td><td>{state}</td></tr>"

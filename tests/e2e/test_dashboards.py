@@ -283,6 +283,9 @@ async def test_the_overview_lists_elections_and_passes_axe(
     assert await row.locator("[data-figure=ballot_entries]").inner_text() == str(
         len(BALLOTS["plurality"])
     )
+    # Each row is headed by its election's title (review a11y: a screen reader read the
+    # figures of a row without the election they belong to).
+    assert await row.locator('th[scope="row"]').inner_text() == "Lunch vote (plurality)"
     await _shot(page, "overview")
     assert await _scan(page) == []
 
@@ -1041,7 +1044,7 @@ async def test_a_long_title_does_not_widen_the_overview(
             )
             assert await screen.evaluate("document.documentElement.scrollWidth") <= width
             title = await screen.evaluate(
-                f"""document.querySelector('tr[data-election="{election["id"]}"] td')
+                f"""document.querySelector('tr[data-election="{election["id"]}"] th')
                     .getBoundingClientRect().right"""
             )
             assert title <= width, width
