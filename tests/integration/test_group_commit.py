@@ -370,6 +370,24 @@ async def test_bookkeeping_that_fails_after_a_commit_costs_no_caller_its_answer(
     assert len([r for r in caplog.records if "metrics failed" in r.getMessage()]) == 1
 
 
+def _failing_at_first(
+    writer: GroupCommitWriter, times: int, monkeypatch: pytest.MonkeyPatch
+) -> GroupCommitWriter:
+    """``writer``, whose first ``times`` commits raise (a bug in the writer thread)."""
+    real = writer._commit_with_retries
+    failures = 0
+
+    def failing(batch: list[Append]) -> list[Outcome]:
+        nonlocal failures
+        if failures < times:
+            failures += 1
+            raise RuntimeError("a bug in the writer")
+        return real(batch)
+
+    monkeypatch.setattr(writer, "_commit_with_retries", failing)
+    return writer
+
+
 async def test_a_writer_that_fails_answers_its_batch_and_carries_on(
     store: tuple[str, VotingApplication], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -379,18 +397,7 @@ async def test_a_writer_that_fails_answers_its_batch_and_carries_on(
     come after its commit: never a 2xx, never a false "not recorded"), and the thread goes
     on."""
     url, app = store
-    writer = GroupCommitWriter(app, url)
-    real = writer._commit_with_retries
-    failures = 0
-
-    def fails_once(batch: list[Append]) -> list[Outcome]:
-        nonlocal failures
-        if failures == 0:
-            failures += 1
-            raise RuntimeError("a bug in the writer")
-        return real(batch)
-
-    monkeypatch.setattr(writer, "_commit_with_retries", fails_once)
+    writer = _failing_at_first(GroupCommitWriter(app, url), 1, monkeypatch)
     writer.start()
     try:
         election = str(uuid4())
@@ -411,18 +418,7 @@ async def test_a_writer_that_fails_again_and_again_logs_one_traceback_a_minute(
     """A writer failing at every batch wrote a traceback every PROBE_INTERVAL (the merge
     review): one a minute now; each batch is still answered."""
     url, app = store
-    writer = GroupCommitWriter(app, url)
-    real = writer._commit_with_retries
-    failures = 0
-
-    def fails_thrice(batch: list[Append]) -> list[Outcome]:
-        nonlocal failures
-        if failures < 3:
-            failures += 1
-            raise RuntimeError("a bug in the writer")
-        return real(batch)
-
-    monkeypatch.setattr(writer, "_commit_with_retries", fails_thrice)
+    writer = _failing_at_first(GroupCommitWriter(app, url), 3, monkeypatch)
     writer.start()
     try:
         election = str(uuid4())
