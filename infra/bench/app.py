@@ -7,10 +7,11 @@ hand-off and its statements, receipts. `bench http` measures the whole stack on 
 cores; this one moves much less from run to run, and says where a change to the API went.
 
 Reports CPU µs per ballot (process time: the event loop and the writer thread), ballots/s,
-and with ``--profile N`` the N functions that take most of it (cProfile, which slows
-everything down about twofold: compare shares, not times). Every ballot must be answered
-with its receipt, and the log must then hold exactly the ballots answered: else the run
-fails.
+the process's context switches per ballot (every thread's: each a wake-up the machine
+charges for, such as one thread handing the GIL to another), and with ``--profile N`` the N
+functions that take most of it (cProfile, which slows everything down about twofold:
+compare shares, not times). Every ballot must be answered with its receipt, and the log
+must then hold exactly the ballots answered: else the run fails.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import pstats
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -80,7 +82,8 @@ async def _run(args: argparse.Namespace) -> int:
     console.print(
         f"{figures['ballots']:,} ballots ({figures['mode']}): "
         f"[bold]{figures['cpu_us_per_ballot']} µs CPU per ballot[/bold], "
-        f"{figures['ballots_per_second']:,.0f} ballots/s"
+        f"{figures['ballots_per_second']:,.0f} ballots/s, "
+        f"{figures['context_switches_per_ballot']} context switches per ballot"
     )
     print(json.dumps({"bench": "app", **figures}))
     return 0
@@ -101,13 +104,14 @@ async def _measure(app: Any, args: argparse.Namespace) -> dict[str, Any]:
         TextColumn("ballots"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
     ) as bar:
         task = bar.add_task("ballots", total=requests * per_request)
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, wall, switches = time.process_time(), time.perf_counter(), _switches()
         if profile is not None:
             profile.enable()
         await _drive(app, path, "v", requests, args, done=lambda n: bar.advance(task, n))
         if profile is not None:
             profile.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        switches = _switches() - switches
     ballots = requests * per_request
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
@@ -118,7 +122,23 @@ async def _measure(app: Any, args: argparse.Namespace) -> dict[str, Any]:
         "ballots": ballots,
         "cpu_us_per_ballot": round(cpu / ballots * 1e6, 1),
         "ballots_per_second": round(ballots / wall, 1),
+        "context_switches_per_ballot": round(switches / ballots, 2),
     }
+
+
+def _switches() -> int:
+    """This process's context switches so far, every thread's, voluntary or not: each is
+    a wake-up the machine charges for (a thread handing the GIL to another, a wait)."""
+    total = 0
+    for status in Path("/proc/self/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        for line in text.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split(":")[1])
+    return total
 
 
 async def _drive(

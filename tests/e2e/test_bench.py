@@ -201,6 +201,7 @@ def test_the_app_benchmark_counts_what_it_cast(bulk: str) -> None:
     assert report["ballots"] == 1000
     assert report["recorded"] == report["answered"] >= 1000
     assert report["cpu_us_per_ballot"] > 0
+    assert report["context_switches_per_ballot"] >= 0  # read from every thread's status
 
 
 def test_the_machine_benchmark_measures_round_trips_and_wakeups() -> None:
