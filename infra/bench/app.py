@@ -23,7 +23,6 @@ import json
 import pstats
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from api.app import create_app
 from domain.ballot import Ballot
 from infra.bench.projection import _create_database, _drop_database
+from infra.bench.stack import context_switches
 from infra.options import Parser
 from infra.runtime.settings import Settings
 from infra.store import EVENTS_TABLE
@@ -104,14 +104,14 @@ async def _measure(app: Any, args: argparse.Namespace) -> dict[str, Any]:
         TextColumn("ballots"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
     ) as bar:
         task = bar.add_task("ballots", total=requests * per_request)
-        cpu, wall, switches = time.process_time(), time.perf_counter(), _switches()
+        cpu, wall, switches = time.process_time(), time.perf_counter(), context_switches()
         if profile is not None:
             profile.enable()
         await _drive(app, path, "v", requests, args, done=lambda n: bar.advance(task, n))
         if profile is not None:
             profile.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        switches = _switches() - switches
+        switches = context_switches() - switches
     ballots = requests * per_request
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
@@ -124,21 +124,6 @@ async def _measure(app: Any, args: argparse.Namespace) -> dict[str, Any]:
         "ballots_per_second": round(ballots / wall, 1),
         "context_switches_per_ballot": round(switches / ballots, 2),
     }
-
-
-def _switches() -> int:
-    """This process's context switches so far, every thread's, voluntary or not: each is
-    a wake-up the machine charges for (a thread handing the GIL to another, a wait)."""
-    total = 0
-    for status in Path("/proc/self/task").glob("*/status"):
-        try:
-            text = status.read_text()
-        except OSError:  # a thread that ended meanwhile
-            continue
-        for line in text.splitlines():
-            if "ctxt_switches:" in line:
-                total += int(line.split(":")[1])
-    return total
 
 
 async def _drive(

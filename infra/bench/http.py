@@ -51,7 +51,7 @@ from infra.bench.freshness import FreshnessWatcher
 from infra.bench.http_drive import Load, RunFigures, drive
 from infra.bench.http_report import percentiles, picture, print_table
 from infra.bench.loadgen import LeanConnection, open_election
-from infra.bench.stack import SEPARATE, SERVE, Stack, free_port
+from infra.bench.stack import SEPARATE, SERVE, Stack, context_switches, free_port
 from infra.options import Parser
 from infra.runtime.settings import Settings
 
@@ -245,13 +245,14 @@ async def _one_run(
         watch = asyncio.create_task(watcher.run())
         await watcher.ready.wait()
         bulk = args.bulk if label.startswith("bulk") else 1
-        before = _cpu(stack)
+        before, switched = _cpu(stack), _switches(stack)
         scanned = _rows_scanned(stack.database_url)
         receipts = await drive(_load(args, stack.port, elections, bulk), figures, watcher)
         last = max((p for _, p in receipts), default=0)
         await watcher.wait_for(last, 30)
         # Until the projections have the last ballot: their share is in the budget too.
         figures.cpu_per_ballot(before, _cpu(stack))
+        figures.switches_per_ballot(switched, _switches(stack))
         if figures.accepted:
             scanned = _rows_scanned(stack.database_url) - scanned
             figures.scanned_per_ballot = round(scanned / figures.accepted, 2)
@@ -291,9 +292,10 @@ async def _reference_run(args: argparse.Namespace) -> RunFigures:
         await _until_listening(port, started)
         console.print(f"[bold]{REFERENCE}[/bold]: {processes} process(es); log in {log}")
         elections = [str(uuid.uuid4()) for _ in range(args.elections)]
-        before = _bare_cpu(started)
+        before, switched = _bare_cpu(started), _bare_switches(started)
         await drive(_load(args, port, elections, 1), figures, None)
         figures.cpu_per_ballot(before, _bare_cpu(started))
+        figures.switches_per_ballot(switched, _bare_switches(started))
     finally:
         for process in started:
             process.terminate()
@@ -431,6 +433,16 @@ def _cpu(stack: Stack) -> dict[str, float]:
     """CPU seconds so far of each stack role, PostgreSQL's backends and this process."""
     times = os.times()
     return {**stack.cpu_seconds(), "load generator": times.user + times.system}
+
+
+def _switches(stack: Stack) -> dict[str, int]:
+    """Context switches so far of each stack role, PostgreSQL's backends and this process."""
+    return {**stack.context_switches(), "load generator": context_switches()}
+
+
+def _bare_switches(processes: list[subprocess.Popen[bytes]]) -> dict[str, int]:
+    spent = sum(context_switches(process.pid) for process in processes)
+    return {"bare endpoint": spent, "load generator": context_switches()}
 
 
 def _bare_cpu(processes: list[subprocess.Popen[bytes]]) -> dict[str, float]:

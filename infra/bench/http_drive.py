@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ class RunFigures:
     unseen: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_us_per_ballot: dict[str, float] = field(default_factory=dict)
+    context_switches_per_ballot: dict[str, float] = field(default_factory=dict)
     scanned_per_ballot: float | None = None  # rows PostgreSQL read by whole-table scans
     counted_once: bool | None = None
     matches_recount: bool | None = None
@@ -65,15 +66,25 @@ class RunFigures:
 
     def cpu_per_ballot(self, before: dict[str, float], after: dict[str, float]) -> None:
         """Each role's CPU time between two readings, in µs per accepted ballot."""
+        self.cpu_us_per_ballot = self._per_ballot(before, after, 1e6)
+
+    def switches_per_ballot(self, before: dict[str, int], after: dict[str, int]) -> None:
+        """Each role's context switches between two readings, per accepted ballot."""
+        self.context_switches_per_ballot = self._per_ballot(before, after, 1, digits=2)
+
+    def _per_ballot(
+        self, before: Mapping[str, float], after: Mapping[str, float], scale: float, digits: int = 1
+    ) -> dict[str, float]:
         if not self.accepted:
-            return
-        for role, seconds in after.items():
+            return {}
+        shares: dict[str, float] = {}
+        for role, spent in after.items():
             if role not in before and role in OUTLIVE_THE_STACK:
                 continue  # not seen at the start: its whole life is not this run's
-            spent = seconds - before.get(role, 0.0)
-            self.cpu_us_per_ballot[role] = round(spent / self.accepted * 1e6, 1)
-        stack = [v for k, v in self.cpu_us_per_ballot.items() if not k.startswith("load generator")]
-        self.cpu_us_per_ballot["total (without the load generator)"] = round(sum(stack), 1)
+            shares[role] = round((spent - before.get(role, 0)) / self.accepted * scale, digits)
+        stack = [v for k, v in shares.items() if not k.startswith("load generator")]
+        shares["total (without the load generator)"] = round(sum(stack), digits)
+        return shares
 
     def refuse(self, status: int, detail: str) -> None:
         self.refused[status] = self.refused.get(status, 0) + 1
@@ -106,6 +117,7 @@ class RunFigures:
             "not_visible": self.unseen,
             "peak_rss_mb": self.peak_rss_mb,
             "cpu_us_per_ballot": self.cpu_us_per_ballot,
+            "context_switches_per_ballot": self.context_switches_per_ballot,
             "rows_scanned_per_ballot": self.scanned_per_ballot,
             "counted_once": self.counted_once,
             "matches_recount": self.matches_recount,

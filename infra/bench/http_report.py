@@ -89,6 +89,14 @@ def print_table(runs: list[RunFigures]) -> None:
         rows.append(
             (f"CPU µs/ballot {role}", [str(r.cpu_us_per_ballot.get(role, "")) for r in runs])
         )
+    roles = sorted({role for r in runs for role in r.context_switches_per_ballot})
+    for role in roles:
+        rows.append(
+            (
+                f"context switches/ballot {role}",
+                [str(r.context_switches_per_ballot.get(role, "")) for r in runs],
+            )
+        )
     rows.append(
         (
             "rows read by table scans per ballot",

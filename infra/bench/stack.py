@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -259,18 +259,30 @@ class Stack:
         server's own background processes (WAL writer, checkpointer: the commits' flushes)
         and, where the stack has a broker on this machine, the RabbitMQ node's."""
         spent: dict[str, float] = {}
-
-        def add(role: str, member: psutil.Process) -> None:
+        for role, member in self._members():
             with contextlib.suppress(psutil.Error):
                 times = member.cpu_times()
                 spent[role] = spent.get(role, 0.0) + times.user + times.system
+        return spent
 
+    def context_switches(self) -> dict[str, int]:
+        """Context switches so far of each role, as ``cpu_seconds`` groups them, every
+        thread's: each is a wake-up (or a preemption) the machine charges for."""
+        switches: dict[str, int] = {}
+        for role, member in self._members():
+            switches[role] = switches.get(role, 0) + context_switches(member.pid)
+        return switches
+
+    def _members(self) -> Iterator[tuple[str, psutil.Process]]:
+        """Every process whose work a benchmark counts, with its role."""
         for name, process in self.processes.items():
             with contextlib.suppress(psutil.Error):
                 parent = psutil.Process(process.pid)
-                add(name, parent)
-                for child in parent.children(recursive=True):
-                    add(_role(child), child)
+                family = parent.children(recursive=True)
+                yield name, parent
+                for child in family:
+                    with contextlib.suppress(psutil.Error):
+                        yield _role(child), child
         database = conninfo_to_dict(self.database_url).get("dbname", "")
         names = self._backend_names()
         found = psutil.process_iter(["name", "cmdline", "ppid"])
@@ -278,15 +290,14 @@ class Stack:
         servers = set()
         for backend in postgres:
             if f" {database} " in f"{' '.join(backend.info['cmdline'] or ())} ":
-                add(_backend_role(names.get(backend.pid, "")), backend)
+                yield _backend_role(names.get(backend.pid, "")), backend
                 servers.add(backend.info["ppid"])  # the postmaster
         for helper in postgres:
             command = " ".join(helper.info["cmdline"] or ())
             if helper.info["ppid"] in servers and any(a in command for a in SERVER_BACKGROUND):
-                add("PostgreSQL background", helper)
+                yield "PostgreSQL background", helper
         for node in self._broker_nodes():
-            add("RabbitMQ node", node)
-        return spent
+            yield "RabbitMQ node", node
 
     def _backend_names(self) -> dict[int, str]:
         """Each backend of the stack's database: its application_name (infra/store/names.py)."""
@@ -320,6 +331,21 @@ class Stack:
 # PostgreSQL's own processes that work for every database's commits (shared: a figure of
 # the whole server, which the stack alone uses during a benchmark on this machine).
 SERVER_BACKGROUND = ("walwriter", "checkpointer", "background writer")
+
+
+def context_switches(pid: int | str = "self") -> int:
+    """A process's context switches so far, voluntary or not, summed over its threads
+    (/proc/PID/status alone counts its first thread's); 0 for a process that is gone."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # a thread (or the process) that ended meanwhile
+            continue
+        for line in text.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split(":")[1])
+    return total
 
 
 def _listeners(process: psutil.Process, port: int) -> int:

@@ -85,6 +85,13 @@ def test_a_fixed_number_of_ballots_all_counted_once_batched_and_not(tmp_path: Pa
         cpu = run["cpu_us_per_ballot"]
         stack = sum(v for k, v in cpu.items() if not k.startswith(("load generator", "total")))
         assert abs(cpu["total (without the load generator)"] - stack) < 0.5, cpu
+        # Wake-ups by the same roles: the API's threads and the writer's backend wait on
+        # each other at least once per commit, and there is a commit per ballot unbatched.
+        switches = run["context_switches_per_ballot"]
+        assert switches["serve: api"] > 0, switches
+        assert switches["PostgreSQL backends: writer"] > 0, switches
+        assert set(switches) <= set(cpu), (switches, cpu)
+    assert unbatched["context_switches_per_ballot"]["PostgreSQL backends: writer"] >= 1
     assert batched["label"] == "WRITER_MAX_BATCH=500"
     assert unbatched["label"] == "WRITER_MAX_BATCH=1"
     # The report's rates are rounded to 0.1/s, its ratio comes from the exact ones.
