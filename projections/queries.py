@@ -24,7 +24,10 @@ SELECT
     (SELECT count(*) FROM projection_set_aside s
       WHERE s.name = 'tally' AND s.version = v.version AND s.election_id = %(id)s),
     (SELECT count(*) FROM projection_set_aside s
-      WHERE s.name = 'tally' AND s.version = v.version AND s.election_id IS NULL)
+      WHERE s.name = 'tally' AND s.version = v.version AND s.election_id IS NULL),
+    CASE WHEN e.election_id IS NULL THEN
+      (SELECT min(notification_id) FROM cardinal_events WHERE originator_id = %(id)s)
+    END
 FROM (SELECT active_version AS version FROM projections WHERE name = 'tally') AS v
 LEFT JOIN read_models.tally_elections e ON e.election_id = %(id)s
 """
@@ -67,7 +70,13 @@ async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> Tally
         published_counters,
         set_aside,
         unattributed,
+        created,
     ) = row
+    if created is not None:
+        # The tally has not reached the election: nothing is counted yet, which is what
+        # the log says as of its creation, so that is where the document is dated (dated
+        # at the tally's position, before the creation, no audit could re-derive it).
+        position = published_position = max(int(position or 0), int(created))
     return TallySnapshot(
         int(position or 0),
         rules,

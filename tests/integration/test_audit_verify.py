@@ -43,6 +43,7 @@ from infra.store.log import event_type
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
+from projections.queries import tally_snapshot
 from projections.results import recounted_snapshot, results_document
 from projections.runtime import ProjectionRunner
 from tests.databases import SERVER_URL, create_database, drop_database
@@ -1141,6 +1142,39 @@ async def test_a_document_dated_before_its_elections_creation_says_so(store: str
         await _verify_pinned(store, Pinned((), (unknown,)))
     assert found.value.position == 5
     assert "served for an unknown election" in found.value.what
+
+
+async def test_results_served_before_the_tally_reaches_an_election_are_dated_at_its_creation(
+    store: str,
+) -> None:
+    """They were dated at the tally's position, before the creation (0 for readers other
+    than auditors), which no audit can re-derive: a poller that kept the first document it
+    saw failed `verify --served` (mixed-paths review)."""
+    app = open_application(store)
+    writer = GroupCommitWriter(app, store)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "ab"], method="plurality", live_results_step=5
+        )
+        election_id = (await app.create_election("Not projected yet", rules)).id
+        await app.open_election(election_id)
+        status = (await app.election(election_id)).status
+    finally:
+        await writer.stop()
+        app.close()
+    created = _positions(store, "Election.Created")[-1]
+    async with await psycopg.AsyncConnection.connect(store) as conn:
+        snapshot = await tally_snapshot(conn, election_id)
+    assert snapshot.rules is None  # the tally has not reached it: the case at hand
+    documents = [
+        results_document(election_id, snapshot, rules, status=status, exact=exact)
+        for exact in (True, False)
+    ]
+    assert [d["position"] for d in documents] == [created, created]
+    assert all(d["ballots"] == 0 for d in documents)
+    await _verify_pinned(store, Pinned((), tuple(documents)))  # raises on a discrepancy
 
 
 def _created_ids(url: str) -> list[uuid.UUID]:
