@@ -51,6 +51,11 @@ MAX_BALLOTS_PER_VOTER = 16  # in one batch
 # once per this many seconds per election (those meanwhile share the next catch-up): made-up
 # tokens, and ballots to a draft, cost a wait and a small read.
 TOKEN_RELOAD_FLOOR = 0.1
+# Closed elections a process keeps in memory, the least recently used dropped past it
+# (CLOSED_ELECTIONS_CACHED sets it for the service): each holds its electorate, about
+# 2 KiB an election and 140 bytes a voter token, and a process held every election it ever
+# saw (the soak review). Open and draft elections are always kept.
+CLOSED_ELECTIONS_CACHED = 1000
 _SHUFFLE = random.SystemRandom().shuffle
 A = TypeVar("A", bound=Aggregate)
 
@@ -79,7 +84,9 @@ class VotingApplication(Application[UUID]):
 
     Appends go through ``self.writer`` (an EventWriter): by default straight through the
     application's own recorder; the service plugs in its group-commit writer instead.
-    Elections are kept in memory once seen, and kept current by ``observe``.
+    Elections are kept in memory once seen, and kept current by ``observe``: every open
+    and draft one, and the ``closed_cached`` closed ones used last (a closed election can
+    no longer change; one dropped is read from the store again on its next use).
     """
 
     name = "cardinal"
@@ -87,10 +94,16 @@ class VotingApplication(Application[UUID]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
         self.writer: EventWriter = DirectWriter(self)
+        # The draft and open elections (the ballot path's: a hit costs one lookup, as it
+        # did before closed ones were bounded), never dropped for room.
         self.elections: dict[UUID, Election] = {}
-        # Every election this process has seen: an entry of ``elections`` is dropped where
-        # it may be stale (a close seen by a ballot, a gap) and reloaded on use, but an
-        # election is never deleted, so a listing goes by these.
+        # The closed elections kept, least recently used first, at most ``closed_cached``
+        # of them: the rest are read from the store again on use (``election``).
+        self.closed: dict[UUID, Election] = {}
+        self.closed_cached = CLOSED_ELECTIONS_CACHED
+        # Every election this process has seen: an election is dropped from the above
+        # where it may be stale (a close seen by a ballot, a gap) or for room, and
+        # reloaded on use, but it is never deleted from these, so a listing goes by them.
         self.known: set[UUID] = set()
         # The same, in creation order (``creation_order``), kept as they become known, so
         # that a listing's page reads its own elections only: it read and sorted every
@@ -119,7 +132,7 @@ class VotingApplication(Application[UUID]):
     async def create_election(self, title: str, rules: ElectionRules) -> Receipt:
         election = Election.start(validate_title(title), rules)
         receipt = await self._commit(election)
-        self.elections[election.id] = election
+        self._keep(election)
         self._know(election)
         return receipt
 
@@ -139,12 +152,40 @@ class VotingApplication(Application[UUID]):
         cached = self.elections.get(election_id)
         if cached is not None:
             return cached
+        closed = self.closed.pop(election_id, None)  # (a ballot's path has returned)
+        if closed is not None:
+            self.closed[election_id] = closed  # now the most recently used
+            return closed
         loaded = await self.writer.load_election(election_id)
         if loaded is None:
             raise ElectionNotFound(election_id)
-        self.elections[election_id] = loaded
+        self._keep(loaded)
         self._know(loaded)
         return loaded
+
+    def _keep(self, election: Election) -> None:
+        """Hold this state of the election: a draft or open one for good, a closed one
+        as the most recently used, dropping the least recently used past the bound."""
+        if election.status is not ElectionStatus.CLOSED:
+            self.elections[election.id] = election
+            return
+        self.elections.pop(election.id, None)
+        self.closed.pop(election.id, None)
+        self.closed[election.id] = election
+        while len(self.closed) > self.closed_cached:
+            dropped = next(iter(self.closed))
+            del self.closed[dropped]
+            self._token_reloaded_at.pop(dropped, None)
+
+    def forget(self, election_id: UUID) -> None:
+        """Drop this process's state of the election (it may be stale): the next use
+        reads it from the store. It stays known (listed)."""
+        self.elections.pop(election_id, None)
+        self.closed.pop(election_id, None)
+
+    def held(self) -> int:
+        """How many elections this process holds in memory."""
+        return len(self.elections) + len(self.closed)
 
     async def token_holder_election(self, election_id: UUID, credential: str) -> Election:
         """The election, if the voter token of this credential was issued for it; else
@@ -210,9 +251,9 @@ class VotingApplication(Application[UUID]):
             await self.catch_up()
             return
         fresh = await self.writer.load_election(election_id)
-        cached = self.elections.get(election_id)
+        cached = self.elections.get(election_id) or self.closed.get(election_id)
         if fresh is not None and (cached is None or fresh.version > cached.version):
-            self.elections[election_id] = fresh
+            self._keep(fresh)
 
     def _know(self, election: Election) -> None:
         if election.id not in self.known:
@@ -263,11 +304,14 @@ class VotingApplication(Application[UUID]):
                     self.elections[created.id] = created
                     self._know(created)
                 continue
+            # (A closed election has no later events: one not held is read on use.)
             cached = self.elections.get(domain_event.originator_id)
             if cached is None or domain_event.originator_version <= cached.version:
                 continue
             if domain_event.originator_version == cached.version + 1:
                 domain_event.mutate(cached)  # type: ignore[attr-defined]
+                if cached.status is ElectionStatus.CLOSED:
+                    self._keep(cached)  # now among the closed ones, bounded
             else:
                 # A gap: reload on next use rather than guess.
                 del self.elections[domain_event.originator_id]
@@ -286,7 +330,7 @@ class VotingApplication(Application[UUID]):
                         "the election was changed by another request at the same moment; try again"
                     ) from None
                 continue
-            self.elections[election_id] = election
+            self._keep(election)
             self._know(election)
             return receipt
         raise AssertionError("unreachable")  # pragma: no cover
@@ -421,7 +465,7 @@ class VotingApplication(Application[UUID]):
                 met.append((index, cast(Ballot.Cast, events[0]).vote))
             elif isinstance(result, Exception):
                 if isinstance(result, ElectionNotOpen):
-                    self.elections.pop(election_id, None)
+                    self.forget(election_id)
                 outcomes[index] = result
                 if _retryable(result):
                     _hold_back(later.pop(ballots[index][0].ballot_key), outcomes)
@@ -656,7 +700,7 @@ class VotingApplication(Application[UUID]):
         try:
             return await append
         except ElectionNotOpen:
-            self.elections.pop(election_id, None)
+            self.forget(election_id)
             raise
 
     async def _commit(self, aggregate: Aggregate) -> Receipt:

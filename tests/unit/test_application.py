@@ -405,8 +405,10 @@ async def test_observe_keeps_a_second_process_view_current() -> None:
     reader_app.observe(
         [writer_app.mapper.to_domain_event(n) for n in _notifications(writer_app)]
     )  # replays are ignored; only the new Closed event applies
-    assert reader_app.elections[election_id].status is ElectionStatus.CLOSED
-    assert reader_app.elections[election_id].version == 3
+    # (now among the closed ones, out of the ballot path's elections)
+    assert election_id not in reader_app.elections
+    assert reader_app.closed[election_id].status is ElectionStatus.CLOSED
+    assert reader_app.closed[election_id].version == 3
 
 
 async def test_observe_drops_an_election_it_cannot_follow() -> None:
