@@ -72,6 +72,17 @@ class Receipt:
     digest: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DroppedElection:
+    """A closed election this process holds no more (``CLOSED_ELECTIONS_CACHED``): what
+    the overview needs of it, kept so that going through every election reads none of
+    those again. (Its status is closed for good; its rules, and so ``public_results``,
+    were pinned at its creation.)"""
+
+    id: UUID
+    public_results: bool
+
+
 def creation_order(election: Election) -> tuple[datetime, UUID]:
     """Oldest first, and a total order: two elections created in the same microsecond (or
     by processes whose clocks disagree) still have one order, the one a listing's pages
@@ -101,6 +112,9 @@ class VotingApplication(Application[UUID]):
         # of them: the rest are read from the store again on use (``election``).
         self.closed: dict[UUID, Election] = {}
         self.closed_cached = CLOSED_ELECTIONS_CACHED
+        # Those dropped for room, each with whether its results are public (a listing by
+        # status and the overview pass them over without reading them).
+        self.dropped: dict[UUID, bool] = {}
         # Every election this process has seen: an election is dropped from the above
         # where it may be stale (a close seen by a ballot, a gap) or for room, and
         # reloaded on use, but it is never deleted from these, so a listing goes by them.
@@ -171,10 +185,11 @@ class VotingApplication(Application[UUID]):
             return
         self.elections.pop(election.id, None)
         self.closed.pop(election.id, None)
+        self.dropped.pop(election.id, None)
         self.closed[election.id] = election
         while len(self.closed) > self.closed_cached:
             dropped = next(iter(self.closed))
-            del self.closed[dropped]
+            self.dropped[dropped] = self.closed.pop(dropped).rules.public_results
             self._token_reloaded_at.pop(dropped, None)
 
     def forget(self, election_id: UUID) -> None:
@@ -266,34 +281,57 @@ class VotingApplication(Application[UUID]):
         it out)."""
         return await self.elections_after(None, limit=None)
 
+    async def every_election_or_dropped(self) -> list[Election | DroppedElection]:
+        """Every election this process knows of, oldest first, as ``every_election``, but
+        a closed one dropped for room as a ``DroppedElection``, not read again (the
+        overview goes through every election, and reads only those it shows)."""
+        found: list[Election | DroppedElection] = []
+        for _, election_id in self._in_order:
+            public = self.dropped.get(election_id)
+            if public is not None:
+                found.append(DroppedElection(election_id, public))
+            elif (election := await self._listed(election_id)) is not None:
+                found.append(election)
+        return found
+
     async def elections_after(
         self,
         after: tuple[datetime, UUID] | None,
         *,
         limit: int | None,
         wanted: Callable[[Election], bool] = lambda _: True,
+        status: ElectionStatus | None = None,
     ) -> list[Election]:
         """Up to ``limit`` of the elections this process knows of that come after ``after``
-        in creation order and are ``wanted``, oldest first, reading only those it passes
-        (a listing's page, not every election). One that cannot be read is left out and
-        said; a store that is away raises."""
+        in creation order, are of ``status`` (if given) and are ``wanted``, oldest first,
+        reading only those it passes (a listing's page, not every election), but a closed
+        one dropped for room where ``status`` is another. One that cannot be read is left
+        out and said; a store that is away raises."""
         start = 0 if after is None else bisect.bisect_right(self._in_order, after)
         found: list[Election] = []
+        passed_over = status is not None and status is not ElectionStatus.CLOSED
         for _, election_id in self._in_order[start:]:
             if limit is not None and len(found) == limit:
                 break
-            try:
-                election = await self.election(election_id)
-            except (StoreUnavailable, PersistenceError):
-                raise
-            except Exception as error:  # one unreadable election does not hide the others
-                log.error(
-                    "election %s cannot be read, left out of the listing: %s", election_id, error
-                )
+            if passed_over and election_id in self.dropped:
+                continue  # closed: not read again to be left out
+            election = await self._listed(election_id)
+            if election is None:
                 continue
-            if wanted(election):
+            if (status is None or election.status is status) and wanted(election):
                 found.append(election)
         return found
+
+    async def _listed(self, election_id: UUID) -> Election | None:
+        """The election, for a listing: None (and said) if it cannot be read; a store that
+        is away raises."""
+        try:
+            return await self.election(election_id)
+        except (StoreUnavailable, PersistenceError):
+            raise
+        except Exception as error:  # one unreadable election does not hide the others
+            log.error("election %s cannot be read, left out of the listing: %s", election_id, error)
+            return None
 
     def observe(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
         """Bring cached elections up to date with election events read from the log."""

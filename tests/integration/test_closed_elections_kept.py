@@ -14,6 +14,7 @@ from uuid import UUID
 import httpx
 import pytest
 
+from api.routes import streams
 from domain.application import VotingApplication
 from domain.election import Election
 from infra.store import open_application
@@ -74,6 +75,7 @@ async def _walk(http: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
 
 async def test_closed_elections_past_the_bound_are_dropped_and_answer_the_same(
     two_apis: tuple[httpx.AsyncClient, VotingApplication, httpx.AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bounded, app, reference = two_apis
     voting = VotingClient(bounded)
@@ -93,7 +95,8 @@ async def test_closed_elections_past_the_bound_are_dropped_and_answer_the_same(
         assert tallied.status_code == 200, tallied.text
         made.append((election_id, tokens, retried.json()))
     still_open = await voting.open_election()
-    draft = (await voting.create_election())["id"]
+    created = await voting.create_election()
+    draft, head = created["id"], created["position"]  # the last entry of the log
 
     # Bounded: the open and the draft election are held, and KEPT of the closed ones;
     # every election is still known (listed).
@@ -116,7 +119,9 @@ async def test_closed_elections_past_the_bound_are_dropped_and_answer_the_same(
         for election_id, tokens, receipt in made:
             # As the reference answers it now (its position is the tally's, and the chain's
             # checkpoint after the close comes later: not as answered at the close).
-            assert (await _results(bounded, election_id)) == await _results(reference, election_id)
+            assert (await _results(bounded, election_id, head)) == await _results(
+                reference, election_id, head
+            )
             retried = await voting.cast(election_id, ballot, token=tokens[0], idempotency_key="k")
             assert retried.json() == receipt
             for token in (tokens[0], tokens[1], "cvt_" + "x" * 32):
@@ -142,9 +147,27 @@ async def test_closed_elections_past_the_bound_are_dropped_and_answer_the_same(
     assert _closed_held(app) <= KEPT
     assert len(app.known) == CLOSED + 2
 
+    # A listing of open or draft elections reads no closed one dropped for room, and the
+    # overview reads only those it shows (it read every election for each document).
+    loads.clear()
+    for status in ("open", "draft"):
+        assert await _walk(bounded, status=status) == await _walk(reference, status=status)
+    assert loads == []
+    monkeypatch.setattr(streams, "OVERVIEW_LIMIT", 3)
+    for headers in (bearer(ADMIN), {}):
+        loads.clear()
+        mine = await bounded.get("/overview/panel", headers=headers)
+        theirs = await reference.get("/overview/panel", headers=headers)
+        assert (mine.status_code, mine.text) == (theirs.status_code, theirs.text)
+        assert len(loads) <= 3
+        assert all(str(election_id) in mine.text for election_id in loads)
+    assert _closed_held(app) <= KEPT
 
-async def _results(http: httpx.AsyncClient, election_id: str) -> dict[str, Any]:
-    response = await http.get(f"/api/elections/{election_id}/results", headers=bearer(AUDITOR))
+
+async def _results(http: httpx.AsyncClient, election_id: str, head: int) -> dict[str, Any]:
+    """The results, counted up to the log's last entry (the tally's position is the
+    document's: two reads compared are of one position)."""
+    response = await VotingClient(http).results(election_id, AUDITOR, min_position=head)
     assert response.status_code == 200, response.text
     assert "warning" not in response.headers
     document: dict[str, Any] = response.json()
