@@ -51,6 +51,11 @@ MAX_BALLOTS_PER_VOTER = 16  # in one batch
 # once per this many seconds per election (those meanwhile share the next catch-up): made-up
 # tokens, and ballots to a draft, cost a wait and a small read.
 TOKEN_RELOAD_FLOOR = 0.1
+# Closed elections a process keeps in memory, the least recently used dropped past it
+# (CLOSED_ELECTIONS_CACHED sets it for the service): each holds its electorate, about
+# 2 KiB an election and 140 bytes a voter token, and a process held every election it ever
+# saw (the soak review). Open and draft elections are always kept.
+CLOSED_ELECTIONS_CACHED = 1000
 _SHUFFLE = random.SystemRandom().shuffle
 A = TypeVar("A", bound=Aggregate)
 
@@ -67,6 +72,17 @@ class Receipt:
     digest: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DroppedElection:
+    """A closed election this process holds no more (``CLOSED_ELECTIONS_CACHED``): what
+    the overview needs of it, kept so that going through every election reads none of
+    those again. (Its status is closed for good; its rules, and so ``public_results``,
+    were pinned at its creation.)"""
+
+    id: UUID
+    public_results: bool
+
+
 def creation_order(election: Election) -> tuple[datetime, UUID]:
     """Oldest first, and a total order: two elections created in the same microsecond (or
     by processes whose clocks disagree) still have one order, the one a listing's pages
@@ -79,7 +95,9 @@ class VotingApplication(Application[UUID]):
 
     Appends go through ``self.writer`` (an EventWriter): by default straight through the
     application's own recorder; the service plugs in its group-commit writer instead.
-    Elections are kept in memory once seen, and kept current by ``observe``.
+    Elections are kept in memory once seen, and kept current by ``observe``: every open
+    and draft one, and the ``closed_cached`` closed ones used last (a closed election can
+    no longer change; one dropped is read from the store again on its next use).
     """
 
     name = "cardinal"
@@ -87,10 +105,19 @@ class VotingApplication(Application[UUID]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
         self.writer: EventWriter = DirectWriter(self)
+        # The draft and open elections (the ballot path's: a hit costs one lookup, as it
+        # did before closed ones were bounded), never dropped for room.
         self.elections: dict[UUID, Election] = {}
-        # Every election this process has seen: an entry of ``elections`` is dropped where
-        # it may be stale (a close seen by a ballot, a gap) and reloaded on use, but an
-        # election is never deleted, so a listing goes by these.
+        # The closed elections kept, least recently used first, at most ``closed_cached``
+        # of them: the rest are read from the store again on use (``election``).
+        self.closed: dict[UUID, Election] = {}
+        self.closed_cached = CLOSED_ELECTIONS_CACHED
+        # Those dropped for room, each with whether its results are public (a listing by
+        # status and the overview pass them over without reading them).
+        self.dropped: dict[UUID, bool] = {}
+        # Every election this process has seen: an election is dropped from the above
+        # where it may be stale (a close seen by a ballot, a gap) or for room, and
+        # reloaded on use, but it is never deleted from these, so a listing goes by them.
         self.known: set[UUID] = set()
         # The same, in creation order (``creation_order``), kept as they become known, so
         # that a listing's page reads its own elections only: it read and sorted every
@@ -119,7 +146,7 @@ class VotingApplication(Application[UUID]):
     async def create_election(self, title: str, rules: ElectionRules) -> Receipt:
         election = Election.start(validate_title(title), rules)
         receipt = await self._commit(election)
-        self.elections[election.id] = election
+        self._keep(election)
         self._know(election)
         return receipt
 
@@ -139,12 +166,41 @@ class VotingApplication(Application[UUID]):
         cached = self.elections.get(election_id)
         if cached is not None:
             return cached
+        closed = self.closed.pop(election_id, None)  # (a ballot's path has returned)
+        if closed is not None:
+            self.closed[election_id] = closed  # now the most recently used
+            return closed
         loaded = await self.writer.load_election(election_id)
         if loaded is None:
             raise ElectionNotFound(election_id)
-        self.elections[election_id] = loaded
+        self._keep(loaded)
         self._know(loaded)
         return loaded
+
+    def _keep(self, election: Election) -> None:
+        """Hold this state of the election: a draft or open one for good, a closed one
+        as the most recently used, dropping the least recently used past the bound."""
+        if election.status is not ElectionStatus.CLOSED:
+            self.elections[election.id] = election
+            return
+        self.elections.pop(election.id, None)
+        self.closed.pop(election.id, None)
+        self.dropped.pop(election.id, None)
+        self.closed[election.id] = election
+        while len(self.closed) > self.closed_cached:
+            dropped = next(iter(self.closed))
+            self.dropped[dropped] = self.closed.pop(dropped).rules.public_results
+            self._token_reloaded_at.pop(dropped, None)
+
+    def forget(self, election_id: UUID) -> None:
+        """Drop this process's state of the election (it may be stale): the next use
+        reads it from the store. It stays known (listed)."""
+        self.elections.pop(election_id, None)
+        self.closed.pop(election_id, None)
+
+    def held(self) -> int:
+        """How many elections this process holds in memory."""
+        return len(self.elections) + len(self.closed)
 
     async def token_holder_election(self, election_id: UUID, credential: str) -> Election:
         """The election, if the voter token of this credential was issued for it; else
@@ -210,9 +266,9 @@ class VotingApplication(Application[UUID]):
             await self.catch_up()
             return
         fresh = await self.writer.load_election(election_id)
-        cached = self.elections.get(election_id)
+        cached = self.elections.get(election_id) or self.closed.get(election_id)
         if fresh is not None and (cached is None or fresh.version > cached.version):
-            self.elections[election_id] = fresh
+            self._keep(fresh)
 
     def _know(self, election: Election) -> None:
         if election.id not in self.known:
@@ -225,34 +281,57 @@ class VotingApplication(Application[UUID]):
         it out)."""
         return await self.elections_after(None, limit=None)
 
+    async def every_election_or_dropped(self) -> list[Election | DroppedElection]:
+        """Every election this process knows of, oldest first, as ``every_election``, but
+        a closed one dropped for room as a ``DroppedElection``, not read again (the
+        overview goes through every election, and reads only those it shows)."""
+        found: list[Election | DroppedElection] = []
+        for _, election_id in self._in_order:
+            public = self.dropped.get(election_id)
+            if public is not None:
+                found.append(DroppedElection(election_id, public))
+            elif (election := await self._listed(election_id)) is not None:
+                found.append(election)
+        return found
+
     async def elections_after(
         self,
         after: tuple[datetime, UUID] | None,
         *,
         limit: int | None,
         wanted: Callable[[Election], bool] = lambda _: True,
+        status: ElectionStatus | None = None,
     ) -> list[Election]:
         """Up to ``limit`` of the elections this process knows of that come after ``after``
-        in creation order and are ``wanted``, oldest first, reading only those it passes
-        (a listing's page, not every election). One that cannot be read is left out and
-        said; a store that is away raises."""
+        in creation order, are of ``status`` (if given) and are ``wanted``, oldest first,
+        reading only those it passes (a listing's page, not every election), but a closed
+        one dropped for room where ``status`` is another. One that cannot be read is left
+        out and said; a store that is away raises."""
         start = 0 if after is None else bisect.bisect_right(self._in_order, after)
         found: list[Election] = []
+        passed_over = status is not None and status is not ElectionStatus.CLOSED
         for _, election_id in self._in_order[start:]:
             if limit is not None and len(found) == limit:
                 break
-            try:
-                election = await self.election(election_id)
-            except (StoreUnavailable, PersistenceError):
-                raise
-            except Exception as error:  # one unreadable election does not hide the others
-                log.error(
-                    "election %s cannot be read, left out of the listing: %s", election_id, error
-                )
+            if passed_over and election_id in self.dropped:
+                continue  # closed: not read again to be left out
+            election = await self._listed(election_id)
+            if election is None:
                 continue
-            if wanted(election):
+            if (status is None or election.status is status) and wanted(election):
                 found.append(election)
         return found
+
+    async def _listed(self, election_id: UUID) -> Election | None:
+        """The election, for a listing: None (and said) if it cannot be read; a store that
+        is away raises."""
+        try:
+            return await self.election(election_id)
+        except (StoreUnavailable, PersistenceError):
+            raise
+        except Exception as error:  # one unreadable election does not hide the others
+            log.error("election %s cannot be read, left out of the listing: %s", election_id, error)
+            return None
 
     def observe(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
         """Bring cached elections up to date with election events read from the log."""
@@ -263,11 +342,14 @@ class VotingApplication(Application[UUID]):
                     self.elections[created.id] = created
                     self._know(created)
                 continue
+            # (A closed election has no later events: one not held is read on use.)
             cached = self.elections.get(domain_event.originator_id)
             if cached is None or domain_event.originator_version <= cached.version:
                 continue
             if domain_event.originator_version == cached.version + 1:
                 domain_event.mutate(cached)  # type: ignore[attr-defined]
+                if cached.status is ElectionStatus.CLOSED:
+                    self._keep(cached)  # now among the closed ones, bounded
             else:
                 # A gap: reload on next use rather than guess.
                 del self.elections[domain_event.originator_id]
@@ -286,7 +368,7 @@ class VotingApplication(Application[UUID]):
                         "the election was changed by another request at the same moment; try again"
                     ) from None
                 continue
-            self.elections[election_id] = election
+            self._keep(election)
             self._know(election)
             return receipt
         raise AssertionError("unreachable")  # pragma: no cover
@@ -421,7 +503,7 @@ class VotingApplication(Application[UUID]):
                 met.append((index, cast(Ballot.Cast, events[0]).vote))
             elif isinstance(result, Exception):
                 if isinstance(result, ElectionNotOpen):
-                    self.elections.pop(election_id, None)
+                    self.forget(election_id)
                 outcomes[index] = result
                 if _retryable(result):
                     _hold_back(later.pop(ballots[index][0].ballot_key), outcomes)
@@ -656,7 +738,7 @@ class VotingApplication(Application[UUID]):
         try:
             return await append
         except ElectionNotOpen:
-            self.elections.pop(election_id, None)
+            self.forget(election_id)
             raise
 
     async def _commit(self, aggregate: Aggregate) -> Receipt:

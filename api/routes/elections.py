@@ -21,6 +21,7 @@ from api.responses import JSONResponse
 from api.schemas import ElectionIn, Strict, TokensIn
 from api.views import election_view
 from domain.application import VotingApplication, creation_order
+from domain.election import ElectionStatus
 from domain.errors import ElectionNotFound, InvalidRequest
 from domain.rules import ElectionRules
 from infra.runtime.voters import new_voter_token
@@ -274,7 +275,7 @@ async def list_elections(request: Request) -> Response:
     after = await _cursor(services.app, request.query_params.get("after"))
     # One more than the page: whether there is a next one.
     wanted = await services.app.elections_after(
-        after, limit=limit + 1, wanted=lambda e: status is None or e.status.value == status
+        after, limit=limit + 1, status=None if status is None else ElectionStatus(status)
     )
     page = wanted[:limit]
     headers: dict[str, str] = {}

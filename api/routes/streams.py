@@ -22,7 +22,8 @@ from api.routes.elections import LISTING
 from api.routes.results import current_results, reader
 from api.streams import EventStream, StreamHub
 from api.views import election_view
-from domain.election import ElectionStatus
+from domain.application import DroppedElection
+from domain.election import Election, ElectionStatus
 from domain.rules import ResultsVisibility
 from infra.runtime.bootstrap import Services
 
@@ -105,6 +106,10 @@ async def elections_stream(request: Request) -> Response:
     )
 
 
+def _open(election: Election | DroppedElection) -> bool:
+    return isinstance(election, Election) and election.status is ElectionStatus.OPEN
+
+
 def _expiry(request: Request) -> float | None:
     """When the caller's access token expires (a role or voter token does not)."""
     if "authorization" not in request.headers:
@@ -140,8 +145,16 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
     # shown or not: the position of what is shown could go down, and a stream never
     # moves a reader back.)
     position = max((int(row[3] or 0) for row in rows), default=0) if everyone else 0
-    visible = []
-    for election in await services.app.every_election():
+    visible: list[tuple[Election | DroppedElection, int | None, bool]] = []
+    for election in await services.app.every_election_or_dropped():
+        if isinstance(election, DroppedElection):  # closed, and not read again unless shown
+            if not (everyone or election.public_results):
+                continue
+            entries, closed_at = counts.get(election.id, (0, None))
+            if not everyone:
+                position = max(position, closed_at or 0)
+            visible.append((election, entries, closed_at is not None))
+            continue
         rules = election.rules
         if not (everyone or rules.public_results):
             continue
@@ -159,10 +172,18 @@ async def overview(services: Services, *, everyone: bool) -> dict[str, Any]:
                 position = max(position, closed_at or 0)
         visible.append((election, entries_seen, closed_at is not None))
     visible.reverse()  # the newest first, then (a stable sort) the open ones before
-    visible.sort(key=lambda seen: seen[0].status is not ElectionStatus.OPEN)
+    visible.sort(key=lambda seen: not _open(seen[0]))
     shown = visible[:OVERVIEW_LIMIT]
     elections = [
-        {**election_view(election), "ballot_entries": entries_seen, "final": final}
+        {
+            **election_view(
+                election
+                if isinstance(election, Election)
+                else await services.app.election(election.id)
+            ),
+            "ballot_entries": entries_seen,
+            "final": final,
+        }
         for election, entries_seen, final in shown
     ]
     return {

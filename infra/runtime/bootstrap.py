@@ -184,6 +184,7 @@ async def running_services(
             "(`. .cardinal/env` after `cardinal serve` in development)"
         )
     app = open_application(url)
+    app.closed_cached = settings.closed_elections_cached
     writer = GroupCommitWriter(
         app, url, max_batch=settings.writer_max_batch, max_queue=settings.writer_max_queue
     )

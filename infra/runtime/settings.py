@@ -65,6 +65,11 @@ class Settings:
     # Results streams (Server-Sent Events) one client address may hold open per API process:
     # a dashboard wall's dozen screens fit; one host cannot take a process's connections.
     streams_per_client: int = 32
+    # Closed elections each API and ingest process keeps in memory (the least recently used
+    # are read from the store again on use); open and draft ones are always kept. (The
+    # default is domain.application.CLOSED_ELECTIONS_CACHED, the bound of an application
+    # made without settings.)
+    closed_elections_cached: int = 1000
     # The variable that named the environment (CARDINAL_ENV, or the deployment guide's
     # CARDINAL_VOTE_ENV or ENVIRONMENT), for messages about it.
     env_name: str = field(default="CARDINAL_ENV", compare=False, repr=False)
@@ -104,6 +109,7 @@ class Settings:
             "INGEST_PREFETCH": str(self.ingest_prefetch),
             "INGEST_BATCH": str(self.ingest_batch),
             "STREAMS_PER_CLIENT": str(self.streams_per_client),
+            "CLOSED_ELECTIONS_CACHED": str(self.closed_elections_cached),
         }
         for role in ROLES:
             env[f"CARDINAL_{role.upper()}_TOKEN"] = ",".join(self.tokens_for(role))
@@ -167,6 +173,9 @@ class Settings:
             ingest_prefetch=_int(env, "INGEST_PREFETCH", cls.ingest_prefetch, minimum=1),
             ingest_batch=_int(env, "INGEST_BATCH", cls.ingest_batch, minimum=1),
             streams_per_client=_int(env, "STREAMS_PER_CLIENT", cls.streams_per_client, minimum=1),
+            closed_elections_cached=_int(
+                env, "CLOSED_ELECTIONS_CACHED", cls.closed_elections_cached
+            ),
         )
         settings.check(service=service)
         return settings

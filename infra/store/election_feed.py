@@ -176,7 +176,7 @@ class ElectionFeed:
                     self.app.observe([event])
                 except Exception as error:  # keep following; the election reloads on use
                     log.error("election feed: cannot apply %r: %s", event, error)
-                    self.app.elections.pop(event.originator_id, None)
+                    self.app.forget(event.originator_id)
             self.position = head if len(rows) < PAGE else int(rows[-1][0])
             if self.position < head:
                 cursor = await conn.execute(
@@ -199,7 +199,7 @@ class ElectionFeed:
                     topic,
                     error,
                 )
-                self.app.elections.pop(stream_id, None)
+                self.app.forget(stream_id)
         return events
 
     async def _wait_for_notify(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -85,7 +85,7 @@ async def test_the_feed_catches_up_a_long_backlog_then_follows(
         await writing.close_election(ids[0])
         await _until(
             lambda: (
-                watching.elections[ids[0]].status is ElectionStatus.CLOSED
+                ids[0] in watching.closed  # (only closed ones are there)
                 and watching.elections[ids[-1]].status is ElectionStatus.OPEN
             ),
             "the open and the close did not reach the feed",

@@ -405,8 +405,10 @@ async def test_observe_keeps_a_second_process_view_current() -> None:
     reader_app.observe(
         [writer_app.mapper.to_domain_event(n) for n in _notifications(writer_app)]
     )  # replays are ignored; only the new Closed event applies
-    assert reader_app.elections[election_id].status is ElectionStatus.CLOSED
-    assert reader_app.elections[election_id].version == 3
+    # (now among the closed ones, out of the ballot path's elections)
+    assert election_id not in reader_app.elections
+    assert reader_app.closed[election_id].status is ElectionStatus.CLOSED
+    assert reader_app.closed[election_id].version == 3
 
 
 async def test_observe_drops_an_election_it_cannot_follow() -> None:
@@ -567,3 +569,34 @@ async def test_elections_learnt_out_of_order_are_listed_in_creation_order() -> N
     events = [source.mapper.to_domain_event(created[i]) for i in reversed(ids)]
     app.observe(events)
     assert [e.id for e in await app.every_election()] == ids
+
+
+async def test_closed_elections_held_are_the_ones_used_last_and_open_ones_stay() -> None:
+    """At most ``closed_cached`` closed elections are held, the least recently used dropped
+    first (and read again on use); open and draft ones are never dropped."""
+    app = VotingApplication()
+    app.closed_cached = 2
+    draft = (await app.create_election("draft", _rules())).id
+    still_open = await _open(app)
+    closed = [await _open(app) for _ in range(4)]
+    for election_id in closed[:3]:
+        await app.close_election(election_id)
+    assert list(app.closed) == closed[1:3]
+    assert app.dropped == {closed[0]: False}
+    await app.election(closed[1])  # now the most recently used: closed[2] goes next
+    await app.close_election(closed[3])
+    assert list(app.closed) == [closed[1], closed[3]]
+    assert set(app.elections) == {draft, still_open}
+    assert app.held() == 4
+    again = await app.election(closed[0])  # read from the store, as it was
+    assert (again.status, again.version) == (ElectionStatus.CLOSED, 3)
+    assert list(app.closed) == [closed[3], closed[0]]
+    assert set(app.dropped) == {closed[1], closed[2]}
+    listed = await app.every_election_or_dropped()
+    assert [e.id for e in listed] == [draft, still_open, *closed]
+    assert [type(e).__name__ for e in listed].count("DroppedElection") == 2
+    opened = await app.elections_after(None, limit=None, status=ElectionStatus.OPEN)
+    assert [e.id for e in opened] == [still_open]
+    assert set(app.dropped) == {closed[1], closed[2]}  # passed over, not read
+    assert [e.id for e in await app.elections_after(None, limit=None)] == [e.id for e in listed]
+    assert app.held() == 4
