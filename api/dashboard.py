@@ -80,6 +80,46 @@ def isolated(text: str, labels: dict[str, str]) -> str:
     return "".join(f"<bdi>{e(p)}</bdi>" if i % 2 else e(p) for i, p in enumerate(pieces))
 
 
+# Where the count's texts (a tie's reason, the notes) name options, they name them by id
+# ("a and b are tied"): the page says their labels instead. An id counts as a name only
+# in the slots the count's sentences put names in (a list of ids, or one id, before one
+# of these words, or after "separates"): an id "a" is not the "a" of "such a tie".
+NAMED_BEFORE = r" (?:are|is|were|wins?|tied|each|advanced|still|remain|have|contend)\b|'s "
+NAMED_AFTER = "separates "
+
+
+def worded(text: str, labels: dict[str, str]) -> str:
+    """A text of the count as HTML, the options it names by id named by their labels
+    (isolated and escaped as labels are everywhere); the rest as ``isolated``. The
+    document itself (the JSON results) keeps the audited text."""
+    found = _named_ids(tuple(labels))
+    if found is None:
+        return isolated(text, labels)
+    html, at = [], 0
+    for match in found.finditer(text):
+        html.append(isolated(text[at : match.start()], labels))
+        ids = re.split(r", | and ", match.group(0))
+        names = [lab(labels[i]) for i in ids]
+        html.append(names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1])
+        at = match.end()
+    html.append(isolated(text[at:], labels))
+    return "".join(html)
+
+
+@lru_cache(maxsize=8)
+def _named_ids(ids: tuple[str, ...]) -> re.Pattern[str] | None:
+    """A list of ids as the count writes one ("a", "a and b", "a, b and c") in a slot
+    that names options: once per panel."""
+    if not ids:
+        return None
+    one = "(?:" + "|".join(map(re.escape, sorted(ids, key=len, reverse=True))) + ")"
+    # An id is whole: not part of a longer one, nor of a word (ids may hold "." and "-",
+    # but a sentence's full stop after one is no part of it).
+    one = rf"(?<![A-Za-z0-9_.\-]){one}(?![A-Za-z0-9_\-]|\.[A-Za-z0-9])"
+    listed = rf"{one}(?:, {one})* and {one}|{one}"
+    return re.compile(rf"(?:{listed})(?={NAMED_BEFORE})|(?<={NAMED_AFTER})(?:{listed})")
+
+
 @lru_cache(maxsize=8)
 def _right_to_left(labels: tuple[str, ...]) -> re.Pattern[str] | None:
     """The right-to-left labels, longest first, as one pattern: once per panel, not once
@@ -193,7 +233,7 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     if tie:
         tied = ", ".join(lab(labels.get(o, o)) for o in tie["options"])
         html += f'<p class="tie" id="tie"><strong>Tie between {tied}:</strong> '
-        html += f"{isolated(tie['reason'], labels)}</p>"
+        html += f"{worded(tie['reason'], labels)}</p>"
     return html
 
 
@@ -599,7 +639,7 @@ def _notes(document: dict[str, Any]) -> str:
         return ""
     labels = {o["id"]: o["label"] for o in document["options"]}
     items = "".join(
-        f"<li>{isolated(_note(note, document), labels)}</li>" for note in document["notes"]
+        f"<li>{worded(_note(note, document), labels)}</li>" for note in document["notes"]
     )
     return f'<section aria-labelledby="notes"><h3 id="notes">Notes</h3><ul>{items}</ul></section>'
 

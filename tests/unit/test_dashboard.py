@@ -7,7 +7,10 @@ from typing import Any
 
 from api.dashboard import results_panel
 from api.routes.pages import _overview_html
+from domain.rules import ElectionRules
+from domain.tabulation import tabulate
 from domain.tabulation.result import NO_BALLOTS
+from domain.votes import Choice
 
 
 def _document(method: str = "plurality", n: int = 3, **fields: Any) -> dict[str, Any]:
@@ -361,3 +364,28 @@ def test_the_overview_marks_stepped_entries() -> None:
         {"position": 3, "elections": [{**election, "status": "closed", "final": True}]}
     )
     assert '<td data-figure="ballot_entries">130</td>' in closed
+
+
+def test_tie_reasons_and_notes_name_options_by_their_labels() -> None:
+    """A tie's reason and the notes named options by id: a person read "a and b are
+    tied" instead of the options' names (review a11y). The labels are escaped and isolated
+    as everywhere; the "a" of "such a tie" is a word, not option a."""
+    labels = {"a": "Ann <b>", "b": "אבי", "c": "Cy"}
+    for tie_break in ("report", "declared_order"):
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": label} for i, label in labels.items()],
+            method="plurality",
+            tie_break=tie_break,
+        )
+        document = tabulate(rules, [Choice("a"), Choice("b")]).to_json()
+        document.update(position=5, closed_at_position=9, status="closed", late_ballots=0)
+        html = results_panel(document, "Lunch")
+        said = re.search(r'<p class="tie".*?</p>', html) if tie_break == "report" else None
+        text = said.group(0) if said else html.split('aria-labelledby="notes"')[1]
+        assert "<bdi>Ann &lt;b&gt;</bdi> and <bdi>אבי</bdi> are tied" in text
+        assert " a and b " not in text
+        assert ">a and b " not in text
+        if said:
+            assert "reports such a tie" in text
+        else:
+            assert "; <bdi>Ann &lt;b&gt;</bdi> wins because" in text
