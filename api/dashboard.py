@@ -199,15 +199,22 @@ def _stepped(document: dict[str, Any]) -> bool:
     return bool(document.get("stepped")) and document["status"] == "open"
 
 
+def _open(document: dict[str, Any]) -> bool:
+    """Results that more ballots may still change: an open election's, stepped or exact."""
+    return document["status"] == "open" and document["closed_at_position"] is None
+
+
 def _lead(document: dict[str, Any]) -> str:
-    """What the results call their first: while open and stepped they are as of the last
-    step, and more ballots may change them."""
-    return "leading" if _stepped(document) else "winner"
+    """What the results call their first: while open (stepped, as of the last step, or
+    exact) more ballots may change them, so it leads; only the close's results have a
+    winner (the live region, which reads the headline, said "Winner" for an open
+    election's leader: accessibility review)."""
+    return "leading" if _open(document) else "winner"
 
 
 def _marks(document: dict[str, Any]) -> dict[str, str]:
     """What the charts and tables call each option of ``winners``: "winner" ("leading"
-    while stepped), or "tied" for the options of a tie the tie-break leaves standing (more
+    while open), or "tied" for the options of a tie the tie-break leaves standing (more
     winners than seats): the headline says "Tied, not decided", so none of them has won."""
     winners = document["winners"]
     tie = document.get("tie")
@@ -222,7 +229,7 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     closed = document["closed_at_position"] is not None
     names = ", ".join(lab(labels.get(w, w)) for w in winners) or ("none" if closed else "none yet")
     word = "Winner" if len(winners) == 1 else "Winners"
-    if _stepped(document):
+    if _open(document):
         word = "Leading"
     seats = int(document.get("seats") or 1)
     if document.get("tie") and len(winners) > seats:  # a tie the tie-break leaves standing

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from api import context as api_context
 from api.routes import pages, streams
@@ -708,6 +708,26 @@ async def test_the_live_region_speaks_at_most_every_twenty_seconds(
     assert len(said) <= 1, said
     await voting.close(election_id)
     await page.wait_for_function("window.said.some((text) => text.includes('final'))", timeout=5000)
+
+
+async def test_the_live_region_says_leading_while_open_and_winner_at_the_close(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """An open election counted exactly (not in steps) was announced "Winner: Option A"
+    (accessibility review): until the close it only leads."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    response = await voting.cast(election_id, {"choice": "a"}, "late-voter")
+    assert response.status_code == 201
+    announce = page.locator("#announce")
+    await expect(announce).to_contain_text("(preliminary)", timeout=WAIT_MS)
+    said = await announce.inner_text()
+    assert "Leading: Option A" in said
+    assert "Winner" not in said
+    await voting.close(election_id)
+    await expect(announce).to_contain_text("(final)", timeout=WAIT_MS)
+    assert "Winner: Option A" in await announce.inner_text()
 
 
 async def test_a_burst_of_events_fetches_the_panel_at_most_once_a_second(
