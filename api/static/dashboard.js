@@ -36,13 +36,17 @@
   // it is refused while they are hidden), so that they show within seconds of the close.
   const HIDDEN_RETRY_MS = 5000;
   const PAGE_TITLE = document.title;
-  // The polite live region speaks at most every 20 s, and at once when the winners change
-  // or the results become final: at one announcement per event it spoke 4 times a second.
+  // The polite live region speaks at most every 20 s (at one announcement per event it
+  // spoke 4 times a second); a change of the leaders at most every 10 s (spoken at once, it
+  // could follow the last announcement by a second, each second: the accessibility
+  // review), the latest then; the final results always at once.
   const QUIET_MS = 20000;
+  const NEWS_GAP_MS = 10000;
   let spokenAt = 0;
   let spokenWinners = null;
   let spokenState = null;
   let speakLater = null;
+  let speakDue = 0; // when speakLater speaks
   // At most one panel fetch a second: events in between are coalesced into the next.
   const FETCH_GAP_MS = 1000;
   let fetchedAt = 0;
@@ -112,15 +116,26 @@
         spokenWinners = winners ? winners.getAttribute("data-winners") : null;
         spokenState = state;
       }
-    } else if ((winners ? winners.getAttribute("data-winners") : null) !== spokenWinners ||
-        (state === "final" && spokenState !== "final")) {
-      speak(); // news: say it now
+    } else if (state === "final" && spokenState !== "final") {
+      speak(); // the result: say it now, however recently the region spoke
+    } else if ((winners ? winners.getAttribute("data-winners") : null) !== spokenWinners) {
+      speakAfter(NEWS_GAP_MS); // news: soon, but not on the heels of the last one
     } else {
-      const wait = spokenAt + QUIET_MS - Date.now();
-      if (wait <= 0) speak();
-      else if (!speakLater) speakLater = setTimeout(speak, wait); // the latest, then
+      speakAfter(QUIET_MS);
     }
     lastPosition = position;
+  }
+
+  // Speak once ``gap`` has passed since the last announcement (at once if it has): what
+  // the panel then shows, the latest. An earlier time already set stands.
+  function speakAfter(gap) {
+    const due = spokenAt + gap;
+    const wait = due - Date.now();
+    if (wait <= 0) { speak(); return; }
+    if (speakLater && speakDue <= due) return;
+    if (speakLater) clearTimeout(speakLater);
+    speakDue = due;
+    speakLater = setTimeout(speak, wait);
   }
 
   // The field's token was refused, or none was given: the field says it is invalid and the
