@@ -311,10 +311,12 @@ def _bar_svg(caption: str, rows: list[tuple[str, float, str]], chart_id: str) ->
     # repeated the heading).
     name = e(f"Bar chart: {caption}. The figures are in the table that follows.")
     wide, height = _bar_marks(rows, low, span, WIDE_BARS)
+    width = WIDE_BARS.left + PLOT + 160  # labels, bars, then the figure and its mark
     narrow, nheight = _bar_marks(rows, low, span, NARROW_BARS)
     return (
-        f'<svg class="chart bars wide-chart" id="{chart_id}" '
-        f'viewBox="0 0 {WIDE_BARS.left + PLOT + 160} {height}" '
+        # At its natural size (dashboard.css): its text is 13 px at any zoom.
+        f'<svg class="chart bars wide-chart" id="{chart_id}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{name}">{wide}</svg>'
         f'<svg class="chart bars narrow-chart" id="{chart_id}-narrow" '
         f'viewBox="0 0 {NARROW + 20} {nheight}" '

@@ -1379,6 +1379,41 @@ async def test_chart_text_is_readable_on_a_phone(
         await desk.close()
 
 
+async def test_chart_text_keeps_its_size_at_200_percent_zoom(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """At 200% zoom the page is half as many CSS px wide, and the bar charts, scaled to
+    their column by their viewBox, drew their 13 px text at 7 to 10 px: zoom grew it by
+    1.2, not 2 (accessibility review). Charts keep 13 px text at their natural size."""
+    plurality = await _election(voting, "plurality", close=False)
+    score = await _election(voting, "score", close=False)
+    smallest = """() => Math.min(...Array.from(document.querySelectorAll("svg.chart"))
+        .filter((svg) => svg.getBoundingClientRect().width > 0 && svg.viewBox.baseVal)
+        .flatMap((svg) => {
+          const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+          return Array.from(svg.querySelectorAll("text")).map(
+            (text) => parseFloat(getComputedStyle(text).fontSize) * scale);
+        }))"""
+    sizes: dict[tuple[int, str], float] = {}
+    for screen in (1100, 1280, 1440, 1920, 2560):
+        # 200% zoom: the CSS viewport is half the screen, two device px to a CSS px.
+        context = await browser.new_context(
+            viewport={"width": screen // 2, "height": 700}, device_scale_factor=2
+        )
+        try:
+            zoomed = await context.new_page()
+            for method, election_id in (("plurality", plurality), ("score", score)):
+                await zoomed.goto(f"{site}/elections/{election_id}")
+                await zoomed.locator("#winners").wait_for(timeout=WAIT_MS)
+                sizes[screen, method] = await zoomed.evaluate(smallest)
+                assert await zoomed.evaluate("document.documentElement.scrollWidth") <= (
+                    screen // 2
+                )
+        finally:
+            await context.close()
+    assert min(sizes.values()) >= 12.9, sizes
+
+
 CONTRASTS = """() => {
   const rgb = (text) => text.match(/[\\d.]+/g).slice(0, 3).map(Number);
   const lum = (c) => {
