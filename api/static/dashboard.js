@@ -171,12 +171,13 @@
     const active = document.activeElement;
     const at = panel.contains(active) ? focusables().indexOf(active) : -1;
     const id = at >= 0 && active.id;
-    panel.replaceChildren(...next.childNodes);
+    morph(panel, next);
     panel.classList.remove("stale");
     stale.remove();
     scrollers();
+    // (Updated in place, the focused element is still there; replaced, its successor.)
     const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
-    if (at >= 0 && target) target.focus();
+    if (at >= 0 && target && document.activeElement !== active) target.focus();
     if (focusOnShow) { // a token was just given: from the status to what it shows
       focusOnShow = false;
       const heading = panel.querySelector("#results-heading") || panel.querySelector("[tabindex]");
@@ -190,6 +191,45 @@
     named();
     narrate();
     if (settled()) finish();
+  }
+
+  // The panel is updated in place: an element whose place in the new panel holds the same
+  // kind of element (tag, and id if any) keeps its node, its attributes and text set to
+  // the new ones; only what differs is inserted or removed. Rebuilt on every update, the
+  // panel lost a screen reader's place and the focus (the accessibility review).
+  function morph(into, from) {
+    let at = into.firstChild;
+    for (const fresh of Array.from(from.childNodes)) {
+      if (at && !same(at, fresh) && fresh.nodeType === Node.ELEMENT_NODE && fresh.id) {
+        // The element of this id further on: those before it are gone.
+        const match = into.querySelector(":scope > #" + CSS.escape(fresh.id));
+        if (match && at.compareDocumentPosition(match) & Node.DOCUMENT_POSITION_FOLLOWING) {
+          while (at !== match) { const gone = at; at = at.nextSibling; gone.remove(); }
+        }
+      }
+      if (at && same(at, fresh)) { patch(at, fresh); at = at.nextSibling; }
+      else into.insertBefore(fresh, at);
+    }
+    while (at) { const gone = at; at = at.nextSibling; gone.remove(); }
+  }
+  function same(node, fresh) {
+    return node.nodeType === fresh.nodeType && node.nodeName === fresh.nodeName &&
+      (node.nodeType !== Node.ELEMENT_NODE || node.id === fresh.id);
+  }
+  function patch(node, fresh) {
+    if (node.nodeType !== Node.ELEMENT_NODE) {
+      if (node.nodeValue !== fresh.nodeValue) node.nodeValue = fresh.nodeValue;
+      return;
+    }
+    for (const name of node.getAttributeNames()) {
+      // (tabindex is the script's: scrollers() and the heading focused after a token)
+      if (name !== "tabindex" && !fresh.hasAttribute(name)) node.removeAttribute(name);
+    }
+    for (const name of fresh.getAttributeNames()) {
+      const value = fresh.getAttribute(name);
+      if (node.getAttribute(name) !== value) node.setAttribute(name, value);
+    }
+    morph(node, fresh);
   }
 
   function settled() {

@@ -763,6 +763,45 @@ async def test_a_change_of_leader_waits_ten_seconds_after_the_last_announcement(
     )
 
 
+async def test_an_update_keeps_the_panel_in_place_and_the_focus(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The panel was rebuilt on every update, which lost a screen reader's place and the
+    focus (accessibility review): what is still there keeps its node, updated in place."""
+    election_id = await _election(voting, "plurality", close=False)  # a 3, b 2, c 1
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    await page.evaluate(
+        """() => {
+          const heading = document.getElementById("figures-heading");
+          heading.tabIndex = -1;
+          heading.focus();
+          window.kept = { heading, winners: document.getElementById("winners"),
+            ballots: document.querySelector("#standing [data-figure=ballots]"),
+            bar: document.querySelector("#chart-votes rect"),
+            cell: document.querySelector('#figures [data-option="a"][data-figure="votes"]') };
+        }"""
+    )
+    before = len(BALLOTS["plurality"])
+    for n, choice in enumerate("ac"):  # then a tie-free change of the standings
+        assert (await voting.cast(election_id, {"choice": choice}, f"v-{n}")).status_code == 201
+        await expect(page.locator("#standing [data-figure=ballots]")).to_have_text(
+            str(before + n + 1), timeout=WAIT_MS
+        )
+    kept = await page.evaluate(
+        """() => ({
+          nodes: [document.getElementById("figures-heading"), document.getElementById("winners"),
+            document.querySelector("#standing [data-figure=ballots]"),
+            document.querySelector("#chart-votes rect"),
+            document.querySelector('#figures [data-option="a"][data-figure="votes"]')]
+            .map((node, i) => node === Object.values(window.kept)[i]),
+          focused: document.activeElement === window.kept.heading,
+          votes: window.kept.cell.textContent,
+        })"""
+    )
+    assert kept == {"nodes": [True] * 5, "focused": True, "votes": "4"}
+
+
 async def test_a_burst_of_events_fetches_the_panel_at_most_once_a_second(
     voting: VotingClient, site: str, page: Page
 ) -> None:
