@@ -83,41 +83,60 @@ def isolated(text: str, labels: dict[str, str]) -> str:
 # Where the count's texts (a tie's reason, the notes) name options, they name them by id
 # ("a and b are tied"): the page says their labels instead. An id counts as a name only
 # in the slots the count's sentences put names in (a list of ids, or one id, before one
-# of these words, or after "separates"): an id "a" is not the "a" of "such a tie".
-NAMED_BEFORE = r" (?:are|is|were|wins?|tied|each|advanced|still|remain|have|contend)\b|'s "
+# of these words, or after "separates"): an id "a" is not the "a" of "such a tie", nor an
+# id "1" the round of "in round 1, a and b tied".
+NAMED_BEFORE = re.compile(
+    r" (?:are|is|were|wins?|tied|each|advanced|still|remain|have|contend)\b|'s "
+)
 NAMED_AFTER = "separates "
+NOT_NAMED_AFTER = ("round ", "Round ", "stage ", "Stage ", "position ", "(")
+# A word that may be an id (ids may hold "." and "-"; a full stop may end the sentence).
+WORD = re.compile(r"(?<![A-Za-z0-9_.\-])[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def worded(text: str, labels: dict[str, str]) -> str:
     """A text of the count as HTML, the options it names by id named by their labels
     (isolated and escaped as labels are everywhere); the rest as ``isolated``. The
-    document itself (the JSON results) keeps the audited text."""
-    found = _named_ids(tuple(labels))
-    if found is None:
-        return isolated(text, labels)
-    html, at = [], 0
-    for match in found.finditer(text):
-        html.append(isolated(text[at : match.start()], labels))
-        ids = re.split(r", | and ", match.group(0))
-        names = [lab(labels[i]) for i in ids]
-        html.append(names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1])
-        at = match.end()
+    document itself (the JSON results) keeps the audited text. Words are looked up, not
+    searched for: 100 ids tried at every word took 70 ms for 100 long notes."""
+    order = {option: n for n, option in enumerate(labels)}
+    ids = []  # (start, end, id) of each word that is an id
+    for match in WORD.finditer(text):
+        word = match.group()
+        while word not in order and word.endswith("."):
+            word = word[:-1]
+        if word in order and not text.endswith(NOT_NAMED_AFTER, 0, match.start()):
+            ids.append((match.start(), match.start() + len(word), word))
+    html, at, i = [], 0, 0
+    while i < len(ids):
+        last = _list_end(text, ids, i, order)
+        start, stop = ids[i][0], ids[last][1]
+        if NAMED_BEFORE.match(text, stop) or text.endswith(NAMED_AFTER, 0, start):
+            html.append(isolated(text[at:start], labels))
+            names = [lab(labels[one]) for _, _, one in ids[i : last + 1]]
+            html.append(
+                names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            )
+            at, i = stop, last + 1
+        else:
+            i += 1
     html.append(isolated(text[at:], labels))
     return "".join(html)
 
 
-@lru_cache(maxsize=8)
-def _named_ids(ids: tuple[str, ...]) -> re.Pattern[str] | None:
-    """A list of ids as the count writes one ("a", "a and b", "a, b and c") in a slot
-    that names options: once per panel."""
-    if not ids:
-        return None
-    one = "(?:" + "|".join(map(re.escape, sorted(ids, key=len, reverse=True))) + ")"
-    # An id is whole: not part of a longer one, nor of a word (ids may hold "." and "-",
-    # but a sentence's full stop after one is no part of it).
-    one = rf"(?<![A-Za-z0-9_.\-]){one}(?![A-Za-z0-9_\-]|\.[A-Za-z0-9])"
-    listed = rf"{one}(?:, {one})* and {one}|{one}"
-    return re.compile(rf"(?:{listed})(?={NAMED_BEFORE})|(?<={NAMED_AFTER})(?:{listed})")
+def _list_end(text: str, ids: list[tuple[int, int, str]], i: int, order: dict[str, int]) -> int:
+    """The last of the ids from the ``i``-th that make one list as the count writes one
+    ("a", "a and b", "a, b and c": in declared order, " and " before the last, ", "
+    between the others), or ``i`` itself."""
+    k = i
+    while k + 1 < len(ids) and order[ids[k + 1][2]] > order[ids[k][2]]:
+        between = text[ids[k][1] : ids[k + 1][0]]
+        if between == " and ":
+            return k + 1
+        if between != ", ":
+            break
+        k += 1
+    return i
 
 
 @lru_cache(maxsize=8)

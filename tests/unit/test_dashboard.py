@@ -10,7 +10,7 @@ from api.routes.pages import _overview_html
 from domain.rules import ElectionRules
 from domain.tabulation import tabulate
 from domain.tabulation.result import NO_BALLOTS
-from domain.votes import Choice
+from domain.votes import Choice, Ranking
 
 
 def _document(method: str = "plurality", n: int = 3, **fields: Any) -> dict[str, Any]:
@@ -407,3 +407,24 @@ def test_tie_reasons_and_notes_name_options_by_their_labels() -> None:
             assert "reports such a tie" in text
         else:
             assert "; <bdi>Ann &lt;b&gt;</bdi> wins because" in text
+
+
+def test_numbered_options_are_named_but_not_the_rounds_they_tie_in() -> None:
+    """Options with ids "1" to "4": "in round 1, 1, 2, 3 and 4 tied" names the options by
+    their labels, and round 1 stays round 1."""
+    rules = ElectionRules.create(
+        options=[{"id": str(n), "label": f"No. {n}"} for n in range(1, 5)],
+        method="irv",
+        tie_break="report",
+    )
+    votes = [Ranking(("1", "2")), Ranking(("2", "1")), Ranking(("3", "4")), Ranking(("4", "3"))]
+    document = tabulate(rules, votes).to_json()
+    document.update(position=5, closed_at_position=9, status="closed", late_ballots=0)
+    html = results_panel(document, "Lunch")
+    said = re.search(r'<p class="tie".*?</p>', html)
+    assert said is not None
+    names = "<bdi>No. 1</bdi>, <bdi>No. 2</bdi>, <bdi>No. 3</bdi> and <bdi>No. 4</bdi>"
+    assert f"in round 1, {names} tied for the fewest votes" in said.group(0)
+    assert f"{names} each win" in said.group(0)
+    assert "Round 1: " in html
+    assert "<bdi>No. 1</bdi> votes" not in html
