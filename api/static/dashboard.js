@@ -36,13 +36,17 @@
   // it is refused while they are hidden), so that they show within seconds of the close.
   const HIDDEN_RETRY_MS = 5000;
   const PAGE_TITLE = document.title;
-  // The polite live region speaks at most every 20 s, and at once when the winners change
-  // or the results become final: at one announcement per event it spoke 4 times a second.
+  // The polite live region speaks at most every 20 s (at one announcement per event it
+  // spoke 4 times a second); a change of the leaders at most every 10 s (spoken at once, it
+  // could follow the last announcement by a second, each second: the accessibility
+  // review), the latest then; the final results always at once.
   const QUIET_MS = 20000;
+  const NEWS_GAP_MS = 10000;
   let spokenAt = 0;
   let spokenWinners = null;
   let spokenState = null;
   let speakLater = null;
+  let speakDue = 0; // when speakLater speaks
   // At most one panel fetch a second: events in between are coalesced into the next.
   const FETCH_GAP_MS = 1000;
   let fetchedAt = 0;
@@ -112,15 +116,26 @@
         spokenWinners = winners ? winners.getAttribute("data-winners") : null;
         spokenState = state;
       }
-    } else if ((winners ? winners.getAttribute("data-winners") : null) !== spokenWinners ||
-        (state === "final" && spokenState !== "final")) {
-      speak(); // news: say it now
+    } else if (state === "final" && spokenState !== "final") {
+      speak(); // the result: say it now, however recently the region spoke
+    } else if ((winners ? winners.getAttribute("data-winners") : null) !== spokenWinners) {
+      speakAfter(NEWS_GAP_MS); // news: soon, but not on the heels of the last one
     } else {
-      const wait = spokenAt + QUIET_MS - Date.now();
-      if (wait <= 0) speak();
-      else if (!speakLater) speakLater = setTimeout(speak, wait); // the latest, then
+      speakAfter(QUIET_MS);
     }
     lastPosition = position;
+  }
+
+  // Speak once ``gap`` has passed since the last announcement (at once if it has): what
+  // the panel then shows, the latest. An earlier time already set stands.
+  function speakAfter(gap) {
+    const due = spokenAt + gap;
+    const wait = due - Date.now();
+    if (wait <= 0) { speak(); return; }
+    if (speakLater && speakDue <= due) return;
+    if (speakLater) clearTimeout(speakLater);
+    speakDue = due;
+    speakLater = setTimeout(speak, wait);
   }
 
   // The field's token was refused, or none was given: the field says it is invalid and the
@@ -156,12 +171,13 @@
     const active = document.activeElement;
     const at = panel.contains(active) ? focusables().indexOf(active) : -1;
     const id = at >= 0 && active.id;
-    panel.replaceChildren(...next.childNodes);
+    morph(panel, next);
     panel.classList.remove("stale");
     stale.remove();
     scrollers();
+    // (Updated in place, the focused element is still there; replaced, its successor.)
     const target = id ? panel.querySelector("#" + CSS.escape(id)) : focusables()[at];
-    if (at >= 0 && target) target.focus();
+    if (at >= 0 && target && document.activeElement !== active) target.focus();
     if (focusOnShow) { // a token was just given: from the status to what it shows
       focusOnShow = false;
       const heading = panel.querySelector("#results-heading") || panel.querySelector("[tabindex]");
@@ -175,6 +191,45 @@
     named();
     narrate();
     if (settled()) finish();
+  }
+
+  // The panel is updated in place: an element whose place in the new panel holds the same
+  // kind of element (tag, and id if any) keeps its node, its attributes and text set to
+  // the new ones; only what differs is inserted or removed. Rebuilt on every update, the
+  // panel lost a screen reader's place and the focus (the accessibility review).
+  function morph(into, from) {
+    let at = into.firstChild;
+    for (const fresh of Array.from(from.childNodes)) {
+      if (at && !same(at, fresh) && fresh.nodeType === Node.ELEMENT_NODE && fresh.id) {
+        // The element of this id further on: those before it are gone.
+        const match = into.querySelector(":scope > #" + CSS.escape(fresh.id));
+        if (match && at.compareDocumentPosition(match) & Node.DOCUMENT_POSITION_FOLLOWING) {
+          while (at !== match) { const gone = at; at = at.nextSibling; gone.remove(); }
+        }
+      }
+      if (at && same(at, fresh)) { patch(at, fresh); at = at.nextSibling; }
+      else into.insertBefore(fresh, at);
+    }
+    while (at) { const gone = at; at = at.nextSibling; gone.remove(); }
+  }
+  function same(node, fresh) {
+    return node.nodeType === fresh.nodeType && node.nodeName === fresh.nodeName &&
+      (node.nodeType !== Node.ELEMENT_NODE || node.id === fresh.id);
+  }
+  function patch(node, fresh) {
+    if (node.nodeType !== Node.ELEMENT_NODE) {
+      if (node.nodeValue !== fresh.nodeValue) node.nodeValue = fresh.nodeValue;
+      return;
+    }
+    for (const name of node.getAttributeNames()) {
+      // (tabindex is the script's: scrollers() and the heading focused after a token)
+      if (name !== "tabindex" && !fresh.hasAttribute(name)) node.removeAttribute(name);
+    }
+    for (const name of fresh.getAttributeNames()) {
+      const value = fresh.getAttribute(name);
+      if (node.getAttribute(name) !== value) node.setAttribute(name, value);
+    }
+    morph(node, fresh);
   }
 
   function settled() {

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from playwright.async_api import Browser, Page, Route, async_playwright
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from api import context as api_context
 from api.routes import pages, streams
@@ -710,6 +710,98 @@ async def test_the_live_region_speaks_at_most_every_twenty_seconds(
     await page.wait_for_function("window.said.some((text) => text.includes('final'))", timeout=5000)
 
 
+async def test_the_live_region_says_leading_while_open_and_winner_at_the_close(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """An open election counted exactly (not in steps) was announced "Winner: Option A"
+    (accessibility review): until the close it only leads."""
+    election_id = await _election(voting, "plurality", close=False)
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    response = await voting.cast(election_id, {"choice": "a"}, "late-voter")
+    assert response.status_code == 201
+    announce = page.locator("#announce")
+    await expect(announce).to_contain_text("(preliminary)", timeout=WAIT_MS)
+    said = await announce.inner_text()
+    assert "Leading: Option A" in said
+    assert "Winner" not in said
+    await voting.close(election_id)
+    await expect(announce).to_contain_text("(final)", timeout=WAIT_MS)
+    assert "Winner: Option A" in await announce.inner_text()
+
+
+async def test_a_change_of_leader_waits_ten_seconds_after_the_last_announcement(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A change of the leaders was spoken at once, a second after the last announcement,
+    and could be every second (accessibility review): it now waits until 10 s have passed
+    since the last one, and the final results are still spoken at once."""
+    election_id = await _election(voting, "plurality", close=False)  # a 3, b 2, c 1
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    await page.evaluate(
+        """() => { window.said = [];
+          new MutationObserver(() => window.said.push({
+              text: document.getElementById("announce").textContent,
+              at: performance.now() / 1000 }))
+            .observe(document.getElementById("announce"),
+                     { childList: true, characterData: true, subtree: true }); }"""
+    )
+    assert (await voting.cast(election_id, {"choice": "c"}, "first")).status_code == 201
+    await page.wait_for_function("window.said.length === 1", timeout=WAIT_MS)
+    for n in range(2):  # b 4: the leader changes, on the heels of that announcement
+        assert (await voting.cast(election_id, {"choice": "b"}, f"b-{n}")).status_code == 201
+    await expect(page.locator("#winners")).to_have_attribute("data-winners", "b", timeout=WAIT_MS)
+    assert len(await page.evaluate("window.said")) == 1  # (it was spoken as it showed)
+    await page.wait_for_function("window.said.length === 2", timeout=WAIT_MS)
+    said = await page.evaluate("window.said")
+    assert "Leading: Option B" in said[1]["text"]
+    assert said[1]["at"] - said[0]["at"] >= 9.9, said
+    await voting.close(election_id)  # just after that announcement: said at once all the same
+    await page.wait_for_function(
+        "window.said.some((one) => one.text.includes('(final)'))", timeout=5000
+    )
+
+
+async def test_an_update_keeps_the_panel_in_place_and_the_focus(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """The panel was rebuilt on every update, which lost a screen reader's place and the
+    focus (accessibility review): what is still there keeps its node, updated in place."""
+    election_id = await _election(voting, "plurality", close=False)  # a 3, b 2, c 1
+    await page.goto(f"{site}/elections/{election_id}")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    await page.evaluate(
+        """() => {
+          const heading = document.getElementById("figures-heading");
+          heading.tabIndex = -1;
+          heading.focus();
+          window.kept = { heading, winners: document.getElementById("winners"),
+            ballots: document.querySelector("#standing [data-figure=ballots]"),
+            bar: document.querySelector("#chart-votes rect"),
+            cell: document.querySelector('#figures [data-option="a"][data-figure="votes"]') };
+        }"""
+    )
+    before = len(BALLOTS["plurality"])
+    for n, choice in enumerate("ac"):  # then a tie-free change of the standings
+        assert (await voting.cast(election_id, {"choice": choice}, f"v-{n}")).status_code == 201
+        await expect(page.locator("#standing [data-figure=ballots]")).to_have_text(
+            str(before + n + 1), timeout=WAIT_MS
+        )
+    kept = await page.evaluate(
+        """() => ({
+          nodes: [document.getElementById("figures-heading"), document.getElementById("winners"),
+            document.querySelector("#standing [data-figure=ballots]"),
+            document.querySelector("#chart-votes rect"),
+            document.querySelector('#figures [data-option="a"][data-figure="votes"]')]
+            .map((node, i) => node === Object.values(window.kept)[i]),
+          focused: document.activeElement === window.kept.heading,
+          votes: window.kept.cell.textContent,
+        })"""
+    )
+    assert kept == {"nodes": [True] * 5, "focused": True, "votes": "4"}
+
+
 async def test_a_burst_of_events_fetches_the_panel_at_most_once_a_second(
     voting: VotingClient, site: str, page: Page
 ) -> None:
@@ -1324,6 +1416,41 @@ async def test_chart_text_is_readable_on_a_phone(
         assert await page.locator("svg.chart:visible").count() == 1
     finally:
         await desk.close()
+
+
+async def test_chart_text_keeps_its_size_at_200_percent_zoom(
+    voting: VotingClient, site: str, browser: Browser
+) -> None:
+    """At 200% zoom the page is half as many CSS px wide, and the bar charts, scaled to
+    their column by their viewBox, drew their 13 px text at 7 to 10 px: zoom grew it by
+    1.2, not 2 (accessibility review). Charts keep 13 px text at their natural size."""
+    plurality = await _election(voting, "plurality", close=False)
+    score = await _election(voting, "score", close=False)
+    smallest = """() => Math.min(...Array.from(document.querySelectorAll("svg.chart"))
+        .filter((svg) => svg.getBoundingClientRect().width > 0 && svg.viewBox.baseVal)
+        .flatMap((svg) => {
+          const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+          return Array.from(svg.querySelectorAll("text")).map(
+            (text) => parseFloat(getComputedStyle(text).fontSize) * scale);
+        }))"""
+    sizes: dict[tuple[int, str], float] = {}
+    for screen in (1100, 1280, 1440, 1920, 2560):
+        # 200% zoom: the CSS viewport is half the screen, two device px to a CSS px.
+        context = await browser.new_context(
+            viewport={"width": screen // 2, "height": 700}, device_scale_factor=2
+        )
+        try:
+            zoomed = await context.new_page()
+            for method, election_id in (("plurality", plurality), ("score", score)):
+                await zoomed.goto(f"{site}/elections/{election_id}")
+                await zoomed.locator("#winners").wait_for(timeout=WAIT_MS)
+                sizes[screen, method] = await zoomed.evaluate(smallest)
+                assert await zoomed.evaluate("document.documentElement.scrollWidth") <= (
+                    screen // 2
+                )
+        finally:
+            await context.close()
+    assert min(sizes.values()) >= 12.9, sizes
 
 
 CONTRASTS = """() => {

@@ -7,7 +7,10 @@ from typing import Any
 
 from api.dashboard import results_panel
 from api.routes.pages import _overview_html
+from domain.rules import ElectionRules
+from domain.tabulation import tabulate
 from domain.tabulation.result import NO_BALLOTS
+from domain.votes import Choice, Ranking
 
 
 def _document(method: str = "plurality", n: int = 3, **fields: Any) -> dict[str, Any]:
@@ -31,12 +34,15 @@ def _document(method: str = "plurality", n: int = 3, **fields: Any) -> dict[str,
     return document
 
 
+CLOSED: dict[str, Any] = {"status": "closed", "closed_at_position": 9}
+
+
 def test_a_closed_election_without_winners_says_none_not_none_yet() -> None:
     """It said "Winners: none yet" after the close (review dash, 5)."""
     closed = results_panel(_document(winners=[], ballots=0, closed_at_position=9), "Results")
     assert "<strong>Winners:</strong> none</p>" in closed
     still_open = results_panel(_document(winners=[], ballots=0), "Results")
-    assert "<strong>Winners:</strong> none yet</p>" in still_open
+    assert "<strong>Leading:</strong> none yet</p>" in still_open
 
 
 def test_a_draft_says_not_open_yet() -> None:
@@ -50,7 +56,7 @@ def test_a_draft_says_not_open_yet() -> None:
 def test_a_chart_label_is_whole_beside_the_winner_mark() -> None:
     """ "(winner)" shared the label's 18 characters: "Option 23 xxx" read "Option 2…"
     (review dash, 7). The label is whole; the mark follows the figure."""
-    html = results_panel(_document(n=24), "Results")
+    html = results_panel(_document(n=24, **CLOSED), "Results")
     chart = re.search(r'<svg[^>]*id="chart-votes".*?</svg>', html)
     assert chart is not None
     assert '<text x="0" y="665" class="label winner">Option 23 xxx</text>' in chart.group(0)
@@ -168,7 +174,7 @@ def test_a_tie_left_standing_is_not_called_winners() -> None:
     html = results_panel(_document(winners=["o1", "o2"], tie=tie), "Results")
     assert "<strong>Tied, not decided:</strong>" in html
     assert "Winners" not in html.split('id="winners"')[1].split("</p>")[0]
-    single = results_panel(_document(), "Results")
+    single = results_panel(_document(**CLOSED), "Results")
     assert "<strong>Winner:</strong>" in single
 
 
@@ -185,7 +191,7 @@ def test_an_undecided_tie_is_marked_tied_everywhere() -> None:
     irv = results_panel(_document("irv", rounds=rounds, winners=["o1", "o2"], tie=tie), "R")
     assert "(winner)" not in irv
     assert irv.count("<td>tied</td>") == 2
-    decided = results_panel(_document(winners=["o1"], tie=tie), "Results")
+    decided = results_panel(_document(winners=["o1"], tie=tie, **CLOSED), "Results")
     assert "(tied)" not in decided
     assert "(winner)" in decided
 
@@ -284,7 +290,22 @@ def test_stepped_results_say_so_at_the_top_and_lead_rather_than_win() -> None:
     assert "(leading)" in html
     exact = results_panel(_document(stepped=False, live_results_step=1), "Results")
     assert "steps of" not in exact
-    assert "<strong>Winner:</strong>" in exact
+    assert "<strong>Leading:</strong>" in exact  # open: see the test after
+
+
+def test_an_open_election_leads_and_only_the_close_has_a_winner() -> None:
+    """An open election counted exactly (not in steps) read "Winner: Option 2", and so did
+    the live region, which reads the headline (accessibility review): until the close
+    more ballots may change it. Its first leads; the close's results have a winner."""
+    exact = results_panel(_document(stepped=False, live_results_step=1), "Results")
+    assert "<strong>Leading:</strong>" in exact
+    assert "Winner" not in exact
+    assert "(winner)" not in exact
+    assert "(leading)" in exact
+    closed = results_panel(_document(**CLOSED), "Results")
+    assert "<strong>Winner:</strong>" in closed
+    assert "(winner)" in closed
+    assert "Leading" not in closed
 
 
 def test_stepped_results_without_a_step_yet_do_not_say_none_were_cast() -> None:
@@ -361,3 +382,49 @@ def test_the_overview_marks_stepped_entries() -> None:
         {"position": 3, "elections": [{**election, "status": "closed", "final": True}]}
     )
     assert '<td data-figure="ballot_entries">130</td>' in closed
+
+
+def test_tie_reasons_and_notes_name_options_by_their_labels() -> None:
+    """A tie's reason and the notes named options by id: a person read "a and b are
+    tied" instead of the options' names (review a11y). The labels are escaped and isolated
+    as everywhere; the "a" of "such a tie" is a word, not option a."""
+    labels = {"a": "Ann <b>", "b": "אבי", "c": "Cy"}
+    for tie_break in ("report", "declared_order"):
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": label} for i, label in labels.items()],
+            method="plurality",
+            tie_break=tie_break,
+        )
+        document = tabulate(rules, [Choice("a"), Choice("b")]).to_json()
+        document.update(position=5, closed_at_position=9, status="closed", late_ballots=0)
+        html = results_panel(document, "Lunch")
+        said = re.search(r'<p class="tie".*?</p>', html) if tie_break == "report" else None
+        text = said.group(0) if said else html.split('aria-labelledby="notes"')[1]
+        assert "<bdi>Ann &lt;b&gt;</bdi> and <bdi>אבי</bdi> are tied" in text
+        assert " a and b " not in text
+        assert ">a and b " not in text
+        if said:
+            assert "reports such a tie" in text
+        else:
+            assert "; <bdi>Ann &lt;b&gt;</bdi> wins because" in text
+
+
+def test_numbered_options_are_named_but_not_the_rounds_they_tie_in() -> None:
+    """Options with ids "1" to "4": "in round 1, 1, 2, 3 and 4 tied" names the options by
+    their labels, and round 1 stays round 1."""
+    rules = ElectionRules.create(
+        options=[{"id": str(n), "label": f"No. {n}"} for n in range(1, 5)],
+        method="irv",
+        tie_break="report",
+    )
+    votes = [Ranking(("1", "2")), Ranking(("2", "1")), Ranking(("3", "4")), Ranking(("4", "3"))]
+    document = tabulate(rules, votes).to_json()
+    document.update(position=5, closed_at_position=9, status="closed", late_ballots=0)
+    html = results_panel(document, "Lunch")
+    said = re.search(r'<p class="tie".*?</p>', html)
+    assert said is not None
+    names = "<bdi>No. 1</bdi>, <bdi>No. 2</bdi>, <bdi>No. 3</bdi> and <bdi>No. 4</bdi>"
+    assert f"in round 1, {names} tied for the fewest votes" in said.group(0)
+    assert f"{names} each win" in said.group(0)
+    assert "Round 1: " in html
+    assert "<bdi>No. 1</bdi> votes" not in html
