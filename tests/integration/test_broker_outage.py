@@ -301,6 +301,24 @@ async def test_only_a_robust_channels_reopen_on_a_closed_connection_is_dropped(
         assert len(caplog.records) == (2 if kept else 0), (error, caplog.text)
 
 
+def test_aio_pikas_line_per_lost_connection_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """aio-pika's INFO "Connection to ... closed. Reconnecting after 5 seconds." came once
+    per reconnect attempt while the broker restarted (operator review L1): the README says
+    an outage is said once per task; its other lines are kept."""
+    quiet_client_attempts()
+    log = logging.getLogger("aio_pika.robust_connection")
+    caplog.set_level(logging.DEBUG, logger="aio_pika.robust_connection")
+    url = "amqp://guest:******@127.0.0.1:5672/"
+    log.info("Connection to %s closed. Reconnecting after %r seconds.", url, 5)
+    log.warning(
+        'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.', url, "x", 5
+    )
+    assert not caplog.records, caplog.text
+    log.debug("Connection made on %r", url)
+    log.exception("Failed to execute close callbacks for %s", url)
+    assert len(caplog.records) == 2, caplog.text
+
+
 @pytest.mark.parametrize(
     "url", ["http://guest:s3cret-pw@127.0.0.1:5672/", "guest:s3cret-pw@127.0.0.1:5672", "redis://x"]
 )
