@@ -177,7 +177,7 @@ def _serve(settings: Settings, stack: ExitStack, held: int | None = None) -> int
     if held is not None:  # its ports are free: serve.pid may name this serve now
         name_holder(held, settings.port, settings.metrics_port)
     need = serve_connections(settings)
-    if settings.database_url is None or _is_embedded(settings):
+    if settings.database_url is None or is_embedded(settings):
         from infra.store.connections import embedded_max_connections
         from infra.store.embedded import EmbeddedPostgres
 
@@ -300,7 +300,7 @@ def _banner(
     console.print(f"  API: {base}/api/health  (reference: {base}/docs)")
 
 
-def _is_embedded(settings: Settings) -> bool:
+def is_embedded(settings: Settings) -> bool:
     """Whether DATABASE_URL is the embedded server's own (exported by .cardinal/env): it is
     started again like one that is not set, not assumed to be running."""
     import psycopg
