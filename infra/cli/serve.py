@@ -47,7 +47,9 @@ def add_commands(sub: Commands) -> None:
         "relay",
         help="publish the log to RabbitMQ (needs DATABASE_URL and AMQP_URL)",
         description="Tail the event log and publish it, page by contiguous page, to the "
-        "events exchange. One relay is active at a time; others wait as hot standby.",
+        "events exchange, and seal it: chain each entry and sign checkpoints with "
+        "CARDINAL_AUDIT_KEY (unset: the log is not sealed, with a warning). One relay is "
+        "active at a time; others wait as hot standby.",
     )
     relay.set_defaults(command=run_relay)
 
@@ -58,7 +60,11 @@ def add_commands(sub: Commands) -> None:
         "straight from the event store otherwise. Known projections: " + ", ".join(PROJECTIONS),
     )
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
-    project.add_argument("--relay", action="store_true", help="also run the relay in this process")
+    project.add_argument(
+        "--relay",
+        action="store_true",
+        help="also run the relay (and its sealer) in this process",
+    )
     project.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     project.set_defaults(command=run_project)
 
