@@ -116,6 +116,9 @@ async def test_a_standalone_ingest_names_itself_in_its_broker_monitors_lines(
         "connection refused; retrying every 1-10s until it answers"
     ], said
     assert REGISTRY.get_sample_value("cardinal_broker_connected", {"component": "ingest"}) == 0
+    # "consuming <queue>" was logged before the consumer had connected (operator review L6).
+    consuming = [_text(r) for r in caplog.records if _text(r).startswith("consuming ")]
+    assert not consuming, consuming
 
 
 TASKS = ("relay", "projection tally", "projection catalog", "projection statistics", "api")
