@@ -438,3 +438,10 @@ def _check_amqp_url(url: str) -> None:
             "AMQP_URL must be a RabbitMQ URL, amqp://user:password@host:5672/vhost "
             f"(or amqps:// for TLS); its scheme is {said}"
         )
+    try:
+        urlsplit(url).port  # noqa: B018 (read for its ValueError)
+    except ValueError:  # (a / in the password ends the host part early, as in DATABASE_URL)
+        raise SettingsError(
+            "AMQP_URL's port is not a number (amqp://user:password@host:5672/vhost); "
+            + _ENCODE.format(variable="AMQP_PASSWORD")
+        ) from None

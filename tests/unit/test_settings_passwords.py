@@ -83,3 +83,14 @@ def test_a_malformed_database_url_is_refused_without_its_password(url: str, prob
     assert problem in said
     assert "PGPASSWORD" in said
     assert "s3cr" not in said
+
+
+def test_an_amqp_url_with_an_unencoded_slash_in_its_password_is_refused_saying_so() -> None:
+    """aio-pika read amqp://cardinal:ab/cd@rabbitmq:5672/ as host "cardinal", port "ab",
+    and failed each attempt for ever, naming neither the password nor the way out."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"AMQP_URL": "amqp://cardinal:s3cret/pw@rabbitmq:5672/"})
+    said = str(refused.value)
+    assert said.startswith("AMQP_URL's port is not a number")
+    assert "AMQP_PASSWORD" in said
+    assert "s3cr" not in said
