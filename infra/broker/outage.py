@@ -34,7 +34,13 @@ CAP = 10.0  # the longest wait between attempts: recovery stays within seconds
 # (each attempt's error reaches our own code, which says it once per outage).
 _ATTEMPT_LINES = {
     "aiormq.connection": ("error when creating transport",),  # (and _READER_LINE)
-    "aio_pika.robust_connection": ("Connection attempt to ", "Reconnect attempt failed "),
+    "aio_pika.robust_connection": (
+        "Connection attempt to ",
+        "Reconnect attempt failed ",
+        # (INFO, as each connection is lost: a broker that takes the connection and closes
+        # it, restarting, lost it once per attempt; the owner says the outage)
+        "Connection to ",
+    ),
 }
 # aiormq's WARNING, with a traceback, for each connection whose reader stopped: dropped
 # where the broker closed the connection or it was cut (the owner says the outage), kept

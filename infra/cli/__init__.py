@@ -14,6 +14,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import psycopg
 from aiormq.exceptions import ChannelPreconditionFailed
@@ -23,7 +24,7 @@ from infra.cli import audit, bench, importer, ingest, operate, serve, smoke
 from infra.cli.environment import INTERRUPTED, Interrupted, console
 from infra.options import Parser
 from infra.runtime.lifecycle import PortInUse
-from infra.runtime.settings import SettingsError
+from infra.runtime.settings import Settings, SettingsError
 from infra.store.migrations import MigrationError, MigrationsPending
 from infra.store.names import name_process_connections
 
@@ -75,10 +76,29 @@ def _unreachable_database(error: Exception) -> str | None:
     assert isinstance(error, psycopg.OperationalError)
     if (error.sqlstate or "08")[:2] not in CONNECTING:
         return None
+    embedded = _embedded_data_dir()
+    if embedded is not None:  # (`. .cardinal/env` after `make run` stopped)
+        return (
+            f"[red]cannot reach the database:[/red] {_first_line(error)} (DATABASE_URL is "
+            f"the embedded development database in {escape(str(embedded))}, which runs only "
+            "while `make run` (`cardinal serve`) does: start `make run` first, in another "
+            "terminal)"
+        )
     return (
         f"[red]cannot reach the database:[/red] {_first_line(error)} "
         "(check DATABASE_URL, and that PostgreSQL is running)"
     )
+
+
+def _embedded_data_dir() -> Path | None:
+    """The data folder whose embedded PostgreSQL DATABASE_URL names, if it does."""
+    try:
+        settings = Settings.from_env(service=False)
+    except SettingsError:
+        return None
+    if settings.database_url is None or not serve.is_embedded(settings):
+        return None
+    return settings.data_dir
 
 
 def _missing_table(error: Exception) -> str:

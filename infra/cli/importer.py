@@ -186,7 +186,11 @@ async def _election(args: argparse.Namespace) -> Reply | None:
         )
     except (ConnectionClosed, OSError, TimeoutError) as error:
         said = str(error) or f"no answer within {args.patience:g} s"
-        console.print(f"[red]cannot reach the API at {escape(args.url)}: {escape(said)}[/]")
+        console.print(
+            f"[red]cannot reach the API at {escape(args.url)}: {escape(said)}[/] (check "
+            "--url, and that the API is running: `make run` in development, `docker compose "
+            "up -d` with compose)"
+        )
         return None
     finally:
         await probe.close()
@@ -707,8 +711,9 @@ def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seco
     for mark, count in reading.marks.most_common(10):
         table.add_row(f"[dim]marks: {escape(mark)}[/]", "", f"{count:,}")
     print_table(console, table)
+    read = f"{total:,} ballot{'' if total == 1 else 's'} read and answered"
     if seconds < RATE_AFTER:  # a rate of a few ballots in an instant says nothing
-        console.print(f"{total:,} ballots read and answered in under a second")
+        console.print(f"{read} in under a second")
         return
     rate = total / seconds
-    console.print(f"{total:,} ballots read and answered in {seconds:.1f} s ({rate:,.0f} ballots/s)")
+    console.print(f"{read} in {seconds:.1f} s ({rate:,.0f} ballots/s)")

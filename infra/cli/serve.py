@@ -47,7 +47,9 @@ def add_commands(sub: Commands) -> None:
         "relay",
         help="publish the log to RabbitMQ (needs DATABASE_URL and AMQP_URL)",
         description="Tail the event log and publish it, page by contiguous page, to the "
-        "events exchange. One relay is active at a time; others wait as hot standby.",
+        "events exchange, and seal it: chain each entry and sign checkpoints with "
+        "CARDINAL_AUDIT_KEY (unset: the log is not sealed, with a warning). One relay is "
+        "active at a time; others wait as hot standby.",
     )
     relay.set_defaults(command=run_relay)
 
@@ -58,7 +60,11 @@ def add_commands(sub: Commands) -> None:
         "straight from the event store otherwise. Known projections: " + ", ".join(PROJECTIONS),
     )
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
-    project.add_argument("--relay", action="store_true", help="also run the relay in this process")
+    project.add_argument(
+        "--relay",
+        action="store_true",
+        help="also run the relay (and its sealer) in this process",
+    )
     project.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     project.set_defaults(command=run_project)
 
@@ -177,7 +183,7 @@ def _serve(settings: Settings, stack: ExitStack, held: int | None = None) -> int
     if held is not None:  # its ports are free: serve.pid may name this serve now
         name_holder(held, settings.port, settings.metrics_port)
     need = serve_connections(settings)
-    if settings.database_url is None or _is_embedded(settings):
+    if settings.database_url is None or is_embedded(settings):
         from infra.store.connections import embedded_max_connections
         from infra.store.embedded import EmbeddedPostgres
 
@@ -300,7 +306,7 @@ def _banner(
     console.print(f"  API: {base}/api/health  (reference: {base}/docs)")
 
 
-def _is_embedded(settings: Settings) -> bool:
+def is_embedded(settings: Settings) -> bool:
     """Whether DATABASE_URL is the embedded server's own (exported by .cardinal/env): it is
     started again like one that is not set, not assumed to be running."""
     import psycopg

@@ -46,7 +46,12 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
     # monitor, which keeps the gauge and state, says nothing (it said each outage twice).
     async with running_services(settings, component="ingest", quiet_broker=True) as services:
         consumer = ingester(settings, services.app, services.voter_keys)
-        tasks = [asyncio.create_task(consume_forever(consumer))]
+        tasks = [
+            asyncio.create_task(consume_forever(consumer)),
+            # (said once consuming, not before connecting: a broker away at start is said
+            # by the consumer, and "consuming" under it read as if ballots were flowing)
+            asyncio.create_task(_say_consuming(consumer, settings.ingest_queue_name)),
+        ]
         if metrics_port:
             tasks.append(
                 asyncio.create_task(
@@ -59,7 +64,6 @@ async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:
                     )
                 )
             )
-        log.info("consuming %s", settings.ingest_queue_name)
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -91,6 +95,11 @@ async def consume_forever(consumer: Ingester) -> None:
             back.cancel()
         consumer.ready.clear()  # (``ready`` again: consuming again)
         await asyncio.sleep(pause)
+
+
+async def _say_consuming(consumer: Ingester, queue: str) -> None:
+    await consumer.ready.wait()
+    log.info("consuming %s", queue)
 
 
 async def _said_back(consumer: Ingester, outage: Outage) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import psycopg
+import psycopg.conninfo
+import psycopg.pq
 from psycopg.conninfo import conninfo_to_dict
 
 log = logging.getLogger(__name__)
@@ -142,8 +146,12 @@ class Settings:
         tokens = {role: _list(env.get(f"CARDINAL_{role.upper()}_TOKEN", "")) for role in ROLES}
         named, env_name = _environment(env, cls.env)
         settings = cls(
-            database_url=_database_url(env.get("DATABASE_URL") or None),
-            amqp_url=env.get("AMQP_URL") or None,
+            database_url=_with_password(
+                _database_url(env.get("DATABASE_URL") or None), env.get("PGPASSWORD") or None
+            ),
+            amqp_url=_amqp_with_password(
+                env.get("AMQP_URL") or None, env.get("AMQP_PASSWORD") or None
+            ),
             host=env.get("HOST", cls.host),
             port=_int(env, "PORT", cls.port),
             metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
@@ -182,13 +190,7 @@ class Settings:
 
     def check(self, *, service: bool = True) -> None:
         if self.database_url is not None:
-            try:
-                conninfo_to_dict(self.database_url)
-            except psycopg.ProgrammingError as error:
-                raise SettingsError(
-                    "DATABASE_URL must be a PostgreSQL connection URL "
-                    f"(postgresql://user@host:5432/database): {error}"
-                ) from None
+            _check_database_url(self.database_url)
         if self.amqp_url is not None:
             _check_amqp_url(self.amqp_url)
         if self.log_level not in LOG_LEVELS:
@@ -301,6 +303,88 @@ def _database_url(raw: str | None) -> str | None:
     return f"postgresql://{rest}"
 
 
+# What a password must not hold unencoded in a URL (libpq and aio-pika read a URL's
+# user:password@ by these), and where the password can go instead.
+_ENCODE = (
+    "a password holding / @ : # ? % or a space must be percent-encoded in the URL "
+    "(python -c 'import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=\"\"))' "
+    "PASSWORD), or left out of it and set in {variable}"
+)
+
+
+def _check_database_url(url: str) -> None:
+    """DATABASE_URL must parse as libpq's URL or key=value string. The message never quotes
+    the URL or a piece of it (psycopg's own message does: a piece may be the password)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise SettingsError(
+            "DATABASE_URL must be a PostgreSQL connection URL "
+            f"(postgresql://user@host:5432/database): {_unquoted(str(error))}; "
+            + _ENCODE.format(variable="PGPASSWORD")
+        ) from None
+    # A password with a / ends the URL's host part early: libpq reads user:pass as the
+    # host and the port, and fails each connection later, naming neither.
+    ports = str(params.get("port") or "").split(",")
+    if not all(port.strip().isdigit() or not port.strip() for port in ports):
+        raise SettingsError(
+            "DATABASE_URL's port is not a number (postgresql://user@host:5432/database); "
+            + _ENCODE.format(variable="PGPASSWORD")
+        )
+
+
+def _unquoted(said: str) -> str:
+    """psycopg's message with each quoted piece of the URL left out (libpq quotes what it
+    could not read: a piece of the password, or the whole string); the names of libpq's
+    own parameters, and "=", are kept."""
+    keywords = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+
+    def piece(match: re.Match[str]) -> str:
+        quoted = match.group(1)
+        return match.group(0) if quoted in keywords or quoted == "=" else "(not shown)"
+
+    return re.sub(r'"([^"]*)"', piece, " ".join(said.split()))
+
+
+def _with_password(url: str | None, password: str | None) -> str | None:
+    """DATABASE_URL with PGPASSWORD in it, where the URL holds no password of its own (as
+    libpq would use it: the event store's connections are made from the URL's parts, and
+    an empty password there would hide PGPASSWORD from libpq)."""
+    if url is None or password is None:
+        return url
+    try:
+        if conninfo_to_dict(url).get("password") is not None:
+            return url
+    except psycopg.ProgrammingError:
+        return url  # said by the check, which names the problem
+    if "://" not in url:  # key=value form
+        return psycopg.conninfo.make_conninfo(url, password=password)
+    return _insert_password(url, password)
+
+
+def _amqp_with_password(url: str | None, password: str | None) -> str | None:
+    """AMQP_URL with AMQP_PASSWORD in it, where the URL holds no password of its own."""
+    if url is None or password is None:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url  # said by the check
+    if parts.password is not None or parts.scheme.lower() not in ("amqp", "amqps"):
+        return url
+    return _insert_password(url, password)
+
+
+def _insert_password(url: str, password: str) -> str:
+    """scheme://user:password@host... from scheme://user@host..., the password
+    percent-encoded (libpq and aio-pika decode it): any password works."""
+    scheme, _, rest = url.partition("://")
+    end = min((rest.index(c) for c in "/?" if c in rest), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    user, _, hosts = netloc.rpartition("@")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{hosts}{tail}"
+
+
 def _is_hex(value: str, length: int) -> bool:
     return len(value) == length and all(c in "0123456789abcdefABCDEF" for c in value)
 
@@ -363,3 +447,10 @@ def _check_amqp_url(url: str) -> None:
             "AMQP_URL must be a RabbitMQ URL, amqp://user:password@host:5672/vhost "
             f"(or amqps:// for TLS); its scheme is {said}"
         )
+    try:
+        urlsplit(url).port  # noqa: B018 (read for its ValueError)
+    except ValueError:  # (a / in the password ends the host part early, as in DATABASE_URL)
+        raise SettingsError(
+            "AMQP_URL's port is not a number (amqp://user:password@host:5672/vhost); "
+            + _ENCODE.format(variable="AMQP_PASSWORD")
+        ) from None

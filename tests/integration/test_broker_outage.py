@@ -116,6 +116,9 @@ async def test_a_standalone_ingest_names_itself_in_its_broker_monitors_lines(
         "connection refused; retrying every 1-10s until it answers"
     ], said
     assert REGISTRY.get_sample_value("cardinal_broker_connected", {"component": "ingest"}) == 0
+    # "consuming <queue>" was logged before the consumer had connected (operator review L6).
+    consuming = [_text(r) for r in caplog.records if _text(r).startswith("consuming ")]
+    assert not consuming, consuming
 
 
 TASKS = ("relay", "projection tally", "projection catalog", "projection statistics", "api")
@@ -299,6 +302,24 @@ async def test_only_a_robust_channels_reopen_on_a_closed_connection_is_dropped(
         except Exception:
             log.debug("Full traceback for callback %r error", callback, exc_info=True)
         assert len(caplog.records) == (2 if kept else 0), (error, caplog.text)
+
+
+def test_aio_pikas_line_per_lost_connection_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    """aio-pika's INFO "Connection to ... closed. Reconnecting after 5 seconds." came once
+    per reconnect attempt while the broker restarted (operator review L1): the README says
+    an outage is said once per task; its other lines are kept."""
+    quiet_client_attempts()
+    log = logging.getLogger("aio_pika.robust_connection")
+    caplog.set_level(logging.DEBUG, logger="aio_pika.robust_connection")
+    url = "amqp://guest:******@127.0.0.1:5672/"
+    log.info("Connection to %s closed. Reconnecting after %r seconds.", url, 5)
+    log.warning(
+        'Connection attempt to "%s" failed: %s. Reconnecting after %r seconds.', url, "x", 5
+    )
+    assert not caplog.records, caplog.text
+    log.debug("Connection made on %r", url)
+    log.exception("Failed to execute close callbacks for %s", url)
+    assert len(caplog.records) == 2, caplog.text
 
 
 @pytest.mark.parametrize(

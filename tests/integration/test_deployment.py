@@ -11,9 +11,11 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 import infra.metrics
 from infra.runtime.settings import Settings
@@ -100,13 +102,46 @@ def test_the_resolved_stack_wires_processes_health_and_order(tmp_path: Path) -> 
     assert "/api/ready" in " ".join(stack["api"]["healthcheck"]["test"])
     assert stack["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     environment = stack["api"]["environment"]
-    assert environment["DATABASE_URL"].startswith("postgresql://cardinal:pg@postgres:5432/")
-    assert environment["AMQP_URL"] == "amqp://cardinal:mq@rabbitmq:5672/"
+    assert environment["DATABASE_URL"] == "postgresql://cardinal@postgres:5432/cardinal"
+    assert environment["PGPASSWORD"] == "pg"
+    assert environment["AMQP_URL"] == "amqp://cardinal@rabbitmq:5672/"
+    assert environment["AMQP_PASSWORD"] == "mq"
     assert environment["CARDINAL_ENV"] == "production"
     # A long-running process that dies is started again; the one-shot migration is not.
     for name, service in stack.items():
         expected = "no" if name == "migrate" else "unless-stopped"
         assert service.get("restart") == expected, (name, service.get("restart"))
+
+
+@pytest.mark.parametrize(
+    "password", ["q3ZJ+0a/Xy9kL2mN8pQr7sT1uV4wX6yZ0aBcDeFgHiI=", "p@ss w%rd/+=:#?"]
+)
+def test_any_password_works_in_the_compose_stack(tmp_path: Path, password: str) -> None:
+    """`openssl rand -base64 32` (the deployment guide's generator) gives / + =: written
+    into the URLs unencoded, they broke the stack with errors that never named the
+    password (operator review M1). The passwords go beside the URLs instead."""
+    passwords = {"POSTGRES_PASSWORD": password, "RABBITMQ_PASSWORD": password}
+    env = str(_env_file(tmp_path, **{**SECRETS, **passwords}))
+    resolved = _compose("--env-file", env, "config")
+    assert resolved.returncode == 0, resolved.stderr
+    stack = yaml.safe_load(resolved.stdout)["services"]
+    assert stack["postgres"]["environment"]["POSTGRES_PASSWORD"] == password
+    assert stack["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"] == password
+    for name in ("migrate", "api", "relay", "projector", "ingest"):
+        environment = {k: str(v) for k, v in stack[name]["environment"].items()}
+        settings = Settings.from_env(environment)
+        assert settings.database_url is not None
+        assert settings.amqp_url is not None
+        database = conninfo_to_dict(settings.database_url)
+        assert (database["host"], database["port"], database["user"]) == (
+            "postgres",
+            "5432",
+            "cardinal",
+        )
+        assert database["password"] == password
+        broker = urlsplit(settings.amqp_url)
+        assert (broker.hostname, broker.port, broker.username) == ("rabbitmq", 5672, "cardinal")
+        assert unquote(broker.password or "") == password
 
 
 class _Recording(dict[str, str]):

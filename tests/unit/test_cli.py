@@ -257,6 +257,42 @@ def test_options_that_count_or_name_keys_are_checked_before_anything_runs(
     )
 
 
+def test_the_embedded_database_out_of_reach_says_to_start_make_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `make run` stopped, `. .cardinal/env` leaves DATABASE_URL on the embedded
+    server's socket: "check DATABASE_URL, and that PostgreSQL is running" sent the user
+    looking for a server they never ran (operator review L5)."""
+    monkeypatch.setenv("CARDINAL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@/cardinal?host={tmp_path}/pgdata")
+    assert main(["projections"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "cannot reach the database" in said
+    assert "start `make run` first" in said
+    assert "Traceback" not in said
+    monkeypatch.setenv("DATABASE_URL", "postgresql://root@127.0.0.1:1/nowhere")
+    assert main(["projections"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "check DATABASE_URL, and that PostgreSQL is running" in said
+    assert "make run" not in said
+
+
+def test_an_import_against_an_api_that_is_down_says_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ballots = tmp_path / "ballots.jsonl"
+    ballots.write_text('{"voter_id": "v1", "choice": "a"}\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    election = "00000000-0000-4000-8000-000000000000"
+    assert main(["import", str(ballots), "--election", election, "--url", url, "--token", "t"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"cannot reach the API at {url}" in said
+    assert "check --url, and that the API is running" in said
+
+
 def test_only_failures_to_reach_the_database_become_a_message() -> None:
     from infra.cli import _stopped_by
 
@@ -557,18 +593,21 @@ def test_the_import_summary_counts_marks_apart_from_ballots(
     [
         (0.037, "6 ballots read and answered in under a second"),
         (2.0, "6 ballots read and answered in 2.0 s (3 ballots/s)"),
+        (0.037, "1 ballot read and answered in under a second"),
     ],
 )
 def test_the_import_summary_gives_a_rate_only_for_a_measurable_run(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, seconds: float, said: str
 ) -> None:
-    """Six ballots answered in an instant were "0.0 s (162 ballots/s)" (newcomer review)."""
+    """Six ballots answered in an instant were "0.0 s (162 ballots/s)" (newcomer review);
+    one was "1 ballots" (operator review L5)."""
     from collections import Counter
 
     from infra.cli.ballot_files import Reading
     from infra.cli.importer import _summary
 
-    _summary(tmp_path / "few.jsonl", Counter({"recorded: cast": 6}), Reading(), 6, seconds)
+    total = int(said.split(maxsplit=1)[0])
+    _summary(tmp_path / "few.jsonl", Counter({"recorded: cast": total}), Reading(), total, seconds)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == said
 

@@ -32,3 +32,13 @@ def test_a_url_with_credentials_is_not_shown(
 
     action = argparse.Action(["--url"], "url", default="amqp://u:secret@host/", help="where")
     assert ShowDefaults("x")._get_help_string(action) == "where"
+
+
+def test_the_relays_help_says_it_seals_with_the_audit_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README says the relay seals the log with CARDINAL_AUDIT_KEY; its --help said
+    only that it publishes (operator review L6)."""
+    text = " ".join(_help("relay", capsys=capsys).split())
+    assert "seal" in text
+    assert "CARDINAL_AUDIT_KEY" in text

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from infra.cli.environment import console
-from infra.cli.serve import _banner, _is_embedded, write_environment
+from infra.cli.serve import _banner, is_embedded, write_environment
 from infra.runtime.credentials import complete
 from infra.runtime.settings import Settings
 
@@ -64,11 +64,11 @@ def test_the_embedded_servers_own_url_starts_it_again(tmp_path: Path) -> None:
     """After `. .cardinal/env`, DATABASE_URL is the embedded server's: serve must start
     that server again (it stopped with the last serve), not assume it is running."""
     own = f"postgresql://postgres:pw@/cardinal?host={tmp_path}/pgdata"
-    assert _is_embedded(Settings(database_url=own, data_dir=tmp_path))
+    assert is_embedded(Settings(database_url=own, data_dir=tmp_path))
     other = "postgresql://root@127.0.0.1:5432/cardinal"
-    assert not _is_embedded(Settings(database_url=other, data_dir=tmp_path))
+    assert not is_embedded(Settings(database_url=other, data_dir=tmp_path))
     elsewhere = f"postgresql://postgres@/cardinal?host={tmp_path}/other"
-    assert not _is_embedded(Settings(database_url=elsewhere, data_dir=tmp_path))
+    assert not is_embedded(Settings(database_url=elsewhere, data_dir=tmp_path))
 
 
 def test_the_banner_says_where_tokens_came_from_and_where_to_go(tmp_path: Path) -> None:
