@@ -34,6 +34,7 @@ from uuid import UUID
 
 import aio_pika
 import aiormq.abc
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -316,7 +317,10 @@ class Ingester:
         try:
             await _ack(batch)
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
-            raise Abandoned from error
+            # The broker's reason, where the channel closed under the ack: aio-pika's own
+            # error says only that it did.
+            closed = [_closed_by(d.message) for d in batch if not _open(d.message)]
+            raise Abandoned from (closed[0] if closed else error)
         metrics.INGEST_COMMITTED.inc(committed)
 
     async def _cast(self, items: list[Item], origin: Mapping[int, int]) -> list[Item]:
@@ -390,11 +394,9 @@ class Ingester:
         return elections
 
     def _check_open(self, batch: list[Delivery]) -> None:
-        try:
-            for delivery in batch:
-                _ = delivery.message.channel
-        except Exception as error:
-            raise Abandoned from error
+        for delivery in batch:
+            if not _open(delivery.message):
+                raise Abandoned from _closed_by(delivery.message)
 
     async def _forward(self, batch: list[Delivery]) -> None:
         """Forward the batch's refused ballots to the refused queue, each publish confirmed,
@@ -626,6 +628,21 @@ def _open(message: AbstractIncomingMessage) -> bool:
     return True
 
 
+def _closed_by(message: AbstractIncomingMessage) -> BaseException:
+    """Why the message's channel closed, as aiormq's channel keeps it (its ``closing``
+    future's exception: the broker's Channel.Close, e.g. 406 PRECONDITION_FAILED "delivery
+    acknowledgement on channel 1 timed out", or the connection's loss). aio-pika's
+    ``IncomingMessage.channel`` raises a bare ChannelInvalidStateError instead, which said
+    only "channel closed"; that is what is left where aiormq kept no reason."""
+    raw = getattr(message, "_IncomingMessage__channel", None)  # aio-pika 10 keeps no other
+    if raw is not None and raw.is_closed:
+        closing = raw.closing  # done: aiormq's own future, not an observer
+        if not closing.cancelled() and closing.exception() is not None:
+            reason: BaseException = closing.exception()
+            return reason
+    return aiormq.exceptions.ChannelInvalidStateError("its channel closed")
+
+
 def _voter(item: Item) -> tuple[UUID, str]:
     assert item.election_id is not None
     assert item.voter is not None
@@ -748,6 +765,8 @@ async def _ack(batch: list[Delivery]) -> None:
         with contextlib.suppress(Exception):  # a closed channel's: redelivered on the new one
             last[id(delivery.message.channel)] = delivery.message
     if not last:
-        raise Abandoned("every message of the batch came on a closed channel")
+        raise Abandoned("every message of the batch came on a closed channel") from (
+            _closed_by(batch[0].message)
+        )
     for message in last.values():
         await message.ack(multiple=True)
