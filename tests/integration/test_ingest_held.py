@@ -31,7 +31,7 @@ from tests.integration.test_ingest import (
 from tests.rabbit_node import RabbitNode
 from tests.servers import settings_for
 
-CONSUMER_TIMEOUT = 3.0  # seconds, on the test's own node
+CONSUMER_TIMEOUT = 4.0  # seconds, on the test's own node
 
 
 def _messages(election_id: UUID, count: int, size: int) -> list[tuple[str, Any]]:
