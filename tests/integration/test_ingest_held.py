@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -79,6 +80,48 @@ async def test_a_backlog_of_large_messages_is_held_in_ballots_not_in_messages(
             assert set(counted.values()) == {1}
             assert max(held) <= 2, held
             assert await queue_depth(queue + ".refused") == 0
+    finally:
+        await delete_queues(queue)
+
+
+def _prefetches(queue: str) -> list[int]:
+    """The prefetch of each consumer of ``queue``, as the broker applies it."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "prefetch_count"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("\t") for line in listed.splitlines() if "\t" in line]
+    return sorted(int(count) for name, count in rows if name == queue)
+
+
+async def test_the_window_widens_for_small_messages_and_narrows_for_large_ones(
+    database_url: str,
+) -> None:
+    """The broker applies the window: a consumer's prefetch doubles from 2 up to
+    INGEST_PREFETCH as small messages come (so one-ballot messages are taken as many at a
+    time as before), and falls to 2 once messages of a batch's size come; one consumer at
+    a time (the one of the old size cancelled)."""
+    settings = settings_for(
+        database_url,
+        amqp_url=AMQP_URL,
+        namespace=f"t-{uuid.uuid4().hex[:8]}",
+        ingest_batch=1000,
+        ingest_prefetch=64,
+    )
+    queue = settings.ingest_queue_name
+    small = [f"s{n}" for n in range(200)]
+    try:
+        election_id = await _opened(settings, "Widen", ["yes", "no"])
+        await publish(AMQP_URL, queue, [(f"m-{v}", ballot(election_id, v)) for v in small])
+        async with consuming(settings) as (services, _):
+            check = Ingest(settings, services, queue)
+            await check.until_counted(election_id, small)
+            await until(lambda: _prefetches(queue), lambda p: p == [64])
+            await publish(AMQP_URL, queue, _messages(election_id, 4, 1000))
+            await check.until_counted(election_id, _voters(4, 1000))
+            await until(lambda: _prefetches(queue), lambda p: p == [2])
     finally:
         await delete_queues(queue)
 
