@@ -22,8 +22,13 @@ CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 class RabbitNode:
     BOOT_TIMEOUT = 90.0  # seconds for the node to boot (tens of them on a loaded machine)
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: str = "", advanced: str = "[].") -> None:
+        """``config``: lines added to its rabbitmq.conf (``consumer_timeout = 3000``);
+        ``advanced``: its advanced.config (``[{rabbit, [{channel_tick_interval, 500}]}].``:
+        a channel checks its consumer_timeout once per tick, 60 s by default)."""
         self.root = root
+        self.config = config
+        self.advanced = advanced
         self.name = f"chaos-{uuid.uuid4().hex[:8]}@localhost"
         self.port = quiet_port()
         self.dist_port = quiet_port()
@@ -41,6 +46,7 @@ class RabbitNode:
             "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.root / "log"),
             "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.root / "pid"),
             "RUNNING_UNDER_SYSTEMD": "1",
@@ -56,8 +62,9 @@ class RabbitNode:
         cookie.chmod(0o400)
         (self.root / "enabled_plugins").write_text("[].\n")
         (self.root / "rabbitmq.conf").write_text(
-            f"loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.port}\n" + self.config
         )
+        (self.root / "advanced.config").write_text(self.advanced + "\n")
         self.start()
         return self
 

@@ -1,7 +1,8 @@
 """`cardinal ingest`: ballots from the ingest queue, cast in batches, acked after commit.
 
-The loop: take what the broker has sent (up to the prefetch), up to INGEST_BATCH ballots;
-cast them through ``VotingApplication.cast_ballots`` (voters concurrently, one voter's
+The loop: take what the broker has sent (up to the prefetch, sized in ballots by
+``_Window``: about two batches in flight however large the messages), up to INGEST_BATCH
+ballots; cast them through ``VotingApplication.cast_ballots`` (voters concurrently, one voter's
 ballots in order: they share the group-commit writer's transactions; in rounds of at most
 MAX_BALLOTS_PER_VOTER of a voter's, a request's limit, which holds for one message, not
 for the batch); forward refusals to the refused queue, each publish confirmed, and answer
@@ -34,6 +35,7 @@ from uuid import UUID
 
 import aio_pika
 import aiormq.abc
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -51,6 +53,7 @@ from infra import metrics
 from infra.broker.outage import Outage
 from infra.ingest.messages import (
     MAX_BALLOT_BYTES,
+    MAX_BALLOTS,
     Delivery,
     Item,
     forwarded,
@@ -95,6 +98,51 @@ class _PacedConnection(aio_pika.RobustConnection):
     @reconnect_interval.setter
     def reconnect_interval(self, value: float) -> None:
         self._fixed = value
+
+
+class _Window:
+    """The consumer's prefetch, in messages, sized in ballots: at most ``most`` messages
+    (INGEST_PREFETCH), no more than hold about ``budget`` ballots (two batches: one cast
+    while the next is gathered) at the largest size lately seen, and at least 2 (the next
+    message at hand while one is cast: with one, each message waited, after the ack, for
+    the quorum queue to settle it and deliver the next, and 10,000-ballot messages were cast
+    at half the rate). So the ballots in flight are at most about the larger of ``budget``
+    and two of the largest messages. AMQP's prefetch counts messages and RabbitMQ cannot
+    count bytes, while a message may hold up to MAX_BALLOTS ballots (4 MiB): a prefetch of
+    1,000 such messages was 10 million ballots in flight, gigabytes held, and a backlog the
+    consumer could not cast before the broker's consumer_timeout closed its channel (every
+    message returned, a delivery spent each).
+
+    It starts at what ``budget`` allows for the largest messages (2 with the defaults), and
+    doubles, up to ``most``, each time a whole window of messages has come no larger than
+    the doubled window allows; a larger message narrows it at once. What the broker already
+    sent under a wider window still comes (it cannot be taken back without spending
+    deliveries): large messages right after many small ones are held up to the wide window
+    of them, once, until they are cast."""
+
+    def __init__(self, budget: int, most: int) -> None:
+        self.budget = max(1, budget)
+        self.most = max(1, most)
+        self.size = self._fitting(MAX_BALLOTS)
+        self._largest = 1  # the most ballots in one message since the size was set
+        self._seen = 0  # messages since then
+
+    def _fitting(self, largest: int) -> int:
+        return min(self.most, max(2, self.budget // largest))
+
+    def saw(self, ballots: int) -> bool:
+        """A message of ``ballots`` was taken: whether ``size`` changed."""
+        self._largest = max(self._largest, ballots)
+        self._seen += 1
+        fits = self._fitting(self._largest)
+        if fits < self.size:
+            size = fits
+        elif fits > self.size and self._seen >= self.size:
+            size = min(fits, 2 * self.size)
+        else:
+            return False
+        self.size, self._largest, self._seen = size, 1, 0
+        return True
 
 
 class Abandoned(Exception):
@@ -147,6 +195,7 @@ class Ingester:
         *,
         prefetch: int = 1000,
         batch: int = 5000,
+        in_flight: int | None = None,
         name: str = "cardinal ingest",
         max_ballot_bytes: int = MAX_BALLOT_BYTES,
     ) -> None:
@@ -156,6 +205,10 @@ class Ingester:
         self.queues = IngestQueues(queue)
         self.prefetch = prefetch
         self.batch = batch
+        # The ballots the consumer may hold delivered and unacked: two batches by default.
+        self._window = _Window(2 * batch if in_flight is None else in_flight, prefetch)
+        self._queue: aio_pika.abc.AbstractQueue | None = None
+        self._consumer_tag: str | None = None
         self.name = name
         self.max_ballot_bytes = max_ballot_bytes
         self.ready = asyncio.Event()
@@ -189,9 +242,10 @@ class Ingester:
             self._connection = connection
             channel = await connection.channel(publisher_confirms=True)
             self._channel = channel
-            await channel.set_qos(prefetch_count=self.prefetch)
+            await channel.set_qos(prefetch_count=self._window.size)
             queue, _, _ = await self.queues.declare(channel)
-            await queue.consume(self._received)
+            self._queue = queue
+            self._consumer_tag = await queue.consume(self._received)
             connected.set(1)
             depth = asyncio.create_task(self._watch_depth(channel, connection))
             self.ready.set()
@@ -256,11 +310,13 @@ class Ingester:
         channel, and delivers it again on the new one, in order with its neighbours."""
         first = self._held
         self._held = None
+        seen = first is not None  # a held message was seen by the window as it was taken
         while first is None or not _open(first.message):
             message = await self._inbox.get()
             if _open(message):
-                first = parse(message, self.max_ballot_bytes)
+                first, seen = parse(message, self.max_ballot_bytes), False
         batch, ballots = [first], first.ballots
+        resize = not seen and self._window.saw(max(1, first.ballots))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LINGER
         while ballots < self.batch:
@@ -277,6 +333,7 @@ class Ingester:
             if not _open(message):
                 continue
             delivery = parse(message, self.max_ballot_bytes)
+            resize = self._window.saw(max(1, delivery.ballots)) or resize
             if ballots + delivery.ballots > self.batch:
                 self._held = delivery  # the next batch starts with it
                 break
@@ -284,7 +341,33 @@ class Ingester:
             ballots += delivery.ballots
         metrics.INGEST_CONSUMED.inc(len(batch))
         metrics.INGEST_BATCH.observe(ballots)
+        if resize:
+            await self._resize()
         return batch
+
+    async def _resize(self) -> None:
+        """Take the window's new size: the prefetch set (RabbitMQ applies a consumer's
+        prefetch as it starts consuming), a consumer started with it, then the old one
+        cancelled. What the old one was sent stays delivered on the channel and is cast and
+        acked as ever, in order (its deliveries reach us before the cancel's answer, and an
+        ack with ``multiple`` covers the channel's, whichever consumer took them). Where the
+        channel is closed the robust channel restores its consumer with the new prefetch."""
+        queue, size = self._queue, self._window.size
+        assert queue is not None
+        assert self._channel is not None
+        try:
+            await asyncio.wait_for(self._channel.set_qos(prefetch_count=size), DEPTH_EVERY)
+            tag = await queue.consume(self._received, timeout=DEPTH_EVERY)
+        except Exception as error:  # the channel closed: it is restored with the new size
+            log.debug("the prefetch is %d from the next consumer (%s)", size, error)
+            return
+        old, self._consumer_tag = self._consumer_tag, tag
+        if old is not None:
+            try:
+                await queue.cancel(old, timeout=DEPTH_EVERY)
+            except Exception as error:  # (a closed channel's consumers are gone with it)
+                log.debug("the consumer of the previous prefetch stays (%s)", error)
+        log.debug("prefetch now %d messages", size)
 
     async def _process(self, batch: list[Delivery]) -> None:
         # A channel that closed since the batch was gathered took its messages back: they
@@ -316,7 +399,10 @@ class Ingester:
         try:
             await _ack(batch)
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
-            raise Abandoned from error
+            # The broker's reason, where the channel closed under the ack: aio-pika's own
+            # error says only that it did.
+            closed = [_closed_by(d.message) for d in batch if not _open(d.message)]
+            raise Abandoned from (closed[0] if closed else error)
         metrics.INGEST_COMMITTED.inc(committed)
 
     async def _cast(self, items: list[Item], origin: Mapping[int, int]) -> list[Item]:
@@ -390,11 +476,9 @@ class Ingester:
         return elections
 
     def _check_open(self, batch: list[Delivery]) -> None:
-        try:
-            for delivery in batch:
-                _ = delivery.message.channel
-        except Exception as error:
-            raise Abandoned from error
+        for delivery in batch:
+            if not _open(delivery.message):
+                raise Abandoned from _closed_by(delivery.message)
 
     async def _forward(self, batch: list[Delivery]) -> None:
         """Forward the batch's refused ballots to the refused queue, each publish confirmed,
@@ -626,6 +710,21 @@ def _open(message: AbstractIncomingMessage) -> bool:
     return True
 
 
+def _closed_by(message: AbstractIncomingMessage) -> BaseException:
+    """Why the message's channel closed, as aiormq's channel keeps it (its ``closing``
+    future's exception: the broker's Channel.Close, e.g. 406 PRECONDITION_FAILED "delivery
+    acknowledgement on channel 1 timed out", or the connection's loss). aio-pika's
+    ``IncomingMessage.channel`` raises a bare ChannelInvalidStateError instead, which said
+    only "channel closed"; that is what is left where aiormq kept no reason."""
+    raw = getattr(message, "_IncomingMessage__channel", None)  # aio-pika 10 keeps no other
+    if raw is not None and raw.is_closed:
+        closing = raw.closing  # done: aiormq's own future, not an observer
+        if not closing.cancelled() and closing.exception() is not None:
+            reason: BaseException = closing.exception()
+            return reason
+    return aiormq.exceptions.ChannelInvalidStateError("its channel closed")
+
+
 def _voter(item: Item) -> tuple[UUID, str]:
     assert item.election_id is not None
     assert item.voter is not None
@@ -748,6 +847,8 @@ async def _ack(batch: list[Delivery]) -> None:
         with contextlib.suppress(Exception):  # a closed channel's: redelivered on the new one
             last[id(delivery.message.channel)] = delivery.message
     if not last:
-        raise Abandoned("every message of the batch came on a closed channel")
+        raise Abandoned("every message of the batch came on a closed channel") from (
+            _closed_by(batch[0].message)
+        )
     for message in last.values():
         await message.ack(multiple=True)
