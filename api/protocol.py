@@ -338,6 +338,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             served = self in admitted and len(self.tasks) < limit
             self.limit_concurrency = None if served else 0
         super().on_headers_complete()
+        if self.cycle is not answering and self.cycle is not None:
+            self.cycle.transport = cast(asyncio.Transport, _HeadWithBody(self.transport))
         self._requests += 1
         # How many connections the server holds: streams take at most a share (api/streams.py).
         cast(dict[str, Any], self.scope)[CONNECTIONS] = limit
@@ -463,6 +465,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         self._discarding = True
         self._lingering = self.loop.call_later(LINGER, self.transport.close)
+
+
+class _HeadWithBody:
+    """The transport a request's cycle writes to: a response head that states its length
+    is held, and goes out with the body's first bytes in one write. uvicorn writes the two
+    with a send() each: two system calls and two packets per answer, each waking the client.
+    A head without a length (an event stream, chunked) goes at once, as does ``100
+    Continue``."""
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif b"\r\ncontent-length: " in data and data.startswith(b"HTTP/1.1 "):
+            self._held = data  # (uvicorn writes header names in lower case)
+        else:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        """(uvicorn closes after an app that failed past its head: the head goes first.)"""
+        held, self._held = self._held, None
+        if held is not None:
+            self._transport.write(held)
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:

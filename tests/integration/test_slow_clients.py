@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import httpx
 import pytest
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.protocol import LIMIT_CONCURRENCY, GuardedHttpToolsProtocol, server_config
 from tests.servers import ADMIN, CLIENT, running_api, settings_for
@@ -215,6 +215,7 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.sent = bytearray()
+        self.writes: list[bytes] = []
         self.closed = False
 
     def get_extra_info(self, name: str, default: object = None) -> object:
@@ -224,6 +225,7 @@ class _Transport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.sent += data
+        self.writes.append(bytes(data))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -256,10 +258,49 @@ async def _echo_length(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-async def _fed(chunks: Sequence[bytes | None]) -> bytes:
+async def _sized(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 200 with a body of a stated length, as the API's answers are."""
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _streamed(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers 200 in two pieces, with no length: an event stream's way."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"one", "more_body": True})
+    await send({"type": "http.response.body", "body": b"two"})
+
+
+async def test_an_answer_of_known_length_is_written_once() -> None:
+    """uvicorn wrote a response's head and its body with a send() each: two system calls
+    and two packets per answer, each waking the client. A head that states its length now
+    goes with the body; one without (an event stream) still goes at once, before its body."""
+    request = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    writes: list[bytes] = []
+    answer = await _fed([request, None, request], app=_sized, writes=writes)
+    assert answer.count(b"HTTP/1.1 200 ") == 2
+    assert len(writes) == 2, writes  # a write per answer, kept alive
+    assert all(w.startswith(b"HTTP/1.1 200 ") and w.endswith(b"\r\n\r\nok") for w in writes)
+    writes.clear()
+    answer = await _fed([request], app=_streamed, writes=writes)
+    assert writes[0].startswith(b"HTTP/1.1 200 ")
+    assert writes[0].endswith(b"\r\n\r\n"), writes  # the head alone, not held
+    assert b"one" in writes[1]
+
+
+async def _fed(
+    chunks: Sequence[bytes | None],
+    *,
+    app: ASGIApp = _echo_length,
+    writes: list[bytes] | None = None,
+) -> bytes:
     """What the protocol answers to a connection that delivers these chunks (None: let the
-    app answer the requests it has before the next chunk arrives)."""
-    config = uvicorn.Config(_echo_length, log_level="warning", lifespan="off")
+    app answer the requests it has before the next chunk arrives); ``writes`` gets each
+    write to the connection."""
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     state = uvicorn.server.ServerState()
     protocol = Hurried(config=config, server_state=state, app_state={})
     transport = _Transport()
@@ -273,6 +314,8 @@ async def _fed(chunks: Sequence[bytes | None]) -> bytes:
         protocol.data_received(chunk)
     await asyncio.gather(*state.tasks)  # the app's answer, where a request reached it
     protocol.connection_lost(None)
+    if writes is not None:
+        writes.extend(transport.writes)
     return bytes(transport.sent)
 
 
