@@ -518,6 +518,25 @@ async def _verify_pinned(url: str, pinned: Pinned) -> None:
     await verify_database(url, public_keys=KEYS, election=None, validate=True, pinned=pinned)
 
 
+def test_an_export_of_results_a_rebuild_mended_says_to_verify_a_new_export(
+    store: str, tmp_path: Path
+) -> None:
+    """Results an earlier version served with entries set aside (score and STAR before
+    5756f8d) fail in an export kept from then, after the rebuild too: the finding pointed
+    to the rebuild alone, which mends the database, not the file (upgrade review 2)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    index = next(i for i, d in enumerate(documents) if d.get("kind") == "result")
+    result = documents[index]
+    documents[index] = {**result, "ballots": int(str(result["ballots"])) - 1, "set_aside": 1}
+    _write_signed(exported, documents)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "the tally set aside 1 of its entries" in found.value.what
+    assert "keep it as the record, and verify a new export" in found.value.what
+
+
 def test_an_export_line_cannot_show_the_chain_one_payload_and_the_count_another(
     store: str, tmp_path: Path
 ) -> None:
