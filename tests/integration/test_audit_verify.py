@@ -877,12 +877,24 @@ async def test_an_earlier_export_written_before_signed_heads_pins_its_checkpoint
     signed) was refused as "cut short, or written without CARDINAL_AUDIT_KEY", and
     --accept-format-1 did nothing for --previous (upgrade review). Asked, it pins its
     checkpoints and says what it does not pin; unasked, the refusal says why and the flag."""
+    with psycopg.connect(store, autocommit=True) as conn:  # entries after its last checkpoint
+        conn.execute("DELETE FROM audit_checkpoints WHERE reason = 'test'")  # (the periodic one)
     earlier = tmp_path / "earlier.ndjson"
     await export(store, earlier, SIGNER)
     documents = _without_head_as_format_1(_lines(earlier))
     _write(earlier, documents)
     checkpoints = [d for d in documents if d.get("kind") == "checkpoint"]
     last = max(int(d["position"]) for d in checkpoints)
+    # As --file, it fails where its entries run past its last checkpoint, saying why (it
+    # said "the export's signed head is missing (it is written by ... with
+    # CARDINAL_AUDIT_KEY set)", of a file no release wrote with one).
+    with pytest.raises(Discrepancy) as found:
+        await asyncio.to_thread(
+            verify_file, earlier, election=None, validate=True, accept_format_1=True
+        )
+    assert found.value.position is not None
+    assert found.value.position > last
+    assert "has no signed head at its end, as exports written before" in found.value.what
     env = {**os.environ, "DATABASE_URL": store}
     command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--previous", str(earlier)]
     command += ["--public-key", SIGNER.public_key.hex()]
