@@ -125,6 +125,15 @@ def _chain_end(
     report = verifier.finish()
     if verifier.signed_upto < report.head:
         # Links are plain hashes: past the last signature, the file could say anything.
+        if not export.signs_file and export.signed_head is None:
+            raise Discrepancy(
+                report.head,
+                f"no signature covers the entries after position {verifier.signed_upto:,}: "
+                f"{path} is in the format {FORMAT_1} and has no signed head at its end, as "
+                "exports written before 2026-12-06 (commit 3cc8d44) did not, so nothing "
+                "attests those entries. Verify a new export (this one can still pin its "
+                "checkpoints as --previous, with --accept-format-1)",
+            )
         raise Discrepancy(
             report.head,
             f"no signature covers the entries after position {verifier.signed_upto:,}: "

@@ -3,7 +3,8 @@ rewritten wholesale (log, chain and checkpoints, re-sealed with the real key) ca
 
 - ``--previous FILE``: an earlier export; every checkpoint it holds, and its own signed
   head (which also signs the file: chain.py), must still be on the chain, signing the
-  same head at the same position;
+  same head at the same position (an export of format 1 written before exports ended with
+  a signed head pins its checkpoints alone, and only with ``--accept-format-1``);
 - ``--served FILE``: results documents saved as the API served them (a JSON document, an
   array of them, or one per line); each must equal the replay at the position it states,
   and the final chain head published with a closed election's results must be on the chain.
@@ -18,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from infra.audit.export_file import FORMAT_1
 from infra.audit.verifier import Checkpoint
 
 
@@ -29,6 +31,8 @@ class PinnedError(ValueError):
 class Pinned:
     checkpoints: tuple[Checkpoint, ...] = ()
     served: tuple[dict[str, Any], ...] = ()
+    # what the files brought pin less than they covered (for the report's notes)
+    notes: tuple[str, ...] = ()
 
     def served_at(self) -> dict[int, list[dict[str, Any]]]:
         found: dict[int, list[dict[str, Any]]] = {}
@@ -40,21 +44,40 @@ class Pinned:
 NOTHING_PINNED = Pinned()
 
 
-def pinned(previous: list[Path], served: list[Path]) -> Pinned:
+def pinned(previous: list[Path], served: list[Path], *, accept_format_1: bool = False) -> Pinned:
     checkpoints: list[Checkpoint] = []
     documents: list[dict[str, Any]] = []
+    notes: list[str] = []
     for path in previous:
-        checkpoints.extend(earlier_checkpoints(path))
+        earlier = earlier_export(path, accept_format_1=accept_format_1)
+        checkpoints.extend(earlier.checkpoints)
+        if earlier.note is not None:
+            notes.append(earlier.note)
     for path in served:
         saved, heads = saved_results(path)
         documents.extend(saved)
         checkpoints.extend(heads)
-    return Pinned(tuple(checkpoints), tuple(documents))
+    return Pinned(tuple(checkpoints), tuple(documents), tuple(notes))
 
 
-def earlier_checkpoints(path: Path) -> list[Checkpoint]:
+@dataclass(frozen=True)
+class Earlier:
+    """What an earlier export pins, and a note where that is less than it covered."""
+
+    checkpoints: list[Checkpoint]
+    note: str | None = None
+
+
+def earlier_checkpoints(path: Path, *, accept_format_1: bool = False) -> list[Checkpoint]:
+    return earlier_export(path, accept_format_1=accept_format_1).checkpoints
+
+
+def earlier_export(path: Path, *, accept_format_1: bool = False) -> Earlier:
     """The checkpoints of an earlier export, and its own signed head at its end: all of
-    them must still be on the chain (the head covers what came after the last checkpoint)."""
+    them must still be on the chain (the head covers what came after the last checkpoint).
+    An export of format 1 written before exports ended with a signed head (before commit
+    3cc8d44, 2026-12-06) has its checkpoints alone: with ``accept_format_1`` they are what
+    it pins, said in a note; without, it is refused, as one cut short is."""
     found: list[Checkpoint] = []
     origin = f"the earlier export {path}"
     read = hashlib.sha256()
@@ -64,7 +87,7 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
             header = orjson.loads(first or b"null")
             if not isinstance(header, dict) or header.get("kind") != "header":
                 raise PinnedError(f"{path} is not an export: it does not start with its header")
-            signs_file = header.get("format") != "cardinal-audit/1"
+            signs_file = header.get("format") != FORMAT_1
             read.update(first)
             ended = False  # at its signed head: nothing may follow
             for number, line in enumerate(source, 2):
@@ -100,13 +123,38 @@ def earlier_checkpoints(path: Path) -> list[Checkpoint]:
         raise PinnedError(f"cannot read {path}: {error.strerror}") from None
     except (orjson.JSONDecodeError, AttributeError) as error:
         raise PinnedError(f"{path} is not an export (not JSON lines: {error})") from None
-    if not ended:
-        # Its checkpoints alone would pin less than it covered, silently.
+    if ended:
+        return Earlier(found)
+    # Its checkpoints alone would pin less than it covered, silently.
+    if signs_file:
         raise PinnedError(
             f"{path} does not end with its signed head (a copy cut short, or an export "
             "written without CARDINAL_AUDIT_KEY): it cannot pin what it covered"
-        )  # (format 1 too: its head at least pins the chain at its end)
-    return found
+        )
+    # Format 1 without a head: as written before exports ended with one, or a copy cut
+    # short at a checkpoint and labelled so (nothing tells them apart, as for --file).
+    if not found:
+        raise PinnedError(
+            f"{path} is in the format {FORMAT_1} and holds no signed checkpoint and no "
+            "signed head at its end: it pins nothing"
+        )
+    last = max(checkpoint.position for checkpoint in found)
+    upto = header.get("head")
+    tail = f" (to position {upto:,}, as its header says)" if isinstance(upto, int) else ""
+    if not accept_format_1:
+        raise PinnedError(
+            f"{path} is in the format {FORMAT_1} and has no signed head at its end, as "
+            "exports written before 2026-12-06 (commit 3cc8d44) did not: it can pin only "
+            f"its signed checkpoints, up to position {last:,}, not the entries after it"
+            f"{tail}; give --accept-format-1 to have it pin that much (a copy of a newer "
+            "export cut at a checkpoint and labelled format 1 reads the same)"
+        )
+    return Earlier(
+        found,
+        f"the earlier export {path} is in the format {FORMAT_1}, written before exports "
+        f"ended with a signed head: it pins its signed checkpoints, up to position "
+        f"{last:,}, and not the entries after it{tail}",
+    )
 
 
 def saved_results(path: Path) -> tuple[list[dict[str, Any]], list[Checkpoint]]:

@@ -535,7 +535,9 @@ class Verifier:
                     f"replayed {_short(replayed.get(key))}"
                     + (
                         f" (the tally set aside {aside} of its entries; if a version before "
-                        "this one could not count them, `cardinal rebuild tally` counts them)"
+                        "this one could not count them, `cardinal rebuild tally` counts them "
+                        "in the database, and an export written before the rebuild keeps "
+                        "what was served: keep it as the record, and verify a new export)"
                         if aside
                         else ""
                     ),

@@ -80,14 +80,16 @@ def add_commands(commands: Commands) -> None:
         metavar="EXPORT",
         help="an earlier export you kept: each checkpoint in it, and its own signed head, "
         "must still be on the chain (a store rewritten and signed again does not pass); may "
-        "be repeated",
+        "be repeated (one written before exports ended with a signed head pins its "
+        "checkpoints alone, with --accept-format-1)",
     )
     verifying.add_argument(
         "--accept-format-1",
         action="store_true",
         help="check an export written before 2026-12-06 (format cardinal-audit/1) as far as "
         "it goes: nothing attests where such a file ends, so a copy cut at a checkpoint "
-        "passes too; without this, such a file fails",
+        "passes too; without this, such a file fails --file, and one without a signed head "
+        "at its end pins nothing as --previous (with it, its checkpoints)",
     )
     verifying.add_argument(
         "--served",
@@ -140,7 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     given = {key_id(key): key for key in args.public_key}
     try:
-        brought = pinned(args.previous, args.served)
+        brought = pinned(args.previous, args.served, accept_format_1=args.accept_format_1)
     except PinnedError as error:
         console.print(f"[red bold]cannot verify[/red bold]: {error}")
         return 2
@@ -194,6 +196,7 @@ def run_verify(args: argparse.Namespace) -> int:
         else:
             console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
         return 1
+    report.notes.extend(brought.notes)
     for trusted in given:  # (a key given that signed nothing here is shown too)
         report.keys.setdefault(trusted, 0)
     _summary(report, time.perf_counter() - started)

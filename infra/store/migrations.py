@@ -151,7 +151,9 @@ def _check_known(
         ).fetchone()
         raise MigrationError(
             f"the database has migration {unknown[0]:04d} ({row[0] if row else '?'}) that "
-            "this version does not know: it was upgraded by a newer release; run that release"
+            "this version does not know: it was upgraded by a newer release; run that release, "
+            "or, to come back to this one, restore the pg_dump taken before the upgrade into an "
+            "empty database (there are no down-migrations: docs/upgrading.md, the way back)"
         )
 
 

@@ -28,7 +28,7 @@ from infra.audit import records
 from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
-from infra.audit.pinned import Pinned, PinnedError, earlier_checkpoints, saved_results
+from infra.audit.pinned import Pinned, PinnedError, earlier_checkpoints, pinned, saved_results
 from infra.audit.sealer import Sealer
 from infra.audit.sources import (
     database_entries,
@@ -518,6 +518,25 @@ async def _verify_pinned(url: str, pinned: Pinned) -> None:
     await verify_database(url, public_keys=KEYS, election=None, validate=True, pinned=pinned)
 
 
+def test_an_export_of_results_a_rebuild_mended_says_to_verify_a_new_export(
+    store: str, tmp_path: Path
+) -> None:
+    """Results an earlier version served with entries set aside (score and STAR before
+    5756f8d) fail in an export kept from then, after the rebuild too: the finding pointed
+    to the rebuild alone, which mends the database, not the file (upgrade review 2)."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    index = next(i for i, d in enumerate(documents) if d.get("kind") == "result")
+    result = documents[index]
+    documents[index] = {**result, "ballots": int(str(result["ballots"])) - 1, "set_aside": 1}
+    _write_signed(exported, documents)
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert "the tally set aside 1 of its entries" in found.value.what
+    assert "keep it as the record, and verify a new export" in found.value.what
+
+
 def test_an_export_line_cannot_show_the_chain_one_payload_and_the_count_another(
     store: str, tmp_path: Path
 ) -> None:
@@ -834,10 +853,94 @@ def test_an_earlier_export_cut_short_pins_nothing(store: str, tmp_path: Path) ->
     _write(earlier, [*documents, documents[1]])
     with pytest.raises(PinnedError, match="follows its signed head"):
         earlier_checkpoints(earlier)
-    # A format-1 export without its head pinned its checkpoints alone, silently (helper-51).
+    # A format-1 export without its head pinned its checkpoints alone, silently (helper-51):
+    # now only when asked (the next test).
     _write(earlier, [{**documents[0], "format": "cardinal-audit/1"}, *documents[1:-1]])
-    with pytest.raises(PinnedError, match="does not end with its signed head"):
+    with pytest.raises(PinnedError, match="--accept-format-1"):
         earlier_checkpoints(earlier)
+    # A format-2 export cut short stays refused, asked or not.
+    _write(earlier, documents[:-1])
+    with pytest.raises(PinnedError, match="does not end with its signed head"):
+        earlier_checkpoints(earlier, accept_format_1=True)
+
+
+def _without_head_as_format_1(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An export as written before 3cc8d44 (2026-12-06): format 1, no signed head at its end."""
+    assert documents[-1]["kind"] == "export_head"
+    return [{**documents[0], "format": "cardinal-audit/1"}, *documents[1:-1]]
+
+
+async def test_an_earlier_export_written_before_signed_heads_pins_its_checkpoints_when_asked(
+    store: str, tmp_path: Path
+) -> None:
+    """An export written before exports ended with a signed head (format 1, complete and
+    signed) was refused as "cut short, or written without CARDINAL_AUDIT_KEY", and
+    --accept-format-1 did nothing for --previous (upgrade review). Asked, it pins its
+    checkpoints and says what it does not pin; unasked, the refusal says why and the flag."""
+    with psycopg.connect(store, autocommit=True) as conn:  # entries after its last checkpoint
+        conn.execute("DELETE FROM audit_checkpoints WHERE reason = 'test'")  # (the periodic one)
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
+    documents = _without_head_as_format_1(_lines(earlier))
+    _write(earlier, documents)
+    checkpoints = [d for d in documents if d.get("kind") == "checkpoint"]
+    last = max(int(d["position"]) for d in checkpoints)
+    # As --file, it fails where its entries run past its last checkpoint, saying why (it
+    # said "the export's signed head is missing (it is written by ... with
+    # CARDINAL_AUDIT_KEY set)", of a file no release wrote with one).
+    with pytest.raises(Discrepancy) as found:
+        await asyncio.to_thread(
+            verify_file, earlier, election=None, validate=True, accept_format_1=True
+        )
+    assert found.value.position is not None
+    assert found.value.position > last
+    assert "has no signed head at its end, as exports written before" in found.value.what
+    env = {**os.environ, "DATABASE_URL": store}
+    command = [sys.executable, "-m", "infra.cli", "audit", "verify", "--previous", str(earlier)]
+    command += ["--public-key", SIGNER.public_key.hex()]
+    refused = await asyncio.to_thread(
+        subprocess.run, command, env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    said = " ".join(refused.stdout.split())
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "is in the format cardinal-audit/1 and has no signed head at its end" in said, said
+    assert "--accept-format-1" in said
+    assert "written without CARDINAL_AUDIT_KEY" not in said
+    accepted = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--accept-format-1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    said = " ".join(accepted.stdout.split())
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert f"it pins its signed checkpoints, up to position {last:,}, and not the entries" in said
+    brought = pinned([earlier], [], accept_format_1=True)
+    assert len(brought.checkpoints) == len(checkpoints)
+    assert len(brought.notes) == 1
+    # What it pins holds: a ballot before its last checkpoint rewritten in the store, the
+    # chain and checkpoints from there sealed and signed again, does not pass.
+    ballot = min(_positions(store, "Ballot.Cast"))
+    assert ballot < last
+    _rewrite_entry(store, ballot)
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (ballot,))
+        conn.execute("DELETE FROM audit_chain WHERE position >= %s", (ballot,))
+    sealer = Sealer(store, SIGNER)
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+        assert await sealer.seal_pending(live) > 0
+        await sealer.checkpoint_head(live, "test")
+    await _verify(store)  # on its own, the rewritten store holds
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, brought)
+    assert f"the earlier export {earlier}" in found.value.what
+    # Holding no checkpoint, it pins nothing: refused, asked or not.
+    _write(earlier, [d for d in documents if d.get("kind") != "checkpoint"])
+    with pytest.raises(PinnedError, match="holds no signed checkpoint"):
+        earlier_checkpoints(earlier, accept_format_1=True)
 
 
 def test_an_export_without_the_audit_key_is_refused(store: str, tmp_path: Path) -> None:

@@ -201,7 +201,9 @@ async def test_a_database_a_newer_release_migrated_is_refused_and_not_ready(
         )
     said = (
         "the database has migration 9999 (from_the_future) that this version does not know: "
-        "it was upgraded by a newer release; run that release"
+        "it was upgraded by a newer release; run that release, or, to come back to this one, "
+        "restore the pg_dump taken before the upgrade into an empty database (there are no "
+        "down-migrations: docs/upgrading.md, the way back)"
     )
     refused = _cardinal("migrate", database_url=fresh_database_url)
     assert refused.returncode == 2, refused.stderr
