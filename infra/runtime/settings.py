@@ -69,10 +69,12 @@ class Settings:
     # Results streams (Server-Sent Events) one client address may hold open per API process:
     # a dashboard wall's dozen screens fit; one host cannot take a process's connections.
     streams_per_client: int = 32
-    # Closed elections each API and ingest process keeps in memory (the least recently used
-    # are read from the store again on use); open and draft ones are always kept. (The
-    # default is domain.application.CLOSED_ELECTIONS_CACHED, the bound of an application
-    # made without settings.)
+    # Closed client elections each API and ingest process keeps in memory (the least
+    # recently used are read from the store again on use); open and draft ones, and token
+    # elections, are always kept. At least the overview's 100: fewer, and every overview
+    # (GET /, public) read from the store each closed one it shows. (The default is
+    # domain.application.CLOSED_ELECTIONS_CACHED, the bound of an application made without
+    # settings.)
     closed_elections_cached: int = 1000
     # The variable that named the environment (CARDINAL_ENV, or the deployment guide's
     # CARDINAL_VOTE_ENV or ENVIRONMENT), for messages about it.
@@ -182,7 +184,7 @@ class Settings:
             ingest_batch=_int(env, "INGEST_BATCH", cls.ingest_batch, minimum=1),
             streams_per_client=_int(env, "STREAMS_PER_CLIENT", cls.streams_per_client, minimum=1),
             closed_elections_cached=_int(
-                env, "CLOSED_ELECTIONS_CACHED", cls.closed_elections_cached
+                env, "CLOSED_ELECTIONS_CACHED", cls.closed_elections_cached, OVERVIEW_SHOWS
             ),
         )
         settings.check(service=service)
@@ -391,6 +393,11 @@ def _is_hex(value: str, length: int) -> bool:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+# The elections the overview shows (api/routes/streams.py OVERVIEW_LIMIT): the fewest
+# closed elections a process may keep.
+OVERVIEW_SHOWS = 100
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from api.routes import streams
 from infra.runtime import settings as settings_module
-from infra.runtime.settings import Settings, SettingsError
+from infra.runtime.settings import OVERVIEW_SHOWS, Settings, SettingsError
 
 PRODUCTION = {
     "CARDINAL_ENV": "production",
@@ -172,3 +173,12 @@ def test_env_example_names_every_setting_production_requires() -> None:
     for name in required:
         assert name in comment, name
         assert f"\n{name}=" in example, name
+
+
+def test_closed_elections_kept_are_at_least_what_the_overview_shows() -> None:
+    """Fewer, and every overview (GET /, public) read from the store each closed election
+    it shows, every time (the merge review: 3 reads per call at a bound of 0)."""
+    assert OVERVIEW_SHOWS == streams.OVERVIEW_LIMIT
+    with pytest.raises(SettingsError, match="CLOSED_ELECTIONS_CACHED must be at least 100"):
+        Settings.from_env({"CLOSED_ELECTIONS_CACHED": "0"})
+    assert Settings.from_env({"CLOSED_ELECTIONS_CACHED": "100"}).closed_elections_cached == 100
