@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -342,7 +343,11 @@ def write_environment(settings: Settings) -> Path:
 
 
 def redact(url: str) -> str:
-    """A database URL without its password."""
+    """A database URL without its password: in its user part, as ``?password=``, or as a
+    key=value string's ``password=`` (PGPASSWORD is merged into the URL as one of these)."""
+    if "://" not in url:
+        return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     credentials, at, location = rest.rpartition("@")
     if not at or ":" not in credentials:

@@ -372,8 +372,8 @@ def _amqp_with_password(url: str | None, password: str | None) -> str | None:
         parts = urlsplit(url)
     except ValueError:
         return url  # said by the check
-    if parts.password is not None or parts.scheme.lower() not in ("amqp", "amqps"):
-        return url
+    if parts.password or parts.scheme.lower() not in ("amqp", "amqps"):
+        return url  # (an empty one, user:@host, is none: as libpq reads DATABASE_URL's)
     return _insert_password(url, password)
 
 
@@ -384,6 +384,7 @@ def _insert_password(url: str, password: str) -> str:
     end = min((rest.index(c) for c in "/?" if c in rest), default=len(rest))
     netloc, tail = rest[:end], rest[end:]
     user, _, hosts = netloc.rpartition("@")
+    user = user.partition(":")[0]  # (user:@host: an empty password, replaced)
     return f"{scheme}://{user}:{quote(password, safe='')}@{hosts}{tail}"
 
 

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from infra.cli.serve import redact
 from infra.runtime.settings import Settings, SettingsError
 from infra.store import store_environment
 
@@ -94,3 +95,44 @@ def test_an_amqp_url_with_an_unencoded_slash_in_its_password_is_refused_saying_s
     assert said.startswith("AMQP_URL's port is not a number")
     assert "AMQP_PASSWORD" in said
     assert "s3cr" not in said
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=db user=cardinal dbname=cardinal sslmode=require",
+        "postgresql://cardinal@db/cardinal?sslmode=require",
+        "postgresql://cardinal:@db/cardinal",
+    ],
+)
+def test_the_start_up_summary_never_shows_the_merged_password(url: str) -> None:
+    """`cardinal serve` and `cardinal api` print the database URL at start: a key=value
+    DATABASE_URL with PGPASSWORD merged into it printed the password (merge review M2)."""
+    settings = Settings.from_env({"DATABASE_URL": url, "PGPASSWORD": PASSWORD})
+    assert settings.database_url is not None
+    assert conninfo_to_dict(settings.database_url)["password"] == PASSWORD
+    shown = redact(settings.database_url)
+    assert "***" in shown
+    for piece in (PASSWORD, "q3ZJ", "Xy9k", "q3ZJ%2B0a"):
+        assert piece not in shown, shown
+    assert redact("postgresql://u@h/d?password=s3cret&sslmode=require") == (
+        "postgresql://u@h/d?password=***&sslmode=require"
+    )
+    assert redact("host=h password='it\\'s x' dbname=d") == "host=h password=*** dbname=d"
+
+
+def test_an_empty_password_in_the_url_is_replaced_by_the_variable() -> None:
+    """user:@host with PGPASSWORD gave the password ":" + PGPASSWORD, and AMQP_URL's
+    user:@host ignored AMQP_PASSWORD (merge review L1)."""
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://cardinal:@db:5432/cardinal",
+            "PGPASSWORD": PASSWORD,
+            "AMQP_URL": "amqp://cardinal:@rabbitmq:5672/",
+            "AMQP_PASSWORD": PASSWORD,
+        }
+    )
+    assert settings.database_url is not None
+    assert conninfo_to_dict(settings.database_url)["password"] == PASSWORD
+    assert settings.amqp_url is not None
+    assert unquote(urlsplit(settings.amqp_url).password or "") == PASSWORD
