@@ -73,10 +73,13 @@ async def tally_snapshot(conn: AsyncConnection[Any], election_id: UUID) -> Tally
         created,
     ) = row
     if created is not None:
-        # The tally has not reached the election: nothing is counted yet, which is what
-        # the log says as of its creation, so that is where the document is dated (dated
-        # at the tally's position, before the creation, no audit could re-derive it).
-        position = published_position = max(int(position or 0), int(created))
+        # The tally holds no row of the election: nothing is counted yet, which is what
+        # the log says as of its creation, so that is where a reader's document is dated
+        # (dated at the tally's position, before the creation, no audit could re-derive
+        # it); an auditor's, at the tally's position where that is later (a tally that
+        # set the creation aside), else at the creation too.
+        published_position = int(created)
+        position = max(int(position or 0), published_position)
     return TallySnapshot(
         int(position or 0),
         rules,
