@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -209,6 +210,8 @@ class Ingester:
         self._window = _Window(2 * batch if in_flight is None else in_flight, prefetch)
         self._queue: aio_pika.abc.AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._consuming = 0  # the prefetch the current consumer was started with
+        self._stale: list[str] = []  # consumers to cancel (a cancel failed: retried)
         self.name = name
         self.max_ballot_bytes = max_ballot_bytes
         self.ready = asyncio.Event()
@@ -242,10 +245,12 @@ class Ingester:
             self._connection = connection
             channel = await connection.channel(publisher_confirms=True)
             self._channel = channel
-            await channel.set_qos(prefetch_count=self._window.size)
+            size = self._window.size
+            await channel.set_qos(prefetch_count=size)
             queue, _, _ = await self.queues.declare(channel)
             self._queue = queue
             self._consumer_tag = await queue.consume(self._received)
+            self._consuming = size
             connected.set(1)
             depth = asyncio.create_task(self._watch_depth(channel, connection))
             self.ready.set()
@@ -316,7 +321,8 @@ class Ingester:
             if _open(message):
                 first, seen = parse(message, self.max_ballot_bytes), False
         batch, ballots = [first], first.ballots
-        resize = not seen and self._window.saw(max(1, first.ballots))
+        if not seen:
+            self._window.saw(max(1, first.ballots))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LINGER
         while ballots < self.batch:
@@ -333,7 +339,7 @@ class Ingester:
             if not _open(message):
                 continue
             delivery = parse(message, self.max_ballot_bytes)
-            resize = self._window.saw(max(1, delivery.ballots)) or resize
+            self._window.saw(max(1, delivery.ballots))
             if ballots + delivery.ballots > self.batch:
                 self._held = delivery  # the next batch starts with it
                 break
@@ -341,33 +347,58 @@ class Ingester:
             ballots += delivery.ballots
         metrics.INGEST_CONSUMED.inc(len(batch))
         metrics.INGEST_BATCH.observe(ballots)
-        if resize:
+        if self._behind():  # the window's size changed, or a resize is yet to be finished
             await self._resize()
         return batch
 
     async def _resize(self) -> None:
-        """Take the window's new size: the prefetch set (RabbitMQ applies a consumer's
-        prefetch as it starts consuming), a consumer started with it, then the old one
-        cancelled. What the old one was sent stays delivered on the channel and is cast and
-        acked as ever, in order (its deliveries reach us before the cancel's answer, and an
-        ack with ``multiple`` covers the channel's, whichever consumer took them). Where the
-        channel is closed the robust channel restores its consumer with the new prefetch."""
+        """Bring the broker's consumers to the window's size: the prefetch set (RabbitMQ
+        applies a consumer's prefetch as it starts consuming), a consumer started with it,
+        then the old one cancelled. What the old one was sent stays delivered on the channel
+        and is cast and acked as ever, in order (its deliveries reach us before the cancel's
+        answer, and an ack with ``multiple`` covers the channel's, whichever consumer took
+        them).
+
+        A step that fails (the broker away, a timeout) is not taken for done: ``_consuming``
+        stays the size the current consumer was started with, and the tags not yet
+        cancelled stay in ``_stale``, so ``_collect`` calls this again at its next batch
+        until both match (``_behind``). Nothing else would: the robust channel restores
+        the prefetch its ``set_qos`` last recorded, which a ``set_qos`` cut short while it
+        waits for the reconnection never records, and the consumers it last knew, which a
+        cancel cut short no longer lists, though the broker may still run it (the merge
+        review: an old prefetch of 64 kept for good under a window of 2, and a consumer more
+        at each failed cancel, their prefetches adding up)."""
         queue, size = self._queue, self._window.size
         assert queue is not None
         assert self._channel is not None
-        try:
-            await asyncio.wait_for(self._channel.set_qos(prefetch_count=size), DEPTH_EVERY)
-            tag = await queue.consume(self._received, timeout=DEPTH_EVERY)
-        except Exception as error:  # the channel closed: it is restored with the new size
-            log.debug("the prefetch is %d from the next consumer (%s)", size, error)
-            return
-        old, self._consumer_tag = self._consumer_tag, tag
-        if old is not None:
+        if self._consuming != size:
+            # Our own tag: a consume that times out may still have started on the broker;
+            # the tag is then cancelled with the others (a tag unknown to it is answered).
+            tag, consuming = f"ingest.{uuid.uuid4().hex}", False
             try:
-                await queue.cancel(old, timeout=DEPTH_EVERY)
-            except Exception as error:  # (a closed channel's consumers are gone with it)
-                log.debug("the consumer of the previous prefetch stays (%s)", error)
+                await asyncio.wait_for(self._channel.set_qos(prefetch_count=size), DEPTH_EVERY)
+                consuming = True
+                await queue.consume(self._received, consumer_tag=tag, timeout=DEPTH_EVERY)
+            except Exception as error:
+                if consuming:
+                    self._stale.append(tag)
+                log.debug("the prefetch of %d is retried at the next batch (%s)", size, error)
+                return
+            old, self._consumer_tag, self._consuming = self._consumer_tag, tag, size
+            if old is not None:
+                self._stale.append(old)
+        while self._stale:
+            try:
+                await queue.cancel(self._stale[0], timeout=DEPTH_EVERY)
+            except Exception as error:
+                log.debug("cancelling the consumer %s is retried (%s)", self._stale[0], error)
+                return
+            del self._stale[0]
         log.debug("prefetch now %d messages", size)
+
+    def _behind(self) -> bool:
+        """Whether the broker's consumers are not yet the window's (``_resize``)."""
+        return self._consuming != self._window.size or bool(self._stale)
 
     async def _process(self, batch: list[Delivery]) -> None:
         # A channel that closed since the batch was gathered took its messages back: they
