@@ -14,7 +14,7 @@ from html import escape
 from itertools import accumulate
 from typing import Any, NamedTuple
 
-from domain.tabulation.result import NO_BALLOTS
+from domain.tabulation.result import NO_BALLOTS, Text
 
 BAR = "#0072B2"  # Okabe-Ito blue
 WINNER = "#E69F00"  # Okabe-Ito orange
@@ -80,63 +80,18 @@ def isolated(text: str, labels: dict[str, str]) -> str:
     return "".join(f"<bdi>{e(p)}</bdi>" if i % 2 else e(p) for i, p in enumerate(pieces))
 
 
-# Where the count's texts (a tie's reason, the notes) name options, they name them by id
-# ("a and b are tied"): the page says their labels instead. An id counts as a name only
-# in the slots the count's sentences put names in (a list of ids, or one id, before one
-# of these words, or after "separates"): an id "a" is not the "a" of "such a tie", nor an
-# id "1" the round of "in round 1, a and b tied".
-NAMED_BEFORE = re.compile(
-    r" (?:are|is|were|wins?|tied|each|advanced|still|remain|have|contend)\b|'s "
-)
-NAMED_AFTER = "separates "
-NOT_NAMED_AFTER = ("round ", "Round ", "stage ", "Stage ", "position ", "(")
-# A word that may be an id (ids may hold "." and "-"; a full stop may end the sentence).
-WORD = re.compile(r"(?<![A-Za-z0-9_.\-])[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
 def worded(text: str, labels: dict[str, str]) -> str:
-    """A text of the count as HTML, the options it names by id named by their labels
-    (isolated and escaped as labels are everywhere); the rest as ``isolated``. The
-    document itself (the JSON results) keeps the audited text. Words are looked up, not
-    searched for: 100 ids tried at every word took 70 ms for 100 long notes."""
-    order = {option: n for n, option in enumerate(labels)}
-    ids = []  # (start, end, id) of each word that is an id
-    for match in WORD.finditer(text):
-        word = match.group()
-        while word not in order and word.endswith("."):
-            word = word[:-1]
-        if word in order and not text.endswith(NOT_NAMED_AFTER, 0, match.start()):
-            ids.append((match.start(), match.start() + len(word), word))
-    html, at, i = [], 0, 0
-    while i < len(ids):
-        last = _list_end(text, ids, i, order)
-        start, stop = ids[i][0], ids[last][1]
-        if NAMED_BEFORE.match(text, stop) or text.endswith(NAMED_AFTER, 0, start):
-            html.append(isolated(text[at:start], labels))
-            names = [lab(labels[one]) for _, _, one in ids[i : last + 1]]
-            html.append(
-                names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-            )
-            at, i = stop, last + 1
-        else:
-            i += 1
-    html.append(isolated(text[at:], labels))
-    return "".join(html)
-
-
-def _list_end(text: str, ids: list[tuple[int, int, str]], i: int, order: dict[str, int]) -> int:
-    """The last of the ids from the ``i``-th that make one list as the count writes one
-    ("a", "a and b", "a, b and c": in declared order, " and " before the last, ", "
-    between the others), or ``i`` itself."""
-    k = i
-    while k + 1 < len(ids) and order[ids[k + 1][2]] > order[ids[k][2]]:
-        between = text[ids[k][1] : ids[k + 1][0]]
-        if between == " and ":
-            return k + 1
-        if between != ", ":
-            break
-        k += 1
-    return i
+    """A text of the count (a tie's reason, a note) as HTML, the options it names by id
+    named by their labels (isolated and escaped as labels are everywhere). The count marks
+    where it names an option (``domain.tabulation.result.Text``): only there is an id a
+    name, never the "2" of "margin 2" nor a word that happens to be an id. A text without
+    the marks (one the results document adds) is shown as it is (``isolated``). The
+    document itself (the JSON results) keeps the audited text."""
+    if not isinstance(text, Text):
+        return isolated(text, labels)
+    return "".join(
+        lab(labels.get(piece, piece)) if i % 2 else e(piece) for i, piece in enumerate(text.pieces)
+    )
 
 
 @lru_cache(maxsize=8)

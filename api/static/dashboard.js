@@ -47,6 +47,9 @@
   let spokenState = null;
   let speakLater = null;
   let speakDue = 0; // when speakLater speaks
+  // An announcement fell due while the panel showed no results (a token prompt): said as
+  // soon as results show again, not dropped until the position next changes.
+  let owed = false;
   // At most one panel fetch a second: events in between are coalesced into the next.
   const FETCH_GAP_MS = 1000;
   let fetchedAt = 0;
@@ -91,7 +94,8 @@
   function speak() {
     if (speakLater) { clearTimeout(speakLater); speakLater = null; }
     const standing = panel.querySelector("[data-position]");
-    if (!standing) return;
+    if (!standing) { owed = true; return; }
+    owed = false;
     const winners = panel.querySelector("#winners");
     const state = standing.getAttribute("data-state");
     spokenAt = Date.now();
@@ -115,6 +119,8 @@
       if (spokenState === null) { // what the page showed first: the baseline
         spokenWinners = winners ? winners.getAttribute("data-winners") : null;
         spokenState = state;
+      } else if (owed) {
+        speak(); // fell due while no results showed: say what shows now
       }
     } else if (state === "final" && spokenState !== "final") {
       speak(); // the result: say it now, however recently the region spoke

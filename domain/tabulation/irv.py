@@ -379,7 +379,7 @@ def _fewest(
         loser = remaining[0]
         return (
             loser,
-            f"{opening}; {rules.options[loser].id} is eliminated because it had fewer votes "
+            f"{opening}; {names(rules, [loser])} is eliminated because it had fewer votes "
             f"in round {separated_in}, the latest earlier round that separates them.",
             [],
         )
@@ -389,6 +389,6 @@ def _fewest(
     return (
         loser,
         f"{opening}; no earlier round separates {names(rules, remaining)}, so "
-        f"{rules.options[loser].id} is eliminated because it was declared last among them.",
+        f"{names(rules, [loser])} is eliminated because it was declared last among them.",
         remaining,
     )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from domain.rules import TieBreak
 from domain.tabulation.ranked import margins, ranked_result
-from domain.tabulation.result import Result, Tie
+from domain.tabulation.result import Result, Tie, name
 from domain.tabulation.ties import Decision, decide, names
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def _lock_in_declared_order(
         for pair in group:
             if closes_cycle(reach, pair):
                 if not closes_cycle(before, pair):
-                    decided.append(f"{ids[pair[0]]}>{ids[pair[1]]}")
+                    decided.append(f"{name(ids[pair[0]])}>{name(ids[pair[1]])}")
             else:
                 reach = lock(reach, pair)
         if decided:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,42 @@ from typing import Any
 from domain.rules import ElectionRules, Method
 
 NO_BALLOTS = "No ballots were cast, so there is no winner yet."
+
+# Where a sentence of the count (a tie's reason, a note) names an option, the count marks
+# the id while it writes the sentence (``name``); ``Text`` takes the marks out and keeps
+# where they were, so that a page can say the option's label there and nowhere else.
+# Option ids are ASCII (``domain.rules.OPTION_ID``): these private-use characters are
+# never part of one, nor of the count's own words.
+OPEN, CLOSE = "\ue000", "\ue001"
+MARKED = re.compile(f"{OPEN}([^{CLOSE}]*){CLOSE}")
+
+
+def name(option_id: str) -> str:
+    """An option id as a sentence of the count names it: marked (see ``Text``)."""
+    return f"{OPEN}{option_id}{CLOSE}"
+
+
+class Text(str):
+    """A sentence of the count: the plain text (what the document serves and audits
+    compare; a ``str`` as any other) that knows where it names options.
+
+    ``pieces`` alternates words and option ids, words first: "a and b are tied" is
+    ("", "a", " and ", "b", " are tied"). Only the ids there are names: a page that
+    replaces them by labels never mistakes the "2" of "margin 2", or an option "and",
+    for a name. A text built anew from a ``Text`` (``+``, an f-string) is a plain ``str``
+    again, and a page shows it as it is."""
+
+    pieces: tuple[str, ...]
+
+    @classmethod
+    def of(cls, sentence: str) -> Text:
+        """The text of a sentence written with ``name``, marks taken out."""
+        if isinstance(sentence, Text):
+            return sentence
+        pieces = tuple(MARKED.split(sentence))
+        text = cls("".join(pieces))
+        text.pieces = pieces
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +131,9 @@ class Tie:
     options: tuple[str, ...]
     reason: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", Text.of(self.reason))
+
     def to_json(self) -> dict[str, Any]:
         return {"options": list(self.options), "reason": self.reason}
 
@@ -114,6 +154,9 @@ class Result:
     seats: int | None = None
     quota: int | None = None
     stages: tuple[Stage, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "notes", tuple(Text.of(note) for note in self.notes))
 
     def to_json(self) -> dict[str, Any]:
         """The results document served by the API and checked by the audit replay."""

@@ -161,7 +161,7 @@ def _runoff(tally: Tally, a: int, b: int, sums: list[int], tops: list[int]) -> D
             return Decision(
                 (winner,),
                 notes=(
-                    f"{opening}; {rules.options[winner].id} wins on {figure} "
+                    f"{opening}; {names(rules, [winner])} wins on {figure} "
                     f"({max(values[a], values[b])} to {min(values[a], values[b])}), "
                     "following the official STAR tiebreaker.",
                 ),

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING
 
 from domain.rules import TieBreak
 from domain.tabulation.ranked import ranked_result
-from domain.tabulation.result import VOTE_UNIT, Result, Stage, Tie, decimal_votes
+from domain.tabulation.result import VOTE_UNIT, Result, Stage, Tie, decimal_votes, name
 from domain.tabulation.ties import Decision, names
 
 if TYPE_CHECKING:
@@ -429,7 +429,7 @@ class _Count:
             self.notes.append(
                 f"Stage {len(self.history) + 1}: {names(self.rules, tied)} are tied "
                 f"on {decimal_votes(self.votes[tied[0]])} votes; "
-                f"{self.ids[remaining[0]]}{what} as it had "
+                f"{name(self.ids[remaining[0]])}{what} as it had "
                 f"{'more' if highest else 'fewer'} votes at the end of stage "
                 f"{separated_in}, the latest earlier stage that separates them."
             )
@@ -492,16 +492,16 @@ class _Count:
         if kind == EXCLUSION and self.votes[chosen] == 0 and self.inert(kind, remaining):
             self.notes.append(
                 f"Stage {stage}: {names(rules, remaining)} have no votes; "
-                f"{self.ids[chosen]} is excluded first (declared last), the order changing "
+                f"{name(self.ids[chosen])} is excluded first (declared last), the order changing "
                 "nothing as every one of them is excluded before any seat is filled."
             )
             return chosen
         if kind == SURPLUS:
             what = f"with equal surpluses ({votes} votes each)"
-            outcome = f"{self.ids[chosen]}'s surplus moves first"
+            outcome = f"{name(self.ids[chosen])}'s surplus moves first"
         else:
             what = f"for exclusion with {votes} votes"
-            outcome = f"{self.ids[chosen]} is excluded"
+            outcome = f"{name(self.ids[chosen])} is excluded"
         if not self.report:
             self.notes.append(
                 f"Stage {stage}: {names(rules, remaining)} are tied {what} and no earlier "

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from domain.rules import ElectionRules, TieBreak
-from domain.tabulation.result import Tie
+from domain.tabulation.result import Tie, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +25,9 @@ class Decision:
 
 
 def names(rules: ElectionRules, indices: Sequence[int]) -> str:
-    """Option ids in declared order, joined for a sentence: 'a', 'a and b', 'a, b and c'."""
-    ids = [rules.options[i].id for i in sorted(indices)]
+    """Option ids in declared order, joined for a sentence: 'a', 'a and b', 'a, b and c'
+    (each marked as a name: see ``result.Text``)."""
+    ids = [name(rules.options[i].id) for i in sorted(indices)]
     return ids[0] if len(ids) == 1 else ", ".join(ids[:-1]) + " and " + ids[-1]
 
 
@@ -40,7 +41,7 @@ def decide(rules: ElectionRules, tied: Sequence[int], why: str) -> Decision:
         return Decision(
             (first,),
             notes=(
-                f"{names(rules, ordered)} are tied {why}; {rules.options[first].id} wins "
+                f"{names(rules, ordered)} are tied {why}; {names(rules, [first])} wins "
                 "because it was declared first among them (tie-break rule: declared order).",
             ),
         )

@@ -1563,3 +1563,51 @@ async def test_a_failing_page_is_an_error_page_not_a_problem_document(
     assert "text/html" in answer.headers["content-type"]
     assert await page.locator("h1").inner_text() == "Database unavailable"
     assert "Try again" in await page.locator("#error").inner_text()
+
+
+async def test_an_announcement_due_while_a_token_is_asked_for_is_said_once_results_show(
+    voting: VotingClient, site: str, page: Page
+) -> None:
+    """A change of leaders waits its turn to be spoken; if it fell due while the panel
+    showed no results (a token prompt, after a token that reads nothing), it was dropped
+    and said nowhere until the position next changed. It is said as results show again."""
+    election_id = await _private_page(voting, site, page)  # b 1
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#mode", has_text="streaming").wait_for(timeout=WAIT_MS)
+    await page.evaluate(
+        """() => { window.said = [];
+          new MutationObserver(() => window.said.push({
+              text: document.getElementById("announce").textContent,
+              at: performance.now() / 1000 }))
+            .observe(document.getElementById("announce"),
+                     { childList: true, characterData: true, subtree: true }); }"""
+    )
+    assert (await voting.cast(election_id, {"choice": "c"}, "c-1")).status_code == 201
+    await page.wait_for_function("window.said.length === 1", timeout=WAIT_MS)  # b and c
+    assert (await voting.cast(election_id, {"choice": "c"}, "c-2")).status_code == 201
+    await expect(page.locator("#winners")).to_have_attribute("data-winners", "c", timeout=WAIT_MS)
+    # (due 10 s after the first: see test_a_change_of_leader_waits_ten_seconds_...)
+
+    async def refused(route: Route) -> None:
+        await route.fulfill(
+            status=401, headers={"Content-Type": "application/problem+json"}, body=REFUSED
+        )
+
+    await page.route("**/panel", refused)
+    assert (await voting.cast(election_id, {"choice": "c"}, "c-3")).status_code == 201
+    await page.locator("#token-form").wait_for(state="visible", timeout=5_000)
+    await page.unroute("**/panel", refused)
+    await page.fill("#token", "not-a-token")  # reads nothing: the results go
+    await page.press("#token", "Enter")
+    await expect(page.locator("#winners")).to_have_count(0, timeout=5_000)
+    since = await page.evaluate("performance.now() / 1000 - window.said[0].at")
+    assert since < 9.5, "the results went only after the announcement fell due"
+    await page.wait_for_timeout((11 - since) * 1000)  # it falls due with no results shown
+    assert len(await page.evaluate("window.said")) == 1
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    await page.wait_for_function("window.said.length === 2", timeout=5_000)
+    said = await page.evaluate("window.said")
+    assert "Leading: Option C" in said[1]["text"], said

@@ -428,3 +428,72 @@ def test_numbered_options_are_named_but_not_the_rounds_they_tie_in() -> None:
     assert f"{names} each win" in said.group(0)
     assert "Round 1: " in html
     assert "<bdi>No. 1</bdi> votes" not in html
+
+
+def _closed(document: dict[str, Any]) -> dict[str, Any]:
+    document.update(position=5, closed_at_position=9, status="closed", late_ballots=0)
+    return document
+
+
+def test_a_number_in_a_note_is_not_an_option_that_has_it_as_id() -> None:
+    """Ranked pairs with options "1" to "3" and a cycle of margins 2: the page said
+    "Majorities with margin Cand 2 were locked" and left "3>1" in ids (merge review).
+    The count marks where it names options; only there are labels said."""
+    rules = ElectionRules.create(
+        options=[{"id": str(n), "label": f"Cand {n}"} for n in range(1, 4)],
+        method="ranked_pairs",
+        tie_break="declared_order",
+    )
+    cycle = [Ranking(("1", "2", "3")), Ranking(("2", "3", "1")), Ranking(("3", "1", "2"))]
+    document = _closed(tabulate(rules, cycle * 2).to_json())
+    note = "Majorities with margin 2 were locked in declared option order"
+    assert any(n.startswith(note) for n in document["notes"])  # the served text
+    html = results_panel(document, "Lunch")
+    assert f"{note} (tie-break rule: declared order), so " in html
+    assert "so <bdi>Cand 3</bdi>&gt;<bdi>Cand 1</bdi> was not locked." in html
+    assert "margin <bdi>" not in html
+
+
+def test_an_option_set_aside_is_named_by_its_label() -> None:
+    """STV: "set 1 aside" kept the id of option "1" (merge review)."""
+    rules = ElectionRules.create(
+        options=[{"id": i, "label": f"Opt {i}"} for i in ("a", "b", "c", "1")],
+        method="stv",
+        seats=3,
+        tie_break="declared_order",
+    )
+    ballots = {("a", "b", "1", "c"): 2, ("a", "c"): 2, ("1", "b"): 1}
+    votes = [Ranking(order) for order, n in ballots.items() for _ in range(n)]
+    document = _closed(tabulate(rules, votes).to_json())
+    assert any("set 1 aside (back to stage 1)" in note for note in document["notes"])
+    html = results_panel(document, "Lunch")
+    assert "set <bdi>Opt 1</bdi> aside (back to stage <bdi>" not in html
+    assert "set <bdi>Opt 1</bdi> aside (back to stage 1), and none separates " in html
+    assert "<bdi>Opt b</bdi> and <bdi>Opt c</bdi>." in html
+
+
+def test_options_named_like_the_sentences_words_are_named_where_they_are_names() -> None:
+    """Options "x", "and" and "still" (merge review: such ids broke the list handling):
+    the list is said with their labels, and the sentence's own "and" stays a word."""
+    rules = ElectionRules.create(
+        options=[{"id": i, "label": i.upper()} for i in ("x", "and", "still")],
+        method="plurality",
+        tie_break="declared_order",
+    )
+    document = _closed(tabulate(rules, [Choice("x"), Choice("and"), Choice("still")]).to_json())
+    assert document["notes"][0].startswith("x, and and still are tied with 1 votes each; x wins")
+    html = results_panel(document, "Lunch")
+    assert (
+        "<bdi>X</bdi>, <bdi>AND</bdi> and <bdi>STILL</bdi> are tied with 1 votes each; "
+        "<bdi>X</bdi> wins because" in html
+    )
+
+
+def test_texts_the_count_did_not_mark_name_no_options() -> None:
+    """A note the results document adds (stepped, set aside) is shown as it is, whatever
+    ids the election's options have."""
+    from api.dashboard import worded
+
+    assert worded("Incomplete: 1 log entry of this election", {"1": "One"}) == (
+        "Incomplete: 1 log entry of this election"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 
@@ -12,6 +13,7 @@ from domain.rules import ElectionRules, Method, TieBreak
 from domain.tabulation import Result, tabulate
 from domain.tabulation import irv as irv_module
 from domain.tabulation import ranked_pairs as ranked_pairs_module
+from domain.tabulation.result import Text
 from domain.votes import Approval, Choice, Ranking, Vote
 from tests.budget import examples
 from tests.unit.tabulation.elections import OPTION_IDS, elections_with_votes, ranking, rules, scores
@@ -102,6 +104,44 @@ def test_renaming_options_changes_nothing_but_the_names(
     assert after.winners == tuple(rename[w] for w in before.winners)
     assert [o.figures for o in after.options] == [o.figures for o in before.options]
     assert (after.tie is None) == (before.tie is None)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(elections_with_votes(max_votes=12))
+def test_the_count_marks_every_option_its_notes_and_reasons_name(
+    case: tuple[ElectionRules, list[Vote]],
+) -> None:
+    """Renamed options change a note or a tie's reason only where the count marked a
+    name (``Text.pieces``), so the marks miss no option the text names, and the served
+    text is the plain one (the dashboard says labels there, merge review)."""
+    election, ballots = case
+    ids = election.option_ids
+    new_ids = list(reversed(OPTION_IDS))[: len(ids)]
+    renamed = rules(
+        election.method,
+        new_ids,
+        tie_break=election.tie_break,
+        min_score=election.min_score,
+        max_score=election.max_score,
+    )
+    rename = dict(zip(ids, new_ids, strict=True))
+    before = tabulate(election, ballots)
+    after = tabulate(renamed, [_rename(vote, rename) for vote in ballots])
+    texts = [*before.notes, *([before.tie.reason] if before.tie else [])]
+    again = [*after.notes, *([after.tie.reason] if after.tie else [])]
+    assert len(texts) == len(again)
+    for text, other in zip(texts, again, strict=True):
+        assert isinstance(text, Text)
+        assert isinstance(other, Text)
+        assert "\ue000" not in text
+        assert "\ue001" not in text
+        assert text == "".join(text.pieces)
+        assert set(text.pieces[1::2]) <= set(ids)
+        assert other.pieces == tuple(
+            rename[piece] if i % 2 else piece for i, piece in enumerate(text.pieces)
+        )
+    served = orjson.loads(orjson.dumps(before.to_json()))
+    assert served["notes"] == [str(note) for note in before.notes]
 
 
 def _with(election: ElectionRules, tie_break: TieBreak) -> ElectionRules:
