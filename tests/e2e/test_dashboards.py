@@ -824,12 +824,12 @@ async def test_a_burst_of_events_fetches_the_panel_at_most_once_a_second(
             };
         }"""
     )
-    started = time.monotonic()
-    n = 0
-    while time.monotonic() - started < 3.0:
-        response = await voting.cast(election_id, {"choice": "b"}, f"burst-{n}")
+    # A burst of a fixed size (a loop timed at 3 s cast 14 ballots, not 15, on a machine
+    # busy with other suites): 20 ballots 50 ms apart, a second or more.
+    n = 20
+    for k in range(n):
+        response = await voting.cast(election_id, {"choice": "b"}, f"burst-{k}")
         assert response.status_code == 201
-        n += 1
         await asyncio.sleep(0.05)
     await page.wait_for_function(
         "document.querySelector('#standing [data-figure=ballots]').textContent === "
@@ -838,8 +838,8 @@ async def test_a_burst_of_events_fetches_the_panel_at_most_once_a_second(
     )
     fetched: list[float] = await page.evaluate("() => window.panelFetches")
     gaps = [later - earlier for earlier, later in itertools.pairwise(fetched)]
-    assert n >= 15
     assert fetched
+    assert len(fetched) < n  # coalesced: not a fetch per event
     assert min(gaps, default=1.0) > 0.9, [round(t - fetched[0], 2) for t in fetched]
 
 
