@@ -657,7 +657,7 @@ class GroupCommitWriter:
             if not self.health.up and not any(
                 isinstance(o.error, StoreUnavailable) for o in outcomes
             ):
-                self.health.back()  # the hang is over: the store answered
+                self._back()  # the hang is over: the store answered
             self._count(batch, time.perf_counter() - started)
             if announce:
                 self._announce_elections()
@@ -788,8 +788,21 @@ class GroupCommitWriter:
             self._drop_connection()
             self.health.down(str(error).strip() or type(error).__name__)
             return False
-        self.health.back()
+        self._back()
         return True
+
+    def _back(self) -> None:
+        """Mark the store up; if that is news, have the lookups' pool (eventsourcing's) test
+        its idle connections now, on a thread of its own. After a restart each of them is
+        broken, and psycopg_pool tests them only as it lends them, waiting 1 s, then 2 s
+        between them: a retry's lookup in the first seconds waited LOOKUP_WAIT into a 503."""
+        if not self.health.back():
+            return
+        pool = getattr(getattr(self.app.recorder, "datastore", None), "pool", None)
+        if pool is not None and not pool.closed:
+            threading.Thread(
+                target=_check_pool, args=(pool,), name="writer lookups check", daemon=True
+            ).start()
 
     def _commit(
         self,
@@ -879,6 +892,15 @@ def _digest(position: int, stored: StoredEvent) -> str:
         event_type(stored.topic),
         stored.state,
     ).hex()
+
+
+def _check_pool(pool: Any) -> None:
+    """Test a pool's idle connections (those broken are replaced); a store that went again
+    meanwhile is the writer's to see, not this thread's to report."""
+    try:
+        pool.check()
+    except Exception as error:
+        log.debug("the lookups' pool was not checked: %s", error)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
