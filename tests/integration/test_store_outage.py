@@ -215,7 +215,11 @@ async def test_ballots_and_results_over_http_are_503_within_a_second_while_down(
                 f"/api/elections/{election_id}/results", headers=bearer(AUDITOR)
             )
             answers.append((ballot, results, time.monotonic() - started))
+        unready = await http.get("/api/ready")
         await asyncio.to_thread(cluster.start)
+        assert unready.status_code == 503, unready.text
+        assert unready.headers["Retry-After"] == "2"  # as every 503 (review exhaust L3)
+        assert unready.json()["checks"]["database"].startswith("unreachable")
         for ballot, results, seconds in answers:
             assert ballot.status_code == 503, ballot.text
             assert ballot.headers["content-type"] == "application/problem+json"
