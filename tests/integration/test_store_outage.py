@@ -34,9 +34,9 @@ from infra.store.ratelimit import (
     SharedRateLimiter,
 )
 from infra.store.writer import OUTCOME_WITHIN, GroupCommitWriter
-from tests.integration.client import VotingClient, bearer
+from tests.integration.client import VotingClient, bearer, options
 from tests.pg_cluster import Cluster
-from tests.servers import AUDITOR, CLIENT, running_api, settings_for
+from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,8 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
 
     assert all(isinstance(o, StoreUnavailable) for o, _ in refused)
     assert all(0.9 < seconds < 3.0 for _, seconds in refused)  # answer_within is 1 s
-    assert "not recorded" in str(refused[0][0])
+    # (unguarded, these appends are a change's to the writer: CHANGE_TOO_SLOW's words)
+    assert "it was not made" in str(refused[0][0])
     assert all(isinstance(o, StoreUnavailable) for o in grouped_outcomes)
     assert cancelled_group.cancelled()
     assert isinstance(outcome, Recorded)  # in a batch already: answered by its commit
@@ -733,3 +734,43 @@ async def test_after_a_long_outage_reads_readiness_and_retries_answer_within_sec
         print("results, ready, retry: 200 {:.1f}, {:.1f}, {:.1f} s after".format(*took))
         assert max(took[:2]) < READS_BACK_WITHIN, took
         assert took[2] < RETRY_BACK_WITHIN, took
+
+
+async def test_while_the_store_is_down_election_changes_are_refused_in_their_own_words(
+    cluster: Cluster, url: str
+) -> None:
+    """An election's create or open was refused with a ballot's words: "the ballot was not
+    recorded", "retry with the same Idempotency-Key", which they do not take (review exhaust
+    L4). A ballot keeps its own."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        voting = VotingClient(http)
+        draft = await voting.create_election()
+        opened = await voting.open_election()
+        await asyncio.to_thread(cluster.stop, "fast")
+        try:
+            first = await voting.cast(opened, {"voter_id": "first", "choice": "a"})
+            assert first.status_code == 503, first.text  # (the writer sees the outage)
+            assert "the ballot was not recorded" in first.json()["detail"]
+            assert (await http.get("/api/health")).json()["checks"]["store"] != "ok"
+            created = await http.post(
+                "/api/elections",
+                json={"title": "T", "method": "plurality", "options": options("a", "b")},
+                headers=bearer(ADMIN),
+            )
+            opening = await http.post(f"/api/elections/{draft['id']}/open", headers=bearer(ADMIN))
+            ballot = await voting.cast(opened, {"voter_id": "v", "choice": "a"})
+        finally:
+            await asyncio.to_thread(cluster.start)
+    for change in (created, opening):
+        assert change.status_code == 503, change.text
+        assert change.headers["retry-after"] == "5"
+        detail = change.json()["detail"]
+        assert "the change was not made" in detail, detail
+        assert "ballot" not in detail, detail
+        assert "Idempotency-Key" not in detail, detail
+    assert ballot.status_code == 503, ballot.text
+    assert "the ballot was not recorded" in ballot.json()["detail"]
