@@ -22,6 +22,7 @@ from domain import errors
 from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
+from infra.store.writer import CHANGE_NOT_MADE, LookupUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +325,25 @@ def overloaded(request: Request, exc: Exception) -> Response:
     return problem(503, "Busy", OVERLOADED, headers={"Retry-After": "1"})
 
 
+# A lookup on the request's path (an election read before its change, say) that found the
+# store away is said in a ballot's words by the writer; any other request gets its own
+# (review exhaust L4: an election's open was told "this ballot was not recorded now ... retry
+# with the same Idempotency-Key").
+READ_UNAVAILABLE = "the event store is unreachable: retry shortly"
+
+
 def store_unavailable(request: Request, exc: Exception) -> Response:
     # (outcome_unknown: may have been recorded, not a refusal for certain)
     _refused(request, "outcome_unknown" if isinstance(exc, OutcomeUnknown) else "store_unavailable")
-    return problem(503, "Event store unavailable", str(exc), headers={"Retry-After": "5"})
+    detail = str(exc)
+    if isinstance(exc, LookupUnavailable) and not _ballot_request(request):
+        detail = READ_UNAVAILABLE if request.method in ("GET", "HEAD") else CHANGE_NOT_MADE
+    return problem(503, "Event store unavailable", detail, headers={"Retry-After": "5"})
+
+
+def _ballot_request(request: Request) -> bool:
+    """A ballot, a batch of them, or a withdrawal: what the writer's ballot words are for."""
+    return request.method == "POST" and request.url.path.endswith((*BALLOT_PATHS, "/batch"))
 
 
 def database_unavailable(request: Request, exc: Exception) -> Response:

@@ -19,6 +19,9 @@ from infra.store.migrations import MigrationError, pending
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT = 2.0
+# A 503 says when to ask again, as every other 503 does: the reads pool tries the database
+# again within 2 s (infra/store/reconnect.py), and the elections load in about as long.
+READY_RETRY_AFTER = "2"
 
 
 @operation(
@@ -84,7 +87,13 @@ async def ready(request: Request) -> Response:
     if services.broker is not None:
         checks["broker"] = services.broker.describe()
     if failing:
-        return problem(503, "Not ready", "; ".join(failing), checks=checks)
+        return problem(
+            503,
+            "Not ready",
+            "; ".join(failing),
+            headers={"Retry-After": READY_RETRY_AFTER},
+            checks=checks,
+        )
     return JSONResponse({"status": "ready", "checks": checks})
 
 

@@ -29,6 +29,7 @@ from infra.store import open_application
 from infra.store.connections import READS_POOL, projections_pool
 from infra.store.election_feed import ElectionFeed
 from infra.store.names import ALIVE, connection_name
+from infra.store.reconnect import ReconnectingPool
 from infra.store.writer import GroupCommitWriter
 from projections import PROJECTIONS, projection
 from projections.positions import PositionWatcher
@@ -304,8 +305,9 @@ def _pool(
 ) -> AsyncConnectionPool:
     """A pool of autocommit connections, named ``name`` in pg_stat_activity; with
     ``check``, each is tested before it is lent, so that a database restart or failover
-    costs a reconnect rather than a failed request."""
-    return AsyncConnectionPool(
+    costs a reconnect rather than a failed request. It reconnects after an outage at least
+    every 2 s (infra/store/reconnect.py), not after psycopg_pool's doubling waits."""
+    return ReconnectingPool(
         url,
         min_size=1,
         max_size=max_size,

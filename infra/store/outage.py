@@ -106,7 +106,8 @@ def _scrubbed(database_url: str) -> Callable[[BaseException], str]:
 
 async def probe(database_url: str) -> None:
     """Connect and disconnect once (raises what connecting raised): whether the store
-    answers, without waiting on a pool whose own retries back off for minutes."""
+    answers, without waiting on a pool, which lends nothing until its next attempt (up to 2 s
+    later for ours, infra/store/reconnect.py; psycopg_pool's own waits grow to minutes)."""
     conn = await psycopg.AsyncConnection.connect(
         database_url,
         autocommit=True,

@@ -96,6 +96,15 @@ from infra.store.log import event_type
 from infra.store.names import ALIVE, connection_name
 
 log = logging.getLogger(__name__)
+
+
+class LookupUnavailable(StoreUnavailable):
+    """A read on a request's path (``_lookup``) found the store unreachable or too slow:
+    nothing was recorded. Said in a ballot's words (UNCHECKED); the API says it in a
+    change's or a read's when the request is neither a ballot nor a withdrawal (a lookup
+    does not know whose it is: ``load_election`` serves both)."""
+
+
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
 
@@ -159,10 +168,18 @@ WRITER_FAILED = (
     "ballot may have been recorded; retry with the same Idempotency-Key to find out (it is "
     "never recorded twice)"
 )
-# The same three, for a change to an election (create, open, close, an issue of voter
-# tokens): those take no Idempotency-Key, so the caller is told to look before doing it
-# again (a second create would make a second draft; tokens of an issue nobody received are
-# of no use to anyone, and are not refused for it).
+# A change to an election (create, open, close, an issue of voter tokens) refused for
+# certain is told so in its own words (review exhaust L4: it was told "the ballot was not
+# recorded"); these are chosen by the append (``_said``: ballots are the guarded appends).
+CHANGE_NOT_MADE = "the event store is unreachable; the change was not made: retry shortly"
+CHANGE_TOO_SLOW = (
+    "the event store did not take the change within {:g} seconds; it was not made: retry shortly"
+)
+CHANGE_SHUTTING_DOWN = "this process is shutting down; the change was not made: retry"
+# UNKNOWN, UNCONFIRMED and WRITER_FAILED, for such a change: those take no Idempotency-Key,
+# so the caller is told to look before doing it again (a second create would make a second
+# draft; tokens of an issue nobody received are of no use to anyone, and are not refused
+# for it).
 CHANGE_UNKNOWN = (
     "the event store went away while committing this change and this process is shutting "
     "down before it could ask: it may have been made; read the election (GET "
@@ -312,7 +329,7 @@ class GroupCommitWriter:
             self._queue.clear()
             in_flight = list(self._in_flight)
         for submission in queued:
-            _refuse(submission, SHUTTING_DOWN)
+            _refuse(submission, SHUTTING_DOWN, CHANGE_SHUTTING_DOWN)
         return in_flight
 
     @property
@@ -333,9 +350,11 @@ class GroupCommitWriter:
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
         if self._draining:  # (a request that reached its append after drain())
-            raise StoreUnavailable(SHUTTING_DOWN)
+            raise StoreUnavailable(
+                SHUTTING_DOWN if while_open is not None else CHANGE_SHUTTING_DOWN
+            )
         if not self.health.up:
-            raise StoreUnavailable(NOT_RECORDED)
+            raise StoreUnavailable(NOT_RECORDED if while_open is not None else CHANGE_NOT_MADE)
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
         events = [self.app.mapper.to_stored_event(e) for e in domain_events]
@@ -368,9 +387,11 @@ class GroupCommitWriter:
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
         if self._draining:  # (a request that reached its append after drain())
-            raise StoreUnavailable(SHUTTING_DOWN)
+            raise StoreUnavailable(
+                SHUTTING_DOWN if while_open is not None else CHANGE_SHUTTING_DOWN
+            )
         if not self.health.up:
-            raise StoreUnavailable(NOT_RECORDED)
+            raise StoreUnavailable(NOT_RECORDED if while_open is not None else CHANGE_NOT_MADE)
         if len(self._queue) + len(appends) > self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
         loop = self._loop
@@ -437,7 +458,11 @@ class GroupCommitWriter:
             # (on while a commit is under way too: its stall must be seen, queue or not)
             waiting = bool(self._queue) or self._in_flight_since is not None
         for submission in expired:
-            _refuse(submission, TOO_SLOW.format(self.answer_within))
+            _refuse(
+                submission,
+                TOO_SLOW.format(self.answer_within),
+                CHANGE_TOO_SLOW.format(self.answer_within),
+            )
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop) if waiting else None
 
     def _unconfirmed_now(self, since: float) -> None:
@@ -529,7 +554,7 @@ class GroupCommitWriter:
         """A read on the request's path (a withdrawal, a revision, a retry's receipt),
         within LOOKUP_WAIT: a store that hangs costs the caller a 503, and a probe."""
         if not self.health.up:
-            raise StoreUnavailable(UNCHECKED)
+            raise LookupUnavailable(UNCHECKED)
         assert self._loop is not None
         reading = self._lookups.run(self._loop, read, *args)
         done, _ = await asyncio.wait({reading}, timeout=LOOKUP_WAIT)
@@ -537,7 +562,7 @@ class GroupCommitWriter:
             return reading.result()
         reading.add_done_callback(_retrieved)  # (its thread ends when the store answers)
         self._suspect(self._loop, None)
-        raise StoreUnavailable(UNCHECKED)
+        raise LookupUnavailable(UNCHECKED)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         return self.app.stored(aggregate_id, kind)
@@ -657,7 +682,7 @@ class GroupCommitWriter:
             if not self.health.up and not any(
                 isinstance(o.error, StoreUnavailable) for o in outcomes
             ):
-                self.health.back()  # the hang is over: the store answered
+                self._back()  # the hang is over: the store answered
             self._count(batch, time.perf_counter() - started)
             if announce:
                 self._announce_elections()
@@ -727,7 +752,12 @@ class GroupCommitWriter:
                 uncertain = uncertain or self._progress.committing
                 self._progress.committing = False
                 if self._draining and not uncertain:  # cancelled by drain(): not recorded
-                    return [Outcome(error=StoreUnavailable(SHUTTING_DOWN)) for _ in batch]
+                    return [
+                        Outcome(
+                            error=StoreUnavailable(_said(a, SHUTTING_DOWN, CHANGE_SHUTTING_DOWN))
+                        )
+                        for a in batch
+                    ]
                 fresh_failures += 1
                 if fresh_failures == 1 and self.health.up:
                     log.warning("event store connection lost (%s); reconnecting", error)
@@ -735,7 +765,10 @@ class GroupCommitWriter:
                 self.health.down(str(error).strip() or type(error).__name__)
                 self._refuse_queued()
                 if not uncertain:
-                    return [Outcome(error=StoreUnavailable(NOT_RECORDED)) for _ in batch]
+                    return [
+                        Outcome(error=StoreUnavailable(_said(a, NOT_RECORDED, CHANGE_NOT_MADE)))
+                        for a in batch
+                    ]
                 log.error("a commit's outcome is unknown; waiting for the store to ask it")
                 if not self._until_back():
                     return [
@@ -770,7 +803,7 @@ class GroupCommitWriter:
         if queued:
             log.error("event store unreachable: %d queued appends refused", len(queued))
             for submission in queued:
-                self._call_soon(_refuse, submission, NOT_RECORDED)
+                self._call_soon(_refuse, submission, NOT_RECORDED, CHANGE_NOT_MADE)
 
     def _until_back(self) -> bool:
         """Probe until the store answers (True), or the writer stops (False)."""
@@ -788,8 +821,21 @@ class GroupCommitWriter:
             self._drop_connection()
             self.health.down(str(error).strip() or type(error).__name__)
             return False
-        self.health.back()
+        self._back()
         return True
+
+    def _back(self) -> None:
+        """Mark the store up; if that is news, have the lookups' pool (eventsourcing's) test
+        its idle connections now, on a thread of its own. After a restart each of them is
+        broken, and psycopg_pool tests them only as it lends them, waiting 1 s, then 2 s
+        between them: a retry's lookup in the first seconds waited LOOKUP_WAIT into a 503."""
+        if not self.health.back():
+            return
+        pool = getattr(getattr(self.app.recorder, "datastore", None), "pool", None)
+        if pool is not None and not pool.closed:
+            threading.Thread(
+                target=_check_pool, args=(pool,), name="writer lookups check", daemon=True
+            ).start()
 
     def _commit(
         self,
@@ -853,9 +899,11 @@ def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
     return error
 
 
-def _refuse(submission: Append, detail: str) -> None:
+def _refuse(submission: Append, detail: str, change: str) -> None:
+    """Refuse an append (certainly not recorded): a ballot in ``detail``'s words, an
+    election change in ``change``'s."""
     if not submission.future.done():
-        submission.future.set_exception(StoreUnavailable(detail))
+        submission.future.set_exception(StoreUnavailable(_said(submission, detail, change)))
 
 
 def _settle(batch: Sequence[Append], outcomes: Sequence[Outcome]) -> None:
@@ -879,6 +927,15 @@ def _digest(position: int, stored: StoredEvent) -> str:
         event_type(stored.topic),
         stored.state,
     ).hex()
+
+
+def _check_pool(pool: Any) -> None:
+    """Test a pool's idle connections (those broken are replaced); a store that went again
+    meanwhile is the writer's to see, not this thread's to report."""
+    try:
+        pool.check()
+    except Exception as error:
+        log.debug("the lookups' pool was not checked: %s", error)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -87,6 +87,7 @@ async def test_until_the_elections_are_loaded_ready_and_listings_answer_503(
             ready = await http.get("/api/ready")
             assert ready.status_code == 503, ready.text
             assert ready.json()["checks"]["elections"] == "loading"
+            assert ready.headers["Retry-After"] == "2"  # as every 503 (review exhaust L3)
             listed = await http.get("/api/elections", headers=bearer(ADMIN))
             assert_problem(listed, 503, "still being loaded")
             assert listed.headers["Retry-After"]

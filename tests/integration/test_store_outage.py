@@ -34,9 +34,9 @@ from infra.store.ratelimit import (
     SharedRateLimiter,
 )
 from infra.store.writer import OUTCOME_WITHIN, GroupCommitWriter
-from tests.integration.client import VotingClient, bearer
+from tests.integration.client import VotingClient, bearer, options
 from tests.pg_cluster import Cluster
-from tests.servers import AUDITOR, CLIENT, running_api, settings_for
+from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,8 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
 
     assert all(isinstance(o, StoreUnavailable) for o, _ in refused)
     assert all(0.9 < seconds < 3.0 for _, seconds in refused)  # answer_within is 1 s
-    assert "not recorded" in str(refused[0][0])
+    # (unguarded, these appends are a change's to the writer: CHANGE_TOO_SLOW's words)
+    assert "it was not made" in str(refused[0][0])
     assert all(isinstance(o, StoreUnavailable) for o in grouped_outcomes)
     assert cancelled_group.cancelled()
     assert isinstance(outcome, Recorded)  # in a batch already: answered by its commit
@@ -215,7 +216,11 @@ async def test_ballots_and_results_over_http_are_503_within_a_second_while_down(
                 f"/api/elections/{election_id}/results", headers=bearer(AUDITOR)
             )
             answers.append((ballot, results, time.monotonic() - started))
+        unready = await http.get("/api/ready")
         await asyncio.to_thread(cluster.start)
+        assert unready.status_code == 503, unready.text
+        assert unready.headers["Retry-After"] == "2"  # as every 503 (review exhaust L3)
+        assert unready.json()["checks"]["database"].startswith("unreachable")
         for ballot, results, seconds in answers:
             assert ballot.status_code == 503, ballot.text
             assert ballot.headers["content-type"] == "application/problem+json"
@@ -667,3 +672,105 @@ async def test_with_rate_limiting_a_frozen_store_costs_ballots_a_fast_503(
         # Four ballots took a unit each; the seven refused took none.
         assert last.headers["ratelimit"].startswith(f'"ballots";r={limit - 4};'), last.headers
     assert _casts(url) == 6  # created, opened, two before, two after: none refused recorded
+
+
+OUTAGE = 38.0  # past the pools' old attempt at ~31 s (1+2+4+8+16): their next came at ~63 s
+READS_BACK_WITHIN = 3.5  # an attempt every 2 s at most, and the request's own time
+RETRY_BACK_WITHIN = 2.5  # it was LOOKUP_WAIT's 3 s at least
+
+
+async def test_after_a_long_outage_reads_readiness_and_retries_answer_within_seconds(
+    cluster: Cluster, url: str
+) -> None:
+    """The reads pool (results, /api/ready) and eventsourcing's pool (a retry's lookup)
+    retried with psycopg_pool's doubling waits (1, 2, 4 ... 32 s): after a 75 s outage they
+    stayed 503 for 44 s after PostgreSQL was back, and after this test's 38 s for about 20 s
+    (review exhaust M1). And the lookups' pool tested its idle connections, each broken by
+    the restart, one by one as it lent them, 1 s and 2 s apart: the first retry's lookup after
+    the return waited 3 s into a 503. Now they try every 2 s at most, and the writer has the
+    lookups' pool tested as soon as the store answers its probe."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=("tally",)) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        ballot = {"voter_id": "first", "choice": "a"}
+        first = await voting.cast(election_id, ballot, idempotency_key="k-first")
+        assert first.status_code == 201, first.text
+
+        async def results() -> bool:
+            got = await http.get(f"/api/elections/{election_id}/results", headers=bearer(AUDITOR))
+            assert got.status_code in (200, 503), got.text
+            return got.status_code == 200
+
+        async def ready() -> bool:
+            got = await http.get("/api/ready")
+            assert got.status_code in (200, 503), got.text
+            return got.status_code == 200
+
+        async def retry() -> bool:
+            got = await voting.cast(election_id, ballot, idempotency_key="k-first")
+            assert got.status_code in (201, 503), got.text
+            return got.status_code == 201
+
+        stopped = time.monotonic()
+        await asyncio.to_thread(cluster.stop, "fast")
+        while time.monotonic() - stopped < OUTAGE:  # each pool meets the outage, and waits
+            assert not any(await asyncio.gather(results(), ready()))
+            await retry()  # (refused at the door while the writer sees the store down)
+            await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.start)
+        back = time.monotonic()
+
+        async def answered(ok: Callable[[], Awaitable[bool]]) -> float:
+            while not await ok():
+                assert time.monotonic() - back < 60, "still 503 a minute after the return"
+                await asyncio.sleep(0.1)
+            return time.monotonic() - back
+
+        took = await asyncio.gather(answered(results), answered(ready), answered(retry))
+        print("results, ready, retry: 200 {:.1f}, {:.1f}, {:.1f} s after".format(*took))
+        assert max(took[:2]) < READS_BACK_WITHIN, took
+        assert took[2] < RETRY_BACK_WITHIN, took
+
+
+async def test_while_the_store_is_down_election_changes_are_refused_in_their_own_words(
+    cluster: Cluster, url: str
+) -> None:
+    """An election's create or open was refused with a ballot's words: "the ballot was not
+    recorded", "retry with the same Idempotency-Key", which they do not take (review exhaust
+    L4). A ballot keeps its own."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        voting = VotingClient(http)
+        draft = await voting.create_election()
+        opened = await voting.open_election()
+        await asyncio.to_thread(cluster.stop, "fast")
+        try:
+            first = await voting.cast(opened, {"voter_id": "first", "choice": "a"})
+            assert first.status_code == 503, first.text  # (the writer sees the outage)
+            assert "the ballot was not recorded" in first.json()["detail"]
+            assert (await http.get("/api/health")).json()["checks"]["store"] != "ok"
+            created = await http.post(
+                "/api/elections",
+                json={"title": "T", "method": "plurality", "options": options("a", "b")},
+                headers=bearer(ADMIN),
+            )
+            opening = await http.post(f"/api/elections/{draft['id']}/open", headers=bearer(ADMIN))
+            ballot = await voting.cast(opened, {"voter_id": "v", "choice": "a"})
+        finally:
+            await asyncio.to_thread(cluster.start)
+    for change in (created, opening):
+        assert change.status_code == 503, change.text
+        assert change.headers["retry-after"] == "5"
+        detail = change.json()["detail"]
+        assert "the change was not made" in detail, detail
+        assert "ballot" not in detail, detail
+        assert "Idempotency-Key" not in detail, detail
+    assert ballot.status_code == 503, ballot.text
+    assert "the ballot was not recorded" in ballot.json()["detail"]
