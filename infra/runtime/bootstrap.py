@@ -305,8 +305,9 @@ def _pool(
 ) -> AsyncConnectionPool:
     """A pool of autocommit connections, named ``name`` in pg_stat_activity; with
     ``check``, each is tested before it is lent, so that a database restart or failover
-    costs a reconnect rather than a failed request. It reconnects after an outage at least
-    every 2 s (infra/store/reconnect.py), not after psycopg_pool's doubling waits."""
+    costs a reconnect rather than a failed request, and the first found broken has every
+    idle one tested at once. It reconnects after an outage at least every 2 s
+    (infra/store/reconnect.py), not after psycopg_pool's doubling waits."""
     return ReconnectingPool(
         url,
         min_size=1,
@@ -319,7 +320,7 @@ def _pool(
             "application_name": connection_name(name),
             **ALIVE,
         },
-        check=AsyncConnectionPool.check_connection if check else None,
+        check_before_lending=check,
     )
 
 

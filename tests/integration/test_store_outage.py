@@ -17,12 +17,14 @@ from uuid import UUID, uuid4
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import PoolTimeout
 
 from api import middleware
 from api.ratelimit import BALLOT_UNCHECKED
 from domain.ballot import Ballot
 from domain.ports import Recorded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
+from infra.runtime.bootstrap import _pool
 from infra.store import open_application
 from infra.store.migrations import migrate
 from infra.store.ratelimit import (
@@ -774,3 +776,41 @@ async def test_while_the_store_is_down_election_changes_are_refused_in_their_own
         assert "Idempotency-Key" not in detail, detail
     assert ballot.status_code == 503, ballot.text
     assert "the ballot was not recorded" in ballot.json()["detail"]
+
+
+async def test_a_pool_of_idle_connections_broken_by_a_restart_lends_again_at_once(
+    cluster: Cluster, url: str
+) -> None:
+    """After a restart every idle connection of the reads pool (results, /api/ready) is
+    broken, and psycopg_pool tested them one by one as it lent them, waiting between
+    them: a reader got through two within its 0.9 s, so with eight idle the reads were
+    503 for about four seconds after the database was back (merge review F1). The first
+    found broken now has every idle one tested at once."""
+    pool = _pool(url, max_size=8, name="reads", wait=0.9)
+    await pool.open(wait=True)
+    try:
+
+        async def held() -> None:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_sleep(0.3)")
+
+        await asyncio.gather(*(held() for _ in range(8)))
+        assert pool.get_stats()["pool_available"] == 8
+        await asyncio.to_thread(cluster.stop, "fast")
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.start)
+        back = time.monotonic()
+        refused = 0
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+                break
+            except PoolTimeout:
+                refused += 1
+                assert time.monotonic() - back < 30, "no connection 30 s after the return"
+        took = time.monotonic() - back
+        assert refused <= 1, (refused, took)
+        assert took < 2.5, (refused, took)
+    finally:
+        await pool.close()
