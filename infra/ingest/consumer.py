@@ -244,6 +244,7 @@ class Ingester:
         async with connection:
             self._connection = connection
             channel = await connection.channel(publisher_confirms=True)
+            channel.reopen_callbacks.add(self._reopened)
             self._channel = channel
             size = self._window.size
             await channel.set_qos(prefetch_count=size)
@@ -395,6 +396,13 @@ class Ingester:
                 return
             del self._stale[0]
         log.debug("prefetch now %d messages", size)
+
+    def _reopened(self, *_: object) -> None:
+        """The robust channel came back with the prefetch and consumer it last recorded,
+        which need not be the window's: its ``set_qos`` records the size before the broker
+        has it, so a resize cut short there comes back with that size under the old
+        consumer (the merge review). A resize at the next batch makes them the window's."""
+        self._consuming = 0
 
     def _behind(self) -> bool:
         """Whether the broker's consumers are not yet the window's (``_resize``)."""

@@ -109,3 +109,18 @@ async def test_a_cancel_that_failed_is_tried_again() -> None:
     await ingester._resize()
     assert list(broker.consumers.values()) == [8]
     assert not ingester._behind()
+
+
+async def test_a_reopened_channel_has_its_consumer_made_the_windows_again() -> None:
+    """The merge review's F2: the robust channel restores the prefetch its set_qos last
+    recorded, before the broker had it, under the old consumer; with the window back at
+    the old size by the next batch, nothing was behind and the restored prefetch stayed."""
+    broker = _Broker()
+    ingester = _ingester(broker)
+    broker.consumers = {"first": 4}  # as the reopened channel restored it
+    assert not ingester._behind()  # the window (2) is what _consuming says
+    ingester._reopened()
+    assert ingester._behind()
+    await ingester._resize()
+    assert list(broker.consumers.values()) == [2]
+    assert not ingester._behind()
