@@ -220,6 +220,10 @@ class Ingester:
         self.outage = Outage(amqp_url, "ingest", log)
         # Never wait_for() on the inbox's get(): on Python 3.11 a timeout racing a delivery
         # can drop the message, and the next ack with multiple=True would ack it unseen.
+        # Nor anywhere on the consuming loop's path: 3.11's wait_for returns the
+        # result of an awaitable that finished as the task was cancelled, and so swallowed
+        # a stop (a fresh clone's test waited 20 s on a consumer cancelled mid-resize);
+        # asyncio.timeout() lets the cancellation through.
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._arrived = asyncio.Event()
         self._held: Delivery | None = None
@@ -335,7 +339,8 @@ class Ingester:
                     break
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                    async with asyncio.timeout(remaining):  # (not wait_for: see __init__)
+                        await self._arrived.wait()
                 continue
             if not _open(message):
                 continue
@@ -377,9 +382,11 @@ class Ingester:
             # the tag is then cancelled with the others (a tag unknown to it is answered).
             tag, consuming = f"ingest.{uuid.uuid4().hex}", False
             try:
-                await asyncio.wait_for(self._channel.set_qos(prefetch_count=size), DEPTH_EVERY)
+                async with asyncio.timeout(DEPTH_EVERY):  # (not wait_for: see __init__)
+                    await self._channel.set_qos(prefetch_count=size)
                 consuming = True
-                await queue.consume(self._received, consumer_tag=tag, timeout=DEPTH_EVERY)
+                async with asyncio.timeout(DEPTH_EVERY):
+                    await queue.consume(self._received, consumer_tag=tag)
             except Exception as error:
                 if consuming:
                     self._stale.append(tag)
@@ -390,7 +397,8 @@ class Ingester:
                 self._stale.append(old)
         while self._stale:
             try:
-                await queue.cancel(self._stale[0], timeout=DEPTH_EVERY)
+                async with asyncio.timeout(DEPTH_EVERY):  # (not wait_for: see __init__)
+                    await queue.cancel(self._stale[0])
             except Exception as error:
                 log.debug("cancelling the consumer %s is retried (%s)", self._stale[0], error)
                 return
@@ -596,7 +604,8 @@ class Ingester:
             # otherwise be confirmed, and its ballot acked without a trace.
             channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._forwarding = channel
-            await asyncio.wait_for(channel.initialize(), DEPTH_EVERY)  # not for ever
+            async with asyncio.timeout(DEPTH_EVERY):  # not for ever (nor wait_for: __init__)
+                await channel.initialize()
             if fresh:
                 # After a failure: the refused queue, its binding or the exchange may have
                 # been deleted (a return, NO_ROUTE, or NOT_FOUND); declared once at start,
@@ -612,7 +621,8 @@ class Ingester:
         was before this declare (the merge review: declared again and again, the batch was
         held until the broker's consumer_timeout)."""
         try:
-            await asyncio.wait_for(self.queues.declare_refused(channel), DEPTH_EVERY)
+            async with asyncio.timeout(DEPTH_EVERY):
+                await self.queues.declare_refused(channel)
         except Exception as error:  # the refusal itself says whether it is taken
             now = time.monotonic()
             if now - self._undeclared_said >= 60:
@@ -628,7 +638,8 @@ class Ingester:
             assert self._connection is not None
             channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._forwarding = channel
-            await asyncio.wait_for(channel.initialize(), DEPTH_EVERY)
+            async with asyncio.timeout(DEPTH_EVERY):
+                await channel.initialize()
 
     async def _answer(self, delivery: Delivery) -> None:
         """Reply to the message's ``reply_to``: best-effort. The ballots' outcome is in the

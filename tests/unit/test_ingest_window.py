@@ -4,7 +4,10 @@ tests/integration/test_ingest_held.py and test_ingest_window.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
+
+import pytest
 
 from infra.ingest.consumer import Ingester, _Window
 
@@ -124,3 +127,28 @@ async def test_a_reopened_channel_has_its_consumer_made_the_windows_again() -> N
     await ingester._resize()
     assert list(broker.consumers.values()) == [2]
     assert not ingester._behind()
+
+
+async def test_a_stop_that_lands_as_a_resize_step_ends_is_not_swallowed() -> None:
+    """Python 3.11's wait_for returns the result of an awaitable that finished as the task
+    was cancelled: a consumer stopped as its set_qos was answered carried on, started a
+    consumer and cast more (a fresh clone's test waited 20 s for it to stop)."""
+    broker = _Broker()
+    ingester = _ingester(broker)
+    ingester._window.size = 4
+    answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def set_qos(prefetch_count: int) -> None:
+        await answered
+        broker.prefetch = prefetch_count
+
+    broker.set_qos = set_qos  # type: ignore[method-assign]
+    resizing = asyncio.create_task(ingester._resize())
+    for _ in range(3):  # (until it waits on the answer)
+        await asyncio.sleep(0)
+    assert not resizing.done()
+    answered.set_result(None)
+    resizing.cancel()  # in the same turn of the loop as the answer
+    with pytest.raises(asyncio.CancelledError):
+        await resizing
+    assert broker.consumers == {"first": 2}  # nothing done after the stop
