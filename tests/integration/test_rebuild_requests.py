@@ -82,7 +82,11 @@ async def test_two_api_processes_asked_at_once_start_one_rebuild_and_refuse_the_
         started = await waiting.pop()
         assert started.status_code == 202, started.text
         assert started.json()["state"] == "rebuilding"
-        assert (await _catalog(http))["state"] == "rebuilding"  # (202: the status says so)
+        # 202: the status says so, or the rebuild is done already (a catalog this small is
+        # rebuilt in a fraction of a second once the registry lock is free: a fresh clone
+        # read "live" here, the new version's): never the old version, live, as if not begun.
+        status = await _catalog(http)
+        assert status["state"] == "rebuilding" or status["version"] == before + 1, status
         # The rebuild answered 202 runs to the end (inside: its API process stops its child).
         catalog = await _rebuilt(http, before)
         assert catalog["version"] == before + 1  # one rebuild, not two
