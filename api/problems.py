@@ -332,12 +332,24 @@ def overloaded(request: Request, exc: Exception) -> Response:
 READ_UNAVAILABLE = "the event store is unreachable: retry shortly"
 
 
+# A withdrawal refused for certain: the writer's ballot words ("the ballot was not
+# recorded") read to a voter as if their ballot were gone, when it stays as it was (merge
+# review F3).
+WITHDRAWAL_NOT_RECORDED = (
+    "the event store is unreachable; the withdrawal was not recorded, and the voter's "
+    "ballot stays as it was: retry shortly, with the same Idempotency-Key if it had one"
+)
+
+
 def store_unavailable(request: Request, exc: Exception) -> Response:
     # (outcome_unknown: may have been recorded, not a refusal for certain)
-    _refused(request, "outcome_unknown" if isinstance(exc, OutcomeUnknown) else "store_unavailable")
+    unknown = isinstance(exc, OutcomeUnknown)
+    _refused(request, "outcome_unknown" if unknown else "store_unavailable")
     detail = str(exc)
     if isinstance(exc, LookupUnavailable) and not _ballot_request(request):
         detail = READ_UNAVAILABLE if request.method in ("GET", "HEAD") else CHANGE_NOT_MADE
+    elif not unknown and request.method == "POST" and request.url.path.endswith("/withdrawals"):
+        detail = WITHDRAWAL_NOT_RECORDED
     return problem(503, "Event store unavailable", detail, headers={"Retry-After": "5"})
 
 

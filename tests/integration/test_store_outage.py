@@ -765,6 +765,11 @@ async def test_while_the_store_is_down_election_changes_are_refused_in_their_own
             )
             opening = await http.post(f"/api/elections/{draft['id']}/open", headers=bearer(ADMIN))
             ballot = await voting.cast(opened, {"voter_id": "v", "choice": "a"})
+            withdrawal = await http.post(
+                f"/api/elections/{opened}/withdrawals",
+                json={"voter_id": "first"},
+                headers=bearer(CLIENT),
+            )
         finally:
             await asyncio.to_thread(cluster.start)
     for change in (created, opening):
@@ -776,6 +781,11 @@ async def test_while_the_store_is_down_election_changes_are_refused_in_their_own
         assert "Idempotency-Key" not in detail, detail
     assert ballot.status_code == 503, ballot.text
     assert "the ballot was not recorded" in ballot.json()["detail"]
+    # A withdrawal: not in words that read as if the voter's ballot were gone (merge review).
+    assert withdrawal.status_code == 503, withdrawal.text
+    said = withdrawal.json()["detail"]
+    assert "the withdrawal was not recorded" in said, said
+    assert "ballot stays as it was" in said, said
 
 
 async def test_a_pool_of_idle_connections_broken_by_a_restart_lends_again_at_once(
