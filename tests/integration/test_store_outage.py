@@ -464,7 +464,7 @@ async def test_a_freeze_is_seen_with_one_ballot_in_flight_and_lookups_answer(
             await asyncio.to_thread(cluster.freeze, True)
         assert (await in_flight).status_code == 201
         assert withdrawal.status_code == 503, withdrawal.text
-        assert "was not recorded now" in withdrawal.json()["detail"]
+        assert "the withdrawal was not recorded" in withdrawal.json()["detail"]
         assert took < 5.0
 
 
