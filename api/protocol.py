@@ -338,8 +338,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             served = self in admitted and len(self.tasks) < limit
             self.limit_concurrency = None if served else 0
         super().on_headers_complete()
-        if self.cycle is not answering and self.cycle is not None:
-            self.cycle.transport = cast(asyncio.Transport, _HeadWithBody(self.transport))
+        cycle = self.cycle
+        if cycle is not answering and cycle is not None and cycle.scope["method"] != "HEAD":
+            # (An answer to HEAD has no body to wait for: uvicorn writes none, and a held
+            # head went out only as the connection closed, 5 s later on a kept-alive one.)
+            cycle.transport = cast(asyncio.Transport, _HeadWithBody(self.transport))
         self._requests += 1
         # How many connections the server holds: streams take at most a share (api/streams.py).
         cast(dict[str, Any], self.scope)[CONNECTIONS] = limit
@@ -472,7 +475,7 @@ class _HeadWithBody:
     is held, and goes out with the body's first bytes in one write. uvicorn writes the two
     with a send() each: two system calls and two packets per answer, each waking the client.
     A head without a length (an event stream, chunked) goes at once, as does ``100
-    Continue``."""
+    Continue``; an answer to HEAD is not held at all (no body follows it)."""
 
     __slots__ = ("_held", "_transport")
 

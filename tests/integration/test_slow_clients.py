@@ -128,6 +128,21 @@ async def test_a_prompt_client_keeps_its_connection_across_requests(port: int) -
     writer.close()
 
 
+async def test_an_answer_to_head_is_sent_at_once_on_a_kept_alive_connection(port: int) -> None:
+    """A head that states its length is held for the body's first bytes (one write per
+    answer), but HEAD has no body: it was held until the connection closed, so a probe
+    with HEAD on a kept-alive connection got nothing for 5 s (curl: empty reply)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"HEAD /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE / 2)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"\r\ncontent-length: " in head.lower()
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection goes on
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    writer.close()
+
+
 async def test_a_connection_is_closed_after_its_last_request(port: int) -> None:
     """So that keep-alive clients spread again over the API processes (api/protocol.py)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
