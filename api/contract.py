@@ -36,7 +36,8 @@ TITLES = {
     409: "Conflict with the current state",
     413: "The body is larger than the route takes (64 KiB; a batch: 4 MiB, 128,000 values)",
     415: "The body is not JSON",
-    422: "A field breaks the schema or the rules (the problem names it)",
+    422: "A field breaks the schema or the rules, or a query parameter is unknown or given "
+    "twice (the problem names it)",
     429: "A rate limit refused the request (Retry-After says when to try again)",
     503: "A dependency is unavailable or busy (Retry-After says when to try again)",
 }
@@ -127,15 +128,15 @@ class Operation:
         return self.media == STREAM
 
     def refusals(self) -> list[int]:
-        found = set(self.errors) | {503}
+        # 422 on every operation: ``operation`` refuses an unknown or repeated query
+        # parameter on each, those that take none too (GET /api/health?foo=1).
+        found = set(self.errors) | {422, 503}
         if self.auth:
             found.add(401)
         if self.body is not None:
             found |= {400, 413, 415, 422}
         if self.limited or self.streamed:
             found.add(429)
-        if any(p.where in ("query", "header") for p in self.params):
-            found.add(422)
         return sorted(found)
 
 
