@@ -73,27 +73,73 @@ KNOWN_IDS = 4096
 _ELECTION_IDS: dict[str, UUID] = {}
 
 
-async def body(request: Request, model: type[M]) -> M:
+async def body(request: Request, model: type[M], *, required: bool = True) -> M:
     """The request body validated as ``model``: 415 unless it says it is JSON, 400 if it is
-    not one JSON document with unique keys, 422 if the wrong shape. No body reads as {}."""
+    not one JSON document with unique keys in UTF-8, 422 if the wrong shape. An empty body
+    is 400 where the operation requires one (``required``: its contract's body_required),
+    and reads as {} where it does not (a withdrawal by a voter token has nothing to say)."""
     raw = await _read(request)
     if not raw:
+        if required:
+            raise MalformedBody(EMPTY_BODY)
         return model.model_validate({})
-    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    kind, _, parameters = content_type.partition(";")
+    kind = kind.strip().lower()
     if kind != "application/json" and not (
         kind.startswith("application/") and kind.endswith("+json")
     ):
         raise UnsupportedMediaType(
             f"send the body as JSON with Content-Type: application/json; got {kind or 'none'}"
         )
-    if len(raw) <= OFF_LOOP_BYTES:
-        return validate(model, json_document(raw, max_commas=MAX_COMMAS))
-    # A bulk body is parsed on a worker thread: where the fast parser cannot read it (an
-    # escaped lone surrogate), the lenient parse runs Python code for every object, and the
-    # event loop takes its turns meanwhile. (MAX_COMMAS bounds what either parse holds the
-    # loop for.)
-    document = await asyncio.to_thread(json_document, raw, max_commas=MAX_COMMAS)
+    try:
+        if len(raw) <= OFF_LOOP_BYTES:
+            document = json_document(raw, max_commas=MAX_COMMAS)
+        else:
+            # A bulk body is parsed on a worker thread: where the fast parser cannot read
+            # it (an escaped lone surrogate), the lenient parse runs Python code for every
+            # object, and the event loop takes its turns meanwhile. (MAX_COMMAS bounds what
+            # either parse holds the loop for.)
+            document = await asyncio.to_thread(json_document, raw, max_commas=MAX_COMMAS)
+    except TooManyValues:
+        raise
+    except MalformedBody as refused:
+        said = _not_utf8(raw, parameters)
+        if said is None:
+            raise
+        raise MalformedBody(f"{refused.detail} ({said})") from None
     return validate(model, document)
+
+
+EMPTY_BODY = "the body is empty: this operation takes a JSON object (see /openapi.json)"
+# Byte order marks: JSON is UTF-8 without one (RFC 8259 section 8.1). UTF-32's before
+# UTF-16's, whose marks begin theirs.
+BYTE_ORDER_MARKS = (
+    (b"\xef\xbb\xbf", "UTF-8"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+CHARSET = re.compile(r"(?:^|;)\s*charset\s*=\s*\"?([^\";\s]*)", re.IGNORECASE)
+
+
+def _not_utf8(raw: bytes, parameters: str) -> str | None:
+    """Why a body that could not be parsed may be no UTF-8 JSON, in words that say what to
+    send instead (None: nothing says so). Said only once it failed: a body labelled with
+    another charset that parses as UTF-8 is taken, as it always was."""
+    for mark, encoding in BYTE_ORDER_MARKS:
+        if raw.startswith(mark):
+            return (
+                f"it starts with a {encoding} byte order mark: send UTF-8 without a byte order mark"
+            )
+    if b"\x00" in raw[:4]:  # (no JSON text in UTF-8 starts with a NUL)
+        return "it looks like UTF-16 or UTF-32: the body must be UTF-8"
+    found = CHARSET.search(parameters)
+    charset = found.group(1).lower() if found else ""
+    if charset and charset.replace("-", "").replace("_", "") != "utf8":
+        return f"it is sent as charset={charset[:40]}: the body must be UTF-8"
+    return None
 
 
 def validate(model: type[M], data: Any) -> M:

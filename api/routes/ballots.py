@@ -176,7 +176,7 @@ def _problem(error: Exception, index: int) -> dict[str, Any]:
 async def withdraw(request: Request) -> Response:
     """Withdraw the voter's ballot (where the election allows changing a cast ballot)."""
     election_id, rules, voter_token = await _election_and_caller(request)
-    body = await context.body(request, WithdrawalIn)
+    body = await context.body(request, WithdrawalIn, required=False)
     voter = _voter(request, election_id, rules, body.voter_id, voter_token)
     limited = await context.rate_limits(request).ballot(request)
     receipt = await context.services(request).app.withdraw_ballot(

@@ -28,6 +28,107 @@ async def test_malformed_json_is_400(voting: VotingClient, http: httpx.AsyncClie
 
 
 @pytest.mark.parametrize(
+    ("raw", "content_type", "detail"),
+    [
+        (
+            b'\xef\xbb\xbf{"choice": "a", "voter_id": "v"}',
+            "application/json",
+            "it starts with a UTF-8 byte order mark: send UTF-8 without a byte order mark",
+        ),
+        (
+            '\ufeff{"choice": "a", "voter_id": "v"}'.encode("utf-16"),
+            "application/json",
+            "send UTF-8 without a byte order mark",
+        ),
+        (
+            '{"choice": "a", "voter_id": "v"}'.encode("utf-16-le"),
+            "application/json",
+            "the body must be UTF-8",
+        ),
+        (
+            '{"choice": "a", "voter_id": "v"}'.encode("utf-16-le"),
+            "application/json; charset=utf-16",
+            "it looks like UTF-16 or UTF-32: the body must be UTF-8",
+        ),
+        (
+            '{"choice": "\u00e9", "voter_id": "v"}'.encode("latin-1"),
+            "application/json; charset=ISO-8859-1",
+            "it is sent as charset=iso-8859-1: the body must be UTF-8",
+        ),
+    ],
+)
+async def test_a_body_not_in_utf8_is_told_to_be_sent_in_utf8(
+    voting: VotingClient, http: httpx.AsyncClient, raw: bytes, content_type: str, detail: str
+) -> None:
+    """A body with a byte order mark, or in another encoding, was told "expected value at
+    line 1 column 1", which says nothing of what to change."""
+    election_id = await voting.open_election()
+    response = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        content=raw,
+        headers={**bearer(CLIENT), "Content-Type": content_type},
+    )
+    problem = assert_problem(response, 400, detail)
+    assert problem["detail"].startswith("the request body is not valid JSON: ")
+
+
+async def test_a_body_labelled_with_another_charset_that_reads_as_utf8_is_taken(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """(As before: a client that labels its ASCII JSON ISO-8859-1 still casts.)"""
+    election_id = await voting.open_election()
+    response = await http.post(
+        f"/api/elections/{election_id}/ballots",
+        content=b'{"choice": "a", "voter_id": "latin"}',
+        headers={**bearer(CLIENT), "Content-Type": "application/json; charset=ISO-8859-1"},
+    )
+    assert response.status_code == 201, response.text
+
+
+async def test_an_empty_body_where_one_is_required_is_400(
+    voting: VotingClient, http: httpx.AsyncClient
+) -> None:
+    """An empty body was read as {} and answered with the first field {} lacks ("voter_id
+    is required"): it is said to be empty. Where the body is optional (open, close, a
+    withdrawal) none is still none."""
+    election_id = await voting.open_election()
+    draft = (await voting.create_election(eligibility="tokens"))["id"]
+    required = [
+        ("/api/elections", ADMIN),
+        (f"/api/elections/{election_id}/ballots", CLIENT),
+        (f"/api/elections/{election_id}/ballots/batch", CLIENT),
+        (f"/api/elections/{draft}/tokens", ADMIN),
+        ("/api/auth/login", None),
+        ("/api/auth/refresh", None),
+        ("/api/auth/logout", None),
+    ]
+    for path, token in required:
+        for content_type in ("application/json", None):
+            headers = bearer(token) if token else {}
+            if content_type:
+                headers["Content-Type"] = content_type
+            response = await http.post(path, content=b"", headers=headers)
+            problem = assert_problem(response, 400, "the body is empty")
+            assert problem["title"] == "Malformed JSON", path
+    # Optional bodies: open and close with none, and a voter's withdrawal with none.
+    tokens_election, tokens = await voting.token_election()
+    cast = await voting.cast(tokens_election, {"choice": "a"}, token=tokens[0])
+    assert cast.status_code == 201, cast.text
+    withdrawn = await http.post(
+        f"/api/elections/{tokens_election}/withdrawals",
+        content=b"",
+        headers={**bearer(tokens[0]), "Content-Type": "application/json"},
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    closed = await http.post(
+        f"/api/elections/{election_id}/close",
+        content=b"",
+        headers={**bearer(ADMIN), "Content-Type": "application/json"},
+    )
+    assert closed.status_code == 200, closed.text
+
+
+@pytest.mark.parametrize(
     ("body", "field", "detail"),
     [
         ({"title": "x", "method": "plurality"}, "options", "Field required"),
