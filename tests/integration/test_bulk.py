@@ -735,6 +735,8 @@ async def test_a_voter_may_have_at_most_16_ballots_in_one_batch(
     assert [r["version"] for r in results[:16]] == list(range(1, 17))
     assert [r["status"] for r in results[16:]] == [422] * 4
     assert "more than 16 ballots of this voter" in results[16]["detail"]
+    # The field at fault is named (it was not): each refused ballot's voter_id.
+    assert [r["field"] for r in results[16:]] == [f"ballots[{n}].voter_id" for n in range(16, 20)]
     body = await _counted(voting, election_id, results[15]["position"])
     assert {o["id"]: o["votes"] for o in body["options"]} == {"a": 1, "b": 0, "c": 0}
 
