@@ -15,7 +15,7 @@ from starlette.types import Message, Receive
 
 from api.auth import Authenticator
 from api.edge import Edge
-from api.problems import MalformedBody, TooManyValues, UnsupportedMediaType
+from api.problems import MalformedBody, TooManyValues, UnsupportedMediaType, shown
 from api.ratelimit import RateLimits
 from domain.errors import ElectionNotFound, InvalidRequest
 from infra.audit.chain import Signer
@@ -52,8 +52,8 @@ def election_id(request: Request) -> UUID:
         return known
     try:
         parsed = UUID(raw)
-    except ValueError:
-        raise ElectionNotFound(raw) from None
+    except ValueError:  # (named as sent, within bounds: SHOWN characters, escaped)
+        raise ElectionNotFound(shown(raw)) from None
     # The ballot hot path parses the same few ids: each is remembered once its election is
     # known to this process, and only as written canonically. Unknown ids (404s, ids made
     # up at random to fill it) and other spellings of a known one (upper case, braces) are

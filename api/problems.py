@@ -441,12 +441,25 @@ NO_ROUTE = HTTPStatus.NOT_FOUND.phrase
 SHOWN_PATH = 200  # characters of an unknown path named in the answer
 
 
+SHOWN = 40  # characters of a path segment or parameter named in a detail
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """``text`` as a detail names what the client sent: its first ``limit`` characters
+    (an ellipsis past them: a 20,000-character id is not echoed whole), each control
+    character or lone surrogate written as Python writes it (``\\x00``, ``\\ud800``) so
+    that it is seen, not sent on raw."""
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else repr(c)[1:-1] for c in head)
+    return head if len(text) <= limit else f"{head}…"
+
+
 def _no_route(request: Request) -> str:
     """What a person can act on, for a path no route serves: where the routes are listed,
     and, for a trailing slash, that the path without it is one."""
     path = request.scope["path"]
-    shown = path if len(path) <= SHOWN_PATH else f"{path[:SHOWN_PATH]}…"
-    detail = f"no route {request.method} {shown}"
+    detail = f"no route {request.method} {shown(path, SHOWN_PATH)}"
     bare = path.rstrip("/")
     if bare != path and bare and _allowed(request, bare):
         return f"{detail}: {bare} (without the trailing slash) is a route; use that"

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from api import context, documents
 from api.contract import Operation, Param, operation
+from api.problems import shown
 from api.responses import JSONResponse, problem
 from domain.errors import Conflict, NotFound
 from infra.runtime.shared_metrics import child_exited
@@ -70,7 +71,8 @@ async def rebuild(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in PROJECTIONS:
         raise NotFound(
-            f"there is no projection named {name!r}; the projections are {', '.join(PROJECTIONS)}"
+            f"there is no projection named '{shown(name)}'; the projections are "
+            f"{', '.join(PROJECTIONS)}"
         )
     running: dict[str, asyncio.subprocess.Process | None] = request.app.state.rebuilds
     services = context.services(request)

@@ -237,6 +237,14 @@ async def test_an_unknown_election_is_404(voting: VotingClient, http: httpx.Asyn
     assert_problem(response, 404, "there is no election with id not-a-uuid")
     response = await http.post(f"/api/elections/{missing}/open", headers=bearer(ADMIN))
     assert_problem(response, 404, "there is no election")
+    # An id that is no id is named within bounds, its control characters seen, not sent
+    # on raw (a 20,000-character id was echoed whole, a NUL as a NUL).
+    long = await http.get("/api/elections/" + "x" * 20_000, headers=bearer(CLIENT))
+    detail = assert_problem(long, 404, "there is no election with id xxx")["detail"]
+    assert detail == f"there is no election with id {'x' * 40}…"
+    odd = await http.get("/api/elections/a%00b%1B%C3%A9", headers=bearer(CLIENT))
+    detail = assert_problem(odd, 404, "there is no election with id")["detail"]
+    assert detail == "there is no election with id a\\x00b\\x1bé"
 
 
 async def test_an_unknown_route_is_a_404_problem(http: httpx.AsyncClient) -> None:
@@ -249,6 +257,8 @@ async def test_an_unknown_route_is_a_404_problem(http: httpx.AsyncClient) -> Non
     )
     long = await http.post("/api/" + "x" * 5000, headers=bearer(ADMIN))
     assert len(assert_problem(long, 404, "no route POST /api/xxx")["detail"]) < 300
+    nul = await http.get("/api/no%00where")
+    assert_problem(nul, 404, "no route GET /api/no\\x00where: see /docs")
 
 
 async def test_a_trailing_slash_404_names_the_path_without_it(

@@ -78,6 +78,9 @@ async def test_operators_see_where_every_projection_stands(
         404,
         "there is no projection named 'nothing'",
     )
+    long = await http.post(f"/api/admin/projections/{'n' * 5000}/rebuild", headers=bearer(OPERATOR))
+    detail = assert_problem(long, 404, f"there is no projection named '{'n' * 40}…'")["detail"]
+    assert len(detail) < 200
 
 
 async def test_a_rebuild_running_in_another_process_makes_a_second_one_409(
