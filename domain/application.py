@@ -799,7 +799,8 @@ def _first_casts(
             else:  # each later one is a commit and a read of the voter's entries
                 outcomes[index] = InvalidBallot(
                     f"this batch holds more than {MAX_BALLOTS_PER_VOTER} ballots of this "
-                    "voter; send the rest in a later request, once this one is answered"
+                    "voter; send the rest in a later request, once this one is answered",
+                    field="voter_id",
                 )
             continue
         later[voter.ballot_key] = []

@@ -17,7 +17,7 @@ from api.problems import Faults, Forbidden, TooManyRequests, fault, problem_of
 from api.responses import JSONResponse
 from api.schemas import KEY_RULE, BallotIn, BatchBallotIn, BatchIn, WithdrawalIn, valid_key
 from api.views import receipt_view
-from domain.application import MAX_BALLOTS_PER_VOTER, Receipt
+from domain.application import Receipt
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
 from domain.ports import OutcomeUnknown
 from domain.rules import ElectionRules, Eligibility
@@ -125,7 +125,6 @@ async def cast_batch(request: Request) -> Response:
             continue
         key = None if ballot.idempotency_key is None else request_key(ballot.idempotency_key, voter)
         accepted.append((index, voter, ballot.content(), key))
-    over = _past_voter_limit([(index, voter) for index, voter, _, _ in accepted])
     limited = await context.rate_limits(request).ballot(request, max(1, len(accepted)))
     outcomes = await services.app.cast_ballots(
         election_id, [(voter, content, key) for _, voter, content, key in accepted]
@@ -140,7 +139,7 @@ async def cast_batch(request: Request) -> Response:
             kinds["replayed" if outcome.replayed else kind] += 1
             results[index] = receipt_view(outcome, election, kind)
         elif (found := problem_of(outcome, f"ballots[{index}]")) is not None:
-            results[index] = _voter_named(found, outcome, index, over)
+            results[index] = found
             unknown += isinstance(outcome, OutcomeUnknown)  # (may have been recorded)
         else:  # not a refusal of the ballot but a fault: this one alone was not recorded
             faults.add(outcome)
@@ -152,29 +151,6 @@ async def cast_batch(request: Request) -> Response:
     if faulty := faults.log("of a bulk request"):
         BALLOTS_REFUSED.labels("fault").inc(faulty)
     return JSONResponse({"results": results}, headers=limited)
-
-
-def _past_voter_limit(ballots: list[tuple[int, Voter]]) -> set[int]:
-    """The places of the ballots the election refuses as past MAX_BALLOTS_PER_VOTER of
-    their voter's in the request: it names no field there, and the field at fault is their
-    voter_id (the review: the problem named none)."""
-    seen: Counter[str] = Counter()
-    past = set()
-    for index, voter in ballots:
-        seen[voter.ballot_key] += 1
-        if seen[voter.ballot_key] > MAX_BALLOTS_PER_VOTER:
-            past.add(index)
-    return past
-
-
-def _voter_named(
-    found: dict[str, Any], outcome: object, index: int, past: set[int]
-) -> dict[str, Any]:
-    """A ballot's problem, naming its voter_id where it is refused as past its voter's
-    limit (and names no field of its own)."""
-    if index in past and isinstance(outcome, InvalidBallot):
-        found.setdefault("field", f"ballots[{index}].voter_id")
-    return found
 
 
 def _problem(error: Exception, index: int) -> dict[str, Any]:
