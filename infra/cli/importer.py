@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import ssl
 import time
 import unicodedata
@@ -692,10 +693,17 @@ def _refusals(path: Path, refusals: list[tuple[int, str]]) -> None:
         console.print(f"  ... and {len(refusals) - SHOWN:,} more")
 
 
+# A ballot's place in a bulk request, as the API names the fields of its refusal.
+_PLACE = re.compile(r"\bballots\[\d+\](\.)?")
+
+
 def _outcome(result: dict[str, Any]) -> str:
+    """A ballot's outcome, as the summary groups them: its place in the request (the
+    API's ``ballots[3].extra``) left out, as its line says where it is."""
     if "ballot_id" in result:
         return f"recorded: {'replayed' if result.get('replayed') else result['status']}"
-    return f"{result.get('status')}: {result.get('detail', '')}"
+    detail = _PLACE.sub(lambda m: "" if m.group(1) else "the ballot", str(result.get("detail", "")))
+    return f"{result.get('status')}: {detail}"
 
 
 def _shown(text: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.cli.ballot_files import FileBallot, Reading, read_ballots
-from infra.cli.importer import _refusals, _summary
+from infra.cli.importer import _outcome, _refusals, _summary
 
 TOKEN = "client-token"
 OPTIONS = [
@@ -25,6 +25,26 @@ OPTIONS = [
 def _read(path: Path, text: str, **options: str) -> list[FileBallot]:
     path.write_text(text)
     return list(read_ballots(path, OPTIONS, token=TOKEN, **options))  # type: ignore[arg-type]
+
+
+# --- Refusals named by the field, not by the ballot's place in the request
+
+
+def test_a_refusal_names_the_field_not_the_ballots_place_in_the_request(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`ballots[3].extra: ...` and `ballots[7].extra: ...` were two rows of the summary."""
+    said = [
+        _outcome({"status": 422, "detail": f"ballots[{n}].extra: Extra inputs are not permitted"})
+        for n in (3, 7)
+    ]
+    assert said == ["422: extra: Extra inputs are not permitted"] * 2
+    whole = _outcome({"status": 422, "detail": "ballots[0]: must be a JSON object"})
+    assert whole == "422: the ballot: must be a JSON object"
+    _summary(tmp_path / "b.jsonl", Counter(said), Reading(), 2, 0.1)
+    out = capsys.readouterr().out
+    assert out.count("extra: Extra inputs are not permitted") == 1
+    assert "ballots[" not in out
 
 
 # --- Control characters from the file are not printed raw
