@@ -64,11 +64,15 @@ WRITE_INS = {"uwi", "write-in", "write in", "writein", "undeclared write-in", "w
 
 @dataclass
 class FileBallot:
-    """One ballot from a file: its line, its body for the API, and its idempotency key."""
+    """One ballot from a file: its line, its body for the API, and its idempotency key;
+    ``refused``, if not empty, why it is not sent at all (a record of a CSV whose cells do
+    not match its header): the import refuses it on its own, by its line, as the API
+    refuses an invalid ballot."""
 
     line: int
     body: dict[str, Any]
     key: str
+    refused: str = ""
 
 
 @dataclass
@@ -136,11 +140,15 @@ class _Voters:
             body["voter_id"] = unicodedata.normalize("NFC", body["voter_id"])
 
     def key(self, body: dict[str, Any]) -> str:
+        return ballot_key(body, self.count(body), self.token)
+
+    def count(self, body: dict[str, Any]) -> int:
+        """Count the ballot as its voter's; how many of theirs came before it."""
         self.name(body)
         voter = str(body.get("voter_id"))
         earlier = self.seen[voter]
         self.seen[voter] += 1
-        return ballot_key(body, earlier, self.token)
+        return earlier
 
 
 def _text(content: bytes) -> str:
@@ -179,8 +187,15 @@ def _csv(
     *,
     voters: _Voters,
 ) -> Iterator[FileBallot]:
-    reader = csv.reader(io.StringIO(text))
-    columns = next(reader, [])
+    """The records of a CVR. Its structure broken (a quote not closed, which would read the
+    rest of the file as one cell; rank columns named twice or with one missing), it stops
+    the import before anything is sent (a ValueError naming the line). A record whose cells
+    are not as many as the header's (a name with a comma, not quoted: its ranks would be
+    read shifted) is refused on its own, by its line, and the others are read."""
+    # strict: a quote not closed by the end of the file, or text after a closing quote, is
+    # an error (not the rest of the file, or a cell glued together, read as one cell)
+    reader = csv.reader(io.StringIO(text), strict=True)
+    columns = _record(reader, 0) or []
     ranks = sorted(
         (
             (int(m.group(1) or m.group(2)), i)
@@ -192,6 +207,7 @@ def _csv(
         raise ValueError(
             "no rank columns: a CVR needs columns named rank1..rankN (or 1st choice..)"
         )
+    _check_ranks(ranks, columns)
     voter_column = next(
         (i for i, c in enumerate(columns) if c.strip().lower() in VOTER_COLUMNS), None
     )
@@ -205,15 +221,17 @@ def _csv(
     record = 0
     while True:
         ended = reader.line_num  # the last line read so far: a record starts after it
-        row = next(reader, None)
+        row = _record(reader, ended)
         if row is None:
             return
         if not row:
             continue  # an empty line is no record
         record += 1
-        marks = [_mark(_cell(row, i), names, found) for _, i in ranks]
-        ranked = ranking(marks, rules)
-        if not ranked:
+        blank = all(not cell.strip() for cell in row)  # (an extra comma changes nothing)
+        misfit = len(row) != len(columns) and not blank
+        marks = [] if misfit else [_mark(_cell(row, i), names, found) for _, i in ranks]
+        ranked = [] if misfit else ranking(marks, rules)
+        if not ranked and not misfit:
             found.blank += 1
             continue
         voter = _cell(row, voter_column).strip() if voter_column is not None else ""
@@ -223,8 +241,69 @@ def _csv(
                 "file's ballots that stays the same when you import it again (a precinct, a "
                 "batch), and each ballot without a voter is named by it and its record's number"
             )
+        if misfit:
+            # Counted among its voter's ballots all the same, so that correcting it changes
+            # the key of none after it.
+            body: dict[str, Any] = {"voter_id": voter or f"cvr-{source}-{record}"}
+            voters.count(body)
+            refused = f"not sent: {len(row)} cells, where the header has {len(columns)}"
+            yield FileBallot(ended + 1, body, "", refused)
+            continue
         body = {"voter_id": voter or f"cvr-{source}-{record}", "ranking": ranked}
         yield FileBallot(ended + 1, body, voters.key(body))
+
+
+def _record(reader: Any, ended: int) -> list[str] | None:
+    """The next record of ``reader`` (None at the end of the file), whose last line read
+    was ``ended``: a ValueError, naming the line, if a quote breaks the file's structure,
+    there or in a cell that runs on over a line break (a quote not closed where it should
+    be: the lines after it would be read as part of the cell, their records lost)."""
+    try:
+        row: list[str] | None = next(reader, None)
+    except csv.Error as error:
+        if "end of data" in str(error):
+            raise ValueError(
+                f"line {ended + 1}: a quote opened in the record that starts there is never "
+                "closed, so the rest of the file would be read as one cell; close it (or "
+                "double a quote meant as text) and import the file again"
+            ) from None
+        raise ValueError(
+            f"line {reader.line_num}: {error} (a quoted cell must end at its closing quote; "
+            "double a quote meant as text)"
+        ) from None
+    if (
+        row is not None
+        and reader.line_num > ended + 1
+        and any("\n" in cell.strip() or "\r" in cell.strip() for cell in row)
+    ):
+        raise ValueError(
+            f"line {ended + 1}: a cell of the record that starts there runs on to line "
+            f"{reader.line_num} (a quote not closed where it should be?): a CVR's names "
+            "hold no line breaks; correct it and import the file again"
+        )
+    return row
+
+
+def _check_ranks(ranks: list[tuple[int, int]], columns: list[str]) -> None:
+    """Rank columns named twice, or with one missing, stop the import: read in order,
+    they would be taken for consecutive ranks (rank1,rank3 for a first and second)."""
+    numbers = Counter(number for number, _ in ranks)
+    twice = [n for n, count in sorted(numbers.items()) if count > 1]
+    if twice:
+        named = "; ".join(
+            f"rank {n}: " + ", ".join(repr(columns[i].strip()) for m, i in ranks if m == n)
+            for n in twice
+        )
+        raise ValueError(
+            f"more than one column for a rank ({named}): a CVR needs one column for each rank"
+        )
+    missing = [n for n in range(1, max(numbers) + 1) if n not in numbers]
+    if missing:
+        raise ValueError(
+            f"no column for rank {', '.join(map(str, missing))} (the rank columns are "
+            f"{', '.join(repr(columns[i].strip()) for _, i in ranks)}): a CVR needs one column "
+            f"for each rank from 1 to {max(numbers)}"
+        )
 
 
 def _cell(row: list[str], index: int) -> str:

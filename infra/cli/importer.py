@@ -301,7 +301,9 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
         console.print(f"[red]{_shown(str(args.file))}: {_shown(str(error))}[/red]")
         return 2
     except (OSError, ValueError) as error:
-        console.print(f"[red]{_shown(str(args.file))}: {_shown(str(error))}[/red]")
+        console.print(
+            f"[red]{_shown(str(args.file))}: {_shown(str(error))}; nothing was sent[/red]"
+        )
         return 1
     if _names_refused(args, reading, options):
         return 2
@@ -469,6 +471,9 @@ def _batches(lane: list[FileBallot], size: int, outcomes: _Outcomes) -> Iterator
     each = Counter[str]()
     for ballot in lane:
         voter = _voter(ballot)
+        if ballot.refused:  # refused as read (its cells, its key): nothing to send
+            outcomes.settle(ballot, ballot.refused)  # (its voter's later lines wait)
+            continue
         if len(batch) == size or each[voter] == 1:
             yield batch
             batch, each = [], Counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.cli.ballot_files import FileBallot, Reading, read_ballots
-from infra.cli.importer import _outcome, _refusals, _summary
+from infra.cli.importer import _batches, _outcome, _Outcomes, _refusals, _summary
 
 TOKEN = "client-token"
 OPTIONS = [
@@ -25,6 +25,115 @@ OPTIONS = [
 def _read(path: Path, text: str, **options: str) -> list[FileBallot]:
     path.write_text(text)
     return list(read_ballots(path, OPTIONS, token=TOKEN, **options))  # type: ignore[arg-type]
+
+
+# --- CSV: a quote not closed stops the import before anything is sent, naming its line
+
+
+def test_an_unclosed_quote_stops_the_import_naming_its_line(tmp_path: Path) -> None:
+    """It read as one cell to the end of the file: "0 ballots read", q40 and q50 gone."""
+    cvr = tmp_path / "cvr.csv"
+    text = 'voter_id,rank1,rank2\nq30,"a,b\nq40,a,b\nq50,b,a\n'
+    with pytest.raises(ValueError, match=r"^line 2: a quote opened .* is never closed"):
+        _read(cvr, text)
+
+
+def test_a_cell_running_over_lines_stops_the_import_naming_its_line(tmp_path: Path) -> None:
+    """A quote closed lines later: as many cells as the header, the lines between lost."""
+    cvr = tmp_path / "cvr.csv"
+    text = 'voter_id,rank1,rank2\nq1,lee,smith\nq30,"lee\nq40,lee",smith\nq50,smith,lee\n'
+    with pytest.raises(ValueError, match=r"^line 3: a cell of the record .* runs on to line 4"):
+        _read(cvr, text)
+
+
+def test_text_after_a_closing_quote_stops_the_import_naming_its_line(tmp_path: Path) -> None:
+    cvr = tmp_path / "cvr.csv"
+    with pytest.raises(ValueError, match=r"^line 3: ',' expected after '\"'"):
+        _read(cvr, 'voter_id,rank1,rank2\nq1,lee,smith\nq2,"lee"x,smith\n')
+
+
+def test_a_quoted_cell_ending_in_a_line_break_is_still_read(tmp_path: Path) -> None:
+    ballots = _read(tmp_path / "cvr.csv", 'id,rank1,rank2\n7,lee,"smith\n"\n8,smith,\n')
+    assert [(b.line, b.body["ranking"]) for b in ballots] == [
+        (2, ["lee", "smith"]),
+        (4, ["smith"]),
+    ]
+
+
+# --- CSV: a record whose cells do not match the header is refused on its own
+
+
+def test_a_record_with_more_or_fewer_cells_than_the_header_is_refused_by_its_line(
+    tmp_path: Path,
+) -> None:
+    """`c8,Lee,Smith,Jones,Extra` was cast without a word (an unquoted "Smith, Jo" would
+    shift every rank after it)."""
+    text = "voter_id,rank1,rank2,rank3\nc7,Lee,Smith,\nc8,Lee,Smith,Jones,Extra\nc9,Jones\n"
+    ballots = _read(tmp_path / "cvr.csv", text)
+    assert [(b.line, b.body["voter_id"], b.refused) for b in ballots] == [
+        (2, "c7", ""),
+        (3, "c8", "not sent: 5 cells, where the header has 4"),
+        (4, "c9", "not sent: 2 cells, where the header has 4"),
+    ]
+    assert ballots[0].body["ranking"] == ["lee", "smith"]
+    assert "ranking" not in ballots[1].body
+
+
+def test_a_refused_record_is_counted_so_correcting_it_keeps_the_later_keys(
+    tmp_path: Path,
+) -> None:
+    header = "voter_id,rank1,rank2\n"
+    broken = _read(tmp_path / "a.csv", header + "c8,Lee,Smith,Jones\nc8,Smith,Lee\n")
+    fixed = _read(tmp_path / "b.csv", header + "c8,Lee,Smith\nc8,Smith,Lee\n")
+    assert broken[1].key == fixed[1].key
+    assert broken[0].refused
+    assert not fixed[0].refused
+
+
+def test_a_blank_record_with_an_extra_comma_is_still_blank(tmp_path: Path) -> None:
+    reading = Reading()
+    path = tmp_path / "cvr.csv"
+    path.write_text("voter_id,rank1,rank2\n,,,\nc1,lee,\n")
+    ballots = list(read_ballots(path, OPTIONS, token=TOKEN, reading=reading))
+    assert [b.body["voter_id"] for b in ballots] == ["c1"]
+    assert reading.blank == 1
+
+
+# --- CSV: rank columns named twice or with a gap stop the import
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("voter_id,rank1,rank1", r"more than one column for a rank \(rank 1: 'rank1', 'rank1'\)"),
+        ("voter_id,rank1,1st choice", r"rank 1: 'rank1', '1st choice'"),
+        ("voter_id,rank1,rank3", r"no column for rank 2 \(the rank columns are 'rank1', 'rank3'"),
+        ("voter_id,rank2,rank3", r"no column for rank 1 "),
+    ],
+)
+def test_rank_columns_named_twice_or_with_a_gap_stop_the_import(
+    tmp_path: Path, header: str, said: str
+) -> None:
+    """They were read as consecutive ranks: rank1,rank3 as a first and a second choice."""
+    with pytest.raises(ValueError, match=said):
+        _read(tmp_path / "cvr.csv", f"{header}\nc1,lee,smith\n")
+
+
+# --- A ballot refused as read is settled without being sent, its voter's later lines held
+
+
+def test_a_ballot_refused_as_read_is_not_sent_and_holds_its_voters_later_lines() -> None:
+    ballots = [
+        FileBallot(2, {"voter_id": "a", "ranking": ["lee"]}, "k2"),
+        FileBallot(3, {"voter_id": "b"}, "k3", "not sent: 5 cells, where the header has 4"),
+        FileBallot(4, {"voter_id": "b", "ranking": ["lee"]}, "k4"),
+        FileBallot(5, {"voter_id": "c", "ranking": ["smith"]}, "k5"),
+    ]
+    outcomes = _Outcomes(lambda _: None)
+    sent = [[b.line for b in batch] for batch in _batches(ballots, 10, outcomes)]
+    assert sent == [[2, 5]]
+    assert outcomes.refusals == [(3, "not sent: 5 cells, where the header has 4")]
+    assert outcomes.withheld == 1  # line 4, behind line 3
 
 
 # --- Refusals named by the field, not by the ballot's place in the request
