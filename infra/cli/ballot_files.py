@@ -51,6 +51,8 @@ from typing import Any
 
 import orjson
 
+from api.context import json_document
+from api.problems import MalformedBody
 from domain.cvr import Marker, MarkRules, ranking
 
 RANK_COLUMN = re.compile(r"^\s*(?:rank\s*_?(\d+)|(\d+)\s*(?:st|nd|rd|th)\b.*)\s*$", re.IGNORECASE)
@@ -66,8 +68,9 @@ WRITE_INS = {"uwi", "write-in", "write in", "writein", "undeclared write-in", "w
 class FileBallot:
     """One ballot from a file: its line, its body for the API, and its idempotency key;
     ``refused``, if not empty, why it is not sent at all (a record of a CSV whose cells do
-    not match its header): the import refuses it on its own, by its line, as the API
-    refuses an invalid ballot."""
+    not match its header; a JSONL line whose idempotency_key is not a string, or that
+    orjson cannot write): the import refuses it on its own, by its line, as the API refuses
+    an invalid ballot."""
 
     line: int
     body: dict[str, Any]
@@ -163,19 +166,42 @@ def _text(content: bytes) -> str:
 
 
 def _jsonl(content: bytes, voters: _Voters) -> Iterator[FileBallot]:
+    """Each line read as the API reads a body (``json_document``: a key named twice, which
+    parsers resolve differently, makes a line not JSON; so does NaN), and its
+    idempotency_key as the API takes it: a string, or absent (null)."""
     content = content.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors add
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            body = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise ValueError(f"line {number} is not JSON: {error}") from None
+            body = json_document(line, f"line {number}")
+        except MalformedBody as error:
+            raise ValueError(str(error)) from None
         if not isinstance(body, dict):
             raise ValueError(f"line {number} is not a JSON object")
         given = body.pop("idempotency_key", None)
         voters.name(body)
-        yield FileBallot(number, body, voters.key(body) if given is None else str(given))
+        if given is not None and not isinstance(given, str):
+            # str() made 5 or {"a": 1} a key, where the API refuses such a body
+            refused = f"not sent: idempotency_key must be a string, not {_json_kind(given)}"
+            yield FileBallot(number, body, "", refused)
+            continue
+        try:  # what orjson, which sends it, cannot write (jiter reads it, as the API does)
+            orjson.dumps(body)  # an integer past 64 bits, a lone surrogate ("\ud800")
+        except orjson.JSONEncodeError as error:
+            if given is None:
+                voters.count(body)  # (as a ballot of its voter: corrected, it changes no key)
+            yield FileBallot(number, body, "", f"not sent: {error}")
+            continue
+        yield FileBallot(number, body, voters.key(body) if given is None else given)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an object" if isinstance(value, dict) else "an array"
 
 
 def _csv(

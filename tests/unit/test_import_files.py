@@ -119,6 +119,57 @@ def test_rank_columns_named_twice_or_with_a_gap_stop_the_import(
         _read(tmp_path / "cvr.csv", f"{header}\nc1,lee,smith\n")
 
 
+# --- JSONL: read as the API reads a body
+
+
+def test_a_jsonl_line_naming_a_key_twice_stops_the_import_as_the_api_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """orjson kept the last voter_id, and j2b was cast; the API refuses such a body."""
+    text = (
+        '{"voter_id": "j1", "choice": "lee"}\n{"voter_id":"j2","voter_id":"j2b","choice":"lee"}\n'
+    )
+    with pytest.raises(ValueError, match=r"^line 2 is not valid JSON: .*duplicate key"):
+        _read(tmp_path / "ballots.jsonl", text)
+
+
+def test_a_jsonl_value_the_import_cannot_send_is_refused_on_its_own(tmp_path: Path) -> None:
+    """Read as the API reads it, an integer past 64 bits is an int that orjson (which sends
+    the ballots) cannot write: refused by its line, not a crash of the import. Corrected,
+    it changes the key of no later ballot of its voter."""
+    big = '{"voter_id": "j1", "scores": {"lee": 123456789012345678901234567890}}\n'
+    later = '{"voter_id": "j1", "scores": {"lee": 2}}\n'
+    refused, after = _read(tmp_path / "a.jsonl", big + later)
+    assert refused.refused == "not sent: Integer exceeds 64-bit range"
+    assert not after.refused
+    _, same = _read(
+        tmp_path / "b.jsonl", big.replace("123456789012345678901234567890", "1") + later
+    )
+    assert same.key == after.key
+
+
+def test_an_idempotency_key_that_is_not_a_string_is_refused_on_its_own(tmp_path: Path) -> None:
+    """str() made 5 the key "5" and {"a": 1} the key "{'a': 1}"; the API wants a string."""
+    lines = [
+        '{"voter_id": "j1", "choice": "lee", "idempotency_key": 5}',
+        '{"voter_id": "j2", "choice": "lee", "idempotency_key": {"a": 1}}',
+        '{"voter_id": "j3", "choice": "lee", "idempotency_key": true}',
+        '{"voter_id": "j4", "choice": "lee", "idempotency_key": "mine"}',
+        '{"voter_id": "j5", "choice": "lee", "idempotency_key": null}',
+    ]
+    ballots = _read(tmp_path / "ballots.jsonl", "\n".join(lines) + "\n")
+    assert [b.refused for b in ballots] == [
+        "not sent: idempotency_key must be a string, not a number",
+        "not sent: idempotency_key must be a string, not an object",
+        "not sent: idempotency_key must be a string, not true or false",
+        "",
+        "",
+    ]
+    assert ballots[3].key == "mine"
+    assert ballots[4].key.startswith("import-")
+    assert all("idempotency_key" not in b.body for b in ballots)
+
+
 # --- A ballot refused as read is settled without being sent, its voter's later lines held
 
 
