@@ -44,7 +44,7 @@ import io
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,10 +326,18 @@ def _check_ranks(ranks: list[tuple[int, int]], columns: list[str]) -> None:
     missing = [n for n in range(1, max(numbers) + 1) if n not in numbers]
     if missing:
         raise ValueError(
-            f"no column for rank {', '.join(map(str, missing))} (the rank columns are "
-            f"{', '.join(repr(columns[i].strip()) for _, i in ranks)}): a CVR needs one column "
+            f"no column for rank {_some(map(str, missing))} (the rank columns are "
+            f"{_some(repr(columns[i].strip()) for _, i in ranks)}): a CVR needs one column "
             f"for each rank from 1 to {max(numbers)}"
         )
+
+
+def _some(items: Iterable[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``items``, and how many more (a header's rank999 alone would
+    otherwise list 998 missing ranks)."""
+    listed = list(items)
+    more = f" and {len(listed) - shown:,} more" if len(listed) > shown else ""
+    return ", ".join(listed[:shown]) + more
 
 
 def _cell(row: list[str], index: int) -> str:

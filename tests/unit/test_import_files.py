@@ -109,6 +109,7 @@ def test_a_blank_record_with_an_extra_comma_is_still_blank(tmp_path: Path) -> No
         ("voter_id,rank1,1st choice", r"rank 1: 'rank1', '1st choice'"),
         ("voter_id,rank1,rank3", r"no column for rank 2 \(the rank columns are 'rank1', 'rank3'"),
         ("voter_id,rank2,rank3", r"no column for rank 1 "),
+        ("voter_id,rank1,rank99", r"no column for rank 2, 3, .*, 11 and 87 more \(the rank"),
     ],
 )
 def test_rank_columns_named_twice_or_with_a_gap_stop_the_import(
