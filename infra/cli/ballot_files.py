@@ -44,13 +44,15 @@ import io
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from api.context import json_document
+from api.problems import MalformedBody
 from domain.cvr import Marker, MarkRules, ranking
 
 RANK_COLUMN = re.compile(r"^\s*(?:rank\s*_?(\d+)|(\d+)\s*(?:st|nd|rd|th)\b.*)\s*$", re.IGNORECASE)
@@ -64,11 +66,16 @@ WRITE_INS = {"uwi", "write-in", "write in", "writein", "undeclared write-in", "w
 
 @dataclass
 class FileBallot:
-    """One ballot from a file: its line, its body for the API, and its idempotency key."""
+    """One ballot from a file: its line, its body for the API, and its idempotency key;
+    ``refused``, if not empty, why it is not sent at all (a record of a CSV whose cells do
+    not match its header; a JSONL line whose idempotency_key is not a string, or that
+    orjson cannot write): the import refuses it on its own, by its line, as the API refuses
+    an invalid ballot."""
 
     line: int
     body: dict[str, Any]
     key: str
+    refused: str = ""
 
 
 @dataclass
@@ -136,11 +143,15 @@ class _Voters:
             body["voter_id"] = unicodedata.normalize("NFC", body["voter_id"])
 
     def key(self, body: dict[str, Any]) -> str:
+        return ballot_key(body, self.count(body), self.token)
+
+    def count(self, body: dict[str, Any]) -> int:
+        """Count the ballot as its voter's; how many of theirs came before it."""
         self.name(body)
         voter = str(body.get("voter_id"))
         earlier = self.seen[voter]
         self.seen[voter] += 1
-        return ballot_key(body, earlier, self.token)
+        return earlier
 
 
 def _text(content: bytes) -> str:
@@ -155,19 +166,42 @@ def _text(content: bytes) -> str:
 
 
 def _jsonl(content: bytes, voters: _Voters) -> Iterator[FileBallot]:
+    """Each line read as the API reads a body (``json_document``: a key named twice, which
+    parsers resolve differently, makes a line not JSON; so does NaN), and its
+    idempotency_key as the API takes it: a string, or absent (null)."""
     content = content.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors add
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            body = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            raise ValueError(f"line {number} is not JSON: {error}") from None
+            body = json_document(line, f"line {number}")
+        except MalformedBody as error:
+            raise ValueError(str(error)) from None
         if not isinstance(body, dict):
             raise ValueError(f"line {number} is not a JSON object")
         given = body.pop("idempotency_key", None)
         voters.name(body)
-        yield FileBallot(number, body, voters.key(body) if given is None else str(given))
+        if given is not None and not isinstance(given, str):
+            # str() made 5 or {"a": 1} a key, where the API refuses such a body
+            refused = f"not sent: idempotency_key must be a string, not {_json_kind(given)}"
+            yield FileBallot(number, body, "", refused)
+            continue
+        try:  # what orjson, which sends it, cannot write (jiter reads it, as the API does)
+            orjson.dumps(body)  # an integer past 64 bits, a lone surrogate ("\ud800")
+        except orjson.JSONEncodeError as error:
+            if given is None:
+                voters.count(body)  # (as a ballot of its voter: corrected, it changes no key)
+            yield FileBallot(number, body, "", f"not sent: {error}")
+            continue
+        yield FileBallot(number, body, voters.key(body) if given is None else given)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an object" if isinstance(value, dict) else "an array"
 
 
 def _csv(
@@ -179,8 +213,15 @@ def _csv(
     *,
     voters: _Voters,
 ) -> Iterator[FileBallot]:
-    reader = csv.reader(io.StringIO(text))
-    columns = next(reader, [])
+    """The records of a CVR. Its structure broken (a quote not closed, which would read the
+    rest of the file as one cell; rank columns named twice or with one missing), it stops
+    the import before anything is sent (a ValueError naming the line). A record whose cells
+    are not as many as the header's (a name with a comma, not quoted: its ranks would be
+    read shifted) is refused on its own, by its line, and the others are read."""
+    # strict: a quote not closed by the end of the file, or text after a closing quote, is
+    # an error (not the rest of the file, or a cell glued together, read as one cell)
+    reader = csv.reader(io.StringIO(text), strict=True)
+    columns = _record(reader, 0) or []
     ranks = sorted(
         (
             (int(m.group(1) or m.group(2)), i)
@@ -192,6 +233,7 @@ def _csv(
         raise ValueError(
             "no rank columns: a CVR needs columns named rank1..rankN (or 1st choice..)"
         )
+    _check_ranks(ranks, columns)
     voter_column = next(
         (i for i, c in enumerate(columns) if c.strip().lower() in VOTER_COLUMNS), None
     )
@@ -205,15 +247,17 @@ def _csv(
     record = 0
     while True:
         ended = reader.line_num  # the last line read so far: a record starts after it
-        row = next(reader, None)
+        row = _record(reader, ended)
         if row is None:
             return
         if not row:
             continue  # an empty line is no record
         record += 1
-        marks = [_mark(_cell(row, i), names, found) for _, i in ranks]
-        ranked = ranking(marks, rules)
-        if not ranked:
+        blank = all(not cell.strip() for cell in row)  # (an extra comma changes nothing)
+        misfit = len(row) != len(columns) and not blank
+        marks = [] if misfit else [_mark(_cell(row, i), names, found) for _, i in ranks]
+        ranked = [] if misfit else ranking(marks, rules)
+        if not ranked and not misfit:
             found.blank += 1
             continue
         voter = _cell(row, voter_column).strip() if voter_column is not None else ""
@@ -223,8 +267,77 @@ def _csv(
                 "file's ballots that stays the same when you import it again (a precinct, a "
                 "batch), and each ballot without a voter is named by it and its record's number"
             )
+        if misfit:
+            # Counted among its voter's ballots all the same, so that correcting it changes
+            # the key of none after it.
+            body: dict[str, Any] = {"voter_id": voter or f"cvr-{source}-{record}"}
+            voters.count(body)
+            refused = f"not sent: {len(row)} cells, where the header has {len(columns)}"
+            yield FileBallot(ended + 1, body, "", refused)
+            continue
         body = {"voter_id": voter or f"cvr-{source}-{record}", "ranking": ranked}
         yield FileBallot(ended + 1, body, voters.key(body))
+
+
+def _record(reader: Any, ended: int) -> list[str] | None:
+    """The next record of ``reader`` (None at the end of the file), whose last line read
+    was ``ended``: a ValueError, naming the line, if a quote breaks the file's structure,
+    there or in a cell that runs on over a line break (a quote not closed where it should
+    be: the lines after it would be read as part of the cell, their records lost)."""
+    try:
+        row: list[str] | None = next(reader, None)
+    except csv.Error as error:
+        if "end of data" in str(error):
+            raise ValueError(
+                f"line {ended + 1}: a quote opened in the record that starts there is never "
+                "closed, so the rest of the file would be read as one cell; close it (or "
+                "double a quote meant as text) and import the file again"
+            ) from None
+        raise ValueError(
+            f"line {reader.line_num}: {error} (a quoted cell must end at its closing quote; "
+            "double a quote meant as text)"
+        ) from None
+    if (
+        row is not None
+        and reader.line_num > ended + 1
+        and any("\n" in cell.strip() or "\r" in cell.strip() for cell in row)
+    ):
+        raise ValueError(
+            f"line {ended + 1}: a cell of the record that starts there runs on to line "
+            f"{reader.line_num} (a quote not closed where it should be?): a CVR's names "
+            "hold no line breaks; correct it and import the file again"
+        )
+    return row
+
+
+def _check_ranks(ranks: list[tuple[int, int]], columns: list[str]) -> None:
+    """Rank columns named twice, or with one missing, stop the import: read in order,
+    they would be taken for consecutive ranks (rank1,rank3 for a first and second)."""
+    numbers = Counter(number for number, _ in ranks)
+    twice = [n for n, count in sorted(numbers.items()) if count > 1]
+    if twice:
+        named = "; ".join(
+            f"rank {n}: " + ", ".join(repr(columns[i].strip()) for m, i in ranks if m == n)
+            for n in twice
+        )
+        raise ValueError(
+            f"more than one column for a rank ({named}): a CVR needs one column for each rank"
+        )
+    missing = [n for n in range(1, max(numbers) + 1) if n not in numbers]
+    if missing:
+        raise ValueError(
+            f"no column for rank {_some(map(str, missing))} (the rank columns are "
+            f"{_some(repr(columns[i].strip()) for _, i in ranks)}): a CVR needs one column "
+            f"for each rank from 1 to {max(numbers)}"
+        )
+
+
+def _some(items: Iterable[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``items``, and how many more (a header's rank999 alone would
+    otherwise list 998 missing ranks)."""
+    listed = list(items)
+    more = f" and {len(listed) - shown:,} more" if len(listed) > shown else ""
+    return ", ".join(listed[:shown]) + more
 
 
 def _cell(row: list[str], index: int) -> str:

@@ -19,8 +19,10 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import ssl
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         args.connect = _connector(args.url, args.token)
     except ValueError as error:
-        console.print(f"[red]{escape(str(error))}[/red]")
+        console.print(f"[red]{_shown(str(error))}[/red]")
         return 2
     rules = MarkRules(
         overvote=Then(args.overvote),
@@ -187,7 +189,7 @@ async def _election(args: argparse.Namespace) -> Reply | None:
     except (ConnectionClosed, OSError, TimeoutError) as error:
         said = str(error) or f"no answer within {args.patience:g} s"
         console.print(
-            f"[red]cannot reach the API at {escape(args.url)}: {escape(said)}[/] (check "
+            f"[red]cannot reach the API at {_shown(args.url)}: {_shown(said)}[/] (check "
             "--url, and that the API is running: `make run` in development, `docker compose "
             "up -d` with compose)"
         )
@@ -264,7 +266,7 @@ async def _importable(args: argparse.Namespace) -> dict[str, Any] | None:
         said = _said(election)
         if election.status in (401, 403):
             said += f" (the token from {args.token_from}{_voter_token_note(args.token)})"
-        console.print(f"[red]the election cannot be read: {escape(said)}[/]")
+        console.print(f"[red]the election cannot be read: {_shown(said)}[/]")
         return None
     document: dict[str, Any] = election.json()
     found = [_not_open(args, document)]
@@ -272,7 +274,7 @@ async def _importable(args: argparse.Namespace) -> dict[str, Any] | None:
         found.append(await _cannot_cast(args))
     refusals = [r for r in found if r]
     for refusal in refusals:
-        console.print(f"[red]{escape(refusal)}; nothing was sent[/red]")
+        console.print(f"[red]{_shown(refusal)}; nothing was sent[/red]")
     return None if refusals else document
 
 
@@ -296,10 +298,12 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             )
         )
     except NeedsSource as error:
-        console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
+        console.print(f"[red]{_shown(str(args.file))}: {_shown(str(error))}[/red]")
         return 2
     except (OSError, ValueError) as error:
-        console.print(f"[red]{args.file}: {escape(str(error))}[/red]")
+        console.print(
+            f"[red]{_shown(str(args.file))}: {_shown(str(error))}; nothing was sent[/red]"
+        )
         return 1
     if _names_refused(args, reading, options):
         return 2
@@ -319,7 +323,7 @@ async def _import(args: argparse.Namespace, rules: MarkRules) -> int:
             bar.update(task, completed=done, rate=f"{rate:,.0f} ballots/s")
 
         def waiting(note: str) -> None:  # until the next ballot settles, in the rate's place
-            bar.update(task, rate=f"[yellow]{escape(note)}[/yellow]")
+            bar.update(task, rate=f"[yellow]{_shown(note)}[/yellow]")
 
         outcomes = _Outcomes(progress, waiting)
         stopped: list[str] = []  # why the import stopped before the end
@@ -351,7 +355,7 @@ def _unsent(unsent: int, outcomes: _Outcomes, stopped: str | None) -> None:
     """How many ballots were not sent, and whether running the import again may send them:
     so it may after the API was away, busy or failing, not after a refusal it would meet
     again (a 4xx), until that is dealt with."""
-    said = f"stopped: {escape(stopped)}; " if stopped else ""
+    said = f"stopped: {_shown(stopped)}; " if stopped else ""
     said += (
         f"{unsent:,} ballot was not sent" if unsent == 1 else f"{unsent:,} ballots were not sent"
     )
@@ -467,6 +471,9 @@ def _batches(lane: list[FileBallot], size: int, outcomes: _Outcomes) -> Iterator
     each = Counter[str]()
     for ballot in lane:
         voter = _voter(ballot)
+        if ballot.refused:  # refused as read (its cells, its key): nothing to send
+            outcomes.settle(ballot, ballot.refused)  # (its voter's later lines wait)
+            continue
         if len(batch) == size or each[voter] == 1:
             yield batch
             batch, each = [], Counter()
@@ -625,7 +632,8 @@ def _unknown_names(path: Path, reading: Reading, options: list[dict[str, str]]) 
     write-in, for the operator to correct or to choose what it does."""
     names = reading.unknown.most_common()
     console.print(
-        f"[red]{path.name}: {len(names):,} {'names match' if len(names) > 1 else 'name matches'} "
+        f"[red]{_shown(path.name)}: {len(names):,} "
+        f"{'names match' if len(names) > 1 else 'name matches'} "
         "no option of the election; nothing was sent:[/red]"
     )
     for name, count in names[:SHOWN]:
@@ -633,7 +641,7 @@ def _unknown_names(path: Path, reading: Reading, options: list[dict[str, str]]) 
     if len(names) > SHOWN:
         console.print(f"  ... and {len(names) - SHOWN:,} more")
     listed = ", ".join(f"{o['label']} ({o['id']})" for o in options)
-    console.print(f"The election's options: {escape(listed)}")
+    console.print(f"The election's options: {_shown(listed)}")
     console.print(
         "Correct the names in the file, or say what they do: --write-in skip (the rank is "
         "passed over) or --write-in exhaust (the ranks from there on are ignored)."
@@ -660,14 +668,15 @@ def _ambiguous_names(path: Path, reading: Reading, options: list[dict[str, str]]
     names = reading.ambiguous.most_common()
     labels = {o["id"]: o["label"] for o in options}
     console.print(
-        f"[red]{path.name}: {len(names):,} {'names match' if len(names) > 1 else 'name matches'} "
+        f"[red]{_shown(path.name)}: {len(names):,} "
+        f"{'names match' if len(names) > 1 else 'name matches'} "
         "more than one option of the election; nothing was sent:[/red]"
     )
     for name, count in names[:SHOWN]:
         matched = ", ".join(f"{labels.get(i, i)} ({i})" for i in reading.matching[name])
         console.print(
             f"  {escape(repr(name))}: {count:,} mark{'s' if count > 1 else ''}, "
-            f"matching {escape(matched)}"
+            f"matching {_shown(matched)}"
         )
     if len(names) > SHOWN:
         console.print(f"  ... and {len(names) - SHOWN:,} more")
@@ -682,34 +691,48 @@ def _refusals(path: Path, refusals: list[tuple[int, str]]) -> None:
     again: a ballot already recorded is not recorded twice."""
     if not refusals:
         return
-    console.print(f"[red]refused, by line of {path.name}:[/red]")
+    console.print(f"[red]refused, by line of {_shown(path.name)}:[/red]")
     for line, outcome in sorted(refusals)[:SHOWN]:
-        console.print(f"  line {line}: {escape(outcome)}")  # it quotes the file
+        console.print(f"  line {line}: {_shown(outcome)}")  # it quotes the file
     if len(refusals) > SHOWN:
         console.print(f"  ... and {len(refusals) - SHOWN:,} more")
 
 
+# A ballot's place in a bulk request, as the API names the fields of its refusal.
+_PLACE = re.compile(r"\bballots\[\d+\](\.)?")
+
+
 def _outcome(result: dict[str, Any]) -> str:
+    """A ballot's outcome, as the summary groups them: its place in the request (the
+    API's ``ballots[3].extra``) left out, as its line says where it is."""
     if "ballot_id" in result:
         return f"recorded: {'replayed' if result.get('replayed') else result['status']}"
-    return f"{result.get('status')}: {result.get('detail', '')}"
+    detail = _PLACE.sub(lambda m: "" if m.group(1) else "the ballot", str(result.get("detail", "")))
+    return f"{result.get('status')}: {detail}"
+
+
+def _shown(text: str) -> str:
+    """``text`` (a file's cell, an API's detail quoting one) as it may be printed: Rich
+    markup escaped, and each control character (C0, DEL, C1: an escape sequence would
+    recolour, hide or rewrite the terminal) written as its escape, ``\\x1b``."""
+    return escape("".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text))
 
 
 def _summary(path: Path, tally: Counter[str], reading: Reading, total: int, seconds: float) -> None:
-    table = Table(title=f"Import of {path.name}")
+    table = Table(title=f"Import of {_shown(path.name)}")
     table.add_column("outcome")
     table.add_column("ballots", justify="right")
     # Marks are counted apart: one ballot may hold several (two overvotes, a write-in).
     table.add_column("marks", justify="right")
     for outcome, count in tally.most_common():
         colour = "green" if outcome.startswith("recorded") else "red"
-        table.add_row(f"[{colour}]{escape(outcome)}[/]", f"{count:,}", "")
+        table.add_row(f"[{colour}]{_shown(outcome)}[/]", f"{count:,}", "")
     if reading.blank:
         table.add_row("blank (nothing left to rank), not sent", f"{reading.blank:,}", "")
     if reading.marks:
         table.add_section()
     for mark, count in reading.marks.most_common(10):
-        table.add_row(f"[dim]marks: {escape(mark)}[/]", "", f"{count:,}")
+        table.add_row(f"[dim]marks: {_shown(mark)}[/]", "", f"{count:,}")
     print_table(console, table)
     read = f"{total:,} ballot{'' if total == 1 else 's'} read and answered"
     if seconds < RATE_AFTER:  # a rate of a few ballots in an instant says nothing
