@@ -117,6 +117,11 @@ PROJECTION_SET_ASIDE_ACTIVE = Gauge(
 PROJECTION_REJECTED = Counter(
     "cardinal_projection_rejected_total", "Messages dead-lettered", ["projection"]
 )
+PROJECTION_UNSIGNED = Counter(
+    "cardinal_projection_unsigned_pages_total",
+    "Messages refused unread and dead-lettered: not signed by this stack's relay",
+    ["projection"],
+)
 REBUILD_POSITION = Gauge(
     "cardinal_rebuild_position",
     "Position a running rebuild has reached",

@@ -3,8 +3,12 @@
 With a broker, each message is applied in its own transaction and acked only after that
 transaction commits. A message that cannot be decoded or applied is published to the
 dead-letter exchange with the reason, then acked; the worker keeps its position and logs
-loudly. Whenever the queue is quiet, the worker compares its position with the store head
-and catches up from the store, so a lost message or a stopped relay never loses entries.
+loudly. A message not signed by this stack's relay (infra/broker/signing.py: anyone with
+an account on the broker can publish to the events exchange) is refused unread: its
+signature is checked before its body is decoded or looked up among decoded pages.
+Whenever the queue is quiet, the worker compares its position with the store head and
+catches up from the store, so a lost or refused message or a stopped relay never loses
+entries.
 Without a broker, the worker follows the store directly (LISTEN/NOTIFY, polling fallback).
 """
 
@@ -26,6 +30,7 @@ from psycopg import sql
 
 from infra import metrics
 from infra.broker.outage import Outage
+from infra.broker.signing import verified
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import LogEvent
@@ -33,6 +38,9 @@ from infra.store.outage import StoreOutage, probe
 from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
 
 log = logging.getLogger(__name__)
+# Pages refused for their signature are said at most this often (seconds) by each worker,
+# with how many since: a flood of forged pages must not flood the log.
+UNSIGNED_SAID_EVERY = 60.0
 
 
 @dataclass
@@ -43,6 +51,7 @@ class WorkerStatus:
     applied_events: int = 0
     duplicates: int = 0
     rejected: int = 0
+    unsigned: int = 0  # messages refused unread: not signed by this stack's relay
     broker_connected: bool = False
     last_error: str | None = None
 
@@ -55,6 +64,7 @@ class ProjectionWorker:
         *,
         amqp_url: str | None = None,
         topology: Topology | None = None,
+        page_key: bytes | None = None,
         idle_interval: float = 1.0,
         prefetch: int = 256,
         linger: float = 0.03,
@@ -63,11 +73,15 @@ class ProjectionWorker:
         self.database_url = database_url
         self.amqp_url = amqp_url
         self.topology = topology
+        self.page_key = page_key  # what the relay signs pages with; needed with a broker
         self.idle_interval = idle_interval
         self.prefetch = prefetch
         self.linger = linger
         self.status = WorkerStatus()
         self._outage: Outage | None = None
+        self._caught_up_at = float("-inf")  # (loop time)
+        self._unsigned_said_at = float("-inf")
+        self._unsigned_unsaid = 0
 
     @property
     def name(self) -> str:
@@ -144,6 +158,7 @@ class ProjectionWorker:
                 return  # the store away too: the loop's next turn says so
 
     async def _catch_up(self) -> None:
+        self._caught_up_at = asyncio.get_running_loop().time()
         applied = await self.runner.catch_up()
         if applied:
             self.status.applied_events += applied
@@ -163,6 +178,7 @@ class ProjectionWorker:
     async def _consume(self) -> None:
         assert self.amqp_url is not None
         assert self.topology is not None
+        assert self.page_key is not None, "a worker reading the broker needs the page key"
         connection = await aio_pika.connect(
             self.amqp_url,
             client_properties={"connection_name": f"{self.topology.namespace}-{self.name}"},
@@ -199,10 +215,18 @@ class ProjectionWorker:
     async def _handle(
         self, messages: list[AbstractIncomingMessage], dead_letters: AbstractExchange
     ) -> None:
+        assert self.page_key is not None
         pages: list[_Page] = []
+        refused = False
         for message in messages:
+            # Checked first: nothing of a page not the relay's is read, cached or applied.
+            signature = verified(self.page_key, message)
+            if signature is None:
+                await self._refuse_unsigned(message, dead_letters)
+                refused = True
+                continue
             try:
-                pages.append(_Page(message, *_decode_once(message)))
+                pages.append(_Page(message, *_decode_once(signature, message.body)))
             except (ValueError, KeyError, TypeError) as error:
                 span = _span(message)
                 if span is None:  # not a page of the relay's: nothing says what it holds
@@ -221,6 +245,51 @@ class ProjectionWorker:
                 pages.append(_Page(message, *span, None))
         for run in _contiguous_runs(pages):
             await self._apply(run, dead_letters)
+        if refused and self._catch_up_due():
+            # An old relay's unsigned pages (a rolling upgrade) are refused too: what they
+            # held is read from the store, at most once per idle interval however many
+            # pages are refused (the store's reads do not grow with a flood of forgeries).
+            await self._catch_up()
+
+    def _catch_up_due(self) -> bool:
+        return asyncio.get_running_loop().time() - self._caught_up_at >= self.idle_interval
+
+    async def _refuse_unsigned(
+        self, message: AbstractIncomingMessage, dead_letters: AbstractExchange
+    ) -> None:
+        """Refuse a message this stack's relay did not sign, unread: dead-lettered with the
+        reason for an operator to inspect, counted, and said at most once a minute. No row
+        in the database (a flood from the broker does not become writes to the store)."""
+        await dead_letters.publish(
+            aio_pika.Message(
+                message.body,
+                content_type=message.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={
+                    "x-cardinal-reason": UNSIGNED_REASON,
+                    "x-cardinal-projection": self.name,
+                },
+            ),
+            routing_key=self.name,
+        )
+        await message.ack()
+        self.status.unsigned += 1
+        metrics.PROJECTION_UNSIGNED.labels(self.name).inc()
+        self._unsigned_unsaid += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._unsigned_said_at >= UNSIGNED_SAID_EVERY:
+            log.warning(
+                "projection %s REFUSED %d message(s) not signed by this stack's relay "
+                "(an old relay, another stack's, or a forgery by someone with an account on "
+                "the broker) since %s, unread and dead-lettered; what the log holds is read "
+                "from the store (said at most every %g s)",
+                self.name,
+                self._unsigned_unsaid,
+                "it started" if self._unsigned_said_at == float("-inf") else "last said",
+                UNSIGNED_SAID_EVERY,
+            )
+            self._unsigned_said_at = now
+            self._unsigned_unsaid = 0
 
     async def _apply(self, run: list[_Page], dead_letters: AbstractExchange) -> None:
         after, last = run[0].after, max(page.last for page in run)
@@ -327,8 +396,11 @@ def _span(message: AbstractIncomingMessage) -> tuple[int, int] | None:
     return None
 
 
+UNSIGNED_REASON = "not signed by this stack's relay (x-cardinal-page-mac): not read"
+
 # Workers of several projections in one process receive the same pages: decode each once.
-# The relay names a page by its range, and a range's entries never change. The cache is
+# A page is known by its signature, checked before: the relay's MAC of its name and its
+# exact body (never by a name alone, which any publisher chooses). The cache is
 # bounded by the pages' bodies (a decoded page takes 4-5 times its body): 256 pages of a
 # catch-up, 1,000 entries each, held 0.3-1.5 GB.
 _DECODED: OrderedDict[str, tuple[int, int, list[LogEvent]]] = OrderedDict()
@@ -337,14 +409,12 @@ _DECODED_PAGES = 256
 _DECODED_BYTES = 8 * 1024 * 1024
 
 
-def _decode_once(message: AbstractIncomingMessage) -> tuple[int, int, list[LogEvent]]:
-    name = message.message_id
-    if name is None:
-        return _decode(message.body)
-    found = _DECODED.get(name)
+def _decode_once(signature: str, body: bytes) -> tuple[int, int, list[LogEvent]]:
+    """The page ``body`` decoded; ``signature``: its verified signature (``verified``)."""
+    found = _DECODED.get(signature)
     if found is None:
-        found = _DECODED[name] = _decode(message.body)
-        _DECODED_SIZES[name] = len(message.body)
+        found = _DECODED[signature] = _decode(body)
+        _DECODED_SIZES[signature] = len(body)
         while len(_DECODED) > 1 and (
             len(_DECODED) > _DECODED_PAGES or sum(_DECODED_SIZES.values()) > _DECODED_BYTES
         ):

@@ -22,6 +22,7 @@ from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden
 from domain.ballot import ballot_id
 from domain.election import Election, ElectionStatus
+from domain.errors import NotFound
 from domain.rules import ElectionRules, ResultsVisibility
 from infra.runtime.bootstrap import Services
 from infra.runtime.caches import SizedCache, counters_size, json_size
@@ -164,7 +165,13 @@ async def _reader(request: Request) -> tuple[UUID, Election, Principal]:
     election_id = context.election_id(request)
     services = context.services(request)
     if "authorization" not in request.headers:
-        election = await services.app.election(election_id)
+        try:
+            election = await services.app.election(election_id)
+        except NotFound:
+            # 401, as to an election without public results: a 404 told anyone which ids
+            # name a private election (security review F3); with a token, it is a 404
+            authenticator.identify(request)
+            raise
         if not election.rules.public_results:
             authenticator.identify(request)  # 401, saying how to authenticate
         principal = Principal()

@@ -265,8 +265,9 @@
     setMode("off (these results are final)");
   }
 
-  // One panel fetch: "ok", "auth" (waits for a token), "hidden" (not published yet) or
-  // "retry" (the network or the server failed: try again later).
+  // One panel fetch: "ok", "auth" (waits for a token), "hidden" (not published yet),
+  // "missing" (no such election) or "retry" (the network or the server failed: try again
+  // later).
   async function load() {
     const sent = token();
     let response;
@@ -297,6 +298,18 @@
       if (response.status === 401) { askForToken(false); return "auth"; }
       panel.textContent = detail;
       return "hidden";
+    }
+    if (response.status === 404) { // no such election: said only to a token (without
+      // one, the page of an unknown election is that of an election without public results)
+      const note = document.createElement("p");
+      note.id = "missing";
+      note.append("There is no election at this address. ");
+      const back = document.createElement("a");
+      back.href = "/";
+      back.textContent = "All elections";
+      note.append(back);
+      panel.replaceChildren(note);
+      return "missing";
     }
     if (!response.ok) {
       const after = Number(response.headers.get("Retry-After"));
@@ -535,6 +548,11 @@
     if (outcome === "paused") { startWhenResumed = true; return; }
     if (outcome === "ok") { follow(); return; }
     if (outcome === "auth") return; // the token form takes it from here
+    if (outcome === "missing") { // nothing to follow, nor to try again
+      mode.textContent = "";
+      pause.hidden = true;
+      return;
+    }
     if (outcome === "hidden") { // a 403 answered at once: no failure to back off from
       setMode("waiting for the results to be published");
       setTimeout(restart, Math.max(HIDDEN_RETRY_MS, backoff));

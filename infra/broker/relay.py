@@ -3,9 +3,11 @@
 One message says "these are all committed entries with after < position <= last":
 ``{"after": A, "last": L, "events": [...]}``. The relay awaits the broker's publisher
 confirm before it stores L as its position, so a crash at any point re-publishes at most a
-page (delivery is at-least-once; projections drop duplicates by position). One relay is
-active at a time: it holds a PostgreSQL advisory lock on the connection that also stores
-its position; others wait as hot standby and take over when that connection goes away.
+page (delivery is at-least-once; projections drop duplicates by position). Each page is
+signed (infra/broker/signing.py): projections apply what this stack's relay published,
+never what anyone else with an account on the broker publishes. One relay is active at a
+time: it holds a PostgreSQL advisory lock on the connection that also stores its
+position; others wait as hot standby and take over when that connection goes away.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from psycopg import sql
 from infra import metrics
 from infra.broker.monitor import connection_closed
 from infra.broker.outage import Outage
+from infra.broker.signing import HEADER, sign
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
@@ -73,6 +76,7 @@ class Relay:
         topology: Topology,
         projections: Iterable[str],
         *,
+        page_key: bytes,
         page_size: int = 1000,
         poll_interval: float = 1.0,
         retry_interval: float = 1.0,
@@ -83,6 +87,7 @@ class Relay:
         self.amqp_url = amqp_url
         self.topology = topology
         self.projections = list(projections)
+        self.page_key = page_key  # signs each page (infra/broker/signing.py)
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.retry_interval = retry_interval
@@ -195,12 +200,14 @@ class Relay:
                 return position
             last = self.status.head = int(rows[-1][0])
             body = orjson.dumps({"after": position, "last": last, "events": _entries(rows)})
+            name = f"{position}-{last}"
             await exchange.publish(
                 aio_pika.Message(
                     body,
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=f"{position}-{last}",
+                    message_id=name,
+                    headers={HEADER: sign(self.page_key, name, body)},
                 ),
                 routing_key="",
                 mandatory=True,

@@ -19,6 +19,7 @@ from infra.audit.chain import Signer
 from infra.audit.sealer import Sealer
 from infra.broker.monitor import BrokerMonitor
 from infra.broker.relay import Relay
+from infra.broker.signing import page_key
 from infra.broker.topology import Topology
 from infra.metrics import serve_worker_metrics
 from infra.runtime.caches import SizedCache
@@ -119,8 +120,10 @@ async def running_workers(
     # check per page would double their round trips.
     pool = _pool(url, max_size=projections_pool(len(projections)), check=False, name="projections")
     await pool.open(wait=False)
+    key = _page_key(settings) if settings.amqp_url is not None else None
     if relay and settings.amqp_url is not None:
-        workers.relay = Relay(url, settings.amqp_url, topology, PROJECTIONS)
+        assert key is not None
+        workers.relay = Relay(url, settings.amqp_url, topology, PROJECTIONS, page_key=key)
         workers.tasks.append(_supervised("relay", workers.relay.run))
     for name in projections:
         worker = ProjectionWorker(
@@ -128,6 +131,7 @@ async def running_workers(
             url,
             amqp_url=settings.amqp_url,
             topology=topology,
+            page_key=key,
         )
         workers.projections.append(worker)
         workers.tasks.append(_supervised(f"projection {name}", worker.run))
@@ -163,6 +167,24 @@ async def running_workers(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await pool.close()
+
+
+def _page_key(settings: Settings) -> bytes:
+    """The key the relay signs pages with and the workers check them by, from
+    CARDINAL_SECRET; in development, where it may be unset, from the secret kept in the
+    data folder, the one `cardinal serve` and `cardinal api` complete theirs with (and
+    export in .cardinal/env): every process of a stack derives the same key."""
+    secret = settings.secret
+    if secret is None and not settings.is_production:
+        from infra.runtime.credentials import complete
+
+        secret = complete(settings).settings.secret
+    if secret is None:
+        raise SettingsError(
+            "CARDINAL_SECRET is not set: the relay signs the pages it publishes with it, and "
+            "projection workers accept only pages so signed (set the API's in every process)"
+        )
+    return page_key(secret, settings.namespace)
 
 
 @asynccontextmanager

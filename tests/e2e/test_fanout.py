@@ -17,6 +17,7 @@ import orjson
 import psycopg
 import pytest
 
+from infra.broker.signing import HEADER, page_key, sign
 from infra.store.log import decode_row
 from tests.e2e.load import Load, assert_results_match_recount, create_open_elections
 from tests.e2e.stack import AMQP_URL, Stack, broker_connections, close_broker_connections
@@ -107,13 +108,26 @@ async def test_results_survive_dropped_broker_connections(stack: Stack) -> None:
 
 
 async def _publish(stack: Stack, bodies: list[bytes]) -> None:
+    """Publish pages signed as the stack's relay signs them (a page signed otherwise is
+    refused unread: tests/integration/test_forged_pages.py), each named by its range."""
+    key = page_key(stack.env["CARDINAL_SECRET"], stack.namespace)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(f"{stack.namespace}.events")
-        for body in bodies:
+        for n, body in enumerate(bodies):
+            try:
+                page = orjson.loads(body)
+                name = f"{page['after']}-{page['last']}"
+            except (ValueError, KeyError, TypeError):
+                name = f"poison-{n}"
             await exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                aio_pika.Message(
+                    body,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=name,
+                    headers={HEADER: sign(key, name, body)},
+                ),
                 routing_key="",
             )
 

@@ -254,6 +254,32 @@ async def test_the_pages_name_an_election_without_public_results_only_to_a_role(
     assert "Board recall (private)" in fragment.text
 
 
+async def test_an_unknown_elections_page_is_a_private_elections_page(
+    voting: VotingClient,
+) -> None:
+    """Without a token, GET /elections/{id} answered 200 for an election without public
+    results and 404 for an id that names none, while the API answers 401 to both: anyone
+    could tell which ids name a private election (security review F3). The page is now the
+    same; the panel, asked with a token, tells them apart as the API does."""
+    private = (await voting.create_election("plurality", title="Board recall (private)"))["id"]
+    unknown = str(uuid.uuid4())
+    pages = [await voting.http.get(f"/elections/{i}") for i in (private, unknown)]
+    assert [page.status_code for page in pages] == [200, 200]
+    assert pages[0].text.replace(private, "ID") == pages[1].text.replace(unknown, "ID")
+    assert pages[0].headers["content-type"] == pages[1].headers["content-type"]
+    assert 'data-public="false"' in pages[1].text
+    for election_id in (private, unknown):  # as the API answers both
+        assert (await voting.http.get(f"/api/elections/{election_id}")).status_code == 401
+        assert (await voting.http.get(f"/elections/{election_id}/panel")).status_code == 401
+    panel = f"/elections/{unknown}/panel"
+    assert (await voting.http.get(panel, headers=bearer(ADMIN))).status_code == 404
+    assert (
+        await voting.http.get(f"/api/elections/{unknown}", headers=bearer(ADMIN))
+    ).status_code == 404
+    # Not an election id at all (no election can have it): a page that says so.
+    assert (await voting.http.get("/elections/not-an-id")).status_code == 404
+
+
 async def test_live_results_move_in_whole_steps_for_every_reader_but_auditors(
     voting: VotingClient,
 ) -> None:

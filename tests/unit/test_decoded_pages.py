@@ -8,15 +8,23 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from infra.broker.signing import sign
 from projections import worker
+
+KEY = b"k" * 32
 
 
 @dataclass
 class Page:
-    """What the workers read of a relay message: its name and its body."""
+    """What the workers read of a relay message: its name, its body and its signature
+    (the relay's, checked before the body is read)."""
 
     message_id: str
     body: bytes
+
+    @property
+    def signature(self) -> str:
+        return sign(KEY, self.message_id, self.body)
 
 
 def _page(after: int, entries: int, padding: int) -> Page:
@@ -45,16 +53,28 @@ def test_a_catch_up_of_big_pages_keeps_the_cache_within_its_bytes() -> None:
     catch-up of 100-option ballots (review helper-59)."""
     pages = [_page(n * 1000, 1000, 300) for n in range(40)]  # about 0.4 MB of body each
     for page in pages:
-        worker._decode_once(page)  # type: ignore[arg-type]
-    held = sum(len(p.body) for p in pages if p.message_id in worker._DECODED)
+        worker._decode_once(page.signature, page.body)
+    held = sum(len(p.body) for p in pages if p.signature in worker._DECODED)
     assert held <= worker._DECODED_BYTES
-    assert pages[-1].message_id in worker._DECODED  # the newest stays, to be shared
-    assert pages[0].message_id not in worker._DECODED
+    assert pages[-1].signature in worker._DECODED  # the newest stays, to be shared
+    assert pages[0].signature not in worker._DECODED
 
 
 def test_each_page_is_decoded_once_for_the_workers_that_share_it() -> None:
     page = _page(0, 10, 10)
-    first = worker._decode_once(page)  # type: ignore[arg-type]
-    assert worker._decode_once(page) is first  # type: ignore[arg-type]
+    first = worker._decode_once(page.signature, page.body)
+    assert worker._decode_once(page.signature, page.body) is first
     alone = _page(10, 1, worker._DECODED_BYTES)  # one page bigger than the bound is kept
-    assert worker._decode_once(alone) is worker._decode_once(alone)  # type: ignore[arg-type]
+    assert worker._decode_once(alone.signature, alone.body) is worker._decode_once(
+        alone.signature, alone.body
+    )
+
+
+def test_a_page_named_as_a_decoded_one_but_with_another_body_is_not_taken_for_it() -> None:
+    """The cache was keyed by the message id, which any publisher chooses: a forged page
+    named as the relay's next one was what the relay's page then decoded to."""
+    genuine = _page(0, 3, 10)
+    forged = Page(genuine.message_id, genuine.body.replace(b'"x', b'"y'))
+    worker._decode_once(forged.signature, forged.body)
+    _, _, events = worker._decode_once(genuine.signature, genuine.body)
+    assert [e.data for e in events] == [e["data"] for e in orjson.loads(genuine.body)["events"]]
