@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 
 from aio_pika.exceptions import AMQPConnectionError
-from aiormq.exceptions import ProbableAuthenticationError
+from aiormq.exceptions import ChannelPreconditionFailed, ProbableAuthenticationError
 
 from domain.application import VotingApplication
 from infra.broker.outage import Outage
@@ -18,6 +20,10 @@ from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 
 log = logging.getLogger(__name__)
+
+# A declaration the broker refuses (a queue of that name made with other arguments) is said
+# once, then at most once per MISMATCH_EVERY while it lasts, not a traceback per retry.
+MISMATCH_EVERY = 60.0
 
 
 def ingester(settings: Settings, app: VotingApplication, keys: VoterKeys) -> Ingester:
@@ -76,6 +82,7 @@ async def consume_forever(consumer: Ingester) -> None:
     the broker's absence said once, tried again after 1 s doubling to 10 s (the
     consumer's ``Outage``, which also says a broker lost mid-run, once)."""
     outage = consumer.outage
+    mismatch = _Mismatch(consumer.queues.name)
     while True:
         back = asyncio.create_task(_said_back(consumer, outage))
         pause = 2.0
@@ -89,6 +96,9 @@ async def consume_forever(consumer: Ingester) -> None:
             pause = outage.failed(error, why, anew=True)  # not the broker away: news
         except (AMQPConnectionError, ConnectionError, OSError) as error:
             pause = outage.failed(error)
+        except ChannelPreconditionFailed as error:
+            if not mismatch.said(error, pause):
+                log.exception("ingest stopped; starting again in 2s")
         except Exception:
             log.exception("ingest stopped; starting again in 2s")
         finally:
@@ -105,3 +115,42 @@ async def _say_consuming(consumer: Ingester, queue: str) -> None:
 async def _said_back(consumer: Ingester, outage: Outage) -> None:
     await consumer.ready.wait()
     outage.connected()
+
+
+class _Mismatch:
+    """A queue or exchange the broker holds with other arguments than the ones the consumer
+    declares (a classic ``votes.aggregation`` pre-declared as a deployment guide says): the
+    declare fails with PRECONDITION_FAILED "inequivalent arg", at every retry, until an
+    operator acts. Said as one ERROR line naming it, what differs and what to do."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self._said: tuple[float, str] | None = None
+
+    def said(self, error: ChannelPreconditionFailed, pause: float) -> bool:
+        """Say ``error`` if it is such a refusal (once per MISMATCH_EVERY, or at once if the
+        broker's words changed); False for any other PRECONDITION_FAILED."""
+        reply = (str(error).strip().splitlines() or [""])[0]
+        if "inequivalent arg" not in reply:
+            return False
+        now = time.monotonic()
+        if (
+            self._said is not None
+            and self._said[1] == reply
+            and now - self._said[0] < MISMATCH_EVERY
+        ):
+            return True
+        self._said = (now, reply)
+        named = re.search(r"for (queue|exchange) '([^']*)'", reply)
+        what = f"{named[1]} {named[2]}" if named else f"queue {self.queue}"
+        log.error(
+            "ingest: RabbitMQ will not declare %s as the consumer needs it (%s): one of that "
+            "name exists with other arguments (a classic queue, pre-declared?); delete it "
+            "(once drained), or set INGEST_QUEUE to a name no queue has yet (now %s); trying "
+            "again every %gs, said once a minute",
+            what,
+            reply,
+            self.queue,
+            pause,
+        )
+        return True

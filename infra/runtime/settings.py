@@ -16,6 +16,8 @@ import psycopg.conninfo
 import psycopg.pq
 from psycopg.conninfo import conninfo_to_dict
 
+from infra.runtime.lifecycle import PARENT_ENV
+
 log = logging.getLogger(__name__)
 
 ROLES = ("admin", "operator", "auditor", "client")
@@ -188,6 +190,8 @@ class Settings:
             ),
         )
         settings.check(service=service)
+        if PARENT_ENV not in env:  # (a child of `serve`: its parent said it)
+            _say_unread(env)
         return settings
 
     def check(self, *, service: bool = True) -> None:
@@ -303,6 +307,58 @@ def _database_url(raw: str | None) -> str | None:
             f", not {driver}" if driver else "",
         )
     return f"postgresql://{rest}"
+
+
+# The deployment guide's variables that nothing here reads, and what to use instead: set,
+# they would be taken for settings in force. Said once per process, at WARNING.
+_UNREAD = {
+    "WORKER_COUNT": "set WEB_CONCURRENCY, the API processes of `cardinal serve`; an `api` "
+    "container is one: --scale api=N",
+    "WORKER_TIMEOUT": "no equivalent",
+}
+_UNREAD_SAID: set[str] = set()
+
+
+def _say_unread(env: Mapping[str, str]) -> None:
+    unread = [name for name in sorted(env) if name in _UNREAD or name.endswith("_FILE")]
+    unread = [name for name in unread if name not in _UNREAD_SAID and _is_unread(name)]
+    if not unread:
+        return
+    _UNREAD_SAID.update(unread)
+    log.warning(
+        "set but not read (names from the deployment guide): %s",
+        "; ".join(
+            f"{name} ({_UNREAD[name]})"
+            if name in _UNREAD
+            else f"{name} (no *_FILE is read: set "
+            f"{'PGPASSWORD' if name == 'POSTGRES_PASSWORD_FILE' else name[: -len('_FILE')]})"
+            for name in unread
+        ),
+    )
+
+
+def _is_unread(name: str) -> bool:
+    """A guide's variable, or a secret's *_FILE form (POSTGRES_PASSWORD_FILE, or one of a
+    variable read here): not any *_FILE of the environment (a shell's LOG_FILE)."""
+    if name in _UNREAD or name == "POSTGRES_PASSWORD_FILE":
+        return True
+    stem = name[: -len("_FILE")]
+    return stem in _SECRET_VARIABLES or (stem.startswith("CARDINAL_") and stem.endswith("_TOKEN"))
+
+
+_SECRET_VARIABLES = frozenset(
+    {
+        "DATABASE_URL",
+        "AMQP_URL",
+        "PGPASSWORD",
+        "AMQP_PASSWORD",
+        "CARDINAL_SECRET",
+        "CARDINAL_AUDIT_KEY",
+        "JWT_SECRET_KEY",
+        "SUPER_ADMIN_PASSWORD",
+        "METRICS_TOKEN",
+    }
+)
 
 
 # What a password must not hold unencoded in a URL (libpq and aio-pika read a URL's

@@ -182,3 +182,30 @@ def test_closed_elections_kept_are_at_least_what_the_overview_shows() -> None:
     with pytest.raises(SettingsError, match="CLOSED_ELECTIONS_CACHED must be at least 100"):
         Settings.from_env({"CLOSED_ELECTIONS_CACHED": "0"})
     assert Settings.from_env({"CLOSED_ELECTIONS_CACHED": "100"}).closed_elections_cached == 100
+
+
+def test_the_deployment_guides_unread_variables_are_named_once_with_what_to_use(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WORKER_COUNT, WORKER_TIMEOUT and POSTGRES_PASSWORD_FILE, set as the deployment guide
+    says, were ignored without a word (docs review): one WARNING names them, and what to set
+    instead; a shell's other *_FILE is not ours to name; a child of `serve` says nothing."""
+    monkeypatch.setattr(settings_module, "_UNREAD_SAID", set(), raising=False)
+    guide = {
+        "WORKER_COUNT": "4",
+        "WORKER_TIMEOUT": "60",
+        "POSTGRES_PASSWORD_FILE": "/run/secrets/db_password",
+        "JWT_SECRET_KEY_FILE": "/run/secrets/jwt",
+        "LOG_FILE": "/var/log/cardinal-vote/health-monitor.log",
+    }
+    with caplog.at_level("WARNING", logger="infra.runtime.settings"):
+        Settings.from_env({**guide, "CARDINAL_PARENT_PID": "1"})
+        assert not caplog.records
+        Settings.from_env(guide)
+        Settings.from_env(guide)  # once per process
+    (said,) = [record.getMessage() for record in caplog.records]
+    assert "WORKER_COUNT (set WEB_CONCURRENCY" in said
+    assert "WORKER_TIMEOUT (no equivalent)" in said
+    assert "POSTGRES_PASSWORD_FILE (no *_FILE is read: set PGPASSWORD)" in said
+    assert "JWT_SECRET_KEY_FILE (no *_FILE is read: set JWT_SECRET_KEY)" in said
+    assert "LOG_FILE" not in said
