@@ -198,7 +198,10 @@ class ProjectionWorker:
             log.info("projection %s consuming %s", self.name, self.topology.queue(self.name))
             while not closed.is_set():
                 try:
-                    first = await asyncio.wait_for(inbox.get(), self.idle_interval)
+                    # (asyncio.timeout(), not wait_for: Python 3.11's wait_for swallows a
+                    # stop that comes as a page arrives, and the worker would carry on.)
+                    async with asyncio.timeout(self.idle_interval):
+                        first = await inbox.get()
                 except TimeoutError:
                     await self._catch_up()
                     continue

@@ -719,11 +719,18 @@ class Ingester:
         warned = False
         while True:
             try:
+                # asyncio.timeout(), not wait_for (nor aiormq's timeout=, which is wait_for):
+                # Python 3.11's wait_for swallows a cancellation that comes as the awaited
+                # call finishes, and this watch went on for 20 s after a stop given just as
+                # the consumer became ready.
                 if watch is None or watch.is_closed:
-                    underlay = await asyncio.wait_for(channel.get_underlay_channel(), wait)
-                    watch = await asyncio.wait_for(underlay.connection.channel(), wait)
+                    async with asyncio.timeout(wait):
+                        underlay = await channel.get_underlay_channel()
+                    async with asyncio.timeout(wait):
+                        watch = await underlay.connection.channel()
                 for name in (self.queues.name, self.queues.refused):
-                    declared = await watch.queue_declare(name, passive=True, timeout=wait)
+                    async with asyncio.timeout(wait):
+                        declared = await watch.queue_declare(name, passive=True)
                     metrics.INGEST_QUEUE_DEPTH.labels(name).set(declared.message_count or 0)
             except asyncio.CancelledError:
                 raise

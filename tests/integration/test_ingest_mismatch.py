@@ -31,18 +31,21 @@ async def test_a_classic_queue_in_the_way_is_said_once_and_retried_until_deleted
     consumer = Ingester(cast(Any, None), cast(Any, None), AMQP_URL, queue)
     runs = 0
     run = consumer.run
+    retried = asyncio.Event()
 
     async def counted() -> None:
         nonlocal runs
         runs += 1
+        if runs >= 2:
+            retried.set()
         await run()
 
     consumer.run = counted  # type: ignore[method-assign]
     caplog.set_level(logging.INFO)
     task = asyncio.create_task(consume_forever(consumer))
     try:
-        await asyncio.sleep(4.5)
-        assert runs >= 2  # retried (every 2 s)
+        async with asyncio.timeout(15):
+            await retried.wait()  # retried (every 2 s)
         said = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert [r.exc_info for r in said] == [None]  # one line, no traceback
         line = said[0].getMessage()
@@ -56,9 +59,6 @@ async def test_a_classic_queue_in_the_way_is_said_once_and_retried_until_deleted
             await (await connection.channel()).queue_delete(queue)
         async with asyncio.timeout(10):
             await consumer.ready.wait()  # declared as it should be, and consuming
-        await asyncio.sleep(
-            0.5
-        )  # (a stop right as it is ready took over 10 s here: not this test's subject)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
