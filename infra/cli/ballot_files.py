@@ -307,11 +307,12 @@ def _check_header(misfits: list[FileBallot], columns: list[str]) -> None:
 
 
 class _Lines:
-    """The lines of a CVR's text, as its reader takes them; ``taken``, those of the record
-    being read."""
+    """The lines of a CVR's text, as its reader takes them, a lone carriage return (an old
+    Mac's line end) ending a line as a line feed does; ``taken``, those of the record being
+    read."""
 
     def __init__(self, text: str) -> None:
-        self._lines = io.StringIO(text)
+        self._lines = io.StringIO(text, newline=None)  # \r\n and \r read as \n
         self.taken: list[str] = []
 
     def __iter__(self) -> _Lines:

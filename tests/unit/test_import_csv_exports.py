@@ -130,6 +130,17 @@ def test_records_that_misfit_unalike_or_beside_one_that_fits_are_refused_each(
     assert [(b.line, bool(b.refused)) for b in ballots] == [(2, True), (3, False), (4, True)]
 
 
+def test_a_file_with_old_mac_line_ends_is_read(tmp_path: Path) -> None:
+    """Each \\r ended a line, as in the release before: strictly read, the whole file was
+    one line and its 'new-line character seen in unquoted field' blamed a quote."""
+    text = "Precinct,Rank1,Rank2,Rank3\rP-1,Pizza,Sushi,Tacos\rP-1,Sushi,Pizza,\rP-2,Tacos,,\r"
+    ballots = _read(tmp_path / "mac.csv", text)
+    assert _rankings(ballots) == READ
+    assert [b.line for b in ballots] == [2, 3, 4]
+    crlf = _read(tmp_path / "crlf.csv", text.replace("\r", "\r\n"))
+    assert [b.key for b in crlf] == [b.key for b in ballots]
+
+
 def test_a_minneapolis_style_cvr_with_quoted_cells_and_crlf_is_still_read(
     tmp_path: Path,
 ) -> None:
