@@ -214,14 +214,19 @@ def _csv(
     voters: _Voters,
 ) -> Iterator[FileBallot]:
     """The records of a CVR. Its structure broken (a quote not closed, which would read the
-    rest of the file as one cell; rank columns named twice or with one missing), it stops
-    the import before anything is sent (a ValueError naming the line). A record whose cells
-    are not as many as the header's (a name with a comma, not quoted: its ranks would be
-    read shifted) is refused on its own, by its line, and the others are read."""
-    # strict: a quote not closed by the end of the file, or text after a closing quote, is
-    # an error (not the rest of the file, or a cell glued together, read as one cell)
-    reader = csv.reader(io.StringIO(text), strict=True)
-    columns = _record(reader, 0) or []
+    rest of the file as one cell; text after a closing quote; rank columns named twice or
+    with one missing), it stops the import before anything is sent (a ValueError naming the
+    line). A record is read against the header's columns, less those at its end that have
+    no name (a trailing comma): one with fewer cells as if the missing ones were blank (a
+    cell left out at the end shifts no rank), one with more cells only if those past the
+    header's are blank (a trailing comma again). A record with more cells that are not (a
+    name with a comma, not quoted: its ranks would be read shifted) is refused on its own,
+    by its line, and the others are read; if every record is refused so, with as many
+    cells, the import stops instead, naming the header as what is wrong."""
+    lines = _Lines(text)
+    reader = csv.reader(lines)  # not strict: _record checks the quotes as strict would
+    header = _record(reader, lines, 0) or []
+    columns = header[: _used(header)]  # a trailing comma names no column
     ranks = sorted(
         (
             (int(m.group(1) or m.group(2)), i)
@@ -245,16 +250,18 @@ def _csv(
         )
     names = _option_names(options)
     record = 0
+    misfits: list[FileBallot] = []  # refused records, held until one record fits
+    fitted = False
     while True:
         ended = reader.line_num  # the last line read so far: a record starts after it
-        row = _record(reader, ended)
+        row = _record(reader, lines, ended)
         if row is None:
-            return
+            break
         if not row:
             continue  # an empty line is no record
         record += 1
-        blank = all(not cell.strip() for cell in row)  # (an extra comma changes nothing)
-        misfit = len(row) != len(columns) and not blank
+        cells = _used(row)  # (blank cells at the end, a trailing comma, change nothing)
+        misfit = cells > len(columns)
         marks = [] if misfit else [_mark(_cell(row, i), names, found) for _, i in ranks]
         ranked = [] if misfit else ranking(marks, rules)
         if not ranked and not misfit:
@@ -272,31 +279,71 @@ def _csv(
             # the key of none after it.
             body: dict[str, Any] = {"voter_id": voter or f"cvr-{source}-{record}"}
             voters.count(body)
-            refused = f"not sent: {len(row)} cells, where the header has {len(columns)}"
-            yield FileBallot(ended + 1, body, "", refused)
+            refused = f"not sent: {cells} cells, where the header has {len(columns)}"
+            misfits.append(FileBallot(ended + 1, body, "", refused))
+            if fitted:
+                yield from misfits
+                misfits.clear()
             continue
+        fitted = True
+        yield from misfits
+        misfits.clear()
         body = {"voter_id": voter or f"cvr-{source}-{record}", "ranking": ranked}
         yield FileBallot(ended + 1, body, voters.key(body))
+    _check_header(misfits, columns)
+    yield from misfits
 
 
-def _record(reader: Any, ended: int) -> list[str] | None:
+def _check_header(misfits: list[FileBallot], columns: list[str]) -> None:
+    """Every record (of two or more) refused with as many cells past the header's is not
+    said record by record: the header is what names too few columns."""
+    if len(misfits) > 1 and len({b.refused for b in misfits}) == 1:
+        raise ValueError(
+            f"every record has more cells than the header has columns "
+            f"({misfits[0].refused.removeprefix('not sent: ')}: "
+            f"{_some(repr(c.strip()) for c in columns)}): name each of the records' columns "
+            "in the header and import the file again"
+        )
+
+
+class _Lines:
+    """The lines of a CVR's text, as its reader takes them, a lone carriage return (an old
+    Mac's line end) ending a line as a line feed does; ``taken``, those of the record being
+    read."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = io.StringIO(text, newline=None)  # \r\n and \r read as \n
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.taken.append(line)
+        return line
+
+
+def _used(row: list[str]) -> int:
+    """How many cells of ``row`` there are up to its last that is not blank."""
+    cells = len(row)
+    while cells and not row[cells - 1].strip():
+        cells -= 1
+    return cells
+
+
+def _record(reader: Any, lines: _Lines, ended: int) -> list[str] | None:
     """The next record of ``reader`` (None at the end of the file), whose last line read
     was ``ended``: a ValueError, naming the line, if a quote breaks the file's structure,
     there or in a cell that runs on over a line break (a quote not closed where it should
     be: the lines after it would be read as part of the cell, their records lost)."""
+    lines.taken.clear()
     try:
         row: list[str] | None = next(reader, None)
-    except csv.Error as error:
-        if "end of data" in str(error):
-            raise ValueError(
-                f"line {ended + 1}: a quote opened in the record that starts there is never "
-                "closed, so the rest of the file would be read as one cell; close it (or "
-                "double a quote meant as text) and import the file again"
-            ) from None
-        raise ValueError(
-            f"line {reader.line_num}: {error} (a quoted cell must end at its closing quote; "
-            "double a quote meant as text)"
-        ) from None
+    except csv.Error as error:  # (a cell past the csv module's field size limit)
+        raise ValueError(f"line {reader.line_num}: {error}") from None
+    if any('"' in line for line in lines.taken):
+        _quotes(lines.taken, ended)
     if (
         row is not None
         and reader.line_num > ended + 1
@@ -308,6 +355,58 @@ def _record(reader: Any, ended: int) -> list[str] | None:
             "hold no line breaks; correct it and import the file again"
         )
     return row
+
+
+def _quotes(taken: list[str], ended: int) -> None:
+    """A ValueError, naming the line, if the lines of a record that starts after line
+    ``ended`` hold a quote never closed (the rest of the file read as one cell) or text
+    other than spaces after a closing quote (``"Lee"x``: a cell glued together); spaces
+    there (``"Lee" ,``, which a strict reader refuses) are read as part of the cell, which
+    a name's match ignores. (The csv module reads them strictly first, fast, and only a
+    record it refuses is looked at closely.)"""
+    try:
+        for _ in csv.reader(taken, strict=True):
+            pass
+    except csv.Error:
+        unclosed, glued = _scan(taken)
+        if glued:
+            raise ValueError(
+                f"line {ended + glued}: ',' expected after '\"' (a quoted cell must end at "
+                "its closing quote; double a quote meant as text)"
+            ) from None
+        if unclosed:
+            raise ValueError(
+                f"line {ended + 1}: a quote opened in the record that starts there is never "
+                "closed, so the rest of the file would be read as one cell; close it (or "
+                "double a quote meant as text) and import the file again"
+            ) from None
+
+
+def _scan(taken: list[str]) -> tuple[bool, int]:
+    """Whether the lines of a record end in a quoted cell (its quote never closed), and the
+    line (1 for the first of ``taken``) where text other than spaces follows a closing
+    quote, or 0; read as the csv module reads a record: a quote opens a quoted cell only
+    where the cell starts, and two quotes in one stand for one."""
+    quoted = after = False
+    start = True  # at the start of a cell
+    for number, line in enumerate(taken, start=1):
+        at = 0
+        while at < len(line):
+            char = line[at]
+            if quoted:
+                if char == '"' and line[at + 1 : at + 2] == '"':
+                    at += 1
+                elif char == '"':
+                    quoted, after = False, True
+            elif char in ",\n":
+                after, start = False, True
+            elif after:
+                if not char.isspace():
+                    return False, number
+            else:
+                quoted, start = char == '"' and start, False
+            at += 1
+    return quoted, 0
 
 
 def _check_ranks(ranks: list[tuple[int, int]], columns: list[str]) -> None:

@@ -78,3 +78,33 @@ async def test_one_refusal_met_on_several_lines_is_one_row_naming_the_field(
     assert len(table) == 1, said
     assert table[0].split("│")[2].strip() == "4"
     assert sum("line " in row and ": 422: extra: Extra inputs" in row for row in rows) == 4
+
+
+async def test_cardinal_import_reads_a_spreadsheets_trailing_commas_and_spaced_quotes(
+    voting: VotingClient, api_url: str, tmp_path: Path
+) -> None:
+    """The merge review's file: a header with a trailing comma made each record "not sent: 4
+    cells, where the header has 5" (exit 1, nothing recorded); a record without its trailing
+    empty cells, or with a space after a closing quote, was refused too."""
+    election_id = await voting.open_election("irv")
+    cvr = tmp_path / "hdr.csv"
+    cvr.write_text(
+        'Precinct,Rank1,Rank2,Rank3,\nP-1,a,b,c\nP-1,b,a,\nP-2,c,,\nP-2,"a" ,c\nP-3,c,b,a,,\n'
+    )
+    code, said = await _cardinal(
+        "import", str(cvr), "--election", election_id, "--url", api_url, "--token", CLIENT,
+        "--source", "w1",
+    )  # fmt: skip
+    assert code == 0, said
+    events = [
+        e
+        for e in await voting.audit_events()
+        if (e["data"] or {}).get("election_id") == election_id and "vote" in (e["data"] or {})
+    ]
+    assert sorted(e["data"]["vote"]["ranking"] for e in events) == [
+        ["a", "b", "c"],
+        ["a", "c"],
+        ["b", "a"],
+        ["c"],
+        ["c", "b", "a"],
+    ]

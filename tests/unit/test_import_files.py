@@ -63,20 +63,22 @@ def test_a_quoted_cell_ending_in_a_line_break_is_still_read(tmp_path: Path) -> N
 # --- CSV: a record whose cells do not match the header is refused on its own
 
 
-def test_a_record_with_more_or_fewer_cells_than_the_header_is_refused_by_its_line(
+def test_a_record_with_more_cells_than_the_header_is_refused_by_its_line(
     tmp_path: Path,
 ) -> None:
     """`c8,Lee,Smith,Jones,Extra` was cast without a word (an unquoted "Smith, Jo" would
-    shift every rank after it)."""
+    shift every rank after it). A record with fewer cells is read as if the missing ones
+    were blank: a cell left out at the end shifts no rank (test_import_csv_exports.py)."""
     text = "voter_id,rank1,rank2,rank3\nc7,Lee,Smith,\nc8,Lee,Smith,Jones,Extra\nc9,Jones\n"
     ballots = _read(tmp_path / "cvr.csv", text)
     assert [(b.line, b.body["voter_id"], b.refused) for b in ballots] == [
         (2, "c7", ""),
         (3, "c8", "not sent: 5 cells, where the header has 4"),
-        (4, "c9", "not sent: 2 cells, where the header has 4"),
+        (4, "c9", ""),
     ]
     assert ballots[0].body["ranking"] == ["lee", "smith"]
     assert "ranking" not in ballots[1].body
+    assert ballots[2].body["ranking"] == ["jones"]
 
 
 def test_a_refused_record_is_counted_so_correcting_it_keeps_the_later_keys(
