@@ -825,17 +825,9 @@ class GroupCommitWriter:
         return True
 
     def _back(self) -> None:
-        """Mark the store up; if that is news, have the lookups' pool (eventsourcing's) test
-        its idle connections now, on a thread of its own. After a restart each of them is
-        broken, and psycopg_pool tests them only as it lends them, waiting 1 s, then 2 s
-        between them: a retry's lookup in the first seconds waited LOOKUP_WAIT into a 503."""
-        if not self.health.back():
-            return
-        pool = getattr(getattr(self.app.recorder, "datastore", None), "pool", None)
-        if pool is not None and not pool.closed:
-            threading.Thread(
-                target=_check_pool, args=(pool,), name="writer lookups check", daemon=True
-            ).start()
+        """Mark the store up. (The lookups' pool needs no sweep then: it passes over the
+        connections a restart broke as it lends them, at once: infra/store/reconnect.py.)"""
+        self.health.back()
 
     def _commit(
         self,
@@ -927,15 +919,6 @@ def _digest(position: int, stored: StoredEvent) -> str:
         event_type(stored.topic),
         stored.state,
     ).hex()
-
-
-def _check_pool(pool: Any) -> None:
-    """Test a pool's idle connections (those broken are replaced); a store that went again
-    meanwhile is the writer's to see, not this thread's to report."""
-    try:
-        pool.check()
-    except Exception as error:
-        log.debug("the lookups' pool was not checked: %s", error)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
