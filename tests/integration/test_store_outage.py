@@ -35,7 +35,12 @@ from infra.store.ratelimit import (
     Quota,
     SharedRateLimiter,
 )
-from infra.store.writer import OUTCOME_WITHIN, GroupCommitWriter
+from infra.store.writer import (
+    KEYED_NOT_RECORDED,
+    NOT_RECORDED,
+    OUTCOME_WITHIN,
+    GroupCommitWriter,
+)
 from tests.integration.client import VotingClient, bearer, options
 from tests.pg_cluster import Cluster
 from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
@@ -464,8 +469,72 @@ async def test_a_freeze_is_seen_with_one_ballot_in_flight_and_lookups_answer(
             await asyncio.to_thread(cluster.freeze, True)
         assert (await in_flight).status_code == 201
         assert withdrawal.status_code == 503, withdrawal.text
-        assert "the withdrawal was not recorded" in withdrawal.json()["detail"]
+        # (with its key, it may be a retry of one recorded: this attempt's words, review D1)
+        assert withdrawal.json()["detail"] == KEYED_NOT_RECORDED
         assert took < 5.0
+
+
+async def test_a_retry_refused_while_the_store_is_down_is_not_told_the_ballot_was_not_recorded(
+    cluster: Cluster, url: str
+) -> None:
+    """A ballot whose commit the frozen store holds may be recorded; its retry with the
+    same Idempotency-Key, refused at the door while the store is marked down, was told
+    "the ballot was not recorded": a client gave up on a ballot that was counted (review
+    D1). A request with a key (a ballot, a withdrawal, a batch's item) is told that this
+    attempt recorded nothing and an earlier one may have been recorded; one without keeps
+    its words (it cannot be a retry the server could recognise)."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        ballot = {"voter_id": "held", "choice": "a"}
+        leaver = await voting.cast(election_id, {"choice": "a"}, "leaver", idempotency_key="l")
+        assert leaver.status_code == 201, leaver.text
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            first = asyncio.create_task(voting.cast(election_id, ballot, idempotency_key="k-1"))
+            frozen = time.monotonic()
+            while (await http.get("/api/health")).json()["checks"]["store"] == "ok":
+                assert time.monotonic() - frozen < 8, "the freeze was not seen"
+                await asyncio.sleep(0.1)
+            retry = await voting.cast(election_id, ballot, idempotency_key="k-1")
+            keyless = await voting.cast(election_id, {"voter_id": "other", "choice": "a"})
+            withdrawal = await http.post(
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": "leaver"},
+                headers={**bearer(CLIENT), "Idempotency-Key": "w-1"},
+            )
+            batch = await http.post(
+                f"/api/elections/{election_id}/ballots/batch",
+                json={
+                    "ballots": [
+                        {"voter_id": "b-keyed", "choice": "a", "idempotency_key": "bk"},
+                        {"voter_id": "b-keyless", "choice": "a"},
+                    ]
+                },
+                headers=bearer(CLIENT),
+            )
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        answered = await first
+        assert answered.status_code in (201, 503), answered.text
+        for keyed in (retry, withdrawal):
+            assert keyed.status_code == 503, keyed.text
+            assert keyed.headers["retry-after"], keyed.headers
+            assert keyed.json()["detail"] == KEYED_NOT_RECORDED, keyed.text
+        assert keyless.status_code == 503, keyless.text
+        assert keyless.json()["detail"] == NOT_RECORDED
+        assert batch.status_code == 200, batch.text
+        items = batch.json()["results"]
+        said = [item["detail"] for item in items]
+        assert said == [KEYED_NOT_RECORDED, NOT_RECORDED], items
+        # The first attempt's ballot, whatever it was told: the retry finds it or records it.
+        again = await voting.cast(election_id, ballot, idempotency_key="k-1")
+        assert again.status_code in (200, 201), again.text
+        assert again.status_code == 201 or again.headers.get("idempotent-replayed") == "true"
 
 
 async def test_a_freeze_during_an_election_announcement_is_seen_and_ballots_refused_at_once(
