@@ -524,6 +524,13 @@ class GroupCommitWriter:
             CHANGE_UNCONFIRMED.format(OUTCOME_WITHIN),
         )
 
+    def suspect(self) -> None:
+        """A read waits on the store too long (RequestGuard): probe it, as a lookup that
+        waits too long does; a store that does not answer is marked down, and what waits
+        on it is answered 503 then."""
+        if self._loop is not None:
+            self._suspect(self._loop, None)
+
     def _suspect(self, loop: asyncio.AbstractEventLoop, since: float | None) -> None:
         """Something waits on the store too long (a commit since ``since``, or a lookup):
         probe it, one probe at a time, again every STALL_REPROBE while it lasts."""

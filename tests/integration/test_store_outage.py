@@ -537,6 +537,60 @@ async def test_a_retry_refused_while_the_store_is_down_is_not_told_the_ballot_wa
         assert again.status_code == 201 or again.headers.get("idempotent-replayed") == "true"
 
 
+async def test_reads_waiting_on_a_store_marked_down_are_answered_503_at_once(
+    cluster: Cluster, url: str
+) -> None:
+    """During a freeze, ballots were refused within about 3.5 s (the writer's stall probe
+    marks the store down), but a read waiting on the store waited out RequestGuard's 15 s
+    for its 503 (review D3). A read still waiting once the store is marked down is answered
+    503 with Retry-After then; one that waits on a store nobody has suspected yet has the
+    writer probe it; a read served without the store (the elections' listing, from the
+    cache) is served."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=("tally",)) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        seen = await voting.open_election()
+        unseen = await voting.open_election()
+        for election_id in (seen, unseen):
+            cast = await voting.cast(election_id, {"choice": "a"}, "v", idempotency_key="k")
+            assert cast.status_code == 201, cast.text
+
+        async def timed(path: str) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            got = await http.get(path, headers=bearer(AUDITOR))
+            return got, time.monotonic() - started
+
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            # Reads alone: nothing else waits on the store, nobody has suspected it.
+            alone, alone_took = await timed(f"/api/elections/{unseen}/results")
+            # A ballot's commit the frozen store holds: the writer marks it down.
+            in_flight = asyncio.create_task(voting.cast(seen, {"choice": "b"}, "w"))
+            frozen = time.monotonic()
+            while (await http.get("/api/health")).json()["checks"]["store"] == "ok":
+                assert time.monotonic() - frozen < 8, "the freeze was not seen"
+                await asyncio.sleep(0.1)
+            down, down_took = await timed(f"/api/elections/{unseen}/events")
+            kept, kept_took = await timed("/api/elections")
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        await in_flight
+    print(
+        f"alone {alone.status_code} {alone_took:.2f}s, down {down.status_code} "
+        f"{down_took:.2f}s, cached {kept.status_code} {kept_took:.2f}s"
+    )
+    for refused in (alone, down):
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"], refused.headers
+    assert alone_took < 5.0  # STALLED_AFTER, then the probe (1.5 s), not 15 s
+    assert down_took < 1.0
+    assert kept.status_code == 200, kept.text
+    assert kept_took < 1.0
+
+
 async def test_a_freeze_during_an_election_announcement_is_seen_and_ballots_refused_at_once(
     cluster: Cluster, url: str, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
