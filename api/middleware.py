@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.exceptions import HTTPException
@@ -34,6 +35,19 @@ log = logging.getLogger(__name__)
 READS = ("GET", "HEAD")
 READ_DEADLINE = 15.0
 LONG_READ = 120.0
+# A read still waiting looks at the store's state (the writer's, infra/store/health.py) this
+# often: once the store is marked down, it is answered 503 at once, not at its deadline
+# (review D3: during a freeze, ballots were refused within 3.5 s, reads after 15 s). A read
+# served without the store (the elections' listing, from the cache) is done before it looks.
+STORE_LOOK = 0.25
+# A read (not a recount) waiting this long has the writer probe the store, as a commit or a
+# lookup waiting as long does (writer.STALLED_AFTER): reads alone on a frozen store are
+# then answered within about 3.5 s too.
+READ_SUSPECT_AFTER = 2.0
+READ_UNREACHABLE = "the event store is unreachable: retry shortly"
+# Reads that say the store's state themselves, within bounds of their own (/api/ready asks
+# the database within 2 s, and names what is unreachable): never cut for it.
+OWN_ANSWER = ("/api/ready", "/api/health")
 
 # On every answer: no MIME sniffing, no referrer leaving the API, never framed (both the old
 # header and CSP's frame-ancestors, the latter only where the answer sets no policy of its own).
@@ -145,7 +159,8 @@ class RequestGuard:
         if draining is not None:  # (the server stopping: answered before its deadline)
             stopping = asyncio.ensure_future(draining.wait())
             waiting.add(stopping)
-        await asyncio.wait(waiting, timeout=deadline, return_when=FIRST_COMPLETED)
+        writer = None if scope["path"] in OWN_ANSWER else _writer(scope)
+        unreachable = await self._wait(waiting, deadline, writer, recount="at" in query)
         for waiter in waiting - {task}:
             waiter.cancel()
         if task.done() or begun.is_set():
@@ -153,6 +168,15 @@ class RequestGuard:
             return
         cut = True
         abandon(task)
+        if unreachable:
+            log.info("%s %s: the event store is marked down; answered 503", *_named(scope))
+            await problem(
+                503,
+                "Event store unavailable",
+                READ_UNREACHABLE,
+                headers={"Retry-After": "5"},
+            )(scope, receive, send)
+            return
         if draining is not None and draining.is_set():
             await problem(
                 503,
@@ -170,6 +194,25 @@ class RequestGuard:
             f"the event store did not answer within {deadline:g} seconds; retry shortly",
             headers={"Retry-After": "5"},
         )(scope, receive, send)
+
+    @staticmethod
+    async def _wait(
+        waiting: Set[asyncio.Future[Any]], deadline: float, writer: Any, *, recount: bool
+    ) -> bool:
+        """Until one of ``waiting`` is done or the deadline passes; True if the store was
+        found marked down first (the writer's health, looked at every STORE_LOOK)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (left := started + deadline - loop.time()) > 0:
+            look = left if writer is None else min(left, STORE_LOOK)
+            done, _ = await asyncio.wait(waiting, timeout=look, return_when=FIRST_COMPLETED)
+            if done or writer is None:
+                return False
+            if not writer.health.up:
+                return True
+            if not recount and loop.time() - started >= READ_SUSPECT_AFTER:
+                writer.suspect()  # (one probe at a time, STALL_REPROBE apart: the writer's)
+        return False
 
     def _hot(self, scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
         route = self.hot_route
@@ -255,6 +298,19 @@ class RequestGuard:
     @staticmethod
     def _detail(limit: int) -> str:
         return f"the request body is larger than {limit // 1024} KiB"
+
+
+def _writer(scope: Scope) -> Any:
+    """This process's writer (``health``: the store's state as it last found it;
+    ``suspect()``: have it probe the store), or None (an app without services)."""
+    app = scope.get("app")
+    services = getattr(getattr(app, "state", None), "services", None)
+    writer = getattr(services, "writer", None)
+    return writer if hasattr(writer, "health") and hasattr(writer, "suspect") else None
+
+
+def _named(scope: Scope) -> tuple[str, str]:
+    return scope["method"], scope["path"]
 
 
 def _draining(scope: Scope) -> asyncio.Event | None:

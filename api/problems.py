@@ -22,7 +22,12 @@ from domain import errors
 from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
-from infra.store.writer import CHANGE_NOT_MADE, LookupUnavailable
+from infra.store.writer import (
+    CHANGE_NOT_MADE,
+    KEYED_NOT_RECORDED,
+    AttemptRefused,
+    LookupUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +354,18 @@ def store_unavailable(request: Request, exc: Exception) -> Response:
     if isinstance(exc, LookupUnavailable) and not _ballot_request(request):
         detail = READ_UNAVAILABLE if request.method in ("GET", "HEAD") else CHANGE_NOT_MADE
     elif not unknown and request.method == "POST" and request.url.path.endswith("/withdrawals"):
-        detail = WITHDRAWAL_NOT_RECORDED
+        detail = _withdrawal_refused(request, exc, detail)
     return problem(503, "Event store unavailable", detail, headers={"Retry-After": "5"})
+
+
+def _withdrawal_refused(request: Request, exc: Exception, detail: str) -> str:
+    """A withdrawal refused for certain: one without a key was not recorded, and the
+    voter's ballot stays as it was; one with an Idempotency-Key may be the retry of one
+    that was recorded (review D1), so it is told that this attempt recorded nothing, in
+    the writer's words (AttemptRefused's, else KEYED_NOT_RECORDED: a lookup refused it)."""
+    if request.headers.get("idempotency-key") is None:
+        return WITHDRAWAL_NOT_RECORDED
+    return detail if isinstance(exc, AttemptRefused) else KEYED_NOT_RECORDED
 
 
 def _ballot_request(request: Request) -> bool:

@@ -35,7 +35,10 @@ def store_environment(database_url: str, pool_size: int = STORE_POOL_SIZE) -> di
         "POSTGRES_PASSWORD": params.get("password", ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(STORE_POOL_OVERFLOW),
-        "POSTGRES_PRE_PING": "y",
+        # No test query before each lookup (a round trip on every revision, withdrawal
+        # and retry): the pool passes over a connection the server hung up on without one
+        # (infra/store/reconnect.py, ReconnectingStorePool).
+        "POSTGRES_PRE_PING": "n",
         # How long a read of an aggregate waits for a connection (the library's default
         # is 30 s): while the store is down, a request is refused quickly instead.
         "POSTGRES_CONNECT_TIMEOUT": "2",

@@ -77,6 +77,10 @@ class Append:
     guard: UUID | None = None  # record only while this election is open in the log
     keys: list[Key] = field(init=False)
     deadline: float = 0.0  # loop time by which it must be answered (see the writer)
+    # It carries an Idempotency-Key: it may be the retry of an attempt that was recorded,
+    # so a certain refusal says that this attempt recorded nothing, not that the ballot
+    # was not recorded (the writer's KEYED_* words).
+    keyed: bool = False
 
     def __post_init__(self) -> None:
         self.keys = [(cast(UUID, e.originator_id), e.originator_version) for e in self.events]

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import time
 from typing import Any
 
+import psycopg
 from eventsourcing.postgres import ConnectionPool as StoreConnectionPool
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
@@ -73,7 +76,49 @@ class ReconnectingPool(AsyncConnectionPool):
 
 
 class ReconnectingStorePool(StoreConnectionPool[Any]):
-    """eventsourcing's pool, reconnecting at least every RECONNECT_AT_MOST seconds."""
+    """eventsourcing's pool (the writer's lookups: a revision's, a withdrawal's, a retry's
+    receipt), reconnecting at least every RECONNECT_AT_MOST seconds, that lends no
+    connection the server has hung up on (``hung_up``: no round trip).
+
+    It used to test each connection before lending it (eventsourcing's pre-ping, a round
+    trip on every lookup), and psycopg_pool waits 1 s, then 2 s, after each one that fails
+    its test: after a restart while the process idled (nothing marked the store down, so
+    nothing swept the pool) every idle connection was broken, and the first lookups waited
+    LOOKUP_WAIT's 3 s into a 503 on a healthy store (review D2). A connection found hung up
+    is closed and given back (the pool replaces it, at once) and the next one is taken,
+    with no wait between them."""
+
+    def _getconn_unchecked(self, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = super()._getconn_unchecked(deadline - time.monotonic())
+            if not hung_up(conn):
+                return conn
+            conn.close()
+            self._putconn(conn, from_getconn=True)  # (closed: replaced, not kept)
 
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         super()._add_connection(_attempt(self, attempt), growing)
+
+
+def hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server has hung up on this idle connection, seen without a round trip:
+    an idle connection is sent nothing (no LISTEN on these), so a socket with something to
+    read holds the server's goodbye (a shutdown's or a crash's FATAL, then the end of the
+    stream). What is there is read: a closed stream, or a broken connection, is hung up;
+    anything else (a stray notice) was read and the connection is kept. A connection cut
+    without a reset reads as alive here, as it did to a test query that waited for its
+    answer: the keepalives see it (infra/store/names.py)."""
+    pgconn = conn.pgconn
+    for _ in range(3):  # (a goodbye, then the end of the stream: two reads)
+        if conn.closed or conn.broken:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(pgconn.socket, select.POLLIN)
+            if not poller.poll(0):
+                return False
+            pgconn.consume_input()
+        except (psycopg.OperationalError, OSError, ValueError):
+            return True
+    return True

@@ -105,6 +105,14 @@ class LookupUnavailable(StoreUnavailable):
     does not know whose it is: ``load_election`` serves both)."""
 
 
+class AttemptRefused(StoreUnavailable):
+    """A certain refusal of an append that carries an Idempotency-Key: this attempt
+    recorded nothing, but it may be the retry of an attempt that was recorded (told the
+    outcome is not known yet, or whose answer was lost), so it is not told that the ballot
+    was not recorded (KEYED_*; review D1). ``api/problems.py`` keeps these words for a
+    withdrawal too."""
+
+
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
 
@@ -152,6 +160,26 @@ UNCHECKED = (
     "recorded earlier stays recorded): retry shortly with the same Idempotency-Key"
 )
 SHUTTING_DOWN = "this process is shutting down; the ballot was not recorded: retry"
+# NOT_RECORDED, TOO_SLOW and SHUTTING_DOWN for an append that carries an Idempotency-Key
+# (a ballot, a revision, a withdrawal, a batch's item with its key): it may be the retry of
+# an attempt that was recorded (one told the outcome is not known yet, or whose answer was
+# lost), so "the ballot was not recorded" could be untrue, and a client that believed it
+# gave up on a ballot that was counted (review D1). What is certain is this attempt's.
+KEYED_NOT_RECORDED = (
+    "the event store is unreachable; this attempt recorded nothing, and an earlier attempt "
+    "with this Idempotency-Key may have been recorded: retry shortly with the same key (it "
+    "answers the earlier attempt's receipt if there is one; nothing is recorded twice)"
+)
+KEYED_TOO_SLOW = (
+    "the event store did not take this attempt within {:g} seconds; it recorded nothing, "
+    "and an earlier attempt with this Idempotency-Key may have been recorded: retry shortly "
+    "with the same key (nothing is recorded twice)"
+)
+KEYED_SHUTTING_DOWN = (
+    "this process is shutting down; this attempt recorded nothing, and an earlier attempt "
+    "with this Idempotency-Key may have been recorded: retry with the same key (nothing is "
+    "recorded twice)"
+)
 UNKNOWN = (
     "the event store went away while committing this ballot and this process is shutting "
     "down before it could ask: the ballot may have been recorded; retry with the same "
@@ -329,7 +357,7 @@ class GroupCommitWriter:
             self._queue.clear()
             in_flight = list(self._in_flight)
         for submission in queued:
-            _refuse(submission, SHUTTING_DOWN, CHANGE_SHUTTING_DOWN)
+            _refuse(submission, SHUTTING_DOWN, CHANGE_SHUTTING_DOWN, KEYED_SHUTTING_DOWN)
         return in_flight
 
     @property
@@ -349,18 +377,17 @@ class GroupCommitWriter:
     ) -> Recorded:
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
+        keyed = _keyed(domain_events)
         if self._draining:  # (a request that reached its append after drain())
-            raise StoreUnavailable(
-                SHUTTING_DOWN if while_open is not None else CHANGE_SHUTTING_DOWN
-            )
+            raise _door(while_open, keyed, SHUTTING_DOWN, KEYED_SHUTTING_DOWN, CHANGE_SHUTTING_DOWN)
         if not self.health.up:
-            raise StoreUnavailable(NOT_RECORDED if while_open is not None else CHANGE_NOT_MADE)
+            raise _door(while_open, keyed, NOT_RECORDED, KEYED_NOT_RECORDED, CHANGE_NOT_MADE)
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
         events = [self.app.mapper.to_stored_event(e) for e in domain_events]
         loop = self._loop
         assert loop is not None
-        submission = Append(events, loop.create_future(), while_open)
+        submission = Append(events, loop.create_future(), while_open, keyed=keyed)
         submission.deadline = loop.time() + self.answer_within
         with self._wakeup:
             self._queue.append(submission)
@@ -386,19 +413,26 @@ class GroupCommitWriter:
             return []
         if self._stopping or self._thread is None or not self._thread.is_alive():
             raise Overloaded("the writer is not running")
-        if self._draining:  # (a request that reached its append after drain())
-            raise StoreUnavailable(
-                SHUTTING_DOWN if while_open is not None else CHANGE_SHUTTING_DOWN
+        if self._draining or not self.health.up:
+            # Each in its own words: an item with its key may be a retry, one without not.
+            said = (
+                (SHUTTING_DOWN, KEYED_SHUTTING_DOWN, CHANGE_SHUTTING_DOWN)
+                if self._draining
+                else (NOT_RECORDED, KEYED_NOT_RECORDED, CHANGE_NOT_MADE)
             )
-        if not self.health.up:
-            raise StoreUnavailable(NOT_RECORDED if while_open is not None else CHANGE_NOT_MADE)
+            return [_door(while_open, _keyed(events), *said) for events in appends]
         if len(self._queue) + len(appends) > self.max_queue:
             raise Overloaded(f"{len(self._queue)} appends are already waiting")
         loop = self._loop
         assert loop is not None
         to_stored = self.app.mapper.to_stored_event
         group = [
-            Append([to_stored(e) for e in events], loop.create_future(), while_open)
+            Append(
+                [to_stored(e) for e in events],
+                loop.create_future(),
+                while_open,
+                keyed=_keyed(events),
+            )
             for events in appends
         ]
         settled = loop.create_future()
@@ -462,6 +496,7 @@ class GroupCommitWriter:
                 submission,
                 TOO_SLOW.format(self.answer_within),
                 CHANGE_TOO_SLOW.format(self.answer_within),
+                KEYED_TOO_SLOW.format(self.answer_within),
             )
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep, loop) if waiting else None
 
@@ -488,6 +523,13 @@ class GroupCommitWriter:
             UNCONFIRMED.format(OUTCOME_WITHIN),
             CHANGE_UNCONFIRMED.format(OUTCOME_WITHIN),
         )
+
+    def suspect(self) -> None:
+        """A read waits on the store too long (RequestGuard): probe it, as a lookup that
+        waits too long does; a store that does not answer is marked down, and what waits
+        on it is answered 503 then."""
+        if self._loop is not None:
+            self._suspect(self._loop, None)
 
     def _suspect(self, loop: asyncio.AbstractEventLoop, since: float | None) -> None:
         """Something waits on the store too long (a commit since ``since``, or a lookup):
@@ -754,7 +796,9 @@ class GroupCommitWriter:
                 if self._draining and not uncertain:  # cancelled by drain(): not recorded
                     return [
                         Outcome(
-                            error=StoreUnavailable(_said(a, SHUTTING_DOWN, CHANGE_SHUTTING_DOWN))
+                            error=_refusal(
+                                a, SHUTTING_DOWN, CHANGE_SHUTTING_DOWN, KEYED_SHUTTING_DOWN
+                            )
                         )
                         for a in batch
                     ]
@@ -766,7 +810,9 @@ class GroupCommitWriter:
                 self._refuse_queued()
                 if not uncertain:
                     return [
-                        Outcome(error=StoreUnavailable(_said(a, NOT_RECORDED, CHANGE_NOT_MADE)))
+                        Outcome(
+                            error=_refusal(a, NOT_RECORDED, CHANGE_NOT_MADE, KEYED_NOT_RECORDED)
+                        )
                         for a in batch
                     ]
                 log.error("a commit's outcome is unknown; waiting for the store to ask it")
@@ -803,7 +849,9 @@ class GroupCommitWriter:
         if queued:
             log.error("event store unreachable: %d queued appends refused", len(queued))
             for submission in queued:
-                self._call_soon(_refuse, submission, NOT_RECORDED, CHANGE_NOT_MADE)
+                self._call_soon(
+                    _refuse, submission, NOT_RECORDED, CHANGE_NOT_MADE, KEYED_NOT_RECORDED
+                )
 
     def _until_back(self) -> bool:
         """Probe until the store answers (True), or the writer stops (False)."""
@@ -825,17 +873,9 @@ class GroupCommitWriter:
         return True
 
     def _back(self) -> None:
-        """Mark the store up; if that is news, have the lookups' pool (eventsourcing's) test
-        its idle connections now, on a thread of its own. After a restart each of them is
-        broken, and psycopg_pool tests them only as it lends them, waiting 1 s, then 2 s
-        between them: a retry's lookup in the first seconds waited LOOKUP_WAIT into a 503."""
-        if not self.health.back():
-            return
-        pool = getattr(getattr(self.app.recorder, "datastore", None), "pool", None)
-        if pool is not None and not pool.closed:
-            threading.Thread(
-                target=_check_pool, args=(pool,), name="writer lookups check", daemon=True
-            ).start()
+        """Mark the store up. (The lookups' pool needs no sweep then: it passes over the
+        connections a restart broke as it lends them, at once: infra/store/reconnect.py.)"""
+        self.health.back()
 
     def _commit(
         self,
@@ -891,6 +931,28 @@ def _said(submission: Append, ballot: str, change: str) -> str:
     return ballot if submission.guard is not None else change
 
 
+def _refusal(submission: Append, ballot: str, change: str, keyed: str) -> StoreUnavailable:
+    """A certain refusal of an append: in an election change's words, a ballot's, or, for
+    a ballot that carries an Idempotency-Key, the words of an attempt that may be a retry
+    of one recorded (``keyed``: KEYED_*, raised as AttemptRefused)."""
+    return _door(submission.guard, submission.keyed, ballot, keyed, change)
+
+
+def _door(
+    while_open: UUID | None, keyed: bool, ballot: str, retry: str, change: str
+) -> StoreUnavailable:
+    """``_refusal`` of an append refused at the door, before it is made one."""
+    if while_open is None:
+        return StoreUnavailable(change)
+    return AttemptRefused(retry) if keyed else StoreUnavailable(ballot)
+
+
+def _keyed(events: Sequence[DomainEventProtocol[UUID]]) -> bool:
+    """Whether an append carries an Idempotency-Key (a ballot's events carry the request's
+    key, or None): a request the server could recognise as a retry."""
+    return any(getattr(e, "request_key", None) is not None for e in events)
+
+
 def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
     error = future.exception()
     if error is None:
@@ -899,11 +961,11 @@ def _outcome(future: asyncio.Future[Recorded]) -> Recorded | Exception:
     return error
 
 
-def _refuse(submission: Append, detail: str, change: str) -> None:
-    """Refuse an append (certainly not recorded): a ballot in ``detail``'s words, an
-    election change in ``change``'s."""
+def _refuse(submission: Append, detail: str, change: str, keyed: str) -> None:
+    """Refuse an append (certainly not recorded): a ballot in ``detail``'s words (one with
+    an Idempotency-Key in ``keyed``'s), an election change in ``change``'s."""
     if not submission.future.done():
-        submission.future.set_exception(StoreUnavailable(_said(submission, detail, change)))
+        submission.future.set_exception(_refusal(submission, detail, change, keyed))
 
 
 def _settle(batch: Sequence[Append], outcomes: Sequence[Outcome]) -> None:
@@ -927,15 +989,6 @@ def _digest(position: int, stored: StoredEvent) -> str:
         event_type(stored.topic),
         stored.state,
     ).hex()
-
-
-def _check_pool(pool: Any) -> None:
-    """Test a pool's idle connections (those broken are replaced); a store that went again
-    meanwhile is the writer's to see, not this thread's to report."""
-    try:
-        pool.check()
-    except Exception as error:
-        log.debug("the lookups' pool was not checked: %s", error)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -21,7 +21,7 @@ from psycopg_pool import PoolTimeout
 
 from api import middleware
 from api.ratelimit import BALLOT_UNCHECKED
-from domain.ballot import Ballot
+from domain.ballot import Ballot, ballot_id
 from domain.ports import Recorded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.bootstrap import _pool
@@ -35,7 +35,12 @@ from infra.store.ratelimit import (
     Quota,
     SharedRateLimiter,
 )
-from infra.store.writer import OUTCOME_WITHIN, GroupCommitWriter
+from infra.store.writer import (
+    KEYED_NOT_RECORDED,
+    NOT_RECORDED,
+    OUTCOME_WITHIN,
+    GroupCommitWriter,
+)
 from tests.integration.client import VotingClient, bearer, options
 from tests.pg_cluster import Cluster
 from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
@@ -464,8 +469,126 @@ async def test_a_freeze_is_seen_with_one_ballot_in_flight_and_lookups_answer(
             await asyncio.to_thread(cluster.freeze, True)
         assert (await in_flight).status_code == 201
         assert withdrawal.status_code == 503, withdrawal.text
-        assert "the withdrawal was not recorded" in withdrawal.json()["detail"]
+        # (with its key, it may be a retry of one recorded: this attempt's words, review D1)
+        assert withdrawal.json()["detail"] == KEYED_NOT_RECORDED
         assert took < 5.0
+
+
+async def test_a_retry_refused_while_the_store_is_down_is_not_told_the_ballot_was_not_recorded(
+    cluster: Cluster, url: str
+) -> None:
+    """A ballot whose commit the frozen store holds may be recorded; its retry with the
+    same Idempotency-Key, refused at the door while the store is marked down, was told
+    "the ballot was not recorded": a client gave up on a ballot that was counted (review
+    D1). A request with a key (a ballot, a withdrawal, a batch's item) is told that this
+    attempt recorded nothing and an earlier one may have been recorded; one without keeps
+    its words (it cannot be a retry the server could recognise)."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        ballot = {"voter_id": "held", "choice": "a"}
+        leaver = await voting.cast(election_id, {"choice": "a"}, "leaver", idempotency_key="l")
+        assert leaver.status_code == 201, leaver.text
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            first = asyncio.create_task(voting.cast(election_id, ballot, idempotency_key="k-1"))
+            frozen = time.monotonic()
+            while (await http.get("/api/health")).json()["checks"]["store"] == "ok":
+                assert time.monotonic() - frozen < 8, "the freeze was not seen"
+                await asyncio.sleep(0.1)
+            retry = await voting.cast(election_id, ballot, idempotency_key="k-1")
+            keyless = await voting.cast(election_id, {"voter_id": "other", "choice": "a"})
+            withdrawal = await http.post(
+                f"/api/elections/{election_id}/withdrawals",
+                json={"voter_id": "leaver"},
+                headers={**bearer(CLIENT), "Idempotency-Key": "w-1"},
+            )
+            batch = await http.post(
+                f"/api/elections/{election_id}/ballots/batch",
+                json={
+                    "ballots": [
+                        {"voter_id": "b-keyed", "choice": "a", "idempotency_key": "bk"},
+                        {"voter_id": "b-keyless", "choice": "a"},
+                    ]
+                },
+                headers=bearer(CLIENT),
+            )
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        answered = await first
+        assert answered.status_code in (201, 503), answered.text
+        for keyed in (retry, withdrawal):
+            assert keyed.status_code == 503, keyed.text
+            assert keyed.headers["retry-after"], keyed.headers
+            assert keyed.json()["detail"] == KEYED_NOT_RECORDED, keyed.text
+        assert keyless.status_code == 503, keyless.text
+        assert keyless.json()["detail"] == NOT_RECORDED
+        assert batch.status_code == 200, batch.text
+        items = batch.json()["results"]
+        said = [item["detail"] for item in items]
+        assert said == [KEYED_NOT_RECORDED, NOT_RECORDED], items
+        # The first attempt's ballot, whatever it was told: the retry finds it or records it.
+        again = await voting.cast(election_id, ballot, idempotency_key="k-1")
+        assert again.status_code in (200, 201), again.text
+        assert again.status_code == 201 or again.headers.get("idempotent-replayed") == "true"
+
+
+async def test_reads_waiting_on_a_store_marked_down_are_answered_503_at_once(
+    cluster: Cluster, url: str
+) -> None:
+    """During a freeze, ballots were refused within about 3.5 s (the writer's stall probe
+    marks the store down), but a read waiting on the store waited out RequestGuard's 15 s
+    for its 503 (review D3). A read still waiting once the store is marked down is answered
+    503 with Retry-After then; one that waits on a store nobody has suspected yet has the
+    writer probe it; a read served without the store (the elections' listing, from the
+    cache) is served."""
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=("tally",)) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        seen = await voting.open_election()
+        unseen = await voting.open_election()
+        for election_id in (seen, unseen):
+            cast = await voting.cast(election_id, {"choice": "a"}, "v", idempotency_key="k")
+            assert cast.status_code == 201, cast.text
+
+        async def timed(path: str) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            got = await http.get(path, headers=bearer(AUDITOR))
+            return got, time.monotonic() - started
+
+        await asyncio.to_thread(cluster.freeze)
+        try:
+            # Reads alone: nothing else waits on the store, nobody has suspected it.
+            alone, alone_took = await timed(f"/api/elections/{unseen}/results")
+            # A ballot's commit the frozen store holds: the writer marks it down.
+            in_flight = asyncio.create_task(voting.cast(seen, {"choice": "b"}, "w"))
+            frozen = time.monotonic()
+            while (await http.get("/api/health")).json()["checks"]["store"] == "ok":
+                assert time.monotonic() - frozen < 8, "the freeze was not seen"
+                await asyncio.sleep(0.1)
+            down, down_took = await timed(f"/api/elections/{unseen}/events")
+            kept, kept_took = await timed("/api/elections")
+        finally:
+            await asyncio.to_thread(cluster.freeze, True)
+        await in_flight
+    print(
+        f"alone {alone.status_code} {alone_took:.2f}s, down {down.status_code} "
+        f"{down_took:.2f}s, cached {kept.status_code} {kept_took:.2f}s"
+    )
+    for refused in (alone, down):
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"], refused.headers
+    assert alone_took < 5.0  # STALLED_AFTER, then the probe (1.5 s), not 15 s
+    assert down_took < 1.0
+    assert kept.status_code == 200, kept.text
+    assert kept_took < 1.0
 
 
 async def test_a_freeze_during_an_election_announcement_is_seen_and_ballots_refused_at_once(
@@ -786,6 +909,35 @@ async def test_while_the_store_is_down_election_changes_are_refused_in_their_own
     said = withdrawal.json()["detail"]
     assert "the withdrawal was not recorded" in said, said
     assert "ballot stays as it was" in said, said
+
+
+async def test_after_a_restart_while_idle_the_first_lookups_answer_at_once(
+    cluster: Cluster, writer: GroupCommitWriter
+) -> None:
+    """A restart while the process idles breaks every idle connection of the lookups'
+    pool, and nothing marks the store down (the writer finds its own connection lost and
+    reconnects at once). The pool tested each connection as it lent it (a round trip per
+    lookup), and waited 1 s, then 2 s, after each broken one: the first revisions after
+    the restart were 503 after LOOKUP_WAIT's 3 s, on a healthy store (review D2). A
+    connection the server hung up on is now passed over at once, without a round trip."""
+    election = uuid4()
+    voters = [f"v{n}" for n in range(6)]
+    for voter in voters:
+        await writer.append_events(_ballot(election, voter))
+    # Several idle connections in the pool, as a busy process has.
+    loaded = await asyncio.gather(*(writer.load_ballot(ballot_id(election, v)) for v in voters))
+    assert all(found is not None for found in loaded)
+    await asyncio.to_thread(cluster.restart, "immediate")
+    await asyncio.sleep(0.5)
+    took = []
+    for voter in voters:
+        started = time.monotonic()
+        found = await writer.load_ballot(ballot_id(election, voter))
+        took.append(round(time.monotonic() - started, 2))
+        assert found is not None
+    print("lookups after the restart took", took)
+    assert _up(writer)
+    assert max(took) < 0.5, took
 
 
 async def test_a_pool_of_idle_connections_broken_by_a_restart_lends_again_at_once(
