@@ -255,7 +255,17 @@ class ProjectionStatus(Document):
     position: int
     head: int
     lag: int
-    dead_lettered: int
+    dead_lettered: int = Field(
+        description="pages from the relay this projection refused (poison), each dead-lettered "
+        "whole with its reason"
+    )
+    unsigned: int = Field(
+        description="messages this projection refused unread for their signature (not signed "
+        "by this stack's relay: an old relay's, another stack's, forgeries), counted by its "
+        "worker in whichever process it runs and written at most once a minute, so up to a "
+        "minute late; at most 10 a minute of them are dead-lettered, as records of their "
+        "headers, size and first 1 KiB"
+    )
     set_aside: int
     updated_at: str | None
     detail: str | None

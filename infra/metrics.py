@@ -119,7 +119,14 @@ PROJECTION_REJECTED = Counter(
 )
 PROJECTION_UNSIGNED = Counter(
     "cardinal_projection_unsigned_pages_total",
-    "Messages refused unread and dead-lettered: not signed by this stack's relay",
+    "Messages refused unread: not signed by this stack's relay (at most "
+    "projections.worker.RECORDS_PER_MINUTE a minute dead-lettered, as bounded records)",
+    ["projection"],
+)
+PROJECTION_UNRECORDED = Counter(
+    "cardinal_projection_unrecorded_total",
+    "Messages of unknown source refused and only counted, not dead-lettered: over the "
+    "dead-letter records allowed a minute",
     ["projection"],
 )
 REBUILD_POSITION = Gauge(

@@ -1,4 +1,10 @@
-"""Where every projection stands: version, state, position, lag, refusals, rebuild progress."""
+"""Where every projection stands: version, state, position, lag, refusals, rebuild progress.
+
+Refusals are counted from ``projection_rejections``, written by whichever process runs the
+worker: ``dead_lettered``, one row per page refused (poison); ``unsigned``, the messages
+refused for their signature, from the rows each worker writes at most once a minute with
+how many since (projections/worker.py ``_say_unsigned``; so up to a minute late).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,10 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+# How the rows that count messages refused for their signature begin, the number after it
+# summed: "unsigned: 2997 message(s) not signed ..." (projections/worker.py). No reason of
+# a refused page begins so (an exception's name, or "undecodable page").
+UNSIGNED_ROW = "unsigned: "
 # A live projection that is behind and has not moved for this long is reported stalled.
 STALLED_AFTER_SECONDS = 30.0
 # A rebuild that has not reported progress for this long was interrupted.
@@ -16,7 +26,11 @@ STATUS = """
 SELECT r.name, r.active_version, r.building_version, r.state, r.detail,
        p.position, p.updated_at,
        r.rebuild_started_at, r.rebuild_position, r.rebuild_head, r.rebuild_rate, r.updated_at,
-       (SELECT count(*) FROM projection_rejections j WHERE j.name = r.name),
+       (SELECT count(*) FROM projection_rejections j
+        WHERE j.name = r.name AND j.reason NOT LIKE %(unsigned_like)s),
+       (SELECT coalesce(sum((regexp_match(j.reason, %(unsigned_count)s))[1]::bigint), 0)
+        FROM projection_rejections j
+        WHERE j.name = r.name AND j.reason LIKE %(unsigned_like)s),
        (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
        (SELECT count(*) FROM projection_set_aside s
         WHERE s.name = r.name AND s.version = r.active_version)
@@ -28,7 +42,10 @@ ORDER BY r.name
 
 async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
     """One entry per projection, as served by GET /api/admin/projections."""
-    cursor = await conn.execute(STATUS)
+    cursor = await conn.execute(
+        STATUS,
+        {"unsigned_like": f"{UNSIGNED_ROW}%", "unsigned_count": f"^{UNSIGNED_ROW}(\\d+) "},
+    )
     now = datetime.now(UTC)
     found = []
     for row in await cursor.fetchall():
@@ -46,6 +63,7 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             rebuild_rate,
             registry_updated,
             rejected,
+            unsigned,
             head,
             set_aside,
         ) = row
@@ -67,6 +85,7 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             "head": int(head),
             "lag": lag,
             "dead_lettered": int(rejected),
+            "unsigned": int(unsigned),
             "set_aside": int(set_aside),
             "updated_at": moved_at.isoformat() if moved_at else None,
             "detail": detail,

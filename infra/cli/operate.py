@@ -43,7 +43,7 @@ ALREADY_RUNNING = 3
 def add_commands(sub: Commands) -> None:
     status = sub.add_parser(
         "projections",
-        help="show every projection's version, state, position, lag and rebuild progress",
+        help="show every projection's version, state, position, lag, refusals and rebuild progress",
         description="Where every projection stands (what GET /api/admin/projections "
         "answers), as a table; --json for the raw document.",
     )
@@ -103,7 +103,17 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
         print(json.dumps({"projections": found}, indent=2))
         return 0
     table = Table(title="Projections")
-    columns = ("name", "version", "state", "position", "head", "lag", "dead-lettered", "set aside")
+    columns = (
+        "name",
+        "version",
+        "state",
+        "position",
+        "head",
+        "lag",
+        "dead-lettered",
+        "unsigned",
+        "set aside",
+    )
     for column in columns:
         table.add_column(
             column, justify="right" if column not in ("name", "state") else "left", no_wrap=True
@@ -129,6 +139,7 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
             f"{entry['head']:,}",
             f"{entry['lag']:,}",
             str(entry["dead_lettered"]),
+            f"[yellow]{entry['unsigned']:,}[/]" if entry["unsigned"] else "0",
             f"[red]{entry['set_aside']}[/]" if entry["set_aside"] else "0",
             note,
         )

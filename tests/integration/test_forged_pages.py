@@ -235,3 +235,139 @@ async def test_an_old_relays_pages_are_refused_and_nothing_is_lost(
             await relaying
         await writer.stop()
         app.close()
+
+
+FLOOD = 300  # unsigned messages of FLOOD_BYTES each (the review sent 3,000)
+FLOOD_BYTES = 100_000
+KEPT_AT_MOST = 10  # records a minute per projection (the review: "at most N")
+KEPT_BYTES = 1024  # of each message's body
+
+
+async def test_a_flood_of_forged_pages_keeps_a_few_small_records_and_counts_them_all(
+    stack: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of forged pages was copied, body and all, into every projection's
+    dead-letter queue, with no bound (merge review: 3,000 pages of 100 KB, 300 MB sent,
+    900 MB kept for good, until the broker's alarm blocked the workers' publishes and the
+    read models stalled); and the operator's status said 0 refused all the while. Now each
+    worker keeps at most RECORDS_PER_MINUTE records a minute, each its headers, size and
+    first RECORD_BODY_BYTES; the status counts every refused message; and every real
+    ballot, cast before, during and after the flood, is counted. (So with a message that
+    does not decode and names no range: dead-lettered as a bounded record too.)"""
+    from api import documents
+    from infra.broker.topology import Topology
+    from projections import worker as worker_module
+    from projections.status import projection_status
+
+    # (said, and written for the status, every 0.2 s rather than every minute)
+    monkeypatch.setattr(worker_module, "UNSIGNED_SAID_EVERY", 0.2)
+    url, namespace = stack
+    settings = settings_for(url, amqp_url=AMQP_URL, namespace=namespace)
+    app = open_application(url)
+    writer = GroupCommitWriter(app, url)
+    app.writer = writer
+    writer.start()
+    names = tuple(PROJECTIONS)
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "abc"], method="plurality"
+        )
+        election_id = (await app.create_election("Flood", rules)).id
+        await app.open_election(election_id)
+        async with running_workers(settings, relay=True, projections=names) as workers:
+
+            async def consuming() -> bool:
+                return all(w.status.broker_connected for w in workers.projections)
+
+            await _until(consuming)
+            for n in range(5):
+                await app.cast_ballot(election_id, Voter(f"v{n}", f"v{n}"), {"choice": "a"})
+            connection = await aio_pika.connect(AMQP_URL)
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(f"{namespace}.events")
+                body = b"x" * FLOOD_BYTES
+                # First a message signed (as by the relay) that does not decode and names no
+                # range: dead-lettered as a bounded record too, and counted as a poison page.
+                key = page_key(settings.secret or "", namespace)
+                await exchange.publish(
+                    aio_pika.Message(
+                        body, message_id="junk", headers={HEADER: sign(key, "junk", body)}
+                    ),
+                    routing_key="",
+                )
+                for n in range(FLOOD):
+                    await exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            message_id=f"f{n}",
+                            headers={"forged-by": "someone with a broker account"},
+                        ),
+                        routing_key="",
+                    )
+                    if n % 50 == 0:  # real ballots in the middle of the flood
+                        voter = Voter(f"w{n}", f"w{n}")
+                        await app.cast_ballot(election_id, voter, {"choice": "b"})
+                for n in range(5):
+                    await app.cast_ballot(election_id, Voter(f"z{n}", f"z{n}"), {"choice": "c"})
+                head = _head(url)
+
+                async def settled() -> bool:
+                    if any(
+                        w.status.unsigned < FLOOD or w.status.position < head
+                        for w in workers.projections
+                    ):
+                        return False
+                    return (await _counted(url, election_id))[0] >= head
+
+                await _until(settled, patience=60)
+                counted = (await _counted(url, election_id))[1]
+                assert counted == {"n": 16, "c:a": 5, "c:b": 6, "c:c": 5}, counted
+
+                # The dead-letter queues hold a few small records, not the flood.
+                topology = Topology(namespace)
+                for name in names:
+                    parked = await channel.declare_queue(
+                        topology.dead_letter_queue(name), passive=True
+                    )
+                    held = parked.declaration_result.message_count
+                    assert held is not None
+                    assert 1 <= held <= KEPT_AT_MOST, (name, held)
+                    junk = await parked.get(no_ack=True)
+                    assert junk is not None
+                    assert len(junk.body) == KEPT_BYTES
+                    assert junk.headers["x-cardinal-size"] == FLOOD_BYTES
+                    assert str(junk.headers["x-cardinal-reason"]).startswith("undecodable page")
+                    record = await parked.get(no_ack=True)
+                    assert record is not None
+                    assert len(record.body) == KEPT_BYTES
+                    said = record.headers
+                    assert said["x-cardinal-size"] == FLOOD_BYTES
+                    assert said["x-cardinal-reason"] == worker_module.UNSIGNED_REASON
+                    assert said["x-cardinal-original-message_id"] == "f0"
+                    forged_by = said["x-cardinal-header-forged-by"]
+                    assert forged_by in (
+                        "someone with a broker account",
+                        b"someone with a broker account",
+                    )
+
+            # The operator's status counts every refused message (rows written at most
+            # every UNSIGNED_SAID_EVERY, the last once the queue is quiet), none of them
+            # as a dead-lettered page.
+            async def status() -> dict[str, dict[str, Any]]:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    return {entry["name"]: entry for entry in await projection_status(conn)}
+
+            async def all_counted() -> bool:
+                found = await status()
+                return all(found[name]["unsigned"] >= FLOOD for name in names)
+
+            await _until(all_counted)
+            found = await status()
+            documents.Projections.model_validate({"projections": list(found.values())})
+            for name in names:
+                assert found[name]["unsigned"] == FLOOD, found[name]
+                assert found[name]["dead_lettered"] == 1, found[name]  # (the junk)
+    finally:
+        await writer.stop()
+        app.close()

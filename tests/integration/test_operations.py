@@ -70,6 +70,7 @@ async def test_operators_see_where_every_projection_stands(
     assert tally["head"] >= tally["position"]
     assert tally["lag"] == tally["head"] - tally["position"]
     assert tally["dead_lettered"] == 0
+    assert tally["unsigned"] == 0
     assert_problem(
         await http.get("/api/admin/projections", headers=bearer(CLIENT)), 403, "operator role"
     )
@@ -206,3 +207,46 @@ async def test_a_smoke_test_refused_says_so_once_and_closes_its_election(
         smoke = [e for e in listed if e["title"].startswith("Smoke test")]
         assert smoke
         assert all(e["status"] == "closed" for e in smoke)
+
+
+async def test_operators_see_the_messages_refused_for_their_signature(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    """Pages refused for their signature did not show in the operator's view: it said 0
+    dead-lettered while each dead-letter queue held thousands (merge review). The workers
+    (in a process of their own, the projector's) write how many they refused, at most once
+    a minute; the status sums it, apart from the pages dead-lettered."""
+    from projections.worker import ProjectionWorker
+
+    async def status() -> dict[str, dict[str, int]]:
+        response = await http.get("/api/admin/projections", headers=bearer(OPERATOR))
+        assert response.status_code == 200
+        return {p["name"]: p for p in response.json()["projections"]}
+
+    before = await status()
+    # What a worker of another process writes (``_say_unsigned``), twice.
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False) as pool:
+
+        class Runner:  # what of a runner ``_say_unsigned`` uses
+            name = "catalog"
+
+            def __init__(self, pool: AsyncConnectionPool) -> None:
+                self.pool = pool
+
+        worker = ProjectionWorker(Runner(pool), database_url)  # type: ignore[arg-type]
+        try:
+            for refused, unrecorded in ((1, 0), (2_996, 2_986)):
+                worker._unsigned_unsaid, worker._unrecorded = refused, unrecorded
+                await worker._say_unsigned()
+            after = await status()
+        finally:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(
+                    "DELETE FROM projection_rejections WHERE name = 'catalog' AND reason LIKE "
+                    "'unsigned: %%'"
+                )
+    assert after["catalog"]["unsigned"] == before["catalog"]["unsigned"] + 2_997
+    assert after["catalog"]["dead_lettered"] == before["catalog"]["dead_lettered"]
+    assert after["tally"]["unsigned"] == before["tally"]["unsigned"]

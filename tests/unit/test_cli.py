@@ -500,6 +500,7 @@ def test_the_projections_table_keeps_its_numbers_on_a_pipe(
                 "head": big + 1,
                 "lag": 1,
                 "dead_lettered": 1_234,
+                "unsigned": 3_003_003,
                 "set_aside": 56_789,
                 "detail": "",
                 "rebuild": {
@@ -520,7 +521,10 @@ def test_the_projections_table_keeps_its_numbers_on_a_pipe(
         drop_database(url)
     out = capsys.readouterr().out
     assert "…" not in out, out
-    for figure in ("16,789,123,456", "16,789,123,457", "56789", "statistics", "rebuilding"):
+    # (the messages refused for their signature too, which the table left out: review)
+    for figure in ("16,789,123,456", "16,789,123,457", "56789", "3,003,003", "unsigned"):
+        assert figure in out, figure
+    for figure in ("statistics", "rebuilding"):
         assert figure in out, figure
 
 
