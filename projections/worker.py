@@ -20,12 +20,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-import orjson
 import psycopg
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError
@@ -36,8 +34,8 @@ from infra.broker.outage import Outage
 from infra.broker.signing import verified
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
-from infra.store.log import LogEvent
 from infra.store.outage import StoreOutage, probe
+from projections.pages import Page, contiguous_runs, decode_once, merge, named_span
 from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
 from projections.status import UNSIGNED_ROW
 
@@ -247,7 +245,7 @@ class ProjectionWorker:
         self, messages: list[AbstractIncomingMessage], dead_letters: AbstractExchange
     ) -> None:
         assert self.page_key is not None
-        pages: list[_Page] = []
+        pages: list[Page] = []
         refused = False
         for message in messages:
             # Checked first: nothing of a page not the relay's is read, cached or applied.
@@ -257,9 +255,9 @@ class ProjectionWorker:
                 refused = True
                 continue
             try:
-                pages.append(_Page(message, *_decode_once(signature, message.body)))
+                pages.append(Page(message, *decode_once(signature, message.body)))
             except (ValueError, KeyError, TypeError) as error:
-                span = _span(message)
+                span = named_span(message)
                 if span is None:  # not a page of the relay's: nothing says what it holds
                     reason = f"undecodable page: {error}"
                     await self._refuse(message, dead_letters, reason, None, None, bounded=True)
@@ -273,8 +271,8 @@ class ProjectionWorker:
                     *span,
                     error,
                 )
-                pages.append(_Page(message, *span, None))
-        for run in _contiguous_runs(pages):
+                pages.append(Page(message, *span, None))
+        for run in contiguous_runs(pages):
             await self._apply(run, dead_letters)
         if refused and self._catch_up_due():
             # An old relay's unsigned pages (a rolling upgrade) are refused too: what they
@@ -417,9 +415,9 @@ class ProjectionWorker:
             return False
         return True
 
-    async def _apply(self, run: list[_Page], dead_letters: AbstractExchange) -> None:
+    async def _apply(self, run: list[Page], dead_letters: AbstractExchange) -> None:
         after, last = run[0].after, max(page.last for page in run)
-        events = _merge(run)
+        events = merge(run)
         try:
             try:
                 applied = await self.runner.apply_page(after, last, events)
@@ -497,44 +495,6 @@ class ProjectionWorker:
         self.status.last_error = reason
 
 
-@dataclass
-class _Page:
-    message: AbstractIncomingMessage
-    after: int
-    last: int
-    events: list[LogEvent] | None  # None: to be read from the store
-
-
-def _contiguous_runs(pages: list[_Page]) -> list[list[_Page]]:
-    """Pages grouped so that each group covers one unbroken range of positions.
-
-    Pages (a1, l1] and (a2, l2] with a2 <= l1 together say "all entries in (a1, max(l1, l2)]";
-    with a2 > l1 they do not (the entries in between may exist), so they stay apart.
-    """
-    runs: list[list[_Page]] = []
-    for page in sorted(pages, key=lambda p: (p.after, p.last)):
-        if runs and page.after <= max(p.last for p in runs[-1]):
-            runs[-1].append(page)
-        else:
-            runs.append([page])
-    return runs
-
-
-def _merge(run: list[_Page]) -> list[LogEvent] | None:
-    if any(page.events is None for page in run):
-        return None
-    by_position = {event.position: event for page in run for event in page.events or ()}
-    return [by_position[position] for position in sorted(by_position)]
-
-
-def _span(message: AbstractIncomingMessage) -> tuple[int, int] | None:
-    """The range a relay page covers, from its name ("after-last")."""
-    after, _, last = (message.message_id or "").partition("-")
-    if after.isdigit() and last.isdigit() and int(after) <= int(last):
-        return int(after), int(last)
-    return None
-
-
 def _cut(value: object, limit: int = RECORD_HEADER_CHARS) -> str | int | float | bool:
     """A header value of a record: numbers and flags as they are, anything else as text
     cut to ``limit`` characters (a forger chooses headers as freely as bodies)."""
@@ -547,40 +507,3 @@ def _cut(value: object, limit: int = RECORD_HEADER_CHARS) -> str | int | float |
 
 
 UNSIGNED_REASON = "not signed by this stack's relay (x-cardinal-page-mac): not read"
-
-# Workers of several projections in one process receive the same pages: decode each once.
-# A page is known by its signature, checked before: the relay's MAC of its name and its
-# exact body (never by a name alone, which any publisher chooses). The cache is
-# bounded by the pages' bodies (a decoded page takes 4-5 times its body): 256 pages of a
-# catch-up, 1,000 entries each, held 0.3-1.5 GB.
-_DECODED: OrderedDict[str, tuple[int, int, list[LogEvent]]] = OrderedDict()
-_DECODED_SIZES: dict[str, int] = {}
-_DECODED_PAGES = 256
-_DECODED_BYTES = 8 * 1024 * 1024
-
-
-def _decode_once(signature: str, body: bytes) -> tuple[int, int, list[LogEvent]]:
-    """The page ``body`` decoded; ``signature``: its verified signature (``verified``)."""
-    found = _DECODED.get(signature)
-    if found is None:
-        found = _DECODED[signature] = _decode(body)
-        _DECODED_SIZES[signature] = len(body)
-        while len(_DECODED) > 1 and (
-            len(_DECODED) > _DECODED_PAGES or sum(_DECODED_SIZES.values()) > _DECODED_BYTES
-        ):
-            oldest, _ = _DECODED.popitem(last=False)
-            del _DECODED_SIZES[oldest]
-    return found
-
-
-def _decode(body: bytes) -> tuple[int, int, list[LogEvent]]:
-    page = orjson.loads(body)
-    after, last = int(page["after"]), int(page["last"])
-    if last < after:
-        raise ValueError(f"last ({last}) before after ({after})")
-    events = [LogEvent.from_message(item) for item in page["events"]]
-    if any(not after < e.position <= last for e in events):
-        raise ValueError("an entry lies outside the page's (after, last] range")
-    if any(a.position >= b.position for a, b in itertools.pairwise(events)):
-        raise ValueError("entries are not in ascending position order")
-    return after, last, events
