@@ -7,7 +7,8 @@ loudly. A message not signed by this stack's relay (infra/broker/signing.py: any
 an account on the broker can publish to the events exchange) is refused unread: its
 signature is checked before its body is decoded or looked up among decoded pages. Of a
 message of unknown source (unsigned, or undecodable and naming no range of the relay's)
-only a bounded record is dead-lettered, at most RECORDS_PER_MINUTE a minute.
+only a bounded record is dead-lettered, at most RECORDS_PER_MINUTE a minute
+(projections/strangers.py).
 Whenever the queue is quiet, the worker compares its position with the store head and
 catches up from the store, so a lost or refused message or a stopped relay never loses
 entries.
@@ -18,14 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import aio_pika
-import orjson
 import psycopg
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError
@@ -36,29 +33,12 @@ from infra.broker.outage import Outage
 from infra.broker.signing import verified
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
-from infra.store.log import LogEvent
 from infra.store.outage import StoreOutage, probe
+from projections.pages import Page, contiguous_runs, decode_once, merge, named_span
 from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
-from projections.status import UNSIGNED_ROW
+from projections.strangers import Strangers
 
 log = logging.getLogger(__name__)
-# Pages refused for their signature are said at most this often (seconds) by each worker,
-# with how many since: a flood of forged pages must not flood the log.
-UNSIGNED_SAID_EVERY = 60.0
-# A message of unknown source (not signed by the relay, or undecodable and naming no range
-# of the relay's) is dead-lettered as a record of at most this much of its body, its
-# properties and headers (at most RECORD_HEADERS of them, each cut to RECORD_HEADER_CHARS),
-# and its size; at most RECORDS_PER_MINUTE such records a minute by each worker, the rest
-# only counted (cardinal_projection_unrecorded_total) and said in the warning. A flood of
-# forged pages then keeps at most RECORDS_PER_MINUTE * ~4 KiB a minute per projection in
-# the dead-letter queues, whatever its size.
-# (api/documents.py's ProjectionStatus.unsigned says these figures.)
-RECORD_BODY_BYTES = 1024
-RECORD_HEADERS = 16
-RECORD_HEADER_CHARS = 256
-RECORDS_PER_MINUTE = 10
-RECORD_WINDOW = 60.0  # seconds: the minute of RECORDS_PER_MINUTE
-RECORD_PUBLISH_WITHIN = 5.0  # seconds: a broker that takes longer keeps no record
 
 
 @dataclass
@@ -98,16 +78,7 @@ class ProjectionWorker:
         self.status = WorkerStatus()
         self._outage: Outage | None = None
         self._caught_up_at = float("-inf")  # (loop time)
-        self._unsigned_said_at = float("-inf")
-        self._unsigned_unsaid = 0
-        self._unsigned_said = False
-        self._unrecorded = 0  # refused unsigned since last said, not dead-lettered
-        self._records_since = float("-inf")  # (loop time) this minute's window began
-        self._records = 0  # records dead-lettered in this minute's window
-        # (the series exists, at 0, wherever a worker runs: the status tells "none refused"
-        # from "not counted in this process")
-        metrics.PROJECTION_UNSIGNED.labels(runner.name)
-        metrics.PROJECTION_UNRECORDED.labels(runner.name)
+        self.strangers = Strangers(runner, self.status)  # messages of unknown source
 
     @property
     def name(self) -> str:
@@ -230,8 +201,8 @@ class ProjectionWorker:
                         first = await inbox.get()
                 except TimeoutError:
                     await self._catch_up()
-                    if self._unsigned_say_due():  # (the last of a flood, once it is over)
-                        await self._say_unsigned()
+                    if self.strangers.say_due():  # (the last of a flood, once it is over)
+                        await self.strangers.say()
                     continue
                 # Under load, pages queue up: wait a moment, take what is waiting and apply
                 # contiguous pages together, in one transaction rather than one each. The
@@ -247,19 +218,19 @@ class ProjectionWorker:
         self, messages: list[AbstractIncomingMessage], dead_letters: AbstractExchange
     ) -> None:
         assert self.page_key is not None
-        pages: list[_Page] = []
+        pages: list[Page] = []
         refused = False
         for message in messages:
             # Checked first: nothing of a page not the relay's is read, cached or applied.
             signature = verified(self.page_key, message)
             if signature is None:
-                await self._refuse_unsigned(message, dead_letters)
+                await self.strangers.refuse_unsigned(message, dead_letters)
                 refused = True
                 continue
             try:
-                pages.append(_Page(message, *_decode_once(signature, message.body)))
+                pages.append(Page(message, *decode_once(signature, message.body)))
             except (ValueError, KeyError, TypeError) as error:
-                span = _span(message)
+                span = named_span(message)
                 if span is None:  # not a page of the relay's: nothing says what it holds
                     reason = f"undecodable page: {error}"
                     await self._refuse(message, dead_letters, reason, None, None, bounded=True)
@@ -273,8 +244,8 @@ class ProjectionWorker:
                     *span,
                     error,
                 )
-                pages.append(_Page(message, *span, None))
-        for run in _contiguous_runs(pages):
+                pages.append(Page(message, *span, None))
+        for run in contiguous_runs(pages):
             await self._apply(run, dead_letters)
         if refused and self._catch_up_due():
             # An old relay's unsigned pages (a rolling upgrade) are refused too: what they
@@ -285,141 +256,9 @@ class ProjectionWorker:
     def _catch_up_due(self) -> bool:
         return asyncio.get_running_loop().time() - self._caught_up_at >= self.idle_interval
 
-    async def _refuse_unsigned(
-        self, message: AbstractIncomingMessage, dead_letters: AbstractExchange
-    ) -> None:
-        """Refuse a message this stack's relay did not sign, unread: counted, said at most
-        once a minute (``_say_unsigned``: one row in the database a minute, not one per
-        message: a flood from the broker does not become writes to the store), and at most
-        RECORDS_PER_MINUTE of them a minute dead-lettered, each as a bounded record
-        (``_record``), for an operator to see what is arriving.
-
-        Dead-lettered whole and unbounded, a flood of forged pages was kept for good in every
-        projection's dead-letter queue (3,000 pages of 100 KB: 300 MB sent, 900 MB kept),
-        until the broker's disk or memory alarm blocked the workers' own publishes, and
-        with them the catch-up from the store (the merge review)."""
-        if not self._record_due():
-            metrics.PROJECTION_UNRECORDED.labels(self.name).inc()
-            self._unrecorded += 1
-        elif not await self._keep_record(self._record(message, UNSIGNED_REASON), dead_letters):
-            self._unrecorded += 1
-        await message.ack()
-        self.status.unsigned += 1
-        metrics.PROJECTION_UNSIGNED.labels(self.name).inc()
-        self._unsigned_unsaid += 1
-        if self._unsigned_say_due():
-            await self._say_unsigned()
-
-    def _unsigned_say_due(self) -> bool:
-        return bool(self._unsigned_unsaid) and (
-            asyncio.get_running_loop().time() - self._unsigned_said_at >= UNSIGNED_SAID_EVERY
-        )
-
-    async def _say_unsigned(self) -> None:
-        """Say how many messages were refused for their signature since last said: in the
-        log, and as one row of ``projection_rejections`` (UNSIGNED_ROW), which is how the
-        operator's status (GET /api/admin/projections, `cardinal projections`) counts them
-        whichever process the worker runs in: at most one write a minute, however many."""
-        since = "last said" if self._unsigned_said else "it started"
-        try:
-            async with self.runner.pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO projection_rejections "
-                    "(name, message_after, message_last, reason) VALUES (%s, NULL, NULL, %s)",
-                    (
-                        self.name,
-                        f"{UNSIGNED_ROW}{self._unsigned_unsaid} message(s) not signed by this "
-                        f"stack's relay refused unread since {since}; {self._unrecorded} of "
-                        "them only counted, not dead-lettered",
-                    ),
-                )
-        except TRANSIENT:  # the store away: said with the next, a minute on (nothing lost)
-            self._unsigned_said_at = asyncio.get_running_loop().time()
-            return
-        log.warning(
-            "projection %s REFUSED %d message(s) not signed by this stack's relay "
-            "(an old relay, another stack's, or a forgery by someone with an account on "
-            "the broker) since %s, unread; %d of them only counted, not dead-lettered "
-            "(at most %d records a minute, each its headers and first %d bytes); what "
-            "the log holds is read from the store (said at most every %g s)",
-            self.name,
-            self._unsigned_unsaid,
-            since,
-            self._unrecorded,
-            RECORDS_PER_MINUTE,
-            RECORD_BODY_BYTES,
-            UNSIGNED_SAID_EVERY,
-        )
-        self._unsigned_said_at = asyncio.get_running_loop().time()
-        self._unsigned_said = True
-        self._unsigned_unsaid = 0
-        self._unrecorded = 0
-
-    def _record_due(self) -> bool:
-        """Whether another record may be dead-lettered this minute (a fixed window of
-        RECORD_WINDOW seconds from the first record)."""
-        now = asyncio.get_running_loop().time()
-        if now - self._records_since >= RECORD_WINDOW:
-            self._records_since, self._records = now, 0
-        if self._records >= RECORDS_PER_MINUTE:
-            return False
-        self._records += 1
-        return True
-
-    def _record(self, message: AbstractIncomingMessage, reason: str) -> aio_pika.Message:
-        """What is kept of a message of unknown source: its properties and headers (each
-        cut to RECORD_HEADER_CHARS), its size, and at most RECORD_BODY_BYTES of its body.
-        Never the whole of it: whoever can publish to the events exchange chooses its size."""
-        said: dict[str, Any] = {
-            "x-cardinal-reason": reason[:1000],
-            "x-cardinal-projection": self.name,
-            "x-cardinal-size": len(message.body),
-            "x-cardinal-body-kept": min(len(message.body), RECORD_BODY_BYTES),
-        }
-        properties = {
-            "message_id": message.message_id,
-            "content_type": message.content_type,
-            "content_encoding": message.content_encoding,
-            "correlation_id": message.correlation_id,
-            "type": message.type,
-            "app_id": message.app_id,
-            "user_id": message.user_id,
-            "timestamp": message.timestamp,
-            "exchange": message.exchange,
-            "routing_key": message.routing_key,
-        }
-        for key, value in properties.items():
-            if value is not None:
-                said[f"x-cardinal-original-{key}"] = _cut(value)
-        original = message.headers or {}
-        for key in itertools.islice(original, RECORD_HEADERS):
-            said[f"x-cardinal-header-{_cut(key, 64)}"] = _cut(original[key])
-        if len(original) > RECORD_HEADERS:
-            said["x-cardinal-headers-left-out"] = len(original) - RECORD_HEADERS
-        return aio_pika.Message(
-            message.body[:RECORD_BODY_BYTES],
-            content_type="application/octet-stream",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=said,
-        )
-
-    async def _keep_record(self, record: aio_pika.Message, dead_letters: AbstractExchange) -> bool:
-        """Dead-letter a record of a message of unknown source, waiting at most
-        RECORD_PUBLISH_WITHIN for the broker: one whose disk or memory alarm blocks
-        publishers must not hold the worker, and its catch-up from the store, for a record.
-        False (and counted as unrecorded) for one not confirmed in time, which the broker
-        may still keep."""
-        try:
-            async with asyncio.timeout(RECORD_PUBLISH_WITHIN):
-                await dead_letters.publish(record, routing_key=self.name)
-        except TimeoutError:
-            metrics.PROJECTION_UNRECORDED.labels(self.name).inc()
-            return False
-        return True
-
-    async def _apply(self, run: list[_Page], dead_letters: AbstractExchange) -> None:
+    async def _apply(self, run: list[Page], dead_letters: AbstractExchange) -> None:
         after, last = run[0].after, max(page.last for page in run)
-        events = _merge(run)
+        events = merge(run)
         try:
             try:
                 applied = await self.runner.apply_page(after, last, events)
@@ -481,8 +320,9 @@ class ProjectionWorker:
                 ),
                 routing_key=self.name,
             )
-        elif self._record_due():
-            await self._keep_record(self._record(message, reason), dead_letters)
+        elif self.strangers.record_due():
+            record = self.strangers.record(message, reason)
+            await self.strangers.keep_record(record, dead_letters)
         else:
             metrics.PROJECTION_UNRECORDED.labels(self.name).inc()
         async with self.runner.pool.connection() as conn:
@@ -495,92 +335,3 @@ class ProjectionWorker:
         self.status.rejected += 1
         metrics.PROJECTION_REJECTED.labels(self.name).inc()
         self.status.last_error = reason
-
-
-@dataclass
-class _Page:
-    message: AbstractIncomingMessage
-    after: int
-    last: int
-    events: list[LogEvent] | None  # None: to be read from the store
-
-
-def _contiguous_runs(pages: list[_Page]) -> list[list[_Page]]:
-    """Pages grouped so that each group covers one unbroken range of positions.
-
-    Pages (a1, l1] and (a2, l2] with a2 <= l1 together say "all entries in (a1, max(l1, l2)]";
-    with a2 > l1 they do not (the entries in between may exist), so they stay apart.
-    """
-    runs: list[list[_Page]] = []
-    for page in sorted(pages, key=lambda p: (p.after, p.last)):
-        if runs and page.after <= max(p.last for p in runs[-1]):
-            runs[-1].append(page)
-        else:
-            runs.append([page])
-    return runs
-
-
-def _merge(run: list[_Page]) -> list[LogEvent] | None:
-    if any(page.events is None for page in run):
-        return None
-    by_position = {event.position: event for page in run for event in page.events or ()}
-    return [by_position[position] for position in sorted(by_position)]
-
-
-def _span(message: AbstractIncomingMessage) -> tuple[int, int] | None:
-    """The range a relay page covers, from its name ("after-last")."""
-    after, _, last = (message.message_id or "").partition("-")
-    if after.isdigit() and last.isdigit() and int(after) <= int(last):
-        return int(after), int(last)
-    return None
-
-
-def _cut(value: object, limit: int = RECORD_HEADER_CHARS) -> str | int | float | bool:
-    """A header value of a record: numbers and flags as they are, anything else as text
-    cut to ``limit`` characters (a forger chooses headers as freely as bodies)."""
-    if isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, bytes):
-        value = value[: limit * 4].decode("utf-8", "replace")
-    text = value if isinstance(value, str) else str(value)[: limit * 4]
-    return text[:limit]
-
-
-UNSIGNED_REASON = "not signed by this stack's relay (x-cardinal-page-mac): not read"
-
-# Workers of several projections in one process receive the same pages: decode each once.
-# A page is known by its signature, checked before: the relay's MAC of its name and its
-# exact body (never by a name alone, which any publisher chooses). The cache is
-# bounded by the pages' bodies (a decoded page takes 4-5 times its body): 256 pages of a
-# catch-up, 1,000 entries each, held 0.3-1.5 GB.
-_DECODED: OrderedDict[str, tuple[int, int, list[LogEvent]]] = OrderedDict()
-_DECODED_SIZES: dict[str, int] = {}
-_DECODED_PAGES = 256
-_DECODED_BYTES = 8 * 1024 * 1024
-
-
-def _decode_once(signature: str, body: bytes) -> tuple[int, int, list[LogEvent]]:
-    """The page ``body`` decoded; ``signature``: its verified signature (``verified``)."""
-    found = _DECODED.get(signature)
-    if found is None:
-        found = _DECODED[signature] = _decode(body)
-        _DECODED_SIZES[signature] = len(body)
-        while len(_DECODED) > 1 and (
-            len(_DECODED) > _DECODED_PAGES or sum(_DECODED_SIZES.values()) > _DECODED_BYTES
-        ):
-            oldest, _ = _DECODED.popitem(last=False)
-            del _DECODED_SIZES[oldest]
-    return found
-
-
-def _decode(body: bytes) -> tuple[int, int, list[LogEvent]]:
-    page = orjson.loads(body)
-    after, last = int(page["after"]), int(page["last"])
-    if last < after:
-        raise ValueError(f"last ({last}) before after ({after})")
-    events = [LogEvent.from_message(item) for item in page["events"]]
-    if any(not after < e.position <= last for e in events):
-        raise ValueError("an entry lies outside the page's (after, last] range")
-    if any(a.position >= b.position for a, b in itertools.pairwise(events)):
-        raise ValueError("entries are not in ascending position order")
-    return after, last, events

@@ -256,11 +256,11 @@ async def test_a_flood_of_forged_pages_keeps_a_few_small_records_and_counts_them
     does not decode and names no range: dead-lettered as a bounded record too.)"""
     from api import documents
     from infra.broker.topology import Topology
-    from projections import worker as worker_module
+    from projections import strangers
     from projections.status import projection_status
 
     # (said, and written for the status, every 0.2 s rather than every minute)
-    monkeypatch.setattr(worker_module, "UNSIGNED_SAID_EVERY", 0.2)
+    monkeypatch.setattr(strangers, "UNSIGNED_SAID_EVERY", 0.2)
     url, namespace = stack
     settings = settings_for(url, amqp_url=AMQP_URL, namespace=namespace)
     app = open_application(url)
@@ -343,7 +343,7 @@ async def test_a_flood_of_forged_pages_keeps_a_few_small_records_and_counts_them
                     assert len(record.body) == KEPT_BYTES
                     said = record.headers
                     assert said["x-cardinal-size"] == FLOOD_BYTES
-                    assert said["x-cardinal-reason"] == worker_module.UNSIGNED_REASON
+                    assert said["x-cardinal-reason"] == strangers.UNSIGNED_REASON
                     assert said["x-cardinal-original-message_id"] == "f0"
                     forged_by = said["x-cardinal-header-forged-by"]
                     assert forged_by in (

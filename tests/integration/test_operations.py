@@ -224,12 +224,12 @@ async def test_operators_see_the_messages_refused_for_their_signature(
         return {p["name"]: p for p in response.json()["projections"]}
 
     before = await status()
-    # What a worker of another process writes (``_say_unsigned``), twice.
+    # What a worker of another process writes (``Strangers.say``), twice.
     from psycopg_pool import AsyncConnectionPool
 
     async with AsyncConnectionPool(database_url, min_size=1, max_size=1, open=False) as pool:
 
-        class Runner:  # what of a runner ``_say_unsigned`` uses
+        class Runner:  # what of a runner ``Strangers.say`` uses
             name = "catalog"
 
             def __init__(self, pool: AsyncConnectionPool) -> None:
@@ -238,8 +238,8 @@ async def test_operators_see_the_messages_refused_for_their_signature(
         worker = ProjectionWorker(Runner(pool), database_url)  # type: ignore[arg-type]
         try:
             for refused, unrecorded in ((1, 0), (2_996, 2_986)):
-                worker._unsigned_unsaid, worker._unrecorded = refused, unrecorded
-                await worker._say_unsigned()
+                worker.strangers.unsaid, worker.strangers.unrecorded = refused, unrecorded
+                await worker.strangers.say()
             after = await status()
         finally:
             with psycopg.connect(database_url, autocommit=True) as conn:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from infra.broker.signing import sign
-from projections import worker
+from projections import pages
 
 KEY = b"k" * 32
 
@@ -44,28 +44,28 @@ def _page(after: int, entries: int, padding: int) -> Page:
 
 @pytest.fixture(autouse=True)
 def _empty_cache() -> None:
-    worker._DECODED.clear()
-    worker._DECODED_SIZES.clear()
+    pages._DECODED.clear()
+    pages._DECODED_SIZES.clear()
 
 
 def test_a_catch_up_of_big_pages_keeps_the_cache_within_its_bytes() -> None:
     """256 pages were kept whatever their size: 0.9 GB in a projections process after a
     catch-up of 100-option ballots (review helper-59)."""
-    pages = [_page(n * 1000, 1000, 300) for n in range(40)]  # about 0.4 MB of body each
-    for page in pages:
-        worker._decode_once(page.signature, page.body)
-    held = sum(len(p.body) for p in pages if p.signature in worker._DECODED)
-    assert held <= worker._DECODED_BYTES
-    assert pages[-1].signature in worker._DECODED  # the newest stays, to be shared
-    assert pages[0].signature not in worker._DECODED
+    sent = [_page(n * 1000, 1000, 300) for n in range(40)]  # about 0.4 MB of body each
+    for page in sent:
+        pages.decode_once(page.signature, page.body)
+    held = sum(len(p.body) for p in sent if p.signature in pages._DECODED)
+    assert held <= pages._DECODED_BYTES
+    assert sent[-1].signature in pages._DECODED  # the newest stays, to be shared
+    assert sent[0].signature not in pages._DECODED
 
 
 def test_each_page_is_decoded_once_for_the_workers_that_share_it() -> None:
     page = _page(0, 10, 10)
-    first = worker._decode_once(page.signature, page.body)
-    assert worker._decode_once(page.signature, page.body) is first
-    alone = _page(10, 1, worker._DECODED_BYTES)  # one page bigger than the bound is kept
-    assert worker._decode_once(alone.signature, alone.body) is worker._decode_once(
+    first = pages.decode_once(page.signature, page.body)
+    assert pages.decode_once(page.signature, page.body) is first
+    alone = _page(10, 1, pages._DECODED_BYTES)  # one page bigger than the bound is kept
+    assert pages.decode_once(alone.signature, alone.body) is pages.decode_once(
         alone.signature, alone.body
     )
 
@@ -75,6 +75,6 @@ def test_a_page_named_as_a_decoded_one_but_with_another_body_is_not_taken_for_it
     named as the relay's next one was what the relay's page then decoded to."""
     genuine = _page(0, 3, 10)
     forged = Page(genuine.message_id, genuine.body.replace(b'"x', b'"y'))
-    worker._decode_once(forged.signature, forged.body)
-    _, _, events = worker._decode_once(genuine.signature, genuine.body)
+    pages.decode_once(forged.signature, forged.body)
+    _, _, events = pages.decode_once(genuine.signature, genuine.body)
     assert [e.data for e in events] == [e["data"] for e in orjson.loads(genuine.body)["events"]]
