@@ -120,7 +120,7 @@ PROJECTION_REJECTED = Counter(
 PROJECTION_UNSIGNED = Counter(
     "cardinal_projection_unsigned_pages_total",
     "Messages refused unread: not signed by this stack's relay (at most "
-    "projections.worker.RECORDS_PER_MINUTE a minute dead-lettered, as bounded records)",
+    "projections.strangers.RECORDS_PER_MINUTE a minute dead-lettered, as bounded records)",
     ["projection"],
 )
 PROJECTION_UNRECORDED = Counter(

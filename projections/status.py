@@ -3,7 +3,7 @@
 Refusals are counted from ``projection_rejections``, written by whichever process runs the
 worker: ``dead_lettered``, one row per page refused (poison); ``unsigned``, the messages
 refused for their signature, from the rows each worker writes at most once a minute with
-how many since (projections/worker.py ``_say_unsigned``; so up to a minute late).
+how many since (projections/strangers.py ``Strangers.say``; so up to a minute late).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 # How the rows that count messages refused for their signature begin, the number after it
-# summed: "unsigned: 2997 message(s) not signed ..." (projections/worker.py). No reason of
+# summed: "unsigned: 2997 message(s) not signed ..." (projections/strangers.py). No reason of
 # a refused page begins so (an exception's name, or "undecodable page").
 UNSIGNED_ROW = "unsigned: "
 # A live projection that is behind and has not moved for this long is reported stalled.
