@@ -46,8 +46,10 @@ STORE_LOOK = 0.25
 READ_SUSPECT_AFTER = 2.0
 READ_UNREACHABLE = "the event store is unreachable: retry shortly"
 # Reads that say the store's state themselves, within bounds of their own (/api/ready asks
-# the database within 2 s, and names what is unreachable): never cut for it.
-OWN_ANSWER = ("/api/ready", "/api/health")
+# the database within 2 s, and names what is unreachable), or answer without it (/metrics:
+# the process's own counters, the database's figures given up after 2 s; an outage is when
+# operators need them): never cut for it.
+OWN_ANSWER = ("/api/ready", "/api/health", "/metrics")
 
 # On every answer: no MIME sniffing, no referrer leaving the API, never framed (both the old
 # header and CSP's frame-ancestors, the latter only where the answer sets no policy of its own).

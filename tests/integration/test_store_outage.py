@@ -575,6 +575,9 @@ async def test_reads_waiting_on_a_store_marked_down_are_answered_503_at_once(
                 await asyncio.sleep(0.1)
             down, down_took = await timed(f"/api/elections/{unseen}/events")
             kept, kept_took = await timed("/api/elections")
+            # Metrics answer without the store (the process's own counters): an outage
+            # is when operators need them (merge review: they were cut with a 503).
+            scraped, scraped_took = await timed("/metrics")
         finally:
             await asyncio.to_thread(cluster.freeze, True)
         await in_flight
@@ -589,6 +592,9 @@ async def test_reads_waiting_on_a_store_marked_down_are_answered_503_at_once(
     assert down_took < 1.0
     assert kept.status_code == 200, kept.text
     assert kept_took < 1.0
+    assert scraped.status_code == 200, scraped.text
+    assert "cardinal_ballots_refused_total" in scraped.text
+    assert scraped_took < 5.0
 
 
 async def test_a_freeze_during_an_election_announcement_is_seen_and_ballots_refused_at_once(
