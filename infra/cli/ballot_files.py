@@ -275,10 +275,14 @@ def _csv(
                 "batch), and each ballot without a voter is named by it and its record's number"
             )
         if misfit:
-            # Counted among its voter's ballots all the same, so that correcting it changes
-            # the key of none after it.
+            # Counted among its voter's ballots as the release before its refusal counted
+            # it (its ranks read by position, the cells past the header's left out; a blank
+            # one not), so that neither correcting it nor importing again a file that
+            # release imported changes the key of any ballot after it.
             body: dict[str, Any] = {"voter_id": voter or f"cvr-{source}-{record}"}
-            voters.count(body)
+            aside = Reading()  # (what such a reading finds is not this file's)
+            if ranking([_mark(_cell(row, i), names, aside) for _, i in ranks], rules):
+                voters.count(body)
             refused = f"not sent: {cells} cells, where the header has {len(columns)}"
             misfits.append(FileBallot(ended + 1, body, "", refused))
             if fitted:

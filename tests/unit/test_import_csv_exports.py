@@ -155,3 +155,21 @@ def test_a_minneapolis_style_cvr_with_quoted_cells_and_crlf_is_still_read(
     assert [b.body["ranking"] for b in ballots] == [["pizza"], ["sushi"]]  # (overvote: exhaust)
     assert reading.blank == 1
     assert reading.marks == {"overvote": 1, "write-in: UWI": 1}
+
+
+def test_a_refused_record_counts_toward_its_voters_keys_only_if_it_was_cast_before(
+    tmp_path: Path,
+) -> None:
+    """A record with a non-blank cell past the header's is refused; the release before
+    read it by position, leaving that cell out, and cast it only if its ranks were not
+    blank. Counted among its voter's ballots regardless, a blank one gave the voter's next
+    ballot another key than that release gave it: importing again a file it imported
+    would record that ballot a second time (merge review, a differential fuzz)."""
+    blank_misfit = _read(tmp_path / "a.csv", "id,rank1,rank2\nv1,,,x\nv1,Pizza,Sushi\n")
+    without = _read(tmp_path / "b.csv", "id,rank1,rank2\nv1,Pizza,Sushi\n")
+    assert [b.refused != "" for b in blank_misfit] == [True, False]
+    assert blank_misfit[1].key == without[0].key
+    # One with ranks was cast by that release: the ballot after it is its voter's second.
+    ranked_misfit = _read(tmp_path / "c.csv", "id,rank1,rank2\nv1,Tacos,,x\nv1,Pizza,Sushi\n")
+    both = _read(tmp_path / "d.csv", "id,rank1,rank2\nv1,Tacos,\nv1,Pizza,Sushi\n")
+    assert ranked_misfit[1].key == both[1].key
