@@ -275,16 +275,17 @@ def _csv(
                 "batch), and each ballot without a voter is named by it and its record's number"
             )
         if misfit:
-            # Counted among its voter's ballots as the release before its refusal counted
-            # it (its ranks read by position, the cells past the header's left out; a blank
-            # one not), so that neither correcting it nor importing again a file that
-            # release imported changes the key of any ballot after it.
             body: dict[str, Any] = {"voter_id": voter or f"cvr-{source}-{record}"}
-            aside = Reading()  # (what such a reading finds is not this file's)
-            if ranking([_mark(_cell(row, i), names, aside) for _, i in ranks], rules):
+            if _cast_before(row, ranks, names, rules):
                 voters.count(body)
-            refused = f"not sent: {cells} cells, where the header has {len(columns)}"
-            misfits.append(FileBallot(ended + 1, body, "", refused))
+            misfits.append(
+                FileBallot(
+                    ended + 1,
+                    body,
+                    "",
+                    f"not sent: {cells} cells, where the header has {len(columns)}",
+                )
+            )
             if fitted:
                 yield from misfits
                 misfits.clear()
@@ -296,6 +297,17 @@ def _csv(
         yield FileBallot(ended + 1, body, voters.key(body))
     _check_header(misfits, columns)
     yield from misfits
+
+
+def _cast_before(
+    row: list[str], ranks: list[tuple[int, int]], names: _Names, rules: MarkRules
+) -> bool:
+    """Whether the release before records with cells past the header's were refused cast
+    this one (its ranks read by position, those cells left out; a blank one not). A refused
+    record counts among its voter's ballots only then, so that neither correcting it nor
+    importing again a file that release imported changes the key of any ballot after it."""
+    aside = Reading()  # (what this reading finds is not this file's)
+    return bool(ranking([_mark(_cell(row, i), names, aside) for _, i in ranks], rules))
 
 
 def _check_header(misfits: list[FileBallot], columns: list[str]) -> None:
