@@ -157,7 +157,8 @@ TOO_SLOW = (
 )
 UNCHECKED = (
     "the event store is unreachable; this ballot was not recorded now (one of this voter's "
-    "recorded earlier stays recorded): retry shortly with the same Idempotency-Key"
+    "recorded earlier stays recorded): retry shortly, with the same Idempotency-Key if it "
+    "had one"
 )
 SHUTTING_DOWN = "this process is shutting down; the ballot was not recorded: retry"
 # NOT_RECORDED, TOO_SLOW and SHUTTING_DOWN for an append that carries an Idempotency-Key

@@ -1265,7 +1265,7 @@ async def test_a_batchs_retries_wait_on_a_hung_store_no_longer_than_a_lookup(
     monkeypatch.undo()
     assert took < 1.2, took
     assert retry["status"] == 503
-    assert "retry shortly with the same Idempotency-Key" in retry["detail"]
+    assert "retry shortly, with the same Idempotency-Key" in retry["detail"]
     assert later["status"] == 503
     assert "send both again, in order" in later["detail"]
     assert (revised["status"], revised["version"]) == ("revised", 2)
