@@ -605,12 +605,15 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
         cells.append(", ".join(lab(labels.get(o, o)) for o in stage["elected"]) or "none")
         cells.append(", ".join(lab(labels.get(o, o)) for o in stage["excluded"]) or "none")
         body.append(cells)
-    return summary + _table(
+    caption = (
         "Every stage: votes of each continuing option, non-transferable votes, who was "
-        "elected or excluded",
-        header,
-        body,
-        "stages",
+        "elected or excluded"
+    )
+    # A heading over the table's region, as IRV's rounds have: with its caption alone,
+    # heading navigation skipped it (browser review, 12).
+    return (
+        f'{summary}<div class="captioned"><h3 id="stages-heading">{e(caption)}</h3>'
+        f"{_table(caption, header, body, 'stages')}</div>"
     )
 
 
