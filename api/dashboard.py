@@ -19,12 +19,20 @@ from domain.tabulation.result import NO_BALLOTS, Text
 BAR = "#0072B2"  # Okabe-Ito blue
 WINNER = "#E69F00"  # Okabe-Ito orange
 TIED = "#009E73"  # Okabe-Ito bluish green: in a tie left undecided, not a winner
-HEAT = ("#D55E00", "#F0E442", "#56B4E9")  # loss, tie, win (plus the words)
+# Loss, tie, win (plus the words). The loss fill is Okabe-Ito vermillion (#D55E00) a little
+# lighter: under the cells' 13 px #1a1a1a text it was 4.50:1, just the minimum (browser
+# review, 13); this is 5.07:1 (a darker fill would lower it: the text is the darker).
+HEAT = ("#DC6A1A", "#F0E442", "#56B4E9")
+# Every bar has a 1 px outline in the text's colour: the winner's orange is 2.25:1 against
+# the white page, under the 3:1 a graphic needs (browser review, 13).
+OUTLINE = "#1a1a1a"
 FIGURE = {"plurality": "votes", "approval": "approvals", "borda": "points"}
 CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
 # A pairwise chart and table grow with the square of the options: 100 options made a
 # 1.7 MB panel, fetched again on every event. Above this many, the page links to the JSON.
 PAIRWISE_MAX = 20
+# A tie of more options than this is counted in the headline and its options listed once.
+TIE_LIST_MAX = 5
 LABEL_MAX = 180.0  # px: a bar chart's label column (the bars start at 190)
 PLOT = 250  # px: the bars' area
 HEAT_LABEL_MAX = 300.0  # px: the heat map's row labels at most (it scrolls in its box)
@@ -198,6 +206,19 @@ def _marks(document: dict[str, Any]) -> dict[str, str]:
     return {w: "tied" if w in undecided else lead for w in winners}
 
 
+def _undecided(document: dict[str, Any]) -> bool:
+    """Whether the tie-break leaves a tie standing (more winners than seats)."""
+    seats = int(document.get("seats") or 1)
+    return bool(document.get("tie")) and len(document["winners"]) > seats
+
+
+def _long_tie(document: dict[str, Any]) -> bool:
+    """A tie of more options than a sentence can list more than once: the headline (and
+    so the live region, which reads it) counts them, and the page lists them once."""
+    tie = document.get("tie")
+    return tie is not None and len(tie["options"]) > TIE_LIST_MAX
+
+
 def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     winners = document["winners"]
     closed = document["closed_at_position"] is not None
@@ -206,16 +227,57 @@ def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     if _open(document):
         word = "Leading"
     seats = int(document.get("seats") or 1)
-    if document.get("tie") and len(winners) > seats:  # a tie the tie-break leaves standing
+    if _undecided(document):
         word = "Tied, not decided" if seats == 1 else "Elected or tied, not decided"
+        if _long_tie(document):
+            # 30 names read out in the live region at every change said nothing a count
+            # does not; the list follows the tie's reason.
+            tied = set(document["tie"]["options"])
+            elected = [lab(labels.get(w, w)) for w in winners if w not in tied]
+            names = ", ".join([*elected, f"{len(tied)} {'tied ' if elected else ''}options"])
+            names += " (listed below)"
     html = f'<p class="winners" id="winners" data-winners="{e(" ".join(winners))}">'
     html += f"<strong>{word}:</strong> {names}</p>"
     tie = document.get("tie")
-    if tie:
-        tied = ", ".join(lab(labels.get(o, o)) for o in tie["options"])
-        html += f'<p class="tie" id="tie"><strong>Tie between {tied}:</strong> '
+    if tie and _long_tie(document):
+        tied = tie["options"]
+        html += f'<p class="tie" id="tie"><strong>Tie between {len(tied)} options:</strong> '
+        words = f"the {len(tied)} options listed below"
+        html += f"{_summarised(tie['reason'], labels, tied, words)}</p>"
+        html += '<ul class="tied-options" id="tied-options">'
+        html += "".join(f"<li>{lab(labels.get(o, o))}</li>" for o in tied) + "</ul>"
+    elif tie:
+        tied_names = ", ".join(lab(labels.get(o, o)) for o in tie["options"])
+        html += f'<p class="tie" id="tie"><strong>Tie between {tied_names}:</strong> '
         html += f"{worded(tie['reason'], labels)}</p>"
     return html
+
+
+def _summarised(text: str, labels: dict[str, str], tied: list[str], words: str) -> str:
+    """``worded``, but where the text names exactly the options of a long tie in a row
+    ("a, b, ... and z"), ``words`` instead: the page lists them once. Only a text of the
+    count (``Text``) says where it names options; any other is shown whole."""
+    if not isinstance(text, Text) or len(tied) <= TIE_LIST_MAX:
+        return worded(text, labels)
+    pieces, out, i = text.pieces, [], 0
+    everyone = set(tied)
+    while i < len(pieces):
+        if i % 2 == 0:
+            out.append(e(pieces[i]))
+            i += 1
+            continue
+        # A run of names: ids joined by ", " and a last " and ".
+        end = i
+        while end + 2 < len(pieces) and pieces[end + 1] in (", ", " and "):
+            end += 2
+        run = pieces[i : end + 1 : 2]
+        if len(run) == len(everyone) and set(run) == everyone:
+            out.append(e(words))
+            i = end + 1
+        else:
+            out.append(lab(labels.get(pieces[i], pieces[i])))
+            i += 1
+    return "".join(out)
 
 
 class _Layout(NamedTuple):
@@ -260,7 +322,8 @@ def _bar_marks(
             f'<text x="0" y="{y + at.label_y}" class="{f"label {kind}".strip()}">'
             f"{_fit(label, at.room, bold=winner)}</text>"
             f'<rect x="{x:.1f}" y="{y + at.bar_y}" width="{width:.1f}" '
-            f'height="{at.bar_height}" fill="{fill}" class="{f"bar {kind}".strip()}"/>'
+            f'height="{at.bar_height}" fill="{fill}" stroke="{OUTLINE}" stroke-width="1" '
+            f'class="{f"bar {kind}".strip()}"/>'
             f'<text x="{max(x + width, zero) + 5:.1f}" y="{y + at.figure_y}">'
             f"{_number(value)}{word}</text>"
         )
@@ -381,6 +444,7 @@ def _round_figure(
     *,
     exhausted: str = EXHAUSTED,
     advancing: str | None = None,
+    eliminated: str = "eliminated",
 ) -> str:
     """One round as bars and a table; ``marks`` says what each winner is called (see
     ``_marks``); ``advancing`` is the status of the options this round keeps (STAR's
@@ -390,7 +454,9 @@ def _round_figure(
         [
             lab(labels.get(o, o)),
             f'<span data-round="{index}" data-option="{e(o)}">{c}</span>',
-            "eliminated" if o in one["eliminated"] else (advancing or marks.get(o, "")),
+            (f"tied; {eliminated}" if marks.get(o) == "tied" else eliminated)
+            if o in one["eliminated"]
+            else (advancing or marks.get(o, "")),
         ]
         for o, c in one["counts"].items()
     ]
@@ -407,23 +473,47 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
     if not rounds:
         return '<p id="no-rounds">No rounds yet: no ballots counted.</p>'
     last = len(rounds) - 1
-    # Preliminary results' last round is not the final one: more ballots may change it.
-    final = "Final" if document["closed_at_position"] is not None else "Last"
-    parts = [
-        _round_figure(
-            f"{final} round (round {last + 1})",
-            rounds[last],
-            labels,
-            _marks(document),
-            last,
-        )
-    ]
+    arose = _tie_round(document)
+    if arose is None:
+        # Preliminary results' last round is not the final one: more ballots may change it.
+        final = "Final" if document["closed_at_position"] is not None else "Last"
+        parts = [
+            _round_figure(
+                f"{final} round (round {last + 1})",
+                rounds[last],
+                labels,
+                _marks(document),
+                last,
+            )
+        ]
+    else:
+        # The rounds after an elimination tie the tie-break reports are one order of
+        # elimination among several (the tied option declared last goes first), and each
+        # tied option wins under some order: their final round, charted as "Final round",
+        # named two finalists of thirty tied (browser review, 7). The round the tie arose
+        # in is the same for every order.
+        later = f"Round {last + 1}" if arose + 1 == last else f"Rounds {arose + 2} to {last + 1}"
+        follow = "follows" if arose + 1 == last else "follow"
+        parts = [
+            _round_figure(
+                f"Round {arose + 1}, where the tie arose",
+                rounds[arose],
+                labels,
+                _marks(document),
+                arose,
+                eliminated="eliminated in the rounds shown (one possible choice)",
+            ),
+            f'<p id="possible-order">{later} in the table of every round {follow} one '
+            "possible order of elimination: at each tie that no earlier round separates, "
+            "the option declared last goes first. Each tied option wins under some order, "
+            "so no winner follows from these rounds.</p>",
+        ]
     options = list(labels)
     header = ["Round", *[lab(labels[o]) for o in options], "Exhausted", "Eliminated"]
     body = []
     for index, one in enumerate(rounds):
         previous = rounds[index - 1]["counts"] if index else {}
-        cells = [str(index + 1)]
+        cells = [str(index + 1) if arose is None or index <= arose else f"{index + 1} (one order)"]
         for option in options:
             if option not in one["counts"]:
                 cells.append("out")
@@ -438,12 +528,40 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
         cells.append(", ".join(lab(labels.get(o, o)) for o in one["eliminated"]) or "none")
         body.append(cells)
     caption = "Every round, with transfers (+/-) and exhausted ballots"
+    if arose is not None:
+        caption += f" (from round {arose + 2}, one possible order of elimination)"
     parts.append(
         '<div class="captioned">'
         f'<h3 id="rounds-heading">{e(caption)}</h3>'
         f"{_table(caption, header, body, 'rounds')}</div>"
     )
     return "".join(parts)
+
+
+def _tie_round(document: dict[str, Any]) -> int | None:
+    """The round (its index) where the elimination tie an undecided IRV tie reports arose,
+    if rounds follow it: the first round whose fewest votes (more than none) several
+    options share and no earlier round separates (``domain.tabulation.irv``), as the
+    tie's reason names it. None for a tie of the final round, or none left standing."""
+    tie = document.get("tie")
+    if tie is None or not _undecided(document):
+        return None
+    rounds = document["rounds"]
+    for index, one in enumerate(rounds[:-1]):
+        counts = one["counts"]
+        if not one["eliminated"]:
+            continue
+        low = min(counts.values())
+        remaining = [o for o, c in counts.items() if c == low]
+        if low == 0 or len(remaining) < 2:
+            continue
+        for earlier in reversed(rounds[:index]):  # backwards tie-breaking
+            least = min(earlier["counts"].get(o, 0) for o in remaining)
+            remaining = [o for o in remaining if earlier["counts"].get(o, 0) == least]
+        if len(remaining) > 1:
+            # The first such round is the one the count reports; the reason says so.
+            return index if f"in round {index + 1}, " in str(tie["reason"]) else None
+    return None
 
 
 def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
@@ -494,12 +612,15 @@ def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
         cells.append(", ".join(lab(labels.get(o, o)) for o in stage["elected"]) or "none")
         cells.append(", ".join(lab(labels.get(o, o)) for o in stage["excluded"]) or "none")
         body.append(cells)
-    return summary + _table(
+    caption = (
         "Every stage: votes of each continuing option, non-transferable votes, who was "
-        "elected or excluded",
-        header,
-        body,
-        "stages",
+        "elected or excluded"
+    )
+    # A heading over the table's region, as IRV's rounds have: with its caption alone,
+    # heading navigation skipped it (browser review, 12).
+    return (
+        f'{summary}<div class="captioned"><h3 id="stages-heading">{e(caption)}</h3>'
+        f"{_table(caption, header, body, 'stages')}</div>"
     )
 
 
@@ -621,8 +742,13 @@ def _notes(document: dict[str, Any]) -> str:
     if not document["notes"]:
         return ""
     labels = {o["id"]: o["label"] for o in document["options"]}
+    tie = document.get("tie")
+    tied = tie["options"] if tie else []
+    # A long tie's options are listed once, under the headline.
+    words = f"the {len(tied)} options of the tie (listed above)"
     items = "".join(
-        f"<li>{worded(_note(note, document), labels)}</li>" for note in document["notes"]
+        f"<li>{_summarised(_note(note, document), labels, tied, words)}</li>"
+        for note in document["notes"]
     )
     return f'<section aria-labelledby="notes"><h3 id="notes">Notes</h3><ul>{items}</ul></section>'
 

@@ -172,3 +172,39 @@ def test_the_right_to_left_labels_are_found_once_per_panel(
     html = "".join(isolated(note, labels) for note in notes)
     assert html.count("<bdi>") == 99
     assert counted.calls <= 100, counted.calls
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    low, high = sorted((_luminance(a), _luminance(b)))
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_heat_map_text_has_contrast_to_spare_and_bars_an_outline() -> None:
+    """The loss cells' 13 px #1a1a1a text was 4.50:1 on #D55E00, just the minimum; the
+    winner's orange bar 2.25:1 against the white page, under 3:1 (browser review, 13)."""
+    assert all(_contrast(fill, "#1a1a1a") >= 4.8 for fill in dashboard.HEAT)
+    assert _contrast(dashboard.WINNER, "#ffffff") < 3  # hence the outline
+    document = {
+        "election_id": "00000000-0000-4000-8000-000000000001",
+        "method": "plurality",
+        "status": "closed",
+        "position": 7,
+        "ballots": 3,
+        "options": [{"id": "a", "label": "A", "votes": 2}, {"id": "b", "label": "B", "votes": 1}],
+        "winners": ["a"],
+        "tie": None,
+        "rounds": [],
+        "pairwise": None,
+        "notes": [],
+        "closed_at_position": 9,
+        "final_chain_head": None,
+    }
+    bars = re.findall(r"<rect [^>]*>", results_panel(document, "Results"))
+    assert len(bars) == 4  # two bars, in the wide and the narrow layout
+    assert all('stroke="#1a1a1a" stroke-width="1"' in bar for bar in bars)

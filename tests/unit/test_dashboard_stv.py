@@ -57,3 +57,14 @@ def test_an_option_the_shown_stages_excluded_is_out_though_a_tie_makes_it_a_winn
 
 def _count(stage: int, option: str) -> str:
     return f'<span data-stage="{stage}" data-option="{option}">1.00000</span>'
+
+
+def test_the_stages_table_has_a_heading() -> None:
+    """The table had only a caption, so heading navigation skipped it (browser review,
+    12); IRV's rounds had an h3."""
+    html = _page([Ranking(("a", "b"))] * 7 + [Ranking(("c",)), Ranking(("d", "c"))] * 2)
+    heading = re.search(
+        r'<div class="captioned"><h3 id="stages-heading">Every stage: [^<]*</h3>', html
+    )
+    assert heading is not None
+    assert html.index("stages-heading") < html.index('id="stages"')
