@@ -26,6 +26,8 @@ HEAT = ("#DC6A1A", "#F0E442", "#56B4E9")
 # Every bar has a 1 px outline in the text's colour: the winner's orange is 2.25:1 against
 # the white page, under the 3:1 a graphic needs (browser review, 13).
 OUTLINE = "#1a1a1a"
+# Where an undecided IRV tie arose, as its reason names it (domain.tabulation.irv).
+TIE_ROUND = re.compile(r"\bin round (\d+), ")
 FIGURE = {"plurality": "votes", "approval": "approvals", "borda": "points"}
 CONDORCET = ("schulze", "ranked_pairs", "copeland", "minimax")
 # A pairwise chart and table grow with the square of the options: 100 options made a
@@ -540,28 +542,18 @@ def _irv(document: dict[str, Any], labels: dict[str, str]) -> str:
 
 def _tie_round(document: dict[str, Any]) -> int | None:
     """The round (its index) where the elimination tie an undecided IRV tie reports arose,
-    if rounds follow it: the first round whose fewest votes (more than none) several
-    options share and no earlier round separates (``domain.tabulation.irv``), as the
-    tie's reason names it. None for a tie of the final round, or none left standing."""
+    if rounds follow it, as the tie's reason names it ("... in round 31, ..."; the count
+    (``domain.tabulation.irv``) names the first round whose fewest votes several options
+    share and no earlier round separates). None for a tie of the final round, or a reason
+    that names no round."""
     tie = document.get("tie")
     if tie is None or not _undecided(document):
         return None
-    rounds = document["rounds"]
-    for index, one in enumerate(rounds[:-1]):
-        counts = one["counts"]
-        if not one["eliminated"]:
-            continue
-        low = min(counts.values())
-        remaining = [o for o, c in counts.items() if c == low]
-        if low == 0 or len(remaining) < 2:
-            continue
-        for earlier in reversed(rounds[:index]):  # backwards tie-breaking
-            least = min(earlier["counts"].get(o, 0) for o in remaining)
-            remaining = [o for o in remaining if earlier["counts"].get(o, 0) == least]
-        if len(remaining) > 1:
-            # The first such round is the one the count reports; the reason says so.
-            return index if f"in round {index + 1}, " in str(tie["reason"]) else None
-    return None
+    named = TIE_ROUND.search(str(tie["reason"]))
+    if named is None:
+        return None
+    index = int(named[1]) - 1
+    return index if 0 <= index < len(document["rounds"]) - 1 else None
 
 
 def _stv(document: dict[str, Any], labels: dict[str, str]) -> str:
