@@ -108,7 +108,9 @@ def hung_up(conn: psycopg.Connection[Any]) -> bool:
     stream). What is there is read: a closed stream, or a broken connection, is hung up;
     anything else (a stray notice) was read and the connection is kept. A connection cut
     without a reset reads as alive here, as it did to a test query that waited for its
-    answer: the keepalives see it (infra/store/names.py)."""
+    answer: the keepalives see it (infra/store/names.py). Nor is a goodbye still on its
+    way seen (a backend terminated a few ms before): a read that finds its connection cut
+    is tried again (eventsourcing's own; the writer's, ``GroupCommitWriter._again``)."""
     pgconn = conn.pgconn
     for _ in range(3):  # (a goodbye, then the end of the stream: two reads)
         if conn.closed or conn.broken:

@@ -5,6 +5,7 @@ of the module's own, stopped and started again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from uuid import UUID, uuid4
 import httpx
 import psycopg
 import pytest
+from eventsourcing import persistence
 from psycopg_pool import PoolTimeout
 
 from api import middleware
@@ -25,8 +27,9 @@ from domain.ballot import Ballot, ballot_id
 from domain.ports import Recorded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.bootstrap import _pool
-from infra.store import open_application
+from infra.store import open_application, reconnect
 from infra.store.migrations import migrate
+from infra.store.names import connection_name
 from infra.store.ratelimit import (
     CHECK_WAIT,
     GIVE_BACK_WITHIN,
@@ -37,6 +40,7 @@ from infra.store.ratelimit import (
 )
 from infra.store.writer import (
     KEYED_NOT_RECORDED,
+    LOOKUP_RETRIES,
     NOT_RECORDED,
     OUTCOME_WITHIN,
     GroupCommitWriter,
@@ -982,3 +986,97 @@ async def test_a_pool_of_idle_connections_broken_by_a_restart_lends_again_at_onc
         assert took < 2.5, (refused, took)
     finally:
         await pool.close()
+
+
+class CutAsLent:
+    """The lookups' pool's ``hung_up``, after which each of the next ``times`` connections
+    it finds alive is cut: its backend terminated, and gone, before the connection is
+    lent. That is the race the pool cannot see: a backend terminated a few ms before its
+    connection was lent has its goodbye still on the way, and looks alive (reliability
+    review, item 3: 39 of 50 such connections). Here it happens every time."""
+
+    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.url = url
+        self.times = 0
+        self.cut: list[int] = []
+        self._hung_up = reconnect.hung_up
+        monkeypatch.setattr(reconnect, "hung_up", self.hung_up)
+
+    def hung_up(self, conn: psycopg.Connection[object]) -> bool:
+        if self._hung_up(conn):
+            return True
+        if self.times > 0:
+            self.times -= 1
+            pid = conn.info.backend_pid
+            with psycopg.connect(self.url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                deadline = time.monotonic() + 5
+                while admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone():
+                    assert time.monotonic() < deadline, "the backend outlived its termination"
+                    time.sleep(0.01)
+            self.cut.append(pid)
+        return False
+
+
+async def test_a_batchs_lookups_read_again_when_their_connection_was_cut_as_it_was_lent(
+    url: str, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's revisions are looked up (``load_ballots``) and a retry's receipt too
+    (``recorded``) with reads of our own on eventsourcing's pool, which were not tried
+    again when their connection turned out cut: with every idle backend terminated every
+    0.2 s under load, hundreds of a batch's items were refused 503 "the database could
+    not be reached" on a healthy store. They are read again at once now, on a fresh
+    connection, as eventsourcing reads its own again."""
+    election = uuid4()
+    receipts = {v: await writer.append_events(_ballot(election, v)) for v in ("v0", "v1")}
+    ids = {v: ballot_id(election, v) for v in receipts}
+    cutting = CutAsLent(url, monkeypatch)
+
+    cutting.times = 1
+    found = await writer.load_ballots(list(ids.values()))
+    assert len(cutting.cut) == 1
+    assert {v: found[ids[v]].recorded[1] for v in ids} == receipts
+
+    cutting.times = 1
+    assert await writer.recorded(ids["v1"], 1) == receipts["v1"]
+    assert len(cutting.cut) == 2
+    assert _up(writer)
+
+
+async def test_a_lookup_whose_connections_are_cut_again_and_again_gives_up_at_once(
+    url: str, writer: GroupCommitWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading again is bounded: LOOKUP_RETRIES more reads, then the error (a 503)."""
+    election = uuid4()
+    await writer.append_events(_ballot(election, "v0"))
+    cutting = CutAsLent(url, monkeypatch)
+    cutting.times = 100
+    started = time.monotonic()
+    with pytest.raises(persistence.OperationalError):
+        await writer.load_ballots([ballot_id(election, "v0")])
+    assert len(cutting.cut) == 1 + LOOKUP_RETRIES
+    assert time.monotonic() - started < 3
+
+
+async def test_the_writers_connection_cut_while_idle_is_an_info_not_a_warning(
+    url: str, writer: GroupCommitWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle connection cut (idle_session_timeout, an operator) costs the next batch
+    nothing: it is sent again at once on a new connection. It was a WARNING each time
+    (42 lines in 90 s with a 3 s idle timeout and sparse traffic); it is an INFO now."""
+    election = uuid4()
+    await writer.append_events(_ballot(election, "before"))
+    with psycopg.connect(url, autocommit=True) as admin:
+        pids = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (connection_name("writer"),),
+        ).fetchall()
+    assert pids == [(True,)]
+    caplog.set_level(logging.INFO, logger="infra.store.writer")
+    await asyncio.sleep(0.2)  # (the goodbye is in: the next batch finds it)
+    assert isinstance(await writer.append_events(_ballot(election, "after")), Recorded)
+    said = [r for r in caplog.records if "event store connection" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO], said
+    assert _up(writer)
