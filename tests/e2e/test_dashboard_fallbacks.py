@@ -1,0 +1,103 @@
+"""The dashboards where things are not as planned, in a real browser (Debian's chromium
+driven by Playwright): an error page that recovers by itself, no JavaScript, a phone's
+320 px, an unknown election, a draft, a token still to be given (the browser review of
+the dashboards)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from infra.store.migrations import migrate
+from tests.databases import create_database, drop_database
+from tests.integration.client import VotingClient
+from tests.servers import running_api, settings_for
+
+from .test_dashboards import CHROMIUM, WAIT_MS
+
+UNKNOWN = "00000000-0000-4000-8000-0000000000ff"
+# The page scrolls sideways: what the reviewer's phone showed.
+SIDEWAYS = "document.documentElement.scrollWidth > document.documentElement.clientWidth"
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    url = create_database("cardinal_fallbacks")
+    migrate(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(scope="module")
+async def site(database_url: str) -> AsyncIterator[str]:
+    async with running_api(settings_for(database_url)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1100, "height": 900})
+    yield await context.new_page()
+    await context.close()
+
+
+@pytest.fixture
+async def phone(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 320, "height": 700})
+    yield await context.new_page()
+    await context.close()
+
+
+@pytest.fixture
+async def voting(site: str) -> AsyncIterator[VotingClient]:
+    async with httpx.AsyncClient(base_url=site, timeout=30) as http:
+        yield VotingClient(http)
+
+
+async def test_a_tie_between_long_labels_fits_a_phone(
+    site: str, phone: Page, voting: VotingClient
+) -> None:
+    """The tie's paragraph kept its long words whole: a 320 px page scrolled sideways."""
+    word = "Supercalifragilisticexpialidocious-Wolfeschlegelsteinhausenbergerdorff"
+    election = await voting.create_election(
+        "plurality",
+        public_results=True,
+        live_results_step=1,
+        options=[{"id": o, "label": f"{word} {o}"} for o in ("a", "b", "c")],
+    )
+    await voting.open(election["id"])
+    for n, choice in enumerate("ab"):
+        assert (await voting.cast(election["id"], {"choice": choice}, f"t{n}")).status_code == 201
+    await voting.close(election["id"])
+    await phone.goto(f"{site}/elections/{election['id']}")
+    await phone.locator("#tie").wait_for(timeout=WAIT_MS)
+    assert not await phone.evaluate(SIDEWAYS)
+
+
+async def test_the_overview_with_a_stepped_count_fits_a_phone(
+    site: str, phone: Page, voting: VotingClient
+) -> None:
+    """The visually hidden "(in steps of 10)" escaped the table's scrolling box and made
+    the page scroll sideways at 320 px; the caption ran out of sight inside the box."""
+    election = await voting.create_election("plurality", public_results=True)
+    await voting.open(election["id"])
+    await phone.goto(site + "/")
+    await phone.locator(f'#overview tr[data-election="{election["id"]}"]').wait_for(timeout=WAIT_MS)
+    assert await phone.locator("#overview .visually-hidden").count() >= 1
+    assert not await phone.evaluate(SIDEWAYS)
+    caption, box = await phone.evaluate(
+        """() => [document.querySelector("#overview caption").getBoundingClientRect().right,
+                  document.querySelector(".table-wrap").getBoundingClientRect().right]"""
+    )
+    assert caption <= box + 0.5, (caption, box)
