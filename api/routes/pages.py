@@ -9,6 +9,7 @@ out as an Authorization header, never in a URL.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
 from api import context
 from api.dashboard import e, results_panel
@@ -101,10 +103,18 @@ def _error_page(request: Request, exc: Exception) -> HTMLResponse:
         problem = json.loads(bytes(answer.body))
     except ValueError:
         problem = {}
-    status = int(problem.get("status") or answer.status_code or 500)
-    title = str(problem.get("title") or "Something went wrong")
-    detail = str(problem.get("detail") or "no detail was given").rstrip(".")
-    retry = answer.headers.get("Retry-After")
+    return problem_page(
+        int(problem.get("status") or answer.status_code or 500),
+        str(problem.get("title") or ""),
+        str(problem.get("detail") or ""),
+        answer.headers.get("Retry-After"),
+    )
+
+
+def problem_page(status: int, title: str, detail: str, retry: str | None) -> HTMLResponse:
+    """The error page of a problem (its status, Retry-After and words)."""
+    title = title or "Something went wrong"
+    detail = detail.rstrip(".") or "no detail was given"
     again = f" Try again in {e(retry)} s." if retry else " Try again in a moment."
     page = _page(
         title,
@@ -116,6 +126,24 @@ def _error_page(request: Request, exc: Exception) -> HTMLResponse:
     if retry:
         page.headers["Retry-After"] = retry
     return page
+
+
+# The dashboards' pages (not their panels, fetched by the script, nor /static, /docs,
+# /metrics or the API): what a person at a browser opens.
+PAGE_PATH = re.compile(r"/(?:elections/[^/]+)?")
+
+
+def guard_page(scope: Scope, status: int, title: str, detail: str, retry: str) -> Response | None:
+    """What RequestGuard answers instead of its problem document when it cuts a read (the
+    store down, a deadline passed): the error page, for a page asked for by a browser
+    (its Accept names text/html). It answered problem+json, which a fresh tab showed raw
+    during an outage and kept showing after it. None for anything else."""
+    if scope["method"] not in ("GET", "HEAD") or not PAGE_PATH.fullmatch(scope["path"]):
+        return None
+    accept = b",".join(value for name, value in scope["headers"] if name == b"accept")
+    if b"text/html" not in accept.lower():
+        return None
+    return problem_page(status, title, detail, retry)
 
 
 async def overview_page(request: Request) -> Response:
