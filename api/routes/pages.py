@@ -112,13 +112,16 @@ def _error_page(request: Request, exc: Exception) -> HTMLResponse:
 
 
 def problem_page(status: int, title: str, detail: str, retry: str | None) -> HTMLResponse:
-    """The error page of a problem (its status, Retry-After and words)."""
+    """The error page of a problem (its status, Retry-After and words). For a 5xx or a
+    429 the script asks for the page again, with backoff, and reloads it once it answers
+    (dashboard.js): "try again" alone left the tab on the error after the store was back."""
     title = title or "Something went wrong"
     detail = detail.rstrip(".") or "no detail was given"
     again = f" Try again in {e(retry)} s." if retry else " Try again in a moment."
     page = _page(
         title,
-        f'<p id="error" data-status="{status}">The page could not be shown: {e(detail)}.'
+        f'<p id="error" data-status="{status}" data-retry="{e(retry or "")}">'
+        f"The page could not be shown: {e(detail)}."
         f'{again if status >= 500 or status == 429 else ""} <a href="/">All elections</a></p>',
         {"kind": "error"},
     )

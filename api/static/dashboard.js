@@ -636,6 +636,40 @@
     setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
   });
 
+  // An error page of a failure that passes (5xx, 429: the database down, say) asks for
+  // the page again, with backoff from its Retry-After, and reloads once it answers: it
+  // said "try again" and did not, and a tab opened during an outage stayed on the error.
+  function recover() {
+    const shown = document.getElementById("error");
+    const status = shown ? Number(shown.getAttribute("data-status")) : 0;
+    if (status < 500 && status !== 429) return;
+    const note = document.createElement("p");
+    note.id = "retrying";
+    note.setAttribute("role", "status");
+    panel.append(note);
+    // (Filled once in the page: a live region filled as it appears may not be heard.)
+    setTimeout(function () { note.textContent = "Retrying automatically…"; }, 250);
+    let base = 1000;
+    function next(after) {
+      const wait = Math.max(base, after > 0 ? after * 1000 : 0);
+      base = Math.min(base * 2, 30000);
+      setTimeout(again, wait);
+    }
+    async function again() {
+      let response = null;
+      try {
+        response = await fetch(location.href, { headers: { Accept: "text/html" }, cache: "no-store" });
+      } catch (error) { response = null; }
+      if (response && response.status < 500 && response.status !== 429) {
+        location.reload(); // it answers (a 404 too is an answer): show what it says
+        return;
+      }
+      if (response && response.body) response.body.cancel().catch(function () {});
+      next(response ? Number(response.headers.get("Retry-After")) : 0);
+    }
+    next(Number(shown.getAttribute("data-retry")));
+  }
+
   if (body.dataset.kind === "overview") {
     form.hidden = false;
     why.textContent = "Elections without public results appear with a token; it is kept " +
@@ -647,9 +681,10 @@
   window.addEventListener("resize", function () {
     if (!resized) resized = requestAnimationFrame(function () { resized = null; scrollers(); });
   });
-  if (!body.dataset.stream) { // nothing to follow (an election not found)
+  if (!body.dataset.stream) { // nothing to follow (an election not found, an error page)
     mode.textContent = "";
     pause.hidden = true;
+    recover();
     return;
   }
   const needed = body.dataset.kind === "results" && (!isPublic || token());

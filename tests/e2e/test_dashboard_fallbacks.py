@@ -5,12 +5,15 @@ the dashboards)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import psycopg
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
+from api import context as api_context
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient
@@ -63,6 +66,40 @@ async def phone(browser: Browser) -> AsyncIterator[Page]:
 async def voting(site: str) -> AsyncIterator[VotingClient]:
     async with httpx.AsyncClient(base_url=site, timeout=30) as http:
         yield VotingClient(http)
+
+
+async def test_an_error_page_tries_again_by_itself_and_shows_the_page_once_it_answers(
+    site: str, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error page said "Try again in 2 s." and nothing tried: the tab stayed on the
+    error after the database came back. It asks again (not before its Retry-After), says
+    so in a status, and reloads once the page answers."""
+    asked: list[float] = []
+    page.on(
+        "request",
+        lambda request: asked.append(time.monotonic()) if UNKNOWN in request.url else None,
+    )
+
+    def unavailable(_: object) -> str:
+        raise psycopg.OperationalError("the database is down")
+
+    with monkeypatch.context() as down:
+        down.setattr(api_context, "election_id", unavailable)
+        answer = await page.goto(f"{site}/elections/{UNKNOWN}")
+        assert answer is not None
+        assert answer.status == 503
+        assert answer.headers["retry-after"] == "2"
+        status = page.locator('#retrying[role="status"]')
+        await expect(status).to_have_text("Retrying automatically…", timeout=5_000)
+        assert await page.locator("#pause").is_hidden()
+        deadline = time.monotonic() + 8
+        while len(asked) < 2 and time.monotonic() < deadline:
+            await page.wait_for_timeout(100)
+        assert len(asked) >= 2, "the error page never asked again"
+        assert asked[1] - asked[0] >= 1.8, "asked again before its Retry-After"
+    # The database is back: the next try answers, and the page shows.
+    await expect(page.locator("h1")).to_have_text("Election results", timeout=WAIT_MS)
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
 
 
 async def test_a_tie_between_long_labels_fits_a_phone(
