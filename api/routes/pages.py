@@ -61,8 +61,17 @@ def routes() -> list[BaseRoute]:
 
 def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
     # The token field is a text field drawn masked (dashboard.css): a password field made
-    # the browser's password manager offer to save the administrator's token.
+    # the browser's password manager offer to save the administrator's token. The live
+    # controls come hidden and the script shows them: without it they did nothing, and
+    # the page says what it cannot do instead (the <noscript> line, where there is a
+    # stream to follow).
     attributes = " ".join(f'data-{k}="{e(v)}"' for k, v in data.items())
+    noscript = (
+        '<noscript><p id="noscript">Live updates and entering a token need JavaScript; '
+        "reload for the latest results.</p></noscript>"
+        if "stream" in data
+        else ""
+    )
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -72,11 +81,12 @@ def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
 <body {attributes}>
 <a class="skip" href="#main">Skip to the results</a>
 <header><nav aria-label="Dashboards"><a href="/">All elections</a></nav>
-<div class="controls"><button type="button" id="pause" aria-pressed="false">Pause updates</button>
-<span id="mode" class="mode">Live updates: connecting</span>
+<div class="controls">
+<button type="button" id="pause" aria-pressed="false" hidden>Pause updates</button>
+<span id="mode" class="mode" hidden>Live updates: connecting</span>
 <button type="button" id="forget-token" hidden>Forget token</button></div></header>
 <main id="main" tabindex="-1">
-<h1 dir="auto">{e(title)}</h1>
+<h1 dir="auto">{e(title)}</h1>{noscript}
 <form id="token-form" class="token" hidden>
 <p id="token-why">These results need a token. It is kept only for this browser session.</p>
 <p id="token-error" class="token-error" role="alert"></p>

@@ -383,7 +383,10 @@
     why.textContent = (isPublic ? "" : need + " ") + "It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
-      if (appearing) field.focus();
+      // Nothing to pause until a token reads the results.
+      const had = document.activeElement === pause;
+      pause.hidden = true;
+      if (appearing || had) field.focus();
     }
   }
 
@@ -586,6 +589,7 @@
     mode.focus();
     form.hidden = true;
     forgetButton.hidden = false;
+    pause.hidden = finished;
     if (source) { source.close(); source = null; }
     start();
   });
@@ -682,11 +686,13 @@
     if (!resized) resized = requestAnimationFrame(function () { resized = null; scrollers(); });
   });
   if (!body.dataset.stream) { // nothing to follow (an election not found, an error page)
-    mode.textContent = "";
-    pause.hidden = true;
     recover();
     return;
   }
+  // The controls come hidden (without the script they did nothing): shown here, the pause
+  // once there is something to pause (not while a token is asked for).
+  mode.hidden = false;
+  pause.hidden = !isPublic && !token();
   const needed = body.dataset.kind === "results" && (!isPublic || token());
   if (needed || !panel.firstElementChild || (body.dataset.kind === "overview" && token())) {
     start();

@@ -17,7 +17,7 @@ from api import context as api_context
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
 from tests.integration.client import VotingClient
-from tests.servers import running_api, settings_for
+from tests.servers import ADMIN, running_api, settings_for
 
 from .test_dashboards import CHROMIUM, WAIT_MS
 
@@ -102,6 +102,33 @@ async def test_an_error_page_tries_again_by_itself_and_shows_the_page_once_it_an
     await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
 
 
+async def test_without_javascript_no_dead_controls_and_the_page_says_what_needs_it(
+    browser: Browser, site: str, voting: VotingClient
+) -> None:
+    """Without JavaScript, "Pause updates" and "Live updates: connecting" did nothing,
+    and a private page showed a heading alone."""
+    election = await voting.create_election("plurality")
+    context = await browser.new_context(java_script_enabled=False)
+    try:
+        bare = await context.new_page()
+        for path in ("/", f"/elections/{election['id']}"):
+            await bare.goto(site + path)
+            assert await bare.locator("#pause").is_hidden(), path
+            assert await bare.locator("#mode").is_hidden(), path
+            said = bare.locator("#noscript")
+            assert await said.is_visible(), path
+            assert "need JavaScript" in await said.inner_text()
+    finally:
+        await context.close()
+
+
+async def test_with_javascript_the_controls_show(site: str, page: Page) -> None:
+    await page.goto(site + "/")
+    await expect(page.locator("#mode")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#pause")).to_be_visible()
+    assert await page.locator("#noscript").is_hidden()
+
+
 async def test_a_tie_between_long_labels_fits_a_phone(
     site: str, phone: Page, voting: VotingClient
 ) -> None:
@@ -138,3 +165,19 @@ async def test_the_overview_with_a_stepped_count_fits_a_phone(
                   document.querySelector(".table-wrap").getBoundingClientRect().right]"""
     )
     assert caption <= box + 0.5, (caption, box)
+
+
+async def test_the_pause_shows_only_once_a_token_reads_the_results(
+    site: str, page: Page, voting: VotingClient
+) -> None:
+    """While the page waited for a token, "Pause updates" paused nothing."""
+    election = await voting.create_election("plurality", live_results_step=1)
+    await voting.open(election["id"])
+    await page.goto(f"{site}/elections/{election['id']}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    await expect(page.locator("#mode")).to_have_text("Live updates: waiting for a token")
+    assert await page.locator("#pause").is_hidden()
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#winners").wait_for(timeout=WAIT_MS)
+    await expect(page.locator("#pause")).to_be_visible()
