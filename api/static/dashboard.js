@@ -301,14 +301,22 @@
     }
     if (response.status === 404) { // no such election: said only to a token (without
       // one, the page of an unknown election is that of an election without public results)
+      // The page says so in its heading and title too, and focus goes to it: it stayed on
+      // the status, emptied, and nothing was said.
       const note = document.createElement("p");
       note.id = "missing";
+      note.tabIndex = -1;
       note.append("There is no election at this address. ");
       const back = document.createElement("a");
       back.href = "/";
       back.textContent = "All elections";
       note.append(back);
       panel.replaceChildren(note);
+      document.querySelector("h1").textContent = "Election not found";
+      document.title = "Election not found · Cardinal Vote";
+      const active = document.activeElement;
+      focusOnShow = false;
+      if (active === null || active === body || active === mode || active === field) note.focus();
       return "missing";
     }
     if (!response.ok) {
@@ -552,7 +560,7 @@
     if (outcome === "ok") { follow(); return; }
     if (outcome === "auth") return; // the token form takes it from here
     if (outcome === "missing") { // nothing to follow, nor to try again
-      mode.textContent = "";
+      mode.hidden = true;
       pause.hidden = true;
       return;
     }

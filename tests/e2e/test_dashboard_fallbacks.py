@@ -167,6 +167,22 @@ async def test_the_overview_with_a_stepped_count_fits_a_phone(
     assert caption <= box + 0.5, (caption, box)
 
 
+async def test_an_unknown_election_with_a_token_is_said_and_focused(site: str, page: Page) -> None:
+    """With a token, an unknown id's panel said "There is no election at this address"
+    while focus sat on an emptied status and the heading and title still said "Election
+    results": nothing was announced."""
+    await page.goto(f"{site}/elections/{UNKNOWN}")
+    await page.locator("#token-form").wait_for(state="visible", timeout=WAIT_MS)
+    await page.fill("#token", ADMIN)
+    await page.press("#token", "Enter")
+    await page.locator("#missing").wait_for(timeout=WAIT_MS)
+    await page.wait_for_function("document.activeElement.id === 'missing'", timeout=5_000)
+    await expect(page.locator("h1")).to_have_text("Election not found")
+    assert (await page.title()).startswith("Election not found")
+    assert await page.locator("#mode").is_hidden()
+    assert await page.locator("#pause").is_hidden()
+
+
 async def test_the_pause_shows_only_once_a_token_reads_the_results(
     site: str, page: Page, voting: VotingClient
 ) -> None:
