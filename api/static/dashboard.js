@@ -84,7 +84,15 @@
   }
   function setMode(text) { // what is going on; "paused" shows instead while paused
     shownMode = text;
-    mode.textContent = "Live updates: " + (paused ? "paused" : text);
+    mode.textContent = modeLine();
+  }
+  // A draft's stream is open but nothing streams until the election opens: "streaming"
+  // beside "Not open yet" read as though results were coming.
+  function modeLine() {
+    if (paused) return "Live updates: paused";
+    const draft = panel.querySelector("#standing[data-state=draft]") !== null;
+    return "Live updates: " +
+      (shownMode === "streaming" && draft ? "waiting for the election to open" : shownMode);
   }
   function positionOf(root) {
     const standing = root.querySelector("[data-position]");
@@ -178,6 +186,7 @@
     const at = panel.contains(active) ? focusables().indexOf(active) : -1;
     const id = at >= 0 && active.id;
     morph(panel, next);
+    if (shownMode === "streaming") setMode(shownMode); // (a draft may have opened)
     panel.classList.remove("stale");
     stale.remove();
     scrollers();
@@ -577,7 +586,7 @@
   pause.addEventListener("click", function () {
     paused = !paused;
     pause.setAttribute("aria-pressed", String(paused));
-    mode.textContent = "Live updates: " + (paused ? "paused" : shownMode);
+    mode.textContent = modeLine();
     if (!paused && startWhenResumed) { startWhenResumed = false; behind = false; start(); }
     else if (!paused && behind) { behind = false; update(); }
   });

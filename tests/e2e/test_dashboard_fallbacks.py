@@ -183,6 +183,20 @@ async def test_an_unknown_election_with_a_token_is_said_and_focused(site: str, p
     assert await page.locator("#pause").is_hidden()
 
 
+async def test_a_draft_says_it_waits_for_the_election_to_open(
+    site: str, page: Page, voting: VotingClient
+) -> None:
+    """A draft's page said "Live updates: streaming" beside "Not open yet"."""
+    election = await voting.create_election("plurality", public_results=True, live_results_step=1)
+    await page.goto(f"{site}/elections/{election['id']}")
+    mode = page.locator("#mode")
+    await expect(mode).to_have_text(
+        "Live updates: waiting for the election to open", timeout=WAIT_MS
+    )
+    await voting.open(election["id"])
+    await expect(mode).to_have_text("Live updates: streaming", timeout=WAIT_MS)
+
+
 async def test_the_pause_shows_only_once_a_token_reads_the_results(
     site: str, page: Page, voting: VotingClient
 ) -> None:
