@@ -172,30 +172,28 @@ class RequestGuard:
         abandon(task)
         if unreachable:
             log.info("%s %s: the event store is marked down; answered 503", *_named(scope))
-            await problem(
-                503,
-                "Event store unavailable",
-                READ_UNREACHABLE,
-                headers={"Retry-After": "5"},
-            )(scope, receive, send)
-            return
-        if draining is not None and draining.is_set():
-            await problem(
-                503,
+            answer = _refusal(scope, "Event store unavailable", READ_UNREACHABLE, "5")
+        elif draining is not None and draining.is_set():
+            answer = _refusal(
+                scope,
                 "Service unavailable",
                 "this server is stopping and its store has not answered; retry shortly",
-                headers={"Retry-After": "1"},
-            )(scope, receive, send)
-            return
-        log.warning(
-            "%s %s: no answer within %g s; answered 503", scope["method"], scope["path"], deadline
-        )
-        await problem(
-            503,
-            "Service unavailable",
-            f"the event store did not answer within {deadline:g} seconds; retry shortly",
-            headers={"Retry-After": "5"},
-        )(scope, receive, send)
+                "1",
+            )
+        else:
+            log.warning(
+                "%s %s: no answer within %g s; answered 503",
+                scope["method"],
+                scope["path"],
+                deadline,
+            )
+            answer = _refusal(
+                scope,
+                "Service unavailable",
+                f"the event store did not answer within {deadline:g} seconds; retry shortly",
+                "5",
+            )
+        await answer(scope, receive, send)
 
     @staticmethod
     async def _wait(
@@ -309,6 +307,18 @@ def _writer(scope: Scope) -> Any:
     services = getattr(getattr(app, "state", None), "services", None)
     writer = getattr(services, "writer", None)
     return writer if hasattr(writer, "health") and hasattr(writer, "suspect") else None
+
+
+def _refusal(scope: Scope, title: str, detail: str, retry: str) -> Response:
+    """A read cut short: 503 with Retry-After, as a problem document, or as the
+    dashboards' error page for a browser asking for one of their pages (it showed the
+    problem+json raw, and kept it up after the store came back: the page retries)."""
+    from api.routes.pages import guard_page  # (the pages import much of the API)
+
+    page = guard_page(scope, 503, title, detail, retry)
+    if page is not None:
+        return page
+    return problem(503, title, detail, headers={"Retry-After": retry})
 
 
 def _named(scope: Scope) -> tuple[str, str]:

@@ -9,6 +9,7 @@ out as an Authorization header, never in a URL.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from uuid import UUID
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
 from api import context
 from api.dashboard import e, results_panel
@@ -59,8 +61,17 @@ def routes() -> list[BaseRoute]:
 
 def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
     # The token field is a text field drawn masked (dashboard.css): a password field made
-    # the browser's password manager offer to save the administrator's token.
+    # the browser's password manager offer to save the administrator's token. The live
+    # controls come hidden and the script shows them: without it they did nothing, and
+    # the page says what it cannot do instead (the <noscript> line, where there is a
+    # stream to follow).
     attributes = " ".join(f'data-{k}="{e(v)}"' for k, v in data.items())
+    noscript = (
+        '<noscript><p id="noscript">Live updates and entering a token need JavaScript; '
+        "reload for the latest results.</p></noscript>"
+        if "stream" in data
+        else ""
+    )
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -70,11 +81,12 @@ def _page(title: str, body: str, data: dict[str, str]) -> HTMLResponse:
 <body {attributes}>
 <a class="skip" href="#main">Skip to the results</a>
 <header><nav aria-label="Dashboards"><a href="/">All elections</a></nav>
-<div class="controls"><button type="button" id="pause" aria-pressed="false">Pause updates</button>
-<span id="mode" class="mode">Live updates: connecting</span>
+<div class="controls">
+<button type="button" id="pause" aria-pressed="false" hidden>Pause updates</button>
+<span id="mode" class="mode" hidden>Live updates: connecting</span>
 <button type="button" id="forget-token" hidden>Forget token</button></div></header>
 <main id="main" tabindex="-1">
-<h1 dir="auto">{e(title)}</h1>
+<h1 dir="auto">{e(title)}</h1>{noscript}
 <form id="token-form" class="token" hidden>
 <p id="token-why">These results need a token. It is kept only for this browser session.</p>
 <p id="token-error" class="token-error" role="alert"></p>
@@ -101,14 +113,25 @@ def _error_page(request: Request, exc: Exception) -> HTMLResponse:
         problem = json.loads(bytes(answer.body))
     except ValueError:
         problem = {}
-    status = int(problem.get("status") or answer.status_code or 500)
-    title = str(problem.get("title") or "Something went wrong")
-    detail = str(problem.get("detail") or "no detail was given").rstrip(".")
-    retry = answer.headers.get("Retry-After")
+    return problem_page(
+        int(problem.get("status") or answer.status_code or 500),
+        str(problem.get("title") or ""),
+        str(problem.get("detail") or ""),
+        answer.headers.get("Retry-After"),
+    )
+
+
+def problem_page(status: int, title: str, detail: str, retry: str | None) -> HTMLResponse:
+    """The error page of a problem (its status, Retry-After and words). For a 5xx or a
+    429 the script asks for the page again, with backoff, and reloads it once it answers
+    (dashboard.js): "try again" alone left the tab on the error after the store was back."""
+    title = title or "Something went wrong"
+    detail = detail.rstrip(".") or "no detail was given"
     again = f" Try again in {e(retry)} s." if retry else " Try again in a moment."
     page = _page(
         title,
-        f'<p id="error" data-status="{status}">The page could not be shown: {e(detail)}.'
+        f'<p id="error" data-status="{status}" data-retry="{e(retry or "")}">'
+        f"The page could not be shown: {e(detail)}."
         f'{again if status >= 500 or status == 429 else ""} <a href="/">All elections</a></p>',
         {"kind": "error"},
     )
@@ -116,6 +139,24 @@ def _error_page(request: Request, exc: Exception) -> HTMLResponse:
     if retry:
         page.headers["Retry-After"] = retry
     return page
+
+
+# The dashboards' pages (not their panels, fetched by the script, nor /static, /docs,
+# /metrics or the API): what a person at a browser opens.
+PAGE_PATH = re.compile(r"/(?:elections/[^/]+)?")
+
+
+def guard_page(scope: Scope, status: int, title: str, detail: str, retry: str) -> Response | None:
+    """What RequestGuard answers instead of its problem document when it cuts a read (the
+    store down, a deadline passed): the error page, for a page asked for by a browser
+    (its Accept names text/html). It answered problem+json, which a fresh tab showed raw
+    during an outage and kept showing after it. None for anything else."""
+    if scope["method"] not in ("GET", "HEAD") or not PAGE_PATH.fullmatch(scope["path"]):
+        return None
+    accept = b",".join(value for name, value in scope["headers"] if name == b"accept")
+    if b"text/html" not in accept.lower():
+        return None
+    return problem_page(status, title, detail, retry)
 
 
 async def overview_page(request: Request) -> Response:

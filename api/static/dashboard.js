@@ -84,7 +84,15 @@
   }
   function setMode(text) { // what is going on; "paused" shows instead while paused
     shownMode = text;
-    mode.textContent = "Live updates: " + (paused ? "paused" : text);
+    mode.textContent = modeLine();
+  }
+  // A draft's stream is open but nothing streams until the election opens: "streaming"
+  // beside "Not open yet" read as though results were coming.
+  function modeLine() {
+    if (paused) return "Live updates: paused";
+    const draft = panel.querySelector("#standing[data-state=draft]") !== null;
+    return "Live updates: " +
+      (shownMode === "streaming" && draft ? "waiting for the election to open" : shownMode);
   }
   function positionOf(root) {
     const standing = root.querySelector("[data-position]");
@@ -178,6 +186,7 @@
     const at = panel.contains(active) ? focusables().indexOf(active) : -1;
     const id = at >= 0 && active.id;
     morph(panel, next);
+    if (shownMode === "streaming") setMode(shownMode); // (a draft may have opened)
     panel.classList.remove("stale");
     stale.remove();
     scrollers();
@@ -301,14 +310,22 @@
     }
     if (response.status === 404) { // no such election: said only to a token (without
       // one, the page of an unknown election is that of an election without public results)
+      // The page says so in its heading and title too, and focus goes to it: it stayed on
+      // the status, emptied, and nothing was said.
       const note = document.createElement("p");
       note.id = "missing";
+      note.tabIndex = -1;
       note.append("There is no election at this address. ");
       const back = document.createElement("a");
       back.href = "/";
       back.textContent = "All elections";
       note.append(back);
       panel.replaceChildren(note);
+      document.querySelector("h1").textContent = "Election not found";
+      document.title = "Election not found · Cardinal Vote";
+      const active = document.activeElement;
+      focusOnShow = false;
+      if (active === null || active === body || active === mode || active === field) note.focus();
       return "missing";
     }
     if (!response.ok) {
@@ -383,7 +400,10 @@
     why.textContent = (isPublic ? "" : need + " ") + "It is kept only for this browser session.";
     if (!isPublic) {
       setMode("waiting for a token");
-      if (appearing) field.focus();
+      // Nothing to pause until a token reads the results.
+      const had = document.activeElement === pause;
+      pause.hidden = true;
+      if (appearing || had) field.focus();
     }
   }
 
@@ -549,7 +569,7 @@
     if (outcome === "ok") { follow(); return; }
     if (outcome === "auth") return; // the token form takes it from here
     if (outcome === "missing") { // nothing to follow, nor to try again
-      mode.textContent = "";
+      mode.hidden = true;
       pause.hidden = true;
       return;
     }
@@ -566,7 +586,7 @@
   pause.addEventListener("click", function () {
     paused = !paused;
     pause.setAttribute("aria-pressed", String(paused));
-    mode.textContent = "Live updates: " + (paused ? "paused" : shownMode);
+    mode.textContent = modeLine();
     if (!paused && startWhenResumed) { startWhenResumed = false; behind = false; start(); }
     else if (!paused && behind) { behind = false; update(); }
   });
@@ -586,6 +606,7 @@
     mode.focus();
     form.hidden = true;
     forgetButton.hidden = false;
+    pause.hidden = finished;
     if (source) { source.close(); source = null; }
     start();
   });
@@ -636,6 +657,40 @@
     setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
   });
 
+  // An error page of a failure that passes (5xx, 429: the database down, say) asks for
+  // the page again, with backoff from its Retry-After, and reloads once it answers: it
+  // said "try again" and did not, and a tab opened during an outage stayed on the error.
+  function recover() {
+    const shown = document.getElementById("error");
+    const status = shown ? Number(shown.getAttribute("data-status")) : 0;
+    if (status < 500 && status !== 429) return;
+    const note = document.createElement("p");
+    note.id = "retrying";
+    note.setAttribute("role", "status");
+    panel.append(note);
+    // (Filled once in the page: a live region filled as it appears may not be heard.)
+    setTimeout(function () { note.textContent = "Retrying automatically…"; }, 250);
+    let base = 1000;
+    function next(after) {
+      const wait = Math.max(base, after > 0 ? after * 1000 : 0);
+      base = Math.min(base * 2, 30000);
+      setTimeout(again, wait);
+    }
+    async function again() {
+      let response = null;
+      try {
+        response = await fetch(location.href, { headers: { Accept: "text/html" }, cache: "no-store" });
+      } catch (error) { response = null; }
+      if (response && response.status < 500 && response.status !== 429) {
+        location.reload(); // it answers (a 404 too is an answer): show what it says
+        return;
+      }
+      if (response && response.body) response.body.cancel().catch(function () {});
+      next(response ? Number(response.headers.get("Retry-After")) : 0);
+    }
+    next(Number(shown.getAttribute("data-retry")));
+  }
+
   if (body.dataset.kind === "overview") {
     form.hidden = false;
     why.textContent = "Elections without public results appear with a token; it is kept " +
@@ -647,11 +702,14 @@
   window.addEventListener("resize", function () {
     if (!resized) resized = requestAnimationFrame(function () { resized = null; scrollers(); });
   });
-  if (!body.dataset.stream) { // nothing to follow (an election not found)
-    mode.textContent = "";
-    pause.hidden = true;
+  if (!body.dataset.stream) { // nothing to follow (an election not found, an error page)
+    recover();
     return;
   }
+  // The controls come hidden (without the script they did nothing): shown here, the pause
+  // once there is something to pause (not while a token is asked for).
+  mode.hidden = false;
+  pause.hidden = !isPublic && !token();
   const needed = body.dataset.kind === "results" && (!isPublic || token());
   if (needed || !panel.firstElementChild || (body.dataset.kind === "overview" && token())) {
     start();

@@ -1350,9 +1350,11 @@ async def test_an_expired_token_asks_for_a_token_at_once_and_stops_following(
     assert not [m for m in modes if "reconnecting" in m or "polling" in m], modes
     # A keyboard user moves on: nothing pulls them back, and nothing is fetched.
     asked = _counting(page)
-    await page.focus("#pause")
+    # (Not the pause, hidden while a token is asked for: there is nothing to pause.)
+    assert await page.locator("#pause").is_hidden()
+    await page.focus("header nav a")
     await page.wait_for_timeout(6_500)
-    assert await page.evaluate("document.activeElement.id") == "pause"
+    assert await page.evaluate("document.activeElement.textContent") == "All elections"
     assert asked == []
     # A new token: following again, the note gone, focus on the results' heading.
     expired[0] = False
