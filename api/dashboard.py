@@ -224,7 +224,10 @@ def _long_tie(document: dict[str, Any]) -> bool:
 def _winners(document: dict[str, Any], labels: dict[str, str]) -> str:
     winners = document["winners"]
     closed = document["closed_at_position"] is not None
-    names = ", ".join(lab(labels.get(w, w)) for w in winners) or ("none" if closed else "none yet")
+    unnamed = (
+        "none" if closed else "none: not open yet" if document["status"] == "draft" else "none yet"
+    )
+    names = ", ".join(lab(labels.get(w, w)) for w in winners) or unnamed
     word = "Winner" if len(winners) == 1 else "Winners"
     if _open(document):
         word = "Leading"

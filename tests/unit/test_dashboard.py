@@ -46,8 +46,10 @@ def test_a_closed_election_without_winners_says_none_not_none_yet() -> None:
 
 
 def test_a_draft_says_not_open_yet() -> None:
-    """A draft read "preliminary: the election is draft" (review dash, 5)."""
+    """A draft read "preliminary: the election is draft" (review dash, 5), and "Winners:
+    none yet", as if it were running (browser review, 8)."""
     html = results_panel(_document(status="draft", winners=[], ballots=0), "Results")
+    assert "<strong>Winners:</strong> none: not open yet</p>" in html
     assert "Not open yet" in html
     assert "preliminary" not in html
     assert 'data-state="draft"' in html
