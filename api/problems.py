@@ -22,6 +22,7 @@ from domain import errors
 from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
+from infra.store.ratelimit import LimiterUnavailable
 from infra.store.writer import (
     CHANGE_NOT_MADE,
     KEYED_NOT_RECORDED,
@@ -353,7 +354,12 @@ def store_unavailable(request: Request, exc: Exception) -> Response:
     detail = str(exc)
     if isinstance(exc, LookupUnavailable) and not _ballot_request(request):
         detail = READ_UNAVAILABLE if request.method in ("GET", "HEAD") else CHANGE_NOT_MADE
-    elif not unknown and request.method == "POST" and request.url.path.endswith("/withdrawals"):
+    elif (
+        not unknown
+        and not isinstance(exc, LimiterUnavailable)  # (its own words: api/ratelimit.py)
+        and request.method == "POST"
+        and request.url.path.endswith("/withdrawals")
+    ):
         detail = _withdrawal_refused(request, exc, detail)
     return problem(503, "Event store unavailable", detail, headers={"Retry-After": "5"})
 

@@ -14,8 +14,10 @@ so that neither another spelling nor another address of the same network is a ne
 
 Answers carry the IETF RateLimit-Policy and RateLimit fields
 (draft-ietf-httpapi-ratelimit-headers-11); a refusal is a 429 with Retry-After. A check the
-database does not answer within CHECK_WAIT (a second: the store hangs) is a 503 with
-Retry-After, and the request goes no further: a ballot is not recorded.
+database does not answer within CHECK_WAIT (a second: the store hangs), or one made while the
+writer has marked the event store down (refused at once), is a 503 with Retry-After, and the
+request goes no further: this attempt records nothing (told in words that fit a keyed retry,
+a keyless ballot, a withdrawal or a batch: ``_unchecked``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from starlette.requests import Request
 
 from api.forwarded import TrustedProxies
 from api.problems import TooManyRequests
-from domain.ports import StoreUnavailable
 from infra.runtime.settings import Settings
 from infra.store.ratelimit import (
     CHECK_WAIT,
@@ -47,13 +48,39 @@ HOUR = 3600.0
 LOGIN_WINDOW = 900.0
 LOGIN_FAILURES_PER_ACCOUNT = 10
 LOGIN_FAILURES_PER_ADDRESS = 30
-BALLOT_UNCHECKED = (
-    f"the rate limit could not be checked: the database did not answer within {CHECK_WAIT:g} s; "
-    "the ballot was not recorded: retry shortly (with the same Idempotency-Key)"
+# A ballot change whose check the database did not answer (NO_ANSWER), or that was refused
+# at once because the writer has marked the event store down (STORE_DOWN: a check would only
+# wait CHECK_WAIT for a statement nobody answers). What follows the reason fits the request
+# (``_unchecked``): one with an Idempotency-Key may be the retry of an attempt that was
+# recorded, so it is told that this attempt recorded nothing, in the writer's words
+# (KEYED_NOT_RECORDED), never that the ballot was not recorded (review D1); one without is
+# not told to retry with a key; a withdrawal is told the voter's ballot stays as it was; a
+# batch (keys per item, the header refused) is told about its ballots.
+NO_ANSWER = (
+    f"the rate limit could not be checked: the database did not answer within {CHECK_WAIT:g} s"
 )
+STORE_DOWN = "the rate limit could not be checked: the event store is unreachable"
+NOT_RECORDED_TAIL = "the ballot was not recorded: retry shortly"
+KEYED_TAIL = (
+    "this attempt recorded nothing, and an earlier attempt with this Idempotency-Key may have "
+    "been recorded: retry shortly with the same key (it answers the earlier attempt's receipt "
+    "if there is one; nothing is recorded twice)"
+)
+WITHDRAWAL_TAIL = (
+    "the withdrawal was not recorded, and the voter's ballot stays as it was: retry shortly"
+)
+BATCH_TAIL = (
+    "none of this request's ballots was recorded now (one recorded by an earlier attempt "
+    "with its idempotency_key stays recorded): retry shortly, each ballot with the same "
+    "idempotency_key if it had one"
+)
+BALLOT_UNCHECKED = f"{NO_ANSWER}; {NOT_RECORDED_TAIL}"
 LOGIN_UNCHECKED = (
     f"the sign-in limit could not be checked: the database did not answer within "
     f"{CHECK_WAIT:g} s; retry shortly"
+)
+LOGIN_STORE_DOWN = (
+    "the sign-in limit could not be checked: the event store is unreachable; retry shortly"
 )
 
 
@@ -126,12 +153,14 @@ class RateLimits:
         policy = self.ballots
         if policy is None:
             return None
+        if store_down(request):
+            raise LimiterUnavailable(_unchecked(request, STORE_DOWN))
         try:
             decision = await self.limiter.hit(
                 policy.key(self.address(request)), policy.quota, ballots
             )
         except LimiterUnavailable:
-            raise StoreUnavailable(BALLOT_UNCHECKED) from None
+            raise LimiterUnavailable(_unchecked(request, NO_ANSWER)) from None
         answer = fields(policy, decision)
         if decision.allowed:
             return answer
@@ -165,12 +194,14 @@ class RateLimits:
             (self.login_account, self.login_account.key(self.subject(_account(account)))),
             (self.login_address, self.login_address.key(self.address(request))),
         ]
+        if store_down(request):
+            raise LimiterUnavailable(LOGIN_STORE_DOWN)
         try:
             decisions = await asyncio.gather(
                 *(self.limiter.hit(key, policy.quota) for policy, key in keys)
             )
         except LimiterUnavailable:
-            raise StoreUnavailable(LOGIN_UNCHECKED) from None
+            raise LimiterUnavailable(LOGIN_UNCHECKED) from None
         attempt = LoginAttempt(self.limiter, keys)
         refused = [
             (policy, decision)
@@ -214,6 +245,28 @@ class LoginAttempt:
                     if only is None or only[n]
                 )
             )
+
+
+def store_down(request: Request) -> bool:
+    """Whether the writer has marked the event store down (it probes the store meanwhile,
+    and marks it back up when it answers): a check then is refused at once, not after
+    CHECK_WAIT spent waiting for a statement the store cannot answer."""
+    services = getattr(request.app.state, "services", None)
+    writer = getattr(services, "writer", None)
+    return writer is not None and not writer.health.up
+
+
+def _unchecked(request: Request, reason: str) -> str:
+    """A ballot change refused for want of its check, in words that fit the request."""
+    if request.url.path.endswith("/batch"):
+        tail = BATCH_TAIL
+    elif "idempotency-key" in request.headers:
+        tail = KEYED_TAIL
+    elif request.url.path.endswith("/withdrawals"):
+        tail = WITHDRAWAL_TAIL
+    else:
+        tail = NOT_RECORDED_TAIL
+    return f"{reason}; {tail}"
 
 
 def _account(account: str) -> str:

@@ -33,11 +33,12 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
 from domain.ports import StoreUnavailable
+from infra.store.reconnect import hung_up
 
 log = logging.getLogger(__name__)
 
@@ -281,17 +282,28 @@ class SharedRateLimiter:
     async def _run(self) -> None:
         # A connection that served and was then lost is replaced at once, once: a check
         # waits CHECK_WAIT at most, less than RECONNECT_DELAY and a connect together.
+        # A connection the server hung up on while it idled (idle_session_timeout,
+        # pg_terminate_backend, a pooler reaping idle sessions) is seen before anything is
+        # sent on it (``hung_up``: no round trip) and replaced at once, its checks still
+        # pending: the first statement on it failed every check batched into it (503 "the
+        # database could not be reached" on a healthy store), and a replacement cut in turn
+        # before its first statement cost a RECONNECT_DELAY past every check's CHECK_WAIT
+        # (review: 177 of 360 revisions refused under idle_session_timeout).
         served = False
         while True:
+            connected, used = time.monotonic(), False
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self.database_url, autocommit=True
                 ) as conn:
+                    connected = time.monotonic()
                     while True:
                         await self._wake.wait()
+                        if hung_up(cast(Any, conn)):  # (reads pgconn, closed, broken only)
+                            break  # (nothing sent: the checks stay pending, the wake set)
                         self._wake.clear()
                         await self._serve(conn)
-                        served = True
+                        served = used = True
                         if time.monotonic() - self._forgot_at > HOUSEKEEPING_INTERVAL:
                             self._forgot_at = time.monotonic()
                             await conn.execute(FORGET)
@@ -301,6 +313,11 @@ class SharedRateLimiter:
                 if not served:
                     await asyncio.sleep(RECONNECT_DELAY)
                 served = False
+                continue
+            log.info("rate limiter's idle connection was closed by the server: replaced")
+            if not used and time.monotonic() - connected < RECONNECT_DELAY:
+                # (one cut as soon as it was made, unused: a pause, not a loop of connects)
+                await asyncio.sleep(RECONNECT_DELAY)
 
     def _take_batch(self) -> dict[str, list[_Check]]:
         """Everything pending, by key; a key wanted with both signs waits a turn for one."""

@@ -34,6 +34,7 @@ from infra.store.ratelimit import (
     CHECK_WAIT,
     GIVE_BACK_WITHIN,
     STOP_WITHIN,
+    Decision,
     LimiterUnavailable,
     Quota,
     SharedRateLimiter,
@@ -758,6 +759,42 @@ async def test_rate_limit_checks_on_a_frozen_store_are_given_up_and_the_counts_s
         # A check whose caller was cancelled: likewise, sent or not.
         assert all(caller.cancelled() for caller in dropped)
         assert await _takeable(limiter, d, small) == 50
+    finally:
+        await limiter.stop()
+
+
+async def test_rate_limit_checks_survive_the_server_closing_the_idle_connection(
+    cluster: Cluster, url: str
+) -> None:
+    """The limiter's connection, closed by the server while it idled (idle_session_timeout
+    here; pg_terminate_backend, a pooler reaping idle sessions alike), failed every check
+    of the next statement with the raw OperationalError (a 503 on a healthy store), and a
+    replacement closed in turn before its first statement cost RECONNECT_DELAY, past every
+    check's CHECK_WAIT (review: 177 of 360 revisions refused). The cut is seen before
+    anything is sent, and the checks go on a new connection at once."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {conn.info.dbname} SET idle_session_timeout = '1s'")
+    limiter = SharedRateLimiter(url)
+    await limiter.start()
+    quota = Quota(1_000_000, 3600.0)
+    try:
+        assert (await limiter.hit(f"test:{uuid4().hex}", quota)).allowed
+        for _ in range(3):  # the first connection cut, then each replacement in turn
+            await asyncio.sleep(1.6)
+            started = time.monotonic()
+            outcomes = await asyncio.gather(
+                *(limiter.hit(f"test:{uuid4().hex}", quota) for _ in range(20)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, Decision) and o.allowed for o in outcomes), outcomes
+            assert time.monotonic() - started < CHECK_WAIT
+        with psycopg.connect(url, autocommit=True) as conn:  # (an administrator's cut)
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await asyncio.sleep(0.2)
+        assert (await limiter.hit(f"test:{uuid4().hex}", quota)).allowed
     finally:
         await limiter.stop()
 
