@@ -29,7 +29,7 @@ from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
 from infra.audit.pinned import Pinned, PinnedError, earlier_checkpoints, pinned, saved_results
-from infra.audit.sealer import Sealer
+from infra.audit.sealer import ChainAltered, Sealer
 from infra.audit.sources import (
     database_entries,
     served_results,
@@ -604,6 +604,55 @@ async def test_a_store_rewritten_and_signed_again_fails_against_an_earlier_expor
         await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
     assert f"from the earlier export {earlier}" in found.value.what
     assert "the chain there is different" in found.value.what
+
+
+async def test_a_sealer_whose_links_are_deleted_behind_it_stops_sealing_and_signing(
+    store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Links (and their checkpoints) deleted under a running sealer: it signed the shortened
+    head at the next periodic checkpoint, then linked the next entry onto the tip it
+    remembered, and signed a chain with a hole. It compares that tip with the table's
+    before each round, and stops instead, saying where."""
+    sealer = Sealer(store, SIGNER)
+    ballots = _positions(store, "Ballot.Cast")
+    gap = ballots[len(ballots) // 2]
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+        assert await sealer.seal_pending(live) == 0  # (it knows the chain's tip now)
+        head = sealer.position
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+            conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+            left = conn.execute("SELECT max(position) FROM audit_chain").fetchone()
+            signed = conn.execute("SELECT count(*) FROM audit_checkpoints").fetchone()
+        assert left is not None
+        with caplog.at_level("ERROR", logger="infra.audit.sealer"), pytest.raises(ChainAltered):
+            await sealer.checkpoint_head(live, "periodic")
+        said = caplog.text
+        assert f"the chain's last link is at position {left[0]}" in said
+        assert f"this sealer linked position {head} last: links were deleted" in said
+        assert "Not sealing or signing" in said
+        assert sealer.halted is not None
+        await _fill(store, random.Random(23), ballots=5)  # the log goes on
+        with pytest.raises(ChainAltered):
+            await sealer.seal_pending(live)
+        with pytest.raises(ChainAltered):
+            await sealer.checkpoint_head(live, "periodic")
+    with psycopg.connect(store) as conn:
+        assert conn.execute("SELECT max(position) FROM audit_chain").fetchone() == left
+        assert conn.execute("SELECT count(*) FROM audit_checkpoints").fetchone() == signed
+
+
+async def test_a_sealer_whose_last_link_is_rewritten_stops(store: str) -> None:
+    sealer = Sealer(store, SIGNER)
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+        await sealer.seal_pending(live)
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE audit_chain SET hash = %s WHERE position = %s",
+                (bytes(32), sealer.position),
+            )
+        with pytest.raises(ChainAltered, match="links were rewritten"):
+            await sealer.seal_pending(live)
 
 
 async def test_saved_results_and_their_final_head_are_checked(store: str, tmp_path: Path) -> None:
