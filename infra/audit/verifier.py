@@ -173,6 +173,9 @@ class Verifier:
         self._sealed_closes: list[int] = []
         self._unsealed_closes: list[tuple[int, UUID | None]] = []
         self._signed = (0, 0)  # the last signed checkpoint checked: its position, entries
+        # the last checkpoint the sealer signed (its own, or one pinned), not an export's
+        # head: past an unsealed entry, it shows the entry's link was there, and deleted
+        self._sealer_signed: Checkpoint | None = None
         self._compared: set[UUID] = set()
         self._starts: dict[bytes, bytes] = {}  # an election's bytes: how its ballots begin
         self._served_upto = max(served, default=0)
@@ -340,6 +343,22 @@ class Verifier:
                     "an election closed here, but the signed checkpoint of the chain head "
                     "at its close is missing (deleted?)",
                 )
+        # The sealer links entries in order and signs only what it linked: a checkpoint it
+        # signed at or past an entry with no link shows that link was there, and deleted
+        # (not "not sealed yet": it would never come).
+        signed = self._sealer_signed
+        if (
+            self._unsealed_from is not None
+            and signed is not None
+            and signed.position >= self._unsealed_from
+        ):
+            raise Discrepancy(
+                self._unsealed_from,
+                f"the chain has no link here (nor for the {self.report.unsealed:,} entries "
+                f"from here on), but {signed.name} signs the chain at position "
+                f"{signed.position:,}, past it: the sealer had linked these entries, and "
+                "their links were deleted",
+            )
         # A close not sealed yet has no signed head: its final results are not attested,
         # and in an export, nothing would stop its tail from being rewritten.
         for position, election in self._unsealed_closes:
@@ -347,7 +366,10 @@ class Verifier:
                 position,
                 f"election {election} closed here, but the close is not sealed and signed "
                 "yet, so its final results are not attested (the sealer signs a close "
-                "within seconds): verify again, or export again, once it is",
+                "within seconds): verify again, or export again, once it is. If it stays "
+                f"so, the entries from position {self._unsealed_from:,} on never get their "
+                "links: the sealer is stopped, or it halted because links were deleted "
+                "(its log says which)",
             )
         if self.chain and self.report.entries > self._signed[1]:
             signed_at, signed_entries = self._signed
@@ -464,6 +486,10 @@ class Verifier:
         self.report.keys[checkpoint.key_id] = self.report.keys.get(checkpoint.key_id, 0) + 1
         if checkpoint.position >= self._signed[0]:
             self._signed = (checkpoint.position, self.report.entries)
+        if checkpoint.file_hash is None and (
+            self._sealer_signed is None or checkpoint.position > self._sealer_signed.position
+        ):
+            self._sealer_signed = checkpoint
 
     @property
     def signed_upto(self) -> int:

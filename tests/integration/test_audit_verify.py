@@ -642,6 +642,38 @@ async def test_a_sealer_whose_links_are_deleted_behind_it_stops_sealing_and_sign
         assert conn.execute("SELECT count(*) FROM audit_checkpoints").fetchone() == signed
 
 
+async def test_links_deleted_under_a_signed_checkpoint_are_deleted_not_unsealed(
+    store: str, tmp_path: Path
+) -> None:
+    """Links deleted from a ballot on, before the last close: verify said the close was
+    "not sealed and signed yet ... verify again", though a checkpoint signed past them
+    shows they had been sealed (they would never come): it says they were deleted, at the
+    first of them (review: the sealer sealing over a hole)."""
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
+    close = _positions(store, "Election.Closed")[-1]
+    gap = max(p for p in _positions(store, "Ballot.Cast") if p < close)
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == gap
+    assert "their links were deleted" in found.value.what
+    assert "not sealed" not in found.value.what
+    # The checkpoints gone too, an earlier export's pin it.
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)  # alone, the store cannot tell: not sealed yet, or deleted
+    assert found.value.position == close
+    assert f"the entries from position {gap:,} on never get their links" in found.value.what
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
+    assert found.value.position == gap
+    assert f"(from the earlier export {earlier}) signs the chain" in found.value.what
+    assert "their links were deleted" in found.value.what
+
+
 async def test_a_sealer_whose_last_link_is_rewritten_stops(store: str) -> None:
     sealer = Sealer(store, SIGNER)
     async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
