@@ -244,12 +244,19 @@ class Verifier:
         self.report.head = position
 
     def _in_order(self, position: int) -> None:
-        """Entries come in position order (the log's; an export's lines were moved)."""
-        if position <= self.report.head:
+        """Entries come in position order (the log's; an export's lines were moved or
+        copied)."""
+        if position == self.report.head and position:
+            raise Discrepancy(
+                position,
+                f"entry {position:,} appears twice, one right after the other (an export's "
+                "line was copied)",
+            )
+        if position < self.report.head:
             raise Discrepancy(
                 position,
                 f"entry {position:,} comes after {self.report.head:,}: entries are out of "
-                "order (an export's lines were moved)",
+                "order (an export's lines were moved, or one was copied)",
             )
 
     def _advance(self, position: int) -> None:

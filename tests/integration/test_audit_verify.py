@@ -1414,6 +1414,22 @@ def test_moved_lines_and_an_edited_result_are_found_where_they_are(
     assert "the served results differ from the replay in 'ballots'" in found.value.what
 
 
+def test_a_copied_export_line_is_said_to_appear_twice(store: str, tmp_path: Path) -> None:
+    """An event line copied right after itself: "entry 112 comes after 112: entries are
+    out of order" (audit review); it appears twice."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    line = [n for n, d in enumerate(documents) if d.get("kind") == "event"][100]
+    position = documents[line]["position"]
+    _write(exported, [*documents[: line + 1], documents[line], *documents[line + 1 :]])
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == position
+    assert f"entry {position:,} appears twice" in found.value.what
+    assert "comes after" not in found.value.what
+
+
 ROTATED = Signer("44" * 32)  # the audit key after a rotation
 
 
