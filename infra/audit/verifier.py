@@ -47,6 +47,12 @@ class Discrepancy(Exception):
         return (type(self), (self.position, self.what))  # it crosses process boundaries
 
 
+# What an auditor brings to pin a run (infra.audit.pinned), as the summary counts them.
+PREVIOUS_CHECKPOINT = "--previous: their checkpoints on the chain"
+PREVIOUS_HEAD = "--previous: their signed heads on the chain"
+FINAL_HEAD = "--served: final chain heads on the chain"
+
+
 class UnknownElection(Discrepancy):
     """--election names an election the log does not hold: nothing of it was verified."""
 
@@ -87,10 +93,16 @@ class Checkpoint:
     # an export's own signed head (format 2): the SHA-256 of the file before it, which its
     # signature covers too (chain.py)
     file_hash: bytes | None = None
+    # what an auditor brought it as (PINS), for the summary's count; "": the source's own
+    pin: str = ""
 
     @classmethod
     def of_export(
-        cls, line: dict[str, Any], origin: str = "", file_hash: bytes | None = None
+        cls,
+        line: dict[str, Any],
+        origin: str = "",
+        file_hash: bytes | None = None,
+        pin: str = "",
     ) -> Checkpoint:
         """A checkpoint as an export writes it (an export's own head has no id: 0)."""
         return cls(
@@ -101,6 +113,7 @@ class Checkpoint:
             bytes.fromhex(line["signature"]),
             origin,
             file_hash,
+            pin,
         )
 
     @property
@@ -123,6 +136,12 @@ class Report:
     keys: dict[str, int] = field(default_factory=dict)  # signatures checked, by key id
     compared: dict[UUID, int] = field(default_factory=dict)  # results compared, by election
     notes: list[str] = field(default_factory=list)
+    # pins checked on the chain, by what they are (PREVIOUS_CHECKPOINT ...)
+    pins: dict[str, int] = field(default_factory=dict)
+    served_pinned: int = 0  # saved results documents (--served) compared
+    # an export's: when it was written (its header says), and its signed head
+    exported_at: str | None = None
+    export_head: tuple[int, bytes] | None = None
 
 
 class Verifier:
@@ -163,6 +182,11 @@ class Verifier:
         self._own_signed = {c.position for c in checkpoints if not c.origin}
         # the same checkpoint named twice (in the log, and in an earlier export) once
         unique = {(c.id, c.position, c.head, c.signature): c for c in reversed(checkpoints)}
+        # what was brought as a pin, checked with the one it names twice
+        self._pins: dict[tuple[int, int, bytes, bytes], list[str]] = {}
+        for c in checkpoints:
+            if c.pin:
+                self._pins.setdefault((c.id, c.position, c.head, c.signature), []).append(c.pin)
         self.checkpoints = sorted(unique.values(), key=lambda c: (c.position, c.id))
         self.served = dict(sorted(served.items()))
         self.election = election
@@ -495,6 +519,9 @@ class Verifier:
             )
         self.report.checkpoints += 1
         self.report.keys[checkpoint.key_id] = self.report.keys.get(checkpoint.key_id, 0) + 1
+        key = (checkpoint.id, checkpoint.position, checkpoint.head, checkpoint.signature)
+        for pin in self._pins.pop(key, ()):
+            self.report.pins[pin] = self.report.pins.get(pin, 0) + 1
         if checkpoint.position >= self._signed[0]:
             self._signed = (checkpoint.position, self.report.entries)
         if checkpoint.file_hash is None and (

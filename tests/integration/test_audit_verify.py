@@ -1421,6 +1421,63 @@ def test_moved_lines_and_an_edited_result_are_found_where_they_are(
     assert "the served results differ from the replay in 'ballots'" in found.value.what
 
 
+def test_a_passing_verify_says_when_the_export_was_written_and_what_pinned_it(
+    store: str, tmp_path: Path
+) -> None:
+    """verify's success said nothing of what it checked: an old export presented as
+    current passed without showing its date (audit review 4). It shows the export's
+    exported_at and signed head, and how many pins were checked."""
+    earlier = tmp_path / "earlier.ndjson"
+    asyncio.run(export(store, earlier, SIGNER))
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    header, head = documents[0], documents[-1]
+    close = _positions(store, "Election.Closed")[0]
+    with psycopg.connect(store) as conn:
+        row = conn.execute(
+            "SELECT id, head_hash, key_id, signature FROM audit_checkpoints WHERE position = %s",
+            (close,),
+        ).fetchone()
+    assert row is not None
+    final = {
+        "position": close,
+        "hash": bytes(row[1]).hex(),
+        "checkpoint_id": row[0],
+        "key_id": row[2],
+        "signature": bytes(row[3]).hex(),
+    }
+    results = [
+        {k: v for k, v in d.items() if k != "kind"} for d in documents if d.get("kind") == "result"
+    ]
+    saved = tmp_path / "saved.json"
+    saved.write_bytes(orjson.dumps([{**results[0], "final_chain_head": final}, *results[1:]]))
+    checkpoints = sum(1 for d in _lines(earlier) if d.get("kind") == "checkpoint")
+    command = [
+        *(sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)),
+        *("--previous", str(earlier), "--served", str(saved)),
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CARDINAL_AUDIT_KEY")}
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join(done.stdout.split())
+    assert "OK: everything checks out" in said
+    assert f"export written at: {header['exported_at']}" in said
+    assert (
+        f"export's signed head: position {int(str(head['position'])):,}, hash {head['head_hash']}"
+        in said
+    )
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["--previous: their checkpoints on the chain"] == str(checkpoints)
+    assert rows["--previous: their signed heads on the chain"] == "1"
+    assert rows["--served: documents equal to the replay"] == str(len(results))
+    assert rows["--served: final chain heads on the chain"] == "1"
+
+
 def test_a_copied_export_line_is_said_to_appear_twice(store: str, tmp_path: Path) -> None:
     """An event line copied right after itself: "entry 112 comes after 112: entries are
     out of order" (audit review); it appears twice."""
