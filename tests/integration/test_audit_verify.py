@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -672,6 +673,45 @@ async def test_links_deleted_under_a_signed_checkpoint_are_deleted_not_unsealed(
     assert found.value.position == gap
     assert f"(from the earlier export {earlier}) signs the chain" in found.value.what
     assert "their links were deleted" in found.value.what
+
+
+async def test_a_running_sealer_halts_on_deleted_links_and_signs_nothing_after(
+    store: str,
+) -> None:
+    """The scenario of the review, with the sealer running as deployed: links deleted
+    under it, the periodic checkpoint due and the log growing; it signs nothing more."""
+    sealer = Sealer(store, SIGNER, checkpoint_interval=0.1, poll_interval=0.1, linger=0.01)
+    running = asyncio.create_task(sealer.run())
+    try:
+        for _ in range(100):
+            if sealer.position:
+                break
+            await asyncio.sleep(0.05)
+        assert sealer.position
+        gap = _positions(store, "Ballot.Cast")[10]
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+            conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+        await _fill(store, random.Random(24), ballots=5)
+        for _ in range(100):
+            if sealer.halted:
+                break
+            await asyncio.sleep(0.05)
+        assert sealer.halted is not None
+        await asyncio.sleep(0.5)  # (rounds and periodic checkpoints that would have come)
+        with psycopg.connect(store) as conn:
+            linked = conn.execute("SELECT max(position) FROM audit_chain").fetchone()
+            signed = conn.execute(
+                "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
+            ).fetchone()
+        assert linked is not None
+        assert linked[0] < gap
+        assert signed is not None
+        assert signed[0] < gap
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def test_a_sealer_whose_last_link_is_rewritten_stops(store: str) -> None:
