@@ -96,15 +96,20 @@ class StepIndex:
         return at <= self.reach and (self.closed_at is None or at < self.closed_at)
 
     def view(self, at: int) -> tuple[int, ElectionStatus, int]:
-        """At ``at`` (at most ``reach``, not after the close): the position of the last
-        publication, the election's status then, and its entries set aside by then."""
+        """At ``at`` (at most ``reach``, not after the close): where what a stepped reader
+        sees last changed (the last publication, or the creation before any; the Opened
+        entry if it came after: the status changed there), the election's status then,
+        and its entries set aside by then. (Dated at the publication before its Opened
+        entry, a document said "open" at a position where the election was a draft.)"""
         if at < self.created_at:
             raise not_yet(self.election_id, at)
         found = bisect.bisect_right(self.publications, at)
-        published = self.publications[found - 1] if found else self.created_at
+        shown = self.publications[found - 1] if found else self.created_at
         opened = self.opened_at is not None and self.opened_at <= at
+        if opened and self.opened_at is not None:
+            shown = max(shown, self.opened_at)
         status = ElectionStatus.OPEN if opened else ElectionStatus.DRAFT
-        return published, status, bisect.bisect_right(self.set_aside, at)
+        return shown, status, bisect.bisect_right(self.set_aside, at)
 
     def size(self) -> int:
         """About the bytes it takes (a step of one publishes at every ballot entry)."""

@@ -467,9 +467,12 @@ async def _recount_at(
                 1_000 + counters_size(published[2]),
             )
     status = ElectionStatus.OPEN if kept.status is ElectionStatus.CLOSED else kept.status
-    document = await asyncio.to_thread(
-        _document, election_id, kept.snapshot, kept.rules, status, exact
-    )
+    snapshot = kept.snapshot
+    if not exact and kept.index.covers(at):
+        # Dated where what this reader sees last changed: the Opened entry, when it came
+        # after the last publication (the index's view, as the stepped path dates it).
+        snapshot = replace(snapshot, published_position=kept.index.view(at)[0])
+    document = await asyncio.to_thread(_document, election_id, snapshot, kept.rules, status, exact)
     cache.put(key, document, json_size(document))
     if not exact and kept.index.covers(at):  # the same for every position of its step
         cache.put(_stepped_key(election_id, *kept.index.view(at)), document, json_size(document))

@@ -84,7 +84,12 @@ def read_export(
     verifier = export.verifier()
     if not chain:
         return verifier.finish()
-    return _chain_end(export, verifier, path, election, upto)
+    report = _chain_end(export, verifier, path, election, upto)
+    exported_at = header.get("exported_at")
+    report.exported_at = exported_at if isinstance(exported_at, str) else None
+    if export.signed_head is not None:
+        report.export_head = (export.signed_head.position, export.signed_head.head)
+    return report
 
 
 def _chain_end(

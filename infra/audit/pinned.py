@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from infra.audit.export_file import FORMAT_1
-from infra.audit.verifier import Checkpoint
+from infra.audit.verifier import FINAL_HEAD, PREVIOUS_CHECKPOINT, PREVIOUS_HEAD, Checkpoint
 
 
 class PinnedError(ValueError):
@@ -112,6 +112,7 @@ def earlier_export(path: Path, *, accept_format_1: bool = False) -> Earlier:
                                 document,
                                 f"the signed head of {origin}" if head else origin,
                                 read.digest() if head and signs_file else None,
+                                PREVIOUS_HEAD if head else PREVIOUS_CHECKPOINT,
                             )
                         )
                     except (KeyError, TypeError, ValueError) as error:
@@ -196,6 +197,7 @@ def saved_results(path: Path) -> tuple[list[dict[str, Any]], list[Checkpoint]]:
                         str(head["key_id"]),
                         bytes.fromhex(head["signature"]),
                         f"the final chain head of election {document['election_id']} in {path}",
+                        pin=FINAL_HEAD,
                     )
                 )
             except (KeyError, TypeError, ValueError) as error:

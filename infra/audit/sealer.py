@@ -4,6 +4,10 @@ One sealer is active (advisory lock); it follows the log in position order after
 so the write path never waits for it. It signs a checkpoint at every election's Closed
 entry (that election's final chain head, to publish with its results) and, while the log
 grows, every ``checkpoint_interval`` seconds.
+
+Before each round it checks that the chain's last link is still the one it linked last;
+if not (links deleted or rewritten outside it), it logs an error naming both positions
+and stops sealing and signing (``halted``) rather than sign over the altered chain.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ RECORD_KEY = (
 )
 LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
+HALTED_PAUSE = 60.0  # while halted, the error is said again this often
+
+
+class ChainAltered(Exception):
+    """The chain's last link is not the one this sealer linked last: someone else deleted
+    or rewrote links. Sealing on would sign, with the real key, a chain with a hole."""
 
 
 class Sealer:
@@ -66,10 +76,16 @@ class Sealer:
         self.linger = linger
         self.position = 0
         # The chain's last link (position, hash), known while this sealer leads: nobody
-        # else appends to the chain then, so it need not be read back on every round.
+        # else writes to the chain then. Each round reads the table's last link back (one
+        # backward index read: 0.03 ms on a chain of a million links, about a round trip)
+        # and halts if it is not this one: links were deleted or rewritten behind it.
         self._tip: tuple[int, bytes] | None = None
         self._store = StoreOutage(database_url, "sealer", log, first=poll_interval)
         self._key_recorded = False
+        # Why this sealer stopped sealing and signing, once the chain was altered behind
+        # its back (None: it seals). It stays so until the process restarts, and it keeps
+        # the leader's lock meanwhile: a standby taking over would seal over the hole.
+        self.halted: str | None = None
 
     async def run(self) -> None:
         """Seal forever, riding out database outages (said once, retried after 1 s
@@ -97,6 +113,9 @@ class Sealer:
             if row is not None and row[0]:
                 break
             await asyncio.sleep(self.poll_interval)
+        while self.halted is not None:  # (and after a reconnection, still)
+            log.error("%s", self.halted)
+            await asyncio.sleep(HALTED_PAUSE)
         self._tip = None
         self._key_recorded = False  # (a round rolled back may have lost it)
         while (lost := await self.lost_links(conn)) is not None:
@@ -115,10 +134,16 @@ class Sealer:
         await conn.execute("SET synchronous_commit = off")
         last_checkpoint = time.monotonic()
         while True:
-            await self.seal_pending(conn)
-            if time.monotonic() - last_checkpoint >= self.checkpoint_interval:
-                await self.checkpoint_head(conn, "periodic")
-                last_checkpoint = time.monotonic()
+            try:
+                await self.seal_pending(conn)
+                if time.monotonic() - last_checkpoint >= self.checkpoint_interval:
+                    await self.checkpoint_head(conn, "periodic")
+                    last_checkpoint = time.monotonic()
+            except ChainAltered:
+                while True:  # said by _halt; keep the lock, sign nothing
+                    await asyncio.sleep(HALTED_PAUSE)
+                    await conn.execute("SELECT 1")  # (lost: run() reconnects, halted still)
+                    log.error("%s", self.halted)
             with contextlib.suppress(TimeoutError):
                 async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
                     pass
@@ -127,11 +152,18 @@ class Sealer:
             await asyncio.sleep(self.linger)
 
     async def seal_pending(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        """Link every entry not yet in the chain; return how many were sealed."""
+        """Link every entry not yet in the chain; return how many were sealed. Raises
+        ChainAltered (and seals nothing) if the chain's last link is no longer the one
+        this sealer linked last."""
+        if self.halted is not None:
+            raise ChainAltered(self.halted)
+        cursor = await conn.execute(LAST_LINK)
+        row = await cursor.fetchone()
+        last = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
         if self._tip is None:
-            cursor = await conn.execute(LAST_LINK)
-            row = await cursor.fetchone()
-            self._tip = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+            self._tip = last
+        elif last != self._tip:
+            self._halt(last)
         position, previous = self._tip
         sealed = 0
         while True:
@@ -198,13 +230,40 @@ class Sealer:
 
     async def checkpoint_head(self, conn: psycopg.AsyncConnection[Any], reason: str) -> None:
         """Sign the chain head, unless it is signed already."""
+        if self.halted is not None:
+            raise ChainAltered(self.halted)
         cursor = await conn.execute(LAST_LINK)
         head = await cursor.fetchone()
+        if self._tip is not None and (head is None or (int(head[0]), bytes(head[1])) != self._tip):
+            self._halt((int(head[0]), bytes(head[1])) if head else (0, GENESIS))
         cursor = await conn.execute(LAST_CHECKPOINT)
         signed = await cursor.fetchone()
         if head is None or signed is None or int(head[0]) <= int(signed[0]):
             return
         await self._sign(conn, int(head[0]), bytes(head[1]), reason)
+
+    def _halt(self, found: tuple[int, bytes]) -> None:
+        """Stop sealing and signing for good: the chain changed behind this sealer."""
+        remembered = self._tip
+        assert remembered is not None
+        if found[0] == remembered[0]:
+            what = (
+                f"the chain's last link, at position {found[0]}, is not the one this sealer "
+                "linked there: links were rewritten"
+            )
+        else:
+            what = (
+                f"the chain's last link is at position {found[0]}, but this sealer linked "
+                f"position {remembered[0]} last: links were "
+                + ("deleted" if found[0] < remembered[0] else "added by someone else")
+            )
+        self.halted = (
+            f"{what} outside the sealer. Not sealing or signing anything any more (a "
+            "checkpoint now would sign over the altered chain with the real key); see "
+            "`cardinal audit verify`, restore the chain or the store, then restart the sealer"
+        )
+        log.error("%s", self.halted)
+        raise ChainAltered(self.halted)
 
     async def _sign(
         self, conn: psycopg.AsyncConnection[Any], position: int, head: bytes, reason: str

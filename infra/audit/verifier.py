@@ -47,6 +47,12 @@ class Discrepancy(Exception):
         return (type(self), (self.position, self.what))  # it crosses process boundaries
 
 
+# What an auditor brings to pin a run (infra.audit.pinned), as the summary counts them.
+PREVIOUS_CHECKPOINT = "--previous: their checkpoints on the chain"
+PREVIOUS_HEAD = "--previous: their signed heads on the chain"
+FINAL_HEAD = "--served: final chain heads on the chain"
+
+
 class UnknownElection(Discrepancy):
     """--election names an election the log does not hold: nothing of it was verified."""
 
@@ -87,10 +93,16 @@ class Checkpoint:
     # an export's own signed head (format 2): the SHA-256 of the file before it, which its
     # signature covers too (chain.py)
     file_hash: bytes | None = None
+    # what an auditor brought it as (PINS), for the summary's count; "": the source's own
+    pin: str = ""
 
     @classmethod
     def of_export(
-        cls, line: dict[str, Any], origin: str = "", file_hash: bytes | None = None
+        cls,
+        line: dict[str, Any],
+        origin: str = "",
+        file_hash: bytes | None = None,
+        pin: str = "",
     ) -> Checkpoint:
         """A checkpoint as an export writes it (an export's own head has no id: 0)."""
         return cls(
@@ -101,6 +113,7 @@ class Checkpoint:
             bytes.fromhex(line["signature"]),
             origin,
             file_hash,
+            pin,
         )
 
     @property
@@ -123,6 +136,12 @@ class Report:
     keys: dict[str, int] = field(default_factory=dict)  # signatures checked, by key id
     compared: dict[UUID, int] = field(default_factory=dict)  # results compared, by election
     notes: list[str] = field(default_factory=list)
+    # pins checked on the chain, by what they are (PREVIOUS_CHECKPOINT ...)
+    pins: dict[str, int] = field(default_factory=dict)
+    served_pinned: int = 0  # saved results documents (--served) compared
+    # an export's: when it was written (its header says), and its signed head
+    exported_at: str | None = None
+    export_head: tuple[int, bytes] | None = None
 
 
 class Verifier:
@@ -163,6 +182,11 @@ class Verifier:
         self._own_signed = {c.position for c in checkpoints if not c.origin}
         # the same checkpoint named twice (in the log, and in an earlier export) once
         unique = {(c.id, c.position, c.head, c.signature): c for c in reversed(checkpoints)}
+        # what was brought as a pin, checked with the one it names twice
+        self._pins: dict[tuple[int, int, bytes, bytes], list[str]] = {}
+        for c in checkpoints:
+            if c.pin:
+                self._pins.setdefault((c.id, c.position, c.head, c.signature), []).append(c.pin)
         self.checkpoints = sorted(unique.values(), key=lambda c: (c.position, c.id))
         self.served = dict(sorted(served.items()))
         self.election = election
@@ -173,9 +197,14 @@ class Verifier:
         self._sealed_closes: list[int] = []
         self._unsealed_closes: list[tuple[int, UUID | None]] = []
         self._signed = (0, 0)  # the last signed checkpoint checked: its position, entries
+        # the last checkpoint the sealer signed (its own, or one pinned), not an export's
+        # head: past an unsealed entry, it shows the entry's link was there, and deleted
+        self._sealer_signed: Checkpoint | None = None
         self._compared: set[UUID] = set()
         self._starts: dict[bytes, bytes] = {}  # an election's bytes: how its ballots begin
         self._served_upto = max(served, default=0)
+        # where each election was opened (a stepped reader's document may be dated there)
+        self._opened: dict[Hashable, int] = {}
         # elections results were served for before the log created them: where first
         self._uncreated: dict[UUID, int] = {}
         self._next_checkpoint = 0
@@ -230,6 +259,8 @@ class Verifier:
             self.recount.put_aside(position, None, f"unreadable: {error}")
         else:
             self.recount.record(position, stream, kind, data)
+        if kind == "ElectionOpened":
+            self._opened.setdefault(stream, position)
         if self._uncreated and kind == "ElectionCreated" and stream in self._uncreated:
             served_at = self._uncreated[stream]  # type: ignore[index]
             raise Discrepancy(
@@ -241,12 +272,19 @@ class Verifier:
         self.report.head = position
 
     def _in_order(self, position: int) -> None:
-        """Entries come in position order (the log's; an export's lines were moved)."""
-        if position <= self.report.head:
+        """Entries come in position order (the log's; an export's lines were moved or
+        copied)."""
+        if position == self.report.head and position:
+            raise Discrepancy(
+                position,
+                f"entry {position:,} appears twice, one right after the other (an export's "
+                "line was copied)",
+            )
+        if position < self.report.head:
             raise Discrepancy(
                 position,
                 f"entry {position:,} comes after {self.report.head:,}: entries are out of "
-                "order (an export's lines were moved)",
+                "order (an export's lines were moved, or one was copied)",
             )
 
     def _advance(self, position: int) -> None:
@@ -340,6 +378,22 @@ class Verifier:
                     "an election closed here, but the signed checkpoint of the chain head "
                     "at its close is missing (deleted?)",
                 )
+        # The sealer links entries in order and signs only what it linked: a checkpoint it
+        # signed at or past an entry with no link shows that link was there, and deleted
+        # (not "not sealed yet": it would never come).
+        signed = self._sealer_signed
+        if (
+            self._unsealed_from is not None
+            and signed is not None
+            and signed.position >= self._unsealed_from
+        ):
+            raise Discrepancy(
+                self._unsealed_from,
+                f"the chain has no link here (nor for the {self.report.unsealed:,} entries "
+                f"from here on), but {signed.name} signs the chain at position "
+                f"{signed.position:,}, past it: the sealer had linked these entries, and "
+                "their links were deleted",
+            )
         # A close not sealed yet has no signed head: its final results are not attested,
         # and in an export, nothing would stop its tail from being rewritten.
         for position, election in self._unsealed_closes:
@@ -347,7 +401,10 @@ class Verifier:
                 position,
                 f"election {election} closed here, but the close is not sealed and signed "
                 "yet, so its final results are not attested (the sealer signs a close "
-                "within seconds): verify again, or export again, once it is",
+                "within seconds): verify again, or export again, once it is. If it stays "
+                f"so, the entries from position {self._unsealed_from:,} on never get their "
+                "links: the sealer is stopped, or it halted because links were deleted "
+                "(its log says which)",
             )
         if self.chain and self.report.entries > self._signed[1]:
             signed_at, signed_entries = self._signed
@@ -462,8 +519,15 @@ class Verifier:
             )
         self.report.checkpoints += 1
         self.report.keys[checkpoint.key_id] = self.report.keys.get(checkpoint.key_id, 0) + 1
+        key = (checkpoint.id, checkpoint.position, checkpoint.head, checkpoint.signature)
+        for pin in self._pins.pop(key, ()):
+            self.report.pins[pin] = self.report.pins.get(pin, 0) + 1
         if checkpoint.position >= self._signed[0]:
             self._signed = (checkpoint.position, self.report.entries)
+        if checkpoint.file_hash is None and (
+            self._sealer_signed is None or checkpoint.position > self._sealer_signed.position
+        ):
+            self._sealer_signed = checkpoint
 
     @property
     def signed_upto(self) -> int:
@@ -495,16 +559,24 @@ class Verifier:
             )
         self._compared.add(election_id)
         stepped = bool(served.get("stepped"))
-        if stepped and position != count.steps.position:
+        opened = self._opened.get(election_id, 0)
+        if stepped and position not in (count.steps.position, max(count.steps.position, opened)):
             # (Served stepped, a document is the publication readers saw: its position is
             # that publication's, or the creation's before any; ``?at=`` between two
-            # publications included. An exact count dated elsewhere is not.)
+            # publications included; time travel dates it at the Opened entry if that came
+            # after, where the status it shows changed. An exact count dated elsewhere is
+            # not.)
             raise Discrepancy(
                 position,
                 f"election {election_id}: results served stepped (as published) are dated "
                 f"at the publication they show, but position {position:,} is not one: the "
                 f"last publication at or before it is at position {count.steps.position:,}"
-                + ("" if count.steps.published_at else " (the election's creation: none yet)"),
+                + ("" if count.steps.published_at else " (the election's creation: none yet)")
+                + (
+                    f", and the election was opened at position {opened:,}"
+                    if opened > count.steps.position
+                    else ""
+                ),
             )
         try:
             counted = count.results(position)

@@ -25,7 +25,14 @@ from infra.audit.chain import Signer, key_id
 from infra.audit.export import export
 from infra.audit.pinned import PinnedError, pinned
 from infra.audit.sources import verify_database, verify_file
-from infra.audit.verifier import Discrepancy, Report, UnknownElection
+from infra.audit.verifier import (
+    FINAL_HEAD,
+    PREVIOUS_CHECKPOINT,
+    PREVIOUS_HEAD,
+    Discrepancy,
+    Report,
+    UnknownElection,
+)
 from infra.cli.environment import Commands, print_table, run_until_interrupted
 from infra.runtime.settings import Settings, SettingsError
 from infra.store.migrations import require_current
@@ -197,6 +204,18 @@ def run_verify(args: argparse.Namespace) -> int:
             console.print(f"[red bold]FAILED[/red bold] at {discrepancy}")
         return 1
     report.notes.extend(brought.notes)
+    # What was brought, all checked once the run passed (a --served document of another
+    # election than --election's excepted): a count of 0 says a file pinned nothing.
+    if args.previous:
+        report.pins.setdefault(PREVIOUS_CHECKPOINT, 0)
+        report.pins.setdefault(PREVIOUS_HEAD, 0)
+    if args.served:
+        report.pins.setdefault(FINAL_HEAD, 0)
+        report.served_pinned = sum(
+            1
+            for document in brought.served
+            if args.election is None or UUID(str(document["election_id"])) == args.election
+        )
     for trusted in given:  # (a key given that signed nothing here is shown too)
         report.keys.setdefault(trusted, 0)
     _summary(report, time.perf_counter() - started)
@@ -247,8 +266,25 @@ def _summary(report: Report, seconds: float) -> None:
             table.add_row(f"  election {election_id}", f"{compared:,}")
     if report.set_aside:
         table.add_row("entries the replay could not count", f"[yellow]{report.set_aside:,}[/]")
+    for pin in (PREVIOUS_CHECKPOINT, PREVIOUS_HEAD):
+        if pin in report.pins:
+            table.add_row(pin, f"{report.pins[pin]:,}")
+    if FINAL_HEAD in report.pins:
+        table.add_row("--served: documents equal to the replay", f"{report.served_pinned:,}")
+        table.add_row(FINAL_HEAD, f"{report.pins[FINAL_HEAD]:,}")
     table.add_row("speed", f"{rate:,.0f} entries/s ({seconds:.1f} s)")
     print_table(console, table)
+    if report.exported_at is not None or report.export_head is not None:
+        # An old export presented as current verifies too: its date and head say which.
+        console.print(
+            f"export written at: {report.exported_at or 'unknown (no exported_at)'}",
+            soft_wrap=True,
+        )
+    if report.export_head is not None:
+        position, head = report.export_head
+        console.print(
+            f"export's signed head: position {position:,}, hash {head.hex()}", soft_wrap=True
+        )
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print("[green bold]OK[/green bold]: everything checks out")

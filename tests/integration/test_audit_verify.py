@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -29,7 +30,7 @@ from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
 from infra.audit.pinned import Pinned, PinnedError, earlier_checkpoints, pinned, saved_results
-from infra.audit.sealer import Sealer
+from infra.audit.sealer import ChainAltered, Sealer
 from infra.audit.sources import (
     database_entries,
     served_results,
@@ -604,6 +605,126 @@ async def test_a_store_rewritten_and_signed_again_fails_against_an_earlier_expor
         await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
     assert f"from the earlier export {earlier}" in found.value.what
     assert "the chain there is different" in found.value.what
+
+
+async def test_a_sealer_whose_links_are_deleted_behind_it_stops_sealing_and_signing(
+    store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Links (and their checkpoints) deleted under a running sealer: it signed the shortened
+    head at the next periodic checkpoint, then linked the next entry onto the tip it
+    remembered, and signed a chain with a hole. It compares that tip with the table's
+    before each round, and stops instead, saying where."""
+    sealer = Sealer(store, SIGNER)
+    ballots = _positions(store, "Ballot.Cast")
+    gap = ballots[len(ballots) // 2]
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+        assert await sealer.seal_pending(live) == 0  # (it knows the chain's tip now)
+        head = sealer.position
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+            conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+            left = conn.execute("SELECT max(position) FROM audit_chain").fetchone()
+            signed = conn.execute("SELECT count(*) FROM audit_checkpoints").fetchone()
+        assert left is not None
+        with caplog.at_level("ERROR", logger="infra.audit.sealer"), pytest.raises(ChainAltered):
+            await sealer.checkpoint_head(live, "periodic")
+        said = caplog.text
+        assert f"the chain's last link is at position {left[0]}" in said
+        assert f"this sealer linked position {head} last: links were deleted" in said
+        assert "Not sealing or signing" in said
+        assert sealer.halted is not None
+        await _fill(store, random.Random(23), ballots=5)  # the log goes on
+        with pytest.raises(ChainAltered):
+            await sealer.seal_pending(live)
+        with pytest.raises(ChainAltered):
+            await sealer.checkpoint_head(live, "periodic")
+    with psycopg.connect(store) as conn:
+        assert conn.execute("SELECT max(position) FROM audit_chain").fetchone() == left
+        assert conn.execute("SELECT count(*) FROM audit_checkpoints").fetchone() == signed
+
+
+async def test_links_deleted_under_a_signed_checkpoint_are_deleted_not_unsealed(
+    store: str, tmp_path: Path
+) -> None:
+    """Links deleted from a ballot on, before the last close: verify said the close was
+    "not sealed and signed yet ... verify again", though a checkpoint signed past them
+    shows they had been sealed (they would never come): it says they were deleted, at the
+    first of them (review: the sealer sealing over a hole)."""
+    earlier = tmp_path / "earlier.ndjson"
+    await export(store, earlier, SIGNER)
+    close = _positions(store, "Election.Closed")[-1]
+    gap = max(p for p in _positions(store, "Ballot.Cast") if p < close)
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)
+    assert found.value.position == gap
+    assert "their links were deleted" in found.value.what
+    assert "not sealed" not in found.value.what
+    # The checkpoints gone too, an earlier export's pin it.
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+    with pytest.raises(Discrepancy) as found:
+        await _verify(store)  # alone, the store cannot tell: not sealed yet, or deleted
+    assert found.value.position == close
+    assert f"the entries from position {gap:,} on never get their links" in found.value.what
+    with pytest.raises(Discrepancy) as found:
+        await _verify_pinned(store, Pinned(tuple(earlier_checkpoints(earlier))))
+    assert found.value.position == gap
+    assert f"(from the earlier export {earlier}) signs the chain" in found.value.what
+    assert "their links were deleted" in found.value.what
+
+
+async def test_a_running_sealer_halts_on_deleted_links_and_signs_nothing_after(
+    store: str,
+) -> None:
+    """The scenario of the review, with the sealer running as deployed: links deleted
+    under it, the periodic checkpoint due and the log growing; it signs nothing more."""
+    sealer = Sealer(store, SIGNER, checkpoint_interval=0.1, poll_interval=0.1, linger=0.01)
+    running = asyncio.create_task(sealer.run())
+    try:
+        for _ in range(100):
+            if sealer.position:
+                break
+            await asyncio.sleep(0.05)
+        assert sealer.position
+        gap = _positions(store, "Ballot.Cast")[10]
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+            conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+        await _fill(store, random.Random(24), ballots=5)
+        for _ in range(100):
+            if sealer.halted:
+                break
+            await asyncio.sleep(0.05)
+        assert sealer.halted is not None
+        await asyncio.sleep(0.5)  # (rounds and periodic checkpoints that would have come)
+        with psycopg.connect(store) as conn:
+            linked = conn.execute("SELECT max(position) FROM audit_chain").fetchone()
+            signed = conn.execute(
+                "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
+            ).fetchone()
+        assert linked is not None
+        assert linked[0] < gap
+        assert signed is not None
+        assert signed[0] < gap
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_a_sealer_whose_last_link_is_rewritten_stops(store: str) -> None:
+    sealer = Sealer(store, SIGNER)
+    async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
+        await sealer.seal_pending(live)
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE audit_chain SET hash = %s WHERE position = %s",
+                (bytes(32), sealer.position),
+            )
+        with pytest.raises(ChainAltered, match="links were rewritten"):
+            await sealer.seal_pending(live)
 
 
 async def test_saved_results_and_their_final_head_are_checked(store: str, tmp_path: Path) -> None:
@@ -1190,6 +1311,13 @@ async def test_a_stepped_document_must_be_dated_at_a_publication(store: str) -> 
     assert created[0]["stepped"]
     assert created[0]["ballot_entries"] == 0
     await _verify_pinned(store, Pinned((), (*stepped, *created)))
+    # Time travel dates a stepped reader's document at the Opened entry when it came after
+    # the last publication (where the status it shows changed), not at the creation.
+    opened = _positions(store, "Election.Opened")[0]
+    assert int(row[0]) < opened < min(published - {int(row[0])})
+    at_open = _recounted(store, [opened], exact=False)[0]
+    assert at_open["stepped"]
+    await _verify_pinned(store, Pinned((), ({**at_open, "position": opened},)))
     between = next(
         d for d in exact if int(d["position"]) not in published and int(d["ballot_entries"]) % step
     )
@@ -1331,6 +1459,79 @@ def test_moved_lines_and_an_edited_result_are_found_where_they_are(
     assert found.value.what.startswith("the export's signed head does not verify")
     assert "the other half also finds: election" in found.value.what
     assert "the served results differ from the replay in 'ballots'" in found.value.what
+
+
+def test_a_passing_verify_says_when_the_export_was_written_and_what_pinned_it(
+    store: str, tmp_path: Path
+) -> None:
+    """verify's success said nothing of what it checked: an old export presented as
+    current passed without showing its date (audit review 4). It shows the export's
+    exported_at and signed head, and how many pins were checked."""
+    earlier = tmp_path / "earlier.ndjson"
+    asyncio.run(export(store, earlier, SIGNER))
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    header, head = documents[0], documents[-1]
+    close = _positions(store, "Election.Closed")[0]
+    with psycopg.connect(store) as conn:
+        row = conn.execute(
+            "SELECT id, head_hash, key_id, signature FROM audit_checkpoints WHERE position = %s",
+            (close,),
+        ).fetchone()
+    assert row is not None
+    final = {
+        "position": close,
+        "hash": bytes(row[1]).hex(),
+        "checkpoint_id": row[0],
+        "key_id": row[2],
+        "signature": bytes(row[3]).hex(),
+    }
+    results = [
+        {k: v for k, v in d.items() if k != "kind"} for d in documents if d.get("kind") == "result"
+    ]
+    saved = tmp_path / "saved.json"
+    saved.write_bytes(orjson.dumps([{**results[0], "final_chain_head": final}, *results[1:]]))
+    checkpoints = sum(1 for d in _lines(earlier) if d.get("kind") == "checkpoint")
+    command = [
+        *(sys.executable, "-m", "infra.cli", "audit", "verify", "--file", str(exported)),
+        *("--previous", str(earlier), "--served", str(saved)),
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CARDINAL_AUDIT_KEY")}
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join(done.stdout.split())
+    assert "OK: everything checks out" in said
+    assert f"export written at: {header['exported_at']}" in said
+    assert (
+        f"export's signed head: position {int(str(head['position'])):,}, hash {head['head_hash']}"
+        in said
+    )
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["--previous: their checkpoints on the chain"] == str(checkpoints)
+    assert rows["--previous: their signed heads on the chain"] == "1"
+    assert rows["--served: documents equal to the replay"] == str(len(results))
+    assert rows["--served: final chain heads on the chain"] == "1"
+
+
+def test_a_copied_export_line_is_said_to_appear_twice(store: str, tmp_path: Path) -> None:
+    """An event line copied right after itself: "entry 112 comes after 112: entries are
+    out of order" (audit review); it appears twice."""
+    exported = tmp_path / "audit.ndjson"
+    asyncio.run(export(store, exported, SIGNER))
+    documents = _lines(exported)
+    line = [n for n, d in enumerate(documents) if d.get("kind") == "event"][100]
+    position = documents[line]["position"]
+    _write(exported, [*documents[: line + 1], documents[line], *documents[line + 1 :]])
+    with pytest.raises(Discrepancy) as found:
+        verify_file(exported, election=None, validate=True)
+    assert found.value.position == position
+    assert f"entry {position:,} appears twice" in found.value.what
+    assert "comes after" not in found.value.what
 
 
 ROTATED = Signer("44" * 32)  # the audit key after a rotation

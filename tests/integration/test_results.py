@@ -789,3 +789,32 @@ async def test_time_travel_to_a_voters_own_receipt_counts_it_while_the_tally_lag
         assert (before.json()["position"], before.json()["ballots"]) == (first, step)
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("asked_first", ["opened", "created"])
+async def test_time_travel_dates_a_stepped_readers_document_where_its_status_changed(
+    voting: VotingClient, http: httpx.AsyncClient, asked_first: str
+) -> None:
+    """For a reader without a role of a public stepped election, ``?at=<Opened>`` answered
+    the creation's position with status open, and ``?at=<creation>`` the same position
+    with status draft: two statuses for one position (audit review 3b). At the creation
+    the election was a draft; from its Opened entry on, until a publication, what such a
+    reader sees is dated there. Asked first (a replay) or from the step index, the same."""
+    election = await voting.create_election("plurality", public_results=True, live_results_step=2)
+    election_id = election["id"]
+    created = int(election["position"])
+    opened = int((await voting.open(election_id))["position"])
+    cast = (await voting.cast(election_id, {"choice": "a"}, "v1")).json()["position"]
+    url = f"/api/elections/{election_id}/results"
+    order = [opened, created, cast] if asked_first == "opened" else [created, opened, cast]
+    seen = {}
+    for at in order:
+        answer = await http.get(url, params={"at": at})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        seen[at] = (body["position"], body["status"], body["ballots"])
+    assert seen[created] == (created, "draft", 0)
+    assert seen[opened] == (opened, "open", 0)
+    assert seen[cast] == (opened, "open", 0)  # (its step is not complete: unpublished)
+    auditor = await http.get(url, params={"at": opened}, headers=bearer(AUDITOR))
+    assert (auditor.json()["position"], auditor.json()["status"]) == (opened, "open")

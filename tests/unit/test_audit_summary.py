@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from infra.audit.verifier import Report
+from infra.audit.verifier import FINAL_HEAD, PREVIOUS_CHECKPOINT, PREVIOUS_HEAD, Report
 from infra.cli import audit
 
 
@@ -41,3 +41,23 @@ def test_many_elections_are_counted_not_listed(capsys: pytest.CaptureFixture[str
     rows = _rows(capsys.readouterr().out)
     assert rows["elections replayed"] == "30"
     assert not any(row.startswith("election ") for row in rows)
+
+
+def test_the_summary_says_when_the_export_was_written_and_what_pinned_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An old export presented as current passed without showing its date (audit review)."""
+    report = Report(entries=10, head=10, exported_at="2026-12-01T10:00:00+00:00")
+    report.export_head = (10, bytes(range(32)))
+    report.pins = {PREVIOUS_CHECKPOINT: 4, PREVIOUS_HEAD: 1, FINAL_HEAD: 2}
+    report.served_pinned = 3
+    audit._summary(report, 1.0)
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert rows[PREVIOUS_CHECKPOINT] == "4"
+    assert rows[PREVIOUS_HEAD] == "1"
+    assert rows[FINAL_HEAD] == "2"
+    assert rows["--served: documents equal to the replay"] == "3"
+    assert "export written at: 2026-12-01T10:00:00+00:00" in out
+    assert f"export's signed head: position 10, hash {bytes(range(32)).hex()}" in out
+    assert out.rstrip().endswith("OK: everything checks out")
