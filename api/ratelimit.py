@@ -43,6 +43,7 @@ from infra.store.ratelimit import (
     Quota,
     SharedRateLimiter,
 )
+from infra.store.writer import KEYED_TAIL
 
 HOUR = 3600.0
 LOGIN_WINDOW = 900.0
@@ -61,11 +62,6 @@ NO_ANSWER = (
 )
 STORE_DOWN = "the rate limit could not be checked: the event store is unreachable"
 NOT_RECORDED_TAIL = "the ballot was not recorded: retry shortly"
-KEYED_TAIL = (
-    "this attempt recorded nothing, and an earlier attempt with this Idempotency-Key may have "
-    "been recorded: retry shortly with the same key (it answers the earlier attempt's receipt "
-    "if there is one; nothing is recorded twice)"
-)
 WITHDRAWAL_TAIL = (
     "the withdrawal was not recorded, and the voter's ballot stays as it was: retry shortly"
 )

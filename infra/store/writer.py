@@ -178,11 +178,13 @@ SHUTTING_DOWN = "this process is shutting down; the ballot was not recorded: ret
 # an attempt that was recorded (one told the outcome is not known yet, or whose answer was
 # lost), so "the ballot was not recorded" could be untrue, and a client that believed it
 # gave up on a ballot that was counted (review D1). What is certain is this attempt's.
-KEYED_NOT_RECORDED = (
-    "the event store is unreachable; this attempt recorded nothing, and an earlier attempt "
-    "with this Idempotency-Key may have been recorded: retry shortly with the same key (it "
-    "answers the earlier attempt's receipt if there is one; nothing is recorded twice)"
+# (also the rate limiter's, api/ratelimit.py, for a keyed request it could not check)
+KEYED_TAIL = (
+    "this attempt recorded nothing, and an earlier attempt with this Idempotency-Key may have "
+    "been recorded: retry shortly with the same key (it answers the earlier attempt's receipt "
+    "if there is one; nothing is recorded twice)"
 )
+KEYED_NOT_RECORDED = f"the event store is unreachable; {KEYED_TAIL}"
 KEYED_TOO_SLOW = (
     "the event store did not take this attempt within {:g} seconds; it recorded nothing, "
     "and an earlier attempt with this Idempotency-Key may have been recorded: retry shortly "
