@@ -79,6 +79,12 @@ RELAY_LAG = Gauge(
     "cardinal_relay_lag_events", "Log entries not yet published", multiprocess_mode="mostrecent"
 )
 RELAY_PUBLISHED = Counter("cardinal_relay_published_events_total", "Log entries published")
+SEALER_HALTED = Gauge(
+    "cardinal_sealer_halted",
+    "1 while the sealer has stopped sealing and signing: the chain was altered outside it "
+    "(infra/audit/sealer.py; its ERROR line says where)",
+    multiprocess_mode="livemax",
+)
 RELAY_LEADER = Gauge(
     "cardinal_relay_leader", "1 while this relay is the active one", multiprocess_mode="livemax"
 )

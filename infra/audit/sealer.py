@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from infra import metrics
 from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash, filed_election
 from infra.store import EVENTS_TABLE
 from infra.store.log import event_type
@@ -86,6 +87,7 @@ class Sealer:
         # its back (None: it seals). It stays so until the process restarts, and it keeps
         # the leader's lock meanwhile: a standby taking over would seal over the hole.
         self.halted: str | None = None
+        metrics.SEALER_HALTED.set(0)
 
     async def run(self) -> None:
         """Seal forever, riding out database outages (said once, retried after 1 s
@@ -263,6 +265,7 @@ class Sealer:
             "`cardinal audit verify`, restore the chain or the store, then restart the sealer"
         )
         log.error("%s", self.halted)
+        metrics.SEALER_HALTED.set(1)
         raise ChainAltered(self.halted)
 
     async def _sign(

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -633,6 +634,7 @@ async def test_a_sealer_whose_links_are_deleted_behind_it_stops_sealing_and_sign
         assert f"this sealer linked position {head} last: links were deleted" in said
         assert "Not sealing or signing" in said
         assert sealer.halted is not None
+        assert REGISTRY.get_sample_value("cardinal_sealer_halted") == 1  # (an alert pages)
         await _fill(store, random.Random(23), ballots=5)  # the log goes on
         with pytest.raises(ChainAltered):
             await sealer.seal_pending(live)
