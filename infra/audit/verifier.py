@@ -117,6 +117,15 @@ class Checkpoint:
         )
 
     @property
+    def by_sealer(self) -> bool:
+        """Whether the sealer signed it (a row of audit_checkpoints: it has an id), which
+        signs only what it has linked. An export's own signed head (id 0) does not say so:
+        a format-1 head (no file hash) was signed at the last entry exported, linked or not
+        (merge review: taken for the sealer's, such an export's unsealed tail was told its
+        links were deleted)."""
+        return self.id != 0
+
+    @property
     def name(self) -> str:
         if self.id == 0 and self.origin:
             return self.origin
@@ -524,7 +533,7 @@ class Verifier:
             self.report.pins[pin] = self.report.pins.get(pin, 0) + 1
         if checkpoint.position >= self._signed[0]:
             self._signed = (checkpoint.position, self.report.entries)
-        if checkpoint.file_hash is None and (
+        if checkpoint.by_sealer and (
             self._sealer_signed is None or checkpoint.position > self._sealer_signed.position
         ):
             self._sealer_signed = checkpoint

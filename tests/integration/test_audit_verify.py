@@ -1726,3 +1726,41 @@ async def test_both_halves_of_a_database_verify_read_one_snapshot(
     with pytest.raises(Discrepancy) as found:  # (the edit is committed: a new run sees it)
         await _verify(store)
     assert "served results differ from the replay in 'ballots'" in found.value.what
+
+
+async def test_a_format_1_export_with_an_unsealed_tail_still_verifies(
+    store: str, tmp_path: Path
+) -> None:
+    """A format-1 export's signed head was signed at its last entry, linked or not: taken
+    for a checkpoint of the sealer's (which signs only what it linked), such an export's
+    unsealed tail was told its links were deleted (merge review of the deleted-links
+    finding: genuine exports of 2026-12-06 05:03-07:51 failed)."""
+    app = open_application(store)
+    writer = GroupCommitWriter(app, store)
+    app.writer = writer
+    writer.start()
+    try:
+        rules = ElectionRules.create(
+            options=[{"id": i, "label": i} for i in "ab"], method="plurality"
+        )
+        election_id = (await app.create_election("Unsealed tail", rules)).id
+        await app.open_election(election_id)
+        for n, choice in enumerate("abbab"):
+            await app.cast_ballot(election_id, Voter(f"t{n}", f"t{n}"), {"choice": choice}, None)
+    finally:
+        await writer.stop()
+        app.close()
+    await catch_up_every_projection(store)
+    exported = tmp_path / "audit.ndjson"
+    try:
+        await export(store, exported, SIGNER)
+        documents = _lines(exported)
+        format_1 = tmp_path / "format-1.ndjson"
+        _write(format_1, _as_format_1(documents))
+        report = await asyncio.to_thread(
+            verify_file, format_1, election=None, validate=True, accept_format_1=True
+        )
+        assert report.unsealed == 7  # the election's Created and Opened, and 5 ballots
+    finally:  # (the module's store is shared: leave it sealed)
+        async with await psycopg.AsyncConnection.connect(store, autocommit=True) as conn:
+            await Sealer(store, SIGNER).seal_pending(conn)
