@@ -643,7 +643,12 @@ class GroupCommitWriter:
                 tries += 1
                 if isinstance(error, PoolTimeout) or isinstance(error.__cause__, PoolTimeout):
                     raise  # no connection to be had (the store down, the pool full): not a cut
-                if tries > LOOKUP_RETRIES or not self.health.up or time.monotonic() >= until:
+                if (
+                    tries > LOOKUP_RETRIES
+                    or not _was_cut(error)
+                    or not self.health.up
+                    or time.monotonic() >= until
+                ):
                     raise
                 log.info("a lookup's connection was found cut (%s); reading again", error)
 
@@ -1041,3 +1046,15 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
     """A lookup given up on: its outcome is nobody's, and not an error to log."""
     if not future.cancelled():
         future.exception()
+
+
+def _was_cut(error: BaseException) -> bool:
+    """Whether a lookup failed because its connection was cut (no SQLSTATE: the socket;
+    class 08; 57P01-57P03, 57P05: the server ending the session), not for its statement: a
+    statement cancelled (57014), or one that met a lock or a deadlock, is not read again
+    (merge review: three tries of a cancelled lookup tripled the load on a slow store)."""
+    found = error if isinstance(error, psycopg.Error) else error.__cause__
+    if not isinstance(found, psycopg.Error):
+        return False
+    state = found.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03", "57P05")
