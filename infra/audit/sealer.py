@@ -51,6 +51,7 @@ RECORD_KEY = (
 LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
 HALTED_PAUSE = 60.0  # while halted, the error is said again this often
+HALTED_KEEPALIVE = 5.0  # and the session kept alive this often (well inside idle timeouts)
 
 
 class ChainAltered(Exception):
@@ -108,6 +109,20 @@ class Sealer:
                 log.warning("sealer interrupted (%s); retrying", error)
             await asyncio.sleep(pause)
 
+    async def _hold_halted(self, conn: psycopg.AsyncConnection[Any], *, said: bool) -> None:
+        """Keep the lock and sign nothing, for ever: the error said every HALTED_PAUSE, and
+        the session kept alive every HALTED_KEEPALIVE (silent, it ended at the server's
+        idle_session_timeout, the lock with it, and a standby took over and sealed over
+        the altered chain: merge review). A lost connection raises: run() reconnects, and
+        the halt holds."""
+        said_at = time.monotonic() if said else float("-inf")
+        while True:
+            if time.monotonic() - said_at >= HALTED_PAUSE:
+                log.error("%s", self.halted)
+                said_at = time.monotonic()
+            await conn.execute("SELECT 1")
+            await asyncio.sleep(HALTED_KEEPALIVE)
+
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         while True:
             cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (SEALER_LOCK,))
@@ -115,9 +130,8 @@ class Sealer:
             if row is not None and row[0]:
                 break
             await asyncio.sleep(self.poll_interval)
-        while self.halted is not None:  # (and after a reconnection, still)
-            log.error("%s", self.halted)
-            await asyncio.sleep(HALTED_PAUSE)
+        if self.halted is not None:  # (and after a reconnection, still)
+            await self._hold_halted(conn, said=False)
         self._tip = None
         self._key_recorded = False  # (a round rolled back may have lost it)
         while (lost := await self.lost_links(conn)) is not None:
@@ -141,11 +155,8 @@ class Sealer:
                 if time.monotonic() - last_checkpoint >= self.checkpoint_interval:
                     await self.checkpoint_head(conn, "periodic")
                     last_checkpoint = time.monotonic()
-            except ChainAltered:
-                while True:  # said by _halt; keep the lock, sign nothing
-                    await asyncio.sleep(HALTED_PAUSE)
-                    await conn.execute("SELECT 1")  # (lost: run() reconnects, halted still)
-                    log.error("%s", self.halted)
+            except ChainAltered:  # said by _halt
+                await self._hold_halted(conn, said=True)
             with contextlib.suppress(TimeoutError):
                 async for _ in conn.notifies(timeout=self.poll_interval, stop_after=1):
                     pass

@@ -27,11 +27,12 @@ from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.audit import records
+from infra.audit import sealer as sealer_module
 from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
 from infra.audit.pinned import Pinned, PinnedError, earlier_checkpoints, pinned, saved_results
-from infra.audit.sealer import ChainAltered, Sealer
+from infra.audit.sealer import SEALER_LOCK, ChainAltered, Sealer
 from infra.audit.sources import (
     database_entries,
     served_results,
@@ -1764,3 +1765,66 @@ async def test_a_format_1_export_with_an_unsealed_tail_still_verifies(
     finally:  # (the module's store is shared: leave it sealed)
         async with await psycopg.AsyncConnection.connect(store, autocommit=True) as conn:
             await Sealer(store, SIGNER).seal_pending(conn)
+
+
+async def test_a_halted_sealer_keeps_its_session_and_lock_past_an_idle_timeout(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Halted, the sealer sent nothing for a minute at a time: the server's
+    idle_session_timeout ended its session and its lock, and a standby (which knows of no
+    halt) took over and sealed over the altered chain (merge review). It keeps its session
+    alive now, holding the lock."""
+    monkeypatch.setattr(sealer_module, "HALTED_KEEPALIVE", 0.2)
+    with psycopg.connect(store, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '1s'").format(
+                sql.Identifier(database[0])
+            )
+        )
+    sealer = Sealer(store, SIGNER, checkpoint_interval=0.1, poll_interval=0.1, linger=0.01)
+    running = asyncio.create_task(sealer.run())
+
+    def holder() -> int | None:
+        with psycopg.connect(store) as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND ((classid::bigint << 32) | objid::bigint) = %s",
+                (SEALER_LOCK,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    try:
+        for _ in range(200):
+            if sealer.position:
+                break
+            await asyncio.sleep(0.05)
+        assert sealer.position
+        gap = _positions(store, "Ballot.Cast")[-1]
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute("DELETE FROM audit_chain WHERE position >= %s", (gap,))
+            conn.execute("DELETE FROM audit_checkpoints WHERE position >= %s", (gap,))
+        await _fill(store, random.Random(25), ballots=2)
+        for _ in range(200):
+            if sealer.halted is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert sealer.halted is not None
+        held = holder()
+        assert held is not None
+        await asyncio.sleep(2.5)  # past the idle timeout, twice
+        assert holder() == held  # the same session holds the lock
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        with psycopg.connect(store, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RESET idle_session_timeout").format(
+                    sql.Identifier(database[0])
+                )
+            )
+        # (the module's store is shared: the chain sealed again, from where it stops)
+        async with await psycopg.AsyncConnection.connect(store, autocommit=True) as again:
+            await Sealer(store, SIGNER).seal_pending(again)
