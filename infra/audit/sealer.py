@@ -51,7 +51,7 @@ RECORD_KEY = (
 LAST_LINK = "SELECT position, hash FROM audit_chain ORDER BY position DESC LIMIT 1"
 LAST_CHECKPOINT = "SELECT coalesce(max(position), 0) FROM audit_checkpoints"
 HALTED_PAUSE = 60.0  # while halted, the error is said again this often
-HALTED_KEEPALIVE = 5.0  # and the session kept alive this often (well inside idle timeouts)
+HALTED_KEEPALIVE = 5.0  # and the session kept alive this often (inside idle timeouts over 5 s)
 
 
 class ChainAltered(Exception):

@@ -104,9 +104,10 @@ class Checkpoint:
         file_hash: bytes | None = None,
         pin: str = "",
     ) -> Checkpoint:
-        """A checkpoint as an export writes it (an export's own head has no id: 0)."""
+        """A checkpoint as an export writes it (an export's own head has no id: 0, whatever
+        its line says, for nothing signs an id there and an id makes it the sealer's)."""
         return cls(
-            int(line.get("id", 0)),
+            0 if line.get("kind") == "export_head" else int(line.get("id", 0)),
             int(line["position"]),
             bytes.fromhex(line["head_hash"]),
             str(line["key_id"]),

@@ -76,7 +76,7 @@ from eventsourcing.application import project_aggregate
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from domain.application import VotingApplication
 from domain.ballot import Ballot
@@ -1048,13 +1048,16 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+POOL_REFUSALS = (PoolTimeout, PoolClosed, TooManyRequests)
+
+
 def _was_cut(error: BaseException) -> bool:
     """Whether a lookup failed because its connection was cut (no SQLSTATE: the socket;
     class 08; 57P01-57P03, 57P05: the server ending the session), not for its statement: a
     statement cancelled (57014), or one that met a lock or a deadlock, is not read again
     (merge review: three tries of a cancelled lookup tripled the load on a slow store)."""
     found = error if isinstance(error, psycopg.Error) else error.__cause__
-    if not isinstance(found, psycopg.Error):
-        return False
+    if not isinstance(found, psycopg.Error) or isinstance(found, POOL_REFUSALS):
+        return False  # (the pool's own refusals have no SQLSTATE either: no connection cut)
     state = found.sqlstate
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03", "57P05")

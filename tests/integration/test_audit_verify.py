@@ -1762,6 +1762,12 @@ async def test_a_format_1_export_with_an_unsealed_tail_still_verifies(
             verify_file, format_1, election=None, validate=True, accept_format_1=True
         )
         assert report.unsealed == 7  # the election's Created and Opened, and 5 ballots
+        # Nothing signs an id on an export's head line (format 2 signs the file before it):
+        # one written there does not make it the sealer's (final merge review).
+        with_id = tmp_path / "head-with-id.ndjson"
+        _write(with_id, [*documents[:-1], {**documents[-1], "id": 7}])
+        report = await asyncio.to_thread(verify_file, with_id, election=None, validate=True)
+        assert report.unsealed == 7
     finally:  # (the module's store is shared: leave it sealed)
         async with await psycopg.AsyncConnection.connect(store, autocommit=True) as conn:
             await Sealer(store, SIGNER).seal_pending(conn)

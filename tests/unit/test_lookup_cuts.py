@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 from eventsourcing import persistence
 from psycopg import errors
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from infra.store.writer import _was_cut
 
@@ -38,3 +39,11 @@ def test_a_statement_that_failed_is_not() -> None:
         assert not _was_cut(failed), failed
         assert not _was_cut(_wrapped(failed)), failed
     assert not _was_cut(persistence.OperationalError("no cause"))
+
+
+def test_the_pools_own_refusals_are_not() -> None:
+    """psycopg_pool's refusals have no SQLSTATE, as a cut socket has none: no connection
+    to be had (the pool full, closed, timed out) is not one cut (final merge review)."""
+    for refused in (PoolTimeout("timed out"), PoolClosed("closed"), TooManyRequests("full")):
+        assert not _was_cut(refused), refused
+        assert not _was_cut(_wrapped(refused)), refused
