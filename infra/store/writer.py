@@ -624,7 +624,8 @@ class GroupCommitWriter:
         raise LookupUnavailable(UNCHECKED)
 
     def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
-        return self.app.stored(aggregate_id, kind)  # (eventsourcing retries a cut: 10 tries)
+        # (eventsourcing's select_events tries any operational error 10 times, cut or not)
+        return self.app.stored(aggregate_id, kind)
 
     def _again(self, until: float, read: Callable[..., T], *args: Any) -> T:
         """``read`` (a read of our own on eventsourcing's pool: ``_load_ballots``,
@@ -641,8 +642,6 @@ class GroupCommitWriter:
                 return read(*args)
             except CUT as error:
                 tries += 1
-                if isinstance(error, PoolTimeout) or isinstance(error.__cause__, PoolTimeout):
-                    raise  # no connection to be had (the store down, the pool full): not a cut
                 if (
                     tries > LOOKUP_RETRIES
                     or not _was_cut(error)
