@@ -7,7 +7,9 @@ election (a cast, a revision or a withdrawal that precedes its Closed entry). Tw
 publications therefore differ by whole steps of entries, never by one ballot alone (unless
 the step is 1, which an election must ask for). The close publishes the final, exact
 results. Before the first boundary, the published results are the empty count as of the
-election's creation.
+election's creation, and from its Opened entry on, as of that entry (where the status they
+show changed: dated at the creation, an "open" document shared a position with the
+draft's).
 
 Everything that serves or checks published results (the tally projection, live and in a
 rebuild; the recount behind time travel and the audit) follows this one rule, through
@@ -36,11 +38,21 @@ class Steps:
     entries: int = 0  # counted ballot entries so far
     published_at: int = 0  # position of the last publication (0: none yet)
     published_entries: int = 0
+    opened_at: int = 0  # the election's Opened entry (0: not opened yet)
 
     @property
     def position(self) -> int:
-        """The position the published results reflect."""
-        return self.published_at or self.created_at
+        """The position the published results reflect: the last publication; before any,
+        the Opened entry, or the creation before that."""
+        return self.published_at or self.opened_at or self.created_at
+
+    def open(self, position: int) -> None:
+        """The election's Opened entry: what readers see changes there (its status), before
+        any ballot is counted. (Steps read back from a row hold the position shown, the
+        creation's, as ``published_at``: no publication comes before the Opened entry.)"""
+        if self.entries == 0:  # (a ballot before it: a log written around the application)
+            self.published_at = 0
+            self.opened_at = position
 
     def count(self, position: int) -> bool:
         """Count one ballot entry at ``position``; True if it completes a step, so that the

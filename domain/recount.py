@@ -135,7 +135,9 @@ class Recount:
                 rules = ElectionRules.from_json(data["rules"])
                 self.elections[stream_id] = ElectionCount.created(stream_id, rules, position)
             elif kind == "ElectionOpened":
-                self.elections[cast(UUID, stream_id)].status = ElectionStatus.OPEN
+                count = self.elections[cast(UUID, stream_id)]
+                count.status = ElectionStatus.OPEN
+                count.steps.open(position)
             elif kind == "ElectionClosed":
                 count = self.elections[cast(UUID, stream_id)]
                 count.status = ElectionStatus.CLOSED

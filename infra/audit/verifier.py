@@ -213,8 +213,6 @@ class Verifier:
         self._compared: set[UUID] = set()
         self._starts: dict[bytes, bytes] = {}  # an election's bytes: how its ballots begin
         self._served_upto = max(served, default=0)
-        # where each election was opened (a stepped reader's document may be dated there)
-        self._opened: dict[Hashable, int] = {}
         # elections results were served for before the log created them: where first
         self._uncreated: dict[UUID, int] = {}
         self._next_checkpoint = 0
@@ -269,8 +267,6 @@ class Verifier:
             self.recount.put_aside(position, None, f"unreadable: {error}")
         else:
             self.recount.record(position, stream, kind, data)
-        if kind == "ElectionOpened":
-            self._opened.setdefault(stream, position)
         if self._uncreated and kind == "ElectionCreated" and stream in self._uncreated:
             served_at = self._uncreated[stream]  # type: ignore[index]
             raise Discrepancy(
@@ -569,23 +565,31 @@ class Verifier:
             )
         self._compared.add(election_id)
         stepped = bool(served.get("stepped"))
-        opened = self._opened.get(election_id, 0)
-        if stepped and position not in (count.steps.position, max(count.steps.position, opened)):
+        steps = count.steps
+        if (
+            stepped
+            and position != steps.position
+            and (steps.published_at or position != steps.created_at)
+        ):
             # (Served stepped, a document is the publication readers saw: its position is
-            # that publication's, or the creation's before any; ``?at=`` between two
-            # publications included; time travel dates it at the Opened entry if that came
-            # after, where the status it shows changed. An exact count dated elsewhere is
-            # not.)
+            # that publication's; before any, the Opened entry's, where the status it shows
+            # changed, or the creation's before that (and the creation's too after it, as
+            # releases before 2026-12-07 dated it); ``?at=`` between two publications
+            # included. An exact count dated elsewhere is not.)
             raise Discrepancy(
                 position,
                 f"election {election_id}: results served stepped (as published) are dated "
                 f"at the publication they show, but position {position:,} is not one: the "
-                f"last publication at or before it is at position {count.steps.position:,}"
-                + ("" if count.steps.published_at else " (the election's creation: none yet)")
+                f"last publication at or before it is at position {steps.position:,}"
                 + (
-                    f", and the election was opened at position {opened:,}"
-                    if opened > count.steps.position
-                    else ""
+                    ""
+                    if steps.published_at
+                    else (
+                        f" (the election's Opened entry: none yet; or its creation, at "
+                        f"{steps.created_at:,})"
+                        if steps.opened_at
+                        else " (the election's creation: none yet)"
+                    )
                 ),
             )
         try:

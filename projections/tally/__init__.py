@@ -109,6 +109,17 @@ class TallyProjection(Projection):
                         for election_id, rules in changes.created
                     ],
                 )
+            if changes.opened:
+                # Dated at the Opened entry until a publication (domain.publication).
+                await cur.executemany(
+                    sql.SQL(
+                        "UPDATE {}.elections SET published_position = %s WHERE election_id = %s"
+                    ).format(s),
+                    [
+                        (changes.elections[election_id].steps.position, election_id)
+                        for election_id in changes.opened
+                    ],
+                )
             if changes.closed:
                 await cur.executemany(
                     sql.SQL("UPDATE {}.elections SET closed_at = %s WHERE election_id = %s").format(
@@ -171,7 +182,7 @@ class TallyProjection(Projection):
         wanted = {
             changes.uuid(e.data["election_id"]) if e.type in BALLOT_TYPES else e.stream_id
             for e in events
-            if e.type in BALLOT_TYPES or e.type == "ElectionClosed"
+            if e.type in BALLOT_TYPES or e.type in ("ElectionOpened", "ElectionClosed")
         }
         for election_id in list(wanted):
             known = self._elections.get(election_id)

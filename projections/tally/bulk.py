@@ -93,6 +93,8 @@ class TallyBulk:
                     steps[stream_id] = Steps(rules.live_results_step, created_at=position)
                     trails[stream_id] = Trail()
                     self.created.append((stream_id, json_text(data["rules"])))
+                elif kind == "ElectionOpened":
+                    steps[stream_id].open(position)  # KeyError: an election the log lacks
                 elif kind == "ElectionClosed":
                     if stream_id not in steps:
                         raise KeyError(f"no election {stream_id} before its close")

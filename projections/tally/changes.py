@@ -55,6 +55,7 @@ class TallyChanges:
     elections: dict[UUID, CountedElection] = field(default_factory=dict)
     ballots: dict[UUID, CountedBallot] = field(default_factory=dict)
     created: list[tuple[UUID, str]] = field(default_factory=list)
+    opened: list[UUID] = field(default_factory=list)
     closed: list[tuple[UUID, int]] = field(default_factory=list)
     changed: set[UUID] = field(default_factory=set)
     late: list[tuple[int, UUID, UUID, int, str | None, str]] = field(default_factory=list)
@@ -73,6 +74,9 @@ class TallyChanges:
                 steps = Steps(rules.live_results_step, created_at=event.position)
                 self.elections[event.stream_id] = CountedElection(rules, None, steps)
                 self.created.append((event.stream_id, json_text(event.data["rules"])))
+            elif kind == "ElectionOpened":
+                self._election(event.stream_id).steps.open(event.position)
+                self.opened.append(event.stream_id)
             elif kind == "ElectionClosed":
                 self._election(event.stream_id).closed_at = event.position
                 self.closed.append((event.stream_id, event.position))

@@ -1314,10 +1314,10 @@ async def test_a_stepped_document_must_be_dated_at_a_publication(store: str) -> 
     assert created[0]["stepped"]
     assert created[0]["ballot_entries"] == 0
     await _verify_pinned(store, Pinned((), (*stepped, *created)))
-    # Time travel dates a stepped reader's document at the Opened entry when it came after
-    # the last publication (where the status it shows changed), not at the creation.
+    # Time travel and the tally date a stepped reader's document at the Opened entry before
+    # a first publication (where the status it shows changed), not at the creation.
     opened = _positions(store, "Election.Opened")[0]
-    assert int(row[0]) < opened < min(published - {int(row[0])})
+    assert int(row[0]) < opened <= min(published - {int(row[0])})
     at_open = _recounted(store, [opened], exact=False)[0]
     assert at_open["stepped"]
     await _verify_pinned(store, Pinned((), ({**at_open, "position": opened},)))

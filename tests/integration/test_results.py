@@ -816,5 +816,10 @@ async def test_time_travel_dates_a_stepped_readers_document_where_its_status_cha
     assert seen[created] == (created, "draft", 0)
     assert seen[opened] == (opened, "open", 0)
     assert seen[cast] == (opened, "open", 0)  # (its step is not complete: unpublished)
+    # The live document is dated as time travel dates it (it kept the creation's position,
+    # with the status open, until the first publication: the tally dates it there now).
+    live = await http.get(url, params={"min_position": cast})
+    assert live.status_code == 200, live.text
+    assert (live.json()["position"], live.json()["status"]) == (opened, "open")
     auditor = await http.get(url, params={"at": opened}, headers=bearer(AUDITOR))
     assert (auditor.json()["position"], auditor.json()["status"]) == (opened, "open")

@@ -152,6 +152,9 @@ def _by_live_pages(log: list[LogEvent], cuts: list[int]) -> dict[UUID, tuple[Any
                 "published_position": election.steps.created_at,
                 "published_counters": None,
             }
+        for election_id in changes.opened:
+            opened = changes.elections[election_id].steps.position
+            elections[election_id]["published_position"] = opened
         for election_id, position in changes.closed:
             elections[election_id]["closed_at"] = position
         for ballot_id in changes.changed:
