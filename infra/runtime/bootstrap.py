@@ -116,9 +116,7 @@ async def running_workers(
         check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
     topology = Topology(settings.namespace)
     workers = Workers()
-    # No connection check on lending here: workers retry a failed page from the top, and a
-    # check per page would double their round trips.
-    pool = _pool(url, max_size=projections_pool(len(projections)), check=False, name="projections")
+    pool = _pool(url, max_size=projections_pool(len(projections)), name="projections")
     await pool.open(wait=False)
     key = _page_key(settings) if settings.amqp_url is not None else None
     if relay and settings.amqp_url is not None:
@@ -322,14 +320,12 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _pool(
-    url: str, max_size: int, *, name: str, check: bool = True, wait: float = 30.0
-) -> AsyncConnectionPool:
-    """A pool of autocommit connections, named ``name`` in pg_stat_activity; with
-    ``check``, each is tested before it is lent, so that a database restart or failover
-    costs a reconnect rather than a failed request, and the first found broken has every
-    idle one tested at once. It reconnects after an outage at least every 2 s
-    (infra/store/reconnect.py), not after psycopg_pool's doubling waits."""
+def _pool(url: str, max_size: int, *, name: str, wait: float = 30.0) -> AsyncConnectionPool:
+    """A pool of autocommit connections, named ``name`` in pg_stat_activity, that lends no
+    connection the server has hung up on (seen without a round trip), so that a database
+    restart costs a reconnect rather than a failed request or a wait. It reconnects after
+    an outage at least every 2 s (infra/store/reconnect.py), not after psycopg_pool's
+    doubling waits."""
     return ReconnectingPool(
         url,
         min_size=1,
@@ -342,7 +338,6 @@ def _pool(
             "application_name": connection_name(name),
             **ALIVE,
         },
-        check_before_lending=check,
     )
 
 

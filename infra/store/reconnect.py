@@ -1,4 +1,5 @@
-"""Our connection pools try to reconnect at least every RECONNECT_AT_MOST seconds.
+"""Our connection pools try to reconnect at least every RECONNECT_AT_MOST seconds, and lend
+no connection the server has hung up on (``hung_up``: seen without a round trip).
 
 psycopg_pool replaces a lost connection with attempts 1, 2, 4, 8, 16, 32 ... s apart (up to
 its reconnect_timeout, 5 minutes), and offers no setting for the longest wait: after a 75 s
@@ -15,8 +16,6 @@ changed it fails there, not in production).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import select
 import time
 from typing import Any
@@ -42,32 +41,26 @@ def _attempt(pool: Any, attempt: AttemptWithBackoff | None) -> AttemptWithBackof
 
 
 class ReconnectingPool(AsyncConnectionPool):
-    """An AsyncConnectionPool that reconnects at least every RECONNECT_AT_MOST seconds;
-    with ``check_before_lending``, each connection is tested before it is lent, and the
-    first that fails has the whole pool tested at once (``check``). After a restart every
-    idle connection is broken, and psycopg_pool tests them one by one as it lends them,
-    waiting between them: a reader within its wait (0.9 s) got through two, so with eight
-    idle the reads were 503 for four seconds after the database was back (merge review)."""
+    """An AsyncConnectionPool (the reads pool, the projections') that reconnects at least
+    every RECONNECT_AT_MOST seconds and lends no connection the server has hung up on
+    (``hung_up``: no round trip), as ``ReconnectingStorePool`` does for the lookups.
 
-    _sweeping: asyncio.Task[None] | None = None
+    The reads pool used to test each connection with an empty query as it lent it (a round
+    trip on every results read and readiness probe), and psycopg_pool waits about 1 s after
+    each one that fails its test: after a restart every idle connection was broken, and the
+    first read after it waited its READ_WAIT (0.9 s) into a 503 while the whole pool was
+    tested (``check()``, swept in a task when the first failed). A connection found hung up
+    is closed and given back (the pool replaces it, at once) and the next one is taken,
+    with no wait between them."""
 
-    def __init__(self, *args: Any, check_before_lending: bool = False, **kwargs: Any) -> None:
-        check = self._check_lent if check_before_lending else None
-        super().__init__(*args, check=check, **kwargs)
-
-    async def _check_lent(self, conn: Any) -> None:
-        try:
-            await AsyncConnectionPool.check_connection(conn)
-        except Exception:
-            if self._sweeping is None or self._sweeping.done():
-                self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
-            raise
-
-    async def _sweep(self) -> None:
-        """Every idle connection tested now: the broken ones replaced (their reconnects
-        at once, then at least every RECONNECT_AT_MOST seconds)."""
-        with contextlib.suppress(Exception):  # (a pool closing meanwhile)
-            await self.check()
+    async def _getconn_unchecked(self, timeout: float) -> Any:  # noqa: ASYNC109 (its own)
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = await super()._getconn_unchecked(deadline - time.monotonic())
+            if not hung_up(conn):
+                return conn
+            await conn.close()
+            await self._putconn(conn, from_getconn=True)  # (closed: replaced, not kept)
 
     async def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
@@ -101,7 +94,7 @@ class ReconnectingStorePool(StoreConnectionPool[Any]):
         super()._add_connection(_attempt(self, attempt), growing)
 
 
-def hung_up(conn: psycopg.Connection[Any]) -> bool:
+def hung_up(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether the server has hung up on this idle connection, seen without a round trip:
     an idle connection is sent nothing (no LISTEN on these), so a socket with something to
     read holds the server's goodbye (a shutdown's or a crash's FATAL, then the end of the

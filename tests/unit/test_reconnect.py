@@ -50,3 +50,17 @@ def test_our_pools_are_the_reconnecting_ones() -> None:
     assert isinstance(_pool(URL, 2, name="reads"), ReconnectingPool)
     factory = AliveFactory(Environment("test", store_environment(URL)))  # (connects later)
     assert type(factory.datastore.pool) is ReconnectingStorePool
+
+
+@pytest.mark.parametrize("pool", [AsyncConnectionPool, ConnectionPool])
+def test_psycopg_pool_still_lends_and_takes_back_through_what_our_pools_override(
+    pool: type[AsyncConnectionPool] | type[ConnectionPool],
+) -> None:
+    """Our pools pass over hung-up connections in ``_getconn_unchecked`` and give them back
+    with ``_putconn(conn, from_getconn=True)``: psycopg_pool's internals, held here."""
+    assert list(inspect.signature(pool._getconn_unchecked).parameters) == ["self", "timeout"]
+    assert list(inspect.signature(pool._putconn).parameters) == [
+        "self",
+        "conn",
+        "from_getconn",
+    ]
