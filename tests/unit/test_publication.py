@@ -82,7 +82,7 @@ def test_before_the_first_step_nothing_is_published() -> None:
     count = _replay(10, [(v, "a") for v in range(5)]).elections[UUID(int=1)]
     assert count.tally.ballots == 5
     assert count.published_tally().ballots == 0
-    assert count.steps.position == 1  # the election's creation
+    assert count.steps.position == 2  # the Opened entry (where the status changed)
 
 
 def test_an_entry_for_an_unknown_election_is_set_aside_and_counting_goes_on() -> None:
