@@ -22,7 +22,7 @@ from domain import errors
 from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
-from infra.store.ratelimit import LimiterUnavailable
+from infra.store.ratelimit import LimiterStoreDown, LimiterUnavailable
 from infra.store.writer import (
     CHANGE_NOT_MADE,
     KEYED_NOT_RECORDED,
@@ -81,6 +81,7 @@ API_TYPES: dict[str, str] = {
     "Busy": PREFIX + "busy",
     "Service unavailable": PREFIX + "store-not-answering",
     "Event store unavailable": PREFIX + "store-unavailable",
+    "Rate limit not checked": PREFIX + "rate-limit-not-checked",
     "Database unavailable": PREFIX + "database-unavailable",
     "Held back": PREFIX + "held-back",
     "Read model not ready": PREFIX + "read-model-not-ready",
@@ -250,12 +251,24 @@ def _passing(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, Overloaded):
         return "Busy", OVERLOADED
     if isinstance(exc, StoreUnavailable):
-        return "Event store unavailable", str(exc)
+        return _store_title(exc), str(exc)
     if isinstance(exc, HeldBack):
         return "Held back", str(exc)
     if isinstance(exc, DATABASE_ERRORS):
         return "Database unavailable", DATABASE_UNAVAILABLE
     return None
+
+
+STORE_TITLE = "Event store unavailable"
+
+
+def _store_title(exc: BaseException) -> str:
+    """A rate-limit check the database did not answer in time is the limiter's refusal, not
+    the event store's (which may well be up); while the writer has the store marked down
+    (LimiterStoreDown), the store is what is away."""
+    if isinstance(exc, LimiterUnavailable) and not isinstance(exc, LimiterStoreDown):
+        return "Rate limit not checked"
+    return STORE_TITLE
 
 
 def fault() -> dict[str, Any]:
@@ -350,7 +363,11 @@ WITHDRAWAL_NOT_RECORDED = (
 def store_unavailable(request: Request, exc: Exception) -> Response:
     # (outcome_unknown: may have been recorded, not a refusal for certain)
     unknown = isinstance(exc, OutcomeUnknown)
-    _refused(request, "outcome_unknown" if unknown else "store_unavailable")
+    title = _store_title(exc)
+    if unknown:
+        _refused(request, "outcome_unknown")
+    else:
+        _refused(request, "store_unavailable" if title == STORE_TITLE else "rate_limit_unchecked")
     detail = str(exc)
     if isinstance(exc, LookupUnavailable) and not _ballot_request(request):
         detail = READ_UNAVAILABLE if request.method in ("GET", "HEAD") else CHANGE_NOT_MADE
@@ -361,7 +378,7 @@ def store_unavailable(request: Request, exc: Exception) -> Response:
         and request.url.path.endswith("/withdrawals")
     ):
         detail = _withdrawal_refused(request, exc, detail)
-    return problem(503, "Event store unavailable", detail, headers={"Retry-After": "5"})
+    return problem(503, title, detail, headers={"Retry-After": "5"})
 
 
 def _withdrawal_refused(request: Request, exc: Exception, detail: str) -> str:
