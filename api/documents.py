@@ -339,10 +339,19 @@ class Problem(BaseModel):
         description="a 422 Invalid request's every issue, in order (`field` and `detail` "
         "name the first)",
     )
+    retry_after: int | None = Field(
+        default=None,
+        ge=1,
+        description="a 503 item of a bulk answer (the ballot was not recorded: send it "
+        "again): seconds to wait first, what the Retry-After of the same refusal of a "
+        "single ballot says (the answer's header, a 200, cannot say it per item); a ballot "
+        "held back behind its voter's earlier one waits as long as that one",
+    )
 
 
 class BatchResults(Document):
     results: list[BallotReceipt | Problem] = Field(
         description="in the order of the ballots sent: each one's receipt, or its problem "
-        "(with its integer status)"
+        "(with its integer status; a 503, not recorded and to be sent again, with "
+        "retry_after in seconds)"
     )

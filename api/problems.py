@@ -22,7 +22,7 @@ from domain import errors
 from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.settings import SettingsError
-from infra.store.ratelimit import LimiterUnavailable
+from infra.store.ratelimit import LimiterStoreDown, LimiterUnavailable
 from infra.store.writer import (
     CHANGE_NOT_MADE,
     KEYED_NOT_RECORDED,
@@ -81,6 +81,7 @@ API_TYPES: dict[str, str] = {
     "Busy": PREFIX + "busy",
     "Service unavailable": PREFIX + "store-not-answering",
     "Event store unavailable": PREFIX + "store-unavailable",
+    "Rate limit not checked": PREFIX + "rate-limit-not-checked",
     "Database unavailable": PREFIX + "database-unavailable",
     "Held back": PREFIX + "held-back",
     "Read model not ready": PREFIX + "read-model-not-ready",
@@ -231,7 +232,9 @@ def _invalid(exc: pydantic.ValidationError, within: str = "") -> dict[str, Any]:
 def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:
     """The problem document for an error that one ballot of a batch met, or None if the
     error is not about that ballot (the whole request then fails as usual). ``within``:
-    where the ballot sits in the request (``ballots[3]``), for the fields it names."""
+    where the ballot sits in the request (``ballots[3]``), for the fields it names. A 503
+    (the ballot to be sent again) carries ``retry_after``: the seconds a single ballot's
+    Retry-After would say, since a 200 answer's header cannot say it for one item."""
     if isinstance(exc, errors.CardinalError):
         found = _domain(exc)
         if within and "field" in found:
@@ -242,20 +245,41 @@ def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:
     if isinstance(exc, pydantic.ValidationError):
         return _invalid(exc, within)
     passing = _passing(exc)
-    return None if passing is None else problem_body(503, *passing)
+    if passing is None:
+        return None
+    title, detail, wait = passing
+    return problem_body(503, title, detail, retry_after=wait)
 
 
-def _passing(exc: BaseException) -> tuple[str, str] | None:
-    """The title and detail of an error that says nothing about the ballot (retry it)."""
+# Retry-After, in seconds, of each 503 a ballot meets (and a bulk item's ``retry_after``).
+BUSY_WAIT = 1
+STORE_WAIT = 5
+DATABASE_WAIT = 2
+STORE_TITLE = "Event store unavailable"
+
+
+def _passing(exc: BaseException) -> tuple[str, str, int] | None:
+    """The title, detail and Retry-After seconds of an error that says nothing about the
+    ballot (retry it). A ballot held back behind its voter's earlier one is to be sent
+    again after a second at least (the bulk path waits as long as for that earlier one)."""
     if isinstance(exc, Overloaded):
-        return "Busy", OVERLOADED
+        return "Busy", OVERLOADED, BUSY_WAIT
     if isinstance(exc, StoreUnavailable):
-        return "Event store unavailable", str(exc)
+        return _store_title(exc), str(exc), STORE_WAIT
     if isinstance(exc, HeldBack):
-        return "Held back", str(exc)
+        return "Held back", str(exc), BUSY_WAIT
     if isinstance(exc, DATABASE_ERRORS):
-        return "Database unavailable", DATABASE_UNAVAILABLE
+        return "Database unavailable", DATABASE_UNAVAILABLE, DATABASE_WAIT
     return None
+
+
+def _store_title(exc: BaseException) -> str:
+    """A rate-limit check the database did not answer in time is the limiter's refusal, not
+    the event store's (which may well be up); while the writer has the store marked down
+    (LimiterStoreDown), the store is what is away."""
+    if isinstance(exc, LimiterUnavailable) and not isinstance(exc, LimiterStoreDown):
+        return "Rate limit not checked"
+    return STORE_TITLE
 
 
 def fault() -> dict[str, Any]:
@@ -328,7 +352,7 @@ OVERLOADED = "the server is taking more ballots than it can record right now; re
 
 def overloaded(request: Request, exc: Exception) -> Response:
     _refused(request, "overloaded")
-    return problem(503, "Busy", OVERLOADED, headers={"Retry-After": "1"})
+    return problem(503, "Busy", OVERLOADED, headers={"Retry-After": str(BUSY_WAIT)})
 
 
 # A lookup on the request's path (an election read before its change, say) that found the
@@ -350,7 +374,11 @@ WITHDRAWAL_NOT_RECORDED = (
 def store_unavailable(request: Request, exc: Exception) -> Response:
     # (outcome_unknown: may have been recorded, not a refusal for certain)
     unknown = isinstance(exc, OutcomeUnknown)
-    _refused(request, "outcome_unknown" if unknown else "store_unavailable")
+    title = _store_title(exc)
+    if unknown:
+        _refused(request, "outcome_unknown")
+    else:
+        _refused(request, "store_unavailable" if title == STORE_TITLE else "rate_limit_unchecked")
     detail = str(exc)
     if isinstance(exc, LookupUnavailable) and not _ballot_request(request):
         detail = READ_UNAVAILABLE if request.method in ("GET", "HEAD") else CHANGE_NOT_MADE
@@ -361,7 +389,7 @@ def store_unavailable(request: Request, exc: Exception) -> Response:
         and request.url.path.endswith("/withdrawals")
     ):
         detail = _withdrawal_refused(request, exc, detail)
-    return problem(503, "Event store unavailable", detail, headers={"Retry-After": "5"})
+    return problem(503, title, detail, headers={"Retry-After": str(STORE_WAIT)})
 
 
 def _withdrawal_refused(request: Request, exc: Exception, detail: str) -> str:
@@ -382,7 +410,12 @@ def _ballot_request(request: Request) -> bool:
 def database_unavailable(request: Request, exc: Exception) -> Response:
     _refused(request, "database_unavailable")
     log.warning("database error while serving a request: %s", exc)
-    return problem(503, "Database unavailable", DATABASE_UNAVAILABLE, headers={"Retry-After": "2"})
+    return problem(
+        503,
+        "Database unavailable",
+        DATABASE_UNAVAILABLE,
+        headers={"Retry-After": str(DATABASE_WAIT)},
+    )
 
 
 def too_many(request: Request, exc: Exception) -> Response:

@@ -17,7 +17,9 @@ Answers carry the IETF RateLimit-Policy and RateLimit fields
 database does not answer within CHECK_WAIT (a second: the store hangs), or one made while the
 writer has marked the event store down (refused at once), is a 503 with Retry-After, and the
 request goes no further: this attempt records nothing (told in words that fit a keyed retry,
-a keyless ballot, a withdrawal or a batch: ``_unchecked``).
+a keyless ballot, a withdrawal or a batch: ``_unchecked``). Its title says which: "Rate
+limit not checked" when only the limiter's check went unanswered (the store may well be up),
+"Event store unavailable" when the writer has the store marked down (LimiterStoreDown).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from infra.runtime.settings import Settings
 from infra.store.ratelimit import (
     CHECK_WAIT,
     Decision,
+    LimiterStoreDown,
     LimiterUnavailable,
     Quota,
     SharedRateLimiter,
@@ -150,13 +153,13 @@ class RateLimits:
         if policy is None:
             return None
         if store_down(request):
-            raise LimiterUnavailable(_unchecked(request, STORE_DOWN))
+            raise LimiterStoreDown(_unchecked(request, STORE_DOWN))
         try:
             decision = await self.limiter.hit(
                 policy.key(self.address(request)), policy.quota, ballots
             )
         except LimiterUnavailable:
-            raise LimiterUnavailable(_unchecked(request, NO_ANSWER)) from None
+            raise _unanswered(request)(_unchecked(request, NO_ANSWER)) from None
         answer = fields(policy, decision)
         if decision.allowed:
             return answer
@@ -191,13 +194,13 @@ class RateLimits:
             (self.login_address, self.login_address.key(self.address(request))),
         ]
         if store_down(request):
-            raise LimiterUnavailable(LOGIN_STORE_DOWN)
+            raise LimiterStoreDown(LOGIN_STORE_DOWN)
         try:
             decisions = await asyncio.gather(
                 *(self.limiter.hit(key, policy.quota) for policy, key in keys)
             )
         except LimiterUnavailable:
-            raise LimiterUnavailable(LOGIN_UNCHECKED) from None
+            raise _unanswered(request)(LOGIN_UNCHECKED) from None
         attempt = LoginAttempt(self.limiter, keys)
         refused = [
             (policy, decision)
@@ -250,6 +253,14 @@ def store_down(request: Request) -> bool:
     services = getattr(request.app.state, "services", None)
     writer = getattr(services, "writer", None)
     return writer is not None and not writer.health.up
+
+
+def _unanswered(request: Request) -> type[LimiterUnavailable]:
+    """What a check the database did not answer in time is refused as: the limiter's own
+    refusal ("Rate limit not checked", api/problems.py), unless the writer has marked the
+    event store down meanwhile, when it is the store that is away ("Event store
+    unavailable")."""
+    return LimiterStoreDown if store_down(request) else LimiterUnavailable
 
 
 def _unchecked(request: Request, reason: str) -> str:

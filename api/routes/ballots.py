@@ -19,7 +19,7 @@ from api.schemas import KEY_RULE, BallotIn, BatchBallotIn, BatchIn, WithdrawalIn
 from api.views import receipt_view
 from domain.application import Receipt
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
-from domain.ports import OutcomeUnknown
+from domain.ports import HeldBack, OutcomeUnknown
 from domain.rules import ElectionRules, Eligibility
 from domain.voter import Voter
 from infra.batched_metrics import BatchedCounter
@@ -133,13 +133,14 @@ async def cast_batch(request: Request) -> Response:
     kinds: Counter[str] = Counter()
     faults = Faults()
     unknown = 0
-    for (index, *_), outcome in zip(accepted, outcomes, strict=True):
+    waits: dict[str, int] = {}  # each voter's longest retry_after so far (_waits)
+    for (index, voter, *_), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, Receipt):
             kind = _kind(outcome)
             kinds["replayed" if outcome.replayed else kind] += 1
             results[index] = receipt_view(outcome, election, kind)
         elif (found := problem_of(outcome, f"ballots[{index}]")) is not None:
-            results[index] = found
+            results[index] = _waits(found, outcome, voter, waits)
             unknown += isinstance(outcome, OutcomeUnknown)  # (may have been recorded)
         else:  # not a refusal of the ballot but a fault: this one alone was not recorded
             faults.add(outcome)
@@ -151,6 +152,20 @@ async def cast_batch(request: Request) -> Response:
     if faulty := faults.log("of a bulk request"):
         BALLOTS_REFUSED.labels("fault").inc(faulty)
     return JSONResponse({"results": results}, headers=limited)
+
+
+def _waits(
+    found: dict[str, Any], outcome: Exception, voter: Voter, waits: dict[str, int]
+) -> dict[str, Any]:
+    """A 503 item carries retry_after (what a single ballot's Retry-After says); one held
+    back is sent again with its voter's earlier one, so it waits as long as that one.
+    ``waits``: each voter's longest so far in the request."""
+    if "retry_after" in found:
+        so_far = waits.get(voter.ballot_key, 0)
+        if isinstance(outcome, HeldBack):
+            found["retry_after"] = max(found["retry_after"], so_far)
+        waits[voter.ballot_key] = max(found["retry_after"], so_far)
+    return found
 
 
 def _problem(error: Exception, index: int) -> dict[str, Any]:

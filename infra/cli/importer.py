@@ -517,11 +517,13 @@ async def _post(
             unreachable = True
         else:
             if reply.status == 200:
-                again, reason = _settled(pending, reply.json()["results"], outcomes)
+                again, reason, hint = _settled(pending, reply.json()["results"], outcomes)
                 if not again:
                     return
                 if len(again) < len(pending):
                     deadline, delay = time.monotonic() + patience, 0.2  # it moves: patience
+                # (the items' retry_after, where they carry one, as a Retry-After is taken)
+                wait, asked = (wait, 0.0) if hint is None else (hint, hint)
                 pending = again
             elif (retry := _whole_again(reply)) is not None:
                 reason, wait = retry
@@ -577,12 +579,14 @@ def _retry_after(reply: Reply) -> float:
 
 def _settled(
     pending: list[FileBallot], results: list[dict[str, Any]], outcomes: _Outcomes
-) -> tuple[list[FileBallot], str]:
+) -> tuple[list[FileBallot], str, float | None]:
     """Settle each ballot a bulk answer decided; those refused with 503 are to be sent
-    again (with the last such reason), unless an earlier ballot of their voter was refused
+    again (with the last such reason, and the longest ``retry_after`` they carry, if any:
+    an older API's items carry none), unless an earlier ballot of their voter was refused
     for another passing reason (a fault): they then wait for it, not sent."""
     again: list[FileBallot] = []
     reason = ""
+    hint: float | None = None
     for ballot, result in zip(pending, results, strict=True):
         status = result.get("status")
         if "ballot_id" in result or not isinstance(status, int):
@@ -592,11 +596,20 @@ def _settled(
         elif status == 503:
             again.append(ballot)
             reason = f"503: {result.get('detail', '')}"
+            if (wait := _hint(result.get("retry_after"))) is not None:
+                hint = wait if hint is None else max(hint, wait)
         elif _passing(status, str(result.get("title", ""))):
             outcomes.fail(ballot, _outcome(result))
         else:
             outcomes.settle(ballot, _outcome(result))
-    return again, reason
+    return again, reason, hint
+
+
+def _hint(value: object) -> float | None:
+    """A bulk item's ``retry_after``, in seconds; None where it says nothing usable."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return float(value)
 
 
 def _passing(status: int, title: str) -> bool:

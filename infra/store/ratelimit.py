@@ -81,6 +81,11 @@ class LimiterUnavailable(StoreUnavailable):
     (nothing it would have granted is spent), so the request it guards must not go on."""
 
 
+class LimiterStoreDown(LimiterUnavailable):
+    """The check was not answered, or not made, while the writer has the event store marked
+    down (api/ratelimit.py): the store, not the limiter alone, is what is away."""
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     """``limit`` units per ``period`` seconds (also the largest burst)."""

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
+from api.problems import STORE_WAIT
 from domain.ballot import ballot_id
 from domain.rules import VoterIds
 from infra.bench.stack import free_port
@@ -1268,6 +1269,12 @@ async def test_a_batchs_retries_wait_on_a_hung_store_no_longer_than_a_lookup(
     assert "retry shortly, with the same Idempotency-Key" in retry["detail"]
     assert later["status"] == 503
     assert "send both again, in order" in later["detail"]
+    # When to send them again, as a single ballot's Retry-After says it (review: the items
+    # said nothing); the one held back waits as long as its voter's earlier one.
+    assert retry["retry_after"] == STORE_WAIT, retry
+    assert later["retry_after"] == STORE_WAIT, later
+    assert "retry_after" not in revised
+    assert "retry_after" not in new
     assert (revised["status"], revised["version"]) == ("revised", 2)
     assert (new["status"], new["version"]) == ("cast", 1)
 

@@ -536,6 +536,9 @@ async def test_a_retry_refused_while_the_store_is_down_is_not_told_the_ballot_wa
         items = batch.json()["results"]
         said = [item["detail"] for item in items]
         assert said == [KEYED_NOT_RECORDED, NOT_RECORDED], items
+        # Each says when to send it again, as the single ballot's Retry-After does.
+        waits = [item.get("retry_after") for item in items]
+        assert waits == [int(keyless.headers["retry-after"])] * 2, items
         # The first attempt's ballot, whatever it was told: the retry finds it or records it.
         again = await voting.cast(election_id, ballot, idempotency_key="k-1")
         assert again.status_code in (200, 201), again.text

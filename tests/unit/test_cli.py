@@ -570,6 +570,40 @@ def test_an_import_asked_to_wait_past_its_patience_by_the_rate_limit_says_what_h
     assert "--patience" in str(refused.value)
 
 
+def test_an_import_honours_the_retry_after_of_a_bulk_answers_items() -> None:
+    """A batch answered 200 whose items are 503 (the store away) was sent again after 0.2 s,
+    then 0.4 s..., whatever the API asked: the items now carry ``retry_after`` (as a single
+    ballot's 503 carries Retry-After), and the import waits as long as they ask, or says it
+    will not wait past --patience."""
+    import asyncio
+
+    import orjson
+
+    from infra.bench.loadgen import Reply
+    from infra.cli.importer import Unreachable, _Outcomes, _post
+
+    class AwayForAnHour:
+        def __init__(self) -> None:
+            self.posts = 0
+
+        async def request(self, method: str, path: str, body: object) -> Reply:
+            self.posts += 1
+            item = {
+                "title": "Event store unavailable",
+                "status": 503,
+                "detail": "the event store is unreachable",
+                "retry_after": 3600,
+            }
+            return Reply(200, b"HTTP/1.1 200 OK\r\n\r\n", orjson.dumps({"results": [item]}))
+
+    api = AwayForAnHour()
+    outcomes = _Outcomes(lambda _: None, lambda _: None)
+    batch = [FileBallot(1, {"voter_id": "ada", "choice": "a"}, "k1")]
+    with pytest.raises(Unreachable, match=r"asks to wait 3600 s, longer than --patience"):
+        asyncio.run(_post(api, "e", batch, outcomes, patience=2))  # type: ignore[arg-type]
+    assert api.posts == 1  # (not sent again every fraction of a second meanwhile)
+
+
 def test_the_import_summary_counts_marks_apart_from_ballots(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

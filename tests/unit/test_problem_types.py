@@ -9,6 +9,8 @@ import inspect
 from http import HTTPStatus
 from pathlib import Path
 
+import orjson
+
 from api import problems
 from api.documents import Problem
 from api.responses import problem_body
@@ -83,3 +85,54 @@ def test_the_readme_lists_the_types() -> None:
     readme = (ROOT / "README.md").read_text()
     for uri in problems.TITLE_TYPES.values():
         assert f"`{uri}`" in readme, uri
+
+
+def test_a_batch_items_503_says_when_to_retry_as_a_single_ballots_retry_after_does() -> None:
+    """A ballot of a batch refused for a passing reason (busy, the store away, the
+    database) is a 503 item in a 200 answer, whose Retry-After cannot speak for one item:
+    the item said nothing of when to send it again, where the same refusal of a single
+    ballot carries Retry-After (review). It carries ``retry_after``, the same seconds."""
+    import psycopg
+    from starlette.requests import Request
+
+    from domain.ports import HeldBack, OutcomeUnknown, Overloaded, StoreUnavailable
+    from infra.store.ratelimit import LimiterStoreDown, LimiterUnavailable
+
+    request = Request(
+        {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/elections/e/ballots",
+            "query_string": b"",
+            "headers": [],
+            "app": None,
+        }
+    )
+    singles = [
+        (Overloaded(), problems.overloaded),
+        (StoreUnavailable("away"), problems.store_unavailable),
+        (OutcomeUnknown("may have been"), problems.store_unavailable),
+        (LimiterUnavailable("unanswered"), problems.store_unavailable),
+        (LimiterStoreDown("away"), problems.store_unavailable),
+        (psycopg.OperationalError("cut"), problems.database_unavailable),
+    ]
+    for error, handler in singles:
+        item = problems.problem_of(error, "ballots[0]")
+        assert item is not None, error
+        assert item["status"] == 503, error
+        single = handler(request, error)
+        assert item["retry_after"] == int(single.headers["retry-after"]), error
+        assert item["title"] == orjson.loads(bytes(single.body))["title"], error
+    held = problems.problem_of(HeldBack("after its voter's earlier one"), "ballots[1]")
+    assert held is not None
+    assert held["retry_after"] >= 1
+    # A refusal of the ballot itself is final: nothing to wait for.
+    refused = problems.problem_of(errors.AlreadyVoted("x"), "ballots[0]")
+    assert refused is not None
+    assert "retry_after" not in refused
+
+
+def test_the_contract_states_the_items_retry_after() -> None:
+    schema = Problem.model_json_schema()["properties"]["retry_after"]
+    assert "503" in schema["description"]
+    assert "Retry-After" in schema["description"]

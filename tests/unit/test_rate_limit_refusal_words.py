@@ -132,3 +132,54 @@ async def test_while_the_store_is_marked_down_the_check_is_refused_at_once() -> 
             CHECK_WAIT / 2,
         )
     assert limiter.checks == 0
+
+
+async def _refusal(request: Request, limiter: Unanswered | None = None) -> dict[str, Any]:
+    """The problem document a ballot change refused for want of its check is answered with."""
+    limits = _limits(limiter or Unanswered())
+    with pytest.raises(StoreUnavailable) as refused:
+        await limits.ballot(request)
+    answer = problems.store_unavailable(request, refused.value)
+    assert answer.status_code == 503
+    assert int(answer.headers["retry-after"]) > 0
+    document: dict[str, Any] = json.loads(bytes(answer.body))
+    return document
+
+
+async def test_a_check_that_went_unanswered_is_titled_as_the_limiters_not_the_stores() -> None:
+    """The limiter's own check not answering in time was titled "Event store unavailable"
+    (type store-unavailable) on a store that was up (review): an operator looked for an
+    outage that was not there. It has a title and type of its own; while the writer has the
+    store marked down (at once, or by the time the check gives up), the store is what is
+    away, and is named."""
+    for path, keyed in (("/ballots", False), ("/ballots", True), ("/withdrawals", False)):
+        up = await _refusal(_request(path, keyed))
+        assert up["title"] == "Rate limit not checked", up
+        assert up["type"] == problems.PREFIX + "rate-limit-not-checked", up
+        assert up["detail"].startswith("the rate limit could not be checked: the database"), up
+        down = await _refusal(_request(path, keyed, store_up=False))
+        assert down["title"] == "Event store unavailable", down
+        assert down["type"] == problems.PREFIX + "store-unavailable", down
+
+    # Marked down while the check waited: the store, with the check's own reason.
+    request = _request("/ballots")
+    health = request.app.state.services.writer.health
+
+    class MarkedDownMeanwhile(Unanswered):
+        async def hit(self, key: str, quota: Quota, cost: int = 1) -> Any:
+            health.up = False
+            return await super().hit(key, quota, cost)
+
+    meanwhile = await _refusal(request, MarkedDownMeanwhile())
+    assert meanwhile["title"] == "Event store unavailable", meanwhile
+    assert "did not answer within" in meanwhile["detail"], meanwhile
+
+    # A sign-in's check alike.
+    limits = _limits(Unanswered())
+    for store_up, title in ((True, "Rate limit not checked"), (False, "Event store unavailable")):
+        login = _request("/login", store_up=store_up)
+        with pytest.raises(StoreUnavailable) as refused:
+            await limits.login_attempt(login, "a@example.org")
+        answer = problems.store_unavailable(login, refused.value)
+        assert json.loads(bytes(answer.body))["title"] == title
+        assert answer.headers["retry-after"] == "5"
