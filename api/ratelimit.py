@@ -143,6 +143,20 @@ class RateLimits:
         mac.update(text.encode())
         return mac.hexdigest()[:32]
 
+    def _unanswered(self, request: Request) -> type[LimiterUnavailable]:
+        """What a check the database did not answer in time is refused as: the limiter's
+        own refusal ("Rate limit not checked", api/problems.py), unless the store is what is
+        away ("Event store unavailable"): the writer has marked it down meanwhile, or the
+        limiter's connection to it failed and was not made again. Either way the writer is
+        asked to probe the store: with the limiter in front, no ballot reaches the writer to
+        find an outage out, and every check would wait out its CHECK_WAIT (review mr1)."""
+        writer = getattr(getattr(request.app.state, "services", None), "writer", None)
+        if writer is not None:
+            writer.suspect()
+        if store_down(request) or self.limiter.unreachable is not None:
+            return LimiterStoreDown
+        return LimiterUnavailable
+
     def address(self, request: Request) -> str:
         return self.subject(quota_address(self.client(request)))
 
@@ -159,7 +173,7 @@ class RateLimits:
                 policy.key(self.address(request)), policy.quota, ballots
             )
         except LimiterUnavailable:
-            raise _unanswered(request)(_unchecked(request, NO_ANSWER)) from None
+            raise self._unanswered(request)(_unchecked(request, NO_ANSWER)) from None
         answer = fields(policy, decision)
         if decision.allowed:
             return answer
@@ -200,7 +214,7 @@ class RateLimits:
                 *(self.limiter.hit(key, policy.quota) for policy, key in keys)
             )
         except LimiterUnavailable:
-            raise _unanswered(request)(LOGIN_UNCHECKED) from None
+            raise self._unanswered(request)(LOGIN_UNCHECKED) from None
         attempt = LoginAttempt(self.limiter, keys)
         refused = [
             (policy, decision)
@@ -253,14 +267,6 @@ def store_down(request: Request) -> bool:
     services = getattr(request.app.state, "services", None)
     writer = getattr(services, "writer", None)
     return writer is not None and not writer.health.up
-
-
-def _unanswered(request: Request) -> type[LimiterUnavailable]:
-    """What a check the database did not answer in time is refused as: the limiter's own
-    refusal ("Rate limit not checked", api/problems.py), unless the writer has marked the
-    event store down meanwhile, when it is the store that is away ("Event store
-    unavailable")."""
-    return LimiterStoreDown if store_down(request) else LimiterUnavailable
 
 
 def _unchecked(request: Request, reason: str) -> str:

@@ -149,6 +149,9 @@ class SharedRateLimiter:
         self._task: asyncio.Task[None] | None = None
         self._forgot_at = time.monotonic()
         self._leases: dict[str, _Lease] = {}
+        # Why the last connection to the store failed, until one is made again: a check
+        # unanswered meanwhile meets the store's outage, not a slow statement.
+        self.unreachable: str | None = None
         # give-backs no request waits for: kept through a lost connection, never failed
         self._giving_back: set[asyncio.Future[Decision]] = set()
 
@@ -302,6 +305,7 @@ class SharedRateLimiter:
                     self.database_url, autocommit=True
                 ) as conn:
                     connected = time.monotonic()
+                    self.unreachable = None
                     while True:
                         await self._wake.wait()
                         if hung_up(cast(Any, conn)):  # (reads pgconn, closed, broken only)
@@ -314,6 +318,7 @@ class SharedRateLimiter:
                             await conn.execute(FORGET)
             except psycopg.Error as error:
                 log.warning("rate limiter lost its database connection: %s", error)
+                self.unreachable = str(error).strip() or type(error).__name__
                 self._keep_pending()
                 if not served:
                     await asyncio.sleep(RECONNECT_DELAY)

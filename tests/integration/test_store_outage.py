@@ -849,6 +849,38 @@ async def test_with_rate_limiting_a_frozen_store_costs_ballots_a_fast_503(
     assert _casts(url) == 6  # created, opened, two before, two after: none refused recorded
 
 
+async def test_with_rate_limiting_a_store_down_is_called_down_not_an_unchecked_limit(
+    cluster: Cluster, url: str
+) -> None:
+    """With ENABLE_RATE_LIMITING no ballot reaches the writer while the store is down, so
+    nothing marked it down: every ballot of a whole outage was titled "Rate limit not
+    checked" (the store may be up) after a 1 s wait each, and counted as such, not as
+    store_unavailable (review mr1). The limiter's failed connection says the store is
+    away, and the writer is asked to probe it: the next ones are refused at once."""
+    settings = settings_for(url, enable_rate_limiting=True, max_votes_per_ip_per_hour=50)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        first = await voting.cast(election_id, {"choice": "a"}, voting.voter())
+        assert first.status_code == 201, first.text
+        await asyncio.to_thread(cluster.stop, "fast")
+        try:
+            answers = []
+            for _ in range(4):
+                started = time.monotonic()
+                answer = await voting.cast(election_id, {"choice": "a"}, voting.voter())
+                answers.append((answer, time.monotonic() - started))
+        finally:
+            await asyncio.to_thread(cluster.start)
+    for answer, _ in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["title"] == "Event store unavailable", answer.text
+    assert [took < 0.5 for _, took in answers[-2:]] == [True, True], answers
+
+
 OUTAGE = 38.0  # past the pools' old attempt at ~31 s (1+2+4+8+16): their next came at ~63 s
 READS_BACK_WITHIN = 3.5  # an attempt every 2 s at most, and the request's own time
 RETRY_BACK_WITHIN = 2.5  # it was LOOKUP_WAIT's 3 s at least

@@ -33,6 +33,7 @@ class Unanswered:
     def __init__(self, wait: float = 0.0) -> None:
         self.wait = wait
         self.checks = 0
+        self.unreachable: str | None = None  # (its connection stands: statements hang)
 
     async def hit(self, key: str, quota: Quota, cost: int = 1) -> Any:
         self.checks += 1
@@ -50,7 +51,7 @@ def _limits(limiter: Unanswered) -> RateLimits:
 
 
 def _request(path: str, keyed: bool = False, store_up: bool = True) -> Request:
-    writer = SimpleNamespace(health=SimpleNamespace(up=store_up))
+    writer = SimpleNamespace(health=SimpleNamespace(up=store_up), suspect=lambda: None)
     app = SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(writer=writer)))
     headers = [(b"idempotency-key", b"k-1")] if keyed else []
     return Request(
