@@ -87,7 +87,9 @@ class StepIndex:
     created_at: int
     opened_at: int | None
     closed_at: int | None
-    publications: tuple[int, ...]  # positions where a step was published, ascending
+    # positions where what stepped readers see changed, ascending: each step's publication,
+    # and the Opened entry before any (``Steps``: one rule for the tally, time travel, verify)
+    publications: tuple[int, ...]
     set_aside: tuple[int, ...]  # positions of the election's entries set aside, ascending
 
     def covers(self, at: int) -> bool:
@@ -97,17 +99,14 @@ class StepIndex:
 
     def view(self, at: int) -> tuple[int, ElectionStatus, int]:
         """At ``at`` (at most ``reach``, not after the close): where what a stepped reader
-        sees last changed (the last publication, or the creation before any; the Opened
-        entry if it came after: the status changed there), the election's status then,
-        and its entries set aside by then. (Dated at the publication before its Opened
-        entry, a document said "open" at a position where the election was a draft.)"""
+        sees last changed (``Steps.position`` then: the last publication, the Opened entry
+        before any, the creation before that), the election's status then, and its entries
+        set aside by then."""
         if at < self.created_at:
             raise not_yet(self.election_id, at)
         found = bisect.bisect_right(self.publications, at)
         shown = self.publications[found - 1] if found else self.created_at
         opened = self.opened_at is not None and self.opened_at <= at
-        if opened and self.opened_at is not None:
-            shown = max(shown, self.opened_at)
         status = ElectionStatus.OPEN if opened else ElectionStatus.DRAFT
         return shown, status, bisect.bisect_right(self.set_aside, at)
 
@@ -170,7 +169,8 @@ class _Replay:
                 self.created_at = entry.position
             if self.opened_at is None and count.status is ElectionStatus.OPEN:
                 self.opened_at = entry.position
-            if count.steps.published_at == entry.position:
+            steps = count.steps
+            if entry.position in (steps.published_at, steps.opened_at):
                 self.publications.append(entry.position)
 
     def capture(self) -> None:
@@ -241,7 +241,8 @@ async def last_publication(
     at: int,
 ) -> int | None:
     """The position of an open election's last publication at or before ``at`` as the log
-    has it (0: none yet), whatever the tally's lag; None if the tally has published after
+    has it (``Steps.position``: before any, the Opened entry's, or the creation's; 0 if the
+    tally holds no row of it), whatever the tally's lag; None if the tally has published after
     ``at`` already (a position in the past: the step index or a replay answers it).
 
     The tally's publication stands up to the tally's position; from there on, the

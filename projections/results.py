@@ -98,9 +98,9 @@ def visible_position(snapshot: TallySnapshot) -> int:
     """The position of a document for readers other than auditors: where what they see of
     this election last changed, never moved by other elections' entries. Closed: its close,
     or its last late ballot after it (the document counts late ballots). Open: its last
-    publication, which with steps of one is its last counted ballot entry (each publishes),
-    and before any, its creation (also while the tally has not reached the election:
-    ``tally_snapshot`` dates that at the creation).
+    publication, which with steps of one is its last counted ballot entry (each publishes);
+    before any, its Opened entry, and before that its creation (also while the tally has not
+    reached the election: ``tally_snapshot`` dates that at the creation).
 
     A reader who waited (``min_position``) for a receipt of this election therefore gets a
     position at or after it, unless the document is stepped and that ballot not published
