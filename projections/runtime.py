@@ -29,6 +29,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from infra import metrics
+from infra.store import EVENTS_TABLE
 from infra.store.log import LogEvent, head, read_page
 from projections.base import Projection, schema_name
 
@@ -66,6 +67,20 @@ class Applied:
 
 class GapTooLarge(Exception):
     """A page starts too far ahead to fill the gap inside one transaction."""
+
+
+class BeyondTheLog(Exception):
+    """A page that ends past the last entry of this store: entries it holds are not in it
+    (pages of the store this one was restored from, or failed over from, with the entries
+    the restore lost). Nothing of it is applied."""
+
+    def __init__(self, name: str, last: int, head: int) -> None:
+        super().__init__(
+            f"projection {name}: a page up to position {last:,} runs past the last entry of "
+            f"this store ({head:,}): it holds entries this store does not have (the store "
+            "was restored from a backup or failed over, losing the log's tail); not applied"
+        )
+        self.last, self.head = last, head
 
 
 class ProjectionRunner:
@@ -161,7 +176,9 @@ class ProjectionRunner:
                     aside = await apply_isolated(conn, self.projection, version, pending)
                 else:
                     aside = await _apply_whole(conn, self.projection, version, pending)
-                await track(conn, self.name, version, last)
+                # (refused, and the transaction rolled back, if ``last`` is beyond this
+                # store's head: ``BeyondTheLog``)
+                await track(conn, self.name, version, last, within_log=True)
             self._committed = (version, last)
             return Applied(len(pending) - aside, last, set_aside=aside)
         except BaseException:
@@ -318,9 +335,15 @@ async def _tracked(conn: AsyncConnection[Any], name: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-async def track(conn: AsyncConnection[Any], name: str, version: int, position: int) -> None:
+async def track(
+    conn: AsyncConnection[Any], name: str, version: int, position: int, *, within_log: bool = False
+) -> None:
     """Move a version's position and, if it is the active version, announce it, in one
-    statement (it runs per page).
+    statement (it runs per page). ``within_log``: only if the log holds an entry at or past
+    ``position`` (checked in the same statement), else raise ``BeyondTheLog`` (the caller's
+    transaction is then to be rolled back): a page of entries not in this store, which a
+    restore's lost tail leaves in the broker, is never applied nor moves a position past
+    the head.
 
     Only the active version announces: the announcement wakes read-your-writes waiters
     (``PositionWatcher``), who then read the served version. A rebuild's version being
@@ -328,20 +351,28 @@ async def track(conn: AsyncConnection[Any], name: str, version: int, position: i
     voters got results without their ballot as if current. A switch tracks its version
     after making it active, so the switch itself announces the new version's position.
     """
-    await conn.execute(
-        "WITH moved AS (UPDATE projection_positions SET position = %(position)s, "
-        "updated_at = now() WHERE name = %(name)s AND version = %(version)s RETURNING 1) "
-        "SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved WHERE EXISTS ("
-        "SELECT 1 FROM projections WHERE name = %(name)s AND active_version = %(version)s)",
+    cursor = await conn.execute(
+        f"WITH head AS (SELECT max(notification_id) AS head FROM {EVENTS_TABLE} "
+        "WHERE %(within_log)s), "
+        "moved AS (UPDATE projection_positions SET position = %(position)s, "
+        "updated_at = now() WHERE name = %(name)s AND version = %(version)s "
+        "AND (NOT %(within_log)s OR %(position)s <= (SELECT head FROM head)) RETURNING 1) "
+        "SELECT EXISTS (SELECT 1 FROM moved), (SELECT head FROM head), "
+        "(SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved WHERE EXISTS ("
+        "SELECT 1 FROM projections WHERE name = %(name)s AND active_version = %(version)s))",
         {
             "position": position,
             "name": name,
             "version": version,
+            "within_log": within_log,
             "channel": NOTIFY_CHANNEL,
             "announcement": f"{name}:{position}",
         },
         prepare=True,
     )
+    row = await cursor.fetchone()
+    if within_log and row is not None and not row[0]:
+        raise BeyondTheLog(name, position, int(row[1] or 0))
 
 
 async def create_version(conn: AsyncConnection[Any], projection: Projection) -> int:
