@@ -70,17 +70,23 @@ class GapTooLarge(Exception):
 
 
 class BeyondTheLog(Exception):
-    """A page that ends past the last entry of this store: entries it holds are not in it
-    (pages of the store this one was restored from, or failed over from, with the entries
-    the restore lost). Nothing of it is applied."""
+    """A page that ends past the last entry of this store, or whose last entry is another
+    than this store's at that position (``strange``): entries it holds are not in it (pages
+    of the store this one was restored from, or failed over from, with the entries the
+    restore lost). Nothing of it is applied."""
 
-    def __init__(self, name: str, last: int, head: int) -> None:
-        super().__init__(
-            f"projection {name}: a page up to position {last:,} runs past the last entry of "
-            f"this store ({head:,}): it holds entries this store does not have (the store "
-            "was restored from a backup or failed over, losing the log's tail); not applied"
+    def __init__(self, name: str, last: int, head: int, strange: int | None = None) -> None:
+        where = (
+            f"runs past the last entry of this store ({head:,})"
+            if strange is None
+            else f"holds at position {strange:,} another entry than this store's"
         )
-        self.last, self.head = last, head
+        super().__init__(
+            f"projection {name}: a page up to position {last:,} {where}: it holds entries "
+            "this store does not have (the store was restored from a backup or failed over, "
+            "losing the log's tail); not applied"
+        )
+        self.last, self.head, self.strange, self.where = last, head, strange, where
 
 
 class ProjectionRunner:
@@ -131,11 +137,20 @@ class ProjectionRunner:
             row = await cursor.fetchone()
         return 0 if row is None else int(row[0])
 
-    async def apply_page(self, after: int, last: int, events: Sequence[LogEvent] | None) -> Applied:
+    async def apply_page(
+        self,
+        after: int,
+        last: int,
+        events: Sequence[LogEvent] | None,
+        ends: Sequence[LogEvent] = (),
+    ) -> Applied:
         """Apply one page, exactly once, in one transaction (``events`` None: the page's
-        entries are read from the store, as for a message that could not be decoded)."""
+        entries are read from the store, as for a message that could not be decoded).
+        ``ends``: the last entry of each relay page it was merged from, each checked to be
+        this store's (same position, stream and version), as ``last`` is checked to be
+        within its log (``track``, ``BeyondTheLog``)."""
         started = time.perf_counter()
-        applied = await self._apply_page(after, last, events)
+        applied = await self._apply_page(after, last, events, ends)
         if not applied.duplicate:
             metrics.PROJECTION_APPLY_SECONDS.labels(self.name).observe(
                 time.perf_counter() - started
@@ -145,17 +160,23 @@ class ProjectionRunner:
         return applied
 
     async def _apply_page(
-        self, after: int, last: int, events: Sequence[LogEvent] | None
+        self, after: int, last: int, events: Sequence[LogEvent] | None, ends: Sequence[LogEvent]
     ) -> Applied:
         # Most pages apply whole: try without a savepoint (two statements fewer); only when
         # that fails is the page applied again, in savepoints, setting aside what fails.
         try:
-            return await self._attempt(after, last, events, isolated=False)
+            return await self._attempt(after, last, events, ends, isolated=False)
         except _Unapplied:
-            return await self._attempt(after, last, events, isolated=True)
+            return await self._attempt(after, last, events, ends, isolated=True)
 
     async def _attempt(
-        self, after: int, last: int, events: Sequence[LogEvent] | None, *, isolated: bool
+        self,
+        after: int,
+        last: int,
+        events: Sequence[LogEvent] | None,
+        ends: Sequence[LogEvent],
+        *,
+        isolated: bool,
     ) -> Applied:
         try:
             async with self.pool.connection() as conn, conn.transaction():
@@ -177,8 +198,8 @@ class ProjectionRunner:
                 else:
                     aside = await _apply_whole(conn, self.projection, version, pending)
                 # (refused, and the transaction rolled back, if ``last`` is beyond this
-                # store's head: ``BeyondTheLog``)
-                await track(conn, self.name, version, last, within_log=True)
+                # store's head or a page's last entry is not this store's: ``BeyondTheLog``)
+                await track(conn, self.name, version, last, within_log=True, ends=ends)
             self._committed = (version, last)
             return Applied(len(pending) - aside, last, set_aside=aside)
         except BaseException:
@@ -336,14 +357,21 @@ async def _tracked(conn: AsyncConnection[Any], name: str) -> int:
 
 
 async def track(
-    conn: AsyncConnection[Any], name: str, version: int, position: int, *, within_log: bool = False
+    conn: AsyncConnection[Any],
+    name: str,
+    version: int,
+    position: int,
+    *,
+    within_log: bool = False,
+    ends: Sequence[LogEvent] = (),
 ) -> None:
     """Move a version's position and, if it is the active version, announce it, in one
     statement (it runs per page). ``within_log``: only if the log holds an entry at or past
-    ``position`` (checked in the same statement), else raise ``BeyondTheLog`` (the caller's
-    transaction is then to be rolled back): a page of entries not in this store, which a
-    restore's lost tail leaves in the broker, is never applied nor moves a position past
-    the head.
+    ``position``, and each of ``ends`` (pages' last entries) is the entry this store holds
+    at its position (same stream and version: one index probe each), all checked in the
+    same statement; else raise ``BeyondTheLog`` (the caller's transaction is then to be
+    rolled back): a page of entries not in this store, which a restore's lost tail leaves
+    in the broker, is never applied nor moves a position past the head.
 
     Only the active version announces: the announcement wakes read-your-writes waiters
     (``PositionWatcher``), who then read the served version. A rebuild's version being
@@ -354,10 +382,16 @@ async def track(
     cursor = await conn.execute(
         f"WITH head AS (SELECT max(notification_id) AS head FROM {EVENTS_TABLE} "
         "WHERE %(within_log)s), "
+        "strange AS (SELECT min(p.pos) AS pos FROM unnest(%(end_positions)s::bigint[], "
+        "%(end_streams)s::uuid[], %(end_versions)s::bigint[]) AS p(pos, stream, ver) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {EVENTS_TABLE} e WHERE e.originator_id = p.stream "
+        "AND e.originator_version = p.ver AND e.notification_id = p.pos)), "
         "moved AS (UPDATE projection_positions SET position = %(position)s, "
         "updated_at = now() WHERE name = %(name)s AND version = %(version)s "
-        "AND (NOT %(within_log)s OR %(position)s <= (SELECT head FROM head)) RETURNING 1) "
+        "AND (NOT %(within_log)s OR (%(position)s <= (SELECT head FROM head) "
+        "AND (SELECT pos FROM strange) IS NULL)) RETURNING 1) "
         "SELECT EXISTS (SELECT 1 FROM moved), (SELECT head FROM head), "
+        "(SELECT pos FROM strange), "
         "(SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved WHERE EXISTS ("
         "SELECT 1 FROM projections WHERE name = %(name)s AND active_version = %(version)s))",
         {
@@ -365,6 +399,9 @@ async def track(
             "name": name,
             "version": version,
             "within_log": within_log,
+            "end_positions": [e.position for e in ends],
+            "end_streams": [e.stream_id for e in ends],
+            "end_versions": [e.version for e in ends],
             "channel": NOTIFY_CHANNEL,
             "announcement": f"{name}:{position}",
         },
@@ -372,7 +409,8 @@ async def track(
     )
     row = await cursor.fetchone()
     if within_log and row is not None and not row[0]:
-        raise BeyondTheLog(name, position, int(row[1] or 0))
+        strange = None if row[2] is None else int(row[2])
+        raise BeyondTheLog(name, position, int(row[1] or 0), strange)
 
 
 async def create_version(conn: AsyncConnection[Any], projection: Projection) -> int:

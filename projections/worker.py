@@ -284,12 +284,16 @@ class ProjectionWorker:
         are then to be read from the store)."""
         after, last = run[0].after, max(page.last for page in run)
         events = merge(run)
+        # Each page's last entry, checked to be this store's as the page is applied: a page
+        # of the store before a restore (of the same incarnation, or a relay before it said
+        # it) holds other entries at the positions this store issued again.
+        ends = [page.events[-1] for page in run if page.events]
         try:
             try:
-                applied = await self.runner.apply_page(after, last, events)
+                applied = await self.runner.apply_page(after, last, events, ends)
             except GapTooLarge:
                 await self._catch_up()
-                applied = await self.runner.apply_page(after, last, events)
+                applied = await self.runner.apply_page(after, last, events, ends)
         except TRANSIENT:
             for page in run:
                 await page.message.nack(requeue=True)
@@ -299,8 +303,8 @@ class ProjectionWorker:
                 kept = [await self._apply([page], dead_letters) for page in run]
                 return all(kept)
             if isinstance(error, BeyondTheLog):
-                why = f"it runs past the last entry of this store ({error.head:,})"
-                await self._refuse_stale(run[0], why, "past the head")
+                why = f"it {error.where}"
+                await self._refuse_stale(run[0], why, "not in this store")
                 return False
             reason = f"{type(error).__name__}: {error}"
             await self._refuse(run[0].message, dead_letters, reason, after, last)

@@ -16,8 +16,9 @@ database of the same cluster). All three are readable by a role without superuse
 PostgreSQL 15 (``pg_control_system``, ``pg_walfile_name(pg_current_wal_lsn())`` and
 ``pg_database`` are executable by PUBLIC; tested in tests/integration/test_restored_store.py).
 A copy that none of them tells apart (a file-system snapshot or a base backup started
-without recovery, on the same timeline) is caught only where a page runs past this store's
-head (projections/runtime.py ``track``): docs/architecture.md, "Restoring the store".
+without recovery, on the same timeline) is caught where a page runs past this store's head
+or a page's last entry is not this store's (projections/runtime.py ``track``):
+docs/architecture.md, "Pages of another store".
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import orjson
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 from domain.rules import ElectionRules
 from domain.voter import Voter
@@ -37,10 +38,12 @@ from infra.broker.topology import Topology, delete_namespace
 from infra.runtime.bootstrap import running_workers
 from infra.store import open_application
 from infra.store.incarnation import incarnation
+from infra.store.log import read_page
 from infra.store.migrations import migrate
 from infra.store.writer import GroupCommitWriter
-from projections import PROJECTIONS
+from projections import PROJECTIONS, projection
 from projections.queries import tally_snapshot
+from projections.runtime import BeyondTheLog, ProjectionRunner
 from projections.status import projection_status
 from tests.databases import SERVER_URL, create_database, drop_database
 from tests.pg_cluster import BIN
@@ -313,3 +316,41 @@ async def test_a_role_without_superuser_reads_the_stores_incarnation() -> None:
         drop_database(url)
         with psycopg.connect(SERVER_URL, autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_a_page_with_other_entries_at_this_stores_positions_is_refused() -> None:
+    """A copy that keeps the store's incarnation (a file-system snapshot started without
+    recovery), or pages of a relay before the incarnation: the old store's page for
+    positions this store issued again, to other entries, within its head. Each page's last
+    entry is checked to be this store's as the page is applied."""
+    url = create_database("cardinal_restore_reused")
+    pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+    await pool.open()
+    try:
+        migrate(url)
+        async with _app(url) as app:
+            rules = ElectionRules.create(
+                options=[{"id": i, "label": i} for i in "abc"], method="plurality"
+            )
+            election_id = (await app.create_election("Reused", rules)).id
+            await app.open_election(election_id)
+            opened = _head(url)
+            await _cast(app, election_id, "v", 3, "a")
+        runner = ProjectionRunner(projection("tally"), pool)
+        await runner.prepare()
+        upto = _head(url)
+        async with pool.connection() as conn:
+            before = await read_page(conn, 0, opened, 100)
+            ours = await read_page(conn, opened, upto, 100)
+        await runner.apply_page(0, opened, before, before[-1:])
+        # The old store's page for the same positions: other ballots (other streams).
+        theirs = [e._replace(stream_id=uuid.uuid4()) for e in ours]
+        with pytest.raises(BeyondTheLog, match="another entry than this store's"):
+            await runner.apply_page(opened, upto, theirs, theirs[-1:])
+        assert await runner.position() == opened
+        applied = await runner.apply_page(opened, upto, ours, ours[-1:])
+        assert applied.position == upto
+        assert (await _counted(url, election_id))[1] == {"n": 3, "c:a": 3}
+    finally:
+        await pool.close()
+        drop_database(url)
