@@ -84,11 +84,8 @@ async def body(request: Request, model: type[M], *, required: bool = True) -> M:
             raise MalformedBody(EMPTY_BODY)
         return model.model_validate({})
     content_type = request.headers.get("content-type", "")
-    kind, _, parameters = content_type.partition(";")
-    kind = kind.strip().lower()
-    if kind != "application/json" and not (
-        kind.startswith("application/") and kind.endswith("+json")
-    ):
+    kind, parameters = media_type(content_type)
+    if not is_json(kind):
         raise UnsupportedMediaType(
             f"send the body as JSON with Content-Type: application/json; got {kind or 'none'}"
         )
@@ -109,6 +106,20 @@ async def body(request: Request, model: type[M], *, required: bool = True) -> M:
             raise
         raise MalformedBody(f"{refused.detail} ({said})") from None
     return validate(model, document)
+
+
+def media_type(content_type: str) -> tuple[str, str]:
+    """A Content-Type's media type (lower case) and its parameters (as sent)."""
+    kind, _, parameters = content_type.partition(";")
+    return kind.strip().lower(), parameters
+
+
+def is_json(kind: str) -> bool:
+    """Whether a media type (``media_type``'s) says JSON: what a body must say, else 415
+    (the ingest queue's ``content_type`` is judged by the same rule)."""
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 EMPTY_BODY = "the body is empty: this operation takes a JSON object (see /openapi.json)"

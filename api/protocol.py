@@ -423,9 +423,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_at = self.loop.time() + seconds
         self._deadline_part = part
 
-    def overdue(self, now: float) -> None:
-        """The sweeper's check: act on a deadline passed."""
+    def overdue(self, now: float, stalled: bool = False) -> None:
+        """The sweeper's check: act on a deadline passed. Where the loop itself was stalled
+        (``stalled``: the sweep ran late), a deadline passed is re-armed to fire on the next
+        sweep instead: what the client sent meanwhile may be waiting in the socket, unread,
+        and is read first (a 408 would blame the client for the server's pause)."""
         if self._deadline_at and now >= self._deadline_at:
+            if stalled:
+                self._deadline_at = now
+                return
             self._deadline_at = 0.0
             self._too_slow(self._deadline_part)
 
@@ -541,7 +547,15 @@ def _end_stream(scope: Any) -> None:
 class _Sweeper:
     """Checks a server's connections against their deadlines, a few times per deadline
     (so one fires at most an eighth of the shortest deadline late), while any are open;
-    and keeps the server's admitted connections (at most ``limit_concurrency``)."""
+    and keeps the server's admitted connections (at most ``limit_concurrency``).
+
+    A sweep that runs more than an interval after it was due finds the loop was stalled
+    (the process paused: SIGSTOP, a VM frozen, a blocking call): the requests that arrived
+    meanwhile wait unread in their sockets, and a loop may run its timers before it reads
+    them (libuv, after a pause, does). Such a sweep refuses no one: it re-arms the deadlines
+    passed to fire on the next sweep, so what waits is read first, and a client really too
+    slow is refused an interval later. (Paused 10 s, a process answered 19 requests sent on
+    time with 408, the HA review.)"""
 
     def __init__(self, protocol: GuardedHttpToolsProtocol) -> None:
         self.loop = protocol.loop
@@ -549,17 +563,20 @@ class _Sweeper:
         self.admitted: set[GuardedHttpToolsProtocol] = set()
         self.interval = min(protocol.head_timeout, protocol.body_timeout) / 8
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def watch(self) -> None:
         if self._timer is None:
-            self._timer = self.loop.call_later(self.interval, self._sweep)
+            self._due = self.loop.time() + self.interval
+            self._timer = self.loop.call_at(self._due, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
         now = self.loop.time()
+        stalled = now - self._due > self.interval
         for connection in list(self.connections):
             if isinstance(connection, GuardedHttpToolsProtocol):
-                connection.overdue(now)
+                connection.overdue(now, stalled)
         if self.connections:
             self.watch()
 

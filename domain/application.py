@@ -19,7 +19,7 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from domain.ballot import Ballot, ballot_id
-from domain.election import Election, ElectionStatus
+from domain.election import NOT_ISSUED, Election, ElectionStatus
 from domain.errors import (
     AlreadyVoted,
     BallotNotFound,
@@ -51,6 +51,10 @@ MAX_BALLOTS_PER_VOTER = 16  # in one batch
 # once per this many seconds per election (those meanwhile share the next catch-up): made-up
 # tokens, and ballots to a draft, cost a wait and a small read.
 TOKEN_RELOAD_FLOOR = 0.1
+# The key under which voter tokens' misses on ids that name no election (yet, here) share
+# their floored catch-up: one for all such ids, so that made-up ids neither start more
+# catch-ups than one election's misses nor fill the floor's bookkeeping with an entry each.
+NO_ELECTION = UUID(int=0)
 # Closed elections a process keeps in memory, the least recently used dropped past it
 # (CLOSED_ELECTIONS_CACHED sets it for the service): each holds its electorate, about
 # 2 KiB an election and 140 bytes a voter token, and a process held every election it ever
@@ -228,15 +232,32 @@ class VotingApplication(Application[UUID]):
         Misses share that catch-up, and an election's misses start one at most once per
         TOKEN_RELOAD_FLOOR, so made-up tokens cost a short wait and at most ten small reads
         a second per election. (Every miss waits so, in an election of any kind, and the
-        wait does not grow with the electorate: it tells nothing of either.)"""
-        election = await self.election(election_id)
+        wait does not grow with the electorate: it tells nothing of either.)
+
+        An id that names no election is a miss too, answered with the same NotEligible
+        after the same floored catch-up (shared by every such id: ``NO_ELECTION``), not
+        ElectionNotFound: a 404 there told a made-up token which ids name an election,
+        where no token cannot tell (the auth review). The catch-up also finds an election
+        created a moment ago through another process."""
         try:
-            election.check_token_holder(credential)
-        except NotEligible:
+            election = await self.election(election_id)
+        except ElectionNotFound:
             pass
         else:
+            try:
+                election.check_token_holder(credential)
+            except NotEligible:
+                pass
+            else:
+                return election
+            election = await self._caught_up(election_id)
+            election.check_token_holder(credential)
             return election
-        election = await self._caught_up(election_id)
+        await asyncio.shield(self._token_reload(NO_ELECTION))
+        try:
+            election = await self.election(election_id)
+        except ElectionNotFound:
+            raise NotEligible(NOT_ISSUED) from None
         election.check_token_holder(credential)
         return election
 
@@ -274,6 +295,10 @@ class VotingApplication(Application[UUID]):
         finally:
             self._started(election_id, asyncio.current_task())
         self._token_reloaded_at[election_id] = time.monotonic()
+        if election_id == NO_ELECTION:  # ids that named none: the caller reads its own
+            if self.catch_up is not None:
+                await self.catch_up()
+            return
         if self.catch_up is not None:
             # What is new in the log, whatever the election's size: a whole election read
             # again cost a made-up token's sender as much as its electorate (a million

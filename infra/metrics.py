@@ -189,6 +189,11 @@ INGEST_REFUSED = Counter(
     "Ballots from the ingest queue refused (sent to <queue>.refused), by reason",
     ["reason"],
 )
+INGEST_REPLIES_WITHHELD = Counter(
+    "cardinal_ingest_replies_withheld_total",
+    "Replies not sent because reply_to named the ingest's own queues (or the broker "
+    "topology's); the ballots were cast as usual",
+)
 INGEST_BATCH = Histogram(
     "cardinal_ingest_batch_ballots",
     "Ballots cast per ingest batch (one ack with multiple=True)",

@@ -15,9 +15,10 @@ from starlette.responses import Response
 from api import context, documents
 from api.auth import readable_election
 from api.contract import Operation, Param, operation
-from api.params import ELECTION_ID
+from api.params import ELECTION_ID, POSITION
 from api.problems import Forbidden, MalformedBody, Unauthorized
 from api.responses import JSONResponse
+from api.routes.results import MAX_WAIT, own_position
 from api.schemas import ElectionIn, Strict, TokensIn
 from api.views import election_view
 from domain.application import VotingApplication, creation_order
@@ -312,11 +313,26 @@ async def _cursor(app: VotingApplication, raw: str | None) -> tuple[datetime, UU
         "elections",
         ok=documents.Election,
         errors=(403, 404),
-        params=(ELECTION_ID,),
+        params=(
+            ELECTION_ID,
+            Param(
+                "min_position",
+                "query",
+                POSITION,
+                required=False,
+                description="wait up to 2 s for this process's view of the election to "
+                "reach this position (a receipt's: a close's, an open's); not reached, the "
+                "answer says so in a Warning header (a voter token: at most its own "
+                "ballot's or its election's last entry)",
+            ),
+        ),
         links=_links("GetResults"),
     )
 )
 async def get_election(request: Request) -> Response:
+    """The election as this process holds it; ``min_position`` waits (up to 2 s) for this
+    process's elections to have caught up with the log up to it: a close answered by
+    another process is otherwise seen here only when the election feed next catches up."""
     if "authorization" not in request.headers:
         # public_results opens the results to all, not the election document: say so,
         # since that is what a reader of a public election asks here.
@@ -327,8 +343,18 @@ async def get_election(request: Request) -> Response:
         )
     principal = context.auth(request).identify(request)
     election_id = context.election_id(request)
+    wanted = context.int_param(request, "min_position", 0, minimum=0)
     services = context.services(request)
     election = await readable_election(
         principal, services.app, election_id, partial(services.voter_keys.credential, election_id)
     )
-    return JSONResponse(election_view(election))
+    if not wanted:
+        return JSONResponse(election_view(election))
+    if principal.voter_token is not None:
+        # As for results: a voter waits for its own entries or its election's, never for
+        # the log's head, whose moves would time every election's ballots.
+        wanted = await own_position(services, election_id, principal.voter_token, wanted)
+    reached = await services.feed.reached(wanted, MAX_WAIT)
+    election = await services.app.election(election_id)  # (authorised above)
+    headers = {} if reached else {"Warning": f'199 - "position {wanted} not reached yet"'}
+    return JSONResponse(election_view(election), headers=headers)

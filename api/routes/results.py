@@ -107,7 +107,7 @@ async def results(request: Request) -> Response:
         # the tally's position moves with every election's ballots, and a wait for any
         # position of the log (answered, or "Warning: not reached yet") timed the ballots
         # of every other election, private ones included (secrecy review of ff1b34a, A).
-        wanted = await _own_position(services, election_id, principal.voter_token, wanted)
+        wanted = await own_position(services, election_id, principal.voter_token, wanted)
     if wanted and (principal.role is not None or principal.voter_token is not None):
         # (Anonymous readers of a public election are not waited for at all: how long the
         # answer took told anyone when the tally passed each position of the log, every
@@ -126,7 +126,7 @@ WHERE originator_id = ANY(%s) AND notification_id <= %s
 """
 
 
-async def _own_position(services: Services, election_id: UUID, token: str, wanted: int) -> int:
+async def own_position(services: Services, election_id: UUID, token: str, wanted: int) -> int:
     """How far a voter's ``min_position`` waits: the last entry, up to ``wanted``, of its
     own ballot or of its election's own stream (created, opened, tokens, closed); 0 if
     none. A receipt of its ballot is waited for exactly; beyond it, nothing the voter did

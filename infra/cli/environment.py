@@ -104,14 +104,28 @@ def configure_logging(settings: Settings) -> None:
 
 def command_settings(*, migrate: bool = True) -> Settings:
     """Settings for a service command (relay, project, ingest) that needs the database;
-    migrations applied first unless ``migrate`` is false (a child of `serve`, which did)."""
+    migrations applied first unless ``migrate`` is false (a child of `serve`, which did),
+    and the secret it uses checked against the store's (check_store_secret)."""
     from infra.store.migrations import migrate as apply_migrations
 
     settings = _with_database()
+    assert settings.database_url is not None
     if migrate:
-        assert settings.database_url is not None
         apply_migrations(settings.database_url)
+    check_store_secret(settings)
     return settings
+
+
+def check_store_secret(settings: Settings, secret: str | None = None) -> None:
+    """Refuse to start with a CARDINAL_SECRET (``secret``, or the one these settings use)
+    other than the one the store records; the first process records it
+    (infra/runtime/fingerprint.py)."""
+    from infra.runtime.bootstrap import secret_in_use
+    from infra.runtime.fingerprint import check_secret
+
+    secret = secret or secret_in_use(settings)
+    if secret is not None and settings.database_url is not None:
+        check_secret(settings.database_url, secret)
 
 
 def operator_settings() -> Settings:

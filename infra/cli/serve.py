@@ -13,7 +13,13 @@ from contextlib import AbstractAsyncContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from infra.cli.environment import Commands, command_settings, configure_logging, console
+from infra.cli.environment import (
+    Commands,
+    check_store_secret,
+    command_settings,
+    configure_logging,
+    console,
+)
 from infra.runtime.lifecycle import check_port_free, die_with_parent, hold_data_dir, name_holder
 from infra.runtime.settings import Settings, SettingsError
 from projections import PROJECTIONS
@@ -77,6 +83,17 @@ def add_commands(sub: Commands) -> None:
     )
     migrate.set_defaults(command=run_migrate)
 
+    accept = sub.add_parser(
+        "accept-secret",
+        help="record CARDINAL_SECRET as the database's, for a deliberate change of secret",
+        description="Every process refuses to start with a CARDINAL_SECRET other than the "
+        "one the database records (the first process records it). To change the secret on "
+        "purpose, between elections (voter tokens issued under the old one stop working, "
+        "and a client voter of an election still open could vote again): stop every "
+        "process, run this with the new CARDINAL_SECRET, then start every process with it.",
+    )
+    accept.set_defaults(command=run_accept_secret)
+
 
 def run_migrate(_: argparse.Namespace) -> int:
     from infra.store.migrations import migrate
@@ -91,6 +108,32 @@ def run_migrate(_: argparse.Namespace) -> int:
             console.print(f"applied {name}")
     else:
         console.print("the database is up to date; nothing to apply")
+    return 0
+
+
+def run_accept_secret(_: argparse.Namespace) -> int:
+    from infra.runtime.credentials import complete
+    from infra.runtime.fingerprint import accept_secret
+    from infra.store.migrations import require_current
+
+    settings = Settings.from_env()
+    configure_logging(settings)
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL is not set: whose secret to record?")
+    secret = complete(settings).settings.secret  # (in development, the data folder's)
+    assert secret is not None  # (production requires it; development generates it)
+    require_current(settings.database_url)
+    held = accept_secret(settings.database_url, secret)
+    if held == "another":
+        console.print(
+            "recorded this CARDINAL_SECRET as the database's, in place of another: start "
+            "every process with it (voter tokens issued under the old one no longer work)"
+        )
+    else:
+        console.print(
+            "recorded this CARDINAL_SECRET as the database's"
+            + (" (it was already)" if held == "this" else "")
+        )
     return 0
 
 
@@ -243,6 +286,7 @@ def run_api(args: argparse.Namespace) -> int:
         raise SettingsError("DATABASE_URL is not set (use `cardinal serve` for an embedded one)")
     if args.child:
         die_with_parent()
+        check_store_secret(settings)  # (serve did, with the same; cheap, and said here too)
     else:
         settings = _prepare(settings)
     return _serve_api(settings, everything=False, share_port=args.child)
@@ -257,6 +301,7 @@ def _prepare(settings: Settings) -> Settings:
     credentials = complete(settings)
     for name in migrate(settings.database_url):
         console.print(f"applied migration {name}")
+    check_store_secret(credentials.settings)
     _banner(credentials.settings, credentials.generated_roles, credentials.read_back)
     return credentials.settings
 

@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -77,6 +77,8 @@ MAX_BACKOFF = 5.0
 # the batch, and the queue behind it, for ever.
 FAULT_ATTEMPTS = 3
 DEPTH_EVERY = 5.0
+# Elections a batch looks up at a time (each one not yet known is a read of the store).
+ELECTION_LOOKUPS = 8
 # A reply_to queue that does not take replies is said once per this many seconds (of the
 # first at most UNANSWERED_QUEUES queues at a time: a client may name any number of them).
 UNANSWERED_EVERY = 60.0
@@ -199,6 +201,7 @@ class Ingester:
         in_flight: int | None = None,
         name: str = "cardinal ingest",
         max_ballot_bytes: int = MAX_BALLOT_BYTES,
+        reserved: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.keys = keys
@@ -232,6 +235,15 @@ class Ingester:
         self._forwarding: AbstractChannel | None = None  # refusals' (_forwarder)
         self._undeclared_said = -60.0  # monotonic: the refused queue's declare refused, said
         self._unanswered = _Unanswered()
+        # Names a reply is never sent to: the ingest's own queues and exchange, and what
+        # else the broker's topology declares (``reserved``: the projections' queues). A
+        # receipt sent there went back into the queue (and was refused) or sat in the
+        # refused queue with no x-refusal header, for an operator to puzzle over.
+        self.reserved = frozenset(
+            {queue, self.queues.refused, self.queues.dead_letter_exchange, *reserved}
+        )
+        self._withheld_said = -UNANSWERED_EVERY  # monotonic: a withheld reply last said
+        self._withheld_since = 0  # replies withheld since it was last said
 
     async def run(self) -> None:
         """Consume forever; reconnect without help."""
@@ -441,7 +453,11 @@ class Ingester:
         committed = sum(1 for d in batch for item in d.items if item.receipt is not None)
         await self._forward(batch)
         await asyncio.gather(
-            *(self._answer(d) for d in batch if d.message.reply_to and d.message.correlation_id)
+            *(
+                self._answer(d)
+                for d in batch
+                if d.message.reply_to and d.message.correlation_id and self._replied(d)
+            )
         )
         try:
             await _ack(batch)
@@ -513,13 +529,19 @@ class Ingester:
         """Each election, or why its ballots are refused (a CardinalError), or the error its
         reading met: the store away (tried again), or a fault (counted, then refused)."""
         elections: dict[UUID, Election | Exception] = {}
-        for election_id in ids:
-            assert election_id is not None
-            try:
-                elections[election_id] = await self.app.election(election_id)
-            except Exception as error:
-                log.debug("election %s could not be read: %s", election_id, error)
-                elections[election_id] = error
+        bound = asyncio.Semaphore(ELECTION_LOOKUPS)
+
+        async def look_up(election_id: UUID) -> None:
+            async with bound:
+                try:
+                    elections[election_id] = await self.app.election(election_id)
+                except Exception as error:
+                    log.debug("election %s could not be read: %s", election_id, error)
+                    elections[election_id] = error
+
+        # Concurrently, a few at a time: read one after another, 10 messages of 10,000
+        # ballots each naming another (unknown) election held the queue 7.9 s (review).
+        await asyncio.gather(*(look_up(election_id) for election_id in ids if election_id))
         return elections
 
     def _check_open(self, batch: list[Delivery]) -> None:
@@ -641,6 +663,29 @@ class Ingester:
             async with asyncio.timeout(DEPTH_EVERY):
                 await channel.initialize()
 
+    def _replied(self, delivery: Delivery) -> bool:
+        """Whether the message's ``reply_to`` may be answered: not where it names one of
+        ``reserved`` (counted, and said at WARNING once per UNANSWERED_EVERY at most, with
+        how many more since). Its ballots are cast all the same."""
+        reply_to = delivery.message.reply_to
+        assert reply_to is not None
+        if reply_to not in self.reserved:
+            return True
+        metrics.INGEST_REPLIES_WITHHELD.inc()
+        now = time.monotonic()
+        if now - self._withheld_said < UNANSWERED_EVERY:
+            self._withheld_since += 1
+            return False
+        more = f"; {self._withheld_since} more since" if self._withheld_since else ""
+        log.warning(
+            "a message asked for its reply in %r, one of the ingest's own queues: no reply "
+            "is sent there (its ballots are cast as usual; said once a minute at most%s)",
+            sendable(reply_to, SHORT_STR),
+            more,
+        )
+        self._withheld_said, self._withheld_since = now, 0
+        return False
+
     async def _answer(self, delivery: Delivery) -> None:
         """Reply to the message's ``reply_to``: best-effort. The ballots' outcome is in the
         log whatever becomes of the reply, and the message republished with the same
@@ -664,12 +709,16 @@ class Ingester:
         problem: dict[str, Any],
         original: AbstractIncomingMessage,
     ) -> None:
+        # The message refused whole goes as it came (a 415's content_type and encoding
+        # too); a ballot of a multi-ballot message, as JSON of our own making.
+        whole = body is original.body
         await dead.publish(
             aio_pika.Message(
                 body,
-                message_id=_sendable(key),
+                message_id=forwarded_id(key),
                 correlation_id=_sendable(original.correlation_id),
-                content_type="application/json",
+                content_type=(whole and _sendable(original.content_type)) or "application/json",
+                content_encoding=_sendable(original.content_encoding) if whole else None,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers=refusal_headers(problem),
             ),
@@ -756,6 +805,19 @@ class Ingester:
 
 def _sendable(text: str | None) -> str | None:
     return None if text is None else sendable(text, SHORT_STR)
+
+
+def forwarded_id(key: str | None) -> str | None:
+    """The message_id a refusal is forwarded under: its key whole, never cut (a key cut to
+    255 bytes was another ballot's, and republished under it was a replay of that one,
+    its own ballot never recorded). Where a message_id cannot hold it (a ballot's own
+    ``idempotency_key`` of more than 255 bytes, which ``forwarded`` keeps in the body), a
+    random one, which names no ballot: aiormq would invent one for none (it tells a
+    return's message by it)."""
+    if key is None:
+        return None
+    text = sendable(key)
+    return text if len(text.encode()) <= SHORT_STR else uuid.uuid4().hex
 
 
 def _open(message: AbstractIncomingMessage) -> bool:

@@ -23,15 +23,24 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from api.context import json_document, validate
+from api.context import is_json, json_document, media_type, validate
 from api.problems import MalformedBody, fault, problem_of
 from api.responses import problem_body
-from api.schemas import BATCH_BODY_BYTES, KEY_RULE, BallotIn, IdempotencyKey, VoterId, valid_key
+from api.schemas import (
+    BATCH_BODY_BYTES,
+    KEY_RULE,
+    MAX_IDEMPOTENCY_KEY,
+    BallotIn,
+    IdempotencyKey,
+    VoterId,
+    valid_key,
+)
 from domain.application import Receipt
 from domain.election import Election
 from domain.errors import CardinalError, InvalidBallot, InvalidRequest
 from domain.rules import Eligibility
 from domain.voter import Voter
+from infra.ingest.strings import SHORT_STR
 from infra.runtime.settings import Settings
 from infra.runtime.voters import VoterKeys, request_key
 
@@ -143,8 +152,24 @@ def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_B
                 field="ballots",
             ),
         )
+    derived = [i for i, raw in enumerate(ballots) if not isinstance(_own_key(raw), str)]
+    if derived and not fits(f"{key}:{derived[-1]}"):
+        # A key cut to fit would be another ballot's (``<id>:1`` of ``<id>:17``): the
+        # whole message is refused before anything of it is recorded.
+        longest = min(MAX_IDEMPOTENCY_KEY, SHORT_STR) - len(f":{derived[-1]}")
+        return _refused(
+            delivery,
+            "invalid_request",
+            InvalidRequest(
+                f"message_id is {len(key.encode())} bytes: a message of {len(ballots)} ballots "
+                f"may carry a message_id of at most {longest} bytes (UTF-8), so that each "
+                f"ballot's key, <message_id>:<index>, is at most {SHORT_STR}, as a "
+                "message_id holds (or give each ballot its own idempotency_key)",
+                field="message_id",
+            ),
+        )
     for index, raw in enumerate(ballots):
-        own = raw.get("idempotency_key") if isinstance(raw, dict) else None
+        own = _own_key(raw)
         item = Item(raw, own if isinstance(own, str) else f"{key}:{index}", f"ballots[{index}]")
         if isinstance(raw, dict) and default_election is not None and "election_id" not in raw:
             item.raw = {**raw, "election_id": default_election}
@@ -153,8 +178,48 @@ def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_B
     return delivery
 
 
+def fits(key: str) -> bool:
+    """Whether ``key`` is a key (KEY_RULE) that a message_id can carry whole (an AMQP short
+    string: SHORT_STR bytes of UTF-8): the key a refused ballot is forwarded under."""
+    return valid_key(key) and len(key.encode("utf-8", "surrogatepass")) <= SHORT_STR
+
+
+def _own_key(raw: Any) -> Any:
+    return raw.get("idempotency_key") if isinstance(raw, dict) else None
+
+
+def _unsupported(delivery: Delivery) -> bool:
+    """Refuse (415, as HTTP refuses such a body) a message whose ``content_type`` says it is
+    not JSON, or whose ``content_encoding`` says it is encoded (gzip): it is read as HTTP
+    reads a body. One with no content_type is read as JSON."""
+    message = delivery.message
+    kind = media_type(message.content_type or "")[0]
+    encoding = (message.content_encoding or "").strip().lower()
+    if kind and not is_json(kind):
+        detail = (
+            "send the body as JSON with content_type application/json (or none); "
+            f"got {shortened(kind)}"
+        )
+    elif encoding and encoding != "identity":
+        detail = (
+            "send the body as it is, with no content_encoding: a message is read as HTTP "
+            f"reads a body, and is not decoded; got content_encoding {shortened(encoding)}"
+        )
+    else:
+        return False
+    delivery.problem = problem_body(415, "Unsupported media type", detail)
+    delivery.reason = "unsupported_media_type"
+    return True
+
+
+def shortened(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _body(delivery: Delivery, max_ballot_bytes: int) -> dict[str, Any] | None:
     """The message's body, a JSON object; or None, the message refused."""
+    if _unsupported(delivery):
+        return None
     raw = delivery.message.body
     if len(raw) > BATCH_BODY_BYTES:
         _too_large(delivery, BATCH_BODY_BYTES, "a multi-ballot message")
@@ -257,9 +322,15 @@ def _too_large(delivery: Delivery, limit: int, what: str) -> None:
 def forwarded(item: Item) -> bytes:
     """The body a refused ballot of a multi-ballot message is forwarded with: the ballot as
     a message of its own would carry it, to be fixed and republished under the message_id
-    it is forwarded with (its key, which a ballot's own ``idempotency_key`` was)."""
+    it is forwarded with (its key, which a ballot's own ``idempotency_key`` was). An own
+    key longer than a message_id holds (255 bytes of UTF-8, 255 characters of which are a
+    key) is never cut, which would make it another key: the ballot is forwarded as a
+    multi-ballot message of one ballot that keeps its ``idempotency_key``, under a random
+    message_id (``forwarded_id``), which that key overrides when it is republished."""
     raw = item.raw
     if isinstance(raw, dict) and raw.get("idempotency_key") == item.key:
+        if not fits(item.key):
+            return json_bytes({"ballots": [raw]})
         raw = {name: value for name, value in raw.items() if name != "idempotency_key"}
     return json_bytes(raw)
 

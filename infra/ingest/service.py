@@ -12,12 +12,14 @@ from aiormq.exceptions import ChannelPreconditionFailed, ProbableAuthenticationE
 
 from domain.application import VotingApplication
 from infra.broker.outage import Outage
+from infra.broker.topology import Topology
 from infra.ingest.consumer import Ingester
 from infra.metrics import serve_worker_metrics
 from infra.runtime.bootstrap import running_services
 from infra.runtime.lifecycle import check_port_free
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
+from projections import PROJECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,18 @@ def ingester(settings: Settings, app: VotingApplication, keys: VoterKeys) -> Ing
         batch=settings.ingest_batch,
         name=f"{settings.namespace} ingest",
         max_ballot_bytes=settings.max_body_bytes,
+        reserved=reserved_names(settings.namespace),
     )
+
+
+def reserved_names(namespace: str) -> list[str]:
+    """What the broker's topology declares in ``namespace`` (``infra/broker/topology.py``):
+    no reply is sent there (the consumer adds its own queues)."""
+    topology = Topology(namespace)
+    names = [topology.events_exchange, topology.dead_letter_exchange]
+    for name in PROJECTIONS:
+        names += [topology.queue(name), topology.dead_letter_queue(name)]
+    return names
 
 
 async def run_ingest(settings: Settings, *, metrics_port: int | None) -> None:

@@ -172,6 +172,19 @@ def _page_key(settings: Settings) -> bytes:
     CARDINAL_SECRET; in development, where it may be unset, from the secret kept in the
     data folder, the one `cardinal serve` and `cardinal api` complete theirs with (and
     export in .cardinal/env): every process of a stack derives the same key."""
+    return page_key(_pages_secret(settings), settings.namespace)
+
+
+def secret_in_use(settings: Settings) -> str | None:
+    """The secret a process of these settings uses: CARDINAL_SECRET, or where a broker
+    carries signed pages, the secret the page key is derived from (in development, the
+    data folder's); None where it uses none (projections without a broker, unset)."""
+    if settings.secret is not None:
+        return settings.secret
+    return _pages_secret(settings) if settings.amqp_url is not None else None
+
+
+def _pages_secret(settings: Settings) -> str:
     secret = settings.secret
     if secret is None and not settings.is_production:
         from infra.runtime.credentials import complete
@@ -182,7 +195,7 @@ def _page_key(settings: Settings) -> bytes:
             "CARDINAL_SECRET is not set: the relay signs the pages it publishes with it, and "
             "projection workers accept only pages so signed (set the API's in every process)"
         )
-    return page_key(secret, settings.namespace)
+    return secret
 
 
 @asynccontextmanager

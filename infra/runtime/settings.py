@@ -21,6 +21,9 @@ from infra.runtime.lifecycle import PARENT_ENV
 log = logging.getLogger(__name__)
 
 ROLES = ("admin", "operator", "auditor", "client")
+# The fewest characters a role token or METRICS_TOKEN may have in production: as many as
+# CARDINAL_SECRET's (a bearer check has no limit on failed tries).
+TOKEN_AT_LEAST = 32
 # What LOG_LEVEL may be: the levels both logging and uvicorn know by name.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -234,6 +237,7 @@ class Settings:
                 "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
             )
         self._check_edge()
+        self._check_tokens()
         if self.secret is not None and len(self.secret) < 32:
             raise SettingsError(
                 "CARDINAL_SECRET must be at least 32 characters "
@@ -279,6 +283,41 @@ class Settings:
                     "FORWARDED_ALLOW_IPS must be addresses or CIDR blocks separated by commas "
                     f"(or *); {entry!r} is neither"
                 ) from None
+
+    def _check_tokens(self) -> None:
+        """Role tokens and METRICS_TOKEN: in production each at least TOKEN_AT_LEAST
+        characters (a bearer check has no limit on failed tries: a short token is guessed),
+        and in every environment no token under two names. A token listed for two roles got
+        only the later one, silently (api/auth.py keeps one role per token); one that is
+        also METRICS_TOKEN would hand its role to whoever scrapes metrics. The messages
+        name the variables, never a token."""
+        named = [
+            (f"CARDINAL_{role.upper()}_TOKEN", token)
+            for role in ROLES
+            for token in self.tokens_for(role)
+        ]
+        if self.metrics_token is not None:
+            named.append(("METRICS_TOKEN", self.metrics_token))
+        if self.is_production:
+            for variable, token in named:
+                if len(token) < TOKEN_AT_LEAST:
+                    said = "it is" if variable == "METRICS_TOKEN" else "each of its tokens is"
+                    raise SettingsError(
+                        f"{variable} is too short: in production {said} at least "
+                        f"{TOKEN_AT_LEAST} characters "
+                        "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+                    )
+        holders: dict[str, list[str]] = {}
+        for variable, token in named:
+            if variable not in holders.setdefault(token, []):
+                holders[token].append(variable)
+        for variables in holders.values():
+            if len(variables) > 1:
+                raise SettingsError(
+                    f"one token is set in both {' and '.join(variables[:2])}: a token "
+                    "carries one role only (and METRICS_TOKEN none), so give each its own "
+                    "token"
+                )
 
     @property
     def metrics_listen_host(self) -> str:

@@ -79,6 +79,8 @@ class ElectionFeed:
         # completed started: a sync asked before that has nothing left to wait for.
         self._scanning = asyncio.Lock()
         self._scanned_from = float("-inf")
+        # Set (and replaced) each time the position moves: ``reached`` waits on it.
+        self._moved = asyncio.Event()
         self.reads = reads
         if reads is not None:
             app.catch_up = self.sync
@@ -153,6 +155,30 @@ class ElectionFeed:
                 "the event store did not answer in time; try again in a few seconds"
             ) from error
 
+    async def reached(self, position: int, within: float) -> bool:
+        """Whether this process's elections reflect every election event up to ``position``
+        of the log, waiting up to ``within`` seconds for it: a position recorded before the
+        call (a close's receipt, written through any process) takes one ``sync``; one past
+        the head, the catch-ups that pass it. False if not within the time, or if the store
+        did not answer (the caller serves what it holds, saying so)."""
+        if self.position >= position:
+            return True
+        if self.reads is None:
+            return False
+        try:
+            async with asyncio.timeout(within):
+                await self.sync()
+                while self.position < position:
+                    await self._moved.wait()
+        except (TimeoutError, StoreUnavailable):
+            return False
+        return True
+
+    def _advance(self, position: int) -> None:
+        self.position = position
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
     async def _scan(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with self._scanning:
             started = time.monotonic()
@@ -169,7 +195,7 @@ class ElectionFeed:
         rows = [row[1:] for row in first if row[1] is not None]
         while self.position < head:
             if not rows:
-                self.position = head
+                self._advance(head)
                 return
             for event in self._readable(rows):
                 try:
@@ -177,7 +203,7 @@ class ElectionFeed:
                 except Exception as error:  # keep following; the election reloads on use
                     log.error("election feed: cannot apply %r: %s", event, error)
                     self.app.forget(event.originator_id)
-            self.position = head if len(rows) < PAGE else int(rows[-1][0])
+            self._advance(head if len(rows) < PAGE else int(rows[-1][0]))
             if self.position < head:
                 cursor = await conn.execute(
                     SELECT, (self.position, head, ELECTION_TOPIC_PREFIX + "%")

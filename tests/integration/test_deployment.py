@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {
     "CARDINAL_SECRET": "0123456789abcdef0123456789abcdef",
     "CARDINAL_AUDIT_KEY": "ab" * 32,
-    "CARDINAL_ADMIN_TOKEN": "admin",
+    "CARDINAL_ADMIN_TOKEN": "a" * 32,
     "JWT_SECRET_KEY": "j" * 32,
     "METRICS_TOKEN": "m" * 32,
     "POSTGRES_PASSWORD": "pg",

@@ -700,14 +700,18 @@ def test_a_message_takes_a_whole_number_written_with_a_fraction_as_http_does(
         election.encode(),
         number,
     )
+
+    def message(body: bytes) -> Any:  # (what parse reads of a message)
+        return SimpleNamespace(message_id="m", content_type=None, content_encoding=None, body=body)
+
     for body in (one, many):
-        delivery = parse(SimpleNamespace(message_id="m", body=body))  # type: ignore[arg-type]
+        delivery = parse(message(body))
         assert delivery.problem is None
         [item] = delivery.items
         assert item.problem is None, item.problem
         assert item.ballot is not None
         assert item.ballot.content() == {"scores": {"a": int(float(number))}}
-    fraction = parse(SimpleNamespace(message_id="m", body=one.replace(number, b"2.5")))  # type: ignore[arg-type]
+    fraction = parse(message(one.replace(number, b"2.5")))
     assert fraction.items[0].problem is not None
 
 
@@ -1150,3 +1154,180 @@ async def test_a_batch_given_up_on_a_live_channel_is_released_only_after_a_backo
             assert await queue_depth(queue + ".refused") == 0
     finally:
         await delete_queues(queue)
+
+
+async def test_a_message_id_too_long_for_its_ballots_keys_refuses_the_message_whole(
+    ingest: Ingest,
+) -> None:
+    """A ballot's key is <message_id>:<index>; one past 255 characters was cut where the
+    refusal was forwarded, to another ballot's key (<id>:1 of <id>:16): republished under
+    it, the refused ballot was a replay of that one, never recorded (review). Such a
+    message is refused whole, before anything of it is recorded, under its own message_id;
+    and a ballot's own key too long for a message_id is forwarded whole, never cut."""
+    election_id = await ingest.election()
+    long_id = uuid.uuid4().hex[:8] + "X" * 245  # 253 characters: <id>:16 is 256
+    ballots = [{"voter_id": "seventeen", "choice": "yes" if n % 2 else "no"} for n in range(17)]
+    await publish(
+        AMQP_URL,
+        ingest.queue,
+        [(long_id, {"election_id": str(election_id), "ballots": ballots})],
+    )
+    [refused] = await take_all(ingest.queue + ".refused", 1)
+    assert refused.message_id == long_id  # whole, its own
+    assert refused.headers["x-refusal-status"] == 422
+    problem = orjson.loads(str(refused.headers["x-refusal-problem"]))
+    assert problem["field"] == "message_id"
+    assert (
+        "a message of 17 ballots may carry a message_id of at most 252 bytes" in (problem["detail"])
+    )
+    await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert ingest.versions(election_id, ["seventeen"]) == {}  # nothing of it recorded
+    # 252 characters: every key of 17 ballots fits, the 17th (over 16 of a voter) refused
+    # under <id>:16 whole.
+    fitting = long_id[:252]
+    await publish(
+        AMQP_URL,
+        ingest.queue,
+        [(fitting, {"election_id": str(election_id), "ballots": ballots})],
+    )
+    [seventeenth] = await take_all(ingest.queue + ".refused", 1)
+    assert seventeenth.message_id == f"{fitting}:16"
+    assert "more than 16 ballots" in str(seventeenth.headers["x-refusal"])
+    # An own key of 255 characters, 510 bytes: no message_id holds it, nor a part of it.
+    own = "\u00e9" * 255
+    await publish(
+        AMQP_URL,
+        ingest.queue,
+        [
+            (
+                "own-key",
+                {
+                    "election_id": str(election_id),
+                    "ballots": [{"voter_id": "own", "choice": "maybe", "idempotency_key": own}],
+                },
+            )
+        ],
+    )
+    [own_refused] = await take_all(ingest.queue + ".refused", 1)
+    assert own_refused.message_id is not None
+    assert own_refused.message_id not in own  # a random one, no part of the key
+    assert orjson.loads(own_refused.body)["ballots"][0]["idempotency_key"] == own
+    # Republished as it came, fixed: recorded under its own key.
+    fixed = orjson.loads(own_refused.body)
+    fixed["ballots"][0]["choice"] = "yes"
+    await publish(AMQP_URL, ingest.queue, [(own_refused.message_id, fixed)])
+    assert await ingest.until_counted(election_id, ["own"]) == {"own": 1}
+
+
+async def test_a_message_that_says_it_is_not_json_or_encoded_is_refused_415(
+    ingest: Ingest,
+) -> None:
+    """A message is read as HTTP reads a body: a content_type other than JSON is 415 as
+    over HTTP, and so is a content_encoding (a gzipped body was 400 'malformed JSON'); a
+    message with no content_type is read as JSON, as it always was (review)."""
+    election_id = await ingest.election()
+    sent = {
+        "c-text": ("text/plain", None, "text/plain"),
+        "c-xml-gzip": ("application/xml", "gzip", "application/xml"),
+        "c-gzip": ("application/json", "gzip", "content_encoding gzip"),
+        "c-none": (None, None, None),
+        "c-json": ("application/json; charset=utf-8", None, None),
+        "c-identity": ("application/json", "identity", None),
+        "c-problem": ("application/problem+json", None, None),
+    }
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for key, (content_type, encoding, _) in sent.items():
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps(ballot(election_id, key)),
+                    message_id=key,
+                    content_type=content_type,
+                    content_encoding=encoding,
+                ),
+                routing_key=ingest.queue,
+            )
+    refusing = {key: said for key, (_, _, said) in sent.items() if said is not None}
+    refused = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 3)}
+    assert set(refused) == set(refusing)
+    for key, said in refusing.items():
+        assert refused[key].headers["x-refusal-status"] == 415
+        problem = orjson.loads(str(refused[key].headers["x-refusal-problem"]))
+        assert problem["title"] == "Unsupported media type"
+        assert problem["type"].endswith("unsupported-media-type")
+        assert said in problem["detail"], problem
+        # Forwarded as it came: what it said it was, for the operator to see.
+        assert refused[key].content_type == sent[key][0]
+        assert refused[key].content_encoding == sent[key][1]
+    taken = [key for key, (_, _, said) in sent.items() if said is None]
+    assert await ingest.until_counted(election_id, taken) == dict.fromkeys(taken, 1)
+    assert ingest.versions(election_id, list(refusing)) == {}
+
+
+async def test_no_reply_is_sent_to_the_ingests_own_queues(
+    ingest: Ingest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply_to naming the ingest queue put a receipt back into it (then refused), and
+    one naming <queue>.refused left a receipt there with no x-refusal (review): no reply
+    goes to either; said once at WARNING, counted, and the ballots cast as usual."""
+    election_id = await ingest.election()
+    withheld = REGISTRY.get_sample_value("cardinal_ingest_replies_withheld_total") or 0.0
+    own = [ingest.queue, ingest.queue + ".refused", ingest.queue + ".dead-letter"]
+    with caplog.at_level(logging.WARNING, logger="infra.ingest.consumer"):
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            replies = await channel.declare_queue(exclusive=True)
+            for n, reply_to in enumerate([*own, replies.name]):
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        orjson.dumps(ballot(election_id, f"r{n}")),
+                        message_id=f"reply-{n}",
+                        reply_to=reply_to,
+                        correlation_id=f"c{n}",
+                    ),
+                    routing_key=ingest.queue,
+                )
+            async with replies.iterator() as stream:
+                async for message in stream:
+                    await message.ack()
+                    assert message.correlation_id == f"c{len(own)}"
+                    break
+        voters = [f"r{n}" for n in range(len(own) + 1)]
+        assert await ingest.until_counted(election_id, voters) == dict.fromkeys(voters, 1)
+        await until(lambda: queue_depth(ingest.queue), lambda depth: depth == 0)
+    assert await queue_depth(ingest.queue + ".refused") == 0
+    assert REGISTRY.get_sample_value("cardinal_ingest_replies_withheld_total") == withheld + 3
+    said = [r for r in caplog.records if "one of the ingest's own queues" in r.getMessage()]
+    assert len(said) == 1  # once a minute, not once a message
+
+
+async def test_a_batchs_elections_are_looked_up_a_few_at_a_time(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message naming many elections had them read one after another: 10 messages of
+    10,000 ballots, each naming another unknown election, held the queue 7.9 s (review).
+    They are read concurrently, at most ELECTION_LOOKUPS at a time."""
+    app = ingest.services.app
+    looking, most = 0, 0
+    read = app.election
+
+    async def counted(election_id: UUID) -> Election:
+        nonlocal looking, most
+        looking += 1
+        most = max(most, looking)
+        try:
+            await asyncio.sleep(0.01)  # (a read of the store, made to last)
+            return await read(election_id)
+        finally:
+            looking -= 1
+
+    monkeypatch.setattr(app, "election", counted)
+    unknown = [uuid.uuid4() for _ in range(40)]
+    body = {"ballots": [ballot(e, f"u{n}") for n, e in enumerate(unknown)]}
+    await publish(AMQP_URL, ingest.queue, [("many-elections", body)])
+    refused = await take_all(ingest.queue + ".refused", len(unknown))
+    assert {m.headers["x-refusal-status"] for m in refused} == {404}
+    assert most > 1  # (one after another: 1)
+    assert most <= ingest_consumer.ELECTION_LOOKUPS

@@ -164,3 +164,35 @@ async def test_a_token_issued_through_one_process_reads_its_election_through_ano
         path = f"/api/elections/{late['id']}" + ("/results" if n % 2 else "")
         read = await second.http.get(path, headers=bearer(token))
         assert read.status_code == 200, read.text
+
+
+async def test_a_close_answered_by_one_process_is_seen_by_another_with_min_position(
+    voting: VotingClient, second: VotingClient
+) -> None:
+    """After a close was answered 200, another process served the election as open until
+    its feed caught up (about 130 ms), and ``?min_position`` was refused 422 ("this
+    operation takes none"): a client could not wait for its own write (lifecycle review).
+    The close's position, sent back, is now waited for, by a role and by a voter token."""
+    for _ in range(ROUNDS // 4):
+        election_id, (token,) = await voting.token_election(tokens=1)
+        for reader in (CLIENT, token):  # cached there (as a draft, or open)
+            seen = await second.http.get(f"/api/elections/{election_id}", headers=bearer(reader))
+            assert seen.json()["status"] != "closed", seen.text
+        position = (await voting.close(election_id))["position"]
+        for reader in (CLIENT, token):
+            seen = await second.http.get(
+                f"/api/elections/{election_id}",
+                params={"min_position": position},
+                headers=bearer(reader),
+            )
+            assert seen.status_code == 200, seen.text
+            assert "warning" not in seen.headers
+            assert seen.json()["status"] == "closed"
+    # A position the log has not reached: the view as it is, after the wait, saying so.
+    ahead = await second.http.get(
+        f"/api/elections/{election_id}",
+        params={"min_position": 10**12},
+        headers=bearer(CLIENT),
+    )
+    assert ahead.status_code == 200, ahead.text
+    assert ahead.headers["warning"] == f'199 - "position {10**12} not reached yet"'

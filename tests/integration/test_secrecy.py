@@ -565,6 +565,41 @@ async def test_a_made_up_voter_token_learns_nothing_of_an_election(
     assert assert_problem(other, 403, "")["detail"] == problem["detail"]
 
 
+async def test_a_made_up_voter_token_does_not_tell_an_election_from_an_unknown_id(
+    voting: VotingClient,
+) -> None:
+    """A made-up voter token was answered 403 by an existing election and 404 by an id that
+    names none, on every route it may use: it told which ids name an election, where no
+    token cannot (the auth review). Each route now answers both alike."""
+    private = await voting.open_election("plurality")
+    unknown = str(uuid.uuid4())
+    made_up = bearer("cvt_" + "A" * 43)
+
+    async def answers(election_id: str) -> list[tuple[int, str, str, str]]:
+        http = voting.http
+        got = [
+            await http.get(f"/api/elections/{election_id}", headers=made_up),
+            await http.get(f"/api/elections/{election_id}/results", headers=made_up),
+            await http.get(f"/api/elections/{election_id}/results/stream", headers=made_up),
+            await http.get(f"/elections/{election_id}/panel", headers=made_up),
+            await voting.cast(election_id, {"choice": "a"}, token="cvt_" + "A" * 43),
+            await http.post(
+                f"/api/elections/{election_id}/ballots/batch",
+                json={"ballots": [{"choice": "a"}]},
+                headers=made_up,
+            ),
+            await http.post(f"/api/elections/{election_id}/withdrawals", json={}, headers=made_up),
+        ]
+        return [
+            (a.status_code, a.headers["content-type"], a.json()["type"], a.json()["detail"])
+            for a in got
+        ]
+
+    seen = await answers(private)
+    assert {status for status, *_ in seen} == {403}, seen
+    assert await answers(unknown) == seen
+
+
 async def test_anonymous_readers_are_not_waited_for(voting: VotingClient) -> None:
     """Waiting for ?min_position=N told an anonymous reader of any public election when
     the tally passed position N of the whole log (review helper-38)."""

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.protocol import LIMIT_CONCURRENCY, GuardedHttpToolsProtocol, server_config
+from api.protocol import _SWEEPERS, LIMIT_CONCURRENCY, GuardedHttpToolsProtocol, server_config
 from tests.servers import ADMIN, CLIENT, running_api, settings_for
 
 DEADLINE = 0.6
@@ -64,6 +64,41 @@ async def test_an_idle_connection_is_closed_with_408(port: int) -> None:
     assert b"request head did not arrive" in data
     assert DEADLINE * 0.8 < took < DEADLINE + 5
     writer.close()
+
+
+async def test_a_request_sent_while_the_server_was_stalled_is_answered(port: int) -> None:
+    """A stalled loop (a paused process) may run the deadline sweep before it reads what
+    arrived meanwhile: the request sent on time is answered, not refused with 408, and a
+    connection that really sent nothing is still refused on a later sweep."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    # Both accepted (their head deadlines armed): the server answers a first request.
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    (sweeper,) = (s for s in _SWEEPERS.values() if s.loop is loop and s.connections)
+    stalled = asyncio.Event()
+
+    def stall() -> None:
+        # The whole request is in the server's socket; the loop then stalls past the head
+        # deadline, and the sweep, due meanwhile, runs in the same turn, before any read.
+        writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(DEADLINE * 1.5)
+        stalled.set()
+
+    assert sweeper._timer is not None
+    loop.call_at(sweeper._timer.when() - 1e-6, stall)
+    await stalled.wait()
+    data, _ = await _read_all(reader)
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    idle, took = await _read_all(idle_reader)
+    assert idle.startswith(b"HTTP/1.1 408 "), idle
+    assert took < DEADLINE, took
+    writer.close()
+    idle_writer.close()
 
 
 async def test_headers_trickled_slowly_are_cut_off(port: int) -> None:

@@ -317,6 +317,34 @@ async def test_a_token_the_cached_election_lacks_is_looked_for_in_the_store(
         await app.token_holder_election(client_election, "fresh")
 
 
+async def test_a_token_for_an_id_that_names_no_election_is_refused_as_not_issued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It was ElectionNotFound (404), which told a made-up token which ids name an election
+    (the auth review): it is NotEligible, after the same floored catch-up, which every such
+    id shares (made-up ids start no more catch-ups than one election's misses, and leave
+    no bookkeeping each)."""
+    monkeypatch.setattr(application, "TOKEN_RELOAD_FLOOR", 0.2)
+    app = VotingApplication()
+    catch_ups: list[float] = []
+
+    async def catch_up() -> None:
+        catch_ups.append(time.monotonic())
+
+    app.catch_up = catch_up
+    refused = await asyncio.gather(
+        *(app.token_holder_election(uuid.uuid4(), f"made-up-{n}") for n in range(50)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(error, NotEligible) for error in refused), refused
+    for n in range(2):
+        with pytest.raises(NotEligible, match="not issued for this election"):
+            await app.token_holder_election(uuid.uuid4(), f"one-by-one-{n}")
+    assert len(catch_ups) == 3
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(catch_ups)), catch_ups
+    assert len(app._token_reloaded_at) == 1
+
+
 async def test_ballots_to_a_draft_share_the_floored_look_for_an_open(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -15,7 +15,7 @@ PRODUCTION = {
     "DATABASE_URL": "postgresql://db/cardinal",
     "CARDINAL_SECRET": "s" * 40,
     "CARDINAL_AUDIT_KEY": "ab" * 32,
-    "CARDINAL_ADMIN_TOKEN": "admin",
+    "CARDINAL_ADMIN_TOKEN": "a" * 32,
     "JWT_SECRET_KEY": "k" * 32,
     "METRICS_TOKEN": "m" * 32,
 }
@@ -75,7 +75,7 @@ def test_children_get_the_edge_settings_back() -> None:
         {
             **PRODUCTION,
             "FORWARDED_ALLOW_IPS": "10.0.0.0/8",
-            "METRICS_TOKEN": "m",
+            "METRICS_TOKEN": "n" * 32,
             "METRICS_HOST": "::1",
         }
     )
@@ -209,3 +209,47 @@ def test_the_deployment_guides_unread_variables_are_named_once_with_what_to_use(
     assert "POSTGRES_PASSWORD_FILE (no *_FILE is read: set PGPASSWORD)" in said
     assert "JWT_SECRET_KEY_FILE (no *_FILE is read: set JWT_SECRET_KEY)" in said
     assert "LOG_FILE" not in said
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "CARDINAL_ADMIN_TOKEN",
+        "CARDINAL_OPERATOR_TOKEN",
+        "CARDINAL_AUDITOR_TOKEN",
+        "CARDINAL_CLIENT_TOKEN",
+        "METRICS_TOKEN",
+    ],
+)
+def test_production_refuses_a_short_role_or_metrics_token(variable: str) -> None:
+    """CARDINAL_ADMIN_TOKEN='admin,shared-token' METRICS_TOKEN=m started in production, and
+    Bearer admin created elections; a bearer check has no limit on failed tries (auth
+    review). Every entry of a role's list counts; the message names the variable, never
+    the token. Development and tests keep short tokens."""
+    short = {variable: "a" * 32 + ",tiny" if variable != "METRICS_TOKEN" else "tiny"}
+    with pytest.raises(SettingsError, match=f"{variable} is too short") as refused:
+        Settings.from_env({**PRODUCTION, **short})
+    assert "tiny" not in str(refused.value)
+    assert Settings.from_env({**PRODUCTION, variable: "t" * 32}).is_production
+    assert Settings.from_env({**short, "CARDINAL_ENV": "development"}).env == "development"
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+def test_one_token_under_two_names_is_refused(environment: str) -> None:
+    """shared-token listed for admin and auditor got only the later role, silently: POST
+    /api/elections 403, GET /api/audit/events 200 (auth review). A role token that is also
+    METRICS_TOKEN would hand its role to a scraper. Named by variable, never by token."""
+    shared = "shared-token-" + "x" * 32
+    base = {**PRODUCTION, "CARDINAL_ENV": environment}
+    both_roles = {**base, "CARDINAL_ADMIN_TOKEN": "a" * 32 + "," + shared}
+    both_roles["CARDINAL_AUDITOR_TOKEN"] = shared
+    with pytest.raises(
+        SettingsError, match="in both CARDINAL_ADMIN_TOKEN and CARDINAL_AUDITOR_TOKEN"
+    ) as refused:
+        Settings.from_env(both_roles)
+    assert shared not in str(refused.value)
+    with pytest.raises(SettingsError, match="in both CARDINAL_CLIENT_TOKEN and METRICS_TOKEN"):
+        Settings.from_env({**base, "CARDINAL_CLIENT_TOKEN": shared, "METRICS_TOKEN": shared})
+    # The same token twice in one role's list is one role: harmless.
+    twice = Settings.from_env({**base, "CARDINAL_ADMIN_TOKEN": f"{shared},{shared}"})
+    assert twice.tokens_for("admin") == (shared, shared)
