@@ -165,8 +165,9 @@ class ProjectionWorker:
 
     async def _catch_up(self) -> None:
         self._caught_up_at = asyncio.get_running_loop().time()
-        async with self.runner.pool.connection() as conn:
-            self.incarnation = await incarnation(conn)
+        if self.amqp_url is not None:  # (only pages are checked against it)
+            async with self.runner.pool.connection() as conn:
+                self.incarnation = await incarnation(conn)
         applied = await self.runner.catch_up()
         if applied:
             self.status.applied_events += applied
