@@ -129,6 +129,13 @@ PROJECTION_UNSIGNED = Counter(
     "projections.strangers.RECORDS_PER_MINUTE a minute dead-lettered, as bounded records)",
     ["projection"],
 )
+PROJECTION_STALE = Counter(
+    "cardinal_projection_stale_pages_total",
+    "Relay pages refused as not of this store: read from another incarnation of it (the "
+    "store it was restored or failed over from), or running past its head; their entries "
+    "are read from the store",
+    ["projection"],
+)
 PROJECTION_UNRECORDED = Counter(
     "cardinal_projection_unrecorded_total",
     "Messages of unknown source refused and only counted, not dead-lettered: over the "

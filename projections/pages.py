@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
+from infra.store.incarnation import Incarnation
 from infra.store.log import LogEvent
 
 
@@ -23,6 +24,9 @@ class Page:
     after: int
     last: int
     events: list[LogEvent] | None  # None: to be read from the store
+    # The store incarnation the relay read it from (None: a relay before it said so, or a
+    # page that does not decode): infra/store/incarnation.py.
+    incarnation: Incarnation | None = None
 
 
 def contiguous_runs(pages: list[Page]) -> list[list[Page]]:
@@ -60,13 +64,14 @@ def named_span(message: AbstractIncomingMessage) -> tuple[int, int] | None:
 # exact body (never by a name alone, which any publisher chooses). The cache is
 # bounded by the pages' bodies (a decoded page takes 4-5 times its body): 256 pages of a
 # catch-up, 1,000 entries each, held 0.3-1.5 GB.
-_DECODED: OrderedDict[str, tuple[int, int, list[LogEvent]]] = OrderedDict()
+Decoded = tuple[int, int, list[LogEvent], Incarnation | None]
+_DECODED: OrderedDict[str, Decoded] = OrderedDict()
 _DECODED_SIZES: dict[str, int] = {}
 _DECODED_PAGES = 256
 _DECODED_BYTES = 8 * 1024 * 1024
 
 
-def decode_once(signature: str, body: bytes) -> tuple[int, int, list[LogEvent]]:
+def decode_once(signature: str, body: bytes) -> Decoded:
     """The page ``body`` decoded; ``signature``: its verified signature (``verified``)."""
     found = _DECODED.get(signature)
     if found is None:
@@ -80,9 +85,10 @@ def decode_once(signature: str, body: bytes) -> tuple[int, int, list[LogEvent]]:
     return found
 
 
-def decode(body: bytes) -> tuple[int, int, list[LogEvent]]:
+def decode(body: bytes) -> Decoded:
     page = orjson.loads(body)
     after, last = int(page["after"]), int(page["last"])
+    incarnation = Incarnation.from_message(page.get("incarnation"))
     if last < after:
         raise ValueError(f"last ({last}) before after ({after})")
     events = [LogEvent.from_message(item) for item in page["events"]]
@@ -90,4 +96,4 @@ def decode(body: bytes) -> tuple[int, int, list[LogEvent]]:
         raise ValueError("an entry lies outside the page's (after, last] range")
     if any(a.position >= b.position for a, b in itertools.pairwise(events)):
         raise ValueError("entries are not in ascending position order")
-    return after, last, events
+    return after, last, events, incarnation

@@ -29,6 +29,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from infra import metrics
+from infra.store import EVENTS_TABLE
 from infra.store.log import LogEvent, head, read_page
 from projections.base import Projection, schema_name
 
@@ -66,6 +67,26 @@ class Applied:
 
 class GapTooLarge(Exception):
     """A page starts too far ahead to fill the gap inside one transaction."""
+
+
+class BeyondTheLog(Exception):
+    """A page that ends past the last entry of this store, or whose last entry is another
+    than this store's at that position (``strange``): entries it holds are not in it (pages
+    of the store this one was restored from, or failed over from, with the entries the
+    restore lost). Nothing of it is applied."""
+
+    def __init__(self, name: str, last: int, head: int, strange: int | None = None) -> None:
+        where = (
+            f"runs past the last entry of this store ({head:,})"
+            if strange is None
+            else f"holds at position {strange:,} another entry than this store's"
+        )
+        super().__init__(
+            f"projection {name}: a page up to position {last:,} {where}: it holds entries "
+            "this store does not have (the store was restored from a backup or failed over, "
+            "losing the log's tail); not applied"
+        )
+        self.last, self.head, self.strange, self.where = last, head, strange, where
 
 
 class ProjectionRunner:
@@ -116,11 +137,20 @@ class ProjectionRunner:
             row = await cursor.fetchone()
         return 0 if row is None else int(row[0])
 
-    async def apply_page(self, after: int, last: int, events: Sequence[LogEvent] | None) -> Applied:
+    async def apply_page(
+        self,
+        after: int,
+        last: int,
+        events: Sequence[LogEvent] | None,
+        ends: Sequence[LogEvent] = (),
+    ) -> Applied:
         """Apply one page, exactly once, in one transaction (``events`` None: the page's
-        entries are read from the store, as for a message that could not be decoded)."""
+        entries are read from the store, as for a message that could not be decoded).
+        ``ends``: the last entry of each relay page it was merged from, each checked to be
+        this store's (same position, stream and version), as ``last`` is checked to be
+        within its log (``track``, ``BeyondTheLog``)."""
         started = time.perf_counter()
-        applied = await self._apply_page(after, last, events)
+        applied = await self._apply_page(after, last, events, ends)
         if not applied.duplicate:
             metrics.PROJECTION_APPLY_SECONDS.labels(self.name).observe(
                 time.perf_counter() - started
@@ -130,17 +160,23 @@ class ProjectionRunner:
         return applied
 
     async def _apply_page(
-        self, after: int, last: int, events: Sequence[LogEvent] | None
+        self, after: int, last: int, events: Sequence[LogEvent] | None, ends: Sequence[LogEvent]
     ) -> Applied:
         # Most pages apply whole: try without a savepoint (two statements fewer); only when
         # that fails is the page applied again, in savepoints, setting aside what fails.
         try:
-            return await self._attempt(after, last, events, isolated=False)
+            return await self._attempt(after, last, events, ends, isolated=False)
         except _Unapplied:
-            return await self._attempt(after, last, events, isolated=True)
+            return await self._attempt(after, last, events, ends, isolated=True)
 
     async def _attempt(
-        self, after: int, last: int, events: Sequence[LogEvent] | None, *, isolated: bool
+        self,
+        after: int,
+        last: int,
+        events: Sequence[LogEvent] | None,
+        ends: Sequence[LogEvent],
+        *,
+        isolated: bool,
     ) -> Applied:
         try:
             async with self.pool.connection() as conn, conn.transaction():
@@ -161,7 +197,9 @@ class ProjectionRunner:
                     aside = await apply_isolated(conn, self.projection, version, pending)
                 else:
                     aside = await _apply_whole(conn, self.projection, version, pending)
-                await track(conn, self.name, version, last)
+                # (refused, and the transaction rolled back, if ``last`` is beyond this
+                # store's head or a page's last entry is not this store's: ``BeyondTheLog``)
+                await track(conn, self.name, version, last, within_log=True, ends=ends)
             self._committed = (version, last)
             return Applied(len(pending) - aside, last, set_aside=aside)
         except BaseException:
@@ -318,9 +356,22 @@ async def _tracked(conn: AsyncConnection[Any], name: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-async def track(conn: AsyncConnection[Any], name: str, version: int, position: int) -> None:
+async def track(
+    conn: AsyncConnection[Any],
+    name: str,
+    version: int,
+    position: int,
+    *,
+    within_log: bool = False,
+    ends: Sequence[LogEvent] = (),
+) -> None:
     """Move a version's position and, if it is the active version, announce it, in one
-    statement (it runs per page).
+    statement (it runs per page). ``within_log``: only if the log holds an entry at or past
+    ``position``, and each of ``ends`` (pages' last entries) is the entry this store holds
+    at its position (same stream and version: one index probe each), all checked in the
+    same statement; else raise ``BeyondTheLog`` (the caller's transaction is then to be
+    rolled back): a page of entries not in this store, which a restore's lost tail leaves
+    in the broker, is never applied nor moves a position past the head.
 
     Only the active version announces: the announcement wakes read-your-writes waiters
     (``PositionWatcher``), who then read the served version. A rebuild's version being
@@ -328,20 +379,38 @@ async def track(conn: AsyncConnection[Any], name: str, version: int, position: i
     voters got results without their ballot as if current. A switch tracks its version
     after making it active, so the switch itself announces the new version's position.
     """
-    await conn.execute(
-        "WITH moved AS (UPDATE projection_positions SET position = %(position)s, "
-        "updated_at = now() WHERE name = %(name)s AND version = %(version)s RETURNING 1) "
-        "SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved WHERE EXISTS ("
-        "SELECT 1 FROM projections WHERE name = %(name)s AND active_version = %(version)s)",
+    cursor = await conn.execute(
+        f"WITH head AS (SELECT max(notification_id) AS head FROM {EVENTS_TABLE} "
+        "WHERE %(within_log)s), "
+        "strange AS (SELECT min(p.pos) AS pos FROM unnest(%(end_positions)s::bigint[], "
+        "%(end_streams)s::uuid[], %(end_versions)s::bigint[]) AS p(pos, stream, ver) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {EVENTS_TABLE} e WHERE e.originator_id = p.stream "
+        "AND e.originator_version = p.ver AND e.notification_id = p.pos)), "
+        "moved AS (UPDATE projection_positions SET position = %(position)s, "
+        "updated_at = now() WHERE name = %(name)s AND version = %(version)s "
+        "AND (NOT %(within_log)s OR (%(position)s <= (SELECT head FROM head) "
+        "AND (SELECT pos FROM strange) IS NULL)) RETURNING 1) "
+        "SELECT EXISTS (SELECT 1 FROM moved), (SELECT head FROM head), "
+        "(SELECT pos FROM strange), "
+        "(SELECT pg_notify(%(channel)s, %(announcement)s) FROM moved WHERE EXISTS ("
+        "SELECT 1 FROM projections WHERE name = %(name)s AND active_version = %(version)s))",
         {
             "position": position,
             "name": name,
             "version": version,
+            "within_log": within_log,
+            "end_positions": [e.position for e in ends],
+            "end_streams": [e.stream_id for e in ends],
+            "end_versions": [e.version for e in ends],
             "channel": NOTIFY_CHANNEL,
             "announcement": f"{name}:{position}",
         },
         prepare=True,
     )
+    row = await cursor.fetchone()
+    if within_log and row is not None and not row[0]:
+        strange = None if row[2] is None else int(row[2])
+        raise BeyondTheLog(name, position, int(row[1] or 0), strange)
 
 
 async def create_version(conn: AsyncConnection[Any], projection: Projection) -> int:

@@ -19,6 +19,16 @@ from psycopg import AsyncConnection
 UNSIGNED_ROW = "unsigned: "
 # A live projection that is behind and has not moved for this long is reported stalled.
 STALLED_AFTER_SECONDS = 30.0
+# A projection's position past the log's head (read in the same snapshot): it applied
+# entries this store does not hold. Only pages of another store put them there (pages
+# queued in the broker by the store this one was restored or failed over from, applied by a
+# release before the check in projections/worker.py); a rebuild reads this store alone.
+AHEAD_DETAIL = (
+    "position {position:,} is past the log's last entry ({head:,}): this read model holds "
+    "entries that are not in this store (the store was restored from a backup, or failed "
+    "over, and the projections applied the old store's pages still queued in the broker); "
+    "new entries up to {position:,} are not counted. Rebuild it: cardinal rebuild {name}"
+)
 # A rebuild that has not reported progress for this long was interrupted.
 REBUILD_SILENT_SECONDS = 30.0
 
@@ -68,10 +78,14 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             set_aside,
         ) = row
         position = int(position or 0)
-        lag = max(0, int(head) - position)
+        # (negative: the read model is ahead of the log, see AHEAD_DETAIL)
+        lag = int(head) - position
         silent = moved_at is not None and (now - moved_at).total_seconds()
-        if state == "live" and lag and silent and silent > STALLED_AFTER_SECONDS:
+        if state == "live" and lag > 0 and silent and silent > STALLED_AFTER_SECONDS:
             state = "stalled"
+        if lag < 0 and state != "rebuilding":
+            state = "ahead"
+            detail = AHEAD_DETAIL.format(position=position, head=int(head), name=name)
         if state == "rebuilding" and (now - registry_updated).total_seconds() > (
             REBUILD_SILENT_SECONDS
         ):

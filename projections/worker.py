@@ -33,9 +33,10 @@ from infra.broker.outage import Outage
 from infra.broker.signing import verified
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
+from infra.store.incarnation import Incarnation, incarnation
 from infra.store.outage import StoreOutage, probe
 from projections.pages import Page, contiguous_runs, decode_once, merge, named_span
-from projections.runtime import TRANSIENT, GapTooLarge, ProjectionRunner
+from projections.runtime import TRANSIENT, BeyondTheLog, GapTooLarge, ProjectionRunner
 from projections.strangers import Strangers
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class WorkerStatus:
     duplicates: int = 0
     rejected: int = 0
     unsigned: int = 0  # messages refused unread: not signed by this stack's relay
+    # relay pages refused as not this store's: of another incarnation, or past its head
+    stale: int = 0
     broker_connected: bool = False
     last_error: str | None = None
 
@@ -79,6 +82,12 @@ class ProjectionWorker:
         self._outage: Outage | None = None
         self._caught_up_at = float("-inf")  # (loop time)
         self.strangers = Strangers(runner, self.status)  # messages of unknown source
+        # This store's incarnation (infra/store/incarnation.py), read as the worker catches
+        # up (at its start, after any outage, and whenever its queue is quiet); pages of
+        # another are refused (``_refuse_stale``), each kind said once.
+        self.incarnation: Incarnation | None = None
+        self._stale_said: set[str] = set()
+        metrics.PROJECTION_STALE.labels(runner.name)
 
     @property
     def name(self) -> str:
@@ -156,6 +165,9 @@ class ProjectionWorker:
 
     async def _catch_up(self) -> None:
         self._caught_up_at = asyncio.get_running_loop().time()
+        if self.amqp_url is not None:  # (only pages are checked against it)
+            async with self.runner.pool.connection() as conn:
+                self.incarnation = await incarnation(conn)
         applied = await self.runner.catch_up()
         if applied:
             self.status.applied_events += applied
@@ -245,8 +257,20 @@ class ProjectionWorker:
                     error,
                 )
                 pages.append(Page(message, *span, None))
+        ours, kept = self.incarnation, []
+        for page in pages:
+            if ours is None or page.incarnation in (None, ours):  # (None: a relay before)
+                kept.append(page)
+                continue
+            # Read from another incarnation of the store: the one this store was restored
+            # (or failed over) from, whose pages the broker still held. Its entries may not
+            # be in this store, and its positions are given to other entries here.
+            why = f"it was read from another store ({page.incarnation})"
+            await self._refuse_stale(page, why, str(page.incarnation))
+            refused = True
+        pages = kept
         for run in contiguous_runs(pages):
-            await self._apply(run, dead_letters)
+            refused = not await self._apply(run, dead_letters) or refused
         if refused and self._catch_up_due():
             # An old relay's unsigned pages (a rolling upgrade) are refused too: what they
             # held is read from the store, at most once per idle interval however many
@@ -256,27 +280,36 @@ class ProjectionWorker:
     def _catch_up_due(self) -> bool:
         return asyncio.get_running_loop().time() - self._caught_up_at >= self.idle_interval
 
-    async def _apply(self, run: list[Page], dead_letters: AbstractExchange) -> None:
+    async def _apply(self, run: list[Page], dead_letters: AbstractExchange) -> bool:
+        """Apply a run of pages; False if any was refused as not of this store (its entries
+        are then to be read from the store)."""
         after, last = run[0].after, max(page.last for page in run)
         events = merge(run)
+        # Each page's last entry, checked to be this store's as the page is applied: a page
+        # of the store before a restore (of the same incarnation, or a relay before it said
+        # it) holds other entries at the positions this store issued again.
+        ends = [page.events[-1] for page in run if page.events]
         try:
             try:
-                applied = await self.runner.apply_page(after, last, events)
+                applied = await self.runner.apply_page(after, last, events, ends)
             except GapTooLarge:
                 await self._catch_up()
-                applied = await self.runner.apply_page(after, last, events)
+                applied = await self.runner.apply_page(after, last, events, ends)
         except TRANSIENT:
             for page in run:
                 await page.message.nack(requeue=True)
             raise
         except Exception as error:  # pages this projection cannot apply: park them, say so
             if len(run) > 1:  # find the culprit: apply the pages one at a time
-                for page in run:
-                    await self._apply([page], dead_letters)
-                return
+                kept = [await self._apply([page], dead_letters) for page in run]
+                return all(kept)
+            if isinstance(error, BeyondTheLog):
+                why = f"it {error.where}"
+                await self._refuse_stale(run[0], why, "not in this store")
+                return False
             reason = f"{type(error).__name__}: {error}"
             await self._refuse(run[0].message, dead_letters, reason, after, last)
-            return
+            return True
         for page in run:
             await page.message.ack()
         self.status.position = applied.position
@@ -284,6 +317,33 @@ class ProjectionWorker:
             self.status.duplicates += len(run)
         else:
             self.status.applied_events += applied.events
+        return True
+
+    async def _refuse_stale(self, page: Page, why: str, kind: str) -> None:
+        """Refuse a page of the relay's that is not of this store: not applied, not
+        dead-lettered (it is no forgery: its signature holds), counted, and said once per
+        worker and kind. The entries of this store in its range are read from the store."""
+        await page.message.ack()
+        self.status.stale += 1
+        metrics.PROJECTION_STALE.labels(self.name).inc()
+        if kind in self._stale_said:
+            return
+        self._stale_said.add(kind)
+        log.warning(
+            "projection %s REFUSED the relay page %d-%d: %s; this store is %s. The store was "
+            "restored from a backup or failed over, and the broker still held pages of the "
+            "store before: their entries after the restore point are lost (receipts of "
+            "those ballots answer 404, their positions are given to new entries). Nothing "
+            "of such pages is applied; this store's entries are read from it. Nothing to do "
+            "unless a release without this check applied them (a position past the head in "
+            "`cardinal projections`): then rebuild every projection. Pages refused so are "
+            "counted in cardinal_projection_stale_pages_total and said once per worker",
+            self.name,
+            page.after,
+            page.last,
+            why,
+            self.incarnation or "of an incarnation that could not be read",
+        )
 
     async def _refuse(
         self,

@@ -561,7 +561,10 @@ class Verifier:
                 position,
                 f"election {election_id}: results are served as of position {position:,}, "
                 f"beyond the last entry here ({self.report.head:,}): the log is cut short, or "
-                "the results are newer than it (check them against a newer export)",
+                "the results are newer than it (check them against a newer export), or they "
+                "are served by a read model that ran ahead of the log after the store was "
+                "restored from a backup (`cardinal projections` shows it `ahead`: rebuild the "
+                "projections, `cardinal rebuild`)",
             )
         self._compared.add(election_id)
         stepped = bool(served.get("stepped"))

@@ -32,6 +32,7 @@ from infra.broker.outage import Outage
 from infra.broker.signing import HEADER, sign
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
+from infra.store.incarnation import Incarnation, incarnation
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -190,16 +191,31 @@ class Relay:
         self.status.position = int(row[0])
         return self.status.position
 
+    # The incarnation of the store pages are read from (infra/store/incarnation.py), said in
+    # each page, and the connection it was read on: read once per connection (a restored or
+    # promoted store is reached by a new one).
+    _incarnation: tuple[object, Incarnation | None] | None = None
+
     async def _publish_pending(
         self, conn: psycopg.AsyncConnection[Any], exchange: AbstractExchange, position: int
     ) -> int:
+        if self._incarnation is None or self._incarnation[0] is not conn:
+            self._incarnation = (conn, await incarnation(conn))
+        store = self._incarnation[1]
         while True:
             cursor = await conn.execute(PAGE, (position, self.page_size), prepare=True, binary=True)
             rows = await cursor.fetchall()
             if not rows:
                 return position
             last = self.status.head = int(rows[-1][0])
-            body = orjson.dumps({"after": position, "last": last, "events": _entries(rows)})
+            page: dict[str, Any] = {"after": position, "last": last}
+            if store is not None:
+                # In the signed body: workers apply only pages of their own store's
+                # incarnation (a restore's store never takes the pages of the store it was
+                # restored from); workers of the release before ignore it.
+                page["incarnation"] = store.as_message()
+            page["events"] = _entries(rows)
+            body = orjson.dumps(page)
             name = f"{position}-{last}"
             await exchange.publish(
                 aio_pika.Message(

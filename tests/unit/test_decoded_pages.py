@@ -76,5 +76,5 @@ def test_a_page_named_as_a_decoded_one_but_with_another_body_is_not_taken_for_it
     genuine = _page(0, 3, 10)
     forged = Page(genuine.message_id, genuine.body.replace(b'"x', b'"y'))
     pages.decode_once(forged.signature, forged.body)
-    _, _, events = pages.decode_once(genuine.signature, genuine.body)
+    _, _, events, _ = pages.decode_once(genuine.signature, genuine.body)
     assert [e.data for e in events] == [e["data"] for e in orjson.loads(genuine.body)["events"]]
