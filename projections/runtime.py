@@ -36,8 +36,23 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "cardinal_projections"
 PAGE_SIZE = 5000
-# Failures that say nothing about the entries: the page is tried again as a whole.
-TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# How long a live page's transaction may sit idle between its statements (set for that
+# transaction alone, by its first statement). A worker frozen inside a page (SIGSTOP, a
+# stalled host) holds the projection's position row FOR UPDATE: every other worker of the
+# projection waited on it, with no limit, and the projection stood still. Past this the
+# server ends the frozen session, its page rolls back, and the others go on; the frozen
+# worker, when it wakes, finds its session ended and applies the page again on a fresh
+# connection (a duplicate by then). A page's own gaps between statements are milliseconds.
+# Rebuilds, which hold long transactions, take no page lock and are not bounded by it.
+PAGE_IDLE_TIMEOUT = 5.0
+# Failures that say nothing about the entries: the page is tried again as a whole. (A
+# page's session ended by PAGE_IDLE_TIMEOUT is filed by psycopg under InternalError.)
+TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
 # ... except for these, which psycopg files as operational too: a limit an entry's own rows
 # went past (SQLSTATE class 54: a key too large for its index, say). Trying again would
 # meet it again, and hold up every entry after it: the entry is set aside instead.
@@ -120,7 +135,21 @@ class ProjectionRunner:
         """Apply one page, exactly once, in one transaction (``events`` None: the page's
         entries are read from the store, as for a message that could not be decoded)."""
         started = time.perf_counter()
-        applied = await self._apply_page(after, last, events)
+        try:
+            applied = await self._apply_page(after, last, events)
+        except psycopg.errors.IdleInTransactionSessionTimeout:
+            # This worker stopped inside its page past PAGE_IDLE_TIMEOUT (a frozen process):
+            # the server ended its session and rolled the page back, and another worker may
+            # have applied it since. Tried again on a fresh connection (a duplicate, then).
+            log.warning(
+                "projection %s: the page (%d, %d] sat idle in its transaction past %s (was "
+                "this process stopped?); the server rolled it back; applying it again",
+                self.name,
+                after,
+                last,
+                _idle_limit(),
+            )
+            applied = await self._apply_page(after, last, events)
         if not applied.duplicate:
             metrics.PROJECTION_APPLY_SECONDS.labels(self.name).observe(
                 time.perf_counter() - started
@@ -291,9 +320,25 @@ async def lock_projection(conn: AsyncConnection[Any], name: str) -> None:
     )
 
 
+# The page lock, and the transaction's idle limit (set_config(..., true): this transaction
+# alone; the pooled connection keeps its own settings for whatever runs on it next).
+LOCK_PAGE = (
+    "SELECT l.version, l.tracked, "
+    "set_config('idle_in_transaction_session_timeout', %s, true) "
+    "FROM lock_projection_page(%s) l"
+)
+
+
+def _idle_limit() -> str:
+    """PAGE_IDLE_TIMEOUT as PostgreSQL reads it ("5000ms")."""
+    return f"{max(1, round(PAGE_IDLE_TIMEOUT * 1000))}ms"
+
+
 async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[int, int]:
     """The active version and its position, locked for this transaction (and the WAL flush
-    not waited for at its commit), in one round trip: ``lock_projection_page``.
+    not waited for at its commit), in one round trip: ``lock_projection_page``; the
+    transaction may then idle between statements for PAGE_IDLE_TIMEOUT at most, not for
+    ever while every other worker waits on its lock.
 
     The registry row is read FOR SHARE: a version switch takes it FOR UPDATE, so no page is
     applied to a version while it is being replaced. The function reads it and the position
@@ -301,7 +346,7 @@ async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[
     registry row against the old version's position row after the switch commits, and find
     no row at all.
     """
-    cursor = await conn.execute("SELECT * FROM lock_projection_page(%s)", (name,), prepare=True)
+    cursor = await conn.execute(LOCK_PAGE, (_idle_limit(), name), prepare=True)
     row = await cursor.fetchone()
     if row is not None and row[0] is not None and row[1] is not None:
         return int(row[0]), int(row[1])
