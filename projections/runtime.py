@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +43,13 @@ PAGE_SIZE = 5000
 # projection waited on it, with no limit, and the projection stood still. Past this the
 # server ends the frozen session, its page rolls back, and the others go on; the frozen
 # worker, when it wakes, finds its session ended and applies the page again on a fresh
-# connection (a duplicate by then). A page's own gaps between statements are milliseconds.
+# connection (a duplicate by then). A page's own gaps between statements are its Python
+# work on the entries (the tally: about 30 us an entry, statements included): a run of
+# merged pages (up to 256 relay pages) is given PAGE_IDLE_PER_ENTRY for each of its
+# positions if that is more, lest a long run be cut, retried and cut again for good.
 # Rebuilds, which hold long transactions, take no page lock and are not bounded by it.
 PAGE_IDLE_TIMEOUT = 5.0
+PAGE_IDLE_PER_ENTRY = 0.0001
 # Failures that say nothing about the entries: the page is tried again as a whole. (A
 # page's session ended by PAGE_IDLE_TIMEOUT is filed by psycopg under InternalError.)
 TRANSIENT = (
@@ -135,6 +140,7 @@ class ProjectionRunner:
         """Apply one page, exactly once, in one transaction (``events`` None: the page's
         entries are read from the store, as for a message that could not be decoded)."""
         started = time.perf_counter()
+        _page_span.set(last - after)  # (this task's: read by the page's lock statement)
         try:
             applied = await self._apply_page(after, last, events)
         except psycopg.errors.IdleInTransactionSessionTimeout:
@@ -329,9 +335,15 @@ LOCK_PAGE = (
 )
 
 
+# The positions the page being applied by this task spans (its entries, at most).
+_page_span: ContextVar[int] = ContextVar("page_span", default=0)
+
+
 def _idle_limit() -> str:
-    """PAGE_IDLE_TIMEOUT as PostgreSQL reads it ("5000ms")."""
-    return f"{max(1, round(PAGE_IDLE_TIMEOUT * 1000))}ms"
+    """The idle limit of this task's page, as PostgreSQL reads it ("5000ms"):
+    PAGE_IDLE_TIMEOUT, or PAGE_IDLE_PER_ENTRY for each position of a long run."""
+    seconds = max(PAGE_IDLE_TIMEOUT, _page_span.get() * PAGE_IDLE_PER_ENTRY)
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[int, int]:

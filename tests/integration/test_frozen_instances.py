@@ -125,6 +125,48 @@ async def test_a_projector_frozen_in_its_page_holds_the_projection_for_seconds_o
     assert row[0] == 0
 
 
+class WatchedTally(TallyProjection):
+    """A tally that notes its page transaction's idle limit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[str] = []
+
+    async def apply(
+        self, conn: psycopg.AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        cursor = await conn.execute("SELECT current_setting('idle_in_transaction_session_timeout')")
+        row = await cursor.fetchone()
+        assert row is not None
+        self.limits.append(str(row[0]))
+        await super().apply(conn, schema, events)
+
+
+async def test_the_page_idle_limit_is_the_page_transactions_alone_and_grows_with_a_long_run(
+    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is set for the page's transaction only (a rebuild on the same pool, or
+    anything else, meets the server's own setting), and a long run of merged pages, whose
+    Python work between statements takes longer, is given more: it must not be cut, tried
+    again and cut again for good."""
+    url, pool, _ = store
+    await _fill(url, random.Random(9), ballots=30)
+    entries = await _entries(pool)
+    monkeypatch.setattr(runtime, "PAGE_IDLE_TIMEOUT", 5.0)
+    monkeypatch.setattr(runtime, "PAGE_IDLE_PER_ENTRY", 1.0)  # a second an entry, here
+    tally = WatchedTally()
+    runner = ProjectionRunner(tally, pool)
+    await runner.prepare()
+    await runner.apply_page(0, 2, entries[:2])
+    await runner.apply_page(2, entries[-1].position, entries[2:])
+    assert tally.limits == ["5s", f"{entries[-1].position - 2}s"]
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SHOW idle_in_transaction_session_timeout")
+        row = await cursor.fetchone()
+    assert row is not None
+    assert row[0] == "0"
+
+
 # The relay's process, as `cardinal relay` runs it: a relay and a sealer, each leading by
 # its advisory lock (with this test's short idle limit).
 LEADER = """
