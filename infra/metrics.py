@@ -88,6 +88,19 @@ SEALER_HALTED = Gauge(
 RELAY_LEADER = Gauge(
     "cardinal_relay_leader", "1 while this relay is the active one", multiprocess_mode="livemax"
 )
+SEALER_LEADER = Gauge(
+    "cardinal_sealer_leader", "1 while this sealer is the active one", multiprocess_mode="livemax"
+)
+SEALER_POSITION = Gauge(
+    "cardinal_sealer_position",
+    "Last log position linked into the audit chain",
+    multiprocess_mode="max",
+)
+SEALER_LAG = Gauge(
+    "cardinal_sealer_lag_events",
+    "Log entries not yet linked into the audit chain (not yet covered by a checkpoint)",
+    multiprocess_mode="mostrecent",
+)
 PROJECTION_POSITION = Gauge(
     "cardinal_projection_position",
     "Last log position applied",
@@ -209,6 +222,7 @@ INGEST_QUEUE_DEPTH = Gauge(
 POSITIONS = """
 SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
        (SELECT position FROM relay_positions WHERE name = 'relay'),
+       (SELECT coalesce(max(position), 0) FROM audit_chain),
        coalesce((SELECT json_object_agg(r.name, p.position) FROM projections r
                  JOIN projection_positions p
                    ON p.name = r.name AND p.version = r.active_version), '{}'),
@@ -231,11 +245,13 @@ async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) 
         raise
     DATABASE_CONNECTED.labels(component).set(1)
     assert row is not None
-    head, relay, projections, rebuilds, set_aside = row
+    head, relay, sealed, projections, rebuilds, set_aside = row
     LOG_HEAD.set(head)
     if relay is not None:
         RELAY_POSITION.set(relay)
         RELAY_LAG.set(max(0, head - relay))
+    SEALER_POSITION.set(sealed)
+    SEALER_LAG.set(max(0, head - sealed))
     for name, position in projections.items():
         PROJECTION_POSITION.labels(name).set(position)
         PROJECTION_LAG.labels(name).set(max(0, head - position))

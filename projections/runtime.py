@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,27 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "cardinal_projections"
 PAGE_SIZE = 5000
-# Failures that say nothing about the entries: the page is tried again as a whole.
-TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# How long a live page's transaction may sit idle between its statements (set for that
+# transaction alone, by its first statement). A worker frozen inside a page (SIGSTOP, a
+# stalled host) holds the projection's position row FOR UPDATE: every other worker of the
+# projection waited on it, with no limit, and the projection stood still. Past this the
+# server ends the frozen session, its page rolls back, and the others go on; the frozen
+# worker, when it wakes, finds its session ended and applies the page again on a fresh
+# connection (a duplicate by then). A page's own gaps between statements are its Python
+# work on the entries (the tally: about 30 us an entry, statements included): a run of
+# merged pages (up to 256 relay pages) is given PAGE_IDLE_PER_ENTRY for each of its
+# positions if that is more, lest a long run be cut, retried and cut again for good.
+# Rebuilds, which hold long transactions, take no page lock and are not bounded by it.
+PAGE_IDLE_TIMEOUT = 5.0
+PAGE_IDLE_PER_ENTRY = 0.0001
+# Failures that say nothing about the entries: the page is tried again as a whole. (A
+# page's session ended by PAGE_IDLE_TIMEOUT is filed by psycopg under InternalError.)
+TRANSIENT = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
 # ... except for these, which psycopg files as operational too: a limit an entry's own rows
 # went past (SQLSTATE class 54: a key too large for its index, say). Trying again would
 # meet it again, and hold up every entry after it: the entry is set aside instead.
@@ -150,7 +170,22 @@ class ProjectionRunner:
         this store's (same position, stream and version), as ``last`` is checked to be
         within its log (``track``, ``BeyondTheLog``)."""
         started = time.perf_counter()
-        applied = await self._apply_page(after, last, events, ends)
+        _page_span.set(last - after)  # (this task's: read by the page's lock statement)
+        try:
+            applied = await self._apply_page(after, last, events, ends)
+        except psycopg.errors.IdleInTransactionSessionTimeout:
+            # This worker stopped inside its page past PAGE_IDLE_TIMEOUT (a frozen process):
+            # the server ended its session and rolled the page back, and another worker may
+            # have applied it since. Tried again on a fresh connection (a duplicate, then).
+            log.warning(
+                "projection %s: the page (%d, %d] sat idle in its transaction past %s (was "
+                "this process stopped?); the server rolled it back; applying it again",
+                self.name,
+                after,
+                last,
+                _idle_limit(),
+            )
+            applied = await self._apply_page(after, last, events, ends)
         if not applied.duplicate:
             metrics.PROJECTION_APPLY_SECONDS.labels(self.name).observe(
                 time.perf_counter() - started
@@ -329,9 +364,31 @@ async def lock_projection(conn: AsyncConnection[Any], name: str) -> None:
     )
 
 
+# The page lock, and the transaction's idle limit (set_config(..., true): this transaction
+# alone; the pooled connection keeps its own settings for whatever runs on it next).
+LOCK_PAGE = (
+    "SELECT l.version, l.tracked, "
+    "set_config('idle_in_transaction_session_timeout', %s, true) "
+    "FROM lock_projection_page(%s) l"
+)
+
+
+# The positions the page being applied by this task spans (its entries, at most).
+_page_span: ContextVar[int] = ContextVar("page_span", default=0)
+
+
+def _idle_limit() -> str:
+    """The idle limit of this task's page, as PostgreSQL reads it ("5000ms"):
+    PAGE_IDLE_TIMEOUT, or PAGE_IDLE_PER_ENTRY for each position of a long run."""
+    seconds = max(PAGE_IDLE_TIMEOUT, _page_span.get() * PAGE_IDLE_PER_ENTRY)
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
 async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[int, int]:
     """The active version and its position, locked for this transaction (and the WAL flush
-    not waited for at its commit), in one round trip: ``lock_projection_page``.
+    not waited for at its commit), in one round trip: ``lock_projection_page``; the
+    transaction may then idle between statements for PAGE_IDLE_TIMEOUT at most, not for
+    ever while every other worker waits on its lock.
 
     The registry row is read FOR SHARE: a version switch takes it FOR UPDATE, so no page is
     applied to a version while it is being replaced. The function reads it and the position
@@ -339,7 +396,7 @@ async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[
     registry row against the old version's position row after the switch commits, and find
     no row at all.
     """
-    cursor = await conn.execute("SELECT * FROM lock_projection_page(%s)", (name,), prepare=True)
+    cursor = await conn.execute(LOCK_PAGE, (_idle_limit(), name), prepare=True)
     row = await cursor.fetchone()
     if row is not None and row[0] is not None and row[1] is not None:
         return int(row[0]), int(row[1])

@@ -8,6 +8,10 @@ grows, every ``checkpoint_interval`` seconds.
 Before each round it checks that the chain's last link is still the one it linked last;
 if not (links deleted or rewritten outside it), it logs an error naming both positions
 and stops sealing and signing (``halted``) rather than sign over the altered chain.
+
+Its session, like the relay's, ends after LEADER_IDLE_TIMEOUT of silence and is kept
+talking while the process runs (infra/store/leader.py): a frozen sealer's lock goes to the
+standby within seconds, and the standby says so when it takes over.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from psycopg import sql
 from infra import metrics
 from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash, filed_election
 from infra.store import EVENTS_TABLE
+from infra.store.leader import LEADER_IDLE_TIMEOUT, leader_session
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -96,17 +101,37 @@ class Sealer:
         while True:
             pause = self.poll_interval
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.database_url, autocommit=True, application_name=connection_name("sealer")
-                ) as conn:
+                # The session ends after LEADER_IDLE_TIMEOUT of silence, and is kept talking
+                # while this process runs: a frozen sealer loses its lock within seconds.
+                async with (
+                    await psycopg.AsyncConnection.connect(
+                        self.database_url,
+                        autocommit=True,
+                        application_name=connection_name("sealer"),
+                    ) as conn,
+                    leader_session(conn),
+                ):
                     self._store.connected()
                     await self._lead(conn)
             except asyncio.CancelledError:
                 raise
+            except (
+                psycopg.errors.IdleSessionTimeout,
+                psycopg.errors.IdleInTransactionSessionTimeout,
+            ):
+                # (not the store's outage) This process stopped for longer than the
+                # leader's idle limit, and the server ended its session.
+                log.warning(
+                    "the sealer's database session was ended after %.0fs without a word (was "
+                    "this process stopped?); a standby may lead now; reconnecting",
+                    LEADER_IDLE_TIMEOUT,
+                )
             except UNREACHABLE as error:
                 pause = self._store.failed(error)
             except psycopg.Error as error:
                 log.warning("sealer interrupted (%s); retrying", error)
+            finally:
+                metrics.SEALER_LEADER.set(0)
             await asyncio.sleep(pause)
 
     async def _hold_halted(self, conn: psycopg.AsyncConnection[Any], *, said: bool) -> None:
@@ -124,30 +149,32 @@ class Sealer:
             await asyncio.sleep(HALTED_KEEPALIVE)
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        waiting_said = False
         while True:
             cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (SEALER_LOCK,))
             row = await cursor.fetchone()
             if row is not None and row[0]:
                 break
+            if not waiting_said:
+                log.info("another sealer is active; standing by")
+                waiting_said = True
             await asyncio.sleep(self.poll_interval)
+        metrics.SEALER_LEADER.set(1)
         if self.halted is not None:  # (and after a reconnection, still)
             await self._hold_halted(conn, said=False)
         self._tip = None
         self._key_recorded = False  # (a round rolled back may have lost it)
-        while (lost := await self.lost_links(conn)) is not None:
-            # Sealing on would sign, with the real key, whatever the log now holds there.
-            log.error(
-                "the chain lost links it had signed (checkpoint %d at position %d): not "
-                "sealing; the store was tampered with or restored wrongly (see `cardinal "
-                "audit verify`)",
-                *lost,
-            )
-            await asyncio.sleep(60)
+        await self._hold_lost_links(conn)
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
         # Links lost in a crash are sealed again, identically (the chain is a function
         # of the log, signatures are deterministic): no need to wait for the WAL flush
         # that the ballot writers' commits wait on.
         await conn.execute("SET synchronous_commit = off")
+        cursor = await conn.execute(LAST_LINK)
+        row = await cursor.fetchone()
+        log.info(
+            "the sealer is the leader, sealing after position %d", 0 if row is None else row[0]
+        )
         last_checkpoint = time.monotonic()
         while True:
             try:
@@ -163,6 +190,28 @@ class Sealer:
             # Under a stream of ballots a NOTIFY comes with every commit: a short pause
             # lets one round seal many commits (nothing on the write path waits for it).
             await asyncio.sleep(self.linger)
+
+    async def _hold_lost_links(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """While the chain lacks links a checkpoint signed, seal and sign nothing: the
+        error said every HALTED_PAUSE, the gauge ``cardinal_sealer_halted`` 1, the check
+        (and with it the session) repeated every HALTED_KEEPALIVE. (It used to sleep a
+        minute at a time, the gauge at 0, the session silent: HA review.)"""
+        said_at = float("-inf")
+        while (lost := await self.lost_links(conn)) is not None:
+            metrics.SEALER_HALTED.set(1)
+            if time.monotonic() - said_at >= HALTED_PAUSE:
+                # Sealing on would sign, with the real key, whatever the log now holds there.
+                log.error(
+                    "the chain lost links it had signed (checkpoint %d at position %d): not "
+                    "sealing; the store was tampered with or restored wrongly (see `cardinal "
+                    "audit verify`)",
+                    *lost,
+                )
+                said_at = time.monotonic()
+            await asyncio.sleep(HALTED_KEEPALIVE)
+        if said_at > float("-inf"):
+            log.info("the chain holds the links its checkpoints signed again: sealing")
+            metrics.SEALER_HALTED.set(0)
 
     async def seal_pending(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """Link every entry not yet in the chain; return how many were sealed. Raises
@@ -226,6 +275,7 @@ class Sealer:
                 break  # the page ended at the head: no need to ask again
         self._tip = (position, previous)
         self.position = position
+        metrics.SEALER_POSITION.set(position)
         return sealed
 
     async def lost_links(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, int] | None:

@@ -7,7 +7,9 @@ page (delivery is at-least-once; projections drop duplicates by position). Each 
 signed (infra/broker/signing.py): projections apply what this stack's relay published,
 never what anyone else with an account on the broker publishes. One relay is active at a
 time: it holds a PostgreSQL advisory lock on the connection that also stores its
-position; others wait as hot standby and take over when that connection goes away.
+position; others wait as hot standby and take over when that connection goes away. A
+frozen leader's connection goes away too: the server ends it after LEADER_IDLE_TIMEOUT of
+silence, and a live one sends a keepalive every few seconds (infra/store/leader.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from infra.broker.signing import HEADER, sign
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.incarnation import Incarnation, incarnation
+from infra.store.leader import LEADER_IDLE_TIMEOUT, leader_session
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -108,6 +111,17 @@ class Relay:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
+            except (
+                psycopg.errors.IdleSessionTimeout,
+                psycopg.errors.IdleInTransactionSessionTimeout,
+            ):
+                # (not the store's outage: it answered at once) This process stopped for
+                # longer than the leader's idle limit, and the server ended its session.
+                log.warning(
+                    "the relay's database session was ended after %.0fs without a word (was "
+                    "this process stopped?); a standby may lead now; reconnecting",
+                    LEADER_IDLE_TIMEOUT,
+                )
             except UNREACHABLE as error:
                 pause = self._store.failed(error)
             except psycopg.Error as error:
@@ -127,9 +141,14 @@ class Relay:
             await asyncio.sleep(pause)
 
     async def _lead(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True, application_name=connection_name("relay")
-        ) as conn:
+        # The session ends after LEADER_IDLE_TIMEOUT of silence, and is kept talking while
+        # this process runs: a frozen leader loses its lock to the standby within seconds.
+        async with (
+            await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, application_name=connection_name("relay")
+            ) as conn,
+            leader_session(conn),
+        ):
             self.status.database_connected = True
             self._store.connected()
             await self._become_leader(conn)

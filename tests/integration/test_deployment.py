@@ -224,6 +224,7 @@ def test_monitoring_only_uses_metrics_the_code_exports(path: str) -> None:
             "CardinalIngestRefusals",
             "CardinalIngestRefusedWaiting",
             "CardinalStoreRefusingBallots",
+            "CardinalSealerLag",
         } <= alerts
     used = _metric_names(text)
     assert used

@@ -42,6 +42,8 @@ async def test_metrics_expose_every_series_operators_rely_on(
         "cardinal_log_head_position",
         "cardinal_relay_position",
         "cardinal_relay_lag_events",
+        "cardinal_sealer_position",
+        "cardinal_sealer_lag_events",
         'cardinal_projection_position{projection="tally"}',
         'cardinal_projection_lag_events{projection="tally"}',
         'cardinal_projection_apply_seconds_bucket{le="0.001",projection="tally"}',

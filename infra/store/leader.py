@@ -1,0 +1,61 @@
+"""The session a leader holds its advisory lock on (the relay's, the sealer's).
+
+A session-level advisory lock lasts as long as its session. A leader that is frozen
+(SIGSTOP, a stalled host, a VM paused) keeps its TCP connection: the kernel answers for it,
+keepalives and all, so the server never ended the session, and the hot standby stood by
+for good while the log went unpublished and unsealed (HA review). So the leader's session
+asks the server to end it after LEADER_IDLE_TIMEOUT of silence (``idle_session_timeout``,
+and ``idle_in_transaction_session_timeout`` for a freeze inside a transaction), and, while
+the process runs, a keepalive task sends ``SELECT 1`` every KEEPALIVE seconds whatever the
+leader is waiting on (a LISTEN wait, the broker's confirm, a halted sealer's pause). A
+frozen process sends nothing: within LEADER_IDLE_TIMEOUT its session ends, the lock with
+it, and the standby (which polls for the lock every second) takes over. The frozen leader,
+when it wakes, finds its connection gone and stands by in its turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+
+LEADER_IDLE_TIMEOUT = 10.0  # seconds of silence after which the server ends the session
+KEEPALIVE = 2.0  # seconds between keepalive statements (well inside the timeout)
+
+SET_TIMEOUTS = (
+    "SELECT set_config('idle_session_timeout', %(limit)s, false), "
+    "set_config('idle_in_transaction_session_timeout', %(limit)s, false)"
+)
+
+
+@contextlib.asynccontextmanager
+async def leader_session(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """Bound the silence of ``conn`` (an autocommit connection) and keep it talking while
+    the block runs."""
+    limit = f"{max(1, round(LEADER_IDLE_TIMEOUT * 1000))}ms"
+    await conn.execute(SET_TIMEOUTS, {"limit": limit})
+    task = asyncio.ensure_future(_keep_alive(conn, KEEPALIVE))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _keep_alive(conn: psycopg.AsyncConnection[Any], every: float) -> None:
+    """``SELECT 1`` every ``every`` seconds (queued behind the leader's own statements:
+    the connection serialises them) until the connection is lost."""
+    while True:
+        await asyncio.sleep(every)
+        if conn.closed or conn.broken:
+            return  # the leader learns of it at its own next statement
+        try:
+            await conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return
+        except psycopg.Error:
+            continue  # (inside a transaction that failed: the leader rolls it back)

@@ -1,0 +1,361 @@
+"""Hot standby against a frozen active instance (SIGSTOP, a stalled host): the frozen one
+keeps its TCP session, so only the server's idle limits end its locks (HA review).
+
+A freeze is simulated in-process: a worker stopped inside its page transaction, a relay
+or sealer whose lock-holding session goes silent. Each runs on a database of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+from psycopg_pool import AsyncConnectionPool
+
+from infra.audit import sealer as sealer_module
+from infra.audit.chain import Signer
+from infra.audit.sealer import SEALER_LOCK, Sealer
+from infra.broker.relay import RELAY_LOCK, Relay
+from infra.broker.topology import Topology, delete_namespace
+from infra.store import leader
+from infra.store.log import LogEvent
+from infra.store.migrations import migrate
+from projections import PROJECTIONS, runtime
+from projections.runtime import ProjectionRunner
+from projections.tally import TallyProjection
+from tests.databases import create_database, drop_database
+from tests.integration.test_projection_runtime import _entries, _fill, _served
+from tests.servers import TEST_AUDIT_KEY
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+ROOT = Path(__file__).resolve().parents[2]
+IDLE_LIMIT = 2.0  # the leaders' idle limit in these tests (LEADER_IDLE_TIMEOUT)
+KEEPALIVE = 0.5
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[tuple[str, AsyncConnectionPool, AsyncConnectionPool]]:
+    """A database and two pools on it: the projection workers of two instances."""
+    url = create_database("cardinal_frozen")
+    migrate(url)
+    pools = [
+        AsyncConnectionPool(url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+        for _ in range(2)
+    ]
+    for pool in pools:
+        await pool.open()
+    try:
+        yield url, pools[0], pools[1]
+    finally:
+        for pool in pools:
+            await pool.close()
+        drop_database(url)
+
+
+class FrozenTally(TallyProjection):
+    """A tally that stops inside its page's transaction until thawed (SIGSTOP)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = asyncio.Event()
+        self.thaw = asyncio.Event()
+
+    async def apply(
+        self, conn: psycopg.AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        if not self.thaw.is_set():
+            self.frozen.set()
+            await self.thaw.wait()
+        await super().apply(conn, schema, events)
+
+
+async def test_a_projector_frozen_in_its_page_holds_the_projection_for_seconds_only(
+    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frozen inside its page (its session `idle in transaction`, the position row locked
+    FOR UPDATE), a projector held every other one of that projection waiting, with no
+    limit: the page's transaction now idles for PAGE_IDLE_TIMEOUT at most, the server ends
+    it, the standby applies the page, and the frozen one, thawed, finds its page rolled
+    back and applies it again, without an error: a duplicate. Nothing is counted twice."""
+    url, pool_a, pool_b = store
+    election_id = await _fill(url, random.Random(7), ballots=200)
+    entries = await _entries(pool_a)
+    after, last = 0, entries[-1].position
+    frozen_tally = FrozenTally()
+    monkeypatch.setattr(runtime, "PAGE_IDLE_TIMEOUT", 1.0)
+    frozen = ProjectionRunner(frozen_tally, pool_a)
+    standby = ProjectionRunner(TallyProjection(), pool_b)
+    await frozen.prepare()
+
+    stuck = asyncio.ensure_future(frozen.apply_page(after, last, entries))
+    await asyncio.wait_for(frozen_tally.frozen.wait(), 10)
+    # The standby's page waits on the frozen one's lock, for about a second, not for ever.
+    applied = await asyncio.wait_for(standby.apply_page(after, last, entries), 15)
+    assert not applied.duplicate
+    assert applied.position == last
+
+    frozen_tally.thaw.set()
+    again = await asyncio.wait_for(stuck, 10)
+    assert again.duplicate
+    assert again.position == last
+    assert await frozen.position() == last
+
+    served = await _served(pool_b, election_id)
+    fresh = ProjectionRunner(TallyProjection(), pool_b)
+    assert (await fresh.catch_up()) == 0
+    assert served == await _served(pool_a, election_id)
+    async with pool_b.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction'"
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    assert row[0] == 0
+
+
+class WatchedTally(TallyProjection):
+    """A tally that notes its page transaction's idle limit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[str] = []
+
+    async def apply(
+        self, conn: psycopg.AsyncConnection[Any], schema: str, events: Sequence[LogEvent]
+    ) -> None:
+        cursor = await conn.execute("SELECT current_setting('idle_in_transaction_session_timeout')")
+        row = await cursor.fetchone()
+        assert row is not None
+        self.limits.append(str(row[0]))
+        await super().apply(conn, schema, events)
+
+
+async def test_the_page_idle_limit_is_the_page_transactions_alone_and_grows_with_a_long_run(
+    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is set for the page's transaction only (a rebuild on the same pool, or
+    anything else, meets the server's own setting), and a long run of merged pages, whose
+    Python work between statements takes longer, is given more: it must not be cut, tried
+    again and cut again for good."""
+    url, pool, _ = store
+    await _fill(url, random.Random(9), ballots=30)
+    entries = await _entries(pool)
+    monkeypatch.setattr(runtime, "PAGE_IDLE_TIMEOUT", 5.0)
+    monkeypatch.setattr(runtime, "PAGE_IDLE_PER_ENTRY", 1.0)  # a second an entry, here
+    tally = WatchedTally()
+    runner = ProjectionRunner(tally, pool)
+    await runner.prepare()
+    await runner.apply_page(0, 2, entries[:2])
+    await runner.apply_page(2, entries[-1].position, entries[2:])
+    assert tally.limits == ["5s", f"{entries[-1].position - 2}s"]
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SHOW idle_in_transaction_session_timeout")
+        row = await cursor.fetchone()
+    assert row is not None
+    assert row[0] == "0"
+
+
+# The relay's process, as `cardinal relay` runs it: a relay and a sealer, each leading by
+# its advisory lock (with this test's short idle limit).
+LEADER = """
+import asyncio, sys
+from infra.store import leader
+leader.LEADER_IDLE_TIMEOUT, leader.KEEPALIVE = float(sys.argv[5]), float(sys.argv[6])
+from infra.audit.chain import Signer
+from infra.audit.sealer import Sealer
+from infra.broker.relay import Relay
+from infra.broker.topology import Topology
+from projections import PROJECTIONS
+url, amqp, namespace, key = sys.argv[1:5]
+async def main():
+    relay = Relay(url, amqp, Topology(namespace), PROJECTIONS, page_key=b"k" * 32)
+    sealer = Sealer(url, Signer(key), poll_interval=0.2)
+    await asyncio.gather(relay.run(), sealer.run())
+asyncio.run(main())
+"""
+
+
+def _holder(url: str, lock: int) -> int | None:
+    """The backend pid holding a leader's advisory lock, if any."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (lock,),
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _positions(url: str) -> tuple[int, int, int]:
+    """(head, relay's position, the chain's last link)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events), "
+            "(SELECT coalesce(max(position), 0) FROM relay_positions), "
+            "(SELECT coalesce(max(position), 0) FROM audit_chain)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+async def _until(check: Callable[[], Awaitable[bool] | bool], patience: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        outcome = check()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        assert loop.time() < deadline, "not within the patience given"
+        await asyncio.sleep(0.1)
+
+
+def _leads(relay: Relay) -> bool:
+    return relay.status.leader
+
+
+@pytest.fixture
+async def relay_stack() -> AsyncIterator[tuple[str, str]]:
+    url = create_database("cardinal_frozen_relay")
+    migrate(url)
+    namespace = f"t-frozen-{uuid.uuid4().hex[:8]}"
+    try:
+        yield url, namespace
+    finally:
+        delete_namespace(AMQP_URL, namespace, PROJECTIONS)
+        drop_database(url)
+
+
+async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
+    relay_stack: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP of the relay's process (relay and sealer leaders): their advisory locks
+    were held on sessions the kernel kept alive, the standby stood by for good, and the
+    log went unpublished and unsealed. The leaders' sessions now end after their idle
+    limit of silence (a live leader sends a keepalive every few seconds): the standby's
+    relay and sealer take over and publish and seal what comes next."""
+    url, namespace = relay_stack
+    monkeypatch.setattr(leader, "LEADER_IDLE_TIMEOUT", IDLE_LIMIT)
+    monkeypatch.setattr(leader, "KEEPALIVE", KEEPALIVE)
+    await _fill(url, random.Random(3), ballots=20)
+    frozen = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LEADER,
+        url,
+        AMQP_URL,
+        namespace,
+        TEST_AUDIT_KEY,
+        str(IDLE_LIMIT),
+        str(KEEPALIVE),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    standby_relay = Relay(url, AMQP_URL, Topology(namespace), PROJECTIONS, page_key=b"k" * 32)
+    standby_sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=0.2)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        head = _positions(url)[0]
+        await _until(lambda: _positions(url) == (head, head, head), 60)
+        relay_holder, sealer_holder = _holder(url, RELAY_LOCK), _holder(url, SEALER_LOCK)
+        assert relay_holder is not None
+        assert sealer_holder is not None
+        tasks = [
+            asyncio.create_task(standby_relay.run()),
+            asyncio.create_task(standby_sealer.run()),
+        ]
+        # Leading, the frozen-to-be outlasts its idle limit: its keepalives hold the locks.
+        await asyncio.sleep(IDLE_LIMIT * 2)
+        assert _holder(url, RELAY_LOCK) == relay_holder
+        assert _holder(url, SEALER_LOCK) == sealer_holder
+        assert not _leads(standby_relay)
+
+        frozen.send_signal(signal.SIGSTOP)
+        await _fill(url, random.Random(4), ballots=20)
+        head = _positions(url)[0]
+        # Within its idle limit and a poll or two, the standby leads both, and catches up.
+        await _until(lambda: _positions(url) == (head, head, head), IDLE_LIMIT + 15)
+        assert _leads(standby_relay)
+        assert _holder(url, RELAY_LOCK) not in (None, relay_holder)
+        assert _holder(url, SEALER_LOCK) not in (None, sealer_holder)
+
+        # Thawed, the old leader finds its sessions gone and stands by: one leader each.
+        frozen.send_signal(signal.SIGCONT)
+        await _fill(url, random.Random(5), ballots=5)
+        head = _positions(url)[0]
+        await _until(lambda: _positions(url) == (head, head, head), 15)
+        assert _leads(standby_relay)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(ProcessLookupError):
+            frozen.send_signal(signal.SIGCONT)
+            frozen.terminate()
+        try:
+            await asyncio.wait_for(frozen.wait(), 10)
+        except TimeoutError:
+            frozen.kill()
+            await frozen.wait()
+
+
+async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_lock(
+    relay_stack: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain lacks links a checkpoint signed (a restore gone wrong): the sealer seals
+    nothing, as before, but it left cardinal_sealer_halted at 0 (no alert) and slept a
+    minute at a time without a word to the server, whose idle limit then ended its session
+    and lock. Now the gauge is 1 while it waits, and it checks again (keeping its session)
+    every HALTED_KEEPALIVE; once the links are back it seals, and the gauge is 0."""
+    url, _ = relay_stack
+    monkeypatch.setattr(sealer_module, "HALTED_KEEPALIVE", 0.2)
+    monkeypatch.setattr(leader, "LEADER_IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(leader, "KEEPALIVE", 3600.0)  # the waiting loop's own, alone
+    await _fill(url, random.Random(6), ballots=10)
+    signer = Signer(TEST_AUDIT_KEY)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await Sealer(url, signer).seal_pending(conn)
+        await Sealer(url, signer).checkpoint_head(conn, "test")
+        cursor = await conn.execute(
+            "DELETE FROM audit_chain WHERE position = (SELECT max(position) FROM audit_chain) "
+            "RETURNING position, entry_hash, hash, election_id"
+        )
+        removed = await cursor.fetchone()
+    assert removed is not None
+    sealer = Sealer(url, signer, poll_interval=0.1, linger=0.01)
+    running = asyncio.create_task(sealer.run())
+    try:
+        await _until(lambda: REGISTRY.get_sample_value("cardinal_sealer_halted") == 1, 10)
+        held = _holder(url, SEALER_LOCK)
+        assert held is not None
+        await asyncio.sleep(2.5)  # past the session's idle limit, twice
+        assert _holder(url, SEALER_LOCK) == held
+        assert sealer.position == 0  # sealed nothing
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO audit_chain (position, entry_hash, hash, election_id) "
+                "VALUES (%s, %s, %s, %s)",
+                removed,
+            )
+        await _until(lambda: REGISTRY.get_sample_value("cardinal_sealer_halted") == 0, 10)
+        await _fill(url, random.Random(8), ballots=3)
+        head = _positions(url)[0]
+        await _until(lambda: _positions(url)[2] == head, 10)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
