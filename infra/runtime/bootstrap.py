@@ -116,7 +116,11 @@ async def running_workers(
         check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
     topology = Topology(settings.namespace)
     workers = Workers()
-    pool = _pool(url, max_size=projections_pool(len(projections)), name="projections")
+    # (Broken connections lent as they are: a worker meeting one says the store is away and
+    # retries its page, where one passed over waited in the pool through an outage, silent.)
+    pool = _pool(
+        url, max_size=projections_pool(len(projections)), name="projections", pass_over=False
+    )
     await pool.open(wait=False)
     key = _page_key(settings) if settings.amqp_url is not None else None
     if relay and settings.amqp_url is not None:
@@ -333,14 +337,17 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _pool(url: str, max_size: int, *, name: str, wait: float = 30.0) -> AsyncConnectionPool:
+def _pool(
+    url: str, max_size: int, *, name: str, wait: float = 30.0, pass_over: bool = True
+) -> AsyncConnectionPool:
     """A pool of autocommit connections, named ``name`` in pg_stat_activity, that lends no
     connection the server has hung up on (seen without a round trip), so that a database
     restart costs a reconnect rather than a failed request or a wait. It reconnects after
     an outage at least every 2 s (infra/store/reconnect.py), not after psycopg_pool's
-    doubling waits."""
+    doubling waits. ``pass_over``: see ReconnectingPool."""
     return ReconnectingPool(
         url,
+        pass_over=pass_over,
         min_size=1,
         max_size=max_size,
         open=False,
