@@ -297,8 +297,11 @@ class Sealer:
             raise ChainAltered(self.halted)
         cursor = await conn.execute(LAST_LINK)
         head = await cursor.fetchone()
-        if self._tip is not None and (head is None or (int(head[0]), bytes(head[1])) != self._tip):
-            self._halt((int(head[0]), bytes(head[1])) if head else (0, GENESIS))
+        found = (int(head[0]), bytes(head[1])) if head else (0, GENESIS)
+        if self._tip is not None and found != self._tip:
+            # (An empty chain is (0, GENESIS), as seal_pending remembers it: compared as
+            # "no link", a sealer idle from its start halted at its first periodic checkpoint.)
+            self._halt(found)
         cursor = await conn.execute(LAST_CHECKPOINT)
         signed = await cursor.fetchone()
         if head is None or signed is None or int(head[0]) <= int(signed[0]):

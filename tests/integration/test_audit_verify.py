@@ -717,6 +717,25 @@ async def test_a_running_sealer_halts_on_deleted_links_and_signs_nothing_after(
             await running
 
 
+async def test_a_sealer_idle_from_an_empty_log_signs_on_without_halting(
+    fresh_database_url: str,
+) -> None:
+    """On an empty log the sealer remembers the chain's tip as (0, genesis), and its first
+    periodic checkpoint compared that with "no link": it halted for good, 30 s after the
+    first start of a new deployment (`make run` left idle), and sealed nothing after."""
+    url = fresh_database_url
+    migrate(url)
+    sealer = Sealer(url, SIGNER)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as live:
+        assert await sealer.seal_pending(live) == 0
+        await sealer.checkpoint_head(live, "periodic")
+        assert sealer.halted is None
+        await _fill(url, random.Random(31), ballots=3)
+        assert await sealer.seal_pending(live) > 0
+        await sealer.checkpoint_head(live, "periodic")
+    assert sealer.halted is None
+
+
 async def test_a_sealer_whose_last_link_is_rewritten_stops(store: str) -> None:
     sealer = Sealer(store, SIGNER)
     async with await psycopg.AsyncConnection.connect(store, autocommit=True) as live:
