@@ -81,6 +81,10 @@ class LimiterUnavailable(StoreUnavailable):
     (nothing it would have granted is spent), so the request it guards must not go on."""
 
 
+# The server ending sessions: an administrator's shutdown, a crash's, or not taking any yet.
+SERVER_GOING = frozenset({"57P01", "57P02", "57P03"})
+
+
 class LimiterStoreDown(LimiterUnavailable):
     """The check was not answered, or not made, while the writer has the event store marked
     down (api/ratelimit.py): the store, not the limiter alone, is what is away."""
@@ -318,7 +322,11 @@ class SharedRateLimiter:
                             await conn.execute(FORGET)
             except psycopg.Error as error:
                 log.warning("rate limiter lost its database connection: %s", error)
-                self.unreachable = str(error).strip() or type(error).__name__
+                state = error.sqlstate
+                if state is None or state.startswith("08") or state in SERVER_GOING:
+                    # (a connection that failed or a server going away, not one that
+                    # answered: too many clients, a cancelled statement, are no outage)
+                    self.unreachable = str(error).strip() or type(error).__name__
                 self._keep_pending()
                 if not served:
                     await asyncio.sleep(RECONNECT_DELAY)
