@@ -45,12 +45,15 @@ PAGE_SIZE = 5000
 # server ends the frozen session, its page rolls back, and the others go on; the frozen
 # worker, when it wakes, finds its session ended and applies the page again on a fresh
 # connection (a duplicate by then). A page's own gaps between statements are its Python
-# work on the entries (the tally: about 30 us an entry, statements included): a run of
-# merged pages (up to 256 relay pages) is given PAGE_IDLE_PER_ENTRY for each of its
-# positions if that is more, lest a long run be cut, retried and cut again for good.
-# Rebuilds, which hold long transactions, take no page lock and are not bounded by it.
-PAGE_IDLE_TIMEOUT = 5.0
-PAGE_IDLE_PER_ENTRY = 0.0001
+# work on the entries (the tally: about 30 us an entry for a few options, 440 us for a
+# STAR election of 100 options, statements included): a run of merged pages (up to 256
+# relay pages) is given PAGE_IDLE_PER_ENTRY for each of its positions if that is more,
+# lest a long run be cut, retried and cut again for good. Generous on purpose: the limit
+# is there to free a frozen worker's lock, not to time a live one (at 5 s and 100 us, a
+# page of 20,000 such ballots was cut at each try: merge review mr2). Rebuilds, which hold
+# long transactions, take no page lock and are not bounded by it.
+PAGE_IDLE_TIMEOUT = 30.0
+PAGE_IDLE_PER_ENTRY = 0.001
 # Failures that say nothing about the entries: the page is tried again as a whole. (A
 # page's session ended by PAGE_IDLE_TIMEOUT is filed by psycopg under InternalError.)
 TRANSIENT = (

@@ -80,10 +80,12 @@ async def incarnation(conn: AsyncConnection[Any]) -> Incarnation | None:
     try:
         cursor = await conn.execute(READ)
         row = await cursor.fetchone()
-    except psycopg.errors.InsufficientPrivilege as error:
-        _cannot(error)
-        return None
-    except psycopg.errors.ObjectNotInPrerequisiteState as error:  # (in recovery)
+    except psycopg.OperationalError:
+        raise  # (the store away: the caller's outage handling)
+    except psycopg.DatabaseError as error:
+        # Revoked functions, a server in recovery, a managed or pooled server without
+        # them (FeatureNotSupported, UndefinedFunction): the pages go unmarked, never
+        # unpublished (merge review mr2: any other error stopped the relay).
         _cannot(error)
         return None
     if row is None:
