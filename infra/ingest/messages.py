@@ -161,7 +161,8 @@ def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_B
             delivery,
             "invalid_request",
             InvalidRequest(
-                f"message_id is {len(key.encode())} bytes: a message of {len(ballots)} ballots "
+                f"message_id is {len(key.encode())} bytes: a message of {len(ballots)} "
+                f"{'ballot' if len(ballots) == 1 else 'ballots'} "
                 f"may carry a message_id of at most {longest} bytes (UTF-8), so that each "
                 f"ballot's key, <message_id>:<index>, is at most {SHORT_STR}, as a "
                 "message_id holds (or give each ballot its own idempotency_key)",

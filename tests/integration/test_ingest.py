@@ -1319,6 +1319,24 @@ def test_a_json_message_is_refused_415_only_for_a_content_coding(
         assert item.problem is None, item.problem
 
 
+def test_a_message_id_too_long_for_one_ballot_says_one_ballot() -> None:
+    """The 422 said 'a message of 1 ballots' (review)."""
+    from types import SimpleNamespace
+
+    from infra.ingest.messages import parse
+
+    body = orjson.dumps({"election_id": str(uuid.uuid4()), "ballots": [{"voter_id": "v"}]})
+    message: Any = SimpleNamespace(
+        message_id="X" * 254, content_type=None, content_encoding=None, body=body
+    )
+    delivery = parse(message)
+    assert delivery.problem is not None
+    assert (
+        "a message of 1 ballot may carry a message_id of at most 253 bytes"
+        in (delivery.problem["detail"])
+    )
+
+
 async def test_no_reply_is_sent_to_the_ingests_own_queues(
     ingest: Ingest, caplog: pytest.LogCaptureFixture
 ) -> None:
