@@ -161,7 +161,8 @@ def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_B
             delivery,
             "invalid_request",
             InvalidRequest(
-                f"message_id is {len(key.encode())} bytes: a message of {len(ballots)} ballots "
+                f"message_id is {len(key.encode())} bytes: a message of {len(ballots)} "
+                f"{'ballot' if len(ballots) == 1 else 'ballots'} "
                 f"may carry a message_id of at most {longest} bytes (UTF-8), so that each "
                 f"ballot's key, <message_id>:<index>, is at most {SHORT_STR}, as a "
                 "message_id holds (or give each ballot its own idempotency_key)",
@@ -178,6 +179,13 @@ def parse(message: AbstractIncomingMessage, max_ballot_bytes: int = MAX_BALLOT_B
     return delivery
 
 
+# The content codings (HTTP's registry, and zstd) a body may come compressed in: a message
+# whose content_encoding names one (alone or in a list, "gzip, identity") is refused, its
+# body unreadable as JSON. Any other content_encoding (a character set, "identity") is no
+# coding: the body is read as JSON.
+CODINGS = frozenset({"gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd"})
+
+
 def fits(key: str) -> bool:
     """Whether ``key`` is a key (KEY_RULE) that a message_id can carry whole (an AMQP short
     string: SHORT_STR bytes of UTF-8): the key a refused ballot is forwarded under."""
@@ -189,21 +197,26 @@ def _own_key(raw: Any) -> Any:
 
 
 def _unsupported(delivery: Delivery) -> bool:
-    """Refuse (415, as HTTP refuses such a body) a message whose ``content_type`` says it is
-    not JSON, or whose ``content_encoding`` says it is encoded (gzip): it is read as HTTP
-    reads a body. One with no content_type is read as JSON."""
+    """Refuse (415) a message whose ``content_type`` says it is not JSON, as HTTP refuses
+    such a body, or whose ``content_encoding`` names a content coding (CODINGS: gzip and its
+    kind), whose body cannot be read (HTTP ignores Content-Encoding: this rule is the
+    ingest's own). One with no content_type is read as JSON. Any other ``content_encoding``
+    is read as JSON too: publishers put the character set there (kombu/Celery's JSON
+    serializer sends ``utf-8``, Spring AMQP's Jackson2JsonMessageConverter ``UTF-8``), and
+    such messages were always cast."""
     message = delivery.message
     kind = media_type(message.content_type or "")[0]
     encoding = (message.content_encoding or "").strip().lower()
+    coded = {coding.strip() for coding in encoding.split(",")} & CODINGS
     if kind and not is_json(kind):
         detail = (
             "send the body as JSON with content_type application/json (or none); "
             f"got {shortened(kind)}"
         )
-    elif encoding and encoding != "identity":
+    elif coded:
         detail = (
-            "send the body as it is, with no content_encoding: a message is read as HTTP "
-            f"reads a body, and is not decoded; got content_encoding {shortened(encoding)}"
+            "send the body as it is, not compressed: a message's body is not decoded; "
+            f"got content_encoding {shortened(encoding)}"
         )
     else:
         return False

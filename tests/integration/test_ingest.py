@@ -1219,21 +1219,26 @@ async def test_a_message_id_too_long_for_its_ballots_keys_refuses_the_message_wh
     assert await ingest.until_counted(election_id, ["own"]) == {"own": 1}
 
 
-async def test_a_message_that_says_it_is_not_json_or_encoded_is_refused_415(
+async def test_a_message_that_says_it_is_not_json_or_compressed_is_refused_415(
     ingest: Ingest,
 ) -> None:
-    """A message is read as HTTP reads a body: a content_type other than JSON is 415 as
-    over HTTP, and so is a content_encoding (a gzipped body was 400 'malformed JSON'); a
-    message with no content_type is read as JSON, as it always was (review)."""
+    """A content_type other than JSON is 415 as over HTTP, and so is a content coding (a
+    gzipped body was 400 'malformed JSON'); a message with no content_type is read as JSON,
+    as it always was (review). A character set in content_encoding, as kombu/Celery
+    ('utf-8') and Spring AMQP's Jackson2JsonMessageConverter ('UTF-8') send it, is no
+    coding: such a ballot is cast, as before the 415 rule (it refused them; review)."""
     election_id = await ingest.election()
     sent = {
         "c-text": ("text/plain", None, "text/plain"),
         "c-xml-gzip": ("application/xml", "gzip", "application/xml"),
         "c-gzip": ("application/json", "gzip", "content_encoding gzip"),
+        "c-br": ("application/json", "BR", "content_encoding br"),
         "c-none": (None, None, None),
         "c-json": ("application/json; charset=utf-8", None, None),
         "c-identity": ("application/json", "identity", None),
         "c-problem": ("application/problem+json", None, None),
+        "c-celery": ("application/json", "utf-8", None),
+        "c-spring": ("application/json", "UTF-8", None),
     }
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -1249,7 +1254,7 @@ async def test_a_message_that_says_it_is_not_json_or_encoded_is_refused_415(
                 routing_key=ingest.queue,
             )
     refusing = {key: said for key, (_, _, said) in sent.items() if said is not None}
-    refused = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 3)}
+    refused = {m.message_id: m for m in await take_all(ingest.queue + ".refused", 4)}
     assert set(refused) == set(refusing)
     for key, said in refusing.items():
         assert refused[key].headers["x-refusal-status"] == 415
@@ -1263,6 +1268,73 @@ async def test_a_message_that_says_it_is_not_json_or_encoded_is_refused_415(
     taken = [key for key, (_, _, said) in sent.items() if said is None]
     assert await ingest.until_counted(election_id, taken) == dict.fromkeys(taken, 1)
     assert ingest.versions(election_id, list(refusing)) == {}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "refused"),
+    [
+        (None, False),
+        ("", False),
+        ("identity", False),
+        ("utf-8", False),  # kombu/Celery's JSON serializer
+        ("UTF-8", False),  # Spring AMQP's Jackson2JsonMessageConverter
+        ("utf8", False),
+        ("us-ascii", False),
+        ("binary", False),  # kombu, bytes published with content_type application/json
+        (" Utf-8 ", False),
+        ("gzip", True),
+        ("GZIP", True),
+        ("x-gzip", True),
+        ("deflate", True),
+        ("br", True),
+        ("compress", True),
+        ("zstd", True),
+        ("gzip, identity", True),
+    ],
+)
+def test_a_json_message_is_refused_415_only_for_a_content_coding(
+    encoding: str | None, refused: bool
+) -> None:
+    """Only a content coding (gzip and its kind: the body cannot be read) is 415; a
+    character set in content_encoding, which kombu/Celery and Spring AMQP send, was 415 too
+    (review) and is read as JSON, as before the 415 rule."""
+    from types import SimpleNamespace
+
+    from infra.ingest.messages import parse
+
+    body = orjson.dumps(ballot(uuid.uuid4(), "v"))
+    message: Any = SimpleNamespace(  # (what parse reads of a message)
+        message_id="m", content_type="application/json", content_encoding=encoding, body=body
+    )
+    delivery = parse(message)
+    if refused:
+        assert delivery.problem is not None
+        assert delivery.problem["status"] == 415, delivery.problem
+        assert encoding is not None
+        assert f"content_encoding {encoding.lower()}" in delivery.problem["detail"]
+        assert delivery.items == []
+    else:
+        assert delivery.problem is None, delivery.problem
+        [item] = delivery.items
+        assert item.problem is None, item.problem
+
+
+def test_a_message_id_too_long_for_one_ballot_says_one_ballot() -> None:
+    """The 422 said 'a message of 1 ballots' (review)."""
+    from types import SimpleNamespace
+
+    from infra.ingest.messages import parse
+
+    body = orjson.dumps({"election_id": str(uuid.uuid4()), "ballots": [{"voter_id": "v"}]})
+    message: Any = SimpleNamespace(
+        message_id="X" * 254, content_type=None, content_encoding=None, body=body
+    )
+    delivery = parse(message)
+    assert delivery.problem is not None
+    assert (
+        "a message of 1 ballot may carry a message_id of at most 253 bytes"
+        in (delivery.problem["detail"])
+    )
 
 
 async def test_no_reply_is_sent_to_the_ingests_own_queues(
