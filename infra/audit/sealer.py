@@ -28,7 +28,7 @@ from psycopg import sql
 from infra import metrics
 from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash, filed_election
 from infra.store import EVENTS_TABLE
-from infra.store.leader import LEADER_IDLE_TIMEOUT, leader_session
+from infra.store.leader import SESSION_ENDED, leader_session, said_ended
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -115,17 +115,8 @@ class Sealer:
                     await self._lead(conn)
             except asyncio.CancelledError:
                 raise
-            except (
-                psycopg.errors.IdleSessionTimeout,
-                psycopg.errors.IdleInTransactionSessionTimeout,
-            ):
-                # (not the store's outage) This process stopped for longer than the
-                # leader's idle limit, and the server ended its session.
-                log.warning(
-                    "the sealer's database session was ended after %.0fs without a word (was "
-                    "this process stopped?); a standby may lead now; reconnecting",
-                    LEADER_IDLE_TIMEOUT,
-                )
+            except SESSION_ENDED:
+                said_ended(log, "sealer")
             except UNREACHABLE as error:
                 pause = self._store.failed(error)
             except psycopg.Error as error:

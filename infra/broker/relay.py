@@ -35,7 +35,7 @@ from infra.broker.signing import HEADER, sign
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.incarnation import Incarnation, incarnation
-from infra.store.leader import LEADER_IDLE_TIMEOUT, leader_session
+from infra.store.leader import SESSION_ENDED, leader_session, said_ended
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -111,17 +111,8 @@ class Relay:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
-            except (
-                psycopg.errors.IdleSessionTimeout,
-                psycopg.errors.IdleInTransactionSessionTimeout,
-            ):
-                # (not the store's outage: it answered at once) This process stopped for
-                # longer than the leader's idle limit, and the server ended its session.
-                log.warning(
-                    "the relay's database session was ended after %.0fs without a word (was "
-                    "this process stopped?); a standby may lead now; reconnecting",
-                    LEADER_IDLE_TIMEOUT,
-                )
+            except SESSION_ENDED:
+                said_ended(log, "relay")
             except UNREACHABLE as error:
                 pause = self._store.failed(error)
             except psycopg.Error as error:

@@ -116,10 +116,8 @@ async def running_workers(
         check_port_free(settings.metrics_listen_host, metrics_port, "METRICS_PORT (0: none)")
     topology = Topology(settings.namespace)
     workers = Workers()
-    # (Broken connections lent as they are: a worker meeting one says the store is away and
-    # retries its page, where one passed over waited in the pool through an outage, silent.)
     pool = _pool(
-        url, max_size=projections_pool(len(projections)), name="projections", pass_over=False
+        url, max_size=projections_pool(len(projections)), name="projections", wait=PROJECTIONS_WAIT
     )
     await pool.open(wait=False)
     key = _page_key(settings) if settings.amqp_url is not None else None
@@ -337,17 +335,22 @@ def tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _pool(
-    url: str, max_size: int, *, name: str, wait: float = 30.0, pass_over: bool = True
-) -> AsyncConnectionPool:
+# How long a projection worker waits in its pool for a connection: passing over the
+# connections a restart broke, it got one within a second of the store's return (lent them
+# as they were, a worker failed on each in turn and came back 22 s after a restart: merge
+# review mr4), but it waited in the pool through a whole outage and said nothing of it.
+# Past this wait it says the store is away (PoolTimeout is TRANSIENT), and probes it.
+PROJECTIONS_WAIT = 10.0
+
+
+def _pool(url: str, max_size: int, *, name: str, wait: float = 30.0) -> AsyncConnectionPool:
     """A pool of autocommit connections, named ``name`` in pg_stat_activity, that lends no
     connection the server has hung up on (seen without a round trip), so that a database
     restart costs a reconnect rather than a failed request or a wait. It reconnects after
     an outage at least every 2 s (infra/store/reconnect.py), not after psycopg_pool's
-    doubling waits. ``pass_over``: see ReconnectingPool."""
+    doubling waits."""
     return ReconnectingPool(
         url,
-        pass_over=pass_over,
         min_size=1,
         max_size=max_size,
         open=False,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +34,24 @@ SET_TIMEOUTS = (
     "SELECT set_config('idle_session_timeout', %(limit)s, false), "
     "set_config('idle_in_transaction_session_timeout', %(limit)s, false)"
 )
+
+
+# A leader's session ended by the server for its silence: the process stopped (or its loop
+# stalled) past LEADER_IDLE_TIMEOUT. Not the store's outage: the store answered at once.
+SESSION_ENDED = (
+    psycopg.errors.IdleSessionTimeout,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
+
+
+def said_ended(log: logging.Logger, role: str) -> None:
+    """Say that ``role``'s session was ended for its silence (a standby may lead now)."""
+    log.warning(
+        "the %s's database session was ended after %.0fs without a word (was this process "
+        "stopped?); a standby may lead now; reconnecting",
+        role,
+        LEADER_IDLE_TIMEOUT,
+    )
 
 
 @contextlib.asynccontextmanager

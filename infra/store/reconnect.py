@@ -51,21 +51,10 @@ class ReconnectingPool(AsyncConnectionPool):
     first read after it waited its READ_WAIT (0.9 s) into a 503 while the whole pool was
     tested (``check()``, swept in a task when the first failed). A connection found hung up
     is closed and given back (the pool replaces it, at once) and the next one is taken,
-    with no wait between them.
-
-    With ``pass_over=False`` (the projections' pool) it lends what it has, as psycopg_pool
-    does: a worker that meets a broken connection says the store is away, once, and retries
-    its page from the top. Passing over them, a worker waited in the pool for the whole of
-    an outage, saying nothing (the relay and the sealer said it; the projections did not).
-    """
-
-    def __init__(self, *args: Any, pass_over: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pass_over = pass_over
+    with no wait between them. (A worker of the projections' pool that waits in it through
+    an outage is told so by its pool's shorter wait, PROJECTIONS_WAIT in bootstrap.)"""
 
     async def _getconn_unchecked(self, timeout: float) -> Any:  # noqa: ASYNC109 (its own)
-        if not self.pass_over:
-            return await super()._getconn_unchecked(timeout)
         deadline = time.monotonic() + timeout
         while True:
             conn = await super()._getconn_unchecked(deadline - time.monotonic())

@@ -327,7 +327,9 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
     every HALTED_KEEPALIVE; once the links are back it seals, and the gauge is 0."""
     url, _ = relay_stack
     monkeypatch.setattr(sealer_module, "HALTED_KEEPALIVE", 0.2)
-    monkeypatch.setattr(leader, "LEADER_IDLE_TIMEOUT", 1.0)
+    # (2.5 s, well above the loop's 0.2 s: at 1 s a busy machine's pause ended the session
+    # of a sealer that was not silent, once in a few runs)
+    monkeypatch.setattr(leader, "LEADER_IDLE_TIMEOUT", 2.5)
     monkeypatch.setattr(leader, "KEEPALIVE", 3600.0)  # the waiting loop's own, alone
     await _fill(url, random.Random(6), ballots=10)
     signer = Signer(TEST_AUDIT_KEY)
@@ -346,7 +348,7 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
         await _until(lambda: REGISTRY.get_sample_value("cardinal_sealer_halted") == 1, 10)
         held = _holder(url, SEALER_LOCK)
         assert held is not None
-        await asyncio.sleep(2.5)  # past the session's idle limit, twice
+        await asyncio.sleep(5.5)  # past the session's idle limit, twice
         assert _holder(url, SEALER_LOCK) == held
         assert sealer.position == 0  # sealed nothing
         with psycopg.connect(url, autocommit=True) as conn:
