@@ -11,7 +11,7 @@ and stops sealing and signing (``halted``) rather than sign over the altered cha
 
 Its session, like the relay's, ends after LEADER_IDLE_TIMEOUT of silence and is kept
 talking while the process runs (infra/store/leader.py): a frozen sealer's lock goes to the
-standby within seconds, and the standby says so when it takes over.
+standby within about 30 s, and the standby says so when it takes over.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Sealer:
             pause = self.poll_interval
             try:
                 # The session ends after LEADER_IDLE_TIMEOUT of silence, and is kept talking
-                # while this process runs: a frozen sealer loses its lock within seconds.
+                # while this process runs: a frozen sealer loses its lock within about 30 s.
                 async with (
                     await psycopg.AsyncConnection.connect(
                         self.database_url,

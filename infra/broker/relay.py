@@ -133,7 +133,7 @@ class Relay:
 
     async def _lead(self) -> None:
         # The session ends after LEADER_IDLE_TIMEOUT of silence, and is kept talking while
-        # this process runs: a frozen leader loses its lock to the standby within seconds.
+        # this process runs: a frozen leader loses its lock to the standby within about 30 s.
         async with (
             await psycopg.AsyncConnection.connect(
                 self.database_url, autocommit=True, application_name=connection_name("relay")

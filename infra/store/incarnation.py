@@ -80,6 +80,9 @@ async def incarnation(conn: AsyncConnection[Any]) -> Incarnation | None:
     try:
         cursor = await conn.execute(READ)
         row = await cursor.fetchone()
+    except psycopg.errors.ObjectNotInPrerequisiteState as error:  # (in recovery)
+        _cannot(error)  # (an OperationalError to psycopg, but no outage)
+        return None
     except psycopg.OperationalError:
         raise  # (the store away: the caller's outage handling)
     except psycopg.DatabaseError as error:

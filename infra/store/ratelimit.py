@@ -324,8 +324,10 @@ class SharedRateLimiter:
                 log.warning("rate limiter lost its database connection: %s", error)
                 state = error.sqlstate
                 if state is None or state.startswith("08") or state in SERVER_GOING:
-                    # (a connection that failed or a server going away, not one that
-                    # answered: too many clients, a cancelled statement, are no outage)
+                    # (a connection that failed or a server going away, not a statement
+                    # the server refused on a live connection, a cancelled one say. A
+                    # refusal at connect, too many clients included, comes from psycopg
+                    # with no SQLSTATE: counted as the store away.)
                     self.unreachable = str(error).strip() or type(error).__name__
                 self._keep_pending()
                 if not served:
