@@ -48,13 +48,20 @@ LIFECYCLE_ATTEMPTS = 3
 MAX_BALLOTS_PER_VOTER = 16  # in one batch
 # A voter token this process's election does not know, or a ballot to an election it sees
 # as a draft, makes it catch up with the log (the election feed reads what is new), at most
-# once per this many seconds per election (those meanwhile share the next catch-up): made-up
-# tokens, and ballots to a draft, cost a wait and a small read.
+# once per this many seconds per id (those meanwhile share the next catch-up): made-up
+# tokens, and ballots to a draft, cost a wait and a small read. An id that names no
+# election has a floor of its own too, as an election has: when those ids shared one, a
+# made-up token told an election (answered at once) from an unknown id (which waited out
+# the floor another unknown id had started) by the time of its 403 (merge review of
+# 549855f).
 TOKEN_RELOAD_FLOOR = 0.1
-# The key under which voter tokens' misses on ids that name no election (yet, here) share
-# their floored catch-up: one for all such ids, so that made-up ids neither start more
-# catch-ups than one election's misses nor fill the floor's bookkeeping with an entry each.
-NO_ELECTION = UUID(int=0)
+# How many ids may have a floor of their own running at once (a catch-up started within
+# the last TOKEN_RELOAD_FLOOR, or waiting to start); a miss on any other id meanwhile,
+# whatever it names, shares one floored catch-up (``CROWDED``). So random ids neither
+# start more than this many catch-ups (and one) per floor nor leave bookkeeping each (a
+# floor that has passed is forgotten), and an id waits alike whatever it names.
+TOKEN_RELOADS_PER_FLOOR = 10
+CROWDED = UUID(int=0)
 # Closed elections a process keeps in memory, the least recently used dropped past it
 # (CLOSED_ELECTIONS_CACHED sets it for the service): each holds its electorate, about
 # 2 KiB an election and 140 bytes a voter token, and a process held every election it ever
@@ -128,8 +135,9 @@ class VotingApplication(Application[UUID]):
         # election for each page (1.4 s at 50,000 elections, on the event loop: the soak
         # review).
         self._in_order: list[tuple[datetime, UUID]] = []
-        # The next catch-up for an election (an unknown voter token, a ballot to a draft),
-        # not started yet (all those meanwhile wait for it), and when the last one started.
+        # The next catch-up for an election or id (an unknown voter token, a ballot to a
+        # draft), not started yet (all those meanwhile wait for it), and when the last one
+        # started, in that order, for those whose floor has not passed (``_token_reload``).
         self._token_reloads: dict[UUID, asyncio.Task[None]] = {}
         self._token_reloaded_at: dict[UUID, float] = {}
         # Brings the cached elections up to every election event recorded before the call
@@ -209,7 +217,6 @@ class VotingApplication(Application[UUID]):
         while len(self.closed) > self.closed_cached:
             dropped = next(iter(self.closed))
             self.dropped[dropped] = self.closed.pop(dropped).rules.public_results
-            self._token_reloaded_at.pop(dropped, None)
 
     def forget(self, election_id: UUID) -> None:
         """Drop this process's state of the election (it may be stale): the next use
@@ -235,25 +242,29 @@ class VotingApplication(Application[UUID]):
         wait does not grow with the electorate: it tells nothing of either.)
 
         An id that names no election is a miss too, answered with the same NotEligible
-        after the same floored catch-up (shared by every such id: ``NO_ELECTION``), not
+        after the same floored catch-up (the id's own, as an election's), not
         ElectionNotFound: a 404 there told a made-up token which ids name an election,
         where no token cannot tell (the auth review). The catch-up also finds an election
-        created a moment ago through another process."""
-        try:
-            election = await self.election(election_id)
-        except ElectionNotFound:
-            pass
-        else:
+        created a moment ago through another process. Where a catch-up is set (the
+        election feed's: every election in the log is known once it has run), an id this
+        process does not know is not looked for in the store, before it or after: those
+        reads cost an unknown id a millisecond more than an election held in memory."""
+        followed = self.catch_up is not None
+        if not followed or election_id in self.known:
             try:
-                election.check_token_holder(credential)
-            except NotEligible:
+                election = await self.election(election_id)
+            except ElectionNotFound:
                 pass
             else:
-                return election
-            election = await self._caught_up(election_id)
-            election.check_token_holder(credential)
-            return election
-        await asyncio.shield(self._token_reload(NO_ELECTION))
+                try:
+                    election.check_token_holder(credential)
+                except NotEligible:
+                    pass
+                else:
+                    return election
+        await asyncio.shield(self._token_reload(election_id))
+        if followed and election_id not in self.known:
+            raise NotEligible(NOT_ISSUED)
         try:
             election = await self.election(election_id)
         except ElectionNotFound:
@@ -272,15 +283,40 @@ class VotingApplication(Application[UUID]):
         return await self.election(election_id)
 
     def _token_reload(self, election_id: UUID) -> asyncio.Task[None]:
-        """The next re-read of this election, not started yet: it starts after the caller
-        asked, so it sees whatever was recorded before."""
+        """The next re-read of this election (or id), not started yet: it starts after the
+        caller asked, so it sees whatever was recorded before. Past TOKEN_RELOADS_PER_FLOOR
+        ids with a floor running, an id without one shares the ``CROWDED`` re-read (the
+        election feed's catch-up reads what is new for every election)."""
         reload = self._token_reloads.get(election_id)
-        if reload is None:
-            reload = asyncio.create_task(self._reload_for_token(election_id))
-            reload.add_done_callback(_consumed)
-            reload.add_done_callback(lambda _: self._started(election_id, reload))
-            self._token_reloads[election_id] = reload
+        if reload is not None:
+            return reload
+        self._forget_passed_floors()
+        running = self._token_reloaded_at.keys() | self._token_reloads.keys()
+        if (
+            self.catch_up is not None
+            and election_id not in running
+            and len(running) >= TOKEN_RELOADS_PER_FLOOR
+        ):
+            election_id = CROWDED
+            reload = self._token_reloads.get(election_id)
+            if reload is not None:
+                return reload
+        key = election_id
+        reload = asyncio.create_task(self._reload_for_token(key))
+        reload.add_done_callback(_consumed)
+        reload.add_done_callback(lambda _: self._started(key, reload))
+        self._token_reloads[key] = reload
         return reload
+
+    def _forget_passed_floors(self) -> None:
+        """Drop the start times whose floor has passed (one dropped waits as one never
+        seen: not at all), oldest first (they are kept in the order they started)."""
+        now = time.monotonic()
+        while self._token_reloaded_at:
+            oldest, started = next(iter(self._token_reloaded_at.items()))
+            if started + TOKEN_RELOAD_FLOOR > now:
+                return
+            del self._token_reloaded_at[oldest]
 
     def _started(self, election_id: UUID, reload: asyncio.Task[None] | None) -> None:
         """This re-read has started (or ended): a miss from now on waits for the next."""
@@ -294,11 +330,8 @@ class VotingApplication(Application[UUID]):
                 await asyncio.sleep(wait)
         finally:
             self._started(election_id, asyncio.current_task())
+        self._token_reloaded_at.pop(election_id, None)  # (kept in the order they started)
         self._token_reloaded_at[election_id] = time.monotonic()
-        if election_id == NO_ELECTION:  # ids that named none: the caller reads its own
-            if self.catch_up is not None:
-                await self.catch_up()
-            return
         if self.catch_up is not None:
             # What is new in the log, whatever the election's size: a whole election read
             # again cost a made-up token's sender as much as its electorate (a million

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import statistics
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import recounts
+from domain.application import TOKEN_RELOAD_FLOOR
 from domain.ballot import Ballot
 from infra.audit import records
 from infra.audit.chain import entry_hash
@@ -598,6 +601,37 @@ async def test_a_made_up_voter_token_does_not_tell_an_election_from_an_unknown_i
     seen = await answers(private)
     assert {status for status, *_ in seen} == {403}, seen
     assert await answers(unknown) == seen
+
+
+async def test_a_made_up_voter_token_does_not_tell_an_election_from_an_unknown_id_by_time(
+    voting: VotingClient,
+) -> None:
+    """Ids that name no election shared one floored catch-up, where each election has its
+    own: after one request with a random id, another random id waited out the shared floor
+    (~100 ms) while a fresh election answered at once (2-4 ms), so a made-up token told an
+    election from an unknown id by the time of its 403 (merge review of 549855f). Each id
+    now has its own floor, whatever it names."""
+    made_up = bearer("cvt_" + "A" * 43)
+
+    async def probe(election_id: str) -> float:
+        await voting.http.get(f"/api/elections/{uuid.uuid4()}", headers=made_up)  # prime
+        started = time.perf_counter()
+        answer = await voting.http.get(f"/api/elections/{election_id}", headers=made_up)
+        took = time.perf_counter() - started
+        assert answer.status_code == 403, answer.text
+        return took
+
+    real: list[float] = []
+    unknown: list[float] = []
+    for trial in range(12):
+        election_id = await voting.open_election("plurality")
+        await asyncio.sleep(TOKEN_RELOAD_FLOOR)  # every floor a trial before has passed
+        first, second = (real, unknown) if trial % 2 else (unknown, real)
+        first.append(await probe(election_id if first is real else str(uuid.uuid4())))
+        await asyncio.sleep(TOKEN_RELOAD_FLOOR)
+        second.append(await probe(election_id if second is real else str(uuid.uuid4())))
+    gap = abs(statistics.median(unknown) - statistics.median(real))
+    assert gap < TOKEN_RELOAD_FLOOR / 2, (sorted(real), sorted(unknown))
 
 
 async def test_anonymous_readers_are_not_waited_for(voting: VotingClient) -> None:

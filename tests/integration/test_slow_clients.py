@@ -101,6 +101,34 @@ async def test_a_request_sent_while_the_server_was_stalled_is_answered(port: int
     idle_writer.close()
 
 
+async def test_an_idle_connection_is_refused_while_the_server_is_steadily_late(port: int) -> None:
+    """Each sweep that ran late re-armed every deadline passed, so a loop steadily behind
+    (blocked in chunks longer than two sweep intervals: overload, when slow clients matter
+    most) refused no one: an idle connection was still open 8 s on (merge review of
+    549855f). A deadline is granted that grace once: the next sweep refuses it, late or
+    not."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    blocking = True
+
+    def block() -> None:
+        # Every sweep is due while the loop is blocked: each runs more than an interval late.
+        if blocking:
+            time.sleep(DEADLINE / 3)
+            loop.call_later(0.005, block)
+
+    loop.call_soon(block)
+    try:
+        data, _ = await _read_all(reader, patience=DEADLINE * 6)
+    except TimeoutError:
+        pytest.fail(f"not refused within {DEADLINE * 6:g} s of a loop steadily late")
+    finally:
+        blocking = False
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert b"request head did not arrive" in data
+
+
 async def test_headers_trickled_slowly_are_cut_off(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
