@@ -87,7 +87,10 @@ class ProjectionWorker:
         # another are refused (``_refuse_stale``), each kind said once.
         self.incarnation: Incarnation | None = None
         self._stale_said: set[str] = set()
+        # Each counter an alert reads with increase() is shown at 0 from the start: a
+        # series born at 1 has no increase, and the first dead letter would page no one.
         metrics.PROJECTION_STALE.labels(runner.name)
+        metrics.PROJECTION_REJECTED.labels(runner.name)
 
     @property
     def name(self) -> str:
