@@ -250,6 +250,17 @@ def test_the_alert_rules_pass_their_promtool_tests() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_runbook_says_what_every_alert_means_and_what_to_do() -> None:
+    """docs/architecture.md's table names every rule, and each rule has a description."""
+    rules = yaml.safe_load((ROOT / "infra/monitoring/alerts.yml").read_text())["groups"][0]
+    docs = (ROOT / "docs/architecture.md").read_text()
+    table = docs.split("### Alerts: what each means, what to do", 1)[1].split("\n#", 1)[0]
+    for rule in rules["rules"]:
+        assert f"| `{rule['alert']}` (" in table, rule["alert"]
+        assert rule["annotations"].get("description"), rule["alert"]
+    assert "#alerts-what-each-means-what-to-do" in (ROOT / "README.md").read_text()
+
+
 def test_prometheus_scrapes_every_process() -> None:
     config = yaml.safe_load((ROOT / "infra/monitoring/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
