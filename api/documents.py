@@ -266,6 +266,11 @@ class ProjectionStatus(Document):
         "minute late; at most 10 a minute of them are dead-lettered, as records of their "
         "headers, size and first 1 KiB"
     )
+    stale: int = Field(
+        description="the relay's pages of another store (the one this store was restored or "
+        "failed over from) this projection refused, not applied; written at most once a "
+        "minute by its worker, so up to a minute late"
+    )
     set_aside: int
     updated_at: str | None
     detail: str | None

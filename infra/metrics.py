@@ -235,6 +235,17 @@ SELECT (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
 """
 
 
+def withdraw(gauge: Gauge, *labels: str) -> None:
+    """Drop a labelled gauge's series: what it said no longer holds for this process (a
+    relay standing by has no broker connection to report). Where processes share their
+    metrics (`cardinal serve`'s multiprocess mode), a series cannot be dropped: it keeps
+    its last value, which is what not setting it does."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    with contextlib.suppress(KeyError):  # (never set here)
+        gauge.remove(*labels)
+
+
 async def refresh_positions(conn: psycopg.AsyncConnection[Any], component: str) -> None:
     """Set head, relay and projection positions and lags from the database."""
     try:

@@ -3,7 +3,8 @@
 Refusals are counted from ``projection_rejections``, written by whichever process runs the
 worker: ``dead_lettered``, one row per page refused (poison); ``unsigned``, the messages
 refused for their signature, from the rows each worker writes at most once a minute with
-how many since (projections/strangers.py ``Strangers.say``; so up to a minute late).
+how many since (projections/strangers.py ``Strangers.say``; so up to a minute late);
+``stale``, the relay's pages of another store refused, written so too (STALE_ROW).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from psycopg import AsyncConnection
 # summed: "unsigned: 2997 message(s) not signed ..." (projections/strangers.py). No reason of
 # a refused page begins so (an exception's name, or "undecodable page").
 UNSIGNED_ROW = "unsigned: "
+# And those that count relay pages of another store refused (projections/worker.py
+# ``_write_stale``): "stale: 12 relay page(s) ...".
+STALE_ROW = "stale: "
 # A live projection that is behind and has not moved for this long is reported stalled.
 STALLED_AFTER_SECONDS = 30.0
 # A projection's position past the log's head (read in the same snapshot): it applied
@@ -37,10 +41,14 @@ SELECT r.name, r.active_version, r.building_version, r.state, r.detail,
        p.position, p.updated_at,
        r.rebuild_started_at, r.rebuild_position, r.rebuild_head, r.rebuild_rate, r.updated_at,
        (SELECT count(*) FROM projection_rejections j
-        WHERE j.name = r.name AND j.reason NOT LIKE %(unsigned_like)s),
+        WHERE j.name = r.name AND j.reason NOT LIKE %(unsigned_like)s
+          AND j.reason NOT LIKE %(stale_like)s),
        (SELECT coalesce(sum((regexp_match(j.reason, %(unsigned_count)s))[1]::bigint), 0)
         FROM projection_rejections j
         WHERE j.name = r.name AND j.reason LIKE %(unsigned_like)s),
+       (SELECT coalesce(sum((regexp_match(j.reason, %(stale_count)s))[1]::bigint), 0)
+        FROM projection_rejections j
+        WHERE j.name = r.name AND j.reason LIKE %(stale_like)s),
        (SELECT coalesce(max(notification_id), 0) FROM cardinal_events),
        (SELECT count(*) FROM projection_set_aside s
         WHERE s.name = r.name AND s.version = r.active_version)
@@ -54,7 +62,12 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
     """One entry per projection, as served by GET /api/admin/projections."""
     cursor = await conn.execute(
         STATUS,
-        {"unsigned_like": f"{UNSIGNED_ROW}%", "unsigned_count": f"^{UNSIGNED_ROW}(\\d+) "},
+        {
+            "unsigned_like": f"{UNSIGNED_ROW}%",
+            "unsigned_count": f"^{UNSIGNED_ROW}(\\d+) ",
+            "stale_like": f"{STALE_ROW}%",
+            "stale_count": f"^{STALE_ROW}(\\d+) ",
+        },
     )
     now = datetime.now(UTC)
     found = []
@@ -74,6 +87,7 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             registry_updated,
             rejected,
             unsigned,
+            stale,
             head,
             set_aside,
         ) = row
@@ -100,6 +114,7 @@ async def projection_status(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
             "lag": lag,
             "dead_lettered": int(rejected),
             "unsigned": int(unsigned),
+            "stale": int(stale),
             "set_aside": int(set_aside),
             "updated_at": moved_at.isoformat() if moved_at else None,
             "detail": detail,

@@ -37,9 +37,14 @@ from infra.store.incarnation import Incarnation, incarnation
 from infra.store.outage import StoreOutage, probe
 from projections.pages import Page, contiguous_runs, decode_once, merge, named_span
 from projections.runtime import TRANSIENT, BeyondTheLog, GapTooLarge, ProjectionRunner
+from projections.status import STALE_ROW
 from projections.strangers import Strangers
 
 log = logging.getLogger(__name__)
+# Relay pages of another store refused are written to projection_rejections (the operators'
+# status) at most this often (seconds), with how many since: a queue full of them after a
+# restore is one row a minute, not one each.
+STALE_WRITTEN_EVERY = 60.0
 
 
 @dataclass
@@ -87,7 +92,14 @@ class ProjectionWorker:
         # another are refused (``_refuse_stale``), each kind said once.
         self.incarnation: Incarnation | None = None
         self._stale_said: set[str] = set()
+        # Those refused since last written to ``projection_rejections`` (STALE_ROW), which is
+        # how the operators' status counts them: at most one row every STALE_WRITTEN_EVERY.
+        self._stale_unwritten = 0
+        self._stale_written_at = float("-inf")  # (loop time)
+        # Each counter an alert reads with increase() is shown at 0 from the start: a
+        # series born at 1 has no increase, and the first dead letter would page no one.
         metrics.PROJECTION_STALE.labels(runner.name)
+        metrics.PROJECTION_REJECTED.labels(runner.name)
 
     @property
     def name(self) -> str:
@@ -215,6 +227,8 @@ class ProjectionWorker:
                     await self._catch_up()
                     if self.strangers.say_due():  # (the last of a flood, once it is over)
                         await self.strangers.say()
+                    if self._stale_due():  # (likewise)
+                        await self._write_stale()
                     continue
                 # Under load, pages queue up: wait a moment, take what is waiting and apply
                 # contiguous pages together, in one transaction rather than one each. The
@@ -319,6 +333,33 @@ class ProjectionWorker:
             self.status.applied_events += applied.events
         return True
 
+    def _stale_due(self) -> bool:
+        return bool(self._stale_unwritten) and (
+            asyncio.get_running_loop().time() - self._stale_written_at >= STALE_WRITTEN_EVERY
+        )
+
+    async def _write_stale(self) -> None:
+        """Count the stale pages refused since last written as one row of
+        ``projection_rejections`` (STALE_ROW): the operators' status (`cardinal
+        projections`, GET /api/admin/projections) shows them as ``stale``, whichever
+        process the worker runs in; at most one write every STALE_WRITTEN_EVERY."""
+        try:
+            async with self.runner.pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO projection_rejections "
+                    "(name, message_after, message_last, reason) VALUES (%s, NULL, NULL, %s)",
+                    (
+                        self.name,
+                        f"{STALE_ROW}{self._stale_unwritten} relay page(s) of another store "
+                        "refused, not applied",
+                    ),
+                )
+        except TRANSIENT:  # the store away: written with the next (nothing lost)
+            self._stale_written_at = asyncio.get_running_loop().time()
+            return
+        self._stale_written_at = asyncio.get_running_loop().time()
+        self._stale_unwritten = 0
+
     async def _refuse_stale(self, page: Page, why: str, kind: str) -> None:
         """Refuse a page of the relay's that is not of this store: not applied, not
         dead-lettered (it is no forgery: its signature holds), counted, and said once per
@@ -326,6 +367,9 @@ class ProjectionWorker:
         await page.message.ack()
         self.status.stale += 1
         metrics.PROJECTION_STALE.labels(self.name).inc()
+        self._stale_unwritten += 1
+        if self._stale_due():
+            await self._write_stale()
         if kind in self._stale_said:
             return
         self._stale_said.add(kind)

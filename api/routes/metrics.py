@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 
 import psycopg
@@ -14,7 +13,7 @@ from api import context
 from api.contract import Operation, operation
 from api.problems import Unauthorized
 from infra import batched_metrics
-from infra.metrics import exposition, refresh_positions
+from infra.metrics import DATABASE_CONNECTED, exposition, refresh_positions
 
 
 @operation(
@@ -38,9 +37,12 @@ async def metrics(request: Request) -> Response:
             token.strip().encode(), expected.encode()
         ):
             raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")
-    with contextlib.suppress(psycopg.Error, PoolTimeout):
+    try:
         async with services.reads.connection(timeout=2) as conn:
             await refresh_positions(conn, "api")
+    except (psycopg.Error, PoolTimeout):
+        # No connection within 2 s is the database away too (it said 1 through an outage).
+        DATABASE_CONNECTED.labels("api").set(0)
     batched_metrics.flush()  # this process's figures to the second
     body, media_type = exposition()
     return Response(body, media_type=media_type)

@@ -107,6 +107,7 @@ class Relay:
         said once, retried after 1 s doubling to 5 s: ``StoreOutage``)."""
         while True:
             pause = self.retry_interval
+            broker_lost = False  # the broker failed the leader (not the store, nor a stop)
             try:
                 await self._lead()
             except asyncio.CancelledError:
@@ -122,13 +123,21 @@ class Relay:
                 ChannelInvalidStateError,
                 OSError,
             ) as error:
+                broker_lost = self.status.leader
                 pause = self._outage.failed(error)
             finally:
                 self.status.leader = False
                 self.status.broker_connected = False
                 self.status.database_connected = False
                 metrics.RELAY_LEADER.set(0)
-                metrics.BROKER_CONNECTED.labels("relay").set(0)
+                # The broker gauge is the leader's alone (only it connects): 0 where the
+                # broker failed it; otherwise no series, so that a healthy standby, or a
+                # relay waiting out the store's outage (CardinalDatabaseDown's), does not
+                # hold CardinalBrokerDown firing.
+                if broker_lost:
+                    metrics.BROKER_CONNECTED.labels("relay").set(0)
+                else:
+                    metrics.withdraw(metrics.BROKER_CONNECTED, "relay")
             await asyncio.sleep(pause)
 
     async def _lead(self) -> None:
@@ -184,6 +193,8 @@ class Relay:
                 metrics.RELAY_LEADER.set(1)
                 return
             if not waiting_said:
+                # (a leader the broker failed, now a standby: its 0 is another's to report)
+                metrics.withdraw(metrics.BROKER_CONNECTED, "relay")
                 log.info("another relay is active; standing by")
                 waiting_said = True
             await asyncio.sleep(self.poll_interval)

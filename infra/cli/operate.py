@@ -112,6 +112,7 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
         "lag",
         "dead-lettered",
         "unsigned",
+        "stale",
         "set aside",
     )
     for column in columns:
@@ -140,6 +141,7 @@ async def print_status(database_url: str, *, as_json: bool) -> int:
             f"{entry['lag']:,}",
             str(entry["dead_lettered"]),
             f"[yellow]{entry['unsigned']:,}[/]" if entry["unsigned"] else "0",
+            f"[yellow]{entry['stale']:,}[/]" if entry["stale"] else "0",
             f"[red]{entry['set_aside']}[/]" if entry["set_aside"] else "0",
             note,
         )

@@ -55,6 +55,7 @@ from infra.broker.outage import Outage
 from infra.ingest.messages import (
     MAX_BALLOT_BYTES,
     MAX_BALLOTS,
+    REFUSAL_REASONS,
     Delivery,
     Item,
     forwarded,
@@ -244,6 +245,10 @@ class Ingester:
         )
         self._withheld_said = -UNANSWERED_EVERY  # monotonic: a withheld reply last said
         self._withheld_since = 0  # replies withheld since it was last said
+        # Every refusal's series at 0 from the start: one born at 1 has no increase(), and
+        # the first refusal of a kind would raise no alert (CardinalIngestRefusals).
+        for reason in REFUSAL_REASONS:
+            metrics.INGEST_REFUSED.labels(reason)
 
     async def run(self) -> None:
         """Consume forever; reconnect without help."""

@@ -46,6 +46,25 @@ from infra.runtime.voters import VoterKeys, request_key
 
 MAX_BALLOTS = 10_000  # in one multi-ballot message
 MAX_BALLOT_BYTES = Settings.max_body_bytes  # a message of one ballot, as HTTP's body
+# Every reason a ballot or message is refused for (cardinal_ingest_ballots_refused_total):
+# the whole message's (``_refused``, ``_too_large``, ``_body``), and one ballot's, named
+# after the domain error met validating, naming the voter or casting (``_reason``), or a
+# fault. The consumer shows each at 0 from its start (``Ingester``), so that the first
+# refusal of each is an increase an alert sees.
+REFUSAL_REASONS = (
+    "missing_message_id",
+    "unsupported_media_type",
+    "too_large",
+    "malformed_json",
+    "invalid_request",
+    "invalid_ballot",
+    "election_not_found",
+    "election_not_open",
+    "already_voted",
+    "idempotency_key_reused",
+    "not_eligible",
+    "fault",
+)
 
 
 class IngestBallot(BallotIn):

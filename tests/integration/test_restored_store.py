@@ -178,6 +178,10 @@ async def test_a_restored_store_never_applies_the_old_stores_queued_pages(
             tally = (await _status(restored))["tally"]
             assert (tally["state"], tally["position"], tally["lag"]) == ("live", head, 0), tally
             assert worker.status.rejected == 0  # not dead-lettered as forged
+            # Shown to operators (the first at once, the rest at most once a minute), apart
+            # from the pages dead-lettered (observability review: no operator saw them).
+            assert 1 <= tally["stale"] <= worker.status.stale, tally
+            assert tally["dead_lettered"] == 0, tally
         said = [
             r.getMessage() for r in caplog.records if "REFUSED the relay page" in r.getMessage()
         ]

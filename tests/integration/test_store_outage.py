@@ -203,6 +203,37 @@ async def test_an_append_still_queued_at_its_deadline_is_withdrawn_never_recorde
     assert writer.queued == 0
 
 
+async def test_a_scrape_with_the_store_away_says_the_api_cannot_reach_it(
+    cluster: Cluster, url: str
+) -> None:
+    """The API's cardinal_database_connected stayed 1 through an outage: a scrape that got
+    no connection in time (PoolTimeout) set nothing (observability review), and
+    CardinalDatabaseDown saw every API process connected."""
+    line = 'cardinal_database_connected{component="api"}'
+
+    async def scraped() -> str:
+        got = await http.get("/metrics")
+        assert got.status_code == 200, got.text
+        return next(row for row in got.text.splitlines() if row.startswith(line))
+
+    settings = settings_for(url)
+    async with (
+        running_api(settings, projections=()) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        assert await scraped() == f"{line} 1.0"
+        await asyncio.to_thread(cluster.stop, "fast")
+        try:
+            away = await scraped()
+        finally:
+            await asyncio.to_thread(cluster.start)
+        assert away == f"{line} 0.0"
+        deadline = time.monotonic() + 10
+        while (back := await scraped()) != f"{line} 1.0":
+            assert time.monotonic() < deadline, back
+            await asyncio.sleep(0.2)
+
+
 async def test_ballots_and_results_over_http_are_503_within_a_second_while_down(
     cluster: Cluster, url: str
 ) -> None:

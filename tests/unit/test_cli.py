@@ -501,6 +501,7 @@ def test_the_projections_table_keeps_its_numbers_on_a_pipe(
                 "lag": 1,
                 "dead_lettered": 1_234,
                 "unsigned": 3_003_003,
+                "stale": 4_004_004,
                 "set_aside": 56_789,
                 "detail": "",
                 "rebuild": {
@@ -522,7 +523,8 @@ def test_the_projections_table_keeps_its_numbers_on_a_pipe(
     out = capsys.readouterr().out
     assert "…" not in out, out
     # (the messages refused for their signature too, which the table left out: review)
-    for figure in ("16,789,123,456", "16,789,123,457", "56789", "3,003,003", "unsigned"):
+    figures = ("16,789,123,456", "16,789,123,457", "56789", "3,003,003", "unsigned")
+    for figure in (*figures, "4,004,004", "stale"):
         assert figure in out, figure
     for figure in ("statistics", "rebuilding"):
         assert figure in out, figure
