@@ -82,6 +82,12 @@ tools:
 	@command -v chromium >/dev/null || { \
 		echo "installing chromium (Debian package, for the dashboards' browser tests)"; \
 		apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+	@command -v promtool >/dev/null || test -x .cardinal/tools/prometheus/usr/bin/promtool || { \
+		echo "unpacking promtool (Debian package prometheus, not installed: for the alert rules' tests)"; \
+		mkdir -p .cardinal/tools && cd .cardinal/tools && \
+		{ apt-get download -q prometheus >/dev/null 2>&1 || \
+		  { apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; } && \
+		dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage
