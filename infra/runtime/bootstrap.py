@@ -117,7 +117,15 @@ async def running_workers(
     topology = Topology(settings.namespace)
     workers = Workers()
     pool = _pool(
-        url, max_size=projections_pool(len(projections)), name="projections", wait=PROJECTIONS_WAIT
+        url,
+        max_size=projections_pool(len(projections)),
+        name="projections",
+        wait=PROJECTIONS_WAIT,
+        # Every statement of a live page finds rows by key: a page's check that its last
+        # entry is this store's (``track``) was planned, prepared, while the log was a few
+        # rows long, as a scan of the whole log, and kept that plan (30 rows read per
+        # ballot in test_bench, and growing with the log). As the writer's session does.
+        options="-c enable_seqscan=off",
     )
     await pool.open(wait=False)
     key = _page_key(settings) if settings.amqp_url is not None else None
@@ -343,7 +351,9 @@ def tune_garbage_collection() -> None:
 PROJECTIONS_WAIT = 10.0
 
 
-def _pool(url: str, max_size: int, *, name: str, wait: float = 30.0) -> AsyncConnectionPool:
+def _pool(
+    url: str, max_size: int, *, name: str, wait: float = 30.0, options: str | None = None
+) -> AsyncConnectionPool:
     """A pool of autocommit connections, named ``name`` in pg_stat_activity, that lends no
     connection the server has hung up on (seen without a round trip), so that a database
     restart costs a reconnect rather than a failed request or a wait. It reconnects after
@@ -360,6 +370,7 @@ def _pool(url: str, max_size: int, *, name: str, wait: float = 30.0) -> AsyncCon
             "connect_timeout": 2,
             "application_name": connection_name(name),
             **ALIVE,
+            **({"options": options} if options else {}),
         },
     )
 
