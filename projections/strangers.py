@@ -105,17 +105,12 @@ class Strangers:
         whichever process the worker runs in: at most one write a minute, however many."""
         since = "last said" if self.said else "it started"
         try:
-            async with self.runner.pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO projection_rejections "
-                    "(name, message_after, message_last, reason) VALUES (%s, NULL, NULL, %s)",
-                    (
-                        self.name,
-                        f"{UNSIGNED_ROW}{self.unsaid} message(s) not signed by this "
-                        f"stack's relay refused unread since {since}; {self.unrecorded} of "
-                        "them only counted, not dead-lettered",
-                    ),
-                )
+            await count_row(
+                self.runner,
+                f"{UNSIGNED_ROW}{self.unsaid} message(s) not signed by this stack's relay "
+                f"refused unread since {since}; {self.unrecorded} of them only counted, not "
+                "dead-lettered",
+            )
         except TRANSIENT:  # the store away: said with the next, a minute on (nothing lost)
             self.said_at = asyncio.get_running_loop().time()
             return
@@ -210,3 +205,15 @@ def _cut(value: object, limit: int = RECORD_HEADER_CHARS) -> str | int | float |
         value = value[: limit * 4].decode("utf-8", "replace")
     text = value if isinstance(value, str) else str(value)[: limit * 4]
     return text[:limit]
+
+
+async def count_row(runner: ProjectionRunner, reason: str) -> None:
+    """One row of ``projection_rejections`` that counts refused messages (no range of its
+    own): how the operators' status counts unsigned and stale pages, whichever process the
+    worker runs in. Raises what the store meets (TRANSIENT: the caller writes it later)."""
+    async with runner.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO projection_rejections "
+            "(name, message_after, message_last, reason) VALUES (%s, NULL, NULL, %s)",
+            (runner.name, reason),
+        )

@@ -38,7 +38,7 @@ from infra.store.outage import StoreOutage, probe
 from projections.pages import Page, contiguous_runs, decode_once, merge, named_span
 from projections.runtime import TRANSIENT, BeyondTheLog, GapTooLarge, ProjectionRunner
 from projections.status import STALE_ROW
-from projections.strangers import Strangers
+from projections.strangers import Strangers, count_row
 
 log = logging.getLogger(__name__)
 # Relay pages of another store refused are written to projection_rejections (the operators'
@@ -344,16 +344,11 @@ class ProjectionWorker:
         projections`, GET /api/admin/projections) shows them as ``stale``, whichever
         process the worker runs in; at most one write every STALE_WRITTEN_EVERY."""
         try:
-            async with self.runner.pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO projection_rejections "
-                    "(name, message_after, message_last, reason) VALUES (%s, NULL, NULL, %s)",
-                    (
-                        self.name,
-                        f"{STALE_ROW}{self._stale_unwritten} relay page(s) of another store "
-                        "refused, not applied",
-                    ),
-                )
+            await count_row(
+                self.runner,
+                f"{STALE_ROW}{self._stale_unwritten} relay page(s) of another store refused, "
+                "not applied",
+            )
         except TRANSIENT:  # the store away: written with the next (nothing lost)
             self._stale_written_at = asyncio.get_running_loop().time()
             return
