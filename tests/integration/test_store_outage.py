@@ -1145,9 +1145,13 @@ class CutAsLent:
         self._hung_up = reconnect.hung_up
         monkeypatch.setattr(reconnect, "hung_up", self.hung_up)
 
-    def hung_up(self, conn: psycopg.Connection[object]) -> bool:
+    def hung_up(self, conn: psycopg.Connection[object] | psycopg.AsyncConnection[object]) -> bool:
         if self._hung_up(conn):
             return True
+        if isinstance(conn, psycopg.AsyncConnection):
+            # (the reads pool's, which asks too since 8ec08a6: another pool of this
+            # process, used meanwhile, was cut and counted as the lookups')
+            return False
         if self.times > 0:
             self.times -= 1
             pid = conn.info.backend_pid
