@@ -33,3 +33,23 @@ def drop_database(url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
         )
+
+
+# The session holding a one-key advisory lock (objsubid 1) in this database. pg_locks is
+# the whole server's: without the database, another test's relay or sealer (every stack
+# takes the same keys, each in its own database) answered for this one's, and a takeover
+# went unseen for as long as the other one led (CI, stop 33).
+LOCK_HOLDER = """
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND ((classid::bigint << 32) | objid::bigint) = %s
+"""
+
+
+def lock_holder(url: str, key: int) -> int | None:
+    """The backend pid holding the advisory lock ``key`` in ``url``'s database, if any."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(LOCK_HOLDER, (key,)).fetchall()
+    assert len(rows) <= 1, f"advisory lock {key:#x} held twice in one database: {rows}"
+    return None if not rows else int(rows[0][0])

@@ -49,7 +49,7 @@ from projections import PROJECTIONS, projection
 from projections.queries import tally_snapshot
 from projections.results import recounted_snapshot, results_document
 from projections.runtime import ProjectionRunner
-from tests.databases import SERVER_URL, create_database, drop_database
+from tests.databases import SERVER_URL, create_database, drop_database, lock_holder
 from tests.integration.test_projection_runtime import _fill
 from tests.servers import TEST_AUDIT_KEY
 
@@ -1812,13 +1812,7 @@ async def test_a_halted_sealer_keeps_its_session_and_lock_past_an_idle_timeout(
     running = asyncio.create_task(sealer.run())
 
     def holder() -> int | None:
-        with psycopg.connect(store) as conn:
-            row = conn.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND ((classid::bigint << 32) | objid::bigint) = %s",
-                (SEALER_LOCK,),
-            ).fetchone()
-        return None if row is None else int(row[0])
+        return lock_holder(store, SEALER_LOCK)
 
     try:
         for _ in range(200):

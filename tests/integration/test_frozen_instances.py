@@ -34,7 +34,7 @@ from infra.store.migrations import migrate
 from projections import PROJECTIONS, runtime
 from projections.runtime import ProjectionRunner
 from projections.tally import TallyProjection
-from tests.databases import create_database, drop_database
+from tests.databases import create_database, drop_database, lock_holder
 from tests.integration.test_projection_runtime import _entries, _fill, _served
 from tests.servers import TEST_AUDIT_KEY
 
@@ -191,17 +191,6 @@ asyncio.run(main())
 """
 
 
-def _holder(url: str, lock: int) -> int | None:
-    """The backend pid holding a leader's advisory lock, if any."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = %s",
-            (lock,),
-        ).fetchone()
-    return None if row is None else int(row[0])
-
-
 def _positions(url: str) -> tuple[int, int, int]:
     """(head, relay's position, the chain's last link)."""
     with psycopg.connect(url) as conn:
@@ -274,7 +263,7 @@ async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
     try:
         head = _positions(url)[0]
         await _until(lambda: _positions(url) == (head, head, head), 60)
-        relay_holder, sealer_holder = _holder(url, RELAY_LOCK), _holder(url, SEALER_LOCK)
+        relay_holder, sealer_holder = lock_holder(url, RELAY_LOCK), lock_holder(url, SEALER_LOCK)
         assert relay_holder is not None
         assert sealer_holder is not None
         tasks = [
@@ -283,8 +272,8 @@ async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
         ]
         # Leading, the frozen-to-be outlasts its idle limit: its keepalives hold the locks.
         await asyncio.sleep(IDLE_LIMIT * 2)
-        assert _holder(url, RELAY_LOCK) == relay_holder
-        assert _holder(url, SEALER_LOCK) == sealer_holder
+        assert lock_holder(url, RELAY_LOCK) == relay_holder
+        assert lock_holder(url, SEALER_LOCK) == sealer_holder
         assert not _leads(standby_relay)
 
         frozen.send_signal(signal.SIGSTOP)
@@ -293,11 +282,11 @@ async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
         # Within its idle limit and a poll or two, the standby leads both, and catches up.
         await _until(lambda: _positions(url) == (head, head, head), IDLE_LIMIT + 15)
         assert _leads(standby_relay)
-        assert _holder(url, RELAY_LOCK) not in (None, relay_holder)
+        assert lock_holder(url, RELAY_LOCK) not in (None, relay_holder)
         # (Each gives way on its own session's limit, the sealer's takeover perhaps after the
         # positions were checked: awaited, not asserted at once, which failed once beside a
         # full `make test`.)
-        await _until(lambda: _holder(url, SEALER_LOCK) not in (None, sealer_holder), 15)
+        await _until(lambda: lock_holder(url, SEALER_LOCK) not in (None, sealer_holder), 15)
         assert REGISTRY.get_sample_value("cardinal_sealer_leader") == 1  # the standby's
 
         # Thawed, the old leader finds its sessions gone and stands by: one leader each.
@@ -350,10 +339,10 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
     running = asyncio.create_task(sealer.run())
     try:
         await _until(lambda: REGISTRY.get_sample_value("cardinal_sealer_halted") == 1, 10)
-        held = _holder(url, SEALER_LOCK)
+        held = lock_holder(url, SEALER_LOCK)
         assert held is not None
         await asyncio.sleep(5.5)  # past the session's idle limit, twice
-        assert _holder(url, SEALER_LOCK) == held
+        assert lock_holder(url, SEALER_LOCK) == held
         assert sealer.position == 0  # sealed nothing
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
