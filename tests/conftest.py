@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,21 @@ _own_cluster()
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _OWN:
         _OWN.pop().__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored() -> Iterator[None]:
+    """What an in-process `cardinal` command (infra.cli.main) changes for the rest of the
+    process is put back after each test: PGAPPNAME (it names every later connection of the
+    worker after that command, and tests that cut connections by name would cut their own)
+    and the SIGTERM and SIGHUP handlers (flaky-test review)."""
+    appname = os.environ.get("PGAPPNAME")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    if appname is None:
+        os.environ.pop("PGAPPNAME", None)
+    else:
+        os.environ["PGAPPNAME"] = appname
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)

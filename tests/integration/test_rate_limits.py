@@ -234,7 +234,9 @@ async def test_units_come_back_one_at_a_time(database_url: str) -> None:
     await limiter.start()
     try:
         key = f"test:{uuid.uuid4().hex}"
-        quota = Quota(4, 2.0)  # one unit back every half second
+        # One unit back every two seconds: a wake-up up to that late still finds one back,
+        # not two (at one every half second, a loop 0.45 s late would have found two).
+        quota = Quota(4, 8.0)
         assert [(await limiter.hit(key, quota)).allowed for _ in range(5)] == [True] * 4 + [False]
         refused = await limiter.hit(key, quota)
         assert not refused.allowed

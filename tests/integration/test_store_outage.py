@@ -89,7 +89,8 @@ def _up(writer: GroupCommitWriter) -> bool:
 def _waiting_for_a_lock(url: str) -> bool:
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return row is not None and int(row[0]) > 0
 
@@ -823,11 +824,10 @@ async def test_rate_limit_checks_survive_the_server_closing_the_idle_connection(
             assert all(isinstance(o, Decision) and o.allowed for o in outcomes), outcomes
             assert time.monotonic() - started < CHECK_WAIT
         with psycopg.connect(url, autocommit=True) as conn:  # (an administrator's cut)
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            conn.execute(  # (waits for the backends to exit: their goodbyes are sent)
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        await asyncio.sleep(0.2)
         assert (await limiter.hit(f"test:{uuid4().hex}", quota)).allowed
     finally:
         await limiter.stop()
@@ -1216,13 +1216,16 @@ async def test_the_writers_connection_cut_while_idle_is_an_info_not_a_warning(
     election = uuid4()
     await writer.append_events(_ballot(election, "before"))
     with psycopg.connect(url, autocommit=True) as admin:
+        # (With a timeout, pg_terminate_backend waits for the backend to exit, so its
+        # goodbye is in the writer's socket before the next batch: without one it returned
+        # at the signal, and under load the batch was sent first and lost, a WARNING.)
         pids = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
             (connection_name("writer"),),
         ).fetchall()
     assert pids == [(True,)]
     caplog.set_level(logging.INFO, logger="infra.store.writer")
-    await asyncio.sleep(0.2)  # (the goodbye is in: the next batch finds it)
     assert isinstance(await writer.append_events(_ballot(election, "after")), Recorded)
     said = [r for r in caplog.records if "event store connection" in r.getMessage()]
     assert [r.levelno for r in said] == [logging.INFO], said
