@@ -161,7 +161,7 @@ def validate(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        if not any(_integral_float(e) for e in error.errors()):
+        if not any(_integral_float(e) for e in error.errors(include_url=False)):
             raise
     # JSON has one number type: 5.0 is the integer 5 to JSON Schema, and so to us.
     return model.model_validate(_whole_numbers(data))

@@ -341,8 +341,13 @@ class Problem(BaseModel):
     field: str | None = Field(default=None, description="the one field at fault, if any")
     errors: list[Issue] | None = Field(
         default=None,
-        description="a 422 Invalid request's every issue, in order (`field` and `detail` "
-        "name the first)",
+        description="a 422 Invalid request's issues, in order, the first 20 at most "
+        "(`field` and `detail` name the first; `detail` says how many more there are)",
+    )
+    more_errors: int | None = Field(
+        default=None,
+        ge=1,
+        description="a 422 Invalid request with more than 20 issues: how many `errors` leaves out",
     )
     retry_after: int | None = Field(
         default=None,

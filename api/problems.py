@@ -209,24 +209,35 @@ def validation_error(request: Request, exc: Exception) -> Response:
     return ProblemResponse(body, status_code=body["status"])
 
 
+# The most issues a 422 lists in ``errors``; ``more_errors`` counts the rest. Listing every
+# one, a 58 KB sign-in body of 6,000 unknown keys was answered 365 KB (6,002 items), and
+# cost 28 ms to describe (the DoS review).
+MAX_ISSUES = 20
+
+
 def _invalid(exc: pydantic.ValidationError, within: str = "") -> dict[str, Any]:
     """``within``: where the validated value sits in the request (``ballots[3]``), which
     every field named is then prefixed with."""
-    if any(e["type"] == "json_invalid" for e in exc.errors()):
-        reason = exc.errors()[0].get("ctx", {}).get("error", "it could not be parsed")
+    found = exc.errors(include_url=False)
+    if any(e["type"] == "json_invalid" for e in found):
+        reason = found[0].get("ctx", {}).get("error", "it could not be parsed")
         return problem_body(400, "Malformed JSON", f"the request body is not valid JSON: {reason}")
     issues = [
         {"field": _location(e["loc"], within), "message": _message(e, exc.title)}
-        for e in exc.errors(include_url=False)
+        for e in found[:MAX_ISSUES]
     ]
     first = issues[0]
     if first["field"]:
         detail = f"{first['field']}: {first['message']}"
     else:
         detail = f"the request body {first['message']}"
-    if len(issues) > 1:
-        detail += f" (and {len(issues) - 1} more problem{'s' if len(issues) > 2 else ''})"
-    return problem_body(422, "Invalid request", detail, field=first["field"] or None, errors=issues)
+    more = len(found) - 1
+    if more:
+        detail += f" (and {more} more problem{'s' if more > 1 else ''})"
+    extra: dict[str, Any] = {"errors": issues}
+    if len(found) > MAX_ISSUES:
+        extra["more_errors"] = len(found) - MAX_ISSUES
+    return problem_body(422, "Invalid request", detail, field=first["field"] or None, **extra)
 
 
 def problem_of(exc: BaseException, within: str = "") -> dict[str, Any] | None:

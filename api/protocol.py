@@ -33,7 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import socket
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, cast
@@ -48,6 +51,7 @@ from api.app import create_app
 from api.middleware import security_headers
 from api.problems import type_of
 from api.streams import CLOSING, CONNECTIONS, HANGUP
+from infra.metrics import HTTP_REFUSAL_REASONS, HTTP_REFUSALS
 from infra.runtime.settings import Settings
 
 HEAD_TIMEOUT = 10.0
@@ -59,6 +63,87 @@ LIMIT_CONCURRENCY = 2000
 KEEP_ALIVE = 5
 MAX_REQUESTS = 1000  # per connection, before it is closed (and opened again, elsewhere)
 LINGER = 2.0  # after a refusal, how long a client may take to see it and close its side
+
+
+# Each refusal's series at 0 from the start (one born at 1 has no increase()), and at hand:
+# a labels() lookup per refusal is a dictionary built and searched under a lock.
+REFUSED = {reason: HTTP_REFUSALS.labels(reason) for reason in HTTP_REFUSAL_REASONS}
+
+# A warning any client can cause at will is said once per SAID_EVERY seconds per process
+# at most: uvicorn wrote one per malformed request (500 lines in 0.17 s from one client, the
+# DoS review: a disk filled at will). The first is said at once; what follows within the
+# interval is summed up in one line when it ends.
+SAID_EVERY = 60.0
+
+
+class _Said:
+    """One kind of warning a client can cause at will, said once per SAID_EVERY at most:
+    ``first`` at once (with its ``detail``), then, at the interval's end, ``summary`` with
+    how many came meanwhile and the last one's detail. Details are fixed words (the
+    parser's reason), never what the client sent, and never its address: the log holds
+    no client's address (there is no access log)."""
+
+    def __init__(self, first: str, summary: str) -> None:
+        self.first = first
+        self.summary = summary
+        self._said_at = -math.inf  # monotonic: when a line was last said
+        self._since = 0  # how many came since, unsaid
+        self._last = ""
+        self._due = 0.0  # monotonic: when the summary is due, while one is pending
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, loop: asyncio.AbstractEventLoop, detail: str) -> None:
+        now = time.monotonic()
+        if self._timer is not None and now > self._due + SAID_EVERY:
+            self._timer = None  # its loop has stopped (a server run again on a new loop)
+            self._summarise()
+        if self._timer is None and now - self._said_at >= SAID_EVERY:
+            _LOG.warning(self.first, detail, SAID_EVERY)
+            self._said_at = now
+            return
+        self._since += 1
+        self._last = detail
+        if self._timer is None:
+            self._due = self._said_at + SAID_EVERY
+            self._timer = loop.call_later(max(0.0, self._due - now), self._summarise)
+
+    def _summarise(self) -> None:
+        self._timer = None
+        if self._since:
+            _LOG.warning(self.summary, self._since, SAID_EVERY, self._last)
+            self._said_at = time.monotonic()
+        self._since = 0
+
+
+_LOG = logging.getLogger("uvicorn.error")  # where uvicorn's protocol says these
+
+
+class _Unsaid:
+    """The protocol's logger while uvicorn refuses a request past the connection limit: its
+    warning for it, one per refusal, is said by BUSY instead."""
+
+    def warning(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+_UNSAID = cast(logging.Logger, _Unsaid())
+MALFORMED = _Said(
+    "a request that is not HTTP/1.1 was answered 400 (%s); such requests are said once "
+    "per %g s at most (counted in cardinal_http_protocol_refusals_total)",
+    "%d more requests that are not HTTP/1.1 answered 400 in the last %g s, the last: %s",
+)
+UPGRADE = _Said(
+    "a request asked to upgrade to a protocol this server does not serve, and was answered "
+    "as HTTP/1.1 (%s); such requests are said once per %g s at most",
+    "%d more requests asked to upgrade to a protocol this server does not serve in the "
+    "last %g s, the last: %s",
+)
+BUSY = _Said(
+    "a request past this process's connection limit was answered 503 (%s); such requests "
+    "are said once per %g s at most (counted in cardinal_http_protocol_refusals_total)",
+    "%d more requests past this process's connection limit answered 503 in the last %g s, "
+    "the last: %s",
+)
 
 
 # Where the protocol puts, in a request's scope, the security headers of its answers (read
@@ -96,6 +181,13 @@ def _end_of_last(data: bytes, begin: int) -> int:
     """Where the last CRLF CRLF of ``data`` from ``begin`` on ends; ``begin`` if none."""
     found = data.rfind(END_OF_HEAD, begin)
     return found + 4 if found >= 0 else begin
+
+
+def _reason(error: Exception) -> str:
+    """Why the parser stopped, in llhttp's fixed words ("Invalid header token"; "`on_url`
+    callback error" where a callback raised, whatever that error says): never the
+    request's bytes."""
+    return (str(error) or type(error).__name__)[:80]
 
 
 class HeadTooLarge(Exception):
@@ -286,7 +378,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._tail = data[-3:] if len(data) >= 3 else (self._tail + data)[-3:]
 
     def _unparsed(self, error: Exception) -> None:
-        """As uvicorn's data_received, where the parser stopped."""
+        """As uvicorn's data_received, where the parser stopped; but a malformed request is
+        said once a minute at most (MALFORMED), and counted."""
         if isinstance(error, httptools.HttpParserUpgrade):
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -294,8 +387,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         msg = "Invalid HTTP request received."
-        self.logger.warning(msg)
+        if not self._head_too_large:  # (a 431: counted, not said, as in _too_large)
+            MALFORMED.note(self.loop, _reason(error))
         self.send_400_response(msg)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn says one warning per request (two without a WebSocket library) that asks
+        to upgrade (``Upgrade: h2c``, which curl --http2 sends): said once a minute at most.
+        The request is answered as HTTP/1.1, and counted in the HTTP metrics as any."""
+        detail = "a WebSocket" if self._get_upgrade() == b"websocket" else "not a WebSocket"
+        UPGRADE.note(self.loop, detail)
 
     def _too_large(self) -> None:
         self._head_too_large = True
@@ -340,7 +441,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 admitted.add(self)
             served = self in admitted and len(self.tasks) < limit
             self.limit_concurrency = None if served else 0
-        super().on_headers_complete()
+            if not served:  # uvicorn says a warning per refusal: BUSY says it instead
+                REFUSED["busy"].inc()
+                BUSY.note(self.loop, f"{len(admitted)} connections admitted, {limit} at most")
+                self.logger = _UNSAID
+        try:
+            super().on_headers_complete()
+        finally:
+            self.logger = _LOG
         cycle = self.cycle
         if cycle is not answering and cycle is not None and cycle.scope["method"] != "HEAD":
             # (An answer to HEAD has no body to wait for: uvicorn writes none, and a held
@@ -402,6 +510,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
+        REFUSED["head_too_large" if self._head_too_large else "malformed"].inc()
         if self._head_too_large:
             self._hang_up(
                 _refusal(
@@ -452,6 +561,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 cycle.keep_alive = False
             return
         seconds = self.head_timeout if part == "head" else self.body_timeout
+        REFUSED["timeout"].inc()
         self._hang_up(
             _refusal(
                 b"408 Request Timeout",

@@ -65,6 +65,17 @@ HTTP_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+# The answers the HTTP protocol (api/protocol.py) writes itself, before or instead of the
+# app, by reason: ``malformed`` (400: not HTTP/1.1), ``head_too_large`` (431), ``timeout``
+# (408: a head or body not sent in time), ``busy`` (503: past the connection limit). None
+# passes the app, so none is in cardinal_http_request_duration_seconds; and the 400s and
+# 503s are said at WARNING once a minute at most, so this is where each one is counted.
+HTTP_REFUSALS = Counter(
+    "cardinal_http_protocol_refusals_total",
+    "Answers the HTTP protocol gave itself, before the app saw the request, by reason",
+    ["reason"],
+)
+HTTP_REFUSAL_REASONS = ("malformed", "head_too_large", "timeout", "busy")
 LOG_HEAD = Gauge(
     "cardinal_log_head_position",
     "Position of the last committed log entry",

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import protocol as http_protocol
 from api.protocol import _SWEEPERS, LIMIT_CONCURRENCY, GuardedHttpToolsProtocol, server_config
 from tests.servers import ADMIN, CLIENT, running_api, settings_for
 
@@ -374,11 +377,14 @@ async def _fed(
     *,
     app: ASGIApp = _echo_length,
     writes: list[bytes] | None = None,
+    limit_concurrency: int | None = None,
 ) -> bytes:
     """What the protocol answers to a connection that delivers these chunks (None: let the
     app answer the requests it has before the next chunk arrives); ``writes`` gets each
     write to the connection."""
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(  # (log_config None: the test's logging left as it is)
+        app, log_config=None, lifespan="off", limit_concurrency=limit_concurrency
+    )
     state = uvicorn.server.ServerState()
     protocol = Hurried(config=config, server_state=state, app_state={})
     transport = _Transport()
@@ -731,3 +737,125 @@ async def test_refusals_written_to_the_socket_carry_the_security_headers(
             assert ("strict-transport-security" in headers) == settings.is_production
             for idle in (held[1], writer):
                 idle.close()
+
+
+@pytest.fixture
+def said_afresh(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The protocol's warnings said once a minute, with nothing said yet in this process;
+    caplog hears uvicorn's logger once (uvicorn's logging may keep it from the root's)."""
+    caplog.set_level(logging.INFO)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(uvicorn_log, "propagate", False)
+    uvicorn_log.addHandler(caplog.handler)
+    kinds = {}
+    for name in ("MALFORMED", "UPGRADE", "BUSY"):
+        said = getattr(http_protocol, name, None)
+        if said is not None:  # (none before they were said once a minute)
+            kinds[name] = said
+            setattr(http_protocol, name, type(said)(said.first, said.summary))
+    yield
+    for name, said in kinds.items():
+        timer = getattr(http_protocol, name)._timer
+        if timer is not None:
+            timer.cancel()
+        setattr(http_protocol, name, said)
+    uvicorn_log.removeHandler(caplog.handler)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _refused(reason: str) -> float:
+    found = REGISTRY.get_sample_value("cardinal_http_protocol_refusals_total", {"reason": reason})
+    return found or 0.0
+
+
+def _summarise(name: str) -> None:
+    """End the interval of one kind of warning now: what came meanwhile is summed up."""
+    said = getattr(http_protocol, name)
+    assert said._timer is not None  # a summary is due
+    said._timer.cancel()
+    said._summarise()
+
+
+async def test_malformed_requests_are_counted_and_said_once_a_minute(
+    said_afresh: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn said "Invalid HTTP request received." at WARNING per malformed request: one
+    client wrote 500 lines in 0.17 s (DoS review). Each is counted; the first is said at
+    once, the rest in one line as the minute ends, and nothing more until the next."""
+    before = _refused("malformed")
+    for _ in range(50):
+        assert (await _fed([b"GET / HTTP/1.1\r\nHost x\r\n\r\n"])).startswith(b"HTTP/1.1 400 ")
+    said = _warnings(caplog)
+    assert len(said) == 1, said
+    assert _refused("malformed") - before == 50
+    assert "a request that is not HTTP/1.1 was answered 400 (Invalid header token)" in said[0]
+    _summarise("MALFORMED")
+    said = _warnings(caplog)
+    assert len(said) == 2, said
+    assert said[1].startswith("49 more requests that are not HTTP/1.1 answered 400 in the last")
+    assert said[1].endswith("the last: Invalid header token"), said[1]
+    await _fed([b"\x16\x03\x01 not http\r\n\r\n"])
+    assert len(_warnings(caplog)) == 2  # within the next minute: counted, said at its end
+    _summarise("MALFORMED")
+    assert _warnings(caplog)[2].startswith("1 more requests"), _warnings(caplog)
+
+
+async def test_an_oversized_head_is_counted_and_not_said(
+    said_afresh: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 431 (a head past the limit, in one chunk or stopped in its parse) is counted, and
+    says nothing: it was said as an invalid request where the parser stopped on it."""
+    before = _refused("head_too_large")
+    big = b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    behind = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y HTTP/1.1\r\nX-A: " + b"a" * 9000
+    assert (await _fed([big])).startswith(b"HTTP/1.1 431 ")
+    assert b"HTTP/1.1 431 " in await _fed([behind + b"\r\n\r\n"])  # stopped in its parse
+    assert _refused("head_too_large") - before == 2
+    assert _warnings(caplog) == []
+
+
+async def test_requests_past_the_connection_limit_are_counted_and_said_once_a_minute(
+    said_afresh: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn said "Exceeded concurrency limit." at WARNING per refusal past the limit."""
+    before = _refused("busy")
+    for _ in range(20):
+        answer = await _fed([b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"], limit_concurrency=0)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+    said = _warnings(caplog)
+    assert len(said) == 1, said
+    assert _refused("busy") - before == 20
+    assert "past this process's connection limit was answered 503" in said[0]
+    _summarise("BUSY")
+    assert _warnings(caplog)[1].startswith("19 more requests past"), _warnings(caplog)
+
+
+async def test_upgrades_not_served_are_said_once_a_minute(
+    said_afresh: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn said "Unsupported upgrade request." at WARNING per request asking for one
+    (curl --http2 sends Upgrade: h2c); the request is answered as HTTP/1.1."""
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    for _ in range(20):
+        assert (await _fed([request])).startswith(b"HTTP/1.1 200 ")
+    said = _warnings(caplog)
+    assert len(said) == 1, said
+    assert "does not serve, and was answered as HTTP/1.1 (not a WebSocket)" in said[0]
+
+
+async def test_a_request_timeout_is_counted() -> None:
+    before = _refused("timeout")
+    config = uvicorn.Config(_echo_length, log_config=None, lifespan="off")
+    state = uvicorn.server.ServerState()
+    connection = Hurried(config=config, server_state=state, app_state={})
+    transport = _Transport()
+    connection.connection_made(transport)
+    connection.overdue(connection.loop.time() + DEADLINE * 2)
+    assert bytes(transport.sent).startswith(b"HTTP/1.1 408 ")
+    connection.connection_lost(None)
+    assert _refused("timeout") - before == 1

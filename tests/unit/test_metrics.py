@@ -87,3 +87,17 @@ def test_the_refusal_reasons_name_every_error_a_ballot_is_refused_for() -> None:
     except pydantic.ValidationError as error:
         met.append(error)
     assert {_reason(error) for error in met} <= set(REFUSAL_REASONS)
+
+
+def test_every_protocol_refusal_is_counted_from_zero() -> None:
+    """The answers the HTTP protocol writes itself (400, 431, 408, 503) are counted, each
+    reason's series shown at 0 from the API's start: they are said at WARNING once a minute
+    at most (a line each let one client fill the disk: the DoS review)."""
+    from infra.metrics import HTTP_REFUSAL_REASONS
+
+    assert sorted(_samples("; import api.protocol", "cardinal_http_protocol_refusals_total")) == (
+        sorted(
+            f'cardinal_http_protocol_refusals_total{{reason="{reason}"}} 0.0'
+            for reason in HTTP_REFUSAL_REASONS
+        )
+    )
