@@ -4,7 +4,15 @@
   MAX_VOTES_PER_IP_PER_HOUR an hour, where ENABLE_RATE_LIMITING is on.
 - ``login-account`` and ``login-address``: failed logins per account and per address,
   always on. An attempt takes a unit of each before the password is hashed (so a flood is
-  refused cheaply) and a successful login gives both back.
+  refused cheaply) and a successful login gives both back. For these, an IPv6 address
+  counts as its /56 (LOGIN_V6_PREFIX; below), not its /64.
+- ``login-global``: failed logins from every address together (LOGIN_FAILURES_GLOBAL in
+  LOGIN_WINDOW), always on: what bounds the argon2 work of a sign-in flood spread over many
+  addresses (an IPv6 /48 holds 256 /56s). An attempt takes a unit of it too; once it is
+  spent, an attempt is not hashed at all: only the administrator's address and password,
+  told by an HMAC (api/login.py ``known``), get through, and anything else is a 429 that
+  still counts against its account's and address's quotas. So a flood cannot lock the
+  administrator out (docs/threat-model.md, "Sign-in").
 
 A row of the shared table names its subject by an HMAC under CARDINAL_SECRET, never as
 typed: the table keeps when each key last voted, and a client's address beside that time
@@ -52,6 +60,13 @@ HOUR = 3600.0
 LOGIN_WINDOW = 900.0
 LOGIN_FAILURES_PER_ACCOUNT = 10
 LOGIN_FAILURES_PER_ADDRESS = 30
+# Every address's failed sign-ins together: 120 argon2 checks (about 30 s of CPU) per 15
+# minutes at most, once each address's and account's own quota is left aside.
+LOGIN_FAILURES_GLOBAL = 120
+# An IPv6 address counts for the sign-in quotas as its /56, a common delegation to one
+# subscriber (a /64 is one of its 256 networks): a /48 is 256 quotas, not 65,536. No more
+# for ballots, where a /56 may be many voters' (a campus, a provider's pool).
+LOGIN_V6_PREFIX = 56
 # A ballot change whose check the database did not answer (NO_ANSWER), or that was refused
 # at once because the writer has marked the event store down (STORE_DOWN: a check would only
 # wait CHECK_WAIT for a statement nobody answers). What follows the reason fits the request
@@ -133,6 +148,7 @@ class RateLimits:
         self.login_address = Policy(
             "login-address", Quota(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW)
         )
+        self.login_global = Policy("login-global", Quota(LOGIN_FAILURES_GLOBAL, LOGIN_WINDOW))
 
     def client(self, request: Request) -> str:
         return self.proxies.client(request.scope)
@@ -157,8 +173,8 @@ class RateLimits:
             return LimiterStoreDown
         return LimiterUnavailable
 
-    def address(self, request: Request) -> str:
-        return self.subject(quota_address(self.client(request)))
+    def address(self, request: Request, v6_prefix: int = 64) -> str:
+        return self.subject(quota_address(self.client(request), v6_prefix))
 
     async def ballot(self, request: Request, ballots: int = 1) -> dict[str, str] | None:
         """The RateLimit fields for ``ballots`` ballot changes (a batch takes as many units
@@ -202,10 +218,16 @@ class RateLimits:
         raise TooManyRequests(detail, answer, [policy.name])
 
     async def login_attempt(self, request: Request, account: str) -> LoginAttempt:
-        """Take one unit of the account's and the address's failure quotas, or refuse."""
+        """Take one unit of the account's, the address's and the global failure quotas, or
+        refuse (429). Only the global one spent: the attempt comes back with ``over_budget``,
+        the refusal the route raises unless the credentials are ``known`` without argon2."""
         keys = [
             (self.login_account, self.login_account.key(self.subject(_account(account)))),
-            (self.login_address, self.login_address.key(self.address(request))),
+            (
+                self.login_address,
+                self.login_address.key(self.address(request, LOGIN_V6_PREFIX)),
+            ),
+            (self.login_global, self.login_global.key("all")),
         ]
         if store_down(request):
             raise LimiterStoreDown(LOGIN_STORE_DOWN)
@@ -221,23 +243,33 @@ class RateLimits:
             for (policy, _), decision in zip(keys, decisions, strict=True)
             if not decision.allowed
         ]
-        if refused:
-            await attempt.give_back(only=[d.allowed for d in decisions])
-            wait = max(_seconds(decision.next_unit) for _, decision in refused)
-            raise TooManyRequests(
-                f"too many failed sign-ins for this account or from this address; try again "
-                f"in {wait} seconds",
-                {
-                    "RateLimit-Policy": ", ".join(policy.declared for policy, _ in keys),
-                    "RateLimit": ", ".join(
-                        f'"{policy.name}";r=0;t={_seconds(decision.next_unit)}'
-                        for policy, decision in refused
-                    ),
-                    "Retry-After": str(wait),
-                },
-                [policy.name for policy, _ in refused],
-            )
-        return attempt
+        if not refused:
+            return attempt
+        wait = max(_seconds(decision.next_unit) for _, decision in refused)
+        refusal = TooManyRequests(
+            (
+                "too many failed sign-ins, from every address together; try again in "
+                f"{wait} seconds"
+                if [policy for policy, _ in refused] == [self.login_global]
+                else f"too many failed sign-ins for this account or from this address; "
+                f"try again in {wait} seconds"
+            ),
+            {
+                "RateLimit-Policy": ", ".join(policy.declared for policy, _ in keys),
+                "RateLimit": ", ".join(
+                    f'"{policy.name}";r=0;t={_seconds(decision.next_unit)}'
+                    for policy, decision in refused
+                ),
+                "Retry-After": str(wait),
+            },
+            [policy.name for policy, _ in refused],
+        )
+        if refusal.policies == [self.login_global.name]:
+            attempt.over_budget = refusal
+            attempt.took = [d.allowed for d in decisions]
+            return attempt
+        await attempt.give_back(only=[d.allowed for d in decisions])
+        raise refusal
 
 
 class LoginAttempt:
@@ -246,10 +278,14 @@ class LoginAttempt:
     def __init__(self, limiter: SharedRateLimiter, keys: list[tuple[Policy, str]]) -> None:
         self.limiter = limiter
         self.keys = keys
+        # The global budget's refusal, when it alone was spent; which units were taken.
+        self.over_budget: TooManyRequests | None = None
+        self.took: list[bool] | None = None
 
     async def give_back(self, only: list[bool] | None = None) -> None:
         """(A give-back the database does not answer in time is still sent, once, in the
         background: the sign-in need not wait for it.)"""
+        only = self.took if only is None else only
         with contextlib.suppress(LimiterUnavailable):
             await asyncio.gather(
                 *(
@@ -286,8 +322,9 @@ def _account(account: str) -> str:
     return "account:" + account.strip().lower()
 
 
-def quota_address(client: str) -> str:
-    """The address a quota counts: IPv4-mapped IPv6 as IPv4, other IPv6 as its /64."""
+def quota_address(client: str, v6_prefix: int = 64) -> str:
+    """The address a quota counts: IPv4-mapped IPv6 as IPv4, other IPv6 as its /64 (or
+    ``v6_prefix``)."""
     try:
         address = ipaddress.ip_address(client)
     except ValueError:
@@ -295,5 +332,5 @@ def quota_address(client: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
+        return str(ipaddress.IPv6Network((address, v6_prefix), strict=False))
     return str(address)

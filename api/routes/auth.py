@@ -2,23 +2,32 @@
 
 Every failure is the same 401, whatever failed (unknown address, wrong password, a used,
 revoked or expired refresh token), so that an answer never tells an attacker which part
-was right. Failed sign-ins are limited per account and per address (api/ratelimit.py).
+was right. Failed sign-ins are limited per account, per address and for every address
+together (api/ratelimit.py); argon2 checks wait in a bounded queue (api/login.py), and a
+sign-in that finds it full is a 503 Busy, told to retry in a second.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
+import asyncio
+
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api import context, documents
 from api.contract import Operation, operation
+from api.login import ChecksBusy, ClientGone
 from api.problems import Unauthorized
+from api.ratelimit import LoginAttempt
 from api.responses import JSONResponse
 from api.schemas import LoginIn, RefreshIn
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 ROLE = "admin"
 FAILED = "the email address or password is wrong, or this sign-in has ended; sign in again"
+BUSY = "the server is checking as many sign-ins as it can right now; retry after a second"
+BUSY_WAIT = 1
 
 
 @operation(
@@ -38,13 +47,45 @@ async def login(request: Request) -> Response:
     body = await context.body(request, LoginIn)
     edge = context.edge(request)
     attempt = await edge.limits.login_attempt(request, body.email)
-    right = await edge.admin.check(body.email, body.password)
-    if not right or context.auth(request).access_tokens is None:
+    if attempt.over_budget is not None:
+        # Every address's failures together spent the global budget: nothing is hashed,
+        # and only the administrator's own address and password pass (an HMAC, the same
+        # work for any address). A failure still counts against its account and address.
+        if not edge.admin.known(body.email, body.password):
+            raise attempt.over_budget
+    elif not edge.admin.configured or context.auth(request).access_tokens is None:
+        # No account (or no key to sign an access token): no sign-in can succeed, and
+        # there is no address to hide. The same 401, without argon2.
+        raise Unauthorized(FAILED)
+    elif not await _checked(request, attempt, body.email, body.password):
+        raise Unauthorized(FAILED)
+    if context.auth(request).access_tokens is None:
         raise Unauthorized(FAILED)
     await attempt.give_back()
     subject = edge.admin.email
     assert subject is not None
     return _tokens(request, subject, await edge.refresh_tokens.issue(subject))
+
+
+async def _checked(request: Request, attempt: LoginAttempt, email: str, password: str) -> bool:
+    """argon2's answer, in its turn; a 503 Busy at once (its units given back: nothing was
+    checked) where the queue is full. A client that hangs up meanwhile is not checked."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        return await context.edge(request).admin.check(email, password, gone)
+    except ChecksBusy:
+        await attempt.give_back()
+        raise HTTPException(503, BUSY, headers={"Retry-After": str(BUSY_WAIT)}) from None
+    except ClientGone:
+        raise ClientDisconnect from None  # (no one hears the answer)
+    finally:
+        gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Until the client hangs up (its body has been read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @operation(
