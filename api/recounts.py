@@ -3,8 +3,10 @@
 A recount is CPU work as long as the election (decoding and counting every ballot entry,
 then a ranked method's tabulation): it runs in a worker thread, page by page as the log is
 read, so that the API's event loop keeps answering meanwhile. One runs at a time per
-process and turn (``run_shared``: readers with a role have a turn of their own), and
-identical requests share the one already running.
+process and turn (``run_shared``: auditors and admins have a turn of their own), and
+identical requests share the one already running. Everyone else's turn (client and operator
+tokens, voter tokens, no token) rests after each recount three times as long as it took, so
+that those readers, whatever they ask, hold at most about a quarter of a core per process.
 
 A replay also notes, for every position it passed, what a reader of stepped results saw
 there (``StepIndex``): the last publication, the election's status and its entries set
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import AsyncConnection
+from starlette.exceptions import HTTPException
 
 from api import turns
 from domain.election import ElectionStatus
@@ -41,6 +47,18 @@ T = TypeVar("T")
 RECOUNT_WAIT = 1.0  # seconds a recount waits for the one running to end, then 503
 BUSY = "a recount is running in this process (one runs at a time); retry in a few seconds"
 BATCH = 2_000  # log entries handed to the worker thread at a time
+# After a recount in the turn of readers other than auditors and admins, that turn starts
+# no other for REST_FACTOR times as long as it took (its wall time, which bounds its CPU
+# time: one recount is one thread at a time). So they hold at most 1 / (1 + REST_FACTOR)
+# of a core per process, a quarter: one STV recount of 50,000 ballots took 2-5 s of CPU
+# (5-15 s wall), and anonymous readers asking distinct positions kept one running.
+REST_FACTOR = 3.0
+RESTING = (
+    "a recount for readers other than auditors and admins ran in this process; the next "
+    "starts three times as long after it as it took (positions already counted are answered "
+    "meanwhile); retry in {seconds} s"
+)
+clock = time.monotonic  # (a test gives a recount a known duration through it)
 
 CLOSED_AT = f"""
 SELECT min(notification_id) FROM {EVENTS_TABLE}
@@ -283,11 +301,60 @@ async def run_shared(
     """``work`` (a recount, and the document counted from it), run as one task shared by
     every identical request (same ``key``) while it runs, and one at a time per process
     and turn: one that waits RECOUNT_WAIT seconds for its turn is a 503 with Retry-After.
-    Readers with a ``role`` take turns of their own: anonymous readers of a public election
-    (``?at=`` the head after each ballot) could otherwise hold the only one, and an auditor
-    got 503s. A caller that goes away leaves the task running for the others (and the
-    cache)."""
-    turn = services.recounting_for_roles if role else services.recounting
+    Auditors and admins (``role``) take turns of their own: anonymous readers of a public
+    election (``?at=`` the head after each ballot) could otherwise hold the only one, and an
+    auditor got 503s; so could a client token (pasted into every dashboard) or an operator's.
+
+    Everyone else's turn rests after each recount (``_rested``): a new recount asked while
+    the rest has longer to go than RECOUNT_WAIT is a 503 at once, with Retry-After the
+    seconds left; a shorter rest is waited out (a small election's recount rests for a few
+    milliseconds). A request identical to the recount running joins it, rest or not, and
+    what is cached is answered before this is asked. A caller that goes away leaves the task
+    running for the others (and the cache): the handler is not told of a disconnection, and
+    the time it takes counts towards the rest whoever waits for it."""
+    if role:
+        return await turns.run_shared(
+            services.recounts,
+            (True, key),
+            work,
+            turn=services.recounting_for_roles,
+            wait=RECOUNT_WAIT,
+            busy=BUSY,
+        )
+    if (False, key) not in services.recounts:
+        _check_rest(services)
     return await turns.run_shared(
-        services.recounts, (role, key), work, turn=turn, wait=RECOUNT_WAIT, busy=BUSY
+        services.recounts,
+        (False, key),
+        partial(_rested, services, work),
+        turn=services.recounting,
+        wait=RECOUNT_WAIT,
+        busy=BUSY,
     )
+
+
+def _check_rest(services: Services) -> float:
+    """The seconds left of the limited turn's rest (none: 0 or less); a 503 if more than
+    RECOUNT_WAIT."""
+    left = services.recounts_rest_until - clock()
+    if left > RECOUNT_WAIT:
+        seconds = max(1, math.ceil(left))
+        raise HTTPException(
+            503, RESTING.format(seconds=seconds), headers={"Retry-After": str(seconds)}
+        )
+    return left
+
+
+async def _rested(services: Services, work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` in the limited turn (held): once its rest is over (waited out if it ends
+    within RECOUNT_WAIT: it may have begun while this waited for the turn), then a rest of
+    REST_FACTOR times as long as it took, failed or not."""
+    left = _check_rest(services)
+    if left > 0:
+        await asyncio.sleep(left)
+    started = clock()
+    try:
+        return await work()
+    finally:
+        ended = clock()
+        services.recounts_rest_until = ended + REST_FACTOR * max(0.0, ended - started)

@@ -76,12 +76,15 @@ class Services:
     results_cache: SizedCache = field(default_factory=lambda: SizedCache(LIVE_CACHE_BYTES))
     travel_cache: SizedCache = field(default_factory=lambda: SizedCache(TRAVEL_CACHE_BYTES))
     # Time travel's recounts from the log, one at a time per turn (api/recounts.py): one
-    # turn for readers with a role, one for everyone else (voter tokens, no token), so
-    # that anonymous readers of a public election cannot keep auditors from recounting;
-    # and those running, by what they answer and whose turn: identical requests share one.
+    # turn for auditors and admins, one for everyone else (client and operator tokens,
+    # voter tokens, no token), so that anonymous readers of a public election cannot keep
+    # auditors from recounting; and those running, by what they answer and whose turn:
+    # identical requests share one. Everyone else's turn rests after each recount, three
+    # times as long as it took: until then (``time.monotonic``) it starts no other.
     recounting: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounting_for_roles: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounts: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict)
+    recounts_rest_until: float = 0.0
     # Live results' documents tabulated off the event loop, one at a time (api/tabulations.py,
     # a turn of their own beside the recounts'), and those running, by what they answer.
     tabulating: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from api import recounts
 from api.routes import streams
 from infra.store.migrations import migrate
 from tests.databases import create_database, drop_database
@@ -52,3 +53,12 @@ def every_election_in_the_overview(monkeypatch: pytest.MonkeyPatch) -> None:
     run's database holds the elections of every test before, hundreds of them open, so a
     test's closed election would be left out. Tests of the limit set their own."""
     monkeypatch.setattr(streams, "OVERVIEW_LIMIT", 1_000_000)
+
+
+@pytest.fixture(autouse=True)
+def recounts_do_not_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a recount for readers other than auditors and admins, their turn rests three
+    times as long as it took (api/recounts.py); the session's API serves every test, and a
+    test that holds a recount for a second would leave its rest to the next one's ``?at=``.
+    Tests of the rest set REST_FACTOR themselves."""
+    monkeypatch.setattr(recounts, "REST_FACTOR", 0.0)
