@@ -321,11 +321,12 @@ async def _results_at(
     election's creation: 404, also said before any recount.
 
     Recounts run off the event loop, one at a time per process and turn (``api.recounts``;
-    ``role``: the caller has one, and a turn of its own). Every result is kept, within the
-    time travel cache's bytes: the log up to a position never changes. A reader other
-    than an auditor sees at a position what was last published there (with steps of one,
-    the election's last counted entry): once a replay has indexed the election, every
-    position maps to it, and all the positions between two of them share one document."""
+    ``role``: the caller is an auditor or an admin, whose turn never rests). Every result
+    is kept, within the time travel cache's bytes: the log up to a position never changes.
+    A reader other than an auditor sees at a position what was last published there (with
+    steps of one, the election's last counted entry): once a replay has indexed the
+    election, every position maps to it, and all the positions between two of them share
+    one document."""
     cache = services.travel_cache
     indexed = not exact
     index: recounts.StepIndex | None = cache.get(("steps", election_id)) if indexed else None
