@@ -120,6 +120,13 @@ class AdminAccount:
         turn.cancel()
         turn.add_done_callback(returned)
 
+    @property
+    def recognises(self) -> bool:
+        """Whether ``known`` can be True in this process: it holds the HMAC verifier (a
+        clear-text setting, or a sign-in argon2 accepted here since the process started).
+        Says nothing of any address or password sent."""
+        return self.email is not None and self._verifier is not None
+
     def known(self, email: str, password: str) -> bool:
         """The right address and password, told by an HMAC (no argon2): False until this
         process knows the password in clear. The same work for any address."""

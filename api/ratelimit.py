@@ -12,7 +12,9 @@
   spent, an attempt is not hashed at all: only the administrator's address and password,
   told by an HMAC (api/login.py ``known``), get through, and anything else is a 429 that
   still counts against its account's and address's quotas. So a flood cannot lock the
-  administrator out (docs/threat-model.md, "Sign-in").
+  administrator out (docs/threat-model.md, "Sign-in"), except in a process that cannot tell
+  the administrator (a hashed password no sign-in was accepted with there): its 429 is the
+  same for everyone and gives its units back (api/routes/auth.py).
 
 A row of the shared table names its subject by an HMAC under CARDINAL_SECRET, never as
 typed: the table keeps when each key last voted, and a client's address beside that time

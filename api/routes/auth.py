@@ -51,6 +51,13 @@ async def login(request: Request) -> Response:
         # Every address's failures together spent the global budget: nothing is hashed,
         # and only the administrator's own address and password pass (an HMAC, the same
         # work for any address). A failure still counts against its account and address.
+        if not edge.admin.recognises or context.auth(request).access_tokens is None:
+            # No one can pass here (no verifier in this process: a hashed setting no
+            # sign-in has yet been accepted with; or no key to sign an access token): the
+            # same 429 for any address and password, so it tells nothing and its units go
+            # back. Kept, ten of the administrator's own retries would spend its account.
+            await attempt.give_back()
+            raise attempt.over_budget
         if not edge.admin.known(body.email, body.password):
             raise attempt.over_budget
     elif not edge.admin.configured or context.auth(request).access_tokens is None:

@@ -274,3 +274,61 @@ async def test_admin_passes_the_spent_budget_once_a_hashed_password_was_checked(
             assert (await _fail(http, n)).status_code == 401
         assert (await _fail(http, "over")).status_code == 429
         assert (await http.post(LOGIN, json=right, headers=_address())).status_code == 200
+
+
+async def test_a_process_that_cannot_tell_the_admin_past_the_budget_charges_no_quota(
+    budget_of_three: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SUPER_ADMIN_PASSWORD given as an argon2 hash, and no sign-in accepted by this process
+    since it started (after a deploy, every process of `cardinal serve`): past the budget it
+    refuses everyone alike. Each of the administrator's refused retries kept a unit of its
+    account's quota (and its address's): ten of them spent the account for 15 minutes."""
+    monkeypatch.setattr(ratelimit, "LOGIN_FAILURES_PER_ADDRESS", 5, raising=False)
+    hashed = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(ADMIN_PASSWORD)
+    settings = settings_for(
+        budget_of_three, forwarded_allow_ips=("127.0.0.1",), super_admin_password=hashed
+    )
+    right = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    home = _address()
+    async with (
+        running_api(settings, projections=()) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        for n in range(3):
+            assert (await _fail(http, n)).status_code == 401
+        over = await _fail(http, "over")
+        assert over.status_code == 429
+        # More retries than the account's quota (10) and the address's (5 here).
+        retries = [await http.post(LOGIN, json=right, headers=home) for _ in range(12)]
+        wrong = await http.post(LOGIN, json={**right, "password": "wrong!"}, headers=home)
+    for answer in [*retries, wrong]:
+        problem = assert_problem(answer, 429, "from every address together")
+        assert problem["violated-policies"] == ["login-global"]
+        assert answer.json() == {**over.json(), "detail": problem["detail"]}
+
+
+async def test_without_an_access_token_key_the_spent_budget_tells_nothing(
+    budget_of_three: str, argon2_calls: list[str]
+) -> None:
+    """No JWT_SECRET_KEY (outside production): past the budget a wrong password was a 429
+    and the right one a 401, which told whether the password was right."""
+    settings = settings_for(
+        budget_of_three, forwarded_allow_ips=("127.0.0.1",), jwt_secret_key=None
+    )
+    async with (
+        running_api(settings, projections=()) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        for n in range(3):
+            assert (await _fail(http, n)).status_code == 401
+        answers = [
+            await http.post(LOGIN, json={"email": ADMIN_EMAIL, "password": p}, headers=_address())
+            for p in (ADMIN_PASSWORD, "wrong password!")
+        ]
+    assert argon2_calls.count("verify") == 0
+    right, wrong = answers
+    assert (right.status_code, wrong.status_code) == (429, 429)
+    assert (
+        right.json()["violated-policies"] == wrong.json()["violated-policies"] == ["login-global"]
+    )
+    assert {**right.json(), "detail": ""} == {**wrong.json(), "detail": ""}

@@ -9,6 +9,7 @@ import asyncio
 import threading
 
 import pytest
+from argon2 import PasswordHasher
 
 from api.login import CONCURRENT_CHECKS, WAITING_CHECKS, AdminAccount, ChecksBusy, ClientGone
 
@@ -88,3 +89,22 @@ def test_known_tells_the_admin_by_an_hmac_only_once_the_password_is_known() -> N
     assert not plain.known("other@example.org", "correct horse battery staple")
     hashed = AdminAccount("admin@example.org", "$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$aGFzaA")
     assert not hashed.known("admin@example.org", "correct horse battery staple")
+
+
+def test_recognises_says_whether_known_can_pass_anyone_in_this_process() -> None:
+    """The route gives a spent budget's units back where no one can pass (no oracle)."""
+    password = "correct horse battery staple"
+    assert AdminAccount("admin@example.org", password).recognises
+    assert not AdminAccount(None, None).recognises
+    hashed = AdminAccount(
+        "admin@example.org",
+        PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(password),
+    )
+    # (what it said before any check, after a wrong one, and after the right one)
+    said = [hashed.recognises]
+    assert not hashed._check("admin@example.org", "wrong")
+    said.append(hashed.recognises)
+    assert hashed._check("admin@example.org", password)
+    said.append(hashed.recognises)
+    assert said == [False, False, True]
+    assert hashed.known("admin@example.org", password)
