@@ -5,8 +5,10 @@ then a ranked method's tabulation): it runs in a worker thread, page by page as 
 read, so that the API's event loop keeps answering meanwhile. One runs at a time per
 process and turn (``run_shared``: auditors and admins have a turn of their own), and
 identical requests share the one already running. Everyone else's turn (client and operator
-tokens, voter tokens, no token) rests after each recount three times as long as it took, so
-that those readers, whatever they ask, hold at most about a quarter of a core per process.
+tokens, voter tokens, no token) owes a rest of REST_FACTOR times each recount's time (its
+CPU time, at most its wall time), a leaky bucket: a new recount starts while at most BURST
+seconds are owed, so that those readers, whatever they ask, hold at most about a quarter of
+a core per process in the long run, and a few small recounts in a row are not refused.
 
 A replay also notes, for every position it passed, what a reader of stepped results saw
 there (``StepIndex``): the last publication, the election's status and its entries set
@@ -47,18 +49,24 @@ T = TypeVar("T")
 RECOUNT_WAIT = 1.0  # seconds a recount waits for the one running to end, then 503
 BUSY = "a recount is running in this process (one runs at a time); retry in a few seconds"
 BATCH = 2_000  # log entries handed to the worker thread at a time
-# After a recount in the turn of readers other than auditors and admins, that turn starts
-# no other for REST_FACTOR times as long as it took (its wall time, which bounds its CPU
-# time: one recount is one thread at a time). So they hold at most 1 / (1 + REST_FACTOR)
-# of a core per process, a quarter: one STV recount of 50,000 ballots took 2-5 s of CPU
-# (5-15 s wall), and anonymous readers asking distinct positions kept one running.
+# Every recount in the turn of readers other than auditors and admins (and every long replay
+# of the tally's lag for them, ``last_publication``) owes a rest of REST_FACTOR times as long
+# as it took (``charged``), on top of its own time: a leaky bucket whose level is
+# ``Services.recounts_rest_until`` less now. A new one starts while at most BURST seconds
+# are owed (so a handful of small recounts in a row, or a few readers at once, pass), else
+# it is a 503 busy at once with Retry-After the seconds until BURST is owed again; nothing
+# sleeps in the turn. In the long run they hold at most 1 / (1 + REST_FACTOR) of a core per
+# process, a quarter: one STV recount of 50,000 ballots took 2-5 s of CPU (5-15 s wall),
+# and anonymous readers asking distinct positions kept one running.
 REST_FACTOR = 3.0
+BURST = 3.0  # seconds of rest the limited turn may owe and still start a recount
 RESTING = (
-    "a recount for readers other than auditors and admins ran in this process; the next "
-    "starts three times as long after it as it took (positions already counted are answered "
-    "meanwhile); retry in {seconds} s"
+    "recounts for readers other than auditors and admins ran in this process; each owes a "
+    "rest of {factor:g} times as long as it took, and the next starts once at most {burst:g} s "
+    "are owed (positions already counted are answered meanwhile); retry in {seconds} s"
 )
-clock = time.monotonic  # (a test gives a recount a known duration through it)
+clock = time.monotonic  # (a test gives a recount a known duration through these two)
+cpu_clock = time.process_time
 
 CLOSED_AT = f"""
 SELECT min(notification_id) FROM {EVENTS_TABLE}
@@ -248,7 +256,9 @@ FROM read_models.tally_position p
 LEFT JOIN read_models.tally_elections e ON e.election_id = %s
 """
 LAG_PAGE = 1_000  # the election's entries past the tally read at a time
-INLINE = 50  # so few entries are decoded on the event loop (a thread hop costs more)
+# So few entries of the tally's lag are decoded on the event loop, outside any turn (a
+# thread hop costs more); more, in the limited turn.
+INLINE = 50
 
 
 async def last_publication(
@@ -267,32 +277,89 @@ async def last_publication(
     election's entries the tally has not applied yet are counted under the same law as a
     replay's (``domain.publication``), starting from the tally's count of entries. So the
     work is the tally's lag (usually none, or a few entries), never a replay, and the
-    answer is the same whether the tally is behind or not."""
+    answer is the same whether the tally is behind or not.
+
+    Asked only for readers of the limited turn (neither auditors nor admins): a lag of more
+    than INLINE entries is replayed in that turn, owing its rest like a recount, and kept
+    (the tally stopped, each ``?at=`` decoded every entry it had not applied, outside any
+    turn: merge review of 3fd17ef); up to INLINE, here, like any request's own work."""
     cursor = await conn.execute(TALLY_STEPS, (election_id,), prepare=True)
     row = await cursor.fetchone()
     tallied, entries, published = (0, 0, 0) if row is None else (int(row[0] or 0), row[1], row[2])
     if tallied >= at:
         return None if published > at else published
-    # (Seeded with the tally's count; an ElectionCreated in the lag replaces it.)
-    state = _Replay(services.app.mapper, election_id, at)
-    state.recount.position = tallied
-    state.recount.elections[election_id] = ElectionCount(
+    lag = _Lag(
+        services.app.mapper,
         election_id,
         rules,
-        status=ElectionStatus.OPEN,
-        steps=Steps(rules.live_results_step, entries=entries, published_at=published),
+        at=at,
+        tallied=tallied,
+        entries=entries,
+        published=published,
     )
-    after = tallied
-    while True:
-        page = await election_page(conn, election_id, after, LAG_PAGE, at)
-        if len(page) > INLINE:
-            await asyncio.to_thread(state.apply, page)
-        else:
-            state.apply(page)
-        if len(page) < LAG_PAGE:
-            break
-        after = page[-1].position
-    return state.publications[-1] if state.publications else published
+    first = await election_page(conn, election_id, tallied, INLINE + 1, at)
+    if len(first) <= INLINE:
+        lag.state.apply(first)
+        return lag.found()
+    key = ("lag", election_id, tallied, at)
+    kept: int | None = services.travel_cache.get(key)
+    if kept is not None:
+        return kept
+    return await run_shared(services, key, partial(_replay_lag, services, lag, key), role=False)
+
+
+class _Lag:
+    """The election's entries past the tally's position up to ``at``, counted on from the
+    tally's count (an ElectionCreated in the lag replaces it)."""
+
+    def __init__(
+        self,
+        mapper: Mapper[UUID],
+        election_id: UUID,
+        rules: ElectionRules,
+        *,
+        at: int,
+        tallied: int,
+        entries: int,
+        published: int,
+    ) -> None:
+        self.election_id = election_id
+        self.at = at
+        self.tallied = tallied
+        self.published = published
+        self.state = _Replay(mapper, election_id, at)
+        self.state.recount.position = tallied
+        self.state.recount.elections[election_id] = ElectionCount(
+            election_id,
+            rules,
+            status=ElectionStatus.OPEN,
+            steps=Steps(rules.live_results_step, entries=entries, published_at=published),
+        )
+
+    def found(self) -> int:
+        return self.state.publications[-1] if self.state.publications else self.published
+
+
+async def _replay_lag(services: Services, lag: _Lag, key: Hashable) -> int:
+    """A long lag replayed in the limited turn (on a connection of its own: readers who
+    join it may outlive the first one's request), and kept."""
+    kept: int | None = services.travel_cache.get(key)  # replayed while this waited its turn
+    if kept is not None:
+        return kept
+    after = lag.tallied
+    async with services.reads.connection() as conn:
+        while True:
+            page = await election_page(conn, lag.election_id, after, LAG_PAGE, lag.at)
+            if len(page) > INLINE:
+                await asyncio.to_thread(lag.state.apply, page)
+            else:
+                lag.state.apply(page)
+            if len(page) < LAG_PAGE:
+                break
+            after = page[-1].position
+    found = lag.found()
+    services.travel_cache.put(key, found, 200)
+    return found
 
 
 async def run_shared(
@@ -305,13 +372,15 @@ async def run_shared(
     election (``?at=`` the head after each ballot) could otherwise hold the only one, and an
     auditor got 503s; so could a client token (pasted into every dashboard) or an operator's.
 
-    Everyone else's turn rests after each recount (``_rested``): a new recount asked while
-    the rest has longer to go than RECOUNT_WAIT is a 503 at once, with Retry-After the
-    seconds left; a shorter rest is waited out (a small election's recount rests for a few
-    milliseconds). A request identical to the recount running joins it, rest or not, and
-    what is cached is answered before this is asked. A caller that goes away leaves the task
-    running for the others (and the cache): the handler is not told of a disconnection, and
-    the time it takes counts towards the rest whoever waits for it."""
+    Everyone else's turn owes a rest after each recount (``charged``): a new recount asked
+    while more than BURST seconds are owed is a 503 at once, asked again when its turn comes
+    (it may have waited for it behind others), with Retry-After the seconds until it would
+    start; nothing sleeps holding the turn (a rest waited out there made readers of other
+    positions run out their wait for the turn: 503s when no recount ran, merge review of
+    3fd17ef). A request identical to the recount running joins it, rest or not, and what is
+    cached is answered before this is asked. A caller that goes away leaves the task running
+    for the others (and the cache): the handler is not told of a disconnection, and the
+    time it takes is owed all the same whoever waits for it."""
     if role:
         return await turns.run_shared(
             services.recounts,
@@ -322,39 +391,54 @@ async def run_shared(
             busy=BUSY,
         )
     if (False, key) not in services.recounts:
-        _check_rest(services)
+        check_rest(services)
     return await turns.run_shared(
         services.recounts,
         (False, key),
-        partial(_rested, services, work),
+        partial(_admitted, services, work),
         turn=services.recounting,
         wait=RECOUNT_WAIT,
         busy=BUSY,
     )
 
 
-def _check_rest(services: Services) -> float:
-    """The seconds left of the limited turn's rest (none: 0 or less); a 503 if more than
-    RECOUNT_WAIT."""
-    left = services.recounts_rest_until - clock()
-    if left > RECOUNT_WAIT:
-        seconds = max(1, math.ceil(left))
+def check_rest(services: Services) -> None:
+    """A 503 busy if the limited turn owes more than BURST seconds of rest, with
+    Retry-After the seconds until it owes BURST again."""
+    owed = services.recounts_rest_until - clock()
+    if owed > BURST:
+        seconds = max(1, math.ceil(owed - BURST))
         raise HTTPException(
-            503, RESTING.format(seconds=seconds), headers={"Retry-After": str(seconds)}
+            503,
+            RESTING.format(factor=REST_FACTOR, burst=BURST, seconds=seconds),
+            headers={"Retry-After": str(seconds)},
         )
-    return left
 
 
-async def _rested(services: Services, work: Callable[[], Awaitable[T]]) -> T:
-    """``work`` in the limited turn (held): once its rest is over (waited out if it ends
-    within RECOUNT_WAIT: it may have begun while this waited for the turn), then a rest of
-    REST_FACTOR times as long as it took, failed or not."""
-    left = _check_rest(services)
-    if left > 0:
-        await asyncio.sleep(left)
-    started = clock()
+async def _admitted(services: Services, work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` in the limited turn (held), if the rest owed allows it now, charged."""
+    check_rest(services)
+    return await charged(services, work)
+
+
+async def charged(services: Services, work: Callable[[], Awaitable[T]]) -> T:
+    """``work``, its time (and REST_FACTOR times it, the rest) owed by the limited turn,
+    failed or not: a 404 after a replay spent its CPU all the same.
+
+    The time charged is the lesser of its wall time and the process's CPU time meanwhile.
+    The CPU time covers the recount wherever it runs (the log's rows read on the event
+    loop, decoding in worker threads, a ranked method's tabulation in another) and none of
+    its waiting (for a pool connection, the database, an idle thread pool), which wall time
+    alone charged; the wall time caps what other threads of the process burned at once (a
+    recount is one thread at a time, so neither is below its own CPU time, and the cap holds).
+    Under load the CPU time still counts what ballots burned in the process meanwhile, so
+    a cheap recount may owe more then: on the safe side (the thread's own CPU time is out
+    of reach of the turn, spread over the loop and several worker threads)."""
+    started, cpu = clock(), cpu_clock()
     try:
         return await work()
     finally:
-        ended = clock()
-        services.recounts_rest_until = ended + REST_FACTOR * max(0.0, ended - started)
+        took = max(0.0, min(clock() - started, cpu_clock() - cpu))
+        services.recounts_rest_until = (
+            max(services.recounts_rest_until, started) + (1.0 + REST_FACTOR) * took
+        )

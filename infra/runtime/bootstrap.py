@@ -79,8 +79,9 @@ class Services:
     # turn for auditors and admins, one for everyone else (client and operator tokens,
     # voter tokens, no token), so that anonymous readers of a public election cannot keep
     # auditors from recounting; and those running, by what they answer and whose turn:
-    # identical requests share one. Everyone else's turn rests after each recount, three
-    # times as long as it took: until then (``time.monotonic``) it starts no other.
+    # identical requests share one. Everyone else's turn owes a rest after each recount,
+    # three times as long as it took, a leaky bucket: ``recounts_rest_until`` less now
+    # (``time.monotonic``) is what it owes, and past 3 s owed it starts no other.
     recounting: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounting_for_roles: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounts: dict[Hashable, asyncio.Future[Any]] = field(default_factory=dict)

@@ -57,8 +57,9 @@ def every_election_in_the_overview(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def recounts_do_not_rest(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a recount for readers other than auditors and admins, their turn rests three
-    times as long as it took (api/recounts.py); the session's API serves every test, and a
-    test that holds a recount for a second would leave its rest to the next one's ``?at=``.
-    Tests of the rest set REST_FACTOR themselves."""
+    """Recounts for readers other than auditors and admins owe their turn a rest of
+    REST_FACTOR times as long as they took, and past BURST seconds owed it starts none
+    (api/recounts.py); the session's API serves every test, and a test's recounts would
+    leave what they owe to the next one's ``?at=``. Tests of the rest set both themselves."""
     monkeypatch.setattr(recounts, "REST_FACTOR", 0.0)
+    monkeypatch.setattr(recounts, "BURST", float("inf"))
