@@ -78,6 +78,7 @@ class View:
     last: tuple[int, bytes] | None = None
     first: asyncio.Future[tuple[int, bytes]] | None = None  # its first build, under way
     waiting: int = 0  # subscribers waiting for it
+    document: object = None  # the document ``last`` renders (a cached one comes back as is)
 
 
 class StreamSlots:
@@ -199,7 +200,10 @@ class StreamHub:
 
     async def _build(self, view: View) -> tuple[int, bytes]:
         position, document = await view.build()
+        if view.last is not None and document is view.document and position == view.last[0]:
+            return view.last  # the same cached document: rendered already
         view.last = (position, orjson.dumps(document))
+        view.document = document
         return view.last
 
     async def _run(self) -> None:

@@ -55,14 +55,12 @@ def results_document(
     ``rules`` stand in while the tally has not projected the election yet; ``status`` is
     where the election stands as the caller knows it (the tally's own close wins).
     """
-    if snapshot.rules is not None:
-        rules = ElectionRules.from_json(snapshot.rules)
-    closed = snapshot.closed_at is not None
-    if closed:
+    rules = snapshot_rules(snapshot, rules)
+    if snapshot.closed_at is not None:
         status = ElectionStatus.CLOSED
     elif status is ElectionStatus.CLOSED:
         status = ElectionStatus.OPEN  # the tally has not reached the close yet
-    stepped = not (exact or closed or rules.live_results_step == 1)
+    stepped = counts_published(snapshot, rules, exact=exact)
     position = snapshot.position if exact else visible_position(snapshot)
     if stepped:
         tally = Tally.from_counters(rules, snapshot.published_counters or {})
@@ -92,6 +90,19 @@ def results_document(
         "ballot_entries": entries,
         "set_aside": snapshot.set_aside,
     }
+
+
+def snapshot_rules(snapshot: TallySnapshot, rules: ElectionRules) -> ElectionRules:
+    """The rules the tally pinned for the election (``rules`` until it has projected it)."""
+    return rules if snapshot.rules is None else ElectionRules.from_json(snapshot.rules)
+
+
+def counts_published(snapshot: TallySnapshot, rules: ElectionRules, *, exact: bool) -> bool:
+    """Whether a document of this view is stepped: counted from the published counters
+    (``domain.publication``), not the tally's. Only while the election is open (as far as
+    the tally knows), for readers other than auditors, with steps of more than one: so a
+    document reads one set of counters, never both, and its head tells which."""
+    return not (exact or snapshot.closed_at is not None or rules.live_results_step == 1)
 
 
 def visible_position(snapshot: TallySnapshot) -> int:
