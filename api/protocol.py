@@ -48,7 +48,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
-from api.middleware import security_headers
+from api.middleware import REFUSED_BY_PROTOCOL, security_headers
 from api.problems import type_of
 from api.streams import CLOSING, CONNECTIONS, HANGUP
 from infra.metrics import HTTP_REFUSAL_REASONS, HTTP_REFUSALS
@@ -562,6 +562,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         seconds = self.head_timeout if part == "head" else self.body_timeout
         REFUSED["timeout"].inc()
+        if cycle is not None and part == "body":
+            # The app has the request (its head came), and ends on the hang-up: what it
+            # then answers the client never sees, so its metrics leave it out (it was
+            # counted there too, as the status the app chose: a 400 for a 408 sent).
+            cast(dict[str, Any], cycle.scope)[REFUSED_BY_PROTOCOL] = 408
         self._hang_up(
             _refusal(
                 b"408 Request Timeout",

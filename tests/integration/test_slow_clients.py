@@ -859,3 +859,55 @@ async def test_a_request_timeout_is_counted() -> None:
     assert bytes(transport.sent).startswith(b"HTTP/1.1 408 ")
     connection.connection_lost(None)
     assert _refused("timeout") - before == 1
+
+
+def _durations(method: str, route: str) -> float:
+    """How many requests the app's middleware observed for this method and route, every
+    status together (its batched observations added first)."""
+    from infra.batched_metrics import flush
+
+    flush()
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "cardinal_http_request_duration_seconds"
+        for sample in metric.samples
+        if sample.name.endswith("_count")
+        and sample.labels.get("method") == method
+        and sample.labels.get("route") == route
+    )
+
+
+async def test_a_slow_body_refused_with_408_is_not_in_the_apps_metrics() -> None:
+    """The app has a request whose body then comes too slowly (its head came): the client
+    gets the protocol's 408, and the app, ending on the hang-up, was observed too, as
+    the status it chose (a 400 the client never saw; the merge review of 7e90cdb). It is
+    counted once, as a refusal, and not in cardinal_http_request_duration_seconds."""
+    from api.middleware import RequestGuard
+
+    before, refused = _durations("POST", "unmatched"), _refused("timeout")
+    guard = RequestGuard(_echo_length, 1024)  # (held: its observations are flushed while it is)
+    config = uvicorn.Config(guard, log_config=None, lifespan="off")
+    state = uvicorn.server.ServerState()
+    connection = Hurried(config=config, server_state=state, app_state={})
+    transport = _Transport()
+    connection.connection_made(transport)
+    connection.data_received(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 55\r\n\r\n" + b"a" * 30
+    )
+    await asyncio.sleep(0)  # the app begins, and waits for the rest of the body
+    assert state.tasks
+    connection.overdue(connection.loop.time() + DEADLINE * 2)
+    assert bytes(transport.sent).startswith(b"HTTP/1.1 408 "), bytes(transport.sent)
+    connection.connection_lost(None)
+    await asyncio.gather(*state.tasks)
+    assert _refused("timeout") - refused == 1
+    assert _durations("POST", "unmatched") == before
+    # An answer the client does see is observed as ever.
+    assert (
+        await _fed(
+            [b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"],
+            app=guard,
+        )
+    ).startswith(b"HTTP/1.1 200 ")
+    assert _durations("POST", "unmatched") == before + 1
