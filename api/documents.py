@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.problems import TITLE_TYPES
+from api.problems import MAX_ISSUES, TITLE_TYPES
 
 
 class Document(BaseModel):
@@ -341,13 +341,17 @@ class Problem(BaseModel):
     field: str | None = Field(default=None, description="the one field at fault, if any")
     errors: list[Issue] | None = Field(
         default=None,
-        description="a 422 Invalid request's issues, in order, the first 20 at most "
-        "(`field` and `detail` name the first; `detail` says how many more there are)",
+        description=f"a 422 Invalid request's issues, in order, the first {MAX_ISSUES} at "
+        "most (`field` and `detail` name the first; `detail` says how many more there are); "
+        f"a bulk answer lists {MAX_ISSUES} in all over its items, each refused ballot its "
+        "first at least",
     )
     more_errors: int | None = Field(
         default=None,
         ge=1,
-        description="a 422 Invalid request with more than 20 issues: how many `errors` leaves out",
+        description="a 422 Invalid request with more issues than `errors` lists (over "
+        f"{MAX_ISSUES}, or on the bulk path past the request's first {MAX_ISSUES}): how many "
+        "it leaves out",
     )
     retry_after: int | None = Field(
         default=None,

@@ -61,6 +61,11 @@ SECURITY_HEADERS = [
 FRAME_POLICY = (b"content-security-policy", b"frame-ancestors 'none'")
 # In production the API is reached over HTTPS (through a proxy that terminates TLS).
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+# Set in a request's scope by the HTTP protocol (api/protocol.py) where it answered the
+# request itself (408: its body not sent in time) while the app was under way: the client
+# saw that answer, never the app's, which ends on the hang-up. Such a request is counted in
+# cardinal_http_protocol_refusals_total, and left out of the app's request metrics.
+REFUSED_BY_PROTOCOL = "cardinal.refused"
 
 
 def security_headers(production: bool) -> list[tuple[bytes, bytes]]:
@@ -287,6 +292,8 @@ class RequestGuard:
         return limited
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        if REFUSED_BY_PROTOCOL in scope:  # answered by the protocol, and counted there
+            return
         route = scope.get("route")
         key = (scope["method"], route.path if isinstance(route, Route) else "unmatched", status)
         timer = self._timers.get(key)

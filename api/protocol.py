@@ -48,7 +48,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
-from api.middleware import security_headers
+from api.middleware import REFUSED_BY_PROTOCOL, security_headers
 from api.problems import type_of
 from api.streams import CLOSING, CONNECTIONS, HANGUP
 from infra.metrics import HTTP_REFUSAL_REASONS, HTTP_REFUSALS
@@ -78,25 +78,31 @@ SAID_EVERY = 60.0
 
 class _Said:
     """One kind of warning a client can cause at will, said once per SAID_EVERY at most:
-    ``first`` at once (with its ``detail``), then, at the interval's end, ``summary`` with
-    how many came meanwhile and the last one's detail. Details are fixed words (the
-    parser's reason), never what the client sent, and never its address: the log holds
-    no client's address (there is no access log)."""
+    ``first`` at once (with its ``detail``), then, at the interval's end, ``summary`` (or
+    ``one``, where one came) with how many came meanwhile and the last one's detail.
+    Details are fixed words (the parser's reason), never what the client sent, and never
+    its address: the log holds no client's address (there is no access log). A summary
+    pending as the server stops is said then (say_pending)."""
 
-    def __init__(self, first: str, summary: str) -> None:
+    def __init__(self, first: str, summary: str, one: str) -> None:
         self.first = first
         self.summary = summary
+        self.one = one
         self._said_at = -math.inf  # monotonic: when a line was last said
         self._since = 0  # how many came since, unsaid
         self._last = ""
         self._due = 0.0  # monotonic: when the summary is due, while one is pending
         self._timer: asyncio.TimerHandle | None = None
+        # The pending summary's number: a timer left by one said already (its loop stalled
+        # or stopped) finds another's, and says nothing (it said a second summary at once).
+        self._pending = 0
 
     def note(self, loop: asyncio.AbstractEventLoop, detail: str) -> None:
         now = time.monotonic()
         if self._timer is not None and now > self._due + SAID_EVERY:
-            self._timer = None  # its loop has stopped (a server run again on a new loop)
-            self._summarise()
+            # Its timer is long overdue: the loop stalled, or stopped (a server run again
+            # on a new loop).
+            self.say_pending()
         if self._timer is None and now - self._said_at >= SAID_EVERY:
             _LOG.warning(self.first, detail, SAID_EVERY)
             self._said_at = now
@@ -105,12 +111,20 @@ class _Said:
         self._last = detail
         if self._timer is None:
             self._due = self._said_at + SAID_EVERY
-            self._timer = loop.call_later(max(0.0, self._due - now), self._summarise)
+            delay = max(0.0, self._due - now)
+            self._timer = loop.call_later(delay, self._summarise, self._pending)
 
-    def _summarise(self) -> None:
+    def _summarise(self, pending: int) -> None:
+        if pending == self._pending:  # (else that summary was said already)
+            self.say_pending()
+
+    def say_pending(self) -> None:
+        """Say the summary pending, if any, now."""
+        self._pending += 1
         self._timer = None
         if self._since:
-            _LOG.warning(self.summary, self._since, SAID_EVERY, self._last)
+            said = self.summary if self._since > 1 else self.one
+            _LOG.warning(said, self._since, SAID_EVERY, self._last)
             self._said_at = time.monotonic()
         self._since = 0
 
@@ -120,10 +134,14 @@ _LOG = logging.getLogger("uvicorn.error")  # where uvicorn's protocol says these
 
 class _Unsaid:
     """The protocol's logger while uvicorn refuses a request past the connection limit: its
-    warning for it, one per refusal, is said by BUSY instead."""
+    warning for it, one per refusal, is said by BUSY instead. Anything else is said as
+    ever (though the refusal's cycle is given the real logger: on_headers_complete)."""
 
     def warning(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_LOG, name)
 
 
 _UNSAID = cast(logging.Logger, _Unsaid())
@@ -131,24 +149,37 @@ MALFORMED = _Said(
     "a request that is not HTTP/1.1 was answered 400 (%s); such requests are said once "
     "per %g s at most (counted in cardinal_http_protocol_refusals_total)",
     "%d more requests that are not HTTP/1.1 answered 400 in the last %g s, the last: %s",
+    "%d more request that is not HTTP/1.1 answered 400 in the last %g s: %s",
 )
 UPGRADE = _Said(
     "a request asked to upgrade to a protocol this server does not serve, and was answered "
     "as HTTP/1.1 (%s); such requests are said once per %g s at most",
     "%d more requests asked to upgrade to a protocol this server does not serve in the "
     "last %g s, the last: %s",
+    "%d more request asked to upgrade to a protocol this server does not serve in the "
+    "last %g s: %s",
 )
 BUSY = _Said(
     "a request past this process's connection limit was answered 503 (%s); such requests "
     "are said once per %g s at most (counted in cardinal_http_protocol_refusals_total)",
     "%d more requests past this process's connection limit answered 503 in the last %g s, "
     "the last: %s",
+    "%d more request past this process's connection limit answered 503 in the last %g s: %s",
 )
+
+
+def say_pending() -> None:
+    """Say every summary pending now: the server is stopping (api/server.py), and its
+    timers would not run (a minute's refusals, unsaid, would leave no line)."""
+    for said in (MALFORMED, UPGRADE, BUSY):
+        said.say_pending()
 
 
 # Where the protocol puts, in a request's scope, the security headers of its answers (read
 # by _too_many_connections, an ASGI app uvicorn calls in the app's place).
 SECURITY = "cardinal.security_headers"
+# And, in a request refused past the connection limit, why (BUSY's detail).
+BUSY_DETAIL = "cardinal.busy"
 
 
 def _refusal(status: bytes, title: str, detail: str, security: list[tuple[bytes, bytes]]) -> bytes:
@@ -442,14 +473,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             served = self in admitted and len(self.tasks) < limit
             self.limit_concurrency = None if served else 0
             if not served:  # uvicorn says a warning per refusal: BUSY says it instead
-                REFUSED["busy"].inc()
-                BUSY.note(self.loop, f"{len(admitted)} connections admitted, {limit} at most")
                 self.logger = _UNSAID
+                detail = f"{len(admitted)} connections admitted, {limit} at most"
+                cast(dict[str, Any], self.scope)[BUSY_DETAIL] = detail
         try:
             super().on_headers_complete()
         finally:
             self.logger = _LOG
         cycle = self.cycle
+        if cycle is not answering and cycle is not None:
+            # (uvicorn gives the cycle the protocol's logger, _UNSAID for a refusal: it says
+            # an error there, as a write cancelled, with a method _UNSAID lacked)
+            cycle.logger = _LOG
         if cycle is not answering and cycle is not None and cycle.scope["method"] != "HEAD":
             # (An answer to HEAD has no body to wait for: uvicorn writes none, and a held
             # head went out only as the connection closed, 5 s later on a kept-alive one.)
@@ -562,6 +597,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         seconds = self.head_timeout if part == "head" else self.body_timeout
         REFUSED["timeout"].inc()
+        if cycle is not None and part == "body":
+            # The app has the request (its head came), and ends on the hang-up: what it
+            # then answers the client never sees, so its metrics leave it out (it was
+            # counted there too, as the status the app chose: a 400 for a 408 sent).
+            cast(dict[str, Any], cycle.scope)[REFUSED_BY_PROTOCOL] = 408
         self._hang_up(
             _refusal(
                 b"408 Request Timeout",
@@ -628,7 +668,11 @@ class _HeadWithBody:
 
 async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     """uvicorn's answer past LIMIT_CONCURRENCY, as a problem document with Retry-After
-    (uvicorn's own is plain text, with no advice)."""
+    (uvicorn's own is plain text, with no advice). Counted, and said by BUSY, here, as it
+    is written: requests pipelined behind it are never answered (the connection closes),
+    and were counted too."""
+    REFUSED["busy"].inc()
+    BUSY.note(asyncio.get_running_loop(), scope.get(BUSY_DETAIL, "past the limit"))
     body = orjson.dumps(
         {
             "type": type_of(503, "Busy"),

@@ -22,6 +22,8 @@ import socket
 
 import uvicorn
 
+from api.protocol import say_pending
+
 log = logging.getLogger(__name__)
 EXIT_WAIT = 2.0
 
@@ -37,6 +39,7 @@ class DrainingServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             drain.cancel()
+            say_pending()  # the protocol's warnings summed up, pending: said now, or never
 
     def _drain(self) -> None:
         state = getattr(self.config.app, "state", None)

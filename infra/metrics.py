@@ -68,11 +68,16 @@ HTTP_SECONDS = Histogram(
 # The answers the HTTP protocol (api/protocol.py) writes itself, before or instead of the
 # app, by reason: ``malformed`` (400: not HTTP/1.1), ``head_too_large`` (431), ``timeout``
 # (408: a head or body not sent in time), ``busy`` (503: past the connection limit). None
-# passes the app, so none is in cardinal_http_request_duration_seconds; and the 400s and
-# 503s are said at WARNING once a minute at most, so this is where each one is counted.
+# is in cardinal_http_request_duration_seconds: most never reach the app, and a 408 for a
+# body comes while the app has the request, which its middleware then leaves out (the
+# scope's api.middleware.REFUSED_BY_PROTOCOL); and the 400s and 503s are said at WARNING
+# once a minute at most, so this is where each one is counted. Each is counted as it is
+# written: requests pipelined behind a 503 are never answered (the connection closes), and
+# not counted. A request asking for an Upgrade the server does not serve is not refused (it
+# is answered as HTTP/1.1, and counted by the app), so it is not here.
 HTTP_REFUSALS = Counter(
     "cardinal_http_protocol_refusals_total",
-    "Answers the HTTP protocol gave itself, before the app saw the request, by reason",
+    "Answers the HTTP protocol wrote itself, in the app's place, by reason",
     ["reason"],
 )
 HTTP_REFUSAL_REASONS = ("malformed", "head_too_large", "timeout", "busy")
