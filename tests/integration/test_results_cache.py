@@ -25,7 +25,9 @@ import psycopg
 import pytest
 
 from api import streams
+from api.routes import results
 from infra.store.log import head as log_head
+from projections import queries
 from projections.queries import CHUNK, tally_snapshot
 from tests.integration.client import VotingClient, bearer
 from tests.integration.test_streams import stream
@@ -241,3 +243,69 @@ async def test_counters_read_in_chunks_are_the_tally_s_in_its_order(
     assert list(snapshot.counters.items()) == list(counters.items())
     assert snapshot.published_counters is not None
     assert list(snapshot.published_counters.items()) == list(published.items())
+
+
+@pytest.mark.parametrize("method", ["irv", "borda"])
+async def test_a_close_between_the_head_and_the_counters_reads_the_tally_s_counters(
+    voting: VotingClient,
+    http: httpx.AsyncClient,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    """A stepped reader's head says open, and the counters read after it say closed: the
+    view then counts the tally's counters, read again with the published ones (a document
+    counted from the published counters alone, keyed as closed, would show the election's
+    final results without its last ballots). Borda reads before its turn, IRV in it."""
+    election_id = await voting.open_election(method, public_results=True, live_results_step=2)
+    url = f"/api/elections/{election_id}/results"
+    position = 0
+    for n in range(5):
+        ranking = ["abc"[n % 3], "abc"[(n + 1) % 3]]
+        cast = await voting.cast(election_id, {"ranking": ranking}, f"raced-{n}")
+        assert cast.status_code == 201, cast.text
+        position = cast.json()["position"]
+    await _counted(voting, election_id, position)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        open_head = await queries.tally_head(conn, UUID(election_id))
+    assert (open_head.closed_at, open_head.entries) == (None, 5)
+    closed = await voting.close(election_id)
+    for _ in range(200):  # closed and sealed (the auditor's documents, not this view's)
+        final = await _counted(voting, election_id, int(closed["position"]))
+        if final["final_chain_head"]:
+            break
+        await asyncio.sleep(0.05)
+    assert final["final_chain_head"], final
+    stale = [open_head]
+    real_head = queries.tally_head
+
+    async def head_once(conn: psycopg.AsyncConnection[Any], election: UUID) -> Any:
+        return stale.pop() if stale else await real_head(conn, election)
+
+    calls: list[dict[str, bool]] = []
+    real_read = queries.read_snapshot
+
+    async def read_snapshot(
+        conn: psycopg.AsyncConnection[Any],
+        election: UUID,
+        *,
+        counters: bool = False,
+        published: bool = False,
+    ) -> Any:
+        calls.append({"counters": counters, "published": published})
+        return await real_read(conn, election, counters=counters, published=published)
+
+    monkeypatch.setattr(results, "tally_head", head_once)
+    monkeypatch.setattr(results, "read_snapshot", read_snapshot)
+    raced = await http.get(url)
+    assert raced.status_code == 200, raced.text
+    assert stale == []  # (the open head was read)
+    body = raced.json()
+    assert (body["stepped"], body["ballots"], body["status"]) == (False, 5, "closed")
+    assert calls == [
+        {"counters": False, "published": True},
+        {"counters": True, "published": True},
+    ]
+    again = await http.get(url)  # the same document, read as it is now
+    assert again.status_code == 200, again.text
+    assert again.content == raced.content
