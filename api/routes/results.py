@@ -274,9 +274,11 @@ async def _results(
     if cached is not None:
         return key, cached
     read: Read | None = None
-    if tabulations.tiny_method(snapshot_rules(head, election.rules)):
+    if tabulations.may_be_tiny(snapshot_rules(head, election.rules), head.entries):
         # Counters read now: if they are few, the document is counted inline (a thread hop
-        # would cost more than the count); else in a turn, from what was read.
+        # would cost more than the count); else in a turn, from what was read. (Only where
+        # the head bounds them within the inline limit: a ranked tally's, one per distinct
+        # ranking, could be many, and concurrent misses would each read them here.)
         read = await _read(services, election_id, election, head, exact=exact)
         key = _key(election_id, election, read.head, exact=exact)
         cached = cache.get(key)

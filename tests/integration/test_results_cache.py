@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from api import streams
+from api import streams, tabulations
 from api.routes import results
 from infra.store.log import head as log_head
 from projections import queries
@@ -309,3 +309,52 @@ async def test_a_close_between_the_head_and_the_counters_reads_the_tally_s_count
     again = await http.get(url)  # the same document, read as it is now
     assert again.status_code == 200, again.text
     assert again.content == raced.content
+
+
+async def test_identical_misses_of_many_rankings_share_one_read(
+    voting: VotingClient,
+    http: httpx.AsyncClient,
+    statements: Statements,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ranked tally counted inline when small (Borda) holds one counter per distinct
+    ranking: where its head allows more than the inline limit, its counters are read in
+    the tabulation turn, where concurrent identical misses share one read (read before the
+    turn, 8 anonymous GETs after a publication read them 4 times)."""
+    ids = ["a", "b", "c", "d"]
+    election = await voting.create_election(
+        "borda",
+        options=[{"id": i, "label": i} for i in ids],
+        live_results_step=2,
+        public_results=True,
+    )
+    election_id = election["id"]
+    await voting.open(election_id)
+    rnd = random.Random(3)
+    ballots = []
+    for n in range(tabulations.INLINE_COUNTERS):  # (more entries than the inline limit)
+        order = ids[:]
+        rnd.shuffle(order)
+        ballots.append({"voter_id": f"shared-{n}", "ranking": order[: rnd.randint(1, 4)]})
+    answer = await http.post(
+        f"/api/elections/{election_id}/ballots/batch",
+        json={"ballots": ballots},
+        headers=bearer(CLIENT),
+    )
+    assert answer.status_code == 200, answer.text
+    await _counted(voting, election_id, max(r["position"] for r in answer.json()["results"]))
+    real_read = queries.read_snapshot
+
+    async def slow_read(conn: psycopg.AsyncConnection[Any], election: UUID, **kw: bool) -> Any:
+        await asyncio.sleep(0.2)  # (every miss reaches its read before the first is done)
+        return await real_read(conn, election, **kw)
+
+    monkeypatch.setattr(results, "read_snapshot", slow_read)
+    url = f"/api/elections/{election_id}/results"
+    statements.clear()
+    answers = await asyncio.gather(*(http.get(url) for _ in range(8)))
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].json()["ballots"] == tabulations.INLINE_COUNTERS
+    assert statements.published_counters == 1, statements.sent
+    assert statements.tally_counters == 0
