@@ -26,6 +26,7 @@ import pytest
 
 from api import streams, tabulations
 from api.routes import results
+from infra.runtime.caches import SizedCache
 from infra.store.log import head as log_head
 from projections import queries
 from projections.queries import CHUNK, tally_snapshot
@@ -358,3 +359,47 @@ async def test_identical_misses_of_many_rankings_share_one_read(
     assert answers[0].json()["ballots"] == tabulations.INLINE_COUNTERS
     assert statements.published_counters == 1, statements.sent
     assert statements.tally_counters == 0
+
+
+async def test_a_sealed_document_is_kept_once_and_looked_up_first(
+    voting: VotingClient,
+    http: httpx.AsyncClient,
+    statements: Statements,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed election's document is kept with its signed chain head alone once that is
+    sealed (not also plain, each charged its full size), and a read looks it up first: a
+    plain document let go is not counted again while the sealed one is kept."""
+    election_id = await voting.open_election("plurality", public_results=True)
+    for n in range(3):
+        cast = await voting.cast(election_id, {"choice": "abc"[n]}, f"sealed-{n}")
+        assert cast.status_code == 201, cast.text
+    closed = await voting.close(election_id)
+    for _ in range(200):  # sealed (the auditor's documents, not this view's)
+        final = await _counted(voting, election_id, int(closed["position"]))
+        if final["final_chain_head"]:
+            break
+        await asyncio.sleep(0.05)
+    assert final["final_chain_head"], final
+    kept: list[tuple[SizedCache, tuple[object, ...]]] = []
+    put = SizedCache.put
+
+    def watched_put(self: SizedCache, key: Any, value: Any, size: int) -> None:
+        if isinstance(key, tuple) and key[:2] == ("sealed", UUID(election_id)):
+            kept.append((self, key))
+        put(self, key, value, size)
+
+    monkeypatch.setattr(SizedCache, "put", watched_put)
+    url = f"/api/elections/{election_id}/results"
+    first = await http.get(url)
+    assert first.status_code == 200, first.text
+    assert first.json()["final_chain_head"] == final["final_chain_head"]
+    [(cache, sealed)] = [(c, k) for c, k in kept if k[3] is False]  # (not the auditor's)
+    assert sealed in cache
+    assert sealed[1:] not in cache  # (the plain document: let go)
+    statements.clear()
+    again = await http.get(url)
+    assert again.content == first.content
+    assert statements.heads == 1, statements.sent
+    assert statements.tally_counters == 0, statements.sent
+    assert not any("audit_checkpoints" in q for q in statements.sent), statements.sent
