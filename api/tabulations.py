@@ -68,18 +68,50 @@ INLINE_COUNTERS = 200
 INLINE_TEXT = 32_768  # characters of counters decoded on the loop, at most (about 0.1 ms)
 
 
-def tiny_method(rules: ElectionRules) -> bool:
-    """Whether a document of these rules may be tiny (``tiny``), whatever its counters: a
-    method with no search, few options. Its counters are read before its turn (the rest
-    are read in their turn: identical misses share one read), to tell."""
+def inline_method(rules: ElectionRules) -> bool:
+    """Whether a document of these rules may be counted inline at all: a method with no
+    search (``INLINE_METHODS``), few options."""
     return rules.method in INLINE_METHODS and len(rules.options) <= INLINE_OPTIONS
+
+
+def counters_bound(rules: ElectionRules, entries: int) -> int:
+    """At most how many counters a tally of these rules holds after ``entries`` ballot
+    entries (``domain.tabulation.counters``; the published counters, of fewer entries, no
+    more): the ballots' count, one per option (plurality, approval), per option and score
+    level held, each ballot holding one per option (score, STAR), per ordered pair of
+    options (ranked methods, STAR), and for ranked methods one per distinct ranking, a new
+    one at most per entry (a revision replaces one ranking by another)."""
+    n = len(rules.options)
+    method = rules.method
+    bound = 1
+    if method in (Method.PLURALITY, Method.APPROVAL):
+        bound += n
+    if method.is_scored:
+        low = rules.min_score if rules.min_score is not None else 0
+        levels = rules.max_score - low + 1 if rules.max_score is not None else 0
+        bound += n * min(levels, max(entries, 0))
+    if method is Method.STAR or method.is_ranked:
+        bound += n * (n - 1)
+    if method.is_ranked:
+        bound += max(entries, 0)
+    return bound
+
+
+def may_be_tiny(rules: ElectionRules, entries: int) -> bool:
+    """Whether a document of these rules, counted after ``entries`` ballot entries (as
+    its snapshot's head says), may be tiny (``tiny``): an inline method whose counters may
+    be few (``counters_bound``). Its counters are read before its turn, to tell; every
+    other document's are read in its turn, where identical misses share one read (a ranked
+    tally holds one counter per distinct ranking: read before the turn, 8 concurrent
+    misses of a Borda election after a publication read its counters 4 times)."""
+    return inline_method(rules) and counters_bound(rules, entries) <= INLINE_COUNTERS
 
 
 def tiny(rules: ElectionRules, snapshot: TallySnapshot) -> bool:
     """Whether a document of this snapshot is cheaper counted inline than in a thread: a
     method with no search (``INLINE_METHODS``), few options, few counters."""
     counters = max(len(snapshot.counters), len(snapshot.published_counters or {}))
-    return tiny_method(rules) and counters <= INLINE_COUNTERS
+    return inline_method(rules) and counters <= INLINE_COUNTERS
 
 
 async def tabulate(services: Services, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:

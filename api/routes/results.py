@@ -218,18 +218,35 @@ async def current_results(
     services: Services, election_id: UUID, election: Election, *, exact: bool
 ) -> dict[str, Any]:
     """The results document as GET .../results serves it (and the streams send it)."""
-    key, body = await _results(services, election_id, election, exact=exact)
+    async with services.reads.connection() as conn:
+        head = await tally_head(conn, election_id)
+    cache = services.results_cache
+    if head.closed_at is not None:
+        # A closed election's document with its signed chain head, kept once the head is
+        # sealed (it never changes then): the most read document of all, after a close,
+        # looked up first (a plain document let go is not counted again for it).
+        sealed: dict[str, Any] | None = cache.get(
+            _sealed(_key(election_id, election, head, exact=exact))
+        )
+        if sealed is not None:
+            return sealed
+    key, body = await _results(services, election_id, election, head, exact=exact)
     if body["closed_at_position"] is None:
         return body
-    # A closed election's document with its signed chain head, kept once the head is
-    # sealed (it never changes then): the most read document of all, after a close.
-    cache = services.results_cache
-    sealed: dict[str, Any] | None = cache.get(("sealed", *key))
+    sealed = cache.get(_sealed(key))  # (the key read with the counters: sealed meanwhile)
     if sealed is None:
         sealed = {**body, "final_chain_head": await _final_chain_head(services, body)}
-        if sealed["final_chain_head"] is not None:
-            cache.put(("sealed", *key), sealed, json_size(sealed))
+        if sealed["final_chain_head"] is None:
+            return sealed  # (sealed within seconds of the close: kept plain till then)
+        cache.put(_sealed(key), sealed, json_size(sealed))
+    # Kept once: the plain document is let go (it shares all but its top level with the
+    # sealed one, and was charged its full size again; memory review of 9411836).
+    cache.discard(key)
     return sealed
+
+
+def _sealed(key: tuple[object, ...]) -> tuple[object, ...]:
+    return ("sealed", *key)
 
 
 def _key(
@@ -259,24 +276,29 @@ def _key(
 
 
 async def _results(
-    services: Services, election_id: UUID, election: Election, *, exact: bool
+    services: Services,
+    election_id: UUID,
+    election: Election,
+    head: TallySnapshot,
+    *,
+    exact: bool,
 ) -> tuple[tuple[object, ...], dict[str, Any]]:
     """The live document and its key, keyed by the snapshot's head (a few small rows): on a
     hit that is all that is read. The counters (6.3 MB for a public STV election of 60
     options and 53,000 distinct rankings) are read on a miss only, those of this view
     alone, and decoded off the event loop unless they are few; every read fetched and
     decoded them all before, 304s and stream rounds included (denial-of-service review)."""
-    async with services.reads.connection() as conn:
-        head = await tally_head(conn, election_id)
     cache = services.results_cache
     key = _key(election_id, election, head, exact=exact)
     cached: dict[str, Any] | None = cache.get(key)
     if cached is not None:
         return key, cached
     read: Read | None = None
-    if tabulations.tiny_method(snapshot_rules(head, election.rules)):
+    if tabulations.may_be_tiny(snapshot_rules(head, election.rules), head.entries):
         # Counters read now: if they are few, the document is counted inline (a thread hop
-        # would cost more than the count); else in a turn, from what was read.
+        # would cost more than the count); else in a turn, from what was read. (Only where
+        # the head bounds them within the inline limit: a ranked tally's, one per distinct
+        # ranking, could be many, and concurrent misses would each read them here.)
         read = await _read(services, election_id, election, head, exact=exact)
         key = _key(election_id, election, read.head, exact=exact)
         cached = cache.get(key)

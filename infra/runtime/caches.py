@@ -72,6 +72,12 @@ class SizedCache:
             _, (_, dropped) = self._oldest()
             self.used -= dropped
 
+    def discard(self, key: Hashable) -> None:
+        """Let the value kept for ``key`` go, if any."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.used -= old[1]
+
     def _oldest(self) -> tuple[Hashable, tuple[Any, int]]:
         key = next(iter(self._items))
         return key, self._items.pop(key)

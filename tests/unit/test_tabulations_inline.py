@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from api.tabulations import INLINE_COUNTERS, INLINE_METHODS, INLINE_OPTIONS, tiny
+from api.tabulations import (
+    INLINE_COUNTERS,
+    INLINE_METHODS,
+    INLINE_OPTIONS,
+    counters_bound,
+    may_be_tiny,
+    tiny,
+)
 from domain.rules import ElectionRules, Method
 from domain.tabulation.statistics import Tally
 from domain.votes import Approval, Choice, Ranking, Scores, Vote
@@ -127,3 +134,40 @@ def test_size_still_bounds_the_methods_without_search() -> None:
     snapshot = _snapshot(rules, _random_rankings(400, seed=1))
     assert len(snapshot.counters) > INLINE_COUNTERS
     assert not tiny(rules, snapshot)
+
+
+def _random_votes(rules: ElectionRules, count: int, seed: int) -> list[Vote]:
+    rnd = random.Random(seed)
+    method = rules.method
+    if method is Method.PLURALITY:
+        return [Choice(rnd.choice(IDS)) for _ in range(count)]
+    if method is Method.APPROVAL:
+        return [Approval(tuple(o for o in IDS if rnd.random() < 0.5)) for _ in range(count)]
+    if method.is_scored:
+        assert rules.min_score is not None
+        assert rules.max_score is not None
+        low, high = rules.min_score, rules.max_score
+        return [Scores(tuple((o, rnd.randint(low, high)) for o in IDS)) for _ in range(count)]
+    return _random_rankings(count, seed)
+
+
+@pytest.mark.parametrize("method", sorted(INLINE_METHODS))
+@pytest.mark.parametrize("count", [0, 1, 3, 40, 400])
+def test_the_head_bounds_an_inline_tally_s_counters(method: Method, count: int) -> None:
+    """``counters_bound`` (what the head's entries allow) is never below the counters a
+    tally of that many ballots holds: a document it says may be tiny is read before its
+    turn; every other one in its turn, where identical misses share the read."""
+    rules = _rules(method.value)
+    counters = Tally.from_votes(rules, _random_votes(rules, count, seed=count)).counters()
+    assert len(counters) <= counters_bound(rules, count)
+
+
+def test_only_a_ranked_tally_of_few_entries_is_read_before_its_turn() -> None:
+    """A ranked tally holds one counter per distinct ranking, at most one per entry."""
+    for method in ("borda", "schulze", "copeland", "minimax"):
+        rules = _rules(method)
+        fixed = counters_bound(rules, 0)  # (the ballots' count and the pairwise counts)
+        assert may_be_tiny(rules, INLINE_COUNTERS - fixed)
+        assert not may_be_tiny(rules, INLINE_COUNTERS - fixed + 1)
+    assert may_be_tiny(_rules("plurality"), 10**6)  # (a counter per option, whatever)
+    assert not may_be_tiny(_rules("irv"), 0)  # (a search: never inline)
