@@ -25,7 +25,13 @@ from api.app import create_app
 from api.protocol import server_config
 from api.ratelimit import BALLOT_UNCHECKED
 from api.server import DRAIN_MARGIN, DrainingServer
-from infra.runtime.bootstrap import SHUTDOWN_AT_MOST
+from infra.runtime.bootstrap import (
+    SHUTDOWN_AT_MOST,
+    STEP,
+    WORKERS_STOP,
+    _supervised,
+    running_workers,
+)
 from infra.runtime.supervisor import STOP_TIMEOUT
 from infra.store.migrations import migrate
 from infra.store.writer import KEYED_SHUTTING_DOWN, UNKNOWN
@@ -414,3 +420,60 @@ def _exit_code(process: subprocess.Popen[str], within: float) -> int | None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         return process.wait(within)
     return None
+
+
+async def test_a_worker_that_lost_its_cancel_does_not_hold_the_shutdown(
+    database_url: str,
+) -> None:
+    """On Python 3.11 a cancel that comes as an ``asyncio.wait_for`` completes is lost
+    (CPython gh-86296), and psycopg_pool waits for a connection with one: a projection
+    worker handed a connection as the shutdown cancelled it, right after the store came
+    back, carried on, and running_workers awaited it for ever (test_store_outage's
+    teardown hung until pytest-timeout). Such a task is cancelled again, and the stop is
+    bounded all the same for one that never ends."""
+    lost: list[str] = []
+    released = asyncio.Event()
+    stubborn: list[asyncio.Task[None]] = []
+
+    async def loses_its_first_cancel() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost.append("first cancel")
+
+    async def never_ends() -> None:  # (until the test is done with it)
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if released.is_set():
+                    raise
+
+    async def stop_took(run: Callable[[], Any]) -> float:
+        settings = settings_for(database_url)
+        async with running_workers(settings, relay=False, projections=()) as workers:
+            workers.tasks.append(_supervised("stubborn", run))
+            stubborn.append(workers.tasks[-1])
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+        return time.monotonic() - started
+
+    bound = WORKERS_STOP + STEP + 5
+    try:
+        stopping = asyncio.ensure_future(stop_took(loses_its_first_cancel))
+        done, _ = await asyncio.wait({stopping}, timeout=bound)
+        assert done, "running_workers waited for ever for a worker that lost its cancel"
+        assert lost == ["first cancel"]
+        assert stopping.result() < WORKERS_STOP  # cancelled again: not left to the bound
+
+        stopping = asyncio.ensure_future(stop_took(never_ends))
+        done, _ = await asyncio.wait({stopping}, timeout=bound)
+        assert done, "running_workers waited for ever for a worker that never ends"
+        assert stopping.result() < WORKERS_STOP + STEP + 1
+    finally:
+        released.set()
+        for task in stubborn:
+            task.cancel()
