@@ -10,8 +10,8 @@ rest gets 503 with Retry-After. Reads that have not begun their answer get 503 t
 
 Once the server has stopped, tasks still running (a read abandoned on a store that hangs,
 whose cancellation psycopg spends up to 10 s asking the server about) are given
-EXIT_WAIT seconds, not as long as they like: the process exits within its supervisor's
-patience (infra/runtime/supervisor.py).
+EXIT_WAIT seconds (infra/runtime/loop.py), not as long as they like: the process exits
+within its supervisor's patience (infra/runtime/supervisor.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import socket
 import uvicorn
 
 from api.protocol import say_pending
+from infra.runtime.loop import cancel_remaining
 
 log = logging.getLogger(__name__)
-EXIT_WAIT = 2.0
 
 # Seconds before uvicorn's own deadline: enough for a drained request to be answered.
 DRAIN_MARGIN = 1.5
@@ -57,21 +57,7 @@ class DrainingServer(uvicorn.Server):
             loop.run_until_complete(self.serve(sockets=sockets))
         finally:
             try:
-                _cancel_remaining(loop)
+                cancel_remaining(loop, "still waiting on the store")
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
-
-
-def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    remaining = asyncio.all_tasks(loop)
-    if not remaining:
-        return
-    for task in remaining:
-        task.cancel()
-    _, stuck = loop.run_until_complete(asyncio.wait(remaining, timeout=EXIT_WAIT))
-    for task in remaining - stuck:
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("at exit: %r ended with %r", task, task.exception())
-    if stuck:
-        log.warning("exiting with %d task(s) still waiting on the store", len(stuck))

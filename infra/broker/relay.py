@@ -287,6 +287,10 @@ async def _unless_lost(work: Awaitable[None], lost: asyncio.Future[BaseException
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+        # The stop's own cancel, come meanwhile, was suppressed with the work's: raised, or
+        # the relay would carry on as after an outage of the broker.
+        if (current := asyncio.current_task()) is not None and current.cancelling():
+            raise asyncio.CancelledError
         raise ConnectionError("connection lost") from lost.result()
     finally:
         if not task.done():  # (cancelled ourselves: the process stopping)

@@ -180,13 +180,21 @@ def _check_metrics_port(configured: Settings) -> None:
 
 
 def _run_workers(workers: AbstractAsyncContextManager[Workers]) -> int:
+    """Run the workers until SIGTERM (SystemExit) or Ctrl-C, then stop them, bounded: their
+    tasks are waited on with asyncio.wait (cancelled, it returns at once, whatever they do,
+    and running_workers' bounded stop runs), and the loop's end is run_bounded's, not
+    uvloop.run's (which waits for ever for a task that runs on after its cancel)."""
     import uvloop
+
+    from infra.runtime.bootstrap import STEP, WORKERS_STOP
+    from infra.runtime.loop import run_bounded
 
     async def run() -> None:
         async with workers as running:
-            await asyncio.gather(*running.tasks)
+            if running.tasks:
+                await asyncio.wait(running.tasks)
 
-    uvloop.run(run())
+    run_bounded(run(), stop_within=WORKERS_STOP + STEP + 1, loop_factory=uvloop.new_event_loop)
     return 0
 
 

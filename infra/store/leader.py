@@ -67,6 +67,10 @@ async def leader_session(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[No
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # The stop's own cancel, come meanwhile, was suppressed with the keep-alive's: raised,
+        # or the leader would carry on.
+        if (current := asyncio.current_task()) is not None and current.cancelling():
+            raise asyncio.CancelledError
 
 
 async def _keep_alive(conn: psycopg.AsyncConnection[Any], every: float) -> None:

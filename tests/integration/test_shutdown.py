@@ -477,3 +477,88 @@ async def test_a_worker_that_lost_its_cancel_does_not_hold_the_shutdown(
         released.set()
         for task in stubborn:
             task.cancel()
+
+
+# `cardinal project` with one more supervised task, which loses the cancels of its first
+# 0.1 s of being cancelled ("lost": however many come at once) or every one ("never");
+# says "ready" on stdout once its workers run.
+_STUBBORN_PROJECT = """
+import asyncio, sys
+from contextlib import asynccontextmanager
+
+import infra.runtime.bootstrap as bootstrap
+from infra.cli import main
+
+original, mode = bootstrap.running_workers, sys.argv[1]
+
+
+async def stubborn() -> None:
+    loop, first = asyncio.get_running_loop(), None
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if first is None:
+                first = loop.time()
+            elif mode == "lost" and loop.time() - first > 0.1:
+                raise
+
+
+@asynccontextmanager
+async def running_workers(*args, **kwargs):
+    async with original(*args, **kwargs) as workers:
+        workers.tasks.append(bootstrap._supervised("stubborn", stubborn))
+        print("ready", flush=True)
+        yield workers
+
+
+bootstrap.running_workers = running_workers
+sys.exit(main(["project", "tally"]))
+"""
+
+
+@pytest.mark.parametrize(("mode", "metrics_port"), [("lost", 18950), ("never", 18951)])
+async def test_a_worker_process_exits_on_sigterm_though_a_worker_lost_its_cancel(
+    database_url: str, tmp_path: Path, mode: str, metrics_port: int
+) -> None:
+    """A worker process (`cardinal project`, `relay`, serve's workers child) ran under
+    uvloop.run (asyncio.Runner on 3.11), whose end cancels the tasks left and waits for
+    them with no limit: a worker that never ends held the process for ever ("never"),
+    past the supervisor's STOP_TIMEOUT. And its main task awaited the tasks with gather,
+    which a cancel leaves waiting until one of them ends cancelled: were all to lose theirs,
+    running_workers' bounded stop was never reached. Both are bounded now ("lost": a task
+    cancelled again, and gone, as running_workers does it)."""
+    settings = settings_for(database_url, data_dir=tmp_path)
+    env = {**os.environ, **settings.environment(), "LOG_LEVEL": "WARNING"}
+    env["METRICS_PORT"] = str(metrics_port)
+    process = _start_stubborn_project(env, mode)
+    try:
+        assert process.stdout is not None
+        ready = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
+        assert ready == "ready\n", process.communicate()
+        await asyncio.sleep(0.5)  # the stubborn task waits in its sleep
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(_exit_code, process, 30)
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate()
+    assert code == 0, err
+    assert took < STOP_TIMEOUT, took
+    if mode == "lost":  # cancelled again 0.25 s later, and gone
+        assert "left behind" not in err, err
+    else:  # left by running_workers, then by the loop's end
+        assert "took over 2 s: left behind (stubborn)" in err, err
+        assert "exiting with 1 task(s) still running" in err, err
+
+
+def _start_stubborn_project(env: dict[str, str], mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _STUBBORN_PROJECT, mode],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
