@@ -23,7 +23,7 @@ import socket
 import uvicorn
 
 from api.protocol import say_pending
-from infra.runtime.loop import cancel_remaining
+from infra.runtime.loop import run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,11 @@ class DrainingServer(uvicorn.Server):
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's run, with a bounded wait for what is left once the server stopped
-        (asyncio.run waits for every task, however long a hung store holds it)."""
-        factory = self.config.get_loop_factory()
-        loop = factory() if factory is not None else asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self.serve(sockets=sockets))
-        finally:
-            try:
-                cancel_remaining(loop, "still waiting on the store")
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+        (asyncio.run waits for every task, however long a hung store holds it). uvicorn
+        handles the signals itself: ``serve`` returns, and nothing is left to interrupt."""
+        run_bounded(
+            self.serve(sockets=sockets),
+            stop_within=0,
+            loop_factory=self.config.get_loop_factory(),
+            left="still waiting on the store",
+        )

@@ -25,8 +25,10 @@ def run_bounded(
     *,
     stop_within: float,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    left: str = "still running",
 ) -> None:
-    """Run ``main`` to its end; interrupted, stop it in ``stop_within`` + EXIT_WAIT s at most."""
+    """Run ``main`` to its end; interrupted, stop it in ``stop_within`` + EXIT_WAIT s at most
+    (``left``: what the tasks still running at the end are said to be doing)."""
     loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
     task = loop.create_task(main)
     try:
@@ -38,7 +40,7 @@ def run_bounded(
                 loop.run_until_complete(asyncio.wait({task}, timeout=stop_within))
             if task.done() and not task.cancelled():
                 task.exception()  # (raised above, or cancelled into one: logged there)
-            cancel_remaining(loop, "still running")
+            cancel_remaining(loop, left)
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
