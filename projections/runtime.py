@@ -116,11 +116,20 @@ class ProjectionRunner:
     """Applies pages of the log to one projection's active version."""
 
     def __init__(
-        self, projection: Projection, pool: AsyncConnectionPool, page_size: int = PAGE_SIZE
+        self,
+        projection: Projection,
+        pool: AsyncConnectionPool,
+        page_size: int = PAGE_SIZE,
+        *,
+        page_idle: tuple[float, float] | None = None,
     ) -> None:
+        """``page_idle``: (PAGE_IDLE_TIMEOUT, PAGE_IDLE_PER_ENTRY) for this runner's pages
+        when not the module's (tests: a runner of their own, the process's others
+        untouched)."""
         self.projection = projection
         self.pool = pool
         self.page_size = page_size
+        self.page_idle = page_idle
         # (version, position) this runner last committed: while the tracked position is
         # still that, nobody else (a standby, a rebuild's switch) has written the version
         # since, and the projection's caches of its rows hold.
@@ -186,7 +195,7 @@ class ProjectionRunner:
                 self.name,
                 after,
                 last,
-                _idle_limit(),
+                _idle_limit(self.page_idle),
             )
             applied = await self._apply_page(after, last, events, ends)
         if not applied.duplicate:
@@ -218,7 +227,9 @@ class ProjectionRunner:
     ) -> Applied:
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                version, tracked = await _lock_active_position(conn, self.name)
+                version, tracked = await _lock_active_position(
+                    conn, self.name, _idle_limit(self.page_idle)
+                )
                 if self._committed != (version, tracked):
                     self.projection.forget()  # someone else wrote this version since
                     self._committed = (version, tracked)
@@ -380,14 +391,18 @@ LOCK_PAGE = (
 _page_span: ContextVar[int] = ContextVar("page_span", default=0)
 
 
-def _idle_limit() -> str:
+def _idle_limit(given: tuple[float, float] | None = None) -> str:
     """The idle limit of this task's page, as PostgreSQL reads it ("5000ms"):
-    PAGE_IDLE_TIMEOUT, or PAGE_IDLE_PER_ENTRY for each position of a long run."""
-    seconds = max(PAGE_IDLE_TIMEOUT, _page_span.get() * PAGE_IDLE_PER_ENTRY)
+    PAGE_IDLE_TIMEOUT, or PAGE_IDLE_PER_ENTRY for each position of a long run (``given``:
+    these two, when not the module's)."""
+    timeout, per_entry = given if given is not None else (PAGE_IDLE_TIMEOUT, PAGE_IDLE_PER_ENTRY)
+    seconds = max(timeout, _page_span.get() * per_entry)
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[int, int]:
+async def _lock_active_position(
+    conn: AsyncConnection[Any], name: str, idle_limit: str
+) -> tuple[int, int]:
     """The active version and its position, locked for this transaction (and the WAL flush
     not waited for at its commit), in one round trip: ``lock_projection_page``; the
     transaction may then idle between statements for PAGE_IDLE_TIMEOUT at most, not for
@@ -399,7 +414,7 @@ async def _lock_active_position(conn: AsyncConnection[Any], name: str) -> tuple[
     registry row against the old version's position row after the switch commits, and find
     no row at all.
     """
-    cursor = await conn.execute(LOCK_PAGE, (_idle_limit(), name), prepare=True)
+    cursor = await conn.execute(LOCK_PAGE, (idle_limit, name), prepare=True)
     row = await cursor.fetchone()
     if row is not None and row[0] is not None and row[1] is not None:
         return int(row[0]), int(row[1])

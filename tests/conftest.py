@@ -14,6 +14,7 @@ it, and those import tests/databases.py, which reads TEST_DATABASE_URL as it is 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.own_logs import TEST, tagging
 from tests.pg_cluster import Cluster, start_reaper
 
 _OWN: list[Cluster] = []
@@ -68,3 +70,22 @@ def _process_state_restored() -> Iterator[None]:
     for sig, handler in handlers.items():
         if handler is not None and signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _records_are_tagged() -> Iterator[None]:
+    """Every record carries the id of the test whose code said it (tests/own_logs.py)."""
+    make = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(tagging(make))
+    yield
+    logging.setLogRecordFactory(make)
+
+
+@pytest.fixture(autouse=True)
+def _records_name_this_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """TEST is this test's id while it and its function fixtures run: set here, in the
+    context pytest-asyncio copies for each async fixture and test; put back after, so the
+    session and module fixtures set up for the next test are set up outside any test's."""
+    token = TEST.set(request.node.nodeid)
+    yield
+    TEST.reset(token)

@@ -28,7 +28,7 @@ from psycopg import sql
 from infra import metrics
 from infra.audit.chain import ALGORITHM, GENESIS, Signer, chain_hash, entry_hash, filed_election
 from infra.store import EVENTS_TABLE
-from infra.store.leader import SESSION_ENDED, leader_session, said_ended
+from infra.store.leader import SESSION_ENDED, LeaderTimes, leader_session, said_ended
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -74,13 +74,19 @@ class Sealer:
         checkpoint_interval: float = 30.0,
         poll_interval: float = 1.0,
         linger: float = 0.1,
+        leader: LeaderTimes | None = None,
+        halted_keepalive: float | None = None,
     ) -> None:
+        """``leader``: its session's idle limit and keepalive (infra/store/leader.py), and
+        ``halted_keepalive`` (HALTED_KEEPALIVE), when not the module's: tests."""
         self.database_url = database_url
         self.signer = signer
         self.page_size = page_size
         self.checkpoint_interval = checkpoint_interval
         self.poll_interval = poll_interval
         self.linger = linger
+        self.leader = leader
+        self.halted_keepalive = halted_keepalive
         self.position = 0
         # The chain's last link (position, hash), known while this sealer leads: nobody
         # else writes to the chain then. Each round reads the table's last link back (one
@@ -109,14 +115,14 @@ class Sealer:
                         autocommit=True,
                         application_name=connection_name("sealer"),
                     ) as conn,
-                    leader_session(conn),
+                    leader_session(conn, self.leader),
                 ):
                     self._store.connected()
                     await self._lead(conn)
             except asyncio.CancelledError:
                 raise
             except SESSION_ENDED:
-                said_ended(log, "sealer")
+                said_ended(log, "sealer", self.leader)
             except UNREACHABLE as error:
                 pause = self._store.failed(error)
             except psycopg.Error as error:
@@ -124,6 +130,9 @@ class Sealer:
             finally:
                 metrics.SEALER_LEADER.set(0)
             await asyncio.sleep(pause)
+
+    def _halted_keepalive(self) -> float:
+        return HALTED_KEEPALIVE if self.halted_keepalive is None else self.halted_keepalive
 
     async def _hold_halted(self, conn: psycopg.AsyncConnection[Any], *, said: bool) -> None:
         """Keep the lock and sign nothing, for ever: the error said every HALTED_PAUSE, and
@@ -137,7 +146,7 @@ class Sealer:
                 log.error("%s", self.halted)
                 said_at = time.monotonic()
             await conn.execute("SELECT 1")
-            await asyncio.sleep(HALTED_KEEPALIVE)
+            await asyncio.sleep(self._halted_keepalive())
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
         waiting_said = False
@@ -199,7 +208,7 @@ class Sealer:
                     *lost,
                 )
                 said_at = time.monotonic()
-            await asyncio.sleep(HALTED_KEEPALIVE)
+            await asyncio.sleep(self._halted_keepalive())
         if said_at > float("-inf"):
             log.info("the chain holds the links its checkpoints signed again: sealing")
             metrics.SEALER_HALTED.set(0)

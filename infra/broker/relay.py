@@ -35,7 +35,7 @@ from infra.broker.signing import HEADER, sign
 from infra.broker.topology import Topology
 from infra.store import EVENTS_TABLE
 from infra.store.incarnation import Incarnation, incarnation
-from infra.store.leader import SESSION_ENDED, leader_session, said_ended
+from infra.store.leader import SESSION_ENDED, LeaderTimes, leader_session, said_ended
 from infra.store.log import event_type
 from infra.store.names import connection_name
 from infra.store.outage import UNREACHABLE, StoreOutage
@@ -86,7 +86,10 @@ class Relay:
         retry_interval: float = 1.0,
         linger: float = 0.02,
         busy_linger: float = 0.1,
+        leader: LeaderTimes | None = None,
     ) -> None:
+        """``leader``: its session's idle limit and keepalive when not the module's
+        (infra/store/leader.py; tests)."""
         self.database_url = database_url
         self.amqp_url = amqp_url
         self.topology = topology
@@ -97,6 +100,7 @@ class Relay:
         self.retry_interval = retry_interval
         self.linger = linger
         self.busy_linger = busy_linger
+        self.leader = leader
         self.status = RelayStatus()
         self._outage = Outage(amqp_url, "relay", log, first=retry_interval)
         self._store = StoreOutage(database_url, "relay", log, first=retry_interval)
@@ -113,7 +117,7 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except SESSION_ENDED:
-                said_ended(log, "relay")
+                said_ended(log, "relay", self.leader)
             except UNREACHABLE as error:
                 pause = self._store.failed(error)
             except psycopg.Error as error:
@@ -147,7 +151,7 @@ class Relay:
             await psycopg.AsyncConnection.connect(
                 self.database_url, autocommit=True, application_name=connection_name("relay")
             ) as conn,
-            leader_session(conn),
+            leader_session(conn, self.leader),
         ):
             self.status.database_connected = True
             self._store.connected()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -29,6 +30,20 @@ import psycopg
 # leaders' sessions (merge review mr2). A frozen leader gives way within this.
 LEADER_IDLE_TIMEOUT = 30.0
 KEEPALIVE = 2.0  # seconds between keepalive statements (well inside the timeout)
+
+
+@dataclass(frozen=True)
+class LeaderTimes:
+    """A leader's idle limit and keepalive, when not the module's (tests: a leader of their
+    own with a short limit, the process's other leaders untouched)."""
+
+    idle_timeout: float
+    keepalive: float
+
+
+def _times(given: LeaderTimes | None) -> LeaderTimes:
+    return given if given is not None else LeaderTimes(LEADER_IDLE_TIMEOUT, KEEPALIVE)
+
 
 SET_TIMEOUTS = (
     "SELECT set_config('idle_session_timeout', %(limit)s, false), "
@@ -44,23 +59,26 @@ SESSION_ENDED = (
 )
 
 
-def said_ended(log: logging.Logger, role: str) -> None:
+def said_ended(log: logging.Logger, role: str, times: LeaderTimes | None = None) -> None:
     """Say that ``role``'s session was ended for its silence (a standby may lead now)."""
     log.warning(
         "the %s's database session was ended after %.0fs without a word (was this process "
         "stopped?); a standby may lead now; reconnecting",
         role,
-        LEADER_IDLE_TIMEOUT,
+        _times(times).idle_timeout,
     )
 
 
 @contextlib.asynccontextmanager
-async def leader_session(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+async def leader_session(
+    conn: psycopg.AsyncConnection[Any], times: LeaderTimes | None = None
+) -> AsyncIterator[None]:
     """Bound the silence of ``conn`` (an autocommit connection) and keep it talking while
-    the block runs."""
-    limit = f"{max(1, round(LEADER_IDLE_TIMEOUT * 1000))}ms"
+    the block runs (``times``: LEADER_IDLE_TIMEOUT and KEEPALIVE unless given)."""
+    times = _times(times)
+    limit = f"{max(1, round(times.idle_timeout * 1000))}ms"
     await conn.execute(SET_TIMEOUTS, {"limit": limit})
-    task = asyncio.ensure_future(_keep_alive(conn, KEEPALIVE))
+    task = asyncio.ensure_future(_keep_alive(conn, times.keepalive))
     try:
         yield
     finally:

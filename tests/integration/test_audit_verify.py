@@ -27,7 +27,6 @@ from domain.recount import Recount
 from domain.rules import ElectionRules
 from domain.voter import Voter
 from infra.audit import records
-from infra.audit import sealer as sealer_module
 from infra.audit import sources as verify_module
 from infra.audit.chain import GENESIS, Signer, chain_hash, entry_hash
 from infra.audit.export import export
@@ -1793,13 +1792,12 @@ async def test_a_format_1_export_with_an_unsealed_tail_still_verifies(
 
 
 async def test_a_halted_sealer_keeps_its_session_and_lock_past_an_idle_timeout(
-    store: str, monkeypatch: pytest.MonkeyPatch
+    store: str,
 ) -> None:
     """Halted, the sealer sent nothing for a minute at a time: the server's
     idle_session_timeout ended its session and its lock, and a standby (which knows of no
     halt) took over and sealed over the altered chain (merge review). It keeps its session
     alive now, holding the lock."""
-    monkeypatch.setattr(sealer_module, "HALTED_KEEPALIVE", 0.2)
     with psycopg.connect(store, autocommit=True) as conn:
         database = conn.execute("SELECT current_database()").fetchone()
         assert database is not None
@@ -1808,7 +1806,14 @@ async def test_a_halted_sealer_keeps_its_session_and_lock_past_an_idle_timeout(
                 sql.Identifier(database[0])
             )
         )
-    sealer = Sealer(store, SIGNER, checkpoint_interval=0.1, poll_interval=0.1, linger=0.01)
+    sealer = Sealer(
+        store,
+        SIGNER,
+        checkpoint_interval=0.1,
+        poll_interval=0.1,
+        linger=0.01,
+        halted_keepalive=0.2,  # (this sealer's: not the module's, the session stack's too)
+    )
     running = asyncio.create_task(sealer.run())
 
     def holder() -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -23,12 +24,11 @@ import pytest
 from prometheus_client import REGISTRY
 from psycopg_pool import AsyncConnectionPool
 
-from infra.audit import sealer as sealer_module
 from infra.audit.chain import Signer
 from infra.audit.sealer import SEALER_LOCK, Sealer
 from infra.broker.relay import RELAY_LOCK, Relay
 from infra.broker.topology import Topology, delete_namespace
-from infra.store import leader
+from infra.store.leader import LEADER_IDLE_TIMEOUT, LeaderTimes, leader_session
 from infra.store.log import LogEvent
 from infra.store.migrations import migrate
 from projections import PROJECTIONS, runtime
@@ -36,6 +36,7 @@ from projections.runtime import ProjectionRunner
 from projections.tally import TallyProjection
 from tests.databases import create_database, drop_database, lock_holder
 from tests.integration.test_projection_runtime import _entries, _fill, _served
+from tests.own_logs import ours
 from tests.servers import TEST_AUDIT_KEY
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -85,7 +86,7 @@ class FrozenTally(TallyProjection):
 
 
 async def test_a_projector_frozen_in_its_page_holds_the_projection_for_seconds_only(
-    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool], monkeypatch: pytest.MonkeyPatch
+    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool],
 ) -> None:
     """Frozen inside its page (its session `idle in transaction`, the position row locked
     FOR UPDATE), a projector held every other one of that projection waiting, with no
@@ -97,9 +98,11 @@ async def test_a_projector_frozen_in_its_page_holds_the_projection_for_seconds_o
     entries = await _entries(pool_a)
     after, last = 0, entries[-1].position
     frozen_tally = FrozenTally()
-    monkeypatch.setattr(runtime, "PAGE_IDLE_TIMEOUT", 1.0)
-    frozen = ProjectionRunner(frozen_tally, pool_a)
-    standby = ProjectionRunner(TallyProjection(), pool_b)
+    # (This test's runners' limit: the worker's session API stack's projectors, on this
+    # loop too, keep theirs.)
+    idle = (1.0, runtime.PAGE_IDLE_PER_ENTRY)
+    frozen = ProjectionRunner(frozen_tally, pool_a, page_idle=idle)
+    standby = ProjectionRunner(TallyProjection(), pool_b, page_idle=idle)
     await frozen.prepare()
 
     stuck = asyncio.ensure_future(frozen.apply_page(after, last, entries))
@@ -147,7 +150,7 @@ class WatchedTally(TallyProjection):
 
 
 async def test_the_page_idle_limit_is_the_page_transactions_alone_and_grows_with_a_long_run(
-    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool], monkeypatch: pytest.MonkeyPatch
+    store: tuple[str, AsyncConnectionPool, AsyncConnectionPool],
 ) -> None:
     """The limit is set for the page's transaction only (a rebuild on the same pool, or
     anything else, meets the server's own setting), and a long run of merged pages, whose
@@ -156,10 +159,8 @@ async def test_the_page_idle_limit_is_the_page_transactions_alone_and_grows_with
     url, pool, _ = store
     await _fill(url, random.Random(9), ballots=30)
     entries = await _entries(pool)
-    monkeypatch.setattr(runtime, "PAGE_IDLE_TIMEOUT", 5.0)
-    monkeypatch.setattr(runtime, "PAGE_IDLE_PER_ENTRY", 1.0)  # a second an entry, here
     tally = WatchedTally()
-    runner = ProjectionRunner(tally, pool)
+    runner = ProjectionRunner(tally, pool, page_idle=(5.0, 1.0))  # (a second an entry, here)
     await runner.prepare()
     await runner.apply_page(0, 2, entries[:2])
     await runner.apply_page(2, entries[-1].position, entries[2:])
@@ -175,8 +176,7 @@ async def test_the_page_idle_limit_is_the_page_transactions_alone_and_grows_with
 # its advisory lock (with this test's short idle limit).
 LEADER = """
 import asyncio, sys
-from infra.store import leader
-leader.LEADER_IDLE_TIMEOUT, leader.KEEPALIVE = float(sys.argv[5]), float(sys.argv[6])
+from infra.store.leader import LeaderTimes
 from infra.audit.chain import Signer
 from infra.audit.sealer import Sealer
 from infra.broker.relay import Relay
@@ -184,8 +184,9 @@ from infra.broker.topology import Topology
 from projections import PROJECTIONS
 url, amqp, namespace, key = sys.argv[1:5]
 async def main():
-    relay = Relay(url, amqp, Topology(namespace), PROJECTIONS, page_key=b"k" * 32)
-    sealer = Sealer(url, Signer(key), poll_interval=0.2)
+    times = LeaderTimes(float(sys.argv[5]), float(sys.argv[6]))
+    relay = Relay(url, amqp, Topology(namespace), PROJECTIONS, page_key=b"k" * 32, leader=times)
+    sealer = Sealer(url, Signer(key), poll_interval=0.2, leader=times)
     await asyncio.gather(relay.run(), sealer.run())
 asyncio.run(main())
 """
@@ -233,7 +234,7 @@ async def relay_stack() -> AsyncIterator[tuple[str, str]]:
 
 
 async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
-    relay_stack: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    relay_stack: tuple[str, str],
 ) -> None:
     """SIGSTOP of the relay's process (relay and sealer leaders): their advisory locks
     were held on sessions the kernel kept alive, the standby stood by for good, and the
@@ -241,8 +242,6 @@ async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
     limit of silence (a live leader sends a keepalive every few seconds): the standby's
     relay and sealer take over and publish and seal what comes next."""
     url, namespace = relay_stack
-    monkeypatch.setattr(leader, "LEADER_IDLE_TIMEOUT", IDLE_LIMIT)
-    monkeypatch.setattr(leader, "KEEPALIVE", KEEPALIVE)
     await _fill(url, random.Random(3), ballots=20)
     frozen = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -257,8 +256,13 @@ async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    standby_relay = Relay(url, AMQP_URL, Topology(namespace), PROJECTIONS, page_key=b"k" * 32)
-    standby_sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=0.2)
+    # (The standby's limits given to it: patched in the module, they were the session API
+    # stack's leaders' too, on this loop, for the rest of the session once they reconnected.)
+    times = LeaderTimes(IDLE_LIMIT, KEEPALIVE)
+    standby_relay = Relay(
+        url, AMQP_URL, Topology(namespace), PROJECTIONS, page_key=b"k" * 32, leader=times
+    )
+    standby_sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=0.2, leader=times)
     tasks: list[asyncio.Task[None]] = []
     try:
         head = _positions(url)[0]
@@ -311,7 +315,7 @@ async def test_a_frozen_relay_and_sealer_give_way_to_the_standby(
 
 
 async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_lock(
-    relay_stack: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    relay_stack: tuple[str, str],
 ) -> None:
     """The chain lacks links a checkpoint signed (a restore gone wrong): the sealer seals
     nothing, as before, but it left cardinal_sealer_halted at 0 (no alert) and slept a
@@ -319,11 +323,12 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
     and lock. Now the gauge is 1 while it waits, and it checks again (keeping its session)
     every HALTED_KEEPALIVE; once the links are back it seals, and the gauge is 0."""
     url, _ = relay_stack
-    monkeypatch.setattr(sealer_module, "HALTED_KEEPALIVE", 0.2)
-    # (2.5 s, well above the loop's 0.2 s: at 1 s a busy machine's pause ended the session
-    # of a sealer that was not silent, once in a few runs)
-    monkeypatch.setattr(leader, "LEADER_IDLE_TIMEOUT", 2.5)
-    monkeypatch.setattr(leader, "KEEPALIVE", 3600.0)  # the waiting loop's own, alone
+    # The sealer's limits given to it, not patched in the module (the session API stack's
+    # sealer, reconnecting meanwhile, kept them for the rest of the session): HALTED_KEEPALIVE
+    # 0.2 s, and the idle limit 2.5 s, well above it (at 1 s a busy machine's pause ended the
+    # session of a sealer that was not silent, once in a few runs), with no keepalive but
+    # the waiting loop's own.
+    times = LeaderTimes(2.5, 3600.0)
     await _fill(url, random.Random(6), ballots=10)
     signer = Signer(TEST_AUDIT_KEY)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -335,7 +340,7 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
         )
         removed = await cursor.fetchone()
     assert removed is not None
-    sealer = Sealer(url, signer, poll_interval=0.1, linger=0.01)
+    sealer = Sealer(url, signer, poll_interval=0.1, linger=0.01, leader=times, halted_keepalive=0.2)
     running = asyncio.create_task(sealer.run())
     try:
         await _until(lambda: REGISTRY.get_sample_value("cardinal_sealer_halted") == 1, 10)
@@ -354,6 +359,47 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
         await _fill(url, random.Random(8), ballots=3)
         head = _positions(url)[0]
         await _until(lambda: _positions(url)[2] == head, 10)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_a_leaders_own_times_are_its_own_and_not_the_processes(
+    relay_stack: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tests gave their leaders a short idle limit by patching the module's, and every
+    other leader of the process that (re)connected meanwhile took it for good: the
+    worker's session API stack's sealer, a 2.5 s limit and no keepalive for the rest of
+    the session. A leader given its own times keeps them to itself."""
+    url, _ = relay_stack
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as own,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as other,
+        leader_session(own, LeaderTimes(2.5, 3600.0)),
+        leader_session(other),
+    ):
+        limits: list[str] = []
+        for conn in (own, other):
+            cursor = await conn.execute("SHOW idle_session_timeout")
+            row = await cursor.fetchone()
+            assert row is not None
+            limits.append(row[0])
+    assert limits == ["2500ms", f"{LEADER_IDLE_TIMEOUT:.0f}s"]
+    # A sealer given a 1 s limit and no keepalive, waiting 5 s at a time for notifications:
+    # its session is ended within seconds, not after LEADER_IDLE_TIMEOUT. (The end of an
+    # idle session comes as "the server closed the connection", said as an outage.)
+    caplog.set_level(logging.INFO)
+    sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=5.0, leader=LeaderTimes(1.0, 3600))
+    running = asyncio.create_task(sealer.run())
+    try:
+        await _until(
+            lambda: any(
+                r.name == "infra.audit.sealer" and r.levelno == logging.WARNING
+                for r in ours(caplog)
+            ),
+            10,
+        )
     finally:
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
