@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from api.again import read_again
 from api.auth import Authenticator
 from api.edge import running_edge
 from api.middleware import RequestGuard
@@ -89,31 +90,35 @@ def create_app(
     casting = Route("/api/elections/{election_id}/ballots", ballots.cast, methods=["POST"])
     routes = [
         casting,
-        Route("/api/health", health.health, methods=["GET"]),
-        Route("/api/ready", health.ready, methods=["GET"]),
+        Route("/api/health", read_again(health.health), methods=["GET"]),
+        Route("/api/ready", read_again(health.ready), methods=["GET"]),
         Route("/api/elections", elections.create, methods=["POST"]),
-        Route("/api/elections", elections.list_elections, methods=["GET"]),
-        Route("/api/elections/stream", streams.elections_stream, methods=["GET"]),
-        Route("/api/elections/{election_id}", elections.get_election, methods=["GET"]),
+        Route("/api/elections", read_again(elections.list_elections), methods=["GET"]),
+        Route("/api/elections/stream", read_again(streams.elections_stream), methods=["GET"]),
+        Route("/api/elections/{election_id}", read_again(elections.get_election), methods=["GET"]),
         Route("/api/elections/{election_id}/open", elections.open_election, methods=["POST"]),
         Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
         Route("/api/elections/{election_id}/tokens", elections.issue_tokens, methods=["POST"]),
         Route("/api/elections/{election_id}/withdrawals", ballots.withdraw, methods=["POST"]),
         Route("/api/elections/{election_id}/ballots/batch", ballots.cast_batch, methods=["POST"]),
-        Route("/api/elections/{election_id}/results", results.results, methods=["GET"]),
+        Route("/api/elections/{election_id}/results", read_again(results.results), methods=["GET"]),
         Route(
             "/api/elections/{election_id}/results/stream",
-            streams.results_stream,
+            read_again(streams.results_stream),
             methods=["GET"],
         ),
-        Route("/api/audit/events", audit.events, methods=["GET"]),
-        Route("/api/audit/checkpoints", audit.checkpoints, methods=["GET"]),
-        Route("/api/audit/public-key", audit.public_key, methods=["GET"]),
-        Route("/api/audit/receipts/{digest}", audit.receipt, methods=["GET"]),
-        Route("/api/elections/{election_id}/events", audit.election_events, methods=["GET"]),
-        Route("/api/admin/projections", admin.projections, methods=["GET"]),
+        Route("/api/audit/events", read_again(audit.events), methods=["GET"]),
+        Route("/api/audit/checkpoints", read_again(audit.checkpoints), methods=["GET"]),
+        Route("/api/audit/public-key", read_again(audit.public_key), methods=["GET"]),
+        Route("/api/audit/receipts/{digest}", read_again(audit.receipt), methods=["GET"]),
+        Route(
+            "/api/elections/{election_id}/events",
+            read_again(audit.election_events),
+            methods=["GET"],
+        ),
+        Route("/api/admin/projections", read_again(admin.projections), methods=["GET"]),
         Route("/api/admin/projections/{name}/rebuild", admin.rebuild, methods=["POST"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/metrics", read_again(metrics.metrics), methods=["GET"]),
         Route("/api/auth/login", auth.login, methods=["POST"]),
         Route("/api/auth/refresh", auth.refresh, methods=["POST"]),
         Route("/api/auth/logout", auth.logout, methods=["POST"]),
