@@ -267,26 +267,37 @@ async def running_services(
             )
     finally:
         # Each step bounded, for a store that hangs hangs every step that waits on it: the
-        # process goes within serve's grace (uvicorn's 10 s, then at most SHUTDOWN_AT_MOST
-        # here, under the supervisor's STOP_TIMEOUT before SIGKILL). The writer first:
-        # whoever still waits on a ballot is answered before anything else is waited for.
+        # process goes within serve's grace (uvicorn's GRACE, then at most SHUTDOWN_AT_MOST
+        # here, under the supervisor's STOP_TIMEOUT before SIGKILL: the budget is summed in
+        # tests/unit/test_shutdown_budget.py). The writer first: whoever still waits on a
+        # ballot is answered before anything else is waited for.
         await writer.stop(within=WRITER_STOP)
         stops = [positions.stop(), feed.stop()]
         if broker is not None:
             stops.append(broker.stop())
-        await _bounded("the election feed, position watcher and broker monitor", STEP, *stops)
-        await _bounded("the reads pool", STEP, reads.close(timeout=STEP / 2))
-        await _in_thread_within("the application's connections", STEP, app.close)
+
+        async def watchers_then_reads() -> None:  # (the feed and the watcher read on it)
+            await _bounded("the election feed, position watcher and broker monitor", STEP, *stops)
+            await _bounded("the reads pool", STEP, reads.close(timeout=STEP / 2))
+
+        # The application's connections (eventsourcing's pool) close meanwhile: nothing
+        # above waits on them.
+        await asyncio.gather(
+            watchers_then_reads(),
+            _in_thread_within("the application's connections", STEP, app.close),
+        )
 
 
 READ_WAIT = 0.9
 # running_services' shutdown, step by step (seconds), and in all: the workers' tasks and
-# their pool (running_workers'), then the writer, the watchers, the reads pool and the
-# application's connections.
+# their pool (running_workers'), then the writer, then the watchers and the reads pool
+# while the application's connections close beside them.
 WORKERS_STOP = 2.0
 WRITER_STOP = 2.0
 STEP = 1.0
-SHUTDOWN_AT_MOST = WORKERS_STOP + STEP + WRITER_STOP + 3 * STEP
+SHUTDOWN_AT_MOST = WORKERS_STOP + STEP + WRITER_STOP + 2 * STEP
+# An API process of `serve` (or `cardinal api`) runs no worker task: none to wait for.
+API_SHUTDOWN_AT_MOST = SHUTDOWN_AT_MOST - WORKERS_STOP
 
 
 async def _bounded(what: str, within: float, *steps: Awaitable[None]) -> None:

@@ -18,7 +18,11 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
-EXIT_WAIT = 2.0
+# What still runs once the main coroutine ended (a read abandoned on a store that hangs,
+# whose cancellation psycopg spends up to 10 s asking the server about) is given this,
+# then left. On a store that answers, a cancelled task ends within milliseconds; on one
+# that hangs, within no bound worth waiting for (it was 2 s: see the API's shutdown budget).
+EXIT_WAIT = 1.0
 # A task still running this long after its cancel is cancelled again (see cancel_within).
 CANCEL_AGAIN_AFTER = 0.25
 
