@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -11,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from api.again import read_again
 from api.auth import Authenticator
 from api.edge import running_edge
 from api.middleware import RequestGuard
@@ -37,6 +39,8 @@ from infra.ingest.service import consume_forever, ingester
 from infra.runtime.bootstrap import running_services, tune_garbage_collection
 from infra.runtime.settings import Settings
 from projections.positions import PositionWatcher
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -79,41 +83,45 @@ def create_app(
                 batched_metrics.flush()
                 if consuming is not None:
                     consuming.cancel()
-                await app.state.streams.stop()
-                for child in app.state.rebuilds.values():
-                    if child is not None and child.returncode is None:  # interrupted, the old
-                        child.terminate()  # version keeps serving; it can be run again
-                        await child.wait()
+                # Together, each bounded (HUB_STOP, REBUILDS_STOP): a rebuild child awaited
+                # with no bound held the shutdown as long as it took to go.
+                await asyncio.gather(
+                    app.state.streams.stop(), _rebuilds_stopped(app.state.rebuilds.values())
+                )
 
     # The hot path: served by RequestGuard directly, and first in the router's list too.
     casting = Route("/api/elections/{election_id}/ballots", ballots.cast, methods=["POST"])
     routes = [
         casting,
-        Route("/api/health", health.health, methods=["GET"]),
-        Route("/api/ready", health.ready, methods=["GET"]),
+        Route("/api/health", read_again(health.health), methods=["GET"]),
+        Route("/api/ready", read_again(health.ready), methods=["GET"]),
         Route("/api/elections", elections.create, methods=["POST"]),
-        Route("/api/elections", elections.list_elections, methods=["GET"]),
-        Route("/api/elections/stream", streams.elections_stream, methods=["GET"]),
-        Route("/api/elections/{election_id}", elections.get_election, methods=["GET"]),
+        Route("/api/elections", read_again(elections.list_elections), methods=["GET"]),
+        Route("/api/elections/stream", read_again(streams.elections_stream), methods=["GET"]),
+        Route("/api/elections/{election_id}", read_again(elections.get_election), methods=["GET"]),
         Route("/api/elections/{election_id}/open", elections.open_election, methods=["POST"]),
         Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
         Route("/api/elections/{election_id}/tokens", elections.issue_tokens, methods=["POST"]),
         Route("/api/elections/{election_id}/withdrawals", ballots.withdraw, methods=["POST"]),
         Route("/api/elections/{election_id}/ballots/batch", ballots.cast_batch, methods=["POST"]),
-        Route("/api/elections/{election_id}/results", results.results, methods=["GET"]),
+        Route("/api/elections/{election_id}/results", read_again(results.results), methods=["GET"]),
         Route(
             "/api/elections/{election_id}/results/stream",
-            streams.results_stream,
+            read_again(streams.results_stream),
             methods=["GET"],
         ),
-        Route("/api/audit/events", audit.events, methods=["GET"]),
-        Route("/api/audit/checkpoints", audit.checkpoints, methods=["GET"]),
-        Route("/api/audit/public-key", audit.public_key, methods=["GET"]),
-        Route("/api/audit/receipts/{digest}", audit.receipt, methods=["GET"]),
-        Route("/api/elections/{election_id}/events", audit.election_events, methods=["GET"]),
-        Route("/api/admin/projections", admin.projections, methods=["GET"]),
+        Route("/api/audit/events", read_again(audit.events), methods=["GET"]),
+        Route("/api/audit/checkpoints", read_again(audit.checkpoints), methods=["GET"]),
+        Route("/api/audit/public-key", read_again(audit.public_key), methods=["GET"]),
+        Route("/api/audit/receipts/{digest}", read_again(audit.receipt), methods=["GET"]),
+        Route(
+            "/api/elections/{election_id}/events",
+            read_again(audit.election_events),
+            methods=["GET"],
+        ),
+        Route("/api/admin/projections", read_again(admin.projections), methods=["GET"]),
         Route("/api/admin/projections/{name}/rebuild", admin.rebuild, methods=["POST"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/metrics", read_again(metrics.metrics), methods=["GET"]),
         Route("/api/auth/login", auth.login, methods=["POST"]),
         Route("/api/auth/refresh", auth.refresh, methods=["POST"]),
         Route("/api/auth/logout", auth.logout, methods=["POST"]),
@@ -154,6 +162,30 @@ def create_app(
     app.state.signer = Signer(settings.audit_key) if settings.audit_key else None
     app.state.rebuilds = {}
     return app
+
+
+# Seconds a rebuild child is given at shutdown, in all: to go on SIGTERM (it says it was
+# interrupted: the old version keeps serving, and it can be run again), then, killed (its
+# lock goes with its connection), REAP_WAIT to be reaped.
+REBUILDS_STOP = 1.0
+REAP_WAIT = 0.1
+
+
+async def _rebuilds_stopped(children: Iterable[asyncio.subprocess.Process | None]) -> None:
+    running = [c for c in children if c is not None and c.returncode is None]
+    for child in running:
+        child.terminate()
+    waits = {asyncio.ensure_future(child.wait()): child for child in running}
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=REBUILDS_STOP - REAP_WAIT)
+    for wait in pending:
+        log.warning(
+            "rebuild process %d did not stop on SIGTERM in time; killing it", waits[wait].pid
+        )
+        waits[wait].kill()
+    if pending:
+        await asyncio.wait(pending, timeout=REAP_WAIT)
 
 
 def _tally_moved(positions: PositionWatcher) -> Callable[[int, float], Awaitable[int]]:

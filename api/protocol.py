@@ -61,6 +61,12 @@ MAX_HEAD_BYTES = 32 * 1024
 # answers 503: well above what a process serves at full speed, far below what exhausts it.
 LIMIT_CONCURRENCY = 2000
 KEEP_ALIVE = 5
+# Seconds uvicorn gives requests in progress at shutdown (the writer is drained DRAIN_MARGIN
+# before it ends: every request not answering yet is answered then). It was 10: with the
+# stops that follow it (the hub, the rate limiter, the services, the tasks left) an API
+# process of `serve` could take 21 s with the store hung, past the supervisor's
+# STOP_TIMEOUT (20 s) before SIGKILL: tests/unit/test_shutdown_budget.py sums them.
+GRACE = 8
 MAX_REQUESTS = 1000  # per connection, before it is closed (and opened again, elsewhere)
 LINGER = 2.0  # after a refusal, how long a client may take to see it and close its side
 
@@ -770,7 +776,7 @@ def server_config(settings: Settings, app: Any | None = None, **overrides: Any) 
         # would cost every request a middleware call.
         "proxy_headers": False,
         "lifespan": "on",
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": GRACE,
         "timeout_keep_alive": KEEP_ALIVE,
         "limit_concurrency": LIMIT_CONCURRENCY,
         **overrides,

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context, documents
+from api.again import once_more
 from api.contract import Operation, operation
 from api.deadline import within
 from api.responses import JSONResponse, problem
@@ -103,5 +104,9 @@ def _pending_migrations(database_url: str) -> list[str]:
 
 
 async def _answers(services: Services) -> None:
-    async with services.reads.connection() as conn:
-        await conn.execute("SELECT 1")
+    async def probe() -> None:
+        async with services.reads.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    # (a connection whose backend was terminated just before it was lent: asked again)
+    await once_more(probe, lambda: services.writer.health.up)

@@ -24,6 +24,7 @@ from infra.broker.topology import Topology
 from infra.metrics import serve_worker_metrics
 from infra.runtime.caches import SizedCache
 from infra.runtime.lifecycle import check_port_free
+from infra.runtime.loop import cancel_within
 from infra.runtime.settings import Settings, SettingsError
 from infra.runtime.voters import VoterKeys
 from infra.store import open_application
@@ -175,7 +176,7 @@ async def running_workers(
     finally:
         # Bounded, as running_services' steps are: a task that never ends held the process
         # (and the API's shutdown, where it runs projections) for good.
-        await _cancelled("the relay, projection and sealer tasks", workers.tasks, WORKERS_STOP)
+        await cancel_within("the relay, projection and sealer tasks", workers.tasks, WORKERS_STOP)
         await _bounded("the projections pool", STEP, pool.close(timeout=STEP / 2))
 
 
@@ -266,62 +267,37 @@ async def running_services(
             )
     finally:
         # Each step bounded, for a store that hangs hangs every step that waits on it: the
-        # process goes within serve's grace (uvicorn's 10 s, then at most SHUTDOWN_AT_MOST
-        # here, under the supervisor's STOP_TIMEOUT before SIGKILL). The writer first:
-        # whoever still waits on a ballot is answered before anything else is waited for.
+        # process goes within serve's grace (uvicorn's GRACE, then at most SHUTDOWN_AT_MOST
+        # here, under the supervisor's STOP_TIMEOUT before SIGKILL: the budget is summed in
+        # tests/unit/test_shutdown_budget.py). The writer first: whoever still waits on a
+        # ballot is answered before anything else is waited for.
         await writer.stop(within=WRITER_STOP)
         stops = [positions.stop(), feed.stop()]
         if broker is not None:
             stops.append(broker.stop())
-        await _bounded("the election feed, position watcher and broker monitor", STEP, *stops)
-        await _bounded("the reads pool", STEP, reads.close(timeout=STEP / 2))
-        await _in_thread_within("the application's connections", STEP, app.close)
+
+        async def watchers_then_reads() -> None:  # (the feed and the watcher read on it)
+            await _bounded("the election feed, position watcher and broker monitor", STEP, *stops)
+            await _bounded("the reads pool", STEP, reads.close(timeout=STEP / 2))
+
+        # The application's connections (eventsourcing's pool) close meanwhile: nothing
+        # above waits on them.
+        await asyncio.gather(
+            watchers_then_reads(),
+            _in_thread_within("the application's connections", STEP, app.close),
+        )
 
 
 READ_WAIT = 0.9
 # running_services' shutdown, step by step (seconds), and in all: the workers' tasks and
-# their pool (running_workers'), then the writer, the watchers, the reads pool and the
-# application's connections.
+# their pool (running_workers'), then the writer, then the watchers and the reads pool
+# while the application's connections close beside them.
 WORKERS_STOP = 2.0
 WRITER_STOP = 2.0
 STEP = 1.0
-SHUTDOWN_AT_MOST = WORKERS_STOP + STEP + WRITER_STOP + 3 * STEP
-# A task still running this long after its cancel is cancelled again (see _cancelled).
-CANCEL_AGAIN_AFTER = 0.25
-
-
-async def _cancelled(what: str, tasks: Sequence[asyncio.Task[None]], within: float) -> None:
-    """Cancel ``tasks`` and wait for them to end, ``within`` seconds at most; one still
-    running after CANCEL_AGAIN_AFTER is cancelled again, and what is left by then is left
-    (logged). A cancel can be lost: on Python 3.11 ``asyncio.wait_for`` returns its result
-    instead of raising when the cancel comes as what it waits for is done (CPython
-    gh-86296), and psycopg_pool waits for a connection with it. A projection worker whose
-    pool handed it a connection as the shutdown cancelled it (right after the store came
-    back, as the pool replaced the connections the restart broke) carried on as if never
-    cancelled, and the shutdown that awaited it waited for ever (a test's teardown hung
-    until pytest-timeout killed it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        left = deadline - loop.time()
-        if left <= 0:
-            break
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(CANCEL_AGAIN_AFTER, left))
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            log.error("stopping %s failed: %s", what, task.exception())
-    if pending:
-        log.warning(
-            "stopping %s took over %g s: left behind (%s)",
-            what,
-            within,
-            ", ".join(sorted(task.get_name() for task in pending)),
-        )
-        for task in pending:
-            task.add_done_callback(_retrieved)
+SHUTDOWN_AT_MOST = WORKERS_STOP + STEP + WRITER_STOP + 2 * STEP
+# An API process of `serve` (or `cardinal api`) runs no worker task: none to wait for.
+API_SHUTDOWN_AT_MOST = SHUTDOWN_AT_MOST - WORKERS_STOP
 
 
 async def _bounded(what: str, within: float, *steps: Awaitable[None]) -> None:

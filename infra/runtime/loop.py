@@ -6,18 +6,25 @@ on after its cancel (on 3.11 a cancel that comes as an ``asyncio.wait_for`` comp
 lost, CPython gh-86296) holds the process for ever, past its supervisor's STOP_TIMEOUT.
 Here the main coroutine, interrupted (SIGTERM's SystemExit, Ctrl-C), is cancelled and given
 ``stop_within`` seconds to stop what it runs; then whatever is left is cancelled and given
-EXIT_WAIT seconds, and left.
+EXIT_WAIT seconds, and left. ``cancel_within`` is the same bound for a part's own tasks
+(running_workers' and the stream hub's), cancelling again what a lost cancel left running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
-EXIT_WAIT = 2.0
+# What still runs once the main coroutine ended (a read abandoned on a store that hangs,
+# whose cancellation psycopg spends up to 10 s asking the server about) is given this,
+# then left. On a store that answers, a cancelled task ends within milliseconds; on one
+# that hangs, within no bound worth waiting for (it was 2 s: see the API's shutdown budget).
+EXIT_WAIT = 1.0
+# A task still running this long after its cancel is cancelled again (see cancel_within).
+CANCEL_AGAIN_AFTER = 0.25
 
 
 def run_bounded(
@@ -60,3 +67,43 @@ def cancel_remaining(loop: asyncio.AbstractEventLoop, doing: str) -> None:
             log.debug("at exit: %r ended with %r", task, task.exception())
     if stuck:
         log.warning("exiting with %d task(s) %s", len(stuck), doing)
+
+
+async def cancel_within(what: str, tasks: Sequence[asyncio.Task[None]], within: float) -> None:
+    """Cancel ``tasks`` and wait for them to end, ``within`` seconds at most; one still
+    running after CANCEL_AGAIN_AFTER is cancelled again, and what is left by then is left
+    (logged). A cancel can be lost: on Python 3.11 ``asyncio.wait_for`` returns its result
+    instead of raising when the cancel comes as what it waits for is done (CPython
+    gh-86296), and psycopg_pool waits for a connection with it. A projection worker whose
+    pool handed it a connection as the shutdown cancelled it (right after the store came
+    back, as the pool replaced the connections the restart broke) carried on as if never
+    cancelled, and the shutdown that awaited it waited for ever (a test's teardown hung
+    until pytest-timeout killed it); the stream hub, reading the store through the reads
+    pool, could do the same."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(CANCEL_AGAIN_AFTER, left))
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("stopping %s failed: %s", what, task.exception())
+    if pending:
+        log.warning(
+            "stopping %s took over %g s: left behind (%s)",
+            what,
+            within,
+            ", ".join(sorted(task.get_name() for task in pending)),
+        )
+        for task in pending:
+            task.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
