@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,12 @@ from infra.audit.chain import Signer
 from infra.audit.sealer import SEALER_LOCK, Sealer
 from infra.broker.relay import RELAY_LOCK, Relay
 from infra.broker.topology import Topology, delete_namespace
-from infra.store.leader import LEADER_IDLE_TIMEOUT, LeaderTimes, leader_session
+from infra.store.leader import (
+    LEADER_IDLE_TIMEOUT,
+    SESSION_ENDED,
+    LeaderTimes,
+    leader_session,
+)
 from infra.store.log import LogEvent
 from infra.store.migrations import migrate
 from projections import PROJECTIONS, runtime
@@ -387,8 +393,7 @@ async def test_a_leaders_own_times_are_its_own_and_not_the_processes(
             limits.append(row[0])
     assert limits == ["2500ms", f"{LEADER_IDLE_TIMEOUT:.0f}s"]
     # A sealer given a 1 s limit and no keepalive, waiting 5 s at a time for notifications:
-    # its session is ended within seconds, not after LEADER_IDLE_TIMEOUT. (The end of an
-    # idle session comes as "the server closed the connection", said as an outage.)
+    # its session is ended within seconds, not after LEADER_IDLE_TIMEOUT.
     caplog.set_level(logging.INFO)
     sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=5.0, leader=LeaderTimes(1.0, 3600))
     running = asyncio.create_task(sealer.run())
@@ -404,3 +409,129 @@ async def test_a_leaders_own_times_are_its_own_and_not_the_processes(
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+# Leaders whose keepalive speaks well inside their idle limit while they wait for
+# notifications (the keepalive queues behind that wait: their silence is at most a wait,
+# 1.5 s, and a bit).
+QUIET = LeaderTimes(3.0, 0.25)
+WAIT = 1.5
+
+
+async def _leader_waiting(
+    role: str, url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> tuple[asyncio.Task[None], int]:
+    """The ``role``'s leader (relay or sealer) with QUIET times, leading; returned just after
+    it handled a new entry, so waiting for notifications (for WAIT) from now on; and its
+    lock."""
+    caplog.set_level(logging.INFO)
+    position: Callable[[], int]
+    if role == "sealer":
+        sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=WAIT, linger=0.01, leader=QUIET)
+        running = asyncio.create_task(sealer.run())
+        position, lock = (lambda: sealer.position), SEALER_LOCK
+    else:
+        relay = Relay(
+            url,
+            AMQP_URL,
+            Topology(namespace),
+            PROJECTIONS,
+            page_key=b"k" * 32,
+            poll_interval=WAIT,
+            linger=0.01,
+            leader=QUIET,
+        )
+        running = asyncio.create_task(relay.run())
+        position, lock = (lambda: relay.status.position), RELAY_LOCK
+    await _until(lambda: lock_holder(url, lock) is not None, 15)
+    await _fill(url, random.Random(11), ballots=2)
+    head = _positions(url)[0]
+    await _until(lambda: position() == head, 15)  # (polled every 0.1 s)
+    return running, lock
+
+
+def _warnings(role: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    logger = {"sealer": "infra.audit.sealer", "relay": "infra.broker.relay"}[role]
+    return [
+        r.getMessage() for r in ours(caplog) if r.name == logger and r.levelno >= logging.WARNING
+    ]
+
+
+async def _stop(running: asyncio.Task[None]) -> None:
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
+@pytest.mark.parametrize("role", ["sealer", "relay"])
+async def test_a_leader_whose_loop_stalled_past_its_limit_says_its_session_ended(
+    role: str, relay_stack: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader whose loop stalled (or whose process was stopped) past its idle limit while
+    it waited for notifications found its connection closed without the server's reason
+    (psycopg's "server closed the connection unexpectedly", or "the connection is closed"
+    once its keepalive had met the end; no sqlstate), and said the store's outage: "cannot
+    reach PostgreSQL", then "reachable again", when the store had answered at once. Silent
+    for its limit, its session is now said to have been ended."""
+    url, namespace = relay_stack
+    running, lock = await _leader_waiting(role, url, namespace, caplog)
+    try:
+        held = lock_holder(url, lock)
+        # The loop stalls (a stopped process), in the leader's wait.
+        time.sleep(QUIET.idle_timeout + 1.5)  # noqa: ASYNC251
+        await _until(lambda: bool(_warnings(role, caplog)), 10)
+        # It leads again on a new session (and says nothing more).
+        await _until(lambda: lock_holder(url, lock) not in (None, held), 15)
+        said = _warnings(role, caplog)
+        assert len(said) == 1, said
+        assert f"the {role}'s database session was ended after 3s without a word" in said[0]
+        assert not any("cannot reach" in r.getMessage() for r in ours(caplog))
+        assert not any("reachable again" in r.getMessage() for r in ours(caplog))
+    finally:
+        await _stop(running)
+
+
+async def test_a_leaders_backend_terminated_while_it_spoke_is_still_an_outage(
+    relay_stack: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other side: a session lost while it was not silent (its backend terminated, the
+    server restarting) is said as before, as the store's outage, not as the session ended."""
+    url, namespace = relay_stack
+    running, lock = await _leader_waiting("sealer", url, namespace, caplog)
+    try:
+        held = lock_holder(url, lock)
+        assert held is not None
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (held,))
+        await _until(lambda: lock_holder(url, lock) not in (None, held), 15)
+        said = _warnings("sealer", caplog)
+        assert len(said) == 1, said
+        assert "sealer: cannot reach PostgreSQL at" in said[0]
+        assert not any("without a word" in message for message in said)
+    finally:
+        await _stop(running)
+
+
+async def test_a_leader_session_ended_in_a_notification_wait_is_raised_as_ended(
+    relay_stack: tuple[str, str],
+) -> None:
+    """The end of a silent session met in ``notifies()`` comes without the server's reason
+    (``consuming input failed: server closed the connection unexpectedly``, no sqlstate): the
+    leader's session raises it as SESSION_ENDED, the loss kept as its cause."""
+    url, _ = relay_stack
+    with pytest.raises(SESSION_ENDED) as raised:
+        await _silent_leader_waits(url)
+    cause = raised.value.__cause__
+    assert isinstance(cause, psycopg.OperationalError)
+    assert cause.sqlstate is None
+
+
+async def _silent_leader_waits(url: str) -> None:
+    """A leader session with a 1 s limit and no keepalive, waiting 5 s for notifications."""
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+        leader_session(conn, LeaderTimes(1.0, 3600.0)),
+    ):
+        await conn.execute("LISTEN cardinal_frozen_test")
+        async for _ in conn.notifies(timeout=5):
+            pass
