@@ -9,53 +9,30 @@ waiting for them to exit) were 503."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from infra.store import reconnect
 from infra.store.names import connection_name
+from tests.cut_as_lent import Conn, CutAsLent
 from tests.integration.client import VotingClient, bearer
 from tests.servers import ADMIN, AUDITOR, running_api, settings_for
 
 READS_POOL = connection_name("reads")
 
 
-class CutAsLent:
-    """The reads pool's ``hung_up``, after which the next ``times`` connections it finds
-    alive are cut as they are lent: the backend terminated, and gone, so that the read on
-    it fails as one does whose goodbye was on its way when it was lent."""
-
-    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.url = url
-        self.times = 0
-        self.cut: list[int] = []
-        self._hung_up = reconnect.hung_up
-        monkeypatch.setattr(reconnect, "hung_up", self.hung_up)
-
-    def hung_up(self, conn: Any) -> bool:
-        if self._hung_up(conn):
-            return True
-        if (
-            self.times > 0
-            and isinstance(conn, psycopg.AsyncConnection)
-            and conn.info.parameter_status("application_name") == READS_POOL
-        ):
-            self.times -= 1
-            pid = conn.info.backend_pid
-            with psycopg.connect(self.url, autocommit=True) as admin:
-                # (with a timeout it waits for the backend to exit)
-                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
-            self.cut.append(pid)
-        return False
+def _reads_pool(conn: Conn) -> bool:
+    return (
+        isinstance(conn, psycopg.AsyncConnection)
+        and conn.info.parameter_status("application_name") == READS_POOL
+    )
 
 
 async def test_a_read_whose_connection_was_cut_as_it_was_lent_is_answered(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cutting = CutAsLent(database_url, monkeypatch)
+    cutting = CutAsLent(database_url, monkeypatch, _reads_pool)
     async with (
         running_api(settings_for(database_url)) as base,
         httpx.AsyncClient(base_url=base, timeout=30) as http,

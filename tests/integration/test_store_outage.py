@@ -27,7 +27,7 @@ from domain.ballot import Ballot, ballot_id
 from domain.ports import Recorded, StoreUnavailable
 from infra.metrics import BALLOTS_REFUSED
 from infra.runtime.bootstrap import _pool
-from infra.store import open_application, reconnect
+from infra.store import open_application
 from infra.store.migrations import migrate
 from infra.store.names import connection_name
 from infra.store.ratelimit import (
@@ -46,6 +46,7 @@ from infra.store.writer import (
     OUTCOME_WITHIN,
     GroupCommitWriter,
 )
+from tests.cut_as_lent import Conn, CutAsLent
 from tests.integration.client import VotingClient, bearer, options
 from tests.pg_cluster import Cluster
 from tests.servers import ADMIN, AUDITOR, CLIENT, running_api, settings_for
@@ -1131,40 +1132,10 @@ async def test_a_read_on_the_reads_pool_costs_the_server_one_round_trip(
     assert reads <= sent < reads * 1.1, sent
 
 
-class CutAsLent:
-    """The lookups' pool's ``hung_up``, after which each of the next ``times`` connections
-    it finds alive is cut: its backend terminated, and gone, before the connection is
-    lent. That is the race the pool cannot see: a backend terminated a few ms before its
-    connection was lent has its goodbye still on the way, and looks alive (reliability
-    review, item 3: 39 of 50 such connections). Here it happens every time."""
-
-    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.url = url
-        self.times = 0
-        self.cut: list[int] = []
-        self._hung_up = reconnect.hung_up
-        monkeypatch.setattr(reconnect, "hung_up", self.hung_up)
-
-    def hung_up(self, conn: psycopg.Connection[object] | psycopg.AsyncConnection[object]) -> bool:
-        if self._hung_up(conn):
-            return True
-        if isinstance(conn, psycopg.AsyncConnection):
-            # (the reads pool's, which asks too since 8ec08a6: another pool of this
-            # process, used meanwhile, was cut and counted as the lookups')
-            return False
-        if self.times > 0:
-            self.times -= 1
-            pid = conn.info.backend_pid
-            with psycopg.connect(self.url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                deadline = time.monotonic() + 5
-                while admin.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
-                ).fetchone():
-                    assert time.monotonic() < deadline, "the backend outlived its termination"
-                    time.sleep(0.01)
-            self.cut.append(pid)
-        return False
+def _lookups_pool(conn: Conn) -> bool:
+    """The lookups' (sync) pool's: not the reads pool's, which asks too since 8ec08a6
+    (another pool of this process, used meanwhile, was cut and counted as the lookups')."""
+    return not isinstance(conn, psycopg.AsyncConnection)
 
 
 async def test_a_batchs_lookups_read_again_when_their_connection_was_cut_as_it_was_lent(
@@ -1179,7 +1150,7 @@ async def test_a_batchs_lookups_read_again_when_their_connection_was_cut_as_it_w
     election = uuid4()
     receipts = {v: await writer.append_events(_ballot(election, v)) for v in ("v0", "v1")}
     ids = {v: ballot_id(election, v) for v in receipts}
-    cutting = CutAsLent(url, monkeypatch)
+    cutting = CutAsLent(url, monkeypatch, _lookups_pool)
 
     cutting.times = 1
     found = await writer.load_ballots(list(ids.values()))
@@ -1198,7 +1169,7 @@ async def test_a_lookup_whose_connections_are_cut_again_and_again_gives_up_at_on
     """Reading again is bounded: LOOKUP_RETRIES more reads, then the error (a 503)."""
     election = uuid4()
     await writer.append_events(_ballot(election, "v0"))
-    cutting = CutAsLent(url, monkeypatch)
+    cutting = CutAsLent(url, monkeypatch, _lookups_pool)
     cutting.times = 100
     started = time.monotonic()
     with pytest.raises(persistence.OperationalError):
