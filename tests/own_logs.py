@@ -5,7 +5,9 @@ records by level alone also counts that stack's lines: its sealer's warning and 
 after PostgreSQL ended its idle session while a sync test held the loop, for one.
 
 tests/conftest.py sets TEST to the running test's node id around each test, and the record
-factory installed for the session copies it onto every record as ``test``. Tasks take a copy
+factory installed for the session copies it onto every record as ``cardinal_test_id`` (a
+name no logging call's ``extra`` uses: ``makeRecord`` refuses to overwrite an attribute the
+record has, and ``test`` made ``extra={"test": ...}`` raise KeyError). Tasks take a copy
 of the context they are created in, so what the test, its function fixtures and the tasks
 they start say carries the test's id; the session stack's tasks, created in a session
 fixture's context before any test's was set, carry none. Neither do records said in a plain
@@ -28,14 +30,14 @@ def tagging(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.Log
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        record.test = TEST.get()
+        record.cardinal_test_id = TEST.get()
         return record
 
     return factory
 
 
 def said_in(record: logging.LogRecord, test: str | None) -> bool:
-    return test is not None and getattr(record, "test", None) == test
+    return test is not None and getattr(record, "cardinal_test_id", None) == test
 
 
 def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -17,13 +17,26 @@ notifications, or reading at any point where psycopg does not parse that last wo
 bare ``OperationalError`` ("server closed the connection unexpectedly", no sqlstate): said
 as the store's outage ("cannot reach PostgreSQL ...", then "reachable again"), when the store
 had answered at once and this process was the silent one. So ``leader_session`` notes when
-its session last spoke (set up, or a keepalive answered: the leader's own statements are not
-counted, so a live session's silence is overstated by a keepalive's interval and its wait
-behind the leader's, 3 s at most against the 30 s limit) and when it was found lost (by the
-keepalive, or by the leader's error); a loss without a sqlstate after a silence of the idle
-limit or more (less TOLERANCE), or one the keepalive met as the server's own
-``IdleSessionTimeout``, is raised as ``SilenceEnded``, one of SESSION_ENDED. A loss sooner
-(the server down or restarting, the backend terminated) is raised as it came: an outage.
+its session last spoke, as the server counts it (the server's limit runs only while the
+session is idle): set up, a keepalive answered, or a statement in flight on it (the leader's
+own or a keepalive, sampled every SAMPLE seconds: a statement the server is running, or one
+a hung server never answered, is no silence); and when it was found lost (by the keepalive,
+or by the leader's error). Against the server's count, a session's silence is overstated
+by a sample or two (0.4 s at most: the last sample that saw the leader's statement in flight
+may come that long before its answer) against the 30 s limit. A loss without a sqlstate, the
+session's connection broken or closed, after a silence of the idle limit or more (less
+TOLERANCE), or one the keepalive met as the server's own ``IdleSessionTimeout``, is raised as
+``SilenceEnded``, one of SESSION_ENDED. A loss sooner (the server down, restarting or hung,
+the backend terminated) is raised as it came: an outage.
+
+The samples run on the loop, so a stalled loop or a stopped process is silent (its samples
+cannot run), and a sample come late (the loop stalled meanwhile) counts the session as
+speaking up to the sample before the stall only: a statement in flight across the stall may
+have been answered, and the session idle, long before the loop read the answer. What stays
+ambiguous: a loss met during or right after a stall near the limit, the session idle for a
+while before it, is said as the session's end even when the server went down meanwhile; and
+a host suspended (CLOCK_MONOTONIC, the loop's clock, does not count a suspend) looks short
+of the limit, so its session's end is said as an outage.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import pq
 
 # Seconds of silence after which the server ends the session. The keepalive runs on the
 # process's event loop, beside the projections' work in `cardinal serve`: a page of 20,000
@@ -43,15 +57,28 @@ import psycopg
 # leaders' sessions (merge review mr2). A frozen leader gives way within this.
 LEADER_IDLE_TIMEOUT = 30.0
 KEEPALIVE = 2.0  # seconds between keepalive statements (well inside the timeout)
+SAMPLE = 0.2  # seconds between looks for a statement in flight on a leader's session
 
 
 @dataclass(frozen=True)
 class LeaderTimes:
     """A leader's idle limit and keepalive, when not the module's (tests: a leader of their
-    own with a short limit, the process's other leaders untouched)."""
+    own with a short limit, the process's other leaders untouched). ``keepalive`` None:
+    no keepalive (the leader's own statements alone keep its session)."""
 
     idle_timeout: float
-    keepalive: float
+    keepalive: float | None
+
+    def __post_init__(self) -> None:
+        # A keepalive at or above the idle limit (less its allowance) left every session
+        # silent for the limit between keepalives: every loss was said as the session's end.
+        if not self.idle_timeout > 0:
+            raise ValueError(f"a leader's idle limit must be positive, not {self.idle_timeout}")
+        if self.keepalive is not None and not 0 < self.keepalive < self.idle_timeout / 2:
+            raise ValueError(
+                f"a leader's keepalive ({self.keepalive}s) must be positive and under half its "
+                f"idle limit ({self.idle_timeout}s), or None"
+            )
 
 
 def _times(given: LeaderTimes | None) -> LeaderTimes:
@@ -112,6 +139,8 @@ async def leader_session(
     except psycopg.OperationalError as error:
         if error.sqlstate is not None or isinstance(error, SESSION_ENDED):
             raise  # the server's own word (a shutdown, a termination, the idle limit)
+        if not (conn.broken or conn.closed):
+            raise  # not this session's loss (another connection's, in the block)
         silent = silence.lost_at(loop.time()) - silence.spoke
         allowance = min(MAX_TOLERANCE, TOLERANCE * times.idle_timeout)
         if silent < times.idle_timeout - allowance and not silence.ended:
@@ -146,7 +175,33 @@ class _Silence:
         return now if self.lost is None else min(self.lost, now)
 
 
-async def _keep_alive(conn: psycopg.AsyncConnection[Any], every: float, silence: _Silence) -> None:
+async def _keep_alive(
+    conn: psycopg.AsyncConnection[Any], every: float | None, silence: _Silence
+) -> None:
+    """Keep ``conn`` talking (``SELECT 1`` every ``every`` seconds, unless None) and note in
+    ``silence`` when it spoke and when it was found lost, until the connection is lost."""
+    parts = [_sample(conn, silence)]
+    if every is not None:
+        parts.append(_speak(conn, every, silence))
+    await asyncio.gather(*parts)
+
+
+async def _sample(conn: psycopg.AsyncConnection[Any], silence: _Silence) -> None:
+    """Every SAMPLE seconds, a statement in flight on ``conn`` (sent, its answer not yet read:
+    the server running it, or hung) counts as the session speaking, as the server counts it.
+    A sample come late (the loop stalled) counts only up to the sample before: the answer
+    may have come, and the session idled, at the stall's start."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while not (conn.closed or conn.broken):
+        await asyncio.sleep(SAMPLE)
+        now = loop.time()
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            silence.spoke = max(silence.spoke, now if now - last <= 2 * SAMPLE else last)
+        last = now
+
+
+async def _speak(conn: psycopg.AsyncConnection[Any], every: float, silence: _Silence) -> None:
     """``SELECT 1`` every ``every`` seconds (queued behind the leader's own statements:
     the connection serialises them) until the connection is lost; notes in ``silence``
     when the session last answered, and when it was found lost."""

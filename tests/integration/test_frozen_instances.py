@@ -334,7 +334,7 @@ async def test_a_sealer_missing_signed_links_says_so_in_its_gauge_and_keeps_its_
     # 0.2 s, and the idle limit 2.5 s, well above it (at 1 s a busy machine's pause ended the
     # session of a sealer that was not silent, once in a few runs), with no keepalive but
     # the waiting loop's own.
-    times = LeaderTimes(2.5, 3600.0)
+    times = LeaderTimes(2.5, None)
     await _fill(url, random.Random(6), ballots=10)
     signer = Signer(TEST_AUDIT_KEY)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -382,7 +382,7 @@ async def test_a_leaders_own_times_are_its_own_and_not_the_processes(
     async with (
         await psycopg.AsyncConnection.connect(url, autocommit=True) as own,
         await psycopg.AsyncConnection.connect(url, autocommit=True) as other,
-        leader_session(own, LeaderTimes(2.5, 3600.0)),
+        leader_session(own, LeaderTimes(2.5, None)),
         leader_session(other),
     ):
         limits: list[str] = []
@@ -395,7 +395,7 @@ async def test_a_leaders_own_times_are_its_own_and_not_the_processes(
     # A sealer given a 1 s limit and no keepalive, waiting 5 s at a time for notifications:
     # its session is ended within seconds, not after LEADER_IDLE_TIMEOUT.
     caplog.set_level(logging.INFO)
-    sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=5.0, leader=LeaderTimes(1.0, 3600))
+    sealer = Sealer(url, Signer(TEST_AUDIT_KEY), poll_interval=5.0, leader=LeaderTimes(1.0, None))
     running = asyncio.create_task(sealer.run())
     try:
         await _until(
@@ -530,8 +530,149 @@ async def _silent_leader_waits(url: str) -> None:
     """A leader session with a 1 s limit and no keepalive, waiting 5 s for notifications."""
     async with (
         await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
-        leader_session(conn, LeaderTimes(1.0, 3600.0)),
+        leader_session(conn, LeaderTimes(1.0, None)),
     ):
         await conn.execute("LISTEN cardinal_frozen_test")
         async for _ in conn.notifies(timeout=5):
             pass
+
+
+@pytest.fixture
+async def bare_database() -> AsyncIterator[str]:
+    url = create_database("cardinal_frozen_leader")
+    try:
+        yield url
+    finally:
+        drop_database(url)  # (WITH FORCE: a backend the proxy cut off goes too)
+
+
+class CutOff:
+    """A TCP proxy to a test's database that can hold its traffic both ways (a hung server:
+    what was sent is never answered) and cut its connections, client side, with no word
+    from the server (no sqlstate), as a backend killed or a network cut does."""
+
+    def __init__(self, url: str) -> None:
+        self.target = psycopg.conninfo.conninfo_to_dict(url)
+        self.url = url
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.transports: list[asyncio.WriteTransport] = []
+        self.pipes: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return psycopg.conninfo.make_conninfo(self.url, host="127.0.0.1", port=port)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def cut(self) -> None:
+        for transport in self.transports:
+            transport.abort()
+        for pipe in self.pipes:
+            pipe.cancel()
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(
+            str(self.target.get("host", "127.0.0.1")), int(str(self.target.get("port", 5432)))
+        )
+        self.transports += [writer.transport, up_writer.transport]
+        for pipe in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
+            task = asyncio.ensure_future(pipe)
+            self.pipes.add(task)
+            task.add_done_callback(self.pipes.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                data = await reader.read(65536)
+                await self.flowing.wait()  # (held: nothing passes, not even an end)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+async def _sleep_then_select(conn: psycopg.AsyncConnection[Any], seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    await conn.execute("SELECT 1")
+
+
+# How a QUIET leader (3 s limit, keepalive every 0.25 s: the loss is the session's end after
+# 2.7 s of silence) loses its session through a proxy: (when the proxy holds its traffic,
+# when it cuts it, what the leader does meanwhile).
+LOSSES: dict[str, tuple[float | None, float, Callable[[psycopg.AsyncConnection[Any]], Any]]] = {
+    # Its own statement running for 4 s: the server counts none of it as idle.
+    "statement running": (None, 4.0, lambda conn: conn.execute("SELECT pg_sleep(10)")),
+    # The server hung at 1 s (a keepalive sent, never answered), cut off at 6 s.
+    "server hung": (1.0, 6.0, lambda conn: _sleep_then_select(conn, 7.0)),
+    # Cut off at 1 s while its keepalives were answered (the outage it always was).
+    "talking": (None, 1.0, lambda conn: _sleep_then_select(conn, 2.0)),
+}
+
+
+async def _lead(
+    conn: psycopg.AsyncConnection[Any],
+    times: LeaderTimes,
+    lead: Callable[[psycopg.AsyncConnection[Any]], Any],
+) -> None:
+    async with leader_session(conn, times):
+        await asyncio.wait_for(lead(conn), 15)
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+async def test_a_leaders_session_lost_while_not_idle_is_an_outage(
+    loss: str, bare_database: str
+) -> None:
+    """Silence was counted from the last answered keepalive, so a session lost (no sqlstate:
+    a backend killed, a network cut) while the leader's own statement ran, or while the
+    server, hung, left a keepalive unanswered, past the idle limit less a tenth, was said as
+    the session ended for its silence ("was this process stopped?") when the store had gone:
+    the server's idle limit counts only while the session is idle, and a statement in flight
+    now counts as the session speaking. Each is an outage, raised as it came."""
+    held_at, cut_at, lead = LOSSES[loss]
+    loop = asyncio.get_running_loop()
+    proxy = CutOff(bare_database)
+    async with (
+        proxy as proxied,
+        await psycopg.AsyncConnection.connect(proxied, autocommit=True) as conn,
+    ):
+        if held_at is not None:
+            loop.call_later(held_at, proxy.hold)
+        loop.call_later(cut_at, proxy.cut)
+        with pytest.raises(psycopg.OperationalError) as raised:
+            await _lead(conn, QUIET, lead)
+    assert not isinstance(raised.value, SESSION_ENDED), raised.value
+    assert raised.value.sqlstate is None
+
+
+async def test_another_connections_loss_in_a_leader_session_is_raised_as_it_came(
+    bare_database: str,
+) -> None:
+    """A sqlstate-less OperationalError raised in the block was taken for the session's own
+    loss, whatever connection it came from: after the idle limit's silence, another
+    connection's loss (the store's outage) was said as this session's end. Only the
+    session's own connection, broken or closed, is judged by its silence."""
+    async with (
+        await psycopg.AsyncConnection.connect(bare_database, autocommit=True) as conn,
+    ):
+
+        async def another_connection_lost(conn: psycopg.AsyncConnection[Any]) -> None:
+            await asyncio.sleep(1.5)  # (the server ends the session meanwhile, unread)
+            assert not conn.broken
+            assert not conn.closed
+            raise psycopg.OperationalError("another connection's: server closed it")
+
+        with pytest.raises(psycopg.OperationalError) as raised:
+            await _lead(conn, LeaderTimes(1.0, None), another_connection_lost)
+    assert not isinstance(raised.value, SESSION_ENDED), raised.value
+    assert str(raised.value) == "another connection's: server closed it"

@@ -90,7 +90,7 @@ async def test_only_the_tests_own_code_is_its_own(
         "to_thread",
         "fixture's task again",
     ]
-    assert {getattr(r, "test", None) for r in ours(caplog)} == {request.node.nodeid}
+    assert {getattr(r, "cardinal_test_id", None) for r in ours(caplog)} == {request.node.nodeid}
 
 
 def test_a_sync_test_is_tagged_too(caplog: pytest.LogCaptureFixture) -> None:
@@ -98,3 +98,13 @@ def test_a_sync_test_is_tagged_too(caplog: pytest.LogCaptureFixture) -> None:
     log.warning("sync")
     _thread_says("plain thread")
     assert [r.getMessage() for r in ours(caplog)] == ["sync"]
+
+
+def test_a_records_extra_may_name_test(caplog: pytest.LogCaptureFixture) -> None:
+    """The tag was ``record.test``: a logging call given ``extra={"test": ...}`` (a name code
+    under test may well use) raised KeyError ("Attempt to overwrite 'test' in LogRecord")
+    under the test suite's record factory, and nowhere else."""
+    caplog.set_level(logging.INFO)
+    log.warning("with extra", extra={"test": "its own"})
+    [record] = ours(caplog)
+    assert getattr(record, "test", None) == "its own"
