@@ -16,6 +16,7 @@ changed it fails there, not in production).
 
 from __future__ import annotations
 
+import asyncio
 import select
 import time
 from contextvars import ContextVar
@@ -66,9 +67,19 @@ class ReconnectingPool(AsyncConnectionPool):
         deadline = time.monotonic() + timeout
         while True:
             conn = await super()._getconn_unchecked(deadline - time.monotonic())
-            if not hung_up(conn) and (not verifying.get() or await _answers(conn)):
-                return conn
-            await conn.close()
+            try:
+                if not hung_up(conn) and (
+                    not verifying.get() or await _answers(conn, deadline - time.monotonic())
+                ):
+                    return conn
+                await conn.close()
+            except BaseException:
+                # Cancelled as it tested or closed it (a request's deadline, readiness's 2 s,
+                # an abandoned request): given back, as psycopg_pool's own check loop does,
+                # else it was lost (out of the pool, counted in it: after 8 such on a store
+                # that hung, every read was a 503). Shielded: a second cancel loses it not.
+                await asyncio.shield(self._putconn(conn, from_getconn=True))
+                raise
             await self._putconn(conn, from_getconn=True)  # (closed: replaced, not kept)
 
     async def _add_connection(
@@ -77,10 +88,13 @@ class ReconnectingPool(AsyncConnectionPool):
         await super()._add_connection(_attempt(self, attempt), growing)
 
 
-async def _answers(conn: psycopg.AsyncConnection[Any]) -> bool:
+async def _answers(conn: psycopg.AsyncConnection[Any], within: float) -> bool:
+    """Whether the connection answers a round trip within ``within`` seconds (the wait left
+    to the one who asked for it: a store that hangs does not hold a lend past it)."""
     try:
-        await AsyncConnectionPool.check_connection(conn)
-    except psycopg.Error:
+        async with asyncio.timeout(within):  # (not wait_for: its cancel can be lost, gh-86296)
+            await AsyncConnectionPool.check_connection(conn)
+    except (psycopg.Error, TimeoutError):
         return False
     return True
 

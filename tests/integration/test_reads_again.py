@@ -8,15 +8,20 @@ waiting for them to exit) were 503."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from infra.runtime.bootstrap import _pool
+from infra.store import reconnect
 from infra.store.names import connection_name
 from tests.cut_as_lent import Conn, CutAsLent
 from tests.integration.client import VotingClient, bearer
+from tests.paused_proxy import PausedProxy
 from tests.servers import ADMIN, AUDITOR, running_api, settings_for
 
 READS_POOL = connection_name("reads")
@@ -83,3 +88,66 @@ async def test_reads_right_after_every_idle_backend_was_terminated_are_answered(
                 )
                 statuses.append((await http.get(path, headers=bearer(ADMIN))).status_code)
         assert statuses == [200] * 20, statuses
+
+
+async def _lent_while_tested(pool: AsyncConnectionPool, wait: float = 30.0) -> None:
+    again = reconnect.verifying.set(True)  # (a read read again: each lent tested)
+    try:
+        async with pool.connection(wait):
+            pass
+    finally:
+        reconnect.verifying.reset(again)
+
+
+async def test_a_lend_cancelled_while_its_connection_is_tested_gives_it_back(
+    database_url: str,
+) -> None:
+    """A read read again is cancelled (its deadline, readiness's 2 s, an abandoned request)
+    while the reads pool tests a connection for it, on a store that stopped answering: the
+    connection was lost (out of the pool, counted in it), one of the pool's each time, until
+    every read was a 503 on a healthy store."""
+    async with PausedProxy(database_url) as proxy:
+        pool = _pool(proxy.proxied_url, 2, name="reads")
+        await pool.open(wait=True)
+        try:
+            proxy.pause()
+            lend = asyncio.create_task(_lent_while_tested(pool))
+            await proxy.held.wait()  # its test under way, unanswered
+            lend.cancel()
+            proxy.resume()
+            with pytest.raises(asyncio.CancelledError):
+                await lend
+            stats = pool.get_stats()
+            assert stats["pool_available"] == stats["pool_size"], stats  # nothing lent
+            async with pool.connection(5) as one, pool.connection(5) as two:  # both
+                await one.execute("SELECT 1")
+                await two.execute("SELECT 1")
+        finally:
+            await pool.close()
+
+
+async def test_a_lend_tests_a_connection_no_longer_than_its_wait(database_url: str) -> None:
+    """A store that stopped answering does not hold a lend past its wait: the connection
+    that did not answer in time is discarded (replaced, not lost), and the lend fails."""
+    async with PausedProxy(database_url) as proxy:
+        pool = _pool(proxy.proxied_url, 2, name="reads")
+        await pool.open(wait=True)
+        lends: list[asyncio.Task[None]] = []
+        try:
+            proxy.pause()
+            lend = asyncio.create_task(_lent_while_tested(pool, wait=0.5))
+            lends.append(lend)
+            async with asyncio.timeout(10):  # (it waited for the store for ever)
+                # (interrupted, psycopg sends the server a cancel request: let it through)
+                await proxy.connected.wait()
+                proxy.resume()
+                with pytest.raises(PoolTimeout):
+                    await lend
+            async with pool.connection(5) as one, pool.connection(5) as two:  # none lost
+                await one.execute("SELECT 1")
+                await two.execute("SELECT 1")
+        finally:
+            proxy.resume()
+            for each in lends:
+                each.cancel()
+            await pool.close()
