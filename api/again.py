@@ -8,7 +8,7 @@ server's FATAL, or with the connection closed, before anything of it was answere
 read was answered 503 on a healthy store (38 of 50 results reads sent right after every
 idle backend of the pool was terminated). A read is idempotent: it is read again at once,
 once, while the store is not marked down, on connections the pool tests with a round trip
-before it lends them (``verifying``: their backends, terminated together, may have their
+before it lends them (``verified``: their backends, terminated together, may have their
 goodbyes on the way too; the test costs only such a second read); only the error of a
 connection the server hung up on (not a statement refused or cancelled, not a pool with
 no connection to lend, whose wait a second try would double). Writes are never read
@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context
-from infra.store.reconnect import verifying
+from infra.store.reconnect import verified
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,11 +59,8 @@ async def once_more(read: Callable[[], Awaitable[T]], store_up: Callable[[], boo
             "a read's connection was closed by the server (%s): read again on another",
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
         )
-    again = verifying.set(True)  # (each connection lent for it tested first: reconnect.py)
-    try:
+    with verified():  # (each connection lent for it tested first: reconnect.py)
         return await read()
-    finally:
-        verifying.reset(again)
 
 
 def read_again(

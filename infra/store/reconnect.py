@@ -17,8 +17,10 @@ changed it fails there, not in production).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,13 +30,42 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
 RECONNECT_AT_MOST = 2.0
+
+
+class Verified:
+    """One read read again, while it lasts (``over`` once it ended)."""
+
+    over = False
+
+
 # Set while a read whose connection the server had hung up on is read again (api/again.py):
 # every connection the reads pool lends meanwhile is tested with a round trip first. The
 # goodbyes of backends terminated together (an administrator's pg_terminate_backend of a
 # pool's idle sessions, a pooler's sweep) arrive together: the next idle connection, lent
 # a moment after the first failed, had its goodbye on the way too (21 of 50 reads read
 # again that way were 503, 0 with the test).
-verifying: ContextVar[bool] = ContextVar("verifying", default=False)
+# Scoped to that second read (``verified``): the tasks it starts and awaits (a shared turn,
+# a deadline's) inherit it, and a task started meanwhile that outlives it (the positions'
+# fallback poll, started by a read that waited for a position) tests no lend after it.
+verifying: ContextVar[Verified | None] = ContextVar("verifying", default=None)
+
+
+@contextlib.contextmanager
+def verified() -> Iterator[None]:
+    """Every connection the reads pool lends within this block, in this task or in one it
+    starts, tested with a round trip first; none lent after it ends, to any task."""
+    read = Verified()
+    token = verifying.set(read)
+    try:
+        yield
+    finally:
+        read.over = True
+        verifying.reset(token)
+
+
+def _verifying() -> bool:
+    read = verifying.get()
+    return read is not None and not read.over
 
 
 class CappedAttempt(AttemptWithBackoff):
@@ -69,7 +100,7 @@ class ReconnectingPool(AsyncConnectionPool):
             conn = await super()._getconn_unchecked(deadline - time.monotonic())
             try:
                 if not hung_up(conn) and (
-                    not verifying.get() or await _answers(conn, deadline - time.monotonic())
+                    not _verifying() or await _answers(conn, deadline - time.monotonic())
                 ):
                     return conn
                 await conn.close()
@@ -135,7 +166,7 @@ def hung_up(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> boo
     answer: the keepalives see it (infra/store/names.py). Nor is a goodbye still on its
     way seen (a backend terminated a few ms before): a read that finds its connection cut
     is tried again (eventsourcing's own; the writer's, ``GroupCommitWriter._again``; the
-    API's reads, api/again.py, with ``verifying`` set)."""
+    API's reads, api/again.py, ``verified``)."""
     pgconn = conn.pgconn
     for _ in range(3):  # (a goodbye, then the end of the stream: two reads)
         if conn.closed or conn.broken:

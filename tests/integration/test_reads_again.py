@@ -91,12 +91,9 @@ async def test_reads_right_after_every_idle_backend_was_terminated_are_answered(
 
 
 async def _lent_while_tested(pool: AsyncConnectionPool, wait: float = 30.0) -> None:
-    again = reconnect.verifying.set(True)  # (a read read again: each lent tested)
-    try:
+    with reconnect.verified():  # (a read read again: each lent tested)
         async with pool.connection(wait):
             pass
-    finally:
-        reconnect.verifying.reset(again)
 
 
 async def test_a_lend_cancelled_while_its_connection_is_tested_gives_it_back(
