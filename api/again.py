@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import errors
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,15 +34,20 @@ from infra.store.reconnect import verified
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 READS = frozenset({"GET", "HEAD"})
-# The server's goodbyes: an administrator's or a shutdown's (57P01), a crash's (57P02).
-GOODBYES = (errors.AdminShutdown, errors.CrashShutdown)
+# The server's goodbyes: an administrator's or a shutdown's (57P01), a crash's (57P02),
+# a session idle past the server's idle_session_timeout (57P05).
+GOODBYES = (errors.AdminShutdown, errors.CrashShutdown, errors.IdleSessionTimeout)
+# The pool's own refusals (no SQLSTATE, as a connection found closed has none): none to
+# lend within the wait, the pool closed (the process stopping), too many waiting.
+REFUSALS = (PoolTimeout, PoolClosed, TooManyRequests)
 
 
 def hung_up_on(error: BaseException) -> bool:
     """Whether a database error says the server hung up on the connection (its FATAL, or
     the connection found closed: an OperationalError with no SQLSTATE), rather than that
-    a statement was refused, cancelled or timed out, or that the pool had none to lend."""
-    if isinstance(error, PoolTimeout) or not isinstance(error, psycopg.OperationalError):
+    a statement was refused, cancelled or timed out, or that the pool lent none (none to
+    lend in time, closed, too many waiting)."""
+    if isinstance(error, REFUSALS) or not isinstance(error, psycopg.OperationalError):
         return False
     return isinstance(error, GOODBYES) or error.sqlstate is None
 

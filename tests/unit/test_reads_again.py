@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,8 +21,11 @@ from infra.store import reconnect
     [
         (errors.AdminShutdown("terminating connection due to administrator command"), True),
         (errors.CrashShutdown("terminating connection because of crash"), True),
+        (errors.IdleSessionTimeout("terminating connection due to idle-session timeout"), True),
         (psycopg.OperationalError("server closed the connection unexpectedly"), True),
         (PoolTimeout("couldn't get a connection after 0.90 sec"), False),
+        (PoolClosed("the pool 'reads' is already closed"), False),
+        (TooManyRequests("the pool 'reads' has already 8 requests waiting"), False),
         (errors.QueryCanceled("canceling statement due to user request"), False),
         (errors.UndefinedTable("relation does not exist"), False),
         (ValueError("not a database error"), False),
