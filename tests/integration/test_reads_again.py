@@ -148,3 +148,33 @@ async def test_a_lend_tests_a_connection_no_longer_than_its_wait(database_url: s
             for each in lends:
                 each.cancel()
             await pool.close()
+
+
+@pytest.mark.parametrize("stream", ["/api/elections/{}/results/stream", "/api/elections/stream"])
+async def test_a_streams_first_read_on_a_connection_cut_as_it_was_lent_is_answered(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    """A stream's first read is made in its response, after its endpoint returned: it was
+    not read again, and a stream opened on a connection cut as it was lent was a 503 where
+    the results read the same way were answered."""
+
+    def first_reads(conn: Conn) -> bool:  # (not the hub's own rebuilds: in a task of theirs)
+        task = asyncio.current_task()
+        return _reads_pool(conn) and task is not None and task.get_name() != "stream-hub"
+
+    cutting = CutAsLent(database_url, monkeypatch, first_reads)
+    async with (
+        running_api(settings_for(database_url)) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        voting = VotingClient(http)
+        election_id = await voting.open_election()
+        path = stream.format(election_id)
+        cutting.times = 1
+        async with http.stream("GET", path, headers=bearer(ADMIN)) as answer:
+            assert answer.status_code == 200, await answer.aread()
+            async for line in answer.aiter_lines():
+                if line.startswith("data: "):
+                    break  # its first document
+        assert cutting.times == 0  # (its first read did lend a connection, cut)
+        assert len(cutting.cut) == 1
