@@ -8,11 +8,12 @@ server's FATAL, or with the connection closed, before anything of it was answere
 read was answered 503 on a healthy store (38 of 50 results reads sent right after every
 idle backend of the pool was terminated). A read is idempotent: it is read again at once,
 once, while the store is not marked down, on connections the pool tests with a round trip
-before it lends them (``verifying``: their backends, terminated together, may have their
+before it lends them (``verified``: their backends, terminated together, may have their
 goodbyes on the way too; the test costs only such a second read); only the error of a
 connection the server hung up on (not a statement refused or cancelled, not a pool with
 no connection to lend, whose wait a second try would double). Writes are never read
-again: only GET and HEAD endpoints are wrapped (``read_again``), and readiness's probe.
+again: only GET and HEAD endpoints are wrapped (``read_again``), readiness's probe, and a
+stream's first read (api/streams.py, made in its response once its endpoint returned).
 """
 
 from __future__ import annotations
@@ -24,25 +25,30 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import errors
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import context
-from infra.store.reconnect import verifying
+from infra.store.reconnect import verified
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 READS = frozenset({"GET", "HEAD"})
-# The server's goodbyes: an administrator's or a shutdown's (57P01), a crash's (57P02).
-GOODBYES = (errors.AdminShutdown, errors.CrashShutdown)
+# The server's goodbyes: an administrator's or a shutdown's (57P01), a crash's (57P02),
+# a session idle past the server's idle_session_timeout (57P05).
+GOODBYES = (errors.AdminShutdown, errors.CrashShutdown, errors.IdleSessionTimeout)
+# The pool's own refusals (no SQLSTATE, as a connection found closed has none): none to
+# lend within the wait, the pool closed (the process stopping), too many waiting.
+REFUSALS = (PoolTimeout, PoolClosed, TooManyRequests)
 
 
 def hung_up_on(error: BaseException) -> bool:
     """Whether a database error says the server hung up on the connection (its FATAL, or
     the connection found closed: an OperationalError with no SQLSTATE), rather than that
-    a statement was refused, cancelled or timed out, or that the pool had none to lend."""
-    if isinstance(error, PoolTimeout) or not isinstance(error, psycopg.OperationalError):
+    a statement was refused, cancelled or timed out, or that the pool lent none (none to
+    lend in time, closed, too many waiting)."""
+    if isinstance(error, REFUSALS) or not isinstance(error, psycopg.OperationalError):
         return False
     return isinstance(error, GOODBYES) or error.sqlstate is None
 
@@ -59,11 +65,8 @@ async def once_more(read: Callable[[], Awaitable[T]], store_up: Callable[[], boo
             "a read's connection was closed by the server (%s): read again on another",
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
         )
-    again = verifying.set(True)  # (each connection lent for it tested first: reconnect.py)
-    try:
+    with verified():  # (each connection lent for it tested first: reconnect.py)
         return await read()
-    finally:
-        verifying.reset(again)
 
 
 def read_again(

@@ -69,7 +69,9 @@ def create_app(
             slots = StreamSlots(
                 settings.streams_per_client, lambda scope: quota_address(proxies.client(scope))
             )
-            app.state.streams = StreamHub(_tally_moved(services.positions), slots)
+            app.state.streams = StreamHub(
+                _tally_moved(services.positions), slots, lambda: services.writer.health.up
+            )
             consuming = None
             if ingest and settings.amqp_url is not None:
                 consumer = ingester(settings, services.app, services.voter_keys)
@@ -97,7 +99,7 @@ def create_app(
         Route("/api/ready", read_again(health.ready), methods=["GET"]),
         Route("/api/elections", elections.create, methods=["POST"]),
         Route("/api/elections", read_again(elections.list_elections), methods=["GET"]),
-        Route("/api/elections/stream", read_again(streams.elections_stream), methods=["GET"]),
+        Route("/api/elections/stream", streams.elections_stream, methods=["GET"]),
         Route("/api/elections/{election_id}", read_again(elections.get_election), methods=["GET"]),
         Route("/api/elections/{election_id}/open", elections.open_election, methods=["POST"]),
         Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
@@ -107,7 +109,7 @@ def create_app(
         Route("/api/elections/{election_id}/results", read_again(results.results), methods=["GET"]),
         Route(
             "/api/elections/{election_id}/results/stream",
-            read_again(streams.results_stream),
+            streams.results_stream,
             methods=["GET"],
         ),
         Route("/api/audit/events", read_again(audit.events), methods=["GET"]),

@@ -35,6 +35,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from api import tokens
+from api.again import once_more
 from api.problems import QUOTA_EXCEEDED
 from api.responses import ProblemResponse, problem
 from infra.runtime.loop import cancel_within
@@ -143,12 +144,16 @@ class StreamHub:
         self,
         wait_for_change: Callable[[int, float], Awaitable[int]],
         slots: StreamSlots | None = None,
+        store_up: Callable[[], bool] = lambda: True,
     ) -> None:
         """``wait_for_change(seen, patience)``: the tally's position once past ``seen`` (at
         once if it is already), or after ``patience`` seconds. ``slots``: the caps on open
-        streams (by default, none per client, and the share of the server's connections)."""
+        streams (by default, none per client, and the share of the server's connections).
+        ``store_up``: whether the store is not marked down (a stream's first read is read
+        again, ``api.again.once_more``, only while it is not)."""
         self._wait = wait_for_change
         self.slots = slots or StreamSlots(None, lambda scope: "")
+        self.store_up = store_up
         self.views: dict[Hashable, View] = {}
         self.sent = 0  # events handed to subscribers (for the viewers benchmark and tests)
         self._task: asyncio.Task[None] | None = None
@@ -275,7 +280,11 @@ class EventStream:
         self, scope: Scope, receive: Receive, send: Send, start: dict[str, Any]
     ) -> None:
         closing = scope.setdefault(CLOSING, asyncio.Event())
-        subscriber, current = await self.hub.subscribe(self.key, self.build)
+        # The stream's first read is here, in the response, after its endpoint returned: read
+        # again as an endpoint's is (its connection's backend terminated as it was lent).
+        subscriber, current = await once_more(
+            lambda: self.hub.subscribe(self.key, self.build), self.hub.store_up
+        )
         gone = asyncio.create_task(_disconnected(receive))
         try:
             await send(start)

@@ -16,24 +16,57 @@ changed it fails there, not in production).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import select
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import psycopg
 from eventsourcing.postgres import ConnectionPool as StoreConnectionPool
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
 RECONNECT_AT_MOST = 2.0
+
+
+class Verified:
+    """One read read again, while it lasts (``over`` once it ended)."""
+
+    over = False
+
+
 # Set while a read whose connection the server had hung up on is read again (api/again.py):
 # every connection the reads pool lends meanwhile is tested with a round trip first. The
 # goodbyes of backends terminated together (an administrator's pg_terminate_backend of a
 # pool's idle sessions, a pooler's sweep) arrive together: the next idle connection, lent
 # a moment after the first failed, had its goodbye on the way too (21 of 50 reads read
 # again that way were 503, 0 with the test).
-verifying: ContextVar[bool] = ContextVar("verifying", default=False)
+# Scoped to that second read (``verified``): the tasks it starts and awaits (a shared turn,
+# a deadline's) inherit it, and a task started meanwhile that outlives it (the positions'
+# fallback poll, started by a read that waited for a position) tests no lend after it.
+verifying: ContextVar[Verified | None] = ContextVar("verifying", default=None)
+
+
+@contextlib.contextmanager
+def verified() -> Iterator[None]:
+    """Every connection the reads pool lends within this block, in this task or in one it
+    starts, tested with a round trip first; none lent after it ends, to any task."""
+    read = Verified()
+    token = verifying.set(read)
+    try:
+        yield
+    finally:
+        read.over = True
+        verifying.reset(token)
+
+
+def _verifying() -> bool:
+    read = verifying.get()
+    return read is not None and not read.over
 
 
 class CappedAttempt(AttemptWithBackoff):
@@ -66,10 +99,25 @@ class ReconnectingPool(AsyncConnectionPool):
         deadline = time.monotonic() + timeout
         while True:
             conn = await super()._getconn_unchecked(deadline - time.monotonic())
-            if not hung_up(conn) and (not verifying.get() or await _answers(conn)):
-                return conn
-            await conn.close()
+            try:
+                if not hung_up(conn) and (
+                    not _verifying() or await _answers(conn, deadline - time.monotonic())
+                ):
+                    return conn
+                await conn.close()
+            except BaseException:
+                # Cancelled as it tested or closed it (a request's deadline, readiness's 2 s,
+                # an abandoned request): given back, as psycopg_pool's own check loop does,
+                # else it was lost (out of the pool, counted in it: after 8 such on a store
+                # that hung, every read was a 503). Shielded: a second cancel loses it not.
+                await asyncio.shield(self._give_back(conn))
+                raise
             await self._putconn(conn, from_getconn=True)  # (closed: replaced, not kept)
+
+    async def _give_back(self, conn: Any) -> None:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            await conn.close()  # (its test under way, unanswered: replaced, not kept)
+        await self._putconn(conn, from_getconn=True)
 
     async def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
@@ -77,12 +125,40 @@ class ReconnectingPool(AsyncConnectionPool):
         await super()._add_connection(_attempt(self, attempt), growing)
 
 
-async def _answers(conn: psycopg.AsyncConnection[Any]) -> bool:
+async def _answers(conn: psycopg.AsyncConnection[Any], within: float) -> bool:
+    """Whether the connection answers a round trip (an empty query) within ``within``
+    seconds, the wait left to the one who asked for it: a store that hangs does not hold a
+    lend past it. One that did not answer is left mid-query, to be closed (not kept).
+
+    Not ``conn.execute``: psycopg answers a cancel of a query under way (this timeout's, a
+    request's) by asking the server to cancel it and waiting for that, 5 s and 5 s more,
+    on a store that hangs: a lend of 0.9 s took 10.5 s."""
+    pgconn = conn.pgconn
     try:
-        await AsyncConnectionPool.check_connection(conn)
-    except psycopg.Error:
+        async with asyncio.timeout(within):  # (not wait_for: its cancel can be lost, gh-86296)
+            pgconn.send_query(b"")
+            while pgconn.flush():  # (nonblocking, as psycopg's async connections are)
+                await _socket_ready(pgconn.socket, writing=True)
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                await _socket_ready(pgconn.socket, writing=False)
+                pgconn.consume_input()
+            answered = True
+            while (result := pgconn.get_result()) is not None:
+                answered = answered and result.status == pq.ExecStatus.EMPTY_QUERY
+    except (psycopg.Error, OSError, TimeoutError):
         return False
-    return True
+    return answered
+
+
+async def _socket_ready(socket: int, *, writing: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    (loop.add_writer if writing else loop.add_reader)(socket, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if writing else loop.remove_reader)(socket)
 
 
 class ReconnectingStorePool(StoreConnectionPool[Any]):
@@ -121,7 +197,7 @@ def hung_up(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> boo
     answer: the keepalives see it (infra/store/names.py). Nor is a goodbye still on its
     way seen (a backend terminated a few ms before): a read that finds its connection cut
     is tried again (eventsourcing's own; the writer's, ``GroupCommitWriter._again``; the
-    API's reads, api/again.py, with ``verifying`` set)."""
+    API's reads, api/again.py, ``verified``)."""
     pgconn = conn.pgconn
     for _ in range(3):  # (a goodbye, then the end of the stream: two reads)
         if conn.closed or conn.broken:

@@ -304,7 +304,7 @@ async def test_streams_end_when_the_server_shuts_down(database_url: str) -> None
         await events.next()
         stopping = time.monotonic()
     # running_api returns once uvicorn has stopped: the open stream did not hold it up
-    # for the graceful-shutdown timeout (10 s).
+    # for the graceful-shutdown timeout (8 s, api.protocol.GRACE).
     assert time.monotonic() - stopping < 8
     with pytest.raises((AssertionError, httpx.HTTPError)):
         await events.next(timeout=5)
