@@ -12,8 +12,10 @@ before it lends them (``verified``: their backends, terminated together, may hav
 goodbyes on the way too; the test costs only such a second read); only the error of a
 connection the server hung up on (not a statement refused or cancelled, not a pool with
 no connection to lend, whose wait a second try would double). Writes are never read
-again: only GET and HEAD endpoints are wrapped (``read_again``), readiness's probe, and a
-stream's first read (api/streams.py, made in its response once its endpoint returned).
+again: only GET and HEAD endpoints are wrapped (``read_again``; a stream's endpoint for
+what it reads before it returns, the election and whether the reader may see it),
+readiness's probe, and a stream's first read (api/streams.py, made in its response once
+its endpoint returned).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def create_app(
         Route("/api/ready", read_again(health.ready), methods=["GET"]),
         Route("/api/elections", elections.create, methods=["POST"]),
         Route("/api/elections", read_again(elections.list_elections), methods=["GET"]),
-        Route("/api/elections/stream", streams.elections_stream, methods=["GET"]),
+        Route("/api/elections/stream", read_again(streams.elections_stream), methods=["GET"]),
         Route("/api/elections/{election_id}", read_again(elections.get_election), methods=["GET"]),
         Route("/api/elections/{election_id}/open", elections.open_election, methods=["POST"]),
         Route("/api/elections/{election_id}/close", elections.close_election, methods=["POST"]),
@@ -109,7 +109,7 @@ def create_app(
         Route("/api/elections/{election_id}/results", read_again(results.results), methods=["GET"]),
         Route(
             "/api/elections/{election_id}/results/stream",
-            streams.results_stream,
+            read_again(streams.results_stream),
             methods=["GET"],
         ),
         Route("/api/audit/events", read_again(audit.events), methods=["GET"]),

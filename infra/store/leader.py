@@ -180,10 +180,10 @@ async def _keep_alive(
 ) -> None:
     """Keep ``conn`` talking (``SELECT 1`` every ``every`` seconds, unless None) and note in
     ``silence`` when it spoke and when it was found lost, until the connection is lost."""
-    parts = [_sample(conn, silence)]
-    if every is not None:
-        parts.append(_speak(conn, every, silence))
-    await asyncio.gather(*parts)
+    async with asyncio.TaskGroup() as parts:  # (one failing: the other cancelled, awaited)
+        parts.create_task(_sample(conn, silence))
+        if every is not None:
+            parts.create_task(_speak(conn, every, silence))
 
 
 async def _sample(conn: psycopg.AsyncConnection[Any], silence: _Silence) -> None:
