@@ -76,7 +76,9 @@ async def test_only_the_tests_own_code_is_its_own(
     await asyncio.create_task(asyncio.to_thread(log.warning, "to_thread"))
     await asyncio.to_thread(_thread_says, "plain thread")
     await _asked(own_stack, "fixture's task again")
-    assert [r.getMessage() for r in caplog.records] == [
+    # (this file's logger: the worker's session sealer may say its session ended here, as
+    # it did once in a full run, after a sync test held the loop past 30 s)
+    assert [r.getMessage() for r in caplog.records if r.name == log.name] == [
         "test",
         "fixture's task",
         "session's task",
